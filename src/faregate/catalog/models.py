@@ -1,0 +1,165 @@
+"""The model catalog: models, their provider offers and prices, aliases, capabilities."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from faregate.config import ModelSettings, ProviderSettings, Settings
+from faregate.errors import ConfigError
+from faregate.types import Price
+
+SIM_PROVIDER = "sim"
+
+
+@dataclass(slots=True, frozen=True)
+class Offer:
+    """One provider selling one model at one price."""
+
+    model: str
+    provider: str
+    upstream_model: str
+    price: Price
+    available: bool
+    dedicated: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+
+@dataclass(slots=True)
+class Model:
+    name: str
+    list_price: Price
+    context_window: int
+    max_output_tokens: int | None
+    modalities: frozenset[str]
+    aliases: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    offers: list[Offer] = field(default_factory=list)
+    curated: bool = True
+
+    @property
+    def available(self) -> bool:
+        return any(o.available for o in self.offers)
+
+    def available_offers(self) -> list[Offer]:
+        return [o for o in self.offers if o.available]
+
+    def missing_modalities(self, required: Iterable[str]) -> list[str]:
+        return sorted(m for m in required if m not in self.modalities)
+
+
+def provider_enabled(settings: ProviderSettings) -> bool:
+    if settings.enabled is not None:
+        return settings.enabled
+    return settings.api_key_env is None or bool(os.environ.get(settings.api_key_env))
+
+
+def sim_active(settings: Settings) -> bool:
+    if settings.sim.mode == "on":
+        return True
+    if settings.sim.mode == "off":
+        return False
+    return not any(provider_enabled(p) for p in settings.providers.values())
+
+
+class Catalog:
+    """Lookup by name or alias (case-insensitive), with suggestions for near misses."""
+
+    def __init__(self, models: Iterable[Model]) -> None:
+        self.models: dict[str, Model] = {}
+        self._index: dict[str, Model] = {}
+        for model in models:
+            self.add(model)
+
+    def add(self, model: Model) -> None:
+        self.models[model.name] = model
+        for name in (model.name, *model.aliases):
+            self._index.setdefault(name.lower(), model)
+
+    def get(self, name: str) -> Model | None:
+        return self._index.get(name.lower())
+
+    def __contains__(self, name: str) -> bool:
+        return name.lower() in self._index
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def suggest(self, name: str, limit: int = 3) -> list[str]:
+        lowered = name.lower()
+        matches = difflib.get_close_matches(lowered, list(self._index), n=limit * 3, cutoff=0.5)
+        # Prefer curated and available models among equally close names.
+        ranked = sorted(
+            {self._index[m].name: self._index[m] for m in matches}.values(),
+            key=lambda m: (not m.curated, not m.available),
+        )
+        if not ranked:
+            # A substring hit ("flash" -> deepseek-v4-flash) helps when edit distance does not.
+            ranked = [m for key, m in self._index.items() if lowered in key][:limit]
+        return [m.name for m in ranked[:limit]]
+
+    def all(self) -> list[Model]:
+        return list(self.models.values())
+
+
+def _price_of(model_settings: ModelSettings, name: str) -> Price | None:
+    if model_settings.input is None or model_settings.output is None:
+        return None
+    return Price(Decimal(model_settings.input), Decimal(model_settings.output))
+
+
+def build_catalog(settings: Settings, *, sim_base_url: str | None = None) -> Catalog:
+    """Curated models from the config, the broad catalog for declared providers, and, in
+    simulator mode, a `sim` offer at list price for every curated model."""
+    enabled = {name: provider_enabled(p) for name, p in settings.providers.items()}
+    use_sim = sim_base_url is not None
+    models: list[Model] = []
+    for name, ms in settings.models.items():
+        list_price = _price_of(ms, name)
+        offers: list[Offer] = []
+        for offer in ms.offers:
+            price = list_price
+            if offer.input is not None and offer.output is not None:
+                price = Price(Decimal(offer.input), Decimal(offer.output))
+            if price is None:
+                raise ConfigError(f"models.{name}: offer from {offer.provider} has no price")
+            offers.append(
+                Offer(
+                    model=name,
+                    provider=offer.provider,
+                    upstream_model=offer.upstream or name,
+                    price=price,
+                    available=enabled.get(offer.provider, use_sim and offer.provider == SIM_PROVIDER),
+                    dedicated=offer.dedicated,
+                )
+            )
+        if list_price is None:
+            list_price = min((o.price for o in offers), key=lambda p: p.input + p.output, default=None)
+        if list_price is None:
+            raise ConfigError(f"models.{name}: no price (set input/output or give an offer with a price)")
+        if use_sim and not any(o.provider == SIM_PROVIDER for o in offers):
+            offers.insert(0, Offer(name, SIM_PROVIDER, name, list_price, True))
+        models.append(
+            Model(
+                name=name,
+                list_price=list_price,
+                context_window=ms.context_window,
+                max_output_tokens=ms.max_output_tokens,
+                modalities=frozenset(ms.modalities),
+                aliases=tuple(ms.aliases),
+                tags=tuple(ms.tags),
+                offers=offers,
+            )
+        )
+    catalog = Catalog(models)
+    if settings.catalog.broad:
+        from faregate.catalog.broad import add_broad_models
+
+        add_broad_models(catalog, settings, enabled)
+    return catalog

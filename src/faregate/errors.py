@@ -1,0 +1,139 @@
+"""One exception tree. Every error a client can see is a FaregateError and maps to
+OpenAI's error JSON at the edge: {"error": {"message", "type", "param", "code"}}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faregate.types import Attempt
+
+
+class FaregateError(Exception):
+    status: int = 500
+    type: str = "api_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def to_openai(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class ConfigError(Exception):
+    """Bad configuration: raised at start-up, never seen by an API client."""
+
+
+class InvalidRequest(FaregateError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationFailed(FaregateError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(FaregateError):
+    status = 403
+    type = "permission_error"
+
+
+class NotFound(FaregateError):
+    status = 404
+    type = "invalid_request_error"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class PayloadTooLarge(FaregateError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class InsufficientCredits(FaregateError):
+    status = 402
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class RateLimited(FaregateError):
+    status = 429
+    type = "rate_limit_exceeded"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamFailed(FaregateError):
+    """Every attempt failed. The message lists each attempt."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_failed"
+
+    def __init__(self, attempts: list[Attempt], *, timeout: bool = False, message: str | None = None) -> None:
+        self.attempts = attempts
+        if timeout:
+            self.status = 504
+            self.code = "upstream_timeout"
+        if message is None:
+            listed = "; ".join(f"{i}. {a.describe()}" for i, a in enumerate(attempts, 1))
+            message = f"All {len(attempts)} upstream attempt(s) failed: {listed}"
+        super().__init__(message)
+
+
+class UpstreamRejected(FaregateError):
+    """The upstream refused the request itself (a 4xx other than 429): the client's to fix,
+    so it is passed through with the upstream's status instead of falling back."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message, code=code, param=param)
+        self.status = status
+
+
+class UpstreamFailure(Exception):
+    """Raised by a provider for one failed upstream call; the attempt loop decides what follows.
+
+    kind: rate_limited | server_error | timeout | connection | empty | truncated | rejected | bad_response
+    """
+
+    retryable_kinds = frozenset({"rate_limited", "server_error", "timeout", "connection", "empty", "truncated",
+                                 "bad_response"})
+
+    def __init__(
+        self,
+        kind: str,
+        detail: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+        self.status = status
+        self.retry_after = retry_after
+        self.body = body
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in self.retryable_kinds

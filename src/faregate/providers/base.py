@@ -1,0 +1,41 @@
+"""The Provider protocol: one implementation per wire protocol, not per vendor."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from faregate.catalog.models import Offer
+from faregate.types import JSON, Completion
+
+
+@dataclass(slots=True)
+class UpstreamCall:
+    """One call to one provider offer. `body` is ready to send: the upstream model name is set,
+    gateway-only fields are removed, and for streams `stream_options.include_usage` is on."""
+
+    offer: Offer
+    body: JSON
+    stream: bool
+    # Seconds allowed until the response head arrives, and for the whole call.
+    first_byte_timeout_s: float
+    total_timeout_s: float
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Provider(Protocol):
+    name: str
+
+    async def complete(self, call: UpstreamCall) -> Completion:
+        """Send a non-streaming request. Raises UpstreamFailure on any failed call
+        (429, 5xx, timeout, connection error, unparsable body) and UpstreamRejected for other 4xx."""
+        ...
+
+    def stream(self, call: UpstreamCall) -> AsyncIterator[JSON]:
+        """Send a streaming request and yield each SSE `data:` chunk parsed as JSON, stopping at
+        `[DONE]` or at the end of the body. Raises like `complete`; a failure after the first
+        chunk is raised from the iterator."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,144 @@
+"""The internal request/response types, used everywhere.
+
+The client's JSON body is kept as a plain dict and passed upstream almost
+untouched: we only read the few fields the gateway interprets. Validating the
+whole body on the hot path would cost time and would reject fields that the
+upstream understands and we do not.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+JSON = dict[str, Any]
+
+Modality = Literal["text", "image", "audio", "video"]
+
+# Body fields the gateway consumes itself and never forwards upstream.
+GATEWAY_FIELDS = frozenset({"faregate", "models"})
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token usage of one completion; `estimated` when counted by us, not the upstream."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """One client chat-completion request, as the pipeline sees it."""
+
+    request_id: str
+    body: JSON
+    model: str
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    required_modalities: frozenset[str]
+    hints: JSON = field(default_factory=dict)
+    key_id: str | None = None
+    received_at: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(slots=True, frozen=True)
+class Price:
+    """USD per 1M tokens."""
+
+    input: Decimal
+    output: Decimal
+
+    def cost(self, usage: Usage) -> Decimal:
+        return (Decimal(usage.prompt_tokens) * self.input + Decimal(usage.completion_tokens) * self.output) / (
+            MILLION
+        )
+
+
+MILLION = Decimal(1_000_000)
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One upstream call made for a request (kept for records and error messages)."""
+
+    model: str
+    provider: str
+    outcome: str  # "ok" or an UpstreamFailure kind
+    latency_ms: float
+    detail: str = ""
+    status: int | None = None
+
+    def describe(self) -> str:
+        text = f"{self.model} via {self.provider}: {self.outcome}"
+        if self.status is not None:
+            text += f" (HTTP {self.status})"
+        if self.detail:
+            text += f" - {self.detail}"
+        return text
+
+
+@dataclass(slots=True)
+class Completion:
+    """A whole (non-streaming) upstream answer."""
+
+    body: JSON
+    usage: Usage | None
+    status: int = 200
+
+    @property
+    def is_empty(self) -> bool:
+        return completion_is_empty(self.body)
+
+
+def completion_is_empty(body: JSON) -> bool:
+    """True for a 200 that carries no usable answer: no choices, or only blank text and no tool call."""
+    choices = body.get("choices")
+    if not choices:
+        return True
+    for choice in choices:
+        message = choice.get("message") or {}
+        if message.get("tool_calls") or message.get("function_call"):
+            return False
+        content = message.get("content")
+        if isinstance(content, str) and content.strip():
+            return False
+        if isinstance(content, list) and content:
+            return False
+        if message.get("refusal"):
+            return False
+        if message.get("audio"):
+            return False
+    return True
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What is written for every request, successful or not."""
+
+    request_id: str
+    created_at: float
+    key_id: str | None
+    model_requested: str
+    model_used: str | None
+    provider: str | None
+    status: int
+    stream: bool
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    usage_estimated: bool = False
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    empty_response: bool = False
+    error: str | None = None
+    attempts: list[Attempt] = field(default_factory=list)
