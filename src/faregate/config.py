@@ -98,10 +98,15 @@ class CatalogSettings(_Strict):
 class SimSettings(_Strict):
     # auto: start the simulator when no provider key is set.
     mode: Literal["auto", "on", "off"] = "auto"
+    # False: use a simulator already running at host:port instead of starting one.
+    launch: bool = True
     host: str = "127.0.0.1"
     port: int = 4001
     # Optional YAML script (latency, answers, faults per model); see faregate.sim.script.
     script: str | None = None
+    # Timeouts the gateway applies to the simulated provider.
+    first_byte_timeout_s: float = 60.0
+    total_timeout_s: float = 600.0
 
 
 class Settings(_Strict):

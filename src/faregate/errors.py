@@ -37,6 +37,12 @@ class ConfigError(Exception):
     """Bad configuration: raised at start-up, never seen by an API client."""
 
 
+class InternalError(FaregateError):
+    status = 500
+    type = "api_error"
+    code = "internal_error"
+
+
 class InvalidRequest(FaregateError):
     status = 400
     type = "invalid_request_error"

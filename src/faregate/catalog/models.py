@@ -65,7 +65,7 @@ def sim_active(settings: Settings) -> bool:
         return True
     if settings.sim.mode == "off":
         return False
-    return not any(provider_enabled(p) for p in settings.providers.values())
+    return not any(provider_enabled(p) for name, p in settings.providers.items() if name != SIM_PROVIDER)
 
 
 class Catalog:

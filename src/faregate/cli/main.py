@@ -19,3 +19,7 @@ for module in (serve, sim, keys, models, usage):
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""`faregate models`: the catalog as a readable table, filterable."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from faregate.catalog import Model, build_catalog, sim_active
+from faregate.cli.common import ConfigOption, load_or_exit
+
+
+def _matches(model: Model, search: str | None, provider: str | None, modality: str | None,
+             available: bool) -> bool:
+    if available and not model.available:
+        return False
+    if search and search.lower() not in " ".join((model.name, *model.aliases)).lower():
+        return False
+    if provider and all(o.provider != provider for o in model.offers):
+        return False
+    return not (modality and modality not in model.modalities)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def models(
+        config: ConfigOption = None,
+        search: Annotated[str | None, typer.Argument(help="Show models whose name or alias contains this.")] = None,
+        provider: Annotated[str | None, typer.Option(help="Only models this provider offers.")] = None,
+        modality: Annotated[str | None, typer.Option(help="Only models accepting this input (image, audio…).")] = None,
+        available: Annotated[bool, typer.Option("--available", help="Only models with an enabled provider.")] = False,
+        all_models: Annotated[
+            bool, typer.Option("--all", help="Include the broad catalog (thousands of models).")
+        ] = False,
+    ) -> None:
+        """List models with prices (USD per 1M tokens), context, modalities and offers."""
+        settings = load_or_exit(config)
+        sim_url = f"http://{settings.sim.host}:{settings.sim.port}/v1" if sim_active(settings) else None
+        catalog = build_catalog(settings, sim_base_url=sim_url)
+        rows = [
+            m for m in catalog.all()
+            if (all_models or m.curated or search) and _matches(m, search, provider, modality, available)
+        ]
+        table = Table(title=f"{len(rows)} model(s)  ·  USD per 1M tokens")
+        for column in ("model", "aliases", "in", "out", "context", "max out", "modalities", "offers"):
+            table.add_column(column, justify="right" if column in ("in", "out", "context", "max out") else "left")
+        for m in rows:
+            offers = ", ".join(
+                f"{o.provider}{'' if o.available else ' (off)'} {o.price.input}/{o.price.output}" for o in m.offers
+            ) or "-"
+            table.add_row(
+                m.name if m.available else f"[dim]{m.name}[/dim]",
+                ", ".join(m.aliases),
+                str(m.list_price.input),
+                str(m.list_price.output),
+                f"{m.context_window:,}",
+                f"{m.max_output_tokens:,}" if m.max_output_tokens else "-",
+                "+".join(sorted(m.modalities)),
+                offers,
+            )
+        Console(width=200).print(table)

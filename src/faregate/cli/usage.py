@@ -1,0 +1,170 @@
+"""`faregate usage`: spend and request counts from the request records, per model, key or provider."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from faregate.cli.common import ConfigOption, load_or_exit
+from faregate.config import Settings
+from faregate.errors import ConfigError
+from faregate.store import GroupBy, StoreUnavailable, UsageRow, open_store
+
+_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_AGO = re.compile(r"(\d+(?:\.\d+)?)([mhdw])")
+# Eight decimals (a hundredth of a micro-dollar) at least, more when the amount has them: never rounded.
+_MIN_USD_PLACES = 8
+
+
+class GroupChoice(StrEnum):
+    """--by values (typer wants an Enum for choices); a test keeps them equal to store.GROUP_BY."""
+
+    model = "model"
+    key = "key"
+    provider = "provider"
+
+    @property
+    def group_by(self) -> GroupBy:
+        return self.value
+
+
+def parse_time(text: str, now: float) -> float:
+    """'24h', '7d', '30m', '2w' (ago), 'now', or an ISO date/time (UTC unless it names a zone)."""
+    text = text.strip()
+    if text == "now":
+        return now
+    match = _AGO.fullmatch(text)
+    if match:
+        return now - float(match[1]) * _UNIT_SECONDS[match[2]]
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is neither a duration like 24h, 7d, 30m, 2w nor an ISO date like 2025-01-31"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def format_usd(amount: Decimal) -> str:
+    """Exact dollars: '$0.00082000', '$1,234.50000000', '$0.000000001'."""
+    exponent = amount.normalize().as_tuple().exponent
+    places = max(_MIN_USD_PLACES, -exponent if isinstance(exponent, int) else 0)
+    return f"${amount:,.{places}f}"
+
+
+@dataclass(slots=True)
+class UsageReport:
+    rows: list[UsageRow]
+    key_names: dict[str, str]
+
+
+async def _report(settings: Settings, since: float, until: float, group_by: GroupBy) -> UsageReport:
+    store = await open_store(settings.store)
+    try:
+        rows = await store.usage_summary(since, until, group_by)
+        names = (
+            {row.id: row.name for row in await store.list_keys(include_revoked=True)}
+            if group_by == "key"
+            else {}
+        )
+    finally:
+        await store.close()
+    return UsageReport(rows, names)
+
+
+def _label(row: UsageRow, group_by: GroupBy, key_names: dict[str, str]) -> Text:
+    if row.group is None:
+        return Text("(no key)" if group_by == "key" else "(none)", style="dim")
+    if group_by == "key" and row.group in key_names:
+        return Text(f"{key_names[row.group]} ({row.group})")
+    # Text(): names come from requests and config, not rich markup.
+    return Text(row.group)
+
+
+def _numbers(requests: int, errors: int, prompt: int, completion: int, cost: Decimal) -> list[str]:
+    return [f"{requests:,}", f"{errors:,}", f"{prompt:,}", f"{completion:,}", format_usd(cost)]
+
+
+def render(report: UsageReport, group_by: GroupBy, since: float, until: float) -> Table:
+    def when(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M")
+
+    rows = [
+        (
+            _label(r, group_by, report.key_names),
+            _numbers(r.requests, r.errors, r.prompt_tokens, r.completion_tokens, r.cost),
+        )
+        for r in report.rows
+    ]
+    total = _numbers(
+        sum(r.requests for r in report.rows),
+        sum(r.errors for r in report.rows),
+        sum(r.prompt_tokens for r in report.rows),
+        sum(r.completion_tokens for r in report.rows),
+        sum((r.cost for r in report.rows), Decimal(0)),
+    )
+    table = Table(title=f"Usage by {group_by}, {when(since)} to {when(until)} UTC")
+    # On a narrow terminal the names fold onto more lines; numbers and money keep their full width.
+    table.add_column(group_by, overflow="fold", min_width=12)
+    headings = ("requests", "errors", "prompt\ntokens", "completion\ntokens", "cost (USD)")
+    for i, heading in enumerate(headings):
+        cells = [total[i], *(numbers[i] for _, numbers in rows), *heading.split("\n")]
+        widest = max(len(cell) for cell in cells)
+        table.add_column(heading, justify="right", no_wrap=True, min_width=widest)
+    for label, numbers in rows:
+        table.add_row(label, *numbers)
+    table.add_section()
+    table.add_row("total", *total, style="bold")
+    return table
+
+
+def min_width(table: Table) -> int:
+    """Width with every column at its min_width: one space of padding each side, one border each."""
+    return sum((column.min_width or 0) + 3 for column in table.columns) + 1
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("usage")
+    def usage(
+        since: Annotated[
+            str, typer.Option(help="Start: a duration ago (24h, 7d, 30m, 2w) or an ISO date/time (UTC).")
+        ] = "24h",
+        until: Annotated[str, typer.Option(help="End (exclusive), same forms as --since.")] = "now",
+        by: Annotated[GroupChoice, typer.Option("--by", help="Group by.")] = GroupChoice.model,
+        config: ConfigOption = None,
+    ) -> None:
+        """Spend, requests, errors (HTTP status >= 400) and tokens from the request records."""
+        group_by = by.group_by
+        now = time.time()
+        start, end = parse_time(since, now), parse_time(until, now)
+        if start >= end:
+            raise typer.BadParameter("--since must be before --until", param_hint="--since")
+        settings = load_or_exit(config)
+        try:
+            report = asyncio.run(_report(settings, start, end, group_by))
+        except StoreUnavailable as exc:
+            typer.echo(f"faregate: store unavailable: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except ConfigError as exc:
+            typer.echo(f"faregate: {exc}", err=True)
+            raise typer.Exit(2) from None
+        if not report.rows:
+            typer.echo(f"No requests recorded between {since} and {until}.")
+            return
+        table = render(report, group_by, start, end)
+        # On a terminal too narrow for the numbers, print wider and let it wrap lines rather than
+        # cut an amount.
+        Console(width=max(Console().width, min_width(table))).print(table)

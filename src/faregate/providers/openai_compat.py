@@ -1,0 +1,391 @@
+"""The provider for every vendor speaking the OpenAI chat-completions wire protocol.
+
+DeepSeek, DashScope, Zhipu, SiliconFlow, OpenRouter, OpenAI, vLLM, Ollama and our
+simulator differ only in base URL, key and extra headers, all taken from
+ProviderSettings. Everything per provider is computed once at construction; a call
+serialises the body with orjson, sends it on the shared session, and turns each
+way an upstream can fail into one UpstreamFailure (or UpstreamRejected) whose
+detail says what happened, because it ends up in the client's error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from collections.abc import AsyncGenerator, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from faregate.config import ProviderSettings
+from faregate.errors import UpstreamFailure, UpstreamRejected
+from faregate.providers.base import UpstreamCall
+from faregate.providers.sse import SSEDecoder, SSEProtocolError
+from faregate.types import JSON, Completion, Usage
+
+# After [DONE] the body normally ends within microseconds; reading to its end lets the
+# connection go back to the pool instead of being closed. Bounded for upstreams that linger.
+_DRAIN_AFTER_DONE_S = 0.5
+_MAX_MESSAGE_CHARS = 300
+
+
+class OpenAICompatibleProvider:
+    """One OpenAI-compatible upstream. The session is shared and owned by the registry."""
+
+    __slots__ = ("_connect_timeout_s", "_headers", "_key_hint", "_session", "_url", "name")
+
+    def __init__(self, name: str, settings: ProviderSettings, session: aiohttp.ClientSession) -> None:
+        self.name = name
+        self._session = session
+        self._url = URL(settings.base_url.rstrip("/") + "/chat/completions")
+        self._connect_timeout_s = settings.connect_timeout_s
+        # The key is read once: the environment does not change under a running gateway,
+        # and os.environ lookups on every call are wasted work.
+        key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        # Configured headers may replace ours (e.g. a vendor that wants its own auth header).
+        headers.update(settings.headers)
+        self._headers = headers
+        if settings.api_key_env is None:
+            self._key_hint = "no api_key_env is configured"
+        elif key:
+            self._key_hint = f"check ${settings.api_key_env}"
+        else:
+            self._key_hint = f"${settings.api_key_env} is not set"
+
+    async def complete(self, call: UpstreamCall) -> Completion:
+        """Send a non-streaming request and return the parsed answer (empty answers included:
+        the attempt loop judges those)."""
+        resp = await self._open(call)
+        try:
+            if not 200 <= resp.status < 300:
+                raise await self._failure(resp)
+            try:
+                raw = await resp.read()
+            except TimeoutError as exc:
+                raise UpstreamFailure(
+                    "timeout",
+                    f"response body not complete within {call.total_timeout_s:g}s",
+                    status=resp.status,
+                ) from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamFailure(
+                    "connection", f"{_describe(exc)} (reading the response body)", status=resp.status
+                ) from exc
+        finally:
+            resp.release()
+        body = _json_object(raw, "response body", resp.status)
+        return Completion(body, usage_from(body), resp.status)
+
+    async def stream(self, call: UpstreamCall) -> AsyncGenerator[JSON, None]:
+        """Send a streaming request and yield each SSE `data` payload parsed as a JSON object.
+
+        Errors before the first chunk are raised on the first `__anext__`. A connection loss or
+        timeout mid-stream raises UpstreamFailure from the iterator; so does an `error` object
+        sent in place of a chunk. The iterator ends at `[DONE]` or, without it, at the end of the
+        body: a truncated stream is not an error here, because only the caller can tell, from
+        the last chunk's `finish_reason`, whether the answer was complete. The connection is
+        released however iteration ends, including `aclose()` by a consumer that stops early.
+        """
+        resp = await self._open(call)
+        try:
+            if not 200 <= resp.status < 300:
+                raise await self._failure(resp)
+            content = resp.content
+            decoder = SSEDecoder()
+            chunks = 0
+            try:
+                data = await content.readany()
+                if data.lstrip()[:1] == b"{":
+                    # A JSON body where an event stream belongs: an error, or stream:true ignored.
+                    raise _json_instead_of_stream(data + await content.read(), resp.status)
+                while data:
+                    for payload in decoder.feed(data):
+                        if not payload:
+                            continue  # `data:` with nothing after it: a keep-alive, not a chunk
+                        chunk = _json_object(payload, f"stream chunk {chunks + 1}", resp.status)
+                        # OpenRouter and others report a failure mid-stream as a chunk with an
+                        # `error` object (sometimes beside a finish_reason "error" choice).
+                        if chunk.get("error"):
+                            raise UpstreamFailure(
+                                "server_error",
+                                f"error event after {chunks} chunks: {_error_message(chunk) or 'no message'}",
+                                status=resp.status,
+                                body=chunk,
+                            )
+                        chunks += 1
+                        yield chunk
+                    if decoder.done:
+                        await _drain(content)
+                        return
+                    data = await content.readany()
+            except TimeoutError as exc:
+                raise UpstreamFailure(
+                    "timeout",
+                    f"stream not finished within {call.total_timeout_s:g}s ({chunks} chunks received)",
+                    status=resp.status,
+                ) from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamFailure(
+                    "connection", f"{_describe(exc)} after {chunks} chunks", status=resp.status
+                ) from exc
+            except SSEProtocolError as exc:
+                raise UpstreamFailure(
+                    "bad_response", f"{exc} after {chunks} chunks", status=resp.status
+                ) from exc
+        finally:
+            resp.release()
+
+    async def close(self) -> None:
+        """Nothing to do: the shared session belongs to the registry."""
+
+    async def _open(self, call: UpstreamCall) -> aiohttp.ClientResponse:
+        """POST the call and wait for the response head, within the first-byte deadline."""
+        if call.total_timeout_s <= 0:
+            # aiohttp reads a zero total as "no limit"; a spent deadline must fail, not wait forever.
+            raise UpstreamFailure("timeout", "no time left for this attempt")
+        headers = {**self._headers, **call.headers} if call.headers else self._headers
+        # aiohttp's `total` covers the whole call including the body, and unlike asyncio.timeout
+        # it is safe across the yields of a stream. The first-byte deadline only wraps the
+        # wait for the head, so it never cuts a long stream.
+        timeout = aiohttp.ClientTimeout(total=call.total_timeout_s, sock_connect=self._connect_timeout_s)
+        head_s = min(call.first_byte_timeout_s, call.total_timeout_s)
+        try:
+            async with asyncio.timeout(head_s):
+                return await self._session.post(
+                    self._url,
+                    data=orjson.dumps(call.body),
+                    headers=headers,
+                    timeout=timeout,
+                    allow_redirects=False,
+                )
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise UpstreamFailure(
+                "timeout", f"could not connect within {self._connect_timeout_s:g}s"
+            ) from exc
+        except TimeoutError as exc:
+            raise UpstreamFailure("timeout", f"no response head within {head_s:g}s") from exc
+        except aiohttp.ClientConnectorDNSError as exc:
+            raise UpstreamFailure("connection", f"DNS lookup failed for {exc.host}") from exc
+        except aiohttp.ClientConnectorError as exc:
+            reason = (
+                "connection refused" if isinstance(exc.os_error, ConnectionRefusedError) else "connect failed"
+            )
+            raise UpstreamFailure("connection", f"{reason} by {exc.host}:{exc.port}") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailure("connection", f"{_describe(exc)} before the response head") from exc
+
+    async def _failure(self, resp: aiohttp.ClientResponse) -> Exception:
+        """The exception for a non-2xx response, with the upstream's own message."""
+        status = resp.status
+        try:
+            raw = await resp.read()
+        except (TimeoutError, aiohttp.ClientError):
+            raw = b""  # the status alone is enough to classify
+        body = _try_json_object(raw)
+        message = _error_message(body) if body is not None else _text_message(raw)
+        message = message or resp.reason or "no message"
+        if status == 429:
+            retry_after = parse_retry_after(resp.headers)
+            return UpstreamFailure(
+                "rate_limited", f"HTTP 429: {message}", status=status, retry_after=retry_after, body=body
+            )
+        if status == 408:
+            return UpstreamFailure("timeout", f"HTTP 408: {message}", status=status, body=body)
+        if status in (401, 403):
+            # The upstream refused OUR key: not the client's fault, and another provider may work.
+            return UpstreamFailure(
+                "server_error",
+                f"provider authentication failed (HTTP {status}; {self._key_hint}): {message}",
+                status=status,
+                body=body,
+            )
+        if status == 402:
+            # Our account with the provider is out of credit: again not the client's to fix.
+            return UpstreamFailure(
+                "server_error",
+                f"provider account needs payment (HTTP 402): {message}",
+                status=status,
+                body=body,
+            )
+        if 400 <= status < 500:
+            error = body.get("error") if body is not None else None
+            code = error.get("code") if isinstance(error, dict) else None
+            param = error.get("param") if isinstance(error, dict) else None
+            return UpstreamRejected(
+                status,
+                f"{self.name} rejected the request: {message}",
+                code=code if isinstance(code, str) else None,
+                param=param if isinstance(param, str) else None,
+            )
+        if 300 <= status < 400:
+            where = resp.headers.get("Location", "elsewhere")
+            return UpstreamFailure(
+                "server_error",
+                f"HTTP {status} redirect to {where}; fix the provider's base_url",
+                status=status,
+            )
+        return UpstreamFailure(
+            "server_error",
+            f"HTTP {status}: {message}",
+            status=status,
+            retry_after=parse_retry_after(resp.headers),
+            body=body,
+        )
+
+
+def usage_from(body: Mapping[str, Any]) -> Usage | None:
+    """Usage from an OpenAI body or stream chunk, or None if absent or malformed."""
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = _token_count(usage.get("prompt_tokens"))
+    completion = _token_count(usage.get("completion_tokens"))
+    if prompt is None or completion is None:
+        return None
+    return Usage(prompt, completion)
+
+
+def _token_count(value: Any) -> int | None:
+    if type(value) is int:  # not bool
+        return value if value >= 0 else None
+    if type(value) is float and value.is_integer() and value >= 0:
+        return int(value)
+    return None
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from `retry-after-ms` (OpenAI's, more precise) or `Retry-After`
+    (delay-seconds or an HTTP date); None if absent or unreadable."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        seconds = _non_negative(millis)
+        if seconds is not None:
+            return seconds / 1000
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    seconds = _non_negative(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _non_negative(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _json_object(raw: bytes, what: str, status: int) -> JSON:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamFailure(
+            "bad_response", f"{what} is not valid JSON ({exc}): {_snippet(raw)}", status=status
+        ) from exc
+    if not isinstance(value, dict):
+        raise UpstreamFailure(
+            "bad_response", f"{what} is a JSON {type(value).__name__}, expected an object", status=status
+        )
+    return value
+
+
+def _try_json_object(raw: bytes) -> JSON | None:
+    if not raw:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _error_message(body: JSON) -> str | None:
+    """The message of an error body: OpenAI's {"error": {"message"}} and common variants."""
+    error = body.get("error", body)
+    if isinstance(error, dict):
+        for key in ("message", "msg", "detail"):
+            value = error.get(key)
+            if isinstance(value, str) and value:
+                return _clip(value)
+        return None
+    if isinstance(error, str) and error:
+        return _clip(error)
+    return None
+
+
+def _text_message(raw: bytes) -> str | None:
+    text = raw.decode("utf-8", "replace").strip()
+    # An HTML error page (a load balancer's 502) says less than the status line does.
+    if not text or text.startswith("<"):
+        return None
+    return _clip(" ".join(text.split()))
+
+
+def _json_instead_of_stream(raw: bytes, status: int) -> UpstreamFailure:
+    body = _try_json_object(raw)
+    message = _error_message(body) if body is not None else None
+    if body is not None and "error" in body:
+        return UpstreamFailure(
+            "server_error", f"error instead of a stream: {message or 'no message'}", status=status, body=body
+        )
+    return UpstreamFailure(
+        "bad_response", f"a JSON body instead of an event stream: {_snippet(raw)}", status=status, body=body
+    )
+
+
+async def _drain(content: aiohttp.StreamReader) -> None:
+    if content.at_eof():
+        return
+    try:
+        async with asyncio.timeout(_DRAIN_AFTER_DONE_S):
+            while await content.readany():
+                pass
+    except (TimeoutError, aiohttp.ClientError):
+        pass  # the connection is closed on release instead of reused; nothing is lost
+
+
+def _describe(exc: BaseException) -> str:
+    """Say what happened to the connection in plain words."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        # aiohttp keeps the socket error only in the message text, the parser's complaint as the cause.
+        if "ConnectionResetError" in str(exc):
+            return "connection reset mid-body"
+        reason = getattr(exc.__cause__, "message", None)
+        if not isinstance(reason, str) or not reason:
+            return "connection closed mid-body"
+        return f"connection closed mid-body ({reason.rstrip('.')})"
+    if isinstance(exc, aiohttp.ClientConnectionResetError | ConnectionResetError):
+        return "connection reset"
+    return _plain(exc)
+
+
+def _plain(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def _snippet(raw: bytes) -> str:
+    return repr(raw[:80].decode("utf-8", "replace")) + ("…" if len(raw) > 80 else "")

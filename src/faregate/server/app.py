@@ -1,0 +1,170 @@
+"""The ASGI-style aiohttp application: routes, the error edge, start-up and shutdown."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from faregate.accounts.keys import KeyStore
+from faregate.catalog import SIM_PROVIDER, Catalog, Model, build_catalog
+from faregate.config import ProviderSettings, Settings
+from faregate.errors import FaregateError, InternalError, InvalidRequest, NotFound
+from faregate.providers.http import make_client_session
+from faregate.providers.registry import ProviderRegistry
+from faregate.routing.attempts import AttemptRunner
+from faregate.routing.plan import Planner
+from faregate.server.pipeline import ChatPipeline, error_response
+from faregate.store.sqlite import SQLiteStore
+from faregate.telemetry.records import RecordWriter
+
+log = logging.getLogger("faregate.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(slots=True)
+class Gateway:
+    """Everything a running gateway holds; built once, closed once."""
+
+    settings: Settings
+    catalog: Catalog
+    session: aiohttp.ClientSession
+    providers: ProviderRegistry
+    store: SQLiteStore
+    keys: KeyStore
+    records: RecordWriter
+    pipeline: ChatPipeline
+    models_body: bytes
+
+    async def close(self) -> None:
+        await self.records.close()
+        await self.providers.close()
+        await self.session.close()
+        await self.store.close()
+
+
+def model_entry(model: Model) -> dict[str, Any]:
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": model.offers[0].provider if model.offers else "unknown",
+        "aliases": list(model.aliases),
+        "available": model.available,
+        "context_window": model.context_window,
+        "max_output_tokens": model.max_output_tokens,
+        "modalities": sorted(model.modalities),
+        "tags": list(model.tags),
+        "pricing": {
+            "currency": "USD",
+            "unit": "1M tokens",
+            "input": str(model.list_price.input),
+            "output": str(model.list_price.output),
+        },
+        "offers": [
+            {
+                "provider": o.provider,
+                "upstream_model": o.upstream_model,
+                "input": str(o.price.input),
+                "output": str(o.price.output),
+                "available": o.available,
+            }
+            for o in model.offers
+        ],
+    }
+
+
+def models_listing(catalog: Catalog) -> bytes:
+    """Models that some declared provider sells (curated first). Built once: the catalog is static."""
+    listed = [m for m in catalog.all() if m.offers]
+    listed.sort(key=lambda m: (not m.curated, m.name.lower()))
+    return orjson.dumps({"object": "list", "data": [model_entry(m) for m in listed]})
+
+
+async def build_gateway(settings: Settings, *, sim_base_url: str | None = None) -> Gateway:
+    catalog = build_catalog(settings, sim_base_url=sim_base_url)
+    session = make_client_session(settings)
+    providers = ProviderRegistry(settings, session, sim_base_url=sim_base_url)
+    store = await SQLiteStore.open(settings.store.path)
+    keys = KeyStore(store, cache_ttl_s=settings.auth.key_cache_ttl_s)
+    records = RecordWriter(store, settings.records)
+    await records.start()
+    sim_provider = ProviderSettings(
+        base_url=sim_base_url or "http://127.0.0.1",
+        first_byte_timeout_s=settings.sim.first_byte_timeout_s,
+        total_timeout_s=settings.sim.total_timeout_s,
+    )
+
+    def provider_settings(name: str) -> ProviderSettings | None:
+        return sim_provider if name == SIM_PROVIDER else settings.providers.get(name)
+
+    runner = AttemptRunner(providers.get, provider_settings, settings.server.request_timeout_s)
+    pipeline = ChatPipeline(
+        keys=keys,
+        planner=Planner(catalog),
+        runner=runner,
+        records=records,
+        max_body_bytes=settings.server.max_body_bytes,
+    )
+    return Gateway(settings, catalog, session, providers, store, keys, records, pipeline, models_listing(catalog))
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves in OpenAI's JSON shape; never a stack trace."""
+    try:
+        return await handler(request)
+    except FaregateError as error:
+        return error_response(error)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(InvalidRequest(f"Request body too large: {exc.text}", code="request_too_large"))
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            return error_response(NotFound(f"Unknown path: {request.method} {request.path}", code="unknown_url"))
+        if exc.status == 405:
+            err = InvalidRequest(f"Method {request.method} is not allowed on {request.path}.", code="method_not_allowed")
+            err.status = 405
+            return error_response(err)
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(InternalError("The gateway hit an internal error; it has been logged."))
+
+
+def create_app(gateway: Gateway) -> web.Application:
+    # aiohttp's own body limit sits above ours so that our check answers in OpenAI format.
+    app = web.Application(middlewares=[openai_errors], client_max_size=gateway.settings.server.max_body_bytes + 1)
+    app["gateway"] = gateway
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        return await gateway.pipeline.handle(request)
+
+    async def models(request: web.Request) -> web.StreamResponse:
+        await gateway.pipeline.authenticate(request)
+        return web.Response(body=gateway.models_body, content_type="application/json")
+
+    async def model(request: web.Request) -> web.StreamResponse:
+        await gateway.pipeline.authenticate(request)
+        name = request.match_info["name"]
+        found = gateway.pipeline.planner.resolve(name)
+        return web.Response(body=orjson.dumps(model_entry(found)), content_type="application/json")
+
+    async def health(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+    async def on_cleanup(app: web.Application) -> None:
+        await gateway.close()
+
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/chat/completions", chat)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{name:.+}", model)
+    app.router.add_get("/health", health)
+    app.on_cleanup.append(on_cleanup)
+    return app

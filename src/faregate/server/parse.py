@@ -1,0 +1,139 @@
+"""Turn a raw HTTP body into a ChatRequest, checking only what the gateway relies on.
+
+Everything else in the body is passed upstream untouched, so new OpenAI fields
+work without a gateway release.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import orjson
+
+from faregate.errors import InvalidRequest
+from faregate.types import JSON, ChatRequest
+
+# Content-part types that need a model able to read that modality.
+PART_MODALITY = {
+    "image_url": "image",
+    "input_image": "image",
+    "image": "image",
+    "input_audio": "audio",
+    "audio_url": "audio",
+    "audio": "audio",
+    "video_url": "video",
+    "video": "video",
+}
+VALID_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+def decode_json_object(raw: bytes) -> JSON:
+    if not raw:
+        raise InvalidRequest("The request body is empty; expected a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"The request body must be a JSON object, not {type(body).__name__}.")
+    return body
+
+
+def _positive_int(body: JSON, name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequest(f"'{name}' must be a positive integer, got {value!r}.", param=name)
+    return value
+
+
+def required_modalities(messages: list[Any]) -> frozenset[str]:
+    found: set[str] = set()
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict):
+                    modality = PART_MODALITY.get(str(part.get("type")))
+                    if modality:
+                        found.add(modality)
+    return frozenset(found)
+
+
+def _check_messages(messages: Any) -> list[Any]:
+    if messages is None:
+        raise InvalidRequest("Missing required parameter: 'messages'.", param="messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array of message objects.", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"'messages[{i}]' must be an object.", param=f"messages[{i}]")
+        role = message.get("role")
+        if role not in VALID_ROLES:
+            raise InvalidRequest(
+                f"'messages[{i}].role' must be one of {sorted(VALID_ROLES)}, got {role!r}.",
+                param=f"messages[{i}].role",
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise InvalidRequest(
+                f"'messages[{i}].content' must be a string or an array of content parts.",
+                param=f"messages[{i}].content",
+            )
+    return messages
+
+
+def parse_chat_request(body: JSON, headers: Any, request_id: str) -> ChatRequest:
+    """Validate the fields the gateway interprets; `headers` is any case-insensitive mapping."""
+    models = body.get("models")
+    model = body.get("model")
+    if models is not None:
+        if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
+            raise InvalidRequest("'models' must be a non-empty array of model names.", param="models")
+        if model is None:
+            model = models[0]
+    if model is None:
+        raise InvalidRequest("Missing required parameter: 'model'.", param="model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' must be a non-empty string.", param="model")
+    messages = _check_messages(body.get("messages"))
+
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean.", param="stream")
+    include_usage = False
+    stream_options = body.get("stream_options")
+    if stream_options is not None:
+        if not isinstance(stream_options, dict):
+            raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+        include_usage = bool(stream_options.get("include_usage"))
+
+    max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
+
+    hints = body.get("faregate") or {}
+    if not isinstance(hints, dict):
+        raise InvalidRequest("'faregate' must be an object of gateway hints.", param="faregate")
+    for header, hint in (("x-faregate-tier", "tier"), ("x-faregate-task", "task"),
+                         ("x-faregate-max-cost-usd", "max_cost_usd")):
+        value = headers.get(header)
+        if value is not None and hint not in hints:
+            hints = {**hints, hint: value}
+
+    return ChatRequest(
+        request_id=request_id,
+        body=body,
+        model=model,
+        stream=stream,
+        include_usage=include_usage and stream,
+        max_tokens=max_tokens,
+        required_modalities=required_modalities(messages),
+        hints=hints,
+    )

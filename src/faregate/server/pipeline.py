@@ -1,0 +1,321 @@
+"""The request path, top to bottom in one place:
+
+authenticate -> parse -> plan (routing) -> attempt loop -> settle and record -> respond.
+
+Each stage is a small function or object with one job; this module only wires
+them together and makes sure every request is recorded exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from faregate import tokens
+from faregate.accounts.keys import ApiKey, KeyStore
+from faregate.errors import AuthenticationFailed, FaregateError, InternalError, PayloadTooLarge, UpstreamFailed
+from faregate.routing.attempts import AttemptRunner, OpenedStream
+from faregate.routing.plan import Candidate, Planner
+from faregate.server.parse import decode_json_object, new_request_id, parse_chat_request
+from faregate.server.streaming import DONE, error_event, relay, sse_frame
+from faregate.telemetry.records import RecordWriter
+from faregate.types import JSON, ChatRequest, Completion, RequestRecord, Usage
+
+log = logging.getLogger("faregate.pipeline")
+
+JSON_TYPE = "application/json"
+
+
+def money(value: Decimal) -> str:
+    """Exact decimal text for headers (no exponent, no float rounding)."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def error_response(error: FaregateError, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=error.status,
+        body=orjson.dumps(error.to_openai()),
+        content_type=JSON_TYPE,
+        headers={**error.headers, **(headers or {})},
+    )
+
+
+@dataclass(slots=True)
+class Settled:
+    usage: Usage
+    cost: Decimal
+
+
+class ChatPipeline:
+    def __init__(
+        self,
+        *,
+        keys: KeyStore,
+        planner: Planner,
+        runner: AttemptRunner,
+        records: RecordWriter,
+        max_body_bytes: int,
+    ) -> None:
+        self.keys = keys
+        self.planner = planner
+        self.runner = runner
+        self.records = records
+        self.max_body_bytes = max_body_bytes
+
+    # -- stages -------------------------------------------------------------------------
+
+    async def authenticate(self, http_request: web.Request) -> ApiKey:
+        header = http_request.headers.get("Authorization", "")
+        scheme, _, raw = header.partition(" ")
+        if scheme.lower() != "bearer" or not raw.strip():
+            raise AuthenticationFailed(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer fg-...'.", code="missing_api_key"
+            )
+        key = await self.keys.verify(raw.strip())
+        if key is None:
+            raise AuthenticationFailed("Incorrect API key provided.")
+        return key
+
+    async def read_body(self, http_request: web.Request) -> JSON:
+        length = http_request.content_length
+        if length is not None and length > self.max_body_bytes:
+            raise PayloadTooLarge(
+                f"Request body is {length} bytes; the limit is {self.max_body_bytes} bytes."
+            )
+        try:
+            raw = await http_request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLarge(f"Request body is larger than the limit of {self.max_body_bytes} bytes.") from None
+        if len(raw) > self.max_body_bytes:
+            raise PayloadTooLarge(f"Request body is {len(raw)} bytes; the limit is {self.max_body_bytes} bytes.")
+        return decode_json_object(raw)
+
+    async def settle(self, candidate: Candidate, request: ChatRequest, usage: Usage | None, text: str) -> Settled:
+        """The cost of the served attempt, from the provider's usage, or estimated when it gave none."""
+        if usage is None:
+            usage = await estimate_usage(request, text)
+        return Settled(usage, candidate.offer.price.cost(usage))
+
+    # -- the handler --------------------------------------------------------------------
+
+    async def handle(self, http_request: web.Request) -> web.StreamResponse:
+        request_id = new_request_id()
+        record = RequestRecord(
+            request_id=request_id,
+            created_at=time.time(),
+            key_id=None,
+            model_requested="",
+            model_used=None,
+            provider=None,
+            status=200,
+            stream=False,
+        )
+        started = time.perf_counter()
+        base_headers = {"x-faregate-request-id": request_id}
+        try:
+            key = await self.authenticate(http_request)
+            record.key_id = key.id
+            body = await self.read_body(http_request)
+            record.model_requested = str(body.get("model") or "")[:200]
+            request = parse_chat_request(body, http_request.headers, request_id)
+            request.key_id = key.id
+            request.started = started
+            record.stream = request.stream
+            plan = self.planner.plan(request)
+            base_headers["x-faregate-route"] = plan.route
+            if request.stream:
+                opened = await self.runner.open_stream(request, plan)
+                return await self._stream(http_request, request, opened, record, base_headers)
+            served = await self.runner.complete(request, plan)
+            record.attempts = served.attempts
+            return await self._respond(request, served.completion, served.candidate, record, base_headers)
+        except FaregateError as error:
+            record.status = error.status
+            record.error = error.message[:2000]
+            if isinstance(error, UpstreamFailed):
+                record.attempts = error.attempts
+                base_headers["x-faregate-attempts"] = str(len(error.attempts))
+            return error_response(error, base_headers)
+        except Exception as exc:
+            # A bug of ours: the client gets a clean 500 without internals, the log gets the trace.
+            log.exception("unhandled error in request %s", request_id)
+            record.status = 500
+            record.error = f"internal error: {type(exc).__name__}"
+            return error_response(InternalError("The gateway hit an internal error; it has been logged."), base_headers)
+        finally:
+            record.latency_ms = (time.perf_counter() - started) * 1000
+            self.records.submit(record)
+
+    async def _respond(
+        self,
+        request: ChatRequest,
+        completion: Completion,
+        candidate: Candidate,
+        record: RequestRecord,
+        headers: dict[str, str],
+    ) -> web.Response:
+        body = completion.body
+        text = "" if completion.usage is not None else completion_text(body)
+        settled = await self.settle(candidate, request, completion.usage, text)
+        body["model"] = candidate.model.name
+        usage_out: dict[str, Any] = dict(body.get("usage") or {})
+        usage_out.update(
+            prompt_tokens=settled.usage.prompt_tokens,
+            completion_tokens=settled.usage.completion_tokens,
+            total_tokens=settled.usage.total_tokens,
+            cost=float(settled.cost),
+        )
+        if settled.usage.estimated:
+            usage_out["estimated"] = True
+        body["usage"] = usage_out
+        self._fill_record(record, candidate, settled)
+        headers.update(self._result_headers(candidate, record, settled.cost))
+        return web.Response(body=orjson.dumps(body), content_type=JSON_TYPE, headers=headers)
+
+    async def _stream(
+        self,
+        http_request: web.Request,
+        request: ChatRequest,
+        opened: OpenedStream,
+        record: RequestRecord,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        candidate = opened.candidate
+        record.attempts = opened.attempts
+        headers.update(
+            {
+                "x-faregate-model": candidate.model.name,
+                "x-faregate-provider": candidate.offer.provider,
+                "x-faregate-attempts": str(len(opened.attempts)),
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        response = web.StreamResponse(status=200, headers=headers)
+        response.content_type = "text/event-stream"
+        try:
+            await response.prepare(http_request)
+        except (ConnectionResetError, ConnectionError):
+            await _aclose(opened)
+            record.status = 499
+            record.error = "client disconnected before the stream started"
+            settled = await self.settle(candidate, request, None, "")
+            self._fill_record(record, candidate, settled)
+            return response
+        outcome = await relay(http_request, response, request, opened, candidate.model.name)
+        if outcome.first_content_at is not None:
+            record.ttft_ms = (outcome.first_content_at - request.started) * 1000
+        settled = await self.settle(candidate, request, outcome.usage, "".join(outcome.text))
+        self._fill_record(record, candidate, settled)
+        if outcome.client_gone:
+            record.status = 499
+            record.error = "client disconnected during the stream"
+            return response
+        try:
+            if outcome.failure is not None:
+                record.status = 502
+                record.error = f"stream interrupted after content was sent: {outcome.failure.detail}"
+                opened.attempts[-1].outcome = outcome.failure.kind
+                opened.attempts[-1].detail = outcome.failure.detail
+                await response.write(
+                    error_event(
+                        f"The upstream stream from {candidate.offer.provider} ({candidate.model.name}) failed "
+                        f"after content was sent: {outcome.failure.detail}",
+                        "stream_interrupted",
+                    )
+                )
+            else:
+                if request.include_usage:
+                    await response.write(sse_frame(self._usage_chunk(outcome.usage_chunk, candidate, settled)))
+                await response.write(DONE)
+            await response.write_eof()
+        except (ConnectionResetError, ConnectionError):
+            record.status = 499
+            record.error = "client disconnected at the end of the stream"
+        return response
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _usage_chunk(self, chunk: JSON | None, candidate: Candidate, settled: Settled) -> JSON:
+        base: JSON = chunk or {
+            "id": "chatcmpl-" + "faregate",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "choices": [],
+        }
+        base["model"] = candidate.model.name
+        usage: dict[str, Any] = dict(base.get("usage") or {})
+        usage.update(
+            prompt_tokens=settled.usage.prompt_tokens,
+            completion_tokens=settled.usage.completion_tokens,
+            total_tokens=settled.usage.total_tokens,
+            cost=float(settled.cost),
+        )
+        if settled.usage.estimated:
+            usage["estimated"] = True
+        base["usage"] = usage
+        return base
+
+    @staticmethod
+    def _fill_record(record: RequestRecord, candidate: Candidate, settled: Settled) -> None:
+        record.model_used = candidate.model.name
+        record.provider = candidate.offer.provider
+        record.prompt_tokens = settled.usage.prompt_tokens
+        record.completion_tokens = settled.usage.completion_tokens
+        record.usage_estimated = settled.usage.estimated
+        record.cost_usd = settled.cost
+        record.empty_response = settled.usage.completion_tokens == 0
+
+    @staticmethod
+    def _result_headers(candidate: Candidate, record: RequestRecord, cost: Decimal) -> dict[str, str]:
+        return {
+            "x-faregate-cost-usd": money(cost),
+            "x-faregate-model": candidate.model.name,
+            "x-faregate-provider": candidate.offer.provider,
+            "x-faregate-attempts": str(len(record.attempts)),
+        }
+
+
+def completion_text(body: JSON) -> str:
+    parts: list[str] = []
+    for choice in body.get("choices") or ():
+        message = choice.get("message") or {}
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        for call in message.get("tool_calls") or ():
+            fn = call.get("function") or {}
+            parts.append(str(fn.get("name") or ""))
+            parts.append(str(fn.get("arguments") or ""))
+    return "".join(parts)
+
+
+async def estimate_usage(request: ChatRequest, completion: str) -> Usage:
+    """Count tokens ourselves when the upstream reported none (the first call loads the
+    tokenizer, so it runs in a thread to keep the event loop free)."""
+
+    def count() -> Usage:
+        return Usage(tokens.count_messages(request.body.get("messages") or []), tokens.count_text(completion), True)
+
+    if tokens.is_loaded():
+        return count()
+    return await asyncio.to_thread(count)
+
+
+async def _aclose(opened: OpenedStream) -> None:
+    closer = getattr(opened.rest, "aclose", None)
+    if closer is not None:
+        try:
+            await closer()
+        except Exception:  # noqa: BLE001
+            pass

@@ -1,0 +1,95 @@
+"""Run the gateway process: start the simulator when needed, serve, shut down cleanly.
+
+SIGTERM and SIGINT stop accepting connections, let the app's cleanup flush every
+pending request record, then stop the simulator this process started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from faregate.catalog import sim_active
+from faregate.config import Settings
+from faregate.server.app import Gateway, build_gateway, create_app
+
+log = logging.getLogger("faregate")
+
+Announce = Callable[[Gateway, str], Awaitable[None]]
+
+
+async def start_simulator(settings: Settings) -> asyncio.subprocess.Process:
+    """The simulator runs as its own process so it never competes with the gateway's event loop."""
+    args = [sys.executable, "-m", "faregate.cli.main", "sim", "--host", settings.sim.host,
+            "--port", str(settings.sim.port)]
+    if settings.sim.script:
+        args += ["--script", settings.sim.script]
+    return await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL)
+
+
+async def wait_healthy(url: str, timeout_s: float, process: asyncio.subprocess.Process | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if process is not None and process.returncode is not None:
+                raise RuntimeError(f"process serving {url} exited with code {process.returncode}")
+            try:
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as response:
+                    if response.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"{url} did not become healthy within {timeout_s:.0f}s")
+
+
+async def serve(settings: Settings, announce: Announce | None = None) -> None:
+    sim_process: asyncio.subprocess.Process | None = None
+    sim_base_url: str | None = None
+    if sim_active(settings):
+        if settings.sim.launch:
+            sim_process = await start_simulator(settings)
+        sim_base_url = f"http://{settings.sim.host}:{settings.sim.port}/v1"
+    runner: web.AppRunner | None = None
+    try:
+        gateway = await build_gateway(settings, sim_base_url=sim_base_url)
+        if sim_base_url is not None:
+            await wait_healthy(f"http://{settings.sim.host}:{settings.sim.port}/health", 30, sim_process)
+        app = create_app(gateway)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=4096, reuse_address=True)
+        await site.start()
+        base_url = f"http://{settings.server.host}:{settings.server.port}/v1"
+        log.info("faregate listening on %s%s", base_url, " (simulated providers)" if sim_base_url else "")
+        if announce is not None:
+            await announce(gateway, base_url)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: flushing request records")
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        if sim_process is not None and sim_process.returncode is None:
+            sim_process.terminate()
+            try:
+                await asyncio.wait_for(sim_process.wait(), 5)
+            except TimeoutError:
+                sim_process.kill()
+
+
+def run(settings: Settings, announce: Announce | None = None) -> None:
+    import uvloop
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvloop.run(serve(settings, announce))

@@ -1,0 +1,96 @@
+"""The store interface: what the rest of the gateway may ask of a database.
+
+It is kept to domain operations (not raw SQL) so that a PostgreSQL store can sit
+behind the same Protocols with its own dialect. Consumers depend on the narrowest
+part they use: the key store on `KeyTable`, the record writer and the usage
+reports on `RecordTable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal, Protocol
+
+from faregate.types import RequestRecord
+
+GroupBy = Literal["model", "key", "provider"]
+GROUP_BY: tuple[GroupBy, ...] = ("model", "key", "provider")
+
+
+class DuplicateError(Exception):
+    """A unique constraint refused the write."""
+
+
+class StoreUnavailable(Exception):
+    """The store could not be written or read right now (locked, disk full, I/O error).
+
+    Distinct from a bad row: the caller may retry the same write later and expect it to work.
+    """
+
+
+@dataclass(slots=True, frozen=True)
+class KeyRow:
+    """An API key as stored. The raw key is never stored: only its SHA-256 hex digest."""
+
+    id: str
+    name: str
+    prefix: str
+    key_hash: str
+    premium: bool
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class UsageRow:
+    """One group of a usage summary. `group` is None for records without that attribute
+    (no key, or no provider reached)."""
+
+    group: str | None
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: Decimal
+
+
+class KeyTable(Protocol):
+    async def insert_key(self, row: KeyRow) -> None:
+        """Raises DuplicateError if the id or the hash is taken."""
+        ...
+
+    async def find_key(self, key_hash: str) -> KeyRow | None:
+        """The key with this hash, revoked or not."""
+        ...
+
+    async def list_keys(self, include_revoked: bool = False) -> list[KeyRow]:
+        """Oldest first."""
+        ...
+
+    async def revoke_key(self, key_id: str, at: float) -> bool:
+        """Revoke the key with this id. False if there is none or it is already revoked."""
+        ...
+
+
+class RecordTable(Protocol):
+    async def insert_records(self, records: Sequence[RequestRecord]) -> int:
+        """Insert in one transaction; a request_id already stored is skipped, never duplicated.
+        Returns how many rows were inserted. Raises StoreUnavailable when the batch may be retried."""
+        ...
+
+    async def get_record(self, request_id: str) -> RequestRecord | None: ...
+
+    async def count_records(self) -> int: ...
+
+    async def usage_summary(
+        self, since: float | None, until: float | None, group_by: GroupBy = "model"
+    ) -> list[UsageRow]:
+        """Requests with since <= created_at < until (unix seconds; None: unbounded), aggregated
+        in the database, most expensive group first."""
+        ...
+
+
+class Store(KeyTable, RecordTable, Protocol):
+    async def close(self) -> None: ...

@@ -1,0 +1,129 @@
+"""RequestRecord <-> a flat SQL row, shared by every SQL store so they store money the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+import orjson
+
+from faregate.types import Attempt, RequestRecord
+
+# Column order of `record_to_row`; also the INSERT column list.
+RECORD_COLUMNS: tuple[str, ...] = (
+    "request_id",
+    "created_at",
+    "key_id",
+    "model_requested",
+    "model_used",
+    "provider",
+    "status",
+    "stream",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "cost_nanousd",
+    "usage_estimated",
+    "latency_ms",
+    "ttft_ms",
+    "empty_response",
+    "error",
+    "attempts",
+)
+
+
+def usd_text(cost: Decimal) -> str:
+    """Exact positional text ("0.00000082", never "8.2E-7"): readable in SQL and round-trips exactly."""
+    return format(cost, "f")
+
+
+def to_nanousd(cost: Decimal) -> int:
+    """Cost in billionths of a dollar, so SQL can SUM money as integers without float error.
+
+    Exact for every price with at most 3 decimals per 1M tokens (the usual case). A finer price
+    leaves a sub-nano remainder that is rounded half-even here; `cost_usd` keeps the exact value.
+    """
+    return int(cost.scaleb(9).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def from_nanousd(nanousd: int) -> Decimal:
+    return Decimal(nanousd).scaleb(-9)
+
+
+def attempts_json(attempts: Sequence[Attempt]) -> str:
+    return orjson.dumps(
+        [
+            {
+                "model": a.model,
+                "provider": a.provider,
+                "outcome": a.outcome,
+                "latency_ms": a.latency_ms,
+                "detail": a.detail,
+                "status": a.status,
+            }
+            for a in attempts
+        ]
+    ).decode()
+
+
+def attempts_from_json(text: str) -> list[Attempt]:
+    items: list[dict[str, Any]] = orjson.loads(text)
+    return [
+        Attempt(
+            model=item["model"],
+            provider=item["provider"],
+            outcome=item["outcome"],
+            latency_ms=float(item.get("latency_ms") or 0.0),
+            detail=item.get("detail") or "",
+            status=item.get("status"),
+        )
+        for item in items
+    ]
+
+
+def record_to_row(r: RequestRecord) -> tuple[Any, ...]:
+    return (
+        r.request_id,
+        r.created_at,
+        r.key_id,
+        r.model_requested,
+        r.model_used,
+        r.provider,
+        r.status,
+        int(r.stream),
+        r.prompt_tokens,
+        r.completion_tokens,
+        usd_text(r.cost_usd),
+        to_nanousd(r.cost_usd),
+        int(r.usage_estimated),
+        r.latency_ms,
+        r.ttft_ms,
+        int(r.empty_response),
+        r.error,
+        attempts_json(r.attempts),
+    )
+
+
+def row_to_record(row: Sequence[Any]) -> RequestRecord:
+    """Inverse of `record_to_row`, for a row selected in RECORD_COLUMNS order."""
+    values = dict(zip(RECORD_COLUMNS, row, strict=True))
+    return RequestRecord(
+        request_id=values["request_id"],
+        created_at=float(values["created_at"]),
+        key_id=values["key_id"],
+        model_requested=values["model_requested"],
+        model_used=values["model_used"],
+        provider=values["provider"],
+        status=int(values["status"]),
+        stream=bool(values["stream"]),
+        prompt_tokens=int(values["prompt_tokens"]),
+        completion_tokens=int(values["completion_tokens"]),
+        cost_usd=Decimal(values["cost_usd"]),
+        usage_estimated=bool(values["usage_estimated"]),
+        latency_ms=float(values["latency_ms"]),
+        ttft_ms=None if values["ttft_ms"] is None else float(values["ttft_ms"]),
+        empty_response=bool(values["empty_response"]),
+        error=values["error"],
+        attempts=attempts_from_json(values["attempts"]),
+    )

@@ -1,0 +1,262 @@
+"""The embedded store: one SQLite database (WAL) at <store.path>/faregate.db.
+
+aiosqlite runs every statement on its own thread, so the event loop never waits on
+disk. One connection serves the process: SQLite allows a single writer anyway, and one
+connection means one ordered queue of statements. Because a transaction is several
+queued statements, writers take an asyncio lock so that two coroutines' transactions
+never interleave on the shared connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from faregate.errors import ConfigError
+from faregate.store.base import DuplicateError, GroupBy, KeyRow, StoreUnavailable, UsageRow
+from faregate.store.migrations import MIGRATIONS, Migration
+from faregate.store.rows import RECORD_COLUMNS, from_nanousd, record_to_row, row_to_record
+from faregate.types import RequestRecord
+
+DB_FILENAME = "faregate.db"
+# How long a writer waits for another process (e.g. the CLI) to release the write lock.
+BUSY_TIMEOUT_MS = 5000
+
+_KEY_COLUMNS = "id, name, prefix, key_hash, premium, created_at, revoked_at"
+_RECORD_COLUMN_LIST = ", ".join(RECORD_COLUMNS)
+# ON CONFLICT DO NOTHING: a request_id already stored (a retried flush whose commit did land) is
+# skipped, so a record is never stored twice; the caller learns how many rows were new.
+_INSERT_RECORD = (
+    f"INSERT INTO request_records ({_RECORD_COLUMN_LIST}) "
+    f"VALUES ({', '.join('?' for _ in RECORD_COLUMNS)}) ON CONFLICT (request_id) DO NOTHING"
+)
+# Requests that failed entirely have no model_used; they count against the model asked for.
+_GROUP_EXPRESSIONS: dict[str, str] = {
+    "model": "COALESCE(model_used, model_requested)",
+    "key": "key_id",
+    "provider": "provider",
+}
+
+
+@contextmanager
+def _operational_errors_as_unavailable() -> Iterator[None]:
+    # OperationalError is SQLite's "not now" (locked, disk full, I/O): worth retrying later,
+    # unlike IntegrityError or a bad value, which would fail the same way again.
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise StoreUnavailable(str(exc)) from exc
+
+
+def _key_row(row: Sequence[Any]) -> KeyRow:
+    return KeyRow(
+        id=row[0],
+        name=row[1],
+        prefix=row[2],
+        key_hash=row[3],
+        premium=bool(row[4]),
+        created_at=float(row[5]),
+        revoked_at=None if row[6] is None else float(row[6]),
+    )
+
+
+class SQLiteStore:
+    """Implements faregate.store.base.Store."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls, directory: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS
+    ) -> SQLiteStore:
+        """Open (creating the directory and database if missing) and apply pending migrations."""
+        root = Path(directory)
+        await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
+        path = root / DB_FILENAME
+        # isolation_level=None: no implicit transactions; this module says BEGIN/COMMIT itself.
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        store = cls(conn, path)
+        try:
+            with _operational_errors_as_unavailable():
+                await store._configure()
+                await store._migrate(migrations)
+        except BaseException:
+            await conn.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def _configure(self) -> None:
+        cursor = await self._conn.execute("PRAGMA journal_mode=WAL")
+        mode = await cursor.fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise StoreUnavailable(f"{self.path}: could not switch SQLite to WAL mode (got {mode!r})")
+        # In WAL mode NORMAL survives a process crash; only an OS crash or power loss can undo
+        # the last commits, and it saves an fsync per transaction.
+        await self._conn.execute("PRAGMA synchronous=NORMAL")
+        await self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        await self._conn.execute("PRAGMA foreign_keys=ON")
+
+    async def _migrate(self, migrations: Sequence[Migration]) -> None:
+        await self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        known = max((m.version for m in migrations), default=0)
+        # BEGIN IMMEDIATE takes the write lock before reading the applied versions, so two
+        # processes starting together cannot both apply the same migration.
+        async with self._transaction():
+            rows = await self._conn.execute_fetchall("SELECT version FROM schema_migrations")
+            applied = {int(row[0]) for row in rows}
+            newest = max(applied, default=0)
+            if newest > known:
+                raise ConfigError(
+                    f"{self.path} has schema version {newest}, newer than this faregate knows ({known}); "
+                    "upgrade faregate or point store.path elsewhere"
+                )
+            for migration in sorted(migrations, key=lambda m: m.version):
+                if migration.version in applied:
+                    continue
+                for statement in migration.statements:
+                    await self._conn.execute(statement)
+                await self._conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, time.time()),
+                )
+
+    async def schema_versions(self) -> list[int]:
+        rows = await self._conn.execute_fetchall("SELECT version FROM schema_migrations ORDER BY version")
+        return [int(row[0]) for row in rows]
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        async with self._write_lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                await self._conn.execute("COMMIT")
+            except BaseException:
+                # A no-op if COMMIT already ended the transaction.
+                await self._conn.rollback()
+                raise
+
+    # --- keys -------------------------------------------------------------------------------
+
+    async def insert_key(self, row: KeyRow) -> None:
+        try:
+            with _operational_errors_as_unavailable():
+                async with self._transaction():
+                    await self._conn.execute(
+                        f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            row.id,
+                            row.name,
+                            row.prefix,
+                            row.key_hash,
+                            int(row.premium),
+                            row.created_at,
+                            row.revoked_at,
+                        ),
+                    )
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateError(str(exc)) from exc
+
+    async def find_key(self, key_hash: str) -> KeyRow | None:
+        with _operational_errors_as_unavailable():
+            rows = await self._conn.execute_fetchall(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)
+            )
+        for row in rows:
+            return _key_row(row)
+        return None
+
+    async def list_keys(self, include_revoked: bool = False) -> list[KeyRow]:
+        where = "" if include_revoked else " WHERE revoked_at IS NULL"
+        with _operational_errors_as_unavailable():
+            rows = await self._conn.execute_fetchall(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys{where} ORDER BY created_at, id"
+            )
+        return [_key_row(row) for row in rows]
+
+    async def revoke_key(self, key_id: str, at: float) -> bool:
+        with _operational_errors_as_unavailable():
+            async with self._transaction():
+                cursor = await self._conn.execute(
+                    "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (at, key_id)
+                )
+                revoked = int(cursor.rowcount) > 0
+        return revoked
+
+    # --- request records --------------------------------------------------------------------
+
+    async def insert_records(self, records: Sequence[RequestRecord]) -> int:
+        if not records:
+            return 0
+        rows = [record_to_row(r) for r in records]
+        with _operational_errors_as_unavailable():
+            async with self._transaction():
+                cursor = await self._conn.executemany(_INSERT_RECORD, rows)
+                inserted = int(cursor.rowcount)
+        return inserted
+
+    async def get_record(self, request_id: str) -> RequestRecord | None:
+        with _operational_errors_as_unavailable():
+            rows = await self._conn.execute_fetchall(
+                f"SELECT {_RECORD_COLUMN_LIST} FROM request_records WHERE request_id = ?", (request_id,)
+            )
+        for row in rows:
+            return row_to_record(row)
+        return None
+
+    async def count_records(self) -> int:
+        with _operational_errors_as_unavailable():
+            rows = await self._conn.execute_fetchall("SELECT COUNT(*) FROM request_records")
+        return int(next(iter(rows))[0])
+
+    async def usage_summary(
+        self, since: float | None, until: float | None, group_by: GroupBy = "model"
+    ) -> list[UsageRow]:
+        if group_by not in _GROUP_EXPRESSIONS:
+            raise ValueError(f"group_by must be one of {sorted(_GROUP_EXPRESSIONS)}, not {group_by!r}")
+        conditions: list[str] = []
+        params: list[float] = []
+        if since is not None:
+            conditions.append("created_at >= ?")
+            params.append(since)
+        if until is not None:
+            conditions.append("created_at < ?")
+            params.append(until)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        # Money is summed as integer nano-dollars: exact, unlike SUM over REAL or TEXT.
+        sql = (
+            f"SELECT {_GROUP_EXPRESSIONS[group_by]} AS grp, COUNT(*),"
+            " SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END),"
+            " SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_nanousd)"
+            f" FROM request_records{where}"
+            " GROUP BY grp ORDER BY SUM(cost_nanousd) DESC, COUNT(*) DESC, grp"
+        )
+        with _operational_errors_as_unavailable():
+            rows = await self._conn.execute_fetchall(sql, params)
+        return [
+            UsageRow(
+                group=row[0],
+                requests=int(row[1]),
+                errors=int(row[2]),
+                prompt_tokens=int(row[3]),
+                completion_tokens=int(row[4]),
+                cost=from_nanousd(int(row[5])),
+            )
+            for row in rows
+        ]

@@ -1,0 +1,196 @@
+"""Request records: buffered in memory, written to the store in batches, off the request path.
+
+`RecordWriter.submit` only appends to an in-memory buffer; it never awaits, so recording
+adds no latency to a request. A background task writes the buffer every
+`records.flush_interval_s` seconds, or as soon as `records.batch_size` records are
+waiting, one batch per transaction (SQLite runs on its own thread, so the event loop
+never waits on disk).
+
+What a crash can lose: a clean stop (SIGTERM, Ctrl-C) calls `close()`, which writes
+everything still buffered. A hard kill (SIGKILL, OOM killer, power loss) loses at most
+the records not yet flushed: about `flush_interval_s` of traffic (0.25 s by default),
+or up to `batch_size` records (512) if they arrive faster than that, plus whatever
+piled up while the store was unavailable. A batch is written in one transaction, so it
+is either stored whole or not at all; records that were stored are never lost or
+duplicated (request_id is unique, and a retried batch skips ids already stored).
+
+When the store cannot keep up, the buffer is bounded by `records.max_pending`: beyond
+it new records are dropped, counted in `dropped`, and reported in a warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+
+from faregate.config import RecordsSettings
+from faregate.store.base import RecordTable, StoreUnavailable
+from faregate.types import RequestRecord
+
+log = logging.getLogger(__name__)
+
+# Upper bound of the pause between retries while the store is unavailable.
+MAX_RETRY_DELAY_S = 5.0
+# Tries of the final flush in close() when the store is unavailable, before giving up.
+CLOSE_ATTEMPTS = 3
+CLOSE_RETRY_DELAY_S = 0.5
+
+
+class RecordWriter:
+    def __init__(self, table: RecordTable, settings: RecordsSettings | None = None) -> None:
+        self._table = table
+        self._settings = settings or RecordsSettings()
+        self._pending: deque[RequestRecord] = deque()
+        self._wake = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        # Non-zero while the store is unavailable: how long to wait before trying again.
+        self._retry_delay = 0.0
+        self._drops_reported = 0
+        # Counters (for metrics and tests).
+        self.written = 0
+        self.dropped = 0
+        self.duplicates = 0
+        self.rejected = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def submit(self, record: RequestRecord) -> None:
+        """Queue a record for writing. Never blocks; drops (and counts) it when the buffer is full."""
+        if self._closed or len(self._pending) >= self._settings.max_pending:
+            self._drop()
+            return
+        self._pending.append(record)
+        if len(self._pending) >= self._settings.batch_size and not self._retry_delay:
+            self._wake.set()
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        # Say so at the first drop at once; later drops are summed up by the flusher, so that an
+        # overload does not also flood the log.
+        if self.dropped == self._drops_reported + 1:
+            reason = "the writer is closed" if self._closed else f"{len(self._pending)} records are pending"
+            log.warning("dropping request records: %s (total dropped: %d)", reason, self.dropped)
+
+    def _report_drops(self) -> None:
+        if self.dropped > self._drops_reported + 1:
+            log.warning(
+                "dropped %d request records since the last report (total dropped: %d)",
+                self.dropped - self._drops_reported,
+                self.dropped,
+            )
+        self._drops_reported = self.dropped
+
+    async def start(self) -> None:
+        if self._task is None and not self._closed:
+            self._task = asyncio.create_task(self._run(), name="faregate-record-writer")
+
+    async def flush(self) -> None:
+        """Write everything pending now (records stay pending if the store is unavailable)."""
+        await self._drain()
+
+    async def close(self) -> None:
+        """Stop the background task and write everything still pending."""
+        self._closed = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        for attempt in range(CLOSE_ATTEMPTS):
+            await self._drain()
+            if not self._pending:
+                break
+            if attempt + 1 < CLOSE_ATTEMPTS:
+                # Short pauses: a stopping process has a deadline (e.g. a container's grace period).
+                await asyncio.sleep(min(self._retry_delay, CLOSE_RETRY_DELAY_S))
+        if self._pending:
+            log.error(
+                "closing with %d request records unwritten: the store is unavailable", len(self._pending)
+            )
+        self._report_drops()
+
+    async def _run(self) -> None:
+        while not self._closed:
+            try:
+                async with asyncio.timeout(self._retry_delay or self._settings.flush_interval_s):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self._drain()
+            except Exception:
+                # Never let a bug end the writer: later records would pile up unseen.
+                log.exception("request record writer failed; continuing")
+
+    async def _drain(self) -> None:
+        async with self._flush_lock:
+            while self._pending:
+                count = min(self._settings.batch_size, len(self._pending))
+                batch = [self._pending.popleft() for _ in range(count)]
+                if not await self._write(batch):
+                    break
+            self._report_drops()
+
+    async def _write(self, batch: list[RequestRecord]) -> bool:
+        """Write one batch. False when the store is unavailable: the batch is back in the buffer."""
+        try:
+            inserted = await self._table.insert_records(batch)
+        except StoreUnavailable as exc:
+            self._requeue(batch)
+            self._retry_delay = min(
+                max(self._retry_delay * 2, self._settings.flush_interval_s), MAX_RETRY_DELAY_S
+            )
+            log.warning(
+                "request store unavailable (%s); %d records pending, retrying in %.2fs",
+                exc,
+                len(self._pending),
+                self._retry_delay,
+            )
+            return False
+        except asyncio.CancelledError:
+            # If the write did land, the retry skips the stored ids: nothing is written twice.
+            self._requeue(batch)
+            raise
+        except Exception:
+            # A value the store refuses (e.g. a NaN or an unencodable string) would fail every
+            # retry of the whole batch; write the rest one by one and drop only the bad records.
+            log.exception("a batch of %d request records was refused; writing them one by one", len(batch))
+            return await self._write_one_by_one(batch)
+        self._retry_delay = 0.0
+        self._count(len(batch), inserted)
+        return True
+
+    async def _write_one_by_one(self, batch: Sequence[RequestRecord]) -> bool:
+        for i, record in enumerate(batch):
+            try:
+                inserted = await self._table.insert_records([record])
+            except StoreUnavailable:
+                self._requeue(list(batch[i:]))
+                return False
+            except asyncio.CancelledError:
+                self._requeue(list(batch[i:]))
+                raise
+            except Exception:
+                self.rejected += 1
+                log.exception("request record %s was refused by the store and dropped", record.request_id)
+                continue
+            self._count(1, inserted)
+        return True
+
+    def _count(self, submitted: int, inserted: int) -> None:
+        self.written += inserted
+        if inserted < submitted:
+            self.duplicates += submitted - inserted
+            log.warning(
+                "skipped %d request records whose request_id was already stored", submitted - inserted
+            )
+
+    def _requeue(self, batch: list[RequestRecord]) -> None:
+        # Back at the front, in their order, so records are written in submission order.
+        self._pending.extendleft(reversed(batch))

@@ -1,0 +1,147 @@
+"""Start the simulator and the gateway as real processes on loopback ports, as users run them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+MASTER_KEY = "fg-master-test-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """No provider key leaks in from the machine, so the simulator is the only upstream."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["FAREGATE_MASTER_KEY"] = MASTER_KEY
+    env.update(extra)
+    return env
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not become healthy in {timeout}s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class SimProcess:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+@dataclass
+class GatewayProcess:
+    port: int
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    config: Path
+    log: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def store_path(self) -> Path:
+        return self.workdir / "store"
+
+    def read_log(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def run_sim(workdir: Path, script: str | None = None) -> Iterator[SimProcess]:
+    port = free_port()
+    args = [sys.executable, "-m", "faregate.cli.main", "sim", "--port", str(port)]
+    if script is not None:
+        path = workdir / "sim.yaml"
+        path.write_text(script)
+        args += ["--script", str(path)]
+    log = open(workdir / "sim.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(args, env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", process)
+        yield SimProcess(port, process)
+    finally:
+        stop(process)
+        log.close()
+
+
+@contextmanager
+def run_gateway(workdir: Path, sim: SimProcess | None, extra_config: str = "") -> Iterator[GatewayProcess]:
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "faregate.yaml"
+    lines = [
+        f"server: {{port: {port}, announce: false, max_body_bytes: 1048576, request_timeout_s: 20}}",
+        f"store: {{path: {str(workdir / 'store')!r}}}",
+        "records: {flush_interval_s: 0.05}",
+    ]
+    if sim is not None:
+        lines.append(f"sim: {{mode: 'on', launch: false, port: {sim.port}, first_byte_timeout_s: 1.5}}")
+    config.write_text("\n".join(lines) + "\n" + extra_config)
+    log_path = workdir / "gateway.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [sys.executable, "-m", "faregate.cli.main", "serve", "-c", str(config)],
+        env=clean_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", process)
+        yield GatewayProcess(port, process, workdir, config, log_path)
+    finally:
+        stop(process)
+        log.close()
+
+
+def create_key(store_path: Path, name: str = "test", premium: bool = False) -> str:
+    async def make() -> str:
+        from faregate.accounts.keys import KeyStore
+        from faregate.store.sqlite import SQLiteStore
+
+        store = await SQLiteStore.open(store_path)
+        try:
+            _, raw = await KeyStore(store).create(name=name, premium=premium)
+        finally:
+            await store.close()
+        return raw
+
+    return asyncio.run(make())

@@ -1,0 +1,102 @@
+from decimal import Decimal
+
+import pytest
+
+from faregate.catalog import build_catalog, sim_active
+from faregate.config import load_settings, parse_settings
+from faregate.types import Price, Usage
+
+SIM_URL = "http://127.0.0.1:4001/v1"
+
+
+@pytest.fixture(scope="module")
+def catalog():  # type: ignore[no-untyped-def]
+    return build_catalog(load_settings(), sim_base_url=SIM_URL)
+
+
+def test_issue_price_table_is_shipped(catalog) -> None:  # type: ignore[no-untyped-def]
+    expected = {
+        "deepseek-v4-flash": ("0.27", "1.10", 128_000),
+        "deepseek-v4-pro": ("0.55", "2.20", 200_000),
+        "qwen3-32b": ("0.30", "1.20", 32_000),
+        "glm-4-plus": ("0.20", "0.80", 128_000),
+        "gpt-4o": ("2.50", "10.00", 128_000),
+        "gpt-4o-mini": ("0.15", "0.60", 128_000),
+        "qwen3-8b": ("0.01", "0.01", 32_000),
+        "qwen-mt-turbo": ("0.30", "0.30", 32_000),
+        "deepseek-reasoner": ("2.50", "2.50", 128_000),
+        "qwen3-vl-32b": ("0.52", "0.52", 32_000),
+        "qwen3-vl-8b": ("0.50", "0.50", 32_000),
+        "glm-4.5v": ("0.01", "0.01", 32_000),
+        "glm-4.6v": ("0.80", "0.80", 32_000),
+        "hunyuan-vision": ("1.20", "1.20", 32_000),
+        "qwen3-omni-30b": ("0.52", "0.52", 32_000),
+    }
+    for name, (inp, out, ctx) in expected.items():
+        model = catalog.get(name)
+        assert model is not None, name
+        assert model.list_price == Price(Decimal(inp), Decimal(out)), name
+        assert model.context_window == ctx, name
+    assert catalog.get("deepseek-v4-flash").max_output_tokens == 8192
+    assert catalog.get("gpt-4o").max_output_tokens == 16384
+    assert catalog.get("qwen3-omni-30b").modalities == {"text", "image", "audio", "video"}
+    assert catalog.get("glm-4.5v").modalities == {"text", "image"}
+
+
+def test_aliases_and_full_names_resolve_case_insensitively(catalog) -> None:  # type: ignore[no-untyped-def]
+    assert catalog.get("deepseek-ai/DeepSeek-V4-Flash") is catalog.get("deepseek-v4-flash")
+    assert catalog.get("DEEPSEEK-V4-FLASH") is catalog.get("deepseek-v4-flash")
+
+
+def test_one_model_several_offers_with_own_prices(catalog) -> None:  # type: ignore[no-untyped-def]
+    flash = catalog.get("deepseek-v4-flash")
+    prices = {o.provider: o.price for o in flash.offers}
+    assert prices["deepseek"] == Price(Decimal("0.14"), Decimal("0.28"))
+    assert prices["openrouter"] == Price(Decimal("0.80"), Decimal("1.70"))
+    assert prices["siliconflow"] == Price(Decimal("0.27"), Decimal("1.10"))
+
+
+def test_disabled_providers_show_models_unavailable_not_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("OPENAI_API_KEY", "DEEPSEEK_API_KEY", "SILICONFLOW_API_KEY", "OPENROUTER_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    catalog = build_catalog(load_settings())
+    flash = catalog.get("deepseek-v4-flash")
+    assert flash is not None and not flash.available
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-test")
+    catalog = build_catalog(load_settings())
+    offers = {o.provider: o.available for o in catalog.get("deepseek-v4-flash").offers}
+    assert offers["deepseek"] is True and offers["siliconflow"] is False
+
+
+def test_sim_mode_is_auto_only_without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in load_settings().providers.values():
+        if name.api_key_env:
+            monkeypatch.delenv(name.api_key_env, raising=False)
+    assert sim_active(load_settings())
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert not sim_active(load_settings())
+    assert sim_active(parse_settings({"sim": {"mode": "on"}}))
+
+
+def test_broad_catalog_knows_thousands_offline(catalog) -> None:  # type: ignore[no-untyped-def]
+    assert len(catalog) > 1000
+    gpt41 = catalog.get("gpt-4.1")
+    assert gpt41 is not None and gpt41.list_price.input == Decimal("2")
+
+
+def test_local_override_wins_over_broad_catalog() -> None:
+    settings = parse_settings({"models": {"gpt-4.1": {"input": "1.5", "output": "6", "offers": [{"provider": "openai"}]},
+                                          }, "providers": {"openai": {"base_url": "https://api.openai.com/v1"}}})
+    catalog = build_catalog(settings)
+    assert catalog.get("gpt-4.1").list_price == Price(Decimal("1.5"), Decimal("6"))
+
+
+def test_suggestions_for_unknown_names(catalog) -> None:  # type: ignore[no-untyped-def]
+    assert "deepseek-ai/DeepSeek-V4-Flash" in catalog.suggest("deepseek-v4-flsh")
+
+
+def test_cost_math_is_exact() -> None:
+    flash = Price(Decimal("0.27"), Decimal("1.10"))
+    assert flash.cost(Usage(1000, 500)) == Decimal("0.00082")
+    gpt4o = Price(Decimal("2.50"), Decimal("10.00"))
+    assert gpt4o.cost(Usage(9_600_000, 6_400_000)) == Decimal("88")

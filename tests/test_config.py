@@ -1,0 +1,74 @@
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from faregate.config import load_settings, parse_settings
+from faregate.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "faregate.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_load_without_a_file() -> None:
+    settings = load_settings()
+    assert settings.server.port == 4000
+    assert settings.models["deepseek-ai/DeepSeek-V4-Flash"].input == Decimal("0.27")
+    assert settings.models["deepseek-ai/DeepSeek-V4-Flash"].output == Decimal("1.10")
+    assert "siliconflow" in settings.providers
+
+
+def test_prices_are_exact_decimals() -> None:
+    settings = load_settings()
+    for model in settings.models.values():
+        assert isinstance(model.input, Decimal)
+        assert isinstance(model.output, Decimal)
+    assert settings.models["gpt-4o"].output == Decimal("10.00")
+
+
+def test_unknown_top_level_key_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown field `servr`"):
+        load_settings(write(tmp_path, "servr: {port: 1}\n"))
+
+
+def test_unknown_nested_key_names_its_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"prot.*server"):
+        load_settings(write(tmp_path, "server: {prot: 1}\n"))
+
+
+def test_bad_value_says_what_was_expected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"Expected `int`, got `str` - at `server.port`"):
+        load_settings(write(tmp_path, "server: {port: lots}\n"))
+
+
+def test_user_file_merges_over_defaults(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "server: {port: 5000}\nmodels: {my-model: {input: 1, output: 2}}\n"))
+    assert settings.server.port == 5000
+    assert settings.server.host == "127.0.0.1"
+    assert "my-model" in settings.models
+    assert "gpt-4o" in settings.models
+
+
+def test_offer_with_unknown_provider_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="unknown provider 'nope'"):
+        parse_settings({"models": {"m": {"input": 1, "output": 1, "offers": [{"provider": "nope"}]}}})
+
+
+def test_duplicate_alias_is_rejected() -> None:
+    data = {"models": {"a": {"input": 1, "output": 1, "aliases": ["x"]}, "b": {"input": 1, "output": 1,
+                                                                               "aliases": ["x"]}}}
+    with pytest.raises(ConfigError, match="alias 'x' is already used"):
+        parse_settings(data)
+
+
+def test_invalid_yaml_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(write(tmp_path, "server: [unclosed\n"))
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "absent.yaml")

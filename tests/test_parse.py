@@ -1,0 +1,78 @@
+import pytest
+
+from faregate.errors import InvalidRequest
+from faregate.server.parse import decode_json_object, parse_chat_request
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def parse(body: dict, headers: dict | None = None):  # type: ignore[no-untyped-def]
+    return parse_chat_request(body, headers or {}, "req_1")
+
+
+def test_minimal_request() -> None:
+    request = parse({"model": "m", "messages": MSG})
+    assert request.model == "m" and not request.stream and request.max_tokens is None
+    assert request.required_modalities == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [(b"", "empty"), (b"{", "not valid JSON"), (b"[1]", "must be a JSON object")],
+)
+def test_bad_json(raw: bytes, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        decode_json_object(raw)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": MSG}, "model"),
+        ({"model": 3, "messages": MSG}, "model"),
+        ({"model": "m"}, "messages"),
+        ({"model": "m", "messages": []}, "messages"),
+        ({"model": "m", "messages": ["x"]}, "messages[0]"),
+        ({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"model": "m", "messages": MSG, "stream": "yes"}, "stream"),
+        ({"model": "m", "messages": MSG, "max_tokens": 0}, "max_tokens"),
+        ({"model": "m", "messages": MSG, "max_tokens": True}, "max_tokens"),
+        ({"model": "m", "messages": MSG, "models": []}, "models"),
+        ({"model": "m", "messages": MSG, "faregate": "x"}, "faregate"),
+    ],
+)
+def test_invalid_fields_name_the_param(body: dict, param: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(InvalidRequest) as info:
+        parse(body)
+    assert info.value.param == param
+    assert info.value.status == 400
+
+
+def test_modalities_detected_from_content_parts() -> None:
+    messages = [
+        {"role": "user", "content": [
+            {"type": "text", "text": "look"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+        ]},
+    ]
+    request = parse({"model": "m", "messages": messages})
+    assert request.required_modalities == {"image", "audio"}
+
+
+def test_stream_usage_and_max_tokens() -> None:
+    request = parse({"model": "m", "messages": MSG, "stream": True, "stream_options": {"include_usage": True},
+                     "max_completion_tokens": 7, "max_tokens": 9})
+    assert request.stream and request.include_usage and request.max_tokens == 7
+
+
+def test_hints_from_body_and_headers() -> None:
+    request = parse({"model": "m", "messages": MSG, "faregate": {"tier": "economy"}},
+                    {"x-faregate-task": "code", "x-faregate-tier": "premium"})
+    assert request.hints == {"tier": "economy", "task": "code"}
+
+
+def test_models_list_implies_model() -> None:
+    request = parse({"models": ["a", "b"], "messages": MSG})
+    assert request.model == "a"

@@ -1,0 +1,678 @@
+"""The OpenAI-compatible provider and the registry, against a real HTTP server on 127.0.0.1.
+
+Only the transport seam is scripted: each test installs a handler on a live aiohttp
+server, and the provider talks to it over TCP with the production session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from email.utils import format_datetime
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from faregate.catalog.models import Offer
+from faregate.config import ProviderSettings, parse_settings
+from faregate.errors import UpstreamFailure, UpstreamRejected
+from faregate.providers.base import UpstreamCall
+from faregate.providers.http import make_client_session, pool_limits
+from faregate.providers.openai_compat import OpenAICompatibleProvider, parse_retry_after, usage_from
+from faregate.providers.registry import ProviderRegistry
+from faregate.types import Price, Usage
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+KEY_ENV = "FAREGATE_TEST_PROVIDER_KEY"
+
+ANSWER = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14},
+}
+
+
+@dataclass
+class Seen:
+    headers: Mapping[str, str]
+    body: Any
+    peer_port: int
+
+
+@dataclass
+class Upstream:
+    url: str
+    handler: Handler | None = None
+    seen: list[Seen] = field(default_factory=list)
+    # Set at teardown so handlers that wait forever let the server close.
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    state = Upstream(url="")
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        state.seen.append(
+            Seen(request.headers.copy(), orjson.loads(await request.read()), peer[1] if peer else 0)
+        )
+        assert state.handler is not None
+        return await state.handler(request)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", dispatch)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    state.url = str(server.make_url("/v1"))
+    yield state
+    state.release.set()
+    await server.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    session = make_client_session()
+    yield session
+    await session.close()
+
+
+@pytest.fixture
+def make_provider(
+    upstream: Upstream, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., OpenAICompatibleProvider]:
+    monkeypatch.setenv(KEY_ENV, "sk-test-123")
+
+    def build(**settings: Any) -> OpenAICompatibleProvider:
+        config = ProviderSettings(**{"base_url": upstream.url, "api_key_env": KEY_ENV, **settings})
+        return OpenAICompatibleProvider("siliconflow", config, session)
+
+    return build
+
+
+def call(
+    *,
+    stream: bool = False,
+    first_byte: float = 5.0,
+    total: float = 5.0,
+    headers: dict[str, str] | None = None,
+) -> UpstreamCall:
+    offer = Offer("m", "siliconflow", "up-m", Price(Decimal(1), Decimal(2)), True)
+    body: dict[str, Any] = {"model": "up-m", "messages": [{"role": "user", "content": "hello"}]}
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    return UpstreamCall(offer, body, stream, first_byte, total, headers=headers or {})
+
+
+def acquired(session: aiohttp.ClientSession) -> int:
+    connector = session.connector
+    assert connector is not None
+    return len(connector._acquired)
+
+
+def json_reply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+        )
+
+    return handler
+
+
+def sse_reply(
+    parts: list[bytes], *, delay: float = 0.0, then: str = "end", hang_until: asyncio.Event | None = None
+) -> Handler:
+    """Send `parts` as a chunked event stream, then end it, or reset it ("reset"), after
+    waiting for `hang_until` if given."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for part in parts:
+            await resp.write(part)
+            if delay:
+                await asyncio.sleep(delay)
+        if then == "reset":
+            await asyncio.sleep(0.02)  # let the chunks reach the client first
+            sock = request.transport.get_extra_info("socket") if request.transport else None
+            if sock is not None:  # SO_LINGER 0: close with RST, as a crashed upstream would
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            assert request.transport is not None
+            request.transport.abort()
+            return resp
+        if hang_until is not None:
+            await hang_until.wait()
+        await resp.write_eof()
+        return resp
+
+    return handler
+
+
+def chunk(text: str, finish: str | None = None) -> bytes:
+    data = {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+# --- complete -----------------------------------------------------------------------------------
+
+
+async def test_complete_sends_the_body_and_headers_and_parses_usage(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    upstream.handler = json_reply(ANSWER)
+    provider = make_provider(headers={"HTTP-Referer": "https://faregate.dev", "X-Title": "faregate"})
+    completion = await provider.complete(call(headers={"X-Request-Id": "req-1"}))
+    assert completion.body == ANSWER
+    assert completion.usage == Usage(11, 3)
+    assert completion.status == 200
+    seen = upstream.seen[0]
+    assert seen.body == call().body
+    assert seen.headers["Authorization"] == "Bearer sk-test-123"
+    assert seen.headers["Content-Type"] == "application/json"
+    assert seen.headers["HTTP-Referer"] == "https://faregate.dev"
+    assert seen.headers["X-Title"] == "faregate"
+    assert seen.headers["X-Request-Id"] == "req-1"
+
+
+async def test_key_is_read_once_at_construction(
+    upstream: Upstream,
+    make_provider: Callable[..., OpenAICompatibleProvider],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    upstream.handler = json_reply(ANSWER)
+    provider = make_provider()
+    monkeypatch.setenv(KEY_ENV, "sk-changed")
+    await provider.complete(call())
+    assert upstream.seen[0].headers["Authorization"] == "Bearer sk-test-123"
+
+
+async def test_no_key_means_no_authorization_header(
+    upstream: Upstream, session: aiohttp.ClientSession
+) -> None:
+    upstream.handler = json_reply(ANSWER)
+    provider = OpenAICompatibleProvider("vllm", ProviderSettings(base_url=upstream.url + "/"), session)
+    await provider.complete(call())
+    assert "Authorization" not in upstream.seen[0].headers
+
+
+async def test_missing_or_malformed_usage_is_none(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    provider = make_provider()
+    upstream.handler = json_reply({k: v for k, v in ANSWER.items() if k != "usage"})
+    assert (await provider.complete(call())).usage is None
+    upstream.handler = json_reply({**ANSWER, "usage": {"prompt_tokens": "11", "completion_tokens": 3}})
+    assert (await provider.complete(call())).usage is None
+
+
+def test_usage_from_accepts_ints_only() -> None:
+    assert usage_from({"usage": {"prompt_tokens": 5, "completion_tokens": 0}}) == Usage(5, 0)
+    assert usage_from({"usage": {"prompt_tokens": 5.0, "completion_tokens": 2.0}}) == Usage(5, 2)
+    assert usage_from({"usage": {"prompt_tokens": True, "completion_tokens": 2}}) is None
+    assert usage_from({"usage": {"prompt_tokens": -1, "completion_tokens": 2}}) is None
+    assert usage_from({"usage": None}) is None
+
+
+async def test_empty_choices_are_returned_not_classified(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    upstream.handler = json_reply({"choices": []})
+    completion = await make_provider().complete(call())
+    assert completion.is_empty
+
+
+async def failure_of(
+    provider: OpenAICompatibleProvider, the_call: UpstreamCall | None = None
+) -> UpstreamFailure:
+    with pytest.raises(UpstreamFailure) as info:
+        await provider.complete(the_call or call())
+    return info.value
+
+
+async def test_429_with_retry_after_seconds(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    error = {
+        "error": {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit"}
+    }
+    upstream.handler = json_reply(error, 429, {"Retry-After": "7"})
+    failure = await failure_of(make_provider())
+    assert (failure.kind, failure.status, failure.retry_after) == ("rate_limited", 429, 7.0)
+    assert failure.detail == "HTTP 429: Rate limit reached for requests"
+    assert failure.body == error
+
+
+async def test_429_with_retry_after_http_date(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    upstream.handler = json_reply({"error": {"message": "slow down"}}, 429, {"Retry-After": when})
+    failure = await failure_of(make_provider())
+    assert failure.kind == "rate_limited"
+    assert failure.retry_after is not None and 27 <= failure.retry_after <= 30
+
+
+def test_parse_retry_after_variants() -> None:
+    assert parse_retry_after({"retry-after-ms": "1500", "Retry-After": "9"}) == 1.5
+    assert parse_retry_after({"Retry-After": "2.5"}) == 2.5
+    assert parse_retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # in the past
+    assert parse_retry_after({"Retry-After": "soon"}) is None
+    assert parse_retry_after({"Retry-After": "-3"}) is None
+    assert parse_retry_after({}) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "detail"),
+    [(500, "HTTP 500: boom"), (503, "HTTP 503: upstream overloaded"), (529, "HTTP 529: overloaded")],
+)
+async def test_5xx_is_server_error(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], status: int, detail: str
+) -> None:
+    message = detail.split(": ", 1)[1]
+    upstream.handler = json_reply({"error": {"message": message}}, status)
+    failure = await failure_of(make_provider())
+    assert (failure.kind, failure.status, failure.detail) == ("server_error", status, detail)
+
+
+async def test_5xx_html_page_uses_the_reason_phrase(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            text="<html><body>502 Bad Gateway</body></html>", status=502, content_type="text/html"
+        )
+
+    upstream.handler = handler
+    failure = await failure_of(make_provider())
+    assert (failure.kind, failure.detail) == ("server_error", "HTTP 502: Bad Gateway")
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_bad_provider_key_is_server_error_not_the_clients_fault(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], status: int
+) -> None:
+    upstream.handler = json_reply(
+        {"error": {"message": "Invalid API key", "code": "invalid_api_key"}}, status
+    )
+    failure = await failure_of(make_provider())
+    assert (failure.kind, failure.status) == ("server_error", status)
+    assert failure.detail.startswith(f"provider authentication failed (HTTP {status}; check ${KEY_ENV})")
+    assert failure.detail.endswith("Invalid API key")
+
+
+@pytest.mark.parametrize("status", [400, 404, 413, 422])
+async def test_other_4xx_is_rejected_with_the_upstream_message(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], status: int
+) -> None:
+    error = {"error": {"message": "max_tokens is too large", "param": "max_tokens", "code": "invalid_value"}}
+    upstream.handler = json_reply(error, status)
+    with pytest.raises(UpstreamRejected) as info:
+        await make_provider().complete(call())
+    assert info.value.status == status
+    assert info.value.message == "siliconflow rejected the request: max_tokens is too large"
+    assert (info.value.code, info.value.param) == ("invalid_value", "max_tokens")
+
+
+async def test_4xx_with_plain_text_body(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="model  not\nfound", status=404)
+
+    upstream.handler = handler
+    with pytest.raises(UpstreamRejected, match="siliconflow rejected the request: model not found"):
+        await make_provider().complete(call())
+
+
+async def test_a_spent_deadline_fails_at_once(make_provider: Callable[..., OpenAICompatibleProvider]) -> None:
+    failure = await failure_of(make_provider(), call(first_byte=0.0, total=0.0))
+    assert (failure.kind, failure.detail) == ("timeout", "no time left for this attempt")
+
+
+async def test_408_is_timeout(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    upstream.handler = json_reply({"error": {"message": "request timed out"}}, 408)
+    failure = await failure_of(make_provider())
+    assert (failure.kind, failure.detail) == ("timeout", "HTTP 408: request timed out")
+
+
+async def test_connection_refused(session: aiohttp.ClientSession) -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago, with nobody listening now
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    provider = OpenAICompatibleProvider(
+        "vllm", ProviderSettings(base_url=f"http://127.0.0.1:{port}/v1"), session
+    )
+    failure = await failure_of(provider)
+    assert failure.kind == "connection"
+    assert failure.detail == f"connection refused by 127.0.0.1:{port}"
+    assert acquired(session) == 0
+
+
+async def test_server_closing_mid_body_is_connection(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = 1000
+        await resp.prepare(request)
+        await resp.write(b'{"choices": [')
+        await asyncio.sleep(0.02)
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    upstream.handler = handler
+    failure = await failure_of(make_provider())
+    assert failure.kind == "connection"
+    assert failure.detail.startswith("connection closed mid-body (Not enough data to satisfy content length")
+    assert acquired(session) == 0
+
+
+async def test_server_dropping_the_request_is_connection(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response()
+
+    upstream.handler = handler
+    failure = await failure_of(make_provider())
+    assert (failure.kind, failure.detail) == (
+        "connection",
+        "server closed the connection before the response head",
+    )
+
+
+async def test_slow_head_times_out_at_the_first_byte_deadline(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await upstream.release.wait()
+        return web.Response()
+
+    upstream.handler = handler
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    failure = await failure_of(make_provider(), call(first_byte=0.2, total=5.0))
+    assert loop.time() - started < 2.0
+    assert (failure.kind, failure.detail) == ("timeout", "no response head within 0.2s")
+    assert acquired(session) == 0
+
+
+async def test_slow_body_times_out_at_the_total_deadline(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = 100
+        await resp.prepare(request)
+        await resp.write(b"{")
+        await upstream.release.wait()
+        return resp
+
+    upstream.handler = handler
+    failure = await failure_of(make_provider(), call(first_byte=0.2, total=0.4))
+    assert (failure.kind, failure.detail) == ("timeout", "response body not complete within 0.4s")
+
+
+@pytest.mark.parametrize(
+    ("payload", "detail"),
+    [
+        (b"<html>oops</html>", "response body is not valid JSON"),
+        (b"[1, 2]", "response body is a JSON list, expected an object"),
+        (b"", "response body is not valid JSON"),
+    ],
+)
+async def test_unparsable_200_is_bad_response(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], payload: bytes, detail: str
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=payload, content_type="application/json")
+
+    upstream.handler = handler
+    failure = await failure_of(make_provider())
+    assert failure.kind == "bad_response"
+    assert failure.detail.startswith(detail)
+
+
+async def test_connections_are_reused(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+) -> None:
+    upstream.handler = json_reply(ANSWER)
+    provider = make_provider()
+    for _ in range(3):
+        await provider.complete(call())
+    assert len({seen.peer_port for seen in upstream.seen}) == 1
+    assert acquired(session) == 0
+
+
+# --- stream -------------------------------------------------------------------------------------
+
+
+async def collect(provider: OpenAICompatibleProvider, the_call: UpstreamCall | None = None) -> list[Any]:
+    return [c async for c in provider.stream(the_call or call(stream=True))]
+
+
+def texts(chunks: list[Any]) -> list[str]:
+    return [c["choices"][0]["delta"]["content"] for c in chunks if c.get("choices")]
+
+
+async def test_stream_yields_chunks_in_order_and_stops_at_done(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+) -> None:
+    usage_chunk = b'data: {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}}\n\n'
+    parts = [b": ping\n\n", chunk("Hel"), chunk("lo"), chunk("!", "stop"), usage_chunk, b"data: [DONE]\n\n"]
+    parts.append(chunk("after done"))
+    # Deliver the bytes in awkward pieces: boundaries inside lines and between CR and LF.
+    wire = b"".join(parts).replace(b"\n", b"\r\n")
+    upstream.handler = sse_reply([wire[i : i + 7] for i in range(0, len(wire), 7)])
+    provider = make_provider()
+    chunks = await collect(provider)
+    assert texts(chunks) == ["Hel", "lo", "!"]
+    assert chunks[2]["choices"][0]["finish_reason"] == "stop"
+    assert usage_from(chunks[-1]) == Usage(4, 2)
+    assert upstream.seen[0].body["stream"] is True
+    assert acquired(session) == 0
+    # Ending at [DONE] drained the body, so the connection went back to the pool.
+    await collect(provider)
+    assert upstream.seen[0].peer_port == upstream.seen[1].peer_port
+
+
+async def test_truncated_stream_just_ends(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+) -> None:
+    upstream.handler = sse_reply([chunk("a"), chunk("b"), b'data: {"choices": [{"del'])
+    assert texts(await collect(make_provider())) == ["a", "b"]
+    assert acquired(session) == 0
+
+
+async def test_a_long_stream_is_not_cut_by_the_first_byte_deadline(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    upstream.handler = sse_reply([chunk("a"), chunk("b"), chunk("c", "stop")], delay=0.15)
+    chunks = await collect(make_provider(), call(stream=True, first_byte=0.1, total=5.0))
+    assert texts(chunks) == ["a", "b", "c"]
+
+
+async def test_stream_stalling_past_the_total_deadline_times_out(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+) -> None:
+    upstream.handler = sse_reply([chunk("a")], hang_until=upstream.release)
+    received: list[Any] = []
+    with pytest.raises(UpstreamFailure) as info:
+        async for c in make_provider().stream(call(stream=True, first_byte=0.2, total=0.4)):
+            received.append(c)
+    assert texts(received) == ["a"]
+    assert (info.value.kind, info.value.detail) == (
+        "timeout",
+        "stream not finished within 0.4s (1 chunks received)",
+    )
+    assert acquired(session) == 0
+
+
+async def test_mid_stream_reset_raises_connection(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+) -> None:
+    upstream.handler = sse_reply([chunk("a"), chunk("b"), chunk("c")], then="reset")
+    received: list[Any] = []
+    with pytest.raises(UpstreamFailure) as info:
+        async for c in make_provider().stream(call(stream=True)):
+            received.append(c)
+    assert texts(received) == ["a", "b", "c"]
+    assert (info.value.kind, info.value.detail) == ("connection", "connection reset mid-body after 3 chunks")
+    assert acquired(session) == 0
+
+
+async def test_early_aclose_releases_the_connection(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+) -> None:
+    upstream.handler = sse_reply([chunk("a"), chunk("b")], hang_until=upstream.release)
+    stream = make_provider().stream(call(stream=True))
+    first = await anext(stream)
+    assert texts([first]) == ["a"]
+    assert acquired(session) == 1
+    await stream.aclose()
+    assert acquired(session) == 0
+
+
+async def test_stream_error_status_raises_before_any_chunk(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+) -> None:
+    upstream.handler = json_reply({"error": {"message": "try later"}}, 429, {"retry-after-ms": "250"})
+    with pytest.raises(UpstreamFailure) as info:
+        await collect(make_provider())
+    assert (info.value.kind, info.value.retry_after) == ("rate_limited", 0.25)
+    upstream.handler = json_reply({"error": {"message": "bad messages"}}, 400)
+    with pytest.raises(UpstreamRejected, match="siliconflow rejected the request: bad messages"):
+        await collect(make_provider())
+    assert acquired(session) == 0
+
+
+async def test_non_json_chunk_is_bad_response(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+) -> None:
+    upstream.handler = sse_reply([chunk("a"), b"data: {not json\n\n", chunk("b")])
+    with pytest.raises(UpstreamFailure) as info:
+        await collect(make_provider())
+    assert info.value.kind == "bad_response"
+    assert info.value.detail.startswith("stream chunk 2 is not valid JSON")
+    assert acquired(session) == 0
+
+
+async def test_error_object_mid_stream_is_server_error(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    choice = b'"choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]'
+    error = b'data: {"error": {"message": "provider overloaded", "code": 502}, ' + choice + b"}\n\n"
+    upstream.handler = sse_reply([chunk("a"), error])
+    with pytest.raises(UpstreamFailure) as info:
+        await collect(make_provider())
+    assert (info.value.kind, info.value.detail) == (
+        "server_error",
+        "error event after 1 chunks: provider overloaded",
+    )
+
+
+async def test_json_body_instead_of_a_stream(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    upstream.handler = json_reply({"error": {"message": "quota exceeded"}})
+    with pytest.raises(UpstreamFailure) as info:
+        await collect(make_provider())
+    assert (info.value.kind, info.value.detail) == (
+        "server_error",
+        "error instead of a stream: quota exceeded",
+    )
+    upstream.handler = json_reply(ANSWER)
+    with pytest.raises(UpstreamFailure) as info:
+        await collect(make_provider())
+    assert info.value.kind == "bad_response"
+
+
+# --- registry -----------------------------------------------------------------------------------
+
+
+def registry_settings(url: str) -> Any:
+    return parse_settings(
+        {
+            "providers": {
+                "keyed": {"base_url": url, "api_key_env": KEY_ENV},
+                "keyless": {"base_url": url},
+                "forced_off": {"base_url": url, "api_key_env": KEY_ENV, "enabled": False},
+                "forced_on": {"base_url": url, "api_key_env": "FAREGATE_TEST_UNSET_KEY", "enabled": True},
+            }
+        }
+    )
+
+
+async def test_registry_builds_enabled_providers_only(
+    upstream: Upstream, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv("FAREGATE_TEST_UNSET_KEY", raising=False)
+    registry = ProviderRegistry(registry_settings(upstream.url), session)
+    assert sorted(registry.names()) == ["forced_on", "keyless"]
+    monkeypatch.setenv(KEY_ENV, "sk-x")
+    registry = ProviderRegistry(registry_settings(upstream.url), session)
+    assert sorted(registry.names()) == ["forced_on", "keyed", "keyless"]
+    with pytest.raises(KeyError, match="forced_off"):
+        registry.get("forced_off")
+    await registry.close()
+    assert not session.closed  # an injected session belongs to its owner
+
+
+async def test_registry_adds_the_simulator_and_calls_through_the_shared_session(
+    upstream: Upstream, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    registry = ProviderRegistry(
+        registry_settings("http://127.0.0.1:9/v1"), session, sim_base_url=upstream.url
+    )
+    assert "sim" in registry
+    upstream.handler = json_reply(ANSWER)
+    completion = await registry.get("sim").complete(call())
+    assert completion.usage == Usage(11, 3)
+    assert "sim" not in ProviderRegistry(registry_settings(upstream.url), session)
+
+
+async def test_registry_create_owns_its_session(upstream: Upstream) -> None:
+    registry = ProviderRegistry.create(registry_settings(upstream.url), sim_base_url=upstream.url)
+    connector = registry.session.connector
+    assert isinstance(connector, aiohttp.TCPConnector)
+    assert connector.limit >= 2000 and connector.limit_per_host == 1000
+    assert isinstance(registry.session.cookie_jar, aiohttp.DummyCookieJar)
+    await registry.close()
+    assert registry.session.closed
+
+
+def test_pool_limits_follow_the_enabled_providers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    url = "http://127.0.0.1:9/v1"
+    settings = parse_settings(
+        {
+            "providers": {
+                "a": {"base_url": url, "max_connections": 300, "connect_timeout_s": 3},
+                "b": {"base_url": url, "max_connections": 50, "enabled": True},
+                "off": {"base_url": url, "api_key_env": KEY_ENV, "max_connections": 9000},
+            },
+            "sim": {"mode": "off"},
+        }
+    )
+    assert pool_limits(settings) == (350, 300, 10.0)
+    assert pool_limits(None) == (1000, 0, 10.0)
+    simulated = parse_settings({"providers": {}, "sim": {"mode": "on"}})
+    assert pool_limits(simulated) == (1000, 1000, 10.0)

@@ -1,0 +1,267 @@
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from faregate.config import RecordsSettings
+from faregate.store.base import GroupBy, StoreUnavailable, UsageRow
+from faregate.store.sqlite import SQLiteStore
+from faregate.telemetry.records import RecordWriter
+from faregate.types import Attempt, RequestRecord
+
+SLOW = 60.0  # a flush interval no test waits for
+
+
+def record(request_id: str, **fields: object) -> RequestRecord:
+    values: dict[str, object] = {
+        "created_at": 1_700_000_000.0,
+        "key_id": "key_a",
+        "model_requested": "cheap",
+        "model_used": "cheap",
+        "provider": "sim",
+        "status": 200,
+        "stream": False,
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "cost_usd": Decimal("0.00082"),
+    }
+    values.update(fields)
+    return RequestRecord(request_id=request_id, **values)  # type: ignore[arg-type]
+
+
+class FakeTable:
+    """A RecordTable that remembers batches and can be told to fail."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.stored: dict[str, RequestRecord] = {}
+        self.unavailable = 0  # fail this many calls with StoreUnavailable
+
+    async def insert_records(self, records: Sequence[RequestRecord]) -> int:
+        if self.unavailable:
+            self.unavailable -= 1
+            raise StoreUnavailable("database is locked")
+        self.batches.append([r.request_id for r in records])
+        new = [r for r in records if r.request_id not in self.stored]
+        self.stored.update((r.request_id, r) for r in new)
+        return len(new)
+
+    async def get_record(self, request_id: str) -> RequestRecord | None:
+        return self.stored.get(request_id)
+
+    async def count_records(self) -> int:
+        return len(self.stored)
+
+    async def usage_summary(
+        self, since: float | None, until: float | None, group_by: GroupBy = "model"
+    ) -> list[UsageRow]:
+        return []
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    store = await SQLiteStore.open(tmp_path)
+    yield store
+    await store.close()
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Poll for up to 2 s: for work the writer's background task does on its own schedule."""
+    for _ in range(400):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not met within 2 s")
+
+
+async def test_submit_only_buffers() -> None:
+    table = FakeTable()
+    writer = RecordWriter(table, RecordsSettings(batch_size=100, flush_interval_s=SLOW))
+    assert not inspect.iscoroutinefunction(writer.submit)
+    writer.submit(record("r1"))
+    assert writer.pending == 1 and table.batches == []
+    await writer.close()
+    assert table.batches == [["r1"]]
+
+
+async def test_flush_writes_in_batches_of_batch_size() -> None:
+    table = FakeTable()
+    writer = RecordWriter(table, RecordsSettings(batch_size=3, flush_interval_s=SLOW))
+    for i in range(7):
+        writer.submit(record(f"r{i}"))
+    await writer.flush()
+    assert table.batches == [["r0", "r1", "r2"], ["r3", "r4", "r5"], ["r6"]]
+    assert writer.written == 7 and writer.pending == 0
+
+
+async def test_full_batch_wakes_the_flusher() -> None:
+    table = FakeTable()
+    writer = RecordWriter(table, RecordsSettings(batch_size=4, flush_interval_s=SLOW))
+    await writer.start()
+    for i in range(3):
+        writer.submit(record(f"r{i}"))
+    await asyncio.sleep(0.02)
+    assert table.batches == []  # not a full batch, and the interval is far away
+    writer.submit(record("r3"))
+    await eventually(lambda: writer.written == 4)
+    assert table.batches == [["r0", "r1", "r2", "r3"]]
+    await writer.close()
+
+
+async def test_interval_flushes_partial_batches() -> None:
+    table = FakeTable()
+    writer = RecordWriter(table, RecordsSettings(batch_size=100, flush_interval_s=0.01))
+    await writer.start()
+    writer.submit(record("r1"))
+    await eventually(lambda: writer.written == 1)
+    await writer.close()
+
+
+async def test_close_writes_everything_pending(store: SQLiteStore) -> None:
+    writer = RecordWriter(store, RecordsSettings(batch_size=50, flush_interval_s=SLOW))
+    await writer.start()
+    for i in range(120):
+        writer.submit(record(f"r{i}"))
+    await writer.close()
+    assert await store.count_records() == 120
+    assert writer.written == 120 and writer.pending == 0
+
+
+async def test_submit_after_close_is_dropped() -> None:
+    writer = RecordWriter(FakeTable(), RecordsSettings())
+    await writer.close()
+    writer.submit(record("late"))
+    assert writer.dropped == 1 and writer.pending == 0
+
+
+async def test_a_record_is_written_exactly_once(store: SQLiteStore) -> None:
+    writer = RecordWriter(store, RecordsSettings(batch_size=10, flush_interval_s=SLOW))
+    writer.submit(record("same"))
+    writer.submit(record("same"))  # same batch
+    await writer.flush()
+    writer.submit(record("same", status=500))  # later batch
+    await writer.close()
+    assert await store.count_records() == 1
+    assert writer.written == 1 and writer.duplicates == 2
+    stored = await store.get_record("same")
+    assert stored is not None and stored.status == 200  # the first write stands
+
+
+async def test_buffer_is_bounded_and_drops_are_counted(caplog: pytest.LogCaptureFixture) -> None:
+    table = FakeTable()
+    writer = RecordWriter(table, RecordsSettings(batch_size=100, flush_interval_s=SLOW, max_pending=5))
+    with caplog.at_level(logging.WARNING, logger="faregate.telemetry.records"):
+        for i in range(8):
+            writer.submit(record(f"r{i}"))
+        assert writer.pending == 5 and writer.dropped == 3
+        await writer.flush()
+    assert sorted(table.stored) == [f"r{i}" for i in range(5)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2  # one at the first drop, one summary at the flush, not one per drop
+    assert "total dropped: 3" in warnings[-1]
+
+
+async def test_unavailable_store_keeps_records_in_order_for_a_retry() -> None:
+    table = FakeTable()
+    table.unavailable = 1
+    writer = RecordWriter(table, RecordsSettings(batch_size=2, flush_interval_s=0.01))
+    for i in range(3):
+        writer.submit(record(f"r{i}"))
+    await writer.flush()
+    assert writer.pending == 3 and writer.written == 0
+    await writer.start()
+    await eventually(lambda: writer.written == 3)
+    assert table.batches == [["r0", "r1"], ["r2"]]
+    await writer.close()
+
+
+async def test_a_bad_record_is_dropped_alone(store: SQLiteStore) -> None:
+    writer = RecordWriter(store, RecordsSettings(batch_size=10, flush_interval_s=SLOW))
+    writer.submit(record("good1"))
+    writer.submit(record("bad", cost_usd=Decimal("NaN")))
+    writer.submit(record("good2"))
+    await writer.close()
+    assert writer.rejected == 1 and writer.written == 2
+    assert await store.get_record("bad") is None
+    assert await store.count_records() == 2
+
+
+async def test_record_round_trip_is_exact(store: SQLiteStore) -> None:
+    original = record(
+        "rt",
+        cost_usd=Decimal("0.00082"),
+        stream=True,
+        usage_estimated=True,
+        latency_ms=123.25,
+        ttft_ms=45.5,
+        empty_response=True,
+        error="upstream_failed",
+        key_id=None,
+        attempts=[
+            Attempt("cheap", "sim", "server_error", 10.5, "HTTP 503", 503),
+            Attempt("cheap", "other", "ok", 20.0),
+        ],
+    )
+    assert await store.insert_records([original]) == 1
+    assert await store.get_record("rt") == original
+    stored = await store.get_record("rt")
+    assert stored is not None and str(stored.cost_usd) == "0.00082"
+    assert await store.get_record("missing") is None
+
+
+async def test_usage_summary_groups_and_sums_exactly_in_sql(store: SQLiteStore) -> None:
+    t = 1_700_000_000.0
+    await store.insert_records(
+        [
+            # 0.1 + 0.2 is 0.30000000000000004 in floats
+            record("a", created_at=t, model_used="m1", cost_usd=Decimal("0.1"), key_id="k1", provider="p1"),
+            record(
+                "b", created_at=t + 1, model_used="m1", cost_usd=Decimal("0.2"), key_id="k2", provider="p1"
+            ),
+            record(
+                "c",
+                created_at=t + 2,
+                model_used="m2",
+                cost_usd=Decimal("0.00082"),
+                key_id="k1",
+                provider="p2",
+            ),
+            record(
+                "d",
+                created_at=t + 3,
+                model_requested="m3",
+                model_used=None,
+                provider=None,
+                status=502,
+                prompt_tokens=0,
+                completion_tokens=0,
+                cost_usd=Decimal(0),
+                key_id="k2",
+            ),
+            record("old", created_at=t - 100, model_used="m1", cost_usd=Decimal(5)),
+        ]
+    )
+    by_model = await store.usage_summary(t, t + 10, "model")
+    assert by_model == [
+        UsageRow("m1", 2, 0, 20, 10, Decimal("0.3")),
+        UsageRow("m2", 1, 0, 10, 5, Decimal("0.00082")),
+        UsageRow("m3", 1, 1, 0, 0, Decimal(0)),  # a request that failed everywhere counts as the model asked
+    ]
+    by_key = {row.group: row for row in await store.usage_summary(t, t + 10, "key")}
+    assert by_key["k1"].cost == Decimal("0.10082") and by_key["k1"].requests == 2
+    assert by_key["k2"].cost == Decimal("0.2") and by_key["k2"].errors == 1
+    by_provider = {row.group: row.requests for row in await store.usage_summary(t, t + 10, "provider")}
+    assert by_provider == {"p1": 2, "p2": 1, None: 1}
+
+    assert [r.group for r in await store.usage_summary(t + 1, t + 2, "model")] == ["m1"]  # until is exclusive
+    everything = await store.usage_summary(None, None, "model")
+    assert sum((r.cost for r in everything), Decimal(0)) == Decimal("5.30082")
+    assert await store.count_records() == 5
+    with pytest.raises(ValueError):
+        await store.usage_summary(None, None, "day")  # type: ignore[arg-type]

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from faregate.config import StoreSettings
+from faregate.errors import ConfigError
+from faregate.store import SQLiteStore, open_store
+from faregate.store.migrations import LATEST_VERSION, MIGRATIONS, Migration
+from faregate.store.rows import from_nanousd, to_nanousd, usd_text
+from faregate.store.sqlite import DB_FILENAME
+
+
+def tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def applied(path: Path) -> list[tuple[int, str, float]]:
+    with sqlite3.connect(path) as conn:
+        return list(conn.execute("SELECT version, name, applied_at FROM schema_migrations ORDER BY version"))
+
+
+async def test_open_creates_directory_database_in_wal_mode(tmp_path: Path) -> None:
+    directory = tmp_path / "nested" / "store"
+    store = await open_store(StoreSettings(path=str(directory)))
+    await store.close()
+    db = directory / DB_FILENAME
+    assert db.exists()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert {"schema_migrations", "api_keys", "request_records"} <= tables(db)
+
+
+async def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path)
+    assert await store.schema_versions() == [m.version for m in MIGRATIONS]
+    await store.close()
+    first = applied(tmp_path / DB_FILENAME)
+
+    for _ in range(2):
+        store = await SQLiteStore.open(tmp_path)
+        await store.close()
+    assert applied(tmp_path / DB_FILENAME) == first  # nothing re-applied, applied_at unchanged
+
+
+async def test_only_missing_versions_are_applied(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path, migrations=MIGRATIONS[:1])
+    await store.close()
+    assert "request_records" not in tables(tmp_path / DB_FILENAME)
+    assert [v for v, _, _ in applied(tmp_path / DB_FILENAME)] == [1]
+
+    store = await SQLiteStore.open(tmp_path)
+    await store.close()
+    assert "request_records" in tables(tmp_path / DB_FILENAME)
+    assert [v for v, _, _ in applied(tmp_path / DB_FILENAME)] == list(range(1, LATEST_VERSION + 1))
+
+
+async def test_failed_migration_leaves_nothing_behind(tmp_path: Path) -> None:
+    broken = (*MIGRATIONS, Migration(99, "broken", ("CREATE TABLE half_done (x INTEGER)", "NOT SQL")))
+    with pytest.raises(Exception, match="syntax error"):
+        await SQLiteStore.open(tmp_path, migrations=broken)
+    db = tmp_path / DB_FILENAME
+    # The pending migrations ran in one transaction: none of them is recorded or half-applied.
+    assert "half_done" not in tables(db)
+    assert "api_keys" not in tables(db)
+    assert applied(db) == []
+
+
+async def test_database_newer_than_code_is_refused(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path)
+    await store.close()
+    with pytest.raises(ConfigError, match="newer than this faregate knows"):
+        await SQLiteStore.open(tmp_path, migrations=MIGRATIONS[:1])
+
+
+def test_migration_versions_strictly_increase_from_one() -> None:
+    versions = [m.version for m in MIGRATIONS]
+    assert versions == list(range(1, len(versions) + 1))
+    assert LATEST_VERSION == versions[-1]
+
+
+@pytest.mark.parametrize(
+    ("cost", "text", "nano"),
+    [
+        (Decimal("0.00082"), "0.00082", 820_000),
+        (Decimal("0.000000075"), "0.000000075", 75),
+        (Decimal("1E+2"), "100", 100_000_000_000),
+        (Decimal(0), "0", 0),
+        (Decimal("12.345678901"), "12.345678901", 12_345_678_901),
+    ],
+)
+def test_money_columns_are_exact(cost: Decimal, text: str, nano: int) -> None:
+    assert usd_text(cost) == text
+    assert Decimal(usd_text(cost)) == cost
+    assert to_nanousd(cost) == nano
+    assert from_nanousd(nano) == cost
+
+
+def test_sub_nano_remainder_rounds_half_even() -> None:
+    assert to_nanousd(Decimal("0.0000000375")) == 38  # 37.5 -> 38
+    assert to_nanousd(Decimal("0.0000000365")) == 36  # 36.5 -> 36
