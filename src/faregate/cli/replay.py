@@ -1,0 +1,366 @@
+"""`faregate replay`: what a routing policy would have cost and scored on recorded outcomes."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from faregate.evals.outcomes import DEFAULT_OUTPUT_TOKENS, STRONG_MODEL, WEAK_MODEL, Outcomes, load_outcomes
+from faregate.evals.projection import format_usd
+from faregate.evals.replay import (
+    DEFAULT_BINS,
+    DEFAULT_PRICES,
+    RETAIN,
+    CurvePoint,
+    Metrics,
+    Pair,
+    PolicyResult,
+    Report,
+    Router,
+    Scorer,
+    always,
+    evaluate_router,
+    evaluate_scorer,
+    length_score,
+    oracle_router,
+    random_score,
+)
+from faregate.types import Price
+
+BUILT_IN = ("length", "random", "all-strong", "all-weak", "oracle")
+
+
+@dataclass(slots=True, frozen=True)
+class Chosen:
+    """A policy is a router (picks a model) or a scorer (swept over thresholds)."""
+
+    router: Router | None = None
+    scorer: Scorer | None = None
+
+
+def parse_price(text: str) -> tuple[str, Price]:
+    """'gpt-4-1106-preview=10/30' -> (model, Price(10, 30)), USD per 1M input/output tokens."""
+    model, sep, value = text.rpartition("=")
+    inp, slash, out = value.partition("/")
+    try:
+        if not (sep and model and slash):
+            raise InvalidOperation
+        return model.strip(), Price(Decimal(inp.strip()), Decimal(out.strip()))
+    except InvalidOperation:
+        raise typer.BadParameter(f"expected MODEL=INPUT/OUTPUT (USD per 1M tokens), got {text!r}") from None
+
+
+def resolve_policy(spec: str, pair: Pair, outcomes: Outcomes, seed: int) -> Chosen:
+    """A built-in policy by name, or `package.module:function` taking a prompt record and returning a
+    model name (a router) or a number, higher meaning "needs the strong model" (a scorer)."""
+    builtin = {
+        "length": Chosen(scorer=length_score),
+        "random": Chosen(scorer=random_score(seed)),
+        "all-strong": Chosen(router=always(pair.strong)),
+        "all-weak": Chosen(router=always(pair.weak)),
+        "oracle": Chosen(router=oracle_router(pair)),
+    }
+    if spec in builtin:
+        return builtin[spec]
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        raise ValueError(f"unknown policy {spec!r}; use one of {', '.join(BUILT_IN)} or module:function")
+    try:
+        policy = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load policy {spec!r}: {exc}") from None
+    if not outcomes.records:
+        raise ValueError(f"{outcomes.name}: no prompts to replay")
+    # The first answer says which kind it is: a model name routes, a number scores.
+    sample = policy(outcomes.records[0])
+    if isinstance(sample, str):
+        return Chosen(router=policy)
+    if isinstance(sample, int | float):
+        return Chosen(scorer=policy)
+    raise ValueError(f"policy {spec!r} returned {type(sample).__name__}; expected a model name or a number")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _policy_table(report: Report) -> Table:
+    all_strong = report.baselines[0]
+    table = Table(title=f"Policies on {report.data}: {report.prompts:,} prompts")
+    table.add_column("policy")
+    for column in (f"{report.pair.strong} calls", "accuracy", "PGR", "cost", "saved vs all-strong"):
+        table.add_column(column, justify="right")
+    rows = list(report.baselines)
+    chosen = report.policy
+    if chosen is not None and chosen.name not in {b.name for b in rows}:
+        rows.append(chosen)
+    for row in rows:
+        saved = all_strong.cost - row.cost
+        table.add_row(
+            row.name + (" (expected)" if row.expected else ""),
+            _pct(row.share(report.pair.strong)),
+            _pct(row.accuracy),
+            f"{report.pgr(row.accuracy):.3f}",
+            format_usd(row.cost),
+            _pct(float(saved / all_strong.cost)) if all_strong.cost else "-",
+            style="bold" if chosen is not None and row.name == chosen.name else None,
+        )
+    return table
+
+
+def _curve_table(report: Report) -> Table:
+    assert report.sweep is not None
+    bins = len(report.sweep.points) - 1
+    table = Table(title=f"{report.sweep.name}: threshold sweep (RouteLLM's {bins} quantile bins)")
+    for column in ("score ≥", "strong calls", "accuracy", "PGR", "cost"):
+        table.add_column(column, justify="right")
+    for point in report.sweep.points:
+        table.add_row(
+            "-" if point.threshold is None else f"{point.threshold:g}",
+            _pct(point.strong_share),
+            _pct(point.accuracy),
+            f"{report.pgr(point.accuracy):.3f}",
+            "-" if point.cost is None else format_usd(point.cost),
+        )
+    return table
+
+
+def _metrics_table(report: Report) -> Table:
+    assert report.sweep is not None
+    table = Table(title="RouteLLM metrics (CPT = strong-call share reaching that PGR)")
+    table.add_column("policy")
+    for column in ("APGR", "CPT(50%)", "CPT(80%)", f"strong calls for {RETAIN:.0%} of strong accuracy"):
+        table.add_column(column, justify="right")
+    policy = report.sweep.metrics
+    # The random reference is the expectation (a straight line), not one seeded run.
+    rows = [(policy.name, policy)] + [
+        (f"{m.name} (expected)" if m.name == "random" else m.name, m) for m in report.reference
+    ]
+    for label, metrics in rows:
+        table.add_row(
+            label,
+            f"{metrics.apgr:.3f}",
+            _pct(metrics.cpt[0.5]),
+            _pct(metrics.cpt[0.8]),
+            _pct(metrics.retain_share),
+            style="bold" if metrics is policy else None,
+        )
+    return table
+
+
+def _point_json(point: CurvePoint, report: Report) -> dict[str, Any]:
+    return {
+        "threshold": point.threshold,
+        "strong_share": point.strong_share,
+        "accuracy": point.accuracy,
+        "pgr": report.pgr(point.accuracy),
+        "cost_usd": None if point.cost is None else str(point.cost),
+    }
+
+
+def _policy_json(result: PolicyResult) -> dict[str, Any]:
+    return {
+        "name": result.name,
+        "shares": result.shares,
+        "accuracy": result.accuracy,
+        "cost_usd": str(result.cost),
+        "expected": result.expected,
+    }
+
+
+def _metrics_json(metrics: Metrics) -> dict[str, Any]:
+    return {
+        "name": metrics.name,
+        "apgr": metrics.apgr,
+        "cpt_50": metrics.cpt[0.5],
+        "cpt_80": metrics.cpt[0.8],
+        f"strong_share_for_{RETAIN:.0%}_of_strong_accuracy": metrics.retain_share,
+    }
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "data": report.data,
+        "prompts": report.prompts,
+        "contaminated_skipped": report.contaminated_skipped,
+        "strong": report.pair.strong,
+        "weak": report.pair.weak,
+        "prices_per_1m": {
+            m: {"input": str(p.input), "output": str(p.output)} for m, p in report.prices.items()
+        },
+        "strong_accuracy": report.strong_accuracy,
+        "weak_accuracy": report.weak_accuracy,
+        "baselines": [_policy_json(b) for b in report.baselines],
+        "policy": None if report.policy is None else _policy_json(report.policy),
+        "reference_metrics": [_metrics_json(m) for m in report.reference],
+    }
+    if report.sweep is not None:
+        data["metrics"] = _metrics_json(report.sweep.metrics)
+        data["curve"] = [_point_json(p, report) for p in report.sweep.points]
+        data["exact_curve"] = [_point_json(p, report) for p in report.sweep.exact]
+    return data
+
+
+def write_plot(report: Report, path: Path) -> None:
+    """Accuracy against strong-call share, PGR on the right axis, with every baseline marked."""
+    # The Figure API with no pyplot: no global state, no display, Agg renders the PNG.
+    from matplotlib.figure import Figure
+
+    strong, weak = report.strong_accuracy * 100, report.weak_accuracy * 100
+    figure = Figure(figsize=(9, 7), dpi=110)
+    ax = figure.add_subplot()
+    if report.sweep is not None:
+        exact = report.sweep.exact
+        ax.plot(
+            [p.strong_share * 100 for p in exact],
+            [p.accuracy * 100 for p in exact],
+            lw=0.8,
+            alpha=0.5,
+            color="tab:blue",
+        )
+        points = report.sweep.points
+        ax.plot(
+            [p.strong_share * 100 for p in points],
+            [p.accuracy * 100 for p in points],
+            marker="o",
+            color="tab:blue",
+            label=f"{report.sweep.name} (APGR {report.sweep.metrics.apgr:.3f})",
+        )
+    elif report.policy is not None:
+        ax.plot(
+            [report.policy.share(report.pair.strong) * 100],
+            [report.policy.accuracy * 100],
+            marker="o",
+            ls="",
+            color="tab:blue",
+            label=report.policy.name,
+        )
+    if report.policy is not None and report.sweep is not None:
+        ax.plot(
+            [report.policy.share(report.pair.strong) * 100],
+            [report.policy.accuracy * 100],
+            marker="*",
+            ms=14,
+            ls="",
+            color="tab:orange",
+            label=report.policy.name,
+        )
+    ax.plot([0, 100], [weak, strong], ls="--", color="grey", label="random (expected)")
+    oracle = report.baselines[3]
+    gain = oracle.share(report.pair.strong) * 100
+    ax.plot(
+        [0, gain, 100],
+        [weak, oracle.accuracy * 100, oracle.accuracy * 100],
+        ls=":",
+        color="tab:green",
+        label="oracle",
+    )
+    ax.axhline(strong, color="tab:red", ls="--", lw=1, label=f"all-strong: {report.pair.strong}")
+    ax.axhline(weak, color="black", ls="--", lw=1, label=f"all-weak: {report.pair.weak}")
+    ax.axhline(strong * RETAIN, color="tab:red", ls=":", lw=1, label=f"{RETAIN:.0%} of strong accuracy")
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(f"calls to {report.pair.strong} (%)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"Routing on {report.data} ({report.prompts:,} prompts)")
+    span = strong - weak
+
+    def to_pgr(accuracy: Any) -> Any:
+        return (np.asarray(accuracy) - weak) / span
+
+    def to_accuracy(gap: Any) -> Any:
+        return weak + np.asarray(gap) * span
+
+    ax.secondary_yaxis("right", functions=(to_pgr, to_accuracy)).set_ylabel("PGR")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, fontsize="small", frameon=False)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def replay(
+        data: Annotated[
+            Path, typer.Option(help="Outcomes: a RouteLLM-format CSV, or a directory of them (MMLU).")
+        ],
+        policy: Annotated[
+            str, typer.Option(help=f"{', '.join(BUILT_IN)}, or package.module:function (router or scorer).")
+        ] = "length",
+        strong: Annotated[str, typer.Option(help="The strong (expensive) model.")] = STRONG_MODEL,
+        weak: Annotated[str, typer.Option(help="The weak (cheap) model.")] = WEAK_MODEL,
+        price: Annotated[
+            list[str] | None,
+            typer.Option(help="MODEL=IN/OUT USD per 1M tokens (repeatable; default: prices when recorded)."),
+        ] = None,
+        drop_contaminated: Annotated[
+            bool,
+            typer.Option(
+                "--drop-contaminated/--keep-contaminated",
+                help="Leave out prompts found in routers' training data (as RouteLLM scores).",
+            ),
+        ] = True,
+        contaminated: Annotated[
+            Path | None, typer.Option(help="Contaminated-prompt JSONL (default: found next to the data).")
+        ] = None,
+        output_tokens: Annotated[
+            int, typer.Option(help="Output tokens per call where no answer text is recorded (MMLU).")
+        ] = DEFAULT_OUTPUT_TOKENS,
+        bins: Annotated[
+            int, typer.Option(help="Quantile bins of the threshold sweep (RouteLLM: 10).")
+        ] = DEFAULT_BINS,
+        seed: Annotated[int, typer.Option(help="Seed of the random policy.")] = 0,
+        plot: Annotated[Path | None, typer.Option(help="Write the curve as a PNG here.")] = None,
+        json_out: Annotated[
+            Path | None, typer.Option("--json", help="Write the full report as JSON here.")
+        ] = None,
+    ) -> None:
+        """Replay a routing policy on recorded outcomes: calls per model, cost, accuracy, PGR/CPT/APGR."""
+        prices = dict(DEFAULT_PRICES)
+        prices.update(parse_price(p) for p in price or [])
+        pair = Pair(strong=strong, weak=weak)
+        try:
+            outcomes = load_outcomes(
+                data,
+                drop_contaminated=drop_contaminated,
+                contaminated=contaminated,
+                output_tokens=output_tokens,
+            )
+            outcomes.require(pair.strong, pair.weak)
+            chosen = resolve_policy(policy, pair, outcomes, seed)
+            if chosen.router is not None:
+                report = evaluate_router(outcomes, chosen.router, policy, pair, prices)
+            else:
+                assert chosen.scorer is not None
+                report = evaluate_scorer(outcomes, chosen.scorer, policy, pair, prices, bins)
+        except ValueError as exc:
+            typer.echo(f"faregate: {exc}", err=True)
+            raise typer.Exit(2) from None
+        console = Console(width=max(Console().width, 120))
+        kept = (
+            f"{report.contaminated_skipped} contaminated left out"
+            if drop_contaminated
+            else "contaminated kept"
+        )
+        console.print(
+            f"{report.data}: {report.prompts:,} prompts ({kept}); "
+            f"strong {pair.strong} {report.strong_accuracy:.1%}, weak {pair.weak} {report.weak_accuracy:.1%}"
+        )
+        console.print(_policy_table(report))
+        if report.sweep is not None:
+            console.print(_curve_table(report))
+            console.print(_metrics_table(report))
+        if plot is not None:
+            write_plot(report, plot)
+            console.print(f"curve written to {plot}")
+        if json_out is not None:
+            json_out.write_text(json.dumps(report_json(report), indent=2) + "\n", encoding="utf-8")
+            console.print(f"report written to {json_out}")
