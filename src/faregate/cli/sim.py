@@ -1,0 +1,38 @@
+"""`faregate sim`: run the provider simulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from faregate.errors import ConfigError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sim")(sim)
+
+
+def sim(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 4001,
+    script: Annotated[
+        Path | None, typer.Option(help="YAML script: latency, answers and faults per model.", dir_okay=False)
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Faregate config whose curated models /v1/models lists.", dir_okay=False),
+    ] = None,
+) -> None:
+    """Run the OpenAI-compatible provider simulator (scripted latency, answers and faults).
+
+    Prints one line ending in the base URL when ready.
+    """
+    from faregate.sim import run
+
+    try:
+        run(host, port, script, config=config)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc

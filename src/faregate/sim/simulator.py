@@ -1,0 +1,376 @@
+"""The request handler: one OpenAI-compatible chat endpoint with scripted latency, answers and faults.
+
+It runs on aiohttp's low-level server (no router, no middlewares): a dict lookup
+picks the handler, bodies are parsed with orjson and answers are pre-serialised
+bytes, so in a gateway benchmark the simulator is never the bottleneck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import msgspec
+import orjson
+import yaml
+from aiohttp import web
+
+from faregate import tokens
+from faregate.errors import ConfigError
+from faregate.sim import answers, faults, wire
+from faregate.sim.answers import Reply
+from faregate.sim.script import FAULTS, Behaviour, Override, Script, apply_override, parse_script
+from faregate.types import JSON
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+FORCEABLE = frozenset((*FAULTS, "none"))
+JSON_TYPE = "application/json"
+
+
+class Stats:
+    """Requests served per model and per fault, for tests to assert on (GET /sim/stats)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.streams = 0
+        self.rejected = 0
+        self.models: dict[str, int] = {}
+        self.faults: dict[str, int] = {}
+        self.model_faults: dict[str, Counter[str]] = {}
+
+    def count(self, model: str, fault: str | None, stream: bool) -> None:
+        self.requests += 1
+        self.streams += stream
+        models = self.models
+        models[model] = models.get(model, 0) + 1
+        if fault is not None:
+            self.faults[fault] = self.faults.get(fault, 0) + 1
+            self.model_faults.setdefault(model, Counter())[fault] += 1
+
+    def to_json(self) -> JSON:
+        return {
+            "requests": self.requests,
+            "streams": self.streams,
+            "rejected": self.rejected,
+            "models": dict(self.models),
+            "faults": dict(self.faults),
+            "by_model": {
+                model: {"requests": n, "faults": dict(self.model_faults.get(model, {}))}
+                for model, n in self.models.items()
+            },
+        }
+
+
+class Simulator:
+    def __init__(self, script: Script, catalog_names: Iterable[str] = ()) -> None:
+        self.stats = Stats()
+        self._catalog_names = list(catalog_names)
+        self._warming: asyncio.Future[Any] | None = None
+        self.set_script(script)
+        routes: dict[tuple[str, str], Handler] = {
+            ("GET", "/health"): self._health,
+            ("GET", "/sim/stats"): self._stats,
+            ("POST", "/sim/reset"): self._reset_stats,
+            ("POST", "/sim/script"): self._replace_script,
+        }
+        # Clients configured without the /v1 suffix still reach the API.
+        for prefix in ("/v1", ""):
+            routes["POST", prefix + "/chat/completions"] = self._chat
+            routes["GET", prefix + "/models"] = self._models
+        self._routes = routes
+
+    def set_script(self, script: Script) -> None:
+        self.script = script
+        self._picker = faults.FaultPicker(script.seed)
+        names = dict.fromkeys(script.models)
+        if script.catalog_models:
+            names.update(dict.fromkeys(self._catalog_names))
+        self._known = frozenset(names)
+        created = int(time.time())
+        self._models_body = orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"id": n, "object": "model", "created": created, "owned_by": "faregate-sim"}
+                    for n in names
+                ],
+            }
+        )
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        route = self._routes.get((request.method, request.path))
+        if route is None:
+            return _error(
+                404,
+                f"Unknown request URL: {request.method} {request.path}.",
+                "invalid_request_error",
+                "unknown_url",
+            )
+        return await route(request)
+
+    def start_warming(self) -> None:
+        """Begin loading the tokenizer in a thread (about a second), so no request blocks the event loop
+        on it; requests that arrive before it is ready wait for it without blocking the others."""
+        if self._warming is None and not tokens.is_loaded():
+            self._warming = asyncio.ensure_future(asyncio.to_thread(tokens.encoding))
+
+    async def warm(self) -> None:
+        """Return once the tokenizer is loaded."""
+        self.start_warming()
+        if self._warming is not None:
+            await asyncio.shield(self._warming)
+
+    async def _health(self, request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(body=b'{"status":"ok"}', content_type=JSON_TYPE)
+
+    async def _models(self, request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(body=self._models_body, content_type=JSON_TYPE)
+
+    async def _stats(self, request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(body=orjson.dumps(self.stats.to_json()), content_type=JSON_TYPE)
+
+    async def _reset_stats(self, request: web.BaseRequest) -> web.StreamResponse:
+        # Fault streams restart from the seed too, so a test after a reset sees the same draws.
+        self.stats = Stats()
+        self._picker.reset()
+        return web.Response(body=b'{"status":"reset"}', content_type=JSON_TYPE)
+
+    async def _replace_script(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Swap the script at run time (YAML or JSON body), e.g. to let a failing model recover."""
+        try:
+            self.set_script(parse_script(yaml.safe_load(await request.text()) or {}, "POST /sim/script"))
+        except (ConfigError, yaml.YAMLError) as exc:
+            return _error(400, str(exc), "invalid_request_error")
+        return web.Response(body=b'{"status":"replaced"}', content_type=JSON_TYPE)
+
+    async def _chat(self, request: web.BaseRequest) -> web.StreamResponse:
+        if not tokens.is_loaded():
+            await self.warm()
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            return self._reject(f"We could not parse the JSON body of your request: {exc}")
+        if not isinstance(body, dict):
+            return self._reject("The request body must be a JSON object.")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return self._reject("you must provide a model parameter", param="model")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return self._reject("'messages' must be a non-empty array", param="messages")
+        if self.script.strict_models and model not in self._known:
+            self.stats.rejected += 1
+            return _error(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                "invalid_request_error",
+                "model_not_found",
+                param="model",
+            )
+        max_tokens = body.get("max_completion_tokens")
+        if max_tokens is None:
+            max_tokens = body.get("max_tokens")
+        if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
+            return self._reject("max_tokens must be a positive integer", param="max_tokens")
+
+        behaviour = self.script.behaviour(model)
+        forced = request.headers.get("x-sim-fault")
+        if "sim" in body:
+            try:
+                override = msgspec.convert(body["sim"], Override)
+                behaviour = apply_override(behaviour, override)
+            except (msgspec.ValidationError, ValueError) as exc:
+                return self._reject(f"bad `sim` field: {exc}".replace("`$", "`sim"), param="sim")
+            if override.fault is not msgspec.UNSET:
+                forced = override.fault
+        if forced is not None and forced not in FORCEABLE:
+            return self._reject(f"unknown x-sim-fault {forced!r}; expected one of {sorted(FORCEABLE)}")
+        fault = forced if forced is not None else self._picker.draw(model, behaviour.faults)
+        if fault == "none":
+            fault = None
+        stream = body.get("stream") is True
+        self.stats.count(model, fault, stream)
+        return await self._answer(request, body, model, behaviour, fault, stream, max_tokens)
+
+    def _reject(self, message: str, param: str | None = None) -> web.Response:
+        self.stats.rejected += 1
+        return _error(400, message, "invalid_request_error", param=param)
+
+    async def _answer(
+        self,
+        request: web.BaseRequest,
+        body: JSON,
+        model: str,
+        behaviour: Behaviour,
+        fault: str | None,
+        stream: bool,
+        max_tokens: int | None,
+    ) -> web.StreamResponse:
+        if fault == "hang":
+            # Nothing is sent while hanging; a client that gives up cancels this handler.
+            await asyncio.sleep(behaviour.hang_s)
+            fault = None
+        if fault == "reset":
+            return _reset(request)
+        if fault == "rate_limit":
+            data, headers = faults.rate_limit(behaviour.retry_after_s)
+            return web.Response(status=429, body=data, headers=headers, content_type=JSON_TYPE)
+        if fault == "server_error":
+            return web.Response(status=500, body=faults.server_error(), content_type=JSON_TYPE)
+        if fault == "unavailable":
+            return web.Response(status=503, body=faults.unavailable(), content_type=JSON_TYPE)
+
+        prompt_tokens = tokens.count_messages(body["messages"])
+        tool = answers.tool_to_call(body) if behaviour.tool_call and fault in (None, "truncate") else None
+        if fault == "empty_choices":
+            reply = Reply("", 0, "stop", [])
+        elif fault == "blank":
+            reply = answers.blank_reply()
+        elif tool is not None:
+            # What a model would have generated: the call's name and its arguments.
+            reply = Reply("{}", tokens.count_text(tool) + tokens.count_text("{}"), "tool_calls")
+        else:
+            reply = answers.make_reply(behaviour.answer, body, max_tokens, split=stream)
+        if stream:
+            return await self._stream(request, body, model, behaviour, fault, reply, prompt_tokens, tool)
+        return await self._whole(request, model, behaviour, fault, reply, prompt_tokens, tool)
+
+    async def _whole(
+        self,
+        request: web.BaseRequest,
+        model: str,
+        behaviour: Behaviour,
+        fault: str | None,
+        reply: Reply,
+        prompt_tokens: int,
+        tool: str | None,
+    ) -> web.StreamResponse:
+        if fault == "empty_choices":
+            choices = []
+        elif tool is not None:
+            choices = [
+                wire.choice(wire.tool_message(wire.new_id("call_"), tool, reply.content), "tool_calls")
+            ]
+        else:
+            choices = [wire.choice(wire.text_message(reply.content), reply.finish_reason)]
+        data = wire.completion(model, choices, prompt_tokens, reply.tokens)
+        # The head arrives when the last token would have: time to first token plus the generation time.
+        delay = behaviour.ttft_ms / 1000 + _gap(behaviour) * max(reply.tokens - 1, 0)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if fault == "truncate":
+            return await _cut_body(request, data)
+        return web.Response(body=data, content_type=JSON_TYPE)
+
+    async def _stream(
+        self,
+        request: web.BaseRequest,
+        body: JSON,
+        model: str,
+        behaviour: Behaviour,
+        fault: str | None,
+        reply: Reply,
+        prompt_tokens: int,
+        tool: str | None,
+    ) -> web.StreamResponse:
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        chunks = wire.ChunkWriter(model, include_usage)
+        if behaviour.ttft_ms > 0:
+            await asyncio.sleep(behaviour.ttft_ms / 1000)
+        response = web.StreamResponse(headers=wire.SSE_HEADERS)
+        if fault == "truncate":
+            response.force_close()
+        try:
+            await response.prepare(request)
+            if fault == "empty_choices":
+                tail = [chunks.usage(prompt_tokens, 0)] if include_usage else []
+                await response.write(b"".join([chunks.no_choices(), *tail, wire.DONE]))
+                return response
+            if tool is not None:
+                head, arguments = wire.tool_call_deltas(wire.new_id("call_"), tool, reply.content)
+                frames = [chunks.delta(head), chunks.delta(arguments)]
+            else:
+                frames = [chunks.delta(wire.role_delta()), *map(chunks.content, reply.pieces or [])]
+            if fault == "truncate":
+                # Some content, then the end of the body: no finish_reason, no usage, no [DONE].
+                after = behaviour.after_tokens
+                kept = (len(frames) - 1) // 2 if after is None else after
+                await _paced(response, frames[: 1 + kept], b"", _gap(behaviour))
+                await response.write_eof()
+                return response
+            trailer = [chunks.finish(reply.finish_reason)]
+            if include_usage:
+                trailer.append(chunks.usage(prompt_tokens, reply.tokens))
+            trailer.append(wire.DONE)
+            await _paced(response, frames, b"".join(trailer), _gap(behaviour))
+        except ConnectionError:
+            pass  # the client went away mid-stream; nothing to tell it
+        return response
+
+
+async def _paced(response: web.StreamResponse, frames: list[bytes], trailer: bytes, gap: float) -> None:
+    """Send the role frame with the first token now, each later token `gap` seconds after the one
+    before it, and the trailer (finish, usage, [DONE]) with the last token."""
+    if gap == 0 or len(frames) <= 2:
+        await response.write(b"".join(frames) + trailer)
+        return
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await response.write(frames[0] + frames[1])
+    sent = 2
+    while sent < len(frames):
+        # Frames are due on an absolute schedule, so sleep overshoot never accumulates; all frames
+        # already due go out in one write.
+        due = start + (sent - 1) * gap
+        now = loop.time()
+        if due > now:
+            await asyncio.sleep(due - now)
+            now = loop.time()
+        upto = min(len(frames), max(sent + 1, int((now - start) / gap) + 2))
+        data = b"".join(frames[sent:upto])
+        await response.write(data + trailer if upto == len(frames) else data)
+        sent = upto
+
+
+def _gap(behaviour: Behaviour) -> float:
+    rate = behaviour.tokens_per_s
+    return 1.0 / rate if rate else 0.0
+
+
+def _error(
+    status: int, message: str, type_: str, code: str | None = None, *, param: str | None = None
+) -> web.Response:
+    return web.Response(
+        status=status, body=faults.error_body(message, type_, code, param), content_type=JSON_TYPE
+    )
+
+
+def _reset(request: web.BaseRequest) -> web.StreamResponse:
+    """Abort the connection with a TCP RST and no response at all."""
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Linger 0 turns close into a reset instead of an orderly FIN.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    # aiohttp finds the transport gone when it sends this and drops it quietly.
+    return web.Response()
+
+
+async def _cut_body(request: web.BaseRequest, data: bytes) -> web.StreamResponse:
+    """Announce the whole body's length, send half of it, then close the connection."""
+    response = web.StreamResponse(headers={"Content-Type": JSON_TYPE})
+    response.content_length = len(data)
+    response.force_close()
+    await response.prepare(request)
+    await response.write(data[: len(data) // 2])
+    if request.transport is not None:
+        request.transport.close()
+    return response
