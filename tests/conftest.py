@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import GatewayProcess, SimProcess, create_key, run_gateway, run_sim  # noqa: E402
+from harness import GatewayProcess, SimProcess, create_key, run_gateway, run_sim
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +19,9 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
 
 @pytest.fixture(scope="session")
 def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    with run_gateway(tmp_path_factory.mktemp("gateway"), sim) as process:
+    # Forced faults in these tests would trip the breakers; the chaos suite tests those on its own gateway.
+    relaxed = "routing: {breaker: {consecutive_failures: 1000000, min_calls: 1000000}}\n"
+    with run_gateway(tmp_path_factory.mktemp("gateway"), sim, relaxed) as process:
         yield process
 
 

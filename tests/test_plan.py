@@ -19,60 +19,74 @@ def planner() -> Planner:
     return Planner(build_catalog(load_settings(), sim_base_url=SIM))
 
 
-def test_alias_plans_the_sim_offer(planner: Planner) -> None:
-    plan = planner.plan(request({"model": "deepseek-v4-flash"}))
+async def test_alias_plans_the_sim_offer(planner: Planner) -> None:
+    plan = await planner.plan(request({"model": "deepseek-v4-flash"}))
     assert [c.offer.provider for c in plan.candidates] == ["sim"]
     assert plan.candidates[0].offer.upstream_model == "deepseek-ai/DeepSeek-V4-Flash"
 
 
-def test_unknown_model_is_404_with_suggestions(planner: Planner) -> None:
+async def test_unknown_model_is_404_with_suggestions(planner: Planner) -> None:
     with pytest.raises(ModelNotFound) as info:
-        planner.plan(request({"model": "deepseek-v4-flsh"}))
+        await planner.plan(request({"model": "deepseek-v4-flsh"}))
     assert info.value.status == 404
     assert "Did you mean" in info.value.message and "DeepSeek-V4-Flash" in info.value.message
 
 
-def test_image_to_text_only_model_is_400_naming_model_and_modality(planner: Planner) -> None:
+async def test_image_to_text_only_model_is_400_naming_model_and_modality(planner: Planner) -> None:
     with pytest.raises(InvalidRequest) as info:
-        planner.plan(request({"model": "deepseek-v4-flash", "messages": IMAGE}))
+        await planner.plan(request({"model": "deepseek-v4-flash", "messages": IMAGE}))
     assert "deepseek-ai/DeepSeek-V4-Flash" in info.value.message and "image" in info.value.message
 
 
-def test_image_to_vision_model_is_planned(planner: Planner) -> None:
-    plan = planner.plan(request({"model": "glm-4.5v", "messages": IMAGE}))
+async def test_image_to_vision_model_is_planned(planner: Planner) -> None:
+    plan = await planner.plan(request({"model": "glm-4.5v", "messages": IMAGE}))
     assert plan.candidates[0].model.name == "zai-org/GLM-4.5V"
 
 
-def test_models_list_keeps_order_and_skips_unfit(planner: Planner) -> None:
-    plan = planner.plan(request({"models": ["deepseek-v4-flash", "qwen3-vl-8b"], "messages": IMAGE}))
+async def test_models_list_keeps_order_and_skips_unfit(planner: Planner) -> None:
+    plan = await planner.plan(request({"models": ["deepseek-v4-flash", "qwen3-vl-8b"], "messages": IMAGE}))
     assert [c.model.name for c in plan.candidates] == ["Qwen/Qwen3-VL-8B-Instruct"]
-    plan = planner.plan(request({"models": ["qwen3-8b", "deepseek-v4-flash"]}))
+    plan = await planner.plan(request({"models": ["qwen3-8b", "deepseek-v4-flash"]}))
     assert [c.model.name for c in plan.candidates] == ["Qwen/Qwen3-8B", "deepseek-ai/DeepSeek-V4-Flash"]
 
 
-def test_max_tokens_capped_at_model_max_output(planner: Planner) -> None:
-    plan = planner.plan(request({"model": "deepseek-v4-flash"}))
+async def test_max_tokens_capped_at_model_max_output(planner: Planner) -> None:
+    plan = await planner.plan(request({"model": "deepseek-v4-flash"}))
     assert plan.candidates[0].max_output(100_000) == 8192
     assert plan.candidates[0].max_output(10) == 10
 
 
-def test_cheapest_offer_first_among_enabled() -> None:
-    settings = parse_settings({
-        "providers": {"a": {"base_url": "http://127.0.0.1:1/v1", "enabled": True},
-                      "b": {"base_url": "http://127.0.0.1:2/v1", "enabled": True}},
-        "models": {"m": {"input": 1, "output": 1, "offers": [
-            {"provider": "a", "input": 2, "output": 2}, {"provider": "b", "input": "0.5", "output": "0.5"}]}},
-        "catalog": {"broad": False},
-    })
-    plan = Planner(build_catalog(settings)).plan(request({"model": "m"}))
+async def test_cheapest_offer_first_among_enabled() -> None:
+    settings = parse_settings(
+        {
+            "providers": {
+                "a": {"base_url": "http://127.0.0.1:1/v1", "enabled": True},
+                "b": {"base_url": "http://127.0.0.1:2/v1", "enabled": True},
+            },
+            "models": {
+                "m": {
+                    "input": 1,
+                    "output": 1,
+                    "offers": [
+                        {"provider": "a", "input": 2, "output": 2},
+                        {"provider": "b", "input": "0.5", "output": "0.5"},
+                    ],
+                }
+            },
+            "catalog": {"broad": False},
+        }
+    )
+    plan = await Planner(build_catalog(settings)).plan(request({"model": "m"}))
     assert [c.offer.provider for c in plan.candidates] == ["b", "a"]
 
 
-def test_model_without_enabled_provider_is_503_naming_providers(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_model_without_enabled_provider_is_503_naming_providers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("SILICONFLOW_API_KEY", raising=False)
     monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
     monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
     planner = Planner(build_catalog(load_settings()))
     with pytest.raises(ModelUnavailable) as info:
-        planner.plan(request({"model": "deepseek-v4-flash"}))
+        await planner.plan(request({"model": "deepseek-v4-flash"}))
     assert info.value.status == 503 and "siliconflow" in info.value.message

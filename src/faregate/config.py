@@ -85,9 +85,81 @@ class ModelSettings(_Strict):
     aliases: list[str] = []
     context_window: int = 128_000
     max_output_tokens: int | None = None
-    modalities: list[Literal["text", "image", "audio", "video"]] = msgspec.field(default_factory=lambda: ["text"])
+    modalities: list[Literal["text", "image", "audio", "video"]] = msgspec.field(
+        default_factory=lambda: ["text"]
+    )
     tags: list[str] = []
     offers: list[OfferSettings] = []
+
+
+class ChainItem(_Strict):
+    """One step of a fallback chain: a model, alias or route name, with its own retry budget."""
+
+    model: str
+    retries: int | None = None
+
+
+# A chain step is written either as a plain name or as {model, retries}.
+ChainStep = str | ChainItem
+
+
+class RuleMatch(_Strict):
+    """Conditions on the request; all given conditions must hold."""
+
+    min_prompt_tokens: int | None = None
+    max_prompt_tokens: int | None = None
+    modalities: list[Literal["image", "audio", "video"]] = []
+    has_tools: bool | None = None
+    has_response_format: bool | None = None
+    stream: bool | None = None
+
+
+class Rule(_Strict):
+    when: RuleMatch
+    use: list[ChainStep]
+
+
+class RouteSettings(_Strict):
+    """A policy that turns a request into an ordered chain of models.
+
+    Resolution order: the first matching rule, then the task map (hint `task`), then the
+    tier map (hint `tier`, else `default_tier`), then `chain`.
+    """
+
+    chain: list[ChainStep] = []
+    tiers: dict[Literal["economy", "standard", "premium"], list[ChainStep]] = {}
+    default_tier: Literal["economy", "standard", "premium"] | None = None
+    tasks: dict[
+        Literal["chat", "code", "classify", "summarize", "translate", "reasoning", "vision"], list[ChainStep]
+    ] = {}
+    rules: list[Rule] = []
+    # Among the offers of one model: cheapest healthy first, or lowest latency (power of two choices).
+    offer_choice: Literal["cheapest", "latency"] = "cheapest"
+    retries: int | None = None
+    max_cost_usd: Decimal | None = None
+    # Demote offers whose moving p99 latency is above this.
+    failover_p99_ms: float | None = None
+
+
+class BreakerSettings(_Strict):
+    consecutive_failures: int = 5
+    # Also open when this share of the last `window` calls failed (once `min_calls` were seen).
+    error_rate: float = 0.5
+    window: int = 20
+    min_calls: int = 10
+    cooldown_s: float = 30.0
+
+
+class RoutingSettings(_Strict):
+    # Extra tries on the same offer before falling back to the next candidate.
+    retries: int = 1
+    backoff_base_s: float = 0.1
+    backoff_max_s: float = 2.0
+    # A Retry-After longer than this moves on to the next candidate instead of waiting.
+    max_retry_after_s: float = 5.0
+    breaker: BreakerSettings = msgspec.field(default_factory=BreakerSettings)
+    # Moving latency statistics keep this many recent samples per offer.
+    latency_window: int = 200
 
 
 class CatalogSettings(_Strict):
@@ -116,9 +188,11 @@ class Settings(_Strict):
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     catalog: CatalogSettings = msgspec.field(default_factory=CatalogSettings)
     sim: SimSettings = msgspec.field(default_factory=SimSettings)
+    routing: RoutingSettings = msgspec.field(default_factory=RoutingSettings)
     baseline_model: str = "gpt-4o"
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
+    routes: dict[str, RouteSettings] = {}
 
     def master_key(self) -> str | None:
         return os.environ.get(self.auth.master_key_env) or None
@@ -197,7 +271,8 @@ def _check_references(settings: Settings, origin: str) -> None:
         for alias in [name, *model.aliases]:
             if alias in seen_names and seen_names[alias] != name:
                 raise ConfigError(
-                    f"{origin}: models.{name}: name or alias {alias!r} is already used by {seen_names[alias]!r}"
+                    f"{origin}: models.{name}: name or alias {alias!r} is already used by "
+                    f"{seen_names[alias]!r}"
                 )
             seen_names[alias] = name
         for i, offer in enumerate(model.offers):
@@ -206,16 +281,66 @@ def _check_references(settings: Settings, origin: str) -> None:
                     f"{origin}: models.{name}.offers[{i}].provider: unknown provider {offer.provider!r}; "
                     f"expected one of {sorted(settings.providers)}"
                 )
-            if (offer.input is None or offer.output is None) and (model.input is None or model.output is None):
+            if (offer.input is None or offer.output is None) and (
+                model.input is None or model.output is None
+            ):
                 raise ConfigError(
-                    f"{origin}: models.{name}.offers[{i}]: no price; set input/output on the offer or the model"
+                    f"{origin}: models.{name}.offers[{i}]: no price; "
+                    "set input/output on the offer or the model"
                 )
         for field_name in ("input", "output"):
             value = getattr(model, field_name)
             if value is not None and value < 0:
                 raise ConfigError(f"{origin}: models.{name}.{field_name} must not be negative")
+    _check_routes(settings, origin, seen_names)
     for name, provider in settings.providers.items():
         if not provider.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{origin}: providers.{name}.base_url must start with http:// or https://")
     if settings.server.max_body_bytes <= 0:
         raise ConfigError(f"{origin}: server.max_body_bytes must be positive")
+
+
+def chain_steps(steps: list[ChainStep]) -> list[ChainItem]:
+    return [ChainItem(step) if isinstance(step, str) else step for step in steps]
+
+
+def _check_routes(settings: Settings, origin: str, model_names: dict[str, str]) -> None:
+    """Every name in a route must be a model, an alias or another route; routes may not loop."""
+    for name in settings.routes:
+        if name in model_names:
+            raise ConfigError(f"{origin}: routes.{name}: the name is already a model or alias")
+
+    def steps_of(route: RouteSettings) -> list[tuple[str, list[ChainStep]]]:
+        found: list[tuple[str, list[ChainStep]]] = [("chain", route.chain)] if route.chain else []
+        found += [(f"tiers.{k}", v) for k, v in route.tiers.items()]
+        found += [(f"tasks.{k}", v) for k, v in route.tasks.items()]
+        found += [(f"rules[{i}].use", r.use) for i, r in enumerate(route.rules)]
+        return found
+
+    for name, route in settings.routes.items():
+        if not (route.chain or route.tiers or route.tasks):
+            raise ConfigError(f"{origin}: routes.{name}: give at least one of chain, tiers or tasks")
+        if route.default_tier and route.default_tier not in route.tiers:
+            raise ConfigError(
+                f"{origin}: routes.{name}.default_tier {route.default_tier!r} is not in its tiers"
+            )
+        for where, steps in steps_of(route):
+            if not steps:
+                raise ConfigError(f"{origin}: routes.{name}.{where} is empty")
+            for item in chain_steps(steps):
+                if item.retries is not None and item.retries < 0:
+                    raise ConfigError(f"{origin}: routes.{name}.{where}: retries must not be negative")
+    # Names that are neither routes nor models are checked against the whole catalog when it is
+    # built (the broad catalog is not known here).
+
+    # Cycles: a route that reaches itself through route references.
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            raise ConfigError(f"{origin}: routes form a loop: {' -> '.join([*path, name])}")
+        for _, steps in steps_of(settings.routes[name]):
+            for item in chain_steps(steps):
+                if item.model in settings.routes:
+                    visit(item.model, [*path, name])
+
+    for name in settings.routes:
+        visit(name, [])

@@ -59,9 +59,9 @@ class Price:
     output: Decimal
 
     def cost(self, usage: Usage) -> Decimal:
-        return (Decimal(usage.prompt_tokens) * self.input + Decimal(usage.completion_tokens) * self.output) / (
-            MILLION
-        )
+        return (
+            Decimal(usage.prompt_tokens) * self.input + Decimal(usage.completion_tokens) * self.output
+        ) / (MILLION)
 
 
 MILLION = Decimal(1_000_000)
@@ -77,6 +77,10 @@ class Attempt:
     latency_ms: float
     detail: str = ""
     status: int | None = None
+    # Usage the provider reported (and billed) for this attempt, if any.
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: Decimal = Decimal(0)
 
     def describe(self) -> str:
         text = f"{self.model} via {self.provider}: {self.outcome}"
@@ -142,3 +146,4 @@ class RequestRecord:
     empty_response: bool = False
     error: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    route: str | None = None

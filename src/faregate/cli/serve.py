@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from faregate.cli.common import ConfigOption, load_or_exit
+from faregate.config import config_path
 from faregate.server.app import Gateway
 
 SNIPPET = """\
@@ -45,8 +46,10 @@ def register(app: typer.Typer) -> None:
             if not new_key:
                 return
             key, raw = await gateway.keys.create(name="quickstart")
-            mode = "simulated providers (no provider API key set)" if "sim" in gateway.providers.names() else (
-                "providers: " + ", ".join(gateway.providers.names())
+            mode = (
+                "simulated providers (no provider API key set)"
+                if "sim" in gateway.providers.names()
+                else ("providers: " + ", ".join(gateway.providers.names()))
             )
             typer.echo(
                 f"\nFaregate is running at {base_url}  [{mode}]\n"
@@ -54,4 +57,5 @@ def register(app: typer.Typer) -> None:
                 f"{SNIPPET.format(base_url=base_url, key=raw)}",
             )
 
-        run(settings, announce)
+        path = config_path(config)
+        run(settings, announce, str(path) if path else None)

@@ -1,26 +1,33 @@
 """The attempt loop: call the plan's candidates in order until one gives a real answer.
 
-A failure moves on to the next candidate when it is the provider's fault (429, 5xx,
-timeout, connection error, a 200 with nothing in it, a stream that dies before its
-first content). A 4xx that is the client's fault is returned at once: another
-provider would refuse it too.
+Per candidate: up to 1 + retries calls, with exponential backoff and full jitter,
+waiting out a short Retry-After; then fall back to the next candidate. A failure
+moves on when it is the provider's fault (429, 5xx, timeout, connection error, a 200
+with nothing in it, a stream that dies before its first content). A 4xx that is the
+client's fault is returned at once: another provider would refuse it too. Breakers
+fail fast: an offer whose breaker is open is not called at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
-from faregate.config import ProviderSettings
-from faregate.errors import UpstreamFailed, UpstreamFailure
+from faregate.config import ProviderSettings, RoutingSettings
+from faregate.errors import UpstreamFailed, UpstreamFailure, UpstreamRejected
 from faregate.providers.base import Provider, UpstreamCall
+from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Candidate, Plan
-from faregate.types import GATEWAY_FIELDS, JSON, Attempt, ChatRequest, Completion
+from faregate.types import GATEWAY_FIELDS, JSON, Attempt, ChatRequest, Completion, Usage
 
 DEFAULT_PROVIDER_SETTINGS = ProviderSettings(base_url="http://127.0.0.1")
+# Failures that say nothing about the provider's health.
+NOT_HEALTH_SIGNALS = frozenset({"rejected"})
 
 
 @dataclass(slots=True)
@@ -40,7 +47,6 @@ class OpenedStream:
     attempts: list[Attempt]
     started: float
     first_content_at: float
-    finished: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -51,7 +57,12 @@ def delta_has_content(chunk: JSON) -> bool:
         content = delta.get("content")
         if isinstance(content, str) and content.strip():
             return True
-        if delta.get("tool_calls") or delta.get("function_call") or delta.get("refusal") or delta.get("audio"):
+        if (
+            delta.get("tool_calls")
+            or delta.get("function_call")
+            or delta.get("refusal")
+            or delta.get("audio")
+        ):
             return True
     return False
 
@@ -64,18 +75,35 @@ def chunk_finish_reason(chunk: JSON) -> str | None:
     return None
 
 
+def usage_in(chunk: JSON) -> Usage | None:
+    usage = chunk.get("usage")
+    if isinstance(usage, dict):
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int) and isinstance(completion, int):
+            return Usage(prompt, completion)
+    return None
+
+
 class AttemptRunner:
     def __init__(
         self,
         providers: Callable[[str], Provider],
         provider_settings: Callable[[str], ProviderSettings | None],
         request_timeout_s: float,
+        routing: RoutingSettings | None = None,
+        health: HealthBoard | None = None,
     ) -> None:
         self._provider = providers
         self._provider_settings = provider_settings
         self.request_timeout_s = request_timeout_s
+        self.routing = routing or RoutingSettings()
+        self.health = health or HealthBoard(self.routing.breaker, self.routing.latency_window)
+        self._random = random.Random()
+        # Counters for metrics: retries made and fallbacks taken.
+        self.retries = 0
+        self.fallbacks = 0
 
-    def build_call(self, request: ChatRequest, candidate: Candidate) -> UpstreamCall:
+    def build_call(self, request: ChatRequest, candidate: Candidate, time_left: float) -> UpstreamCall:
         body = {k: v for k, v in request.body.items() if k not in GATEWAY_FIELDS}
         body["model"] = candidate.offer.upstream_model
         for name in ("max_completion_tokens", "max_tokens"):
@@ -89,41 +117,80 @@ class AttemptRunner:
             offer=candidate.offer,
             body=body,
             stream=request.stream,
-            first_byte_timeout_s=settings.first_byte_timeout_s,
-            total_timeout_s=settings.total_timeout_s,
+            first_byte_timeout_s=min(settings.first_byte_timeout_s, time_left),
+            total_timeout_s=min(settings.total_timeout_s, time_left),
         )
 
-    def _deadline_left(self, request: ChatRequest) -> float:
+    def _time_left(self, request: ChatRequest) -> float:
         return self.request_timeout_s - (time.perf_counter() - request.started)
+
+    def _pause_before_retry(self, failure: UpstreamFailure, tries: int, time_left: float) -> float | None:
+        """Seconds to wait before calling the same offer again, or None to move on."""
+        if failure.kind in ("timeout", "rejected"):
+            return None  # a hang rarely fixes itself; fall back instead of paying the timeout twice
+        if failure.retry_after is not None:
+            if failure.retry_after > self.routing.max_retry_after_s:
+                return None
+            wait = failure.retry_after
+        else:
+            ceiling = min(self.routing.backoff_max_s, self.routing.backoff_base_s * (2**tries))
+            wait = self._random.uniform(0, ceiling)
+        return wait if wait < time_left - 0.05 else None
 
     async def complete(self, request: ChatRequest, plan: Plan) -> Served:
         attempts: list[Attempt] = []
         timed_out = False
-        for candidate in plan.candidates:
-            left = self._deadline_left(request)
-            if left <= 0:
-                timed_out = True
+        for index, candidate in enumerate(plan.candidates):
+            if index:
+                self.fallbacks += 1
+            key = candidate.offer.key
+            for tries in range(candidate.retries + 1):
+                time_left = self._time_left(request)
+                if time_left <= 0:
+                    timed_out = True
+                    break
+                if not self.health.breaker(key).allow(time.monotonic()):
+                    break
+                call = self.build_call(request, candidate, time_left)
+                t0 = time.perf_counter()
+                completion: Completion | None = None
+                try:
+                    async with asyncio.timeout(time_left):
+                        completion = await self._provider(candidate.offer.provider).complete(call)
+                    if completion.is_empty:
+                        raise UpstreamFailure("empty", "200 with no choices or blank content", status=200)
+                except UpstreamFailure as failure:
+                    billed = completion.usage if completion is not None else None
+                    attempts.append(self._failed(candidate, t0, failure, billed))
+                    wait = self._pause_before_retry(failure, tries, self._time_left(request))
+                    if wait is None or tries == candidate.retries:
+                        break
+                    self.retries += 1
+                    await asyncio.sleep(wait)
+                    continue
+                except TimeoutError:
+                    attempts.append(
+                        self._failed(candidate, t0, UpstreamFailure("timeout", "request deadline reached"))
+                    )
+                    timed_out = True
+                    break
+                except UpstreamRejected as rejected:
+                    self.health.breaker(key).release_probe()
+                    attempts.append(
+                        _attempt(candidate, t0, "rejected", str(rejected.message), rejected.status)
+                    )
+                    rejected.attempts = attempts  # type: ignore[attr-defined]
+                    raise
+                except BaseException:
+                    self.health.breaker(key).release_probe()
+                    raise
+                assert completion is not None
+                latency = (time.perf_counter() - t0) * 1000
+                self.health.success(key, latency)
+                attempts.append(_attempt(candidate, t0, "ok"))
+                return Served(completion, candidate, attempts)
+            if timed_out:
                 break
-            call = self.build_call(request, candidate)
-            provider = self._provider(candidate.offer.provider)
-            t0 = time.perf_counter()
-            try:
-                async with asyncio.timeout(left):
-                    completion = await provider.complete(call)
-            except UpstreamFailure as failure:
-                attempts.append(_failed(candidate, t0, failure))
-                continue
-            except TimeoutError:
-                attempts.append(_failed(candidate, t0, UpstreamFailure("timeout", "request deadline reached")))
-                timed_out = True
-                break
-            if completion.is_empty:
-                attempts.append(
-                    _failed(candidate, t0, UpstreamFailure("empty", "200 with no choices or blank content"))
-                )
-                continue
-            attempts.append(_ok(candidate, t0))
-            return Served(completion, candidate, attempts)
         raise UpstreamFailed(attempts, timeout=timed_out or _all_timeouts(attempts))
 
     async def open_stream(self, request: ChatRequest, plan: Plan) -> OpenedStream:
@@ -131,43 +198,94 @@ class AttemptRunner:
         client yet, so a failure here still falls back invisibly."""
         attempts: list[Attempt] = []
         timed_out = False
-        for candidate in plan.candidates:
-            left = self._deadline_left(request)
-            if left <= 0:
-                timed_out = True
+        for index, candidate in enumerate(plan.candidates):
+            if index:
+                self.fallbacks += 1
+            key = candidate.offer.key
+            for tries in range(candidate.retries + 1):
+                time_left = self._time_left(request)
+                if time_left <= 0:
+                    timed_out = True
+                    break
+                if not self.health.breaker(key).allow(time.monotonic()):
+                    break
+                call = self.build_call(request, candidate, time_left)
+                t0 = time.perf_counter()
+                iterator = aiter(self._provider(candidate.offer.provider).stream(call))
+                buffered: list[JSON] = []
+                try:
+                    async with asyncio.timeout(time_left):
+                        while True:
+                            try:
+                                chunk = await anext(iterator)
+                            except StopAsyncIteration:
+                                raise _early_end(buffered) from None
+                            buffered.append(chunk)
+                            if delta_has_content(chunk):
+                                break
+                            if chunk_finish_reason(chunk) and not _tool_finish(chunk):
+                                raise UpstreamFailure("empty", "stream finished without any content")
+                except UpstreamFailure as failure:
+                    await _close(iterator)
+                    reported = next((u for u in map(usage_in, reversed(buffered)) if u is not None), None)
+                    attempts.append(self._failed(candidate, t0, failure, reported))
+                    wait = self._pause_before_retry(failure, tries, self._time_left(request))
+                    if wait is None or tries == candidate.retries:
+                        break
+                    self.retries += 1
+                    await asyncio.sleep(wait)
+                    continue
+                except TimeoutError:
+                    await _close(iterator)
+                    attempts.append(
+                        self._failed(candidate, t0, UpstreamFailure("timeout", "request deadline reached"))
+                    )
+                    timed_out = True
+                    break
+                except UpstreamRejected as rejected:
+                    await _close(iterator)
+                    self.health.breaker(key).release_probe()
+                    attempts.append(
+                        _attempt(candidate, t0, "rejected", str(rejected.message), rejected.status)
+                    )
+                    rejected.attempts = attempts  # type: ignore[attr-defined]
+                    raise
+                except BaseException:
+                    await _close(iterator)
+                    self.health.breaker(key).release_probe()
+                    raise
+                now = time.perf_counter()
+                attempts.append(_attempt(candidate, t0, "ok"))
+                return OpenedStream(candidate, buffered, iterator, attempts, t0, now)
+            if timed_out:
                 break
-            call = self.build_call(request, candidate)
-            provider = self._provider(candidate.offer.provider)
-            t0 = time.perf_counter()
-            iterator = aiter(provider.stream(call))
-            buffered: list[JSON] = []
-            try:
-                async with asyncio.timeout(left):
-                    while True:
-                        try:
-                            chunk = await anext(iterator)
-                        except StopAsyncIteration:
-                            raise _early_end(buffered) from None
-                        buffered.append(chunk)
-                        if delta_has_content(chunk):
-                            break
-                        if chunk_finish_reason(chunk):
-                            raise UpstreamFailure("empty", "stream finished without any content")
-            except UpstreamFailure as failure:
-                await _close(iterator)
-                attempts.append(_failed(candidate, t0, failure))
-                continue
-            except TimeoutError:
-                await _close(iterator)
-                attempts.append(_failed(candidate, t0, UpstreamFailure("timeout", "request deadline reached")))
-                timed_out = True
-                break
-            except BaseException:
-                await _close(iterator)
-                raise
-            attempts.append(_ok(candidate, t0))
-            return OpenedStream(candidate, buffered, iterator, attempts, t0, time.perf_counter())
         raise UpstreamFailed(attempts, timeout=timed_out or _all_timeouts(attempts))
+
+    def stream_finished(self, opened: OpenedStream, failure: UpstreamFailure | None) -> None:
+        """Health bookkeeping once a served stream has ended."""
+        key = opened.candidate.offer.key
+        if failure is None:
+            total_ms = (time.perf_counter() - opened.started) * 1000
+            self.health.success(key, total_ms, (opened.first_content_at - opened.started) * 1000)
+        elif failure.kind not in NOT_HEALTH_SIGNALS:
+            self.health.failure(key)
+
+    def _failed(
+        self, candidate: Candidate, t0: float, failure: UpstreamFailure, usage: Usage | None = None
+    ) -> Attempt:
+        if failure.kind not in NOT_HEALTH_SIGNALS:
+            self.health.failure(candidate.offer.key)
+        attempt = _attempt(candidate, t0, failure.kind, failure.detail, failure.status)
+        if usage is not None:
+            # The provider billed this failed call (a blank 200 still has a prompt): so do we.
+            attempt.prompt_tokens = usage.prompt_tokens
+            attempt.completion_tokens = usage.completion_tokens
+            attempt.cost = candidate.offer.price.cost(usage)
+        return attempt
+
+
+def _tool_finish(chunk: JSON) -> bool:
+    return chunk_finish_reason(chunk) in ("tool_calls", "function_call")
 
 
 def _early_end(buffered: list[JSON]) -> UpstreamFailure:
@@ -181,24 +299,27 @@ async def _close(iterator: AsyncIterator[JSON]) -> None:
     if closer is not None:
         try:
             await closer()
-        except Exception:  # noqa: BLE001 - closing a broken upstream must not mask the real failure
+        except Exception:
             pass
 
 
-def _ok(candidate: Candidate, t0: float) -> Attempt:
-    return Attempt(candidate.model.name, candidate.offer.provider, "ok", (time.perf_counter() - t0) * 1000)
-
-
-def _failed(candidate: Candidate, t0: float, failure: UpstreamFailure) -> Attempt:
+def _attempt(
+    candidate: Candidate, t0: float, outcome: str, detail: str = "", status: int | None = None
+) -> Attempt:
     return Attempt(
         candidate.model.name,
         candidate.offer.provider,
-        failure.kind,
+        outcome,
         (time.perf_counter() - t0) * 1000,
-        detail=failure.detail,
-        status=failure.status,
+        detail=detail,
+        status=status,
     )
 
 
 def _all_timeouts(attempts: list[Attempt]) -> bool:
     return bool(attempts) and all(a.outcome == "timeout" for a in attempts)
+
+
+def billed_cost(attempts: list[Attempt]) -> Decimal:
+    """What failed attempts cost (the served attempt's cost is added by the caller)."""
+    return sum((a.cost for a in attempts if a.outcome != "ok"), Decimal(0))

@@ -1,12 +1,25 @@
-"""Turn a request into an ordered plan of attempts (model + provider offer)."""
+"""Turn a request into an ordered plan of attempts (model + provider offer + retry budget).
+
+The request names a model, an alias, a route, or a list of them (`models`). Routes
+expand to chains; then every model is checked against the request (modalities,
+context window with its max_tokens, the request's cost cap) and its offers are
+ordered (cheapest healthy, or lowest latency). Models that cannot serve the request
+are never tried; if none can, the client is told why, model by model.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
 
 from faregate.catalog.models import Catalog, Model, Offer
+from faregate.config import RouteSettings, RoutingSettings
 from faregate.errors import FaregateError, InvalidRequest, ModelNotFound
-from faregate.types import ChatRequest
+from faregate.routing.estimate import PromptSize
+from faregate.routing.health import HealthBoard
+from faregate.routing.routes import Hints, RouteBook, Step, parse_hints
+from faregate.types import MILLION, ChatRequest
 
 
 class ModelUnavailable(FaregateError):
@@ -19,6 +32,7 @@ class ModelUnavailable(FaregateError):
 class Candidate:
     model: Model
     offer: Offer
+    retries: int = 0
 
     def max_output(self, requested: int | None) -> int | None:
         """The request's max_tokens capped at the model's max output."""
@@ -32,49 +46,176 @@ class Candidate:
 class Plan:
     route: str
     candidates: list[Candidate]
+    prompt: PromptSize | None = None
+    hints: Hints = field(default_factory=Hints)
+
+
+@dataclass(slots=True)
+class _Rejections:
+    context: list[str] = field(default_factory=list)
+    modality: list[str] = field(default_factory=list)
+    cost: list[str] = field(default_factory=list)
+    unavailable: list[str] = field(default_factory=list)
+    breaker: list[str] = field(default_factory=list)
 
 
 class Planner:
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        routes: dict[str, RouteSettings] | None = None,
+        routing: RoutingSettings | None = None,
+        health: HealthBoard | None = None,
+    ) -> None:
         self.catalog = catalog
+        self.routing = routing or RoutingSettings()
+        self.routes = RouteBook(routes or {}, catalog)
+        self.health = health or HealthBoard(self.routing.breaker, self.routing.latency_window)
 
     def resolve(self, name: str) -> Model:
         model = self.catalog.get(name)
         if model is None:
-            suggestions = self.catalog.suggest(name)
-            hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
+            suggestions = [
+                *(r for r in self.routes.routes if name.lower() in r.lower()),
+                *self.catalog.suggest(name),
+            ]
+            hint = f" Did you mean: {', '.join(suggestions[:4])}?" if suggestions else ""
             raise ModelNotFound(f"The model '{name}' does not exist.{hint}", param="model")
         return model
 
-    def plan(self, request: ChatRequest) -> Plan:
+    async def plan(self, request: ChatRequest) -> Plan:
+        hints = parse_hints(request.hints)
+        prompt = PromptSize(request.body.get("messages") or [])
         names: list[str] = request.body.get("models") or [request.model]
-        models = [self.resolve(name) for name in names]
-        candidates: list[Candidate] = []
-        rejected: list[str] = []
-        unavailable: list[str] = []
-        for model in models:
-            missing = model.missing_modalities(request.required_modalities)
-            if missing:
-                rejected.append(f"model '{model.name}' does not accept {' or '.join(missing)} input")
-                continue
-            offers = model.available_offers()
-            if not offers:
-                unavailable.append(model.name)
-                continue
-            # Cheapest offer first; the sort is stable, so equal prices keep config order.
-            for offer in sorted(offers, key=lambda o: o.price.input + o.price.output):
-                candidates.append(Candidate(model, offer))
-        if not candidates:
-            if rejected:
-                raise InvalidRequest(
-                    "The request contains content the model cannot read: " + "; ".join(rejected) + ".",
-                    param="messages",
-                    code="unsupported_modality",
-                )
-            providers = sorted({o.provider for m in models for o in m.offers})
-            raise ModelUnavailable(
-                f"No provider is available for {', '.join(unavailable)}: its providers "
-                f"({', '.join(providers) or 'none'}) are disabled (API key not set)."
-            )
+        steps: list[Step] = []
+        route_settings: RouteSettings | None = None
+        for name in names:
+            if name in self.routes:
+                route_settings = route_settings or self.routes.get(name)
+                steps.extend(await self.routes.expand(name, request, prompt, hints))
+            else:
+                self.resolve(name)
+                steps.append(Step(name, None))
         route = names[0] if len(names) == 1 else "list:" + ",".join(names)
-        return Plan(route=route, candidates=candidates)
+        cap = hints.max_cost_usd
+        if cap is None and route_settings is not None:
+            cap = route_settings.max_cost_usd
+        p99_limit = route_settings.failover_p99_ms if route_settings else None
+        by_latency = route_settings is not None and route_settings.offer_choice == "latency"
+
+        candidates: list[Candidate] = []
+        rejected = _Rejections()
+        seen: set[str] = set()
+        for step in steps:
+            model = self.resolve(step.model)
+            if model.name in seen:
+                continue
+            seen.add(model.name)
+            retries = step.retries if step.retries is not None else self.routing.retries
+            if not await self._fits(model, request, prompt, cap, rejected):
+                continue
+            offers = self._order_offers(model, rejected, by_latency, p99_limit)
+            candidates.extend(Candidate(model, offer, retries) for offer in offers)
+        if not candidates:
+            await self._refuse(rejected, prompt)
+        return Plan(route=route, candidates=candidates, prompt=prompt, hints=hints)
+
+    async def _fits(
+        self,
+        model: Model,
+        request: ChatRequest,
+        prompt: PromptSize,
+        cap: Decimal | None,
+        rejected: _Rejections,
+    ) -> bool:
+        missing = model.missing_modalities(request.required_modalities)
+        if missing:
+            rejected.modality.append(f"model '{model.name}' does not accept {' or '.join(missing)} input")
+            return False
+        out = request.max_tokens
+        if out is not None and model.max_output_tokens:
+            out = min(out, model.max_output_tokens)
+        room = model.context_window - (out or 1)
+        if room <= 0 or not await prompt.at_most(room):
+            rejected.context.append(f"{model.name} ({model.context_window:,} tokens)")
+            return False
+        if cap is not None:
+            worst_out = out or model.max_output_tokens or max(model.context_window - prompt.upper_bound, 0)
+            cheapest = min(
+                (o.price for o in model.available_offers()),
+                key=lambda p: p.input + p.output,
+                default=model.list_price,
+            )
+
+            def worst(tokens_in: int) -> Decimal:
+                return (Decimal(tokens_in) * cheapest.input + Decimal(worst_out) * cheapest.output) / MILLION
+
+            if worst(prompt.upper_bound) > cap and worst(await prompt.exact()) > cap:
+                rejected.cost.append(f"{model.name} (worst case ${worst(await prompt.exact()):f})")
+                return False
+        return True
+
+    def _order_offers(
+        self, model: Model, rejected: _Rejections, by_latency: bool, p99_limit: float | None
+    ) -> list[Offer]:
+        offers = model.available_offers()
+        if not offers:
+            providers = ", ".join(sorted({o.provider for o in model.offers})) or "none"
+            rejected.unavailable.append(f"{model.name} (providers {providers} disabled)")
+            return []
+        now = time.monotonic()
+        usable = [o for o in offers if self.health.usable(o.key, now)]
+        if not usable:
+            rejected.breaker.append(", ".join(f"{o.provider}/{model.name}" for o in offers))
+            return []
+        # Cheapest first, with recent errors making an offer look dearer than it is.
+        usable.sort(
+            key=lambda o: (o.price.input + o.price.output) * Decimal(1 + 2 * self.health.error_rate(o.key))
+        )
+        if by_latency and len(usable) > 1:
+            a, b = self.health.pick_two(len(usable))
+            first, second = usable[a], usable[b]
+            lat_a, lat_b = self.health.ewma(first.key) or 0.0, self.health.ewma(second.key) or 0.0
+            chosen = first if lat_a <= lat_b else second
+            usable.remove(chosen)
+            usable.insert(0, chosen)
+        if p99_limit is not None:
+            slow = [o for o in usable if (self.health.p99(o.key) or 0.0) > p99_limit]
+            usable = [o for o in usable if o not in slow] + slow
+        return usable
+
+    async def _refuse(self, rejected: _Rejections, prompt: PromptSize) -> None:
+        if rejected.context and not (rejected.unavailable or rejected.breaker):
+            tokens = await prompt.exact()
+            raise InvalidRequest(
+                f"The prompt has {tokens:,} tokens, which with max_tokens does not fit the context window "
+                "of: "
+                f"{'; '.join(rejected.context)}.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        if rejected.modality and not (rejected.unavailable or rejected.breaker or rejected.context):
+            raise InvalidRequest(
+                "The request contains content the model cannot read: " + "; ".join(rejected.modality) + ".",
+                param="messages",
+                code="unsupported_modality",
+            )
+        if rejected.cost and not (rejected.unavailable or rejected.breaker):
+            raise InvalidRequest(
+                "No candidate fits 'max_cost_usd': " + "; ".join(rejected.cost) + ".",
+                param="faregate.max_cost_usd",
+                code="max_cost_exceeded",
+            )
+        parts = []
+        if rejected.unavailable:
+            parts.append(f"no enabled provider (API key not set) for {', '.join(rejected.unavailable)}")
+        if rejected.breaker:
+            parts.append(f"circuit breaker open for {'; '.join(rejected.breaker)}")
+        for label, items in (
+            ("too small a context", rejected.context),
+            ("unsupported input", rejected.modality),
+            ("over the cost cap", rejected.cost),
+        ):
+            if items:
+                parts.append(f"{label}: {'; '.join(items)}")
+        raise ModelUnavailable("No candidate can serve this request: " + "; ".join(parts) + ".")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -15,10 +15,12 @@ from faregate.accounts.keys import KeyStore
 from faregate.catalog import SIM_PROVIDER, Catalog, Model, build_catalog
 from faregate.config import ProviderSettings, Settings
 from faregate.errors import FaregateError, InternalError, InvalidRequest, NotFound
-from faregate.providers.http import make_client_session
+from faregate.providers.http import ConnectionPool, make_upstream_pool
 from faregate.providers.registry import ProviderRegistry
 from faregate.routing.attempts import AttemptRunner
+from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Planner
+from faregate.server.admin import health_detail, is_master
 from faregate.server.pipeline import ChatPipeline, error_response
 from faregate.store.sqlite import SQLiteStore
 from faregate.telemetry.records import RecordWriter
@@ -34,18 +36,19 @@ class Gateway:
 
     settings: Settings
     catalog: Catalog
-    session: aiohttp.ClientSession
+    pool: ConnectionPool
     providers: ProviderRegistry
     store: SQLiteStore
     keys: KeyStore
     records: RecordWriter
     pipeline: ChatPipeline
     models_body: bytes
+    started: float = field(default_factory=time.monotonic)
 
     async def close(self) -> None:
         await self.records.close()
         await self.providers.close()
-        await self.session.close()
+        await self.pool.close()
         await self.store.close()
 
 
@@ -89,8 +92,8 @@ def models_listing(catalog: Catalog) -> bytes:
 
 async def build_gateway(settings: Settings, *, sim_base_url: str | None = None) -> Gateway:
     catalog = build_catalog(settings, sim_base_url=sim_base_url)
-    session = make_client_session(settings)
-    providers = ProviderRegistry(settings, session, sim_base_url=sim_base_url)
+    pool = make_upstream_pool(settings)
+    providers = ProviderRegistry(settings, pool, sim_base_url=sim_base_url)
     store = await SQLiteStore.open(settings.store.path)
     keys = KeyStore(store, cache_ttl_s=settings.auth.key_cache_ttl_s)
     records = RecordWriter(store, settings.records)
@@ -104,15 +107,21 @@ async def build_gateway(settings: Settings, *, sim_base_url: str | None = None) 
     def provider_settings(name: str) -> ProviderSettings | None:
         return sim_provider if name == SIM_PROVIDER else settings.providers.get(name)
 
-    runner = AttemptRunner(providers.get, provider_settings, settings.server.request_timeout_s)
+    health = HealthBoard(settings.routing.breaker, settings.routing.latency_window)
+    planner = Planner(catalog, settings.routes, settings.routing, health)
+    runner = AttemptRunner(
+        providers.get, provider_settings, settings.server.request_timeout_s, settings.routing, health
+    )
     pipeline = ChatPipeline(
         keys=keys,
-        planner=Planner(catalog),
+        planner=planner,
         runner=runner,
         records=records,
         max_body_bytes=settings.server.max_body_bytes,
     )
-    return Gateway(settings, catalog, session, providers, store, keys, records, pipeline, models_listing(catalog))
+    return Gateway(
+        settings, catalog, pool, providers, store, keys, records, pipeline, models_listing(catalog)
+    )
 
 
 @web.middleware
@@ -126,9 +135,13 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return error_response(InvalidRequest(f"Request body too large: {exc.text}", code="request_too_large"))
     except web.HTTPException as exc:
         if exc.status == 404:
-            return error_response(NotFound(f"Unknown path: {request.method} {request.path}", code="unknown_url"))
+            return error_response(
+                NotFound(f"Unknown path: {request.method} {request.path}", code="unknown_url")
+            )
         if exc.status == 405:
-            err = InvalidRequest(f"Method {request.method} is not allowed on {request.path}.", code="method_not_allowed")
+            err = InvalidRequest(
+                f"Method {request.method} is not allowed on {request.path}.", code="method_not_allowed"
+            )
             err.status = 405
             return error_response(err)
         raise
@@ -139,7 +152,9 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
 def create_app(gateway: Gateway) -> web.Application:
     # aiohttp's own body limit sits above ours so that our check answers in OpenAI format.
-    app = web.Application(middlewares=[openai_errors], client_max_size=gateway.settings.server.max_body_bytes + 1)
+    app = web.Application(
+        middlewares=[openai_errors], client_max_size=gateway.settings.server.max_body_bytes + 1
+    )
     app["gateway"] = gateway
 
     async def chat(request: web.Request) -> web.StreamResponse:
@@ -155,7 +170,12 @@ def create_app(gateway: Gateway) -> web.Application:
         found = gateway.pipeline.planner.resolve(name)
         return web.Response(body=orjson.dumps(model_entry(found)), content_type="application/json")
 
+    master_key = gateway.settings.master_key()
+
     async def health(request: web.Request) -> web.StreamResponse:
+        # Liveness for anyone; breaker states and latency only for the admin.
+        if is_master(request, master_key):
+            return web.Response(body=health_detail(gateway), content_type="application/json")
         return web.Response(body=b'{"status":"ok"}', content_type="application/json")
 
     async def on_cleanup(app: web.Application) -> None:

@@ -6,6 +6,7 @@ work without a gateway release.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from typing import Any
 
@@ -28,8 +29,14 @@ PART_MODALITY = {
 VALID_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
+# A random per-process prefix and a counter: unique across processes and restarts, and
+# cheaper than asking the OS for randomness on every request.
+_ID_PREFIX = "req_" + secrets.token_hex(6)
+_id_counter = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
+    return f"{_ID_PREFIX}{next(_id_counter):012x}"
 
 
 def decode_json_object(raw: bytes) -> JSON:
@@ -121,8 +128,11 @@ def parse_chat_request(body: JSON, headers: Any, request_id: str) -> ChatRequest
     hints = body.get("faregate") or {}
     if not isinstance(hints, dict):
         raise InvalidRequest("'faregate' must be an object of gateway hints.", param="faregate")
-    for header, hint in (("x-faregate-tier", "tier"), ("x-faregate-task", "task"),
-                         ("x-faregate-max-cost-usd", "max_cost_usd")):
+    for header, hint in (
+        ("x-faregate-tier", "tier"),
+        ("x-faregate-task", "task"),
+        ("x-faregate-max-cost-usd", "max_cost_usd"),
+    ):
         value = headers.get(header)
         if value is not None and hint not in hints:
             hints = {**hints, hint: value}

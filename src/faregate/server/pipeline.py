@@ -20,13 +20,18 @@ from aiohttp import web
 
 from faregate import tokens
 from faregate.accounts.keys import ApiKey, KeyStore
-from faregate.errors import AuthenticationFailed, FaregateError, InternalError, PayloadTooLarge, UpstreamFailed
-from faregate.routing.attempts import AttemptRunner, OpenedStream
+from faregate.errors import (
+    AuthenticationFailed,
+    FaregateError,
+    InternalError,
+    PayloadTooLarge,
+)
+from faregate.routing.attempts import AttemptRunner, OpenedStream, billed_cost
 from faregate.routing.plan import Candidate, Planner
 from faregate.server.parse import decode_json_object, new_request_id, parse_chat_request
 from faregate.server.streaming import DONE, error_event, relay, sse_frame
 from faregate.telemetry.records import RecordWriter
-from faregate.types import JSON, ChatRequest, Completion, RequestRecord, Usage
+from faregate.types import JSON, Attempt, ChatRequest, Completion, RequestRecord, Usage
 
 log = logging.getLogger("faregate.pipeline")
 
@@ -79,7 +84,8 @@ class ChatPipeline:
         scheme, _, raw = header.partition(" ")
         if scheme.lower() != "bearer" or not raw.strip():
             raise AuthenticationFailed(
-                "You didn't provide an API key. Send it as 'Authorization: Bearer fg-...'.", code="missing_api_key"
+                "You didn't provide an API key. Send it as 'Authorization: Bearer fg-...'.",
+                code="missing_api_key",
             )
         key = await self.keys.verify(raw.strip())
         if key is None:
@@ -95,16 +101,28 @@ class ChatPipeline:
         try:
             raw = await http_request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise PayloadTooLarge(f"Request body is larger than the limit of {self.max_body_bytes} bytes.") from None
+            raise PayloadTooLarge(
+                f"Request body is larger than the limit of {self.max_body_bytes} bytes."
+            ) from None
         if len(raw) > self.max_body_bytes:
-            raise PayloadTooLarge(f"Request body is {len(raw)} bytes; the limit is {self.max_body_bytes} bytes.")
+            raise PayloadTooLarge(
+                f"Request body is {len(raw)} bytes; the limit is {self.max_body_bytes} bytes."
+            )
         return decode_json_object(raw)
 
-    async def settle(self, candidate: Candidate, request: ChatRequest, usage: Usage | None, text: str) -> Settled:
-        """The cost of the served attempt, from the provider's usage, or estimated when it gave none."""
+    async def settle(
+        self,
+        candidate: Candidate,
+        request: ChatRequest,
+        usage: Usage | None,
+        text: str,
+        attempts: list[Attempt],
+    ) -> Settled:
+        """The cost of the served attempt, from the provider's usage (estimated when it gave none),
+        plus whatever failed attempts the provider billed."""
         if usage is None:
             usage = await estimate_usage(request, text)
-        return Settled(usage, candidate.offer.price.cost(usage))
+        return Settled(usage, candidate.offer.price.cost(usage) + billed_cost(attempts))
 
     # -- the handler --------------------------------------------------------------------
 
@@ -131,7 +149,8 @@ class ChatPipeline:
             request.key_id = key.id
             request.started = started
             record.stream = request.stream
-            plan = self.planner.plan(request)
+            plan = await self.planner.plan(request)
+            record.route = plan.route
             base_headers["x-faregate-route"] = plan.route
             if request.stream:
                 opened = await self.runner.open_stream(request, plan)
@@ -142,16 +161,21 @@ class ChatPipeline:
         except FaregateError as error:
             record.status = error.status
             record.error = error.message[:2000]
-            if isinstance(error, UpstreamFailed):
-                record.attempts = error.attempts
-                base_headers["x-faregate-attempts"] = str(len(error.attempts))
+            attempts = getattr(error, "attempts", None)
+            if attempts:
+                record.attempts = attempts
+                base_headers["x-faregate-attempts"] = str(len(attempts))
+                # A failed attempt the provider billed (a blank 200) is still money spent.
+                record.cost_usd = billed_cost(attempts)
             return error_response(error, base_headers)
         except Exception as exc:
             # A bug of ours: the client gets a clean 500 without internals, the log gets the trace.
             log.exception("unhandled error in request %s", request_id)
             record.status = 500
             record.error = f"internal error: {type(exc).__name__}"
-            return error_response(InternalError("The gateway hit an internal error; it has been logged."), base_headers)
+            return error_response(
+                InternalError("The gateway hit an internal error; it has been logged."), base_headers
+            )
         finally:
             record.latency_ms = (time.perf_counter() - started) * 1000
             self.records.submit(record)
@@ -166,7 +190,7 @@ class ChatPipeline:
     ) -> web.Response:
         body = completion.body
         text = "" if completion.usage is not None else completion_text(body)
-        settled = await self.settle(candidate, request, completion.usage, text)
+        settled = await self.settle(candidate, request, completion.usage, text, record.attempts)
         body["model"] = candidate.model.name
         usage_out: dict[str, Any] = dict(body.get("usage") or {})
         usage_out.update(
@@ -209,13 +233,14 @@ class ChatPipeline:
             await _aclose(opened)
             record.status = 499
             record.error = "client disconnected before the stream started"
-            settled = await self.settle(candidate, request, None, "")
+            settled = await self.settle(candidate, request, None, "", opened.attempts)
             self._fill_record(record, candidate, settled)
             return response
         outcome = await relay(http_request, response, request, opened, candidate.model.name)
+        self.runner.stream_finished(opened, outcome.failure)
         if outcome.first_content_at is not None:
             record.ttft_ms = (outcome.first_content_at - request.started) * 1000
-        settled = await self.settle(candidate, request, outcome.usage, "".join(outcome.text))
+        settled = await self.settle(candidate, request, outcome.usage, "".join(outcome.text), opened.attempts)
         self._fill_record(record, candidate, settled)
         if outcome.client_gone:
             record.status = 499
@@ -229,14 +254,16 @@ class ChatPipeline:
                 opened.attempts[-1].detail = outcome.failure.detail
                 await response.write(
                     error_event(
-                        f"The upstream stream from {candidate.offer.provider} ({candidate.model.name}) failed "
-                        f"after content was sent: {outcome.failure.detail}",
+                        f"The upstream stream from {candidate.offer.provider} ({candidate.model.name}) "
+                        f"failed after content was sent: {outcome.failure.detail}",
                         "stream_interrupted",
                     )
                 )
             else:
                 if request.include_usage:
-                    await response.write(sse_frame(self._usage_chunk(outcome.usage_chunk, candidate, settled)))
+                    await response.write(
+                        sse_frame(self._usage_chunk(outcome.usage_chunk, candidate, settled))
+                    )
                 await response.write(DONE)
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
@@ -305,7 +332,9 @@ async def estimate_usage(request: ChatRequest, completion: str) -> Usage:
     tokenizer, so it runs in a thread to keep the event loop free)."""
 
     def count() -> Usage:
-        return Usage(tokens.count_messages(request.body.get("messages") or []), tokens.count_text(completion), True)
+        return Usage(
+            tokens.count_messages(request.body.get("messages") or []), tokens.count_text(completion), True
+        )
 
     if tokens.is_loaded():
         return count()
@@ -317,5 +346,5 @@ async def _aclose(opened: OpenedStream) -> None:
     if closer is not None:
         try:
             await closer()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass

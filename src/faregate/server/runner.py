@@ -25,12 +25,22 @@ log = logging.getLogger("faregate")
 Announce = Callable[[Gateway, str], Awaitable[None]]
 
 
-async def start_simulator(settings: Settings) -> asyncio.subprocess.Process:
+async def start_simulator(settings: Settings, config_path: str | None = None) -> asyncio.subprocess.Process:
     """The simulator runs as its own process so it never competes with the gateway's event loop."""
-    args = [sys.executable, "-m", "faregate.cli.main", "sim", "--host", settings.sim.host,
-            "--port", str(settings.sim.port)]
+    args = [
+        sys.executable,
+        "-m",
+        "faregate.cli.main",
+        "sim",
+        "--host",
+        settings.sim.host,
+        "--port",
+        str(settings.sim.port),
+    ]
     if settings.sim.script:
         args += ["--script", settings.sim.script]
+    if config_path:
+        args += ["--config", config_path]
     return await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL)
 
 
@@ -50,12 +60,12 @@ async def wait_healthy(url: str, timeout_s: float, process: asyncio.subprocess.P
     raise RuntimeError(f"{url} did not become healthy within {timeout_s:.0f}s")
 
 
-async def serve(settings: Settings, announce: Announce | None = None) -> None:
+async def serve(settings: Settings, announce: Announce | None = None, config_path: str | None = None) -> None:
     sim_process: asyncio.subprocess.Process | None = None
     sim_base_url: str | None = None
     if sim_active(settings):
         if settings.sim.launch:
-            sim_process = await start_simulator(settings)
+            sim_process = await start_simulator(settings, config_path)
         sim_base_url = f"http://{settings.sim.host}:{settings.sim.port}/v1"
     runner: web.AppRunner | None = None
     try:
@@ -65,7 +75,9 @@ async def serve(settings: Settings, announce: Announce | None = None) -> None:
         app = create_app(gateway)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=4096, reuse_address=True)
+        site = web.TCPSite(
+            runner, settings.server.host, settings.server.port, backlog=4096, reuse_address=True
+        )
         await site.start()
         base_url = f"http://{settings.server.host}:{settings.server.port}/v1"
         log.info("faregate listening on %s%s", base_url, " (simulated providers)" if sim_base_url else "")
@@ -88,8 +100,8 @@ async def serve(settings: Settings, announce: Announce | None = None) -> None:
                 sim_process.kill()
 
 
-def run(settings: Settings, announce: Announce | None = None) -> None:
+def run(settings: Settings, announce: Announce | None = None, config_path: str | None = None) -> None:
     import uvloop
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvloop.run(serve(settings, announce))
+    uvloop.run(serve(settings, announce, config_path))

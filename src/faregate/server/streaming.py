@@ -111,7 +111,7 @@ async def relay(
         if closer is not None:
             try:
                 await closer()
-            except Exception:  # noqa: BLE001 - the upstream is being abandoned either way
+            except Exception:
                 pass
     if outcome.failure is None and not outcome.client_gone and outcome.finish_reason is None:
         outcome.failure = UpstreamFailure("truncated", "stream ended without a finish_reason")

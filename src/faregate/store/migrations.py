@@ -71,6 +71,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX request_records_model_used ON request_records (model_used)",
         ),
     ),
+    Migration(
+        3,
+        "route on request records",
+        (
+            "ALTER TABLE request_records ADD COLUMN route TEXT",
+            "CREATE INDEX request_records_route ON request_records (route)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

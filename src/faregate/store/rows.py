@@ -30,6 +30,7 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "empty_response",
     "error",
     "attempts",
+    "route",
 )
 
 
@@ -61,6 +62,9 @@ def attempts_json(attempts: Sequence[Attempt]) -> str:
                 "latency_ms": a.latency_ms,
                 "detail": a.detail,
                 "status": a.status,
+                "prompt_tokens": a.prompt_tokens,
+                "completion_tokens": a.completion_tokens,
+                "cost_usd": usd_text(a.cost),
             }
             for a in attempts
         ]
@@ -77,6 +81,9 @@ def attempts_from_json(text: str) -> list[Attempt]:
             latency_ms=float(item.get("latency_ms") or 0.0),
             detail=item.get("detail") or "",
             status=item.get("status"),
+            prompt_tokens=int(item.get("prompt_tokens") or 0),
+            completion_tokens=int(item.get("completion_tokens") or 0),
+            cost=Decimal(item.get("cost_usd") or "0"),
         )
         for item in items
     ]
@@ -102,6 +109,7 @@ def record_to_row(r: RequestRecord) -> tuple[Any, ...]:
         int(r.empty_response),
         r.error,
         attempts_json(r.attempts),
+        r.route,
     )
 
 
@@ -126,4 +134,5 @@ def row_to_record(row: Sequence[Any]) -> RequestRecord:
         empty_response=bool(values["empty_response"]),
         error=values["error"],
         attempts=attempts_from_json(values["attempts"]),
+        route=values["route"],
     )

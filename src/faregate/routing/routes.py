@@ -1,0 +1,139 @@
+"""Route policies: turn a route name and a request into an ordered chain of models.
+
+A route picks its chain by, in order: the first matching rule, the task map (hint
+`task`), the tier map (hint `tier`, else `default_tier`). The route's own `chain`
+follows as the general fallback. A step may name another route, which is expanded
+in place (loops are refused when the config loads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from faregate.catalog.models import Catalog
+from faregate.config import ChainItem, RouteSettings, RuleMatch, chain_steps
+from faregate.errors import ConfigError, InvalidRequest
+from faregate.routing.estimate import PromptSize
+from faregate.types import ChatRequest
+
+TIERS = ("economy", "standard", "premium")
+TASKS = ("chat", "code", "classify", "summarize", "translate", "reasoning", "vision")
+
+
+@dataclass(slots=True, frozen=True)
+class Step:
+    model: str
+    retries: int | None
+
+
+@dataclass(slots=True)
+class Hints:
+    tier: str | None = None
+    task: str | None = None
+    max_cost_usd: Decimal | None = None
+
+
+def parse_hints(raw: dict[str, Any]) -> Hints:
+    hints = Hints()
+    tier = raw.get("tier")
+    if tier is not None:
+        if tier not in TIERS:
+            raise InvalidRequest(
+                f"'faregate.tier' must be one of {list(TIERS)}, got {tier!r}.", param="faregate.tier"
+            )
+        hints.tier = str(tier)
+    task = raw.get("task")
+    if task is not None:
+        if task not in TASKS:
+            raise InvalidRequest(
+                f"'faregate.task' must be one of {list(TASKS)}, got {task!r}.", param="faregate.task"
+            )
+        hints.task = str(task)
+    cap = raw.get("max_cost_usd")
+    if cap is not None:
+        try:
+            value = Decimal(str(cap))
+        except InvalidOperation:
+            value = Decimal(-1)
+        if isinstance(cap, bool) or not value.is_finite() or value <= 0:
+            raise InvalidRequest(
+                f"'faregate.max_cost_usd' must be a positive number, got {cap!r}.",
+                param="faregate.max_cost_usd",
+            )
+        hints.max_cost_usd = value
+    return hints
+
+
+async def rule_matches(when: RuleMatch, request: ChatRequest, prompt: PromptSize) -> bool:
+    if when.modalities and not set(when.modalities) <= request.required_modalities:
+        return False
+    if when.has_tools is not None and bool(request.body.get("tools")) != when.has_tools:
+        return False
+    if when.has_response_format is not None and bool(request.body.get("response_format")) != (
+        when.has_response_format
+    ):
+        return False
+    if when.stream is not None and request.stream != when.stream:
+        return False
+    if when.max_prompt_tokens is not None and not await prompt.at_most(when.max_prompt_tokens):
+        return False
+    return not (when.min_prompt_tokens is not None and await prompt.at_most(when.min_prompt_tokens - 1))
+
+
+class RouteBook:
+    """The configured routes, checked against the catalog once at start-up."""
+
+    def __init__(self, routes: dict[str, RouteSettings], catalog: Catalog) -> None:
+        self.routes = routes
+        for name, route in routes.items():
+            for steps in self._all_steps(route):
+                for item in chain_steps(steps):
+                    if item.model not in routes and item.model not in catalog:
+                        suggestions = catalog.suggest(item.model)
+                        hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
+                        raise ConfigError(f"routes.{name}: unknown model or route {item.model!r}{hint}")
+
+    @staticmethod
+    def _all_steps(route: RouteSettings) -> list[list[Any]]:
+        return [route.chain, *route.tiers.values(), *route.tasks.values(), *(r.use for r in route.rules)]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.routes
+
+    def get(self, name: str) -> RouteSettings:
+        return self.routes[name]
+
+    async def expand(
+        self, name: str, request: ChatRequest, prompt: PromptSize, hints: Hints, retries: int | None = None
+    ) -> list[Step]:
+        route = self.routes[name]
+        selected: list[ChainItem] = []
+        for rule in route.rules:
+            if await rule_matches(rule.when, request, prompt):
+                selected = chain_steps(rule.use)
+                break
+        else:
+            if hints.task and hints.task in route.tasks:
+                selected = chain_steps(route.tasks[hints.task])
+            else:
+                tier = hints.tier if hints.tier in route.tiers else route.default_tier
+                if tier is not None:
+                    selected = chain_steps(route.tiers[tier])
+        steps = [*selected, *(s for s in chain_steps(route.chain) if s not in selected)]
+        if not steps:
+            raise InvalidRequest(
+                f"Route '{name}' has no chain for this request (tier={hints.tier}, task={hints.task}) and no "
+                "default chain.",
+                param="model",
+            )
+        default_retries = route.retries if route.retries is not None else retries
+        out: list[Step] = []
+        for item in steps:
+            step_retries = item.retries if item.retries is not None else default_retries
+            if item.model in self.routes:
+                out.extend(await self.expand(item.model, request, prompt, hints, step_retries))
+            else:
+                out.append(Step(item.model, step_retries))
+        return out

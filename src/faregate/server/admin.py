@@ -1,0 +1,53 @@
+"""Admin endpoints, behind the master key (from the env var named in auth.master_key_env)."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import TYPE_CHECKING
+
+import orjson
+from aiohttp import web
+
+from faregate.errors import AuthenticationFailed, PermissionDenied
+
+if TYPE_CHECKING:
+    from faregate.server.app import Gateway
+
+
+def is_master(request: web.Request, master_key: str | None) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, raw = header.partition(" ")
+    if not master_key or scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(raw.strip().encode(), master_key.encode())
+
+
+def require_master(request: web.Request, master_key: str | None) -> None:
+    if not master_key:
+        raise PermissionDenied("Admin endpoints are disabled: no master key is set (FAREGATE_MASTER_KEY).")
+    if not request.headers.get("Authorization"):
+        raise AuthenticationFailed(
+            "This endpoint needs the master key: 'Authorization: Bearer <master key>'."
+        )
+    if not is_master(request, master_key):
+        raise PermissionDenied("The key given is not the master key.", code="not_admin")
+
+
+def health_detail(gateway: Gateway) -> bytes:
+    runner = gateway.pipeline.runner
+    return orjson.dumps(
+        {
+            "status": "ok",
+            "uptime_s": round(time.monotonic() - gateway.started, 1),
+            "providers": gateway.providers.names(),
+            "offers": runner.health.snapshot(),
+            "counters": {
+                "retries": runner.retries,
+                "fallbacks": runner.fallbacks,
+                "records_pending": gateway.records.pending,
+                "records_written": gateway.records.written,
+                "records_dropped": gateway.records.dropped,
+            },
+        }
+    )

@@ -1,0 +1,371 @@
+"""Routes, rules, hints, offer ordering, breakers and the attempt loop, with scripted providers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from faregate.catalog import build_catalog
+from faregate.config import BreakerSettings, parse_settings
+from faregate.errors import ConfigError, InvalidRequest, UpstreamFailed, UpstreamFailure, UpstreamRejected
+from faregate.providers.base import UpstreamCall
+from faregate.routing.attempts import AttemptRunner
+from faregate.routing.estimate import PromptSize
+from faregate.routing.health import CLOSED, HALF_OPEN, OPEN, Breaker, HealthBoard
+from faregate.routing.plan import ModelUnavailable, Planner
+from faregate.server.parse import parse_chat_request
+from faregate.types import Completion, Usage
+
+PROVIDERS = {
+    "a": {"base_url": "http://127.0.0.1:1/v1", "enabled": True},
+    "b": {"base_url": "http://127.0.0.1:2/v1", "enabled": True},
+}
+
+
+def model(
+    price: str, ctx: int = 32000, offers: list[dict[str, Any]] | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "input": price,
+        "output": price,
+        "context_window": ctx,
+        "offers": offers or [{"provider": "a"}],
+        **extra,
+    }
+
+
+MODELS = {
+    "cheap": model("0.1", aliases=["c"]),
+    "mid": model("1", offers=[{"provider": "a", "input": 2, "output": 2}, {"provider": "b"}]),
+    "big": model("10", ctx=200_000),
+    "tiny": model("0.01", ctx=1000),
+    "vision": model("0.5", modalities=["text", "image"]),
+}
+ROUTES = {
+    "smart": {
+        "tiers": {"economy": ["cheap"], "standard": ["mid"], "premium": [{"model": "big", "retries": 3}]},
+        "default_tier": "standard",
+        "tasks": {"code": ["big", "mid"], "vision": ["vision"]},
+        "rules": [
+            {"when": {"modalities": ["image"]}, "use": ["vision"]},
+            {"when": {"min_prompt_tokens": 5000}, "use": ["big"]},
+        ],
+        "chain": ["cheap"],
+    },
+    "outer": {"chain": ["tiny", "smart"]},
+}
+
+
+def settings(**over: Any):  # type: ignore[no-untyped-def]
+    data = {"providers": PROVIDERS, "models": MODELS, "routes": ROUTES, "catalog": {"broad": False}}
+    data.update(over)
+    return parse_settings(data)
+
+
+def request(body: dict[str, Any], headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    full = {"messages": [{"role": "user", "content": "hello"}], **body}
+    return parse_chat_request(full, headers or {}, "req")
+
+
+@pytest.fixture()
+def planner() -> Planner:
+    s = settings()
+    return Planner(build_catalog(s), s.routes, s.routing)
+
+
+async def names(planner: Planner, body: dict[str, Any], headers: dict[str, str] | None = None) -> list[str]:
+    plan = await planner.plan(request(body, headers))
+    return [f"{c.offer.provider}/{c.model.name}" for c in plan.candidates]
+
+
+async def test_tier_map_and_default_tier(planner: Planner) -> None:
+    assert await names(planner, {"model": "smart"}) == ["b/mid", "a/mid", "a/cheap"]
+    assert await names(planner, {"model": "smart", "faregate": {"tier": "economy"}}) == ["a/cheap"]
+    assert await names(planner, {"model": "smart"}, {"x-faregate-tier": "premium"}) == ["a/big", "a/cheap"]
+
+
+async def test_task_map_wins_over_tier(planner: Planner) -> None:
+    got = await names(planner, {"model": "smart", "faregate": {"task": "code", "tier": "economy"}})
+    assert got == ["a/big", "b/mid", "a/mid", "a/cheap"]
+
+
+async def test_rules_on_modality_and_prompt_length(planner: Planner) -> None:
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]
+    assert await names(planner, {"model": "smart", "messages": image}) == ["a/vision"]
+    long = [{"role": "user", "content": "word " * 6000}]
+    assert (await names(planner, {"model": "smart", "messages": long}))[0] == "a/big"
+
+
+async def test_nested_routes_and_retry_budgets(planner: Planner) -> None:
+    plan = await planner.plan(request({"model": "outer", "faregate": {"tier": "premium"}}))
+    assert [(c.model.name, c.retries) for c in plan.candidates] == [("tiny", 1), ("big", 3), ("cheap", 1)]
+
+
+async def test_models_list_is_an_ordered_chain(planner: Planner) -> None:
+    assert await names(planner, {"models": ["big", "c"]}) == ["a/big", "a/cheap"]
+
+
+async def test_context_too_small_is_never_tried_and_400_names_models(planner: Planner) -> None:
+    long = [{"role": "user", "content": "word " * 2000}]
+    assert await names(planner, {"models": ["tiny", "cheap"], "messages": long}) == ["a/cheap"]
+    with pytest.raises(InvalidRequest) as info:
+        await planner.plan(request({"model": "tiny", "messages": long}))
+    assert "2,00" in info.value.message and "tiny (1,000 tokens)" in info.value.message
+    assert info.value.code == "context_length_exceeded"
+
+
+async def test_max_tokens_counts_against_the_context(planner: Planner) -> None:
+    with pytest.raises(InvalidRequest, match="tiny"):
+        await planner.plan(request({"model": "tiny", "max_tokens": 995}))
+    assert await names(planner, {"model": "tiny", "max_tokens": 900}) == ["a/tiny"]
+
+
+async def test_max_cost_skips_expensive_candidates(planner: Planner) -> None:
+    body = {"model": "smart", "faregate": {"task": "code", "max_cost_usd": "0.0005"}, "max_tokens": 100}
+    assert await names(planner, body) == ["b/mid", "a/mid", "a/cheap"]
+    with pytest.raises(InvalidRequest, match="max_cost_usd"):
+        await planner.plan(
+            request({"model": "big", "max_tokens": 1000, "faregate": {"max_cost_usd": 0.000001}})
+        )
+
+
+@pytest.mark.parametrize(
+    "hints", [{"tier": "gold"}, {"task": "dance"}, {"max_cost_usd": -1}, {"max_cost_usd": "lots"}]
+)
+async def test_bad_hints_are_400(planner: Planner, hints: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequest):
+        await planner.plan(request({"model": "smart", "faregate": hints}))
+
+
+def test_route_to_unknown_model_fails_at_start() -> None:
+    s = settings(routes={"r": {"chain": ["nope"]}})
+    with pytest.raises(ConfigError, match="unknown model or route 'nope'"):
+        Planner(build_catalog(s), s.routes, s.routing)
+
+
+def test_route_loop_fails_at_start() -> None:
+    with pytest.raises(ConfigError, match="loop"):
+        settings(routes={"x": {"chain": ["y"]}, "y": {"chain": ["x"]}})
+
+
+async def test_open_breaker_skips_offer_and_503_when_all_open() -> None:
+    s = settings()
+    health = HealthBoard(BreakerSettings(consecutive_failures=2, cooldown_s=60))
+    planner = Planner(build_catalog(s), s.routes, s.routing, health)
+    for _ in range(2):
+        health.failure("b/mid")
+    assert await names(planner, {"model": "mid"}) == ["a/mid"]
+    for _ in range(2):
+        health.failure("a/mid")
+    with pytest.raises(ModelUnavailable, match="circuit breaker open"):
+        await planner.plan(request({"model": "mid"}))
+
+
+async def test_latency_choice_prefers_faster_offer() -> None:
+    s = settings(routes={"fast": {"chain": ["mid"], "offer_choice": "latency"}})
+    health = HealthBoard(BreakerSettings())
+    planner = Planner(build_catalog(s), s.routes, s.routing, health)
+    for _ in range(5):
+        health.success("a/mid", 10.0)
+        health.success("b/mid", 500.0)
+    assert (await names(planner, {"model": "fast"}))[0] == "a/mid"
+
+
+async def test_p99_failover_demotes_slow_offer() -> None:
+    s = settings(routes={"r": {"chain": ["mid"], "failover_p99_ms": 100}})
+    health = HealthBoard(BreakerSettings())
+    planner = Planner(build_catalog(s), s.routes, s.routing, health)
+    for _ in range(10):
+        health.success("b/mid", 900.0)
+    assert await names(planner, {"model": "r"}) == ["a/mid", "b/mid"]
+
+
+def test_breaker_opens_probes_and_closes() -> None:
+    breaker = Breaker(BreakerSettings(consecutive_failures=3, cooldown_s=10))
+    for _ in range(3):
+        assert breaker.allow(0)
+        breaker.record(False, 0)
+    assert breaker.state == OPEN and not breaker.allow(5)
+    assert breaker.allow(11) and breaker.state == HALF_OPEN
+    assert not breaker.allow(11), "one probe at a time"
+    breaker.record(False, 11)
+    assert breaker.state == OPEN
+    assert breaker.allow(22)
+    breaker.record(True, 22)
+    assert breaker.state == CLOSED
+
+
+def test_breaker_opens_on_error_rate() -> None:
+    breaker = Breaker(BreakerSettings(consecutive_failures=100, error_rate=0.5, window=10, min_calls=10))
+    for i in range(10):
+        breaker.record(i % 2 == 0, 0)
+    assert breaker.state == OPEN
+
+
+async def test_prompt_size_bound_and_exact() -> None:
+    size = PromptSize([{"role": "user", "content": "hello world"}])
+    assert size.upper_bound >= await size.exact()
+    assert await size.at_most(100)
+
+
+# -- the attempt loop, with scripted providers at the Provider seam ---------------------------
+
+
+class Scripted:
+    """A provider that plays back a list of outcomes (an exception or a Completion)."""
+
+    def __init__(self, name: str, outcomes: list[Any]) -> None:
+        self.name = name
+        self.outcomes = outcomes
+        self.calls: list[UpstreamCall] = []
+
+    async def complete(self, call: UpstreamCall) -> Completion:
+        self.calls.append(call)
+        outcome = self.outcomes.pop(0) if self.outcomes else ok()
+        if isinstance(outcome, Exception):
+            raise outcome
+        assert isinstance(outcome, Completion)
+        return outcome
+
+    async def stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
+        self.calls.append(call)
+        outcome = self.outcomes.pop(0) if self.outcomes else None
+        if isinstance(outcome, Exception):
+            raise outcome
+        for chunk in outcome or [
+            {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+            {"choices": [{"index": 0, "delta": {"content": "hi"}}]},
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        ]:
+            yield chunk
+
+    async def close(self) -> None:
+        pass
+
+
+def ok(text: str = "fine") -> Completion:
+    body = {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]
+    }
+    return Completion(body, Usage(10, 2))
+
+
+def empty() -> Completion:
+    return Completion({"choices": []}, Usage(10, 0))
+
+
+def runner_for(providers: dict[str, Scripted], **routing: Any) -> tuple[Planner, AttemptRunner]:
+    s = settings(routing={"backoff_base_s": 0.001, "backoff_max_s": 0.002, **routing})
+    health = HealthBoard(s.routing.breaker)
+    planner = Planner(build_catalog(s), s.routes, s.routing, health)
+    runner = AttemptRunner(providers.__getitem__, lambda _: None, 5.0, s.routing, health)
+    return planner, runner
+
+
+async def test_retry_then_fallback_then_success() -> None:
+    a = Scripted("a", [UpstreamFailure("server_error", "HTTP 500", status=500)] * 2)
+    b = Scripted("b", [ok("from b")])
+    planner, runner = runner_for({"a": a, "b": b})
+    plan = await planner.plan(request({"models": ["big", "mid"]}))
+    served = await runner.complete(request({"models": ["big", "mid"]}), plan)
+    assert served.completion.body["choices"][0]["message"]["content"] == "from b"
+    assert [(x.provider, x.outcome) for x in served.attempts] == [
+        ("a", "server_error"),
+        ("a", "server_error"),
+        ("b", "ok"),
+    ]
+    assert runner.retries == 1 and runner.fallbacks == 1
+
+
+async def test_empty_200_falls_back_and_its_usage_is_billed() -> None:
+    a = Scripted("a", [empty(), empty()])
+    b = Scripted("b", [ok()])
+    planner, runner = runner_for({"a": a, "b": b})
+    req = request({"models": ["cheap", "mid"]})
+    served = await runner.complete(req, await planner.plan(req))
+    failed = [x for x in served.attempts if x.outcome == "empty"]
+    assert len(failed) == 2 and all(
+        x.cost == Decimal(10) * Decimal("0.1") / Decimal(1_000_000) for x in failed
+    )
+
+
+async def test_tool_call_with_blank_content_is_not_empty() -> None:
+    body = {
+        "choices": [
+            {
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                    ],
+                }
+            }
+        ]
+    }
+    a = Scripted("a", [Completion(body, Usage(5, 5))])
+    planner, runner = runner_for({"a": a})
+    req = request({"model": "cheap"})
+    served = await runner.complete(req, await planner.plan(req))
+    assert served.attempts[-1].outcome == "ok"
+
+
+async def test_retry_after_is_honoured_or_skipped_when_too_long() -> None:
+    a = Scripted("a", [UpstreamFailure("rate_limited", "429", status=429, retry_after=60)])
+    b = Scripted("b", [ok()])
+    planner, runner = runner_for({"a": a, "b": b})
+    req = request({"models": ["cheap", "mid"]})
+    served = await runner.complete(req, await planner.plan(req))
+    assert [x.outcome for x in served.attempts] == ["rate_limited", "ok"], "a 60 s Retry-After moves on"
+    a2 = Scripted("a", [UpstreamFailure("rate_limited", "429", status=429, retry_after=0.01), ok("again")])
+    planner, runner = runner_for({"a": a2})
+    req = request({"model": "cheap"})
+    served = await runner.complete(req, await planner.plan(req))
+    assert served.completion.body["choices"][0]["message"]["content"] == "again"
+
+
+async def test_client_error_is_not_retried_or_fallen_back() -> None:
+    a = Scripted("a", [UpstreamRejected(400, "a rejected the request: bad tool schema")])
+    b = Scripted("b", [ok()])
+    planner, runner = runner_for({"a": a, "b": b})
+    req = request({"models": ["cheap", "mid"]})
+    with pytest.raises(UpstreamRejected):
+        await runner.complete(req, await planner.plan(req))
+    assert not b.calls
+
+
+async def test_all_fail_lists_every_attempt() -> None:
+    a = Scripted("a", [UpstreamFailure("connection", "reset")] * 4)
+    b = Scripted("b", [UpstreamFailure("timeout", "no response head within 1.0s")] * 2)
+    planner, runner = runner_for({"a": a, "b": b})
+    req = request({"models": ["cheap", "mid"]})
+    with pytest.raises(UpstreamFailed) as info:
+        await runner.complete(req, await planner.plan(req))
+    message = info.value.message
+    assert "cheap via a: connection" in message and "mid via b: timeout" in message
+    assert info.value.status == 502
+
+
+async def test_breaker_stops_calls_to_a_dead_offer() -> None:
+    a = Scripted("a", [UpstreamFailure("server_error", "HTTP 500", status=500)] * 100)
+    b = Scripted("b", [ok()] * 100)
+    planner, runner = runner_for({"a": a, "b": b}, retries=0, breaker={"consecutive_failures": 3})
+    for _ in range(10):
+        req = request({"models": ["cheap", "mid"]})
+        await runner.complete(req, await planner.plan(req))
+    assert len(a.calls) == 3
+
+
+async def test_stream_falls_back_before_content_and_not_after() -> None:
+    cut = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
+    a = Scripted("a", [cut, cut])
+    b = Scripted("b", [None])
+    planner, runner = runner_for({"a": a, "b": b})
+    req = request({"models": ["cheap", "mid"], "stream": True})
+    opened = await runner.open_stream(req, await planner.plan(req))
+    assert opened.candidate.offer.provider == "b"
+    assert [x.outcome for x in opened.attempts] == ["truncated", "truncated", "ok"]
+    assert b.calls[0].body["stream_options"] == {"include_usage": True}
