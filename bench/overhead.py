@@ -48,8 +48,11 @@ def free_port() -> int:
 
 
 def pinned(cpu: int, args: list[str]) -> list[str]:
-    return ["taskset", "-c", str(cpu), *args] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 \
+    return (
+        ["taskset", "-c", str(cpu), *args]
+        if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1
         else args
+    )
 
 
 def wait_healthy(url: str, timeout: float = 30) -> float:
@@ -93,17 +96,39 @@ def wrk(url: str, key: str, payload: dict[str, Any], connections: int, duration:
     lua.close()
     threads = 1
     out = subprocess.run(
-        pinned(1, ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--timeout", "10s",
-                   "-s", lua.name, url]),
-        capture_output=True, text=True, check=True,
+        pinned(
+            1,
+            [
+                "wrk",
+                "-t",
+                str(threads),
+                "-c",
+                str(connections),
+                "-d",
+                f"{duration}s",
+                "--timeout",
+                "10s",
+                "-s",
+                lua.name,
+                url,
+            ],
+        ),
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     os.unlink(lua.name)
     match = re.search(r"RESULT (\d+) (\d+) (\d+) (\d+) (\d+)", out)
     if not match:
         raise RuntimeError(f"wrk output not understood:\n{out}")
     requests, duration_us, p50, p99, errors = (int(x) for x in match.groups())
-    return {"rps": requests / (duration_us / 1e6), "p50_ms": p50 / 1000, "p99_ms": p99 / 1000,
-            "requests": requests, "errors": errors}
+    return {
+        "rps": requests / (duration_us / 1e6),
+        "p50_ms": p50 / 1000,
+        "p99_ms": p99 / 1000,
+        "requests": requests,
+        "errors": errors,
+    }
 
 
 async def sequential(url: str, key: str, n: int) -> dict[str, float]:
@@ -135,8 +160,12 @@ async def streaming_ttft(url: str, key: str, concurrency: int, per_worker: int) 
             async with session.post(url, data=data, headers=headers) as response:
                 assert response.status == 200, response.status
                 async for line in response.content:
-                    if first is None and line.startswith(b"data: {") and b'"content":"' in line \
-                            and b'"content":""' not in line:
+                    if (
+                        first is None
+                        and line.startswith(b"data: {")
+                        and b'"content":"' in line
+                        and b'"content":""' not in line
+                    ):
                         first = time.perf_counter()
             if first is not None:
                 ttfts.append((first - t0) * 1000)
@@ -159,11 +188,15 @@ def create_key(store: Path) -> str:
         "    print(raw)\n"
         "asyncio.run(main())\n"
     )
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--sequential", type=int, default=2000, help="requests in the concurrency-1 run")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "overhead.json"))
@@ -183,14 +216,19 @@ def main() -> None:
     processes: list[subprocess.Popen[bytes]] = []
     results: dict[str, Any] = {"cpu_count": os.cpu_count()}
     try:
-        sim = subprocess.Popen(pinned(1, [sys.executable, "-m", "faregate.cli.main", "sim", "--port", str(sim_port)]),
-                               env=env, stdout=subprocess.DEVNULL)
+        sim = subprocess.Popen(
+            pinned(1, [sys.executable, "-m", "faregate.cli.main", "sim", "--port", str(sim_port)]),
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         processes.append(sim)
         wait_healthy(f"http://127.0.0.1:{sim_port}/health")
         key = create_key(work / "store")
         gateway = subprocess.Popen(
             pinned(0, [sys.executable, "-m", "faregate.cli.main", "serve", "-c", str(config)]),
-            env=env, stdout=subprocess.DEVNULL, stderr=open(work / "gateway.log", "wb"),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(work / "gateway.log", "wb"),
         )
         processes.append(gateway)
         results["healthy_s"] = wait_healthy(f"http://127.0.0.1:{gw_port}/health")
@@ -247,10 +285,16 @@ def main() -> None:
     print(json.dumps(results, indent=2))
     targets = [
         ("added p50 at concurrency 1", f"{summary['added_p50_ms_c1']:.2f} ms", "< 1 ms"),
-        ("requests/s, instant upstream", f"{summary['instant_rps_gateway']:.0f} (direct "
-         f"{summary['instant_rps_direct']:.0f})", ">= 2,000"),
-        ("requests/s, 200 ms upstream, c=256", f"{summary['slow_rps_gateway']:.0f} "
-         f"({summary['slow_share_of_ideal_1280']:.1%} of 1,280)", ">= 95%"),
+        (
+            "requests/s, instant upstream",
+            f"{summary['instant_rps_gateway']:.0f} (direct {summary['instant_rps_direct']:.0f})",
+            ">= 2,000",
+        ),
+        (
+            "requests/s, 200 ms upstream, c=256",
+            f"{summary['slow_rps_gateway']:.0f} ({summary['slow_share_of_ideal_1280']:.1%} of 1,280)",
+            ">= 95%",
+        ),
         ("added TTFT p50, streaming c=16", f"{summary['added_ttft_p50_ms_c16']:.2f} ms", "< 2 ms"),
         ("gateway CPU per request", f"{summary['gateway_cpu_ms_per_request']:.3f} ms", ""),
         ("gateway RSS after the runs", f"{summary['gateway_rss_mib']:.0f} MiB", "< 150 MiB"),

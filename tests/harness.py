@@ -93,7 +93,7 @@ def run_sim(workdir: Path, script: str | None = None) -> Iterator[SimProcess]:
         path = workdir / "sim.yaml"
         path.write_text(script)
         args += ["--script", str(path)]
-    log = open(workdir / "sim.log", "wb")  # noqa: SIM115 - closed below
+    log = open(workdir / "sim.log", "wb")
     process = subprocess.Popen(args, env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_healthy(f"http://127.0.0.1:{port}/health", process)
@@ -117,7 +117,7 @@ def run_gateway(workdir: Path, sim: SimProcess | None, extra_config: str = "") -
         lines.append(f"sim: {{mode: 'on', launch: false, port: {sim.port}, first_byte_timeout_s: 1.5}}")
     config.write_text("\n".join(lines) + "\n" + extra_config)
     log_path = workdir / "gateway.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    log = open(log_path, "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "faregate.cli.main", "serve", "-c", str(config)],
         env=clean_env(),

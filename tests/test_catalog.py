@@ -85,8 +85,14 @@ def test_broad_catalog_knows_thousands_offline(catalog) -> None:  # type: ignore
 
 
 def test_local_override_wins_over_broad_catalog() -> None:
-    settings = parse_settings({"models": {"gpt-4.1": {"input": "1.5", "output": "6", "offers": [{"provider": "openai"}]},
-                                          }, "providers": {"openai": {"base_url": "https://api.openai.com/v1"}}})
+    settings = parse_settings(
+        {
+            "models": {
+                "gpt-4.1": {"input": "1.5", "output": "6", "offers": [{"provider": "openai"}]},
+            },
+            "providers": {"openai": {"base_url": "https://api.openai.com/v1"}},
+        }
+    )
     catalog = build_catalog(settings)
     assert catalog.get("gpt-4.1").list_price == Price(Decimal("1.5"), Decimal("6"))
 

@@ -45,7 +45,9 @@ def test_bad_value_says_what_was_expected(tmp_path: Path) -> None:
 
 
 def test_user_file_merges_over_defaults(tmp_path: Path) -> None:
-    settings = load_settings(write(tmp_path, "server: {port: 5000}\nmodels: {my-model: {input: 1, output: 2}}\n"))
+    settings = load_settings(
+        write(tmp_path, "server: {port: 5000}\nmodels: {my-model: {input: 1, output: 2}}\n")
+    )
     assert settings.server.port == 5000
     assert settings.server.host == "127.0.0.1"
     assert "my-model" in settings.models
@@ -58,8 +60,12 @@ def test_offer_with_unknown_provider_is_rejected() -> None:
 
 
 def test_duplicate_alias_is_rejected() -> None:
-    data = {"models": {"a": {"input": 1, "output": 1, "aliases": ["x"]}, "b": {"input": 1, "output": 1,
-                                                                               "aliases": ["x"]}}}
+    data = {
+        "models": {
+            "a": {"input": 1, "output": 1, "aliases": ["x"]},
+            "b": {"input": 1, "output": 1, "aliases": ["x"]},
+        }
+    }
     with pytest.raises(ConfigError, match="alias 'x' is already used"):
         parse_settings(data)
 

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from harness import GatewayProcess
 
 from faregate import tokens
+from harness import GatewayProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -25,11 +25,18 @@ TOOLS = [
         "function": {
             "name": "get_weather",
             "description": "Weather for a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
         },
     }
 ]
-PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+PNG = (
+    "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
 
 
 @pytest.fixture()
@@ -73,8 +80,9 @@ def test_non_streaming_answer_with_cost(client: openai.OpenAI, gateway: GatewayP
     usage = reply.usage
     assert usage is not None and usage.prompt_tokens == tokens.count_messages(MSG)
     assert usage.completion_tokens == tokens.count_text("Hello there")
-    expected = (Decimal(usage.prompt_tokens) * Decimal("0.27") + Decimal(usage.completion_tokens) * Decimal("1.10")) \
-        / Decimal(1_000_000)
+    expected = (
+        Decimal(usage.prompt_tokens) * Decimal("0.27") + Decimal(usage.completion_tokens) * Decimal("1.10")
+    ) / Decimal(1_000_000)
     assert Decimal(raw.headers["x-faregate-cost-usd"]) == expected
     assert Decimal(str(usage.model_extra["cost"])) == expected  # type: ignore[index]
     assert raw.headers["x-faregate-model"] == "deepseek-ai/DeepSeek-V4-Flash"
@@ -101,8 +109,11 @@ def test_exact_cost_1000_in_500_out_on_deepseek_v4_flash(client: openai.OpenAI) 
 
 def test_streaming_with_usage_chunk_and_cost(client: openai.OpenAI, gateway: GatewayProcess) -> None:
     raw = client.chat.completions.with_raw_response.create(
-        model="deepseek-v4-flash", messages=prompt_of(1000), stream=True,
-        stream_options={"include_usage": True}, extra_body={"sim": {"answer": {"lorem": 500}}},
+        model="deepseek-v4-flash",
+        messages=prompt_of(1000),
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"sim": {"answer": {"lorem": 500}}},
     )
     request_id = raw.headers["x-faregate-request-id"]
     assert raw.headers["content-type"].startswith("text/event-stream")
@@ -125,7 +136,9 @@ def test_streaming_without_usage_request_gets_no_usage_but_is_billed(
     client: openai.OpenAI, gateway: GatewayProcess
 ) -> None:
     raw = client.chat.completions.with_raw_response.create(
-        model="deepseek-v4-flash", messages=prompt_of(1000), stream=True,
+        model="deepseek-v4-flash",
+        messages=prompt_of(1000),
+        stream=True,
         extra_body={"sim": {"answer": {"lorem": 500}}},
     )
     chunks = list(raw.parse())
@@ -139,7 +152,12 @@ def test_raw_sse_framing_ends_with_done(gateway: GatewayProcess, api_key: str) -
     response = httpx.post(
         gateway.base_url + "/chat/completions",
         headers={"Authorization": f"Bearer {api_key}"},
-        json={"model": "qwen3-8b", "messages": MSG, "stream": True, "stream_options": {"include_usage": True}},
+        json={
+            "model": "qwen3-8b",
+            "messages": MSG,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
     )
     assert response.status_code == 200
     frames = [f for f in response.text.split("\n\n") if f]
@@ -160,7 +178,9 @@ async def test_async_client_streaming_and_not(aclient: openai.AsyncOpenAI) -> No
     assert parts[-1].usage is not None and parts[-1].usage.model_extra["cost"] > 0  # type: ignore[index]
 
 
-async def test_concurrent_requests_each_billed_once(aclient: openai.AsyncOpenAI, gateway: GatewayProcess) -> None:
+async def test_concurrent_requests_each_billed_once(
+    aclient: openai.AsyncOpenAI, gateway: GatewayProcess
+) -> None:
     async def one(i: int) -> str:
         raw = await aclient.chat.completions.with_raw_response.create(
             model="qwen3-8b", messages=[{"role": "user", "content": f"n{i}"}]
@@ -172,7 +192,9 @@ async def test_concurrent_requests_each_billed_once(aclient: openai.AsyncOpenAI,
     await asyncio.sleep(0.3)
     with sqlite3.connect(gateway.store_path / "faregate.db") as db:
         marks = ",".join("?" * len(ids))
-        count = db.execute(f"SELECT COUNT(*) FROM request_records WHERE request_id IN ({marks})", ids).fetchone()[0]
+        count = db.execute(
+            f"SELECT COUNT(*) FROM request_records WHERE request_id IN ({marks})", ids
+        ).fetchone()[0]
     assert count == 50
 
 
@@ -226,25 +248,42 @@ def test_stream_asks_upstream_for_usage(gateway: GatewayProcess, api_key: str) -
 
 def test_tool_call_answer(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
-        model="deepseek-v4-flash", messages=MSG, tools=TOOLS,  # type: ignore[arg-type]
+        model="deepseek-v4-flash",
+        messages=MSG,
+        tools=TOOLS,  # type: ignore[arg-type]
         extra_body={"sim": {"tool_call": True}},
     )
     call = reply.choices[0].message.tool_calls
     assert call and call[0].function.name == "get_weather"  # type: ignore[union-attr]
     assert reply.choices[0].finish_reason == "tool_calls"
     stream = client.chat.completions.create(
-        model="deepseek-v4-flash", messages=MSG, tools=TOOLS, stream=True,  # type: ignore[arg-type]
+        model="deepseek-v4-flash",
+        messages=MSG,
+        tools=TOOLS,
+        stream=True,  # type: ignore[arg-type]
         extra_body={"sim": {"tool_call": True}},
     )
     chunks = list(stream)
-    names = [tc.function.name for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])
-             if tc.function and tc.function.name]
+    names = [
+        tc.function.name
+        for c in chunks
+        if c.choices
+        for tc in (c.choices[0].delta.tool_calls or [])
+        if tc.function and tc.function.name
+    ]
     assert names == ["get_weather"]
 
 
 def test_image_parts_pass_through_to_vision_model(client: openai.OpenAI) -> None:
-    messages = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
-                                             {"type": "image_url", "image_url": {"url": PNG}}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": PNG}},
+            ],
+        }
+    ]
     received = inspect(client, model="glm-4.5v", messages=messages)
     assert received["messages"][0]["content"][1] == {"type": "image_url", "image_url": {"url": PNG}}
 
@@ -298,9 +337,14 @@ def test_missing_key_is_401(gateway: GatewayProcess) -> None:
         (b'["a"]', 400, "JSON object"),
     ],
 )
-def test_bad_bodies(gateway: GatewayProcess, api_key: str, content: bytes, status: int, fragment: str) -> None:
-    response = httpx.post(gateway.base_url + "/chat/completions", content=content,
-                          headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"})
+def test_bad_bodies(
+    gateway: GatewayProcess, api_key: str, content: bytes, status: int, fragment: str
+) -> None:
+    response = httpx.post(
+        gateway.base_url + "/chat/completions",
+        content=content,
+        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+    )
     assert response.status_code == status
     error = response.json()["error"]
     assert fragment in error["message"] and error["type"] == "invalid_request_error"
@@ -316,8 +360,9 @@ def test_unknown_model_is_404_with_suggestions(client: openai.OpenAI) -> None:
 
 def test_body_over_limit_is_413(gateway: GatewayProcess, api_key: str) -> None:
     big = {"model": "deepseek-v4-flash", "messages": [{"role": "user", "content": "x" * 1_100_000}]}
-    response = httpx.post(gateway.base_url + "/chat/completions", json=big,
-                          headers={"Authorization": f"Bearer {api_key}"})
+    response = httpx.post(
+        gateway.base_url + "/chat/completions", json=big, headers={"Authorization": f"Bearer {api_key}"}
+    )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
 
@@ -348,8 +393,9 @@ def test_upstream_failure_names_provider_and_cause(
 def test_hanging_upstream_is_504_after_first_byte_timeout(client: openai.OpenAI) -> None:
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as info:
-        client.chat.completions.create(model="qwen3-8b", messages=MSG, extra_body={"sim": {"fault": "hang",
-                                                                                            "hang_s": 30}})
+        client.chat.completions.create(
+            model="qwen3-8b", messages=MSG, extra_body={"sim": {"fault": "hang", "hang_s": 30}}
+        )
     assert info.value.status_code == 504 and "timeout" in info.value.message
     assert time.monotonic() - started < 10
 
@@ -357,14 +403,19 @@ def test_hanging_upstream_is_504_after_first_byte_timeout(client: openai.OpenAI)
 def test_stream_cut_before_content_is_a_clean_502(client: openai.OpenAI) -> None:
     with pytest.raises(openai.APIStatusError) as info:
         client.chat.completions.create(
-            model="qwen3-8b", messages=MSG, stream=True, extra_body={"sim": {"fault": "truncate", "after_tokens": 0}}
+            model="qwen3-8b",
+            messages=MSG,
+            stream=True,
+            extra_body={"sim": {"fault": "truncate", "after_tokens": 0}},
         )
     assert info.value.status_code == 502
 
 
 def test_stream_cut_after_content_raises_in_the_sdk(client: openai.OpenAI, gateway: GatewayProcess) -> None:
     raw = client.chat.completions.with_raw_response.create(
-        model="qwen3-8b", messages=MSG, stream=True,
+        model="qwen3-8b",
+        messages=MSG,
+        stream=True,
         extra_body={"sim": {"fault": "truncate", "after_tokens": 3, "answer": {"lorem": 20}}},
     )
     seen = []

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import openai
 import pytest
+
 from harness import SimProcess, clean_env, create_key, free_port, run_gateway, wait_healthy
 
 pytestmark = pytest.mark.e2e
@@ -20,13 +21,16 @@ pytestmark = pytest.mark.e2e
 def test_serve_starts_the_simulator_and_prints_a_working_key(tmp_path: Path) -> None:
     port, sim_port = free_port(), free_port()
     config = tmp_path / "faregate.yaml"
-    config.write_text(f"server: {{port: {port}}}\nstore: {{path: {str(tmp_path / 'store')!r}}}\n"
-                      f"sim: {{port: {sim_port}}}\n")
+    config.write_text(
+        f"server: {{port: {port}}}\nstore: {{path: {str(tmp_path / 'store')!r}}}\nsim: {{port: {sim_port}}}\n"
+    )
     log = tmp_path / "out.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "faregate.cli.main", "serve", "--new-key", "-c", str(config)],
-            env=clean_env(), stdout=out, stderr=subprocess.STDOUT,
+            env=clean_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         try:
             started = time.monotonic()
@@ -39,9 +43,12 @@ def test_serve_starts_the_simulator_and_prints_a_working_key(tmp_path: Path) -> 
             assert "from openai import OpenAI" in text
             key = re.search(r"API key \(shown once[^)]*\): (fg-\S+)", text)
             assert key, text
-            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key.group(1), max_retries=0)
-            reply = client.chat.completions.create(model="deepseek-v4-flash",
-                                                   messages=[{"role": "user", "content": "hi"}])
+            client = openai.OpenAI(
+                base_url=f"http://127.0.0.1:{port}/v1", api_key=key.group(1), max_retries=0
+            )
+            reply = client.chat.completions.create(
+                model="deepseek-v4-flash", messages=[{"role": "user", "content": "hi"}]
+            )
             assert reply.choices[0].message.content and reply.usage.model_extra["cost"] > 0  # type: ignore[union-attr]
             assert time.monotonic() - started < 30
         finally:
@@ -78,7 +85,12 @@ def test_sigterm_flushes_every_pending_record(sim: SimProcess, tmp_path: Path) -
 def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path) -> None:
     config = tmp_path / "faregate.yaml"
     config.write_text("server: {port: 4000, colour: blue}\n")
-    result = subprocess.run([sys.executable, "-m", "faregate.cli.main", "serve", "-c", str(config)],
-                            env=clean_env(), capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "faregate.cli.main", "serve", "-c", str(config)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert "colour" in result.stderr and "server" in result.stderr

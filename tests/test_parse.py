@@ -51,25 +51,38 @@ def test_invalid_fields_name_the_param(body: dict, param: str) -> None:  # type:
 
 def test_modalities_detected_from_content_parts() -> None:
     messages = [
-        {"role": "user", "content": [
-            {"type": "text", "text": "look"},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "look"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+            ],
+        },
     ]
     request = parse({"model": "m", "messages": messages})
     assert request.required_modalities == {"image", "audio"}
 
 
 def test_stream_usage_and_max_tokens() -> None:
-    request = parse({"model": "m", "messages": MSG, "stream": True, "stream_options": {"include_usage": True},
-                     "max_completion_tokens": 7, "max_tokens": 9})
+    request = parse(
+        {
+            "model": "m",
+            "messages": MSG,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_completion_tokens": 7,
+            "max_tokens": 9,
+        }
+    )
     assert request.stream and request.include_usage and request.max_tokens == 7
 
 
 def test_hints_from_body_and_headers() -> None:
-    request = parse({"model": "m", "messages": MSG, "faregate": {"tier": "economy"}},
-                    {"x-faregate-task": "code", "x-faregate-tier": "premium"})
+    request = parse(
+        {"model": "m", "messages": MSG, "faregate": {"tier": "economy"}},
+        {"x-faregate-task": "code", "x-faregate-tier": "premium"},
+    )
     assert request.hints == {"tier": "economy", "task": "code"}
 
 

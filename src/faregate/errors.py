@@ -110,7 +110,9 @@ class UpstreamRejected(FaregateError):
 
     type = "invalid_request_error"
 
-    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, *, code: str | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message, code=code, param=param)
         self.status = status
 
@@ -121,8 +123,9 @@ class UpstreamFailure(Exception):
     kind: rate_limited | server_error | timeout | connection | empty | truncated | rejected | bad_response
     """
 
-    retryable_kinds = frozenset({"rate_limited", "server_error", "timeout", "connection", "empty", "truncated",
-                                 "bad_response"})
+    retryable_kinds = frozenset(
+        {"rate_limited", "server_error", "timeout", "connection", "empty", "truncated", "bad_response"}
+    )
 
     def __init__(
         self,

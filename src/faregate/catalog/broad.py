@@ -56,8 +56,14 @@ def add_broad_models(catalog: Catalog, settings: Settings, enabled: dict[str, bo
             if existing is not None:
                 # A curated model keeps its own offers; an offer from another declared
                 # provider is added only if that provider is not already offering it.
-                if ours is not None and not existing.curated and all(o.provider != ours for o in existing.offers):
-                    existing.offers.append(Offer(existing.name, ours, info.id, price, enabled.get(ours, False)))
+                if (
+                    ours is not None
+                    and not existing.curated
+                    and all(o.provider != ours for o in existing.offers)
+                ):
+                    existing.offers.append(
+                        Offer(existing.name, ours, info.id, price, enabled.get(ours, False))
+                    )
                 continue
             offers = [Offer(name, ours, info.id, price, enabled.get(ours, False))] if ours else []
             catalog.add(

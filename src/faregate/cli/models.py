@@ -12,8 +12,9 @@ from faregate.catalog import Model, build_catalog, sim_active
 from faregate.cli.common import ConfigOption, load_or_exit
 
 
-def _matches(model: Model, search: str | None, provider: str | None, modality: str | None,
-             available: bool) -> bool:
+def _matches(
+    model: Model, search: str | None, provider: str | None, modality: str | None, available: bool
+) -> bool:
     if available and not model.available:
         return False
     if search and search.lower() not in " ".join((model.name, *model.aliases)).lower():
@@ -27,10 +28,16 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def models(
         config: ConfigOption = None,
-        search: Annotated[str | None, typer.Argument(help="Show models whose name or alias contains this.")] = None,
+        search: Annotated[
+            str | None, typer.Argument(help="Show models whose name or alias contains this.")
+        ] = None,
         provider: Annotated[str | None, typer.Option(help="Only models this provider offers.")] = None,
-        modality: Annotated[str | None, typer.Option(help="Only models accepting this input (image, audio…).")] = None,
-        available: Annotated[bool, typer.Option("--available", help="Only models with an enabled provider.")] = False,
+        modality: Annotated[
+            str | None, typer.Option(help="Only models accepting this input (image, audio…).")
+        ] = None,
+        available: Annotated[
+            bool, typer.Option("--available", help="Only models with an enabled provider.")
+        ] = False,
         all_models: Annotated[
             bool, typer.Option("--all", help="Include the broad catalog (thousands of models).")
         ] = False,
@@ -40,16 +47,23 @@ def register(app: typer.Typer) -> None:
         sim_url = f"http://{settings.sim.host}:{settings.sim.port}/v1" if sim_active(settings) else None
         catalog = build_catalog(settings, sim_base_url=sim_url)
         rows = [
-            m for m in catalog.all()
+            m
+            for m in catalog.all()
             if (all_models or m.curated or search) and _matches(m, search, provider, modality, available)
         ]
         table = Table(title=f"{len(rows)} model(s)  ·  USD per 1M tokens")
         for column in ("model", "aliases", "in", "out", "context", "max out", "modalities", "offers"):
-            table.add_column(column, justify="right" if column in ("in", "out", "context", "max out") else "left")
+            table.add_column(
+                column, justify="right" if column in ("in", "out", "context", "max out") else "left"
+            )
         for m in rows:
-            offers = ", ".join(
-                f"{o.provider}{'' if o.available else ' (off)'} {o.price.input}/{o.price.output}" for o in m.offers
-            ) or "-"
+            offers = (
+                ", ".join(
+                    f"{o.provider}{'' if o.available else ' (off)'} {o.price.input}/{o.price.output}"
+                    for o in m.offers
+                )
+                or "-"
+            )
             table.add_row(
                 m.name if m.available else f"[dim]{m.name}[/dim]",
                 ", ".join(m.aliases),
