@@ -147,3 +147,7 @@ class RequestRecord:
     error: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
     route: str | None = None
+    # What the same usage would have cost on the baseline model (savings = baseline - cost).
+    baseline_cost_usd: Decimal = Decimal(0)
+    # miss | hit | semantic-hit | bypass
+    cache_status: str = "bypass"

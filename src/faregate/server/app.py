@@ -14,7 +14,7 @@ from aiohttp import web
 from faregate.accounts.keys import KeyStore
 from faregate.catalog import SIM_PROVIDER, Catalog, Model, build_catalog
 from faregate.config import ProviderSettings, Settings
-from faregate.errors import FaregateError, InternalError, InvalidRequest, NotFound
+from faregate.errors import ConfigError, FaregateError, InternalError, InvalidRequest, NotFound
 from faregate.providers.http import ConnectionPool, make_upstream_pool
 from faregate.providers.registry import ProviderRegistry
 from faregate.routing.attempts import AttemptRunner
@@ -24,6 +24,7 @@ from faregate.server.admin import health_detail, is_master
 from faregate.server.pipeline import ChatPipeline, error_response
 from faregate.store.sqlite import SQLiteStore
 from faregate.telemetry.records import RecordWriter
+from faregate.types import Price
 
 log = logging.getLogger("faregate.server")
 
@@ -90,6 +91,13 @@ def models_listing(catalog: Catalog) -> bytes:
     return orjson.dumps({"object": "list", "data": [model_entry(m) for m in listed]})
 
 
+def baseline_price(catalog: Catalog, name: str) -> Price:
+    model = catalog.get(name)
+    if model is None:
+        raise ConfigError(f"baseline_model: unknown model {name!r}")
+    return model.list_price
+
+
 async def build_gateway(settings: Settings, *, sim_base_url: str | None = None) -> Gateway:
     catalog = build_catalog(settings, sim_base_url=sim_base_url)
     pool = make_upstream_pool(settings)
@@ -118,6 +126,7 @@ async def build_gateway(settings: Settings, *, sim_base_url: str | None = None) 
         runner=runner,
         records=records,
         max_body_bytes=settings.server.max_body_bytes,
+        baseline=baseline_price(catalog, settings.baseline_model),
     )
     return Gateway(
         settings, catalog, pool, providers, store, keys, records, pipeline, models_listing(catalog)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -19,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from faregate import tokens
+from faregate.accounts.admission import Admission, Hold, OpenAdmission
 from faregate.accounts.keys import ApiKey, KeyStore
 from faregate.errors import (
     AuthenticationFailed,
@@ -27,11 +29,11 @@ from faregate.errors import (
     PayloadTooLarge,
 )
 from faregate.routing.attempts import AttemptRunner, OpenedStream, billed_cost
-from faregate.routing.plan import Candidate, Planner
+from faregate.routing.plan import Candidate, Plan, Planner
 from faregate.server.parse import decode_json_object, new_request_id, parse_chat_request
 from faregate.server.streaming import DONE, error_event, relay, sse_frame
 from faregate.telemetry.records import RecordWriter
-from faregate.types import JSON, Attempt, ChatRequest, Completion, RequestRecord, Usage
+from faregate.types import JSON, Attempt, ChatRequest, Completion, Price, RequestRecord, Usage
 
 log = logging.getLogger("faregate.pipeline")
 
@@ -70,12 +72,18 @@ class ChatPipeline:
         runner: AttemptRunner,
         records: RecordWriter,
         max_body_bytes: int,
+        baseline: Price,
+        admission: Admission | None = None,
     ) -> None:
         self.keys = keys
         self.planner = planner
         self.runner = runner
         self.records = records
         self.max_body_bytes = max_body_bytes
+        self.baseline = baseline
+        self.admission: Admission = admission or OpenAdmission()
+        # Called with every finished record (metrics, alerts); must be cheap and never raise.
+        self.listeners: list[Callable[[RequestRecord], None]] = []
 
     # -- stages -------------------------------------------------------------------------
 
@@ -140,6 +148,7 @@ class ChatPipeline:
         )
         started = time.perf_counter()
         base_headers = {"x-faregate-request-id": request_id}
+        hold: Hold | None = None
         try:
             key = await self.authenticate(http_request)
             record.key_id = key.id
@@ -152,6 +161,9 @@ class ChatPipeline:
             plan = await self.planner.plan(request)
             record.route = plan.route
             base_headers["x-faregate-route"] = plan.route
+            worst, tokens_held = await worst_case(plan, request)
+            hold = await self.admission.admit(key, request, worst, tokens_held)
+            base_headers.update(hold.headers)
             if request.stream:
                 opened = await self.runner.open_stream(request, plan)
                 return await self._stream(http_request, request, opened, record, base_headers)
@@ -178,7 +190,14 @@ class ChatPipeline:
             )
         finally:
             record.latency_ms = (time.perf_counter() - started) * 1000
+            record.baseline_cost_usd = self.baseline.cost(
+                Usage(record.prompt_tokens, record.completion_tokens)
+            )
+            if hold is not None:
+                await self._close_hold(hold, record)
             self.records.submit(record)
+            for listener in self.listeners:
+                listener(record)
 
     async def _respond(
         self,
@@ -273,6 +292,19 @@ class ChatPipeline:
 
     # -- helpers ------------------------------------------------------------------------
 
+    async def _close_hold(self, hold: Hold, record: RequestRecord) -> None:
+        """Settle what was spent (even on a failed request: billed failed attempts), else release."""
+        try:
+            if record.cost_usd > 0 or record.completion_tokens or record.prompt_tokens:
+                await self.admission.settle(
+                    hold, record.cost_usd, record.prompt_tokens + record.completion_tokens
+                )
+            else:
+                await self.admission.release(hold)
+        except Exception:
+            # Never lose the record over this; the reservation expires and is audited.
+            log.exception("could not settle the reservation of request %s", record.request_id)
+
     def _usage_chunk(self, chunk: JSON | None, candidate: Candidate, settled: Settled) -> JSON:
         base: JSON = chunk or {
             "id": "chatcmpl-" + "faregate",
@@ -311,6 +343,23 @@ class ChatPipeline:
             "x-faregate-provider": candidate.offer.provider,
             "x-faregate-attempts": str(len(record.attempts)),
         }
+
+
+async def worst_case(plan: Plan, request: ChatRequest) -> tuple[Decimal, int]:
+    """The most any one candidate of the plan can cost, and its tokens: the prompt (upper
+    bound unless counted) plus the output allowance at the offer's prices."""
+    prompt = await plan.prompt.best() if plan.prompt is not None else 0
+    worst_usd, worst_tokens = Decimal(0), 0
+    for candidate in plan.candidates:
+        model = candidate.model
+        out = candidate.max_output(request.max_tokens) or model.max_output_tokens
+        if not out:
+            out = max(model.context_window - prompt, 0)
+        cost = candidate.offer.price.cost(Usage(prompt, out))
+        if cost > worst_usd:
+            worst_usd = cost
+        worst_tokens = max(worst_tokens, prompt + out)
+    return worst_usd, worst_tokens
 
 
 def completion_text(body: JSON) -> str:

@@ -79,6 +79,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX request_records_route ON request_records (route)",
         ),
     ),
+    Migration(
+        4,
+        "baseline cost and cache status on request records",
+        (
+            "ALTER TABLE request_records ADD COLUMN baseline_cost_usd TEXT NOT NULL DEFAULT '0'",
+            "ALTER TABLE request_records ADD COLUMN baseline_cost_nanousd INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE request_records ADD COLUMN cache_status TEXT NOT NULL DEFAULT 'bypass'",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

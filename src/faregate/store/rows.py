@@ -31,6 +31,9 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "error",
     "attempts",
     "route",
+    "baseline_cost_usd",
+    "baseline_cost_nanousd",
+    "cache_status",
 )
 
 
@@ -110,6 +113,9 @@ def record_to_row(r: RequestRecord) -> tuple[Any, ...]:
         r.error,
         attempts_json(r.attempts),
         r.route,
+        usd_text(r.baseline_cost_usd),
+        to_nanousd(r.baseline_cost_usd),
+        r.cache_status,
     )
 
 
@@ -135,4 +141,6 @@ def row_to_record(row: Sequence[Any]) -> RequestRecord:
         error=values["error"],
         attempts=attempts_from_json(values["attempts"]),
         route=values["route"],
+        baseline_cost_usd=Decimal(values["baseline_cost_usd"]),
+        cache_status=values["cache_status"],
     )
