@@ -24,6 +24,9 @@ typecheck: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/overhead.py
 
+chaos: $(VENV)/.dev-installed
+	CHAOS_REQUESTS=20000 $(BIN)/pytest -q tests/test_chaos.py -k money
+
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
