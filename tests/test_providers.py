@@ -1,7 +1,7 @@
 """The OpenAI-compatible provider and the registry, against a real HTTP server on 127.0.0.1.
 
 Only the transport seam is scripted: each test installs a handler on a live aiohttp
-server, and the provider talks to it over TCP with the production session.
+server, and the provider talks to it over TCP with the production connection pool.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from decimal import Decimal
 from email.utils import format_datetime
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -24,9 +23,9 @@ from aiohttp.test_utils import TestServer
 
 from faregate.catalog.models import Offer
 from faregate.config import ProviderSettings, parse_settings
-from faregate.errors import UpstreamFailure, UpstreamRejected
+from faregate.errors import ConfigError, UpstreamFailure, UpstreamRejected
 from faregate.providers.base import UpstreamCall
-from faregate.providers.http import make_client_session, pool_limits
+from faregate.providers.http import ConnectionPool, make_upstream_pool, pool_limits
 from faregate.providers.openai_compat import OpenAICompatibleProvider, parse_retry_after, usage_from
 from faregate.providers.registry import ProviderRegistry
 from faregate.types import Price, Usage
@@ -82,21 +81,21 @@ async def upstream() -> AsyncIterator[Upstream]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    session = make_client_session()
-    yield session
-    await session.close()
+async def pool() -> AsyncIterator[ConnectionPool]:
+    pool = make_upstream_pool()
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture
 def make_provider(
-    upstream: Upstream, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+    upstream: Upstream, pool: ConnectionPool, monkeypatch: pytest.MonkeyPatch
 ) -> Callable[..., OpenAICompatibleProvider]:
     monkeypatch.setenv(KEY_ENV, "sk-test-123")
 
     def build(**settings: Any) -> OpenAICompatibleProvider:
         config = ProviderSettings(**{"base_url": upstream.url, "api_key_env": KEY_ENV, **settings})
-        return OpenAICompatibleProvider("siliconflow", config, session)
+        return OpenAICompatibleProvider("siliconflow", config, pool)
 
     return build
 
@@ -115,10 +114,8 @@ def call(
     return UpstreamCall(offer, body, stream, first_byte, total, headers=headers or {})
 
 
-def acquired(session: aiohttp.ClientSession) -> int:
-    connector = session.connector
-    assert connector is not None
-    return len(connector._acquired)
+def acquired(pool: ConnectionPool) -> int:
+    return pool.in_use
 
 
 def json_reply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Handler:
@@ -197,11 +194,9 @@ async def test_key_is_read_once_at_construction(
     assert upstream.seen[0].headers["Authorization"] == "Bearer sk-test-123"
 
 
-async def test_no_key_means_no_authorization_header(
-    upstream: Upstream, session: aiohttp.ClientSession
-) -> None:
+async def test_no_key_means_no_authorization_header(upstream: Upstream, pool: ConnectionPool) -> None:
     upstream.handler = json_reply(ANSWER)
-    provider = OpenAICompatibleProvider("vllm", ProviderSettings(base_url=upstream.url + "/"), session)
+    provider = OpenAICompatibleProvider("vllm", ProviderSettings(base_url=upstream.url + "/"), pool)
     await provider.complete(call())
     assert "Authorization" not in upstream.seen[0].headers
 
@@ -348,21 +343,21 @@ async def test_408_is_timeout(
     assert (failure.kind, failure.detail) == ("timeout", "HTTP 408: request timed out")
 
 
-async def test_connection_refused(session: aiohttp.ClientSession) -> None:
+async def test_connection_refused(pool: ConnectionPool) -> None:
     with socket.socket() as sock:  # a port that was free a moment ago, with nobody listening now
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     provider = OpenAICompatibleProvider(
-        "vllm", ProviderSettings(base_url=f"http://127.0.0.1:{port}/v1"), session
+        "vllm", ProviderSettings(base_url=f"http://127.0.0.1:{port}/v1"), pool
     )
     failure = await failure_of(provider)
     assert failure.kind == "connection"
     assert failure.detail == f"connection refused by 127.0.0.1:{port}"
-    assert acquired(session) == 0
+    assert acquired(pool) == 0
 
 
 async def test_server_closing_mid_body_is_connection(
-    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], pool: ConnectionPool
 ) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -378,7 +373,7 @@ async def test_server_closing_mid_body_is_connection(
     failure = await failure_of(make_provider())
     assert failure.kind == "connection"
     assert failure.detail.startswith("connection closed mid-body (Not enough data to satisfy content length")
-    assert acquired(session) == 0
+    assert acquired(pool) == 0
 
 
 async def test_server_dropping_the_request_is_connection(
@@ -398,7 +393,7 @@ async def test_server_dropping_the_request_is_connection(
 
 
 async def test_slow_head_times_out_at_the_first_byte_deadline(
-    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], pool: ConnectionPool
 ) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         await upstream.release.wait()
@@ -410,7 +405,7 @@ async def test_slow_head_times_out_at_the_first_byte_deadline(
     failure = await failure_of(make_provider(), call(first_byte=0.2, total=5.0))
     assert loop.time() - started < 2.0
     assert (failure.kind, failure.detail) == ("timeout", "no response head within 0.2s")
-    assert acquired(session) == 0
+    assert acquired(pool) == 0
 
 
 async def test_slow_body_times_out_at_the_total_deadline(
@@ -450,14 +445,24 @@ async def test_unparsable_200_is_bad_response(
 
 
 async def test_connections_are_reused(
-    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], pool: ConnectionPool
 ) -> None:
     upstream.handler = json_reply(ANSWER)
     provider = make_provider()
     for _ in range(3):
         await provider.complete(call())
     assert len({seen.peer_port for seen in upstream.seen}) == 1
-    assert acquired(session) == 0
+    assert acquired(pool) == 0
+
+
+async def test_upstream_cookies_are_never_sent_back(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    upstream.handler = json_reply(ANSWER, headers={"Set-Cookie": "tenant=a; Path=/"})
+    provider = make_provider()
+    await provider.complete(call())
+    await provider.complete(call())
+    assert "Cookie" not in upstream.seen[1].headers
 
 
 # --- stream -------------------------------------------------------------------------------------
@@ -472,7 +477,7 @@ def texts(chunks: list[Any]) -> list[str]:
 
 
 async def test_stream_yields_chunks_in_order_and_stops_at_done(
-    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], pool: ConnectionPool
 ) -> None:
     usage_chunk = b'data: {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}}\n\n'
     parts = [b": ping\n\n", chunk("Hel"), chunk("lo"), chunk("!", "stop"), usage_chunk, b"data: [DONE]\n\n"]
@@ -486,18 +491,18 @@ async def test_stream_yields_chunks_in_order_and_stops_at_done(
     assert chunks[2]["choices"][0]["finish_reason"] == "stop"
     assert usage_from(chunks[-1]) == Usage(4, 2)
     assert upstream.seen[0].body["stream"] is True
-    assert acquired(session) == 0
+    assert acquired(pool) == 0
     # Ending at [DONE] drained the body, so the connection went back to the pool.
     await collect(provider)
     assert upstream.seen[0].peer_port == upstream.seen[1].peer_port
 
 
 async def test_truncated_stream_just_ends(
-    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], pool: ConnectionPool
 ) -> None:
     upstream.handler = sse_reply([chunk("a"), chunk("b"), b'data: {"choices": [{"del'])
     assert texts(await collect(make_provider())) == ["a", "b"]
-    assert acquired(session) == 0
+    assert acquired(pool) == 0
 
 
 async def test_a_long_stream_is_not_cut_by_the_first_byte_deadline(
@@ -509,7 +514,7 @@ async def test_a_long_stream_is_not_cut_by_the_first_byte_deadline(
 
 
 async def test_stream_stalling_past_the_total_deadline_times_out(
-    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], pool: ConnectionPool
 ) -> None:
     upstream.handler = sse_reply([chunk("a")], hang_until=upstream.release)
     received: list[Any] = []
@@ -521,11 +526,11 @@ async def test_stream_stalling_past_the_total_deadline_times_out(
         "timeout",
         "stream not finished within 0.4s (1 chunks received)",
     )
-    assert acquired(session) == 0
+    assert acquired(pool) == 0
 
 
 async def test_mid_stream_reset_raises_connection(
-    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], pool: ConnectionPool
 ) -> None:
     upstream.handler = sse_reply([chunk("a"), chunk("b"), chunk("c")], then="reset")
     received: list[Any] = []
@@ -534,23 +539,23 @@ async def test_mid_stream_reset_raises_connection(
             received.append(c)
     assert texts(received) == ["a", "b", "c"]
     assert (info.value.kind, info.value.detail) == ("connection", "connection reset mid-body after 3 chunks")
-    assert acquired(session) == 0
+    assert acquired(pool) == 0
 
 
 async def test_early_aclose_releases_the_connection(
-    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], pool: ConnectionPool
 ) -> None:
     upstream.handler = sse_reply([chunk("a"), chunk("b")], hang_until=upstream.release)
     stream = make_provider().stream(call(stream=True))
     first = await anext(stream)
     assert texts([first]) == ["a"]
-    assert acquired(session) == 1
+    assert acquired(pool) == 1
     await stream.aclose()
-    assert acquired(session) == 0
+    assert acquired(pool) == 0
 
 
 async def test_stream_error_status_raises_before_any_chunk(
-    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], pool: ConnectionPool
 ) -> None:
     upstream.handler = json_reply({"error": {"message": "try later"}}, 429, {"retry-after-ms": "250"})
     with pytest.raises(UpstreamFailure) as info:
@@ -559,18 +564,18 @@ async def test_stream_error_status_raises_before_any_chunk(
     upstream.handler = json_reply({"error": {"message": "bad messages"}}, 400)
     with pytest.raises(UpstreamRejected, match="siliconflow rejected the request: bad messages"):
         await collect(make_provider())
-    assert acquired(session) == 0
+    assert acquired(pool) == 0
 
 
 async def test_non_json_chunk_is_bad_response(
-    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], session: aiohttp.ClientSession
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], pool: ConnectionPool
 ) -> None:
     upstream.handler = sse_reply([chunk("a"), b"data: {not json\n\n", chunk("b")])
     with pytest.raises(UpstreamFailure) as info:
         await collect(make_provider())
     assert info.value.kind == "bad_response"
     assert info.value.detail.startswith("stream chunk 2 is not valid JSON")
-    assert acquired(session) == 0
+    assert acquired(pool) == 0
 
 
 async def test_error_object_mid_stream_is_server_error(
@@ -620,43 +625,50 @@ def registry_settings(url: str) -> Any:
 
 
 async def test_registry_builds_enabled_providers_only(
-    upstream: Upstream, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+    upstream: Upstream, pool: ConnectionPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(KEY_ENV, raising=False)
     monkeypatch.delenv("FAREGATE_TEST_UNSET_KEY", raising=False)
-    registry = ProviderRegistry(registry_settings(upstream.url), session)
+    registry = ProviderRegistry(registry_settings(upstream.url), pool)
     assert sorted(registry.names()) == ["forced_on", "keyless"]
     monkeypatch.setenv(KEY_ENV, "sk-x")
-    registry = ProviderRegistry(registry_settings(upstream.url), session)
+    registry = ProviderRegistry(registry_settings(upstream.url), pool)
     assert sorted(registry.names()) == ["forced_on", "keyed", "keyless"]
     with pytest.raises(KeyError, match="forced_off"):
         registry.get("forced_off")
     await registry.close()
-    assert not session.closed  # an injected session belongs to its owner
+    assert not pool.closed  # an injected pool belongs to its owner
 
 
-async def test_registry_adds_the_simulator_and_calls_through_the_shared_session(
-    upstream: Upstream, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+async def test_registry_adds_the_simulator_and_calls_through_the_shared_pool(
+    upstream: Upstream, pool: ConnectionPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(KEY_ENV, raising=False)
-    registry = ProviderRegistry(
-        registry_settings("http://127.0.0.1:9/v1"), session, sim_base_url=upstream.url
-    )
+    registry = ProviderRegistry(registry_settings("http://127.0.0.1:9/v1"), pool, sim_base_url=upstream.url)
     assert "sim" in registry
     upstream.handler = json_reply(ANSWER)
     completion = await registry.get("sim").complete(call())
     assert completion.usage == Usage(11, 3)
-    assert "sim" not in ProviderRegistry(registry_settings(upstream.url), session)
+    assert "sim" not in ProviderRegistry(registry_settings(upstream.url), pool)
 
 
-async def test_registry_create_owns_its_session(upstream: Upstream) -> None:
+async def test_registry_create_owns_its_pool(upstream: Upstream) -> None:
     registry = ProviderRegistry.create(registry_settings(upstream.url), sim_base_url=upstream.url)
-    connector = registry.session.connector
-    assert isinstance(connector, aiohttp.TCPConnector)
-    assert connector.limit >= 2000 and connector.limit_per_host == 1000
-    assert isinstance(registry.session.cookie_jar, aiohttp.DummyCookieJar)
+    assert registry.pool.limit >= 2000 and registry.pool.limit_per_host == 1000
     await registry.close()
-    assert registry.session.closed
+    assert registry.pool.closed
+
+
+async def test_a_header_that_could_split_the_request_is_a_config_error(pool: ConnectionPool) -> None:
+    settings = parse_settings(
+        {
+            "providers": {
+                "bad": {"base_url": "http://127.0.0.1:9/v1", "headers": {"X-Title": "a\r\nHost: evil"}}
+            }
+        }
+    )
+    with pytest.raises(ConfigError, match=r"providers\.bad: header X-Title"):
+        ProviderRegistry(settings, pool)
 
 
 def test_pool_limits_follow_the_enabled_providers(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,73 +1,449 @@
-"""The one HTTP client every provider shares, tuned for a proxy's hot path."""
+"""The one upstream connection pool every provider shares, tuned for a proxy's hot path.
+
+Keep-alive HTTP/1.1 connections (see `transport.py`) per (scheme, host, port):
+- Idle connections are reused newest first (LIFO): the warmest socket is the least likely to
+  have been closed by the server, and the oldest ones age out instead of being kept alive by
+  round-robin use. A connection the server closes while idle leaves the pool at once.
+- Idle connections expire after `keepalive_timeout_s` (30 s), below the 60-75 s idle timeout
+  common on upstream load balancers: reusing a connection the server has just closed fails the
+  POST, which cannot safely be retried.
+- `limit` caps all connections, `limit_per_host` each host (0: no per-host cap). At a cap,
+  requests wait first come, first served; a connection coming free goes straight to the oldest
+  waiter, and an idle connection to another host is closed to make room when the total is full.
+- TLS with the system's trust store for https; DNS answers cached for `dns_ttl_s`, so a
+  provider costs one lookup per TTL, not one per connection.
+- No cookie jar: upstream cookies must never leak between tenants.
+
+The head deadline covers waiting for a connection, connecting and the response head; the
+connect itself is also bounded by the endpoint's connect timeout.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-import aiohttp
-import orjson
+import asyncio
+import ipaddress
+import itertools
+import math
+import socket
+import ssl
+from collections import deque
 
 from faregate import __version__
 from faregate.catalog.models import provider_enabled, sim_active
 from faregate.config import ProviderSettings, Settings
+from faregate.providers.transport import (
+    ACTIVE,
+    CLOSED,
+    IDLE,
+    NEW,
+    ConnectFailed,
+    Connection,
+    ConnectionClosed,
+    ConnectTimeout,
+    Endpoint,
+    PoolClosed,
+    Response,
+)
 
 USER_AGENT = f"faregate/{__version__}"
 
+# A granted waiter gets None (a reserved place: open a connection) or a connection to use.
+_Grant = Connection | None
 
-def _dumps_str(obj: Any) -> str:
-    return orjson.dumps(obj).decode()
+
+class _Host:
+    """The connections to one (scheme, host, port); the Slot its connections report to."""
+
+    __slots__ = (
+        "addresses",
+        "addresses_expire",
+        "conns",
+        "idle",
+        "name",
+        "pool",
+        "port",
+        "size",
+        "tls",
+        "waiters",
+    )
+
+    def __init__(self, pool: ConnectionPool, endpoint: Endpoint) -> None:
+        self.pool = pool
+        self.name = endpoint.host
+        self.port = endpoint.port
+        self.tls = endpoint.tls
+        self.size = 0  # open or opening
+        self.conns: set[Connection] = set()
+        self.idle: list[Connection] = []  # oldest first: sorted by idle_since
+        self.waiters: deque[tuple[int, asyncio.Future[_Grant]]] = deque()
+        self.addresses: list[tuple[int, str]] | None = None
+        self.addresses_expire = 0.0
+        try:
+            ip = ipaddress.ip_address(self.name)
+        except ValueError:
+            pass
+        else:  # a literal address never needs a lookup
+            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            self.addresses, self.addresses_expire = [(family, self.name)], math.inf
+
+    def reuse(self, conn: Connection) -> None:
+        self.pool._reuse(self, conn)
+
+    def forget(self, conn: Connection) -> None:
+        self.pool._forget(self, conn)
 
 
-def make_client_session(
+class ConnectionPool:
+    """Keep-alive HTTP/1.1 connections to every upstream; create it inside the running loop's
+    lifetime and `await close()` it once."""
+
+    def __init__(
+        self,
+        *,
+        limit: int = 1000,
+        limit_per_host: int = 0,
+        keepalive_timeout_s: float = 30.0,
+        dns_ttl_s: float = 300.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if limit < 1 or limit_per_host < 0:
+            raise ValueError("limit must be at least 1 and limit_per_host at least 0")
+        self.limit = limit
+        self.limit_per_host = limit_per_host
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self.dns_ttl_s = dns_ttl_s
+        self._ssl_context = ssl_context
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._hosts: dict[tuple[str, str, int], _Host] = {}
+        self._size = 0
+        self._in_use = 0
+        self._waiting = 0
+        self._order = itertools.count()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    # --- figures (tests, metrics) -------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Connections open or being opened."""
+        return self._size
+
+    @property
+    def in_use(self) -> int:
+        """Connections lent to a request whose response is not yet released."""
+        return self._in_use
+
+    @property
+    def idle(self) -> int:
+        return sum(len(host.idle) for host in self._hosts.values())
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a connection at a cap."""
+        return self._waiting
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:  # made on first use: loading the trust store takes ms
+            self._ssl_context = ssl.create_default_context()
+        return self._ssl_context
+
+    # --- the request --------------------------------------------------------------------------
+
+    async def request(
+        self, endpoint: Endpoint, payload: bytes, *, head_timeout_s: float, total_timeout_s: float
+    ) -> Response:
+        """Send `payload` (a whole request, see transport.request_bytes) to `endpoint` and return
+        the response once its head is in. Raises TimeoutError when there is no head within
+        `head_timeout_s` (queueing and connecting included) and TransportError subclasses for
+        the rest; a body not complete within `total_timeout_s` raises TimeoutError when read."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        now = loop.time()
+        head_deadline = now + head_timeout_s
+        host = self._hosts.get(endpoint.key)
+        if host is None:
+            host = self._hosts[endpoint.key] = _Host(self, endpoint)
+        conn = self._take_idle(host, now) if host.idle else None
+        if conn is None:
+            conn = await self._acquire(host, endpoint, head_deadline)
+        return await conn.exchange(payload, head_deadline, now + total_timeout_s)
+
+    def _take_idle(self, host: _Host, now: float) -> Connection | None:
+        idle = host.idle
+        while idle:
+            conn = idle.pop()  # newest first
+            conn.state = NEW
+            if conn.usable and now - conn.idle_since < self.keepalive_timeout_s:
+                conn.state = ACTIVE
+                self._in_use += 1
+                return conn
+            conn.close()  # closed by the server, or too old to trust
+        return None
+
+    async def _acquire(self, host: _Host, endpoint: Endpoint, head_deadline: float) -> Connection:
+        assert self._loop is not None
+        while True:
+            if self.closed:
+                raise PoolClosed("the connection pool is closed")
+            if self._room(host) or (self._per_host_room(host) and self._evict_idle(host)):
+                self._reserve(host)
+                return await self._connect(host, endpoint, head_deadline)
+            granted = await self._wait(host, head_deadline)
+            if granted is None:  # a place was reserved for us
+                return await self._connect(host, endpoint, head_deadline)
+            if granted.usable:
+                return granted
+            granted.close()  # died between the hand-over and now; try again
+            conn = self._take_idle(host, self._loop.time())
+            if conn is not None:
+                return conn
+
+    def _per_host_room(self, host: _Host) -> bool:
+        return not self.limit_per_host or host.size < self.limit_per_host
+
+    def _room(self, host: _Host) -> bool:
+        return self._size < self.limit and self._per_host_room(host)
+
+    def _reserve(self, host: _Host) -> None:
+        self._size += 1
+        host.size += 1
+
+    def _evict_idle(self, host: _Host) -> bool:
+        """At the total cap: close the longest-idle connection to another host to make room.
+        True if the room is ours (no earlier waiter took it)."""
+        oldest: _Host | None = None
+        for other in self._hosts.values():
+            if other is not host and other.idle:
+                if oldest is None or other.idle[0].idle_since < oldest.idle[0].idle_since:
+                    oldest = other
+        if oldest is None:
+            return False
+        oldest.idle[0].close()
+        return self._room(host)
+
+    async def _wait(self, host: _Host, head_deadline: float) -> _Grant:
+        assert self._loop is not None
+        waiter: asyncio.Future[_Grant] = self._loop.create_future()
+        entry = (next(self._order), waiter)
+        host.waiters.append(entry)
+        self._waiting += 1
+        try:
+            async with asyncio.timeout_at(head_deadline):
+                return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._give_back(host, waiter.result())  # granted, but we are leaving
+            else:
+                try:
+                    host.waiters.remove(entry)
+                    self._waiting -= 1
+                except ValueError:
+                    pass
+            raise
+
+    def _give_back(self, host: _Host, grant: _Grant) -> None:
+        if grant is None:
+            self._size -= 1
+            host.size -= 1
+            self._grant()
+        else:
+            self._reuse(host, grant)
+
+    async def _connect(self, host: _Host, endpoint: Endpoint, head_deadline: float) -> Connection:
+        """Open a connection in a place already reserved for it."""
+        loop = self._loop
+        assert loop is not None
+        conn = Connection(host, loop)
+        host.conns.add(conn)
+        connect_deadline = loop.time() + endpoint.connect_timeout_s
+        try:
+            async with asyncio.timeout_at(min(connect_deadline, head_deadline)):
+                await self._open(host, conn)
+        except TimeoutError:
+            conn.close()
+            if connect_deadline <= head_deadline:
+                raise ConnectTimeout(f"could not connect within {endpoint.connect_timeout_s:g}s") from None
+            raise
+        except BaseException:
+            conn.close()
+            raise
+        if conn.state == CLOSED or not conn.usable:
+            conn.close()
+            raise ConnectionClosed("server closed the connection")
+        conn.state = ACTIVE
+        self._in_use += 1
+        return conn
+
+    async def _open(self, host: _Host, conn: Connection) -> None:
+        assert self._loop is not None
+        where = f"{host.name}:{host.port}"
+        tls = self.ssl_context if host.tls else None
+        failure: OSError | None = None
+        for family, address in await self._addresses(host):
+            try:
+                await self._loop.create_connection(
+                    lambda: conn,
+                    address,
+                    host.port,
+                    family=family,
+                    ssl=tls,
+                    server_hostname=host.name if tls is not None else None,
+                )
+                return
+            except ssl.SSLError as exc:  # the server is there but cannot be trusted: do not go on
+                raise ConnectFailed(f"TLS handshake with {where} failed: {exc.reason or exc}") from exc
+            except OSError as exc:
+                failure = exc
+        if host.addresses_expire != math.inf:
+            host.addresses = None  # the address may have changed: look it up again next time
+        if isinstance(failure, ConnectionRefusedError):
+            raise ConnectFailed(f"connection refused by {where}") from failure
+        reason = failure.strerror if failure is not None and failure.strerror else str(failure)
+        raise ConnectFailed(f"connect to {where} failed ({reason})") from failure
+
+    async def _addresses(self, host: _Host) -> list[tuple[int, str]]:
+        assert self._loop is not None
+        now = self._loop.time()
+        if host.addresses is not None and now < host.addresses_expire:
+            return host.addresses
+        try:
+            infos = await self._loop.getaddrinfo(host.name, host.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise ConnectFailed(f"DNS lookup failed for {host.name}") from exc
+        addresses = list(dict.fromkeys((int(family), str(addr[0])) for family, _, _, _, addr in infos))
+        if not addresses:
+            raise ConnectFailed(f"DNS lookup failed for {host.name}")
+        host.addresses, host.addresses_expire = addresses, now + self.dns_ttl_s
+        return addresses
+
+    # --- connections coming back --------------------------------------------------------------
+
+    def _reuse(self, host: _Host, conn: Connection) -> None:
+        """A lent connection is free again: to this host's oldest waiter, or idle."""
+        waiters = host.waiters
+        while waiters:
+            _, waiter = waiters.popleft()
+            self._waiting -= 1
+            if not waiter.done():
+                waiter.set_result(conn)  # stays in use: handed straight over
+                return
+        if self.closed or (self._waiting and self._size >= self.limit and self._others_may_open(host)):
+            # Requests for other hosts wait for room at the total cap: free this place for them.
+            conn.close()
+            return
+        conn.state = IDLE
+        assert self._loop is not None
+        conn.idle_since = self._loop.time()
+        host.idle.append(conn)
+        self._in_use -= 1
+        if self._sweeper is None and math.isfinite(self.keepalive_timeout_s):
+            self._sweeper = self._loop.call_later(max(self.keepalive_timeout_s / 4, 0.01), self._sweep)
+
+    def _others_may_open(self, host: _Host) -> bool:
+        return any(
+            other is not host and other.waiters and self._per_host_room(other)
+            for other in self._hosts.values()
+        )
+
+    def _forget(self, host: _Host, conn: Connection) -> None:
+        state = conn.state
+        if state == CLOSED:
+            return
+        if state == IDLE:
+            host.idle.remove(conn)
+        elif state == ACTIVE:
+            self._in_use -= 1
+        conn.state = CLOSED
+        host.conns.discard(conn)
+        host.size -= 1
+        self._size -= 1
+        if self._waiting and not self.closed:
+            self._grant()
+
+    def _grant(self) -> None:
+        """A place is free: reserve it for the longest-waiting request whose host may open one."""
+        if self._size >= self.limit:
+            return
+        best: _Host | None = None
+        for host in self._hosts.values():
+            waiters = host.waiters
+            while waiters and waiters[0][1].done():  # timed out or cancelled
+                waiters.popleft()
+                self._waiting -= 1
+            if waiters and self._per_host_room(host) and (best is None or waiters[0][0] < best.waiters[0][0]):
+                best = host
+        if best is not None:
+            _, waiter = best.waiters.popleft()
+            self._waiting -= 1
+            self._reserve(best)
+            waiter.set_result(None)
+
+    def _sweep(self) -> None:
+        """Close connections idle past the keep-alive time (the oldest are first in each list)."""
+        assert self._loop is not None
+        self._sweeper = None
+        cutoff = self._loop.time() - self.keepalive_timeout_s
+        remaining = False
+        for host in self._hosts.values():
+            idle = host.idle
+            expired = 0
+            while expired < len(idle) and idle[expired].idle_since <= cutoff:
+                expired += 1
+            stale = idle[:expired]
+            del idle[:expired]
+            for conn in stale:
+                conn.state = NEW
+                conn.close()
+            remaining = remaining or bool(idle)
+        if remaining:
+            self._sweeper = self._loop.call_later(max(self.keepalive_timeout_s / 4, 0.01), self._sweep)
+
+    async def close(self) -> None:
+        """Close every connection; requests in flight fail with PoolClosed."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        error = PoolClosed("the connection pool is closed")
+        for host in self._hosts.values():
+            while host.waiters:
+                _, waiter = host.waiters.popleft()
+                self._waiting -= 1
+                if not waiter.done():
+                    waiter.set_exception(error)
+            for conn in list(host.conns):
+                conn.close(error)
+        await asyncio.sleep(0)  # let the transports report connection_lost
+
+
+def make_upstream_pool(
     settings: Settings | None = None,
     *,
     limit: int | None = None,
     limit_per_host: int | None = None,
     keepalive_timeout_s: float = 30.0,
-    ttl_dns_cache_s: int = 300,
-    connect_timeout_s: float | None = None,
-) -> aiohttp.ClientSession:
-    """A ClientSession for upstream calls; call it inside the running event loop.
-
-    - A large pool with keep-alive, so back-to-back calls to a provider skip the TCP and TLS
-      handshakes. Sized from `settings` when given (see `pool_limits`); explicit arguments win.
-      The keep-alive is kept below the 60-75 s idle timeout common on upstream load
-      balancers: reusing a connection the server has just closed fails the POST.
-    - DNS answers cached for `ttl_dns_cache_s`: one lookup per provider, not per request.
-    - No cookie jar: upstream cookies must never leak between tenants, and skipping the
-      jar saves work on every response.
-    - orjson for any `json=` use (providers send pre-serialised bytes anyway).
-    - Responses are decompressed transparently, streams included.
-
-    Per-call deadlines are set by each provider; the session only bounds the TCP connect.
-    """
-    default_limit, default_per_host, default_connect = pool_limits(settings)
-    connector = aiohttp.TCPConnector(
+    ssl_context: ssl.SSLContext | None = None,
+) -> ConnectionPool:
+    """The pool for upstream calls, sized from `settings` when given (see `pool_limits`);
+    explicit arguments win. Connect timeouts are per provider (on each Endpoint)."""
+    default_limit, default_per_host, _ = pool_limits(settings)
+    return ConnectionPool(
         limit=default_limit if limit is None else limit,
         limit_per_host=default_per_host if limit_per_host is None else limit_per_host,
-        keepalive_timeout=keepalive_timeout_s,
-        ttl_dns_cache=ttl_dns_cache_s,
-        use_dns_cache=True,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        json_serialize=_dumps_str,
-        json_serialize_bytes=orjson.dumps,
-        auto_decompress=True,
-        headers={"User-Agent": USER_AGENT},
-        timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=default_connect if connect_timeout_s is None else connect_timeout_s
-        ),
-        # Provider calls handle each status themselves.
-        raise_for_status=False,
+        keepalive_timeout_s=keepalive_timeout_s,
+        ssl_context=ssl_context,
     )
 
 
 def pool_limits(settings: Settings | None) -> tuple[int, int, float]:
     """(total limit, per-host limit, connect timeout) for the providers `settings` enables.
 
-    One connector serves every provider and each provider is its own host, so the per-host
+    One pool serves every provider and each provider is its own host, so the per-host
     cap is the largest provider's `max_connections` and the total is their sum (the simulator,
     when active, counts as one more provider with default settings).
     """

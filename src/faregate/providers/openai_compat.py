@@ -2,10 +2,11 @@
 
 DeepSeek, DashScope, Zhipu, SiliconFlow, OpenRouter, OpenAI, vLLM, Ollama and our
 simulator differ only in base URL, key and extra headers, all taken from
-ProviderSettings. Everything per provider is computed once at construction; a call
-serialises the body with orjson, sends it on the shared session, and turns each
-way an upstream can fail into one UpstreamFailure (or UpstreamRejected) whose
-detail says what happened, because it ends up in the client's error message.
+ProviderSettings. Everything per provider is computed once at construction (down to
+the bytes of the request head); a call serialises the body with orjson, sends it
+through the shared connection pool, and turns each way an upstream can fail into
+one UpstreamFailure (or UpstreamRejected) whose detail says what happened, because
+it ends up in the client's error message.
 """
 
 from __future__ import annotations
@@ -18,14 +19,23 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import aiohttp
 import orjson
-from yarl import URL
 
 from faregate.config import ProviderSettings
 from faregate.errors import UpstreamFailure, UpstreamRejected
 from faregate.providers.base import UpstreamCall
+from faregate.providers.http import USER_AGENT, ConnectionPool
 from faregate.providers.sse import SSEDecoder, SSEProtocolError
+from faregate.providers.transport import (
+    BadResponse,
+    ConnectFailed,
+    ConnectTimeout,
+    Endpoint,
+    Response,
+    TransportError,
+    request_bytes,
+    request_head,
+)
 from faregate.types import JSON, Completion, Usage
 
 # After [DONE] the body normally ends within microseconds; reading to its end lets the
@@ -35,24 +45,26 @@ _MAX_MESSAGE_CHARS = 300
 
 
 class OpenAICompatibleProvider:
-    """One OpenAI-compatible upstream. The session is shared and owned by the registry."""
+    """One OpenAI-compatible upstream. The pool is shared and owned by the registry."""
 
-    __slots__ = ("_connect_timeout_s", "_headers", "_key_hint", "_session", "_url", "name")
+    __slots__ = ("_endpoint", "_head", "_headers", "_key_hint", "_pool", "name")
 
-    def __init__(self, name: str, settings: ProviderSettings, session: aiohttp.ClientSession) -> None:
+    def __init__(self, name: str, settings: ProviderSettings, pool: ConnectionPool) -> None:
         self.name = name
-        self._session = session
-        self._url = URL(settings.base_url.rstrip("/") + "/chat/completions")
-        self._connect_timeout_s = settings.connect_timeout_s
+        self._pool = pool
+        self._endpoint = Endpoint(
+            settings.base_url.rstrip("/") + "/chat/completions", connect_timeout_s=settings.connect_timeout_s
+        )
         # The key is read once: the environment does not change under a running gateway,
         # and os.environ lookups on every call are wasted work.
         key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
-        headers = {"Content-Type": "application/json"}
+        headers = {"User-Agent": USER_AGENT, "Content-Type": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
         # Configured headers may replace ours (e.g. a vendor that wants its own auth header).
-        headers.update(settings.headers)
-        self._headers = headers
+        self._headers = _merged(headers, settings.headers)
+        # The head is the same for every call but for Content-Length: format it once.
+        self._head = request_head(self._endpoint, self._headers)
         if settings.api_key_env is None:
             self._key_hint = "no api_key_env is configured"
         elif key:
@@ -75,10 +87,8 @@ class OpenAICompatibleProvider:
                     f"response body not complete within {call.total_timeout_s:g}s",
                     status=resp.status,
                 ) from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamFailure(
-                    "connection", f"{_describe(exc)} (reading the response body)", status=resp.status
-                ) from exc
+            except TransportError as exc:
+                raise _transport_failure(exc, "(reading the response body)", resp.status) from exc
         finally:
             resp.release()
         body = _json_object(raw, "response body", resp.status)
@@ -98,14 +108,13 @@ class OpenAICompatibleProvider:
         try:
             if not 200 <= resp.status < 300:
                 raise await self._failure(resp)
-            content = resp.content
             decoder = SSEDecoder()
             chunks = 0
             try:
-                data = await content.readany()
+                data = await resp.read_chunk()
                 if data.lstrip()[:1] == b"{":
                     # A JSON body where an event stream belongs: an error, or stream:true ignored.
-                    raise _json_instead_of_stream(data + await content.read(), resp.status)
+                    raise _json_instead_of_stream(data + await resp.read(), resp.status)
                 while data:
                     for payload in decoder.feed(data):
                         if not payload:
@@ -123,19 +132,17 @@ class OpenAICompatibleProvider:
                         chunks += 1
                         yield chunk
                     if decoder.done:
-                        await _drain(content)
+                        await _drain(resp)
                         return
-                    data = await content.readany()
+                    data = await resp.read_chunk()
             except TimeoutError as exc:
                 raise UpstreamFailure(
                     "timeout",
                     f"stream not finished within {call.total_timeout_s:g}s ({chunks} chunks received)",
                     status=resp.status,
                 ) from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamFailure(
-                    "connection", f"{_describe(exc)} after {chunks} chunks", status=resp.status
-                ) from exc
+            except TransportError as exc:
+                raise _transport_failure(exc, f"after {chunks} chunks", resp.status) from exc
             except SSEProtocolError as exc:
                 raise UpstreamFailure(
                     "bad_response", f"{exc} after {chunks} chunks", status=resp.status
@@ -144,50 +151,38 @@ class OpenAICompatibleProvider:
             resp.release()
 
     async def close(self) -> None:
-        """Nothing to do: the shared session belongs to the registry."""
+        """Nothing to do: the shared pool belongs to the registry."""
 
-    async def _open(self, call: UpstreamCall) -> aiohttp.ClientResponse:
-        """POST the call and wait for the response head, within the first-byte deadline."""
+    async def _open(self, call: UpstreamCall) -> Response:
+        """POST the call and wait for the response head, within the first-byte deadline (which
+        covers waiting for a connection and connecting). The whole-call deadline is enforced by
+        the transport while the body is read, so it is safe across the yields of a stream."""
         if call.total_timeout_s <= 0:
-            # aiohttp reads a zero total as "no limit"; a spent deadline must fail, not wait forever.
             raise UpstreamFailure("timeout", "no time left for this attempt")
-        headers = {**self._headers, **call.headers} if call.headers else self._headers
-        # aiohttp's `total` covers the whole call including the body, and unlike asyncio.timeout
-        # it is safe across the yields of a stream. The first-byte deadline only wraps the
-        # wait for the head, so it never cuts a long stream.
-        timeout = aiohttp.ClientTimeout(total=call.total_timeout_s, sock_connect=self._connect_timeout_s)
+        head = self._head
+        if call.headers:  # per-call headers (none in production today) cost a head of their own
+            head = request_head(self._endpoint, _merged(self._headers, call.headers))
+        payload = request_bytes(head, orjson.dumps(call.body))
         head_s = min(call.first_byte_timeout_s, call.total_timeout_s)
         try:
-            async with asyncio.timeout(head_s):
-                return await self._session.post(
-                    self._url,
-                    data=orjson.dumps(call.body),
-                    headers=headers,
-                    timeout=timeout,
-                    allow_redirects=False,
-                )
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise UpstreamFailure(
-                "timeout", f"could not connect within {self._connect_timeout_s:g}s"
-            ) from exc
+            return await self._pool.request(
+                self._endpoint, payload, head_timeout_s=head_s, total_timeout_s=call.total_timeout_s
+            )
+        except ConnectTimeout as exc:
+            raise UpstreamFailure("timeout", str(exc)) from exc
         except TimeoutError as exc:
             raise UpstreamFailure("timeout", f"no response head within {head_s:g}s") from exc
-        except aiohttp.ClientConnectorDNSError as exc:
-            raise UpstreamFailure("connection", f"DNS lookup failed for {exc.host}") from exc
-        except aiohttp.ClientConnectorError as exc:
-            reason = (
-                "connection refused" if isinstance(exc.os_error, ConnectionRefusedError) else "connect failed"
-            )
-            raise UpstreamFailure("connection", f"{reason} by {exc.host}:{exc.port}") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamFailure("connection", f"{_describe(exc)} before the response head") from exc
+        except ConnectFailed as exc:
+            raise UpstreamFailure("connection", str(exc)) from exc
+        except TransportError as exc:
+            raise _transport_failure(exc, "before the response head", None) from exc
 
-    async def _failure(self, resp: aiohttp.ClientResponse) -> Exception:
+    async def _failure(self, resp: Response) -> Exception:
         """The exception for a non-2xx response, with the upstream's own message."""
         status = resp.status
         try:
             raw = await resp.read()
-        except (TimeoutError, aiohttp.ClientError):
+        except (TimeoutError, TransportError):
             raw = b""  # the status alone is enough to classify
         body = _try_json_object(raw)
         message = _error_message(body) if body is not None else _text_message(raw)
@@ -350,37 +345,28 @@ def _json_instead_of_stream(raw: bytes, status: int) -> UpstreamFailure:
     )
 
 
-async def _drain(content: aiohttp.StreamReader) -> None:
-    if content.at_eof():
+async def _drain(resp: Response) -> None:
+    if resp.at_eof:
         return
     try:
         async with asyncio.timeout(_DRAIN_AFTER_DONE_S):
-            while await content.readany():
+            while await resp.read_chunk():
                 pass
-    except (TimeoutError, aiohttp.ClientError):
+    except (TimeoutError, TransportError):
         pass  # the connection is closed on release instead of reused; nothing is lost
 
 
-def _describe(exc: BaseException) -> str:
-    """Say what happened to the connection in plain words."""
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server closed the connection"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        # aiohttp keeps the socket error only in the message text, the parser's complaint as the cause.
-        if "ConnectionResetError" in str(exc):
-            return "connection reset mid-body"
-        reason = getattr(exc.__cause__, "message", None)
-        if not isinstance(reason, str) or not reason:
-            return "connection closed mid-body"
-        return f"connection closed mid-body ({reason.rstrip('.')})"
-    if isinstance(exc, aiohttp.ClientConnectionResetError | ConnectionResetError):
-        return "connection reset"
-    return _plain(exc)
+def _transport_failure(exc: TransportError, when: str, status: int | None) -> UpstreamFailure:
+    """A failed exchange: bytes that are not HTTP are a bad response; everything else
+    (closed, reset, pool shut down) is the connection's fault."""
+    kind = "bad_response" if isinstance(exc, BadResponse) else "connection"
+    return UpstreamFailure(kind, f"{exc} {when}", status=status)
 
 
-def _plain(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+def _merged(headers: Mapping[str, str], overrides: Mapping[str, str]) -> dict[str, str]:
+    """`headers` with `overrides` replacing fields of the same name in any letter case."""
+    replaced = {name.lower() for name in overrides}
+    return {**{k: v for k, v in headers.items() if k.lower() not in replaced}, **overrides}
 
 
 def _clip(text: str) -> str:

@@ -1,4 +1,4 @@
-"""One provider object per enabled provider, all on one shared HTTP session.
+"""One provider object per enabled provider, all on one shared upstream connection pool.
 
 This is the only module that looks at a provider's protocol; everything else asks
 the registry for a Provider by name.
@@ -8,48 +8,48 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import aiohttp
 import msgspec
 
 from faregate.catalog.models import SIM_PROVIDER, provider_enabled
 from faregate.config import ProviderSettings, Settings
+from faregate.errors import ConfigError
 from faregate.providers.base import Provider
-from faregate.providers.http import make_client_session
+from faregate.providers.http import ConnectionPool, make_upstream_pool
 from faregate.providers.openai_compat import OpenAICompatibleProvider
 
-ProviderFactory = Callable[[str, ProviderSettings, aiohttp.ClientSession], Provider]
+ProviderFactory = Callable[[str, ProviderSettings, ConnectionPool], Provider]
 
 # protocol -> implementation. A new wire protocol is one module and one line here.
 PROTOCOLS: dict[str, ProviderFactory] = {"openai": OpenAICompatibleProvider}
 
 
 class ProviderRegistry:
-    """Builds the enabled providers (and `sim` when a simulator URL is given) on `session`.
+    """Builds the enabled providers (and `sim` when a simulator URL is given) on `pool`.
 
-    The session is injected so tests swap the transport, not the code; it is closed by
+    The pool is injected so tests swap the transport, not the code; it is closed by
     `close()` only if the registry made it (see `create`).
     """
 
     def __init__(
         self,
         settings: Settings,
-        session: aiohttp.ClientSession,
+        pool: ConnectionPool,
         *,
         sim_base_url: str | None = None,
-        owns_session: bool = False,
+        owns_pool: bool = False,
     ) -> None:
-        self.session = session
-        self._owns_session = owns_session
+        self.pool = pool
+        self._owns_pool = owns_pool
         self._providers: dict[str, Provider] = {
-            name: _build(name, provider_settings, session)
+            name: _build(name, provider_settings, pool)
             for name, provider_settings in active_providers(settings, sim_base_url).items()
         }
 
     @classmethod
     def create(cls, settings: Settings, *, sim_base_url: str | None = None) -> ProviderRegistry:
-        """A registry owning a session sized from the providers' settings (call inside the loop)."""
-        session = make_client_session(settings)
-        return cls(settings, session, sim_base_url=sim_base_url, owns_session=True)
+        """A registry owning a pool sized from the providers' settings."""
+        pool = make_upstream_pool(settings)
+        return cls(settings, pool, sim_base_url=sim_base_url, owns_pool=True)
 
     def get(self, name: str) -> Provider:
         try:
@@ -68,8 +68,8 @@ class ProviderRegistry:
     async def close(self) -> None:
         for provider in self._providers.values():
             await provider.close()
-        if self._owns_session:
-            await self.session.close()
+        if self._owns_pool:
+            await self.pool.close()
 
 
 def active_providers(settings: Settings, sim_base_url: str | None = None) -> dict[str, ProviderSettings]:
@@ -86,8 +86,11 @@ def active_providers(settings: Settings, sim_base_url: str | None = None) -> dic
     return active
 
 
-def _build(name: str, settings: ProviderSettings, session: aiohttp.ClientSession) -> Provider:
+def _build(name: str, settings: ProviderSettings, pool: ConnectionPool) -> Provider:
     factory = PROTOCOLS.get(settings.protocol)
     if factory is None:  # config validation makes this unreachable; kept for a clear message
         raise ValueError(f"providers.{name}: unsupported protocol {settings.protocol!r}")
-    return factory(name, settings, session)
+    try:
+        return factory(name, settings, pool)
+    except ValueError as exc:  # a base URL or header the wire cannot carry: say which provider
+        raise ConfigError(f"providers.{name}: {exc}") from exc
