@@ -104,7 +104,9 @@ def run_sim(workdir: Path, script: str | None = None) -> Iterator[SimProcess]:
 
 
 @contextmanager
-def run_gateway(workdir: Path, sim: SimProcess | None, extra_config: str = "") -> Iterator[GatewayProcess]:
+def run_gateway(
+    workdir: Path, sim: SimProcess | None, extra_config: str = "", first_byte_timeout_s: float = 1.5
+) -> Iterator[GatewayProcess]:
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "faregate.yaml"
@@ -114,7 +116,10 @@ def run_gateway(workdir: Path, sim: SimProcess | None, extra_config: str = "") -
         "records: {flush_interval_s: 0.05}",
     ]
     if sim is not None:
-        lines.append(f"sim: {{mode: 'on', launch: false, port: {sim.port}, first_byte_timeout_s: 1.5}}")
+        lines.append(
+            f"sim: {{mode: 'on', launch: false, port: {sim.port}, "
+            f"first_byte_timeout_s: {first_byte_timeout_s}}}"
+        )
     config.write_text("\n".join(lines) + "\n" + extra_config)
     log_path = workdir / "gateway.log"
     log = open(log_path, "wb")

@@ -78,3 +78,8 @@ def test_invalid_yaml_is_a_config_error(tmp_path: Path) -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "absent.yaml")
+
+
+def test_duplicate_keys_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="duplicate key 'sim'"):
+        load_settings(write(tmp_path, "sim: {port: 1}\nsim: {port: 2}\n"))

@@ -12,7 +12,7 @@ import os
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
@@ -39,6 +39,12 @@ class ServerSettings(_Strict):
 class StoreSettings(_Strict):
     # Directory for the embedded SQLite store.
     path: str = ".faregate"
+    # Shared stores for several instances (both or neither): PostgreSQL holds keys, balances, the
+    # ledger and request records; Redis holds reservations, rate-limit counters and key events.
+    # e.g. postgresql://faregate:secret@db:5432/faregate and redis://cache:6379/0
+    postgres_url: str | None = None
+    redis_url: str | None = None
+    postgres_pool_size: Annotated[int, msgspec.Meta(ge=1)] = 10
 
 
 class RecordsSettings(_Strict):
@@ -181,6 +187,107 @@ class SimSettings(_Strict):
     total_timeout_s: float = 600.0
 
 
+class MetricsSettings(_Strict):
+    # False: GET /metrics needs the master key (Authorization: Bearer <master key>), like /admin.
+    # True: anyone who can reach the port may scrape it (put the gateway behind a firewall then).
+    public: bool = False
+
+
+class TracingSettings(_Strict):
+    """OpenTelemetry traces over OTLP/HTTP (needs the `otel` extra): one span per request and one
+    per upstream attempt. Off while otlp_endpoint is unset."""
+
+    # The collector's traces URL, e.g. http://127.0.0.1:4318/v1/traces.
+    otlp_endpoint: str | None = None
+    service_name: str = "faregate"
+    headers: dict[str, str] = {}
+    # Share of requests traced (0..1).
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+
+
+AlertMetric = Literal["p99_latency_ms", "error_rate", "fallback_rate", "satisfaction", "daily_spend_usd"]
+AlertDimension = Literal["route", "model", "provider", "key"]
+
+
+class AlertRule(_Strict):
+    """One alert: a metric over the last `window_minutes`, compared with `above` or `below`.
+
+    error_rate, fallback_rate and satisfaction are percentages (0-100; satisfaction maps thumbs
+    up to 100, down to 0 and ratings 1..5 to 0, 25, 50, 75, 100). daily_spend_usd is the spend of
+    each key since 00:00 UTC (window_minutes is ignored). `per` evaluates the rule once per route,
+    model, provider or key; route/model/provider/key narrow it to one of them.
+    """
+
+    name: str
+    metric: AlertMetric
+    above: float | None = None
+    below: float | None = None
+    per: AlertDimension | None = None
+    route: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    # A key id or a key name.
+    key: str | None = None
+    window_minutes: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # The condition must hold this long (over consecutive evaluations) before the alert fires.
+    for_minutes: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # Fewer requests (or feedback scores) than this in the window: not enough evidence, no alert.
+    min_count: Annotated[int, msgspec.Meta(ge=1)] = 10
+
+
+class WebhookSettings(_Strict):
+    # Every alert that fires or resolves is POSTed here as JSON.
+    url: str
+    timeout_s: float = 5.0
+    headers: dict[str, str] = {}
+
+
+class AlertSettings(_Strict):
+    # How often the rules are evaluated.
+    interval_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    webhook: WebhookSettings | None = None
+    rules: list[AlertRule] = []
+
+
+class TierLimits(_Strict):
+    """Default rate limits of one key tier; a key's own limits replace them. None: unlimited."""
+
+    requests_per_minute: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    tokens_per_minute: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class AccountsSettings(_Strict):
+    """Credits, budgets and rate limits per API key (see docs/accounts.md)."""
+
+    # False: every key may spend without limit (nothing is reserved or counted).
+    enabled: bool = False
+    # Credits granted to every newly created key (USD; credits never expire).
+    new_key_credits_usd: Decimal = Decimal(0)
+    standard: TierLimits = msgspec.field(
+        default_factory=lambda: TierLimits(requests_per_minute=600, tokens_per_minute=1_000_000)
+    )
+    # Keys with the fg_pro_ prefix.
+    premium: TierLimits = msgspec.field(
+        default_factory=lambda: TierLimits(requests_per_minute=6000, tokens_per_minute=10_000_000)
+    )
+    # A reservation not settled within this many seconds (its process died) is released.
+    # Default: server.request_timeout_s + 60, so a live request never loses its hold.
+    hold_ttl_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    # How often expired reservations are looked for (admission also skips them on its own).
+    sweep_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # Shared stores: how often ledger entries move from Redis to PostgreSQL.
+    ledger_flush_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 0.1
+
+
+class UpstreamQueueSettings(_Strict):
+    """A bound on concurrent calls to one provider; callers beyond it wait in a priority queue
+    (premium keys first) and get 429 when the wait passes `timeout_s` or the queue is full."""
+
+    max_concurrent: Annotated[int, msgspec.Meta(ge=1)]
+    max_queued: Annotated[int, msgspec.Meta(ge=0)] = 1000
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+
+
 class Settings(_Strict):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
@@ -190,9 +297,15 @@ class Settings(_Strict):
     sim: SimSettings = msgspec.field(default_factory=SimSettings)
     routing: RoutingSettings = msgspec.field(default_factory=RoutingSettings)
     baseline_model: str = "gpt-4o"
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
+    alerts: AlertSettings = msgspec.field(default_factory=AlertSettings)
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
     routes: dict[str, RouteSettings] = {}
+    accounts: AccountsSettings = msgspec.field(default_factory=AccountsSettings)
+    # Per provider name (including "sim"); providers not listed are not limited.
+    upstream_limits: dict[str, UpstreamQueueSettings] = {}
 
     def master_key(self) -> str | None:
         return os.environ.get(self.auth.master_key_env) or None
@@ -207,9 +320,25 @@ def _merge(base: Any, override: Any) -> Any:
     return override
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses duplicate keys: PyYAML silently keeps the last one, which
+    would make half of a config quietly disappear."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(text: str, origin: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{origin}: not valid YAML: {exc}") from exc
     if data is None:
@@ -293,6 +422,8 @@ def _check_references(settings: Settings, origin: str) -> None:
             if value is not None and value < 0:
                 raise ConfigError(f"{origin}: models.{name}.{field_name} must not be negative")
     _check_routes(settings, origin, seen_names)
+    _check_alerts(settings.alerts, origin)
+    _check_accounts(settings, origin)
     for name, provider in settings.providers.items():
         if not provider.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{origin}: providers.{name}.base_url must start with http:// or https://")
@@ -344,3 +475,43 @@ def _check_routes(settings: Settings, origin: str, model_names: dict[str, str]) 
 
     for name in settings.routes:
         visit(name, [])
+
+
+def _check_alerts(alerts: AlertSettings, origin: str) -> None:
+    names: set[str] = set()
+    for i, rule in enumerate(alerts.rules):
+        where = f"{origin}: alerts.rules[{i}] ({rule.name})"
+        if rule.name in names:
+            raise ConfigError(f"{where}: the name is already used by another rule")
+        names.add(rule.name)
+        if (rule.above is None) == (rule.below is None):
+            raise ConfigError(f"{where}: give exactly one of above or below")
+        if rule.metric == "daily_spend_usd" and rule.per not in (None, "key"):
+            raise ConfigError(f"{where}: daily_spend_usd is always per key; per must be key or unset")
+    if alerts.webhook is not None and not alerts.webhook.url.startswith(("http://", "https://")):
+        raise ConfigError(f"{origin}: alerts.webhook.url must start with http:// or https://")
+
+
+def _check_accounts(settings: Settings, origin: str) -> None:
+    store = settings.store
+    if (store.postgres_url is None) != (store.redis_url is None):
+        raise ConfigError(
+            f"{origin}: store.postgres_url and store.redis_url go together (several instances share "
+            "balances in PostgreSQL and reservations in Redis); set both or neither"
+        )
+    if store.postgres_url is not None and not store.postgres_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{origin}: store.postgres_url must start with postgresql://")
+    if store.redis_url is not None and not store.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{origin}: store.redis_url must start with redis://, rediss:// or unix://")
+    credits = settings.accounts.new_key_credits_usd
+    # Balances are kept in whole nano-dollars: a finer grant could not be stored exactly.
+    if not credits.is_finite() or credits < 0 or credits.scaleb(9) != credits.scaleb(9).to_integral_value():
+        raise ConfigError(
+            f"{origin}: accounts.new_key_credits_usd must be a non-negative whole number of nano-dollars"
+        )
+    for name in settings.upstream_limits:
+        if name not in settings.providers and name != "sim":
+            raise ConfigError(
+                f"{origin}: upstream_limits.{name}: unknown provider; expected one of "
+                f"{sorted([*settings.providers, 'sim'])}"
+            )

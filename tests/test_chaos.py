@@ -1,0 +1,236 @@
+"""The chaos suite: the gateway against a misbehaving simulator, driven with the openai SDK.
+
+The primary model fails often and in every way (429 with Retry-After, 5xx, empty 200s,
+streams cut before content, hangs past the timeout); a healthy model from another
+family is the fallback. The client must see no failure, every request must be recorded
+exactly once with the attempt that served it, and the money must add up.
+
+CHAOS_REQUESTS sets the size (2,000 here; `make chaos` runs 20,000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sqlite3
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from faregate.catalog import build_catalog
+from faregate.config import load_settings
+from harness import GatewayProcess, SimProcess, create_key, run_gateway, run_sim
+
+pytestmark = pytest.mark.e2e
+
+REQUESTS = int(os.environ.get("CHAOS_REQUESTS", "2000"))
+CONCURRENCY = 32
+PRIMARY = "deepseek-ai/DeepSeek-V4-Flash"
+FALLBACK = "THUDM/glm-4-plus"
+
+CHAOS_SCRIPT = f"""
+seed: 11
+defaults:
+  answer: {{lorem: 24}}
+models:
+  {PRIMARY}:
+    retry_after_s: 0
+    hang_s: 30
+    after_tokens: 0
+    faults: {{rate_limit: 0.30, server_error: 0.05, unavailable: 0.05, empty_choices: 0.05, truncate: 0.05,
+              hang: 0.02}}
+  dead-model:
+    faults: {{server_error: 1.0}}
+  broken-a:
+    faults: {{unavailable: 1.0}}
+  broken-b:
+    faults: {{reset: 1.0}}
+"""
+
+CHAOS_CONFIG = """
+routing:
+  retries: 1
+  backoff_base_s: 0.005
+  backoff_max_s: 0.02
+  breaker: {consecutive_failures: 5, error_rate: 0.9, window: 50, min_calls: 50, cooldown_s: 0.5}
+models:
+  dead-model: {input: 1, output: 1, offers: [{provider: sim}]}
+  broken-a: {input: 1, output: 1, offers: [{provider: sim}]}
+  broken-b: {input: 1, output: 1, offers: [{provider: sim}]}
+routes:
+  resilient: {chain: [deepseek-v4-flash, glm-4-plus]}
+  deadfirst: {chain: [{model: dead-model, retries: 0}, glm-4-plus]}
+  alldown: {chain: [broken-a, broken-b]}
+"""
+
+
+@pytest.fixture(scope="module")
+def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SimProcess, GatewayProcess, str]]:
+    with run_sim(tmp_path_factory.mktemp("chaos-sim"), CHAOS_SCRIPT) as sim:
+        with run_gateway(
+            tmp_path_factory.mktemp("chaos-gw"), sim, CHAOS_CONFIG, first_byte_timeout_s=0.5
+        ) as gateway:
+            yield sim, gateway, create_key(gateway.store_path, "chaos")
+
+
+def sim_stats(sim: SimProcess) -> dict[str, Any]:
+    stats: dict[str, Any] = httpx.get(f"http://127.0.0.1:{sim.port}/sim/stats").json()
+    return stats
+
+
+def wait_for_rows(db_path: Path, ids: list[str], timeout: float = 10.0) -> list[sqlite3.Row]:
+    deadline = time.monotonic() + timeout
+    while True:
+        with sqlite3.connect(db_path) as db:
+            db.row_factory = sqlite3.Row
+            rows: list[sqlite3.Row] = []
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows += db.execute(
+                    f"SELECT * FROM request_records WHERE request_id IN ({marks})", chunk
+                ).fetchall()
+        if len(rows) >= len(ids) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+async def one_request(client: openai.AsyncOpenAI, i: int, stream: bool) -> tuple[str, int, int, Decimal]:
+    """Returns (request id, prompt tokens, completion tokens, cost) as the client saw them."""
+    messages = [{"role": "user", "content": f"question number {i}: what is {i} + {i}?"}]
+    if not stream:
+        raw = await client.chat.completions.with_raw_response.create(model="resilient", messages=messages)
+        reply = raw.parse()
+        assert reply.choices[0].message.content, "a real answer"
+        assert reply.usage is not None
+        cost = Decimal(raw.headers["x-faregate-cost-usd"])
+        return (
+            raw.headers["x-faregate-request-id"],
+            reply.usage.prompt_tokens,
+            reply.usage.completion_tokens,
+            cost,
+        )
+    raw_stream = await client.chat.completions.with_raw_response.create(
+        model="resilient", messages=messages, stream=True, stream_options={"include_usage": True}
+    )
+    text, usage = [], None
+    async for chunk in raw_stream.parse():
+        if chunk.choices:
+            text.append(chunk.choices[0].delta.content or "")
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert "".join(text).strip(), "a real answer"
+    assert usage is not None
+    cost = Decimal(str((usage.model_extra or {})["cost"]))
+    return raw_stream.headers["x-faregate-request-id"], usage.prompt_tokens, usage.completion_tokens, cost
+
+
+async def test_no_failure_reaches_the_client_and_money_adds_up(
+    chaos: tuple[SimProcess, GatewayProcess, str],
+) -> None:
+    sim, gateway, key = chaos
+    client = openai.AsyncOpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=30)
+    rng = random.Random(5)
+    streams = [rng.random() < 0.5 for _ in range(REQUESTS)]
+    semaphore = asyncio.Semaphore(CONCURRENCY)
+    failures: list[str] = []
+
+    async def bounded(i: int) -> tuple[str, int, int, Decimal] | None:
+        async with semaphore:
+            try:
+                return await one_request(client, i, streams[i])
+            except Exception as exc:  # every client-visible failure is collected and reported
+                failures.append(f"{i}: {exc!r}")
+                return None
+
+    results = await asyncio.gather(*(bounded(i) for i in range(REQUESTS)))
+    assert failures == [], failures[:5]
+    seen = [r for r in results if r is not None]
+    ids = [r[0] for r in seen]
+    assert len(set(ids)) == REQUESTS
+
+    stats = sim_stats(sim)["by_model"][PRIMARY]["faults"]
+    assert {"rate_limit", "server_error", "unavailable", "empty_choices", "truncate", "hang"} <= set(stats)
+
+    rows = wait_for_rows(gateway.store_path / "faregate.db", ids)
+    assert len(rows) == REQUESTS, "every request recorded exactly once"
+    by_id = {row["request_id"]: row for row in rows}
+    assert len(by_id) == REQUESTS
+
+    prices = {m.name: m.list_price for m in build_catalog(load_settings()).all() if m.curated}
+    fallbacks = 0
+    for request_id, prompt_tokens, completion_tokens, client_cost in seen:
+        row = by_id[request_id]
+        assert row["status"] == 200
+        attempts = json.loads(row["attempts"])
+        assert attempts[-1]["outcome"] == "ok"
+        assert attempts[-1]["model"] == row["model_used"] in (PRIMARY, FALLBACK)
+        assert all(a["outcome"] != "ok" for a in attempts[:-1])
+        fallbacks += row["model_used"] == FALLBACK
+        # The money: served attempt's usage at its price, plus what failed attempts were billed.
+        price = prices[row["model_used"]]
+        served = (
+            Decimal(row["prompt_tokens"]) * price.input + Decimal(row["completion_tokens"]) * price.output
+        ) / (Decimal(1_000_000))
+        billed = sum((Decimal(a["cost_usd"]) for a in attempts[:-1]), Decimal(0))
+        assert Decimal(row["cost_usd"]) == served + billed
+        assert (row["prompt_tokens"], row["completion_tokens"]) == (prompt_tokens, completion_tokens)
+        if row["stream"]:
+            assert abs(Decimal(row["cost_usd"]) - client_cost) < Decimal("1e-12")
+        else:
+            assert Decimal(row["cost_usd"]) == client_cost
+    assert fallbacks > REQUESTS * 0.1, "the fallback model did serve"
+    total_recorded = sum((Decimal(r["cost_usd"]) for r in rows), Decimal(0))
+    with sqlite3.connect(gateway.store_path / "faregate.db") as db:
+        marks = ",".join("?" * len(ids[:900]))
+        nano = db.execute(
+            f"SELECT SUM(cost_nanousd) FROM request_records WHERE request_id IN ({marks})", ids[:900]
+        ).fetchone()[0]
+    assert Decimal(nano).scaleb(-9) == sum((Decimal(by_id[i]["cost_usd"]) for i in ids[:900]), Decimal(0))
+    assert total_recorded > 0
+
+
+def test_dead_primary_opens_its_breaker_and_stops_being_called(
+    chaos: tuple[SimProcess, GatewayProcess, str],
+) -> None:
+    sim, gateway, key = chaos
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+    for i in range(30):
+        reply = client.chat.completions.create(
+            model="deadfirst", messages=[{"role": "user", "content": f"hi {i}"}]
+        )
+        assert reply.model == FALLBACK
+    calls = sim_stats(sim)["models"]["dead-model"]
+    assert 5 <= calls < 15, (
+        f"the breaker opened after 5 failures (then probes); dead-model was called {calls} times"
+    )
+    health = httpx.get(
+        f"{gateway.base_url[:-3]}/health", headers={"Authorization": "Bearer fg-master-test-0123456789"}
+    )
+    offers = health.json()["offers"]
+    assert offers["sim/dead-model"]["breaker"] in ("open", "half_open")
+
+
+def test_all_candidates_down_is_one_clean_502_naming_each_attempt(
+    chaos: tuple[SimProcess, GatewayProcess, str],
+) -> None:
+    _, gateway, key = chaos
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="alldown", messages=[{"role": "user", "content": "anyone?"}])
+    assert time.monotonic() - started < 20
+    assert info.value.status_code in (502, 503)
+    message = info.value.message
+    if info.value.status_code == 502:
+        assert "broken-a via sim: server_error (HTTP 503)" in message
+        assert "broken-b via sim: connection" in message
+        assert info.value.response.headers["x-faregate-attempts"] == "4"
