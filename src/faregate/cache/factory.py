@@ -1,0 +1,52 @@
+"""Build the response cache the config asks for."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from faregate.cache.service import ResponseCache
+from faregate.cache.stores import CacheStore, MemoryStore, RedisStore
+from faregate.config import CacheSettings
+
+log = logging.getLogger("faregate.cache")
+
+
+def build_cache(settings: CacheSettings) -> ResponseCache | None:
+    if not settings.enabled:
+        return None
+    store: CacheStore
+    store = RedisStore(settings.redis_url) if settings.redis_url else MemoryStore(settings.max_entries)
+    semantic = None
+    if settings.semantic.enabled:
+        from faregate.cache.embedder import AsyncEmbedder
+        from faregate.cache.semantic import SemanticCache
+
+        embedder = AsyncEmbedder()
+        semantic = SemanticCache[str](
+            embedder,
+            threshold=settings.semantic.threshold,
+            max_turns=settings.semantic.max_turns,
+            max_entries=settings.semantic.max_entries,
+            ttl_s=settings.ttl_s,
+        )
+        # Load the model in the background so start-up stays fast; lookups wait for it.
+        _loading.append(asyncio.get_running_loop().create_task(embedder.start()))
+        _loading[-1].add_done_callback(_report_load)
+    cache = ResponseCache(settings, store, semantic)
+    if semantic is not None and settings.redis_url:
+        from faregate.cache.semantic_sync import SemanticSync
+
+        sync = SemanticSync(settings.redis_url, semantic)
+        cache.on_semantic_store = sync.publish
+        cache.closers.append(sync.close)
+        sync.start()
+    return cache
+
+
+_loading: list[asyncio.Task[None]] = []
+
+
+def _report_load(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the embedding model failed to load; semantic lookups will fail: %s", task.exception())

@@ -1,0 +1,216 @@
+"""The in-process vector index behind the semantic cache.
+
+Entries are partitioned by scope, so a lookup only ever compares against entries of the same
+tenant, model or route, system prompt and tools: an answer cannot leak across any of them, even
+at similarity 1.0. Each partition keeps its vectors in one contiguous float32 matrix and searches
+it exactly (one matrix-vector product): at tens of thousands of entries that takes a few
+milliseconds and needs no ANN library, whose recall would be one more thing to measure.
+
+Eviction is by size (least recently used, across all scopes) and by age (each entry's own TTL).
+Not thread-safe: the semantic cache only touches it from its embedding worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+P = TypeVar("P")
+Vector = npt.NDArray[np.float32]
+
+# A partition starts small (most tenants cache little) and doubles up to this, then grows by
+# this many rows or a quarter, whichever is more, so a big one is not copied on every chunk.
+CHUNK_ROWS = 1024
+FIRST_ROWS = 16
+
+
+@dataclass(slots=True, frozen=True)
+class Scope:
+    """Who may share an entry. Two requests can only ever hit each other's entries in one scope."""
+
+    tenant: str
+    route: str
+    system_hash: str = ""
+    tools_hash: str = ""
+
+
+def fingerprint(value: Any) -> str:
+    """A stable hash of any JSON value (key order ignored); "" for None or empty."""
+    if value is None or value == "" or value == [] or value == {}:
+        return ""
+    raw = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def make_scope(tenant: str, route: str, system: Any = None, tools: Any = None) -> Scope:
+    """Scope for a tenant (or shared namespace) and resolved model/route, by system prompt and tools."""
+    return Scope(tenant, route, fingerprint(system), fingerprint(tools))
+
+
+@dataclass(slots=True, eq=False)
+class IndexEntry(Generic[P]):
+    """One cached text; `payload` is whatever the cache stores for it (the answer)."""
+
+    scope: Scope
+    text: str
+    payload: P
+    created_at: float
+    expires_at: float
+    hits: int = 0
+    # Row in its partition's matrix; -1 once removed.
+    row: int = field(default=-1, repr=False)
+
+
+class _Partition(Generic[P]):
+    def __init__(self, dimensions: int) -> None:
+        self.matrix: Vector = np.zeros((FIRST_ROWS, dimensions), dtype=np.float32)
+        self.entries: list[IndexEntry[P]] = []
+
+    def add(self, vector: Vector, entry: IndexEntry[P]) -> None:
+        size = len(self.entries)
+        if size == len(self.matrix):
+            capacity = len(self.matrix)
+            grown = capacity * 2 if capacity < CHUNK_ROWS else capacity + max(CHUNK_ROWS, capacity // 4)
+            self._resize(grown)
+        self.matrix[size] = vector
+        entry.row = size
+        self.entries.append(entry)
+
+    def remove(self, entry: IndexEntry[P]) -> None:
+        # Move the last row into the hole: rows stay contiguous and removal is O(1).
+        row, last = entry.row, len(self.entries) - 1
+        moved = self.entries[last]
+        self.matrix[row] = self.matrix[last]
+        self.entries[row] = moved
+        moved.row = row
+        self.entries.pop()
+        entry.row = -1
+        if len(self.matrix) > CHUNK_ROWS and len(self.entries) < len(self.matrix) // 4:
+            self._resize(max(CHUNK_ROWS, len(self.matrix) // 2))
+
+    def scores(self, vector: Vector) -> Vector:
+        result: Vector = self.matrix[: len(self.entries)] @ vector
+        return result
+
+    def _resize(self, rows: int) -> None:
+        matrix = np.zeros((rows, self.matrix.shape[1]), dtype=np.float32)
+        size = len(self.entries)
+        matrix[:size] = self.matrix[:size]
+        self.matrix = matrix
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.matrix.nbytes)
+
+
+class SemanticIndex(Generic[P]):
+    """Exact cosine search over unit vectors, per scope, with LRU size eviction and per-entry TTL."""
+
+    def __init__(
+        self,
+        dimensions: int,
+        *,
+        max_entries: int = 50_000,
+        ttl_s: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_entries <= 0:
+            raise ValueError("max_entries must be positive")
+        self.dimensions = dimensions
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._partitions: dict[Scope, _Partition[P]] = {}
+        # Least recently used first; a hit moves an entry to the end.
+        self._lru: OrderedDict[IndexEntry[P], None] = OrderedDict()
+        # (expires_at, tie-breaker, entry); stale items (removed entries) are skipped when popped.
+        self._expiry: list[tuple[float, int, IndexEntry[P]]] = []
+        self._sequence = itertools.count()
+        self.evicted_size = 0
+        self.evicted_age = 0
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    @property
+    def scopes(self) -> int:
+        return len(self._partitions)
+
+    @property
+    def matrix_bytes(self) -> int:
+        return sum(p.nbytes for p in self._partitions.values())
+
+    def add(
+        self, scope: Scope, vector: Vector, text: str, payload: P, *, ttl_s: float | None = None
+    ) -> IndexEntry[P]:
+        now = self._clock()
+        self.purge_expired(now)
+        entry = IndexEntry(scope, text, payload, now, now + (self.ttl_s if ttl_s is None else ttl_s))
+        partition = self._partitions.get(scope)
+        if partition is None:
+            partition = self._partitions[scope] = _Partition(self.dimensions)
+        partition.add(np.asarray(vector, dtype=np.float32), entry)
+        self._lru[entry] = None
+        heapq.heappush(self._expiry, (entry.expires_at, next(self._sequence), entry))
+        while len(self._lru) > self.max_entries:
+            oldest = next(iter(self._lru))
+            self.remove(oldest)
+            self.evicted_size += 1
+        return entry
+
+    def search(
+        self, scope: Scope, vector: Vector, *, k: int = 4, min_score: float = -1.0
+    ) -> list[tuple[IndexEntry[P], float]]:
+        """Up to k live entries of this scope scoring at least min_score, best first."""
+        self.purge_expired()
+        partition = self._partitions.get(scope)
+        if partition is None or not partition.entries:
+            return []
+        scores = partition.scores(np.asarray(vector, dtype=np.float32))
+        candidates = np.flatnonzero(scores >= min_score)
+        if len(candidates) > k:
+            top = np.argpartition(scores[candidates], -k)[-k:]
+            candidates = candidates[top]
+        ranked = sorted(candidates.tolist(), key=lambda row: -scores[row])
+        return [(partition.entries[row], float(scores[row])) for row in ranked]
+
+    def touch(self, entry: IndexEntry[P]) -> None:
+        """Record a hit: the entry becomes the most recently used."""
+        if entry.row >= 0:
+            entry.hits += 1
+            self._lru.move_to_end(entry)
+
+    def remove(self, entry: IndexEntry[P]) -> None:
+        if entry.row < 0:
+            return
+        partition = self._partitions[entry.scope]
+        partition.remove(entry)
+        del self._lru[entry]
+        if not partition.entries:
+            del self._partitions[entry.scope]
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Drop every entry whose TTL has passed; cheap when nothing has."""
+        now = self._clock() if now is None else now
+        dropped = 0
+        while self._expiry and self._expiry[0][0] <= now:
+            _, _, entry = heapq.heappop(self._expiry)
+            if entry.row >= 0:
+                self.remove(entry)
+                dropped += 1
+        self.evicted_age += dropped
+        # Size eviction leaves dead items in the heap; rebuild it once they dominate.
+        if len(self._expiry) > 2 * len(self._lru) + 1024:
+            self._expiry = [item for item in self._expiry if item[2].row >= 0]
+            heapq.heapify(self._expiry)
+        return dropped

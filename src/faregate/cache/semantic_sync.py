@@ -1,0 +1,117 @@
+"""Semantic cache entries shared across gateway instances through a Redis stream.
+
+Redis 7 from Debian has no vector search, so each instance keeps its own in-process
+index and Redis carries the entries: an instance that stores an entry appends it
+(scope, text, answer key, TTL, vector) to a capped stream; every instance tails the
+stream and adds the others' entries to its index. The answers themselves already live
+in Redis (the exact store), so a semantic hit on any instance finds them.
+
+Redis being down never fails a request: publishing is skipped, tailing retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+
+from faregate.cache.semantic_index import Scope
+
+log = logging.getLogger("faregate.cache")
+
+STREAM = "faregate:semantic"
+# Enough for the in-process index's default size; older entries fall off the stream.
+MAX_STREAM_LEN = 50_000
+
+
+class SemanticSync:
+    def __init__(self, url: str, semantic: Any, stream: str = STREAM) -> None:
+        import redis.asyncio as redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=1)
+        self._semantic = semantic
+        self._stream = stream
+        self.origin = secrets.token_hex(6)
+        self._task: asyncio.Task[None] | None = None
+        self._last_warning = 0.0
+        self.received = 0
+        self.published = 0
+
+    def _warn(self, what: str, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_warning > 60:
+            self._last_warning = now
+            log.warning("semantic cache sharing: %s failed (Redis unavailable?): %s", what, exc)
+
+    async def publish(self, scope: Scope, text: str, key: str, ttl_s: float, vector: Any) -> None:
+        if vector is None:
+            return
+        fields = {
+            "origin": self.origin,
+            "scope": orjson.dumps([scope.tenant, scope.route, scope.system_hash, scope.tools_hash]),
+            "text": text,
+            "key": key,
+            "expires_at": str(time.time() + ttl_s),
+            "vector": np.asarray(vector, dtype=np.float32).tobytes(),
+        }
+        try:
+            await self._redis.xadd(self._stream, fields, maxlen=MAX_STREAM_LEN, approximate=True)  # type: ignore[arg-type]
+            self.published += 1
+        except Exception as exc:
+            self._warn("publishing an entry", exc)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._tail())
+
+    async def _tail(self) -> None:
+        last = "0-0"  # start from the beginning: a new instance warms up from what others cached
+        while True:
+            try:
+                replies: Any = await self._redis.xread({self._stream: last}, count=500, block=1000)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._warn("reading shared entries", exc)
+                await asyncio.sleep(1.0)
+                continue
+            for _, entries in replies or []:
+                for entry_id, fields in entries:
+                    last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                    await self._apply(fields)
+
+    async def _apply(self, fields: dict[bytes, bytes]) -> None:
+        try:
+            if fields[b"origin"].decode() == self.origin:
+                return
+            ttl = float(fields[b"expires_at"]) - time.time()
+            if ttl <= 0:
+                return
+            tenant, route, system_hash, tools_hash = orjson.loads(fields[b"scope"])
+            vector = np.frombuffer(fields[b"vector"], dtype=np.float32).copy()
+            await self._semantic.store(
+                Scope(tenant, route, system_hash, tools_hash),
+                fields[b"text"].decode(),
+                fields[b"key"].decode(),
+                ttl_s=ttl,
+                vector=vector,
+            )
+            self.received += 1
+        except Exception:
+            log.exception("could not apply a shared semantic cache entry")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        try:
+            await self._redis.aclose()
+        except Exception as exc:
+            self._warn("closing", exc)

@@ -1,0 +1,320 @@
+"""The response cache as the request pipeline sees it: decide, look up, store.
+
+Exact entries (the whole answer, keyed by `keying.exact_key`) live in a CacheStore,
+in process or in Redis. The semantic cache only holds the meaning of a question and
+the exact key of its answer, so both caches share one copy of every answer.
+Only deterministic requests are cached unless the request asks otherwise, and every
+entry is scoped to the API key unless the request opts into the shared namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from faregate.cache.keying import exact_key, is_deterministic, unclassified_fields
+from faregate.cache.stores import CacheStore
+from faregate.config import CacheSettings
+from faregate.errors import InvalidRequest
+from faregate.types import JSON, ChatRequest, Usage
+
+log = logging.getLogger("faregate.cache")
+
+SHARED_NAMESPACE = "shared"
+_MAX_AGE = re.compile(r"max-age\s*=\s*(\d+)")
+
+
+@dataclass(slots=True)
+class CacheDecision:
+    """What the cache does for one request. status: bypass (not cacheable) or lookup."""
+
+    status: str
+    read: bool = False
+    write: bool = False
+    ttl_s: float = 0.0
+    key: str = ""
+    scope: str = ""
+    resolved: str = ""
+    reason: str = ""
+    # The question's embedding, once the semantic lookup computed it.
+    vector: Any = None
+
+
+@dataclass(slots=True)
+class CachedAnswer:
+    kind: str  # "hit" or "semantic-hit"
+    body: JSON
+    model: str
+    provider: str
+    usage: Usage
+    similarity: float = 1.0
+
+
+def _cache_hint(request: ChatRequest) -> dict[str, Any]:
+    hint = request.hints.get("cache")
+    if hint is None:
+        return {}
+    if isinstance(hint, bool):
+        return {"enabled": hint}
+    if not isinstance(hint, dict) or set(hint) - {"enabled", "ttl_s", "namespace"}:
+        raise InvalidRequest(
+            "'faregate.cache' must be true, false or an object with enabled, ttl_s, namespace.",
+            param="faregate.cache",
+        )
+    ttl = hint.get("ttl_s")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
+        raise InvalidRequest(
+            "'faregate.cache.ttl_s' must be a positive number.", param="faregate.cache.ttl_s"
+        )
+    if hint.get("namespace") not in (None, SHARED_NAMESPACE, "key"):
+        raise InvalidRequest("'faregate.cache.namespace' must be 'key' or 'shared'.", param="faregate.cache")
+    return hint
+
+
+class ResponseCache:
+    def __init__(self, settings: CacheSettings, store: CacheStore, semantic: Any | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        # A faregate.cache.semantic.SemanticCache[str] (payload = exact key), or None.
+        self.semantic = semantic
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Called after a semantic entry is stored here (to share it with other instances).
+        self.on_semantic_store: Callable[[Any, str, str, float, Any], Awaitable[None]] | None = None
+        self.closers: list[Callable[[], Awaitable[None]]] = []
+
+    def decide(self, request: ChatRequest, headers: Any, resolve: Callable[[], str]) -> CacheDecision:
+        """`resolve` gives the route or canonical model name; only called for cacheable requests."""
+        if not self.settings.enabled:
+            return CacheDecision("bypass", reason="cache disabled")
+        hint = _cache_hint(request)
+        forced = hint.get("enabled") is True
+        if not forced and not is_deterministic(request.body):
+            return CacheDecision("bypass", reason="not deterministic (temperature 0 and n 1 are cached)")
+        control = str(headers.get("Cache-Control") or "").lower()
+        if "no-store" in control or hint.get("enabled") is False:
+            return CacheDecision("bypass", reason="no-store")
+        unknown = unclassified_fields(request.body)
+        if unknown:
+            return CacheDecision("bypass", reason=f"unclassified fields {unknown}")
+        resolved = resolve()
+        ttl = self._ttl(request, resolved, control, hint)
+        scope = SHARED_NAMESPACE if hint.get("namespace") == SHARED_NAMESPACE else f"key:{request.key_id}"
+        return CacheDecision(
+            "lookup",
+            read="no-cache" not in control,
+            write=True,
+            ttl_s=ttl,
+            key=exact_key(request.body, resolved, scope),
+            scope=scope,
+            resolved=resolved,
+        )
+
+    def _ttl(self, request: ChatRequest, resolved: str, control: str, hint: dict[str, Any]) -> float:
+        if hint.get("ttl_s"):
+            return float(hint["ttl_s"])
+        match = _MAX_AGE.search(control)
+        if match and int(match.group(1)) > 0:
+            return float(match.group(1))
+        if resolved in self.settings.route_ttl_s:
+            return self.settings.route_ttl_s[resolved]
+        tier = request.hints.get("tier")
+        if isinstance(tier, str) and tier in self.settings.tier_ttl_s:
+            return self.settings.tier_ttl_s[tier]
+        return self.settings.ttl_s
+
+    async def lookup(self, decision: CacheDecision, request: ChatRequest) -> CachedAnswer | None:
+        if decision.status != "lookup" or not decision.read:
+            return None
+        found = await self.store.get(decision.key)
+        if found is not None:
+            return _answer("hit", found)
+        if self.semantic is None:
+            return None
+        query = self._semantic_query(decision, request)
+        if query is None:
+            return None
+        scope, text, turns = query
+        try:
+            result = await self.semantic.explain(scope, text, turns=turns)
+        except Exception:
+            log.exception("semantic cache lookup failed; answering without it")
+            return None
+        # Kept so that storing this request's answer does not embed the same text again.
+        decision.vector = result.vector
+        hit = result.hit
+        if hit is None:
+            return None
+        found = await self.store.get(hit.entry.payload)
+        if found is None:
+            return None  # the answer expired before its meaning did
+        answer = _answer("semantic-hit", found)
+        answer.similarity = hit.similarity
+        return answer
+
+    def _semantic_query(self, decision: CacheDecision, request: ChatRequest) -> tuple[Any, str, int] | None:
+        from faregate.cache.semantic import conversation_text, scope_for
+
+        messages = request.body.get("messages") or []
+        conversation = conversation_text(messages)
+        if conversation is None:
+            return None
+        text, turns = conversation
+        # Everything but the conversation must match exactly: model/route, tenant, system, tools,
+        # and the other key fields (temperature, max_tokens, response_format...).
+        rest = {k: v for k, v in request.body.items() if k != "messages"}
+        route = decision.resolved + "|" + exact_key(rest, decision.resolved, decision.scope)
+        return scope_for(decision.scope, route, messages, request.body.get("tools")), text, turns
+
+    def remember(
+        self,
+        decision: CacheDecision,
+        request: ChatRequest,
+        answer: JSON,
+        model: str,
+        provider: str,
+        usage: Usage,
+    ) -> None:
+        """Store an answer in the background: never on the response's critical path."""
+        if decision.status != "lookup" or not decision.write:
+            return
+        task = asyncio.create_task(self._store(decision, request, answer, model, provider, usage))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _store(
+        self,
+        decision: CacheDecision,
+        request: ChatRequest,
+        answer: JSON,
+        model: str,
+        provider: str,
+        usage: Usage,
+    ) -> None:
+        try:
+            value = orjson.dumps(
+                {
+                    "body": answer,
+                    "model": model,
+                    "provider": provider,
+                    "usage": [usage.prompt_tokens, usage.completion_tokens],
+                    "stored_at": time.time(),
+                }
+            )
+            await self.store.set(decision.key, value, decision.ttl_s)
+            if self.semantic is not None:
+                query = self._semantic_query(decision, request)
+                if query is not None:
+                    scope, text, turns = query
+                    await self.semantic.store(
+                        scope, text, decision.key, turns=turns, ttl_s=decision.ttl_s, vector=decision.vector
+                    )
+                    if self.on_semantic_store is not None:
+                        await self.on_semantic_store(
+                            scope, text, decision.key, decision.ttl_s, decision.vector
+                        )
+        except Exception:
+            log.exception("could not store a cache entry")
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for closer in self.closers:
+            await closer()
+        await self.store.close()
+
+
+def _answer(kind: str, raw: bytes) -> CachedAnswer:
+    data = orjson.loads(raw)
+    prompt, completion = data["usage"]
+    return CachedAnswer(kind, data["body"], data["model"], data["provider"], Usage(prompt, completion))
+
+
+def answer_from_stream(
+    first: JSON | None, text: str, finish_reason: str | None, model: str, usage: Usage
+) -> JSON | None:
+    """A chat.completion body rebuilt from a text-only stream, so a later request (streaming
+    or not) can be served from it."""
+    if finish_reason not in ("stop", "length"):
+        return None
+    return {
+        "id": (first or {}).get("id", "chatcmpl-cached"),
+        "object": "chat.completion",
+        "created": (first or {}).get("created", int(time.time())),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        },
+    }
+
+
+def stream_frames(body: JSON, include_usage: bool) -> list[JSON]:
+    """A cached chat.completion replayed as the chunks of an OpenAI stream."""
+    base = {
+        "id": body.get("id", "chatcmpl-cached"),
+        "object": "chat.completion.chunk",
+        "created": body.get("created", int(time.time())),
+        "model": body.get("model"),
+    }
+    frames: list[JSON] = []
+    for choice in body.get("choices") or []:
+        index = choice.get("index", 0)
+        message = choice.get("message") or {}
+        frames.append(
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": index,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ],
+            }
+        )
+        delta: JSON = {}
+        if message.get("content"):
+            delta["content"] = message["content"]
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [{**call, "index": i} for i, call in enumerate(message["tool_calls"])]
+        if delta:
+            frames.append(
+                {
+                    **base,
+                    "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}],
+                }
+            )
+        frames.append(
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": index,
+                        "delta": {},
+                        "logprobs": None,
+                        "finish_reason": choice.get("finish_reason") or "stop",
+                    }
+                ],
+            }
+        )
+    if include_usage:
+        for frame in frames:
+            frame["usage"] = None
+    return frames

@@ -1,0 +1,93 @@
+"""Where exact-cache entries live: in process (LRU with expiry) or in Redis.
+
+Values are bytes (orjson of the stored answer). A cache store never raises into the
+request path: Redis being down means a miss and a skipped write, logged once a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Any, Protocol
+
+log = logging.getLogger("faregate.cache")
+
+
+class CacheStore(Protocol):
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryStore:
+    """LRU bounded by entry count; entries expire at their own TTL."""
+
+    def __init__(self, max_entries: int = 10_000, clock: Any = time.monotonic) -> None:
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    async def get(self, key: str) -> bytes | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        expires, value = found
+        if expires <= self._clock():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        self._entries[key] = (self._clock() + ttl_s, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def close(self) -> None:
+        self._entries.clear()
+
+
+class RedisStore:
+    """Entries shared by every gateway instance; TTL enforced by Redis itself."""
+
+    def __init__(self, url: str, prefix: str = "faregate:cache:") -> None:
+        import redis.asyncio as redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._prefix = prefix
+        self._last_warning = 0.0
+        self.errors = 0
+
+    def _warn(self, exc: Exception) -> None:
+        self.errors += 1
+        now = time.monotonic()
+        if now - self._last_warning > 60:
+            self._last_warning = now
+            log.warning("cache store (Redis) unavailable, serving without cache: %s", exc)
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            value = await self._redis.get(self._prefix + key)
+            return value if isinstance(value, bytes) else None
+        except Exception as exc:  # any Redis failure degrades to a miss
+            self._warn(exc)
+            return None
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        try:
+            await self._redis.set(self._prefix + key, value, px=max(int(ttl_s * 1000), 1))
+        except Exception as exc:
+            self._warn(exc)
+
+    async def close(self) -> None:
+        try:
+            await self._redis.aclose()
+        except Exception as exc:
+            self._warn(exc)

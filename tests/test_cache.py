@@ -1,0 +1,138 @@
+"""The exact cache: keying, cacheability, stores, and the answer replayed as a stream."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import openai
+import pytest
+
+from faregate.cache.keying import IGNORED_FIELDS, KEY_FIELDS, exact_key, is_deterministic
+from faregate.cache.service import ResponseCache, answer_from_stream, stream_frames
+from faregate.cache.stores import MemoryStore
+from faregate.config import CacheSettings
+from faregate.errors import InvalidRequest
+from faregate.server.parse import parse_chat_request
+from faregate.types import Usage
+
+BASE: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+
+
+def request(body: dict[str, Any], key_id: str = "key_a"):  # type: ignore[no-untyped-def]
+    parsed = parse_chat_request(body, {}, "req")
+    parsed.key_id = key_id
+    return parsed
+
+
+def test_every_sdk_field_is_classified() -> None:
+    """A new OpenAI field must be put in KEY_FIELDS or IGNORED_FIELDS before it can be cached."""
+    sdk_fields = set(inspect.signature(openai.resources.chat.completions.Completions.create).parameters)
+    sdk_fields -= {"self", "extra_headers", "extra_query", "extra_body", "timeout"}
+    unclassified = sorted(sdk_fields - KEY_FIELDS - IGNORED_FIELDS)
+    assert unclassified == [], f"decide whether these change the answer: {unclassified}"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("messages", [{"role": "user", "content": "hello"}]),
+        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("tool_choice", "required"),
+        ("response_format", {"type": "json_object"}),
+        ("temperature", 0.0001),
+        ("top_p", 0.5),
+        ("seed", 7),
+        ("max_tokens", 5),
+        ("stop", ["\n"]),
+        ("n", 1),
+        ("logit_bias", {"1": 5}),
+    ],
+)
+def test_each_answer_field_changes_the_key(field: str, value: Any) -> None:
+    assert exact_key({**BASE, field: value}, "m", "key:a") != exact_key(BASE, "m", "key:a")
+
+
+def test_ignored_fields_and_key_order_do_not_change_the_key() -> None:
+    reordered = dict(reversed(list(BASE.items())))
+    assert exact_key({**BASE, "user": "u1", "stream": True}, "m", "s") == exact_key(reordered, "m", "s")
+
+
+def test_model_and_scope_are_part_of_the_key() -> None:
+    assert exact_key(BASE, "m", "key:a") != exact_key(BASE, "other", "key:a")
+    assert exact_key(BASE, "m", "key:a") != exact_key(BASE, "m", "key:b")
+
+
+def test_only_deterministic_requests_by_default() -> None:
+    assert is_deterministic({"temperature": 0})
+    assert not is_deterministic({})  # OpenAI's default temperature is 1
+    assert not is_deterministic({"temperature": 0.7})
+    assert not is_deterministic({"temperature": 0, "n": 2})
+
+
+def cache() -> ResponseCache:
+    return ResponseCache(
+        CacheSettings(tier_ttl_s={"economy": 3600, "premium": 900}, route_ttl_s={"r": 60}), MemoryStore()
+    )
+
+
+def test_decide_scopes_per_key_and_shared_on_request() -> None:
+    c = cache()
+    a = c.decide(request(BASE, "key_a"), {}, lambda: "m")
+    b = c.decide(request(BASE, "key_b"), {}, lambda: "m")
+    assert a.status == "lookup" and a.key != b.key
+    shared = {**BASE, "faregate": {"cache": {"namespace": "shared"}}}
+    shared_a = c.decide(request(shared, "key_a"), {}, lambda: "m")
+    shared_b = c.decide(request(shared, "key_b"), {}, lambda: "m")
+    assert shared_a.key == shared_b.key != a.key
+
+
+def test_decide_honours_cache_control_and_hints() -> None:
+    c = cache()
+    assert c.decide(request(BASE), {"Cache-Control": "no-store"}, lambda: "m").status == "bypass"
+    no_cache = c.decide(request(BASE), {"Cache-Control": "no-cache"}, lambda: "m")
+    assert no_cache.status == "lookup" and not no_cache.read and no_cache.write
+    assert c.decide(request({**BASE, "faregate": {"cache": False}}), {}, lambda: "m").status == "bypass"
+    hot = {**BASE, "temperature": 0.9}
+    assert c.decide(request(hot), {}, lambda: "m").status == "bypass"
+    assert c.decide(request({**hot, "faregate": {"cache": True}}), {}, lambda: "m").status == "lookup"
+    assert c.decide(request({**BASE, "brand_new_field": 1}), {}, lambda: "m").status == "bypass"
+
+
+def test_ttl_by_hint_header_route_and_tier() -> None:
+    c = cache()
+    assert c.decide(request(BASE), {}, lambda: "m").ttl_s == 3600
+    assert c.decide(request(BASE), {}, lambda: "r").ttl_s == 60
+    assert c.decide(request({**BASE, "faregate": {"tier": "premium"}}), {}, lambda: "m").ttl_s == 900
+    assert c.decide(request(BASE), {"Cache-Control": "max-age=30"}, lambda: "m").ttl_s == 30
+    assert c.decide(request({**BASE, "faregate": {"cache": {"ttl_s": 5}}}), {}, lambda: "m").ttl_s == 5
+
+
+@pytest.mark.parametrize("hint", ["yes", {"ttl_s": -1}, {"namespace": "everyone"}, {"colour": 1}])
+def test_bad_cache_hints_are_400(hint: Any) -> None:
+    with pytest.raises(InvalidRequest):
+        cache().decide(request({**BASE, "faregate": {"cache": hint}}), {}, lambda: "m")
+
+
+async def test_memory_store_ttl_and_lru() -> None:
+    now = [0.0]
+    store = MemoryStore(max_entries=2, clock=lambda: now[0])
+    await store.set("a", b"1", 10)
+    await store.set("b", b"2", 10)
+    assert await store.get("a") == b"1"  # a is now most recent
+    await store.set("c", b"3", 10)
+    assert await store.get("b") is None and await store.get("a") == b"1"
+    now[0] = 11
+    assert await store.get("a") is None
+
+
+def test_stream_round_trip() -> None:
+    body = answer_from_stream({"id": "x", "created": 1}, "Hello world", "stop", "m", Usage(3, 2))
+    assert body is not None
+    frames = stream_frames(body, include_usage=True)
+    text = "".join(f["choices"][0]["delta"].get("content", "") for f in frames)
+    assert text == "Hello world"
+    assert frames[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert frames[-1]["choices"][0]["finish_reason"] == "stop"
+    assert all(f["usage"] is None for f in frames)
+    assert answer_from_stream(None, "x", None, "m", Usage(1, 1)) is None

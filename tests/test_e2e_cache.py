@@ -1,0 +1,134 @@
+"""The exact cache through the gateway, with the openai SDK: hits, stream replay, isolation, money."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from decimal import Decimal
+
+import httpx
+import openai
+import pytest
+
+from harness import GatewayProcess, SimProcess, create_key
+
+pytestmark = pytest.mark.e2e
+
+
+def ask(client: openai.OpenAI, text: str, **kwargs: object) -> openai.APIResponse:  # type: ignore[type-arg]
+    return client.chat.completions.with_raw_response.create(  # type: ignore[call-overload,no-any-return]
+        model="qwen3-8b", messages=[{"role": "user", "content": text}], temperature=0, **kwargs
+    )
+
+
+def sim_requests(sim: SimProcess) -> int:
+    return int(httpx.get(f"http://127.0.0.1:{sim.port}/sim/stats").json()["requests"])
+
+
+def row(gateway: GatewayProcess, request_id: str) -> sqlite3.Row:
+    deadline = time.monotonic() + 3
+    while True:
+        with sqlite3.connect(gateway.store_path / "faregate.db") as db:
+            db.row_factory = sqlite3.Row
+            found = db.execute("SELECT * FROM request_records WHERE request_id = ?", (request_id,)).fetchone()
+        if found is not None or time.monotonic() > deadline:
+            assert found is not None
+            return found  # type: ignore[no-any-return]
+        time.sleep(0.05)
+
+
+def wait_stored(client: openai.OpenAI, text: str) -> None:
+    """Entries are written just after the response; give the writer a moment."""
+    time.sleep(0.1)
+
+
+@pytest.fixture()
+def client(gateway: GatewayProcess, api_key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.base_url, api_key=api_key, max_retries=0)
+
+
+def test_second_identical_request_is_a_free_hit(
+    client: openai.OpenAI, gateway: GatewayProcess, sim: SimProcess
+) -> None:
+    first = ask(client, "cache me 1")
+    assert first.headers["x-faregate-cache"] == "miss"
+    wait_stored(client, "cache me 1")
+    before = sim_requests(sim)
+    second = ask(client, "cache me 1")
+    assert sim_requests(sim) == before, "a hit never reaches the upstream"
+    assert second.headers["x-faregate-cache"] == "hit"
+    assert second.headers["x-faregate-cost-usd"] == "0"
+    reply = second.parse()
+    assert reply.choices[0].message.content == first.parse().choices[0].message.content
+    assert reply.usage is not None and reply.usage.model_extra["cost"] == 0  # type: ignore[index]
+    record = row(gateway, second.headers["x-faregate-request-id"])
+    assert record["cache_status"] == "hit" and Decimal(record["cost_usd"]) == 0
+    assert Decimal(record["baseline_cost_usd"]) > 0, "the whole baseline counts as saved"
+
+
+def test_streaming_hit_is_replayed_as_sse(client: openai.OpenAI) -> None:
+    ask(client, "cache me 2")
+    wait_stored(client, "cache me 2")
+    raw = client.chat.completions.with_raw_response.create(
+        model="qwen3-8b",
+        messages=[{"role": "user", "content": "cache me 2"}],
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    assert raw.headers["x-faregate-cache"] == "hit"
+    chunks = list(raw.parse())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "cache me 2"
+    assert chunks[-1].usage is not None and chunks[-1].usage.model_extra["cost"] == 0  # type: ignore[index]
+
+
+def test_a_streamed_answer_serves_a_later_request(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="qwen3-8b", messages=[{"role": "user", "content": "cache me 3"}], temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "cache me 3"
+    wait_stored(client, "cache me 3")
+    again = ask(client, "cache me 3")
+    assert again.headers["x-faregate-cache"] == "hit"
+    assert again.parse().choices[0].message.content == "cache me 3"
+
+
+def test_keys_never_share_entries_unless_asked(client: openai.OpenAI, gateway: GatewayProcess) -> None:
+    other = openai.OpenAI(
+        base_url=gateway.base_url, api_key=create_key(gateway.store_path, "other"), max_retries=0
+    )
+    ask(client, "private question")
+    wait_stored(client, "private question")
+    assert ask(other, "private question").headers["x-faregate-cache"] == "miss"
+    shared = {"extra_body": {"faregate": {"cache": {"namespace": "shared"}}}}
+    ask(client, "public question", **shared)
+    wait_stored(client, "public question")
+    assert ask(other, "public question", **shared).headers["x-faregate-cache"] == "hit"
+
+
+def test_bypass_no_store_no_cache_and_ttl(client: openai.OpenAI) -> None:
+    hot = client.chat.completions.with_raw_response.create(
+        model="qwen3-8b", messages=[{"role": "user", "content": "warm"}], temperature=0.8
+    )
+    assert hot.headers["x-faregate-cache"] == "bypass"
+    ask(client, "cc")
+    wait_stored(client, "cc")
+    assert (
+        ask(client, "cc", extra_headers={"Cache-Control": "no-store"}).headers["x-faregate-cache"] == "bypass"
+    )
+    assert (
+        ask(client, "cc", extra_headers={"Cache-Control": "no-cache"}).headers["x-faregate-cache"] == "miss"
+    )
+    short = {"extra_body": {"faregate": {"cache": {"ttl_s": 0.5}}}}
+    ask(client, "brief", **short)
+    wait_stored(client, "brief")
+    assert ask(client, "brief", **short).headers["x-faregate-cache"] == "hit"
+    time.sleep(0.7)
+    assert ask(client, "brief", **short).headers["x-faregate-cache"] == "miss"
+
+
+def test_different_parameters_do_not_hit(client: openai.OpenAI) -> None:
+    ask(client, "params")
+    wait_stored(client, "params")
+    assert ask(client, "params", max_tokens=3).headers["x-faregate-cache"] == "miss"
+    assert ask(client, "params", seed=4).headers["x-faregate-cache"] == "miss"

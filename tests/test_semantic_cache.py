@@ -1,0 +1,339 @@
+"""Semantic cache: guards, scoped index, eviction, threshold, the async embedder, and the real model."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from faregate.cache.embedder import DIMENSIONS, AsyncEmbedder, Embedder, Vector
+from faregate.cache.guards import numbers, violation
+from faregate.cache.semantic import SemanticCache, conversation_text, scope_for
+from faregate.cache.semantic_index import Scope, SemanticIndex, make_scope
+
+SCOPE = make_scope("tenant-a", "gpt-4o-mini")
+
+# --- guards -------------------------------------------------------------------------------------
+
+NEAR_MISSES = [
+    ("Game of Thrones season 6 episode 3 summary", "Game of Thrones season 6 episode 1 summary", "numbers"),
+    ("I do not have a passport. Can I fly to Mexico?", "I have a passport. Can I fly to Mexico?", "negation"),
+    ("Can I take ibuprofen with alcohol?", "Why can't I take ibuprofen with alcohol?", "negation"),
+    ("North beat South in the final. Who won?", "South beat North in the final. Who won?", "roles"),
+    ("Turn on dark mode", "Turn off dark mode", "opposites"),
+    ("How do I turn off dark mode?", "How can I enable dark mode?", "opposites"),
+    ("How do I increase the font size?", "How do I decrease the font size?", "opposites"),
+    ("Should I buy Nvidia stock now?", "Should I sell Nvidia stock now?", "opposites"),
+    ("How do I add a user to a group?", "How do I remove a user from a group?", "opposites"),
+    ("What should I eat before a workout?", "What should I eat after a workout?", "opposites"),
+    ("Which way is north?", "Which way is south?", "opposites"),
+    ("Is it possible to fly there?", "Is it impossible to fly there?", "opposites"),
+    ("What is the capital of France?", "What is the capital of Spain?", "entities"),
+    ("Who wrote Pride and Prejudice?", "Who wrote Sense and Sensibility?", "entities"),
+    ("How do I reverse a list in Python?", "How do I reverse a list in Rust?", "opposites"),
+    (
+        "What is the difference between GPT-3.5 and GPT-4?",
+        "What is the difference between GPT-4 and GPT-4o?",
+        "numbers",
+    ),
+    ("Summarize GPT-3.5 features", "Summarize GPT-4 features", "numbers"),
+    ("What is 15% of 80?", "What is 25% of 80?", "numbers"),
+    ("Book a table for two at 7 pm.", "Book a table for four at 7 pm.", "numbers"),
+    ("What happened before World War II?", "What happened before World War I?", "numbers"),
+    ("Convert 5 km to miles", "Convert 5 miles to km", "roles"),
+    (
+        "How do I convert a string to an integer in Java?",
+        "How do I convert an integer to a string in Java?",
+        "roles",
+    ),
+    (
+        "How long is the flight from New York to London?",
+        "How long is the flight from London to New York?",
+        "roles",
+    ),
+    ("What is 10 divided by 2?", "What is 2 divided by 10?", "roles"),
+    ("Which is right?\nA. red\nB. blue\nAnswer:", "Which is right?\nA. blue\nB. green\nAnswer:", "choices"),
+    (
+        "Find the degree of Q(sqrt(2) + sqrt(3)) over Q.",
+        "Find the degree of Q(sqrt(2)*sqrt(3)) over Q.",
+        "formulas",
+    ),
+    ("The function f must be injective.", "The function g must be injective.", "formulas"),
+]
+
+
+@pytest.mark.parametrize(("a", "b", "guard"), NEAR_MISSES)
+def test_guards_refuse_near_misses(a: str, b: str, guard: str) -> None:
+    assert violation(a, b) == guard
+    assert violation(b, a) is not None
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("How do I turn on dark mode?", "How can I enable dark mode?"),
+        ("What is the capital of France?", "what is the capital city of france"),
+        ("What is twenty-five times 4?", "What's 25 times four?"),
+        ("It costs 1,000 dollars", "It costs 1000 dollars"),
+        ("Who won the 3rd game?", "Who won the third game?"),
+        ("Is the stock market open on Saturday?", "Is the stock market open on Saturdays?"),
+        ("How many dollars is one euro?", "How many dollars is 1 euro?"),
+        ("What did Alice give Bob for his birthday?", "For his birthday, what did Alice give Bob?"),
+        ("Paris is lovely. Tell me about Paris.", "Tell me about Paris, it is lovely."),
+        ("Same text", "Same text"),
+    ],
+)
+def test_guards_let_paraphrases_through(a: str, b: str) -> None:
+    assert violation(a, b) is None
+
+
+def test_numbers_are_canonical() -> None:
+    assert numbers("S06E03, one hundred and five, twenty-five, 2 million, 3.5, 1,000, third") == [
+        "6", "3", "105", "25", "2000000", "3.5", "1000", "3"
+    ]  # fmt: skip
+
+
+# --- index: scope, eviction ---------------------------------------------------------------------
+
+
+def unit(*values: float) -> Vector:
+    v = np.zeros(DIMENSIONS, dtype=np.float32)
+    v[: len(values)] = values
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def at_cosine(cosine: float) -> Vector:
+    """A unit vector at the given cosine similarity to unit(1)."""
+    return unit(cosine, math.sqrt(max(0.0, 1 - cosine * cosine)))
+
+
+def test_scope_hash_ignores_key_order_and_separates_everything() -> None:
+    assert make_scope("t", "m", system="be brief", tools=[{"a": 1, "b": 2}]) == make_scope(
+        "t", "m", system="be brief", tools=[{"b": 2, "a": 1}]
+    )
+    base = make_scope("t", "m", system="be brief", tools=[{"name": "x"}])
+    for other in (
+        make_scope("u", "m", system="be brief", tools=[{"name": "x"}]),
+        make_scope("t", "n", system="be brief", tools=[{"name": "x"}]),
+        make_scope("t", "m", system="be verbose", tools=[{"name": "x"}]),
+        make_scope("t", "m", system="be brief", tools=[{"name": "y"}]),
+        make_scope("t", "m", system="be brief"),
+    ):
+        assert other != base
+
+
+def test_index_only_searches_within_the_scope() -> None:
+    index: SemanticIndex[str] = SemanticIndex(DIMENSIONS)
+    index.add(SCOPE, unit(1), "q", "answer for tenant a")
+    for scope in (
+        make_scope("tenant-b", "gpt-4o-mini"),
+        make_scope("tenant-a", "gpt-4o"),
+        make_scope("tenant-a", "gpt-4o-mini", system="You are a pirate."),
+        make_scope("tenant-a", "gpt-4o-mini", tools=[{"type": "function", "function": {"name": "f"}}]),
+    ):
+        assert index.search(scope, unit(1)) == []
+    [(entry, score)] = index.search(SCOPE, unit(1))
+    assert entry.payload == "answer for tenant a" and score == pytest.approx(1.0)
+
+
+def test_index_grows_and_removes_without_losing_rows() -> None:
+    index: SemanticIndex[int] = SemanticIndex(DIMENSIONS)
+    rng = np.random.default_rng(1)
+    vectors = [unit(*rng.standard_normal(8)) for _ in range(300)]
+    entries = [index.add(SCOPE, v, f"t{i}", i) for i, v in enumerate(vectors)]
+    for entry in entries[::3]:
+        index.remove(entry)
+    assert len(index) == 200
+    for i, v in enumerate(vectors):
+        best = index.search(SCOPE, v, k=1)
+        if i % 3 == 0:
+            assert not best or best[0][0].payload != i
+        else:
+            assert best[0][0].payload == i and best[0][1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_index_evicts_least_recently_used_beyond_max_entries() -> None:
+    index: SemanticIndex[str] = SemanticIndex(DIMENSIONS, max_entries=3)
+    first = index.add(SCOPE, unit(1), "one", "1")
+    index.add(SCOPE, unit(0, 1), "two", "2")
+    index.add(SCOPE, unit(0, 0, 1), "three", "3")
+    index.touch(first)  # a hit makes "one" the most recently used, so "two" goes first
+    index.add(make_scope("tenant-b", "m"), unit(0, 0, 0, 1), "four", "4")
+    assert len(index) == 3 and index.evicted_size == 1
+    assert [e.text for e, _ in index.search(SCOPE, unit(0, 1), min_score=0.5)] == []
+    assert [e.text for e, _ in index.search(SCOPE, unit(1), min_score=0.5)] == ["one"]
+
+
+def test_index_expires_entries_by_age() -> None:
+    now = [1000.0]
+    index: SemanticIndex[str] = SemanticIndex(DIMENSIONS, ttl_s=60, clock=lambda: now[0])
+    index.add(SCOPE, unit(1), "short", "s", ttl_s=10)
+    index.add(SCOPE, unit(0, 1), "default", "d")
+    now[0] += 11
+    assert [e.text for e, _ in index.search(SCOPE, unit(1), min_score=0.5)] == []
+    assert len(index) == 1 and index.evicted_age == 1
+    now[0] += 50
+    assert index.search(SCOPE, unit(0, 1)) == [] and len(index) == 0
+
+
+# --- the cache with a stand-in embedder ---------------------------------------------------------
+
+
+class FakeEmbedder:
+    """Vectors by table; records the thread and the batches it was called with."""
+
+    def __init__(self, table: dict[str, Vector], delay_s: float = 0.0) -> None:
+        self.table = table
+        self.delay_s = delay_s
+        self.threads: set[int] = set()
+        self.batches: list[int] = []
+
+    @property
+    def dimensions(self) -> int:
+        return DIMENSIONS
+
+    def embed_fitting(self, texts: Sequence[str]) -> list[Vector | None]:
+        self.threads.add(threading.get_ident())
+        self.batches.append(len(texts))
+        if self.delay_s:
+            threading.Event().wait(self.delay_s)
+        return [None if t.startswith("LONG") else self.table.get(t, unit(0, 0, 1)) for t in texts]
+
+
+async def test_threshold_decides_between_hit_and_miss() -> None:
+    fake = FakeEmbedder({"cached": unit(1), "close": at_cosine(0.93), "far": at_cosine(0.88)})
+    cache: SemanticCache[str] = SemanticCache(AsyncEmbedder(fake), threshold=0.90)
+    await cache.store(SCOPE, "cached", "answer")
+    hit = await cache.lookup(SCOPE, "close")
+    assert (
+        hit is not None and hit.entry.payload == "answer" and hit.similarity == pytest.approx(0.93, abs=1e-5)
+    )
+    miss = await cache.explain(SCOPE, "far")
+    assert miss.status == "miss" and miss.reason == "below_threshold"
+    assert miss.rejections[0].similarity == pytest.approx(0.88, abs=1e-5)
+    strict: SemanticCache[str] = SemanticCache(AsyncEmbedder(fake), threshold=0.95)
+    await strict.store(SCOPE, "cached", "answer")
+    assert await strict.lookup(SCOPE, "close") is None
+    assert await cache.lookup(make_scope("tenant-b", "gpt-4o-mini"), "close") is None
+
+
+async def test_guard_rejection_is_reported_and_the_next_candidate_can_hit() -> None:
+    ep1, ep3 = "Game of Thrones season 6 episode 1 summary", "Game of Thrones season 6 episode 3 summary"
+    query = "Summary of Game of Thrones season 6, episode 3"
+    fake = FakeEmbedder({ep1: unit(1), ep3: at_cosine(0.95), query: at_cosine(0.99)})
+    cache: SemanticCache[str] = SemanticCache(AsyncEmbedder(fake), threshold=0.9)
+    await cache.store(SCOPE, ep1, "episode 1 answer")
+    only_wrong = await cache.explain(SCOPE, query)
+    assert only_wrong.status == "miss" and only_wrong.reason == "numbers"
+    assert only_wrong.rejections[0].candidate == ep1
+    await cache.store(SCOPE, ep3, "episode 3 answer")
+    hit = await cache.lookup(SCOPE, query)
+    assert hit is not None and hit.entry.payload == "episode 3 answer"
+    assert cache.outcomes["miss:numbers"] == 1 and cache.outcomes["hit"] == 1
+
+
+async def test_too_many_turns_and_too_long_texts_are_not_embedded_or_cached() -> None:
+    fake = FakeEmbedder({})
+    cache: SemanticCache[str] = SemanticCache(AsyncEmbedder(fake), max_turns=2)
+    result = await cache.explain(SCOPE, "hello", turns=3)
+    assert (result.status, result.reason) == ("skipped", "too_many_turns") and fake.batches == []
+    assert await cache.store(SCOPE, "hello", "x", turns=3) is None
+    assert (await cache.explain(SCOPE, "LONG text")).reason == "too_long"
+    assert await cache.store(SCOPE, "LONG text", "x") is None and len(cache.index) == 0
+
+
+async def test_storing_the_same_text_replaces_its_entry() -> None:
+    cache: SemanticCache[str] = SemanticCache(AsyncEmbedder(FakeEmbedder({"q": unit(1)})))
+    await cache.store(SCOPE, "q", "old")
+    await cache.store(SCOPE, "q", "new")
+    hit = await cache.lookup(SCOPE, "q")
+    assert len(cache.index) == 1 and hit is not None and hit.entry.payload == "new"
+
+
+async def test_embedding_runs_off_the_event_loop_and_batches_concurrent_requests() -> None:
+    fake = FakeEmbedder({}, delay_s=0.05)
+    embedder = AsyncEmbedder(fake, max_batch=16)
+    loop_thread = threading.get_ident()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    first = asyncio.create_task(embedder.embed("first"))
+    await asyncio.sleep(0.02)  # the worker is now busy with "first"
+    vectors = await asyncio.gather(first, *(embedder.embed(f"text {i}") for i in range(9)))
+    task.cancel()
+    await embedder.close()
+    assert all(v is not None for v in vectors)
+    assert loop_thread not in fake.threads and len(fake.threads) == 1
+    # The first request runs alone; the nine that queued behind it go together.
+    assert fake.batches == [1, 9]
+    assert ticks >= 5  # the loop kept running while the worker embedded
+
+
+def test_conversation_text_and_scope() -> None:
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]},
+    ]
+    assert conversation_text(messages) == ("Hi\nHello!\nCapital of France?", 2)
+    assert conversation_text([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]) is None
+    assert conversation_text([{"role": "tool", "content": "42", "tool_call_id": "x"}]) is None
+    assert scope_for("t", "m", messages) == make_scope("t", "m", system=[["system", "Be brief."]])
+    assert scope_for("t", "m", messages) != scope_for("t", "m", messages[1:])
+    assert scope_for("t", "m", messages[1:]) == Scope("t", "m")
+
+
+# --- the real model -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[Embedder]:
+    yield Embedder.load()
+
+
+def test_real_embeddings_are_unit_vectors_and_rank_paraphrases_first(model: Embedder) -> None:
+    v = model.embed(["How do I turn on dark mode in Windows 11?", "How can I enable dark mode on Windows 11?",
+                     "What is the boiling point of water?"])  # fmt: skip
+    assert v.shape == (3, DIMENSIONS) and v.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert v[0] @ v[1] > 0.9 > 0.3 > v[0] @ v[2]
+    assert model.embed_fitting(["word " * 400, "short"])[0] is None
+
+
+async def test_real_round_trip_hits_paraphrases_and_misses_other_questions(model: Embedder) -> None:
+    cache: SemanticCache[str] = SemanticCache(AsyncEmbedder(model))
+    for question in (
+        "How do I turn on dark mode in Windows 11?",
+        "Game of Thrones season 6 episode 3 summary",
+        "I do not have a passport. Can I fly to Mexico?",
+        "What is the capital of France?",
+    ):
+        await cache.store(SCOPE, question, f"answer: {question}")
+    hit = await cache.lookup(SCOPE, "How can I enable dark mode on Windows 11?")
+    assert hit is not None and hit.entry.text == "How do I turn on dark mode in Windows 11?"
+    hit = await cache.lookup(SCOPE, "Summary of Game of Thrones season 6, episode 3")
+    assert hit is not None and "episode 3" in hit.entry.text
+    for question, reason in (
+        ("How do I turn off dark mode in Windows 11?", "opposites"),
+        ("Game of Thrones season 6 episode 1 summary", "numbers"),
+        ("I have a passport. Can I fly to Mexico?", "negation"),
+    ):
+        result = await cache.explain(SCOPE, question)
+        assert result.status == "miss" and result.reason == reason, (question, result.reason)
+        assert result.rejections and result.rejections[0].similarity >= cache.threshold
+    distinct = await cache.explain(SCOPE, "How many legs does a spider have?")
+    assert distinct.status == "miss" and distinct.reason == "no_candidate"
+    assert await cache.lookup(make_scope("tenant-b", "gpt-4o-mini"), "What is the capital of France?") is None
+    await cache.embedder.close()
