@@ -7,9 +7,10 @@ passwords, and no amount of guessing finds a 240-bit random key; a slow hash wou
 only add milliseconds to every request.
 
 `verify` runs on every request, so results are cached in process for
-`auth.key_cache_ttl_s`. Revoking through this process clears the cache at once; a key
-revoked by another process (e.g. `faregate keys revoke` while the server runs) stops
-working within that TTL.
+`auth.key_cache_ttl_s`. Revoking through this process clears the cache at once. With
+metering on, a key revoked by another process is refused at its next reservation (the
+store checks revocation in the same atomic step); shared stores also broadcast the
+revocation so every instance drops its cache. Otherwise it stops working within the TTL.
 """
 
 from __future__ import annotations
@@ -85,8 +86,11 @@ class KeyStore:
         *,
         cache_ttl_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        new_key_credits_nano: int = 0,
     ) -> None:
         self._table = table
+        # Credits granted to each key this store creates (accounts.new_key_credits_usd).
+        self._grant = new_key_credits_nano
         self._ttl = cache_ttl_s
         self._clock = clock
         # hash -> (expires at, key). Revoked keys are never cached here.
@@ -99,8 +103,11 @@ class KeyStore:
         # Bumped on revoke, so a lookup that started before the revoke does not re-cache its answer.
         self._generation = 0
 
-    async def create(self, name: str, premium: bool = False) -> tuple[ApiKey, str]:
-        """A new key and its raw value. The raw value is returned once and stored nowhere."""
+    async def create(
+        self, name: str, premium: bool = False, credits_nano: int | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new key and its raw value. The raw value is returned once and stored nowhere.
+        The key starts with `credits_nano` (default: the configured grant), atomically."""
         name = name.strip()
         if not name:
             raise InvalidRequest("a key needs a non-empty name", param="name")
@@ -115,8 +122,12 @@ class KeyStore:
             premium=premium,
             created_at=time.time(),
         )
+        grant = self._grant if credits_nano is None else credits_nano
         # A clash of 48-bit ids or 240-bit keys is not worth a retry loop: DuplicateError propagates.
-        await self._table.insert_key(row)
+        if grant:
+            await self._table.insert_key(row, grant)
+        else:
+            await self._table.insert_key(row)
         self._bad.pop(row.key_hash, None)
         return ApiKey.from_row(row), raw
 
@@ -126,21 +137,27 @@ class KeyStore:
     async def revoke(self, id_or_name: str) -> bool:
         """Revoke by id, or else by name. False if no active key matches; InvalidRequest if
         several active keys share the name."""
-        revoked = await self._table.revoke_key(id_or_name, time.time())
-        if not revoked:
+        return await self.revoke_id(id_or_name) is not None
+
+    async def revoke_id(self, id_or_name: str) -> str | None:
+        """Like `revoke`, returning the id of the key revoked (None if none was)."""
+        revoked_id: str | None = None
+        if await self._table.revoke_key(id_or_name, time.time()):
+            revoked_id = id_or_name
+        else:
             named = [row for row in await self._table.list_keys() if row.name == id_or_name]
             if len(named) > 1:
                 ids = ", ".join(row.id for row in named)
                 raise InvalidRequest(
                     f"{len(named)} active keys are named {id_or_name!r} ({ids}); revoke one by id", param="id"
                 )
-            if named:
-                revoked = await self._table.revoke_key(named[0].id, time.time())
-        if revoked:
+            if named and await self._table.revoke_key(named[0].id, time.time()):
+                revoked_id = named[0].id
+        if revoked_id is not None:
             # Revocations are rare: dropping the whole cache is simpler than finding the hash,
             # and costs one store lookup per active key.
             self.clear_cache()
-        return revoked
+        return revoked_id
 
     def clear_cache(self) -> None:
         self._generation += 1

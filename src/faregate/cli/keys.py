@@ -1,4 +1,8 @@
-"""`faregate keys create|list|revoke`: manage API keys in the configured store."""
+"""`faregate keys create|list|show|update|revoke`: manage API keys, their limits and budgets.
+
+Every command goes through accounts.service, the same code as the /admin HTTP API, against
+the store the config names (SQLite, or PostgreSQL and Redis).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,33 @@ from rich.table import Table
 from rich.text import Text
 
 from faregate.accounts.keys import KeyStore
+from faregate.accounts.money import parse_usd, usd_text
+from faregate.accounts.policy import parse_budget_spec
+from faregate.accounts.service import AccountsService, KeyView, PolicyChange
+from faregate.accounts.setup import new_key_credits_nano, open_accounts
 from faregate.cli.common import ConfigOption, load_or_exit
 from faregate.config import Settings
-from faregate.errors import ConfigError, InvalidRequest
+from faregate.errors import ConfigError, FaregateError
 from faregate.store import StoreUnavailable, open_store
 
 T = TypeVar("T")
+
+RpmOption = Annotated[
+    int | None, typer.Option("--rpm", min=0, help="Requests per minute (0: back to the tier's default).")
+]
+TpmOption = Annotated[
+    int | None, typer.Option("--tpm", min=0, help="Tokens per minute (0: back to the tier's default).")
+]
+MaxRequestOption = Annotated[
+    str | None, typer.Option("--max-request", help="Per-request cap in USD on the worst case (0: no cap).")
+]
+BudgetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--budget",
+        help="PERIOD[:WINDOW]=USD, e.g. day=5, week:rolling=20, month=100 (calendar by default). Repeatable.",
+    ),
+]
 
 
 def utc_text(timestamp: float | None) -> str:
@@ -27,19 +52,24 @@ def utc_text(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _run(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -> T:
-    """Run one key operation on the configured store, turning expected failures into exit codes."""
+def run_accounts(settings: Settings, action: Callable[[AccountsService], Awaitable[T]]) -> T:
+    """Run one operation on the configured store, turning expected failures into exit codes."""
 
     async def go() -> T:
         store = await open_store(settings.store)
         try:
-            return await action(KeyStore(store))
+            keys = KeyStore(store, cache_ttl_s=0, new_key_credits_nano=new_key_credits_nano(settings))
+            accounts = await open_accounts(settings, store, keys)
+            try:
+                return await action(accounts.service)
+            finally:
+                await accounts.close()
         finally:
             await store.close()
 
     try:
         return asyncio.run(go())
-    except InvalidRequest as exc:
+    except FaregateError as exc:
         typer.echo(f"faregate: {exc.message}", err=True)
         raise typer.Exit(1) from None
     except StoreUnavailable as exc:
@@ -50,20 +80,86 @@ def _run(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -> T:
         raise typer.Exit(2) from None
 
 
+def policy_change(
+    rpm: int | None, tpm: int | None, max_request: str | None, budgets: list[str] | None, clear_budgets: bool
+) -> PolicyChange:
+    change = PolicyChange()
+    if rpm is not None:
+        change.requests_per_minute = rpm or None
+    if tpm is not None:
+        change.tokens_per_minute = tpm or None
+    if max_request is not None:
+        nano = parse_usd(max_request, "--max-request", allow_zero=True)
+        change.max_request_nano = nano or None
+    if clear_budgets:
+        change.budgets = ()
+    if budgets:
+        change.budgets = tuple(parse_budget_spec(spec) for spec in budgets)
+    return change
+
+
+def _per_minute(limit: int | None) -> str:
+    return "unlimited" if limit is None else f"{limit:,}"
+
+
+def print_view(view: KeyView) -> None:
+    key = view.key
+    limits = view.limits
+    lines = [
+        f"{key.id}  {key.name}  {key.prefix}  {'premium' if key.premium else 'standard'}"
+        + (f"  REVOKED {utc_text(key.revoked_at)}" if key.revoked else ""),
+        f"  balance   ${usd_text(view.balance_nano)}  (in flight: ${usd_text(view.held_nano)} reserved)",
+        f"  spend     today ${usd_text(view.today_nano)}, this month ${usd_text(view.month_nano)}",
+        f"  limits    {_per_minute(limits.requests_per_minute)} requests/min, "
+        f"{_per_minute(limits.tokens_per_minute)} tokens/min, per request "
+        + (
+            f"${usd_text(view.policy.max_request_nano)}"
+            if view.policy.max_request_nano is not None
+            else "no cap"
+        ),
+    ]
+    for spend in view.budgets:
+        budget = spend.window.budget
+        lines.append(
+            f"  budget    {budget.label}: ${usd_text(spend.spent_nano)} of ${usd_text(budget.limit_nano)}"
+            + (f", resets {utc_text(spend.window.resets_at)} UTC" if spend.window.resets_at else "")
+        )
+    for line in lines:
+        typer.echo(line)
+
+
 def register(app: typer.Typer) -> None:
-    keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+    keys_app = typer.Typer(help="Create, list, change and revoke API keys.", no_args_is_help=True)
     app.add_typer(keys_app, name="keys")
 
     @keys_app.command("create")
     def create(
         name: Annotated[str, typer.Option("--name", "-n", help="A label for the key (who or what uses it).")],
         premium: Annotated[bool, typer.Option("--premium", help="A premium key (prefix fg_pro_).")] = False,
+        credits: Annotated[
+            str | None,
+            typer.Option("--credits", help="Starting credits in USD (default: the configured grant)."),
+        ] = None,
+        rpm: RpmOption = None,
+        tpm: TpmOption = None,
+        max_request: MaxRequestOption = None,
+        budget: BudgetOption = None,
         config: ConfigOption = None,
     ) -> None:
         """Create a key and print it. The raw key is shown only this once."""
-        key, raw = _run(load_or_exit(config), lambda keys: keys.create(name, premium=premium))
+
+        async def action(service: AccountsService) -> tuple[KeyView, str]:
+            nano = None if credits is None else parse_usd(credits, "--credits", allow_zero=True)
+            change = policy_change(rpm, tpm, max_request, budget, False)
+            return await service.create_key(name, premium, nano, change)
+
+        view, raw = run_accounts(load_or_exit(config), action)
+        key = view.key
         tier = "premium key" if key.premium else "key"
-        typer.echo(f"Created {tier} {key.id} ({key.name}). Store it now; it cannot be shown again:")
+        typer.echo(
+            f"Created {tier} {key.id} ({key.name}) with ${usd_text(view.balance_nano)} of credits. "
+            "Store it now; it cannot be shown again:"
+        )
         # Plain echo, on its own line: rich would wrap it at the terminal width.
         typer.echo(raw)
 
@@ -72,26 +168,63 @@ def register(app: typer.Typer) -> None:
         active: Annotated[bool, typer.Option("--active", help="Hide revoked keys.")] = False,
         config: ConfigOption = None,
     ) -> None:
-        """List keys (never their raw values)."""
-        listed = _run(load_or_exit(config), lambda keys: keys.list(include_revoked=not active))
+        """List keys with their balances (never their raw values)."""
+        listed = run_accounts(load_or_exit(config), lambda service: service.list_keys(not active))
         if not listed:
             typer.echo("No keys. Create one with: faregate keys create --name NAME")
             return
-        table = Table("id", "name", "prefix", "created (UTC)", "revoked (UTC)")
-        for key in listed:
+        table = Table("id", "name", "prefix", "balance (USD)", "created (UTC)", "revoked (UTC)")
+        for view in listed:
+            key = view.key
             # Text(): a name is user input, not rich markup.
             table.add_row(
-                key.id, Text(key.name), key.prefix, utc_text(key.created_at), utc_text(key.revoked_at)
+                key.id,
+                Text(key.name),
+                Text(key.prefix, no_wrap=True),
+                usd_text(view.balance_nano),
+                utc_text(key.created_at),
+                utc_text(key.revoked_at),
             )
         Console().print(table)
+
+    @keys_app.command("show")
+    def show(
+        id_or_name: Annotated[str, typer.Argument(metavar="ID_OR_NAME", help="The key's id, or its name.")],
+        config: ConfigOption = None,
+    ) -> None:
+        """A key's balance, reservations, spend, limits and budgets."""
+
+        async def action(service: AccountsService) -> KeyView:
+            return await service.view(await service.resolve(id_or_name))
+
+        print_view(run_accounts(load_or_exit(config), action))
+
+    @keys_app.command("update")
+    def update(
+        id_or_name: Annotated[str, typer.Argument(metavar="ID_OR_NAME", help="The key's id, or its name.")],
+        name: Annotated[str | None, typer.Option("--name", help="A new label.")] = None,
+        rpm: RpmOption = None,
+        tpm: TpmOption = None,
+        max_request: MaxRequestOption = None,
+        budget: BudgetOption = None,
+        clear_budgets: Annotated[bool, typer.Option("--clear-budgets", help="Remove every budget.")] = False,
+        config: ConfigOption = None,
+    ) -> None:
+        """Rename a key or set its limits and budgets (--budget replaces all its budgets)."""
+
+        async def action(service: AccountsService) -> KeyView:
+            change = policy_change(rpm, tpm, max_request, budget, clear_budgets)
+            return await service.update(await service.resolve(id_or_name), change, name)
+
+        print_view(run_accounts(load_or_exit(config), action))
 
     @keys_app.command("revoke")
     def revoke(
         id_or_name: Annotated[str, typer.Argument(metavar="ID_OR_NAME", help="The key's id, or its name.")],
         config: ConfigOption = None,
     ) -> None:
-        """Revoke a key. A running gateway stops accepting it within auth.key_cache_ttl_s."""
-        if not _run(load_or_exit(config), lambda keys: keys.revoke(id_or_name)):
+        """Revoke a key. Running gateways refuse it at its next request (see docs/accounts.md)."""
+        if run_accounts(load_or_exit(config), lambda service: service.revoke(id_or_name)) is None:
             typer.echo(f"faregate: no active key with id or name {id_or_name!r}", err=True)
             raise typer.Exit(1)
         typer.echo(f"Revoked {id_or_name}.")

@@ -42,6 +42,7 @@ def health_detail(gateway: Gateway) -> bytes:
             "uptime_s": round(time.monotonic() - gateway.started, 1),
             "providers": gateway.providers.names(),
             "offers": runner.health.snapshot(),
+            "upstream_queues": runner.limiter.snapshot(),
             "counters": {
                 "retries": runner.retries,
                 "fallbacks": runner.fallbacks,

@@ -16,7 +16,12 @@ from faregate.store.sqlite import SQLiteStore
 
 
 async def open_store(settings: StoreSettings) -> Store:
-    """The store the settings name (today: SQLite under settings.path), migrated and ready."""
+    """The store the settings name, migrated and ready: PostgreSQL when store.postgres_url is
+    set (several instances), else SQLite under store.path."""
+    if settings.postgres_url is not None:
+        from faregate.store.postgres import PostgresStore
+
+        return await PostgresStore.open(settings.postgres_url, pool_size=settings.postgres_pool_size)
     return await SQLiteStore.open(settings.path)
 
 

@@ -57,8 +57,9 @@ class UsageRow:
 
 
 class KeyTable(Protocol):
-    async def insert_key(self, row: KeyRow) -> None:
-        """Raises DuplicateError if the id or the hash is taken."""
+    async def insert_key(self, row: KeyRow, credits_nano: int = 0) -> None:
+        """Insert the key and its account, with a `grant` ledger row when credits_nano > 0, in one
+        transaction. Raises DuplicateError if the id or the hash is taken."""
         ...
 
     async def find_key(self, key_hash: str) -> KeyRow | None:
@@ -92,5 +93,79 @@ class RecordTable(Protocol):
         ...
 
 
-class Store(KeyTable, RecordTable, Protocol):
+LedgerKind = Literal["grant", "topup", "reservation", "settlement", "release"]
+LEDGER_KINDS: tuple[LedgerKind, ...] = ("grant", "topup", "reservation", "settlement", "release")
+
+
+@dataclass(slots=True, frozen=True)
+class LedgerRow:
+    """One balance change, in nano-dollars (positive: the balance grew).
+
+    A reservation is negative (the worst case is set aside); its settlement gives back what was
+    not spent (reserved - cost, which is negative when the cost overran the hold); a release
+    gives back all of it. `hour` is the spend bucket the change counts in (budgets)."""
+
+    entry_id: str
+    key_id: str
+    kind: LedgerKind
+    amount_nano: int
+    created_at: float
+    cost_nano: int | None = None
+    hold_id: str | None = None
+    request_id: str | None = None
+    hour: int | None = None
+    note: str | None = None
+    # The Redis data set the change was made in (shared stores only; see store.redis_ledger).
+    epoch: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class AccountRow:
+    """A key's account: its balance and its own spending policy (None: the default)."""
+
+    key_id: str
+    balance_nano: int
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    max_request_nano: int | None
+    budgets: str
+    revoked: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class AuditRow:
+    key_id: str
+    balance_nano: int
+    ledger_nano: int
+    entries: int
+
+
+class AccountTable(Protocol):
+    async def get_key(self, key_id: str) -> KeyRow | None: ...
+
+    async def get_account(self, key_id: str) -> AccountRow | None: ...
+
+    async def set_policy(
+        self,
+        key_id: str,
+        requests_per_minute: int | None,
+        tokens_per_minute: int | None,
+        max_request_nano: int | None,
+        budgets: str,
+    ) -> bool:
+        """False if the key has no account."""
+        ...
+
+    async def set_key_name(self, key_id: str, name: str) -> bool: ...
+
+    async def ledger_rows(self, key_id: str, limit: int) -> list[LedgerRow]:
+        """The newest `limit` rows, newest first."""
+        ...
+
+    async def audit_rows(self) -> list[AuditRow]:
+        """Every account's stored balance next to the sum of its ledger rows."""
+        ...
+
+
+class Store(KeyTable, RecordTable, AccountTable, Protocol):
     async def close(self) -> None: ...

@@ -88,6 +88,178 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE request_records ADD COLUMN cache_status TEXT NOT NULL DEFAULT 'bypass'",
         ),
     ),
+    Migration(
+        5,
+        "accounts: a balance and spending policy per key",
+        (
+            # Money in whole nano-dollars (see accounts.money). NULL limits: the tier's default;
+            # budgets: a JSON array of [period, window, limit_nano].
+            """
+            CREATE TABLE accounts (
+                key_id              TEXT PRIMARY KEY REFERENCES api_keys (id),
+                balance_nano        INTEGER NOT NULL DEFAULT 0,
+                requests_per_minute INTEGER,
+                tokens_per_minute   INTEGER,
+                max_request_nano    INTEGER,
+                budgets             TEXT NOT NULL DEFAULT '[]',
+                updated_at          REAL NOT NULL
+            )
+            """,
+            "INSERT INTO accounts (key_id, balance_nano, updated_at) SELECT id, 0, created_at FROM api_keys",
+        ),
+    ),
+    Migration(
+        6,
+        "ledger: every balance change is a row",
+        (
+            # entry_id makes each change idempotent: <hold>:res, <hold>:close (settled, released or
+            # expired: exactly one), <hold>:late (charged after the hold was gone), or a random id.
+            """
+            CREATE TABLE ledger (
+                id          INTEGER PRIMARY KEY,
+                entry_id    TEXT NOT NULL UNIQUE,
+                key_id      TEXT NOT NULL,
+                kind        TEXT NOT NULL
+                            CHECK (kind IN ('grant', 'topup', 'reservation', 'settlement', 'release')),
+                amount_nano INTEGER NOT NULL,
+                cost_nano   INTEGER,
+                hold_id     TEXT,
+                request_id  TEXT,
+                hour        INTEGER,
+                created_at  REAL NOT NULL,
+                note        TEXT
+            )
+            """,
+            "CREATE INDEX ledger_key ON ledger (key_id, id)",
+            "CREATE INDEX ledger_request ON ledger (request_id)",
+        ),
+    ),
+    Migration(
+        7,
+        "holds: reservations not yet settled or released",
+        (
+            """
+            CREATE TABLE holds (
+                hold_id     TEXT PRIMARY KEY,
+                key_id      TEXT NOT NULL,
+                request_id  TEXT,
+                amount_nano INTEGER NOT NULL,
+                tokens      INTEGER NOT NULL,
+                hour        INTEGER NOT NULL,
+                created_at  REAL NOT NULL,
+                expires_at  REAL NOT NULL
+            )
+            """,
+            "CREATE INDEX holds_key ON holds (key_id, expires_at)",
+            "CREATE INDEX holds_expires ON holds (expires_at)",
+        ),
+    ),
+    Migration(
+        8,
+        "hourly spend per key, for budgets",
+        (
+            """
+            CREATE TABLE spend_buckets (
+                key_id     TEXT NOT NULL,
+                hour       INTEGER NOT NULL,
+                spent_nano INTEGER NOT NULL,
+                PRIMARY KEY (key_id, hour)
+            ) WITHOUT ROWID
+            """,
+        ),
+    ),
+    Migration(
+        9,
+        "the ledger is append-only",
+        (
+            # A correction is a new row, never an edit: the audit can then trust every old row.
+            """
+            CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+            BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END
+            """,
+            """
+            CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+            BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END
+            """,
+        ),
+    ),
+    Migration(
+        10,
+        "feedback and dashboard indexes",
+        (
+            # One score per request (a later one replaces it); joins request_records on request_id.
+            # No foreign key: records may be pruned without touching the scores, and the writer
+            # may not have flushed a record yet when its feedback arrives.
+            """
+            CREATE TABLE feedback (
+                id          INTEGER PRIMARY KEY,
+                request_id  TEXT NOT NULL UNIQUE,
+                key_id      TEXT NOT NULL,
+                created_at  REAL NOT NULL,
+                score       REAL NOT NULL,
+                thumb       TEXT,
+                rating      INTEGER,
+                comment     TEXT
+            )
+            """,
+            "CREATE INDEX feedback_created_at ON feedback (created_at)",
+            # Covers every column the dashboard aggregates, so a time-range scan reads this index
+            # alone (about a fifth of the table's bytes: no attempts JSON, ids or error text).
+            """
+            CREATE INDEX request_records_dashboard ON request_records (
+                created_at, model_used, model_requested, provider, route, key_id, status, cache_status,
+                cost_nanousd, baseline_cost_nanousd, prompt_tokens, completion_tokens, latency_ms,
+                ttft_ms, empty_response
+            )
+            """,
+            # The few requests whose attempts say something (a retry, a fallback, a failure): the
+            # reliability queries read the attempts JSON of these rows only.
+            """
+            CREATE INDEX request_records_eventful ON request_records (created_at)
+            WHERE json_array_length(attempts) > 1 OR status >= 500
+            """,
+            # Hourly sums per model, provider, route and key ('' as dim: all requests), kept up to
+            # date by faregate.store.rollup; the dashboard reads whole hours from here and only the
+            # edges of a range (and records not rolled up yet) from request_records.
+            """
+            CREATE TABLE rollup_hourly (
+                dim                  TEXT NOT NULL,
+                value                TEXT NOT NULL,
+                bucket               INTEGER NOT NULL,
+                requests             INTEGER NOT NULL,
+                errors               INTEGER NOT NULL,
+                client_errors        INTEGER NOT NULL,
+                budget_refusals      INTEGER NOT NULL,
+                rate_limited         INTEGER NOT NULL,
+                cost_nanousd         INTEGER NOT NULL,
+                baseline_nanousd     INTEGER NOT NULL,
+                prompt_tokens        INTEGER NOT NULL,
+                completion_tokens    INTEGER NOT NULL,
+                cache_lookups        INTEGER NOT NULL,
+                cache_hits           INTEGER NOT NULL,
+                semantic_hits        INTEGER NOT NULL,
+                cache_saved_nanousd  INTEGER NOT NULL,
+                empty_responses      INTEGER NOT NULL,
+                fallbacks            INTEGER NOT NULL,
+                retried              INTEGER NOT NULL,
+                PRIMARY KEY (dim, value, bucket)
+            )
+            """,
+            # Failed upstream attempts per hour and offer: which provider is failing, and how.
+            """
+            CREATE TABLE rollup_failures_hourly (
+                provider  TEXT NOT NULL,
+                model     TEXT NOT NULL,
+                outcome   TEXT NOT NULL,
+                bucket    INTEGER NOT NULL,
+                attempts  INTEGER NOT NULL,
+                PRIMARY KEY (provider, model, outcome, bucket)
+            )
+            """,
+            # How far (by request_records.id) the rollup has read.
+            "CREATE TABLE rollup_state (name TEXT PRIMARY KEY, last_id INTEGER NOT NULL)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -23,7 +23,10 @@ from faregate.errors import ConfigError
 from faregate.store.base import DuplicateError, GroupBy, KeyRow, StoreUnavailable, UsageRow
 from faregate.store.migrations import MIGRATIONS, Migration
 from faregate.store.rows import RECORD_COLUMNS, from_nanousd, record_to_row, row_to_record
+from faregate.store.sqlite_accounts import SQLiteAccountsMixin
 from faregate.types import RequestRecord
+
+T = TypeVar("T")
 
 DB_FILENAME = "faregate.db"
 # How long a writer waits for another process (e.g. the CLI) to release the write lock.
@@ -67,7 +70,7 @@ def _key_row(row: Sequence[Any]) -> KeyRow:
     )
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteAccountsMixin):
     """Implements faregate.store.base.Store."""
 
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
@@ -152,9 +155,40 @@ class SQLiteStore:
                 await self._conn.rollback()
                 raise
 
+    async def run_in_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` inside one write transaction, whole, on the connection's own thread.
+
+        One hop to the thread instead of one per statement: a reservation (several statements)
+        costs a single round trip. The lock keeps it from landing inside another coroutine's
+        multi-statement transaction; once queued, it runs to its end even if its caller is
+        cancelled, so it can never be left half done.
+        """
+
+        def body(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        with _operational_errors_as_unavailable():
+            async with self._write_lock:
+                # aiosqlite's own queue onto its thread (the public methods use it the same way).
+                result: T = await self._conn._execute(lambda: body(self._conn._conn))
+        return result
+
+    async def run_read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run read-only `work` on the connection's thread in one hop (no transaction, no lock)."""
+        with _operational_errors_as_unavailable():
+            result: T = await self._conn._execute(lambda: work(self._conn._conn))
+        return result
+
     # --- keys -------------------------------------------------------------------------------
 
-    async def insert_key(self, row: KeyRow) -> None:
+    async def insert_key(self, row: KeyRow, credits_nano: int = 0) -> None:
         try:
             with _operational_errors_as_unavailable():
                 async with self._transaction():
@@ -170,6 +204,8 @@ class SQLiteStore:
                             row.revoked_at,
                         ),
                     )
+                    # The account (and its grant) exists from the key's first moment.
+                    await self._open_account(row, credits_nano)
         except sqlite3.IntegrityError as exc:
             raise DuplicateError(str(exc)) from exc
 

@@ -1,0 +1,119 @@
+"""The embedded account backend: balances, holds and the ledger in SQLite; rate limits in process.
+
+One gateway process serves an embedded store (other processes, like the CLI, only make
+admin changes), so the rate-limit buckets can live in memory: taking from them is a plain
+synchronous step of the event loop, atomic by construction.
+"""
+
+from __future__ import annotations
+
+import time
+
+from faregate.accounts.backend import (
+    Admitted,
+    AuditReport,
+    Balance,
+    HoldRef,
+    Refused,
+    ReserveAsk,
+    balance_audit,
+)
+from faregate.accounts.periodic import Periodic
+from faregate.accounts.policy import KEEP_HOURS, hour_of
+from faregate.accounts.ratelimit import LocalRateLimiter, RateRefusal
+from faregate.store.base import LedgerRow
+from faregate.store.holds import BudgetCheck, HoldRow
+from faregate.store.sqlite import SQLiteStore
+from faregate.store.sqlite_ledger import SQLiteLedger
+
+# Old spend buckets are dropped at most this often (the scan is over every key's buckets).
+PRUNE_INTERVAL_S = 3600.0
+
+
+class EmbeddedAccounts:
+    def __init__(
+        self, store: SQLiteStore, *, sweep_interval_s: float = 5.0, limiter: LocalRateLimiter | None = None
+    ) -> None:
+        self.table = store
+        self._store = store
+        self.ledger = SQLiteLedger(store)
+        self.limiter = limiter or LocalRateLimiter()
+        self._sweeper = Periodic("hold-sweeper", sweep_interval_s, self.sweep)
+        self._pruned_at = 0.0
+
+    async def start(self) -> None:
+        self._sweeper.start()
+
+    async def close(self) -> None:
+        await self._sweeper.stop()
+
+    async def reserve(self, ask: ReserveAsk) -> Admitted | Refused:
+        # Rate first (in memory, no await), so a burst never queues on the database just to be
+        # told 429; the units are given back if the store then refuses.
+        taken = self.limiter.take(ask.key_id, ask.limits, ask.tokens)
+        if isinstance(taken, RateRefusal):
+            return Refused("rate", rate=taken)
+        outcome = await self.ledger.reserve(
+            ask.key_id,
+            ask.hold_id,
+            ask.request_id,
+            ask.amount_nano,
+            ask.tokens,
+            ask.hour,
+            [BudgetCheck(w.since_hour, w.budget.limit_nano) for w in ask.windows],
+            ask.ttl_s,
+        )
+        if outcome.status == "ok":
+            return Admitted(outcome.balance_nano, taken)
+        self.limiter.give_back(ask.key_id, ask.limits, 1, ask.tokens)
+        window = ask.windows[outcome.window] if outcome.window is not None else None
+        return Refused(
+            outcome.status, outcome.balance_nano, outcome.held_nano, window, outcome.window_spent_nano
+        )
+
+    async def settle(self, key_id: str, ref: HoldRef, cost_nano: int, tokens: int) -> None:
+        await self.ledger.settle(key_id, ref.hold_id, ref.request_id, ref.hour, cost_nano)
+        self.limiter.give_back(key_id, ref.limits, 0, ref.tokens - tokens)
+
+    async def release(self, key_id: str, ref: HoldRef) -> None:
+        await self.ledger.release(ref.hold_id)
+        self.limiter.give_back(key_id, ref.limits, 0, ref.tokens)
+
+    async def sweep(self) -> int:
+        released = await self.ledger.sweep()
+        now = time.time()
+        if now - self._pruned_at > PRUNE_INTERVAL_S:
+            # Spend older than the longest budget window is never read again.
+            self._pruned_at = now
+            await self.ledger.prune_spend(hour_of(now) - KEEP_HOURS)
+        return released
+
+    async def credit(self, row: LedgerRow) -> int:
+        return await self._store.credit(row)
+
+    async def balance(self, key_id: str) -> Balance | None:
+        account = await self._store.get_account(key_id)
+        if account is None:
+            return None
+        return Balance(account.balance_nano, await self.ledger.held(key_id))
+
+    async def holds(self, key_id: str) -> list[HoldRow]:
+        return await self.ledger.holds(key_id)
+
+    async def spent(self, key_id: str, since_hours: list[int]) -> list[int]:
+        return await self.ledger.spent(key_id, since_hours)
+
+    async def key_changed(self, key_id: str, revoked: bool = False) -> None:
+        # One serving process: the service already cleared its caches; a revocation made by
+        # another process (the CLI) is seen by the next reservation, which reads revoked_at.
+        return None
+
+    async def flush(self) -> None:
+        return None
+
+    async def audit(self) -> AuditReport:
+        report = balance_audit(
+            await self._store.audit_rows(), await self._store.ledger_keys_without_account()
+        )
+        report.problems.extend(await self.ledger.dangling())
+        return report

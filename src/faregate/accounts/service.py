@@ -1,0 +1,221 @@
+"""Key and account administration: one implementation behind the admin HTTP API and the CLI.
+
+Every change that other instances must see (a revocation, new limits or budgets) goes
+through the backend's `key_changed`, and this process's caches are cleared at once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+from faregate.accounts.backend import AccountBackend, AuditReport
+from faregate.accounts.keys import ApiKey, KeyStore
+from faregate.accounts.metered import PolicyCache
+from faregate.accounts.policy import (
+    Budget,
+    Limits,
+    Policy,
+    Window,
+    budgets_from_text,
+    budgets_to_text,
+    calendar_period,
+    hour_of,
+    limits_for,
+)
+from faregate.config import AccountsSettings
+from faregate.errors import InvalidRequest, NotFound
+from faregate.store.base import AccountRow, LedgerRow
+from faregate.store.holds import HoldRow, new_entry_id
+
+
+class Keep(Enum):
+    """A field left out of an update: keep what is stored."""
+
+    KEEP = 0
+
+
+KEEP = Keep.KEEP
+
+
+@dataclass(slots=True)
+class PolicyChange:
+    requests_per_minute: int | Keep | None = KEEP
+    tokens_per_minute: int | Keep | None = KEEP
+    max_request_nano: int | Keep | None = KEEP
+    budgets: tuple[Budget, ...] | Keep = KEEP
+
+    def apply(self, policy: Policy) -> Policy:
+        return Policy(
+            policy.requests_per_minute if self.requests_per_minute is KEEP else self.requests_per_minute,
+            policy.tokens_per_minute if self.tokens_per_minute is KEEP else self.tokens_per_minute,
+            policy.max_request_nano if self.max_request_nano is KEEP else self.max_request_nano,
+            policy.budgets if self.budgets is KEEP else self.budgets,
+        )
+
+    @property
+    def empty(self) -> bool:
+        return all(
+            value is KEEP
+            for value in (
+                self.requests_per_minute,
+                self.tokens_per_minute,
+                self.max_request_nano,
+                self.budgets,
+            )
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class Spend:
+    window: Window
+    spent_nano: int
+
+
+@dataclass(slots=True)
+class KeyView:
+    key: ApiKey
+    balance_nano: int
+    held_nano: int
+    policy: Policy
+    limits: Limits
+    budgets: list[Spend] = field(default_factory=list)
+    # Spend this UTC day and this UTC month (settled plus held).
+    today_nano: int = 0
+    month_nano: int = 0
+
+
+def policy_of(account: AccountRow) -> Policy:
+    return Policy(
+        account.requests_per_minute,
+        account.tokens_per_minute,
+        account.max_request_nano,
+        budgets_from_text(account.budgets),
+    )
+
+
+class AccountsService:
+    def __init__(
+        self, keys: KeyStore, backend: AccountBackend, policies: PolicyCache, settings: AccountsSettings
+    ) -> None:
+        self.keys = keys
+        self.backend = backend
+        self.table = backend.table
+        self.policies = policies
+        self.settings = settings
+
+    async def resolve(self, id_or_name: str) -> str:
+        """A key id from an id or a unique name (revoked keys included)."""
+        if await self.table.get_key(id_or_name) is not None:
+            return id_or_name
+        named = [k for k in await self.keys.list(include_revoked=True) if k.name == id_or_name]
+        active = [k for k in named if not k.revoked] or named
+        if len(active) > 1:
+            ids = ", ".join(k.id for k in active)
+            raise InvalidRequest(
+                f"{len(active)} keys are named {id_or_name!r} ({ids}); use an id", param="id"
+            )
+        if not active:
+            raise NotFound(f"No key with id or name {id_or_name!r}.", code="key_not_found")
+        return active[0].id
+
+    async def create_key(
+        self,
+        name: str,
+        premium: bool = False,
+        credits_nano: int | None = None,
+        change: PolicyChange | None = None,
+    ) -> tuple[KeyView, str]:
+        key, raw = await self.keys.create(name, premium=premium, credits_nano=credits_nano)
+        if change is not None and not change.empty:
+            await self._store_policy(key.id, change.apply(Policy()))
+        return await self.view(key.id), raw
+
+    async def list_keys(self, include_revoked: bool = True) -> list[KeyView]:
+        return [await self.view(k.id) for k in await self.keys.list(include_revoked=include_revoked)]
+
+    async def view(self, key_id: str) -> KeyView:
+        row = await self.table.get_key(key_id)
+        account = await self.table.get_account(key_id)
+        balance = await self.backend.balance(key_id)
+        if row is None or account is None or balance is None:
+            raise NotFound(f"No key with id {key_id!r}.", code="key_not_found")
+        key = ApiKey.from_row(row)
+        policy = policy_of(account)
+        now = time.time()
+        windows = policy.windows(now)
+        day, _ = calendar_period("day", now)
+        month, _ = calendar_period("month", now)
+        hours = [hour_of(day.timestamp()), hour_of(month.timestamp()), *(w.since_hour for w in windows)]
+        spent = await self.backend.spent(key_id, hours)
+        return KeyView(
+            key,
+            balance.balance_nano,
+            balance.held_nano,
+            policy,
+            limits_for(policy, key.premium, self.settings),
+            [Spend(w, s) for w, s in zip(windows, spent[2:], strict=True)],
+            spent[0],
+            spent[1],
+        )
+
+    async def update(self, key_id: str, change: PolicyChange, name: str | None = None) -> KeyView:
+        account = await self.table.get_account(key_id)
+        if account is None:
+            raise NotFound(f"No key with id {key_id!r}.", code="key_not_found")
+        if name is not None:
+            name = name.strip()
+            if not name or len(name) > 100:
+                raise InvalidRequest("a key name is 1 to 100 characters", param="name")
+            await self.table.set_key_name(key_id, name)
+            self.keys.clear_cache()
+        if not change.empty:
+            await self._store_policy(key_id, change.apply(policy_of(account)))
+        elif name is not None:
+            await self.backend.key_changed(key_id)
+        return await self.view(key_id)
+
+    async def revoke(self, id_or_name: str) -> KeyView | None:
+        key_id = await self.keys.revoke_id(id_or_name)
+        if key_id is None:
+            return None
+        self.policies.forget(key_id)
+        await self.backend.key_changed(key_id, revoked=True)
+        return await self.view(key_id)
+
+    async def add_credits(self, key_id: str, amount_nano: int, note: str | None = None) -> KeyView:
+        row = await self.table.get_key(key_id)
+        if row is None:
+            raise NotFound(f"No key with id {key_id!r}.", code="key_not_found")
+        if note is not None and len(note) > 500:
+            raise InvalidRequest("a note is at most 500 characters", param="note")
+        await self.backend.credit(
+            LedgerRow(new_entry_id("topup"), key_id, "topup", amount_nano, time.time(), note=note)
+        )
+        await self.backend.flush()
+        return await self.view(key_id)
+
+    async def reservations(self, key_id: str) -> list[HoldRow]:
+        await self.view(key_id)
+        return await self.backend.holds(key_id)
+
+    async def ledger(self, key_id: str, limit: int = 100) -> list[LedgerRow]:
+        await self.view(key_id)
+        await self.backend.flush()
+        return await self.table.ledger_rows(key_id, limit)
+
+    async def audit(self) -> AuditReport:
+        await self.backend.flush()
+        return await self.backend.audit()
+
+    async def _store_policy(self, key_id: str, policy: Policy) -> None:
+        await self.table.set_policy(
+            key_id,
+            policy.requests_per_minute,
+            policy.tokens_per_minute,
+            policy.max_request_nano,
+            budgets_to_text(policy.budgets),
+        )
+        self.policies.forget(key_id)
+        await self.backend.key_changed(key_id)

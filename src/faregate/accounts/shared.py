@@ -1,0 +1,265 @@
+"""The shared account backend: reservations and rate limits in Redis, the ledger in PostgreSQL.
+
+Any number of gateway instances point at the same Redis and PostgreSQL and act as one:
+a reservation is one Redis script whichever instance runs it, and key changes
+(revocations, new limits) are published on a Redis channel so every instance drops its
+cached copy at once. A revoked key is also marked in its Redis account, so even an
+instance that has not heard the news yet refuses it at the reservation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
+
+from faregate.accounts.backend import (
+    Admitted,
+    AuditReport,
+    Balance,
+    HoldRef,
+    Refused,
+    ReserveAsk,
+    balance_audit,
+)
+from faregate.accounts.money import usd_text
+from faregate.accounts.periodic import Periodic
+from faregate.accounts.policy import KEEP_HOURS, Limits
+from faregate.accounts.ratelimit import Bucket, RateRefusal, RateState, meter
+from faregate.store.base import LedgerRow, StoreUnavailable
+from faregate.store.holds import BudgetCheck, HoldRow, ReserveOutcome
+from faregate.store.ledger_shipper import LedgerShipper
+from faregate.store.postgres import PostgresStore
+from faregate.store.redis_ledger import RedisLedger
+
+log = logging.getLogger("faregate.accounts")
+
+KEY_EVENTS = "fg:keys"
+
+
+def rate_state(limits: Limits, requests_level: float | None, tokens_level: float | None) -> RateState:
+    rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+    return RateState(
+        meter(Bucket(requests_level, 0), rpm) if rpm is not None and requests_level is not None else None,
+        meter(Bucket(tokens_level, 0), tpm) if tpm is not None and tokens_level is not None else None,
+    )
+
+
+class KeyEvents:
+    """Listens on the key-events channel and tells the listeners which key changed ("" = all)."""
+
+    def __init__(self, redis: Redis, listeners: list[Callable[[str], None]]) -> None:
+        self.redis = redis
+        self.listeners = listeners
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    def _tell(self, key_id: str) -> None:
+        for listener in self.listeners:
+            listener(key_id)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="faregate-key-events")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ready.wait(), 5)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(KEY_EVENTS)
+                self.ready.set()
+                # Events may have been missed while (re)connecting: forget everything once.
+                self._tell("")
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._tell(str(message.get("data") or ""))
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("key events: lost the Redis subscription (%s); reconnecting", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def publish(self, key_id: str) -> None:
+        await self.redis.publish(KEY_EVENTS, key_id)
+
+
+class SharedAccounts:
+    def __init__(
+        self,
+        redis: Redis,
+        pg: PostgresStore,
+        *,
+        listeners: list[Callable[[str], None]] | None = None,
+        flush_interval_s: float = 0.1,
+        sweep_interval_s: float = 5.0,
+    ) -> None:
+        self.redis = redis
+        self.pg = pg
+        self.ledger = RedisLedger(redis, pg, keep_hours=KEEP_HOURS)
+        self.shipper = LedgerShipper(redis, pg, interval_s=flush_interval_s)
+        self.events = KeyEvents(redis, listeners or [])
+        self._sweeper = Periodic("hold-sweeper", sweep_interval_s, self.sweep)
+        self._started = False
+
+    @property
+    def table(self) -> PostgresStore:
+        return self.pg
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        pg: PostgresStore,
+        *,
+        listeners: list[Callable[[str], None]] | None = None,
+        flush_interval_s: float = 0.1,
+        sweep_interval_s: float = 5.0,
+        pool_size: int = 64,
+    ) -> SharedAccounts:
+        # A blocking pool: under a burst, a request waits for a connection instead of failing.
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=pool_size, timeout=10, decode_responses=True, health_check_interval=30
+        )
+        redis = Redis(connection_pool=pool)
+        try:
+            await redis.ping()
+            await redis.xgroup_create("fg:outbox", "ledger", id="0", mkstream=True)
+        except RedisError as exc:
+            if "BUSYGROUP" not in str(exc):
+                await redis.aclose(close_connection_pool=True)
+                raise StoreUnavailable(f"cannot use Redis at the configured store.redis_url: {exc}") from exc
+        return cls(
+            redis,
+            pg,
+            listeners=listeners,
+            flush_interval_s=flush_interval_s,
+            sweep_interval_s=sweep_interval_s,
+        )
+
+    async def start(self) -> None:
+        self._started = True
+        await self.shipper.start()
+        await self.events.start()
+        self._sweeper.start()
+
+    async def close(self) -> None:
+        await self._sweeper.stop()
+        await self.events.stop()
+        await self.shipper.close()
+        await self.redis.aclose(close_connection_pool=True)
+
+    async def reserve(self, ask: ReserveAsk) -> Admitted | Refused:
+        limits = ask.limits
+        try:
+            outcome = await self._reserve(ask)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from exc
+        return self._verdict(ask, outcome, rate_state(limits, outcome.requests_level, outcome.tokens_level))
+
+    async def _reserve(self, ask: ReserveAsk) -> ReserveOutcome:
+        limits = ask.limits
+        return await self.ledger.reserve(
+            ask.key_id,
+            ask.hold_id,
+            ask.request_id,
+            ask.amount_nano,
+            ask.tokens,
+            ask.hour,
+            [BudgetCheck(w.since_hour, w.budget.limit_nano) for w in ask.windows],
+            ask.ttl_s,
+            limits.requests_per_minute,
+            limits.tokens_per_minute,
+        )
+
+    def _verdict(self, ask: ReserveAsk, outcome: ReserveOutcome, state: RateState) -> Admitted | Refused:
+        limits = ask.limits
+        if outcome.status == "ok":
+            return Admitted(outcome.balance_nano, state)
+        if outcome.status in ("requests", "tokens"):
+            limit = (
+                limits.requests_per_minute if outcome.status == "requests" else limits.tokens_per_minute
+            ) or 0
+            level = (outcome.requests_level if outcome.status == "requests" else outcome.tokens_level) or 0.0
+            needed = 1 if outcome.status == "requests" else ask.tokens
+            wait = Bucket(level, 0).wait_for(needed, limit)
+            return Refused("rate", rate=RateRefusal(outcome.status, limit, needed, wait, state))
+        window = ask.windows[outcome.window] if outcome.window is not None else None
+        return Refused(
+            outcome.status, outcome.balance_nano, outcome.held_nano, window, outcome.window_spent_nano
+        )
+
+    async def settle(self, key_id: str, ref: HoldRef, cost_nano: int, tokens: int) -> None:
+        await self.ledger.settle(
+            key_id,
+            ref.hold_id,
+            ref.request_id,
+            ref.hour,
+            cost_nano,
+            tokens,
+            ref.limits.tokens_per_minute or 0,
+        )
+
+    async def release(self, key_id: str, ref: HoldRef) -> None:
+        await self.ledger.release(key_id, ref.hold_id, ref.limits.tokens_per_minute or 0)
+
+    async def sweep(self) -> int:
+        return await self.ledger.sweep()
+
+    async def credit(self, row: LedgerRow) -> int:
+        return await self.ledger.credit(row)
+
+    async def balance(self, key_id: str) -> Balance | None:
+        read = await self.ledger.read(key_id)
+        return None if read is None else Balance(read[0], read[1])
+
+    async def holds(self, key_id: str) -> list[HoldRow]:
+        read = await self.ledger.read(key_id)
+        return [] if read is None else read[2]
+
+    async def spent(self, key_id: str, since_hours: list[int]) -> list[int]:
+        return await self.ledger.spent(key_id, since_hours)
+
+    async def key_changed(self, key_id: str, revoked: bool = False) -> None:
+        if revoked:
+            await self.ledger.revoke(key_id)
+        await self.events.publish(key_id)
+
+    async def flush(self) -> None:
+        if not await self.shipper.flush():
+            raise StoreUnavailable("ledger entries are still waiting to reach PostgreSQL")
+
+    async def audit(self) -> AuditReport:
+        report = balance_audit(await self.pg.audit_rows(), await self.pg.ledger_keys_without_account())
+        report.problems.extend(await self._compare_live())
+        return report
+
+    async def _compare_live(self) -> list[str]:
+        """Redis's live balances against PostgreSQL's. They are comparable only when nothing moved
+        in between: PostgreSQL read twice around Redis with an empty outbox, and unchanged."""
+        for _ in range(5):
+            before = await self.pg.balances()
+            live = await self.ledger.loaded_balances()
+            if await self.ledger.pending() == 0 and await self.pg.balances() == before:
+                return [
+                    f"{key_id}: Redis balance ${usd_text(balance)} but PostgreSQL has ${usd_text(stored)}"
+                    for key_id, balance in sorted(live.items())
+                    if (stored := before.get(key_id, balance)) != balance
+                ]
+            await self.shipper.flush(timeout_s=2.0)
+        return ["balances kept moving: Redis was not compared with PostgreSQL (audit again when idle)"]

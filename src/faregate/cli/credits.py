@@ -1,0 +1,84 @@
+"""`faregate credits add|ledger|audit`: top up a key, read its ledger, check every balance."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from faregate.accounts.backend import AuditReport
+from faregate.accounts.money import parse_usd, usd_text
+from faregate.accounts.service import AccountsService, KeyView
+from faregate.cli.common import ConfigOption, load_or_exit
+from faregate.cli.keys import run_accounts, utc_text
+from faregate.store.base import LedgerRow
+
+KeyArgument = Annotated[str, typer.Argument(metavar="KEY", help="The key's id, or its name.")]
+
+
+def register(app: typer.Typer) -> None:
+    credits_app = typer.Typer(
+        help="Credits: top up keys, read the ledger, audit balances.", no_args_is_help=True
+    )
+    app.add_typer(credits_app, name="credits")
+
+    @credits_app.command("add")
+    def add(
+        key: KeyArgument,
+        amount: Annotated[
+            str, typer.Argument(metavar="USD", help="Credits to add, in USD (e.g. 25 or 0.50).")
+        ],
+        note: Annotated[str | None, typer.Option("--note", help="Why (kept on the ledger row).")] = None,
+        config: ConfigOption = None,
+    ) -> None:
+        """Add credits to a key. Credits never expire."""
+
+        async def action(service: AccountsService) -> KeyView:
+            nano = parse_usd(amount, "USD")
+            return await service.add_credits(await service.resolve(key), nano, note)
+
+        view = run_accounts(load_or_exit(config), action)
+        typer.echo(
+            f"Added ${usd_text(parse_usd(amount, 'USD'))} to {view.key.id} ({view.key.name}); "
+            f"balance ${usd_text(view.balance_nano)}."
+        )
+
+    @credits_app.command("ledger")
+    def ledger(
+        key: KeyArgument,
+        limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Newest rows to show.")] = 50,
+        config: ConfigOption = None,
+    ) -> None:
+        """A key's balance changes, newest first."""
+
+        async def action(service: AccountsService) -> list[LedgerRow]:
+            return await service.ledger(await service.resolve(key), limit)
+
+        rows = run_accounts(load_or_exit(config), action)
+        table = Table("time (UTC)", "kind", "amount (USD)", "cost (USD)", "request", "note")
+        for row in rows:
+            table.add_row(
+                utc_text(row.created_at),
+                row.kind,
+                usd_text(row.amount_nano),
+                "" if row.cost_nano is None else usd_text(row.cost_nano),
+                row.request_id or "",
+                Text(row.note or ""),
+            )
+        Console().print(table)
+
+    @credits_app.command("audit")
+    def audit(config: ConfigOption = None) -> None:
+        """Recompute every balance from its ledger rows and report any difference (exit 1 if any)."""
+        report: AuditReport = run_accounts(load_or_exit(config), lambda service: service.audit())
+        typer.echo(f"Audited {report.accounts} accounts, {report.entries} ledger rows.")
+        if report.clean:
+            typer.echo("Every balance equals the sum of its ledger rows; no reservation is dangling.")
+            return
+        for problem in report.problems:
+            typer.echo(f"  {problem}")
+        typer.echo(f"{len(report.problems)} problem(s) found.", err=True)
+        raise typer.Exit(1)

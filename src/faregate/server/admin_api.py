@@ -1,0 +1,169 @@
+"""The accounts HTTP API: /admin/keys... behind the master key, and /v1/me for a key itself.
+
+    POST   /admin/keys                      create a key (the raw key is in this answer only)
+    GET    /admin/keys[?revoked=false]      list keys with balances
+    GET    /admin/keys/{id}                 one key: balance, reserved, spend, limits, budgets
+    PATCH  /admin/keys/{id}                 rename; set limits, the per-request cap, budgets
+    DELETE /admin/keys/{id}                 revoke (also POST /admin/keys/{id}/revoke)
+    POST   /admin/keys/{id}/credits         add credits {"amount_usd": "10", "note": "..."}
+    GET    /admin/keys/{id}/reservations    holds of requests in flight
+    GET    /admin/keys/{id}/ledger[?limit=]  balance changes, newest first
+    GET    /admin/audit                     recompute every balance from the ledger
+    GET    /v1/me                           the calling key's own balance, spend and limits
+
+{id} is a key id or a unique key name. Errors use OpenAI's error JSON like every other route.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from faregate.accounts.money import parse_usd
+from faregate.accounts.policy import parse_budgets, parse_limit
+from faregate.accounts.service import AccountsService, PolicyChange
+from faregate.accounts.views import audit_json, hold_json, key_json, ledger_json
+from faregate.errors import InvalidRequest
+from faregate.server.admin import require_master
+from faregate.server.parse import decode_json_object
+from faregate.server.pipeline import ChatPipeline
+
+_POLICY_FIELDS = frozenset({"requests_per_minute", "tokens_per_minute", "max_request_usd", "budgets"})
+_CREATE_FIELDS = _POLICY_FIELDS | {"name", "premium", "credits_usd"}
+_UPDATE_FIELDS = _POLICY_FIELDS | {"name"}
+MAX_LEDGER_ROWS = 1000
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _check_fields(body: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InvalidRequest(
+            f"Unknown fields: {unknown}; expected some of {sorted(allowed)}.", param=unknown[0]
+        )
+
+
+def policy_change(body: dict[str, Any]) -> PolicyChange:
+    """The policy fields present in the body (absent: unchanged; null: back to the default)."""
+    change = PolicyChange()
+    for name in ("requests_per_minute", "tokens_per_minute"):
+        if name in body:
+            setattr(change, name, parse_limit(body[name], name))
+    if "max_request_usd" in body:
+        value = body["max_request_usd"]
+        change.max_request_nano = None if value is None else parse_usd(value, "max_request_usd")
+    if "budgets" in body:
+        change.budgets = () if body["budgets"] is None else parse_budgets(body["budgets"])
+    return change
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    return decode_json_object(await request.read())
+
+
+class AdminApi:
+    def __init__(self, service: AccountsService, master_key: str | None) -> None:
+        self.service = service
+        self.master_key = master_key
+
+    async def _key_id(self, request: web.Request) -> str:
+        require_master(request, self.master_key)
+        return await self.service.resolve(request.match_info["key_id"])
+
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        require_master(request, self.master_key)
+        body = await _body(request)
+        _check_fields(body, _CREATE_FIELDS)
+        name = body.get("name")
+        if not isinstance(name, str):
+            raise InvalidRequest("'name' is required: a label for the key.", param="name")
+        premium = body.get("premium", False)
+        if not isinstance(premium, bool):
+            raise InvalidRequest("'premium' must be a boolean.", param="premium")
+        credits = body.get("credits_usd")
+        credits_nano = None if credits is None else parse_usd(credits, "credits_usd", allow_zero=True)
+        view, raw = await self.service.create_key(name, premium, credits_nano, policy_change(body))
+        return _json({**key_json(view), "api_key": raw}, status=201)
+
+    async def list(self, request: web.Request) -> web.StreamResponse:
+        require_master(request, self.master_key)
+        include_revoked = request.query.get("revoked", "true").lower() not in ("false", "0", "no")
+        views = await self.service.list_keys(include_revoked)
+        return _json({"object": "list", "data": [key_json(v) for v in views]})
+
+    async def show(self, request: web.Request) -> web.StreamResponse:
+        return _json(key_json(await self.service.view(await self._key_id(request))))
+
+    async def update(self, request: web.Request) -> web.StreamResponse:
+        key_id = await self._key_id(request)
+        body = await _body(request)
+        _check_fields(body, _UPDATE_FIELDS)
+        name = body.get("name")
+        if name is not None and not isinstance(name, str):
+            raise InvalidRequest("'name' must be a string.", param="name")
+        return _json(key_json(await self.service.update(key_id, policy_change(body), name)))
+
+    async def revoke(self, request: web.Request) -> web.StreamResponse:
+        key_id = await self._key_id(request)
+        view = await self.service.revoke(key_id)
+        if view is None:
+            view = await self.service.view(key_id)  # already revoked: answer the same
+        return _json(key_json(view))
+
+    async def credits(self, request: web.Request) -> web.StreamResponse:
+        key_id = await self._key_id(request)
+        body = await _body(request)
+        _check_fields(body, frozenset({"amount_usd", "note"}))
+        note = body.get("note")
+        if note is not None and not isinstance(note, str):
+            raise InvalidRequest("'note' must be a string.", param="note")
+        view = await self.service.add_credits(key_id, parse_usd(body.get("amount_usd"), "amount_usd"), note)
+        return _json(key_json(view))
+
+    async def reservations(self, request: web.Request) -> web.StreamResponse:
+        holds = await self.service.reservations(await self._key_id(request))
+        return _json({"object": "list", "data": [hold_json(h) for h in holds]})
+
+    async def ledger(self, request: web.Request) -> web.StreamResponse:
+        key_id = await self._key_id(request)
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            raise InvalidRequest("'limit' must be an integer.", param="limit") from None
+        if not 1 <= limit <= MAX_LEDGER_ROWS:
+            raise InvalidRequest(f"'limit' must be between 1 and {MAX_LEDGER_ROWS}.", param="limit")
+        rows = await self.service.ledger(key_id, limit)
+        return _json({"object": "list", "data": [ledger_json(r) for r in rows]})
+
+    async def audit(self, request: web.Request) -> web.StreamResponse:
+        require_master(request, self.master_key)
+        return _json(audit_json(await self.service.audit()))
+
+
+def add_account_routes(
+    app: web.Application, service: AccountsService, pipeline: ChatPipeline, master_key: str | None
+) -> None:
+    api = AdminApi(service, master_key)
+    app.router.add_post("/admin/keys", api.create)
+    app.router.add_get("/admin/keys", api.list)
+    app.router.add_get("/admin/keys/{key_id}", api.show)
+    app.router.add_patch("/admin/keys/{key_id}", api.update)
+    app.router.add_delete("/admin/keys/{key_id}", api.revoke)
+    app.router.add_post("/admin/keys/{key_id}/revoke", api.revoke)
+    app.router.add_post("/admin/keys/{key_id}/credits", api.credits)
+    app.router.add_get("/admin/keys/{key_id}/reservations", api.reservations)
+    app.router.add_get("/admin/keys/{key_id}/ledger", api.ledger)
+    app.router.add_get("/admin/audit", api.audit)
+
+    async def me(request: web.Request) -> web.StreamResponse:
+        key = await pipeline.authenticate(request)
+        data = key_json(await service.view(key.id))
+        # The caller knows its key already; its prefix is enough to say which one this is.
+        return _json(data)
+
+    app.router.add_get("/v1/me", me)

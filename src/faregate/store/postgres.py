@@ -1,0 +1,236 @@
+"""The shared store: PostgreSQL (asyncpg) for keys, accounts, the ledger and request records.
+
+Every gateway instance opens a small connection pool to the same database; nothing about
+a key or its money lives only in one process. The schema is migrated at start
+(store.postgres_migrations) under an advisory lock, so instances may start together.
+Reservations and rate limits are not here but in Redis (store.redis_ledger): this store
+receives their ledger rows in batches (store.ledger_shipper), off the request path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import asyncpg
+
+from faregate.errors import ConfigError
+from faregate.store.base import DuplicateError, GroupBy, KeyRow, StoreUnavailable, UsageRow
+from faregate.store.migrations import Migration
+from faregate.store.postgres_accounts import PostgresAccountsMixin
+from faregate.store.postgres_migrations import PG_MIGRATIONS
+from faregate.store.rows import RECORD_COLUMNS, from_nanousd, record_to_row, row_to_record
+from faregate.types import RequestRecord
+
+_KEY_COLUMNS = "id, name, prefix, key_hash, premium, created_at, revoked_at"
+_RECORD_COLUMN_LIST = ", ".join(RECORD_COLUMNS)
+# PostgreSQL types of RECORD_COLUMNS, in order, for the one-statement batch insert via unnest.
+_RECORD_TYPES = (
+    "text float8 text text text text int4 int4 int8 int8 text int8 "
+    "int4 float8 float8 int4 text text text text int8 text"
+).split()
+_INSERT_RECORDS = (
+    f"INSERT INTO request_records ({_RECORD_COLUMN_LIST}) SELECT * FROM unnest("
+    + ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_RECORD_TYPES, 1))
+    + ") ON CONFLICT (request_id) DO NOTHING RETURNING 1"
+)
+_GROUP_EXPRESSIONS: dict[str, str] = {
+    "model": "COALESCE(model_used, model_requested)",
+    "key": "key_id",
+    "provider": "provider",
+}
+# Errors that mean "not now" (connection lost, server shutting down, too many clients): retryable.
+_UNAVAILABLE = (
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+)
+
+
+@contextmanager
+def unavailable_errors() -> Iterator[None]:
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
+
+
+def _key_row(row: Any) -> KeyRow:
+    return KeyRow(
+        id=row["id"],
+        name=row["name"],
+        prefix=row["prefix"],
+        key_hash=row["key_hash"],
+        premium=bool(row["premium"]),
+        created_at=float(row["created_at"]),
+        revoked_at=None if row["revoked_at"] is None else float(row["revoked_at"]),
+    )
+
+
+class PostgresStore(PostgresAccountsMixin):
+    """Implements faregate.store.base.Store over a connection pool."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(
+        cls, url: str, *, pool_size: int = 10, migrations: Sequence[Migration] = PG_MIGRATIONS
+    ) -> PostgresStore:
+        try:
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_size, command_timeout=60)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        store = cls(pool)
+        try:
+            await store._migrate(migrations)
+        except BaseException:
+            await pool.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def _migrate(self, migrations: Sequence[Migration]) -> None:
+        known = max((m.version for m in migrations), default=0)
+        async with self._pool.acquire() as conn, conn.transaction():
+            # One migrator at a time across every instance; the lock ends with the transaction.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('faregate-schema-migrations'))")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            applied = {int(r["version"]) for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            newest = max(applied, default=0)
+            if newest > known:
+                raise ConfigError(
+                    f"the PostgreSQL database has schema version {newest}, newer than this faregate knows "
+                    f"({known}); upgrade faregate"
+                )
+            for migration in sorted(migrations, key=lambda m: m.version):
+                if migration.version in applied:
+                    continue
+                for statement in migration.statements:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    time.time(),
+                )
+
+    async def schema_versions(self) -> list[int]:
+        rows = await self._pool.fetch("SELECT version FROM schema_migrations ORDER BY version")
+        return [int(r["version"]) for r in rows]
+
+    # --- keys -------------------------------------------------------------------------------
+
+    async def insert_key(self, row: KeyRow, credits_nano: int = 0) -> None:
+        try:
+            with unavailable_errors():
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await conn.execute(
+                        f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        row.id,
+                        row.name,
+                        row.prefix,
+                        row.key_hash,
+                        row.premium,
+                        row.created_at,
+                        row.revoked_at,
+                    )
+                    await self._open_account(conn, row, credits_nano)
+        except asyncpg.UniqueViolationError as exc:
+            raise DuplicateError(str(exc)) from exc
+
+    async def find_key(self, key_hash: str) -> KeyRow | None:
+        with unavailable_errors():
+            row = await self._pool.fetchrow(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash
+            )
+        return None if row is None else _key_row(row)
+
+    async def get_key(self, key_id: str) -> KeyRow | None:
+        with unavailable_errors():
+            row = await self._pool.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+        return None if row is None else _key_row(row)
+
+    async def list_keys(self, include_revoked: bool = False) -> list[KeyRow]:
+        where = "" if include_revoked else " WHERE revoked_at IS NULL"
+        with unavailable_errors():
+            rows = await self._pool.fetch(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys{where} ORDER BY created_at, id"
+            )
+        return [_key_row(r) for r in rows]
+
+    async def revoke_key(self, key_id: str, at: float) -> bool:
+        with unavailable_errors():
+            status = await self._pool.execute(
+                "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", at, key_id
+            )
+        return str(status).endswith(" 1")
+
+    async def set_key_name(self, key_id: str, name: str) -> bool:
+        with unavailable_errors():
+            status = await self._pool.execute("UPDATE api_keys SET name = $1 WHERE id = $2", name, key_id)
+        return str(status).endswith(" 1")
+
+    # --- request records --------------------------------------------------------------------
+
+    async def insert_records(self, records: Sequence[RequestRecord]) -> int:
+        if not records:
+            return 0
+        columns = list(zip(*(record_to_row(r) for r in records), strict=True))
+        with unavailable_errors():
+            inserted = await self._pool.fetch(_INSERT_RECORDS, *columns)
+        return len(inserted)
+
+    async def get_record(self, request_id: str) -> RequestRecord | None:
+        with unavailable_errors():
+            row = await self._pool.fetchrow(
+                f"SELECT {_RECORD_COLUMN_LIST} FROM request_records WHERE request_id = $1", request_id
+            )
+        return None if row is None else row_to_record(tuple(row))
+
+    async def count_records(self) -> int:
+        with unavailable_errors():
+            return int(await self._pool.fetchval("SELECT COUNT(*) FROM request_records"))
+
+    async def usage_summary(
+        self, since: float | None, until: float | None, group_by: GroupBy = "model"
+    ) -> list[UsageRow]:
+        if group_by not in _GROUP_EXPRESSIONS:
+            raise ValueError(f"group_by must be one of {sorted(_GROUP_EXPRESSIONS)}, not {group_by!r}")
+        conditions: list[str] = []
+        params: list[float] = []
+        for value, op in ((since, ">="), (until, "<")):
+            if value is not None:
+                params.append(value)
+                conditions.append(f"created_at {op} ${len(params)}")
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = (
+            f"SELECT {_GROUP_EXPRESSIONS[group_by]} AS grp, COUNT(*),"
+            " SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END),"
+            " SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_nanousd)"
+            f" FROM request_records{where}"
+            " GROUP BY grp ORDER BY SUM(cost_nanousd) DESC, COUNT(*) DESC, grp"
+        )
+        with unavailable_errors():
+            rows = await self._pool.fetch(sql, *params)
+        return [
+            UsageRow(
+                group=r[0],
+                requests=int(r[1]),
+                errors=int(r[2]),
+                prompt_tokens=int(r[3]),
+                completion_tokens=int(r[4]),
+                cost=from_nanousd(int(r[5])),
+            )
+            for r in rows
+        ]

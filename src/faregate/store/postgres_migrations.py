@@ -1,0 +1,138 @@
+"""Versioned schema migrations for the PostgreSQL store (its own numbering, apart from SQLite's).
+
+Append only, like store.migrations: a released migration is never edited. At start-up the
+missing versions are applied in one transaction under an advisory lock, so instances
+starting together never apply one twice. Columns mirror the SQLite store so that both
+share store.rows; flags are INTEGER 0/1 for the same reason.
+"""
+
+from __future__ import annotations
+
+from faregate.store.migrations import Migration
+
+PG_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "api keys",
+        (
+            """
+            CREATE TABLE api_keys (
+                id          TEXT PRIMARY KEY,
+                name        TEXT NOT NULL,
+                prefix      TEXT NOT NULL,
+                key_hash    TEXT NOT NULL UNIQUE,
+                premium     BOOLEAN NOT NULL DEFAULT FALSE,
+                created_at  DOUBLE PRECISION NOT NULL,
+                revoked_at  DOUBLE PRECISION
+            )
+            """,
+            "CREATE INDEX api_keys_name ON api_keys (name)",
+        ),
+    ),
+    Migration(
+        2,
+        "request records",
+        (
+            """
+            CREATE TABLE request_records (
+                id                    BIGSERIAL PRIMARY KEY,
+                request_id            TEXT NOT NULL UNIQUE,
+                created_at            DOUBLE PRECISION NOT NULL,
+                key_id                TEXT,
+                model_requested       TEXT NOT NULL,
+                model_used            TEXT,
+                provider              TEXT,
+                status                INTEGER NOT NULL,
+                stream                INTEGER NOT NULL,
+                prompt_tokens         BIGINT NOT NULL,
+                completion_tokens     BIGINT NOT NULL,
+                cost_usd              TEXT NOT NULL,
+                cost_nanousd          BIGINT NOT NULL,
+                usage_estimated       INTEGER NOT NULL,
+                latency_ms            DOUBLE PRECISION NOT NULL,
+                ttft_ms               DOUBLE PRECISION,
+                empty_response        INTEGER NOT NULL,
+                error                 TEXT,
+                attempts              TEXT NOT NULL,
+                route                 TEXT,
+                baseline_cost_usd     TEXT NOT NULL DEFAULT '0',
+                baseline_cost_nanousd BIGINT NOT NULL DEFAULT 0,
+                cache_status          TEXT NOT NULL DEFAULT 'bypass'
+            )
+            """,
+            "CREATE INDEX request_records_created_at ON request_records (created_at)",
+            "CREATE INDEX request_records_key_id ON request_records (key_id)",
+            "CREATE INDEX request_records_model_used ON request_records (model_used)",
+            "CREATE INDEX request_records_route ON request_records (route)",
+        ),
+    ),
+    Migration(
+        3,
+        "accounts, the ledger and open holds",
+        (
+            """
+            CREATE TABLE accounts (
+                key_id              TEXT PRIMARY KEY REFERENCES api_keys (id),
+                balance_nano        BIGINT NOT NULL DEFAULT 0,
+                requests_per_minute INTEGER,
+                tokens_per_minute   INTEGER,
+                max_request_nano    BIGINT,
+                budgets             TEXT NOT NULL DEFAULT '[]',
+                updated_at          DOUBLE PRECISION NOT NULL
+            )
+            """,
+            # epoch: the Redis data set a reservation was made in (see store.redis_ledger).
+            """
+            CREATE TABLE ledger (
+                id          BIGSERIAL PRIMARY KEY,
+                entry_id    TEXT NOT NULL UNIQUE,
+                key_id      TEXT NOT NULL,
+                kind        TEXT NOT NULL
+                            CHECK (kind IN ('grant', 'topup', 'reservation', 'settlement', 'release')),
+                amount_nano BIGINT NOT NULL,
+                cost_nano   BIGINT,
+                hold_id     TEXT,
+                request_id  TEXT,
+                hour        BIGINT,
+                created_at  DOUBLE PRECISION NOT NULL,
+                note        TEXT,
+                epoch       TEXT
+            )
+            """,
+            "CREATE INDEX ledger_key ON ledger (key_id, id)",
+            "CREATE INDEX ledger_key_hour ON ledger (key_id, hour) WHERE hour IS NOT NULL",
+            # Reservations whose close has not reached PostgreSQL yet: the candidates to release
+            # if the Redis data set they live in is lost.
+            """
+            CREATE TABLE open_holds (
+                hold_id     TEXT PRIMARY KEY,
+                key_id      TEXT NOT NULL,
+                amount_nano BIGINT NOT NULL,
+                hour        BIGINT,
+                request_id  TEXT,
+                epoch       TEXT
+            )
+            """,
+            "CREATE INDEX open_holds_key ON open_holds (key_id)",
+        ),
+    ),
+    Migration(
+        4,
+        "the ledger is append-only",
+        (
+            """
+            CREATE FUNCTION faregate_ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION 'the ledger is append-only';
+            END
+            $$
+            """,
+            """
+            CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE ON ledger
+            FOR EACH ROW EXECUTE FUNCTION faregate_ledger_append_only()
+            """,
+        ),
+    ),
+)
+
+PG_LATEST_VERSION = PG_MIGRATIONS[-1].version

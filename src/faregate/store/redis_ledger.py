@@ -1,0 +1,228 @@
+"""Reservations and rate limits in Redis, shared by every gateway instance.
+
+Each operation is one Lua script (store.redis_scripts), atomic inside Redis: the check and
+the write of a reservation cannot be split by another instance, so N instances spend a
+key's balance, budgets and rate limits as one. Every balance change a script makes is also
+appended, in the same script, to the `fg:outbox` stream, from which the ledger shipper
+writes it to PostgreSQL; Redis holds the live balance, PostgreSQL the durable ledger.
+
+An account is loaded into Redis from PostgreSQL on first use (a script answers "noload").
+The data set carries an epoch: if Redis loses its data, the next load starts a new epoch
+and PostgreSQL releases the holds of the old one (store.postgres_accounts.load_account).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from faregate.store.base import LedgerRow, StoreUnavailable
+from faregate.store.holds import BudgetCheck, HoldRow, ReserveOutcome
+from faregate.store.postgres import PostgresStore
+from faregate.store.redis_scripts import (
+    CREDIT,
+    ENSURE_EPOCH,
+    LOAD,
+    PRELUDE,
+    READ,
+    RELEASE,
+    RESERVE,
+    REVOKE,
+    SETTLE,
+    SPENT,
+    SWEEP,
+)
+
+OUTBOX = "fg:outbox"
+EXPIRY = "fg:hexp"
+EPOCH = "fg:epoch"
+_LOAD_TRIES = 3
+
+
+def account_key(key_id: str) -> str:
+    return "fg:a:{" + key_id + "}"
+
+
+def _level(text: str) -> float | None:
+    value = float(text)
+    return None if value < 0 else value
+
+
+class RedisLedger:
+    def __init__(self, redis: Redis, pg: PostgresStore, *, keep_hours: int) -> None:
+        self.redis = redis
+        self.pg = pg
+        self._keep_hours = keep_hours
+        # Every script starts with the shared helpers; register_script reloads one Redis forgot.
+        self._scripts = {
+            name: redis.register_script(PRELUDE + body)
+            for name, body in (
+                ("reserve", RESERVE),
+                ("settle", SETTLE),
+                ("release", RELEASE),
+                ("sweep", SWEEP),
+                ("credit", CREDIT),
+                ("epoch", ENSURE_EPOCH),
+                ("load", LOAD),
+                ("revoke", REVOKE),
+                ("read", READ),
+                ("spent", SPENT),
+            )
+        }
+
+    async def _run(self, name: str, args: Sequence[Any]) -> Any:
+        return await self._scripts[name](args=list(args))
+
+    async def _call(self, name: str, key_id: str, args: Sequence[Any]) -> list[Any]:
+        """Run a script for one key, loading the key's account first if Redis lacks it."""
+        for _ in range(_LOAD_TRIES):
+            result: list[Any] = await self._run(name, args)
+            if result[0] != "noload":
+                return result
+            if not await self.load(key_id):
+                return ["no_account"]
+        raise StoreUnavailable(f"could not load account {key_id} into Redis")
+
+    async def epoch(self) -> str:
+        return str(await self._run("epoch", ["ep_" + secrets.token_hex(8)]))
+
+    async def load(self, key_id: str) -> bool:
+        """Bring an account from PostgreSQL into Redis (no-op if an instance already did).
+        False if the key has no account."""
+        for _ in range(_LOAD_TRIES):
+            epoch = await self.epoch()
+            since = int(time.time() // 3600) - self._keep_hours
+            snapshot = await self.pg.load_account(key_id, epoch, since)
+            if snapshot is None:
+                return False
+            args: list[Any] = [key_id, epoch, snapshot.balance_nano, int(snapshot.revoked)]
+            for hour, spent in snapshot.spend:
+                args += [hour, spent]
+            if await self._run("load", args) in ("loaded", "exists"):
+                return True
+        raise StoreUnavailable("the Redis epoch kept changing while an account was loaded")
+
+    async def reserve(
+        self,
+        key_id: str,
+        hold_id: str,
+        request_id: str | None,
+        amount_nano: int,
+        tokens: int,
+        hour: int,
+        budgets: Sequence[BudgetCheck],
+        ttl_s: float,
+        requests_per_minute: int | None,
+        tokens_per_minute: int | None,
+    ) -> ReserveOutcome:
+        args: list[Any] = [
+            key_id,
+            hold_id,
+            request_id or "",
+            amount_nano,
+            tokens,
+            hour,
+            int(ttl_s * 1000),
+            requests_per_minute or 0,
+            tokens_per_minute or 0,
+            hour - self._keep_hours,
+            len(budgets),
+        ]
+        for budget in budgets:
+            args += [budget.since_hour, budget.limit_nano]
+        result = await self._call("reserve", key_id, args)
+        status = result[0]
+        if status == "no_account":
+            return ReserveOutcome("no_account")
+        if status == "revoked":
+            return ReserveOutcome("revoked", int(result[1]), int(result[2]))
+        balance, held = int(result[1]), int(result[2])
+        requests_level, tokens_level = _level(result[3]), _level(result[4])
+        if status == "budget":
+            return ReserveOutcome(
+                "budget", balance, held, int(result[5]) - 1, int(result[6]), requests_level, tokens_level
+            )
+        return ReserveOutcome(status, balance, held, None, 0, requests_level, tokens_level)
+
+    async def settle(
+        self,
+        key_id: str,
+        hold_id: str,
+        request_id: str | None,
+        hour: int,
+        cost_nano: int,
+        used: int,
+        tpm: int,
+    ) -> bool:
+        result = await self._call(
+            "settle", key_id, [key_id, hold_id, request_id or "", hour, cost_nano, used, tpm]
+        )
+        return bool(result[0] == "ok")
+
+    async def release(self, key_id: str, hold_id: str, tpm: int) -> bool:
+        result = await self._run("release", [key_id, hold_id, tpm])
+        return bool(result[0] == "ok")
+
+    async def sweep(self, limit: int = 500) -> int:
+        return int(await self._run("sweep", [limit]))
+
+    async def credit(self, row: LedgerRow) -> int:
+        result = await self._call(
+            "credit", row.key_id, [row.key_id, row.entry_id, row.kind, row.amount_nano, row.note or ""]
+        )
+        if result[0] == "no_account":
+            raise StoreUnavailable(f"key {row.key_id} has no account")
+        return int(result[1])
+
+    async def revoke(self, key_id: str) -> None:
+        await self._run("revoke", [key_id])
+
+    async def read(self, key_id: str) -> tuple[int, int, list[HoldRow]] | None:
+        result = await self._call("read", key_id, [key_id])
+        if result[0] == "no_account":
+            return None
+        pairs: list[str] = result[3]
+        holds: list[HoldRow] = []
+        members = [f"{key_id} {pairs[i]}" for i in range(0, len(pairs), 2)]
+        expiries = await self.redis.zmscore(EXPIRY, members) if members else []
+        for i in range(0, len(pairs), 2):
+            amount, tokens, hour, created, *rest = pairs[i + 1].split(" ")
+            expires = expiries[i // 2]
+            holds.append(
+                HoldRow(
+                    pairs[i],
+                    key_id,
+                    rest[0] if rest and rest[0] else None,
+                    int(amount),
+                    int(tokens),
+                    int(hour),
+                    int(created) / 1000,
+                    (expires or 0) / 1000,
+                )
+            )
+        holds.sort(key=lambda h: h.created_at)
+        return int(result[1]), int(result[2]), holds
+
+    async def spent(self, key_id: str, since_hours: Sequence[int]) -> list[int]:
+        if not since_hours:
+            return []
+        result = await self._call("spent", key_id, [key_id, *since_hours])
+        if result[0] == "no_account":
+            return [0 for _ in since_hours]
+        return [int(v) for v in result[1:]]
+
+    async def loaded_balances(self) -> dict[str, int]:
+        """Every account Redis holds, with its live balance (for the audit)."""
+        balances: dict[str, int] = {}
+        async for name in self.redis.scan_iter(match="fg:a:{*}", count=1000):
+            value = await self.redis.hget(name, "bal")
+            if value is not None:
+                balances[str(name)[len("fg:a:{") : -1]] = int(value)
+        return balances
+
+    async def pending(self) -> int:
+        return int(await self.redis.xlen(OUTBOX))

@@ -1,0 +1,223 @@
+"""The Lua scripts of the Redis hold store. Each runs atomically inside Redis: no other command
+from any gateway instance runs between its reads and its writes.
+
+Data per key K (hash-tagged {K}):
+  fg:a:{K}  hash  bal (nano-dollars available), held (sum of open holds), rev (1: revoked)
+  fg:h:{K}  hash  hold id -> "amount tokens hour created_ms request_id"
+  fg:s:{K}  hash  hour -> nano-dollars spent or held in that hour (budgets)
+  fg:r:{K}  hash  rl/rt, tl/tt: request and token bucket levels and their times (ms)
+Shared:
+  fg:hexp   zset  "K hold" scored by expiry (ms), for the sweeper
+  fg:outbox stream of ledger entries waiting for PostgreSQL (store.ledger_shipper)
+  fg:epoch  string naming this Redis data set; a new one means the old data (and its holds) is gone
+
+Amounts are integers below 2^53, exact in Lua's doubles; they are written with %d because
+Lua would print 1e+15 for a large integer. Time is Redis's own clock, shared by all instances.
+"""
+
+from __future__ import annotations
+
+PRELUDE = r"""
+local OUTBOX, EXPIRY, EPOCH = 'fg:outbox', 'fg:hexp', 'fg:epoch'
+local function acct(k) return 'fg:a:{' .. k .. '}' end
+local function holds(k) return 'fg:h:{' .. k .. '}' end
+local function spend(k) return 'fg:s:{' .. k .. '}' end
+local function rate(k) return 'fg:r:{' .. k .. '}' end
+local function int(x) return string.format('%d', x) end
+local function num(x) return string.format('%.6f', x) end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function emit(epoch, entry, k, kind, amount, cost, hold, req, hour, ts, note)
+  redis.call('XADD', OUTBOX, '*', 'e', entry, 'k', k, 't', kind, 'a', int(amount), 'c', cost,
+    'h', hold, 'r', req, 'b', hour, 'ts', int(ts), 'n', note, 'p', epoch)
+end
+-- A token bucket refilled to `now`: `limit` units per minute, `limit` at most.
+local function refill(level, at, limit, now)
+  if level == nil or at == nil then return limit, now end
+  if now > at then level = math.min(limit, level + (now - at) * limit / 60000); at = now end
+  return level, at
+end
+-- Close a hold: settle it (cost given) or release it (cost nil). `used` corrects the token
+-- bucket (tokens used vs reserved) when `tpm` > 0. Returns the balance change, or nil.
+local function close_hold(epoch, k, hold, cost, used, tpm, note, now)
+  local raw = redis.call('HGET', holds(k), hold)
+  if not raw then return nil end
+  redis.call('HDEL', holds(k), hold)
+  redis.call('ZREM', EXPIRY, k .. ' ' .. hold)
+  if redis.call('EXISTS', acct(k)) == 0 then return nil end
+  local amount, tokens, hour, _, req = string.match(raw, '^(%S+) (%S+) (%S+) (%S+) ?(%S*)$')
+  amount = tonumber(amount)
+  local change = amount - (cost or 0)
+  redis.call('HINCRBY', acct(k), 'bal', int(change))
+  redis.call('HINCRBY', acct(k), 'held', int(-amount))
+  if change ~= 0 then redis.call('HINCRBY', spend(k), hour, int(-change)) end
+  if used ~= nil and tpm > 0 then
+    local r = redis.call('HMGET', rate(k), 'tl', 'tt')
+    local level, at = refill(tonumber(r[1]), tonumber(r[2]), tpm, now)
+    level = math.min(tpm, level + tonumber(tokens) - used)
+    redis.call('HSET', rate(k), 'tl', num(level), 'tt', int(at))
+  end
+  local kind = 'settlement'
+  if cost == nil then kind = 'release'; cost = '' else cost = int(cost) end
+  emit(epoch, hold .. ':close', k, kind, change, cost, hold, req, hour, now, note)
+  return change
+end
+-- Release up to `n` holds past their expiry (their process died or lost them).
+local function expire(epoch, now, n)
+  local due = redis.call('ZRANGEBYSCORE', EXPIRY, '-inf', now, 'LIMIT', 0, n)
+  for _, member in ipairs(due) do
+    redis.call('ZREM', EXPIRY, member)
+    local k, hold = string.match(member, '^(%S+) (%S+)$')
+    close_hold(epoch, k, hold, nil, nil, 0, 'expired: not settled in time', now)
+  end
+  return #due
+end
+"""
+
+# KEYS: none (names derive from ARGV[1]).
+# ARGV: key, hold, request, amount, tokens, hour, ttl_ms, rpm, tpm, prune_before_hour, n, (since, limit)*n
+RESERVE = r"""
+local k, hold, req = ARGV[1], ARGV[2], ARGV[3]
+local amount, tokens, hour = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local ttl, rpm, tpm, prune, n = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]),
+  tonumber(ARGV[11])
+local now = now_ms()
+local epoch = redis.call('GET', EPOCH)
+if not epoch or redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
+expire(epoch, now, 16)
+local a = redis.call('HMGET', acct(k), 'bal', 'held', 'rev')
+local bal, held = tonumber(a[1]), tonumber(a[2]) or 0
+if a[3] == '1' then return {'revoked', int(bal), int(held)} end
+local r = redis.call('HMGET', rate(k), 'rl', 'rt', 'tl', 'tt')
+local rl, rt, tl, tt = '', '', '', ''
+if rpm > 0 then rl, rt = refill(tonumber(r[1]), tonumber(r[2]), rpm, now) end
+if tpm > 0 then tl, tt = refill(tonumber(r[3]), tonumber(r[4]), tpm, now) end
+local levels = {num(rpm > 0 and rl or -1), num(tpm > 0 and tl or -1)}
+if rpm > 0 and rl < 1 then return {'requests', int(bal), int(held), levels[1], levels[2]} end
+if tpm > 0 and tl < tokens then return {'tokens', int(bal), int(held), levels[1], levels[2]} end
+if bal < amount then return {'credits', int(bal), int(held), levels[1], levels[2]} end
+if n > 0 or redis.call('HLEN', spend(k)) > 800 then
+  local sums = {}
+  for i = 1, n do sums[i] = 0 end
+  local buckets = redis.call('HGETALL', spend(k))
+  for j = 1, #buckets, 2 do
+    local h, v = tonumber(buckets[j]), tonumber(buckets[j + 1])
+    if h < prune then redis.call('HDEL', spend(k), buckets[j]) end
+    for i = 1, n do
+      if h >= tonumber(ARGV[10 + 2 * i]) then sums[i] = sums[i] + v end
+    end
+  end
+  for i = 1, n do
+    if sums[i] + amount > tonumber(ARGV[11 + 2 * i]) then
+      return {'budget', int(bal), int(held), levels[1], levels[2], tostring(i), int(sums[i])}
+    end
+  end
+end
+if rpm > 0 then rl = rl - 1; redis.call('HSET', rate(k), 'rl', num(rl), 'rt', int(rt)) end
+if tpm > 0 then tl = tl - tokens; redis.call('HSET', rate(k), 'tl', num(tl), 'tt', int(tt)) end
+bal = redis.call('HINCRBY', acct(k), 'bal', int(-amount))
+held = redis.call('HINCRBY', acct(k), 'held', int(amount))
+redis.call('HSET', holds(k), hold,
+  int(amount) .. ' ' .. int(tokens) .. ' ' .. hour .. ' ' .. int(now) .. ' ' .. req)
+redis.call('ZADD', EXPIRY, int(now + ttl), k .. ' ' .. hold)
+redis.call('HINCRBY', spend(k), hour, int(amount))
+emit(epoch, hold .. ':res', k, 'reservation', -amount, '', hold, req, hour, now, '')
+return {'ok', int(bal), int(held), num(rpm > 0 and rl or -1), num(tpm > 0 and tl or -1)}
+"""
+
+# ARGV: key, hold, request, hour, cost (nano), used tokens, tpm
+SETTLE = r"""
+local k, hold, req, hour = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local cost, used, tpm = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local now = now_ms()
+local epoch = redis.call('GET', EPOCH)
+if not epoch or redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
+if close_hold(epoch, k, hold, cost, used, tpm, '', now) ~= nil then return {'ok'} end
+-- The hold is gone (expired, or lost with an earlier data set): charge the cost on its own.
+if cost > 0 then
+  redis.call('HINCRBY', acct(k), 'bal', int(-cost))
+  redis.call('HINCRBY', spend(k), hour, int(cost))
+  emit(epoch, hold .. ':late', k, 'settlement', -cost, int(cost), hold, req, hour, now,
+    'late: the hold had expired')
+end
+return {'late'}
+"""
+
+# ARGV: key, hold, tpm
+RELEASE = r"""
+local k, hold, tpm = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local now = now_ms()
+local epoch = redis.call('GET', EPOCH)
+if not epoch then return {'gone'} end
+if close_hold(epoch, k, hold, nil, 0, tpm, '', now) ~= nil then return {'ok'} end
+return {'gone'}
+"""
+
+# ARGV: how many at most
+SWEEP = r"""
+local epoch = redis.call('GET', EPOCH)
+if not epoch then return 0 end
+return expire(epoch, now_ms(), tonumber(ARGV[1]))
+"""
+
+# A grant or top-up. ARGV: key, entry id, kind, amount, note
+CREDIT = r"""
+local k = ARGV[1]
+local epoch = redis.call('GET', EPOCH)
+if not epoch or redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
+local bal = redis.call('HINCRBY', acct(k), 'bal', ARGV[4])
+emit(epoch, ARGV[2], k, ARGV[3], tonumber(ARGV[4]), '', '', '', '', now_ms(), ARGV[5])
+return {'ok', int(bal)}
+"""
+
+# ARGV: new epoch id. Returns the epoch in force (the new one only if there was none).
+ENSURE_EPOCH = r"""
+redis.call('SET', EPOCH, ARGV[1], 'NX')
+return redis.call('GET', EPOCH)
+"""
+
+# Take over an account from PostgreSQL, unless an instance already did.
+# ARGV: key, epoch the snapshot was made for, balance, revoked (0/1), (hour, spent)*
+LOAD = r"""
+local k = ARGV[1]
+if redis.call('GET', EPOCH) ~= ARGV[2] then return 'epoch' end
+if redis.call('EXISTS', acct(k)) == 1 then return 'exists' end
+-- Leftovers without an account are from a lost data set; PostgreSQL released their holds.
+for _, hold in ipairs(redis.call('HKEYS', holds(k))) do redis.call('ZREM', EXPIRY, k .. ' ' .. hold) end
+redis.call('DEL', holds(k), spend(k))
+redis.call('HSET', acct(k), 'bal', ARGV[3], 'held', '0', 'rev', ARGV[4])
+for i = 5, #ARGV, 2 do redis.call('HSET', spend(k), ARGV[i], ARGV[i + 1]) end
+return 'loaded'
+"""
+
+# ARGV: key. Marks a loaded account revoked (an unloaded one reads revoked_at when it loads).
+REVOKE = r"""
+if redis.call('EXISTS', acct(ARGV[1])) == 1 then redis.call('HSET', acct(ARGV[1]), 'rev', '1') end
+return 1
+"""
+
+# ARGV: key. Balance, held, and the open holds.
+READ = r"""
+local k = ARGV[1]
+if redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
+local a = redis.call('HMGET', acct(k), 'bal', 'held')
+return {'ok', a[1], a[2], redis.call('HGETALL', holds(k))}
+"""
+
+# ARGV: key, since hours... Spend in buckets >= each.
+SPENT = r"""
+local k = ARGV[1]
+if redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
+local sums = {}
+for i = 2, #ARGV do sums[i - 1] = 0 end
+local buckets = redis.call('HGETALL', spend(k))
+for j = 1, #buckets, 2 do
+  local h, v = tonumber(buckets[j]), tonumber(buckets[j + 1])
+  for i = 2, #ARGV do if h >= tonumber(ARGV[i]) then sums[i - 1] = sums[i - 1] + v end end
+end
+local out = {'ok'}
+for i = 1, #sums do out[i + 1] = int(sums[i]) end
+return out
+"""

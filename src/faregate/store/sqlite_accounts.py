@@ -1,0 +1,158 @@
+"""Accounts and the ledger in the embedded store: the AccountTable half of SQLiteStore.
+
+A mixin so that `SQLiteStore` stays one object (one connection, one write lock) while this
+file keeps the money tables apart from keys and records. Reservations themselves (the hot
+path) are in `sqlite_ledger`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from faregate.store.base import AccountRow, AuditRow, KeyRow, LedgerRow
+from faregate.store.holds import new_entry_id
+
+LEDGER_COLUMNS = "entry_id, key_id, kind, amount_nano, cost_nano, hold_id, request_id, hour, created_at, note"
+INSERT_LEDGER = f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def ledger_params(row: LedgerRow) -> tuple[Any, ...]:
+    return (
+        row.entry_id,
+        row.key_id,
+        row.kind,
+        row.amount_nano,
+        row.cost_nano,
+        row.hold_id,
+        row.request_id,
+        row.hour,
+        row.created_at,
+        row.note,
+    )
+
+
+def ledger_row(row: Sequence[Any]) -> LedgerRow:
+    return LedgerRow(
+        entry_id=row[0],
+        key_id=row[1],
+        kind=row[2],
+        amount_nano=int(row[3]),
+        cost_nano=None if row[4] is None else int(row[4]),
+        hold_id=row[5],
+        request_id=row[6],
+        hour=None if row[7] is None else int(row[7]),
+        created_at=float(row[8]),
+        note=row[9],
+    )
+
+
+class SQLiteAccountsMixin:
+    """Needs the host's connection and its write transaction (SQLiteStore provides both)."""
+
+    _conn: Any
+
+    def _transaction(self) -> AbstractAsyncContextManager[None]:
+        raise NotImplementedError
+
+    async def _write_ledger(self, row: LedgerRow) -> None:
+        """Append one row and move the balance by its amount: call inside a transaction."""
+        await self._conn.execute(INSERT_LEDGER, ledger_params(row))
+        await self._conn.execute(
+            "UPDATE accounts SET balance_nano = balance_nano + ?, updated_at = ? WHERE key_id = ?",
+            (row.amount_nano, row.created_at, row.key_id),
+        )
+
+    async def _open_account(self, row: KeyRow, credits_nano: int) -> None:
+        await self._conn.execute(
+            "INSERT INTO accounts (key_id, balance_nano, updated_at) VALUES (?, 0, ?)",
+            (row.id, row.created_at),
+        )
+        if credits_nano > 0:
+            await self._write_ledger(
+                LedgerRow(
+                    new_entry_id("grant"), row.id, "grant", credits_nano, row.created_at, note="new key"
+                )
+            )
+
+    async def get_key(self, key_id: str) -> KeyRow | None:
+        rows = await self._conn.execute_fetchall(
+            "SELECT id, name, prefix, key_hash, premium, created_at, revoked_at FROM api_keys WHERE id = ?",
+            (key_id,),
+        )
+        for row in rows:
+            return KeyRow(
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                bool(row[4]),
+                float(row[5]),
+                None if row[6] is None else float(row[6]),
+            )
+        return None
+
+    async def get_account(self, key_id: str) -> AccountRow | None:
+        rows = await self._conn.execute_fetchall(
+            "SELECT a.key_id, a.balance_nano, a.requests_per_minute, a.tokens_per_minute, a.max_request_nano,"
+            " a.budgets, k.revoked_at IS NOT NULL"
+            " FROM accounts a JOIN api_keys k ON k.id = a.key_id WHERE a.key_id = ?",
+            (key_id,),
+        )
+        for row in rows:
+            return AccountRow(row[0], int(row[1]), row[2], row[3], row[4], row[5], bool(row[6]))
+        return None
+
+    async def set_policy(
+        self,
+        key_id: str,
+        requests_per_minute: int | None,
+        tokens_per_minute: int | None,
+        max_request_nano: int | None,
+        budgets: str,
+    ) -> bool:
+        async with self._transaction():
+            cursor = await self._conn.execute(
+                "UPDATE accounts SET requests_per_minute = ?, tokens_per_minute = ?, max_request_nano = ?,"
+                " budgets = ?, updated_at = ? WHERE key_id = ?",
+                (requests_per_minute, tokens_per_minute, max_request_nano, budgets, time.time(), key_id),
+            )
+            changed = int(cursor.rowcount) > 0
+        return changed
+
+    async def set_key_name(self, key_id: str, name: str) -> bool:
+        async with self._transaction():
+            cursor = await self._conn.execute("UPDATE api_keys SET name = ? WHERE id = ?", (name, key_id))
+            changed = int(cursor.rowcount) > 0
+        return changed
+
+    async def credit(self, row: LedgerRow) -> int:
+        """A grant or top-up: the ledger row and the balance move together. Returns the balance."""
+        async with self._transaction():
+            await self._write_ledger(row)
+            rows = await self._conn.execute_fetchall(
+                "SELECT balance_nano FROM accounts WHERE key_id = ?", (row.key_id,)
+            )
+        return int(next(iter(rows))[0])
+
+    async def ledger_rows(self, key_id: str, limit: int) -> list[LedgerRow]:
+        rows = await self._conn.execute_fetchall(
+            f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE key_id = ? ORDER BY id DESC LIMIT ?", (key_id, limit)
+        )
+        return [ledger_row(row) for row in rows]
+
+    async def audit_rows(self) -> list[AuditRow]:
+        rows = await self._conn.execute_fetchall(
+            "SELECT a.key_id, a.balance_nano, COALESCE(l.total, 0), COALESCE(l.entries, 0) FROM accounts a"
+            " LEFT JOIN (SELECT key_id, SUM(amount_nano) AS total, COUNT(*) AS entries FROM ledger"
+            " GROUP BY key_id) l ON l.key_id = a.key_id ORDER BY a.key_id"
+        )
+        return [AuditRow(row[0], int(row[1]), int(row[2]), int(row[3])) for row in rows]
+
+    async def ledger_keys_without_account(self) -> list[str]:
+        rows = await self._conn.execute_fetchall(
+            "SELECT DISTINCT key_id FROM ledger WHERE key_id NOT IN (SELECT key_id FROM accounts)"
+        )
+        return [str(row[0]) for row in rows]

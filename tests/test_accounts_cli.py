@@ -1,0 +1,79 @@
+"""`faregate keys` and `faregate credits` on the embedded store."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner, Result
+
+from faregate.cli import credits as credits_cli
+from faregate.cli import keys as keys_cli
+from faregate.store.sqlite import DB_FILENAME
+
+
+@pytest.fixture
+def app() -> typer.Typer:
+    app = typer.Typer()
+    keys_cli.register(app)
+    credits_cli.register(app)
+    return app
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> str:
+    path = tmp_path / "faregate.yaml"
+    path.write_text(f"store:\n  path: {tmp_path / 'store'}\naccounts:\n  new_key_credits_usd: '2.5'\n")
+    return str(path)
+
+
+def run(app: typer.Typer, *args: str) -> Result:
+    return CliRunner().invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "200"})
+
+
+def test_keys_get_the_configured_grant_and_their_own_limits(app: typer.Typer, config: str) -> None:
+    options = ["--rpm", "50", "--budget", "day=1", "--budget", "month:rolling=20", "--max-request", "0.5"]
+    created = run(app, "keys", "create", "--name", "team", *options, "--config", config)
+    assert created.exit_code == 0, created.output
+    assert "with $2.5 of credits" in created.output
+    key_id = re.findall(r"key_[0-9a-f]+", created.output)[0]
+    shown = run(app, "keys", "show", "team", "--config", config)
+    assert shown.exit_code == 0, shown.output
+    assert "balance   $2.5 " in shown.output and "50 requests/min" in shown.output
+    assert "per request $0.5" in shown.output
+    assert "budget    calendar day: $0 of $1" in shown.output and "rolling month: $0 of $20" in shown.output
+    updated = run(
+        app, "keys", "update", key_id, "--rpm", "0", "--clear-budgets", "--name", "team-2", "--config", config
+    )
+    assert updated.exit_code == 0, updated.output
+    assert (
+        "team-2" in updated.output and "600 requests/min" in updated.output and "budget" not in updated.output
+    )
+    granted = run(app, "keys", "create", "--name", "free", "--credits", "0", "--config", config)
+    assert "with $0 of credits" in granted.output
+    listed = run(app, "keys", "list", "--config", config)
+    assert "2.5" in listed.output and "balance (USD)" in listed.output
+
+
+def test_credits_add_ledger_and_audit(app: typer.Typer, config: str, tmp_path: Path) -> None:
+    run(app, "keys", "create", "--name", "alice", "--config", config)
+    added = run(app, "credits", "add", "alice", "10.25", "--note", "invoice 7", "--config", config)
+    assert added.exit_code == 0 and "Added $10.25" in added.output and "balance $12.75" in added.output
+    ledger = run(app, "credits", "ledger", "alice", "--config", config)
+    assert ledger.exit_code == 0 and "topup" in ledger.output and "invoice 7" in ledger.output
+    assert "grant" in ledger.output
+    audit = run(app, "credits", "audit", "--config", config)
+    assert audit.exit_code == 0 and "Every balance equals the sum of its ledger rows" in audit.output
+    for bad in ("-1", "0", "abc", "0.0000000001"):
+        refused = run(app, "credits", "add", "alice", bad, "--config", config)
+        assert refused.exit_code in (1, 2), bad  # 2: click reads "-1" as an option
+    missing = run(app, "credits", "add", "nobody", "1", "--config", config)
+    assert missing.exit_code == 1 and "No key" in missing.output
+    # Someone edits a balance behind the ledger's back: the audit says so, and fails.
+    with sqlite3.connect(tmp_path / "store" / DB_FILENAME) as db:
+        db.execute("UPDATE accounts SET balance_nano = balance_nano + 1000")
+    audit = run(app, "credits", "audit", "--config", config)
+    assert audit.exit_code == 1 and "but the ledger sums to $12.75" in audit.output

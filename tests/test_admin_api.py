@@ -1,0 +1,170 @@
+"""The accounts HTTP API in process (aiohttp's test server): the master key guards every /admin
+route, keys are managed and topped up through it, and a key reads its own state at /v1/me."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from faregate.config import load_settings
+from faregate.server.app import build_gateway, create_app
+from harness import MASTER_KEY
+
+ADMIN = {"Authorization": f"Bearer {MASTER_KEY}"}
+
+
+@pytest.fixture
+async def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient[Any, Any]]:
+    monkeypatch.setenv("FAREGATE_MASTER_KEY", MASTER_KEY)
+    settings = load_settings(
+        overrides={
+            "store": {"path": str(tmp_path / "store")},
+            "catalog": {"broad": False},
+            "accounts": {"enabled": True, "new_key_credits_usd": "5"},
+        }
+    )
+    gateway = await build_gateway(settings)
+    async with TestClient(TestServer(create_app(gateway))) as test_client:
+        yield test_client
+
+
+def admin_routes(app: web.Application) -> list[tuple[str, str]]:
+    routes = []
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("path") or info.get("formatter") or ""
+        if path.startswith("/admin") and route.method != "HEAD":
+            routes.append((route.method, re.sub(r"\{[^}]+\}", "x", path)))
+    return routes
+
+
+async def test_no_admin_endpoint_answers_without_the_master_key(client: TestClient[Any, Any]) -> None:
+    created = await client.post("/admin/keys", json={"name": "user"}, headers=ADMIN)
+    user_key = (await created.json())["api_key"]
+    routes = admin_routes(client.app)  # type: ignore[arg-type]
+    assert ("POST", "/admin/keys") in routes and ("GET", "/admin/audit") in routes and len(routes) >= 10
+    for method, path in routes:
+        for headers, statuses in (
+            ({}, {401}),
+            ({"Authorization": f"Bearer {user_key}"}, {403}),
+            ({"Authorization": "Bearer fg-master-test-01234567890"}, {403}),
+            ({"Authorization": f"Basic {MASTER_KEY}"}, {401, 403}),
+        ):
+            response = await client.request(method, path, headers=headers, json={})
+            assert response.status in statuses, (method, path, headers, response.status)
+            body = await response.json()
+            assert set(body["error"]) == {"message", "type", "param", "code"}
+    # The key's account was not touched by any of those calls.
+    listed = await (await client.get("/admin/keys", headers=ADMIN)).json()
+    assert [k["balance_usd"] for k in listed["data"]] == ["5"]
+
+
+async def test_admin_endpoints_are_off_without_a_master_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FAREGATE_MASTER_KEY", raising=False)
+    settings = load_settings(overrides={"store": {"path": str(tmp_path / "s")}, "catalog": {"broad": False}})
+    async with TestClient(TestServer(create_app(await build_gateway(settings)))) as test_client:
+        response = await test_client.get("/admin/keys", headers=ADMIN)
+        assert response.status == 403 and "disabled" in (await response.json())["error"]["message"]
+
+
+async def test_key_lifecycle_credits_budgets_and_limits(client: TestClient[Any, Any]) -> None:
+    response = await client.post(
+        "/admin/keys",
+        json={
+            "name": "team-a",
+            "premium": True,
+            "credits_usd": "12.5",
+            "budgets": [
+                {"period": "month", "limit_usd": "100"},
+                {"period": "day", "window": "rolling", "limit_usd": 5},
+            ],
+            "requests_per_minute": 100,
+            "max_request_usd": "0.25",
+        },
+        headers=ADMIN,
+    )
+    assert response.status == 201
+    key = await response.json()
+    assert key["api_key"].startswith("fg_pro_") and key["premium"] is True
+    assert key["balance_usd"] == "12.5" and key["reserved_usd"] == "0"
+    assert key["limits"] == {
+        "requests_per_minute": 100,
+        "tokens_per_minute": 10_000_000,  # the premium tier's default
+        "max_request_usd": "0.25",
+        "own": ["requests_per_minute"],
+    }
+    assert [(b["period"], b["window"], b["limit_usd"], b["spent_usd"]) for b in key["budgets"]] == [
+        ("month", "calendar", "100", "0"),
+        ("day", "rolling", "5", "0"),
+    ]
+    key_id = key["id"]
+
+    topped = await client.post(
+        f"/admin/keys/{key_id}/credits", json={"amount_usd": "7.5", "note": "invoice 42"}, headers=ADMIN
+    )
+    assert (await topped.json())["balance_usd"] == "20"
+    updated = await client.patch(
+        "/admin/keys/team-a",
+        json={"requests_per_minute": None, "budgets": [], "name": "team-b"},
+        headers=ADMIN,
+    )
+    body = await updated.json()
+    assert (
+        body["name"] == "team-b" and body["budgets"] == [] and body["limits"]["requests_per_minute"] == 6000
+    )
+    ledger = await (await client.get(f"/admin/keys/{key_id}/ledger", headers=ADMIN)).json()
+    assert [(row["kind"], row["amount_usd"], row["note"]) for row in ledger["data"]] == [
+        ("topup", "7.5", "invoice 42"),
+        ("grant", "12.5", "new key"),
+    ]
+    holds = await (await client.get(f"/admin/keys/{key_id}/reservations", headers=ADMIN)).json()
+    assert holds == {"object": "list", "data": []}
+
+    me = await client.get("/v1/me", headers={"Authorization": f"Bearer {key['api_key']}"})
+    mine = await me.json()
+    assert me.status == 200 and mine["id"] == key_id and mine["balance_usd"] == "20"
+    assert "api_key" not in mine and not any(key["api_key"] in str(v) for v in mine.values())
+
+    revoked = await client.delete(f"/admin/keys/{key_id}", headers=ADMIN)
+    assert (await revoked.json())["revoked_at"] is not None
+    assert (await client.get("/v1/me", headers={"Authorization": f"Bearer {key['api_key']}"})).status == 401
+    assert (await client.get("/admin/keys?revoked=false", headers=ADMIN)).status == 200
+    audit = await (await client.get("/admin/audit", headers=ADMIN)).json()
+    assert audit["clean"] is True and audit["entries"] == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "param"),
+    [
+        ("POST", "/admin/keys", {}, 400, "name"),
+        ("POST", "/admin/keys", {"name": "x", "credits_usd": "-1"}, 400, "credits_usd"),
+        (
+            "POST",
+            "/admin/keys",
+            {"name": "x", "budgets": [{"period": "year", "limit_usd": 1}]},
+            400,
+            "budgets[0].period",
+        ),
+        ("POST", "/admin/keys", {"name": "x", "rpm": 5}, 400, "rpm"),
+        ("POST", "/admin/keys/nope/credits", {"amount_usd": "1"}, 404, None),
+        ("POST", "/admin/keys/KEY/credits", {"amount_usd": "0.0000000001"}, 400, "amount_usd"),
+        ("PATCH", "/admin/keys/KEY", {"tokens_per_minute": 0}, 400, "tokens_per_minute"),
+        ("GET", "/admin/keys/KEY/ledger?limit=0", None, 400, "limit"),
+    ],
+)
+async def test_bad_admin_requests_are_clear_400s_and_404s(
+    client: TestClient[Any, Any], method: str, path: str, body: Any, status: int, param: str | None
+) -> None:
+    created = await (await client.post("/admin/keys", json={"name": "k"}, headers=ADMIN)).json()
+    response = await client.request(method, path.replace("KEY", created["id"]), json=body, headers=ADMIN)
+    assert response.status == status
+    error = (await response.json())["error"]
+    assert error["param"] == param and error["message"]

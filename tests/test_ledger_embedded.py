@@ -1,0 +1,195 @@
+"""The embedded (SQLite) ledger: reservations are atomic, every change is a ledger row, holds expire."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from faregate.accounts.backend import Admitted, HoldRef, Refused, ReserveAsk
+from faregate.accounts.embedded import EmbeddedAccounts
+from faregate.accounts.keys import KeyStore
+from faregate.accounts.metered import MeteredAdmission, PolicyCache
+from faregate.accounts.policy import Budget, Limits, hour_of, window_of
+from faregate.config import AccountsSettings
+from faregate.errors import InsufficientCredits
+from faregate.server.parse import parse_chat_request
+from faregate.store.base import LedgerRow
+from faregate.store.sqlite import DB_FILENAME, SQLiteStore
+
+UNLIMITED = Limits(None, None)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    store = await SQLiteStore.open(tmp_path)
+    yield store
+    await store.close()
+
+
+async def new_key(store: SQLiteStore, credits_nano: int) -> str:
+    key, _ = await KeyStore(store).create("t", credits_nano=credits_nano)
+    return key.id
+
+
+def ask(
+    key_id: str, n: int, amount: int, *, ttl: float = 60.0, windows: tuple = (), limits: Limits = UNLIMITED
+) -> ReserveAsk:  # type: ignore[type-arg]
+    import time
+
+    return ReserveAsk(
+        key_id, f"hold_{n}", f"req_{n}", amount, 100, hour_of(time.time()), windows, limits, ttl
+    )
+
+
+def ledger_sum(path: Path, key_id: str) -> int:
+    with sqlite3.connect(path / DB_FILENAME) as db:
+        return int(
+            db.execute(
+                "SELECT COALESCE(SUM(amount_nano), 0) FROM ledger WHERE key_id = ?", (key_id,)
+            ).fetchone()[0]
+        )
+
+
+async def test_grant_is_a_ledger_row_and_audit_is_clean(store: SQLiteStore, tmp_path: Path) -> None:
+    key_id = await new_key(store, 10_000_000)
+    accounts = EmbeddedAccounts(store)
+    balance = await accounts.balance(key_id)
+    assert balance is not None and balance.balance_nano == 10_000_000 == ledger_sum(tmp_path, key_id)
+    rows = await store.ledger_rows(key_id, 10)
+    assert [(r.kind, r.amount_nano) for r in rows] == [("grant", 10_000_000)]
+    assert (await accounts.audit()).clean
+
+
+async def test_concurrent_reservations_never_overspend(store: SQLiteStore, tmp_path: Path) -> None:
+    key_id = await new_key(store, 10_000_000)  # $0.01
+    accounts = EmbeddedAccounts(store)
+    results = await asyncio.gather(*(accounts.reserve(ask(key_id, i, 1_000_000)) for i in range(200)))
+    admitted = [r for r in results if isinstance(r, Admitted)]
+    assert len(admitted) == 10
+    assert all(
+        isinstance(r, Refused) and r.reason == "credits" for r in results if not isinstance(r, Admitted)
+    )
+    balance = await accounts.balance(key_id)
+    assert balance is not None and (balance.balance_nano, balance.held_nano) == (0, 10_000_000)
+    assert ledger_sum(tmp_path, key_id) == 0
+    assert (await accounts.audit()).clean
+
+
+async def test_settle_charges_the_cost_and_gives_back_the_rest(store: SQLiteStore, tmp_path: Path) -> None:
+    key_id = await new_key(store, 10_000_000)
+    accounts = EmbeddedAccounts(store)
+    assert isinstance(await accounts.reserve(ask(key_id, 1, 4_000_000)), Admitted)
+    assert isinstance(await accounts.reserve(ask(key_id, 2, 4_000_000)), Admitted)
+    ref = HoldRef("hold_1", "req_1", hour_of(0), 100, UNLIMITED)
+    await accounts.settle(key_id, HoldRef("hold_1", "req_1", ref.hour, 100, UNLIMITED), 1_234_567, 50)
+    await accounts.release(key_id, HoldRef("hold_2", "req_2", ref.hour, 100, UNLIMITED))
+    balance = await accounts.balance(key_id)
+    assert balance is not None and balance.balance_nano == 10_000_000 - 1_234_567 and balance.held_nano == 0
+    kinds = [(r.kind, r.amount_nano, r.cost_nano) for r in reversed(await store.ledger_rows(key_id, 10))]
+    assert kinds == [
+        ("grant", 10_000_000, None),
+        ("reservation", -4_000_000, None),
+        ("reservation", -4_000_000, None),
+        ("settlement", 4_000_000 - 1_234_567, 1_234_567),
+        ("release", 4_000_000, None),
+    ]
+    assert ledger_sum(tmp_path, key_id) == balance.balance_nano
+    assert (await accounts.audit()).clean
+
+
+async def test_expired_holds_are_released_by_admission_and_by_the_sweeper(store: SQLiteStore) -> None:
+    key_id = await new_key(store, 1_000_000)
+    accounts = EmbeddedAccounts(store)
+    # A hold whose process died: it expires at once.
+    assert isinstance(await accounts.reserve(ask(key_id, 1, 1_000_000, ttl=0.0)), Admitted)
+    # Admission treats it as released: the whole balance is available again.
+    assert isinstance(await accounts.reserve(ask(key_id, 2, 1_000_000, ttl=0.0)), Admitted)
+    assert await accounts.sweep() == 1
+    rows = await store.ledger_rows(key_id, 10)
+    expired = [r for r in rows if r.kind == "release"]
+    assert len(expired) == 2 and all("expired" in (r.note or "") for r in expired)
+    # A late settlement (the request finished after its hold expired) is still charged.
+    await accounts.settle(key_id, HoldRef("hold_1", "req_1", hour_of(0), 100, UNLIMITED), 300_000, 10)
+    balance = await accounts.balance(key_id)
+    assert balance is not None and balance.balance_nano == 700_000 and balance.held_nano == 0
+    assert (await accounts.audit()).clean
+
+
+async def test_budget_windows_count_held_and_settled_spend(store: SQLiteStore) -> None:
+    import time
+
+    key_id = await new_key(store, 100_000_000)
+    accounts = EmbeddedAccounts(store)
+    window = window_of(Budget("day", "calendar", 2_500_000), time.time())
+    results = [await accounts.reserve(ask(key_id, i, 1_000_000, windows=(window,))) for i in range(3)]
+    assert [type(r).__name__ for r in results] == ["Admitted", "Admitted", "Refused"]
+    refused = results[2]
+    assert (
+        isinstance(refused, Refused) and refused.reason == "budget" and refused.window_spent_nano == 2_000_000
+    )
+    await accounts.settle(key_id, HoldRef("hold_0", None, hour_of(time.time()), 100, UNLIMITED), 100_000, 10)
+    # 0.1 settled + 1.0 held = 1.1 of 2.5: one more fits.
+    assert isinstance(await accounts.reserve(ask(key_id, 9, 1_000_000, windows=(window,))), Admitted)
+    assert await accounts.spent(key_id, [window.since_hour]) == [2_100_000]
+
+
+async def test_rate_limits_refuse_before_touching_the_store(store: SQLiteStore) -> None:
+    key_id = await new_key(store, 100_000_000)
+    accounts = EmbeddedAccounts(store)
+    limits = Limits(2, None)
+    results = [await accounts.reserve(ask(key_id, i, 1, limits=limits)) for i in range(3)]
+    assert isinstance(results[2], Refused) and results[2].reason == "rate"
+    assert len(await accounts.holds(key_id)) == 2
+
+
+async def test_revoked_key_is_refused_by_the_store_itself(store: SQLiteStore) -> None:
+    keys = KeyStore(store)
+    key, _ = await keys.create("t", credits_nano=1_000_000)
+    assert await keys.revoke(key.id)
+    refused = await EmbeddedAccounts(store).reserve(ask(key.id, 1, 1))
+    assert isinstance(refused, Refused) and refused.reason == "revoked"
+
+
+async def test_ledger_is_append_only(store: SQLiteStore, tmp_path: Path) -> None:
+    await new_key(store, 5)
+    with (
+        sqlite3.connect(tmp_path / DB_FILENAME) as db,
+        pytest.raises(sqlite3.IntegrityError, match="append-only"),
+    ):
+        db.execute("UPDATE ledger SET amount_nano = 1000000")
+    with (
+        sqlite3.connect(tmp_path / DB_FILENAME) as db,
+        pytest.raises(sqlite3.IntegrityError, match="append-only"),
+    ):
+        db.execute("DELETE FROM ledger")
+
+
+async def test_audit_reports_a_tampered_balance(store: SQLiteStore, tmp_path: Path) -> None:
+    key_id = await new_key(store, 5_000)
+    await store.credit(LedgerRow("topup_x", key_id, "topup", 1_000, 1.0))
+    with sqlite3.connect(tmp_path / DB_FILENAME) as db:
+        db.execute("UPDATE accounts SET balance_nano = balance_nano + 1 WHERE key_id = ?", (key_id,))
+    report = await EmbeddedAccounts(store).audit()
+    assert not report.clean and key_id in report.problems[0] and "0.000006001" in report.problems[0]
+
+
+async def test_metered_admission_caps_a_single_request(store: SQLiteStore) -> None:
+    key_id = await new_key(store, 10_000_000_000)
+    await store.set_policy(key_id, None, None, 1_000_000, "[]")
+    accounts = EmbeddedAccounts(store)
+    admission = MeteredAdmission(accounts, PolicyCache(store), AccountsSettings(), 60.0)
+    key = next(k for k in await KeyStore(store).list() if k.id == key_id)
+    request = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}]}, {}, "req_1")
+    with pytest.raises(InsufficientCredits) as refused:
+        await admission.admit(key, request, Decimal("0.0011"), 10)
+    assert refused.value.code == "request_budget_exceeded" and "$0.001" in refused.value.message
+    hold = await admission.admit(key, request, Decimal("0.0009"), 10)
+    assert hold.reserved_usd == Decimal("0.0009") and "x-ratelimit-limit-requests" in hold.headers
+    await admission.settle(hold, Decimal("0.0001"), 5)
+    balance = await accounts.balance(key_id)
+    assert balance is not None and balance.balance_nano == 10_000_000_000 - 100_000

@@ -1,0 +1,213 @@
+"""The PostgreSQL store and the Redis hold store, against real throwaway servers (tests/servers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+
+from faregate.accounts.backend import Admitted, HoldRef, Refused, ReserveAsk
+from faregate.accounts.keys import KeyStore
+from faregate.accounts.policy import Budget, Limits, hour_of, window_of
+from faregate.accounts.shared import SharedAccounts
+from faregate.errors import ConfigError
+from faregate.store.base import LedgerRow
+from faregate.store.postgres import PostgresStore
+from faregate.store.postgres_migrations import PG_MIGRATIONS
+from faregate.store.redis_ledger import account_key
+from faregate.types import RequestRecord
+from servers import PostgresServer, RedisServer, SharedUrls, postgres_server, redis_server, shared_urls  # noqa: F401
+
+UNLIMITED = Limits(None, None)
+
+
+@pytest.fixture
+async def pg(shared_urls: SharedUrls) -> AsyncIterator[PostgresStore]:  # noqa: F811
+    store = await PostgresStore.open(shared_urls.postgres)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def shared(pg: PostgresStore, shared_urls: SharedUrls) -> AsyncIterator[SharedAccounts]:  # noqa: F811
+    accounts = await SharedAccounts.connect(shared_urls.redis, pg, flush_interval_s=0.02, sweep_interval_s=60)
+    await accounts.start()
+    yield accounts
+    await accounts.close()
+
+
+def ask(
+    key_id: str, n: int, amount: int, *, ttl: float = 60.0, windows: tuple = (), limits: Limits = UNLIMITED
+) -> ReserveAsk:  # type: ignore[type-arg]
+    return ReserveAsk(
+        key_id, f"hold_{n}", f"req_{n}", amount, 100, hour_of(time.time()), windows, limits, ttl
+    )
+
+
+async def ledger_sum(pg: PostgresStore, key_id: str) -> int:
+    return int(
+        await pg._pool.fetchval("SELECT COALESCE(SUM(amount_nano), 0) FROM ledger WHERE key_id = $1", key_id)
+    )
+
+
+# -- the store -------------------------------------------------------------------------------
+
+
+async def test_migrations_are_versioned_idempotent_and_refuse_a_newer_schema(shared_urls: SharedUrls) -> None:  # noqa: F811
+    first = await PostgresStore.open(shared_urls.postgres)
+    second = await PostgresStore.open(shared_urls.postgres)  # a second instance starting: nothing to do
+    assert await first.schema_versions() == [m.version for m in PG_MIGRATIONS]
+    await first.close()
+    await second.close()
+    with pytest.raises(ConfigError, match="newer than this faregate knows"):
+        await PostgresStore.open(shared_urls.postgres, migrations=PG_MIGRATIONS[:1])
+
+
+async def test_instances_starting_together_migrate_once(shared_urls: SharedUrls) -> None:  # noqa: F811
+    stores = await asyncio.gather(*(PostgresStore.open(shared_urls.postgres) for _ in range(4)))
+    assert await stores[0].schema_versions() == [m.version for m in PG_MIGRATIONS]
+    for store in stores:
+        await store.close()
+
+
+async def test_keys_and_records(pg: PostgresStore) -> None:
+    keys = KeyStore(pg)
+    key, raw = await keys.create("alice", credits_nano=5_000)
+    assert (await keys.verify(raw)) == key
+    assert (await pg.get_account(key.id)).balance_nano == 5_000  # type: ignore[union-attr]
+    record = RequestRecord("req_1", 1000.0, key.id, "m", "m", "sim", 200, False, 10, 5, Decimal("0.00082"))
+    other = RequestRecord("req_2", 2000.0, None, "m2", None, None, 502, True, error="boom")
+    assert await pg.insert_records([record, other]) == 2
+    assert await pg.insert_records([record]) == 0  # a retried batch never duplicates
+    assert (await pg.get_record("req_1")) == record
+    assert await pg.count_records() == 2
+    summary = await pg.usage_summary(None, None, "model")
+    assert [(u.group, u.requests, u.errors, u.cost) for u in summary] == [
+        ("m", 1, 0, Decimal("0.00082")),
+        ("m2", 1, 1, Decimal(0)),
+    ]
+    assert [u.group for u in await pg.usage_summary(1500.0, None, "key")] == [None]
+    assert await keys.revoke("alice") and await keys.verify(raw) is None
+
+
+async def test_apply_ledger_is_idempotent(pg: PostgresStore) -> None:
+    key, _ = await KeyStore(pg).create("t")
+    rows = [LedgerRow("topup_1", key.id, "topup", 700, 1.0), LedgerRow("topup_2", key.id, "topup", 300, 2.0)]
+    assert await pg.apply_ledger(rows) == 2
+    assert await pg.apply_ledger(rows) == 0  # shipped twice: nothing moves the second time
+    assert (await pg.get_account(key.id)).balance_nano == 1_000 == await ledger_sum(pg, key.id)  # type: ignore[union-attr]
+    with pytest.raises(Exception, match="append-only"):
+        await pg._pool.execute("DELETE FROM ledger")
+
+
+# -- reservations in Redis -------------------------------------------------------------------
+
+
+async def test_concurrent_reservations_never_overspend(pg: PostgresStore, shared: SharedAccounts) -> None:
+    key, _ = await KeyStore(pg).create("t", credits_nano=10_000_000)
+    results = await asyncio.gather(*(shared.reserve(ask(key.id, i, 1_000_000)) for i in range(200)))
+    assert sum(isinstance(r, Admitted) for r in results) == 10
+    assert {r.reason for r in results if isinstance(r, Refused)} == {"credits"}
+    await shared.flush()
+    assert (await pg.get_account(key.id)).balance_nano == 0 == await ledger_sum(pg, key.id)  # type: ignore[union-attr]
+    assert (await shared.audit()).clean
+
+
+async def test_settle_release_expire_and_late_settle(pg: PostgresStore, shared: SharedAccounts) -> None:
+    key, _ = await KeyStore(pg).create("t", credits_nano=10_000_000)
+    hour = hour_of(time.time())
+    for n in (1, 2):
+        assert isinstance(await shared.reserve(ask(key.id, n, 4_000_000)), Admitted)
+    assert isinstance(await shared.reserve(ask(key.id, 3, 1_000_000, ttl=0.0)), Admitted)
+    holds = await shared.holds(key.id)
+    assert sorted(h.hold_id for h in holds) == ["hold_1", "hold_2", "hold_3"]
+    await shared.settle(key.id, HoldRef("hold_1", "req_1", hour, 100, UNLIMITED), 1_234_567, 10)
+    await shared.release(key.id, HoldRef("hold_2", "req_2", hour, 100, UNLIMITED))
+    assert await shared.sweep() == 1  # hold_3 had expired
+    await shared.settle(key.id, HoldRef("hold_3", "req_3", hour, 100, UNLIMITED), 2_000, 10)  # late
+    balance = await shared.balance(key.id)
+    assert balance is not None and balance.held_nano == 0
+    assert balance.balance_nano == 10_000_000 - 1_234_567 - 2_000
+    await shared.flush()
+    rows = {r.entry_id: r for r in await pg.ledger_rows(key.id, 100)}
+    assert rows["hold_3:close"].note is not None and "expired" in rows["hold_3:close"].note
+    assert rows["hold_3:late"].amount_nano == -2_000 and rows["hold_1:close"].cost_nano == 1_234_567
+    assert (await pg.get_account(key.id)).balance_nano == balance.balance_nano  # type: ignore[union-attr]
+    assert await pg.open_holds_count() == 0
+    assert (await shared.audit()).clean
+
+
+async def test_budgets_and_rate_limits_live_in_redis(pg: PostgresStore, shared: SharedAccounts) -> None:
+    key, _ = await KeyStore(pg).create("t", credits_nano=10_000_000_000)
+    window = window_of(Budget("day", "calendar", 2_500_000), time.time())
+    results = [await shared.reserve(ask(key.id, i, 1_000_000, windows=(window,))) for i in range(3)]
+    refused = results[2]
+    assert (
+        isinstance(refused, Refused) and refused.reason == "budget" and refused.window_spent_nano == 2_000_000
+    )
+    limits = Limits(2, 1000)
+    results = [await shared.reserve(ask(key.id, 10 + i, 1, limits=limits)) for i in range(3)]
+    assert isinstance(results[0], Admitted) and results[0].rate is not None
+    assert results[0].rate.requests is not None and results[0].rate.requests.remaining == 1
+    rate = results[2]
+    assert isinstance(rate, Refused) and rate.rate is not None and rate.rate.what == "requests"
+    assert 25 < rate.rate.retry_after_s <= 30
+
+
+async def test_revocation_is_seen_by_the_reservation(pg: PostgresStore, shared: SharedAccounts) -> None:
+    keys = KeyStore(pg)
+    key, _ = await keys.create("t", credits_nano=1_000)
+    assert isinstance(await shared.reserve(ask(key.id, 1, 1)), Admitted)
+    await keys.revoke(key.id)
+    await shared.key_changed(key.id, revoked=True)
+    refused = await shared.reserve(ask(key.id, 2, 1))
+    assert isinstance(refused, Refused) and refused.reason == "revoked"
+
+
+async def test_redis_data_loss_releases_its_holds_exactly_once(
+    pg: PostgresStore,
+    shared: SharedAccounts,
+    redis_server: RedisServer,  # noqa: F811
+    shared_urls: SharedUrls,  # noqa: F811
+) -> None:
+    key, _ = await KeyStore(pg).create("t", credits_nano=10_000_000)
+    hour = hour_of(time.time())
+    assert isinstance(await shared.reserve(ask(key.id, 1, 6_000_000)), Admitted)
+    assert isinstance(await shared.reserve(ask(key.id, 2, 3_000_000)), Admitted)
+    await shared.settle(key.id, HoldRef("hold_2", "req_2", hour, 100, UNLIMITED), 1_000_000, 10)
+    await shared.flush()
+    # Redis restarted without persistence: hold_1 is gone with everything else.
+    redis_server.cli("-n", shared_urls.redis.rsplit("/", 1)[1], "FLUSHDB")
+    await shared.shipper.start()  # the consumer group went too; a running shipper recreates it
+    # The request that held hold_1 finishes now: its cost is charged, its hold released once.
+    await shared.settle(key.id, HoldRef("hold_1", "req_1", hour, 100, UNLIMITED), 2_000_000, 10)
+    balance = await shared.balance(key.id)
+    assert balance is not None and balance.balance_nano == 10_000_000 - 1_000_000 - 2_000_000
+    await shared.flush()
+    rows = {r.entry_id: r for r in await pg.ledger_rows(key.id, 100)}
+    assert "lost" in (rows["hold_1:close"].note or "") and rows["hold_1:late"].amount_nano == -2_000_000
+    assert (await pg.get_account(key.id)).balance_nano == balance.balance_nano  # type: ignore[union-attr]
+    assert await shared.redis.exists(account_key(key.id))
+    assert (await shared.audit()).clean
+
+
+async def test_an_unreachable_redis_refuses_with_503_not_free_spend(pg: PostgresStore) -> None:
+    from faregate.accounts.metered import AccountsUnavailable, MeteredAdmission, PolicyCache
+    from faregate.config import AccountsSettings
+    from faregate.server.parse import parse_chat_request
+    from servers import run_redis
+
+    keys = KeyStore(pg)
+    key, _ = await keys.create("t", credits_nano=1_000_000)
+    with run_redis() as doomed:
+        accounts = await SharedAccounts.connect(doomed.new_database(), pg)
+    # The server is gone now.
+    admission = MeteredAdmission(accounts, PolicyCache(pg), AccountsSettings(), 60.0)
+    request = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}]}, {}, "req_1")
+    with pytest.raises(AccountsUnavailable) as refused:
+        await admission.admit(key, request, Decimal("0.0001"), 10)
+    assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
+    await accounts.redis.aclose(close_connection_pool=True)
