@@ -1,0 +1,401 @@
+// Faregate dashboard: one page over the /admin/dashboard/* JSON endpoints.
+// The master key lives in sessionStorage (this tab only) and goes out as a Bearer header.
+// Every value from the server is written with textContent, never as HTML.
+"use strict";
+
+const KEY_STORE = "faregate.masterKey";
+const PAGE = 25; // recent requests per page
+const state = { timer: null, charts: {}, before: null, loading: false };
+const $ = (id) => document.getElementById(id);
+
+// --- formatting ---------------------------------------------------------------------------
+
+function usd(text) {
+  if (text === null || text === undefined) return "–";
+  const n = Number(text);
+  const abs = Math.abs(n);
+  const digits = abs >= 100 ? 2 : abs >= 1 ? 4 : 6;
+  const sign = n < 0 ? "-" : "";
+  return sign + "$" + abs.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
+const int = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"));
+const pct = (n) => (n === null || n === undefined ? "–" : Number(n).toFixed(1) + "%");
+const ms = (n) => (n === null || n === undefined ? "–" : Math.round(n).toLocaleString("en-US") + " ms");
+function when(t) {
+  const d = new Date(t * 1000);
+  return d.toLocaleString("en-GB", { month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+function bucketLabel(t, bucket) {
+  const d = new Date(t * 1000);
+  const hm = d.toLocaleTimeString("en-GB", { hour: "2-digit", minute: "2-digit" });
+  if (bucket >= 86400) return d.toLocaleDateString("en-GB", { month: "short", day: "numeric" });
+  if (bucket >= 3600) return d.toLocaleDateString("en-GB", { month: "short", day: "numeric" }) + " " + hm;
+  return hm;
+}
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined) continue;
+    if (name === "className") node.className = value;
+    else node.setAttribute(name, value);
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+// columns: [{title, key, value(row) -> text, raw(row) -> data-value, cls(row)}]
+function fillTable(table, columns, rows, options = {}) {
+  table.replaceChildren();
+  const head = el("tr", {}, ...columns.map((c) => el("th", {}, c.title)));
+  table.append(el("thead", {}, head));
+  const body = el("tbody");
+  if (!rows.length) {
+    body.append(el("tr", { className: "empty" }, el("td", { colspan: columns.length }, options.empty || "No data in this range")));
+  }
+  for (const row of rows) {
+    const tr = el("tr", { "data-group": options.group ? options.group(row) : null, className: options.rowClass || null });
+    for (const c of columns) {
+      tr.append(el("td", { "data-col": c.key, "data-value": c.raw ? c.raw(row) : null, className: c.cls ? c.cls(row) : null }, c.value(row)));
+    }
+    if (options.onClick) tr.addEventListener("click", () => options.onClick(row, tr));
+    body.append(tr);
+  }
+  table.append(body);
+}
+
+// --- the API ------------------------------------------------------------------------------
+
+class AuthError extends Error {}
+
+async function api(name, extra = {}) {
+  const params = new URLSearchParams({ range: $("range").value, ...extra });
+  const response = await fetch(`/admin/dashboard/${name}?${params}`, {
+    headers: { Authorization: "Bearer " + sessionStorage.getItem(KEY_STORE) },
+  });
+  if (response.status === 401 || response.status === 403) throw new AuthError("The master key was not accepted.");
+  const body = await response.json();
+  if (!response.ok) throw new Error((body.error && body.error.message) || `HTTP ${response.status}`);
+  return body;
+}
+
+// --- rendering ----------------------------------------------------------------------------
+
+function setText(id, text, value) {
+  const node = $(id);
+  node.textContent = text;
+  if (value !== undefined) node.dataset.value = value;
+}
+
+function renderSummary(s) {
+  setText("kpi-spend", usd(s.spend_usd), s.spend_usd);
+  setText("kpi-avg-cost", s.avg_cost_usd ? `${usd(s.avg_cost_usd)} per request` : "");
+  setText("baseline-model", `(${s.baseline_model})`);
+  setText("kpi-baseline", usd(s.baseline_usd), s.baseline_usd);
+  setText("kpi-savings", usd(s.savings_usd), s.savings_usd);
+  setText("kpi-savings-pct", s.savings_percent === null ? "" : `${s.savings_percent.toFixed(1)}% less than ${s.baseline_model}`);
+  setText("kpi-requests", int(s.requests), s.requests);
+  setText("kpi-tokens", `${int(s.prompt_tokens)} tokens in · ${int(s.completion_tokens)} out`);
+  setText("kpi-errors", pct(s.error_rate), s.errors);
+  setText("kpi-reliability",
+    `${int(s.errors)} errors · fallbacks ${pct(s.fallback_rate)} · retries ${pct(s.retry_rate)} · empty ${pct(s.empty_rate)}`);
+  setText("kpi-cache", s.cache.lookups ? pct(s.cache.hit_rate + s.cache.semantic_hit_rate) : "no lookups");
+  setText("kpi-cache-detail",
+    `exact ${pct(s.cache.hit_rate)} · semantic ${pct(s.cache.semantic_hit_rate)} · saved ${usd(s.cache.saved_usd)}`);
+}
+
+function chart(id, config) {
+  if (state.charts[id]) state.charts[id].destroy();
+  config.options = Object.assign({ animation: false, responsive: true, maintainAspectRatio: false }, config.options || {});
+  state.charts[id] = new Chart($(id), config);
+}
+
+function renderSeries(series) {
+  const labels = series.points.map((p) => bucketLabel(p.t, series.bucket_s));
+  chart("chart-spend", {
+    type: "line",
+    data: {
+      labels,
+      datasets: [
+        { label: "Spend (USD)", data: series.points.map((p) => Number(p.spend_usd)), borderColor: "#2f6fde", backgroundColor: "#2f6fde33", fill: true, tension: 0.2 },
+        { label: "Baseline (USD)", data: series.points.map((p) => Number(p.baseline_usd)), borderColor: "#9aa3af", borderDash: [5, 4], tension: 0.2 },
+        { label: "Saved (USD)", data: series.points.map((p) => Number(p.savings_usd)), borderColor: "#1a8a4a", tension: 0.2 },
+      ],
+    },
+    options: { scales: { y: { beginAtZero: true } } },
+  });
+  chart("chart-requests", {
+    type: "bar",
+    data: {
+      labels,
+      datasets: [
+        { label: "Answered", data: series.points.map((p) => p.requests - p.errors - p.client_errors - p.cache.hits - p.cache.semantic_hits), backgroundColor: "#2f6fde" },
+        { label: "Cache hits", data: series.points.map((p) => p.cache.hits + p.cache.semantic_hits), backgroundColor: "#1a8a4a" },
+        { label: "Refused (4xx)", data: series.points.map((p) => p.client_errors), backgroundColor: "#b7791f" },
+        { label: "Errors (5xx)", data: series.points.map((p) => p.errors), backgroundColor: "#c62f2f" },
+      ],
+    },
+    options: { scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true } } },
+  });
+}
+
+const moneyColumns = [
+  { title: "Requests", key: "requests", value: (r) => int(r.requests), raw: (r) => r.requests },
+  { title: "Spend", key: "spend", value: (r) => usd(r.spend_usd), raw: (r) => r.spend_usd },
+  { title: "Baseline", key: "baseline", value: (r) => usd(r.baseline_usd), raw: (r) => r.baseline_usd },
+  { title: "Saved", key: "savings", value: (r) => usd(r.savings_usd), raw: (r) => r.savings_usd },
+  { title: "Avg / request", key: "avg_cost", value: (r) => usd(r.avg_cost_usd), raw: (r) => r.avg_cost_usd },
+  { title: "Tokens in", key: "prompt_tokens", value: (r) => int(r.prompt_tokens) },
+  { title: "Tokens out", key: "completion_tokens", value: (r) => int(r.completion_tokens) },
+  { title: "Errors", key: "error_rate", value: (r) => pct(r.error_rate) },
+];
+
+function renderBreakdown(id, title, data) {
+  fillTable($(id), [{ title, key: "group", value: (r) => r.label || r.group || "(none)" }, ...moneyColumns], data.rows, {
+    group: (r) => r.group || "",
+  });
+}
+
+function renderModelChart(data) {
+  const rows = data.rows.filter((r) => Number(r.spend_usd) > 0).slice(0, 8);
+  chart("chart-models", {
+    type: "doughnut",
+    data: {
+      labels: rows.map((r) => r.group || "(none)"),
+      datasets: [{ label: "Spend (USD)", data: rows.map((r) => Number(r.spend_usd)),
+        backgroundColor: ["#2f6fde", "#1a8a4a", "#b7791f", "#c62f2f", "#7c4dff", "#00a3a3", "#e67e22", "#9aa3af"] }],
+    },
+    options: { plugins: { title: { display: true, text: "Spend by model" }, legend: { position: "right" } } },
+  });
+}
+
+const percentileColumns = [
+  { title: "Requests", key: "count", value: (r) => int(r.count) },
+  { title: "p50", key: "p50", value: (r) => ms(r.p50_ms), raw: (r) => r.p50_ms },
+  { title: "p95", key: "p95", value: (r) => ms(r.p95_ms), raw: (r) => r.p95_ms },
+  { title: "p99", key: "p99", value: (r) => ms(r.p99_ms), raw: (r) => r.p99_ms },
+  { title: "TTFT p50", key: "ttft_p50", value: (r) => ms(r.ttft.p50_ms) },
+  { title: "TTFT p95", key: "ttft_p95", value: (r) => ms(r.ttft.p95_ms) },
+  { title: "TTFT p99", key: "ttft_p99", value: (r) => ms(r.ttft.p99_ms) },
+];
+
+function renderLatency(byRoute, byModel) {
+  fillTable($("latency-route"), [{ title: "Route", key: "group", value: (r) => r.group || "(none)" }, ...percentileColumns], byRoute.rows, { group: (r) => r.group || "" });
+  fillTable($("latency-model"), [{ title: "Model", key: "group", value: (r) => r.group || "(none)" }, ...percentileColumns], byModel.rows, { group: (r) => r.group || "" });
+  setText("latency-note", byRoute.sample_every > 1
+    ? `Percentiles over every ${byRoute.sample_every}th request of the range (a sample); 4xx refusals left out.`
+    : "Percentiles over every request of the range; 4xx refusals left out.");
+  const rows = byRoute.rows.slice(0, 10);
+  chart("chart-latency", {
+    type: "bar",
+    data: {
+      labels: rows.map((r) => r.group || "(none)"),
+      datasets: [
+        { label: "p50 ms", data: rows.map((r) => r.p50_ms), backgroundColor: "#2f6fde" },
+        { label: "p95 ms", data: rows.map((r) => r.p95_ms), backgroundColor: "#b7791f" },
+        { label: "p99 ms", data: rows.map((r) => r.p99_ms), backgroundColor: "#c62f2f" },
+      ],
+    },
+    options: { plugins: { title: { display: true, text: "Latency by route" } }, scales: { y: { beginAtZero: true } } },
+  });
+}
+
+function renderReliability(data, health) {
+  fillTable($("reliability-provider"), [
+    { title: "Provider", key: "group", value: (r) => r.group || "(none reached)" },
+    { title: "Requests", key: "requests", value: (r) => int(r.requests) },
+    { title: "Errors", key: "error_rate", value: (r) => pct(r.error_rate) },
+    { title: "Fallbacks", key: "fallback_rate", value: (r) => pct(r.fallback_rate) },
+    { title: "Retries", key: "retry_rate", value: (r) => pct(r.retry_rate) },
+    { title: "Empty", key: "empty_rate", value: (r) => pct(r.empty_rate) },
+  ], data.rows, { group: (r) => r.group || "" });
+  fillTable($("failed-attempts"), [
+    { title: "Provider", key: "provider", value: (r) => r.provider },
+    { title: "Model", key: "model", value: (r) => r.model },
+    { title: "Outcome", key: "outcome", value: (r) => r.outcome },
+    { title: "Attempts", key: "attempts", value: (r) => int(r.attempts) },
+  ], data.failed_attempts, { empty: "No failed upstream attempts in this range" });
+  const offers = Object.entries(health.offers || {}).map(([offer, o]) => ({ offer, ...o }));
+  fillTable($("health"), [
+    { title: "Offer", key: "offer", value: (r) => r.offer },
+    { title: "Breaker", key: "breaker", value: (r) => r.breaker.replace("_", "-"), cls: (r) => "state-" + r.breaker },
+    { title: "Recent error rate", key: "error_rate", value: (r) => pct(100 * r.error_rate) },
+    { title: "Times opened", key: "times_opened", value: (r) => int(r.times_opened) },
+    { title: "p50", key: "p50", value: (r) => ms(r.latency_ms.p50) },
+    { title: "p99", key: "p99", value: (r) => ms(r.latency_ms.p99) },
+    { title: "TTFT p50", key: "ttft", value: (r) => ms(r.ttft_ms_p50) },
+  ], offers, { empty: "No upstream calls since this process started" });
+  const c = health.counters || {};
+  setText("health-counters",
+    `Up ${Math.round(health.uptime_s || 0)} s · retries ${int(c.retries)} · fallbacks ${int(c.fallbacks)} · ` +
+    `records written ${int(c.records_written)}, pending ${int(c.records_pending)}, dropped ${int(c.records_dropped)}`);
+}
+
+function renderFeedback(data) {
+  fillTable($("feedback-model"), [
+    { title: "Model", key: "group", value: (r) => r.group || "(none)" },
+    { title: "Satisfaction", key: "satisfaction", value: (r) => pct(r.satisfaction), raw: (r) => r.satisfaction },
+    { title: "Scores", key: "feedback", value: (r) => int(r.feedback) },
+    { title: "Up", key: "thumbs_up", value: (r) => int(r.thumbs_up) },
+    { title: "Down", key: "thumbs_down", value: (r) => int(r.thumbs_down) },
+    { title: "Avg rating (1-5)", key: "avg_rating", value: (r) => (r.avg_rating === null ? "–" : r.avg_rating.toFixed(2)) },
+    { title: "Requests", key: "requests", value: (r) => int(r.requests) },
+    { title: "Spend", key: "spend", value: (r) => usd(r.spend_usd) },
+    { title: "Avg / request", key: "avg_cost", value: (r) => usd(r.avg_cost_usd) },
+  ], data.rows, { group: (r) => r.group || "", empty: "No feedback in this range (POST /v1/feedback)" });
+}
+
+function renderAlerts(data) {
+  const banner = $("alerts-firing");
+  banner.replaceChildren(...data.firing.map((a) => el("p", { "data-testid": "alert-firing" }, "Alert firing: " + a.message)));
+  banner.hidden = data.firing.length === 0;
+  const rows = [...data.firing, ...data.pending, ...data.recent.filter((e) => e.status === "resolved").slice(0, 20)];
+  fillTable($("alerts-table"), [
+    { title: "Status", key: "status", value: (r) => r.status, cls: (r) => (r.status === "firing" ? "status-err" : null) },
+    { title: "Alert", key: "message", value: (r) => r.message, cls: () => "wrap" },
+    { title: "Since", key: "since", value: (r) => r.fired_at || r.pending_since },
+  ], rows, { empty: data.rules.length ? "Nothing firing" : "No alert rules configured (alerts.rules in faregate.yaml)" });
+  fillTable($("alert-rules"), [
+    { title: "Rule", key: "name", value: (r) => r.name },
+    { title: "Metric", key: "metric", value: (r) => r.metric + (r.per ? ` per ${r.per}` : "") },
+    { title: "Threshold", key: "threshold", value: (r) => (r.above !== null ? `above ${r.above}` : `below ${r.below}`) },
+    { title: "Window", key: "window", value: (r) => `${r.window_minutes} min` },
+    { title: "For", key: "for", value: (r) => `${r.for_minutes} min` },
+  ], data.rules, { empty: "No rules" });
+}
+
+function attemptsRow(row) {
+  const table = el("table");
+  fillTable(table, [
+    { title: "#", key: "n", value: (a) => a.n },
+    { title: "Model", key: "model", value: (a) => a.model },
+    { title: "Provider", key: "provider", value: (a) => a.provider },
+    { title: "Outcome", key: "outcome", value: (a) => a.outcome + (a.status ? ` (HTTP ${a.status})` : "") },
+    { title: "Latency", key: "latency", value: (a) => ms(a.latency_ms) },
+    { title: "Cost", key: "cost", value: (a) => usd(a.cost_usd) },
+    { title: "Detail", key: "detail", value: (a) => a.detail || "", cls: () => "wrap" },
+  ], row.attempts.map((a, i) => ({ n: i + 1, ...a })), { empty: "No upstream attempt (answered from the cache, or refused)" });
+  const detail = row.error ? el("p", { className: "error" }, row.error) : null;
+  return el("tr", { className: "attempts" }, el("td", { colspan: 11 }, detail, table));
+}
+
+function renderRequests(data, append) {
+  const table = $("requests");
+  const columns = [
+    { title: "Time", key: "time", value: (r) => when(r.created_at) },
+    { title: "Request id", key: "request_id", value: (r) => r.request_id },
+    { title: "Key", key: "key", value: (r) => r.key || "–" },
+    { title: "Route", key: "route", value: (r) => r.route || "–" },
+    { title: "Model", key: "model", value: (r) => r.model_used || r.model_requested || "–" },
+    { title: "Provider", key: "provider", value: (r) => r.provider || "–" },
+    { title: "Status", key: "status", value: (r) => r.status, cls: (r) => (r.status >= 500 ? "status-err" : null) },
+    { title: "Cache", key: "cache", value: (r) => r.cache_status },
+    { title: "Tokens", key: "tokens", value: (r) => `${int(r.prompt_tokens)} / ${int(r.completion_tokens)}` },
+    { title: "Cost", key: "cost", value: (r) => usd(r.cost_usd) },
+    { title: "Latency", key: "latency", value: (r) => ms(r.latency_ms) + (r.attempts.length > 1 ? ` · ${r.attempts.length} attempts` : "") },
+  ];
+  const toggle = (row, tr) => {
+    const next = tr.nextElementSibling;
+    if (next && next.classList.contains("attempts")) next.remove();
+    else tr.after(attemptsRow(row));
+  };
+  if (!append) fillTable(table, columns, data.rows, { rowClass: "row", onClick: toggle, empty: "No requests match" });
+  else {
+    const scratch = el("table");
+    fillTable(scratch, columns, data.rows, { rowClass: "row", onClick: toggle });
+    table.querySelector("tbody").append(...scratch.querySelector("tbody").children);
+  }
+  state.before = data.next_before;
+  $("more").hidden = data.next_before === null;
+}
+
+// --- loading ------------------------------------------------------------------------------
+
+async function load() {
+  if (state.loading) return;
+  state.loading = true;
+  try {
+    const [summary, series, byModel, byProvider, byRoute, byKey, latRoute, latModel, reliability, health, feedback, alerts, requests] =
+      await Promise.all([
+        api("summary"), api("series"),
+        api("breakdown", { by: "model" }), api("breakdown", { by: "provider" }),
+        api("breakdown", { by: "route" }), api("breakdown", { by: "key", limit: 20 }),
+        api("latency", { by: "route" }), api("latency", { by: "model" }),
+        api("reliability", { by: "provider", limit: 12 }), api("health"), api("feedback", { by: "model" }),
+        api("alerts"), api("requests", { limit: PAGE, ...searchParams() }),
+      ]);
+    renderSummary(summary);
+    renderSeries(series);
+    renderBreakdown("by-model", "Model", byModel);
+    renderModelChart(byModel);
+    renderBreakdown("by-provider", "Provider", byProvider);
+    renderBreakdown("by-route", "Route", byRoute);
+    renderBreakdown("by-key", "Key", byKey);
+    renderLatency(latRoute, latModel);
+    renderReliability(reliability, health);
+    renderFeedback(feedback);
+    renderAlerts(alerts);
+    renderRequests(requests, false);
+    $("load-error").hidden = true;
+    setText("updated", "Updated " + new Date().toLocaleTimeString("en-GB"));
+    document.body.dataset.loaded = String(Date.now());
+  } catch (error) {
+    if (error instanceof AuthError) return showLogin(error.message);
+    $("load-error").textContent = "Could not load the dashboard: " + error.message;
+    $("load-error").hidden = false;
+  } finally {
+    state.loading = false;
+  }
+}
+
+function searchParams() {
+  const q = $("search").value.trim();
+  return q ? { q } : {};
+}
+
+function schedule() {
+  clearInterval(state.timer);
+  const seconds = Number($("refresh").value);
+  if (seconds > 0) state.timer = setInterval(load, seconds * 1000);
+}
+
+function showLogin(message) {
+  clearInterval(state.timer);
+  sessionStorage.removeItem(KEY_STORE);
+  $("app").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+  $("master-key").focus();
+}
+
+function showApp() {
+  $("login").hidden = true;
+  $("app").hidden = false;
+  schedule();
+  load();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(KEY_STORE, $("master-key").value.trim());
+    $("master-key").value = "";
+    showApp();
+  });
+  $("logout").addEventListener("click", () => showLogin(""));
+  $("range").addEventListener("change", load);
+  $("refresh").addEventListener("change", schedule);
+  $("refresh-now").addEventListener("click", load);
+  $("search-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try { renderRequests(await api("requests", { limit: PAGE, ...searchParams() }), false); } catch (error) { if (error instanceof AuthError) showLogin(error.message); }
+  });
+  $("more").addEventListener("click", async () => {
+    try { renderRequests(await api("requests", { limit: PAGE, ...searchParams(), before: state.before }), true); } catch (error) { if (error instanceof AuthError) showLogin(error.message); }
+  });
+  if (sessionStorage.getItem(KEY_STORE)) showApp();
+  else showLogin("");
+});

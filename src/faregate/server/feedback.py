@@ -1,0 +1,94 @@
+"""POST /v1/feedback: a score for one request, from the API key that made it.
+
+Body: {"request_id": "req_...", "score": "up" | "down" | 1..5, "comment": "..."}.
+The request id is the `x-faregate-request-id` header of the answer. A second score for
+the same request replaces the first.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from faregate.errors import FaregateError, InvalidRequest, NotFound, PermissionDenied
+from faregate.server.parse import decode_json_object
+from faregate.store.feedback import Feedback, Thumb
+
+if TYPE_CHECKING:
+    from faregate.server.app import Gateway
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_COMMENT_CHARS = 4000
+
+
+def parse_score(value: Any) -> tuple[Thumb | None, int | None]:
+    """(thumb, rating) from "up"/"down" or an integer 1..5."""
+    if isinstance(value, str) and value.lower() == "up":
+        return "up", None
+    if isinstance(value, str) and value.lower() == "down":
+        return "down", None
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 5:
+        return None, value
+    raise InvalidRequest('\'score\' must be "up", "down" or an integer from 1 to 5.', param="score")
+
+
+class FeedbackUnavailable(FaregateError):
+    status = 501
+    type = "not_implemented"
+    code = "feedback_unavailable"
+
+
+def add_feedback_route(app: web.Application, gateway: Gateway) -> None:
+    insights = gateway.observability.insights if gateway.observability is not None else None
+
+    async def post_feedback(request: web.Request) -> web.StreamResponse:
+        key = await gateway.pipeline.authenticate(request)
+        if insights is None:
+            raise FeedbackUnavailable("Feedback is stored with the embedded SQLite store only, for now.")
+        table = insights.feedback
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            raise InvalidRequest(f"The feedback body is larger than {MAX_BODY_BYTES} bytes.")
+        raw = await request.read()
+        if len(raw) > MAX_BODY_BYTES:
+            raise InvalidRequest(f"The feedback body is larger than {MAX_BODY_BYTES} bytes.")
+        body = decode_json_object(raw)
+        request_id = body.get("request_id")
+        if not isinstance(request_id, str) or not request_id.strip() or len(request_id) > 200:
+            raise InvalidRequest(
+                "'request_id' must be the x-faregate-request-id of a request.", param="request_id"
+            )
+        thumb, rating = parse_score(body.get("score"))
+        comment = body.get("comment")
+        if comment is not None and not isinstance(comment, str):
+            raise InvalidRequest("'comment' must be a string.", param="comment")
+        if comment is not None and len(comment) > MAX_COMMENT_CHARS:
+            raise InvalidRequest(f"'comment' is longer than {MAX_COMMENT_CHARS} characters.", param="comment")
+        record = await gateway.store.get_record(request_id)
+        if record is None:
+            # Feedback can arrive before the batched writer has stored the record: write it now.
+            await gateway.records.flush()
+            record = await gateway.store.get_record(request_id)
+        if record is None:
+            raise NotFound(
+                f"No request with id {request_id!r}.", param="request_id", code="request_not_found"
+            )
+        if record.key_id != key.id:
+            raise PermissionDenied(
+                "Feedback must be sent with the API key that made the request.", code="not_request_owner"
+            )
+        feedback = Feedback(request_id, key.id, time.time(), thumb, rating, comment)
+        await table.upsert(feedback)
+        answer = {
+            "object": "feedback",
+            "request_id": request_id,
+            "score": thumb if thumb is not None else rating,
+            "satisfaction": feedback.score,
+            "model": record.model_used,
+            "route": record.route,
+        }
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
+    app.router.add_post("/v1/feedback", post_feedback)

@@ -1,0 +1,89 @@
+"""What an alert rule measures: its metric per subject (a route, model, provider, key, or all
+traffic), read from the store with the dashboard's queries."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+
+from faregate.config import AlertRule
+from faregate.store.analytics import SQLiteAnalytics
+from faregate.store.analytics_rows import Dimension, Slice
+
+DAY_S = 86400
+
+
+@dataclass(slots=True, frozen=True)
+class Measurement:
+    """One subject's value. `subject` is None when the rule is not evaluated per subject."""
+
+    subject: str | None
+    value: float
+    count: int
+    label: str | None = None
+    # The exact amount, for money.
+    usd: Decimal | None = None
+
+
+UNITS = {
+    "p99_latency_ms": "ms",
+    "error_rate": "%",
+    "fallback_rate": "%",
+    "satisfaction": "%",
+    "daily_spend_usd": "USD",
+}
+
+
+def day_start(now: float) -> float:
+    """00:00 UTC of the day holding `now`."""
+    return now - now % DAY_S
+
+
+async def rule_slice(rule: AlertRule, analytics: SQLiteAnalytics, now: float) -> Slice:
+    since = day_start(now) if rule.metric == "daily_spend_usd" else now - rule.window_minutes * 60
+    keys = await analytics.resolve_keys(rule.key) if rule.key is not None else None
+    return Slice(since, now, model=rule.model, provider=rule.provider, route=rule.route, keys=keys)
+
+
+async def measure(rule: AlertRule, analytics: SQLiteAnalytics, now: float | None = None) -> list[Measurement]:
+    """The rule's metric for each subject with data in the window."""
+    now = time.time() if now is None else now
+    s = await rule_slice(rule, analytics, now)
+    per: Dimension | None = rule.per
+    if rule.metric == "p99_latency_ms":
+        rows, _ = await analytics.latency(s, per)
+        return [
+            Measurement(r.group, r.latency.p99, r.latency.count) for r in rows if r.latency.p99 is not None
+        ]
+    if rule.metric in ("error_rate", "fallback_rate"):
+        out = []
+        for r in await analytics.reliability(s, per):
+            if r.requests:
+                events = r.errors if rule.metric == "error_rate" else r.fallbacks
+                out.append(Measurement(r.group, 100.0 * events / r.requests, r.requests))
+        return out
+    if rule.metric == "satisfaction":
+        return [
+            Measurement(r.group, r.satisfaction, r.count)
+            for r in await analytics.feedback(s, per, by_feedback_time=True)
+            if r.satisfaction is not None
+        ]
+    # daily_spend_usd: always per key, since 00:00 UTC.
+    return [
+        Measurement(g.group, float(g.totals.cost), g.totals.requests, g.label, g.totals.cost)
+        for g in await analytics.breakdown(s, "key", limit=10_000)
+        if g.group is not None
+    ]
+
+
+def breaches(rule: AlertRule, m: Measurement) -> bool:
+    """Is this measurement past the rule's threshold (with enough evidence)?"""
+    if rule.metric != "daily_spend_usd" and m.count < rule.min_count:
+        return False
+    if rule.above is not None:
+        if m.usd is not None:
+            # Money is compared exactly, not as binary floats.
+            return m.usd > Decimal(str(rule.above))
+        return m.value > rule.above
+    return rule.below is not None and m.value < rule.below

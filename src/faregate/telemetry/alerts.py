@@ -1,0 +1,223 @@
+"""Alerts: rules from the config, evaluated every `alerts.interval_s` in a background task.
+
+Each rule is measured per subject (alert_values.measure). A subject past the threshold
+becomes pending; once it has stayed past it for `for_minutes` the alert fires: it is
+logged, listed on the dashboard (and in /metrics), and POSTed to the webhook if one is
+configured. When the subject is back within bounds (or has no data any more) the alert
+resolves, which is logged and posted too.
+
+Evaluation reads the store, so with several gateway processes on one database each
+evaluates the same rules and would post the same alert: enable the webhook on one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from faregate.config import AlertRule, AlertSettings
+from faregate.store.analytics import SQLiteAnalytics
+from faregate.telemetry.alert_values import UNITS, Measurement, breaches, measure
+
+log = logging.getLogger("faregate.alerts")
+
+# Events kept for the dashboard's "recent alerts".
+HISTORY = 200
+WEBHOOK_TRIES = 3
+
+
+@dataclass(slots=True)
+class AlertState:
+    rule: AlertRule
+    subject: str | None
+    label: str | None
+    value: float
+    pending_since: float
+    fired_at: float | None = None
+
+    @property
+    def firing(self) -> bool:
+        return self.fired_at is not None
+
+    @property
+    def labels(self) -> dict[str, str]:
+        if self.subject is None:
+            return {}
+        return {self.rule.per or "key": self.subject}
+
+    def describe(self) -> str:
+        rule = self.rule
+        what = {
+            "p99_latency_ms": "p99 latency",
+            "error_rate": "error rate",
+            "fallback_rate": "fallback rate",
+            "satisfaction": "satisfaction",
+            "daily_spend_usd": "spend today (UTC)",
+        }[rule.metric]
+        filters = (
+            ("route", rule.route),
+            ("model", rule.model),
+            ("provider", rule.provider),
+            ("key", rule.key),
+        )
+        scope = [f"{name} {value}" for name, value in filters if value is not None]
+        if self.subject is not None:
+            scope.append(f"{rule.per or 'key'} {self.label or self.subject}")
+        whose = f" of {', '.join(scope)}" if scope else ""
+        unit = UNITS[rule.metric]
+        threshold = rule.above if rule.above is not None else rule.below
+        direction = "above" if rule.above is not None else "below"
+        window = "" if rule.metric == "daily_spend_usd" else f" over the last {rule.window_minutes:g} min"
+        return (
+            f"{rule.name}: {what}{whose} is {_fmt(self.value, unit)} "
+            f"({direction} {_fmt(threshold or 0.0, unit)}){window}"
+        )
+
+    def to_json(self, status: str) -> dict[str, Any]:
+        rule = self.rule
+        return {
+            "status": status,
+            "rule": rule.name,
+            "metric": rule.metric,
+            "labels": self.labels,
+            "subject_label": self.label,
+            "value": round(self.value, 6),
+            "unit": UNITS[rule.metric],
+            "comparison": "above" if rule.above is not None else "below",
+            "threshold": rule.above if rule.above is not None else rule.below,
+            "window_minutes": rule.window_minutes,
+            "for_minutes": rule.for_minutes,
+            "pending_since": _iso(self.pending_since),
+            "fired_at": _iso(self.fired_at) if self.fired_at is not None else None,
+            "message": self.describe(),
+        }
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "USD":
+        return f"${value:,.4f}"
+    if unit == "%":
+        return f"{value:.1f}%"
+    return f"{value:,.0f} {unit}"
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class AlertEvent:
+    at: float
+    payload: dict[str, Any]
+
+
+@dataclass(slots=True)
+class AlertManager:
+    settings: AlertSettings
+    analytics: SQLiteAnalytics
+    states: dict[tuple[str, str | None], AlertState] = field(default_factory=dict)
+    history: deque[AlertEvent] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    webhook_failures: int = 0
+    _task: asyncio.Task[None] | None = None
+    _session: aiohttp.ClientSession | None = None
+
+    def firing(self) -> list[AlertState]:
+        return [s for s in self.states.values() if s.firing]
+
+    def pending(self) -> list[AlertState]:
+        return [s for s in self.states.values() if not s.firing]
+
+    def firing_labels(self) -> list[tuple[str, dict[str, str]]]:
+        """For the metrics collector."""
+        return [(s.rule.name, s.labels) for s in self.firing()]
+
+    async def start(self) -> None:
+        if self._task is None and self.settings.rules:
+            self._task = asyncio.create_task(self._run(), name="faregate-alerts")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.evaluate()
+            except Exception:
+                # A store hiccup or a bug must not end alerting for good.
+                log.exception("alert evaluation failed; trying again in %.0fs", self.settings.interval_s)
+            await asyncio.sleep(self.settings.interval_s)
+
+    async def evaluate(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Evaluate every rule once; returns the events (fired, resolved) it produced."""
+        now = time.time() if now is None else now
+        events: list[dict[str, Any]] = []
+        for rule in self.settings.rules:
+            try:
+                measured = await measure(rule, self.analytics, now)
+            except Exception:
+                log.exception("alert rule %s could not be evaluated", rule.name)
+                continue
+            events += self._update(rule, measured, now)
+        for event in events:
+            self.history.appendleft(AlertEvent(now, event))
+        # Concurrently, so one slow or failing webhook call does not hold up the others.
+        await asyncio.gather(*(self._post(event) for event in events))
+        return events
+
+    def _update(self, rule: AlertRule, measured: list[Measurement], now: float) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        seen: set[tuple[str, str | None]] = set()
+        for m in measured:
+            if not breaches(rule, m):
+                continue
+            key = (rule.name, m.subject)
+            seen.add(key)
+            state = self.states.get(key)
+            if state is None:
+                state = self.states[key] = AlertState(rule, m.subject, m.label, m.value, now)
+            state.value = m.value
+            if not state.firing and now - state.pending_since >= rule.for_minutes * 60:
+                state.fired_at = now
+                log.warning("alert firing: %s", state.describe())
+                events.append(state.to_json("firing"))
+        for key in [k for k in self.states if k[0] == rule.name and k not in seen]:
+            state = self.states.pop(key)
+            if state.firing:
+                log.info("alert resolved: %s", state.describe())
+                events.append(state.to_json("resolved"))
+        return events
+
+    async def _post(self, event: dict[str, Any]) -> None:
+        webhook = self.settings.webhook
+        if webhook is None:
+            return
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=webhook.timeout_s))
+        for attempt in range(WEBHOOK_TRIES):
+            try:
+                async with self._session.post(webhook.url, json=event, headers=webhook.headers) as response:
+                    if response.status < 300:
+                        return
+                    problem = f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if attempt + 1 < WEBHOOK_TRIES:
+                await asyncio.sleep(0.5 * 2**attempt)
+        self.webhook_failures += 1
+        log.error("alert webhook %s failed after %d tries: %s", webhook.url, WEBHOOK_TRIES, problem)

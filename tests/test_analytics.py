@@ -1,0 +1,237 @@
+"""The dashboard's SQL on a small store whose every figure is computed by hand below."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from faregate.store.analytics import SQLiteAnalytics
+from faregate.store.analytics_rows import Slice, bucket_width, histogram_percentiles
+from faregate.store.feedback import Feedback, FeedbackTable
+from faregate.store.rollup import RollupWriter
+from faregate.store.sqlite import SQLiteStore
+from faregate.types import Attempt, RequestRecord
+
+H = 1_700_000_000 // 3600 * 3600  # an hour boundary
+UNTIL = H + 3 * 3600 + 60
+D = Decimal
+
+
+def ok(model: str, provider: str) -> Attempt:
+    return Attempt(model, provider, "ok", 10.0)
+
+
+def failed(model: str, provider: str, outcome: str) -> Attempt:
+    return Attempt(model, provider, outcome, 10.0, status=500)
+
+
+def rec(n: int, at: float, **fields: object) -> RequestRecord:
+    values: dict[str, object] = {
+        "created_at": at,
+        "key_id": "k1",
+        "model_requested": "A",
+        "model_used": "A",
+        "provider": "p1",
+        "status": 200,
+        "stream": False,
+        "route": "chat",
+    }
+    values.update(fields)
+    return RequestRecord(request_id=f"r{n}", **values)  # type: ignore[arg-type]
+
+
+# r1..r8: hours H, H+1h, H+2h (whole hours) and H+3h (the partial hour at the end of the range).
+RECORDS = [
+    rec(1, H + 10, prompt_tokens=100, completion_tokens=50, cost_usd=D("0.001"), baseline_cost_usd=D("0.010"),
+        latency_ms=100.0, attempts=[ok("A", "p1")]),
+    rec(2, H + 3610, key_id="k2", prompt_tokens=200, completion_tokens=100, cost_usd=D("0.002"),
+        baseline_cost_usd=D("0.020"), latency_ms=200.0, ttft_ms=50.0, stream=True,
+        attempts=[failed("A", "p1", "rate_limited"), ok("A", "p1")]),  # a retry
+    rec(3, H + 7210, model_used="B", provider="p2", route="code", prompt_tokens=300, completion_tokens=0,
+        cost_usd=D("0.003"), baseline_cost_usd=D("0.030"), latency_ms=300.0, empty_response=True,
+        attempts=[failed("A", "p1", "timeout"), ok("B", "p2")]),  # a fallback
+    rec(4, H + 7220, model_used=None, provider=None, status=502, latency_ms=400.0, error="all failed",
+        attempts=[failed("A", "p1", "server_error"), failed("A", "p1", "server_error")]),  # retried, failed
+    rec(5, H + 7230, key_id="k2", prompt_tokens=100, completion_tokens=50, baseline_cost_usd=D("0.010"),
+        latency_ms=2.0, cache_status="hit"),
+    rec(6, H + 7240, key_id="k2", model_requested="B", model_used="B", provider="p2", route="code",
+        prompt_tokens=10, completion_tokens=10, baseline_cost_usd=D("0.001"), latency_ms=3.0,
+        cache_status="semantic-hit"),
+    rec(7, H + 7250, model_used=None, provider=None, status=429, latency_ms=1.0, error="rate limited"),
+    rec(8, H + 3 * 3600 + 5, prompt_tokens=100, completion_tokens=100, cost_usd=D("0.004"),
+        baseline_cost_usd=D("0.040"), latency_ms=500.0, cache_status="miss", attempts=[ok("A", "p1")]),
+]  # fmt: skip
+
+
+@dataclass
+class Db:
+    store: SQLiteStore
+    analytics: SQLiteAnalytics
+    rollup: RollupWriter
+
+
+@pytest.fixture()
+async def db(tmp_path: Path) -> AsyncIterator[Db]:
+    store = await SQLiteStore.open(tmp_path)
+    await store.insert_records(RECORDS)
+    analytics = await SQLiteAnalytics.open(store.path)
+    feedback = FeedbackTable(analytics.connection)
+    await feedback.upsert(Feedback("r1", "k1", H + 100, thumb="up"))
+    await feedback.upsert(Feedback("r2", "k2", H + 3700, rating=2))
+    await feedback.upsert(Feedback("r3", "k1", H + 7300, thumb="down", comment="empty answer"))
+    try:
+        yield Db(store, analytics, RollupWriter(analytics.connection, chunk=3))
+    finally:
+        await analytics.close()
+        await store.close()
+
+
+ALL = Slice(H, UNTIL)
+
+
+async def check_totals(a: SQLiteAnalytics) -> None:
+    t = await a.totals(ALL)
+    assert (t.requests, t.errors, t.client_errors, t.rate_limited, t.budget_refusals) == (8, 1, 1, 1, 0)
+    assert t.cost == D("0.010") and t.baseline == D("0.111") and t.savings == D("0.101")
+    assert (t.prompt_tokens, t.completion_tokens) == (810, 310)
+    assert (t.cache_lookups, t.cache_hits, t.semantic_hits) == (3, 1, 1)
+    assert t.cache_saved == D("0.011")  # the hits' whole baseline
+    assert t.empty_responses == 1
+
+
+async def check_breakdowns(a: SQLiteAnalytics) -> None:
+    by_model = {g.group: g.totals for g in await a.breakdown(ALL, "model")}
+    assert {m: (t.requests, t.cost) for m, t in by_model.items()} == {
+        "A": (6, D("0.007")),
+        "B": (2, D("0.003")),
+    }
+    by_key = {g.group: (g.totals.requests, g.totals.cost) for g in await a.breakdown(ALL, "key")}
+    assert by_key == {"k1": (5, D("0.008")), "k2": (3, D("0.002"))}
+    by_provider = {g.group: (g.totals.requests, g.totals.cost) for g in await a.breakdown(ALL, "provider")}
+    assert by_provider == {"p1": (4, D("0.007")), "p2": (2, D("0.003")), None: (2, D(0))}
+    by_route = [(g.group, g.totals.requests) for g in await a.breakdown(ALL, "route")]
+    assert by_route == [("chat", 6), ("code", 2)]  # most expensive first
+
+
+async def check_series(a: SQLiteAnalytics) -> None:
+    points = [(int(g.group or 0), g.totals.requests, g.totals.cost) for g in await a.series(ALL, 3600)]
+    assert points == [
+        (H, 1, D("0.001")),
+        (H + 3600, 1, D("0.002")),
+        (H + 7200, 5, D("0.003")),
+        (H + 10800, 1, D("0.004")),
+    ]
+
+
+async def check_reliability(a: SQLiteAnalytics) -> None:
+    (overall,) = await a.reliability(ALL, None)
+    assert (overall.requests, overall.errors, overall.fallbacks, overall.retried) == (8, 1, 1, 2)
+    by_route = {r.group: (r.requests, r.errors, r.empty_responses, r.fallbacks, r.retried) for r in
+                await a.reliability(ALL, "route")}  # fmt: skip
+    assert by_route == {"chat": (6, 1, 0, 0, 2), "code": (2, 0, 1, 1, 0)}
+    failures = await a.failed_attempts_by_offer(ALL)
+    assert failures == [
+        ("p1", "A", "server_error", 2),
+        ("p1", "A", "rate_limited", 1),
+        ("p1", "A", "timeout", 1),
+    ]
+
+
+async def test_figures_from_the_records(db: Db) -> None:
+    await check_totals(db.analytics)
+    await check_breakdowns(db.analytics)
+    await check_series(db.analytics)
+    await check_reliability(db.analytics)
+
+
+async def test_the_same_figures_from_the_rollup_with_edges_and_late_records(db: Db) -> None:
+    assert await db.rollup.catch_up() == len(RECORDS)
+    assert await db.rollup.step() == 0
+    await check_totals(db.analytics)
+    await check_breakdowns(db.analytics)
+    await check_series(db.analytics)
+    await check_reliability(db.analytics)
+    # A record written after the rollup ran, for an hour it already covers, still counts.
+    late = rec(9, H + 20, key_id="k2", cost_usd=D("0.5"), baseline_cost_usd=D("1"), attempts=[ok("A", "p1")])
+    await db.store.insert_records([late])
+    t = await db.analytics.totals(ALL)
+    assert (t.requests, t.cost, t.baseline) == (9, D("0.510"), D("1.111"))
+    # A range that starts mid-hour reads that partial hour from the records.
+    later = await db.analytics.totals(Slice(H + 15, UNTIL))
+    assert (later.requests, later.cost) == (8, D("0.509"))
+    k2_only = Slice(H, UNTIL, keys=("k2",))
+    narrowed = {g.group: g.totals.requests for g in await db.analytics.breakdown(k2_only, "key")}
+    assert narrowed == {"k2": 4}
+    await db.rollup.catch_up()
+    assert (await db.analytics.totals(ALL)).cost == D("0.510")
+
+
+async def test_filters_on_one_or_several_dimensions(db: Db) -> None:
+    await db.rollup.catch_up()
+    t = await db.analytics.totals(Slice(H, UNTIL, model="B"))
+    assert (t.requests, t.cost) == (2, D("0.003"))
+    # Two dimensions at once: read from the records (the rollup has one dimension per row).
+    by_model = await db.analytics.breakdown(Slice(H, UNTIL, route="chat", keys=("k1",)), "model")
+    assert [(g.group, g.totals.requests) for g in by_model] == [("A", 4)]
+    assert (await db.analytics.totals(Slice(H, UNTIL, keys=()))).requests == 0
+
+
+async def test_latency_percentiles_per_route(db: Db) -> None:
+    rows, step = await db.analytics.latency(ALL, "route")
+    assert step == 1
+    by_route = {r.group: r for r in rows}
+    # chat, 4xx left out: 2, 100, 200, 400, 500 ms. Nearest rank: p50 is the 3rd, p95 and p99 the 5th;
+    # each is reported as the middle of its bucket (1 ms wide below 100 ms, 10 ms below 1 s).
+    chat = by_route["chat"]
+    latency = chat.latency
+    assert (latency.count, latency.p50, latency.p95, latency.p99) == (5, 205.0, 505.0, 505.0)
+    assert (chat.ttft.count, chat.ttft.p50) == (1, 50.5)
+    code = by_route["code"]
+    assert (code.latency.p50, code.latency.p99) == (3.5, 305.0)
+
+
+async def test_feedback_joined_to_requests(db: Db) -> None:
+    rows = {r.group: r for r in await db.analytics.feedback(ALL, "model")}
+    a, b = rows["A"], rows["B"]
+    assert (a.count, a.thumbs_up, a.thumbs_down, a.ratings) == (2, 1, 0, 1)
+    assert (a.avg_rating, a.satisfaction) == (2.0, 62.5)
+    assert (b.count, b.thumbs_down, b.satisfaction) == (1, 1, 0.0)
+    # By when the feedback was given: only r3's (at H+7300) is after H+2h.
+    late = await db.analytics.feedback(Slice(H + 7200, UNTIL), None, by_feedback_time=True)
+    assert [(r.count, r.satisfaction) for r in late] == [(1, 0.0)]
+    # A second score for a request replaces the first.
+    await FeedbackTable(db.analytics.connection).upsert(Feedback("r3", "k1", H + 7400, thumb="up"))
+    rows = {r.group: r for r in await db.analytics.feedback(ALL, "model")}
+    assert (rows["B"].count, rows["B"].satisfaction) == (1, 100.0)
+
+
+async def test_recent_requests_search_and_paging(db: Db) -> None:
+    newest = await db.analytics.recent(ALL, limit=3)
+    assert [r["request_id"] for r in newest] == ["r8", "r7", "r6"]
+    older = await db.analytics.recent(ALL, limit=3, before=newest[-1]["created_at"])
+    assert [r["request_id"] for r in older] == ["r5", "r4", "r3"]
+    assert [r["request_id"] for r in await db.analytics.recent(ALL, search="rate limit")] == ["r7"]
+    assert [r["request_id"] for r in await db.analytics.recent(ALL, search="semantic")] == ["r6"]
+    assert [r["request_id"] for r in await db.analytics.recent(ALL, search="r2")] == ["r2"]
+    assert await db.analytics.recent(ALL, search="100%") == []  # LIKE wildcards are literal
+    assert '"rate_limited"' in (await db.analytics.recent(ALL, search="r2"))[0]["attempts"]
+
+
+async def test_latency_over_a_sample_when_the_range_is_large(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    import faregate.store.analytics as analytics_module
+
+    monkeypatch.setattr(analytics_module, "SAMPLE_SIZE", 4)
+    rows, step = await db.analytics.latency(ALL, None)
+    assert step == 2  # 8 ids, every 2nd: r1, r3, r5, r7 (a 4xx, left out)
+    assert rows[0].latency.count == 3
+
+
+def test_histogram_percentiles_nearest_rank() -> None:
+    assert histogram_percentiles([]) == [None, None, None]
+    assert histogram_percentiles([(10.0, 99), (2000.0, 1)]) == [10.5, 10.5, 10.5]
+    assert histogram_percentiles([(10.0, 98), (2000.0, 2)]) == [10.5, 10.5, 2050.0]
+    assert [bucket_width(v) for v in (0.0, 99.0, 100.0, 990.0, 1000.0, 10000.0)] == [1, 1, 10, 10, 100, 1000]

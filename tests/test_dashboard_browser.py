@@ -1,0 +1,269 @@
+"""The dashboard in headless Chromium (Debian's, driven by Playwright): known traffic goes through a
+real gateway, and the page must show the figures the request records hold."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from faregate import tokens
+from harness import MASTER_KEY, GatewayProcess, SimProcess, create_key, run_gateway
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+# Traffic: (model, prompt tokens, answer tokens, how many).
+TRAFFIC = [("deepseek-v4-flash", 1000, 500, 3), ("qwen3-8b", 400, 200, 2), ("glm-4-plus", 300, 100, 1)]
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def usd(value: Decimal) -> str:
+    """The page's money format (dashboard.js usd())."""
+    digits = 2 if abs(value) >= 100 else 4 if abs(value) >= 1 else 6
+    sign = "-" if value < 0 else ""
+    return f"{sign}${abs(value):,.{digits}f}"
+
+
+def prompt_of(n_tokens: int) -> list[dict[str, str]]:
+    content = " hello" * (n_tokens - tokens.TOKENS_PER_MESSAGE - tokens.TOKENS_PER_REPLY)
+    return [{"role": "user", "content": content}]
+
+
+def make_key(store_path: Path, name: str) -> str:
+    # Playwright's sync API keeps an event loop running in this thread; create_key starts its own.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(create_key, store_path, name).result()
+
+
+class Webhook:
+    """A local HTTP endpoint that records the alerts posted to it."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                received.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.received = received
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture(scope="module")
+def dashboard_gateway(
+    sim: SimProcess, webhook: Webhook, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    config = (
+        "routing: {retries: 1, backoff_base_s: 0.01}\n"
+        "alerts:\n"
+        "  interval_s: 0.5\n"
+        f"  webhook: {{url: '{webhook.url}'}}\n"
+        "  rules:\n"
+        "    - {name: big-spender, metric: daily_spend_usd, above: 0.001}\n"
+    )
+    with run_gateway(tmp_path_factory.mktemp("dashboard"), sim, config) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def traffic(dashboard_gateway: GatewayProcess) -> dict[str, Any]:
+    """Send the known traffic (and one request that fails) and wait until all of it is recorded."""
+    gw = dashboard_gateway
+    key = make_key(gw.store_path, "browser-test")
+    client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+    ids = []
+    for model, prompt, answer, count in TRAFFIC:
+        for _ in range(count):
+            raw = client.chat.completions.with_raw_response.create(
+                model=model, messages=prompt_of(prompt), extra_body={"sim": {"answer": {"lorem": answer}}}
+            )
+            ids.append(raw.headers["x-faregate-request-id"])
+    with pytest.raises(openai.APIStatusError):
+        client.chat.completions.create(
+            model="qwen3-8b", messages=prompt_of(50), extra_body={"sim": {"fault": "server_error"}}
+        )
+    response = httpx.post(
+        gw.base_url + "/feedback",
+        json={"request_id": ids[0], "score": "down"},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert response.status_code == 200
+    expected_rows = sum(count for *_, count in TRAFFIC) + 1
+    deadline = time.monotonic() + 10
+    while True:
+        with sqlite3.connect(gw.store_path / "faregate.db") as db:
+            rows = db.execute(
+                "SELECT COALESCE(model_used, model_requested), status, cost_usd, baseline_cost_usd"
+                " FROM request_records"
+            ).fetchall()
+        if len(rows) >= expected_rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(rows) == expected_rows
+    per_model: dict[str, int] = {}
+    for model, *_ in rows:
+        per_model[model] = per_model.get(model, 0) + 1
+    spend = sum((Decimal(r[2]) for r in rows), Decimal(0))
+    baseline = sum((Decimal(r[3]) for r in rows), Decimal(0))
+    return {"spend": spend, "baseline": baseline, "per_model": per_model, "ids": ids, "requests": len(rows)}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+def open_dashboard(browser: Any, gw: GatewayProcess, key: str) -> Any:
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.errors = errors
+    page.goto(f"http://127.0.0.1:{gw.port}/dashboard")
+    page.fill("#master-key", key)
+    page.click("#login-button")
+    return page
+
+
+def canvas_has_pixels(page: Any, selector: str) -> bool:
+    return bool(
+        page.eval_on_selector(
+            selector,
+            """(canvas) => {
+                if (!canvas.width || !canvas.height) return false;
+                const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+                for (let i = 3; i < data.length; i += 4) if (data[i] !== 0) return true;
+                return false;
+            }""",
+        )
+    )
+
+
+def test_dashboard_shows_what_the_records_hold(
+    browser: Any, dashboard_gateway: GatewayProcess, traffic: dict[str, Any], webhook: Webhook
+) -> None:
+    page = open_dashboard(browser, dashboard_gateway, MASTER_KEY)
+    page.wait_for_selector("body[data-loaded]", timeout=15_000)
+
+    spend, baseline = traffic["spend"], traffic["baseline"]
+    assert Decimal(page.get_attribute("#kpi-spend", "data-value")) == spend
+    assert page.inner_text("#kpi-spend") == usd(spend)
+    assert Decimal(page.get_attribute("#kpi-baseline", "data-value")) == baseline
+    assert page.inner_text("#kpi-savings") == usd(baseline - spend)
+    assert Decimal(page.get_attribute("#kpi-savings", "data-value")) == baseline - spend
+    assert page.text_content("#baseline-model") == "(gpt-4o)"
+    assert page.inner_text("#kpi-requests") == str(traffic["requests"])
+    for model, count in traffic["per_model"].items():
+        cell = page.locator(f'#by-model tr[data-group="{model}"] td[data-col="requests"]')
+        assert cell.inner_text() == str(count), model
+    # The failed request retried (2 attempts) and shows as an error.
+    assert page.get_attribute("#kpi-errors", "data-value") == "1"
+
+    for canvas in ("#chart-spend", "#chart-requests", "#chart-models", "#chart-latency"):
+        assert canvas_has_pixels(page, canvas), canvas
+
+    # Latency per route, breakers from the live health board, feedback per model.
+    assert (
+        page.locator('#latency-route tr[data-group="deepseek-v4-flash"] td[data-col="p99"]')
+        .inner_text()
+        .endswith(" ms")
+    )
+    assert "closed" in page.inner_text("#health")
+    liked = page.locator(
+        '#feedback-model tr[data-group="deepseek-ai/DeepSeek-V4-Flash"] td[data-col="satisfaction"]'
+    )
+    assert liked.inner_text() == "0.0%"
+
+    # The alert fires within a couple of evaluations: on the page and at the webhook.
+    page.click("#refresh-now")
+    page.wait_for_selector("[data-testid=alert-firing]", timeout=10_000)
+    assert "big-spender" in page.inner_text("#alerts-firing")
+    assert any(event["rule"] == "big-spender" and event["status"] == "firing" for event in webhook.received)
+
+    # Search the recent requests by id; open its attempts.
+    page.fill("#search", traffic["ids"][0])
+    page.click("#search-form button")
+    # (A locator, not wait_for_function: the page's CSP forbids the eval that polling would need.)
+    sync_api.expect(page.locator("#requests tbody tr.row")).to_have_count(1, timeout=10_000)
+    page.click("#requests tbody tr.row")
+    assert "ok" in page.inner_text("#requests tr.attempts")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.fill("#search", "")
+    page.click("#search-form button")
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    if os.environ.get("FAREGATE_DOCS_SCREENSHOT"):
+        page.screenshot(path=os.environ["FAREGATE_DOCS_SCREENSHOT"], full_page=True)
+    assert page.errors == []
+    page.close()
+
+
+def test_a_wrong_master_key_is_refused(browser: Any, dashboard_gateway: GatewayProcess) -> None:
+    page = open_dashboard(browser, dashboard_gateway, "not-the-master-key")
+    page.wait_for_selector("#login-error:has-text('not accepted')", timeout=10_000)
+    assert page.is_visible("#login") and not page.is_visible("#app")
+    page.close()
+
+
+def test_the_api_refuses_api_keys(dashboard_gateway: GatewayProcess, traffic: dict[str, Any]) -> None:
+    key = make_key(dashboard_gateway.store_path, "not-admin")
+    url = f"http://127.0.0.1:{dashboard_gateway.port}/admin/dashboard/summary"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"Authorization": f"Bearer {key}"}).status_code == 403
+    body = httpx.get(url + "?range=1h", headers={"Authorization": f"Bearer {MASTER_KEY}"}).json()
+    assert Decimal(body["spend_usd"]) == traffic["spend"] and body["requests"] == traffic["requests"]
+    admin = {"Authorization": f"Bearer {MASTER_KEY}"}
+    assert httpx.get(url + "?range=2y", headers=admin).status_code == 400
+    base = f"http://127.0.0.1:{dashboard_gateway.port}/admin/dashboard"
+    assert httpx.get(base + "/breakdown?by=colour", headers=admin).status_code == 400
+    assert httpx.get(base + "/breakdown?limit=many", headers=admin).status_code == 400
+    series = httpx.get(base + "/series?range=1h", headers=admin).json()
+    assert series["bucket_s"] == 60 and sum(p["requests"] for p in series["points"]) == traffic["requests"]
+    by_key = httpx.get(base + "/breakdown?by=key&key=browser-test", headers=admin).json()
+    assert [row["label"].split(" (")[0] for row in by_key["rows"]] == ["browser-test"]

@@ -1,0 +1,92 @@
+"""POST /v1/feedback against a real gateway: only the key that made a request may score it."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import httpx
+import openai
+import pytest
+
+from faregate.server.feedback import parse_score
+from harness import MASTER_KEY, GatewayProcess, create_key
+
+pytestmark = pytest.mark.e2e
+
+
+def ask(gateway: GatewayProcess, key: str, model: str = "glm-4-plus") -> str:
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "rate me"}]
+    )
+    return raw.headers["x-faregate-request-id"]
+
+
+def feedback(gateway: GatewayProcess, key: str | None, body: object) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(gateway.base_url + "/feedback", json=body, headers=headers)
+
+
+def test_the_same_key_scores_its_request_at_once(gateway: GatewayProcess, api_key: str) -> None:
+    # Sent straight after the answer: the record may not be flushed yet, and must still be found.
+    request_id = ask(gateway, api_key)
+    response = feedback(gateway, api_key, {"request_id": request_id, "score": "up", "comment": "spot on"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body == {
+        "object": "feedback",
+        "request_id": request_id,
+        "score": "up",
+        "satisfaction": 100.0,
+        "model": "THUDM/glm-4-plus",
+        "route": "glm-4-plus",
+    }
+    # A second score replaces the first; the row joins its request record.
+    assert feedback(gateway, api_key, {"request_id": request_id, "score": 2}).status_code == 200
+    with sqlite3.connect(gateway.store_path / "faregate.db") as db:
+        rows = db.execute(
+            "SELECT f.thumb, f.rating, f.score, f.comment, r.model_used FROM feedback f"
+            " JOIN request_records r ON r.request_id = f.request_id WHERE f.request_id = ?",
+            (request_id,),
+        ).fetchall()
+    assert rows == [(None, 2, 25.0, None, "THUDM/glm-4-plus")]
+    summary = httpx.get(
+        f"http://127.0.0.1:{gateway.port}/admin/dashboard/feedback?by=model",
+        headers={"Authorization": f"Bearer {MASTER_KEY}"},
+    ).json()
+    glm = next(r for r in summary["rows"] if r["group"] == "THUDM/glm-4-plus")
+    assert glm["feedback"] >= 1 and glm["ratings"] >= 1 and glm["requests"] >= 1
+
+
+def test_another_key_is_refused(gateway: GatewayProcess, api_key: str) -> None:
+    request_id = ask(gateway, api_key)
+    other = create_key(gateway.store_path, "someone-else")
+    response = feedback(gateway, other, {"request_id": request_id, "score": "down"})
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "not_request_owner"
+    assert feedback(gateway, MASTER_KEY, {"request_id": request_id, "score": "down"}).status_code == 401
+
+
+def test_unknown_request_and_bad_bodies(gateway: GatewayProcess, api_key: str) -> None:
+    missing = feedback(gateway, api_key, {"request_id": "req_nope", "score": "up"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "request_not_found"
+    assert feedback(gateway, None, {"request_id": "req_nope", "score": "up"}).status_code == 401
+    request_id = ask(gateway, api_key)
+    for body in (
+        {"request_id": request_id, "score": 6},
+        {"request_id": request_id, "score": True},
+        {"request_id": request_id, "score": "meh"},
+        {"request_id": request_id},
+        {"score": "up"},
+        {"request_id": request_id, "score": "up", "comment": 5},
+        ["not", "an", "object"],
+    ):
+        response = feedback(gateway, api_key, body)
+        assert response.status_code == 400, body
+        assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_scores_parse() -> None:
+    assert parse_score("UP") == ("up", None)
+    assert parse_score("down") == ("down", None)
+    assert parse_score(1) == (None, 1) and parse_score(5) == (None, 5)

@@ -1,0 +1,85 @@
+"""OpenTelemetry traces exported over OTLP/HTTP to a local receiver: one span per request, one per attempt."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from faregate.config import TracingSettings
+from faregate.telemetry.tracing import RequestTracer
+from faregate.types import Attempt, RequestRecord
+
+trace_service = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
+
+
+@pytest.fixture()
+async def collector() -> AsyncIterator[tuple[str, list[Any]]]:
+    received: list[Any] = []
+
+    async def traces(request: web.Request) -> web.Response:
+        message = trace_service.ExportTraceServiceRequest()
+        message.ParseFromString(await request.read())
+        received.append(message)
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/v1/traces", received
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_request_becomes_a_span_with_a_child_per_attempt(collector: tuple[str, list[Any]]) -> None:
+    url, received = collector
+    tracer = RequestTracer(TracingSettings(otlp_endpoint=url, service_name="faregate-test"))
+    tracer.observe(
+        RequestRecord(
+            request_id="req_1",
+            created_at=1_700_000_000.0,
+            key_id="k1",
+            model_requested="cheap",
+            model_used="B",
+            provider="p2",
+            status=200,
+            stream=False,
+            route="cheap",
+            prompt_tokens=12,
+            completion_tokens=34,
+            cost_usd=Decimal("0.0001"),
+            latency_ms=350.0,
+            attempts=[
+                Attempt("A", "p1", "timeout", 200.0, detail="no answer"),
+                Attempt("B", "p2", "ok", 140.0),
+            ],
+        )
+    )
+    await tracer.close()  # flushes the batch
+    spans = [s for m in received for rs in m.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    assert len(spans) == 3
+    root = next(s for s in spans if s.name == "chat.completions")
+    children = sorted((s for s in spans if s.parent_span_id), key=lambda s: s.start_time_unix_nano)
+    assert [c.name for c in children] == ["upstream p1", "upstream p2"]
+    assert all(c.trace_id == root.trace_id and c.parent_span_id == root.span_id for c in children)
+    assert root.end_time_unix_nano - root.start_time_unix_nano == 350_000_000
+    assert children[0].end_time_unix_nano - children[0].start_time_unix_nano == 200_000_000
+    assert children[0].status.code == 2  # ERROR
+    attributes = {a.key: a.value for a in root.attributes}
+    assert attributes["faregate.request_id"].string_value == "req_1"
+    assert attributes["gen_ai.usage.output_tokens"].int_value == 34
+    resource = {
+        a.key: a.value.string_value
+        for m in received
+        for rs in m.resource_spans
+        for a in rs.resource.attributes
+    }
+    assert resource["service.name"] == "faregate-test"
