@@ -193,12 +193,60 @@ def create_key(store: Path) -> str:
     ).stdout.strip()
 
 
+def measure(
+    name: str, url: str, key: str, args: argparse.Namespace, proc: psutil.Process | None
+) -> dict[str, Any]:
+    """The four scenarios against one target; CPU per request when the target's process is known."""
+    out: dict[str, Any] = {}
+    print(f"[{name}] 1/4 concurrency 1 ...", flush=True)
+    out["c1"] = asyncio.run(sequential(url, key, args.sequential))
+    print(f"[{name}] 2/4 throughput, instant upstream ...", flush=True)
+    cpu0 = proc.cpu_times() if proc else None
+    out["instant"] = wrk(url, key, body(), 64, args.duration)
+    if proc is not None and cpu0 is not None:
+        cpu1 = proc.cpu_times()
+        used = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+        out["cpu_ms_per_request"] = used * 1000 / max(out["instant"]["requests"], 1)
+    print(f"[{name}] 3/4 throughput, 200 ms upstream, 256 connections ...", flush=True)
+    out["slow"] = wrk(url, key, body(ttft_ms=200), 256, args.duration)
+    print(f"[{name}] 4/4 streaming TTFT, concurrency 16 ...", flush=True)
+    out["stream"] = asyncio.run(streaming_ttft(url, key, 16, 60))
+    if proc is not None:
+        time.sleep(1.0)
+        out["rss_mib"] = proc.memory_info().rss / 2**20
+    return out
+
+
+def start_litellm(
+    binary: str, sim_port: int, work: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], int, float]:
+    port = free_port()
+    config = work / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        f"  - model_name: {MODEL}\n"
+        "    litellm_params:\n"
+        f"      model: openai/{UPSTREAM_MODEL}\n"
+        f"      api_base: http://127.0.0.1:{sim_port}/v1\n"
+        "      api_key: sk-bench\n"
+    )
+    process = subprocess.Popen(
+        pinned(0, [binary, "--config", str(config), "--port", str(port), "--num_workers", "1"]),
+        env={**env, "LITELLM_LOG": "ERROR"},
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "litellm.log", "wb"),
+    )
+    healthy = wait_healthy(f"http://127.0.0.1:{port}/health/liveliness", timeout=120)
+    return process, port, healthy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--sequential", type=int, default=2000, help="requests in the concurrency-1 run")
+    parser.add_argument("--litellm", help="path to a `litellm` proxy binary to measure side by side")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "overhead.json"))
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -208,7 +256,7 @@ def main() -> None:
     sim_port, gw_port = free_port(), free_port()
     config = work / "faregate.yaml"
     config.write_text(
-        f"server: {{port: {gw_port}, announce: false}}\n"
+        f"server: {{port: {gw_port}}}\n"
         f"store: {{path: {str(work / 'store')!r}}}\n"
         f"sim: {{mode: 'on', launch: false, port: {sim_port}}}\n"
     )
@@ -224,6 +272,10 @@ def main() -> None:
         processes.append(sim)
         wait_healthy(f"http://127.0.0.1:{sim_port}/health")
         key = create_key(work / "store")
+        results["direct"] = measure(
+            "direct", f"http://127.0.0.1:{sim_port}/v1/chat/completions", key, args, None
+        )
+
         gateway = subprocess.Popen(
             pinned(0, [sys.executable, "-m", "faregate.cli.main", "serve", "-c", str(config)]),
             env=env,
@@ -231,78 +283,107 @@ def main() -> None:
             stderr=open(work / "gateway.log", "wb"),
         )
         processes.append(gateway)
-        results["healthy_s"] = wait_healthy(f"http://127.0.0.1:{gw_port}/health")
-        gw_proc = psutil.Process(gateway.pid)
-        direct = f"http://127.0.0.1:{sim_port}/v1/chat/completions"
-        via = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+        healthy = wait_healthy(f"http://127.0.0.1:{gw_port}/health")
+        results["faregate"] = measure(
+            "faregate",
+            f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+            key,
+            args,
+            psutil.Process(gateway.pid),
+        )
+        results["faregate"]["healthy_s"] = healthy
+        gateway.terminate()
+        gateway.wait(10)
 
-        print("1/4 concurrency 1 ...", flush=True)
-        results["c1_direct"] = asyncio.run(sequential(direct, key, args.sequential))
-        results["c1_gateway"] = asyncio.run(sequential(via, key, args.sequential))
-
-        print("2/4 throughput, instant upstream ...", flush=True)
-        results["instant_direct"] = wrk(direct, key, body(), 64, args.duration)
-        cpu0 = gw_proc.cpu_times()
-        results["instant_gateway"] = wrk(via, key, body(), 64, args.duration)
-        cpu1 = gw_proc.cpu_times()
-        used = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
-        results["gateway_cpu_ms_per_request"] = used * 1000 / max(results["instant_gateway"]["requests"], 1)
-
-        print("3/4 throughput, 200 ms upstream, 256 connections ...", flush=True)
-        results["slow_direct"] = wrk(direct, key, body(ttft_ms=200), 256, args.duration)
-        results["slow_gateway"] = wrk(via, key, body(ttft_ms=200), 256, args.duration)
-
-        print("4/4 streaming TTFT, concurrency 16 ...", flush=True)
-        results["stream_direct"] = asyncio.run(streaming_ttft(direct, key, 16, 60))
-        results["stream_gateway"] = asyncio.run(streaming_ttft(via, key, 16, 60))
-
-        time.sleep(1.0)
-        results["gateway_rss_mib"] = gw_proc.memory_info().rss / 2**20
+        if args.litellm:
+            litellm, port, healthy = start_litellm(args.litellm, sim_port, work, env)
+            processes.append(litellm)
+            results["litellm"] = measure(
+                "litellm",
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                key,
+                args,
+                psutil.Process(litellm.pid),
+            )
+            results["litellm"]["healthy_s"] = healthy
     finally:
         for process in reversed(processes):
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
 
-    summary = {
-        "added_p50_ms_c1": results["c1_gateway"]["p50_ms"] - results["c1_direct"]["p50_ms"],
-        "added_p99_ms_c1": results["c1_gateway"]["p99_ms"] - results["c1_direct"]["p99_ms"],
-        "instant_rps_direct": results["instant_direct"]["rps"],
-        "instant_rps_gateway": results["instant_gateway"]["rps"],
-        "slow_rps_gateway": results["slow_gateway"]["rps"],
-        "slow_share_of_ideal_1280": results["slow_gateway"]["rps"] / 1280,
-        "added_ttft_p50_ms_c16": results["stream_gateway"]["p50_ms"] - results["stream_direct"]["p50_ms"],
-        "gateway_cpu_ms_per_request": results["gateway_cpu_ms_per_request"],
-        "gateway_rss_mib": results["gateway_rss_mib"],
-        "healthy_s": results["healthy_s"],
-    }
-    results["summary"] = summary
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
-    targets = [
-        ("added p50 at concurrency 1", f"{summary['added_p50_ms_c1']:.2f} ms", "< 1 ms"),
-        (
-            "requests/s, instant upstream",
-            f"{summary['instant_rps_gateway']:.0f} (direct {summary['instant_rps_direct']:.0f})",
-            ">= 2,000",
-        ),
-        (
-            "requests/s, 200 ms upstream, c=256",
-            f"{summary['slow_rps_gateway']:.0f} ({summary['slow_share_of_ideal_1280']:.1%} of 1,280)",
-            ">= 95%",
-        ),
-        ("added TTFT p50, streaming c=16", f"{summary['added_ttft_p50_ms_c16']:.2f} ms", "< 2 ms"),
-        ("gateway CPU per request", f"{summary['gateway_cpu_ms_per_request']:.3f} ms", ""),
-        ("gateway RSS after the runs", f"{summary['gateway_rss_mib']:.0f} MiB", "< 150 MiB"),
-        ("healthy after start", f"{summary['healthy_s']:.2f} s", "< 2 s"),
+    print(report(results))
+
+
+def added(target: dict[str, Any], direct: dict[str, Any], scenario: str) -> float:
+    return float(target[scenario]["p50_ms"] - direct[scenario]["p50_ms"])
+
+
+def report(results: dict[str, Any]) -> str:
+    direct = results["direct"]
+    targets = [name for name in ("faregate", "litellm") if name in results]
+    lines = [
+        "| figure | direct | " + " | ".join(targets) + " | target (Faregate) |",
+        "|---|---|" + "---|" * len(targets) + "---|",
     ]
-    print("\n| figure | measured | target |\n|---|---|---|")
-    for name, value, target in targets:
-        print(f"| {name} | {value} | {target} |")
+
+    def row(label: str, direct_value: str, values: list[str], target: str) -> None:
+        lines.append(f"| {label} | {direct_value} | " + " | ".join(values) + f" | {target} |")
+
+    row(
+        "p50 latency, concurrency 1",
+        f"{direct['c1']['p50_ms']:.2f} ms",
+        [f"{results[t]['c1']['p50_ms']:.2f} ms (+{added(results[t], direct, 'c1'):.2f})" for t in targets],
+        "added < 1 ms",
+    )
+    row(
+        "p99 latency, concurrency 1",
+        f"{direct['c1']['p99_ms']:.2f} ms",
+        [f"{results[t]['c1']['p99_ms']:.2f} ms" for t in targets],
+        "",
+    )
+    row(
+        "req/s, instant upstream, 64 conns",
+        f"{direct['instant']['rps']:.0f}",
+        [f"{results[t]['instant']['rps']:.0f}" for t in targets],
+        ">= 2,000",
+    )
+    row(
+        "req/s, 200 ms upstream, 256 conns",
+        f"{direct['slow']['rps']:.0f}",
+        [
+            f"{results[t]['slow']['rps']:.0f} ({results[t]['slow']['rps'] / 1280:.1%} of 1,280)"
+            for t in targets
+        ],
+        ">= 95% of 1,280",
+    )
+    row(
+        "stream TTFT p50, concurrency 16",
+        f"{direct['stream']['p50_ms']:.2f} ms",
+        [
+            f"{results[t]['stream']['p50_ms']:.2f} ms (+{added(results[t], direct, 'stream'):.2f})"
+            for t in targets
+        ],
+        "added < 2 ms",
+    )
+    row(
+        "CPU ms per request (instant run)",
+        "",
+        [f"{results[t].get('cpu_ms_per_request', 0):.3f}" for t in targets],
+        "",
+    )
+    row("RSS after the runs", "", [f"{results[t].get('rss_mib', 0):.0f} MiB" for t in targets], "< 150 MiB")
+    row("healthy after start", "", [f"{results[t].get('healthy_s', 0):.2f} s" for t in targets], "< 2 s")
+    errors = {t: results[t]["instant"]["errors"] + results[t]["slow"]["errors"] for t in ["direct", *targets]}
+    lines.append("")
+    lines.append(f"wrk errors (non-2xx, timeouts): {errors}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -113,8 +113,9 @@ def run_gateway(
     lines = [
         f"server: {{port: {port}, announce: false, max_body_bytes: 1048576, request_timeout_s: 20}}",
         f"store: {{path: {str(workdir / 'store')!r}}}",
-        "records: {flush_interval_s: 0.05}",
     ]
+    if "records:" not in extra_config:
+        lines.append("records: {flush_interval_s: 0.05}")
     if sim is not None:
         lines.append(
             f"sim: {{mode: 'on', launch: false, port: {sim.port}, "

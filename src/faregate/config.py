@@ -45,6 +45,8 @@ class StoreSettings(_Strict):
     postgres_url: str | None = None
     redis_url: str | None = None
     postgres_pool_size: Annotated[int, msgspec.Meta(ge=1)] = 10
+    # Connections to Redis per instance; a request waits for a free one rather than failing.
+    redis_pool_size: Annotated[int, msgspec.Meta(ge=2)] = 64
 
 
 class RecordsSettings(_Strict):
@@ -166,6 +168,29 @@ class RoutingSettings(_Strict):
     breaker: BreakerSettings = msgspec.field(default_factory=BreakerSettings)
     # Moving latency statistics keep this many recent samples per offer.
     latency_window: int = 200
+
+
+class SemanticCacheSettings(_Strict):
+    # Off by default: it loads a local embedding model (about 30 MB more memory).
+    enabled: bool = False
+    # Chosen from `faregate cache-eval` (see the README's cache section).
+    threshold: float = 0.88
+    # Conversations with more user turns than this are only cached exactly.
+    max_turns: int = 1
+    max_entries: int = 50_000
+
+
+class CacheSettings(_Strict):
+    enabled: bool = True
+    ttl_s: float = 3600.0
+    # TTL by tier hint and by route (or model) name, overriding ttl_s.
+    tier_ttl_s: dict[Literal["economy", "standard", "premium"], float] = {}
+    route_ttl_s: dict[str, float] = {}
+    # In-process store size; ignored with Redis.
+    max_entries: int = 10_000
+    # Shared exact cache for several instances, e.g. redis://127.0.0.1:6379/0.
+    redis_url: str | None = None
+    semantic: SemanticCacheSettings = msgspec.field(default_factory=SemanticCacheSettings)
 
 
 class CatalogSettings(_Strict):
@@ -296,6 +321,7 @@ class Settings(_Strict):
     catalog: CatalogSettings = msgspec.field(default_factory=CatalogSettings)
     sim: SimSettings = msgspec.field(default_factory=SimSettings)
     routing: RoutingSettings = msgspec.field(default_factory=RoutingSettings)
+    cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     baseline_model: str = "gpt-4o"
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
@@ -327,7 +353,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call, unused-ignore]
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark

@@ -47,6 +47,8 @@ class ChatRequest:
     required_modalities: frozenset[str]
     hints: JSON = field(default_factory=dict)
     key_id: str | None = None
+    # The key is premium (fg_pro_): may use dedicated offers, goes first in upstream queues.
+    premium: bool = False
     received_at: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)
 

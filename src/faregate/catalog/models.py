@@ -51,6 +51,8 @@ class Model:
         return [o for o in self.offers if o.available]
 
     def missing_modalities(self, required: Iterable[str]) -> list[str]:
+        if not required:
+            return []
         return sorted(m for m in required if m not in self.modalities)
 
 

@@ -23,6 +23,7 @@ from faregate.errors import UpstreamFailed, UpstreamFailure, UpstreamRejected
 from faregate.providers.base import Provider, UpstreamCall
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Candidate, Plan
+from faregate.routing.queue import UpstreamLimiter
 from faregate.types import GATEWAY_FIELDS, JSON, Attempt, ChatRequest, Completion, Usage
 
 DEFAULT_PROVIDER_SETTINGS = ProviderSettings(base_url="http://127.0.0.1")
@@ -92,12 +93,15 @@ class AttemptRunner:
         request_timeout_s: float,
         routing: RoutingSettings | None = None,
         health: HealthBoard | None = None,
+        limiter: UpstreamLimiter | None = None,
     ) -> None:
         self._provider = providers
         self._provider_settings = provider_settings
         self.request_timeout_s = request_timeout_s
         self.routing = routing or RoutingSettings()
         self.health = health or HealthBoard(self.routing.breaker, self.routing.latency_window)
+        # Concurrency bounds per provider (premium first in the queue); none unless configured.
+        self.limiter = limiter or UpstreamLimiter()
         self._random = random.Random()
         # Counters for metrics: retries made and fallbacks taken.
         self.retries = 0
@@ -155,7 +159,10 @@ class AttemptRunner:
                 t0 = time.perf_counter()
                 completion: Completion | None = None
                 try:
-                    async with asyncio.timeout(time_left):
+                    async with (
+                        asyncio.timeout(time_left),
+                        self.limiter.slot(candidate.offer.provider, request.premium, time_left),
+                    ):
                         completion = await self._provider(candidate.offer.provider).complete(call)
                     if completion.is_empty:
                         raise UpstreamFailure("empty", "200 with no choices or blank content", status=200)
@@ -211,7 +218,14 @@ class AttemptRunner:
                     break
                 call = self.build_call(request, candidate, time_left)
                 t0 = time.perf_counter()
-                iterator = aiter(self._provider(candidate.offer.provider).stream(call))
+                try:
+                    slot = await self.limiter.acquire(candidate.offer.provider, request.premium, time_left)
+                except BaseException:
+                    self.health.breaker(key).release_probe()
+                    raise
+                # The stream holds its slot until it ends or is closed (every path below closes it).
+                upstream = aiter(self._provider(candidate.offer.provider).stream(call))
+                iterator = self.limiter.guard(upstream, slot)
                 buffered: list[JSON] = []
                 try:
                     async with asyncio.timeout(time_left):

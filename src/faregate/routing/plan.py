@@ -83,6 +83,12 @@ class Planner:
             raise ModelNotFound(f"The model '{name}' does not exist.{hint}", param="model")
         return model
 
+    def resolved_name(self, request: ChatRequest) -> str:
+        """The route or canonical model a request asks for (aliases resolved), e.g. for cache keys."""
+        names: list[str] = request.body.get("models") or [request.model]
+        resolved = [name if name in self.routes else self.resolve(name).name for name in names]
+        return resolved[0] if len(resolved) == 1 else "list:" + ",".join(resolved)
+
     async def plan(self, request: ChatRequest) -> Plan:
         hints = parse_hints(request.hints)
         prompt = PromptSize(request.body.get("messages") or [])
@@ -114,7 +120,7 @@ class Planner:
             retries = step.retries if step.retries is not None else self.routing.retries
             if not await self._fits(model, request, prompt, cap, rejected):
                 continue
-            offers = self._order_offers(model, rejected, by_latency, p99_limit)
+            offers = self._order_offers(model, rejected, by_latency, p99_limit, request.premium)
             candidates.extend(Candidate(model, offer, retries) for offer in offers)
         if not candidates:
             await self._refuse(rejected, prompt)
@@ -156,18 +162,30 @@ class Planner:
         return True
 
     def _order_offers(
-        self, model: Model, rejected: _Rejections, by_latency: bool, p99_limit: float | None
+        self,
+        model: Model,
+        rejected: _Rejections,
+        by_latency: bool,
+        p99_limit: float | None,
+        premium: bool = False,
     ) -> list[Offer]:
         offers = model.available_offers()
         if not offers:
             providers = ", ".join(sorted({o.provider for o in model.offers})) or "none"
             rejected.unavailable.append(f"{model.name} (providers {providers} disabled)")
             return []
+        # Dedicated offers (reserved capacity) serve premium keys only.
+        offers = [o for o in offers if premium or not o.dedicated]
+        if not offers:
+            rejected.unavailable.append(f"{model.name} (dedicated to premium keys)")
+            return []
         now = time.monotonic()
         usable = [o for o in offers if self.health.usable(o.key, now)]
         if not usable:
             rejected.breaker.append(", ".join(f"{o.provider}/{model.name}" for o in offers))
             return []
+        if len(usable) == 1:
+            return usable
         # Cheapest first, with recent errors making an offer look dearer than it is.
         usable.sort(
             key=lambda o: (o.price.input + o.price.output) * Decimal(1 + 2 * self.health.error_rate(o.key))

@@ -37,6 +37,8 @@ class Hints:
 
 def parse_hints(raw: dict[str, Any]) -> Hints:
     hints = Hints()
+    if not raw:
+        return hints
     tier = raw.get("tier")
     if tier is not None:
         if tier not in TIERS:

@@ -12,23 +12,34 @@ import orjson
 from aiohttp import web
 
 from faregate.accounts.keys import KeyStore
+from faregate.accounts.setup import Accounts, new_key_credits_nano, open_accounts
+from faregate.cache.factory import build_cache
 from faregate.catalog import SIM_PROVIDER, Catalog, Model, build_catalog
 from faregate.config import ProviderSettings, Settings
+from faregate.dashboard.assets import add_dashboard_page
 from faregate.errors import ConfigError, FaregateError, InternalError, InvalidRequest, NotFound
 from faregate.providers.http import ConnectionPool, make_upstream_pool
 from faregate.providers.registry import ProviderRegistry
 from faregate.routing.attempts import AttemptRunner
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Planner
+from faregate.routing.queue import UpstreamLimiter
 from faregate.server.admin import health_detail, is_master
+from faregate.server.admin_api import add_account_routes
+from faregate.server.dashboard_api import add_dashboard_api
+from faregate.server.feedback import add_feedback_route
+from faregate.server.metrics_route import add_metrics_route
 from faregate.server.pipeline import ChatPipeline, error_response
-from faregate.store.sqlite import SQLiteStore
+from faregate.store import Store, open_store
+from faregate.telemetry.observability import Observability
 from faregate.telemetry.records import RecordWriter
 from faregate.types import Price
 
 log = logging.getLogger("faregate.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+FastRoutes = dict[tuple[str, str], Handler]
+FAST_ROUTES = web.AppKey("fast_routes", FastRoutes)
 
 
 @dataclass(slots=True)
@@ -39,18 +50,29 @@ class Gateway:
     catalog: Catalog
     pool: ConnectionPool
     providers: ProviderRegistry
-    store: SQLiteStore
+    store: Store
     keys: KeyStore
     records: RecordWriter
     pipeline: ChatPipeline
+    accounts: Accounts
     models_body: bytes
     started: float = field(default_factory=time.monotonic)
+    # Metrics, traces, rollups, alerts, and the analytics behind the dashboard and feedback.
+    observability: Observability | None = None
 
     async def close(self) -> None:
+        if self.observability is not None:
+            await self.observability.close()
+        if self.pipeline.cache is not None:
+            await self.pipeline.cache.close()
         await self.records.close()
+        await self.accounts.close()
         await self.providers.close()
         await self.pool.close()
         await self.store.close()
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
 
 
 def model_entry(model: Model) -> dict[str, Any]:
@@ -102,8 +124,12 @@ async def build_gateway(settings: Settings, *, sim_base_url: str | None = None) 
     catalog = build_catalog(settings, sim_base_url=sim_base_url)
     pool = make_upstream_pool(settings)
     providers = ProviderRegistry(settings, pool, sim_base_url=sim_base_url)
-    store = await SQLiteStore.open(settings.store.path)
-    keys = KeyStore(store, cache_ttl_s=settings.auth.key_cache_ttl_s)
+    store = await open_store(settings.store)
+    keys = KeyStore(
+        store, cache_ttl_s=settings.auth.key_cache_ttl_s, new_key_credits_nano=new_key_credits_nano(settings)
+    )
+    accounts = await open_accounts(settings, store, keys)
+    await accounts.start()
     records = RecordWriter(store, settings.records)
     await records.start()
     sim_provider = ProviderSettings(
@@ -118,7 +144,12 @@ async def build_gateway(settings: Settings, *, sim_base_url: str | None = None) 
     health = HealthBoard(settings.routing.breaker, settings.routing.latency_window)
     planner = Planner(catalog, settings.routes, settings.routing, health)
     runner = AttemptRunner(
-        providers.get, provider_settings, settings.server.request_timeout_s, settings.routing, health
+        providers.get,
+        provider_settings,
+        settings.server.request_timeout_s,
+        settings.routing,
+        health,
+        UpstreamLimiter(settings.upstream_limits),
     )
     pipeline = ChatPipeline(
         keys=keys,
@@ -127,9 +158,23 @@ async def build_gateway(settings: Settings, *, sim_base_url: str | None = None) 
         records=records,
         max_body_bytes=settings.server.max_body_bytes,
         baseline=baseline_price(catalog, settings.baseline_model),
+        admission=accounts.admission,
+        cache=build_cache(settings.cache),
     )
+    observability = await Observability.open(settings, store, runner, records)
+    observability.attach(pipeline.listeners)
     return Gateway(
-        settings, catalog, pool, providers, store, keys, records, pipeline, models_listing(catalog)
+        settings,
+        catalog,
+        pool,
+        providers,
+        store,
+        keys,
+        records,
+        pipeline,
+        accounts,
+        models_listing(catalog),
+        observability=observability,
     )
 
 
@@ -164,7 +209,7 @@ def create_app(gateway: Gateway) -> web.Application:
     app = web.Application(
         middlewares=[openai_errors], client_max_size=gateway.settings.server.max_body_bytes + 1
     )
-    app["gateway"] = gateway
+    app[GATEWAY] = gateway
 
     async def chat(request: web.Request) -> web.StreamResponse:
         return await gateway.pipeline.handle(request)
@@ -187,13 +232,26 @@ def create_app(gateway: Gateway) -> web.Application:
             return web.Response(body=health_detail(gateway), content_type="application/json")
         return web.Response(body=b'{"status":"ok"}', content_type="application/json")
 
+    async def on_startup(app: web.Application) -> None:
+        if gateway.observability is not None:
+            await gateway.observability.start()
+
     async def on_cleanup(app: web.Application) -> None:
         await gateway.close()
 
     app.router.add_post("/v1/chat/completions", chat)
+    # Served without the router by server.runner.GatewayRunner (same handler, same behaviour).
+    fast_routes: FastRoutes = {("POST", "/v1/chat/completions"): chat}
+    app[FAST_ROUTES] = fast_routes
     app.router.add_post("/chat/completions", chat)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{name:.+}", model)
     app.router.add_get("/health", health)
+    add_account_routes(app, gateway.accounts.service, gateway.pipeline, master_key)
+    add_metrics_route(app, gateway)
+    add_feedback_route(app, gateway)
+    add_dashboard_api(app, gateway)
+    add_dashboard_page(app)
+    app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     return app

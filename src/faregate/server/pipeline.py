@@ -22,6 +22,13 @@ from aiohttp import web
 from faregate import tokens
 from faregate.accounts.admission import Admission, Hold, OpenAdmission
 from faregate.accounts.keys import ApiKey, KeyStore
+from faregate.cache.service import (
+    CachedAnswer,
+    CacheDecision,
+    ResponseCache,
+    answer_from_stream,
+    stream_frames,
+)
 from faregate.errors import (
     AuthenticationFailed,
     FaregateError,
@@ -31,7 +38,7 @@ from faregate.errors import (
 from faregate.routing.attempts import AttemptRunner, OpenedStream, billed_cost
 from faregate.routing.plan import Candidate, Plan, Planner
 from faregate.server.parse import decode_json_object, new_request_id, parse_chat_request
-from faregate.server.streaming import DONE, error_event, relay, sse_frame
+from faregate.server.streaming import DONE, StreamOutcome, error_event, relay, sse_frame
 from faregate.telemetry.records import RecordWriter
 from faregate.types import JSON, Attempt, ChatRequest, Completion, Price, RequestRecord, Usage
 
@@ -74,6 +81,7 @@ class ChatPipeline:
         max_body_bytes: int,
         baseline: Price,
         admission: Admission | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.keys = keys
         self.planner = planner
@@ -82,6 +90,7 @@ class ChatPipeline:
         self.max_body_bytes = max_body_bytes
         self.baseline = baseline
         self.admission: Admission = admission or OpenAdmission()
+        self.cache = cache
         # Called with every finished record (metrics, alerts); must be cheap and never raise.
         self.listeners: list[Callable[[RequestRecord], None]] = []
 
@@ -156,8 +165,17 @@ class ChatPipeline:
             record.model_requested = str(body.get("model") or "")[:200]
             request = parse_chat_request(body, http_request.headers, request_id)
             request.key_id = key.id
+            request.premium = key.premium
             request.started = started
             record.stream = request.stream
+            decision = self._cache_decision(request, http_request.headers)
+            record.cache_status = "bypass" if decision.status == "bypass" else "miss"
+            base_headers["x-faregate-cache"] = record.cache_status
+            if self.cache is not None:
+                cached = await self.cache.lookup(decision, request)
+                if cached is not None:
+                    record.route = decision.resolved
+                    return await self._serve_cached(http_request, request, cached, record, base_headers)
             plan = await self.planner.plan(request)
             record.route = plan.route
             base_headers["x-faregate-route"] = plan.route
@@ -166,10 +184,12 @@ class ChatPipeline:
             base_headers.update(hold.headers)
             if request.stream:
                 opened = await self.runner.open_stream(request, plan)
-                return await self._stream(http_request, request, opened, record, base_headers)
+                return await self._stream(http_request, request, opened, record, base_headers, decision)
             served = await self.runner.complete(request, plan)
             record.attempts = served.attempts
-            return await self._respond(request, served.completion, served.candidate, record, base_headers)
+            return await self._respond(
+                request, served.completion, served.candidate, record, base_headers, decision
+            )
         except FaregateError as error:
             record.status = error.status
             record.error = error.message[:2000]
@@ -206,6 +226,7 @@ class ChatPipeline:
         candidate: Candidate,
         record: RequestRecord,
         headers: dict[str, str],
+        decision: CacheDecision,
     ) -> web.Response:
         body = completion.body
         text = "" if completion.usage is not None else completion_text(body)
@@ -223,6 +244,10 @@ class ChatPipeline:
         body["usage"] = usage_out
         self._fill_record(record, candidate, settled)
         headers.update(self._result_headers(candidate, record, settled.cost))
+        if self.cache is not None and not settled.usage.estimated:
+            self.cache.remember(
+                decision, request, body, candidate.model.name, candidate.offer.provider, settled.usage
+            )
         return web.Response(body=orjson.dumps(body), content_type=JSON_TYPE, headers=headers)
 
     async def _stream(
@@ -232,6 +257,7 @@ class ChatPipeline:
         opened: OpenedStream,
         record: RequestRecord,
         headers: dict[str, str],
+        decision: CacheDecision,
     ) -> web.StreamResponse:
         candidate = opened.candidate
         record.attempts = opened.attempts
@@ -284,10 +310,90 @@ class ChatPipeline:
                         sse_frame(self._usage_chunk(outcome.usage_chunk, candidate, settled))
                     )
                 await response.write(DONE)
+                self._remember_stream(decision, request, opened, outcome, settled)
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
             record.status = 499
             record.error = "client disconnected at the end of the stream"
+        return response
+
+    # -- the cache ----------------------------------------------------------------------
+
+    def _cache_decision(self, request: ChatRequest, headers: Any) -> CacheDecision:
+        if self.cache is None:
+            return CacheDecision("bypass", reason="no cache")
+        return self.cache.decide(request, headers, lambda: self.planner.resolved_name(request))
+
+    def _remember_stream(
+        self,
+        decision: CacheDecision,
+        request: ChatRequest,
+        opened: OpenedStream,
+        outcome: StreamOutcome,
+        settled: Settled,
+    ) -> None:
+        if self.cache is None or outcome.tool_calls or settled.usage.estimated:
+            return
+        model = opened.candidate.model.name
+        first = opened.buffered[0] if opened.buffered else None
+        body = answer_from_stream(first, "".join(outcome.text), outcome.finish_reason, model, settled.usage)
+        if body is not None:
+            self.cache.remember(
+                decision, request, body, model, opened.candidate.offer.provider, settled.usage
+            )
+
+    async def _serve_cached(
+        self,
+        http_request: web.Request,
+        request: ChatRequest,
+        cached: CachedAnswer,
+        record: RequestRecord,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        """A hit costs nothing; the record keeps the usage so the whole baseline counts as saved."""
+        record.cache_status = cached.kind
+        record.model_used = cached.model
+        record.provider = cached.provider
+        record.prompt_tokens = cached.usage.prompt_tokens
+        record.completion_tokens = cached.usage.completion_tokens
+        record.cost_usd = Decimal(0)
+        headers.update(
+            {
+                "x-faregate-cache": cached.kind,
+                "x-faregate-cost-usd": "0",
+                "x-faregate-model": cached.model,
+                "x-faregate-provider": cached.provider,
+                "x-faregate-attempts": "0",
+                "x-faregate-route": record.route or "",
+            }
+        )
+        usage = {
+            "prompt_tokens": cached.usage.prompt_tokens,
+            "completion_tokens": cached.usage.completion_tokens,
+            "total_tokens": cached.usage.total_tokens,
+            "cost": 0.0,
+        }
+        body = dict(cached.body)
+        if not request.stream:
+            body["usage"] = usage
+            return web.Response(body=orjson.dumps(body), content_type=JSON_TYPE, headers=headers)
+        response = web.StreamResponse(status=200, headers={**headers, "Cache-Control": "no-cache"})
+        response.content_type = "text/event-stream"
+        try:
+            await response.prepare(http_request)
+            for frame in stream_frames(body, request.include_usage):
+                await response.write(sse_frame(frame))
+                if record.ttft_ms is None:
+                    record.ttft_ms = (time.perf_counter() - request.started) * 1000
+            if request.include_usage:
+                final = {key: body.get(key) for key in ("id", "created", "model")}
+                final.update(object="chat.completion.chunk", choices=[], usage=usage)
+                await response.write(sse_frame(final))
+            await response.write(DONE)
+            await response.write_eof()
+        except (ConnectionResetError, ConnectionError):
+            record.status = 499
+            record.error = "client disconnected during a cached stream"
         return response
 
     # -- helpers ------------------------------------------------------------------------

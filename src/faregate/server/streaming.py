@@ -39,6 +39,7 @@ class StreamOutcome:
     failure: UpstreamFailure | None = None
     client_gone: bool = False
     chunks: int = 0
+    tool_calls: bool = False
 
 
 def _collect_text(chunk: JSON, outcome: StreamOutcome) -> None:
@@ -48,6 +49,7 @@ def _collect_text(chunk: JSON, outcome: StreamOutcome) -> None:
         if isinstance(content, str):
             outcome.text.append(content)
         for call in delta.get("tool_calls") or ():
+            outcome.tool_calls = True
             fn = call.get("function") or {}
             outcome.text.append(str(fn.get("name") or ""))
             outcome.text.append(str(fn.get("arguments") or ""))
