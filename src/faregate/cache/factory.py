@@ -12,11 +12,14 @@ from faregate.config import CacheSettings
 log = logging.getLogger("faregate.cache")
 
 
-def build_cache(settings: CacheSettings) -> ResponseCache | None:
+def build_cache(settings: CacheSettings, shared_redis_url: str | None = None) -> ResponseCache | None:
+    """`shared_redis_url` is the store's Redis: instances that share it share the cache too,
+    unless `cache.redis_url` names another one."""
     if not settings.enabled:
         return None
+    redis_url = settings.redis_url or shared_redis_url
     store: CacheStore
-    store = RedisStore(settings.redis_url) if settings.redis_url else MemoryStore(settings.max_entries)
+    store = RedisStore(redis_url) if redis_url else MemoryStore(settings.max_entries)
     semantic = None
     if settings.semantic.enabled:
         from faregate.cache.embedder import AsyncEmbedder
@@ -34,10 +37,10 @@ def build_cache(settings: CacheSettings) -> ResponseCache | None:
         _loading.append(asyncio.get_running_loop().create_task(embedder.start()))
         _loading[-1].add_done_callback(_report_load)
     cache = ResponseCache(settings, store, semantic)
-    if semantic is not None and settings.redis_url:
+    if semantic is not None and redis_url:
         from faregate.cache.semantic_sync import SemanticSync
 
-        sync = SemanticSync(settings.redis_url, semantic)
+        sync = SemanticSync(redis_url, semantic)
         cache.on_semantic_store = sync.publish
         cache.closers.append(sync.close)
         sync.start()

@@ -159,7 +159,7 @@ async def build_gateway(settings: Settings, *, sim_base_url: str | None = None) 
         max_body_bytes=settings.server.max_body_bytes,
         baseline=baseline_price(catalog, settings.baseline_model),
         admission=accounts.admission,
-        cache=build_cache(settings.cache),
+        cache=build_cache(settings.cache, settings.store.redis_url),
     )
     observability = await Observability.open(settings, store, runner, records)
     observability.attach(pipeline.listeners)
