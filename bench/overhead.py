@@ -69,11 +69,11 @@ def wait_healthy(url: str, timeout: float = 30) -> float:
     raise RuntimeError(f"{url} not healthy after {timeout}s")
 
 
-def body(stream: bool = False, ttft_ms: int = 0, tokens: int = 12) -> dict[str, Any]:
+def body(stream: bool = False, ttft_ms: int = 0, tokens: int = 12, tokens_per_s: int = 0) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "model": MODEL,
         "messages": MESSAGES,
-        "sim": {"ttft_ms": ttft_ms, "answer": {"lorem": tokens}, "tokens_per_s": 0},
+        "sim": {"ttft_ms": ttft_ms, "answer": {"lorem": tokens}, "tokens_per_s": tokens_per_s},
     }
     if stream:
         payload["stream"] = True
@@ -149,7 +149,8 @@ async def sequential(url: str, key: str, n: int) -> dict[str, float]:
 
 async def streaming_ttft(url: str, key: str, concurrency: int, per_worker: int) -> dict[str, float]:
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    data = orjson.dumps(body(stream=True, ttft_ms=20, tokens=40))
+    # A paced stream, as models send them: first token after 20 ms, then 100 tokens/s.
+    data = orjson.dumps(body(stream=True, ttft_ms=20, tokens=40, tokens_per_s=100))
     ttfts: list[float] = []
     connector = aiohttp.TCPConnector(limit=concurrency)
 
@@ -232,7 +233,8 @@ def start_litellm(
     )
     process = subprocess.Popen(
         pinned(0, [binary, "--config", str(config), "--port", str(port), "--num_workers", "1"]),
-        env={**env, "LITELLM_LOG": "ERROR"},
+        # No database and no auth: the lightest LiteLLM setup (favourable to it).
+        env={**env, "LITELLM_LOG": "ERROR", "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"},
         stdout=subprocess.DEVNULL,
         stderr=open(work / "litellm.log", "wb"),
     )

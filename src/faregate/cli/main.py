@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from faregate.cli import cache_eval, cost, credits, keys, models, replay, serve, sim, usage
+from faregate.cli import cache_eval, cost, credits, keys, models, replay, router, serve, sim, usage
 
 app = typer.Typer(
     name="faregate",
@@ -13,7 +13,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (serve, sim, keys, credits, models, usage, cost, replay, cache_eval):
+for module in (serve, sim, keys, credits, models, usage, cost, replay, router, cache_eval):
     module.register(app)
 
 
