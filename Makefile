@@ -25,7 +25,8 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/overhead.py
 
 chaos: $(VENV)/.dev-installed
-	CHAOS_REQUESTS=20000 $(BIN)/pytest -q tests/test_chaos.py -k money
+	CHAOS_REQUESTS=20000 CHAOS_REPORT=bench/results/chaos.json $(BIN)/pytest -q tests/test_chaos.py -k money
+	cat bench/results/chaos.json
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -81,6 +81,10 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SimProcess
             yield sim, gateway, create_key(gateway.store_path, "chaos")
 
 
+def write_report(path: str, text: str) -> None:
+    Path(path).write_text(text)
+
+
 def sim_stats(sim: SimProcess) -> dict[str, Any]:
     stats: dict[str, Any] = httpx.get(f"http://127.0.0.1:{sim.port}/sim/stats").json()
     return stats
@@ -188,6 +192,25 @@ async def test_no_failure_reaches_the_client_and_money_adds_up(
         else:
             assert Decimal(row["cost_usd"]) == client_cost
     assert fallbacks > REQUESTS * 0.1, "the fallback model did serve"
+    report = os.environ.get("CHAOS_REPORT")
+    if report:
+        attempts_made = sum(len(json.loads(by_id[i]["attempts"])) for i in ids)
+        write_report(
+            report,
+            json.dumps(
+                {
+                    "requests": REQUESTS,
+                    "streaming": sum(streams),
+                    "client_failures": len(failures),
+                    "recorded_once": len(rows),
+                    "served_by_fallback": fallbacks,
+                    "upstream_attempts": attempts_made,
+                    "faults_injected_on_primary": stats,
+                    "recorded_cost_usd": str(sum((Decimal(r["cost_usd"]) for r in rows), Decimal(0))),
+                },
+                indent=2,
+            ),
+        )
     total_recorded = sum((Decimal(r["cost_usd"]) for r in rows), Decimal(0))
     with sqlite3.connect(gateway.store_path / "faregate.db") as db:
         marks = ",".join("?" * len(ids[:900]))

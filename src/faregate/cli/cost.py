@@ -11,6 +11,7 @@ from rich.table import Table
 
 from faregate.catalog import Catalog, Model, build_catalog
 from faregate.cli.common import ConfigOption, load_or_exit
+from faregate.cli.cost_records import cost_from_records
 from faregate.evals.projection import (
     Line,
     Workload,
@@ -76,12 +77,14 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def cost(
         requests_per_month: Annotated[
-            int, typer.Option("--requests-per-month", "-n", help="Requests a month.")
-        ],
-        input_tokens: Annotated[int, typer.Option("--input-tokens", "-i", help="Input tokens per request.")],
+            int | None, typer.Option("--requests-per-month", "-n", help="Requests a month.")
+        ] = None,
+        input_tokens: Annotated[
+            int | None, typer.Option("--input-tokens", "-i", help="Input tokens per request.")
+        ] = None,
         output_tokens: Annotated[
-            int, typer.Option("--output-tokens", "-o", help="Output tokens per request.")
-        ],
+            int | None, typer.Option("--output-tokens", "-o", help="Output tokens per request.")
+        ] = None,
         model: Annotated[
             list[str] | None,
             typer.Option(
@@ -100,6 +103,13 @@ def register(app: typer.Typer) -> None:
         compare_providers: Annotated[
             str | None, typer.Option(help="Also price this model at each provider that sells it.")
         ] = None,
+        from_records: Annotated[
+            bool, typer.Option(help="Price the recorded traffic instead: what it cost, and on each --model.")
+        ] = False,
+        since: Annotated[
+            str, typer.Option(help="With --from-records: start (7d, 24h, or an ISO date).")
+        ] = "7d",
+        until: Annotated[str, typer.Option(help="With --from-records: end.")] = "now",
         config: ConfigOption = None,
     ) -> None:
         """Project the monthly cost of a workload per model, with the saving against a baseline.
@@ -107,6 +117,15 @@ def register(app: typer.Typer) -> None:
         Exact decimal arithmetic at catalog list prices (USD per 1M tokens); nothing is rounded.
         """
         settings = load_or_exit(config)
+        if from_records:
+            catalog = build_catalog(settings)
+            targets = {m.name: m.list_price for m in (_lookup(catalog, n) for n in model or [])}
+            cost_from_records(settings, targets, since, until)
+            return
+        if requests_per_month is None or input_tokens is None or output_tokens is None:
+            raise typer.BadParameter(
+                "give --requests-per-month, --input-tokens and --output-tokens (or --from-records)"
+            )
         try:
             workload = Workload(requests_per_month, input_tokens, output_tokens, parse_share(cache_hit_rate))
             shares = parse_split(split) if split else None

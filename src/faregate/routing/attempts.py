@@ -158,12 +158,17 @@ class AttemptRunner:
                 call = self.build_call(request, candidate, time_left)
                 t0 = time.perf_counter()
                 completion: Completion | None = None
+                provider = self._provider(candidate.offer.provider)
                 try:
-                    async with (
-                        asyncio.timeout(time_left),
-                        self.limiter.slot(candidate.offer.provider, request.premium, time_left),
-                    ):
-                        completion = await self._provider(candidate.offer.provider).complete(call)
+                    if candidate.offer.provider in self.limiter.gates:
+                        async with (
+                            asyncio.timeout(time_left),
+                            self.limiter.slot(candidate.offer.provider, request.premium, time_left),
+                        ):
+                            completion = await provider.complete(call)
+                    else:
+                        # The hot path: the call's own timeouts already end at the request's deadline.
+                        completion = await provider.complete(call)
                     if completion.is_empty:
                         raise UpstreamFailure("empty", "200 with no choices or blank content", status=200)
                 except UpstreamFailure as failure:

@@ -1,0 +1,141 @@
+"""`faregate eval`: run a prompt set across models through the gateway; quality, latency and cost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from openai import AsyncOpenAI
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from faregate.evals.eval_plot import plot
+from faregate.evals.eval_report import build_report, comparison_lines, table, write_results
+from faregate.evals.eval_runner import (
+    ANSWERS_FILE,
+    Answer,
+    EvalItem,
+    RunOptions,
+    load_answers,
+    load_items,
+    pending,
+    run,
+)
+from faregate.evals.judge import DEFAULT_RUBRIC
+from faregate.evals.scorers import NEEDS_EXPECTED, SCORERS, check_expected
+
+
+def _check(items: list[EvalItem], scorer: str) -> None:
+    for item in items:
+        if scorer in NEEDS_EXPECTED and item.expected is None:
+            raise typer.BadParameter(f"item {item.id} has no `expected`, which scorer {scorer} needs")
+        if item.expected is not None and scorer in NEEDS_EXPECTED:
+            try:
+                check_expected(scorer, item.expected)
+            except ValueError as exc:
+                raise typer.BadParameter(f"item {item.id}: bad expected value for {scorer}: {exc}") from None
+
+
+async def _run(
+    base_url: str,
+    api_key: str,
+    work: list[tuple[EvalItem, str]],
+    done: dict[tuple[str, str], Answer],
+    out: Path,
+    options: RunOptions,
+    console: Console,
+) -> None:
+    client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=120)
+    try:
+        columns = (TextColumn("answering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("answering", total=len(work))
+            await run(client, work, done, out, options, lambda answer: progress.advance(task))
+    finally:
+        await client.close()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(name="eval")
+    def eval_command(
+        prompts: Annotated[
+            Path, typer.Argument(help="Prompt set: JSONL or CSV with prompt|messages, expected, tags.")
+        ],
+        model: Annotated[
+            list[str], typer.Option("--model", "-m", help="A model or route to evaluate (repeatable).")
+        ],
+        scorer: Annotated[str, typer.Option(help=f"How answers are graded: {', '.join(SCORERS)}.")] = "exact",
+        out: Annotated[
+            Path, typer.Option(help="Output directory (answers.jsonl makes re-runs resume).")
+        ] = Path("eval-results"),
+        base_url: Annotated[
+            str, typer.Option(envvar="FAREGATE_BASE_URL", help="The gateway's OpenAI-compatible base URL.")
+        ] = "http://127.0.0.1:8080/v1",
+        api_key: Annotated[
+            str | None, typer.Option(envvar="FAREGATE_API_KEY", help="A gateway API key.", show_default=False)
+        ] = None,
+        concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 8,
+        monthly_requests: Annotated[
+            int, typer.Option(min=0, help="Monthly volume for the projected cost.")
+        ] = 100_000,
+        judge_model: Annotated[
+            str | None, typer.Option(help="Model that grades answers (scorer llm-judge).")
+        ] = None,
+        rubric: Annotated[
+            Path | None, typer.Option(help="Judge rubric file with {prompt}, {expected}, {answer}.")
+        ] = None,
+        max_tokens: Annotated[int | None, typer.Option(help="max_tokens per answer.")] = None,
+        temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+        extra_body: Annotated[
+            str | None, typer.Option(help="JSON object merged into every request body.")
+        ] = None,
+    ) -> None:
+        """Run PROMPTS across models through the gateway and compare quality, latency and cost.
+
+        Each answer is appended to OUT/answers.jsonl as it arrives; a re-run only sends what is
+        missing. Writes results.csv, summary.json and cost_quality.png into OUT.
+        """
+        if scorer not in SCORERS:
+            raise typer.BadParameter(f"scorer must be one of {', '.join(SCORERS)}")
+        if scorer == "llm-judge" and not judge_model:
+            raise typer.BadParameter("scorer llm-judge needs --judge-model")
+        if not api_key:
+            raise typer.BadParameter("give --api-key or set FAREGATE_API_KEY")
+        models = list(dict.fromkeys(model))
+        try:
+            items = load_items(prompts)
+            body: Any = json.loads(extra_body) if extra_body else None
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(str(exc)) from None
+        if body is not None and not isinstance(body, dict):
+            raise typer.BadParameter("--extra-body must be a JSON object")
+        _check(items, scorer)
+        options = RunOptions(
+            concurrency=concurrency,
+            judge_model=judge_model if scorer == "llm-judge" else None,
+            rubric=rubric.read_text(encoding="utf-8") if rubric else DEFAULT_RUBRIC,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            extra_body=body,
+        )
+        console = Console(width=max(Console().width, 150))
+        done = load_answers(out)
+        work = pending(items, models, done, options.judge_model is not None)
+        skipped = len(items) * len(models) - len(work)
+        if skipped:
+            console.print(f"resuming: {skipped} answers already in {out / ANSWERS_FILE}, {len(work)} to go")
+        if work:
+            asyncio.run(_run(base_url, api_key, work, done, out, options, console))
+        report = build_report(items, models, done, scorer, monthly_requests)
+        write_results(out, report, items, done)
+        chart = plot(report, out)
+        console.print(table(report))
+        for line in comparison_lines(report):
+            console.print(line, highlight=False)
+        console.print(f"wrote {out / 'results.csv'}, {out / 'summary.json'}, {chart}")
+        failed = sum(s.errors for s in report.summaries)
+        if failed:
+            console.print(f"{failed} requests failed; re-run the same command to retry them", style="yellow")
