@@ -272,7 +272,6 @@ def launch_gateway(
     lines = [
         "server:",
         f"  port: {port}",
-        "  announce: false",
         "  max_body_bytes: 1048576",
         *(["  request_timeout_s: 20"] if "request_timeout_s" not in server else []),
         *[f"  {line.strip()}" for line in server.splitlines() if line.strip()],

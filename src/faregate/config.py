@@ -32,8 +32,6 @@ class ServerSettings(_Strict):
     max_body_bytes: int = 8 * 1024 * 1024
     # Whole-request deadline, across every attempt.
     request_timeout_s: float = 600.0
-    # Print the SDK snippet and a new key on start (make run).
-    announce: bool = True
 
 
 class StoreSettings(_Strict):
