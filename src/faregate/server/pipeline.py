@@ -217,7 +217,11 @@ class ChatPipeline:
                 await self._close_hold(hold, record)
             self.records.submit(record)
             for listener in self.listeners:
-                listener(record)
+                try:
+                    listener(record)
+                except Exception:
+                    # Metrics must never cost a client its answer.
+                    log.exception("a record listener failed")
 
     async def _respond(
         self,
