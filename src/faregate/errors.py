@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from faregate.types import Attempt
+from faregate.types import Attempt, Usage
 
 
 class FaregateError(Exception):
@@ -142,6 +142,8 @@ class UpstreamFailure(Exception):
         self.status = status
         self.retry_after = retry_after
         self.body = body
+        # Usage the provider reported for this failed call (it bills it): set by the attempt loop.
+        self.usage: Usage | None = None
 
     @property
     def retryable(self) -> bool:

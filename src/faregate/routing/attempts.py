@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from faregate.config import ProviderSettings, RoutingSettings
 from faregate.errors import UpstreamFailed, UpstreamFailure, UpstreamRejected
@@ -25,6 +25,8 @@ from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Candidate, Plan
 from faregate.routing.queue import UpstreamLimiter
 from faregate.types import GATEWAY_FIELDS, JSON, Attempt, ChatRequest, Completion, Usage
+
+T = TypeVar("T")
 
 DEFAULT_PROVIDER_SETTINGS = ProviderSettings(base_url="http://127.0.0.1")
 # Failures that say nothing about the provider's health.
@@ -142,72 +144,71 @@ class AttemptRunner:
         return wait if wait < time_left - 0.05 else None
 
     async def complete(self, request: ChatRequest, plan: Plan) -> Served:
-        attempts: list[Attempt] = []
-        timed_out = False
-        for index, candidate in enumerate(plan.candidates):
-            if index:
-                self.fallbacks += 1
-            key = candidate.offer.key
-            for tries in range(candidate.retries + 1):
-                time_left = self._time_left(request)
-                if time_left <= 0:
-                    timed_out = True
-                    break
-                if not self.health.breaker(key).allow(time.monotonic()):
-                    break
-                call = self.build_call(request, candidate, time_left)
-                t0 = time.perf_counter()
-                completion: Completion | None = None
-                provider = self._provider(candidate.offer.provider)
-                try:
-                    if candidate.offer.provider in self.limiter.gates:
-                        async with (
-                            asyncio.timeout(time_left),
-                            self.limiter.slot(candidate.offer.provider, request.premium, time_left),
-                        ):
-                            completion = await provider.complete(call)
-                    else:
-                        # The hot path: the call's own timeouts already end at the request's deadline.
-                        completion = await provider.complete(call)
-                    if completion.is_empty:
-                        raise UpstreamFailure("empty", "200 with no choices or blank content", status=200)
-                except UpstreamFailure as failure:
-                    billed = completion.usage if completion is not None else None
-                    attempts.append(self._failed(candidate, t0, failure, billed))
-                    wait = self._pause_before_retry(failure, tries, self._time_left(request))
-                    if wait is None or tries == candidate.retries:
-                        break
-                    self.retries += 1
-                    await asyncio.sleep(wait)
-                    continue
-                except TimeoutError:
-                    attempts.append(
-                        self._failed(candidate, t0, UpstreamFailure("timeout", "request deadline reached"))
-                    )
-                    timed_out = True
-                    break
-                except UpstreamRejected as rejected:
-                    self.health.breaker(key).release_probe()
-                    attempts.append(
-                        _attempt(candidate, t0, "rejected", str(rejected.message), rejected.status)
-                    )
-                    rejected.attempts = attempts  # type: ignore[attr-defined]
-                    raise
-                except BaseException:
-                    self.health.breaker(key).release_probe()
-                    raise
-                assert completion is not None
-                latency = (time.perf_counter() - t0) * 1000
-                self.health.success(key, latency)
-                attempts.append(_attempt(candidate, t0, "ok"))
-                return Served(completion, candidate, attempts)
-            if timed_out:
-                break
-        raise UpstreamFailed(attempts, timeout=timed_out or _all_timeouts(attempts))
+        async def once(candidate: Candidate, call: UpstreamCall, time_left: float) -> Completion:
+            t0 = time.perf_counter()
+            provider = self._provider(candidate.offer.provider)
+            if candidate.offer.provider in self.limiter.gates:
+                async with (
+                    asyncio.timeout(time_left),
+                    self.limiter.slot(candidate.offer.provider, request.premium, time_left),
+                ):
+                    completion = await provider.complete(call)
+            else:
+                # The hot path: the call's own timeouts already end at the request's deadline.
+                completion = await provider.complete(call)
+            if completion.is_empty:
+                failure = UpstreamFailure("empty", "200 with no choices or blank content", status=200)
+                failure.usage = completion.usage  # the provider billed it all the same
+                raise failure
+            self.health.success(candidate.offer.key, (time.perf_counter() - t0) * 1000)
+            return completion
+
+        completion, candidate, attempts, _ = await self._first_success(request, plan, once)
+        return Served(completion, candidate, attempts)
 
     async def open_stream(self, request: ChatRequest, plan: Plan) -> OpenedStream:
         """Open streams in plan order until one yields real content. Nothing has reached the
         client yet, so a failure here still falls back invisibly."""
+
+        async def once(
+            candidate: Candidate, call: UpstreamCall, time_left: float
+        ) -> tuple[list[JSON], AsyncIterator[JSON]]:
+            slot = await self.limiter.acquire(candidate.offer.provider, request.premium, time_left)
+            # The stream holds its slot until it ends or is closed (every path below closes it).
+            upstream = aiter(self._provider(candidate.offer.provider).stream(call))
+            iterator = self.limiter.guard(upstream, slot)
+            buffered: list[JSON] = []
+            try:
+                async with asyncio.timeout(time_left):
+                    while True:
+                        try:
+                            chunk = await anext(iterator)
+                        except StopAsyncIteration:
+                            raise _early_end(buffered) from None
+                        buffered.append(chunk)
+                        if delta_has_content(chunk):
+                            return buffered, iterator
+                        if chunk_finish_reason(chunk) and not _tool_finish(chunk):
+                            raise UpstreamFailure("empty", "stream finished without any content")
+            except UpstreamFailure as failure:
+                await _close(iterator)
+                failure.usage = next((u for u in map(usage_in, reversed(buffered)) if u is not None), None)
+                raise
+            except BaseException:
+                await _close(iterator)
+                raise
+
+        (buffered, iterator), candidate, attempts, t0 = await self._first_success(request, plan, once)
+        return OpenedStream(candidate, buffered, iterator, attempts, t0, time.perf_counter())
+
+    async def _first_success(
+        self,
+        request: ChatRequest,
+        plan: Plan,
+        once: Callable[[Candidate, UpstreamCall, float], Awaitable[T]],
+    ) -> tuple[T, Candidate, list[Attempt], float]:
+        """Call `once` for each candidate in plan order, with its retries, until one succeeds.
+        Returns its result, the candidate, every attempt made, and when the served one started."""
         attempts: list[Attempt] = []
         timed_out = False
         for index, candidate in enumerate(plan.candidates):
@@ -224,30 +225,9 @@ class AttemptRunner:
                 call = self.build_call(request, candidate, time_left)
                 t0 = time.perf_counter()
                 try:
-                    slot = await self.limiter.acquire(candidate.offer.provider, request.premium, time_left)
-                except BaseException:
-                    self.health.breaker(key).release_probe()
-                    raise
-                # The stream holds its slot until it ends or is closed (every path below closes it).
-                upstream = aiter(self._provider(candidate.offer.provider).stream(call))
-                iterator = self.limiter.guard(upstream, slot)
-                buffered: list[JSON] = []
-                try:
-                    async with asyncio.timeout(time_left):
-                        while True:
-                            try:
-                                chunk = await anext(iterator)
-                            except StopAsyncIteration:
-                                raise _early_end(buffered) from None
-                            buffered.append(chunk)
-                            if delta_has_content(chunk):
-                                break
-                            if chunk_finish_reason(chunk) and not _tool_finish(chunk):
-                                raise UpstreamFailure("empty", "stream finished without any content")
+                    result = await once(candidate, call, time_left)
                 except UpstreamFailure as failure:
-                    await _close(iterator)
-                    reported = next((u for u in map(usage_in, reversed(buffered)) if u is not None), None)
-                    attempts.append(self._failed(candidate, t0, failure, reported))
+                    attempts.append(self._failed(candidate, t0, failure, failure.usage))
                     wait = self._pause_before_retry(failure, tries, self._time_left(request))
                     if wait is None or tries == candidate.retries:
                         break
@@ -255,14 +235,12 @@ class AttemptRunner:
                     await asyncio.sleep(wait)
                     continue
                 except TimeoutError:
-                    await _close(iterator)
                     attempts.append(
                         self._failed(candidate, t0, UpstreamFailure("timeout", "request deadline reached"))
                     )
                     timed_out = True
                     break
                 except UpstreamRejected as rejected:
-                    await _close(iterator)
                     self.health.breaker(key).release_probe()
                     attempts.append(
                         _attempt(candidate, t0, "rejected", str(rejected.message), rejected.status)
@@ -270,12 +248,10 @@ class AttemptRunner:
                     rejected.attempts = attempts  # type: ignore[attr-defined]
                     raise
                 except BaseException:
-                    await _close(iterator)
                     self.health.breaker(key).release_probe()
                     raise
-                now = time.perf_counter()
                 attempts.append(_attempt(candidate, t0, "ok"))
-                return OpenedStream(candidate, buffered, iterator, attempts, t0, now)
+                return result, candidate, attempts, t0
             if timed_out:
                 break
         raise UpstreamFailed(attempts, timeout=timed_out or _all_timeouts(attempts))
