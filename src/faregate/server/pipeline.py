@@ -90,6 +90,8 @@ class ChatPipeline:
         self.max_body_bytes = max_body_bytes
         self.baseline = baseline
         self.admission: Admission = admission or OpenAdmission()
+        # Without metering there is nothing to reserve: skip the worst-case estimate entirely.
+        self.metered = not isinstance(self.admission, OpenAdmission)
         self.cache = cache
         # Called with every finished record (metrics, alerts); must be cheap and never raise.
         self.listeners: list[Callable[[RequestRecord], None]] = []
@@ -179,9 +181,10 @@ class ChatPipeline:
             plan = await self.planner.plan(request)
             record.route = plan.route
             base_headers["x-faregate-route"] = plan.route
-            worst, tokens_held = await worst_case(plan, request)
-            hold = await self.admission.admit(key, request, worst, tokens_held)
-            base_headers.update(hold.headers)
+            if self.metered:
+                worst, tokens_held = await worst_case(plan, request)
+                hold = await self.admission.admit(key, request, worst, tokens_held)
+                base_headers.update(hold.headers)
             if request.stream:
                 opened = await self.runner.open_stream(request, plan)
                 return await self._stream(http_request, request, opened, record, base_headers, decision)
@@ -236,16 +239,7 @@ class ChatPipeline:
         text = "" if completion.usage is not None else completion_text(body)
         settled = await self.settle(candidate, request, completion.usage, text, record.attempts)
         body["model"] = candidate.model.name
-        usage_out: dict[str, Any] = dict(body.get("usage") or {})
-        usage_out.update(
-            prompt_tokens=settled.usage.prompt_tokens,
-            completion_tokens=settled.usage.completion_tokens,
-            total_tokens=settled.usage.total_tokens,
-            cost=float(settled.cost),
-        )
-        if settled.usage.estimated:
-            usage_out["estimated"] = True
-        body["usage"] = usage_out
+        body["usage"] = usage_json(body.get("usage"), settled.usage, settled.cost)
         self._fill_record(record, candidate, settled)
         headers.update(self._result_headers(candidate, record, settled.cost))
         if self.cache is not None and not settled.usage.estimated:
@@ -371,12 +365,7 @@ class ChatPipeline:
                 "x-faregate-route": record.route or "",
             }
         )
-        usage = {
-            "prompt_tokens": cached.usage.prompt_tokens,
-            "completion_tokens": cached.usage.completion_tokens,
-            "total_tokens": cached.usage.total_tokens,
-            "cost": 0.0,
-        }
+        usage = usage_json(None, cached.usage, Decimal(0))
         body = dict(cached.body)
         if not request.stream:
             body["usage"] = usage
@@ -423,16 +412,7 @@ class ChatPipeline:
             "choices": [],
         }
         base["model"] = candidate.model.name
-        usage: dict[str, Any] = dict(base.get("usage") or {})
-        usage.update(
-            prompt_tokens=settled.usage.prompt_tokens,
-            completion_tokens=settled.usage.completion_tokens,
-            total_tokens=settled.usage.total_tokens,
-            cost=float(settled.cost),
-        )
-        if settled.usage.estimated:
-            usage["estimated"] = True
-        base["usage"] = usage
+        base["usage"] = usage_json(base.get("usage"), settled.usage, settled.cost)
         return base
 
     @staticmethod
@@ -453,6 +433,20 @@ class ChatPipeline:
             "x-faregate-provider": candidate.offer.provider,
             "x-faregate-attempts": str(len(record.attempts)),
         }
+
+
+def usage_json(upstream: Any, usage: Usage, cost: Decimal) -> JSON:
+    """The `usage` object a client sees: the upstream's (details kept) with our counts and the cost."""
+    out: JSON = dict(upstream) if isinstance(upstream, dict) else {}
+    out.update(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        cost=float(cost),
+    )
+    if usage.estimated:
+        out["estimated"] = True
+    return out
 
 
 async def worst_case(plan: Plan, request: ChatRequest) -> tuple[Decimal, int]:
