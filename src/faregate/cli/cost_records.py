@@ -11,7 +11,8 @@ from rich.console import Console
 
 from faregate.cli.usage import parse_time
 from faregate.config import Settings
-from faregate.evals.recorded import read_traffic, render
+from faregate.evals.recorded import render
+from faregate.store.record_totals import RecordsUnavailable, read_traffic
 from faregate.types import Price
 
 
@@ -20,15 +21,12 @@ def _when(moment: float) -> str:
 
 
 def cost_from_records(settings: Settings, targets: dict[str, Price], since: str, until: str) -> None:
-    if settings.store.postgres_url is not None:
-        # The query reads SQLite's file directly; PostgreSQL deployments have `faregate usage`.
-        typer.echo("faregate: --from-records reads the SQLite store; this config uses PostgreSQL", err=True)
-        raise typer.Exit(2)
     now = time.time()
     start, end = parse_time(since, now), parse_time(until, now)
     try:
-        traffic = asyncio.run(read_traffic(settings.store.path, start, end))
-    except FileNotFoundError as exc:
+        # The store the gateway writes: PostgreSQL when store.postgres_url is set, else SQLite.
+        traffic = asyncio.run(read_traffic(settings.store, start, end))
+    except RecordsUnavailable as exc:
         typer.echo(f"faregate: {exc}", err=True)
         raise typer.Exit(2) from None
     console = Console(width=max(Console().width, 150))

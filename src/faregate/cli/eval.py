@@ -13,7 +13,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from faregate.evals.eval_plot import plot
-from faregate.evals.eval_report import build_report, comparison_lines, table, write_results
+from faregate.evals.eval_report import (
+    build_report,
+    comparison_lines,
+    judging_line,
+    table,
+    unscored_line,
+    write_results,
+)
 from faregate.evals.eval_runner import (
     ANSWERS_FILE,
     Answer,
@@ -90,7 +97,8 @@ def register(app: typer.Typer) -> None:
         max_tokens: Annotated[int | None, typer.Option(help="max_tokens per answer.")] = None,
         temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
         extra_body: Annotated[
-            str | None, typer.Option(help="JSON object merged into every request body.")
+            str | None,
+            typer.Option(help="JSON object merged into every answer request's body (not the judge's)."),
         ] = None,
     ) -> None:
         """Run PROMPTS across models through the gateway and compare quality, latency and cost.
@@ -123,7 +131,7 @@ def register(app: typer.Typer) -> None:
         )
         console = Console(width=max(Console().width, 150))
         done = load_answers(out)
-        work = pending(items, models, done, options.judge_model is not None)
+        work = pending(items, models, done, options.judge_id)
         skipped = len(items) * len(models) - len(work)
         if skipped:
             console.print(f"resuming: {skipped} answers already in {out / ANSWERS_FILE}, {len(work)} to go")
@@ -135,6 +143,11 @@ def register(app: typer.Typer) -> None:
         console.print(table(report))
         for line in comparison_lines(report):
             console.print(line, highlight=False)
+        judging, unscored = judging_line(report), unscored_line(report)
+        if judging:
+            console.print(judging, highlight=False)
+        if unscored:
+            console.print(unscored, highlight=False, style="yellow")
         console.print(f"wrote {out / 'results.csv'}, {out / 'summary.json'}, {chart}")
         failed = sum(s.errors for s in report.summaries)
         if failed:

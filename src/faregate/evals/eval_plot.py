@@ -32,8 +32,10 @@ def plot(report: EvalReport, out: Path) -> Path:
     figure = Figure(figsize=(7, 4.5), dpi=120)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    frontier = pareto(report.summaries)
-    for s in report.summaries:
+    # A model with no score at all (every judge reply unreadable) has no place on a quality axis.
+    scored = [s for s in report.summaries if s.quality.estimate == s.quality.estimate]
+    frontier = pareto(scored)
+    for s in scored:
         cost = float(s.cost_per_1k)
         q = s.quality
         on = s in frontier

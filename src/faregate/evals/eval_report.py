@@ -1,8 +1,11 @@
 """Summarise eval answers per model and compare models pairwise; render and save the results.
 
 Quality is scored over every item (a failed request scores 0: a model that errors is worse for
-it). Latency, tokens and cost are over the answered requests only. Cost per 1,000 requests and
-the monthly projection are exact Decimals from the gateway's own per-request costs.
+it), except, with the LLM judge, answers the judge gave no readable score: those are *unscored*
+(None), counted apart and left out of the mean, since a judge's failure says nothing about the
+model. Latency, tokens and cost are over the answered requests only. Cost per 1,000 requests and
+the monthly projection are exact Decimals from the gateway's own per-request costs; what the
+judge calls cost is summed apart, as the cost of judging, never mixed into the model's cost.
 """
 
 from __future__ import annotations
@@ -27,6 +30,18 @@ RESULTS_CSV = "results.csv"
 SUMMARY_JSON = "summary.json"
 
 
+@dataclass(slots=True, frozen=True)
+class JudgeCost:
+    """The cost of judging one model's answers: every judge call that got a reply, re-judges included."""
+
+    calls: int
+    total: Decimal
+
+    @property
+    def per_1k(self) -> Decimal:
+        return self.total * 1000 / self.calls if self.calls else Decimal(0)
+
+
 @dataclass(slots=True)
 class ModelSummary:
     model: str
@@ -41,6 +56,9 @@ class ModelSummary:
     total_cost: Decimal
     cost_per_1k: Decimal
     monthly_cost: Decimal
+    # Answered, but the judge gave no readable score (llm-judge only; always 0 otherwise).
+    unscored: int = 0
+    judge: JudgeCost | None = None
 
 
 @dataclass(slots=True)
@@ -49,22 +67,51 @@ class EvalReport:
     monthly_requests: int
     summaries: list[ModelSummary]
     comparisons: list[Comparison]
-    scores: dict[str, list[float]]  # model -> score per item, in item order
+    # model -> score per item, in item order; None: answered but not scored by the judge.
+    scores: dict[str, list[float | None]]
+
+    @property
+    def judged(self) -> bool:
+        return self.scorer == "llm-judge"
+
+    @property
+    def unscored(self) -> int:
+        return sum(s.unscored for s in self.summaries)
+
+    @property
+    def judge_cost(self) -> JudgeCost:
+        costs = [s.judge for s in self.summaries if s.judge is not None]
+        return JudgeCost(sum(c.calls for c in costs), sum((c.total for c in costs), Decimal(0)))
 
 
-def item_score(scorer: str, item: EvalItem, answer: Answer | None) -> float:
+def item_score(scorer: str, item: EvalItem, answer: Answer | None) -> float | None:
     if answer is None or not answer.ok:
         return 0.0
     if scorer == "llm-judge":
-        return answer.judge_score if answer.judge_score is not None else 0.0
+        # No readable score is not a score of 0: it is missing, and reported as such.
+        return answer.judge_score
     return score(scorer, answer.text, item.expected)
 
 
+def _within_score_range(q: Interval) -> Interval:
+    """A t interval of a few spread scores can pass 0 or 1; every score is in [0, 1], so its mean
+    is too, and cutting the interval there loses no coverage. NaN (no interval) stays NaN."""
+    return Interval(q.estimate, max(0.0, q.low), min(1.0, q.high)) if q.low == q.low else q
+
+
 def _summary(
-    model: str, scores: list[float], answers: list[Answer], binary: bool, monthly_requests: int
+    model: str,
+    scores: list[float | None],
+    answers: list[Answer],
+    scorer: str,
+    monthly_requests: int,
 ) -> ModelSummary:
     ok = [a for a in answers if a.ok]
-    quality = wilson(sum(1 for s in scores if s >= 0.5), len(scores)) if binary else t_interval(scores)
+    scored = [s for s in scores if s is not None]
+    if is_binary(scorer):
+        quality = wilson(sum(1 for s in scored if s >= 0.5), len(scored))
+    else:
+        quality = _within_score_range(t_interval(scored))
     latencies = np.asarray([a.latency_s for a in ok], dtype=float)
     p50, p95 = (float(v) for v in np.percentile(latencies, [50, 95])) if ok else (float("nan"),) * 2
     total = sum((a.cost for a in ok), Decimal(0))
@@ -87,12 +134,27 @@ def _summary(
         total_cost=total,
         cost_per_1k=scaled(1000),
         monthly_cost=scaled(monthly_requests),
+        unscored=len(scores) - len(scored),
+        judge=(
+            JudgeCost(sum(a.judge_calls for a in ok), sum((a.judge_cost for a in ok), Decimal(0)))
+            if scorer == "llm-judge"
+            else None
+        ),
     )
 
 
 def _ok(answers: dict[tuple[str, str], Answer], item: EvalItem, model: str) -> bool:
     answer = answers.get((item.id, model))
     return answer is not None and answer.ok
+
+
+def _paired(scores: dict[str, list[float | None]], first: str, second: str, both: list[int]) -> list[int]:
+    # Unscored items are not evidence either: pair only items both models have a score for.
+    return [i for i in both if scores[first][i] is not None and scores[second][i] is not None]
+
+
+def _values(scores: list[float | None], indexes: list[int]) -> list[float]:
+    return [value for i in indexes if (value := scores[i]) is not None]
 
 
 def build_report(
@@ -109,7 +171,7 @@ def build_report(
             m,
             scores[m],
             [a for item in items if (a := answers.get((item.id, m))) is not None],
-            binary,
+            scorer,
             monthly_requests,
         )
         for m in models
@@ -118,10 +180,9 @@ def build_report(
     for first, second in combinations(models, 2):
         # Pair only items both models answered: a request error is not evidence about quality.
         both = [i for i, item in enumerate(items) if _ok(answers, item, first) and _ok(answers, item, second)]
+        both = _paired(scores, first, second, both)
         comparisons.append(
-            compare(
-                first, [scores[first][i] for i in both], second, [scores[second][i] for i in both], binary
-            )
+            compare(first, _values(scores[first], both), second, _values(scores[second], both), binary)
         )
     return EvalReport(scorer, monthly_requests, summaries, comparisons, scores)
 
@@ -133,6 +194,10 @@ def _money(amount: Decimal) -> str:
 
 def _quality(summary: ModelSummary, binary: bool) -> str:
     q = summary.quality
+    if q.estimate != q.estimate:  # NaN: nothing was scored
+        return "n/a (no scores)"
+    if q.low != q.low:  # one score: a mean, but no interval
+        return f"{q.estimate:.3f} [n=1, no CI]"
     if binary:
         return f"{q.estimate:.1%} [{q.low:.1%}, {q.high:.1%}]"
     return f"{q.estimate:.3f} [{q.low:.3f}, {q.high:.3f}]"
@@ -143,16 +208,19 @@ def table(report: EvalReport) -> Table:
     kind = "pass rate, Wilson 95% CI" if binary else "mean score, t 95% CI"
     out = Table(title=f"faregate eval · scorer {report.scorer}")
     out.add_column("model")
-    for column in (
+    columns = [
         f"quality ({kind})",
         "answered",
         "errors",
+        *(["unscored"] if report.judged else []),
         "p50 s",
         "p95 s",
         "tokens in/out",
         "cost / 1k req",
         f"monthly @ {report.monthly_requests:,}",
-    ):
+        *(["judging / 1k req"] if report.judged else []),
+    ]
+    for column in columns:
         out.add_column(column, justify="right")
     for s in report.summaries:
         out.add_row(
@@ -160,17 +228,41 @@ def table(report: EvalReport) -> Table:
             _quality(s, binary),
             f"{s.answered}/{s.items}",
             str(s.errors),
+            *([str(s.unscored)] if report.judged else []),
             f"{s.latency_p50_s:.3f}",
             f"{s.latency_p95_s:.3f}",
             f"{s.mean_prompt_tokens:.0f}/{s.mean_completion_tokens:.0f}",
             _money(s.cost_per_1k),
             _money(s.monthly_cost),
+            *([_money(s.judge.per_1k if s.judge else Decimal(0))] if report.judged else []),
         )
     return out
 
 
 def comparison_lines(report: EvalReport) -> list[str]:
     return [c.verdict() for c in report.comparisons]
+
+
+def judging_line(report: EvalReport) -> str | None:
+    """What judging cost, apart from the models' own cost (llm-judge only)."""
+    if not report.judged:
+        return None
+    cost = report.judge_cost
+    return (
+        f"cost of judging: {format_usd(cost.total)} over {cost.calls} judge calls "
+        f"({_money(cost.per_1k)} per 1k judged requests); not included in the models' cost above."
+    )
+
+
+def unscored_line(report: EvalReport) -> str | None:
+    """A warning when answers have no judge score: said plainly, never hidden as a 0."""
+    if not report.unscored:
+        return None
+    count = "1 answer has" if report.unscored == 1 else f"{report.unscored} answers have"
+    return (
+        f"{count} no readable judge score (see judge_reply in {RESULTS_CSV}); left out of quality, "
+        "not counted as 0. Re-run the same command to judge again."
+    )
 
 
 def _interval(q: Interval) -> dict[str, float | None]:
@@ -185,10 +277,21 @@ def _usd(amount: Decimal) -> str:
     return format(amount.normalize(), "f")
 
 
+def _judge_json(cost: JudgeCost | None) -> dict[str, Any]:
+    if cost is None:
+        return {}
+    return {
+        "judge_calls": cost.calls,
+        "judge_total_cost_usd": _usd(cost.total),
+        "judge_cost_per_1k_requests_usd": _usd(cost.per_1k),
+    }
+
+
 def to_json(report: EvalReport) -> dict[str, Any]:
     return {
         "scorer": report.scorer,
         "monthly_requests": report.monthly_requests,
+        **({"judging": _judge_json(report.judge_cost)} if report.judged else {}),
         "models": [
             {
                 "model": s.model,
@@ -204,6 +307,8 @@ def to_json(report: EvalReport) -> dict[str, Any]:
                 "total_cost_usd": _usd(s.total_cost),
                 "cost_per_1k_requests_usd": _usd(s.cost_per_1k),
                 "monthly_cost_usd": _usd(s.monthly_cost),
+                "unscored": s.unscored,
+                **_judge_json(s.judge),
             }
             for s in report.summaries
         ],
@@ -242,6 +347,8 @@ def write_results(
                 "completion_tokens",
                 "cost_usd",
                 "answer",
+                "judge_reply",
+                "judge_cost_usd",
             ]
         )
         for model, scores in report.scores.items():
@@ -252,13 +359,15 @@ def write_results(
                         item.id,
                         ",".join(item.tags),
                         model,
-                        value,
+                        "" if value is None else value,  # unscored: empty, never 0
                         "" if a is None else a.error or "",
                         "" if a is None else f"{a.latency_s:.4f}",
                         "" if a is None else a.prompt_tokens,
                         "" if a is None else a.completion_tokens,
                         "" if a is None else a.cost_usd,
                         "" if a is None else a.text,
+                        "" if a is None or a.judge_reply is None else a.judge_reply,
+                        "" if a is None or a.judged_by is None else a.judge_cost_usd,
                     ]
                 )
     (out / SUMMARY_JSON).write_text(json.dumps(to_json(report), indent=2) + "\n", encoding="utf-8")

@@ -15,13 +15,14 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from openai import AsyncOpenAI, OpenAIError
 
 from faregate.evals.judge import judge
+from faregate.evals.reply_cost import COST_HEADER, reply_cost, usd_text
 
 ANSWERS_FILE = "answers.jsonl"
 
@@ -56,11 +57,22 @@ class Answer:
     served_by: str | None = None
     judge_score: float | None = None
     judge_reply: str | None = None
+    # Which judge (model and rubric, see RunOptions.judge_id) gave judge_score: a score from
+    # another judge is not reused when the judge or the rubric changes.
+    judged_by: str | None = None
+    # Every judge call that got a reply for this answer (a reply without a readable score is
+    # re-judged by the next run, and paid for again), and what they cost together.
+    judge_calls: int = 0
+    judge_cost_usd: str = "0"
     created_at: float = field(default_factory=time.time)
 
     @property
     def cost(self) -> Decimal:
         return Decimal(self.cost_usd)
+
+    @property
+    def judge_cost(self) -> Decimal:
+        return Decimal(self.judge_cost_usd)
 
     @property
     def ok(self) -> bool:
@@ -145,10 +157,15 @@ def load_answers(out: Path) -> dict[tuple[str, str], Answer]:
 
 
 def pending(
-    items: list[EvalItem], models: list[str], done: dict[tuple[str, str], Answer], judged: bool
+    items: list[EvalItem], models: list[str], done: dict[tuple[str, str], Answer], judge_id: str | None
 ) -> list[tuple[EvalItem, str]]:
+    """The (item, model) pairs still to answer, or (with a judge) to judge: an answer without a
+    score from this very judge is judged again; its saved answer is reused, not asked again."""
+
     def finished(answer: Answer | None) -> bool:
-        return answer is not None and answer.ok and (not judged or answer.judge_score is not None)
+        if answer is None or not answer.ok:
+            return False
+        return judge_id is None or (answer.judge_score is not None and answer.judged_by == judge_id)
 
     return [(item, model) for item in items for model in models if not finished(done.get((item.id, model)))]
 
@@ -162,18 +179,12 @@ class RunOptions:
     temperature: float | None = None
     extra_body: dict[str, Any] | None = None
 
-
-def _cost(header: str | None, usage: Any) -> str:
-    """The gateway's exact cost header; usage.cost (a float) only when the header is missing."""
-    try:
-        if header is not None:
-            return str(Decimal(header))
-        extra = getattr(usage, "model_extra", None) or {}
-        if "cost" in extra:
-            return str(Decimal(str(extra["cost"])))
-    except InvalidOperation:
-        pass
-    return "0"
+    @property
+    def judge_id(self) -> str | None:
+        """The judge model and a digest of the rubric: scores are reused only from the same judge."""
+        if not self.judge_model:
+            return None
+        return f"{self.judge_model}#{hashlib.sha256(self.rubric.encode()).hexdigest()[:12]}"
 
 
 async def ask(client: AsyncOpenAI, item: EvalItem, model: str, options: RunOptions) -> Answer:
@@ -200,9 +211,30 @@ async def ask(client: AsyncOpenAI, item: EvalItem, model: str, options: RunOptio
         latency_s=latency,
         prompt_tokens=usage.prompt_tokens if usage else 0,
         completion_tokens=usage.completion_tokens if usage else 0,
-        cost_usd=_cost(raw.headers.get("x-faregate-cost-usd"), usage),
+        cost_usd=usd_text(reply_cost(raw.headers.get(COST_HEADER), usage)),
         served_by=raw.headers.get("x-faregate-model") or reply.model,
     )
+
+
+async def _judge(
+    client: AsyncOpenAI, judge_model: str, item: EvalItem, answer: Answer, options: RunOptions
+) -> None:
+    """Judge one answer in place. A failed judge call or an unreadable reply leaves no score
+    (None, never 0): the report counts it as unscored and the next run judges it again."""
+    # Judged before (its reply held no score, or it was another judge): ask afresh, past the cache.
+    fresh = answer.judge_calls > 0
+    answer.judge_score, answer.judged_by = None, options.judge_id
+    try:
+        verdict = await judge(
+            client, judge_model, options.rubric, item.prompt, item.expected, answer.text, fresh=fresh
+        )
+    except OpenAIError as exc:
+        answer.judge_reply = f"judge failed: {type(exc).__name__}: {exc}"[:500]
+        return
+    answer.judge_score, answer.judge_reply = verdict.score, verdict.reply
+    answer.judge_calls += 1
+    # Accumulated, not replaced: a re-judged answer was paid for on every attempt.
+    answer.judge_cost_usd = usd_text(answer.judge_cost + verdict.cost)
 
 
 async def run(
@@ -228,12 +260,7 @@ async def run(
                 previous if previous is not None and previous.ok else await ask(client, item, model, options)
             )
             if answer.ok and options.judge_model:
-                try:
-                    answer.judge_score, answer.judge_reply = await judge(
-                        client, options.judge_model, options.rubric, item.prompt, item.expected, answer.text
-                    )
-                except OpenAIError as exc:
-                    answer.judge_reply = f"judge failed: {type(exc).__name__}: {exc}"[:500]
+                await _judge(client, options.judge_model, item, answer, options)
         async with lock:
             done[(item.id, model)] = answer
             handle.write(json.dumps(asdict(answer)) + "\n")

@@ -1,67 +1,20 @@
 """What recorded traffic cost, and what the same tokens would have cost on another model.
 
-Reads the gateway's request records read-only (a running gateway keeps writing; this never
-locks it out) and sums exactly: cost_usd is stored as exact decimal text, so the actual
-spend is a Decimal sum, not a SUM over floats. Re-pricing is linear in tokens, so pricing
-the summed prompt and completion tokens at model X's price is exact too.
-
-Cache hits cost nothing and would cost nothing on X either (the cache sits in front of any
-model), so only the billed requests (cache miss or bypass) are re-priced.
+The totals come from the store (store.record_totals: SQLite or PostgreSQL, read-only, money
+summed exactly). Re-pricing is linear in tokens, so pricing the summed prompt and completion
+tokens at model X's price is exact too. Cache hits cost nothing and would cost nothing on X
+either (the cache sits in front of any model), so only the billed requests are re-priced.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 
-import aiosqlite
 from rich.table import Table
 
 from faregate.evals.projection import format_share, format_usd
-from faregate.store.sqlite import DB_FILENAME
-from faregate.types import Price, Usage
-
-_BILLED = ("bypass", "miss")
-
-
-@dataclass(slots=True)
-class ModelTraffic:
-    """Recorded traffic of one model (requests that failed outright count under the model asked for)."""
-
-    model: str
-    requests: int = 0
-    cache_hits: int = 0
-    prompt_tokens: int = 0  # billed requests only
-    completion_tokens: int = 0
-    cost: Decimal = field(default_factory=lambda: Decimal(0))
-
-    def priced_at(self, price: Price) -> Decimal:
-        return price.cost(Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens))
-
-
-async def read_traffic(store_dir: str | Path, since: float, until: float) -> list[ModelTraffic]:
-    """Per-model totals for since <= created_at < until, most expensive first."""
-    path = Path(store_dir) / DB_FILENAME
-    if not path.exists():
-        raise FileNotFoundError(f"no request records at {path}")
-    totals: dict[str, ModelTraffic] = {}
-    async with aiosqlite.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        cursor = await conn.execute(
-            "SELECT COALESCE(model_used, model_requested), cache_status, prompt_tokens, completion_tokens,"
-            " cost_usd FROM request_records WHERE created_at >= ? AND created_at < ?",
-            (since, until),
-        )
-        async for model, cache_status, prompt, completion, cost in cursor:
-            row = totals.setdefault(str(model), ModelTraffic(str(model)))
-            row.requests += 1
-            row.cost += Decimal(cost)
-            if cache_status in _BILLED:
-                row.prompt_tokens += int(prompt)
-                row.completion_tokens += int(completion)
-            else:
-                row.cache_hits += 1
-    return sorted(totals.values(), key=lambda r: (-r.cost, -r.requests, r.model))
+from faregate.store.record_totals import ModelTraffic
+from faregate.types import Price
 
 
 def render(traffic: list[ModelTraffic], targets: dict[str, Price], title: str) -> Table:
