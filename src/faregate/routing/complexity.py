@@ -24,15 +24,18 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from faregate.cache.embedder import Embedder, Vector
 from faregate.routing.linear import Array
 from faregate.routing.model_file import ScorerFile, load_scorer
 from faregate.routing.text_features import PROMPT_NAMES, last_user_text, prompt_features
 from faregate.routing.thresholds import DEFAULT_WINDOW, Threshold, share_for_quality
+
+if TYPE_CHECKING:
+    # onnxruntime (~40 MB) is imported only when a model is actually loaded.
+    from faregate.cache.embedder import Vector
 
 KIND = "complexity-router"
 
@@ -99,6 +102,8 @@ class ComplexityRouter:
 
     def _model(self) -> SentenceEmbedder:
         if self._embedder is None:
+            from faregate.cache.embedder import Embedder
+
             self._embedder = Embedder.load()
         return self._embedder
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faregate.cache.embedder import DIMENSIONS, MAX_TOKENS, MODEL_SHA256
+from faregate.cache.embedding_model import DIMENSIONS, MAX_TOKENS, MODEL_SHA256
 from faregate.routing.linear import LinearModel
 from faregate.routing.thresholds import CalibrationPoint
 

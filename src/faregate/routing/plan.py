@@ -12,14 +12,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from faregate.catalog.models import Catalog, Model, Offer
-from faregate.config import RouteSettings, RoutingSettings
+from faregate.config import ChainItem, RouteSettings, RoutingSettings, chain_steps
 from faregate.errors import FaregateError, InvalidRequest, ModelNotFound
 from faregate.routing.estimate import PromptSize
 from faregate.routing.health import HealthBoard
-from faregate.routing.routes import Hints, RouteBook, Step, parse_hints
-from faregate.types import MILLION, ChatRequest
+from faregate.routing.routes import Hints, RouteBook, RouteTrace, Step, parse_hints
+from faregate.types import MILLION, ChatRequest, Price
+
+if TYPE_CHECKING:
+    from faregate.routing.policies import CascadePolicy, RoutePolicies
 
 
 class ModelUnavailable(FaregateError):
@@ -48,6 +52,17 @@ class Plan:
     candidates: list[Candidate]
     prompt: PromptSize | None = None
     hints: Hints = field(default_factory=Hints)
+    trace: RouteTrace = field(default_factory=RouteTrace)
+    # A cascade: the candidates of each step, cheapest step first (`candidates` is all of them).
+    stages: list[list[Candidate]] = field(default_factory=list)
+    cascade: CascadePolicy | None = None
+    # The dearest price the cascade's LLM judge may be called at, and its output allowance.
+    judge_price: Price | None = None
+    judge_max_tokens: int = 0
+
+    def stage(self, index: int) -> Plan:
+        """One cascade step as a plan of its own (its candidates are that step's fallbacks)."""
+        return Plan(self.route, self.stages[index], self.prompt, self.hints, self.trace)
 
 
 @dataclass(slots=True)
@@ -66,10 +81,11 @@ class Planner:
         routes: dict[str, RouteSettings] | None = None,
         routing: RoutingSettings | None = None,
         health: HealthBoard | None = None,
+        policies: RoutePolicies | None = None,
     ) -> None:
         self.catalog = catalog
         self.routing = routing or RoutingSettings()
-        self.routes = RouteBook(routes or {}, catalog)
+        self.routes = RouteBook(routes or {}, catalog, policies)
         self.health = health or HealthBoard(self.routing.breaker, self.routing.latency_window)
 
     def resolve(self, name: str) -> Model:
@@ -93,25 +109,98 @@ class Planner:
         hints = parse_hints(request.hints)
         prompt = PromptSize(request.body.get("messages") or [])
         names: list[str] = request.body.get("models") or [request.model]
+        trace = RouteTrace()
+        route = names[0] if len(names) == 1 else "list:" + ",".join(names)
+        cascade = self.routes.policies.cascades.get(route)
+        if cascade is not None and (not request.stream or cascade.settings.streams == "buffer"):
+            return await self._plan_cascade(route, cascade, request, prompt, hints)
         steps: list[Step] = []
         route_settings: RouteSettings | None = None
         for name in names:
             if name in self.routes:
                 route_settings = route_settings or self.routes.get(name)
-                steps.extend(await self.routes.expand(name, request, prompt, hints))
+                steps.extend(await self.routes.expand(name, request, prompt, hints, trace=trace))
             else:
                 self.resolve(name)
                 steps.append(Step(name, None))
-        route = names[0] if len(names) == 1 else "list:" + ",".join(names)
+        rejected = _Rejections()
+        candidates = await self._candidates(steps, request, prompt, hints, route_settings, rejected, set())
+        if not candidates:
+            await self._refuse(rejected, prompt)
+        return Plan(route=route, candidates=candidates, prompt=prompt, hints=hints, trace=trace)
+
+    async def _plan_cascade(
+        self, route: str, cascade: CascadePolicy, request: ChatRequest, prompt: PromptSize, hints: Hints
+    ) -> Plan:
+        """One stage of candidates per cascade step; a step no candidate of which fits is skipped."""
+        settings = self.routes.get(route)
+        rejected = _Rejections()
+        seen: set[str] = set()
+        trace = RouteTrace()
+        stages: list[list[Candidate]] = []
+        for item in chain_steps(cascade.settings.steps):
+            steps = await self._steps(item, request, prompt, hints, trace)
+            stage = await self._candidates(steps, request, prompt, hints, settings, rejected, seen)
+            if stage:
+                stages.append(stage)
+        chain: list[Step] = []
+        for item in chain_steps(settings.chain):
+            chain += await self._steps(item, request, prompt, hints, trace)
+        fallback = await self._candidates(chain, request, prompt, hints, settings, rejected, seen)
+        if fallback:
+            # The route's own chain backs up the last step (it is never judged).
+            if stages:
+                stages[-1] = stages[-1] + fallback
+            else:
+                stages.append(fallback)
+        if not stages:
+            await self._refuse(rejected, prompt)
+        candidates = [c for stage in stages for c in stage]
+        if len(stages) == 1:
+            return Plan(route=route, candidates=candidates, prompt=prompt, hints=hints, trace=trace)
+        plan = Plan(route, candidates, prompt, hints, trace, stages, cascade)
+        llm = cascade.settings.judge.llm
+        if llm is not None:
+            plan.judge_price, plan.judge_max_tokens = self._dearest_price(llm.model), llm.max_tokens
+        return plan
+
+    def _dearest_price(self, name: str) -> Price:
+        """The highest price any model a name can reach (a model, or a route's every step) charges."""
+        if name not in self.routes:
+            model = self.resolve(name)
+            prices = [o.price for o in model.offers] or [model.list_price]
+            return max(prices, key=lambda p: (p.output, p.input))
+        route = self.routes.get(name)
+        names = [i.model for steps in RouteBook.all_steps(route) for i in chain_steps(steps)]
+        names += self.routes.policies.steps(name)
+        found = [self._dearest_price(n) for n in names]
+        return Price(max(p.input for p in found), max(p.output for p in found))
+
+    async def _steps(
+        self, item: ChainItem, request: ChatRequest, prompt: PromptSize, hints: Hints, trace: RouteTrace
+    ) -> list[Step]:
+        if item.model in self.routes:
+            return await self.routes.expand(item.model, request, prompt, hints, item.retries, trace)
+        self.resolve(item.model)
+        return [Step(item.model, item.retries)]
+
+    async def _candidates(
+        self,
+        steps: list[Step],
+        request: ChatRequest,
+        prompt: PromptSize,
+        hints: Hints,
+        route_settings: RouteSettings | None,
+        rejected: _Rejections,
+        seen: set[str],
+    ) -> list[Candidate]:
+        """The offers of every step that can serve the request, in order (a model only once)."""
         cap = hints.max_cost_usd
         if cap is None and route_settings is not None:
             cap = route_settings.max_cost_usd
         p99_limit = route_settings.failover_p99_ms if route_settings else None
         by_latency = route_settings is not None and route_settings.offer_choice == "latency"
-
         candidates: list[Candidate] = []
-        rejected = _Rejections()
-        seen: set[str] = set()
         for step in steps:
             model = self.resolve(step.model)
             if model.name in seen:
@@ -122,9 +211,7 @@ class Planner:
                 continue
             offers = self._order_offers(model, rejected, by_latency, p99_limit, request.premium)
             candidates.extend(Candidate(model, offer, retries) for offer in offers)
-        if not candidates:
-            await self._refuse(rejected, prompt)
-        return Plan(route=route, candidates=candidates, prompt=prompt, hints=hints)
+        return candidates
 
     async def _fits(
         self,

@@ -13,9 +13,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from faregate.catalog.models import Catalog
-from faregate.config import ChainItem, RouteSettings, RuleMatch, chain_steps
+from faregate.config import ChainItem, RouteSettings, RuleMatch, chain_steps, policy_steps
 from faregate.errors import ConfigError, InvalidRequest
 from faregate.routing.estimate import PromptSize
+from faregate.routing.policies import NO_POLICIES, RoutePolicies
 from faregate.types import ChatRequest
 
 TIERS = ("economy", "standard", "premium")
@@ -26,6 +27,14 @@ TASKS = ("chat", "code", "classify", "summarize", "translate", "reasoning", "vis
 class Step:
     model: str
     retries: int | None
+
+
+@dataclass(slots=True)
+class RouteTrace:
+    """What a policy decided for one request, for headers and records."""
+
+    router_score: float | None = None
+    router_choice: str | None = None
 
 
 @dataclass(slots=True)
@@ -87,19 +96,37 @@ async def rule_matches(when: RuleMatch, request: ChatRequest, prompt: PromptSize
 class RouteBook:
     """The configured routes, checked against the catalog once at start-up."""
 
-    def __init__(self, routes: dict[str, RouteSettings], catalog: Catalog) -> None:
+    def __init__(
+        self, routes: dict[str, RouteSettings], catalog: Catalog, policies: RoutePolicies | None = None
+    ) -> None:
         self.routes = routes
+        if policies is None:
+            wanted = any(r.router is not None or r.cascade is not None for r in routes.values())
+            policies = RoutePolicies(routes) if wanted else NO_POLICIES
+        self.policies = policies
         for name, route in routes.items():
-            for steps in self._all_steps(route):
-                for item in chain_steps(steps):
-                    if item.model not in routes and item.model not in catalog:
-                        suggestions = catalog.suggest(item.model)
-                        hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
-                        raise ConfigError(f"routes.{name}: unknown model or route {item.model!r}{hint}")
+            names = [item.model for steps in self.all_steps(route) for item in chain_steps(steps)]
+            for model in [*names, *self.policies.steps(name)]:
+                if model not in routes and model not in catalog:
+                    suggestions = catalog.suggest(model)
+                    hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
+                    raise ConfigError(f"routes.{name}: unknown model or route {model!r}{hint}")
+            router = self.policies.routers.get(name)
+            if router is not None and (self._is_cascade(router.strong) or self._is_cascade(router.weak)):
+                raise ConfigError(f"routes.{name}.router: a cascade route cannot be a router's step")
+
+    def _is_cascade(self, name: str | None) -> bool:
+        return name is not None and name in self.routes and self.routes[name].cascade is not None
 
     @staticmethod
-    def _all_steps(route: RouteSettings) -> list[list[Any]]:
-        return [route.chain, *route.tiers.values(), *route.tasks.values(), *(r.use for r in route.rules)]
+    def all_steps(route: RouteSettings) -> list[list[Any]]:
+        return [
+            route.chain,
+            *route.tiers.values(),
+            *route.tasks.values(),
+            *(r.use for r in route.rules),
+            *(steps for _, steps in policy_steps(route)),
+        ]
 
     def __contains__(self, name: str) -> bool:
         return name in self.routes
@@ -108,21 +135,29 @@ class RouteBook:
         return self.routes[name]
 
     async def expand(
-        self, name: str, request: ChatRequest, prompt: PromptSize, hints: Hints, retries: int | None = None
+        self,
+        name: str,
+        request: ChatRequest,
+        prompt: PromptSize,
+        hints: Hints,
+        retries: int | None = None,
+        trace: RouteTrace | None = None,
     ) -> list[Step]:
         route = self.routes[name]
         selected: list[ChainItem] = []
-        for rule in route.rules:
-            if await rule_matches(rule.when, request, prompt):
-                selected = chain_steps(rule.use)
-                break
+        router = self.policies.routers.get(name)
+        if router is not None:
+            first, other, score = await router.pick(request.body)
+            selected = [ChainItem(first), ChainItem(other)]
+            if trace is not None and trace.router_choice is None:
+                trace.router_score, trace.router_choice = score, first
+        elif route.cascade is not None:
+            # Reached only when the cascade is skipped (a stream the route does not buffer).
+            selected = chain_steps(route.cascade.steps)
+            if route.cascade.streams == "strongest":
+                selected.reverse()
         else:
-            if hints.task and hints.task in route.tasks:
-                selected = chain_steps(route.tasks[hints.task])
-            else:
-                tier = hints.tier if hints.tier in route.tiers else route.default_tier
-                if tier is not None:
-                    selected = chain_steps(route.tiers[tier])
+            selected = await _select(route, request, prompt, hints)
         steps = [*selected, *(s for s in chain_steps(route.chain) if s not in selected)]
         if not steps:
             raise InvalidRequest(
@@ -135,7 +170,20 @@ class RouteBook:
         for item in steps:
             step_retries = item.retries if item.retries is not None else default_retries
             if item.model in self.routes:
-                out.extend(await self.expand(item.model, request, prompt, hints, step_retries))
+                out.extend(await self.expand(item.model, request, prompt, hints, step_retries, trace))
             else:
                 out.append(Step(item.model, step_retries))
         return out
+
+
+async def _select(
+    route: RouteSettings, request: ChatRequest, prompt: PromptSize, hints: Hints
+) -> list[ChainItem]:
+    """A plain route's own steps: the first matching rule, else the task map, else the tier map."""
+    for rule in route.rules:
+        if await rule_matches(rule.when, request, prompt):
+            return chain_steps(rule.use)
+    if hints.task and hints.task in route.tasks:
+        return chain_steps(route.tasks[hints.task])
+    tier = hints.tier if hints.tier in route.tiers else route.default_tier
+    return chain_steps(route.tiers[tier]) if tier is not None else []

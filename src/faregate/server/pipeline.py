@@ -8,7 +8,6 @@ them together and makes sure every request is recorded exactly once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -19,7 +18,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from faregate import tokens
 from faregate.accounts.admission import Admission, Hold, OpenAdmission
 from faregate.accounts.keys import ApiKey, KeyStore
 from faregate.cache.service import (
@@ -34,13 +32,27 @@ from faregate.errors import (
     FaregateError,
     InternalError,
     PayloadTooLarge,
+    UpstreamFailed,
+    UpstreamRejected,
 )
-from faregate.routing.attempts import AttemptRunner, OpenedStream, billed_cost
+from faregate.routing.attempts import AttemptRunner, OpenedStream, Served, billed_cost
+from faregate.routing.cascading import CascadeRunner
 from faregate.routing.plan import Candidate, Plan, Planner
+from faregate.routing.worst_case import worst_case
 from faregate.server.parse import decode_json_object, new_request_id, parse_chat_request
 from faregate.server.streaming import DONE, StreamOutcome, error_event, relay, sse_frame
 from faregate.telemetry.records import RecordWriter
-from faregate.types import JSON, Attempt, ChatRequest, Completion, Price, RequestRecord, Usage
+from faregate.tokens import estimate_usage
+from faregate.types import (
+    JSON,
+    Attempt,
+    ChatRequest,
+    Completion,
+    Price,
+    RequestRecord,
+    Usage,
+    completion_text,
+)
 
 log = logging.getLogger("faregate.pipeline")
 
@@ -93,6 +105,7 @@ class ChatPipeline:
         # Without metering there is nothing to reserve: skip the worst-case estimate entirely.
         self.metered = not isinstance(self.admission, OpenAdmission)
         self.cache = cache
+        self.cascades = CascadeRunner(runner, planner)
         # Called with every finished record (metrics, alerts); must be cheap and never raise.
         self.listeners: list[Callable[[RequestRecord], None]] = []
 
@@ -181,10 +194,15 @@ class ChatPipeline:
             plan = await self.planner.plan(request)
             record.route = plan.route
             base_headers["x-faregate-route"] = plan.route
+            if plan.trace.router_choice is not None:
+                score = plan.trace.router_score
+                base_headers["x-faregate-router-score"] = "failed" if score is None else f"{score:.4f}"
             if self.metered:
                 worst, tokens_held = await worst_case(plan, request)
                 hold = await self.admission.admit(key, request, worst, tokens_held)
                 base_headers.update(hold.headers)
+            if plan.stages:
+                return await self._cascade(http_request, request, plan, record, base_headers, decision)
             if request.stream:
                 opened = await self.runner.open_stream(request, plan)
                 return await self._stream(http_request, request, opened, record, base_headers, decision)
@@ -315,6 +333,105 @@ class ChatPipeline:
             record.error = "client disconnected at the end of the stream"
         return response
 
+    # -- cascades -----------------------------------------------------------------------
+
+    async def _cascade(
+        self,
+        http_request: web.Request,
+        request: ChatRequest,
+        plan: Plan,
+        record: RequestRecord,
+        headers: dict[str, str],
+        decision: CacheDecision,
+    ) -> web.StreamResponse:
+        """Judged steps first; an accepted answer is served as it is (replayed as SSE for a stream),
+        else the last step runs like any plan. Every call made is in the attempts, and billed."""
+        judged = await self.cascades.judged_steps(request, plan)
+        headers["x-faregate-cascade"] = (
+            f"{'accepted' if judged.served else 'escalated'}; escalations={judged.escalations}"
+        )
+        if judged.verdicts:
+            headers["x-faregate-judge"] = header_text(judged.verdicts[-1])
+        if judged.served is not None:
+            served = judged.served
+            record.attempts = served.attempts
+            if request.stream:
+                return await self._stream_whole(http_request, request, served, record, headers, decision)
+            completion, candidate = served.completion, served.candidate
+            return await self._respond(request, completion, candidate, record, headers, decision)
+        last = plan.stage(len(plan.stages) - 1)
+        try:
+            if request.stream:
+                opened = await self.runner.open_stream(request, last)
+                opened.attempts[:0] = judged.attempts
+                return await self._stream(http_request, request, opened, record, headers, decision)
+            served = await self.runner.complete(request, last)
+        except UpstreamFailed as failed:
+            every = [*judged.attempts, *failed.attempts]
+            listed = "; ".join(f"{i}. {a.describe()}" for i, a in enumerate(every, 1))
+            raise UpstreamFailed(
+                every,
+                timeout=failed.status == 504,
+                message=f"The cascade's last step failed ({len(every)} attempt(s) in all): {listed}",
+            ) from None
+        except UpstreamRejected as rejected:
+            rejected.attempts = [*judged.attempts, *getattr(rejected, "attempts", [])]  # type: ignore[attr-defined]
+            raise
+        served.attempts[:0] = judged.attempts
+        record.attempts = served.attempts
+        return await self._respond(request, served.completion, served.candidate, record, headers, decision)
+
+    async def _stream_whole(
+        self,
+        http_request: web.Request,
+        request: ChatRequest,
+        served: Served,
+        record: RequestRecord,
+        headers: dict[str, str],
+        decision: CacheDecision,
+    ) -> web.StreamResponse:
+        """A whole answer sent as a stream (a cascade answer, judged before it could be sent)."""
+        candidate, body = served.candidate, served.completion.body
+        text = "" if served.completion.usage is not None else completion_text(body)
+        settled = await self.settle(candidate, request, served.completion.usage, text, record.attempts)
+        body["model"] = candidate.model.name
+        self._fill_record(record, candidate, settled)
+        headers.update(self._result_headers(candidate, record, settled.cost))
+        if self.cache is not None and not settled.usage.estimated:
+            self.cache.remember(
+                decision, request, body, candidate.model.name, candidate.offer.provider, settled.usage
+            )
+        usage = usage_json(body.get("usage"), settled.usage, settled.cost)
+        return await self._write_whole_stream(http_request, request, body, usage, record, headers)
+
+    async def _write_whole_stream(
+        self,
+        http_request: web.Request,
+        request: ChatRequest,
+        body: JSON,
+        usage: JSON,
+        record: RequestRecord,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={**headers, "Cache-Control": "no-cache"})
+        response.content_type = "text/event-stream"
+        try:
+            await response.prepare(http_request)
+            for frame in stream_frames(body, request.include_usage):
+                await response.write(sse_frame(frame))
+                if record.ttft_ms is None:
+                    record.ttft_ms = (time.perf_counter() - request.started) * 1000
+            if request.include_usage:
+                final = {key: body.get(key) for key in ("id", "created", "model")}
+                final.update(object="chat.completion.chunk", choices=[], usage=usage)
+                await response.write(sse_frame(final))
+            await response.write(DONE)
+            await response.write_eof()
+        except (ConnectionResetError, ConnectionError):
+            record.status = 499
+            record.error = "client disconnected during the stream"
+        return response
+
     # -- the cache ----------------------------------------------------------------------
 
     def _cache_decision(self, request: ChatRequest, headers: Any) -> CacheDecision:
@@ -370,24 +487,7 @@ class ChatPipeline:
         if not request.stream:
             body["usage"] = usage
             return web.Response(body=orjson.dumps(body), content_type=JSON_TYPE, headers=headers)
-        response = web.StreamResponse(status=200, headers={**headers, "Cache-Control": "no-cache"})
-        response.content_type = "text/event-stream"
-        try:
-            await response.prepare(http_request)
-            for frame in stream_frames(body, request.include_usage):
-                await response.write(sse_frame(frame))
-                if record.ttft_ms is None:
-                    record.ttft_ms = (time.perf_counter() - request.started) * 1000
-            if request.include_usage:
-                final = {key: body.get(key) for key in ("id", "created", "model")}
-                final.update(object="chat.completion.chunk", choices=[], usage=usage)
-                await response.write(sse_frame(final))
-            await response.write(DONE)
-            await response.write_eof()
-        except (ConnectionResetError, ConnectionError):
-            record.status = 499
-            record.error = "client disconnected during a cached stream"
-        return response
+        return await self._write_whole_stream(http_request, request, body, usage, record, headers)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -435,6 +535,12 @@ class ChatPipeline:
         }
 
 
+def header_text(text: str, limit: int = 300) -> str:
+    """A header value: one line of printable ASCII (a judge's reason may hold anything)."""
+    cleaned = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return cleaned[:limit]
+
+
 def usage_json(upstream: Any, usage: Usage, cost: Decimal) -> JSON:
     """The `usage` object a client sees: the upstream's (details kept) with our counts and the cost."""
     out: JSON = dict(upstream) if isinstance(upstream, dict) else {}
@@ -447,51 +553,6 @@ def usage_json(upstream: Any, usage: Usage, cost: Decimal) -> JSON:
     if usage.estimated:
         out["estimated"] = True
     return out
-
-
-async def worst_case(plan: Plan, request: ChatRequest) -> tuple[Decimal, int]:
-    """The most any one candidate of the plan can cost, and its tokens: the prompt (upper
-    bound unless counted) plus the output allowance at the offer's prices."""
-    prompt = await plan.prompt.best() if plan.prompt is not None else 0
-    worst_usd, worst_tokens = Decimal(0), 0
-    for candidate in plan.candidates:
-        model = candidate.model
-        out = candidate.max_output(request.max_tokens) or model.max_output_tokens
-        if not out:
-            out = max(model.context_window - prompt, 0)
-        cost = candidate.offer.price.cost(Usage(prompt, out))
-        if cost > worst_usd:
-            worst_usd = cost
-        worst_tokens = max(worst_tokens, prompt + out)
-    return worst_usd, worst_tokens
-
-
-def completion_text(body: JSON) -> str:
-    parts: list[str] = []
-    for choice in body.get("choices") or ():
-        message = choice.get("message") or {}
-        content = message.get("content")
-        if isinstance(content, str):
-            parts.append(content)
-        for call in message.get("tool_calls") or ():
-            fn = call.get("function") or {}
-            parts.append(str(fn.get("name") or ""))
-            parts.append(str(fn.get("arguments") or ""))
-    return "".join(parts)
-
-
-async def estimate_usage(request: ChatRequest, completion: str) -> Usage:
-    """Count tokens ourselves when the upstream reported none (the first call loads the
-    tokenizer, so it runs in a thread to keep the event loop free)."""
-
-    def count() -> Usage:
-        return Usage(
-            tokens.count_messages(request.body.get("messages") or []), tokens.count_text(completion), True
-        )
-
-    if tokens.is_loaded():
-        return count()
-    return await asyncio.to_thread(count)
 
 
 async def _aclose(opened: OpenedStream) -> None:

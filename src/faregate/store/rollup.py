@@ -21,6 +21,7 @@ import sqlite3
 import aiosqlite
 
 from faregate.store.base import StoreUnavailable
+from faregate.types import ANSWERED_OUTCOMES
 
 HOUR = 3600
 # Records per transaction while catching up.
@@ -64,14 +65,22 @@ TOTAL_COLUMNS: tuple[tuple[str, str], ...] = (
 # Rows whose attempts say something: more than one attempt, or a failure. Written word for word
 # as the partial index `request_records_eventful` says it, so SQLite uses that index.
 EVENTFUL = "(json_array_length(attempts) > 1 OR status >= 500)"
-_FIRST_OFFER = "json_extract(attempts, '$[0].provider') || '/' || json_extract(attempts, '$[0].model')"
 _LAST_OFFER = "json_extract(attempts, '$[#-1].provider') || '/' || json_extract(attempts, '$[#-1].model')"
-# A fallback: the last attempt is on another offer than the first. A retry: two attempts in a row
-# on the same offer (the attempt loop retries an offer before it moves on).
-FELL_BACK = f"{_FIRST_OFFER} <> {_LAST_OFFER}"
+# Calls that answered: the served one, a cascade step its judge refused, an LLM judge's call.
+_ANSWERED = "(" + ", ".join(f"'{o}'" for o in ANSWERED_OUTCOMES) + ")"
+_FAILED = f"json_extract(f.value, '$.outcome') NOT IN {_ANSWERED}"
+# A fallback: an offer failed and another one served. (A cascade escalating from a cheap answer
+# to a stronger model is not a fallback; nothing failed.) A retry: two attempts in a row on the
+# same offer (the attempt loop retries an offer before it moves on).
+FELL_BACK = (
+    f"EXISTS (SELECT 1 FROM json_each(attempts) AS f WHERE {_FAILED}"
+    " AND json_extract(f.value, '$.provider') || '/' || json_extract(f.value, '$.model')"
+    f" <> {_LAST_OFFER})"
+)
 RETRIED = (
     "EXISTS (SELECT 1 FROM json_each(attempts) AS a JOIN json_each(attempts) AS b ON b.key = a.key + 1"
-    " WHERE json_extract(a.value, '$.provider') = json_extract(b.value, '$.provider')"
+    f" WHERE json_extract(a.value, '$.outcome') NOT IN {_ANSWERED}"
+    " AND json_extract(a.value, '$.provider') = json_extract(b.value, '$.provider')"
     " AND json_extract(a.value, '$.model') = json_extract(b.value, '$.model'))"
 )
 EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -99,7 +108,7 @@ _NEW_IDS = "request_records.id > ? AND request_records.id <= ?"
 # One row per failed attempt of the eventful records (json_each walks each record's attempts).
 FAILED_ATTEMPTS_FROM = (
     "FROM request_records, json_each(request_records.attempts) AS a WHERE {where}"
-    f" AND {EVENTFUL} AND json_extract(a.value, '$.outcome') <> 'ok'"
+    f" AND {EVENTFUL} AND json_extract(a.value, '$.outcome') NOT IN {_ANSWERED}"
 )
 FAILED_ATTEMPT_GROUP = (
     "json_extract(a.value, '$.provider') AS provider, json_extract(a.value, '$.model') AS model,"

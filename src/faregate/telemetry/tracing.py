@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from faregate.config import TracingSettings
 from faregate.errors import ConfigError
-from faregate.types import RequestRecord
+from faregate.types import ANSWERED_OUTCOMES, RequestRecord
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -106,7 +106,7 @@ class RequestTracer:
             )
             if attempt.status is not None:
                 child.set_attribute("http.response.status_code", attempt.status)
-            if attempt.outcome != "ok":
+            if attempt.outcome not in ANSWERED_OUTCOMES:
                 child.set_status(trace.Status(trace.StatusCode.ERROR, attempt.detail or attempt.outcome))
             child.end(offset + duration)
             offset += duration

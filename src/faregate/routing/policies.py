@@ -1,0 +1,184 @@
+"""The runtime side of `router` and `cascade` routes: trained files loaded once at start-up.
+
+A router route scores each prompt with its trained complexity router and puts the strong or the
+weak step first (the other follows as its fallback). A cascade route asks its steps cheapest
+first and returns the first answer its judge accepts. Both are described in config.py; the
+trained files come from `faregate router train` / `train-judge`.
+
+All trained models share one MiniLM embedder on one worker thread: it is loaded on first use,
+never on the event loop, and scoring never runs there either.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from faregate.config import CascadeSettings, RouterPolicySettings, RouteSettings
+from faregate.errors import ConfigError
+from faregate.routing.cascade import (
+    DEFAULT_CHECKS,
+    AllOf,
+    Check,
+    Judge,
+    LearnedJudge,
+    RuleJudge,
+    check_empty,
+    check_final_number,
+    check_json,
+    check_refusal,
+    check_truncated,
+    required_pattern,
+)
+from faregate.routing.complexity import ComplexityRouter
+from faregate.routing.llm_judge import DEFAULT_RUBRIC, Complete, LLMJudge
+from faregate.routing.thresholds import Threshold
+
+if TYPE_CHECKING:
+    from faregate.cache.embedder import Embedder, Vector
+
+log = logging.getLogger("faregate.routing")
+
+CHECKS: Mapping[str, Check] = {
+    "empty": check_empty,
+    "truncated": check_truncated,
+    "refusal": check_refusal,
+    "json": check_json,
+    "final_number": check_final_number,
+}
+assert set(DEFAULT_CHECKS) <= set(CHECKS.values())
+
+
+class SharedEmbedder:
+    """One MiniLM for every trained router and judge, loaded by whichever needs it first."""
+
+    def __init__(self) -> None:
+        self._model: Embedder | None = None
+        self._lock = threading.Lock()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faregate-policy")
+
+    def embed(self, texts: Sequence[str]) -> Vector:
+        with self._lock:
+            if self._model is None:
+                from faregate.cache.embedder import Embedder
+
+                self._model = Embedder.load()
+        return self._model.embed(texts)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False)
+
+
+@dataclass(slots=True)
+class RouterPolicy:
+    router: ComplexityRouter
+    threshold: Threshold
+    strong: str
+    weak: str
+
+    async def pick(self, body: Mapping[str, object]) -> tuple[str, str, float | None]:
+        """(first step, its fallback, the prompt's score). If scoring fails, the strong model
+        answers: a broken router may cost money, never quality."""
+        try:
+            score = await self.router.score_request(body)
+        except Exception:
+            log.exception("the complexity router failed to score a prompt; sending it to %s", self.strong)
+            return self.strong, self.weak, None
+        if self.threshold.decide(score):
+            return self.strong, self.weak, score
+        return self.weak, self.strong, score
+
+
+@dataclass(slots=True)
+class CascadePolicy:
+    settings: CascadeSettings
+    rules: RuleJudge
+    learned: LearnedJudge | None
+
+    def judge(self, complete: Complete | None) -> Judge:
+        """The route's judges, cheapest first; `complete` reaches the LLM judge's model."""
+        judges: list[Judge] = [self.rules]
+        if self.learned is not None:
+            judges.append(self.learned)
+        llm = self.settings.judge.llm
+        if llm is not None:
+            if complete is None:
+                raise ValueError("this cascade has an LLM judge: give it a way to call its model")
+            judges.append(LLMJudge(complete, min_score=llm.min_score, rubric=llm.rubric or DEFAULT_RUBRIC))
+        return judges[0] if len(judges) == 1 else AllOf(*judges)
+
+
+class RoutePolicies:
+    """The router and cascade policies of the configured routes, by route name."""
+
+    def __init__(self, routes: Mapping[str, RouteSettings]) -> None:
+        self.routers: dict[str, RouterPolicy] = {}
+        self.cascades: dict[str, CascadePolicy] = {}
+        self._embedder: SharedEmbedder | None = None
+        for name, route in routes.items():
+            if route.router is not None:
+                self.routers[name] = self._router(name, route.router)
+            if route.cascade is not None:
+                self.cascades[name] = self._cascade(name, route.cascade)
+
+    def _shared(self) -> SharedEmbedder:
+        if self._embedder is None:
+            self._embedder = SharedEmbedder()
+        return self._embedder
+
+    def _router(self, name: str, settings: RouterPolicySettings) -> RouterPolicy:
+        shared = self._shared()
+        try:
+            router = ComplexityRouter.load(settings.file, embedder=shared, executor=shared.executor)
+            if settings.threshold is not None:
+                threshold = router.fixed_threshold(settings.threshold)
+            elif settings.strong_share is not None:
+                threshold = router.share_threshold(settings.strong_share, window=settings.window)
+            else:
+                assert settings.retain is not None
+                threshold = router.quality_threshold(settings.retain, window=settings.window)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"routes.{name}.router: cannot use {settings.file}: {exc}") from exc
+        return RouterPolicy(router, threshold, settings.strong or router.strong, settings.weak or router.weak)
+
+    def _cascade(self, name: str, settings: CascadeSettings) -> CascadePolicy:
+        checks = [CHECKS[c] for c in settings.judge.checks]
+        if settings.judge.required_pattern is not None:
+            checks.append(required_pattern(settings.judge.required_pattern))
+        learned = None
+        spec = settings.judge.learned
+        if spec is not None:
+            shared = self._shared()
+            try:
+                learned = LearnedJudge.load(
+                    spec.file,
+                    threshold=spec.threshold,
+                    escalate_share=spec.escalate_share,
+                    retain=spec.retain,
+                    window=spec.window,
+                    embedder=shared,
+                    executor=shared.executor,
+                )
+            except (OSError, ValueError, KeyError) as exc:
+                raise ConfigError(
+                    f"routes.{name}.cascade.judge.learned: cannot use {spec.file}: {exc}"
+                ) from exc
+        return CascadePolicy(settings, RuleJudge(checks), learned)
+
+    def steps(self, name: str) -> list[str]:
+        """Every model or route a route's policy may call (checked against the catalog at start)."""
+        found: list[str] = []
+        if name in self.routers:
+            found += [self.routers[name].strong, self.routers[name].weak]
+        return found
+
+    def close(self) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
+
+
+NO_POLICIES = RoutePolicies({})

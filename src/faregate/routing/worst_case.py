@@ -1,0 +1,49 @@
+"""The most a plan can cost: what a budget reservation must hold before any call is made."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from faregate.routing.plan import Candidate, Plan
+from faregate.types import ChatRequest, Usage
+
+# The rubric and framing an LLM judge's prompt adds around the question and the answer.
+JUDGE_PROMPT_TOKENS = 400
+
+
+def _output_allowance(candidate: Candidate, request: ChatRequest, prompt: int) -> int:
+    model = candidate.model
+    out = candidate.max_output(request.max_tokens) or model.max_output_tokens
+    return out or max(model.context_window - prompt, 0)
+
+
+def _worst_single(candidates: list[Candidate], request: ChatRequest, prompt: int) -> tuple[Decimal, int, int]:
+    """The dearest one call among the candidates: (cost, tokens, its output allowance)."""
+    worst_usd, worst_tokens, worst_out = Decimal(0), 0, 0
+    for candidate in candidates:
+        out = _output_allowance(candidate, request, prompt)
+        cost = candidate.offer.price.cost(Usage(prompt, out))
+        worst_usd = max(worst_usd, cost)
+        worst_tokens = max(worst_tokens, prompt + out)
+        worst_out = max(worst_out, out)
+    return worst_usd, worst_tokens, worst_out
+
+
+async def worst_case(plan: Plan, request: ChatRequest) -> tuple[Decimal, int]:
+    """The most the plan can cost, and its tokens: the prompt (upper bound unless counted) plus the
+    output allowance at the offer's prices. One call is made per plain plan (failed attempts are
+    rarely billed); a cascade may call every step, and its LLM judge after each judged step."""
+    prompt = await plan.prompt.best() if plan.prompt is not None else 0
+    if not plan.stages:
+        usd, tokens, _ = _worst_single(plan.candidates, request, prompt)
+        return usd, tokens
+    total_usd, total_tokens = Decimal(0), 0
+    for index, stage in enumerate(plan.stages):
+        usd, tokens, out = _worst_single(stage, request, prompt)
+        total_usd += usd
+        total_tokens += tokens
+        if plan.judge_price is not None and index < len(plan.stages) - 1:
+            judge = Usage(prompt + out + JUDGE_PROMPT_TOKENS, plan.judge_max_tokens)
+            total_usd += plan.judge_price.cost(judge)
+            total_tokens += judge.total_tokens
+    return total_usd, total_tokens
