@@ -340,3 +340,20 @@ def test_router_route_sends_each_prompt_where_the_trained_router_says(
         assert raw.parse().choices[0].message.content == answers[question][expected]
         chosen.append(expected)
     assert STRONG in chosen and WEAK in chosen
+
+
+def test_when_every_step_fails_the_error_lists_every_attempt(
+    cascade_gateway: tuple[GatewayProcess, str], questions: list[str]
+) -> None:
+    gateway, key = cascade_gateway
+    sdk = client(gateway, key)
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk.chat.completions.create(
+            model="math-cascade",
+            messages=[{"role": "user", "content": questions[2]}],
+            extra_body={"sim": {"fault": "server_error"}},
+        )
+    assert caught.value.status_code == 502
+    message = str(caught.value)
+    assert "cascade's last step failed" in message
+    assert WEAK in message and STRONG in message

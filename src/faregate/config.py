@@ -651,7 +651,7 @@ def _resolve_policy_files(settings: Settings, base: Path) -> None:
             holders.append(route.cascade.judge.learned)
         for holder in holders:
             if not Path(holder.file).is_absolute():
-                holder.file = str(base / holder.file)
+                holder.file = str((base / holder.file).resolve())
 
 
 def _check_alerts(alerts: AlertSettings, origin: str) -> None:

@@ -67,6 +67,7 @@ class Gateway:
             await self.pipeline.cache.close()
         await self.records.close()
         await self.accounts.close()
+        self.pipeline.planner.routes.policies.close()
         await self.providers.close()
         await self.pool.close()
         await self.store.close()

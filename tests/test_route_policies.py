@@ -1,0 +1,260 @@
+"""Router and cascade routes: config checks, plans, the cascade's judged steps and what they cost,
+with scripted providers at the transport seam (the end-to-end run is tests/test_e2e_cascade.py)."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from faregate.catalog import build_catalog
+from faregate.config import load_settings, parse_settings
+from faregate.errors import ConfigError, UpstreamFailure, UpstreamRejected
+from faregate.routing.attempts import AttemptRunner, billed_cost
+from faregate.routing.cascading import CascadeRunner
+from faregate.routing.health import HealthBoard
+from faregate.routing.plan import Planner
+from faregate.routing.worst_case import JUDGE_PROMPT_TOKENS, worst_case
+from faregate.server.parse import parse_chat_request
+from faregate.types import ChatRequest, Completion, Price, Usage
+from test_routing import PROVIDERS, Scripted, model, ok
+
+ROUTERS = Path(__file__).resolve().parents[1] / "routers"
+MODELS = {
+    "cheap": model("0.5"),
+    "strong": model("10", ctx=200_000, offers=[{"provider": "b"}]),
+    "grader": model("1", offers=[{"provider": "a", "input": 1, "output": 2}]),
+    "small-ctx": model("0.1", ctx=300),
+}
+
+
+def routes(**extra: Any) -> dict[str, Any]:
+    return {
+        "cascade": {
+            "cascade": {"steps": ["cheap", "strong"], "judge": {"checks": ["empty", "final_number"]}}
+        },
+        "graded": {
+            "cascade": {
+                "steps": ["cheap", "strong"],
+                "judge": {"checks": ["empty"], "llm": {"model": "grader"}},
+            }
+        },
+        **extra,
+    }
+
+
+def settings(route_map: dict[str, Any] | None = None) -> Any:
+    return parse_settings(
+        {
+            "providers": PROVIDERS,
+            "models": MODELS,
+            "routes": route_map if route_map is not None else routes(),
+            "catalog": {"broad": False},
+            "routing": {"backoff_base_s": 0.001, "backoff_max_s": 0.002, "retries": 0},
+        }
+    )
+
+
+def request(body: dict[str, Any]) -> ChatRequest:
+    full = {"messages": [{"role": "user", "content": "What is 6 times 7?"}], **body}
+    parsed = parse_chat_request(full, {}, "req")
+    parsed.started = time.perf_counter()
+    return parsed
+
+
+def gateway(
+    providers: dict[str, Scripted], route_map: dict[str, Any] | None = None
+) -> tuple[Planner, CascadeRunner]:
+    s = settings(route_map)
+    health = HealthBoard(s.routing.breaker)
+    planner = Planner(build_catalog(s), s.routes, s.routing, health)
+    runner = AttemptRunner(providers.__getitem__, lambda _: None, 5.0, s.routing, health)
+    return planner, CascadeRunner(runner, planner)
+
+
+# -- config ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("route", "message"),
+    [
+        ({"router": {"file": "r.json"}}, "exactly one of threshold, strong_share or retain"),
+        ({"router": {"file": "r.json", "threshold": 0.5, "retain": 0.9}}, "(got threshold, retain)"),
+        ({"cascade": {"steps": ["cheap"]}}, "at least two steps"),
+        (
+            {"cascade": {"steps": ["cheap", "strong"]}, "tiers": {"economy": ["cheap"]}},
+            "no tiers, tasks or rules",
+        ),
+        (
+            {"cascade": {"steps": ["cheap", "strong"], "judge": {"learned": {"file": "j.json"}}}},
+            "exactly one of threshold, escalate_share or retain",
+        ),
+        (
+            {"cascade": {"steps": ["cheap", "strong"], "judge": {"required_pattern": "(("}}},
+            "not a valid regex",
+        ),
+        (
+            {"router": {"file": "r.json", "threshold": 1}, "cascade": {"steps": ["cheap", "strong"]}},
+            "a router or a cascade, not both",
+        ),
+    ],
+)
+def test_policy_routes_are_checked_when_the_config_loads(route: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        settings({"bad": route})
+
+
+def test_a_cascade_cannot_be_a_step_of_another_route() -> None:
+    with pytest.raises(ConfigError, match="is a cascade route"):
+        settings(routes(outer={"chain": ["cascade", "strong"]}))
+
+
+def test_unknown_step_and_missing_file_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown model or route 'nope'"):
+        s = settings({"c": {"cascade": {"steps": ["cheap", "nope"]}}})
+        Planner(build_catalog(s), s.routes, s.routing)
+    with pytest.raises(ConfigError, match=r"routes\.r\.router: cannot use"):
+        s = settings({"r": {"router": {"file": str(tmp_path / "missing.json"), "threshold": 0.5}}})
+        Planner(build_catalog(s), s.routes, s.routing)
+
+
+def test_trained_files_are_found_relative_to_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "conf" / "faregate.yaml"
+    config.parent.mkdir()
+    config.write_text(
+        "routes:\n  r:\n    router: {file: ../routers/r.json, strong_share: 0.3}\n"
+        "  c:\n    cascade:\n      steps: [gpt-4o-mini, gpt-4o]\n"
+        "      judge: {learned: {file: j.json, threshold: 0.5}}\n"
+    )
+    s = load_settings(config)
+    assert s.routes["r"].router is not None and s.routes["c"].cascade is not None
+    assert s.routes["r"].router.file == str(tmp_path / "routers" / "r.json")
+    learned = s.routes["c"].cascade.judge.learned
+    assert learned is not None and learned.file == str(tmp_path / "conf" / "j.json")
+
+
+# -- plans -------------------------------------------------------------------------------------------------
+
+
+async def test_a_cascade_plans_one_stage_per_step() -> None:
+    planner, _ = gateway({})
+    plan = await planner.plan(request({"model": "cascade"}))
+    assert [[c.model.name for c in stage] for stage in plan.stages] == [["cheap"], ["strong"]]
+    assert plan.cascade is not None and plan.route == "cascade"
+
+
+async def test_a_step_that_cannot_serve_is_left_out_and_one_step_left_is_a_plain_plan() -> None:
+    planner, _ = gateway({}, routes(tight={"cascade": {"steps": ["small-ctx", "strong"]}}))
+    long_prompt = {"model": "tight", "messages": [{"role": "user", "content": "word " * 400}]}
+    plan = await planner.plan(request(long_prompt))
+    assert plan.stages == [] and plan.cascade is None
+    assert [c.model.name for c in plan.candidates] == ["strong"]
+
+
+@pytest.mark.parametrize(("mode", "first"), [("strongest", "strong"), ("cheapest", "cheap")])
+async def test_streams_may_skip_the_cascade(mode: str, first: str) -> None:
+    route_map = routes(skip={"cascade": {"steps": ["cheap", "strong"], "streams": mode}})
+    planner, _ = gateway({}, route_map)
+    streamed = await planner.plan(request({"model": "skip", "stream": True}))
+    assert streamed.stages == [] and streamed.candidates[0].model.name == first
+    assert len(streamed.candidates) == 2  # the other step stays as the fallback
+    whole = await planner.plan(request({"model": "skip"}))
+    assert len(whole.stages) == 2
+    buffered = await planner.plan(request({"model": "cascade", "stream": True}))
+    assert len(buffered.stages) == 2
+
+
+async def test_the_reservation_covers_every_step_and_the_judge() -> None:
+    planner, _ = gateway({})
+    body = {"model": "graded", "max_tokens": 100}
+    plan = await planner.plan(request(body))
+    worst, tokens = await worst_case(plan, request(body))
+    prompt = await plan.prompt.best() if plan.prompt else 0
+    cheap = Price(Decimal("0.5"), Decimal("0.5")).cost(Usage(prompt, 100))
+    strong = Price(Decimal(10), Decimal(10)).cost(Usage(prompt, 100))
+    judge = Price(Decimal(1), Decimal(2)).cost(Usage(prompt + 100 + JUDGE_PROMPT_TOKENS, 200))
+    assert worst == cheap + strong + judge
+    assert tokens == 2 * (prompt + 100) + prompt + 100 + JUDGE_PROMPT_TOKENS + 200
+
+
+# -- judged steps ------------------------------------------------------------------------------------------
+
+
+async def test_an_answer_that_passes_is_served_and_the_strong_model_is_never_called() -> None:
+    cheap, strong = Scripted("a", [ok("6 times 7 is 42. The answer is 42")]), Scripted("b", [])
+    planner, cascades = gateway({"a": cheap, "b": strong})
+    req = request({"model": "cascade"})
+    judged = await cascades.judged_steps(req, await planner.plan(req))
+    assert judged.served is not None and judged.served.candidate.model.name == "cheap"
+    assert [a.outcome for a in judged.attempts] == ["ok"]
+    assert strong.calls == [] and judged.escalations == 0
+
+
+async def test_a_refused_answer_is_billed_and_escalated() -> None:
+    cheap = Scripted("a", [Completion(ok("I think it is big").body, Usage(20, 5))])
+    planner, cascades = gateway({"a": cheap, "b": Scripted("b", [])})
+    req = request({"model": "cascade"})
+    judged = await cascades.judged_steps(req, await planner.plan(req))
+    assert judged.served is None
+    (attempt,) = judged.attempts
+    assert (attempt.model, attempt.outcome, attempt.detail) == (
+        "cheap",
+        "escalated",
+        "no final numeric answer",
+    )
+    assert (attempt.prompt_tokens, attempt.completion_tokens) == (20, 5)
+    assert attempt.cost == Decimal(25) * Decimal("0.5") / Decimal(1_000_000)
+    assert billed_cost(judged.attempts) == attempt.cost
+    assert "escalated: no final numeric answer" in judged.verdicts[0]
+
+
+async def test_a_cheap_step_that_fails_is_skipped_like_a_fallback() -> None:
+    cheap = Scripted("a", [UpstreamFailure("server_error", "500", status=500)])
+    planner, cascades = gateway({"a": cheap, "b": Scripted("b", [])})
+    req = request({"model": "cascade"})
+    judged = await cascades.judged_steps(req, await planner.plan(req))
+    assert judged.served is None and [a.outcome for a in judged.attempts] == ["server_error"]
+    assert judged.escalations == 0 and "no answer" in judged.verdicts[0]
+
+
+async def test_a_client_error_is_not_escalated() -> None:
+    cheap = Scripted("a", [UpstreamRejected(400, "bad tool schema")])
+    planner, cascades = gateway({"a": cheap, "b": Scripted("b", [])})
+    req = request({"model": "cascade"})
+    with pytest.raises(UpstreamRejected) as caught:
+        await cascades.judged_steps(req, await planner.plan(req))
+    assert [a.outcome for a in caught.value.attempts] == ["rejected"]  # type: ignore[attr-defined]
+
+
+async def test_the_llm_judge_is_asked_through_the_attempt_loop_and_billed() -> None:
+    grader = Scripted("a", [ok("6x7 is 42"), Completion(ok("Looks right. Score: 9/10").body, Usage(300, 10))])
+    planner, cascades = gateway({"a": grader, "b": Scripted("b", [])})
+    req = request({"model": "graded"})
+    judged = await cascades.judged_steps(req, await planner.plan(req))
+    assert judged.served is not None and judged.served.candidate.model.name == "cheap"
+    outcomes = [(a.model, a.outcome) for a in judged.attempts]
+    assert outcomes == [("cheap", "ok"), ("grader", "judge")]
+    judge = judged.attempts[1]
+    assert judge.cost == Price(Decimal(1), Decimal(2)).cost(Usage(300, 10))
+    # The judge saw the question and the answer, and was asked for a short, deterministic grade.
+    call = grader.calls[1]
+    assert call.body["model"] == "grader" and call.body["temperature"] == 0 and call.body["max_tokens"] == 200
+    assert "What is 6 times 7?" in call.body["messages"][1]["content"]
+    assert "6x7 is 42" in call.body["messages"][1]["content"]
+
+
+async def test_a_failing_llm_judge_escalates_instead_of_failing_the_request() -> None:
+    grader = Scripted("a", [ok("42"), UpstreamFailure("server_error", "500", status=500)])
+    planner, cascades = gateway({"a": grader, "b": Scripted("b", [])})
+    req = request({"model": "graded"})
+    judged = await cascades.judged_steps(req, await planner.plan(req))
+    assert judged.served is None
+    assert [(a.model, a.outcome) for a in judged.attempts] == [
+        ("cheap", "escalated"),
+        ("grader", "server_error"),
+    ]
+    assert "LLM judge call failed" in judged.attempts[0].detail
+    assert judged.attempts[1].detail.startswith("LLM judge call")
