@@ -307,7 +307,8 @@ def sweep(
     return Sweep(name, points, exact, metrics, _retain_point(exact, strong))
 
 
-def _baselines(outcomes: Outcomes, pair: Pair, prices: dict[str, Price]) -> Report:
+def baseline_report(outcomes: Outcomes, pair: Pair, prices: dict[str, Price]) -> Report:
+    """The four baselines (all-strong, all-weak, random expected, oracle) and the reference curves."""
     if not outcomes.records:
         raise ValueError(f"{outcomes.name}: no prompts to replay")
     outcomes.require(pair.strong, pair.weak)
@@ -341,7 +342,7 @@ def evaluate_router(
     prices: dict[str, Price] | None = None,
 ) -> Report:
     pair, prices = pair or Pair(), prices or DEFAULT_PRICES
-    report = _baselines(outcomes, pair, prices)
+    report = baseline_report(outcomes, pair, prices)
     report.policy = replay(outcomes, router, prices, name)
     return report
 
@@ -355,7 +356,7 @@ def evaluate_scorer(
     bins: int = DEFAULT_BINS,
 ) -> Report:
     pair, prices = pair or Pair(), prices or DEFAULT_PRICES
-    report = _baselines(outcomes, pair, prices)
+    report = baseline_report(outcomes, pair, prices)
     report.sweep = sweep(outcomes, scorer, pair, prices, name, bins)
     retain = report.sweep.retain_point
     if retain is not None and retain.cost is not None:

@@ -34,6 +34,7 @@ from faregate.evals.replay import (
     Metrics,
     Pair,
     Report,
+    Scorer,
     call_cost,
     evaluate_scorer,
     length_score,
@@ -104,7 +105,8 @@ def held_out(outcomes: Outcomes, file: ScorerFile) -> Split:
     return split
 
 
-def _scorer(records: list[PromptRecord], scores: Array) -> Any:
+def scorer_of(records: list[PromptRecord], scores: Array) -> Scorer:
+    """Precomputed scores (one per record, in order) as a replay scorer."""
     by_id = {id(r): float(s) for r, s in zip(records, scores, strict=True)}
     return lambda record: by_id[id(record)]
 
@@ -145,15 +147,24 @@ def _total(records: list[PromptRecord], model: str, prices: dict[str, Price]) ->
     return sum((call_cost(r, model, prices) for r in records), Decimal(0))
 
 
+def cascade_running_costs(
+    records: list[PromptRecord], scores: Array, pair: Pair, prices: dict[str, Price]
+) -> list[Decimal]:
+    """A cascade's total cost when the k highest-scoring prompts escalate, for k = 0..n: every prompt
+    pays the cheap call, each escalated one the strong call on top. Ties keep file order."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    running = [_total(records, pair.weak, prices)]
+    for i in order:
+        running.append(running[-1] + call_cost(records[int(i)], pair.strong, prices))
+    return running
+
+
 def cascade_costs(
     records: list[PromptRecord], scores: Array, report: Report, pair: Pair, prices: dict[str, Price]
 ) -> list[Decimal]:
     """Cost at each exact sweep point: every prompt pays the cheap call, escalated ones the strong too."""
     assert report.sweep is not None
-    order = np.argsort(-scores, kind="stable")
-    running = [_total(records, pair.weak, prices)]
-    for i in order:
-        running.append(running[-1] + call_cost(records[int(i)], pair.strong, prices))
+    running = cascade_running_costs(records, scores, pair, prices)
     n = len(records)
     return [running[round(p.strong_share * n)] for p in report.sweep.exact]
 
@@ -184,7 +195,7 @@ def evaluate(
     curves: list[Curve] = []
 
     def scored(name: str, kind: str, scores: Array) -> Curve:
-        report = evaluate_scorer(test, _scorer(records, scores), name, pair, prices)
+        report = evaluate_scorer(test, scorer_of(records, scores), name, pair, prices)
         return Curve(name, kind, report)
 
     points: list[Point] = []
