@@ -12,7 +12,7 @@ import pytest
 
 from faregate.catalog import build_catalog
 from faregate.config import load_settings, parse_settings
-from faregate.errors import ConfigError, UpstreamFailure, UpstreamRejected
+from faregate.errors import ConfigError, InvalidRequest, UpstreamFailure, UpstreamRejected
 from faregate.routing.attempts import AttemptRunner, billed_cost
 from faregate.routing.cascading import CascadeRunner
 from faregate.routing.health import HealthBoard
@@ -165,6 +165,12 @@ async def test_streams_may_skip_the_cascade(mode: str, first: str) -> None:
     assert len(whole.stages) == 2
     buffered = await planner.plan(request({"model": "cascade", "stream": True}))
     assert len(buffered.stages) == 2
+
+
+async def test_a_cascade_is_not_one_of_several_models() -> None:
+    planner, _ = gateway({})
+    with pytest.raises(InvalidRequest, match="cannot be one of several"):
+        await planner.plan(request({"model": "cascade", "models": ["cascade", "strong"]}))
 
 
 async def test_the_reservation_covers_every_step_and_the_judge() -> None:

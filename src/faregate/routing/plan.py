@@ -111,6 +111,11 @@ class Planner:
         names: list[str] = request.body.get("models") or [request.model]
         trace = RouteTrace()
         route = names[0] if len(names) == 1 else "list:" + ",".join(names)
+        if len(names) > 1 and any(name in self.routes.policies.cascades for name in names):
+            raise InvalidRequest(
+                "A cascade route cannot be one of several 'models': it runs its own steps in order.",
+                param="models",
+            )
         cascade = self.routes.policies.cascades.get(route)
         if cascade is not None and (not request.stream or cascade.settings.streams == "buffer"):
             return await self._plan_cascade(route, cascade, request, prompt, hints)

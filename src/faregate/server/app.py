@@ -29,7 +29,8 @@ from faregate.server.admin_api import add_account_routes
 from faregate.server.dashboard_api import add_dashboard_api
 from faregate.server.feedback import add_feedback_route
 from faregate.server.metrics_route import add_metrics_route
-from faregate.server.pipeline import ChatPipeline, error_response
+from faregate.server.pipeline import ChatPipeline
+from faregate.server.responses import error_response
 from faregate.store import Store, open_store
 from faregate.telemetry.observability import Observability
 from faregate.telemetry.records import RecordWriter
