@@ -9,11 +9,13 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from faregate.cli.common import ConfigOption
+from faregate.cli.replay_plot import write_plot
+from faregate.cli.replay_routes import ROUTE_PREFIX, Options, is_named, parse_pairs, replay_named
 from faregate.evals.outcomes import DEFAULT_OUTPUT_TOKENS, STRONG_MODEL, WEAK_MODEL, Outcomes, load_outcomes
 from faregate.evals.projection import format_usd
 from faregate.evals.replay import (
@@ -73,7 +75,10 @@ def resolve_policy(spec: str, pair: Pair, outcomes: Outcomes, seed: int) -> Chos
         return builtin[spec]
     module_name, sep, attr = spec.partition(":")
     if not sep:
-        raise ValueError(f"unknown policy {spec!r}; use one of {', '.join(BUILT_IN)} or module:function")
+        raise ValueError(
+            f"unknown policy {spec!r}; use one of {', '.join(BUILT_IN)}, route:NAME, router:FILE "
+            "or module:function"
+        )
     try:
         policy = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
@@ -210,82 +215,6 @@ def report_json(report: Report) -> dict[str, Any]:
     return data
 
 
-def write_plot(report: Report, path: Path) -> None:
-    """Accuracy against strong-call share, PGR on the right axis, with every baseline marked."""
-    # The Figure API with no pyplot: no global state, no display, Agg renders the PNG.
-    from matplotlib.figure import Figure
-
-    strong, weak = report.strong_accuracy * 100, report.weak_accuracy * 100
-    figure = Figure(figsize=(9, 7), dpi=110)
-    ax = figure.add_subplot()
-    if report.sweep is not None:
-        exact = report.sweep.exact
-        ax.plot(
-            [p.strong_share * 100 for p in exact],
-            [p.accuracy * 100 for p in exact],
-            lw=0.8,
-            alpha=0.5,
-            color="tab:blue",
-        )
-        points = report.sweep.points
-        ax.plot(
-            [p.strong_share * 100 for p in points],
-            [p.accuracy * 100 for p in points],
-            marker="o",
-            color="tab:blue",
-            label=f"{report.sweep.name} (APGR {report.sweep.metrics.apgr:.3f})",
-        )
-    elif report.policy is not None:
-        ax.plot(
-            [report.policy.share(report.pair.strong) * 100],
-            [report.policy.accuracy * 100],
-            marker="o",
-            ls="",
-            color="tab:blue",
-            label=report.policy.name,
-        )
-    if report.policy is not None and report.sweep is not None:
-        ax.plot(
-            [report.policy.share(report.pair.strong) * 100],
-            [report.policy.accuracy * 100],
-            marker="*",
-            ms=14,
-            ls="",
-            color="tab:orange",
-            label=report.policy.name,
-        )
-    ax.plot([0, 100], [weak, strong], ls="--", color="grey", label="random (expected)")
-    oracle = report.baselines[3]
-    gain = oracle.share(report.pair.strong) * 100
-    ax.plot(
-        [0, gain, 100],
-        [weak, oracle.accuracy * 100, oracle.accuracy * 100],
-        ls=":",
-        color="tab:green",
-        label="oracle",
-    )
-    ax.axhline(strong, color="tab:red", ls="--", lw=1, label=f"all-strong: {report.pair.strong}")
-    ax.axhline(weak, color="black", ls="--", lw=1, label=f"all-weak: {report.pair.weak}")
-    ax.axhline(strong * RETAIN, color="tab:red", ls=":", lw=1, label=f"{RETAIN:.0%} of strong accuracy")
-    ax.set_xlim(0, 100)
-    ax.set_xlabel(f"calls to {report.pair.strong} (%)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"Routing on {report.data} ({report.prompts:,} prompts)")
-    span = strong - weak
-
-    def to_pgr(accuracy: Any) -> Any:
-        return (np.asarray(accuracy) - weak) / span
-
-    def to_accuracy(gap: Any) -> Any:
-        return weak + np.asarray(gap) * span
-
-    ax.secondary_yaxis("right", functions=(to_pgr, to_accuracy)).set_ylabel("PGR")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, fontsize="small", frameon=False)
-    figure.tight_layout()
-    figure.savefig(path, format="png")
-
-
 def register(app: typer.Typer) -> None:
     @app.command()
     def replay(
@@ -293,10 +222,46 @@ def register(app: typer.Typer) -> None:
             Path, typer.Option(help="Outcomes: a RouteLLM-format CSV, or a directory of them (MMLU).")
         ],
         policy: Annotated[
-            str, typer.Option(help=f"{', '.join(BUILT_IN)}, or package.module:function (router or scorer).")
+            str,
+            typer.Option(
+                help=f"{', '.join(BUILT_IN)}; route:NAME, a route from the config (plain, router or "
+                "cascade); router:FILE, a trained router (`faregate router train`) as a scorer; or "
+                "package.module:function (router or scorer)."
+            ),
         ] = "length",
-        strong: Annotated[str, typer.Option(help="The strong (expensive) model.")] = STRONG_MODEL,
-        weak: Annotated[str, typer.Option(help="The weak (cheap) model.")] = WEAK_MODEL,
+        config: ConfigOption = None,
+        as_: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--as",
+                help="CATALOG_MODEL=RECORDED_MODEL: which recorded model stands for a model a route "
+                "chooses (repeatable; recorded names the catalog knows, aliases included, map themselves).",
+            ),
+        ] = None,
+        hint: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="tier=..., task=... or max_cost_usd=...: hints sent with every replayed prompt."
+            ),
+        ] = None,
+        cache_dir: Annotated[
+            Path | None, typer.Option(help="Embedding cache directory (default ~/.cache/faregate/router).")
+        ] = None,
+        held_out: Annotated[
+            bool,
+            typer.Option(
+                "--held-out",
+                help="Only the prompts the policy's trained files never saw (the test part of their split).",
+            ),
+        ] = False,
+        strong: Annotated[
+            str,
+            typer.Option(
+                help="The strong (expensive) recorded model (a router or cascade route, and router:FILE, "
+                "bring their own pair)."
+            ),
+        ] = STRONG_MODEL,
+        weak: Annotated[str, typer.Option(help="The weak (cheap) recorded model.")] = WEAK_MODEL,
         price: Annotated[
             list[str] | None,
             typer.Option(help="MODEL=IN/OUT USD per 1M tokens (repeatable; default: prices when recorded)."),
@@ -334,13 +299,34 @@ def register(app: typer.Typer) -> None:
                 contaminated=contaminated,
                 output_tokens=output_tokens,
             )
-            outcomes.require(pair.strong, pair.weak)
-            chosen = resolve_policy(policy, pair, outcomes, seed)
-            if chosen.router is not None:
-                report = evaluate_router(outcomes, chosen.router, policy, pair, prices)
+            notes: list[str] = []
+            if (as_ or hint) and not policy.startswith(ROUTE_PREFIX):
+                raise ValueError("--as and --hint apply to --policy route:NAME only")
+            if is_named(policy):
+                options = Options(
+                    config=config,
+                    pair=pair,
+                    prices=prices,
+                    bins=bins,
+                    aliases=parse_pairs(as_, "--as"),
+                    hints=parse_pairs(hint, "--hint"),
+                    cache_dir=cache_dir,
+                    held_out=held_out,
+                )
+                report, notes = replay_named(policy, outcomes, options)
+                pair = report.pair
             else:
-                assert chosen.scorer is not None
-                report = evaluate_scorer(outcomes, chosen.scorer, policy, pair, prices, bins)
+                if held_out:
+                    raise ValueError(
+                        "--held-out needs a policy with trained files (route:NAME or router:FILE)"
+                    )
+                outcomes.require(pair.strong, pair.weak)
+                chosen = resolve_policy(policy, pair, outcomes, seed)
+                if chosen.router is not None:
+                    report = evaluate_router(outcomes, chosen.router, policy, pair, prices)
+                else:
+                    assert chosen.scorer is not None
+                    report = evaluate_scorer(outcomes, chosen.scorer, policy, pair, prices, bins)
         except ValueError as exc:
             typer.echo(f"faregate: {exc}", err=True)
             raise typer.Exit(2) from None
@@ -354,6 +340,8 @@ def register(app: typer.Typer) -> None:
             f"{report.data}: {report.prompts:,} prompts ({kept}); "
             f"strong {pair.strong} {report.strong_accuracy:.1%}, weak {pair.weak} {report.weak_accuracy:.1%}"
         )
+        for note in notes:
+            console.print(note)
         console.print(_policy_table(report))
         if report.sweep is not None:
             console.print(_curve_table(report))
