@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,8 @@ DATA = ROOT.parent / "shared" / "data" / "routellm" / "gsm8k_responses.csv"
 MASTER = "fg-bench-master-0123456789"
 STRONG, WEAK = "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"
 ROUTES = ("all-strong", "all-weak", "math-router", "math-cascade")
+# Stream pacing for the latency part: first token after 300 ms, then 60 tokens a second.
+PACING = {"ttft_ms": 300, "tokens_per_s": 60, "fault": "none"}
 
 SIM = f"""
 seed: 1
@@ -122,6 +125,33 @@ async def ask_all(
         await client.close()
 
 
+async def stream_latency(
+    base_url: str, key: str, route: str, questions: list[str], pacing: dict[str, int]
+) -> list[dict[str, Any]]:
+    """Time to first content and to the end, one stream at a time, with the simulator pacing
+    tokens like a hosted model (the replay run above is instant)."""
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=120)
+    out = []
+    try:
+        for question in questions:
+            started = time.perf_counter()
+            first = None
+            async with client.chat.completions.with_streaming_response.create(
+                model=route,
+                messages=[{"role": "user", "content": question}],
+                stream=True,
+                extra_body={"sim": pacing},
+            ) as response:
+                escalated = response.headers.get("x-faregate-cascade", "").startswith("escalated")
+                async for chunk in await response.parse():
+                    if first is None and chunk.choices and chunk.choices[0].delta.content:
+                        first = time.perf_counter() - started
+            out.append({"ttft": first, "total": time.perf_counter() - started, "escalated": escalated})
+    finally:
+        await client.close()
+    return out
+
+
 def dashboard(port: int) -> dict[str, dict[str, Any]]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/admin/dashboard/breakdown?by=route&range=24h",
@@ -136,6 +166,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=0, help="First N held-out questions (0: all)")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--streams", type=int, default=30, help="Questions streamed for the latency part")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "routing-gateway.json")
     args = parser.parse_args()
 
@@ -193,6 +224,12 @@ def main() -> None:
             }
         time.sleep(1.0)  # the records are flushed every 0.2 s
         board = dashboard(port)
+        latency = {
+            route: asyncio.run(
+                stream_latency(f"http://127.0.0.1:{port}/v1", key, route, questions[: args.streams], PACING)
+            )
+            for route in ("all-weak", "math-cascade")
+        }
     finally:
         for process in (gateway, sim):
             process.terminate()
@@ -212,11 +249,33 @@ def main() -> None:
             f" | {Decimal(row['cost_usd']) / Decimal(strong['cost_usd']):.1%}"
             f" | {saved.get('savings_percent', '-')}% (${saved.get('savings_usd', '-')}) |"
         )
+    pace = f"{PACING['ttft_ms']} ms to the first token, then {PACING['tokens_per_s']} tokens/s"
+    print(f"\nStreams, one at a time, {pace}:")
+    print("| route | streams | time to first content p50 | p90 | whole answer p50 |")
+    print("|---|---|---|---|---|")
+    for route, rows in latency.items():
+        groups = {route: rows}
+        if route == "math-cascade":
+            groups = {
+                f"{route}, accepted": [r for r in rows if not r["escalated"]],
+                f"{route}, escalated": [r for r in rows if r["escalated"]],
+            }
+        for label, group in groups.items():
+            if not group:
+                continue
+            ttft = sorted(r["ttft"] for r in group if r["ttft"] is not None)
+            total = sorted(r["total"] for r in group)
+            p90 = ttft[int(0.9 * (len(ttft) - 1))]
+            print(
+                f"| {label} | {len(group)} | {1000 * statistics.median(ttft):.0f} ms"
+                f" | {1000 * p90:.0f} ms | {1000 * statistics.median(total):.0f} ms |"
+            )
     for route, row in results.items():
         row["dashboard"] = {
             k: board.get(route, {}).get(k) for k in ("spend_usd", "savings_usd", "savings_percent")
         }
-    args.out.write_text(json.dumps({"questions": len(questions), "routes": results}, indent=2) + "\n")
+    summary = {"questions": len(questions), "routes": results, "stream_pacing": PACING, "streams": latency}
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 
 
