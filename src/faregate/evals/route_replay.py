@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from faregate.catalog.models import SIM_PROVIDER, Catalog, Offer, build_catalog
-from faregate.config import RouterPolicySettings, Settings, chain_steps
+from faregate.config import Settings
 from faregate.errors import ConfigError, FaregateError
 from faregate.evals.cascade_replay import evaluate_cascade
 from faregate.evals.outcomes import Outcomes
@@ -33,6 +33,7 @@ from faregate.evals.replay import DEFAULT_BINS, Pair, Report, evaluate_router, e
 from faregate.evals.router_eval import held_out, router_scores, scorer_of
 from faregate.evals.router_training import prompts_digest
 from faregate.evals.vector_cache import BatchEmbedder
+from faregate.route_config import RouterPolicySettings, chain_steps
 from faregate.routing.complexity import KIND as ROUTER_KIND
 from faregate.routing.model_file import ScorerFile, load_scorer
 from faregate.routing.plan import Planner

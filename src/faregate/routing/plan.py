@@ -15,8 +15,9 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from faregate.catalog.models import Catalog, Model, Offer
-from faregate.config import ChainItem, RouteSettings, RoutingSettings, chain_steps
+from faregate.config import RoutingSettings
 from faregate.errors import FaregateError, InvalidRequest, ModelNotFound
+from faregate.route_config import ChainItem, RouteSettings, chain_steps
 from faregate.routing.estimate import PromptSize
 from faregate.routing.health import HealthBoard
 from faregate.routing.routes import Hints, RouteBook, RouteTrace, Step, parse_hints

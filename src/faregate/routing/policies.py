@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from faregate.config import CascadeSettings, RouterPolicySettings, RouteSettings
 from faregate.errors import ConfigError
+from faregate.route_config import CascadeSettings, RouterPolicySettings, RouteSettings
 from faregate.routing.cascade import (
     DEFAULT_CHECKS,
     AllOf,

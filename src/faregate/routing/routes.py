@@ -13,8 +13,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from faregate.catalog.models import Catalog
-from faregate.config import ChainItem, RouteSettings, RuleMatch, chain_steps, policy_steps
 from faregate.errors import ConfigError, InvalidRequest
+from faregate.route_config import ChainItem, RouteSettings, RuleMatch, chain_steps, policy_steps
 from faregate.routing.estimate import PromptSize
 from faregate.routing.policies import NO_POLICIES, RoutePolicies
 from faregate.types import ChatRequest
