@@ -232,6 +232,24 @@ def test_dashboard_spend_and_savings_include_the_escalated_calls(
         timeout=10,
     ).json()
     assert totals["fallbacks"] == 0
+    metrics = httpx.get(
+        f"http://127.0.0.1:{gateway.port}/metrics",
+        headers={"Authorization": f"Bearer {MASTER_KEY}"},
+        timeout=10,
+    ).text
+    counts = {
+        line.split()[0]: float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith(("faregate_cascade_judged_total", "faregate_cascade_escalated_total"))
+    }
+    assert counts["faregate_cascade_judged_total"] >= 4
+    # Every escalation counted is one refused, billed attempt in the records.
+    with sqlite3.connect(gateway.store_path / "faregate.db") as db:
+        (stored,) = db.execute(
+            "SELECT COUNT(*) FROM request_records, json_each(request_records.attempts) AS a"
+            " WHERE json_extract(a.value, '$.outcome') = 'escalated'"
+        ).fetchone()
+    assert counts["faregate_cascade_escalated_total"] == stored
 
 
 def test_streaming_cascade_buffers_the_cheap_answer_until_judged(

@@ -163,7 +163,7 @@ async def build_gateway(settings: Settings, *, sim_base_url: str | None = None) 
         admission=accounts.admission,
         cache=build_cache(settings.cache, settings.store.redis_url),
     )
-    observability = await Observability.open(settings, store, runner, records)
+    observability = await Observability.open(settings, store, runner, records, pipeline.cascades)
     observability.attach(pipeline.listeners)
     return Gateway(
         settings,

@@ -50,6 +50,11 @@ class CounterSource(Protocol):
     fallbacks: int
 
 
+class CascadeSource(Protocol):
+    judged: int
+    escalated: int
+
+
 class WriterSource(Protocol):
     written: int
     dropped: int
@@ -83,10 +88,12 @@ class StateCollector(Collector):
         counters: CounterSource | None = None,
         writer: WriterSource | None = None,
         alerts: Callable[[], Iterable[tuple[str, dict[str, str]]]] | None = None,
+        cascades: CascadeSource | None = None,
     ) -> None:
         self._health = health
         self._counters = counters
         self._writer = writer
+        self._cascades = cascades
         self._alerts = alerts
 
     def collect(self) -> Iterable[Metric]:
@@ -98,6 +105,15 @@ class StateCollector(Collector):
                 "faregate_fallbacks",
                 "Times a request moved on to its next candidate model or provider.",
                 self._counters.fallbacks,
+            )
+        if self._cascades is not None:
+            yield CounterMetricFamily(
+                "faregate_cascade_judged", "Cascade answers judged.", self._cascades.judged
+            )
+            yield CounterMetricFamily(
+                "faregate_cascade_escalated",
+                "Cascade answers a judge refused, so the next step was asked.",
+                self._cascades.escalated,
             )
         if self._health is not None:
             yield from self._breakers(self._health().snapshot())

@@ -18,7 +18,7 @@ from faregate.store.feedback import FeedbackTable
 from faregate.store.rollup import RollupWriter
 from faregate.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore
 from faregate.telemetry.alerts import AlertManager
-from faregate.telemetry.metrics import GatewayMetrics, StateCollector, WriterSource
+from faregate.telemetry.metrics import CascadeSource, GatewayMetrics, StateCollector, WriterSource
 from faregate.telemetry.tracing import RequestTracer
 from faregate.types import RequestRecord
 
@@ -102,7 +102,12 @@ class Observability:
 
     @classmethod
     async def open(
-        cls, settings: Settings, store: object, runner: AttemptRunner, records: WriterSource
+        cls,
+        settings: Settings,
+        store: object,
+        runner: AttemptRunner,
+        records: WriterSource,
+        cascades: CascadeSource | None = None,
     ) -> Observability:
         """Metrics (and traces) always; the insights when the store is the embedded SQLite one."""
         tracer = RequestTracer(settings.tracing) if settings.tracing.otlp_endpoint else None
@@ -117,6 +122,7 @@ class Observability:
             health=lambda: runner.health,
             counters=runner,
             writer=records,
+            cascades=cascades,
             alerts=insights.alerts.firing_labels if insights is not None else None,
         )
         return cls(GatewayMetrics(collector), insights, tracer)
