@@ -375,3 +375,41 @@ def test_when_every_step_fails_the_error_lists_every_attempt(
     message = str(caught.value)
     assert "cascade's last step failed" in message
     assert WEAK in message and STRONG in message
+
+
+@pytest.fixture(scope="module")
+def metered_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    work = tmp_path_factory.mktemp("metered-cascade")
+    script = SIM_SCRIPT.format(csv=GSM8K, strong=STRONG, weak=WEAK)
+    config = "accounts: {enabled: true}\n" + CONFIG.format(
+        strong=STRONG, weak=WEAK, routers=ROUTERS, judge=JUDGE_THRESHOLD, router=ROUTER_THRESHOLD
+    )
+    with run_sim(work, script) as sim, run_gateway(work / "gateway", sim, config, 20.0) as gateway:
+        yield gateway
+
+
+def test_metered_keys_pay_for_every_call_of_the_cascade_and_nothing_stays_held(
+    metered_gateway: GatewayProcess, questions: list[str]
+) -> None:
+    gateway = metered_gateway
+    admin = httpx.Client(
+        base_url=f"http://127.0.0.1:{gateway.port}",
+        headers={"Authorization": f"Bearer {MASTER_KEY}"},
+        timeout=30,
+    )
+    created = admin.post("/admin/keys", json={"name": "cascade", "credits_usd": "1"}).json()
+    sdk = client(gateway, created["api_key"])
+    ids = []
+    for question in questions[:8]:
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="math-cascade", messages=[{"role": "user", "content": question}], max_tokens=400
+        )
+        ids.append(raw.headers["x-faregate-request-id"])
+    rows = records(gateway, ids)
+    assert any(any(a["outcome"] == "escalated" for a in attempts_of(r)) for r in rows.values())
+    spent = sum(r["cost_nanousd"] for r in rows.values())
+    state = admin.get(f"/admin/keys/{created['id']}").json()
+    # Whatever the reservation held (both steps' worst case) was settled down to the real cost.
+    assert Decimal(str(state["balance_usd"])) == Decimal(1) - Decimal(spent).scaleb(-9)
+    assert state["reserved_usd"] == "0"
+    assert admin.get("/admin/audit").json()["clean"] is True
