@@ -26,7 +26,7 @@ from faregate.store.rows import usd_text
 
 if TYPE_CHECKING:
     from faregate.server.app import Gateway
-    from faregate.store.analytics import SQLiteAnalytics
+    from faregate.store.analytics_api import Analytics
     from faregate.telemetry.alerts import AlertManager
 
 RANGES = {"15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800, "30d": 2592000, "90d": 7776000}
@@ -122,7 +122,7 @@ class DashboardUnavailable(FaregateError):
 
 
 class DashboardApi:
-    def __init__(self, gateway: Gateway, analytics: SQLiteAnalytics, alerts: AlertManager) -> None:
+    def __init__(self, gateway: Gateway, analytics: Analytics, alerts: AlertManager) -> None:
         self.gateway = gateway
         self.analytics = analytics
         self.alerts_manager = alerts
@@ -314,7 +314,7 @@ def add_dashboard_api(app: web.Application, gateway: Gateway) -> None:
 
         async def unavailable(request: web.Request) -> web.StreamResponse:
             require_master(request, master_key)
-            raise DashboardUnavailable("The dashboard reads the embedded SQLite store only, for now.")
+            raise DashboardUnavailable("The dashboard needs the SQLite or the PostgreSQL store.")
 
         app.router.add_get("/admin/dashboard/{name}", unavailable)
         return

@@ -7,6 +7,7 @@ the same request replaces the first.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +17,16 @@ from aiohttp import web
 from faregate.errors import FaregateError, InvalidRequest, NotFound, PermissionDenied
 from faregate.server.parse import decode_json_object
 from faregate.store.feedback import Feedback, Thumb
+from faregate.types import RequestRecord
 
 if TYPE_CHECKING:
     from faregate.server.app import Gateway
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_COMMENT_CHARS = 4000
+# How long to look for a record another instance has yet to flush, beyond two flush intervals.
+OTHER_INSTANCE_GRACE_S = 0.5
+LOOK_AGAIN_S = 0.05
 
 
 def parse_score(value: Any) -> tuple[Thumb | None, int | None]:
@@ -41,13 +46,25 @@ class FeedbackUnavailable(FaregateError):
     code = "feedback_unavailable"
 
 
+async def _await_other_instance(gateway: Gateway, request_id: str) -> RequestRecord | None:
+    """On the shared store the request may have been answered by another instance, whose batched
+    writer stores its record within a flush interval: look again until then (bounded)."""
+    deadline = time.monotonic() + 2 * gateway.settings.records.flush_interval_s + OTHER_INSTANCE_GRACE_S
+    while time.monotonic() < deadline:
+        await asyncio.sleep(LOOK_AGAIN_S)
+        record = await gateway.store.get_record(request_id)
+        if record is not None:
+            return record
+    return None
+
+
 def add_feedback_route(app: web.Application, gateway: Gateway) -> None:
     insights = gateway.observability.insights if gateway.observability is not None else None
 
     async def post_feedback(request: web.Request) -> web.StreamResponse:
         key = await gateway.pipeline.authenticate(request)
         if insights is None:
-            raise FeedbackUnavailable("Feedback is stored with the embedded SQLite store only, for now.")
+            raise FeedbackUnavailable("Feedback needs the SQLite or the PostgreSQL store.")
         table = insights.feedback
         if (request.content_length or 0) > MAX_BODY_BYTES:
             raise InvalidRequest(f"The feedback body is larger than {MAX_BODY_BYTES} bytes.")
@@ -71,6 +88,8 @@ def add_feedback_route(app: web.Application, gateway: Gateway) -> None:
             # Feedback can arrive before the batched writer has stored the record: write it now.
             await gateway.records.flush()
             record = await gateway.store.get_record(request_id)
+        if record is None and gateway.settings.store.postgres_url is not None:
+            record = await _await_other_instance(gateway, request_id)
         if record is None:
             raise NotFound(
                 f"No request with id {request_id!r}.", param="request_id", code="request_not_found"

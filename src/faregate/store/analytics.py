@@ -361,7 +361,8 @@ class SQLiteAnalytics:
                 row.latency = stats
             else:
                 row.ttft = stats
-        return sorted(out.values(), key=lambda r: -r.latency.count), step
+        # The busiest first; ties by name, so that both stores list them alike.
+        return sorted(out.values(), key=lambda r: (-r.latency.count, r.group or "")), step
 
     # --- reliability --------------------------------------------------------------------------
 
@@ -381,7 +382,7 @@ class SQLiteAnalytics:
         ):
             found = out.setdefault(_ungroup(row[0]), ReliabilityRow(_ungroup(row[0])))
             found.fallbacks, found.retried = int(row[1] or 0), int(row[2] or 0)
-        return sorted(out.values(), key=lambda r: -r.requests)
+        return sorted(out.values(), key=lambda r: (-r.requests, r.group or ""))
 
     async def failed_attempts_by_offer(self, s: Slice, limit: int = 50) -> list[tuple[str, str, str, int]]:
         """(provider, model, outcome, count) of every failed upstream attempt in the slice: which
@@ -414,7 +415,8 @@ class SQLiteAnalytics:
                 parts.append(raw(replace(s, since=plan.end)))
         rows = await self._rows(
             f"SELECT provider, model, outcome, SUM(attempts) FROM ({' UNION ALL '.join(q for q, _ in parts)})"
-            " GROUP BY provider, model, outcome ORDER BY SUM(attempts) DESC, provider, model LIMIT ?",
+            " GROUP BY provider, model, outcome"
+            " ORDER BY SUM(attempts) DESC, provider, model, outcome LIMIT ?",
             [*(p for _, params in parts for p in params), limit],
         )
         return [(str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]

@@ -133,6 +133,99 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        5,
+        "feedback, dashboard indexes and hourly rollups",
+        (
+            # As SQLite's migration 10: one score per request (a later one replaces it), joined to
+            # request_records on request_id. No foreign key: records may be pruned without the
+            # scores, and a record may not have been flushed yet when its feedback arrives.
+            """
+            CREATE TABLE feedback (
+                id          BIGSERIAL PRIMARY KEY,
+                request_id  TEXT NOT NULL UNIQUE,
+                key_id      TEXT NOT NULL,
+                created_at  DOUBLE PRECISION NOT NULL,
+                score       DOUBLE PRECISION NOT NULL,
+                thumb       TEXT,
+                rating      INTEGER,
+                comment     TEXT
+            )
+            """,
+            "CREATE INDEX feedback_created_at ON feedback (created_at)",
+            # Covers every column the dashboard's sums use (store/pg_analytics.py), so a range scan
+            # of request_records can skip the rows' attempts JSON.
+            """
+            CREATE INDEX request_records_dashboard ON request_records (created_at) INCLUDE (
+                model_used, model_requested, provider, route, key_id, status, cache_status,
+                cost_nanousd, baseline_cost_nanousd, prompt_tokens, completion_tokens, latency_ms,
+                ttft_ms, empty_response
+            )
+            """,
+            # The few requests with a retry, a fallback or a failure: the only ones whose attempts
+            # the reliability queries parse. Its condition is pg_analytics.EVENTFUL word for word.
+            """
+            CREATE INDEX request_records_eventful ON request_records (created_at)
+            WHERE (jsonb_array_length(attempts::jsonb) > 1 OR status >= 500)
+            """,
+            # The hourly rollups (store/pg_rollup.py). Records wait in rollup_pending (filled by a
+            # trigger, in the transaction that writes them) until a rollup step adds them to the
+            # sums and takes them out, in one transaction; so a query (one statement, one
+            # snapshot) reads each record once: from the sums, or from request_records while it
+            # is pending. A queue, not an id watermark: ids from a sequence do not commit in order
+            # across instances. Not a flag on the record either: updating each record would write
+            # it (and all its indexes) twice.
+            "CREATE TABLE rollup_pending (id BIGINT PRIMARY KEY)",
+            """
+            CREATE FUNCTION faregate_rollup_pending() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO rollup_pending (id) VALUES (NEW.id);
+                RETURN NULL;
+            END
+            $$
+            """,
+            """
+            CREATE TRIGGER request_records_rollup_pending AFTER INSERT ON request_records
+            FOR EACH ROW EXECUTE FUNCTION faregate_rollup_pending()
+            """,
+            # The records written before this migration are pending too.
+            "INSERT INTO rollup_pending (id) SELECT id FROM request_records",
+            """
+            CREATE TABLE rollup_hourly (
+                dim                  TEXT NOT NULL,
+                value                TEXT NOT NULL,
+                bucket               BIGINT NOT NULL,
+                requests             BIGINT NOT NULL,
+                errors               BIGINT NOT NULL,
+                client_errors        BIGINT NOT NULL,
+                budget_refusals      BIGINT NOT NULL,
+                rate_limited         BIGINT NOT NULL,
+                cost_nanousd         BIGINT NOT NULL,
+                baseline_nanousd     BIGINT NOT NULL,
+                prompt_tokens        BIGINT NOT NULL,
+                completion_tokens    BIGINT NOT NULL,
+                cache_lookups        BIGINT NOT NULL,
+                cache_hits           BIGINT NOT NULL,
+                semantic_hits        BIGINT NOT NULL,
+                cache_saved_nanousd  BIGINT NOT NULL,
+                empty_responses      BIGINT NOT NULL,
+                fallbacks            BIGINT NOT NULL,
+                retried              BIGINT NOT NULL,
+                PRIMARY KEY (dim, value, bucket)
+            )
+            """,
+            """
+            CREATE TABLE rollup_failures_hourly (
+                provider  TEXT NOT NULL,
+                model     TEXT NOT NULL,
+                outcome   TEXT NOT NULL,
+                bucket    BIGINT NOT NULL,
+                attempts  BIGINT NOT NULL,
+                PRIMARY KEY (provider, model, outcome, bucket)
+            )
+            """,
+        ),
+    ),
 )
 
 PG_LATEST_VERSION = PG_MIGRATIONS[-1].version

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from faregate.config import AlertRule
-from faregate.store.analytics import SQLiteAnalytics
+from faregate.store.analytics_api import Analytics
 from faregate.store.analytics_rows import Dimension, Slice
 
 DAY_S = 86400
@@ -40,13 +40,13 @@ def day_start(now: float) -> float:
     return now - now % DAY_S
 
 
-async def rule_slice(rule: AlertRule, analytics: SQLiteAnalytics, now: float) -> Slice:
+async def rule_slice(rule: AlertRule, analytics: Analytics, now: float) -> Slice:
     since = day_start(now) if rule.metric == "daily_spend_usd" else now - rule.window_minutes * 60
     keys = await analytics.resolve_keys(rule.key) if rule.key is not None else None
     return Slice(since, now, model=rule.model, provider=rule.provider, route=rule.route, keys=keys)
 
 
-async def measure(rule: AlertRule, analytics: SQLiteAnalytics, now: float | None = None) -> list[Measurement]:
+async def measure(rule: AlertRule, analytics: Analytics, now: float | None = None) -> list[Measurement]:
     """The rule's metric for each subject with data in the window."""
     now = time.time() if now is None else now
     s = await rule_slice(rule, analytics, now)

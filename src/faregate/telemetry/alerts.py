@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 
 from faregate.config import AlertRule, AlertSettings
-from faregate.store.analytics import SQLiteAnalytics
+from faregate.store.analytics_api import Analytics
 from faregate.telemetry.alert_values import UNITS, Measurement, breaches, measure
 
 log = logging.getLogger("faregate.alerts")
@@ -121,7 +121,7 @@ class AlertEvent:
 @dataclass(slots=True)
 class AlertManager:
     settings: AlertSettings
-    analytics: SQLiteAnalytics
+    analytics: Analytics
     states: dict[tuple[str, str | None], AlertState] = field(default_factory=dict)
     history: deque[AlertEvent] = field(default_factory=lambda: deque(maxlen=HISTORY))
     webhook_failures: int = 0

@@ -8,13 +8,19 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import aiosqlite
 
 from faregate.config import Settings
 from faregate.routing.attempts import AttemptRunner
 from faregate.store.analytics import SQLiteAnalytics
+from faregate.store.analytics_api import Analytics, FeedbackStore
 from faregate.store.feedback import FeedbackTable
+from faregate.store.pg_analytics import PostgresAnalytics
+from faregate.store.pg_feedback import PostgresFeedbackTable
+from faregate.store.pg_rollup import PostgresRollupWriter
+from faregate.store.postgres import PostgresStore
 from faregate.store.rollup import RollupWriter
 from faregate.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore
 from faregate.telemetry.alerts import AlertManager
@@ -32,16 +38,21 @@ ROLLUP_PAUSE_S = 0.05
 MAX_STEPS_PER_ROUND = 1000
 
 
+class Rollup(Protocol):
+    async def step(self) -> int: ...
+
+
 @dataclass(slots=True)
 class Insights:
-    """The store-backed half: dashboard analytics, feedback, hourly rollups and alerts. Needs the
-    embedded SQLite store (the PostgreSQL port of store/analytics.py is not written yet)."""
+    """The store-backed half: dashboard analytics, feedback, hourly rollups and alerts, on the
+    embedded SQLite store or the shared PostgreSQL one (where every instance runs the rollup
+    step; store/pg_rollup.py lets one at a time do the work)."""
 
-    analytics: SQLiteAnalytics
-    feedback: FeedbackTable
+    analytics: Analytics
+    feedback: FeedbackStore
     alerts: AlertManager
-    rollup: RollupWriter
-    rollup_conn: aiosqlite.Connection
+    rollup: Rollup
+    rollup_conn: aiosqlite.Connection | None = None
     _rollup_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
@@ -61,6 +72,17 @@ class Insights:
             alerts=AlertManager(settings.alerts, analytics),
             rollup=RollupWriter(rollup_conn),
             rollup_conn=rollup_conn,
+        )
+
+    @classmethod
+    async def open_postgres(cls, settings: Settings, url: str) -> Insights:
+        """On the shared store (already migrated by PostgresStore.open), through a pool of its own."""
+        analytics = await PostgresAnalytics.open(url)
+        return cls(
+            analytics=analytics,
+            feedback=PostgresFeedbackTable(analytics.pool),
+            alerts=AlertManager(settings.alerts, analytics),
+            rollup=PostgresRollupWriter(analytics.pool),
         )
 
     async def start(self) -> None:
@@ -90,7 +112,8 @@ class Insights:
             except asyncio.CancelledError:
                 pass
             self._rollup_task = None
-        await self.rollup_conn.close()
+        if self.rollup_conn is not None:
+            await self.rollup_conn.close()
         await self.analytics.close()
 
 
@@ -109,14 +132,17 @@ class Observability:
         records: WriterSource,
         cascades: CascadeSource | None = None,
     ) -> Observability:
-        """Metrics (and traces) always; the insights when the store is the embedded SQLite one."""
+        """Metrics (and traces) always; the insights on the embedded SQLite store and on the shared
+        PostgreSQL one."""
         tracer = RequestTracer(settings.tracing) if settings.tracing.otlp_endpoint else None
         insights = None
         if isinstance(store, SQLiteStore):
             insights = await Insights.open(settings, store.path)
+        elif isinstance(store, PostgresStore) and settings.store.postgres_url is not None:
+            insights = await Insights.open_postgres(settings, settings.store.postgres_url)
         else:
             log.warning(
-                "dashboard, feedback and alerts need the SQLite store; with this store only metrics run"
+                "dashboard, feedback and alerts need the SQLite or the PostgreSQL store; only metrics run"
             )
         collector = StateCollector(
             health=lambda: runner.health,

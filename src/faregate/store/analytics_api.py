@@ -1,0 +1,63 @@
+"""The one interface the dashboard, the feedback endpoint and the alerts read and write through.
+
+Two implementations answer it with the same figures for the same records: SQLiteAnalytics
+(store/analytics.py, over hourly rollups) for the embedded store, and PostgresAnalytics
+(store/pg_analytics.py, over request_records) for the shared one. tests/test_analytics_parity.py
+holds them to that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from faregate.store.analytics_rows import (
+    Dimension,
+    FeedbackRow,
+    GroupTotals,
+    LatencyRow,
+    ReliabilityRow,
+    Slice,
+    Totals,
+)
+from faregate.store.feedback import Feedback
+
+
+class Analytics(Protocol):
+    async def close(self) -> None: ...
+
+    async def totals(self, s: Slice) -> Totals: ...
+
+    async def breakdown(self, s: Slice, by: Dimension, limit: int = 100) -> list[GroupTotals]: ...
+
+    async def series(self, s: Slice, bucket_s: int) -> list[GroupTotals]: ...
+
+    async def latency(self, s: Slice, by: Dimension | None) -> tuple[list[LatencyRow], int]: ...
+
+    async def reliability(self, s: Slice, by: Dimension | None) -> list[ReliabilityRow]: ...
+
+    async def failed_attempts_by_offer(
+        self, s: Slice, limit: int = 50
+    ) -> list[tuple[str, str, str, int]]: ...
+
+    async def feedback(
+        self, s: Slice, by: Dimension | None, *, by_feedback_time: bool = False
+    ) -> list[FeedbackRow]: ...
+
+    async def recent(
+        self, s: Slice, *, search: str | None = None, limit: int = 50, before: float | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    async def first_record_at(self) -> float | None: ...
+
+    async def key_labels(self, ids: Sequence[str]) -> dict[str, str]: ...
+
+    async def resolve_keys(self, id_or_name: str) -> tuple[str, ...]: ...
+
+
+class FeedbackStore(Protocol):
+    """Feedback scores, one per request (store/feedback.py, store/pg_feedback.py)."""
+
+    async def upsert(self, feedback: Feedback) -> None: ...
+
+    async def get(self, request_id: str) -> Feedback | None: ...

@@ -1,0 +1,86 @@
+"""The SQL pieces of store/pg_analytics.py: slices as WHERE conditions, groups, histogram buckets,
+and which hours the rollups answer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from faregate.store.analytics import MIN_ROLLUP_HOURS, _rollup_dimension
+from faregate.store.analytics_rows import LATENCY_STEPS, LATENCY_TOP_STEP, Dimension, Slice
+from faregate.store.pg_rollup import PENDING
+from faregate.store.rollup import GROUP_SQL, HOUR
+
+# SQL and its parameters.
+Part = tuple[str, list[Any]]
+# The group of every row when a query is not grouped.
+NONE = "''"
+
+
+def numbered(sql: str) -> str:
+    """Write the queries with SQLite's `?` and number them for asyncpg ($1, $2, ...). None of the
+    SQL here has a literal '?' (no jsonb ? operator either)."""
+    parts = sql.split("?")
+    return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+
+
+def marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" for _ in values) or "NULL"
+
+
+def slice_where(s: Slice, t: str = "", time_table: str | None = None) -> tuple[str, list[Any]]:
+    """The slice as a WHERE condition on request_records (aliased `t`, e.g. "r."); the time range
+    applies to `time_table`'s created_at (default: the records')."""
+    tt = t if time_table is None else time_table
+    conditions = [f"{tt}created_at >= ?", f"{tt}created_at < ?"]
+    params: list[Any] = [float(s.since), float(s.until)]
+    if s.model is not None:
+        conditions.append(f"{GROUP_SQL['model'].format(t=t)} = ?")
+        params.append(s.model)
+    for column, value in (("provider", s.provider), ("route", s.route)):
+        if value is not None:
+            conditions.append(f"{t}{column} = ?")
+            params.append(value)
+    if s.keys is not None:
+        conditions.append(f"{t}key_id IN ({marks(s.keys)})")
+        params.extend(s.keys)
+    return " AND ".join(conditions), params
+
+
+def group_expr(by: Dimension | None, t: str = "") -> str:
+    return NONE if by is None else f"COALESCE({GROUP_SQL[by].format(t=t)}, '')"
+
+
+def latency_bucket(column: str) -> str:
+    """analytics_rows.latency_bucket_sql with floor(): a CAST to integer would round here."""
+    parts = [
+        f"WHEN {column} < {limit:g} THEN floor({column} / {width}) * {width}"
+        for limit, width in LATENCY_STEPS
+    ]
+    top = LATENCY_TOP_STEP
+    return f"CASE {' '.join(parts)} ELSE floor({column} / {top}) * {top} END"
+
+
+def rollup_hours(s: Slice, by: Dimension | None) -> tuple[int, int, str, tuple[str, ...] | None] | None:
+    """(start, end, dim, values): the whole hours [start, end) that rollup rows of `dim`
+    (restricted to `values`) answer for this slice grouped by `by`; None: read the records."""
+    start = math.ceil(s.since / HOUR) * HOUR
+    end = math.floor(s.until / HOUR) * HOUR
+    chosen = _rollup_dimension(s, by)
+    if chosen is None or end - start < MIN_ROLLUP_HOURS * HOUR:
+        return None
+    return start, end, chosen[0], chosen[1]
+
+
+def with_rollup(
+    s: Slice, start: int, end: int, rolled: Part, raw: Callable[[Slice, str], Part]
+) -> list[Part]:
+    """The rollup's whole hours, the records of those hours still pending, and the edges."""
+    parts = [rolled, raw(replace(s, since=start, until=end), f" AND {PENDING}")]
+    if s.since < start:
+        parts.append(raw(replace(s, until=start), ""))
+    if end < s.until:
+        parts.append(raw(replace(s, since=end), ""))
+    return parts

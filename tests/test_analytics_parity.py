@@ -1,0 +1,311 @@
+"""The dashboard's queries on SQLite (over rollups) and on PostgreSQL (over request_records) give
+the same figures for the same records: every query, every grouping, with and without rollups."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from faregate.store import analytics as sqlite_analytics
+from faregate.store import pg_analytics
+from faregate.store.analytics import SQLiteAnalytics
+from faregate.store.analytics_api import Analytics
+from faregate.store.analytics_rows import DIMENSIONS, Dimension, Slice
+from faregate.store.base import KeyRow
+from faregate.store.feedback import Feedback, FeedbackTable
+from faregate.store.pg_analytics import PostgresAnalytics
+from faregate.store.pg_feedback import PostgresFeedbackTable
+from faregate.store.pg_rollup import PostgresRollupWriter
+from faregate.store.postgres import PostgresStore
+from faregate.store.rollup import RollupWriter
+from faregate.store.sqlite import SQLiteStore
+from faregate.types import Attempt, RequestRecord
+from servers import PostgresServer, postgres_server  # noqa: F401
+
+H = 1_700_000_000 // 3600 * 3600  # an hour boundary
+SPAN_S = 30 * 3600  # the records cover 30 hours
+N_RECORDS = 600
+KEYS = (("k1", "alpha"), ("k2", "beta"), ("k3", "alpha"))  # two keys share the name "alpha"
+
+
+def _attempts(rng: random.Random, model: str, provider: str, status: int) -> list[Attempt]:
+    """The attempt shapes the attempt loop writes, escalations and judge calls included."""
+    other = "p3" if provider != "p3" else "p1"
+    ok = Attempt(model, provider, "ok", 10.0)
+    shapes: list[list[Attempt]] = [
+        [ok],
+        [ok],
+        [Attempt(model, provider, "rate_limited", 5.0, status=429), ok],  # a retry
+        [Attempt("C", other, "timeout", 5.0), ok],  # a fallback
+        [Attempt("C", other, "escalated", 5.0), ok],  # a cascade step: no failure, no fallback
+        [Attempt("C", other, "judge", 5.0), ok],  # a judge's own call: no failure
+        [Attempt("C", other, "escalated", 5.0), Attempt("C", other, "judge", 5.0), ok],
+        [Attempt(model, provider, "server_error", 5.0, status=500), Attempt("C", other, "empty", 5.0), ok],
+    ]
+    if status >= 500:
+        failure = Attempt(model, provider, "server_error", 5.0, status=502)
+        return rng.choice([[failure, failure], [failure, Attempt("C", other, "connect_error", 1.0)], []])
+    if status >= 400:
+        return []
+    return rng.choice(shapes)
+
+
+def make_records(seed: int = 7) -> list[RequestRecord]:
+    rng = random.Random(seed)
+    records = []
+    for n in range(N_RECORDS):
+        at = H + rng.uniform(0, SPAN_S)
+        status = rng.choice([200] * 12 + [502, 429, 402, 499])
+        model = rng.choice(["A", "B", "C"])
+        provider = rng.choice(["p1", "p2", "p3"])
+        served = status < 400
+        cache = rng.choice(["bypass", "miss", "hit", "semantic-hit"]) if served else "bypass"
+        cost = (
+            Decimal(rng.randint(0, 5_000_000)) / Decimal(10**9) if served and cache == "miss" else Decimal(0)
+        )
+        records.append(
+            RequestRecord(
+                request_id=f"req_{n:04d}",
+                created_at=at,
+                key_id=rng.choice([k for k, _ in KEYS] + [None]),
+                model_requested=rng.choice([model, "auto"]),
+                model_used=model if served else None,
+                provider=provider if served else None,
+                status=status,
+                stream=rng.random() < 0.3,
+                prompt_tokens=rng.randint(0, 4000),
+                completion_tokens=rng.randint(0, 2000) if served else 0,
+                cost_usd=cost,
+                latency_ms=rng.choice(
+                    [rng.uniform(0, 100), rng.uniform(100, 1000), rng.uniform(1000, 20000)]
+                ),
+                ttft_ms=rng.uniform(10, 900) if rng.random() < 0.4 else None,
+                empty_response=served and rng.random() < 0.05,
+                error=None if served else rng.choice(["all failed", "Rate_limited 100%", "budget"]),
+                attempts=_attempts(rng, model, provider, status),
+                route=rng.choice(["chat", "code", None]),
+                baseline_cost_usd=cost * 10 + Decimal("0.000000123") if served else Decimal(0),
+                cache_status=cache,
+            )
+        )
+    # Records are written in batches in arrival order, so ids follow created_at (the latency sample
+    # picks ids; both stores number them alike).
+    return sorted(records, key=lambda r: r.created_at)
+
+
+def make_feedback(records: list[RequestRecord]) -> list[Feedback]:
+    rng = random.Random(11)
+    out = []
+    for r in rng.sample(records, 120):
+        if r.key_id is None:
+            continue
+        thumb, rating = rng.choice([("up", None), ("down", None), (None, rng.randint(1, 5))])
+        out.append(Feedback(r.request_id, r.key_id, r.created_at + rng.uniform(0, 7200), thumb, rating, "ok"))  # type: ignore[arg-type]
+    return out
+
+
+@dataclass
+class Stores:
+    lite: SQLiteAnalytics
+    pg: PostgresAnalytics
+    rollup: RollupWriter
+    pg_rollup: PostgresRollupWriter
+    lite_store: SQLiteStore
+    pg_store: PostgresStore
+
+
+@pytest.fixture
+async def stores(tmp_path: Path, postgres_server: PostgresServer) -> AsyncIterator[Stores]:  # noqa: F811
+    url = postgres_server.new_database()
+    lite_store = await SQLiteStore.open(tmp_path)
+    pg_store = await PostgresStore.open(url)
+    records = make_records()
+    feedback = make_feedback(records)
+    for store in (lite_store, pg_store):
+        for n, (key_id, name) in enumerate(KEYS):
+            await store.insert_key(KeyRow(key_id, name, f"fg-{key_id}…", f"hash{n}", False, H))
+        await store.insert_records(records)
+    lite = await SQLiteAnalytics.open(lite_store.path)
+    pg = await PostgresAnalytics.open(url)
+    for table in (FeedbackTable(lite.connection), PostgresFeedbackTable(pg.pool)):
+        for f in feedback:
+            await table.upsert(f)
+    try:
+        yield Stores(
+            lite,
+            pg,
+            RollupWriter(lite.connection, chunk=250),
+            PostgresRollupWriter(pg.pool, chunk=310),
+            lite_store,
+            pg_store,
+        )
+    finally:
+        await lite.close()
+        await pg.close()
+        await lite_store.close()
+        await pg_store.close()
+
+
+def slices() -> list[Slice]:
+    end = H + SPAN_S + 1
+    return [
+        Slice(H, end),  # everything
+        Slice(H + 1234.5, H + 20 * 3600 + 17),  # partial hours at both edges
+        Slice(H + 600, H + 2400),  # under an hour
+        Slice(H, end, model="A"),
+        Slice(H, end, provider="p2"),
+        Slice(H, end, route="code"),
+        Slice(H, end, keys=("k1", "k3")),
+        Slice(H + 5000, end - 5000, model="B", route="chat"),  # two dimensions: raw on SQLite too
+        Slice(H, end, keys=()),  # a key name that matches nothing
+    ]
+
+
+Query = Callable[[Analytics], Awaitable[Any]]
+
+
+def queries(s: Slice) -> dict[str, Query]:
+    out: dict[str, Query] = {
+        "totals": lambda a: a.totals(s),
+        "series 1h": lambda a: a.series(s, 3600),
+        "series 15m": lambda a: a.series(s, 900),
+        "series 1d": lambda a: a.series(s, 86400),
+        "latency": lambda a: a.latency(s, None),
+        "reliability": lambda a: a.reliability(s, None),
+        "failed attempts": lambda a: a.failed_attempts_by_offer(s, 50),
+        "feedback": lambda a: a.feedback(s, None),
+        "feedback by time": lambda a: a.feedback(s, None, by_feedback_time=True),
+    }
+    for by in DIMENSIONS:
+        out |= per_dimension(s, by)
+    return out
+
+
+def per_dimension(s: Slice, by: Dimension) -> dict[str, Query]:
+    return {
+        f"breakdown by {by}": lambda a: a.breakdown(s, by),
+        f"breakdown by {by}, top 2": lambda a: a.breakdown(s, by, 2),
+        f"latency by {by}": lambda a: a.latency(s, by),
+        f"reliability by {by}": lambda a: a.reliability(s, by),
+        f"feedback by {by}": lambda a: a.feedback(s, by),
+    }
+
+
+async def assert_same(stores: Stores) -> None:
+    for s in slices():
+        for name, query in queries(s).items():
+            assert await query(stores.lite) == await query(stores.pg), f"{name} of {s}"
+
+
+async def test_every_query_gives_the_same_figures_with_and_without_rollups(stores: Stores) -> None:
+    totals = await stores.pg.totals(Slice(H, H + SPAN_S + 1))
+    assert totals.requests == N_RECORDS and totals.cost > 0 and totals.cache_hits > 0
+    (overall,) = await stores.pg.reliability(Slice(H, H + SPAN_S + 1), None)
+    assert overall.fallbacks > 0 and overall.retried > 0 and overall.errors > 0
+    await assert_same(stores)  # both read request_records only
+    assert await stores.rollup.step() == 250
+    assert await stores.pg_rollup.step() == 310
+    await assert_same(stores)  # part rolled up (not the same part), the rest read from the records
+    await stores.rollup.catch_up()
+    await assert_same(stores)  # all rolled up on SQLite, part on PostgreSQL
+    assert await stores.pg_rollup.catch_up() == N_RECORDS - 310
+    await assert_same(stores)  # all rolled up on both
+
+
+async def test_escalations_and_judge_calls_are_neither_failures_nor_fallbacks(stores: Stores) -> None:
+    for a in (stores.lite, stores.pg):
+        outcomes = {o for _, _, o, _ in await a.failed_attempts_by_offer(Slice(H, H + SPAN_S + 1), 100)}
+        assert outcomes == {"rate_limited", "timeout", "server_error", "empty", "connect_error"}
+
+
+async def test_latency_over_the_same_sample(stores: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_analytics, "SAMPLE_SIZE", 50)
+    monkeypatch.setattr(pg_analytics, "SAMPLE_SIZE", 50)
+    s = Slice(H, H + SPAN_S + 1)
+    for by in (None, *DIMENSIONS):
+        lite, pg = await stores.lite.latency(s, by), await stores.pg.latency(s, by)
+        assert lite == pg and pg[1] > 1
+
+
+async def test_recent_requests_search_and_paging(stores: Stores) -> None:
+    s = Slice(H, H + SPAN_S + 1)
+    for search in (None, "p2", "P2", "alpha", "req_0042", "rate_limited 100%", "_", "%", "hit", "nothing"):
+        lite = await stores.lite.recent(s, search=search, limit=500)
+        assert lite == await stores.pg.recent(s, search=search, limit=500), search
+    assert len(await stores.pg.recent(s, search="alpha", limit=1000)) > 0
+    # Paging: each page starts before the last row of the one before, on both stores alike.
+    before: float | None = None
+    pages = 0
+    while pages < 100:
+        lite = await stores.lite.recent(s, limit=37, before=before)
+        assert lite == await stores.pg.recent(s, limit=37, before=before)
+        pages += 1
+        if len(lite) < 37:
+            break
+        before = lite[-1]["created_at"]
+    assert pages == N_RECORDS // 37 + 1
+
+
+async def test_keys_and_first_record(stores: Stores) -> None:
+    for a in (stores.lite, stores.pg):
+        assert await a.resolve_keys("alpha") in (("k1", "k3"), ("k3", "k1"))
+        assert await a.resolve_keys("gone") == ("gone",)
+        assert await a.key_labels(["k2", "k9"]) == {"k2": "beta (fg-k2…)"}
+    assert await stores.lite.first_record_at() == await stores.pg.first_record_at()
+
+
+async def test_a_later_score_replaces_the_first_on_postgresql(stores: Stores) -> None:
+    table = PostgresFeedbackTable(stores.pg.pool)
+    await table.upsert(Feedback("req_0001", "k1", H + 1, thumb="up"))
+    await table.upsert(Feedback("req_0001", "k1", H + 2, rating=4, comment="better"))
+    assert await table.get("req_0001") == Feedback("req_0001", "k1", H + 2, None, 4, "better")
+    assert await table.get("req_none") is None
+
+
+async def test_rollup_steps_of_several_instances_count_every_record_once(stores: Stores) -> None:
+    """Four instances step the PostgreSQL rollup while two more write records: afterwards every
+    record is in the sums exactly once, and the figures equal SQLite's for the same records."""
+    late = [
+        RequestRecord(
+            request_id=f"late_{n:04d}",
+            created_at=H + (n * 97) % SPAN_S,  # into hours that are rolled up already
+            key_id="k2",
+            model_requested="A",
+            model_used="A",
+            provider="p1",
+            status=200,
+            stream=False,
+            cost_usd=Decimal("0.000001234"),
+            attempts=[Attempt("A", "p1", "timeout", 1.0), Attempt("A", "p2", "ok", 1.0)],
+            route="chat",
+        )
+        for n in range(400)
+    ]
+    writers = [PostgresRollupWriter(stores.pg.pool, chunk=37) for _ in range(4)]
+    await stores.pg_rollup.catch_up()
+
+    async def write(batch: list[RequestRecord]) -> None:
+        for i in range(0, len(batch), 20):
+            await stores.pg_store.insert_records(batch[i : i + 20])
+            await asyncio.sleep(0)
+
+    async def roll(writer: PostgresRollupWriter) -> None:
+        for _ in range(200):
+            await writer.step()
+            await asyncio.sleep(0)
+
+    await asyncio.gather(write(late[::2]), write(late[1::2]), *(roll(w) for w in writers))
+    await stores.pg_rollup.catch_up()
+    await stores.lite_store.insert_records(late)
+    await stores.rollup.catch_up()
+    rolled = await stores.pg.pool.fetchval("SELECT SUM(requests) FROM rollup_hourly WHERE dim = ''")
+    assert rolled == N_RECORDS + len(late)
+    assert await stores.pg.pool.fetchval("SELECT COUNT(*) FROM rollup_pending") == 0
+    await assert_same(stores)
