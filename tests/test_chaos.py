@@ -69,6 +69,11 @@ routes:
   resilient: {chain: [deepseek-v4-flash, glm-4-plus]}
   deadfirst: {chain: [{model: dead-model, retries: 0}, glm-4-plus]}
   alldown: {chain: [broken-a, broken-b]}
+  # The flaky primary first, judged: one route always accepts its answer, one never does.
+  cascade-accepts:
+    cascade: {steps: [deepseek-v4-flash, glm-4-plus], judge: {checks: [empty, truncated]}}
+  cascade-escalates:
+    cascade: {steps: [deepseek-v4-flash, glm-4-plus], judge: {checks: [empty], required_pattern: "^never$"}}
 """
 
 
@@ -257,3 +262,67 @@ def test_all_candidates_down_is_one_clean_502_naming_each_attempt(
         assert "broken-a via sim: server_error (HTTP 503)" in message
         assert "broken-b via sim: connection" in message
         assert info.value.response.headers["x-faregate-attempts"] == "4"
+
+
+async def test_cascades_under_chaos_bill_every_call_exactly(
+    chaos: tuple[SimProcess, GatewayProcess, str],
+) -> None:
+    """Judged steps on a provider that fails in every way: the client still gets one answer, and
+    each record's cost is the served call plus every billed call before it (refused answers too)."""
+    _, gateway, key = chaos
+    client = openai.AsyncOpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=30)
+    n = max(REQUESTS // 5, 40)
+    semaphore = asyncio.Semaphore(CONCURRENCY)
+    failures: list[str] = []
+
+    async def one(i: int) -> str | None:
+        route = "cascade-escalates" if i % 2 else "cascade-accepts"
+        messages = [{"role": "user", "content": f"cascade question {i}"}]
+        async with semaphore:
+            try:
+                if i % 4 < 2:
+                    raw = await client.chat.completions.with_raw_response.create(
+                        model=route, messages=messages
+                    )
+                    assert raw.parse().choices[0].message.content
+                    return str(raw.headers["x-faregate-request-id"])
+                stream = await client.chat.completions.with_raw_response.create(
+                    model=route, messages=messages, stream=True, stream_options={"include_usage": True}
+                )
+                text = [c.choices[0].delta.content or "" async for c in stream.parse() if c.choices]
+                assert "".join(text).strip()
+                return str(stream.headers["x-faregate-request-id"])
+            except Exception as exc:
+                failures.append(f"{i}: {exc!r}")
+                return None
+
+    ids = [i for i in await asyncio.gather(*(one(i) for i in range(n))) if i is not None]
+    assert failures == [], failures[:5]
+    rows = wait_for_rows(gateway.store_path / "faregate.db", ids)
+    assert len(rows) == n
+    prices = {m.name: m.list_price for m in build_catalog(load_settings()).all() if m.curated}
+    escalated = 0
+    for row in rows:
+        attempts = json.loads(row["attempts"])
+        assert row["status"] == 200 and attempts[-1]["outcome"] == "ok"
+        for attempt in attempts[:-1]:
+            if attempt["outcome"] == "escalated":
+                escalated += 1
+                price = prices[attempt["model"]]
+                own = (
+                    Decimal(attempt["prompt_tokens"]) * price.input
+                    + Decimal(attempt["completion_tokens"]) * price.output
+                ) / Decimal(1_000_000)
+                assert Decimal(attempt["cost_usd"]) == own > 0
+        if row["route"] == "cascade-escalates":
+            # Never accepted: the answer comes from the last step unless the first step failed outright.
+            assert row["model_used"] == FALLBACK
+        price = prices[row["model_used"]]
+        served = (
+            Decimal(row["prompt_tokens"]) * price.input + Decimal(row["completion_tokens"]) * price.output
+        ) / Decimal(1_000_000)
+        billed = sum((Decimal(a["cost_usd"]) for a in attempts[:-1]), Decimal(0))
+        assert Decimal(row["cost_usd"]) == served + billed
+    # Fewer than half the escalating requests escalate: the primary's breaker is often open, and
+    # then the cheap step is left out of the plan altogether (no call, nothing to judge).
+    assert escalated > 0, "the escalating route did escalate, and its refused answers were billed"
