@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from faregate.errors import UpstreamFailed, UpstreamRejected
 from faregate.routing.attempts import AttemptRunner, Served
-from faregate.routing.llm_judge import Complete
 from faregate.routing.plan import Plan, Planner
 from faregate.tokens import estimate_usage
 from faregate.types import Attempt, ChatRequest, Usage, completion_text
+
+if TYPE_CHECKING:
+    from faregate.routing.llm_judge import Complete
 
 
 @dataclass(slots=True)

@@ -24,7 +24,8 @@ from faregate.routing.routes import Hints, RouteBook, RouteTrace, Step, parse_hi
 from faregate.types import MILLION, ChatRequest, Price
 
 if TYPE_CHECKING:
-    from faregate.routing.policies import CascadePolicy, RoutePolicies
+    from faregate.routing.policies import CascadePolicy
+    from faregate.routing.routes import Policies
 
 
 class ModelUnavailable(FaregateError):
@@ -82,7 +83,7 @@ class Planner:
         routes: dict[str, RouteSettings] | None = None,
         routing: RoutingSettings | None = None,
         health: HealthBoard | None = None,
-        policies: RoutePolicies | None = None,
+        policies: Policies | None = None,
     ) -> None:
         self.catalog = catalog
         self.routing = routing or RoutingSettings()

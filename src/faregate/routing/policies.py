@@ -179,6 +179,3 @@ class RoutePolicies:
     def close(self) -> None:
         if self._embedder is not None:
             self._embedder.close()
-
-
-NO_POLICIES = RoutePolicies({})

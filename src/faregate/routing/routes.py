@@ -10,14 +10,43 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from faregate.catalog.models import Catalog
 from faregate.errors import ConfigError, InvalidRequest
 from faregate.route_config import ChainItem, RouteSettings, RuleMatch, chain_steps, policy_steps
 from faregate.routing.estimate import PromptSize
-from faregate.routing.policies import NO_POLICIES, RoutePolicies
 from faregate.types import ChatRequest
+
+if TYPE_CHECKING:
+    from faregate.routing.policies import CascadePolicy, RouterPolicy
+
+
+class Policies(Protocol):
+    """The trained route policies (routing/policies.py), by route name."""
+
+    routers: dict[str, RouterPolicy]
+    cascades: dict[str, CascadePolicy]
+
+    def steps(self, name: str) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+class NoPolicies:
+    """A config without router or cascade routes: nothing to load, and no numpy or model code
+    imported at start-up."""
+
+    def __init__(self) -> None:
+        self.routers: dict[str, RouterPolicy] = {}
+        self.cascades: dict[str, CascadePolicy] = {}
+
+    def steps(self, name: str) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        pass
+
 
 TIERS = ("economy", "standard", "premium")
 TASKS = ("chat", "code", "classify", "summarize", "translate", "reasoning", "vision")
@@ -97,13 +126,16 @@ class RouteBook:
     """The configured routes, checked against the catalog once at start-up."""
 
     def __init__(
-        self, routes: dict[str, RouteSettings], catalog: Catalog, policies: RoutePolicies | None = None
+        self, routes: dict[str, RouteSettings], catalog: Catalog, policies: Policies | None = None
     ) -> None:
         self.routes = routes
         if policies is None:
-            wanted = any(r.router is not None or r.cascade is not None for r in routes.values())
-            policies = RoutePolicies(routes) if wanted else NO_POLICIES
-        self.policies = policies
+            policies = NoPolicies()
+            if any(r.router is not None or r.cascade is not None for r in routes.values()):
+                from faregate.routing.policies import RoutePolicies
+
+                policies = RoutePolicies(routes)
+        self.policies: Policies = policies
         for name, route in routes.items():
             names = [item.model for steps in self.all_steps(route) for item in chain_steps(steps)]
             for model in [*names, *self.policies.steps(name)]:

@@ -17,10 +17,6 @@ from faregate.routing.attempts import AttemptRunner
 from faregate.store.analytics import SQLiteAnalytics
 from faregate.store.analytics_api import Analytics, FeedbackStore
 from faregate.store.feedback import FeedbackTable
-from faregate.store.pg_analytics import PostgresAnalytics
-from faregate.store.pg_feedback import PostgresFeedbackTable
-from faregate.store.pg_rollup import PostgresRollupWriter
-from faregate.store.postgres import PostgresStore
 from faregate.store.rollup import RollupWriter
 from faregate.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore
 from faregate.telemetry.alerts import AlertManager
@@ -77,6 +73,11 @@ class Insights:
     @classmethod
     async def open_postgres(cls, settings: Settings, url: str) -> Insights:
         """On the shared store (already migrated by PostgresStore.open), through a pool of its own."""
+        # Imported here: the embedded store never loads asyncpg.
+        from faregate.store.pg_analytics import PostgresAnalytics
+        from faregate.store.pg_feedback import PostgresFeedbackTable
+        from faregate.store.pg_rollup import PostgresRollupWriter
+
         analytics = await PostgresAnalytics.open(url)
         return cls(
             analytics=analytics,
@@ -138,7 +139,7 @@ class Observability:
         insights = None
         if isinstance(store, SQLiteStore):
             insights = await Insights.open(settings, store.path)
-        elif isinstance(store, PostgresStore) and settings.store.postgres_url is not None:
+        elif settings.store.postgres_url is not None:
             insights = await Insights.open_postgres(settings, settings.store.postgres_url)
         else:
             log.warning(
