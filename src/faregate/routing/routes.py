@@ -3,7 +3,9 @@
 A route picks its chain by, in order: the first matching rule, the task map (hint
 `task`), the tier map (hint `tier`, else `default_tier`). The route's own `chain`
 follows as the general fallback. A step may name another route, which is expanded
-in place (loops are refused when the config loads).
+in place (loops are refused when the config loads). A router route puts its trained
+router's pick first and the other model after it (routing/policies.py); a cascade route
+is planned stage by stage in routing/plan.py, and comes here only when a stream skips it.
 """
 
 from __future__ import annotations
