@@ -50,6 +50,18 @@ from faregate.store.analytics_rows import (
     histogram_percentiles,
     latency_bucket_sql,
 )
+from faregate.store.analytics_shared import (
+    MIN_ROLLUP_HOURS,
+    RECENT_COLUMNS,
+    RECENT_NAMES,
+    SAMPLE_SIZE,
+    SEARCHED,
+    SERVED,
+    TOTAL_NAMES,
+    rollup_dimension,
+    totals_of,
+    ungroup,
+)
 from faregate.store.base import StoreUnavailable
 from faregate.store.rollup import (
     EVENT_COLUMNS,
@@ -61,25 +73,8 @@ from faregate.store.rollup import (
     TOTAL_COLUMNS,
     rolled_up_to,
 )
-from faregate.store.rows import from_nanousd
 from faregate.store.sqlite import BUSY_TIMEOUT_MS
 
-# Ranges shorter than this read request_records only: the rollup would save little.
-MIN_ROLLUP_HOURS = 2
-# Percentiles over more records than this use an evenly spaced sample of this size.
-SAMPLE_SIZE = 20_000
-# 4xx are refusals (auth, bad input, budget, rate limit) or clients that left: instant, and
-# nothing to do with how fast the service is, so latency figures leave them out.
-SERVED = "(status < 400 OR status >= 500)"
-RECENT_COLUMNS = (
-    "request_id, created_at, key_id, model_requested, model_used, provider, route, status, stream, "
-    "prompt_tokens, completion_tokens, cost_usd, baseline_cost_usd, latency_ms, ttft_ms, "
-    "empty_response, cache_status, error, attempts"
-)
-RECENT_NAMES = tuple(name.strip() for name in RECENT_COLUMNS.split(","))
-# Text columns the recent-requests search looks in.
-SEARCHED = ("model_used", "model_requested", "route", "provider", "key_id", "cache_status", "error")
-TOTAL_NAMES = tuple(name for name, _ in TOTAL_COLUMNS)
 EVENT_NAMES = tuple(name for name, _ in EVENT_COLUMNS)
 
 
@@ -127,31 +122,6 @@ def _group(by: Dimension | None, t: str = "") -> str:
     return "''" if by is None else f"COALESCE({GROUP_SQL[by].format(t=t)}, '')"
 
 
-def _ungroup(value: Any) -> str | None:
-    # '' stands for "none" (no key, no route, no provider reached) in groups.
-    return None if value in (None, "") else str(value)
-
-
-def _totals(values: Sequence[Any]) -> Totals:
-    v = [0 if x is None else int(x) for x in values]
-    return Totals(
-        requests=v[0],
-        errors=v[1],
-        client_errors=v[2],
-        budget_refusals=v[3],
-        rate_limited=v[4],
-        cost=from_nanousd(v[5]),
-        baseline=from_nanousd(v[6]),
-        prompt_tokens=v[7],
-        completion_tokens=v[8],
-        cache_lookups=v[9],
-        cache_hits=v[10],
-        semantic_hits=v[11],
-        cache_saved=from_nanousd(v[12]),
-        empty_responses=v[13],
-    )
-
-
 @dataclass(slots=True, frozen=True)
 class _RollupPlan:
     """Whole hours [start, end) come from rollup rows of `dim` (restricted to `values`)."""
@@ -161,24 +131,6 @@ class _RollupPlan:
     start: int
     end: int
     watermark: int
-
-
-def _rollup_dimension(s: Slice, by: Dimension | None) -> tuple[str, tuple[str, ...] | None] | None:
-    """The rollup dimension that answers this slice grouped by `by`, or None (read raw)."""
-    filters: dict[str, tuple[str, ...]] = {
-        dim: (value,)
-        for dim, value in (("model", s.model), ("provider", s.provider), ("route", s.route))
-        if value is not None
-    }
-    if s.keys is not None:
-        filters["key"] = s.keys
-    if not filters:
-        return (by or ""), None
-    if len(filters) == 1:
-        ((dim, values),) = filters.items()
-        if by is None or by == dim:
-            return dim, values
-    return None
 
 
 class SQLiteAnalytics:
@@ -215,7 +167,7 @@ class SQLiteAnalytics:
     async def _plan(self, s: Slice, by: Dimension | None) -> _RollupPlan | None:
         start = math.ceil(s.since / HOUR) * HOUR
         end = math.floor(s.until / HOUR) * HOUR
-        chosen = _rollup_dimension(s, by)
+        chosen = rollup_dimension(s, by)
         if chosen is None or end - start < MIN_ROLLUP_HOURS * HOUR:
             return None
         with _unavailable_on_operational_error():
@@ -269,7 +221,7 @@ class SQLiteAnalytics:
         source, params = await self._source(s, None, TOTAL_COLUMNS)
         sums = ", ".join(f"SUM({name})" for name in TOTAL_NAMES)
         rows = await self._rows(f"SELECT {sums} FROM ({source})", params)
-        return _totals(next(iter(rows)))
+        return totals_of(next(iter(rows)))
 
     async def breakdown(self, s: Slice, by: Dimension, limit: int = 100) -> list[GroupTotals]:
         """Totals per model, provider, key or route; the most expensive first."""
@@ -280,7 +232,7 @@ class SQLiteAnalytics:
             " ORDER BY SUM(cost_nanousd) DESC, SUM(requests) DESC, grp LIMIT ?",
             [*params, limit],
         )
-        groups = [GroupTotals(_ungroup(row[0]), _totals(row[1:])) for row in rows]
+        groups = [GroupTotals(ungroup(row[0]), totals_of(row[1:])) for row in rows]
         if by == "key":
             names = await self.key_labels([g.group for g in groups if g.group is not None])
             for g in groups:
@@ -302,7 +254,7 @@ class SQLiteAnalytics:
             f"SELECT CAST(t / ? AS INTEGER) AS b, {sums} FROM ({source}) GROUP BY b ORDER BY b",
             [bucket_s, *params],
         )
-        return [GroupTotals(str(int(row[0]) * bucket_s), _totals(row[1:])) for row in rows]
+        return [GroupTotals(str(int(row[0]) * bucket_s), totals_of(row[1:])) for row in rows]
 
     # --- speed --------------------------------------------------------------------------------
 
@@ -351,7 +303,7 @@ class SQLiteAnalytics:
         )
         histograms: dict[tuple[str | None, int], list[tuple[float, int]]] = {}
         for grp_value, kind, bucket, count in await self._rows(sql, params):
-            histograms.setdefault((_ungroup(grp_value), int(kind)), []).append((float(bucket), int(count)))
+            histograms.setdefault((ungroup(grp_value), int(kind)), []).append((float(bucket), int(count)))
         out: dict[str | None, LatencyRow] = {}
         for (group, kind), buckets in histograms.items():
             p50, p95, p99 = histogram_percentiles(buckets)
@@ -374,13 +326,13 @@ class SQLiteAnalytics:
             f"SELECT grp, SUM(requests), SUM(errors), SUM(empty_responses) FROM ({source}) GROUP BY grp",
             params,
         ):
-            group = _ungroup(row[0])
+            group = ungroup(row[0])
             out[group] = ReliabilityRow(group, int(row[1] or 0), int(row[2] or 0), int(row[3] or 0))
         source, params = await self._source(s, by, EVENT_COLUMNS, f" AND {EVENTFUL}")
         for row in await self._rows(
             f"SELECT grp, SUM(fallbacks), SUM(retried) FROM ({source}) GROUP BY grp", params
         ):
-            found = out.setdefault(_ungroup(row[0]), ReliabilityRow(_ungroup(row[0])))
+            found = out.setdefault(ungroup(row[0]), ReliabilityRow(ungroup(row[0])))
             found.fallbacks, found.retried = int(row[1] or 0), int(row[2] or 0)
         return sorted(out.values(), key=lambda r: (-r.requests, r.group or ""))
 
@@ -441,7 +393,7 @@ class SQLiteAnalytics:
         )
         return [
             FeedbackRow(
-                group=_ungroup(row[0]),
+                group=ungroup(row[0]),
                 count=int(row[1]),
                 thumbs_up=int(row[2] or 0),
                 thumbs_down=int(row[3] or 0),

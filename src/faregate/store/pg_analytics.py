@@ -25,16 +25,6 @@ from typing import Any
 
 import asyncpg
 
-from faregate.store.analytics import (
-    RECENT_COLUMNS,
-    RECENT_NAMES,
-    SAMPLE_SIZE,
-    SEARCHED,
-    SERVED,
-    TOTAL_NAMES,
-    _totals,
-    _ungroup,
-)
 from faregate.store.analytics_rows import (
     Dimension,
     FeedbackRow,
@@ -45,6 +35,16 @@ from faregate.store.analytics_rows import (
     Slice,
     Totals,
     histogram_percentiles,
+)
+from faregate.store.analytics_shared import (
+    RECENT_COLUMNS,
+    RECENT_NAMES,
+    SAMPLE_SIZE,
+    SEARCHED,
+    SERVED,
+    TOTAL_NAMES,
+    totals_of,
+    ungroup,
 )
 from faregate.store.pg_analytics_sql import (
     NONE,
@@ -136,7 +136,7 @@ class PostgresAnalytics:
     async def totals(self, s: Slice) -> Totals:
         source, params = self._source(s, None, TOTAL_COLUMNS)
         rows = await self._rows(f"SELECT {_SUM_NAMES} FROM {source}", params)
-        return _totals(tuple(rows[0]))
+        return totals_of(tuple(rows[0]))
 
     async def breakdown(self, s: Slice, by: Dimension, limit: int = 100) -> list[GroupTotals]:
         """Totals per model, provider, key or route; the most expensive first."""
@@ -146,7 +146,7 @@ class PostgresAnalytics:
             ' ORDER BY SUM(cost_nanousd) DESC, SUM(requests) DESC, grp COLLATE "C" LIMIT ?',
             [*params, limit],
         )
-        groups = [GroupTotals(_ungroup(row[0]), _totals(tuple(row)[1:])) for row in rows]
+        groups = [GroupTotals(ungroup(row[0]), totals_of(tuple(row)[1:])) for row in rows]
         if by == "key":
             names = await self.key_labels([g.group for g in groups if g.group is not None])
             for g in groups:
@@ -167,7 +167,7 @@ class PostgresAnalytics:
             f"SELECT floor(t / ?)::bigint AS b, {_SUM_NAMES} FROM {source} GROUP BY b ORDER BY b",
             [float(bucket_s), *params],
         )
-        return [GroupTotals(str(int(row[0]) * bucket_s), _totals(tuple(row)[1:])) for row in rows]
+        return [GroupTotals(str(int(row[0]) * bucket_s), totals_of(tuple(row)[1:])) for row in rows]
 
     # --- speed --------------------------------------------------------------------------------
 
@@ -214,7 +214,7 @@ class PostgresAnalytics:
         )
         histograms: dict[tuple[str | None, int], list[tuple[float, int]]] = {}
         for grp_value, kind, bucket, count in await self._rows(sql, params):
-            histograms.setdefault((_ungroup(grp_value), int(kind)), []).append((float(bucket), int(count)))
+            histograms.setdefault((ungroup(grp_value), int(kind)), []).append((float(bucket), int(count)))
         out: dict[str | None, LatencyRow] = {}
         for (group, kind), buckets in histograms.items():
             p50, p95, p99 = histogram_percentiles(buckets)
@@ -236,14 +236,14 @@ class PostgresAnalytics:
         for row in await self._rows(
             f"SELECT grp, SUM(requests), SUM(errors), SUM(empty_responses) FROM {source} GROUP BY grp", params
         ):
-            group = _ungroup(row[0])
+            group = ungroup(row[0])
             out[group] = ReliabilityRow(group, int(row[1] or 0), int(row[2] or 0), int(row[3] or 0))
         # Only the eventful records' attempts are parsed for retries and fallbacks.
         source, params = self._source(s, by, EVENT_COLUMNS, f" AND {EVENTFUL}")
         for row in await self._rows(
             f"SELECT grp, SUM(fallbacks), SUM(retried) FROM {source} GROUP BY grp", params
         ):
-            found = out.setdefault(_ungroup(row[0]), ReliabilityRow(_ungroup(row[0])))
+            found = out.setdefault(ungroup(row[0]), ReliabilityRow(ungroup(row[0])))
             found.fallbacks, found.retried = int(row[1] or 0), int(row[2] or 0)
         return sorted(out.values(), key=lambda r: (-r.requests, r.group or ""))
 
@@ -297,7 +297,7 @@ class PostgresAnalytics:
         )
         return [
             FeedbackRow(
-                group=_ungroup(row[0]),
+                group=ungroup(row[0]),
                 count=int(row[1]),
                 thumbs_up=int(row[2] or 0),
                 thumbs_down=int(row[3] or 0),

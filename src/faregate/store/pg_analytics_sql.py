@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from faregate.store.analytics import MIN_ROLLUP_HOURS, _rollup_dimension
 from faregate.store.analytics_rows import LATENCY_STEPS, LATENCY_TOP_STEP, Dimension, Slice
+from faregate.store.analytics_shared import MIN_ROLLUP_HOURS, rollup_dimension
 from faregate.store.pg_rollup import PENDING
 from faregate.store.rollup import GROUP_SQL, HOUR
 
@@ -68,7 +68,7 @@ def rollup_hours(s: Slice, by: Dimension | None) -> tuple[int, int, str, tuple[s
     (restricted to `values`) answer for this slice grouped by `by`; None: read the records."""
     start = math.ceil(s.since / HOUR) * HOUR
     end = math.floor(s.until / HOUR) * HOUR
-    chosen = _rollup_dimension(s, by)
+    chosen = rollup_dimension(s, by)
     if chosen is None or end - start < MIN_ROLLUP_HOURS * HOUR:
         return None
     return start, end, chosen[0], chosen[1]
