@@ -15,11 +15,15 @@ from faregate.config import load_settings, parse_settings
 from faregate.errors import ConfigError, InvalidRequest, UpstreamFailure, UpstreamRejected
 from faregate.routing.attempts import AttemptRunner, billed_cost
 from faregate.routing.cascading import CascadeRunner
+from faregate.routing.complexity import ComplexityRouter
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Planner
+from faregate.routing.policies import RouterPolicy
+from faregate.routing.thresholds import Threshold
 from faregate.routing.worst_case import JUDGE_PROMPT_TOKENS, worst_case
 from faregate.server.parse import parse_chat_request
 from faregate.types import ChatRequest, Completion, Price, Usage
+from test_complexity_router import HashEmbedder
 from test_routing import PROVIDERS, Scripted, model, ok
 
 ROUTERS = Path(__file__).resolve().parents[1] / "routers"
@@ -264,3 +268,47 @@ async def test_a_failing_llm_judge_escalates_instead_of_failing_the_request() ->
     ]
     assert "LLM judge call failed" in judged.attempts[0].detail
     assert judged.attempts[1].detail.startswith("LLM judge call")
+
+
+class OnePolicy:
+    """A Policies source holding one router route (the real trained file, a hashing embedder)."""
+
+    def __init__(self, name: str, router: RouterPolicy) -> None:
+        self.routers = {name: router}
+        self.cascades: dict[str, Any] = {}
+
+    def steps(self, name: str) -> list[str]:
+        return [self.routers[name].strong, self.routers[name].weak] if name in self.routers else []
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("threshold", "first"), [(-1.0, "strong"), (2.0, "cheap")])
+async def test_a_router_step_may_be_a_route_and_the_other_step_is_its_fallback(
+    threshold: float, first: str
+) -> None:
+    route_map = routes(premium={"chain": ["strong", "grader"]}, smart={"chain": ["cheap"]})
+    s = settings(route_map)
+    scorer = ComplexityRouter.load(ROUTERS / "router-gsm8k.json", embedder=HashEmbedder())
+    policy = RouterPolicy(scorer, Threshold.fixed(threshold), strong="premium", weak="cheap")
+    planner = Planner(build_catalog(s), s.routes, s.routing, policies=OnePolicy("smart", policy))
+    plan = await planner.plan(request({"model": "smart"}))
+    names = [c.model.name for c in plan.candidates]
+    assert names == (["strong", "grader", "cheap"] if first == "strong" else ["cheap", "strong", "grader"])
+    assert plan.trace.router_choice == ("premium" if first == "strong" else "cheap")
+    assert plan.trace.router_score is not None
+
+
+async def test_a_router_that_cannot_score_sends_the_prompt_to_the_strong_step() -> None:
+    class Broken:
+        def embed(self, texts: Any) -> Any:
+            raise RuntimeError("model file missing")
+
+    s = settings(routes(smart={"chain": ["cheap"]}))
+    scorer = ComplexityRouter.load(ROUTERS / "router-gsm8k.json", embedder=Broken())
+    policy = RouterPolicy(scorer, Threshold.fixed(2.0), strong="strong", weak="cheap")
+    planner = Planner(build_catalog(s), s.routes, s.routing, policies=OnePolicy("smart", policy))
+    plan = await planner.plan(request({"model": "smart"}))
+    assert [c.model.name for c in plan.candidates][:2] == ["strong", "cheap"]
+    assert plan.trace.router_choice == "strong" and plan.trace.router_score is None
