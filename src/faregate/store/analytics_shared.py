@@ -3,10 +3,19 @@ served request, and how a row of sums becomes Totals. Only the SQL dialects diff
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from faregate.store.analytics_rows import Dimension, Slice, Totals
+from faregate.store.analytics_rows import (
+    Dimension,
+    FeedbackRow,
+    LatencyRow,
+    Percentiles,
+    ReliabilityRow,
+    Slice,
+    Totals,
+    histogram_percentiles,
+)
 from faregate.store.rollup import TOTAL_COLUMNS
 from faregate.store.rows import from_nanousd
 
@@ -71,3 +80,57 @@ def rollup_dimension(s: Slice, by: Dimension | None) -> tuple[str, tuple[str, ..
         if by is None or by == dim:
             return dim, values
     return None
+
+
+def latency_rows(rows: Iterable[Sequence[Any]]) -> list[LatencyRow]:
+    """(group, kind 0 latency / 1 TTFT, bucket, count) histogram rows -> percentiles per group,
+    the busiest first; ties by name, so that both stores list them alike."""
+    histograms: dict[tuple[str | None, int], list[tuple[float, int]]] = {}
+    for grp_value, kind, bucket, count in rows:
+        histograms.setdefault((ungroup(grp_value), int(kind)), []).append((float(bucket), int(count)))
+    out: dict[str | None, LatencyRow] = {}
+    for (group, kind), buckets in histograms.items():
+        p50, p95, p99 = histogram_percentiles(buckets)
+        stats = Percentiles(sum(c for _, c in buckets), p50, p95, p99)
+        row = out.setdefault(group, LatencyRow(group))
+        if kind == 0:
+            row.latency = stats
+        else:
+            row.ttft = stats
+    return sorted(out.values(), key=lambda r: (-r.latency.count, r.group or ""))
+
+
+def reliability_rows(
+    totals: Iterable[Sequence[Any]], events: Iterable[Sequence[Any]]
+) -> list[ReliabilityRow]:
+    """(group, requests, errors, empty) and (group, fallbacks, retried) rows -> one row per group,
+    the busiest first."""
+    out: dict[str | None, ReliabilityRow] = {}
+    for row in totals:
+        group = ungroup(row[0])
+        out[group] = ReliabilityRow(group, int(row[1] or 0), int(row[2] or 0), int(row[3] or 0))
+    for row in events:
+        found = out.setdefault(ungroup(row[0]), ReliabilityRow(ungroup(row[0])))
+        found.fallbacks, found.retried = int(row[1] or 0), int(row[2] or 0)
+    return sorted(out.values(), key=lambda r: (-r.requests, r.group or ""))
+
+
+def feedback_rows(rows: Iterable[Sequence[Any]]) -> list[FeedbackRow]:
+    """(group, count, up, down, ratings, avg rating, avg score) rows -> FeedbackRow."""
+    return [
+        FeedbackRow(
+            group=ungroup(row[0]),
+            count=int(row[1]),
+            thumbs_up=int(row[2] or 0),
+            thumbs_down=int(row[3] or 0),
+            ratings=int(row[4]),
+            avg_rating=None if row[5] is None else float(row[5]),
+            satisfaction=None if row[6] is None else float(row[6]),
+        )
+        for row in rows
+    ]
+
+
+def like_pattern(search: str) -> str:
+    """`search` as a LIKE pattern that matches it anywhere, its own % _ and \\ taken literally."""
+    return "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

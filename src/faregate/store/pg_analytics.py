@@ -30,11 +30,9 @@ from faregate.store.analytics_rows import (
     FeedbackRow,
     GroupTotals,
     LatencyRow,
-    Percentiles,
     ReliabilityRow,
     Slice,
     Totals,
-    histogram_percentiles,
 )
 from faregate.store.analytics_shared import (
     RECENT_COLUMNS,
@@ -43,6 +41,10 @@ from faregate.store.analytics_shared import (
     SEARCHED,
     SERVED,
     TOTAL_NAMES,
+    feedback_rows,
+    latency_rows,
+    like_pattern,
+    reliability_rows,
     totals_of,
     ungroup,
 )
@@ -212,40 +214,22 @@ class PostgresAnalytics:
             f" SELECT grp, 1 AS kind, {latency_bucket('ttft_ms')} AS bucket, COUNT(*)"
             " FROM picked WHERE ttft_ms IS NOT NULL GROUP BY grp, bucket"
         )
-        histograms: dict[tuple[str | None, int], list[tuple[float, int]]] = {}
-        for grp_value, kind, bucket, count in await self._rows(sql, params):
-            histograms.setdefault((ungroup(grp_value), int(kind)), []).append((float(bucket), int(count)))
-        out: dict[str | None, LatencyRow] = {}
-        for (group, kind), buckets in histograms.items():
-            p50, p95, p99 = histogram_percentiles(buckets)
-            stats = Percentiles(sum(c for _, c in buckets), p50, p95, p99)
-            row = out.setdefault(group, LatencyRow(group))
-            if kind == 0:
-                row.latency = stats
-            else:
-                row.ttft = stats
-        # The busiest first; ties by name, so that both stores list them alike.
-        return sorted(out.values(), key=lambda r: (-r.latency.count, r.group or "")), step
+        return latency_rows(await self._rows(sql, params)), step
 
     # --- reliability --------------------------------------------------------------------------
 
     async def reliability(self, s: Slice, by: Dimension | None) -> list[ReliabilityRow]:
         """Requests, errors, empty answers, fallbacks and retries per group."""
-        out: dict[str | None, ReliabilityRow] = {}
         source, params = self._source(s, by, TOTAL_COLUMNS)
-        for row in await self._rows(
+        totals = await self._rows(
             f"SELECT grp, SUM(requests), SUM(errors), SUM(empty_responses) FROM {source} GROUP BY grp", params
-        ):
-            group = ungroup(row[0])
-            out[group] = ReliabilityRow(group, int(row[1] or 0), int(row[2] or 0), int(row[3] or 0))
+        )
         # Only the eventful records' attempts are parsed for retries and fallbacks.
         source, params = self._source(s, by, EVENT_COLUMNS, f" AND {EVENTFUL}")
-        for row in await self._rows(
+        events = await self._rows(
             f"SELECT grp, SUM(fallbacks), SUM(retried) FROM {source} GROUP BY grp", params
-        ):
-            found = out.setdefault(ungroup(row[0]), ReliabilityRow(ungroup(row[0])))
-            found.fallbacks, found.retried = int(row[1] or 0), int(row[2] or 0)
-        return sorted(out.values(), key=lambda r: (-r.requests, r.group or ""))
+        )
+        return reliability_rows(totals, events)
 
     async def failed_attempts_by_offer(self, s: Slice, limit: int = 50) -> list[tuple[str, str, str, int]]:
         """(provider, model, outcome, count) of every failed upstream attempt in the slice: which
@@ -295,18 +279,7 @@ class PostgresAnalytics:
             ' GROUP BY grp ORDER BY AVG(score), grp COLLATE "C"',
             params,
         )
-        return [
-            FeedbackRow(
-                group=ungroup(row[0]),
-                count=int(row[1]),
-                thumbs_up=int(row[2] or 0),
-                thumbs_down=int(row[3] or 0),
-                ratings=int(row[4]),
-                avg_rating=None if row[5] is None else float(row[5]),
-                satisfaction=None if row[6] is None else float(row[6]),
-            )
-            for row in rows
-        ]
+        return feedback_rows(rows)
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -321,7 +294,7 @@ class PostgresAnalytics:
             where += " AND created_at < ?"
             params.append(float(before))
         if search:
-            pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            pattern = like_pattern(search)
             likes = " OR ".join(f"{column} ILIKE ? ESCAPE '\\'" for column in SEARCHED)
             key_ids = "key_id IN (SELECT id FROM api_keys WHERE name ILIKE ? ESCAPE '\\')"
             where += f" AND (request_id = ? OR {likes} OR {key_ids})"
