@@ -57,10 +57,13 @@ from faregate.store.analytics_shared import (
     SERVED,
     TOTAL_NAMES,
     feedback_rows,
+    group_expr,
     latency_rows,
     like_pattern,
+    marks,
     reliability_rows,
     rollup_dimension,
+    slice_where,
     totals_of,
     ungroup,
 )
@@ -70,7 +73,6 @@ from faregate.store.rollup import (
     EVENTFUL,
     FAILED_ATTEMPT_GROUP,
     FAILED_ATTEMPTS_FROM,
-    GROUP_SQL,
     HOUR,
     TOTAL_COLUMNS,
     rolled_up_to,
@@ -91,37 +93,6 @@ def _unavailable_on_operational_error() -> Iterator[None]:
 
 def _count_if(condition: str) -> str:
     return f"SUM(CASE WHEN {condition} THEN 1 ELSE 0 END)"
-
-
-def _marks(values: Sequence[Any]) -> str:
-    # An empty list (a key name that matches nothing) selects nothing, not everything.
-    return ", ".join("?" for _ in values) or "NULL"
-
-
-def _where(
-    s: Slice, t: str = "", time_table: str | None = None, *, time_index: bool = True
-) -> tuple[str, list[Any]]:
-    """The slice as a WHERE condition on request_records (aliased `t`, e.g. "r."); the time
-    range applies to `time_table`'s created_at (default: the records'). time_index=False keeps
-    SQLite off the created_at indexes (a unary + hides a column from the planner)."""
-    tt = ("" if time_index else "+") + (t if time_table is None else time_table)
-    conditions = [f"{tt}created_at >= ?", f"{tt}created_at < ?"]
-    params: list[Any] = [s.since, s.until]
-    if s.model is not None:
-        conditions.append(f"{GROUP_SQL['model'].format(t=t)} = ?")
-        params.append(s.model)
-    for column, value in (("provider", s.provider), ("route", s.route)):
-        if value is not None:
-            conditions.append(f"{t}{column} = ?")
-            params.append(value)
-    if s.keys is not None:
-        conditions.append(f"{t}key_id IN ({_marks(s.keys)})")
-        params.extend(s.keys)
-    return " AND ".join(conditions), params
-
-
-def _group(by: Dimension | None, t: str = "") -> str:
-    return "''" if by is None else f"COALESCE({GROUP_SQL[by].format(t=t)}, '')"
 
 
 @dataclass(slots=True, frozen=True)
@@ -187,9 +158,9 @@ class SQLiteAnalytics:
 
         def raw(part: Slice, extra: str = "", extra_params: Sequence[Any] = ()) -> tuple[str, list[Any]]:
             # The records not rolled up yet are found by id (the newest few), not by time.
-            where, params = _where(part, time_index=not extra)
+            where, params = slice_where(part, time_index=not extra)
             sql = (
-                f"SELECT {_group(by)} AS grp, created_at AS t, {selected} FROM request_records"
+                f"SELECT {group_expr(by)} AS grp, created_at AS t, {selected} FROM request_records"
                 f" WHERE {where}{raw_filter}{extra}"
             )
             return sql, [*params, *extra_params]
@@ -198,7 +169,7 @@ class SQLiteAnalytics:
         if plan is None:
             return raw(s)
         names = ", ".join(name for name, _ in columns)
-        value_filter = "" if plan.values is None else f" AND value IN ({_marks(plan.values)})"
+        value_filter = "" if plan.values is None else f" AND value IN ({marks(plan.values)})"
         grp = "value" if by else "''"
         parts = [
             (
@@ -246,7 +217,7 @@ class SQLiteAnalytics:
         group is the bucket's start in unix seconds. Empty buckets are left out. Buckets that
         are not whole hours read request_records only."""
         if bucket_s % HOUR:
-            where, params = _where(s)
+            where, params = slice_where(s)
             selected = ", ".join(f"{expr} AS {name}" for name, expr in TOTAL_COLUMNS)
             source = f"SELECT created_at AS t, {selected} FROM request_records WHERE {where}"
         else:
@@ -283,8 +254,8 @@ class SQLiteAnalytics:
             return [], 1
         lo, hi = span
         step = max(1, math.ceil((hi - lo + 1) / SAMPLE_SIZE))
-        where, params = _where(s)
-        picked = f"SELECT {_group(by)} AS grp, latency_ms, ttft_ms"
+        where, params = slice_where(s)
+        picked = f"SELECT {group_expr(by)} AS grp, latency_ms, ttft_ms"
         if step == 1:
             with_clause = (
                 f"WITH picked AS MATERIALIZED ({picked} FROM request_records WHERE {where} AND {SERVED})"
@@ -325,7 +296,7 @@ class SQLiteAnalytics:
         provider is failing, and how (also for requests that a fallback then saved)."""
 
         def raw(part: Slice, extra: str = "", extra_params: Sequence[Any] = ()) -> tuple[str, list[Any]]:
-            where, params = _where(part, time_index=not extra)
+            where, params = slice_where(part, time_index=not extra)
             from_clause = FAILED_ATTEMPTS_FROM.format(where=where + extra)
             return f"SELECT {FAILED_ATTEMPT_GROUP}, 1 AS attempts {from_clause}", [*params, *extra_params]
 
@@ -365,11 +336,11 @@ class SQLiteAnalytics:
         """Feedback joined to its request, per group, the least liked first. The slice's time
         range applies to when the request was made, or with by_feedback_time to when the
         feedback was given."""
-        where, params = _where(s, "r.", "f." if by_feedback_time else None)
+        where, params = slice_where(s, "r.", "f." if by_feedback_time else None)
         up, down = _count_if("f.thumb = 'up'"), _count_if("f.thumb = 'down'")
         # Feedback is the small side: CROSS JOIN makes SQLite walk it and look each record up.
         rows = await self._rows(
-            f"SELECT {_group(by, 'r.')} AS grp, COUNT(*), {up}, {down},"
+            f"SELECT {group_expr(by, 'r.')} AS grp, COUNT(*), {up}, {down},"
             " COUNT(f.rating), AVG(f.rating), AVG(f.score)"
             " FROM feedback AS f CROSS JOIN request_records AS r"
             f" WHERE r.request_id = f.request_id AND {where} GROUP BY grp ORDER BY AVG(f.score), grp",
@@ -385,7 +356,7 @@ class SQLiteAnalytics:
         """The newest requests of the slice (older than `before`), optionally only those whose
         request id is `search` or whose model, route, provider, key (id or name), cache status
         or error contains it (case-insensitive). attempts stays JSON text."""
-        where, params = _where(s)
+        where, params = slice_where(s)
         if before is not None:
             where += " AND created_at < ?"
             params.append(before)
@@ -414,7 +385,7 @@ class SQLiteAnalytics:
         if not ids:
             return {}
         rows = await self._rows(
-            f"SELECT id, name, prefix FROM api_keys WHERE id IN ({_marks(ids)})", list(ids)
+            f"SELECT id, name, prefix FROM api_keys WHERE id IN ({marks(ids)})", list(ids)
         )
         return {str(r[0]): f"{r[1]} ({r[2]})" for r in rows}
 

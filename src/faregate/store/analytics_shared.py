@@ -16,7 +16,7 @@ from faregate.store.analytics_rows import (
     Totals,
     histogram_percentiles,
 )
-from faregate.store.rollup import TOTAL_COLUMNS
+from faregate.store.rollup import GROUP_SQL, TOTAL_COLUMNS
 from faregate.store.rows import from_nanousd
 
 # Percentiles over more records than this use an evenly spaced sample of this size.
@@ -134,3 +134,40 @@ def feedback_rows(rows: Iterable[Sequence[Any]]) -> list[FeedbackRow]:
 def like_pattern(search: str) -> str:
     """`search` as a LIKE pattern that matches it anywhere, its own % _ and \\ taken literally."""
     return "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def marks(values: Sequence[Any]) -> str:
+    # An empty list (a key name that matches nothing) selects nothing, not everything.
+    return ", ".join("?" for _ in values) or "NULL"
+
+
+def slice_where(
+    s: Slice, t: str = "", time_table: str | None = None, *, time_index: bool = True
+) -> tuple[str, list[Any]]:
+    """The slice as a WHERE condition on request_records (aliased `t`, e.g. "r."), with `?`
+    parameters; the time range applies to `time_table`'s created_at (default: the records').
+    time_index=False keeps SQLite off the created_at indexes (a unary + hides a column from its
+    planner)."""
+    tt = ("" if time_index else "+") + (t if time_table is None else time_table)
+    conditions = [f"{tt}created_at >= ?", f"{tt}created_at < ?"]
+    params: list[Any] = [float(s.since), float(s.until)]
+    if s.model is not None:
+        conditions.append(f"{GROUP_SQL['model'].format(t=t)} = ?")
+        params.append(s.model)
+    for column, value in (("provider", s.provider), ("route", s.route)):
+        if value is not None:
+            conditions.append(f"{t}{column} = ?")
+            params.append(value)
+    if s.keys is not None:
+        conditions.append(f"{t}key_id IN ({marks(s.keys)})")
+        params.extend(s.keys)
+    return " AND ".join(conditions), params
+
+
+# The group of every row when a query is not grouped.
+UNGROUPED = "''"
+
+
+def group_expr(by: Dimension | None, t: str = "") -> str:
+    """The group a record falls in ('' when ungrouped, or when it has none)."""
+    return UNGROUPED if by is None else f"COALESCE({GROUP_SQL[by].format(t=t)}, '')"

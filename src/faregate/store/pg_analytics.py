@@ -41,24 +41,18 @@ from faregate.store.analytics_shared import (
     SEARCHED,
     SERVED,
     TOTAL_NAMES,
+    UNGROUPED,
     feedback_rows,
+    group_expr,
     latency_rows,
     like_pattern,
+    marks,
     reliability_rows,
+    slice_where,
     totals_of,
     ungroup,
 )
-from faregate.store.pg_analytics_sql import (
-    NONE,
-    Part,
-    group_expr,
-    latency_bucket,
-    marks,
-    numbered,
-    rollup_hours,
-    slice_where,
-    with_rollup,
-)
+from faregate.store.pg_analytics_sql import Part, latency_bucket, numbered, rollup_hours, with_rollup
 from faregate.store.pg_rollup import EVENT_COLUMNS, EVENTFUL, FAILED_ATTEMPTS
 from faregate.store.postgres import unavailable_errors
 from faregate.store.rollup import HOUR, TOTAL_COLUMNS
@@ -125,7 +119,7 @@ class PostgresAnalytics:
             names = ", ".join(name for name, _ in columns)
             value_filter = "" if values is None else f" AND value IN ({marks(values)})"
             rolled = (
-                f"SELECT {'value' if by else NONE} AS grp, bucket AS t, {names} FROM rollup_hourly"
+                f"SELECT {'value' if by else UNGROUPED} AS grp, bucket AS t, {names} FROM rollup_hourly"
                 f" WHERE dim = ? AND bucket >= ? AND bucket < ?{value_filter}",
                 [dim, start, end, *(values or ())],
             )

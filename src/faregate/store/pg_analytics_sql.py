@@ -4,19 +4,17 @@ and which hours the rollups answer."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from faregate.store.analytics_rows import LATENCY_STEPS, LATENCY_TOP_STEP, Dimension, Slice
 from faregate.store.analytics_shared import MIN_ROLLUP_HOURS, rollup_dimension
 from faregate.store.pg_rollup import PENDING
-from faregate.store.rollup import GROUP_SQL, HOUR
+from faregate.store.rollup import HOUR
 
 # SQL and its parameters.
 Part = tuple[str, list[Any]]
-# The group of every row when a query is not grouped.
-NONE = "''"
 
 
 def numbered(sql: str) -> str:
@@ -24,33 +22,6 @@ def numbered(sql: str) -> str:
     SQL here has a literal '?' (no jsonb ? operator either)."""
     parts = sql.split("?")
     return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
-
-
-def marks(values: Sequence[Any]) -> str:
-    return ", ".join("?" for _ in values) or "NULL"
-
-
-def slice_where(s: Slice, t: str = "", time_table: str | None = None) -> tuple[str, list[Any]]:
-    """The slice as a WHERE condition on request_records (aliased `t`, e.g. "r."); the time range
-    applies to `time_table`'s created_at (default: the records')."""
-    tt = t if time_table is None else time_table
-    conditions = [f"{tt}created_at >= ?", f"{tt}created_at < ?"]
-    params: list[Any] = [float(s.since), float(s.until)]
-    if s.model is not None:
-        conditions.append(f"{GROUP_SQL['model'].format(t=t)} = ?")
-        params.append(s.model)
-    for column, value in (("provider", s.provider), ("route", s.route)):
-        if value is not None:
-            conditions.append(f"{t}{column} = ?")
-            params.append(value)
-    if s.keys is not None:
-        conditions.append(f"{t}key_id IN ({marks(s.keys)})")
-        params.extend(s.keys)
-    return " AND ".join(conditions), params
-
-
-def group_expr(by: Dimension | None, t: str = "") -> str:
-    return NONE if by is None else f"COALESCE({GROUP_SQL[by].format(t=t)}, '')"
 
 
 def latency_bucket(column: str) -> str:
