@@ -124,7 +124,7 @@ class Responder:
         self.runner = runner
         self.cache = cache
 
-    async def whole(
+    async def _settle_whole(
         self,
         request: ChatRequest,
         completion: Completion,
@@ -132,7 +132,9 @@ class Responder:
         record: RequestRecord,
         headers: dict[str, str],
         decision: CacheDecision,
-    ) -> web.Response:
+    ) -> JSON:
+        """Cost a whole answer, write it into the record and the headers, let the cache keep it;
+        the body, its model and usage set as the client sees them."""
         body = completion.body
         text = "" if completion.usage is not None else completion_text(body)
         settled = await settle(candidate, request, completion.usage, text, record.attempts)
@@ -144,6 +146,18 @@ class Responder:
             self.cache.remember(
                 decision, request, body, candidate.model.name, candidate.offer.provider, settled.usage
             )
+        return body
+
+    async def whole(
+        self,
+        request: ChatRequest,
+        completion: Completion,
+        candidate: Candidate,
+        record: RequestRecord,
+        headers: dict[str, str],
+        decision: CacheDecision,
+    ) -> web.Response:
+        body = await self._settle_whole(request, completion, candidate, record, headers, decision)
         return web.Response(body=orjson.dumps(body), content_type=JSON_TYPE, headers=headers)
 
     async def whole_as_stream(
@@ -156,18 +170,10 @@ class Responder:
         decision: CacheDecision,
     ) -> web.StreamResponse:
         """A whole answer sent as a stream (a cascade answer, judged before it could be sent)."""
-        candidate, body = served.candidate, served.completion.body
-        text = "" if served.completion.usage is not None else completion_text(body)
-        settled = await settle(candidate, request, served.completion.usage, text, record.attempts)
-        body["model"] = candidate.model.name
-        fill_record(record, candidate, settled)
-        headers.update(result_headers(candidate, record, settled.cost))
-        if self.cache is not None and not settled.usage.estimated:
-            self.cache.remember(
-                decision, request, body, candidate.model.name, candidate.offer.provider, settled.usage
-            )
-        usage = usage_json(body.get("usage"), settled.usage, settled.cost)
-        return await self.write_whole_stream(http_request, request, body, usage, record, headers)
+        body = await self._settle_whole(
+            request, served.completion, served.candidate, record, headers, decision
+        )
+        return await self.write_whole_stream(http_request, request, body, body["usage"], record, headers)
 
     async def stream(
         self,
