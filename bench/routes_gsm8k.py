@@ -29,9 +29,9 @@ from typing import Any
 
 import openai
 
-from faregate.evals.outcomes import STRONG_MODEL, WEAK_MODEL, load_outcomes
-from faregate.evals.router_eval import held_out
-from faregate.routing.cascade import LearnedJudge
+from faregate.evals.replay.outcomes import STRONG_MODEL, WEAK_MODEL, load_outcomes
+from faregate.evals.replay.router_eval import held_out
+from faregate.learning.cascade_judges import LearnedJudge
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "routellm" / "gsm8k_responses.csv"

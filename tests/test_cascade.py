@@ -10,12 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from faregate.evals.outcomes import STRONG_MODEL, WEAK_MODEL, load_outcomes
-from faregate.evals.replay import Pair
-from faregate.evals.router_eval import evaluate
-from faregate.evals.router_training import Grid, SplitSpec, split_outcomes
-from faregate.evals.scorer_training import train_judge
-from faregate.routing.cascade import (
+from faregate.evals.replay.engine import Pair
+from faregate.evals.replay.outcomes import STRONG_MODEL, WEAK_MODEL, load_outcomes
+from faregate.evals.replay.router_eval import evaluate
+from faregate.learning.cascade_judges import (
     MATH_CHECKS,
     AllOf,
     LearnedJudge,
@@ -23,8 +21,10 @@ from faregate.routing.cascade import (
     check_final_number,
     required_pattern,
 )
-from faregate.routing.llm_judge import LLMJudge, parse_judge_score
-from faregate.routing.text_features import ANSWER_NAMES, answer_features, final_number, safe_eval
+from faregate.learning.llm_judge import LLMJudge, parse_judge_score
+from faregate.learning.text_features import ANSWER_NAMES, answer_features, final_number, safe_eval
+from faregate.learning.training.fit import train_judge
+from faregate.learning.training.selection import Grid, SplitSpec, split_outcomes
 from test_complexity_router import HashEmbedder
 
 SMALL_GRID = Grid(l2=(10.0, 300.0), embedding_penalty=(100.0,))
@@ -288,3 +288,32 @@ async def test_llm_judge_accepts_escalates_and_survives_failures() -> None:
     calls_before = len(seen)
     assert (await judge.accept(QUESTION, "  ", "stop")) == (False, "empty answer")
     assert len(seen) == calls_before  # no judge call for an empty answer
+
+
+def test_an_embedding_judge_uses_the_embedder_it_was_given() -> None:
+    """A judge trained with embeddings embeds question and answer with the shared model, once each call
+    (it used to reload a private copy on every call, or fail when given the shared one)."""
+    import numpy as np
+
+    from faregate.embedding.model import DIMENSIONS
+    from faregate.learning.cascade_judges import JUDGE_FEATURES, KIND
+    from faregate.learning.linear import LinearModel
+    from faregate.learning.model_file import EMBEDDING_ID, ModelFile
+    from faregate.learning.thresholds import Threshold
+
+    width = 2 * DIMENSIONS + len(JUDGE_FEATURES)
+    model = LinearModel(np.zeros(width), np.ones(width), np.zeros(width), 0.0)
+    file = ModelFile(KIND, JUDGE_FEATURES, EMBEDDING_ID, ("question", "answer"), model, "s", "w")
+
+    class Counting:
+        calls = 0
+
+        def embed(self, texts: list[str]) -> Any:
+            Counting.calls += 1
+            return np.zeros((len(texts), DIMENSIONS), dtype=np.float32)
+
+    judge = LearnedJudge(file, Threshold.fixed(0.9), embedder=Counting())
+    assert judge.score("What is 2 + 2?", "#### 4") == 0.5
+    assert judge.score("What is 3 + 3?", "#### 6") == 0.5
+    assert Counting.calls == 2
+    judge.close()

@@ -19,16 +19,16 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from faregate.cache.embedder import DIMENSIONS, Vector
 from faregate.cli import router as router_cli
-from faregate.evals.outcomes import STRONG_MODEL, WEAK_MODEL, load_outcomes
-from faregate.evals.replay import Pair
-from faregate.evals.router_eval import evaluate
-from faregate.evals.router_training import Grid, SplitSpec, split_outcomes
-from faregate.evals.scorer_training import train_router
-from faregate.routing.complexity import ComplexityRouter
-from faregate.routing.linear import LinearModel
-from faregate.routing.thresholds import CalibrationPoint, Threshold, share_for_quality
+from faregate.embedding.embedder import DIMENSIONS, Vector
+from faregate.evals.replay.engine import Pair
+from faregate.evals.replay.outcomes import STRONG_MODEL, WEAK_MODEL, load_outcomes
+from faregate.evals.replay.router_eval import evaluate
+from faregate.learning.complexity_router import ComplexityRouter
+from faregate.learning.linear import LinearModel
+from faregate.learning.thresholds import CalibrationPoint, Threshold, share_for_quality
+from faregate.learning.training.fit import train_router
+from faregate.learning.training.selection import Grid, SplitSpec, split_outcomes
 
 HARD = ["integral", "derivative", "eigenvalue", "compute", "prove", "theorem", "matrix", "lemma"]
 # Two penalties, two embedding weights: the real grid's shape, a fraction of its fits.

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from faregate.catalog import build_catalog
 from faregate.cli.main import app
 from faregate.config import load_settings
-from faregate.evals.projection import format_usd
+from faregate.evals.costs.projection import format_usd
 from faregate.store.postgres import PostgresStore
 from faregate.store.record_totals import ModelTraffic, postgres_traffic, sqlite_traffic
 from faregate.store.sqlite import SQLiteStore

@@ -19,10 +19,10 @@ import httpx
 import openai
 import pytest
 
-from faregate.evals.outcomes import load_outcomes
-from faregate.evals.router_eval import held_out
-from faregate.routing.cascade import MATH_CHECKS, LearnedJudge, RuleJudge
-from faregate.routing.complexity import ComplexityRouter
+from faregate.evals.replay.outcomes import load_outcomes
+from faregate.evals.replay.router_eval import held_out
+from faregate.learning.cascade_judges import MATH_CHECKS, LearnedJudge, RuleJudge
+from faregate.learning.complexity_router import ComplexityRouter
 from faregate.types import Price, Usage
 from harness import MASTER_KEY, GatewayProcess, create_key, run_gateway, run_sim
 

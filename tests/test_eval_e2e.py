@@ -109,7 +109,7 @@ def test_eval_end_to_end_and_resume(
 def test_cost_from_records(tmp_path: Path) -> None:
     from faregate.catalog import build_catalog
     from faregate.config import load_settings
-    from faregate.evals.projection import format_usd
+    from faregate.evals.costs.projection import format_usd
     from faregate.store.sqlite import SQLiteStore
 
     store_dir = tmp_path / "store"

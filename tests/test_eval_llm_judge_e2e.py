@@ -23,11 +23,12 @@ from rich.console import Console
 from scipy import stats as scipy_stats
 from typer.testing import CliRunner
 
+from faregate.cli.eval_plot import plot
+from faregate.cli.eval_table import table, unscored_line
 from faregate.cli.main import app
-from faregate.evals.eval_plot import plot
-from faregate.evals.eval_report import build_report, table, unscored_line
-from faregate.evals.eval_runner import Answer, EvalItem, RunOptions, pending
-from faregate.evals.judge import DEFAULT_RUBRIC, judge_prompt
+from faregate.evals.prompt_eval.judge import DEFAULT_RUBRIC, judge_prompt
+from faregate.evals.prompt_eval.report import build_report
+from faregate.evals.prompt_eval.run import Answer, EvalItem, RunOptions, pending
 from faregate.store.sqlite import SQLiteStore
 from harness import GatewayProcess, SimProcess, create_key, run_gateway, run_sim
 

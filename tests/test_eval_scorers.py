@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from faregate.evals.judge import judge_prompt, parse_score
-from faregate.evals.scorers import check_expected, extract_number, score
+from faregate.evals.prompt_eval.judge import judge_prompt, parse_score
+from faregate.evals.prompt_eval.scorers import check_expected, extract_number, score
 
 
 def test_exact_contains_regex() -> None:

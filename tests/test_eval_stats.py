@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from faregate.evals.stats import (
+from faregate.evals.prompt_eval.stats import (
     bootstrap_mean,
     compare,
     mcnemar_exact,

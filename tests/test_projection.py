@@ -10,7 +10,7 @@ from typer.testing import CliRunner, Result
 from faregate.catalog import Catalog, build_catalog
 from faregate.cli import cost as cost_cli
 from faregate.config import load_settings
-from faregate.evals.projection import (
+from faregate.evals.costs.projection import (
     Saving,
     Workload,
     format_share,

@@ -12,17 +12,7 @@ from typer.testing import CliRunner, Result
 
 from faregate import tokens
 from faregate.cli import replay as replay_cli
-from faregate.evals.outcomes import (
-    STRONG_MODEL,
-    WEAK_MODEL,
-    Outcomes,
-    PromptRecord,
-    load_outcomes,
-    prompt_tokens,
-    select,
-    subjects,
-)
-from faregate.evals.replay import (
+from faregate.evals.replay.engine import (
     CurvePoint,
     Pair,
     always,
@@ -33,6 +23,16 @@ from faregate.evals.replay import (
     random_score,
     replay,
     share_reaching,
+)
+from faregate.evals.replay.outcomes import (
+    STRONG_MODEL,
+    WEAK_MODEL,
+    Outcomes,
+    PromptRecord,
+    load_outcomes,
+    prompt_tokens,
+    select,
+    subjects,
 )
 from faregate.types import Price
 
@@ -330,7 +330,7 @@ def test_replay_command_router_policies_and_plugins(app: typer.Typer) -> None:
     oracle = run(app, *common, "--policy", "oracle")
     assert oracle.exit_code == 0, oracle.output
     assert "9 prompts (1 contaminated left out)" in oracle.output
-    plugin = run(app, *common, "--policy", "faregate.evals.replay:length_score")
+    plugin = run(app, *common, "--policy", "faregate.evals.replay.engine:length_score")
     assert plugin.exit_code == 0, plugin.output
     assert "APGR" in plugin.output
     unknown = run(app, *common, "--policy", "cleverest")

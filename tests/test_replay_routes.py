@@ -20,7 +20,8 @@ from typer.testing import CliRunner, Result
 
 from faregate.cli import replay as replay_cli
 from faregate.config import load_settings
-from faregate.evals.outcomes import (
+from faregate.evals.replay.engine import Pair, Report
+from faregate.evals.replay.outcomes import (
     STRONG_MODEL,
     WEAK_MODEL,
     Outcomes,
@@ -28,10 +29,15 @@ from faregate.evals.outcomes import (
     load_outcomes,
     prompt_tokens,
 )
-from faregate.evals.replay import Pair, Report
-from faregate.evals.route_replay import RouteReplay, evaluate_route, open_route
-from faregate.routing.cascade import LearnedJudge, RuleJudge, check_empty, check_final_number, check_refusal
-from faregate.routing.complexity import ComplexityRouter
+from faregate.evals.replay.routes import RouteReplay, evaluate_route, open_route
+from faregate.learning.cascade_judges import (
+    LearnedJudge,
+    RuleJudge,
+    check_empty,
+    check_final_number,
+    check_refusal,
+)
+from faregate.learning.complexity_router import ComplexityRouter
 from faregate.types import Price, Usage
 from test_complexity_router import HashEmbedder
 

@@ -13,13 +13,13 @@ import pytest
 from faregate.catalog import build_catalog
 from faregate.config import load_settings, parse_settings
 from faregate.errors import ConfigError, InvalidRequest, UpstreamFailure, UpstreamRejected
+from faregate.learning.complexity_router import ComplexityRouter
+from faregate.learning.thresholds import Threshold
 from faregate.routing.attempts import AttemptRunner, billed_cost
-from faregate.routing.cascading import CascadeRunner
-from faregate.routing.complexity import ComplexityRouter
+from faregate.routing.cascade_runner import CascadeRunner
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Planner
 from faregate.routing.policies import RouterPolicy
-from faregate.routing.thresholds import Threshold
 from faregate.routing.worst_case import JUDGE_PROMPT_TOKENS, worst_case
 from faregate.server.parse import parse_chat_request
 from faregate.types import ChatRequest, Completion, Price, Usage

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from faregate.cache.embedder import DIMENSIONS, AsyncEmbedder, Embedder, Vector
 from faregate.cache.guards import numbers, violation
 from faregate.cache.semantic import SemanticCache, conversation_text, scope_for
 from faregate.cache.semantic_index import Scope, SemanticIndex, make_scope
+from faregate.embedding.embedder import DIMENSIONS, AsyncEmbedder, Embedder, Vector
 
 SCOPE = make_scope("tenant-a", "gpt-4o-mini")
 

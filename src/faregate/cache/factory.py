@@ -22,8 +22,8 @@ def build_cache(settings: CacheSettings, shared_redis_url: str | None = None) ->
     store = RedisStore(redis_url) if redis_url else MemoryStore(settings.max_entries)
     semantic = None
     if settings.semantic.enabled:
-        from faregate.cache.embedder import AsyncEmbedder
         from faregate.cache.semantic import SemanticCache
+        from faregate.embedding.embedder import AsyncEmbedder
 
         embedder = AsyncEmbedder()
         semantic = SemanticCache[str](

@@ -19,13 +19,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
-from faregate.cache.embedder import DIMENSIONS, AsyncEmbedder, Vector
 from faregate.cache.guards import violation
 from faregate.cache.semantic_index import IndexEntry, Scope, SemanticIndex, make_scope
+from faregate.embedding.embedder import DIMENSIONS, AsyncEmbedder, Vector
 
 P = TypeVar("P")
 
-# Chosen by `faregate cache-eval` (evals/CACHE_EVAL.md): the best paraphrase recall (71%) with a
+# Chosen by `faregate cache-eval` (evals/cache_eval/CACHE_EVAL.md): the best paraphrase recall (71%) with a
 # false-hit rate under half the 0.5% bar on every distinct-question set (GSM8K 0.00%, MMLU 0.24%,
 # half of those the same question retyped) and paraphrase precision of at least 97% (97.1%).
 DEFAULT_THRESHOLD = 0.88

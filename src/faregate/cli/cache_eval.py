@@ -15,9 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from faregate.cache.embedder import MODEL_PACKAGE, Embedder
 from faregate.cache.semantic import DEFAULT_THRESHOLD
-from faregate.evals.cache_eval import (
+from faregate.embedding.embedder import MODEL_PACKAGE, Embedder
+from faregate.evals.cache_eval.measure import (
     CHOICE_MARGIN,
     FALSE_HIT_BAR,
     MIN_PRECISION,

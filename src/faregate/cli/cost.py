@@ -12,7 +12,7 @@ from rich.table import Table
 from faregate.catalog import Catalog, Model, build_catalog
 from faregate.cli.common import ConfigOption, load_or_exit
 from faregate.cli.cost_records import cost_from_records
-from faregate.evals.projection import (
+from faregate.evals.costs.projection import (
     Line,
     Workload,
     format_share,

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import typer
 from rich.console import Console
 
+from faregate.cli.cost_records_table import render
 from faregate.cli.usage import parse_time
 from faregate.config import Settings
-from faregate.evals.recorded import render
 from faregate.store.record_totals import RecordsUnavailable, read_traffic
 from faregate.types import Price
 

@@ -12,16 +12,11 @@ from openai import AsyncOpenAI
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from faregate.evals.eval_plot import plot
-from faregate.evals.eval_report import (
-    build_report,
-    comparison_lines,
-    judging_line,
-    table,
-    unscored_line,
-    write_results,
-)
-from faregate.evals.eval_runner import (
+from faregate.cli.eval_plot import plot
+from faregate.cli.eval_table import comparison_lines, judging_line, table, unscored_line
+from faregate.evals.prompt_eval.judge import DEFAULT_RUBRIC
+from faregate.evals.prompt_eval.report import build_report, write_results
+from faregate.evals.prompt_eval.run import (
     ANSWERS_FILE,
     Answer,
     EvalItem,
@@ -31,8 +26,7 @@ from faregate.evals.eval_runner import (
     pending,
     run,
 )
-from faregate.evals.judge import DEFAULT_RUBRIC
-from faregate.evals.scorers import NEEDS_EXPECTED, SCORERS, check_expected
+from faregate.evals.prompt_eval.scorers import NEEDS_EXPECTED, SCORERS, check_expected
 
 
 def _check(items: list[EvalItem], scorer: str) -> None:

@@ -16,9 +16,8 @@ from rich.table import Table
 from faregate.cli.common import ConfigOption
 from faregate.cli.replay_plot import write_plot
 from faregate.cli.replay_routes import ROUTE_PREFIX, Options, is_named, parse_pairs, replay_named
-from faregate.evals.outcomes import DEFAULT_OUTPUT_TOKENS, STRONG_MODEL, WEAK_MODEL, Outcomes, load_outcomes
-from faregate.evals.projection import format_usd
-from faregate.evals.replay import (
+from faregate.evals.costs.projection import format_usd
+from faregate.evals.replay.engine import (
     DEFAULT_BINS,
     DEFAULT_PRICES,
     RETAIN,
@@ -35,6 +34,13 @@ from faregate.evals.replay import (
     length_score,
     oracle_router,
     random_score,
+)
+from faregate.evals.replay.outcomes import (
+    DEFAULT_OUTPUT_TOKENS,
+    STRONG_MODEL,
+    WEAK_MODEL,
+    Outcomes,
+    load_outcomes,
 )
 from faregate.types import Price
 

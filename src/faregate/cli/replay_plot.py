@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from faregate.evals.replay import RETAIN, Report
+from faregate.evals.replay.engine import RETAIN, Report
 
 
 def write_plot(report: Report, path: Path) -> None:

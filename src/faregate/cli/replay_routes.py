@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from faregate.cli.common import load_or_exit
-from faregate.evals.outcomes import Outcomes
-from faregate.evals.replay import Pair, Report
-from faregate.evals.route_replay import (
+from faregate.evals.replay.engine import Pair, Report
+from faregate.evals.replay.outcomes import Outcomes
+from faregate.evals.replay.routes import (
     evaluate_route,
     evaluate_router_file,
     held_out_part,
@@ -20,7 +20,7 @@ from faregate.evals.route_replay import (
     read_router,
     trained_here,
 )
-from faregate.routing.model_file import ScorerFile
+from faregate.learning.model_file import ModelFile
 from faregate.types import Price
 
 ROUTE_PREFIX = "route:"
@@ -54,7 +54,7 @@ class Options:
     held_out: bool = False
 
 
-def _select(outcomes: Outcomes, files: list[ScorerFile], held_out: bool, notes: list[str]) -> Outcomes:
+def _select(outcomes: Outcomes, files: list[ModelFile], held_out: bool, notes: list[str]) -> Outcomes:
     """The held-out prompts if asked; else all of them, with a note when a file trained on some."""
     if held_out:
         part = held_out_part(outcomes, files)

@@ -16,13 +16,18 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from faregate.cli.router_plots import plot_costs, plot_shares
 from faregate.cli.router_tables import print_evaluation, print_robustness
-from faregate.evals.outcomes import STRONG_MODEL, WEAK_MODEL, Outcomes, load_outcomes
-from faregate.evals.replay import Pair
-from faregate.evals.router_eval import Evaluation, evaluate, time_router
-from faregate.evals.router_plots import plot_costs, plot_shares
-from faregate.evals.router_summary import evaluation_json
-from faregate.evals.router_training import (
+from faregate.evals.replay.engine import Pair
+from faregate.evals.replay.outcomes import STRONG_MODEL, WEAK_MODEL, Outcomes, load_outcomes
+from faregate.evals.replay.router_eval import Evaluation, evaluate, time_router
+from faregate.evals.replay.router_summary import evaluation_json
+from faregate.learning.cascade_judges import LearnedJudge
+from faregate.learning.complexity_router import KIND as ROUTER_KIND
+from faregate.learning.model_file import ModelFile, load_model_file
+from faregate.learning.text_features import PROMPT_NAMES
+from faregate.learning.training.fit import Trained, train_judge, train_router
+from faregate.learning.training.selection import (
     DEFAULT_SEED,
     DEFAULT_TEST_FRACTION,
     SplitBy,
@@ -30,11 +35,6 @@ from faregate.evals.router_training import (
     default_split_by,
     split_outcomes,
 )
-from faregate.evals.scorer_training import Trained, train_judge, train_router
-from faregate.routing.cascade import LearnedJudge
-from faregate.routing.complexity import KIND as ROUTER_KIND
-from faregate.routing.model_file import ScorerFile, load_scorer
-from faregate.routing.text_features import PROMPT_NAMES
 
 DEFAULT_DATA_DIR = Path("../shared/data/routellm")
 
@@ -166,8 +166,8 @@ def run_eval(
 ) -> Evaluation:
     """Evaluate; PNGs go to `out`, the JSON report to `reports` (default: `out` too)."""
     outcomes = _load(data)
-    router_file = load_scorer(router, ROUTER_KIND, PROMPT_NAMES) if router else None
-    judge_file: ScorerFile | None = LearnedJudge.read(judge) if judge else None
+    router_file = load_model_file(router, ROUTER_KIND, PROMPT_NAMES) if router else None
+    judge_file: ModelFile | None = LearnedJudge.read(judge) if judge else None
     evaluation = evaluate(outcomes, router=router_file, judge=judge_file, cache_dir=cache_dir)
     if router_file is not None and timing > 0:
         texts = [r.prompt for r in split_outcomes(outcomes, _recorded_spec(router_file)).test.records][
@@ -193,7 +193,7 @@ def run_eval(
     return evaluation
 
 
-def _recorded_spec(file: ScorerFile) -> SplitSpec:
+def _recorded_spec(file: ModelFile) -> SplitSpec:
     return SplitSpec.from_json(file.training["split"])
 
 

@@ -8,9 +8,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from faregate.evals.replay import RETAIN
-from faregate.evals.router_eval import Evaluation
-from faregate.evals.router_summary import rows
+from faregate.evals.replay.engine import RETAIN
+from faregate.evals.replay.router_eval import Evaluation
+from faregate.evals.replay.router_summary import rows
 
 
 def _pct(value: float | None) -> str:

@@ -12,15 +12,12 @@ never on the event loop, and scoring never runs there either.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from faregate.embedding.shared import SharedEmbedder
 from faregate.errors import ConfigError
-from faregate.route_config import CascadeSettings, RouterPolicySettings, RouteSettings
-from faregate.routing.cascade import (
+from faregate.learning.cascade_judges import (
     DEFAULT_CHECKS,
     AllOf,
     Check,
@@ -34,12 +31,10 @@ from faregate.routing.cascade import (
     check_truncated,
     required_pattern,
 )
-from faregate.routing.complexity import ComplexityRouter
-from faregate.routing.llm_judge import DEFAULT_RUBRIC, Complete, LLMJudge
-from faregate.routing.thresholds import Threshold
-
-if TYPE_CHECKING:
-    from faregate.cache.embedder import Embedder, Vector
+from faregate.learning.complexity_router import ComplexityRouter
+from faregate.learning.llm_judge import DEFAULT_RUBRIC, Complete, LLMJudge
+from faregate.learning.thresholds import Threshold
+from faregate.route_config import CascadeSettings, RouterPolicySettings, RouteSettings
 
 log = logging.getLogger("faregate.routing")
 
@@ -51,26 +46,6 @@ CHECKS: Mapping[str, Check] = {
     "final_number": check_final_number,
 }
 assert set(DEFAULT_CHECKS) <= set(CHECKS.values())
-
-
-class SharedEmbedder:
-    """One MiniLM for every trained router and judge, loaded by whichever needs it first."""
-
-    def __init__(self) -> None:
-        self._model: Embedder | None = None
-        self._lock = threading.Lock()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faregate-policy")
-
-    def embed(self, texts: Sequence[str]) -> Vector:
-        with self._lock:
-            if self._model is None:
-                from faregate.cache.embedder import Embedder
-
-                self._model = Embedder.load()
-        return self._model.embed(texts)
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=False)
 
 
 @dataclass(slots=True)

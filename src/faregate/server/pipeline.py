@@ -30,7 +30,7 @@ from faregate.errors import (
     UpstreamRejected,
 )
 from faregate.routing.attempts import AttemptRunner, billed_cost
-from faregate.routing.cascading import CascadeRunner
+from faregate.routing.cascade_runner import CascadeRunner
 from faregate.routing.plan import Plan, Planner
 from faregate.routing.worst_case import worst_case
 from faregate.server.parse import decode_json_object, new_request_id, parse_chat_request

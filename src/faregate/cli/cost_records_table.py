@@ -1,0 +1,60 @@
+"""What recorded traffic cost, and what the same tokens would have cost on another model.
+
+The totals come from the store (store.record_totals: SQLite or PostgreSQL, read-only, money
+summed exactly). Re-pricing is linear in tokens, so pricing the summed prompt and completion
+tokens at model X's price is exact too. Cache hits cost nothing and would cost nothing on X
+either (the cache sits in front of any model), so only the billed requests are re-priced.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from rich.table import Table
+
+from faregate.evals.costs.projection import format_share, format_usd
+from faregate.store.record_totals import ModelTraffic
+from faregate.types import Price
+
+
+def render(traffic: list[ModelTraffic], targets: dict[str, Price], title: str) -> Table:
+    """One row per recorded model and a total; a column per target model with the re-priced cost."""
+    table = Table(title=title)
+    table.add_column("served by")
+    for column in ("requests", "cache hits", "tokens in", "tokens out", "actual cost"):
+        table.add_column(column, justify="right")
+    for name in targets:
+        table.add_column(f"on {name}", justify="right")
+    total = ModelTraffic("total")
+    for row in traffic:
+        total.requests += row.requests
+        total.cache_hits += row.cache_hits
+        total.prompt_tokens += row.prompt_tokens
+        total.completion_tokens += row.completion_tokens
+        total.cost += row.cost
+    for row in [*traffic, total]:
+        cells = [format_usd(row.priced_at(price)) for price in targets.values()]
+        if row is total:
+            cells = [_with_saving(row.cost, row.priced_at(price)) for price in targets.values()]
+        table.add_row(
+            row.model,
+            f"{row.requests:,}",
+            f"{row.cache_hits:,}",
+            f"{row.prompt_tokens:,}",
+            f"{row.completion_tokens:,}",
+            format_usd(row.cost),
+            *cells,
+            style="bold" if row is total else None,
+        )
+    return table
+
+
+def _with_saving(actual: Decimal, hypothetical: Decimal) -> str:
+    """'$0.27461 (+56.5% vs actual)': the hypothetical cost and how it differs from what was paid."""
+    if not actual:
+        return format_usd(hypothetical)
+    change = (hypothetical - actual) / actual
+    sign = "+" if change >= 0 else "-"
+    return (
+        f"{format_usd(hypothetical)} ({sign}{format_share(abs(change).quantize(Decimal('0.001')))} vs actual)"
+    )

@@ -1,0 +1,1 @@
+"""`faregate replay` and `faregate router eval`: routing policies replayed on recorded outcomes."""
