@@ -293,6 +293,27 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[
             Path | None, typer.Option("--json", help="Write the full report as JSON here.")
         ] = None,
+        online: Annotated[
+            bool,
+            typer.Option(
+                "--online",
+                help="Replay online calibration: a stream in a seeded order (--seed), a sample of "
+                "decisions verified, the strong-call share kept within --target. Policy router:FILE "
+                "or judge:FILE (a cascade).",
+            ),
+        ] = False,
+        target: Annotated[
+            float, typer.Option(help="--online: share of the strong model's accuracy to keep.")
+        ] = 0.95,
+        confidence: Annotated[float, typer.Option(help="--online: confidence of the quality bound.")] = 0.95,
+        verify_share: Annotated[float, typer.Option(help="--online: share of decisions verified.")] = 0.05,
+        window: Annotated[int, typer.Option(help="--online: prompts per reported window.")] = 500,
+        order: Annotated[
+            str, typer.Option(help="--online: shuffled, or by-source (whole subjects in turn: drift).")
+        ] = "shuffled",
+        learn: Annotated[
+            bool, typer.Option(help="--online: learn the traffic's domains from verified neighbours.")
+        ] = True,
     ) -> None:
         """Replay a routing policy on recorded outcomes: calls per model, cost, accuracy, PGR/CPT/APGR."""
         prices = dict(DEFAULT_PRICES)
@@ -305,6 +326,23 @@ def register(app: typer.Typer) -> None:
                 contaminated=contaminated,
                 output_tokens=output_tokens,
             )
+            if online:
+                _online(
+                    outcomes,
+                    policy,
+                    prices,
+                    held_out,
+                    cache_dir,
+                    json_out,
+                    seed,
+                    target,
+                    confidence,
+                    verify_share,
+                    window,
+                    order,
+                    learn,
+                )
+                return
             notes: list[str] = []
             if (as_ or hint) and not policy.startswith(ROUTE_PREFIX):
                 raise ValueError("--as and --hint apply to --policy route:NAME only")
@@ -358,3 +396,46 @@ def register(app: typer.Typer) -> None:
         if json_out is not None:
             json_out.write_text(json.dumps(report_json(report), indent=2) + "\n", encoding="utf-8")
             console.print(f"report written to {json_out}")
+
+
+def _online(
+    outcomes: Outcomes,
+    policy: str,
+    prices: dict[str, Price],
+    held_out: bool,
+    cache_dir: Path | None,
+    json_out: Path | None,
+    seed: int,
+    target: float,
+    confidence: float,
+    verify_share: float,
+    window: int,
+    order: str,
+    learn: bool,
+) -> None:
+    from faregate.cli.replay_online import replay_online
+    from faregate.evals.replay.online import OnlineOptions
+
+    if order not in ("shuffled", "by-source"):
+        raise ValueError("--order must be shuffled or by-source")
+    options = OnlineOptions(
+        mode="router",
+        target=target,
+        confidence=confidence,
+        verify_share=verify_share,
+        window=window,
+        seed=seed,
+        order="shuffled" if order == "shuffled" else "by-source",
+        learn=learn,
+    )
+    console = Console(width=max(Console().width, 150))
+    replay_online(
+        outcomes,
+        policy,
+        options,
+        prices,
+        held_out=held_out,
+        cache_dir=cache_dir,
+        json_out=json_out,
+        console=console,
+    )

@@ -1,0 +1,164 @@
+"""`faregate replay --online`: the closed loop of online calibration on recorded outcomes, shown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from faregate.evals.costs.projection import format_usd
+from faregate.evals.replay.online import OnlineOptions, OnlineReport, Window, prepare, run_online
+from faregate.evals.replay.outcomes import Outcomes
+from faregate.types import Price
+
+# Windows before this many prompts are the warm-up the target table leaves out.
+WARM_UP = 1000
+
+
+def replay_online(
+    outcomes: Outcomes,
+    policy: str,
+    options: OnlineOptions,
+    prices: dict[str, Price],
+    *,
+    held_out: bool,
+    cache_dir: Path | None,
+    json_out: Path | None,
+    console: Console,
+) -> OnlineReport:
+    prepared = prepare(policy, outcomes, held_out_only=held_out, cache_dir=cache_dir)
+    options = OnlineOptions(**{**_fields(options), "mode": prepared.mode})
+    report = run_online(
+        prepared.outcomes,
+        prepared.prior,
+        prepared.vectors,
+        prepared.pair,
+        prices,
+        options,
+        prepared.reference_scores,
+    )
+    console.print(
+        f"{report.data}: {prepared.note}; {options.mode}, stream order {options.order} (seed {options.seed})"
+    )
+    console.print(_window_table(report))
+    for line in summary_lines(report):
+        console.print(line, highlight=False)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report_json(report), indent=2) + "\n", encoding="utf-8")
+        console.print(f"report written to {json_out}")
+    return report
+
+
+def _fields(options: OnlineOptions) -> dict[str, Any]:
+    return {name: getattr(options, name) for name in OnlineOptions.__dataclass_fields__}
+
+
+def _window_table(report: OnlineReport) -> Table:
+    o = report.options
+    table = Table(
+        title=f"Online calibration, target {o.target:.0%} of {report.pair.strong}'s accuracy at "
+        f"{o.confidence:.0%} confidence, {o.verify_share:.0%} of decisions verified"
+    )
+    for column in (
+        "prompts",
+        "accuracy",
+        "strong's accuracy",
+        "kept",
+        "strong answers",
+        "strong calls (with verification)",
+        "verified",
+        "cost (with verification)",
+        "of which verification",
+        "share in force at start",
+    ):
+        table.add_column(column, justify="right")
+    for w in [*report.windows, report.total]:
+        last = w is report.total
+        table.add_row(
+            "all" if last else f"{w.start + 1:,}-{w.start + w.prompts:,}",
+            f"{w.accuracy:.1%}",
+            f"{w.strong_accuracy:.1%}",
+            f"{w.retained:.1%}",
+            f"{w.strong_answers / w.prompts:.1%}",
+            f"{w.strong_calls / w.prompts:.1%}",
+            str(w.verified),
+            format_usd(w.cost),
+            format_usd(w.verification_cost),
+            "" if last else f"{w.strong_share_setting:.0%}",
+            style="bold" if last else None,
+        )
+    return table
+
+
+def summary_lines(report: OnlineReport) -> list[str]:
+    o, total = report.options, report.total
+    after = [w for w in report.windows if w.start >= WARM_UP and w.prompts == o.window]
+    worst = min((w.retained for w in after), default=None)
+    met = sum(w.retained >= o.target for w in after)
+    lines = [
+        f"APGR of the routed traffic {report.apgr_routed:.3f} (static prior {report.apgr_prior:.3f}, "
+        f"length heuristic {report.apgr_length:.3f}, on the same stream)",
+        f"cost {format_usd(total.cost)} = {float(total.cost / report.all_strong_cost):.1%} of all-strong "
+        f"({format_usd(report.all_strong_cost)}), verification included "
+        f"({format_usd(total.verification_cost)})",
+    ]
+    if worst is not None:
+        lines.append(
+            f"full windows of {o.window} after the first {WARM_UP:,}: {met} of {len(after)} keep "
+            f">= {o.target:.0%} of the strong model's accuracy (worst {worst:.1%})"
+        )
+    if report.flagged_at is not None:
+        lines.append(f"router flagged at prompt {report.flagged_at + 1:,}: {report.health_reason}")
+    else:
+        lines.append(f"router health: {report.health_reason or 'no verified outcomes'}")
+    return lines
+
+
+def _window_json(w: Window) -> dict[str, Any]:
+    return {
+        "start": w.start,
+        "prompts": w.prompts,
+        "accuracy": w.accuracy,
+        "strong_accuracy": w.strong_accuracy,
+        "retained": w.retained,
+        "strong_answers": w.strong_answers,
+        "strong_calls_with_verification": w.strong_calls,
+        "verified": w.verified,
+        "cost_usd": str(w.cost),
+        "verification_cost_usd": str(w.verification_cost),
+        "strong_share_at_start": w.strong_share_setting,
+    }
+
+
+def report_json(report: OnlineReport) -> dict[str, Any]:
+    o = report.options
+    return {
+        "data": report.data,
+        "mode": report.mode,
+        "options": {
+            "target": o.target,
+            "confidence": o.confidence,
+            "verify_share": o.verify_share,
+            "min_verified": o.min_verified,
+            "window": o.window,
+            "seed": o.seed,
+            "order": o.order,
+            "learn": o.learn,
+            "fallback": o.fallback,
+        },
+        "prompts": report.prompts,
+        "strong": report.pair.strong,
+        "weak": report.pair.weak,
+        "apgr_routed": report.apgr_routed,
+        "apgr_prior": report.apgr_prior,
+        "apgr_length": report.apgr_length,
+        "all_strong_cost_usd": str(report.all_strong_cost),
+        "total": _window_json(report.total),
+        "windows": [_window_json(w) for w in report.windows],
+        "flagged_at": report.flagged_at,
+        "health": report.health_reason,
+        "final_strong_share": report.final_share,
+    }

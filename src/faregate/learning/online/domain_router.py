@@ -1,0 +1,96 @@
+"""A router that learns the deployment's own domains: the offline model as a prior, corrected by the
+verified outcomes of the nearest past prompts.
+
+The offline router's score estimates P(the weak model fails where the strong one succeeds) for a
+prompt, learned on other data; on unfamiliar subjects it can be no better than chance. Every
+verified outcome is a labelled example of *this* traffic: the prompt's embedding and the net gain
+of the strong model on it (1: only the strong answer was acceptable, -1: only the cheap one, 0:
+both or neither). A new prompt's score is the shrinkage (posterior-mean) estimate
+
+    score = (m * (prior - mean gain of the weak model) + sum of neighbours' net gains) / (m + k)
+
+over its k nearest verified prompts by cosine similarity (those at least `min_similarity` alike),
+where m is the prior's weight in pseudo-observations. With no neighbours it is the prior; as a
+region of the embedding space (a subject, a product area) accumulates verified outcomes, its
+prompts are ranked by what was observed there. Scores rank prompts; the calibrator decides how
+many go to the strong model.
+
+State is a bounded list of (vector, net gain) examples; search is exact (a few thousand vectors).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+DEFAULT_MAX_EXAMPLES = 5000
+
+
+@dataclass(slots=True)
+class DomainEvidence:
+    """Verified examples of this route's traffic (shared state)."""
+
+    vectors: deque[Vector] = field(default_factory=lambda: deque(maxlen=DEFAULT_MAX_EXAMPLES))
+    net_gains: deque[int] = field(default_factory=lambda: deque(maxlen=DEFAULT_MAX_EXAMPLES))
+    weak_wins: int = 0
+    total: int = 0
+    _matrix: Vector | None = None
+
+    def add(self, vector: Vector, net_gain: int) -> None:
+        if net_gain not in (-1, 0, 1):
+            raise ValueError("net gain is -1, 0 or 1")
+        self.vectors.append(np.asarray(vector, dtype=np.float32))
+        self.net_gains.append(net_gain)
+        self.weak_wins += net_gain < 0
+        self.total += 1
+        self._matrix = None
+
+    def matrix(self) -> Vector:
+        if self._matrix is None:
+            self._matrix = np.stack(list(self.vectors)) if self.vectors else np.zeros((0, 0), np.float32)
+        return self._matrix
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vectors": [[round(float(x), 5) for x in v] for v in self.vectors],
+            "net_gains": list(self.net_gains),
+            "weak_wins": self.weak_wins,
+            "total": self.total,
+            "window": self.vectors.maxlen,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DomainEvidence:
+        window = int(data["window"])
+        return cls(
+            deque((np.asarray(v, dtype=np.float32) for v in data["vectors"]), maxlen=window),
+            deque((int(g) for g in data["net_gains"]), maxlen=window),
+            int(data["weak_wins"]),
+            int(data["total"]),
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class DomainRouter:
+    neighbours: int = 20
+    prior_weight: float = 5.0
+    min_similarity: float = 0.5
+
+    def score(self, evidence: DomainEvidence, prior: float, vector: Vector) -> float:
+        """The prompt's need for the strong model, the prior corrected by verified neighbours."""
+        base = prior - (evidence.weak_wins / evidence.total if evidence.total else 0.0)
+        if not evidence.vectors:
+            return base
+        sims = evidence.matrix() @ np.asarray(vector, dtype=np.float32)
+        k = min(self.neighbours, len(sims))
+        top = np.argpartition(-sims, k - 1)[:k]
+        near = top[sims[top] >= self.min_similarity]
+        if not len(near):
+            return base
+        gains = np.fromiter((evidence.net_gains[int(i)] for i in near), dtype=np.float64, count=len(near))
+        return float((self.prior_weight * base + gains.sum()) / (self.prior_weight + len(near)))
