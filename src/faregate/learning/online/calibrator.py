@@ -182,11 +182,17 @@ class ScoreRanks:
         return self._sorted
 
     def to_json(self) -> dict[str, Any]:
-        return {"recent": list(self.recent), "reference": self.reference, "window": self.recent.maxlen}
+        return {
+            "recent": list(self.recent),
+            "reference": self.reference,
+            "window": self.recent.maxlen,
+            "min_live": self.min_live,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ScoreRanks:
         return cls(
             deque((float(v) for v in data["recent"]), maxlen=int(data["window"])),
             [float(v) for v in data["reference"]],
+            min_live=int(data["min_live"]),
         )

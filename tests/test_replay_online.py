@@ -1,0 +1,119 @@
+"""`faregate replay --online`: the closed loop on recorded outcomes (vendored MMLU subjects)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from faregate.cli import replay as replay_cli
+from faregate.cli import replay_online
+from faregate.cli.replay_online import report_json, summary_lines
+from faregate.evals.replay.engine import DEFAULT_PRICES, Pair
+from faregate.evals.replay.online import OnlineOptions, Prepared, run_online, stream_order
+from faregate.evals.replay.outcomes import Outcomes, load_outcomes, select
+
+DATA = Path(__file__).parents[1] / "data" / "routellm"
+SUBJECTS = (
+    "mmlu_high_school_mathematics",  # recorded with GPT-4 far below Mixtral (3% vs 32%)
+    "mmlu_conceptual_physics",
+    "mmlu_high_school_microeconomics",
+    "mmlu_college_biology",
+)
+
+
+@pytest.fixture(scope="module")
+def stream() -> Outcomes:
+    return select(load_outcomes(DATA / "mmlu", drop_contaminated=True), SUBJECTS)
+
+
+def _inputs(outcomes: Outcomes, informative: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors that say the subject (as MiniLM's do), and a prior that is noise or knows the truth."""
+    rng = np.random.default_rng(0)
+    centres = {s: rng.standard_normal(16) for s in SUBJECTS}
+    vectors = np.stack([centres[r.source] + 0.3 * rng.standard_normal(16) for r in outcomes.records])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    pair = Pair()
+    truth = np.array([r.correct[pair.strong] and not r.correct[pair.weak] for r in outcomes.records], float)
+    prior = truth + 0.3 * rng.random(len(truth)) if informative else rng.random(len(truth))
+    return prior, vectors.astype(np.float32)
+
+
+def test_stream_orders_are_seeded(stream: Outcomes) -> None:
+    shuffled = stream_order(stream.records, "shuffled", 1)
+    assert sorted(shuffled) == list(range(len(stream))) and shuffled == stream_order(
+        stream.records, "shuffled", 1
+    )
+    by_source = stream_order(stream.records, "by-source", 1)
+    sources = [stream.records[i].source for i in by_source]
+    assert sum(a != b for a, b in itertools.pairwise(sources)) == len(SUBJECTS) - 1
+
+
+def test_the_loop_keeps_the_target_and_charges_verification(stream: Outcomes) -> None:
+    prior, vectors = _inputs(stream, informative=True)
+    options = OnlineOptions(mode="router", target=0.95, verify_share=0.2, window=500, seed=0)
+    report = run_online(stream, prior, vectors, Pair(), DEFAULT_PRICES, options)
+    total = report.total
+    assert total.prompts == len(stream) == sum(w.prompts for w in report.windows)
+    assert 0.15 < total.verified / total.prompts < 0.25
+    assert total.retained >= 0.95
+    # An informative prior lets the calibration send real traffic to the cheap model...
+    assert total.strong_answers < total.prompts * 0.9
+    # ...and every verification is paid for: cost = answers + shadow calls.
+    assert total.verification_cost > 0 and total.cost < report.all_strong_cost
+    assert report.apgr_routed > 0.7
+    data = report_json(report)
+    assert data["total"]["verified"] == total.verified and len(data["windows"]) == len(report.windows)
+    assert any("APGR of the routed traffic" in line for line in summary_lines(report))
+
+
+def test_too_little_verification_keeps_every_request_on_the_strong_model(stream: Outcomes) -> None:
+    prior, vectors = _inputs(stream, informative=True)
+    options = OnlineOptions(mode="router", verify_share=0.005, min_verified=30)
+    report = run_online(stream, prior, vectors, Pair(), DEFAULT_PRICES, options)
+    assert report.total.strong_answers == report.total.prompts and report.final_share == 1.0
+
+
+def test_domain_learning_ranks_better_than_a_useless_prior(stream: Outcomes) -> None:
+    """High-school maths is recorded with GPT-4 worse than Mixtral: verified neighbours learn it."""
+    prior, vectors = _inputs(stream, informative=False)
+    base = OnlineOptions(mode="router", verify_share=0.2, seed=2, fallback=False)
+    learned = run_online(stream, prior, vectors, Pair(), DEFAULT_PRICES, base)
+    fixed = run_online(
+        stream, prior, vectors, Pair(), DEFAULT_PRICES, OnlineOptions(**{**_fields(base), "learn": False})
+    )
+    assert learned.apgr_routed > fixed.apgr_routed + 0.1
+
+
+def _fields(options: OnlineOptions) -> dict[str, object]:
+    return {name: getattr(options, name) for name in OnlineOptions.__dataclass_fields__}
+
+
+def test_cli_online_flag(stream: Outcomes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    prior, vectors = _inputs(stream, informative=True)
+
+    def fake_prepare(spec: str, outcomes: Outcomes, **_: object) -> Prepared:
+        assert spec == "router:some.json"
+        return Prepared(stream, prior, vectors, Pair(), [], "router", "test stream")
+
+    monkeypatch.setattr(replay_online, "prepare", fake_prepare)
+    app = typer.Typer()
+    replay_cli.register(app)
+    app.command("noop")(lambda: None)
+    out = tmp_path / "online.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            *("replay", "--online", "--data", str(DATA / "mmlu"), "--policy", "router:some.json"),
+            *("--verify-share", "0.2", "--json", str(out)),
+        ],
+        env={"COLUMNS": "220"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "APGR of the routed traffic" in result.output and "Online calibration" in result.output
+    assert json.loads(out.read_text())["options"]["verify_share"] == 0.2
