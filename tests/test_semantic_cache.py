@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from faregate.cache.guards import numbers, violation
+from faregate.cache.guard_numbers import numbers
+from faregate.cache.guards import violation
 from faregate.cache.semantic import SemanticCache, conversation_text, scope_for
 from faregate.cache.semantic_index import Scope, SemanticIndex, make_scope
 from faregate.embedding.embedder import DIMENSIONS, AsyncEmbedder, Embedder, Vector
@@ -337,3 +338,34 @@ async def test_real_round_trip_hits_paraphrases_and_misses_other_questions(model
     assert distinct.status == "miss" and distinct.reason == "no_candidate"
     assert await cache.lookup(make_scope("tenant-b", "gpt-4o-mini"), "What is the capital of France?") is None
     await cache.embedder.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "cached"),
+    [
+        ("Which one is faster, Python or Go?", "Which is faster, Python or Go?"),  # "one", a pronoun
+        ("Why am I afraid of the dark?", "Why am I scared of the dark?"),  # synonyms
+        ("How do I buy a used car?", "How do I purchase a used car?"),
+        ("What is 5 * 3?", "What is 5 times 3?"),  # a sign written as a word
+        ("What is 12/4?", "What is 12 divided by 4?"),
+        ("Should I learn TCP/IP and/or HTTP first?", "Should I learn TCP/IP or HTTP first?"),
+        ("Who is J. K. Rowling?", "Who is JK Rowling?"),  # initials
+        ("Books by J. R. R. Tolkien", "Books by JRR Tolkien"),
+    ],
+)
+def test_guards_let_these_paraphrases_through(query: str, cached: str) -> None:
+    assert violation(query, cached) is None
+
+
+@pytest.mark.parametrize(
+    ("query", "cached", "guard"),
+    [
+        ("I have one cat", "I have two cats", "numbers"),  # "one" is still a number against another
+        ("Is 1 enough?", "Are 2 enough?", "numbers"),
+        ("Why am I afraid of the dark?", "Why am I afraid of the light?", "opposites"),
+        ("Q(sqrt(2) + sqrt(3))", "Q(sqrt(2)*sqrt(3))", "formulas"),
+        ("Who is J. K. Rowling?", "Who is J. R. R. Tolkien?", "entities"),
+    ],
+)
+def test_guards_still_catch_these(query: str, cached: str, guard: str) -> None:
+    assert violation(query, cached) == guard

@@ -14,40 +14,16 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from difflib import SequenceMatcher
-from functools import lru_cache
 from importlib import resources
+
+from faregate.cache.guard_numbers import NUMBER_WORDS, numbers_match, tokens, words
 
 Guard = Callable[[str, str], bool]
 
-_THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _WORD = re.compile(r"[a-z]+(?:\+\+|#)?|\d+(?:[.,]\d+)*")
 _CASED_WORD = re.compile(r"[^\W\d_](?:[\w'’\-]|\.(?=\d))*")
-_POSSESSIVE = re.compile(r"(?<=[a-z])'s\b")
 # Sentence punctuation only when followed by a space, so "GPT-3.5" and "e.g.," stay whole.
 _SENTENCE_END = re.compile(r"[.!?:;]+(?:\s+|$)|\n+")
-
-_SMALL = dict(
-    zip(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-        "sixteen seventeen eighteen nineteen".split(),
-        range(20),
-        strict=True,
-    )
-)
-_TENS = dict(
-    zip("twenty thirty forty fifty sixty seventy eighty ninety".split(), range(20, 100, 10), strict=True)
-)
-_SPOKEN = frozenset(_SMALL) | frozenset(_TENS)
-_SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
-_OTHER_NUMBERS: dict[str, tuple[str, ...]] = {
-    "first": ("1",), "second": ("2",), "third": ("3",), "fourth": ("4",), "fifth": ("5",), "sixth": ("6",),
-    "seventh": ("7",), "eighth": ("8",), "ninth": ("9",), "tenth": ("10",), "eleventh": ("11",),
-    "twelfth": ("12",), "twentieth": ("20",), "hundredth": ("100",), "once": ("1",), "twice": ("2",),
-    "thrice": ("3",), "dozen": ("12",), "half": ("1", "2"), "quarter": ("1", "4"),
-    # Roman numerals past "i" (a pronoun) and "v", "x" (letters in formulas): World War II, Part IV.
-    "ii": ("2",), "iii": ("3",), "iv": ("4",), "vi": ("6",), "vii": ("7",), "viii": ("8",), "ix": ("9",),
-    "xi": ("11",), "xii": ("12",),
-}  # fmt: skip
 
 _NEGATIONS = frozenset(
     "not no never nor neither none nobody nothing nowhere without cannot cant dont doesnt didnt isnt arent "
@@ -79,6 +55,12 @@ _FRAMING_WORDS = (
 _ROLE_GROUPS = ("north", "northern", "celsius", "km", "kg", "dollar", "python", "windows")
 # Operators and symbols that change a formula's meaning; "-" and "," are left out (hyphens, lists).
 _SYMBOLS = re.compile(r"[+*/=<>^_|\\~{}\[\]]")
+# Signs that are often written as words instead ("times", "divided by", "plus").
+_ARITHMETIC = frozenset("*/+")
+_WORD_SLASH = re.compile(r"(?<=[^\W\d_])/(?=[^\W\d_])")
+# Initials before a name: "J. K. Rowling", "George R. R. Martin".
+_INITIALS = re.compile(r"\b[A-Z]\.\s*(?=[A-Z])")
+_INITIAL_RUN = re.compile(r"\b([A-Z])\.\s*(?=[A-Z]\.)")
 # Single-letter variables (f vs g); "a" and "I" are words, and "'s"/"'t" are contractions.
 _VARIABLE = re.compile(r"(?<![\w'’.])([b-hj-zB-HJ-Z])(?![\w'’])")
 # Options of a multiple-choice question, lettered or numbered, one per line.
@@ -116,6 +98,13 @@ def _build_groups() -> dict[str, list[tuple[int, int]]]:
 
 
 _SENSES = _build_groups()
+_SYNONYMS = resources.files("faregate.cache").joinpath("data/synonyms.txt").read_text(encoding="utf-8")
+# Stemmed word -> its synonym group.
+_SYNONYM_OF = {
+    _stem(word): group
+    for group, line in enumerate(x for x in _SYNONYMS.splitlines() if x.strip() and not x.startswith("#"))
+    for word in line.split()
+}
 _FRAMING = frozenset(map(_stem, _FRAMING_WORDS.split()))
 _ROLE_WORDS = frozenset(
     word
@@ -125,86 +114,14 @@ _ROLE_WORDS = frozenset(
 )
 
 
-@lru_cache(maxsize=4096)
-def _words(text: str) -> tuple[str, ...]:
-    """Lower-cased words and numbers; possessive 's and apostrophes dropped ("don't" is "dont")."""
-    lowered = _POSSESSIVE.sub("", text.lower().replace("’", "'"))
-    return tuple(_WORD.findall(lowered.replace("'", "")))
-
-
-def numbers(text: str) -> list[str]:
-    """Every number in a text, canonical: digits, written ("twenty-five", "2 million"), ordinals, roman."""
-    return [token for token, is_number in _tokens(text) if is_number]
-
-
-@lru_cache(maxsize=4096)
-def _tokens(text: str) -> tuple[tuple[str, bool], ...]:
-    """The words of a text with each number, however written, as one canonical token."""
-    words = _words(text)
-    out: list[tuple[str, bool]] = []
-    i = 0
-    while i < len(words):
-        word = words[i]
-        if word[0].isdigit():
-            values = _canonical(word)
-            if len(values) == 1 and i + 1 < len(words) and words[i + 1] in _SCALES:
-                values = [_scaled(values[0], _SCALES[words[i + 1]])]
-                i += 1
-            out.extend((v, True) for v in values)
-            i += 1
-            if i < len(words) and words[i] in ("st", "nd", "rd", "th"):  # 3rd
-                i += 1
-        elif word in _SPOKEN or word in _SCALES or word == "hundred":
-            value, i = _spoken(words, i)
-            out.append((value, True))
-        elif word in _OTHER_NUMBERS:
-            out.extend((v, True) for v in _OTHER_NUMBERS[word])
-            i += 1
-        else:
-            out.append((word, False))
-            i += 1
-    return tuple(out)
-
-
-def _spoken(words: tuple[str, ...], start: int) -> tuple[str, int]:
-    """The number spelled out from words[start] on, and where it ends."""
-    total, current, j = 0, 0, start
-    while j < len(words):
-        word = words[j]
-        tail = current % 100
-        # "twenty five" is one number, "five three" two: a run only continues as spoken.
-        if word in _SMALL and (tail == 0 or (tail % 10 == 0 and tail >= 20 and _SMALL[word] < 10)):
-            current += _SMALL[word]
-        elif word in _TENS and tail == 0:
-            current += _TENS[word]
-        elif word == "hundred":
-            current = max(current, 1) * 100
-        elif word in _SCALES:
-            total, current = total + max(current, 1) * _SCALES[word], 0
-        elif not (word == "and" and j > start and j + 1 < len(words) and words[j + 1] in _SPOKEN):
-            break
-        j += 1
-    return str(total + current), j
-
-
-def _canonical(token: str) -> list[str]:
-    # "1,000" is a thousand but "1,2,3" is a list; "3.10" stays apart from "3.1" (versions).
-    token = token.replace(",", "") if _THOUSANDS.fullmatch(token) else token
-    return [part if "." in part else str(int(part)) for part in token.split(",") if part]
-
-
-def _scaled(value: str, scale: int) -> str:
-    number = float(value) * scale
-    return str(int(number)) if number.is_integer() else str(number)
-
-
 def numbers_differ(a: str, b: str) -> bool:
     """Catches questions that differ in a number: amounts, dates, versions (3.5 vs 4), episodes.
 
     Compares the multisets of numbers, with written numbers and ordinals ("third", "twice",
-    "twenty-five") made digits, so a paraphrase that spells a number out still matches.
+    "twenty-five") made digits, so a paraphrase that spells a number out still matches; a lone
+    "one" may be the pronoun ("which one is faster") and is not held against a text without it.
     """
-    return Counter(numbers(a)) != Counter(numbers(b))
+    return not numbers_match(a, b)
 
 
 def negation_differs(a: str, b: str) -> bool:
@@ -215,7 +132,7 @@ def negation_differs(a: str, b: str) -> bool:
     """
 
     def count(text: str) -> int:
-        return sum(1 for w in _words(text) if w in _NEGATIONS)
+        return sum(1 for w in words(text) if w in _NEGATIONS)
 
     return count(a) != count(b)
 
@@ -230,14 +147,14 @@ def opposite_terms(a: str, b: str) -> bool:
     senses_a, senses_b = _group_senses(a), _group_senses(b)
     if any(senses_b[group] != senses for group, senses in senses_a.items() if group in senses_b):
         return True
-    raw_a = set(_words(a)) - set(_words(b))
-    raw_b = set(_words(b)) - set(_words(a))
+    raw_a = set(words(a)) - set(words(b))
+    raw_b = set(words(b)) - set(words(a))
     return any(_prefixed_opposites(x, y) or _prefixed_opposites(y, x) for x in raw_a for y in raw_b)
 
 
 def _group_senses(text: str) -> dict[int, set[int]]:
     found: dict[int, set[int]] = {}
-    for word in _words(text):
+    for word in words(text):
         for group, sense in _SENSES.get(_stem(word), ()):
             found.setdefault(group, set()).add(sense)
     return found
@@ -266,7 +183,7 @@ def _entities(text: str) -> set[str]:
             if position == 0 and titled:
                 continue
             key = word.lower().replace("’", "").replace("'", "")
-            if key in _NOT_NAMES or key in _SPOKEN or key in _OTHER_NUMBERS or len(key) == 1:
+            if key in _NOT_NAMES or key in NUMBER_WORDS or len(key) == 1:
                 continue
             found.add(key)
     return found
@@ -277,11 +194,17 @@ def entities_differ(a: str, b: str) -> bool:
 
     A name (a capitalised word, or an acronym) in one text must appear, in any case, in the other.
     """
-    stems_a = {_stem(w) for w in _words(a)}
-    stems_b = {_stem(w) for w in _words(b)}
+    a, b = _joined_initials(a), _joined_initials(b)
+    stems_a = {_stem(w) for w in words(a)}
+    stems_b = {_stem(w) for w in words(b)}
     return any(not _mentioned(e, stems_b) for e in _entities(a)) or any(
         not _mentioned(e, stems_a) for e in _entities(b)
     )
+
+
+def _joined_initials(text: str) -> str:
+    """ "J. K. Rowling" -> "JK. Rowling", so it names the same as "JK Rowling"."""
+    return _INITIAL_RUN.sub(r"\1", text)
 
 
 def _mentioned(entity: str, stems: set[str]) -> bool:
@@ -290,7 +213,7 @@ def _mentioned(entity: str, stems: set[str]) -> bool:
 
 def _content(text: str) -> list[str]:
     """Stemmed words without function words, numbers canonical ("third", "3rd" and "3" are "3")."""
-    return [t if is_number else _stem(t) for t, is_number in _tokens(text) if t not in _FUNCTION_WORDS]
+    return [t if is_number else _stem(t) for t, is_number in tokens(text) if t not in _FUNCTION_WORDS]
 
 
 def roles_swapped(a: str, b: str) -> bool:
@@ -362,22 +285,32 @@ def choices_differ(a: str, b: str) -> bool:
     options_a, options_b = _CHOICE.findall(a), _CHOICE.findall(b)
     if len(options_a) < 2 and len(options_b) < 2:
         return False
-    return [(k.upper(), _words(t)) for k, t in options_a] != [(k.upper(), _words(t)) for k, t in options_b]
+    return [(k.upper(), words(t)) for k, t in options_a] != [(k.upper(), words(t)) for k, t in options_b]
 
 
 def formulas_differ(a: str, b: str) -> bool:
     """Catches formulas that differ in an operator or a variable: "Q(sqrt(2) + sqrt(3))" vs
     "Q(sqrt(2)*sqrt(3))", "f must be injective" vs "g must be injective", "Z_3 x 3Z" vs "Z_3 x Z_3".
+
+    Arithmetic signs are compared only when both texts write arithmetic with signs: "5 * 3" and
+    "5 times 3" ask the same (the numbers guard still compares the numbers). A slash between
+    words ("and/or", "TCP/IP", "km/h") is not division, and initials ("J. K. Rowling") are not
+    variables.
     """
-    return Counter(_SYMBOLS.findall(a)) != Counter(_SYMBOLS.findall(b)) or Counter(
-        _VARIABLE.findall(a)
-    ) != Counter(_VARIABLE.findall(b))
+    a, b = _INITIALS.sub("", a), _INITIALS.sub("", b)
+    symbols_a = Counter(_SYMBOLS.findall(_WORD_SLASH.sub(" ", a)))
+    symbols_b = Counter(_SYMBOLS.findall(_WORD_SLASH.sub(" ", b)))
+    if not (_ARITHMETIC & set(symbols_a)) or not (_ARITHMETIC & set(symbols_b)):
+        for sign in _ARITHMETIC:
+            symbols_a.pop(sign, None)
+            symbols_b.pop(sign, None)
+    return symbols_a != symbols_b or Counter(_VARIABLE.findall(a)) != Counter(_VARIABLE.findall(b))
 
 
 def qualifiers_differ(a: str, b: str) -> bool:
     """Catches a restriction added or dropped: "raises tuition if ..." vs "only if ...", "all except X"."""
-    return Counter(w for w in _words(a) if w in _QUALIFIERS) != Counter(
-        w for w in _words(b) if w in _QUALIFIERS
+    return Counter(w for w in words(a) if w in _QUALIFIERS) != Counter(
+        w for w in words(b) if w in _QUALIFIERS
     )
 
 
@@ -407,10 +340,19 @@ def one_word_swapped(a: str, b: str) -> bool:
     old, new = " ".join(seq_a[i1:i2]), " ".join(seq_b[j1:j2])
     if old.startswith(new) or new.startswith(old):  # an abbreviation: dict, dictionary
         return False
+    if old.replace(" ", "") == new.replace(" ", ""):  # initials: "j k" and "jk"
+        return False
     if all(w in _LOOSE_PREPOSITIONS for w in seq_a[i1:i2] + seq_b[j1:j2]):
+        return False
+    if _synonyms(seq_a[i1:i2], seq_b[j1:j2]):
         return False
     senses_a = {sense for w in seq_a[i1:i2] for sense in _SENSES.get(w, ())}
     return not any(sense in senses_a for w in seq_b[j1:j2] for sense in _SENSES.get(w, ()))
+
+
+def _synonyms(old: list[str], new: list[str]) -> bool:
+    """One word for another of its synonym group ("afraid" for "scared")."""
+    return len(old) == len(new) == 1 and _SYNONYM_OF.get(old[0], -1) == _SYNONYM_OF.get(new[0], -2)
 
 
 GUARDS: tuple[tuple[str, Guard], ...] = (
