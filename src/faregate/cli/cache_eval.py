@@ -66,8 +66,42 @@ def register(app: typer.Typer) -> None:
         pad_to: Annotated[
             int, typer.Option(help="Also time lookups with the cache padded to this many entries (0: skip).")
         ] = 50_000,
+        pairs_file: Annotated[
+            Path | None,
+            typer.Option(
+                "--pairs",
+                help="Labelled pairs (CSV/TSV/JSONL: text1,text2,label; or the .txt block format): replay "
+                "them as a stream with online acceptance instead (the data folder holding routellm/ and "
+                "paraphrase/ fills the index).",
+            ),
+        ] = None,
+        sizes: Annotated[
+            str, typer.Option(help="--pairs: index sizes, comma-separated.")
+        ] = "0,2500,20000,50000",
+        max_wrong_hit_rate: Annotated[float, typer.Option(help="--pairs: the wrong-hit bound.")] = 0.005,
+        warm_passes: Annotated[
+            int,
+            typer.Option(help="--pairs: earlier passes of the stream (other orders) whose evidence is kept."),
+        ] = 0,
+        seed: Annotated[int, typer.Option(help="--pairs: stream order seed.")] = 0,
     ) -> None:
         """Measure the semantic cache on distinct questions and labelled paraphrases."""
+        if pairs_file is not None:
+            from faregate.cli.cache_stream import run_pairs
+            from faregate.learning.online.cache_acceptance import CacheAcceptance
+
+            run_pairs(
+                pairs_file,
+                data if data != DEFAULT_DATA else Path("data"),
+                [int(s) for s in sizes.split(",")],
+                CacheAcceptance(max_wrong_hit_rate=max_wrong_hit_rate),
+                seed=seed,
+                warm_passes=warm_passes,
+                cache_dir=cache_dir,
+                out=out,
+                console=Console(width=max(Console().width, 150)),
+            )
+            return
         if threshold not in THRESHOLDS:
             raise typer.BadParameter(
                 f"threshold must be one of {THRESHOLDS[0]}..{THRESHOLDS[-1]} in steps of 0.01"

@@ -1,0 +1,230 @@
+"""A stream of lookups replayed through the semantic cache with online acceptance
+(`faregate cache-eval --pairs FILE`).
+
+Labelled pairs (two texts, same question or not) become a stream: in a seeded order, each pair's
+first text is looked up (and, missing, stored with its answer), then its second. Texts linked by
+"same" labels form one class; a hit is right only when the cached entry is of the query's class.
+Between pairs, `distinct` questions (texts of no pair, none of them in the index) are looked up
+too: any hit on one is wrong. Before the stream the index holds `fill` entries of other texts (one
+tenant's other traffic), so lookups meet a crowded index of the stated size.
+
+Each lookup runs what the gateway runs: the index's nearest candidates, the near-miss guards, then
+the online acceptance (learning/online/cache_acceptance.py). A lookup not served is labelled for
+free (the fresh answer is compared with the candidate's); a sampled share of served hits is
+verified by a fresh call, counted as verification cost. Reported, per window and overall: the
+realised wrong-hit rate (wrong answers served / lookups), the share of true paraphrases served
+(lookups whose class was already cached, served a right answer), and verification calls.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from faregate.cache.guards import violation
+from faregate.cache.semantic import CANDIDATES
+from faregate.cache.semantic_index import Scope, SemanticIndex
+from faregate.learning.online.cache_acceptance import (
+    AcceptanceState,
+    CacheAcceptance,
+    EntryEvidence,
+    Neighbour,
+)
+from faregate.learning.online.sampling import coin
+
+SCOPE = Scope("stream-tenant", "stream-model")
+TEXT_COLUMNS = (
+    ("text1", "text2"),
+    ("question1", "question2"),
+    ("sentence1", "sentence2"),
+    ("anchor", "other"),
+)
+LABEL_COLUMNS = ("label", "same", "is_duplicate", "paraphrase")
+
+
+@dataclass(slots=True, frozen=True)
+class LabelledPair:
+    first: str
+    second: str
+    same: bool
+
+
+def load_labelled_pairs(path: Path) -> list[LabelledPair]:
+    """CSV/TSV (columns text1,text2,label or question1,question2,is_duplicate ...), JSONL with the
+    same keys, or the block format of evals/cache_eval/data/paraphrases.txt (.txt)."""
+    if path.suffix == ".txt":
+        from faregate.evals.cache_eval.measure import load_pairs
+
+        return [LabelledPair(p.anchor, p.other, p.paraphrase) for p in load_pairs(path.read_text("utf-8"))]
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+    else:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ","))
+    if not rows:
+        raise ValueError(f"{path}: no pairs")
+    keys = set(rows[0])
+    texts = next((c for c in TEXT_COLUMNS if set(c) <= keys), None)
+    label = next((c for c in LABEL_COLUMNS if c in keys), None)
+    if texts is None or label is None:
+        raise ValueError(f"{path}: needs two text columns ({TEXT_COLUMNS}) and a label ({LABEL_COLUMNS})")
+    return [LabelledPair(str(r[texts[0]]), str(r[texts[1]]), _truthy(r[label])) for r in rows]
+
+
+def _truthy(value: object) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "same", "1.0")
+
+
+@dataclass(slots=True)
+class StreamWindow:
+    start: int
+    lookups: int = 0
+    served: int = 0
+    wrong: int = 0
+    paraphrase_lookups: int = 0
+    paraphrases_served: int = 0
+    distinct_lookups: int = 0
+    distinct_wrong: int = 0
+    verified: int = 0
+
+    @property
+    def wrong_hit_rate(self) -> float:
+        return self.wrong / self.lookups if self.lookups else 0.0
+
+    @property
+    def paraphrase_share(self) -> float:
+        return self.paraphrases_served / self.paraphrase_lookups if self.paraphrase_lookups else 0.0
+
+
+@dataclass(slots=True)
+class StreamReport:
+    fill: int
+    index_entries: int
+    windows: list[StreamWindow]
+    total: StreamWindow
+    acceptance: CacheAcceptance
+    state: AcceptanceState = field(default_factory=AcceptanceState)
+
+
+def _classes(pairs: Sequence[LabelledPair]) -> dict[str, int]:
+    parent: dict[str, str] = {}
+
+    def root(t: str) -> str:
+        parent.setdefault(t, t)
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    for p in pairs:
+        root(p.first), root(p.second)
+        if p.same:
+            parent[root(p.first)] = root(p.second)
+    roots: dict[str, int] = {}
+    return {t: roots.setdefault(root(t), len(roots)) for t in parent}
+
+
+def replay_stream(
+    pairs: Sequence[LabelledPair],
+    vectors: dict[str, np.ndarray],
+    fill: Sequence[np.ndarray],
+    distinct: Sequence[str],
+    acceptance: CacheAcceptance,
+    *,
+    seed: int = 0,
+    window: int = 500,
+    verify_hits: float = 0.05,
+    state: AcceptanceState | None = None,
+) -> StreamReport:
+    """Run the stream. `vectors` maps every pair and distinct text to its unit embedding; `fill` are
+    vectors of other texts to pre-load (never a right answer to anything in the stream)."""
+    classes = _classes(pairs)
+    index: SemanticIndex[int] = SemanticIndex(
+        len(next(iter(vectors.values()))), max_entries=10**7, ttl_s=1e12
+    )
+    evidence: dict[int, EntryEvidence] = {}
+    for vector in fill:
+        index.add(SCOPE, vector, "", -1)
+    state = state or AcceptanceState(floor=0.80)
+    rng = np.random.default_rng(seed)
+    order = [pairs[int(i)] for i in rng.permutation(len(pairs))]
+    pending = list(distinct)
+    rng.shuffle(pending)
+    per_pair = len(pending) / max(1, len(order))
+    queries: list[tuple[str, int]] = []
+    owed = 0.0
+    for pair in order:
+        queries += [(pair.first, classes[pair.first]), (pair.second, classes[pair.second])]
+        owed += per_pair
+        while owed >= 1 and pending:
+            queries.append((pending.pop(), -2))
+            owed -= 1
+    seen: set[str] = set()
+    cached_classes: set[int] = set()
+    windows: list[StreamWindow] = []
+    total = StreamWindow(0)
+    lookup = 0
+    for text, cls in queries:
+        if cls >= 0 and text in seen:
+            continue
+        seen.add(text)
+        if lookup % window == 0:
+            windows.append(StreamWindow(lookup))
+        outcome = _lookup(
+            index, evidence, state, acceptance, text, vectors[text], cls, seed, lookup, verify_hits
+        )
+        served, wrong, verified = outcome
+        paraphrase = cls >= 0 and cls in cached_classes
+        for w in (windows[-1], total):
+            w.lookups += 1
+            w.served += served
+            w.wrong += served and wrong
+            w.verified += verified
+            w.paraphrase_lookups += paraphrase
+            w.paraphrases_served += paraphrase and served and not wrong
+            w.distinct_lookups += cls == -2
+            w.distinct_wrong += cls == -2 and served
+        if not served:
+            entry = index.add(SCOPE, vectors[text], text, cls if cls >= 0 else -3 - lookup)
+            evidence[id(entry)] = EntryEvidence()
+            if cls >= 0:
+                cached_classes.add(cls)
+        lookup += 1
+    return StreamReport(len(fill), len(index), windows, total, acceptance, state)
+
+
+def _lookup(
+    index: SemanticIndex[int],
+    evidence: dict[int, EntryEvidence],
+    state: AcceptanceState,
+    acceptance: CacheAcceptance,
+    text: str,
+    vector: np.ndarray,
+    cls: int,
+    seed: int,
+    lookup: int,
+    verify_hits: float,
+) -> tuple[bool, bool, bool]:
+    """(served, wrong, verified by a fresh call) for one lookup."""
+    found = index.search(SCOPE, vector, k=CANDIDATES, min_score=state.floor - 0.05)
+    allowed = [(e, s) for e, s in found if e.text and violation(text, e.text) is None]
+    candidates = [(e, s) for e, s in allowed if s >= state.floor]
+    if not candidates:
+        state.lookups += 1
+        return False, False, False
+    best, similarity = candidates[0]
+    others = [Neighbour(s, evidence.get(id(e), EntryEvidence())) for e, s in found if e is not best]
+    mine = evidence.setdefault(id(best), EntryEvidence())
+    decision = acceptance.decide(
+        state, Neighbour(similarity, mine), others, coin(f"cache-{seed}", str(lookup))
+    )
+    wrong = best.payload != cls or cls < 0
+    verified = decision.serve and coin(f"verify-{seed}", str(lookup)) < verify_hits
+    if not decision.serve or verified:
+        acceptance.observe(state, similarity, wrong, [mine])
+    return decision.serve, wrong, verified
