@@ -1,7 +1,7 @@
 """The cascade and the complexity router as gateway routes, on held-out GSM8K, through the gateway.
 
 Starts the simulator replaying the real recorded answers of GPT-4 and Mixtral
-(../shared/data/routellm/gsm8k_responses.csv) and a gateway whose routes use the trained files in
+(data/routellm/gsm8k_responses.csv) and a gateway whose routes use the trained files in
 routers/, then sends every held-out question of the files' split (seed 0, 654 questions) to each
 route with the official openai SDK. Quality is the recorded correctness of the answer the gateway
 actually returned; cost is what the gateway charged (`usage.cost`: both calls when the cascade
@@ -34,7 +34,7 @@ from faregate.evals.router_eval import held_out
 from faregate.routing.cascade import LearnedJudge
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "routellm" / "gsm8k_responses.csv"
+DATA = ROOT / "data" / "routellm" / "gsm8k_responses.csv"
 MASTER = "fg-bench-master-0123456789"
 STRONG, WEAK = "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"
 ROUTES = ("all-strong", "all-weak", "math-router", "math-cascade")

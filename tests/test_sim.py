@@ -24,7 +24,7 @@ from faregate.errors import ConfigError
 from faregate.sim import RunningSim, answers, catalog_model_names, create_app, parse_script, start
 from faregate.sim.script import load_script
 
-GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm" / "gsm8k_responses.csv"
+GSM8K = Path(__file__).resolve().parents[1] / "data" / "routellm" / "gsm8k_responses.csv"
 MSG = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello to the simulator."}]
 StartSim = Callable[..., Awaitable[RunningSim]]
 
