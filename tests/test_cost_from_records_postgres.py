@@ -7,6 +7,7 @@ import asyncio
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from faregate.catalog import build_catalog
@@ -18,6 +19,8 @@ from faregate.store.record_totals import ModelTraffic, postgres_traffic, sqlite_
 from faregate.store.sqlite import SQLiteStore
 from faregate.types import RequestRecord
 from servers import PostgresServer, postgres_server  # noqa: F401
+
+pytestmark = pytest.mark.e2e
 
 # A fixed window (ISO dates, not "7d ago"), so both runs print the same title to the minute.
 SINCE, UNTIL = "2030-01-01T00:00:00", "2030-01-08T00:00:00"

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from playwright import sync_api
 
 from faregate import tokens
 from harness import MASTER_KEY, GatewayProcess, SimProcess, create_key, run_gateway
@@ -35,8 +36,6 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # Traffic: (model, prompt tokens, answer tokens, how many).
 TRAFFIC = [("deepseek-v4-flash", 1000, 500, 3), ("qwen3-8b", 400, 200, 2), ("glm-4-plus", 300, 100, 1)]
-
-sync_api = pytest.importorskip("playwright.sync_api")
 
 
 def usd(value: Decimal) -> str:
@@ -150,8 +149,9 @@ def traffic(dashboard_gateway: GatewayProcess) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # A missing browser fails the run: a green run must mean the dashboard was seen working.
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+        pytest.fail(f"{CHROMIUM} is not installed: apt-get install chromium (make test installs it)")
     with sync_api.sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield chromium

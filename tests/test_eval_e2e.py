@@ -15,11 +15,14 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from faregate.cli.main import app
 from faregate.types import RequestRecord
 from harness import GatewayProcess, SimProcess
+
+pytestmark = pytest.mark.e2e
 
 MODELS = ["deepseek-v4-flash", "glm-4-plus"]
 

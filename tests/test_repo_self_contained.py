@@ -11,6 +11,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 # Written in pieces so that this file does not match itself.
 SHARED = "shared"
@@ -33,6 +35,7 @@ def tracked_files() -> list[str]:
     return [name for name in listed.stdout.decode().split("\0") if name]
 
 
+@pytest.mark.e2e  # runs git
 def test_no_tracked_file_points_beside_the_checkout() -> None:
     offenders = []
     for name in tracked_files():

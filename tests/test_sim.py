@@ -518,6 +518,7 @@ def test_model_overrides_replace_fields_and_merge_faults(tmp_path: Path) -> None
         load_script(tmp_path / "missing.yaml")
 
 
+@pytest.mark.e2e
 def test_cli_registers_sim_and_prints_the_base_url(tmp_path: Path) -> None:
     from faregate.cli import sim as sim_cli
 

@@ -36,6 +36,7 @@ def require_master(request: web.Request, master_key: str | None) -> None:
 
 def health_detail(gateway: Gateway) -> bytes:
     runner = gateway.pipeline.runner
+    cache = gateway.pipeline.cache
     return orjson.dumps(
         {
             "status": "ok",
@@ -49,6 +50,8 @@ def health_detail(gateway: Gateway) -> bytes:
                 "records_pending": gateway.records.pending,
                 "records_written": gateway.records.written,
                 "records_dropped": gateway.records.dropped,
+                "cache_writes": cache.writes if cache is not None else 0,
+                "semantic_cache_writes": cache.semantic_writes if cache is not None else 0,
             },
         }
     )
