@@ -533,8 +533,15 @@ def test_cli_registers_sim_and_prints_the_base_url(tmp_path: Path) -> None:
     assert "--script" in help_text and "--port" in help_text
     bad = tmp_path / "bad.yaml"
     bad.write_text("defaults: {bogus: 1}\n")
-    result = CliRunner().invoke(app, ["sim", "--script", str(bad)])
-    assert result.exit_code == 2 and "bogus" in result.output
+    # A bad script is one line from the console script, exit code 2.
+    result = subprocess.run(
+        [sys.executable, "-m", "faregate.cli.main", "sim", "--script", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and result.stderr.startswith("faregate: ") and "bogus" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
     code = (
         "import typer; from faregate.cli import sim; app = typer.Typer(); sim.register(app); "

@@ -9,9 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from faregate.catalog import Catalog, Model, build_catalog
-from faregate.cli.common import ConfigOption, load_or_exit
-from faregate.cli.cost_records import cost_from_records
+from faregate.catalog import Model
+from faregate.cli.common import ConfigOption, ModelLookup, load_or_exit
 from faregate.evals.projection import (
     Line,
     Workload,
@@ -24,7 +23,7 @@ from faregate.evals.projection import (
 )
 
 
-def _lookup(catalog: Catalog, name: str) -> Model:
+def _lookup(catalog: ModelLookup, name: str) -> Model:
     model = catalog.get(name)
     if model is None:
         hint = catalog.suggest(name)
@@ -118,7 +117,10 @@ def register(app: typer.Typer) -> None:
         """
         settings = load_or_exit(config)
         if from_records:
-            catalog = build_catalog(settings)
+            # Only this path reads the store: its modules load only here.
+            from faregate.cli.cost_records import cost_from_records
+
+            catalog = ModelLookup(settings)
             targets = {m.name: m.list_price for m in (_lookup(catalog, n) for n in model or [])}
             cost_from_records(settings, targets, since, until)
             return
@@ -131,14 +133,14 @@ def register(app: typer.Typer) -> None:
             shares = parse_split(split) if split else None
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
-        catalog = build_catalog(settings)
+        catalog = ModelLookup(settings)
         base = _lookup(catalog, baseline or settings.baseline_model)
         if model:
             names = model
         elif shares:
             names = list(shares)
         else:
-            names = [m.name for m in catalog.all() if m.curated]
+            names = [m.name for m in catalog.curated.all() if m.curated]
         models = list({m.name: m for m in (_lookup(catalog, n) for n in names)}.values())
         base_line = project(base.name, base.list_price, workload)
         others = [(m.name, project(m.name, m.list_price, workload)) for m in models if m is not base]

@@ -22,6 +22,7 @@ from faregate.accounts.policy import parse_budget_spec
 from faregate.accounts.service import AccountsService, KeyView, PolicyChange
 from faregate.accounts.setup import new_key_credits_nano, open_accounts
 from faregate.cli.common import ConfigOption, load_or_exit
+from faregate.cli.groups import command_group
 from faregate.config import Settings
 from faregate.errors import ConfigError, FaregateError
 from faregate.store import StoreUnavailable, open_store
@@ -129,7 +130,7 @@ def print_view(view: KeyView) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    keys_app = typer.Typer(help="Create, list, change and revoke API keys.", no_args_is_help=True)
+    keys_app = command_group(help="Create, list, change and revoke API keys.")
     app.add_typer(keys_app, name="keys")
 
     @keys_app.command("create")

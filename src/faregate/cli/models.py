@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from faregate.catalog import Model, build_catalog, sim_active
-from faregate.cli.common import ConfigOption, load_or_exit
+from faregate.cli.common import ConfigOption, curated_catalog, load_or_exit
 
 
 def _matches(
@@ -45,7 +45,12 @@ def register(app: typer.Typer) -> None:
         """List models with prices (USD per 1M tokens), context, modalities and offers."""
         settings = load_or_exit(config)
         sim_url = f"http://{settings.sim.host}:{settings.sim.port}/v1" if sim_active(settings) else None
-        catalog = build_catalog(settings, sim_base_url=sim_url)
+        # The broad catalog is listed only with --all or a search: load it only then.
+        catalog = (
+            build_catalog(settings, sim_base_url=sim_url)
+            if all_models or search
+            else curated_catalog(settings, sim_base_url=sim_url)
+        )
         rows = [
             m
             for m in catalog.all()

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from faregate.cli.common import CHECKOUT_DATA, require_data
+from faregate.cli.groups import command_group
 from faregate.cli.router_tables import print_evaluation, print_robustness
 from faregate.evals.outcomes import STRONG_MODEL, WEAK_MODEL, Outcomes, load_outcomes
 from faregate.evals.replay import Pair
@@ -37,10 +38,8 @@ from faregate.routing.complexity import KIND as ROUTER_KIND
 from faregate.routing.model_file import ScorerFile, load_scorer
 from faregate.routing.text_features import PROMPT_NAMES
 
-router_app = typer.Typer(
-    name="router",
-    help="Train and measure the learned complexity router and the cascade's answer judge.",
-    no_args_is_help=True,
+router_app = command_group(
+    name="router", help="Train and measure the learned complexity router and the cascade's answer judge."
 )
 
 DataOption = Annotated[Path, typer.Option(help="Outcomes: a RouteLLM-format CSV, or a directory of them.")]
