@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from faregate.catalog import build_catalog
 from faregate.cli.main import app
 from faregate.config import load_settings
-from faregate.evals.projection import format_usd
+from faregate.evals.projection import exact_usd
 from faregate.store.postgres import PostgresStore
 from faregate.store.record_totals import ModelTraffic, postgres_traffic, sqlite_traffic
 from faregate.store.sqlite import SQLiteStore
@@ -90,6 +90,7 @@ def _fill_postgres(url: str) -> None:
 
 def _cost(config: Path) -> str:
     args = ["cost", "--from-records", "--since", SINCE, "--until", UNTIL, "-m", "gpt-4o", "-m", "gpt-4o-mini"]
+    args.append("--exact")  # every digit, to compare with the hand-worked figures
     result = CliRunner().invoke(app, [*args, "-c", str(config)], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     return result.output
@@ -134,7 +135,7 @@ def test_cost_from_records_on_postgres_matches_sqlite(
         assert model is not None
         # 3,006 in + 614 out billed tokens at the model's list price, exactly.
         on_model = (3006 * model.list_price.input + 614 * model.list_price.output) / 1_000_000
-        assert cell.startswith(format_usd(on_model) + " (")
+        assert cell.startswith(exact_usd(on_model) + " (")
     assert "9.99" not in output
 
 

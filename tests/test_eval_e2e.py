@@ -114,7 +114,7 @@ def test_eval_end_to_end_and_resume(
 def test_cost_from_records(tmp_path: Path) -> None:
     from faregate.catalog import build_catalog
     from faregate.config import load_settings
-    from faregate.evals.projection import format_usd
+    from faregate.evals.projection import display_usd
     from faregate.store.sqlite import SQLiteStore
 
     store_dir = tmp_path / "store"
@@ -164,7 +164,7 @@ def test_cost_from_records(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "$0.001686" in result.output  # 0.00123 + 0.000456 + 0: what was paid
-    assert format_usd(on_gpt4o) in result.output
+    assert display_usd(on_gpt4o) in result.output
     assert "9.99" not in result.output
     total = next(line for line in result.output.splitlines() if "total" in line)
     assert "3,000" in total and "600" in total

@@ -83,6 +83,7 @@ async def test_keys_and_records(pg: PostgresStore) -> None:
     assert (await keys.verify(raw)) == key
     assert (await pg.get_account(key.id)).balance_nano == 5_000  # type: ignore[union-attr]
     record = RequestRecord("req_1", 1000.0, key.id, "m", "m", "sim", 200, False, 10, 5, Decimal("0.00082"))
+    record.route = "smart"
     other = RequestRecord("req_2", 2000.0, None, "m2", None, None, 502, True, error="boom")
     assert await pg.insert_records([record, other]) == 2
     assert await pg.insert_records([record]) == 0  # a retried batch never duplicates
@@ -94,6 +95,10 @@ async def test_keys_and_records(pg: PostgresStore) -> None:
         ("m2", 1, 1, Decimal(0)),
     ]
     assert [u.group for u in await pg.usage_summary(1500.0, None, "key")] == [None]
+    assert [(u.group, u.requests) for u in await pg.usage_summary(None, None, "route")] == [
+        ("smart", 1),
+        (None, 1),
+    ]
     assert await keys.revoke("alice") and await keys.verify(raw) is None
 
 

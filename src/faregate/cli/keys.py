@@ -154,13 +154,19 @@ def register(app: typer.Typer) -> None:
             change = policy_change(rpm, tpm, max_request, budget, False)
             return await service.create_key(name, premium, nano, change)
 
-        view, raw = run_accounts(load_or_exit(config), action)
+        settings = load_or_exit(config)
+        view, raw = run_accounts(settings, action)
         key = view.key
         tier = "premium key" if key.premium else "key"
-        typer.echo(
-            f"Created {tier} {key.id} ({key.name}) with ${usd_text(view.balance_nano)} of credits. "
-            "Store it now; it cannot be shown again:"
-        )
+        # With metering off a balance is not spent: say that the key spends without limit.
+        credits_text = f"with ${usd_text(view.balance_nano)} of credits"
+        if settings.accounts.enabled:
+            funds = credits_text
+        elif view.balance_nano:
+            funds = f"{credits_text}, not used while metering is off (accounts: {{enabled: true}})"
+        else:
+            funds = "unmetered: metering is off, so it spends without limit (accounts: {enabled: true})"
+        typer.echo(f"Created {tier} {key.id} ({key.name}), {funds}. Store it now; it cannot be shown again:")
         # Plain echo, on its own line: rich would wrap it at the terminal width.
         typer.echo(raw)
 

@@ -56,6 +56,20 @@ def register(app: typer.Typer) -> None:
             for m in catalog.all()
             if (all_models or m.curated or search) and _matches(m, search, provider, modality, available)
         ]
+        if not rows:
+            wanted = " ".join(
+                f"{label} {value!r}"
+                for label, value in (("matching", search), ("from", provider), ("reading", modality))
+                if value
+            )
+            hint = catalog.suggest(search) if search else []
+            typer.echo(
+                f"faregate: no model {wanted or 'in the catalog'}"
+                + (" with an enabled provider" if available else "")
+                + (f"; did you mean {', '.join(hint)}?" if hint else ""),
+                err=True,
+            )
+            raise typer.Exit(1)
         table = Table(title=f"{len(rows)} model(s)  ·  USD per 1M tokens")
         for column in ("model", "aliases", "in", "out", "context", "max out", "modalities", "offers"):
             table.add_column(

@@ -17,7 +17,7 @@ from faregate.cli.common import ConfigOption
 from faregate.cli.replay_plot import write_plot
 from faregate.cli.replay_routes import ROUTE_PREFIX, Options, is_named, parse_pairs, replay_named
 from faregate.evals.outcomes import DEFAULT_OUTPUT_TOKENS, STRONG_MODEL, WEAK_MODEL, Outcomes, load_outcomes
-from faregate.evals.projection import format_usd
+from faregate.evals.projection import display_usd
 from faregate.evals.replay import (
     DEFAULT_BINS,
     DEFAULT_PRICES,
@@ -115,7 +115,7 @@ def _policy_table(report: Report) -> Table:
             _pct(row.share(report.pair.strong)),
             _pct(row.accuracy),
             f"{report.pgr(row.accuracy):.3f}",
-            format_usd(row.cost),
+            display_usd(row.cost),
             _pct(float(saved / all_strong.cost)) if all_strong.cost else "-",
             style="bold" if chosen is not None and row.name == chosen.name else None,
         )
@@ -134,7 +134,7 @@ def _curve_table(report: Report) -> Table:
             _pct(point.strong_share),
             _pct(point.accuracy),
             f"{report.pgr(point.accuracy):.3f}",
-            "-" if point.cost is None else format_usd(point.cost),
+            "-" if point.cost is None else display_usd(point.cost),
         )
     return table
 
