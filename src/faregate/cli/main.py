@@ -20,7 +20,6 @@ import typer
 
 from faregate.cli.groups import Commands
 from faregate.errors import StartupError
-from faregate.store.base import StoreUnavailable
 
 HELP = "Faregate: one OpenAI-compatible endpoint for every model, with cost on every response."
 
@@ -127,13 +126,19 @@ def main() -> None:
         sys.exit(130)
     except StartupError as exc:
         fail(str(exc), 2)
-    except StoreUnavailable as exc:
-        fail(f"store unavailable: {exc}", 1)
     except OSError as exc:
         # A file or directory that cannot be read or written, a port, a full disk: the environment,
         # said in one line (a bug is any other exception, and keeps its traceback).
         where = f": {exc.filename}" if exc.filename else ""
         fail(f"{exc.strerror or exc}{where}", 1)
+    except Exception as exc:
+        # Imported only now: the store package costs a tenth of a second, and only a command
+        # that failed needs the class.
+        from faregate.store.base import StoreUnavailable
+
+        if not isinstance(exc, StoreUnavailable):
+            raise
+        fail(f"store unavailable: {exc}", 1)
 
 
 if __name__ == "__main__":
