@@ -10,7 +10,9 @@ bookkeeping on), then drives the same load direct and through the gateway:
   4. streaming time to first token at concurrency 16                 -> added TTFT p50
   and the gateway's CPU ms per request, its RSS after the runs, and its time to healthy.
 
-Usage: python bench/overhead.py [--duration 10] [--out bench/results/overhead.json]
+Usage: python bench/overhead.py [--duration 10] [--sequential 2000] [--streams 60]
+                                [--out bench/results/overhead.json]
+(`--duration 1 --sequential 50 --streams 2` is the quick run the test suite makes.)
 Needs `wrk` (Debian package). Only talks to 127.0.0.1.
 """
 
@@ -211,7 +213,7 @@ def measure(
     print(f"[{name}] 3/4 throughput, 200 ms upstream, 256 connections ...", flush=True)
     out["slow"] = wrk(url, key, body(ttft_ms=200), 256, args.duration)
     print(f"[{name}] 4/4 streaming TTFT, concurrency 16 ...", flush=True)
-    out["stream"] = asyncio.run(streaming_ttft(url, key, 16, 60))
+    out["stream"] = asyncio.run(streaming_ttft(url, key, 16, args.streams))
     if proc is not None:
         time.sleep(1.0)
         out["rss_mib"] = proc.memory_info().rss / 2**20
@@ -248,6 +250,9 @@ def main() -> None:
     )
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--sequential", type=int, default=2000, help="requests in the concurrency-1 run")
+    parser.add_argument(
+        "--streams", type=int, default=60, help="streams per client in the TTFT run (16 clients)"
+    )
     parser.add_argument("--litellm", help="path to a `litellm` proxy binary to measure side by side")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "overhead.json"))
     args = parser.parse_args()

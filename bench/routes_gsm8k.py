@@ -1,7 +1,7 @@
 """The cascade and the complexity router as gateway routes, on held-out GSM8K, through the gateway.
 
 Starts the simulator replaying the real recorded answers of GPT-4 and Mixtral
-(../shared/data/routellm/gsm8k_responses.csv) and a gateway whose routes use the trained files in
+(data/routellm/gsm8k_responses.csv) and a gateway whose routes use the trained files in
 routers/, then sends every held-out question of the files' split (seed 0, 654 questions) to each
 route with the official openai SDK. Quality is the recorded correctness of the answer the gateway
 actually returned; cost is what the gateway charged (`usage.cost`: both calls when the cascade
@@ -29,12 +29,13 @@ from typing import Any
 
 import openai
 
+from faregate.evals.costs.projection import display_usd
 from faregate.evals.replay.outcomes import STRONG_MODEL, WEAK_MODEL, load_outcomes
 from faregate.evals.replay.router_eval import held_out
 from faregate.learning.cascade_judges import LearnedJudge
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "routellm" / "gsm8k_responses.csv"
+DATA = ROOT / "data" / "routellm" / "gsm8k_responses.csv"
 MASTER = "fg-bench-master-0123456789"
 STRONG, WEAK = "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"
 ROUTES = ("all-strong", "all-weak", "math-router", "math-cascade")
@@ -162,6 +163,12 @@ def dashboard(port: int) -> dict[str, dict[str, Any]]:
     return {row["group"]: row for row in rows}
 
 
+def savings_text(saved: dict[str, Any]) -> str:
+    """The dashboard's savings, rounded for the table (the JSON keeps every digit)."""
+    amount = saved.get("savings_usd")
+    return "-" if amount is None else display_usd(Decimal(str(amount)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=0, help="First N held-out questions (0: all)")
@@ -245,9 +252,9 @@ def main() -> None:
             f"| {route} | {row['strong_calls'] / row['questions']:.1%}"
             + (f" ({row['escalated']} escalated)" if route == "math-cascade" else "")
             + f" | {row['accuracy']:.1%} | {row['accuracy'] / strong['accuracy']:.1%}"
-            f" | ${Decimal(row['cost_usd']):.4f}"
+            f" | {display_usd(Decimal(row['cost_usd']))}"
             f" | {Decimal(row['cost_usd']) / Decimal(strong['cost_usd']):.1%}"
-            f" | {saved.get('savings_percent', '-')}% (${saved.get('savings_usd', '-')}) |"
+            f" | {saved.get('savings_percent', '-')}% ({savings_text(saved)}) |"
         )
     pace = f"{PACING['ttft_ms']} ms to the first token, then {PACING['tokens_per_s']} tokens/s"
     print(f"\nStreams, one at a time, {pace}:")

@@ -10,6 +10,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import GatewayProcess, SimProcess, create_key, run_gateway, run_sim
 
+# A test that starts a process must be marked e2e (tests/e2e_guard.py says how that is checked).
+pytest_plugins = ("e2e_guard",)
+
 
 @pytest.fixture(scope="session")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,16 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{url} did not become healthy in {timeout}s")
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
+    """Poll for a condition that background work makes true (a cache write, a queued request)
+    instead of sleeping a fixed time that a busy machine may not honour."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s:.0f}s: {what}")
+        time.sleep(0.02)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -136,6 +147,23 @@ def run_gateway(
     finally:
         stop(process)
         log.close()
+
+
+def health_counter(gateway: GatewayProcess, name: str) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{gateway.port}/health", headers={"Authorization": f"Bearer {MASTER_KEY}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return int(json.load(response)["counters"][name])
+
+
+@contextmanager
+def cache_written(gateway: GatewayProcess, counter: str = "cache_writes") -> Iterator[None]:
+    """After the block, wait until the gateway has written the block's answer to its cache
+    (written in the background, just after the response)."""
+    before = health_counter(gateway, counter)
+    yield
+    wait_until(lambda: health_counter(gateway, counter) > before, f"{counter} passes {before}")
 
 
 def create_key(store_path: Path, name: str = "test", premium: bool = False) -> str:

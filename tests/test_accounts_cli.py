@@ -38,7 +38,7 @@ def test_keys_get_the_configured_grant_and_their_own_limits(app: typer.Typer, co
     options = ["--rpm", "50", "--budget", "day=1", "--budget", "month:rolling=20", "--max-request", "0.5"]
     created = run(app, "keys", "create", "--name", "team", *options, "--config", config)
     assert created.exit_code == 0, created.output
-    assert "with $2.5 of credits" in created.output
+    assert "with $2.5 of credits, not used while metering is off" in created.output
     key_id = re.findall(r"key_[0-9a-f]+", created.output)[0]
     shown = run(app, "keys", "show", "team", "--config", config)
     assert shown.exit_code == 0, shown.output
@@ -53,7 +53,11 @@ def test_keys_get_the_configured_grant_and_their_own_limits(app: typer.Typer, co
         "team-2" in updated.output and "600 requests/min" in updated.output and "budget" not in updated.output
     )
     granted = run(app, "keys", "create", "--name", "free", "--credits", "0", "--config", config)
-    assert "with $0 of credits" in granted.output
+    assert "unmetered: metering is off, so it spends without limit" in granted.output
+    metered = Path(config).with_name("metered.yaml")
+    metered.write_text(Path(config).read_text() + "  enabled: true\n")
+    paid = run(app, "keys", "create", "--name", "paid", "--config", str(metered))
+    assert "with $2.5 of credits. Store it now" in paid.output
     listed = run(app, "keys", "list", "--config", config)
     assert "2.5" in listed.output and "balance (USD)" in listed.output
 

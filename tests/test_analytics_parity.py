@@ -29,6 +29,8 @@ from faregate.store.sqlite import SQLiteStore
 from faregate.types import Attempt, RequestRecord
 from servers import PostgresServer, postgres_server  # noqa: F401
 
+pytestmark = pytest.mark.e2e
+
 H = 1_700_000_000 // 3600 * 3600  # an hour boundary
 SPAN_S = 30 * 3600  # the records cover 30 hours
 N_RECORDS = 600

@@ -14,7 +14,7 @@ from typer.testing import CliRunner, Result
 from faregate.accounts.keys import KeyStore
 from faregate.cli import keys as keys_cli
 from faregate.cli import usage as usage_cli
-from faregate.cli.usage import format_usd, parse_time
+from faregate.cli.usage import parse_time
 from faregate.store.sqlite import DB_FILENAME, SQLiteStore
 from faregate.types import RequestRecord
 
@@ -115,7 +115,7 @@ def test_usage_table_with_exact_money_and_total(app: typer.Typer, config: str, s
     now = time.time()
 
     def rec(request_id: str, model: str, cost: str, key_id: str | None, status: int = 200) -> RequestRecord:
-        return RequestRecord(
+        record = RequestRecord(
             request_id=request_id,
             created_at=now - 60,
             key_id=key_id,
@@ -128,6 +128,8 @@ def test_usage_table_with_exact_money_and_total(app: typer.Typer, config: str, s
             completion_tokens=500,
             cost_usd=Decimal(cost),
         )
+        record.route = "smart" if model == "premium" else model
+        return record
 
     async def make_key() -> str:
         store = await SQLiteStore.open(store_dir)
@@ -151,9 +153,17 @@ def test_usage_table_with_exact_money_and_total(app: typer.Typer, config: str, s
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     cheap = next(line for line in lines if "cheap" in line)
-    assert "$0.00123000" in cheap and " 2 " in cheap
+    assert "$0.00123" in cheap and " 2 " in cheap
     total = next(line for line in lines if "total" in line)
-    assert "$0.30123000" in total and "4,000" in total and "2,000" in total
+    # Rounded for reading (four significant digits below a dollar): $0.30123 shows as $0.3012.
+    assert "$0.3012 " in total and "4,000" in total and "2,000" in total
+    exact = run(app, "usage", "--exact", "--config", config)
+    assert "$0.30123 " in next(line for line in exact.output.splitlines() if "total" in line)
+
+    by_route = run(app, "usage", "--by", "route", "--config", config)
+    assert by_route.exit_code == 0, by_route.output
+    assert "Usage by route" in by_route.output
+    assert "$0.30" in next(line for line in by_route.output.splitlines() if "smart" in line)
 
     by_key = run(app, "usage", "--by", "key", "--since", "7d", "--config", config)
     assert by_key.exit_code == 0, by_key.output
@@ -177,14 +187,6 @@ def test_parse_time() -> None:
     assert parse_time("now", now) == now
     assert parse_time("2024-05-01", now) == datetime(2024, 5, 1, tzinfo=UTC).timestamp()
     assert parse_time("2024-05-01T02:00+02:00", now) == datetime(2024, 5, 1, tzinfo=UTC).timestamp()
-
-
-def test_format_usd_is_exact() -> None:
-    assert format_usd(Decimal("0.00082")) == "$0.00082000"
-    assert format_usd(Decimal("0.000820000")) == "$0.00082000"
-    assert format_usd(Decimal("0.000000001")) == "$0.000000001"
-    assert format_usd(Decimal("1500")) == "$1,500.00000000"
-    assert format_usd(Decimal(0).scaleb(-9)) == "$0.00000000"
 
 
 def test_by_choices_match_the_store() -> None:

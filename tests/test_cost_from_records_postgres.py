@@ -7,17 +7,20 @@ import asyncio
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from faregate.catalog import build_catalog
 from faregate.cli.main import app
 from faregate.config import load_settings
-from faregate.evals.costs.projection import format_usd
+from faregate.evals.costs.projection import exact_usd
 from faregate.store.postgres import PostgresStore
 from faregate.store.record_totals import ModelTraffic, postgres_traffic, sqlite_traffic
 from faregate.store.sqlite import SQLiteStore
 from faregate.types import RequestRecord
 from servers import PostgresServer, postgres_server  # noqa: F401
+
+pytestmark = pytest.mark.e2e
 
 # A fixed window (ISO dates, not "7d ago"), so both runs print the same title to the minute.
 SINCE, UNTIL = "2030-01-01T00:00:00", "2030-01-08T00:00:00"
@@ -87,6 +90,7 @@ def _fill_postgres(url: str) -> None:
 
 def _cost(config: Path) -> str:
     args = ["cost", "--from-records", "--since", SINCE, "--until", UNTIL, "-m", "gpt-4o", "-m", "gpt-4o-mini"]
+    args.append("--exact")  # every digit, to compare with the hand-worked figures
     result = CliRunner().invoke(app, [*args, "-c", str(config)], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     return result.output
@@ -131,7 +135,7 @@ def test_cost_from_records_on_postgres_matches_sqlite(
         assert model is not None
         # 3,006 in + 614 out billed tokens at the model's list price, exactly.
         on_model = (3006 * model.list_price.input + 614 * model.list_price.output) / 1_000_000
-        assert cell.startswith(format_usd(on_model) + " (")
+        assert cell.startswith(exact_usd(on_model) + " (")
     assert "9.99" not in output
 
 

@@ -18,9 +18,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from playwright import sync_api
 
 from faregate import tokens
-from harness import MASTER_KEY, GatewayProcess, SimProcess, create_key, run_gateway
+from harness import MASTER_KEY, GatewayProcess, SimProcess, cache_written, create_key, run_gateway, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -35,8 +36,6 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # Traffic: (model, prompt tokens, answer tokens, how many).
 TRAFFIC = [("deepseek-v4-flash", 1000, 500, 3), ("qwen3-8b", 400, 200, 2), ("glm-4-plus", 300, 100, 1)]
-
-sync_api = pytest.importorskip("playwright.sync_api")
 
 
 def usd(value: Decimal) -> str:
@@ -150,16 +149,17 @@ def traffic(dashboard_gateway: GatewayProcess) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # A missing browser fails the run: a green run must mean the dashboard was seen working.
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+        pytest.fail(f"{CHROMIUM} is not installed: apt-get install chromium (make test installs it)")
     with sync_api.sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield chromium
         chromium.close()
 
 
-def open_dashboard(browser: Any, gw: GatewayProcess, key: str) -> Any:
-    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+def open_dashboard(browser: Any, gw: GatewayProcess, key: str, width: int = 1440) -> Any:
+    page = browser.new_page(viewport={"width": width, "height": 1000})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
@@ -267,3 +267,60 @@ def test_the_api_refuses_api_keys(dashboard_gateway: GatewayProcess, traffic: di
     assert series["bucket_s"] == 60 and sum(p["requests"] for p in series["points"]) == traffic["requests"]
     by_key = httpx.get(base + "/breakdown?by=key&key=browser-test", headers=admin).json()
     assert [row["label"].split(" (")[0] for row in by_key["rows"]] == ["browser-test"]
+
+
+def test_recent_requests_fit_and_a_route_is_one_row_at_1280_px(
+    browser: Any, sim: SimProcess, tmp_path: Path
+) -> None:
+    """Long key, route and model names: every column of "Recent requests" stays on screen at
+    1280 px; and a route answered once upstream and once from the cache is one row."""
+    with run_gateway(tmp_path, sim) as gw:
+        key = make_key(gw.store_path, "checkout-service-production-eu-west-1-blue-canary")
+        client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+        question = [{"role": "user", "content": "cache me for the dashboard"}]
+        with cache_written(gw):
+            first = client.chat.completions.with_raw_response.create(
+                model="deepseek-v4-flash", messages=question, temperature=0
+            )
+        second = client.chat.completions.with_raw_response.create(
+            model="deepseek-v4-flash", messages=question, temperature=0
+        )
+        assert (first.headers["x-faregate-cache"], second.headers["x-faregate-cache"]) == ("miss", "hit")
+        client.chat.completions.create(
+            model="deepseek-v4-flash",
+            messages=prompt_of(40),
+            extra_body={"models": ["deepseek-v4-flash", "glm-4-plus", "qwen3-8b"]},
+        )
+        wait_until(lambda: records(gw) >= 3, "the three requests are recorded")
+
+        page = open_dashboard(browser, gw, MASTER_KEY, width=1280)
+        page.wait_for_selector("body[data-loaded]", timeout=15_000)
+        sync_api.expect(page.locator("#requests tbody tr.row")).to_have_count(3, timeout=10_000)
+
+        rows = page.locator('#by-route tr[data-group="deepseek-v4-flash"] td[data-col="requests"]')
+        assert rows.count() == 1 and rows.inner_text() == "2"
+        assert page.locator('#by-route tr[data-group="deepseek-ai/DeepSeek-V4-Flash"]').count() == 0
+
+        # No table runs past its panel (each sits in a .scroll box that would scroll sideways).
+        overflowing = page.eval_on_selector_all(
+            ".scroll",
+            "boxes => boxes.filter(b => b.scrollWidth > b.clientWidth)"
+            ".map(b => (b.querySelector('table') || b).id + ': ' + b.scrollWidth + ' > ' + b.clientWidth)",
+        )
+        assert overflowing == []
+        for column in ("cost", "latency"):
+            cell = page.locator(f'#requests tbody tr.row td[data-col="{column}"]').first
+            box = cell.bounding_box()
+            assert box is not None and box["x"] + box["width"] <= 1280, (column, box)
+        # A clipped name keeps its full text in the tooltip.
+        long_key = page.locator('#requests tbody tr.row td[data-col="key"][title]').first
+        assert long_key.get_attribute("title").startswith("checkout-service-production-eu-west-1-blue-canary")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-1280.png"), full_page=True)
+        assert page.errors == []
+        page.close()
+
+
+def records(gw: GatewayProcess) -> int:
+    with sqlite3.connect(gw.store_path / "faregate.db") as db:
+        return int(db.execute("SELECT COUNT(*) FROM request_records").fetchone()[0])

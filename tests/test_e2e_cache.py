@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from harness import GatewayProcess, SimProcess, create_key
+from harness import GatewayProcess, SimProcess, cache_written, create_key, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -37,11 +37,6 @@ def row(gateway: GatewayProcess, request_id: str) -> sqlite3.Row:
         time.sleep(0.05)
 
 
-def wait_stored(client: openai.OpenAI, text: str) -> None:
-    """Entries are written just after the response; give the writer a moment."""
-    time.sleep(0.1)
-
-
 @pytest.fixture()
 def client(gateway: GatewayProcess, api_key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.base_url, api_key=api_key, max_retries=0)
@@ -50,9 +45,9 @@ def client(gateway: GatewayProcess, api_key: str) -> openai.OpenAI:
 def test_second_identical_request_is_a_free_hit(
     client: openai.OpenAI, gateway: GatewayProcess, sim: SimProcess
 ) -> None:
-    first = ask(client, "cache me 1")
+    with cache_written(gateway):
+        first = ask(client, "cache me 1")
     assert first.headers["x-faregate-cache"] == "miss"
-    wait_stored(client, "cache me 1")
     before = sim_requests(sim)
     second = ask(client, "cache me 1")
     assert sim_requests(sim) == before, "a hit never reaches the upstream"
@@ -66,9 +61,9 @@ def test_second_identical_request_is_a_free_hit(
     assert Decimal(record["baseline_cost_usd"]) > 0, "the whole baseline counts as saved"
 
 
-def test_streaming_hit_is_replayed_as_sse(client: openai.OpenAI) -> None:
-    ask(client, "cache me 2")
-    wait_stored(client, "cache me 2")
+def test_streaming_hit_is_replayed_as_sse(client: openai.OpenAI, gateway: GatewayProcess) -> None:
+    with cache_written(gateway):
+        ask(client, "cache me 2")
     raw = client.chat.completions.with_raw_response.create(
         model="qwen3-8b",
         messages=[{"role": "user", "content": "cache me 2"}],
@@ -82,12 +77,12 @@ def test_streaming_hit_is_replayed_as_sse(client: openai.OpenAI) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.model_extra["cost"] == 0  # type: ignore[index]
 
 
-def test_a_streamed_answer_serves_a_later_request(client: openai.OpenAI) -> None:
-    stream = client.chat.completions.create(
-        model="qwen3-8b", messages=[{"role": "user", "content": "cache me 3"}], temperature=0, stream=True
-    )
-    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "cache me 3"
-    wait_stored(client, "cache me 3")
+def test_a_streamed_answer_serves_a_later_request(client: openai.OpenAI, gateway: GatewayProcess) -> None:
+    with cache_written(gateway):
+        stream = client.chat.completions.create(
+            model="qwen3-8b", messages=[{"role": "user", "content": "cache me 3"}], temperature=0, stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "cache me 3"
     again = ask(client, "cache me 3")
     assert again.headers["x-faregate-cache"] == "hit"
     assert again.parse().choices[0].message.content == "cache me 3"
@@ -97,38 +92,40 @@ def test_keys_never_share_entries_unless_asked(client: openai.OpenAI, gateway: G
     other = openai.OpenAI(
         base_url=gateway.base_url, api_key=create_key(gateway.store_path, "other"), max_retries=0
     )
-    ask(client, "private question")
-    wait_stored(client, "private question")
+    with cache_written(gateway):
+        ask(client, "private question")
     assert ask(other, "private question").headers["x-faregate-cache"] == "miss"
     shared = {"extra_body": {"faregate": {"cache": {"namespace": "shared"}}}}
-    ask(client, "public question", **shared)
-    wait_stored(client, "public question")
+    with cache_written(gateway):
+        ask(client, "public question", **shared)
     assert ask(other, "public question", **shared).headers["x-faregate-cache"] == "hit"
 
 
-def test_bypass_no_store_no_cache_and_ttl(client: openai.OpenAI) -> None:
+def test_bypass_no_store_no_cache_and_ttl(client: openai.OpenAI, gateway: GatewayProcess) -> None:
     hot = client.chat.completions.with_raw_response.create(
         model="qwen3-8b", messages=[{"role": "user", "content": "warm"}], temperature=0.8
     )
     assert hot.headers["x-faregate-cache"] == "bypass"
-    ask(client, "cc")
-    wait_stored(client, "cc")
+    with cache_written(gateway):
+        ask(client, "cc")
     assert (
         ask(client, "cc", extra_headers={"Cache-Control": "no-store"}).headers["x-faregate-cache"] == "bypass"
     )
     assert (
         ask(client, "cc", extra_headers={"Cache-Control": "no-cache"}).headers["x-faregate-cache"] == "miss"
     )
-    short = {"extra_body": {"faregate": {"cache": {"ttl_s": 0.5}}}}
-    ask(client, "brief", **short)
-    wait_stored(client, "brief")
+    # Long enough to be read back on a busy machine; then it expires.
+    short = {"extra_body": {"faregate": {"cache": {"ttl_s": 2}}}}
+    with cache_written(gateway):
+        ask(client, "brief", **short)
     assert ask(client, "brief", **short).headers["x-faregate-cache"] == "hit"
-    time.sleep(0.7)
-    assert ask(client, "brief", **short).headers["x-faregate-cache"] == "miss"
+    wait_until(
+        lambda: ask(client, "brief", **short).headers["x-faregate-cache"] == "miss", "the entry expires"
+    )
 
 
-def test_different_parameters_do_not_hit(client: openai.OpenAI) -> None:
-    ask(client, "params")
-    wait_stored(client, "params")
+def test_different_parameters_do_not_hit(client: openai.OpenAI, gateway: GatewayProcess) -> None:
+    with cache_written(gateway):
+        ask(client, "params")
     assert ask(client, "params", max_tokens=3).headers["x-faregate-cache"] == "miss"
     assert ask(client, "params", seed=4).headers["x-faregate-cache"] == "miss"

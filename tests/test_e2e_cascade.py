@@ -30,7 +30,7 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUTERS = ROOT / "routers"
-GSM8K = ROOT.parent / "shared" / "data" / "routellm" / "gsm8k_responses.csv"
+GSM8K = ROOT / "data" / "routellm" / "gsm8k_responses.csv"
 STRONG, WEAK = "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"
 PRICES = {STRONG: Price(Decimal(10), Decimal(30)), WEAK: Price(Decimal("0.6"), Decimal("0.6"))}
 JUDGE_THRESHOLD = 0.4

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from faregate import tokens
-from harness import GatewayProcess
+from harness import GatewayProcess, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -189,13 +189,16 @@ async def test_concurrent_requests_each_billed_once(
 
     ids = await asyncio.gather(*(one(i) for i in range(50)))
     assert len(set(ids)) == 50
-    await asyncio.sleep(0.3)
-    with sqlite3.connect(gateway.store_path / "faregate.db") as db:
-        marks = ",".join("?" * len(ids))
-        count = db.execute(
-            f"SELECT COUNT(*) FROM request_records WHERE request_id IN ({marks})", ids
-        ).fetchone()[0]
-    assert count == 50
+
+    def recorded() -> int:
+        with sqlite3.connect(gateway.store_path / "faregate.db") as db:
+            marks = ",".join("?" * len(ids))
+            query = f"SELECT COUNT(*) FROM request_records WHERE request_id IN ({marks})"
+            return int(db.execute(query, ids).fetchone()[0])
+
+    # The writer batches off the request path: wait for the 50 rows, then check none is doubled.
+    wait_until(lambda: recorded() >= 50, "the 50 requests are recorded")
+    assert recorded() == 50
 
 
 # -- pass-through ------------------------------------------------------------------------------

@@ -2,47 +2,52 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
-from harness import SimProcess, clean_env, create_key, free_port, run_gateway, wait_healthy
+from harness import SimProcess, clean_env, create_key, free_port, run_gateway, wait_healthy, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
 def test_serve_starts_the_simulator_and_prints_a_working_key(tmp_path: Path) -> None:
-    port, sim_port = free_port(), free_port()
+    """`make run`: an API key, a master key (kept only as its hash), the dashboard's URL, and a
+    simulator on a port of its own choosing."""
+    port = free_port()
     config = tmp_path / "faregate.yaml"
-    config.write_text(
-        f"server: {{port: {port}}}\nstore: {{path: {str(tmp_path / 'store')!r}}}\nsim: {{port: {sim_port}}}\n"
-    )
+    config.write_text(f"server: {{port: {port}}}\nstore: {{path: {str(tmp_path / 'store')!r}}}\n")
+    env = clean_env()
+    del env["FAREGATE_MASTER_KEY"]
     log = tmp_path / "out.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "faregate.cli.main", "serve", "--new-key", "-c", str(config)],
-            env=clean_env(),
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
         try:
-            started = time.monotonic()
             wait_healthy(f"http://127.0.0.1:{port}/health", process)
-            deadline = time.monotonic() + 10
-            while "fg-" not in log.read_text() and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: "print(reply" in log.read_text(), "the quickstart text is printed")
             text = log.read_text()
             assert f"http://127.0.0.1:{port}/v1" in text and "simulated providers" in text
+            assert f"Dashboard: http://127.0.0.1:{port}/dashboard" in text
+            assert "Metering is off" in text and "accounts: {enabled: true}" in text
             assert "from openai import OpenAI" in text
             key = re.search(r"API key \(shown once[^)]*\): (fg-\S+)", text)
-            assert key, text
+            master = re.search(r"Master key \(shown once[^)]*\): (fg-master-\S+)", text)
+            sim = re.search(r"simulated providers at http://127\.0\.0\.1:(\d+)/v1", text)
+            assert key and master and sim, text
             client = openai.OpenAI(
                 base_url=f"http://127.0.0.1:{port}/v1", api_key=key.group(1), max_retries=0
             )
@@ -50,7 +55,17 @@ def test_serve_starts_the_simulator_and_prints_a_working_key(tmp_path: Path) -> 
                 model="deepseek-v4-flash", messages=[{"role": "user", "content": "hi"}]
             )
             assert reply.choices[0].message.content and reply.usage.model_extra["cost"] > 0  # type: ignore[union-attr]
-            assert time.monotonic() - started < 30
+            summary = f"http://127.0.0.1:{port}/admin/dashboard/summary"
+            admin = httpx.get(summary, headers={"Authorization": f"Bearer {master.group(1)}"})
+            assert admin.status_code == 200 and admin.json()["requests"] >= 0
+            wrong = httpx.get(summary, headers={"Authorization": f"Bearer {key.group(1)}"})
+            assert wrong.status_code == 403
+            # Stored like API keys: its SHA-256, never the key itself.
+            stored = (tmp_path / "store" / "master-key.sha256").read_text().strip()
+            assert stored == hashlib.sha256(master.group(1).encode()).hexdigest()
+            assert master.group(1) not in (tmp_path / "store" / "faregate.db").read_bytes().decode(
+                errors="replace"
+            )
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(15) == 0
@@ -58,7 +73,29 @@ def test_serve_starts_the_simulator_and_prints_a_working_key(tmp_path: Path) -> 
     with pytest.raises(OSError):
         import urllib.request
 
-        urllib.request.urlopen(f"http://127.0.0.1:{sim_port}/health", timeout=1)
+        urllib.request.urlopen(f"http://127.0.0.1:{sim.group(1)}/health", timeout=1)
+
+
+def test_a_busy_port_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "faregate.yaml"
+        config.write_text(f"store: {{path: {str(tmp_path / 'store')!r}}}\n")
+        for command in (["serve", "-c", str(config), "--port", str(port)], ["sim", "--port", str(port)]):
+            result = subprocess.run(
+                [sys.executable, "-m", "faregate.cli.main", *command],
+                env=clean_env(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == 2, result.stderr
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+            assert lines[0].startswith("faregate: ") and f"127.0.0.1:{port}" in lines[0]
+            assert "the port is in use" in lines[0]
 
 
 def test_sigterm_flushes_every_pending_record(sim: SimProcess, tmp_path: Path) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import openai
 import pytest
 
-from harness import GatewayProcess, SimProcess, create_key, run_gateway
+from harness import GatewayProcess, SimProcess, cache_written, create_key, run_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -38,36 +37,42 @@ def ask(client: openai.OpenAI, text: str, system: str | None = None) -> str:
     return str(raw.headers["x-faregate-cache"])
 
 
-def store(client: openai.OpenAI, text: str, system: str | None = None) -> None:
-    assert ask(client, text, system) == "miss"
-    time.sleep(0.3)  # the entry is embedded and stored just after the response
+@pytest.fixture(scope="module")
+def store(client: openai.OpenAI, semantic_gateway: GatewayProcess) -> Callable[..., None]:
+    """Ask once (a miss) and wait until the answer is in the semantic index."""
+
+    def store(text: str, system: str | None = None) -> None:
+        with cache_written(semantic_gateway, "semantic_cache_writes"):
+            assert ask(client, text, system) == "miss"
+
+    return store
 
 
-def test_paraphrase_is_a_semantic_hit(client: openai.OpenAI) -> None:
-    store(client, "What is the capital of France?")
+def test_paraphrase_is_a_semantic_hit(client: openai.OpenAI, store: Callable[..., None]) -> None:
+    store("What is the capital of France?")
     assert ask(client, "What's the capital of France?") == "semantic-hit"
-    store(client, "How do I reverse a list in Python?")
+    store("How do I reverse a list in Python?")
     assert ask(client, "How can I reverse a Python list?") == "semantic-hit"
 
 
-def test_guards_stop_near_misses(client: openai.OpenAI) -> None:
-    store(client, "How many days are there in a leap year, in total?")
-    store(client, "Turn on dark mode in the settings app")
-    store(client, "Game of Thrones season 6 episode 3 plot summary")
+def test_guards_stop_near_misses(client: openai.OpenAI, store: Callable[..., None]) -> None:
+    store("How many days are there in a leap year, in total?")
+    store("Turn on dark mode in the settings app")
+    store("Game of Thrones season 6 episode 3 plot summary")
     assert ask(client, "How many days are there in a normal year, in total?") != "semantic-hit"
     assert ask(client, "Turn off dark mode in the settings app") != "semantic-hit"
     assert ask(client, "Game of Thrones season 6 episode 1 plot summary") != "semantic-hit"
 
 
-def test_system_prompt_is_part_of_the_scope(client: openai.OpenAI) -> None:
-    store(client, "Summarise the plot of Hamlet in one line", system="You are terse.")
+def test_system_prompt_is_part_of_the_scope(client: openai.OpenAI, store: Callable[..., None]) -> None:
+    store("Summarise the plot of Hamlet in one line", system="You are terse.")
     assert ask(client, "Summarise the plot of Hamlet in one line", system="You are verbose.") == "miss"
 
 
 def test_tenants_are_isolated(
-    semantic_gateway: GatewayProcess, client: openai.OpenAI, tmp_path: Path
+    semantic_gateway: GatewayProcess, client: openai.OpenAI, store: Callable[..., None], tmp_path: Path
 ) -> None:
-    store(client, "How do I sort a dictionary by value in Python?")
+    store("How do I sort a dictionary by value in Python?")
     other = openai.OpenAI(
         base_url=semantic_gateway.base_url,
         api_key=create_key(semantic_gateway.store_path, "b"),

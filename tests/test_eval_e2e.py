@@ -9,17 +9,22 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from faregate.cli.main import app
 from faregate.types import RequestRecord
-from harness import GatewayProcess, SimProcess
+from harness import GatewayProcess, SimProcess, clean_env, free_port
+
+pytestmark = pytest.mark.e2e
 
 MODELS = ["deepseek-v4-flash", "glm-4-plus"]
 
@@ -109,7 +114,7 @@ def test_eval_end_to_end_and_resume(
 def test_cost_from_records(tmp_path: Path) -> None:
     from faregate.catalog import build_catalog
     from faregate.config import load_settings
-    from faregate.evals.costs.projection import format_usd
+    from faregate.evals.costs.projection import display_usd
     from faregate.store.sqlite import SQLiteStore
 
     store_dir = tmp_path / "store"
@@ -159,7 +164,35 @@ def test_cost_from_records(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "$0.001686" in result.output  # 0.00123 + 0.000456 + 0: what was paid
-    assert format_usd(on_gpt4o) in result.output
+    assert display_usd(on_gpt4o) in result.output
     assert "9.99" not in result.output
     total = next(line for line in result.output.splitlines() if "total" in line)
     assert "3,000" in total and "600" in total
+
+
+def test_eval_asks_the_configured_gateway_by_default(
+    gateway: GatewayProcess, api_key: str, tmp_path: Path
+) -> None:
+    prompts, out = tmp_path / "prompts.jsonl", tmp_path / "out"
+    _prompt_set(prompts)
+    config = tmp_path / "faregate.yaml"
+    config.write_text(f"server: {{port: {gateway.port}}}\n")
+    args = ["eval", str(prompts), "-m", MODELS[0], "--out", str(out), "--api-key", api_key, "-c", str(config)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200", "FAREGATE_BASE_URL": None})
+    assert result.exit_code == 0, result.output
+    assert f"asking {gateway.base_url}: 6 answers" in result.output and "66.7%" in result.output
+
+
+def test_eval_refuses_to_print_a_table_when_every_request_failed(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    _prompt_set(prompts)
+    nobody = f"http://127.0.0.1:{free_port()}/v1"
+    result = subprocess.run(
+        [sys.executable, "-m", "faregate.cli.main", "eval", str(prompts), "-m", MODELS[0],
+         "--out", str(tmp_path / "out"), "--base-url", nobody, "--api-key", "fg-nobody"],
+        capture_output=True, text=True, timeout=120, env=clean_env(),
+    )  # fmt: skip
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"faregate: every request failed (6 of 6) at {nobody}"), line
+    assert "%" not in result.stdout and "│" not in result.stdout  # no table of zeros

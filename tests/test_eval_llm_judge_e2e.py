@@ -32,6 +32,8 @@ from faregate.evals.prompt_eval.run import Answer, EvalItem, RunOptions, pending
 from faregate.store.sqlite import SQLiteStore
 from harness import GatewayProcess, SimProcess, create_key, run_gateway, run_sim
 
+pytestmark = pytest.mark.e2e
+
 ECHO = "deepseek-v4-flash"  # the simulator's default: echoes the question back
 FIXED = "gpt-4o"  # scripted to give one fixed (wrong) answer to everything
 JUDGE = "gpt-4o-mini"

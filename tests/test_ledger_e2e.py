@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from harness import MASTER_KEY, GatewayProcess, SimProcess
+from harness import MASTER_KEY, GatewayProcess, SimProcess, wait_until
 from servers import launch_gateway
 
 pytestmark = pytest.mark.e2e
@@ -60,6 +60,21 @@ def audit(gateway: GatewayProcess) -> dict[str, Any]:
 def db_rows(gateway: GatewayProcess, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     with sqlite3.connect(gateway.store_path / "faregate.db") as db:
         return db.execute(sql, params).fetchall()
+
+
+def wait_recorded_and_settled(gateway: GatewayProcess, *request_ids: str) -> None:
+    """Records are written in batches and holds closed just after the response: wait for both."""
+
+    def done(request_id: str) -> bool:
+        recorded = db_rows(gateway, "SELECT 1 FROM request_records WHERE request_id = ?", request_id)
+        closed = db_rows(
+            gateway,
+            "SELECT 1 FROM ledger WHERE request_id = ? AND kind IN ('settlement', 'release')",
+            request_id,
+        )
+        return bool(recorded and closed)
+
+    wait_until(lambda: all(done(r) for r in request_ids), f"{request_ids} are recorded and settled")
 
 
 def ledger_sum(gateway: GatewayProcess, key_id: str) -> int:
@@ -142,7 +157,7 @@ def test_settlement_is_exact_streaming_or_not(sim: SimProcess, tmp_path: Path) -
             streamed = client.chat.completions.with_raw_response.create(stream=True, **create, **extra)
             ids.append(streamed.headers["x-faregate-request-id"])
             list(streamed.parse())
-        time.sleep(0.3)  # the record writer batches
+        wait_recorded_and_settled(gateway, *ids)
         for request_id in ids:
             (reservation, settlement, cost), *_ = db_rows(
                 gateway,
@@ -182,7 +197,7 @@ def test_cut_streams_settle_to_what_was_sent_or_are_released(sim: SimProcess, tm
             )
         assert failed.value.status_code == 502
         failed_id = failed.value.response.headers["x-faregate-request-id"]
-        time.sleep(0.3)
+        wait_recorded_and_settled(gateway, cut_id, failed_id)
         # Content reached the user: the stream is billed for what was sent (no usage was reported,
         # so the gateway counted it), and the ledger charged exactly what the record says.
         (recorded,) = db_rows(

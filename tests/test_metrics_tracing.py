@@ -8,12 +8,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_service
 
 from faregate.config import TracingSettings
 from faregate.telemetry.tracing import RequestTracer
 from faregate.types import Attempt, RequestRecord
-
-trace_service = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from harness import GatewayProcess, SimProcess
+from harness import GatewayProcess, SimProcess, wait_until
 from servers import launch_gateway
 from test_ledger_e2e import ADMIN, LORE, new_key
 
@@ -36,9 +36,17 @@ def ask(gateway: GatewayProcess, key: str, ttft_ms: int, model: str = "qwen3-8b"
     )
 
 
-def queued(gateway: GatewayProcess) -> int:
+def upstream_queue(gateway: GatewayProcess) -> dict[str, int]:
     health = httpx.get(f"http://127.0.0.1:{gateway.port}/health", headers=ADMIN).json()
-    return int(health["upstream_queues"]["sim"]["queued"])
+    return dict(health["upstream_queues"]["sim"])
+
+
+def queued(gateway: GatewayProcess) -> int:
+    return upstream_queue(gateway)["queued"]
+
+
+def holding_the_slot(gateway: GatewayProcess) -> bool:
+    return upstream_queue(gateway)["active"] == 1
 
 
 def test_premium_requests_are_served_first(sim: SimProcess, tmp_path: Path) -> None:
@@ -57,23 +65,18 @@ def test_premium_requests_are_served_first(sim: SimProcess, tmp_path: Path) -> N
             except BaseException as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=run, args=("blocker", standard, 5000))]
+        # The blocker holds the only slot long enough for the others to queue on a busy machine.
+        threads = [threading.Thread(target=run, args=("blocker", standard, 8000))]
         threads[0].start()
-        time.sleep(0.3)  # the blocker holds the only slot
-        for i in range(4):
-            threads.append(threading.Thread(target=run, args=(f"standard-{i}", standard, 150)))
+        wait_until(lambda: holding_the_slot(gateway), "the blocker holds the only slot")
+        # Each request is queued before the next starts: every standard one before any premium one.
+        waiting = [(f"standard-{i}", standard) for i in range(4)]
+        waiting += [(f"premium-{i}", premium) for i in range(4)]
+        for position, (name, key) in enumerate(waiting, 1):
+            threads.append(threading.Thread(target=run, args=(name, key, 150)))
             threads[-1].start()
-            time.sleep(0.03)
-        time.sleep(0.1)  # every standard request is queued before any premium one arrives
-        for i in range(4):
-            threads.append(threading.Thread(target=run, args=(f"premium-{i}", premium, 150)))
-            threads[-1].start()
-            time.sleep(0.03)
-        # Every request is queued while the blocker still holds the slot.
-        deadline = time.monotonic() + 4.0
-        while queued(gateway) < 8 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert queued(gateway) == 8 and "blocker" not in done
+            wait_until(lambda n=position: queued(gateway) == n, f"{name} is queued")
+        assert "blocker" not in done, "every request was queued while the blocker held the slot"
         for thread in threads:
             thread.join(60)
         assert not errors, errors
@@ -90,15 +93,19 @@ def test_premium_requests_are_served_first(sim: SimProcess, tmp_path: Path) -> N
 
 def test_a_queue_wait_past_its_timeout_is_a_429(sim: SimProcess, tmp_path: Path) -> None:
     config = "upstream_limits: {sim: {max_concurrent: 1, timeout_s: 0.5}}\n"
-    with launch_gateway(tmp_path / "gw", sim, extra=config) as gateway:
+    with launch_gateway(tmp_path / "gw", sim, extra=config, sim_first_byte_s=15) as gateway:
         _, key = new_key(gateway, "0")
-        blocker = threading.Thread(target=ask, args=(gateway, key, 1300))
+        # Holds the only slot for 3 s: six times the queue's timeout, room for a busy machine.
+        blocker = threading.Thread(target=ask, args=(gateway, key, 3000))
         blocker.start()
-        time.sleep(0.3)
+        wait_until(lambda: holding_the_slot(gateway), "the blocker holds the only slot")
         started = time.monotonic()
         with pytest.raises(openai.RateLimitError) as limited:
             ask(gateway, key, 0)
-        assert 0.4 < time.monotonic() - started < 2.5
+        # It waited its whole timeout (a lower bound: a busy machine only makes the wait longer),
+        # and gave up while the blocker still held the slot.
+        assert time.monotonic() - started >= 0.5
+        assert blocker.is_alive() and upstream_queue(gateway)["timeouts"] == 1
         assert limited.value.response.headers["retry-after"] == "1"
         body = limited.value.body
         assert isinstance(body, dict) and body["code"] == "upstream_queue_timeout"

@@ -13,8 +13,8 @@ from faregate.config import load_settings
 from faregate.evals.costs.projection import (
     Saving,
     Workload,
+    display_usd,
     format_share,
-    format_usd,
     monthly_cost,
     parse_share,
     parse_split,
@@ -106,12 +106,18 @@ def test_split_parsing_rejects_what_would_misprice() -> None:
     assert parse_share("12.5%") == Decimal("0.125")
 
 
-def test_money_and_shares_display_exactly() -> None:
-    assert format_usd(Decimal("88.00")) == "$88.00"
-    assert format_usd(Decimal("88")) == "$88.00"
-    assert format_usd(Decimal("0.00082")) == "$0.00082"
-    assert format_usd(Decimal("1234567.5")) == "$1,234,567.50"
-    assert format_usd(Decimal("-6.2496")) == "-$6.2496"
+def test_money_is_rounded_for_display_and_shares_are_exact() -> None:
+    # Cents from a dollar up; four significant digits below; never fewer than two decimals.
+    assert display_usd(Decimal("88.00")) == "$88.00"
+    assert display_usd(Decimal("88")) == "$88.00"
+    assert display_usd(Decimal("0.00082")) == "$0.00082"
+    assert display_usd(Decimal("1234567.5")) == "$1,234,567.50"
+    assert display_usd(Decimal("-6.2496")) == "-$6.25"
+    assert display_usd(Decimal("0.1313334")) == "$0.1313"
+    assert display_usd(Decimal("0.00000436")) == "$0.00000436"
+    assert display_usd(Decimal("0.5")) == "$0.50"
+    assert display_usd(Decimal("0.999995")) == "$1.00"
+    assert display_usd(Decimal(0).scaleb(-9)) == "$0.00"
     assert format_share(Decimal("0.3")) == "30%"
     assert format_share(Decimal("0.125")) == "12.5%"
     line = project("gpt-4o", GPT_4O, Workload(1, 9_600_000, 6_400_000))
@@ -145,11 +151,16 @@ def run(app: typer.Typer, *args: str) -> Result:
 
 
 def test_cost_command_prints_exact_figures_and_saving(app: typer.Typer, config: str) -> None:
-    result = run(
-        app, "cost", "--requests-per-month", "1000", "--input-tokens", "9600", "--output-tokens", "6400",
+    args = (
+        "cost", "--requests-per-month", "1000", "--input-tokens", "9600", "--output-tokens", "6400",
         "--model", "gpt-4o", "--model", "deepseek-v4-flash", "--split", "gpt-4o=0.2,deepseek-v4-flash=0.8",
         "--config", config,
     )  # fmt: skip
+    rounded = run(app, *args)
+    assert rounded.exit_code == 0, rounded.output
+    assert "$88.00" in rounded.output and "$9.63 " in rounded.output and "$25.31 " in rounded.output
+    assert "$9.632" not in rounded.output
+    result = run(app, *args, "--exact")
     assert result.exit_code == 0, result.output
     assert "$88.00" in result.output
     assert "$9.632" in result.output

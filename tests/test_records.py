@@ -220,9 +220,23 @@ async def test_usage_summary_groups_and_sums_exactly_in_sql(store: SQLiteStore) 
     await store.insert_records(
         [
             # 0.1 + 0.2 is 0.30000000000000004 in floats
-            record("a", created_at=t, model_used="m1", cost_usd=Decimal("0.1"), key_id="k1", provider="p1"),
             record(
-                "b", created_at=t + 1, model_used="m1", cost_usd=Decimal("0.2"), key_id="k2", provider="p1"
+                "a",
+                created_at=t,
+                model_used="m1",
+                cost_usd=Decimal("0.1"),
+                key_id="k1",
+                provider="p1",
+                route="r",
+            ),
+            record(
+                "b",
+                created_at=t + 1,
+                model_used="m1",
+                cost_usd=Decimal("0.2"),
+                key_id="k2",
+                provider="p1",
+                route="r",
             ),
             record(
                 "c",
@@ -258,6 +272,8 @@ async def test_usage_summary_groups_and_sums_exactly_in_sql(store: SQLiteStore) 
     assert by_key["k2"].cost == Decimal("0.2") and by_key["k2"].errors == 1
     by_provider = {row.group: row.requests for row in await store.usage_summary(t, t + 10, "provider")}
     assert by_provider == {"p1": 2, "p2": 1, None: 1}
+    by_route = {row.group: (row.requests, row.cost) for row in await store.usage_summary(t, t + 10, "route")}
+    assert by_route == {"r": (2, Decimal("0.3")), None: (2, Decimal("0.00082"))}
 
     assert [r.group for r in await store.usage_summary(t + 1, t + 2, "model")] == ["m1"]  # until is exclusive
     everything = await store.usage_summary(None, None, "model")

@@ -38,10 +38,9 @@ from faregate.types import Price
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "routing_tiny.csv"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm"
+DATA = Path(__file__).resolve().parents[1] / "data" / "routellm"
 GSM8K = DATA / "gsm8k_responses.csv"
 MMLU = DATA / "mmlu"
-needs_data = pytest.mark.skipif(not GSM8K.exists(), reason="recorded RouteLLM outcomes not present")
 
 PAIR = Pair(strong="big", weak="small")
 # Strong: 1,000 in + 500 out at 10/30 = $0.01 + $0.015 = $0.025. Weak: 2,000 tokens at 0.60 = $0.0012.
@@ -225,7 +224,6 @@ def gsm8k_all() -> Outcomes:
     return load_outcomes(GSM8K, drop_contaminated=False)
 
 
-@needs_data
 def test_all_strong_and_all_weak_over_all_1319_gsm8k_questions(gsm8k_all: Outcomes) -> None:
     # The issue's figures are over every question, contaminated ones included.
     report = evaluate_router(gsm8k_all, always(STRONG_MODEL), "all-strong")
@@ -257,7 +255,6 @@ def _routellm_apgr(path: Path) -> float:
     return (auc - float(weak.mean())) / float(strong.mean() - weak.mean())
 
 
-@needs_data
 def test_length_heuristic_on_gsm8k_matches_routellm_and_issue_7(gsm8k_all: Outcomes) -> None:
     report = evaluate_scorer(gsm8k_all, length_score, "length")
     assert report.sweep is not None
@@ -278,7 +275,6 @@ def test_length_heuristic_on_gsm8k_matches_routellm_and_issue_7(gsm8k_all: Outco
     assert reference["oracle"].apgr > 1
 
 
-@needs_data
 def test_length_heuristic_on_the_40_mmlu_subjects() -> None:
     mmlu = load_outcomes(MMLU, drop_contaminated=False)
     assert len(subjects(mmlu)) == 40

@@ -44,8 +44,7 @@ from test_complexity_router import HashEmbedder
 ROOT = Path(__file__).resolve().parents[1]
 ROUTER = ROOT / "routers" / "router-gsm8k.json"
 JUDGE = ROOT / "routers" / "judge-gsm8k.json"
-GSM8K = ROOT.parent / "shared" / "data" / "routellm" / "gsm8k_responses.csv"
-needs_data = pytest.mark.skipif(not GSM8K.exists(), reason="recorded RouteLLM outcomes not present")
+GSM8K = ROOT / "data" / "routellm" / "gsm8k_responses.csv"
 
 PAIR = Pair(strong="big", weak="small")
 PRICES = {"big": Price(Decimal("10.00"), Decimal("30.00")), "small": Price(Decimal("0.60"), Decimal("0.60"))}
@@ -264,7 +263,6 @@ def cost_of(record: PromptRecord, model: str) -> Decimal:
     return GSM8K_PRICES[model].cost(Usage(record.input_tokens, record.output_tokens[model]))
 
 
-@needs_data
 def test_learned_judge_cascade_on_real_answers(
     tmp_path: Path, opened: list[RouteReplay], gsm8k_handful: Outcomes
 ) -> None:
@@ -313,7 +311,6 @@ def test_learned_judge_cascade_on_real_answers(
 # -- router routes --------------------------------------------------------------------------------------
 
 
-@needs_data
 def test_router_route_sweeps_and_keeps_its_own_threshold(
     tmp_path: Path, opened: list[RouteReplay], gsm8k_handful: Outcomes
 ) -> None:
@@ -407,7 +404,6 @@ def test_command_replays_a_configured_route(app: typer.Typer, tmp_path: Path) ->
     assert held.exit_code == 2 and "uses no trained file" in held.output
 
 
-@needs_data
 def test_command_replays_a_trained_router_file(
     app: typer.Typer, tmp_path: Path, gsm8k_handful: Outcomes
 ) -> None:

@@ -193,6 +193,7 @@ class FakeEmbedder:
         self.delay_s = delay_s
         self.threads: set[int] = set()
         self.batches: list[int] = []
+        self.started = threading.Event()  # set once a batch is being embedded
 
     @property
     def dimensions(self) -> int:
@@ -201,6 +202,7 @@ class FakeEmbedder:
     def embed_fitting(self, texts: Sequence[str]) -> list[Vector | None]:
         self.threads.add(threading.get_ident())
         self.batches.append(len(texts))
+        self.started.set()
         if self.delay_s:
             threading.Event().wait(self.delay_s)
         return [None if t.startswith("LONG") else self.table.get(t, unit(0, 0, 1)) for t in texts]
@@ -270,7 +272,7 @@ async def test_embedding_runs_off_the_event_loop_and_batches_concurrent_requests
 
     task = asyncio.create_task(ticker())
     first = asyncio.create_task(embedder.embed("first"))
-    await asyncio.sleep(0.02)  # the worker is now busy with "first"
+    assert await asyncio.to_thread(fake.started.wait, 10)  # the worker is now busy with "first"
     vectors = await asyncio.gather(first, *(embedder.embed(f"text {i}") for i in range(9)))
     task.cancel()
     await embedder.close()

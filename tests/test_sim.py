@@ -24,7 +24,7 @@ from faregate.errors import ConfigError
 from faregate.sim import RunningSim, answers, catalog_model_names, create_app, parse_script, start
 from faregate.sim.script import load_script
 
-GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm" / "gsm8k_responses.csv"
+GSM8K = Path(__file__).resolve().parents[1] / "data" / "routellm" / "gsm8k_responses.csv"
 MSG = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello to the simulator."}]
 StartSim = Callable[..., Awaitable[RunningSim]]
 
@@ -518,6 +518,7 @@ def test_model_overrides_replace_fields_and_merge_faults(tmp_path: Path) -> None
         load_script(tmp_path / "missing.yaml")
 
 
+@pytest.mark.e2e
 def test_cli_registers_sim_and_prints_the_base_url(tmp_path: Path) -> None:
     from faregate.cli import sim as sim_cli
 
@@ -532,8 +533,15 @@ def test_cli_registers_sim_and_prints_the_base_url(tmp_path: Path) -> None:
     assert "--script" in help_text and "--port" in help_text
     bad = tmp_path / "bad.yaml"
     bad.write_text("defaults: {bogus: 1}\n")
-    result = CliRunner().invoke(app, ["sim", "--script", str(bad)])
-    assert result.exit_code == 2 and "bogus" in result.output
+    # A bad script is one line from the console script, exit code 2.
+    result = subprocess.run(
+        [sys.executable, "-m", "faregate.cli.main", "sim", "--script", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and result.stderr.startswith("faregate: ") and "bogus" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
     code = (
         "import typer; from faregate.cli import sim; app = typer.Typer(); sim.register(app); "

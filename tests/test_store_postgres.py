@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -20,6 +22,8 @@ from faregate.store.postgres_migrations import PG_MIGRATIONS
 from faregate.store.redis_ledger import account_key
 from faregate.types import RequestRecord
 from servers import PostgresServer, RedisServer, SharedUrls, postgres_server, redis_server, shared_urls  # noqa: F401
+
+pytestmark = pytest.mark.e2e
 
 UNLIMITED = Limits(None, None)
 
@@ -79,6 +83,7 @@ async def test_keys_and_records(pg: PostgresStore) -> None:
     assert (await keys.verify(raw)) == key
     assert (await pg.get_account(key.id)).balance_nano == 5_000  # type: ignore[union-attr]
     record = RequestRecord("req_1", 1000.0, key.id, "m", "m", "sim", 200, False, 10, 5, Decimal("0.00082"))
+    record.route = "smart"
     other = RequestRecord("req_2", 2000.0, None, "m2", None, None, 502, True, error="boom")
     assert await pg.insert_records([record, other]) == 2
     assert await pg.insert_records([record]) == 0  # a retried batch never duplicates
@@ -90,6 +95,10 @@ async def test_keys_and_records(pg: PostgresStore) -> None:
         ("m2", 1, 1, Decimal(0)),
     ]
     assert [u.group for u in await pg.usage_summary(1500.0, None, "key")] == [None]
+    assert [(u.group, u.requests) for u in await pg.usage_summary(None, None, "route")] == [
+        ("smart", 1),
+        (None, 1),
+    ]
     assert await keys.revoke("alice") and await keys.verify(raw) is None
 
 
@@ -211,3 +220,38 @@ async def test_an_unreachable_redis_refuses_with_503_not_free_spend(pg: Postgres
         await admission.admit(key, request, Decimal("0.0001"), 10)
     assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
     await accounts.redis.aclose(close_connection_pool=True)
+
+
+async def test_close_ends_even_when_redis_stops_answering(pg: PostgresStore) -> None:
+    """A Redis that stops answering (frozen, or gone without closing its sockets) must not hold
+    shutdown: close() gives up on it at its deadline."""
+    from servers import run_redis
+
+    with run_redis() as frozen:
+        accounts = await SharedAccounts.connect(frozen.new_database(), pg, flush_interval_s=0.02)
+        await accounts.start()
+        key, _ = await KeyStore(pg).create("t", credits_nano=1_000)
+        assert isinstance(await accounts.reserve(ask(key.id, 1, 1)), Admitted)
+        os.kill(frozen.process.pid, signal.SIGSTOP)
+        try:
+            await asyncio.wait_for(accounts.close(timeout_s=1.0), 60)
+        finally:
+            os.kill(frozen.process.pid, signal.SIGCONT)
+
+
+async def test_close_never_waits_forever_on_a_stuck_step(
+    pg: PostgresStore,
+    shared_urls: SharedUrls,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    accounts = await SharedAccounts.connect(shared_urls.redis, pg, flush_interval_s=0.02)
+    await accounts.start()
+    real_close = accounts.shipper.close
+
+    async def stuck() -> None:
+        await asyncio.Event().wait()  # e.g. a read on a socket that never answers
+
+    accounts.shipper.close = stuck  # type: ignore[method-assign]
+    await asyncio.wait_for(accounts.close(timeout_s=0.5), 60)
+    assert "gave up waiting for the ledger shipper" in caplog.text
+    await real_close()

@@ -261,10 +261,9 @@ async def test_at_the_cap_requests_queue_first_come_first_served(server: RawServ
         exchange.writer.write(ok(exchange.body))
 
     server.reply = reply
-    tasks = []
-    for i in range(4):
-        tasks.append(asyncio.create_task(fetch(pool, server.url, b"%d" % i)))
-        await asyncio.sleep(0.01)
+    # Tasks first run in the order they are created, so they queue in that order.
+    tasks = [asyncio.create_task(fetch(pool, server.url, b"%d" % i)) for i in range(4)]
+    await until(lambda: pool.waiting == 3)
     assert (pool.size, pool.in_use, pool.waiting) == (1, 1, 3)
     server.release.set()
     results = await asyncio.gather(*tasks)
@@ -514,9 +513,18 @@ async def test_a_slow_reader_pauses_the_socket(server: RawServer, pool: Connecti
     total = 48 << 20
     piece = b"x" * (64 << 10)
     sent = 0
+    writers: list[asyncio.StreamWriter] = []
+
+    def backed_up() -> bool:
+        """The server's transport holds more than its high-water mark, so its drain() waits."""
+        transport = writers[0].transport if writers else None
+        return transport is not None and (
+            transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
+        )
 
     async def flood(exchange: Exchange) -> None:
         nonlocal sent
+        writers.append(exchange.writer)
         exchange.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
         for _ in range(total // len(piece)):
             exchange.writer.write(piece)
@@ -526,11 +534,11 @@ async def test_a_slow_reader_pauses_the_socket(server: RawServer, pool: Connecti
     server.reply = flood
     resp = await post(pool, server.url, total=30)
     received = len(await resp.read_chunk())
-    await asyncio.sleep(0.3)
-    stalled_at = sent
+    # The server's writes back up, which happens only when the client stopped reading and TCP
+    # pushed back.
+    await until(backed_up, timeout_s=10)
     assert resp.buffered <= HIGH_WATER + (512 << 10)  # stopped reading, not buffering everything
-    await asyncio.sleep(0.2)
-    assert sent == stalled_at < total  # TCP pushed back on the server
+    assert sent < total
     while chunk := await resp.read_chunk():
         received += len(chunk)
     assert received == total
@@ -728,7 +736,7 @@ async def test_closing_the_pool_fails_requests_in_flight(server: RawServer) -> N
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command")
+        pytest.fail("needs the openssl command: apt-get install openssl (make test installs it)")
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
@@ -741,6 +749,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
+@pytest.mark.e2e  # openssl makes the certificate
 async def test_https_verifies_the_server_by_name(certificate: tuple[Path, Path]) -> None:
     cert, key = certificate
     server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -33,7 +33,7 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 
 class ServerSettings(_Strict):
     host: str = "127.0.0.1"
-    port: int = 4000
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 4000
     max_body_bytes: int = 8 * 1024 * 1024
     # Whole-request deadline, across every attempt.
     request_timeout_s: float = 600.0
@@ -158,7 +158,9 @@ class SimSettings(_Strict):
     # False: use a simulator already running at host:port instead of starting one.
     launch: bool = True
     host: str = "127.0.0.1"
-    port: int = 4001
+    # 0: a free port, chosen when the gateway starts the simulator (launch: true); with launch:
+    # false, the port of the simulator already running.
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     # Optional YAML script (latency, answers, faults per model); see faregate.sim.script.
     script: str | None = None
     # Timeouts the gateway applies to the simulated provider.
@@ -320,7 +322,11 @@ def _read_yaml(text: str, origin: str) -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML: {exc}") from exc
+        # One line: the problem and where (PyYAML's own text quotes the source over several lines).
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{origin}: not valid YAML: {problem}{where}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -33,7 +33,12 @@ class FaregateError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-class ConfigError(Exception):
+class StartupError(Exception):
+    """A command cannot start (bad configuration, a busy port, missing data): the CLI prints the
+    message as one line, without a traceback. Never seen by an API client."""
+
+
+class ConfigError(StartupError):
     """Bad configuration: raised at start-up, never seen by an API client."""
 
 

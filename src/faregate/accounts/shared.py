@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
@@ -39,6 +40,8 @@ from faregate.store.redis_ledger import RedisLedger
 log = logging.getLogger("faregate.accounts")
 
 KEY_EVENTS = "fg:keys"
+# How long close() waits for the background tasks, the last ledger shipment and the connections.
+CLOSE_TIMEOUT_S = 10.0
 
 
 def rate_state(limits: Limits, requests_level: float | None, tokens_level: float | None) -> RateState:
@@ -97,6 +100,14 @@ class KeyEvents:
 
     async def publish(self, key_id: str) -> None:
         await self.redis.publish(KEY_EVENTS, key_id)
+
+
+async def _within(deadline: float, what: str, step: Awaitable[object]) -> None:
+    try:
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            await step
+    except TimeoutError:
+        log.warning("closing the shared accounts: gave up waiting for %s", what)
 
 
 class SharedAccounts:
@@ -158,11 +169,19 @@ class SharedAccounts:
         await self.events.start()
         self._sweeper.start()
 
-    async def close(self) -> None:
-        await self._sweeper.stop()
-        await self.events.stop()
-        await self.shipper.close()
-        await self.redis.aclose(close_connection_pool=True)
+    async def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Stop the background tasks, ship what is waiting, close the connections: all within
+        `timeout_s`. A Redis that stopped answering (frozen, or gone without closing its sockets)
+        would otherwise hold shutdown on a read forever; what is not shipped stays in the Redis
+        outbox, and the next shipper to start takes it over."""
+        deadline = time.monotonic() + timeout_s
+        await _within(deadline, "the hold sweeper", self._sweeper.stop())
+        await _within(deadline, "the key-events listener", self.events.stop())
+        await _within(deadline, "the ledger shipper", self.shipper.close())
+        # The connections get a moment even when the steps above used up the deadline.
+        await _within(
+            max(deadline, time.monotonic() + 1.0), "Redis", self.redis.aclose(close_connection_pool=True)
+        )
 
     async def reserve(self, ask: ReserveAsk) -> Admitted | Refused:
         limits = ask.limits

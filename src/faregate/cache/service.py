@@ -85,6 +85,10 @@ class ResponseCache:
         # A faregate.cache.semantic.SemanticCache[str] (payload = exact key), or None.
         self.semantic = semantic
         self._tasks: set[asyncio.Task[None]] = set()
+        # Entries written so far (GET /health shows them): what tests and operators poll to know
+        # that a background write has landed.
+        self.writes = 0
+        self.semantic_writes = 0
         # Called after a semantic entry is stored here (to share it with other instances).
         self.on_semantic_store: Callable[[Any, str, str, float, Any], Awaitable[None]] | None = None
         self.closers: list[Callable[[], Awaitable[None]]] = []
@@ -208,13 +212,15 @@ class ResponseCache:
                 }
             )
             await self.store.set(decision.key, value, decision.ttl_s)
+            self.writes += 1
             if self.semantic is not None:
                 query = self._semantic_query(decision, request)
                 if query is not None:
                     scope, text, turns = query
-                    await self.semantic.store(
+                    stored = await self.semantic.store(
                         scope, text, decision.key, turns=turns, ttl_s=decision.ttl_s, vector=decision.vector
                     )
+                    self.semantic_writes += stored is not None
                     if self.on_semantic_store is not None:
                         await self.on_semantic_store(
                             scope, text, decision.key, decision.ttl_s, decision.vector

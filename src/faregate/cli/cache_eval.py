@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from faregate.cache.semantic import DEFAULT_THRESHOLD
+from faregate.cli.common import CHECKOUT_DATA, require_data
 from faregate.embedding.embedder import MODEL_PACKAGE, Embedder
 from faregate.evals.cache_eval.measure import (
     CHOICE_MARGIN,
@@ -36,8 +37,6 @@ from faregate.evals.cache_eval.measure import (
     run_latency,
 )
 
-DEFAULT_DATA = Path("../shared/data/routellm")
-
 
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -48,8 +47,12 @@ def register(app: typer.Typer) -> None:
     @app.command("cache-eval")
     def cache_eval(
         data: Annotated[
-            Path, typer.Option(help="RouteLLM data directory (gsm8k_responses.csv and mmlu/*.csv).")
-        ] = DEFAULT_DATA,
+            Path,
+            typer.Option(
+                help="RouteLLM data directory (gsm8k_responses.csv and mmlu/*.csv); the default is the "
+                "repository's copy, found when run from a checkout's root."
+            ),
+        ] = CHECKOUT_DATA,
         limit: Annotated[
             int | None, typer.Option(help="At most this many distinct questions per set (quick run).")
         ] = None,
@@ -92,7 +95,7 @@ def register(app: typer.Typer) -> None:
 
             run_pairs(
                 pairs_file,
-                data if data != DEFAULT_DATA else Path("data"),
+                data if data != CHECKOUT_DATA else Path("data"),
                 [int(s) for s in sizes.split(",")],
                 CacheAcceptance(max_wrong_hit_rate=max_wrong_hit_rate),
                 seed=seed,
@@ -106,6 +109,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(
                 f"threshold must be one of {THRESHOLDS[0]}..{THRESHOLDS[-1]} in steps of 0.01"
             )
+        require_data(data, "--data")
         console = Console(width=max(Console().width, 132))
         cache_dir = cache_dir or _default_cache_dir()
         summary: dict[str, Any] = {"threshold": threshold, "command": _command_line()}

@@ -9,14 +9,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from faregate.catalog import Catalog, Model, build_catalog
-from faregate.cli.common import ConfigOption, load_or_exit
-from faregate.cli.cost_records import cost_from_records
+from faregate.catalog import Model
+from faregate.cli.common import ConfigOption, ModelLookup, load_or_exit
 from faregate.evals.costs.projection import (
     Line,
+    MoneyText,
     Workload,
+    display_usd,
+    exact_usd,
     format_share,
-    format_usd,
     parse_share,
     parse_split,
     project,
@@ -24,7 +25,7 @@ from faregate.evals.costs.projection import (
 )
 
 
-def _lookup(catalog: Catalog, name: str) -> Model:
+def _lookup(catalog: ModelLookup, name: str) -> Model:
     model = catalog.get(name)
     if model is None:
         hint = catalog.suggest(name)
@@ -36,15 +37,15 @@ def _lookup(catalog: Catalog, name: str) -> Model:
     return model
 
 
-def _saving_cells(line: Line, baseline: Line) -> list[str]:
+def _saving_cells(line: Line, baseline: Line, money: MoneyText) -> list[str]:
     saving = line.saving_against(baseline.monthly)
     if line is baseline:
         return ["baseline", ""]
     share = "" if saving.share is None else format_share(saving.share.quantize(Decimal("0.001")))
-    return [format_usd(saving.amount), share]
+    return [money(saving.amount), share]
 
 
-def _table(title: str, first: str, lines: list[tuple[str, Line]], baseline: Line) -> Table:
+def _table(title: str, first: str, lines: list[tuple[str, Line]], baseline: Line, money: MoneyText) -> Table:
     table = Table(title=title)
     table.add_column(first)
     for column in ("in $/1M", "out $/1M", "per request", "per month", f"saving vs {baseline.label}", "saved"):
@@ -53,11 +54,11 @@ def _table(title: str, first: str, lines: list[tuple[str, Line]], baseline: Line
         price = line.price
         table.add_row(
             label,
-            "" if price is None else format_usd(price.input),
-            "" if price is None else format_usd(price.output),
-            "" if line.per_request is None else format_usd(line.per_request),
-            format_usd(line.monthly),
-            *_saving_cells(line, baseline),
+            "" if price is None else money(price.input),
+            "" if price is None else money(price.output),
+            "" if line.per_request is None else money(line.per_request),
+            money(line.monthly),
+            *_saving_cells(line, baseline, money),
         )
     return table
 
@@ -110,17 +111,25 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="With --from-records: start (7d, 24h, or an ISO date).")
         ] = "7d",
         until: Annotated[str, typer.Option(help="With --from-records: end.")] = "now",
+        exact: Annotated[
+            bool, typer.Option("--exact", help="Print money with every digit (default: rounded for reading).")
+        ] = False,
         config: ConfigOption = None,
     ) -> None:
         """Project the monthly cost of a workload per model, with the saving against a baseline.
 
-        Exact decimal arithmetic at catalog list prices (USD per 1M tokens); nothing is rounded.
+        Exact decimal arithmetic at catalog list prices (USD per 1M tokens); the table shows cents
+        from a dollar up and four significant digits below.
         """
         settings = load_or_exit(config)
+        money = exact_usd if exact else display_usd
         if from_records:
-            catalog = build_catalog(settings)
+            # Only this path reads the store: its modules load only here.
+            from faregate.cli.cost_records import cost_from_records
+
+            catalog = ModelLookup(settings)
             targets = {m.name: m.list_price for m in (_lookup(catalog, n) for n in model or [])}
-            cost_from_records(settings, targets, since, until)
+            cost_from_records(settings, targets, since, until, money)
             return
         if requests_per_month is None or input_tokens is None or output_tokens is None:
             raise typer.BadParameter(
@@ -131,14 +140,14 @@ def register(app: typer.Typer) -> None:
             shares = parse_split(split) if split else None
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
-        catalog = build_catalog(settings)
+        catalog = ModelLookup(settings)
         base = _lookup(catalog, baseline or settings.baseline_model)
         if model:
             names = model
         elif shares:
             names = list(shares)
         else:
-            names = [m.name for m in catalog.all() if m.curated]
+            names = [m.name for m in catalog.curated.all() if m.curated]
         models = list({m.name: m for m in (_lookup(catalog, n) for n in names)}.values())
         base_line = project(base.name, base.list_price, workload)
         others = [(m.name, project(m.name, m.list_price, workload)) for m in models if m is not base]
@@ -149,7 +158,7 @@ def register(app: typer.Typer) -> None:
             label = " + ".join(f"{split_models[n].name} {format_share(s)}" for n, s in shares.items())
             rows.append((f"split: {label}", Line("split", split_cost(prices, shares, workload), None)))
         console = Console(width=max(Console().width, 160))
-        console.print(_table(f"Monthly cost: {_describe(workload)}", "model", rows, base_line))
+        console.print(_table(f"Monthly cost: {_describe(workload)}", "model", rows, base_line, money))
         if compare_providers:
             target = _lookup(catalog, compare_providers)
             list_line = project("list price", target.list_price, workload)
@@ -163,4 +172,6 @@ def register(app: typer.Typer) -> None:
             ]
             if not target.offers:
                 typer.echo(f"{target.name}: no provider offers in the catalog")
-            console.print(_table(f"{target.name} by provider", "provider · upstream name", lines, list_line))
+            console.print(
+                _table(f"{target.name} by provider", "provider · upstream name", lines, list_line, money)
+            )

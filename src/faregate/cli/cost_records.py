@@ -12,6 +12,7 @@ from rich.console import Console
 from faregate.cli.cost_records_table import render
 from faregate.cli.usage import parse_time
 from faregate.config import Settings
+from faregate.evals.costs.projection import MoneyText
 from faregate.store.record_totals import RecordsUnavailable, read_traffic
 from faregate.types import Price
 
@@ -20,7 +21,9 @@ def _when(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def cost_from_records(settings: Settings, targets: dict[str, Price], since: str, until: str) -> None:
+def cost_from_records(
+    settings: Settings, targets: dict[str, Price], since: str, until: str, money: MoneyText
+) -> None:
     now = time.time()
     start, end = parse_time(since, now), parse_time(until, now)
     try:
@@ -34,7 +37,7 @@ def cost_from_records(settings: Settings, targets: dict[str, Price], since: str,
         console.print(f"no requests recorded from {_when(start)} to {_when(end)}")
         return
     title = f"Recorded traffic {_when(start)} → {_when(end)}: actual cost, and the same tokens on each model"
-    console.print(render(traffic, targets, title))
+    console.print(render(traffic, targets, title, money))
     if targets:
         console.print(
             "Each 'on MODEL' column prices the same billed tokens at that model's list price;"

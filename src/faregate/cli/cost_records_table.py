@@ -12,12 +12,14 @@ from decimal import Decimal
 
 from rich.table import Table
 
-from faregate.evals.costs.projection import format_share, format_usd
+from faregate.evals.costs.projection import MoneyText, display_usd, format_share
 from faregate.store.record_totals import ModelTraffic
 from faregate.types import Price
 
 
-def render(traffic: list[ModelTraffic], targets: dict[str, Price], title: str) -> Table:
+def render(
+    traffic: list[ModelTraffic], targets: dict[str, Price], title: str, money: MoneyText = display_usd
+) -> Table:
     """One row per recorded model and a total; a column per target model with the re-priced cost."""
     table = Table(title=title)
     table.add_column("served by")
@@ -33,28 +35,27 @@ def render(traffic: list[ModelTraffic], targets: dict[str, Price], title: str) -
         total.completion_tokens += row.completion_tokens
         total.cost += row.cost
     for row in [*traffic, total]:
-        cells = [format_usd(row.priced_at(price)) for price in targets.values()]
+        cells = [money(row.priced_at(price)) for price in targets.values()]
         if row is total:
-            cells = [_with_saving(row.cost, row.priced_at(price)) for price in targets.values()]
+            cells = [_with_saving(row.cost, row.priced_at(price), money) for price in targets.values()]
         table.add_row(
             row.model,
             f"{row.requests:,}",
             f"{row.cache_hits:,}",
             f"{row.prompt_tokens:,}",
             f"{row.completion_tokens:,}",
-            format_usd(row.cost),
+            money(row.cost),
             *cells,
             style="bold" if row is total else None,
         )
     return table
 
 
-def _with_saving(actual: Decimal, hypothetical: Decimal) -> str:
-    """'$0.27461 (+56.5% vs actual)': the hypothetical cost and how it differs from what was paid."""
+def _with_saving(actual: Decimal, hypothetical: Decimal, money: MoneyText) -> str:
+    """'$0.2746 (+56.5% vs actual)': the hypothetical cost and how it differs from what was paid."""
     if not actual:
-        return format_usd(hypothetical)
+        return money(hypothetical)
     change = (hypothetical - actual) / actual
     sign = "+" if change >= 0 else "-"
-    return (
-        f"{format_usd(hypothetical)} ({sign}{format_share(abs(change).quantize(Decimal('0.001')))} vs actual)"
-    )
+    share = format_share(abs(change).quantize(Decimal("0.001")))
+    return f"{money(hypothetical)} ({sign}{share} vs actual)"

@@ -13,6 +13,7 @@ from faregate.accounts.backend import AuditReport
 from faregate.accounts.money import parse_usd, usd_text
 from faregate.accounts.service import AccountsService, KeyView
 from faregate.cli.common import ConfigOption, load_or_exit
+from faregate.cli.groups import command_group
 from faregate.cli.keys import run_accounts, utc_text
 from faregate.store.base import LedgerRow
 
@@ -20,9 +21,7 @@ KeyArgument = Annotated[str, typer.Argument(metavar="KEY", help="The key's id, o
 
 
 def register(app: typer.Typer) -> None:
-    credits_app = typer.Typer(
-        help="Credits: top up keys, read the ledger, audit balances.", no_args_is_help=True
-    )
+    credits_app = command_group(help="Credits: top up keys, read the ledger, audit balances.")
     app.add_typer(credits_app, name="credits")
 
     @credits_app.command("add")

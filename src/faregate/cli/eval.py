@@ -12,8 +12,10 @@ from openai import AsyncOpenAI
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from faregate.cli.common import ConfigOption, load_or_exit
 from faregate.cli.eval_plot import plot
 from faregate.cli.eval_table import comparison_lines, judging_line, table, unscored_line
+from faregate.errors import StartupError
 from faregate.evals.prompt_eval.judge import DEFAULT_RUBRIC
 from faregate.evals.prompt_eval.report import build_report, write_results
 from faregate.evals.prompt_eval.run import (
@@ -73,8 +75,14 @@ def register(app: typer.Typer) -> None:
             Path, typer.Option(help="Output directory (answers.jsonl makes re-runs resume).")
         ] = Path("eval-results"),
         base_url: Annotated[
-            str, typer.Option(envvar="FAREGATE_BASE_URL", help="The gateway's OpenAI-compatible base URL.")
-        ] = "http://127.0.0.1:8080/v1",
+            str | None,
+            typer.Option(
+                envvar="FAREGATE_BASE_URL",
+                help="The gateway's OpenAI-compatible base URL (default: the configured gateway, "
+                "http://127.0.0.1:4000/v1 unless server.host/port say otherwise).",
+                show_default=False,
+            ),
+        ] = None,
         api_key: Annotated[
             str | None, typer.Option(envvar="FAREGATE_API_KEY", help="A gateway API key.", show_default=False)
         ] = None,
@@ -94,6 +102,7 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="JSON object merged into every answer request's body (not the judge's)."),
         ] = None,
+        config: ConfigOption = None,
     ) -> None:
         """Run PROMPTS across models through the gateway and compare quality, latency and cost.
 
@@ -106,12 +115,20 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("scorer llm-judge needs --judge-model")
         if not api_key:
             raise typer.BadParameter("give --api-key or set FAREGATE_API_KEY")
+        if base_url is None:
+            server = load_or_exit(config).server
+            base_url = f"http://{server.host}:{server.port}/v1"
         models = list(dict.fromkeys(model))
         try:
             items = load_items(prompts)
+        except OSError as exc:
+            raise StartupError(f"{prompts}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # the message names the file and line
+            raise StartupError(str(exc)) from None
+        try:
             body: Any = json.loads(extra_body) if extra_body else None
-        except (OSError, ValueError) as exc:
-            raise typer.BadParameter(str(exc)) from None
+        except ValueError as exc:
+            raise typer.BadParameter(f"--extra-body is not JSON: {exc}") from None
         if body is not None and not isinstance(body, dict):
             raise typer.BadParameter("--extra-body must be a JSON object")
         _check(items, scorer)
@@ -130,7 +147,17 @@ def register(app: typer.Typer) -> None:
         if skipped:
             console.print(f"resuming: {skipped} answers already in {out / ANSWERS_FILE}, {len(work)} to go")
         if work:
+            console.print(f"asking {base_url}: {len(work)} answers to get", highlight=False)
             asyncio.run(_run(base_url, api_key, work, done, out, options, console))
+        answers = [done[(item.id, m)] for item in items for m in models if (item.id, m) in done]
+        if answers and not any(a.ok for a in answers):
+            # A table of zeros would read as a result; it is a gateway that did not answer.
+            first = next(a.error for a in answers if a.error).rstrip(".")
+            raise StartupError(
+                f"every request failed ({len(answers)} of {len(answers)}) at {base_url}; first error: "
+                f"{first}. Is the gateway running there (--base-url, FAREGATE_BASE_URL), and is the "
+                "API key one of its keys? A re-run retries every failed request"
+            )
         report = build_report(items, models, done, scorer, monthly_requests)
         write_results(out, report, items, done)
         chart = plot(report, out)

@@ -6,14 +6,14 @@ from decimal import Decimal
 
 from rich.table import Table
 
-from faregate.evals.costs.projection import format_usd
+from faregate.evals.costs.projection import display_usd
 from faregate.evals.prompt_eval.report import RESULTS_CSV, EvalReport, ModelSummary
 from faregate.evals.prompt_eval.scorers import is_binary
 
 
 def _money(amount: Decimal) -> str:
-    # Display only: at most 6 decimals in the table; the JSON keeps every digit.
-    return format_usd(amount.quantize(Decimal("0.000001")).normalize())
+    # Display only: rounded in the table; the JSON and CSV keep every digit.
+    return display_usd(amount)
 
 
 def _quality(summary: ModelSummary, binary: bool) -> str:
@@ -73,7 +73,7 @@ def judging_line(report: EvalReport) -> str | None:
         return None
     cost = report.judge_cost
     return (
-        f"cost of judging: {format_usd(cost.total)} over {cost.calls} judge calls "
+        f"cost of judging: {display_usd(cost.total)} over {cost.calls} judge calls "
         f"({_money(cost.per_1k)} per 1k judged requests); not included in the models' cost above."
     )
 

@@ -22,6 +22,7 @@ from faregate.accounts.policy import parse_budget_spec
 from faregate.accounts.service import AccountsService, KeyView, PolicyChange
 from faregate.accounts.setup import new_key_credits_nano, open_accounts
 from faregate.cli.common import ConfigOption, load_or_exit
+from faregate.cli.groups import command_group
 from faregate.config import Settings
 from faregate.errors import ConfigError, FaregateError
 from faregate.store import StoreUnavailable, open_store
@@ -129,7 +130,7 @@ def print_view(view: KeyView) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    keys_app = typer.Typer(help="Create, list, change and revoke API keys.", no_args_is_help=True)
+    keys_app = command_group(help="Create, list, change and revoke API keys.")
     app.add_typer(keys_app, name="keys")
 
     @keys_app.command("create")
@@ -153,13 +154,19 @@ def register(app: typer.Typer) -> None:
             change = policy_change(rpm, tpm, max_request, budget, False)
             return await service.create_key(name, premium, nano, change)
 
-        view, raw = run_accounts(load_or_exit(config), action)
+        settings = load_or_exit(config)
+        view, raw = run_accounts(settings, action)
         key = view.key
         tier = "premium key" if key.premium else "key"
-        typer.echo(
-            f"Created {tier} {key.id} ({key.name}) with ${usd_text(view.balance_nano)} of credits. "
-            "Store it now; it cannot be shown again:"
-        )
+        # With metering off a balance is not spent: say that the key spends without limit.
+        credits_text = f"with ${usd_text(view.balance_nano)} of credits"
+        if settings.accounts.enabled:
+            funds = credits_text
+        elif view.balance_nano:
+            funds = f"{credits_text}, not used while metering is off (accounts: {{enabled: true}})"
+        else:
+            funds = "unmetered: metering is off, so it spends without limit (accounts: {enabled: true})"
+        typer.echo(f"Created {tier} {key.id} ({key.name}), {funds}. Store it now; it cannot be shown again:")
         # Plain echo, on its own line: rich would wrap it at the terminal width.
         typer.echo(raw)
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from faregate.catalog import Model, build_catalog, sim_active
-from faregate.cli.common import ConfigOption, load_or_exit
+from faregate.cli.common import ConfigOption, curated_catalog, load_or_exit
 
 
 def _matches(
@@ -45,12 +45,31 @@ def register(app: typer.Typer) -> None:
         """List models with prices (USD per 1M tokens), context, modalities and offers."""
         settings = load_or_exit(config)
         sim_url = f"http://{settings.sim.host}:{settings.sim.port}/v1" if sim_active(settings) else None
-        catalog = build_catalog(settings, sim_base_url=sim_url)
+        # The broad catalog is listed only with --all or a search: load it only then.
+        catalog = (
+            build_catalog(settings, sim_base_url=sim_url)
+            if all_models or search
+            else curated_catalog(settings, sim_base_url=sim_url)
+        )
         rows = [
             m
             for m in catalog.all()
             if (all_models or m.curated or search) and _matches(m, search, provider, modality, available)
         ]
+        if not rows:
+            wanted = " ".join(
+                f"{label} {value!r}"
+                for label, value in (("matching", search), ("from", provider), ("reading", modality))
+                if value
+            )
+            hint = catalog.suggest(search) if search else []
+            typer.echo(
+                f"faregate: no model {wanted or 'in the catalog'}"
+                + (" with an enabled provider" if available else "")
+                + (f"; did you mean {', '.join(hint)}?" if hint else ""),
+                err=True,
+            )
+            raise typer.Exit(1)
         table = Table(title=f"{len(rows)} model(s)  ·  USD per 1M tokens")
         for column in ("model", "aliases", "in", "out", "context", "max out", "modalities", "offers"):
             table.add_column(

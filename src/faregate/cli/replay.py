@@ -16,7 +16,7 @@ from rich.table import Table
 from faregate.cli.common import ConfigOption
 from faregate.cli.replay_plot import write_plot
 from faregate.cli.replay_routes import ROUTE_PREFIX, Options, is_named, parse_pairs, replay_named
-from faregate.evals.costs.projection import format_usd
+from faregate.evals.costs.projection import display_usd
 from faregate.evals.replay.engine import (
     DEFAULT_BINS,
     DEFAULT_PRICES,
@@ -121,7 +121,7 @@ def _policy_table(report: Report) -> Table:
             _pct(row.share(report.pair.strong)),
             _pct(row.accuracy),
             f"{report.pgr(row.accuracy):.3f}",
-            format_usd(row.cost),
+            display_usd(row.cost),
             _pct(float(saved / all_strong.cost)) if all_strong.cost else "-",
             style="bold" if chosen is not None and row.name == chosen.name else None,
         )
@@ -140,7 +140,7 @@ def _curve_table(report: Report) -> Table:
             _pct(point.strong_share),
             _pct(point.accuracy),
             f"{report.pgr(point.accuracy):.3f}",
-            "-" if point.cost is None else format_usd(point.cost),
+            "-" if point.cost is None else display_usd(point.cost),
         )
     return table
 

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from faregate.evals.costs.projection import format_usd
+from faregate.evals.costs.projection import display_usd
 from faregate.evals.replay.online import OnlineOptions, OnlineReport, Window, prepare, run_online
 from faregate.evals.replay.outcomes import Outcomes
 from faregate.types import Price
@@ -85,8 +85,8 @@ def _window_table(report: OnlineReport) -> Table:
             f"{w.strong_answers / w.prompts:.1%}",
             f"{w.strong_calls / w.prompts:.1%}",
             str(w.verified),
-            format_usd(w.cost),
-            format_usd(w.verification_cost),
+            display_usd(w.cost),
+            display_usd(w.verification_cost),
             "" if last else f"{w.strong_share_setting:.0%}",
             style="bold" if last else None,
         )
@@ -101,9 +101,9 @@ def summary_lines(report: OnlineReport) -> list[str]:
     lines = [
         f"APGR of the routed traffic {report.apgr_routed:.3f} (static prior {report.apgr_prior:.3f}, "
         f"length heuristic {report.apgr_length:.3f}, on the same stream)",
-        f"cost {format_usd(total.cost)} = {float(total.cost / report.all_strong_cost):.1%} of all-strong "
-        f"({format_usd(report.all_strong_cost)}), verification included "
-        f"({format_usd(total.verification_cost)})",
+        f"cost {display_usd(total.cost)} = {float(total.cost / report.all_strong_cost):.1%} of all-strong "
+        f"({display_usd(report.all_strong_cost)}), verification included "
+        f"({display_usd(total.verification_cost)})",
     ]
     if worst is not None:
         lines.append(

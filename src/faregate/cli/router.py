@@ -3,7 +3,7 @@
 faregate router train        --data DIR_OR_CSV --out router.json      (prompt -> need for the strong model)
 faregate router train-judge  --data CSV_WITH_ANSWERS --out judge.json (question + cheap answer -> wrong?)
 faregate router eval         --data ... --router router.json [--judge judge.json] --out DIR
-faregate router evidence     --data-dir ../shared/data/routellm --out docs   (all of it, one command)
+faregate router evidence     --data-dir data/routellm --out docs   (all of it, one command)
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from faregate.cli.common import CHECKOUT_DATA, require_data
+from faregate.cli.groups import command_group
 from faregate.cli.router_plots import plot_costs, plot_shares
 from faregate.cli.router_tables import print_evaluation, print_robustness
 from faregate.evals.replay.engine import Pair
@@ -36,12 +38,8 @@ from faregate.learning.training.selection import (
     split_outcomes,
 )
 
-DEFAULT_DATA_DIR = Path("../shared/data/routellm")
-
-router_app = typer.Typer(
-    name="router",
-    help="Train and measure the learned complexity router and the cascade's answer judge.",
-    no_args_is_help=True,
+router_app = command_group(
+    name="router", help="Train and measure the learned complexity router and the cascade's answer judge."
 )
 
 DataOption = Annotated[Path, typer.Option(help="Outcomes: a RouteLLM-format CSV, or a directory of them.")]
@@ -259,8 +257,12 @@ def _evidence_run(
 @router_app.command("evidence")
 def evidence(
     data_dir: Annotated[
-        Path, typer.Option(help="The RouteLLM data directory (mmlu/ and gsm8k_responses.csv).")
-    ] = DEFAULT_DATA_DIR,
+        Path,
+        typer.Option(
+            help="The RouteLLM data directory (mmlu/ and gsm8k_responses.csv); the default is the "
+            "repository's copy, found when run from a checkout's root."
+        ),
+    ] = CHECKOUT_DATA,
     out: Annotated[Path, typer.Option(help="Directory for the PNG curves.")] = Path("docs"),
     models: Annotated[
         Path, typer.Option(help="Directory for the trained model files and the JSON reports.")
@@ -274,6 +276,7 @@ def evidence(
     cache_dir: CacheOption = None,
 ) -> None:
     """Train on one split and measure on the other, for MMLU (by subject) and GSM8K (by question)."""
+    require_data(data_dir, "--data-dir")
     console = _console()
     try:
         seeds = [int(s) for s in extra_seeds.split(",") if s.strip()]

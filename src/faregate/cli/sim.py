@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from faregate.errors import ConfigError
-
 
 def register(app: typer.Typer) -> None:
     app.command("sim")(sim)
@@ -16,7 +14,9 @@ def register(app: typer.Typer) -> None:
 
 def sim(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 4001,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to listen on (0 picks a free one).")
+    ] = 4001,
     script: Annotated[
         Path | None, typer.Option(help="YAML script: latency, answers and faults per model.", dir_okay=False)
     ] = None,
@@ -31,8 +31,5 @@ def sim(
     """
     from faregate.sim import run
 
-    try:
-        run(host, port, script, config=config)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    # A bad script or a busy port is a StartupError: the console script prints it as one line.
+    run(host, port, script, config=config)

@@ -1,4 +1,4 @@
-"""`faregate usage`: spend and request counts from the request records, per model, key or provider."""
+"""`faregate usage`: spend and request counts from the request records, per model, key, provider or route."""
 
 from __future__ import annotations
 
@@ -19,12 +19,11 @@ from rich.text import Text
 from faregate.cli.common import ConfigOption, load_or_exit
 from faregate.config import Settings
 from faregate.errors import ConfigError
+from faregate.evals.costs.projection import MoneyText, display_usd, exact_usd
 from faregate.store import GroupBy, StoreUnavailable, UsageRow, open_store
 
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _AGO = re.compile(r"(\d+(?:\.\d+)?)([mhdw])")
-# Eight decimals (a hundredth of a micro-dollar) at least, more when the amount has them: never rounded.
-_MIN_USD_PLACES = 8
 
 
 class GroupChoice(StrEnum):
@@ -33,6 +32,7 @@ class GroupChoice(StrEnum):
     model = "model"
     key = "key"
     provider = "provider"
+    route = "route"
 
     @property
     def group_by(self) -> GroupBy:
@@ -56,13 +56,6 @@ def parse_time(text: str, now: float) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
-
-
-def format_usd(amount: Decimal) -> str:
-    """Exact dollars: '$0.00082000', '$1,234.50000000', '$0.000000001'."""
-    exponent = amount.normalize().as_tuple().exponent
-    places = max(_MIN_USD_PLACES, -exponent if isinstance(exponent, int) else 0)
-    return f"${amount:,.{places}f}"
 
 
 @dataclass(slots=True)
@@ -94,18 +87,22 @@ def _label(row: UsageRow, group_by: GroupBy, key_names: dict[str, str]) -> Text:
     return Text(row.group)
 
 
-def _numbers(requests: int, errors: int, prompt: int, completion: int, cost: Decimal) -> list[str]:
-    return [f"{requests:,}", f"{errors:,}", f"{prompt:,}", f"{completion:,}", format_usd(cost)]
+def _numbers(
+    requests: int, errors: int, prompt: int, completion: int, cost: Decimal, money: MoneyText
+) -> list[str]:
+    return [f"{requests:,}", f"{errors:,}", f"{prompt:,}", f"{completion:,}", money(cost)]
 
 
-def render(report: UsageReport, group_by: GroupBy, since: float, until: float) -> Table:
+def render(
+    report: UsageReport, group_by: GroupBy, since: float, until: float, money: MoneyText = display_usd
+) -> Table:
     def when(t: float) -> str:
         return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M")
 
     rows = [
         (
             _label(r, group_by, report.key_names),
-            _numbers(r.requests, r.errors, r.prompt_tokens, r.completion_tokens, r.cost),
+            _numbers(r.requests, r.errors, r.prompt_tokens, r.completion_tokens, r.cost, money),
         )
         for r in report.rows
     ]
@@ -115,6 +112,7 @@ def render(report: UsageReport, group_by: GroupBy, since: float, until: float) -
         sum(r.prompt_tokens for r in report.rows),
         sum(r.completion_tokens for r in report.rows),
         sum((r.cost for r in report.rows), Decimal(0)),
+        money,
     )
     table = Table(title=f"Usage by {group_by}, {when(since)} to {when(until)} UTC")
     # On a narrow terminal the names fold onto more lines; numbers and money keep their full width.
@@ -144,6 +142,9 @@ def register(app: typer.Typer) -> None:
         ] = "24h",
         until: Annotated[str, typer.Option(help="End (exclusive), same forms as --since.")] = "now",
         by: Annotated[GroupChoice, typer.Option("--by", help="Group by.")] = GroupChoice.model,
+        exact: Annotated[
+            bool, typer.Option("--exact", help="Print money with every digit (default: rounded for reading).")
+        ] = False,
         config: ConfigOption = None,
     ) -> None:
         """Spend, requests, errors (HTTP status >= 400) and tokens from the request records."""
@@ -164,7 +165,7 @@ def register(app: typer.Typer) -> None:
         if not report.rows:
             typer.echo(f"No requests recorded between {since} and {until}.")
             return
-        table = render(report, group_by, start, end)
+        table = render(report, group_by, start, end, exact_usd if exact else display_usd)
         # On a terminal too narrow for the numbers, print wider and let it wrap lines rather than
         # cut an amount.
         Console(width=max(Console().width, min_width(table))).print(table)

@@ -101,6 +101,13 @@ class Planner:
             raise ModelNotFound(f"The model '{name}' does not exist.{hint}", param="model")
         return model
 
+    @staticmethod
+    def requested_route(request: ChatRequest) -> str:
+        """The route as the request names it (an alias stays an alias): what records and the
+        x-faregate-route header say, whether the answer came from a model or from the cache."""
+        names: list[str] = request.body.get("models") or [request.model]
+        return names[0] if len(names) == 1 else "list:" + ",".join(names)
+
     def resolved_name(self, request: ChatRequest) -> str:
         """The route or canonical model a request asks for (aliases resolved), e.g. for cache keys."""
         names: list[str] = request.body.get("models") or [request.model]
@@ -112,7 +119,7 @@ class Planner:
         prompt = PromptSize(request.body.get("messages") or [])
         names: list[str] = request.body.get("models") or [request.model]
         trace = RouteTrace()
-        route = names[0] if len(names) == 1 else "list:" + ",".join(names)
+        route = self.requested_route(request)
         if len(names) > 1 and any(name in self.routes.policies.cascades for name in names):
             raise InvalidRequest(
                 "A cascade route cannot be one of several 'models': it runs its own steps in order.",

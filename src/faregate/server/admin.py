@@ -1,31 +1,35 @@
-"""Admin endpoints, behind the master key (from the env var named in auth.master_key_env)."""
+"""Admin endpoints, behind the master key (accounts/master.py: the env var named in
+auth.master_key_env, or the key `faregate serve --new-key` made)."""
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
 
+from faregate.accounts.master import MasterKey
 from faregate.errors import AuthenticationFailed, PermissionDenied
 
 if TYPE_CHECKING:
     from faregate.server.app import Gateway
 
 
-def is_master(request: web.Request, master_key: str | None) -> bool:
+def is_master(request: web.Request, master_key: MasterKey) -> bool:
     header = request.headers.get("Authorization", "")
     scheme, _, raw = header.partition(" ")
-    if not master_key or scheme.lower() != "bearer":
+    if not master_key.enabled or scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(raw.strip().encode(), master_key.encode())
+    return master_key.matches(raw.strip())
 
 
-def require_master(request: web.Request, master_key: str | None) -> None:
-    if not master_key:
-        raise PermissionDenied("Admin endpoints are disabled: no master key is set (FAREGATE_MASTER_KEY).")
+def require_master(request: web.Request, master_key: MasterKey) -> None:
+    if not master_key.enabled:
+        raise PermissionDenied(
+            "Admin endpoints are disabled: no master key is set "
+            "(set FAREGATE_MASTER_KEY, or start with `faregate serve --new-key`)."
+        )
     if not request.headers.get("Authorization"):
         raise AuthenticationFailed(
             "This endpoint needs the master key: 'Authorization: Bearer <master key>'."
@@ -36,6 +40,7 @@ def require_master(request: web.Request, master_key: str | None) -> None:
 
 def health_detail(gateway: Gateway) -> bytes:
     runner = gateway.pipeline.runner
+    cache = gateway.pipeline.cache
     return orjson.dumps(
         {
             "status": "ok",
@@ -49,6 +54,8 @@ def health_detail(gateway: Gateway) -> bytes:
                 "records_pending": gateway.records.pending,
                 "records_written": gateway.records.written,
                 "records_dropped": gateway.records.dropped,
+                "cache_writes": cache.writes if cache is not None else 0,
+                "semantic_cache_writes": cache.semantic_writes if cache is not None else 0,
             },
         }
     )

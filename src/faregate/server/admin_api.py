@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from faregate.accounts.master import MasterKey
 from faregate.accounts.money import parse_usd
 from faregate.accounts.policy import parse_budgets, parse_limit
 from faregate.accounts.service import AccountsService, PolicyChange
@@ -67,7 +68,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 class AdminApi:
-    def __init__(self, service: AccountsService, master_key: str | None) -> None:
+    def __init__(self, service: AccountsService, master_key: MasterKey) -> None:
         self.service = service
         self.master_key = master_key
 
@@ -146,7 +147,7 @@ class AdminApi:
 
 
 def add_account_routes(
-    app: web.Application, service: AccountsService, pipeline: ChatPipeline, master_key: str | None
+    app: web.Application, service: AccountsService, pipeline: ChatPipeline, master_key: MasterKey
 ) -> None:
     api = AdminApi(service, master_key)
     app.router.add_post("/admin/keys", api.create)

@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from faregate.accounts.keys import KeyStore
+from faregate.accounts.master import MasterKey
 from faregate.accounts.setup import Accounts, new_key_credits_nano, open_accounts
 from faregate.cache.factory import build_cache
 from faregate.catalog import SIM_PROVIDER, Catalog, Model, build_catalog
@@ -60,6 +61,10 @@ class Gateway:
     started: float = field(default_factory=time.monotonic)
     # Metrics, traces, rollups, alerts, and the analytics behind the dashboard and feedback.
     observability: Observability | None = None
+    # Who may use the admin API, the dashboard and /metrics.
+    master_key: MasterKey = field(default_factory=MasterKey)
+    # Where the provider simulator answers, when it stands in for the providers.
+    sim_base_url: str | None = None
 
     async def close(self) -> None:
         if self.observability is not None:
@@ -177,6 +182,8 @@ async def build_gateway(settings: Settings, *, sim_base_url: str | None = None) 
         accounts,
         models_listing(catalog),
         observability=observability,
+        master_key=MasterKey.load(settings),
+        sim_base_url=sim_base_url,
     )
 
 
@@ -226,7 +233,7 @@ def create_app(gateway: Gateway) -> web.Application:
         found = gateway.pipeline.planner.resolve(name)
         return web.Response(body=orjson.dumps(model_entry(found)), content_type="application/json")
 
-    master_key = gateway.settings.master_key()
+    master_key = gateway.master_key
 
     async def health(request: web.Request) -> web.StreamResponse:
         # Liveness for anyone; breaker states and latency only for the admin.

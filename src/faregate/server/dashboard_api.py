@@ -126,7 +126,7 @@ class DashboardApi:
         self.gateway = gateway
         self.analytics = analytics
         self.alerts_manager = alerts
-        self.master_key = gateway.settings.master_key()
+        self.master_key = gateway.master_key
 
     async def slice(self, request: web.Request) -> Slice:
         q = request.query
@@ -310,7 +310,7 @@ class DashboardApi:
 def add_dashboard_api(app: web.Application, gateway: Gateway) -> None:
     insights = gateway.observability.insights if gateway.observability is not None else None
     if insights is None:
-        master_key = gateway.settings.master_key()
+        master_key = gateway.master_key
 
         async def unavailable(request: web.Request) -> web.StreamResponse:
             require_master(request, master_key)

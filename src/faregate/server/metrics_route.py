@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def add_metrics_route(app: web.Application, gateway: Gateway) -> None:
-    master_key = gateway.settings.master_key()
+    master_key = gateway.master_key
     public = gateway.settings.metrics.public
     if gateway.observability is None:
         return

@@ -141,7 +141,8 @@ class ChatPipeline:
             if self.cache is not None:
                 cached = await self.cache.lookup(decision, request)
                 if cached is not None:
-                    record.route = decision.resolved
+                    # Named as a miss names it: one route is one row on the dashboard.
+                    record.route = self.planner.requested_route(request)
                     return await self.respond.cached(http_request, request, cached, record, base_headers)
             plan = await self.planner.plan(request)
             record.route = plan.route

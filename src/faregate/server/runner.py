@@ -1,14 +1,17 @@
 """Run the gateway process: start the simulator when needed, serve, shut down cleanly.
 
 SIGTERM and SIGINT stop accepting connections, let the app's cleanup flush every
-pending request record, then stop the simulator this process started.
+pending request record, then stop the simulator this process started. A port that cannot be
+listened on is a StartupError (one line from the CLI), not a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +22,7 @@ from aiohttp import web
 
 from faregate.catalog import sim_active
 from faregate.config import Settings
+from faregate.errors import ConfigError, StartupError
 from faregate.server.app import FAST_ROUTES, FastRoutes, Gateway, build_gateway, create_app
 
 log = logging.getLogger("faregate")
@@ -49,7 +53,25 @@ class GatewayRunner(web.AppRunner):
         return server
 
 
-async def start_simulator(settings: Settings, config_path: str | None = None) -> asyncio.subprocess.Process:
+def free_port(host: str) -> int:
+    """A port nobody listens on now. Another process could take it before the simulator binds it;
+    then the simulator fails to start and says so, and the gateway stops with that error."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def simulator_port(settings: Settings) -> int:
+    if settings.sim.port:
+        return settings.sim.port
+    if not settings.sim.launch:
+        raise ConfigError("sim.port: give the port of the running simulator (sim.launch is false)")
+    return free_port(settings.sim.host)
+
+
+async def start_simulator(
+    settings: Settings, config_path: str | None = None, port: int | None = None
+) -> asyncio.subprocess.Process:
     """The simulator runs as its own process so it never competes with the gateway's event loop."""
     args = [
         sys.executable,
@@ -59,13 +81,16 @@ async def start_simulator(settings: Settings, config_path: str | None = None) ->
         "--host",
         settings.sim.host,
         "--port",
-        str(settings.sim.port),
+        str(port if port is not None else settings.sim.port),
     ]
     if settings.sim.script:
         args += ["--script", settings.sim.script]
     if config_path:
         args += ["--config", config_path]
-    return await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL)
+    # Its "ready" line is for people who start it themselves; its errors still reach stderr.
+    return await asyncio.create_subprocess_exec(
+        *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL
+    )
 
 
 async def wait_healthy(url: str, timeout_s: float, process: asyncio.subprocess.Process | None = None) -> None:
@@ -88,21 +113,25 @@ async def serve(settings: Settings, announce: Announce | None = None, config_pat
     sim_process: asyncio.subprocess.Process | None = None
     sim_base_url: str | None = None
     if sim_active(settings):
+        sim_port = simulator_port(settings)
         if settings.sim.launch:
-            sim_process = await start_simulator(settings, config_path)
-        sim_base_url = f"http://{settings.sim.host}:{settings.sim.port}/v1"
+            sim_process = await start_simulator(settings, config_path, sim_port)
+        sim_base_url = f"http://{settings.sim.host}:{sim_port}/v1"
     runner: web.AppRunner | None = None
     try:
         gateway = await build_gateway(settings, sim_base_url=sim_base_url)
         if sim_base_url is not None:
-            await wait_healthy(f"http://{settings.sim.host}:{settings.sim.port}/health", 30, sim_process)
+            try:
+                await wait_healthy(sim_base_url.removesuffix("/v1") + "/health", 30, sim_process)
+            except RuntimeError as exc:
+                raise StartupError(f"the provider simulator did not start: {exc}") from None
         app = create_app(gateway)
         runner = GatewayRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(
             runner, settings.server.host, settings.server.port, backlog=4096, reuse_address=True
         )
-        await site.start()
+        await listen(site, settings.server.host, settings.server.port)
         base_url = f"http://{settings.server.host}:{settings.server.port}/v1"
         log.info("faregate listening on %s%s", base_url, " (simulated providers)" if sim_base_url else "")
         if announce is not None:
@@ -122,6 +151,18 @@ async def serve(settings: Settings, announce: Announce | None = None, config_pat
                 await asyncio.wait_for(sim_process.wait(), 5)
             except TimeoutError:
                 sim_process.kill()
+
+
+async def listen(site: web.TCPSite, host: str, port: int) -> None:
+    try:
+        await site.start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(
+                f"cannot listen on {host}:{port}: the port is in use (another faregate?); "
+                "choose another with --port or server.port"
+            ) from None
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def run(settings: Settings, announce: Announce | None = None, config_path: str | None = None) -> None:

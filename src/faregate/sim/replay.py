@@ -1,4 +1,4 @@
-"""Recorded answers from a CSV (e.g. ../shared/data/routellm/gsm8k_responses.csv), keyed by prompt."""
+"""Recorded answers from a CSV (e.g. the repository's data/routellm/gsm8k_responses.csv), keyed by prompt."""
 
 from __future__ import annotations
 

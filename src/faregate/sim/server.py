@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from types import TracebackType
 from aiohttp import web
 
 from faregate.config import config_path, load_settings
+from faregate.errors import StartupError
 from faregate.sim.script import Script, load_script
 from faregate.sim.simulator import Simulator
 
@@ -90,8 +92,12 @@ async def start(
     site = web.TCPSite(runner, host, port, backlog=1024)
     try:
         await site.start()
-    except BaseException:
+    except BaseException as exc:
         await runner.cleanup()
+        if isinstance(exc, OSError):
+            # One line from the CLI, not a traceback (a busy port is the usual case).
+            reason = "the port is in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            raise StartupError(f"the simulator cannot listen on {host}:{port}: {reason}") from None
         raise
     bound = runner.addresses[0][1] if port == 0 else port
     if warm:

@@ -15,8 +15,8 @@ from typing import Literal, Protocol
 
 from faregate.types import RequestRecord
 
-GroupBy = Literal["model", "key", "provider"]
-GROUP_BY: tuple[GroupBy, ...] = ("model", "key", "provider")
+GroupBy = Literal["model", "key", "provider", "route"]
+GROUP_BY: tuple[GroupBy, ...] = ("model", "key", "provider", "route")
 
 
 class DuplicateError(Exception):

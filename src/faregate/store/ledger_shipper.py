@@ -172,13 +172,16 @@ class LedgerShipper:
             self.shipped += 1
 
     async def flush(self, timeout_s: float = 10.0) -> bool:
-        """Ship until the outbox is empty (entries other shippers hold included). False on timeout."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            await self.ship_once(None)
-            if await self.redis.xlen(OUTBOX) == 0:
-                return True
-            # Entries delivered to another shipper: give it a moment, then take them over.
-            await asyncio.sleep(0.02)
-            await self._claim(1000)
-        return await self.redis.xlen(OUTBOX) == 0
+        """Ship until the outbox is empty (entries other shippers hold included). False on timeout,
+        including a call to Redis or PostgreSQL that does not answer in time."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    await self.ship_once(None)
+                    if await self.redis.xlen(OUTBOX) == 0:
+                        return True
+                    # Entries delivered to another shipper: give it a moment, then take them over.
+                    await asyncio.sleep(0.02)
+                    await self._claim(1000)
+        except TimeoutError:
+            return False

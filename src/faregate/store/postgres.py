@@ -40,6 +40,7 @@ _GROUP_EXPRESSIONS: dict[str, str] = {
     "model": "COALESCE(model_used, model_requested)",
     "key": "key_id",
     "provider": "provider",
+    "route": "route",
 }
 # Errors that mean "not now" (connection lost, server shutting down, too many clients): retryable.
 _UNAVAILABLE = (

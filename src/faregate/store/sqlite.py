@@ -45,6 +45,7 @@ _GROUP_EXPRESSIONS: dict[str, str] = {
     "model": "COALESCE(model_used, model_requested)",
     "key": "key_id",
     "provider": "provider",
+    "route": "route",
 }
 
 

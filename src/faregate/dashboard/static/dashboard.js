@@ -47,10 +47,16 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-// columns: [{title, key, value(row) -> text, raw(row) -> data-value, cls(row)}]
+// columns: [{title, key, value(row) -> text, raw(row) -> data-value, cls(row), width, clip}]
+// `width` sizes a column of a fixed-layout table; `clip` marks a text column: left-aligned, and the
+// whole text in the cell's tooltip (the cell shows what fits, ending in an ellipsis).
 function fillTable(table, columns, rows, options = {}) {
   table.replaceChildren();
-  const head = el("tr", {}, ...columns.map((c) => el("th", {}, c.title)));
+  const head = el("tr", {}, ...columns.map((c) => {
+    const th = el("th", { className: c.clip ? "text" : null }, c.title);
+    if (c.width) th.style.width = c.width; // through the CSSOM: the page's CSP forbids style attributes
+    return th;
+  }));
   table.append(el("thead", {}, head));
   const body = el("tbody");
   if (!rows.length) {
@@ -59,7 +65,9 @@ function fillTable(table, columns, rows, options = {}) {
   for (const row of rows) {
     const tr = el("tr", { "data-group": options.group ? options.group(row) : null, className: options.rowClass || null });
     for (const c of columns) {
-      tr.append(el("td", { "data-col": c.key, "data-value": c.raw ? c.raw(row) : null, className: c.cls ? c.cls(row) : null }, c.value(row)));
+      const text = c.value(row);
+      const cls = [c.cls ? c.cls(row) : null, c.clip ? "text" : null].filter(Boolean).join(" ") || null;
+      tr.append(el("td", { "data-col": c.key, "data-value": c.raw ? c.raw(row) : null, className: cls, title: c.clip ? String(text) : null }, text));
     }
     if (options.onClick) tr.addEventListener("click", () => options.onClick(row, tr));
     body.append(tr);
@@ -284,18 +292,20 @@ function attemptsRow(row) {
 
 function renderRequests(data, append) {
   const table = $("requests");
+  // A fixed layout: the columns share the panel's width whatever the names, and a long name is
+  // cut to fit (whole in its tooltip), so cost and latency never leave the screen.
   const columns = [
-    { title: "Time", key: "time", value: (r) => when(r.created_at) },
-    { title: "Request id", key: "request_id", value: (r) => r.request_id },
-    { title: "Key", key: "key", value: (r) => r.key || "–" },
-    { title: "Route", key: "route", value: (r) => r.route || "–" },
-    { title: "Model", key: "model", value: (r) => r.model_used || r.model_requested || "–" },
-    { title: "Provider", key: "provider", value: (r) => r.provider || "–" },
-    { title: "Status", key: "status", value: (r) => r.status, cls: (r) => (r.status >= 500 ? "status-err" : null) },
-    { title: "Cache", key: "cache", value: (r) => r.cache_status },
-    { title: "Tokens", key: "tokens", value: (r) => `${int(r.prompt_tokens)} / ${int(r.completion_tokens)}` },
-    { title: "Cost", key: "cost", value: (r) => usd(r.cost_usd) },
-    { title: "Latency", key: "latency", value: (r) => ms(r.latency_ms) + (r.attempts.length > 1 ? ` · ${r.attempts.length} attempts` : "") },
+    { title: "Time", key: "time", value: (r) => when(r.created_at), width: "11%" },
+    { title: "Status", key: "status", value: (r) => r.status, cls: (r) => (r.status >= 500 ? "status-err" : null), width: "5%" },
+    { title: "Route", key: "route", value: (r) => r.route || "–", width: "13%", clip: true },
+    { title: "Model", key: "model", value: (r) => r.model_used || r.model_requested || "–", width: "13%", clip: true },
+    { title: "Cost", key: "cost", value: (r) => usd(r.cost_usd), width: "8%" },
+    { title: "Latency", key: "latency", value: (r) => ms(r.latency_ms) + (r.attempts.length > 1 ? ` · ${r.attempts.length} tries` : ""), width: "10%" },
+    { title: "Tokens", key: "tokens", value: (r) => `${int(r.prompt_tokens)} / ${int(r.completion_tokens)}`, width: "8%" },
+    { title: "Cache", key: "cache", value: (r) => r.cache_status, width: "7%", clip: true },
+    { title: "Provider", key: "provider", value: (r) => r.provider || "–", width: "6%", clip: true },
+    { title: "Key", key: "key", value: (r) => r.key || "–", width: "10%", clip: true },
+    { title: "Request id", key: "request_id", value: (r) => r.request_id, width: "9%", clip: true },
   ];
   const toggle = (row, tr) => {
     const next = tr.nextElementSibling;

@@ -11,7 +11,7 @@ hit rate may bill a fractional number of requests.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -133,12 +133,35 @@ def parse_share(text: str) -> Decimal:
     return value / 100 if percent else value
 
 
-def format_usd(amount: Decimal) -> str:
-    """Exact dollars, at least cents: '$88.00', '$0.00082', '-$1,234.5678'. Never rounded."""
+def exact_usd(amount: Decimal) -> str:
+    """Every digit, at least cents: '$88.00', '$0.001686155', '-$1,234.5678' (`--exact`)."""
     exponent = amount.normalize().as_tuple().exponent
     places = max(2, -exponent if isinstance(exponent, int) else 0)
     sign = "-" if amount < 0 else ""
     return f"{sign}${abs(amount):,.{places}f}"
+
+
+# Tables round money for reading: cents from a dollar up, else this many significant digits. The
+# figures themselves stay exact (JSON, CSV, the ledger); only their display is rounded.
+DISPLAY_DIGITS = 4
+CENT = Decimal("0.01")
+
+
+def display_usd(amount: Decimal) -> str:
+    """Dollars to read in a table: '$5.68', '$1,234.50', '$0.1313', '$0.00082', '$0.00000436', '$0.00'."""
+    sign = "-" if amount < 0 else ""
+    size = abs(amount)
+    if size >= 1 or size == 0:
+        return f"{sign}${size.quantize(CENT):,.2f}"
+    places = max(2, DISPLAY_DIGITS - 1 - size.adjusted())
+    rounded = size.quantize(Decimal(1).scaleb(-places))
+    if rounded >= 1:  # 0.99999 rounds up to a dollar
+        return f"{sign}$1.00"
+    whole, _, decimals = f"{rounded:.{places}f}".partition(".")
+    return f"{sign}${whole}.{decimals.rstrip('0').ljust(2, '0')}"
+
+
+MoneyText = Callable[[Decimal], str]
 
 
 def format_share(share: Decimal) -> str:

@@ -1,0 +1,56 @@
+"""Every start-up error of the console script is one line, `faregate: ...`, with no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import clean_env
+
+pytestmark = pytest.mark.e2e  # runs the console script
+
+CASES = {
+    "missing config": (
+        ["usage", "-c", "missing.yaml"],
+        "bad configuration: config file missing.yaml does not exist",
+    ),
+    "config not YAML": (["models", "-c", "broken.yaml"], "not valid YAML: "),
+    "unknown key": (["models", "-c", "unknown.yaml"], "unknown field `colour`"),
+    "missing data": (["cache-eval"], "data/routellm not found: pass --data PATH"),
+    "missing outcomes": (["replay", "--data", "nope.csv"], "nope.csv does not exist"),
+    "missing prompts": (["eval", "nope.jsonl", "-m", "gpt-4o", "--api-key", "fg-x"], "nope.jsonl: "),
+    "bad sim script": (["sim", "--script", "unknown.yaml"], "unknown field"),
+    "unreachable store": (
+        ["serve", "-c", "unreachable.yaml"],
+        "store unavailable: cannot connect to PostgreSQL",
+    ),
+    "store path is a file": (["keys", "list", "-c", "blocked.yaml"], "faregate: "),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_start_up_error_is_one_line(case: str, tmp_path: Path) -> None:
+    (tmp_path / "broken.yaml").write_text("server: [port\n")
+    (tmp_path / "unknown.yaml").write_text("server: {colour: blue}\n")
+    # Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    (tmp_path / "unreachable.yaml").write_text(
+        "store: {postgres_url: 'postgresql://x@127.0.0.1:1/x', redis_url: 'redis://127.0.0.1:1/0'}\n"
+    )
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "blocked.yaml").write_text(f"store: {{path: {str(tmp_path / 'a-file' / 'store')!r}}}\n")
+    args, message = CASES[case]
+    result = subprocess.run(
+        [sys.executable, "-m", "faregate.cli.main", *args],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode in (1, 2), result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("faregate: ") and message in line, line

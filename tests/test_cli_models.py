@@ -1,0 +1,32 @@
+"""`faregate models`: the curated catalog by default, searches reach the broad one, and a search
+that finds nothing says so instead of printing an empty table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from faregate.cli.main import build_app
+
+
+def run(tmp_path: Path, *args: str) -> tuple[int, str]:
+    config = tmp_path / "faregate.yaml"
+    config.write_text(f"store: {{path: {str(tmp_path / 'store')!r}}}\n")
+    result = CliRunner().invoke(build_app(), ["models", *args, "-c", str(config)], env={"COLUMNS": "200"})
+    return result.exit_code, result.output
+
+
+def test_curated_models_are_listed_and_a_search_reaches_the_broad_catalog(tmp_path: Path) -> None:
+    code, output = run(tmp_path)
+    assert code == 0 and "deepseek-ai/DeepSeek-V4-Flash" in output and "gpt-4o" in output
+    code, output = run(tmp_path, "flash")
+    assert code == 0 and "deepseek-ai/DeepSeek-V4-Flash" in output
+
+
+def test_a_search_that_finds_nothing_says_so(tmp_path: Path) -> None:
+    code, output = run(tmp_path, "nosuchthing")
+    assert code == 1
+    assert output.strip() == "faregate: no model matching 'nosuchthing'"
+    code, output = run(tmp_path, "gpt-4oo")
+    assert code == 1 and "did you mean" in output and "gpt-4o" in output

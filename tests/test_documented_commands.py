@@ -1,0 +1,290 @@
+"""Every command the README and bench/README.md show runs, in a quick form, from this checkout.
+
+The commands are read from the documents themselves: each line of a ```sh block, and inline code
+that is a command (`faregate ...`, `make ...`, `python bench/...`, `curl ...`). Each must have an
+entry in QUICK: the quick form to run, or why it is not run here. So a documented command that
+stops working, or a newly documented one that nobody tried, fails the suite.
+
+`faregate` commands run in document order (a key is made before it is topped up or revoked) in a
+scratch directory that links the checkout's data/ and routers/, so they never write into the
+checkout; `make` targets and `python bench/...` run in the checkout with their outputs sent to
+the scratch directory. `make run` is run for real: its output must match the README's, the
+snippet it prints must print what the README says, and the README's `curl` examples must answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness import free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ("README.md", "bench/README.md")
+VENV_BIN = Path(sys.executable).parent
+COMMAND = re.compile(r"(faregate|make|curl) \S|python bench/")
+
+
+def documented() -> list[str]:
+    """The commands of the documents, in order, each once."""
+    found: list[str] = []
+    for doc in DOCS:
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+            for line in block.splitlines():
+                command = re.sub(r"\s+#.*$", "", line).strip()
+                if command:
+                    found.append(command)
+        prose = re.sub(r"```.*?```", "", text, flags=re.S)
+        found += [span for span in re.findall(r"`([^`\n]+)`", prose) if COMMAND.match(span)]
+    return list(dict.fromkeys(found))
+
+
+@dataclass(frozen=True)
+class Quick:
+    run: str = ""  # the shell command (default: the documented one as it is); {scratch} is filled in
+    where: str = "scratch"  # or "checkout"
+    expect: str = ""  # text its output must contain
+    server: bool = False  # a long-running server: started, seen ready, stopped
+    why_not: str = ""  # instead of running it: why not, and what covers it
+
+
+HELP_ONLY = "the bare name of a command in the text: its help is checked"
+MAKE_RUN = "run for real by test_make_run_matches_the_readme_and_its_examples_answer"
+BENCH_OVERHEAD = (
+    'make bench BENCH_ARGS="--duration 1 --sequential 50 --streams 2 --out {scratch}/overhead.json"'
+)
+LITELLM = "needs a LiteLLM install, not a dependency; `make bench` runs the same script without it"
+
+QUICK: dict[str, Quick] = {
+    "make run": Quick(why_not=MAKE_RUN),
+    "make test": Quick(why_not="this suite is what `make test` runs"),
+    "make unit": Quick(run="make -n unit", where="checkout", expect='pytest -q -m "not e2e"'),
+    "make bench": Quick(run=BENCH_OVERHEAD, where="checkout", expect="healthy after start"),
+    # 600 requests: enough for every kind of fault to be drawn (the test checks that it was).
+    "make chaos": Quick(
+        run="make chaos CHAOS_REQUESTS=600 CHAOS_REPORT={scratch}/results/chaos.json",
+        where="checkout",
+        expect='"client_failures": 0',
+    ),
+    "faregate models": Quick(expect="model(s)"),
+    "faregate models flash": Quick(expect="deepseek-ai/DeepSeek-V4-Flash"),
+    "faregate models --modality image --available": Quick(expect="model(s)"),
+    "faregate models --all": Quick(expect="model(s)"),
+    "faregate usage --since 7d --by model": Quick(expect="No requests recorded"),
+    "faregate keys create --name backend": Quick(expect="Store it now"),
+    "faregate keys list": Quick(expect="backend"),
+    "faregate keys revoke backend": Quick(expect="Revoked"),
+    "faregate sim --port 4001 --script my-faults.yaml": Quick(
+        run="faregate sim --port 0 --script my-faults.yaml", server=True, expect="faregate sim ready at"
+    ),
+    "faregate keys create --name checkout-service --credits 25 --budget day=2 --rpm 60 --max-request 0.05": (
+        Quick(expect="checkout-service")
+    ),
+    'faregate credits add checkout-service 10 --note "March top-up"': Quick(expect="Added $10"),
+    "faregate credits audit": Quick(expect="balance"),
+    "faregate cost --requests-per-month 1 --input-tokens 9600000 --output-tokens 6400000 -m gpt-4o": (
+        Quick(expect="$88.00")
+    ),
+    "faregate replay --data data/routellm/gsm8k_responses.csv --policy length --plot gsm8k.png": (
+        Quick(expect="length ≥ 184 (keeps 95% of strong)")
+    ),
+    "faregate router evidence --data-dir data/routellm --out docs --models routers --seed 0": Quick(
+        run="faregate router evidence --help",
+        expect="--data-dir",
+        why_not="the full run trains three models on 8,600 prompts (minutes): its help is checked here, "
+        "and tests/test_complexity_router.py trains and evaluates on a sample",
+    ),
+    "faregate cache-eval --data data/routellm": Quick(
+        run="faregate cache-eval --data data/routellm --limit 30 --latency-samples 5 --pad-to 0 --out ce",
+        expect="threshold",
+    ),
+    "faregate router train": Quick(run="faregate router train --help", expect="--data", why_not=HELP_ONLY),
+    "faregate sim": Quick(run="faregate sim --help", expect="--script", why_not=HELP_ONLY),
+    "faregate serve": Quick(run="faregate serve --help", expect="--new-key", why_not=HELP_ONLY),
+    "faregate eval": Quick(run="faregate eval --help", expect="--base-url", why_not=HELP_ONLY),
+    "faregate cost": Quick(run="faregate cost --help", expect="--from-records", why_not=HELP_ONLY),
+    "faregate replay": Quick(run="faregate replay --help", expect="--policy", why_not=HELP_ONLY),
+    "faregate router": Quick(run="faregate router --help", expect="evidence", why_not=HELP_ONLY),
+    "python bench/overhead.py --litellm /path/to/venv/bin/litellm": Quick(why_not=LITELLM),
+    "python bench/overhead.py --litellm /tmp/litellm-venv/bin/litellm": Quick(why_not=LITELLM),
+    "python bench/overhead.py": Quick(why_not="what `make bench` runs: checked there"),
+    "python bench/transport_bench.py --duration 5": Quick(
+        run="python bench/transport_bench.py --duration 1 --modes canned,transport --out {scratch}/t.json",
+        where="checkout",
+        expect="transport:",
+    ),
+    "python bench/dashboard_bench.py --records 1000000": Quick(
+        run="python bench/dashboard_bench.py --records 2000 --repeat 1 --out {scratch}/dashboard.json",
+        where="checkout",
+        expect="recent requests",
+    ),
+    "python bench/dashboard_bench_postgres.py --records 1000000": Quick(
+        run="python bench/dashboard_bench_postgres.py --records 2000 --repeat 1",
+        where="checkout",
+        expect="recent requests",
+    ),
+    "python bench/routes_gsm8k.py": Quick(
+        run="python bench/routes_gsm8k.py --questions 4 --streams 0 --out {scratch}/routes.json",
+        where="checkout",
+        expect="math-cascade",
+    ),
+}
+CURL = "curl "  # the README's curl examples: answered by the gateway of `make run`
+# A fault script for the simulator line (the README's `my-faults.yaml`).
+FAULTS = "defaults: {faults: {rate_limit: 0.1, server_error: 0.05}}\n"
+
+
+def env(**extra: str) -> dict[str, str]:
+    """The documents' shell: the checkout's virtualenv first on PATH, no provider keys, no config."""
+    drop = ("FAREGATE_CONFIG", "FAREGATE_MASTER_KEY", "FAREGATE_BASE_URL", "FAREGATE_API_KEY")
+    values = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and k not in drop}
+    values["PATH"] = f"{VENV_BIN}{os.pathsep}{values.get('PATH', '')}"
+    values["COLUMNS"] = "160"
+    values.update(extra)
+    return values
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("documented")
+    for name in ("data", "routers"):
+        (folder / name).symlink_to(ROOT / name)
+    (folder / "my-faults.yaml").write_text(FAULTS)
+    return folder
+
+
+def test_every_documented_command_has_a_quick_form_here() -> None:
+    commands = documented()
+    missing = [c for c in commands if c not in QUICK and not c.startswith(CURL)]
+    assert missing == [], "documented commands with no quick form in QUICK: " + repr(missing)
+    stale = [c for c in QUICK if c not in commands]
+    assert stale == [], "QUICK entries the documents no longer show: " + repr(stale)
+
+
+def runnable() -> list[str]:
+    return [c for c in documented() if c in QUICK and (QUICK[c].run or not QUICK[c].why_not)]
+
+
+@pytest.mark.parametrize("command", runnable())
+def test_documented_command_runs(command: str, scratch: Path) -> None:
+    quick = QUICK[command]
+    line = (quick.run or command).format(scratch=scratch)
+    cwd = ROOT if quick.where == "checkout" else scratch
+    if quick.server:
+        output = run_server(line, cwd)
+    else:
+        result = subprocess.run(
+            ["bash", "-c", line], cwd=cwd, env=env(), capture_output=True, text=True, timeout=600
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, f"{line}\n{output[-3000:]}"
+        assert "Traceback" not in output, output[-3000:]
+    assert quick.expect in output, f"{line}: {quick.expect!r} not in\n{output[-3000:]}"
+
+
+def run_server(line: str, cwd: Path) -> str:
+    log = cwd / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            ["bash", "-c", f"exec {line}"], cwd=cwd, env=env(), stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_until(lambda: "ready" in log.read_text() or process.poll() is not None, f"{line} is ready")
+        finally:
+            process.terminate()
+            process.wait(15)
+    return log.read_text()
+
+
+def readme_block(after: str) -> list[str]:
+    """The lines of the first plain ``` block after `after` in the README."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("```\n", text.index(after)) + 4
+    return text[start : text.index("```", start)].rstrip("\n").splitlines()
+
+
+def as_pattern(line: str) -> re.Pattern[str]:
+    """A README output line, with what changes from run to run (keys, ids, ports) as wildcards."""
+    pattern = re.escape(line)
+    for varying, wildcard in (
+        (r"fg\\-master\\-[\w\\-]+", r"fg-master-[\w-]+"),
+        (r"fg\\-[\w\\-]+", r"fg-[\w-]+"),
+        (r"key_[0-9a-f]+", r"key_[0-9a-f]+"),
+        (r"127\\.0\\.0\\.1:\d+", r"127\.0\.0\.1:\d+"),
+    ):
+        pattern = re.sub(varying, lambda _m, w=wildcard: w, pattern)
+    return re.compile(pattern)
+
+
+@pytest.fixture
+def make_run(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    """`make run` as the README says, on a free port (FAREGATE_CONFIG) with its store in tmp_path."""
+    port = free_port()
+    config = tmp_path / "faregate.yaml"
+    config.write_text(f"server: {{port: {port}}}\nstore: {{path: {str(tmp_path / 'store')!r}}}\n")
+    log = tmp_path / "make-run.log"
+    with open(log, "wb") as out:
+        # Its own session: make and the processes it starts are stopped together, and only they.
+        process = subprocess.Popen(
+            ["make", "run"],
+            cwd=ROOT,
+            env=env(FAREGATE_CONFIG=str(config)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_until(
+                lambda: 'print("cost (USD):"' in log.read_text() or process.poll() is not None,
+                "make run prints its snippet",
+                timeout_s=120,
+            )
+            yield port, log.read_text()
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(30)
+
+
+def test_make_run_matches_the_readme_and_its_examples_answer(make_run: tuple[int, str]) -> None:
+    port, output = make_run
+    lines = output.splitlines()
+    for shown in readme_block("a snippet to\npaste:"):
+        assert any(as_pattern(shown).fullmatch(line) for line in lines), f"not printed: {shown!r}\n{output}"
+
+    # The snippet it printed prints what the README says it prints.
+    snippet = output[output.index("from openai import OpenAI") : output.index('print("cost (USD):"')]
+    snippet += 'print("cost (USD):", reply.usage.cost)\n'
+    ran = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == readme_block("that prints:")
+
+    # The README's curl examples, with the keys make run printed.
+    api_key = re.search(r"API key \(shown once[^)]*\): (fg-\S+)", output)
+    master = re.search(r"Master key \(shown once[^)]*\): (fg-master-\S+)", output)
+    assert api_key and master, output
+    curls = [c for c in documented() if c.startswith(CURL)]
+    assert len(curls) >= 3
+    for curl in curls:
+        line = curl.replace("localhost:4000", f"localhost:{port}")
+        result = subprocess.run(
+            ["bash", "-c", line],
+            env=env(FAREGATE_MASTER_KEY=master.group(1), KEY=api_key.group(1)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, (curl, result.stderr)
+        answer = json.loads(result.stdout)
+        assert "error" not in answer, (curl, answer)
