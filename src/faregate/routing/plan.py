@@ -109,7 +109,7 @@ class Planner:
 
     async def plan(self, request: ChatRequest) -> Plan:
         hints = parse_hints(request.hints)
-        prompt = PromptSize(request.body.get("messages") or [])
+        prompt = PromptSize.of(request.body)
         names: list[str] = request.body.get("models") or [request.model]
         trace = RouteTrace()
         route = names[0] if len(names) == 1 else "list:" + ",".join(names)
@@ -248,7 +248,9 @@ class Planner:
             )
 
             def worst(tokens_in: int) -> Decimal:
-                return (Decimal(tokens_in) * cheapest.input + Decimal(worst_out) * cheapest.output) / MILLION
+                # `n` choices: each is a whole call's worth (routing.worst_case says why).
+                one = Decimal(tokens_in) * cheapest.input + Decimal(worst_out) * cheapest.output
+                return request.choices * one / MILLION
 
             if worst(prompt.upper_bound) > cap and worst(await prompt.exact()) > cap:
                 rejected.cost.append(f"{model.name} (worst case ${worst(await prompt.exact()):f})")

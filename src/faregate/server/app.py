@@ -162,6 +162,7 @@ async def build_gateway(settings: Settings, *, sim_base_url: str | None = None) 
         baseline=baseline_price(catalog, settings.baseline_model),
         admission=accounts.admission,
         cache=build_cache(settings.cache, settings.store.redis_url),
+        limits=settings.limits,
     )
     observability = await Observability.open(settings, store, runner, records, pipeline.cascades)
     observability.attach(pipeline.listeners)

@@ -21,6 +21,7 @@ from faregate.cache.service import (
     CacheDecision,
     ResponseCache,
 )
+from faregate.config import LimitsSettings
 from faregate.errors import (
     AuthenticationFailed,
     FaregateError,
@@ -59,8 +60,10 @@ class ChatPipeline:
         baseline: Price,
         admission: Admission | None = None,
         cache: ResponseCache | None = None,
+        limits: LimitsSettings | None = None,
     ) -> None:
         self.keys = keys
+        self.limits = limits or LimitsSettings()
         self.planner = planner
         self.runner = runner
         self.records = records
@@ -106,7 +109,7 @@ class ChatPipeline:
             raise PayloadTooLarge(
                 f"Request body is {len(raw)} bytes; the limit is {self.max_body_bytes} bytes."
             )
-        return decode_json_object(raw)
+        return decode_json_object(raw, self.limits.max_json_depth)
 
     # -- the handler --------------------------------------------------------------------
 
@@ -130,7 +133,7 @@ class ChatPipeline:
             record.key_id = key.id
             body = await self.read_body(http_request)
             record.model_requested = str(body.get("model") or "")[:200]
-            request = parse_chat_request(body, http_request.headers, request_id)
+            request = parse_chat_request(body, http_request.headers, request_id, self.limits)
             request.key_id = key.id
             request.premium = key.premium
             request.started = started
