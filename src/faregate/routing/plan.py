@@ -101,6 +101,19 @@ class Planner:
             raise ModelNotFound(f"The model '{name}' does not exist.{hint}", param="model")
         return model
 
+    def route_label(self, route: str | None) -> str:
+        """A metrics label for a record's route, from a closed set: a configured route, a canonical
+        model name, "list" for a request's own `models` list, "none" or "other". Never the
+        client's own text (a name differing only in case, a long list) in a label."""
+        if not route:
+            return "none"
+        if route in self.routes:
+            return route
+        if route.startswith("list:"):
+            return "list"
+        model = self.catalog.get(route)
+        return model.name if model is not None else "other"
+
     def resolved_name(self, request: ChatRequest) -> str:
         """The route or canonical model a request asks for (aliases resolved), e.g. for cache keys."""
         names: list[str] = request.body.get("models") or [request.model]

@@ -164,7 +164,9 @@ async def build_gateway(settings: Settings, *, sim_base_url: str | None = None) 
         cache=build_cache(settings.cache, settings.store.redis_url),
         limits=settings.limits,
     )
-    observability = await Observability.open(settings, store, runner, records, pipeline.cascades)
+    observability = await Observability.open(
+        settings, store, runner, records, pipeline.cascades, route_label=planner.route_label
+    )
     observability.attach(pipeline.listeners)
     return Gateway(
         settings,
