@@ -229,7 +229,9 @@ class Planner:
             retries = step.retries if step.retries is not None else self.routing.retries
             if not await self._fits(model, request, prompt, cap, rejected):
                 continue
-            offers = self._order_offers(model, rejected, by_latency, p99_limit, request.premium)
+            offers = self._order_offers(
+                model, rejected, by_latency, p99_limit, request.premium, request.key_id
+            )
             candidates.extend(Candidate(model, offer, retries) for offer in offers)
         return candidates
 
@@ -277,6 +279,7 @@ class Planner:
         by_latency: bool,
         p99_limit: float | None,
         premium: bool = False,
+        api_key: str | None = None,
     ) -> list[Offer]:
         offers = model.available_offers()
         if not offers:
@@ -289,7 +292,7 @@ class Planner:
             rejected.unavailable.append(f"{model.name} (dedicated to premium keys)")
             return []
         now = time.monotonic()
-        usable = [o for o in offers if self.health.usable(o.key, now)]
+        usable = [o for o in offers if self.health.usable(o.key, now, api_key)]
         if not usable:
             rejected.breaker.append(", ".join(f"{o.provider}/{model.name}" for o in offers))
             return []
