@@ -108,6 +108,10 @@ class AccountBackend(Protocol):
 
     async def release(self, key_id: str, ref: HoldRef) -> None: ...
 
+    async def take_request(self, key_id: str, requests_per_minute: int) -> RateState | RateRefusal:
+        """Count one request against the requests-per-minute bucket alone (a cache hit)."""
+        ...
+
     async def sweep(self) -> int:
         """Release expired holds now; returns how many."""
         ...

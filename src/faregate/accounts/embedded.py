@@ -19,8 +19,8 @@ from faregate.accounts.backend import (
     balance_audit,
 )
 from faregate.accounts.periodic import Periodic
-from faregate.accounts.policy import KEEP_HOURS, hour_of
-from faregate.accounts.ratelimit import LocalRateLimiter, RateRefusal
+from faregate.accounts.policy import KEEP_HOURS, Limits, hour_of
+from faregate.accounts.ratelimit import LocalRateLimiter, RateRefusal, RateState
 from faregate.store.base import LedgerRow
 from faregate.store.holds import BudgetCheck, HoldRow
 from faregate.store.sqlite import SQLiteStore
@@ -70,6 +70,9 @@ class EmbeddedAccounts:
         return Refused(
             outcome.status, outcome.balance_nano, outcome.held_nano, window, outcome.window_spent_nano
         )
+
+    async def take_request(self, key_id: str, requests_per_minute: int) -> RateState | RateRefusal:
+        return self.limiter.take(key_id, Limits(requests_per_minute, None), 0)
 
     async def settle(self, key_id: str, ref: HoldRef, cost_nano: int, tokens: int) -> None:
         await self.ledger.settle(key_id, ref.hold_id, ref.request_id, ref.hour, cost_nano)

@@ -204,6 +204,17 @@ class SharedAccounts:
             outcome.status, outcome.balance_nano, outcome.held_nano, window, outcome.window_spent_nano
         )
 
+    async def take_request(self, key_id: str, requests_per_minute: int) -> RateState | RateRefusal:
+        try:
+            status, level = await self.ledger.take_request(key_id, requests_per_minute)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from exc
+        state = rate_state(Limits(requests_per_minute, None), level, None)
+        if status == "ok":
+            return state
+        wait = Bucket(level, 0).wait_for(1, requests_per_minute)
+        return RateRefusal("requests", requests_per_minute, 1, wait, state)
+
     async def settle(self, key_id: str, ref: HoldRef, cost_nano: int, tokens: int) -> None:
         await self.ledger.settle(
             key_id,

@@ -145,6 +145,8 @@ class ChatPipeline:
                 cached = await self.cache.lookup(decision, request)
                 if cached is not None:
                     record.route = decision.resolved
+                    # Free, but still a request: it counts against the key's requests per minute.
+                    base_headers.update(await self.admission.count_hit(key, request))
                     return await self.respond.cached(http_request, request, cached, record, base_headers)
             plan = await self.planner.plan(request)
             record.route = plan.route

@@ -35,6 +35,7 @@ from faregate.store.redis_scripts import (
     SETTLE,
     SPENT,
     SWEEP,
+    TAKE_REQUEST,
 )
 
 OUTBOX = "fg:outbox"
@@ -71,6 +72,7 @@ class RedisLedger:
                 ("revoke", REVOKE),
                 ("read", READ),
                 ("spent", SPENT),
+                ("take_request", TAKE_REQUEST),
             )
         }
 
@@ -147,6 +149,11 @@ class RedisLedger:
                 "budget", balance, held, int(result[5]) - 1, int(result[6]), requests_level, tokens_level
             )
         return ReserveOutcome(status, balance, held, None, 0, requests_level, tokens_level)
+
+    async def take_request(self, key_id: str, requests_per_minute: int) -> tuple[str, float]:
+        """One request from the key's requests-per-minute bucket: ("ok" or "requests", level after)."""
+        result = await self._run("take_request", [key_id, requests_per_minute])
+        return str(result[0]), float(result[1])
 
     async def settle(
         self,

@@ -127,6 +127,18 @@ emit(epoch, hold .. ':res', k, 'reservation', -amount, '', hold, req, hour, now,
 return {'ok', int(bal), int(held), num(rpm > 0 and rl or -1), num(tpm > 0 and tl or -1)}
 """
 
+# One request from the requests-per-minute bucket, nothing else (a cache hit). ARGV: key, rpm
+TAKE_REQUEST = r"""
+local k, rpm = ARGV[1], tonumber(ARGV[2])
+local now = now_ms()
+local r = redis.call('HMGET', rate(k), 'rl', 'rt')
+local rl, rt = refill(tonumber(r[1]), tonumber(r[2]), rpm, now)
+if rl < 1 then return {'requests', num(rl)} end
+rl = rl - 1
+redis.call('HSET', rate(k), 'rl', num(rl), 'rt', int(rt))
+return {'ok', num(rl)}
+"""
+
 # ARGV: key, hold, request, hour, cost (nano), used tokens, tpm
 SETTLE = r"""
 local k, hold, req, hour = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
