@@ -34,6 +34,7 @@ from faregate.store.base import LedgerRow, StoreUnavailable
 from faregate.store.holds import BudgetCheck, HoldRow, ReserveOutcome
 from faregate.store.ledger_shipper import LedgerShipper
 from faregate.store.postgres import PostgresStore
+from faregate.store.redis_connect import retry_once_on_a_fresh_connection
 from faregate.store.redis_ledger import RedisLedger
 
 log = logging.getLogger("faregate.accounts")
@@ -134,7 +135,12 @@ class SharedAccounts:
     ) -> SharedAccounts:
         # A blocking pool: under a burst, a request waits for a connection instead of failing.
         pool = BlockingConnectionPool.from_url(
-            url, max_connections=pool_size, timeout=10, decode_responses=True, health_check_interval=30
+            url,
+            max_connections=pool_size,
+            timeout=10,
+            decode_responses=True,
+            health_check_interval=30,
+            retry=retry_once_on_a_fresh_connection(),
         )
         redis = Redis(connection_pool=pool)
         try:

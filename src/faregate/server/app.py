@@ -32,6 +32,7 @@ from faregate.server.metrics_route import add_metrics_route
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.responses import error_response
 from faregate.store import Store, open_store
+from faregate.store.outage import outage_error
 from faregate.telemetry.observability import Observability
 from faregate.telemetry.records import RecordWriter
 from faregate.types import Price
@@ -204,7 +205,12 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
             err.status = 405
             return error_response(err)
         raise
-    except Exception:
+    except Exception as exc:
+        unavailable = outage_error(exc)
+        if unavailable is not None:
+            log.warning("%s %s failed, a store is unavailable: %s: %s", request.method, request.path,
+                        type(exc).__name__, exc)  # fmt: skip
+            return error_response(unavailable)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(InternalError("The gateway hit an internal error; it has been logged."))
 

@@ -36,6 +36,7 @@ from faregate.routing.plan import Plan, Planner
 from faregate.routing.worst_case import worst_case
 from faregate.server.parse import decode_json_object, new_request_id, parse_chat_request
 from faregate.server.responses import Responder, error_response, header_text
+from faregate.store.outage import outage_error
 from faregate.telemetry.records import RecordWriter
 from faregate.types import (
     JSON,
@@ -181,6 +182,13 @@ class ChatPipeline:
                 record.cost_usd = billed_cost(attempts)
             return error_response(error, base_headers)
         except Exception as exc:
+            unavailable = outage_error(exc)
+            if unavailable is not None:
+                # Not a bug: a store is down. One line (repeats are rate-limited), a clean 503.
+                log.warning("request failed, a store is unavailable: %s: %s", type(exc).__name__, exc)
+                record.status = unavailable.status
+                record.error = unavailable.message
+                return error_response(unavailable, base_headers)
             # A bug of ours: the client gets a clean 500 without internals, the log gets the trace.
             log.exception("unhandled error in request %s", request_id)
             record.status = 500

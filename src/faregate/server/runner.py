@@ -20,6 +20,7 @@ from aiohttp import web
 from faregate.catalog import sim_active
 from faregate.config import Settings
 from faregate.server.app import FAST_ROUTES, FastRoutes, Gateway, build_gateway, create_app
+from faregate.telemetry import log_limit
 
 log = logging.getLogger("faregate")
 
@@ -128,4 +129,6 @@ def run(settings: Settings, announce: Announce | None = None, config_path: str |
     import uvloop
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A failure repeated by every request (a store down) is written once per interval, not each time.
+    log_limit.install()
     uvloop.run(serve(settings, announce, config_path))

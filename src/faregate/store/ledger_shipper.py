@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from faregate.store.base import LedgerRow
+from faregate.store.outage import is_outage
 from faregate.store.postgres import PostgresStore
 from faregate.store.redis_ledger import OUTBOX
 
@@ -139,9 +140,10 @@ class LedgerShipper:
             rows = [entry_row(fields) for _, fields in entries]
             try:
                 await self.pg.apply_ledger(rows)
-            except (OSError, ConnectionError):
-                raise
-            except Exception:
+            except Exception as exc:
+                if is_outage(exc):
+                    # PostgreSQL is down, not refusing these rows: they wait in the stream.
+                    raise
                 await self._ship_one_by_one(entries)
                 return len(entries)
             await self._done([entry_id for entry_id, _ in entries])
@@ -161,9 +163,9 @@ class LedgerShipper:
         for entry_id, fields in entries:
             try:
                 await self.pg.apply_ledger([entry_row(fields)])
-            except (OSError, ConnectionError):
-                raise
-            except Exception:
+            except Exception as exc:
+                if is_outage(exc):
+                    raise
                 log.exception(
                     "ledger entry %s was refused by PostgreSQL; moved to %s", entry_id, DEAD_LETTERS
                 )

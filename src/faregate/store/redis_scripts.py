@@ -10,6 +10,8 @@ Shared:
   fg:hexp   zset  "K hold" scored by expiry (ms), for the sweeper
   fg:outbox stream of ledger entries waiting for PostgreSQL (store.ledger_shipper)
   fg:epoch  string naming this Redis data set; a new one means the old data (and its holds) is gone
+  fg:settled:H, fg:e:E  markers (a minute, ten minutes) that a hold was settled, a credit applied:
+            a script retried on a fresh connection after it ran does not act twice
 
 Amounts are integers below 2^53, exact in Lua's doubles; they are written with %d because
 Lua would print 1e+15 for a large integer. Time is Redis's own clock, shared by all instances.
@@ -23,6 +25,7 @@ local function acct(k) return 'fg:a:{' .. k .. '}' end
 local function holds(k) return 'fg:h:{' .. k .. '}' end
 local function spend(k) return 'fg:s:{' .. k .. '}' end
 local function rate(k) return 'fg:r:{' .. k .. '}' end
+local function settled(hold) return 'fg:settled:' .. hold end
 local function int(x) return string.format('%d', x) end
 local function num(x) return string.format('%.6f', x) end
 local function now_ms()
@@ -86,6 +89,11 @@ local ttl, rpm, tpm, prune, n = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(A
 local now = now_ms()
 local epoch = redis.call('GET', EPOCH)
 if not epoch or redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
+-- Already reserved (this call retried on a fresh connection after the first one ran): as it was.
+if redis.call('HEXISTS', holds(k), hold) == 1 then
+  local a = redis.call('HMGET', acct(k), 'bal', 'held')
+  return {'ok', a[1], a[2], num(-1), num(-1)}
+end
 expire(epoch, now, 16)
 local a = redis.call('HMGET', acct(k), 'bal', 'held', 'rev')
 local bal, held = tonumber(a[1]), tonumber(a[2]) or 0
@@ -146,6 +154,10 @@ local cost, used, tpm = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local now = now_ms()
 local epoch = redis.call('GET', EPOCH)
 if not epoch or redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
+-- Settled a moment ago: this is the same settlement again (retried on a fresh connection).
+if redis.call('EXISTS', settled(hold)) == 1 then return {'ok'} end
+-- Remembered for a minute, so that such a retry is not charged again.
+redis.call('SET', settled(hold), '1', 'PX', 60000)
 if close_hold(epoch, k, hold, cost, used, tpm, '', now) ~= nil then return {'ok'} end
 -- The hold is gone (expired, or lost with an earlier data set): charge the cost on its own.
 if cost > 0 then
@@ -179,6 +191,10 @@ CREDIT = r"""
 local k = ARGV[1]
 local epoch = redis.call('GET', EPOCH)
 if not epoch or redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
+-- Applied once per entry id, even when the call is retried on a fresh connection.
+if not redis.call('SET', 'fg:e:' .. ARGV[2], '1', 'NX', 'PX', 600000) then
+  return {'ok', redis.call('HGET', acct(k), 'bal')}
+end
 local bal = redis.call('HINCRBY', acct(k), 'bal', ARGV[4])
 emit(epoch, ARGV[2], k, ARGV[3], tonumber(ARGV[4]), '', '', '', '', now_ms(), ARGV[5])
 return {'ok', int(bal)}
