@@ -7,8 +7,11 @@ pending request record, then stop the simulator this process started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -66,7 +69,31 @@ async def start_simulator(settings: Settings, config_path: str | None = None) ->
         args += ["--script", settings.sim.script]
     if config_path:
         args += ["--config", config_path]
-    return await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL)
+    if _port_taken(settings.sim.host, settings.sim.port):
+        # Never serve through whatever holds the port (an orphan of a killed gateway, once).
+        raise RuntimeError(
+            f"cannot start the provider simulator: {settings.sim.host}:{settings.sim.port} is already in use"
+        )
+    return await asyncio.create_subprocess_exec(
+        *args, stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent
+    )
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the simulator's process before it runs: the kernel sends it SIGTERM when the gateway
+    dies, however it dies (kill -9 included), so it never outlives the gateway and keeps its port
+    (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
 
 
 async def wait_healthy(url: str, timeout_s: float, process: asyncio.subprocess.Process | None = None) -> None:
@@ -97,6 +124,8 @@ async def serve(settings: Settings, announce: Announce | None = None, config_pat
         gateway = await build_gateway(settings, sim_base_url=sim_base_url)
         if sim_base_url is not None:
             await wait_healthy(f"http://{settings.sim.host}:{settings.sim.port}/health", 30, sim_process)
+            if sim_process is not None and sim_process.returncode is not None:
+                raise RuntimeError(f"the provider simulator exited with code {sim_process.returncode}")
         app = create_app(gateway)
         runner = GatewayRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
