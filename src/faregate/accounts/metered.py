@@ -109,6 +109,7 @@ class MeteredAdmission:
             windows=policy.windows(now),
             limits=limits,
             ttl_s=self.hold_ttl_s,
+            instance_id=self.backend.instance_id,
         )
         try:
             result = await self.backend.reserve(ask)

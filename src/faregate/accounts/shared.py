@@ -26,12 +26,13 @@ from faregate.accounts.backend import (
     ReserveAsk,
     balance_audit,
 )
+from faregate.accounts.instance_lease import InstanceLease
 from faregate.accounts.money import usd_text
 from faregate.accounts.periodic import Periodic
 from faregate.accounts.policy import KEEP_HOURS, Limits
 from faregate.accounts.ratelimit import Bucket, RateRefusal, RateState, meter
 from faregate.store.base import LedgerRow, StoreUnavailable
-from faregate.store.holds import BudgetCheck, HoldRow, ReserveOutcome
+from faregate.store.holds import BudgetCheck, HoldRow, InstanceRow, ReserveOutcome
 from faregate.store.ledger_shipper import LedgerShipper
 from faregate.store.postgres import PostgresStore
 from faregate.store.redis_connect import retry_once_on_a_fresh_connection
@@ -109,6 +110,7 @@ class SharedAccounts:
         listeners: list[Callable[[str], None]] | None = None,
         flush_interval_s: float = 0.1,
         sweep_interval_s: float = 5.0,
+        lease_s: float = 15.0,
     ) -> None:
         self.redis = redis
         self.pg = pg
@@ -117,6 +119,17 @@ class SharedAccounts:
         self.events = KeyEvents(redis, listeners or [])
         self._sweeper = Periodic("hold-sweeper", sweep_interval_s, self.sweep)
         self._started = False
+        self.lease = InstanceLease(self.ledger.renew_lease, self.ledger.end_lease, lease_s)
+
+    @property
+    def instance_id(self) -> str:
+        return self.lease.instance_id
+
+    async def instances(self) -> list[InstanceRow]:
+        return await self.ledger.instances()
+
+    async def release_instance(self, instance_id: str, note: str) -> int:
+        return await self.ledger.release_instance(instance_id, note)
 
     @property
     def table(self) -> PostgresStore:
@@ -132,6 +145,7 @@ class SharedAccounts:
         flush_interval_s: float = 0.1,
         sweep_interval_s: float = 5.0,
         pool_size: int = 64,
+        lease_s: float = 15.0,
     ) -> SharedAccounts:
         # A blocking pool: under a burst, a request waits for a connection instead of failing.
         pool = BlockingConnectionPool.from_url(
@@ -156,16 +170,20 @@ class SharedAccounts:
             listeners=listeners,
             flush_interval_s=flush_interval_s,
             sweep_interval_s=sweep_interval_s,
+            lease_s=lease_s,
         )
 
     async def start(self) -> None:
         self._started = True
+        await self.lease.start()
         await self.shipper.start()
         await self.events.start()
         self._sweeper.start()
 
     async def close(self) -> None:
         await self._sweeper.stop()
+        if self._started:
+            await self.lease.close()
         await self.events.stop()
         await self.shipper.close()
         await self.redis.aclose(close_connection_pool=True)
@@ -191,6 +209,7 @@ class SharedAccounts:
             ask.ttl_s,
             limits.requests_per_minute,
             limits.tokens_per_minute,
+            ask.instance_id,
         )
 
     def _verdict(self, ask: ReserveAsk, outcome: ReserveOutcome, state: RateState) -> Admitted | Refused:
