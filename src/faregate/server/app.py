@@ -29,6 +29,7 @@ from faregate.server.admin_api import add_account_routes
 from faregate.server.dashboard_api import add_dashboard_api
 from faregate.server.feedback import add_feedback_route
 from faregate.server.metrics_route import add_metrics_route
+from faregate.server.openapi import openapi_body
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.responses import error_response
 from faregate.store import Store, open_store
@@ -258,6 +259,12 @@ def create_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{name:.+}", model)
     app.router.add_get("/health", health)
+    described = openapi_body(gateway.settings.limits)
+
+    async def openapi(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=described, content_type="application/json")
+
+    app.router.add_get("/openapi.json", openapi)
     add_account_routes(app, gateway.accounts.service, gateway.pipeline, master_key)
     add_metrics_route(app, gateway)
     add_feedback_route(app, gateway)
