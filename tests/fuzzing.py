@@ -177,6 +177,7 @@ class Invariants:
     audit_clean: bool
     healthy: bool
     answers: bool
+    detail: str = ""
 
     def problems(self, report: FuzzReport) -> list[str]:
         found = []
@@ -191,7 +192,7 @@ class Invariants:
         if not self.audit_clean:
             found.append("the ledger audit is not clean")
         if not (self.healthy and self.answers):
-            found.append("the gateway is not healthy after the run")
+            found.append(f"the gateway is not healthy after the run: {self.detail}")
         return found
 
 
@@ -225,4 +226,5 @@ def check_invariants(
         audit_clean=audit.status_code == 200 and audit.json().get("clean") is True,
         healthy=healthy,
         answers=answer.status_code == 200,
+        detail=f"plain request: {answer.status_code} {answer.text[:300]}",
     )

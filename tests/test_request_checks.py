@@ -159,3 +159,13 @@ def test_every_url_carrying_part_is_checked_and_the_filter_can_be_turned_off() -
     opted_out = LimitsSettings(allow_private_media_urls=True)
     message = {"role": "user", "content": parts}
     assert parse({"model": "m", "messages": [message]}, opted_out).required_modalities
+
+
+@pytest.mark.parametrize("text", ["INF", "-inf", "nan", "1e300", "-5", "99999-01-01"])
+def test_dashboard_times_out_of_range_are_a_400(text: str) -> None:
+    # Found by the fuzz (bench/fuzz_api.py): until=INF was a 500.
+    from faregate.server.dashboard_api import _timestamp
+
+    with pytest.raises(InvalidRequest) as info:
+        _timestamp(text, "until")
+    assert info.value.param == "until"
