@@ -211,3 +211,37 @@ async def test_an_unreachable_redis_refuses_with_503_not_free_spend(pg: Postgres
         await admission.admit(key, request, Decimal("0.0001"), 10)
     assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
     await accounts.redis.aclose(close_connection_pool=True)
+
+
+async def test_a_cache_hit_takes_one_request_from_the_shared_bucket(
+    pg: PostgresStore, shared: SharedAccounts
+) -> None:
+    from faregate.accounts.ratelimit import RateRefusal, RateState
+
+    key, _ = await KeyStore(pg).create("t", credits_nano=1_000_000)
+    taken = [await shared.take_request(key.id, 3) for _ in range(4)]
+    assert all(isinstance(t, RateState) for t in taken[:3])
+    refused = taken[3]
+    assert isinstance(refused, RateRefusal) and refused.what == "requests" and refused.retry_after_s > 0
+    # It shares the bucket reservations use: a reservation now is refused for requests too.
+    outcome = await shared.reserve(ask(key.id, 1, 1_000, limits=Limits(3, None)))
+    assert isinstance(outcome, Refused) and outcome.reason == "rate"
+
+
+async def test_dead_instances_holds_are_released_by_the_sweep(
+    pg: PostgresStore, shared: SharedAccounts
+) -> None:
+    key, _ = await KeyStore(pg).create("t", credits_nano=1_000_000)
+    ledger = shared.ledger
+    await ledger.renew_lease("inst_deadbeef0000", 60, time.time(), "h", 1)
+    made = await ledger.reserve(
+        key.id, "hold_d", "req_d", 600_000, 1, 1, [], 600.0, None, None, "inst_deadbeef0000"
+    )
+    assert made.status == "ok"
+    assert await shared.sweep() == 0  # its lease is alive
+    await ledger.end_lease("inst_deadbeef0000")
+    assert await shared.sweep() == 1
+    balance = await shared.balance(key.id)
+    assert balance is not None and balance.balance_nano == 1_000_000 and balance.held_nano == 0
+    await shared.flush()
+    assert (await shared.audit()).clean
