@@ -114,6 +114,9 @@ def fuzz(
     started = time.monotonic()
     round_index = 0
     while report.sent < requests_wanted:
+        # The admin endpoints are fuzzed with ids learnt from earlier answers, so they may revoke
+        # or cap the fuzzer's own key: a fresh one each round keeps the chat requests authorised.
+        _renew_key(target)
         budget = max(1, (requests_wanted - report.sent) // per_round)
         examples = min(budget, 25)
         for op in operations:
@@ -131,6 +134,18 @@ def fuzz(
     report.seconds = time.monotonic() - started
     session.close()
     return report
+
+
+def new_fuzz_key(root: str, master_key: str, name: str = "fuzzer") -> dict[str, Any]:
+    limits = {"requests_per_minute": 10_000_000, "tokens_per_minute": 1_000_000_000_000}
+    with httpx.Client(base_url=root, headers={"Authorization": f"Bearer {master_key}"}, timeout=30) as client:
+        made = client.post("/admin/keys", json={"name": name, "credits_usd": "100000", **limits})
+    assert made.status_code == 201, made.text
+    return dict(made.json())
+
+
+def _renew_key(target: Target) -> None:
+    target.api_key = new_fuzz_key(target.root, target.master_key)["api_key"]
 
 
 def _runner(
@@ -210,12 +225,13 @@ def check_invariants(
         if (records >= report.chat and not held) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
+    fresh = new_fuzz_key(target.root, target.master_key, "after-the-fuzz")["api_key"]
     with httpx.Client(base_url=target.root, timeout=30) as client:
         audit = client.get("/admin/audit", headers=admin)
         healthy = client.get("/health").status_code == 200
         answer = client.post(
             "/v1/chat/completions",
-            headers={"Authorization": f"Bearer {target.api_key}"},
+            headers={"Authorization": f"Bearer {fresh}"},
             json={"model": "deepseek-v4-flash", "messages": [{"role": "user", "content": "still there?"}]},
         )
     # The check's own request is a chat request too.

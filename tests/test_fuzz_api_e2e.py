@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from faregate.config import load_settings
 from faregate.server.app import build_gateway, create_app
-from fuzzing import SIM_SCRIPT, Target, check_invariants, fuzz
+from fuzzing import SIM_SCRIPT, Target, check_invariants, fuzz, new_fuzz_key
 from harness import MASTER_KEY, GatewayProcess, run_sim
 from servers import launch_gateway
 
@@ -36,15 +36,9 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayPr
         run_sim(workdir, SIM_SCRIPT) as sim,
         launch_gateway(workdir / "gw", sim, extra="accounts: {enabled: true}\n") as gateway,
     ):
-        admin = {"Authorization": f"Bearer {MASTER_KEY}"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", headers=admin) as client:
-            made = client.post(
-                "/admin/keys",
-                json={"name": "fuzzer", "credits_usd": "1000", "requests_per_minute": 1_000_000,
-                      "tokens_per_minute": 1_000_000_000_000},
-            ).json()  # fmt: skip
-            victim = client.post("/admin/keys", json={"name": "victim", "credits_usd": "1"}).json()
-        yield gateway, Target(f"http://127.0.0.1:{gateway.port}", made["api_key"], MASTER_KEY, victim["id"])
+        root = f"http://127.0.0.1:{gateway.port}"
+        victim = new_fuzz_key(root, MASTER_KEY, "victim")
+        yield gateway, Target(root, new_fuzz_key(root, MASTER_KEY)["api_key"], MASTER_KEY, victim["id"])
 
 
 def test_the_description_is_served_and_valid(fuzzed: tuple[GatewayProcess, Target]) -> None:

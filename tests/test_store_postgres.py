@@ -245,3 +245,15 @@ async def test_dead_instances_holds_are_released_by_the_sweep(
     assert balance is not None and balance.balance_nano == 1_000_000 and balance.held_nano == 0
     await shared.flush()
     assert (await shared.audit()).clean
+
+
+async def test_a_flush_right_after_redis_lost_its_data_starts_the_outbox_group_again(
+    pg: PostgresStore, shared: SharedAccounts
+) -> None:
+    # The audit flushes the outbox; right after a Redis restart it used to meet NOGROUP (a 500).
+    await shared.redis.flushdb()
+    await shared.flush()
+    key, _ = await KeyStore(pg).create("t", credits_nano=1_000)
+    assert isinstance(await shared.reserve(ask(key.id, 1, 500)), Admitted)
+    await shared.flush()
+    assert (await shared.audit()).clean

@@ -113,6 +113,17 @@ class LedgerShipper:
     async def ship_once(self, block_ms: int | None = None) -> int:
         """Ship one batch of new entries (waiting up to block_ms for some), and entries other
         shippers left unacknowledged for too long."""
+        try:
+            return await self._ship_once(block_ms)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis lost its data (a restart without persistence): start the group again. Whoever
+            # gets here first (the loop, a flush for the audit) does it.
+            await self._ensure_group()
+            return 0
+
+    async def _ship_once(self, block_ms: int | None) -> int:
         shipped = 0
         now = time.monotonic()
         if now - self._last_claim > CLAIM_IDLE_MS / 1000 / 3:
