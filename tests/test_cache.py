@@ -136,3 +136,27 @@ def test_stream_round_trip() -> None:
     assert frames[-1]["choices"][0]["finish_reason"] == "stop"
     assert all(f["usage"] is None for f in frames)
     assert answer_from_stream(None, "x", None, "m", Usage(1, 1)) is None
+
+
+def test_routing_hints_and_premium_are_in_the_exact_key() -> None:
+    from decimal import Decimal
+
+    from faregate.cache.keying import exact_key, routing_material
+    from faregate.routing.routes import Hints
+
+    body = {"messages": [{"role": "user", "content": "q"}], "temperature": 0}
+    plain = exact_key(body, "smart", "key:k", routing_material(Hints(), False))
+    assert plain == exact_key(body, "smart", "key:k")  # no hints: the key is what it always was
+    keys = {
+        plain,
+        exact_key(body, "smart", "key:k", routing_material(Hints(tier="economy"), False)),
+        exact_key(body, "smart", "key:k", routing_material(Hints(tier="premium"), False)),
+        exact_key(body, "smart", "key:k", routing_material(Hints(task="code"), False)),
+        exact_key(body, "smart", "key:k", routing_material(Hints(max_cost_usd=Decimal("0.01")), False)),
+        exact_key(body, "smart", "key:k", routing_material(Hints(), True)),
+    }
+    assert len(keys) == 6
+    # One cap written two ways is one key.
+    assert exact_key(body, "smart", "k", routing_material(Hints(max_cost_usd=Decimal("0.010")), False)) == (
+        exact_key(body, "smart", "k", routing_material(Hints(max_cost_usd=Decimal("0.01")), False))
+    )

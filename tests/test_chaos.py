@@ -230,9 +230,14 @@ def test_dead_primary_opens_its_breaker_and_stops_being_called(
     chaos: tuple[SimProcess, GatewayProcess, str],
 ) -> None:
     sim, gateway, key = chaos
-    client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+    # Two keys: the breaker every key shares opens only on failures seen by several keys (one key's
+    # failures open that key's own breaker alone: tests/test_tenant_isolation_e2e.py).
+    clients = [
+        openai.OpenAI(base_url=gateway.base_url, api_key=k, max_retries=0)
+        for k in (key, create_key(gateway.store_path, "chaos-2"))
+    ]
     for i in range(30):
-        reply = client.chat.completions.create(
+        reply = clients[i % 2].chat.completions.create(
             model="deadfirst", messages=[{"role": "user", "content": f"hi {i}"}]
         )
         assert reply.model == FALLBACK

@@ -58,12 +58,19 @@ def test_the_same_key_scores_its_request_at_once(gateway: GatewayProcess, api_ke
     assert glm["feedback"] >= 1 and glm["ratings"] >= 1 and glm["requests"] >= 1
 
 
-def test_another_key_is_refused(gateway: GatewayProcess, api_key: str) -> None:
+def test_another_key_is_refused_exactly_like_an_unknown_id(gateway: GatewayProcess, api_key: str) -> None:
+    """No existence oracle (issue #12, item 10): another key's request and an id nobody was given
+    get the same 404, word for word but for the id itself."""
     request_id = ask(gateway, api_key)
     other = create_key(gateway.store_path, "someone-else")
     response = feedback(gateway, other, {"request_id": request_id, "score": "down"})
-    assert response.status_code == 403
-    assert response.json()["error"]["code"] == "not_request_owner"
+    unknown_id = "req_" + "0" * 24
+    unknown = feedback(gateway, other, {"request_id": unknown_id, "score": "down"})
+    assert response.status_code == unknown.status_code == 404
+    assert response.json()["error"] == {
+        **unknown.json()["error"],
+        "message": unknown.json()["error"]["message"].replace(unknown_id, request_id),
+    }
     assert feedback(gateway, MASTER_KEY, {"request_id": request_id, "score": "down"}).status_code == 401
 
 

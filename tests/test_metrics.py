@@ -97,7 +97,7 @@ def test_a_record_counts_everywhere() -> None:
 def test_label_combinations_are_capped() -> None:
     metrics = GatewayMetrics()
     for i in range(MAX_SERIES + 10):
-        metrics.observe(record(request_id=f"r{i}", route=f"list:{i}", attempts=[]))
+        metrics.observe(record(request_id=f"r{i}", model_used=f"m{i}", attempts=[]))
     text = metrics.render().decode()
     other = {"route": "other", "model": "other", "provider": "other"}
     assert value(text, "faregate_requests_total", **other, status="200", cache="miss") == 10
@@ -166,3 +166,14 @@ def test_metrics_can_be_public(sim: SimProcess, tmp_path: Path) -> None:
     with run_gateway(tmp_path, sim, "metrics: {public: true}\n") as gw:
         response = httpx.get(f"http://127.0.0.1:{gw.port}/metrics")
         assert response.status_code == 200 and "faregate_retries_total" in response.text
+
+
+def test_route_labels_never_carry_a_request_list_or_long_text() -> None:
+    metrics = GatewayMetrics()
+    metrics.observe(record(route="list:" + ",".join(["a-model"] * 500)))
+    metrics.observe(record(request_id="r2", route="x" * 5000))
+    text = metrics.render().decode()
+    routes = {
+        labels["route"] for (_, items) in samples(text) for labels in [dict(items)] if "route" in labels
+    }
+    assert routes == {"list", "other"}

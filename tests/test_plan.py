@@ -7,7 +7,9 @@ from faregate.routing.plan import ModelUnavailable, Planner
 from faregate.server.parse import parse_chat_request
 
 SIM = "http://127.0.0.1:4001/v1"
-IMAGE = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]
+IMAGE = [
+    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/y.png"}}]}
+]
 
 
 def request(body: dict):  # type: ignore[no-untyped-def]

@@ -93,7 +93,12 @@ async def test_task_map_wins_over_tier(planner: Planner) -> None:
 
 
 async def test_rules_on_modality_and_prompt_length(planner: Planner) -> None:
-    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]
+    image = [
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": "https://example.com/y.png"}}],
+        }
+    ]
     assert await names(planner, {"model": "smart", "messages": image}) == ["a/vision"]
     long = [{"role": "user", "content": "word " * 6000}]
     assert (await names(planner, {"model": "smart", "messages": long}))[0] == "a/big"

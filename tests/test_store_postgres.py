@@ -255,3 +255,49 @@ async def test_close_never_waits_forever_on_a_stuck_step(
     await asyncio.wait_for(accounts.close(timeout_s=0.5), 60)
     assert "gave up waiting for the ledger shipper" in caplog.text
     await real_close()
+
+
+async def test_a_cache_hit_takes_one_request_from_the_shared_bucket(
+    pg: PostgresStore, shared: SharedAccounts
+) -> None:
+    from faregate.accounts.ratelimit import RateRefusal, RateState
+
+    key, _ = await KeyStore(pg).create("t", credits_nano=1_000_000)
+    taken = [await shared.take_request(key.id, 3) for _ in range(4)]
+    assert all(isinstance(t, RateState) for t in taken[:3])
+    refused = taken[3]
+    assert isinstance(refused, RateRefusal) and refused.what == "requests" and refused.retry_after_s > 0
+    # It shares the bucket reservations use: a reservation now is refused for requests too.
+    outcome = await shared.reserve(ask(key.id, 1, 1_000, limits=Limits(3, None)))
+    assert isinstance(outcome, Refused) and outcome.reason == "rate"
+
+
+async def test_dead_instances_holds_are_released_by_the_sweep(
+    pg: PostgresStore, shared: SharedAccounts
+) -> None:
+    key, _ = await KeyStore(pg).create("t", credits_nano=1_000_000)
+    ledger = shared.ledger
+    await ledger.renew_lease("inst_deadbeef0000", 60, time.time(), "h", 1)
+    made = await ledger.reserve(
+        key.id, "hold_d", "req_d", 600_000, 1, 1, [], 600.0, None, None, "inst_deadbeef0000"
+    )
+    assert made.status == "ok"
+    assert await shared.sweep() == 0  # its lease is alive
+    await ledger.end_lease("inst_deadbeef0000")
+    assert await shared.sweep() == 1
+    balance = await shared.balance(key.id)
+    assert balance is not None and balance.balance_nano == 1_000_000 and balance.held_nano == 0
+    await shared.flush()
+    assert (await shared.audit()).clean
+
+
+async def test_a_flush_right_after_redis_lost_its_data_starts_the_outbox_group_again(
+    pg: PostgresStore, shared: SharedAccounts
+) -> None:
+    # The audit flushes the outbox; right after a Redis restart it used to meet NOGROUP (a 500).
+    await shared.redis.flushdb()
+    await shared.flush()
+    key, _ = await KeyStore(pg).create("t", credits_nano=1_000)
+    assert isinstance(await shared.reserve(ask(key.id, 1, 500)), Admitted)
+    await shared.flush()
+    assert (await shared.audit()).clean

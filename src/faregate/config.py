@@ -110,6 +110,11 @@ class BreakerSettings(_Strict):
     window: int = 20
     min_calls: int = 10
     cooldown_s: float = 30.0
+    # The breaker every key shares opens only on failures from at least this many API keys; each
+    # key also has a breaker of its own per offer that opens on its own failures alone. So one key
+    # whose requests fail (a blank answer to an empty prompt, a timeout it provoked) stops only
+    # itself (routing.health).
+    shared_min_keys: Annotated[int, msgspec.Meta(ge=1)] = 2
 
 
 class RoutingSettings(_Strict):
@@ -237,6 +242,24 @@ class TierLimits(_Strict):
     tokens_per_minute: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
+class LimitsSettings(_Strict):
+    """Bounds on what one chat request may ask for; anything beyond is a 400 (server.request_checks)."""
+
+    # Choices per request (`n`): the reservation holds n times the worst case of one.
+    max_n: Annotated[int, msgspec.Meta(ge=1)] = 16
+    # Models in a request's `models` fallback list.
+    max_models: Annotated[int, msgspec.Meta(ge=1)] = 10
+    # Length of a model or route name a request may give.
+    max_model_name_chars: Annotated[int, msgspec.Meta(ge=8)] = 256
+    # Nesting of JSON objects and arrays in any request body (JSON schemas of tools included).
+    max_json_depth: Annotated[int, msgspec.Meta(ge=8, le=200)] = 100
+    # Image, audio, video and file URLs that name a loopback, private, link-local or otherwise
+    # non-public address (or a scheme other than http, https, data) are refused with 400, so a
+    # self-hosted upstream that fetches URLs cannot be pointed at its own network. True: forward
+    # them untouched (an upstream on a private network serving private media).
+    allow_private_media_urls: bool = False
+
+
 class AccountsSettings(_Strict):
     """Credits, budgets and rate limits per API key (see docs/accounts.md)."""
 
@@ -258,6 +281,9 @@ class AccountsSettings(_Strict):
     sweep_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     # Shared stores: how often ledger entries move from Redis to PostgreSQL.
     ledger_flush_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 0.1
+    # Every serving process holds a lease it renews every third of this; its reservations belong
+    # to it, and once the lease has lapsed (the process was killed) any instance releases them.
+    instance_lease_s: Annotated[float, msgspec.Meta(ge=3)] = 15.0
 
 
 class UpstreamQueueSettings(_Strict):
@@ -286,6 +312,7 @@ class Settings(_Strict):
     models: dict[str, ModelSettings] = {}
     routes: dict[str, RouteSettings] = {}
     accounts: AccountsSettings = msgspec.field(default_factory=AccountsSettings)
+    limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
     # Per provider name (including "sim"); providers not listed are not limited.
     upstream_limits: dict[str, UpstreamQueueSettings] = {}
 

@@ -48,6 +48,14 @@ class InternalError(FaregateError):
     code = "internal_error"
 
 
+class ServiceUnavailable(FaregateError):
+    """A store the gateway needs (PostgreSQL, Redis, SQLite) cannot be reached now: retry later."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "store_unavailable"
+
+
 class InvalidRequest(FaregateError):
     status = 400
     type = "invalid_request_error"

@@ -16,6 +16,7 @@ import threading
 from importlib import resources
 from typing import Any
 
+import orjson
 import tiktoken
 
 from faregate.types import ChatRequest, Usage
@@ -37,6 +38,9 @@ TOKENS_PER_MESSAGE = 3
 TOKENS_PER_REPLY = 3
 # Flat estimate for an image or audio part (we cannot see its size cheaply).
 TOKENS_PER_MEDIA_PART = 765
+# Request fields besides the messages that providers bill as input tokens: they render tool and
+# function definitions, the tool choice and a response_format schema into the prompt.
+BILLED_INPUT_FIELDS = ("tools", "functions", "tool_choice", "response_format")
 
 _lock = threading.Lock()
 _encoding: tiktoken.Encoding | None = None
@@ -74,7 +78,7 @@ def count_text(text: str) -> int:
     return len(encoding().encode_ordinary(text))
 
 
-def _content_tokens(content: Any) -> int:
+def _content_tokens(content: Any, media_part_tokens: int) -> int:
     if content is None:
         return 0
     if isinstance(content, str):
@@ -87,22 +91,42 @@ def _content_tokens(content: Any) -> int:
             if part.get("type") == "text":
                 total += count_text(str(part.get("text", "")))
             else:
-                total += TOKENS_PER_MEDIA_PART
+                total += media_part_tokens
     return total
 
 
-def count_messages(messages: list[Any]) -> int:
-    """Prompt tokens of a chat message list, the way OpenAI counts them for its chat models."""
+def billed_extras_text(body: dict[str, Any]) -> str:
+    """The billed input outside the messages (tools, functions, tool_choice, response_format),
+    as one JSON text: its tokens are what a provider adds to the prompt for them, give or take
+    its own rendering. Empty when the request has none."""
+    present = {name: body[name] for name in BILLED_INPUT_FIELDS if body.get(name) is not None}
+    return orjson.dumps(present).decode() if present else ""
+
+
+def count_input(body: dict[str, Any]) -> int:
+    """Every input token a request is billed for: the messages plus tools, functions, tool_choice
+    and response_format."""
+    messages = body.get("messages")
+    listed = messages if isinstance(messages, list) else []
+    return count_messages(listed) + count_text(billed_extras_text(body))
+
+
+def count_messages(messages: list[Any], media_part_tokens: int = TOKENS_PER_MEDIA_PART) -> int:
+    """Prompt tokens of a chat message list, the way OpenAI counts them for its chat models
+    (each image or audio part as `media_part_tokens`)."""
     total = TOKENS_PER_REPLY
     for message in messages:
         if not isinstance(message, dict):
             continue
         total += TOKENS_PER_MESSAGE
-        total += _content_tokens(message.get("content"))
+        total += _content_tokens(message.get("content"), media_part_tokens)
         if message.get("name"):
             total += count_text(str(message["name"])) + 1
-        for call in message.get("tool_calls") or []:
-            fn = call.get("function") or {}
+        calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            fn = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(fn, dict):
+                continue
             total += count_text(str(fn.get("name", ""))) + count_text(str(fn.get("arguments", "")))
     return total
 
@@ -112,7 +136,7 @@ async def estimate_usage(request: ChatRequest, completion: str) -> Usage:
     tokenizer, so it runs in a thread to keep the event loop free)."""
 
     def count() -> Usage:
-        return Usage(count_messages(request.body.get("messages") or []), count_text(completion), True)
+        return Usage(count_input(request.body), count_text(completion), True)
 
     if is_loaded():
         return count()

@@ -46,6 +46,8 @@ class ChatRequest:
     max_tokens: int | None
     required_modalities: frozenset[str]
     hints: JSON = field(default_factory=dict)
+    # `n`: how many choices the upstream generates (and bills) for this one request.
+    choices: int = 1
     key_id: str | None = None
     # The key is premium (fg_pro_): may use dedicated offers, goes first in upstream queues.
     premium: bool = False

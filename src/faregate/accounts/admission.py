@@ -41,6 +41,12 @@ class Admission(Protocol):
         """Give the whole hold back (nothing was spent)."""
         ...
 
+    async def count_hit(self, key: ApiKey, request: ChatRequest) -> dict[str, str]:
+        """A request answered from the cache: it costs nothing and reserves nothing, but it is still
+        a request, so it counts against the key's requests-per-minute limit (429 past it).
+        Returns the x-ratelimit-* headers."""
+        ...
+
 
 class OpenAdmission:
     """No credits, budgets or rate limits: every request is admitted and nothing is held."""
@@ -53,3 +59,6 @@ class OpenAdmission:
 
     async def release(self, hold: Hold) -> None:
         return None
+
+    async def count_hit(self, key: ApiKey, request: ChatRequest) -> dict[str, str]:
+        return {}

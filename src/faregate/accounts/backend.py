@@ -14,7 +14,7 @@ from faregate.accounts.money import usd_text
 from faregate.accounts.policy import Limits, Window
 from faregate.accounts.ratelimit import RateRefusal, RateState
 from faregate.store.base import AccountTable, AuditRow, LedgerRow
-from faregate.store.holds import HoldRow
+from faregate.store.holds import HoldRow, InstanceRow
 
 
 @dataclass(slots=True, frozen=True)
@@ -28,6 +28,8 @@ class ReserveAsk:
     windows: tuple[Window, ...]
     limits: Limits
     ttl_s: float
+    # The serving process that holds it (accounts.instance_lease).
+    instance_id: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -108,6 +110,10 @@ class AccountBackend(Protocol):
 
     async def release(self, key_id: str, ref: HoldRef) -> None: ...
 
+    async def take_request(self, key_id: str, requests_per_minute: int) -> RateState | RateRefusal:
+        """Count one request against the requests-per-minute bucket alone (a cache hit)."""
+        ...
+
     async def sweep(self) -> int:
         """Release expired holds now; returns how many."""
         ...
@@ -119,6 +125,19 @@ class AccountBackend(Protocol):
     async def balance(self, key_id: str) -> Balance | None: ...
 
     async def holds(self, key_id: str) -> list[HoldRow]: ...
+
+    @property
+    def instance_id(self) -> str:
+        """This process's instance id (its holds carry it)."""
+        ...
+
+    async def instances(self) -> list[InstanceRow]:
+        """Serving processes with a lease or with holds, and how many holds each has."""
+        ...
+
+    async def release_instance(self, instance_id: str, note: str) -> int:
+        """Release every hold of an instance now; returns how many."""
+        ...
 
     async def spent(self, key_id: str, since_hours: list[int]) -> list[int]:
         """Spend (settled plus held) in hourly buckets >= each given hour."""

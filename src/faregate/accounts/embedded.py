@@ -18,11 +18,12 @@ from faregate.accounts.backend import (
     ReserveAsk,
     balance_audit,
 )
+from faregate.accounts.instance_lease import InstanceLease
 from faregate.accounts.periodic import Periodic
-from faregate.accounts.policy import KEEP_HOURS, hour_of
-from faregate.accounts.ratelimit import LocalRateLimiter, RateRefusal
+from faregate.accounts.policy import KEEP_HOURS, Limits, hour_of
+from faregate.accounts.ratelimit import LocalRateLimiter, RateRefusal, RateState
 from faregate.store.base import LedgerRow
-from faregate.store.holds import BudgetCheck, HoldRow
+from faregate.store.holds import BudgetCheck, HoldRow, InstanceRow
 from faregate.store.sqlite import SQLiteStore
 from faregate.store.sqlite_ledger import SQLiteLedger
 
@@ -32,7 +33,12 @@ PRUNE_INTERVAL_S = 3600.0
 
 class EmbeddedAccounts:
     def __init__(
-        self, store: SQLiteStore, *, sweep_interval_s: float = 5.0, limiter: LocalRateLimiter | None = None
+        self,
+        store: SQLiteStore,
+        *,
+        sweep_interval_s: float = 5.0,
+        limiter: LocalRateLimiter | None = None,
+        lease_s: float = 15.0,
     ) -> None:
         self.table = store
         self._store = store
@@ -40,12 +46,25 @@ class EmbeddedAccounts:
         self.limiter = limiter or LocalRateLimiter()
         self._sweeper = Periodic("hold-sweeper", sweep_interval_s, self.sweep)
         self._pruned_at = 0.0
+        self.lease = InstanceLease(self.ledger.renew_lease, self.ledger.end_lease, lease_s)
+
+    @property
+    def instance_id(self) -> str:
+        return self.lease.instance_id
 
     async def start(self) -> None:
+        await self.lease.start()
         self._sweeper.start()
 
     async def close(self) -> None:
         await self._sweeper.stop()
+        await self.lease.close()
+
+    async def instances(self) -> list[InstanceRow]:
+        return await self.ledger.instances()
+
+    async def release_instance(self, instance_id: str, note: str) -> int:
+        return await self.ledger.release_instance(instance_id, note)
 
     async def reserve(self, ask: ReserveAsk) -> Admitted | Refused:
         # Rate first (in memory, no await), so a burst never queues on the database just to be
@@ -62,6 +81,7 @@ class EmbeddedAccounts:
             ask.hour,
             [BudgetCheck(w.since_hour, w.budget.limit_nano) for w in ask.windows],
             ask.ttl_s,
+            ask.instance_id,
         )
         if outcome.status == "ok":
             return Admitted(outcome.balance_nano, taken)
@@ -70,6 +90,9 @@ class EmbeddedAccounts:
         return Refused(
             outcome.status, outcome.balance_nano, outcome.held_nano, window, outcome.window_spent_nano
         )
+
+    async def take_request(self, key_id: str, requests_per_minute: int) -> RateState | RateRefusal:
+        return self.limiter.take(key_id, Limits(requests_per_minute, None), 0)
 
     async def settle(self, key_id: str, ref: HoldRef, cost_nano: int, tokens: int) -> None:
         await self.ledger.settle(key_id, ref.hold_id, ref.request_id, ref.hour, cost_nano)

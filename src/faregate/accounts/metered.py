@@ -19,7 +19,7 @@ from faregate.accounts.backend import AccountBackend, HoldRef, Refused, ReserveA
 from faregate.accounts.keys import ApiKey
 from faregate.accounts.money import charge_nano, hold_nano, usd, usd_text
 from faregate.accounts.policy import Policy, budgets_from_text, hour_of, limits_for
-from faregate.accounts.ratelimit import rate_headers
+from faregate.accounts.ratelimit import RateRefusal, rate_headers
 from faregate.config import AccountsSettings
 from faregate.errors import AuthenticationFailed, FaregateError, InsufficientCredits, RateLimited
 from faregate.store.base import AccountTable, StoreUnavailable
@@ -109,6 +109,7 @@ class MeteredAdmission:
             windows=policy.windows(now),
             limits=limits,
             ttl_s=self.hold_ttl_s,
+            instance_id=self.backend.instance_id,
         )
         try:
             result = await self.backend.reserve(ask)
@@ -127,6 +128,22 @@ class MeteredAdmission:
             headers=rate_headers(result.rate),
             handle=HoldRef(ask.hold_id, request.request_id, ask.hour, tokens, limits),
         )
+
+    async def count_hit(self, key: ApiKey, request: ChatRequest) -> dict[str, str]:
+        limits = limits_for(await self.policies.get(key.id), key.premium, self.settings)
+        if limits.requests_per_minute is None:
+            return {}
+        try:
+            taken = await self.backend.take_request(key.id, limits.requests_per_minute)
+        except StoreUnavailable as exc:
+            raise AccountsUnavailable(
+                f"The gateway cannot reach its accounts store ({exc}) to count this request against the "
+                "key's rate limit. Retry shortly.",
+                headers={"Retry-After": "1"},
+            ) from exc
+        if isinstance(taken, RateRefusal):
+            raise refusal_error(Refused("rate", rate=taken), 0, 0)
+        return rate_headers(taken)
 
     async def settle(self, hold: Hold, cost_usd: Decimal, tokens: int) -> None:
         await self.backend.settle(hold.key_id, hold.handle, charge_nano(cost_usd), tokens)

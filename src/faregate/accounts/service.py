@@ -27,7 +27,7 @@ from faregate.accounts.policy import (
 from faregate.config import AccountsSettings
 from faregate.errors import InvalidRequest, NotFound
 from faregate.store.base import AccountRow, LedgerRow
-from faregate.store.holds import HoldRow, new_entry_id
+from faregate.store.holds import HoldRow, InstanceRow, new_entry_id
 
 
 class Keep(Enum):
@@ -204,6 +204,27 @@ class AccountsService:
         await self.view(key_id)
         await self.backend.flush()
         return await self.table.ledger_rows(key_id, limit)
+
+    async def instances(self) -> list[InstanceRow]:
+        return await self.backend.instances()
+
+    async def release_instance(self, instance_id: str, force: bool = False) -> int:
+        """Release a dead instance's holds now (the sweeper would within its lease). A live
+        instance's are refused unless forced: its requests may still be running, and its money
+        would then be spendable twice until they settle (late)."""
+        found = next((i for i in await self.backend.instances() if i.instance_id == instance_id), None)
+        if found is None:
+            raise NotFound(f"No instance {instance_id!r} holds reservations.", code="instance_not_found")
+        if found.alive(time.time()) and not force:
+            raise InvalidRequest(
+                f"Instance {instance_id} is alive (its lease is renewed); its holds belong to requests in "
+                "flight. Stop it first, or force the release.",
+                param="force",
+                code="instance_alive",
+            )
+        return await self.backend.release_instance(
+            instance_id, f"released by an operator: instance {instance_id}{' (forced)' if force else ''}"
+        )
 
     async def audit(self) -> AuditReport:
         await self.backend.flush()

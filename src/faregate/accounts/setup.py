@@ -67,6 +67,7 @@ async def open_accounts(settings: Settings, store: Store, keys: KeyStore) -> Acc
             flush_interval_s=settings.accounts.ledger_flush_interval_s,
             sweep_interval_s=settings.accounts.sweep_interval_s,
             pool_size=settings.store.redis_pool_size,
+            lease_s=settings.accounts.instance_lease_s,
         )
     else:
         from faregate.accounts.embedded import EmbeddedAccounts
@@ -74,7 +75,11 @@ async def open_accounts(settings: Settings, store: Store, keys: KeyStore) -> Acc
 
         if not isinstance(store, SQLiteStore):
             raise TypeError("embedded accounts need the SQLite store")
-        backend = EmbeddedAccounts(store, sweep_interval_s=settings.accounts.sweep_interval_s)
+        backend = EmbeddedAccounts(
+            store,
+            sweep_interval_s=settings.accounts.sweep_interval_s,
+            lease_s=settings.accounts.instance_lease_s,
+        )
     admission: Admission = OpenAdmission()
     if settings.accounts.enabled:
         admission = MeteredAdmission(backend, policies, settings.accounts, hold_ttl_s(settings))

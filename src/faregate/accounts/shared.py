@@ -27,14 +27,16 @@ from faregate.accounts.backend import (
     ReserveAsk,
     balance_audit,
 )
+from faregate.accounts.instance_lease import InstanceLease
 from faregate.accounts.money import usd_text
 from faregate.accounts.periodic import Periodic
 from faregate.accounts.policy import KEEP_HOURS, Limits
 from faregate.accounts.ratelimit import Bucket, RateRefusal, RateState, meter
 from faregate.store.base import LedgerRow, StoreUnavailable
-from faregate.store.holds import BudgetCheck, HoldRow, ReserveOutcome
+from faregate.store.holds import BudgetCheck, HoldRow, InstanceRow, ReserveOutcome
 from faregate.store.ledger_shipper import LedgerShipper
 from faregate.store.postgres import PostgresStore
+from faregate.store.redis_connect import retry_once_on_a_fresh_connection
 from faregate.store.redis_ledger import RedisLedger
 
 log = logging.getLogger("faregate.accounts")
@@ -119,6 +121,7 @@ class SharedAccounts:
         listeners: list[Callable[[str], None]] | None = None,
         flush_interval_s: float = 0.1,
         sweep_interval_s: float = 5.0,
+        lease_s: float = 15.0,
     ) -> None:
         self.redis = redis
         self.pg = pg
@@ -127,6 +130,17 @@ class SharedAccounts:
         self.events = KeyEvents(redis, listeners or [])
         self._sweeper = Periodic("hold-sweeper", sweep_interval_s, self.sweep)
         self._started = False
+        self.lease = InstanceLease(self.ledger.renew_lease, self.ledger.end_lease, lease_s)
+
+    @property
+    def instance_id(self) -> str:
+        return self.lease.instance_id
+
+    async def instances(self) -> list[InstanceRow]:
+        return await self.ledger.instances()
+
+    async def release_instance(self, instance_id: str, note: str) -> int:
+        return await self.ledger.release_instance(instance_id, note)
 
     @property
     def table(self) -> PostgresStore:
@@ -142,10 +156,16 @@ class SharedAccounts:
         flush_interval_s: float = 0.1,
         sweep_interval_s: float = 5.0,
         pool_size: int = 64,
+        lease_s: float = 15.0,
     ) -> SharedAccounts:
         # A blocking pool: under a burst, a request waits for a connection instead of failing.
         pool = BlockingConnectionPool.from_url(
-            url, max_connections=pool_size, timeout=10, decode_responses=True, health_check_interval=30
+            url,
+            max_connections=pool_size,
+            timeout=10,
+            decode_responses=True,
+            health_check_interval=30,
+            retry=retry_once_on_a_fresh_connection(),
         )
         redis = Redis(connection_pool=pool)
         try:
@@ -161,10 +181,12 @@ class SharedAccounts:
             listeners=listeners,
             flush_interval_s=flush_interval_s,
             sweep_interval_s=sweep_interval_s,
+            lease_s=lease_s,
         )
 
     async def start(self) -> None:
         self._started = True
+        await self.lease.start()
         await self.shipper.start()
         await self.events.start()
         self._sweeper.start()
@@ -176,6 +198,8 @@ class SharedAccounts:
         outbox, and the next shipper to start takes it over."""
         deadline = time.monotonic() + timeout_s
         await _within(deadline, "the hold sweeper", self._sweeper.stop())
+        if self._started:
+            await _within(deadline, "the instance lease", self.lease.close())
         await _within(deadline, "the key-events listener", self.events.stop())
         await _within(deadline, "the ledger shipper", self.shipper.close())
         # The connections get a moment even when the steps above used up the deadline.
@@ -204,6 +228,7 @@ class SharedAccounts:
             ask.ttl_s,
             limits.requests_per_minute,
             limits.tokens_per_minute,
+            ask.instance_id,
         )
 
     def _verdict(self, ask: ReserveAsk, outcome: ReserveOutcome, state: RateState) -> Admitted | Refused:
@@ -222,6 +247,17 @@ class SharedAccounts:
         return Refused(
             outcome.status, outcome.balance_nano, outcome.held_nano, window, outcome.window_spent_nano
         )
+
+    async def take_request(self, key_id: str, requests_per_minute: int) -> RateState | RateRefusal:
+        try:
+            status, level = await self.ledger.take_request(key_id, requests_per_minute)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from exc
+        state = rate_state(Limits(requests_per_minute, None), level, None)
+        if status == "ok":
+            return state
+        wait = Bucket(level, 0).wait_for(1, requests_per_minute)
+        return RateRefusal("requests", requests_per_minute, 1, wait, state)
 
     async def settle(self, key_id: str, ref: HoldRef, cost_nano: int, tokens: int) -> None:
         await self.ledger.settle(

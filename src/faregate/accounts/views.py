@@ -11,7 +11,7 @@ from faregate.accounts.backend import AuditReport
 from faregate.accounts.money import usd_text
 from faregate.accounts.service import KeyView
 from faregate.store.base import LedgerRow
-from faregate.store.holds import HoldRow
+from faregate.store.holds import HoldRow, InstanceRow
 
 
 def key_json(view: KeyView) -> dict[str, Any]:
@@ -61,6 +61,19 @@ def hold_json(hold: HoldRow) -> dict[str, Any]:
         "tokens": hold.tokens,
         "created_at": hold.created_at,
         "expires_at": hold.expires_at,
+    }
+
+
+def instance_json(row: InstanceRow, now: float) -> dict[str, Any]:
+    return {
+        "id": row.instance_id,
+        "object": "instance",
+        "alive": row.alive(now),
+        "lease_until": row.lease_until,
+        "holds": row.holds,
+        "started_at": row.started_at,
+        "host": row.host,
+        "pid": row.pid,
     }
 
 

@@ -65,7 +65,7 @@ IGNORED_FIELDS = frozenset(
         "metadata",
         "store",
         "service_tier",
-        "faregate",
+        "faregate",  # its routing hints are in the key through routing_material
         "sim",  # the simulator's per-request script (tests, demos); part of the answer there
     }
 )
@@ -75,13 +75,34 @@ def unclassified_fields(body: dict[str, Any]) -> list[str]:
     return sorted(k for k in body if k not in KEY_FIELDS and k not in IGNORED_FIELDS)
 
 
-def exact_key(body: dict[str, Any], resolved: str, scope: str) -> str:
-    """SHA-256 over the normalised key fields (sorted keys, canonical JSON)."""
+def routing_material(hints: Any, premium: bool) -> dict[str, str]:
+    """What, besides the body's key fields and the route's name, decides which model answers:
+    the routing hints (tier, task, max_cost_usd, from the body or the x-faregate-* headers,
+    normalised) and whether the key may use dedicated offers. `hints` is a routing.routes.Hints."""
+    material: dict[str, str] = {}
+    if hints.tier is not None:
+        material["tier"] = hints.tier
+    if hints.task is not None:
+        material["task"] = hints.task
+    if hints.max_cost_usd is not None:
+        material["max_cost_usd"] = format(hints.max_cost_usd.normalize(), "f")
+    if premium:
+        material["premium"] = "1"
+    return material
+
+
+def exact_key(body: dict[str, Any], resolved: str, scope: str, routing: dict[str, str] | None = None) -> str:
+    """SHA-256 over the normalised key fields (sorted keys, canonical JSON), the resolved route or
+    model, and the routing inputs that pick the model within it (`routing_material`)."""
     material = {k: body[k] for k in sorted(body) if k in KEY_FIELDS}
     # The simulator's behaviour changes its answer, so it is part of the key when present.
     if "sim" in body:
         material["sim"] = body["sim"]
-    payload = orjson.dumps([scope, resolved, material], option=orjson.OPT_SORT_KEYS)
+    parts: list[Any] = [scope, resolved, material]
+    if routing:
+        # Only when present, so the keys of requests without hints are unchanged.
+        parts.append(routing)
+    payload = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(payload).hexdigest()
 
 

@@ -19,10 +19,11 @@ from typing import Any
 
 import orjson
 
-from faregate.cache.keying import exact_key, is_deterministic, unclassified_fields
+from faregate.cache.keying import exact_key, is_deterministic, routing_material, unclassified_fields
 from faregate.cache.stores import CacheStore
 from faregate.config import CacheSettings
 from faregate.errors import InvalidRequest
+from faregate.routing.routes import parse_hints
 from faregate.types import JSON, ChatRequest, Usage
 
 log = logging.getLogger("faregate.cache")
@@ -42,6 +43,8 @@ class CacheDecision:
     key: str = ""
     scope: str = ""
     resolved: str = ""
+    # The routing hints and key tier that pick the model within `resolved` (keying.routing_material).
+    routing: dict[str, str] | None = None
     reason: str = ""
     # The question's embedding, once the semantic lookup computed it.
     vector: Any = None
@@ -108,6 +111,7 @@ class ResponseCache:
         if unknown:
             return CacheDecision("bypass", reason=f"unclassified fields {unknown}")
         resolved = resolve()
+        routing = routing_material(parse_hints(request.hints), request.premium)
         ttl = self._ttl(request, resolved, control, hint)
         scope = SHARED_NAMESPACE if hint.get("namespace") == SHARED_NAMESPACE else f"key:{request.key_id}"
         return CacheDecision(
@@ -115,9 +119,10 @@ class ResponseCache:
             read="no-cache" not in control,
             write=True,
             ttl_s=ttl,
-            key=exact_key(request.body, resolved, scope),
+            key=exact_key(request.body, resolved, scope, routing),
             scope=scope,
             resolved=resolved,
+            routing=routing,
         )
 
     def _ttl(self, request: ChatRequest, resolved: str, control: str, hint: dict[str, Any]) -> float:
@@ -173,7 +178,7 @@ class ResponseCache:
         # Everything but the conversation must match exactly: model/route, tenant, system, tools,
         # and the other key fields (temperature, max_tokens, response_format...).
         rest = {k: v for k, v in request.body.items() if k != "messages"}
-        route = decision.resolved + "|" + exact_key(rest, decision.resolved, decision.scope)
+        route = decision.resolved + "|" + exact_key(rest, decision.resolved, decision.scope, decision.routing)
         return scope_for(decision.scope, route, messages, request.body.get("tools")), text, turns
 
     def remember(

@@ -60,7 +60,11 @@ class RedisStore:
     def __init__(self, url: str, prefix: str = "faregate:cache:") -> None:
         import redis.asyncio as redis
 
-        self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        from faregate.store.redis_connect import retry_once_on_a_fresh_connection
+
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=retry_once_on_a_fresh_connection()
+        )
         self._prefix = prefix
         self._last_warning = 0.0
         self.errors = 0

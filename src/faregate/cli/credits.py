@@ -1,7 +1,9 @@
-"""`faregate credits add|ledger|audit`: top up a key, read its ledger, check every balance."""
+"""`faregate credits add|ledger|audit|instances|release-instance`: top up a key, read its ledger,
+check every balance, see and release the reservations of serving instances."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 import typer
@@ -16,6 +18,7 @@ from faregate.cli.common import ConfigOption, load_or_exit
 from faregate.cli.groups import command_group
 from faregate.cli.keys import run_accounts, utc_text
 from faregate.store.base import LedgerRow
+from faregate.store.holds import InstanceRow
 
 KeyArgument = Annotated[str, typer.Argument(metavar="KEY", help="The key's id, or its name.")]
 
@@ -68,6 +71,38 @@ def register(app: typer.Typer) -> None:
                 Text(row.note or ""),
             )
         Console().print(table)
+
+    @credits_app.command("instances")
+    def instances(config: ConfigOption = None) -> None:
+        """Serving processes that hold reservations: their leases and holds."""
+        rows: list[InstanceRow] = run_accounts(load_or_exit(config), lambda service: service.instances())
+        now = time.time()
+        table = Table("instance", "alive", "lease until (UTC)", "holds", "host", "pid", "started (UTC)")
+        for row in rows:
+            table.add_row(
+                row.instance_id,
+                "yes" if row.alive(now) else "no",
+                utc_text(row.lease_until) if row.lease_until else "lapsed",
+                str(row.holds),
+                row.host,
+                str(row.pid or ""),
+                utc_text(row.started_at) if row.started_at else "",
+            )
+        Console().print(table)
+
+    @credits_app.command("release-instance")
+    def release_instance(
+        instance: Annotated[str, typer.Argument(metavar="INSTANCE", help="An id from `credits instances`.")],
+        force: Annotated[
+            bool, typer.Option("--force", help="Even if its lease is live (its requests may be running).")
+        ] = False,
+        config: ConfigOption = None,
+    ) -> None:
+        """Give back a dead instance's reservations now (the sweeper does within its lease)."""
+        released: int = run_accounts(
+            load_or_exit(config), lambda service: service.release_instance(instance, force)
+        )
+        typer.echo(f"Released {released} reservation(s) of {instance}.")
 
     @credits_app.command("audit")
     def audit(config: ConfigOption = None) -> None:

@@ -160,7 +160,9 @@ class AttemptRunner:
                 failure = UpstreamFailure("empty", "200 with no choices or blank content", status=200)
                 failure.usage = completion.usage  # the provider billed it all the same
                 raise failure
-            self.health.success(candidate.offer.key, (time.perf_counter() - t0) * 1000)
+            self.health.success(
+                candidate.offer.key, (time.perf_counter() - t0) * 1000, api_key=request.key_id
+            )
             return completion
 
         completion, candidate, attempts, _ = await self._first_success(request, plan, once)
@@ -220,14 +222,14 @@ class AttemptRunner:
                 if time_left <= 0:
                     timed_out = True
                     break
-                if not self.health.breaker(key).allow(time.monotonic()):
+                if not self.health.allow(key, request.key_id, time.monotonic()):
                     break
                 call = self.build_call(request, candidate, time_left)
                 t0 = time.perf_counter()
                 try:
                     result = await once(candidate, call, time_left)
                 except UpstreamFailure as failure:
-                    attempts.append(self._failed(candidate, t0, failure, failure.usage))
+                    attempts.append(self._failed(candidate, t0, failure, failure.usage, request.key_id))
                     wait = self._pause_before_retry(failure, tries, self._time_left(request))
                     if wait is None or tries == candidate.retries:
                         break
@@ -236,19 +238,25 @@ class AttemptRunner:
                     continue
                 except TimeoutError:
                     attempts.append(
-                        self._failed(candidate, t0, UpstreamFailure("timeout", "request deadline reached"))
+                        self._failed(
+                            candidate,
+                            t0,
+                            UpstreamFailure("timeout", "request deadline reached"),
+                            None,
+                            request.key_id,
+                        )
                     )
                     timed_out = True
                     break
                 except UpstreamRejected as rejected:
-                    self.health.breaker(key).release_probe()
+                    self.health.release_probe(key, request.key_id)
                     attempts.append(
                         _attempt(candidate, t0, "rejected", str(rejected.message), rejected.status)
                     )
                     rejected.attempts = attempts  # type: ignore[attr-defined]
                     raise
                 except BaseException:
-                    self.health.breaker(key).release_probe()
+                    self.health.release_probe(key, request.key_id)
                     raise
                 attempts.append(_attempt(candidate, t0, "ok"))
                 return result, candidate, attempts, t0
@@ -256,20 +264,28 @@ class AttemptRunner:
                 break
         raise UpstreamFailed(attempts, timeout=timed_out or _all_timeouts(attempts))
 
-    def stream_finished(self, opened: OpenedStream, failure: UpstreamFailure | None) -> None:
+    def stream_finished(
+        self, opened: OpenedStream, failure: UpstreamFailure | None, api_key: str | None = None
+    ) -> None:
         """Health bookkeeping once a served stream has ended."""
         key = opened.candidate.offer.key
         if failure is None:
             total_ms = (time.perf_counter() - opened.started) * 1000
-            self.health.success(key, total_ms, (opened.first_content_at - opened.started) * 1000)
+            ttft_ms = (opened.first_content_at - opened.started) * 1000
+            self.health.success(key, total_ms, ttft_ms, api_key=api_key)
         elif failure.kind not in NOT_HEALTH_SIGNALS:
-            self.health.failure(key)
+            self.health.failure(key, api_key)
 
     def _failed(
-        self, candidate: Candidate, t0: float, failure: UpstreamFailure, usage: Usage | None = None
+        self,
+        candidate: Candidate,
+        t0: float,
+        failure: UpstreamFailure,
+        usage: Usage | None = None,
+        api_key: str | None = None,
     ) -> Attempt:
         if failure.kind not in NOT_HEALTH_SIGNALS:
-            self.health.failure(candidate.offer.key)
+            self.health.failure(candidate.offer.key, api_key)
         attempt = _attempt(candidate, t0, failure.kind, failure.detail, failure.status)
         if usage is not None:
             # The provider billed this failed call (a blank 200 still has a prompt): so do we.

@@ -1,9 +1,16 @@
-"""Prompt size for routing decisions, cheap first and exact only when it matters.
+"""Prompt size for routing decisions and reservations, cheap first and exact only when it matters.
 
 Counting tokens exactly needs the tokenizer (about a second to load and ~70 MB), so
 decisions use a bound first: a token is never shorter than one UTF-8 byte, so the
 byte count is an upper bound, and most requests are far from every limit. Only when
 the bound cannot settle a decision is the exact count taken.
+
+The prompt is everything the provider bills as input: the messages, and the tools, functions,
+tool_choice and response_format it renders into the prompt (tokens.BILLED_INPUT_FIELDS).
+Media parts (images, audio, video, files) count as tokens.TOKENS_PER_MEDIA_PART each for
+fitting a context window; for money (`billable`) an inline part counts one token per
+`media_bytes_per_token` bytes of its data when that is more, since providers bill a large
+image, a long recording or a many-page file by its size.
 """
 
 from __future__ import annotations
@@ -11,20 +18,46 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
+
 from faregate import tokens
 
 # Per-message framing and the reply primer, as tokens.count_messages counts them.
 _FRAMING = tokens.TOKENS_PER_MESSAGE
+# Default bytes of inline media data per billed token, for reservations (see the docstring).
+MEDIA_BYTES_PER_TOKEN = 64
+
+
+def _text_bytes(value: Any) -> int:
+    return len(value.encode()) if isinstance(value, str) else len(str(value).encode())
 
 
 class PromptSize:
-    def __init__(self, messages: list[Any]) -> None:
+    def __init__(
+        self, messages: list[Any], extras: str = "", media_bytes_per_token: int = MEDIA_BYTES_PER_TOKEN
+    ) -> None:
         self._messages = messages
+        self._extras = extras
         self._exact: int | None = None
-        self.upper_bound = self._bound(messages)
+        self.media_parts = 0
+        # Bytes of media parts (their whole JSON, data included), for the billable count.
+        self._media_bytes: list[int] = []
+        self.upper_bound = self._bound(messages) + len(extras.encode())
+        self._media_surplus = sum(
+            max(0, size // media_bytes_per_token - tokens.TOKENS_PER_MEDIA_PART) for size in self._media_bytes
+        )
 
-    @staticmethod
-    def _bound(messages: list[Any]) -> int:
+    @classmethod
+    def of(cls, body: dict[str, Any], media_bytes_per_token: int = MEDIA_BYTES_PER_TOKEN) -> PromptSize:
+        """The billed input of a whole request body."""
+        messages = body.get("messages")
+        return cls(
+            messages if isinstance(messages, list) else [],
+            tokens.billed_extras_text(body),
+            media_bytes_per_token,
+        )
+
+    def _bound(self, messages: list[Any]) -> int:
         total = tokens.TOKENS_PER_REPLY
         for message in messages:
             if not isinstance(message, dict):
@@ -37,31 +70,35 @@ class PromptSize:
                 for part in content:
                     if isinstance(part, dict):
                         if part.get("type") == "text":
-                            total += len(str(part.get("text", "")).encode())
+                            total += _text_bytes(part.get("text", ""))
                         else:
                             total += tokens.TOKENS_PER_MEDIA_PART
+                            self.media_parts += 1
+                            self._media_bytes.append(len(orjson.dumps(part)))
             name = message.get("name")
             if name:
-                total += len(str(name).encode()) + 1
-            for call in message.get("tool_calls") or ():
-                if isinstance(call, dict):
-                    fn = call.get("function") or {}
-                    total += len(str(fn.get("name", "")).encode()) + len(
-                        str(fn.get("arguments", "")).encode()
-                    )
+                total += _text_bytes(name) + 1
+            calls = message.get("tool_calls")
+            for call in calls if isinstance(calls, list) else ():
+                fn = call.get("function") if isinstance(call, dict) else None
+                if isinstance(fn, dict):
+                    total += _text_bytes(fn.get("name", "")) + _text_bytes(fn.get("arguments", ""))
         return total
 
     @property
     def known_exact(self) -> int | None:
         return self._exact
 
+    def _count(self) -> int:
+        return tokens.count_messages(self._messages) + tokens.count_text(self._extras)
+
     async def exact(self) -> int:
         if self._exact is None:
             if tokens.is_loaded():
-                self._exact = tokens.count_messages(self._messages)
+                self._exact = self._count()
             else:
                 # The first count loads the tokenizer: keep that off the event loop.
-                self._exact = await asyncio.to_thread(tokens.count_messages, self._messages)
+                self._exact = await asyncio.to_thread(self._count)
         return self._exact
 
     async def at_most(self, limit: int) -> bool:
@@ -77,3 +114,7 @@ class PromptSize:
         if tokens.is_loaded():
             return await self.exact()
         return self.upper_bound
+
+    async def billable(self) -> int:
+        """The input tokens to reserve money for: `best()` with large inline media counted by size."""
+        return await self.best() + self._media_surplus

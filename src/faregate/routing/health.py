@@ -1,20 +1,34 @@
-"""Health per provider offer: a circuit breaker and moving latency statistics.
+"""Health per provider offer: circuit breakers and moving latency statistics.
 
-Kept per process for now; the breaker fails fast while open so a dead upstream
+Kept per process for now; a breaker fails fast while open so a dead upstream
 stops costing every request its timeout.
+
+No API key can open a breaker for the others. Each offer has one breaker every key shares,
+and each key that saw a failure there has one of its own. A key's own breaker opens on its
+own failures, exactly as a single breaker would (so a one-key deployment behaves as if there
+were no distinction). The shared one counts every outcome but opens only when the failures
+come from at least `shared_min_keys` keys: a failure one client can provoke at will (a blank
+answer to an empty prompt, a timeout from a prompt that never ends, an upstream 5xx on one odd
+input) then stops that client alone, while a dead upstream, which fails for everyone, still
+stops everyone. An attempt is made only if both breakers allow it. The error rate that makes an
+offer look dearer is the shared one, under the same condition. Outcomes without a key (None)
+cannot be attributed and count as coming from a key of their own each.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from faregate.config import BreakerSettings
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+# Keys' own breakers kept per process (least recently used dropped beyond this).
+MAX_KEY_BREAKERS = 10_000
 
 
 @dataclass(slots=True)
@@ -26,6 +40,13 @@ class Breaker:
     probe_in_flight: bool = False
     recent: deque[bool] = field(default_factory=deque)
     opened_count: int = 0
+    # Failures must come from this many keys to open it (1: any failures will do).
+    min_keys: int = 1
+    # The key of each outcome in `recent`, and the keys of the current run of failures (only
+    # as many as `min_keys` are kept: enough to tell).
+    recent_keys: deque[str | None] = field(default_factory=deque)
+    run_keys: set[str] = field(default_factory=set)
+    run_unattributed: int = 0
 
     def allow(self, now: float) -> bool:
         """May a call go through now? In half-open state, exactly one probe at a time."""
@@ -47,27 +68,63 @@ class Breaker:
             return now - self.opened_at >= self.settings.cooldown_s
         return not self.probe_in_flight
 
-    def record(self, ok: bool, now: float) -> None:
+    def record(self, ok: bool, now: float, key: str | None = None) -> None:
         self.recent.append(ok)
+        self.recent_keys.append(key)
         while len(self.recent) > self.settings.window:
             self.recent.popleft()
+            self.recent_keys.popleft()
         if ok:
             self.consecutive_failures = 0
+            self.run_keys.clear()
+            self.run_unattributed = 0
             if self.state != CLOSED:
                 self.state = CLOSED
                 self.recent.clear()
+                self.recent_keys.clear()
             self.probe_in_flight = False
             return
         self.consecutive_failures += 1
+        if key is None:
+            self.run_unattributed += 1
+        elif len(self.run_keys) < self.min_keys:
+            self.run_keys.add(key)
         if self.state == HALF_OPEN:
             self._open(now)
             return
         failures = self.recent.count(False)
-        if self.consecutive_failures >= self.settings.consecutive_failures or (
+        if (
+            self.consecutive_failures >= self.settings.consecutive_failures
+            and len(self.run_keys) + self.run_unattributed >= self.min_keys
+        ) or (
             len(self.recent) >= self.settings.min_calls
             and failures / len(self.recent) >= self.settings.error_rate
+            and self._enough_keys(self._failing_keys())
         ):
             self._open(now)
+
+    def _failing_keys(self) -> Iterable[str | None]:
+        return (key for ok, key in zip(self.recent, self.recent_keys, strict=True) if not ok)
+
+    def _enough_keys(self, keys: Iterable[str | None]) -> bool:
+        """Did failures come from at least `min_keys` keys? (None: a key of its own each.)"""
+        if self.min_keys <= 1:
+            return True
+        seen: set[str] = set()
+        unattributed = 0
+        for key in keys:
+            if key is None:
+                unattributed += 1
+            else:
+                seen.add(key)
+            if len(seen) + unattributed >= self.min_keys:
+                return True
+        return False
+
+    @property
+    def attributable_error_rate(self) -> float:
+        """The error rate, if its failures come from enough keys to count for everyone; else 0."""
+        return self.error_rate if self._enough_keys(self._failing_keys()) else 0.0
 
     def release_probe(self) -> None:
         """A probe that ended without a verdict (client gone, rejected as bad input)."""
@@ -120,15 +177,51 @@ class HealthBoard:
     def __init__(self, breaker: BreakerSettings, latency_window: int = 200) -> None:
         self._breaker_settings = breaker
         self._window = latency_window
+        # The shared breaker of each offer, and each key's own (offer, key) -> breaker.
         self.breakers: dict[str, Breaker] = {}
+        self.key_breakers: OrderedDict[tuple[str, str], Breaker] = OrderedDict()
         self.latency: dict[str, LatencyStats] = {}
         self._random = random.Random()
 
     def breaker(self, key: str) -> Breaker:
+        """The shared breaker of an offer (`provider/model`)."""
         found = self.breakers.get(key)
         if found is None:
-            found = self.breakers[key] = Breaker(self._breaker_settings)
+            found = self.breakers[key] = Breaker(
+                self._breaker_settings, min_keys=self._breaker_settings.shared_min_keys
+            )
         return found
+
+    def own_breaker(self, key: str, api_key: str | None, create: bool = False) -> Breaker | None:
+        """An API key's own breaker for an offer (made on its first failure)."""
+        if api_key is None:
+            return None
+        slot = (key, api_key)
+        found = self.key_breakers.get(slot)
+        if found is not None:
+            self.key_breakers.move_to_end(slot)
+        elif create:
+            found = self.key_breakers[slot] = Breaker(self._breaker_settings)
+            if len(self.key_breakers) > MAX_KEY_BREAKERS:
+                self.key_breakers.popitem(last=False)
+        return found
+
+    def allow(self, key: str, api_key: str | None, now: float) -> bool:
+        """May this key call the offer now? Both breakers must allow it; a half-open one gives
+        its one probe slot (the caller then records the outcome or releases the probe)."""
+        own = self.own_breaker(key, api_key)
+        if own is not None and not own.would_allow(now):
+            return False
+        if not self.breaker(key).allow(now):
+            return False
+        return own is None or own.allow(now)
+
+    def release_probe(self, key: str, api_key: str | None = None) -> None:
+        """A call that ended without a verdict (client gone, rejected as bad input)."""
+        self.breaker(key).release_probe()
+        own = self.own_breaker(key, api_key)
+        if own is not None:
+            own.release_probe()
 
     def stats(self, key: str) -> LatencyStats:
         found = self.latency.get(key)
@@ -136,20 +229,40 @@ class HealthBoard:
             found = self.latency[key] = LatencyStats(self._window)
         return found
 
-    def usable(self, key: str, now: float | None = None) -> bool:
+    def usable(self, key: str, now: float | None = None, api_key: str | None = None) -> bool:
+        moment = time.monotonic() if now is None else now
         breaker = self.breakers.get(key)
-        return breaker is None or breaker.would_allow(time.monotonic() if now is None else now)
+        if breaker is not None and not breaker.would_allow(moment):
+            return False
+        own = self.own_breaker(key, api_key)
+        return own is None or own.would_allow(moment)
 
-    def success(self, key: str, latency_ms: float, ttft_ms: float | None = None) -> None:
-        self.breaker(key).record(True, time.monotonic())
+    def success(
+        self, key: str, latency_ms: float, ttft_ms: float | None = None, api_key: str | None = None
+    ) -> None:
+        now = time.monotonic()
+        self.breaker(key).record(True, now, api_key)
+        own = self.own_breaker(key, api_key)
+        if own is not None:
+            own.record(True, now, api_key)
         self.stats(key).add(latency_ms, ttft_ms)
 
-    def failure(self, key: str) -> None:
-        self.breaker(key).record(False, time.monotonic())
+    def failure(self, key: str, api_key: str | None = None) -> None:
+        now = time.monotonic()
+        self.breaker(key).record(False, now, api_key)
+        own = self.own_breaker(key, api_key, create=True)
+        if own is not None:
+            own.record(False, now, api_key)
 
     def error_rate(self, key: str) -> float:
+        """The shared error rate, counted only when failures come from enough keys."""
         breaker = self.breakers.get(key)
-        return breaker.error_rate if breaker else 0.0
+        return breaker.attributable_error_rate if breaker else 0.0
+
+    def keys_open(self, key: str, now: float) -> int:
+        return sum(
+            1 for (offer, _), b in self.key_breakers.items() if offer == key and not b.would_allow(now)
+        )
 
     def p99(self, key: str) -> float | None:
         stats = self.latency.get(key)
@@ -166,6 +279,7 @@ class HealthBoard:
 
     def snapshot(self) -> dict[str, Any]:
         keys = sorted(set(self.breakers) | set(self.latency))
+        now = time.monotonic()
         out: dict[str, Any] = {}
         for key in keys:
             breaker = self.breakers.get(key)
@@ -175,6 +289,8 @@ class HealthBoard:
                 "consecutive_failures": breaker.consecutive_failures if breaker else 0,
                 "error_rate": round(breaker.error_rate, 4) if breaker else 0.0,
                 "times_opened": breaker.opened_count if breaker else 0,
+                # API keys whose own breaker for this offer is open now (their failures only).
+                "keys_open": self.keys_open(key, now),
                 "latency_ms": {
                     "ewma": round(stats.ewma, 2) if stats and stats.ewma is not None else None,
                     "p50": stats.quantile(0.5) if stats else None,

@@ -108,6 +108,19 @@ class Planner:
         names: list[str] = request.body.get("models") or [request.model]
         return names[0] if len(names) == 1 else "list:" + ",".join(names)
 
+    def route_label(self, route: str | None) -> str:
+        """A metrics label for a record's route, from a closed set: a configured route, a canonical
+        model name, "list" for a request's own `models` list, "none" or "other". Never the
+        client's own text (a name differing only in case, a long list) in a label."""
+        if not route:
+            return "none"
+        if route in self.routes:
+            return route
+        if route.startswith("list:"):
+            return "list"
+        model = self.catalog.get(route)
+        return model.name if model is not None else "other"
+
     def resolved_name(self, request: ChatRequest) -> str:
         """The route or canonical model a request asks for (aliases resolved), e.g. for cache keys."""
         names: list[str] = request.body.get("models") or [request.model]
@@ -116,7 +129,7 @@ class Planner:
 
     async def plan(self, request: ChatRequest) -> Plan:
         hints = parse_hints(request.hints)
-        prompt = PromptSize(request.body.get("messages") or [])
+        prompt = PromptSize.of(request.body)
         names: list[str] = request.body.get("models") or [request.model]
         trace = RouteTrace()
         route = self.requested_route(request)
@@ -223,7 +236,9 @@ class Planner:
             retries = step.retries if step.retries is not None else self.routing.retries
             if not await self._fits(model, request, prompt, cap, rejected):
                 continue
-            offers = self._order_offers(model, rejected, by_latency, p99_limit, request.premium)
+            offers = self._order_offers(
+                model, rejected, by_latency, p99_limit, request.premium, request.key_id
+            )
             candidates.extend(Candidate(model, offer, retries) for offer in offers)
         return candidates
 
@@ -255,7 +270,9 @@ class Planner:
             )
 
             def worst(tokens_in: int) -> Decimal:
-                return (Decimal(tokens_in) * cheapest.input + Decimal(worst_out) * cheapest.output) / MILLION
+                # `n` choices: each is a whole call's worth (routing.worst_case says why).
+                one = Decimal(tokens_in) * cheapest.input + Decimal(worst_out) * cheapest.output
+                return request.choices * one / MILLION
 
             if worst(prompt.upper_bound) > cap and worst(await prompt.exact()) > cap:
                 rejected.cost.append(f"{model.name} (worst case ${worst(await prompt.exact()):f})")
@@ -269,6 +286,7 @@ class Planner:
         by_latency: bool,
         p99_limit: float | None,
         premium: bool = False,
+        api_key: str | None = None,
     ) -> list[Offer]:
         offers = model.available_offers()
         if not offers:
@@ -281,7 +299,7 @@ class Planner:
             rejected.unavailable.append(f"{model.name} (dedicated to premium keys)")
             return []
         now = time.monotonic()
-        usable = [o for o in offers if self.health.usable(o.key, now)]
+        usable = [o for o in offers if self.health.usable(o.key, now, api_key)]
         if not usable:
             rejected.breaker.append(", ".join(f"{o.provider}/{model.name}" for o in offers))
             return []

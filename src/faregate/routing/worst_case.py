@@ -1,4 +1,10 @@
-"""The most a plan can cost: what a budget reservation must hold before any call is made."""
+"""The most a plan can cost: what a budget reservation must hold before any call is made.
+
+The prompt is everything billed as input (routing.estimate: messages, tools, functions,
+tool_choice, response_format, media by size). A request for `n` choices is held as n whole
+calls, n x (prompt + output allowance): providers bill each choice's output, and some bill the
+prompt once per choice too, so this is the bound whichever way the provider counts.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +24,15 @@ def _output_allowance(candidate: Candidate, request: ChatRequest, prompt: int) -
 
 
 def _worst_single(candidates: list[Candidate], request: ChatRequest, prompt: int) -> tuple[Decimal, int, int]:
-    """The dearest one call among the candidates: (cost, tokens, its output allowance)."""
+    """The dearest one call among the candidates, for all its `n` choices: (cost, tokens, the output
+    allowance of one choice)."""
     worst_usd, worst_tokens, worst_out = Decimal(0), 0, 0
+    n = request.choices
     for candidate in candidates:
         out = _output_allowance(candidate, request, prompt)
-        cost = candidate.offer.price.cost(Usage(prompt, out))
+        cost = candidate.offer.price.cost(Usage(n * prompt, n * out))
         worst_usd = max(worst_usd, cost)
-        worst_tokens = max(worst_tokens, prompt + out)
+        worst_tokens = max(worst_tokens, n * (prompt + out))
         worst_out = max(worst_out, out)
     return worst_usd, worst_tokens, worst_out
 
@@ -33,7 +41,7 @@ async def worst_case(plan: Plan, request: ChatRequest) -> tuple[Decimal, int]:
     """The most the plan can cost, and its tokens: the prompt (upper bound unless counted) plus the
     output allowance at the offer's prices. One call is made per plain plan (failed attempts are
     rarely billed); a cascade may call every step, and its LLM judge after each judged step."""
-    prompt = await plan.prompt.best() if plan.prompt is not None else 0
+    prompt = await plan.prompt.billable() if plan.prompt is not None else 0
     if not plan.stages:
         usd, tokens, _ = _worst_single(plan.candidates, request, prompt)
         return usd, tokens

@@ -9,6 +9,8 @@
     GET    /admin/keys/{id}/reservations    holds of requests in flight
     GET    /admin/keys/{id}/ledger[?limit=]  balance changes, newest first
     GET    /admin/audit                     recompute every balance from the ledger
+    GET    /admin/instances                 serving processes, their leases and holds
+    POST   /admin/instances/{id}/release    release a dead instance's holds now (force: a live one's)
     GET    /v1/me                           the calling key's own balance, spend and limits
 
 {id} is a key id or a unique key name. Errors use OpenAI's error JSON like every other route.
@@ -16,6 +18,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -25,7 +28,7 @@ from faregate.accounts.master import MasterKey
 from faregate.accounts.money import parse_usd
 from faregate.accounts.policy import parse_budgets, parse_limit
 from faregate.accounts.service import AccountsService, PolicyChange
-from faregate.accounts.views import audit_json, hold_json, key_json, ledger_json
+from faregate.accounts.views import audit_json, hold_json, instance_json, key_json, ledger_json
 from faregate.errors import InvalidRequest
 from faregate.server.admin import require_master
 from faregate.server.parse import decode_json_object
@@ -145,6 +148,24 @@ class AdminApi:
         require_master(request, self.master_key)
         return _json(audit_json(await self.service.audit()))
 
+    async def instances(self, request: web.Request) -> web.StreamResponse:
+        require_master(request, self.master_key)
+        now = time.time()
+        rows = await self.service.instances()
+        return _json({"object": "list", "data": [instance_json(row, now) for row in rows]})
+
+    async def release_instance(self, request: web.Request) -> web.StreamResponse:
+        require_master(request, self.master_key)
+        raw = await request.read()
+        body = decode_json_object(raw) if raw.strip() else {}
+        _check_fields(body, frozenset({"force"}))
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise InvalidRequest("'force' must be a boolean.", param="force")
+        instance_id = request.match_info["instance_id"]
+        released = await self.service.release_instance(instance_id, force)
+        return _json({"object": "instance.release", "id": instance_id, "released": released})
+
 
 def add_account_routes(
     app: web.Application, service: AccountsService, pipeline: ChatPipeline, master_key: MasterKey
@@ -160,6 +181,8 @@ def add_account_routes(
     app.router.add_get("/admin/keys/{key_id}/reservations", api.reservations)
     app.router.add_get("/admin/keys/{key_id}/ledger", api.ledger)
     app.router.add_get("/admin/audit", api.audit)
+    app.router.add_get("/admin/instances", api.instances)
+    app.router.add_post("/admin/instances/{instance_id}/release", api.release_instance)
 
     async def me(request: web.Request) -> web.StreamResponse:
         key = await pipeline.authenticate(request)

@@ -30,9 +30,11 @@ from faregate.server.admin_api import add_account_routes
 from faregate.server.dashboard_api import add_dashboard_api
 from faregate.server.feedback import add_feedback_route
 from faregate.server.metrics_route import add_metrics_route
+from faregate.server.openapi import openapi_body
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.responses import error_response
 from faregate.store import Store, open_store
+from faregate.store.outage import outage_error
 from faregate.telemetry.observability import Observability
 from faregate.telemetry.records import RecordWriter
 from faregate.types import Price
@@ -167,8 +169,11 @@ async def build_gateway(settings: Settings, *, sim_base_url: str | None = None) 
         baseline=baseline_price(catalog, settings.baseline_model),
         admission=accounts.admission,
         cache=build_cache(settings.cache, settings.store.redis_url),
+        limits=settings.limits,
     )
-    observability = await Observability.open(settings, store, runner, records, pipeline.cascades)
+    observability = await Observability.open(
+        settings, store, runner, records, pipeline.cascades, route_label=planner.route_label
+    )
     observability.attach(pipeline.listeners)
     return Gateway(
         settings,
@@ -208,7 +213,12 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
             err.status = 405
             return error_response(err)
         raise
-    except Exception:
+    except Exception as exc:
+        unavailable = outage_error(exc)
+        if unavailable is not None:
+            log.warning("%s %s failed, a store is unavailable: %s: %s", request.method, request.path,
+                        type(exc).__name__, exc)  # fmt: skip
+            return error_response(unavailable)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(InternalError("The gateway hit an internal error; it has been logged."))
 
@@ -256,6 +266,12 @@ def create_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{name:.+}", model)
     app.router.add_get("/health", health)
+    described = openapi_body(gateway.settings.limits)
+
+    async def openapi(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=described, content_type="application/json")
+
+    app.router.add_get("/openapi.json", openapi)
     add_account_routes(app, gateway.accounts.service, gateway.pipeline, master_key)
     add_metrics_route(app, gateway)
     add_feedback_route(app, gateway)

@@ -64,15 +64,23 @@ def _average(total: Decimal, count: int) -> str | None:
     return _money((total / count).quantize(AVERAGE_STEP)) if count else None
 
 
+# Unix seconds the dashboard accepts: from 1970 to the year 9999 (beyond, SQL and datetime fail).
+LATEST_TIMESTAMP = 253_402_300_799.0
+
+
 def _timestamp(text: str, name: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise InvalidRequest(f"'{name}' must be unix seconds or an ISO 8601 time, not {text!r}.") from None
+        try:
+            value = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        except (ValueError, OverflowError):
+            raise InvalidRequest(
+                f"'{name}' must be unix seconds or an ISO 8601 time, not {text!r}.", param=name
+            ) from None
+    if not math.isfinite(value) or not 0 <= value <= LATEST_TIMESTAMP:
+        raise InvalidRequest(f"'{name}' must be a time between 1970 and 9999, not {text!r}.", param=name)
+    return value
 
 
 def bucket_for(seconds: float) -> int:

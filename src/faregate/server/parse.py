@@ -6,13 +6,15 @@ work without a gateway release.
 
 from __future__ import annotations
 
-import itertools
 import secrets
 from typing import Any
 
 import orjson
 
+from faregate.config import LimitsSettings
 from faregate.errors import InvalidRequest
+from faregate.server.media_urls import check_media_urls
+from faregate.server.request_checks import check_depth, check_numbers, positive_int
 from faregate.types import JSON, ChatRequest
 
 # Content-part types that need a model able to read that modality.
@@ -29,17 +31,17 @@ PART_MODALITY = {
 VALID_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
-# A random per-process prefix and a counter: unique across processes and restarts, and
-# cheaper than asking the OS for randomness on every request.
-_ID_PREFIX = "req_" + secrets.token_hex(6)
-_id_counter = itertools.count(1)
+DEFAULT_LIMITS = LimitsSettings()
+# 96 random bits: a request id names a record that feedback may be sent for, so it must not be
+# guessable from another one (a counter was). "req_" + 24 hex digits, as before.
+REQUEST_ID_BYTES = 12
 
 
 def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_id_counter):012x}"
+    return "req_" + secrets.token_hex(REQUEST_ID_BYTES)
 
 
-def decode_json_object(raw: bytes) -> JSON:
+def decode_json_object(raw: bytes, max_depth: int = DEFAULT_LIMITS.max_json_depth) -> JSON:
     if not raw:
         raise InvalidRequest("The request body is empty; expected a JSON object.")
     try:
@@ -48,16 +50,8 @@ def decode_json_object(raw: bytes) -> JSON:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest(f"The request body must be a JSON object, not {type(body).__name__}.")
+    check_depth(body, max_depth)
     return body
-
-
-def _positive_int(body: JSON, name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidRequest(f"'{name}' must be a positive integer, got {value!r}.", param=name)
-    return value
 
 
 def required_modalities(messages: list[Any]) -> frozenset[str]:
@@ -96,20 +90,40 @@ def _check_messages(messages: Any) -> list[Any]:
     return messages
 
 
-def parse_chat_request(body: JSON, headers: Any, request_id: str) -> ChatRequest:
-    """Validate the fields the gateway interprets; `headers` is any case-insensitive mapping."""
+def _check_models(body: JSON, limits: LimitsSettings) -> str:
+    """The model asked for; a `models` list is bounded in length and in each name."""
     models = body.get("models")
     model = body.get("model")
+    longest = limits.max_model_name_chars
     if models is not None:
         if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
             raise InvalidRequest("'models' must be a non-empty array of model names.", param="models")
+        if len(models) > limits.max_models:
+            raise InvalidRequest(
+                f"'models' may list at most {limits.max_models} models, got {len(models)}.", param="models"
+            )
+        if any(len(m) > longest for m in models):
+            raise InvalidRequest(f"A name in 'models' is longer than {longest} characters.", param="models")
         if model is None:
             model = models[0]
     if model is None:
         raise InvalidRequest("Missing required parameter: 'model'.", param="model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' must be a non-empty string.", param="model")
+    if len(model) > longest:
+        raise InvalidRequest(f"'model' is longer than {longest} characters.", param="model")
+    return model
+
+
+def parse_chat_request(
+    body: JSON, headers: Any, request_id: str, limits: LimitsSettings = DEFAULT_LIMITS
+) -> ChatRequest:
+    """Validate the fields the gateway interprets; `headers` is any case-insensitive mapping."""
+    model = _check_models(body, limits)
     messages = _check_messages(body.get("messages"))
+    if not limits.allow_private_media_urls:
+        check_media_urls(messages)
+    check_numbers(body)
 
     stream = body.get("stream", False)
     if stream is None:
@@ -123,7 +137,11 @@ def parse_chat_request(body: JSON, headers: Any, request_id: str) -> ChatRequest
             raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
         include_usage = bool(stream_options.get("include_usage"))
 
-    max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
+    # Both are checked even when both are given: either is forwarded (capped) upstream.
+    completion_cap = positive_int(body, "max_completion_tokens")
+    legacy_cap = positive_int(body, "max_tokens")
+    max_tokens = completion_cap if completion_cap is not None else legacy_cap
+    choices = positive_int(body, "n", limits.max_n) or 1
 
     hints = body.get("faregate") or {}
     if not isinstance(hints, dict):
@@ -146,4 +164,5 @@ def parse_chat_request(body: JSON, headers: Any, request_id: str) -> ChatRequest
         max_tokens=max_tokens,
         required_modalities=required_modalities(messages),
         hints=hints,
+        choices=choices,
     )

@@ -21,6 +21,7 @@ from faregate.cache.service import (
     CacheDecision,
     ResponseCache,
 )
+from faregate.config import LimitsSettings
 from faregate.errors import (
     AuthenticationFailed,
     FaregateError,
@@ -35,6 +36,7 @@ from faregate.routing.plan import Plan, Planner
 from faregate.routing.worst_case import worst_case
 from faregate.server.parse import decode_json_object, new_request_id, parse_chat_request
 from faregate.server.responses import Responder, error_response, header_text
+from faregate.store.outage import outage_error
 from faregate.telemetry.records import RecordWriter
 from faregate.types import (
     JSON,
@@ -59,8 +61,10 @@ class ChatPipeline:
         baseline: Price,
         admission: Admission | None = None,
         cache: ResponseCache | None = None,
+        limits: LimitsSettings | None = None,
     ) -> None:
         self.keys = keys
+        self.limits = limits or LimitsSettings()
         self.planner = planner
         self.runner = runner
         self.records = records
@@ -106,7 +110,7 @@ class ChatPipeline:
             raise PayloadTooLarge(
                 f"Request body is {len(raw)} bytes; the limit is {self.max_body_bytes} bytes."
             )
-        return decode_json_object(raw)
+        return decode_json_object(raw, self.limits.max_json_depth)
 
     # -- the handler --------------------------------------------------------------------
 
@@ -130,7 +134,7 @@ class ChatPipeline:
             record.key_id = key.id
             body = await self.read_body(http_request)
             record.model_requested = str(body.get("model") or "")[:200]
-            request = parse_chat_request(body, http_request.headers, request_id)
+            request = parse_chat_request(body, http_request.headers, request_id, self.limits)
             request.key_id = key.id
             request.premium = key.premium
             request.started = started
@@ -143,6 +147,8 @@ class ChatPipeline:
                 if cached is not None:
                     # Named as a miss names it: one route is one row on the dashboard.
                     record.route = self.planner.requested_route(request)
+                    # Free, but still a request: it counts against the key's requests per minute.
+                    base_headers.update(await self.admission.count_hit(key, request))
                     return await self.respond.cached(http_request, request, cached, record, base_headers)
             plan = await self.planner.plan(request)
             record.route = plan.route
@@ -177,6 +183,13 @@ class ChatPipeline:
                 record.cost_usd = billed_cost(attempts)
             return error_response(error, base_headers)
         except Exception as exc:
+            unavailable = outage_error(exc)
+            if unavailable is not None:
+                # Not a bug: a store is down. One line (repeats are rate-limited), a clean 503.
+                log.warning("request failed, a store is unavailable: %s: %s", type(exc).__name__, exc)
+                record.status = unavailable.status
+                record.error = unavailable.message
+                return error_response(unavailable, base_headers)
             # A bug of ours: the client gets a clean 500 without internals, the log gets the trace.
             log.exception("unhandled error in request %s", request_id)
             record.status = 500

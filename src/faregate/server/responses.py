@@ -207,7 +207,7 @@ class Responder:
             fill_record(record, candidate, settled)
             return response
         outcome = await relay(http_request, response, request, opened, candidate.model.name)
-        self.runner.stream_finished(opened, outcome.failure)
+        self.runner.stream_finished(opened, outcome.failure, request.key_id)
         if outcome.first_content_at is not None:
             record.ttft_ms = (outcome.first_content_at - request.started) * 1000
         settled = await settle(candidate, request, outcome.usage, "".join(outcome.text), opened.attempts)

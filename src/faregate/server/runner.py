@@ -8,6 +8,8 @@ listened on is a StartupError (one line from the CLI), not a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import errno
 import logging
 import signal
@@ -24,6 +26,7 @@ from faregate.catalog import sim_active
 from faregate.config import Settings
 from faregate.errors import ConfigError, StartupError
 from faregate.server.app import FAST_ROUTES, FastRoutes, Gateway, build_gateway, create_app
+from faregate.telemetry import log_limit
 
 log = logging.getLogger("faregate")
 
@@ -87,10 +90,36 @@ async def start_simulator(
         args += ["--script", settings.sim.script]
     if config_path:
         args += ["--config", config_path]
+    port_used = port if port is not None else settings.sim.port
+    if _port_taken(settings.sim.host, port_used):
+        # Never serve through whatever holds the port (an orphan of a killed gateway, once).
+        raise StartupError(
+            f"cannot start the provider simulator: {settings.sim.host}:{port_used} is already in use"
+        )
     # Its "ready" line is for people who start it themselves; its errors still reach stderr.
     return await asyncio.create_subprocess_exec(
-        *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
     )
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the simulator's process before it runs: the kernel sends it SIGTERM when the gateway
+    dies, however it dies (kill -9 included), so it never outlives the gateway and keeps its port
+    (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
 
 
 async def wait_healthy(url: str, timeout_s: float, process: asyncio.subprocess.Process | None = None) -> None:
@@ -169,4 +198,6 @@ def run(settings: Settings, announce: Announce | None = None, config_path: str |
     import uvloop
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A failure repeated by every request (a store down) is written once per interval, not each time.
+    log_limit.install()
     uvloop.run(serve(settings, announce, config_path))

@@ -29,6 +29,8 @@ from faregate.types import JSON
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 FORCEABLE = frozenset((*FAULTS, "none"))
+# OpenAI's own bound on `n`.
+MAX_N = 128
 JSON_TYPE = "application/json"
 
 
@@ -177,6 +179,12 @@ class Simulator:
             max_tokens = body.get("max_tokens")
         if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
             return self._reject("max_tokens must be a positive integer", param="max_tokens")
+        # `n` choices, each generated (and billed) in full, as OpenAI and vLLM do.
+        n = body.get("n")
+        if n is None:
+            n = 1
+        if type(n) is not int or not 1 <= n <= MAX_N:
+            return self._reject(f"n must be an integer from 1 to {MAX_N}", param="n")
 
         behaviour = self.script.behaviour(model)
         forced = request.headers.get("x-sim-fault")
@@ -195,7 +203,7 @@ class Simulator:
             fault = None
         stream = body.get("stream") is True
         self.stats.count(model, fault, stream)
-        return await self._answer(request, body, model, behaviour, fault, stream, max_tokens)
+        return await self._answer(request, body, model, behaviour, fault, stream, max_tokens, n)
 
     def _reject(self, message: str, param: str | None = None) -> web.Response:
         self.stats.rejected += 1
@@ -210,6 +218,7 @@ class Simulator:
         fault: str | None,
         stream: bool,
         max_tokens: int | None,
+        n: int = 1,
     ) -> web.StreamResponse:
         if fault == "hang":
             # Nothing is sent while hanging; a client that gives up cancels this handler.
@@ -225,7 +234,9 @@ class Simulator:
         if fault == "unavailable":
             return web.Response(status=503, body=faults.unavailable(), content_type=JSON_TYPE)
 
-        prompt_tokens = tokens.count_messages(body["messages"])
+        # Billed input as a provider counts it: the messages plus the tools, functions, tool_choice
+        # and response_format it renders into the prompt (billed once, whatever `n`).
+        prompt_tokens = tokens.count_input(body)
         tool = answers.tool_to_call(body) if behaviour.tool_call and fault in (None, "truncate") else None
         if fault == "empty_choices":
             reply = Reply("", 0, "stop", [])
@@ -237,8 +248,8 @@ class Simulator:
         else:
             reply = answers.make_reply(behaviour.answer, body, max_tokens, split=stream)
         if stream:
-            return await self._stream(request, body, model, behaviour, fault, reply, prompt_tokens, tool)
-        return await self._whole(request, model, behaviour, fault, reply, prompt_tokens, tool)
+            return await self._stream(request, body, model, behaviour, fault, reply, prompt_tokens, tool, n)
+        return await self._whole(request, model, behaviour, fault, reply, prompt_tokens, tool, n)
 
     async def _whole(
         self,
@@ -249,16 +260,19 @@ class Simulator:
         reply: Reply,
         prompt_tokens: int,
         tool: str | None,
+        n: int = 1,
     ) -> web.StreamResponse:
         if fault == "empty_choices":
             choices = []
         elif tool is not None:
             choices = [
-                wire.choice(wire.tool_message(wire.new_id("call_"), tool, reply.content), "tool_calls")
+                wire.choice(wire.tool_message(wire.new_id("call_"), tool, reply.content), "tool_calls", i)
+                for i in range(n)
             ]
         else:
-            choices = [wire.choice(wire.text_message(reply.content), reply.finish_reason)]
-        data = wire.completion(model, choices, prompt_tokens, reply.tokens)
+            message = wire.text_message(reply.content)
+            choices = [wire.choice(message, reply.finish_reason, i) for i in range(n)]
+        data = wire.completion(model, choices, prompt_tokens, n * reply.tokens)
         # The head arrives when the last token would have: time to first token plus the generation time.
         delay = behaviour.ttft_ms / 1000 + _gap(behaviour) * max(reply.tokens - 1, 0)
         if delay > 0:
@@ -277,6 +291,7 @@ class Simulator:
         reply: Reply,
         prompt_tokens: int,
         tool: str | None,
+        n: int = 1,
     ) -> web.StreamResponse:
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -292,11 +307,11 @@ class Simulator:
                 tail = [chunks.usage(prompt_tokens, 0)] if include_usage else []
                 await response.write(b"".join([chunks.no_choices(), *tail, wire.DONE]))
                 return response
-            if tool is not None:
-                head, arguments = wire.tool_call_deltas(wire.new_id("call_"), tool, reply.content)
-                frames = [chunks.delta(head), chunks.delta(arguments)]
-            else:
-                frames = [chunks.delta(wire.role_delta()), *map(chunks.content, reply.pieces or [])]
+            frames = _choice_frames(chunks, reply, tool)
+            if n > 1:
+                # Every choice streams the same reply, interleaved token by token as OpenAI does.
+                others = [_choice_frames(chunks.for_choice(i), reply, tool) for i in range(1, n)]
+                frames = [frame for group in zip(frames, *others, strict=True) for frame in group]
             if fault == "truncate":
                 # Some content, then the end of the body: no finish_reason, no usage, no [DONE].
                 after = behaviour.after_tokens
@@ -304,14 +319,23 @@ class Simulator:
                 await _paced(response, frames[: 1 + kept], b"", _gap(behaviour))
                 await response.write_eof()
                 return response
-            trailer = [chunks.finish(reply.finish_reason)]
+            finish = "tool_calls" if tool is not None else reply.finish_reason
+            trailer = [chunks.for_choice(i).finish(finish) if i else chunks.finish(finish) for i in range(n)]
             if include_usage:
-                trailer.append(chunks.usage(prompt_tokens, reply.tokens))
+                trailer.append(chunks.usage(prompt_tokens, n * reply.tokens))
             trailer.append(wire.DONE)
             await _paced(response, frames, b"".join(trailer), _gap(behaviour))
         except ConnectionError:
             pass  # the client went away mid-stream; nothing to tell it
         return response
+
+
+def _choice_frames(chunks: wire.ChunkWriter, reply: Reply, tool: str | None) -> list[bytes]:
+    """The content frames of one choice: a tool call's two deltas, or the role and each token."""
+    if tool is not None:
+        head, arguments = wire.tool_call_deltas(wire.new_id("call_"), tool, reply.content)
+        return [chunks.delta(head), chunks.delta(arguments)]
+    return [chunks.delta(wire.role_delta()), *map(chunks.content, reply.pieces or [])]
 
 
 async def _paced(response: web.StreamResponse, frames: list[bytes], trailer: bytes, gap: float) -> None:

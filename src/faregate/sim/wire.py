@@ -51,8 +51,8 @@ def completion(model: str, choices: list[JSON], prompt_tokens: int, completion_t
     )
 
 
-def choice(message: JSON, finish_reason: str) -> JSON:
-    return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+def choice(message: JSON, finish_reason: str, index: int = 0) -> JSON:
+    return {"index": index, "message": message, "logprobs": None, "finish_reason": finish_reason}
 
 
 def text_message(content: str) -> JSON:
@@ -71,22 +71,27 @@ def tool_message(call_id: str, name: str, arguments: str) -> JSON:
 
 
 class ChunkWriter:
-    """Builds the `data: {...}\\n\\n` frames of one stream."""
+    """Builds the `data: {...}\\n\\n` frames of one stream (of one choice: `index`)."""
 
-    def __init__(self, model: str, include_usage: bool) -> None:
-        self._common: JSON = {
+    def __init__(self, model: str, include_usage: bool, index: int = 0, common: JSON | None = None) -> None:
+        self._common: JSON = common or {
             "id": new_id(),
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
+        self._model = model
         self._include_usage = include_usage
-        common = orjson.dumps(self._common)[:-1]  # without the closing brace
-        self._head = b"data: " + common + b',"choices":[{"index":0,"delta":'
+        head = orjson.dumps(self._common)[:-1]  # without the closing brace
+        self._head = b"data: " + head + b',"choices":[{"index":%d,"delta":' % index
         usage_null = b',"usage":null' if include_usage else b""
         self._tail = b',"logprobs":null,"finish_reason":null}]' + usage_null + b"}\n\n"
         self._finish_tail = b',"logprobs":null,"finish_reason":"%s"}]' + usage_null + b"}\n\n"
+
+    def for_choice(self, index: int) -> ChunkWriter:
+        """A writer for another choice of the same stream (same id and time)."""
+        return ChunkWriter(self._model, self._include_usage, index, self._common)
 
     def delta(self, delta: JSON) -> bytes:
         return self._head + orjson.dumps(delta) + self._tail

@@ -29,6 +29,24 @@ class HoldRow:
     hour: int
     created_at: float
     expires_at: float
+    # The serving process that made it (its lease says whether it is alive); None: made before
+    # holds had owners.
+    instance_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class InstanceRow:
+    """A serving process that holds (or held) reservations, and its lease."""
+
+    instance_id: str
+    lease_until: float | None  # unix seconds; None: the lease is gone (lapsed or ended)
+    holds: int
+    started_at: float | None = None
+    host: str = ""
+    pid: int = 0
+
+    def alive(self, now: float) -> bool:
+        return self.lease_until is not None and self.lease_until > now
 
 
 @dataclass(slots=True, frozen=True)
@@ -50,6 +68,14 @@ def hold_entry(hold_id: str, what: Literal["res", "close", "late"]) -> str:
     """Ledger entry ids of a hold: one reservation, at most one close (settled, released or
     expired) and at most one late charge (settled after the hold was already gone)."""
     return f"{hold_id}:{what}"
+
+
+def new_instance_id() -> str:
+    """A fresh id for one serving process (a restart is a new instance)."""
+    return f"inst_{secrets.token_hex(6)}"
+
+
+LEASE_LAPSED_NOTE = "released: its instance's lease lapsed (the process is gone)"
 
 
 def new_entry_id(kind: str) -> str:

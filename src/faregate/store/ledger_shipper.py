@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from faregate.store.base import LedgerRow
+from faregate.store.outage import is_outage
 from faregate.store.postgres import PostgresStore
 from faregate.store.redis_ledger import OUTBOX
 
@@ -112,6 +113,17 @@ class LedgerShipper:
     async def ship_once(self, block_ms: int | None = None) -> int:
         """Ship one batch of new entries (waiting up to block_ms for some), and entries other
         shippers left unacknowledged for too long."""
+        try:
+            return await self._ship_once(block_ms)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis lost its data (a restart without persistence): start the group again. Whoever
+            # gets here first (the loop, a flush for the audit) does it.
+            await self._ensure_group()
+            return 0
+
+    async def _ship_once(self, block_ms: int | None) -> int:
         shipped = 0
         now = time.monotonic()
         if now - self._last_claim > CLAIM_IDLE_MS / 1000 / 3:
@@ -139,9 +151,10 @@ class LedgerShipper:
             rows = [entry_row(fields) for _, fields in entries]
             try:
                 await self.pg.apply_ledger(rows)
-            except (OSError, ConnectionError):
-                raise
-            except Exception:
+            except Exception as exc:
+                if is_outage(exc):
+                    # PostgreSQL is down, not refusing these rows: they wait in the stream.
+                    raise
                 await self._ship_one_by_one(entries)
                 return len(entries)
             await self._done([entry_id for entry_id, _ in entries])
@@ -161,9 +174,9 @@ class LedgerShipper:
         for entry_id, fields in entries:
             try:
                 await self.pg.apply_ledger([entry_row(fields)])
-            except (OSError, ConnectionError):
-                raise
-            except Exception:
+            except Exception as exc:
+                if is_outage(exc):
+                    raise
                 log.exception(
                     "ledger entry %s was refused by PostgreSQL; moved to %s", entry_id, DEAD_LETTERS
                 )

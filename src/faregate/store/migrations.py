@@ -260,6 +260,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE rollup_state (name TEXT PRIMARY KEY, last_id INTEGER NOT NULL)",
         ),
     ),
+    Migration(
+        11,
+        "holds belong to an instance whose lease says it is alive",
+        (
+            "ALTER TABLE holds ADD COLUMN instance_id TEXT",
+            """
+            CREATE TABLE instances (
+                instance_id TEXT PRIMARY KEY,
+                started_at  REAL NOT NULL,
+                lease_until REAL NOT NULL,
+                host        TEXT NOT NULL,
+                pid         INTEGER NOT NULL
+            )
+            """,
+            "CREATE INDEX holds_instance ON holds (instance_id)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

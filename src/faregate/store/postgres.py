@@ -45,11 +45,11 @@ _GROUP_EXPRESSIONS: dict[str, str] = {
 # Errors that mean "not now" (connection lost, server shutting down, too many clients): retryable.
 _UNAVAILABLE = (
     OSError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
+    TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
 )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from faregate.store.base import LedgerRow, StoreUnavailable
-from faregate.store.holds import BudgetCheck, HoldRow, ReserveOutcome
+from faregate.store.holds import BudgetCheck, HoldRow, InstanceRow, ReserveOutcome
 from faregate.store.postgres import PostgresStore
 from faregate.store.redis_scripts import (
     CREDIT,
@@ -30,16 +30,21 @@ from faregate.store.redis_scripts import (
     PRELUDE,
     READ,
     RELEASE,
+    RELEASE_INSTANCE,
     RESERVE,
     REVOKE,
     SETTLE,
     SPENT,
     SWEEP,
+    TAKE_REQUEST,
 )
 
 OUTBOX = "fg:outbox"
 EXPIRY = "fg:hexp"
 EPOCH = "fg:epoch"
+INSTANCES = "fg:instances"
+LEASE = "fg:lease:"
+OWNED = "fg:ih:"
 _LOAD_TRIES = 3
 
 
@@ -71,6 +76,8 @@ class RedisLedger:
                 ("revoke", REVOKE),
                 ("read", READ),
                 ("spent", SPENT),
+                ("take_request", TAKE_REQUEST),
+                ("release_instance", RELEASE_INSTANCE),
             )
         }
 
@@ -118,6 +125,7 @@ class RedisLedger:
         ttl_s: float,
         requests_per_minute: int | None,
         tokens_per_minute: int | None,
+        instance_id: str | None = None,
     ) -> ReserveOutcome:
         args: list[Any] = [
             key_id,
@@ -134,6 +142,7 @@ class RedisLedger:
         ]
         for budget in budgets:
             args += [budget.since_hour, budget.limit_nano]
+        args.append(instance_id or "")
         result = await self._call("reserve", key_id, args)
         status = result[0]
         if status == "no_account":
@@ -147,6 +156,11 @@ class RedisLedger:
                 "budget", balance, held, int(result[5]) - 1, int(result[6]), requests_level, tokens_level
             )
         return ReserveOutcome(status, balance, held, None, 0, requests_level, tokens_level)
+
+    async def take_request(self, key_id: str, requests_per_minute: int) -> tuple[str, float]:
+        """One request from the key's requests-per-minute bucket: ("ok" or "requests", level after)."""
+        result = await self._run("take_request", [key_id, requests_per_minute])
+        return str(result[0]), float(result[1])
 
     async def settle(
         self,
@@ -169,6 +183,46 @@ class RedisLedger:
 
     async def sweep(self, limit: int = 500) -> int:
         return int(await self._run("sweep", [limit]))
+
+    # -- instance leases ------------------------------------------------------------------------
+
+    async def renew_lease(
+        self, instance_id: str, lease_s: float, started_at: float, host: str, pid: int
+    ) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(LEASE + instance_id, f"{started_at:.3f} {host} {pid}", px=int(lease_s * 1000))
+            pipe.sadd(INSTANCES, instance_id)
+            await pipe.execute()
+
+    async def end_lease(self, instance_id: str) -> None:
+        await self.redis.delete(LEASE + instance_id)
+
+    async def instances(self) -> list[InstanceRow]:
+        names = sorted(str(n) for n in await self.redis.smembers(INSTANCES))
+        now = time.time()
+        rows: list[InstanceRow] = []
+        for name in names:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.get(LEASE + name)
+                pipe.pttl(LEASE + name)
+                pipe.scard(OWNED + name)
+                value, ttl_ms, holds = await pipe.execute()
+            started, host, pid = [*str(value or "").split(" "), "", "", "0"][:3]
+            pid = pid or "0"
+            rows.append(
+                InstanceRow(
+                    name,
+                    now + int(ttl_ms) / 1000 if value and int(ttl_ms) > 0 else None,
+                    int(holds),
+                    float(started) if started else None,
+                    host,
+                    int(pid) if pid.isdigit() else 0,
+                )
+            )
+        return rows
+
+    async def release_instance(self, instance_id: str, note: str) -> int:
+        return int(await self._run("release_instance", [instance_id, note]))
 
     async def credit(self, row: LedgerRow) -> int:
         result = await self._call(
@@ -202,6 +256,7 @@ class RedisLedger:
                     int(hour),
                     int(created) / 1000,
                     (expires or 0) / 1000,
+                    rest[1] if len(rest) > 1 and rest[1] else None,
                 )
             )
         holds.sort(key=lambda h: h.created_at)

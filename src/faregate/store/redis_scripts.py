@@ -3,13 +3,19 @@ from any gateway instance runs between its reads and its writes.
 
 Data per key K (hash-tagged {K}):
   fg:a:{K}  hash  bal (nano-dollars available), held (sum of open holds), rev (1: revoked)
-  fg:h:{K}  hash  hold id -> "amount tokens hour created_ms request_id"
+  fg:h:{K}  hash  hold id -> "amount tokens hour created_ms request_id instance"
   fg:s:{K}  hash  hour -> nano-dollars spent or held in that hour (budgets)
   fg:r:{K}  hash  rl/rt, tl/tt: request and token bucket levels and their times (ms)
 Shared:
   fg:hexp   zset  "K hold" scored by expiry (ms), for the sweeper
+  fg:instances set  serving processes that hold reservations; fg:lease:I (string, expiring) is
+            I's lease, renewed while it lives; fg:ih:I (set of "K hold") the holds I made. A hold
+            whose instance has no lease is released by the sweeper, or at once by a reservation
+            of the same key that would otherwise be refused
   fg:outbox stream of ledger entries waiting for PostgreSQL (store.ledger_shipper)
   fg:epoch  string naming this Redis data set; a new one means the old data (and its holds) is gone
+  fg:settled:H, fg:e:E  markers (a minute, ten minutes) that a hold was settled, a credit applied:
+            a script retried on a fresh connection after it ran does not act twice
 
 Amounts are integers below 2^53, exact in Lua's doubles; they are written with %d because
 Lua would print 1e+15 for a large integer. Time is Redis's own clock, shared by all instances.
@@ -23,6 +29,11 @@ local function acct(k) return 'fg:a:{' .. k .. '}' end
 local function holds(k) return 'fg:h:{' .. k .. '}' end
 local function spend(k) return 'fg:s:{' .. k .. '}' end
 local function rate(k) return 'fg:r:{' .. k .. '}' end
+local function settled(hold) return 'fg:settled:' .. hold end
+local INSTANCES = 'fg:instances'
+local function lease(inst) return 'fg:lease:' .. inst end
+local function owned(inst) return 'fg:ih:' .. inst end
+local LAPSED = "released: its instance's lease lapsed (the process is gone)"
 local function int(x) return string.format('%d', x) end
 local function num(x) return string.format('%.6f', x) end
 local function now_ms()
@@ -47,7 +58,8 @@ local function close_hold(epoch, k, hold, cost, used, tpm, note, now)
   redis.call('HDEL', holds(k), hold)
   redis.call('ZREM', EXPIRY, k .. ' ' .. hold)
   if redis.call('EXISTS', acct(k)) == 0 then return nil end
-  local amount, tokens, hour, _, req = string.match(raw, '^(%S+) (%S+) (%S+) (%S+) ?(%S*)$')
+  local amount, tokens, hour, _, req, inst = string.match(raw, '^(%S+) (%S+) (%S+) (%S+) ?(%S*) ?(%S*)$')
+  if inst ~= '' then redis.call('SREM', owned(inst), k .. ' ' .. hold) end
   amount = tonumber(amount)
   local change = amount - (cost or 0)
   redis.call('HINCRBY', acct(k), 'bal', int(change))
@@ -64,6 +76,40 @@ local function close_hold(epoch, k, hold, cost, used, tpm, note, now)
   emit(epoch, hold .. ':close', k, kind, change, cost, hold, req, hour, now, note)
   return change
 end
+-- Release every hold of an instance (its lease lapsed, or an operator says it is gone).
+local function release_instance(epoch, inst, note, now)
+  local members = redis.call('SMEMBERS', owned(inst))
+  for _, member in ipairs(members) do
+    local k, hold = string.match(member, '^(%S+) (%S+)$')
+    close_hold(epoch, k, hold, nil, nil, 0, note, now)
+  end
+  redis.call('DEL', owned(inst))
+  redis.call('SREM', INSTANCES, inst)
+  return #members
+end
+-- Release the holds of instances whose lease has lapsed.
+local function sweep_instances(epoch, now)
+  local released = 0
+  for _, inst in ipairs(redis.call('SMEMBERS', INSTANCES)) do
+    if redis.call('EXISTS', lease(inst)) == 0 then
+      released = released + release_instance(epoch, inst, LAPSED, now)
+    end
+  end
+  return released
+end
+-- Release the holds of key k whose instance's lease has lapsed; how many.
+local function release_dead_of(epoch, k, now)
+  local released = 0
+  local all = redis.call('HGETALL', holds(k))
+  for j = 1, #all, 2 do
+    local inst = string.match(all[j + 1], '^%S+ %S+ %S+ %S+ ?%S* (%S+)$')
+    if inst and inst:sub(1, 5) == 'inst_' and redis.call('EXISTS', lease(inst)) == 0 then
+      close_hold(epoch, k, all[j], nil, nil, 0, LAPSED, now)
+      released = released + 1
+    end
+  end
+  return released
+end
 -- Release up to `n` holds past their expiry (their process died or lost them).
 local function expire(epoch, now, n)
   local due = redis.call('ZRANGEBYSCORE', EXPIRY, '-inf', now, 'LIMIT', 0, n)
@@ -77,7 +123,8 @@ end
 """
 
 # KEYS: none (names derive from ARGV[1]).
-# ARGV: key, hold, request, amount, tokens, hour, ttl_ms, rpm, tpm, prune_before_hour, n, (since, limit)*n
+# ARGV: key, hold, request, amount, tokens, hour, ttl_ms, rpm, tpm, prune_before_hour, n, (since, limit)*n,
+#       instance
 RESERVE = r"""
 local k, hold, req = ARGV[1], ARGV[2], ARGV[3]
 local amount, tokens, hour = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
@@ -86,6 +133,11 @@ local ttl, rpm, tpm, prune, n = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(A
 local now = now_ms()
 local epoch = redis.call('GET', EPOCH)
 if not epoch or redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
+-- Already reserved (this call retried on a fresh connection after the first one ran): as it was.
+if redis.call('HEXISTS', holds(k), hold) == 1 then
+  local a = redis.call('HMGET', acct(k), 'bal', 'held')
+  return {'ok', a[1], a[2], num(-1), num(-1)}
+end
 expire(epoch, now, 16)
 local a = redis.call('HMGET', acct(k), 'bal', 'held', 'rev')
 local bal, held = tonumber(a[1]), tonumber(a[2]) or 0
@@ -97,34 +149,60 @@ if tpm > 0 then tl, tt = refill(tonumber(r[3]), tonumber(r[4]), tpm, now) end
 local levels = {num(rpm > 0 and rl or -1), num(tpm > 0 and tl or -1)}
 if rpm > 0 and rl < 1 then return {'requests', int(bal), int(held), levels[1], levels[2]} end
 if tpm > 0 and tl < tokens then return {'tokens', int(bal), int(held), levels[1], levels[2]} end
-if bal < amount then return {'credits', int(bal), int(held), levels[1], levels[2]} end
-if n > 0 or redis.call('HLEN', spend(k)) > 800 then
-  local sums = {}
-  for i = 1, n do sums[i] = 0 end
-  local buckets = redis.call('HGETALL', spend(k))
-  for j = 1, #buckets, 2 do
-    local h, v = tonumber(buckets[j]), tonumber(buckets[j + 1])
-    if h < prune then redis.call('HDEL', spend(k), buckets[j]) end
+local inst = ARGV[12 + 2 * n] or ''
+-- Would credits or a budget refuse it? (nil: no)
+local function refusal()
+  if bal < amount then return {'credits', int(bal), int(held), levels[1], levels[2]} end
+  if n > 0 or redis.call('HLEN', spend(k)) > 800 then
+    local sums = {}
+    for i = 1, n do sums[i] = 0 end
+    local buckets = redis.call('HGETALL', spend(k))
+    for j = 1, #buckets, 2 do
+      local h, v = tonumber(buckets[j]), tonumber(buckets[j + 1])
+      if h < prune then redis.call('HDEL', spend(k), buckets[j]) end
+      for i = 1, n do
+        if h >= tonumber(ARGV[10 + 2 * i]) then sums[i] = sums[i] + v end
+      end
+    end
     for i = 1, n do
-      if h >= tonumber(ARGV[10 + 2 * i]) then sums[i] = sums[i] + v end
+      if sums[i] + amount > tonumber(ARGV[11 + 2 * i]) then
+        return {'budget', int(bal), int(held), levels[1], levels[2], tostring(i), int(sums[i])}
+      end
     end
   end
-  for i = 1, n do
-    if sums[i] + amount > tonumber(ARGV[11 + 2 * i]) then
-      return {'budget', int(bal), int(held), levels[1], levels[2], tostring(i), int(sums[i])}
-    end
-  end
+  return nil
 end
+local refused = refusal()
+-- Before refusing, give back what dead instances still hold for this key, and look again.
+if refused and release_dead_of(epoch, k, now) > 0 then
+  a = redis.call('HMGET', acct(k), 'bal', 'held')
+  bal, held = tonumber(a[1]), tonumber(a[2]) or 0
+  refused = refusal()
+end
+if refused then return refused end
 if rpm > 0 then rl = rl - 1; redis.call('HSET', rate(k), 'rl', num(rl), 'rt', int(rt)) end
 if tpm > 0 then tl = tl - tokens; redis.call('HSET', rate(k), 'tl', num(tl), 'tt', int(tt)) end
 bal = redis.call('HINCRBY', acct(k), 'bal', int(-amount))
 held = redis.call('HINCRBY', acct(k), 'held', int(amount))
 redis.call('HSET', holds(k), hold,
-  int(amount) .. ' ' .. int(tokens) .. ' ' .. hour .. ' ' .. int(now) .. ' ' .. req)
+  int(amount) .. ' ' .. int(tokens) .. ' ' .. hour .. ' ' .. int(now) .. ' ' .. req .. ' ' .. inst)
 redis.call('ZADD', EXPIRY, int(now + ttl), k .. ' ' .. hold)
+if inst ~= '' then redis.call('SADD', owned(inst), k .. ' ' .. hold) end
 redis.call('HINCRBY', spend(k), hour, int(amount))
 emit(epoch, hold .. ':res', k, 'reservation', -amount, '', hold, req, hour, now, '')
 return {'ok', int(bal), int(held), num(rpm > 0 and rl or -1), num(tpm > 0 and tl or -1)}
+"""
+
+# One request from the requests-per-minute bucket, nothing else (a cache hit). ARGV: key, rpm
+TAKE_REQUEST = r"""
+local k, rpm = ARGV[1], tonumber(ARGV[2])
+local now = now_ms()
+local r = redis.call('HMGET', rate(k), 'rl', 'rt')
+local rl, rt = refill(tonumber(r[1]), tonumber(r[2]), rpm, now)
+if rl < 1 then return {'requests', num(rl)} end
+rl = rl - 1
+redis.call('HSET', rate(k), 'rl', num(rl), 'rt', int(rt))
+return {'ok', num(rl)}
 """
 
 # ARGV: key, hold, request, hour, cost (nano), used tokens, tpm
@@ -134,6 +212,10 @@ local cost, used, tpm = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local now = now_ms()
 local epoch = redis.call('GET', EPOCH)
 if not epoch or redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
+-- Settled a moment ago: this is the same settlement again (retried on a fresh connection).
+if redis.call('EXISTS', settled(hold)) == 1 then return {'ok'} end
+-- Remembered for a minute, so that such a retry is not charged again.
+redis.call('SET', settled(hold), '1', 'PX', 60000)
 if close_hold(epoch, k, hold, cost, used, tpm, '', now) ~= nil then return {'ok'} end
 -- The hold is gone (expired, or lost with an earlier data set): charge the cost on its own.
 if cost > 0 then
@@ -159,7 +241,15 @@ return {'gone'}
 SWEEP = r"""
 local epoch = redis.call('GET', EPOCH)
 if not epoch then return 0 end
-return expire(epoch, now_ms(), tonumber(ARGV[1]))
+local now = now_ms()
+return expire(epoch, now, tonumber(ARGV[1])) + sweep_instances(epoch, now)
+"""
+
+# An operator releases a (dead) instance's holds. ARGV: instance, note
+RELEASE_INSTANCE = r"""
+local epoch = redis.call('GET', EPOCH)
+if not epoch then return 0 end
+return release_instance(epoch, ARGV[1], ARGV[2], now_ms())
 """
 
 # A grant or top-up. ARGV: key, entry id, kind, amount, note
@@ -167,6 +257,10 @@ CREDIT = r"""
 local k = ARGV[1]
 local epoch = redis.call('GET', EPOCH)
 if not epoch or redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
+-- Applied once per entry id, even when the call is retried on a fresh connection.
+if not redis.call('SET', 'fg:e:' .. ARGV[2], '1', 'NX', 'PX', 600000) then
+  return {'ok', redis.call('HGET', acct(k), 'bal')}
+end
 local bal = redis.call('HINCRBY', acct(k), 'bal', ARGV[4])
 emit(epoch, ARGV[2], k, ARGV[3], tonumber(ARGV[4]), '', '', '', '', now_ms(), ARGV[5])
 return {'ok', int(bal)}

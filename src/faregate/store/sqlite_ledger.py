@@ -16,11 +16,23 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from faregate.store.base import LedgerRow
-from faregate.store.holds import BudgetCheck, HoldRow, ReserveOutcome, hold_entry
+from faregate.store.holds import (
+    LEASE_LAPSED_NOTE,
+    BudgetCheck,
+    HoldRow,
+    InstanceRow,
+    ReserveOutcome,
+    hold_entry,
+)
 from faregate.store.sqlite import SQLiteStore
 from faregate.store.sqlite_accounts import INSERT_LEDGER, ledger_params
 
-_HOLD_COLUMNS = "hold_id, key_id, request_id, amount_nano, tokens, hour, created_at, expires_at"
+_HOLD_COLUMNS = "hold_id, key_id, request_id, amount_nano, tokens, hour, created_at, expires_at, instance_id"
+# A hold is dead when it expired, or when the instance that made it has no live lease.
+_DEAD = (
+    "(expires_at <= ? OR (instance_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM instances i"
+    " WHERE i.instance_id = holds.instance_id AND i.lease_until > ?)))"
+)
 _UPSERT_SPEND = (
     "INSERT INTO spend_buckets (key_id, hour, spent_nano) VALUES (?, ?, ?)"
     " ON CONFLICT (key_id, hour) DO UPDATE SET spent_nano = spent_nano + excluded.spent_nano"
@@ -29,7 +41,7 @@ _UPSERT_SPEND = (
 
 def _hold(row: Sequence[Any]) -> HoldRow:
     return HoldRow(
-        row[0], row[1], row[2], int(row[3]), int(row[4]), int(row[5]), float(row[6]), float(row[7])
+        row[0], row[1], row[2], int(row[3]), int(row[4]), int(row[5]), float(row[6]), float(row[7]), row[8]
     )
 
 
@@ -92,14 +104,26 @@ def _take(conn: sqlite3.Connection, hold_id: str) -> HoldRow | None:
 
 
 def _expire(conn: sqlite3.Connection, now: float, *, key_id: str | None = None, limit: int = 500) -> int:
+    """Release dead holds: expired ones, and those of instances whose lease has lapsed."""
     where, params = ("key_id = ? AND ", (key_id,)) if key_id is not None else ("", ())
     rows = conn.execute(
-        f"SELECT {_HOLD_COLUMNS} FROM holds WHERE {where}expires_at <= ? ORDER BY expires_at LIMIT ?",
-        (*params, now, limit),
+        f"SELECT {_HOLD_COLUMNS} FROM holds WHERE {where}{_DEAD} ORDER BY expires_at LIMIT ?",
+        (*params, now, now, limit),
     ).fetchall()
     for hold in map(_hold, rows):
         conn.execute("DELETE FROM holds WHERE hold_id = ?", (hold.hold_id,))
-        _close(conn, hold, None, "expired: not settled in time", now)
+        note = "expired: not settled in time" if hold.expires_at <= now else LEASE_LAPSED_NOTE
+        _close(conn, hold, None, note, now)
+    return len(rows)
+
+
+def _release_instance(conn: sqlite3.Connection, instance_id: str, note: str, now: float) -> int:
+    rows = conn.execute(
+        f"DELETE FROM holds WHERE instance_id = ? RETURNING {_HOLD_COLUMNS}", (instance_id,)
+    ).fetchall()
+    for hold in map(_hold, rows):
+        _close(conn, hold, None, note, now)
+    conn.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
     return len(rows)
 
 
@@ -118,12 +142,13 @@ class SQLiteLedger:
         hour: int,
         budgets: Sequence[BudgetCheck],
         ttl_s: float,
+        instance_id: str | None = None,
     ) -> ReserveOutcome:
         now = self._clock()
 
         def work(conn: sqlite3.Connection) -> ReserveOutcome:
             # Holds left by a dead process are released before they are counted against the
-            # balance, so a crash never locks a key's money beyond the hold's expiry.
+            # balance, so a crash never locks a key's money beyond its instance's lease.
             _expire(conn, now, key_id=key_id)
             found = conn.execute(
                 "SELECT a.balance_nano, k.revoked_at FROM accounts a JOIN api_keys k ON k.id = a.key_id"
@@ -142,8 +167,8 @@ class SQLiteLedger:
                 if total + amount_nano > budget.limit_nano:
                     return ReserveOutcome("budget", balance, _held(conn, key_id), index, total)
             conn.execute(
-                f"INSERT INTO holds ({_HOLD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (hold_id, key_id, request_id, amount_nano, tokens, hour, now, now + ttl_s),
+                f"INSERT INTO holds ({_HOLD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (hold_id, key_id, request_id, amount_nano, tokens, hour, now, now + ttl_s, instance_id),
             )
             reservation = LedgerRow(
                 hold_entry(hold_id, "res"),
@@ -212,6 +237,49 @@ class SQLiteLedger:
         """Release holds past their expiry (their process died or lost track of them)."""
         now = self._clock()
         return await self._store.run_in_transaction(lambda conn: _expire(conn, now, limit=limit))
+
+    # -- instance leases ------------------------------------------------------------------------
+
+    async def renew_lease(
+        self, instance_id: str, lease_s: float, started_at: float, host: str, pid: int
+    ) -> None:
+        now = self._clock()
+        await self._store.run_in_transaction(
+            lambda conn: conn.execute(
+                "INSERT INTO instances (instance_id, started_at, lease_until, host, pid)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (instance_id)"
+                " DO UPDATE SET lease_until = excluded.lease_until",
+                (instance_id, started_at, now + lease_s, host, pid),
+            )
+        )
+
+    async def end_lease(self, instance_id: str) -> None:
+        """A clean stop: the lease ends now (any hold still left is released by the next sweep)."""
+        await self._store.run_in_transaction(
+            lambda conn: conn.execute(
+                "UPDATE instances SET lease_until = 0 WHERE instance_id = ?", (instance_id,)
+            )
+        )
+
+    async def instances(self) -> list[InstanceRow]:
+        rows = await self._store._conn.execute_fetchall(
+            "SELECT i.instance_id, i.lease_until,"
+            " (SELECT COUNT(*) FROM holds h WHERE h.instance_id = i.instance_id),"
+            " i.started_at, i.host, i.pid FROM instances i"
+            " UNION ALL SELECT h.instance_id, NULL, COUNT(*), NULL, '', 0 FROM holds h"
+            " WHERE h.instance_id IS NOT NULL AND h.instance_id NOT IN (SELECT instance_id FROM instances)"
+            " GROUP BY h.instance_id ORDER BY 4 DESC"
+        )
+        return [
+            InstanceRow(r[0], None if r[1] in (None, 0) else float(r[1]), int(r[2]), r[3], r[4], int(r[5]))
+            for r in rows
+        ]
+
+    async def release_instance(self, instance_id: str, note: str) -> int:
+        now = self._clock()
+        return await self._store.run_in_transaction(
+            lambda conn: _release_instance(conn, instance_id, note, now)
+        )
 
     async def prune_spend(self, before_hour: int) -> None:
         await self._store.run_in_transaction(

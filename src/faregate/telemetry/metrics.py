@@ -7,7 +7,8 @@ alerts) is read at scrape time by a collector, so it costs nothing per request.
 The listener runs on the request path, so it stays cheap: the labelled children of one
 (route, model, provider, status, cache) combination are looked up once and kept in a dict,
 and a request then costs one dict lookup and a dozen increments. Label values come from
-small known sets (configured routes and models, providers, HTTP statuses); a cap on the
+small known sets (configured routes and canonical model names, providers, HTTP statuses;
+a request's own `models` list is the route "list"), never a client's own text; a cap on the
 number of combinations folds anything beyond it into "other" so a misbehaving client
 cannot blow up the series count.
 """
@@ -167,6 +168,17 @@ class StateCollector(Collector):
         yield from (state, opened, error_rate, p99)
 
 
+MAX_LABEL_CHARS = 100
+
+
+def _bounded_route(route: str | None) -> str:
+    if not route:
+        return NONE
+    if route.startswith("list:"):
+        return "list"
+    return route if len(route) <= MAX_LABEL_CHARS else OTHER
+
+
 def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
@@ -174,11 +186,16 @@ def _number(value: object) -> float:
 class GatewayMetrics:
     """The gateway's metric families, in a registry of its own (not the process-global one)."""
 
-    def __init__(self, collector: StateCollector | None = None) -> None:
+    def __init__(
+        self, collector: StateCollector | None = None, route_label: Callable[[str | None], str] | None = None
+    ) -> None:
         # No `_created` series beside every counter: they double the output and Prometheus
         # does not need them (a process-wide switch of the client library).
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
+        # The route label comes from a closed set (routing.plan.Planner.route_label); without one,
+        # a route is kept only if it is short and not a request's own list.
+        self._route_label = route_label or _bounded_route
         r = self.registry
         route_model = ["route", "model", "provider"]
         self._requests = Counter(
@@ -295,7 +312,7 @@ class GatewayMetrics:
 
     def _series_for(self, record: RequestRecord) -> _RequestSeries:
         key = (
-            record.route or NONE,
+            self._route_label(record.route),
             record.model_used or NONE,
             record.provider or NONE,
             record.status,

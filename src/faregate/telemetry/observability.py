@@ -132,6 +132,7 @@ class Observability:
         runner: AttemptRunner,
         records: WriterSource,
         cascades: CascadeSource | None = None,
+        route_label: Callable[[str | None], str] | None = None,
     ) -> Observability:
         """Metrics (and traces) always; the insights on the embedded SQLite store and on the shared
         PostgreSQL one."""
@@ -152,7 +153,7 @@ class Observability:
             cascades=cascades,
             alerts=insights.alerts.firing_labels if insights is not None else None,
         )
-        return cls(GatewayMetrics(collector), insights, tracer)
+        return cls(GatewayMetrics(collector, route_label), insights, tracer)
 
     def attach(self, listeners: list[Callable[[RequestRecord], None]]) -> None:
         listeners.append(self.metrics.observe)

@@ -1,0 +1,128 @@
+"""The media URL filter: image, audio, video and file URLs must name a public address.
+
+Self-hosted upstreams (vLLM, Ollama, an OpenAI-compatible server on the same network) may
+fetch the URLs of content parts themselves; a URL naming `127.0.0.1`, a private range, the
+link-local metadata address or `file://` would make them read their own network or disk for
+the client (SSRF). So, unless `limits.allow_private_media_urls` is set, a request whose parts
+carry such a URL is refused with 400 `media_url_not_allowed` before anything is sent.
+
+What it checks: the scheme (http, https and inline `data:` only), and the host as written:
+every spelling of an IP address that resolvers accept (dotted, integer, hex and octal IPv4,
+IPv6 with mapped IPv4) must be a global address, and names reserved for local use
+(`localhost`, `*.localhost`, `*.local`, `*.internal`, `*.home.arpa`, `*.lan`) are refused.
+What it does not: resolve DNS. A public name that resolves to a private address (or is rebound
+to one later) is not caught here; the upstream resolves it again on its own, so a check here
+would be racy anyway. Keep an egress policy on upstreams that fetch URLs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+from urllib.parse import urlsplit
+
+from faregate.errors import InvalidRequest
+
+# Keys of a content part (or of its typed object) whose string value is a URL to fetch.
+URL_KEYS = ("url", "image_url", "audio_url", "video_url", "file_url", "input_image")
+ALLOWED_SCHEMES = frozenset({"http", "https", "data"})
+LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".home.arpa", ".lan", ".localdomain")
+
+
+def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
+    """IPv4 as the C resolver reads it: 1 to 4 parts, each decimal, 0x-hex or 0-octal
+    (127.1, 2130706433, 0x7f.0.0.1 and 0177.0.0.1 are all 127.0.0.1)."""
+    parts = host.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    numbers: list[int] = []
+    for part in parts:
+        try:
+            if part.lower().startswith("0x"):
+                numbers.append(int(part[2:] or "0", 16))
+            elif len(part) > 1 and part.startswith("0"):
+                numbers.append(int(part, 8))
+            else:
+                numbers.append(int(part, 10))
+        except ValueError:
+            return None
+    *head, last = numbers
+    if any(n > 255 for n in head) or last >= 256 ** (4 - len(head)):
+        return None
+    value = last
+    for index, number in enumerate(head):
+        value += number << (8 * (3 - index))
+    return ipaddress.IPv4Address(value)
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return _inet_aton(host)
+    if isinstance(address, ipaddress.IPv6Address):
+        mapped = address.ipv4_mapped or address.sixtofour
+        if mapped is not None:
+            return mapped
+    return address
+
+
+def refusal(url: str) -> str | None:
+    """Why this URL may not be forwarded, or None when it may."""
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return "it is not a valid URL"
+    scheme = parts.scheme.lower()
+    if scheme not in ALLOWED_SCHEMES:
+        return f"scheme {scheme + '://' if scheme else '(none)'} is not allowed (http, https or data only)"
+    if scheme == "data":
+        return None
+    try:
+        host = (parts.hostname or "").rstrip(".").lower()
+    except ValueError:
+        return "its host is not valid"
+    if not host:
+        return "it has no host"
+    if host in LOCAL_NAMES or host.endswith(LOCAL_SUFFIXES) or ("." not in host and _address(host) is None):
+        return f"host {host!r} is a local name"
+    address = _address(host)
+    if address is not None and (not address.is_global or address.is_multicast):
+        return f"host {host} is not a public address"
+    return None
+
+
+def part_urls(part: dict[str, Any]) -> list[str]:
+    """The URLs one content part carries, at the part's top level or in its typed object."""
+    found: list[str] = []
+    for holder in (part, part.get(str(part.get("type") or ""))):
+        if not isinstance(holder, dict):
+            continue
+        for key in URL_KEYS:
+            value = holder.get(key)
+            if isinstance(value, str):
+                found.append(value)
+            elif isinstance(value, dict) and isinstance(value.get("url"), str):
+                found.append(value["url"])
+    return found
+
+
+def check_media_urls(messages: list[Any]) -> None:
+    """Raise 400 for the first content part whose URL names a non-public place."""
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") == "text":
+                continue
+            for url in part_urls(part):
+                reason = refusal(url)
+                if reason is not None:
+                    raise InvalidRequest(
+                        f"'messages[{i}].content[{j}]' has a URL the gateway will not forward: {reason}. "
+                        "Media URLs must point at public addresses (or send the data inline).",
+                        param=f"messages[{i}].content[{j}]",
+                        code="media_url_not_allowed",
+                    )

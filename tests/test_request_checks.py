@@ -1,0 +1,171 @@
+"""Issue #12, items 2, 9 and 10 (parsing side): bad but parseable input is a 400 naming the field,
+bounded in depth, list length and name length; media URLs to non-public places are refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from faregate.config import LimitsSettings
+from faregate.errors import InvalidRequest
+from faregate.server.media_urls import check_media_urls, refusal
+from faregate.server.parse import decode_json_object, new_request_id, parse_chat_request
+from faregate.server.request_checks import check_depth
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def parse(body: dict[str, Any], limits: LimitsSettings | None = None) -> Any:
+    return parse_chat_request(body, {}, "req_1", limits or LimitsSettings())
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"temperature": "hot"}, "temperature"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": True}, "temperature"),
+        ({"top_p": [1]}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"presence_penalty": "x"}, "presence_penalty"),
+        ({"frequency_penalty": -3}, "frequency_penalty"),
+        ({"seed": 1.5}, "seed"),
+        ({"top_logprobs": 99}, "top_logprobs"),
+        # The legacy field is checked even beside a valid max_completion_tokens (it is forwarded too).
+        ({"max_tokens": "abc", "max_completion_tokens": 10}, "max_tokens"),
+        ({"max_tokens": -7, "max_completion_tokens": 10}, "max_tokens"),
+        ({"max_tokens": -7}, "max_tokens"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+        ({"n": 0}, "n"),
+        ({"n": "2"}, "n"),
+        ({"n": 17}, "n"),
+        ({"models": [f"m{i}" for i in range(11)]}, "models"),
+        ({"models": ["m", "x" * 300]}, "models"),
+        ({"model": "x" * 300}, "model"),
+    ],
+)
+def test_parseable_bad_input_is_a_400_naming_the_field(extra: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse({"model": "m", "messages": MSG, **extra}, LimitsSettings(max_n=16, max_models=10))
+    assert info.value.status == 400
+    assert info.value.param == param
+
+
+def test_good_numbers_pass_and_n_is_read() -> None:
+    request = parse(
+        {"model": "m", "messages": MSG, "temperature": 0, "top_p": 1, "seed": -5, "n": 4, "max_tokens": 9}
+    )
+    assert request.choices == 4 and request.max_tokens == 9
+    both = parse({"model": "m", "messages": MSG, "max_tokens": 50, "max_completion_tokens": 7})
+    assert both.max_tokens == 7
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_nesting_is_bounded_below_the_serialiser_limit() -> None:
+    # orjson serialises at most 255 levels: a body deeper than that used to be read, then fail to
+    # be sent upstream (a 500). Now anything deeper than the limit is a 400 at once.
+    raw = b'{"model": "m", "x": ' + b"[" * 300 + b"1" + b"]" * 300 + b"}"
+    with pytest.raises(TypeError):
+        orjson.dumps(orjson.loads(raw))
+    with pytest.raises(InvalidRequest, match="nested more than 100"):
+        decode_json_object(raw)
+    assert decode_json_object(orjson.dumps({"x": nested(90)}))["x"] == nested(90)
+    check_depth({"a": [{"b": nested(5)}]}, 10)
+    with pytest.raises(InvalidRequest):
+        check_depth({"a": [{"b": nested(8)}]}, 10)
+
+
+def test_request_ids_are_unguessable() -> None:
+    ids = [new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(i.startswith("req_") and len(i) == 28 for i in ids)
+    # No shared prefix: consecutive ids say nothing about each other (a counter did).
+    assert len({i[:10] for i in ids}) > 900
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/x.png",
+        "http://localhost:8080/x.png",
+        "http://api.localhost/x.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://10.1.2.3/x.png",
+        "http://172.16.0.1/x.png",
+        "http://192.168.1.10/x.png",
+        "http://100.64.0.1/x.png",
+        "http://0.0.0.0/x.png",
+        "http://[::1]/x.png",
+        "http://[fe80::1]/x.png",
+        "http://[fd00::1]/x.png",
+        "http://[::ffff:127.0.0.1]/x.png",
+        "http://2130706433/x.png",
+        "http://0x7f000001/x.png",
+        "http://0177.0.0.1/x.png",
+        "http://127.1/x.png",
+        "http://intranet/x.png",
+        "file:///etc/passwd",
+        "gopher://127.0.0.1:6379/_FLUSHALL",
+        "ftp://example.com/x.png",
+        "/etc/passwd",
+        "http:///x.png",
+    ],
+)
+def test_non_public_media_urls_are_refused(url: str) -> None:
+    assert refusal(url) is not None
+    message = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+    with pytest.raises(InvalidRequest) as info:
+        parse({"model": "m", "messages": [message]})
+    assert info.value.code == "media_url_not_allowed"
+    assert info.value.param == "messages[0].content[0]"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.com/cat.png",
+        "http://8.8.8.8/x.png",
+        "https://[2606:4700:4700::1111]/x.png",
+        "data:image/png;base64,AAAA",
+        "HTTPS://Example.COM./cat.png",
+    ],
+)
+def test_public_and_inline_media_pass(url: str) -> None:
+    assert refusal(url) is None
+    parse(
+        {"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": url}]}]}
+    )
+
+
+def test_every_url_carrying_part_is_checked_and_the_filter_can_be_turned_off() -> None:
+    parts = [
+        {"type": "audio_url", "audio_url": {"url": "http://127.0.0.1/a.wav"}},
+        {"type": "video_url", "video_url": "http://10.0.0.1/v.mp4"},
+        {"type": "file", "file": {"file_url": "file:///etc/shadow"}},
+        {"type": "input_image", "image_url": "http://192.168.0.1/i.png"},
+    ]
+    for part in parts:
+        with pytest.raises(InvalidRequest):
+            check_media_urls([{"role": "user", "content": [{"type": "text", "text": "see"}, part]}])
+    opted_out = LimitsSettings(allow_private_media_urls=True)
+    message = {"role": "user", "content": parts}
+    assert parse({"model": "m", "messages": [message]}, opted_out).required_modalities
+
+
+@pytest.mark.parametrize("text", ["INF", "-inf", "nan", "1e300", "-5", "99999-01-01"])
+def test_dashboard_times_out_of_range_are_a_400(text: str) -> None:
+    # Found by the fuzz (bench/fuzz_api.py): until=INF was a 500.
+    from faregate.server.dashboard_api import _timestamp
+
+    with pytest.raises(InvalidRequest) as info:
+        _timestamp(text, "until")
+    assert info.value.param == "until"

@@ -1,0 +1,236 @@
+"""Issue #12, items 5 and 7: a store outage is a clean, quiet 503, and a Redis restart costs nothing.
+
+Each test runs its own PostgreSQL or Redis server (real Debian binaries on loopback) so that it
+can stop and restart it under a gateway process driven with httpx and the openai SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from harness import MASTER_KEY, GatewayProcess, SimProcess
+from servers import (  # noqa: F401
+    PostgresServer,
+    RedisServer,
+    _wait_port,
+    as_postgres,
+    die_with_parent,
+    launch_gateway,
+    pg_bin,
+    postgres_server,
+    redis_server,
+    run_postgres,
+)
+
+pytestmark = pytest.mark.e2e
+
+ADMIN = {"Authorization": f"Bearer {MASTER_KEY}"}
+CONFIG = "accounts: {enabled: true}\n"
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+def new_key(gateway: GatewayProcess) -> str:
+    with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", headers=ADMIN, timeout=30) as client:
+        response = client.post("/admin/keys", json={"name": "outage", "credits_usd": "10"})
+    assert response.status_code == 201, response.text
+    return str(response.json()["api_key"])
+
+
+async def statuses(base_url: str, key: str, count: int, concurrency: int = 20) -> list[int]:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=30)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> int:
+        async with gate:
+            try:
+                await client.chat.completions.create(
+                    model="deepseek-v4-flash",
+                    messages=[{"role": "user", "content": f"hello {i}"}],
+                    max_tokens=20,
+                )
+            except openai.APIStatusError as error:
+                return error.status_code
+            return 200
+
+    try:
+        return list(await asyncio.gather(*(one(i) for i in range(count))))
+    finally:
+        await client.close()
+
+
+def test_a_postgresql_outage_is_a_quiet_503(
+    sim: SimProcess,
+    redis_server: RedisServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    with run_postgres() as pg:
+        store = f"postgres_url: {pg.new_database()!r}\nredis_url: {redis_server.new_database()!r}\n"
+        with launch_gateway(tmp_path / "gw", sim, store=store, extra=CONFIG) as gateway:
+            key = new_key(gateway)
+            assert asyncio.run(statuses(gateway.base_url, key, 5)) == [200] * 5
+            subprocess.run(
+                as_postgres([pg_bin("pg_ctl"), "-D", str(pg.datadir), "-m", "immediate", "-w", "stop"]),
+                check=True,
+                capture_output=True,
+            )
+            log_before = gateway.log.stat().st_size
+            # Keys the gateway has not seen must be looked up in PostgreSQL: every one is refused
+            # with a clean 503 in OpenAI's shape, never a 500.
+            for i in range(60):
+                stranger = f"fg-unknown{i:04d}" + "x" * 30
+                answer = httpx.post(
+                    f"{gateway.base_url}/chat/completions",
+                    headers={"Authorization": f"Bearer {stranger}"},
+                    json={"model": "deepseek-v4-flash", "messages": HELLO},
+                    timeout=30,
+                )
+                assert answer.status_code == 503, answer.text
+                error = answer.json()["error"]
+                assert error["code"] == "store_unavailable" and error["type"] == "service_unavailable"
+                assert answer.headers["Retry-After"] == "1"
+            me = httpx.get(f"{gateway.base_url}/me", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+            assert me.status_code == 503 and me.json()["error"]["code"] == "store_unavailable"
+            # The log says it, once per kind of failure and interval, without a traceback each time.
+            written = gateway.read_log()[log_before:]
+            assert written.count("Traceback") <= 2, written[-3000:]
+            assert len(written) < 20_000, f"{len(written)} bytes of log for 61 failed requests"
+            assert "store is unavailable" in written
+            # PostgreSQL back: the same gateway serves again, without a restart.
+            start = [pg_bin("pg_ctl"), "-D", str(pg.datadir), "-w", "-l", str(pg.datadir / "log"), "start"]
+            options = f"-p {pg.port} -k {pg.datadir.parent} -c listen_addresses=127.0.0.1"
+            subprocess.run(as_postgres([*start, "-o", options]), check=True, capture_output=True)
+            deadline = time.monotonic() + 30
+            while True:
+                result = asyncio.run(statuses(gateway.base_url, new_key_when_up(gateway, deadline), 3))
+                if result == [200] * 3 or time.monotonic() > deadline:
+                    break
+            assert result == [200] * 3
+
+
+def new_key_when_up(gateway: GatewayProcess, deadline: float) -> str:
+    while True:
+        try:
+            return new_key(gateway)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+class RestartableRedis:
+    """A redis-server on a fixed loopback port that can be killed and started again (empty: no
+    persistence, like the deployments docs/accounts.md describes)."""
+
+    def __init__(self, port: int, root: Path) -> None:
+        self.port, self.root = port, root
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None, "redis-server is not installed"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.root)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )  # fmt: skip
+        _wait_port(self.port, self.process, "redis-server")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@contextlib.contextmanager
+def restartable_redis() -> Iterator[RestartableRedis]:
+    from harness import free_port
+
+    root = Path(tempfile.mkdtemp(prefix="faregate-redis-restart-"))
+    redis = RestartableRedis(free_port(), root)
+    redis.start()
+    try:
+        yield redis
+    finally:
+        redis.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_redis_restart_costs_no_request(
+    sim: SimProcess,
+    postgres_server: PostgresServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    with restartable_redis() as redis:
+        store = f"postgres_url: {postgres_server.new_database()!r}\nredis_url: 'redis://127.0.0.1:{redis.port}/0'\n"
+        with launch_gateway(tmp_path / "gw", sim, store=store, extra=CONFIG) as gateway:
+            key = new_key(gateway)
+            # Fill the pool with connections opened before the restart.
+            assert asyncio.run(statuses(gateway.base_url, key, 200, concurrency=64)).count(200) == 200
+            time.sleep(0.5)  # the ledger outbox ships every 0.1 s
+            redis.kill()
+            redis.start()
+            after = asyncio.run(statuses(gateway.base_url, key, 300))
+            assert after.count(200) == 300, {s: after.count(s) for s in set(after)}
+            audit = httpx.get(f"http://127.0.0.1:{gateway.port}/admin/audit", headers=ADMIN, timeout=60)
+            assert audit.status_code == 200 and audit.json()["clean"] is True, gateway.read_log()[-5000:]
+
+
+def test_retried_scripts_do_not_act_twice(redis_server: RedisServer, postgres_server: PostgresServer) -> None:  # noqa: F811
+    """The one retry on a fresh connection may repeat a script that already ran: a reservation,
+    settlement or credit repeated that way changes nothing the second time."""
+
+    async def scenario() -> dict[str, Any]:
+        from faregate.accounts.keys import KeyStore
+        from faregate.accounts.shared import SharedAccounts
+        from faregate.store.base import LedgerRow
+        from faregate.store.postgres import PostgresStore
+
+        pg = await PostgresStore.open(postgres_server.new_database())
+        shared = await SharedAccounts.connect(redis_server.new_database(), pg)
+        try:
+            key, _ = await KeyStore(pg).create("retry", credits_nano=1_000_000)
+            ledger = shared.ledger
+            args = (key.id, "hold_retry", "req_retry", 300_000, 10, 1, [], 60.0, None, None)
+            first = await ledger.reserve(*args)
+            again = await ledger.reserve(*args)
+            after_reserve = await ledger.read(key.id)
+            await ledger.settle(key.id, "hold_retry", "req_retry", 1, 100_000, 10, 0)
+            await ledger.settle(key.id, "hold_retry", "req_retry", 1, 100_000, 10, 0)
+            after_settle = await ledger.read(key.id)
+            row = LedgerRow("topup_retry", key.id, "topup", 5_000, time.time())
+            await ledger.credit(row)
+            await ledger.credit(row)
+            after_credit = await ledger.read(key.id)
+            await shared.flush()
+            audit = await shared.audit()
+            return {
+                "statuses": (first.status, again.status),
+                "reserve": after_reserve[:2] if after_reserve else None,
+                "settle": after_settle[:2] if after_settle else None,
+                "credit": after_credit[:2] if after_credit else None,
+                "clean": audit.clean,
+            }
+        finally:
+            await shared.close()
+            await pg.close()
+
+    result = asyncio.run(scenario())
+    assert result["statuses"] == ("ok", "ok")
+    assert result["reserve"] == (700_000, 300_000)
+    assert result["settle"] == (900_000, 0)
+    assert result["credit"] == (905_000, 0)
+    assert result["clean"] is True
