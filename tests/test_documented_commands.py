@@ -110,6 +110,12 @@ QUICK: dict[str, Quick] = {
         run="faregate cache-eval --data data/routellm --limit 30 --latency-samples 5 --pad-to 0 --out ce",
         expect="threshold",
     ),
+    "faregate credits release-instance ID": Quick(
+        run="faregate credits release-instance --help",
+        expect="--force",
+        why_not="needs a dead instance's id: tests/test_instance_leases_e2e.py kills a gateway and "
+        "releases its holds; the help is checked here",
+    ),
     "faregate router train": Quick(run="faregate router train --help", expect="--data", why_not=HELP_ONLY),
     "faregate sim": Quick(run="faregate sim --help", expect="--script", why_not=HELP_ONLY),
     "faregate serve": Quick(run="faregate serve --help", expect="--new-key", why_not=HELP_ONLY),
@@ -134,6 +140,14 @@ QUICK: dict[str, Quick] = {
         run="python bench/dashboard_bench_postgres.py --records 2000 --repeat 1",
         where="checkout",
         expect="recent requests",
+    ),
+    "python bench/fuzz_api.py --requests 10000": Quick(
+        run="python bench/fuzz_api.py --requests 60 --report {scratch}/fuzz.json",
+        where="checkout",
+        expect="done in",
+    ),
+    "python bench/fuzz_api.py --requests 10000 --seed 1 --report bench/results/fuzz.json": Quick(
+        why_not="the same script as the line before, with a seed and a report: run there"
     ),
     "python bench/routes_gsm8k.py": Quick(
         run="python bench/routes_gsm8k.py --questions 4 --streams 0 --out {scratch}/routes.json",
