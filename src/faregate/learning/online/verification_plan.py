@@ -16,8 +16,8 @@ is to the weak model (cheap: a few % of the strong call's price). The rates are 
 in force *before* a decision arrives, and every rank keeps a positive rate, which is what the
 calibrator's inverse-probability weights need to stay unbiased (learning/online/calibrator.py).
 
-`pace` keeps the realised share of shadow calls at the budget: a predictable multiplier from the
-running count (it never reaches 0, so no rank ever becomes unlabelable).
+`pace` keeps the realised share of shadow calls just under the budget: a predictable multiplier
+from the running count (it never reaches 0, so no rank ever becomes unlabelable).
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ import numpy.typing as npt
 from faregate.learning.online.betting import Array
 
 # The pacing multiplier stays within these bounds; its memory, in decisions.
-PACE_LIMITS = (0.25, 1.5)
-PACE_MEMORY = 200.0
+PACE_LIMITS = (0.1, 1.5)
+PACE_MEMORY = 100.0
+# The pace aims a little under the budget, so that chance leaves the realised share within it.
+PACE_AIM = 0.98
 
 
 @dataclass(slots=True, frozen=True)
@@ -97,5 +99,6 @@ class VerificationPlan:
 
 def pace(budget: float, used: int, decisions: int) -> float:
     """A multiplier for the plan's rates that steers the realised shadow-call share to the budget."""
-    behind = budget * (decisions + PACE_MEMORY) - used
+    aim = budget * PACE_AIM
+    behind = aim * (decisions + PACE_MEMORY) - used
     return float(np.clip(behind / (budget * PACE_MEMORY), *PACE_LIMITS))
