@@ -142,6 +142,8 @@ def summary_lines(report: OnlineReport) -> list[str]:
     lines = [
         f"APGR of the routed traffic {report.apgr_routed:.3f} (static prior {report.apgr_prior:.3f}, "
         f"length heuristic {report.apgr_length:.3f}, on the same stream)",
+        "with every label of the stream (hindsight, not deployable): "
+        + ", ".join(f"{name} {value:.3f}" for name, value in report.apgr_hindsight.items()),
         f"strong model: {total.strong_answers / total.prompts:.1%} of answers, "
         f"{total.strong_calls / total.prompts:.1%} of prompts as calls including paid shadow calls; "
         f"shadow calls on {total.shadow_calls / total.prompts:.2%} of prompts "
@@ -206,6 +208,7 @@ def report_json(report: OnlineReport) -> dict[str, Any]:
         "apgr_routed": report.apgr_routed,
         "apgr_prior": report.apgr_prior,
         "apgr_length": report.apgr_length,
+        "apgr_hindsight": report.apgr_hindsight,
         "all_strong_cost_usd": str(report.all_strong_cost),
         "total": _window_json(report.total),
         "windows": [_window_json(w) for w in report.windows],

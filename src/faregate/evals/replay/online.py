@@ -123,6 +123,8 @@ class OnlineReport:
     flagged_at: int | None
     health_reason: str
     final_share: float
+    # Rankings that use every label of the stream (not deployable): what learning could reach.
+    apgr_hindsight: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)
@@ -285,7 +287,40 @@ def run_online(
         flagged_at=flagged_at,
         health_reason=reason,
         final_share=loop.state.strong_share,
+        apgr_hindsight={
+            name: apgr(scores) for name, scores in hindsight_rankings(records, prior, vectors, pair)
+        },
     )
+
+
+def hindsight_rankings(
+    records: Sequence[PromptRecord], prior: np.ndarray, vectors: np.ndarray, pair: Pair, neighbours: int = 30
+) -> list[tuple[str, np.ndarray]]:
+    """Rankings built from every prompt's recorded outcome: the ceiling that learning the traffic's
+    domains could approach with all labels. The subject oracle gives every prompt of a source its
+    source's mean net gain (ties broken by the prior); the neighbours leave the prompt itself out."""
+    net = np.array([int(r.correct[pair.strong]) - int(r.correct[pair.weak]) for r in records], float)
+    tie = 1e-6 * np.argsort(np.argsort(prior)) / max(1, len(records))
+    sources = [r.source for r in records]
+    totals: dict[str, list[float]] = {}
+    for source, gain in zip(sources, net, strict=True):
+        totals.setdefault(source, []).append(gain)
+    out = []
+    if len(totals) > 1:
+        subject = np.array([sum(totals[s]) / len(totals[s]) for s in sources])
+        out.append(("subject oracle", subject + tie))
+    unit = np.asarray(vectors, dtype=np.float32)
+    k = min(neighbours, len(records) - 1)
+    if k > 0:
+        knn = np.empty(len(records))
+        for start in range(0, len(records), 512):
+            sims = unit[start : start + 512] @ unit.T
+            for row in range(sims.shape[0]):
+                sims[row, start + row] = -np.inf  # leave the prompt itself out
+            top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            knn[start : start + 512] = net[top].mean(axis=1)
+        out.append((f"{k} nearest neighbours, leave-one-out", knn + tie))
+    return out
 
 
 def _answer_cost(
