@@ -68,15 +68,13 @@ def run_pairs(
     warm_pairs = [p for stream in warm_streams for p in stream]
     texts = sorted({p.first for p in pairs + warm_pairs} | {p.second for p in pairs + warm_pairs})
     pool = filler_texts(data, set(texts))
-    # Distinct questions for the stream, others for the warm-up stream, the rest fills the index.
-    distinct = pool[:distinct_count]
-    # Each warm-up stream gets distinct questions of its own, as many as the measured stream.
-    warm_distinct = pool[distinct_count : distinct_count * (1 + len(warm_streams))]
-    filler = pool[distinct_count + len(warm_distinct) :]
+    # Distinct questions looked up between the pairs (the warm-up streams too, in their own orders:
+    # each stream has its own index), the rest fills the index.
+    distinct, filler = pool[:distinct_count], pool[distinct_count:]
     needed = max(sizes)
     real = filler[:needed]
     progress = lambda done, total: console.print(f"  embedding: {done}/{total}", highlight=False)  # noqa: E731
-    keys = texts + distinct + warm_distinct
+    keys = texts + distinct
     vectors = dict(zip(keys, embed_texts(keys, cache_dir, progress=progress), strict=True))
     fill = list(embed_texts(real, cache_dir, progress=progress)) if real else []
     rng = np.random.default_rng(seed)
@@ -88,7 +86,7 @@ def run_pairs(
         f"questions between them; index filled with up to {min(needed, len(real)):,} vendored texts"
         + (f" and {needed - len(real):,} random vectors" if needed > len(real) else "")
         + (
-            f"; warmed up on {len(warm_pairs):,} other pairs and {len(warm_distinct)} distinct"
+            f"; warmed up on {len(warm_streams)} earlier streams ({len(warm_pairs):,} pairs)"
             if warm_pairs
             else ""
         )
@@ -98,8 +96,9 @@ def run_pairs(
     for size in sizes:
         state = AcceptanceState(floor=0.80)
         for k, stream in enumerate(warm_streams):
-            share = warm_distinct[k :: len(warm_streams)]
-            replay_stream(stream, vectors, fill[:size], share, acceptance, seed=seed + 100 + k, state=state)
+            replay_stream(
+                stream, vectors, fill[:size], distinct, acceptance, seed=seed + 100 + k, state=state
+            )
         for warm in range(warm_passes):
             replay_stream(
                 pairs, vectors, fill[:size], distinct, acceptance, seed=seed + 1000 + warm, state=state
