@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from faregate.cache import vector_cells
 from faregate.cache.semantic_index import IndexEntry, Scope, SemanticIndex, make_scope
 from faregate.cache.vector_cells import Partition
 from faregate.embedding.embedder import DIMENSIONS, AsyncEmbedder, Vector
@@ -35,9 +36,13 @@ def near(vectors: Vector, seed: int, noise: float = 0.02) -> Vector:
     return (moved / np.linalg.norm(moved, axis=1, keepdims=True)).astype(np.float32)
 
 
-def filled(vectors: Vector, scope: Scope = SCOPE, **options: float) -> SemanticIndex[int]:
+def filled(vectors: Vector, scope: Scope = SCOPE) -> SemanticIndex[int]:
     index: SemanticIndex[int] = SemanticIndex(
-        DIMENSIONS, max_entries=10**6, exact_max_rows=EXACT_MAX_ROWS, probes=PROBES, **options
+        DIMENSIONS,
+        max_entries=10**6,
+        exact_max_rows=EXACT_MAX_ROWS,
+        probes=PROBES,
+        cluster_in_background=False,
     )
     for i, vector in enumerate(vectors):
         index.add(scope, vector, f"text {i}", i)
@@ -109,7 +114,11 @@ def test_partition_reclusters_as_it_grows_and_keeps_every_entry() -> None:
 def test_least_recently_used_are_evicted_from_clustered_partitions() -> None:
     vectors = clustered(2000, seed=5)
     index: SemanticIndex[int] = SemanticIndex(
-        DIMENSIONS, max_entries=1000, exact_max_rows=EXACT_MAX_ROWS, probes=PROBES
+        DIMENSIONS,
+        max_entries=1000,
+        exact_max_rows=EXACT_MAX_ROWS,
+        probes=PROBES,
+        cluster_in_background=False,
     )
     entries = [index.add(SCOPE, vectors[i], f"text {i}", i) for i in range(1000)]
     for entry in entries[:100]:
@@ -129,7 +138,12 @@ def test_expired_entries_leave_clustered_partitions() -> None:
     now = [0.0]
     vectors = clustered(1200, seed=6)
     index: SemanticIndex[int] = SemanticIndex(
-        DIMENSIONS, ttl_s=100, clock=lambda: now[0], exact_max_rows=EXACT_MAX_ROWS, probes=PROBES
+        DIMENSIONS,
+        ttl_s=100,
+        clock=lambda: now[0],
+        exact_max_rows=EXACT_MAX_ROWS,
+        probes=PROBES,
+        cluster_in_background=False,
     )
     for i, vector in enumerate(vectors):
         index.add(SCOPE, vector, f"text {i}", i, ttl_s=10 if i % 2 else None)
@@ -179,6 +193,34 @@ def test_top_k_without_a_floor_is_the_exact_top_k_on_near_queries() -> None:
         agree += got[0] == exact_top(vectors, live, query, 1)[0]
         assert len(got) == 4
     assert agree == 200
+
+
+def test_background_clustering_keeps_serving_and_takes_in_what_changed_meanwhile() -> None:
+    vectors = clustered(1200, seed=11)
+    index: SemanticIndex[int] = SemanticIndex(
+        DIMENSIONS, max_entries=10**6, exact_max_rows=EXACT_MAX_ROWS, probes=PROBES
+    )
+    gate = threading.Event()
+    blocker = vector_cells._CLUSTERER.submit(gate.wait, 10)  # holds the clustering thread
+    try:
+        entries = [index.add(SCOPE, vectors[i], f"text {i}", i) for i in range(600)]
+        assert partition(index)._job is not None and partition(index).centroids is None
+        for entry in entries[:100]:  # removed while the snapshot is being clustered
+            index.remove(entry)
+        for i in range(600, 1200):  # added meanwhile: one exact cell still serves them
+            index.add(SCOPE, vectors[i], f"text {i}", i)
+        assert index.search(SCOPE, vectors[700], k=1)[0][0].payload == 700
+    finally:
+        gate.set()
+        blocker.result()
+    index.settle()
+    assert partition(index).centroids is not None and partition(index).clusterings == 1
+    assert len(partition(index).cells) == round(257**0.5)
+    assert_consistent(index, vectors)
+    assert {e.payload for c in partition(index).cells for e in c.entries} == set(range(100, 1200))
+    for i in range(0, 1200, 7):
+        found = index.search(SCOPE, vectors[i], k=1, min_score=0.99)
+        assert [e.payload for e, _ in found] == ([] if i < 100 else [i])
 
 
 async def test_embed_then_runs_on_the_worker_and_fails_only_its_own_call() -> None:

@@ -79,6 +79,7 @@ class SemanticIndex(Generic[P]):
         clock: Callable[[], float] = time.monotonic,
         exact_max_rows: int = EXACT_MAX_ROWS,
         probes: int = PROBES,
+        cluster_in_background: bool = True,
     ) -> None:
         if max_entries <= 0:
             raise ValueError("max_entries must be positive")
@@ -88,6 +89,7 @@ class SemanticIndex(Generic[P]):
         self._clock = clock
         self.exact_max_rows = exact_max_rows
         self.probes = probes
+        self.cluster_in_background = cluster_in_background
         self._partitions: dict[Scope, Partition[IndexEntry[P]]] = {}
         # Least recently used first; a hit moves an entry to the end.
         self._lru: OrderedDict[IndexEntry[P], None] = OrderedDict()
@@ -117,7 +119,10 @@ class SemanticIndex(Generic[P]):
         partition = self._partitions.get(scope)
         if partition is None:
             partition = self._partitions[scope] = Partition(
-                self.dimensions, exact_max_rows=self.exact_max_rows, probes=self.probes
+                self.dimensions,
+                exact_max_rows=self.exact_max_rows,
+                probes=self.probes,
+                background=self.cluster_in_background,
             )
         partition.add(np.asarray(vector, dtype=np.float32), entry)
         self._lru[entry] = None
@@ -140,6 +145,11 @@ class SemanticIndex(Generic[P]):
         if partition is None or not len(partition):
             return []
         return partition.search(np.asarray(vector, dtype=np.float32), k, min_score)
+
+    def settle(self) -> None:
+        """Wait for re-clusterings in progress and put them in use (tests and benchmarks)."""
+        for partition in self._partitions.values():
+            partition.wait()
 
     def touch(self, entry: IndexEntry[P]) -> None:
         """Record a hit: the entry becomes the most recently used."""

@@ -24,13 +24,19 @@ whatever the probes. Clustering is seeded, so the same inserts give the same cel
 
 from __future__ import annotations
 
+import itertools
+import logging
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 Vector = npt.NDArray[np.float32]
+logger = logging.getLogger(__name__)
 
 # One cell's matrix starts small (most tenants cache little), doubles up to this, then grows by a
 # quarter, so the slack stays near 12% on average without a copy on every insert.
@@ -38,6 +44,8 @@ FIRST_ROWS = 16
 DOUBLE_UP_TO = 256
 # Searched exactly up to this many entries (6 MB of vectors: ~0.2 ms); clustered past it.
 EXACT_MAX_ROWS = 4096
+# Cells per square root of the entries when clustering (about sqrt(n) rows per cell).
+CELLS_PER_ROOT = 1.0
 # Cells scored per lookup once clustered. Chosen in bench/semantic_lookup.py on real vectors.
 PROBES = 16
 # k-means: rows sampled per centroid for training, iterations, the seed.
@@ -69,7 +77,9 @@ class Cell(Generic[E]):
         size = len(self.entries)
         if size == len(self.matrix):
             capacity = len(self.matrix)
-            self._resize(capacity * 2 if capacity < DOUBLE_UP_TO else capacity + capacity // 4)
+            self._resize(
+                max(FIRST_ROWS, capacity * 2 if capacity < DOUBLE_UP_TO else capacity + capacity // 4)
+            )
         self.matrix[size] = vector
         entry.cell, entry.row = cell, size
         self.entries.append(entry)
@@ -97,15 +107,62 @@ class Cell(Generic[E]):
         self.matrix = matrix
 
 
+@dataclass(slots=True)
+class Layout:
+    """Cells for a snapshot of a partition: per cell, the snapshot rows it holds and their matrix."""
+
+    centroids: Vector
+    members: list[npt.NDArray[np.intp]]
+    matrices: list[Vector]
+
+
+def cluster(vectors: Vector, seed: int) -> Layout:
+    """About sqrt(n) cells for these unit vectors, each vector in its nearest centroid's cell.
+
+    Pure (reads only its arguments): it runs on the clustering thread while the partition serves.
+    """
+    count = max(2, round(CELLS_PER_ROOT * math.sqrt(len(vectors))))
+    centroids = spherical_kmeans(vectors, count, np.random.default_rng(seed))
+    assignment = np.concatenate(
+        [
+            np.argmax(vectors[start : start + ASSIGN_CHUNK] @ centroids.T, axis=1)
+            for start in range(0, len(vectors), ASSIGN_CHUNK)
+        ]
+    )
+    order = np.argsort(assignment, kind="stable")
+    bounds = np.searchsorted(assignment[order], np.arange(count + 1)).tolist()
+    members = [order[a:b] for a, b in itertools.pairwise(bounds)]
+    matrices = []
+    for rows in members:
+        matrix = np.zeros((len(rows) + len(rows) // 16 + 4, vectors.shape[1]), dtype=np.float32)
+        matrix[: len(rows)] = vectors[rows]
+        matrices.append(matrix)
+    return Layout(centroids, members, matrices)
+
+
+# One thread clusters for every partition, so a re-clustering never stalls lookups (which keep
+# using the old cells until the new ones are ready); threads start only on first use.
+_CLUSTERER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faregate-ivf")
+
+
 class Partition(Generic[E]):
-    """The vectors of one scope: one exact cell, or IVF cells around k-means centroids."""
+    """The vectors of one scope: one exact cell, or IVF cells around k-means centroids.
+
+    Not thread-safe, like the index that owns it; only `cluster` runs elsewhere, on a copy.
+    """
 
     def __init__(
-        self, dimensions: int, *, exact_max_rows: int = EXACT_MAX_ROWS, probes: int = PROBES
+        self,
+        dimensions: int,
+        *,
+        exact_max_rows: int = EXACT_MAX_ROWS,
+        probes: int = PROBES,
+        background: bool = True,
     ) -> None:
         self.dimensions = dimensions
         self.exact_max_rows = exact_max_rows
         self.probes = probes
+        self.background = background
         self.cells: list[Cell[E]] = [Cell(dimensions)]
         # Unit centroids, one row per cell; None while the partition is one exact cell.
         self.centroids: Vector | None = None
@@ -113,6 +170,11 @@ class Partition(Generic[E]):
         self.clusterings = 0
         self._added_since_clustering = 0
         self._clustered_size = 0
+        # A clustering in progress: its future, the entries of its snapshot (in its row order),
+        # and the entries added since the snapshot was taken.
+        self._job: Future[Layout] | None = None
+        self._snapshot: list[E] = []
+        self._since: list[E] = []
 
     def __len__(self) -> int:
         return self.size
@@ -123,14 +185,16 @@ class Partition(Generic[E]):
         return sum(int(c.matrix.nbytes) for c in self.cells) + int(extra)
 
     def add(self, vector: Vector, entry: E) -> None:
-        cell = 0 if self.centroids is None else int(np.argmax(self.centroids @ vector))
-        self.cells[cell].add(vector, entry, cell)
+        self._adopt_if_done()
+        self._place(vector, entry)
         self.size += 1
         self._added_since_clustering += 1
-        if self.size > self.exact_max_rows and (
+        if self._job is not None:
+            self._since.append(entry)
+        elif self.size > self.exact_max_rows and (
             self.centroids is None or self._added_since_clustering >= self._clustered_size
         ):
-            self._cluster()
+            self._start_clustering()
 
     def remove(self, entry: E) -> None:
         self.cells[entry.cell].remove(entry)
@@ -140,6 +204,7 @@ class Partition(Generic[E]):
 
     def search(self, vector: Vector, k: int, min_score: float) -> list[tuple[E, float]]:
         """Up to k entries scoring at least min_score, best first, with their exact scores."""
+        self._adopt_if_done()
         if self.centroids is None or len(self.cells) <= self.probes:
             probed: list[int] = list(range(len(self.cells)))
         else:
@@ -157,46 +222,76 @@ class Partition(Generic[E]):
         found.sort(key=lambda item: -item[0])
         return [(entry, score) for score, entry in found[:k]]
 
+    def wait(self) -> None:
+        """Block until a clustering in progress is done and in use (for tests and benchmarks)."""
+        if self._job is not None:
+            futures_wait([self._job])
+            self._adopt_if_done()
+
+    def _place(self, vector: Vector, entry: E) -> None:
+        cell = 0 if self.centroids is None else int(np.argmax(self.centroids @ vector))
+        self.cells[cell].add(vector, entry, cell)
+
     def _gather(self) -> tuple[Vector, list[E]]:
         entries = [e for cell in self.cells for e in cell.entries]
-        vectors = np.concatenate([cell.rows for cell in self.cells]) if entries else None
-        return (vectors if vectors is not None else np.zeros((0, self.dimensions), np.float32)), entries
+        if not entries:
+            return np.zeros((0, self.dimensions), np.float32), entries
+        return np.concatenate([cell.rows for cell in self.cells]), entries
 
-    def _cluster(self) -> None:
-        vectors, entries = self._gather()
-        count = max(2, round(math.sqrt(len(entries))))
-        centroids = spherical_kmeans(vectors, count, np.random.default_rng(SEED + len(entries)))
-        assignment = np.concatenate(
-            [
-                np.argmax(vectors[start : start + ASSIGN_CHUNK] @ centroids.T, axis=1)
-                for start in range(0, len(vectors), ASSIGN_CHUNK)
-            ]
-        )
-        self._refill(vectors, entries, assignment, centroids)
+    def _start_clustering(self) -> None:
+        vectors, entries = self._gather()  # a copy: the clustering thread reads only that
+        self._added_since_clustering = 0
+        self._clustered_size = len(entries)
+        seed = SEED + len(entries)
+        if not self.background:
+            self._adopt(entries, cluster(vectors, seed))
+            return
+        self._snapshot, self._since = entries, []
+        self._job = _CLUSTERER.submit(cluster, vectors, seed)
+
+    def _adopt_if_done(self) -> None:
+        job = self._job
+        if job is None or not job.done():
+            return
+        entries, self._snapshot, self._job = self._snapshot, [], None
+        try:
+            layout = job.result()
+        except Exception:
+            # Keep the current cells (still correct, only slower); retry after as many inserts.
+            logger.exception("re-clustering a semantic index partition failed")
+            return
+        self._adopt(entries, layout)
+
+    def _adopt(self, entries: list[E], layout: Layout) -> None:
+        """Move to the new cells: the snapshot's entries by the layout, then what changed since."""
+        removed = [e for e in entries if e.row < 0]
+        newer = [(e, self.cells[e.cell].matrix[e.row].copy()) for e in self._since if e.row >= 0]
+        self._since = []
+        cells: list[Cell[E]] = []
+        for c, (rows, matrix) in enumerate(zip(layout.members, layout.matrices, strict=True)):
+            cell: Cell[E] = Cell(self.dimensions, 0)
+            cell.matrix = matrix
+            cell.entries = [entries[i] for i in rows.tolist()]
+            for row, entry in enumerate(cell.entries):
+                entry.cell, entry.row = c, row
+            cells.append(cell)
+        self.cells, self.centroids = cells, layout.centroids
+        for entry in removed:
+            self.cells[entry.cell].remove(entry)
+        for entry, vector in newer:
+            self._place(vector, entry)
         self.clusterings += 1
 
     def _flatten(self) -> None:
+        # Back to one exact cell; a clustering in progress is dropped (its snapshot is too big).
+        self._job, self._snapshot, self._since = None, [], []
         vectors, entries = self._gather()
-        self._refill(vectors, entries, np.zeros(len(entries), dtype=np.intp), None)
-
-    def _refill(
-        self, vectors: Vector, entries: list[E], assignment: npt.NDArray[np.intp], centroids: Vector | None
-    ) -> None:
-        order = np.argsort(assignment, kind="stable")
-        count = 1 if centroids is None else len(centroids)
-        bounds = np.searchsorted(assignment[order], np.arange(count + 1))
-        self.cells = []
-        for c, (start, stop) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)):
-            members = order[start:stop]
-            cell: Cell[E] = Cell(self.dimensions, max(FIRST_ROWS, len(members) + len(members) // 8))
-            cell.matrix[: len(members)] = vectors[members]
-            cell.entries = [entries[i] for i in members.tolist()]
-            for row, entry in enumerate(cell.entries):
-                entry.cell, entry.row = c, row
-            self.cells.append(cell)
-        self.centroids = centroids
-        self._clustered_size = len(entries)
-        self._added_since_clustering = 0
+        cell: Cell[E] = Cell(self.dimensions, max(FIRST_ROWS, len(entries)))
+        cell.matrix[: len(entries)] = vectors
+        cell.entries = entries
+        for row, entry in enumerate(entries):
+            entry.cell, entry.row = 0, row
+        self.cells, self.centroids = [cell], None
 
 
 def spherical_kmeans(vectors: Vector, count: int, rng: np.random.Generator) -> Vector:
@@ -206,10 +301,13 @@ def spherical_kmeans(vectors: Vector, count: int, rng: np.random.Generator) -> V
     centroids: Vector = sample[rng.choice(sample_size, size=count, replace=False)].copy()
     for _ in range(ITERATIONS):
         assignment = np.argmax(sample @ centroids.T, axis=1)
-        members = np.zeros((sample_size, count), dtype=np.float32)
-        members[np.arange(sample_size), assignment] = 1.0
-        sums: Vector = members.T @ sample
-        empty = np.flatnonzero(np.bincount(assignment, minlength=count) == 0)
+        order = np.argsort(assignment, kind="stable")
+        counts = np.bincount(assignment, minlength=count)
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        filled = np.flatnonzero(counts)
+        sums: Vector = np.empty_like(centroids)
+        sums[filled] = np.add.reduceat(sample[order], starts[filled], axis=0)
+        empty = np.flatnonzero(counts == 0)
         sums[empty] = sample[rng.choice(sample_size, size=len(empty), replace=False)]
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
         centroids = (sums / np.maximum(norms, 1e-12)).astype(np.float32)
