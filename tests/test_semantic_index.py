@@ -42,7 +42,6 @@ def filled(vectors: Vector, scope: Scope = SCOPE) -> SemanticIndex[int]:
         max_entries=10**6,
         exact_max_rows=EXACT_MAX_ROWS,
         probes=PROBES,
-        cluster_in_background=False,
     )
     for i, vector in enumerate(vectors):
         index.add(scope, vector, f"text {i}", i)
@@ -118,7 +117,6 @@ def test_least_recently_used_are_evicted_from_clustered_partitions() -> None:
         max_entries=1000,
         exact_max_rows=EXACT_MAX_ROWS,
         probes=PROBES,
-        cluster_in_background=False,
     )
     entries = [index.add(SCOPE, vectors[i], f"text {i}", i) for i in range(1000)]
     for entry in entries[:100]:
@@ -143,7 +141,6 @@ def test_expired_entries_leave_clustered_partitions() -> None:
         clock=lambda: now[0],
         exact_max_rows=EXACT_MAX_ROWS,
         probes=PROBES,
-        cluster_in_background=False,
     )
     for i, vector in enumerate(vectors):
         index.add(SCOPE, vector, f"text {i}", i, ttl_s=10 if i % 2 else None)
@@ -198,7 +195,11 @@ def test_top_k_without_a_floor_is_the_exact_top_k_on_near_queries() -> None:
 def test_background_clustering_keeps_serving_and_takes_in_what_changed_meanwhile() -> None:
     vectors = clustered(1200, seed=11)
     index: SemanticIndex[int] = SemanticIndex(
-        DIMENSIONS, max_entries=10**6, exact_max_rows=EXACT_MAX_ROWS, probes=PROBES
+        DIMENSIONS,
+        max_entries=10**6,
+        exact_max_rows=EXACT_MAX_ROWS,
+        probes=PROBES,
+        cluster_in_background=True,
     )
     gate = threading.Event()
     blocker = vector_cells._CLUSTERER.submit(gate.wait, 10)  # holds the clustering thread

@@ -89,8 +89,9 @@ class SemanticCache(Generic[P]):
         self.max_turns = max_turns
         self.candidates = candidates
         self.embedder = embedder
+        # Re-clustering a big scope must not stall the lookups queued behind it on the worker.
         self.index: SemanticIndex[P] = SemanticIndex(
-            DIMENSIONS, max_entries=max_entries, ttl_s=ttl_s, clock=clock
+            DIMENSIONS, max_entries=max_entries, ttl_s=ttl_s, clock=clock, cluster_in_background=True
         )
         self.outcomes: Counter[str] = Counter()
 
