@@ -239,7 +239,12 @@ def recall(vectors: np.ndarray, size: int, queries: np.ndarray, floor: float) ->
             times.append(time.perf_counter() - started)
             relevant = [float(s) for s in truth[q] if s >= floor]
             wanted += len(relevant)
-            found += sum(1 for (_, got), want in zip(hits, relevant, strict=False) if abs(got - want) < 1e-5)
+            returned = [score for _, score in hits]
+            for want in relevant:
+                match = next((i for i, got in enumerate(returned) if abs(got - want) < 1e-5), None)
+                if match is not None:
+                    found += 1
+                    returned.pop(match)
             best = index.search(scope, vector, k=1)
             top1 += bool(best) and abs(best[0][1] - float(truth[q][0])) < 1e-5
         rows.append(
