@@ -38,10 +38,10 @@ import numpy.typing as npt
 Vector = npt.NDArray[np.float32]
 logger = logging.getLogger(__name__)
 
-# One cell's matrix starts small (most tenants cache little), doubles up to this, then grows by a
-# quarter, so the slack stays near 12% on average without a copy on every insert.
+# A cell's matrix starts small (most tenants cache little) and grows by a quarter, at least this
+# many rows, so the slack stays near 12% without a copy on every insert; it halves when a quarter
+# full. (Doubling would leave the ~200 cells of a big partition half empty on average.)
 FIRST_ROWS = 16
-DOUBLE_UP_TO = 256
 # Searched exactly up to this many entries (6 MB of vectors: ~0.2 ms); clustered past it.
 EXACT_MAX_ROWS = 4096
 # Cells per square root of the entries when clustering (about sqrt(n) rows per cell).
@@ -77,9 +77,7 @@ class Cell(Generic[E]):
         size = len(self.entries)
         if size == len(self.matrix):
             capacity = len(self.matrix)
-            self._resize(
-                max(FIRST_ROWS, capacity * 2 if capacity < DOUBLE_UP_TO else capacity + capacity // 4)
-            )
+            self._resize(capacity + max(FIRST_ROWS, capacity // 4))
         self.matrix[size] = vector
         entry.cell, entry.row = cell, size
         self.entries.append(entry)
@@ -92,8 +90,8 @@ class Cell(Generic[E]):
         moved.row = row
         self.entries.pop()
         entry.row = -1
-        if len(self.matrix) > DOUBLE_UP_TO and len(self.entries) < len(self.matrix) // 4:
-            self._resize(max(DOUBLE_UP_TO, len(self.matrix) // 2))
+        if len(self.matrix) > 4 * FIRST_ROWS and len(self.entries) < len(self.matrix) // 4:
+            self._resize(len(self.matrix) // 2)
 
     @property
     def rows(self) -> Vector:
