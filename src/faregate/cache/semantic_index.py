@@ -6,8 +6,10 @@ at similarity 1.0. Each partition (`vector_cells.Partition`) keeps its vectors a
 searches them exactly up to 4,096 entries; past that it scores only the cells of an inverted file
 nearest the query, with exact scores, so a lookup at 50,000 entries reads a tenth of the vectors.
 
-Eviction is by size (least recently used, across all scopes) and by age (each entry's own TTL).
-Not thread-safe: the semantic cache only touches it from its embedding worker thread.
+Eviction is by size (least recently used, across all scopes) and by age (each entry's own TTL),
+and works the same in a clustered partition (an entry is removed from its cell).
+Not thread-safe: the semantic cache only touches it from its embedding worker thread (the
+background clustering reads a copy of the vectors, never the index).
 """
 
 from __future__ import annotations

@@ -14,12 +14,16 @@ matrix with its entries beside it, so removal is O(1) (the last row moves into t
   how often that happens on real vectors (recall of neighbours above the cache's candidate floor).
 - The cells are re-clustered when the partition has taken in as many new entries as it held at
   the last clustering (so at 4k, 8k, 16k, 32k... entries while it grows, and after a full turnover
-  under LRU/TTL churn); it drops back to one exact cell below half of `exact_max_rows`.
+  under LRU/TTL churn); it drops back to one exact cell below half of `exact_max_rows`. With
+  `background`, the k-means runs on a thread of its own over a copy of the vectors (~0.3 s at
+  32,000 entries, briefly two more copies of them in memory); the partition keeps serving from its
+  old cells and, once it is done, moves to the new ones and re-places what was added or removed
+  meanwhile. Without it, the `add` that triggers it waits, and results depend only on the calls.
 
 Invariants: an entry's (cell, row) always points at its vector; `row == -1` exactly when it is not
-in the partition. A vector is always in the cell of its nearest centroid at the time it was placed,
-and that cell is always probed when the same vector is looked up, so an identical vector is found
-whatever the probes. Clustering is seeded, so the same inserts give the same cells.
+in the partition. A vector sits in the cell of its nearest centroid, which is the first cell a
+lookup of the same vector probes (up to rounding between two equally near centroids), so a stored
+vector is found whatever the probes. Clustering is seeded, so the same calls give the same cells.
 """
 
 from __future__ import annotations
