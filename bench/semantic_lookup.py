@@ -17,7 +17,7 @@ The vectors are computed once and kept in the on-disk vector cache (~/.cache/far
 the first run embeds ~56,000 texts (about 20 minutes on one core here), a re-run starts at once.
 
 Usage: python bench/semantic_lookup.py [--data data] [--sizes 2500,20000,50000] [--rounds 3]
-       [--baseline main] [--out bench/results/semantic_lookup.json]
+       [--baseline main] [--wait-load 1.5] [--out bench/results/semantic_lookup.json]
 """
 
 from __future__ import annotations
@@ -268,6 +268,13 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99))}
 
 
+def wait_for_load(limit: float, timeout_s: float = 600.0) -> None:
+    """On a shared machine: wait until the 1-minute load average is under `limit` (0: don't)."""
+    deadline = time.monotonic() + timeout_s
+    while limit and os.getloadavg()[0] >= limit and time.monotonic() < deadline:
+        time.sleep(5)
+
+
 def export_baseline(revision: str, into: Path) -> Path:
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", revision, "src"], check=True, capture_output=True
@@ -285,6 +292,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="passes over the queries per size")
     parser.add_argument("--baseline", default="main", help="git revision of the old code ('' to skip)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "semantic_lookup.json")
+    parser.add_argument(
+        "--wait-load", type=float, default=0.0, help="before each size, wait (up to 10 min) for this load"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -324,13 +334,17 @@ def main() -> None:
             )
         workers.append(Worker("new", ROOT / "src", texts_path, vectors_path))
         report["code"] = {w.name: w.code for w in workers}
+        fills: dict[tuple[int, str], float] = {}
         try:
             report["bytes_per_10k"] = {w.name: w.ask({"memory": 10_000})["bytes"] for w in workers}
             for size in sizes:
-                row: dict[str, Any] = {"load_before": os.getloadavg()}
                 for w in workers:
-                    row[f"fill_s_{w.name}"] = w.ask({"fill": size})["fill_s"]
+                    row_fill = w.ask({"fill": size})["fill_s"]
                     w.ask({"measure": queries[:WARMUP]})
+                    fills[(size, w.name)] = row_fill
+                wait_for_load(args.wait_load)
+                row: dict[str, Any] = {"load_before": os.getloadavg()}
+                row.update({f"fill_s_{w.name}": fills[(size, w.name)] for w in workers})
                 times: dict[str, list[float]] = {w.name: [] for w in workers}
                 outcomes: dict[str, list[list[str]]] = {w.name: [] for w in workers}
                 for round_ in range(args.rounds):
