@@ -102,8 +102,14 @@ class Cell(Generic[E]):
         live: Vector = self.matrix[: len(self.entries)]
         return live
 
+    def reserve(self, rows: int) -> None:
+        """Room for `rows` entries in all, so that adding many costs one copy, not one per growth."""
+        if rows > len(self.matrix):
+            self._resize(rows + rows // 4)
+
     def _resize(self, rows: int) -> None:
-        matrix = np.zeros((rows, self.matrix.shape[1]), dtype=np.float32)
+        # Rows past the live ones are never read (see `rows`), so they need not be zeroed.
+        matrix = np.empty((rows, self.matrix.shape[1]), dtype=np.float32)
         size = len(self.entries)
         matrix[:size] = self.matrix[:size]
         self.matrix = matrix
@@ -280,8 +286,14 @@ class Partition(Generic[E]):
         self.cells, self.centroids = cells, layout.centroids
         for entry in removed:
             self.cells[entry.cell].remove(entry)
-        for entry, vector in newer:
-            self._place(vector, entry)
+        if newer:  # placed with one matrix product: a busy cache may have added thousands
+            vectors = np.stack([vector for _, vector in newer])
+            nearest = np.argmax(vectors @ layout.centroids.T, axis=1)
+            for c, count in enumerate(np.bincount(nearest, minlength=len(self.cells)).tolist()):
+                if count:
+                    self.cells[c].reserve(len(self.cells[c].entries) + count)
+            for (entry, vector), c in zip(newer, nearest.tolist(), strict=True):
+                self.cells[c].add(vector, entry, c)
         self.clusterings += 1
 
     def _flatten(self) -> None:
