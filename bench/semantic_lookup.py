@@ -10,8 +10,10 @@ worker thread) for each paraphrase and near-miss question of that set, at each s
 Two worker processes run side by side: the baseline code (`--baseline`, default `main`, exported
 with `git archive` to a temporary folder) and this checkout's code, each with its own cache filled
 with the same vectors. They are timed in alternating blocks of queries, one at a time, so both
-see the same machine load. The same run measures the index's memory per 10,000 entries in each,
-and, in this process, the new index's recall against an exact search on the same vectors.
+see the same machine load; after each lookup the worker also times the model alone (a direct
+call), which shows what the machine gave the model at that moment. The same run measures the
+index's memory per 10,000 entries in each, and, in this process, the new index's recall against
+an exact search on the same vectors.
 
 The vectors are computed once and kept in the on-disk vector cache (~/.cache/faregate/bench):
 the first run embeds ~56,000 texts (about 20 minutes on one core here), a re-run starts at once.
@@ -114,9 +116,8 @@ def worker(texts_path: Path, vectors_path: Path) -> None:
     out = sys.stdout
 
     async def serve() -> None:
-        cache: SemanticCache[str] = SemanticCache(
-            AsyncEmbedder(Embedder.load()), max_entries=10**7, ttl_s=1e9
-        )
+        model = Embedder.load()
+        cache: SemanticCache[str] = SemanticCache(AsyncEmbedder(model), max_entries=10**7, ttl_s=1e9)
         await cache.embedder.start()
         reply(out, {"ready": str(Path(faregate.__file__).parent)})
         filled = 0
@@ -137,13 +138,17 @@ def worker(texts_path: Path, vectors_path: Path) -> None:
                 filled = target
                 reply(out, {"entries": len(cache.index), "fill_s": time.perf_counter() - started})
             elif "measure" in command:
-                times, outcomes = [], []
+                times, model_times, outcomes = [], [], []
                 for query in command["measure"]:
                     started = time.perf_counter()
                     result = await cache.explain(scope, query)
                     times.append((time.perf_counter() - started) * 1e3)
                     outcomes.append([result.status, result.entry.text if result.entry else ""])
-                reply(out, {"ms": times, "outcomes": outcomes})
+                    # The model alone, called directly, right after: what the machine gives it now.
+                    started = time.perf_counter()
+                    model.embed_fitting([query])
+                    model_times.append((time.perf_counter() - started) * 1e3)
+                reply(out, {"ms": times, "model_ms": model_times, "outcomes": outcomes})
             elif "memory" in command:
                 count = int(command["memory"])
                 tracemalloc.start()
@@ -346,6 +351,7 @@ def main() -> None:
                 row: dict[str, Any] = {"load_before": os.getloadavg()}
                 row.update({f"fill_s_{w.name}": fills[(size, w.name)] for w in workers})
                 times: dict[str, list[float]] = {w.name: [] for w in workers}
+                model_times: dict[str, list[float]] = {w.name: [] for w in workers}
                 outcomes: dict[str, list[list[str]]] = {w.name: [] for w in workers}
                 for round_ in range(args.rounds):
                     for b, start in enumerate(range(0, len(queries), BLOCK)):
@@ -353,9 +359,11 @@ def main() -> None:
                         for w in workers if (b + round_) % 2 == 0 else workers[::-1]:
                             answer = w.ask({"measure": block})
                             times[w.name] += answer["ms"]
+                            model_times[w.name] += answer["model_ms"]
                             if round_ == 0:
                                 outcomes[w.name] += answer["outcomes"]
                 row.update({w.name: percentiles(times[w.name]) for w in workers})
+                row.update({f"model_{w.name}": percentiles(model_times[w.name]) for w in workers})
                 row["lookups"] = len(times["new"])
                 row["hits"] = sum(o[0] == "hit" for o in outcomes["new"])
                 row["decisions"] = len(outcomes["new"])
@@ -382,15 +390,17 @@ def main() -> None:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    print("\n| entries | old p50 | new p50 | old p99 | new p99 | same decision | load before/after |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| entries | old p50 | new p50 | old p99 | new p99 | model alone p50 (old / new) | same | load |")
+    print("|---|---|---|---|---|---|---|---|")
+    nan = {"p50": float("nan"), "p99": float("nan")}
     for size, row in report["sizes"].items():
-        old = row.get("old", {"p50": float("nan"), "p99": float("nan")})
+        old, model_old = row.get("old", nan), row.get("model_old", nan)
         same = f"{row.get('same_decision', '-')}/{row['decisions']}"
         load = f"{row['load_before'][0]:.2f} / {row['load_after'][0]:.2f}"
         print(
             f"| {int(size):,} | {old['p50']:.2f} ms | {row['new']['p50']:.2f} ms | {old['p99']:.2f} ms "
-            f"| {row['new']['p99']:.2f} ms | {same} | {load} |"
+            f"| {row['new']['p99']:.2f} ms | {model_old['p50']:.2f} / {row['model_new']['p50']:.2f} ms "
+            f"| {same} | {load} |"
         )
     for name, size in report["bytes_per_10k"].items():
         print(f"index memory per 10,000 entries, {name}: {size / 2**20:.1f} MB")
