@@ -341,7 +341,10 @@ def main() -> None:
         report["code"] = {w.name: w.code for w in workers}
         fills: dict[tuple[int, str], float] = {}
         try:
-            report["bytes_per_10k"] = {w.name: w.ask({"memory": 10_000})["bytes"] for w in workers}
+            count = min(10_000, len(fill))
+            report["bytes_per_10k"] = {
+                w.name: w.ask({"memory": count})["bytes"] * 10_000 // count for w in workers
+            }
             for size in sizes:
                 for w in workers:
                     row_fill = w.ask({"fill": size})["fill_s"]
