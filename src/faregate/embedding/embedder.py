@@ -11,7 +11,7 @@ attention mask, L2 normalisation, so a dot product of two vectors is their cosin
 Loading takes about half a second and ~175 MB RSS, plus ~40 MB for importing onnxruntime:
 onnxruntime folds the int8 weights into fp32 at session start, which makes a run about four times
 faster than dequantising every time. It happens once, lazily, on the embedding worker thread. A
-short chat question embeds in about 8 ms on one core of this 2-core machine (PyTorch: ~22 ms).
+short chat question embeds in 5-8 ms on one core of this 2-core machine (PyTorch: ~22 ms).
 """
 
 from __future__ import annotations
