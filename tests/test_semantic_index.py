@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from faregate.cache import vector_cells
+from faregate.cache.semantic import SemanticCache
 from faregate.cache.semantic_index import IndexEntry, Scope, SemanticIndex, make_scope
 from faregate.cache.vector_cells import Partition
 from faregate.embedding.embedder import DIMENSIONS, AsyncEmbedder, Vector
@@ -256,3 +257,26 @@ async def test_embed_then_runs_on_the_worker_and_fails_only_its_own_call() -> No
     assert results[0] == 3.0 and isinstance(results[1], ValueError) and results[2] is None
     assert isinstance(results[3], np.ndarray) and results[3][0] == 2
     assert set(seen) == fake.threads and threading.get_ident() not in fake.threads
+
+
+async def test_a_store_made_while_a_question_is_embedded_is_seen_by_its_lookup() -> None:
+    """Another instance's entry (or this one's) arriving mid-embedding is searched, as before the
+    search shared the embedding's hand-off."""
+    embedding = threading.Event()
+    vector = clustered(1, seed=12)[0]
+
+    class Slow:
+        dimensions = DIMENSIONS
+
+        def embed_fitting(self, texts: Sequence[str]) -> list[Vector | None]:
+            embedding.set()
+            threading.Event().wait(0.1)
+            return [vector for _ in texts]
+
+    cache: SemanticCache[str] = SemanticCache(AsyncEmbedder(Slow()))
+    lookup = asyncio.create_task(cache.explain(SCOPE, "How can I reverse a Python list?"))
+    assert await asyncio.to_thread(embedding.wait, 5)
+    await cache.store(SCOPE, "How do I reverse a list in Python?", "answer", vector=vector)
+    result = await lookup
+    await cache.embedder.close()
+    assert result.status == "hit" and result.entry is not None and result.entry.payload == "answer"

@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 # A cell's matrix starts small (most tenants cache little) and grows by a quarter, at least this
 # many rows, so the slack stays near 12% without a copy on every insert; it halves when a quarter
-# full. (Doubling would leave the ~200 cells of a big partition half empty on average.)
+# full. (Doubling would leave the ~200 cells of a big partition a quarter empty on average.)
 FIRST_ROWS = 16
 # Searched exactly up to this many entries (6 MB of vectors: ~0.2 ms); clustered past it.
 EXACT_MAX_ROWS = 4096

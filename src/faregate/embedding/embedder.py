@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -143,6 +144,15 @@ class Embedder:
         return unit
 
 
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
 def _verify(digest: str, expected: str, what: str) -> None:
     if digest != expected:
         raise RuntimeError(f"the packaged embedding {what} does not match its pinned SHA-256")
@@ -171,6 +181,10 @@ class AsyncEmbedder:
         # (text, future, what to run on the vector on the worker before answering, if anything)
         self._pending: list[tuple[str, asyncio.Future[Any], Callable[[Vector], Any] | None]] = []
         self._drainer: asyncio.Task[None] | None = None
+        # Calls waiting for the worker: (fn, args, future, the loop that waits for it).
+        self._calls: deque[
+            tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any], asyncio.AbstractEventLoop]
+        ] = deque()
 
     @property
     def loaded(self) -> bool:
@@ -200,8 +214,30 @@ class AsyncEmbedder:
         return await future
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn on the worker thread, in order with the embeddings (the semantic index lives there)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Run fn on the worker thread, in order with the embeddings (the semantic index lives there).
+
+        A call made while a batch is being embedded runs before that batch's `embed_then`
+        functions: a lookup sees every store submitted before its embedding finished, as it did
+        when the search was a hand-off of its own.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.append((fn, args, future, loop))
+        self._executor.submit(self._run_calls)
+        return await future
+
+    def _run_calls(self) -> None:
+        # On the worker only: run the queued calls in order, answer each on its own loop.
+        while self._calls:
+            fn, args, future, loop = self._calls.popleft()
+            try:
+                outcome: tuple[bool, Any] = (True, fn(*args))
+            except Exception as exc:
+                outcome = (False, exc)
+            try:
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                pass
 
     async def close(self) -> None:
         if self._drainer is not None and not self._drainer.done():
@@ -218,8 +254,10 @@ class AsyncEmbedder:
         self, texts: list[str], fns: list[Callable[[Vector], Any] | None]
     ) -> list[tuple[bool, Any]]:
         """(ok, result or exception) per text: the vector, or fn(vector) when there is an fn."""
+        vectors = self._model().embed_fitting(texts)
+        self._run_calls()  # stores submitted meanwhile go first (see `call`)
         results: list[tuple[bool, Any]] = []
-        for vector, fn in zip(self._model().embed_fitting(texts), fns, strict=True):
+        for vector, fn in zip(vectors, fns, strict=True):
             if fn is None or vector is None:
                 results.append((True, vector))
                 continue
