@@ -6,8 +6,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from faregate.evals.cache_eval.stream import LabelledPair, load_labelled_pairs, replay_stream
+from faregate.evals.cache_eval.stream import (
+    LabelledPair,
+    Traced,
+    hindsight,
+    load_labelled_pairs,
+    replay_stream,
+)
 from faregate.learning.online.cache_acceptance import AcceptanceState, CacheAcceptance
 
 
@@ -47,15 +54,34 @@ def test_stream_keeps_the_bound_and_serves_with_evidence() -> None:
     pairs = [LabelledPair(f"question {i}", f"question {i} reworded", i % 3 != 0) for i in range(1500)]
     distinct = [f"other {i}" for i in range(300)]
     vectors = _vectors(pairs, distinct)
-    acceptance = CacheAcceptance(max_wrong_hit_rate=0.005, min_evidence=30)
+    acceptance = CacheAcceptance(max_wrong_hit_rate=0.005)
     cold = replay_stream(pairs, vectors, [], distinct, acceptance, seed=0)
     assert cold.total.lookups == 3300 and cold.total.wrong_hit_rate <= 0.005
+    # The near misses sit at 0.877 and the paraphrases at 0.968: the threshold lands between them.
+    assert cold.state.threshold is not None and 0.877 < cold.state.threshold <= 0.968
     state = AcceptanceState()
-    for warm in range(3):
-        replay_stream(pairs, vectors, [], distinct, acceptance, seed=1 + warm, state=state)
+    replay_stream(pairs, vectors, [], distinct, acceptance, seed=1, state=state)
     warm_run = replay_stream(pairs, vectors, [], distinct, acceptance, seed=0, state=state)
     assert warm_run.total.wrong_hit_rate <= 0.005
     # Evidence from earlier traffic lets it serve true paraphrases, never a near miss at 0.88.
     assert warm_run.total.paraphrase_share > cold.total.paraphrase_share
-    assert warm_run.total.paraphrase_share > 0.3
-    assert warm_run.total.distinct_wrong == 0
+    assert warm_run.total.paraphrase_share > 0.5
+    assert warm_run.total.distinct_wrong == 0 and warm_run.total.served_wrong_rate == 0.0
+    assert warm_run.total.novel_lookups + warm_run.total.paraphrase_lookups == warm_run.total.lookups
+    # Replayed without serving, the trace shows what a fixed threshold would have done.
+    unserved = replay_stream(pairs, vectors, [], distinct, acceptance, seed=0, serve=False)
+    assert unserved.total.served == 0 and len(unserved.trace) == unserved.total.lookups
+    ceiling = hindsight(unserved.trace, 0.005)
+    assert ceiling.threshold is not None and 0.88 < ceiling.threshold <= 0.97
+    assert ceiling.paraphrase_share > 0.9 and ceiling.wrong_hit_rate <= 0.005
+
+
+def test_hindsight_picks_the_threshold_that_serves_most_within_the_bound() -> None:
+    trace = [Traced(0.97, False, True)] * 50 + [Traced(0.93, True, False)] + [Traced(0.91, False, True)] * 50
+    trace += [Traced(-1.0, False, False)] * 99
+    # One wrong hit in 200 lookups is 0.5%: within a 0.5% bound, serving everything from 0.91 up...
+    assert hindsight(trace, 0.005) == (pytest.approx(0.91), pytest.approx(0.005), pytest.approx(1.0))
+    # ...but not within 0.4%: then only what lies above the near miss at 0.93.
+    strict = hindsight(trace, 0.004)
+    assert strict.threshold is not None and strict.threshold > 0.93
+    assert strict.wrong_hit_rate == 0.0 and strict.paraphrase_share == pytest.approx(0.5)

@@ -15,8 +15,10 @@ from faregate.cli import replay as replay_cli
 from faregate.cli import replay_online
 from faregate.cli.replay_online import report_json, summary_lines
 from faregate.evals.replay.engine import DEFAULT_PRICES, Pair
-from faregate.evals.replay.online import OnlineOptions, Prepared, run_online, stream_order
+from faregate.evals.replay.online import OnlineOptions, PriorCurve, run_online, stream_order
+from faregate.evals.replay.online_setup import Prepared
 from faregate.evals.replay.outcomes import Outcomes, load_outcomes, select
+from faregate.learning.thresholds import CalibrationPoint
 
 DATA = Path(__file__).parents[1] / "data" / "routellm"
 SUBJECTS = (
@@ -60,29 +62,60 @@ def test_the_loop_keeps_the_target_and_charges_verification(stream: Outcomes) ->
     report = run_online(stream, prior, vectors, Pair(), DEFAULT_PRICES, options)
     total = report.total
     assert total.prompts == len(stream) == sum(w.prompts for w in report.windows)
-    assert 0.15 < total.verified / total.prompts < 0.25
+    # The pacing keeps shadow calls at the stated share of traffic, cheap and paid together.
+    assert 0.18 < total.shadow_calls / total.prompts <= 0.21
+    assert total.cheap_shadows > 0 and total.paid_shadows > 0 and total.free_labels == 0
     assert total.retained >= 0.95
     # An informative prior lets the calibration send real traffic to the cheap model...
     assert total.strong_answers < total.prompts * 0.9
-    # ...and every verification is paid for: cost = answers + shadow calls.
+    # ...and every shadow call is paid for: a paid one is a strong call, a cheap one is not.
+    assert total.strong_calls == total.strong_answers + total.paid_shadows
     assert total.verification_cost > 0 and total.cost < report.all_strong_cost
     assert report.apgr_routed > 0.7
     data = report_json(report)
-    assert data["total"]["verified"] == total.verified and len(data["windows"]) == len(report.windows)
+    assert data["total"]["paid_shadow_calls"] == total.paid_shadows
+    assert len(data["windows"]) == len(report.windows)
     assert any("APGR of the routed traffic" in line for line in summary_lines(report))
 
 
-def test_too_little_verification_keeps_every_request_on_the_strong_model(stream: Outcomes) -> None:
+def test_a_cascade_labels_its_escalations_for_free(stream: Outcomes) -> None:
     prior, vectors = _inputs(stream, informative=True)
-    options = OnlineOptions(mode="router", verify_share=0.005, min_verified=30)
+    options = OnlineOptions(mode="cascade", verify_share=0.05)
     report = run_online(stream, prior, vectors, Pair(), DEFAULT_PRICES, options)
-    assert report.total.strong_answers == report.total.prompts and report.final_share == 1.0
+    total = report.total
+    # Every escalation is a label at no extra call; only accepted answers need a paid one.
+    assert total.free_labels == total.strong_answers and total.cheap_shadows == 0
+    assert total.paid_shadows <= 0.06 * total.prompts
+    assert total.strong_calls == total.strong_answers + total.paid_shadows
+    assert total.retained >= 0.95 and total.strong_answers < total.prompts
+    without = run_online(
+        stream, prior, vectors, Pair(), DEFAULT_PRICES, OnlineOptions(mode="cascade", free_labels=False)
+    )
+    assert without.total.strong_answers > total.strong_answers  # free labels certify sooner
+
+
+def test_a_useless_prior_keeps_every_request_on_the_strong_model(stream: Outcomes) -> None:
+    prior, vectors = _inputs(stream, informative=False)
+    options = OnlineOptions(mode="router", verify_share=0.05, fallback=False)
+    report = run_online(stream, prior, vectors, Pair(), DEFAULT_PRICES, options)
+    assert report.total.strong_answers >= 0.95 * report.total.prompts
+    assert report.total.retained >= 0.95
+
+
+def test_a_prior_curve_lets_a_fresh_route_save_from_the_start(stream: Outcomes) -> None:
+    prior, vectors = _inputs(stream, informative=True)
+    curve = PriorCurve(tuple(CalibrationPoint(s / 10, 0.9 + 0.01 * s, 0.0) for s in range(11)), 0.8)
+    cold = OnlineOptions(mode="router", window=200)
+    warm = OnlineOptions(mode="router", window=200, prior_count=200)
+    first = run_online(stream, prior, vectors, Pair(), DEFAULT_PRICES, cold, prior_curve=curve).windows[0]
+    primed = run_online(stream, prior, vectors, Pair(), DEFAULT_PRICES, warm, prior_curve=curve).windows[0]
+    assert first.strong_answers == first.prompts and primed.strong_answers < primed.prompts
 
 
 def test_domain_learning_ranks_better_than_a_useless_prior(stream: Outcomes) -> None:
-    """High-school maths is recorded with GPT-4 worse than Mixtral: verified neighbours learn it."""
+    """High-school maths is recorded with GPT-4 worse than Mixtral: labelled neighbours learn it."""
     prior, vectors = _inputs(stream, informative=False)
-    base = OnlineOptions(mode="router", verify_share=0.2, seed=2, fallback=False)
+    base = OnlineOptions(mode="router", verify_share=0.2, seed=2, fallback=False, learn=True)
     learned = run_online(stream, prior, vectors, Pair(), DEFAULT_PRICES, base)
     fixed = run_online(
         stream, prior, vectors, Pair(), DEFAULT_PRICES, OnlineOptions(**{**_fields(base), "learn": False})
@@ -99,7 +132,7 @@ def test_cli_online_flag(stream: Outcomes, monkeypatch: pytest.MonkeyPatch, tmp_
 
     def fake_prepare(spec: str, outcomes: Outcomes, **_: object) -> Prepared:
         assert spec == "router:some.json"
-        return Prepared(stream, prior, vectors, Pair(), [], "router", "test stream")
+        return Prepared(stream, prior, vectors, Pair(), [], "router", "test stream", None)
 
     monkeypatch.setattr(replay_online, "prepare", fake_prepare)
     app = typer.Typer()

@@ -70,18 +70,33 @@ def register(app: typer.Typer) -> None:
             int, typer.Option(help="Also time lookups with the cache padded to this many entries (0: skip).")
         ] = 50_000,
         pairs_file: Annotated[
-            Path | None,
+            list[Path] | None,
             typer.Option(
                 "--pairs",
                 help="Labelled pairs (CSV/TSV/JSONL: text1,text2,label; or the .txt block format): replay "
                 "them as a stream with online acceptance instead (the data folder holding routellm/ and "
-                "paraphrase/ fills the index).",
+                "paraphrase/ fills the index). Repeatable: the files form one stream.",
             ),
         ] = None,
         sizes: Annotated[
             str, typer.Option(help="--pairs: index sizes, comma-separated.")
         ] = "0,2500,20000,50000",
-        max_wrong_hit_rate: Annotated[float, typer.Option(help="--pairs: the wrong-hit bound.")] = 0.005,
+        max_wrong_hit_rate: Annotated[
+            float, typer.Option(help="--pairs: the bound on wrong hits / lookups.")
+        ] = 0.005,
+        confidence: Annotated[float, typer.Option(help="--pairs: confidence of the bound.")] = 0.95,
+        sequential: Annotated[
+            bool, typer.Option(help="--pairs: anytime-valid bounds (Beta mixture) instead of fixed-sample.")
+        ] = False,
+        warm: Annotated[
+            list[Path] | None,
+            typer.Option(
+                help="--pairs: pairs of other questions streamed first (a deployment already running)."
+            ),
+        ] = None,
+        distinct: Annotated[
+            int, typer.Option(help="--pairs: distinct questions (no pair's) looked up between the pairs.")
+        ] = 500,
         warm_passes: Annotated[
             int,
             typer.Option(help="--pairs: earlier passes of the stream (other orders) whose evidence is kept."),
@@ -89,7 +104,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="--pairs: stream order seed.")] = 0,
     ) -> None:
         """Measure the semantic cache on distinct questions and labelled paraphrases."""
-        if pairs_file is not None:
+        if pairs_file:
             from faregate.cli.cache_stream import run_pairs
             from faregate.learning.online.cache_acceptance import CacheAcceptance
 
@@ -97,9 +112,11 @@ def register(app: typer.Typer) -> None:
                 pairs_file,
                 data if data != CHECKOUT_DATA else Path("data"),
                 [int(s) for s in sizes.split(",")],
-                CacheAcceptance(max_wrong_hit_rate=max_wrong_hit_rate),
+                CacheAcceptance(max_wrong_hit_rate, confidence, sequential=sequential),
                 seed=seed,
                 warm_passes=warm_passes,
+                warm_files=warm,
+                distinct_count=distinct,
                 cache_dir=cache_dir,
                 out=out,
                 console=Console(width=max(Console().width, 150)),

@@ -11,7 +11,14 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from faregate.evals.cache_eval.stream import StreamReport, StreamWindow, load_labelled_pairs, replay_stream
+from faregate.evals.cache_eval.stream import (
+    Hindsight,
+    StreamReport,
+    StreamWindow,
+    hindsight,
+    load_labelled_pairs,
+    replay_stream,
+)
 from faregate.learning.online.cache_acceptance import AcceptanceState, CacheAcceptance
 
 DISTINCT = 500
@@ -36,7 +43,7 @@ def filler_texts(data: Path, exclude: set[str]) -> list[str]:
 
 
 def run_pairs(
-    pairs_file: Path,
+    pairs_files: list[Path],
     data: Path,
     sizes: list[int],
     acceptance: CacheAcceptance,
@@ -46,19 +53,29 @@ def run_pairs(
     cache_dir: Path | None,
     out: Path,
     console: Console,
+    warm_files: list[Path] | None = None,
+    distinct_count: int = DISTINCT,
 ) -> list[StreamReport]:
+    """Replay the pairs as a stream at each index size. `warm_files`: earlier traffic of other
+    questions, streamed first so the acceptance starts from its evidence (a deployment already
+    running); `warm_passes`: the same pairs streamed before in other orders (a projection only)."""
     from faregate.embedding.vector_cache import embed_texts
 
-    pairs = load_labelled_pairs(pairs_file)
-    texts = sorted({p.first for p in pairs} | {p.second for p in pairs})
+    pairs = [p for path in pairs_files for p in load_labelled_pairs(path)]
+    # Each warm-up file is a stream of its own (its own index, in order), so questions of two files
+    # never meet: only the acceptance's evidence carries over, as from earlier traffic.
+    warm_streams = [load_labelled_pairs(path) for path in warm_files or []]
+    warm_pairs = [p for stream in warm_streams for p in stream]
+    texts = sorted({p.first for p in pairs + warm_pairs} | {p.second for p in pairs + warm_pairs})
     pool = filler_texts(data, set(texts))
-    distinct, filler = pool[:DISTINCT], pool[DISTINCT:]
+    # Distinct questions looked up between the pairs (the warm-up streams too, in their own orders:
+    # each stream has its own index), the rest fills the index.
+    distinct, filler = pool[:distinct_count], pool[distinct_count:]
     needed = max(sizes)
     real = filler[:needed]
     progress = lambda done, total: console.print(f"  embedding: {done}/{total}", highlight=False)  # noqa: E731
-    vectors = dict(
-        zip(texts + distinct, embed_texts(texts + distinct, cache_dir, progress=progress), strict=True)
-    )
+    keys = texts + distinct
+    vectors = dict(zip(keys, embed_texts(keys, cache_dir, progress=progress), strict=True))
     fill = list(embed_texts(real, cache_dir, progress=progress)) if real else []
     rng = np.random.default_rng(seed)
     while len(fill) < needed:  # past the vendored texts: random unit vectors (scale only, never near)
@@ -68,10 +85,20 @@ def run_pairs(
         f"{len(pairs):,} labelled pairs ({sum(p.same for p in pairs):,} same), {len(distinct)} distinct "
         f"questions between them; index filled with up to {min(needed, len(real)):,} vendored texts"
         + (f" and {needed - len(real):,} random vectors" if needed > len(real) else "")
+        + (
+            f"; warmed up on {len(warm_streams)} earlier streams ({len(warm_pairs):,} pairs)"
+            if warm_pairs
+            else ""
+        )
     )
     reports = []
+    ceilings: list[Hindsight] = []
     for size in sizes:
         state = AcceptanceState(floor=0.80)
+        for k, stream in enumerate(warm_streams):
+            replay_stream(
+                stream, vectors, fill[:size], distinct, acceptance, seed=seed + 100 + k, state=state
+            )
         for warm in range(warm_passes):
             replay_stream(
                 pairs, vectors, fill[:size], distinct, acceptance, seed=seed + 1000 + warm, state=state
@@ -79,13 +106,25 @@ def run_pairs(
         reports.append(
             replay_stream(pairs, vectors, fill[:size], distinct, acceptance, seed=seed, state=state)
         )
+        unserved = replay_stream(pairs, vectors, fill[:size], distinct, acceptance, seed=seed, serve=False)
+        ceilings.append(hindsight(unserved.trace, acceptance.max_wrong_hit_rate))
     console.print(_table(reports, acceptance, warm_passes))
+    for report, ceiling in zip(reports, ceilings, strict=True):
+        at = "no threshold" if ceiling.threshold is None else f"threshold {ceiling.threshold:.2f}"
+        console.print(
+            f"{report.fill:,} entries: the best single threshold in hindsight ({at}, chosen with every "
+            f"label: a ceiling, not deployable) serves {ceiling.paraphrase_share:.1%} of true paraphrases "
+            f"at {ceiling.wrong_hit_rate:.2%} wrong hits / lookups",
+            highlight=False,
+        )
     out.mkdir(parents=True, exist_ok=True)
     summary = {
-        "pairs": str(pairs_file),
+        "pairs": [str(p) for p in pairs_files],
         "seed": seed,
         "warm_passes": warm_passes,
-        "runs": [_json(r) for r in reports],
+        "warm": [str(p) for p in warm_files or []],
+        "distinct": distinct_count,
+        "runs": [{**_json(r), "hindsight": c._asdict()} for r, c in zip(reports, ceilings, strict=True)],
     }
     (out / "cache-stream.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     console.print(f"wrote {out}/cache-stream.json")
@@ -98,6 +137,8 @@ def _row(w: StreamWindow) -> list[str]:
         f"{w.served:,}",
         f"{w.wrong:,}",
         f"{w.wrong_hit_rate:.2%}",
+        f"{w.novel_wrong}/{w.novel_lookups} = {w.novel_wrong_rate:.2%}",
+        f"{w.served_wrong_rate:.1%}",
         f"{w.paraphrases_served}/{w.paraphrase_lookups} = {w.paraphrase_share:.1%}",
         f"{w.distinct_wrong}/{w.distinct_lookups}",
         str(w.verified),
@@ -105,17 +146,24 @@ def _row(w: StreamWindow) -> list[str]:
 
 
 def _table(reports: list[StreamReport], acceptance: CacheAcceptance, warm: int) -> Table:
+    kind = "anytime-valid" if acceptance.sequential else "fixed-sample"
     table = Table(
-        title=f"Online acceptance, wrong-hit bound {acceptance.max_wrong_hit_rate:.1%} at "
-        f"{acceptance.confidence:.0%} confidence" + (f", after {warm} warm-up passes" if warm else "")
+        title=f"Online acceptance: wrong hits / lookups <= {acceptance.max_wrong_hit_rate:.1%} at "
+        f"{acceptance.confidence:.0%} confidence ({kind})"
+        + (f", after {warm} warm-up passes" if warm else "")
     )
-    for column in ("index entries", "window", "lookups", "served", "wrong", "wrong-hit rate",
-                   "true paraphrases served", "distinct questions served", "hits verified"):  # fmt: skip
+    for column in ("index entries", "window", "lookups", "served", "wrong", "wrong / lookups",
+                   "wrong / novel lookups", "wrong / served", "true paraphrases served",
+                   "distinct questions served", "hits verified"):  # fmt: skip
         table.add_column(column, justify="right")
     for r in reports:
         for w in r.windows:
             table.add_row(f"{r.fill:,}", f"{w.start + 1:,}-{w.start + w.lookups:,}", *_row(w))
         table.add_row(f"{r.fill:,}", "all", *_row(r.total), style="bold")
+        threshold = r.state.threshold
+        table.add_row(
+            f"{r.fill:,}", "threshold at the end", "none" if threshold is None else f"{threshold:.2f}"
+        )
     return table
 
 
@@ -131,6 +179,10 @@ def _json(report: StreamReport) -> dict[str, Any]:
             "paraphrases_served": w.paraphrases_served,
             "distinct_lookups": w.distinct_lookups,
             "distinct_served": w.distinct_wrong,
+            "novel_lookups": w.novel_lookups,
+            "novel_wrong": w.novel_wrong,
+            "novel_wrong_rate": w.novel_wrong_rate,
+            "served_wrong_rate": w.served_wrong_rate,
             "verified": w.verified,
         }
 
@@ -139,6 +191,8 @@ def _json(report: StreamReport) -> dict[str, Any]:
         "index_entries": report.index_entries,
         "total": window(report.total),
         "windows": [window(w) for w in report.windows],
+        "threshold_at_end": report.state.threshold,
+        "lookups_by_band": report.state.seen,
         "labelled_by_band": report.state.labelled,
         "wrong_by_band": report.state.wrong,
     }

@@ -298,22 +298,50 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--online",
                 help="Replay online calibration: a stream in a seeded order (--seed), a sample of "
-                "decisions verified, the strong-call share kept within --target. Policy router:FILE "
+                "decisions labelled, the strong-call share kept within --target. Policy router:FILE "
                 "or judge:FILE (a cascade).",
             ),
         ] = False,
         target: Annotated[
             float, typer.Option(help="--online: share of the strong model's accuracy to keep.")
         ] = 0.95,
-        confidence: Annotated[float, typer.Option(help="--online: confidence of the quality bound.")] = 0.95,
-        verify_share: Annotated[float, typer.Option(help="--online: share of decisions verified.")] = 0.05,
+        confidence: Annotated[
+            float, typer.Option(help="--online: confidence of the (anytime-valid) quality test.")
+        ] = 0.95,
+        verify_share: Annotated[
+            float,
+            typer.Option(
+                help="--online: expected share of decisions given a shadow call (router: any; cascade: paid)."
+            ),
+        ] = 0.05,
+        frontier: Annotated[
+            float, typer.Option(help="--online: rank band above the cut sampled like the cheap side.")
+        ] = 0.1,
+        rest_ratio: Annotated[
+            float,
+            typer.Option(
+                help="--online: sampling rate deep on the strong side, relative to near the cut "
+                "(1 with --frontier 0: uniform)."
+            ),
+        ] = 0.1,
+        free_labels: Annotated[
+            bool, typer.Option(help="--online, cascade: an escalation's two answers are a free label.")
+        ] = True,
+        prior: Annotated[
+            int,
+            typer.Option(help="--online: pseudo-outcomes from the file's calibration curve (0: no prior)."),
+        ] = 0,
         window: Annotated[int, typer.Option(help="--online: prompts per reported window.")] = 500,
         order: Annotated[
             str, typer.Option(help="--online: shuffled, or by-source (whole subjects in turn: drift).")
         ] = "shuffled",
         learn: Annotated[
-            bool, typer.Option(help="--online: learn the traffic's domains from verified neighbours.")
-        ] = True,
+            bool,
+            typer.Option(
+                help="--online: re-rank by labelled neighbours (moves the ranking under the calibration: "
+                "outside the guarantee)."
+            ),
+        ] = False,
     ) -> None:
         """Replay a routing policy on recorded outcomes: calls per model, cost, accuracy, PGR/CPT/APGR."""
         prices = dict(DEFAULT_PRICES)
@@ -327,21 +355,26 @@ def register(app: typer.Typer) -> None:
                 output_tokens=output_tokens,
             )
             if online:
-                _online(
-                    outcomes,
-                    policy,
-                    prices,
-                    held_out,
-                    cache_dir,
-                    json_out,
-                    seed,
-                    target,
-                    confidence,
-                    verify_share,
-                    window,
-                    order,
-                    learn,
+                from faregate.cli.replay_online import online_options, replay_online
+
+                chosen_online = online_options(
+                    target=target,
+                    confidence=confidence,
+                    verify_share=verify_share,
+                    frontier=frontier,
+                    rest_ratio=rest_ratio,
+                    free_labels=free_labels,
+                    prior=prior,
+                    window=window,
+                    seed=seed,
+                    order=order,
+                    learn=learn,
                 )
+                console = Console(width=max(Console().width, 150))
+                replay_online(
+                    outcomes, policy, chosen_online, prices, held_out=held_out, cache_dir=cache_dir,
+                    json_out=json_out, console=console,
+                )  # fmt: skip
                 return
             notes: list[str] = []
             if (as_ or hint) and not policy.startswith(ROUTE_PREFIX):
@@ -396,46 +429,3 @@ def register(app: typer.Typer) -> None:
         if json_out is not None:
             json_out.write_text(json.dumps(report_json(report), indent=2) + "\n", encoding="utf-8")
             console.print(f"report written to {json_out}")
-
-
-def _online(
-    outcomes: Outcomes,
-    policy: str,
-    prices: dict[str, Price],
-    held_out: bool,
-    cache_dir: Path | None,
-    json_out: Path | None,
-    seed: int,
-    target: float,
-    confidence: float,
-    verify_share: float,
-    window: int,
-    order: str,
-    learn: bool,
-) -> None:
-    from faregate.cli.replay_online import replay_online
-    from faregate.evals.replay.online import OnlineOptions
-
-    if order not in ("shuffled", "by-source"):
-        raise ValueError("--order must be shuffled or by-source")
-    options = OnlineOptions(
-        mode="router",
-        target=target,
-        confidence=confidence,
-        verify_share=verify_share,
-        window=window,
-        seed=seed,
-        order="shuffled" if order == "shuffled" else "by-source",
-        learn=learn,
-    )
-    console = Console(width=max(Console().width, 150))
-    replay_online(
-        outcomes,
-        policy,
-        options,
-        prices,
-        held_out=held_out,
-        cache_dir=cache_dir,
-        json_out=json_out,
-        console=console,
-    )

@@ -10,12 +10,48 @@ from rich.console import Console
 from rich.table import Table
 
 from faregate.evals.costs.projection import display_usd
-from faregate.evals.replay.online import OnlineOptions, OnlineReport, Window, prepare, run_online
+from faregate.evals.replay.online import OnlineOptions, OnlineReport, Window, run_online
+from faregate.evals.replay.online_setup import prepare
 from faregate.evals.replay.outcomes import Outcomes
 from faregate.types import Price
 
 # Windows before this many prompts are the warm-up the target table leaves out.
 WARM_UP = 1000
+
+
+def online_options(
+    *,
+    target: float,
+    confidence: float,
+    verify_share: float,
+    frontier: float,
+    rest_ratio: float,
+    free_labels: bool,
+    prior: int,
+    window: int,
+    seed: int,
+    order: str,
+    learn: bool,
+) -> OnlineOptions:
+    """The command line's --online options, checked (the mode comes from the policy file)."""
+    if order not in ("shuffled", "by-source"):
+        raise ValueError("--order must be shuffled or by-source")
+    if prior < 0:
+        raise ValueError("--prior is a number of pseudo-outcomes, 0 or more")
+    return OnlineOptions(
+        mode="router",
+        target=target,
+        confidence=confidence,
+        verify_share=verify_share,
+        frontier=frontier,
+        rest_ratio=rest_ratio,
+        free_labels=free_labels,
+        prior_count=prior,
+        window=window,
+        seed=seed,
+        order="shuffled" if order == "shuffled" else "by-source",
+        learn=learn,
+    )
 
 
 def replay_online(
@@ -39,6 +75,7 @@ def replay_online(
         prices,
         options,
         prepared.reference_scores,
+        prepared.curve,
     )
     console.print(
         f"{report.data}: {prepared.note}; {options.mode}, stream order {options.order} (seed {options.seed})"
@@ -58,9 +95,11 @@ def _fields(options: OnlineOptions) -> dict[str, Any]:
 
 def _window_table(report: OnlineReport) -> Table:
     o = report.options
+    prior = f", prior worth {o.prior_count} outcomes" if o.prior_count else ", no prior"
     table = Table(
-        title=f"Online calibration, target {o.target:.0%} of {report.pair.strong}'s accuracy at "
-        f"{o.confidence:.0%} confidence, {o.verify_share:.0%} of decisions verified"
+        title=f"Online calibration, target {o.target:.0%} of {report.pair.strong}'s accuracy, "
+        f"anytime-valid at {o.confidence:.0%} confidence, shadow calls on {o.verify_share:.0%} of "
+        f"decisions{prior}"
     )
     for column in (
         "prompts",
@@ -69,10 +108,11 @@ def _window_table(report: OnlineReport) -> Table:
         "kept",
         "strong answers",
         "strong calls (with verification)",
-        "verified",
+        "labels free / cheap / paid",
+        "shadow calls",
         "cost (with verification)",
         "of which verification",
-        "share in force at start",
+        "strong share at start",
     ):
         table.add_column(column, justify="right")
     for w in [*report.windows, report.total]:
@@ -84,7 +124,8 @@ def _window_table(report: OnlineReport) -> Table:
             f"{w.retained:.1%}",
             f"{w.strong_answers / w.prompts:.1%}",
             f"{w.strong_calls / w.prompts:.1%}",
-            str(w.verified),
+            f"{w.free_labels} / {w.cheap_shadows} / {w.paid_shadows}",
+            f"{w.shadow_calls / w.prompts:.1%}",
             display_usd(w.cost),
             display_usd(w.verification_cost),
             "" if last else f"{w.strong_share_setting:.0%}",
@@ -101,6 +142,13 @@ def summary_lines(report: OnlineReport) -> list[str]:
     lines = [
         f"APGR of the routed traffic {report.apgr_routed:.3f} (static prior {report.apgr_prior:.3f}, "
         f"length heuristic {report.apgr_length:.3f}, on the same stream)",
+        "with every label of the stream (hindsight, not deployable): "
+        + ", ".join(f"{name} {value:.3f}" for name, value in report.apgr_hindsight.items()),
+        f"strong model: {total.strong_answers / total.prompts:.1%} of answers, "
+        f"{total.strong_calls / total.prompts:.1%} of prompts as calls including paid shadow calls; "
+        f"shadow calls on {total.shadow_calls / total.prompts:.2%} of prompts "
+        f"({total.cheap_shadows} cheap, {total.paid_shadows} paid), {total.free_labels} free labels; "
+        f"strong share at the end {report.final_share:.0%}",
         f"cost {display_usd(total.cost)} = {float(total.cost / report.all_strong_cost):.1%} of all-strong "
         f"({display_usd(report.all_strong_cost)}), verification included "
         f"({display_usd(total.verification_cost)})",
@@ -126,7 +174,9 @@ def _window_json(w: Window) -> dict[str, Any]:
         "retained": w.retained,
         "strong_answers": w.strong_answers,
         "strong_calls_with_verification": w.strong_calls,
-        "verified": w.verified,
+        "free_labels": w.free_labels,
+        "cheap_shadow_calls": w.cheap_shadows,
+        "paid_shadow_calls": w.paid_shadows,
         "cost_usd": str(w.cost),
         "verification_cost_usd": str(w.verification_cost),
         "strong_share_at_start": w.strong_share_setting,
@@ -142,7 +192,10 @@ def report_json(report: OnlineReport) -> dict[str, Any]:
             "target": o.target,
             "confidence": o.confidence,
             "verify_share": o.verify_share,
-            "min_verified": o.min_verified,
+            "frontier": o.frontier,
+            "rest_ratio": o.rest_ratio,
+            "free_labels": o.free_labels,
+            "prior_count": o.prior_count,
             "window": o.window,
             "seed": o.seed,
             "order": o.order,
@@ -155,6 +208,7 @@ def report_json(report: OnlineReport) -> dict[str, Any]:
         "apgr_routed": report.apgr_routed,
         "apgr_prior": report.apgr_prior,
         "apgr_length": report.apgr_length,
+        "apgr_hindsight": report.apgr_hindsight,
         "all_strong_cost_usd": str(report.all_strong_cost),
         "total": _window_json(report.total),
         "windows": [_window_json(w) for w in report.windows],

@@ -9,11 +9,14 @@ too: any hit on one is wrong. Before the stream the index holds `fill` entries o
 tenant's other traffic), so lookups meet a crowded index of the stated size.
 
 Each lookup runs what the gateway runs: the index's nearest candidates, the near-miss guards, then
-the online acceptance (learning/online/cache_acceptance.py). A lookup not served is labelled for
-free (the fresh answer is compared with the candidate's); a sampled share of served hits is
-verified by a fresh call, counted as verification cost. Reported, per window and overall: the
-realised wrong-hit rate (wrong answers served / lookups), the share of true paraphrases served
-(lookups whose class was already cached, served a right answer), and verification calls.
+the online acceptance (learning/online/cache_acceptance.py): serve at or above the threshold in
+force, unless a conflict was seen that close. A lookup not served is labelled for free (the fresh
+answer is compared with the candidate's); a sampled share of served hits is verified by a fresh
+call, counted as verification. The threshold is recalibrated after every label. Reported, per
+window and overall: wrong hits / lookups (the rate the acceptance bounds), wrong hits / lookups
+whose question had no answer in the cache yet ("novel"), wrong hits / served hits, the share of
+true paraphrases served (lookups whose class was already cached, served a right answer), and
+verification calls.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -90,6 +94,9 @@ class StreamWindow:
     paraphrases_served: int = 0
     distinct_lookups: int = 0
     distinct_wrong: int = 0
+    # Lookups whose question had no answer in the cache yet, and the wrong hits among them.
+    novel_lookups: int = 0
+    novel_wrong: int = 0
     verified: int = 0
 
     @property
@@ -97,8 +104,34 @@ class StreamWindow:
         return self.wrong / self.lookups if self.lookups else 0.0
 
     @property
+    def novel_wrong_rate(self) -> float:
+        return self.novel_wrong / self.novel_lookups if self.novel_lookups else 0.0
+
+    @property
+    def served_wrong_rate(self) -> float:
+        return self.wrong / self.served if self.served else 0.0
+
+    @property
     def paraphrase_share(self) -> float:
         return self.paraphrases_served / self.paraphrase_lookups if self.paraphrase_lookups else 0.0
+
+
+class Traced(NamedTuple):
+    """One lookup as a fixed threshold would see it: its best guard-passing candidate's similarity
+    (-1: none), whether that candidate is a wrong answer, whether the lookup is a paraphrase of a
+    cached question."""
+
+    similarity: float
+    wrong: bool
+    paraphrase: bool
+
+
+class Hindsight(NamedTuple):
+    """The best single threshold chosen with every label of the stream (not deployable: a ceiling)."""
+
+    threshold: float | None
+    wrong_hit_rate: float
+    paraphrase_share: float
 
 
 @dataclass(slots=True)
@@ -109,6 +142,25 @@ class StreamReport:
     total: StreamWindow
     acceptance: CacheAcceptance
     state: AcceptanceState = field(default_factory=AcceptanceState)
+    trace: list[Traced] = field(default_factory=list)
+
+
+def hindsight(trace: Sequence[Traced], bound: float, floor: float = 0.80) -> Hindsight:
+    """The threshold (on a 0.01 grid) serving the most paraphrases with wrong hits / lookups <= bound,
+    had every candidate at or above it been served, on a stream replayed without serving."""
+    lookups = max(1, len(trace))
+    paraphrases = max(1, sum(t.paraphrase for t in trace))
+    best = Hindsight(None, 0.0, 0.0)
+    for step in range(round((1.0 - floor) / 0.01), -1, -1):
+        tau = round(floor + step * 0.01, 6)
+        above = [t for t in trace if t.similarity >= tau - 1e-9]
+        rate = sum(t.wrong for t in above) / lookups
+        if rate > bound:
+            continue
+        share = sum(t.paraphrase and not t.wrong for t in above) / paraphrases
+        if share > best.paraphrase_share:
+            best = Hindsight(tau, rate, share)
+    return best
 
 
 def _classes(pairs: Sequence[LabelledPair]) -> dict[str, int]:
@@ -140,9 +192,12 @@ def replay_stream(
     window: int = 500,
     verify_hits: float = 0.05,
     state: AcceptanceState | None = None,
+    serve: bool = True,
 ) -> StreamReport:
     """Run the stream. `vectors` maps every pair and distinct text to its unit embedding; `fill` are
-    vectors of other texts to pre-load (never a right answer to anything in the stream)."""
+    vectors of other texts to pre-load (never a right answer to anything in the stream). With
+    `serve` off nothing is served (every question is stored): the trace then shows what any fixed
+    threshold would have done (`hindsight`)."""
     classes = _classes(pairs)
     index: SemanticIndex[int] = SemanticIndex(
         len(next(iter(vectors.values()))), max_entries=10**7, ttl_s=1e12
@@ -169,6 +224,7 @@ def replay_stream(
     windows: list[StreamWindow] = []
     total = StreamWindow(0)
     lookup = 0
+    trace: list[Traced] = []
     for text, cls in queries:
         if cls >= 0 and text in seen:
             continue
@@ -176,11 +232,14 @@ def replay_stream(
         if lookup % window == 0:
             windows.append(StreamWindow(lookup))
         outcome = _lookup(
-            index, evidence, state, acceptance, text, vectors[text], cls, seed, lookup, verify_hits
+            index, evidence, state, acceptance, text, vectors[text], cls, seed, lookup, verify_hits, serve
         )
-        served, wrong, verified = outcome
+        served, wrong, verified, similarity, conflict = outcome
         paraphrase = cls >= 0 and cls in cached_classes
+        trace.append(Traced(similarity if similarity is not None else -1.0, wrong, paraphrase))
         for w in (windows[-1], total):
+            w.novel_lookups += not paraphrase
+            w.novel_wrong += not paraphrase and served and wrong
             w.lookups += 1
             w.served += served
             w.wrong += served and wrong
@@ -191,11 +250,12 @@ def replay_stream(
             w.distinct_wrong += cls == -2 and served
         if not served:
             entry = index.add(SCOPE, vectors[text], text, cls if cls >= 0 else -3 - lookup)
-            evidence[id(entry)] = EntryEvidence()
+            # A conflict seen at this lookup marks both sides: the candidate and the new entry.
+            evidence[id(entry)] = EntryEvidence(1, 0, conflict) if conflict is not None else EntryEvidence()
             if cls >= 0:
                 cached_classes.add(cls)
         lookup += 1
-    return StreamReport(len(fill), len(index), windows, total, acceptance, state)
+    return StreamReport(len(fill), len(index), windows, total, acceptance, state, trace)
 
 
 def _lookup(
@@ -209,22 +269,27 @@ def _lookup(
     seed: int,
     lookup: int,
     verify_hits: float,
-) -> tuple[bool, bool, bool]:
-    """(served, wrong, verified by a fresh call) for one lookup."""
+    serve: bool,
+) -> tuple[bool, bool, bool, float | None, float | None]:
+    """(served, wrong, verified by a fresh call, the best candidate's similarity, the similarity of a
+    conflict labelled here) for one lookup."""
     found = index.search(SCOPE, vector, k=CANDIDATES, min_score=state.floor - 0.05)
     allowed = [(e, s) for e, s in found if e.text and violation(text, e.text) is None]
     candidates = [(e, s) for e, s in allowed if s >= state.floor]
     if not candidates:
-        state.lookups += 1
-        return False, False, False
+        acceptance.record_lookup(state, None)
+        return False, False, False, None, None
     best, similarity = candidates[0]
+    acceptance.record_lookup(state, similarity)
     others = [Neighbour(s, evidence.get(id(e), EntryEvidence())) for e, s in found if e is not best]
     mine = evidence.setdefault(id(best), EntryEvidence())
-    decision = acceptance.decide(
-        state, Neighbour(similarity, mine), others, coin(f"cache-{seed}", str(lookup))
-    )
     wrong = best.payload != cls or cls < 0
+    if not serve:
+        return False, wrong, False, similarity, None
+    decision = acceptance.decide(state, Neighbour(similarity, mine), others)
     verified = decision.serve and coin(f"verify-{seed}", str(lookup)) < verify_hits
     if not decision.serve or verified:
         acceptance.observe(state, similarity, wrong, [mine])
-    return decision.serve, wrong, verified
+        acceptance.calibrate(state)
+        return decision.serve, wrong, verified, similarity, similarity if wrong else None
+    return decision.serve, wrong, verified, similarity, None

@@ -1,19 +1,25 @@
 """The closed loop of online calibration, replayed on recorded outcomes (`faregate replay --online`).
 
 Prompts arrive one at a time in a seeded order. For each: the policy scores it (the offline prior,
-corrected by verified neighbours unless learning is off), ranks the score among recent ones, and
-takes the strong path when the rank is in the calibrated strong-call share (router: the strong
-model answers; cascade: the cheap answer is escalated). A uniform sample of decisions is verified,
-as the gateway would after responding: the reference answer is "called" and its outcome read from
-the recorded correctness of both models, and each verification is charged as the extra call it is
-(router: the other model; cascade: the strong model for an accepted answer, nothing for an
-escalated one, whose two answers both exist). Each verified outcome updates the calibration
-(learning/online/calibrator.py), the domain evidence and the router-health check.
+corrected by labelled neighbours unless learning is off), ranks the score among recent ones, and
+takes the cheap path when the rank is below the certified cut (router: the weak model answers;
+cascade: the cheap answer is accepted). The verification plan (learning/online/verification_plan.py)
+then says with what probability this decision is labelled, as the gateway would after responding:
+
+- router, cheap decision: a shadow call to the strong model (paid; counted as a strong call);
+- router, strong decision: a shadow call to the weak model (cheap: a few % of the strong price);
+- cascade, accepted answer: a shadow call to the strong model (paid; a strong call);
+- cascade, escalated answer: both answers exist already, a free label (when free labels are on).
+
+A labelled decision's outcome is read from the recorded correctness of both models and updates the
+calibration (learning/online/calibrator.py), the domain evidence and the router-health check; an
+unlabelled one counts as a decision. Every shadow call is charged as the call it is. With a prior,
+the model file's calibration curve enters first as pseudo-outcomes (learning/online/prior.py).
 
 Reported per window of prompts: realised accuracy against the strong model's on the same prompts,
-strong-model share (answers, and calls including verification), cost including verification;
-over the stream: APGR of the routed traffic (its decision-time scores swept like any scorer) beside
-the static prior's and the length heuristic's on the same stream.
+strong-model share (answers, and calls including verification), shadow calls by kind, cost
+including verification; over the stream: APGR of the routed traffic (its decision-time ranks swept
+like any scorer) beside the static prior's and the length heuristic's on the same stream.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -29,10 +34,14 @@ import numpy as np
 from faregate.evals.replay.engine import Pair, call_cost, length_score, sweep
 from faregate.evals.replay.outcomes import Outcomes, PromptRecord
 from faregate.evals.replay.router_eval import scorer_of
-from faregate.learning.online.calibrator import CalibrationState, ScoreRanks, ShareCalibrator, VerifiedOutcome
+from faregate.learning.online.betting import Bettor
+from faregate.learning.online.calibrator import LabelledDecision, ScoreRanks, ShareCalibrator
 from faregate.learning.online.domain_router import DomainEvidence, DomainRouter
 from faregate.learning.online.health import HealthState, RouterHealth
+from faregate.learning.online.prior import pseudo_outcomes
 from faregate.learning.online.sampling import coin
+from faregate.learning.online.verification_plan import VerificationPlan, pace
+from faregate.learning.thresholds import CalibrationPoint
 from faregate.types import Price
 
 Mode = Literal["router", "cascade"]
@@ -44,14 +53,25 @@ class OnlineOptions:
     mode: Mode
     target: float = 0.95
     confidence: float = 0.95
+    # Expected share of decisions given a shadow call (router: cheap and paid; cascade: paid).
     verify_share: float = 0.05
-    min_verified: int = 30
+    # Stratified sampling: the band above the cut sampled like the cheap side, and the rate deep
+    # on the strong side relative to it (frontier 0 and rest_ratio 1: uniform sampling).
+    frontier: float = 0.1
+    rest_ratio: float = 0.1
+    # Cascade: an escalation's two answers label it for free.
+    free_labels: bool = True
+    # Pseudo-outcomes from the model file's calibration curve (0: no prior).
+    prior_count: int = 0
     window: int = 500
     seed: int = 0
     order: Order = "shuffled"
-    learn: bool = True
+    # Re-rank by labelled neighbours (domain_router.py). Off by default: it changes the ranking the
+    # calibration's tests are about while they run, which the guarantee does not cover.
+    learn: bool = False
     fallback: bool = True
     domain: DomainRouter = field(default_factory=DomainRouter)
+    bettor: Bettor = field(default_factory=Bettor)
 
 
 @dataclass(slots=True)
@@ -62,7 +82,10 @@ class Window:
     strong_correct: int = 0
     strong_answers: int = 0
     strong_calls: int = 0
-    verified: int = 0
+    # Labels by kind: free (escalations), cheap (weak shadow calls), paid (strong shadow calls).
+    free_labels: int = 0
+    cheap_shadows: int = 0
+    paid_shadows: int = 0
     cost: Decimal = Decimal(0)
     verification_cost: Decimal = Decimal(0)
     strong_share_setting: float = 1.0
@@ -78,6 +101,10 @@ class Window:
     @property
     def retained(self) -> float:
         return self.correct / self.strong_correct if self.strong_correct else 1.0
+
+    @property
+    def shadow_calls(self) -> int:
+        return self.cheap_shadows + self.paid_shadows
 
 
 @dataclass(slots=True)
@@ -96,6 +123,16 @@ class OnlineReport:
     flagged_at: int | None
     health_reason: str
     final_share: float
+    # Rankings that use every label of the stream (not deployable): what learning could reach.
+    apgr_hindsight: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class PriorCurve:
+    """The model file's calibration curve and the strong model's training accuracy."""
+
+    points: tuple[CalibrationPoint, ...]
+    strong_accuracy: float
 
 
 def stream_order(records: Sequence[PromptRecord], order: Order, seed: int) -> list[int]:
@@ -109,6 +146,51 @@ def stream_order(records: Sequence[PromptRecord], order: Order, seed: int) -> li
     return [i for s in ranked for i in range(len(records)) if records[i].source == s]
 
 
+class _Loop:
+    """The per-route state of the replay: what the gateway would keep in its store."""
+
+    def __init__(self, options: OnlineOptions, reference_scores: Sequence[float], prior: PriorCurve | None):
+        self.options = options
+        self.calibrator = ShareCalibrator(options.target, options.confidence, bettor=options.bettor)
+        self.plan = VerificationPlan(
+            options.verify_share,
+            frontier=options.frontier,
+            rest_ratio=options.rest_ratio,
+            free_strong_side=options.mode == "cascade" and options.free_labels,
+        )
+        self.prior = prior
+        self.reference_scores = list(reference_scores)
+        self.ranks = ScoreRanks(reference=list(reference_scores))
+        self.length_ranks = ScoreRanks()
+        self.evidence = DomainEvidence()
+        self.health_state = HealthState()
+        self.health = RouterHealth()
+        self.state = self.calibrator.new_state()
+        self.seed_prior()
+        self.start_tests()
+
+    def start_tests(self) -> None:
+        self.calibrator.start_tests(self.state, self.plan.dense(self.calibrator.cuts, self.state.cheap_share))
+
+    def seed_prior(self) -> None:
+        if self.prior is None or self.options.prior_count <= 0:
+            return
+        ones = np.ones(len(self.calibrator.cuts))
+        # Pseudo-outcomes carry weight 1: every cut's test starts with them.
+        self.calibrator.start_tests(self.state, ones > 0)
+        for decision in pseudo_outcomes(
+            self.prior.points, self.prior.strong_accuracy, self.options.prior_count, self.options.seed
+        ):
+            self.calibrator.observe(self.state, decision, ones)
+        self.calibrator.calibrate(self.state)
+
+    def restart_calibration(self) -> None:
+        """The deciding ranking changed (fallback to length): evidence about cuts of the old one does
+        not transfer, so the calibration starts again (all strong until re-certified)."""
+        self.state = self.calibrator.new_state()
+        self.start_tests()
+
+
 def run_online(
     outcomes: Outcomes,
     prior: np.ndarray,
@@ -117,17 +199,12 @@ def run_online(
     prices: dict[str, Price],
     options: OnlineOptions,
     reference_scores: Sequence[float] = (),
+    prior_curve: PriorCurve | None = None,
 ) -> OnlineReport:
     """Replay the loop. `prior[i]` is the offline score of record i (higher: strong path),
     `vectors[i]` its prompt's unit embedding."""
     records = outcomes.records
-    calibrator = ShareCalibrator(options.target, options.confidence, options.min_verified)
-    state = CalibrationState()
-    ranks = ScoreRanks(reference=list(reference_scores))
-    length_ranks = ScoreRanks()
-    evidence = DomainEvidence()
-    health_state = HealthState()
-    health = RouterHealth()
+    loop = _Loop(options, reference_scores, prior_curve)
     seed = f"online-{options.seed}"
     windows: list[Window] = []
     total = Window(0)
@@ -137,47 +214,56 @@ def run_online(
     for position, i in enumerate(stream_order(records, options.order, options.seed)):
         record = records[i]
         if position % options.window == 0:
-            windows.append(Window(position, strong_share_setting=state.strong_share))
-        learned = options.domain.score(evidence, float(prior[i]), vectors[i]) if options.learn else prior[i]
+            windows.append(Window(position, strong_share_setting=loop.state.strong_share))
+        learned = float(
+            options.domain.score(loop.evidence, float(prior[i]), vectors[i]) if options.learn else prior[i]
+        )
         length = length_score(record)
         use_length = options.fallback and flagged_at is not None and options.mode == "router"
-        score = length if use_length else float(learned)
-        rank = (length_ranks if use_length else ranks).rank(score)
-        router_rank = ranks.rank(float(learned))
-        length_rank = length_ranks.rank(length)
-        ranks.record(float(learned))
-        length_ranks.record(length)
-        # The rank that decided, on one [0, 1] scale whichever policy decided.
+        router_rank = loop.ranks.rank(learned)
+        length_rank = loop.length_ranks.rank(length)
+        loop.ranks.record(learned)
+        loop.length_ranks.record(length)
+        rank = length_rank if use_length else router_rank
         decided[i] = rank
-        strong = rank >= 1.0 - state.strong_share - 1e-12
+        cut = loop.state.cheap_share
+        strong = rank >= cut - 1e-12 or cut <= 0.0
         s_ok, w_ok = record.correct[pair.strong], record.correct[pair.weak]
         cost = _answer_cost(record, pair, prices, options.mode, strong)
-        verification = Decimal(0)
-        strong_calls = int(strong)
-        verified = coin(seed, str(i)) < options.verify_share
-        if verified:
-            verification, extra_strong = _verification_cost(record, pair, prices, options.mode, strong)
-            strong_calls += extra_strong
-            outcome = VerifiedOutcome(
-                router_rank, loss=s_ok and not w_ok, gain=w_ok and not s_ok, reference_ok=s_ok
-            )
-            calibrator.observe(state, outcome)
-            calibrator.calibrate(state)
+        used = total.shadow_calls if options.mode == "router" else total.paid_shadows
+        scale = pace(options.verify_share, used, position)
+        probability = loop.plan.probability(rank, cut, scale)
+        labelled = coin(seed, str(i)) < probability
+        verification, extra_strong, kind = Decimal(0), 0, ""
+        if labelled:
+            verification, extra_strong, kind = _shadow(record, pair, prices, options.mode, strong)
+            decision = LabelledDecision(rank, s_ok and not w_ok, w_ok and not s_ok, s_ok, probability)
+            floor = loop.plan.floor_probabilities(loop.calibrator.cuts, cut, scale)
+            loop.calibrator.observe(loop.state, decision, floor)
+            loop.calibrator.calibrate(loop.state)
+            loop.start_tests()
             net = int(s_ok) - int(w_ok)
-            evidence.add(vectors[i], net)
-            health_state.add(net, router_rank, length_rank)
-            verdict = health.verdict(health_state)
-            if verdict.flagged and flagged_at is None:
+            loop.evidence.add(vectors[i], net, 1.0 / probability)
+            least = loop.plan.least_probability(cut, scale)
+            loop.health.observe(loop.health_state, net, router_rank, length_rank, probability, least)
+            verdict = loop.health.verdict(loop.health_state)
+            if verdict.flagged and flagged_at is None and options.fallback and options.mode == "router":
                 flagged_at, reason = position, verdict.reason
-            elif not reason or flagged_at is None:
+                loop.restart_calibration()
+            elif flagged_at is None:
                 reason = verdict.reason
+        else:
+            loop.calibrator.observe_unlabelled(loop.state)
+            loop.health.observe_unlabelled(loop.health_state)
         for window in (windows[-1], total):
             window.prompts += 1
             window.correct += s_ok if strong else w_ok
             window.strong_correct += s_ok
             window.strong_answers += strong
-            window.strong_calls += strong_calls
-            window.verified += verified
+            window.strong_calls += int(strong) + extra_strong
+            window.free_labels += kind == "free"
+            window.cheap_shadows += kind == "cheap"
+            window.paid_shadows += kind == "paid"
             window.cost += cost + verification
             window.verification_cost += verification
     test = Outcomes(outcomes.name, outcomes.models, records, outcomes.contaminated_skipped)
@@ -200,8 +286,41 @@ def run_online(
         apgr_length=apgr(np.array([length_score(r) for r in records])),
         flagged_at=flagged_at,
         health_reason=reason,
-        final_share=state.strong_share,
+        final_share=loop.state.strong_share,
+        apgr_hindsight={
+            name: apgr(scores) for name, scores in hindsight_rankings(records, prior, vectors, pair)
+        },
     )
+
+
+def hindsight_rankings(
+    records: Sequence[PromptRecord], prior: np.ndarray, vectors: np.ndarray, pair: Pair, neighbours: int = 30
+) -> list[tuple[str, np.ndarray]]:
+    """Rankings built from every prompt's recorded outcome: the ceiling that learning the traffic's
+    domains could approach with all labels. The subject oracle gives every prompt of a source its
+    source's mean net gain (ties broken by the prior); the neighbours leave the prompt itself out."""
+    net = np.array([int(r.correct[pair.strong]) - int(r.correct[pair.weak]) for r in records], float)
+    tie = 1e-6 * np.argsort(np.argsort(prior)) / max(1, len(records))
+    sources = [r.source for r in records]
+    totals: dict[str, list[float]] = {}
+    for source, gain in zip(sources, net, strict=True):
+        totals.setdefault(source, []).append(gain)
+    out = []
+    if len(totals) > 1:
+        subject = np.array([sum(totals[s]) / len(totals[s]) for s in sources])
+        out.append(("subject oracle", subject + tie))
+    unit = np.asarray(vectors, dtype=np.float32)
+    k = min(neighbours, len(records) - 1)
+    if k > 0:
+        knn = np.empty(len(records))
+        for start in range(0, len(records), 512):
+            sims = unit[start : start + 512] @ unit.T
+            for row in range(sims.shape[0]):
+                sims[row, start + row] = -np.inf  # leave the prompt itself out
+            top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            knn[start : start + 512] = net[top].mean(axis=1)
+        out.append((f"{k} nearest neighbours, leave-one-out", knn + tie))
+    return out
 
 
 def _answer_cost(
@@ -214,64 +333,16 @@ def _answer_cost(
     return cheap + (call_cost(record, pair.strong, prices) if strong else Decimal(0))
 
 
-def _verification_cost(
-    record: PromptRecord, pair: Pair, prices: dict[str, Price], mode: Mode, strong: bool
-) -> tuple[Decimal, int]:
-    """(cost of the shadow call, strong-model calls it makes)."""
-    if mode == "router":
-        if strong:
-            return call_cost(record, pair.weak, prices), 0
-        return call_cost(record, pair.strong, prices), 1
+def _shadow(
+    record: PromptRecord,
+    pair: Pair,
+    prices: dict[str, Price],
+    mode: Mode,
+    strong: bool,
+) -> tuple[Decimal, int, str]:
+    """(cost of the label, strong-model calls it makes, kind: free / cheap / paid)."""
+    if mode == "cascade" and strong:
+        return Decimal(0), 0, "free"  # an escalation: both answers exist already
     if strong:
-        return Decimal(0), 0  # both answers exist already
-    return call_cost(record, pair.strong, prices), 1
-
-
-@dataclass(slots=True)
-class Prepared:
-    outcomes: Outcomes
-    prior: np.ndarray
-    vectors: np.ndarray
-    pair: Pair
-    reference_scores: list[float]
-    mode: Mode
-    note: str
-
-
-def prepare(spec: str, outcomes: Outcomes, *, held_out_only: bool, cache_dir: Path | None) -> Prepared:
-    """The stream and its prior scores from `router:FILE` (a router) or `judge:FILE` (a cascade whose
-    learned judge, after the rule checks, is the prior), on the file's held-out prompts if asked."""
-    from faregate.embedding.vector_cache import embed_texts
-    from faregate.evals.replay.router_eval import held_out, judge_scores
-    from faregate.learning.cascade_judges import MATH_CHECKS, LearnedJudge, RuleJudge
-    from faregate.learning.complexity_router import KIND, ComplexityRouter
-    from faregate.learning.model_file import load_model_file
-    from faregate.learning.text_features import PROMPT_NAMES
-
-    kind, sep, path = spec.partition(":")
-    if not sep or kind not in ("router", "judge"):
-        raise ValueError("--online needs --policy router:FILE (a trained router) or judge:FILE (a cascade)")
-    file = load_model_file(path, KIND, PROMPT_NAMES) if kind == "router" else LearnedJudge.read(path)
-    stream = held_out(outcomes, file).test if held_out_only else outcomes
-    pair = Pair(file.strong, file.weak)
-    stream.require(pair.strong, pair.weak)
-    texts = [r.prompt for r in stream.records]
-    vectors = embed_texts(texts, cache_dir)
-    if kind == "router":
-        router = ComplexityRouter(file)
-        prior = router.score_vectors(texts, vectors)
-        router.close()
-        mode: Mode = "router"
-    else:
-        rules = RuleJudge(MATH_CHECKS)
-        refused = np.array(
-            [not rules.verdict({}, r.responses[pair.weak], None).accepted for r in stream.records],
-            dtype=float,
-        )
-        # Rules first: an answer a rule refuses ranks above any the learned judge doubts.
-        prior = judge_scores(file, stream.records, pair, cache_dir) + refused
-        mode = "cascade"
-    where = "held-out prompts the file never saw" if held_out_only else "all prompts (some trained on)"
-    return Prepared(
-        stream, prior, vectors, pair, list(file.reference_scores), mode, f"{len(stream):,} {where}"
-    )
+        return call_cost(record, pair.weak, prices), 0, "cheap"
+    return call_cost(record, pair.strong, prices), 1, "paid"

@@ -1,32 +1,41 @@
-"""Semantic-cache hits accepted online within a wrong-hit bound, vCache-style, stricter where crowded.
+"""Semantic-cache hits served within a wrong-hit bound: one threshold, calibrated online by
+Learn-then-Test on all the evidence at or above it; stricter only where conflicts were seen.
 
-vCache (Schroeder et al., 2025) replaces the one similarity threshold by a decision per lookup
-that keeps P(serving a wrong answer) under a user-set bound: it serves a candidate with a
-probability chosen so that P(serve) * (upper bound of P(wrong)) <= bound, and every lookup it does
-not serve is answered by a fresh call whose answer, compared with the candidate's, labels the
-lookup for free. The same idea here, pooled so that a small index learns quickly:
+The policy: serve the best candidate that passes the near-miss guards when its similarity s is at
+least the threshold tau in force, unless its neighbourhood has shown a conflict (below). The rate
+bounded is vCache's: wrong answers served / all lookups,
 
-- Global evidence by similarity band (0.01 wide, from `floor` to 1): labelled lookups and how many
-  were wrong. The upper bound u of P(wrong) for a lookup at similarity s is the Clopper-Pearson
-  bound over the band of s and the two bands below it (lower similarities are at least as risky
-  if risk falls with similarity, so pooling downwards errs on the safe side).
-- Local evidence per cached entry (`EntryEvidence`, kept with the entry): the similarity of the
-  closest wrong match seen on it, and counts. When the candidate, or a neighbour nearly as close,
-  has had a wrong match at a similarity within `crowd_margin` of this one, its own bound is taken
-  too (u = max(u, local bound)): a crowded region of the index, where different questions sit
-  close together, gets stricter, and only there.
-- With fewer than `min_evidence` labelled lookups in the pooled bands there is no hit at all.
-- The hit is served with probability min(1, bound / u) (a seeded coin per lookup); otherwise the
-  fresh answer labels the lookup. A sampled share of served hits is verified by a fresh call after
-  the response, and labels its band like any other lookup.
+    R(tau) = P(the lookup's best candidate has s >= tau and is not a right answer)
 
-Guarantee, and its assumptions: for each lookup, P(served and wrong) <= P(serve) * P(wrong) <=
-bound whenever u is a valid upper bound of P(wrong) for that lookup, which holds (with the stated
-confidence per band) if lookups are exchangeable and the verification labels are right; the
-near-miss guards only remove hits, so they keep it. Served lookups are labelled less often than
-unserved ones and are the locally safer ones, which biases the bands' estimates upwards: the
-conservative side. Not covered: drift faster than the bands turn over (bands keep every label
-since start; a deployment should age them), and errors of the comparator that labels a lookup.
+with every lookup in the denominator, those without any candidate included (they can never be a
+wrong hit). Writing R(tau) = P(s >= tau) * P(wrong | s >= tau), both factors are bounded:
+
+- P(s >= tau): every lookup's s is known, labelled or not: an exact binomial upper bound on the
+  share of lookups at or above tau (a small part of the error budget, `share_error`);
+- P(wrong | s >= tau): from *all* labelled lookups at or above tau, pooled (not per 0.01 band):
+  a Clopper-Pearson upper bound of wrong / labelled among them.
+
+Learn-then-Test: tau is tested from 1.00 down in steps of 0.01 (fixed-sequence testing, no
+multiplicity correction needed) and the lowest tau of the leading run with R_upper(tau) <= bound is
+put in force; with too little evidence nothing passes and nothing is served (conservative until
+evidence). Labels: a lookup not served is answered by a fresh call, and comparing that answer with
+the candidate's labels it for free; a served hit is labelled only when sampled for verification
+(a fresh call after the response). Lookups without a candidate at or above `floor` need no label.
+
+Assumption behind pooling: the chance a candidate is wrong does not rise with similarity (what
+makes a threshold the right policy at all). Labels are denser at low similarity (unserved lookups
+are all labelled, served ones only when verified), so the pooled rate over-weights the riskier
+bands: the bound errs on the safe side. Guarantee: if lookups are exchangeable and labels right,
+each calibration's R_upper(tau) bounds R(tau) with probability >= confidence (fixed-sample,
+Clopper-Pearson), or, with `sequential`, at every time at once (anytime-valid Beta-mixture bound,
+bounds.mixture_upper; it needs about 1.6x the evidence). The guards and the conflict rule only
+remove hits, so they keep it.
+
+Conflicts (vCache's point that crowded regions need stricter thresholds): each cached entry keeps
+`EntryEvidence`; a labelled lookup that matched an entry but was a different question records the
+similarity of that conflict on it. A candidate is not served when it, or another candidate found
+within `neighbourhood` of its similarity, has a conflict at or above s - `crowd_margin`: where
+different questions have been seen to sit this close, a hit needs to be closer than they were.
 """
 
 from __future__ import annotations
@@ -38,20 +47,19 @@ from typing import Any, NamedTuple
 from faregate.learning.online import bounds
 
 BAND = 0.01
-POOLED_BANDS = 3
 
 
 @dataclass(slots=True)
 class EntryEvidence:
-    """What verified lookups said about one cached entry (stored beside it, shared with it)."""
+    """What labelled lookups said about one cached entry (stored beside it, shared with it)."""
 
     wrong: int = 0
     right: int = 0
     # The highest similarity at which a different question matched this entry; -1: none seen.
-    wrong_similarity: float = -1.0
+    conflict_similarity: float = -1.0
 
     def to_json(self) -> list[float]:
-        return [self.wrong, self.right, round(self.wrong_similarity, 5)]
+        return [self.wrong, self.right, round(self.conflict_similarity, 5)]
 
     @classmethod
     def from_json(cls, row: Sequence[float]) -> EntryEvidence:
@@ -60,40 +68,54 @@ class EntryEvidence:
 
 @dataclass(slots=True)
 class AcceptanceState:
-    """Global evidence per similarity band (shared across instances) and what was decided."""
+    """Evidence per similarity band (shared across instances), and the threshold in force."""
 
     floor: float = 0.80
+    # Every lookup, with or without a candidate.
+    lookups: int = 0
+    # Per 0.01 band from `floor`: lookups whose best candidate fell there, labelled, wrong.
+    seen: list[int] = field(default_factory=list)
     labelled: list[int] = field(default_factory=list)
     wrong: list[int] = field(default_factory=list)
-    lookups: int = 0
     served: int = 0
+    # None: no hit is served.
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         bands = round((1.0 - self.floor) / BAND) + 1
-        if not self.labelled:
-            self.labelled = [0] * bands
-            self.wrong = [0] * bands
+        for name in ("seen", "labelled", "wrong"):
+            if not getattr(self, name):
+                setattr(self, name, [0] * bands)
 
     def band(self, similarity: float) -> int:
-        return min(len(self.labelled) - 1, max(0, int((similarity - self.floor) / BAND + 1e-9)))
+        return min(len(self.seen) - 1, max(0, int((similarity - self.floor) / BAND + 1e-9)))
+
+    def edge(self, band: int) -> float:
+        """The lowest similarity of a band: the threshold that serves it and every band above."""
+        return round(self.floor + band * BAND, 6)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "floor": self.floor,
+            "lookups": self.lookups,
+            "seen": self.seen,
             "labelled": self.labelled,
             "wrong": self.wrong,
-            "lookups": self.lookups,
             "served": self.served,
+            "threshold": self.threshold,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AcceptanceState:
+        threshold = data.get("threshold")
         return cls(
             float(data["floor"]),
+            int(data["lookups"]),
+            [int(v) for v in data["seen"]],
             [int(v) for v in data["labelled"]],
             [int(v) for v in data["wrong"]],
-            int(data["lookups"]),
             int(data["served"]),
+            None if threshold is None else float(threshold),
         )
 
 
@@ -106,63 +128,58 @@ class Neighbour(NamedTuple):
 
 class Decision(NamedTuple):
     serve: bool
-    probability: float
-    upper: float
+    threshold: float | None
     reason: str
+
+
+class Bound(NamedTuple):
+    """R_upper(tau) and what it rests on."""
+
+    upper: float
+    share_upper: float
+    wrong_upper: float
+    labelled: int
+    wrong: int
 
 
 @dataclass(slots=True, frozen=True)
 class CacheAcceptance:
     max_wrong_hit_rate: float = 0.005
     confidence: float = 0.95
-    min_evidence: int = 30
-    crowd_margin: float = 0.03
-    # Neighbours this much less similar than the candidate do not count as its neighbourhood.
-    neighbourhood: float = 0.05
+    # Share of the error budget spent on the bound of P(s >= tau) (many lookups: little needed).
+    share_error: float = 0.1
+    # Anytime-valid bounds (a Beta-mixture confidence sequence) instead of fixed-sample ones.
+    sequential: bool = False
+    crowd_margin: float = 0.02
+    # Other candidates this much less similar than the best one are not its neighbourhood.
+    neighbourhood: float = 0.03
 
-    def upper_bound(self, state: AcceptanceState, similarity: float) -> tuple[float, int]:
-        """(upper bound of P(wrong) at this similarity, labelled lookups it rests on)."""
-        top = state.band(similarity)
-        low = max(0, top - POOLED_BANDS + 1)
-        n = sum(state.labelled[low : top + 1])
-        k = sum(state.wrong[low : top + 1])
-        return bounds.upper(k, n, self.confidence), n
-
-    def decide(
-        self,
-        state: AcceptanceState,
-        candidate: Neighbour,
-        others: Sequence[Neighbour],
-        coin: float,
-    ) -> Decision:
-        """Serve `candidate` (the best one the guards let through)? `others` are the other candidates
-        found; `coin` is uniform in [0, 1) and fixed per lookup (sampling.coin)."""
+    def record_lookup(self, state: AcceptanceState, similarity: float | None) -> None:
+        """Count a lookup and the similarity of its best guard-passing candidate (None: none)."""
         state.lookups += 1
+        if similarity is not None and similarity >= state.floor:
+            state.seen[state.band(similarity)] += 1
+
+    def decide(self, state: AcceptanceState, candidate: Neighbour, others: Sequence[Neighbour]) -> Decision:
+        """Serve `candidate` (the best one the guards let through)? `others`: the other candidates."""
         s = candidate.similarity
-        if s < state.floor:
-            return Decision(False, 0.0, 1.0, "below floor")
-        upper, evidence = self.upper_bound(state, s)
-        if evidence < self.min_evidence:
-            return Decision(False, 0.0, upper, f"too little evidence ({evidence} labelled lookups)")
-        reason = "band bound"
+        if state.threshold is None:
+            return Decision(False, None, "no threshold certified yet")
+        if s < state.threshold:
+            return Decision(False, state.threshold, "below the threshold")
         for near in (candidate, *others):
             if near.similarity < s - self.neighbourhood:
                 continue
-            seen = near.evidence
-            if seen.wrong and seen.wrong_similarity >= s - self.crowd_margin:
-                local = bounds.upper(seen.wrong, seen.wrong + seen.right, self.confidence)
-                if local > upper:
-                    upper, reason = local, "crowded neighbourhood"
-        probability = min(1.0, self.max_wrong_hit_rate / upper) if upper > 0 else 1.0
-        serve = coin < probability
-        state.served += serve
-        return Decision(serve, probability, upper, reason)
+            if near.evidence.conflict_similarity >= s - self.crowd_margin:
+                return Decision(False, state.threshold, "a conflict was seen this close")
+        state.served += 1
+        return Decision(True, state.threshold, "at or above the threshold")
 
     def observe(
         self, state: AcceptanceState, similarity: float, wrong: bool, entries: Sequence[EntryEvidence]
     ) -> None:
-        """A labelled lookup: the candidate at this similarity was (not) a right answer. `entries`
-        are the evidence of the candidate and of the new entry stored for the lookup, if any."""
+        """A labelled lookup: the candidate at this similarity was (not) a right answer. `entries`:
+        the evidence of the candidate and of the entry stored for the lookup, if any."""
         if similarity < state.floor:
             return
         band = state.band(similarity)
@@ -171,6 +188,30 @@ class CacheAcceptance:
         for entry in entries:
             if wrong:
                 entry.wrong += 1
-                entry.wrong_similarity = max(entry.wrong_similarity, similarity)
+                entry.conflict_similarity = max(entry.conflict_similarity, similarity)
             else:
                 entry.right += 1
+
+    def bound(self, state: AcceptanceState, threshold: float) -> Bound:
+        """R_upper for serving every guard-passing candidate at or above `threshold`."""
+        top = state.band(threshold)
+        alpha = 1.0 - self.confidence
+        share = self._upper(sum(state.seen[top:]), state.lookups, 1.0 - alpha * self.share_error)
+        n, k = sum(state.labelled[top:]), sum(state.wrong[top:])
+        rate = self._upper(k, n, 1.0 - alpha * (1.0 - self.share_error))
+        return Bound(share * rate, share, rate, n, k)
+
+    def calibrate(self, state: AcceptanceState) -> float | None:
+        """Put in force the lowest threshold of the leading run (from 1.00 down) whose bound holds."""
+        chosen: float | None = None
+        for band in range(len(state.seen) - 1, -1, -1):
+            if self.bound(state, state.edge(band)).upper > self.max_wrong_hit_rate:
+                break
+            chosen = state.edge(band)
+        state.threshold = chosen
+        return chosen
+
+    def _upper(self, k: int, n: int, confidence: float) -> float:
+        if self.sequential:
+            return bounds.mixture_upper(k, n, confidence)
+        return bounds.upper(k, n, confidence)

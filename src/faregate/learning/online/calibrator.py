@@ -1,29 +1,36 @@
-"""The strong-call share of a router or a cascade, set from verified outcomes within a quality target.
+"""The strong-call share of a router or a cascade, set from labelled decisions within a quality target.
 
 A decision has a score (router: need for the strong model; cascade judge: P(cheap answer wrong)),
-turned into a rank: the score's quantile among recent scores (`ScoreRanks`). The route takes the
-strong path (strong model / escalation) when rank >= 1 - share. The share is calibrated here.
+turned into a rank: the score's quantile among recent scores (`ScoreRanks`), so ranks are
+uniform on [0, 1) and the share of traffic below a cut c is c. The route takes the cheap path
+(weak model / accept the cheap answer) when rank < c, the *cut*; the strong-call share is 1 - c.
 
-Method (Learn-then-Test with fixed-sequence testing, Angelopoulos et al. 2021, over a grid of
-shares, on exact binomial bounds). Each verified outcome is a uniform random sample of decisions
-(sampling.py) and says, for that prompt, whether the cheap path's answer lost quality against the
-reference (`loss`), or won (`gain`: recorded correctness only; a live comparator never knows the
-reference is wrong). For a candidate share q, the cheap-path prompts are those with rank < 1 - q,
-and the quality loss per request is E[(loss - gain) * cheap]. The target asks
+Labels. Some decisions are labelled: both answers are known and compared. A label is *free* when
+both answers exist anyway (a cascade escalation), *cheap* when it costs a shadow call to the weak
+model (a router decision that went to the strong model), *paid* when it costs a shadow call to the
+strong model (a cheap decision). Each labelled decision carries the probability `p` with which it
+was going to be labelled, fixed by the sampling plan in force before it arrived
+(verification_plan.py); p may depend on the rank, and be 1 (free labels).
 
-    E[quality of the routed answer] >= target * E[quality of the strong path]
+What is tested. For a cut c and target t, with d = 1 if only the strong answer was acceptable,
+-1 if only the cheap one, 0 otherwise, and s = 1 if the strong answer was acceptable:
 
-i.e. loss per request <= (1 - target) * E[reference quality]. Shares are tested from q = 1 (all
-strong: no loss, always within) downwards in steps; each step passes when the Clopper-Pearson
-upper bound of the loss per request (union with the lower bound of the reference quality) is
-within the budget; the first step that fails stops the sequence and the last passing share is
-used. With fewer than `min_verified` outcomes the share is 1: every request takes the strong path.
+    E[d * (rank < c)]  <=  (1 - t) * E[s]        (routed quality >= t * strong-path quality)
 
-What holds: if verified outcomes are exchangeable with future traffic (i.i.d. requests, a fixed
-mix), each calibration meets the target with probability >= confidence. What does not: bounds
-recomputed as outcomes arrive are each valid at their own sample size, not simultaneously over
-time; a drifting traffic mix is followed only as fast as the window of outcomes turns over; ranks
-recorded under an earlier scorer are reused after the scorer has learned.
+i.e. E[Z_c] <= 0 with Z_c = d * (rank < c) - (1 - t) * s. Every decision, labelled or not, gives
+the unbiased estimate Y_c = Z_c * labelled / p (inverse-probability weighting; 0 if unlabelled).
+One betting e-process per cut (betting.py) tests H0: E[Z_c] >= 0; cuts are tested in a fixed
+order from c = step upwards (Learn-then-Test's fixed-sequence testing) and the certified cut is
+the last of the leading run whose wealth reached 1/alpha. A live comparator knows no gains and
+takes the reference as the standard: d in {0, 1}, s = 1, and the target reads "agree with the
+strong path at least t of the time".
+
+Guarantee (docs/quality-guarantee.md): if decisions are i.i.d. draws from a fixed traffic mix and
+the rank map is fixed, then with probability >= confidence no cut that breaks the target is ever
+certified, at any time (anytime-valid: the bound may be re-read after every decision). Labels at
+rank-dependent rates (stratified sampling, free labels) keep this, since p is known per decision.
+Prior pseudo-outcomes (prior.py), if used, enter as labelled decisions with p = 1 and weaken the
+guarantee to "valid for the prior's traffic mixed with the live one".
 """
 
 from __future__ import annotations
@@ -34,120 +41,163 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from faregate.learning.online import bounds
+import numpy as np
+import numpy.typing as npt
+
+from faregate.learning.online.betting import Array, BettingTests, Bettor, first_failure
 
 SHARE_STEP = 0.01
-DEFAULT_WINDOW = 5000
 DEFAULT_RANK_WINDOW = 2000
+RECENT_LABELS = 2000
 
 
 @dataclass(slots=True, frozen=True)
-class VerifiedOutcome:
-    """One verified decision: its rank when decided, and how the cheap path fared against the reference."""
+class LabelledDecision:
+    """One labelled decision: its rank when decided, how the cheap path fared against the reference,
+    and the probability it had of being labelled."""
 
     rank: float
     loss: bool
     gain: bool = False
     reference_ok: bool = True
+    probability: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.probability <= 1.0:
+            raise ValueError(f"labelling probability must be in (0, 1], got {self.probability}")
+        if self.loss and (self.gain or not self.reference_ok):
+            raise ValueError("a loss means the reference was acceptable and the cheap answer not")
+
+    @property
+    def net_gain(self) -> int:
+        return int(self.loss) - int(self.gain)
 
     def to_json(self) -> list[Any]:
-        return [round(self.rank, 6), int(self.loss), int(self.gain), int(self.reference_ok)]
+        return [round(self.rank, 6), int(self.loss), int(self.gain), int(self.reference_ok), self.probability]
 
     @classmethod
-    def from_json(cls, row: Sequence[Any]) -> VerifiedOutcome:
-        return cls(float(row[0]), bool(row[1]), bool(row[2]), bool(row[3]))
+    def from_json(cls, row: Sequence[Any]) -> LabelledDecision:
+        return cls(float(row[0]), bool(row[1]), bool(row[2]), bool(row[3]), float(row[4]))
 
 
 @dataclass(slots=True)
 class CalibrationState:
-    """Shared per route: the window of verified outcomes and the share last calibrated."""
+    """Shared per route: one betting test per cut, the cut in force, counters."""
 
-    outcomes: deque[VerifiedOutcome] = field(default_factory=lambda: deque(maxlen=DEFAULT_WINDOW))
-    strong_share: float = 1.0
-    verified_total: int = 0
+    tests: BettingTests
+    cheap_share: float = 0.0
+    labelled: int = 0
+    decisions: int = 0
+    # Per cut, since its test started: sum of s / p over labelled decisions (with tests.sum_y it
+    # gives the loss estimate per cut).
+    reference_sum: Array = field(default_factory=lambda: np.zeros(0))
+    recent: deque[LabelledDecision] = field(default_factory=lambda: deque(maxlen=RECENT_LABELS))
+
+    @property
+    def strong_share(self) -> float:
+        return 1.0 - self.cheap_share
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "outcomes": [o.to_json() for o in self.outcomes],
-            "strong_share": self.strong_share,
-            "verified_total": self.verified_total,
-            "window": self.outcomes.maxlen,
+            "tests": self.tests.to_json(),
+            "cheap_share": self.cheap_share,
+            "labelled": self.labelled,
+            "decisions": self.decisions,
+            "reference_sum": [float(v) for v in self.reference_sum],
+            "recent": [d.to_json() for d in self.recent],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CalibrationState:
-        outcomes = deque((VerifiedOutcome.from_json(r) for r in data["outcomes"]), maxlen=int(data["window"]))
-        return cls(outcomes, float(data["strong_share"]), int(data["verified_total"]))
+        return cls(
+            BettingTests.from_json(data["tests"]),
+            float(data["cheap_share"]),
+            int(data["labelled"]),
+            int(data["decisions"]),
+            np.asarray(data["reference_sum"], dtype=np.float64),
+            deque((LabelledDecision.from_json(r) for r in data["recent"]), maxlen=RECENT_LABELS),
+        )
 
 
 @dataclass(slots=True, frozen=True)
 class Estimate:
-    """What the dashboard shows for a route: the share in force and the quality it is expected to keep."""
+    """What the dashboard shows for a route at the cut in force."""
 
     strong_share: float
-    verified: int
-    # Point estimate and lower confidence bound of (routed quality) / (strong path quality).
+    labelled: int
+    decisions: int
+    # Inverse-probability-weighted estimate of (routed quality) / (strong path quality).
     relative_quality: float
-    relative_quality_low: float
+    # The e-value of the cut in force (>= 1/alpha: certified); 1.0 when all traffic is strong.
+    evidence: float
 
 
 @dataclass(slots=True, frozen=True)
 class ShareCalibrator:
     target: float
     confidence: float = 0.95
-    min_verified: int = 30
     step: float = SHARE_STEP
+    bettor: Bettor = field(default_factory=Bettor)
 
-    def observe(self, state: CalibrationState, outcome: VerifiedOutcome) -> None:
-        state.outcomes.append(outcome)
-        state.verified_total += 1
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target <= 1.0:
+            raise ValueError(f"target must be in (0, 1], got {self.target}")
+
+    @property
+    def cuts(self) -> Array:
+        """The candidate cheap shares, in testing order."""
+        steps = round(1.0 / self.step)
+        return np.arange(1, steps + 1, dtype=np.float64) / steps
+
+    def new_state(self) -> CalibrationState:
+        size = len(self.cuts)
+        return CalibrationState(
+            BettingTests(size, started=np.zeros(size, dtype=bool)), reference_sum=np.zeros(size)
+        )
+
+    def start_tests(self, state: CalibrationState, which: npt.NDArray[np.bool_]) -> None:
+        """Start testing the cuts marked (the plan's densely sampled ones; betting.py says why a
+        test may start late)."""
+        state.tests.start(np.asarray(which, dtype=bool))
+
+    def observe(self, state: CalibrationState, decision: LabelledDecision, floor_probability: Array) -> None:
+        """A labelled decision. `floor_probability[j]`: the least labelling probability the plan in
+        force gave any rank below cut j (it bounds the weight a loss there can carry)."""
+        cuts = self.cuts
+        budget = 1.0 - self.target
+        z = np.where(decision.rank < cuts - 1e-12, float(decision.net_gain), 0.0)
+        z -= budget * decision.reference_ok
+        largest = (1.0 - budget) / np.maximum(np.asarray(floor_probability, dtype=np.float64), 1e-9)
+        self.bettor.observe(state.tests, z / decision.probability, largest)
+        state.labelled += 1
+        state.decisions += 1
+        state.reference_sum += np.where(
+            state.tests.started, decision.reference_ok / decision.probability, 0.0
+        )
+        state.recent.append(decision)
+
+    def observe_unlabelled(self, state: CalibrationState, count: int = 1) -> None:
+        self.bettor.observe_zeros(state.tests, count)
+        state.decisions += count
 
     def calibrate(self, state: CalibrationState) -> float:
-        """Recompute and store the least strong-call share the evidence certifies."""
-        state.strong_share = self.certified_share(list(state.outcomes))
+        """Recompute the certified cheap share and store it; returns the strong-call share."""
+        state.cheap_share = self.certified_cheap_share(state)
         return state.strong_share
 
-    def certified_share(self, outcomes: Sequence[VerifiedOutcome]) -> float:
-        n = len(outcomes)
-        if n < self.min_verified:
-            return 1.0
-        # Split the error: two thirds to the loss bound (itself a union of two), one third to the
-        # reference quality's lower bound.
-        loss_confidence = 1.0 - (1.0 - self.confidence) * 2.0 / 3.0
-        quality_confidence = 1.0 - (1.0 - self.confidence) / 3.0
-        reference = bounds.lower(sum(o.reference_ok for o in outcomes), n, quality_confidence)
-        budget = (1.0 - self.target) * reference
-        ranks = sorted(o.rank for o in outcomes)
-        by_rank = sorted(outcomes, key=lambda o: o.rank)
-        losses = [0]
-        gains = [0]
-        for o in by_rank:
-            losses.append(losses[-1] + o.loss)
-            gains.append(gains[-1] + o.gain)
-        steps = round(1.0 / self.step)
-        chosen = 1.0
-        for k in range(steps, -1, -1):
-            share = k / steps
-            cheap = bisect.bisect_left(ranks, 1.0 - share - 1e-12)  # outcomes with rank < 1 - share
-            if bounds.loss_upper(losses[cheap], gains[cheap], n, loss_confidence) > budget:
-                break
-            chosen = share
-        return chosen
+    def certified_cheap_share(self, state: CalibrationState) -> float:
+        passed = first_failure(state.tests.log_wealth, self.confidence)
+        return float(self.cuts[passed - 1]) if passed else 0.0
 
     def estimate(self, state: CalibrationState) -> Estimate:
-        outcomes = list(state.outcomes)
-        n = len(outcomes)
-        if not n:
-            return Estimate(state.strong_share, 0, 1.0, 0.0)
-        cut = 1.0 - state.strong_share - 1e-12
-        loss = sum(o.loss for o in outcomes if o.rank < cut)
-        gain = sum(o.gain for o in outcomes if o.rank < cut)
-        reference = sum(o.reference_ok for o in outcomes)
-        point = 1.0 - (loss - gain) / reference if reference else 0.0
-        low_reference = bounds.lower(reference, n, 1.0 - (1.0 - self.confidence) / 3.0)
-        loss_high = bounds.loss_upper(loss, gain, n, 1.0 - (1.0 - self.confidence) * 2.0 / 3.0)
-        low = 1.0 - loss_high / low_reference if low_reference > 0 else 0.0
-        return Estimate(state.strong_share, n, point, max(0.0, low))
+        j = int(np.searchsorted(self.cuts, state.cheap_share - 1e-9))
+        if state.cheap_share <= 0.0 or j >= len(self.cuts):
+            return Estimate(state.strong_share, state.labelled, state.decisions, 1.0, 1.0)
+        reference = float(state.reference_sum[j])
+        loss = float(state.tests.sum_y[j]) + (1.0 - self.target) * reference
+        quality = 1.0 - loss / reference if reference > 0 else 0.0
+        evidence = float(np.exp(min(state.tests.log_wealth[j], 700.0)))
+        return Estimate(state.strong_share, state.labelled, state.decisions, quality, evidence)
 
 
 @dataclass(slots=True)

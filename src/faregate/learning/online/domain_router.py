@@ -7,13 +7,17 @@ verified outcome is a labelled example of *this* traffic: the prompt's embedding
 of the strong model on it (1: only the strong answer was acceptable, -1: only the cheap one, 0:
 both or neither). A new prompt's score is the shrinkage (posterior-mean) estimate
 
-    score = (m * (prior - mean gain of the weak model) + sum of neighbours' net gains) / (m + k)
+    score = (m * (prior - mean gain of the weak model) + sum of neighbours' w * net gains) / (m + sum w)
 
-over its k nearest verified prompts by cosine similarity (those at least `min_similarity` alike),
-where m is the prior's weight in pseudo-observations. With no neighbours it is the prior; as a
-region of the embedding space (a subject, a product area) accumulates verified outcomes, its
-prompts are ranked by what was observed there. Scores rank prompts; the calibrator decides how
-many go to the strong model.
+over its k nearest labelled prompts by cosine similarity (those at least `min_similarity` alike),
+where m is the prior's weight in pseudo-observations and w a neighbour's inverse labelling
+probability relative to the average one (labels are drawn at rank-dependent rates; the weights
+undo that, so a neighbourhood is not judged by the ranks that happened to be sampled most). With
+no neighbours it is the prior; as a region of the embedding space (a subject, a product area)
+accumulates labelled outcomes, its prompts are ranked by what was observed there. Scores rank
+prompts; the calibrator decides how many go to the strong model. Re-ranking moves prompts across
+the calibrated cut while the calibration's tests run, which the guarantee does not cover; the
+replay keeps it off unless asked (docs/quality-guarantee.md).
 
 State is a bounded list of (vector, net gain) examples; search is exact (a few thousand vectors).
 """
@@ -37,18 +41,30 @@ class DomainEvidence:
 
     vectors: deque[Vector] = field(default_factory=lambda: deque(maxlen=DEFAULT_MAX_EXAMPLES))
     net_gains: deque[int] = field(default_factory=lambda: deque(maxlen=DEFAULT_MAX_EXAMPLES))
-    weak_wins: int = 0
-    total: int = 0
+    # 1 / the probability each example had of being labelled.
+    weights: deque[float] = field(default_factory=lambda: deque(maxlen=DEFAULT_MAX_EXAMPLES))
+    weak_wins: float = 0.0
+    total: float = 0.0
     _matrix: Vector | None = None
+    _mean_weight: float | None = None
 
-    def add(self, vector: Vector, net_gain: int) -> None:
+    def add(self, vector: Vector, net_gain: int, weight: float = 1.0) -> None:
         if net_gain not in (-1, 0, 1):
             raise ValueError("net gain is -1, 0 or 1")
+        if weight <= 0:
+            raise ValueError("weight (1 / labelling probability) must be positive")
         self.vectors.append(np.asarray(vector, dtype=np.float32))
         self.net_gains.append(net_gain)
-        self.weak_wins += net_gain < 0
-        self.total += 1
+        self.weights.append(float(weight))
+        self.weak_wins += weight * (net_gain < 0)
+        self.total += weight
         self._matrix = None
+        self._mean_weight = None
+
+    def mean_weight(self) -> float:
+        if self._mean_weight is None:
+            self._mean_weight = sum(self.weights) / len(self.weights) if self.weights else 1.0
+        return self._mean_weight
 
     def matrix(self) -> Vector:
         if self._matrix is None:
@@ -59,6 +75,7 @@ class DomainEvidence:
         return {
             "vectors": [[round(float(x), 5) for x in v] for v in self.vectors],
             "net_gains": list(self.net_gains),
+            "weights": list(self.weights),
             "weak_wins": self.weak_wins,
             "total": self.total,
             "window": self.vectors.maxlen,
@@ -70,8 +87,9 @@ class DomainEvidence:
         return cls(
             deque((np.asarray(v, dtype=np.float32) for v in data["vectors"]), maxlen=window),
             deque((int(g) for g in data["net_gains"]), maxlen=window),
-            int(data["weak_wins"]),
-            int(data["total"]),
+            deque((float(w) for w in data["weights"]), maxlen=window),
+            float(data["weak_wins"]),
+            float(data["total"]),
         )
 
 
@@ -93,4 +111,6 @@ class DomainRouter:
         if not len(near):
             return base
         gains = np.fromiter((evidence.net_gains[int(i)] for i in near), dtype=np.float64, count=len(near))
-        return float((self.prior_weight * base + gains.sum()) / (self.prior_weight + len(near)))
+        weights = np.fromiter((evidence.weights[int(i)] for i in near), dtype=np.float64, count=len(near))
+        weights /= evidence.mean_weight()  # relative to the average weight
+        return float((self.prior_weight * base + weights @ gains) / (self.prior_weight + weights.sum()))

@@ -1,11 +1,14 @@
-"""Which decisions get a shadow verification: a uniform sample of a stated share, under a daily cap.
+"""The coin that draws a decision into the verification sample, and the daily USD cap on it.
 
 The coin is a hash of (seed, decision key), not a random draw: every gateway instance makes the
-same choice for the same request id, a replay is repeatable, and the sample is independent of
-anything about the request, so outcomes verified on it are an unbiased sample of all decisions
-(the calibrator's bounds rely on that). The cap is exact money: a verification is admitted only
-if its estimated cost still fits under the day's cap, and charged at its real cost afterwards.
-The day is given by the caller (the store's clock), never read here.
+same choice for the same request id, a replay is repeatable, and the draw is independent of the
+request's outcome. A decision is labelled when coin < p, with p from the verification plan
+(verification_plan.py; `VerificationSampler` is the uniform special case, p = share), so the
+calibrator knows each label's probability exactly. The cap is exact money: a verification is
+admitted only if its estimated cost still fits under the day's cap, and charged at its real cost
+afterwards. A decision refused by the cap was not labelled although its p said it might be: the
+caller must keep that rare (docs/quality-guarantee.md). The day is given by the caller (the
+store's clock), never read here.
 """
 
 from __future__ import annotations

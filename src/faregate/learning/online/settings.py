@@ -1,8 +1,9 @@
 """Quality targets as settings types the config can adopt (`routes.NAME.quality`, `cache.semantic`).
 
 Strict like every settings type (unknown keys are errors). Defaults are the conservative side:
-a 95% quality target at 95% confidence, 5% of cheap decisions verified, and no semantic hit until
-the acceptance has evidence.
+a 95% quality target at 95% confidence (anytime-valid), shadow calls on 5% of decisions, no prior
+(every route starts all-strong until live evidence certifies a cheap share), and no semantic hit
+until the acceptance has evidence.
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 
 
 class VerificationSettings(_Strict):
-    """Shadow verification: a sampled share of decisions also gets the reference answer."""
+    """Shadow verification: a sampled share of decisions also gets the other path's answer."""
 
-    # Share of decisions verified (uniformly at random, so the sample is unbiased for any threshold).
+    # Expected share of decisions given a shadow call (verification_plan.py: denser near the cut).
     share: float = 0.05
+    # Rank band above the cut sampled as densely as the cheap side, and the rate deep on the strong
+    # side relative to it (frontier 0 with rest_ratio 1: uniform sampling).
+    frontier: float = 0.1
+    rest_ratio: float = 0.1
     # Verification stops for the day once it has cost this much (USD, exact).
     daily_usd_cap: Decimal = Decimal("5")
     # How a cheap answer is compared to the reference: exact, numeric, final_answer, json,
@@ -30,6 +35,8 @@ class VerificationSettings(_Strict):
     def __post_init__(self) -> None:
         if not 0.0 < self.share <= 1.0:
             raise ValueError(f"verification share must be in (0, 1], got {self.share}")
+        if not 0.0 <= self.frontier <= 1.0 or not 0.0 < self.rest_ratio <= 1.0:
+            raise ValueError("frontier must be in [0, 1] and rest_ratio in (0, 1]")
         if self.daily_usd_cap < 0:
             raise ValueError("daily_usd_cap must not be negative")
 
@@ -38,10 +45,12 @@ class QualitySettings(_Strict):
     """`quality: {target: 0.95}` on a route: keep this share of the strong path's quality."""
 
     target: float = 0.95
-    # One-sided confidence of the bound that must stay within the target.
+    # Confidence of the anytime-valid test that a cheap share keeps the target (calibrator.py).
     confidence: float = 0.95
-    # Below this many verified outcomes the route takes the strong path for every request.
-    min_verified: int = 30
+    # Pseudo-outcomes from the router or judge file's calibration curve (prior.py); 0: no prior,
+    # all requests on the strong path until live evidence certifies a cheap share. 200 is the
+    # documented choice when a prior is wanted (docs/quality-guarantee.md).
+    prior_outcomes: int = 0
     verification: VerificationSettings = msgspec.field(default_factory=VerificationSettings)
 
     def __post_init__(self) -> None:
@@ -49,17 +58,18 @@ class QualitySettings(_Strict):
             raise ValueError(f"quality target must be in (0, 1], got {self.target}")
         if not 0.5 <= self.confidence < 1.0:
             raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence}")
-        if self.min_verified < 1:
-            raise ValueError("min_verified must be at least 1")
+        if self.prior_outcomes < 0:
+            raise ValueError("prior_outcomes must not be negative")
 
 
 class SemanticAcceptanceSettings(_Strict):
     """`cache.semantic.max_wrong_hit_rate`: the share of lookups that may get a wrong answer."""
 
+    # Wrong answers served / all lookups (vCache's definition), bounded at `confidence`.
     max_wrong_hit_rate: float = 0.005
     confidence: float = 0.95
-    # No semantic hit in a similarity band with fewer labelled lookups than this.
-    min_evidence: int = 30
+    # Anytime-valid bounds (about 1.6x the evidence) instead of fixed-sample Clopper-Pearson ones.
+    sequential: bool = False
     # Candidates below this similarity are never served and need no label.
     floor: float = 0.80
     # Share of served hits verified by a fresh call after the response.
