@@ -8,12 +8,12 @@ times `SemanticCache.explain` (tokenize, embed, search, guards: the real async p
 worker thread) for each paraphrase and near-miss question of that set, at each size.
 
 Two worker processes run side by side: the baseline code (`--baseline`, default the last commit
-with the exact search, exported with `git archive` to a temporary folder) and this checkout's code, each with its own cache filled
-with the same vectors. They are timed in alternating blocks of queries, one at a time, so both
-see the same machine load; after each lookup the worker also times the model alone (a direct
-call), which shows what the machine gave the model at that moment. The same run measures the
-index's memory per 10,000 entries in each, and, in this process, the new index's recall against
-an exact search on the same vectors.
+with the exact search, exported with `git archive` to a temporary folder) and this checkout's
+code, each with its own cache filled with the same vectors. They are timed in alternating blocks
+of queries, one at a time, so both see the same machine load; after each lookup the worker also
+times the model alone (a direct call), which shows what the machine gave the model at that moment.
+The same run measures the index's memory per 10,000 entries in each, and, in this process, the new
+index's recall against an exact search on the same vectors.
 
 The vectors are computed once and kept in the on-disk vector cache (~/.cache/faregate/bench):
 the first run embeds ~56,000 texts (about 20 minutes on one core here), a re-run starts at once.
