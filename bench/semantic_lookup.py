@@ -7,13 +7,13 @@ and question stems, sentences of the recorded GSM8K answers; long texts are cut 
 times `SemanticCache.explain` (tokenize, embed, search, guards: the real async path through the
 worker thread) for each paraphrase and near-miss question of that set, at each size.
 
-Two worker processes run side by side: the baseline code (`--baseline`, default `main`, exported
-with `git archive` to a temporary folder) and this checkout's code, each with its own cache filled
-with the same vectors. They are timed in alternating blocks of queries, one at a time, so both
-see the same machine load; after each lookup the worker also times the model alone (a direct
-call), which shows what the machine gave the model at that moment. The same run measures the
-index's memory per 10,000 entries in each, and, in this process, the new index's recall against
-an exact search on the same vectors.
+Two worker processes run side by side: the baseline code (`--baseline`, default the last commit
+with the exact search, exported with `git archive` to a temporary folder) and this checkout's
+code, each with its own cache filled with the same vectors. They are timed in alternating blocks
+of queries, one at a time, so both see the same machine load; after each lookup the worker also
+times the model alone (a direct call), which shows what the machine gave the model at that moment.
+The same run measures the index's memory per 10,000 entries in each, and, in this process, the new
+index's recall against an exact search on the same vectors.
 
 The vectors are computed once and kept in the on-disk vector cache (~/.cache/faregate/bench):
 the first run embeds ~56,000 texts (about 20 minutes on one core here), a re-run starts at once.
@@ -42,6 +42,8 @@ from typing import IO, Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+# The last commit whose semantic index was one exact matrix per scope, searched in a second hand-off.
+BASELINE = "b9811fc"
 BLOCK = 25
 WARMUP = 20
 PROBE_CHOICES = (4, 8, 16, 32)
@@ -295,7 +297,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT / "data")
     parser.add_argument("--sizes", default="2500,20000,50000")
     parser.add_argument("--rounds", type=int, default=3, help="passes over the queries per size")
-    parser.add_argument("--baseline", default="main", help="git revision of the old code ('' to skip)")
+    parser.add_argument(
+        "--baseline",
+        default=BASELINE,
+        help="git revision of the old code ('' to skip; default: the exact search)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "semantic_lookup.json")
     parser.add_argument(
         "--wait-load", type=float, default=0.0, help="before each size, wait (up to 10 min) for this load"
