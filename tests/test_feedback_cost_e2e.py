@@ -15,6 +15,8 @@ from servers import PostgresServer, SharedUrls, launch_gateway, postgres_server,
 
 pytestmark = pytest.mark.e2e
 
+STATS_SETTLE_S = 1.5
+
 
 def committed(server: PostgresServer, urls: SharedUrls) -> int:
     name = urls.postgres.rsplit("/", 1)[1]
@@ -46,9 +48,13 @@ def test_unknown_ids_cost_a_few_reads(
                 "api_key"
             ]
         asyncio.run(unknown_feedback(gateway, key, 2))  # warm: the key is verified and cached
+        # PostgreSQL reports an idle backend's transaction counts up to a second late: let each
+        # window's counts settle before reading them.
+        time.sleep(STATS_SETTLE_S)
         before = committed(postgres_server, shared_urls)
         started = time.monotonic()
         assert asyncio.run(unknown_feedback(gateway, key, 40)) == [404] * 40
+        time.sleep(STATS_SETTLE_S)
         took = time.monotonic() - started
         spent = committed(postgres_server, shared_urls) - before
         # The gateway's own background work (rollups, leases, flushes) over as long a quiet spell,
@@ -57,9 +63,8 @@ def test_unknown_ids_cost_a_few_reads(
         time.sleep(took)
         background = committed(postgres_server, shared_urls) - before
         # At most three reads per id (look, flush ours and look, wait once for the other instances'
-        # flush and look), fewer when they overlap: about 55 in all. Polling every 50 ms for a
-        # second cost 90 and more.
-        assert spent - background <= 40 * 2, (spent, background)
+        # flush and look), as the endpoint promises; it was about 15 transactions per id.
+        assert spent - background <= 40 * 3, (spent, background)
         # Something that is not an id the gateway gives out costs nothing at all.
         with httpx.Client(headers={"Authorization": f"Bearer {key}"}) as client:
             before = committed(postgres_server, shared_urls)
