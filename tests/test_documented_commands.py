@@ -149,6 +149,16 @@ QUICK: dict[str, Quick] = {
     "python bench/fuzz_api.py --requests 10000 --seed 1 --report bench/results/fuzz.json": Quick(
         why_not="the same script as the line before, with a seed and a report: run there"
     ),
+    "python bench/semantic_lookup.py": Quick(
+        run="python bench/semantic_lookup.py --help",
+        where="checkout",
+        expect="--sizes",
+        why_not="embeds 50,000+ texts on a cold vector cache (many minutes): its help is checked here, "
+        "and tests/test_semantic_index.py checks the index against exact search",
+    ),
+    "python bench/semantic_lookup.py --wait-load 1.0": Quick(
+        why_not="the line before, waiting for a quiet machine"
+    ),
     "python bench/routes_gsm8k.py": Quick(
         run="python bench/routes_gsm8k.py --questions 4 --streams 0 --out {scratch}/routes.json",
         where="checkout",
