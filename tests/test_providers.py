@@ -26,9 +26,10 @@ from faregate.config import ProviderSettings, parse_settings
 from faregate.errors import ConfigError, UpstreamFailure, UpstreamRejected
 from faregate.providers.base import UpstreamCall
 from faregate.providers.http import ConnectionPool, make_upstream_pool, pool_limits
-from faregate.providers.openai_compat import OpenAICompatibleProvider, parse_retry_after, usage_from
+from faregate.providers.openai_compat import OpenAICompatibleProvider, parse_retry_after
 from faregate.providers.registry import ProviderRegistry
 from faregate.types import Price, Usage
+from faregate.wire.openai import answer_is_empty, usage_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 KEY_ENV = "FAREGATE_TEST_PROVIDER_KEY"
@@ -211,20 +212,12 @@ async def test_missing_or_malformed_usage_is_none(
     assert (await provider.complete(call())).usage is None
 
 
-def test_usage_from_accepts_ints_only() -> None:
-    assert usage_from({"usage": {"prompt_tokens": 5, "completion_tokens": 0}}) == Usage(5, 0)
-    assert usage_from({"usage": {"prompt_tokens": 5.0, "completion_tokens": 2.0}}) == Usage(5, 2)
-    assert usage_from({"usage": {"prompt_tokens": True, "completion_tokens": 2}}) is None
-    assert usage_from({"usage": {"prompt_tokens": -1, "completion_tokens": 2}}) is None
-    assert usage_from({"usage": None}) is None
-
-
 async def test_empty_choices_are_returned_not_classified(
     upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
 ) -> None:
     upstream.handler = json_reply({"choices": []})
     completion = await make_provider().complete(call())
-    assert completion.is_empty
+    assert answer_is_empty(completion.body)
 
 
 async def failure_of(
@@ -489,7 +482,7 @@ async def test_stream_yields_chunks_in_order_and_stops_at_done(
     chunks = await collect(provider)
     assert texts(chunks) == ["Hel", "lo", "!"]
     assert chunks[2]["choices"][0]["finish_reason"] == "stop"
-    assert usage_from(chunks[-1]) == Usage(4, 2)
+    assert usage_of(chunks[-1]) == Usage(4, 2)
     assert upstream.seen[0].body["stream"] is True
     assert acquired(pool) == 0
     # Ending at [DONE] drained the body, so the connection went back to the pool.

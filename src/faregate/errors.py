@@ -1,5 +1,5 @@
-"""One exception tree. Every error a client can see is a FaregateError and maps to
-OpenAI's error JSON at the edge: {"error": {"message", "type", "param", "code"}}.
+"""One exception tree. Every error a client can see is a FaregateError: a status, a type, a code,
+a param and a message, which the wire format writes at the edge (wire.openai.error_body).
 """
 
 from __future__ import annotations
@@ -28,9 +28,6 @@ class FaregateError(Exception):
         if code is not None:
             self.code = code
         self.headers = headers or {}
-
-    def to_openai(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 class StartupError(Exception):

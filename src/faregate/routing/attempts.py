@@ -20,11 +20,19 @@ from typing import Any, TypeVar
 
 from faregate.config import ProviderSettings, RoutingSettings
 from faregate.errors import UpstreamFailed, UpstreamFailure, UpstreamRejected
-from faregate.providers.base import Provider, UpstreamCall
+from faregate.providers.base import Provider, UpstreamCall, aclose_quietly
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Candidate, Plan
 from faregate.routing.queue import UpstreamLimiter
-from faregate.types import GATEWAY_FIELDS, JSON, Attempt, ChatRequest, Completion, Usage
+from faregate.types import JSON, Attempt, ChatRequest, Completion, Usage
+from faregate.wire.openai import (
+    TOOL_FINISHES,
+    answer_is_empty,
+    chunk_has_content,
+    finish_reason,
+    upstream_body,
+    usage_of,
+)
 
 T = TypeVar("T")
 
@@ -53,40 +61,6 @@ class OpenedStream:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def delta_has_content(chunk: JSON) -> bool:
-    """A chunk that carries something the user can see: non-blank text, a tool call, a refusal."""
-    for choice in chunk.get("choices") or ():
-        delta = choice.get("delta") or {}
-        content = delta.get("content")
-        if isinstance(content, str) and content.strip():
-            return True
-        if (
-            delta.get("tool_calls")
-            or delta.get("function_call")
-            or delta.get("refusal")
-            or delta.get("audio")
-        ):
-            return True
-    return False
-
-
-def chunk_finish_reason(chunk: JSON) -> str | None:
-    for choice in chunk.get("choices") or ():
-        reason = choice.get("finish_reason")
-        if reason:
-            return str(reason)
-    return None
-
-
-def usage_in(chunk: JSON) -> Usage | None:
-    usage = chunk.get("usage")
-    if isinstance(usage, dict):
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if isinstance(prompt, int) and isinstance(completion, int):
-            return Usage(prompt, completion)
-    return None
-
-
 class AttemptRunner:
     def __init__(
         self,
@@ -110,14 +84,9 @@ class AttemptRunner:
         self.fallbacks = 0
 
     def build_call(self, request: ChatRequest, candidate: Candidate, time_left: float) -> UpstreamCall:
-        body = {k: v for k, v in request.body.items() if k not in GATEWAY_FIELDS}
-        body["model"] = candidate.offer.upstream_model
-        for name in ("max_completion_tokens", "max_tokens"):
-            if name in body and body[name] is not None:
-                body[name] = candidate.max_output(body[name])
-        if request.stream:
-            # Always ask for usage so streams are billed from the provider's own numbers.
-            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        body = upstream_body(
+            request.body, candidate.offer.upstream_model, candidate.model.max_output_tokens, request.stream
+        )
         settings = self._provider_settings(candidate.offer.provider) or DEFAULT_PROVIDER_SETTINGS
         return UpstreamCall(
             offer=candidate.offer,
@@ -156,7 +125,7 @@ class AttemptRunner:
             else:
                 # The hot path: the call's own timeouts already end at the request's deadline.
                 completion = await provider.complete(call)
-            if completion.is_empty:
+            if answer_is_empty(completion.body):
                 failure = UpstreamFailure("empty", "200 with no choices or blank content", status=200)
                 failure.usage = completion.usage  # the provider billed it all the same
                 raise failure
@@ -188,16 +157,17 @@ class AttemptRunner:
                         except StopAsyncIteration:
                             raise _early_end(buffered) from None
                         buffered.append(chunk)
-                        if delta_has_content(chunk):
+                        if chunk_has_content(chunk):
                             return buffered, iterator
-                        if chunk_finish_reason(chunk) and not _tool_finish(chunk):
+                        reason = finish_reason(chunk)
+                        if reason and reason not in TOOL_FINISHES:
                             raise UpstreamFailure("empty", "stream finished without any content")
             except UpstreamFailure as failure:
-                await _close(iterator)
-                failure.usage = next((u for u in map(usage_in, reversed(buffered)) if u is not None), None)
+                await aclose_quietly(iterator)
+                failure.usage = next((u for u in map(usage_of, reversed(buffered)) if u is not None), None)
                 raise
             except BaseException:
-                await _close(iterator)
+                await aclose_quietly(iterator)
                 raise
 
         (buffered, iterator), candidate, attempts, t0 = await self._first_success(request, plan, once)
@@ -295,23 +265,10 @@ class AttemptRunner:
         return attempt
 
 
-def _tool_finish(chunk: JSON) -> bool:
-    return chunk_finish_reason(chunk) in ("tool_calls", "function_call")
-
-
 def _early_end(buffered: list[JSON]) -> UpstreamFailure:
     if buffered:
         return UpstreamFailure("truncated", f"stream ended after {len(buffered)} chunk(s) without content")
     return UpstreamFailure("empty", "stream ended without any chunk")
-
-
-async def _close(iterator: AsyncIterator[JSON]) -> None:
-    closer = getattr(iterator, "aclose", None)
-    if closer is not None:
-        try:
-            await closer()
-        except Exception:
-            pass
 
 
 def _attempt(

@@ -18,7 +18,8 @@ from faregate.errors import UpstreamFailed, UpstreamRejected
 from faregate.routing.attempts import AttemptRunner, Served
 from faregate.routing.plan import Plan, Planner
 from faregate.tokens import estimate_usage
-from faregate.types import Attempt, ChatRequest, Usage, completion_text
+from faregate.types import Attempt, ChatRequest, Usage
+from faregate.wire.openai import answer_text, finish_reason, without_streaming
 
 if TYPE_CHECKING:
     from faregate.learning.llm_judge import Complete
@@ -38,13 +39,6 @@ class Judged:
         return sum(a.outcome == "escalated" for a in self.attempts)
 
 
-def finish_reason(body: dict[str, Any]) -> str | None:
-    for choice in body.get("choices") or ():
-        if choice.get("finish_reason"):
-            return str(choice["finish_reason"])
-    return None
-
-
 class CascadeRunner:
     def __init__(self, runner: AttemptRunner, planner: Planner) -> None:
         self.runner = runner
@@ -60,8 +54,9 @@ class CascadeRunner:
         verdicts: list[str] = []
         judge = plan.cascade.judge(self._judge_call(request, plan, attempts))
         # Judged steps are whole calls, also for a streaming request (buffered until judged).
-        body = {k: v for k, v in request.body.items() if k not in ("stream", "stream_options")}
-        whole = dataclasses.replace(request, body=body, stream=False, include_usage=False)
+        whole = dataclasses.replace(
+            request, body=without_streaming(request.body), stream=False, include_usage=False
+        )
         for index in range(len(plan.stages) - 1):
             try:
                 served = await self.runner.complete(whole, plan.stage(index))
@@ -75,7 +70,7 @@ class CascadeRunner:
                 raise
             attempts.extend(served.attempts)
             body = served.completion.body
-            text = completion_text(body)
+            text = answer_text(body)
             self.judged += 1
             accepted, reason = await judge.accept(request.body, text, finish_reason(body))
             model = served.candidate.model.name
@@ -120,7 +115,7 @@ class CascadeRunner:
             except UpstreamFailed as failed:
                 attempts.extend(_as_judge(failed.attempts))
                 raise
-            text = completion_text(served.completion.body)
+            text = answer_text(served.completion.body)
             usage = served.completion.usage or await estimate_usage(call, text)
             attempts.extend(_as_judge(served.attempts[:-1]))
             _bill(served.attempts[-1], "judge", "LLM judge call", usage, served)

@@ -7,24 +7,29 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 import orjson
 from aiohttp import web
 
-from faregate.cache.service import (
-    CachedAnswer,
-    CacheDecision,
-    ResponseCache,
-    answer_from_stream,
-    stream_frames,
-)
+from faregate.cache.service import CachedAnswer, CacheDecision, ResponseCache
 from faregate.errors import FaregateError
+from faregate.providers.base import aclose_quietly
 from faregate.routing.attempts import AttemptRunner, OpenedStream, Served, billed_cost
 from faregate.routing.plan import Candidate
-from faregate.server.streaming import DONE, StreamOutcome, error_event, relay, sse_frame
+from faregate.server.streaming import StreamOutcome, relay
 from faregate.tokens import estimate_usage
-from faregate.types import JSON, Attempt, ChatRequest, Completion, RequestRecord, Usage, completion_text
+from faregate.types import JSON, Attempt, ChatRequest, Completion, RequestRecord, Usage
+from faregate.wire.openai import (
+    DONE,
+    answer_as_chunks,
+    answer_text,
+    error_body,
+    error_event,
+    price_answer,
+    sse_frame,
+    usage_chunk,
+    usage_json,
+)
 
 JSON_TYPE = "application/json"
 
@@ -40,7 +45,7 @@ def money(value: Decimal) -> str:
 def error_response(error: FaregateError, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         status=error.status,
-        body=orjson.dumps(error.to_openai()),
+        body=orjson.dumps(error_body(error)),
         content_type=JSON_TYPE,
         headers={**error.headers, **(headers or {})},
     )
@@ -66,18 +71,6 @@ async def settle(
     return Settled(usage, candidate.offer.price.cost(usage) + billed_cost(attempts))
 
 
-def usage_chunk(chunk: JSON | None, candidate: Candidate, settled: Settled) -> JSON:
-    base: JSON = chunk or {
-        "id": "chatcmpl-" + "faregate",
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "choices": [],
-    }
-    base["model"] = candidate.model.name
-    base["usage"] = usage_json(base.get("usage"), settled.usage, settled.cost)
-    return base
-
-
 def fill_record(record: RequestRecord, candidate: Candidate, settled: Settled) -> None:
     record.model_used = candidate.model.name
     record.provider = candidate.offer.provider
@@ -95,20 +88,6 @@ def result_headers(candidate: Candidate, record: RequestRecord, cost: Decimal) -
         "x-faregate-provider": candidate.offer.provider,
         "x-faregate-attempts": str(len(record.attempts)),
     }
-
-
-def usage_json(upstream: Any, usage: Usage, cost: Decimal) -> JSON:
-    """The `usage` object a client sees: the upstream's (details kept) with our counts and the cost."""
-    out: JSON = dict(upstream) if isinstance(upstream, dict) else {}
-    out.update(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
-        cost=float(cost),
-    )
-    if usage.estimated:
-        out["estimated"] = True
-    return out
 
 
 def header_text(text: str, limit: int = 300) -> str:
@@ -136,10 +115,9 @@ class Responder:
         """Cost a whole answer, write it into the record and the headers, let the cache keep it;
         the body, its model and usage set as the client sees them."""
         body = completion.body
-        text = "" if completion.usage is not None else completion_text(body)
+        text = "" if completion.usage is not None else answer_text(body)
         settled = await settle(candidate, request, completion.usage, text, record.attempts)
-        body["model"] = candidate.model.name
-        body["usage"] = usage_json(body.get("usage"), settled.usage, settled.cost)
+        price_answer(body, candidate.model.name, settled.usage, settled.cost)
         fill_record(record, candidate, settled)
         headers.update(result_headers(candidate, record, settled.cost))
         if self.cache is not None and not settled.usage.estimated:
@@ -173,7 +151,7 @@ class Responder:
         body = await self._settle_whole(
             request, served.completion, served.candidate, record, headers, decision
         )
-        return await self.write_whole_stream(http_request, request, body, body["usage"], record, headers)
+        return await self.write_whole_stream(http_request, request, body, record, headers)
 
     async def stream(
         self,
@@ -200,7 +178,7 @@ class Responder:
         try:
             await response.prepare(http_request)
         except (ConnectionResetError, ConnectionError):
-            await _aclose(opened)
+            await aclose_quietly(opened.rest)
             record.status = 499
             record.error = "client disconnected before the stream started"
             settled = await settle(candidate, request, None, "", opened.attempts)
@@ -210,7 +188,8 @@ class Responder:
         self.runner.stream_finished(opened, outcome.failure, request.key_id)
         if outcome.first_content_at is not None:
             record.ttft_ms = (outcome.first_content_at - request.started) * 1000
-        settled = await settle(candidate, request, outcome.usage, "".join(outcome.text), opened.attempts)
+        seen = outcome.seen
+        settled = await settle(candidate, request, seen.usage, "".join(seen.text), opened.attempts)
         fill_record(record, candidate, settled)
         if outcome.client_gone:
             record.status = 499
@@ -231,7 +210,8 @@ class Responder:
                 )
             else:
                 if request.include_usage:
-                    await response.write(sse_frame(usage_chunk(outcome.usage_chunk, candidate, settled)))
+                    final = usage_chunk(seen.usage_chunk, candidate.model.name, settled.usage, settled.cost)
+                    await response.write(sse_frame(final))
                 await response.write(DONE)
                 self._remember_stream(decision, request, opened, outcome, settled)
             await response.write_eof()
@@ -245,7 +225,6 @@ class Responder:
         http_request: web.Request,
         request: ChatRequest,
         body: JSON,
-        usage: JSON,
         record: RequestRecord,
         headers: dict[str, str],
     ) -> web.StreamResponse:
@@ -253,14 +232,10 @@ class Responder:
         response.content_type = "text/event-stream"
         try:
             await response.prepare(http_request)
-            for frame in stream_frames(body, request.include_usage):
+            for frame in answer_as_chunks(body, body["usage"] if request.include_usage else None):
                 await response.write(sse_frame(frame))
                 if record.ttft_ms is None:
                     record.ttft_ms = (time.perf_counter() - request.started) * 1000
-            if request.include_usage:
-                final = {key: body.get(key) for key in ("id", "created", "model")}
-                final.update(object="chat.completion.chunk", choices=[], usage=usage)
-                await response.write(sse_frame(final))
             await response.write(DONE)
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
@@ -293,12 +268,11 @@ class Responder:
                 "x-faregate-route": record.route or "",
             }
         )
-        usage = usage_json(None, cached.usage, Decimal(0))
         body = dict(cached.body)
+        body["usage"] = usage_json(None, cached.usage, Decimal(0))
         if not request.stream:
-            body["usage"] = usage
             return web.Response(body=orjson.dumps(body), content_type=JSON_TYPE, headers=headers)
-        return await self.write_whole_stream(http_request, request, body, usage, record, headers)
+        return await self.write_whole_stream(http_request, request, body, record, headers)
 
     def _remember_stream(
         self,
@@ -308,21 +282,11 @@ class Responder:
         outcome: StreamOutcome,
         settled: Settled,
     ) -> None:
-        if self.cache is None or outcome.tool_calls or settled.usage.estimated:
+        if self.cache is None or settled.usage.estimated:
             return
         model = opened.candidate.model.name
-        first = opened.buffered[0] if opened.buffered else None
-        body = answer_from_stream(first, "".join(outcome.text), outcome.finish_reason, model, settled.usage)
+        body = outcome.seen.answer(model, settled.usage)
         if body is not None:
             self.cache.remember(
                 decision, request, body, model, opened.candidate.offer.provider, settled.usage
             )
-
-
-async def _aclose(opened: OpenedStream) -> None:
-    closer = getattr(opened.rest, "aclose", None)
-    if closer is not None:
-        try:
-            await closer()
-        except Exception:
-            pass
