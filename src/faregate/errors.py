@@ -96,7 +96,23 @@ class RateLimited(FaregateError):
     code = "rate_limit_exceeded"
 
 
-class UpstreamFailed(FaregateError):
+class UpstreamError(FaregateError):
+    """An error that came out of the upstream calls; `attempts` lists every call made for the
+    request (a cascade's judged steps and judge calls included), for the record and the bill."""
+
+    def __init__(
+        self,
+        message: str,
+        attempts: list[Attempt] | None = None,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, param=param)
+        self.attempts: list[Attempt] = [] if attempts is None else attempts
+
+
+class UpstreamFailed(UpstreamError):
     """Every attempt failed. The message lists each attempt."""
 
     status = 502
@@ -104,19 +120,18 @@ class UpstreamFailed(FaregateError):
     code = "upstream_failed"
 
     def __init__(self, attempts: list[Attempt], *, timeout: bool = False, message: str | None = None) -> None:
-        self.attempts = attempts
         if timeout:
             self.status = 504
             self.code = "upstream_timeout"
         if message is None:
-            listed = "; ".join(f"{i}. {a.describe()}" for i, a in enumerate(attempts, 1))
-            message = f"All {len(attempts)} upstream attempt(s) failed: {listed}"
-        super().__init__(message)
+            message = f"All {len(attempts)} upstream attempt(s) failed: {listed(attempts)}"
+        super().__init__(message, attempts)
 
 
-class UpstreamRejected(FaregateError):
+class UpstreamRejected(UpstreamError):
     """The upstream refused the request itself (a 4xx other than 429): the client's to fix,
-    so it is passed through with the upstream's status instead of falling back."""
+    so it is passed through with the upstream's status instead of falling back. The provider
+    raises it without attempts; the attempt loop fills them in."""
 
     type = "invalid_request_error"
 
@@ -125,6 +140,11 @@ class UpstreamRejected(FaregateError):
     ) -> None:
         super().__init__(message, code=code, param=param)
         self.status = status
+
+
+def listed(attempts: list[Attempt]) -> str:
+    """Attempts numbered in one line, for an error message."""
+    return "; ".join(f"{i}. {a.describe()}" for i, a in enumerate(attempts, 1))
 
 
 class UpstreamFailure(Exception):

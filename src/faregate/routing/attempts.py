@@ -14,14 +14,15 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from faregate.config import ProviderSettings, RoutingSettings
 from faregate.errors import UpstreamFailed, UpstreamFailure, UpstreamRejected
 from faregate.providers.base import Provider, UpstreamCall, aclose_quietly
 from faregate.routing.health import HealthBoard
+from faregate.routing.opened_stream import NOT_HEALTH_SIGNALS, OpenedStream
 from faregate.routing.plan import Candidate, Plan
 from faregate.routing.queue import UpstreamLimiter
 from faregate.types import JSON, Attempt, ChatRequest, Completion, Usage
@@ -37,8 +38,6 @@ from faregate.wire.openai import (
 T = TypeVar("T")
 
 DEFAULT_PROVIDER_SETTINGS = ProviderSettings(base_url="http://127.0.0.1")
-# Failures that say nothing about the provider's health.
-NOT_HEALTH_SIGNALS = frozenset({"rejected"})
 
 
 @dataclass(slots=True)
@@ -46,19 +45,6 @@ class Served:
     completion: Completion
     candidate: Candidate
     attempts: list[Attempt]
-
-
-@dataclass(slots=True)
-class OpenedStream:
-    """A stream that has produced its first real content; `buffered` holds the chunks read so far."""
-
-    candidate: Candidate
-    buffered: list[JSON]
-    rest: AsyncIterator[JSON]
-    attempts: list[Attempt]
-    started: float
-    first_content_at: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class AttemptRunner:
@@ -171,7 +157,7 @@ class AttemptRunner:
                 raise
 
         (buffered, iterator), candidate, attempts, t0 = await self._first_success(request, plan, once)
-        return OpenedStream(candidate, buffered, iterator, attempts, t0, time.perf_counter())
+        return OpenedStream(candidate, buffered, iterator, attempts, t0, self.health, request.key_id)
 
     async def _first_success(
         self,
@@ -223,7 +209,7 @@ class AttemptRunner:
                     attempts.append(
                         _attempt(candidate, t0, "rejected", str(rejected.message), rejected.status)
                     )
-                    rejected.attempts = attempts  # type: ignore[attr-defined]
+                    rejected.attempts = attempts
                     raise
                 except BaseException:
                     self.health.release_probe(key, request.key_id)
@@ -233,18 +219,6 @@ class AttemptRunner:
             if timed_out:
                 break
         raise UpstreamFailed(attempts, timeout=timed_out or _all_timeouts(attempts))
-
-    def stream_finished(
-        self, opened: OpenedStream, failure: UpstreamFailure | None, api_key: str | None = None
-    ) -> None:
-        """Health bookkeeping once a served stream has ended."""
-        key = opened.candidate.offer.key
-        if failure is None:
-            total_ms = (time.perf_counter() - opened.started) * 1000
-            ttft_ms = (opened.first_content_at - opened.started) * 1000
-            self.health.success(key, total_ms, ttft_ms, api_key=api_key)
-        elif failure.kind not in NOT_HEALTH_SIGNALS:
-            self.health.failure(key, api_key)
 
     def _failed(
         self,

@@ -3,9 +3,10 @@
 Every judged step is a whole (non-streaming) call: the judge needs the whole answer. A step whose
 answer is refused stays in the request's attempts as outcome "escalated", with the tokens and the
 cost the provider billed for it; an LLM judge's own call is an attempt with outcome "judge", billed
-the same way. The pipeline adds those to what the client is charged, so the response's cost is
-the cascade's whole cost. The last step is never judged: the pipeline runs it as a normal plan
-(streamed, for a streaming request), with these attempts in front.
+the same way. They all stay in the answer's attempts (or the error's), which the responder bills,
+so the response's cost is the cascade's whole cost. The last step is never judged: `run` calls it
+as a normal plan (streamed, for a streaming request), with these attempts in front, and an error
+of that step lists every attempt of the cascade.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from faregate.errors import UpstreamFailed, UpstreamRejected
+from faregate.errors import UpstreamFailed, UpstreamRejected, listed
 from faregate.routing.attempts import AttemptRunner, Served
+from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Plan, Planner
 from faregate.tokens import estimate_usage
 from faregate.types import Attempt, ChatRequest, Usage
@@ -39,6 +41,15 @@ class Judged:
         return sum(a.outcome == "escalated" for a in self.attempts)
 
 
+@dataclass(slots=True)
+class Cascaded:
+    """A cascade's answer (a judged step's, or the last step's, whole or streamed) and how the
+    judged steps went; `answer.attempts` holds every call made."""
+
+    answer: Served | OpenedStream
+    judged: Judged
+
+
 class CascadeRunner:
     def __init__(self, runner: AttemptRunner, planner: Planner) -> None:
         self.runner = runner
@@ -46,6 +57,32 @@ class CascadeRunner:
         # Counters for metrics: answers judged, and refused (escalated).
         self.judged = 0
         self.escalated = 0
+
+    async def run(self, request: ChatRequest, plan: Plan) -> Cascaded:
+        """The judged steps; the first accepted answer, else the last step's (streamed for a
+        streaming request)."""
+        judged = await self.judged_steps(request, plan)
+        if judged.served is not None:
+            return Cascaded(judged.served, judged)
+        last = plan.stage(len(plan.stages) - 1)
+        answer: Served | OpenedStream
+        try:
+            if request.stream:
+                answer = await self.runner.open_stream(request, last)
+            else:
+                answer = await self.runner.complete(request, last)
+        except UpstreamFailed as failed:
+            every = [*judged.attempts, *failed.attempts]
+            raise UpstreamFailed(
+                every,
+                timeout=failed.status == 504,
+                message=f"The cascade's last step failed ({len(every)} attempt(s) in all): {listed(every)}",
+            ) from None
+        except UpstreamRejected as rejected:
+            rejected.attempts[:0] = judged.attempts
+            raise
+        answer.attempts[:0] = judged.attempts
+        return Cascaded(answer, judged)
 
     async def judged_steps(self, request: ChatRequest, plan: Plan) -> Judged:
         """Run every step but the last; return the first accepted answer, if any."""
@@ -66,7 +103,7 @@ class CascadeRunner:
                 verdicts.append(f"step {index + 1}: no answer ({len(failed.attempts)} failed attempts)")
                 continue
             except UpstreamRejected as rejected:
-                rejected.attempts = [*attempts, *getattr(rejected, "attempts", [])]  # type: ignore[attr-defined]
+                rejected.attempts[:0] = attempts
                 raise
             attempts.extend(served.attempts)
             body = served.completion.body

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from faregate.errors import UpstreamFailure
-from faregate.providers.base import aclose_quietly
-from faregate.routing.attempts import OpenedStream
-from faregate.types import JSON, ChatRequest
+from faregate.routing.opened_stream import OpenedStream
+from faregate.types import ChatRequest
 from faregate.wire.openai import StreamedAnswer, relay_chunk, sse_frame
 
 
@@ -29,38 +28,26 @@ class StreamOutcome:
     chunks: int = 0
 
 
-async def relay(
-    http_request: web.Request,
-    response: web.StreamResponse,
-    request: ChatRequest,
-    opened: OpenedStream,
-    model_name: str,
-) -> StreamOutcome:
+async def relay(response: web.StreamResponse, request: ChatRequest, opened: OpenedStream) -> StreamOutcome:
     """Write every chunk to the client; returns what was seen. The caller appends the usage
-    chunk (with cost) and `[DONE]`, or the error event, since only it knows the cost."""
+    chunk (with cost) and `[DONE]`, or the error event, since only it knows the cost. How the
+    upstream stream ended (a failure, a missing finish reason) is the OpenedStream's to judge."""
     outcome = StreamOutcome()
     seen = outcome.seen
-
-    async def emit(chunk: JSON) -> None:
-        if not seen.take(chunk):
-            return  # the trailing usage-only chunk: held back until the cost is known
-        relay_chunk(chunk, model_name, request.include_usage)
-        await response.write(sse_frame(chunk))
-        outcome.chunks += 1
-        if outcome.first_content_at is None:
-            outcome.first_content_at = time.perf_counter()
-
+    model = opened.candidate.model.name
     try:
-        for chunk in opened.buffered:
-            await emit(chunk)
-        async for chunk in opened.rest:
-            await emit(chunk)
+        async for chunk in opened:
+            if not seen.take(chunk):
+                continue  # the trailing usage-only chunk: held back until the cost is known
+            relay_chunk(chunk, model, request.include_usage)
+            await response.write(sse_frame(chunk))
+            outcome.chunks += 1
+            if outcome.first_content_at is None:
+                outcome.first_content_at = time.perf_counter()
     except UpstreamFailure as failure:
         outcome.failure = failure
     except (ConnectionResetError, ConnectionError):
         outcome.client_gone = True
     finally:
-        await aclose_quietly(opened.rest)
-    if outcome.failure is None and not outcome.client_gone and seen.finish_reason is None:
-        outcome.failure = UpstreamFailure("truncated", "stream ended without a finish_reason")
+        await opened.aclose()
     return outcome
