@@ -25,6 +25,7 @@ from faregate.catalog import build_catalog
 from faregate.config import parse_settings
 from faregate.errors import RateLimited, UpstreamFailure, UpstreamRejected
 from faregate.providers.base import UpstreamCall
+from faregate.providers.registry import ProviderRegistry
 from faregate.routing.attempts import AttemptRunner
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Planner
@@ -164,8 +165,8 @@ class Harness:
         self.client = client
         self.pipeline = pipeline
         self.events = events
-        self.a: FakeProvider = pipeline.runner._provider("a")  # type: ignore[assignment]
-        self.b: FakeProvider = pipeline.runner._provider("b")  # type: ignore[assignment]
+        self.a: FakeProvider = pipeline.runner.providers.get("a")  # type: ignore[assignment]
+        self.b: FakeProvider = pipeline.runner.providers.get("b")  # type: ignore[assignment]
 
     @property
     def records(self) -> list[RequestRecord]:
@@ -201,7 +202,7 @@ async def harness() -> AsyncIterator[Harness]:
     providers = {"a": FakeProvider("a", events), "b": FakeProvider("b", events)}
     health = HealthBoard(settings.routing.breaker)
     planner = Planner(build_catalog(settings), settings.routes, settings.routing, health)
-    runner = AttemptRunner(providers.__getitem__, lambda _: None, 5.0, settings.routing, health)
+    runner = AttemptRunner(ProviderRegistry.of(providers), 5.0, settings.routing, health)
     cache = build_cache(settings.cache)
     assert cache is not None
     pipeline = ChatPipeline(

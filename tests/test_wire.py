@@ -17,7 +17,7 @@ from faregate.wire.openai import (
     error_message,
     finish_reason,
     price_answer,
-    relay_chunk,
+    relay_frame,
     stream_error,
     upstream_body,
     usage_chunk,
@@ -152,7 +152,8 @@ def test_what_the_client_receives_carries_the_cost() -> None:
         "details": {"x": 1},
     }
     relayed = chunk({"content": "x"}, usage=None)
-    relay_chunk(relayed, "catalog-name", include_usage=False)
+    frame = relay_frame(relayed, "catalog-name", include_usage=False)
+    assert frame.startswith(b"data: {") and frame.endswith(b"}\n\n")
     assert relayed["model"] == "catalog-name" and "usage" not in relayed
     made = usage_chunk(None, "m", Usage(1, 2), Decimal(0))
     assert made["choices"] == [] and made["usage"]["total_tokens"] == 3 and made["model"] == "m"

@@ -29,8 +29,8 @@ import ssl
 from collections import deque
 
 from faregate import __version__
-from faregate.catalog.models import provider_enabled, sim_active
-from faregate.config import ProviderSettings, Settings
+from faregate.catalog.models import provider_enabled
+from faregate.config import Settings
 from faregate.providers.transport import (
     ACTIVE,
     CLOSED,
@@ -444,14 +444,11 @@ def pool_limits(settings: Settings | None) -> tuple[int, int, float]:
     """(total limit, per-host limit, connect timeout) for the providers `settings` enables.
 
     One pool serves every provider and each provider is its own host, so the per-host
-    cap is the largest provider's `max_connections` and the total is their sum (the simulator,
-    when active, counts as one more provider with default settings).
+    cap is the largest provider's `max_connections` and the total is their sum.
     """
     if settings is None:
         return 1000, 0, 10.0
     active = [p for p in settings.providers.values() if provider_enabled(p)]
-    if sim_active(settings):
-        active.append(ProviderSettings(base_url="http://127.0.0.1"))
     if not active:
         return 1000, 0, 10.0
     return (

@@ -5,7 +5,8 @@ waiting out a short Retry-After; then fall back to the next candidate. A failure
 moves on when it is the provider's fault (429, 5xx, timeout, connection error, a 200
 with nothing in it, a stream that dies before its first content). A 4xx that is the
 client's fault is returned at once: another provider would refuse it too. Breakers
-fail fast: an offer whose breaker is open is not called at all.
+fail fast: an offer whose breaker is open is not called at all. A candidate's provider and
+the timeouts of its calls are one registry lookup.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TypeVar
 
-from faregate.config import ProviderSettings, RoutingSettings
+from faregate.config import RoutingSettings
 from faregate.errors import UpstreamFailed, UpstreamFailure, UpstreamRejected
 from faregate.providers.base import Provider, UpstreamCall, aclose_quietly
+from faregate.providers.registry import ProviderEntry, ProviderRegistry
 from faregate.routing.health import HealthBoard
 from faregate.routing.opened_stream import NOT_HEALTH_SIGNALS, OpenedStream
 from faregate.routing.plan import Candidate, Plan
@@ -37,8 +39,6 @@ from faregate.wire.openai import (
 
 T = TypeVar("T")
 
-DEFAULT_PROVIDER_SETTINGS = ProviderSettings(base_url="http://127.0.0.1")
-
 
 @dataclass(slots=True)
 class Served:
@@ -50,15 +50,13 @@ class Served:
 class AttemptRunner:
     def __init__(
         self,
-        providers: Callable[[str], Provider],
-        provider_settings: Callable[[str], ProviderSettings | None],
+        providers: ProviderRegistry,
         request_timeout_s: float,
         routing: RoutingSettings | None = None,
         health: HealthBoard | None = None,
         limiter: UpstreamLimiter | None = None,
     ) -> None:
-        self._provider = providers
-        self._provider_settings = provider_settings
+        self.providers = providers
         self.request_timeout_s = request_timeout_s
         self.routing = routing or RoutingSettings()
         self.health = health or HealthBoard(self.routing.breaker, self.routing.latency_window)
@@ -69,17 +67,18 @@ class AttemptRunner:
         self.retries = 0
         self.fallbacks = 0
 
-    def build_call(self, request: ChatRequest, candidate: Candidate, time_left: float) -> UpstreamCall:
+    def build_call(
+        self, request: ChatRequest, candidate: Candidate, entry: ProviderEntry, time_left: float
+    ) -> UpstreamCall:
         body = upstream_body(
             request.body, candidate.offer.upstream_model, candidate.model.max_output_tokens, request.stream
         )
-        settings = self._provider_settings(candidate.offer.provider) or DEFAULT_PROVIDER_SETTINGS
         return UpstreamCall(
             offer=candidate.offer,
             body=body,
             stream=request.stream,
-            first_byte_timeout_s=min(settings.first_byte_timeout_s, time_left),
-            total_timeout_s=min(settings.total_timeout_s, time_left),
+            first_byte_timeout_s=min(entry.first_byte_timeout_s, time_left),
+            total_timeout_s=min(entry.total_timeout_s, time_left),
         )
 
     def _time_left(self, request: ChatRequest) -> float:
@@ -99,9 +98,10 @@ class AttemptRunner:
         return wait if wait < time_left - 0.05 else None
 
     async def complete(self, request: ChatRequest, plan: Plan) -> Served:
-        async def once(candidate: Candidate, call: UpstreamCall, time_left: float) -> Completion:
+        async def once(
+            candidate: Candidate, provider: Provider, call: UpstreamCall, time_left: float
+        ) -> Completion:
             t0 = time.perf_counter()
-            provider = self._provider(candidate.offer.provider)
             if candidate.offer.provider in self.limiter.gates:
                 async with (
                     asyncio.timeout(time_left),
@@ -128,11 +128,11 @@ class AttemptRunner:
         client yet, so a failure here still falls back invisibly."""
 
         async def once(
-            candidate: Candidate, call: UpstreamCall, time_left: float
+            candidate: Candidate, provider: Provider, call: UpstreamCall, time_left: float
         ) -> tuple[list[JSON], AsyncIterator[JSON]]:
             slot = await self.limiter.acquire(candidate.offer.provider, request.premium, time_left)
             # The stream holds its slot until it ends or is closed (every path below closes it).
-            upstream = aiter(self._provider(candidate.offer.provider).stream(call))
+            upstream = aiter(provider.stream(call))
             iterator = self.limiter.guard(upstream, slot)
             buffered: list[JSON] = []
             try:
@@ -163,7 +163,7 @@ class AttemptRunner:
         self,
         request: ChatRequest,
         plan: Plan,
-        once: Callable[[Candidate, UpstreamCall, float], Awaitable[T]],
+        once: Callable[[Candidate, Provider, UpstreamCall, float], Awaitable[T]],
     ) -> tuple[T, Candidate, list[Attempt], float]:
         """Call `once` for each candidate in plan order, with its retries, until one succeeds.
         Returns its result, the candidate, every attempt made, and when the served one started."""
@@ -173,6 +173,7 @@ class AttemptRunner:
             if index:
                 self.fallbacks += 1
             key = candidate.offer.key
+            entry = self.providers.entry(candidate.offer.provider)
             for tries in range(candidate.retries + 1):
                 time_left = self._time_left(request)
                 if time_left <= 0:
@@ -180,10 +181,10 @@ class AttemptRunner:
                     break
                 if not self.health.allow(key, request.key_id, time.monotonic()):
                     break
-                call = self.build_call(request, candidate, time_left)
+                call = self.build_call(request, candidate, entry, time_left)
                 t0 = time.perf_counter()
                 try:
-                    result = await once(candidate, call, time_left)
+                    result = await once(candidate, entry.provider, call, time_left)
                 except UpstreamFailure as failure:
                     attempts.append(self._failed(candidate, t0, failure, failure.usage, request.key_id))
                     wait = self._pause_before_retry(failure, tries, self._time_left(request))

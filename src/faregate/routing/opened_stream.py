@@ -1,6 +1,8 @@
 """A served stream: what the attempt loop hands the responder once a stream has real content.
 
-Reading it yields the chunks read while it was opened (`buffered`), then the rest as they come.
+Reading it yields the chunks read while it was opened (`buffered`), then the rest as they come,
+each read into `seen` (wire.openai.StreamedAnswer: its text, finish reason and usage); the
+trailing usage-only chunk is kept there, not yielded, for the responder to add the cost to.
 How it ended is judged here, in routing, not by whoever reads it: a stream that stops without a
 finish reason raises UpstreamFailure("truncated"); a failure is written into the served attempt
 (its outcome and detail, for the record); and the offer's health learns the outcome exactly once,
@@ -18,7 +20,7 @@ from faregate.providers.base import aclose_quietly
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Candidate
 from faregate.types import JSON, Attempt
-from faregate.wire.openai import finish_reason
+from faregate.wire.openai import StreamedAnswer
 
 # Failures that say nothing about the provider's health.
 NOT_HEALTH_SIGNALS = frozenset({"rejected"})
@@ -30,7 +32,6 @@ class OpenedStream:
     __slots__ = (
         "_api_key",
         "_ended",
-        "_finished",
         "_health",
         "_next",
         "attempts",
@@ -38,6 +39,7 @@ class OpenedStream:
         "candidate",
         "first_content_at",
         "rest",
+        "seen",
         "started",
     )
 
@@ -59,33 +61,36 @@ class OpenedStream:
         self.first_content_at = time.perf_counter()
         self._health = health
         self._api_key = api_key
+        self.seen = StreamedAnswer()
         self._next = 0  # the next buffered chunk to yield
-        self._finished = False  # a finish reason was seen
         self._ended = False  # the health has been told
 
     def __aiter__(self) -> OpenedStream:
         return self
 
     async def __anext__(self) -> JSON:
-        if self._next < len(self.buffered):
-            chunk = self.buffered[self._next]
-            self._next += 1
-        else:
-            try:
-                chunk = await anext(self.rest)
-            except StopAsyncIteration:
-                if self._finished:
-                    self._end(None)
-                    raise
-                truncated = UpstreamFailure("truncated", "stream ended without a finish_reason")
-                self._end(truncated)
-                raise truncated from None
-            except UpstreamFailure as failure:
-                self._end(failure)
+        while True:
+            if self._next < len(self.buffered):
+                chunk = self.buffered[self._next]
+                self._next += 1
+            else:
+                chunk = await self._read()
+            if self.seen.take(chunk):
+                return chunk
+
+    async def _read(self) -> JSON:
+        try:
+            return await anext(self.rest)
+        except StopAsyncIteration:
+            if self.seen.finish_reason is not None:
+                self._end(None)
                 raise
-        if not self._finished and finish_reason(chunk):
-            self._finished = True
-        return chunk
+            truncated = UpstreamFailure("truncated", "stream ended without a finish_reason")
+            self._end(truncated)
+            raise truncated from None
+        except UpstreamFailure as failure:
+            self._end(failure)
+            raise
 
     async def aclose(self) -> None:
         """Stop reading (idempotent): the upstream connection and its queue slot are given back."""

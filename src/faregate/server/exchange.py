@@ -14,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -27,12 +28,15 @@ from faregate.errors import FaregateError, UpstreamError
 from faregate.routing.attempts import billed_cost
 from faregate.routing.cascade_runner import Judged
 from faregate.routing.plan import Candidate, Plan
-from faregate.server.parse import new_request_id
 from faregate.types import Attempt, ChatRequest, Price, RequestRecord, Usage
 
+# 96 random bits: a request id names a record that feedback may be sent for, so it must not be
+# guessable from another one (a counter was). "req_" + 24 hex digits, as before.
+REQUEST_ID_BYTES = 12
 
-def no_cache() -> CacheDecision:
-    return CacheDecision("bypass", reason="no cache")
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(REQUEST_ID_BYTES)
 
 
 def money(value: Decimal) -> str:
@@ -57,7 +61,8 @@ class Exchange:
     started: float = field(default_factory=time.perf_counter)
     key: ApiKey | None = None
     parsed: ChatRequest | None = None
-    cache: CacheDecision = field(default_factory=no_cache)
+    # None until the cache stage has decided (and when there is no cache).
+    cache: CacheDecision | None = None
     plan: Plan | None = None
     hold: Hold | None = None
 
@@ -99,9 +104,12 @@ class Exchange:
         self.parsed = request
         self.record.stream = request.stream
 
-    def decided(self, decision: CacheDecision) -> None:
+    def decided(self, decision: CacheDecision | None) -> None:
+        """The cache's decision (None: no cache at all, a bypass)."""
         self.cache = decision
-        self.record.cache_status = "bypass" if decision.status == "bypass" else "miss"
+        self.record.cache_status = (
+            "miss" if decision is not None and decision.status != "bypass" else "bypass"
+        )
         self.headers["x-faregate-cache"] = self.record.cache_status
 
     def routed(self, route: str) -> None:

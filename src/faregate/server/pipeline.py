@@ -42,7 +42,7 @@ from faregate.routing.cascade_runner import CascadeRunner
 from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Planner
 from faregate.routing.worst_case import worst_case
-from faregate.server.exchange import Exchange, no_cache
+from faregate.server.exchange import Exchange
 from faregate.server.parse import decode_json_object, parse_chat_request
 from faregate.server.responses import Responder, error_response
 from faregate.store.outage import outage_error
@@ -127,13 +127,14 @@ class ChatPipeline:
 
     async def look_up(self, exchange: Exchange) -> CachedAnswer | None:
         if self.cache is None:
-            exchange.decided(no_cache())
+            exchange.decided(None)
             return None
         request = exchange.request
-        exchange.decided(
-            self.cache.decide(request, exchange.http.headers, lambda: self.planner.resolved_name(request))
+        decision = self.cache.decide(
+            request, exchange.http.headers, lambda: self.planner.resolved_name(request)
         )
-        cached = await self.cache.lookup(exchange.cache, request)
+        exchange.decided(decision)
+        cached = await self.cache.lookup(decision, request)
         if cached is not None:
             # Named as a miss names it: one route is one row on the dashboard.
             exchange.routed(self.planner.requested_route(request))

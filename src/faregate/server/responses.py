@@ -143,7 +143,7 @@ class Responder:
         outcome = await relay(response, request, opened)
         if outcome.first_content_at is not None:
             exchange.first_content(outcome.first_content_at)
-        seen = outcome.seen
+        seen = opened.seen
         settled = await settle(candidate, request, seen.usage, "".join(seen.text), opened.attempts)
         exchange.settled(candidate, settled.usage, settled.cost)
         if outcome.client_gone:
@@ -174,6 +174,6 @@ class Responder:
 
     def _remember(self, exchange: Exchange, candidate: Candidate, body: JSON | None, usage: Usage) -> None:
         """Keep a whole answer whose usage the provider reported (an estimate is not kept)."""
-        if self.cache is not None and body is not None and not usage.estimated:
+        if self.cache is not None and exchange.cache is not None and body is not None and not usage.estimated:
             model, provider = candidate.model.name, candidate.offer.provider
             self.cache.remember(exchange.cache, exchange.request, body, model, provider, usage)

@@ -9,19 +9,20 @@ event (which the SDKs raise), never with a clean `[DONE]`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from faregate.errors import UpstreamFailure
 from faregate.routing.opened_stream import OpenedStream
 from faregate.types import ChatRequest
-from faregate.wire.openai import StreamedAnswer, relay_chunk, sse_frame
+from faregate.wire.openai import relay_frame
 
 
 @dataclass(slots=True)
 class StreamOutcome:
-    seen: StreamedAnswer = field(default_factory=StreamedAnswer)
+    """How the relay went; what the stream carried is `OpenedStream.seen`."""
+
     first_content_at: float | None = None
     failure: UpstreamFailure | None = None
     client_gone: bool = False
@@ -29,18 +30,14 @@ class StreamOutcome:
 
 
 async def relay(response: web.StreamResponse, request: ChatRequest, opened: OpenedStream) -> StreamOutcome:
-    """Write every chunk to the client; returns what was seen. The caller appends the usage
-    chunk (with cost) and `[DONE]`, or the error event, since only it knows the cost. How the
-    upstream stream ended (a failure, a missing finish reason) is the OpenedStream's to judge."""
+    """Write every chunk to the client. The caller appends the usage chunk (with the cost) and
+    `[DONE]`, or the error event, since only it knows the cost. How the upstream stream ended
+    (a failure, a missing finish reason) is the OpenedStream's to judge."""
     outcome = StreamOutcome()
-    seen = outcome.seen
     model = opened.candidate.model.name
     try:
         async for chunk in opened:
-            if not seen.take(chunk):
-                continue  # the trailing usage-only chunk: held back until the cost is known
-            relay_chunk(chunk, model, request.include_usage)
-            await response.write(sse_frame(chunk))
+            await response.write(relay_frame(chunk, model, request.include_usage))
             outcome.chunks += 1
             if outcome.first_content_at is None:
                 outcome.first_content_at = time.perf_counter()

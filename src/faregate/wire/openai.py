@@ -6,7 +6,7 @@ Three groups, in the order a request meets them:
   `finish_reason`, `chunk_has_content`, `answer_is_empty`, `answer_text`, `error_message`;
   a relayed stream is read chunk by chunk into a `StreamedAnswer`;
 - writing what the client receives: the priced body (`price_answer`), relayed chunks
-  (`relay_chunk`), the usage chunk with the cost (`usage_chunk`), SSE frames and `[DONE]`,
+  (`relay_frame`), the usage chunk with the cost (`usage_chunk`), SSE frames and `[DONE]`,
   the error body and the mid-stream error event, and an answer replayed as a stream
   (`answer_as_chunks`, from the cache or a judged cascade step) or kept from one
   (`StreamedAnswer.answer`).
@@ -277,11 +277,13 @@ def price_answer(body: JSON, model: str, usage: Usage, cost: Decimal) -> JSON:
     return body
 
 
-def relay_chunk(chunk: JSON, model: str, include_usage: bool) -> None:
-    """A chunk as the client sees it: the catalog's model name; the usage field only if asked for."""
+def relay_frame(chunk: JSON, model: str, include_usage: bool) -> bytes:
+    """A chunk's SSE frame as the client sees it: the catalog's model name; the usage field only
+    if the client asked for it."""
     chunk["model"] = model
     if not include_usage:
         chunk.pop("usage", None)
+    return sse_frame(chunk)
 
 
 def usage_chunk(held: JSON | None, model: str, usage: Usage, cost: Decimal) -> JSON:
