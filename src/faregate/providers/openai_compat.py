@@ -24,17 +24,17 @@ from faregate.config import ProviderSettings
 from faregate.errors import UpstreamFailure, UpstreamRejected
 from faregate.providers.base import UpstreamCall
 from faregate.providers.http import USER_AGENT, ConnectionPool
-from faregate.providers.sse import SSEDecoder, SSEProtocolError
-from faregate.providers.transport import (
+from faregate.providers.http_framing import (
     BadResponse,
     ConnectFailed,
     ConnectTimeout,
     Endpoint,
-    Response,
     TransportError,
     request_bytes,
     request_head,
 )
+from faregate.providers.response import Response
+from faregate.providers.sse import SSEDecoder, SSEProtocolError
 from faregate.types import JSON, Completion
 from faregate.wire.openai import error_code_param, error_message, stream_error, usage_of
 

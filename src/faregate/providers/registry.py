@@ -5,10 +5,12 @@ provider simulator by name: when the simulator stands in for the providers, `wit
 makes it the provider `sim` in the settings (enabled at its address, selling every curated model),
 and from there on it is configuration like any vendor. Everything else asks the registry for a
 provider by name: `entry(name)` is one lookup giving the provider and the timeouts its calls get.
+The one upstream connection pool is sized here too, from the enabled providers' settings.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -18,7 +20,7 @@ from faregate.catalog.models import provider_enabled
 from faregate.config import ProviderSettings, Settings
 from faregate.errors import ConfigError
 from faregate.providers.base import Provider
-from faregate.providers.http import ConnectionPool, make_upstream_pool
+from faregate.providers.http import ConnectionPool
 from faregate.providers.openai_compat import OpenAICompatibleProvider
 
 ProviderFactory = Callable[[str, ProviderSettings, ConnectionPool], Provider]
@@ -141,3 +143,40 @@ def _build(name: str, settings: ProviderSettings, pool: ConnectionPool) -> Provi
         return factory(name, settings, pool)
     except ValueError as exc:  # a base URL or header the wire cannot carry: say which provider
         raise ConfigError(f"providers.{name}: {exc}") from exc
+
+
+def make_upstream_pool(
+    settings: Settings | None = None,
+    *,
+    limit: int | None = None,
+    limit_per_host: int | None = None,
+    keepalive_timeout_s: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> ConnectionPool:
+    """The pool for upstream calls, sized from `settings` when given (see `pool_limits`);
+    explicit arguments win. Connect timeouts are per provider (on each Endpoint)."""
+    default_limit, default_per_host, _ = pool_limits(settings)
+    return ConnectionPool(
+        limit=default_limit if limit is None else limit,
+        limit_per_host=default_per_host if limit_per_host is None else limit_per_host,
+        keepalive_timeout_s=keepalive_timeout_s,
+        ssl_context=ssl_context,
+    )
+
+
+def pool_limits(settings: Settings | None) -> tuple[int, int, float]:
+    """(total limit, per-host limit, connect timeout) for the providers `settings` enables.
+
+    One pool serves every provider and each provider is its own host, so the per-host
+    cap is the largest provider's `max_connections` and the total is their sum.
+    """
+    if settings is None:
+        return 1000, 0, 10.0
+    active = [p for p in settings.providers.values() if provider_enabled(p)]
+    if not active:
+        return 1000, 0, 10.0
+    return (
+        sum(p.max_connections for p in active),
+        max(p.max_connections for p in active),
+        max(p.connect_timeout_s for p in active),
+    )

@@ -19,8 +19,8 @@ from faregate.catalog import Catalog, Model, build_catalog
 from faregate.config import Settings
 from faregate.dashboard.assets import add_dashboard_page
 from faregate.errors import ConfigError, FaregateError, InternalError, InvalidRequest, NotFound
-from faregate.providers.http import ConnectionPool, make_upstream_pool
-from faregate.providers.registry import ProviderRegistry
+from faregate.providers.http import ConnectionPool
+from faregate.providers.registry import ProviderRegistry, make_upstream_pool
 from faregate.routing.attempts import AttemptRunner
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Planner
