@@ -1,28 +1,34 @@
 """The request path, top to bottom in one place: `ChatPipeline.handle` is the list of stages.
 
-  1. authenticate      the API key (KeyStore.verify: a TTL cache in front of the store)
-  2. read the request  body size and JSON depth, then the fields the gateway reads (server.parse)
-  3. cache lookup      the cache decides whether the request may be served from it, and looks
-  4.   on a hit: rate limit (one request against the key's requests per minute), respond, record
-  5. plan              routing turns the request into an ordered plan of attempts
-  6. rate limit and    one atomic reservation of the plan's worst-case cost and tokens
-     reserve budget    (accounts.Admission.admit; skipped without metering)
-  7. call upstream     the attempt loop (retries, fallbacks, breakers), a stream opened, or
-                       a cascade run
-  8. respond           server.responses costs the answer and writes it out
-  9. settle and record the hold is settled to the actual cost (or released), the record written
+  1. authenticate       the API key (KeyStore.verify: a TTL cache in front of the store)
+  2. read the request   body size and JSON depth, then the fields the gateway reads (server.parse)
+  3. cache lookup       may the cache answer (not for non-deterministic requests), and does it?
+     on a hit:          one request off the key's requests per minute (429 past it), respond,
+                        record; nothing is planned, reserved or called
+  4. plan               routing turns the request into an ordered plan of attempts
+  5. rate limit and     one atomic step: the request and token rate limits and a reservation
+     reserve budget     of the plan's worst-case cost (Admission.admit; skipped unmetered)
+  6. call upstream      the attempt loop (retries, fallbacks, breakers): a whole answer, an
+                        opened stream, or a cascade run
+  7. respond            server.responses costs the answer and writes it out
+  8. settle and record  the hold settled to the actual cost (or released); the record written
 
-Each stage reads and writes one `Exchange` (server/exchange.py). Why this order, where it departs
-from "authenticate, rate limit, reserve, cache, plan": the reservation holds the plan's worst case,
-so it can only follow the plan; a cache hit costs nothing, so it reserves nothing and skips the
-planning, and the rate limit it still owes is taken once it is known to be a hit (a rate-limited
-key is refused there with 429, after the lookup: the lookup is the cheaper check). Settlement
-follows the response because a stream's cost is known only at its end; for a whole answer the cost
-is known before the body leaves, and the hold is settled before `handle` returns it.
+Each stage reads and writes one `Exchange` (server/exchange.py).
+
+Why this order, where it departs from "authenticate, rate limit, reserve, cache, plan": the
+reservation holds the plan's worst case (its candidates' prices and output allowances, a cascade's
+every step), so it can only follow the plan, and the rate limits are checked in the same atomic
+write (the one synchronous store write on the hot path), so they come with it. The cache comes
+first: a hit costs nothing and calls nothing, so it needs no plan and no reservation, and it still
+takes its one request from the key's rate limit once it is known to be a hit. So a key without
+credit is still served what the cache holds (free), and a key over its request rate is refused
+after the lookup, not before it (with the semantic cache on, such a request still costs one
+embedding). Settlement follows the response because a stream's cost is known only at its end; a
+whole answer is costed before its body is built, and its hold settled before `handle` returns.
 
 Invariants: every request that reaches `handle` is recorded exactly once, errors included; a hold
 is always settled or released; no error leaves as a stack trace (a bug is a logged 500, a store
-outage a 503).
+outage a 503). tests/test_pipeline.py checks the order and these in process.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 Three kinds of answer, each written the way the client asked for it:
 - `Served` (a whole upstream answer): a JSON body, or for a streaming request (a cascade step
   judged before it could be sent) the same answer replayed as a stream;
-- `OpenedStream`: relayed chunk by chunk (server/streaming.py), then the usage chunk with the
-  cost and `[DONE]`, or the error event when the upstream failed after content was sent;
+- `OpenedStream`: relayed chunk by chunk, then the usage chunk with the cost and `[DONE]`. The
+  attempt loop held the stream back until its first real content, so everything here happens
+  after the client has seen text: from then on a failure cannot be hidden, and the stream ends
+  with an OpenAI-style error event (which the SDKs raise), never with a clean `[DONE]`;
 - `CachedAnswer`: free; a JSON body or a replayed stream.
 
 Each is costed (the provider's usage, estimated when it gave none, at the served offer's price,
@@ -22,12 +24,11 @@ import orjson
 from aiohttp import web
 
 from faregate.cache.service import CachedAnswer, ResponseCache
-from faregate.errors import FaregateError
+from faregate.errors import FaregateError, UpstreamFailure
 from faregate.routing.attempts import Served, billed_cost
 from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Candidate
 from faregate.server.exchange import Exchange
-from faregate.server.streaming import relay
 from faregate.tokens import estimate_usage
 from faregate.types import JSON, Attempt, ChatRequest, Usage
 from faregate.wire.openai import (
@@ -37,6 +38,7 @@ from faregate.wire.openai import (
     error_body,
     error_event,
     price_answer,
+    relay_frame,
     sse_frame,
     usage_chunk,
     usage_json,
@@ -54,6 +56,15 @@ def error_response(error: FaregateError, headers: dict[str, str] | None = None) 
         content_type=JSON_TYPE,
         headers={**error.headers, **(headers or {})},
     )
+
+
+@dataclass(slots=True)
+class StreamOutcome:
+    """How a relay went; what the stream carried is `OpenedStream.seen`."""
+
+    first_content_at: float | None = None
+    failure: UpstreamFailure | None = None
+    client_gone: bool = False
 
 
 @dataclass(slots=True)
@@ -140,7 +151,7 @@ class Responder:
             settled = await settle(candidate, request, None, "", opened.attempts)
             exchange.settled(candidate, settled.usage, settled.cost)
             return response
-        outcome = await relay(response, request, opened)
+        outcome = await _relay(response, request, opened)
         if outcome.first_content_at is not None:
             exchange.first_content(outcome.first_content_at)
         seen = opened.seen
@@ -177,3 +188,23 @@ class Responder:
         if self.cache is not None and exchange.cache is not None and body is not None and not usage.estimated:
             model, provider = candidate.model.name, candidate.offer.provider
             self.cache.remember(exchange.cache, exchange.request, body, model, provider, usage)
+
+
+async def _relay(response: web.StreamResponse, request: ChatRequest, opened: OpenedStream) -> StreamOutcome:
+    """Write every chunk to the client. The caller adds the usage chunk (with the cost) and
+    `[DONE]`, or the error event; how the upstream stream ended (a failure, a missing finish
+    reason) is the OpenedStream's to judge."""
+    outcome = StreamOutcome()
+    model = opened.candidate.model.name
+    try:
+        async for chunk in opened:
+            await response.write(relay_frame(chunk, model, request.include_usage))
+            if outcome.first_content_at is None:
+                outcome.first_content_at = time.perf_counter()
+    except UpstreamFailure as failure:
+        outcome.failure = failure
+    except (ConnectionResetError, ConnectionError):
+        outcome.client_gone = True
+    finally:
+        await opened.aclose()
+    return outcome
