@@ -16,6 +16,7 @@ from faregate.wire.openai import (
     error_code_param,
     error_message,
     finish_reason,
+    free_answer,
     price_answer,
     relay_frame,
     stream_error,
@@ -118,14 +119,19 @@ def test_a_relayed_stream_is_read_and_kept_as_an_answer() -> None:
     assert body is not None and body["id"] == "c1" and body["created"] == 1
     assert body["choices"][0]["message"]["content"] == "Hello world"
     # ...and replayed as a stream that says the same.
-    frames = answer_as_chunks(body, {"cost": 0.0})
+    body["usage"] = {"cost": 0.0}
+    frames = answer_as_chunks(body, include_usage=True)
     text = "".join(f["choices"][0]["delta"].get("content", "") for f in frames[:-1])
     assert text == "Hello world"
     assert frames[0]["choices"][0]["delta"]["role"] == "assistant"
     assert frames[-2]["choices"][0]["finish_reason"] == "stop"
     assert all(f["usage"] is None for f in frames[:-1])
     assert frames[-1]["choices"] == [] and frames[-1]["usage"] == {"cost": 0.0}
-    assert "usage" not in answer_as_chunks(body, None)[-1]
+    assert "usage" not in answer_as_chunks(body, include_usage=False)[-1]
+    again = free_answer(body, Usage(3, 2))
+    assert (
+        again["usage"]["cost"] == 0 and again["choices"] == body["choices"] and body["usage"] == {"cost": 0.0}
+    )
 
 
 def test_streams_that_are_not_whole_text_answers_are_not_kept() -> None:

@@ -37,11 +37,11 @@ from faregate.wire.openai import (
     answer_text,
     error_body,
     error_event,
+    free_answer,
     price_answer,
     relay_frame,
     sse_frame,
     usage_chunk,
-    usage_json,
 )
 
 JSON_TYPE = "application/json"
@@ -116,20 +116,18 @@ class Responder:
 
     async def _cached(self, exchange: Exchange, cached: CachedAnswer) -> web.StreamResponse:
         exchange.from_cache(cached)
-        body = dict(cached.body)
-        body["usage"] = usage_json(None, cached.usage, Decimal(0))
+        body = free_answer(cached.body, cached.usage)
         if exchange.request.stream:
             return await self._replay(exchange, body)
         return web.Response(body=orjson.dumps(body), content_type=JSON_TYPE, headers=exchange.headers)
 
     async def _replay(self, exchange: Exchange, body: JSON) -> web.StreamResponse:
         """A whole, priced answer sent as the chunks of a stream."""
-        usage = body["usage"] if exchange.request.include_usage else None
         response = web.StreamResponse(status=200, headers={**exchange.headers, "Cache-Control": "no-cache"})
         response.content_type = "text/event-stream"
         try:
             await response.prepare(exchange.http)
-            for chunk in answer_as_chunks(body, usage):
+            for chunk in answer_as_chunks(body, exchange.request.include_usage):
                 await response.write(sse_frame(chunk))
                 exchange.first_content(time.perf_counter())
             await response.write(DONE)

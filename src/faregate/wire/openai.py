@@ -7,9 +7,9 @@ Three groups, in the order a request meets them:
   a relayed stream is read chunk by chunk into a `StreamedAnswer`;
 - writing what the client receives: the priced body (`price_answer`), relayed chunks
   (`relay_frame`), the usage chunk with the cost (`usage_chunk`), SSE frames and `[DONE]`,
-  the error body and the mid-stream error event, and an answer replayed as a stream
-  (`answer_as_chunks`, from the cache or a judged cascade step) or kept from one
-  (`StreamedAnswer.answer`).
+  the error body and the mid-stream error event, a kept answer served again (`free_answer`), and
+  an answer replayed as a stream (`answer_as_chunks`, from the cache or a judged cascade step)
+  or kept from one (`StreamedAnswer.answer`).
 
 Invariants: nothing outside this module indexes `choices`, `delta`, `message` or `usage` of a
 body or a chunk; token counts come from `usage_of` only (ints, or integral floats, never
@@ -299,10 +299,16 @@ def usage_chunk(held: JSON | None, model: str, usage: Usage, cost: Decimal) -> J
     return chunk
 
 
-def answer_as_chunks(body: JSON, usage: JSON | None) -> list[JSON]:
-    """A whole chat.completion replayed as the chunks of a stream: per choice a role chunk, its
-    content and tool calls, its finish; then, when `usage` is given (the client asked for it),
-    the usage-only chunk, and `"usage": null` on every other chunk as OpenAI sends it."""
+def free_answer(body: JSON, usage: Usage) -> JSON:
+    """A kept answer served again (a cache hit): the same body, its usage at no cost."""
+    return {**body, "usage": usage_json(None, usage, Decimal(0))}
+
+
+def answer_as_chunks(body: JSON, include_usage: bool) -> list[JSON]:
+    """A whole, priced chat.completion replayed as the chunks of a stream: per choice a role
+    chunk, its content and tool calls, its finish; then, when the client asked for usage, the
+    usage-only chunk with the body's usage, and `"usage": null` on every other chunk as OpenAI
+    sends it."""
     base = {
         "id": body.get("id", "chatcmpl-cached"),
         "object": "chat.completion.chunk",
@@ -329,10 +335,10 @@ def answer_as_chunks(body: JSON, usage: JSON | None) -> list[JSON]:
         if delta:
             frames.append(frame(index, delta))
         frames.append(frame(index, {}, choice.get("finish_reason") or "stop"))
-    if usage is not None:
+    if include_usage:
         for each in frames:
             each["usage"] = None
-        frames.append({**base, "choices": [], "usage": usage})
+        frames.append({**base, "choices": [], "usage": body.get("usage")})
     return frames
 
 
