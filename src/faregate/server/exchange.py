@@ -55,6 +55,8 @@ def header_text(text: str, limit: int = 300) -> str:
 
 @dataclass(slots=True)
 class Exchange:
+    """One request's state between stages (see the module docstring); made by `begin`."""
+
     http: web.Request
     record: RequestRecord
     headers: dict[str, str]
