@@ -196,11 +196,12 @@ async def make_handler(mode: str, upstream: str) -> tuple[Any, Any]:
 
         return via_aiohttp, session.close
 
-    from faregate.providers.http import USER_AGENT, make_upstream_pool
+    from faregate.providers.http import USER_AGENT
+    from faregate.providers.registry import make_upstream_pool
 
     pool = make_upstream_pool()
     if mode == "transport":
-        from faregate.providers.transport import Endpoint, request_bytes, request_head
+        from faregate.providers.http_framing import Endpoint, request_bytes, request_head
 
         endpoint = Endpoint(chat_url)
         head = request_head(endpoint, {"User-Agent": USER_AGENT, "Content-Type": "application/json"})

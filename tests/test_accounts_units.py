@@ -33,6 +33,7 @@ from faregate.errors import InsufficientCredits, InvalidRequest, RateLimited
 from faregate.routing.plan import ModelUnavailable, Planner
 from faregate.routing.queue import PriorityGate, UpstreamLimiter
 from faregate.server.parse import parse_chat_request
+from faregate.wire.openai import error_body
 
 
 def ts(text: str) -> float:
@@ -170,7 +171,7 @@ def test_openai_style_headers() -> None:
 def test_refusals_become_402_and_429_in_openai_format() -> None:
     credits = refusal_error(Refused("credits", balance_nano=500_000, held_nano=200_000), 1_000_000, 10)
     assert isinstance(credits, InsufficientCredits) and credits.status == 402
-    body = credits.to_openai()["error"]
+    body = error_body(credits)["error"]
     assert body["code"] == "insufficient_quota" and body["type"] == "insufficient_quota"
     assert "$0.001" in body["message"] and "$0.0005" in body["message"] and "$0.0002" in body["message"]
     window = window_of(Budget("day", "calendar", 5_000_000), ts("2024-05-10T10:00:00"))

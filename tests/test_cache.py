@@ -9,12 +9,11 @@ import openai
 import pytest
 
 from faregate.cache.keying import IGNORED_FIELDS, KEY_FIELDS, exact_key, is_deterministic
-from faregate.cache.service import ResponseCache, answer_from_stream, stream_frames
+from faregate.cache.service import ResponseCache
 from faregate.cache.stores import MemoryStore
 from faregate.config import CacheSettings
 from faregate.errors import InvalidRequest
 from faregate.server.parse import parse_chat_request
-from faregate.types import Usage
 
 BASE: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
 
@@ -124,18 +123,6 @@ async def test_memory_store_ttl_and_lru() -> None:
     assert await store.get("b") is None and await store.get("a") == b"1"
     now[0] = 11
     assert await store.get("a") is None
-
-
-def test_stream_round_trip() -> None:
-    body = answer_from_stream({"id": "x", "created": 1}, "Hello world", "stop", "m", Usage(3, 2))
-    assert body is not None
-    frames = stream_frames(body, include_usage=True)
-    text = "".join(f["choices"][0]["delta"].get("content", "") for f in frames)
-    assert text == "Hello world"
-    assert frames[0]["choices"][0]["delta"]["role"] == "assistant"
-    assert frames[-1]["choices"][0]["finish_reason"] == "stop"
-    assert all(f["usage"] is None for f in frames)
-    assert answer_from_stream(None, "x", None, "m", Usage(1, 1)) is None
 
 
 def test_routing_hints_and_premium_are_in_the_exact_key() -> None:

@@ -2,8 +2,9 @@ from decimal import Decimal
 
 import pytest
 
-from faregate.catalog import build_catalog, sim_active
+from faregate.catalog import build_catalog
 from faregate.config import load_settings, parse_settings
+from faregate.providers.registry import simulator_active, with_simulator
 from faregate.types import Price, Usage
 
 SIM_URL = "http://127.0.0.1:4001/v1"
@@ -11,7 +12,7 @@ SIM_URL = "http://127.0.0.1:4001/v1"
 
 @pytest.fixture(scope="module")
 def catalog():  # type: ignore[no-untyped-def]
-    return build_catalog(load_settings(), sim_base_url=SIM_URL)
+    return build_catalog(with_simulator(load_settings(), SIM_URL))
 
 
 def test_issue_price_table_is_shipped(catalog) -> None:  # type: ignore[no-untyped-def]
@@ -72,10 +73,24 @@ def test_sim_mode_is_auto_only_without_keys(monkeypatch: pytest.MonkeyPatch) -> 
     for name in load_settings().providers.values():
         if name.api_key_env:
             monkeypatch.delenv(name.api_key_env, raising=False)
-    assert sim_active(load_settings())
+    assert simulator_active(load_settings())
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    assert not sim_active(load_settings())
-    assert sim_active(parse_settings({"sim": {"mode": "on"}}))
+    assert not simulator_active(load_settings())
+    assert simulator_active(parse_settings({"sim": {"mode": "on"}}))
+
+
+def test_the_simulator_is_a_provider_like_any_other(catalog) -> None:  # type: ignore[no-untyped-def]
+    settings = load_settings(overrides={"sim": {"first_byte_timeout_s": 7}})
+    assert settings.providers["sim"].enabled is False  # declared by the defaults, off
+    sim = with_simulator(settings, SIM_URL).providers["sim"]
+    assert (sim.base_url, sim.enabled, sim.serves_every_model) == (SIM_URL, True, True)
+    assert (sim.first_byte_timeout_s, sim.total_timeout_s) == (7, settings.sim.total_timeout_s)
+    assert with_simulator(settings).providers["sim"].base_url == "http://127.0.0.1:0/v1"
+    # Off, it sells nothing; on, it sells every curated model at list price, under its own name.
+    assert all(o.provider != "sim" for o in build_catalog(settings).get("gpt-4o").offers)
+    offer = catalog.get("gpt-4o").offers[0]
+    assert (offer.provider, offer.upstream_model, offer.available) == ("sim", "gpt-4o", True)
+    assert offer.price == catalog.get("gpt-4o").list_price
 
 
 def test_broad_catalog_knows_thousands_offline(catalog) -> None:  # type: ignore[no-untyped-def]

@@ -164,6 +164,9 @@ QUICK: dict[str, Quick] = {
         where="checkout",
         expect="math-cascade",
     ),
+    "python bench/request_path.py": Quick(
+        run="python bench/request_path.py --runs 1", where="checkout", expect="non-streaming:"
+    ),
 }
 CURL = "curl "  # the README's curl examples: answered by the gateway of `make run`
 # A fault script for the simulator line (the README's `my-faults.yaml`).

@@ -3,6 +3,7 @@ import pytest
 from faregate.catalog import build_catalog
 from faregate.config import load_settings, parse_settings
 from faregate.errors import InvalidRequest, ModelNotFound
+from faregate.providers.registry import with_simulator
 from faregate.routing.plan import ModelUnavailable, Planner
 from faregate.server.parse import parse_chat_request
 
@@ -18,7 +19,7 @@ def request(body: dict):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def planner() -> Planner:
-    return Planner(build_catalog(load_settings(), sim_base_url=SIM))
+    return Planner(build_catalog(with_simulator(load_settings(), SIM)))
 
 
 async def test_alias_plans_the_sim_offer(planner: Planner) -> None:

@@ -25,10 +25,11 @@ from faregate.catalog.models import Offer
 from faregate.config import ProviderSettings, parse_settings
 from faregate.errors import ConfigError, UpstreamFailure, UpstreamRejected
 from faregate.providers.base import UpstreamCall
-from faregate.providers.http import ConnectionPool, make_upstream_pool, pool_limits
-from faregate.providers.openai_compat import OpenAICompatibleProvider, parse_retry_after, usage_from
-from faregate.providers.registry import ProviderRegistry
+from faregate.providers.http import ConnectionPool
+from faregate.providers.openai_compat import OpenAICompatibleProvider, parse_retry_after
+from faregate.providers.registry import ProviderRegistry, make_upstream_pool, pool_limits, with_simulator
 from faregate.types import Price, Usage
+from faregate.wire.openai import answer_is_empty, usage_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 KEY_ENV = "FAREGATE_TEST_PROVIDER_KEY"
@@ -211,20 +212,12 @@ async def test_missing_or_malformed_usage_is_none(
     assert (await provider.complete(call())).usage is None
 
 
-def test_usage_from_accepts_ints_only() -> None:
-    assert usage_from({"usage": {"prompt_tokens": 5, "completion_tokens": 0}}) == Usage(5, 0)
-    assert usage_from({"usage": {"prompt_tokens": 5.0, "completion_tokens": 2.0}}) == Usage(5, 2)
-    assert usage_from({"usage": {"prompt_tokens": True, "completion_tokens": 2}}) is None
-    assert usage_from({"usage": {"prompt_tokens": -1, "completion_tokens": 2}}) is None
-    assert usage_from({"usage": None}) is None
-
-
 async def test_empty_choices_are_returned_not_classified(
     upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
 ) -> None:
     upstream.handler = json_reply({"choices": []})
     completion = await make_provider().complete(call())
-    assert completion.is_empty
+    assert answer_is_empty(completion.body)
 
 
 async def failure_of(
@@ -489,7 +482,7 @@ async def test_stream_yields_chunks_in_order_and_stops_at_done(
     chunks = await collect(provider)
     assert texts(chunks) == ["Hel", "lo", "!"]
     assert chunks[2]["choices"][0]["finish_reason"] == "stop"
-    assert usage_from(chunks[-1]) == Usage(4, 2)
+    assert usage_of(chunks[-1]) == Usage(4, 2)
     assert upstream.seen[0].body["stream"] is True
     assert acquired(pool) == 0
     # Ending at [DONE] drained the body, so the connection went back to the pool.
@@ -629,10 +622,10 @@ async def test_registry_builds_enabled_providers_only(
 ) -> None:
     monkeypatch.delenv(KEY_ENV, raising=False)
     monkeypatch.delenv("FAREGATE_TEST_UNSET_KEY", raising=False)
-    registry = ProviderRegistry(registry_settings(upstream.url), pool)
+    registry = ProviderRegistry.build(registry_settings(upstream.url), pool)
     assert sorted(registry.names()) == ["forced_on", "keyless"]
     monkeypatch.setenv(KEY_ENV, "sk-x")
-    registry = ProviderRegistry(registry_settings(upstream.url), pool)
+    registry = ProviderRegistry.build(registry_settings(upstream.url), pool)
     assert sorted(registry.names()) == ["forced_on", "keyed", "keyless"]
     with pytest.raises(KeyError, match="forced_off"):
         registry.get("forced_off")
@@ -644,16 +637,23 @@ async def test_registry_adds_the_simulator_and_calls_through_the_shared_pool(
     upstream: Upstream, pool: ConnectionPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(KEY_ENV, raising=False)
-    registry = ProviderRegistry(registry_settings("http://127.0.0.1:9/v1"), pool, sim_base_url=upstream.url)
-    assert "sim" in registry
+    settings = with_simulator(registry_settings("http://127.0.0.1:9/v1"), upstream.url)
+    registry = ProviderRegistry.build(settings, pool)
+    assert "sim" in registry and registry.simulator_url == upstream.url
+    entry = registry.entry("sim")
+    assert (entry.first_byte_timeout_s, entry.total_timeout_s) == (
+        settings.sim.first_byte_timeout_s,
+        settings.sim.total_timeout_s,
+    )
     upstream.handler = json_reply(ANSWER)
     completion = await registry.get("sim").complete(call())
     assert completion.usage == Usage(11, 3)
-    assert "sim" not in ProviderRegistry(registry_settings(upstream.url), pool)
+    plain = ProviderRegistry.build(registry_settings(upstream.url), pool)
+    assert "sim" not in plain and plain.simulator_url is None
 
 
 async def test_registry_create_owns_its_pool(upstream: Upstream) -> None:
-    registry = ProviderRegistry.create(registry_settings(upstream.url), sim_base_url=upstream.url)
+    registry = ProviderRegistry.create(with_simulator(registry_settings(upstream.url), upstream.url))
     assert registry.pool.limit >= 2000 and registry.pool.limit_per_host == 1000
     await registry.close()
     assert registry.pool.closed
@@ -668,7 +668,7 @@ async def test_a_header_that_could_split_the_request_is_a_config_error(pool: Con
         }
     )
     with pytest.raises(ConfigError, match=r"providers\.bad: header X-Title"):
-        ProviderRegistry(settings, pool)
+        ProviderRegistry.build(settings, pool)
 
 
 def test_pool_limits_follow_the_enabled_providers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -686,5 +686,5 @@ def test_pool_limits_follow_the_enabled_providers(monkeypatch: pytest.MonkeyPatc
     )
     assert pool_limits(settings) == (350, 300, 10.0)
     assert pool_limits(None) == (1000, 0, 10.0)
-    simulated = parse_settings({"providers": {}, "sim": {"mode": "on"}})
+    simulated = with_simulator(parse_settings({"providers": {}, "sim": {"mode": "on"}}))
     assert pool_limits(simulated) == (1000, 1000, 10.0)

@@ -10,8 +10,9 @@ import pytest
 
 from faregate.config import LimitsSettings
 from faregate.errors import InvalidRequest
+from faregate.server.exchange import new_request_id
 from faregate.server.media_urls import check_media_urls, refusal
-from faregate.server.parse import decode_json_object, new_request_id, parse_chat_request
+from faregate.server.parse import decode_json_object, parse_chat_request
 from faregate.server.request_checks import check_depth
 
 MSG = [{"role": "user", "content": "hi"}]

@@ -15,6 +15,7 @@ from faregate.config import load_settings, parse_settings
 from faregate.errors import ConfigError, InvalidRequest, UpstreamFailure, UpstreamRejected
 from faregate.learning.complexity_router import ComplexityRouter
 from faregate.learning.thresholds import Threshold
+from faregate.providers.registry import ProviderRegistry
 from faregate.routing.attempts import AttemptRunner, billed_cost
 from faregate.routing.cascade_runner import CascadeRunner
 from faregate.routing.health import HealthBoard
@@ -75,7 +76,7 @@ def gateway(
     s = settings(route_map)
     health = HealthBoard(s.routing.breaker)
     planner = Planner(build_catalog(s), s.routes, s.routing, health)
-    runner = AttemptRunner(providers.__getitem__, lambda _: None, 5.0, s.routing, health)
+    runner = AttemptRunner(ProviderRegistry.of(providers), 5.0, s.routing, health)
     return planner, CascadeRunner(runner, planner)
 
 

@@ -12,6 +12,7 @@ from faregate.catalog import build_catalog
 from faregate.config import BreakerSettings, parse_settings
 from faregate.errors import ConfigError, InvalidRequest, UpstreamFailed, UpstreamFailure, UpstreamRejected
 from faregate.providers.base import UpstreamCall
+from faregate.providers.registry import ProviderRegistry
 from faregate.routing.attempts import AttemptRunner
 from faregate.routing.estimate import PromptSize
 from faregate.routing.health import CLOSED, HALF_OPEN, OPEN, Breaker, HealthBoard
@@ -266,7 +267,7 @@ def runner_for(providers: dict[str, Scripted], **routing: Any) -> tuple[Planner,
     s = settings(routing={"backoff_base_s": 0.001, "backoff_max_s": 0.002, **routing})
     health = HealthBoard(s.routing.breaker)
     planner = Planner(build_catalog(s), s.routes, s.routing, health)
-    runner = AttemptRunner(providers.__getitem__, lambda _: None, 5.0, s.routing, health)
+    runner = AttemptRunner(ProviderRegistry.of(providers), 5.0, s.routing, health)
     return planner, runner
 
 

@@ -25,8 +25,7 @@ import pytest
 import uvloop
 
 from faregate.providers.http import ConnectionPool
-from faregate.providers.transport import (
-    HIGH_WATER,
+from faregate.providers.http_framing import (
     BadResponse,
     ConnectFailed,
     ConnectionClosed,
@@ -34,10 +33,11 @@ from faregate.providers.transport import (
     Endpoint,
     Headers,
     PoolClosed,
-    Response,
     request_bytes,
     request_head,
 )
+from faregate.providers.response import Response
+from faregate.providers.transport import HIGH_WATER
 
 
 @dataclass

@@ -78,6 +78,8 @@ class ProviderSettings(_Strict):
     first_byte_timeout_s: float = 60.0
     total_timeout_s: float = 600.0
     max_connections: int = 1000
+    # Sells every curated model under its own name at the model's list price (the simulator).
+    serves_every_model: bool = False
 
 
 class OfferSettings(_Strict):
@@ -158,6 +160,9 @@ class CatalogSettings(_Strict):
 
 
 class SimSettings(_Strict):
+    """Whether and where the provider simulator stands in for the providers. When it does, it is
+    the provider `sim` like any other (providers/registry.py: with_simulator)."""
+
     # auto: start the simulator when no provider key is set.
     mode: Literal["auto", "on", "off"] = "auto"
     # False: use a simulator already running at host:port instead of starting one.
@@ -168,7 +173,7 @@ class SimSettings(_Strict):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     # Optional YAML script (latency, answers, faults per model); see faregate.sim.script.
     script: str | None = None
-    # Timeouts the gateway applies to the simulated provider.
+    # Timeouts the gateway applies to the simulated provider (they become providers.sim's).
     first_byte_timeout_s: float = 60.0
     total_timeout_s: float = 600.0
 
@@ -313,7 +318,7 @@ class Settings(_Strict):
     routes: dict[str, RouteSettings] = {}
     accounts: AccountsSettings = msgspec.field(default_factory=AccountsSettings)
     limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
-    # Per provider name (including "sim"); providers not listed are not limited.
+    # Per provider name; providers not listed are not limited.
     upstream_limits: dict[str, UpstreamQueueSettings] = {}
 
     def master_key(self) -> str | None:
@@ -421,7 +426,7 @@ def _check_references(settings: Settings, origin: str) -> None:
                 )
             seen_names[alias] = name
         for i, offer in enumerate(model.offers):
-            if offer.provider not in settings.providers and offer.provider != "sim":
+            if offer.provider not in settings.providers:
                 raise ConfigError(
                     f"{origin}: models.{name}.offers[{i}].provider: unknown provider {offer.provider!r}; "
                     f"expected one of {sorted(settings.providers)}"
@@ -480,8 +485,8 @@ def _check_accounts(settings: Settings, origin: str) -> None:
             f"{origin}: accounts.new_key_credits_usd must be a non-negative whole number of nano-dollars"
         )
     for name in settings.upstream_limits:
-        if name not in settings.providers and name != "sim":
+        if name not in settings.providers:
             raise ConfigError(
                 f"{origin}: upstream_limits.{name}: unknown provider; expected one of "
-                f"{sorted([*settings.providers, 'sim'])}"
+                f"{sorted(settings.providers)}"
             )

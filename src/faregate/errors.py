@@ -1,5 +1,5 @@
-"""One exception tree. Every error a client can see is a FaregateError and maps to
-OpenAI's error JSON at the edge: {"error": {"message", "type", "param", "code"}}.
+"""One exception tree. Every error a client can see is a FaregateError: a status, a type, a code,
+a param and a message, which the wire format writes at the edge (wire.openai.error_body).
 """
 
 from __future__ import annotations
@@ -28,9 +28,6 @@ class FaregateError(Exception):
         if code is not None:
             self.code = code
         self.headers = headers or {}
-
-    def to_openai(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 class StartupError(Exception):
@@ -99,7 +96,23 @@ class RateLimited(FaregateError):
     code = "rate_limit_exceeded"
 
 
-class UpstreamFailed(FaregateError):
+class UpstreamError(FaregateError):
+    """An error that came out of the upstream calls; `attempts` lists every call made for the
+    request (a cascade's judged steps and judge calls included), for the record and the bill."""
+
+    def __init__(
+        self,
+        message: str,
+        attempts: list[Attempt] | None = None,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, param=param)
+        self.attempts: list[Attempt] = [] if attempts is None else attempts
+
+
+class UpstreamFailed(UpstreamError):
     """Every attempt failed. The message lists each attempt."""
 
     status = 502
@@ -107,19 +120,18 @@ class UpstreamFailed(FaregateError):
     code = "upstream_failed"
 
     def __init__(self, attempts: list[Attempt], *, timeout: bool = False, message: str | None = None) -> None:
-        self.attempts = attempts
         if timeout:
             self.status = 504
             self.code = "upstream_timeout"
         if message is None:
-            listed = "; ".join(f"{i}. {a.describe()}" for i, a in enumerate(attempts, 1))
-            message = f"All {len(attempts)} upstream attempt(s) failed: {listed}"
-        super().__init__(message)
+            message = f"All {len(attempts)} upstream attempt(s) failed: {listed(attempts)}"
+        super().__init__(message, attempts)
 
 
-class UpstreamRejected(FaregateError):
+class UpstreamRejected(UpstreamError):
     """The upstream refused the request itself (a 4xx other than 429): the client's to fix,
-    so it is passed through with the upstream's status instead of falling back."""
+    so it is passed through with the upstream's status instead of falling back. The provider
+    raises it without attempts; the attempt loop fills them in."""
 
     type = "invalid_request_error"
 
@@ -128,6 +140,11 @@ class UpstreamRejected(FaregateError):
     ) -> None:
         super().__init__(message, code=code, param=param)
         self.status = status
+
+
+def listed(attempts: list[Attempt]) -> str:
+    """Attempts numbered in one line, for an error message."""
+    return "; ".join(f"{i}. {a.describe()}" for i, a in enumerate(attempts, 1))
 
 
 class UpstreamFailure(Exception):

@@ -103,36 +103,12 @@ class Attempt:
 
 @dataclass(slots=True)
 class Completion:
-    """A whole (non-streaming) upstream answer."""
+    """A whole (non-streaming) upstream answer: its body is kept in the OpenAI wire format, read
+    through `wire.openai` (`answer_text`, `answer_is_empty`...)."""
 
     body: JSON
     usage: Usage | None
     status: int = 200
-
-    @property
-    def is_empty(self) -> bool:
-        return completion_is_empty(self.body)
-
-
-def completion_is_empty(body: JSON) -> bool:
-    """True for a 200 that carries no usable answer: no choices, or only blank text and no tool call."""
-    choices = body.get("choices")
-    if not choices:
-        return True
-    for choice in choices:
-        message = choice.get("message") or {}
-        if message.get("tool_calls") or message.get("function_call"):
-            return False
-        content = message.get("content")
-        if isinstance(content, str) and content.strip():
-            return False
-        if isinstance(content, list) and content:
-            return False
-        if message.get("refusal"):
-            return False
-        if message.get("audio"):
-            return False
-    return True
 
 
 @dataclass(slots=True)
@@ -161,17 +137,3 @@ class RequestRecord:
     baseline_cost_usd: Decimal = Decimal(0)
     # miss | hit | semantic-hit | bypass
     cache_status: str = "bypass"
-
-
-def completion_text(body: JSON) -> str:
-    parts: list[str] = []
-    for choice in body.get("choices") or ():
-        message = choice.get("message") or {}
-        content = message.get("content")
-        if isinstance(content, str):
-            parts.append(content)
-        for call in message.get("tool_calls") or ():
-            fn = call.get("function") or {}
-            parts.append(str(fn.get("name") or ""))
-            parts.append(str(fn.get("arguments") or ""))
-    return "".join(parts)

@@ -1,13 +1,5 @@
 """Models, prices, aliases, capabilities; price lookup; cost math."""
 
-from faregate.catalog.models import (
-    SIM_PROVIDER,
-    Catalog,
-    Model,
-    Offer,
-    build_catalog,
-    provider_enabled,
-    sim_active,
-)
+from faregate.catalog.models import Catalog, Model, Offer, build_catalog, provider_enabled
 
-__all__ = ["SIM_PROVIDER", "Catalog", "Model", "Offer", "build_catalog", "provider_enabled", "sim_active"]
+__all__ = ["Catalog", "Model", "Offer", "build_catalog", "provider_enabled"]

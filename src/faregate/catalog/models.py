@@ -1,4 +1,8 @@
-"""The model catalog: models, their provider offers and prices, aliases, capabilities."""
+"""The model catalog: models, their provider offers and prices, aliases, capabilities.
+
+Built from the settings alone: which providers exist and are enabled is configuration (the
+provider simulator too, once it stands in for the providers: providers/registry.py).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,6 @@ from decimal import Decimal
 from faregate.config import ModelSettings, ProviderSettings, Settings
 from faregate.errors import ConfigError
 from faregate.types import Price
-
-SIM_PROVIDER = "sim"
 
 
 @dataclass(slots=True, frozen=True)
@@ -62,14 +64,6 @@ def provider_enabled(settings: ProviderSettings) -> bool:
     return settings.api_key_env is None or bool(os.environ.get(settings.api_key_env))
 
 
-def sim_active(settings: Settings) -> bool:
-    if settings.sim.mode == "on":
-        return True
-    if settings.sim.mode == "off":
-        return False
-    return not any(provider_enabled(p) for name, p in settings.providers.items() if name != SIM_PROVIDER)
-
-
 class Catalog:
     """Lookup by name or alias (case-insensitive), with suggestions for near misses."""
 
@@ -116,11 +110,11 @@ def _price_of(model_settings: ModelSettings, name: str) -> Price | None:
     return Price(Decimal(model_settings.input), Decimal(model_settings.output))
 
 
-def build_catalog(settings: Settings, *, sim_base_url: str | None = None) -> Catalog:
-    """Curated models from the config, the broad catalog for declared providers, and, in
-    simulator mode, a `sim` offer at list price for every curated model."""
+def build_catalog(settings: Settings) -> Catalog:
+    """Curated models from the config, the broad catalog for declared providers, and an offer at
+    list price on every curated model from each enabled provider that serves every model."""
     enabled = {name: provider_enabled(p) for name, p in settings.providers.items()}
-    use_sim = sim_base_url is not None
+    everywhere = [n for n, p in settings.providers.items() if p.serves_every_model and enabled[n]]
     models: list[Model] = []
     for name, ms in settings.models.items():
         list_price = _price_of(ms, name)
@@ -137,7 +131,7 @@ def build_catalog(settings: Settings, *, sim_base_url: str | None = None) -> Cat
                     provider=offer.provider,
                     upstream_model=offer.upstream or name,
                     price=price,
-                    available=enabled.get(offer.provider, use_sim and offer.provider == SIM_PROVIDER),
+                    available=enabled.get(offer.provider, False),
                     dedicated=offer.dedicated,
                 )
             )
@@ -145,8 +139,9 @@ def build_catalog(settings: Settings, *, sim_base_url: str | None = None) -> Cat
             list_price = min((o.price for o in offers), key=lambda p: p.input + p.output, default=None)
         if list_price is None:
             raise ConfigError(f"models.{name}: no price (set input/output or give an offer with a price)")
-        if use_sim and not any(o.provider == SIM_PROVIDER for o in offers):
-            offers.insert(0, Offer(name, SIM_PROVIDER, name, list_price, True))
+        for provider in everywhere:
+            if not any(o.provider == provider for o in offers):
+                offers.insert(0, Offer(name, provider, name, list_price, True))
         models.append(
             Model(
                 name=name,

@@ -45,11 +45,11 @@ def require_data(path: Path, option: str) -> Path:
     return path
 
 
-def curated_catalog(settings: Settings, sim_base_url: str | None = None) -> Catalog:
+def curated_catalog(settings: Settings) -> Catalog:
     """The config's models without the broad catalog (about 1,800 models, a fifth of a second to
     load): enough for every command that names only curated models."""
     curated = msgspec.structs.replace(settings, catalog=CatalogSettings(broad=False))
-    return build_catalog(curated, sim_base_url=sim_base_url)
+    return build_catalog(curated)
 
 
 class ModelLookup:

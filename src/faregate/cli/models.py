@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from faregate.catalog import Model, build_catalog, sim_active
+from faregate.catalog import Model, build_catalog
 from faregate.cli.common import ConfigOption, curated_catalog, load_or_exit
 
 
@@ -43,14 +43,14 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """List models with prices (USD per 1M tokens), context, modalities and offers."""
+        # Imported here: the registry module loads the upstream transport, which a listing never uses.
+        from faregate.providers.registry import simulator_active, with_simulator
+
         settings = load_or_exit(config)
-        sim_url = f"http://{settings.sim.host}:{settings.sim.port}/v1" if sim_active(settings) else None
+        if simulator_active(settings):
+            settings = with_simulator(settings)
         # The broad catalog is listed only with --all or a search: load it only then.
-        catalog = (
-            build_catalog(settings, sim_base_url=sim_url)
-            if all_models or search
-            else curated_catalog(settings, sim_base_url=sim_url)
-        )
+        catalog = build_catalog(settings) if all_models or search else curated_catalog(settings)
         rows = [
             m
             for m in catalog.all()

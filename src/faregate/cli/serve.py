@@ -45,9 +45,10 @@ async def announce_new_keys(gateway: Gateway, base_url: str) -> str:
 
     settings = gateway.settings
     key, raw = await gateway.keys.create(name="quickstart")
+    simulator = gateway.providers.simulator_url
     mode = (
-        f"simulated providers at {gateway.sim_base_url} (no provider API key set)"
-        if gateway.sim_base_url
+        f"simulated providers at {simulator} (no provider API key set)"
+        if simulator
         else ("providers: " + ", ".join(gateway.providers.names()))
     )
     root = base_url.removesuffix("/v1")

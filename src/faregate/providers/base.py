@@ -1,4 +1,8 @@
-"""The Provider protocol: one implementation per wire protocol, not per vendor."""
+"""The Provider protocol: one implementation per wire protocol, not per vendor.
+
+A provider stream is an async iterator of chunks; whoever stops reading one before its end closes
+it with `aclose_quietly`, which gives its connection (and its upstream queue slot) back.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,16 @@ class UpstreamCall:
     first_byte_timeout_s: float
     total_timeout_s: float
     headers: dict[str, str] = field(default_factory=dict)
+
+
+async def aclose_quietly(stream: AsyncIterator[JSON]) -> None:
+    """Close a stream that is being abandoned; a failure while closing it is no news then."""
+    closer = getattr(stream, "aclose", None)
+    if closer is not None:
+        try:
+            await closer()
+        except Exception:
+            pass
 
 
 class Provider(Protocol):

@@ -11,7 +11,7 @@ Keep-alive HTTP/1.1 connections (see `transport.py`) per (scheme, host, port):
   requests wait first come, first served; a connection coming free goes straight to the oldest
   waiter, and an idle connection to another host is closed to make room when the total is full.
 - TLS with the system's trust store for https; DNS answers cached for `dns_ttl_s`, so a
-  provider costs one lookup per TTL, not one per connection.
+  provider costs one lookup per TTL, not one per connection (providers/connect.py).
 - No cookie jar: upstream cookies must never leak between tenants.
 
 The head deadline covers waiting for a connection, connecting and the response head; the
@@ -21,29 +21,16 @@ connect itself is also bounded by the endpoint's connect timeout.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import itertools
 import math
-import socket
 import ssl
 from collections import deque
 
 from faregate import __version__
-from faregate.catalog.models import provider_enabled, sim_active
-from faregate.config import ProviderSettings, Settings
-from faregate.providers.transport import (
-    ACTIVE,
-    CLOSED,
-    IDLE,
-    NEW,
-    ConnectFailed,
-    Connection,
-    ConnectionClosed,
-    ConnectTimeout,
-    Endpoint,
-    PoolClosed,
-    Response,
-)
+from faregate.providers.connect import Destination
+from faregate.providers.http_framing import ConnectionClosed, ConnectTimeout, Endpoint, PoolClosed
+from faregate.providers.response import Response
+from faregate.providers.transport import ACTIVE, CLOSED, IDLE, NEW, Connection
 
 USER_AGENT = f"faregate/{__version__}"
 
@@ -54,37 +41,15 @@ _Grant = Connection | None
 class _Host:
     """The connections to one (scheme, host, port); the Slot its connections report to."""
 
-    __slots__ = (
-        "addresses",
-        "addresses_expire",
-        "conns",
-        "idle",
-        "name",
-        "pool",
-        "port",
-        "size",
-        "tls",
-        "waiters",
-    )
+    __slots__ = ("conns", "destination", "idle", "pool", "size", "waiters")
 
     def __init__(self, pool: ConnectionPool, endpoint: Endpoint) -> None:
         self.pool = pool
-        self.name = endpoint.host
-        self.port = endpoint.port
-        self.tls = endpoint.tls
+        self.destination = Destination(endpoint)
         self.size = 0  # open or opening
         self.conns: set[Connection] = set()
         self.idle: list[Connection] = []  # oldest first: sorted by idle_since
         self.waiters: deque[tuple[int, asyncio.Future[_Grant]]] = deque()
-        self.addresses: list[tuple[int, str]] | None = None
-        self.addresses_expire = 0.0
-        try:
-            ip = ipaddress.ip_address(self.name)
-        except ValueError:
-            pass
-        else:  # a literal address never needs a lookup
-            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-            self.addresses, self.addresses_expire = [(family, self.name)], math.inf
 
     def reuse(self, conn: Connection) -> None:
         self.pool._reuse(self, conn)
@@ -261,7 +226,8 @@ class ConnectionPool:
         connect_deadline = loop.time() + endpoint.connect_timeout_s
         try:
             async with asyncio.timeout_at(min(connect_deadline, head_deadline)):
-                await self._open(host, conn)
+                tls = self.ssl_context if host.destination.tls else None
+                await host.destination.connect(loop, conn, tls, self.dns_ttl_s)
         except TimeoutError:
             conn.close()
             if connect_deadline <= head_deadline:
@@ -276,48 +242,6 @@ class ConnectionPool:
         conn.state = ACTIVE
         self._in_use += 1
         return conn
-
-    async def _open(self, host: _Host, conn: Connection) -> None:
-        assert self._loop is not None
-        where = f"{host.name}:{host.port}"
-        tls = self.ssl_context if host.tls else None
-        failure: OSError | None = None
-        for family, address in await self._addresses(host):
-            try:
-                await self._loop.create_connection(
-                    lambda: conn,
-                    address,
-                    host.port,
-                    family=family,
-                    ssl=tls,
-                    server_hostname=host.name if tls is not None else None,
-                )
-                return
-            except ssl.SSLError as exc:  # the server is there but cannot be trusted: do not go on
-                raise ConnectFailed(f"TLS handshake with {where} failed: {exc.reason or exc}") from exc
-            except OSError as exc:
-                failure = exc
-        if host.addresses_expire != math.inf:
-            host.addresses = None  # the address may have changed: look it up again next time
-        if isinstance(failure, ConnectionRefusedError):
-            raise ConnectFailed(f"connection refused by {where}") from failure
-        reason = failure.strerror if failure is not None and failure.strerror else str(failure)
-        raise ConnectFailed(f"connect to {where} failed ({reason})") from failure
-
-    async def _addresses(self, host: _Host) -> list[tuple[int, str]]:
-        assert self._loop is not None
-        now = self._loop.time()
-        if host.addresses is not None and now < host.addresses_expire:
-            return host.addresses
-        try:
-            infos = await self._loop.getaddrinfo(host.name, host.port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise ConnectFailed(f"DNS lookup failed for {host.name}") from exc
-        addresses = list(dict.fromkeys((int(family), str(addr[0])) for family, _, _, _, addr in infos))
-        if not addresses:
-            raise ConnectFailed(f"DNS lookup failed for {host.name}")
-        host.addresses, host.addresses_expire = addresses, now + self.dns_ttl_s
-        return addresses
 
     # --- connections coming back --------------------------------------------------------------
 
@@ -419,43 +343,3 @@ class ConnectionPool:
             for conn in list(host.conns):
                 conn.close(error)
         await asyncio.sleep(0)  # let the transports report connection_lost
-
-
-def make_upstream_pool(
-    settings: Settings | None = None,
-    *,
-    limit: int | None = None,
-    limit_per_host: int | None = None,
-    keepalive_timeout_s: float = 30.0,
-    ssl_context: ssl.SSLContext | None = None,
-) -> ConnectionPool:
-    """The pool for upstream calls, sized from `settings` when given (see `pool_limits`);
-    explicit arguments win. Connect timeouts are per provider (on each Endpoint)."""
-    default_limit, default_per_host, _ = pool_limits(settings)
-    return ConnectionPool(
-        limit=default_limit if limit is None else limit,
-        limit_per_host=default_per_host if limit_per_host is None else limit_per_host,
-        keepalive_timeout_s=keepalive_timeout_s,
-        ssl_context=ssl_context,
-    )
-
-
-def pool_limits(settings: Settings | None) -> tuple[int, int, float]:
-    """(total limit, per-host limit, connect timeout) for the providers `settings` enables.
-
-    One pool serves every provider and each provider is its own host, so the per-host
-    cap is the largest provider's `max_connections` and the total is their sum (the simulator,
-    when active, counts as one more provider with default settings).
-    """
-    if settings is None:
-        return 1000, 0, 10.0
-    active = [p for p in settings.providers.values() if provider_enabled(p)]
-    if sim_active(settings):
-        active.append(ProviderSettings(base_url="http://127.0.0.1"))
-    if not active:
-        return 1000, 0, 10.0
-    return (
-        sum(p.max_connections for p in active),
-        max(p.max_connections for p in active),
-        max(p.connect_timeout_s for p in active),
-    )

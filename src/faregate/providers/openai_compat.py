@@ -17,7 +17,6 @@ import os
 from collections.abc import AsyncGenerator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
 
 import orjson
 
@@ -25,18 +24,19 @@ from faregate.config import ProviderSettings
 from faregate.errors import UpstreamFailure, UpstreamRejected
 from faregate.providers.base import UpstreamCall
 from faregate.providers.http import USER_AGENT, ConnectionPool
-from faregate.providers.sse import SSEDecoder, SSEProtocolError
-from faregate.providers.transport import (
+from faregate.providers.http_framing import (
     BadResponse,
     ConnectFailed,
     ConnectTimeout,
     Endpoint,
-    Response,
     TransportError,
     request_bytes,
     request_head,
 )
-from faregate.types import JSON, Completion, Usage
+from faregate.providers.response import Response
+from faregate.providers.sse import SSEDecoder, SSEProtocolError
+from faregate.types import JSON, Completion
+from faregate.wire.openai import error_code_param, error_message, stream_error, usage_of
 
 # After [DONE] the body normally ends within microseconds; reading to its end lets the
 # connection go back to the pool instead of being closed. Bounded for upstreams that linger.
@@ -92,7 +92,7 @@ class OpenAICompatibleProvider:
         finally:
             resp.release()
         body = _json_object(raw, "response body", resp.status)
-        return Completion(body, usage_from(body), resp.status)
+        return Completion(body, usage_of(body), resp.status)
 
     async def stream(self, call: UpstreamCall) -> AsyncGenerator[JSON, None]:
         """Send a streaming request and yield each SSE `data` payload parsed as a JSON object.
@@ -122,10 +122,11 @@ class OpenAICompatibleProvider:
                         chunk = _json_object(payload, f"stream chunk {chunks + 1}", resp.status)
                         # OpenRouter and others report a failure mid-stream as a chunk with an
                         # `error` object (sometimes beside a finish_reason "error" choice).
-                        if chunk.get("error"):
+                        failed = stream_error(chunk)
+                        if failed is not None:
                             raise UpstreamFailure(
                                 "server_error",
-                                f"error event after {chunks} chunks: {_error_message(chunk) or 'no message'}",
+                                f"error event after {chunks} chunks: {_clip(failed) or 'no message'}",
                                 status=resp.status,
                                 body=chunk,
                             )
@@ -211,14 +212,9 @@ class OpenAICompatibleProvider:
                 body=body,
             )
         if 400 <= status < 500:
-            error = body.get("error") if body is not None else None
-            code = error.get("code") if isinstance(error, dict) else None
-            param = error.get("param") if isinstance(error, dict) else None
+            code, param = error_code_param(body)
             return UpstreamRejected(
-                status,
-                f"{self.name} rejected the request: {message}",
-                code=code if isinstance(code, str) else None,
-                param=param if isinstance(param, str) else None,
+                status, f"{self.name} rejected the request: {message}", code=code, param=param
             )
         if 300 <= status < 400:
             where = resp.headers.get("Location", "elsewhere")
@@ -234,26 +230,6 @@ class OpenAICompatibleProvider:
             retry_after=parse_retry_after(resp.headers),
             body=body,
         )
-
-
-def usage_from(body: Mapping[str, Any]) -> Usage | None:
-    """Usage from an OpenAI body or stream chunk, or None if absent or malformed."""
-    usage = body.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt = _token_count(usage.get("prompt_tokens"))
-    completion = _token_count(usage.get("completion_tokens"))
-    if prompt is None or completion is None:
-        return None
-    return Usage(prompt, completion)
-
-
-def _token_count(value: Any) -> int | None:
-    if type(value) is int:  # not bool
-        return value if value >= 0 else None
-    if type(value) is float and value.is_integer() and value >= 0:
-        return int(value)
-    return None
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -312,17 +288,8 @@ def _try_json_object(raw: bytes) -> JSON | None:
 
 
 def _error_message(body: JSON) -> str | None:
-    """The message of an error body: OpenAI's {"error": {"message"}} and common variants."""
-    error = body.get("error", body)
-    if isinstance(error, dict):
-        for key in ("message", "msg", "detail"):
-            value = error.get(key)
-            if isinstance(value, str) and value:
-                return _clip(value)
-        return None
-    if isinstance(error, str) and error:
-        return _clip(error)
-    return None
+    message = error_message(body)
+    return _clip(message) if message else None
 
 
 def _text_message(raw: bytes) -> str | None:

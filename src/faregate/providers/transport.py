@@ -4,7 +4,9 @@ A proxy's upstream hot path needs little of a general HTTP client: a POST whose 
 same for every call to a provider but for its length, a response parsed by llhttp (through
 httptools, as uvicorn does), and a body handed on as it arrives. aiohttp's client spends about
 300 µs of CPU per request on everything else; this module spends a fraction of that. The pool
-that owns connections (limits, keep-alive, waiters) is `providers/http.py`.
+that owns connections (limits, keep-alive, waiters) is `providers/http.py`; the request bytes,
+response headers, body decoders and errors are `providers/http_framing.py`; the Response a
+caller reads is `providers/response.py`.
 
 Per-message state lives on the Connection, not on the Response: the connection keeps no
 reference to the Response it handed out, so a Response its caller drops is collected at once and
@@ -14,14 +16,20 @@ its `__del__` closes a half-read connection instead of leaking it.
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 import zlib
-from collections.abc import Iterator, Mapping
 from typing import Final, Protocol, cast
-from urllib.parse import urlsplit
 
 import httptools
+
+from faregate.providers.http_framing import (
+    BadResponse,
+    ConnectionClosed,
+    Decoder,
+    TransportError,
+    body_decoder,
+)
+from faregate.providers.response import Response
 
 # Body bytes buffered before the socket stops being read: a slow consumer makes TCP push back
 # on the upstream instead of growing our memory.
@@ -33,124 +41,11 @@ IDLE: Final = 1
 ACTIVE: Final = 2  # lent to a request
 CLOSED: Final = 3
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# We frame the body ourselves; a configured header must not contradict that.
-_FRAMING_REQUEST_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
 _WATCHED = frozenset({b"content-length", b"transfer-encoding", b"content-encoding"})
-
-
-class TransportError(Exception):
-    """An exchange that failed; str() says what happened in plain words."""
-
-
-class ConnectFailed(TransportError):
-    """No connection: DNS, refused, unreachable, or a failed TLS handshake."""
-
-
-class ConnectTimeout(TransportError):
-    """The TCP connect (and TLS handshake) did not finish in time."""
-
-
-class ConnectionClosed(TransportError):
-    """The connection ended before the response did."""
-
-
-class BadResponse(TransportError):
-    """The upstream's bytes are not a valid HTTP/1.x response."""
-
-
-class PoolClosed(TransportError):
-    """The pool was closed (the gateway is shutting down)."""
 
 
 class _Unsolicited(Exception):
     """Raised inside the parser when a second response starts: nothing we asked for."""
-
-
-class Endpoint:
-    """Where the requests for one base URL go, parsed once per provider."""
-
-    __slots__ = ("authority", "connect_timeout_s", "host", "key", "path", "port", "tls")
-
-    def __init__(self, url: str, *, connect_timeout_s: float = 10.0) -> None:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https"):
-            raise ValueError(f"{url!r}: only http:// and https:// URLs are supported")
-        host = parts.hostname
-        if not host:
-            raise ValueError(f"{url!r} has no host")
-        self.tls = scheme == "https"
-        default_port = 443 if self.tls else 80
-        self.port: int = parts.port or default_port
-        self.host = host
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        bracketed = f"[{host}]" if ":" in host else host  # an IPv6 literal
-        self.authority = bracketed if self.port == default_port else f"{bracketed}:{self.port}"
-        self.key = (scheme, host, self.port)
-        self.connect_timeout_s = connect_timeout_s
-
-    def __repr__(self) -> str:
-        return f"Endpoint({'https' if self.tls else 'http'}://{self.authority}{self.path})"
-
-
-def request_head(endpoint: Endpoint, headers: Mapping[str, str]) -> bytes:
-    """The request line and headers of a POST to `endpoint`, up to but not including
-    Content-Length, which `request_bytes` adds per body. Built once per provider.
-
-    A configured Host replaces ours; Content-Length, Transfer-Encoding and Connection are ours
-    alone (the body framing and keep-alive depend on them) and are dropped if configured.
-    Raises ValueError for a header that could split the request (CR, LF, NUL, or a bad name).
-    """
-    lines = [f"POST {endpoint.path} HTTP/1.1"]
-    if not any(name.lower() == "host" for name in headers):
-        lines.append(f"Host: {endpoint.authority}")
-    for name, value in headers.items():
-        if not _TOKEN.fullmatch(name):
-            raise ValueError(f"invalid header name {name!r}")
-        if any(c in value for c in "\r\n\0"):
-            raise ValueError(f"header {name}: the value contains a line break or NUL")
-        if name.lower() not in _FRAMING_REQUEST_HEADERS:
-            lines.append(f"{name}: {value}")
-    lines.append("")
-    try:
-        return "\r\n".join(lines).encode("latin-1")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"header values must be Latin-1 text: {exc}") from None
-
-
-def request_bytes(head: bytes, body: bytes) -> bytes:
-    """The whole request, built with one join (one copy of each part)."""
-    return b"".join((head, b"Content-Length: %d\r\n\r\n" % len(body), body))
-
-
-class Headers(Mapping[str, str]):
-    """Response headers with case-insensitive lookup; repeated fields are joined with ", "."""
-
-    __slots__ = ("_map",)
-
-    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        fields: dict[str, str] = {}
-        for raw_name, raw_value in raw:
-            name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1")
-            fields[name] = f"{fields[name]}, {value}" if name in fields else value
-        self._map = fields
-
-    def __getitem__(self, name: str) -> str:
-        return self._map[name.lower()]
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._map
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._map)
-
-    def __len__(self) -> int:
-        return len(self._map)
-
-    def __repr__(self) -> str:
-        return f"Headers({self._map!r})"
 
 
 class Slot(Protocol):
@@ -161,43 +56,6 @@ class Slot(Protocol):
 
     def forget(self, conn: Connection) -> None:
         """The connection is closed or closing: free its place. Called more than once."""
-
-
-class _Decoder(Protocol):
-    def decompress(self, data: bytes, /) -> bytes: ...
-    def flush(self) -> bytes: ...
-
-
-class _Inflate:
-    """`deflate` is meant to be zlib-wrapped, but some servers send raw deflate: try both."""
-
-    __slots__ = ("_first", "_z")
-
-    def __init__(self) -> None:
-        self._z = zlib.decompressobj(zlib.MAX_WBITS)
-        self._first = True
-
-    def decompress(self, data: bytes, /) -> bytes:
-        if self._first:
-            self._first = False
-            try:
-                return self._z.decompress(data)
-            except zlib.error:
-                self._z = zlib.decompressobj(-zlib.MAX_WBITS)
-        return self._z.decompress(data)
-
-    def flush(self) -> bytes:
-        return self._z.flush()
-
-
-def _decoder(encoding: bytes) -> _Decoder | None:
-    """We never send Accept-Encoding, but a server may compress anyway. Other encodings pass
-    through as they are (the JSON parse then fails with a clear message)."""
-    if encoding in (b"gzip", b"x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-    if encoding == b"deflate":
-        return _Inflate()
-    return None
 
 
 class Connection(asyncio.Protocol):
@@ -253,7 +111,7 @@ class Connection(asyncio.Protocol):
         self._expected: int | None = None
         self._chunked = False
         self._encoding = b""
-        self._decoder: _Decoder | None = None
+        self._decoder: Decoder | None = None
         self._informational = False
         self._head_done = False
         self._complete = False
@@ -331,7 +189,7 @@ class Connection(asyncio.Protocol):
             return
         self.status = status
         if self._encoding:
-            self._decoder = _decoder(self._encoding)
+            self._decoder = body_decoder(self._encoding)
         self._head_done = True
         self._wake()
 
@@ -525,80 +383,6 @@ class Connection(asyncio.Protocol):
         if isinstance(cause, _Unsolicited):
             return "invalid HTTP response: more than one response to one request"
         return f"invalid HTTP response: {str(exc).rstrip('.') or type(exc).__name__}"
-
-
-class Response:
-    """A response whose head has arrived. Read the body with `read()` or by iterating chunks,
-    then `release()` it (also done when it is garbage-collected)."""
-
-    __slots__ = ("_conn", "_headers", "_raw_headers", "_reason", "status")
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn: Connection | None = conn
-        self.status: int = conn.status
-        self._raw_headers = conn.raw_headers
-        self._reason = conn.reason
-        self._headers: Headers | None = None
-
-    @property
-    def headers(self) -> Headers:
-        if self._headers is None:  # built on demand: the hot path never looks at them
-            self._headers = Headers(self._raw_headers)
-        return self._headers
-
-    @property
-    def reason(self) -> str:
-        return self._reason.decode("latin-1").strip()
-
-    @property
-    def buffered(self) -> int:
-        """Body bytes received and not yet read (reading stops above HIGH_WATER)."""
-        return 0 if self._conn is None else self._conn.buffered
-
-    @property
-    def at_eof(self) -> bool:
-        """True once the whole body has been returned (or the response was released)."""
-        return self._conn is None or self._conn.body_done
-
-    async def read_chunk(self) -> bytes:
-        """The next body bytes, as they arrive; b"" at the end of the body."""
-        if self._conn is None:
-            raise RuntimeError("the response was released")
-        return await self._conn.read_chunk()
-
-    async def read(self) -> bytes:
-        """The rest of the body."""
-        if self._conn is None:
-            raise RuntimeError("the response was released")
-        read_chunk = self._conn.read_chunk
-        parts = []
-        while chunk := await read_chunk():
-            parts.append(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def __aiter__(self) -> Response:
-        return self
-
-    async def __anext__(self) -> bytes:
-        chunk = await self.read_chunk()
-        if not chunk:
-            raise StopAsyncIteration
-        return chunk
-
-    def release(self) -> None:
-        conn = self._conn
-        if conn is not None:
-            self._conn = None
-            conn.release()
-
-    def __del__(self) -> None:
-        conn = self._conn
-        if conn is not None:
-            self._conn = None
-            try:
-                conn.release()
-            except RuntimeError:  # the event loop is already closed
-                pass
 
 
 def _plain(exc: BaseException) -> str:

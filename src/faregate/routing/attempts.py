@@ -5,7 +5,8 @@ waiting out a short Retry-After; then fall back to the next candidate. A failure
 moves on when it is the provider's fault (429, 5xx, timeout, connection error, a 200
 with nothing in it, a stream that dies before its first content). A 4xx that is the
 client's fault is returned at once: another provider would refuse it too. Breakers
-fail fast: an offer whose breaker is open is not called at all.
+fail fast: an offer whose breaker is open is not called at all. A candidate's provider and
+the timeouts of its calls are one registry lookup.
 """
 
 from __future__ import annotations
@@ -14,23 +15,29 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from faregate.config import ProviderSettings, RoutingSettings
+from faregate.config import RoutingSettings
 from faregate.errors import UpstreamFailed, UpstreamFailure, UpstreamRejected
-from faregate.providers.base import Provider, UpstreamCall
+from faregate.providers.base import Provider, UpstreamCall, aclose_quietly
+from faregate.providers.registry import ProviderEntry, ProviderRegistry
 from faregate.routing.health import HealthBoard
+from faregate.routing.opened_stream import NOT_HEALTH_SIGNALS, OpenedStream
 from faregate.routing.plan import Candidate, Plan
 from faregate.routing.queue import UpstreamLimiter
-from faregate.types import GATEWAY_FIELDS, JSON, Attempt, ChatRequest, Completion, Usage
+from faregate.types import JSON, Attempt, ChatRequest, Completion, Usage
+from faregate.wire.openai import (
+    TOOL_FINISHES,
+    answer_is_empty,
+    chunk_has_content,
+    finish_reason,
+    upstream_body,
+    usage_of,
+)
 
 T = TypeVar("T")
-
-DEFAULT_PROVIDER_SETTINGS = ProviderSettings(base_url="http://127.0.0.1")
-# Failures that say nothing about the provider's health.
-NOT_HEALTH_SIGNALS = frozenset({"rejected"})
 
 
 @dataclass(slots=True)
@@ -40,65 +47,16 @@ class Served:
     attempts: list[Attempt]
 
 
-@dataclass(slots=True)
-class OpenedStream:
-    """A stream that has produced its first real content; `buffered` holds the chunks read so far."""
-
-    candidate: Candidate
-    buffered: list[JSON]
-    rest: AsyncIterator[JSON]
-    attempts: list[Attempt]
-    started: float
-    first_content_at: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def delta_has_content(chunk: JSON) -> bool:
-    """A chunk that carries something the user can see: non-blank text, a tool call, a refusal."""
-    for choice in chunk.get("choices") or ():
-        delta = choice.get("delta") or {}
-        content = delta.get("content")
-        if isinstance(content, str) and content.strip():
-            return True
-        if (
-            delta.get("tool_calls")
-            or delta.get("function_call")
-            or delta.get("refusal")
-            or delta.get("audio")
-        ):
-            return True
-    return False
-
-
-def chunk_finish_reason(chunk: JSON) -> str | None:
-    for choice in chunk.get("choices") or ():
-        reason = choice.get("finish_reason")
-        if reason:
-            return str(reason)
-    return None
-
-
-def usage_in(chunk: JSON) -> Usage | None:
-    usage = chunk.get("usage")
-    if isinstance(usage, dict):
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if isinstance(prompt, int) and isinstance(completion, int):
-            return Usage(prompt, completion)
-    return None
-
-
 class AttemptRunner:
     def __init__(
         self,
-        providers: Callable[[str], Provider],
-        provider_settings: Callable[[str], ProviderSettings | None],
+        providers: ProviderRegistry,
         request_timeout_s: float,
         routing: RoutingSettings | None = None,
         health: HealthBoard | None = None,
         limiter: UpstreamLimiter | None = None,
     ) -> None:
-        self._provider = providers
-        self._provider_settings = provider_settings
+        self.providers = providers
         self.request_timeout_s = request_timeout_s
         self.routing = routing or RoutingSettings()
         self.health = health or HealthBoard(self.routing.breaker, self.routing.latency_window)
@@ -109,22 +67,18 @@ class AttemptRunner:
         self.retries = 0
         self.fallbacks = 0
 
-    def build_call(self, request: ChatRequest, candidate: Candidate, time_left: float) -> UpstreamCall:
-        body = {k: v for k, v in request.body.items() if k not in GATEWAY_FIELDS}
-        body["model"] = candidate.offer.upstream_model
-        for name in ("max_completion_tokens", "max_tokens"):
-            if name in body and body[name] is not None:
-                body[name] = candidate.max_output(body[name])
-        if request.stream:
-            # Always ask for usage so streams are billed from the provider's own numbers.
-            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        settings = self._provider_settings(candidate.offer.provider) or DEFAULT_PROVIDER_SETTINGS
+    def build_call(
+        self, request: ChatRequest, candidate: Candidate, entry: ProviderEntry, time_left: float
+    ) -> UpstreamCall:
+        body = upstream_body(
+            request.body, candidate.offer.upstream_model, candidate.model.max_output_tokens, request.stream
+        )
         return UpstreamCall(
             offer=candidate.offer,
             body=body,
             stream=request.stream,
-            first_byte_timeout_s=min(settings.first_byte_timeout_s, time_left),
-            total_timeout_s=min(settings.total_timeout_s, time_left),
+            first_byte_timeout_s=min(entry.first_byte_timeout_s, time_left),
+            total_timeout_s=min(entry.total_timeout_s, time_left),
         )
 
     def _time_left(self, request: ChatRequest) -> float:
@@ -144,9 +98,10 @@ class AttemptRunner:
         return wait if wait < time_left - 0.05 else None
 
     async def complete(self, request: ChatRequest, plan: Plan) -> Served:
-        async def once(candidate: Candidate, call: UpstreamCall, time_left: float) -> Completion:
+        async def once(
+            candidate: Candidate, provider: Provider, call: UpstreamCall, time_left: float
+        ) -> Completion:
             t0 = time.perf_counter()
-            provider = self._provider(candidate.offer.provider)
             if candidate.offer.provider in self.limiter.gates:
                 async with (
                     asyncio.timeout(time_left),
@@ -156,7 +111,7 @@ class AttemptRunner:
             else:
                 # The hot path: the call's own timeouts already end at the request's deadline.
                 completion = await provider.complete(call)
-            if completion.is_empty:
+            if answer_is_empty(completion.body):
                 failure = UpstreamFailure("empty", "200 with no choices or blank content", status=200)
                 failure.usage = completion.usage  # the provider billed it all the same
                 raise failure
@@ -173,11 +128,11 @@ class AttemptRunner:
         client yet, so a failure here still falls back invisibly."""
 
         async def once(
-            candidate: Candidate, call: UpstreamCall, time_left: float
+            candidate: Candidate, provider: Provider, call: UpstreamCall, time_left: float
         ) -> tuple[list[JSON], AsyncIterator[JSON]]:
             slot = await self.limiter.acquire(candidate.offer.provider, request.premium, time_left)
             # The stream holds its slot until it ends or is closed (every path below closes it).
-            upstream = aiter(self._provider(candidate.offer.provider).stream(call))
+            upstream = aiter(provider.stream(call))
             iterator = self.limiter.guard(upstream, slot)
             buffered: list[JSON] = []
             try:
@@ -188,26 +143,27 @@ class AttemptRunner:
                         except StopAsyncIteration:
                             raise _early_end(buffered) from None
                         buffered.append(chunk)
-                        if delta_has_content(chunk):
+                        if chunk_has_content(chunk):
                             return buffered, iterator
-                        if chunk_finish_reason(chunk) and not _tool_finish(chunk):
+                        reason = finish_reason(chunk)
+                        if reason and reason not in TOOL_FINISHES:
                             raise UpstreamFailure("empty", "stream finished without any content")
             except UpstreamFailure as failure:
-                await _close(iterator)
-                failure.usage = next((u for u in map(usage_in, reversed(buffered)) if u is not None), None)
+                await aclose_quietly(iterator)
+                failure.usage = next((u for u in map(usage_of, reversed(buffered)) if u is not None), None)
                 raise
             except BaseException:
-                await _close(iterator)
+                await aclose_quietly(iterator)
                 raise
 
         (buffered, iterator), candidate, attempts, t0 = await self._first_success(request, plan, once)
-        return OpenedStream(candidate, buffered, iterator, attempts, t0, time.perf_counter())
+        return OpenedStream(candidate, buffered, iterator, attempts, t0, self.health, request.key_id)
 
     async def _first_success(
         self,
         request: ChatRequest,
         plan: Plan,
-        once: Callable[[Candidate, UpstreamCall, float], Awaitable[T]],
+        once: Callable[[Candidate, Provider, UpstreamCall, float], Awaitable[T]],
     ) -> tuple[T, Candidate, list[Attempt], float]:
         """Call `once` for each candidate in plan order, with its retries, until one succeeds.
         Returns its result, the candidate, every attempt made, and when the served one started."""
@@ -217,6 +173,7 @@ class AttemptRunner:
             if index:
                 self.fallbacks += 1
             key = candidate.offer.key
+            entry = self.providers.entry(candidate.offer.provider)
             for tries in range(candidate.retries + 1):
                 time_left = self._time_left(request)
                 if time_left <= 0:
@@ -224,10 +181,10 @@ class AttemptRunner:
                     break
                 if not self.health.allow(key, request.key_id, time.monotonic()):
                     break
-                call = self.build_call(request, candidate, time_left)
+                call = self.build_call(request, candidate, entry, time_left)
                 t0 = time.perf_counter()
                 try:
-                    result = await once(candidate, call, time_left)
+                    result = await once(candidate, entry.provider, call, time_left)
                 except UpstreamFailure as failure:
                     attempts.append(self._failed(candidate, t0, failure, failure.usage, request.key_id))
                     wait = self._pause_before_retry(failure, tries, self._time_left(request))
@@ -253,7 +210,7 @@ class AttemptRunner:
                     attempts.append(
                         _attempt(candidate, t0, "rejected", str(rejected.message), rejected.status)
                     )
-                    rejected.attempts = attempts  # type: ignore[attr-defined]
+                    rejected.attempts = attempts
                     raise
                 except BaseException:
                     self.health.release_probe(key, request.key_id)
@@ -263,18 +220,6 @@ class AttemptRunner:
             if timed_out:
                 break
         raise UpstreamFailed(attempts, timeout=timed_out or _all_timeouts(attempts))
-
-    def stream_finished(
-        self, opened: OpenedStream, failure: UpstreamFailure | None, api_key: str | None = None
-    ) -> None:
-        """Health bookkeeping once a served stream has ended."""
-        key = opened.candidate.offer.key
-        if failure is None:
-            total_ms = (time.perf_counter() - opened.started) * 1000
-            ttft_ms = (opened.first_content_at - opened.started) * 1000
-            self.health.success(key, total_ms, ttft_ms, api_key=api_key)
-        elif failure.kind not in NOT_HEALTH_SIGNALS:
-            self.health.failure(key, api_key)
 
     def _failed(
         self,
@@ -295,23 +240,10 @@ class AttemptRunner:
         return attempt
 
 
-def _tool_finish(chunk: JSON) -> bool:
-    return chunk_finish_reason(chunk) in ("tool_calls", "function_call")
-
-
 def _early_end(buffered: list[JSON]) -> UpstreamFailure:
     if buffered:
         return UpstreamFailure("truncated", f"stream ended after {len(buffered)} chunk(s) without content")
     return UpstreamFailure("empty", "stream ended without any chunk")
-
-
-async def _close(iterator: AsyncIterator[JSON]) -> None:
-    closer = getattr(iterator, "aclose", None)
-    if closer is not None:
-        try:
-            await closer()
-        except Exception:
-            pass
 
 
 def _attempt(

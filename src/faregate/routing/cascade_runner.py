@@ -3,9 +3,10 @@
 Every judged step is a whole (non-streaming) call: the judge needs the whole answer. A step whose
 answer is refused stays in the request's attempts as outcome "escalated", with the tokens and the
 cost the provider billed for it; an LLM judge's own call is an attempt with outcome "judge", billed
-the same way. The pipeline adds those to what the client is charged, so the response's cost is
-the cascade's whole cost. The last step is never judged: the pipeline runs it as a normal plan
-(streamed, for a streaming request), with these attempts in front.
+the same way. They all stay in the answer's attempts (or the error's), which the responder bills,
+so the response's cost is the cascade's whole cost. The last step is never judged: `run` calls it
+as a normal plan (streamed, for a streaming request), with these attempts in front, and an error
+of that step lists every attempt of the cascade.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from faregate.errors import UpstreamFailed, UpstreamRejected
+from faregate.errors import UpstreamFailed, UpstreamRejected, listed
 from faregate.routing.attempts import AttemptRunner, Served
+from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Plan, Planner
 from faregate.tokens import estimate_usage
-from faregate.types import Attempt, ChatRequest, Usage, completion_text
+from faregate.types import Attempt, ChatRequest, Usage
+from faregate.wire.openai import answer_text, finish_reason, without_streaming
 
 if TYPE_CHECKING:
     from faregate.learning.llm_judge import Complete
@@ -38,11 +41,13 @@ class Judged:
         return sum(a.outcome == "escalated" for a in self.attempts)
 
 
-def finish_reason(body: dict[str, Any]) -> str | None:
-    for choice in body.get("choices") or ():
-        if choice.get("finish_reason"):
-            return str(choice["finish_reason"])
-    return None
+@dataclass(slots=True)
+class Cascaded:
+    """A cascade's answer (a judged step's, or the last step's, whole or streamed) and how the
+    judged steps went; `answer.attempts` holds every call made."""
+
+    answer: Served | OpenedStream
+    judged: Judged
 
 
 class CascadeRunner:
@@ -53,6 +58,32 @@ class CascadeRunner:
         self.judged = 0
         self.escalated = 0
 
+    async def run(self, request: ChatRequest, plan: Plan) -> Cascaded:
+        """The judged steps; the first accepted answer, else the last step's (streamed for a
+        streaming request)."""
+        judged = await self.judged_steps(request, plan)
+        if judged.served is not None:
+            return Cascaded(judged.served, judged)
+        last = plan.stage(len(plan.stages) - 1)
+        answer: Served | OpenedStream
+        try:
+            if request.stream:
+                answer = await self.runner.open_stream(request, last)
+            else:
+                answer = await self.runner.complete(request, last)
+        except UpstreamFailed as failed:
+            every = [*judged.attempts, *failed.attempts]
+            raise UpstreamFailed(
+                every,
+                timeout=failed.status == 504,
+                message=f"The cascade's last step failed ({len(every)} attempt(s) in all): {listed(every)}",
+            ) from None
+        except UpstreamRejected as rejected:
+            rejected.attempts[:0] = judged.attempts
+            raise
+        answer.attempts[:0] = judged.attempts
+        return Cascaded(answer, judged)
+
     async def judged_steps(self, request: ChatRequest, plan: Plan) -> Judged:
         """Run every step but the last; return the first accepted answer, if any."""
         assert plan.cascade is not None and len(plan.stages) >= 2
@@ -60,8 +91,9 @@ class CascadeRunner:
         verdicts: list[str] = []
         judge = plan.cascade.judge(self._judge_call(request, plan, attempts))
         # Judged steps are whole calls, also for a streaming request (buffered until judged).
-        body = {k: v for k, v in request.body.items() if k not in ("stream", "stream_options")}
-        whole = dataclasses.replace(request, body=body, stream=False, include_usage=False)
+        whole = dataclasses.replace(
+            request, body=without_streaming(request.body), stream=False, include_usage=False
+        )
         for index in range(len(plan.stages) - 1):
             try:
                 served = await self.runner.complete(whole, plan.stage(index))
@@ -71,11 +103,11 @@ class CascadeRunner:
                 verdicts.append(f"step {index + 1}: no answer ({len(failed.attempts)} failed attempts)")
                 continue
             except UpstreamRejected as rejected:
-                rejected.attempts = [*attempts, *getattr(rejected, "attempts", [])]  # type: ignore[attr-defined]
+                rejected.attempts[:0] = attempts
                 raise
             attempts.extend(served.attempts)
             body = served.completion.body
-            text = completion_text(body)
+            text = answer_text(body)
             self.judged += 1
             accepted, reason = await judge.accept(request.body, text, finish_reason(body))
             model = served.candidate.model.name
@@ -120,7 +152,7 @@ class CascadeRunner:
             except UpstreamFailed as failed:
                 attempts.extend(_as_judge(failed.attempts))
                 raise
-            text = completion_text(served.completion.body)
+            text = answer_text(served.completion.body)
             usage = served.completion.usage or await estimate_usage(call, text)
             attempts.extend(_as_judge(served.attempts[:-1]))
             _bill(served.attempts[-1], "judge", "LLM judge call", usage, served)

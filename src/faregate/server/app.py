@@ -15,12 +15,12 @@ from faregate.accounts.keys import KeyStore
 from faregate.accounts.master import MasterKey
 from faregate.accounts.setup import Accounts, new_key_credits_nano, open_accounts
 from faregate.cache.factory import build_cache
-from faregate.catalog import SIM_PROVIDER, Catalog, Model, build_catalog
-from faregate.config import ProviderSettings, Settings
+from faregate.catalog import Catalog, Model, build_catalog
+from faregate.config import Settings
 from faregate.dashboard.assets import add_dashboard_page
 from faregate.errors import ConfigError, FaregateError, InternalError, InvalidRequest, NotFound
-from faregate.providers.http import ConnectionPool, make_upstream_pool
-from faregate.providers.registry import ProviderRegistry
+from faregate.providers.http import ConnectionPool
+from faregate.providers.registry import ProviderRegistry, make_upstream_pool
 from faregate.routing.attempts import AttemptRunner
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Planner
@@ -65,8 +65,6 @@ class Gateway:
     observability: Observability | None = None
     # Who may use the admin API, the dashboard and /metrics.
     master_key: MasterKey = field(default_factory=MasterKey)
-    # Where the provider simulator answers, when it stands in for the providers.
-    sim_base_url: str | None = None
 
     async def close(self) -> None:
         if self.observability is not None:
@@ -129,10 +127,12 @@ def baseline_price(catalog: Catalog, name: str) -> Price:
     return model.list_price
 
 
-async def build_gateway(settings: Settings, *, sim_base_url: str | None = None) -> Gateway:
-    catalog = build_catalog(settings, sim_base_url=sim_base_url)
+async def build_gateway(settings: Settings) -> Gateway:
+    """The gateway `settings` describe (with the simulator already among the providers when it
+    stands in for them: providers.registry.with_simulator)."""
+    catalog = build_catalog(settings)
     pool = make_upstream_pool(settings)
-    providers = ProviderRegistry(settings, pool, sim_base_url=sim_base_url)
+    providers = ProviderRegistry.build(settings, pool)
     store = await open_store(settings.store)
     keys = KeyStore(
         store, cache_ttl_s=settings.auth.key_cache_ttl_s, new_key_credits_nano=new_key_credits_nano(settings)
@@ -141,20 +141,10 @@ async def build_gateway(settings: Settings, *, sim_base_url: str | None = None) 
     await accounts.start()
     records = RecordWriter(store, settings.records)
     await records.start()
-    sim_provider = ProviderSettings(
-        base_url=sim_base_url or "http://127.0.0.1",
-        first_byte_timeout_s=settings.sim.first_byte_timeout_s,
-        total_timeout_s=settings.sim.total_timeout_s,
-    )
-
-    def provider_settings(name: str) -> ProviderSettings | None:
-        return sim_provider if name == SIM_PROVIDER else settings.providers.get(name)
-
     health = HealthBoard(settings.routing.breaker, settings.routing.latency_window)
     planner = Planner(catalog, settings.routes, settings.routing, health)
     runner = AttemptRunner(
-        providers.get,
-        provider_settings,
+        providers,
         settings.server.request_timeout_s,
         settings.routing,
         health,
@@ -188,7 +178,6 @@ async def build_gateway(settings: Settings, *, sim_base_url: str | None = None) 
         models_listing(catalog),
         observability=observability,
         master_key=MasterKey.load(settings),
-        sim_base_url=sim_base_url,
     )
 
 
@@ -230,9 +219,6 @@ def create_app(gateway: Gateway) -> web.Application:
     )
     app[GATEWAY] = gateway
 
-    async def chat(request: web.Request) -> web.StreamResponse:
-        return await gateway.pipeline.handle(request)
-
     async def models(request: web.Request) -> web.StreamResponse:
         await gateway.pipeline.authenticate(request)
         return web.Response(body=gateway.models_body, content_type="application/json")
@@ -258,6 +244,7 @@ def create_app(gateway: Gateway) -> web.Application:
     async def on_cleanup(app: web.Application) -> None:
         await gateway.close()
 
+    chat = gateway.pipeline.handle
     app.router.add_post("/v1/chat/completions", chat)
     # Served without the router by server.runner.GatewayRunner (same handler, same behaviour).
     fast_routes: FastRoutes = {("POST", "/v1/chat/completions"): chat}

@@ -3,7 +3,7 @@
 Body: {"request_id": "req_...", "score": "up" | "down" | 1..5, "comment": "..."}.
 The request id is the `x-faregate-request-id` header of the answer. A second score for
 the same request replaces the first. An id that another key's request has gets the same 404
-as an id that does not exist, and ids are random (server.parse.new_request_id): the endpoint
+as an id that does not exist, and ids are random (server.exchange.new_request_id): the endpoint
 says nothing about other keys' requests. An unknown id costs at most three record reads.
 """
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from faregate.server.app import Gateway
 
 MAX_BODY_BYTES = 64 * 1024
-# What server.parse.new_request_id gives out: "req_" and 24 hex digits.
+# What server.exchange.new_request_id gives out: "req_" and 24 hex digits.
 REQUEST_ID = re.compile(r"req_[0-9a-f]{24}")
 MAX_COMMENT_CHARS = 4000
 # How long to look for a record another instance has yet to flush, beyond two flush intervals.

@@ -6,7 +6,6 @@ work without a gateway release.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import orjson
@@ -32,13 +31,6 @@ VALID_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "fu
 
 
 DEFAULT_LIMITS = LimitsSettings()
-# 96 random bits: a request id names a record that feedback may be sent for, so it must not be
-# guessable from another one (a counter was). "req_" + 24 hex digits, as before.
-REQUEST_ID_BYTES = 12
-
-
-def new_request_id() -> str:
-    return "req_" + secrets.token_hex(REQUEST_ID_BYTES)
 
 
 def decode_json_object(raw: bytes, max_depth: int = DEFAULT_LIMITS.max_json_depth) -> JSON:

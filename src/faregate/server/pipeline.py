@@ -1,50 +1,59 @@
-"""The request path, top to bottom in one place:
+"""The request path, top to bottom in one place: `ChatPipeline.handle` is the list of stages.
 
-authenticate -> parse -> plan (routing) -> attempt loop -> settle and record -> respond.
+  1. authenticate       the API key (KeyStore.verify: a TTL cache in front of the store)
+  2. read the request   body size and JSON depth, then the fields the gateway reads (server.parse)
+  3. cache lookup       may the cache answer (not for non-deterministic requests), and does it?
+     on a hit:          one request off the key's requests per minute (429 past it), respond,
+                        record; nothing is planned, reserved or called
+  4. plan               routing turns the request into an ordered plan of attempts
+  5. rate limit and     one atomic step: the request and token rate limits and a reservation
+     reserve budget     of the plan's worst-case cost (Admission.admit; skipped unmetered)
+  6. call upstream      the attempt loop (retries, fallbacks, breakers): a whole answer, an
+                        opened stream, or a cascade run
+  7. respond            server.responses costs the answer and writes it out
+  8. settle and record  the hold settled to the actual cost (or released); the record written
 
-Each stage is a small function or object with one job; this module only wires
-them together and makes sure every request is recorded exactly once.
+Each stage reads and writes one `Exchange` (server/exchange.py).
+
+Why this order, where it departs from "authenticate, rate limit, reserve, cache, plan": the
+reservation holds the plan's worst case (its candidates' prices and output allowances, a cascade's
+every step), so it can only follow the plan, and the rate limits are checked in the same atomic
+write (the one synchronous store write on the hot path), so they come with it. The cache comes
+first: a hit costs nothing and calls nothing, so it needs no plan and no reservation, and it still
+takes its one request from the key's rate limit once it is known to be a hit. So a key without
+credit is still served what the cache holds (free), and a key over its request rate is refused
+after the lookup, not before it (with the semantic cache on, such a request still costs one
+embedding). Settlement follows the response because a stream's cost is known only at its end; a
+whole answer is costed before its body is built, and its hold settled before `handle` returns.
+
+Invariants: every request that reaches `handle` is recorded exactly once, errors included; a hold
+is always settled or released; no error leaves as a stack trace (a bug is a logged 500, a store
+outage a 503). tests/test_pipeline.py checks the order and these in process.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
 
-from faregate.accounts.admission import Admission, Hold, OpenAdmission
+from faregate.accounts.admission import Admission, OpenAdmission
 from faregate.accounts.keys import ApiKey, KeyStore
-from faregate.cache.service import (
-    CacheDecision,
-    ResponseCache,
-)
+from faregate.cache.service import CachedAnswer, ResponseCache
 from faregate.config import LimitsSettings
-from faregate.errors import (
-    AuthenticationFailed,
-    FaregateError,
-    InternalError,
-    PayloadTooLarge,
-    UpstreamFailed,
-    UpstreamRejected,
-)
-from faregate.routing.attempts import AttemptRunner, billed_cost
+from faregate.errors import AuthenticationFailed, FaregateError, InternalError, PayloadTooLarge
+from faregate.routing.attempts import AttemptRunner, Served
 from faregate.routing.cascade_runner import CascadeRunner
-from faregate.routing.plan import Plan, Planner
+from faregate.routing.opened_stream import OpenedStream
+from faregate.routing.plan import Planner
 from faregate.routing.worst_case import worst_case
-from faregate.server.parse import decode_json_object, new_request_id, parse_chat_request
-from faregate.server.responses import Responder, error_response, header_text
+from faregate.server.exchange import Exchange
+from faregate.server.parse import decode_json_object, parse_chat_request
+from faregate.server.responses import Responder, error_response
 from faregate.store.outage import outage_error
 from faregate.telemetry.records import RecordWriter
-from faregate.types import (
-    JSON,
-    ChatRequest,
-    Price,
-    RequestRecord,
-    Usage,
-)
+from faregate.types import JSON, Price, RequestRecord
 
 log = logging.getLogger("faregate.pipeline")
 
@@ -75,13 +84,35 @@ class ChatPipeline:
         self.metered = not isinstance(self.admission, OpenAdmission)
         self.cache = cache
         self.cascades = CascadeRunner(runner, planner)
-        self.respond = Responder(runner, cache)
+        self.respond = Responder(cache)
         # Called with every finished record (metrics, alerts); must be cheap and never raise.
         self.listeners: list[Callable[[RequestRecord], None]] = []
 
-    # -- stages -------------------------------------------------------------------------
+    async def handle(self, http_request: web.Request) -> web.StreamResponse:
+        exchange = Exchange.begin(http_request)
+        try:
+            exchange.authenticated(await self.authenticate(http_request))
+            await self.read_request(exchange)
+            cached = await self.look_up(exchange)
+            if cached is not None:
+                await self.count_hit(exchange)
+                return await self.respond.send(exchange, cached)
+            await self.plan(exchange)
+            await self.reserve(exchange)
+            answer = await self.call_upstream(exchange)
+            return await self.respond.send(exchange, answer)
+        except FaregateError as error:
+            exchange.failed(error)
+            return error_response(error, exchange.headers)
+        except Exception as exc:
+            return self.unexpected(exchange, exc)
+        finally:
+            await self.settle_and_record(exchange)
+
+    # -- the stages, in order -----------------------------------------------------------------
 
     async def authenticate(self, http_request: web.Request) -> ApiKey:
+        """The key in `Authorization: Bearer ...` (also the models and account endpoints' check)."""
         header = http_request.headers.get("Authorization", "")
         scheme, _, raw = header.partition(" ")
         if scheme.lower() != "bearer" or not raw.strip():
@@ -94,7 +125,85 @@ class ChatPipeline:
             raise AuthenticationFailed("Incorrect API key provided.")
         return key
 
-    async def read_body(self, http_request: web.Request) -> JSON:
+    async def read_request(self, exchange: Exchange) -> None:
+        body = await self._read_body(exchange.http)
+        exchange.asked_for(body.get("model"))
+        request = parse_chat_request(body, exchange.http.headers, exchange.record.request_id, self.limits)
+        exchange.read(request)
+
+    async def look_up(self, exchange: Exchange) -> CachedAnswer | None:
+        if self.cache is None:
+            exchange.decided(None)
+            return None
+        request = exchange.request
+        decision = self.cache.decide(
+            request, exchange.http.headers, lambda: self.planner.resolved_name(request)
+        )
+        exchange.decided(decision)
+        cached = await self.cache.lookup(decision, request)
+        if cached is not None:
+            # Named as a miss names it: one route is one row on the dashboard.
+            exchange.routed(self.planner.requested_route(request))
+        return cached
+
+    async def count_hit(self, exchange: Exchange) -> None:
+        """Free, but still a request: it counts against the key's requests per minute."""
+        assert exchange.key is not None
+        exchange.admitted(await self.admission.count_hit(exchange.key, exchange.request))
+
+    async def plan(self, exchange: Exchange) -> None:
+        exchange.planned(await self.planner.plan(exchange.request))
+
+    async def reserve(self, exchange: Exchange) -> None:
+        if not self.metered:
+            return
+        assert exchange.key is not None and exchange.plan is not None
+        worst, tokens_held = await worst_case(exchange.plan, exchange.request)
+        hold = await self.admission.admit(exchange.key, exchange.request, worst, tokens_held)
+        exchange.admitted(hold.headers, hold)
+
+    async def call_upstream(self, exchange: Exchange) -> Served | OpenedStream:
+        """One call per mode: a cascade, a stream, a whole answer. Every attempt is in the answer
+        (or in the error raised)."""
+        request, plan = exchange.request, exchange.plan
+        assert plan is not None
+        if plan.stages:
+            cascaded = await self.cascades.run(request, plan)
+            exchange.cascaded(cascaded.judged)
+            return cascaded.answer
+        if request.stream:
+            return await self.runner.open_stream(request, plan)
+        return await self.runner.complete(request, plan)
+
+    async def settle_and_record(self, exchange: Exchange) -> None:
+        exchange.finished(self.baseline)
+        if exchange.hold is not None:
+            await self._close_hold(exchange)
+        record = exchange.record
+        self.records.submit(record)
+        for listener in self.listeners:
+            try:
+                listener(record)
+            except Exception:
+                # Metrics must never cost a client its answer.
+                log.exception("a record listener failed")
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def unexpected(self, exchange: Exchange, exc: Exception) -> web.Response:
+        """Not a FaregateError: a store outage (a clean 503, logged once per interval) or a bug of
+        ours (a clean 500 without internals; the log gets the trace)."""
+        unavailable = outage_error(exc)
+        if unavailable is not None:
+            log.warning("request failed, a store is unavailable: %s: %s", type(exc).__name__, exc)
+            exchange.failed(unavailable)
+            return error_response(unavailable, exchange.headers)
+        log.exception("unhandled error in request %s", exchange.record.request_id)
+        error = InternalError("The gateway hit an internal error; it has been logged.")
+        exchange.failed(error, note=f"internal error: {type(exc).__name__}")
+        return error_response(error, exchange.headers)
+
+    async def _read_body(self, http_request: web.Request) -> JSON:
         length = http_request.content_length
         if length is not None and length > self.max_body_bytes:
             raise PayloadTooLarge(
@@ -112,175 +221,15 @@ class ChatPipeline:
             )
         return decode_json_object(raw, self.limits.max_json_depth)
 
-    # -- the handler --------------------------------------------------------------------
-
-    async def handle(self, http_request: web.Request) -> web.StreamResponse:
-        request_id = new_request_id()
-        record = RequestRecord(
-            request_id=request_id,
-            created_at=time.time(),
-            key_id=None,
-            model_requested="",
-            model_used=None,
-            provider=None,
-            status=200,
-            stream=False,
-        )
-        started = time.perf_counter()
-        base_headers = {"x-faregate-request-id": request_id}
-        hold: Hold | None = None
-        try:
-            key = await self.authenticate(http_request)
-            record.key_id = key.id
-            body = await self.read_body(http_request)
-            record.model_requested = str(body.get("model") or "")[:200]
-            request = parse_chat_request(body, http_request.headers, request_id, self.limits)
-            request.key_id = key.id
-            request.premium = key.premium
-            request.started = started
-            record.stream = request.stream
-            decision = self._cache_decision(request, http_request.headers)
-            record.cache_status = "bypass" if decision.status == "bypass" else "miss"
-            base_headers["x-faregate-cache"] = record.cache_status
-            if self.cache is not None:
-                cached = await self.cache.lookup(decision, request)
-                if cached is not None:
-                    # Named as a miss names it: one route is one row on the dashboard.
-                    record.route = self.planner.requested_route(request)
-                    # Free, but still a request: it counts against the key's requests per minute.
-                    base_headers.update(await self.admission.count_hit(key, request))
-                    return await self.respond.cached(http_request, request, cached, record, base_headers)
-            plan = await self.planner.plan(request)
-            record.route = plan.route
-            base_headers["x-faregate-route"] = plan.route
-            if plan.trace.router_choice is not None:
-                score = plan.trace.router_score
-                base_headers["x-faregate-router-score"] = "failed" if score is None else f"{score:.4f}"
-            if self.metered:
-                worst, tokens_held = await worst_case(plan, request)
-                hold = await self.admission.admit(key, request, worst, tokens_held)
-                base_headers.update(hold.headers)
-            if plan.stages:
-                return await self._cascade(http_request, request, plan, record, base_headers, decision)
-            if request.stream:
-                opened = await self.runner.open_stream(request, plan)
-                return await self.respond.stream(
-                    http_request, request, opened, record, base_headers, decision
-                )
-            served = await self.runner.complete(request, plan)
-            record.attempts = served.attempts
-            return await self.respond.whole(
-                request, served.completion, served.candidate, record, base_headers, decision
-            )
-        except FaregateError as error:
-            record.status = error.status
-            record.error = error.message[:2000]
-            attempts = getattr(error, "attempts", None)
-            if attempts:
-                record.attempts = attempts
-                base_headers["x-faregate-attempts"] = str(len(attempts))
-                # A failed attempt the provider billed (a blank 200) is still money spent.
-                record.cost_usd = billed_cost(attempts)
-            return error_response(error, base_headers)
-        except Exception as exc:
-            unavailable = outage_error(exc)
-            if unavailable is not None:
-                # Not a bug: a store is down. One line (repeats are rate-limited), a clean 503.
-                log.warning("request failed, a store is unavailable: %s: %s", type(exc).__name__, exc)
-                record.status = unavailable.status
-                record.error = unavailable.message
-                return error_response(unavailable, base_headers)
-            # A bug of ours: the client gets a clean 500 without internals, the log gets the trace.
-            log.exception("unhandled error in request %s", request_id)
-            record.status = 500
-            record.error = f"internal error: {type(exc).__name__}"
-            return error_response(
-                InternalError("The gateway hit an internal error; it has been logged."), base_headers
-            )
-        finally:
-            record.latency_ms = (time.perf_counter() - started) * 1000
-            record.baseline_cost_usd = self.baseline.cost(
-                Usage(record.prompt_tokens, record.completion_tokens)
-            )
-            if hold is not None:
-                await self._close_hold(hold, record)
-            self.records.submit(record)
-            for listener in self.listeners:
-                try:
-                    listener(record)
-                except Exception:
-                    # Metrics must never cost a client its answer.
-                    log.exception("a record listener failed")
-
-    # -- cascades -----------------------------------------------------------------------
-
-    async def _cascade(
-        self,
-        http_request: web.Request,
-        request: ChatRequest,
-        plan: Plan,
-        record: RequestRecord,
-        headers: dict[str, str],
-        decision: CacheDecision,
-    ) -> web.StreamResponse:
-        """Judged steps first; an accepted answer is served as it is (replayed as SSE for a stream),
-        else the last step runs like any plan. Every call made is in the attempts, and billed."""
-        judged = await self.cascades.judged_steps(request, plan)
-        headers["x-faregate-cascade"] = (
-            f"{'accepted' if judged.served else 'escalated'}; escalations={judged.escalations}"
-        )
-        if judged.verdicts:
-            headers["x-faregate-judge"] = header_text(judged.verdicts[-1])
-        if judged.served is not None:
-            served = judged.served
-            record.attempts = served.attempts
-            if request.stream:
-                return await self.respond.whole_as_stream(
-                    http_request, request, served, record, headers, decision
-                )
-            completion, candidate = served.completion, served.candidate
-            return await self.respond.whole(request, completion, candidate, record, headers, decision)
-        last = plan.stage(len(plan.stages) - 1)
-        try:
-            if request.stream:
-                opened = await self.runner.open_stream(request, last)
-                opened.attempts[:0] = judged.attempts
-                return await self.respond.stream(http_request, request, opened, record, headers, decision)
-            served = await self.runner.complete(request, last)
-        except UpstreamFailed as failed:
-            every = [*judged.attempts, *failed.attempts]
-            listed = "; ".join(f"{i}. {a.describe()}" for i, a in enumerate(every, 1))
-            raise UpstreamFailed(
-                every,
-                timeout=failed.status == 504,
-                message=f"The cascade's last step failed ({len(every)} attempt(s) in all): {listed}",
-            ) from None
-        except UpstreamRejected as rejected:
-            rejected.attempts = [*judged.attempts, *getattr(rejected, "attempts", [])]  # type: ignore[attr-defined]
-            raise
-        served.attempts[:0] = judged.attempts
-        record.attempts = served.attempts
-        completion, candidate = served.completion, served.candidate
-        return await self.respond.whole(request, completion, candidate, record, headers, decision)
-
-    # -- the cache ----------------------------------------------------------------------
-
-    def _cache_decision(self, request: ChatRequest, headers: Any) -> CacheDecision:
-        if self.cache is None:
-            return CacheDecision("bypass", reason="no cache")
-        return self.cache.decide(request, headers, lambda: self.planner.resolved_name(request))
-
-    # -- helpers ------------------------------------------------------------------------
-
-    async def _close_hold(self, hold: Hold, record: RequestRecord) -> None:
+    async def _close_hold(self, exchange: Exchange) -> None:
         """Settle what was spent (even on a failed request: billed failed attempts), else release."""
+        assert exchange.hold is not None
+        cost, tokens = exchange.spent
         try:
-            if record.cost_usd > 0 or record.completion_tokens or record.prompt_tokens:
-                await self.admission.settle(
-                    hold, record.cost_usd, record.prompt_tokens + record.completion_tokens
-                )
+            if cost > 0 or tokens:
+                await self.admission.settle(exchange.hold, cost, tokens)
             else:
-                await self.admission.release(hold)
+                await self.admission.release(exchange.hold)
         except Exception:
             # Never lose the record over this; the reservation expires and is audited.
-            log.exception("could not settle the reservation of request %s", record.request_id)
+            log.exception("could not settle the reservation of request %s", exchange.record.request_id)

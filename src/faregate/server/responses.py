@@ -1,49 +1,70 @@
-"""How an answer leaves the gateway: a JSON body, a relayed stream, or a whole answer sent as a
-stream (a cache hit; a cascade answer judged before it could be sent), with its cost settled and
-written into the request's record on the way out."""
+"""How an answer leaves the gateway: `Responder.send(exchange, answer)`.
+
+Three kinds of answer, each written the way the client asked for it:
+- `Served` (a whole upstream answer): a JSON body, or for a streaming request (a cascade step
+  judged before it could be sent) the same answer replayed as a stream;
+- `OpenedStream`: relayed chunk by chunk, then the usage chunk with the cost and `[DONE]`. The
+  attempt loop held the stream back until its first real content, so everything here happens
+  after the client has seen text: from then on a failure cannot be hidden, and the stream ends
+  with an OpenAI-style error event (which the SDKs raise), never with a clean `[DONE]`;
+- `CachedAnswer`: free; a JSON body or a replayed stream.
+
+Each is costed (the provider's usage, estimated when it gave none, at the served offer's price,
+plus what failed attempts were billed) and written into the exchange on the way out; the cache
+learns from the whole text answers it may keep.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 import orjson
 from aiohttp import web
 
-from faregate.cache.service import (
-    CachedAnswer,
-    CacheDecision,
-    ResponseCache,
-    answer_from_stream,
-    stream_frames,
-)
-from faregate.errors import FaregateError
-from faregate.routing.attempts import AttemptRunner, OpenedStream, Served, billed_cost
+from faregate.cache.service import CachedAnswer, ResponseCache
+from faregate.errors import FaregateError, UpstreamFailure
+from faregate.routing.attempts import Served, billed_cost
+from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Candidate
-from faregate.server.streaming import DONE, StreamOutcome, error_event, relay, sse_frame
+from faregate.server.exchange import Exchange
 from faregate.tokens import estimate_usage
-from faregate.types import JSON, Attempt, ChatRequest, Completion, RequestRecord, Usage, completion_text
+from faregate.types import JSON, Attempt, ChatRequest, Usage
+from faregate.wire.openai import (
+    DONE,
+    answer_as_chunks,
+    answer_text,
+    error_body,
+    error_event,
+    free_answer,
+    price_answer,
+    relay_frame,
+    sse_frame,
+    usage_chunk,
+)
 
 JSON_TYPE = "application/json"
-
-
-def money(value: Decimal) -> str:
-    """Exact decimal text for headers (no exponent, no float rounding)."""
-    text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text or "0"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+Answer = Served | OpenedStream | CachedAnswer
 
 
 def error_response(error: FaregateError, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         status=error.status,
-        body=orjson.dumps(error.to_openai()),
+        body=orjson.dumps(error_body(error)),
         content_type=JSON_TYPE,
         headers={**error.headers, **(headers or {})},
     )
+
+
+@dataclass(slots=True)
+class StreamOutcome:
+    """How a relay went; what the stream carried is `OpenedStream.seen`."""
+
+    first_content_at: float | None = None
+    failure: UpstreamFailure | None = None
+    client_gone: bool = False
 
 
 @dataclass(slots=True)
@@ -66,162 +87,80 @@ async def settle(
     return Settled(usage, candidate.offer.price.cost(usage) + billed_cost(attempts))
 
 
-def usage_chunk(chunk: JSON | None, candidate: Candidate, settled: Settled) -> JSON:
-    base: JSON = chunk or {
-        "id": "chatcmpl-" + "faregate",
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "choices": [],
-    }
-    base["model"] = candidate.model.name
-    base["usage"] = usage_json(base.get("usage"), settled.usage, settled.cost)
-    return base
-
-
-def fill_record(record: RequestRecord, candidate: Candidate, settled: Settled) -> None:
-    record.model_used = candidate.model.name
-    record.provider = candidate.offer.provider
-    record.prompt_tokens = settled.usage.prompt_tokens
-    record.completion_tokens = settled.usage.completion_tokens
-    record.usage_estimated = settled.usage.estimated
-    record.cost_usd = settled.cost
-    record.empty_response = settled.usage.completion_tokens == 0
-
-
-def result_headers(candidate: Candidate, record: RequestRecord, cost: Decimal) -> dict[str, str]:
-    return {
-        "x-faregate-cost-usd": money(cost),
-        "x-faregate-model": candidate.model.name,
-        "x-faregate-provider": candidate.offer.provider,
-        "x-faregate-attempts": str(len(record.attempts)),
-    }
-
-
-def usage_json(upstream: Any, usage: Usage, cost: Decimal) -> JSON:
-    """The `usage` object a client sees: the upstream's (details kept) with our counts and the cost."""
-    out: JSON = dict(upstream) if isinstance(upstream, dict) else {}
-    out.update(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
-        cost=float(cost),
-    )
-    if usage.estimated:
-        out["estimated"] = True
-    return out
-
-
-def header_text(text: str, limit: int = 300) -> str:
-    """A header value: one line of printable ASCII (a judge's reason may hold anything)."""
-    cleaned = "".join(c if " " <= c <= "~" else "?" for c in text)
-    return cleaned[:limit]
-
-
 class Responder:
     """Writes answers out; the cache learns from the ones it may keep."""
 
-    def __init__(self, runner: AttemptRunner, cache: ResponseCache | None) -> None:
-        self.runner = runner
+    def __init__(self, cache: ResponseCache | None) -> None:
         self.cache = cache
 
-    async def _settle_whole(
-        self,
-        request: ChatRequest,
-        completion: Completion,
-        candidate: Candidate,
-        record: RequestRecord,
-        headers: dict[str, str],
-        decision: CacheDecision,
-    ) -> JSON:
-        """Cost a whole answer, write it into the record and the headers, let the cache keep it;
-        the body, its model and usage set as the client sees them."""
+    async def send(self, exchange: Exchange, answer: Answer) -> web.StreamResponse:
+        if isinstance(answer, OpenedStream):
+            return await self._relay(exchange, answer)
+        if isinstance(answer, CachedAnswer):
+            return await self._cached(exchange, answer)
+        return await self._whole(exchange, answer)
+
+    async def _whole(self, exchange: Exchange, served: Served) -> web.StreamResponse:
+        request, candidate, completion = exchange.request, served.candidate, served.completion
         body = completion.body
-        text = "" if completion.usage is not None else completion_text(body)
-        settled = await settle(candidate, request, completion.usage, text, record.attempts)
-        body["model"] = candidate.model.name
-        body["usage"] = usage_json(body.get("usage"), settled.usage, settled.cost)
-        fill_record(record, candidate, settled)
-        headers.update(result_headers(candidate, record, settled.cost))
-        if self.cache is not None and not settled.usage.estimated:
-            self.cache.remember(
-                decision, request, body, candidate.model.name, candidate.offer.provider, settled.usage
-            )
-        return body
+        exchange.answered_by(candidate, served.attempts)
+        text = "" if completion.usage is not None else answer_text(body)
+        settled = await settle(candidate, request, completion.usage, text, served.attempts)
+        price_answer(body, candidate.model.name, settled.usage, settled.cost)
+        exchange.settled(candidate, settled.usage, settled.cost)
+        self._remember(exchange, candidate, body, settled.usage)
+        if request.stream:
+            # A cascade step's answer, judged before it could be sent: replayed as a stream.
+            return await self._replay(exchange, body)
+        return web.Response(body=orjson.dumps(body), content_type=JSON_TYPE, headers=exchange.headers)
 
-    async def whole(
-        self,
-        request: ChatRequest,
-        completion: Completion,
-        candidate: Candidate,
-        record: RequestRecord,
-        headers: dict[str, str],
-        decision: CacheDecision,
-    ) -> web.Response:
-        body = await self._settle_whole(request, completion, candidate, record, headers, decision)
-        return web.Response(body=orjson.dumps(body), content_type=JSON_TYPE, headers=headers)
+    async def _cached(self, exchange: Exchange, cached: CachedAnswer) -> web.StreamResponse:
+        exchange.from_cache(cached)
+        body = free_answer(cached.body, cached.usage)
+        if exchange.request.stream:
+            return await self._replay(exchange, body)
+        return web.Response(body=orjson.dumps(body), content_type=JSON_TYPE, headers=exchange.headers)
 
-    async def whole_as_stream(
-        self,
-        http_request: web.Request,
-        request: ChatRequest,
-        served: Served,
-        record: RequestRecord,
-        headers: dict[str, str],
-        decision: CacheDecision,
-    ) -> web.StreamResponse:
-        """A whole answer sent as a stream (a cascade answer, judged before it could be sent)."""
-        body = await self._settle_whole(
-            request, served.completion, served.candidate, record, headers, decision
-        )
-        return await self.write_whole_stream(http_request, request, body, body["usage"], record, headers)
-
-    async def stream(
-        self,
-        http_request: web.Request,
-        request: ChatRequest,
-        opened: OpenedStream,
-        record: RequestRecord,
-        headers: dict[str, str],
-        decision: CacheDecision,
-    ) -> web.StreamResponse:
-        candidate = opened.candidate
-        record.attempts = opened.attempts
-        headers.update(
-            {
-                "x-faregate-model": candidate.model.name,
-                "x-faregate-provider": candidate.offer.provider,
-                "x-faregate-attempts": str(len(opened.attempts)),
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        response = web.StreamResponse(status=200, headers=headers)
+    async def _replay(self, exchange: Exchange, body: JSON) -> web.StreamResponse:
+        """A whole, priced answer sent as the chunks of a stream."""
+        response = web.StreamResponse(status=200, headers={**exchange.headers, "Cache-Control": "no-cache"})
         response.content_type = "text/event-stream"
         try:
-            await response.prepare(http_request)
+            await response.prepare(exchange.http)
+            for chunk in answer_as_chunks(body, exchange.request.include_usage):
+                await response.write(sse_frame(chunk))
+                exchange.first_content(time.perf_counter())
+            await response.write(DONE)
+            await response.write_eof()
         except (ConnectionResetError, ConnectionError):
-            await _aclose(opened)
-            record.status = 499
-            record.error = "client disconnected before the stream started"
+            exchange.client_gone("during the stream")
+        return response
+
+    async def _relay(self, exchange: Exchange, opened: OpenedStream) -> web.StreamResponse:
+        request, candidate = exchange.request, opened.candidate
+        exchange.answered_by(candidate, opened.attempts)
+        response = web.StreamResponse(status=200, headers={**exchange.headers, **SSE_HEADERS})
+        response.content_type = "text/event-stream"
+        try:
+            await response.prepare(exchange.http)
+        except (ConnectionResetError, ConnectionError):
+            await opened.aclose()
+            exchange.client_gone("before the stream started")
             settled = await settle(candidate, request, None, "", opened.attempts)
-            fill_record(record, candidate, settled)
+            exchange.settled(candidate, settled.usage, settled.cost)
             return response
-        outcome = await relay(http_request, response, request, opened, candidate.model.name)
-        self.runner.stream_finished(opened, outcome.failure, request.key_id)
+        outcome = await _relay(response, request, opened)
         if outcome.first_content_at is not None:
-            record.ttft_ms = (outcome.first_content_at - request.started) * 1000
-        settled = await settle(candidate, request, outcome.usage, "".join(outcome.text), opened.attempts)
-        fill_record(record, candidate, settled)
+            exchange.first_content(outcome.first_content_at)
+        seen = opened.seen
+        settled = await settle(candidate, request, seen.usage, "".join(seen.text), opened.attempts)
+        exchange.settled(candidate, settled.usage, settled.cost)
         if outcome.client_gone:
-            record.status = 499
-            record.error = "client disconnected during the stream"
+            exchange.client_gone("during the stream")
             return response
         try:
             if outcome.failure is not None:
-                record.status = 502
-                record.error = f"stream interrupted after content was sent: {outcome.failure.detail}"
-                opened.attempts[-1].outcome = outcome.failure.kind
-                opened.attempts[-1].detail = outcome.failure.detail
+                exchange.interrupted(outcome.failure.detail)
                 await response.write(
                     error_event(
                         f"The upstream stream from {candidate.offer.provider} ({candidate.model.name}) "
@@ -231,98 +170,39 @@ class Responder:
                 )
             else:
                 if request.include_usage:
-                    await response.write(sse_frame(usage_chunk(outcome.usage_chunk, candidate, settled)))
+                    final = usage_chunk(seen.usage_chunk, candidate.model.name, settled.usage, settled.cost)
+                    await response.write(sse_frame(final))
                 await response.write(DONE)
-                self._remember_stream(decision, request, opened, outcome, settled)
+                self._remember(
+                    exchange, candidate, seen.answer(candidate.model.name, settled.usage), settled.usage
+                )
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
-            record.status = 499
-            record.error = "client disconnected at the end of the stream"
+            exchange.client_gone("at the end of the stream")
         return response
 
-    async def write_whole_stream(
-        self,
-        http_request: web.Request,
-        request: ChatRequest,
-        body: JSON,
-        usage: JSON,
-        record: RequestRecord,
-        headers: dict[str, str],
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(status=200, headers={**headers, "Cache-Control": "no-cache"})
-        response.content_type = "text/event-stream"
-        try:
-            await response.prepare(http_request)
-            for frame in stream_frames(body, request.include_usage):
-                await response.write(sse_frame(frame))
-                if record.ttft_ms is None:
-                    record.ttft_ms = (time.perf_counter() - request.started) * 1000
-            if request.include_usage:
-                final = {key: body.get(key) for key in ("id", "created", "model")}
-                final.update(object="chat.completion.chunk", choices=[], usage=usage)
-                await response.write(sse_frame(final))
-            await response.write(DONE)
-            await response.write_eof()
-        except (ConnectionResetError, ConnectionError):
-            record.status = 499
-            record.error = "client disconnected during the stream"
-        return response
-
-    async def cached(
-        self,
-        http_request: web.Request,
-        request: ChatRequest,
-        cached: CachedAnswer,
-        record: RequestRecord,
-        headers: dict[str, str],
-    ) -> web.StreamResponse:
-        """A hit costs nothing; the record keeps the usage so the whole baseline counts as saved."""
-        record.cache_status = cached.kind
-        record.model_used = cached.model
-        record.provider = cached.provider
-        record.prompt_tokens = cached.usage.prompt_tokens
-        record.completion_tokens = cached.usage.completion_tokens
-        record.cost_usd = Decimal(0)
-        headers.update(
-            {
-                "x-faregate-cache": cached.kind,
-                "x-faregate-cost-usd": "0",
-                "x-faregate-model": cached.model,
-                "x-faregate-provider": cached.provider,
-                "x-faregate-attempts": "0",
-                "x-faregate-route": record.route or "",
-            }
-        )
-        usage = usage_json(None, cached.usage, Decimal(0))
-        body = dict(cached.body)
-        if not request.stream:
-            body["usage"] = usage
-            return web.Response(body=orjson.dumps(body), content_type=JSON_TYPE, headers=headers)
-        return await self.write_whole_stream(http_request, request, body, usage, record, headers)
-
-    def _remember_stream(
-        self,
-        decision: CacheDecision,
-        request: ChatRequest,
-        opened: OpenedStream,
-        outcome: StreamOutcome,
-        settled: Settled,
-    ) -> None:
-        if self.cache is None or outcome.tool_calls or settled.usage.estimated:
-            return
-        model = opened.candidate.model.name
-        first = opened.buffered[0] if opened.buffered else None
-        body = answer_from_stream(first, "".join(outcome.text), outcome.finish_reason, model, settled.usage)
-        if body is not None:
-            self.cache.remember(
-                decision, request, body, model, opened.candidate.offer.provider, settled.usage
-            )
+    def _remember(self, exchange: Exchange, candidate: Candidate, body: JSON | None, usage: Usage) -> None:
+        """Keep a whole answer whose usage the provider reported (an estimate is not kept)."""
+        if self.cache is not None and exchange.cache is not None and body is not None and not usage.estimated:
+            model, provider = candidate.model.name, candidate.offer.provider
+            self.cache.remember(exchange.cache, exchange.request, body, model, provider, usage)
 
 
-async def _aclose(opened: OpenedStream) -> None:
-    closer = getattr(opened.rest, "aclose", None)
-    if closer is not None:
-        try:
-            await closer()
-        except Exception:
-            pass
+async def _relay(response: web.StreamResponse, request: ChatRequest, opened: OpenedStream) -> StreamOutcome:
+    """Write every chunk to the client. The caller adds the usage chunk (with the cost) and
+    `[DONE]`, or the error event; how the upstream stream ended (a failure, a missing finish
+    reason) is the OpenedStream's to judge."""
+    outcome = StreamOutcome()
+    model = opened.candidate.model.name
+    try:
+        async for chunk in opened:
+            await response.write(relay_frame(chunk, model, request.include_usage))
+            if outcome.first_content_at is None:
+                outcome.first_content_at = time.perf_counter()
+    except UpstreamFailure as failure:
+        outcome.failure = failure
+    except (ConnectionResetError, ConnectionError):
+        outcome.client_gone = True
+    finally:
+        await opened.aclose()
+    return outcome

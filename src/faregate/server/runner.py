@@ -22,9 +22,9 @@ from typing import cast
 import aiohttp
 from aiohttp import web
 
-from faregate.catalog import sim_active
 from faregate.config import Settings
 from faregate.errors import ConfigError, StartupError
+from faregate.providers.registry import simulator_active, with_simulator
 from faregate.server.app import FAST_ROUTES, FastRoutes, Gateway, build_gateway, create_app
 from faregate.telemetry import log_limit
 
@@ -141,14 +141,15 @@ async def wait_healthy(url: str, timeout_s: float, process: asyncio.subprocess.P
 async def serve(settings: Settings, announce: Announce | None = None, config_path: str | None = None) -> None:
     sim_process: asyncio.subprocess.Process | None = None
     sim_base_url: str | None = None
-    if sim_active(settings):
+    if simulator_active(settings):
         sim_port = simulator_port(settings)
         if settings.sim.launch:
             sim_process = await start_simulator(settings, config_path, sim_port)
         sim_base_url = f"http://{settings.sim.host}:{sim_port}/v1"
+        settings = with_simulator(settings, sim_base_url)
     runner: web.AppRunner | None = None
     try:
-        gateway = await build_gateway(settings, sim_base_url=sim_base_url)
+        gateway = await build_gateway(settings)
         if sim_base_url is not None:
             try:
                 await wait_healthy(sim_base_url.removesuffix("/v1") + "/health", 30, sim_process)

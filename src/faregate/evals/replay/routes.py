@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from faregate.catalog.models import SIM_PROVIDER, Catalog, Offer, build_catalog
+from faregate.catalog.models import Catalog, Offer, build_catalog
 from faregate.config import Settings
 from faregate.embedding.vector_cache import BatchEmbedder
 from faregate.errors import ConfigError, FaregateError
@@ -36,6 +36,7 @@ from faregate.learning.complexity_router import KIND as ROUTER_KIND
 from faregate.learning.model_file import ModelFile, load_model_file
 from faregate.learning.text_features import PROMPT_NAMES
 from faregate.learning.training.selection import prompts_digest
+from faregate.providers.registry import SIMULATOR, with_simulator
 from faregate.route_config import RouterPolicySettings, chain_steps
 from faregate.routing.plan import Planner
 from faregate.routing.routes import RouteBook
@@ -98,10 +99,10 @@ def replay_catalog(settings: Settings) -> Catalog:
     model, so every configured model gets a simulator offer (at an address nothing listens on),
     and any catalog model still without one gets a placeholder: the route chooses as it would with
     every provider up."""
-    catalog = build_catalog(settings, sim_base_url=NOWHERE)
+    catalog = build_catalog(with_simulator(settings, NOWHERE))
     for model in catalog.all():
         if not model.available:
-            model.offers = [Offer(model.name, SIM_PROVIDER, model.name, model.list_price, True)]
+            model.offers = [Offer(model.name, SIMULATOR, model.name, model.list_price, True)]
     return catalog
 
 

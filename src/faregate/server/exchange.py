@@ -1,0 +1,215 @@
+"""One chat request on its way through the pipeline: what every stage reads and writes.
+
+The role mitmproxy's flow plays. The pipeline makes one Exchange per HTTP request and hands it from
+stage to stage (server/pipeline.py lists them); each stage takes what it needs from it and leaves
+what it learned on it: the key, the parsed request, the cache decision, the plan, the budget hold.
+
+Invariants:
+- the request's record is written only by the methods here, each named for the event that fills
+  its fields, so what a record says is read in one place;
+- `headers` are the response headers gathered so far; every response, errors included, carries
+  them (the request id first of all);
+- `request` is read only after the parse stage has set it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from aiohttp import web
+
+from faregate.accounts.admission import Hold
+from faregate.accounts.keys import ApiKey
+from faregate.cache.service import CachedAnswer, CacheDecision
+from faregate.errors import FaregateError, UpstreamError
+from faregate.routing.attempts import billed_cost
+from faregate.routing.cascade_runner import Judged
+from faregate.routing.plan import Candidate, Plan
+from faregate.types import Attempt, ChatRequest, Price, RequestRecord, Usage
+
+# 96 random bits: a request id names a record that feedback may be sent for, so it must not be
+# guessable from another one (a counter was). "req_" + 24 hex digits, as before.
+REQUEST_ID_BYTES = 12
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(REQUEST_ID_BYTES)
+
+
+def money(value: Decimal) -> str:
+    """Exact decimal text for headers (no exponent, no float rounding)."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def header_text(text: str, limit: int = 300) -> str:
+    """A header value: one line of printable ASCII (a judge's reason may hold anything)."""
+    cleaned = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return cleaned[:limit]
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request's state between stages (see the module docstring); made by `begin`."""
+
+    http: web.Request
+    record: RequestRecord
+    headers: dict[str, str]
+    started: float = field(default_factory=time.perf_counter)
+    key: ApiKey | None = None
+    parsed: ChatRequest | None = None
+    # None until the cache stage has decided (and when there is no cache).
+    cache: CacheDecision | None = None
+    plan: Plan | None = None
+    hold: Hold | None = None
+
+    @classmethod
+    def begin(cls, http_request: web.Request) -> Exchange:
+        request_id = new_request_id()
+        record = RequestRecord(
+            request_id=request_id,
+            created_at=time.time(),
+            key_id=None,
+            model_requested="",
+            model_used=None,
+            provider=None,
+            status=200,
+            stream=False,
+        )
+        return cls(http_request, record, {"x-faregate-request-id": request_id})
+
+    @property
+    def request(self) -> ChatRequest:
+        assert self.parsed is not None, "a stage read the request before it was parsed"
+        return self.parsed
+
+    # -- what the stages learn ------------------------------------------------------------------
+
+    def authenticated(self, key: ApiKey) -> None:
+        self.key = key
+        self.record.key_id = key.id
+
+    def asked_for(self, model: object) -> None:
+        """The model named in the body, recorded before the body is checked (errors say it too)."""
+        self.record.model_requested = str(model or "")[:200]
+
+    def read(self, request: ChatRequest) -> None:
+        assert self.key is not None
+        request.key_id = self.key.id
+        request.premium = self.key.premium
+        request.started = self.started
+        self.parsed = request
+        self.record.stream = request.stream
+
+    def decided(self, decision: CacheDecision | None) -> None:
+        """The cache's decision (None: no cache at all, a bypass)."""
+        self.cache = decision
+        self.record.cache_status = (
+            "miss" if decision is not None and decision.status != "bypass" else "bypass"
+        )
+        self.headers["x-faregate-cache"] = self.record.cache_status
+
+    def routed(self, route: str) -> None:
+        """The route as records and the x-faregate-route header name it (a hit's too)."""
+        self.record.route = route
+        self.headers["x-faregate-route"] = route
+
+    def planned(self, plan: Plan) -> None:
+        self.plan = plan
+        self.routed(plan.route)
+        if plan.trace.router_choice is not None:
+            score = plan.trace.router_score
+            self.headers["x-faregate-router-score"] = "failed" if score is None else f"{score:.4f}"
+
+    def admitted(self, headers: dict[str, str], hold: Hold | None = None) -> None:
+        """Past the rate limits (and, with a hold, the budget): their x-ratelimit-* headers."""
+        self.hold = hold
+        self.headers.update(headers)
+
+    def cascaded(self, judged: Judged) -> None:
+        verdict = "accepted" if judged.served is not None else "escalated"
+        self.headers["x-faregate-cascade"] = f"{verdict}; escalations={judged.escalations}"
+        if judged.verdicts:
+            self.headers["x-faregate-judge"] = header_text(judged.verdicts[-1])
+
+    # -- how it was answered --------------------------------------------------------------------
+
+    def answered_by(self, candidate: Candidate, attempts: list[Attempt]) -> None:
+        """The offer that answers, and every call made (headers sent before the cost is known)."""
+        self.record.attempts = attempts
+        self.headers.update(
+            {
+                "x-faregate-model": candidate.model.name,
+                "x-faregate-provider": candidate.offer.provider,
+                "x-faregate-attempts": str(len(attempts)),
+            }
+        )
+
+    def settled(self, candidate: Candidate, usage: Usage, cost: Decimal) -> None:
+        """What the answer cost: the served attempt's usage at its offer's price, plus what
+        failed attempts were billed."""
+        record = self.record
+        record.model_used = candidate.model.name
+        record.provider = candidate.offer.provider
+        record.prompt_tokens = usage.prompt_tokens
+        record.completion_tokens = usage.completion_tokens
+        record.usage_estimated = usage.estimated
+        record.cost_usd = cost
+        record.empty_response = usage.completion_tokens == 0
+        self.headers["x-faregate-cost-usd"] = money(cost)
+
+    def from_cache(self, cached: CachedAnswer) -> None:
+        """A hit costs nothing; the record keeps the usage so the whole baseline counts as saved."""
+        record = self.record
+        record.cache_status = cached.kind
+        record.model_used = cached.model
+        record.provider = cached.provider
+        record.prompt_tokens = cached.usage.prompt_tokens
+        record.completion_tokens = cached.usage.completion_tokens
+        record.cost_usd = Decimal(0)
+        self.headers.update(
+            {
+                "x-faregate-cache": cached.kind,
+                "x-faregate-cost-usd": "0",
+                "x-faregate-model": cached.model,
+                "x-faregate-provider": cached.provider,
+                "x-faregate-attempts": "0",
+            }
+        )
+
+    def first_content(self, at: float) -> None:
+        if self.record.ttft_ms is None:
+            self.record.ttft_ms = (at - self.started) * 1000
+
+    def client_gone(self, when: str) -> None:
+        self.record.status = 499
+        self.record.error = f"client disconnected {when}"
+
+    def interrupted(self, detail: str) -> None:
+        self.record.status = 502
+        self.record.error = f"stream interrupted after content was sent: {detail}"
+
+    def failed(self, error: FaregateError, note: str | None = None) -> None:
+        """An error answer; `note` replaces the client's message in the record (a bug's class)."""
+        self.record.status = error.status
+        self.record.error = (note or error.message)[:2000]
+        if isinstance(error, UpstreamError) and error.attempts:
+            self.record.attempts = error.attempts
+            self.headers["x-faregate-attempts"] = str(len(error.attempts))
+            # A failed attempt the provider billed (a blank 200) is still money spent.
+            self.record.cost_usd = billed_cost(error.attempts)
+
+    def finished(self, baseline: Price) -> None:
+        record = self.record
+        record.latency_ms = (time.perf_counter() - self.started) * 1000
+        record.baseline_cost_usd = baseline.cost(Usage(record.prompt_tokens, record.completion_tokens))
+
+    @property
+    def spent(self) -> tuple[Decimal, int]:
+        """The cost and tokens to settle the hold with."""
+        return self.record.cost_usd, self.record.prompt_tokens + self.record.completion_tokens

@@ -1,0 +1,356 @@
+"""The OpenAI chat-completions wire format: every shape of its bodies, chunks, events and errors.
+
+Three groups, in the order a request meets them:
+- the upstream call: the body sent upstream (`upstream_body`, `without_streaming`);
+- reading what an upstream sent, a whole answer or one stream chunk: `usage_of`,
+  `finish_reason`, `chunk_has_content`, `answer_is_empty`, `answer_text`, `error_message`;
+  a relayed stream is read chunk by chunk into a `StreamedAnswer`;
+- writing what the client receives: the priced body (`price_answer`), relayed chunks
+  (`relay_frame`), the usage chunk with the cost (`usage_chunk`), SSE frames and `[DONE]`,
+  the error body and the mid-stream error event, a kept answer served again (`free_answer`), and
+  an answer replayed as a stream (`answer_as_chunks`, from the cache or a judged cascade step)
+  or kept from one (`StreamedAnswer.answer`).
+
+Invariants: nothing outside this module indexes `choices`, `delta`, `message` or `usage` of a
+body or a chunk; token counts come from `usage_of` only (ints, or integral floats, never
+negative, never bool); money reaches JSON as a float here and nowhere else (`usage_json`).
+The internal answer (`Completion.body`) and stream chunks are kept in this format, so today a
+Completion passes through untouched; a second wire format translates to and from them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from faregate.errors import FaregateError
+from faregate.types import GATEWAY_FIELDS, JSON, Usage
+
+DONE = b"data: [DONE]\n\n"
+# A finish that ends a turn with calls for the client to make, not with text.
+TOOL_FINISHES = frozenset({"tool_calls", "function_call"})
+# Answers a client can be served later (from the cache): a stream cut short is not one.
+WHOLE_FINISHES = frozenset({"stop", "length"})
+_STREAM_FIELDS = frozenset({"stream", "stream_options"})
+
+
+# -- the upstream call ---------------------------------------------------------------------------
+
+
+def upstream_body(body: JSON, model: str, max_output: int | None, stream: bool) -> JSON:
+    """The client's body as one upstream receives it: the gateway's own fields removed, its model
+    name, the token limits capped at the model's max output, and for a stream the usage asked for
+    (streams are billed from the provider's own numbers)."""
+    out = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
+    out["model"] = model
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = out.get(name)
+        if value is not None and max_output:
+            out[name] = min(value, max_output)
+    if stream:
+        out["stream_options"] = {**(out.get("stream_options") or {}), "include_usage": True}
+    return out
+
+
+def without_streaming(body: JSON) -> JSON:
+    """The body of a whole (non-streaming) call for the same question."""
+    return {k: v for k, v in body.items() if k not in _STREAM_FIELDS}
+
+
+# -- reading an answer or a chunk ----------------------------------------------------------------
+
+
+def usage_of(message: Mapping[str, Any]) -> Usage | None:
+    """The token usage of a body or a chunk, or None if absent or malformed."""
+    usage = message.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = _token_count(usage.get("prompt_tokens"))
+    completion = _token_count(usage.get("completion_tokens"))
+    if prompt is None or completion is None:
+        return None
+    return Usage(prompt, completion)
+
+
+def _token_count(value: Any) -> int | None:
+    if type(value) is int:  # not bool
+        return value if value >= 0 else None
+    if type(value) is float and value.is_integer() and value >= 0:
+        return int(value)
+    return None
+
+
+def finish_reason(message: Mapping[str, Any]) -> str | None:
+    """The first finish reason among the choices of a body or a chunk."""
+    for choice in message.get("choices") or ():
+        reason = choice.get("finish_reason")
+        if reason:
+            return str(reason)
+    return None
+
+
+def is_usage_only(chunk: JSON) -> bool:
+    """The trailing chunk that carries the usage and no choice."""
+    return not chunk.get("choices") and "usage" in chunk
+
+
+def chunk_has_content(chunk: JSON) -> bool:
+    """A chunk that carries something the user can see: non-blank text, a tool call, a refusal."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        content = delta.get("content")
+        if isinstance(content, str) and content.strip():
+            return True
+        if (
+            delta.get("tool_calls")
+            or delta.get("function_call")
+            or delta.get("refusal")
+            or delta.get("audio")
+        ):
+            return True
+    return False
+
+
+def answer_is_empty(body: JSON) -> bool:
+    """A 200 that carries no usable answer: no choices, or only blank text and no tool call."""
+    choices = body.get("choices")
+    if not choices:
+        return True
+    for choice in choices:
+        message = choice.get("message") or {}
+        if message.get("tool_calls") or message.get("function_call"):
+            return False
+        content = message.get("content")
+        if isinstance(content, str) and content.strip():
+            return False
+        if isinstance(content, list) and content:
+            return False
+        if message.get("refusal"):
+            return False
+        if message.get("audio"):
+            return False
+    return True
+
+
+def answer_text(body: JSON) -> str:
+    """The text of a whole answer, tool calls' names and arguments included (what a judge reads
+    and what an estimate counts)."""
+    parts: list[str] = []
+    for choice in body.get("choices") or ():
+        message = choice.get("message") or {}
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        _call_text(message, parts)
+    return "".join(parts)
+
+
+def _call_text(holder: JSON, parts: list[str]) -> bool:
+    calls = holder.get("tool_calls") or ()
+    for call in calls:
+        fn = call.get("function") or {}
+        parts.append(str(fn.get("name") or ""))
+        parts.append(str(fn.get("arguments") or ""))
+    return bool(calls)
+
+
+def error_message(body: JSON) -> str | None:
+    """The message of an error body or error chunk: OpenAI's {"error": {"message"}} and the
+    variants other vendors send ({"error": "text"}, {"msg"}, {"detail"})."""
+    error = body.get("error", body)
+    if isinstance(error, dict):
+        for key in ("message", "msg", "detail"):
+            value = error.get(key)
+            if isinstance(value, str) and value:
+                return value
+        return None
+    if isinstance(error, str) and error:
+        return error
+    return None
+
+
+def stream_error(chunk: JSON) -> str | None:
+    """For an error sent in place of a chunk, its message ("" when it gives none); else None."""
+    if not chunk.get("error"):
+        return None
+    return error_message(chunk) or ""
+
+
+def error_code_param(body: JSON | None) -> tuple[str | None, str | None]:
+    """The `code` and `param` of an upstream's error body, when it gives them as text."""
+    error = body.get("error") if body is not None else None
+    if not isinstance(error, dict):
+        return None, None
+    code, param = error.get("code"), error.get("param")
+    return (code if isinstance(code, str) else None), (param if isinstance(param, str) else None)
+
+
+class StreamedAnswer:
+    """What a relayed stream has carried so far: its first chunk (id, created), its text (tool
+    calls' names and arguments included, for an estimate when no usage comes), whether it made
+    tool calls, its finish reason and usage, and the trailing usage-only chunk, held back so the
+    cost can be added to it."""
+
+    __slots__ = ("finish_reason", "first", "text", "tool_calls", "usage", "usage_chunk")
+
+    def __init__(self) -> None:
+        self.first: JSON | None = None
+        self.text: list[str] = []
+        self.tool_calls = False
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self.usage_chunk: JSON | None = None
+
+    def take(self, chunk: JSON) -> bool:
+        """Read one chunk; False for the usage-only chunk (held back, not to be relayed)."""
+        usage = usage_of(chunk)
+        if usage is not None:
+            self.usage = usage
+        if is_usage_only(chunk):
+            self.usage_chunk = chunk
+            return False
+        if self.first is None:
+            self.first = chunk
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if isinstance(content, str):
+                self.text.append(content)
+            self.tool_calls = _call_text(delta, self.text) or self.tool_calls
+        reason = finish_reason(chunk)
+        if reason:
+            self.finish_reason = reason
+        return True
+
+    def answer(self, model: str, usage: Usage) -> JSON | None:
+        """The chat.completion this stream amounts to, if it is a whole text answer (so a later
+        request, streaming or not, can be served from it); None for tool calls or a cut stream."""
+        if self.tool_calls or self.finish_reason not in WHOLE_FINISHES:
+            return None
+        first = self.first or {}
+        return {
+            "id": first.get("id", "chatcmpl-cached"),
+            "object": "chat.completion",
+            "created": first.get("created", int(time.time())),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(self.text), "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": self.finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            },
+        }
+
+
+# -- writing what the client receives ------------------------------------------------------------
+
+
+def usage_json(upstream: Any, usage: Usage, cost: Decimal) -> JSON:
+    """The `usage` object a client sees: the upstream's (details kept) with our counts and the cost."""
+    out: JSON = dict(upstream) if isinstance(upstream, dict) else {}
+    out.update(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        cost=float(cost),
+    )
+    if usage.estimated:
+        out["estimated"] = True
+    return out
+
+
+def price_answer(body: JSON, model: str, usage: Usage, cost: Decimal) -> JSON:
+    """A whole answer as the client sees it: the catalog's model name, our usage with the cost."""
+    body["model"] = model
+    body["usage"] = usage_json(body.get("usage"), usage, cost)
+    return body
+
+
+def relay_frame(chunk: JSON, model: str, include_usage: bool) -> bytes:
+    """A chunk's SSE frame as the client sees it: the catalog's model name; the usage field only
+    if the client asked for it."""
+    chunk["model"] = model
+    if not include_usage:
+        chunk.pop("usage", None)
+    return sse_frame(chunk)
+
+
+def usage_chunk(held: JSON | None, model: str, usage: Usage, cost: Decimal) -> JSON:
+    """The stream's usage-only chunk with the cost (the upstream's, or a new one if it sent none)."""
+    chunk: JSON = held or {
+        "id": "chatcmpl-faregate",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "choices": [],
+    }
+    chunk["model"] = model
+    chunk["usage"] = usage_json(chunk.get("usage"), usage, cost)
+    return chunk
+
+
+def free_answer(body: JSON, usage: Usage) -> JSON:
+    """A kept answer served again (a cache hit): the same body, its usage at no cost."""
+    return {**body, "usage": usage_json(None, usage, Decimal(0))}
+
+
+def answer_as_chunks(body: JSON, include_usage: bool) -> list[JSON]:
+    """A whole, priced chat.completion replayed as the chunks of a stream: per choice a role
+    chunk, its content and tool calls, its finish; then, when the client asked for usage, the
+    usage-only chunk with the body's usage, and `"usage": null` on every other chunk as OpenAI
+    sends it."""
+    base = {
+        "id": body.get("id", "chatcmpl-cached"),
+        "object": "chat.completion.chunk",
+        "created": body.get("created", int(time.time())),
+        "model": body.get("model"),
+    }
+
+    def frame(index: int, delta: JSON, finish: str | None = None) -> JSON:
+        return {
+            **base,
+            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+
+    frames: list[JSON] = []
+    for choice in body.get("choices") or []:
+        index = choice.get("index", 0)
+        message = choice.get("message") or {}
+        frames.append(frame(index, {"role": "assistant", "content": ""}))
+        delta: JSON = {}
+        if message.get("content"):
+            delta["content"] = message["content"]
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [{**call, "index": i} for i, call in enumerate(message["tool_calls"])]
+        if delta:
+            frames.append(frame(index, delta))
+        frames.append(frame(index, {}, choice.get("finish_reason") or "stop"))
+    if include_usage:
+        for each in frames:
+            each["usage"] = None
+        frames.append({**base, "choices": [], "usage": body.get("usage")})
+    return frames
+
+
+def sse_frame(payload: JSON) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def error_body(error: FaregateError) -> JSON:
+    """An error as OpenAI sends it: {"error": {"message", "type", "param", "code"}}."""
+    return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
+
+
+def error_event(message: str, code: str) -> bytes:
+    """The frame that ends a stream which failed after content was sent (the SDKs raise on it)."""
+    return sse_frame({"error": {"message": message, "type": "upstream_error", "param": None, "code": code}})

@@ -1,0 +1,439 @@
+"""The request pipeline in process: a fake Provider at the Provider seam, everything else real
+(parsing, the cache, the planner, the attempt loop, the cascade runner, the responder) but the
+key store, the admission and the record writer, which record what they are asked.
+
+Covers the core path without a process: a whole answer, a fallback, a stream (whole, cut short,
+its client gone), a cache hit, a cascade, the error paths; and for each request the order of the
+stages, that a hold is settled or released, and that exactly one record is written."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from faregate.accounts.admission import Hold
+from faregate.accounts.keys import ApiKey
+from faregate.cache.factory import build_cache
+from faregate.catalog import build_catalog
+from faregate.config import parse_settings
+from faregate.errors import RateLimited, UpstreamFailure, UpstreamRejected
+from faregate.providers.base import UpstreamCall
+from faregate.providers.registry import ProviderRegistry
+from faregate.routing.attempts import AttemptRunner
+from faregate.routing.health import HealthBoard
+from faregate.routing.plan import Planner
+from faregate.server.pipeline import ChatPipeline
+from faregate.types import JSON, ChatRequest, Completion, Price, RequestRecord, Usage
+from test_routing import PROVIDERS, model
+
+KEY = "fg-test-key"
+MODELS = {
+    "cheap": model("1", offers=[{"provider": "a"}]),
+    "strong": model("10", offers=[{"provider": "b"}]),
+}
+ROUTES = {
+    "pair": {"chain": ["cheap", "strong"]},
+    "cascade": {"cascade": {"steps": ["cheap", "strong"], "judge": {"checks": ["empty", "final_number"]}}},
+}
+ASK = {"messages": [{"role": "user", "content": "What is 6 times 7?"}]}
+
+
+def answer(text: str = "42", usage: Usage | None = None) -> Completion:
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "upstream-name",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+    }
+    return Completion(body, usage or Usage(10, 2))
+
+
+def chunk(delta: JSON, finish: str | None = None) -> JSON:
+    return {
+        "id": "c",
+        "created": 1,
+        "model": "up",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+WHOLE_STREAM = [
+    chunk({"role": "assistant", "content": ""}),
+    chunk({"content": "4"}),
+    chunk({"content": "2"}),
+    chunk({}, "stop"),
+    {"id": "c", "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 2}},
+]
+
+
+class FakeProvider:
+    """Plays back outcomes: a Completion, a list of chunks (a stream), or an exception."""
+
+    def __init__(self, name: str, events: list[str], outcomes: list[Any] | None = None) -> None:
+        self.name = name
+        self.events = events
+        self.outcomes = outcomes or []
+        self.calls: list[UpstreamCall] = []
+
+    def _next(self, call: UpstreamCall) -> Any:
+        self.calls.append(call)
+        self.events.append(f"upstream {self.name}")
+        return self.outcomes.pop(0) if self.outcomes else (WHOLE_STREAM if call.stream else answer())
+
+    async def complete(self, call: UpstreamCall) -> Completion:
+        outcome = self._next(call)
+        if isinstance(outcome, Exception):
+            raise outcome
+        assert isinstance(outcome, Completion)
+        return outcome
+
+    async def stream(self, call: UpstreamCall) -> AsyncIterator[JSON]:
+        outcome = self._next(call)
+        if isinstance(outcome, Exception):
+            raise outcome
+        for item in outcome:
+            if isinstance(item, Exception):
+                raise item
+            yield orjson.loads(orjson.dumps(item))  # a fresh dict per call, as a parser gives
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeKeys:
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    async def verify(self, raw: str) -> ApiKey | None:
+        self.events.append("authenticate")
+        return ApiKey("key_1", "test", raw[:6], False, 0.0) if raw == KEY else None
+
+
+class FakeAdmission:
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.holds: list[Hold] = []
+        self.refuse_hits = False
+
+    async def admit(self, key: ApiKey, request: ChatRequest, worst_usd: Decimal, tokens: int) -> Hold:
+        self.events.append("reserve")
+        hold = Hold(key.id, worst_usd, tokens, headers={"x-ratelimit-remaining-requests": "9"})
+        self.holds.append(hold)
+        return hold
+
+    async def settle(self, hold: Hold, cost_usd: Decimal, tokens: int) -> None:
+        self.events.append(f"settle {cost_usd} {tokens}")
+
+    async def release(self, hold: Hold) -> None:
+        self.events.append("release")
+
+    async def count_hit(self, key: ApiKey, request: ChatRequest) -> dict[str, str]:
+        self.events.append("rate limit")
+        if self.refuse_hits:
+            raise RateLimited("Too many requests.")
+        return {"x-ratelimit-remaining-requests": "8"}
+
+
+class FakeRecords:
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.records: list[RequestRecord] = []
+
+    def submit(self, record: RequestRecord) -> None:
+        self.events.append("record")
+        self.records.append(record)
+
+
+def spy(events: list[str], name: str, call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def spied(*args: Any, **kwargs: Any) -> Any:
+        events.append(name)
+        return await call(*args, **kwargs)
+
+    return spied
+
+
+class Harness:
+    def __init__(self, client: TestClient, pipeline: ChatPipeline, events: list[str]) -> None:
+        self.client = client
+        self.pipeline = pipeline
+        self.events = events
+        self.a: FakeProvider = pipeline.runner.providers.get("a")  # type: ignore[assignment]
+        self.b: FakeProvider = pipeline.runner.providers.get("b")  # type: ignore[assignment]
+
+    @property
+    def records(self) -> list[RequestRecord]:
+        return self.pipeline.records.records  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def admission(self) -> FakeAdmission:
+        return self.pipeline.admission  # type: ignore[return-value]
+
+    async def post(self, body: JSON, key: str = KEY) -> tuple[int, dict[str, str], bytes]:
+        self.events.clear()
+        before = len(self.records)
+        response = await self.client.post(
+            "/v1/chat/completions", data=orjson.dumps(body), headers={"Authorization": f"Bearer {key}"}
+        )
+        raw = await response.read()
+        assert len(self.records) == before + 1, "exactly one record per request"
+        return response.status, dict(response.headers), raw
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    settings = parse_settings(
+        {
+            "providers": PROVIDERS,
+            "models": MODELS,
+            "routes": ROUTES,
+            "catalog": {"broad": False},
+            "routing": {"retries": 0, "backoff_base_s": 0.001, "backoff_max_s": 0.002},
+        }
+    )
+    events: list[str] = []
+    providers = {"a": FakeProvider("a", events), "b": FakeProvider("b", events)}
+    health = HealthBoard(settings.routing.breaker)
+    planner = Planner(build_catalog(settings), settings.routes, settings.routing, health)
+    runner = AttemptRunner(ProviderRegistry.of(providers), 5.0, settings.routing, health)
+    cache = build_cache(settings.cache)
+    assert cache is not None
+    pipeline = ChatPipeline(
+        keys=FakeKeys(events),  # type: ignore[arg-type]
+        planner=planner,
+        runner=runner,
+        records=FakeRecords(events),  # type: ignore[arg-type]
+        max_body_bytes=1 << 20,
+        baseline=Price(Decimal(100), Decimal(100)),
+        admission=FakeAdmission(events),
+        cache=cache,
+    )
+    cache.lookup = spy(events, "cache lookup", cache.lookup)  # type: ignore[method-assign]
+    planner.plan = spy(events, "plan", planner.plan)  # type: ignore[method-assign]
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", pipeline.handle)
+    async with TestClient(TestServer(app)) as client:
+        yield Harness(client, pipeline, events)
+    await cache.close()
+
+
+def sse_chunks(raw: bytes) -> list[Any]:
+    frames = [line.removeprefix(b"data: ") for line in raw.split(b"\n\n") if line.startswith(b"data: ")]
+    return [frame if frame == b"[DONE]" else orjson.loads(frame) for frame in frames]
+
+
+# -- the stages and their order -------------------------------------------------------------------
+
+
+async def test_a_whole_answer_passes_every_stage_in_order(harness: Harness) -> None:
+    status, headers, raw = await harness.post({"model": "cheap", **ASK})
+    assert status == 200
+    body = orjson.loads(raw)
+    cost = Price(Decimal(1), Decimal(1)).cost(Usage(10, 2))
+    assert body["model"] == "cheap" and body["choices"][0]["message"]["content"] == "42"
+    assert body["usage"]["cost"] == float(cost) and body["usage"]["total_tokens"] == 12
+    assert headers["x-faregate-cost-usd"] == "0.000012"
+    assert (headers["x-faregate-model"], headers["x-faregate-provider"]) == ("cheap", "a")
+    assert (headers["x-faregate-attempts"], headers["x-faregate-route"]) == ("1", "cheap")
+    assert headers["x-faregate-cache"] == "bypass"  # not deterministic: no temperature 0
+    assert headers["x-ratelimit-remaining-requests"] == "9"
+    assert harness.events == [
+        "authenticate",
+        "cache lookup",
+        "plan",
+        "reserve",
+        "upstream a",
+        f"settle {cost} 12",
+        "record",
+    ]
+    (record,) = harness.records
+    assert (record.status, record.model_used, record.provider, record.cost_usd) == (200, "cheap", "a", cost)
+    assert record.request_id == headers["x-faregate-request-id"]
+    assert (record.key_id, record.model_requested, record.route, record.cache_status) == (
+        "key_1",
+        "cheap",
+        "cheap",
+        "bypass",
+    )
+    assert record.baseline_cost_usd == Price(Decimal(100), Decimal(100)).cost(Usage(10, 2))
+    assert record.latency_ms > 0 and not record.stream
+    # The call upstream: the upstream's own model name, the gateway's fields removed.
+    assert harness.a.calls[0].body["model"] == "cheap" and "faregate" not in harness.a.calls[0].body
+
+
+async def test_a_failing_model_falls_back_and_the_record_lists_both_attempts(harness: Harness) -> None:
+    harness.a.outcomes = [UpstreamFailure("server_error", "HTTP 500", status=500)]
+    status, headers, _ = await harness.post({"model": "pair", **ASK})
+    assert status == 200 and headers["x-faregate-attempts"] == "2"
+    assert (headers["x-faregate-model"], headers["x-faregate-route"]) == ("strong", "pair")
+    (record,) = harness.records
+    assert [(a.provider, a.outcome) for a in record.attempts] == [("a", "server_error"), ("b", "ok")]
+    assert harness.events[2:6] == ["plan", "reserve", "upstream a", "upstream b"]
+
+
+# -- streams --------------------------------------------------------------------------------------
+
+
+async def test_a_stream_is_relayed_with_its_cost_and_settled_at_its_end(harness: Harness) -> None:
+    status, headers, raw = await harness.post(
+        {"model": "cheap", "stream": True, "stream_options": {"include_usage": True}, **ASK}
+    )
+    assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
+    frames = sse_chunks(raw)
+    assert frames[-1] == b"[DONE]"
+    text = "".join(f["choices"][0]["delta"].get("content", "") for f in frames[:-2])
+    assert text == "42" and all(f["model"] == "cheap" for f in frames[:-1])
+    cost = Price(Decimal(1), Decimal(1)).cost(Usage(10, 2))
+    assert frames[-2]["choices"] == [] and frames[-2]["usage"]["cost"] == float(cost)
+    assert harness.events[-3:] == ["upstream a", f"settle {cost} 12", "record"]
+    (record,) = harness.records
+    assert record.stream and record.status == 200 and record.cost_usd == cost
+    assert record.ttft_ms is not None and record.ttft_ms <= record.latency_ms
+    health = harness.pipeline.runner.health.breaker("a/cheap")
+    assert list(health.recent) == [True], "the served stream told the offer's health, once"
+    assert harness.a.calls[0].body["stream_options"] == {"include_usage": True}
+
+
+async def test_a_stream_cut_short_ends_with_an_error_event(harness: Harness) -> None:
+    harness.a.outcomes = [WHOLE_STREAM[:2]]  # content, then the end: no finish_reason
+    status, _, raw = await harness.post({"model": "cheap", "stream": True, **ASK})
+    assert status == 200  # the client has seen content: the error comes in the stream
+    last = sse_chunks(raw)[-1]
+    assert last["error"]["code"] == "stream_interrupted"
+    (record,) = harness.records
+    assert record.status == 502 and "without a finish_reason" in (record.error or "")
+    assert record.attempts[-1].outcome == "truncated"
+    assert list(harness.pipeline.runner.health.breaker("a/cheap").recent) == [False]
+    assert harness.events[-2].startswith("settle"), "the tokens it sent are billed (estimated)"
+    assert record.usage_estimated and record.completion_tokens > 0
+
+
+async def test_a_stream_that_fails_before_content_falls_back_invisibly(harness: Harness) -> None:
+    harness.a.outcomes = [[UpstreamFailure("connection", "reset")]]
+    status, headers, raw = await harness.post({"model": "pair", "stream": True, **ASK})
+    assert status == 200 and headers["x-faregate-provider"] == "b"
+    assert sse_chunks(raw)[-1] == b"[DONE]"
+    assert [a.outcome for a in harness.records[0].attempts] == ["connection", "ok"]
+
+
+# -- the cache ------------------------------------------------------------------------------------
+
+
+async def test_a_cache_hit_takes_a_request_from_the_rate_limit_and_nothing_else(harness: Harness) -> None:
+    ask = {"model": "cheap", "temperature": 0, **ASK}
+    status, headers, _ = await harness.post(ask)
+    assert status == 200 and headers["x-faregate-cache"] == "miss"
+    cache = harness.pipeline.cache
+    assert cache is not None
+    for _ in range(500):  # the answer is stored in the background: up to 5 s
+        if cache.writes:
+            break
+        await asyncio.sleep(0.01)
+    status, headers, raw = await harness.post(ask)
+    assert status == 200 and headers["x-faregate-cache"] == "hit"
+    assert harness.events == ["authenticate", "cache lookup", "rate limit", "record"]
+    assert (headers["x-faregate-cost-usd"], headers["x-faregate-attempts"]) == ("0", "0")
+    assert headers["x-faregate-route"] == "cheap" and headers["x-ratelimit-remaining-requests"] == "8"
+    assert orjson.loads(raw)["usage"]["cost"] == 0
+    hit = harness.records[-1]
+    assert (hit.cache_status, hit.cost_usd, hit.prompt_tokens, hit.route) == ("hit", 0, 10, "cheap")
+    # The same answer as a stream, from the cache.
+    status, _, raw = await harness.post({**ask, "stream": True, "stream_options": {"include_usage": True}})
+    frames = sse_chunks(raw)
+    assert frames[-1] == b"[DONE]" and frames[-2]["usage"]["cost"] == 0
+    assert "".join(f["choices"][0]["delta"].get("content", "") for f in frames[:-2]) == "42"
+    assert harness.records[-1].ttft_ms is not None
+    # Over the rate limit, a hit is refused like any request, and still recorded.
+    harness.admission.refuse_hits = True
+    status, headers, _ = await harness.post(ask)
+    assert status == 429 and harness.records[-1].status == 429
+
+
+# -- a cascade ------------------------------------------------------------------------------------
+
+
+async def test_a_cascade_escalates_and_bills_every_call(harness: Harness) -> None:
+    harness.a.outcomes = [answer("it is a big number", Usage(10, 5))]
+    status, headers, _ = await harness.post({"model": "cascade", **ASK})
+    assert status == 200
+    assert headers["x-faregate-cascade"] == "escalated; escalations=1"
+    assert "escalated: no final numeric answer" in headers["x-faregate-judge"]
+    (record,) = harness.records
+    assert [(a.model, a.outcome) for a in record.attempts] == [("cheap", "escalated"), ("strong", "ok")]
+    escalated = Price(Decimal(1), Decimal(1)).cost(Usage(10, 5))
+    assert record.cost_usd == Price(Decimal(10), Decimal(10)).cost(Usage(10, 2)) + escalated
+    assert harness.events[2:6] == ["plan", "reserve", "upstream a", "upstream b"]
+
+
+async def test_a_cascade_answer_accepted_for_a_stream_is_replayed_as_one(harness: Harness) -> None:
+    harness.a.outcomes = [answer("6 times 7 is 42. The answer is 42")]
+    status, headers, raw = await harness.post({"model": "cascade", "stream": True, **ASK})
+    assert status == 200 and headers["x-faregate-cascade"] == "accepted; escalations=0"
+    frames = sse_chunks(raw)
+    assert frames[-1] == b"[DONE]" and frames[-2]["choices"][0]["finish_reason"] == "stop"
+    assert harness.b.calls == [] and harness.records[0].model_used == "cheap"
+
+
+async def test_a_cascade_whose_last_step_fails_lists_every_attempt(harness: Harness) -> None:
+    harness.a.outcomes = [answer("no number here")]
+    harness.b.outcomes = [UpstreamFailure("server_error", "HTTP 503", status=503)]
+    status, headers, raw = await harness.post({"model": "cascade", **ASK})
+    assert status == 502 and headers["x-faregate-attempts"] == "2"
+    message = orjson.loads(raw)["error"]["message"]
+    assert message.startswith("The cascade's last step failed (2 attempt(s) in all)")
+    (record,) = harness.records
+    assert record.cost_usd > 0 and harness.events[-2].startswith("settle"), "the escalated step is billed"
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+async def test_a_bad_key_is_refused_before_anything_else(harness: Harness) -> None:
+    status, headers, raw = await harness.post({"model": "cheap", **ASK}, key="fg-wrong")
+    assert status == 401 and orjson.loads(raw)["error"]["code"] == "invalid_api_key"
+    assert harness.events == ["authenticate", "record"]
+    (record,) = harness.records
+    assert (record.status, record.key_id) == (401, None) and "x-faregate-request-id" in headers
+
+
+async def test_a_bad_body_is_a_400_naming_the_field(harness: Harness) -> None:
+    status, _, raw = await harness.post({"model": "cheap", "messages": "hi"})
+    assert status == 400 and orjson.loads(raw)["error"]["param"] == "messages"
+    assert harness.records[0].model_requested == "cheap" and harness.events == ["authenticate", "record"]
+
+
+async def test_a_request_the_upstream_rejects_is_passed_through_and_released(harness: Harness) -> None:
+    harness.a.outcomes = [UpstreamRejected(400, "a rejected the request: bad tool schema", code="bad_tools")]
+    status, headers, raw = await harness.post({"model": "pair", **ASK})
+    assert status == 400 and orjson.loads(raw)["error"]["code"] == "bad_tools"
+    assert headers["x-faregate-attempts"] == "1" and harness.b.calls == []
+    assert harness.events[-2:] == ["release", "record"]
+    assert [a.outcome for a in harness.records[0].attempts] == ["rejected"]
+
+
+async def test_when_every_attempt_fails_the_billed_ones_are_settled(harness: Harness) -> None:
+    empty = Completion({"choices": []}, Usage(10, 0))  # a blank 200: the provider bills its prompt
+    harness.a.outcomes = [empty]
+    harness.b.outcomes = [UpstreamFailure("timeout", "no response head")]
+    status, _, raw = await harness.post({"model": "pair", **ASK})
+    assert status == 502 and orjson.loads(raw)["error"]["code"] == "upstream_failed"
+    billed = Price(Decimal(1), Decimal(1)).cost(Usage(10, 0))
+    assert harness.events[-2:] == [f"settle {billed} 0", "record"]
+    (record,) = harness.records
+    assert record.cost_usd == billed and [a.outcome for a in record.attempts] == ["empty", "timeout"]
+
+
+async def test_a_bug_is_a_clean_500_and_the_hold_is_released(harness: Harness) -> None:
+    harness.a.outcomes = [RuntimeError("a bug of ours")]
+    status, _, raw = await harness.post({"model": "cheap", **ASK})
+    assert status == 500 and "bug" not in raw.decode()
+    assert orjson.loads(raw)["error"]["code"] == "internal_error"
+    assert harness.events[-2:] == ["release", "record"]
+    assert harness.records[0].error == "internal error: RuntimeError"

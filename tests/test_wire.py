@@ -1,0 +1,165 @@
+"""The OpenAI wire module: reading answers and chunks, and writing what the client receives."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from faregate.errors import InsufficientCredits
+from faregate.types import Usage
+from faregate.wire.openai import (
+    StreamedAnswer,
+    answer_as_chunks,
+    answer_is_empty,
+    answer_text,
+    chunk_has_content,
+    error_body,
+    error_code_param,
+    error_message,
+    finish_reason,
+    free_answer,
+    price_answer,
+    relay_frame,
+    stream_error,
+    upstream_body,
+    usage_chunk,
+    usage_of,
+    without_streaming,
+)
+
+
+def chunk(delta: dict[str, object], finish: str | None = None, **extra: object) -> dict[str, object]:
+    return {
+        "id": "c1",
+        "created": 1,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
+
+
+def test_usage_accepts_whole_non_negative_numbers_only() -> None:
+    assert usage_of({"usage": {"prompt_tokens": 5, "completion_tokens": 0}}) == Usage(5, 0)
+    assert usage_of({"usage": {"prompt_tokens": 5.0, "completion_tokens": 2.0}}) == Usage(5, 2)
+    assert usage_of({"usage": {"prompt_tokens": True, "completion_tokens": 2}}) is None
+    assert usage_of({"usage": {"prompt_tokens": -1, "completion_tokens": 2}}) is None
+    assert usage_of({"usage": {"prompt_tokens": 2.5, "completion_tokens": 2}}) is None
+    assert usage_of({"usage": None}) is None
+
+
+def test_finish_reason_of_a_body_and_of_a_chunk() -> None:
+    body = {"choices": [{"message": {"content": "x"}, "finish_reason": "length"}]}
+    assert finish_reason(body) == "length"
+    assert finish_reason(chunk({"content": "x"})) is None
+    assert finish_reason(chunk({}, "tool_calls")) == "tool_calls"
+    assert finish_reason({"choices": None}) is None
+
+
+def test_content_checks() -> None:
+    assert not chunk_has_content(chunk({"role": "assistant", "content": "  "}))
+    assert chunk_has_content(chunk({"content": "hi"}))
+    assert chunk_has_content(chunk({"tool_calls": [{"index": 0}]}))
+    assert chunk_has_content(chunk({"refusal": "no"}))
+    assert answer_is_empty({"choices": []})
+    assert answer_is_empty({"choices": [{"message": {"content": " "}}]})
+    assert not answer_is_empty({"choices": [{"message": {"content": None, "tool_calls": [{"id": "1"}]}}]})
+    assert not answer_is_empty({"choices": [{"message": {"content": [{"type": "text"}]}}]})
+
+
+def test_answer_text_includes_tool_calls() -> None:
+    call = {"function": {"name": "f", "arguments": "{}"}}
+    body = {"choices": [{"message": {"content": "a", "tool_calls": [call]}}]}
+    assert answer_text(body) == "af{}"
+
+
+def test_error_shapes() -> None:
+    assert error_message({"error": {"message": "quota"}}) == "quota"
+    assert error_message({"error": "plain"}) == "plain"
+    assert error_message({"detail": "why"}) == "why"
+    assert error_code_param({"error": {"code": "c", "param": 3}}) == ("c", None)
+    assert error_code_param(None) == (None, None)
+    assert stream_error(chunk({"content": "x"})) is None
+    assert stream_error({"error": {"code": 1}}) == ""
+    assert stream_error({"error": {"message": "overloaded"}}) == "overloaded"
+    error = InsufficientCredits("no money")
+    assert error_body(error) == {
+        "error": {
+            "message": "no money",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+    }
+
+
+def test_upstream_body() -> None:
+    body = {"model": "alias", "messages": [], "max_tokens": 10_000, "faregate": {}, "models": ["a"]}
+    sent = upstream_body(body, "up/model", 4096, stream=True)
+    assert sent == {
+        "model": "up/model",
+        "messages": [],
+        "max_tokens": 4096,
+        "stream_options": {"include_usage": True},
+    }
+    assert upstream_body({"max_tokens": 5}, "m", None, stream=False) == {"max_tokens": 5, "model": "m"}
+    assert without_streaming({"stream": True, "stream_options": {}, "n": 1}) == {"n": 1}
+
+
+def test_a_relayed_stream_is_read_and_kept_as_an_answer() -> None:
+    seen = StreamedAnswer()
+    chunks = [
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"content": "Hello"}),
+        chunk({"content": " world"}),
+        chunk({}, "stop"),
+        {"id": "c1", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+    ]
+    relayed = [c for c in chunks if seen.take(c)]
+    assert len(relayed) == 4 and seen.usage_chunk is chunks[-1]
+    assert (seen.finish_reason, "".join(seen.text), seen.usage) == ("stop", "Hello world", Usage(3, 2))
+    body = seen.answer("m", Usage(3, 2))
+    assert body is not None and body["id"] == "c1" and body["created"] == 1
+    assert body["choices"][0]["message"]["content"] == "Hello world"
+    # ...and replayed as a stream that says the same.
+    body["usage"] = {"cost": 0.0}
+    frames = answer_as_chunks(body, include_usage=True)
+    text = "".join(f["choices"][0]["delta"].get("content", "") for f in frames[:-1])
+    assert text == "Hello world"
+    assert frames[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert frames[-2]["choices"][0]["finish_reason"] == "stop"
+    assert all(f["usage"] is None for f in frames[:-1])
+    assert frames[-1]["choices"] == [] and frames[-1]["usage"] == {"cost": 0.0}
+    assert "usage" not in answer_as_chunks(body, include_usage=False)[-1]
+    again = free_answer(body, Usage(3, 2))
+    assert (
+        again["usage"]["cost"] == 0 and again["choices"] == body["choices"] and body["usage"] == {"cost": 0.0}
+    )
+
+
+def test_streams_that_are_not_whole_text_answers_are_not_kept() -> None:
+    cut = StreamedAnswer()
+    cut.take(chunk({"content": "x"}))
+    assert cut.answer("m", Usage(1, 1)) is None
+    tools = StreamedAnswer()
+    tools.take(chunk({"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": "{}"}}]}))
+    tools.take(chunk({}, "stop"))
+    assert tools.tool_calls and tools.answer("m", Usage(1, 1)) is None
+    assert "".join(tools.text) == "f{}"
+
+
+def test_what_the_client_receives_carries_the_cost() -> None:
+    body = {"model": "up", "choices": [], "usage": {"prompt_tokens": 1, "details": {"x": 1}}}
+    price_answer(body, "catalog-name", Usage(3, 4, estimated=True), Decimal("0.00001"))
+    assert body["model"] == "catalog-name"
+    assert body["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+        "total_tokens": 7,
+        "cost": 1e-05,
+        "estimated": True,
+        "details": {"x": 1},
+    }
+    relayed = chunk({"content": "x"}, usage=None)
+    frame = relay_frame(relayed, "catalog-name", include_usage=False)
+    assert frame.startswith(b"data: {") and frame.endswith(b"}\n\n")
+    assert relayed["model"] == "catalog-name" and "usage" not in relayed
+    made = usage_chunk(None, "m", Usage(1, 2), Decimal(0))
+    assert made["choices"] == [] and made["usage"]["total_tokens"] == 3 and made["model"] == "m"
