@@ -15,7 +15,7 @@ from faregate.accounts.keys import KeyStore
 from faregate.cli import keys as keys_cli
 from faregate.cli import usage as usage_cli
 from faregate.cli.usage import parse_time
-from faregate.store.sqlite import DB_FILENAME, SQLiteStore
+from faregate.store.sqlite.store import DB_FILENAME, SQLiteStore
 from faregate.types import RequestRecord
 
 

@@ -14,9 +14,9 @@ from faregate.catalog import build_catalog
 from faregate.cli.main import app
 from faregate.config import load_settings
 from faregate.evals.costs.projection import exact_usd
-from faregate.store.postgres import PostgresStore
+from faregate.store.postgres.store import PostgresStore
 from faregate.store.record_totals import ModelTraffic, postgres_traffic, sqlite_traffic
-from faregate.store.sqlite import SQLiteStore
+from faregate.store.sqlite.store import SQLiteStore
 from faregate.types import RequestRecord
 from servers import PostgresServer, postgres_server  # noqa: F401
 

@@ -29,7 +29,7 @@ from faregate.cli.main import app
 from faregate.evals.prompt_eval.judge import DEFAULT_RUBRIC, judge_prompt
 from faregate.evals.prompt_eval.report import build_report
 from faregate.evals.prompt_eval.run import Answer, EvalItem, RunOptions, pending
-from faregate.store.sqlite import SQLiteStore
+from faregate.store.sqlite.store import SQLiteStore
 from harness import GatewayProcess, SimProcess, create_key, run_gateway, run_sim
 
 pytestmark = pytest.mark.e2e

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from faregate.config import RecordsSettings
-from faregate.store.base import GroupBy, StoreUnavailable, UsageRow
-from faregate.store.sqlite import SQLiteStore
+from faregate.store.protocols import GroupBy, StoreUnavailable, UsageRow
+from faregate.store.sqlite.store import SQLiteStore
 from faregate.telemetry.records import RecordWriter
 from faregate.types import Attempt, RequestRecord
 

@@ -9,9 +9,10 @@ import pytest
 from faregate.config import StoreSettings
 from faregate.errors import ConfigError
 from faregate.store import SQLiteStore, open_store
-from faregate.store.migrations import LATEST_VERSION, MIGRATIONS, Migration
 from faregate.store.rows import from_nanousd, to_nanousd, usd_text
-from faregate.store.sqlite import DB_FILENAME
+from faregate.store.schema import Migration
+from faregate.store.sqlite.migrations import LATEST_VERSION, MIGRATIONS
+from faregate.store.sqlite.store import DB_FILENAME
 
 
 def tables(path: Path) -> set[str]:

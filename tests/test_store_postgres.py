@@ -16,10 +16,10 @@ from faregate.accounts.keys import KeyStore
 from faregate.accounts.policy import Budget, Limits, hour_of, window_of
 from faregate.accounts.shared import SharedAccounts
 from faregate.errors import ConfigError
-from faregate.store.base import LedgerRow
-from faregate.store.postgres import PostgresStore
-from faregate.store.postgres_migrations import PG_MIGRATIONS
-from faregate.store.redis_ledger import account_key
+from faregate.store.postgres.migrations import PG_MIGRATIONS
+from faregate.store.postgres.store import PostgresStore
+from faregate.store.protocols import LedgerRow
+from faregate.store.redis.ledger import account_key
 from faregate.types import RequestRecord
 from servers import PostgresServer, RedisServer, SharedUrls, postgres_server, redis_server, shared_urls  # noqa: F401
 
@@ -81,7 +81,7 @@ async def test_keys_and_records(pg: PostgresStore) -> None:
     keys = KeyStore(pg)
     key, raw = await keys.create("alice", credits_nano=5_000)
     assert (await keys.verify(raw)) == key
-    assert (await pg.get_account(key.id)).balance_nano == 5_000  # type: ignore[union-attr]
+    assert (await pg.accounts.get_account(key.id)).balance_nano == 5_000  # type: ignore[union-attr]
     record = RequestRecord("req_1", 1000.0, key.id, "m", "m", "sim", 200, False, 10, 5, Decimal("0.00082"))
     record.route = "smart"
     other = RequestRecord("req_2", 2000.0, None, "m2", None, None, 502, True, error="boom")
@@ -105,9 +105,9 @@ async def test_keys_and_records(pg: PostgresStore) -> None:
 async def test_apply_ledger_is_idempotent(pg: PostgresStore) -> None:
     key, _ = await KeyStore(pg).create("t")
     rows = [LedgerRow("topup_1", key.id, "topup", 700, 1.0), LedgerRow("topup_2", key.id, "topup", 300, 2.0)]
-    assert await pg.apply_ledger(rows) == 2
-    assert await pg.apply_ledger(rows) == 0  # shipped twice: nothing moves the second time
-    assert (await pg.get_account(key.id)).balance_nano == 1_000 == await ledger_sum(pg, key.id)  # type: ignore[union-attr]
+    assert await pg.accounts.apply_ledger(rows) == 2
+    assert await pg.accounts.apply_ledger(rows) == 0  # shipped twice: nothing moves the second time
+    assert (await pg.accounts.get_account(key.id)).balance_nano == 1_000 == await ledger_sum(pg, key.id)  # type: ignore[union-attr]
     with pytest.raises(Exception, match="append-only"):
         await pg._pool.execute("DELETE FROM ledger")
 
@@ -121,7 +121,7 @@ async def test_concurrent_reservations_never_overspend(pg: PostgresStore, shared
     assert sum(isinstance(r, Admitted) for r in results) == 10
     assert {r.reason for r in results if isinstance(r, Refused)} == {"credits"}
     await shared.flush()
-    assert (await pg.get_account(key.id)).balance_nano == 0 == await ledger_sum(pg, key.id)  # type: ignore[union-attr]
+    assert (await pg.accounts.get_account(key.id)).balance_nano == 0 == await ledger_sum(pg, key.id)  # type: ignore[union-attr]
     assert (await shared.audit()).clean
 
 
@@ -141,11 +141,11 @@ async def test_settle_release_expire_and_late_settle(pg: PostgresStore, shared: 
     assert balance is not None and balance.held_nano == 0
     assert balance.balance_nano == 10_000_000 - 1_234_567 - 2_000
     await shared.flush()
-    rows = {r.entry_id: r for r in await pg.ledger_rows(key.id, 100)}
+    rows = {r.entry_id: r for r in await pg.accounts.ledger_rows(key.id, 100)}
     assert rows["hold_3:close"].note is not None and "expired" in rows["hold_3:close"].note
     assert rows["hold_3:late"].amount_nano == -2_000 and rows["hold_1:close"].cost_nano == 1_234_567
-    assert (await pg.get_account(key.id)).balance_nano == balance.balance_nano  # type: ignore[union-attr]
-    assert await pg.open_holds_count() == 0
+    assert (await pg.accounts.get_account(key.id)).balance_nano == balance.balance_nano  # type: ignore[union-attr]
+    assert await pg.accounts.open_holds_count() == 0
     assert (await shared.audit()).clean
 
 
@@ -196,9 +196,9 @@ async def test_redis_data_loss_releases_its_holds_exactly_once(
     balance = await shared.balance(key.id)
     assert balance is not None and balance.balance_nano == 10_000_000 - 1_000_000 - 2_000_000
     await shared.flush()
-    rows = {r.entry_id: r for r in await pg.ledger_rows(key.id, 100)}
+    rows = {r.entry_id: r for r in await pg.accounts.ledger_rows(key.id, 100)}
     assert "lost" in (rows["hold_1:close"].note or "") and rows["hold_1:late"].amount_nano == -2_000_000
-    assert (await pg.get_account(key.id)).balance_nano == balance.balance_nano  # type: ignore[union-attr]
+    assert (await pg.accounts.get_account(key.id)).balance_nano == balance.balance_nano  # type: ignore[union-attr]
     assert await shared.redis.exists(account_key(key.id))
     assert (await shared.audit()).clean
 
@@ -214,7 +214,7 @@ async def test_an_unreachable_redis_refuses_with_503_not_free_spend(pg: Postgres
     with run_redis() as doomed:
         accounts = await SharedAccounts.connect(doomed.new_database(), pg)
     # The server is gone now.
-    admission = MeteredAdmission(accounts, PolicyCache(pg), AccountsSettings(), 60.0)
+    admission = MeteredAdmission(accounts, PolicyCache(pg.accounts), AccountsSettings(), 60.0)
     request = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}]}, {}, "req_1")
     with pytest.raises(AccountsUnavailable) as refused:
         await admission.admit(key, request, Decimal("0.0001"), 10)

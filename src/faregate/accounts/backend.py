@@ -13,8 +13,8 @@ from typing import Protocol
 from faregate.accounts.money import usd_text
 from faregate.accounts.policy import Limits, Window
 from faregate.accounts.ratelimit import RateRefusal, RateState
-from faregate.store.base import AccountTable, AuditRow, LedgerRow
 from faregate.store.holds import HoldRow, InstanceRow
+from faregate.store.protocols import AccountTable, AuditRow, LedgerRow
 
 
 @dataclass(slots=True, frozen=True)

@@ -12,7 +12,7 @@ from faregate.accounts.metered import MeteredAdmission, PolicyCache
 from faregate.accounts.money import parse_usd
 from faregate.accounts.service import AccountsService
 from faregate.config import Settings
-from faregate.store.base import Store
+from faregate.store.protocols import Store
 
 # Margin between the request deadline and a hold's expiry: a live request always settles first.
 HOLD_TTL_MARGIN_S = 60.0
@@ -45,11 +45,11 @@ def hold_ttl_s(settings: Settings) -> float:
 
 async def open_accounts(settings: Settings, store: Store, keys: KeyStore) -> Accounts:
     """The backend the store settings name: SQLite (embedded) or Redis + PostgreSQL (shared)."""
-    policies = PolicyCache(store, ttl_s=settings.auth.key_cache_ttl_s)
+    policies = PolicyCache(store.accounts, ttl_s=settings.auth.key_cache_ttl_s)
     backend: AccountBackend
     if settings.store.redis_url is not None:
         from faregate.accounts.shared import SharedAccounts
-        from faregate.store.postgres import PostgresStore
+        from faregate.store.postgres.store import PostgresStore
 
         if not isinstance(store, PostgresStore):
             raise TypeError("shared accounts need the PostgreSQL store")
@@ -71,7 +71,7 @@ async def open_accounts(settings: Settings, store: Store, keys: KeyStore) -> Acc
         )
     else:
         from faregate.accounts.embedded import EmbeddedAccounts
-        from faregate.store.sqlite import SQLiteStore
+        from faregate.store.sqlite.store import SQLiteStore
 
         if not isinstance(store, SQLiteStore):
             raise TypeError("embedded accounts need the SQLite store")

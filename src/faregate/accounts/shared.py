@@ -32,12 +32,13 @@ from faregate.accounts.money import usd_text
 from faregate.accounts.periodic import Periodic
 from faregate.accounts.policy import KEEP_HOURS, Limits
 from faregate.accounts.ratelimit import Bucket, RateRefusal, RateState, meter
-from faregate.store.base import LedgerRow, StoreUnavailable
 from faregate.store.holds import BudgetCheck, HoldRow, InstanceRow, ReserveOutcome
-from faregate.store.ledger_shipper import LedgerShipper
-from faregate.store.postgres import PostgresStore
-from faregate.store.redis_connect import retry_once_on_a_fresh_connection
-from faregate.store.redis_ledger import RedisLedger
+from faregate.store.postgres.accounts import PostgresAccountTable
+from faregate.store.postgres.store import PostgresStore
+from faregate.store.protocols import LedgerRow, StoreUnavailable
+from faregate.store.redis.connect import retry_once_on_a_fresh_connection
+from faregate.store.redis.ledger import RedisLedger
+from faregate.store.redis.shipper import LedgerShipper
 
 log = logging.getLogger("faregate.accounts")
 
@@ -125,8 +126,8 @@ class SharedAccounts:
     ) -> None:
         self.redis = redis
         self.pg = pg
-        self.ledger = RedisLedger(redis, pg, keep_hours=KEEP_HOURS)
-        self.shipper = LedgerShipper(redis, pg, interval_s=flush_interval_s)
+        self.ledger = RedisLedger(redis, pg.accounts, keep_hours=KEEP_HOURS)
+        self.shipper = LedgerShipper(redis, pg.accounts, interval_s=flush_interval_s)
         self.events = KeyEvents(redis, listeners or [])
         self._sweeper = Periodic("hold-sweeper", sweep_interval_s, self.sweep)
         self._started = False
@@ -143,8 +144,8 @@ class SharedAccounts:
         return await self.ledger.release_instance(instance_id, note)
 
     @property
-    def table(self) -> PostgresStore:
-        return self.pg
+    def table(self) -> PostgresAccountTable:
+        return self.pg.accounts
 
     @classmethod
     async def connect(
@@ -300,7 +301,9 @@ class SharedAccounts:
             raise StoreUnavailable("ledger entries are still waiting to reach PostgreSQL")
 
     async def audit(self) -> AuditReport:
-        report = balance_audit(await self.pg.audit_rows(), await self.pg.ledger_keys_without_account())
+        report = balance_audit(
+            await self.pg.accounts.audit_rows(), await self.pg.accounts.ledger_keys_without_account()
+        )
         report.problems.extend(await self._compare_live())
         return report
 
@@ -308,9 +311,9 @@ class SharedAccounts:
         """Redis's live balances against PostgreSQL's. They are comparable only when nothing moved
         in between: PostgreSQL read twice around Redis with an empty outbox, and unchanged."""
         for _ in range(5):
-            before = await self.pg.balances()
+            before = await self.pg.accounts.balances()
             live = await self.ledger.loaded_balances()
-            if await self.ledger.pending() == 0 and await self.pg.balances() == before:
+            if await self.ledger.pending() == 0 and await self.pg.accounts.balances() == before:
                 return [
                     f"{key_id}: Redis balance ${usd_text(balance)} but PostgreSQL has ${usd_text(stored)}"
                     for key_id, balance in sorted(live.items())

@@ -134,7 +134,7 @@ def main() -> None:
     except Exception as exc:
         # Imported only now: the store package costs a tenth of a second, and only a command
         # that failed needs the class.
-        from faregate.store.base import StoreUnavailable
+        from faregate.store.protocols import StoreUnavailable
 
         if not isinstance(exc, StoreUnavailable):
             raise

@@ -20,7 +20,7 @@ from pathlib import Path
 import aiosqlite
 
 from faregate.config import StoreSettings
-from faregate.store.sqlite import DB_FILENAME
+from faregate.store.sqlite.store import DB_FILENAME
 from faregate.types import Price, Usage
 
 BILLED = ("bypass", "miss")

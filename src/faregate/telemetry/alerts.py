@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 
 from faregate.config import AlertRule, AlertSettings
-from faregate.store.analytics_api import Analytics
+from faregate.store.analytics import Analytics
 from faregate.telemetry.alert_values import UNITS, Measurement, breaches, measure
 
 log = logging.getLogger("faregate.alerts")

@@ -14,11 +14,11 @@ import aiosqlite
 
 from faregate.config import Settings
 from faregate.routing.attempts import AttemptRunner
-from faregate.store.analytics import SQLiteAnalytics
-from faregate.store.analytics_api import Analytics, FeedbackStore
-from faregate.store.feedback import FeedbackTable
-from faregate.store.rollup import RollupWriter
-from faregate.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore
+from faregate.store.analytics import Analytics, FeedbackStore
+from faregate.store.sqlite.analytics import SQLiteAnalytics
+from faregate.store.sqlite.feedback import SQLiteFeedbackTable
+from faregate.store.sqlite.rollup import RollupWriter
+from faregate.store.sqlite.store import BUSY_TIMEOUT_MS, SQLiteStore
 from faregate.telemetry.alerts import AlertManager
 from faregate.telemetry.metrics import CascadeSource, GatewayMetrics, StateCollector, WriterSource
 from faregate.telemetry.tracing import RequestTracer
@@ -42,7 +42,7 @@ class Rollup(Protocol):
 class Insights:
     """The store-backed half: dashboard analytics, feedback, hourly rollups and alerts, on the
     embedded SQLite store or the shared PostgreSQL one (where every instance runs the rollup
-    step; store/pg_rollup.py lets one at a time do the work)."""
+    step; store/postgres/rollup.py lets one at a time do the work)."""
 
     analytics: Analytics
     feedback: FeedbackStore
@@ -64,7 +64,7 @@ class Insights:
             raise
         return cls(
             analytics=analytics,
-            feedback=FeedbackTable(analytics.connection),
+            feedback=SQLiteFeedbackTable(analytics.connection),
             alerts=AlertManager(settings.alerts, analytics),
             rollup=RollupWriter(rollup_conn),
             rollup_conn=rollup_conn,
@@ -74,9 +74,9 @@ class Insights:
     async def open_postgres(cls, settings: Settings, url: str) -> Insights:
         """On the shared store (already migrated by PostgresStore.open), through a pool of its own."""
         # Imported here: the embedded store never loads asyncpg.
-        from faregate.store.pg_analytics import PostgresAnalytics
-        from faregate.store.pg_feedback import PostgresFeedbackTable
-        from faregate.store.pg_rollup import PostgresRollupWriter
+        from faregate.store.postgres.analytics import PostgresAnalytics
+        from faregate.store.postgres.feedback import PostgresFeedbackTable
+        from faregate.store.postgres.rollup import PostgresRollupWriter
 
         analytics = await PostgresAnalytics.open(url)
         return cls(

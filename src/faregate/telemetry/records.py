@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from faregate.config import RecordsSettings
-from faregate.store.base import RecordTable, StoreUnavailable
+from faregate.store.protocols import RecordTable, StoreUnavailable
 from faregate.types import RequestRecord
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from faregate.store.base import LedgerRow
 from faregate.store.outage import is_outage
-from faregate.store.postgres import PostgresStore
-from faregate.store.redis_ledger import OUTBOX
+from faregate.store.postgres.accounts import PostgresAccountTable
+from faregate.store.protocols import LedgerRow
+from faregate.store.redis.ledger import OUTBOX
 
 log = logging.getLogger("faregate.ledger")
 
@@ -53,7 +53,7 @@ def entry_row(fields: dict[str, str]) -> LedgerRow:
 
 
 class LedgerShipper:
-    def __init__(self, redis: Redis, pg: PostgresStore, *, interval_s: float = 0.1) -> None:
+    def __init__(self, redis: Redis, pg: PostgresAccountTable, *, interval_s: float = 0.1) -> None:
         self.redis = redis
         self.pg = pg
         self.interval_s = interval_s

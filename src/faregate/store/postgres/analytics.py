@@ -1,8 +1,8 @@
-"""The dashboard's and the alerts' queries on the shared PostgreSQL store (see store/analytics.py).
+"""The dashboard's and the alerts' queries on the shared PostgreSQL store (see store/sqlite/analytics.py).
 
 Same questions, same answers as SQLiteAnalytics for the same records (tests/test_analytics_parity.py),
 and read the same way: whole hours of a range of two hours or more from the hourly rollups
-(store/pg_rollup.py), the partial hours at its edges and the records not rolled up yet from
+(store/postgres/rollup.py), the partial hours at its edges and the records not rolled up yet from
 request_records, in one statement, so one snapshot: exact whether or not the rollup is current.
 Raw scans read the covering index `request_records_dashboard` (migration 5), retries and
 fallbacks the partial index `request_records_eventful`; the records not rolled up yet are
@@ -34,7 +34,7 @@ from faregate.store.analytics_rows import (
     Slice,
     Totals,
 )
-from faregate.store.analytics_shared import (
+from faregate.store.analytics_sql import (
     RECENT_COLUMNS,
     RECENT_NAMES,
     SAMPLE_SIZE,
@@ -52,10 +52,10 @@ from faregate.store.analytics_shared import (
     totals_of,
     ungroup,
 )
-from faregate.store.pg_analytics_sql import Part, latency_bucket, numbered, rollup_hours, with_rollup
-from faregate.store.pg_rollup import EVENT_COLUMNS, EVENTFUL, FAILED_ATTEMPTS
-from faregate.store.postgres import unavailable_errors
-from faregate.store.rollup import HOUR, TOTAL_COLUMNS
+from faregate.store.postgres.analytics_sql import Part, latency_bucket, numbered, rollup_hours, with_rollup
+from faregate.store.postgres.errors import unavailable_errors
+from faregate.store.postgres.rollup import EVENT_COLUMNS, EVENTFUL, FAILED_ATTEMPTS
+from faregate.store.record_sums import HOUR, TOTAL_COLUMNS
 
 # A pool of its own, apart from the store's: a slow dashboard query never holds a connection
 # the record writer or a key lookup is waiting for.

@@ -1,4 +1,4 @@
-"""The SQL pieces of store/pg_analytics.py: slices as WHERE conditions, groups, histogram buckets,
+"""The SQL pieces of store/postgres/analytics.py: slices as WHERE conditions, groups, histogram buckets,
 and which hours the rollups answer."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from dataclasses import replace
 from typing import Any
 
 from faregate.store.analytics_rows import LATENCY_STEPS, LATENCY_TOP_STEP, Dimension, Slice
-from faregate.store.analytics_shared import MIN_ROLLUP_HOURS, rollup_dimension
-from faregate.store.pg_rollup import PENDING
-from faregate.store.rollup import HOUR
+from faregate.store.analytics_sql import MIN_ROLLUP_HOURS, rollup_dimension
+from faregate.store.postgres.rollup import PENDING
+from faregate.store.record_sums import HOUR
 
 # SQL and its parameters.
 Part = tuple[str, list[Any]]

@@ -16,7 +16,7 @@ from faregate.store.analytics_rows import (
     Totals,
     histogram_percentiles,
 )
-from faregate.store.rollup import GROUP_SQL, TOTAL_COLUMNS
+from faregate.store.record_sums import GROUP_SQL, TOTAL_COLUMNS
 from faregate.store.rows import from_nanousd
 
 # Percentiles over more records than this use an evenly spaced sample of this size.

@@ -1,9 +1,9 @@
 """The store interface: what the rest of the gateway may ask of a database.
 
-It is kept to domain operations (not raw SQL) so that a PostgreSQL store can sit
-behind the same Protocols with its own dialect. Consumers depend on the narrowest
-part they use: the key store on `KeyTable`, the record writer and the usage
-reports on `RecordTable`.
+It is kept to domain operations (not raw SQL) so that SQLite (store/sqlite/) and PostgreSQL
+(store/postgres/) sit behind the same Protocols, each with its own dialect. Consumers depend on
+the narrowest part they use: the key store on `KeyTable`, the record writer on `RecordTable`,
+the money side on `AccountTable` (a store's `accounts`).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class LedgerRow:
     request_id: str | None = None
     hour: int | None = None
     note: str | None = None
-    # The Redis data set the change was made in (shared stores only; see store.redis_ledger).
+    # The Redis data set the change was made in (shared stores only; see store.redis.ledger).
     epoch: str | None = None
 
 
@@ -167,5 +167,11 @@ class AccountTable(Protocol):
         ...
 
 
-class Store(KeyTable, RecordTable, AccountTable, Protocol):
+class Store(KeyTable, RecordTable, Protocol):
+    """A store: keys and records itself, accounts and the ledger in its `accounts` part (the same
+    database, so a key and its account are created in one transaction)."""
+
+    @property
+    def accounts(self) -> AccountTable: ...
+
     async def close(self) -> None: ...
