@@ -7,6 +7,7 @@ Two implementations: `embedded.EmbeddedAccounts` (SQLite, rate limits in process
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -145,6 +146,10 @@ class AccountBackend(Protocol):
 
     async def key_changed(self, key_id: str, revoked: bool = False) -> None:
         """Tell every instance that a key's policy changed or that it was revoked."""
+        ...
+
+    def on_key_changed(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(key_id)` when another instance changes a key ("": maybe any key)."""
         ...
 
     async def flush(self) -> None:

@@ -8,6 +8,7 @@ synchronous step of the event loop, atomic by construction.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from faregate.accounts.backend import (
     Admitted,
@@ -129,6 +130,10 @@ class EmbeddedAccounts:
     async def key_changed(self, key_id: str, revoked: bool = False) -> None:
         # One serving process: the service already cleared its caches; a revocation made by
         # another process (the CLI) is seen by the next reservation, which reads revoked_at.
+        return None
+
+    def on_key_changed(self, listener: Callable[[str], None]) -> None:
+        # Nobody else serves this store: there is no other instance to hear from.
         return None
 
     async def flush(self) -> None:

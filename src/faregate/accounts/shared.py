@@ -296,6 +296,9 @@ class SharedAccounts:
             await self.ledger.revoke(key_id)
         await self.events.publish(key_id)
 
+    def on_key_changed(self, listener: Callable[[str], None]) -> None:
+        self.events.listeners.append(listener)
+
     async def flush(self) -> None:
         if not await self.shipper.flush():
             raise StoreUnavailable("ledger entries are still waiting to reach PostgreSQL")

@@ -20,7 +20,8 @@ from faregate.cli.common import ConfigOption, load_or_exit
 from faregate.config import Settings
 from faregate.errors import ConfigError
 from faregate.evals.costs.projection import MoneyText, display_usd, exact_usd
-from faregate.store import GroupBy, StoreUnavailable, UsageRow, open_store
+from faregate.store.backends import open_backends
+from faregate.store.protocols import GroupBy, StoreUnavailable, UsageRow
 
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _AGO = re.compile(r"(\d+(?:\.\d+)?)([mhdw])")
@@ -65,8 +66,9 @@ class UsageReport:
 
 
 async def _report(settings: Settings, since: float, until: float, group_by: GroupBy) -> UsageReport:
-    store = await open_store(settings.store)
+    backends = await open_backends(settings, accounts=False, analytics=False)
     try:
+        store = backends.store
         rows = await store.usage_summary(since, until, group_by)
         names = (
             {row.id: row.name for row in await store.list_keys(include_revoked=True)}
@@ -74,7 +76,7 @@ async def _report(settings: Settings, since: float, until: float, group_by: Grou
             else {}
         )
     finally:
-        await store.close()
+        await backends.close()
     return UsageReport(rows, names)
 
 

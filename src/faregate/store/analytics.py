@@ -55,6 +55,15 @@ class Analytics(Protocol):
     async def resolve_keys(self, id_or_name: str) -> tuple[str, ...]: ...
 
 
+class Rollup(Protocol):
+    """Adds the records written since its last step to the hourly sums (store/sqlite/rollup.py,
+    store/postgres/rollup.py)."""
+
+    async def step(self) -> int:
+        """Roll up one chunk; how many records it covered (0: up to date)."""
+        ...
+
+
 class FeedbackStore(Protocol):
     """Feedback scores, one per request (store/feedback.py, store/postgres/feedback.py)."""
 

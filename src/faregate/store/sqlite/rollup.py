@@ -14,11 +14,13 @@ adds is store/record_sums.py; PostgreSQL's rollup (postgres/rollup.py) adds the 
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import aiosqlite
 
 from faregate.store.protocols import StoreUnavailable
 from faregate.store.record_sums import CHUNK, HOUR, ROLLUP_DIMS, TOTAL_COLUMNS, flag
+from faregate.store.sqlite.store import BUSY_TIMEOUT_MS
 from faregate.types import ANSWERED_OUTCOMES
 
 STATE_NAME = "hourly"
@@ -99,6 +101,20 @@ class RollupWriter:
     def __init__(self, conn: aiosqlite.Connection, chunk: int = CHUNK) -> None:
         self._conn = conn
         self._chunk = chunk
+
+    @classmethod
+    async def open(cls, db_path: str | Path, chunk: int = CHUNK) -> RollupWriter:
+        """A writer on a connection of its own to the store's (already migrated) database."""
+        conn = await aiosqlite.connect(db_path, isolation_level=None)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, chunk)
+
+    async def close(self) -> None:
+        await self._conn.close()
 
     async def step(self) -> int:
         """Roll up one chunk of new records; returns how many ids it covered (0: up to date)."""
