@@ -190,6 +190,6 @@ def test_parse_time() -> None:
 
 
 def test_by_choices_match_the_store() -> None:
-    from faregate.store.protocols import GROUP_BY
+    from faregate.store.analytics_rows import DIMENSIONS
 
-    assert tuple(choice.group_by for choice in usage_cli.GroupChoice) == GROUP_BY
+    assert tuple(choice.group_by for choice in usage_cli.GroupChoice) == DIMENSIONS

@@ -16,6 +16,8 @@ from faregate.accounts.keys import KeyStore
 from faregate.accounts.policy import Budget, Limits, hour_of, window_of
 from faregate.accounts.shared import SharedAccounts
 from faregate.errors import ConfigError
+from faregate.store.analytics_rows import Slice
+from faregate.store.postgres.analytics import PostgresAnalytics
 from faregate.store.postgres.migrations import PG_MIGRATIONS
 from faregate.store.postgres.store import PostgresStore
 from faregate.store.protocols import LedgerRow
@@ -77,7 +79,7 @@ async def test_instances_starting_together_migrate_once(shared_urls: SharedUrls)
         await store.close()
 
 
-async def test_keys_and_records(pg: PostgresStore) -> None:
+async def test_keys_and_records(pg: PostgresStore, shared_urls: SharedUrls) -> None:  # noqa: F811
     keys = KeyStore(pg)
     key, raw = await keys.create("alice", credits_nano=5_000)
     assert (await keys.verify(raw)) == key
@@ -89,16 +91,23 @@ async def test_keys_and_records(pg: PostgresStore) -> None:
     assert await pg.insert_records([record]) == 0  # a retried batch never duplicates
     assert (await pg.get_record("req_1")) == record
     assert await pg.count_records() == 2
-    summary = await pg.usage_summary(None, None, "model")
-    assert [(u.group, u.requests, u.errors, u.cost) for u in summary] == [
-        ("m", 1, 0, Decimal("0.00082")),
-        ("m2", 1, 1, Decimal(0)),
-    ]
-    assert [u.group for u in await pg.usage_summary(1500.0, None, "key")] == [None]
-    assert [(u.group, u.requests) for u in await pg.usage_summary(None, None, "route")] == [
-        ("smart", 1),
-        (None, 1),
-    ]
+    # Totalled as `faregate usage` and the dashboard total them (Analytics.breakdown).
+    analytics = await PostgresAnalytics.open(shared_urls.postgres)
+    try:
+        summary = await analytics.breakdown(Slice(0.0, 3000.0), "model")
+        assert [(g.group, g.totals.requests, g.totals.errors, g.totals.cost) for g in summary] == [
+            ("m", 1, 0, Decimal("0.00082")),
+            ("m2", 1, 1, Decimal(0)),
+        ]
+        assert [g.group for g in await analytics.breakdown(Slice(1500.0, 3000.0), "key")] == [None]
+        assert [
+            (g.group, g.totals.requests) for g in await analytics.breakdown(Slice(0.0, 3000.0), "route")
+        ] == [
+            ("smart", 1),
+            (None, 1),
+        ]
+    finally:
+        await analytics.close()
     assert await keys.revoke("alice") and await keys.verify(raw) is None
 
 

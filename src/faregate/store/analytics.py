@@ -19,6 +19,7 @@ from faregate.store.analytics_rows import (
     ReliabilityRow,
     Slice,
     Totals,
+    Traffic,
 )
 from faregate.store.feedback import Feedback
 
@@ -47,6 +48,11 @@ class Analytics(Protocol):
     async def recent(
         self, s: Slice, *, search: str | None = None, limit: int = 50, before: float | None = None
     ) -> list[dict[str, Any]]: ...
+
+    async def traffic(self, s: Slice, by: Dimension = "model") -> list[Traffic]:
+        """Per group, the most expensive first: requests, cache hits, billed tokens, exact cost.
+        Read from request_records (the rollups keep nano-dollars, not the exact text)."""
+        ...
 
     async def first_record_at(self) -> float | None: ...
 

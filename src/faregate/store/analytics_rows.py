@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
+from faregate.types import Price, Usage
+
 Dimension = Literal["model", "provider", "key", "route"]
 DIMENSIONS: tuple[Dimension, ...] = ("model", "provider", "key", "route")
 
@@ -60,6 +62,24 @@ class GroupTotals:
     group: str | None
     totals: Totals = field(default_factory=Totals)
     label: str | None = None
+
+
+@dataclass(slots=True)
+class Traffic:
+    """What one group's requests used and paid, for pricing the same traffic on another model:
+    tokens of the billed requests only (a cache hit costs nothing on any model), and the cost
+    summed exactly from each record's decimal text (the nano-dollar sums round prices finer
+    than a nano-dollar)."""
+
+    group: str
+    requests: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0  # billed requests only
+    completion_tokens: int = 0
+    cost: Decimal = field(default_factory=lambda: Decimal(0))
+
+    def priced_at(self, price: Price) -> Decimal:
+        return price.cost(Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens))
 
 
 @dataclass(slots=True)

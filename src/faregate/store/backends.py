@@ -11,7 +11,7 @@ for the few who must know, e.g. a record may be written by another instance).
 
 A process asks for the parts it uses (`accounts`, `analytics`); the store is always opened, and
 migrated. `open_records_reader` is the read-only exception: for commands that only read records,
-it never migrates or writes, so it can run beside a live gateway.
+it never migrates or writes, so it can run beside a live gateway. Both ask `_shared`.
 
 Invariants: what is opened is closed, newest first, by `Backends.close()` (also when opening
 fails half-way), each close bounded in time; the embedded store never imports asyncpg or redis.
@@ -80,14 +80,26 @@ async def open_backends(settings: Settings, *, accounts: bool = True, analytics:
     """The store the settings name, migrated and ready, and the parts asked for beside it."""
     exits = Lifecycle()
     try:
-        if settings.store.postgres_url is not None:
-            backends = await _open_shared(settings, settings.store.postgres_url, exits, accounts, analytics)
+        if _shared(settings):
+            backends = await _open_shared(settings, _postgres_url(settings), exits, accounts, analytics)
         else:
             backends = await _open_embedded(settings, exits, accounts, analytics)
     except BaseException:
         await exits.aclose()
         raise
     return backends
+
+
+def _shared(settings: Settings) -> bool:
+    """The choice: PostgreSQL and Redis when the config names them, else the embedded file."""
+    return settings.store.postgres_url is not None
+
+
+def _postgres_url(settings: Settings) -> str:
+    url = settings.store.postgres_url
+    if url is None:
+        raise StoreUnavailable("store.postgres_url is not set")
+    return url
 
 
 async def _open_embedded(settings: Settings, exits: Lifecycle, accounts: bool, analytics: bool) -> Backends:
@@ -162,3 +174,17 @@ async def _open_shared(
             reads, PostgresFeedbackTable(reads.pool), PostgresRollupWriter(reads.pool)
         )
     return backends
+
+
+async def open_records_reader(settings: Settings) -> Analytics:
+    """The analytics over the store the settings name, read-only: no migration, no write, no
+    Redis (for commands that only read records, beside a live gateway). StoreUnavailable when
+    there is nothing to read yet. The caller closes it."""
+    if _shared(settings):
+        from faregate.store.postgres.analytics import PostgresAnalytics
+
+        return await PostgresAnalytics.open(_postgres_url(settings), pool_size=1, read_only=True)
+    from faregate.store.sqlite.analytics import SQLiteAnalytics
+    from faregate.store.sqlite.store import DB_FILENAME
+
+    return await SQLiteAnalytics.open(Path(settings.store.path) / DB_FILENAME, read_only=True)

@@ -10,13 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Literal, Protocol
 
 from faregate.types import RequestRecord
-
-GroupBy = Literal["model", "key", "provider", "route"]
-GROUP_BY: tuple[GroupBy, ...] = ("model", "key", "provider", "route")
 
 
 class DuplicateError(Exception):
@@ -41,19 +37,6 @@ class KeyRow:
     premium: bool
     created_at: float
     revoked_at: float | None = None
-
-
-@dataclass(slots=True, frozen=True)
-class UsageRow:
-    """One group of a usage summary. `group` is None for records without that attribute
-    (no key, or no provider reached)."""
-
-    group: str | None
-    requests: int
-    errors: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost: Decimal
 
 
 class KeyTable(Protocol):
@@ -84,13 +67,6 @@ class RecordTable(Protocol):
     async def get_record(self, request_id: str) -> RequestRecord | None: ...
 
     async def count_records(self) -> int: ...
-
-    async def usage_summary(
-        self, since: float | None, until: float | None, group_by: GroupBy = "model"
-    ) -> list[UsageRow]:
-        """Requests with since <= created_at < until (unix seconds; None: unbounded), aggregated
-        in the database, most expensive group first."""
-        ...
 
 
 LedgerKind = Literal["grant", "topup", "reservation", "settlement", "release"]

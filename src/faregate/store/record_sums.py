@@ -1,9 +1,10 @@
-"""What one request record adds to a total: the sums the dashboard and the alerts read.
+"""What one request record adds to a total: the one definition every total of records is built from.
 
-The analytics queries (store/sqlite/analytics.py, store/postgres/analytics.py) sum these
-expressions over request_records, or read their hourly sums from the rollups, which add the same
-expressions. Plain SQL that SQLite and PostgreSQL read alike; money is summed as integer
-nano-dollars.
+The dashboard, the alerts and `faregate usage` read TOTAL_COLUMNS, `faregate cost --from-records`
+TRAFFIC_COLUMNS, all through the analytics queries (store/sqlite/analytics.py,
+store/postgres/analytics.py), which sum these expressions over request_records, or read their
+hourly sums from the rollups (which add the same expressions). Plain SQL that SQLite and
+PostgreSQL read alike; money is summed as integer nano-dollars, except the traffic's exact cost.
 """
 
 from __future__ import annotations
@@ -47,3 +48,14 @@ TOTAL_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 # The rollup's dimensions: '' (every record) and one per group.
 ROLLUP_DIMS: tuple[tuple[str, str], ...] = (("", "''"), *((d, s.format(t="")) for d, s in GROUP_SQL.items()))
+
+# Re-pricing recorded traffic on another model (faregate cost --from-records, analytics_rows.Traffic):
+# cache hits cost nothing on any model, so only billed requests' tokens count. The cost beside
+# them is summed exactly from cost_usd, each dialect its own way.
+BILLED = "cache_status IN ('bypass', 'miss')"
+TRAFFIC_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("requests", "1"),
+    ("cache_hits", flag(f"NOT {BILLED}")),
+    ("prompt_tokens", f"CASE WHEN {BILLED} THEN prompt_tokens ELSE 0 END"),
+    ("completion_tokens", f"CASE WHEN {BILLED} THEN completion_tokens ELSE 0 END"),
+)

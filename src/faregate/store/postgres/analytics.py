@@ -33,6 +33,7 @@ from faregate.store.analytics_rows import (
     ReliabilityRow,
     Slice,
     Totals,
+    Traffic,
 )
 from faregate.store.analytics_sql import (
     RECENT_COLUMNS,
@@ -50,12 +51,14 @@ from faregate.store.analytics_sql import (
     reliability_rows,
     slice_where,
     totals_of,
+    traffic_rows,
     ungroup,
 )
 from faregate.store.postgres.analytics_sql import Part, latency_bucket, numbered, rollup_hours, with_rollup
 from faregate.store.postgres.errors import unavailable_errors
 from faregate.store.postgres.rollup import EVENT_COLUMNS, EVENTFUL, FAILED_ATTEMPTS
-from faregate.store.record_sums import HOUR, TOTAL_COLUMNS
+from faregate.store.protocols import StoreUnavailable
+from faregate.store.record_sums import HOUR, TOTAL_COLUMNS, TRAFFIC_COLUMNS
 
 # A pool of its own, apart from the store's: a slow dashboard query never holds a connection
 # the record writer or a key lookup is waiting for.
@@ -69,19 +72,23 @@ class PostgresAnalytics:
         self._pool = pool
 
     @classmethod
-    async def open(cls, url: str, *, pool_size: int = POOL_SIZE) -> PostgresAnalytics:
-        """A small pool of its own on the store's (already migrated) database."""
-        with unavailable_errors():
+    async def open(
+        cls, url: str, *, pool_size: int = POOL_SIZE, read_only: bool = False
+    ) -> PostgresAnalytics:
+        """A small pool of its own on the store's (already migrated) database. `read_only`: the
+        server refuses any write on it (for commands that only read records)."""
+        # asyncpg prepares every statement; after five runs PostgreSQL may switch to a generic
+        # plan, blind to the time range, and join a million records where a custom plan reads a
+        # few thousand (measured: 50 ms became 1 s).
+        server_settings = {"plan_cache_mode": "force_custom_plan"}
+        if read_only:
+            server_settings["default_transaction_read_only"] = "on"
+        try:
             pool = await asyncpg.create_pool(
-                url,
-                min_size=1,
-                max_size=pool_size,
-                command_timeout=60,
-                # asyncpg prepares every statement; after five runs PostgreSQL may switch to a
-                # generic plan, blind to the time range, and join a million records where a
-                # custom plan reads a few thousand (measured: 50 ms became 1 s).
-                server_settings={"plan_cache_mode": "force_custom_plan"},
+                url, min_size=1, max_size=pool_size, command_timeout=60, server_settings=server_settings
             )
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL (store.postgres_url): {exc}") from exc
         return cls(pool)
 
     @property
@@ -92,8 +99,12 @@ class PostgresAnalytics:
         await self._pool.close()
 
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with unavailable_errors():
-            return list(await self._pool.fetch(numbered(sql), *params))
+        try:
+            with unavailable_errors():
+                return list(await self._pool.fetch(numbered(sql), *params))
+        except asyncpg.UndefinedTableError as exc:
+            # Only a reader opened beside the store can see this: the store migrates first.
+            raise StoreUnavailable("no request records in PostgreSQL: no gateway has used it yet") from exc
 
     @staticmethod
     def _source(
@@ -299,6 +310,19 @@ class PostgresAnalytics:
             [*params, limit],
         )
         return [dict(zip(RECENT_NAMES, tuple(row), strict=True)) for row in rows]
+
+    async def traffic(self, s: Slice, by: Dimension = "model") -> list[Traffic]:
+        """Per group, the most expensive first: requests, cache hits, billed tokens, and the cost
+        summed exactly from cost_usd as NUMERIC (read from request_records)."""
+        where, params = slice_where(s)
+        selected = ", ".join(f"{expr} AS {name}" for name, expr in TRAFFIC_COLUMNS)
+        sums = ", ".join(f"SUM({name})" for name, _ in TRAFFIC_COLUMNS)
+        rows = await self._rows(
+            f"SELECT grp, {sums}, SUM(cost_usd::numeric) FROM (SELECT {group_expr(by)} AS grp,"
+            f" {selected}, cost_usd FROM request_records WHERE {where}) AS src GROUP BY grp",
+            params,
+        )
+        return traffic_rows(rows)
 
     async def first_record_at(self) -> float | None:
         rows = await self._rows("SELECT MIN(created_at) FROM request_records")

@@ -19,8 +19,8 @@ from faregate.errors import ConfigError
 from faregate.store.postgres.accounts import KEY_COLUMNS, PostgresAccountTable, key_row
 from faregate.store.postgres.errors import unavailable_errors
 from faregate.store.postgres.migrations import PG_MIGRATIONS
-from faregate.store.protocols import DuplicateError, GroupBy, KeyRow, StoreUnavailable, UsageRow
-from faregate.store.rows import RECORD_COLUMNS, from_nanousd, record_to_row, row_to_record
+from faregate.store.protocols import DuplicateError, KeyRow, StoreUnavailable
+from faregate.store.rows import RECORD_COLUMNS, record_to_row, row_to_record
 from faregate.store.schema import Migration
 from faregate.types import RequestRecord
 
@@ -35,12 +35,6 @@ _INSERT_RECORDS = (
     + ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_RECORD_TYPES, 1))
     + ") ON CONFLICT (request_id) DO NOTHING RETURNING 1"
 )
-_GROUP_EXPRESSIONS: dict[str, str] = {
-    "model": "COALESCE(model_used, model_requested)",
-    "key": "key_id",
-    "provider": "provider",
-    "route": "route",
-}
 
 
 class PostgresStore:
@@ -164,36 +158,3 @@ class PostgresStore:
     async def count_records(self) -> int:
         with unavailable_errors():
             return int(await self._pool.fetchval("SELECT COUNT(*) FROM request_records"))
-
-    async def usage_summary(
-        self, since: float | None, until: float | None, group_by: GroupBy = "model"
-    ) -> list[UsageRow]:
-        if group_by not in _GROUP_EXPRESSIONS:
-            raise ValueError(f"group_by must be one of {sorted(_GROUP_EXPRESSIONS)}, not {group_by!r}")
-        conditions: list[str] = []
-        params: list[float] = []
-        for value, op in ((since, ">="), (until, "<")):
-            if value is not None:
-                params.append(value)
-                conditions.append(f"created_at {op} ${len(params)}")
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        sql = (
-            f"SELECT {_GROUP_EXPRESSIONS[group_by]} AS grp, COUNT(*),"
-            " SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END),"
-            " SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_nanousd)"
-            f" FROM request_records{where}"
-            " GROUP BY grp ORDER BY SUM(cost_nanousd) DESC, COUNT(*) DESC, grp"
-        )
-        with unavailable_errors():
-            rows = await self._pool.fetch(sql, *params)
-        return [
-            UsageRow(
-                group=r[0],
-                requests=int(r[1]),
-                errors=int(r[2]),
-                prompt_tokens=int(r[3]),
-                completion_tokens=int(r[4]),
-                cost=from_nanousd(int(r[5])),
-            )
-            for r in rows
-        ]

@@ -28,11 +28,13 @@ Porting to PostgreSQL: the SQL is plain apart from
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ from faregate.store.analytics_rows import (
     ReliabilityRow,
     Slice,
     Totals,
+    Traffic,
     latency_bucket_sql,
 )
 from faregate.store.analytics_sql import (
@@ -65,10 +68,11 @@ from faregate.store.analytics_sql import (
     rollup_dimension,
     slice_where,
     totals_of,
+    traffic_rows,
     ungroup,
 )
 from faregate.store.protocols import StoreUnavailable
-from faregate.store.record_sums import HOUR, TOTAL_COLUMNS
+from faregate.store.record_sums import HOUR, TOTAL_COLUMNS, TRAFFIC_COLUMNS
 from faregate.store.sqlite.rollup import (
     EVENT_COLUMNS,
     EVENTFUL,
@@ -105,19 +109,43 @@ class _RollupPlan:
     watermark: int
 
 
+class _DecimalSum:
+    """SQL aggregate decimal_sum(text): the exact sum of decimal texts, as text (NULLs skipped)."""
+
+    def __init__(self) -> None:
+        self.total = Decimal(0)
+
+    def step(self, value: str | None) -> None:
+        if value is not None:
+            self.total += Decimal(value)
+
+    def finalize(self) -> str:
+        return format(self.total, "f")
+
+
 class SQLiteAnalytics:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
 
     @classmethod
-    async def open(cls, db_path: str | Path) -> SQLiteAnalytics:
-        """A second connection to the store's (already migrated) database file."""
-        conn = await aiosqlite.connect(db_path, isolation_level=None)
+    async def open(cls, db_path: str | Path, *, read_only: bool = False) -> SQLiteAnalytics:
+        """A second connection to the store's (already migrated) database file. `read_only`: one
+        that cannot write, so it never holds the writer's lock (for commands beside a live
+        gateway); a missing file is StoreUnavailable then, not a new empty database."""
+        if read_only:
+            if not await asyncio.to_thread(Path(db_path).exists):
+                raise StoreUnavailable(f"no request records at {db_path}")
+            conn = await aiosqlite.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None)
+        else:
+            conn = await aiosqlite.connect(db_path, isolation_level=None)
         try:
             with _unavailable_on_operational_error():
                 await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 # 64 MiB of page cache: the covering index of a busy day stays in memory.
                 await conn.execute("PRAGMA cache_size=-65536")
+                # SQLite has no exact decimal type: money text is summed by this aggregate.
+                register: Callable[..., Awaitable[None]] = conn._execute
+                await register(conn._conn.create_aggregate, "decimal_sum", 1, _DecimalSum)
         except BaseException:
             await conn.close()
             raise
@@ -371,6 +399,19 @@ class SQLiteAnalytics:
             [*params, limit],
         )
         return [dict(zip(RECENT_NAMES, row, strict=True)) for row in rows]
+
+    async def traffic(self, s: Slice, by: Dimension = "model") -> list[Traffic]:
+        """Per group, the most expensive first: requests, cache hits, billed tokens, and the cost
+        summed exactly from cost_usd (read from request_records)."""
+        where, params = slice_where(s)
+        selected = ", ".join(f"{expr} AS {name}" for name, expr in TRAFFIC_COLUMNS)
+        sums = ", ".join(f"SUM({name})" for name, _ in TRAFFIC_COLUMNS)
+        rows = await self._rows(
+            f"SELECT grp, {sums}, decimal_sum(cost_usd) FROM (SELECT {group_expr(by)} AS grp,"
+            f" {selected}, cost_usd FROM request_records WHERE {where}) GROUP BY grp",
+            params,
+        )
+        return traffic_rows(rows)
 
     async def first_record_at(self) -> float | None:
         rows = await self._rows("SELECT MIN(created_at) FROM request_records")

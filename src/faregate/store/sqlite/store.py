@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from faregate.errors import ConfigError
-from faregate.store.protocols import DuplicateError, GroupBy, KeyRow, StoreUnavailable, UsageRow
-from faregate.store.rows import RECORD_COLUMNS, from_nanousd, record_to_row, row_to_record
+from faregate.store.protocols import DuplicateError, KeyRow, StoreUnavailable
+from faregate.store.rows import RECORD_COLUMNS, record_to_row, row_to_record
 from faregate.store.schema import Migration
 from faregate.store.sqlite.accounts import SQLiteAccountTable
 from faregate.store.sqlite.migrations import MIGRATIONS
@@ -41,13 +41,6 @@ _INSERT_RECORD = (
     f"INSERT INTO request_records ({_RECORD_COLUMN_LIST}) "
     f"VALUES ({', '.join('?' for _ in RECORD_COLUMNS)}) ON CONFLICT (request_id) DO NOTHING"
 )
-# Requests that failed entirely have no model_used; they count against the model asked for.
-_GROUP_EXPRESSIONS: dict[str, str] = {
-    "model": "COALESCE(model_used, model_requested)",
-    "key": "key_id",
-    "provider": "provider",
-    "route": "route",
-}
 
 
 @contextmanager
@@ -268,39 +261,3 @@ class SQLiteStore:
         with _operational_errors_as_unavailable():
             rows = await self._conn.execute_fetchall("SELECT COUNT(*) FROM request_records")
         return int(next(iter(rows))[0])
-
-    async def usage_summary(
-        self, since: float | None, until: float | None, group_by: GroupBy = "model"
-    ) -> list[UsageRow]:
-        if group_by not in _GROUP_EXPRESSIONS:
-            raise ValueError(f"group_by must be one of {sorted(_GROUP_EXPRESSIONS)}, not {group_by!r}")
-        conditions: list[str] = []
-        params: list[float] = []
-        if since is not None:
-            conditions.append("created_at >= ?")
-            params.append(since)
-        if until is not None:
-            conditions.append("created_at < ?")
-            params.append(until)
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        # Money is summed as integer nano-dollars: exact, unlike SUM over REAL or TEXT.
-        sql = (
-            f"SELECT {_GROUP_EXPRESSIONS[group_by]} AS grp, COUNT(*),"
-            " SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END),"
-            " SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_nanousd)"
-            f" FROM request_records{where}"
-            " GROUP BY grp ORDER BY SUM(cost_nanousd) DESC, COUNT(*) DESC, grp"
-        )
-        with _operational_errors_as_unavailable():
-            rows = await self._conn.execute_fetchall(sql, params)
-        return [
-            UsageRow(
-                group=row[0],
-                requests=int(row[1]),
-                errors=int(row[2]),
-                prompt_tokens=int(row[3]),
-                completion_tokens=int(row[4]),
-                cost=from_nanousd(int(row[5])),
-            )
-            for row in rows
-        ]
