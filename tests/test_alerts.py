@@ -199,7 +199,7 @@ async def test_background_task_evaluates_periodically(manager: Make, hook: Hook)
     finally:
         await alerts.close()
     # Evaluated at the real "now", k2 has spent nothing today; the loop ran without error.
-    assert alerts._task is None
+    assert alerts._loop is None
 
 
 def test_rules_are_checked_at_load() -> None:

@@ -8,9 +8,10 @@ is abandoned with a warning, and one that fails is logged; the closes after it s
 shutdown always ends, and a failure half-way through start-up closes whatever was opened.
 
 `Periodic` is the one way a background loop is written: it runs an action again and again in
-its own task, `interval_s` apart (or as long as the action asks for), sooner when woken; a
-failing round is logged and the next one runs anyway (stores come back; the work is
-idempotent). `stop()` lets a round in progress finish for up to `grace_s`, then cancels it.
+its own task, `interval_s` apart (a number, or a function read before each wait, so a loop can
+back off or hurry), sooner when woken; a failing round is logged and the next one runs anyway
+(stores come back; the work is idempotent). `stop()` lets a round in progress finish for up to
+`grace_s`, then cancels it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ log = logging.getLogger("faregate.lifecycle")
 # How long one close may take unless its registration says otherwise.
 CLOSE_TIMEOUT_S = 10.0
 
-# What a round returns: None to wait the usual interval, or the seconds to wait this time.
-Action = Callable[[], Awaitable[float | None]]
+# One round of a loop (what it returns is ignored).
+Action = Callable[[], Awaitable[object]]
 
 
 class Periodic:
@@ -92,12 +93,11 @@ class Periodic:
             if self._stopping:
                 break
             try:
-                asked = await self._action()
+                await self._action()
             except Exception:
-                asked = None
                 log.exception("%s failed; trying again in %.1fs", self.name, self._interval())
             self.rounds += 1
-            delay = self._interval() if asked is None else asked
+            delay = self._interval()
 
 
 class Lifecycle:

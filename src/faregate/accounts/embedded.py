@@ -20,9 +20,9 @@ from faregate.accounts.backend import (
     balance_audit,
 )
 from faregate.accounts.instance_lease import InstanceLease
-from faregate.accounts.periodic import Periodic
 from faregate.accounts.policy import KEEP_HOURS, Limits, hour_of
 from faregate.accounts.ratelimit import LocalRateLimiter, RateRefusal, RateState
+from faregate.lifecycle import Periodic
 from faregate.store.holds import BudgetCheck, HoldRow, InstanceRow
 from faregate.store.protocols import LedgerRow
 from faregate.store.sqlite.ledger import SQLiteLedger

@@ -29,9 +29,9 @@ from faregate.accounts.backend import (
 )
 from faregate.accounts.instance_lease import InstanceLease
 from faregate.accounts.money import usd_text
-from faregate.accounts.periodic import Periodic
 from faregate.accounts.policy import KEEP_HOURS, Limits
 from faregate.accounts.ratelimit import Bucket, RateRefusal, RateState, meter
+from faregate.lifecycle import Periodic
 from faregate.store.holds import BudgetCheck, HoldRow, InstanceRow, ReserveOutcome
 from faregate.store.postgres.accounts import PostgresAccountTable
 from faregate.store.postgres.store import PostgresStore
@@ -61,7 +61,8 @@ class KeyEvents:
     def __init__(self, redis: Redis, listeners: list[Callable[[str], None]]) -> None:
         self.redis = redis
         self.listeners = listeners
-        self._task: asyncio.Task[None] | None = None
+        # One subscription per round; a lost one is made again half a second later.
+        self._loop = Periodic("key-events", 0.5, self._listen, run_first=True)
         self.ready = asyncio.Event()
 
     def _tell(self, key_id: str) -> None:
@@ -69,37 +70,30 @@ class KeyEvents:
             listener(key_id)
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="faregate-key-events")
+        if not self._loop.running:
+            self._loop.start()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ready.wait(), 5)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
-    async def _run(self) -> None:
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(KEY_EVENTS)
-                self.ready.set()
-                # Events may have been missed while (re)connecting: forget everything once.
-                self._tell("")
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        self._tell(str(message.get("data") or ""))
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                log.warning("key events: lost the Redis subscription (%s); reconnecting", exc)
-                await asyncio.sleep(0.5)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    async def _listen(self) -> None:
+        """One subscription, until it is lost."""
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(KEY_EVENTS)
+            self.ready.set()
+            # Events may have been missed while (re)connecting: forget everything once.
+            self._tell("")
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    self._tell(str(message.get("data") or ""))
+        except (RedisError, OSError) as exc:
+            log.warning("key events: lost the Redis subscription (%s); reconnecting", exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def publish(self, key_id: str) -> None:
         await self.redis.publish(KEY_EVENTS, key_id)

@@ -39,7 +39,8 @@ class SemanticSync:
         self.origin = secrets.token_hex(6)
         # Start from the beginning: a new instance warms up from what others cached.
         self._last = "0-0"
-        self._tailer = Periodic("semantic-sync", 0.0, self._read, run_first=True)
+        self._pause = 0.0
+        self._tailer = Periodic("semantic-sync", lambda: self._pause, self._read, run_first=True)
         self._last_warning = 0.0
         self.received = 0
         self.published = 0
@@ -70,19 +71,20 @@ class SemanticSync:
     def start(self) -> None:
         self._tailer.start()
 
-    async def _read(self) -> float | None:
-        """One read of the stream (blocking up to a second for new entries); then read again at
-        once, or after a second when Redis failed."""
+    async def _read(self) -> None:
+        """One read of the stream (blocking up to a second for new entries); the next one follows
+        at once, or after a second when Redis failed."""
         try:
             replies: Any = await self._redis.xread({self._stream: self._last}, count=500, block=1000)
         except Exception as exc:
             self._warn("reading shared entries", exc)
-            return 1.0
+            self._pause = 1.0
+            return
+        self._pause = 0.0
         for _, entries in replies or []:
             for entry_id, fields in entries:
                 self._last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
                 await self._apply(fields)
-        return 0.0
 
     async def _apply(self, fields: dict[bytes, bytes]) -> None:
         try:
