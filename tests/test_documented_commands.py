@@ -149,6 +149,16 @@ QUICK: dict[str, Quick] = {
     "python bench/fuzz_api.py --requests 10000 --seed 1 --report bench/results/fuzz.json": Quick(
         why_not="the same script as the line before, with a seed and a report: run there"
     ),
+    "python bench/semantic_lookup.py --wait-load 1.0": Quick(
+        run="python bench/semantic_lookup.py --help",
+        where="checkout",
+        expect="--sizes",
+        why_not="embeds ~56,000 texts on a first run (15 min) and compares with a `git archive` of main: "
+        "its help is checked here; tests/test_semantic_index.py covers the lookups it times",
+    ),
+    "python bench/semantic_lookup.py": Quick(
+        why_not="the same script as the line before, without --wait-load: checked there"
+    ),
     "python bench/routes_gsm8k.py": Quick(
         run="python bench/routes_gsm8k.py --questions 4 --streams 0 --out {scratch}/routes.json",
         where="checkout",
