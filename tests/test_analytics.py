@@ -223,7 +223,7 @@ async def test_recent_requests_search_and_paging(db: Db) -> None:
 
 
 async def test_latency_over_a_sample_when_the_range_is_large(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
-    import faregate.store.sqlite.analytics as analytics_module
+    import faregate.store.analytics_queries as analytics_module
 
     monkeypatch.setattr(analytics_module, "SAMPLE_SIZE", 4)
     rows, step = await db.analytics.latency(ALL, None)

@@ -13,16 +13,15 @@ from typing import Any
 
 import pytest
 
+from faregate.store import analytics_queries
 from faregate.store.analytics import Analytics
 from faregate.store.analytics_rows import DIMENSIONS, Dimension, Slice
 from faregate.store.feedback import Feedback
-from faregate.store.postgres import analytics as pg_analytics
 from faregate.store.postgres.analytics import PostgresAnalytics
 from faregate.store.postgres.feedback import PostgresFeedbackTable
 from faregate.store.postgres.rollup import PostgresRollupWriter
 from faregate.store.postgres.store import PostgresStore
 from faregate.store.protocols import KeyRow
-from faregate.store.sqlite import analytics as sqlite_analytics
 from faregate.store.sqlite.analytics import SQLiteAnalytics
 from faregate.store.sqlite.feedback import SQLiteFeedbackTable
 from faregate.store.sqlite.rollup import RollupWriter
@@ -229,8 +228,7 @@ async def test_escalations_and_judge_calls_are_neither_failures_nor_fallbacks(st
 
 
 async def test_latency_over_the_same_sample(stores: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sqlite_analytics, "SAMPLE_SIZE", 50)
-    monkeypatch.setattr(pg_analytics, "SAMPLE_SIZE", 50)
+    monkeypatch.setattr(analytics_queries, "SAMPLE_SIZE", 50)  # both stores' queries
     s = Slice(H, H + SPAN_S + 1)
     for by in (None, *DIMENSIONS):
         lite, pg = await stores.lite.latency(s, by), await stores.pg.latency(s, by)

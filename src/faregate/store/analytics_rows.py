@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
@@ -147,11 +147,12 @@ def histogram_percentiles(
     return out
 
 
-def latency_bucket_sql(column: str) -> str:
-    """SQL for the lower bound of the histogram bucket holding `column` (see LATENCY_STEPS)."""
+def latency_bucket_sql(column: str, floor_int: Callable[[str], str]) -> str:
+    """SQL for the lower bound of the histogram bucket holding `column` (see LATENCY_STEPS);
+    `floor_int` is the dialect's integer floor."""
     parts = [
-        f"WHEN {column} < {limit:g} THEN CAST({column} / {width} AS INTEGER) * {width}"
+        f"WHEN {column} < {limit:g} THEN {floor_int(f'{column} / {width}')} * {width}"
         for limit, width in LATENCY_STEPS
     ]
     top = LATENCY_TOP_STEP
-    return f"CASE {' '.join(parts)} ELSE CAST({column} / {top} AS INTEGER) * {top} END"
+    return f"CASE {' '.join(parts)} ELSE {floor_int(f'{column} / {top}')} * {top} END"

@@ -1,5 +1,6 @@
-"""What the SQLite and the PostgreSQL analytics share: the columns they read, what counts as a
-served request, and how a row of sums becomes Totals. Only the SQL dialects differ."""
+"""The dialect-neutral pieces of the analytics queries (store/analytics_queries.py): the columns
+they read, what counts as a served request, a slice as a WHERE condition, and how rows of sums
+become Totals and the other answers."""
 
 from __future__ import annotations
 
@@ -21,8 +22,6 @@ from faregate.store.analytics_rows import (
 from faregate.store.record_sums import GROUP_SQL, TOTAL_COLUMNS
 from faregate.store.rows import from_nanousd
 
-# Percentiles over more records than this use an evenly spaced sample of this size.
-SAMPLE_SIZE = 20_000
 # 4xx are refusals (auth, bad input, budget, rate limit) or clients that left: instant, and
 # nothing to do with how fast the service is, so latency figures leave them out.
 SERVED = "(status < 400 OR status >= 500)"

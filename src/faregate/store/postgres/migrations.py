@@ -163,7 +163,7 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
             )
             """,
             # The few requests with a retry, a fallback or a failure: the only ones whose attempts
-            # the reliability queries parse. Its condition is pg_analytics.EVENTFUL word for word.
+            # the reliability queries parse. Its condition is postgres/rollup.py's EVENTFUL word for word.
             """
             CREATE INDEX request_records_eventful ON request_records (created_at)
             WHERE (jsonb_array_length(attempts::jsonb) > 1 OR status >= 500)
