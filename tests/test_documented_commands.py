@@ -71,6 +71,9 @@ QUICK: dict[str, Quick] = {
     "make run": Quick(why_not=MAKE_RUN),
     "make test": Quick(why_not="this suite is what `make test` runs"),
     "make unit": Quick(run="make -n unit", where="checkout", expect='pytest -q -m "not e2e"'),
+    "make run EXTRAS=semantic": Quick(
+        run="make -n run EXTRAS=semantic", where="checkout", expect="pip install --quiet -e '.[semantic]'"
+    ),
     "make bench": Quick(run=BENCH_OVERHEAD, where="checkout", expect="healthy after start"),
     # 600 requests: enough for every kind of fault to be drawn (the test checks that it was).
     "make chaos": Quick(
