@@ -7,17 +7,23 @@ CHAOS_REQUESTS ?= 20000
 CHAOS_REPORT ?= bench/results/chaos.json
 # Extra arguments for bench/overhead.py (e.g. --duration 1 --sequential 50 --streams 2).
 BENCH_ARGS ?=
+# Extras `make run` installs beside the core, e.g. EXTRAS=semantic,postgres (README: Install).
+EXTRAS ?=
 
 .PHONY: run test unit system-packages lint typecheck bench chaos clean
 
 # The gateway on http://127.0.0.1:4000 with a simulator; prints an API key, a master key and the
-# dashboard's URL.
+# dashboard's URL. The core install is enough for that; a config that turns on more names the
+# extra it needs (make run EXTRAS=...).
 run: $(VENV)/.installed
+ifneq ($(EXTRAS),)
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+endif
 	$(BIN)/faregate serve --new-key
 
 # Everything the suite needs on a fresh Debian machine: the missing system packages (root, or
-# password-less sudo, only when something is missing), the dev dependencies, then lint, types
-# and every test.
+# password-less sudo, only when something is missing), the dev dependencies (every extra
+# included), then lint, types and every test.
 test: system-packages $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench

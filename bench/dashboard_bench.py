@@ -28,11 +28,11 @@ from typing import Any
 
 import orjson
 
-from faregate.store.analytics import SQLiteAnalytics
 from faregate.store.analytics_rows import Slice
-from faregate.store.rollup import RollupWriter
 from faregate.store.rows import RECORD_COLUMNS, to_nanousd, usd_text
-from faregate.store.sqlite import DB_FILENAME, SQLiteStore
+from faregate.store.sqlite.analytics import SQLiteAnalytics
+from faregate.store.sqlite.rollup import RollupWriter
+from faregate.store.sqlite.store import DB_FILENAME, SQLiteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = 86400.0

@@ -22,9 +22,9 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "tests"), str(Path(__f
 
 from dashboard_bench import DAY, synthetic_rows, timed  # noqa: E402
 from faregate.store.analytics_rows import Slice  # noqa: E402
-from faregate.store.pg_analytics import PostgresAnalytics  # noqa: E402
-from faregate.store.pg_rollup import PostgresRollupWriter  # noqa: E402
-from faregate.store.postgres import PostgresStore  # noqa: E402
+from faregate.store.postgres.analytics import PostgresAnalytics  # noqa: E402
+from faregate.store.postgres.rollup import PostgresRollupWriter  # noqa: E402
+from faregate.store.postgres.store import PostgresStore  # noqa: E402
 from faregate.store.rows import RECORD_COLUMNS  # noqa: E402
 from servers import run_postgres  # noqa: E402
 

@@ -182,7 +182,7 @@ async def streaming_ttft(url: str, key: str, concurrency: int, per_worker: int) 
 def create_key(store: Path) -> str:
     code = (
         "import asyncio, sys\n"
-        "from faregate.store.sqlite import SQLiteStore\n"
+        "from faregate.store.sqlite.store import SQLiteStore\n"
         "from faregate.accounts.keys import KeyStore\n"
         "async def main():\n"
         f"    store = await SQLiteStore.open({str(store)!r})\n"

@@ -169,7 +169,7 @@ def cache_written(gateway: GatewayProcess, counter: str = "cache_writes") -> Ite
 def create_key(store_path: Path, name: str = "test", premium: bool = False) -> str:
     async def make() -> str:
         from faregate.accounts.keys import KeyStore
-        from faregate.store.sqlite import SQLiteStore
+        from faregate.store.sqlite.store import SQLiteStore
 
         store = await SQLiteStore.open(store_path)
         try:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner, Result
 
 from faregate.cli import credits as credits_cli
 from faregate.cli import keys as keys_cli
-from faregate.store.sqlite import DB_FILENAME
+from faregate.store.sqlite.store import DB_FILENAME
 
 
 @pytest.fixture

@@ -14,9 +14,10 @@ from aiohttp import web
 
 from faregate.config import AlertRule, AlertSettings, WebhookSettings, parse_settings
 from faregate.errors import ConfigError
-from faregate.store.analytics import SQLiteAnalytics
-from faregate.store.feedback import Feedback, FeedbackTable
-from faregate.store.sqlite import SQLiteStore
+from faregate.store.feedback import Feedback
+from faregate.store.sqlite.analytics import SQLiteAnalytics
+from faregate.store.sqlite.feedback import SQLiteFeedbackTable
+from faregate.store.sqlite.store import SQLiteStore
 from faregate.telemetry.alerts import AlertManager
 from faregate.types import Attempt, RequestRecord
 
@@ -86,7 +87,7 @@ async def analytics(tmp_path: Path) -> AsyncIterator[SQLiteAnalytics]:
     records.append(rec(50, NOW - 86400, key_id="k2", cost_usd=Decimal("9")))  # yesterday's spend
     await store.insert_records(records)
     a = await SQLiteAnalytics.open(store.path)
-    feedback = FeedbackTable(a.connection)
+    feedback = SQLiteFeedbackTable(a.connection)
     for i in range(6):  # m1: 2 of 6 liked (33%); m2: all liked
         await feedback.upsert(Feedback(f"r{i}", "k1", NOW - 10, thumb="up" if i < 2 else "down"))
         await feedback.upsert(Feedback(f"r{30 + i}", "k2", NOW - 10, rating=5))
@@ -198,7 +199,7 @@ async def test_background_task_evaluates_periodically(manager: Make, hook: Hook)
     finally:
         await alerts.close()
     # Evaluated at the real "now", k2 has spent nothing today; the loop ran without error.
-    assert alerts._task is None
+    assert alerts._loop is None
 
 
 def test_rules_are_checked_at_load() -> None:

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from faregate.store.analytics import SQLiteAnalytics
 from faregate.store.analytics_rows import Slice, bucket_width, histogram_percentiles
-from faregate.store.feedback import Feedback, FeedbackTable
-from faregate.store.rollup import RollupWriter
-from faregate.store.sqlite import SQLiteStore
+from faregate.store.feedback import Feedback
+from faregate.store.sqlite.analytics import SQLiteAnalytics
+from faregate.store.sqlite.feedback import SQLiteFeedbackTable
+from faregate.store.sqlite.rollup import RollupWriter
+from faregate.store.sqlite.store import SQLiteStore
 from faregate.types import Attempt, RequestRecord
 
 H = 1_700_000_000 // 3600 * 3600  # an hour boundary
@@ -79,7 +80,7 @@ async def db(tmp_path: Path) -> AsyncIterator[Db]:
     store = await SQLiteStore.open(tmp_path)
     await store.insert_records(RECORDS)
     analytics = await SQLiteAnalytics.open(store.path)
-    feedback = FeedbackTable(analytics.connection)
+    feedback = SQLiteFeedbackTable(analytics.connection)
     await feedback.upsert(Feedback("r1", "k1", H + 100, thumb="up"))
     await feedback.upsert(Feedback("r2", "k2", H + 3700, rating=2))
     await feedback.upsert(Feedback("r3", "k1", H + 7300, thumb="down", comment="empty answer"))
@@ -204,7 +205,7 @@ async def test_feedback_joined_to_requests(db: Db) -> None:
     late = await db.analytics.feedback(Slice(H + 7200, UNTIL), None, by_feedback_time=True)
     assert [(r.count, r.satisfaction) for r in late] == [(1, 0.0)]
     # A second score for a request replaces the first.
-    await FeedbackTable(db.analytics.connection).upsert(Feedback("r3", "k1", H + 7400, thumb="up"))
+    await SQLiteFeedbackTable(db.analytics.connection).upsert(Feedback("r3", "k1", H + 7400, thumb="up"))
     rows = {r.group: r for r in await db.analytics.feedback(ALL, "model")}
     assert (rows["B"].count, rows["B"].satisfaction) == (1, 100.0)
 
@@ -222,7 +223,7 @@ async def test_recent_requests_search_and_paging(db: Db) -> None:
 
 
 async def test_latency_over_a_sample_when_the_range_is_large(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
-    import faregate.store.analytics as analytics_module
+    import faregate.store.analytics_queries as analytics_module
 
     monkeypatch.setattr(analytics_module, "SAMPLE_SIZE", 4)
     rows, step = await db.analytics.latency(ALL, None)

@@ -13,19 +13,19 @@ from typing import Any
 
 import pytest
 
-from faregate.store import analytics as sqlite_analytics
-from faregate.store import pg_analytics
-from faregate.store.analytics import SQLiteAnalytics
-from faregate.store.analytics_api import Analytics
+from faregate.store import analytics_queries
+from faregate.store.analytics import Analytics
 from faregate.store.analytics_rows import DIMENSIONS, Dimension, Slice
-from faregate.store.base import KeyRow
-from faregate.store.feedback import Feedback, FeedbackTable
-from faregate.store.pg_analytics import PostgresAnalytics
-from faregate.store.pg_feedback import PostgresFeedbackTable
-from faregate.store.pg_rollup import PostgresRollupWriter
-from faregate.store.postgres import PostgresStore
-from faregate.store.rollup import RollupWriter
-from faregate.store.sqlite import SQLiteStore
+from faregate.store.feedback import Feedback
+from faregate.store.postgres.analytics import PostgresAnalytics
+from faregate.store.postgres.feedback import PostgresFeedbackTable
+from faregate.store.postgres.rollup import PostgresRollupWriter
+from faregate.store.postgres.store import PostgresStore
+from faregate.store.protocols import KeyRow
+from faregate.store.sqlite.analytics import SQLiteAnalytics
+from faregate.store.sqlite.feedback import SQLiteFeedbackTable
+from faregate.store.sqlite.rollup import RollupWriter
+from faregate.store.sqlite.store import SQLiteStore
 from faregate.types import Attempt, RequestRecord
 from servers import PostgresServer, postgres_server  # noqa: F401
 
@@ -136,7 +136,7 @@ async def stores(tmp_path: Path, postgres_server: PostgresServer) -> AsyncIterat
         await store.insert_records(records)
     lite = await SQLiteAnalytics.open(lite_store.path)
     pg = await PostgresAnalytics.open(url)
-    for table in (FeedbackTable(lite.connection), PostgresFeedbackTable(pg.pool)):
+    for table in (SQLiteFeedbackTable(lite.connection), PostgresFeedbackTable(pg.pool)):
         for f in feedback:
             await table.upsert(f)
     try:
@@ -228,8 +228,7 @@ async def test_escalations_and_judge_calls_are_neither_failures_nor_fallbacks(st
 
 
 async def test_latency_over_the_same_sample(stores: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sqlite_analytics, "SAMPLE_SIZE", 50)
-    monkeypatch.setattr(pg_analytics, "SAMPLE_SIZE", 50)
+    monkeypatch.setattr(analytics_queries, "SAMPLE_SIZE", 50)  # both stores' queries
     s = Slice(H, H + SPAN_S + 1)
     for by in (None, *DIMENSIONS):
         lite, pg = await stores.lite.latency(s, by), await stores.pg.latency(s, by)

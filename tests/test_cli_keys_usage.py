@@ -15,7 +15,7 @@ from faregate.accounts.keys import KeyStore
 from faregate.cli import keys as keys_cli
 from faregate.cli import usage as usage_cli
 from faregate.cli.usage import parse_time
-from faregate.store.sqlite import DB_FILENAME, SQLiteStore
+from faregate.store.sqlite.store import DB_FILENAME, SQLiteStore
 from faregate.types import RequestRecord
 
 
@@ -190,6 +190,6 @@ def test_parse_time() -> None:
 
 
 def test_by_choices_match_the_store() -> None:
-    from faregate.store import GROUP_BY
+    from faregate.store.analytics_rows import DIMENSIONS
 
-    assert tuple(choice.group_by for choice in usage_cli.GroupChoice) == GROUP_BY
+    assert tuple(choice.group_by for choice in usage_cli.GroupChoice) == DIMENSIONS

@@ -12,11 +12,12 @@ from typer.testing import CliRunner
 
 from faregate.catalog import build_catalog
 from faregate.cli.main import app
-from faregate.config import load_settings
+from faregate.config import Settings, load_settings
 from faregate.evals.costs.projection import exact_usd
-from faregate.store.postgres import PostgresStore
-from faregate.store.record_totals import ModelTraffic, postgres_traffic, sqlite_traffic
-from faregate.store.sqlite import SQLiteStore
+from faregate.store.analytics_rows import Slice, Traffic
+from faregate.store.backends import open_records_reader
+from faregate.store.postgres.store import PostgresStore
+from faregate.store.sqlite.store import SQLiteStore
 from faregate.types import RequestRecord
 from servers import PostgresServer, postgres_server  # noqa: F401
 
@@ -60,9 +61,9 @@ RECORDS = [
     _record(8, T0 + 7 * 86400, "gpt-4o", 9999, 9999, "9.99"),  # at --until: excluded
 ]
 EXPECTED = [
-    ModelTraffic("deepseek-v4-flash", 3, 1, 3000, 600, Decimal("0.001686")),
-    ModelTraffic("gpt-4o", 2, 0, 6, 14, Decimal("0.000000155")),
-    ModelTraffic("asked-model", 1, 0, 0, 0, Decimal("0")),
+    Traffic("deepseek-v4-flash", 3, 1, 3000, 600, Decimal("0.001686")),
+    Traffic("gpt-4o", 2, 0, 6, 14, Decimal("0.000000155")),
+    Traffic("asked-model", 1, 0, 0, 0, Decimal("0")),
 ]
 
 
@@ -96,8 +97,16 @@ def _cost(config: Path) -> str:
     return result.output
 
 
-def _sorted(traffic: list[ModelTraffic]) -> list[ModelTraffic]:
-    return sorted(traffic, key=lambda r: (-r.cost, -r.requests, r.model))
+async def _traffic(settings: Settings, since: float, until: float) -> list[Traffic]:
+    reader = await open_records_reader(settings)
+    try:
+        return await reader.traffic(Slice(since, until))
+    finally:
+        await reader.close()
+
+
+def _sorted(traffic: list[Traffic]) -> list[Traffic]:
+    return sorted(traffic, key=lambda r: (-r.cost, -r.requests, r.group))
 
 
 def test_cost_from_records_on_postgres_matches_sqlite(
@@ -113,10 +122,10 @@ def test_cost_from_records_on_postgres_matches_sqlite(
     _fill_sqlite(tmp_path / "sqlite")
     _fill_postgres(url)
 
-    # The per-store totals: identical, and exactly the hand-worked figures.
+    # The per-store totals (read-only readers): identical, and exactly the hand-worked figures.
     since, until = T0, T0 + 7 * 86400
-    on_sqlite = asyncio.run(sqlite_traffic(tmp_path / "sqlite", since, until))
-    on_postgres = asyncio.run(postgres_traffic(url, since, until))
+    on_sqlite = asyncio.run(_traffic(load_settings(sqlite_config), since, until))
+    on_postgres = asyncio.run(_traffic(load_settings(pg_config), since, until))
     assert _sorted(on_postgres) == _sorted(on_sqlite) == EXPECTED
     assert [type(r.cost) for r in on_postgres] == [Decimal] * 3
 

@@ -71,6 +71,9 @@ QUICK: dict[str, Quick] = {
     "make run": Quick(why_not=MAKE_RUN),
     "make test": Quick(why_not="this suite is what `make test` runs"),
     "make unit": Quick(run="make -n unit", where="checkout", expect='pytest -q -m "not e2e"'),
+    "make run EXTRAS=semantic": Quick(
+        run="make -n run EXTRAS=semantic", where="checkout", expect="pip install --quiet -e '.[semantic]'"
+    ),
     "make bench": Quick(run=BENCH_OVERHEAD, where="checkout", expect="healthy after start"),
     # 600 requests: enough for every kind of fault to be drawn (the test checks that it was).
     "make chaos": Quick(
@@ -149,15 +152,15 @@ QUICK: dict[str, Quick] = {
     "python bench/fuzz_api.py --requests 10000 --seed 1 --report bench/results/fuzz.json": Quick(
         why_not="the same script as the line before, with a seed and a report: run there"
     ),
-    "python bench/semantic_lookup.py": Quick(
+    "python bench/semantic_lookup.py --wait-load 1.0": Quick(
         run="python bench/semantic_lookup.py --help",
         where="checkout",
         expect="--sizes",
-        why_not="embeds 50,000+ texts on a cold vector cache (many minutes): its help is checked here, "
-        "and tests/test_semantic_index.py checks the index against exact search",
+        why_not="embeds ~56,000 texts on a first run (15 min) and compares with a `git archive` of main: "
+        "its help is checked here; tests/test_semantic_index.py covers the lookups it times",
     ),
-    "python bench/semantic_lookup.py --wait-load 1.0": Quick(
-        why_not="the line before, waiting for a quiet machine"
+    "python bench/semantic_lookup.py": Quick(
+        why_not="the same script as the line before, without --wait-load: checked there"
     ),
     "python bench/routes_gsm8k.py": Quick(
         run="python bench/routes_gsm8k.py --questions 4 --streams 0 --out {scratch}/routes.json",

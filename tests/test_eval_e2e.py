@@ -115,7 +115,7 @@ def test_cost_from_records(tmp_path: Path) -> None:
     from faregate.catalog import build_catalog
     from faregate.config import load_settings
     from faregate.evals.costs.projection import display_usd
-    from faregate.store.sqlite import SQLiteStore
+    from faregate.store.sqlite.store import SQLiteStore
 
     store_dir = tmp_path / "store"
     config = tmp_path / "faregate.yaml"

@@ -29,7 +29,9 @@ from faregate.cli.main import app
 from faregate.evals.prompt_eval.judge import DEFAULT_RUBRIC, judge_prompt
 from faregate.evals.prompt_eval.report import build_report
 from faregate.evals.prompt_eval.run import Answer, EvalItem, RunOptions, pending
-from faregate.store.sqlite import SQLiteStore
+from faregate.store.analytics_rows import Slice
+from faregate.store.sqlite.analytics import SQLiteAnalytics
+from faregate.store.sqlite.store import DB_FILENAME
 from harness import GatewayProcess, SimProcess, create_key, run_gateway, run_sim
 
 pytestmark = pytest.mark.e2e
@@ -104,13 +106,13 @@ def _recorded_cost(gateway: GatewayProcess, model: str, requests: int) -> Decima
     """What the gateway itself recorded for `model` (its request records, flushed in the background)."""
 
     async def read() -> tuple[int, Decimal]:
-        store = await SQLiteStore.open(gateway.store_path)
+        analytics = await SQLiteAnalytics.open(Path(gateway.store_path) / DB_FILENAME)
         try:
-            rows = await store.usage_summary(None, None, "model")
+            rows = await analytics.breakdown(Slice(0.0, time.time() + 3600), "model")
         finally:
-            await store.close()
+            await analytics.close()
         row = next((r for r in rows if r.group == model), None)
-        return (0, Decimal(0)) if row is None else (row.requests, row.cost)
+        return (0, Decimal(0)) if row is None else (row.totals.requests, row.totals.cost)
 
     deadline = time.monotonic() + 10
     while True:

@@ -12,8 +12,8 @@ import pytest
 import faregate.accounts.keys as keys_module
 from faregate.accounts.keys import ApiKey, KeyStore, hash_key
 from faregate.errors import InvalidRequest
-from faregate.store.base import KeyRow
-from faregate.store.sqlite import SQLiteStore
+from faregate.store.protocols import KeyRow
+from faregate.store.sqlite.store import SQLiteStore
 
 
 class CountingTable:

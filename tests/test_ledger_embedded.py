@@ -18,8 +18,8 @@ from faregate.accounts.policy import Budget, Limits, hour_of, window_of
 from faregate.config import AccountsSettings
 from faregate.errors import InsufficientCredits
 from faregate.server.parse import parse_chat_request
-from faregate.store.base import LedgerRow
-from faregate.store.sqlite import DB_FILENAME, SQLiteStore
+from faregate.store.protocols import LedgerRow
+from faregate.store.sqlite.store import DB_FILENAME, SQLiteStore
 
 UNLIMITED = Limits(None, None)
 
@@ -60,7 +60,7 @@ async def test_grant_is_a_ledger_row_and_audit_is_clean(store: SQLiteStore, tmp_
     accounts = EmbeddedAccounts(store)
     balance = await accounts.balance(key_id)
     assert balance is not None and balance.balance_nano == 10_000_000 == ledger_sum(tmp_path, key_id)
-    rows = await store.ledger_rows(key_id, 10)
+    rows = await store.accounts.ledger_rows(key_id, 10)
     assert [(r.kind, r.amount_nano) for r in rows] == [("grant", 10_000_000)]
     assert (await accounts.audit()).clean
 
@@ -90,7 +90,9 @@ async def test_settle_charges_the_cost_and_gives_back_the_rest(store: SQLiteStor
     await accounts.release(key_id, HoldRef("hold_2", "req_2", ref.hour, 100, UNLIMITED))
     balance = await accounts.balance(key_id)
     assert balance is not None and balance.balance_nano == 10_000_000 - 1_234_567 and balance.held_nano == 0
-    kinds = [(r.kind, r.amount_nano, r.cost_nano) for r in reversed(await store.ledger_rows(key_id, 10))]
+    kinds = [
+        (r.kind, r.amount_nano, r.cost_nano) for r in reversed(await store.accounts.ledger_rows(key_id, 10))
+    ]
     assert kinds == [
         ("grant", 10_000_000, None),
         ("reservation", -4_000_000, None),
@@ -110,7 +112,7 @@ async def test_expired_holds_are_released_by_admission_and_by_the_sweeper(store:
     # Admission treats it as released: the whole balance is available again.
     assert isinstance(await accounts.reserve(ask(key_id, 2, 1_000_000, ttl=0.0)), Admitted)
     assert await accounts.sweep() == 1
-    rows = await store.ledger_rows(key_id, 10)
+    rows = await store.accounts.ledger_rows(key_id, 10)
     expired = [r for r in rows if r.kind == "release"]
     assert len(expired) == 2 and all("expired" in (r.note or "") for r in expired)
     # A late settlement (the request finished after its hold expired) is still charged.
@@ -171,7 +173,7 @@ async def test_ledger_is_append_only(store: SQLiteStore, tmp_path: Path) -> None
 
 async def test_audit_reports_a_tampered_balance(store: SQLiteStore, tmp_path: Path) -> None:
     key_id = await new_key(store, 5_000)
-    await store.credit(LedgerRow("topup_x", key_id, "topup", 1_000, 1.0))
+    await store.accounts.credit(LedgerRow("topup_x", key_id, "topup", 1_000, 1.0))
     with sqlite3.connect(tmp_path / DB_FILENAME) as db:
         db.execute("UPDATE accounts SET balance_nano = balance_nano + 1 WHERE key_id = ?", (key_id,))
     report = await EmbeddedAccounts(store).audit()
@@ -180,9 +182,9 @@ async def test_audit_reports_a_tampered_balance(store: SQLiteStore, tmp_path: Pa
 
 async def test_metered_admission_caps_a_single_request(store: SQLiteStore) -> None:
     key_id = await new_key(store, 10_000_000_000)
-    await store.set_policy(key_id, None, None, 1_000_000, "[]")
+    await store.accounts.set_policy(key_id, None, None, 1_000_000, "[]")
     accounts = EmbeddedAccounts(store)
-    admission = MeteredAdmission(accounts, PolicyCache(store), AccountsSettings(), 60.0)
+    admission = MeteredAdmission(accounts, PolicyCache(store.accounts), AccountsSettings(), 60.0)
     key = next(k for k in await KeyStore(store).list() if k.id == key_id)
     request = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}]}, {}, "req_1")
     with pytest.raises(InsufficientCredits) as refused:

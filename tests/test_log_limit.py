@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import logging
 
-from faregate.store.base import StoreUnavailable
 from faregate.store.outage import is_outage, outage_error
+from faregate.store.protocols import StoreUnavailable
 from faregate.telemetry.log_limit import RepeatFilter
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from faregate.config import RecordsSettings
-from faregate.store.base import GroupBy, StoreUnavailable, UsageRow
-from faregate.store.sqlite import SQLiteStore
+from faregate.store.analytics_rows import Dimension, Slice
+from faregate.store.protocols import StoreUnavailable
+from faregate.store.sqlite.analytics import SQLiteAnalytics
+from faregate.store.sqlite.store import SQLiteStore
 from faregate.telemetry.records import RecordWriter
 from faregate.types import Attempt, RequestRecord
 
@@ -57,11 +59,6 @@ class FakeTable:
 
     async def count_records(self) -> int:
         return len(self.stored)
-
-    async def usage_summary(
-        self, since: float | None, until: float | None, group_by: GroupBy = "model"
-    ) -> list[UsageRow]:
-        return []
 
 
 @pytest.fixture
@@ -215,7 +212,22 @@ async def test_record_round_trip_is_exact(store: SQLiteStore) -> None:
     assert await store.get_record("missing") is None
 
 
-async def test_usage_summary_groups_and_sums_exactly_in_sql(store: SQLiteStore) -> None:
+async def usage(store: SQLiteStore, since: float, until: float, by: Dimension) -> list[tuple[object, ...]]:
+    """(group, requests, errors >= 400, prompt, completion, cost) per group, as `faregate usage`
+    reads them."""
+    analytics = await SQLiteAnalytics.open(store.path)
+    try:
+        groups = await analytics.breakdown(Slice(since, until), by, 1000)
+    finally:
+        await analytics.close()
+    return [
+        (g.group, t.requests, t.errors + t.client_errors, t.prompt_tokens, t.completion_tokens, t.cost)
+        for g in groups
+        for t in [g.totals]
+    ]
+
+
+async def test_records_are_totalled_exactly_in_sql(store: SQLiteStore) -> None:
     t = 1_700_000_000.0
     await store.insert_records(
         [
@@ -261,23 +273,21 @@ async def test_usage_summary_groups_and_sums_exactly_in_sql(store: SQLiteStore) 
             record("old", created_at=t - 100, model_used="m1", cost_usd=Decimal(5)),
         ]
     )
-    by_model = await store.usage_summary(t, t + 10, "model")
+    by_model = await usage(store, t, t + 10, "model")
     assert by_model == [
-        UsageRow("m1", 2, 0, 20, 10, Decimal("0.3")),
-        UsageRow("m2", 1, 0, 10, 5, Decimal("0.00082")),
-        UsageRow("m3", 1, 1, 0, 0, Decimal(0)),  # a request that failed everywhere counts as the model asked
+        ("m1", 2, 0, 20, 10, Decimal("0.3")),
+        ("m2", 1, 0, 10, 5, Decimal("0.00082")),
+        ("m3", 1, 1, 0, 0, Decimal(0)),  # a request that failed everywhere counts as the model asked
     ]
-    by_key = {row.group: row for row in await store.usage_summary(t, t + 10, "key")}
-    assert by_key["k1"].cost == Decimal("0.10082") and by_key["k1"].requests == 2
-    assert by_key["k2"].cost == Decimal("0.2") and by_key["k2"].errors == 1
-    by_provider = {row.group: row.requests for row in await store.usage_summary(t, t + 10, "provider")}
+    by_key = {row[0]: row for row in await usage(store, t, t + 10, "key")}
+    assert by_key["k1"][5] == Decimal("0.10082") and by_key["k1"][1] == 2
+    assert by_key["k2"][5] == Decimal("0.2") and by_key["k2"][2] == 1
+    by_provider = {row[0]: row[1] for row in await usage(store, t, t + 10, "provider")}
     assert by_provider == {"p1": 2, "p2": 1, None: 1}
-    by_route = {row.group: (row.requests, row.cost) for row in await store.usage_summary(t, t + 10, "route")}
+    by_route = {row[0]: (row[1], row[5]) for row in await usage(store, t, t + 10, "route")}
     assert by_route == {"r": (2, Decimal("0.3")), None: (2, Decimal("0.00082"))}
 
-    assert [r.group for r in await store.usage_summary(t + 1, t + 2, "model")] == ["m1"]  # until is exclusive
-    everything = await store.usage_summary(None, None, "model")
-    assert sum((r.cost for r in everything), Decimal(0)) == Decimal("5.30082")
+    assert [r[0] for r in await usage(store, t + 1, t + 2, "model")] == ["m1"]  # until is exclusive
+    everything = await usage(store, 0.0, t + 10, "model")
+    assert sum((r[5] for r in everything), Decimal(0)) == Decimal("5.30082")  # type: ignore[misc]
     assert await store.count_records() == 5
-    with pytest.raises(ValueError):
-        await store.usage_summary(None, None, "day")  # type: ignore[arg-type]

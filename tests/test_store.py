@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from faregate.config import StoreSettings
+from faregate.config import Settings, StoreSettings
 from faregate.errors import ConfigError
-from faregate.store import SQLiteStore, open_store
-from faregate.store.migrations import LATEST_VERSION, MIGRATIONS, Migration
+from faregate.store.backends import open_backends
 from faregate.store.rows import from_nanousd, to_nanousd, usd_text
-from faregate.store.sqlite import DB_FILENAME
+from faregate.store.schema import Migration
+from faregate.store.sqlite.migrations import LATEST_VERSION, MIGRATIONS
+from faregate.store.sqlite.store import DB_FILENAME, SQLiteStore
 
 
 def tables(path: Path) -> set[str]:
@@ -26,8 +27,8 @@ def applied(path: Path) -> list[tuple[int, str, float]]:
 
 async def test_open_creates_directory_database_in_wal_mode(tmp_path: Path) -> None:
     directory = tmp_path / "nested" / "store"
-    store = await open_store(StoreSettings(path=str(directory)))
-    await store.close()
+    backends = await open_backends(Settings(store=StoreSettings(path=str(directory))))
+    await backends.close()
     db = directory / DB_FILENAME
     assert db.exists()
     with sqlite3.connect(db) as conn:

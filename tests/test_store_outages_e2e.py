@@ -196,8 +196,8 @@ def test_retried_scripts_do_not_act_twice(redis_server: RedisServer, postgres_se
     async def scenario() -> dict[str, Any]:
         from faregate.accounts.keys import KeyStore
         from faregate.accounts.shared import SharedAccounts
-        from faregate.store.base import LedgerRow
-        from faregate.store.postgres import PostgresStore
+        from faregate.store.postgres.store import PostgresStore
+        from faregate.store.protocols import LedgerRow
 
         pg = await PostgresStore.open(postgres_server.new_database())
         shared = await SharedAccounts.connect(redis_server.new_database(), pg)

@@ -16,10 +16,12 @@ from faregate.accounts.keys import KeyStore
 from faregate.accounts.policy import Budget, Limits, hour_of, window_of
 from faregate.accounts.shared import SharedAccounts
 from faregate.errors import ConfigError
-from faregate.store.base import LedgerRow
-from faregate.store.postgres import PostgresStore
-from faregate.store.postgres_migrations import PG_MIGRATIONS
-from faregate.store.redis_ledger import account_key
+from faregate.store.analytics_rows import Slice
+from faregate.store.postgres.analytics import PostgresAnalytics
+from faregate.store.postgres.migrations import PG_MIGRATIONS
+from faregate.store.postgres.store import PostgresStore
+from faregate.store.protocols import LedgerRow
+from faregate.store.redis.ledger import account_key
 from faregate.types import RequestRecord
 from servers import PostgresServer, RedisServer, SharedUrls, postgres_server, redis_server, shared_urls  # noqa: F401
 
@@ -77,11 +79,11 @@ async def test_instances_starting_together_migrate_once(shared_urls: SharedUrls)
         await store.close()
 
 
-async def test_keys_and_records(pg: PostgresStore) -> None:
+async def test_keys_and_records(pg: PostgresStore, shared_urls: SharedUrls) -> None:  # noqa: F811
     keys = KeyStore(pg)
     key, raw = await keys.create("alice", credits_nano=5_000)
     assert (await keys.verify(raw)) == key
-    assert (await pg.get_account(key.id)).balance_nano == 5_000  # type: ignore[union-attr]
+    assert (await pg.accounts.get_account(key.id)).balance_nano == 5_000  # type: ignore[union-attr]
     record = RequestRecord("req_1", 1000.0, key.id, "m", "m", "sim", 200, False, 10, 5, Decimal("0.00082"))
     record.route = "smart"
     other = RequestRecord("req_2", 2000.0, None, "m2", None, None, 502, True, error="boom")
@@ -89,25 +91,32 @@ async def test_keys_and_records(pg: PostgresStore) -> None:
     assert await pg.insert_records([record]) == 0  # a retried batch never duplicates
     assert (await pg.get_record("req_1")) == record
     assert await pg.count_records() == 2
-    summary = await pg.usage_summary(None, None, "model")
-    assert [(u.group, u.requests, u.errors, u.cost) for u in summary] == [
-        ("m", 1, 0, Decimal("0.00082")),
-        ("m2", 1, 1, Decimal(0)),
-    ]
-    assert [u.group for u in await pg.usage_summary(1500.0, None, "key")] == [None]
-    assert [(u.group, u.requests) for u in await pg.usage_summary(None, None, "route")] == [
-        ("smart", 1),
-        (None, 1),
-    ]
+    # Totalled as `faregate usage` and the dashboard total them (Analytics.breakdown).
+    analytics = await PostgresAnalytics.open(shared_urls.postgres)
+    try:
+        summary = await analytics.breakdown(Slice(0.0, 3000.0), "model")
+        assert [(g.group, g.totals.requests, g.totals.errors, g.totals.cost) for g in summary] == [
+            ("m", 1, 0, Decimal("0.00082")),
+            ("m2", 1, 1, Decimal(0)),
+        ]
+        assert [g.group for g in await analytics.breakdown(Slice(1500.0, 3000.0), "key")] == [None]
+        assert [
+            (g.group, g.totals.requests) for g in await analytics.breakdown(Slice(0.0, 3000.0), "route")
+        ] == [
+            ("smart", 1),
+            (None, 1),
+        ]
+    finally:
+        await analytics.close()
     assert await keys.revoke("alice") and await keys.verify(raw) is None
 
 
 async def test_apply_ledger_is_idempotent(pg: PostgresStore) -> None:
     key, _ = await KeyStore(pg).create("t")
     rows = [LedgerRow("topup_1", key.id, "topup", 700, 1.0), LedgerRow("topup_2", key.id, "topup", 300, 2.0)]
-    assert await pg.apply_ledger(rows) == 2
-    assert await pg.apply_ledger(rows) == 0  # shipped twice: nothing moves the second time
-    assert (await pg.get_account(key.id)).balance_nano == 1_000 == await ledger_sum(pg, key.id)  # type: ignore[union-attr]
+    assert await pg.accounts.apply_ledger(rows) == 2
+    assert await pg.accounts.apply_ledger(rows) == 0  # shipped twice: nothing moves the second time
+    assert (await pg.accounts.get_account(key.id)).balance_nano == 1_000 == await ledger_sum(pg, key.id)  # type: ignore[union-attr]
     with pytest.raises(Exception, match="append-only"):
         await pg._pool.execute("DELETE FROM ledger")
 
@@ -121,7 +130,7 @@ async def test_concurrent_reservations_never_overspend(pg: PostgresStore, shared
     assert sum(isinstance(r, Admitted) for r in results) == 10
     assert {r.reason for r in results if isinstance(r, Refused)} == {"credits"}
     await shared.flush()
-    assert (await pg.get_account(key.id)).balance_nano == 0 == await ledger_sum(pg, key.id)  # type: ignore[union-attr]
+    assert (await pg.accounts.get_account(key.id)).balance_nano == 0 == await ledger_sum(pg, key.id)  # type: ignore[union-attr]
     assert (await shared.audit()).clean
 
 
@@ -141,11 +150,11 @@ async def test_settle_release_expire_and_late_settle(pg: PostgresStore, shared: 
     assert balance is not None and balance.held_nano == 0
     assert balance.balance_nano == 10_000_000 - 1_234_567 - 2_000
     await shared.flush()
-    rows = {r.entry_id: r for r in await pg.ledger_rows(key.id, 100)}
+    rows = {r.entry_id: r for r in await pg.accounts.ledger_rows(key.id, 100)}
     assert rows["hold_3:close"].note is not None and "expired" in rows["hold_3:close"].note
     assert rows["hold_3:late"].amount_nano == -2_000 and rows["hold_1:close"].cost_nano == 1_234_567
-    assert (await pg.get_account(key.id)).balance_nano == balance.balance_nano  # type: ignore[union-attr]
-    assert await pg.open_holds_count() == 0
+    assert (await pg.accounts.get_account(key.id)).balance_nano == balance.balance_nano  # type: ignore[union-attr]
+    assert await pg.accounts.open_holds_count() == 0
     assert (await shared.audit()).clean
 
 
@@ -196,9 +205,9 @@ async def test_redis_data_loss_releases_its_holds_exactly_once(
     balance = await shared.balance(key.id)
     assert balance is not None and balance.balance_nano == 10_000_000 - 1_000_000 - 2_000_000
     await shared.flush()
-    rows = {r.entry_id: r for r in await pg.ledger_rows(key.id, 100)}
+    rows = {r.entry_id: r for r in await pg.accounts.ledger_rows(key.id, 100)}
     assert "lost" in (rows["hold_1:close"].note or "") and rows["hold_1:late"].amount_nano == -2_000_000
-    assert (await pg.get_account(key.id)).balance_nano == balance.balance_nano  # type: ignore[union-attr]
+    assert (await pg.accounts.get_account(key.id)).balance_nano == balance.balance_nano  # type: ignore[union-attr]
     assert await shared.redis.exists(account_key(key.id))
     assert (await shared.audit()).clean
 
@@ -214,7 +223,7 @@ async def test_an_unreachable_redis_refuses_with_503_not_free_spend(pg: Postgres
     with run_redis() as doomed:
         accounts = await SharedAccounts.connect(doomed.new_database(), pg)
     # The server is gone now.
-    admission = MeteredAdmission(accounts, PolicyCache(pg), AccountsSettings(), 60.0)
+    admission = MeteredAdmission(accounts, PolicyCache(pg.accounts), AccountsSettings(), 60.0)
     request = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}]}, {}, "req_1")
     with pytest.raises(AccountsUnavailable) as refused:
         await admission.admit(key, request, Decimal("0.0001"), 10)

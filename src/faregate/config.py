@@ -18,6 +18,7 @@ import msgspec
 import yaml
 
 from faregate.errors import ConfigError
+from faregate.extras import check_settings
 from faregate.route_config import (
     RouteSettings,
     check_routes,
@@ -404,6 +405,8 @@ def parse_settings(data: dict[str, Any], origin: str = "config") -> Settings:
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{origin}: {_explain(exc)}") from exc
     _check_references(settings, origin)
+    # A feature turned on whose optional packages are missing: one line naming the extra.
+    check_settings(settings, origin)
     return settings
 
 

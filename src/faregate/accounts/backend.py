@@ -7,14 +7,15 @@ Two implementations: `embedded.EmbeddedAccounts` (SQLite, rate limits in process
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from faregate.accounts.money import usd_text
 from faregate.accounts.policy import Limits, Window
 from faregate.accounts.ratelimit import RateRefusal, RateState
-from faregate.store.base import AccountTable, AuditRow, LedgerRow
 from faregate.store.holds import HoldRow, InstanceRow
+from faregate.store.protocols import AccountTable, AuditRow, LedgerRow
 
 
 @dataclass(slots=True, frozen=True)
@@ -145,6 +146,10 @@ class AccountBackend(Protocol):
 
     async def key_changed(self, key_id: str, revoked: bool = False) -> None:
         """Tell every instance that a key's policy changed or that it was revoked."""
+        ...
+
+    def on_key_changed(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(key_id)` when another instance changes a key ("": maybe any key)."""
         ...
 
     async def flush(self) -> None:

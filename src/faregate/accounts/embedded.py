@@ -8,6 +8,7 @@ synchronous step of the event loop, atomic by construction.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from faregate.accounts.backend import (
     Admitted,
@@ -19,13 +20,13 @@ from faregate.accounts.backend import (
     balance_audit,
 )
 from faregate.accounts.instance_lease import InstanceLease
-from faregate.accounts.periodic import Periodic
 from faregate.accounts.policy import KEEP_HOURS, Limits, hour_of
 from faregate.accounts.ratelimit import LocalRateLimiter, RateRefusal, RateState
-from faregate.store.base import LedgerRow
+from faregate.lifecycle import Periodic
 from faregate.store.holds import BudgetCheck, HoldRow, InstanceRow
-from faregate.store.sqlite import SQLiteStore
-from faregate.store.sqlite_ledger import SQLiteLedger
+from faregate.store.protocols import LedgerRow
+from faregate.store.sqlite.ledger import SQLiteLedger
+from faregate.store.sqlite.store import SQLiteStore
 
 # Old spend buckets are dropped at most this often (the scan is over every key's buckets).
 PRUNE_INTERVAL_S = 3600.0
@@ -40,7 +41,7 @@ class EmbeddedAccounts:
         limiter: LocalRateLimiter | None = None,
         lease_s: float = 15.0,
     ) -> None:
-        self.table = store
+        self.table = store.accounts
         self._store = store
         self.ledger = SQLiteLedger(store)
         self.limiter = limiter or LocalRateLimiter()
@@ -112,10 +113,10 @@ class EmbeddedAccounts:
         return released
 
     async def credit(self, row: LedgerRow) -> int:
-        return await self._store.credit(row)
+        return await self._store.accounts.credit(row)
 
     async def balance(self, key_id: str) -> Balance | None:
-        account = await self._store.get_account(key_id)
+        account = await self._store.accounts.get_account(key_id)
         if account is None:
             return None
         return Balance(account.balance_nano, await self.ledger.held(key_id))
@@ -131,12 +132,16 @@ class EmbeddedAccounts:
         # another process (the CLI) is seen by the next reservation, which reads revoked_at.
         return None
 
+    def on_key_changed(self, listener: Callable[[str], None]) -> None:
+        # Nobody else serves this store: there is no other instance to hear from.
+        return None
+
     async def flush(self) -> None:
         return None
 
     async def audit(self) -> AuditReport:
         report = balance_audit(
-            await self._store.audit_rows(), await self._store.ledger_keys_without_account()
+            await self._store.accounts.audit_rows(), await self._store.accounts.ledger_keys_without_account()
         )
         report.problems.extend(await self.ledger.dangling())
         return report

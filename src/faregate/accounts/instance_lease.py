@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 
-from faregate.accounts.periodic import Periodic
+from faregate.lifecycle import Periodic
 from faregate.store.holds import new_instance_id
 
 log = logging.getLogger("faregate.accounts")

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from faregate.errors import InvalidRequest
-from faregate.store.base import KeyRow, KeyTable
+from faregate.store.protocols import KeyRow, KeyTable
 
 KEY_PREFIX = "fg-"
 PREMIUM_KEY_PREFIX = "fg_pro_"

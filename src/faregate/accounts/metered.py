@@ -22,7 +22,7 @@ from faregate.accounts.policy import Policy, budgets_from_text, hour_of, limits_
 from faregate.accounts.ratelimit import RateRefusal, rate_headers
 from faregate.config import AccountsSettings
 from faregate.errors import AuthenticationFailed, FaregateError, InsufficientCredits, RateLimited
-from faregate.store.base import AccountTable, StoreUnavailable
+from faregate.store.protocols import AccountTable, StoreUnavailable
 from faregate.types import ChatRequest
 
 

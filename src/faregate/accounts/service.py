@@ -26,8 +26,8 @@ from faregate.accounts.policy import (
 )
 from faregate.config import AccountsSettings
 from faregate.errors import InvalidRequest, NotFound
-from faregate.store.base import AccountRow, LedgerRow
 from faregate.store.holds import HoldRow, InstanceRow, new_entry_id
+from faregate.store.protocols import AccountRow, LedgerRow
 
 
 class Keep(Enum):

@@ -29,15 +29,16 @@ from faregate.accounts.backend import (
 )
 from faregate.accounts.instance_lease import InstanceLease
 from faregate.accounts.money import usd_text
-from faregate.accounts.periodic import Periodic
 from faregate.accounts.policy import KEEP_HOURS, Limits
 from faregate.accounts.ratelimit import Bucket, RateRefusal, RateState, meter
-from faregate.store.base import LedgerRow, StoreUnavailable
+from faregate.lifecycle import Periodic
 from faregate.store.holds import BudgetCheck, HoldRow, InstanceRow, ReserveOutcome
-from faregate.store.ledger_shipper import LedgerShipper
-from faregate.store.postgres import PostgresStore
-from faregate.store.redis_connect import retry_once_on_a_fresh_connection
-from faregate.store.redis_ledger import RedisLedger
+from faregate.store.postgres.accounts import PostgresAccountTable
+from faregate.store.postgres.store import PostgresStore
+from faregate.store.protocols import LedgerRow, StoreUnavailable
+from faregate.store.redis.connect import retry_once_on_a_fresh_connection
+from faregate.store.redis.ledger import RedisLedger
+from faregate.store.redis.shipper import LedgerShipper
 
 log = logging.getLogger("faregate.accounts")
 
@@ -60,7 +61,8 @@ class KeyEvents:
     def __init__(self, redis: Redis, listeners: list[Callable[[str], None]]) -> None:
         self.redis = redis
         self.listeners = listeners
-        self._task: asyncio.Task[None] | None = None
+        # One subscription per round; a lost one is made again half a second later.
+        self._loop = Periodic("key-events", 0.5, self._listen, run_first=True)
         self.ready = asyncio.Event()
 
     def _tell(self, key_id: str) -> None:
@@ -68,37 +70,30 @@ class KeyEvents:
             listener(key_id)
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="faregate-key-events")
+        if not self._loop.running:
+            self._loop.start()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ready.wait(), 5)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
-    async def _run(self) -> None:
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(KEY_EVENTS)
-                self.ready.set()
-                # Events may have been missed while (re)connecting: forget everything once.
-                self._tell("")
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        self._tell(str(message.get("data") or ""))
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                log.warning("key events: lost the Redis subscription (%s); reconnecting", exc)
-                await asyncio.sleep(0.5)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    async def _listen(self) -> None:
+        """One subscription, until it is lost."""
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(KEY_EVENTS)
+            self.ready.set()
+            # Events may have been missed while (re)connecting: forget everything once.
+            self._tell("")
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    self._tell(str(message.get("data") or ""))
+        except (RedisError, OSError) as exc:
+            log.warning("key events: lost the Redis subscription (%s); reconnecting", exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def publish(self, key_id: str) -> None:
         await self.redis.publish(KEY_EVENTS, key_id)
@@ -125,8 +120,8 @@ class SharedAccounts:
     ) -> None:
         self.redis = redis
         self.pg = pg
-        self.ledger = RedisLedger(redis, pg, keep_hours=KEEP_HOURS)
-        self.shipper = LedgerShipper(redis, pg, interval_s=flush_interval_s)
+        self.ledger = RedisLedger(redis, pg.accounts, keep_hours=KEEP_HOURS)
+        self.shipper = LedgerShipper(redis, pg.accounts, interval_s=flush_interval_s)
         self.events = KeyEvents(redis, listeners or [])
         self._sweeper = Periodic("hold-sweeper", sweep_interval_s, self.sweep)
         self._started = False
@@ -143,8 +138,8 @@ class SharedAccounts:
         return await self.ledger.release_instance(instance_id, note)
 
     @property
-    def table(self) -> PostgresStore:
-        return self.pg
+    def table(self) -> PostgresAccountTable:
+        return self.pg.accounts
 
     @classmethod
     async def connect(
@@ -295,12 +290,17 @@ class SharedAccounts:
             await self.ledger.revoke(key_id)
         await self.events.publish(key_id)
 
+    def on_key_changed(self, listener: Callable[[str], None]) -> None:
+        self.events.listeners.append(listener)
+
     async def flush(self) -> None:
         if not await self.shipper.flush():
             raise StoreUnavailable("ledger entries are still waiting to reach PostgreSQL")
 
     async def audit(self) -> AuditReport:
-        report = balance_audit(await self.pg.audit_rows(), await self.pg.ledger_keys_without_account())
+        report = balance_audit(
+            await self.pg.accounts.audit_rows(), await self.pg.accounts.ledger_keys_without_account()
+        )
         report.problems.extend(await self._compare_live())
         return report
 
@@ -308,9 +308,9 @@ class SharedAccounts:
         """Redis's live balances against PostgreSQL's. They are comparable only when nothing moved
         in between: PostgreSQL read twice around Redis with an empty outbox, and unchanged."""
         for _ in range(5):
-            before = await self.pg.balances()
+            before = await self.pg.accounts.balances()
             live = await self.ledger.loaded_balances()
-            if await self.ledger.pending() == 0 and await self.pg.balances() == before:
+            if await self.ledger.pending() == 0 and await self.pg.accounts.balances() == before:
                 return [
                     f"{key_id}: Redis balance ${usd_text(balance)} but PostgreSQL has ${usd_text(stored)}"
                     for key_id, balance in sorted(live.items())

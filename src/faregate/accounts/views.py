@@ -10,8 +10,8 @@ from typing import Any
 from faregate.accounts.backend import AuditReport
 from faregate.accounts.money import usd_text
 from faregate.accounts.service import KeyView
-from faregate.store.base import LedgerRow
 from faregate.store.holds import HoldRow, InstanceRow
+from faregate.store.protocols import LedgerRow
 
 
 def key_json(view: KeyView) -> dict[str, Any]:

@@ -1,15 +1,10 @@
-"""Build the response cache the config asks for."""
+"""Build the response cache the config asks for (its background work starts with `start`)."""
 
 from __future__ import annotations
-
-import asyncio
-import logging
 
 from faregate.cache.service import ResponseCache
 from faregate.cache.stores import CacheStore, MemoryStore, RedisStore
 from faregate.config import CacheSettings
-
-log = logging.getLogger("faregate.cache")
 
 
 def build_cache(settings: CacheSettings, shared_redis_url: str | None = None) -> ResponseCache | None:
@@ -33,23 +28,15 @@ def build_cache(settings: CacheSettings, shared_redis_url: str | None = None) ->
             max_entries=settings.semantic.max_entries,
             ttl_s=settings.ttl_s,
         )
-        # Load the model in the background so start-up stays fast; lookups wait for it.
-        _loading.append(asyncio.get_running_loop().create_task(embedder.start()))
-        _loading[-1].add_done_callback(_report_load)
     cache = ResponseCache(settings, store, semantic)
+    if semantic is not None:
+        # Its worker thread ends with the cache (after any model load in progress).
+        cache.closers.append(semantic.embedder.close)
     if semantic is not None and redis_url:
         from faregate.cache.semantic_sync import SemanticSync
 
         sync = SemanticSync(redis_url, semantic)
         cache.on_semantic_store = sync.publish
+        cache.starters.append(sync.start)
         cache.closers.append(sync.close)
-        sync.start()
     return cache
-
-
-_loading: list[asyncio.Task[None]] = []
-
-
-def _report_load(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("the embedding model failed to load; semantic lookups will fail: %s", task.exception())

@@ -11,7 +11,6 @@ Redis being down never fails a request: publishing is skipped, tailing retries.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -21,6 +20,7 @@ import numpy as np
 import orjson
 
 from faregate.cache.semantic_index import Scope
+from faregate.lifecycle import Periodic
 
 log = logging.getLogger("faregate.cache")
 
@@ -37,7 +37,10 @@ class SemanticSync:
         self._semantic = semantic
         self._stream = stream
         self.origin = secrets.token_hex(6)
-        self._task: asyncio.Task[None] | None = None
+        # Start from the beginning: a new instance warms up from what others cached.
+        self._last = "0-0"
+        self._pause = 0.0
+        self._tailer = Periodic("semantic-sync", lambda: self._pause, self._read, run_first=True)
         self._last_warning = 0.0
         self.received = 0
         self.published = 0
@@ -66,23 +69,22 @@ class SemanticSync:
             self._warn("publishing an entry", exc)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._tail())
+        self._tailer.start()
 
-    async def _tail(self) -> None:
-        last = "0-0"  # start from the beginning: a new instance warms up from what others cached
-        while True:
-            try:
-                replies: Any = await self._redis.xread({self._stream: last}, count=500, block=1000)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._warn("reading shared entries", exc)
-                await asyncio.sleep(1.0)
-                continue
-            for _, entries in replies or []:
-                for entry_id, fields in entries:
-                    last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-                    await self._apply(fields)
+    async def _read(self) -> None:
+        """One read of the stream (blocking up to a second for new entries); the next one follows
+        at once, or after a second when Redis failed."""
+        try:
+            replies: Any = await self._redis.xread({self._stream: self._last}, count=500, block=1000)
+        except Exception as exc:
+            self._warn("reading shared entries", exc)
+            self._pause = 1.0
+            return
+        self._pause = 0.0
+        for _, entries in replies or []:
+            for entry_id, fields in entries:
+                self._last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                await self._apply(fields)
 
     async def _apply(self, fields: dict[bytes, bytes]) -> None:
         try:
@@ -105,12 +107,7 @@ class SemanticSync:
             log.exception("could not apply a shared semantic cache entry")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await self._tailer.stop()
         try:
             await self._redis.aclose()
         except Exception as exc:

@@ -23,6 +23,7 @@ from faregate.cache.keying import exact_key, is_deterministic, routing_material,
 from faregate.cache.stores import CacheStore
 from faregate.config import CacheSettings
 from faregate.errors import InvalidRequest
+from faregate.lifecycle import Lifecycle
 from faregate.routing.routes import parse_hints
 from faregate.types import JSON, ChatRequest, Usage
 
@@ -94,7 +95,17 @@ class ResponseCache:
         self.semantic_writes = 0
         # Called after a semantic entry is stored here (to share it with other instances).
         self.on_semantic_store: Callable[[Any, str, str, float, Any], Awaitable[None]] | None = None
+        # Background work begun by `start` (the semantic sync's tail) and ended by `close`.
+        self.starters: list[Callable[[], None]] = []
         self.closers: list[Callable[[], Awaitable[None]]] = []
+
+    def start(self, lifecycle: Lifecycle) -> None:
+        """Load the embedding model in the background, so start-up stays fast (lookups wait for
+        it), and begin the background work the cache was built with."""
+        if self.semantic is not None:
+            lifecycle.spawn("embedding model load", self.semantic.embedder.start())
+        for start in self.starters:
+            start()
 
     def decide(self, request: ChatRequest, headers: Any, resolve: Callable[[], str]) -> CacheDecision:
         """`resolve` gives the route or canonical model name; only called for cacheable requests."""

@@ -60,7 +60,7 @@ class RedisStore:
     def __init__(self, url: str, prefix: str = "faregate:cache:") -> None:
         import redis.asyncio as redis
 
-        from faregate.store.redis_connect import retry_once_on_a_fresh_connection
+        from faregate.store.redis.connect import retry_once_on_a_fresh_connection
 
         self._redis = redis.Redis.from_url(
             url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=retry_once_on_a_fresh_connection()

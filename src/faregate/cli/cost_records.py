@@ -13,12 +13,23 @@ from faregate.cli.cost_records_table import render
 from faregate.cli.usage import parse_time
 from faregate.config import Settings
 from faregate.evals.costs.projection import MoneyText
-from faregate.store.record_totals import RecordsUnavailable, read_traffic
+from faregate.store.analytics_rows import Slice, Traffic
+from faregate.store.backends import open_records_reader
+from faregate.store.protocols import StoreUnavailable
 from faregate.types import Price
 
 
 def _when(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+async def _read(settings: Settings, since: float, until: float) -> list[Traffic]:
+    """Per-model traffic from the store the gateway writes, read-only (never migrated, never locked)."""
+    reader = await open_records_reader(settings)
+    try:
+        return await reader.traffic(Slice(since, until), "model")
+    finally:
+        await reader.close()
 
 
 def cost_from_records(
@@ -27,9 +38,8 @@ def cost_from_records(
     now = time.time()
     start, end = parse_time(since, now), parse_time(until, now)
     try:
-        # The store the gateway writes: PostgreSQL when store.postgres_url is set, else SQLite.
-        traffic = asyncio.run(read_traffic(settings.store, start, end))
-    except RecordsUnavailable as exc:
+        traffic = asyncio.run(_read(settings, start, end))
+    except StoreUnavailable as exc:
         typer.echo(f"faregate: {exc}", err=True)
         raise typer.Exit(2) from None
     console = Console(width=max(Console().width, 150))

@@ -1,6 +1,6 @@
 """What recorded traffic cost, and what the same tokens would have cost on another model.
 
-The totals come from the store (store.record_totals: SQLite or PostgreSQL, read-only, money
+The totals come from the store (Analytics.traffic: SQLite or PostgreSQL, read-only, money
 summed exactly). Re-pricing is linear in tokens, so pricing the summed prompt and completion
 tokens at model X's price is exact too. Cache hits cost nothing and would cost nothing on X
 either (the cache sits in front of any model), so only the billed requests are re-priced.
@@ -13,12 +13,12 @@ from decimal import Decimal
 from rich.table import Table
 
 from faregate.evals.costs.projection import MoneyText, display_usd, format_share
-from faregate.store.record_totals import ModelTraffic
+from faregate.store.analytics_rows import Traffic
 from faregate.types import Price
 
 
 def render(
-    traffic: list[ModelTraffic], targets: dict[str, Price], title: str, money: MoneyText = display_usd
+    traffic: list[Traffic], targets: dict[str, Price], title: str, money: MoneyText = display_usd
 ) -> Table:
     """One row per recorded model and a total; a column per target model with the re-priced cost."""
     table = Table(title=title)
@@ -27,7 +27,7 @@ def render(
         table.add_column(column, justify="right")
     for name in targets:
         table.add_column(f"on {name}", justify="right")
-    total = ModelTraffic("total")
+    total = Traffic("total")
     for row in traffic:
         total.requests += row.requests
         total.cache_hits += row.cache_hits
@@ -39,7 +39,7 @@ def render(
         if row is total:
             cells = [_with_saving(row.cost, row.priced_at(price), money) for price in targets.values()]
         table.add_row(
-            row.model,
+            row.group,
             f"{row.requests:,}",
             f"{row.cache_hits:,}",
             f"{row.prompt_tokens:,}",

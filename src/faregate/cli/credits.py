@@ -17,8 +17,8 @@ from faregate.accounts.service import AccountsService, KeyView
 from faregate.cli.common import ConfigOption, load_or_exit
 from faregate.cli.groups import command_group
 from faregate.cli.keys import run_accounts, utc_text
-from faregate.store.base import LedgerRow
 from faregate.store.holds import InstanceRow
+from faregate.store.protocols import LedgerRow
 
 KeyArgument = Annotated[str, typer.Argument(metavar="KEY", help="The key's id, or its name.")]
 

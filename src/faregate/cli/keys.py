@@ -20,12 +20,13 @@ from faregate.accounts.keys import KeyStore
 from faregate.accounts.money import parse_usd, usd_text
 from faregate.accounts.policy import parse_budget_spec
 from faregate.accounts.service import AccountsService, KeyView, PolicyChange
-from faregate.accounts.setup import new_key_credits_nano, open_accounts
+from faregate.accounts.setup import build_accounts, new_key_credits_nano
 from faregate.cli.common import ConfigOption, load_or_exit
 from faregate.cli.groups import command_group
 from faregate.config import Settings
 from faregate.errors import ConfigError, FaregateError
-from faregate.store import StoreUnavailable, open_store
+from faregate.store.backends import open_backends
+from faregate.store.protocols import StoreUnavailable
 
 T = TypeVar("T")
 
@@ -57,16 +58,14 @@ def run_accounts(settings: Settings, action: Callable[[AccountsService], Awaitab
     """Run one operation on the configured store, turning expected failures into exit codes."""
 
     async def go() -> T:
-        store = await open_store(settings.store)
+        backends = await open_backends(settings, analytics=False)
         try:
-            keys = KeyStore(store, cache_ttl_s=0, new_key_credits_nano=new_key_credits_nano(settings))
-            accounts = await open_accounts(settings, store, keys)
-            try:
-                return await action(accounts.service)
-            finally:
-                await accounts.close()
+            keys = KeyStore(
+                backends.store, cache_ttl_s=0, new_key_credits_nano=new_key_credits_nano(settings)
+            )
+            return await action(build_accounts(settings, backends.accounts, keys).service)
         finally:
-            await store.close()
+            await backends.close()
 
     try:
         return asyncio.run(go())

@@ -5,8 +5,9 @@ Start-up time: a command imports only its own module, when it runs (`LazyCommand
 `faregate models` never pays for the analysis commands' NumPy, SciPy, matplotlib or the openai
 SDK, and the long-running servers (`serve`, `sim`) never carry them in memory.
 
-Start-up errors (bad configuration, a busy port, missing data, a store that cannot be opened)
-are printed as one line, `faregate: ...`, without a traceback.
+Start-up errors (bad configuration, a busy port, missing data, a store that cannot be opened, an
+extra the command needs that is not installed) are printed as one line, `faregate: ...`, without
+a traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import typer
 
 from faregate.cli.groups import Commands
 from faregate.errors import StartupError
+from faregate.extras import require
 
 HELP = "Faregate: one OpenAI-compatible endpoint for every model, with cost on every response."
 
@@ -28,6 +30,8 @@ HELP = "Faregate: one OpenAI-compatible endpoint for every model, with cost on e
 class Command:
     module: str
     help: str
+    # Extras the command needs (faregate.extras): checked before its module is imported.
+    extras: tuple[str, ...] = ()
 
 
 # In the order `faregate --help` lists them. A test checks that each module registers its command.
@@ -39,10 +43,16 @@ COMMANDS = {
     "models": Command("models", "List models with prices, context, modalities and offers."),
     "usage": Command("usage", "Spend, requests and tokens from the request records."),
     "cost": Command("cost", "Project a workload's monthly cost per model, or re-price past traffic."),
-    "eval": Command("eval", "Compare models on a prompt set through a running gateway."),
-    "replay": Command("replay", "Replay a routing policy on recorded outcomes, without calling models."),
-    "router": Command("router", "Train and measure the learned router and the cascade's judge."),
-    "cache-eval": Command("cache-eval", "Measure the semantic cache on the recorded questions."),
+    "eval": Command("eval", "Compare models on a prompt set through a running gateway.", ("evals",)),
+    "replay": Command(
+        "replay", "Replay a routing policy on recorded outcomes, without calling models.", ("evals",)
+    ),
+    "router": Command(
+        "router", "Train and measure the learned router and the cascade's judge.", ("evals", "semantic")
+    ),
+    "cache-eval": Command(
+        "cache-eval", "Measure the semantic cache on the recorded questions.", ("semantic", "evals")
+    ),
 }
 COMMAND_MODULES = tuple(dict.fromkeys(c.module.replace("-", "_") for c in COMMANDS.values()))
 
@@ -75,6 +85,9 @@ class LazyCommands(Commands):
         command = COMMANDS.get(cmd_name)
         if command is None:
             return None
+        for extra in command.extras:
+            # Before the module is imported: its imports are what would fail.
+            require(extra, f"faregate {cmd_name}")
         group = typer.main.get_command(_module_app(command.module))
         assert isinstance(group, Commands)
         return group.get_command(ctx, cmd_name)
@@ -134,7 +147,7 @@ def main() -> None:
     except Exception as exc:
         # Imported only now: the store package costs a tenth of a second, and only a command
         # that failed needs the class.
-        from faregate.store.base import StoreUnavailable
+        from faregate.store.protocols import StoreUnavailable
 
         if not isinstance(exc, StoreUnavailable):
             raise

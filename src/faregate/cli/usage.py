@@ -20,22 +20,25 @@ from faregate.cli.common import ConfigOption, load_or_exit
 from faregate.config import Settings
 from faregate.errors import ConfigError
 from faregate.evals.costs.projection import MoneyText, display_usd, exact_usd
-from faregate.store import GroupBy, StoreUnavailable, UsageRow, open_store
+from faregate.store.analytics_rows import Dimension, GroupTotals, Slice
+from faregate.store.backends import open_backends
+from faregate.store.protocols import StoreUnavailable
 
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _AGO = re.compile(r"(\d+(?:\.\d+)?)([mhdw])")
 
 
 class GroupChoice(StrEnum):
-    """--by values (typer wants an Enum for choices); a test keeps them equal to store.GROUP_BY."""
+    """--by values (typer wants an Enum for choices); a test keeps them equal to the analytics'
+    DIMENSIONS."""
 
     model = "model"
-    key = "key"
     provider = "provider"
+    key = "key"
     route = "route"
 
     @property
-    def group_by(self) -> GroupBy:
+    def group_by(self) -> Dimension:
         return self.value
 
 
@@ -58,27 +61,51 @@ def parse_time(text: str, now: float) -> float:
     return moment.timestamp()
 
 
+@dataclass(slots=True, frozen=True)
+class UsageRow:
+    """One group's line: the dashboard's totals (Analytics.breakdown), errors being every refusal
+    and failure (HTTP status >= 400)."""
+
+    group: str | None
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: Decimal
+
+    @classmethod
+    def of(cls, group: GroupTotals) -> UsageRow:
+        t = group.totals
+        return cls(
+            group.group, t.requests, t.errors + t.client_errors, t.prompt_tokens, t.completion_tokens, t.cost
+        )
+
+
 @dataclass(slots=True)
 class UsageReport:
     rows: list[UsageRow]
     key_names: dict[str, str]
 
 
-async def _report(settings: Settings, since: float, until: float, group_by: GroupBy) -> UsageReport:
-    store = await open_store(settings.store)
+# Every group: a usage report is not cut to the dashboard's top N.
+EVERY_GROUP = 2**62
+
+
+async def _report(settings: Settings, since: float, until: float, group_by: Dimension) -> UsageReport:
+    backends = await open_backends(settings, accounts=False)
     try:
-        rows = await store.usage_summary(since, until, group_by)
+        groups = await backends.analytics.analytics.breakdown(Slice(since, until), group_by, EVERY_GROUP)
         names = (
-            {row.id: row.name for row in await store.list_keys(include_revoked=True)}
+            {row.id: row.name for row in await backends.store.list_keys(include_revoked=True)}
             if group_by == "key"
             else {}
         )
     finally:
-        await store.close()
-    return UsageReport(rows, names)
+        await backends.close()
+    return UsageReport([UsageRow.of(g) for g in groups], names)
 
 
-def _label(row: UsageRow, group_by: GroupBy, key_names: dict[str, str]) -> Text:
+def _label(row: UsageRow, group_by: Dimension, key_names: dict[str, str]) -> Text:
     if row.group is None:
         return Text("(no key)" if group_by == "key" else "(none)", style="dim")
     if group_by == "key" and row.group in key_names:
@@ -94,7 +121,7 @@ def _numbers(
 
 
 def render(
-    report: UsageReport, group_by: GroupBy, since: float, until: float, money: MoneyText = display_usd
+    report: UsageReport, group_by: Dimension, since: float, until: float, money: MoneyText = display_usd
 ) -> Table:
     def when(t: float) -> str:
         return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M")

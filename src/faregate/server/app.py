@@ -13,12 +13,13 @@ from aiohttp import web
 
 from faregate.accounts.keys import KeyStore
 from faregate.accounts.master import MasterKey
-from faregate.accounts.setup import Accounts, new_key_credits_nano, open_accounts
+from faregate.accounts.setup import Accounts, build_accounts, new_key_credits_nano
 from faregate.cache.factory import build_cache
 from faregate.catalog import Catalog, Model, build_catalog
 from faregate.config import Settings
 from faregate.dashboard.assets import add_dashboard_page
 from faregate.errors import ConfigError, FaregateError, InternalError, InvalidRequest, NotFound
+from faregate.lifecycle import Lifecycle
 from faregate.providers.http import ConnectionPool
 from faregate.providers.registry import ProviderRegistry, make_upstream_pool
 from faregate.routing.attempts import AttemptRunner
@@ -33,8 +34,9 @@ from faregate.server.metrics_route import add_metrics_route
 from faregate.server.openapi import openapi_body
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.responses import error_response
-from faregate.store import Store, open_store
+from faregate.store.backends import Backends, open_backends
 from faregate.store.outage import outage_error
+from faregate.store.protocols import Store
 from faregate.telemetry.observability import Observability
 from faregate.telemetry.records import RecordWriter
 from faregate.types import Price
@@ -44,39 +46,39 @@ log = logging.getLogger("faregate.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FastRoutes = dict[tuple[str, str], Handler]
 FAST_ROUTES = web.AppKey("fast_routes", FastRoutes)
+# The last flush of the request records, and the stores' closes (the ledger's last shipment
+# included): each gives up after this long, so a stop always ends.
+RECORDS_CLOSE_TIMEOUT_S = 20.0
+BACKENDS_CLOSE_TIMEOUT_S = 40.0
 
 
 @dataclass(slots=True)
 class Gateway:
-    """Everything a running gateway holds; built once, closed once."""
+    """Everything a running gateway holds; built once, closed once (`lifecycle`, newest first)."""
 
     settings: Settings
     catalog: Catalog
     pool: ConnectionPool
     providers: ProviderRegistry
-    store: Store
+    backends: Backends
     keys: KeyStore
     records: RecordWriter
     pipeline: ChatPipeline
     accounts: Accounts
     models_body: bytes
+    lifecycle: Lifecycle
     started: float = field(default_factory=time.monotonic)
     # Metrics, traces, rollups, alerts, and the analytics behind the dashboard and feedback.
     observability: Observability | None = None
     # Who may use the admin API, the dashboard and /metrics.
     master_key: MasterKey = field(default_factory=MasterKey)
 
+    @property
+    def store(self) -> Store:
+        return self.backends.store
+
     async def close(self) -> None:
-        if self.observability is not None:
-            await self.observability.close()
-        if self.pipeline.cache is not None:
-            await self.pipeline.cache.close()
-        await self.records.close()
-        await self.accounts.close()
-        self.pipeline.planner.routes.policies.close()
-        await self.providers.close()
-        await self.pool.close()
-        await self.store.close()
+        await self.lifecycle.aclose()
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -129,20 +131,45 @@ def baseline_price(catalog: Catalog, name: str) -> Price:
 
 async def build_gateway(settings: Settings) -> Gateway:
     """The gateway `settings` describe (with the simulator already among the providers when it
-    stands in for them: providers.registry.with_simulator)."""
+    stands in for them: providers.registry.with_simulator). Everything is opened, started and
+    wired; what was opened is closed again if a later step fails."""
+    lifecycle = Lifecycle()
+    try:
+        return await _build(settings, lifecycle)
+    except BaseException:
+        await lifecycle.aclose()
+        raise
+
+
+async def _build(settings: Settings, lifecycle: Lifecycle) -> Gateway:
+    # Each close is registered as soon as its thing exists: aclose() runs them newest first, so
+    # the record writer's last flush and the ledger's last shipment come before their stores close.
     catalog = build_catalog(settings)
     pool = make_upstream_pool(settings)
+    lifecycle.on_close("the upstream connection pool", pool.close)
     providers = ProviderRegistry.build(settings, pool)
-    store = await open_store(settings.store)
+    lifecycle.on_close("the providers", providers.close)
+    backends = await open_backends(settings)
+    lifecycle.on_close("the stores", backends.close, timeout_s=BACKENDS_CLOSE_TIMEOUT_S)
     keys = KeyStore(
-        store, cache_ttl_s=settings.auth.key_cache_ttl_s, new_key_credits_nano=new_key_credits_nano(settings)
+        backends.store,
+        cache_ttl_s=settings.auth.key_cache_ttl_s,
+        new_key_credits_nano=new_key_credits_nano(settings),
     )
-    accounts = await open_accounts(settings, store, keys)
-    await accounts.start()
-    records = RecordWriter(store, settings.records)
+    accounts = build_accounts(settings, backends.accounts, keys)
+    # Started here, stopped by backends.close (which owns the account backend).
+    await accounts.backend.start()
+    records = RecordWriter(backends.store, settings.records)
     await records.start()
+    # The last flush of every pending record: a clean stop loses none.
+    lifecycle.on_close("the request records", records.close, timeout_s=RECORDS_CLOSE_TIMEOUT_S)
     health = HealthBoard(settings.routing.breaker, settings.routing.latency_window)
     planner = Planner(catalog, settings.routes, settings.routing, health)
+
+    async def close_policies() -> None:
+        planner.routes.policies.close()
+
+    lifecycle.on_close("the route policies", close_policies)
     runner = AttemptRunner(
         providers,
         settings.server.request_timeout_s,
@@ -150,6 +177,10 @@ async def build_gateway(settings: Settings) -> Gateway:
         health,
         UpstreamLimiter(settings.upstream_limits),
     )
+    cache = build_cache(settings.cache, backends.redis_url)
+    if cache is not None:
+        lifecycle.on_close("the response cache", cache.close)
+        cache.start(lifecycle)
     pipeline = ChatPipeline(
         keys=keys,
         planner=planner,
@@ -158,24 +189,27 @@ async def build_gateway(settings: Settings) -> Gateway:
         max_body_bytes=settings.server.max_body_bytes,
         baseline=baseline_price(catalog, settings.baseline_model),
         admission=accounts.admission,
-        cache=build_cache(settings.cache, settings.store.redis_url),
+        cache=cache,
         limits=settings.limits,
     )
     observability = await Observability.open(
-        settings, store, runner, records, pipeline.cascades, route_label=planner.route_label
+        settings, backends.analytics, runner, records, pipeline.cascades, route_label=planner.route_label
     )
+    # Started with the app (on_startup), stopped here.
+    lifecycle.on_close("metrics, traces, rollups and alerts", observability.close)
     observability.attach(pipeline.listeners)
     return Gateway(
         settings,
         catalog,
         pool,
         providers,
-        store,
+        backends,
         keys,
         records,
         pipeline,
         accounts,
         models_listing(catalog),
+        lifecycle,
         observability=observability,
         master_key=MasterKey.load(settings),
     )

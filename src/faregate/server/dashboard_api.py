@@ -26,7 +26,7 @@ from faregate.store.rows import usd_text
 
 if TYPE_CHECKING:
     from faregate.server.app import Gateway
-    from faregate.store.analytics_api import Analytics
+    from faregate.store.analytics import Analytics
     from faregate.telemetry.alerts import AlertManager
 
 RANGES = {"15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800, "30d": 2592000, "90d": 7776000}

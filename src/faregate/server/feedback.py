@@ -95,7 +95,7 @@ def add_feedback_route(app: web.Application, gateway: Gateway) -> None:
             # Feedback can arrive before the batched writer has stored the record: write it now.
             await gateway.records.flush()
             record = await gateway.store.get_record(request_id)
-        if record is None and gateway.settings.store.postgres_url is not None:
+        if record is None and gateway.backends.shared:
             record = await _await_other_instance(gateway, request_id)
         # Another key's request answers exactly as an unknown one: no oracle for which ids exist.
         if record is None or record.key_id != key.id:

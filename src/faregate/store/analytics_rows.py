@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
+
+from faregate.types import Price, Usage
 
 Dimension = Literal["model", "provider", "key", "route"]
 DIMENSIONS: tuple[Dimension, ...] = ("model", "provider", "key", "route")
@@ -60,6 +62,24 @@ class GroupTotals:
     group: str | None
     totals: Totals = field(default_factory=Totals)
     label: str | None = None
+
+
+@dataclass(slots=True)
+class Traffic:
+    """What one group's requests used and paid, for pricing the same traffic on another model:
+    tokens of the billed requests only (a cache hit costs nothing on any model), and the cost
+    summed exactly from each record's decimal text (the nano-dollar sums round prices finer
+    than a nano-dollar)."""
+
+    group: str
+    requests: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0  # billed requests only
+    completion_tokens: int = 0
+    cost: Decimal = field(default_factory=lambda: Decimal(0))
+
+    def priced_at(self, price: Price) -> Decimal:
+        return price.cost(Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens))
 
 
 @dataclass(slots=True)
@@ -127,11 +147,12 @@ def histogram_percentiles(
     return out
 
 
-def latency_bucket_sql(column: str) -> str:
-    """SQL for the lower bound of the histogram bucket holding `column` (see LATENCY_STEPS)."""
+def latency_bucket_sql(column: str, floor_int: Callable[[str], str]) -> str:
+    """SQL for the lower bound of the histogram bucket holding `column` (see LATENCY_STEPS);
+    `floor_int` is the dialect's integer floor."""
     parts = [
-        f"WHEN {column} < {limit:g} THEN CAST({column} / {width} AS INTEGER) * {width}"
+        f"WHEN {column} < {limit:g} THEN {floor_int(f'{column} / {width}')} * {width}"
         for limit, width in LATENCY_STEPS
     ]
     top = LATENCY_TOP_STEP
-    return f"CASE {' '.join(parts)} ELSE CAST({column} / {top} AS INTEGER) * {top} END"
+    return f"CASE {' '.join(parts)} ELSE {floor_int(f'{column} / {top}')} * {top} END"

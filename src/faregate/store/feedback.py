@@ -1,14 +1,11 @@
-"""Feedback scores: one per request (a later score replaces it), joined to records on request_id."""
+"""A feedback score: one per request (a later score replaces it), joined to records on request_id.
+
+The value type both stores keep (store/sqlite/feedback.py, store/postgres/feedback.py)."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import Literal
-
-import aiosqlite
-
-from faregate.store.base import StoreUnavailable
 
 Thumb = Literal["up", "down"]
 
@@ -29,47 +26,3 @@ class Feedback:
         if self.rating is not None:
             return (self.rating - 1) * 25.0
         return 100.0 if self.thumb == "up" else 0.0
-
-
-_UPSERT = (
-    "INSERT INTO feedback (request_id, key_id, created_at, score, thumb, rating, comment)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (request_id) DO UPDATE SET key_id = excluded.key_id, created_at = excluded.created_at,"
-    " score = excluded.score, thumb = excluded.thumb, rating = excluded.rating, comment = excluded.comment"
-)
-
-
-class FeedbackTable:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
-
-    async def upsert(self, feedback: Feedback) -> None:
-        """One statement, so it commits on its own (the connection is in autocommit mode)."""
-        try:
-            await self._conn.execute(
-                _UPSERT,
-                (
-                    feedback.request_id,
-                    feedback.key_id,
-                    feedback.created_at,
-                    feedback.score,
-                    feedback.thumb,
-                    feedback.rating,
-                    feedback.comment,
-                ),
-            )
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(str(exc)) from exc
-
-    async def get(self, request_id: str) -> Feedback | None:
-        try:
-            rows = await self._conn.execute_fetchall(
-                "SELECT request_id, key_id, created_at, thumb, rating, comment FROM feedback"
-                " WHERE request_id = ?",
-                (request_id,),
-            )
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        for row in rows:
-            return Feedback(row[0], row[1], float(row[2]), row[3], row[4], row[5])
-        return None

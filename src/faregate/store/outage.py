@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from faregate.errors import ServiceUnavailable
-from faregate.store.base import StoreUnavailable
+from faregate.store.protocols import StoreUnavailable
 
 
 def _driver_outages() -> tuple[type[BaseException], ...]:

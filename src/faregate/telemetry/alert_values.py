@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from faregate.config import AlertRule
-from faregate.store.analytics_api import Analytics
+from faregate.store.analytics import Analytics
 from faregate.store.analytics_rows import Dimension, Slice
 
 DAY_S = 86400

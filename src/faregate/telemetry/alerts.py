@@ -23,7 +23,8 @@ from typing import Any
 import aiohttp
 
 from faregate.config import AlertRule, AlertSettings
-from faregate.store.analytics_api import Analytics
+from faregate.lifecycle import Periodic
+from faregate.store.analytics import Analytics
 from faregate.telemetry.alert_values import UNITS, Measurement, breaches, measure
 
 log = logging.getLogger("faregate.alerts")
@@ -125,7 +126,7 @@ class AlertManager:
     states: dict[tuple[str, str | None], AlertState] = field(default_factory=dict)
     history: deque[AlertEvent] = field(default_factory=lambda: deque(maxlen=HISTORY))
     webhook_failures: int = 0
-    _task: asyncio.Task[None] | None = None
+    _loop: Periodic | None = None
     _session: aiohttp.ClientSession | None = None
 
     def firing(self) -> list[AlertState]:
@@ -139,29 +140,21 @@ class AlertManager:
         return [(s.rule.name, s.labels) for s in self.firing()]
 
     async def start(self) -> None:
-        if self._task is None and self.settings.rules:
-            self._task = asyncio.create_task(self._run(), name="faregate-alerts")
+        if self._loop is None and self.settings.rules:
+            # A store hiccup or a bug fails one round (logged), never alerting for good.
+            self._loop = Periodic("alerts", self.settings.interval_s, self._evaluate_round, run_first=True)
+            self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        if self._loop is not None:
+            await self._loop.stop()
+            self._loop = None
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.evaluate()
-            except Exception:
-                # A store hiccup or a bug must not end alerting for good.
-                log.exception("alert evaluation failed; trying again in %.0fs", self.settings.interval_s)
-            await asyncio.sleep(self.settings.interval_s)
+    async def _evaluate_round(self) -> None:
+        await self.evaluate()
 
     async def evaluate(self, now: float | None = None) -> list[dict[str, Any]]:
         """Evaluate every rule once; returns the events (fired, resolved) it produced."""

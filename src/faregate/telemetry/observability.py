@@ -7,18 +7,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
-
-import aiosqlite
 
 from faregate.config import Settings
+from faregate.lifecycle import Periodic
 from faregate.routing.attempts import AttemptRunner
-from faregate.store.analytics import SQLiteAnalytics
-from faregate.store.analytics_api import Analytics, FeedbackStore
-from faregate.store.feedback import FeedbackTable
-from faregate.store.rollup import RollupWriter
-from faregate.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore
+from faregate.store.analytics import Analytics, FeedbackStore, Rollup
+from faregate.store.backends import AnalyticsStores
 from faregate.telemetry.alerts import AlertManager
 from faregate.telemetry.metrics import CascadeSource, GatewayMetrics, StateCollector, WriterSource
 from faregate.telemetry.tracing import RequestTracer
@@ -34,88 +28,49 @@ ROLLUP_PAUSE_S = 0.05
 MAX_STEPS_PER_ROUND = 1000
 
 
-class Rollup(Protocol):
-    async def step(self) -> int: ...
-
-
 @dataclass(slots=True)
 class Insights:
     """The store-backed half: dashboard analytics, feedback, hourly rollups and alerts, on the
     embedded SQLite store or the shared PostgreSQL one (where every instance runs the rollup
-    step; store/pg_rollup.py lets one at a time do the work)."""
+    step; store/postgres/rollup.py lets one at a time do the work). The connections belong to
+    the store's backends (store/backends.py), which close them."""
 
     analytics: Analytics
     feedback: FeedbackStore
     alerts: AlertManager
     rollup: Rollup
-    rollup_conn: aiosqlite.Connection | None = None
-    _rollup_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    _rollup_loop: Periodic | None = field(default=None, repr=False)
 
     @classmethod
-    async def open(cls, settings: Settings, db_path: Path) -> Insights:
-        analytics = await SQLiteAnalytics.open(db_path)
-        try:
-            # The rollup writes in transactions of its own: its own connection keeps them apart
-            # from the feedback writes and dashboard reads on the analytics connection.
-            rollup_conn = await aiosqlite.connect(db_path, isolation_level=None)
-            await rollup_conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        except BaseException:
-            await analytics.close()
-            raise
+    def over(cls, settings: Settings, stores: AnalyticsStores) -> Insights:
         return cls(
-            analytics=analytics,
-            feedback=FeedbackTable(analytics.connection),
-            alerts=AlertManager(settings.alerts, analytics),
-            rollup=RollupWriter(rollup_conn),
-            rollup_conn=rollup_conn,
-        )
-
-    @classmethod
-    async def open_postgres(cls, settings: Settings, url: str) -> Insights:
-        """On the shared store (already migrated by PostgresStore.open), through a pool of its own."""
-        # Imported here: the embedded store never loads asyncpg.
-        from faregate.store.pg_analytics import PostgresAnalytics
-        from faregate.store.pg_feedback import PostgresFeedbackTable
-        from faregate.store.pg_rollup import PostgresRollupWriter
-
-        analytics = await PostgresAnalytics.open(url)
-        return cls(
-            analytics=analytics,
-            feedback=PostgresFeedbackTable(analytics.pool),
-            alerts=AlertManager(settings.alerts, analytics),
-            rollup=PostgresRollupWriter(analytics.pool),
+            analytics=stores.analytics,
+            feedback=stores.feedback,
+            alerts=AlertManager(settings.alerts, stores.analytics),
+            rollup=stores.rollup,
         )
 
     async def start(self) -> None:
         await self.alerts.start()
-        if self._rollup_task is None:
-            self._rollup_task = asyncio.create_task(self._roll_up(), name="faregate-rollup")
+        if self._rollup_loop is None:
+            self._rollup_loop = Periodic("rollup", ROLLUP_INTERVAL_S, self._roll_up, run_first=True)
+            self._rollup_loop.start()
 
     async def _roll_up(self) -> None:
-        while True:
-            try:
-                # One chunk per transaction, with a pause between them, so that the record writer
-                # gets the write lock in between while a large backlog (after an upgrade) is read.
-                for _ in range(MAX_STEPS_PER_ROUND):
-                    if not await self.rollup.step():
-                        break
-                    await asyncio.sleep(ROLLUP_PAUSE_S)
-            except Exception:
-                log.exception("could not update the dashboard rollups; trying again later")
-            await asyncio.sleep(ROLLUP_INTERVAL_S)
+        try:
+            # One chunk per transaction, with a pause between them, so that the record writer
+            # gets the write lock in between while a large backlog (after an upgrade) is read.
+            for _ in range(MAX_STEPS_PER_ROUND):
+                if not await self.rollup.step():
+                    break
+                await asyncio.sleep(ROLLUP_PAUSE_S)
+        except Exception:
+            log.exception("could not update the dashboard rollups; trying again later")
 
     async def close(self) -> None:
         await self.alerts.close()
-        if self._rollup_task is not None:
-            self._rollup_task.cancel()
-            try:
-                await self._rollup_task
-            except asyncio.CancelledError:
-                pass
-            self._rollup_task = None
-        if self.rollup_conn is not None:
-            await self.rollup_conn.close()
-        await self.analytics.close()
+        if self._rollup_loop is not None:
+            await self._rollup_loop.stop()
 
 
 @dataclass(slots=True)
@@ -128,30 +83,21 @@ class Observability:
     async def open(
         cls,
         settings: Settings,
-        store: object,
+        stores: AnalyticsStores,
         runner: AttemptRunner,
         records: WriterSource,
         cascades: CascadeSource | None = None,
         route_label: Callable[[str | None], str] | None = None,
     ) -> Observability:
-        """Metrics (and traces) always; the insights on the embedded SQLite store and on the shared
-        PostgreSQL one."""
+        """Metrics (and traces) always; the insights over the store's analytics side."""
         tracer = RequestTracer(settings.tracing) if settings.tracing.otlp_endpoint else None
-        insights = None
-        if isinstance(store, SQLiteStore):
-            insights = await Insights.open(settings, store.path)
-        elif settings.store.postgres_url is not None:
-            insights = await Insights.open_postgres(settings, settings.store.postgres_url)
-        else:
-            log.warning(
-                "dashboard, feedback and alerts need the SQLite or the PostgreSQL store; only metrics run"
-            )
+        insights = Insights.over(settings, stores)
         collector = StateCollector(
             health=lambda: runner.health,
             counters=runner,
             writer=records,
             cascades=cascades,
-            alerts=insights.alerts.firing_labels if insights is not None else None,
+            alerts=insights.alerts.firing_labels,
         )
         return cls(GatewayMetrics(collector, route_label), insights, tracer)
 

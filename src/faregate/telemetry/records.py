@@ -1,7 +1,7 @@
 """Request records: buffered in memory, written to the store in batches, off the request path.
 
 `RecordWriter.submit` only appends to an in-memory buffer; it never awaits, so recording
-adds no latency to a request. A background task writes the buffer every
+adds no latency to a request. A background loop (lifecycle.Periodic) writes the buffer every
 `records.flush_interval_s` seconds, or as soon as `records.batch_size` records are
 waiting, one batch per transaction (SQLite runs on its own thread, so the event loop
 never waits on disk).
@@ -26,7 +26,8 @@ from collections import deque
 from collections.abc import Sequence
 
 from faregate.config import RecordsSettings
-from faregate.store.base import RecordTable, StoreUnavailable
+from faregate.lifecycle import Periodic
+from faregate.store.protocols import RecordTable, StoreUnavailable
 from faregate.types import RequestRecord
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ MAX_RETRY_DELAY_S = 5.0
 # Tries of the final flush in close() when the store is unavailable, before giving up.
 CLOSE_ATTEMPTS = 3
 CLOSE_RETRY_DELAY_S = 0.5
+# How long close() lets a flush in progress finish before cancelling it (its batch is then
+# written again by the final flush; stored ids are skipped).
+CLOSE_GRACE_S = 5.0
 
 
 class RecordWriter:
@@ -43,9 +47,11 @@ class RecordWriter:
         self._table = table
         self._settings = settings or RecordsSettings()
         self._pending: deque[RequestRecord] = deque()
-        self._wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        # Every flush_interval_s (or the retry delay while the store is down), sooner when a batch fills.
+        self._flusher = Periodic(
+            "record-writer", lambda: self._retry_delay or self._settings.flush_interval_s, self._flush_round
+        )
         self._closed = False
         # Non-zero while the store is unavailable: how long to wait before trying again.
         self._retry_delay = 0.0
@@ -67,7 +73,7 @@ class RecordWriter:
             return
         self._pending.append(record)
         if len(self._pending) >= self._settings.batch_size and not self._retry_delay:
-            self._wake.set()
+            self._flusher.wake()
 
     def _drop(self) -> None:
         self.dropped += 1
@@ -87,20 +93,18 @@ class RecordWriter:
         self._drops_reported = self.dropped
 
     async def start(self) -> None:
-        if self._task is None and not self._closed:
-            self._task = asyncio.create_task(self._run(), name="faregate-record-writer")
+        if not self._closed:
+            self._flusher.start()
 
     async def flush(self) -> None:
         """Write everything pending now (records stay pending if the store is unavailable)."""
         await self._drain()
 
     async def close(self) -> None:
-        """Stop the background task and write everything still pending."""
+        """Stop the background task (a flush in progress may finish) and write everything still
+        pending. The caller bounds how long this may take (server.app)."""
         self._closed = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        await self._flusher.stop(grace_s=CLOSE_GRACE_S)
         for attempt in range(CLOSE_ATTEMPTS):
             await self._drain()
             if not self._pending:
@@ -114,19 +118,12 @@ class RecordWriter:
             )
         self._report_drops()
 
-    async def _run(self) -> None:
-        while not self._closed:
-            try:
-                async with asyncio.timeout(self._retry_delay or self._settings.flush_interval_s):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            try:
-                await self._drain()
-            except Exception:
-                # Never let a bug end the writer: later records would pile up unseen.
-                log.exception("request record writer failed; continuing")
+    async def _flush_round(self) -> None:
+        try:
+            await self._drain()
+        except Exception:
+            # Never let a bug end the writer: later records would pile up unseen.
+            log.exception("request record writer failed; continuing")
 
     async def _drain(self) -> None:
         async with self._flush_lock:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,10 +20,11 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from faregate.errors import ConfigError
-from faregate.store.base import DuplicateError, GroupBy, KeyRow, StoreUnavailable, UsageRow
-from faregate.store.migrations import MIGRATIONS, Migration
-from faregate.store.rows import RECORD_COLUMNS, from_nanousd, record_to_row, row_to_record
-from faregate.store.sqlite_accounts import SQLiteAccountsMixin
+from faregate.store.protocols import DuplicateError, KeyRow, StoreUnavailable
+from faregate.store.rows import RECORD_COLUMNS, record_to_row, row_to_record
+from faregate.store.schema import Migration
+from faregate.store.sqlite.accounts import SQLiteAccountTable
+from faregate.store.sqlite.migrations import MIGRATIONS
 from faregate.types import RequestRecord
 
 T = TypeVar("T")
@@ -40,13 +41,6 @@ _INSERT_RECORD = (
     f"INSERT INTO request_records ({_RECORD_COLUMN_LIST}) "
     f"VALUES ({', '.join('?' for _ in RECORD_COLUMNS)}) ON CONFLICT (request_id) DO NOTHING"
 )
-# Requests that failed entirely have no model_used; they count against the model asked for.
-_GROUP_EXPRESSIONS: dict[str, str] = {
-    "model": "COALESCE(model_used, model_requested)",
-    "key": "key_id",
-    "provider": "provider",
-    "route": "route",
-}
 
 
 @contextmanager
@@ -71,13 +65,15 @@ def _key_row(row: Sequence[Any]) -> KeyRow:
     )
 
 
-class SQLiteStore(SQLiteAccountsMixin):
-    """Implements faregate.store.base.Store."""
+class SQLiteStore:
+    """Implements faregate.store.protocols.Store; its AccountTable is `accounts`, on the same
+    connection and write lock."""
 
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
         self._write_lock = asyncio.Lock()
+        self.accounts = SQLiteAccountTable(conn, self._transaction)
 
     @classmethod
     async def open(
@@ -177,15 +173,19 @@ class SQLiteStore(SQLiteAccountsMixin):
 
         with _operational_errors_as_unavailable():
             async with self._write_lock:
-                # aiosqlite's own queue onto its thread (the public methods use it the same way).
-                result: T = await self._conn._execute(lambda: body(self._conn._conn))
+                result: T = await self._on_thread(lambda: body(self._conn._conn))
         return result
 
     async def run_read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run read-only `work` on the connection's thread in one hop (no transaction, no lock)."""
         with _operational_errors_as_unavailable():
-            result: T = await self._conn._execute(lambda: work(self._conn._conn))
+            result: T = await self._on_thread(lambda: work(self._conn._conn))
         return result
+
+    def _on_thread(self, work: Callable[[], T]) -> Awaitable[T]:
+        # aiosqlite's own queue onto its thread (its public methods use it the same way).
+        run: Callable[[Callable[[], T]], Awaitable[T]] = self._conn._execute
+        return run(work)
 
     # --- keys -------------------------------------------------------------------------------
 
@@ -206,7 +206,7 @@ class SQLiteStore(SQLiteAccountsMixin):
                         ),
                     )
                     # The account (and its grant) exists from the key's first moment.
-                    await self._open_account(row, credits_nano)
+                    await self.accounts.open_account(row, credits_nano)
         except sqlite3.IntegrityError as exc:
             raise DuplicateError(str(exc)) from exc
 
@@ -261,39 +261,3 @@ class SQLiteStore(SQLiteAccountsMixin):
         with _operational_errors_as_unavailable():
             rows = await self._conn.execute_fetchall("SELECT COUNT(*) FROM request_records")
         return int(next(iter(rows))[0])
-
-    async def usage_summary(
-        self, since: float | None, until: float | None, group_by: GroupBy = "model"
-    ) -> list[UsageRow]:
-        if group_by not in _GROUP_EXPRESSIONS:
-            raise ValueError(f"group_by must be one of {sorted(_GROUP_EXPRESSIONS)}, not {group_by!r}")
-        conditions: list[str] = []
-        params: list[float] = []
-        if since is not None:
-            conditions.append("created_at >= ?")
-            params.append(since)
-        if until is not None:
-            conditions.append("created_at < ?")
-            params.append(until)
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        # Money is summed as integer nano-dollars: exact, unlike SUM over REAL or TEXT.
-        sql = (
-            f"SELECT {_GROUP_EXPRESSIONS[group_by]} AS grp, COUNT(*),"
-            " SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END),"
-            " SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_nanousd)"
-            f" FROM request_records{where}"
-            " GROUP BY grp ORDER BY SUM(cost_nanousd) DESC, COUNT(*) DESC, grp"
-        )
-        with _operational_errors_as_unavailable():
-            rows = await self._conn.execute_fetchall(sql, params)
-        return [
-            UsageRow(
-                group=row[0],
-                requests=int(row[1]),
-                errors=int(row[2]),
-                prompt_tokens=int(row[3]),
-                completion_tokens=int(row[4]),
-                cost=from_nanousd(int(row[5])),
-            )
-            for row in rows
-        ]

@@ -22,10 +22,11 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from faregate.store.base import LedgerRow
+from faregate.lifecycle import Periodic
 from faregate.store.outage import is_outage
-from faregate.store.postgres import PostgresStore
-from faregate.store.redis_ledger import OUTBOX
+from faregate.store.postgres.accounts import PostgresAccountTable
+from faregate.store.protocols import LedgerRow
+from faregate.store.redis.ledger import OUTBOX
 
 log = logging.getLogger("faregate.ledger")
 
@@ -53,12 +54,14 @@ def entry_row(fields: dict[str, str]) -> LedgerRow:
 
 
 class LedgerShipper:
-    def __init__(self, redis: Redis, pg: PostgresStore, *, interval_s: float = 0.1) -> None:
+    def __init__(self, redis: Redis, pg: PostgresAccountTable, *, interval_s: float = 0.1) -> None:
         self.redis = redis
         self.pg = pg
         self.interval_s = interval_s
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        self._task: asyncio.Task[None] | None = None
+        # The wait before the next round: set by each round (0 after a full batch).
+        self._pause = interval_s
+        self._loop = Periodic("ledger-shipper", lambda: self._pause, self._ship_round, run_first=True)
         self._lock = asyncio.Lock()
         self._last_claim = 0.0
         self.shipped = 0
@@ -72,43 +75,38 @@ class LedgerShipper:
 
     async def start(self) -> None:
         await self._ensure_group()
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="faregate-ledger-shipper")
+        self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
         with contextlib.suppress(RedisError, OSError):
             await self.flush(timeout_s=5.0)
             pending = await self.redis.xpending_range(OUTBOX, GROUP, "-", "+", 1, consumername=self.consumer)
             if not pending:
                 await self.redis.xgroup_delconsumer(OUTBOX, GROUP, self.consumer)
 
-    async def _run(self) -> None:
-        block_ms = max(1, int(self.interval_s * 1000))
-        while True:
-            try:
-                started = time.monotonic()
-                if await self.ship_once(block_ms) < BATCH:
-                    # A partial batch: wait out the interval so that entries gather into fewer,
-                    # larger PostgreSQL transactions (each costs the same whatever its size).
-                    await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
-            except asyncio.CancelledError:
-                raise
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):  # Redis lost its data: start the group again
-                    with contextlib.suppress(RedisError):
-                        await self._ensure_group()
-                else:
-                    log.exception("ledger shipping failed; retrying")
-                await asyncio.sleep(self.interval_s)
-            except Exception:
-                # PostgreSQL or Redis unreachable: the entries wait in the stream.
+    async def _ship_round(self) -> None:
+        """One round of the background loop: ship a batch (waiting up to the interval for one),
+        and say how long to wait before the next."""
+        started = time.monotonic()
+        try:
+            shipped = await self.ship_once(max(1, int(self.interval_s * 1000)))
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):  # Redis lost its data: start the group again
+                with contextlib.suppress(RedisError):
+                    await self._ensure_group()
+            else:
                 log.exception("ledger shipping failed; retrying")
-                await asyncio.sleep(max(self.interval_s, 1.0))
+            self._pause = self.interval_s
+            return
+        except Exception:
+            # PostgreSQL or Redis unreachable: the entries wait in the stream.
+            log.exception("ledger shipping failed; retrying")
+            self._pause = max(self.interval_s, 1.0)
+            return
+        # A partial batch: wait out the interval so that entries gather into fewer, larger
+        # PostgreSQL transactions (each costs the same whatever its size). A full one: go on.
+        self._pause = 0.0 if shipped >= BATCH else max(0.0, self.interval_s - (time.monotonic() - started))
 
     async def ship_once(self, block_ms: int | None = None) -> int:
         """Ship one batch of new entries (waiting up to block_ms for some), and entries other

@@ -1,6 +1,6 @@
 """Reservations and rate limits in Redis, shared by every gateway instance.
 
-Each operation is one Lua script (store.redis_scripts), atomic inside Redis: the check and
+Each operation is one Lua script (store/redis/scripts.py), atomic inside Redis: the check and
 the write of a reservation cannot be split by another instance, so N instances spend a
 key's balance, budgets and rate limits as one. Every balance change a script makes is also
 appended, in the same script, to the `fg:outbox` stream, from which the ledger shipper
@@ -8,7 +8,7 @@ writes it to PostgreSQL; Redis holds the live balance, PostgreSQL the durable le
 
 An account is loaded into Redis from PostgreSQL on first use (a script answers "noload").
 The data set carries an epoch: if Redis loses its data, the next load starts a new epoch
-and PostgreSQL releases the holds of the old one (store.postgres_accounts.load_account).
+and PostgreSQL releases the holds of the old one (store/postgres/accounts.py, load_account).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from faregate.store.base import LedgerRow, StoreUnavailable
 from faregate.store.holds import BudgetCheck, HoldRow, InstanceRow, ReserveOutcome
-from faregate.store.postgres import PostgresStore
-from faregate.store.redis_scripts import (
+from faregate.store.postgres.accounts import PostgresAccountTable
+from faregate.store.protocols import LedgerRow, StoreUnavailable
+from faregate.store.redis.scripts import (
     CREDIT,
     ENSURE_EPOCH,
     LOAD,
@@ -58,7 +58,7 @@ def _level(text: str) -> float | None:
 
 
 class RedisLedger:
-    def __init__(self, redis: Redis, pg: PostgresStore, *, keep_hours: int) -> None:
+    def __init__(self, redis: Redis, pg: PostgresAccountTable, *, keep_hours: int) -> None:
         self.redis = redis
         self.pg = pg
         self._keep_hours = keep_hours

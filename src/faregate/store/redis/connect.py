@@ -5,7 +5,7 @@ failed with a connection error, so after a restart about as many requests as the
 connections got 503. Every client the gateway makes retries a command once, on a fresh
 connection, when the server closed the old one (a connection error, not a timeout: a command
 that timed out may have run). The account scripts are idempotent for that one retry: a
-reservation already made is not made twice (store.redis_scripts), a hold already closed is not
+reservation already made is not made twice (store.redis.scripts), a hold already closed is not
 charged again, a credit already applied is not applied again.
 """
 

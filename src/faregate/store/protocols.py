@@ -1,22 +1,18 @@
 """The store interface: what the rest of the gateway may ask of a database.
 
-It is kept to domain operations (not raw SQL) so that a PostgreSQL store can sit
-behind the same Protocols with its own dialect. Consumers depend on the narrowest
-part they use: the key store on `KeyTable`, the record writer and the usage
-reports on `RecordTable`.
+It is kept to domain operations (not raw SQL) so that SQLite (store/sqlite/) and PostgreSQL
+(store/postgres/) sit behind the same Protocols, each with its own dialect. Consumers depend on
+the narrowest part they use: the key store on `KeyTable`, the record writer on `RecordTable`,
+the money side on `AccountTable` (a store's `accounts`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Literal, Protocol
 
 from faregate.types import RequestRecord
-
-GroupBy = Literal["model", "key", "provider", "route"]
-GROUP_BY: tuple[GroupBy, ...] = ("model", "key", "provider", "route")
 
 
 class DuplicateError(Exception):
@@ -41,19 +37,6 @@ class KeyRow:
     premium: bool
     created_at: float
     revoked_at: float | None = None
-
-
-@dataclass(slots=True, frozen=True)
-class UsageRow:
-    """One group of a usage summary. `group` is None for records without that attribute
-    (no key, or no provider reached)."""
-
-    group: str | None
-    requests: int
-    errors: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost: Decimal
 
 
 class KeyTable(Protocol):
@@ -85,13 +68,6 @@ class RecordTable(Protocol):
 
     async def count_records(self) -> int: ...
 
-    async def usage_summary(
-        self, since: float | None, until: float | None, group_by: GroupBy = "model"
-    ) -> list[UsageRow]:
-        """Requests with since <= created_at < until (unix seconds; None: unbounded), aggregated
-        in the database, most expensive group first."""
-        ...
-
 
 LedgerKind = Literal["grant", "topup", "reservation", "settlement", "release"]
 LEDGER_KINDS: tuple[LedgerKind, ...] = ("grant", "topup", "reservation", "settlement", "release")
@@ -115,7 +91,7 @@ class LedgerRow:
     request_id: str | None = None
     hour: int | None = None
     note: str | None = None
-    # The Redis data set the change was made in (shared stores only; see store.redis_ledger).
+    # The Redis data set the change was made in (shared stores only; see store.redis.ledger).
     epoch: str | None = None
 
 
@@ -167,5 +143,11 @@ class AccountTable(Protocol):
         ...
 
 
-class Store(KeyTable, RecordTable, AccountTable, Protocol):
+class Store(KeyTable, RecordTable, Protocol):
+    """A store: keys and records itself, accounts and the ledger in its `accounts` part (the same
+    database, so a key and its account are created in one transaction)."""
+
+    @property
+    def accounts(self) -> AccountTable: ...
+
     async def close(self) -> None: ...

@@ -12,7 +12,7 @@ Shared:
             I's lease, renewed while it lives; fg:ih:I (set of "K hold") the holds I made. A hold
             whose instance has no lease is released by the sweeper, or at once by a reservation
             of the same key that would otherwise be refused
-  fg:outbox stream of ledger entries waiting for PostgreSQL (store.ledger_shipper)
+  fg:outbox stream of ledger entries waiting for PostgreSQL (store.redis.shipper)
   fg:epoch  string naming this Redis data set; a new one means the old data (and its holds) is gone
   fg:settled:H, fg:e:E  markers (a minute, ten minutes) that a hold was settled, a credit applied:
             a script retried on a fresh connection after it ran does not act twice

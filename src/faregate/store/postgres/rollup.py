@@ -1,4 +1,4 @@
-"""Hourly rollups of request records on the shared PostgreSQL store (as store/rollup.py on SQLite).
+"""Hourly rollups of request records on the shared PostgreSQL store (as store/sqlite/rollup.py on SQLite).
 
 `rollup_hourly` and `rollup_failures_hourly` hold the same sums as on SQLite. What differs is
 how a step knows which records it has read: SQLite keeps a watermark by id, sound with one
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from faregate.store.postgres import unavailable_errors
-from faregate.store.rollup import CHUNK, GROUP_SQL, HOUR, ROLLUP_DIMS, TOTAL_COLUMNS
+from faregate.store.postgres.errors import unavailable_errors
+from faregate.store.record_sums import CHUNK, GROUP_SQL, HOUR, ROLLUP_DIMS, TOTAL_COLUMNS
 from faregate.types import ANSWERED_OUTCOMES
 
 LOCK = "hashtext('faregate-dashboard-rollup')"
@@ -32,7 +32,7 @@ ANSWERED = "(" + ", ".join(f"'{o}'" for o in ANSWERED_OUTCOMES) + ")"
 # the planner uses it: the few records whose attempts say something.
 EVENTFUL = f"(jsonb_array_length({ATTEMPTS}) > 1 OR status >= 500)"
 _LAST_OFFER = f"(({ATTEMPTS} -> -1 ->> 'provider') || '/' || ({ATTEMPTS} -> -1 ->> 'model'))"
-# As in store/rollup.py: a fallback is a failed attempt on another offer than the last one (a
+# As in store/sqlite/rollup.py: a fallback is a failed attempt on another offer than the last one (a
 # cascade's escalation or an LLM judge's call answered: not a failure); a retry is a failed
 # attempt followed by one on the same offer. (->> binds like ||: hence the parentheses.)
 _FELL_BACK = (

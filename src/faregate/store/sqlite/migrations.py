@@ -1,22 +1,8 @@
-"""Versioned schema migrations for the SQLite store.
-
-Append only: a released migration is never edited, a change is a new version. At start-up
-the versions missing from `schema_migrations` are applied in order, in one transaction
-together with their rows in that table, so a database is never left half-migrated.
-"""
+"""Versioned schema migrations for the SQLite store (store/schema.py says how they apply)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(slots=True, frozen=True)
-class Migration:
-    version: int
-    name: str
-    # One statement per item: sqlite3 can only run a multi-statement script outside a transaction.
-    statements: tuple[str, ...]
-
+from faregate.store.schema import Migration
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -219,7 +205,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             WHERE json_array_length(attempts) > 1 OR status >= 500
             """,
             # Hourly sums per model, provider, route and key ('' as dim: all requests), kept up to
-            # date by faregate.store.rollup; the dashboard reads whole hours from here and only the
+            # date by faregate.store.sqlite.rollup; the dashboard reads whole hours from here and only the
             # edges of a range (and records not rolled up yet) from request_records.
             """
             CREATE TABLE rollup_hourly (

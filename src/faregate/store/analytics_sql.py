@@ -1,9 +1,11 @@
-"""What the SQLite and the PostgreSQL analytics share: the columns they read, what counts as a
-served request, and how a row of sums becomes Totals. Only the SQL dialects differ."""
+"""The dialect-neutral pieces of the analytics queries (store/analytics_queries.py): the columns
+they read, what counts as a served request, a slice as a WHERE condition, and how rows of sums
+become Totals and the other answers."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from decimal import Decimal
 from typing import Any
 
 from faregate.store.analytics_rows import (
@@ -14,13 +16,12 @@ from faregate.store.analytics_rows import (
     ReliabilityRow,
     Slice,
     Totals,
+    Traffic,
     histogram_percentiles,
 )
-from faregate.store.rollup import GROUP_SQL, TOTAL_COLUMNS
+from faregate.store.record_sums import GROUP_SQL, TOTAL_COLUMNS
 from faregate.store.rows import from_nanousd
 
-# Percentiles over more records than this use an evenly spaced sample of this size.
-SAMPLE_SIZE = 20_000
 # 4xx are refusals (auth, bad input, budget, rate limit) or clients that left: instant, and
 # nothing to do with how fast the service is, so latency figures leave them out.
 SERVED = "(status < 400 OR status >= 500)"
@@ -80,6 +81,23 @@ def rollup_dimension(s: Slice, by: Dimension | None) -> tuple[str, tuple[str, ..
         if by is None or by == dim:
             return dim, values
     return None
+
+
+def traffic_rows(rows: Iterable[Sequence[Any]]) -> list[Traffic]:
+    """(group, requests, cache hits, billed prompt, billed completion, exact cost) rows ->
+    Traffic, the most expensive first (ties: the busiest, then by name)."""
+    out = [
+        Traffic(
+            group=str(ungroup(row[0]) or ""),
+            requests=int(row[1]),
+            cache_hits=int(row[2] or 0),
+            prompt_tokens=int(row[3] or 0),
+            completion_tokens=int(row[4] or 0),
+            cost=Decimal(str(row[5] or 0)),
+        )
+        for row in rows
+    ]
+    return sorted(out, key=lambda t: (-t.cost, -t.requests, t.group))
 
 
 def latency_rows(rows: Iterable[Sequence[Any]]) -> list[LatencyRow]:

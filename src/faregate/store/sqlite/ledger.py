@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from faregate.store.base import LedgerRow
 from faregate.store.holds import (
     LEASE_LAPSED_NOTE,
     BudgetCheck,
@@ -24,8 +23,9 @@ from faregate.store.holds import (
     ReserveOutcome,
     hold_entry,
 )
-from faregate.store.sqlite import SQLiteStore
-from faregate.store.sqlite_accounts import INSERT_LEDGER, ledger_params
+from faregate.store.protocols import LedgerRow
+from faregate.store.sqlite.accounts import INSERT_LEDGER, ledger_params
+from faregate.store.sqlite.store import SQLiteStore
 
 _HOLD_COLUMNS = "hold_id, key_id, request_id, amount_nano, tokens, hour, created_at, expires_at, instance_id"
 # A hold is dead when it expired, or when the instance that made it has no live lease.

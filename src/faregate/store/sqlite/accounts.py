@@ -1,19 +1,22 @@
-"""Accounts and the ledger in the embedded store: the AccountTable half of SQLiteStore.
+"""Accounts and the ledger in the embedded store: the AccountTable part of SQLiteStore.
 
-A mixin so that `SQLiteStore` stays one object (one connection, one write lock) while this
-file keeps the money tables apart from keys and records. Reservations themselves (the hot
-path) are in `sqlite_ledger`.
+An object the store holds (`SQLiteStore.accounts`), not a base class: it shares the store's one
+connection and its write transaction, so keys, balances and ledger rows still change together,
+while this file keeps the money tables apart from keys and records. Reservations themselves
+(the hot path) are in `ledger`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from faregate.store.base import AccountRow, AuditRow, KeyRow, LedgerRow
+import aiosqlite
+
 from faregate.store.holds import new_entry_id
+from faregate.store.protocols import AccountRow, AuditRow, KeyRow, LedgerRow
 
 LEDGER_COLUMNS = "entry_id, key_id, kind, amount_nano, cost_nano, hold_id, request_id, hour, created_at, note"
 INSERT_LEDGER = f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -49,13 +52,15 @@ def ledger_row(row: Sequence[Any]) -> LedgerRow:
     )
 
 
-class SQLiteAccountsMixin:
-    """Needs the host's connection and its write transaction (SQLiteStore provides both)."""
+class SQLiteAccountTable:
+    """Implements faregate.store.protocols.AccountTable on the store's connection, writing inside
+    the store's transaction (`transaction`: BEGIN IMMEDIATE under the store's write lock)."""
 
-    _conn: Any
-
-    def _transaction(self) -> AbstractAsyncContextManager[None]:
-        raise NotImplementedError
+    def __init__(
+        self, conn: aiosqlite.Connection, transaction: Callable[[], AbstractAsyncContextManager[None]]
+    ) -> None:
+        self._conn = conn
+        self._transaction = transaction
 
     async def _write_ledger(self, row: LedgerRow) -> None:
         """Append one row and move the balance by its amount: call inside a transaction."""
@@ -65,7 +70,8 @@ class SQLiteAccountsMixin:
             (row.amount_nano, row.created_at, row.key_id),
         )
 
-    async def _open_account(self, row: KeyRow, credits_nano: int) -> None:
+    async def open_account(self, row: KeyRow, credits_nano: int) -> None:
+        """The key's account (and its grant): call inside the transaction that inserts the key."""
         await self._conn.execute(
             "INSERT INTO accounts (key_id, balance_nano, updated_at) VALUES (?, 0, ?)",
             (row.id, row.created_at),

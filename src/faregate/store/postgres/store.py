@@ -2,29 +2,28 @@
 
 Every gateway instance opens a small connection pool to the same database; nothing about
 a key or its money lives only in one process. The schema is migrated at start
-(store.postgres_migrations) under an advisory lock, so instances may start together.
-Reservations and rate limits are not here but in Redis (store.redis_ledger): this store
-receives their ledger rows in batches (store.ledger_shipper), off the request path.
+(store.postgres.migrations) under an advisory lock, so instances may start together.
+Reservations and rate limits are not here but in Redis (store.redis.ledger): this store
+receives their ledger rows in batches (store.redis.shipper), off the request path.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
 from faregate.errors import ConfigError
-from faregate.store.base import DuplicateError, GroupBy, KeyRow, StoreUnavailable, UsageRow
-from faregate.store.migrations import Migration
-from faregate.store.postgres_accounts import PostgresAccountsMixin
-from faregate.store.postgres_migrations import PG_MIGRATIONS
-from faregate.store.rows import RECORD_COLUMNS, from_nanousd, record_to_row, row_to_record
+from faregate.store.postgres.accounts import KEY_COLUMNS, PostgresAccountTable, key_row
+from faregate.store.postgres.errors import unavailable_errors
+from faregate.store.postgres.migrations import PG_MIGRATIONS
+from faregate.store.protocols import DuplicateError, KeyRow, StoreUnavailable
+from faregate.store.rows import RECORD_COLUMNS, record_to_row, row_to_record
+from faregate.store.schema import Migration
 from faregate.types import RequestRecord
 
-_KEY_COLUMNS = "id, name, prefix, key_hash, premium, created_at, revoked_at"
 _RECORD_COLUMN_LIST = ", ".join(RECORD_COLUMNS)
 # PostgreSQL types of RECORD_COLUMNS, in order, for the one-statement batch insert via unnest.
 _RECORD_TYPES = (
@@ -36,48 +35,15 @@ _INSERT_RECORDS = (
     + ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_RECORD_TYPES, 1))
     + ") ON CONFLICT (request_id) DO NOTHING RETURNING 1"
 )
-_GROUP_EXPRESSIONS: dict[str, str] = {
-    "model": "COALESCE(model_used, model_requested)",
-    "key": "key_id",
-    "provider": "provider",
-    "route": "route",
-}
-# Errors that mean "not now" (connection lost, server shutting down, too many clients): retryable.
-_UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-)
 
 
-@contextmanager
-def unavailable_errors() -> Iterator[None]:
-    try:
-        yield
-    except _UNAVAILABLE as exc:
-        raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
-
-
-def _key_row(row: Any) -> KeyRow:
-    return KeyRow(
-        id=row["id"],
-        name=row["name"],
-        prefix=row["prefix"],
-        key_hash=row["key_hash"],
-        premium=bool(row["premium"]),
-        created_at=float(row["created_at"]),
-        revoked_at=None if row["revoked_at"] is None else float(row["revoked_at"]),
-    )
-
-
-class PostgresStore(PostgresAccountsMixin):
-    """Implements faregate.store.base.Store over a connection pool."""
+class PostgresStore:
+    """Implements faregate.store.protocols.Store over a connection pool; its AccountTable is
+    `accounts`, on the same pool."""
 
     def __init__(self, pool: Any) -> None:
         self._pool = pool
+        self.accounts = PostgresAccountTable(pool)
 
     @classmethod
     async def open(
@@ -137,7 +103,7 @@ class PostgresStore(PostgresAccountsMixin):
             with unavailable_errors():
                 async with self._pool.acquire() as conn, conn.transaction():
                     await conn.execute(
-                        f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                         row.id,
                         row.name,
                         row.prefix,
@@ -146,40 +112,30 @@ class PostgresStore(PostgresAccountsMixin):
                         row.created_at,
                         row.revoked_at,
                     )
-                    await self._open_account(conn, row, credits_nano)
+                    await self.accounts.open_account(conn, row, credits_nano)
         except asyncpg.UniqueViolationError as exc:
             raise DuplicateError(str(exc)) from exc
 
     async def find_key(self, key_hash: str) -> KeyRow | None:
         with unavailable_errors():
             row = await self._pool.fetchrow(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash
             )
-        return None if row is None else _key_row(row)
-
-    async def get_key(self, key_id: str) -> KeyRow | None:
-        with unavailable_errors():
-            row = await self._pool.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
-        return None if row is None else _key_row(row)
+        return None if row is None else key_row(row)
 
     async def list_keys(self, include_revoked: bool = False) -> list[KeyRow]:
         where = "" if include_revoked else " WHERE revoked_at IS NULL"
         with unavailable_errors():
             rows = await self._pool.fetch(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys{where} ORDER BY created_at, id"
+                f"SELECT {KEY_COLUMNS} FROM api_keys{where} ORDER BY created_at, id"
             )
-        return [_key_row(r) for r in rows]
+        return [key_row(r) for r in rows]
 
     async def revoke_key(self, key_id: str, at: float) -> bool:
         with unavailable_errors():
             status = await self._pool.execute(
                 "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", at, key_id
             )
-        return str(status).endswith(" 1")
-
-    async def set_key_name(self, key_id: str, name: str) -> bool:
-        with unavailable_errors():
-            status = await self._pool.execute("UPDATE api_keys SET name = $1 WHERE id = $2", name, key_id)
         return str(status).endswith(" 1")
 
     # --- request records --------------------------------------------------------------------
@@ -202,36 +158,3 @@ class PostgresStore(PostgresAccountsMixin):
     async def count_records(self) -> int:
         with unavailable_errors():
             return int(await self._pool.fetchval("SELECT COUNT(*) FROM request_records"))
-
-    async def usage_summary(
-        self, since: float | None, until: float | None, group_by: GroupBy = "model"
-    ) -> list[UsageRow]:
-        if group_by not in _GROUP_EXPRESSIONS:
-            raise ValueError(f"group_by must be one of {sorted(_GROUP_EXPRESSIONS)}, not {group_by!r}")
-        conditions: list[str] = []
-        params: list[float] = []
-        for value, op in ((since, ">="), (until, "<")):
-            if value is not None:
-                params.append(value)
-                conditions.append(f"created_at {op} ${len(params)}")
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        sql = (
-            f"SELECT {_GROUP_EXPRESSIONS[group_by]} AS grp, COUNT(*),"
-            " SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END),"
-            " SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_nanousd)"
-            f" FROM request_records{where}"
-            " GROUP BY grp ORDER BY SUM(cost_nanousd) DESC, COUNT(*) DESC, grp"
-        )
-        with unavailable_errors():
-            rows = await self._pool.fetch(sql, *params)
-        return [
-            UsageRow(
-                group=r[0],
-                requests=int(r[1]),
-                errors=int(r[2]),
-                prompt_tokens=int(r[3]),
-                completion_tokens=int(r[4]),
-                cost=from_nanousd(int(r[5])),
-            )
-            for r in rows
-        ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from faregate.store.feedback import Feedback, Thumb
-from faregate.store.postgres import unavailable_errors
+from faregate.store.postgres.errors import unavailable_errors
 
 _UPSERT = (
     "INSERT INTO feedback (request_id, key_id, created_at, score, thumb, rating, comment)"

@@ -1,6 +1,6 @@
 """Versioned schema migrations for the PostgreSQL store (its own numbering, apart from SQLite's).
 
-Append only, like store.migrations: a released migration is never edited. At start-up the
+Append only, like store.sqlite.migrations: a released migration is never edited. At start-up the
 missing versions are applied in one transaction under an advisory lock, so instances
 starting together never apply one twice. Columns mirror the SQLite store so that both
 share store.rows; flags are INTEGER 0/1 for the same reason.
@@ -8,7 +8,7 @@ share store.rows; flags are INTEGER 0/1 for the same reason.
 
 from __future__ import annotations
 
-from faregate.store.migrations import Migration
+from faregate.store.schema import Migration
 
 PG_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -81,7 +81,7 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
                 updated_at          DOUBLE PRECISION NOT NULL
             )
             """,
-            # epoch: the Redis data set a reservation was made in (see store.redis_ledger).
+            # epoch: the Redis data set a reservation was made in (see store.redis.ledger).
             """
             CREATE TABLE ledger (
                 id          BIGSERIAL PRIMARY KEY,
@@ -153,7 +153,7 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
             )
             """,
             "CREATE INDEX feedback_created_at ON feedback (created_at)",
-            # Covers every column the dashboard's sums use (store/pg_analytics.py), so a range scan
+            # Covers every column the dashboard's sums use (store/postgres/analytics.py), so a range scan
             # of request_records can skip the rows' attempts JSON.
             """
             CREATE INDEX request_records_dashboard ON request_records (created_at) INCLUDE (
@@ -163,12 +163,12 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
             )
             """,
             # The few requests with a retry, a fallback or a failure: the only ones whose attempts
-            # the reliability queries parse. Its condition is pg_analytics.EVENTFUL word for word.
+            # the reliability queries parse. Its condition is postgres/rollup.py's EVENTFUL word for word.
             """
             CREATE INDEX request_records_eventful ON request_records (created_at)
             WHERE (jsonb_array_length(attempts::jsonb) > 1 OR status >= 500)
             """,
-            # The hourly rollups (store/pg_rollup.py). Records wait in rollup_pending (filled by a
+            # The hourly rollups (store/postgres/rollup.py). Records wait in rollup_pending (filled by a
             # trigger, in the transaction that writes them) until a rollup step adds them to the
             # sums and takes them out, in one transaction; so a query (one statement, one
             # snapshot) reads each record once: from the sums, or from request_records while it

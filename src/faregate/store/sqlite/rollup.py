@@ -1,66 +1,29 @@
-"""Hourly rollups of request records, so the dashboard reads a month in milliseconds.
+"""Hourly rollups of request records in the embedded store, so the dashboard reads a month in
+milliseconds.
 
 `rollup_hourly` holds, per hour and per model, provider, route and key (and overall,
 dim ''), the sums the dashboard shows. `RollupWriter.step` adds the records written since
 its last run (tracked by request_records.id in `rollup_state`), a chunk per transaction,
 so a store that already holds millions of records catches up without holding the write
-lock for long. The queries in analytics.py read whole hours from here and the rest (the
+lock for long. The queries in sqlite/analytics.py read whole hours from here and the rest (the
 partial hours at the edges of a range, and records newer than the rollup) from
-request_records, so every figure is exact whether or not the rollup is current.
-
-Porting to PostgreSQL: the statements are plain SQL (INSERT ... SELECT ... ON CONFLICT DO
-UPDATE works there too); the JSON expressions change (see analytics.py), and a sequence
-does not commit in id order under concurrent writers, so the watermark there should trail
-by a few seconds (or use a per-row `rolled` flag).
+request_records, so every figure is exact whether or not the rollup is current. What a record
+adds is store/record_sums.py; PostgreSQL's rollup (postgres/rollup.py) adds the same sums.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import aiosqlite
 
-from faregate.store.base import StoreUnavailable
+from faregate.store.protocols import StoreUnavailable
+from faregate.store.record_sums import CHUNK, HOUR, ROLLUP_DIMS, TOTAL_COLUMNS, flag
+from faregate.store.sqlite.store import BUSY_TIMEOUT_MS
 from faregate.types import ANSWERED_OUTCOMES
 
-HOUR = 3600
-# Records per transaction while catching up.
-CHUNK = 20_000
 STATE_NAME = "hourly"
-
-# Requests that failed entirely have no model_used; they count against the model asked for.
-# `{t}` is a table alias and a dot when a query joins (feedback), else nothing.
-GROUP_SQL: dict[str, str] = {
-    "model": "COALESCE({t}model_used, {t}model_requested)",
-    "provider": "{t}provider",
-    "key": "{t}key_id",
-    "route": "{t}route",
-}
-CACHE_HIT = "cache_status IN ('hit', 'semantic-hit')"
-
-
-def _flag(condition: str) -> str:
-    return f"CASE WHEN {condition} THEN 1 ELSE 0 END"
-
-
-# (column of rollup_hourly, the value one record adds to it). Every one is read from the columns
-# of the covering index `request_records_dashboard`, so raw scans never touch the table rows.
-TOTAL_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("requests", "1"),
-    ("errors", _flag("status >= 500")),
-    ("client_errors", _flag("status >= 400 AND status < 500")),
-    ("budget_refusals", _flag("status = 402")),
-    ("rate_limited", _flag("status = 429")),
-    ("cost_nanousd", "cost_nanousd"),
-    ("baseline_nanousd", "baseline_cost_nanousd"),
-    ("prompt_tokens", "prompt_tokens"),
-    ("completion_tokens", "completion_tokens"),
-    ("cache_lookups", _flag("cache_status <> 'bypass'")),
-    ("cache_hits", _flag("cache_status = 'hit'")),
-    ("semantic_hits", _flag("cache_status = 'semantic-hit'")),
-    ("cache_saved_nanousd", f"CASE WHEN {CACHE_HIT} THEN baseline_cost_nanousd - cost_nanousd ELSE 0 END"),
-    ("empty_responses", "empty_response"),
-)
 
 # Rows whose attempts say something: more than one attempt, or a failure. Written word for word
 # as the partial index `request_records_eventful` says it, so SQLite uses that index.
@@ -84,10 +47,9 @@ RETRIED = (
     " AND json_extract(a.value, '$.model') = json_extract(b.value, '$.model'))"
 )
 EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("fallbacks", _flag(f"json_array_length(attempts) > 1 AND {FELL_BACK}")),
-    ("retried", _flag(f"json_array_length(attempts) > 1 AND {RETRIED}")),
+    ("fallbacks", flag(f"json_array_length(attempts) > 1 AND {FELL_BACK}")),
+    ("retried", flag(f"json_array_length(attempts) > 1 AND {RETRIED}")),
 )
-ROLLUP_DIMS: tuple[tuple[str, str], ...] = (("", "''"), *((d, s.format(t="")) for d, s in GROUP_SQL.items()))
 
 
 def _insert_sql(dim: str, group: str) -> str:
@@ -139,6 +101,20 @@ class RollupWriter:
     def __init__(self, conn: aiosqlite.Connection, chunk: int = CHUNK) -> None:
         self._conn = conn
         self._chunk = chunk
+
+    @classmethod
+    async def open(cls, db_path: str | Path, chunk: int = CHUNK) -> RollupWriter:
+        """A writer on a connection of its own to the store's (already migrated) database."""
+        conn = await aiosqlite.connect(db_path, isolation_level=None)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, chunk)
+
+    async def close(self) -> None:
+        await self._conn.close()
 
     async def step(self) -> int:
         """Roll up one chunk of new records; returns how many ids it covered (0: up to date)."""

@@ -1,4 +1,5 @@
-"""Accounts and the ledger in PostgreSQL: the AccountTable half of PostgresStore.
+"""Accounts and the ledger in PostgreSQL: the AccountTable part of PostgresStore (an object the
+store holds, `PostgresStore.accounts`, on the same pool).
 
 Balances change here in two ways only, both in one transaction with their ledger rows:
 a new key's grant, and `apply_ledger`, which writes a batch of ledger rows shipped from
@@ -18,9 +19,11 @@ from typing import Any
 
 import asyncpg
 
-from faregate.store.base import AccountRow, AuditRow, KeyRow, LedgerRow
 from faregate.store.holds import hold_entry, new_entry_id
+from faregate.store.postgres.errors import unavailable_errors
+from faregate.store.protocols import AccountRow, AuditRow, KeyRow, LedgerRow
 
+KEY_COLUMNS = "id, name, prefix, key_hash, premium, created_at, revoked_at"
 _LEDGER_COLUMNS = (
     "entry_id, key_id, kind, amount_nano, cost_nano, hold_id, request_id, hour, created_at, note, epoch"
 )
@@ -95,10 +98,26 @@ def _columns(rows: Sequence[LedgerRow]) -> list[list[Any]]:
     ]
 
 
-class PostgresAccountsMixin:
-    _pool: Any
+def key_row(row: Any) -> KeyRow:
+    return KeyRow(
+        id=row["id"],
+        name=row["name"],
+        prefix=row["prefix"],
+        key_hash=row["key_hash"],
+        premium=bool(row["premium"]),
+        created_at=float(row["created_at"]),
+        revoked_at=None if row["revoked_at"] is None else float(row["revoked_at"]),
+    )
 
-    async def _open_account(self, conn: Any, row: KeyRow, credits_nano: int) -> None:
+
+class PostgresAccountTable:
+    """Implements faregate.store.protocols.AccountTable over the store's pool."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    async def open_account(self, conn: Any, row: KeyRow, credits_nano: int) -> None:
+        """The key's account (and its grant), on `conn`, inside the transaction inserting the key."""
         await conn.execute(
             "INSERT INTO accounts (key_id, balance_nano, updated_at) VALUES ($1, 0, $2)",
             row.id,
@@ -109,6 +128,16 @@ class PostgresAccountsMixin:
                 new_entry_id("grant"), row.id, "grant", credits_nano, row.created_at, note="new key"
             )
             await conn.fetchval(_APPLY, *_columns([grant]))
+
+    async def get_key(self, key_id: str) -> KeyRow | None:
+        with unavailable_errors():
+            row = await self._pool.fetchrow(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+        return None if row is None else key_row(row)
+
+    async def set_key_name(self, key_id: str, name: str) -> bool:
+        with unavailable_errors():
+            status = await self._pool.execute("UPDATE api_keys SET name = $1 WHERE id = $2", name, key_id)
+        return str(status).endswith(" 1")
 
     async def get_account(self, key_id: str) -> AccountRow | None:
         row = await self._pool.fetchrow(
