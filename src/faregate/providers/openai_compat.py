@@ -17,7 +17,6 @@ import os
 from collections.abc import AsyncGenerator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
 
 import orjson
 
@@ -36,7 +35,8 @@ from faregate.providers.transport import (
     request_bytes,
     request_head,
 )
-from faregate.types import JSON, Completion, Usage
+from faregate.types import JSON, Completion
+from faregate.wire.usage import usage_from
 
 # After [DONE] the body normally ends within microseconds; reading to its end lets the
 # connection go back to the pool instead of being closed. Bounded for upstreams that linger.
@@ -48,19 +48,19 @@ class OpenAICompatibleProvider:
     """One OpenAI-compatible upstream. The pool is shared and owned by the registry."""
 
     __slots__ = ("_endpoint", "_head", "_headers", "_key_hint", "_pool", "name")
+    # Where requests go, under the base URL; another wire on the same machinery posts elsewhere.
+    path = "/chat/completions"
 
     def __init__(self, name: str, settings: ProviderSettings, pool: ConnectionPool) -> None:
         self.name = name
         self._pool = pool
         self._endpoint = Endpoint(
-            settings.base_url.rstrip("/") + "/chat/completions", connect_timeout_s=settings.connect_timeout_s
+            settings.base_url.rstrip("/") + self.path, connect_timeout_s=settings.connect_timeout_s
         )
         # The key is read once: the environment does not change under a running gateway,
         # and os.environ lookups on every call are wasted work.
         key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
-        headers = {"User-Agent": USER_AGENT, "Content-Type": "application/json"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+        headers = {"User-Agent": USER_AGENT, "Content-Type": "application/json", **self._auth_headers(key)}
         # Configured headers may replace ours (e.g. a vendor that wants its own auth header).
         self._headers = _merged(headers, settings.headers)
         # The head is the same for every call but for Content-Length: format it once.
@@ -71,6 +71,10 @@ class OpenAICompatibleProvider:
             self._key_hint = f"check ${settings.api_key_env}"
         else:
             self._key_hint = f"${settings.api_key_env} is not set"
+
+    def _auth_headers(self, key: str | None) -> dict[str, str]:
+        """The headers that carry the key (none without one)."""
+        return {"Authorization": f"Bearer {key}"} if key else {}
 
     async def complete(self, call: UpstreamCall) -> Completion:
         """Send a non-streaming request and return the parsed answer (empty answers included:
@@ -234,26 +238,6 @@ class OpenAICompatibleProvider:
             retry_after=parse_retry_after(resp.headers),
             body=body,
         )
-
-
-def usage_from(body: Mapping[str, Any]) -> Usage | None:
-    """Usage from an OpenAI body or stream chunk, or None if absent or malformed."""
-    usage = body.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt = _token_count(usage.get("prompt_tokens"))
-    completion = _token_count(usage.get("completion_tokens"))
-    if prompt is None or completion is None:
-        return None
-    return Usage(prompt, completion)
-
-
-def _token_count(value: Any) -> int | None:
-    if type(value) is int:  # not bool
-        return value if value >= 0 else None
-    if type(value) is float and value.is_integer() and value >= 0:
-        return int(value)
-    return None
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
