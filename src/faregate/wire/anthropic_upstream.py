@@ -213,12 +213,9 @@ def _tool_result(message: JSON, at: str) -> JSON:
     content = message.get("content")
     block: JSON = {"type": "tool_result", "tool_use_id": message.get("tool_call_id")}
     if isinstance(content, list):
+        # A mark stays on its text block: the same cache breakpoint as one on the tool result.
         parts = _blocks(content, at, allow_media=False)
-        marked = [p for p in parts if "cache_control" in p]
-        if marked and marked[-1] is parts[-1] and len(marked) == 1:
-            block["cache_control"] = parts[-1].pop("cache_control")  # where wire/anthropic.py put it
-        parts = [p for p in parts if p.get("text") or "cache_control" in p]
-        block["content"] = parts
+        block["content"] = [p for p in parts if p.get("text") or "cache_control" in p]
     else:
         block["content"] = "" if content is None else str(content)
     return block
