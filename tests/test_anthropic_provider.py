@@ -42,7 +42,7 @@ MESSAGE = {
     "id": "msg_01",
     "type": "message",
     "role": "assistant",
-    "model": "claude-sonnet-4-5",
+    "model": "claude-sonnet-4-6",
     "content": [
         {"type": "text", "text": "Looking it up. "},
         {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "cat"}},
@@ -60,7 +60,9 @@ MESSAGE = {
 
 
 def events(*items: dict[str, Any]) -> bytes:
-    return b"".join(b"event: " + str(e["type"]).encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in items)
+    return b"".join(
+        b"event: " + str(e["type"]).encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in items
+    )
 
 
 STREAM_EVENTS = [
@@ -87,10 +89,22 @@ STREAM_EVENTS = [
         "index": 1,
         "content_block": {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}},
     },
-    {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"q":'}},
-    {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": '"cat"}'}},
+    {
+        "type": "content_block_delta",
+        "index": 1,
+        "delta": {"type": "input_json_delta", "partial_json": '{"q":'},
+    },
+    {
+        "type": "content_block_delta",
+        "index": 1,
+        "delta": {"type": "input_json_delta", "partial_json": '"cat"}'},
+    },
     {"type": "content_block_stop", "index": 1},
-    {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None}, "usage": {"output_tokens": 30}},
+    {
+        "type": "message_delta",
+        "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+        "usage": {"output_tokens": 30},
+    },
     {"type": "message_stop"},
 ]
 
@@ -105,7 +119,7 @@ async def each(items: Iterable[Any]) -> AsyncIterator[Any]:
 
 def test_a_chat_body_becomes_a_messages_request_the_sdk_accepts() -> None:
     body = {
-        "model": "claude-sonnet-4-5",
+        "model": "claude-sonnet-4-6",
         "messages": [
             {"role": "system", "content": "Be brief."},
             {"role": "developer", "content": "Use tools."},
@@ -119,7 +133,9 @@ def test_a_chat_body_becomes_a_messages_request_the_sdk_accepts() -> None:
             {
                 "role": "assistant",
                 "content": "",
-                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"x": 2}'}}],
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"x": 2}'}}
+                ],
             },
             {"role": "tool", "tool_call_id": "c1", "content": "4"},
             {"role": "user", "content": "Thanks"},
@@ -131,24 +147,33 @@ def test_a_chat_body_becomes_a_messages_request_the_sdk_accepts() -> None:
         "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
         "tool_choice": "required",
         "parallel_tool_calls": False,
-        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "x", "schema": {"type": "object"}},
+        },
         "seed": 7,
         "stream_options": {"include_usage": True},
     }
     out = chat_to_messages(body)
     PARAMS.validate_python(out)
     assert out == {
-        "model": "claude-sonnet-4-5",
+        "model": "claude-sonnet-4-6",
         "system": [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Use tools."}],
         "messages": [
             {
                 "role": "user",
                 "content": [
                     {"type": "text", "text": "What is this?"},
-                    {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/"}},
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/"},
+                    },
                 ],
             },
-            {"role": "assistant", "content": [{"type": "tool_use", "id": "c1", "name": "f", "input": {"x": 2}}]},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "c1", "name": "f", "input": {"x": 2}}],
+            },
             {
                 "role": "user",
                 "content": [
@@ -185,9 +210,19 @@ def test_without_max_tokens_the_default_is_asked_for() -> None:
         ({"audio": {"voice": "alloy"}}, "audio"),
         ({"modalities": ["text", "audio"]}, "modalities"),
         ({"functions": [{"name": "f"}]}, "functions"),
-        ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]}, "messages[0].content[0]"),
         (
-            {"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "[1]"}}]}]},
+            {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
+            "messages[0].content[0]",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "[1]"}}],
+                    }
+                ]
+            },
             "messages[0].tool_calls[0].function.arguments",
         ),
     ],
@@ -205,7 +240,9 @@ def test_what_messages_cannot_say_is_refused(change: dict[str, Any], param: str)
 def test_a_message_becomes_a_completion_with_cache_usage() -> None:
     body, usage = message_to_completion(MESSAGE)
     ChatCompletion.model_validate(body)
-    assert usage == Usage(7012, 30, cache_read_tokens=5000, cache_write_tokens=2000, cache_write_1h_tokens=500)
+    assert usage == Usage(
+        7012, 30, cache_read_tokens=5000, cache_write_tokens=2000, cache_write_1h_tokens=500
+    )
     assert usage_from(body) == usage
     choice = body["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
@@ -225,7 +262,12 @@ def test_a_message_survives_the_round_trip_through_the_completion() -> None:
 
 
 def test_a_stop_sequence_is_kept() -> None:
-    message = {**MESSAGE, "content": [{"type": "text", "text": "x"}], "stop_reason": "stop_sequence", "stop_sequence": "END"}
+    message = {
+        **MESSAGE,
+        "content": [{"type": "text", "text": "x"}],
+        "stop_reason": "stop_sequence",
+        "stop_sequence": "END",
+    }
     body, _ = message_to_completion(message)
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["choices"][0]["stop_reason"] == "END"
@@ -241,7 +283,16 @@ async def test_an_event_stream_becomes_chunks() -> None:
     assert deltas == [
         {"role": "assistant", "content": ""},
         {"content": "Hi"},
-        {"tool_calls": [{"index": 0, "id": "toolu_1", "type": "function", "function": {"name": "lookup", "arguments": ""}}]},
+        {
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "toolu_1",
+                    "type": "function",
+                    "function": {"name": "lookup", "arguments": ""},
+                }
+            ]
+        },
         {"tool_calls": [{"index": 0, "function": {"arguments": '{"q":'}}]},
         {"tool_calls": [{"index": 0, "function": {"arguments": '"cat"}'}}]},
         {},
@@ -251,7 +302,10 @@ async def test_an_event_stream_becomes_chunks() -> None:
 
 
 async def test_an_error_event_is_a_retryable_failure() -> None:
-    stream = [STREAM_EVENTS[0], {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}]
+    stream = [
+        STREAM_EVENTS[0],
+        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+    ]
     with pytest.raises(UpstreamFailure) as info:
         _ = [c async for c in chat_chunks(each(stream))]
     assert info.value.retryable and "overloaded_error: Overloaded" in info.value.detail
@@ -302,8 +356,12 @@ def provider(upstream: Upstream, pool: ConnectionPool, monkeypatch: pytest.Monke
 
 
 def call(stream: bool = False, **extra: Any) -> UpstreamCall:
-    offer = Offer("claude-sonnet-4-5", "anthropic", "claude-sonnet-4-5", Price(Decimal(3), Decimal(15)), True)
-    body: dict[str, Any] = {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hello"}], **extra}
+    offer = Offer("claude-sonnet-4-6", "anthropic", "claude-sonnet-4-6", Price(Decimal(3), Decimal(15)), True)
+    body: dict[str, Any] = {
+        "model": "claude-sonnet-4-6",
+        "messages": [{"role": "user", "content": "hello"}],
+        **extra,
+    }
     if stream:
         body |= {"stream": True, "stream_options": {"include_usage": True}}
     return UpstreamCall(offer, body, stream, 5.0, 5.0)
@@ -311,7 +369,9 @@ def call(stream: bool = False, **extra: Any) -> UpstreamCall:
 
 def json_reply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
-        return web.Response(body=orjson.dumps(body), status=status, headers=headers, content_type="application/json")
+        return web.Response(
+            body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+        )
 
     return handler
 
@@ -327,21 +387,31 @@ def sse_reply(data: bytes) -> Handler:
     return handler
 
 
-async def test_complete_sends_the_messages_wire_and_bills_the_cache(upstream: Upstream, provider: AnthropicProvider) -> None:
+async def test_complete_sends_the_messages_wire_and_bills_the_cache(
+    upstream: Upstream, provider: AnthropicProvider
+) -> None:
     upstream.handler = json_reply(MESSAGE)
     completion = await provider.complete(call(max_tokens=100))
     headers, body = upstream.seen[0]
     assert headers["x-api-key"] == "sk-ant-test"
     assert headers["anthropic-version"] == ANTHROPIC_VERSION
     assert "Authorization" not in headers
-    assert body == {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": [{"type": "text", "text": "hello"}]}], "max_tokens": 100}
-    assert completion.usage == Usage(7012, 30, cache_read_tokens=5000, cache_write_tokens=2000, cache_write_1h_tokens=500)
+    assert body == {
+        "model": "claude-sonnet-4-6",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hello"}]}],
+        "max_tokens": 100,
+    }
+    assert completion.usage == Usage(
+        7012, 30, cache_read_tokens=5000, cache_write_tokens=2000, cache_write_1h_tokens=500
+    )
     price = Price(Decimal(3), Decimal(15), Decimal("0.30"), Decimal("3.75"), Decimal(6))
     # 12 x 3 + 5000 x 0.30 + 1500 x 3.75 + 500 x 6 + 30 x 15, per million.
     assert price.cost(completion.usage) == Decimal("0.010611")
 
 
-async def test_stream_yields_internal_chunks(upstream: Upstream, provider: AnthropicProvider, pool: ConnectionPool) -> None:
+async def test_stream_yields_internal_chunks(
+    upstream: Upstream, provider: AnthropicProvider, pool: ConnectionPool
+) -> None:
     upstream.handler = sse_reply(events(*STREAM_EVENTS))
     chunks = [c async for c in provider.stream(call(stream=True))]
     assert upstream.seen[0][1]["stream"] is True
@@ -361,7 +431,11 @@ async def test_an_overloaded_stream_fails_retryably(upstream: Upstream, provider
 
 @pytest.mark.parametrize(
     ("status", "kind", "error_type"),
-    [(429, "rate_limited", "rate_limit_error"), (529, "server_error", "overloaded_error"), (500, "server_error", "api_error")],
+    [
+        (429, "rate_limited", "rate_limit_error"),
+        (529, "server_error", "overloaded_error"),
+        (500, "server_error", "api_error"),
+    ],
 )
 async def test_429_and_5xx_are_retryable(
     upstream: Upstream, provider: AnthropicProvider, status: int, kind: str, error_type: str
@@ -381,18 +455,25 @@ async def test_other_4xx_is_rejected(upstream: Upstream, provider: AnthropicProv
     upstream.handler = json_reply(body, 400)
     with pytest.raises(UpstreamRejected) as info:
         await provider.complete(call())
-    assert (info.value.status, info.value.message) == (400, "anthropic rejected the request: max_tokens: too big")
+    assert (info.value.status, info.value.message) == (
+        400,
+        "anthropic rejected the request: max_tokens: too big",
+    )
 
 
 async def test_a_bad_key_is_the_providers_fault(upstream: Upstream, provider: AnthropicProvider) -> None:
-    upstream.handler = json_reply({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}, 401)
+    upstream.handler = json_reply(
+        {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}, 401
+    )
     with pytest.raises(UpstreamFailure) as info:
         await provider.complete(call())
     assert info.value.kind == "server_error"
     assert f"check ${KEY_ENV}" in info.value.detail
 
 
-async def test_what_messages_cannot_say_is_refused_before_any_call(upstream: Upstream, provider: AnthropicProvider) -> None:
+async def test_what_messages_cannot_say_is_refused_before_any_call(
+    upstream: Upstream, provider: AnthropicProvider
+) -> None:
     with pytest.raises(UpstreamRejected) as info:
         await provider.complete(call(n=2))
     assert (info.value.status, info.value.param) == (400, "n")
@@ -402,14 +483,18 @@ async def test_what_messages_cannot_say_is_refused_before_any_call(upstream: Ups
     assert upstream.seen == []
 
 
-async def test_a_chat_body_where_a_message_belongs_is_a_bad_response(upstream: Upstream, provider: AnthropicProvider) -> None:
+async def test_a_chat_body_where_a_message_belongs_is_a_bad_response(
+    upstream: Upstream, provider: AnthropicProvider
+) -> None:
     upstream.handler = json_reply({"choices": []})
     with pytest.raises(UpstreamFailure) as info:
         await provider.complete(call())
     assert info.value.kind == "bad_response"
 
 
-async def test_the_registry_builds_it_by_protocol(upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_registry_builds_it_by_protocol(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(KEY_ENV, "k")
     settings = parse_settings(
         {"providers": {"claude": {"base_url": upstream.url, "api_key_env": KEY_ENV, "protocol": "anthropic"}}}

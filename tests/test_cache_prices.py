@@ -21,7 +21,11 @@ def test_cache_tokens_are_billed_at_their_own_prices() -> None:
     # 1,000 plain x 3 + 6,000 x 0.30 + 2,000 x 3.75 + 1,000 x 6 + 500 x 15, per million.
     assert SONNET.cost(usage) == Decimal("0.0258")
     assert SONNET.cost(usage) == (
-        Decimal(1000) * 3 + Decimal(6000) * Decimal("0.30") + Decimal(2000) * Decimal("3.75") + Decimal(1000) * 6 + 500 * 15
+        Decimal(1000) * 3
+        + Decimal(6000) * Decimal("0.30")
+        + Decimal(2000) * Decimal("3.75")
+        + Decimal(1000) * 6
+        + 500 * 15
     ) / Decimal(1_000_000)
 
 
@@ -59,14 +63,21 @@ def test_usage_json_round_trips_the_cache_counts() -> None:
 def test_cache_counts_that_do_not_fit_the_prompt_are_dropped() -> None:
     body = {"prompt_tokens": 10, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 11}}
     assert usage_from({"usage": body}) == Usage(10, 1)
-    openai_style = {"prompt_tokens": 10, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 4, "audio_tokens": 0}}
+    openai_style = {
+        "prompt_tokens": 10,
+        "completion_tokens": 1,
+        "prompt_tokens_details": {"cached_tokens": 4, "audio_tokens": 0},
+    }
     assert usage_from({"usage": openai_style}) == Usage(10, 1, cache_read_tokens=4)
 
 
 def test_cache_prices_come_from_the_config() -> None:
     settings = parse_settings(
         {
-            "providers": {"p": {"base_url": "http://127.0.0.1:9/v1"}, "q": {"base_url": "http://127.0.0.1:9/v1"}},
+            "providers": {
+                "p": {"base_url": "http://127.0.0.1:9/v1"},
+                "q": {"base_url": "http://127.0.0.1:9/v1"},
+            },
             "models": {
                 "m": {
                     "input": 3,
@@ -74,14 +85,19 @@ def test_cache_prices_come_from_the_config() -> None:
                     "cache_read": "0.3",
                     "cache_write": "3.75",
                     "cache_write_1h": 6,
-                    "offers": [{"provider": "p"}, {"provider": "q", "input": 2, "output": 10, "cache_read": "0.2"}],
+                    "offers": [
+                        {"provider": "p"},
+                        {"provider": "q", "input": 2, "output": 10, "cache_read": "0.2"},
+                    ],
                 }
             },
         }
     )
     model = build_catalog(settings).get("m")
     assert model is not None
-    assert model.offers[0].price == Price(Decimal(3), Decimal(15), Decimal("0.3"), Decimal("3.75"), Decimal(6))
+    assert model.offers[0].price == Price(
+        Decimal(3), Decimal(15), Decimal("0.3"), Decimal("3.75"), Decimal(6)
+    )
     # An offer with its own price has its own cache prices only.
     assert model.offers[1].price == Price(Decimal(2), Decimal(10), Decimal("0.2"))
     with pytest.raises(ConfigError, match="cache_write must not be negative"):
@@ -105,10 +121,11 @@ def test_the_built_in_claude_models_have_anthropics_prices(monkeypatch: pytest.M
     catalog = build_catalog(settings)
     expected = {
         "claude-haiku-4-5": ("1", "5", "0.1", "1.25", "2"),
-        "claude-sonnet-4-5": ("3", "15", "0.3", "3.75", "6"),
+        "claude-sonnet-5": ("2", "10", "0.2", "2.5", "4"),
         "claude-sonnet-4-6": ("3", "15", "0.3", "3.75", "6"),
         "claude-opus-4-5": ("5", "25", "0.5", "6.25", "10"),
         "claude-opus-4-6": ("5", "25", "0.5", "6.25", "10"),
+        "claude-opus-5": ("5", "25", "0.5", "6.25", "10"),
     }
     for name, prices in expected.items():
         model = catalog.get(name)
@@ -116,9 +133,13 @@ def test_the_built_in_claude_models_have_anthropics_prices(monkeypatch: pytest.M
         (offer,) = model.offers
         assert (offer.provider, offer.available) == ("anthropic", True)
         price = offer.price
-        assert (price.input, price.output, price.cache_read, price.cache_write, price.cache_write_1h) == tuple(
-            Decimal(p) for p in prices
-        )
+        assert (
+            price.input,
+            price.output,
+            price.cache_read,
+            price.cache_write,
+            price.cache_write_1h,
+        ) == tuple(Decimal(p) for p in prices)
         # Anthropic's ratios: 5-minute writes 1.25x, one-hour writes 2x, reads 0.1x the input price.
         assert (price.cache_write, price.cache_write_1h, price.cache_read) == (
             price.input * Decimal("1.25"),
@@ -151,7 +172,11 @@ def test_global_api_offers_at_the_makers_prices(monkeypatch: pytest.MonkeyPatch)
         model = catalog.get(name)
         assert model is not None
         (offer,) = [o for o in model.offers if o.provider == "globalapi"]
-        assert (offer.upstream_model, offer.price.input, offer.price.output) == (upstream, Decimal(inp), Decimal(out))
+        assert (offer.upstream_model, offer.price.input, offer.price.output) == (
+            upstream,
+            Decimal(inp),
+            Decimal(out),
+        )
         assert offer.available and not offer.dedicated
         # The maker's own offer (where the catalog has one) sells at the same price.
         makers = [o for o in model.offers if o.provider in ("deepseek", "zhipu", "dashscope")]

@@ -32,7 +32,7 @@ PNG = "iVBORw0KGgo="
 CACHE = {"type": "ephemeral"}
 
 REQUEST: dict[str, Any] = {
-    "model": "claude-sonnet-4-5",
+    "model": "claude-sonnet-4-6",
     "max_tokens": 512,
     "system": [{"type": "text", "text": "You are terse.", "cache_control": CACHE}],
     "messages": [
@@ -92,7 +92,9 @@ async def collect(stream: AsyncIterator[Any]) -> list[Any]:
 
 def sdk_client(handler: Callable[[httpx2.Request], httpx2.Response]) -> anthropic.Anthropic:
     return anthropic.Anthropic(
-        api_key="k", base_url="http://gateway.test", http_client=httpx2.Client(transport=httpx2.MockTransport(handler))
+        api_key="k",
+        base_url="http://gateway.test",
+        http_client=httpx2.Client(transport=httpx2.MockTransport(handler)),
     )
 
 
@@ -107,9 +109,12 @@ def serve_sse(events: list[dict[str, Any]]) -> Callable[[httpx2.Request], httpx2
 def test_a_messages_request_becomes_the_chat_body() -> None:
     chat = messages_to_chat(copy.deepcopy(REQUEST))
     assert chat == {
-        "model": "claude-sonnet-4-5",
+        "model": "claude-sonnet-4-6",
         "messages": [
-            {"role": "system", "content": [{"type": "text", "text": "You are terse.", "cache_control": CACHE}]},
+            {
+                "role": "system",
+                "content": [{"type": "text", "text": "You are terse.", "cache_control": CACHE}],
+            },
             {
                 "role": "user",
                 "content": [
@@ -122,7 +127,11 @@ def test_a_messages_request_becomes_the_chat_body() -> None:
                 "role": "assistant",
                 "content": "Let me look.",
                 "tool_calls": [
-                    {"id": "toolu_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q":"cat"}'}}
+                    {
+                        "id": "toolu_1",
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": '{"q":"cat"}'},
+                    }
                 ],
             },
             {
@@ -185,18 +194,31 @@ def test_a_mark_on_a_tool_result_comes_back_on_its_last_block() -> None:
     [
         ({"type": "any"}, {"tool_choice": "required"}),
         ({"type": "none"}, {"tool_choice": "none"}),
-        ({"type": "tool", "name": "lookup"}, {"tool_choice": {"type": "function", "function": {"name": "lookup"}}}),
+        (
+            {"type": "tool", "name": "lookup"},
+            {"tool_choice": {"type": "function", "function": {"name": "lookup"}}},
+        ),
     ],
 )
 def test_tool_choices(choice: dict[str, Any], chat: dict[str, Any]) -> None:
-    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "tool_choice": choice}
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "hi"}],
+        "tool_choice": choice,
+    }
     translated = messages_to_chat(body)
     assert {k: translated[k] for k in chat} == chat
     assert chat_to_messages(translated)["tool_choice"] == choice
 
 
 def test_a_string_system_and_plain_content_stay_strings() -> None:
-    body = {"model": "m", "max_tokens": 5, "system": "Be brief.", "messages": [{"role": "user", "content": "hi"}]}
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "hi"}],
+    }
     chat = messages_to_chat(body)
     assert chat["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     back = chat_to_messages(chat)
@@ -205,8 +227,15 @@ def test_a_string_system_and_plain_content_stay_strings() -> None:
 
 
 def test_top_level_cache_control_marks_the_last_block() -> None:
-    body = {"model": "m", "max_tokens": 5, "cache_control": CACHE, "messages": [{"role": "user", "content": "hi"}]}
-    assert messages_to_chat(body)["messages"][-1]["content"] == [{"type": "text", "text": "hi", "cache_control": CACHE}]
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "cache_control": CACHE,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    assert messages_to_chat(body)["messages"][-1]["content"] == [
+        {"type": "text", "text": "hi", "cache_control": CACHE}
+    ]
 
 
 def test_a_tool_error_is_said_in_the_text_and_pdfs_become_file_parts() -> None:
@@ -233,7 +262,10 @@ def test_a_tool_error_is_said_in_the_text_and_pdfs_become_file_parts() -> None:
     assert messages[2]["content"] == [
         {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBE", "filename": "a.pdf"}}
     ]
-    assert chat_to_messages(messages_to_chat(body))["messages"][1]["content"][1] == body["messages"][1]["content"][1]
+    assert (
+        chat_to_messages(messages_to_chat(body))["messages"][1]["content"][1]
+        == body["messages"][1]["content"][1]
+    )
 
 
 def test_output_config_becomes_response_format_and_effort() -> None:
@@ -273,7 +305,10 @@ def test_output_config_becomes_response_format_and_effort() -> None:
                                 "type": "tool_result",
                                 "tool_use_id": "t",
                                 "content": [
-                                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}
+                                    {
+                                        "type": "image",
+                                        "source": {"type": "base64", "media_type": "image/png", "data": PNG},
+                                    }
                                 ],
                             }
                         ],
@@ -283,11 +318,22 @@ def test_output_config_becomes_response_format_and_effort() -> None:
             "messages[0].content[0].content[0]",
         ),
         (
-            {"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}]}]},
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}],
+                    }
+                ]
+            },
             "messages[0].content[0]",
         ),
         (
-            {"messages": [{"role": "assistant", "content": [{"type": "thinking", "thinking": "", "signature": ""}]}]},
+            {
+                "messages": [
+                    {"role": "assistant", "content": [{"type": "thinking", "thinking": "", "signature": ""}]}
+                ]
+            },
             "messages[0].content[0]",
         ),
     ],
@@ -314,7 +360,9 @@ def test_disabled_thinking_and_gateway_fields_pass() -> None:
 # --- answers -----------------------------------------------------------------------------------
 
 
-def completion(message: dict[str, Any], finish: str, usage: dict[str, Any] | None = None, **choice: Any) -> dict[str, Any]:
+def completion(
+    message: dict[str, Any], finish: str, usage: dict[str, Any] | None = None, **choice: Any
+) -> dict[str, Any]:
     return {
         "id": "chatcmpl-abc",
         "object": "chat.completion",
@@ -334,10 +382,10 @@ def test_a_text_answer_becomes_a_message_the_sdk_parses() -> None:
         "cost": 0.0123,
     }
     body = completion({"role": "assistant", "content": "Hi there"}, "stop", usage)
-    out = completion_to_message(body, model="claude-sonnet-4-5")
+    out = completion_to_message(body, model="claude-sonnet-4-6")
     message = Message.model_validate(out)
     assert message.id == "msg_abc"
-    assert message.model == "claude-sonnet-4-5"
+    assert message.model == "claude-sonnet-4-6"
     assert [(b.type, getattr(b, "text", None)) for b in message.content] == [("text", "Hi there")]
     assert (message.stop_reason, message.stop_sequence) == ("end_turn", None)
     assert message.usage.input_tokens == 100
@@ -367,7 +415,9 @@ def test_tool_calls_become_tool_use_blocks() -> None:
         {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}},
         {"id": "call_2", "type": "function", "function": {"name": "g", "arguments": "not json"}},
     ]
-    out = completion_to_message(completion({"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"))
+    out = completion_to_message(
+        completion({"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls")
+    )
     message = Message.model_validate(out)
     assert [(b.type, b.id, b.name, b.input) for b in message.content if b.type == "tool_use"] == [
         ("tool_use", "call_1", "f", {"a": 1}),
@@ -386,10 +436,22 @@ STREAM = [
     chunk({"role": "assistant", "content": ""}),
     chunk({"content": "Hel"}),
     chunk({"content": "lo"}),
-    chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}]}),
+    chunk(
+        {
+            "tool_calls": [
+                {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}
+            ]
+        }
+    ),
     chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"a":'}}]}),
     chunk({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
-    chunk({"tool_calls": [{"index": 1, "id": "call_2", "type": "function", "function": {"name": "g", "arguments": "{}"}}]}),
+    chunk(
+        {
+            "tool_calls": [
+                {"index": 1, "id": "call_2", "type": "function", "function": {"name": "g", "arguments": "{}"}}
+            ]
+        }
+    ),
     chunk({}, "tool_calls"),
     {
         "id": "chatcmpl-s1",
@@ -492,13 +554,28 @@ async def test_a_failure_before_anything_is_sent_is_raised() -> None:
     [
         (InvalidRequest("bad", param="x"), 400, "invalid_request_error", anthropic.BadRequestError),
         (RateLimited("slow down"), 429, "rate_limit_error", anthropic.RateLimitError),
-        (UpstreamFailed([Attempt("m", "p", "server_error", 1.0)]), 502, "api_error", anthropic.InternalServerError),
-        (UpstreamFailed([Attempt("m", "p", "timeout", 1.0)], timeout=True), 504, "timeout_error", anthropic.InternalServerError),
+        (
+            UpstreamFailed([Attempt("m", "p", "server_error", 1.0)]),
+            502,
+            "api_error",
+            anthropic.InternalServerError,
+        ),
+        (
+            UpstreamFailed([Attempt("m", "p", "timeout", 1.0)], timeout=True),
+            504,
+            "timeout_error",
+            anthropic.InternalServerError,
+        ),
     ],
 )
 def test_errors_in_anthropics_shape(error: Any, status: int, kind: str, sdk_error: type[Exception]) -> None:
     got_status, body = error_body(error, request_id="req_1")
-    assert (got_status, body["type"], body["error"]["type"], body["request_id"]) == (status, "error", kind, "req_1")
+    assert (got_status, body["type"], body["error"]["type"], body["request_id"]) == (
+        status,
+        "error",
+        kind,
+        "req_1",
+    )
     client = sdk_client(lambda request: httpx2.Response(status, content=orjson.dumps(body)))
     client = client.with_options(max_retries=0)
     with pytest.raises(sdk_error) as info:

@@ -23,7 +23,13 @@ from faregate.wire.responses import completion_to_response, responses_to_chat
 from faregate.wire.responses_stream import response_events, sse_frame
 
 EVENT = TypeAdapter(ResponseStreamEvent)
-TOOL = {"type": "function", "name": "lookup", "description": "Look up", "parameters": {"type": "object"}, "strict": True}
+TOOL = {
+    "type": "function",
+    "name": "lookup",
+    "description": "Look up",
+    "parameters": {"type": "object"},
+    "strict": True,
+}
 
 
 async def each(items: Iterable[Any]) -> AsyncIterator[Any]:
@@ -32,15 +38,25 @@ async def each(items: Iterable[Any]) -> AsyncIterator[Any]:
 
 
 def sdk_client(body: bytes, content_type: str = "text/event-stream") -> openai.OpenAI:
-    transport = httpx2.MockTransport(lambda request: httpx2.Response(200, content=body, headers={"content-type": content_type}))
-    return openai.OpenAI(api_key="k", base_url="http://gateway.test/v1", http_client=httpx2.Client(transport=transport))
+    transport = httpx2.MockTransport(
+        lambda request: httpx2.Response(200, content=body, headers={"content-type": content_type})
+    )
+    return openai.OpenAI(
+        api_key="k", base_url="http://gateway.test/v1", http_client=httpx2.Client(transport=transport)
+    )
 
 
 # --- requests ----------------------------------------------------------------------------------
 
 
 def test_a_string_input_with_instructions() -> None:
-    body = {"model": "gpt-4o", "input": "Hi", "instructions": "Be brief.", "max_output_tokens": 50, "temperature": 0.3}
+    body = {
+        "model": "gpt-4o",
+        "input": "Hi",
+        "instructions": "Be brief.",
+        "max_output_tokens": 50,
+        "temperature": 0.3,
+    }
     assert responses_to_chat(body) == {
         "model": "gpt-4o",
         "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
@@ -62,14 +78,20 @@ def test_items_tools_and_function_calls() -> None:
                 ],
             },
             {"type": "reasoning", "id": "rs_1", "summary": []},
-            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Let me look."}]},
+            {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "Let me look."}],
+            },
             {"type": "function_call", "call_id": "call_1", "name": "lookup", "arguments": '{"q":"a"}'},
             {"type": "function_call_output", "call_id": "call_1", "output": "a cat"},
         ],
         "tools": [TOOL],
         "tool_choice": {"type": "function", "name": "lookup"},
         "parallel_tool_calls": False,
-        "text": {"format": {"type": "json_schema", "name": "out", "schema": {"type": "object"}, "strict": True}},
+        "text": {
+            "format": {"type": "json_schema", "name": "out", "schema": {"type": "object"}, "strict": True}
+        },
         "reasoning": {"effort": "low"},
         "store": True,
         "stream": True,
@@ -89,20 +111,34 @@ def test_items_tools_and_function_calls() -> None:
             {
                 "role": "assistant",
                 "content": "Let me look.",
-                "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q":"a"}'}}],
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": '{"q":"a"}'},
+                    }
+                ],
             },
             {"role": "tool", "tool_call_id": "call_1", "content": "a cat"},
         ],
         "tools": [
             {
                 "type": "function",
-                "function": {"name": "lookup", "parameters": {"type": "object"}, "description": "Look up", "strict": True},
+                "function": {
+                    "name": "lookup",
+                    "parameters": {"type": "object"},
+                    "description": "Look up",
+                    "strict": True,
+                },
             }
         ],
         "tool_choice": {"type": "function", "function": {"name": "lookup"}},
         "parallel_tool_calls": False,
         "user": "u-1",
-        "response_format": {"type": "json_schema", "json_schema": {"name": "out", "schema": {"type": "object"}, "strict": True}},
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "out", "schema": {"type": "object"}, "strict": True},
+        },
         "reasoning_effort": "low",
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -119,8 +155,18 @@ def test_items_tools_and_function_calls() -> None:
         ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"tools": [{"type": "file_search", "vector_store_ids": ["vs"]}]}, "tools[0].type"),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
-        ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]}, "input[0].content[0]"),
-        ({"input": [{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_image"}]}]}, "input[0].output[0]"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]},
+            "input[0].content[0]",
+        ),
+        (
+            {
+                "input": [
+                    {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_image"}]}
+                ]
+            },
+            "input[0].output[0]",
+        ),
         ({"input": []}, "input"),
         ({"top_logprobs": 3}, "top_logprobs"),
         ({"max_output_tokens": 0}, "max_output_tokens"),
@@ -163,7 +209,11 @@ def test_an_answer_becomes_a_response_the_sdk_parses() -> None:
     assert response.output_text == "Hello"
     assert (response.instructions, response.temperature, response.model) == ("Be brief.", 0.3, "fast")
     assert response.usage is not None
-    assert (response.usage.input_tokens, response.usage.output_tokens, response.usage.total_tokens) == (30, 9, 39)
+    assert (response.usage.input_tokens, response.usage.output_tokens, response.usage.total_tokens) == (
+        30,
+        9,
+        39,
+    )
     assert response.usage.input_tokens_details.cached_tokens == 10
     assert response.usage.input_tokens_details.cache_write_tokens == 5
     assert out["usage"]["cost"] == 0.0002
@@ -171,11 +221,17 @@ def test_an_answer_becomes_a_response_the_sdk_parses() -> None:
 
 def test_tool_calls_become_function_call_items_and_a_cut_answer_is_incomplete() -> None:
     calls = [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q":"a"}'}}]
-    response = Response.model_validate(completion_to_response(completion({"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls")))
+    response = Response.model_validate(
+        completion_to_response(
+            completion({"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls")
+        )
+    )
     assert [(i.type, i.call_id, i.name, i.arguments) for i in response.output] == [  # type: ignore[union-attr]
         ("function_call", "call_1", "lookup", '{"q":"a"}')
     ]
-    cut = Response.model_validate(completion_to_response(completion({"role": "assistant", "content": "Hel"}, "length")))
+    cut = Response.model_validate(
+        completion_to_response(completion({"role": "assistant", "content": "Hel"}, "length"))
+    )
     assert cut.status == "incomplete"
     assert cut.incomplete_details is not None and cut.incomplete_details.reason == "max_output_tokens"
 
@@ -184,23 +240,44 @@ def test_tool_calls_become_function_call_items_and_a_cut_answer_is_incomplete() 
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-    return {"id": "chatcmpl-s", "created": 1700000000, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return {
+        "id": "chatcmpl-s",
+        "created": 1700000000,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
 
 
 STREAM = [
     chunk({"role": "assistant", "content": ""}),
     chunk({"content": "Hel"}),
     chunk({"content": "lo"}),
-    chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": ""}}]}),
+    chunk(
+        {
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "lookup", "arguments": ""},
+                }
+            ]
+        }
+    ),
     chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"q":'}}]}),
     chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"a"}'}}]}),
     chunk({}, "tool_calls"),
-    {"id": "chatcmpl-s", "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}},
+    {
+        "id": "chatcmpl-s",
+        "choices": [],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16},
+    },
 ]
 
 
 async def test_a_chunk_stream_becomes_the_typed_event_sequence() -> None:
-    events = [e async for e in response_events(each(STREAM), model="fast", request={"model": "fast", "input": "hi"})]
+    events = [
+        e async for e in response_events(each(STREAM), model="fast", request={"model": "fast", "input": "hi"})
+    ]
     for event in events:
         EVENT.validate_python(event)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
@@ -246,7 +323,9 @@ async def test_a_failure_mid_stream_ends_with_response_failed() -> None:
 
 
 async def test_a_cut_answer_ends_incomplete() -> None:
-    events = [e async for e in response_events(each([chunk({"content": "Hel"}), chunk({}, "length")]), model="m")]
+    events = [
+        e async for e in response_events(each([chunk({"content": "Hel"}), chunk({}, "length")]), model="m")
+    ]
     assert events[-1]["type"] == "response.incomplete"
     assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
 
@@ -255,7 +334,9 @@ async def test_a_cut_answer_ends_incomplete() -> None:
 
 
 def test_embedding_requests_are_checked() -> None:
-    request = embeddings.parse_request({"model": "e", "input": ["a b", [1, 2, 3]], "dimensions": 8, "encoding_format": "base64"})
+    request = embeddings.parse_request(
+        {"model": "e", "input": ["a b", [1, 2, 3]], "dimensions": 8, "encoding_format": "base64"}
+    )
     assert request.inputs == ("a b", (1, 2, 3))
     assert embeddings.input_tokens(request) == tokens.count_text("a b") + 3
     assert embeddings.parse_request({"model": "e", "input": [5, 6]}).inputs == ((5, 6),)
@@ -293,7 +374,11 @@ def test_embedding_answers_carry_our_model_and_the_cost() -> None:
     assert cost == Decimal("0.000024")
     out = embeddings.response_body(upstream, "text-embedding-3-small", usage, cost)
     parsed = CreateEmbeddingResponse.model_validate(out)
-    assert (parsed.model, parsed.usage.prompt_tokens, out["usage"]["cost"]) == ("text-embedding-3-small", 1200, 0.000024)
+    assert (parsed.model, parsed.usage.prompt_tokens, out["usage"]["cost"]) == (
+        "text-embedding-3-small",
+        1200,
+        0.000024,
+    )
     assert embeddings.is_answer(upstream, embeddings.parse_request({"model": "e", "input": "x"}))
     assert not embeddings.is_answer({"data": []}, embeddings.parse_request({"model": "e", "input": "x"}))
     assert embeddings.usage_of({"usage": {"prompt_tokens": -1}}) is None

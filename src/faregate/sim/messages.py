@@ -64,7 +64,7 @@ class MessagesEndpoint:
         if isinstance(body, web.Response):
             return body
         try:
-            chat = messages_to_chat(body)
+            chat = messages_to_chat(_without_sim(body))
         except InvalidRequest as exc:
             self._sim.stats.rejected += 1
             return error(400, "invalid_request_error", exc.message)
@@ -140,3 +140,8 @@ async def _json_body(request: web.BaseRequest) -> JSON | web.Response:
     if not isinstance(body, dict):
         return error(400, "invalid_request_error", "The request body must be a JSON object.")
     return body
+
+
+def _without_sim(body: JSON) -> JSON:
+    """The request without the simulator's own `sim` field (read by Simulator.scripted)."""
+    return {k: v for k, v in body.items() if k != "sim"}

@@ -17,7 +17,7 @@ from aiohttp import web
 from faregate import tokens
 from faregate.errors import InvalidRequest
 from faregate.sim import answers, faults, translated
-from faregate.types import Usage
+from faregate.types import JSON, Usage
 from faregate.wire.responses import completion_to_response, responses_to_chat
 from faregate.wire.responses_stream import response_events, sse_frame
 
@@ -53,7 +53,7 @@ class ResponsesEndpoint:
         if not isinstance(body, dict):
             return error(400, "The request body must be a JSON object.", "invalid_request_error")
         try:
-            chat = responses_to_chat(body)
+            chat = responses_to_chat(_without_sim(body))
         except InvalidRequest as exc:
             self._sim.stats.rejected += 1
             return error(400, exc.message, "invalid_request_error", param=exc.param)
@@ -116,3 +116,8 @@ class ResponsesEndpoint:
         return await translated.send_stream(
             request, groups, len(source) - 2, behaviour, fault == "truncate", _paced
         )
+
+
+def _without_sim(body: JSON) -> JSON:
+    """The request without the simulator's own `sim` field (read by Simulator.scripted)."""
+    return {k: v for k, v in body.items() if k != "sim"}
