@@ -12,9 +12,9 @@ from decimal import Decimal
 
 import openai
 import pytest
-from harness import GatewayProcess, SimProcess, create_key, run_gateway, run_sim
 
 from faregate.types import Price, Usage
+from harness import GatewayProcess, SimProcess, create_key, run_gateway, run_sim
 
 pytestmark = pytest.mark.e2e
 

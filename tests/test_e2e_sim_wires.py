@@ -11,10 +11,10 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-from harness import SimProcess, run_sim
 
 from faregate import tokens
 from faregate.wire.anthropic import messages_to_chat
+from harness import SimProcess, run_sim
 
 pytestmark = pytest.mark.e2e
 
