@@ -66,7 +66,11 @@ def test_anthropic_sdk_sync_with_images_and_cache(wire_sim: SimProcess) -> None:
 
 
 async def test_anthropic_sdk_async_stream_with_tools(wire_sim: SimProcess) -> None:
-    client = anthropic.AsyncAnthropic(api_key="k", base_url=root(wire_sim), max_retries=0)
+    async with anthropic.AsyncAnthropic(api_key="k", base_url=root(wire_sim), max_retries=0) as client:
+        await stream_with_tools(client)
+
+
+async def stream_with_tools(client: anthropic.AsyncAnthropic) -> None:
     async with client.messages.stream(
         model="claude-haiku-4-5",
         max_tokens=100,

@@ -29,19 +29,25 @@ async def local_sim() -> AsyncIterator[RunningSim]:
     await running.close()
 
 
-def claude(sim: RunningSim) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(api_key="k", base_url=sim.url, max_retries=0)
+@pytest.fixture
+async def claude(local_sim: RunningSim) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    async with anthropic.AsyncAnthropic(api_key="k", base_url=local_sim.url, max_retries=0) as client:
+        yield client
 
 
-def gpt(sim: RunningSim) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(api_key="k", base_url=sim.base_url, max_retries=0)
+@pytest.fixture
+async def gpt(local_sim: RunningSim) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(api_key="k", base_url=local_sim.base_url, max_retries=0) as client:
+        yield client
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
     return tokens.count_input(messages_to_chat(body))
 
 
-async def test_messages_usage_counts_cache_writes_then_reads(local_sim: RunningSim) -> None:
+async def test_messages_usage_counts_cache_writes_then_reads(
+    claude: anthropic.AsyncAnthropic, gpt: openai.AsyncOpenAI
+) -> None:
     body: dict[str, Any] = {
         "model": "claude-sonnet-4-6",
         "max_tokens": 50,
@@ -49,24 +55,24 @@ async def test_messages_usage_counts_cache_writes_then_reads(local_sim: RunningS
         "messages": [{"role": "user", "content": "hello there"}],
     }
     total = prompt_tokens(body)
-    first = await claude(local_sim).messages.create(**body)
+    first = await claude.messages.create(**body)
     assert [b.text for b in first.content if b.type == "text"] == ["hello there"]
     usage = first.usage
     assert usage.cache_read_input_tokens == 0
     assert usage.cache_creation_input_tokens and usage.cache_creation_input_tokens > 300
     assert usage.input_tokens + usage.cache_creation_input_tokens == total
     assert usage.output_tokens == tokens.count_text("hello there")
-    second = (await claude(local_sim).messages.create(**body)).usage
+    second = (await claude.messages.create(**body)).usage
     assert (second.cache_read_input_tokens, second.cache_creation_input_tokens) == (
         usage.cache_creation_input_tokens,
         0,
     )
     assert second.input_tokens == usage.input_tokens
     one_hour = {**body, "system": [{**CACHED_SYSTEM[0], "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}
-    third = (await claude(local_sim).messages.create(**one_hour)).usage
+    third = (await claude.messages.create(**one_hour)).usage
     assert third.cache_creation is not None
     assert third.cache_creation.ephemeral_1h_input_tokens == third.cache_creation_input_tokens > 0
-    plain = (await claude(local_sim).messages.create(**{**body, "system": LONG})).usage
+    plain = (await claude.messages.create(**{**body, "system": LONG})).usage
     assert (plain.cache_read_input_tokens, plain.cache_creation_input_tokens, plain.input_tokens) == (
         0,
         0,
@@ -74,14 +80,16 @@ async def test_messages_usage_counts_cache_writes_then_reads(local_sim: RunningS
     )
 
 
-async def test_messages_stream_usage_matches_the_whole_answer(local_sim: RunningSim) -> None:
+async def test_messages_stream_usage_matches_the_whole_answer(
+    claude: anthropic.AsyncAnthropic, gpt: openai.AsyncOpenAI
+) -> None:
     body: dict[str, Any] = {
         "model": "claude-haiku-4-5",
         "max_tokens": 50,
         "system": CACHED_SYSTEM,
         "messages": [{"role": "user", "content": "stream me please"}],
     }
-    async with claude(local_sim).messages.stream(**body) as stream:
+    async with claude.messages.stream(**body) as stream:
         text = [t async for t in stream.text_stream]
         final = await stream.get_final_message()
     assert "".join(text) == "stream me please"
@@ -89,9 +97,9 @@ async def test_messages_stream_usage_matches_the_whole_answer(local_sim: Running
     assert final.usage.input_tokens + (final.usage.cache_creation_input_tokens or 0) == prompt_tokens(body)
 
 
-async def test_messages_tool_use(local_sim: RunningSim) -> None:
+async def test_messages_tool_use(claude: anthropic.AsyncAnthropic, gpt: openai.AsyncOpenAI) -> None:
     tool = {"name": "lookup", "description": "d", "input_schema": {"type": "object", "properties": {}}}
-    message = await claude(local_sim).messages.create(
+    message = await claude.messages.create(
         model="m",
         max_tokens=50,
         tools=[tool],
@@ -113,10 +121,14 @@ async def test_messages_tool_use(local_sim: RunningSim) -> None:
     ],
 )
 async def test_messages_faults_in_anthropics_shapes(
-    local_sim: RunningSim, fault: str, error: type[anthropic.APIStatusError], status: int
+    claude: anthropic.AsyncAnthropic,
+    gpt: openai.AsyncOpenAI,
+    fault: str,
+    error: type[anthropic.APIStatusError],
+    status: int,
 ) -> None:
     with pytest.raises(error) as info:
-        await claude(local_sim).messages.create(
+        await claude.messages.create(
             model="m",
             max_tokens=5,
             messages=[{"role": "user", "content": "hi"}],
@@ -131,8 +143,10 @@ async def test_messages_faults_in_anthropics_shapes(
     assert info.value.body["error"]["type"] == expected  # type: ignore[index]
 
 
-async def test_messages_empty_and_cut_answers(local_sim: RunningSim) -> None:
-    empty = await claude(local_sim).messages.create(
+async def test_messages_empty_and_cut_answers(
+    claude: anthropic.AsyncAnthropic, gpt: openai.AsyncOpenAI
+) -> None:
+    empty = await claude.messages.create(
         model="m",
         max_tokens=5,
         messages=[{"role": "user", "content": "hi"}],
@@ -140,7 +154,7 @@ async def test_messages_empty_and_cut_answers(local_sim: RunningSim) -> None:
     )
     assert (empty.content, empty.stop_reason, empty.usage.output_tokens) == ([], "end_turn", 0)
     # A cut stream: some content, then the body ends (the SDK sees no error, only no message_stop).
-    stream = await claude(local_sim).messages.create(
+    stream = await claude.messages.create(
         model="m",
         max_tokens=50,
         stream=True,
@@ -152,9 +166,11 @@ async def test_messages_empty_and_cut_answers(local_sim: RunningSim) -> None:
     assert "message_stop" not in events and "message_delta" not in events
 
 
-async def test_messages_refuses_what_the_wire_cannot_say(local_sim: RunningSim) -> None:
+async def test_messages_refuses_what_the_wire_cannot_say(
+    claude: anthropic.AsyncAnthropic, gpt: openai.AsyncOpenAI
+) -> None:
     with pytest.raises(anthropic.BadRequestError, match="thinking"):
-        await claude(local_sim).messages.create(
+        await claude.messages.create(
             model="m",
             max_tokens=2000,
             thinking={"type": "enabled", "budget_tokens": 1024},
@@ -162,14 +178,16 @@ async def test_messages_refuses_what_the_wire_cannot_say(local_sim: RunningSim) 
         )
 
 
-async def test_count_tokens(local_sim: RunningSim) -> None:
+async def test_count_tokens(claude: anthropic.AsyncAnthropic, gpt: openai.AsyncOpenAI) -> None:
     body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
-    counted = await claude(local_sim).messages.count_tokens(**body)
+    counted = await claude.messages.count_tokens(**body)
     assert counted.input_tokens == tokens.count_input(messages_to_chat(body, count_only=True))
 
 
-async def test_responses_whole_and_streamed(local_sim: RunningSim) -> None:
-    response = await gpt(local_sim).responses.create(model="gpt-4o", input="hi there", instructions="be nice")
+async def test_responses_whole_and_streamed(
+    claude: anthropic.AsyncAnthropic, gpt: openai.AsyncOpenAI
+) -> None:
+    response = await gpt.responses.create(model="gpt-4o", input="hi there", instructions="be nice")
     assert response.output_text == "hi there"
     assert response.usage is not None
     expected = tokens.count_input(
@@ -179,20 +197,20 @@ async def test_responses_whole_and_streamed(local_sim: RunningSim) -> None:
         expected,
         tokens.count_text("hi there"),
     )
-    async with gpt(local_sim).responses.stream(model="gpt-4o", input="stream it now") as stream:
+    async with gpt.responses.stream(model="gpt-4o", input="stream it now") as stream:
         deltas = [e.delta async for e in stream if e.type == "response.output_text.delta"]
         final = await stream.get_final_response()
     assert "".join(deltas) == final.output_text == "stream it now"
     with pytest.raises(openai.BadRequestError, match="previous_response_id"):
-        await gpt(local_sim).responses.create(model="gpt-4o", input="hi", previous_response_id="resp_1")
+        await gpt.responses.create(model="gpt-4o", input="hi", previous_response_id="resp_1")
     with pytest.raises(openai.RateLimitError):
-        await gpt(local_sim).responses.create(
-            model="gpt-4o", input="hi", extra_headers={"x-sim-fault": "rate_limit"}
-        )
+        await gpt.responses.create(model="gpt-4o", input="hi", extra_headers={"x-sim-fault": "rate_limit"})
 
 
-async def test_embeddings_are_deterministic_unit_vectors(local_sim: RunningSim) -> None:
-    client = gpt(local_sim)
+async def test_embeddings_are_deterministic_unit_vectors(
+    claude: anthropic.AsyncAnthropic, gpt: openai.AsyncOpenAI
+) -> None:
+    client = gpt
     first = await client.embeddings.create(model="text-embedding-3-small", input=["a cat", "a dog"])
     again = await client.embeddings.create(
         model="text-embedding-3-small", input="a cat", encoding_format="float"
