@@ -26,7 +26,7 @@ from faregate.providers.base import UpstreamCall
 from faregate.providers.http import ConnectionPool, make_upstream_pool
 from faregate.providers.registry import ProviderRegistry
 from faregate.types import Price, Usage
-from faregate.wire.anthropic import completion_to_message
+from faregate.wire.anthropic_replies import completion_to_message
 from faregate.wire.anthropic_upstream import (
     DEFAULT_MAX_TOKENS,
     chat_chunks,

@@ -18,12 +18,8 @@ from pydantic import TypeAdapter
 from faregate import tokens
 from faregate.errors import InvalidRequest, RateLimited, UpstreamFailed, UpstreamFailure
 from faregate.types import Attempt
-from faregate.wire.anthropic import (
-    completion_to_message,
-    count_tokens,
-    error_body,
-    messages_to_chat,
-)
+from faregate.wire.anthropic import count_tokens, messages_to_chat
+from faregate.wire.anthropic_replies import completion_to_message, error_body
 from faregate.wire.anthropic_stream import messages_events, sse_frame
 from faregate.wire.anthropic_upstream import chat_to_messages
 

@@ -22,7 +22,8 @@ from faregate.errors import InvalidRequest
 from faregate.sim import answers, faults, translated
 from faregate.sim.prompt_cache import PromptCache
 from faregate.types import JSON, Usage
-from faregate.wire.anthropic import completion_to_message, messages_to_chat
+from faregate.wire.anthropic import messages_to_chat
+from faregate.wire.anthropic_replies import completion_to_message
 from faregate.wire.anthropic_stream import messages_events, sse_frame
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ import orjson
 
 from faregate.errors import FaregateError, UpstreamFailure
 from faregate.types import JSON, Usage
-from faregate.wire.anthropic import anthropic_usage, error_body, message_id, stop_reason_of
+from faregate.wire.anthropic_replies import anthropic_usage, error_body, message_id, stop_reason_of
 from faregate.wire.usage import usage_from
 
 

@@ -29,7 +29,7 @@ import orjson
 
 from faregate.errors import InvalidRequest, UpstreamFailure
 from faregate.types import JSON, Usage
-from faregate.wire.anthropic import FINISH_REASONS
+from faregate.wire.anthropic_replies import FINISH_REASONS
 from faregate.wire.usage import token_count, usage_json
 
 DEFAULT_MAX_TOKENS = 8192
