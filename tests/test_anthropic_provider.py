@@ -153,6 +153,7 @@ def test_a_chat_body_becomes_a_messages_request_the_sdk_accepts() -> None:
         },
         "seed": 7,
         "stream_options": {"include_usage": True},
+        "prompt_cache_key": "k1",
     }
     out = chat_to_messages(body)
     PARAMS.validate_python(out)

@@ -14,7 +14,7 @@ non-zero presence/frequency penalties, temperature above 1, audio in or out, pre
 outputs, web search options, legacy functions, response_format json_object, and any field
 not listed here. Ignored, because they change nothing a Messages model does: seed (best effort
 on OpenAI too), stream_options (Messages streams always report usage), store and metadata
-(OpenAI's stored completions).
+(OpenAI's stored completions), prompt_cache_key and safety_identifier (OpenAI's routing hints).
 
 Without max_tokens (Messages requires it) DEFAULT_MAX_TOKENS is asked for.
 """
@@ -34,7 +34,7 @@ from faregate.wire.usage import token_count, usage_json
 
 DEFAULT_MAX_TOKENS = 8192
 _SAMPLING = ("temperature", "top_p", "top_k")
-_IGNORED = frozenset({"seed", "stream_options", "store", "metadata"})
+_IGNORED = frozenset({"seed", "stream_options", "store", "metadata", "prompt_cache_key", "safety_identifier"})
 _MAPPED = frozenset(
     {
         "model",
