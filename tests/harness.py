@@ -116,8 +116,13 @@ def run_sim(workdir: Path, script: str | None = None) -> Iterator[SimProcess]:
 
 @contextmanager
 def run_gateway(
-    workdir: Path, sim: SimProcess | None, extra_config: str = "", first_byte_timeout_s: float = 1.5
+    workdir: Path,
+    sim: SimProcess | None,
+    extra_config: str = "",
+    first_byte_timeout_s: float = 1.5,
+    env: dict[str, str] | None = None,
 ) -> Iterator[GatewayProcess]:
+    """A gateway on `sim` (None: the config's providers, enabled by the keys in `env`)."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "faregate.yaml"
@@ -137,7 +142,7 @@ def run_gateway(
     log = open(log_path, "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "faregate.cli.main", "serve", "-c", str(config)],
-        env=clean_env(),
+        env=clean_env(**(env or {})),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

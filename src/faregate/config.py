@@ -68,9 +68,13 @@ class AuthSettings(_Strict):
 
 class ProviderSettings(_Strict):
     base_url: str
-    protocol: Literal["openai"] = "openai"
+    # The wire protocol: "openai" (chat completions) or "anthropic" (Messages).
+    protocol: Literal["openai", "anthropic"] = "openai"
     # Env var holding the API key. A provider whose key is not set is disabled.
     api_key_env: str | None = None
+    # Enabled only when the key starts with this: a vendor channel that takes only its own kind
+    # of key (e.g. Global API's Pro channel and its ga_pro_ keys).
+    api_key_prefix: str | None = None
     # None: enabled iff its key is set (or it needs none). True/False force it.
     enabled: bool | None = None
     headers: dict[str, str] = {}
@@ -90,12 +94,22 @@ class OfferSettings(_Strict):
     # USD per 1M tokens; default to the model's list price.
     input: Decimal | None = None
     output: Decimal | None = None
+    # Prompt-cache prices (USD per 1M tokens), read only with the offer's own input/output: an
+    # offer without its own price has the model's whole price, cache prices included.
+    cache_read: Decimal | None = None
+    cache_write: Decimal | None = None
+    cache_write_1h: Decimal | None = None
     dedicated: bool = False
 
 
 class ModelSettings(_Strict):
     input: Decimal | None = None
     output: Decimal | None = None
+    # Prompt-cache reads, 5-minute and one-hour writes, USD per 1M tokens (types.Price says what
+    # a missing one falls back to).
+    cache_read: Decimal | None = None
+    cache_write: Decimal | None = None
+    cache_write_1h: Decimal | None = None
     aliases: list[str] = []
     context_window: int = 128_000
     max_output_tokens: int | None = None
@@ -441,7 +455,7 @@ def _check_references(settings: Settings, origin: str) -> None:
                     f"{origin}: models.{name}.offers[{i}]: no price; "
                     "set input/output on the offer or the model"
                 )
-        for field_name in ("input", "output"):
+        for field_name in ("input", "output", "cache_read", "cache_write", "cache_write_1h"):
             value = getattr(model, field_name)
             if value is not None and value < 0:
                 raise ConfigError(f"{origin}: models.{name}.{field_name} must not be negative")

@@ -23,11 +23,20 @@ GATEWAY_FIELDS = frozenset({"faregate", "models"})
 
 @dataclass(slots=True)
 class Usage:
-    """Token usage of one completion; `estimated` when counted by us, not the upstream."""
+    """Token usage of one completion; `estimated` when counted by us, not the upstream.
+
+    `prompt_tokens` is every input token, prompt-cache reads and writes included (OpenAI's
+    sense; Anthropic's `input_tokens` excludes them). `cache_read_tokens` and
+    `cache_write_tokens` are parts of it; `cache_write_1h_tokens` is the part of the writes made
+    with the one-hour TTL, which is priced apart.
+    """
 
     prompt_tokens: int
     completion_tokens: int
     estimated: bool = False
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -57,15 +66,45 @@ class ChatRequest:
 
 @dataclass(slots=True, frozen=True)
 class Price:
-    """USD per 1M tokens."""
+    """USD per 1M tokens.
+
+    Prompt-cache reads and writes have prices of their own where the provider sets them
+    (Anthropic: writes 1.25x the input price for the 5-minute TTL, 2x for one hour; reads 0.1x).
+    A missing one falls back: reads and 5-minute writes to `input`, one-hour writes to
+    `cache_write`, then `input` - which is what a provider without cache pricing bills.
+    """
 
     input: Decimal
     output: Decimal
+    cache_read: Decimal | None = None
+    cache_write: Decimal | None = None
+    cache_write_1h: Decimal | None = None
 
     def cost(self, usage: Usage) -> Decimal:
+        read, write, write_1h = usage.cache_read_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens
+        if not (read or write):
+            return (
+                Decimal(usage.prompt_tokens) * self.input + Decimal(usage.completion_tokens) * self.output
+            ) / MILLION
+        write_5m = max(write - write_1h, 0)
+        uncached = max(usage.prompt_tokens - read - write, 0)
+        read_price = self.input if self.cache_read is None else self.cache_read
+        write_price = self.input if self.cache_write is None else self.cache_write
+        write_1h_price = write_price if self.cache_write_1h is None else self.cache_write_1h
         return (
-            Decimal(usage.prompt_tokens) * self.input + Decimal(usage.completion_tokens) * self.output
-        ) / (MILLION)
+            Decimal(uncached) * self.input
+            + Decimal(read) * read_price
+            + Decimal(write_5m) * write_price
+            + Decimal(min(write_1h, write)) * write_1h_price
+            + Decimal(usage.completion_tokens) * self.output
+        ) / MILLION
+
+    @property
+    def dearest_input(self) -> Decimal:
+        """The most one input token can cost (a cache write may cost more than plain input): what a
+        worst-case estimate must assume for a prompt whose caching is not known in advance."""
+        prices = (self.input, self.cache_read, self.cache_write, self.cache_write_1h)
+        return max(p for p in prices if p is not None)
 
 
 MILLION = Decimal(1_000_000)

@@ -18,7 +18,17 @@ PROVIDER_IDS = {
     "deepseek": "deepseek",
     "openrouter": "openrouter",
     "zhipuai": "zhipu",
+    "anthropic": "anthropic",
 }
+
+
+# genai-prices' prompt-cache prices, in the order of Price's cache fields.
+_CACHE_PRICE_FIELDS = ("cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok")
+
+
+def _decimal(model_price: Any, name: str) -> Decimal | None:
+    value = getattr(model_price, name, None)
+    return value if isinstance(value, Decimal) else None  # tiered prices are left out
 
 
 def _unconditional_price(info: Any) -> Price | None:
@@ -31,7 +41,7 @@ def _unconditional_price(info: Any) -> Price | None:
         inp = getattr(model_price, "input_mtok", None)
         out = getattr(model_price, "output_mtok", None)
         if isinstance(inp, Decimal) and isinstance(out, Decimal):
-            return Price(inp, out)
+            return Price(inp, out, *(_decimal(model_price, f) for f in _CACHE_PRICE_FIELDS))
         return None
     return None
 

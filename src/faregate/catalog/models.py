@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from faregate.config import ModelSettings, ProviderSettings, Settings
+from faregate.config import ModelSettings, OfferSettings, ProviderSettings, Settings
 from faregate.errors import ConfigError
 from faregate.types import Price
 
@@ -61,7 +61,10 @@ class Model:
 def provider_enabled(settings: ProviderSettings) -> bool:
     if settings.enabled is not None:
         return settings.enabled
-    return settings.api_key_env is None or bool(os.environ.get(settings.api_key_env))
+    if settings.api_key_env is None:
+        return True
+    key = os.environ.get(settings.api_key_env) or ""
+    return bool(key) and key.startswith(settings.api_key_prefix or "")
 
 
 class Catalog:
@@ -104,10 +107,16 @@ class Catalog:
         return list(self.models.values())
 
 
-def _price_of(model_settings: ModelSettings, name: str) -> Price | None:
+def _price_of(model_settings: ModelSettings | OfferSettings, name: str) -> Price | None:
     if model_settings.input is None or model_settings.output is None:
         return None
-    return Price(Decimal(model_settings.input), Decimal(model_settings.output))
+    return Price(
+        Decimal(model_settings.input),
+        Decimal(model_settings.output),
+        model_settings.cache_read,
+        model_settings.cache_write,
+        model_settings.cache_write_1h,
+    )
 
 
 def build_catalog(settings: Settings) -> Catalog:
@@ -122,7 +131,7 @@ def build_catalog(settings: Settings) -> Catalog:
         for offer in ms.offers:
             price = list_price
             if offer.input is not None and offer.output is not None:
-                price = Price(Decimal(offer.input), Decimal(offer.output))
+                price = _price_of(offer, name)
             if price is None:
                 raise ConfigError(f"models.{name}: offer from {offer.provider} has no price")
             offers.append(

@@ -48,19 +48,19 @@ class OpenAICompatibleProvider:
     """One OpenAI-compatible upstream. The pool is shared and owned by the registry."""
 
     __slots__ = ("_endpoint", "_head", "_headers", "_key_hint", "_pool", "name")
+    # Where requests go, under the base URL; another wire on the same machinery posts elsewhere.
+    path = "/chat/completions"
 
     def __init__(self, name: str, settings: ProviderSettings, pool: ConnectionPool) -> None:
         self.name = name
         self._pool = pool
         self._endpoint = Endpoint(
-            settings.base_url.rstrip("/") + "/chat/completions", connect_timeout_s=settings.connect_timeout_s
+            settings.base_url.rstrip("/") + self.path, connect_timeout_s=settings.connect_timeout_s
         )
         # The key is read once: the environment does not change under a running gateway,
         # and os.environ lookups on every call are wasted work.
         key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
-        headers = {"User-Agent": USER_AGENT, "Content-Type": "application/json"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+        headers = {"User-Agent": USER_AGENT, "Content-Type": "application/json", **self._auth_headers(key)}
         # Configured headers may replace ours (e.g. a vendor that wants its own auth header).
         self._headers = _merged(headers, settings.headers)
         # The head is the same for every call but for Content-Length: format it once.
@@ -71,6 +71,10 @@ class OpenAICompatibleProvider:
             self._key_hint = f"check ${settings.api_key_env}"
         else:
             self._key_hint = f"${settings.api_key_env} is not set"
+
+    def _auth_headers(self, key: str | None) -> dict[str, str]:
+        """The headers that carry the key (none without one)."""
+        return {"Authorization": f"Bearer {key}"} if key else {}
 
     async def complete(self, call: UpstreamCall) -> Completion:
         """Send a non-streaming request and return the parsed answer (empty answers included:

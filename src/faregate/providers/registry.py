@@ -19,6 +19,7 @@ import msgspec
 from faregate.catalog.models import provider_enabled
 from faregate.config import ProviderSettings, Settings
 from faregate.errors import ConfigError
+from faregate.providers.anthropic import AnthropicProvider
 from faregate.providers.base import Provider
 from faregate.providers.http import ConnectionPool
 from faregate.providers.openai_compat import OpenAICompatibleProvider
@@ -26,7 +27,7 @@ from faregate.providers.openai_compat import OpenAICompatibleProvider
 ProviderFactory = Callable[[str, ProviderSettings, ConnectionPool], Provider]
 
 # protocol -> implementation. A new wire protocol is one module and one line here.
-PROTOCOLS: dict[str, ProviderFactory] = {"openai": OpenAICompatibleProvider}
+PROTOCOLS: dict[str, ProviderFactory] = {"openai": OpenAICompatibleProvider, "anthropic": AnthropicProvider}
 # The provider name the simulator takes when it stands in for the providers.
 SIMULATOR = "sim"
 

@@ -17,7 +17,7 @@ import orjson
 
 from faregate import tokens
 from faregate.sim import replay
-from faregate.sim.script import Answer, AnswerSpec
+from faregate.sim.script import Answer, AnswerSpec, Behaviour
 from faregate.types import JSON
 
 # Each word is a single o200k token when preceded by a space, and "Lorem" is one token on its
@@ -158,3 +158,18 @@ def tool_to_call(body: JSON) -> str | None:
     first = tools[0] if isinstance(tools[0], dict) else {}
     name = (first.get("function") or {}).get("name")
     return name if isinstance(name, str) else None
+
+
+def scripted_reply(
+    body: JSON, behaviour: Behaviour, fault: str | None, max_tokens: int | None, split: bool
+) -> tuple[Reply, str | None]:
+    """The reply to a chat body under `behaviour` and `fault`, and the tool it calls (if any)."""
+    tool = tool_to_call(body) if behaviour.tool_call and fault in (None, "truncate") else None
+    if fault == "empty_choices":
+        return Reply("", 0, "stop", []), None
+    if fault == "blank":
+        return blank_reply(), None
+    if tool is not None:
+        # What a model would have generated: the call's name and its arguments.
+        return Reply("{}", tokens.count_text(tool) + tokens.count_text("{}"), "tool_calls"), tool
+    return make_reply(behaviour.answer, body, max_tokens, split=split), None

@@ -34,6 +34,14 @@ MAX_N = 128
 JSON_TYPE = "application/json"
 
 
+class ScriptedRequestError(ValueError):
+    """A request's `sim` field or x-sim-fault header is not valid (a 400 in the wire's shape)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class Stats:
     """Requests served per model and per fault, for tests to assert on (GET /sim/stats)."""
 
@@ -80,11 +88,27 @@ class Simulator:
             ("POST", "/sim/reset"): self._reset_stats,
             ("POST", "/sim/script"): self._replace_script,
         }
+        # The other wires' endpoints use this module's fault helpers: imported here, not at the top.
+        from faregate.sim.embeddings import EmbeddingsEndpoint
+        from faregate.sim.messages import MessagesEndpoint
+        from faregate.sim.responses_api import ResponsesEndpoint
+
+        self.messages = MessagesEndpoint(self)
+        responses, embeddings = ResponsesEndpoint(self), EmbeddingsEndpoint(self)
         # Clients configured without the /v1 suffix still reach the API.
         for prefix in ("/v1", ""):
             routes["POST", prefix + "/chat/completions"] = self._chat
             routes["GET", prefix + "/models"] = self._models
+            routes["POST", prefix + "/messages"] = self.messages.handle
+            routes["POST", prefix + "/messages/count_tokens"] = self.messages.count_tokens
+            routes["POST", prefix + "/responses"] = responses.handle
+            routes["POST", prefix + "/embeddings"] = embeddings.handle
         self._routes = routes
+
+    @property
+    def known_models(self) -> frozenset[str]:
+        """The models a strict script serves (the script's, and the catalog's if it lists them)."""
+        return self._known
 
     def set_script(self, script: Script) -> None:
         self.script = script
@@ -140,6 +164,7 @@ class Simulator:
         # Fault streams restart from the seed too, so a test after a reset sees the same draws.
         self.stats = Stats()
         self._picker.reset()
+        self.messages.cache.reset()
         return web.Response(body=b'{"status":"reset"}', content_type=JSON_TYPE)
 
     async def _replace_script(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -186,6 +211,18 @@ class Simulator:
         if type(n) is not int or not 1 <= n <= MAX_N:
             return self._reject(f"n must be an integer from 1 to {MAX_N}", param="n")
 
+        try:
+            behaviour, fault = self.scripted(request, body, model)
+        except ScriptedRequestError as exc:
+            return self._reject(str(exc), param=exc.param)
+        stream = body.get("stream") is True
+        self.stats.count(model, fault, stream)
+        return await self._answer(request, body, model, behaviour, fault, stream, max_tokens, n)
+
+    def scripted(self, request: web.BaseRequest, body: JSON, model: str) -> tuple[Behaviour, str | None]:
+        """The behaviour and the fault (None: a clean answer) for one request to `model`, from the
+        script, the request's `sim` field and its x-sim-fault header. Every wire's endpoint
+        uses it, so a script means the same thing whichever wire a request comes in on."""
         behaviour = self.script.behaviour(model)
         forced = request.headers.get("x-sim-fault")
         if "sim" in body:
@@ -193,17 +230,13 @@ class Simulator:
                 override = msgspec.convert(body["sim"], Override)
                 behaviour = apply_override(behaviour, override)
             except (msgspec.ValidationError, ValueError) as exc:
-                return self._reject(f"bad `sim` field: {exc}".replace("`$", "`sim"), param="sim")
+                raise ScriptedRequestError(f"bad `sim` field: {exc}".replace("`$", "`sim"), "sim") from exc
             if override.fault is not msgspec.UNSET:
                 forced = override.fault
         if forced is not None and forced not in FORCEABLE:
-            return self._reject(f"unknown x-sim-fault {forced!r}; expected one of {sorted(FORCEABLE)}")
+            raise ScriptedRequestError(f"unknown x-sim-fault {forced!r}; expected one of {sorted(FORCEABLE)}")
         fault = forced if forced is not None else self._picker.draw(model, behaviour.faults)
-        if fault == "none":
-            fault = None
-        stream = body.get("stream") is True
-        self.stats.count(model, fault, stream)
-        return await self._answer(request, body, model, behaviour, fault, stream, max_tokens, n)
+        return behaviour, None if fault == "none" else fault
 
     def _reject(self, message: str, param: str | None = None) -> web.Response:
         self.stats.rejected += 1
@@ -237,16 +270,7 @@ class Simulator:
         # Billed input as a provider counts it: the messages plus the tools, functions, tool_choice
         # and response_format it renders into the prompt (billed once, whatever `n`).
         prompt_tokens = tokens.count_input(body)
-        tool = answers.tool_to_call(body) if behaviour.tool_call and fault in (None, "truncate") else None
-        if fault == "empty_choices":
-            reply = Reply("", 0, "stop", [])
-        elif fault == "blank":
-            reply = answers.blank_reply()
-        elif tool is not None:
-            # What a model would have generated: the call's name and its arguments.
-            reply = Reply("{}", tokens.count_text(tool) + tokens.count_text("{}"), "tool_calls")
-        else:
-            reply = answers.make_reply(behaviour.answer, body, max_tokens, split=stream)
+        reply, tool = answers.scripted_reply(body, behaviour, fault, max_tokens, stream)
         if stream:
             return await self._stream(request, body, model, behaviour, fault, reply, prompt_tokens, tool, n)
         return await self._whole(request, model, behaviour, fault, reply, prompt_tokens, tool, n)

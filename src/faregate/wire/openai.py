@@ -29,6 +29,7 @@ import orjson
 
 from faregate.errors import FaregateError
 from faregate.types import GATEWAY_FIELDS, JSON, Usage
+from faregate.wire.usage import usage_from
 
 DONE = b"data: [DONE]\n\n"
 # A finish that ends a turn with calls for the client to make, not with text.
@@ -65,23 +66,9 @@ def without_streaming(body: JSON) -> JSON:
 
 
 def usage_of(message: Mapping[str, Any]) -> Usage | None:
-    """The token usage of a body or a chunk, or None if absent or malformed."""
-    usage = message.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt = _token_count(usage.get("prompt_tokens"))
-    completion = _token_count(usage.get("completion_tokens"))
-    if prompt is None or completion is None:
-        return None
-    return Usage(prompt, completion)
-
-
-def _token_count(value: Any) -> int | None:
-    if type(value) is int:  # not bool
-        return value if value >= 0 else None
-    if type(value) is float and value.is_integer() and value >= 0:
-        return int(value)
-    return None
+    """The token usage of a body or a chunk (prompt-cache counts included), or None if absent or
+    malformed: `wire.usage` reads it, the shape every wire's translation writes."""
+    return usage_from(message)
 
 
 def finish_reason(message: Mapping[str, Any]) -> str | None:

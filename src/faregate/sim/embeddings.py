@@ -1,0 +1,111 @@
+"""The simulator's embeddings endpoint: POST /v1/embeddings.
+
+Vectors are deterministic: each input's unit vector is drawn from a generator seeded by the
+model and the input, so the same text always embeds the same way and different texts almost
+never alike. `dimensions` sets the length (default DIMENSIONS); `encoding_format: base64` sends
+little-endian float32 bytes, as OpenAI does (the openai SDK asks for it by default). Usage is
+exact: each text input's tokens with the gateway's tokenizer, token-array inputs by length.
+Faults as on the chat endpoint: 429, 500, 503, hang, reset, a cut body for `truncate`, and no
+vectors at all for `empty_choices`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from typing import TYPE_CHECKING
+
+import numpy as np
+import orjson
+from aiohttp import web
+
+from faregate import tokens
+from faregate.errors import InvalidRequest
+from faregate.sim import faults
+from faregate.types import JSON
+from faregate.wire import embeddings as wire
+
+if TYPE_CHECKING:
+    from faregate.sim.simulator import Simulator
+
+DIMENSIONS = 1536
+JSON_TYPE = "application/json"
+
+
+def vector(model: str, item: str | tuple[int, ...], dimensions: int) -> np.ndarray:
+    text = item if isinstance(item, str) else ",".join(map(str, item))
+    seed = int.from_bytes(hashlib.sha256(f"{model}\0{text}".encode()).digest()[:8], "little")
+    values = np.random.default_rng(seed).standard_normal(dimensions).astype(np.float32)
+    return values / np.float32(np.linalg.norm(values))
+
+
+def embedding_json(index: int, values: np.ndarray, encoding: str) -> JSON:
+    data: object = (
+        base64.b64encode(values.astype("<f4").tobytes()).decode() if encoding == "base64" else values.tolist()
+    )
+    return {"object": "embedding", "index": index, "embedding": data}
+
+
+class EmbeddingsEndpoint:
+    def __init__(self, simulator: Simulator) -> None:
+        self._sim = simulator
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        from faregate.sim.simulator import ScriptedRequestError, _cut_body, _reset
+
+        if not tokens.is_loaded():
+            await self._sim.warm()
+        try:
+            body = orjson.loads(await request.read())
+            parsed = wire.parse_request(body)
+        except orjson.JSONDecodeError as exc:
+            return _error(400, f"We could not parse the JSON body of your request: {exc}")
+        except InvalidRequest as exc:
+            self._sim.stats.rejected += 1
+            return _error(400, exc.message, exc.param)
+        try:
+            behaviour, fault = self._sim.scripted(request, body, parsed.model)
+        except ScriptedRequestError as exc:
+            self._sim.stats.rejected += 1
+            return _error(400, str(exc), exc.param)
+        self._sim.stats.count(parsed.model, fault, False)
+        if fault == "hang":
+            await asyncio.sleep(behaviour.hang_s)
+            fault = None
+        if fault == "reset":
+            return _reset(request)
+        if fault == "rate_limit":
+            data, headers = faults.rate_limit(behaviour.retry_after_s)
+            return web.Response(status=429, body=data, headers=headers, content_type=JSON_TYPE)
+        if fault in ("server_error", "unavailable"):
+            data = faults.server_error() if fault == "server_error" else faults.unavailable()
+            return web.Response(
+                status=500 if fault == "server_error" else 503, body=data, content_type=JSON_TYPE
+            )
+        dimensions = parsed.dimensions or DIMENSIONS
+        items = [] if fault == "empty_choices" else parsed.inputs
+        prompt = wire.input_tokens(parsed)
+        answer = {
+            "object": "list",
+            "data": [
+                embedding_json(i, vector(parsed.model, item, dimensions), parsed.encoding_format)
+                for i, item in enumerate(items)
+            ],
+            "model": parsed.model,
+            "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+        }
+        if behaviour.ttft_ms > 0:
+            await asyncio.sleep(behaviour.ttft_ms / 1000)
+        data = orjson.dumps(answer)
+        if fault == "truncate":
+            return await _cut_body(request, data)
+        return web.Response(body=data, content_type=JSON_TYPE)
+
+
+def _error(status: int, message: str, param: str | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=faults.error_body(message, "invalid_request_error", None, param),
+        content_type=JSON_TYPE,
+    )

@@ -1,0 +1,152 @@
+"""Anthropic's Messages wire as a client sees it in answers: an internal (OpenAI chat) answer
+becomes a Messages response, and our errors become Anthropic's error shape.
+
+Kept on the way: text and tool calls (as tool_use blocks, arguments parsed back into `input`),
+the stop reason (stop -> end_turn, length -> max_tokens, tool_calls -> tool_use,
+content_filter -> refusal, and a matched stop sequence, which an upstream names in the
+choice's `stop_reason` as vLLM does, -> stop_sequence with the sequence), and usage:
+`input_tokens` is the prompt less cache reads and writes (Anthropic's sense), the cache counts
+and their split by TTL beside it, and the gateway's `cost` (and `estimated`) carried over.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from faregate.errors import FaregateError
+from faregate.types import JSON, Usage
+from faregate.wire.usage import usage_from
+
+# Messages stop reasons for chat finish reasons, and back (wire/anthropic_upstream.py).
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+# Anthropic's error type for each status of our error tree.
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def completion_to_message(body: JSON, *, model: str | None = None) -> JSON:
+    """The Messages response for an internal (OpenAI chat) answer; `model` names it, else the
+    body's model. A `usage.cost` (and `estimated`) the gateway added is kept in `usage`."""
+    choices = body.get("choices") or [{}]
+    choice = choices[0]
+    message = choice.get("message") or {}
+    content: list[JSON] = []
+    text = message.get("content")
+    if isinstance(text, list):
+        text = "".join(str(p.get("text", "")) for p in text if isinstance(p, dict))
+    if isinstance(text, str) and (text or not message.get("tool_calls")):
+        content.append({"type": "text", "text": text})
+    for call in message.get("tool_calls") or ():
+        fn = call.get("function") or {}
+        content.append(
+            {
+                "type": "tool_use",
+                "id": str(call.get("id") or ""),
+                "name": str(fn.get("name") or ""),
+                "input": tool_input(fn.get("arguments")),
+            }
+        )
+    stop_reason, stop_sequence = stop_reason_of(choice)
+    return {
+        "id": message_id(body.get("id")),
+        "type": "message",
+        "role": "assistant",
+        "model": model or str(body.get("model") or ""),
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": messages_usage(body.get("usage")),
+    }
+
+
+def message_id(chat_id: Any) -> str:
+    text = str(chat_id or "")
+    return text if text.startswith("msg_") else "msg_" + text.removeprefix("chatcmpl-")
+
+
+def tool_input(arguments: Any) -> JSON:
+    """A tool call's `input` object from the chat wire's arguments text; text that is not a JSON
+    object is kept whole under `arguments` rather than lost."""
+    if not arguments:
+        return {}
+    try:
+        value = orjson.loads(arguments)
+    except (orjson.JSONDecodeError, TypeError):
+        return {"arguments": arguments}
+    return value if isinstance(value, dict) else {"arguments": arguments}
+
+
+def stop_reason_of(choice: JSON) -> tuple[str | None, str | None]:
+    """(stop_reason, stop_sequence) for a chat choice; a stop string the upstream named in
+    `stop_reason` (vLLM does, and our Anthropic provider) makes it `stop_sequence`."""
+    finish = choice.get("finish_reason")
+    if finish is None:
+        return None, None
+    matched = choice.get("stop_reason")
+    if finish == "stop" and isinstance(matched, str) and matched:
+        return "stop_sequence", matched
+    return STOP_REASONS.get(str(finish), "end_turn"), None
+
+
+def messages_usage(usage_body: Any) -> JSON:
+    """Anthropic's usage object for an internal usage object (input_tokens excludes the cached
+    and cache-written tokens there); `cost` and `estimated` are carried over when present."""
+    usage = usage_from({"usage": usage_body}) or Usage(0, 0)
+    out = anthropic_usage(usage)
+    if isinstance(usage_body, dict):
+        for extra in ("cost", "estimated"):
+            if extra in usage_body:
+                out[extra] = usage_body[extra]
+    return out
+
+
+def anthropic_usage(usage: Usage) -> JSON:
+    write_1h = usage.cache_write_1h_tokens
+    return {
+        "input_tokens": max(usage.prompt_tokens - usage.cache_read_tokens - usage.cache_write_tokens, 0),
+        "output_tokens": usage.completion_tokens,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_read_input_tokens": usage.cache_read_tokens,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": usage.cache_write_tokens - write_1h,
+            "ephemeral_1h_input_tokens": write_1h,
+        },
+    }
+
+
+def error_body(error: FaregateError, request_id: str | None = None) -> tuple[int, JSON]:
+    """(status, body) of Anthropic's error shape for one of our errors."""
+    error_type = ERROR_TYPES.get(
+        error.status, "api_error" if error.status >= 500 else "invalid_request_error"
+    )
+    body: JSON = {"type": "error", "error": {"type": error_type, "message": error.message}}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return error.status, body

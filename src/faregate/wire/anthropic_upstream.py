@@ -1,0 +1,419 @@
+"""The Messages wire as the gateway speaks it to Anthropic: the internal chat body becomes a
+Messages request, and a Messages response or event stream becomes an internal answer.
+
+Lossless where both sides can say a thing (the inverse of wire/anthropic.py, round-trip
+tested): system and developer messages (hoisted into `system`, wherever they stood), text,
+image (data and http URLs) and PDF file parts, tool definitions, tool calls and tool results,
+tool_choice and parallel_tool_calls, stop, temperature (0-1), top_p, top_k, max_tokens,
+user, response_format json_schema (as output_config.format, Anthropic's structured outputs),
+reasoning_effort (as output_config.effort), prompt-cache markers, and in answers the stop
+reason, a matched stop sequence and usage with cache reads and writes (one-hour writes apart).
+
+Refused with InvalidRequest naming the parameter: n > 1, logprobs/top_logprobs, logit_bias,
+non-zero presence/frequency penalties, temperature above 1, audio in or out, predicted
+outputs, web search options, legacy functions, response_format json_object, and any field
+not listed here. Ignored, because they change nothing a Messages model does: seed (best effort
+on OpenAI too), stream_options (Messages streams always report usage), store and metadata
+(OpenAI's stored completions), prompt_cache_key and safety_identifier (OpenAI's routing hints).
+
+Without max_tokens (Messages requires it) DEFAULT_MAX_TOKENS is asked for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+import orjson
+
+from faregate.errors import InvalidRequest, UpstreamFailure
+from faregate.types import JSON, Usage
+from faregate.wire.anthropic_replies import FINISH_REASONS
+from faregate.wire.usage import token_count, usage_json
+
+DEFAULT_MAX_TOKENS = 8192
+_SAMPLING = ("temperature", "top_p", "top_k")
+_IGNORED = frozenset({"seed", "stream_options", "store", "metadata", "prompt_cache_key", "safety_identifier"})
+_MAPPED = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "stop",
+        "user",
+        "stream",
+        "response_format",
+        "reasoning_effort",
+        "n",
+        "logprobs",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "modalities",
+        *_SAMPLING,
+    }
+)
+_SERVICE_TIERS = {"auto": "auto", "default": "standard_only"}
+
+
+def chat_to_messages(body: JSON) -> JSON:
+    """The Messages request for an internal chat body. Raises InvalidRequest naming the
+    parameter Messages cannot say."""
+    _refuse_unsayable(body)
+    out: JSON = {"model": body.get("model")}
+    system: list[JSON] = []
+    messages: list[JSON] = []
+    for i, message in enumerate(body.get("messages") or ()):
+        at = f"messages[{i}]"
+        role = message.get("role") if isinstance(message, dict) else None
+        if role in ("system", "developer"):
+            system.extend(_blocks(message.get("content"), at, allow_media=False))
+        elif role == "user":
+            _append(messages, "user", _blocks(message.get("content"), at))
+        elif role == "assistant":
+            _append(messages, "assistant", _assistant_blocks(message, at))
+        elif role == "tool":
+            _append(messages, "user", [_tool_result(message, at)])
+        else:
+            raise InvalidRequest(f"{at}: a {role!r} message cannot be sent to a Messages model", param=at)
+    if system:
+        plain = len(system) == 1 and set(system[0]) == {"type", "text"}
+        out["system"] = system[0]["text"] if plain else system
+    out["messages"] = messages
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    out["max_tokens"] = limit if type(limit) is int else DEFAULT_MAX_TOKENS
+    _copy_options(body, out)
+    return out
+
+
+def _refuse_unsayable(body: JSON) -> None:
+    for name in body:
+        if name not in _MAPPED and name not in _IGNORED and name not in ("service_tier", "functions"):
+            raise InvalidRequest(f"`{name}` cannot be sent to a Messages (Anthropic) model", param=name)
+    checks = (
+        ("n", body.get("n") not in (None, 1), "n > 1: a Messages model gives one answer per request"),
+        ("logprobs", body.get("logprobs") not in (None, False), "logprobs are not reported by Messages"),
+        ("top_logprobs", body.get("top_logprobs") is not None, "logprobs are not reported by Messages"),
+        ("logit_bias", bool(body.get("logit_bias")), "logit_bias cannot be sent to a Messages model"),
+        ("presence_penalty", bool(body.get("presence_penalty")), "penalties have no Messages equivalent"),
+        ("frequency_penalty", bool(body.get("frequency_penalty")), "penalties have no Messages equivalent"),
+        ("functions", body.get("functions") is not None, "legacy functions: send tools instead"),
+        ("modalities", body.get("modalities") not in (None, ["text"]), "Messages models answer in text only"),
+    )
+    for param, refused, why in checks:
+        if refused:
+            raise InvalidRequest(why, param=param)
+    temperature = body.get("temperature")
+    if isinstance(temperature, int | float) and temperature > 1:
+        raise InvalidRequest(
+            "temperature above 1 has no Messages equivalent (its range is 0-1)", param="temperature"
+        )
+
+
+def _append(messages: list[JSON], role: str, blocks: list[JSON]) -> None:
+    """Messages alternate roles: consecutive same-role turns (tool results, then a user's text)
+    become one turn."""
+    if not blocks:
+        return
+    if messages and messages[-1]["role"] == role:
+        messages[-1]["content"].extend(blocks)
+    else:
+        messages.append({"role": role, "content": blocks})
+
+
+def _blocks(content: Any, at: str, *, allow_media: bool = True) -> list[JSON]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        raise InvalidRequest(f"{at}.content: expected a string or a list of parts", param=f"{at}.content")
+    blocks: list[JSON] = []
+    for j, part in enumerate(content):
+        where = f"{at}.content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            block: JSON = {"type": "text", "text": str(part.get("text", ""))}
+        elif kind == "image_url" and allow_media:
+            block = _image_block(part, where)
+        elif kind == "file" and allow_media:
+            block = _document_block(part, where)
+        else:
+            raise InvalidRequest(f"{where}: a {kind!r} part cannot be sent to a Messages model", param=where)
+        if part.get("cache_control") is not None:
+            block["cache_control"] = part["cache_control"]
+        blocks.append(block)
+    return blocks
+
+
+def _image_block(part: JSON, where: str) -> JSON:
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str):
+        raise InvalidRequest(f"{where}.image_url: expected a URL", param=where)
+    if url.startswith("data:"):
+        media_type, data = _data_url(url, where)
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    return {"type": "image", "source": {"type": "url", "url": url}}
+
+
+def _document_block(part: JSON, where: str) -> JSON:
+    file = part.get("file")
+    if not isinstance(file, dict):
+        file = {}
+    data_url = file.get("file_data")
+    if not isinstance(data_url, str) or not data_url.startswith("data:"):
+        raise InvalidRequest(f"{where}.file: only inline file_data (a data: URL) can be sent", param=where)
+    media_type, data = _data_url(data_url, where)
+    block: JSON = {"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    if isinstance(file.get("filename"), str):
+        block["title"] = file["filename"]
+    return block
+
+
+def _data_url(url: str, where: str) -> tuple[str, str]:
+    head, _, data = url.partition(",")
+    if not head.endswith(";base64"):
+        raise InvalidRequest(f"{where}: only base64 data URLs can be sent to a Messages model", param=where)
+    return head[len("data:") : -len(";base64")], data
+
+
+def _assistant_blocks(message: JSON, at: str) -> list[JSON]:
+    blocks = _blocks(message.get("content"), at, allow_media=False)
+    blocks = [b for b in blocks if b.get("text") or "cache_control" in b]  # Messages refuses empty text
+    for k, call in enumerate(message.get("tool_calls") or ()):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict):
+            raise InvalidRequest(
+                f"{at}.tool_calls[{k}]: expected a function call", param=f"{at}.tool_calls[{k}]"
+            )
+        arguments = fn.get("arguments") or "{}"
+        try:
+            value = orjson.loads(arguments)
+        except orjson.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict):
+            raise InvalidRequest(
+                f"{at}.tool_calls[{k}].function.arguments: a Messages tool input must be a JSON object",
+                param=f"{at}.tool_calls[{k}].function.arguments",
+            )
+        block: JSON = {"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": value}
+        if call.get("cache_control") is not None:
+            block["cache_control"] = call["cache_control"]
+        blocks.append(block)
+    return blocks
+
+
+def _tool_result(message: JSON, at: str) -> JSON:
+    content = message.get("content")
+    block: JSON = {"type": "tool_result", "tool_use_id": message.get("tool_call_id")}
+    if isinstance(content, list):
+        # A mark stays on its text block: the same cache breakpoint as one on the tool result.
+        parts = _blocks(content, at, allow_media=False)
+        block["content"] = [p for p in parts if p.get("text") or "cache_control" in p]
+    else:
+        block["content"] = "" if content is None else str(content)
+    return block
+
+
+def _copy_options(body: JSON, out: JSON) -> None:
+    for name in _SAMPLING:
+        if body.get(name) is not None:
+            out[name] = body[name]
+    stop = body.get("stop")
+    if stop:
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if isinstance(body.get("user"), str):
+        out["metadata"] = {"user_id": body["user"]}
+    if body.get("stream") is True:
+        out["stream"] = True
+    tools = body.get("tools")
+    if tools:
+        out["tools"] = [_tool(tool, f"tools[{i}]") for i, tool in enumerate(tools)]
+    choice = _tool_choice(body.get("tool_choice"))
+    if body.get("parallel_tool_calls") is False:
+        choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
+    if choice is not None:
+        out["tool_choice"] = choice
+    tier = body.get("service_tier")
+    if tier is not None:
+        if tier not in _SERVICE_TIERS:
+            raise InvalidRequest(f"service_tier {tier!r} has no Messages equivalent", param="service_tier")
+        out["service_tier"] = _SERVICE_TIERS[tier]
+    config: JSON = {}
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        config["format"] = {"type": "json_schema", "schema": schema}
+    elif fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        raise InvalidRequest(
+            "response_format json_object has no Messages equivalent; send a json_schema instead",
+            param="response_format",
+        )
+    if body.get("reasoning_effort") is not None:
+        config["effort"] = body["reasoning_effort"]
+    if config:
+        out["output_config"] = config
+
+
+def _tool(tool: Any, at: str) -> JSON:
+    fn = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+    if not isinstance(fn, dict):
+        raise InvalidRequest(f"{at}: only function tools can be sent to a Messages model", param=at)
+    out: JSON = {
+        "name": fn.get("name"),
+        "input_schema": fn.get("parameters") or {"type": "object", "properties": {}},
+    }
+    if fn.get("description") is not None:
+        out["description"] = fn["description"]
+    if fn.get("strict") is not None:
+        out["strict"] = fn["strict"]
+    if tool.get("cache_control") is not None:
+        out["cache_control"] = tool["cache_control"]
+    return out
+
+
+def _tool_choice(choice: Any) -> JSON | None:
+    if choice is None:
+        return None
+    if choice in ("auto", "none"):
+        return {"type": choice}
+    if choice == "required":
+        return {"type": "any"}
+    name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    if isinstance(name, str):
+        return {"type": "tool", "name": name}
+    raise InvalidRequest(f"tool_choice {choice!r} has no Messages equivalent", param="tool_choice")
+
+
+# --- answers -----------------------------------------------------------------------------------
+
+
+def usage_of_message(usage: Any) -> Usage | None:
+    """Internal usage from Anthropic's: prompt tokens are input + cache writes + cache reads."""
+    if not isinstance(usage, dict):
+        return None
+    inp, out = token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))
+    if inp is None or out is None:
+        return None
+    write = token_count(usage.get("cache_creation_input_tokens")) or 0
+    read = token_count(usage.get("cache_read_input_tokens")) or 0
+    by_ttl = usage.get("cache_creation")
+    write_1h = (token_count(by_ttl.get("ephemeral_1h_input_tokens")) or 0) if isinstance(by_ttl, dict) else 0
+    return Usage(
+        inp + write + read,
+        out,
+        cache_read_tokens=read,
+        cache_write_tokens=write,
+        cache_write_1h_tokens=min(write_1h, write),
+    )
+
+
+def message_to_completion(message: JSON) -> tuple[JSON, Usage | None]:
+    """The internal (OpenAI chat) answer for a Messages response, and its usage."""
+    text: list[str] = []
+    calls: list[JSON] = []
+    for block in message.get("content") or ():
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            text.append(str(block.get("text", "")))
+        elif kind == "tool_use":
+            arguments = orjson.dumps(block.get("input") or {}).decode()
+            calls.append(
+                {
+                    "id": block.get("id"),
+                    "type": "function",
+                    "function": {"name": block.get("name"), "arguments": arguments},
+                }
+            )
+        # thinking blocks are never asked for (wire/anthropic.py refuses `thinking`): skipped.
+    reply: JSON = {"role": "assistant", "content": "".join(text) if text or not calls else None}
+    if calls:
+        reply["tool_calls"] = calls
+    choice: JSON = {"index": 0, "message": reply, "logprobs": None, "finish_reason": _finish(message)}
+    if message.get("stop_reason") == "stop_sequence" and isinstance(message.get("stop_sequence"), str):
+        choice["stop_reason"] = message["stop_sequence"]
+    usage = usage_of_message(message.get("usage"))
+    body: JSON = {
+        "id": str(message.get("id") or ""),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": str(message.get("model") or ""),
+        "choices": [choice],
+    }
+    if usage is not None:
+        body["usage"] = usage_json(usage)
+    return body, usage
+
+
+def _finish(message: JSON) -> str | None:
+    reason = message.get("stop_reason")
+    return None if reason is None else FINISH_REASONS.get(str(reason), "stop")
+
+
+async def chat_chunks(events: AsyncIterable[JSON]) -> AsyncIterator[JSON]:
+    """Internal chat chunks for a Messages event stream: a role chunk at message_start, content
+    and tool-call deltas, a finish chunk at message_delta and then a usage chunk (input and
+    cache counts from message_start, overwritten by message_delta's cumulative ones). An
+    `error` event raises UpstreamFailure (overloaded_error and api_error are worth a fallback)."""
+    head: JSON = {"object": "chat.completion.chunk", "created": int(time.time())}
+    usage: JSON = {}
+    tool_index: dict[int, int] = {}  # Messages block index -> chat tool call index
+    async for event in events:
+        kind = event.get("type")
+        if kind == "message_start":
+            message = event.get("message") or {}
+            head.update(id=str(message.get("id") or ""), model=str(message.get("model") or ""))
+            usage.update(message.get("usage") or {})
+            yield _chunk(head, {"role": "assistant", "content": ""})
+        elif kind == "content_block_start":
+            block = event.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                index = tool_index[event.get("index", 0)] = len(tool_index)
+                call = {
+                    "index": index,
+                    "id": block.get("id"),
+                    "type": "function",
+                    "function": {"name": block.get("name"), "arguments": ""},
+                }
+                yield _chunk(head, {"tool_calls": [call]})
+        elif kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                yield _chunk(head, {"content": str(delta.get("text", ""))})
+            elif delta.get("type") == "input_json_delta" and event.get("index") in tool_index:
+                call = {
+                    "index": tool_index[event["index"]],
+                    "function": {"arguments": str(delta.get("partial_json", ""))},
+                }
+                yield _chunk(head, {"tool_calls": [call]})
+        elif kind == "message_delta":
+            usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
+            delta = event.get("delta") or {}
+            finish = _finish(delta) or "stop"
+            extra = (
+                {"stop_reason": delta["stop_sequence"]}
+                if delta.get("stop_reason") == "stop_sequence" and delta.get("stop_sequence")
+                else {}
+            )
+            yield _chunk(head, {}, finish, **extra)
+            counted = usage_of_message(usage)
+            if counted is not None:
+                yield {**head, "choices": [], "usage": usage_json(counted)}
+        elif kind == "error":
+            error = event.get("error") or {}
+            raise UpstreamFailure(
+                "server_error", f"error event: {error.get('type')}: {error.get('message')}", body=event
+            )
+        elif kind == "message_stop":
+            return
+
+
+def _chunk(head: JSON, delta: JSON, finish: str | None = None, **extra: Any) -> JSON:
+    choice: JSON = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish, **extra}
+    return {**head, "choices": [choice]}

@@ -1,0 +1,226 @@
+"""An internal chunk stream (OpenAI chat chunks) as the Responses API's typed event stream.
+
+response.created and response.in_progress; for the text, response.output_item.added (a
+message), response.content_part.added, response.output_text.delta events, then
+response.output_text.done, response.content_part.done and response.output_item.done; for each
+tool call, response.output_item.added (a function_call), response.function_call_arguments.delta
+events, then .done and response.output_item.done; last response.completed (or
+response.incomplete when the answer was cut at max_output_tokens) with the whole Response and
+its usage. Only the first choice is read.
+
+Invariants: sequence_number counts up from 0 with no gaps; every item added is done before the
+next is added and before the end; a stream that fails or ends without a finish reason ends with
+response.failed (status failed, error set) instead of response.completed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+import orjson
+
+from faregate.errors import FaregateError, UpstreamFailure
+from faregate.types import JSON
+from faregate.wire.responses import (
+    base_response,
+    finish_status,
+    function_call_item,
+    message_item,
+    response_id,
+    responses_usage,
+)
+
+
+def sse_frame(event: JSON) -> bytes:
+    return b"event: " + str(event["type"]).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+class _Writer:
+    """Numbers the events and keeps the output items as they are built."""
+
+    def __init__(self, response: JSON) -> None:
+        self.response = response
+        self.sequence = 0
+        self.output: list[JSON] = []
+        self.open: str | None = None  # "text" or "tool:N"
+        self.text: list[str] = []
+
+    def event(self, kind: str, **fields: Any) -> JSON:
+        event = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return event
+
+    def snapshot(self, **changes: Any) -> JSON:
+        return {**self.response, "output": list(self.output), **changes}
+
+    def open_item(self, key: str, item: JSON) -> list[JSON]:
+        events = self.close_item()
+        self.open = key
+        self.output.append(item)
+        events.append(
+            self.event("response.output_item.added", output_index=len(self.output) - 1, item=dict(item))
+        )
+        if item["type"] == "message":
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            events.append(
+                self.event(
+                    "response.content_part.added",
+                    item_id=item["id"],
+                    output_index=len(self.output) - 1,
+                    content_index=0,
+                    part=part,
+                )
+            )
+        return events
+
+    def close_item(self) -> list[JSON]:
+        if self.open is None:
+            return []
+        self.open = None
+        index = len(self.output) - 1
+        item = self.output[index]
+        events: list[JSON] = []
+        if item["type"] == "message":
+            text = "".join(self.text)
+            self.text = []
+            done = message_item(item["id"], text)
+            events.append(
+                self.event(
+                    "response.output_text.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    text=text,
+                    logprobs=[],
+                )
+            )
+            events.append(
+                self.event(
+                    "response.content_part.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    part=done["content"][0],
+                )
+            )
+        else:
+            done = {**item, "status": "completed"}
+            events.append(
+                self.event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    arguments=item["arguments"],
+                )
+            )
+        self.output[index] = done
+        events.append(self.event("response.output_item.done", output_index=index, item=done))
+        return events
+
+
+async def response_events(
+    chunks: AsyncIterable[JSON], *, model: str, request: JSON | None = None
+) -> AsyncIterator[JSON]:
+    """The Responses events for `chunks`, answering `request` (whose settings are echoed)."""
+    writer: _Writer | None = None
+    finish: Any = None
+    usage_body: Any = None
+
+    def start(chunk: JSON) -> tuple[_Writer, list[JSON]]:
+        response = base_response(response_id(chunk.get("id")), model, request, chunk.get("created"))
+        w = _Writer(response)
+        return w, [
+            w.event("response.created", response=w.snapshot()),
+            w.event("response.in_progress", response=w.snapshot()),
+        ]
+
+    try:
+        async for chunk in chunks:
+            if writer is None:
+                writer, events = start(chunk)
+                for event in events:
+                    yield event
+            if chunk.get("usage"):
+                usage_body = chunk["usage"]
+            for choice in chunk.get("choices") or ():
+                if choice.get("index", 0) != 0:
+                    continue
+                for event in _delta_events(writer, choice.get("delta") or {}):
+                    yield event
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+    except (FaregateError, UpstreamFailure) as failure:
+        if writer is None:
+            raise  # nothing sent yet: the caller answers with a plain error response
+        message = failure.message if isinstance(failure, FaregateError) else failure.detail
+        for event in _failed(writer, message):
+            yield event
+        return
+    if writer is None:
+        writer, events = start({})
+        for event in events:
+            yield event
+    if finish is None:
+        for event in _failed(writer, "the upstream stream ended early"):
+            yield event
+        return
+    for event in writer.close_item():
+        yield event
+    status, incomplete = finish_status(finish)
+    final = writer.snapshot(status=status, incomplete_details=incomplete, usage=responses_usage(usage_body))
+    yield writer.event(
+        "response.completed" if status == "completed" else "response.incomplete", response=final
+    )
+
+
+def _failed(writer: _Writer, message: str) -> list[JSON]:
+    error = {"code": "server_error", "message": message}
+    return [writer.event("response.failed", response=writer.snapshot(status="failed", error=error))]
+
+
+def _delta_events(writer: _Writer, delta: JSON) -> list[JSON]:
+    events: list[JSON] = []
+    suffix = writer.response["id"].removeprefix("resp_")
+    text = delta.get("content")
+    if isinstance(text, str) and text:
+        if writer.open != "text":
+            events += writer.open_item(
+                "text", message_item(f"msg_{suffix}", "", "in_progress") | {"content": []}
+            )
+        writer.text.append(text)
+        index = len(writer.output) - 1
+        item_id = writer.output[index]["id"]
+        events.append(
+            writer.event(
+                "response.output_text.delta",
+                item_id=item_id,
+                output_index=index,
+                content_index=0,
+                delta=text,
+                logprobs=[],
+            )
+        )
+    for call in delta.get("tool_calls") or ():
+        key = f"tool:{call.get('index', 0)}"
+        if writer.open != key:
+            item = function_call_item(
+                f"fc_{suffix}_{len(writer.output)}",
+                {**call, "function": {**(call.get("function") or {}), "arguments": ""}},
+                "in_progress",
+            )
+            events += writer.open_item(key, item)
+        arguments = (call.get("function") or {}).get("arguments")
+        if isinstance(arguments, str) and arguments:
+            index = len(writer.output) - 1
+            item = writer.output[index]
+            item["arguments"] += arguments
+            events.append(
+                writer.event(
+                    "response.function_call_arguments.delta",
+                    item_id=item["id"],
+                    output_index=index,
+                    delta=arguments,
+                )
+            )
+    return events

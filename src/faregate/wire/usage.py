@@ -1,0 +1,73 @@
+"""The internal `usage` object: OpenAI's chat usage, prompt-cache counts included.
+
+The internal answer is an OpenAI chat body (types.py), so usage travels in OpenAI's shape:
+prompt-cache reads are `prompt_tokens_details.cached_tokens` and writes
+`prompt_tokens_details.cache_write_tokens`, as OpenAI reports them. The part of the writes
+made with a one-hour TTL (Anthropic's, priced apart) is
+`prompt_tokens_details.cache_write_tokens_details.ttl_1h_tokens`.
+
+Invariant: `prompt_tokens` counts every input token, cache reads and writes included; cache
+counts that do not fit inside it are dropped as malformed rather than billed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from faregate.types import JSON, Usage
+
+
+def usage_from(body: Mapping[str, Any]) -> Usage | None:
+    """Usage from an OpenAI body or stream chunk, or None if absent or malformed."""
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = token_count(usage.get("prompt_tokens"))
+    completion = token_count(usage.get("completion_tokens"))
+    if prompt is None or completion is None:
+        return None
+    details = usage.get("prompt_tokens_details")
+    if not isinstance(details, dict):
+        return Usage(prompt, completion)
+    read = token_count(details.get("cached_tokens")) or 0
+    write = token_count(details.get("cache_write_tokens")) or 0
+    by_ttl = details.get("cache_write_tokens_details")
+    write_1h = (token_count(by_ttl.get("ttl_1h_tokens")) or 0) if isinstance(by_ttl, dict) else 0
+    if read + write > prompt or write_1h > write:
+        return Usage(prompt, completion)
+    return Usage(
+        prompt, completion, cache_read_tokens=read, cache_write_tokens=write, cache_write_1h_tokens=write_1h
+    )
+
+
+def usage_json(usage: Usage) -> JSON:
+    """The OpenAI `usage` object for `usage`, with cache details only when there are some."""
+    out: JSON = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+    if usage.cache_read_tokens or usage.cache_write_tokens:
+        details: JSON = {
+            "cached_tokens": usage.cache_read_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+        }
+        if usage.cache_write_1h_tokens:
+            details["cache_write_tokens_details"] = {
+                "ttl_5m_tokens": usage.cache_write_tokens - usage.cache_write_1h_tokens,
+                "ttl_1h_tokens": usage.cache_write_1h_tokens,
+            }
+        out["prompt_tokens_details"] = details
+    if usage.estimated:
+        out["estimated"] = True
+    return out
+
+
+def token_count(value: Any) -> int | None:
+    """A non-negative whole token count (JSON may spell it 12.0), else None; never a bool."""
+    if type(value) is int:
+        return value if value >= 0 else None
+    if type(value) is float and value.is_integer() and value >= 0:
+        return int(value)
+    return None

@@ -1,0 +1,508 @@
+"""Anthropic as a provider: the chat body to a Messages request (wire/anthropic_upstream.py),
+answers and event streams back to internal completions and chunks, and the provider over the
+production connection pool against an in-process Messages server (the transport seam)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from pydantic import TypeAdapter
+
+from faregate.catalog.models import Offer
+from faregate.config import ProviderSettings, parse_settings
+from faregate.errors import InvalidRequest, UpstreamFailure, UpstreamRejected
+from faregate.providers.anthropic import ANTHROPIC_VERSION, AnthropicProvider
+from faregate.providers.base import UpstreamCall
+from faregate.providers.http import ConnectionPool
+from faregate.providers.registry import ProviderRegistry, make_upstream_pool
+from faregate.types import Price, Usage
+from faregate.wire.anthropic_replies import completion_to_message
+from faregate.wire.anthropic_upstream import (
+    DEFAULT_MAX_TOKENS,
+    chat_chunks,
+    chat_to_messages,
+    message_to_completion,
+)
+from faregate.wire.usage import usage_from
+
+PARAMS = TypeAdapter(MessageCreateParamsNonStreaming)
+KEY_ENV = "FAREGATE_TEST_ANTHROPIC_KEY"
+
+MESSAGE = {
+    "id": "msg_01",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-sonnet-4-6",
+    "content": [
+        {"type": "text", "text": "Looking it up. "},
+        {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "cat"}},
+    ],
+    "stop_reason": "tool_use",
+    "stop_sequence": None,
+    "usage": {
+        "input_tokens": 12,
+        "output_tokens": 30,
+        "cache_creation_input_tokens": 2000,
+        "cache_read_input_tokens": 5000,
+        "cache_creation": {"ephemeral_5m_input_tokens": 1500, "ephemeral_1h_input_tokens": 500},
+    },
+}
+
+
+def events(*items: dict[str, Any]) -> bytes:
+    return b"".join(
+        b"event: " + str(e["type"]).encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in items
+    )
+
+
+STREAM_EVENTS = [
+    {
+        "type": "message_start",
+        "message": {
+            **MESSAGE,
+            "content": [],
+            "stop_reason": None,
+            "usage": {
+                "input_tokens": 12,
+                "output_tokens": 1,
+                "cache_creation_input_tokens": 2000,
+                "cache_read_input_tokens": 5000,
+            },
+        },
+    },
+    {"type": "ping"},
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+    {"type": "content_block_stop", "index": 0},
+    {
+        "type": "content_block_start",
+        "index": 1,
+        "content_block": {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}},
+    },
+    {
+        "type": "content_block_delta",
+        "index": 1,
+        "delta": {"type": "input_json_delta", "partial_json": '{"q":'},
+    },
+    {
+        "type": "content_block_delta",
+        "index": 1,
+        "delta": {"type": "input_json_delta", "partial_json": '"cat"}'},
+    },
+    {"type": "content_block_stop", "index": 1},
+    {
+        "type": "message_delta",
+        "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+        "usage": {"output_tokens": 30},
+    },
+    {"type": "message_stop"},
+]
+
+
+async def each(items: Iterable[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item
+
+
+# --- the chat body to a Messages request -------------------------------------------------------
+
+
+def test_a_chat_body_becomes_a_messages_request_the_sdk_accepts() -> None:
+    body = {
+        "model": "claude-sonnet-4-6",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "developer", "content": "Use tools."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/"}},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"x": 2}'}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "4"},
+            {"role": "user", "content": "Thanks"},
+        ],
+        "max_completion_tokens": 300,
+        "stop": "END",
+        "temperature": 0.2,
+        "user": "u-9",
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "x", "schema": {"type": "object"}},
+        },
+        "seed": 7,
+        "stream_options": {"include_usage": True},
+        "prompt_cache_key": "k1",
+    }
+    out = chat_to_messages(body)
+    PARAMS.validate_python(out)
+    assert out == {
+        "model": "claude-sonnet-4-6",
+        "system": [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Use tools."}],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/"},
+                    },
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "c1", "name": "f", "input": {"x": 2}}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "c1", "content": "4"},
+                    {"type": "text", "text": "Thanks"},
+                ],
+            },
+        ],
+        "max_tokens": 300,
+        "temperature": 0.2,
+        "stop_sequences": ["END"],
+        "metadata": {"user_id": "u-9"},
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+        "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
+        "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
+    }
+
+
+def test_without_max_tokens_the_default_is_asked_for() -> None:
+    out = chat_to_messages({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert out["max_tokens"] == DEFAULT_MAX_TOKENS
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"temperature": 1.5}, "temperature"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"audio": {"voice": "alloy"}}, "audio"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
+            "messages[0].content[0]",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "[1]"}}],
+                    }
+                ]
+            },
+            "messages[0].tool_calls[0].function.arguments",
+        ),
+    ],
+)
+def test_what_messages_cannot_say_is_refused(change: dict[str, Any], param: str) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **change}
+    with pytest.raises(InvalidRequest) as info:
+        chat_to_messages(body)
+    assert info.value.param == param
+
+
+# --- answers and streams back ------------------------------------------------------------------
+
+
+def test_a_message_becomes_a_completion_with_cache_usage() -> None:
+    body, usage = message_to_completion(MESSAGE)
+    ChatCompletion.model_validate(body)
+    assert usage == Usage(
+        7012, 30, cache_read_tokens=5000, cache_write_tokens=2000, cache_write_1h_tokens=500
+    )
+    assert usage_from(body) == usage
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] == "Looking it up. "
+    assert choice["message"]["tool_calls"] == [
+        {"id": "toolu_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q":"cat"}'}}
+    ]
+
+
+def test_a_message_survives_the_round_trip_through_the_completion() -> None:
+    body, _ = message_to_completion(MESSAGE)
+    back = completion_to_message(body)
+    assert {k: back[k] for k in ("id", "model", "content", "stop_reason", "stop_sequence")} == {
+        k: MESSAGE[k] for k in ("id", "model", "content", "stop_reason", "stop_sequence")
+    }
+    assert back["usage"] == MESSAGE["usage"]
+
+
+def test_a_stop_sequence_is_kept() -> None:
+    message = {
+        **MESSAGE,
+        "content": [{"type": "text", "text": "x"}],
+        "stop_reason": "stop_sequence",
+        "stop_sequence": "END",
+    }
+    body, _ = message_to_completion(message)
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["choices"][0]["stop_reason"] == "END"
+    back = completion_to_message(body)
+    assert (back["stop_reason"], back["stop_sequence"]) == ("stop_sequence", "END")
+
+
+async def test_an_event_stream_becomes_chunks() -> None:
+    chunks = [c async for c in chat_chunks(each(STREAM_EVENTS))]
+    for c in chunks:
+        ChatCompletionChunk.model_validate(c)
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert deltas == [
+        {"role": "assistant", "content": ""},
+        {"content": "Hi"},
+        {
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "toolu_1",
+                    "type": "function",
+                    "function": {"name": "lookup", "arguments": ""},
+                }
+            ]
+        },
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"q":'}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '"cat"}'}}]},
+        {},
+    ]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    assert usage_from(chunks[-1]) == Usage(7012, 30, cache_read_tokens=5000, cache_write_tokens=2000)
+
+
+async def test_an_error_event_is_a_retryable_failure() -> None:
+    stream = [
+        STREAM_EVENTS[0],
+        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+    ]
+    with pytest.raises(UpstreamFailure) as info:
+        _ = [c async for c in chat_chunks(each(stream))]
+    assert info.value.retryable and "overloaded_error: Overloaded" in info.value.detail
+
+
+# --- the provider over the pool ----------------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Upstream:
+    url: str = ""
+    handler: Handler | None = None
+    seen: list[tuple[dict[str, str], Any]] = field(default_factory=list)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    state = Upstream()
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        state.seen.append((dict(request.headers), orjson.loads(await request.read())))
+        assert state.handler is not None
+        return await state.handler(request)
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", dispatch)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    state.url = str(server.make_url("/v1"))
+    yield state
+    await server.close()
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ConnectionPool]:
+    pool = make_upstream_pool()
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def provider(upstream: Upstream, pool: ConnectionPool, monkeypatch: pytest.MonkeyPatch) -> AnthropicProvider:
+    monkeypatch.setenv(KEY_ENV, "sk-ant-test")
+    settings = ProviderSettings(base_url=upstream.url, api_key_env=KEY_ENV, protocol="anthropic")
+    return AnthropicProvider("anthropic", settings, pool)
+
+
+def call(stream: bool = False, **extra: Any) -> UpstreamCall:
+    offer = Offer("claude-sonnet-4-6", "anthropic", "claude-sonnet-4-6", Price(Decimal(3), Decimal(15)), True)
+    body: dict[str, Any] = {
+        "model": "claude-sonnet-4-6",
+        "messages": [{"role": "user", "content": "hello"}],
+        **extra,
+    }
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    return UpstreamCall(offer, body, stream, 5.0, 5.0)
+
+
+def json_reply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+        )
+
+    return handler
+
+
+def sse_reply(data: bytes) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(data)
+        await resp.write_eof()
+        return resp
+
+    return handler
+
+
+async def test_complete_sends_the_messages_wire_and_bills_the_cache(
+    upstream: Upstream, provider: AnthropicProvider
+) -> None:
+    upstream.handler = json_reply(MESSAGE)
+    completion = await provider.complete(call(max_tokens=100))
+    headers, body = upstream.seen[0]
+    assert headers["x-api-key"] == "sk-ant-test"
+    assert headers["anthropic-version"] == ANTHROPIC_VERSION
+    assert "Authorization" not in headers
+    assert body == {
+        "model": "claude-sonnet-4-6",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hello"}]}],
+        "max_tokens": 100,
+    }
+    assert completion.usage == Usage(
+        7012, 30, cache_read_tokens=5000, cache_write_tokens=2000, cache_write_1h_tokens=500
+    )
+    price = Price(Decimal(3), Decimal(15), Decimal("0.30"), Decimal("3.75"), Decimal(6))
+    # 12 x 3 + 5000 x 0.30 + 1500 x 3.75 + 500 x 6 + 30 x 15, per million.
+    assert price.cost(completion.usage) == Decimal("0.010611")
+
+
+async def test_stream_yields_internal_chunks(
+    upstream: Upstream, provider: AnthropicProvider, pool: ConnectionPool
+) -> None:
+    upstream.handler = sse_reply(events(*STREAM_EVENTS))
+    chunks = [c async for c in provider.stream(call(stream=True))]
+    assert upstream.seen[0][1]["stream"] is True
+    assert "stream_options" not in upstream.seen[0][1]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    assert usage_from(chunks[-1]) == Usage(7012, 30, cache_read_tokens=5000, cache_write_tokens=2000)
+    assert pool.in_use == 0
+
+
+async def test_an_overloaded_stream_fails_retryably(upstream: Upstream, provider: AnthropicProvider) -> None:
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    upstream.handler = sse_reply(events(STREAM_EVENTS[0], error))
+    with pytest.raises(UpstreamFailure) as info:
+        _ = [c async for c in provider.stream(call(stream=True))]
+    assert info.value.kind == "server_error" and info.value.retryable
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "error_type"),
+    [
+        (429, "rate_limited", "rate_limit_error"),
+        (529, "server_error", "overloaded_error"),
+        (500, "server_error", "api_error"),
+    ],
+)
+async def test_429_and_5xx_are_retryable(
+    upstream: Upstream, provider: AnthropicProvider, status: int, kind: str, error_type: str
+) -> None:
+    body = {"type": "error", "error": {"type": error_type, "message": "try later"}}
+    upstream.handler = json_reply(body, status, {"retry-after": "2"})
+    with pytest.raises(UpstreamFailure) as info:
+        await provider.complete(call())
+    assert (info.value.kind, info.value.status, info.value.retryable) == (kind, status, True)
+    assert info.value.detail == f"HTTP {status}: try later"
+    if status == 429:
+        assert info.value.retry_after == 2.0
+
+
+async def test_other_4xx_is_rejected(upstream: Upstream, provider: AnthropicProvider) -> None:
+    body = {"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: too big"}}
+    upstream.handler = json_reply(body, 400)
+    with pytest.raises(UpstreamRejected) as info:
+        await provider.complete(call())
+    assert (info.value.status, info.value.message) == (
+        400,
+        "anthropic rejected the request: max_tokens: too big",
+    )
+
+
+async def test_a_bad_key_is_the_providers_fault(upstream: Upstream, provider: AnthropicProvider) -> None:
+    upstream.handler = json_reply(
+        {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}, 401
+    )
+    with pytest.raises(UpstreamFailure) as info:
+        await provider.complete(call())
+    assert info.value.kind == "server_error"
+    assert f"check ${KEY_ENV}" in info.value.detail
+
+
+async def test_what_messages_cannot_say_is_refused_before_any_call(
+    upstream: Upstream, provider: AnthropicProvider
+) -> None:
+    with pytest.raises(UpstreamRejected) as info:
+        await provider.complete(call(n=2))
+    assert (info.value.status, info.value.param) == (400, "n")
+    assert "anthropic (Messages wire) cannot take this request: n > 1" in info.value.message
+    with pytest.raises(UpstreamRejected):
+        _ = [c async for c in provider.stream(call(stream=True, logprobs=True))]
+    assert upstream.seen == []
+
+
+async def test_a_chat_body_where_a_message_belongs_is_a_bad_response(
+    upstream: Upstream, provider: AnthropicProvider
+) -> None:
+    upstream.handler = json_reply({"choices": []})
+    with pytest.raises(UpstreamFailure) as info:
+        await provider.complete(call())
+    assert info.value.kind == "bad_response"
+
+
+async def test_the_registry_builds_it_by_protocol(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, "k")
+    settings = parse_settings(
+        {"providers": {"claude": {"base_url": upstream.url, "api_key_env": KEY_ENV, "protocol": "anthropic"}}}
+    )
+    registry = ProviderRegistry.create(settings)
+    try:
+        assert isinstance(registry.get("claude"), AnthropicProvider)
+    finally:
+        await registry.close()
+        await asyncio.sleep(0)

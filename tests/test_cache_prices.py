@@ -1,0 +1,198 @@
+"""Prompt-cache prices: exact cost math (types.Price), config and catalog fields, the internal
+usage object's cache counts (wire/usage.py), the built-in Claude and Global API offers."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from faregate.catalog.models import build_catalog, provider_enabled
+from faregate.config import ProviderSettings, load_settings, parse_settings
+from faregate.errors import ConfigError
+from faregate.types import Price, Usage
+from faregate.wire.usage import usage_from, usage_json
+
+SONNET = Price(Decimal(3), Decimal(15), Decimal("0.30"), Decimal("3.75"), Decimal(6))
+
+
+def test_cache_tokens_are_billed_at_their_own_prices() -> None:
+    usage = Usage(10_000, 500, cache_read_tokens=6_000, cache_write_tokens=3_000, cache_write_1h_tokens=1_000)
+    # 1,000 plain x 3 + 6,000 x 0.30 + 2,000 x 3.75 + 1,000 x 6 + 500 x 15, per million.
+    assert SONNET.cost(usage) == Decimal("0.0258")
+    assert SONNET.cost(usage) == (
+        Decimal(1000) * 3
+        + Decimal(6000) * Decimal("0.30")
+        + Decimal(2000) * Decimal("3.75")
+        + Decimal(1000) * 6
+        + 500 * 15
+    ) / Decimal(1_000_000)
+
+
+def test_without_cache_tokens_the_cost_is_what_it_always_was() -> None:
+    assert SONNET.cost(Usage(1_000_000, 1_000_000)) == Decimal(18)
+    assert Price(Decimal("0.14"), Decimal("0.28")).cost(Usage(1234, 567)) == Decimal("0.00033152")
+
+
+def test_missing_cache_prices_fall_back() -> None:
+    usage = Usage(1000, 0, cache_read_tokens=400, cache_write_tokens=300, cache_write_1h_tokens=100)
+    plain = Price(Decimal(2), Decimal(8))
+    assert plain.cost(usage) == plain.cost(Usage(1000, 0))  # no cache prices: all at the input price
+    five_minutes_only = Price(Decimal(2), Decimal(8), cache_write=Decimal("2.5"))
+    # 300 plain + 400 read at input, 300 writes (one-hour ones too) at the write price.
+    assert five_minutes_only.cost(usage) == (Decimal(700) * 2 + Decimal(300) * Decimal("2.5")) / 1_000_000
+
+
+def test_the_dearest_input_price_is_the_cache_write() -> None:
+    assert SONNET.dearest_input == Decimal(6)
+    assert Price(Decimal(2), Decimal(8)).dearest_input == Decimal(2)
+
+
+def test_usage_json_round_trips_the_cache_counts() -> None:
+    usage = Usage(100, 7, cache_read_tokens=40, cache_write_tokens=50, cache_write_1h_tokens=20)
+    body = usage_json(usage)
+    assert body["prompt_tokens_details"] == {
+        "cached_tokens": 40,
+        "cache_write_tokens": 50,
+        "cache_write_tokens_details": {"ttl_5m_tokens": 30, "ttl_1h_tokens": 20},
+    }
+    assert usage_from({"usage": body}) == usage
+    assert usage_json(Usage(3, 4)) == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+
+
+def test_cache_counts_that_do_not_fit_the_prompt_are_dropped() -> None:
+    body = {"prompt_tokens": 10, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 11}}
+    assert usage_from({"usage": body}) == Usage(10, 1)
+    openai_style = {
+        "prompt_tokens": 10,
+        "completion_tokens": 1,
+        "prompt_tokens_details": {"cached_tokens": 4, "audio_tokens": 0},
+    }
+    assert usage_from({"usage": openai_style}) == Usage(10, 1, cache_read_tokens=4)
+
+
+def test_cache_prices_come_from_the_config() -> None:
+    settings = parse_settings(
+        {
+            "providers": {
+                "p": {"base_url": "http://127.0.0.1:9/v1"},
+                "q": {"base_url": "http://127.0.0.1:9/v1"},
+            },
+            "models": {
+                "m": {
+                    "input": 3,
+                    "output": 15,
+                    "cache_read": "0.3",
+                    "cache_write": "3.75",
+                    "cache_write_1h": 6,
+                    "offers": [
+                        {"provider": "p"},
+                        {"provider": "q", "input": 2, "output": 10, "cache_read": "0.2"},
+                    ],
+                }
+            },
+        }
+    )
+    model = build_catalog(settings).get("m")
+    assert model is not None
+    assert model.offers[0].price == Price(
+        Decimal(3), Decimal(15), Decimal("0.3"), Decimal("3.75"), Decimal(6)
+    )
+    # An offer with its own price has its own cache prices only.
+    assert model.offers[1].price == Price(Decimal(2), Decimal(10), Decimal("0.2"))
+    with pytest.raises(ConfigError, match="cache_write must not be negative"):
+        parse_settings({"models": {"m": {"input": 1, "output": 1, "cache_write": -1}}})
+
+
+def test_a_key_prefix_enables_a_provider_only_for_its_kind_of_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    pro = ProviderSettings(base_url="https://x", api_key_env="FAREGATE_TEST_GA", api_key_prefix="ga_pro_")
+    monkeypatch.delenv("FAREGATE_TEST_GA", raising=False)
+    assert not provider_enabled(pro)
+    monkeypatch.setenv("FAREGATE_TEST_GA", "ga_std_123")
+    assert not provider_enabled(pro)
+    monkeypatch.setenv("FAREGATE_TEST_GA", "ga_pro_123")
+    assert provider_enabled(pro)
+
+
+def test_the_built_in_claude_models_have_anthropics_prices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant")
+    settings = load_settings()
+    assert settings.providers["anthropic"].protocol == "anthropic"
+    catalog = build_catalog(settings)
+    expected = {
+        "claude-haiku-4-5": ("1", "5", "0.1", "1.25", "2"),
+        "claude-sonnet-5": ("2", "10", "0.2", "2.5", "4"),
+        "claude-sonnet-4-6": ("3", "15", "0.3", "3.75", "6"),
+        "claude-opus-4-5": ("5", "25", "0.5", "6.25", "10"),
+        "claude-opus-4-6": ("5", "25", "0.5", "6.25", "10"),
+        "claude-opus-5": ("5", "25", "0.5", "6.25", "10"),
+    }
+    for name, prices in expected.items():
+        model = catalog.get(name)
+        assert model is not None and model.curated
+        (offer,) = model.offers
+        assert (offer.provider, offer.available) == ("anthropic", True)
+        price = offer.price
+        assert (
+            price.input,
+            price.output,
+            price.cache_read,
+            price.cache_write,
+            price.cache_write_1h,
+        ) == tuple(Decimal(p) for p in prices)
+        # Anthropic's ratios: 5-minute writes 1.25x, one-hour writes 2x, reads 0.1x the input price.
+        assert (price.cache_write, price.cache_write_1h, price.cache_read) == (
+            price.input * Decimal("1.25"),
+            price.input * 2,
+            price.input / 10,
+        )
+    # The broad catalog's Claude models are Anthropic offers now, cache prices included.
+    older = catalog.get("claude-opus-4-1")
+    assert older is not None and older.offers[0].provider == "anthropic"
+    assert older.offers[0].price.cache_read == Decimal("1.5")
+
+
+GLOBAL_API_OFFERS = {
+    "deepseek-ai/DeepSeek-V4-Flash": ("deepseek-ai/DeepSeek-V4-Flash", "0.14", "0.28"),
+    "deepseek-ai/DeepSeek-V4-Pro": ("deepseek-ai/DeepSeek-V4-Pro", "0.55", "2.20"),
+    "THUDM/glm-4-plus": ("glm-4-plus", "0.20", "0.80"),
+    "Qwen/Qwen3-32B": ("qwen3-32b", "0.30", "1.20"),
+    "Qwen/Qwen3-VL-32B-Instruct": ("Qwen/Qwen3-VL-32B-Instruct", "0.52", "0.52"),
+    "Qwen/Qwen3-Omni-30B-A3B-Instruct": ("Qwen/Qwen3-Omni-30B-A3B-Instruct", "0.52", "0.52"),
+    "deepseek-ai/DeepSeek-V3.2": ("deepseek-ai/DeepSeek-V3.2", "0.28", "0.42"),
+}
+
+
+def test_global_api_offers_at_the_makers_prices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLOBAL_API_KEY", "ga_std_key")
+    settings = load_settings()
+    assert settings.providers["globalapi"].base_url == "https://global-apis.com/v1"
+    catalog = build_catalog(settings)
+    for name, (upstream, inp, out) in GLOBAL_API_OFFERS.items():
+        model = catalog.get(name)
+        assert model is not None
+        (offer,) = [o for o in model.offers if o.provider == "globalapi"]
+        assert (offer.upstream_model, offer.price.input, offer.price.output) == (
+            upstream,
+            Decimal(inp),
+            Decimal(out),
+        )
+        assert offer.available and not offer.dedicated
+        # The maker's own offer (where the catalog has one) sells at the same price.
+        makers = [o for o in model.offers if o.provider in ("deepseek", "zhipu", "dashscope")]
+        assert all(m.price == offer.price for m in makers)
+    for alias in ("deepseek-v4-flash", "glm-4-plus", "qwen3-32b"):
+        model = catalog.get(alias)
+        assert model is not None and any(o.provider == "globalapi" for o in model.offers)
+    model = catalog.get("deepseek-v3.2")
+    assert model is not None
+    pro = model.offers[0]
+    assert (pro.provider, pro.upstream_model, pro.dedicated, pro.available) == (
+        "globalapi_pro",
+        "Pro/deepseek-ai/DeepSeek-V3.2",
+        True,
+        False,  # a standard key does not open the Pro channel
+    )
+    monkeypatch.setenv("GLOBAL_API_KEY", "ga_pro_key")
+    model = build_catalog(load_settings()).get("deepseek-v3.2")
+    assert model is not None and model.offers[0].available
