@@ -19,7 +19,8 @@ upstream reports no usage) become len(UTF-8 bytes) / 4 instead of loading the o2
 measure what the tokenizer costs in memory.
 
 Environment: SOAK_DUMP_DIR, SOAK_TRACEMALLOC (frames per traceback, 0 = off), SOAK_TRIM (0/1),
-SOAK_NO_TOKENIZER (0/1), PROFILE_OUT, TTFT_OUT. Usage: python bench/gateway_probe.py serve -c CONFIG
+SOAK_NO_TOKENIZER (0/1), GC_STATS (0/1: collections by generation and their time, in the
+SIGUSR1 probe), PROFILE_OUT, TTFT_OUT. Usage: python bench/gateway_probe.py serve -c CONFIG
 """
 
 from __future__ import annotations
@@ -140,6 +141,8 @@ def probe(signum: int, frame: FrameType | None) -> None:
     counts = collections.Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in objects)
     del objects
     out["types"] = counts.most_common(60)
+    out["gc_collections"] = [list(e) for e in _gc_stats]
+    out["gc_frozen"] = gc.get_freeze_count()
     out["mallinfo"] = mallinfo()
     out["rss_by_mapping"] = rss_by_mapping()
     out["malloc_arenas"] = malloc_arenas()
@@ -162,6 +165,19 @@ def probe(signum: int, frame: FrameType | None) -> None:
 
 _profiler: cProfile.Profile | None = None
 _ttft: list[dict[str, float]] = []
+# Collections by generation, and the seconds they took (GC_STATS=1): [count, seconds] each.
+_gc_stats = [[0, 0.0], [0, 0.0], [0, 0.0]]
+_gc_started = 0.0
+
+
+def _gc_timer(phase: str, info: dict[str, int]) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    else:
+        entry = _gc_stats[info["generation"]]
+        entry[0] += 1
+        entry[1] += time.perf_counter() - _gc_started
 
 
 def install_ttft_probe() -> None:
@@ -254,6 +270,8 @@ def main() -> None:
         signal.signal(signal.SIGUSR2, toggle_profile)
     if TTFT_OUT:
         install_ttft_probe()
+    if os.environ.get("GC_STATS") == "1":
+        gc.callbacks.append(_gc_timer)
     if os.environ.get("SOAK_NO_TOKENIZER") == "1":
         import faregate.tokens
 
