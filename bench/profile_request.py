@@ -13,8 +13,10 @@ a warm-up, `wrk` sends overhead.py's non-streaming request for `--duration` seco
                     and the top functions (cProfile inflates small Python calls: read the shares,
                     and the `cpu` mode for the absolute figure);
   --mode pyspy      the gateway started under `py-spy record` (sampling: no bias toward small
-                    calls; `--pyspy PATH` if it is not on PATH): the share of samples by area and
-                    the top leaf functions, with the native frames of C extensions (`--native`);
+                    calls; `--pyspy PATH` if it is not beside this Python): the share of samples
+                    by area and the top leaf functions. Use `--native`: with C frames, system calls
+                    and the GC are seen as such, and the loop's idle wait is not counted (without
+                    it the wait shows as asyncio; start-up is slow under it, ~1 min here);
   --mode callgrind  the gateway under `valgrind --tool=callgrind`, collecting only during the
                     window (`callgrind_control -i on/off`): instructions per request in all and
                     the top C functions (CPython's eval loop, orjson, httptools, uvloop, malloc...).
@@ -62,7 +64,10 @@ AREAS: list[tuple[str, tuple[str, ...]]] = [
     ("attempt loop and health", ("faregate/routing/attempts.py", "faregate/routing/health.py")),
     ("routing plan", ("faregate/routing/",)),
     ("pipeline, parse, responses", ("faregate/server/",)),
-    ("metrics (prometheus_client)", ("faregate/telemetry/metrics.py", "prometheus_client/")),
+    (
+        "metrics",
+        ("faregate/telemetry/metrics.py", "faregate/telemetry/metric_cells.py", "prometheus_client/"),
+    ),
     ("records (writer, SQLite rows)", ("faregate/telemetry/", "faregate/store/", "aiosqlite/")),
     ("auth (key cache)", ("faregate/accounts/",)),
     ("cache decision", ("faregate/cache/",)),

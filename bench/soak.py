@@ -265,7 +265,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             env=gateway_env, stdout=subprocess.DEVNULL, stderr=open(work / "gateway.log", "wb"),
         )  # fmt: skip
         processes.append(gateway)
-        wait_healthy(f"http://127.0.0.1:{gw_port}/health", timeout=60)
+        # tracemalloc slows the start-up (the catalog's import and build) several times over.
+        wait_healthy(f"http://127.0.0.1:{gw_port}/health", timeout=240 if args.tracemalloc else 60)
         proc = psutil.Process(gateway.pid)
         time.sleep(1.0)
         result["rss_idle_mib"] = proc.memory_info().rss / 2**20
