@@ -125,6 +125,28 @@ async def test_memory_store_ttl_and_lru() -> None:
     assert await store.get("a") is None
 
 
+async def test_memory_store_keeps_values_at_their_own_size() -> None:
+    """orjson's output holds a >= 4 KiB allocation whatever its length; a cached answer must not
+    keep it (bench/soak.py: 10,000 entries held ~40 MiB instead of ~5 MiB)."""
+    import tracemalloc
+
+    import orjson
+
+    answer = {"id": "chatcmpl-1", "choices": [{"message": {"content": "hello " * 40}}], "usage": [1, 2]}
+    store = MemoryStore(max_entries=1000)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(500):
+            await store.set(f"k{i}", orjson.dumps(answer), 60)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(orjson.dumps(answer)) < 400
+    assert grown / 500 < 1200, grown / 500  # bytes per entry: the value, its key, the LRU slot
+    assert await store.get("k7") == orjson.dumps(answer)
+
+
 def test_routing_hints_and_premium_are_in_the_exact_key() -> None:
     from decimal import Decimal
 

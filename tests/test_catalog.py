@@ -116,6 +116,23 @@ def test_suggestions_for_unknown_names(catalog) -> None:  # type: ignore[no-unty
     assert "deepseek-ai/DeepSeek-V4-Flash" in catalog.suggest("deepseek-v4-flsh")
 
 
+def test_suggestions_are_remembered_per_name_within_a_bound(catalog, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A scan of every name costs milliseconds: the same unknown name is scanned once."""
+    from faregate.catalog import models
+
+    catalog._suggested.clear()  # the fixture is shared with other tests
+    scans: list[str] = []
+    scan = catalog._suggest
+    monkeypatch.setattr(catalog, "_suggest", lambda name, limit: scans.append(name) or scan(name, limit))
+    first = catalog.suggest("deepseek-v4-flsh")
+    first.append("changed by the caller")
+    assert catalog.suggest("DeepSeek-v4-flsh") == first[:-1] and scans == ["deepseek-v4-flsh"]
+    monkeypatch.setattr(models, "MAX_SUGGESTIONS_KEPT", 3)
+    for i in range(10):
+        catalog.suggest(f"no-such-model-{i}")
+    assert len(catalog._suggested) == 3
+
+
 def test_cost_math_is_exact() -> None:
     flash = Price(Decimal("0.27"), Decimal("1.10"))
     assert flash.cost(Usage(1000, 500)) == Decimal("0.00082")

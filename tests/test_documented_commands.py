@@ -162,6 +162,50 @@ QUICK: dict[str, Quick] = {
     "python bench/semantic_lookup.py": Quick(
         why_not="the same script as the line before, without --wait-load: checked there"
     ),
+    "python bench/soak.py": Quick(
+        run="python bench/soak.py --requests 3000 --warmup-probe 1000 --max-seconds 90"
+        " --out {scratch}/soak.json --png {scratch}/soak.png",
+        where="checkout",
+        expect="rss_peak_mib",
+    ),
+    "python bench/soak.py --requests 40000 --warmup-probe 5000 --tracemalloc 1": Quick(
+        why_not="the soak of the line before with tracemalloc on: its start-up alone takes ~50 s here and "
+        "every request is ~20x slower; run by hand (figures in bench/README.md)"
+    ),
+    "python bench/soak.py --plot-only a.json b.json --png bench/soak-rss.png": Quick(
+        why_not="draws earlier runs' files; the quick soak above draws its own curve with the same code"
+    ),
+    "python bench/profile_request.py": Quick(
+        run="python bench/profile_request.py --duration 1 --warmup 1 --out {scratch}/profile.json",
+        where="checkout",
+        expect="gateway CPU",
+    ),
+    "python bench/profile_request.py --mode pyspy --native": Quick(
+        # Without --native: the start-up under native sampling takes about a minute here.
+        run="python bench/profile_request.py --mode pyspy --duration 1 --warmup 1 --out {scratch}/spy.json",
+        where="checkout",
+        expect="py-spy:",
+    ),
+    "python bench/profile_request.py --mode cprofile": Quick(
+        run="python bench/profile_request.py --mode cprofile --duration 1 --warmup 1 --out {scratch}/cp.json",
+        where="checkout",
+        expect="cProfile:",
+    ),
+    "python bench/profile_request.py --mode callgrind --duration 30 --connections 16": Quick(
+        why_not="valgrind runs the gateway ~50x slower (a minute or more to start): run by hand"
+    ),
+    "python bench/profile_request.py --pythonpath /other/checkout/src": Quick(
+        why_not="needs another checkout; the script's own quick form runs above"
+    ),
+    "python bench/ttft.py": Quick(
+        run="python bench/ttft.py --seconds 1 --rounds 1 --out {scratch}/ttft.json",
+        where="checkout",
+        expect="added TTFT",
+    ),
+    "python bench/ttft.py --clients 1": Quick(why_not="the line before with one client: the same code"),
+    "python bench/ttft.py --pythonpath /other/checkout/src": Quick(
+        why_not="needs another checkout; the script's own quick form runs above"
+    ),
     "python bench/routes_gsm8k.py": Quick(
         run="python bench/routes_gsm8k.py --questions 4 --streams 0 --out {scratch}/routes.json",
         where="checkout",

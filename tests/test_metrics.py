@@ -177,3 +177,85 @@ def test_route_labels_never_carry_a_request_list_or_long_text() -> None:
         labels["route"] for (_, items) in samples(text) for labels in [dict(items)] if "route" in labels
     }
     assert routes == {"list", "other"}
+
+
+def test_the_exposition_is_prometheus_clients_own() -> None:
+    """metric_cells keeps plain floats instead of prometheus_client's locked Counter and
+    Histogram; the text scraped must be byte for byte what those would give for the same records
+    (names, label order, `le` strings, series order, zero series, NaN in no bucket)."""
+    import math
+
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from faregate.telemetry.metrics import LATENCY_BUCKETS, TTFT_BUCKETS
+
+    records = [
+        record(),
+        record(request_id="r2", cost_usd=Decimal("0.01"), ttft_ms=None, latency_ms=0.004),
+        record(request_id="r3", cache_status="hit", cost_usd=Decimal(0), attempts=[], latency_ms=12.5),
+        record(request_id="r4", status=402, model_used=None, provider=None, prompt_tokens=0, attempts=[]),
+        record(request_id="r5", status=429, route=None, completion_tokens=0, empty_response=True),
+        record(request_id="r6", model_used="m2", latency_ms=math.nan, ttft_ms=300_000.0),
+        record(request_id="r7", empty_response=True, completion_tokens=0, latency_ms=1e9),
+        record(request_id="r8", latency_ms=5.0, ttft_ms=10.0),  # exactly on a bucket's bound
+    ]
+    ours = GatewayMetrics()
+    for r in records:
+        ours.observe(r)
+
+    registry = CollectorRegistry()
+    docs = {family.name: family.documentation for family in ours._families.families}
+    rm = ["route", "model", "provider"]
+
+    def counter(name: str, labels: list[str] | None = None) -> Counter:
+        return Counter(name, docs[name], labels or [], registry=registry)
+
+    def histogram(name: str, buckets: tuple[float, ...]) -> Histogram:
+        return Histogram(name, docs[name], ["route", "model"], buckets=buckets, registry=registry)
+
+    requests = counter("faregate_requests", [*rm, "status", "cache"])
+    latency = histogram("faregate_request_duration_seconds", LATENCY_BUCKETS)
+    ttft = histogram("faregate_time_to_first_token_seconds", TTFT_BUCKETS)
+    tokens = counter("faregate_tokens", [*rm, "direction"])
+    cost, baseline = counter("faregate_cost_usd", rm), counter("faregate_baseline_cost_usd", rm)
+    savings, overspend = counter("faregate_savings_usd", rm), counter("faregate_overspend_usd", rm)
+    cache_savings = counter("faregate_cache_savings_usd", ["cache"])
+    empty = counter("faregate_empty_responses", ["model", "provider"])
+    attempts = counter("faregate_upstream_attempts", ["provider", "model", "outcome"])
+    refusals, limited = counter("faregate_budget_refusals"), counter("faregate_rate_limited")
+    for r in records:
+        route, model, provider = r.route or "none", r.model_used or "none", r.provider or "none"
+        requests.labels(route, model, provider, str(r.status), r.cache_status).inc()
+        lat, tt = latency.labels(route, model), ttft.labels(route, model)
+        t_in = tokens.labels(route, model, provider, "in")
+        t_out = tokens.labels(route, model, provider, "out")
+        c, b = cost.labels(route, model, provider), baseline.labels(route, model, provider)
+        sv, ov = savings.labels(route, model, provider), overspend.labels(route, model, provider)
+        em = empty.labels(model, provider)
+        lat.observe(r.latency_ms / 1000)
+        if r.ttft_ms is not None:
+            tt.observe(r.ttft_ms / 1000)
+        if r.prompt_tokens:
+            t_in.inc(r.prompt_tokens)
+        if r.completion_tokens:
+            t_out.inc(r.completion_tokens)
+        fc, fb = float(r.cost_usd), float(r.baseline_cost_usd)
+        if fc:
+            c.inc(fc)
+        if fb:
+            b.inc(fb)
+        if fb > fc:
+            sv.inc(fb - fc)
+        elif fc > fb:
+            ov.inc(fc - fb)
+        if r.cache_status in ("hit", "semantic-hit") and fb > fc:
+            cache_savings.labels(r.cache_status).inc(fb - fc)
+        if r.empty_response and r.status < 400:
+            em.inc()
+        if r.status == 402:
+            refusals.inc()
+        elif r.status == 429:
+            limited.inc()
+        for a in r.attempts:
+            attempts.labels(a.provider, a.model, a.outcome).inc()
+    assert ours.render().decode() == generate_latest(registry).decode()

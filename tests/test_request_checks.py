@@ -84,6 +84,33 @@ def test_nesting_is_bounded_below_the_serialiser_limit() -> None:
         check_depth({"a": [{"b": nested(8)}]}, 10)
 
 
+@pytest.mark.parametrize("depth", [1, 2, 9, 10, 11, 12, 40])
+def test_depth_is_the_same_with_the_bracket_count_shortcut_or_the_walk(depth: int) -> None:
+    """Exactly `max_depth` levels pass and one more fails, whether the raw text lets the check
+    skip the walk or not (brackets inside strings, wide and deep shapes)."""
+    shapes = [
+        {"x": nested(depth - 1)},
+        {"x": nested(depth - 1), "s": "{[" * 30},  # many brackets, only in a string: walked
+        {"wide": [[1]] * 20, "deep": nested(depth - 1)},  # more brackets than depth: walked
+        {"d": {"e": nested(depth - 2)}} if depth >= 2 else {},
+    ]
+    for value in shapes:
+        real = 1 + _depth(value)
+        raw = orjson.dumps(value)
+        for raw_or_none in (raw, None):
+            if real <= 10:
+                check_depth(value, 10, raw_or_none)
+            else:
+                with pytest.raises(InvalidRequest, match="nested more than 10"):
+                    check_depth(value, 10, raw_or_none)
+
+
+def _depth(value: Any) -> int:
+    """Levels of containers below `value` (0 for a scalar), by plain recursion."""
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return max((1 + _depth(c) for c in children if isinstance(c, dict | list)), default=0)
+
+
 def test_request_ids_are_unguessable() -> None:
     ids = [new_request_id() for _ in range(1000)]
     assert len(set(ids)) == 1000

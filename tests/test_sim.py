@@ -86,6 +86,17 @@ def test_lorem_words_are_one_token_each() -> None:
         assert reply.tokens == n == tokens.count_text(reply.content) == len(reply.pieces or ())
 
 
+def test_tokenizer_keeps_no_python_copy_of_its_ranks() -> None:
+    """The Rust encoder holds the vocabulary; tiktoken's Python dict of it (~28 MiB, kept only to
+    pickle) is dropped once the encoder is built, and counting and decoding still work."""
+    enc = tokens.encoding()
+    assert not enc._mergeable_ranks
+    assert enc.n_vocab == 199_998
+    text = "Hello there, friend. ¿Qué tal? 🙂"
+    assert enc.decode(enc.encode_ordinary(text)) == text
+    assert tokens.count_text("hello world") == 2
+
+
 async def test_non_stream_matches_openai_shape_and_usage(start_sim: StartSim) -> None:
     sim = await start_sim({"defaults": {"answer": {"fixed": "Hello there, friend. ¿Qué tal? 🙂"}}})
     reply = await sdk(sim).chat.completions.create(model="any-model", messages=MSG)

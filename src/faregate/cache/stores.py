@@ -14,6 +14,11 @@ from typing import Any, Protocol
 log = logging.getLogger("faregate.cache")
 
 
+def right_sized(value: bytes) -> bytes:
+    """A copy of `value` allocated at its own length (see MemoryStore)."""
+    return bytes(memoryview(value))
+
+
 class CacheStore(Protocol):
     async def get(self, key: str) -> bytes | None: ...
 
@@ -23,7 +28,11 @@ class CacheStore(Protocol):
 
 
 class MemoryStore:
-    """LRU bounded by entry count; entries expire at their own TTL."""
+    """LRU bounded by entry count; entries expire at their own TTL.
+
+    A value is kept as a right-sized copy: orjson (>= 3.12) returns bytes whose allocation is at
+    least 4 KiB whatever their length, and never shrinks it, so 10,000 cached answers of ~500
+    bytes would hold ~40 MiB instead of ~5 MiB (measured by bench/soak.py)."""
 
     def __init__(self, max_entries: int = 10_000, clock: Any = time.monotonic) -> None:
         self.max_entries = max_entries
@@ -42,7 +51,7 @@ class MemoryStore:
         return value
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        self._entries[key] = (self._clock() + ttl_s, value)
+        self._entries[key] = (self._clock() + ttl_s, right_sized(value))
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

@@ -16,6 +16,11 @@ from faregate.config import ModelSettings, OfferSettings, ProviderSettings, Sett
 from faregate.errors import ConfigError
 from faregate.types import Price
 
+# Suggestions remembered per unknown name. Finding them scans every name in the catalog with
+# difflib (~25 ms over the ~1,800 names of the broad catalog, on the event loop), and a client
+# with a wrong model name sends the same one again and again.
+MAX_SUGGESTIONS_KEPT = 1024
+
 
 @dataclass(slots=True, frozen=True)
 class Offer:
@@ -73,10 +78,12 @@ class Catalog:
     def __init__(self, models: Iterable[Model]) -> None:
         self.models: dict[str, Model] = {}
         self._index: dict[str, Model] = {}
+        self._suggested: dict[tuple[str, int], list[str]] = {}
         for model in models:
             self.add(model)
 
     def add(self, model: Model) -> None:
+        self._suggested.clear()
         self.models[model.name] = model
         for name in (model.name, *model.aliases):
             self._index.setdefault(name.lower(), model)
@@ -92,6 +99,14 @@ class Catalog:
 
     def suggest(self, name: str, limit: int = 3) -> list[str]:
         lowered = name.lower()
+        found = self._suggested.get((lowered, limit))
+        if found is None:
+            if len(self._suggested) >= MAX_SUGGESTIONS_KEPT:
+                del self._suggested[next(iter(self._suggested))]  # the oldest
+            found = self._suggested[(lowered, limit)] = self._suggest(lowered, limit)
+        return list(found)
+
+    def _suggest(self, lowered: str, limit: int) -> list[str]:
         matches = difflib.get_close_matches(lowered, list(self._index), n=limit * 3, cutoff=0.5)
         # Prefer curated and available models among equally close names.
         ranked = sorted(

