@@ -170,7 +170,7 @@ def lua_script(keys: list[str]) -> str:
 def create_keys(store: Path, n: int) -> list[str]:
     code = (
         "import asyncio\n"
-        "from faregate.store.sqlite import SQLiteStore\n"
+        "from faregate.store.sqlite.store import SQLiteStore\n"
         "from faregate.accounts.keys import KeyStore\n"
         "async def main():\n"
         f"    store = await SQLiteStore.open({str(store)!r})\n"
