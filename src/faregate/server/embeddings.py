@@ -40,7 +40,7 @@ from faregate.routing.plan import Plan
 from faregate.server.exchange import Exchange
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.responses import JSON_TYPE, error_response
-from faregate.types import JSON, Usage
+from faregate.types import JSON, MILLION, Usage
 from faregate.wire import embeddings as wire
 
 # Above this many characters of text input, tokens are counted in a thread (the event loop
@@ -56,11 +56,18 @@ class EmbeddingJob:
     body: JSON
     parsed: wire.EmbeddingRequest
     model: Model
-    input_tokens: int
     hints: JSON = field(default_factory=dict)
     key_id: str | None = None
     premium: bool = False
     started: float = 0.0
+    counted: int | None = None
+
+    async def input_tokens(self) -> int:
+        """The inputs' tokens with the gateway's tokenizer, counted when first needed (a budget's
+        worst case, or an upstream that reported no usage), once."""
+        if self.counted is None:
+            self.counted = await _count(self.parsed)
+        return self.counted
 
 
 class EmbeddingsPipeline:
@@ -84,7 +91,7 @@ class EmbeddingsPipeline:
             plan = self.plan(exchange, job)
             await self.reserve(exchange, job, plan)
             served = await self.chat.runner.embed(job, job.body, len(job.parsed.inputs), plan)
-            return self.respond(exchange, job, served)
+            return await self.respond(exchange, job, served)
         except FaregateError as error:
             exchange.failed(error)
             return error_response(error, exchange.headers)
@@ -113,7 +120,6 @@ class EmbeddingsPipeline:
             body=body,
             parsed=parsed,
             model=model,
-            input_tokens=await _count(parsed),
             hints=hints,
             key_id=key.id,
             premium=key.premium,
@@ -152,14 +158,15 @@ class EmbeddingsPipeline:
         if not self.chat.metered:
             return
         dearest = max(c.offer.price.dearest_input for c in plan.candidates)
-        worst = Decimal(job.input_tokens) * dearest / Decimal(1_000_000)
-        hold = await self.chat.admission.admit(self._key(exchange), job, worst, job.input_tokens)
+        tokens_held = await job.input_tokens()
+        worst = Decimal(tokens_held) * dearest / MILLION
+        hold = await self.chat.admission.admit(self._key(exchange), job, worst, tokens_held)
         exchange.admitted(hold.headers, hold)
 
-    def respond(self, exchange: Exchange, job: EmbeddingJob, served: Served) -> web.StreamResponse:
+    async def respond(self, exchange: Exchange, job: EmbeddingJob, served: Served) -> web.StreamResponse:
         candidate, completion = served.candidate, served.completion
         exchange.answered_by(candidate, served.attempts)
-        usage = completion.usage or Usage(job.input_tokens, 0, estimated=True)
+        usage = completion.usage or Usage(await job.input_tokens(), 0, estimated=True)
         cost = candidate.offer.price.cost(usage) + billed_cost(served.attempts)
         exchange.embedded(candidate, usage, cost)
         body = wire.response_body(completion.body, candidate.model.name, usage, cost)
