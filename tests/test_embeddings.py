@@ -285,3 +285,52 @@ def test_the_cache_decides_embeddings_without_temperature_and_honours_no_store()
     assert cache.decide_embeddings(material, {"cache": False}, "k", {}, "embed-s").status == "bypass"
     shared = cache.decide_embeddings(material, {"cache": {"namespace": "shared"}}, "k", {}, "embed-s")
     assert shared.scope == "shared" and shared.key != decision.key
+
+
+# -- the endpoint in process, on an upstream that reports no usage -----------------------------
+
+
+async def test_an_answer_without_usage_is_costed_from_our_own_count(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiohttp.test_utils import TestClient
+
+    from faregate import tokens
+    from faregate.server.app import build_gateway, create_app
+
+    async def no_usage(request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        data = [{"object": "embedding", "index": i, "embedding": [0.25]} for i in range(len(body["input"]))]
+        return web.json_response({"object": "list", "data": data, "model": body["model"]})
+
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", no_usage)
+    upstream = TestServer(app, host="127.0.0.1", port=0)
+    await upstream.start_server()
+    monkeypatch.setenv("FAREGATE_MASTER_KEY", "fg-master-test-0123456789")
+    settings = load_settings(
+        overrides={
+            "store": {"path": str(tmp_path / "store")},
+            "catalog": {"broad": False},
+            "providers": {"up": {"base_url": str(upstream.make_url("/v1"))}},
+            "models": {"embed-x": {"kind": "embedding", "input": "0.5", "offers": [{"provider": "up"}]}},
+        }
+    )
+    gateway = await build_gateway(settings)
+    _, key = await gateway.keys.create(name="t")
+    try:
+        async with TestClient(TestServer(create_app(gateway))) as client:
+            texts = ["count these tokens ourselves", "and these"]
+            response = await client.post(
+                "/v1/embeddings",
+                json={"model": "embed-x", "input": texts},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            body = await response.json()
+            assert response.status == 200, body
+            counted = sum(tokens.count_text(t) for t in texts)
+            assert body["usage"]["prompt_tokens"] == counted and body["usage"]["estimated"] is True
+            cost = Decimal(response.headers["x-faregate-cost-usd"])
+            assert cost == Decimal(counted) * Decimal("0.5") / 1_000_000
+    finally:
+        await upstream.close()
