@@ -15,9 +15,12 @@ measured is the gateway's own work per wire. A wire the gateway does not answer 
 reported as "skipped: 404". The issue's target: Messages and embeddings within 20% of the chat
 figures (added p50, and gateway throughput as a share of the direct one).
 
-Usage: python bench/wires.py [--duration 10] [--sequential 1000] [--connections 64]
+The measurements are split into rounds, each measuring every wire in turn, so that a neighbour's
+load on a shared machine falls on every wire alike.
+
+Usage: python bench/wires.py [--duration 10] [--sequential 1000] [--rounds 5] [--connections 64]
                              [--out bench/results/wires.json]
-(`--duration 1 --sequential 30` is the quick run the test suite makes.) Needs `wrk`. Only talks
+(`--duration 1 --sequential 30 --rounds 1` is the quick run the test suite makes.) Needs `wrk`. Only talks
 to 127.0.0.1.
 """
 
@@ -93,7 +96,8 @@ async def probe(url: str, wire: Wire, key: str) -> tuple[int, str]:
             return response.status, (await response.text())[:300]
 
 
-async def sequential(url: str, wire: Wire, key: str, n: int, warmup: int = 30) -> dict[str, float]:
+async def sequential(url: str, wire: Wire, key: str, n: int, warmup: int = 10) -> list[float]:
+    """The latencies (ms) of `n` requests one after another, after `warmup` unmeasured ones."""
     data, headers = orjson.dumps(wire.body), headers_for(wire, key)
     times: list[float] = []
     async with aiohttp.ClientSession() as session:
@@ -105,42 +109,77 @@ async def sequential(url: str, wire: Wire, key: str, n: int, warmup: int = 30) -
                     raise RuntimeError(f"{url}: HTTP {response.status}")
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
-    return {"p50_ms": statistics.median(times), "p99_ms": times[max(int(len(times) * 0.99) - 1, 0)]}
+    return times
 
 
 def throughput(
-    url: str, wire: Wire, key: str, args: argparse.Namespace, proc: psutil.Process | None
+    url: str, wire: Wire, key: str, args: argparse.Namespace, seconds: int, proc: psutil.Process | None
 ) -> dict[str, float]:
     cpu0 = proc.cpu_times() if proc else None
     extra = {k: v for k, v in headers_for(wire, key).items() if k not in ("Authorization", "Content-Type")}
-    out = wrk(url, key, wire.body, args.connections, args.duration, headers=extra)
+    out = wrk(url, key, wire.body, args.connections, seconds, headers=extra)
     if proc is not None and cpu0 is not None:
         cpu1 = proc.cpu_times()
-        used = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
-        out["cpu_ms_per_request"] = used * 1000 / max(out["requests"], 1)
+        out["cpu_s"] = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    return out
+
+
+def summary(latencies: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {"p50_ms": statistics.median(ordered), "p99_ms": ordered[max(int(len(ordered) * 0.99) - 1, 0)]}
+
+
+def totals(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """Several wrk runs as one: their requests over their time, and the gateway's CPU per request."""
+    requests = sum(r["requests"] for r in runs)
+    seconds = sum(r["requests"] / r["rps"] for r in runs if r["rps"])
+    out: dict[str, Any] = {
+        "rps": requests / seconds if seconds else 0.0,
+        "requests": requests,
+        "errors": sum(r["errors"] for r in runs),
+        "rps_by_round": [round(r["rps"]) for r in runs],
+    }
+    if all("cpu_s" in r for r in runs):
+        out["cpu_ms_per_request"] = sum(r["cpu_s"] for r in runs) * 1000 / max(requests, 1)
     return out
 
 
 def measure(
     sim_root: str, gw_root: str, key: str, args: argparse.Namespace, gateway: psutil.Process
 ) -> dict[str, Any]:
+    """Every wire, direct and through the gateway, in rounds: each round measures every wire in
+    turn, so a neighbour's load on this shared machine falls on all wires alike, not on one."""
     results: dict[str, Any] = {}
+    wires: list[Wire] = []
     for wire in WIRES:
         status, text = asyncio.run(probe(gw_root + wire.path, wire, key))
         if status != 200:
             print(f"[{wire.name}] skipped: {status}", flush=True)
             results[wire.name] = {"skipped": status, "detail": text}
-            continue
-        direct, through = sim_root + wire.path, gw_root + wire.path
-        row: dict[str, Any] = {}
-        print(f"[{wire.name}] concurrency 1 ...", flush=True)
-        row["direct_c1"] = asyncio.run(sequential(direct, wire, key, args.sequential))
-        row["gateway_c1"] = asyncio.run(sequential(through, wire, key, args.sequential))
-        print(f"[{wire.name}] throughput, {args.connections} connections, {args.duration} s ...", flush=True)
-        row["direct_rps"] = throughput(direct, wire, key, args, None)
-        row["gateway_rps"] = throughput(through, wire, key, args, gateway)
-        results[wire.name] = row
+        else:
+            wires.append(wire)
+    latencies: dict[tuple[str, str], list[float]] = {}
+    runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+    per_round = max(args.sequential // args.rounds, 1)
+    seconds = max(args.duration // args.rounds, 1)
+    for index in range(args.rounds):
+        print(f"round {index + 1}/{args.rounds}: {', '.join(w.name for w in wires)}", flush=True)
+        for wire in wires:
+            for target, root in (("direct", sim_root), ("gateway", gw_root)):
+                times = asyncio.run(sequential(root + wire.path, wire, key, per_round))
+                latencies.setdefault((wire.name, target), []).extend(times)
+        for wire in wires:
+            for target, root in (("direct", sim_root), ("gateway", gw_root)):
+                proc = gateway if target == "gateway" else None
+                run = throughput(root + wire.path, wire, key, args, seconds, proc)
+                runs.setdefault((wire.name, target), []).append(run)
+    for wire in wires:
+        results[wire.name] = {
+            "direct_c1": summary(latencies[wire.name, "direct"]),
+            "gateway_c1": summary(latencies[wire.name, "gateway"]),
+            "direct_rps": totals(runs[wire.name, "direct"]),
+            "gateway_rps": totals(runs[wire.name, "gateway"]),
+        }
     return results
 
 
@@ -152,8 +191,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--sequential", type=int, default=1000, help="requests per concurrency-1 run")
+    parser.add_argument(
+        "--duration", type=int, default=10, help="wrk seconds per wire and target, over all rounds"
+    )
+    parser.add_argument(
+        "--sequential", type=int, default=1000, help="concurrency-1 requests per wire and target"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="rounds the measurements are split into")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (fixed concurrency)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "wires.json"))
     args = parser.parse_args()

@@ -209,7 +209,9 @@ class Invariants:
         if report.transport_errors:
             found.append(f"{len(report.transport_errors)} requests got no HTTP answer")
         if self.records != self.chat_requests:
-            found.append(f"{self.records} request records for {self.chat_requests} chat and embeddings requests")
+            found.append(
+                f"{self.records} request records for {self.chat_requests} chat and embeddings requests"
+            )
         if self.held:
             found.append(f"reservations left held: {self.held[:5]}")
         if not self.audit_clean:

@@ -215,7 +215,7 @@ QUICK: dict[str, Quick] = {
         run="python bench/request_path.py --runs 1", where="checkout", expect="non-streaming:"
     ),
     "python bench/wires.py": Quick(
-        run="python bench/wires.py --duration 1 --sequential 30 --out {scratch}/wires.json",
+        run="python bench/wires.py --duration 1 --sequential 30 --rounds 1 --out {scratch}/wires.json",
         where="checkout",
         expect="/v1/embeddings |",
     ),

@@ -149,7 +149,7 @@ class EmbeddingsPipeline:
         plan = self.chat.planner.embedding_plan(
             job.model.name, premium=job.premium, key_id=job.key_id, serves=self.providers.embeds
         )
-        exchange.plan = plan
+        exchange.planned(plan)
         return plan
 
     async def reserve(self, exchange: Exchange, job: EmbeddingJob, plan: Plan) -> None:
