@@ -56,9 +56,9 @@ def gateway(stand_in: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> I
         yield process
 
 
-def new_key(gateway: GatewayProcess, credits: str = "10") -> tuple[str, str]:
+def new_key(gateway: GatewayProcess, credits: str = "10", **policy: Any) -> tuple[str, str]:
     with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", headers=ADMIN) as client:
-        response = client.post("/admin/keys", json={"name": "embed", "credits_usd": credits})
+        response = client.post("/admin/keys", json={"name": "embed", "credits_usd": credits, **policy})
     assert response.status_code == 201, response.text
     return response.json()["id"], response.json()["api_key"]
 
@@ -215,6 +215,37 @@ def test_short_credits_are_refused_with_402_before_any_call(
         assert (
             db.execute("SELECT balance_nano FROM accounts WHERE key_id = ?", (key_id,)).fetchone()[0] == 1000
         )
+
+
+def test_the_request_rate_limit_refuses_with_429_as_for_chat(gateway: GatewayProcess) -> None:
+    _, key = new_key(gateway, requests_per_minute=2)
+    statuses: list[int] = []
+    for i in range(6):
+        try:
+            _, headers = embed(gateway, key, model="text-embedding-3-small", input=f"rate limited {i}")
+            assert headers["x-ratelimit-limit-requests"] == "2"
+            statuses.append(200)
+        except openai.RateLimitError as refused:
+            assert refused.response.headers["Retry-After"]
+            statuses.append(429)
+    # Two a minute (a bucket refill may land during the loop).
+    assert 2 <= statuses.count(200) <= 3 and statuses[:2] == [200, 200], statuses
+
+
+def test_embeddings_are_in_the_metrics(gateway: GatewayProcess) -> None:
+    _, key = new_key(gateway)
+    embed(gateway, key, model="text-embedding-3-small", input="counted in the metrics")
+    metrics = httpx.get(f"http://127.0.0.1:{gateway.port}/metrics", headers=ADMIN, timeout=30).text
+    served = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("faregate_requests_total{") and 'model="text-embedding-3-small"' in line
+    ]
+    assert served and any('provider="openai"' in line and 'status="200"' in line for line in served), served
+    assert any(
+        line.startswith("faregate_cost_usd_total{") and 'model="text-embedding-3-small"' in line
+        for line in metrics.splitlines()
+    )
 
 
 def test_the_wrong_kind_of_model_is_a_clear_400(gateway: GatewayProcess) -> None:
