@@ -139,6 +139,23 @@ def test_every_input_form_is_embedded_and_costed_exactly(
     )
 
 
+def test_the_hold_is_settled_to_the_exact_cost(gateway: GatewayProcess) -> None:
+    key_id, key = new_key(gateway, credits="1")
+    answer, headers = embed(gateway, key, model="text-embedding-3-large", input=["settle me", "exactly"])
+    cost_nano = Decimal(headers["x-faregate-cost-usd"]) * 10**9
+    assert cost_nano == Decimal(answer.usage.prompt_tokens) * LARGE * 1000 and cost_nano == int(cost_nano)
+
+    def balance() -> int:
+        with sqlite3.connect(gateway.store_path / "faregate.db") as db:
+            return int(
+                db.execute("SELECT balance_nano FROM accounts WHERE key_id = ?", (key_id,)).fetchone()[0]
+            )
+
+    wait_until(lambda: balance() == 10**9 - int(cost_nano), "the settlement")
+    with sqlite3.connect(gateway.store_path / "faregate.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM holds WHERE key_id = ?", (key_id,)).fetchone()[0] == 0
+
+
 def test_base64_is_passed_through_as_sent(gateway: GatewayProcess) -> None:
     _, key = new_key(gateway)
     body = {
