@@ -25,7 +25,7 @@ import httpx
 import openai
 import pytest
 
-from harness import MASTER_KEY, GatewayProcess, SimProcess, cache_written, run_sim, wait_until
+from harness import MASTER_KEY, GatewayProcess, SimProcess, cache_written, health_counter, run_sim, wait_until
 from servers import launch_gateway
 
 pytestmark = pytest.mark.e2e
@@ -192,6 +192,19 @@ def test_the_second_time_is_a_free_cache_hit(gateway: GatewayProcess, stand_in: 
     )
     # Other dimensions are another answer: a miss.
     _, headers = embed(gateway, key, model="text-embedding-3-small", input=text, dimensions=32)
+    assert headers["x-faregate-cache"] == "miss"
+
+
+def test_a_batch_too_big_for_the_cache_is_not_kept(gateway: GatewayProcess) -> None:
+    _, key = new_key(gateway)
+    batch = [f"document number {i}" for i in range(20)]  # 20 vectors as base64: about 170 KB
+    before = health_counter(gateway, "cache_writes")
+    _, headers = embed(gateway, key, model="text-embedding-3-small", input=batch)
+    assert headers["x-faregate-cache"] == "miss"
+    with cache_written(gateway):
+        embed(gateway, key, model="text-embedding-3-small", input="a small one is kept")
+    assert health_counter(gateway, "cache_writes") == before + 1
+    _, headers = embed(gateway, key, model="text-embedding-3-small", input=batch)
     assert headers["x-faregate-cache"] == "miss"
 
 

@@ -43,6 +43,10 @@ from faregate.server.responses import JSON_TYPE, error_response
 from faregate.types import JSON, MILLION, Usage
 from faregate.wire import embeddings as wire
 
+# Bigger answers are not cached: an entry of the in-process cache is counted, not sized, and a
+# batch of vectors is megabytes. 128 KiB holds one 3,072-dimension vector as JSON floats, or
+# about fifteen 1,536-dimension ones as base64 (what the openai SDK asks for).
+MAX_CACHED_ANSWER_BYTES = 128 * 1024
 # Above this many characters of text input, tokens are counted in a thread (the event loop
 # keeps serving other requests meanwhile).
 _COUNT_INLINE_CHARS = 20_000
@@ -170,10 +174,16 @@ class EmbeddingsPipeline:
         cost = candidate.offer.price.cost(usage) + billed_cost(served.attempts)
         exchange.embedded(candidate, usage, cost)
         body = wire.response_body(completion.body, candidate.model.name, usage, cost)
+        data = orjson.dumps(body)
         cache = self.chat.cache
-        if cache is not None and exchange.cache is not None and not usage.estimated:
+        if (
+            cache is not None
+            and exchange.cache is not None
+            and not usage.estimated
+            and len(data) <= MAX_CACHED_ANSWER_BYTES
+        ):
             cache.remember_exact(exchange.cache, body, candidate.model.name, candidate.offer.provider, usage)
-        return _json(body, exchange)
+        return web.Response(body=data, content_type=JSON_TYPE, headers=exchange.headers)
 
     # -- helpers ------------------------------------------------------------------------------
 
