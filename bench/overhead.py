@@ -82,14 +82,24 @@ def body(stream: bool = False, ttft_ms: int = 0, tokens: int = 12, tokens_per_s:
     return payload
 
 
-def wrk(url: str, key: str, payload: dict[str, Any], connections: int, duration: int) -> dict[str, float]:
+def wrk(
+    url: str,
+    key: str,
+    payload: dict[str, Any],
+    connections: int,
+    duration: int,
+    headers: dict[str, str] | None = None,
+) -> dict[str, float]:
+    """`headers`: more request headers (another wire's own, e.g. anthropic-version)."""
     lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    extra = "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in (headers or {}).items())
     lua.write(
         'wrk.method = "POST"\n'
         f"wrk.body = {json.dumps(json.dumps(payload))}\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["Authorization"] = "Bearer {key}"\n'
-        "done = function(summary, latency, requests)\n"
+        + extra
+        + "done = function(summary, latency, requests)\n"
         '  io.write(string.format("RESULT %d %d %d %d %d\\n", summary.requests, summary.duration,'
         " latency:percentile(50), latency:percentile(99),"
         " summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.timeout))\n"

@@ -7,7 +7,7 @@ the generated requests get past the first lookup. Used by tests/test_fuzz_api_e2
 hundred requests in `make test`) and bench/fuzz_api.py (tens of thousands, by hand).
 
 What a run checks afterwards (`check_invariants`): no response was a 5xx; exactly one request
-record per chat request; no reservation left held; the ledger audit is clean; the gateway is
+record per chat or embeddings request; no reservation left held; the ledger audit is clean; the gateway is
 still healthy and answers a plain request.
 """
 
@@ -31,9 +31,14 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 CHAT = "POST /v1/chat/completions"
+EMBEDDINGS = "POST /v1/embeddings"
+# Operations that write one request record each (what `check_invariants` counts).
+RECORDED = (CHAT, EMBEDDINGS)
 MODELS = ("deepseek-v4-flash", "qwen3-8b", "gpt-4o-mini", "glm-4-plus", "deepseek-ai/DeepSeek-V4-Flash")
+EMBEDDING_MODELS = ("text-embedding-3-small", "text-embedding-3-large")
 # How many more examples the chat endpoint gets than any other operation.
 CHAT_WEIGHT = 8
+WEIGHTS = {CHAT: CHAT_WEIGHT, EMBEDDINGS: 3}
 # A simulator script that never answers blank: any 5xx is then the gateway's own doing.
 SIM_SCRIPT = "defaults:\n  answer: {fixed: 'fuzzed and fine'}\n"
 
@@ -49,6 +54,7 @@ class Target:
 @dataclass
 class FuzzReport:
     sent: int = 0
+    # Requests to the recorded operations (chat and embeddings): one record each.
     chat: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     by_operation: Counter[str] = field(default_factory=Counter)
@@ -59,7 +65,7 @@ class FuzzReport:
 
     def count(self, label: str, status: int, case: Any) -> None:
         self.sent += 1
-        self.chat += label == CHAT
+        self.chat += label in RECORDED
         self.statuses[status] += 1
         self.by_operation[label] += 1
         if label == CHAT:
@@ -89,6 +95,8 @@ def _steer(case: Any, label: str, target: Target, rng: random.Random) -> None:
         body["model"] = rng.choice(MODELS)
         if rng.random() < 0.7:
             body.pop("models", None)
+    if label == EMBEDDINGS and isinstance(body, dict) and rng.random() < 0.8:
+        body["model"] = rng.choice(EMBEDDING_MODELS)
     params = case.path_parameters or {}
     if "key_id" in params and rng.random() < 0.6:
         params["key_id"] = target.victim_id
@@ -106,7 +114,7 @@ def fuzz(
     """Send about `requests_wanted` generated requests (in rounds over every operation)."""
     schema = schemathesis.openapi.from_url(f"{target.root}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    weights = {op.label: CHAT_WEIGHT if op.label == CHAT else 1 for op in operations}
+    weights = {op.label: WEIGHTS.get(op.label, 1) for op in operations}
     per_round = sum(weights.values())
     report = FuzzReport()
     session = requests.Session()
@@ -201,7 +209,9 @@ class Invariants:
         if report.transport_errors:
             found.append(f"{len(report.transport_errors)} requests got no HTTP answer")
         if self.records != self.chat_requests:
-            found.append(f"{self.records} request records for {self.chat_requests} chat requests")
+            found.append(
+                f"{self.records} request records for {self.chat_requests} chat and embeddings requests"
+            )
         if self.held:
             found.append(f"reservations left held: {self.held[:5]}")
         if not self.audit_clean:

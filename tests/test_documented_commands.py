@@ -214,6 +214,11 @@ QUICK: dict[str, Quick] = {
     "python bench/request_path.py": Quick(
         run="python bench/request_path.py --runs 1", where="checkout", expect="non-streaming:"
     ),
+    "python bench/wires.py": Quick(
+        run="python bench/wires.py --duration 1 --sequential 30 --rounds 1 --out {scratch}/wires.json",
+        where="checkout",
+        expect="/v1/embeddings |",
+    ),
 }
 CURL = "curl "  # the README's curl examples: answered by the gateway of `make run`
 # A fault script for the simulator line (the README's `my-faults.yaml`).

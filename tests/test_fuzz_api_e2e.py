@@ -25,8 +25,8 @@ pytestmark = pytest.mark.e2e
 
 FUZZ_REQUESTS = int(os.environ.get("FUZZ_REQUESTS", "400"))
 # Routes that are not part of the API: the dashboard's HTML page and files, and the unversioned
-# alias of the chat route (same handler as /v1/chat/completions).
-NOT_API = ("/dashboard", "/dashboard/", "/dashboard/static/{name}", "/chat/completions")
+# aliases of the chat and embeddings routes (the same handlers as their /v1/ routes).
+NOT_API = ("/dashboard", "/dashboard/", "/dashboard/static/{name}", "/chat/completions", "/embeddings")
 
 
 @pytest.fixture(scope="module")

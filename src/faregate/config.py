@@ -103,6 +103,9 @@ class OfferSettings(_Strict):
 
 
 class ModelSettings(_Strict):
+    # "embedding": served by POST /v1/embeddings only, priced per 1M input tokens (output 0);
+    # chat routes never pick one, and the embeddings endpoint picks nothing else.
+    kind: Literal["chat", "embedding"] = "chat"
     input: Decimal | None = None
     output: Decimal | None = None
     # Prompt-cache reads, 5-minute and one-hour writes, USD per 1M tokens (types.Price says what
@@ -442,15 +445,22 @@ def _check_references(settings: Settings, origin: str) -> None:
                     f"{seen_names[alias]!r}"
                 )
             seen_names[alias] = name
+        embedding = model.kind == "embedding"
+        outputs = (model.output, *(o.output for o in model.offers))
+        if embedding and any(p is not None and p != 0 for p in outputs):
+            raise ConfigError(
+                f"{origin}: models.{name}: an embedding model is priced per input token; "
+                "leave output unset (it is 0)"
+            )
         for i, offer in enumerate(model.offers):
             if offer.provider not in settings.providers:
                 raise ConfigError(
                     f"{origin}: models.{name}.offers[{i}].provider: unknown provider {offer.provider!r}; "
                     f"expected one of {sorted(settings.providers)}"
                 )
-            if (offer.input is None or offer.output is None) and (
-                model.input is None or model.output is None
-            ):
+            # An embedding model's price is input only: a missing output price is 0.
+            offer_priced = offer.input is not None and (offer.output is not None or embedding)
+            if not offer_priced and (model.input is None or (model.output is None and not embedding)):
                 raise ConfigError(
                     f"{origin}: models.{name}.offers[{i}]: no price; "
                     "set input/output on the offer or the model"

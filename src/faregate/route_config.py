@@ -144,7 +144,9 @@ def chain_steps(steps: list[ChainStep]) -> list[ChainItem]:
 
 
 def check_routes(settings: Settings, origin: str, model_names: dict[str, str]) -> None:
-    """Every name in a route must be a model, an alias or another route; routes may not loop."""
+    """Every name in a route must be a model, an alias or another route; routes may not loop; no
+    route step is an embedding model."""
+    embedding_models = {name for name, model in settings.models.items() if model.kind == "embedding"}
     for name in settings.routes:
         if name in model_names:
             raise ConfigError(f"{origin}: routes.{name}: the name is already a model or alias")
@@ -173,6 +175,11 @@ def check_routes(settings: Settings, origin: str, model_names: dict[str, str]) -
             for item in chain_steps(steps):
                 if item.retries is not None and item.retries < 0:
                     raise ConfigError(f"{origin}: routes.{name}.{where}: retries must not be negative")
+                if model_names.get(item.model) in embedding_models:
+                    raise ConfigError(
+                        f"{origin}: routes.{name}.{where}: {item.model!r} is an embedding model; "
+                        "routes answer chat requests (embeddings name their model in POST /v1/embeddings)"
+                    )
     # Names that are neither routes nor models are checked against the whole catalog when it is
     # built (the broad catalog is not known here).
 

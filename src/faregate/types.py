@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 JSON = dict[str, Any]
 
@@ -62,6 +62,17 @@ class ChatRequest:
     premium: bool = False
     received_at: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)
+
+
+class RequestMeta(Protocol):
+    """What the stages that never read a request's body (the budget hold, the attempt loop's
+    deadline and breakers) need of any request, a chat or an embeddings one."""
+
+    request_id: str
+    key_id: str | None
+    premium: bool
+    # perf_counter() when the gateway received it: the request's deadline runs from here.
+    started: float
 
 
 @dataclass(slots=True, frozen=True)

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from faregate.accounts.keys import ApiKey
-from faregate.types import ChatRequest
+from faregate.types import RequestMeta
 
 
 @dataclass(slots=True)
@@ -29,7 +29,7 @@ class Hold:
 
 
 class Admission(Protocol):
-    async def admit(self, key: ApiKey, request: ChatRequest, worst_usd: Decimal, tokens: int) -> Hold:
+    async def admit(self, key: ApiKey, request: RequestMeta, worst_usd: Decimal, tokens: int) -> Hold:
         """Reserve or raise InsufficientCredits (402) / RateLimited (429)."""
         ...
 
@@ -41,7 +41,7 @@ class Admission(Protocol):
         """Give the whole hold back (nothing was spent)."""
         ...
 
-    async def count_hit(self, key: ApiKey, request: ChatRequest) -> dict[str, str]:
+    async def count_hit(self, key: ApiKey, request: RequestMeta) -> dict[str, str]:
         """A request answered from the cache: it costs nothing and reserves nothing, but it is still
         a request, so it counts against the key's requests-per-minute limit (429 past it).
         Returns the x-ratelimit-* headers."""
@@ -51,7 +51,7 @@ class Admission(Protocol):
 class OpenAdmission:
     """No credits, budgets or rate limits: every request is admitted and nothing is held."""
 
-    async def admit(self, key: ApiKey, request: ChatRequest, worst_usd: Decimal, tokens: int) -> Hold:
+    async def admit(self, key: ApiKey, request: RequestMeta, worst_usd: Decimal, tokens: int) -> Hold:
         return Hold(key.id, Decimal(0), 0)
 
     async def settle(self, hold: Hold, cost_usd: Decimal, tokens: int) -> None:
@@ -60,5 +60,5 @@ class OpenAdmission:
     async def release(self, hold: Hold) -> None:
         return None
 
-    async def count_hit(self, key: ApiKey, request: ChatRequest) -> dict[str, str]:
+    async def count_hit(self, key: ApiKey, request: RequestMeta) -> dict[str, str]:
         return {}

@@ -23,7 +23,7 @@ from faregate.accounts.ratelimit import RateRefusal, rate_headers
 from faregate.config import AccountsSettings
 from faregate.errors import AuthenticationFailed, FaregateError, InsufficientCredits, RateLimited
 from faregate.store.protocols import AccountTable, StoreUnavailable
-from faregate.types import ChatRequest
+from faregate.types import RequestMeta
 
 
 class AccountsUnavailable(FaregateError):
@@ -87,7 +87,7 @@ class MeteredAdmission:
         self.settings = settings
         self.hold_ttl_s = hold_ttl_s
 
-    async def admit(self, key: ApiKey, request: ChatRequest, worst_usd: Decimal, tokens: int) -> Hold:
+    async def admit(self, key: ApiKey, request: RequestMeta, worst_usd: Decimal, tokens: int) -> Hold:
         policy = await self.policies.get(key.id)
         limits = limits_for(policy, key.premium, self.settings)
         amount = hold_nano(worst_usd)
@@ -129,7 +129,7 @@ class MeteredAdmission:
             handle=HoldRef(ask.hold_id, request.request_id, ask.hour, tokens, limits),
         )
 
-    async def count_hit(self, key: ApiKey, request: ChatRequest) -> dict[str, str]:
+    async def count_hit(self, key: ApiKey, request: RequestMeta) -> dict[str, str]:
         limits = limits_for(await self.policies.get(key.id), key.premium, self.settings)
         if limits.requests_per_minute is None:
             return {}

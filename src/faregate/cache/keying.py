@@ -112,3 +112,11 @@ def is_deterministic(body: dict[str, Any]) -> bool:
     temperature = body.get("temperature")
     n = body.get("n")
     return temperature is not None and float(temperature) == 0.0 and n in (None, 1)
+
+
+def embeddings_key(material: dict[str, Any], resolved: str, scope: str) -> str:
+    """The exact key of an embeddings request: `material` is every field that changes its answer
+    (the inputs, dimensions, encoding_format), with the model and the scope. Tagged so that it can
+    never equal a chat request's key."""
+    payload = orjson.dumps(["embeddings", scope, resolved, material], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(payload).hexdigest()

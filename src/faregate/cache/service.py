@@ -19,7 +19,13 @@ from typing import Any
 
 import orjson
 
-from faregate.cache.keying import exact_key, is_deterministic, routing_material, unclassified_fields
+from faregate.cache.keying import (
+    embeddings_key,
+    exact_key,
+    is_deterministic,
+    routing_material,
+    unclassified_fields,
+)
 from faregate.cache.stores import CacheStore
 from faregate.config import CacheSettings
 from faregate.errors import InvalidRequest
@@ -61,8 +67,8 @@ class CachedAnswer:
     similarity: float = 1.0
 
 
-def _cache_hint(request: ChatRequest) -> dict[str, Any]:
-    hint = request.hints.get("cache")
+def _cache_hint(hints: JSON) -> dict[str, Any]:
+    hint = hints.get("cache")
     if hint is None:
         return {}
     if isinstance(hint, bool):
@@ -111,7 +117,7 @@ class ResponseCache:
         """`resolve` gives the route or canonical model name; only called for cacheable requests."""
         if not self.settings.enabled:
             return CacheDecision("bypass", reason="cache disabled")
-        hint = _cache_hint(request)
+        hint = _cache_hint(request.hints)
         forced = hint.get("enabled") is True
         if not forced and not is_deterministic(request.body):
             return CacheDecision("bypass", reason="not deterministic (temperature 0 and n 1 are cached)")
@@ -123,7 +129,7 @@ class ResponseCache:
             return CacheDecision("bypass", reason=f"unclassified fields {unknown}")
         resolved = resolve()
         routing = routing_material(parse_hints(request.hints), request.premium)
-        ttl = self._ttl(request, resolved, control, hint)
+        ttl = self._ttl(request.hints, resolved, control, hint)
         scope = SHARED_NAMESPACE if hint.get("namespace") == SHARED_NAMESPACE else f"key:{request.key_id}"
         return CacheDecision(
             "lookup",
@@ -136,7 +142,55 @@ class ResponseCache:
             routing=routing,
         )
 
-    def _ttl(self, request: ChatRequest, resolved: str, control: str, hint: dict[str, Any]) -> float:
+    def decide_embeddings(
+        self, material: JSON, hints: JSON, key_id: str | None, headers: Any, resolved: str
+    ) -> CacheDecision:
+        """An embeddings request: deterministic by nature, so looked up unless the client says
+        no-store (or `faregate.cache: false`); keyed by `material` (keying.embeddings_key), exact
+        only (the semantic cache holds questions, not inputs to embed)."""
+        if not self.settings.enabled:
+            return CacheDecision("bypass", reason="cache disabled")
+        hint = _cache_hint(hints)
+        control = str(headers.get("Cache-Control") or "").lower()
+        if "no-store" in control or hint.get("enabled") is False:
+            return CacheDecision("bypass", reason="no-store")
+        scope = SHARED_NAMESPACE if hint.get("namespace") == SHARED_NAMESPACE else f"key:{key_id}"
+        return CacheDecision(
+            "lookup",
+            read="no-cache" not in control,
+            write=True,
+            ttl_s=self._ttl(hints, resolved, control, hint),
+            key=embeddings_key(material, resolved, scope),
+            scope=scope,
+            resolved=resolved,
+        )
+
+    async def lookup_exact(self, decision: CacheDecision) -> CachedAnswer | None:
+        """The exact entry alone (embeddings: the semantic cache is for questions)."""
+        if decision.status != "lookup" or not decision.read:
+            return None
+        found = await self.store.get(decision.key)
+        return None if found is None else _answer("hit", found)
+
+    def remember_exact(
+        self, decision: CacheDecision, answer: JSON, model: str, provider: str, usage: Usage
+    ) -> None:
+        """Store an exact entry in the background (no semantic entry)."""
+        if decision.status != "lookup" or not decision.write:
+            return
+        task = asyncio.create_task(self._store_exact(decision, answer, model, provider, usage))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _store_exact(
+        self, decision: CacheDecision, answer: JSON, model: str, provider: str, usage: Usage
+    ) -> None:
+        try:
+            await self._write(decision, answer, model, provider, usage)
+        except Exception:
+            log.exception("could not store a cache entry")
+
+    def _ttl(self, hints: JSON, resolved: str, control: str, hint: dict[str, Any]) -> float:
         if hint.get("ttl_s"):
             return float(hint["ttl_s"])
         match = _MAX_AGE.search(control)
@@ -144,7 +198,7 @@ class ResponseCache:
             return float(match.group(1))
         if resolved in self.settings.route_ttl_s:
             return self.settings.route_ttl_s[resolved]
-        tier = request.hints.get("tier")
+        tier = hints.get("tier")
         if isinstance(tier, str) and tier in self.settings.tier_ttl_s:
             return self.settings.tier_ttl_s[tier]
         return self.settings.ttl_s
@@ -218,17 +272,7 @@ class ResponseCache:
         usage: Usage,
     ) -> None:
         try:
-            value = orjson.dumps(
-                {
-                    "body": answer,
-                    "model": model,
-                    "provider": provider,
-                    "usage": [usage.prompt_tokens, usage.completion_tokens],
-                    "stored_at": time.time(),
-                }
-            )
-            await self.store.set(decision.key, value, decision.ttl_s)
-            self.writes += 1
+            await self._write(decision, answer, model, provider, usage)
             if self.semantic is not None:
                 query = self._semantic_query(decision, request)
                 if query is not None:
@@ -243,6 +287,21 @@ class ResponseCache:
                         )
         except Exception:
             log.exception("could not store a cache entry")
+
+    async def _write(
+        self, decision: CacheDecision, answer: JSON, model: str, provider: str, usage: Usage
+    ) -> None:
+        value = orjson.dumps(
+            {
+                "body": answer,
+                "model": model,
+                "provider": provider,
+                "usage": [usage.prompt_tokens, usage.completion_tokens],
+                "stored_at": time.time(),
+            }
+        )
+        await self.store.set(decision.key, value, decision.ttl_s)
+        self.writes += 1
 
     async def close(self) -> None:
         if self._tasks:

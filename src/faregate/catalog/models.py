@@ -49,6 +49,12 @@ class Model:
     tags: tuple[str, ...] = ()
     offers: list[Offer] = field(default_factory=list)
     curated: bool = True
+    # "chat", or "embedding": served by POST /v1/embeddings only (config.ModelSettings.kind).
+    kind: str = "chat"
+
+    @property
+    def embeds(self) -> bool:
+        return self.kind == "embedding"
 
     @property
     def available(self) -> bool:
@@ -122,12 +128,15 @@ class Catalog:
         return list(self.models.values())
 
 
-def _price_of(model_settings: ModelSettings | OfferSettings, name: str) -> Price | None:
-    if model_settings.input is None or model_settings.output is None:
+def _price_of(model_settings: ModelSettings | OfferSettings, embedding: bool) -> Price | None:
+    output = model_settings.output
+    if output is None and embedding:
+        output = Decimal(0)  # an embedding model is priced per input token only
+    if model_settings.input is None or output is None:
         return None
     return Price(
         Decimal(model_settings.input),
-        Decimal(model_settings.output),
+        Decimal(output),
         model_settings.cache_read,
         model_settings.cache_write,
         model_settings.cache_write_1h,
@@ -141,12 +150,13 @@ def build_catalog(settings: Settings) -> Catalog:
     everywhere = [n for n, p in settings.providers.items() if p.serves_every_model and enabled[n]]
     models: list[Model] = []
     for name, ms in settings.models.items():
-        list_price = _price_of(ms, name)
+        embedding = ms.kind == "embedding"
+        list_price = _price_of(ms, embedding)
         offers: list[Offer] = []
         for offer in ms.offers:
             price = list_price
-            if offer.input is not None and offer.output is not None:
-                price = _price_of(offer, name)
+            if offer.input is not None and (offer.output is not None or embedding):
+                price = _price_of(offer, embedding)
             if price is None:
                 raise ConfigError(f"models.{name}: offer from {offer.provider} has no price")
             offers.append(
@@ -176,6 +186,7 @@ def build_catalog(settings: Settings) -> Catalog:
                 aliases=tuple(ms.aliases),
                 tags=tuple(ms.tags),
                 offers=offers,
+                kind=ms.kind,
             )
         )
     catalog = Catalog(models)

@@ -147,7 +147,8 @@ def register(app: typer.Typer) -> None:
         elif shares:
             names = list(shares)
         else:
-            names = [m.name for m in catalog.curated.all() if m.curated]
+            # Chat models only: an embedding model is no alternative for a chat workload.
+            names = [m.name for m in catalog.curated.all() if m.curated and not m.embeds]
         models = list({m.name: m for m in (_lookup(catalog, n) for n in names)}.values())
         base_line = project(base.name, base.list_price, workload)
         others = [(m.name, project(m.name, m.list_price, workload)) for m in models if m is not base]

@@ -31,6 +31,7 @@ class AnthropicProvider(OpenAICompatibleProvider):
 
     __slots__ = ()
     path = "/messages"
+    embeddings_path = None  # the Messages wire has no embeddings
 
     def _auth_headers(self, key: str | None) -> dict[str, str]:
         headers = {"anthropic-version": ANTHROPIC_VERSION}

@@ -53,3 +53,15 @@ class Provider(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class EmbeddingProvider(Provider, Protocol):
+    """A provider whose wire has embeddings (`embeds` is True): the registry's `embeds(name)`
+    tells which do, so a provider without them is never planned for an embeddings request."""
+
+    @property
+    def embeds(self) -> bool: ...
+
+    async def embed(self, call: UpstreamCall) -> Completion:
+        """POST an embeddings request; raises like `complete`."""
+        ...

@@ -36,6 +36,7 @@ from faregate.providers.http_framing import (
 from faregate.providers.response import Response
 from faregate.providers.sse import SSEDecoder, SSEProtocolError
 from faregate.types import JSON, Completion
+from faregate.wire.embeddings import usage_of as embedding_usage
 from faregate.wire.openai import error_code_param, error_message, stream_error, usage_of
 
 # After [DONE] the body normally ends within microseconds; reading to its end lets the
@@ -47,9 +48,12 @@ _MAX_MESSAGE_CHARS = 300
 class OpenAICompatibleProvider:
     """One OpenAI-compatible upstream. The pool is shared and owned by the registry."""
 
-    __slots__ = ("_endpoint", "_head", "_headers", "_key_hint", "_pool", "name")
+    __slots__ = ("_embeddings", "_endpoint", "_head", "_headers", "_key_hint", "_pool", "name")
     # Where requests go, under the base URL; another wire on the same machinery posts elsewhere.
     path = "/chat/completions"
+    # Where embeddings requests go; None for a wire that has none (the registry then never plans
+    # an embeddings call on it).
+    embeddings_path: str | None = "/embeddings"
 
     def __init__(self, name: str, settings: ProviderSettings, pool: ConnectionPool) -> None:
         self.name = name
@@ -65,6 +69,13 @@ class OpenAICompatibleProvider:
         self._headers = _merged(headers, settings.headers)
         # The head is the same for every call but for Content-Length: format it once.
         self._head = request_head(self._endpoint, self._headers)
+        self._embeddings: tuple[Endpoint, bytes] | None = None
+        if self.embeddings_path is not None:
+            endpoint = Endpoint(
+                settings.base_url.rstrip("/") + self.embeddings_path,
+                connect_timeout_s=settings.connect_timeout_s,
+            )
+            self._embeddings = (endpoint, request_head(endpoint, self._headers))
         if settings.api_key_env is None:
             self._key_hint = "no api_key_env is configured"
         elif key:
@@ -76,10 +87,29 @@ class OpenAICompatibleProvider:
         """The headers that carry the key (none without one)."""
         return {"Authorization": f"Bearer {key}"} if key else {}
 
+    @property
+    def embeds(self) -> bool:
+        """Does this provider's wire have an embeddings endpoint?"""
+        return self._embeddings is not None
+
     async def complete(self, call: UpstreamCall) -> Completion:
         """Send a non-streaming request and return the parsed answer (empty answers included:
         the attempt loop judges those)."""
-        resp = await self._open(call)
+        body, status = await self._whole(call, self._endpoint, self._head)
+        return Completion(body, usage_of(body), status)
+
+    async def embed(self, call: UpstreamCall) -> Completion:
+        """POST an embeddings request to {base_url}/embeddings: the same pool, deadlines and
+        failure mapping as `complete`; the usage is the embeddings wire's (input tokens only).
+        Whether the answer holds every vector is the caller's to judge."""
+        if self._embeddings is None:
+            raise UpstreamRejected(400, f"{self.name} has no embeddings endpoint")
+        body, status = await self._whole(call, *self._embeddings)
+        return Completion(body, embedding_usage(body), status)
+
+    async def _whole(self, call: UpstreamCall, endpoint: Endpoint, head: bytes) -> tuple[JSON, int]:
+        """A whole JSON answer and its status, or the UpstreamFailure/UpstreamRejected it is."""
+        resp = await self._open(call, endpoint, head)
         try:
             if not 200 <= resp.status < 300:
                 raise await self._failure(resp)
@@ -95,8 +125,7 @@ class OpenAICompatibleProvider:
                 raise _transport_failure(exc, "(reading the response body)", resp.status) from exc
         finally:
             resp.release()
-        body = _json_object(raw, "response body", resp.status)
-        return Completion(body, usage_of(body), resp.status)
+        return _json_object(raw, "response body", resp.status), resp.status
 
     async def stream(self, call: UpstreamCall) -> AsyncGenerator[JSON, None]:
         """Send a streaming request and yield each SSE `data` payload parsed as a JSON object.
@@ -108,7 +137,7 @@ class OpenAICompatibleProvider:
         the last chunk's `finish_reason`, whether the answer was complete. The connection is
         released however iteration ends, including `aclose()` by a consumer that stops early.
         """
-        resp = await self._open(call)
+        resp = await self._open(call, self._endpoint, self._head)
         try:
             if not 200 <= resp.status < 300:
                 raise await self._failure(resp)
@@ -158,20 +187,19 @@ class OpenAICompatibleProvider:
     async def close(self) -> None:
         """Nothing to do: the shared pool belongs to the registry."""
 
-    async def _open(self, call: UpstreamCall) -> Response:
+    async def _open(self, call: UpstreamCall, endpoint: Endpoint, head: bytes) -> Response:
         """POST the call and wait for the response head, within the first-byte deadline (which
         covers waiting for a connection and connecting). The whole-call deadline is enforced by
         the transport while the body is read, so it is safe across the yields of a stream."""
         if call.total_timeout_s <= 0:
             raise UpstreamFailure("timeout", "no time left for this attempt")
-        head = self._head
         if call.headers:  # per-call headers (none in production today) cost a head of their own
-            head = request_head(self._endpoint, _merged(self._headers, call.headers))
+            head = request_head(endpoint, _merged(self._headers, call.headers))
         payload = request_bytes(head, orjson.dumps(call.body))
         head_s = min(call.first_byte_timeout_s, call.total_timeout_s)
         try:
             return await self._pool.request(
-                self._endpoint, payload, head_timeout_s=head_s, total_timeout_s=call.total_timeout_s
+                endpoint, payload, head_timeout_s=head_s, total_timeout_s=call.total_timeout_s
             )
         except ConnectTimeout as exc:
             raise UpstreamFailure("timeout", str(exc)) from exc

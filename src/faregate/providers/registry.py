@@ -97,6 +97,11 @@ class ProviderRegistry:
     def get(self, name: str) -> Provider:
         return self.entry(name).provider
 
+    def embeds(self, name: str) -> bool:
+        """Is `name` enabled, with a wire that has embeddings (OpenAI's has, Messages has not)?"""
+        entry = self._entries.get(name)
+        return entry is not None and getattr(entry.provider, "embeds", False) is True
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 

@@ -17,17 +17,17 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from faregate.config import RoutingSettings
 from faregate.errors import UpstreamFailed, UpstreamFailure, UpstreamRejected
-from faregate.providers.base import Provider, UpstreamCall, aclose_quietly
+from faregate.providers.base import EmbeddingProvider, Provider, UpstreamCall, aclose_quietly
 from faregate.providers.registry import ProviderEntry, ProviderRegistry
 from faregate.routing.health import HealthBoard
 from faregate.routing.opened_stream import NOT_HEALTH_SIGNALS, OpenedStream
 from faregate.routing.plan import Candidate, Plan
 from faregate.routing.queue import UpstreamLimiter
-from faregate.types import JSON, Attempt, ChatRequest, Completion, Usage
+from faregate.types import GATEWAY_FIELDS, JSON, Attempt, ChatRequest, Completion, RequestMeta, Usage
 from faregate.wire.openai import (
     TOOL_FINISHES,
     answer_is_empty,
@@ -81,7 +81,7 @@ class AttemptRunner:
             total_timeout_s=min(entry.total_timeout_s, time_left),
         )
 
-    def _time_left(self, request: ChatRequest) -> float:
+    def _time_left(self, request: RequestMeta) -> float:
         return self.request_timeout_s - (time.perf_counter() - request.started)
 
     def _pause_before_retry(self, failure: UpstreamFailure, tries: int, time_left: float) -> float | None:
@@ -120,7 +120,55 @@ class AttemptRunner:
             )
             return completion
 
-        completion, candidate, attempts, _ = await self._first_success(request, plan, once)
+        completion, candidate, attempts, _ = await self._first_success(
+            request, plan, once, lambda c, e, t: self.build_call(request, c, e, t)
+        )
+        return Served(completion, candidate, attempts)
+
+    async def embed(self, request: RequestMeta, body: JSON, inputs: int, plan: Plan) -> Served:
+        """An embeddings call, with the retries, fallbacks and breakers of `complete`: the body is
+        sent as the client wrote it (the offer's upstream model name put in, the gateway's own
+        fields taken out), and an answer without one vector per input (`inputs`) is a failed
+        call to fall back from, billed if the provider reported usage."""
+
+        async def once(
+            candidate: Candidate, provider: Provider, call: UpstreamCall, time_left: float
+        ) -> Completion:
+            t0 = time.perf_counter()
+            embedder = cast(EmbeddingProvider, provider)
+            if candidate.offer.provider in self.limiter.gates:
+                async with (
+                    asyncio.timeout(time_left),
+                    self.limiter.slot(candidate.offer.provider, request.premium, time_left),
+                ):
+                    completion = await embedder.embed(call)
+            else:
+                completion = await embedder.embed(call)
+            data = completion.body.get("data")
+            got = len(data) if isinstance(data, list) else 0
+            if got != inputs:
+                failure = UpstreamFailure(
+                    "empty", f"200 with {got} embeddings for {inputs} inputs", status=200
+                )
+                failure.usage = completion.usage
+                raise failure
+            self.health.success(
+                candidate.offer.key, (time.perf_counter() - t0) * 1000, api_key=request.key_id
+            )
+            return completion
+
+        def build(candidate: Candidate, entry: ProviderEntry, time_left: float) -> UpstreamCall:
+            sent = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
+            sent["model"] = candidate.offer.upstream_model
+            return UpstreamCall(
+                offer=candidate.offer,
+                body=sent,
+                stream=False,
+                first_byte_timeout_s=min(entry.first_byte_timeout_s, time_left),
+                total_timeout_s=min(entry.total_timeout_s, time_left),
+            )
+
+        completion, candidate, attempts, _ = await self._first_success(request, plan, once, build)
         return Served(completion, candidate, attempts)
 
     async def open_stream(self, request: ChatRequest, plan: Plan) -> OpenedStream:
@@ -156,16 +204,20 @@ class AttemptRunner:
                 await aclose_quietly(iterator)
                 raise
 
-        (buffered, iterator), candidate, attempts, t0 = await self._first_success(request, plan, once)
+        (buffered, iterator), candidate, attempts, t0 = await self._first_success(
+            request, plan, once, lambda c, e, t: self.build_call(request, c, e, t)
+        )
         return OpenedStream(candidate, buffered, iterator, attempts, t0, self.health, request.key_id)
 
     async def _first_success(
         self,
-        request: ChatRequest,
+        request: RequestMeta,
         plan: Plan,
         once: Callable[[Candidate, Provider, UpstreamCall, float], Awaitable[T]],
+        build: Callable[[Candidate, ProviderEntry, float], UpstreamCall],
     ) -> tuple[T, Candidate, list[Attempt], float]:
-        """Call `once` for each candidate in plan order, with its retries, until one succeeds.
+        """Call `once` for each candidate in plan order, with its retries, until one succeeds
+        (`build` makes each call, given the candidate, its provider and the time left).
         Returns its result, the candidate, every attempt made, and when the served one started."""
         attempts: list[Attempt] = []
         timed_out = False
@@ -181,7 +233,7 @@ class AttemptRunner:
                     break
                 if not self.health.allow(key, request.key_id, time.monotonic()):
                     break
-                call = self.build_call(request, candidate, entry, time_left)
+                call = build(candidate, entry, time_left)
                 t0 = time.perf_counter()
                 try:
                     result = await once(candidate, entry.provider, call, time_left)

@@ -10,6 +10,7 @@ are never tried; if none can, the client is told why, model by model.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -101,6 +102,49 @@ class Planner:
             raise ModelNotFound(f"The model '{name}' does not exist.{hint}", param="model")
         return model
 
+    def chat_model(self, name: str) -> Model:
+        """The model a chat request names; an embedding model is refused (400), not planned."""
+        model = self.resolve(name)
+        if model.embeds:
+            raise InvalidRequest(
+                f"The model '{model.name}' is an embedding model: it answers POST /v1/embeddings, "
+                "not chat requests.",
+                param="model",
+                code="model_not_supported",
+            )
+        return model
+
+    def embedding_model(self, name: str) -> Model:
+        """The model an embeddings request names; a chat model is refused (400)."""
+        model = self.resolve(name)
+        if not model.embeds:
+            embedding = ", ".join(m.name for m in self.catalog.all() if m.embeds and m.offers)
+            raise InvalidRequest(
+                f"The model '{model.name}' is not an embedding model; POST /v1/embeddings takes one of: "
+                f"{embedding or 'none is configured'}.",
+                param="model",
+                code="model_not_supported",
+            )
+        return model
+
+    def embedding_plan(
+        self, name: str, *, premium: bool, key_id: str | None, serves: Callable[[str], bool]
+    ) -> Plan:
+        """The offers of the embedding model `name`, cheapest healthy first, from the providers
+        `serves` says can embed (a wire without embeddings is left out); a chat model is refused
+        (400). No routes, policies or prompt checks: an embedding request names its model."""
+        model = self.embedding_model(name)
+        rejected = _Rejections()
+        offers = [
+            o for o in self._order_offers(model, rejected, False, None, premium, key_id) if serves(o.provider)
+        ]
+        if not offers:
+            parts = [f"no enabled provider (API key not set) for {u}" for u in rejected.unavailable]
+            parts += [f"circuit breaker open for {b}" for b in rejected.breaker]
+            reason = "; ".join(parts) or f"no enabled provider of {model.name} serves embeddings"
+            raise ModelUnavailable(f"No candidate can serve this request: {reason}.")
+        return Plan(route=name, candidates=[Candidate(model, o, self.routing.retries) for o in offers])
+
     @staticmethod
     def requested_route(request: ChatRequest) -> str:
         """The route as the request names it (an alias stays an alias): what records and the
@@ -148,7 +192,7 @@ class Planner:
                 route_settings = route_settings or self.routes.get(name)
                 steps.extend(await self.routes.expand(name, request, prompt, hints, trace=trace))
             else:
-                self.resolve(name)
+                self.chat_model(name)
                 steps.append(Step(name, None))
         rejected = _Rejections()
         candidates = await self._candidates(steps, request, prompt, hints, route_settings, rejected, set())
@@ -208,7 +252,7 @@ class Planner:
     ) -> list[Step]:
         if item.model in self.routes:
             return await self.routes.expand(item.model, request, prompt, hints, item.retries, trace)
-        self.resolve(item.model)
+        self.chat_model(item.model)
         return [Step(item.model, item.retries)]
 
     async def _candidates(
@@ -230,7 +274,7 @@ class Planner:
         candidates: list[Candidate] = []
         for step in steps:
             model = self.resolve(step.model)
-            if model.name in seen:
+            if model.name in seen or model.embeds:  # a route's policy never answers chat with one
                 continue
             seen.add(model.name)
             retries = step.retries if step.retries is not None else self.routing.retries

@@ -29,6 +29,7 @@ from faregate.routing.queue import UpstreamLimiter
 from faregate.server.admin import health_detail, is_master
 from faregate.server.admin_api import add_account_routes
 from faregate.server.dashboard_api import add_dashboard_api
+from faregate.server.embeddings import EmbeddingsPipeline
 from faregate.server.feedback import add_feedback_route
 from faregate.server.metrics_route import add_metrics_route
 from faregate.server.openapi import openapi_body
@@ -96,6 +97,8 @@ def model_entry(model: Model) -> dict[str, Any]:
         "max_output_tokens": model.max_output_tokens,
         "modalities": sorted(model.modalities),
         "tags": list(model.tags),
+        # "chat", or "embedding" (served by POST /v1/embeddings only).
+        "kind": model.kind,
         "pricing": {
             "currency": "USD",
             "unit": "1M tokens",
@@ -279,11 +282,14 @@ def create_app(gateway: Gateway) -> web.Application:
         await gateway.close()
 
     chat = gateway.pipeline.handle
+    embeddings = EmbeddingsPipeline(gateway.pipeline, gateway.providers).handle
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/embeddings", embeddings)
     # Served without the router by server.runner.GatewayRunner (same handler, same behaviour).
-    fast_routes: FastRoutes = {("POST", "/v1/chat/completions"): chat}
+    fast_routes: FastRoutes = {("POST", "/v1/chat/completions"): chat, ("POST", "/v1/embeddings"): embeddings}
     app[FAST_ROUTES] = fast_routes
     app.router.add_post("/chat/completions", chat)
+    app.router.add_post("/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{name:.+}", model)
     app.router.add_get("/health", health)

@@ -163,6 +163,12 @@ class Exchange:
         record.empty_response = usage.completion_tokens == 0
         self.headers["x-faregate-cost-usd"] = money(cost)
 
+    def embedded(self, candidate: Candidate, usage: Usage, cost: Decimal) -> None:
+        """An embeddings answer's cost, as `settled`; it has no output by nature, so it is never
+        an empty response."""
+        self.settled(candidate, usage, cost)
+        self.record.empty_response = False
+
     def from_cache(self, cached: CachedAnswer) -> None:
         """A hit costs nothing; the record keeps the usage so the whole baseline counts as saved."""
         record = self.record

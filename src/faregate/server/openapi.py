@@ -82,6 +82,19 @@ def _schemas(limits: LimitsSettings) -> dict[str, Any]:
             },
         },
     }
+    cache_hint = {
+        "oneOf": [
+            {"type": "boolean"},
+            {
+                "type": "object",
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "ttl_s": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+                    "namespace": {"enum": ["key", "shared"]},
+                },
+            },
+        ]
+    }
     hints = {
         "type": "object",
         "description": "Routing and cache hints read by the gateway (also as x-faregate-* headers).",
@@ -89,19 +102,7 @@ def _schemas(limits: LimitsSettings) -> dict[str, Any]:
             "tier": {"enum": list(TIERS)},
             "task": {"enum": list(TASKS)},
             "max_cost_usd": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
-            "cache": {
-                "oneOf": [
-                    {"type": "boolean"},
-                    {
-                        "type": "object",
-                        "properties": {
-                            "enabled": {"type": "boolean"},
-                            "ttl_s": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
-                            "namespace": {"enum": ["key", "shared"]},
-                        },
-                    },
-                ]
-            },
+            "cache": cache_hint,
         },
     }
     name = {"type": "string", "minLength": 1, "maxLength": limits.max_model_name_chars}
@@ -126,6 +127,31 @@ def _schemas(limits: LimitsSettings) -> dict[str, Any]:
             "response_format": {"type": "object", "properties": {"type": {"type": "string"}}},
             "user": {"type": "string"},
             "faregate": hints,
+        },
+    }
+    tokens = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+    embeddings = {
+        "type": "object",
+        "required": ["model", "input"],
+        "properties": {
+            "model": name,
+            "input": {
+                "oneOf": [
+                    {"type": "string", "minLength": 1},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 2048,
+                        "items": {"type": "string", "minLength": 1},
+                    },
+                    tokens,
+                    {"type": "array", "minItems": 1, "maxItems": 2048, "items": tokens},
+                ]
+            },
+            "encoding_format": {"enum": ["float", "base64"]},
+            "dimensions": {"type": "integer", "minimum": 1},
+            "user": {"type": "string"},
+            "faregate": {"type": "object", "properties": {"cache": cache_hint}},
         },
     }
     budget = {
@@ -162,6 +188,7 @@ def _schemas(limits: LimitsSettings) -> dict[str, Any]:
             },
         },
         "ChatRequest": chat,
+        "EmbeddingsRequest": embeddings,
         "Feedback": {
             "type": "object",
             "required": ["request_id", "score"],
@@ -249,6 +276,15 @@ def openapi_document(limits: LimitsSettings | None = None) -> dict[str, Any]:
                 "summary": "A chat completion, OpenAI's wire format, routed, cached and metered.",
                 "security": key,
                 "requestBody": _json_body(_ref("ChatRequest")),
+                "responses": _answers(400, 401, 402, 404, 413, 429, 502, 503, 504),
+            }
+        },
+        "/v1/embeddings": {
+            "post": {
+                "summary": "Embeddings, OpenAI's wire format: priced, cached, metered, with fallback "
+                "between the providers of the model.",
+                "security": key,
+                "requestBody": _json_body(_ref("EmbeddingsRequest")),
                 "responses": _answers(400, 401, 402, 404, 413, 429, 502, 503, 504),
             }
         },

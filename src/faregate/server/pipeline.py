@@ -126,7 +126,7 @@ class ChatPipeline:
         return key
 
     async def read_request(self, exchange: Exchange) -> None:
-        body = await self._read_body(exchange.http)
+        body = await self.read_body(exchange.http)
         exchange.asked_for(body.get("model"))
         request = parse_chat_request(body, exchange.http.headers, exchange.record.request_id, self.limits)
         exchange.read(request)
@@ -175,8 +175,10 @@ class ChatPipeline:
             return await self.runner.open_stream(request, plan)
         return await self.runner.complete(request, plan)
 
-    async def settle_and_record(self, exchange: Exchange) -> None:
-        exchange.finished(self.baseline)
+    async def settle_and_record(self, exchange: Exchange, baseline: Price | None = None) -> None:
+        """`baseline`: the price savings are measured against, when not the chat baseline model's
+        (an embeddings request's is its own model's list price)."""
+        exchange.finished(baseline or self.baseline)
         if exchange.hold is not None:
             await self._close_hold(exchange)
         record = exchange.record
@@ -203,7 +205,8 @@ class ChatPipeline:
         exchange.failed(error, note=f"internal error: {type(exc).__name__}")
         return error_response(error, exchange.headers)
 
-    async def _read_body(self, http_request: web.Request) -> JSON:
+    async def read_body(self, http_request: web.Request) -> JSON:
+        """The body as a JSON object, within the size and depth limits (every wire's first check)."""
         length = http_request.content_length
         if length is not None and length > self.max_body_bytes:
             raise PayloadTooLarge(

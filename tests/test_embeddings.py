@@ -1,0 +1,336 @@
+"""Embeddings in process: embedding models in the catalog and config, the planner keeping chat and
+embeddings apart, the OpenAI-wire provider's `embed` against a live HTTP server (the transport
+seam), the attempt loop's `embed` with scripted providers, and the exact-cache key."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from faregate.cache.keying import embeddings_key
+from faregate.cache.service import ResponseCache
+from faregate.cache.stores import MemoryStore
+from faregate.catalog import build_catalog
+from faregate.catalog.models import Offer
+from faregate.config import CacheSettings, ProviderSettings, load_settings, parse_settings
+from faregate.errors import ConfigError, InvalidRequest, UpstreamFailed, UpstreamFailure
+from faregate.providers.anthropic import AnthropicProvider
+from faregate.providers.base import UpstreamCall
+from faregate.providers.http import ConnectionPool
+from faregate.providers.openai_compat import OpenAICompatibleProvider
+from faregate.providers.registry import ProviderRegistry, make_upstream_pool
+from faregate.routing.attempts import AttemptRunner
+from faregate.routing.health import HealthBoard
+from faregate.routing.plan import ModelUnavailable, Planner
+from faregate.server.parse import parse_chat_request
+from faregate.types import Completion, Price, Usage
+
+EMBEDDING = {"kind": "embedding", "input": "0.02", "offers": [{"provider": "a"}, {"provider": "b"}]}
+CHAT = {"input": "1", "output": "2", "offers": [{"provider": "a"}]}
+
+
+def settings(**extra: Any) -> Any:
+    return parse_settings(
+        {
+            "providers": {
+                "a": {"base_url": "http://127.0.0.1:1/v1"},
+                "b": {"base_url": "http://127.0.0.1:2/v1"},
+                "claude": {"base_url": "http://127.0.0.1:3/v1", "protocol": "anthropic"},
+            },
+            "models": {"embed-s": {**EMBEDDING, "aliases": ["es"]}, "chatty": CHAT},
+            "catalog": {"broad": False},
+            **extra,
+        }
+    )
+
+
+# -- catalog and config -------------------------------------------------------------------------
+
+
+def test_the_built_in_embedding_models_are_priced_per_input_token() -> None:
+    catalog = build_catalog(load_settings(overrides={"catalog": {"broad": False}}))
+    small, large = catalog.get("text-embedding-3-small"), catalog.get("text-embedding-3-large")
+    assert small is not None and large is not None and small.embeds and large.embeds
+    assert small.list_price == Price(Decimal("0.02"), Decimal(0))
+    assert large.list_price == Price(Decimal("0.13"), Decimal(0))
+    assert [(o.provider, o.upstream_model) for o in small.offers] == [
+        ("openai", "text-embedding-3-small"),
+        ("openrouter", "openai/text-embedding-3-small"),
+    ]
+    chat = catalog.get("gpt-4o-mini")
+    assert chat is not None and not chat.embeds and chat.kind == "chat"
+
+
+def test_an_embedding_model_needs_no_output_price_and_may_not_have_one() -> None:
+    model = build_catalog(settings()).get("embed-s")
+    assert model is not None and model.list_price == Price(Decimal("0.02"), Decimal(0))
+    with pytest.raises(ConfigError, match="priced per input token"):
+        settings(models={"embed-s": {**EMBEDDING, "output": "0.5"}})
+
+
+def test_a_route_may_not_name_an_embedding_model() -> None:
+    with pytest.raises(ConfigError, match="'es' is an embedding model"):
+        settings(routes={"cheap": {"chain": ["chatty", "es"]}})
+
+
+# -- the planner keeps chat and embeddings apart -------------------------------------------------
+
+
+def planner_for(**extra: Any) -> Planner:
+    s = settings(**extra)
+    return Planner(build_catalog(s), s.routes, s.routing, HealthBoard(s.routing.breaker))
+
+
+async def test_a_chat_request_naming_an_embedding_model_is_a_400() -> None:
+    planner = planner_for()
+    for body in ({"model": "es"}, {"model": "chatty", "models": ["chatty", "embed-s"]}):
+        request = parse_chat_request({**body, "messages": [{"role": "user", "content": "hi"}]}, {}, "r")
+        with pytest.raises(InvalidRequest, match="is an embedding model") as refused:
+            await planner.plan(request)
+        assert refused.value.status == 400 and refused.value.param == "model"
+
+
+def test_an_embeddings_plan_refuses_a_chat_model_and_skips_providers_without_embeddings() -> None:
+    planner = planner_for()
+    with pytest.raises(InvalidRequest, match=r"not an embedding model; .* takes one of: embed-s"):
+        planner.embedding_plan("chatty", premium=False, key_id=None, serves=lambda _: True)
+    plan = planner.embedding_plan("es", premium=False, key_id=None, serves=lambda p: p != "a")
+    assert [c.offer.provider for c in plan.candidates] == ["b"]
+    with pytest.raises(ModelUnavailable, match="no enabled provider of embed-s serves embeddings"):
+        planner.embedding_plan("es", premium=False, key_id=None, serves=lambda _: False)
+
+
+def test_an_open_breaker_takes_an_offer_out_of_the_embeddings_plan() -> None:
+    planner = planner_for()
+    for _ in range(planner.routing.breaker.consecutive_failures):
+        planner.health.failure("a/embed-s", "k1")
+        planner.health.failure("a/embed-s", "k2")
+    plan = planner.embedding_plan("embed-s", premium=False, key_id="k1", serves=lambda _: True)
+    assert [c.offer.provider for c in plan.candidates] == ["b"]
+
+
+async def test_the_registry_says_which_providers_embed() -> None:
+    registry = ProviderRegistry.create(settings())
+    try:
+        assert isinstance(registry.get("claude"), AnthropicProvider)
+        assert registry.embeds("a") and not registry.embeds("claude") and not registry.embeds("nobody")
+    finally:
+        await registry.close()
+
+
+# -- the provider's embed, against a live server ----------------------------------------------
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[str, list[tuple[str, Any]], dict[str, web.Response]]]:
+    seen: list[tuple[str, Any]] = []
+    replies: dict[str, web.Response] = {}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        seen.append((request.path, orjson.loads(await request.read())))
+        return replies.pop("next", None) or web.json_response(
+            {"object": "list", "data": [{"index": 0, "embedding": [0.5]}], "usage": {"prompt_tokens": 7}}
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", handle)
+    app.router.add_post("/v1/messages", handle)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    yield str(server.make_url("/v1")), seen, replies
+    await server.close()
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ConnectionPool]:
+    made = make_upstream_pool()
+    yield made
+    await made.close()
+
+
+def embeddings_call(provider: str = "a") -> UpstreamCall:
+    offer = Offer("embed-s", provider, "up-embed", Price(Decimal("0.02"), Decimal(0)), True)
+    return UpstreamCall(offer, {"model": "up-embed", "input": ["hi"]}, False, 5.0, 5.0)
+
+
+async def test_embed_posts_to_the_embeddings_path_and_reads_input_usage(
+    upstream: tuple[str, list[tuple[str, Any]], dict[str, web.Response]], pool: ConnectionPool
+) -> None:
+    url, seen, _ = upstream
+    provider = OpenAICompatibleProvider("a", ProviderSettings(base_url=url), pool)
+    assert provider.embeds
+    completion = await provider.embed(embeddings_call())
+    assert seen == [("/v1/embeddings", {"model": "up-embed", "input": ["hi"]})]
+    assert completion.usage == Usage(7, 0) and completion.body["data"][0]["embedding"] == [0.5]
+
+
+async def test_embed_maps_failures_as_complete_does(
+    upstream: tuple[str, list[tuple[str, Any]], dict[str, web.Response]], pool: ConnectionPool
+) -> None:
+    url, _, replies = upstream
+    provider = OpenAICompatibleProvider("a", ProviderSettings(base_url=url), pool)
+    replies["next"] = web.json_response(
+        {"error": {"message": "slow down"}}, status=429, headers={"Retry-After": "2"}
+    )
+    with pytest.raises(UpstreamFailure) as limited:
+        await provider.embed(embeddings_call())
+    assert (limited.value.kind, limited.value.retry_after) == ("rate_limited", 2.0)
+
+
+async def test_the_messages_wire_has_no_embeddings(pool: ConnectionPool) -> None:
+    provider = AnthropicProvider("claude", ProviderSettings(base_url="http://127.0.0.1:9/v1"), pool)
+    assert not provider.embeds
+
+
+# -- the attempt loop's embed ---------------------------------------------------------------------
+
+
+class Embedder:
+    """A provider that plays back outcomes for `embed` (an exception or a Completion)."""
+
+    embeds = True
+
+    def __init__(self, name: str, outcomes: list[Any]) -> None:
+        self.name = name
+        self.outcomes = outcomes
+        self.calls: list[UpstreamCall] = []
+
+    async def embed(self, call: UpstreamCall) -> Completion:
+        self.calls.append(call)
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        assert isinstance(outcome, Completion)
+        return outcome
+
+    async def complete(self, call: UpstreamCall) -> Completion:
+        raise AssertionError("an embeddings request never completes a chat")
+
+    def stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
+        raise AssertionError("an embeddings request never streams")
+
+    async def close(self) -> None:
+        pass
+
+
+class Job:
+    def __init__(self) -> None:
+        self.request_id, self.key_id, self.premium, self.started = "req_1", "k", False, time.perf_counter()
+
+
+def vectors(n: int, tokens: int = 6) -> Completion:
+    return Completion({"data": [{"index": i, "embedding": [0.1]} for i in range(n)]}, Usage(tokens, 0))
+
+
+async def test_missing_vectors_fall_back_to_the_next_provider_and_are_billed() -> None:
+    a = Embedder("a", [vectors(1), vectors(1)])
+    b = Embedder("b", [vectors(2)])
+    s = settings(routing={"backoff_base_s": 0.001, "backoff_max_s": 0.002})
+    health = HealthBoard(s.routing.breaker)
+    planner = Planner(build_catalog(s), s.routes, s.routing, health)
+    runner = AttemptRunner(ProviderRegistry.of({"a": a, "b": b}), 5.0, s.routing, health)
+    plan = planner.embedding_plan("embed-s", premium=False, key_id="k", serves=lambda _: True)
+    body = {"model": "es", "input": ["x", "y"], "dimensions": 8, "faregate": {"cache": False}}
+    served = await runner.embed(Job(), body, 2, plan)
+    assert served.candidate.offer.provider == "b"
+    assert [(x.provider, x.outcome) for x in served.attempts] == [("a", "empty"), ("a", "empty"), ("b", "ok")]
+    # A provider that billed a failed call is billed for it: 6 tokens at $0.02/1M, twice.
+    assert [x.cost for x in served.attempts[:2]] == [Decimal(6) * Decimal("0.02") / 1_000_000] * 2
+    # Sent as written, with the upstream's model name and without the gateway's own fields.
+    assert b.calls[0].body == {"model": "embed-s", "input": ["x", "y"], "dimensions": 8}
+
+
+async def test_every_provider_failing_is_one_error_listing_every_attempt() -> None:
+    failure = UpstreamFailure("server_error", "HTTP 500", status=500)
+    a, b = Embedder("a", [failure, failure]), Embedder("b", [failure, failure])
+    s = settings(routing={"backoff_base_s": 0.001, "backoff_max_s": 0.002})
+    health = HealthBoard(s.routing.breaker)
+    planner = Planner(build_catalog(s), s.routes, s.routing, health)
+    runner = AttemptRunner(ProviderRegistry.of({"a": a, "b": b}), 5.0, s.routing, health)
+    plan = planner.embedding_plan("embed-s", premium=False, key_id="k", serves=lambda _: True)
+    with pytest.raises(UpstreamFailed) as failed:
+        await runner.embed(Job(), {"model": "embed-s", "input": "x"}, 1, plan)
+    assert [x.provider for x in failed.value.attempts] == ["a", "a", "b", "b"]
+
+
+# -- the exact cache --------------------------------------------------------------------------
+
+
+def test_the_embeddings_key_covers_what_changes_the_answer() -> None:
+    base = {"input": ("a", "b"), "dimensions": None, "encoding_format": "float"}
+    key = embeddings_key(base, "embed-s", "key:k")
+    assert key == embeddings_key(dict(base), "embed-s", "key:k")
+    for changed in ({"input": ("a",)}, {"dimensions": 8}, {"encoding_format": "base64"}):
+        assert embeddings_key({**base, **changed}, "embed-s", "key:k") != key
+    assert embeddings_key(base, "other", "key:k") != key
+    assert embeddings_key(base, "embed-s", "key:other") != key
+
+
+def test_the_cache_decides_embeddings_without_temperature_and_honours_no_store() -> None:
+    cache = ResponseCache(CacheSettings(), MemoryStore())
+    material = {"input": ("a",), "dimensions": None, "encoding_format": "float"}
+    decision = cache.decide_embeddings(material, {}, "k", {}, "embed-s")
+    assert decision.status == "lookup" and decision.read and decision.write and decision.scope == "key:k"
+    assert (
+        cache.decide_embeddings(material, {}, "k", {"Cache-Control": "no-store"}, "embed-s").status
+        == "bypass"
+    )
+    assert cache.decide_embeddings(material, {"cache": False}, "k", {}, "embed-s").status == "bypass"
+    shared = cache.decide_embeddings(material, {"cache": {"namespace": "shared"}}, "k", {}, "embed-s")
+    assert shared.scope == "shared" and shared.key != decision.key
+
+
+# -- the endpoint in process, on an upstream that reports no usage -----------------------------
+
+
+async def test_an_answer_without_usage_is_costed_from_our_own_count(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiohttp.test_utils import TestClient
+
+    from faregate import tokens
+    from faregate.server.app import build_gateway, create_app
+
+    async def no_usage(request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        data = [{"object": "embedding", "index": i, "embedding": [0.25]} for i in range(len(body["input"]))]
+        return web.json_response({"object": "list", "data": data, "model": body["model"]})
+
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", no_usage)
+    upstream = TestServer(app, host="127.0.0.1", port=0)
+    await upstream.start_server()
+    monkeypatch.setenv("FAREGATE_MASTER_KEY", "fg-master-test-0123456789")
+    settings = load_settings(
+        overrides={
+            "store": {"path": str(tmp_path / "store")},
+            "catalog": {"broad": False},
+            "providers": {"up": {"base_url": str(upstream.make_url("/v1"))}},
+            "models": {"embed-x": {"kind": "embedding", "input": "0.5", "offers": [{"provider": "up"}]}},
+        }
+    )
+    gateway = await build_gateway(settings)
+    _, key = await gateway.keys.create(name="t")
+    try:
+        async with TestClient(TestServer(create_app(gateway))) as client:
+            texts = ["count these tokens ourselves", "and these"]
+            response = await client.post(
+                "/v1/embeddings",
+                json={"model": "embed-x", "input": texts},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            body = await response.json()
+            assert response.status == 200, body
+            counted = sum(tokens.count_text(t) for t in texts)
+            assert body["usage"]["prompt_tokens"] == counted and body["usage"]["estimated"] is True
+            cost = Decimal(response.headers["x-faregate-cost-usd"])
+            assert cost == Decimal(counted) * Decimal("0.5") / 1_000_000
+    finally:
+        await upstream.close()
