@@ -50,6 +50,8 @@ class OpenAICompatibleProvider:
     __slots__ = ("_endpoint", "_head", "_headers", "_key_hint", "_pool", "name")
     # Where requests go, under the base URL; another wire on the same machinery posts elsewhere.
     path = "/chat/completions"
+    # No field beyond the chat wire's own (see Provider.carries).
+    carries: frozenset[str] = frozenset()
 
     def __init__(self, name: str, settings: ProviderSettings, pool: ConnectionPool) -> None:
         self.name = name

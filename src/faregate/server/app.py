@@ -34,6 +34,7 @@ from faregate.server.metrics_route import add_metrics_route
 from faregate.server.openapi import openapi_body
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.responses import error_response
+from faregate.server.wire_routes import add_wire_routes
 from faregate.store.backends import Backends, open_backends
 from faregate.store.outage import outage_error
 from faregate.store.protocols import Store
@@ -284,6 +285,8 @@ def create_app(gateway: Gateway) -> web.Application:
     fast_routes: FastRoutes = {("POST", "/v1/chat/completions"): chat}
     app[FAST_ROUTES] = fast_routes
     app.router.add_post("/chat/completions", chat)
+    # Anthropic Messages and the Responses API: the same pipeline, another client wire.
+    add_wire_routes(app, gateway.pipeline)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{name:.+}", model)
     app.router.add_get("/health", health)

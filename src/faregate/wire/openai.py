@@ -57,6 +57,33 @@ def upstream_body(body: JSON, model: str, max_output: int | None, stream: bool) 
     return out
 
 
+def without_fields(body: JSON, names: frozenset[str]) -> JSON:
+    """`body` without the fields `names`, wherever the chat wire could hold them: at the top, in a
+    message, a content part, a tool call or a tool (a prompt-cache mark sits on any of these).
+    What is shared with the client's body is copied, never changed."""
+    if not names:
+        return body
+
+    def clean(item: Any) -> Any:
+        return {k: v for k, v in item.items() if k not in names} if isinstance(item, dict) else item
+
+    out: JSON = clean(body)
+    messages = out.get("messages")
+    if isinstance(messages, list):
+        cleaned = []
+        for message in messages:
+            message = clean(message)
+            if isinstance(message, dict):
+                for key in ("content", "tool_calls"):
+                    if isinstance(message.get(key), list):
+                        message[key] = [clean(part) for part in message[key]]
+            cleaned.append(message)
+        out["messages"] = cleaned
+    if isinstance(out.get("tools"), list):
+        out["tools"] = [clean(tool) for tool in out["tools"]]
+    return out
+
+
 def without_streaming(body: JSON) -> JSON:
     """The body of a whole (non-streaming) call for the same question."""
     return {k: v for k, v in body.items() if k not in _STREAM_FIELDS}
