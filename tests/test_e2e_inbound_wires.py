@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from faregate.types import Price, Usage
-from harness import GatewayProcess, SimProcess, create_key, run_gateway, run_sim, wait_until
+from harness import GatewayProcess, SimProcess, cache_written, create_key, run_gateway, run_sim, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -332,6 +332,32 @@ def test_top_k_and_cache_marks_reach_only_a_messages_upstream(claude: anthropic.
         seen[model] = message.content[0].text  # type: ignore[union-attr]
     assert "top_k" not in seen["inspect-chat"] and "cache_control" not in seen["inspect-chat"]
     assert '"top_k":5' in seen["inspect-claude"] and '"cache_control"' in seen["inspect-claude"]
+
+
+def test_the_cache_serves_a_messages_request_again_whole_or_streamed(
+    claude: anthropic.Anthropic, gateway: GatewayProcess
+) -> None:
+    """The cache keeps internal answers, so a hit is written in the asking client's wire: a whole
+    message or a replayed Messages stream, free."""
+    # temperature 0 makes it cacheable (this SDK version sends it only as an extra field).
+    asked: Any = {
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "cache me"}],
+        "extra_body": {"temperature": 0},
+    }
+    with cache_written(gateway):
+        first = claude.messages.with_raw_response.create(model="claude-haiku-4-5", **asked)
+    assert first.headers["x-faregate-cache"] == "miss"
+    again = claude.messages.with_raw_response.create(model="claude-haiku-4-5", **asked)
+    assert again.headers["x-faregate-cache"] == "hit" and again.headers["x-faregate-cost-usd"] == "0"
+    message = again.parse()
+    assert message.content[0].text == "cache me"  # type: ignore[union-attr]
+    assert (message.usage.model_extra or {})["cost"] == 0
+    streamed = claude.messages.with_raw_response.create(model="claude-haiku-4-5", stream=True, **asked)
+    assert streamed.headers["x-faregate-cache"] == "hit"
+    events = list(streamed.parse())
+    assert [e.type for e in events][-2:] == ["message_delta", "message_stop"]
+    assert "".join(e.delta.text for e in events if e.type == "content_block_delta") == "cache me"  # type: ignore[union-attr]
 
 
 # -- the Responses API ----------------------------------------------------------------------------

@@ -39,8 +39,11 @@ def add_wire_routes(app: web.Application, pipeline: ChatPipeline) -> None:
         return web.Response(body=orjson.dumps(counted), content_type=JSON_TYPE)
 
     async def stored_response(request: web.Request) -> web.StreamResponse:
-        await pipeline.authenticate(request)
-        raise NotFound(NOT_STORED, code="stored_responses_not_supported")
+        try:
+            await pipeline.authenticate(request)
+        except FaregateError as error:
+            return error_response(error, wire=RESPONSES)
+        return error_response(NotFound(NOT_STORED, code="stored_responses_not_supported"), wire=RESPONSES)
 
     app.router.add_post("/v1/messages/count_tokens", messages_count_tokens)
     app.router.add_get("/v1/responses/{response_id}", stored_response)
