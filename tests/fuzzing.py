@@ -31,9 +31,14 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 CHAT = "POST /v1/chat/completions"
+# Every operation that goes through the request pipeline, and so writes one request record.
+RECORDED = (CHAT, "POST /v1/messages", "POST /v1/responses")
+# Operations whose body names a model, steered at real ones.
+NAMES_A_MODEL = (*RECORDED, "POST /v1/messages/count_tokens")
 MODELS = ("deepseek-v4-flash", "qwen3-8b", "gpt-4o-mini", "glm-4-plus", "deepseek-ai/DeepSeek-V4-Flash")
-# How many more examples the chat endpoint gets than any other operation.
+# How many more examples the chat endpoint (and the other wires' endpoints) get than any other.
 CHAT_WEIGHT = 8
+WIRE_WEIGHT = 3
 # A simulator script that never answers blank: any 5xx is then the gateway's own doing.
 SIM_SCRIPT = "defaults:\n  answer: {fixed: 'fuzzed and fine'}\n"
 
@@ -49,6 +54,7 @@ class Target:
 @dataclass
 class FuzzReport:
     sent: int = 0
+    # Requests through the pipeline (chat, Messages, Responses): one record each.
     chat: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     by_operation: Counter[str] = field(default_factory=Counter)
@@ -59,7 +65,7 @@ class FuzzReport:
 
     def count(self, label: str, status: int, case: Any) -> None:
         self.sent += 1
-        self.chat += label == CHAT
+        self.chat += label in RECORDED
         self.statuses[status] += 1
         self.by_operation[label] += 1
         if label == CHAT:
@@ -85,7 +91,7 @@ def _auth(target: Target, label: str) -> st.SearchStrategy[dict[str, str]]:
 def _steer(case: Any, label: str, target: Target, rng: random.Random) -> None:
     """Aim generated values at real things often enough to get past the first lookup."""
     body = case.body
-    if label == CHAT and isinstance(body, dict) and rng.random() < 0.8:
+    if label in NAMES_A_MODEL and isinstance(body, dict) and rng.random() < 0.8:
         body["model"] = rng.choice(MODELS)
         if rng.random() < 0.7:
             body.pop("models", None)
@@ -106,7 +112,10 @@ def fuzz(
     """Send about `requests_wanted` generated requests (in rounds over every operation)."""
     schema = schemathesis.openapi.from_url(f"{target.root}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    weights = {op.label: CHAT_WEIGHT if op.label == CHAT else 1 for op in operations}
+    weights = {
+        op.label: CHAT_WEIGHT if op.label == CHAT else WIRE_WEIGHT if op.label in RECORDED else 1
+        for op in operations
+    }
     per_round = sum(weights.values())
     report = FuzzReport()
     session = requests.Session()
@@ -201,7 +210,7 @@ class Invariants:
         if report.transport_errors:
             found.append(f"{len(report.transport_errors)} requests got no HTTP answer")
         if self.records != self.chat_requests:
-            found.append(f"{self.records} request records for {self.chat_requests} chat requests")
+            found.append(f"{self.records} request records for {self.chat_requests} pipeline requests")
         if self.held:
             found.append(f"reservations left held: {self.held[:5]}")
         if not self.audit_clean:

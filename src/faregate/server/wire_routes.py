@@ -4,8 +4,8 @@
 wire (server/client_wires.py): every route, fallback, cache, budget, record and cost rule
 applies as for chat completions. `POST /v1/messages/count_tokens` counts with the gateway's own
 tokenizer (the count an estimate is billed by); it calls no model and writes no record. The
-Responses API is served stateless: nothing is stored, so reading, deleting or cancelling a
-stored response is a 404 that says so.
+Responses API is served stateless: nothing is stored, so reading or deleting a stored
+response is a 404 that says so.
 """
 
 from __future__ import annotations
@@ -48,5 +48,3 @@ def add_wire_routes(app: web.Application, pipeline: ChatPipeline) -> None:
     app.router.add_post("/v1/messages/count_tokens", messages_count_tokens)
     app.router.add_get("/v1/responses/{response_id}", stored_response)
     app.router.add_delete("/v1/responses/{response_id}", stored_response)
-    app.router.add_post("/v1/responses/{response_id}/cancel", stored_response)
-    app.router.add_get("/v1/responses/{response_id}/input_items", stored_response)
