@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -262,6 +263,9 @@ def test_errors_in_anthropics_shape(gateway: GatewayProcess, claude: anthropic.A
             model="no-such-model", max_tokens=8, messages=[{"role": "user", "content": "x"}]
         )
     assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    # Outside the pipeline too (a wrong method, here): Anthropic's shape under /v1/messages.
+    refused = httpx.get(f"http://127.0.0.1:{gateway.port}/v1/messages")
+    assert refused.status_code == 405 and refused.json()["type"] == "error"
     with pytest.raises(anthropic.AuthenticationError):
         wrong.messages.count_tokens(model="claude-haiku-4-5", messages=[{"role": "user", "content": "x"}])
 

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from faregate.errors import FaregateError, NotFound
-from faregate.server.client_wires import MESSAGES, RESPONSES
+from faregate.server.client_wires import CHAT, MESSAGES, RESPONSES, ClientWire
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.responses import JSON_TYPE, error_response
 from faregate.wire.anthropic import count_tokens
@@ -23,6 +23,11 @@ NOT_STORED = (
     "Stored responses are not supported: this gateway serves the Responses API stateless "
     "(store is always false). Send the whole conversation in `input` instead of a response id."
 )
+
+
+def wire_of_path(path: str) -> ClientWire:
+    """The wire an error outside the pipeline is written in (a 404, a 405, a body too large)."""
+    return MESSAGES if path.startswith("/v1/messages") else CHAT
 
 
 def add_wire_routes(app: web.Application, pipeline: ChatPipeline) -> None:
