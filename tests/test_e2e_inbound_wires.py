@@ -212,6 +212,27 @@ def test_tools_round_trip(claude: anthropic.Anthropic) -> None:
         assert second.content, model
 
 
+def test_a_tool_call_in_a_stream(claude: anthropic.Anthropic, client: openai.OpenAI) -> None:
+    tools: Any = [{"name": "get_weather", "input_schema": {"type": "object", "properties": {}}}]
+    with claude.messages.stream(
+        model="deepseek-v4-flash",
+        max_tokens=64,
+        tools=tools,
+        messages=[{"role": "user", "content": "weather?"}],
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    call = next(b for b in final.content if b.type == "tool_use")
+    assert call.name == "get_weather" and isinstance(call.input, dict)
+    function: Any = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
+    events = list(
+        client.responses.create(model="claude-haiku-4-5", input="weather?", tools=function, stream=True)
+    )
+    done = [e for e in events if e.type == "response.output_item.done"]
+    assert done and done[-1].item.type == "function_call" and done[-1].item.name == "get_weather"  # type: ignore[union-attr]
+    assert events[-1].type == "response.completed"
+
+
 def test_an_image(claude: anthropic.Anthropic) -> None:
     message = claude.messages.create(
         model="claude-haiku-4-5",
