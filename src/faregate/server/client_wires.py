@@ -11,14 +11,13 @@ request and answer (the OpenAI chat shape, wire/openai.py). A `ClientWire` stand
 - `error(error)`: the body of an error in the client's shape (its status is the error's).
 
 Three wires: OpenAI chat (the identity: today's bytes, and per chunk no more work than
-`relay_frame`), Anthropic Messages (wire/anthropic*.py) and the Responses API
+`relay_frame`: wire.openai.ChatStreamFrames), Anthropic Messages (wire/anthropic*.py) and the Responses API
 (wire/responses*.py). `name` is what the request's record says it came in on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Protocol
 
 import orjson
@@ -63,23 +62,6 @@ class ClientWire(Protocol):
 # -- OpenAI chat completions: the internal shape itself ------------------------------------------
 
 
-class ChatStream:
-    __slots__ = ("chunk", "include_usage")
-
-    def __init__(self, model: str, include_usage: bool) -> None:
-        # The chunk's frame is relay_frame itself: no extra work per chunk on the chat wire.
-        self.chunk = partial(openai.relay_frame, model=model, include_usage=include_usage)
-        self.include_usage = include_usage
-
-    def close(self, usage_chunk: JSON | None) -> bytes:
-        if usage_chunk is None or not self.include_usage:
-            return openai.DONE
-        return openai.sse_frame(usage_chunk) + openai.DONE
-
-    def fail(self, failure: UpstreamFailure) -> bytes:
-        return openai.error_event(failure.detail, "stream_interrupted")
-
-
 class ChatWire:
     name = "chat"
     extras: frozenset[str] = frozenset()
@@ -91,7 +73,7 @@ class ChatWire:
         return orjson.dumps(body)
 
     def stream(self, model: str, include_usage: bool, asked: JSON) -> StreamEncoder:
-        return ChatStream(model, include_usage)
+        return openai.ChatStreamFrames(model, include_usage)
 
     def error(self, error: FaregateError) -> bytes:
         return orjson.dumps(openai.error_body(error))

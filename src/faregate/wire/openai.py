@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from faregate.errors import FaregateError
+from faregate.errors import FaregateError, UpstreamFailure
 from faregate.types import GATEWAY_FIELDS, JSON, Usage
 from faregate.wire.usage import usage_from
 
@@ -298,6 +298,34 @@ def relay_frame(chunk: JSON, model: str, include_usage: bool) -> bytes:
     if not include_usage:
         chunk.pop("usage", None)
     return sse_frame(chunk)
+
+
+class ChatStreamFrames:
+    """A stream's frames as a chat client receives them (the chat wire's encoder in
+    server/client_wires.py): each chunk as `relay_frame` writes it, then the priced usage chunk
+    (when asked for) and `[DONE]`, or the error event for a stream that failed after content."""
+
+    __slots__ = ("include_usage", "model")
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.model = model
+        self.include_usage = include_usage
+
+    def chunk(self, chunk: JSON) -> bytes:
+        # relay_frame's body, inlined: it runs for every chunk of every chat stream, and a call
+        # through a partial or a second function costs more than the work itself.
+        chunk["model"] = self.model
+        if not self.include_usage:
+            chunk.pop("usage", None)
+        return sse_frame(chunk)
+
+    def close(self, usage_chunk: JSON | None) -> bytes:
+        if usage_chunk is None or not self.include_usage:
+            return DONE
+        return sse_frame(usage_chunk) + DONE
+
+    def fail(self, failure: UpstreamFailure) -> bytes:
+        return error_event(failure.detail, "stream_interrupted")
 
 
 def usage_chunk(held: JSON | None, model: str, usage: Usage, cost: Decimal) -> JSON:
