@@ -11,8 +11,8 @@ request and answer (the OpenAI chat shape, wire/openai.py). A `ClientWire` stand
 - `error(error)`: the body of an error in the client's shape (its status is the error's).
 
 Three wires: OpenAI chat (the identity: today's bytes, and per chunk no more work than
-`relay_frame`: wire.openai.ChatStreamFrames), Anthropic Messages (wire/anthropic*.py) and the Responses API
-(wire/responses*.py). `name` is what the request's record says it came in on.
+`relay_frame`, in wire.openai.ChatStreamFrames), Anthropic Messages (wire/anthropic*.py) and the
+Responses API (wire/responses*.py). `name` is what the request's record says it came in on.
 """
 
 from __future__ import annotations

@@ -122,7 +122,8 @@ class Responder:
         response = web.StreamResponse(status=200, headers={**exchange.headers, "Cache-Control": "no-cache"})
         response.content_type = "text/event-stream"
         include_usage = exchange.request.include_usage
-        encoder = exchange.wire.stream(str(body.get("model")), include_usage, exchange.asked)
+        model = exchange.record.model_used or str(body.get("model") or "")  # the body's own name
+        encoder = exchange.wire.stream(model, include_usage, exchange.asked)
         chunks = answer_as_chunks(body, include_usage)
         usage = chunks.pop() if include_usage else None
         try:
