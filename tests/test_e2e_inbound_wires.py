@@ -20,7 +20,16 @@ import openai
 import pytest
 
 from faregate.types import Price, Usage
-from harness import GatewayProcess, SimProcess, cache_written, create_key, run_gateway, run_sim, wait_until
+from harness import (
+    MASTER_KEY,
+    GatewayProcess,
+    SimProcess,
+    cache_written,
+    create_key,
+    run_gateway,
+    run_sim,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -383,6 +392,64 @@ def test_the_cache_serves_a_messages_request_again_whole_or_streamed(
     events = list(streamed.parse())
     assert [e.type for e in events][-2:] == ["message_delta", "message_stop"]
     assert "".join(e.delta.text for e in events if e.type == "content_block_delta") == "cache me"  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="module")
+def metered(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    env = {"ANTHROPIC_API_KEY": "sk-ant-test", "DEEPSEEK_API_KEY": "sk-deepseek-test"}
+    extra = config(sim) + "accounts: {enabled: true}\n"
+    with run_gateway(tmp_path_factory.mktemp("wires-metered"), None, extra, env=env) as process:
+        yield process
+
+
+def funded_key(gateway: GatewayProcess, credits: str) -> tuple[str, str]:
+    made = httpx.post(
+        f"http://127.0.0.1:{gateway.port}/admin/keys",
+        headers={"Authorization": f"Bearer {MASTER_KEY}"},
+        json={"name": "wires", "credits_usd": credits},
+    )
+    assert made.status_code == 201, made.text
+    return made.json()["id"], made.json()["api_key"]
+
+
+def test_a_messages_request_is_reserved_at_the_dearest_input_price_and_settled_exactly(
+    metered: GatewayProcess,
+) -> None:
+    key_id, key = funded_key(metered, "1")
+    claude = anthropic.Anthropic(api_key=key, base_url=f"http://127.0.0.1:{metered.port}", max_retries=0)
+    system: Any = [{"type": "text", "text": LONG, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    raw = claude.messages.with_raw_response.create(
+        model="claude-haiku-4-5",
+        max_tokens=50,
+        system=system,
+        messages=[{"role": "user", "content": "Sunny?"}],
+    )
+    usage = raw.parse().usage
+    assert (usage.cache_creation_input_tokens or 0) > 300
+    cost = Decimal(raw.headers["x-faregate-cost-usd"])
+    with sqlite3.connect(metered.store_path / "faregate.db") as db:
+        rows = db.execute(
+            "SELECT kind, amount_nano, cost_nano FROM ledger WHERE key_id = ? ORDER BY id", (key_id,)
+        ).fetchall()
+    held = -next(amount for kind, amount, _ in rows if kind == "reservation")
+    settled = next(spent for kind, _, spent in rows if kind == "settlement")
+    assert Decimal(settled).scaleb(-9) == cost
+    # The hold priced every prompt token at the one-hour cache write ($2 per 1M), not input ($1).
+    prompt = (
+        usage.input_tokens + (usage.cache_creation_input_tokens or 0) + (usage.cache_read_input_tokens or 0)
+    )
+    assert Decimal(held).scaleb(-9) >= (Decimal(prompt) * 2 + Decimal(50) * 5) / Decimal(1_000_000) > cost
+
+
+def test_a_key_without_credit_gets_anthropics_billing_error(metered: GatewayProcess) -> None:
+    _, key = funded_key(metered, "0.000001")
+    claude = anthropic.Anthropic(api_key=key, base_url=f"http://127.0.0.1:{metered.port}", max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as info:
+        claude.messages.create(
+            model="claude-haiku-4-5", max_tokens=4000, messages=[{"role": "user", "content": "expensive"}]
+        )
+    assert info.value.status_code == 402
+    assert info.value.body["error"]["type"] == "billing_error"  # type: ignore[index]
 
 
 # -- the Responses API ----------------------------------------------------------------------------
