@@ -19,6 +19,8 @@ import httpx
 import openai
 import pytest
 
+from faregate.catalog import build_catalog
+from faregate.config import load_settings
 from faregate.types import Price, Usage
 from harness import (
     MASTER_KEY,
@@ -320,16 +322,25 @@ def test_fallback_from_a_failing_claude_to_deepseek_inside_a_stream(
         assert attempts[-1]["provider"] == "deepseek" and attempts[-1]["outcome"] == "ok"
 
 
-def test_prompt_cache_tokens_are_billed_exactly(claude: anthropic.Anthropic, gateway: GatewayProcess) -> None:
-    system: Any = [{"type": "text", "text": LONG, "cache_control": {"type": "ephemeral"}}]
+def test_prompt_cache_tokens_are_billed_exactly(
+    claude: anthropic.Anthropic, gateway: GatewayProcess, sim: SimProcess
+) -> None:
+    """cost == the catalog's prices (cache writes and reads their own) x the usage the simulator
+    itself reports for the same request, in Decimal, in the header, the body and the record."""
+    catalog = build_catalog(load_settings())
+    haiku = catalog.get("claude-haiku-4-5")
+    assert haiku is not None
+    price = next(o.price for o in haiku.offers if o.provider == "anthropic")
+    assert price == HAIKU
+    asked: Any = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 64,
+        "system": [{"type": "text", "text": LONG + " Prices.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "Is it sunny?"}],
+    }
     costs = []
     for expected in ("write", "read"):
-        raw = claude.messages.with_raw_response.create(
-            model="claude-haiku-4-5",
-            max_tokens=64,
-            system=system,
-            messages=[{"role": "user", "content": "Is it sunny?"}],
-        )
+        raw = claude.messages.with_raw_response.create(**asked)
         usage = raw.parse().usage
         written = usage.cache_creation_input_tokens or 0
         read = usage.cache_read_input_tokens or 0
@@ -344,11 +355,19 @@ def test_prompt_cache_tokens_are_billed_exactly(claude: anthropic.Anthropic, gat
             cache_write_tokens=written,
         )
         cost = Decimal(raw.headers["x-faregate-cost-usd"])
-        assert cost == HAIKU.cost(billed)
+        assert cost == price.cost(billed)
         assert (usage.model_extra or {})["cost"] == float(cost)
         assert Decimal(record(gateway, raw.headers["x-faregate-request-id"])["cost_usd"]) == cost
         costs.append(cost)
     assert costs[1] < costs[0] / 5
+    # The simulator, asked the same directly, reports the usage the gateway billed (a cache read now).
+    direct = httpx.post(f"http://127.0.0.1:{sim.port}/v1/messages", json=asked, headers={"x-api-key": "sk"})
+    own = direct.json()["usage"]
+    assert (own["input_tokens"], own["cache_read_input_tokens"], own["output_tokens"]) == (
+        usage.input_tokens,
+        read,
+        usage.output_tokens,
+    )
 
 
 def test_top_k_and_cache_marks_reach_only_a_messages_upstream(claude: anthropic.Anthropic) -> None:
