@@ -32,13 +32,16 @@ from schemathesis import GenerationMode
 
 CHAT = "POST /v1/chat/completions"
 EMBEDDINGS = "POST /v1/embeddings"
-# Operations that write one request record each (what `check_invariants` counts).
-RECORDED = (CHAT, EMBEDDINGS)
+# Every operation that writes one request record (what `check_invariants` counts): the pipeline's
+# wires and embeddings.
+RECORDED = (CHAT, "POST /v1/messages", "POST /v1/responses", EMBEDDINGS)
+# Operations whose body names a model, steered at real ones.
+NAMES_A_MODEL = (*RECORDED, "POST /v1/messages/count_tokens")
 MODELS = ("deepseek-v4-flash", "qwen3-8b", "gpt-4o-mini", "glm-4-plus", "deepseek-ai/DeepSeek-V4-Flash")
 EMBEDDING_MODELS = ("text-embedding-3-small", "text-embedding-3-large")
-# How many more examples the chat endpoint gets than any other operation.
+# How many more examples the chat endpoint (and the other recorded endpoints) get than any other.
 CHAT_WEIGHT = 8
-WEIGHTS = {CHAT: CHAT_WEIGHT, EMBEDDINGS: 3}
+WIRE_WEIGHT = 3
 # A simulator script that never answers blank: any 5xx is then the gateway's own doing.
 SIM_SCRIPT = "defaults:\n  answer: {fixed: 'fuzzed and fine'}\n"
 
@@ -54,7 +57,7 @@ class Target:
 @dataclass
 class FuzzReport:
     sent: int = 0
-    # Requests to the recorded operations (chat and embeddings): one record each.
+    # Requests to the recorded operations (chat, Messages, Responses, embeddings): one record each.
     chat: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     by_operation: Counter[str] = field(default_factory=Counter)
@@ -91,7 +94,7 @@ def _auth(target: Target, label: str) -> st.SearchStrategy[dict[str, str]]:
 def _steer(case: Any, label: str, target: Target, rng: random.Random) -> None:
     """Aim generated values at real things often enough to get past the first lookup."""
     body = case.body
-    if label == CHAT and isinstance(body, dict) and rng.random() < 0.8:
+    if label in NAMES_A_MODEL and isinstance(body, dict) and rng.random() < 0.8:
         body["model"] = rng.choice(MODELS)
         if rng.random() < 0.7:
             body.pop("models", None)
@@ -114,7 +117,10 @@ def fuzz(
     """Send about `requests_wanted` generated requests (in rounds over every operation)."""
     schema = schemathesis.openapi.from_url(f"{target.root}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    weights = {op.label: WEIGHTS.get(op.label, 1) for op in operations}
+    weights = {
+        op.label: CHAT_WEIGHT if op.label == CHAT else WIRE_WEIGHT if op.label in RECORDED else 1
+        for op in operations
+    }
     per_round = sum(weights.values())
     report = FuzzReport()
     session = requests.Session()
@@ -209,9 +215,7 @@ class Invariants:
         if report.transport_errors:
             found.append(f"{len(report.transport_errors)} requests got no HTTP answer")
         if self.records != self.chat_requests:
-            found.append(
-                f"{self.records} request records for {self.chat_requests} chat and embeddings requests"
-            )
+            found.append(f"{self.records} request records for {self.chat_requests} recorded requests")
         if self.held:
             found.append(f"reservations left held: {self.held[:5]}")
         if not self.audit_clean:

@@ -95,6 +95,7 @@ def make_records(seed: int = 7) -> list[RequestRecord]:
                 route=rng.choice(["chat", "code", None]),
                 baseline_cost_usd=cost * 10 + Decimal("0.000000123") if served else Decimal(0),
                 cache_status=cache,
+                wire=("chat", "messages", "responses")[n % 3],
             )
         )
     # Records are written in batches in arrival order, so ids follow created_at (the latency sample
@@ -260,6 +261,13 @@ async def test_keys_and_first_record(stores: Stores) -> None:
         assert await a.resolve_keys("gone") == ("gone",)
         assert await a.key_labels(["k2", "k9"]) == {"k2": "beta (fg-k2…)"}
     assert await stores.lite.first_record_at() == await stores.pg.first_record_at()
+
+
+async def test_both_stores_keep_the_wire_a_request_came_in_on(stores: Stores) -> None:
+    for request_id, wire in (("req_0000", "chat"), ("req_0001", "messages"), ("req_0002", "responses")):
+        for store in (stores.lite_store, stores.pg_store):
+            found = await store.get_record(request_id)
+            assert found is not None and found.wire == wire
 
 
 async def test_a_later_score_replaces_the_first_on_postgresql(stores: Stores) -> None:

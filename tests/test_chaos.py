@@ -5,7 +5,12 @@ streams cut before content, hangs past the timeout); a healthy model from anothe
 family is the fallback. The client must see no failure, every request must be recorded
 exactly once with the attempt that served it, and the money must add up.
 
-CHAOS_REQUESTS sets the size (2,000 here; `make chaos` runs 20,000).
+Anthropic's Messages wire too: a Claude model on the Anthropic provider (the simulator's
+/v1/messages: 429 rate_limit_error, 529 overloaded_error, 500, empty content, event streams cut
+before content) falls back to the same healthy model, for Messages streams from the anthropic SDK.
+
+CHAOS_REQUESTS sets the size (2,000 here; `make chaos` runs 20,000); the Messages streams are a
+quarter of it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -35,6 +41,9 @@ REQUESTS = int(os.environ.get("CHAOS_REQUESTS", "2000"))
 CONCURRENCY = 32
 PRIMARY = "deepseek-ai/DeepSeek-V4-Flash"
 FALLBACK = "THUDM/glm-4-plus"
+# A Claude model served over the Messages wire by the Anthropic provider (the simulator's /v1/messages).
+CLAUDE = "claude-chaos"
+CLAUDE_PRICE = (Decimal(1), Decimal(5))
 
 CHAOS_SCRIPT = f"""
 seed: 11
@@ -47,6 +56,10 @@ models:
     after_tokens: 0
     faults: {{rate_limit: 0.30, server_error: 0.05, unavailable: 0.05, empty_choices: 0.05, truncate: 0.05,
               hang: 0.02}}
+  {CLAUDE}:
+    retry_after_s: 0
+    after_tokens: 0
+    faults: {{rate_limit: 0.30, unavailable: 0.10, server_error: 0.05, empty_choices: 0.05, truncate: 0.05}}
   dead-model:
     faults: {{server_error: 1.0}}
   broken-a:
@@ -62,11 +75,13 @@ routing:
   backoff_max_s: 0.02
   breaker: {consecutive_failures: 5, error_rate: 0.9, window: 50, min_calls: 50, cooldown_s: 0.5}
 models:
+  claude-chaos: {input: 1, output: 5, offers: [{provider: anthropic}]}
   dead-model: {input: 1, output: 1, offers: [{provider: sim}]}
   broken-a: {input: 1, output: 1, offers: [{provider: sim}]}
   broken-b: {input: 1, output: 1, offers: [{provider: sim}]}
 routes:
   resilient: {chain: [deepseek-v4-flash, glm-4-plus]}
+  messages-resilient: {chain: [claude-chaos, glm-4-plus]}
   deadfirst: {chain: [{model: dead-model, retries: 0}, glm-4-plus]}
   alldown: {chain: [broken-a, broken-b]}
   # The flaky primary first, judged: one route always accepts its answer, one never does.
@@ -80,8 +95,14 @@ routes:
 @pytest.fixture(scope="module")
 def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SimProcess, GatewayProcess, str]]:
     with run_sim(tmp_path_factory.mktemp("chaos-sim"), CHAOS_SCRIPT) as sim:
+        # The simulator also stands in for Anthropic (its /v1/messages), for claude-chaos.
+        anthropic_at = f"providers:\n  anthropic: {{base_url: 'http://127.0.0.1:{sim.port}/v1'}}\n"
         with run_gateway(
-            tmp_path_factory.mktemp("chaos-gw"), sim, CHAOS_CONFIG, first_byte_timeout_s=0.5
+            tmp_path_factory.mktemp("chaos-gw"),
+            sim,
+            CHAOS_CONFIG + anthropic_at,
+            first_byte_timeout_s=0.5,
+            env={"ANTHROPIC_API_KEY": "sk-ant-chaos"},
         ) as gateway:
             yield sim, gateway, create_key(gateway.store_path, "chaos")
 
@@ -343,3 +364,68 @@ async def test_cascades_under_chaos_bill_every_call_exactly(
         if escalated:
             break
     assert escalated > 0, "the escalating route did escalate, and its refused answers were billed"
+
+
+async def test_messages_streams_fall_back_from_every_claude_failure(
+    chaos: tuple[SimProcess, GatewayProcess, str],
+) -> None:
+    """Messages streams from the anthropic SDK to a Claude model that fails in every way the
+    Messages wire can (429, 529 overloaded_error, 500, empty content, a stream cut before its
+    content): the client always gets one whole stream, each request is recorded once with the
+    wire it came in on, and its cost is the served call at its price plus what failed calls billed."""
+    sim, gateway, key = chaos
+    client = anthropic.AsyncAnthropic(
+        base_url=f"http://127.0.0.1:{gateway.port}", api_key=key, max_retries=0, timeout=30
+    )
+    n = max(REQUESTS // 4, 100)
+    semaphore = asyncio.Semaphore(CONCURRENCY)
+    failures: list[str] = []
+
+    async def one(i: int) -> tuple[str, Decimal] | None:
+        async with semaphore:
+            try:
+                raw = await client.messages.with_raw_response.create(
+                    model="messages-resilient",
+                    max_tokens=200,
+                    messages=[{"role": "user", "content": f"messages question {i}"}],
+                    stream=True,
+                )
+                events = [event async for event in await raw.parse()]
+                kinds = [event.type for event in events]
+                assert kinds[0] == "message_start" and kinds[-1] == "message_stop", kinds
+                text = "".join(
+                    e.delta.text
+                    for e in events
+                    if e.type == "content_block_delta" and e.delta.type == "text_delta"
+                )
+                assert text.strip(), "a real answer"
+                usage = events[-2].usage  # type: ignore[union-attr]
+                return raw.headers["x-faregate-request-id"], Decimal(str((usage.model_extra or {})["cost"]))
+            except Exception as exc:  # every client-visible failure is collected and reported
+                failures.append(f"{i}: {exc!r}")
+                return None
+
+    seen = [r for r in await asyncio.gather(*(one(i) for i in range(n))) if r is not None]
+    assert failures == [], failures[:5]
+    faults = sim_stats(sim)["by_model"][CLAUDE]["faults"]
+    assert {"rate_limit", "unavailable", "server_error", "empty_choices", "truncate"} <= set(faults)
+    rows = wait_for_rows(gateway.store_path / "faregate.db", [r[0] for r in seen])
+    assert len(rows) == n, "every request recorded exactly once"
+    by_id = {row["request_id"]: row for row in rows}
+    prices = {m.name: (m.list_price.input, m.list_price.output) for m in build_catalog(load_settings()).all()}
+    prices[CLAUDE] = CLAUDE_PRICE
+    served_by = {CLAUDE: 0, FALLBACK: 0}
+    for request_id, client_cost in seen:
+        row = by_id[request_id]
+        assert row["status"] == 200 and row["wire"] == "messages" and row["stream"] == 1
+        attempts = json.loads(row["attempts"])
+        assert attempts[-1]["outcome"] == "ok" and all(a["outcome"] != "ok" for a in attempts[:-1])
+        served_by[row["model_used"]] += 1
+        price_in, price_out = prices[row["model_used"]]
+        served = (
+            Decimal(row["prompt_tokens"]) * price_in + Decimal(row["completion_tokens"]) * price_out
+        ) / (Decimal(1_000_000))
+        billed = sum((Decimal(a["cost_usd"]) for a in attempts[:-1]), Decimal(0))
+        assert Decimal(row["cost_usd"]) == served + billed
+        assert abs(Decimal(row["cost_usd"]) - client_cost) < Decimal("1e-12")
+    assert served_by[CLAUDE] > 0 and served_by[FALLBACK] > 0, served_by

@@ -30,6 +30,7 @@ from faregate.routing.attempts import AttemptRunner
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Planner
 from faregate.server.pipeline import ChatPipeline
+from faregate.server.wire_routes import add_wire_routes
 from faregate.types import JSON, ChatRequest, Completion, Price, RequestRecord, Usage
 from test_routing import PROVIDERS, model
 
@@ -79,6 +80,8 @@ class FakeProvider:
 
     def __init__(self, name: str, events: list[str], outcomes: list[Any] | None = None) -> None:
         self.name = name
+        # Fields beyond the chat wire it can carry (Provider.carries): none, as an OpenAI-wire upstream.
+        self.carries: frozenset[str] = frozenset()
         self.events = events
         self.outcomes = outcomes or []
         self.calls: list[UpstreamCall] = []
@@ -176,11 +179,19 @@ class Harness:
     def admission(self) -> FakeAdmission:
         return self.pipeline.admission  # type: ignore[return-value]
 
-    async def post(self, body: JSON, key: str = KEY) -> tuple[int, dict[str, str], bytes]:
+    async def post(
+        self,
+        body: JSON,
+        key: str = KEY,
+        path: str = "/v1/chat/completions",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
         self.events.clear()
         before = len(self.records)
         response = await self.client.post(
-            "/v1/chat/completions", data=orjson.dumps(body), headers={"Authorization": f"Bearer {key}"}
+            path,
+            data=orjson.dumps(body),
+            headers={"Authorization": f"Bearer {key}"} if headers is None else headers,
         )
         raw = await response.read()
         assert len(self.records) == before + 1, "exactly one record per request"
@@ -219,6 +230,7 @@ async def harness() -> AsyncIterator[Harness]:
     planner.plan = spy(events, "plan", planner.plan)  # type: ignore[method-assign]
     app = web.Application()
     app.router.add_post("/v1/chat/completions", pipeline.handle)
+    add_wire_routes(app, pipeline)  # /v1/messages and /v1/responses (tests/test_client_wires.py)
     async with TestClient(TestServer(app)) as client:
         yield Harness(client, pipeline, events)
     await cache.close()

@@ -62,6 +62,11 @@ class ChatRequest:
     premium: bool = False
     received_at: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)
+    # Fields the client's wire put in the body that the chat wire does not carry (a Messages
+    # request's top_k and cache_control marks): sent only to a provider that carries them
+    # (Provider.carries), dropped for every other. Empty for a chat-completions request, whose
+    # fields all pass through as the client sent them.
+    wire_extras: frozenset[str] = frozenset()
 
 
 class RequestMeta(Protocol):
@@ -187,3 +192,5 @@ class RequestRecord:
     baseline_cost_usd: Decimal = Decimal(0)
     # miss | hit | semantic-hit | bypass
     cache_status: str = "bypass"
+    # The wire the request came in on: chat (OpenAI chat completions), messages (Anthropic), responses.
+    wire: str = "chat"

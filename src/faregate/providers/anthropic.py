@@ -32,6 +32,8 @@ class AnthropicProvider(OpenAICompatibleProvider):
     __slots__ = ()
     path = "/messages"
     embeddings_path = None  # the Messages wire has no embeddings
+    # A Messages client's top_k and prompt-cache marks reach Anthropic (wire/anthropic_upstream.py).
+    carries = frozenset({"top_k", "cache_control"})
 
     def _auth_headers(self, key: str | None) -> dict[str, str]:
         headers = {"anthropic-version": ANTHROPIC_VERSION}

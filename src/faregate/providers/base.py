@@ -40,6 +40,10 @@ async def aclose_quietly(stream: AsyncIterator[JSON]) -> None:
 
 class Provider(Protocol):
     name: str
+    # Body fields beyond the chat wire that this provider's wire can carry (a Messages request's
+    # top_k and prompt-cache marks for the Messages wire); a request whose client wire added
+    # such fields has them dropped before any other provider (ChatRequest.wire_extras).
+    carries: frozenset[str]
 
     async def complete(self, call: UpstreamCall) -> Completion:
         """Send a non-streaming request. Raises UpstreamFailure on any failed call

@@ -54,6 +54,8 @@ class OpenAICompatibleProvider:
     # Where embeddings requests go; None for a wire that has none (the registry then never plans
     # an embeddings call on it).
     embeddings_path: str | None = "/embeddings"
+    # No field beyond the chat wire's own (see Provider.carries).
+    carries: frozenset[str] = frozenset()
 
     def __init__(self, name: str, settings: ProviderSettings, pool: ConnectionPool) -> None:
         self.name = name

@@ -35,6 +35,7 @@ from faregate.wire.openai import (
     finish_reason,
     upstream_body,
     usage_of,
+    without_fields,
 )
 
 T = TypeVar("T")
@@ -73,6 +74,8 @@ class AttemptRunner:
         body = upstream_body(
             request.body, candidate.offer.upstream_model, candidate.model.max_output_tokens, request.stream
         )
+        if request.wire_extras:
+            body = without_fields(body, request.wire_extras - entry.provider.carries)
         return UpstreamCall(
             offer=candidate.offer,
             body=body,

@@ -3,7 +3,10 @@
 The prompt is everything billed as input (routing.estimate: messages, tools, functions,
 tool_choice, response_format, media by size). A request for `n` choices is held as n whole
 calls, n x (prompt + output allowance): providers bill each choice's output, and some bill the
-prompt once per choice too, so this is the bound whichever way the provider counts.
+prompt once per choice too, so this is the bound whichever way the provider counts. Every prompt
+token is held at the offer's dearest input price (`Price.dearest_input`): a prompt-cache write
+costs more than plain input (Anthropic: 1.25x, 2x for one hour), and which tokens an upstream will
+write to its cache is not known before the call.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from faregate.routing.plan import Candidate, Plan
-from faregate.types import ChatRequest, Usage
+from faregate.types import MILLION, ChatRequest, Usage
 
 # The rubric and framing an LLM judge's prompt adds around the question and the answer.
 JUDGE_PROMPT_TOKENS = 400
@@ -30,7 +33,8 @@ def _worst_single(candidates: list[Candidate], request: ChatRequest, prompt: int
     n = request.choices
     for candidate in candidates:
         out = _output_allowance(candidate, request, prompt)
-        cost = candidate.offer.price.cost(Usage(n * prompt, n * out))
+        price = candidate.offer.price
+        cost = (Decimal(n * prompt) * price.dearest_input + Decimal(n * out) * price.output) / MILLION
         worst_usd = max(worst_usd, cost)
         worst_tokens = max(worst_tokens, n * (prompt + out))
         worst_out = max(worst_out, out)

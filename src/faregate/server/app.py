@@ -35,6 +35,7 @@ from faregate.server.metrics_route import add_metrics_route
 from faregate.server.openapi import openapi_body
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.responses import error_response
+from faregate.server.wire_routes import add_wire_routes, wire_of_path
 from faregate.store.backends import Backends, open_backends
 from faregate.store.outage import outage_error
 from faregate.store.protocols import Store
@@ -220,33 +221,37 @@ async def _build(settings: Settings, lifecycle: Lifecycle) -> Gateway:
 
 @web.middleware
 async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves in OpenAI's JSON shape; never a stack trace."""
+    """Every error leaves in OpenAI's JSON shape (Anthropic's under /v1/messages); never a stack
+    trace."""
+    wire = wire_of_path(request.path)
     try:
         return await handler(request)
     except FaregateError as error:
-        return error_response(error)
+        return error_response(error, wire=wire)
     except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(InvalidRequest(f"Request body too large: {exc.text}", code="request_too_large"))
+        too_large = InvalidRequest(f"Request body too large: {exc.text}", code="request_too_large")
+        return error_response(too_large, wire=wire)
     except web.HTTPException as exc:
         if exc.status == 404:
             return error_response(
-                NotFound(f"Unknown path: {request.method} {request.path}", code="unknown_url")
+                NotFound(f"Unknown path: {request.method} {request.path}", code="unknown_url"), wire=wire
             )
         if exc.status == 405:
             err = InvalidRequest(
                 f"Method {request.method} is not allowed on {request.path}.", code="method_not_allowed"
             )
             err.status = 405
-            return error_response(err)
+            return error_response(err, wire=wire)
         raise
     except Exception as exc:
         unavailable = outage_error(exc)
         if unavailable is not None:
             log.warning("%s %s failed, a store is unavailable: %s: %s", request.method, request.path,
                         type(exc).__name__, exc)  # fmt: skip
-            return error_response(unavailable)
+            return error_response(unavailable, wire=wire)
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(InternalError("The gateway hit an internal error; it has been logged."))
+        internal = InternalError("The gateway hit an internal error; it has been logged.")
+        return error_response(internal, wire=wire)
 
 
 def create_app(gateway: Gateway) -> web.Application:
@@ -290,6 +295,8 @@ def create_app(gateway: Gateway) -> web.Application:
     app[FAST_ROUTES] = fast_routes
     app.router.add_post("/chat/completions", chat)
     app.router.add_post("/embeddings", embeddings)
+    # Anthropic Messages and the Responses API: the same pipeline, another client wire.
+    add_wire_routes(app, gateway.pipeline)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{name:.+}", model)
     app.router.add_get("/health", health)

@@ -108,7 +108,7 @@ class EmbeddingsPipeline:
 
     async def read_request(self, exchange: Exchange) -> EmbeddingJob:
         body = await self.chat.read_body(exchange.http)
-        exchange.asked_for(body.get("model"))
+        exchange.asked_for(body)
         parsed = wire.parse_request(body)
         if "models" in body:
             raise InvalidRequest(

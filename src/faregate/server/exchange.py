@@ -28,7 +28,8 @@ from faregate.errors import FaregateError, UpstreamError
 from faregate.routing.attempts import billed_cost
 from faregate.routing.cascade_runner import Judged
 from faregate.routing.plan import Candidate, Plan
-from faregate.types import Attempt, ChatRequest, Price, RequestRecord, Usage
+from faregate.server.client_wires import CHAT, ClientWire
+from faregate.types import JSON, Attempt, ChatRequest, Price, RequestRecord, Usage
 
 # 96 random bits: a request id names a record that feedback may be sent for, so it must not be
 # guessable from another one (a counter was). "req_" + 24 hex digits, as before.
@@ -60,6 +61,10 @@ class Exchange:
     http: web.Request
     record: RequestRecord
     headers: dict[str, str]
+    # The wire the client speaks (it parses the body and writes every answer and error), and
+    # the client's body as sent (a Response echoes its settings).
+    wire: ClientWire = CHAT
+    asked: JSON = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     key: ApiKey | None = None
     parsed: ChatRequest | None = None
@@ -69,7 +74,7 @@ class Exchange:
     hold: Hold | None = None
 
     @classmethod
-    def begin(cls, http_request: web.Request) -> Exchange:
+    def begin(cls, http_request: web.Request, wire: ClientWire = CHAT) -> Exchange:
         request_id = new_request_id()
         record = RequestRecord(
             request_id=request_id,
@@ -80,8 +85,9 @@ class Exchange:
             provider=None,
             status=200,
             stream=False,
+            wire=wire.name,
         )
-        return cls(http_request, record, {"x-faregate-request-id": request_id})
+        return cls(http_request, record, {"x-faregate-request-id": request_id}, wire)
 
     @property
     def request(self) -> ChatRequest:
@@ -94,15 +100,18 @@ class Exchange:
         self.key = key
         self.record.key_id = key.id
 
-    def asked_for(self, model: object) -> None:
-        """The model named in the body, recorded before the body is checked (errors say it too)."""
-        self.record.model_requested = str(model or "")[:200]
+    def asked_for(self, body: JSON) -> None:
+        """The client's body, and the model it names, recorded before the body is checked
+        (errors say it too)."""
+        self.asked = body
+        self.record.model_requested = str(body.get("model") or "")[:200]
 
     def read(self, request: ChatRequest) -> None:
         assert self.key is not None
         request.key_id = self.key.id
         request.premium = self.key.premium
         request.started = self.started
+        request.wire_extras = self.wire.extras
         self.parsed = request
         self.record.stream = request.stream
 

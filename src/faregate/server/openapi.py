@@ -1,10 +1,12 @@
 """GET /openapi.json: an OpenAPI 3.0 description of the gateway's own endpoints.
 
-It says what the gateway accepts (the chat request as parsed here, with its bounds), who may
-call what (an API key, the master key, nobody), and the error shape every endpoint answers
-with. The fuzz tests (tests/test_fuzz_api_e2e.py, bench/fuzz_api.py) generate requests from it,
-so a route added without a description here is a route nobody fuzzes: tests check that every
-route the app serves is described. Built once; public, like /health (it holds no secret).
+It says what the gateway accepts (the chat request as parsed here, with its bounds; the
+Messages and Responses requests as their translations read them), who may call what (an API
+key, the master key, nobody), and the error shape every endpoint answers with (OpenAI's, but
+Anthropic's on the Messages endpoints). The fuzz tests (tests/test_fuzz_api_e2e.py,
+bench/fuzz_api.py) generate requests from it, so a route added without a description here is
+a route nobody fuzzes: tests check that every route the app serves is described. Built once;
+public, like /health (it holds no secret).
 """
 
 from __future__ import annotations
@@ -187,8 +189,23 @@ def _schemas(limits: LimitsSettings) -> dict[str, Any]:
                 }
             },
         },
+        "AnthropicError": {
+            "type": "object",
+            "required": ["type", "error"],
+            "properties": {
+                "type": {"enum": ["error"]},
+                "error": {
+                    "type": "object",
+                    "required": ["type", "message"],
+                    "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+                },
+            },
+        },
         "ChatRequest": chat,
         "EmbeddingsRequest": embeddings,
+        "MessagesRequest": _messages_request(name, count_only=False),
+        "CountTokensRequest": _messages_request(name, count_only=True),
+        "ResponsesRequest": _responses_request(name),
         "Feedback": {
             "type": "object",
             "required": ["request_id", "score"],
@@ -228,6 +245,109 @@ def _schemas(limits: LimitsSettings) -> dict[str, Any]:
             "properties": {"force": {"type": "boolean"}},
         },
     }
+
+
+def _messages_request(name: dict[str, Any], *, count_only: bool) -> dict[str, Any]:
+    """Anthropic's Messages request, as wire/anthropic.py translates it."""
+    block = {
+        "type": "object",
+        "required": ["type"],
+        "properties": {
+            "type": {"enum": ["text", "image", "tool_use", "tool_result"]},
+            "text": {"type": "string"},
+            "source": {"type": "object"},
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "input": {"type": "object"},
+            "tool_use_id": {"type": "string"},
+            "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+            "cache_control": {"type": "object"},
+        },
+    }
+    message = {
+        "type": "object",
+        "required": ["role", "content"],
+        "properties": {
+            "role": {"enum": ["user", "assistant"]},
+            "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": block}]},
+        },
+    }
+    tool = {
+        "type": "object",
+        "required": ["name", "input_schema"],
+        "properties": {
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "input_schema": {"type": "object"},
+        },
+    }
+    properties: dict[str, Any] = {
+        "model": name,
+        "messages": {"type": "array", "minItems": 1, "items": message},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "system": {"oneOf": [{"type": "string"}, {"type": "array", "items": block}]},
+        "tools": {"type": "array", "items": tool},
+        "tool_choice": {"type": "object", "properties": {"type": {"enum": ["auto", "any", "none", "tool"]}}},
+    }
+    if not count_only:
+        properties.update(
+            stream={"type": "boolean"},
+            temperature={"type": "number", "minimum": 0, "maximum": 1},
+            top_p={"type": "number", "minimum": 0, "maximum": 1},
+            top_k={"type": "integer", "minimum": 1},
+            stop_sequences={"type": "array", "items": {"type": "string"}},
+            metadata={"type": "object", "properties": {"user_id": {"type": "string"}}},
+        )
+    required = ["model", "messages"] if count_only else ["model", "messages", "max_tokens"]
+    return {"type": "object", "required": required, "properties": properties}
+
+
+def _responses_request(name: dict[str, Any]) -> dict[str, Any]:
+    """The Responses API request, stateless, as wire/responses.py translates it."""
+    item = {
+        "type": "object",
+        "properties": {
+            "type": {"enum": ["message", "function_call", "function_call_output"]},
+            "role": {"enum": ["user", "assistant", "system", "developer"]},
+            "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+            "call_id": {"type": "string"},
+            "name": {"type": "string"},
+            "arguments": {"type": "string"},
+            "output": {"type": "string"},
+        },
+    }
+    tool = {
+        "type": "object",
+        "required": ["type", "name"],
+        "properties": {
+            "type": {"enum": ["function"]},
+            "name": {"type": "string"},
+            "parameters": {"type": "object"},
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["model", "input"],
+        "properties": {
+            "model": name,
+            "input": {"oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": item}]},
+            "instructions": {"type": "string"},
+            "stream": {"type": "boolean"},
+            "max_output_tokens": {"type": "integer", "minimum": 1},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+            "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+            "tools": {"type": "array", "items": tool},
+            "tool_choice": {"oneOf": [{"enum": ["none", "auto", "required"]}, {"type": "object"}]},
+            "store": {"type": "boolean"},
+        },
+    }
+
+
+def _anthropic_answers(*statuses: int) -> dict[str, Any]:
+    out = _answers()
+    for status in statuses:
+        out[str(status)] = {"description": "An error", "content": {JSON: {"schema": _ref("AnthropicError")}}}
+    return out
 
 
 DASHBOARD_PANELS = (
@@ -270,6 +390,14 @@ def openapi_document(limits: LimitsSettings | None = None) -> dict[str, Any]:
         "schema": {"type": "string", "minLength": 1},
     }
     admin_errors = (400, 401, 403, 404)
+    # Anthropic's SDK sends its key in x-api-key; a Bearer key works as well.
+    anthropic_key: list[dict[str, list[str]]] = [{"apiKey": []}, {"xApiKey": []}]
+    response_id = {
+        "name": "response_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1},
+    }
     paths: dict[str, Any] = {
         "/v1/chat/completions": {
             "post": {
@@ -287,6 +415,44 @@ def openapi_document(limits: LimitsSettings | None = None) -> dict[str, Any]:
                 "requestBody": _json_body(_ref("EmbeddingsRequest")),
                 "responses": _answers(400, 401, 402, 404, 413, 429, 502, 503, 504),
             }
+        },
+        "/v1/messages": {
+            "post": {
+                "summary": "Anthropic's Messages API, translated: any model, routed, cached and metered.",
+                "security": anthropic_key,
+                "requestBody": _json_body(_ref("MessagesRequest")),
+                "responses": _anthropic_answers(400, 401, 402, 404, 413, 429, 502, 503, 504),
+            }
+        },
+        "/v1/messages/count_tokens": {
+            "post": {
+                "summary": "The input tokens of a Messages request, by the gateway's tokenizer.",
+                "security": anthropic_key,
+                "requestBody": _json_body(_ref("CountTokensRequest")),
+                "responses": _anthropic_answers(400, 401, 413),
+            }
+        },
+        "/v1/responses": {
+            "post": {
+                "summary": "OpenAI's Responses API, stateless, translated: routed, cached and metered.",
+                "security": key,
+                "requestBody": _json_body(_ref("ResponsesRequest")),
+                "responses": _answers(400, 401, 402, 404, 413, 429, 502, 503, 504),
+            }
+        },
+        "/v1/responses/{response_id}": {
+            "get": {
+                "summary": "Not supported: nothing is stored (always a 404 saying so).",
+                "security": key,
+                "parameters": [response_id],
+                "responses": _answers(401, 404),
+            },
+            "delete": {
+                "summary": "Not supported: nothing is stored (always a 404 saying so).",
+                "security": key,
+                "parameters": [response_id],
+                "responses": _answers(401, 404),
+            },
         },
         "/v1/models": {"get": {"security": key, "responses": _answers(401)}},
         "/v1/models/{name}": {
@@ -398,7 +564,10 @@ def openapi_document(limits: LimitsSettings | None = None) -> dict[str, Any]:
         "info": {
             "title": "Faregate",
             "version": "1",
-            "description": "The gateway's own endpoints. Errors are always OpenAI's error JSON.",
+            "description": (
+                "The gateway's own endpoints. Errors are OpenAI's error JSON, but Anthropic's on the "
+                "Messages endpoints."
+            ),
         },
         "servers": [{"url": "/"}],
         "paths": paths,
@@ -406,6 +575,12 @@ def openapi_document(limits: LimitsSettings | None = None) -> dict[str, Any]:
             "schemas": _schemas(limits),
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key (fg-...)."},
+                "xApiKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "x-api-key",
+                    "description": "An API key (fg-...) as Anthropic's SDK sends it.",
+                },
                 "masterKey": {"type": "http", "scheme": "bearer", "description": "The master key."},
             },
         },

@@ -13,7 +13,10 @@
   7. respond            server.responses costs the answer and writes it out
   8. settle and record  the hold settled to the actual cost (or released); the record written
 
-Each stage reads and writes one `Exchange` (server/exchange.py).
+Each stage reads and writes one `Exchange` (server/exchange.py). The client's wire (OpenAI chat,
+Anthropic Messages, Responses: server/client_wires.py) is met twice only, at the edges: it turns
+the body into the internal chat request in stage 2 and writes the answer or error in stage 7;
+every stage between sees the internal request alone.
 
 Why this order, where it departs from "authenticate, rate limit, reserve, cache, plan": the
 reservation holds the plan's worst case (its candidates' prices and output allowances, a cascade's
@@ -34,7 +37,7 @@ outage a 503). tests/test_pipeline.py checks the order and these in process.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -48,6 +51,7 @@ from faregate.routing.cascade_runner import CascadeRunner
 from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Planner
 from faregate.routing.worst_case import worst_case
+from faregate.server.client_wires import CHAT, ClientWire
 from faregate.server.exchange import Exchange
 from faregate.server.parse import decode_json_object, parse_chat_request
 from faregate.server.responses import Responder, error_response
@@ -88,8 +92,16 @@ class ChatPipeline:
         # Called with every finished record (metrics, alerts); must be cheap and never raise.
         self.listeners: list[Callable[[RequestRecord], None]] = []
 
-    async def handle(self, http_request: web.Request) -> web.StreamResponse:
-        exchange = Exchange.begin(http_request)
+    def handler(self, wire: ClientWire) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """The route handler for requests in `wire` (`handle` itself is the chat wire's)."""
+
+        async def handle(http_request: web.Request) -> web.StreamResponse:
+            return await self.handle(http_request, wire)
+
+        return handle
+
+    async def handle(self, http_request: web.Request, wire: ClientWire = CHAT) -> web.StreamResponse:
+        exchange = Exchange.begin(http_request, wire)
         try:
             exchange.authenticated(await self.authenticate(http_request))
             await self.read_request(exchange)
@@ -103,7 +115,7 @@ class ChatPipeline:
             return await self.respond.send(exchange, answer)
         except FaregateError as error:
             exchange.failed(error)
-            return error_response(error, exchange.headers)
+            return error_response(error, exchange.headers, wire)
         except Exception as exc:
             return self.unexpected(exchange, exc)
         finally:
@@ -112,14 +124,18 @@ class ChatPipeline:
     # -- the stages, in order -----------------------------------------------------------------
 
     async def authenticate(self, http_request: web.Request) -> ApiKey:
-        """The key in `Authorization: Bearer ...` (also the models and account endpoints' check)."""
+        """The key in `Authorization: Bearer ...`, or in `x-api-key` as Anthropic's SDK and Claude
+        Code send it (also the models and account endpoints' check)."""
         header = http_request.headers.get("Authorization", "")
         scheme, _, raw = header.partition(" ")
         if scheme.lower() != "bearer" or not raw.strip():
-            raise AuthenticationFailed(
-                "You didn't provide an API key. Send it as 'Authorization: Bearer fg-...'.",
-                code="missing_api_key",
-            )
+            raw = http_request.headers.get("x-api-key", "")
+            if not raw.strip():
+                raise AuthenticationFailed(
+                    "You didn't provide an API key. Send it as 'Authorization: Bearer fg-...' "
+                    "(or in an 'x-api-key' header).",
+                    code="missing_api_key",
+                )
         key = await self.keys.verify(raw.strip())
         if key is None:
             raise AuthenticationFailed("Incorrect API key provided.")
@@ -127,8 +143,9 @@ class ChatPipeline:
 
     async def read_request(self, exchange: Exchange) -> None:
         body = await self.read_body(exchange.http)
-        exchange.asked_for(body.get("model"))
-        request = parse_chat_request(body, exchange.http.headers, exchange.record.request_id, self.limits)
+        exchange.asked_for(body)
+        chat = exchange.wire.to_chat(body)
+        request = parse_chat_request(chat, exchange.http.headers, exchange.record.request_id, self.limits)
         exchange.read(request)
 
     async def look_up(self, exchange: Exchange) -> CachedAnswer | None:
@@ -199,11 +216,11 @@ class ChatPipeline:
         if unavailable is not None:
             log.warning("request failed, a store is unavailable: %s: %s", type(exc).__name__, exc)
             exchange.failed(unavailable)
-            return error_response(unavailable, exchange.headers)
+            return error_response(unavailable, exchange.headers, exchange.wire)
         log.exception("unhandled error in request %s", exchange.record.request_id)
         error = InternalError("The gateway hit an internal error; it has been logged.")
         exchange.failed(error, note=f"internal error: {type(exc).__name__}")
-        return error_response(error, exchange.headers)
+        return error_response(error, exchange.headers, exchange.wire)
 
     async def read_body(self, http_request: web.Request) -> JSON:
         """The body as a JSON object, within the size and depth limits (every wire's first check)."""

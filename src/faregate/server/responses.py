@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
-import orjson
 from aiohttp import web
 
 from faregate.cache.service import CachedAnswer, ResponseCache
@@ -28,31 +27,24 @@ from faregate.errors import FaregateError, UpstreamFailure
 from faregate.routing.attempts import Served, billed_cost
 from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Candidate
+from faregate.server.client_wires import CHAT, ClientWire, StreamEncoder
 from faregate.server.exchange import Exchange
 from faregate.tokens import estimate_usage
 from faregate.types import JSON, Attempt, ChatRequest, Usage
-from faregate.wire.openai import (
-    DONE,
-    answer_as_chunks,
-    answer_text,
-    error_body,
-    error_event,
-    free_answer,
-    price_answer,
-    relay_frame,
-    sse_frame,
-    usage_chunk,
-)
+from faregate.wire.openai import answer_as_chunks, answer_text, free_answer, price_answer, usage_chunk
 
 JSON_TYPE = "application/json"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 Answer = Served | OpenedStream | CachedAnswer
 
 
-def error_response(error: FaregateError, headers: dict[str, str] | None = None) -> web.Response:
+def error_response(
+    error: FaregateError, headers: dict[str, str] | None = None, wire: ClientWire = CHAT
+) -> web.Response:
+    """An error in the client's wire (OpenAI's shape unless it came in on another)."""
     return web.Response(
         status=error.status,
-        body=orjson.dumps(error_body(error)),
+        body=wire.error(error),
         content_type=JSON_TYPE,
         headers={**error.headers, **(headers or {})},
     )
@@ -112,25 +104,34 @@ class Responder:
         if request.stream:
             # A cascade step's answer, judged before it could be sent: replayed as a stream.
             return await self._replay(exchange, body)
-        return web.Response(body=orjson.dumps(body), content_type=JSON_TYPE, headers=exchange.headers)
+        return web.Response(
+            body=exchange.wire.answer(body, exchange.asked), content_type=JSON_TYPE, headers=exchange.headers
+        )
 
     async def _cached(self, exchange: Exchange, cached: CachedAnswer) -> web.StreamResponse:
         exchange.from_cache(cached)
         body = free_answer(cached.body, cached.usage)
         if exchange.request.stream:
             return await self._replay(exchange, body)
-        return web.Response(body=orjson.dumps(body), content_type=JSON_TYPE, headers=exchange.headers)
+        return web.Response(
+            body=exchange.wire.answer(body, exchange.asked), content_type=JSON_TYPE, headers=exchange.headers
+        )
 
     async def _replay(self, exchange: Exchange, body: JSON) -> web.StreamResponse:
         """A whole, priced answer sent as the chunks of a stream."""
         response = web.StreamResponse(status=200, headers={**exchange.headers, "Cache-Control": "no-cache"})
         response.content_type = "text/event-stream"
+        include_usage = exchange.request.include_usage
+        model = exchange.record.model_used or str(body.get("model") or "")  # the body's own name
+        encoder = exchange.wire.stream(model, include_usage, exchange.asked)
+        chunks = answer_as_chunks(body, include_usage)
+        usage = chunks.pop() if include_usage else None
         try:
             await response.prepare(exchange.http)
-            for chunk in answer_as_chunks(body, exchange.request.include_usage):
-                await response.write(sse_frame(chunk))
+            for chunk in chunks:
+                await response.write(encoder.chunk(chunk))
                 exchange.first_content(time.perf_counter())
-            await response.write(DONE)
+            await response.write(encoder.close(usage))
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
             exchange.client_gone("during the stream")
@@ -149,7 +150,8 @@ class Responder:
             settled = await settle(candidate, request, None, "", opened.attempts)
             exchange.settled(candidate, settled.usage, settled.cost)
             return response
-        outcome = await _relay(response, request, opened)
+        encoder = exchange.wire.stream(candidate.model.name, request.include_usage, exchange.asked)
+        outcome = await _relay(response, encoder, opened)
         if outcome.first_content_at is not None:
             exchange.first_content(outcome.first_content_at)
         seen = opened.seen
@@ -159,20 +161,20 @@ class Responder:
             exchange.client_gone("during the stream")
             return response
         try:
-            if outcome.failure is not None:
-                exchange.interrupted(outcome.failure.detail)
-                await response.write(
-                    error_event(
-                        f"The upstream stream from {candidate.offer.provider} ({candidate.model.name}) "
-                        f"failed after content was sent: {outcome.failure.detail}",
-                        "stream_interrupted",
-                    )
+            failure = outcome.failure
+            if failure is not None:
+                exchange.interrupted(failure.detail)
+                detail = (
+                    f"The upstream stream from {candidate.offer.provider} ({candidate.model.name}) "
+                    f"failed after content was sent: {failure.detail}"
                 )
+                failed = UpstreamFailure(failure.kind, detail, status=failure.status)
+                await response.write(encoder.fail(failed))
             else:
+                final = None
                 if request.include_usage:
                     final = usage_chunk(seen.usage_chunk, candidate.model.name, settled.usage, settled.cost)
-                    await response.write(sse_frame(final))
-                await response.write(DONE)
+                await response.write(encoder.close(final))
                 self._remember(
                     exchange, candidate, seen.answer(candidate.model.name, settled.usage), settled.usage
                 )
@@ -188,15 +190,15 @@ class Responder:
             self.cache.remember(exchange.cache, exchange.request, body, model, provider, usage)
 
 
-async def _relay(response: web.StreamResponse, request: ChatRequest, opened: OpenedStream) -> StreamOutcome:
-    """Write every chunk to the client. The caller adds the usage chunk (with the cost) and
-    `[DONE]`, or the error event; how the upstream stream ended (a failure, a missing finish
-    reason) is the OpenedStream's to judge."""
+async def _relay(response: web.StreamResponse, encoder: StreamEncoder, opened: OpenedStream) -> StreamOutcome:
+    """Write every chunk to the client in its wire. The caller adds the usage chunk (with the
+    cost) and the end (`[DONE]` on the chat wire), or the error event; how the upstream stream
+    ended (a failure, a missing finish reason) is the OpenedStream's to judge."""
     outcome = StreamOutcome()
-    model = opened.candidate.model.name
+    frame = encoder.chunk
     try:
         async for chunk in opened:
-            await response.write(relay_frame(chunk, model, request.include_usage))
+            await response.write(frame(chunk))
             if outcome.first_content_at is None:
                 outcome.first_content_at = time.perf_counter()
     except UpstreamFailure as failure:

@@ -34,6 +34,7 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "baseline_cost_usd",
     "baseline_cost_nanousd",
     "cache_status",
+    "wire",
 )
 
 
@@ -116,6 +117,7 @@ def record_to_row(r: RequestRecord) -> tuple[Any, ...]:
         usd_text(r.baseline_cost_usd),
         to_nanousd(r.baseline_cost_usd),
         r.cache_status,
+        r.wire,
     )
 
 
@@ -143,4 +145,5 @@ def row_to_record(row: Sequence[Any]) -> RequestRecord:
         route=values["route"],
         baseline_cost_usd=Decimal(values["baseline_cost_usd"]),
         cache_status=values["cache_status"],
+        wire=values["wire"],
     )

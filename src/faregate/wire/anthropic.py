@@ -76,6 +76,8 @@ def messages_to_chat(body: JSON, *, count_only: bool = False) -> JSON:
         raise InvalidRequest("messages: a non-empty list of messages is required", param="messages")
     for i, message in enumerate(raw_messages):
         messages.extend(_message(message, f"messages[{i}]"))
+    if not any(m["role"] != "system" for m in messages):
+        raise InvalidRequest("messages: no message with content to send", param="messages")
     chat["messages"] = messages
     max_tokens = body.get("max_tokens")
     if max_tokens is not None or not count_only:

@@ -64,72 +64,98 @@ class _Blocks:
         return self.next_index
 
 
+class MessagesStream:
+    """Push-style translation: `feed` each internal chunk, then `end` (a clean finish) or `fail`
+    (a failure after the stream started); each returns the events to send. The gateway's
+    responder drives it chunk by chunk; `messages_events` wraps it for an async iterable."""
+
+    __slots__ = ("_blocks", "_finish", "_input_tokens", "_model", "_usage", "_usage_body", "started")
+
+    def __init__(self, model: str, input_tokens: int = 0) -> None:
+        self._model = model
+        self._input_tokens = input_tokens
+        self._blocks = _Blocks()
+        self._finish: tuple[str | None, str | None] = (None, None)
+        self._usage: Usage | None = None
+        self._usage_body: Any = None
+        self.started = False
+
+    def _start(self, chunk: JSON) -> list[JSON]:
+        self.started = True
+        message: JSON = {
+            "id": message_id(chunk.get("id") or f"{time.time_ns():x}"),
+            "type": "message",
+            "role": "assistant",
+            "model": self._model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": self._input_tokens, "output_tokens": 0},
+        }
+        return [{"type": "message_start", "message": message}, {"type": "ping"}]
+
+    def feed(self, chunk: JSON) -> list[JSON]:
+        events = [] if self.started else self._start(chunk)
+        if chunk.get("usage"):
+            self._usage = usage_from(chunk) or self._usage
+            self._usage_body = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            events += _delta_events(choice.get("delta") or {}, self._blocks)
+            if choice.get("finish_reason"):
+                self._finish = stop_reason_of(choice)
+        return events
+
+    def end(self) -> list[JSON]:
+        """The closing events: message_delta (stop reason, usage with the gateway's cost) and
+        message_stop; an `error` event instead when no finish reason came (a cut stream)."""
+        events = [] if self.started else self._start({})
+        events += self._blocks.stop()
+        if self._finish[0] is None:
+            error = {"type": "api_error", "message": "the upstream stream ended early"}
+            events.append({"type": "error", "error": error})
+            return events
+        final = anthropic_usage(self._usage or Usage(self._input_tokens, 0))
+        del final["cache_creation"]  # message_delta's usage has no breakdown by TTL
+        if isinstance(self._usage_body, dict):
+            for extra in ("cost", "estimated"):
+                if extra in self._usage_body:
+                    final[extra] = self._usage_body[extra]
+        events.append(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": self._finish[0], "stop_sequence": self._finish[1]},
+                "usage": final,
+            }
+        )
+        events.append({"type": "message_stop"})
+        return events
+
+    def fail(self, failure: FaregateError | UpstreamFailure) -> list[JSON]:
+        """The open block stopped, then the `error` event (the SDKs raise on it)."""
+        events = [] if self.started else self._start({})
+        return events + self._blocks.stop() + [error_event(failure)]
+
+
 async def messages_events(
     chunks: AsyncIterable[JSON], *, model: str, input_tokens: int = 0
 ) -> AsyncIterator[JSON]:
     """The Messages events for `chunks`. `input_tokens` goes in message_start (Anthropic knows it
     up front; the gateway may pass its count) and is replaced by the final usage's own."""
-    blocks = _Blocks()
-    started = False
-    finish: tuple[str | None, str | None] = (None, None)
-    usage: Usage | None = None
-    usage_body: Any = None
-
-    def start(chunk: JSON) -> JSON:
-        message: JSON = {
-            "id": message_id(chunk.get("id") or f"{time.time_ns():x}"),
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {"input_tokens": input_tokens, "output_tokens": 0},
-        }
-        return {"type": "message_start", "message": message}
-
+    stream = MessagesStream(model, input_tokens)
     try:
         async for chunk in chunks:
-            if not started:
-                started = True
-                yield start(chunk)
-                yield {"type": "ping"}
-            if chunk.get("usage"):
-                usage = usage_from(chunk) or usage
-                usage_body = chunk["usage"]
-            for choice in chunk.get("choices") or ():
-                if choice.get("index", 0) != 0:
-                    continue
-                for event in _delta_events(choice.get("delta") or {}, blocks):
-                    yield event
-                if choice.get("finish_reason"):
-                    finish = stop_reason_of(choice)
+            for event in stream.feed(chunk):
+                yield event
     except (FaregateError, UpstreamFailure) as failure:
-        if not started:
+        if not stream.started:
             raise  # nothing sent yet: the caller answers with a plain error response
-        for event in blocks.stop():
+        for event in stream.fail(failure):
             yield event
-        yield error_event(failure)
         return
-    if not started:
-        yield start({})
-    for event in blocks.stop():
+    for event in stream.end():
         yield event
-    if finish[0] is None:
-        yield {"type": "error", "error": {"type": "api_error", "message": "the upstream stream ended early"}}
-        return
-    final = anthropic_usage(usage or Usage(input_tokens, 0))
-    del final["cache_creation"]  # message_delta's usage has no breakdown by TTL
-    if isinstance(usage_body, dict):
-        for extra in ("cost", "estimated"):
-            if extra in usage_body:
-                final[extra] = usage_body[extra]
-    yield {
-        "type": "message_delta",
-        "delta": {"stop_reason": finish[0], "stop_sequence": finish[1]},
-        "usage": final,
-    }
-    yield {"type": "message_stop"}
 
 
 def _delta_events(delta: JSON, blocks: _Blocks) -> list[JSON]:

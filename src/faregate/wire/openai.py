@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from faregate.errors import FaregateError
+from faregate.errors import FaregateError, UpstreamFailure
 from faregate.types import GATEWAY_FIELDS, JSON, Usage
 from faregate.wire.usage import usage_from
 
@@ -54,6 +54,33 @@ def upstream_body(body: JSON, model: str, max_output: int | None, stream: bool) 
             out[name] = min(value, max_output)
     if stream:
         out["stream_options"] = {**(out.get("stream_options") or {}), "include_usage": True}
+    return out
+
+
+def without_fields(body: JSON, names: frozenset[str]) -> JSON:
+    """`body` without the fields `names`, wherever the chat wire could hold them: at the top, in a
+    message, a content part, a tool call or a tool (a prompt-cache mark sits on any of these).
+    What is shared with the client's body is copied, never changed."""
+    if not names:
+        return body
+
+    def clean(item: Any) -> Any:
+        return {k: v for k, v in item.items() if k not in names} if isinstance(item, dict) else item
+
+    out: JSON = clean(body)
+    messages = out.get("messages")
+    if isinstance(messages, list):
+        cleaned = []
+        for message in messages:
+            message = clean(message)
+            if isinstance(message, dict):
+                for key in ("content", "tool_calls"):
+                    if isinstance(message.get(key), list):
+                        message[key] = [clean(part) for part in message[key]]
+            cleaned.append(message)
+        out["messages"] = cleaned
+    if isinstance(out.get("tools"), list):
+        out["tools"] = [clean(tool) for tool in out["tools"]]
     return out
 
 
@@ -271,6 +298,34 @@ def relay_frame(chunk: JSON, model: str, include_usage: bool) -> bytes:
     if not include_usage:
         chunk.pop("usage", None)
     return sse_frame(chunk)
+
+
+class ChatStreamFrames:
+    """A stream's frames as a chat client receives them (the chat wire's encoder in
+    server/client_wires.py): each chunk as `relay_frame` writes it, then the priced usage chunk
+    (when asked for) and `[DONE]`, or the error event for a stream that failed after content."""
+
+    __slots__ = ("include_usage", "model")
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.model = model
+        self.include_usage = include_usage
+
+    def chunk(self, chunk: JSON) -> bytes:
+        # relay_frame's body, inlined: it runs for every chunk of every chat stream, and a call
+        # through a partial or a second function costs more than the work itself.
+        chunk["model"] = self.model
+        if not self.include_usage:
+            chunk.pop("usage", None)
+        return sse_frame(chunk)
+
+    def close(self, usage_chunk: JSON | None) -> bytes:
+        if usage_chunk is None or not self.include_usage:
+            return DONE
+        return sse_frame(usage_chunk) + DONE
+
+    def fail(self, failure: UpstreamFailure) -> bytes:
+        return error_event(failure.detail, "stream_interrupted")
 
 
 def usage_chunk(held: JSON | None, model: str, usage: Usage, cost: Decimal) -> JSON:

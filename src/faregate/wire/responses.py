@@ -98,6 +98,8 @@ def responses_to_chat(body: JSON) -> JSON:
             )
         chat["max_tokens"] = limit
     tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise InvalidRequest("tools: expected a list", param="tools")
     if tools:
         chat["tools"] = [_tool(tool, f"tools[{i}]") for i, tool in enumerate(tools)]
     if body.get("tool_choice") is not None:

@@ -119,59 +119,85 @@ class _Writer:
         return events
 
 
+class ResponsesStream:
+    """Push-style translation: `feed` each internal chunk, then `end` (a clean finish) or `fail`
+    (a failure after the stream started); each returns the events to send. The gateway's
+    responder drives it chunk by chunk; `response_events` wraps it for an async iterable."""
+
+    __slots__ = ("_finish", "_model", "_request", "_usage_body", "writer")
+
+    def __init__(self, model: str, request: JSON | None = None) -> None:
+        self._model = model
+        self._request = request
+        self._finish: Any = None
+        self._usage_body: Any = None
+        self.writer: _Writer | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.writer is not None
+
+    def _start(self, chunk: JSON) -> tuple[_Writer, list[JSON]]:
+        rid = response_id(chunk.get("id"))
+        response = base_response(rid, self._model, self._request, chunk.get("created"))
+        writer = self.writer = _Writer(response)
+        return writer, [
+            writer.event("response.created", response=writer.snapshot()),
+            writer.event("response.in_progress", response=writer.snapshot()),
+        ]
+
+    def _writer(self, chunk: JSON) -> tuple[_Writer, list[JSON]]:
+        return (self.writer, []) if self.writer is not None else self._start(chunk)
+
+    def feed(self, chunk: JSON) -> list[JSON]:
+        writer, events = self._writer(chunk)
+        if chunk.get("usage"):
+            self._usage_body = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            events += _delta_events(writer, choice.get("delta") or {})
+            if choice.get("finish_reason"):
+                self._finish = choice["finish_reason"]
+        return events
+
+    def end(self) -> list[JSON]:
+        """response.completed (or .incomplete) with the whole Response and its usage (the
+        gateway's cost included); response.failed when no finish reason came (a cut stream)."""
+        writer, events = self._writer({})
+        if self._finish is None:
+            return events + _failed(writer, "the upstream stream ended early")
+        events += writer.close_item()
+        status, incomplete = finish_status(self._finish)
+        final = writer.snapshot(
+            status=status, incomplete_details=incomplete, usage=responses_usage(self._usage_body)
+        )
+        kind = "response.completed" if status == "completed" else "response.incomplete"
+        return [*events, writer.event(kind, response=final)]
+
+    def fail(self, failure: FaregateError | UpstreamFailure) -> list[JSON]:
+        writer, events = self._writer({})
+        message = failure.message if isinstance(failure, FaregateError) else failure.detail
+        return events + _failed(writer, message)
+
+
 async def response_events(
     chunks: AsyncIterable[JSON], *, model: str, request: JSON | None = None
 ) -> AsyncIterator[JSON]:
     """The Responses events for `chunks`, answering `request` (whose settings are echoed)."""
-    writer: _Writer | None = None
-    finish: Any = None
-    usage_body: Any = None
-
-    def start(chunk: JSON) -> tuple[_Writer, list[JSON]]:
-        response = base_response(response_id(chunk.get("id")), model, request, chunk.get("created"))
-        w = _Writer(response)
-        return w, [
-            w.event("response.created", response=w.snapshot()),
-            w.event("response.in_progress", response=w.snapshot()),
-        ]
-
+    stream = ResponsesStream(model, request)
     try:
         async for chunk in chunks:
-            if writer is None:
-                writer, events = start(chunk)
-                for event in events:
-                    yield event
-            if chunk.get("usage"):
-                usage_body = chunk["usage"]
-            for choice in chunk.get("choices") or ():
-                if choice.get("index", 0) != 0:
-                    continue
-                for event in _delta_events(writer, choice.get("delta") or {}):
-                    yield event
-                if choice.get("finish_reason"):
-                    finish = choice["finish_reason"]
+            for event in stream.feed(chunk):
+                yield event
     except (FaregateError, UpstreamFailure) as failure:
-        if writer is None:
+        if not stream.started:
             raise  # nothing sent yet: the caller answers with a plain error response
-        message = failure.message if isinstance(failure, FaregateError) else failure.detail
-        for event in _failed(writer, message):
+        for event in stream.fail(failure):
             yield event
         return
-    if writer is None:
-        writer, events = start({})
-        for event in events:
-            yield event
-    if finish is None:
-        for event in _failed(writer, "the upstream stream ended early"):
-            yield event
-        return
-    for event in writer.close_item():
+    for event in stream.end():
         yield event
-    status, incomplete = finish_status(finish)
-    final = writer.snapshot(status=status, incomplete_details=incomplete, usage=responses_usage(usage_body))
-    yield writer.event(
-        "response.completed" if status == "completed" else "response.incomplete", response=final
-    )
 
 
 def _failed(writer: _Writer, message: str) -> list[JSON]:

@@ -226,6 +226,11 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        6,
+        "request records say the wire a request came in on (chat, messages, responses)",
+        ("ALTER TABLE request_records ADD COLUMN wire TEXT NOT NULL DEFAULT 'chat'",),
+    ),
 )
 
 PG_LATEST_VERSION = PG_MIGRATIONS[-1].version

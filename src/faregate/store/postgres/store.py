@@ -28,7 +28,7 @@ _RECORD_COLUMN_LIST = ", ".join(RECORD_COLUMNS)
 # PostgreSQL types of RECORD_COLUMNS, in order, for the one-statement batch insert via unnest.
 _RECORD_TYPES = (
     "text float8 text text text text int4 int4 int8 int8 text int8 "
-    "int4 float8 float8 int4 text text text text int8 text"
+    "int4 float8 float8 int4 text text text text int8 text text"
 ).split()
 _INSERT_RECORDS = (
     f"INSERT INTO request_records ({_RECORD_COLUMN_LIST}) SELECT * FROM unnest("

@@ -263,6 +263,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX holds_instance ON holds (instance_id)",
         ),
     ),
+    Migration(
+        12,
+        "request records say the wire a request came in on (chat, messages, responses)",
+        ("ALTER TABLE request_records ADD COLUMN wire TEXT NOT NULL DEFAULT 'chat'",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -1,0 +1,164 @@
+"""The wire a client speaks to the gateway: the one place that knows it.
+
+The request path (pipeline, routing, caching, accounting, records) sees only the internal chat
+request and answer (the OpenAI chat shape, wire/openai.py). A `ClientWire` stands at the edge:
+- `to_chat(body)`: the client's body as the internal chat body (InvalidRequest naming what
+  cannot be translated);
+- `answer(body, asked)`: a whole, priced internal answer as the bytes the client receives
+  (`asked` is the client's own body, whose settings a Response echoes);
+- `stream(model, include_usage, asked)`: a `StreamEncoder` that turns the internal chunks of an
+  answer, its priced usage chunk and a mid-stream failure into the client's SSE frames;
+- `error(error)`: the body of an error in the client's shape (its status is the error's).
+
+Three wires: OpenAI chat (the identity: today's bytes, and per chunk no more work than
+`relay_frame`, in wire.openai.ChatStreamFrames), Anthropic Messages (wire/anthropic*.py) and the
+Responses API (wire/responses*.py). `name` is what the request's record says it came in on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import orjson
+
+from faregate.errors import FaregateError, UpstreamFailure
+from faregate.types import JSON
+from faregate.wire import anthropic, anthropic_replies, anthropic_stream, openai, responses, responses_stream
+
+
+class StreamEncoder(Protocol):
+    """One answer's stream in the client's wire; made per stream by `ClientWire.stream`."""
+
+    def chunk(self, chunk: JSON) -> bytes:
+        """The frames for one internal chunk (possibly none)."""
+        ...
+
+    def close(self, usage_chunk: JSON | None) -> bytes:
+        """The closing frames of a whole answer; `usage_chunk` is the priced usage-only chunk
+        (None when the client did not ask for usage)."""
+        ...
+
+    def fail(self, failure: UpstreamFailure) -> bytes:
+        """The closing frames of a stream that failed after content was sent (the SDKs raise)."""
+        ...
+
+
+class ClientWire(Protocol):
+    name: str
+    # Fields its translation puts in the internal body that the chat wire does not carry: sent
+    # only to providers that carry them (ChatRequest.wire_extras, Provider.carries).
+    extras: frozenset[str]
+
+    def to_chat(self, body: JSON) -> JSON: ...
+
+    def answer(self, body: JSON, asked: JSON) -> bytes: ...
+
+    def stream(self, model: str, include_usage: bool, asked: JSON) -> StreamEncoder: ...
+
+    def error(self, error: FaregateError) -> bytes: ...
+
+
+# -- OpenAI chat completions: the internal shape itself ------------------------------------------
+
+
+class ChatWire:
+    name = "chat"
+    extras: frozenset[str] = frozenset()
+
+    def to_chat(self, body: JSON) -> JSON:
+        return body
+
+    def answer(self, body: JSON, asked: JSON) -> bytes:
+        return orjson.dumps(body)
+
+    def stream(self, model: str, include_usage: bool, asked: JSON) -> StreamEncoder:
+        return openai.ChatStreamFrames(model, include_usage)
+
+    def error(self, error: FaregateError) -> bytes:
+        return orjson.dumps(openai.error_body(error))
+
+
+# -- Anthropic Messages ---------------------------------------------------------------------------
+
+
+class MessagesEncoder:
+    __slots__ = ("_stream",)
+
+    def __init__(self, model: str) -> None:
+        self._stream = anthropic_stream.MessagesStream(model)
+
+    def chunk(self, chunk: JSON) -> bytes:
+        return _frames(self._stream.feed(chunk), anthropic_stream.sse_frame)
+
+    def close(self, usage_chunk: JSON | None) -> bytes:
+        events = self._stream.feed(usage_chunk) if usage_chunk is not None else []
+        return _frames(events + self._stream.end(), anthropic_stream.sse_frame)
+
+    def fail(self, failure: UpstreamFailure) -> bytes:
+        return _frames(self._stream.fail(failure), anthropic_stream.sse_frame)
+
+
+class MessagesWire:
+    name = "messages"
+    # Only a Messages upstream can take top_k and prompt-cache marks; OpenAI's wire refuses them.
+    extras = frozenset({"top_k", "cache_control"})
+
+    def to_chat(self, body: JSON) -> JSON:
+        return anthropic.messages_to_chat(body)
+
+    def answer(self, body: JSON, asked: JSON) -> bytes:
+        return orjson.dumps(anthropic_replies.completion_to_message(body))
+
+    def stream(self, model: str, include_usage: bool, asked: JSON) -> StreamEncoder:
+        return MessagesEncoder(model)
+
+    def error(self, error: FaregateError) -> bytes:
+        return orjson.dumps(anthropic_replies.error_body(error)[1])
+
+
+# -- OpenAI Responses (stateless) -----------------------------------------------------------------
+
+
+class ResponsesEncoder:
+    __slots__ = ("_stream",)
+
+    def __init__(self, model: str, asked: JSON) -> None:
+        self._stream = responses_stream.ResponsesStream(model, asked)
+
+    def chunk(self, chunk: JSON) -> bytes:
+        return _frames(self._stream.feed(chunk), responses_stream.sse_frame)
+
+    def close(self, usage_chunk: JSON | None) -> bytes:
+        events = self._stream.feed(usage_chunk) if usage_chunk is not None else []
+        return _frames(events + self._stream.end(), responses_stream.sse_frame)
+
+    def fail(self, failure: UpstreamFailure) -> bytes:
+        return _frames(self._stream.fail(failure), responses_stream.sse_frame)
+
+
+class ResponsesWire:
+    name = "responses"
+    extras: frozenset[str] = frozenset()
+
+    def to_chat(self, body: JSON) -> JSON:
+        return responses.responses_to_chat(body)
+
+    def answer(self, body: JSON, asked: JSON) -> bytes:
+        return orjson.dumps(responses.completion_to_response(body, asked))
+
+    def stream(self, model: str, include_usage: bool, asked: JSON) -> StreamEncoder:
+        return ResponsesEncoder(model, asked)
+
+    def error(self, error: FaregateError) -> bytes:
+        # The Responses API answers errors in OpenAI's shape.
+        return orjson.dumps(openai.error_body(error))
+
+
+def _frames(events: list[JSON], frame: Callable[[JSON], bytes]) -> bytes:
+    return b"".join(frame(event) for event in events)
+
+
+CHAT: ClientWire = ChatWire()
+MESSAGES: ClientWire = MessagesWire()
+RESPONSES: ClientWire = ResponsesWire()

@@ -1,0 +1,55 @@
+"""The endpoints of the other inbound wires: Anthropic's Messages API and OpenAI's Responses API.
+
+`POST /v1/messages` and `POST /v1/responses` are the chat pipeline itself with another client
+wire (server/client_wires.py): every route, fallback, cache, budget, record and cost rule
+applies as for chat completions. `POST /v1/messages/count_tokens` counts with the gateway's own
+tokenizer (the count an estimate is billed by); it calls no model and writes no record. The
+Responses API is served stateless: nothing is stored, so reading or deleting a stored
+response is a 404 that says so.
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from faregate.errors import FaregateError, NotFound
+from faregate.server.client_wires import CHAT, MESSAGES, RESPONSES, ClientWire
+from faregate.server.pipeline import ChatPipeline
+from faregate.server.responses import JSON_TYPE, error_response
+from faregate.wire.anthropic import count_tokens
+
+NOT_STORED = (
+    "Stored responses are not supported: this gateway serves the Responses API stateless "
+    "(store is always false). Send the whole conversation in `input` instead of a response id."
+)
+
+
+def wire_of_path(path: str) -> ClientWire:
+    """The wire an error outside the pipeline is written in (a 404, a 405, a body too large)."""
+    return MESSAGES if path.startswith("/v1/messages") else CHAT
+
+
+def add_wire_routes(app: web.Application, pipeline: ChatPipeline) -> None:
+    app.router.add_post("/v1/messages", pipeline.handler(MESSAGES))
+    app.router.add_post("/v1/responses", pipeline.handler(RESPONSES))
+
+    async def messages_count_tokens(request: web.Request) -> web.StreamResponse:
+        try:
+            await pipeline.authenticate(request)
+            body = await pipeline.read_body(request)
+            counted = await count_tokens(body)
+        except FaregateError as error:
+            return error_response(error, wire=MESSAGES)
+        return web.Response(body=orjson.dumps(counted), content_type=JSON_TYPE)
+
+    async def stored_response(request: web.Request) -> web.StreamResponse:
+        try:
+            await pipeline.authenticate(request)
+        except FaregateError as error:
+            return error_response(error, wire=RESPONSES)
+        return error_response(NotFound(NOT_STORED, code="stored_responses_not_supported"), wire=RESPONSES)
+
+    app.router.add_post("/v1/messages/count_tokens", messages_count_tokens)
+    app.router.add_get("/v1/responses/{response_id}", stored_response)
+    app.router.add_delete("/v1/responses/{response_id}", stored_response)

@@ -1,0 +1,303 @@
+"""The client-wire seam (server/client_wires.py): the chat wire writes exactly what it wrote
+before the seam, and the Messages and Responses wires go through the same pipeline (the
+in-process harness of tests/test_pipeline.py: a fake Provider, everything else real), with the
+same stages, records and costs, their own answer, stream and error shapes, and the
+Messages-only fields dropped for upstreams that cannot carry them."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+
+from faregate.catalog.models import Model, Offer
+from faregate.errors import (
+    AuthenticationFailed,
+    FaregateError,
+    InsufficientCredits,
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RateLimited,
+    ServiceUnavailable,
+    UpstreamFailed,
+    UpstreamFailure,
+)
+from faregate.routing.estimate import PromptSize
+from faregate.routing.plan import Candidate, Plan
+from faregate.routing.worst_case import worst_case
+from faregate.server.client_wires import CHAT, MESSAGES, RESPONSES
+from faregate.types import JSON, ChatRequest, Price, Usage
+from faregate.wire import openai
+from test_pipeline import ASK, WHOLE_STREAM, Harness, answer, harness
+
+__all__ = ["harness"]  # the fixture, imported
+
+CHEAP = Price(Decimal(1), Decimal(1))
+MESSAGE = {"max_tokens": 100, "messages": [{"role": "user", "content": "What is 6 times 7?"}]}
+
+
+def events(raw: bytes) -> list[JSON]:
+    """The data of each `event:`-named SSE frame."""
+    out = []
+    for frame in raw.split(b"\n\n"):
+        lines = frame.split(b"\n")
+        if len(lines) == 2 and lines[0].startswith(b"event: "):
+            data = orjson.loads(lines[1].removeprefix(b"data: "))
+            assert data["type"] == lines[0].removeprefix(b"event: ").decode()
+            out.append(data)
+    return out
+
+
+# -- the chat wire: the identity ------------------------------------------------------------------
+
+
+def test_the_chat_wire_writes_what_the_chat_path_always_wrote() -> None:
+    body = answer().body
+    assert CHAT.to_chat(body) is body
+    assert CHAT.answer(body, body) == orjson.dumps(body)
+    encoder = CHAT.stream("cheap", True, body)
+    chunk = {"id": "c", "model": "up", "choices": [], "usage": {"prompt_tokens": 1}}
+    assert encoder.chunk(dict(chunk)) == openai.relay_frame(dict(chunk), "cheap", True)
+    usage = openai.usage_chunk(None, "cheap", Usage(1, 2), Decimal("0.5"))
+    assert encoder.close(usage) == openai.sse_frame(usage) + openai.DONE
+    assert CHAT.stream("cheap", False, body).close(None) == openai.DONE
+    failure = UpstreamFailure("truncated", "cut")
+    assert encoder.fail(failure) == openai.error_event("cut", "stream_interrupted")
+    error = InvalidRequest("bad", param="x")
+    assert CHAT.error(error) == orjson.dumps(openai.error_body(error))
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "kind"),
+    [
+        (InvalidRequest("bad"), 400, "invalid_request_error"),
+        (AuthenticationFailed("who?"), 401, "authentication_error"),
+        (InsufficientCredits("no credit"), 402, "billing_error"),
+        (PermissionDenied("no"), 403, "permission_error"),
+        (ModelNotFound("no model"), 404, "not_found_error"),
+        (PayloadTooLarge("too big"), 413, "request_too_large"),
+        (RateLimited("slow down"), 429, "rate_limit_error"),
+        (ServiceUnavailable("down"), 503, "overloaded_error"),
+        (UpstreamFailed([]), 502, "api_error"),
+    ],
+)
+def test_messages_errors_in_anthropics_shape(error: FaregateError, status: int, kind: str) -> None:
+    assert error.status == status
+    assert orjson.loads(MESSAGES.error(error)) == {
+        "type": "error",
+        "error": {"type": kind, "message": error.message},
+    }
+    # The Responses API answers errors as OpenAI does.
+    assert RESPONSES.error(error) == CHAT.error(error)
+
+
+def test_without_fields_drops_nested_marks_and_changes_nothing_shared() -> None:
+    mark = {"type": "ephemeral"}
+    body: JSON = {
+        "model": "m",
+        "top_k": 5,
+        "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "s", "cache_control": mark}]},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "cache_control": mark}]},
+            {"role": "user", "content": "plain"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "f"}, "cache_control": mark}],
+    }
+    before = orjson.dumps(body)
+    out = openai.without_fields(body, frozenset({"top_k", "cache_control"}))
+    assert b"cache_control" not in orjson.dumps(out) and "top_k" not in out
+    assert out["messages"][2] == {"role": "user", "content": "plain"}
+    assert orjson.dumps(body) == before, "the client's body is left as it was"
+    assert openai.without_fields(body, frozenset()) is body
+
+
+async def test_the_worst_case_holds_every_prompt_token_at_the_dearest_input_price() -> None:
+    """A prompt-cache write (2x input for one hour here) may cost more than plain input."""
+    price = Price(Decimal(1), Decimal(5), Decimal("0.1"), Decimal("1.25"), Decimal(2))
+    model = Model("claude", price, 200_000, 10, frozenset({"text"}))
+    candidate = Candidate(model, Offer("claude", "p", "claude", price, True))
+    body: JSON = {"messages": [{"role": "user", "content": "a prompt of some length " * 20}]}
+    request = ChatRequest("r", body, "claude", False, False, 10, frozenset())
+    plan = Plan(route="claude", candidates=[candidate], prompt=PromptSize.of(body))
+    worst, tokens = await worst_case(plan, request)
+    prompt = tokens - 10
+    assert prompt > 100
+    assert worst == (Decimal(prompt) * 2 + Decimal(10) * 5) / Decimal(1_000_000)
+    assert worst > price.cost(Usage(prompt, 10))
+
+
+# -- Anthropic Messages through the pipeline ------------------------------------------------------
+
+
+async def test_a_message_passes_the_same_stages_and_is_recorded_with_its_wire(harness: Harness) -> None:
+    status, headers, raw = await harness.post({"model": "cheap", **MESSAGE}, path="/v1/messages")
+    assert status == 200
+    body = orjson.loads(raw)
+    cost = CHEAP.cost(Usage(10, 2))
+    assert body["type"] == "message" and body["model"] == "cheap"
+    assert body["content"] == [{"type": "text", "text": "42"}] and body["stop_reason"] == "end_turn"
+    assert body["usage"]["input_tokens"] == 10 and body["usage"]["cost"] == float(cost)
+    assert headers["x-faregate-cost-usd"] == "0.000012"
+    assert harness.events == [
+        "authenticate",
+        "cache lookup",
+        "plan",
+        "reserve",
+        "upstream a",
+        f"settle {cost} 12",
+        "record",
+    ]
+    (record,) = harness.records
+    assert (record.wire, record.status, record.cost_usd, record.model_requested) == (
+        "messages",
+        200,
+        cost,
+        "cheap",
+    )
+    sent = harness.a.calls[0].body
+    assert (
+        sent["messages"] == [{"role": "user", "content": "What is 6 times 7?"}] and sent["max_tokens"] == 100
+    )
+
+
+async def test_the_key_may_come_in_x_api_key(harness: Harness) -> None:
+    status, _, _ = await harness.post(
+        {"model": "cheap", **MESSAGE}, path="/v1/messages", headers={"x-api-key": "fg-test-key"}
+    )
+    assert status == 200
+    status, _, raw = await harness.post({"model": "cheap", **MESSAGE}, path="/v1/messages", headers={})
+    assert status == 401
+    assert orjson.loads(raw)["error"]["type"] == "authentication_error"
+    assert harness.records[-1].wire == "messages" and harness.records[-1].status == 401
+
+
+async def test_what_messages_cannot_translate_is_a_400_in_its_shape(harness: Harness) -> None:
+    status, _, raw = await harness.post(
+        {"model": "cheap", "thinking": {"type": "enabled", "budget_tokens": 10}, **MESSAGE},
+        path="/v1/messages",
+    )
+    assert status == 400
+    error = orjson.loads(raw)
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert "thinking" in error["error"]["message"]
+    assert harness.records[-1].status == 400 and harness.a.calls == []
+
+
+async def test_top_k_and_cache_marks_reach_only_a_provider_that_carries_them(harness: Harness) -> None:
+    marked = {
+        "model": "cheap",
+        "top_k": 3,
+        "system": [{"type": "text", "text": "sys", "cache_control": {"type": "ephemeral"}}],
+        **MESSAGE,
+    }
+    await harness.post(marked, path="/v1/messages")
+    sent = harness.a.calls[-1].body
+    assert "top_k" not in sent and b"cache_control" not in orjson.dumps(sent)
+    harness.a.carries = frozenset({"top_k", "cache_control"})  # as the Anthropic provider
+    await harness.post(marked, path="/v1/messages")
+    sent = harness.a.calls[-1].body
+    assert sent["top_k"] == 3 and sent["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    # A chat request's own fields pass through as the client sent them.
+    await harness.post({"model": "cheap", "top_k": 3, **ASK})
+    assert harness.a.calls[-1].body["top_k"] == 3
+
+
+async def test_a_messages_stream_with_its_cost_and_a_fallback_before_content(harness: Harness) -> None:
+    harness.a.outcomes = [[UpstreamFailure("rate_limited", "HTTP 429")]]
+    status, headers, raw = await harness.post(
+        {"model": "pair", "stream": True, **MESSAGE}, path="/v1/messages"
+    )
+    assert status == 200 and headers["x-faregate-provider"] == "b"
+    sent = events(raw)
+    kinds = [e["type"] for e in sent]
+    assert kinds[:3] == ["message_start", "ping", "content_block_start"]
+    assert kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert "".join(e["delta"]["text"] for e in sent if e["type"] == "content_block_delta") == "42"
+    cost = Price(Decimal(10), Decimal(10)).cost(Usage(10, 2))
+    assert sent[-2]["usage"]["cost"] == float(cost) and sent[-2]["delta"]["stop_reason"] == "end_turn"
+    (record,) = harness.records
+    assert record.wire == "messages" and record.stream and record.cost_usd == cost
+    assert [a.outcome for a in record.attempts] == ["rate_limited", "ok"]
+
+
+async def test_a_messages_stream_cut_after_content_ends_with_an_error_event(harness: Harness) -> None:
+    harness.a.outcomes = [WHOLE_STREAM[:2]]
+    status, _, raw = await harness.post({"model": "cheap", "stream": True, **MESSAGE}, path="/v1/messages")
+    assert status == 200
+    sent = events(raw)
+    assert sent[-1]["type"] == "error" and "failed after content was sent" in sent[-1]["error"]["message"]
+    assert "message_stop" not in [e["type"] for e in sent]
+    assert harness.records[0].status == 502
+
+
+async def test_a_cache_hit_and_a_judged_cascade_step_are_replayed_as_messages_streams(
+    harness: Harness,
+) -> None:
+    ask = {"model": "cheap", "temperature": 0, **MESSAGE}
+    await harness.post(ask, path="/v1/messages")
+    cache = harness.pipeline.cache
+    assert cache is not None
+    for _ in range(500):  # the answer is stored in the background: up to 5 s
+        if cache.writes:
+            break
+        await asyncio.sleep(0.01)
+    status, headers, raw = await harness.post({**ask, "stream": True}, path="/v1/messages")
+    assert status == 200 and headers["x-faregate-cache"] == "hit"
+    sent = events(raw)
+    assert sent[-1]["type"] == "message_stop" and sent[-2]["usage"]["cost"] == 0
+    harness.a.outcomes = [answer("6 times 7 is 42. The answer is 42")]
+    status, headers, raw = await harness.post(
+        {"model": "cascade", "stream": True, **MESSAGE}, path="/v1/messages"
+    )
+    assert headers["x-faregate-cascade"] == "accepted; escalations=0"
+    sent = events(raw)
+    assert sent[-2]["delta"]["stop_reason"] == "end_turn" and sent[-1]["type"] == "message_stop"
+
+
+async def test_count_tokens(harness: Harness) -> None:
+    response = await harness.client.post(
+        "/v1/messages/count_tokens",
+        data=orjson.dumps({"model": "cheap", "messages": MESSAGE["messages"]}),
+        headers={"x-api-key": "fg-test-key", "anthropic-version": "2023-06-01"},
+    )
+    assert response.status == 200
+    assert (await response.json())["input_tokens"] > 0
+    response = await harness.client.post("/v1/messages/count_tokens", data=b"{}")
+    assert response.status == 401 and (await response.json())["error"]["type"] == "authentication_error"
+
+
+# -- the Responses API through the pipeline -------------------------------------------------------
+
+
+async def test_a_response_whole_and_streamed(harness: Harness) -> None:
+    asked: dict[str, Any] = {"model": "cheap", "input": "What is 6 times 7?", "instructions": "Be brief."}
+    status, _, raw = await harness.post(asked, path="/v1/responses")
+    body = orjson.loads(raw)
+    assert status == 200 and body["object"] == "response" and body["status"] == "completed"
+    assert body["output"][0]["content"][0]["text"] == "42" and body["instructions"] == "Be brief."
+    assert body["usage"]["cost"] == float(CHEAP.cost(Usage(10, 2)))
+    assert harness.records[-1].wire == "responses"
+    status, _, raw = await harness.post({**asked, "stream": True}, path="/v1/responses")
+    sent = events(raw)
+    assert [e["sequence_number"] for e in sent] == list(range(len(sent)))
+    assert sent[-1]["type"] == "response.completed"
+    assert sent[-1]["response"]["usage"]["cost"] == float(CHEAP.cost(Usage(10, 2)))
+
+
+async def test_a_response_stream_cut_after_content_fails_and_state_is_refused(harness: Harness) -> None:
+    harness.a.outcomes = [WHOLE_STREAM[:2]]
+    _, _, raw = await harness.post({"model": "cheap", "input": "hi", "stream": True}, path="/v1/responses")
+    assert events(raw)[-1]["type"] == "response.failed"
+    status, _, raw = await harness.post(
+        {"model": "cheap", "input": "hi", "previous_response_id": "resp_1"}, path="/v1/responses"
+    )
+    assert status == 400 and orjson.loads(raw)["error"]["param"] == "previous_response_id"
+    response = await harness.client.get(
+        "/v1/responses/resp_1", headers={"Authorization": "Bearer fg-test-key"}
+    )
+    assert response.status == 404
