@@ -120,6 +120,8 @@ def synthetic_rows(n: int, now: float, seed: int = 7) -> Iterator[tuple[Any, ...
             usd_text(baseline),
             to_nanousd(baseline),
             cache,
+            # One request in ten over the Messages wire (outside rng: the other columns stay as before).
+            "messages" if i % 10 == 3 else "chat",
         )
 
 
