@@ -228,7 +228,7 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         6,
-        "request records say the wire a request came in on (chat, messages, responses)",
+        "request records say the wire a request came in on (chat, messages, responses, embeddings)",
         ("ALTER TABLE request_records ADD COLUMN wire TEXT NOT NULL DEFAULT 'chat'",),
     ),
 )

@@ -265,7 +265,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         12,
-        "request records say the wire a request came in on (chat, messages, responses)",
+        "request records say the wire a request came in on (chat, messages, responses, embeddings)",
         ("ALTER TABLE request_records ADD COLUMN wire TEXT NOT NULL DEFAULT 'chat'",),
     ),
 )
