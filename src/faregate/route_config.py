@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import msgspec
 
 from faregate.errors import ConfigError
+from faregate.learning.online.settings import QualitySettings
 
 if TYPE_CHECKING:
     from faregate.config import Settings
@@ -137,6 +138,9 @@ class RouteSettings(_Strict):
     failover_p99_ms: float | None = None
     router: RouterPolicySettings | None = None
     cascade: CascadeSettings | None = None
+    # A router or cascade route whose cheap decisions are verified on live traffic and calibrated
+    # to keep this share of the strong path's quality (docs/quality-guarantee.md).
+    quality: QualitySettings | None = None
 
 
 def chain_steps(steps: list[ChainStep]) -> list[ChainItem]:
@@ -216,6 +220,8 @@ def policy_steps(route: RouteSettings) -> list[tuple[str, list[ChainStep]]]:
 
 
 def _check_policy(route: RouteSettings, where: str) -> None:
+    if route.quality is not None:
+        _check_quality(route, route.quality, where)
     if route.router is None and route.cascade is None:
         return
     if route.router is not None and route.cascade is not None:
@@ -223,7 +229,7 @@ def _check_policy(route: RouteSettings, where: str) -> None:
     if route.tiers or route.tasks or route.rules:
         kind = "router" if route.router is not None else "cascade"
         raise ConfigError(f"{where}: a {kind} route takes no tiers, tasks or rules (only a fallback chain)")
-    if route.router is not None:
+    if route.router is not None and route.quality is None:
         given = [k for k in ("threshold", "strong_share", "retain") if getattr(route.router, k) is not None]
         if len(given) != 1:
             raise ConfigError(
@@ -234,7 +240,7 @@ def _check_policy(route: RouteSettings, where: str) -> None:
         if len(route.cascade.steps) < 2:
             raise ConfigError(f"{where}.cascade.steps: a cascade needs at least two steps")
         learned = route.cascade.judge.learned
-        if learned is not None:
+        if learned is not None and route.quality is None:
             given = [k for k in ("threshold", "escalate_share", "retain") if getattr(learned, k) is not None]
             if len(given) != 1:
                 raise ConfigError(
@@ -249,6 +255,41 @@ def _check_policy(route: RouteSettings, where: str) -> None:
                 raise ConfigError(
                     f"{where}.cascade.judge.required_pattern: not a valid regex: {exc}"
                 ) from None
+
+
+# The mechanical comparators (learning/online/comparators.py); embedding and llm_judge are not
+# wired to the gateway yet.
+QUALITY_COMPARATORS = ("exact", "numeric", "final_answer", "json")
+
+
+def _check_quality(route: RouteSettings, quality: QualitySettings, where: str) -> None:
+    """`quality` sets the cut itself: on a router or two-step cascade, without a cut of its own."""
+    if route.router is None and route.cascade is None:
+        raise ConfigError(f"{where}.quality: only a router or a cascade route takes a quality target")
+    if quality.verification.comparator not in QUALITY_COMPARATORS:
+        raise ConfigError(
+            f"{where}.quality.verification.comparator: {quality.verification.comparator!r} is not one of "
+            f"{', '.join(QUALITY_COMPARATORS)}"
+        )
+    if route.router is not None:
+        given = [k for k in ("threshold", "strong_share", "retain") if getattr(route.router, k) is not None]
+        if given:
+            raise ConfigError(
+                f"{where}.router: {', '.join(given)} conflicts with quality (the calibration sets the cut)"
+            )
+    if route.cascade is not None:
+        if len(route.cascade.steps) != 2:
+            raise ConfigError(f"{where}.quality: a calibrated cascade has exactly two steps (cheap, strong)")
+        if route.cascade.judge.llm is not None:
+            raise ConfigError(f"{where}.quality: a calibrated cascade takes no LLM judge (its cut decides)")
+        learned = route.cascade.judge.learned
+        cuts = ("threshold", "escalate_share", "retain")
+        given = [k for k in cuts if learned is not None and getattr(learned, k) is not None]
+        if given:
+            raise ConfigError(
+                f"{where}.cascade.judge.learned: {', '.join(given)} conflicts with quality "
+                "(the calibration sets the cut)"
+            )
 
 
 def resolve_policy_files(settings: Settings, base: Path) -> None:

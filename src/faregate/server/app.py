@@ -22,6 +22,7 @@ from faregate.errors import ConfigError, FaregateError, InternalError, InvalidRe
 from faregate.lifecycle import Lifecycle
 from faregate.providers.http import ConnectionPool
 from faregate.providers.registry import ProviderRegistry, make_upstream_pool
+from faregate.quality.setup import open_quality, register_metrics
 from faregate.routing.attempts import AttemptRunner
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Planner
@@ -33,6 +34,7 @@ from faregate.server.feedback import add_feedback_route
 from faregate.server.metrics_route import add_metrics_route
 from faregate.server.openapi import openapi_body
 from faregate.server.pipeline import ChatPipeline
+from faregate.server.quality_api import add_quality_route
 from faregate.server.responses import error_response
 from faregate.store.backends import Backends, open_backends
 from faregate.store.outage import outage_error
@@ -192,9 +194,11 @@ async def _build(settings: Settings, lifecycle: Lifecycle) -> Gateway:
         cache=cache,
         limits=settings.limits,
     )
+    pipeline.verifier = await open_quality(planner, runner, backends, lifecycle)
     observability = await Observability.open(
         settings, backends.analytics, runner, records, pipeline.cascades, route_label=planner.route_label
     )
+    register_metrics(pipeline.verifier, observability.metrics.registry)
     # Started with the app (on_startup), stopped here.
     lifecycle.on_close("metrics, traces, rollups and alerts", observability.close)
     observability.attach(pipeline.listeners)
@@ -297,6 +301,7 @@ def create_app(gateway: Gateway) -> web.Application:
     add_metrics_route(app, gateway)
     add_feedback_route(app, gateway)
     add_dashboard_api(app, gateway)
+    add_quality_route(app, gateway)
     add_dashboard_page(app)
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -54,6 +55,9 @@ from faregate.server.responses import Responder, error_response
 from faregate.store.outage import outage_error
 from faregate.telemetry.records import RecordWriter
 from faregate.types import JSON, Price, RequestRecord
+
+if TYPE_CHECKING:
+    from faregate.quality.verifier import Verifier
 
 log = logging.getLogger("faregate.pipeline")
 
@@ -85,6 +89,8 @@ class ChatPipeline:
         self.cache = cache
         self.cascades = CascadeRunner(runner, planner)
         self.respond = Responder(cache)
+        # Shadow verification of calibrated routes (quality/), set by the app when any route has one.
+        self.verifier: Verifier | None = None
         # Called with every finished record (metrics, alerts); must be cheap and never raise.
         self.listeners: list[Callable[[RequestRecord], None]] = []
 
@@ -100,7 +106,9 @@ class ChatPipeline:
             await self.plan(exchange)
             await self.reserve(exchange)
             answer = await self.call_upstream(exchange)
-            return await self.respond.send(exchange, answer)
+            response = await self.respond.send(exchange, answer)
+            await self.verify_later(exchange, answer, response)
+            return response
         except FaregateError as error:
             exchange.failed(error)
             return error_response(error, exchange.headers)
@@ -181,12 +189,35 @@ class ChatPipeline:
             await self._close_hold(exchange)
         record = exchange.record
         self.records.submit(record)
+        if exchange.verification is not None and self.verifier is not None and record.status == 200:
+            # After the response and its record: a verification never delays or fails either.
+            self.verifier.submit(exchange.verification)
         for listener in self.listeners:
             try:
                 listener(record)
             except Exception:
                 # Metrics must never cost a client its answer.
                 log.exception("a record listener failed")
+
+    async def verify_later(
+        self, exchange: Exchange, answer: Served | OpenedStream, response: web.StreamResponse
+    ) -> None:
+        """A calibrated decision drawn for verification: finish writing the response now (a whole
+        answer is otherwise written after `handle` returns), so that the verification, started at
+        the end of `settle_and_record`, begins only once the client has its answer."""
+        if self.verifier is None or exchange.plan is None or exchange.plan.trace.quality is None:
+            return
+        job = self.verifier.job_for(exchange.plan, exchange.request, answer, exchange.record.status)
+        if job is None:
+            return
+        if not response.prepared:
+            try:
+                await response.prepare(exchange.http)
+                await response.write_eof()
+            except (ConnectionResetError, ConnectionError):
+                exchange.client_gone("before the answer was written")
+                return
+        exchange.verification = job
 
     # -- helpers ------------------------------------------------------------------------------
 

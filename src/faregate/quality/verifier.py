@@ -1,0 +1,257 @@
+"""Shadow verification after the response: the reference answer, compared, observed, recorded.
+
+`Verifier.submit` is called once the user's response has been written and its record finished
+(server/pipeline.py): it only starts a background task, so a verification never delays or fails
+a response. The task waits for one of `max_concurrency` slots, then:
+
+- free label (a cascade escalation): the cheap answer it refused against the strong answer served;
+- otherwise: the daily USD cap must admit the shadow call's estimate (else the route's calibration
+  pauses for the day, quality/live.py), then the other model of the route is called through the
+  attempt runner, as a request of its own with no API key: it counts in no key's credits or rate
+  limits, its attempts are marked `verification`, and its real cost (the served call at its
+  offer's price plus what failed attempts were billed) is charged to the route's daily cap and
+  written in the `verifications` row;
+- the route's comparator says whether the cheap answer is acceptable against the reference; the
+  calibration observes it and recalibrates; the row is written and the state saved.
+
+At shutdown, tasks not started are dropped (their decisions stay unobserved, which the
+calibration allows) and those running are cancelled after a short grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+
+from faregate.errors import FaregateError
+from faregate.learning.online.comparators import Comparator, mechanical
+from faregate.quality.live import NANO, Decision, RouteCalibration, today
+from faregate.quality.service import QualityService
+from faregate.routing.attempts import AttemptRunner, Served, billed_cost
+from faregate.routing.opened_stream import OpenedStream
+from faregate.routing.plan import Plan, Planner
+from faregate.store.verifications import VerificationRow
+from faregate.tokens import estimate_usage
+from faregate.types import MILLION, ChatRequest
+from faregate.wire.openai import answer_text, without_streaming
+
+log = logging.getLogger("faregate.quality")
+
+DEFAULT_CONCURRENCY = 4
+CLOSE_GRACE_S = 2.0
+
+
+@dataclass(slots=True, frozen=True)
+class Job:
+    decision: Decision
+    request: ChatRequest
+    # The answer the user got, and the model that gave it.
+    answer: str
+    served_model: str
+
+    @property
+    def cheap(self) -> str:
+        return self.calibration.cheap
+
+    @property
+    def strong(self) -> str:
+        return self.calibration.strong
+
+    calibration: RouteCalibration
+
+
+class Verifier:
+    def __init__(
+        self,
+        service: QualityService,
+        runner: AttemptRunner,
+        planner: Planner,
+        max_concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        self.service = service
+        self.runner = runner
+        self.planner = planner
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self.comparators: dict[str, Comparator] = {}
+        # Counters (metrics): verifications started, dropped at shutdown.
+        self.started = 0
+        self.dropped = 0
+
+    def comparator(self, name: str) -> Comparator:
+        if name not in self.comparators:
+            self.comparators[name] = mechanical(name)
+        return self.comparators[name]
+
+    def job_for(
+        self, plan: Plan, request: ChatRequest, answer: Served | OpenedStream, status: int
+    ) -> Job | None:
+        """The verification a finished request asks for, if any: a calibrated decision whose coin
+        said "label", answered cleanly by the path it decided (a fallback's answer verifies nothing)."""
+        decision = plan.trace.quality
+        if decision is None or not decision.labelled or decision.paused or status != 200:
+            return None
+        calibration = self.service.routes.get(decision.route)
+        if calibration is None:
+            return None
+        served = answer.candidate.model.name
+        if decision.kind == "router" and plan.candidates and served != plan.candidates[0].model.name:
+            return None
+        if decision.kind == "cascade" and decision.cheap and not isinstance(answer, Served):
+            return None
+        if isinstance(answer, OpenedStream):
+            text = "".join(answer.seen.text)
+        else:
+            text = answer_text(answer.completion.body)
+        return Job(decision, request, text, served, calibration)
+
+    def submit(self, job: Job) -> None:
+        if self._closing:
+            self.dropped += 1
+            return
+        task = asyncio.create_task(self._run(job), name=f"faregate-verify-{job.request.request_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self) -> None:
+        """Wait for every verification submitted so far (tests, and a clean stop)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        self._closing = True
+        tasks = list(self._tasks)
+        if not tasks:
+            return
+        _, running = await asyncio.wait(tasks, timeout=CLOSE_GRACE_S)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        self.dropped += len(running)
+
+    async def _run(self, job: Job) -> None:
+        async with self._slots:
+            if self._closing:
+                self.dropped += 1
+                return
+            self.started += 1
+            try:
+                await self.verify(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("verification of request %s failed", job.request.request_id)
+
+    async def verify(self, job: Job) -> None:
+        decision = job.decision
+        calibration = job.calibration
+        comparator_name = calibration.settings.verification.comparator
+        day = today()
+        began = time.time()
+        if decision.label_kind == "free":
+            assert decision.cheap_text is not None
+            cheap_text, strong_text, cost, reference = decision.cheap_text, job.answer, Decimal(0), None
+        else:
+            reference = job.strong if decision.cheap else job.cheap
+            estimate = await self._estimate(job, reference)
+            if not calibration.admit(day, estimate):
+                log.warning(
+                    "route %s: the daily verification cap of $%s is reached; calibration paused for the day",
+                    decision.route,
+                    calibration.settings.verification.daily_usd_cap,
+                )
+                await self.service.save(decision.route)
+                return
+            shadow = await self._shadow(job, reference)
+            cost = shadow[1]
+            calibration.charge(decision, cost, day)
+            if shadow[0] is None:
+                calibration.failed(decision)
+                await self._record(job, calibration, "failed", reference, cost, began, comparator_name)
+                await self.service.save(decision.route)
+                return
+            cheap_text, strong_text = (job.answer, shadow[0]) if decision.cheap else (shadow[0], job.answer)
+        comparison = self.comparator(comparator_name).compare(strong_text, cheap_text)
+        loss = not comparison.acceptable
+        calibration.observe(decision, loss)
+        await self._record(
+            job, calibration, "loss" if loss else "acceptable", reference, cost, began, comparator_name
+        )
+        await self.service.save(decision.route)
+
+    async def _estimate(self, job: Job, reference: str) -> Decimal:
+        """The shadow call's likely cost: the user's prompt and answer lengths at the reference's
+        dearest price (checked against the daily cap before calling)."""
+        price = self.planner._dearest_price(reference)
+        usage = await estimate_usage(job.request, job.answer)
+        return (
+            Decimal(usage.prompt_tokens) * price.input + Decimal(usage.completion_tokens) * price.output
+        ) / MILLION
+
+    async def _shadow(self, job: Job, reference: str) -> tuple[str | None, Decimal]:
+        """(the reference's answer text or None if it failed, what the call cost)."""
+        body = {k: v for k, v in without_streaming(job.request.body).items() if k != "models"}
+        body["model"] = reference
+        call = ChatRequest(
+            request_id=job.request.request_id,
+            body=body,
+            model=reference,
+            stream=False,
+            include_usage=False,
+            max_tokens=job.request.max_tokens,
+            required_modalities=job.request.required_modalities,
+            choices=job.request.choices,
+        )
+        try:
+            plan = await self.planner.plan(call)
+            served = await self.runner.complete(call, plan)
+        except FaregateError as error:
+            attempts = getattr(error, "attempts", None) or []
+            for attempt in attempts:
+                attempt.detail = f"verification: {attempt.detail}" if attempt.detail else "verification"
+            log.warning("verification call for request %s failed: %s", job.request.request_id, error)
+            return None, billed_cost(attempts)
+        text = answer_text(served.completion.body)
+        usage = served.completion.usage or await estimate_usage(call, text)
+        last = served.attempts[-1]
+        last.outcome, last.detail = "verification", "shadow call for a quality verification"
+        cost = served.candidate.offer.price.cost(usage) + billed_cost(served.attempts[:-1])
+        return text, cost
+
+    async def _record(
+        self,
+        job: Job,
+        calibration: RouteCalibration,
+        outcome: str,
+        reference: str | None,
+        cost: Decimal,
+        began: float,
+        comparator: str,
+    ) -> None:
+        decision = job.decision
+        row = VerificationRow(
+            request_id=decision.request_id,
+            scope=decision.route,
+            kind=decision.kind,
+            label_kind=decision.label_kind,
+            decision="cheap" if decision.cheap else "strong",
+            rank=decision.rank,
+            probability=decision.probability,
+            comparator=comparator,
+            outcome=outcome,
+            reference_model=reference if reference is not None else job.served_model,
+            cost_nano=int(cost * NANO),
+            created_at=began,
+        )
+        try:
+            await self.service.record(row)
+        except Exception:
+            log.exception("could not write the verification of request %s", decision.request_id)
