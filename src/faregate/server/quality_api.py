@@ -29,7 +29,7 @@ NANO = Decimal(1_000_000_000)
 async def quality_figures(gateway: Gateway, limit: int = 20) -> dict[str, Any]:
     verifier = gateway.pipeline.verifier
     if verifier is None:
-        return {"routes": [], "recent": []}
+        return {"routes": [], "recent": [], "pending": 0}
     insights = gateway.observability.insights if gateway.observability is not None else None
     routes = []
     for row in verifier.service.figures():
@@ -44,6 +44,8 @@ async def quality_figures(gateway: Gateway, limit: int = 20) -> dict[str, Any]:
     recent = await verifier.service.store.recent(limit=limit)
     return {
         "routes": routes,
+        # Verifications submitted and not finished yet.
+        "pending": verifier.pending,
         "recent": [
             {
                 "request_id": r.request_id,
