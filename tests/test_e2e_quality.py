@@ -131,21 +131,22 @@ def test_the_quality_loop_end_to_end(tmp_path: Path) -> None:
 
             # Good cheap answers moved the strong share down; bad ones held it near 1: a cheap model
             # that is always wrong may take at most 1 - target of the traffic (0.1 here).
-            print({k: (v["strong_share"], v["verifications"], v["losses"]) for k, v in seen.items()})
             assert seen["good"]["strong_share"] <= 0.8, seen["good"]
             assert seen["bad"]["strong_share"] > 0.9 and seen["bad"]["losses"] > 50
             assert seen["good"]["verifications"] >= 80 and seen["good"]["losses"] == 0
             served = rows(
                 gateway,
-                "SELECT model_used FROM request_records WHERE route = 'good' ORDER BY created_at DESC LIMIT 5",
+                "SELECT model_used FROM request_records WHERE route = 'good'"
+                " ORDER BY created_at DESC LIMIT 5",
             )
             assert any(r["model_used"] == "weak-good" for r in served)
 
             # Every verification began after its request's record ended (the response was out).
             verified = rows(
                 gateway,
-                "SELECT v.created_at AS began, r.created_at AS at, r.latency_ms AS ms, v.cost_nanousd AS cost,"
-                " v.label_kind AS label, v.reference_model AS reference FROM verifications v"
+                "SELECT v.created_at AS began, r.created_at AS at, r.latency_ms AS ms,"
+                " v.cost_nanousd AS cost, v.label_kind AS label, v.reference_model AS reference"
+                " FROM verifications v"
                 " JOIN request_records r ON r.request_id = v.request_id WHERE v.scope = 'good'",
             )
             assert len(verified) == seen["good"]["verifications"]
