@@ -241,3 +241,34 @@ routes:
         with pytest.raises(ConfigError):
             load_settings(write(tmp_path, text))
         assert what
+
+
+async def test_quality_alert_rules_fire_per_route() -> None:
+    from typing import Any, cast
+
+    from faregate.config import AlertRule, AlertSettings
+    from faregate.telemetry.alerts import AlertManager
+
+    flagged = calibration()
+    flagged.state.flagged = True
+    capped = calibration(cap="0")
+    capped.route = "c"
+    assert not capped.admit(today(), Decimal("0.001"))
+    rules = [
+        AlertRule(name="flagged", metric="router_flagged", above=0.5, per="route"),
+        AlertRule(name="cap", metric="verification_cap_reached", above=0.5, per="route"),
+        AlertRule(name="margin", metric="quality_margin", below=0.0, min_count=1),
+    ]
+    manager = AlertManager(AlertSettings(rules=rules), cast(Any, None))
+    manager.quality = lambda: [flagged.figures(), capped.figures()]
+    events = await manager.evaluate()
+    fired = {(e["rule"], e["labels"]["route"]) for e in events}
+    assert ("flagged", "r") in fired and ("cap", "c") in fired
+    assert not any(name == "margin" for name, _ in fired)  # no verification yet: nothing to say
+    with pytest.raises(ConfigError):
+        from faregate.config import Settings, _check_alerts
+
+        _check_alerts(
+            AlertSettings(rules=[AlertRule(name="x", metric="router_flagged", above=0, per="key")]), "t"
+        )
+        assert Settings

@@ -211,8 +211,19 @@ class TracingSettings(_Strict):
     sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
 
 
-AlertMetric = Literal["p99_latency_ms", "error_rate", "fallback_rate", "satisfaction", "daily_spend_usd"]
+AlertMetric = Literal[
+    "p99_latency_ms",
+    "error_rate",
+    "fallback_rate",
+    "satisfaction",
+    "daily_spend_usd",
+    # Calibrated routes (routes.NAME.quality), per route: quality/alerts.py.
+    "quality_margin",
+    "router_flagged",
+    "verification_cap_reached",
+]
 AlertDimension = Literal["route", "model", "provider", "key"]
+QUALITY_ALERTS = ("quality_margin", "router_flagged", "verification_cap_reached")
 
 
 class AlertRule(_Strict):
@@ -480,6 +491,10 @@ def _check_alerts(alerts: AlertSettings, origin: str) -> None:
             raise ConfigError(f"{where}: give exactly one of above or below")
         if rule.metric == "daily_spend_usd" and rule.per not in (None, "key"):
             raise ConfigError(f"{where}: daily_spend_usd is always per key; per must be key or unset")
+        if rule.metric in QUALITY_ALERTS:
+            if rule.per not in (None, "route"):
+                raise ConfigError(f"{where}: {rule.metric} is always per route; per must be route or unset")
+            rule.per = "route"
     if alerts.webhook is not None and not alerts.webhook.url.startswith(("http://", "https://")):
         raise ConfigError(f"{origin}: alerts.webhook.url must start with http:// or https://")
 

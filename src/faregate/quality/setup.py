@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
-
 from faregate.lifecycle import Lifecycle
 from faregate.quality.metrics import QualityCollector
 from faregate.quality.service import QualityService
@@ -12,6 +10,7 @@ from faregate.routing.attempts import AttemptRunner
 from faregate.routing.plan import Planner
 from faregate.store.backends import Backends
 from faregate.store.verifications import VerificationStore
+from faregate.telemetry.observability import Observability
 
 
 def verification_store(backends: Backends) -> VerificationStore:
@@ -48,6 +47,10 @@ async def open_quality(
     return verifier
 
 
-def register_metrics(verifier: Verifier | None, registry: CollectorRegistry) -> None:
-    if verifier is not None:
-        registry.register(QualityCollector(verifier.service.figures))
+def attach_observability(verifier: Verifier | None, observability: Observability) -> None:
+    """The calibrated routes' figures in /metrics and for the quality alert rules."""
+    if verifier is None:
+        return
+    observability.metrics.registry.register(QualityCollector(verifier.service.figures))
+    if observability.insights is not None:
+        observability.insights.alerts.quality = verifier.service.figures

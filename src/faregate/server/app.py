@@ -22,7 +22,7 @@ from faregate.errors import ConfigError, FaregateError, InternalError, InvalidRe
 from faregate.lifecycle import Lifecycle
 from faregate.providers.http import ConnectionPool
 from faregate.providers.registry import ProviderRegistry, make_upstream_pool
-from faregate.quality.setup import open_quality, register_metrics
+from faregate.quality.setup import attach_observability, open_quality
 from faregate.routing.attempts import AttemptRunner
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Planner
@@ -198,7 +198,7 @@ async def _build(settings: Settings, lifecycle: Lifecycle) -> Gateway:
     observability = await Observability.open(
         settings, backends.analytics, runner, records, pipeline.cascades, route_label=planner.route_label
     )
-    register_metrics(pipeline.verifier, observability.metrics.registry)
+    attach_observability(pipeline.verifier, observability)
     # Started with the app (on_startup), stopped here.
     lifecycle.on_close("metrics, traces, rollups and alerts", observability.close)
     observability.attach(pipeline.listeners)
