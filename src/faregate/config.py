@@ -21,6 +21,7 @@ from faregate.errors import ConfigError
 from faregate.extras import check_settings
 from faregate.route_config import (
     RouteSettings,
+    check_cache_acceptance,
     check_routes,
     resolve_policy_files,
 )
@@ -154,6 +155,15 @@ class SemanticCacheSettings(_Strict):
     # Conversations with more user turns than this are only cached exactly.
     max_turns: int = 1
     max_entries: int = 50_000
+    # Set: the threshold is calibrated on verified live lookups so that wrong answers served /
+    # lookups stays under this bound (quality/cache_live.py); no semantic hit until evidence.
+    max_wrong_hit_rate: float | None = None
+    confidence: float = 0.95
+    # Share of served semantic hits verified by a fresh call after the response, and its cap.
+    verify_hits: float = 0.05
+    daily_usd_cap: Decimal = Decimal("5")
+    # How a cached answer is compared with the fresh one: exact, numeric, final_answer or json.
+    comparator: str = "exact"
 
 
 class CacheSettings(_Strict):
@@ -471,6 +481,7 @@ def _check_references(settings: Settings, origin: str) -> None:
             if value is not None and value < 0:
                 raise ConfigError(f"{origin}: models.{name}.{field_name} must not be negative")
     check_routes(settings, origin, seen_names)
+    check_cache_acceptance(settings.cache.semantic, origin)
     _check_alerts(settings.alerts, origin)
     _check_accounts(settings, origin)
     for name, provider in settings.providers.items():

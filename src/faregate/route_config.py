@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import msgspec
 
 from faregate.errors import ConfigError
-from faregate.learning.online.settings import QualitySettings
+from faregate.learning.online.settings import QualitySettings, SemanticAcceptanceSettings
 
 if TYPE_CHECKING:
-    from faregate.config import Settings
+    from faregate.config import SemanticCacheSettings, Settings
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -290,6 +290,34 @@ def _check_quality(route: RouteSettings, quality: QualitySettings, where: str) -
                 f"{where}.cascade.judge.learned: {', '.join(given)} conflicts with quality "
                 "(the calibration sets the cut)"
             )
+
+
+def check_cache_acceptance(semantic: SemanticCacheSettings, origin: str) -> None:
+    """`cache.semantic.max_wrong_hit_rate` and its companions, checked like the rest of the config."""
+    where = f"{origin}: cache.semantic"
+    if semantic.comparator not in QUALITY_COMPARATORS:
+        raise ConfigError(
+            f"{where}.comparator: {semantic.comparator!r} is not one of {', '.join(QUALITY_COMPARATORS)}"
+        )
+    if semantic.max_wrong_hit_rate is None:
+        return
+    try:
+        acceptance_settings(semantic)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if semantic.daily_usd_cap < 0:
+        raise ConfigError(f"{where}.daily_usd_cap must not be negative")
+
+
+def acceptance_settings(semantic: SemanticCacheSettings) -> SemanticAcceptanceSettings:
+    """The library's settings type (learning/online/settings.py) from the flat cache keys."""
+    assert semantic.max_wrong_hit_rate is not None
+    return SemanticAcceptanceSettings(
+        max_wrong_hit_rate=semantic.max_wrong_hit_rate,
+        confidence=semantic.confidence,
+        verify_hits=semantic.verify_hits,
+        daily_usd_cap=semantic.daily_usd_cap,
+    )
 
 
 def resolve_policy_files(settings: Settings, base: Path) -> None:

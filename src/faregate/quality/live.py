@@ -386,6 +386,23 @@ class RouteCalibration:
         change()
         self.journal.append(change)
 
+    # -- the store's view (quality/service.py) ------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        """The settings the stored state was made under: other settings, other tests."""
+        s = self.settings
+        v = s.verification
+        return (
+            f"{self.kind}|t={s.target}|c={s.confidence}|prior={s.prior_outcomes}|"
+            f"share={v.share}|frontier={v.frontier}|rest={v.rest_ratio}|cmp={v.comparator}"
+        )
+
+    def state_json(self) -> dict[str, Any]:
+        return self.state.to_json()
+
+    def adopt_json(self, data: dict[str, Any]) -> None:
+        self.adopt(LiveState.from_json(data))
+
     def adopt(self, state: LiveState) -> None:
         """Take a stored state (another writer's, or at start-up) and replay the unsaved changes.
         The score ranks stay this instance's own (each sees the same traffic mix)."""

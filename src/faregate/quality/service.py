@@ -8,7 +8,8 @@ tries again, so no verified outcome is lost or counted twice and there is one wr
 A periodic refresh adopts what other instances wrote (their cut in force) and flushes this
 instance's counts of unlabelled decisions.
 
-A stored state made under other settings (another target, confidence or verification plan) is
+The semantic cache's calibration (quality/cache_live.py), when on, is kept the same way as the
+scope "cache". A stored state made under other settings (another target, confidence or verification plan) is
 not reused: its tests were about another question; the route starts afresh (logged).
 """
 
@@ -17,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import orjson
 
 from faregate.lifecycle import Periodic
-from faregate.quality.live import LiveState, RouteCalibration
+from faregate.quality.cache_live import CacheCalibration
+from faregate.quality.live import RouteCalibration
 from faregate.store.verifications import VerificationRow, VerificationStore
 
 log = logging.getLogger("faregate.quality")
@@ -32,28 +34,42 @@ REFRESH_S = 2.0
 SAVE_TRIES = 8
 
 
-def fingerprint(calibration: RouteCalibration) -> str:
-    s = calibration.settings
-    v = s.verification
-    return (
-        f"{calibration.kind}|t={s.target}|c={s.confidence}|prior={s.prior_outcomes}|"
-        f"share={v.share}|frontier={v.frontier}|rest={v.rest_ratio}|cmp={v.comparator}"
-    )
+class Calibrated(Protocol):
+    """A route's calibration (quality/live.py) or the semantic cache's (quality/cache_live.py)."""
+
+    route: str
+    journal: list[Callable[[], None]]
+
+    def fingerprint(self) -> str: ...
+
+    def state_json(self) -> dict[str, Any]: ...
+
+    def adopt_json(self, data: dict[str, Any]) -> None: ...
 
 
 class QualityService:
-    def __init__(self, routes: Iterable[RouteCalibration], store: VerificationStore) -> None:
+    def __init__(
+        self,
+        routes: Iterable[RouteCalibration],
+        store: VerificationStore,
+        cache: CacheCalibration | None = None,
+    ) -> None:
         self.routes: dict[str, RouteCalibration] = {r.route: r for r in routes}
+        self.cache = cache
+        # Everything kept in the store, by name (the cache's is "cache").
+        self.calibrated: dict[str, Calibrated] = dict(self.routes)
+        if cache is not None:
+            self.calibrated[cache.route] = cache
         self.store = store
-        self._versions: dict[str, int] = {name: 0 for name in self.routes}
-        self._locks: dict[str, asyncio.Lock] = {name: asyncio.Lock() for name in self.routes}
+        self._versions: dict[str, int] = {name: 0 for name in self.calibrated}
+        self._locks: dict[str, asyncio.Lock] = {name: asyncio.Lock() for name in self.calibrated}
         self._refresh = Periodic("calibration state refresh", REFRESH_S, self.refresh)
 
-    def scope(self, route: str) -> str:
-        return f"route:{route}"
+    def scope(self, name: str) -> str:
+        return name if name == "cache" else f"route:{name}"
 
     async def load(self) -> None:
-        for name, calibration in self.routes.items():
+        for name, calibration in self.calibrated.items():
             await self._load(name, calibration, at_start=True)
 
     def start(self) -> None:
@@ -61,13 +77,13 @@ class QualityService:
 
     async def close(self) -> None:
         await self._refresh.stop()
-        for name in self.routes:
+        for name in self.calibrated:
             try:
                 await self.save(name)
             except Exception:
                 log.exception("could not save the calibration of route %s at shutdown", name)
 
-    async def _load(self, name: str, calibration: RouteCalibration, *, at_start: bool = False) -> bool:
+    async def _load(self, name: str, calibration: Calibrated, *, at_start: bool = False) -> bool:
         """Adopt the stored state if it is newer than ours; True if it was."""
         stored = await self.store.load_state(self.scope(name))
         if stored is None:
@@ -77,21 +93,21 @@ class QualityService:
             return False
         data: dict[str, Any] = orjson.loads(text)
         self._versions[name] = version
-        if data.get("settings") != fingerprint(calibration):
+        if data.get("settings") != calibration.fingerprint():
             if at_start:
-                log.warning("route %s: its quality settings changed; the calibration starts afresh", name)
+                log.warning("%s: its quality settings changed; the calibration starts afresh", name)
             return False
-        calibration.adopt(LiveState.from_json(data["state"]))
+        calibration.adopt_json(data["state"])
         return True
 
     async def save(self, name: str) -> None:
         """Write the route's state (compare-and-set, retried after adopting another writer's)."""
-        calibration = self.routes[name]
+        calibration = self.calibrated[name]
         async with self._locks[name]:
             for _ in range(SAVE_TRIES):
                 saved = len(calibration.journal)
                 text = orjson.dumps(
-                    {"settings": fingerprint(calibration), "state": calibration.state.to_json()}
+                    {"settings": calibration.fingerprint(), "state": calibration.state_json()}
                 ).decode()
                 expected = self._versions[name]
                 if await self.store.save_state(self.scope(name), expected, text, time.time()):
@@ -103,12 +119,12 @@ class QualityService:
                 if stored is not None:
                     self._versions[name] = stored[0]
                     data = orjson.loads(stored[1])
-                    if data.get("settings") == fingerprint(calibration):
-                        calibration.adopt(LiveState.from_json(data["state"]))
-            log.warning("route %s: the calibration state kept changing under us; saved later", name)
+                    if data.get("settings") == calibration.fingerprint():
+                        calibration.adopt_json(data["state"])
+            log.warning("%s: the calibration state kept changing under us; saved later", name)
 
     async def refresh(self) -> None:
-        for name, calibration in self.routes.items():
+        for name, calibration in self.calibrated.items():
             async with self._locks[name]:
                 await self._load(name, calibration)
             if calibration.journal:
@@ -119,3 +135,6 @@ class QualityService:
 
     def figures(self) -> list[dict[str, Any]]:
         return [calibration.figures() for calibration in self.routes.values()]
+
+    def cache_figures(self) -> dict[str, Any] | None:
+        return None if self.cache is None else self.cache.figures()

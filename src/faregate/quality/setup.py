@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from faregate.cache.service import ResponseCache
 from faregate.lifecycle import Lifecycle
 from faregate.quality.metrics import QualityCollector
 from faregate.quality.service import QualityService
@@ -31,18 +32,27 @@ def verification_store(backends: Backends) -> VerificationStore:
 
 
 async def open_quality(
-    planner: Planner, runner: AttemptRunner, backends: Backends, lifecycle: Lifecycle
+    planner: Planner,
+    runner: AttemptRunner,
+    backends: Backends,
+    lifecycle: Lifecycle,
+    cache: ResponseCache | None = None,
 ) -> Verifier | None:
-    """The verifier of the calibrated routes (None: no route has `quality`), state loaded."""
+    """The verifier of the calibrated routes and of the semantic cache's calibrated acceptance
+    (None: neither is configured), their state loaded from the store."""
     calibrations = planner.routes.policies.calibrations
-    if not calibrations:
+    acceptance = cache.acceptance if cache is not None else None
+    if not calibrations and acceptance is None:
         return None
-    service = QualityService(calibrations.values(), verification_store(backends))
+    service = QualityService(calibrations.values(), verification_store(backends), acceptance)
     await service.load()
     service.start()
     # Closed newest first: the verifier stops, then the last state is saved, then the stores close.
     lifecycle.on_close("the calibration state", service.close)
     verifier = Verifier(service, runner, planner)
+    if cache is not None and acceptance is not None:
+        verifier.cache = cache
+        cache.on_fresh_answer = verifier.label_candidate
     lifecycle.on_close("the shadow verifications", verifier.close)
     return verifier
 
@@ -51,6 +61,7 @@ def attach_observability(verifier: Verifier | None, observability: Observability
     """The calibrated routes' figures in /metrics and for the quality alert rules."""
     if verifier is None:
         return
-    observability.metrics.registry.register(QualityCollector(verifier.service.figures))
+    service = verifier.service
+    observability.metrics.registry.register(QualityCollector(service.figures, service.cache_figures))
     if observability.insights is not None:
         observability.insights.alerts.quality = verifier.service.figures

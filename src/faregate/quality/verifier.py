@@ -26,6 +26,9 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
+import orjson
+
+from faregate.cache.service import CachedAnswer, CacheDecision, ResponseCache
 from faregate.errors import FaregateError
 from faregate.learning.online.comparators import Comparator, mechanical
 from faregate.quality.live import NANO, Decision, RouteCalibration, today
@@ -35,7 +38,7 @@ from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Plan, Planner
 from faregate.store.verifications import VerificationRow
 from faregate.tokens import estimate_usage
-from faregate.types import MILLION, ChatRequest
+from faregate.types import JSON, MILLION, ChatRequest
 from faregate.wire.openai import answer_text, without_streaming
 
 log = logging.getLogger("faregate.quality")
@@ -63,6 +66,16 @@ class Job:
     calibration: RouteCalibration
 
 
+@dataclass(slots=True, frozen=True)
+class CacheJob:
+    """A served semantic hit drawn for verification: a fresh answer to compare the cached one with."""
+
+    request: ChatRequest
+    cached: str
+    similarity: float
+    served_model: str
+
+
 class Verifier:
     def __init__(
         self,
@@ -78,6 +91,8 @@ class Verifier:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self.comparators: dict[str, Comparator] = {}
+        # The response cache whose semantic acceptance is calibrated (None: not calibrated).
+        self.cache: ResponseCache | None = None
         # Counters (metrics): verifications started, dropped at shutdown.
         self.started = 0
         self.dropped = 0
@@ -109,7 +124,83 @@ class Verifier:
             text = answer_text(answer.completion.body)
         return Job(decision, request, text, served, calibration)
 
-    def submit(self, job: Job) -> None:
+    def cache_job_for(self, request: ChatRequest, cached: CachedAnswer) -> CacheJob | None:
+        """A served semantic hit, if the coin draws it (calibrated acceptance only)."""
+        acceptance = self.service.cache
+        if acceptance is None or cached.kind != "semantic-hit" or acceptance.exhausted(today()):
+            return None
+        if not acceptance.verify_hit(request.request_id):
+            return None
+        return CacheJob(request, answer_text(cached.body), cached.similarity, cached.model)
+
+    async def label_candidate(self, decision: CacheDecision, fresh: JSON) -> None:
+        """An unserved lookup's candidate against the fresh answer it got instead (a free label)."""
+        acceptance = self.service.cache
+        cache = self.cache
+        if acceptance is None or cache is None or decision.candidate is None:
+            return
+        similarity, key = decision.candidate
+        raw = await cache.store.get(key)
+        if raw is None:
+            return  # the candidate's answer expired: no label
+        cached = answer_text(orjson.loads(raw)["body"])
+        wrong = not self.comparator(acceptance.comparator).compare(answer_text(fresh), cached).acceptable
+        began = time.time()
+        acceptance.observe(similarity, wrong)
+        acceptance.count_label("free")
+        await self._cache_row("", "free", "not served", similarity, 1.0, wrong, None, Decimal(0), began)
+        await self.service.save("cache")
+
+    async def verify_cache(self, job: CacheJob) -> None:
+        acceptance = self.service.cache
+        assert acceptance is not None
+        day, began = today(), time.time()
+        reference = job.request.model
+        estimate = await self._estimate_call(job.request, job.cached, reference)
+        if not acceptance.admit(day, estimate):
+            log.warning("the semantic cache's daily verification cap is reached; hits unverified for the day")
+            await self.service.save("cache")
+            return
+        text, cost = await self._shadow_call(job.request, reference)
+        acceptance.charge(cost, day)
+        if text is None:
+            acceptance.failed()
+            await self._cache_row(job.request.request_id, "paid", "served", job.similarity,
+                                  acceptance.settings.verify_hits, None, reference, cost, began)  # fmt: skip
+            await self.service.save("cache")
+            return
+        wrong = not self.comparator(acceptance.comparator).compare(text, job.cached).acceptable
+        acceptance.observe(job.similarity, wrong)
+        acceptance.count_label("paid")
+        await self._cache_row(job.request.request_id, "paid", "served", job.similarity,
+                              acceptance.settings.verify_hits, wrong, reference, cost, began)  # fmt: skip
+        await self.service.save("cache")
+
+    async def _cache_row(
+        self,
+        request_id: str,
+        label: str,
+        decision: str,
+        similarity: float,
+        probability: float,
+        wrong: bool | None,
+        reference: str | None,
+        cost: Decimal,
+        began: float,
+    ) -> None:
+        acceptance = self.service.cache
+        assert acceptance is not None
+        outcome = "failed" if wrong is None else ("wrong" if wrong else "acceptable")
+        row = VerificationRow(
+            request_id, "cache", "cache", label, decision, similarity, probability,
+            acceptance.comparator, outcome, reference, int(cost * NANO), began,
+        )  # fmt: skip
+        try:
+            await self.service.record(row)
+        except Exception:
+            log.exception("could not write a cache verification")
+
+    def submit(self, job: Job | CacheJob) -> None:
         if self._closing:
             self.dropped += 1
             return
@@ -137,14 +228,17 @@ class Verifier:
         await asyncio.gather(*running, return_exceptions=True)
         self.dropped += len(running)
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, job: Job | CacheJob) -> None:
         async with self._slots:
             if self._closing:
                 self.dropped += 1
                 return
             self.started += 1
             try:
-                await self.verify(job)
+                if isinstance(job, CacheJob):
+                    await self.verify_cache(job)
+                else:
+                    await self.verify(job)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -188,27 +282,33 @@ class Verifier:
         await self.service.save(decision.route)
 
     async def _estimate(self, job: Job, reference: str) -> Decimal:
+        return await self._estimate_call(job.request, job.answer, reference)
+
+    async def _estimate_call(self, request: ChatRequest, answer: str, reference: str) -> Decimal:
         """The shadow call's likely cost: the user's prompt and answer lengths at the reference's
         dearest price (checked against the daily cap before calling)."""
         price = self.planner._dearest_price(reference)
-        usage = await estimate_usage(job.request, job.answer)
+        usage = await estimate_usage(request, answer)
         return (
             Decimal(usage.prompt_tokens) * price.input + Decimal(usage.completion_tokens) * price.output
         ) / MILLION
 
     async def _shadow(self, job: Job, reference: str) -> tuple[str | None, Decimal]:
+        return await self._shadow_call(job.request, reference)
+
+    async def _shadow_call(self, request: ChatRequest, reference: str) -> tuple[str | None, Decimal]:
         """(the reference's answer text or None if it failed, what the call cost)."""
-        body = {k: v for k, v in without_streaming(job.request.body).items() if k != "models"}
+        body = {k: v for k, v in without_streaming(request.body).items() if k != "models"}
         body["model"] = reference
         call = ChatRequest(
-            request_id=job.request.request_id,
+            request_id=request.request_id,
             body=body,
             model=reference,
             stream=False,
             include_usage=False,
-            max_tokens=job.request.max_tokens,
-            required_modalities=job.request.required_modalities,
-            choices=job.request.choices,
+            max_tokens=request.max_tokens,
+            required_modalities=request.required_modalities,
+            choices=request.choices,
         )
         try:
             plan = await self.planner.plan(call)
@@ -217,7 +317,7 @@ class Verifier:
             attempts = getattr(error, "attempts", None) or []
             for attempt in attempts:
                 attempt.detail = f"verification: {attempt.detail}" if attempt.detail else "verification"
-            log.warning("verification call for request %s failed: %s", job.request.request_id, error)
+            log.warning("verification call for request %s failed: %s", request.request_id, error)
             return None, billed_cost(attempts)
         text = answer_text(served.completion.body)
         usage = served.completion.usage or await estimate_usage(call, text)

@@ -194,7 +194,7 @@ async def _build(settings: Settings, lifecycle: Lifecycle) -> Gateway:
         cache=cache,
         limits=settings.limits,
     )
-    pipeline.verifier = await open_quality(planner, runner, backends, lifecycle)
+    pipeline.verifier = await open_quality(planner, runner, backends, lifecycle, cache)
     observability = await Observability.open(
         settings, backends.analytics, runner, records, pipeline.cascades, route_label=planner.route_label
     )

@@ -32,7 +32,7 @@ from faregate.routing.plan import Candidate, Plan
 from faregate.types import Attempt, ChatRequest, Price, RequestRecord, Usage
 
 if TYPE_CHECKING:
-    from faregate.quality.verifier import Job
+    from faregate.quality.verifier import CacheJob, Job
 
 # 96 random bits: a request id names a record that feedback may be sent for, so it must not be
 # guessable from another one (a counter was). "req_" + 24 hex digits, as before.
@@ -72,7 +72,7 @@ class Exchange:
     plan: Plan | None = None
     hold: Hold | None = None
     # A shadow verification to start once the response is out and recorded (quality/verifier.py).
-    verification: Job | None = None
+    verification: Job | CacheJob | None = None
 
     @classmethod
     def begin(cls, http_request: web.Request) -> Exchange:

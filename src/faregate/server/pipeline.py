@@ -102,7 +102,9 @@ class ChatPipeline:
             cached = await self.look_up(exchange)
             if cached is not None:
                 await self.count_hit(exchange)
-                return await self.respond.send(exchange, cached)
+                response = await self.respond.send(exchange, cached)
+                await self.verify_hit_later(exchange, cached, response)
+                return response
             await self.plan(exchange)
             await self.reserve(exchange)
             answer = await self.call_upstream(exchange)
@@ -208,16 +210,30 @@ class ChatPipeline:
         if self.verifier is None or exchange.plan is None or exchange.plan.trace.quality is None:
             return
         job = self.verifier.job_for(exchange.plan, exchange.request, answer, exchange.record.status)
-        if job is None:
+        if job is not None and await self._written(exchange, response):
+            exchange.verification = job
+
+    async def verify_hit_later(
+        self, exchange: Exchange, cached: CachedAnswer, response: web.StreamResponse
+    ) -> None:
+        """A semantic hit drawn for verification (a calibrated acceptance): as `verify_later`."""
+        if self.verifier is None:
             return
-        if not response.prepared:
-            try:
-                await response.prepare(exchange.http)
-                await response.write_eof()
-            except (ConnectionResetError, ConnectionError):
-                exchange.client_gone("before the answer was written")
-                return
-        exchange.verification = job
+        job = self.verifier.cache_job_for(exchange.request, cached)
+        if job is not None and await self._written(exchange, response):
+            exchange.verification = job
+
+    async def _written(self, exchange: Exchange, response: web.StreamResponse) -> bool:
+        """Finish writing the response now; False if the client is gone."""
+        if response.prepared:
+            return True
+        try:
+            await response.prepare(exchange.http)
+            await response.write_eof()
+        except (ConnectionResetError, ConnectionError):
+            exchange.client_gone("before the answer was written")
+            return False
+        return True
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ NANO = Decimal(1_000_000_000)
 async def quality_figures(gateway: Gateway, limit: int = 20) -> dict[str, Any]:
     verifier = gateway.pipeline.verifier
     if verifier is None:
-        return {"routes": [], "recent": [], "pending": 0}
+        return {"routes": [], "cache": None, "recent": [], "pending": 0}
     insights = gateway.observability.insights if gateway.observability is not None else None
     routes = []
     for row in verifier.service.figures():
@@ -44,6 +44,8 @@ async def quality_figures(gateway: Gateway, limit: int = 20) -> dict[str, Any]:
     recent = await verifier.service.store.recent(limit=limit)
     return {
         "routes": routes,
+        # The semantic cache's calibrated acceptance (cache.semantic.max_wrong_hit_rate), or None.
+        "cache": verifier.service.cache_figures(),
         # Verifications submitted and not finished yet.
         "pending": verifier.pending,
         "recent": [
