@@ -272,3 +272,26 @@ async def test_quality_alert_rules_fire_per_route() -> None:
             AlertSettings(rules=[AlertRule(name="x", metric="router_flagged", above=0, per="key")]), "t"
         )
         assert Settings
+
+
+def test_the_cache_acceptance_serves_nothing_until_labels_certify_a_threshold() -> None:
+    from faregate.learning.online.settings import SemanticAcceptanceSettings
+    from faregate.quality.cache_live import NOTHING, CacheCalibration
+
+    cache = CacheCalibration(SemanticAcceptanceSettings(max_wrong_hit_rate=0.05, confidence=0.8), "exact")
+    assert cache.threshold() == NOTHING and cache.figures()["threshold"] is None
+    for _ in range(60):
+        cache.looked_up(0.93, served=False)
+        cache.observe(0.93, wrong=False)
+        cache.looked_up(None, served=False)
+    assert 0.8 <= cache.threshold() <= 0.93
+    figures = cache.figures()
+    assert figures["wrong_hit_bound"] <= 0.05 and figures["labelled"] == 60
+    # A wrong answer at that similarity costs the threshold.
+    for _ in range(5):
+        cache.observe(0.93, wrong=True)
+    assert cache.threshold() == NOTHING or cache.threshold() > 0.93
+    again = CacheCalibration(SemanticAcceptanceSettings(max_wrong_hit_rate=0.05, confidence=0.8), "exact")
+    again.adopt_json(cache.state_json())
+    assert again.figures() == cache.figures()
+    assert cache.verify_hit("req") in (True, False)
