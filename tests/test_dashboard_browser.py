@@ -338,6 +338,7 @@ def test_the_quality_panel_shows_each_calibrated_route(
         f"    router: {{file: {routers}/router-gsm8k.json, strong: gpt-4o, weak: qwen3-8b}}\n"
         "    quality: {target: 0.9, confidence: 0.8, verification: "
         "{share: 1.0, frontier: 0, rest_ratio: 1, comparator: exact}}\n"
+        "cache: {semantic: {enabled: true, max_wrong_hit_rate: 0.01}}\n"
     )
     with run_gateway(tmp_path_factory.mktemp("quality-dashboard"), sim, config) as gw:
         client = openai.OpenAI(base_url=gw.base_url, api_key=make_key(gw.store_path, "q"), max_retries=0)
@@ -370,6 +371,9 @@ def test_the_quality_panel_shows_each_calibrated_route(
         cost = page.get_attribute(f'{row} td[data-col="verification_cost"]', "data-value")
         assert Decimal(cost) == Decimal(route["verification_cost_usd"]) > 0
         assert page.inner_text(f'{row} td[data-col="savings_net"]').startswith(("$", "-$"))
+        # The semantic cache's acceptance: nothing certified, so nothing served.
+        threshold = page.locator('#quality-cache td[data-col="threshold"]')
+        assert threshold.inner_text() == "none yet: no semantic hit"
         page.screenshot(path=str(ARTIFACTS / "dashboard-quality.png"), full_page=True)
         assert page.errors == []
         page.close()

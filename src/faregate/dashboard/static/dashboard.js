@@ -285,8 +285,20 @@ async function quality() {
 }
 
 function renderQuality(data) {
-  $("quality").hidden = data.routes.length === 0;
+  $("quality").hidden = data.routes.length === 0 && !data.cache;
   const share = (n) => (Number(n) * 100).toFixed(1) + "%";
+  fillTable($("quality-cache"), [
+    { title: "Bound (wrong hits / lookups)", key: "max_wrong_hit_rate", value: (c) => share(c.max_wrong_hit_rate) },
+    { title: "Threshold in force", key: "threshold", raw: (c) => c.threshold,
+      value: (c) => (c.threshold === null ? "none yet: no semantic hit" : c.threshold.toFixed(2)) },
+    { title: "Wrong-hit bound", key: "wrong_hit_bound", value: (c) => share(c.wrong_hit_bound), raw: (c) => c.wrong_hit_bound,
+      cls: (c) => (c.wrong_hit_bound > c.max_wrong_hit_rate && c.threshold !== null ? "status-err" : null) },
+    { title: "Lookups", key: "lookups", value: (c) => int(c.lookups) },
+    { title: "Served", key: "served", value: (c) => int(c.served) },
+    { title: "Labelled (wrong)", key: "labelled", value: (c) => `${int(c.labelled)} (${int(c.wrong)})` },
+    { title: "Verification cost", key: "verification_cost", value: (c) => usd(c.verification_cost_usd), raw: (c) => c.verification_cost_usd,
+      cls: (c) => (c.cap_reached ? "status-err" : null) },
+  ], data.cache ? [data.cache] : [], { empty: "Not calibrated (cache.semantic.max_wrong_hit_rate is not set)" });
   fillTable($("quality-routes"), [
     { title: "Route", key: "route", value: (r) => `${r.route} (${r.kind})` },
     { title: "Target", key: "target", value: (r) => share(r.target), raw: (r) => r.target },
