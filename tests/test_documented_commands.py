@@ -211,6 +211,14 @@ QUICK: dict[str, Quick] = {
         where="checkout",
         expect="math-cascade",
     ),
+    "python bench/quality_live.py": Quick(
+        run="python bench/quality_live.py --questions 20 --passes 1 --out {scratch}/quality.json",
+        where="checkout",
+        expect="math-cascade",
+    ),
+    "python bench/quality_live.py --confidence 0.8": Quick(
+        why_not="the line before with another confidence: the same code"
+    ),
     "python bench/request_path.py": Quick(
         run="python bench/request_path.py --runs 1", where="checkout", expect="non-streaming:"
     ),
