@@ -295,3 +295,17 @@ def test_the_cache_acceptance_serves_nothing_until_labels_certify_a_threshold() 
     again.adopt_json(cache.state_json())
     assert again.figures() == cache.figures()
     assert cache.verify_hit("req") in (True, False)
+
+
+def test_score_ranks_kept_sorted_in_place_match_a_full_sort() -> None:
+    from faregate.learning.online.calibrator import ScoreRanks
+
+    kept = ScoreRanks(reference=[0.1, 0.5, 0.9])
+    kept.min_live = 50
+    kept.recent = type(kept.recent)(maxlen=200)
+    for i in range(1000):
+        score = ((i * 7919) % 1000) / 1000.0
+        probe = ((i * 104729) % 997) / 997.0
+        fresh = ScoreRanks(type(kept.recent)(kept.recent, maxlen=200), list(kept.reference), min_live=50)
+        assert kept.rank(probe) == fresh.rank(probe)
+        kept.record(score)

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from faregate.learning.online.betting import Array
 from faregate.learning.online.calibrator import (
     CalibrationState,
     LabelledDecision,
@@ -76,7 +77,7 @@ class Decision:
     # free: both answers exist (a cascade escalation); cheap: a shadow call to the weak model;
     # paid: a shadow call to the strong model.
     label_kind: LabelKind
-    floor: list[float]
+    floor: Array
     least: float
     epoch: int
     # The daily cap was reached: the calibration is paused, this decision is not observed.
@@ -192,6 +193,8 @@ class RouteCalibration:
         self.settings = settings
         verification = settings.verification
         self.calibrator = ShareCalibrator(settings.target, settings.confidence)
+        # The candidate cuts (computed once: the calibrator makes a new array per read).
+        self.cuts = self.calibrator.cuts
         self.plan = VerificationPlan(
             verification.share,
             frontier=verification.frontier,
@@ -287,7 +290,7 @@ class RouteCalibration:
             probability,
             labelled=not paused and coin(self.seed, request_id) < probability,
             label_kind=label_kind,
-            floor=[float(v) for v in self.plan.floor_probabilities(self.calibrator.cuts, cut, scale)],
+            floor=self.plan.floor_probabilities(self.cuts, cut, scale),
             least=self.plan.least_probability(cut, scale),
             epoch=state.epoch,
             paused=paused,
@@ -351,7 +354,7 @@ class RouteCalibration:
         if decision.epoch != state.epoch:
             return  # decided under a ranking since abandoned
         labelled = LabelledDecision(decision.rank, loss, False, True, decision.probability)
-        self.calibrator.observe(state.calibration, labelled, np.asarray(decision.floor, dtype=np.float64))
+        self.calibrator.observe(state.calibration, labelled, decision.floor)
         self.calibrator.calibrate(state.calibration)
         self._start_tests(state.calibration)
         if self.kind != "router" or state.flagged:

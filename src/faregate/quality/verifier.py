@@ -14,6 +14,10 @@ a response. The task waits for one of `max_concurrency` slots, then:
 - the route's comparator says whether the cheap answer is acceptable against the reference; the
   calibration observes it and recalibrates; the row is written and the state saved.
 
+The semantic cache's calibrated acceptance (quality/cache_live.py) is verified the same way: a
+served hit drawn by `verify_hits` gets a fresh call after the response (`CacheJob`), and an
+unserved candidate is labelled for free when the fresh answer is stored (`label_candidate`).
+
 At shutdown, tasks not started are dropped (their decisions stay unobserved, which the
 calibration allows) and those running are cancelled after a short grace.
 """
@@ -287,7 +291,7 @@ class Verifier:
     async def _estimate_call(self, request: ChatRequest, answer: str, reference: str) -> Decimal:
         """The shadow call's likely cost: the user's prompt and answer lengths at the reference's
         dearest price (checked against the daily cap before calling)."""
-        price = self.planner._dearest_price(reference)
+        price = self.planner.dearest_price(reference)
         usage = await estimate_usage(request, answer)
         return (
             Decimal(usage.prompt_tokens) * price.input + Decimal(usage.completion_tokens) * price.output
