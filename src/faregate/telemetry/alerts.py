@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from faregate.config import AlertRule, AlertSettings
+from faregate.config import QUALITY_ALERTS, AlertRule, AlertSettings
 from faregate.lifecycle import Periodic
 from faregate.store.analytics import Analytics
 from faregate.telemetry.alert_values import UNITS, Measurement, QualityFigures, breaches, measure
@@ -78,7 +78,9 @@ class AlertState:
         unit = UNITS[rule.metric]
         threshold = rule.above if rule.above is not None else rule.below
         direction = "above" if rule.above is not None else "below"
-        window = "" if rule.metric == "daily_spend_usd" else f" over the last {rule.window_minutes:g} min"
+        # Spend counts since 00:00 UTC; a calibrated route's figures are its whole history.
+        timeless = rule.metric == "daily_spend_usd" or rule.metric in QUALITY_ALERTS
+        window = "" if timeless else f" over the last {rule.window_minutes:g} min"
         return (
             f"{rule.name}: {what}{whose} is {_fmt(self.value, unit)} "
             f"({direction} {_fmt(threshold or 0.0, unit)}){window}"
