@@ -309,3 +309,18 @@ def test_score_ranks_kept_sorted_in_place_match_a_full_sort() -> None:
         fresh = ScoreRanks(type(kept.recent)(kept.recent, maxlen=200), list(kept.reference), min_live=50)
         assert kept.rank(probe) == fresh.rank(probe)
         kept.record(score)
+
+
+def test_a_wrong_label_makes_its_entries_stricter() -> None:
+    from faregate.learning.online.settings import SemanticAcceptanceSettings
+    from faregate.quality.cache_live import CacheCalibration
+
+    cache = CacheCalibration(SemanticAcceptanceSettings(max_wrong_hit_rate=0.05), "exact")
+    cache.observe(0.95, wrong=False, entries=("a", "b"))
+    assert not cache.conflicted("a", 0.95)
+    cache.observe(0.93, wrong=True, entries=("a", "new"))
+    assert cache.conflicted("a", 0.94) and cache.conflicted("new", 0.95)
+    assert not cache.conflicted("a", 0.96) and not cache.conflicted("b", 0.90)
+    again = CacheCalibration(SemanticAcceptanceSettings(max_wrong_hit_rate=0.05), "exact")
+    again.adopt_json(cache.state_json())
+    assert again.conflicted("a", 0.94) and again.figures()["conflicts"] == 2

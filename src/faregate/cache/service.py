@@ -62,6 +62,8 @@ class CachedAnswer:
     provider: str
     usage: Usage
     similarity: float = 1.0
+    # The exact key of the answer (a semantic hit's entry payload).
+    key: str = ""
 
 
 def _cache_hint(request: ChatRequest) -> dict[str, Any]:
@@ -178,6 +180,12 @@ class ResponseCache:
         # Kept so that storing this request's answer does not embed the same text again.
         decision.vector = result.vector
         hit = result.hit
+        if (
+            hit is not None
+            and self.acceptance is not None
+            and self.acceptance.conflicted(hit.entry.payload, hit.similarity)
+        ):
+            hit = None  # a different question was seen this close to this entry
         if self.acceptance is not None and result.status != "skipped":
             candidate = result.candidate
             self.acceptance.looked_up(None if candidate is None else candidate.similarity, hit is not None)
@@ -190,6 +198,7 @@ class ResponseCache:
             return None  # the answer expired before its meaning did
         answer = _answer("semantic-hit", found)
         answer.similarity = hit.similarity
+        answer.key = hit.entry.payload
         return answer
 
     def _semantic_query(self, decision: CacheDecision, request: ChatRequest) -> tuple[Any, str, int] | None:

@@ -13,10 +13,13 @@ Labels, as the library's replay draws them:
   call after the response, through the attempt loop, charged to the cache's daily USD cap (a paid
   label; quality/verifier.py).
 
-This version keeps one pooled threshold; the per-entry conflict evidence of the library (stricter
-where different questions were seen to sit close) is not kept beside the index entries yet.
-Like a route's calibration, the state is one `calibration_state` row (`cache:semantic`) with a
-journal of unsaved changes (quality/service.py).
+Conflicts (the library's point that crowded regions need stricter thresholds): a labelled lookup
+whose candidate was a wrong answer records that similarity against the candidate's entry (and the
+entry stored for the lookup), by its answer's exact key; a hit on an entry with a conflict at or
+above its similarity minus `crowd_margin` is not served. Only the served candidate is checked, not
+its neighbours (the library also checks candidates within 0.03 of it), and only entries with a
+conflict are remembered (at most CONFLICTS, newest kept). Like a route's calibration, the state
+is one `calibration_state` row (`cache`) with a journal of unsaved changes (quality/service.py).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from faregate.learning.online.settings import SemanticAcceptanceSettings
 from faregate.quality.live import NANO, Totals, _roll, today
 
 SCOPE = "cache"
+# Entries with a recorded conflict kept (by their answer's exact key), newest last.
+CONFLICTS = 10_000
 # The threshold the semantic cache is given while none is certified: nothing reaches it.
 NOTHING = 2.0
 
@@ -48,6 +53,8 @@ class CacheCalibration:
         self.totals = Totals()
         self.seed = f"{seed}:cache"
         self.journal: list[Callable[[], None]] = []
+        # Exact key of a cached answer -> the highest similarity a different question matched it at.
+        self.conflicts: dict[str, float] = {}
 
     # -- the store's view (quality/service.py) ------------------------------------------------------
 
@@ -63,12 +70,14 @@ class CacheCalibration:
             "acceptance": self.state.to_json(),
             "budget": self.budget.to_json(),
             "totals": self.totals.to_json(),
+            "conflicts": self.conflicts,
         }
 
     def adopt_json(self, data: dict[str, Any]) -> None:
         self.state = AcceptanceState.from_json(data["acceptance"])
         self.budget = VerificationBudget.from_json(data["budget"])
         self.totals = Totals.from_json(data["totals"])
+        self.conflicts = {str(k): float(v) for k, v in data.get("conflicts", {}).items()}
         for change in self.journal:
             change()
 
@@ -99,12 +108,25 @@ class CacheCalibration:
         """Is this served hit drawn for verification (before the cap)?"""
         return coin(self.seed, request_id) < self.settings.verify_hits
 
-    def observe(self, similarity: float, wrong: bool) -> None:
+    def conflicted(self, key: str, similarity: float) -> bool:
+        """A different question matched this entry this close before: do not serve it."""
+        seen = self.conflicts.get(key)
+        return seen is not None and seen >= similarity - self.acceptance.crowd_margin
+
+    def observe(self, similarity: float, wrong: bool, entries: tuple[str, ...] = ()) -> None:
+        """A labelled lookup; `entries`: the exact keys of the candidate's answer and of the answer
+        stored for the lookup (a wrong label records a conflict on both)."""
+
         def change() -> None:
             self.acceptance.observe(self.state, similarity, wrong, [])
             self.acceptance.calibrate(self.state)
             self.totals.verifications += 1
             self.totals.losses += wrong
+            if wrong and similarity >= self.state.floor:
+                for key in entries:
+                    self.conflicts[key] = max(similarity, self.conflicts.pop(key, -1.0))
+                while len(self.conflicts) > CONFLICTS:
+                    del self.conflicts[next(iter(self.conflicts))]
 
         self.apply(change)
 
@@ -172,4 +194,5 @@ class CacheCalibration:
             "cap_reached": self.exhausted(today()),
             "skipped_for_cap": self.totals.skipped_for_cap,
             "failed": self.totals.failed,
+            "conflicts": len(self.conflicts),
         }

@@ -78,6 +78,8 @@ class CacheJob:
     cached: str
     similarity: float
     served_model: str
+    # The exact key of the served answer (a wrong verdict records a conflict on it).
+    key: str = ""
 
 
 class Verifier:
@@ -135,7 +137,7 @@ class Verifier:
             return None
         if not acceptance.verify_hit(request.request_id):
             return None
-        return CacheJob(request, answer_text(cached.body), cached.similarity, cached.model)
+        return CacheJob(request, answer_text(cached.body), cached.similarity, cached.model, cached.key)
 
     async def label_candidate(self, decision: CacheDecision, fresh: JSON) -> None:
         """An unserved lookup's candidate against the fresh answer it got instead (a free label)."""
@@ -150,7 +152,7 @@ class Verifier:
         cached = answer_text(orjson.loads(raw)["body"])
         wrong = not self.comparator(acceptance.comparator).compare(answer_text(fresh), cached).acceptable
         began = time.time()
-        acceptance.observe(similarity, wrong)
+        acceptance.observe(similarity, wrong, (key, decision.key))
         acceptance.count_label("free")
         await self._cache_row("", "free", "not served", similarity, 1.0, wrong, None, Decimal(0), began)
         await self.service.save("cache")
@@ -174,7 +176,7 @@ class Verifier:
             await self.service.save("cache")
             return
         wrong = not self.comparator(acceptance.comparator).compare(text, job.cached).acceptable
-        acceptance.observe(job.similarity, wrong)
+        acceptance.observe(job.similarity, wrong, (job.key,))
         acceptance.count_label("paid")
         await self._cache_row(job.request.request_id, "paid", "served", job.similarity,
                               acceptance.settings.verify_hits, wrong, reference, cost, began)  # fmt: skip
