@@ -30,11 +30,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from routes_gsm8k import DATA, MASTER, ROOT, SIM, STRONG, WEAK, ask_all, env, free_port, wait_healthy
-
 from faregate.evals.replay.outcomes import STRONG_MODEL, WEAK_MODEL, load_outcomes
 from faregate.evals.replay.router_eval import held_out
 from faregate.learning.cascade_judges import LearnedJudge
+from routes_gsm8k import DATA, MASTER, ROOT, SIM, STRONG, WEAK, ask_all, env, free_port, wait_healthy
 
 QUALITY = (
     "{{target: 0.95, confidence: {confidence}, prior_outcomes: {prior}, "
@@ -163,7 +162,8 @@ def main() -> None:
     )
     print(
         "| route | GPT-4 answers (last pass) | kept vs all-GPT-4 (last pass) | shadow calls (cheap / paid)"
-        " | free labels | verification cost | cost incl. verification vs all-GPT-4 | strong share at the end |"
+        " | free labels | verification cost | cost incl. verification vs all-GPT-4"
+        " | strong share at the end |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for route, row in results.items():
@@ -176,7 +176,8 @@ def main() -> None:
         labels = fig["by_label"] if fig else {"cheap": 0, "paid": 0, "free": 0}
         shadow = labels["cheap"] + labels["paid"]
         print(
-            f"| {route} | {row['strong_answers'] / n:.1%} ({row['strong_answers_last_pass'] / len(questions):.1%})"
+            f"| {route} | {row['strong_answers'] / n:.1%}"
+            f" ({row['strong_answers_last_pass'] / len(questions):.1%})"
             f" | {kept:.1%} ({kept_last:.1%})"
             f" | {shadow / n:.2%} ({labels['cheap']} / {labels['paid']}) | {labels['free']}"
             f" | ${verification:.4f} | {cost / Decimal(strong['cost_usd']):.1%}"
