@@ -15,6 +15,7 @@ import json
 import sqlite3
 import sys
 import urllib.request
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ models:
   strong-m: {answer: {fixed: "Adding it up, the answer is 42."}}
   weak-good: {answer: {fixed: "So the answer is 42."}}
   weak-bad: {answer: {fixed: "So the answer is 7."}}
+  judge-m: {answer: {fixed: "Both reach the same result. Score: 9/10"}}
 """
 
 QUALITY = (
@@ -49,6 +51,7 @@ models:
   strong-m: {{input: 10, output: 30}}
   weak-good: {{input: 0.6, output: 0.6}}
   weak-bad: {{input: 0.6, output: 0.6}}
+  judge-m: {{input: 100, output: 100}}
 routes:
   good:
     router: {{file: {ROOT}/routers/router-gsm8k.json, strong: strong-m, weak: weak-good}}
@@ -59,6 +62,13 @@ routes:
   capped:
     router: {{file: {ROOT}/routers/router-gsm8k.json, strong: strong-m, weak: weak-good}}
     quality: {QUALITY % "0.00005"}
+  judged:
+    router: {{file: {ROOT}/routers/router-gsm8k.json, strong: strong-m, weak: weak-bad}}
+    quality: {{target: 0.9, verification: {{share: 1.0, frontier: 0, rest_ratio: 1, comparator: llm_judge,
+      judge_model: judge-m}}}}
+  embedded:
+    router: {{file: {ROOT}/routers/router-gsm8k.json, strong: strong-m, weak: weak-good}}
+    quality: {{target: 0.9, verification: {{share: 1.0, frontier: 0, rest_ratio: 1, comparator: embedding}}}}
   checked:
     cascade:
       steps: [weak-good, strong-m]
@@ -122,10 +132,12 @@ def test_the_quality_loop_end_to_end(tmp_path: Path) -> None:
             ask(client, "bad", prompts)
             ask(client, "capped", prompts[:20])
             ask(client, "checked", prompts[:10])
+            ask(client, "judged", prompts[:8])
+            ask(client, "embedded", prompts[:8])
             settled(gateway)
             seen = figures(gateway)
             wait_until(
-                lambda: len(rows(gateway, "SELECT 1 FROM request_records")) >= 2 * REQUESTS + 30,
+                lambda: len(rows(gateway, "SELECT 1 FROM request_records")) >= 2 * REQUESTS + 46,
                 "records flushed",
             )
 
@@ -159,11 +171,10 @@ def test_the_quality_loop_end_to_end(tmp_path: Path) -> None:
             assert "paid" in kinds and kinds["paid"]["reference"] == "strong-m"
             assert kinds["paid"]["cost"] > kinds["cheap"]["cost"]
             total = sum(row["cost"] for row in verified)
-            assert seen["good"]["verification_cost_usd"] == str(total / 1e9).rstrip("0") or total > 0
-            # Verification never bills the user's key: the records' cost is the answers' alone.
-            assert set(good_ids) <= {
-                r["request_id"] for r in rows(gateway, "SELECT request_id FROM request_records")
-            }
+            assert Decimal(seen["good"]["verification_cost_usd"]) == Decimal(total) / Decimal(10**9)
+            # A shadow call is no request of the user's: it leaves no request record.
+            recorded = {r["request_id"] for r in rows(gateway, "SELECT request_id FROM request_records")}
+            assert set(good_ids) <= recorded and len(recorded) == 2 * REQUESTS + 46
 
             # The cap stopped verification for the day.
             capped = seen["capped"]
@@ -174,6 +185,14 @@ def test_the_quality_loop_end_to_end(tmp_path: Path) -> None:
                 gateway, "SELECT label_kind, cost_nanousd FROM verifications WHERE scope = 'checked'"
             )
             assert checked and all(r["label_kind"] == "free" and r["cost_nanousd"] == 0 for r in checked)
+
+            # An LLM judge asked through the gateway: its verdict counts (the bad model's "7" passes
+            # this lenient judge), and its call is verification cost.
+            judged = rows(gateway, "SELECT outcome, cost_nanousd FROM verifications WHERE scope = 'judged'")
+            assert judged and all(r["outcome"] == "acceptable" for r in judged)
+            assert min(r["cost_nanousd"] for r in judged) > max(row["cost"] for row in verified)
+            # Answer embeddings: identical answers are equivalent.
+            assert seen["embedded"]["verifications"] >= 6 and seen["embedded"]["losses"] == 0
 
             metrics = admin(gateway, "/metrics")
             assert 'faregate_quality_target{route="good"} 0.9' in metrics

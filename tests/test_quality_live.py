@@ -232,6 +232,10 @@ routes:
         "unknown key": ok.replace("target: 0.9", "target: 0.9, tagret: 1"),
         "threshold with quality": ok.replace("weak: weak}", "weak: weak, threshold: 0.3}"),
         "comparator": ok.replace("comparator: exact", "comparator: vibes"),
+        "judge without a model": ok.replace("comparator: exact", "comparator: llm_judge"),
+        "a model without the judge": ok.replace(
+            "comparator: exact", "comparator: exact, judge_model: strong"
+        ),
         "target": ok.replace("target: 0.9", "target: 1.5"),
         "plain route": ok.replace(
             f"router: {{file: {ROUTER}, strong: strong, weak: weak}}", "chain: [strong]"

@@ -212,6 +212,8 @@ def policy_steps(route: RouteSettings) -> list[tuple[str, list[ChainStep]]]:
             for k, v in (("strong", route.router.strong), ("weak", route.router.weak))
             if v
         ]
+    if route.quality is not None and route.quality.verification.judge_model is not None:
+        found.append(("quality.verification.judge_model", [route.quality.verification.judge_model]))
     if route.cascade is not None:
         found.append(("cascade.steps", route.cascade.steps))
         if route.cascade.judge.llm is not None:
@@ -257,19 +259,25 @@ def _check_policy(route: RouteSettings, where: str) -> None:
                 ) from None
 
 
-# The mechanical comparators (learning/online/comparators.py); embedding and llm_judge are not
-# wired to the gateway yet.
-QUALITY_COMPARATORS = ("exact", "numeric", "final_answer", "json")
+# learning/online/comparators.py: the mechanical ones, answer-embedding similarity, and (routes
+# only, with a judge_model) an LLM judge asked through the gateway.
+QUALITY_COMPARATORS = ("exact", "numeric", "final_answer", "json", "embedding")
+ROUTE_COMPARATORS = (*QUALITY_COMPARATORS, "llm_judge")
 
 
 def _check_quality(route: RouteSettings, quality: QualitySettings, where: str) -> None:
     """`quality` sets the cut itself: on a router or two-step cascade, without a cut of its own."""
     if route.router is None and route.cascade is None:
         raise ConfigError(f"{where}.quality: only a router or a cascade route takes a quality target")
-    if quality.verification.comparator not in QUALITY_COMPARATORS:
+    verification = quality.verification
+    if verification.comparator not in ROUTE_COMPARATORS:
         raise ConfigError(
-            f"{where}.quality.verification.comparator: {quality.verification.comparator!r} is not one of "
-            f"{', '.join(QUALITY_COMPARATORS)}"
+            f"{where}.quality.verification.comparator: {verification.comparator!r} is not one of "
+            f"{', '.join(ROUTE_COMPARATORS)}"
+        )
+    if (verification.comparator == "llm_judge") != (verification.judge_model is not None):
+        raise ConfigError(
+            f"{where}.quality.verification: the llm_judge comparator takes a judge_model, and only it does"
         )
     if route.router is not None:
         given = [k for k in ("threshold", "strong_share", "retain") if getattr(route.router, k) is not None]

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
 from faregate.cache.service import ResponseCache
 from faregate.lifecycle import Lifecycle
 from faregate.quality.metrics import QualityCollector
@@ -12,6 +18,8 @@ from faregate.routing.plan import Planner
 from faregate.store.backends import Backends
 from faregate.store.verifications import VerificationStore
 from faregate.telemetry.observability import Observability
+
+Embed = Callable[[list[str]], Awaitable[Any]]
 
 
 def verification_store(backends: Backends) -> VerificationStore:
@@ -50,11 +58,39 @@ async def open_quality(
     # Closed newest first: the verifier stops, then the last state is saved, then the stores close.
     lifecycle.on_close("the calibration state", service.close)
     verifier = Verifier(service, runner, planner)
+    verifier.embed = embedder_for(planner, cache)
     if cache is not None and acceptance is not None:
         verifier.cache = cache
         cache.on_fresh_answer = verifier.label_candidate
     lifecycle.on_close("the shadow verifications", verifier.close)
     return verifier
+
+
+def embedder_for(planner: Planner, cache: ResponseCache | None) -> Embed | None:
+    """Unit vectors for the `embedding` comparator, from a MiniLM already there: the route
+    policies' (a router or learned judge has one), else the semantic cache's."""
+    from faregate.routing.policies import RoutePolicies
+
+    policies = planner.routes.policies
+    if isinstance(policies, RoutePolicies):
+        shared = policies.embedder()
+
+        async def embed_shared(texts: list[str]) -> Any:
+            return await asyncio.get_running_loop().run_in_executor(shared.executor, shared.embed, texts)
+
+        return embed_shared
+    semantic = cache.semantic if cache is not None else None
+    if semantic is None:
+        return None
+    embedder = semantic.embedder
+
+    async def embed_cached(texts: list[str]) -> Any:
+        vectors = [await embedder.embed(text) for text in texts]
+        if any(v is None for v in vectors):
+            raise ValueError("an answer too long to embed")
+        return np.stack(vectors)
+
+    return embed_cached
 
 
 def attach_observability(verifier: Verifier | None, observability: Observability) -> None:

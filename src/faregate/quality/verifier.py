@@ -25,16 +25,21 @@ calibration allows) and those running are cancelled after a short grace.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
+import numpy as np
 import orjson
 
 from faregate.cache.service import CachedAnswer, CacheDecision, ResponseCache
 from faregate.errors import FaregateError
-from faregate.learning.online.comparators import Comparator, mechanical
+from faregate.learning.online.comparators import Comparator, LLMJudgeComparator, mechanical
+from faregate.learning.text_features import last_user_text
 from faregate.quality.live import NANO, Decision, RouteCalibration, today
 from faregate.quality.service import QualityService
 from faregate.routing.attempts import AttemptRunner, Served, billed_cost
@@ -48,6 +53,8 @@ from faregate.wire.openai import answer_text, without_streaming
 log = logging.getLogger("faregate.quality")
 
 DEFAULT_CONCURRENCY = 4
+# The `embedding` comparator: answers this similar are equivalent (comparators.EmbeddingSimilarity).
+EMBEDDING_THRESHOLD = 0.9
 CLOSE_GRACE_S = 2.0
 
 
@@ -97,6 +104,8 @@ class Verifier:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self.comparators: dict[str, Comparator] = {}
+        # Unit vectors for texts, off the event loop (the `embedding` comparator); set by the setup.
+        self.embed: Callable[[list[str]], Awaitable[Any]] | None = None
         # The response cache whose semantic acceptance is calibrated (None: not calibrated).
         self.cache: ResponseCache | None = None
         # Counters (metrics): verifications started, dropped at shutdown.
@@ -107,6 +116,41 @@ class Verifier:
         if name not in self.comparators:
             self.comparators[name] = mechanical(name)
         return self.comparators[name]
+
+    async def compare(
+        self,
+        name: str,
+        request: ChatRequest | None,
+        reference: str,
+        candidate: str,
+        judge_model: str | None = None,
+    ) -> tuple[bool, Decimal]:
+        """Is `candidate` acceptable against `reference`? And what did asking cost (an LLM judge's
+        call through the gateway; nothing for the others)."""
+        if name == "embedding":
+            if self.embed is None:
+                raise RuntimeError("the embedding comparator needs an embedder")
+            vectors = np.asarray(await self.embed([reference, candidate]), dtype=np.float64)
+            return float(vectors[0] @ vectors[1]) >= EMBEDDING_THRESHOLD, Decimal(0)
+        if name == "llm_judge":
+            assert judge_model is not None and request is not None
+            spent: list[Decimal] = []
+
+            async def complete(messages: list[dict[str, Any]]) -> str:
+                body = {"model": judge_model, "messages": messages, "max_tokens": 200, "temperature": 0}
+                text, cost = await self._shadow_call(
+                    dataclasses.replace(request, body=body, max_tokens=200), judge_model
+                )
+                spent.append(cost)
+                if text is None:
+                    raise RuntimeError("the judge model did not answer")
+                return text
+
+            comparison = await LLMJudgeComparator(complete).compare(
+                last_user_text(request.body), reference, candidate
+            )
+            return comparison.acceptable, sum(spent, Decimal(0))
+        return self.comparator(name).compare(reference, candidate).acceptable, Decimal(0)
 
     def job_for(
         self, plan: Plan, request: ChatRequest, answer: Served | OpenedStream, status: int
@@ -150,7 +194,8 @@ class Verifier:
         if raw is None:
             return  # the candidate's answer expired: no label
         cached = answer_text(orjson.loads(raw)["body"])
-        wrong = not self.comparator(acceptance.comparator).compare(answer_text(fresh), cached).acceptable
+        acceptable, _ = await self.compare(acceptance.comparator, None, answer_text(fresh), cached)
+        wrong = not acceptable
         began = time.time()
         acceptance.observe(similarity, wrong, (key, decision.key))
         acceptance.count_label("free")
@@ -175,7 +220,8 @@ class Verifier:
                                   acceptance.settings.verify_hits, None, reference, cost, began)  # fmt: skip
             await self.service.save("cache")
             return
-        wrong = not self.comparator(acceptance.comparator).compare(text, job.cached).acceptable
+        acceptable, _ = await self.compare(acceptance.comparator, job.request, text, job.cached)
+        wrong = not acceptable
         acceptance.observe(job.similarity, wrong, (job.key,))
         acceptance.count_label("paid")
         await self._cache_row(job.request.request_id, "paid", "served", job.similarity,
@@ -272,15 +318,29 @@ class Verifier:
                 return
             shadow = await self._shadow(job, reference)
             cost = shadow[1]
-            calibration.charge(decision, cost, day)
             if shadow[0] is None:
+                calibration.charge(decision, cost, day)
                 calibration.failed(decision)
                 await self._record(job, calibration, "failed", reference, cost, began, comparator_name)
                 await self.service.save(decision.route)
                 return
             cheap_text, strong_text = (job.answer, shadow[0]) if decision.cheap else (shadow[0], job.answer)
-        comparison = self.comparator(comparator_name).compare(strong_text, cheap_text)
-        loss = not comparison.acceptable
+        judge = calibration.settings.verification.judge_model
+        try:
+            acceptable, asked = await self.compare(
+                comparator_name, job.request, strong_text, cheap_text, judge
+            )
+        except Exception:
+            log.exception("comparing the answers of request %s failed", job.request.request_id)
+            calibration.charge(decision, cost, day)
+            calibration.failed(decision)
+            await self._record(job, calibration, "failed", reference, cost, began, comparator_name)
+            await self.service.save(decision.route)
+            return
+        cost += asked
+        if cost:
+            calibration.charge(decision, cost, day)
+        loss = not acceptable
         calibration.observe(decision, loss)
         await self._record(
             job, calibration, "loss" if loss else "acceptable", reference, cost, began, comparator_name

@@ -151,6 +151,11 @@ class RoutePolicies:
             if route.quality is not None:
                 self.calibrations[name] = self._calibration(name, route)
 
+    def embedder(self) -> SharedEmbedder:
+        """The MiniLM the trained policies share (loaded on first use): also the `embedding`
+        comparator's, for shadow verification."""
+        return self._shared()
+
     def _shared(self) -> SharedEmbedder:
         if self._embedder is None:
             self._embedder = SharedEmbedder()

@@ -22,7 +22,6 @@ from faregate.errors import ConfigError, FaregateError, InternalError, InvalidRe
 from faregate.lifecycle import Lifecycle
 from faregate.providers.http import ConnectionPool
 from faregate.providers.registry import ProviderRegistry, make_upstream_pool
-from faregate.quality.setup import attach_observability, open_quality
 from faregate.routing.attempts import AttemptRunner
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Planner
@@ -194,11 +193,21 @@ async def _build(settings: Settings, lifecycle: Lifecycle) -> Gateway:
         cache=cache,
         limits=settings.limits,
     )
-    pipeline.verifier = await open_quality(planner, runner, backends, lifecycle, cache)
+    calibrated = bool(planner.routes.policies.calibrations) or (
+        cache is not None and cache.acceptance is not None
+    )
+    if calibrated:
+        # Imported only then: the quality loop needs NumPy, which the core install does not have.
+        from faregate.quality.setup import open_quality
+
+        pipeline.verifier = await open_quality(planner, runner, backends, lifecycle, cache)
     observability = await Observability.open(
         settings, backends.analytics, runner, records, pipeline.cascades, route_label=planner.route_label
     )
-    attach_observability(pipeline.verifier, observability)
+    if pipeline.verifier is not None:
+        from faregate.quality.setup import attach_observability
+
+        attach_observability(pipeline.verifier, observability)
     # Started with the app (on_startup), stopped here.
     lifecycle.on_close("metrics, traces, rollups and alerts", observability.close)
     observability.attach(pipeline.listeners)
