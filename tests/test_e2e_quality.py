@@ -134,10 +134,20 @@ def test_the_quality_loop_end_to_end(tmp_path: Path) -> None:
             ask(client, "checked", prompts[:10])
             ask(client, "judged", prompts[:8])
             ask(client, "embedded", prompts[:8])
+            # Streams too: verified once the stream has ended.
+            streamed = []
+            for prompt in prompts[8:12]:
+                with client.chat.completions.with_streaming_response.create(
+                    model="embedded", messages=[{"role": "user", "content": prompt}], stream=True
+                ) as response:
+                    streamed.append(response.headers["x-faregate-request-id"])
+                    assert "42" in "".join(
+                        c.choices[0].delta.content or "" for c in response.parse() if c.choices
+                    )
             settled(gateway)
             seen = figures(gateway)
             wait_until(
-                lambda: len(rows(gateway, "SELECT 1 FROM request_records")) >= 2 * REQUESTS + 46,
+                lambda: len(rows(gateway, "SELECT 1 FROM request_records")) >= 2 * REQUESTS + 50,
                 "records flushed",
             )
 
@@ -174,7 +184,7 @@ def test_the_quality_loop_end_to_end(tmp_path: Path) -> None:
             assert Decimal(seen["good"]["verification_cost_usd"]) == Decimal(total) / Decimal(10**9)
             # A shadow call is no request of the user's: it leaves no request record.
             recorded = {r["request_id"] for r in rows(gateway, "SELECT request_id FROM request_records")}
-            assert set(good_ids) <= recorded and len(recorded) == 2 * REQUESTS + 46
+            assert set(good_ids) <= recorded and len(recorded) == 2 * REQUESTS + 50
 
             # The cap stopped verification for the day.
             capped = seen["capped"]
@@ -192,7 +202,15 @@ def test_the_quality_loop_end_to_end(tmp_path: Path) -> None:
             assert judged and all(r["outcome"] == "acceptable" for r in judged)
             assert min(r["cost_nanousd"] for r in judged) > max(row["cost"] for row in verified)
             # Answer embeddings: identical answers are equivalent.
-            assert seen["embedded"]["verifications"] >= 6 and seen["embedded"]["losses"] == 0
+            assert seen["embedded"]["verifications"] >= 10 and seen["embedded"]["losses"] == 0
+            marks = ",".join("?" * len(streamed))
+            after_stream = rows(
+                gateway,
+                "SELECT v.created_at AS began, r.created_at AS at, r.latency_ms AS ms FROM verifications v"
+                f" JOIN request_records r ON r.request_id = v.request_id WHERE v.request_id IN ({marks})",
+                *streamed,
+            )
+            assert after_stream and all(r["began"] >= r["at"] + r["ms"] / 1000 - 1e-3 for r in after_stream)
 
             metrics = admin(gateway, "/metrics")
             assert 'faregate_quality_target{route="good"} 0.9' in metrics
