@@ -31,7 +31,7 @@ from typing import Any
 from faregate.learning.online.cache_acceptance import AcceptanceState, CacheAcceptance
 from faregate.learning.online.sampling import VerificationBudget, coin
 from faregate.learning.online.settings import SemanticAcceptanceSettings
-from faregate.quality.live import NANO, Totals, _roll, today
+from faregate.quality.state import NANO, Totals, roll_over, today
 
 SCOPE = "cache"
 # Entries with a recorded conflict kept (by their answer's exact key), newest last.
@@ -147,7 +147,7 @@ class CacheCalibration:
             return True
 
         def refuse() -> None:
-            _roll(self.budget, day)
+            roll_over(self.budget, day)
             self.budget.skipped_for_cap += 1
             self.totals.skipped_for_cap += 1
             self.budget.spent = max(self.budget.spent, self.settings.daily_usd_cap)
@@ -157,7 +157,7 @@ class CacheCalibration:
 
     def charge(self, cost: Decimal, day: str) -> None:
         def change() -> None:
-            _roll(self.budget, day)
+            roll_over(self.budget, day)
             self.budget.spent += cost
             self.budget.verified += 1
             self.totals.cost_nano += int(cost * NANO)

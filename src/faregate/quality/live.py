@@ -25,15 +25,12 @@ All state is in `LiveState`, which `to_json` / `from_json` round-trip; nothing h
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from faregate.learning.online.betting import Array
 from faregate.learning.online.calibrator import (
     CalibrationState,
     LabelledDecision,
@@ -42,138 +39,22 @@ from faregate.learning.online.calibrator import (
 )
 from faregate.learning.online.health import HealthState, RouterHealth
 from faregate.learning.online.prior import pseudo_outcomes
-from faregate.learning.online.sampling import VerificationBudget, coin
+from faregate.learning.online.sampling import coin
 from faregate.learning.online.settings import QualitySettings
 from faregate.learning.online.verification_plan import VerificationPlan, pace
-from faregate.learning.thresholds import CalibrationPoint
+from faregate.quality.state import (
+    NANO,
+    Decision,
+    Kind,
+    LabelKind,
+    LiveState,
+    Prior,
+    Totals,
+    roll_over,
+    today,
+)
 
-Kind = Literal["router", "cascade"]
-LabelKind = Literal["free", "cheap", "paid"]
-NANO = Decimal(1_000_000_000)
-
-
-def today(now: float | None = None) -> str:
-    """The UTC day the daily cap counts in."""
-    return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
-
-
-@dataclass(slots=True)
-class Decision:
-    """What was decided for one request, kept on its plan until its verification comes back."""
-
-    route: str
-    kind: Kind
-    request_id: str
-    score: float
-    # The rank that decided (the router's, or the length's once the router is flagged).
-    rank: float
-    router_rank: float
-    length_rank: float
-    cut: float
-    cheap: bool
-    probability: float
-    # The coin fell under p: this decision is to be verified.
-    labelled: bool
-    # free: both answers exist (a cascade escalation); cheap: a shadow call to the weak model;
-    # paid: a shadow call to the strong model.
-    label_kind: LabelKind
-    floor: Array
-    least: float
-    epoch: int
-    # The daily cap was reached: the calibration is paused, this decision is not observed.
-    paused: bool = False
-    # A cascade's cheap answer (compared with the strong one on an escalation: a free label).
-    cheap_text: str | None = None
-
-
-@dataclass(slots=True)
-class Totals:
-    """Counters for the dashboard and /metrics (persisted with the state)."""
-
-    verifications: int = 0
-    by_label: dict[str, int] = field(default_factory=lambda: {"free": 0, "cheap": 0, "paid": 0})
-    losses: int = 0
-    cost_nano: int = 0
-    failed: int = 0
-    skipped_for_cap: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "verifications": self.verifications,
-            "by_label": dict(self.by_label),
-            "losses": self.losses,
-            "cost_nano": self.cost_nano,
-            "failed": self.failed,
-            "skipped_for_cap": self.skipped_for_cap,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Totals:
-        return cls(
-            int(data["verifications"]),
-            {str(k): int(v) for k, v in data["by_label"].items()},
-            int(data["losses"]),
-            int(data["cost_nano"]),
-            int(data["failed"]),
-            int(data["skipped_for_cap"]),
-        )
-
-
-@dataclass(slots=True)
-class LiveState:
-    """A route's whole calibration state: what the store keeps per route."""
-
-    calibration: CalibrationState
-    health: HealthState
-    ranks: ScoreRanks
-    length_ranks: ScoreRanks
-    budget: VerificationBudget = field(default_factory=VerificationBudget)
-    totals: Totals = field(default_factory=Totals)
-    # Shadow calls made (the pace's count: router, cheap and paid; cascade, paid only) and decisions.
-    shadow_calls: int = 0
-    decisions: int = 0
-    flagged: bool = False
-    flag_reason: str = ""
-    epoch: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "calibration": self.calibration.to_json(),
-            "health": self.health.to_json(),
-            "ranks": self.ranks.to_json(),
-            "length_ranks": self.length_ranks.to_json(),
-            "budget": self.budget.to_json(),
-            "totals": self.totals.to_json(),
-            "shadow_calls": self.shadow_calls,
-            "decisions": self.decisions,
-            "flagged": self.flagged,
-            "flag_reason": self.flag_reason,
-            "epoch": self.epoch,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LiveState:
-        return cls(
-            CalibrationState.from_json(data["calibration"]),
-            HealthState.from_json(data["health"]),
-            ScoreRanks.from_json(data["ranks"]),
-            ScoreRanks.from_json(data["length_ranks"]),
-            VerificationBudget.from_json(data["budget"]),
-            Totals.from_json(data["totals"]),
-            int(data["shadow_calls"]),
-            int(data["decisions"]),
-            bool(data["flagged"]),
-            str(data["flag_reason"]),
-            int(data["epoch"]),
-        )
-
-
-@dataclass(slots=True, frozen=True)
-class Prior:
-    """The model file's calibration curve (prior.py) and the strong model's training accuracy."""
-
-    curve: tuple[CalibrationPoint, ...]
-    strong_accuracy: float
+__all__ = ["NANO", "Decision", "LiveState", "Prior", "RouteCalibration", "Totals", "today"]
 
 
 class RouteCalibration:
@@ -323,7 +204,7 @@ class RouteCalibration:
 
     def _refuse(self, day: str) -> None:
         budget = self.state.budget
-        _roll(budget, day)
+        roll_over(budget, day)
         budget.skipped_for_cap += 1
         self.state.totals.skipped_for_cap += 1
         # Paused from now on: the day's spend is marked full.
@@ -335,7 +216,7 @@ class RouteCalibration:
 
     def _charge(self, cost: Decimal, day: str) -> None:
         budget = self.state.budget
-        _roll(budget, day)
+        roll_over(budget, day)
         budget.spent += cost
         budget.verified += 1
         self.state.totals.cost_nano += int(cost * NANO)
@@ -447,11 +328,6 @@ class RouteCalibration:
             "health": state.flag_reason or (verdict.reason if verdict else ""),
             "ranking": "length" if state.flagged else ("router" if self.kind == "router" else "judge"),
         }
-
-
-def _roll(budget: VerificationBudget, day: str) -> None:
-    if budget.day != day:
-        budget.day, budget.spent, budget.verified, budget.skipped_for_cap = day, Decimal(0), 0, 0
 
 
 def _interval(quality: float, n: int) -> list[float]:
