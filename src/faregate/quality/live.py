@@ -314,7 +314,9 @@ class RouteCalibration:
             "quality_interval": _interval(estimate.relative_quality, totals.verifications),
             "evidence": estimate.evidence,
             "decisions": state.decisions,
+            # Labelled decisions behind the calibration, the prior's pseudo-outcomes included.
             "labelled": estimate.labelled,
+            "prior_outcomes": self.settings.prior_outcomes,
             "verifications": totals.verifications,
             "by_label": dict(totals.by_label),
             "losses": totals.losses,
