@@ -230,6 +230,9 @@ QUICK: dict[str, Quick] = {
     "python bench/quality_cache_live.py": Quick(
         why_not="the line before at another confidence: the same code"
     ),
+    "python bench/quality_overhead.py": Quick(
+        run="python bench/quality_overhead.py --requests 5", where="checkout", expect="calibrated-100"
+    ),
     "python bench/request_path.py": Quick(
         run="python bench/request_path.py --runs 1", where="checkout", expect="non-streaming:"
     ),
