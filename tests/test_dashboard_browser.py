@@ -324,3 +324,56 @@ def test_recent_requests_fit_and_a_route_is_one_row_at_1280_px(
 def records(gw: GatewayProcess) -> int:
     with sqlite3.connect(gw.store_path / "faregate.db") as db:
         return int(db.execute("SELECT COUNT(*) FROM request_records").fetchone()[0])
+
+
+def test_the_quality_panel_shows_each_calibrated_route(
+    browser: Any, sim: SimProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A router route with a quality target: after verified traffic the panel shows the target, the
+    strong share in force, the verifications and their cost, as /admin/quality gives them."""
+    routers = Path(__file__).resolve().parents[1] / "routers"
+    config = (
+        "routes:\n"
+        "  calibrated:\n"
+        f"    router: {{file: {routers}/router-gsm8k.json, strong: gpt-4o, weak: qwen3-8b}}\n"
+        "    quality: {target: 0.9, confidence: 0.8, verification: "
+        "{share: 1.0, frontier: 0, rest_ratio: 1, comparator: exact}}\n"
+        "cache: {semantic: {enabled: true, max_wrong_hit_rate: 0.01}}\n"
+    )
+    with run_gateway(tmp_path_factory.mktemp("quality-dashboard"), sim, config) as gw:
+        client = openai.OpenAI(base_url=gw.base_url, api_key=make_key(gw.store_path, "q"), max_retries=0)
+        for i in range(40):
+            client.chat.completions.create(
+                model="calibrated", messages=[{"role": "user", "content": f"What is {i} plus {i * 7}?"}]
+            )
+
+        def figures() -> dict[str, Any]:
+            response = httpx.get(
+                f"http://127.0.0.1:{gw.port}/admin/quality", headers={"Authorization": f"Bearer {MASTER_KEY}"}
+            )
+            return dict(response.json())
+
+        wait_until(lambda: figures()["pending"] == 0, "verifications finish")
+        route = figures()["routes"][0]
+        assert route["verifications"] > 30
+        page = open_dashboard(browser, gw, MASTER_KEY)
+        page.wait_for_selector("body[data-loaded]", timeout=15_000)
+        assert page.is_visible("[data-testid=quality]")
+        row = '#quality-routes tr[data-group="calibrated"]'
+        assert page.inner_text(f'{row} td[data-col="target"]') == "90.0%"
+        assert (
+            float(page.get_attribute(f'{row} td[data-col="strong_share"]', "data-value"))
+            == route["strong_share"]
+        )
+        assert page.get_attribute(f'{row} td[data-col="verifications"]', "data-value") == str(
+            route["verifications"]
+        )
+        cost = page.get_attribute(f'{row} td[data-col="verification_cost"]', "data-value")
+        assert Decimal(cost) == Decimal(route["verification_cost_usd"]) > 0
+        assert page.inner_text(f'{row} td[data-col="savings_net"]').startswith(("$", "-$"))
+        # The semantic cache's acceptance: nothing certified, so nothing served.
+        threshold = page.locator('#quality-cache td[data-col="threshold"]')
+        assert threshold.inner_text() == "none yet: no semantic hit"
+        page.screenshot(path=str(ARTIFACTS / "dashboard-quality.png"), full_page=True)
+        assert page.errors == []
+        page.close()

@@ -211,6 +211,28 @@ QUICK: dict[str, Quick] = {
         where="checkout",
         expect="math-cascade",
     ),
+    "python bench/quality_live.py": Quick(
+        run="python bench/quality_live.py --questions 20 --passes 1 --out {scratch}/quality.json",
+        where="checkout",
+        expect="math-cascade",
+    ),
+    "python bench/quality_live.py --confidence 0.8": Quick(
+        why_not="the line before with another confidence: the same code"
+    ),
+    "python bench/quality_cache_live.py --confidence 0.8": Quick(
+        run=(
+            "python bench/quality_cache_live.py --distinct 10"
+            " --warm src/faregate/evals/cache_eval/data/chat_pairs_dev.txt"
+        ),
+        where="checkout",
+        expect="true paraphrases served",
+    ),
+    "python bench/quality_cache_live.py": Quick(
+        why_not="the line before at another confidence: the same code"
+    ),
+    "python bench/quality_overhead.py": Quick(
+        run="python bench/quality_overhead.py --requests 5", where="checkout", expect="calibrated-100"
+    ),
     "python bench/request_path.py": Quick(
         run="python bench/request_path.py --runs 1", where="checkout", expect="non-streaming:"
     ),

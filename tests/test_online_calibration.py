@@ -102,6 +102,10 @@ def test_mechanical_comparators() -> None:
     assert FinalAnswer().compare("The answer is (B)", "B").acceptable
     assert not FinalAnswer().compare("The answer is (B)", "Answer: C").acceptable
     assert final_answer("3 + 4 = 7\n#### 7") == "7"
+    # Free-form working that ends on its result without stating it: the last number written.
+    free = "16 - 7 = 9 eggs.\nShe makes 9 * $2 = $18 every day at the farmers' market."
+    assert final_answer(free) == "18"
+    assert FinalAnswer().compare(free, "#### 18").acceptable
     assert JsonEqual().compare('{"a": 1, "b": [2]}', '```json\n{"b": [2], "a": 1}\n```').acceptable
     assert not JsonEqual().compare('{"a": 1}', "{oops").acceptable
     assert mechanical("numeric").name == "numeric"

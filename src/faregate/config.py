@@ -21,6 +21,7 @@ from faregate.errors import ConfigError
 from faregate.extras import check_settings
 from faregate.route_config import (
     RouteSettings,
+    check_cache_acceptance,
     check_routes,
     resolve_policy_files,
 )
@@ -157,6 +158,15 @@ class SemanticCacheSettings(_Strict):
     # Conversations with more user turns than this are only cached exactly.
     max_turns: int = 1
     max_entries: int = 50_000
+    # Set: the threshold is calibrated on verified live lookups so that wrong answers served /
+    # lookups stays under this bound (quality/cache_live.py); no semantic hit until evidence.
+    max_wrong_hit_rate: float | None = None
+    confidence: float = 0.95
+    # Share of served semantic hits verified by a fresh call after the response, and its cap.
+    verify_hits: float = 0.05
+    daily_usd_cap: Decimal = Decimal("5")
+    # How a cached answer is compared with the fresh one: exact, numeric, final_answer or json.
+    comparator: str = "exact"
 
 
 class CacheSettings(_Strict):
@@ -214,8 +224,19 @@ class TracingSettings(_Strict):
     sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
 
 
-AlertMetric = Literal["p99_latency_ms", "error_rate", "fallback_rate", "satisfaction", "daily_spend_usd"]
+AlertMetric = Literal[
+    "p99_latency_ms",
+    "error_rate",
+    "fallback_rate",
+    "satisfaction",
+    "daily_spend_usd",
+    # Calibrated routes (routes.NAME.quality), per route: quality/alerts.py.
+    "quality_margin",
+    "router_flagged",
+    "verification_cap_reached",
+]
 AlertDimension = Literal["route", "model", "provider", "key"]
+QUALITY_ALERTS = ("quality_margin", "router_flagged", "verification_cap_reached")
 
 
 class AlertRule(_Strict):
@@ -470,6 +491,7 @@ def _check_references(settings: Settings, origin: str) -> None:
             if value is not None and value < 0:
                 raise ConfigError(f"{origin}: models.{name}.{field_name} must not be negative")
     check_routes(settings, origin, seen_names)
+    check_cache_acceptance(settings.cache.semantic, origin)
     _check_alerts(settings.alerts, origin)
     _check_accounts(settings, origin)
     for name, provider in settings.providers.items():
@@ -490,6 +512,10 @@ def _check_alerts(alerts: AlertSettings, origin: str) -> None:
             raise ConfigError(f"{where}: give exactly one of above or below")
         if rule.metric == "daily_spend_usd" and rule.per not in (None, "key"):
             raise ConfigError(f"{where}: daily_spend_usd is always per key; per must be key or unset")
+        if rule.metric in QUALITY_ALERTS:
+            if rule.per not in (None, "route"):
+                raise ConfigError(f"{where}: {rule.metric} is always per route; per must be route or unset")
+            rule.per = "route"
     if alerts.webhook is not None and not alerts.webhook.url.startswith(("http://", "https://")):
         raise ConfigError(f"{origin}: alerts.webhook.url must start with http:// or https://")
 

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import msgspec
 
 from faregate.errors import ConfigError
+from faregate.learning.online.settings import QualitySettings, SemanticAcceptanceSettings
 
 if TYPE_CHECKING:
-    from faregate.config import Settings
+    from faregate.config import SemanticCacheSettings, Settings
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -137,6 +138,9 @@ class RouteSettings(_Strict):
     failover_p99_ms: float | None = None
     router: RouterPolicySettings | None = None
     cascade: CascadeSettings | None = None
+    # A router or cascade route whose cheap decisions are verified on live traffic and calibrated
+    # to keep this share of the strong path's quality (docs/quality-guarantee.md).
+    quality: QualitySettings | None = None
 
 
 def chain_steps(steps: list[ChainStep]) -> list[ChainItem]:
@@ -215,6 +219,8 @@ def policy_steps(route: RouteSettings) -> list[tuple[str, list[ChainStep]]]:
             for k, v in (("strong", route.router.strong), ("weak", route.router.weak))
             if v
         ]
+    if route.quality is not None and route.quality.verification.judge_model is not None:
+        found.append(("quality.verification.judge_model", [route.quality.verification.judge_model]))
     if route.cascade is not None:
         found.append(("cascade.steps", route.cascade.steps))
         if route.cascade.judge.llm is not None:
@@ -223,6 +229,8 @@ def policy_steps(route: RouteSettings) -> list[tuple[str, list[ChainStep]]]:
 
 
 def _check_policy(route: RouteSettings, where: str) -> None:
+    if route.quality is not None:
+        _check_quality(route, route.quality, where)
     if route.router is None and route.cascade is None:
         return
     if route.router is not None and route.cascade is not None:
@@ -230,7 +238,7 @@ def _check_policy(route: RouteSettings, where: str) -> None:
     if route.tiers or route.tasks or route.rules:
         kind = "router" if route.router is not None else "cascade"
         raise ConfigError(f"{where}: a {kind} route takes no tiers, tasks or rules (only a fallback chain)")
-    if route.router is not None:
+    if route.router is not None and route.quality is None:
         given = [k for k in ("threshold", "strong_share", "retain") if getattr(route.router, k) is not None]
         if len(given) != 1:
             raise ConfigError(
@@ -241,7 +249,7 @@ def _check_policy(route: RouteSettings, where: str) -> None:
         if len(route.cascade.steps) < 2:
             raise ConfigError(f"{where}.cascade.steps: a cascade needs at least two steps")
         learned = route.cascade.judge.learned
-        if learned is not None:
+        if learned is not None and route.quality is None:
             given = [k for k in ("threshold", "escalate_share", "retain") if getattr(learned, k) is not None]
             if len(given) != 1:
                 raise ConfigError(
@@ -256,6 +264,75 @@ def _check_policy(route: RouteSettings, where: str) -> None:
                 raise ConfigError(
                     f"{where}.cascade.judge.required_pattern: not a valid regex: {exc}"
                 ) from None
+
+
+# learning/online/comparators.py: the mechanical ones, answer-embedding similarity, and (routes
+# only, with a judge_model) an LLM judge asked through the gateway.
+QUALITY_COMPARATORS = ("exact", "numeric", "final_answer", "json", "embedding")
+ROUTE_COMPARATORS = (*QUALITY_COMPARATORS, "llm_judge")
+
+
+def _check_quality(route: RouteSettings, quality: QualitySettings, where: str) -> None:
+    """`quality` sets the cut itself: on a router or two-step cascade, without a cut of its own."""
+    if route.router is None and route.cascade is None:
+        raise ConfigError(f"{where}.quality: only a router or a cascade route takes a quality target")
+    verification = quality.verification
+    if verification.comparator not in ROUTE_COMPARATORS:
+        raise ConfigError(
+            f"{where}.quality.verification.comparator: {verification.comparator!r} is not one of "
+            f"{', '.join(ROUTE_COMPARATORS)}"
+        )
+    if (verification.comparator == "llm_judge") != (verification.judge_model is not None):
+        raise ConfigError(
+            f"{where}.quality.verification: the llm_judge comparator takes a judge_model, and only it does"
+        )
+    if route.router is not None:
+        given = [k for k in ("threshold", "strong_share", "retain") if getattr(route.router, k) is not None]
+        if given:
+            raise ConfigError(
+                f"{where}.router: {', '.join(given)} conflicts with quality (the calibration sets the cut)"
+            )
+    if route.cascade is not None:
+        if len(route.cascade.steps) != 2:
+            raise ConfigError(f"{where}.quality: a calibrated cascade has exactly two steps (cheap, strong)")
+        if route.cascade.judge.llm is not None:
+            raise ConfigError(f"{where}.quality: a calibrated cascade takes no LLM judge (its cut decides)")
+        learned = route.cascade.judge.learned
+        cuts = ("threshold", "escalate_share", "retain")
+        given = [k for k in cuts if learned is not None and getattr(learned, k) is not None]
+        if given:
+            raise ConfigError(
+                f"{where}.cascade.judge.learned: {', '.join(given)} conflicts with quality "
+                "(the calibration sets the cut)"
+            )
+
+
+def check_cache_acceptance(semantic: SemanticCacheSettings, origin: str) -> None:
+    """`cache.semantic.max_wrong_hit_rate` and its companions, checked like the rest of the config."""
+    where = f"{origin}: cache.semantic"
+    if semantic.comparator not in QUALITY_COMPARATORS:
+        raise ConfigError(
+            f"{where}.comparator: {semantic.comparator!r} is not one of {', '.join(QUALITY_COMPARATORS)}"
+        )
+    if semantic.max_wrong_hit_rate is None:
+        return
+    try:
+        acceptance_settings(semantic)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if semantic.daily_usd_cap < 0:
+        raise ConfigError(f"{where}.daily_usd_cap must not be negative")
+
+
+def acceptance_settings(semantic: SemanticCacheSettings) -> SemanticAcceptanceSettings:
+    """The library's settings type (learning/online/settings.py) from the flat cache keys."""
+    assert semantic.max_wrong_hit_rate is not None
+    return SemanticAcceptanceSettings(
+        max_wrong_hit_rate=semantic.max_wrong_hit_rate,
+        confidence=semantic.confidence,
+        verify_hits=semantic.verify_hits,
+        daily_usd_cap=semantic.daily_usd_cap,
+    )
 
 
 def resolve_policy_files(settings: Settings, base: Path) -> None:

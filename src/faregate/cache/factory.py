@@ -29,6 +29,14 @@ def build_cache(settings: CacheSettings, shared_redis_url: str | None = None) ->
             ttl_s=settings.ttl_s,
         )
     cache = ResponseCache(settings, store, semantic)
+    if semantic is not None and settings.semantic.max_wrong_hit_rate is not None:
+        from faregate.quality.cache_live import CacheCalibration
+        from faregate.route_config import acceptance_settings
+
+        acceptance = CacheCalibration(acceptance_settings(settings.semantic), settings.semantic.comparator)
+        semantic.floor = acceptance.floor
+        semantic.threshold = acceptance.threshold()
+        cache.acceptance = acceptance
     if semantic is not None:
         # Its worker thread ends with the cache (after any model load in progress).
         cache.closers.append(semantic.embedder.close)

@@ -63,6 +63,9 @@ class LookupResult(Generic[P]):
     similarity: float = 0.0
     rejections: tuple[Rejection, ...] = ()
     vector: Vector | None = None
+    # With a calibrated acceptance (`floor` set): the best candidate the guards let through, served
+    # or not, whose similarity the calibration counts and whose answer a label checks.
+    candidate: SemanticHit[P] | None = None
 
     @property
     def hit(self) -> SemanticHit[P] | None:
@@ -94,6 +97,10 @@ class SemanticCache(Generic[P]):
             DIMENSIONS, max_entries=max_entries, ttl_s=ttl_s, clock=clock, cluster_in_background=True
         )
         self.outcomes: Counter[str] = Counter()
+        # Set by a calibrated acceptance (quality/cache_live.py): candidates down to this similarity
+        # are guard-checked and reported (`LookupResult.candidate`); `threshold` is then the one in
+        # force, above 1 while nothing is certified.
+        self.floor: float | None = None
 
     async def lookup(self, scope: Scope, text: str, *, turns: int = 1) -> SemanticHit[P] | None:
         """The cached entry answering `text` in `scope` and its similarity, or None."""
@@ -146,18 +153,24 @@ class SemanticCache(Generic[P]):
     # The two methods below run on the embedder's worker thread only.
 
     def _find(self, scope: Scope, text: str, vector: Vector) -> LookupResult[P]:
-        found = self.index.search(scope, vector, k=self.candidates, min_score=self.threshold - NEAR_MARGIN)
+        floor = self.threshold - NEAR_MARGIN if self.floor is None else min(self.floor, 1.0)
+        found = self.index.search(scope, vector, k=self.candidates, min_score=floor)
         rejections: list[Rejection] = []
+        candidate: SemanticHit[P] | None = None
         for entry, similarity in found:
-            reason = "below_threshold" if similarity < self.threshold else violation(text, entry.text)
-            if reason:
-                rejections.append(Rejection(reason, similarity, entry.text))
+            if similarity < self.threshold and self.floor is None:
+                rejections.append(Rejection("below_threshold", similarity, entry.text))
                 continue
-            self.index.touch(entry)
-            return LookupResult("hit", "", entry, similarity, tuple(rejections), vector)
+            reason = violation(text, entry.text)
+            if not reason and candidate is None:
+                candidate = SemanticHit(entry, similarity)
+            if not reason and similarity >= self.threshold:
+                self.index.touch(entry)
+                return LookupResult("hit", "", entry, similarity, tuple(rejections), vector, candidate)
+            rejections.append(Rejection(reason or "below_threshold", similarity, entry.text))
         best = found[0][1] if found else 0.0
         reason = rejections[0].reason if rejections else "no_candidate"
-        return LookupResult("miss", reason, None, best, tuple(rejections), vector)
+        return LookupResult("miss", reason, None, best, tuple(rejections), vector, candidate)
 
     def _insert(
         self, scope: Scope, text: str, vector: Vector, payload: P, ttl_s: float | None

@@ -55,6 +55,9 @@ class CacheDecision:
     reason: str = ""
     # The question's embedding, once the semantic lookup computed it.
     vector: Any = None
+    # With a calibrated acceptance: the best guard-passing candidate not served (its similarity and
+    # the exact key of its answer), labelled once this request's fresh answer is in.
+    candidate: tuple[float, str] | None = None
 
 
 @dataclass(slots=True)
@@ -65,6 +68,8 @@ class CachedAnswer:
     provider: str
     usage: Usage
     similarity: float = 1.0
+    # The exact key of the answer (a semantic hit's entry payload).
+    key: str = ""
 
 
 def _cache_hint(hints: JSON) -> dict[str, Any]:
@@ -101,6 +106,10 @@ class ResponseCache:
         self.semantic_writes = 0
         # Called after a semantic entry is stored here (to share it with other instances).
         self.on_semantic_store: Callable[[Any, str, str, float, Any], Awaitable[None]] | None = None
+        # A calibrated acceptance (quality/cache_live.CacheCalibration; cache.semantic.max_wrong_hit_rate)
+        # and what labels an unserved candidate once the fresh answer is in (quality/verifier.py).
+        self.acceptance: Any = None
+        self.on_fresh_answer: Callable[[CacheDecision, JSON], Awaitable[None]] | None = None
         # Background work begun by `start` (the semantic sync's tail) and ended by `close`.
         self.starters: list[Callable[[], None]] = []
         self.closers: list[Callable[[], Awaitable[None]]] = []
@@ -215,6 +224,8 @@ class ResponseCache:
         if query is None:
             return None
         scope, text, turns = query
+        if self.acceptance is not None:
+            self.semantic.threshold = self.acceptance.threshold()
         try:
             result = await self.semantic.explain(scope, text, turns=turns)
         except Exception:
@@ -223,6 +234,17 @@ class ResponseCache:
         # Kept so that storing this request's answer does not embed the same text again.
         decision.vector = result.vector
         hit = result.hit
+        if (
+            hit is not None
+            and self.acceptance is not None
+            and self.acceptance.conflicted(hit.entry.payload, hit.similarity)
+        ):
+            hit = None  # a different question was seen this close to this entry
+        if self.acceptance is not None and result.status != "skipped":
+            candidate = result.candidate
+            self.acceptance.looked_up(None if candidate is None else candidate.similarity, hit is not None)
+            if candidate is not None and hit is None:
+                decision.candidate = (candidate.similarity, candidate.entry.payload)
         if hit is None:
             return None
         found = await self.store.get(hit.entry.payload)
@@ -230,6 +252,7 @@ class ResponseCache:
             return None  # the answer expired before its meaning did
         answer = _answer("semantic-hit", found)
         answer.similarity = hit.similarity
+        answer.key = hit.entry.payload
         return answer
 
     def _semantic_query(self, decision: CacheDecision, request: ChatRequest) -> tuple[Any, str, int] | None:
@@ -271,6 +294,11 @@ class ResponseCache:
         provider: str,
         usage: Usage,
     ) -> None:
+        if self.on_fresh_answer is not None and decision.candidate is not None:
+            try:
+                await self.on_fresh_answer(decision, answer)
+            except Exception:
+                log.exception("could not label a semantic-cache candidate")
         try:
             await self._write(decision, answer, model, provider, usage)
             if self.semantic is not None:

@@ -265,17 +265,22 @@ class LearnedJudge:
             vectors = [both[:1], both[1:]]
         return float(self.score_vectors([question], [answer], [finish_reason], vectors)[0])
 
+    async def score_answer(
+        self, request_body: Mapping[str, Any], answer_text: str, finish_reason: str | None
+    ) -> float:
+        """P(answer wrong), off the event loop when it embeds."""
+        question = last_user_text(request_body)
+        if self.embeds:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.score, question, answer_text, finish_reason
+            )
+        # Regular expressions over two strings: cheaper than a thread hop.
+        return self.score(question, answer_text, finish_reason)
+
     async def accept(
         self, request_body: Mapping[str, Any], answer_text: str, finish_reason: str | None
     ) -> tuple[bool, str]:
-        question = last_user_text(request_body)
-        if self.embeds:
-            score = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.score, question, answer_text, finish_reason
-            )
-        else:
-            # Regular expressions over two strings: cheaper than a thread hop.
-            score = self.score(question, answer_text, finish_reason)
+        score = await self.score_answer(request_body, answer_text, finish_reason)
         threshold = self.threshold.value
         if self.threshold.decide(score):
             return Verdict(False, f"learned judge: P(wrong)={score:.2f} >= {threshold:.2f}")

@@ -109,7 +109,13 @@ class CascadeRunner:
             body = served.completion.body
             text = answer_text(body)
             self.judged += 1
-            accepted, reason = await judge.accept(request.body, text, finish_reason(body))
+            calibrated = plan.cascade.quality is not None and index == 0
+            if calibrated:
+                accepted, reason, plan.trace.quality = await plan.cascade.calibrated(
+                    request.request_id, request.body, text, finish_reason(body)
+                )
+            else:
+                accepted, reason = await judge.accept(request.body, text, finish_reason(body))
             model = served.candidate.model.name
             if accepted:
                 verdicts.append(f"step {index + 1} ({model}) accepted: {reason}")

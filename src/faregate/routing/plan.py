@@ -235,6 +235,10 @@ class Planner:
             plan.judge_price, plan.judge_max_tokens = self._dearest_price(llm.model), llm.max_tokens
         return plan
 
+    def dearest_price(self, name: str) -> Price:
+        """The highest price a model or route name can be called at (a shadow call's estimate)."""
+        return self._dearest_price(name)
+
     def _dearest_price(self, name: str) -> Price:
         """The highest price any model a name can reach (a model, or a route's every step) charges."""
         if name not in self.routes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from faregate.embedding.shared import SharedEmbedder
 from faregate.errors import ConfigError
@@ -33,8 +34,12 @@ from faregate.learning.cascade_judges import (
 )
 from faregate.learning.complexity_router import ComplexityRouter
 from faregate.learning.llm_judge import DEFAULT_RUBRIC, Complete, LLMJudge
+from faregate.learning.text_features import last_user_text
 from faregate.learning.thresholds import Threshold
-from faregate.route_config import CascadeSettings, RouterPolicySettings, RouteSettings
+from faregate.route_config import CascadeSettings, RouterPolicySettings, RouteSettings, chain_steps
+
+if TYPE_CHECKING:
+    from faregate.quality.live import Decision, RouteCalibration
 
 log = logging.getLogger("faregate.routing")
 
@@ -49,23 +54,38 @@ assert set(DEFAULT_CHECKS) <= set(CHECKS.values())
 
 
 @dataclass(slots=True)
+class Pick:
+    first: str
+    other: str
+    score: float | None
+    # A calibrated route's decision (quality/live.py), None otherwise.
+    decision: Decision | None = None
+
+
+@dataclass(slots=True)
 class RouterPolicy:
     router: ComplexityRouter
     threshold: Threshold
     strong: str
     weak: str
+    # Set on a route with `quality`: the calibrated cut decides instead of `threshold`.
+    quality: RouteCalibration | None = None
 
-    async def pick(self, body: Mapping[str, object]) -> tuple[str, str, float | None]:
-        """(first step, its fallback, the prompt's score). If scoring fails, the strong model
+    async def pick(self, body: Mapping[str, Any], request_id: str = "") -> Pick:
+        """The first step, its fallback, the prompt's score. If scoring fails, the strong model
         answers: a broken router may cost money, never quality."""
         try:
             score = await self.router.score_request(body)
         except Exception:
             log.exception("the complexity router failed to score a prompt; sending it to %s", self.strong)
-            return self.strong, self.weak, None
+            return Pick(self.strong, self.weak, None)
+        if self.quality is not None:
+            decision = self.quality.decide(request_id, score, float(len(last_user_text(body))))
+            first, other = (self.weak, self.strong) if decision.cheap else (self.strong, self.weak)
+            return Pick(first, other, score, decision)
         if self.threshold.decide(score):
-            return self.strong, self.weak, score
-        return self.weak, self.strong, score
+            return Pick(self.strong, self.weak, score)
+        return Pick(self.weak, self.strong, score)
 
 
 @dataclass(slots=True)
@@ -73,6 +93,33 @@ class CascadePolicy:
     settings: CascadeSettings
     rules: RuleJudge
     learned: LearnedJudge | None
+    # Set on a route with `quality`: the calibrated cut on the judge's score decides.
+    quality: RouteCalibration | None = None
+
+    async def calibrated(
+        self, request_id: str, body: Mapping[str, Any], answer: str, finish: str | None
+    ) -> tuple[bool, str, Decision]:
+        """Accept the cheap answer? Its score is the learned P(wrong) (0 without a learned judge);
+        an answer a rule check refuses is escalated whatever its rank."""
+        assert self.quality is not None
+        refused = self.rules.verdict(body, answer, finish)
+        score = 0.0
+        if self.learned is not None:
+            score = await self.learned.score_answer(body, answer, finish)
+        decision = self.quality.decide(
+            request_id,
+            score + (1.0 if not refused.accepted else 0.0),
+            float(len(last_user_text(body))),
+            force_strong=not refused.accepted,
+        )
+        decision.cheap_text = answer
+        if not refused.accepted:
+            return False, refused.reason, decision
+        verdict = "accepted" if decision.cheap else "escalated"
+        reason = (
+            f"calibrated: P(wrong)={score:.2f}, rank {decision.rank:.2f} vs cut {decision.cut:.2f}: {verdict}"
+        )
+        return decision.cheap, reason, decision
 
     def judge(self, complete: Complete | None) -> Judge:
         """The route's judges, cheapest first; `complete` reaches the LLM judge's model."""
@@ -93,23 +140,66 @@ class RoutePolicies:
     def __init__(self, routes: Mapping[str, RouteSettings]) -> None:
         self.routers: dict[str, RouterPolicy] = {}
         self.cascades: dict[str, CascadePolicy] = {}
+        # The calibrated routes (`quality`), by name.
+        self.calibrations: dict[str, RouteCalibration] = {}
         self._embedder: SharedEmbedder | None = None
         for name, route in routes.items():
             if route.router is not None:
-                self.routers[name] = self._router(name, route.router)
+                self.routers[name] = self._router(name, route.router, route.quality is not None)
             if route.cascade is not None:
-                self.cascades[name] = self._cascade(name, route.cascade)
+                self.cascades[name] = self._cascade(name, route.cascade, route.quality is not None)
+            if route.quality is not None:
+                self.calibrations[name] = self._calibration(name, route)
+
+    def embedder(self) -> SharedEmbedder:
+        """The MiniLM the trained policies share (loaded on first use): also the `embedding`
+        comparator's, for shadow verification."""
+        return self._shared()
 
     def _shared(self) -> SharedEmbedder:
         if self._embedder is None:
             self._embedder = SharedEmbedder()
         return self._embedder
 
-    def _router(self, name: str, settings: RouterPolicySettings) -> RouterPolicy:
+    def _calibration(self, name: str, route: RouteSettings) -> RouteCalibration:
+        from faregate.quality.live import Prior, RouteCalibration
+
+        assert route.quality is not None
+        file = None
+        if name in self.routers:
+            file = self.routers[name].router.file
+        elif self.cascades[name].learned is not None:
+            file = self.cascades[name].learned.file  # type: ignore[union-attr]
+        prior = None
+        if file is not None and file.calibration and "strong_accuracy_train" in file.training:
+            prior = Prior(tuple(file.calibration), float(file.training["strong_accuracy_train"]))
+        elif route.quality.prior_outcomes > 0:
+            raise ConfigError(
+                f"routes.{name}.quality.prior_outcomes: the route's trained file has no calibration curve"
+            )
+        calibration = RouteCalibration(
+            name,
+            "router" if name in self.routers else "cascade",
+            route.quality,
+            reference_scores=list(file.reference_scores) if file is not None else [],
+            prior=prior,
+        )
+        if name in self.routers:
+            self.routers[name].quality = calibration
+            calibration.cheap, calibration.strong = self.routers[name].weak, self.routers[name].strong
+        else:
+            self.cascades[name].quality = calibration
+            steps = chain_steps(self.cascades[name].settings.steps)
+            calibration.cheap, calibration.strong = steps[0].model, steps[-1].model
+        return calibration
+
+    def _router(self, name: str, settings: RouterPolicySettings, calibrated: bool = False) -> RouterPolicy:
         shared = self._shared()
         try:
             router = ComplexityRouter.load(settings.file, embedder=shared, executor=shared.executor)
-            if settings.threshold is not None:
+            if calibrated:
+                threshold = router.fixed_threshold(1.0)  # unused: the calibrated cut decides
+            elif settings.threshold is not None:
                 threshold = router.fixed_threshold(settings.threshold)
             elif settings.strong_share is not None:
                 threshold = router.share_threshold(settings.strong_share, window=settings.window)
@@ -120,7 +210,7 @@ class RoutePolicies:
             raise ConfigError(f"routes.{name}.router: cannot use {settings.file}: {exc}") from exc
         return RouterPolicy(router, threshold, settings.strong or router.strong, settings.weak or router.weak)
 
-    def _cascade(self, name: str, settings: CascadeSettings) -> CascadePolicy:
+    def _cascade(self, name: str, settings: CascadeSettings, calibrated: bool = False) -> CascadePolicy:
         checks = [CHECKS[c] for c in settings.judge.checks]
         if settings.judge.required_pattern is not None:
             checks.append(required_pattern(settings.judge.required_pattern))
@@ -131,9 +221,10 @@ class RoutePolicies:
             try:
                 learned = LearnedJudge.load(
                     spec.file,
-                    threshold=spec.threshold,
-                    escalate_share=spec.escalate_share,
-                    retain=spec.retain,
+                    # Calibrated: only the score is used; the cut decides.
+                    threshold=1.0 if calibrated else spec.threshold,
+                    escalate_share=None if calibrated else spec.escalate_share,
+                    retain=None if calibrated else spec.retain,
                     window=spec.window,
                     embedder=shared,
                     executor=shared.executor,

@@ -21,6 +21,7 @@ from faregate.routing.estimate import PromptSize
 from faregate.types import ChatRequest
 
 if TYPE_CHECKING:
+    from faregate.quality.live import Decision, RouteCalibration
     from faregate.routing.policies import CascadePolicy, RouterPolicy
 
 
@@ -29,6 +30,7 @@ class Policies(Protocol):
 
     routers: dict[str, RouterPolicy]
     cascades: dict[str, CascadePolicy]
+    calibrations: dict[str, RouteCalibration]
 
     def steps(self, name: str) -> list[str]: ...
 
@@ -42,6 +44,7 @@ class NoPolicies:
     def __init__(self) -> None:
         self.routers: dict[str, RouterPolicy] = {}
         self.cascades: dict[str, CascadePolicy] = {}
+        self.calibrations: dict[str, RouteCalibration] = {}
 
     def steps(self, name: str) -> list[str]:
         return []
@@ -66,6 +69,8 @@ class RouteTrace:
 
     router_score: float | None = None
     router_choice: str | None = None
+    # A calibrated route's decision (quality/live.py): verified after the response if labelled.
+    quality: Decision | None = None
 
 
 @dataclass(slots=True)
@@ -181,10 +186,11 @@ class RouteBook:
         selected: list[ChainItem] = []
         router = self.policies.routers.get(name)
         if router is not None:
-            first, other, score = await router.pick(request.body)
-            selected = [ChainItem(first), ChainItem(other)]
+            pick = await router.pick(request.body, request.request_id)
+            selected = [ChainItem(pick.first), ChainItem(pick.other)]
             if trace is not None and trace.router_choice is None:
-                trace.router_score, trace.router_choice = score, first
+                trace.router_score, trace.router_choice = pick.score, pick.first
+                trace.quality = pick.decision
         elif route.cascade is not None:
             # Reached only when the cascade is skipped (a stream the route does not buffer).
             selected = chain_steps(route.cascade.steps)

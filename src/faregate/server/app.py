@@ -34,6 +34,7 @@ from faregate.server.feedback import add_feedback_route
 from faregate.server.metrics_route import add_metrics_route
 from faregate.server.openapi import openapi_body
 from faregate.server.pipeline import ChatPipeline
+from faregate.server.quality_api import add_quality_route
 from faregate.server.responses import error_response
 from faregate.server.wire_routes import add_wire_routes, wire_of_path
 from faregate.store.backends import Backends, open_backends
@@ -196,9 +197,21 @@ async def _build(settings: Settings, lifecycle: Lifecycle) -> Gateway:
         cache=cache,
         limits=settings.limits,
     )
+    calibrated = bool(planner.routes.policies.calibrations) or (
+        cache is not None and cache.acceptance is not None
+    )
+    if calibrated:
+        # Imported only then: the quality loop needs NumPy, which the core install does not have.
+        from faregate.quality.setup import open_quality
+
+        pipeline.verifier = await open_quality(planner, runner, backends, lifecycle, cache)
     observability = await Observability.open(
         settings, backends.analytics, runner, records, pipeline.cascades, route_label=planner.route_label
     )
+    if pipeline.verifier is not None:
+        from faregate.quality.setup import attach_observability
+
+        attach_observability(pipeline.verifier, observability)
     # Started with the app (on_startup), stopped here.
     lifecycle.on_close("metrics, traces, rollups and alerts", observability.close)
     observability.attach(pipeline.listeners)
@@ -310,6 +323,7 @@ def create_app(gateway: Gateway) -> web.Application:
     add_metrics_route(app, gateway)
     add_feedback_route(app, gateway)
     add_dashboard_api(app, gateway)
+    add_quality_route(app, gateway)
     add_dashboard_page(app)
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)

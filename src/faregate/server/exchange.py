@@ -18,6 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -30,6 +31,9 @@ from faregate.routing.cascade_runner import Judged
 from faregate.routing.plan import Candidate, Plan
 from faregate.server.client_wires import CHAT, ClientWire
 from faregate.types import JSON, Attempt, ChatRequest, Price, RequestRecord, Usage
+
+if TYPE_CHECKING:
+    from faregate.quality.verifier import CacheJob, Job
 
 # 96 random bits: a request id names a record that feedback may be sent for, so it must not be
 # guessable from another one (a counter was). "req_" + 24 hex digits, as before.
@@ -72,6 +76,8 @@ class Exchange:
     cache: CacheDecision | None = None
     plan: Plan | None = None
     hold: Hold | None = None
+    # A shadow verification to start once the response is out and recorded (quality/verifier.py).
+    verification: Job | CacheJob | None = None
 
     @classmethod
     def begin(cls, http_request: web.Request, wire: ClientWire = CHAT) -> Exchange:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -58,6 +59,9 @@ from faregate.server.responses import Responder, error_response
 from faregate.store.outage import outage_error
 from faregate.telemetry.records import RecordWriter
 from faregate.types import JSON, Price, RequestRecord
+
+if TYPE_CHECKING:
+    from faregate.quality.verifier import Verifier
 
 log = logging.getLogger("faregate.pipeline")
 
@@ -89,6 +93,8 @@ class ChatPipeline:
         self.cache = cache
         self.cascades = CascadeRunner(runner, planner)
         self.respond = Responder(cache)
+        # Shadow verification of calibrated routes (quality/), set by the app when any route has one.
+        self.verifier: Verifier | None = None
         # Called with every finished record (metrics, alerts); must be cheap and never raise.
         self.listeners: list[Callable[[RequestRecord], None]] = []
 
@@ -108,11 +114,15 @@ class ChatPipeline:
             cached = await self.look_up(exchange)
             if cached is not None:
                 await self.count_hit(exchange)
-                return await self.respond.send(exchange, cached)
+                response = await self.respond.send(exchange, cached)
+                await self.verify_hit_later(exchange, cached, response)
+                return response
             await self.plan(exchange)
             await self.reserve(exchange)
             answer = await self.call_upstream(exchange)
-            return await self.respond.send(exchange, answer)
+            response = await self.respond.send(exchange, answer)
+            await self.verify_later(exchange, answer, response)
+            return response
         except FaregateError as error:
             exchange.failed(error)
             return error_response(error, exchange.headers, wire)
@@ -200,12 +210,49 @@ class ChatPipeline:
             await self._close_hold(exchange)
         record = exchange.record
         self.records.submit(record)
+        if exchange.verification is not None and self.verifier is not None and record.status == 200:
+            # After the response and its record: a verification never delays or fails either.
+            self.verifier.submit(exchange.verification)
         for listener in self.listeners:
             try:
                 listener(record)
             except Exception:
                 # Metrics must never cost a client its answer.
                 log.exception("a record listener failed")
+
+    async def verify_later(
+        self, exchange: Exchange, answer: Served | OpenedStream, response: web.StreamResponse
+    ) -> None:
+        """A calibrated decision drawn for verification: finish writing the response now (a whole
+        answer is otherwise written after `handle` returns), so that the verification, started at
+        the end of `settle_and_record`, begins only once the client has its answer."""
+        if self.verifier is None or exchange.plan is None or exchange.plan.trace.quality is None:
+            return
+        job = self.verifier.job_for(exchange.plan, exchange.request, answer, exchange.record.status)
+        if job is not None and await self._written(exchange, response):
+            exchange.verification = job
+
+    async def verify_hit_later(
+        self, exchange: Exchange, cached: CachedAnswer, response: web.StreamResponse
+    ) -> None:
+        """A semantic hit drawn for verification (a calibrated acceptance): as `verify_later`."""
+        if self.verifier is None:
+            return
+        job = self.verifier.cache_job_for(exchange.request, cached)
+        if job is not None and await self._written(exchange, response):
+            exchange.verification = job
+
+    async def _written(self, exchange: Exchange, response: web.StreamResponse) -> bool:
+        """Finish writing the response now; False if the client is gone."""
+        if response.prepared:
+            return True
+        try:
+            await response.prepare(exchange.http)
+            await response.write_eof()
+        except (ConnectionResetError, ConnectionError):
+            exchange.client_gone("before the answer was written")
+            return False
+        return True
 
     # -- helpers ------------------------------------------------------------------------------
 

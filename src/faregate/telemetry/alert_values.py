@@ -4,14 +4,18 @@ traffic), read from the store with the dashboard's queries."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
-from faregate.config import AlertRule
+from faregate.config import QUALITY_ALERTS, AlertRule
 from faregate.store.analytics import Analytics
 from faregate.store.analytics_rows import Dimension, Slice
 
 DAY_S = 86400
+# The calibrated routes' figures (quality/service.py), read when a quality rule is evaluated.
+QualityFigures = Callable[[], list[dict[str, Any]]]
 
 
 @dataclass(slots=True, frozen=True)
@@ -32,6 +36,9 @@ UNITS = {
     "fallback_rate": "%",
     "satisfaction": "%",
     "daily_spend_usd": "USD",
+    "quality_margin": "points",
+    "router_flagged": "",
+    "verification_cap_reached": "",
 }
 
 
@@ -46,8 +53,12 @@ async def rule_slice(rule: AlertRule, analytics: Analytics, now: float) -> Slice
     return Slice(since, now, model=rule.model, provider=rule.provider, route=rule.route, keys=keys)
 
 
-async def measure(rule: AlertRule, analytics: Analytics, now: float | None = None) -> list[Measurement]:
+async def measure(
+    rule: AlertRule, analytics: Analytics, now: float | None = None, quality: QualityFigures | None = None
+) -> list[Measurement]:
     """The rule's metric for each subject with data in the window."""
+    if rule.metric in QUALITY_ALERTS:
+        return quality_measurements(rule, quality() if quality is not None else [])
     now = time.time() if now is None else now
     s = await rule_slice(rule, analytics, now)
     per: Dimension | None = rule.per
@@ -75,6 +86,24 @@ async def measure(rule: AlertRule, analytics: Analytics, now: float | None = Non
         for g in await analytics.breakdown(s, "key", limit=10_000)
         if g.group is not None
     ]
+
+
+def quality_measurements(rule: AlertRule, figures: list[dict[str, Any]]) -> list[Measurement]:
+    """Per calibrated route (quality/live.py's figures): quality_margin is the estimated quality of
+    the cut in force minus the target, in points (below 0: the estimate is under the target; its
+    count is the verifications behind it); router_flagged and verification_cap_reached are 1 or 0
+    (a flag or a spent cap is evidence enough: their count is min_count)."""
+    out = []
+    for row in figures:
+        if rule.route is not None and row["route"] != rule.route:
+            continue
+        if rule.metric == "quality_margin":
+            margin = 100.0 * (float(row["estimated_quality"]) - float(row["target"]))
+            out.append(Measurement(row["route"], margin, int(row["verifications"])))
+        else:
+            flag = row["flagged"] if rule.metric == "router_flagged" else row["cap_reached"]
+            out.append(Measurement(row["route"], float(bool(flag)), rule.min_count))
+    return out
 
 
 def breaches(rule: AlertRule, m: Measurement) -> bool:

@@ -22,10 +22,10 @@ from typing import Any
 
 import aiohttp
 
-from faregate.config import AlertRule, AlertSettings
+from faregate.config import QUALITY_ALERTS, AlertRule, AlertSettings
 from faregate.lifecycle import Periodic
 from faregate.store.analytics import Analytics
-from faregate.telemetry.alert_values import UNITS, Measurement, breaches, measure
+from faregate.telemetry.alert_values import UNITS, Measurement, QualityFigures, breaches, measure
 
 log = logging.getLogger("faregate.alerts")
 
@@ -61,6 +61,9 @@ class AlertState:
             "fallback_rate": "fallback rate",
             "satisfaction": "satisfaction",
             "daily_spend_usd": "spend today (UTC)",
+            "quality_margin": "estimated quality minus target",
+            "router_flagged": "router flagged (1: falls back to length)",
+            "verification_cap_reached": "verification cap reached (1: calibration paused)",
         }[rule.metric]
         filters = (
             ("route", rule.route),
@@ -75,7 +78,9 @@ class AlertState:
         unit = UNITS[rule.metric]
         threshold = rule.above if rule.above is not None else rule.below
         direction = "above" if rule.above is not None else "below"
-        window = "" if rule.metric == "daily_spend_usd" else f" over the last {rule.window_minutes:g} min"
+        # Spend counts since 00:00 UTC; a calibrated route's figures are its whole history.
+        timeless = rule.metric == "daily_spend_usd" or rule.metric in QUALITY_ALERTS
+        window = "" if timeless else f" over the last {rule.window_minutes:g} min"
         return (
             f"{rule.name}: {what}{whose} is {_fmt(self.value, unit)} "
             f"({direction} {_fmt(threshold or 0.0, unit)}){window}"
@@ -106,7 +111,7 @@ def _fmt(value: float, unit: str) -> str:
         return f"${value:,.4f}"
     if unit == "%":
         return f"{value:.1f}%"
-    return f"{value:,.0f} {unit}"
+    return f"{value:,.0f} {unit}".rstrip()
 
 
 def _iso(ts: float) -> str:
@@ -126,6 +131,8 @@ class AlertManager:
     states: dict[tuple[str, str | None], AlertState] = field(default_factory=dict)
     history: deque[AlertEvent] = field(default_factory=lambda: deque(maxlen=HISTORY))
     webhook_failures: int = 0
+    # The calibrated routes' figures, for the quality rules (set when some route has `quality`).
+    quality: QualityFigures | None = None
     _loop: Periodic | None = None
     _session: aiohttp.ClientSession | None = None
 
@@ -162,7 +169,7 @@ class AlertManager:
         events: list[dict[str, Any]] = []
         for rule in self.settings.rules:
             try:
-                measured = await measure(rule, self.analytics, now)
+                measured = await measure(rule, self.analytics, now, self.quality)
             except Exception:
                 log.exception("alert rule %s could not be evaluated", rule.name)
                 continue

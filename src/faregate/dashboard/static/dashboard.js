@@ -275,6 +275,48 @@ function renderAlerts(data) {
   ], data.rules, { empty: "No rules" });
 }
 
+async function quality() {
+  const response = await fetch("/admin/quality", {
+    headers: { Authorization: "Bearer " + sessionStorage.getItem(KEY_STORE) },
+  });
+  if (response.status === 401 || response.status === 403) throw new AuthError("The master key was not accepted.");
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  return response.json();
+}
+
+function renderQuality(data) {
+  $("quality").hidden = data.routes.length === 0 && !data.cache;
+  const share = (n) => (Number(n) * 100).toFixed(1) + "%";
+  fillTable($("quality-cache"), [
+    { title: "Bound (wrong hits / lookups)", key: "max_wrong_hit_rate", value: (c) => share(c.max_wrong_hit_rate) },
+    { title: "Threshold in force", key: "threshold", raw: (c) => c.threshold,
+      value: (c) => (c.threshold === null ? "none yet: no semantic hit" : c.threshold.toFixed(2)) },
+    { title: "Wrong-hit bound", key: "wrong_hit_bound", value: (c) => share(c.wrong_hit_bound), raw: (c) => c.wrong_hit_bound,
+      cls: (c) => (c.wrong_hit_bound > c.max_wrong_hit_rate && c.threshold !== null ? "status-err" : null) },
+    { title: "Lookups", key: "lookups", value: (c) => int(c.lookups) },
+    { title: "Served", key: "served", value: (c) => int(c.served) },
+    { title: "Labelled (wrong)", key: "labelled", value: (c) => `${int(c.labelled)} (${int(c.wrong)})` },
+    { title: "Verification cost", key: "verification_cost", value: (c) => usd(c.verification_cost_usd), raw: (c) => c.verification_cost_usd,
+      cls: (c) => (c.cap_reached ? "status-err" : null) },
+  ], data.cache ? [data.cache] : [], { empty: "Not calibrated (cache.semantic.max_wrong_hit_rate is not set)" });
+  fillTable($("quality-routes"), [
+    { title: "Route", key: "route", value: (r) => `${r.route} (${r.kind})` },
+    { title: "Target", key: "target", value: (r) => share(r.target), raw: (r) => r.target },
+    { title: "Strong share", key: "strong_share", value: (r) => share(r.strong_share), raw: (r) => r.strong_share },
+    { title: "Estimated quality", key: "estimated_quality", raw: (r) => r.estimated_quality,
+      value: (r) => (r.verifications ? `${share(r.estimated_quality)} (${share(r.quality_interval[0])}–${share(r.quality_interval[1])})` : "–"),
+      cls: (r) => (r.verifications && r.estimated_quality < r.target ? "status-err" : null) },
+    { title: "Evidence", key: "evidence", value: (r) => Number(r.evidence).toPrecision(3) },
+    { title: "Verifications", key: "verifications", raw: (r) => r.verifications,
+      value: (r) => `${int(r.verifications)} (${int(r.by_label.free)} free, ${int(r.by_label.cheap)} cheap, ${int(r.by_label.paid)} paid)` },
+    { title: "Verification cost", key: "verification_cost", value: (r) => usd(r.verification_cost_usd), raw: (r) => r.verification_cost_usd,
+      cls: (r) => (r.cap_reached ? "status-err" : null) },
+    { title: "Saved, net of verification", key: "savings_net", value: (r) => usd(r.savings_net_usd), raw: (r) => r.savings_net_usd },
+    { title: "Health", key: "health", value: (r) => (r.flagged ? "flagged: " : "") + (r.health || "–") + (r.cap_reached ? " · daily cap reached" : ""),
+      cls: (r) => (r.flagged ? "status-err wrap" : "wrap") },
+  ], data.routes, { group: (r) => r.route });
+}
+
 function attemptsRow(row) {
   const table = el("table");
   fillTable(table, [
@@ -328,14 +370,14 @@ async function load() {
   if (state.loading) return;
   state.loading = true;
   try {
-    const [summary, series, byModel, byProvider, byRoute, byKey, latRoute, latModel, reliability, health, feedback, alerts, requests] =
+    const [summary, series, byModel, byProvider, byRoute, byKey, latRoute, latModel, reliability, health, feedback, alerts, requests, calibrated] =
       await Promise.all([
         api("summary"), api("series"),
         api("breakdown", { by: "model" }), api("breakdown", { by: "provider" }),
         api("breakdown", { by: "route" }), api("breakdown", { by: "key", limit: 20 }),
         api("latency", { by: "route" }), api("latency", { by: "model" }),
         api("reliability", { by: "provider", limit: 12 }), api("health"), api("feedback", { by: "model" }),
-        api("alerts"), api("requests", { limit: PAGE, ...searchParams() }),
+        api("alerts"), api("requests", { limit: PAGE, ...searchParams() }), quality(),
       ]);
     renderSummary(summary);
     renderSeries(series);
@@ -348,6 +390,7 @@ async function load() {
     renderReliability(reliability, health);
     renderFeedback(feedback);
     renderAlerts(alerts);
+    renderQuality(calibrated);
     renderRequests(requests, false);
     $("load-error").hidden = true;
     setText("updated", "Updated " + new Date().toLocaleTimeString("en-GB"));

@@ -221,7 +221,16 @@ class ScoreRanks:
         return (below + equal / 2.0) / len(pool)
 
     def record(self, score: float) -> None:
-        self.recent.append(float(score))
+        score = float(score)
+        if not self._dirty and len(self.recent) >= self.min_live:
+            # The pool is the live window, kept sorted in place: no re-sort per decision (the
+            # gateway ranks every request on the event loop).
+            if len(self.recent) == self.recent.maxlen:
+                del self._sorted[bisect.bisect_left(self._sorted, self.recent[0])]
+            self.recent.append(score)
+            bisect.insort(self._sorted, score)
+            return
+        self.recent.append(score)
         self._dirty = True
 
     def _pool(self) -> list[float]:

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from faregate.learning.text_features import final_number
+from faregate.learning.text_features import final_number, numbers_in
 
 
 class Comparison(NamedTuple):
@@ -74,12 +74,17 @@ class Numeric:
 
 
 def final_answer(text: str) -> str | None:
-    """A worked answer's final answer: a stated choice letter ("The answer is (B)"), else its final
-    number, else None."""
+    """A worked answer's final answer: a stated choice letter ("The answer is (B)"), else its stated
+    final number ("#### 18", "the answer is 18"), else the last number it writes (a strong model's
+    free-form working often ends on its result without stating it: "... = $18 every day."), else
+    None."""
     choices = [next(g for g in m.groups() if g) for m in _CHOICE.finditer(text)]
     if choices:
         return choices[-1].upper()
     number = final_number(text)
+    if number is None:
+        written = numbers_in(text)
+        number = written[-1] if written else None
     return None if number is None else f"{number:g}"
 
 

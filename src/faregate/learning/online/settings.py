@@ -31,6 +31,8 @@ class VerificationSettings(_Strict):
     # How a cheap answer is compared to the reference: exact, numeric, final_answer, json,
     # embedding or llm_judge (see learning/online/comparators.py).
     comparator: str = "final_answer"
+    # llm_judge: the model (or route) asked, through the gateway; its calls are verification cost.
+    judge_model: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.share <= 1.0:

@@ -101,4 +101,5 @@ def pace(budget: float, used: int, decisions: int) -> float:
     """A multiplier for the plan's rates that steers the realised shadow-call share to the budget."""
     aim = budget * PACE_AIM
     behind = aim * (decisions + PACE_MEMORY) - used
-    return float(np.clip(behind / (budget * PACE_MEMORY), *PACE_LIMITS))
+    low, high = PACE_LIMITS
+    return float(min(max(behind / (budget * PACE_MEMORY), low), high))

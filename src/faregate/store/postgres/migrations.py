@@ -231,6 +231,38 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
         "request records say the wire a request came in on (chat, messages, responses, embeddings)",
         ("ALTER TABLE request_records ADD COLUMN wire TEXT NOT NULL DEFAULT 'chat'",),
     ),
+    Migration(
+        7,
+        "verifications and calibration state (quality targets)",
+        (
+            """
+            CREATE TABLE verifications (
+                id              BIGSERIAL PRIMARY KEY,
+                request_id      TEXT NOT NULL,
+                scope           TEXT NOT NULL,
+                kind            TEXT NOT NULL,
+                label_kind      TEXT NOT NULL,
+                decision        TEXT NOT NULL,
+                rank            DOUBLE PRECISION NOT NULL,
+                probability     DOUBLE PRECISION NOT NULL,
+                comparator      TEXT NOT NULL,
+                outcome         TEXT NOT NULL,
+                reference_model TEXT,
+                cost_nanousd    BIGINT NOT NULL,
+                created_at      DOUBLE PRECISION NOT NULL
+            )
+            """,
+            "CREATE INDEX verifications_scope_created ON verifications (scope, created_at)",
+            """
+            CREATE TABLE calibration_state (
+                scope      TEXT PRIMARY KEY,
+                version    BIGINT NOT NULL,
+                state      TEXT NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 PG_LATEST_VERSION = PG_MIGRATIONS[-1].version

@@ -268,6 +268,40 @@ MIGRATIONS: tuple[Migration, ...] = (
         "request records say the wire a request came in on (chat, messages, responses, embeddings)",
         ("ALTER TABLE request_records ADD COLUMN wire TEXT NOT NULL DEFAULT 'chat'",),
     ),
+    Migration(
+        13,
+        "verifications and calibration state (quality targets)",
+        (
+            # One row per shadow verification (quality/verifier.py); cost in nano-USD.
+            """
+            CREATE TABLE verifications (
+                id              INTEGER PRIMARY KEY,
+                request_id      TEXT NOT NULL,
+                scope           TEXT NOT NULL,
+                kind            TEXT NOT NULL,
+                label_kind      TEXT NOT NULL,
+                decision        TEXT NOT NULL,
+                rank            REAL NOT NULL,
+                probability     REAL NOT NULL,
+                comparator      TEXT NOT NULL,
+                outcome         TEXT NOT NULL,
+                reference_model TEXT,
+                cost_nanousd    INTEGER NOT NULL,
+                created_at      REAL NOT NULL
+            )
+            """,
+            "CREATE INDEX verifications_scope_created ON verifications (scope, created_at)",
+            # The calibration per route or cache scope; `version` for compare-and-set.
+            """
+            CREATE TABLE calibration_state (
+                scope      TEXT PRIMARY KEY,
+                version    INTEGER NOT NULL,
+                state      TEXT NOT NULL,
+                updated_at REAL NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

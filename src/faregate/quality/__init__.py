@@ -1,0 +1,18 @@
+"""Savings with a quality guarantee, live: the gateway side of learning/online (issue 15).
+
+- state.py       what a calibrated route keeps (one store row, JSON) and one request's decision
+- live.py        one route's calibration: decide at request time (the cut in force, the labelling
+                 probability, the label coin), observe verified outcomes, the daily USD cap,
+                 router health and its fallback to length
+- cache_live.py  the semantic cache's acceptance threshold, calibrated the same way
+- verifier.py    shadow verification after the response: background tasks, bounded, capped,
+                 dropped cleanly at shutdown; the reference call through the attempt runner;
+                 the comparators (mechanical, answer embeddings, an LLM judge)
+- service.py     every calibration kept in the store (compare-and-set, one writer per update),
+                 refreshed from other instances
+- metrics.py     the Prometheus families, read at scrape time
+- setup.py       wiring at start-up (imported only when some route or the cache is calibrated:
+                 the core install has no NumPy)
+
+The method and its guarantee are in docs/quality-guarantee.md.
+"""

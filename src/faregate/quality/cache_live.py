@@ -1,0 +1,198 @@
+"""The semantic cache's acceptance threshold, calibrated on verified live lookups.
+
+With `cache.semantic.max_wrong_hit_rate` set, the semantic cache serves a neighbour's answer only
+at or above the threshold `CacheAcceptance` (learning/online/cache_acceptance.py) has certified
+from labelled lookups: the lowest one whose upper confidence bound on wrong answers served / all
+lookups stays within the bound. Nothing is served until the evidence is in.
+
+Labels, as the library's replay draws them:
+- a lookup not served whose best guard-passing candidate was at or above the floor (0.80) is
+  answered by a fresh call anyway: once that answer is stored, the candidate's cached answer is
+  compared with it (free);
+- a served hit is verified with probability `verify_hits` (a coin on the request id) by a fresh
+  call after the response, through the attempt loop, charged to the cache's daily USD cap (a paid
+  label; quality/verifier.py).
+
+Conflicts (the library's point that crowded regions need stricter thresholds): a labelled lookup
+whose candidate was a wrong answer records that similarity against the candidate's entry (and the
+entry stored for the lookup), by its answer's exact key; a hit on an entry with a conflict at or
+above its similarity minus `crowd_margin` is not served. Only the served candidate is checked, not
+its neighbours (the library also checks candidates within 0.03 of it), and only entries with a
+conflict are remembered (at most CONFLICTS, newest kept). Like a route's calibration, the state
+is one `calibration_state` row (`cache`) with a journal of unsaved changes (quality/service.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from faregate.learning.online.cache_acceptance import AcceptanceState, CacheAcceptance
+from faregate.learning.online.sampling import VerificationBudget, coin
+from faregate.learning.online.settings import SemanticAcceptanceSettings
+from faregate.quality.state import NANO, Totals, roll_over, today
+
+SCOPE = "cache"
+# Entries with a recorded conflict kept (by their answer's exact key), newest last.
+CONFLICTS = 10_000
+# The threshold the semantic cache is given while none is certified: nothing reaches it.
+NOTHING = 2.0
+
+
+class CacheCalibration:
+    def __init__(self, settings: SemanticAcceptanceSettings, comparator: str, seed: str = "faregate") -> None:
+        self.route = SCOPE
+        self.settings = settings
+        self.comparator = comparator
+        self.acceptance = CacheAcceptance(
+            settings.max_wrong_hit_rate, settings.confidence, sequential=settings.sequential
+        )
+        self.state = AcceptanceState(floor=settings.floor)
+        self.budget = VerificationBudget()
+        self.totals = Totals()
+        self.seed = f"{seed}:cache"
+        self.journal: list[Callable[[], None]] = []
+        # Exact key of a cached answer -> the highest similarity a different question matched it at.
+        self.conflicts: dict[str, float] = {}
+
+    # -- the store's view (quality/service.py) ------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        s = self.settings
+        return (
+            f"cache|b={s.max_wrong_hit_rate}|c={s.confidence}|seq={s.sequential}|floor={s.floor}"
+            f"|cmp={self.comparator}"
+        )
+
+    def state_json(self) -> dict[str, Any]:
+        return {
+            "acceptance": self.state.to_json(),
+            "budget": self.budget.to_json(),
+            "totals": self.totals.to_json(),
+            "conflicts": self.conflicts,
+        }
+
+    def adopt_json(self, data: dict[str, Any]) -> None:
+        self.state = AcceptanceState.from_json(data["acceptance"])
+        self.budget = VerificationBudget.from_json(data["budget"])
+        self.totals = Totals.from_json(data["totals"])
+        self.conflicts = {str(k): float(v) for k, v in data.get("conflicts", {}).items()}
+        for change in self.journal:
+            change()
+
+    def apply(self, change: Callable[[], None]) -> None:
+        change()
+        self.journal.append(change)
+
+    # -- lookups ------------------------------------------------------------------------------------
+
+    @property
+    def floor(self) -> float:
+        return self.settings.floor
+
+    def threshold(self) -> float:
+        """What the semantic cache serves at: the certified threshold, or NOTHING."""
+        return NOTHING if self.state.threshold is None else self.state.threshold
+
+    def looked_up(self, similarity: float | None, served: bool) -> None:
+        """Every semantic lookup: its best guard-passing candidate's similarity (None: none)."""
+
+        def count() -> None:
+            self.acceptance.record_lookup(self.state, similarity)
+            self.state.served += served
+
+        self.apply(count)
+
+    def verify_hit(self, request_id: str) -> bool:
+        """Is this served hit drawn for verification (before the cap)?"""
+        return coin(self.seed, request_id) < self.settings.verify_hits
+
+    def conflicted(self, key: str, similarity: float) -> bool:
+        """A different question matched this entry this close before: do not serve it."""
+        seen = self.conflicts.get(key)
+        return seen is not None and seen >= similarity - self.acceptance.crowd_margin
+
+    def observe(self, similarity: float, wrong: bool, entries: tuple[str, ...] = ()) -> None:
+        """A labelled lookup; `entries`: the exact keys of the candidate's answer and of the answer
+        stored for the lookup (a wrong label records a conflict on both)."""
+
+        def change() -> None:
+            self.acceptance.observe(self.state, similarity, wrong, [])
+            self.acceptance.calibrate(self.state)
+            self.totals.verifications += 1
+            self.totals.losses += wrong
+            if wrong and similarity >= self.state.floor:
+                for key in entries:
+                    self.conflicts[key] = max(similarity, self.conflicts.pop(key, -1.0))
+                while len(self.conflicts) > CONFLICTS:
+                    del self.conflicts[next(iter(self.conflicts))]
+
+        self.apply(change)
+
+    def count_label(self, kind: str) -> None:
+        def change() -> None:
+            self.totals.by_label[kind] = self.totals.by_label.get(kind, 0) + 1
+
+        self.apply(change)
+
+    # -- the daily cap ------------------------------------------------------------------------------
+
+    def exhausted(self, day: str) -> bool:
+        return self.budget.day == day and self.budget.spent >= self.settings.daily_usd_cap
+
+    def admit(self, day: str, estimate: Decimal) -> bool:
+        spent = self.budget.spent if self.budget.day == day else Decimal(0)
+        if spent + estimate <= self.settings.daily_usd_cap:
+            return True
+
+        def refuse() -> None:
+            roll_over(self.budget, day)
+            self.budget.skipped_for_cap += 1
+            self.totals.skipped_for_cap += 1
+            self.budget.spent = max(self.budget.spent, self.settings.daily_usd_cap)
+
+        self.apply(refuse)
+        return False
+
+    def charge(self, cost: Decimal, day: str) -> None:
+        def change() -> None:
+            roll_over(self.budget, day)
+            self.budget.spent += cost
+            self.budget.verified += 1
+            self.totals.cost_nano += int(cost * NANO)
+
+        self.apply(change)
+
+    def failed(self) -> None:
+        def change() -> None:
+            self.totals.failed += 1
+
+        self.apply(change)
+
+    # -- figures ------------------------------------------------------------------------------------
+
+    def figures(self) -> dict[str, Any]:
+        state = self.state
+        threshold = state.threshold
+        bound = self.acceptance.bound(state, threshold if threshold is not None else 1.0)
+        labelled, wrong = sum(state.labelled), sum(state.wrong)
+        return {
+            "max_wrong_hit_rate": self.settings.max_wrong_hit_rate,
+            "confidence": self.settings.confidence,
+            "threshold": threshold,
+            # R_upper at the threshold in force (at 1.00 while none is).
+            "wrong_hit_bound": bound.upper,
+            "lookups": state.lookups,
+            "served": state.served,
+            "labelled": labelled,
+            "wrong": wrong,
+            "verifications": self.totals.verifications,
+            "by_label": dict(self.totals.by_label),
+            "verification_cost_usd": str(Decimal(self.totals.cost_nano) / NANO),
+            "daily_usd_cap": str(self.settings.daily_usd_cap),
+            "cap_reached": self.exhausted(today()),
+            "skipped_for_cap": self.totals.skipped_for_cap,
+            "failed": self.totals.failed,
+            "conflicts": len(self.conflicts),
+        }

@@ -1,0 +1,341 @@
+"""One calibrated route as the gateway runs it: decisions at request time, verified outcomes after.
+
+`RouteCalibration.decide` is called on the request path, once per router or cascade decision: the
+decision's score becomes a rank among recent scores; the route takes the cheap path when the rank is
+below the cut in force (with too little evidence the cut is 0: every request takes the strong
+path). The labelling probability p and the label coin are fixed *now*, with the plan in force,
+and kept on the returned `Decision` (docs/quality-guarantee.md: the inverse-probability weights
+need the probability each decision really had). An unlabelled decision is observed at once (a
+zero for every test); a labelled one is observed when its verification comes back
+(`observe`), possibly after other decisions, which keeps the bets predictable.
+
+Router health: every labelled router decision also feeds the betting test of "the router ranks
+no better than random or the prompt length". Once flagged, the route ranks by prompt length and
+its calibration restarts (evidence about one ranking's cuts says nothing of another's): the
+`epoch` counts restarts, and a verification decided under an older epoch is not observed.
+
+The daily USD cap: `admit` refuses a shadow call whose estimate no longer fits under the day's
+cap, and from then on the calibration *pauses* for the rest of the day: decisions still take the
+cut in force but are neither labelled nor counted. Skipping a stretch of decisions chosen by the
+clock, not by their outcomes, keeps the tests valid under the i.i.d. assumption, whereas counting
+them as unlabelled while their p said they might have been labelled would bias the estimate.
+
+All state is in `LiveState`, which `to_json` / `from_json` round-trip; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+from faregate.learning.online.calibrator import (
+    CalibrationState,
+    LabelledDecision,
+    ScoreRanks,
+    ShareCalibrator,
+)
+from faregate.learning.online.health import HealthState, RouterHealth
+from faregate.learning.online.prior import pseudo_outcomes
+from faregate.learning.online.sampling import coin
+from faregate.learning.online.settings import QualitySettings
+from faregate.learning.online.verification_plan import VerificationPlan, pace
+from faregate.quality.state import (
+    NANO,
+    Decision,
+    Kind,
+    LabelKind,
+    LiveState,
+    Prior,
+    Totals,
+    roll_over,
+    today,
+)
+
+__all__ = ["NANO", "Decision", "LiveState", "Prior", "RouteCalibration", "Totals", "today"]
+
+
+class RouteCalibration:
+    """One router or cascade route's live calibration (module docstring)."""
+
+    def __init__(
+        self,
+        route: str,
+        kind: Kind,
+        settings: QualitySettings,
+        reference_scores: list[float] | None = None,
+        prior: Prior | None = None,
+        seed: str = "faregate",
+    ) -> None:
+        self.route = route
+        self.kind = kind
+        self.settings = settings
+        verification = settings.verification
+        self.calibrator = ShareCalibrator(settings.target, settings.confidence)
+        # The candidate cuts (computed once: the calibrator makes a new array per read).
+        self.cuts = self.calibrator.cuts
+        self.plan = VerificationPlan(
+            verification.share,
+            frontier=verification.frontier,
+            rest_ratio=verification.rest_ratio,
+            free_strong_side=kind == "cascade",
+        )
+        self.health = RouterHealth(settings.confidence)
+        self.reference_scores = list(reference_scores or [])
+        self.prior = prior
+        self.seed = f"{seed}:{route}"
+        # The route's cheap and strong model (or route) names: the shadow calls' targets.
+        self.cheap = ""
+        self.strong = ""
+        self.state = self.fresh()
+        # Changes not yet in the store, in order (see `apply`).
+        self.journal: list[Callable[[], None]] = []
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def fresh(self) -> LiveState:
+        state = LiveState(
+            self.new_calibration(),
+            HealthState(),
+            ScoreRanks(reference=list(self.reference_scores)),
+            ScoreRanks(),
+        )
+        return state
+
+    def new_calibration(self) -> CalibrationState:
+        calibration = self.calibrator.new_state()
+        if self.prior is not None and self.settings.prior_outcomes > 0:
+            ones = np.ones(len(self.calibrator.cuts))
+            # Pseudo-outcomes carry weight 1: every cut's test starts with them.
+            self.calibrator.start_tests(calibration, ones > 0)
+            for labelled in pseudo_outcomes(
+                self.prior.curve, self.prior.strong_accuracy, self.settings.prior_outcomes
+            ):
+                self.calibrator.observe(calibration, labelled, ones)
+            self.calibrator.calibrate(calibration)
+        self._start_tests(calibration)
+        return calibration
+
+    def _start_tests(self, calibration: CalibrationState) -> None:
+        dense = self.plan.dense(self.calibrator.cuts, calibration.cheap_share)
+        self.calibrator.start_tests(calibration, dense)
+
+    @property
+    def cut(self) -> float:
+        return self.state.calibration.cheap_share
+
+    def exhausted(self, day: str) -> bool:
+        budget = self.state.budget
+        return budget.day == day and budget.spent >= self.settings.verification.daily_usd_cap
+
+    # -- request time -----------------------------------------------------------------------------
+
+    def decide(
+        self,
+        request_id: str,
+        score: float,
+        length: float,
+        *,
+        force_strong: bool = False,
+        day: str | None = None,
+    ) -> Decision:
+        """Cheap or strong for this score (`force_strong`: a cascade answer a rule check refused),
+        with the labelling probability and coin fixed now; an unlabelled decision is observed now."""
+        state = self.state
+        router_rank = state.ranks.rank(score)
+        length_rank = state.length_ranks.rank(length)
+        state.ranks.record(score)
+        state.length_ranks.record(length)
+        rank = length_rank if state.flagged else router_rank
+        cut = self.cut
+        cheap = not force_strong and cut > 0.0 and rank < cut - 1e-12
+        scale = pace(self.settings.verification.share, state.shadow_calls, state.decisions)
+        probability = self.plan.probability(rank, cut, scale)
+        free = self.kind == "cascade" and not cheap
+        label_kind: LabelKind = "free" if free else ("paid" if cheap else "cheap")
+        if free:
+            probability = 1.0
+        paused = self.exhausted(day or today())
+        decision = Decision(
+            self.route,
+            self.kind,
+            request_id,
+            float(score),
+            rank,
+            router_rank,
+            length_rank,
+            cut,
+            cheap,
+            probability,
+            labelled=not paused and coin(self.seed, request_id) < probability,
+            label_kind=label_kind,
+            floor=self.plan.floor_probabilities(self.cuts, cut, scale),
+            least=self.plan.least_probability(cut, scale),
+            epoch=state.epoch,
+            paused=paused,
+        )
+        if not paused:
+            self.apply(lambda: self._count(decision))
+        return decision
+
+    def _count(self, decision: Decision) -> None:
+        state = self.state
+        state.decisions += 1
+        if decision.labelled and decision.label_kind != "free":
+            state.shadow_calls += self.kind == "router" or decision.label_kind == "paid"
+        if not decision.labelled and decision.epoch == state.epoch:
+            self.calibrator.observe_unlabelled(state.calibration)
+            if self.kind == "router" and not state.flagged:
+                self.health.observe_unlabelled(state.health)
+
+    # -- after the response -----------------------------------------------------------------------
+
+    def admit(self, day: str, estimate: Decimal) -> bool:
+        """May a shadow call estimated at `estimate` USD be made today? A refusal pauses the
+        calibration for the rest of the day (module docstring)."""
+        budget = self.state.budget
+        spent = budget.spent if budget.day == day else Decimal(0)
+        if spent + estimate <= self.settings.verification.daily_usd_cap:
+            return True
+        self.apply(lambda: self._refuse(day))
+        return False
+
+    def _refuse(self, day: str) -> None:
+        budget = self.state.budget
+        roll_over(budget, day)
+        budget.skipped_for_cap += 1
+        self.state.totals.skipped_for_cap += 1
+        # Paused from now on: the day's spend is marked full.
+        budget.spent = max(budget.spent, self.settings.verification.daily_usd_cap)
+
+    def charge(self, decision: Decision, cost: Decimal, day: str) -> None:
+        """A verification made: its real cost counts against the day's cap and in the totals."""
+        self.apply(lambda: self._charge(cost, day))
+
+    def _charge(self, cost: Decimal, day: str) -> None:
+        budget = self.state.budget
+        roll_over(budget, day)
+        budget.spent += cost
+        budget.verified += 1
+        self.state.totals.cost_nano += int(cost * NANO)
+
+    def observe(self, decision: Decision, loss: bool) -> None:
+        """A verified decision: the cheap answer was (not) acceptable against the reference. A live
+        comparator takes the reference as the standard (calibrator.py): no gains, s = 1."""
+        self.apply(lambda: self._observe(decision, loss))
+
+    def _observe(self, decision: Decision, loss: bool) -> None:
+        state = self.state
+        totals = state.totals
+        totals.verifications += 1
+        totals.by_label[decision.label_kind] = totals.by_label.get(decision.label_kind, 0) + 1
+        totals.losses += loss
+        if decision.epoch != state.epoch:
+            return  # decided under a ranking since abandoned
+        labelled = LabelledDecision(decision.rank, loss, False, True, decision.probability)
+        self.calibrator.observe(state.calibration, labelled, decision.floor)
+        self.calibrator.calibrate(state.calibration)
+        self._start_tests(state.calibration)
+        if self.kind != "router" or state.flagged:
+            return
+        self.health.observe(
+            state.health,
+            int(loss),
+            decision.router_rank,
+            decision.length_rank,
+            decision.probability,
+            min(decision.least, decision.probability),
+        )
+        verdict = self.health.verdict(state.health)
+        if verdict.flagged:
+            state.flagged, state.flag_reason = True, verdict.reason
+            state.epoch += 1
+            state.calibration = self.new_calibration()
+
+    def failed(self, decision: Decision) -> None:
+        """The reference could not be had: the decision stays unobserved (counted as failed)."""
+
+        def count() -> None:
+            self.state.totals.failed += 1
+
+        self.apply(count)
+
+    # -- the journal ------------------------------------------------------------------------------
+
+    def apply(self, change: Callable[[], None]) -> None:
+        """Make a change to the state and keep it in the journal until the store has it: if another
+        instance wrote the route first, the service reloads the stored state and replays these."""
+        change()
+        self.journal.append(change)
+
+    # -- the store's view (quality/service.py) ------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        """The settings the stored state was made under: other settings, other tests."""
+        s = self.settings
+        v = s.verification
+        return (
+            f"{self.kind}|t={s.target}|c={s.confidence}|prior={s.prior_outcomes}|"
+            f"share={v.share}|frontier={v.frontier}|rest={v.rest_ratio}|cmp={v.comparator}"
+        )
+
+    def state_json(self) -> dict[str, Any]:
+        return self.state.to_json()
+
+    def adopt_json(self, data: dict[str, Any]) -> None:
+        self.adopt(LiveState.from_json(data))
+
+    def adopt(self, state: LiveState) -> None:
+        """Take a stored state (another writer's, or at start-up) and replay the unsaved changes.
+        The score ranks stay this instance's own (each sees the same traffic mix)."""
+        if self.state.ranks.recent:
+            state.ranks, state.length_ranks = self.state.ranks, self.state.length_ranks
+        self.state = state
+        for change in self.journal:
+            change()
+
+    # -- figures ----------------------------------------------------------------------------------
+
+    def figures(self) -> dict[str, Any]:
+        """What the dashboard, the API and /metrics show for this route."""
+        state = self.state
+        estimate = self.calibrator.estimate(state.calibration)
+        totals = state.totals
+        verdict = self.health.verdict(state.health) if self.kind == "router" else None
+        return {
+            "route": self.route,
+            "kind": self.kind,
+            "target": self.settings.target,
+            "confidence": self.settings.confidence,
+            "strong_share": estimate.strong_share,
+            "estimated_quality": estimate.relative_quality,
+            "quality_interval": _interval(estimate.relative_quality, totals.verifications),
+            "evidence": estimate.evidence,
+            "decisions": state.decisions,
+            # Labelled decisions behind the calibration, the prior's pseudo-outcomes included.
+            "labelled": estimate.labelled,
+            "prior_outcomes": self.settings.prior_outcomes,
+            "verifications": totals.verifications,
+            "by_label": dict(totals.by_label),
+            "losses": totals.losses,
+            "failed": totals.failed,
+            "verification_cost_usd": str(Decimal(totals.cost_nano) / NANO),
+            "daily_usd_cap": str(self.settings.verification.daily_usd_cap),
+            "spent_today_usd": str(state.budget.spent),
+            "cap_reached": self.exhausted(today()),
+            "skipped_for_cap": totals.skipped_for_cap,
+            "flagged": state.flagged,
+            "health": state.flag_reason or (verdict.reason if verdict else ""),
+            "ranking": "length" if state.flagged else ("router" if self.kind == "router" else "judge"),
+        }
+
+
+def _interval(quality: float, n: int) -> list[float]:
+    """A rough 95% interval for the display (normal, on the verified decisions); the guarantee is
+    the e-value's, not this."""
+    if n <= 0:
+        return [0.0, 1.0]
+    half = 1.96 * float(np.sqrt(max(quality * (1.0 - quality), 0.25 / n) / n))
+    return [max(0.0, quality - half), min(1.0, quality + half)]

@@ -1,0 +1,140 @@
+"""Every calibrated route, kept in the store: load at start, save after each verification, share.
+
+Each route's `LiveState` is one `calibration_state` row (store/verifications.py). Saving is a
+compare-and-set on the row's version: the writer that read version v writes v + 1 only if the row
+is still at v. Of two instances verifying decisions of one route at once, one wins; the other
+loads the winner's state, replays its own unsaved changes on it (quality/live.py's journal) and
+tries again, so no verified outcome is lost or counted twice and there is one writer per update.
+A periodic refresh adopts what other instances wrote (their cut in force) and flushes this
+instance's counts of unlabelled decisions.
+
+The semantic cache's calibration (quality/cache_live.py), when on, is kept the same way as the
+scope "cache". A stored state made under other settings (another target, confidence or verification plan) is
+not reused: its tests were about another question; the route starts afresh (logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import orjson
+
+from faregate.lifecycle import Periodic
+from faregate.quality.cache_live import CacheCalibration
+from faregate.quality.live import RouteCalibration
+from faregate.store.verifications import VerificationRow, VerificationStore
+
+log = logging.getLogger("faregate.quality")
+
+REFRESH_S = 2.0
+SAVE_TRIES = 8
+
+
+class Calibrated(Protocol):
+    """A route's calibration (quality/live.py) or the semantic cache's (quality/cache_live.py)."""
+
+    route: str
+    journal: list[Callable[[], None]]
+
+    def fingerprint(self) -> str: ...
+
+    def state_json(self) -> dict[str, Any]: ...
+
+    def adopt_json(self, data: dict[str, Any]) -> None: ...
+
+
+class QualityService:
+    def __init__(
+        self,
+        routes: Iterable[RouteCalibration],
+        store: VerificationStore,
+        cache: CacheCalibration | None = None,
+    ) -> None:
+        self.routes: dict[str, RouteCalibration] = {r.route: r for r in routes}
+        self.cache = cache
+        # Everything kept in the store, by name (the cache's is "cache").
+        self.calibrated: dict[str, Calibrated] = dict(self.routes)
+        if cache is not None:
+            self.calibrated[cache.route] = cache
+        self.store = store
+        self._versions: dict[str, int] = {name: 0 for name in self.calibrated}
+        self._locks: dict[str, asyncio.Lock] = {name: asyncio.Lock() for name in self.calibrated}
+        self._refresh = Periodic("calibration state refresh", REFRESH_S, self.refresh)
+
+    def scope(self, name: str) -> str:
+        return name if name == "cache" else f"route:{name}"
+
+    async def load(self) -> None:
+        for name, calibration in self.calibrated.items():
+            await self._load(name, calibration, at_start=True)
+
+    def start(self) -> None:
+        self._refresh.start()
+
+    async def close(self) -> None:
+        await self._refresh.stop()
+        for name in self.calibrated:
+            try:
+                await self.save(name)
+            except Exception:
+                log.exception("could not save the calibration of route %s at shutdown", name)
+
+    async def _load(self, name: str, calibration: Calibrated, *, at_start: bool = False) -> bool:
+        """Adopt the stored state if it is newer than ours; True if it was."""
+        stored = await self.store.load_state(self.scope(name))
+        if stored is None:
+            return False
+        version, text = stored
+        if version <= self._versions[name] and not at_start:
+            return False
+        data: dict[str, Any] = orjson.loads(text)
+        self._versions[name] = version
+        if data.get("settings") != calibration.fingerprint():
+            if at_start:
+                log.warning("%s: its quality settings changed; the calibration starts afresh", name)
+            return False
+        calibration.adopt_json(data["state"])
+        return True
+
+    async def save(self, name: str) -> None:
+        """Write the route's state (compare-and-set, retried after adopting another writer's)."""
+        calibration = self.calibrated[name]
+        async with self._locks[name]:
+            for _ in range(SAVE_TRIES):
+                saved = len(calibration.journal)
+                text = orjson.dumps(
+                    {"settings": calibration.fingerprint(), "state": calibration.state_json()}
+                ).decode()
+                expected = self._versions[name]
+                if await self.store.save_state(self.scope(name), expected, text, time.time()):
+                    self._versions[name] = expected + 1
+                    del calibration.journal[:saved]
+                    return
+                # Another instance wrote first: take its state, replay ours on it, try again.
+                stored = await self.store.load_state(self.scope(name))
+                if stored is not None:
+                    self._versions[name] = stored[0]
+                    data = orjson.loads(stored[1])
+                    if data.get("settings") == calibration.fingerprint():
+                        calibration.adopt_json(data["state"])
+            log.warning("%s: the calibration state kept changing under us; saved later", name)
+
+    async def refresh(self) -> None:
+        for name, calibration in self.calibrated.items():
+            async with self._locks[name]:
+                await self._load(name, calibration)
+            if calibration.journal:
+                await self.save(name)
+
+    async def record(self, row: VerificationRow) -> None:
+        await self.store.insert(row)
+
+    def figures(self) -> list[dict[str, Any]]:
+        return [calibration.figures() for calibration in self.routes.values()]
+
+    def cache_figures(self) -> dict[str, Any] | None:
+        return None if self.cache is None else self.cache.figures()

@@ -1,0 +1,152 @@
+"""What a calibrated route keeps: its state (one store row), its counters, and one decision.
+
+`LiveState` round-trips through JSON (quality/service.py stores it); `Decision` lives on a request's
+plan from decision time until its verification comes back (quality/live.py decides, quality/
+verifier.py verifies). Money is exact: costs are counted in nano-USD.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+from faregate.learning.online.betting import Array
+from faregate.learning.online.calibrator import CalibrationState, ScoreRanks
+from faregate.learning.online.health import HealthState
+from faregate.learning.online.sampling import VerificationBudget
+from faregate.learning.thresholds import CalibrationPoint
+
+Kind = Literal["router", "cascade"]
+LabelKind = Literal["free", "cheap", "paid"]
+NANO = Decimal(1_000_000_000)
+
+
+def today(now: float | None = None) -> str:
+    """The UTC day the daily cap counts in."""
+    return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
+
+
+@dataclass(slots=True)
+class Decision:
+    """What was decided for one request, kept on its plan until its verification comes back."""
+
+    route: str
+    kind: Kind
+    request_id: str
+    score: float
+    # The rank that decided (the router's, or the length's once the router is flagged).
+    rank: float
+    router_rank: float
+    length_rank: float
+    cut: float
+    cheap: bool
+    probability: float
+    # The coin fell under p: this decision is to be verified.
+    labelled: bool
+    # free: both answers exist (a cascade escalation); cheap: a shadow call to the weak model;
+    # paid: a shadow call to the strong model.
+    label_kind: LabelKind
+    floor: Array
+    least: float
+    epoch: int
+    # The daily cap was reached: the calibration is paused, this decision is not observed.
+    paused: bool = False
+    # A cascade's cheap answer (compared with the strong one on an escalation: a free label).
+    cheap_text: str | None = None
+
+
+@dataclass(slots=True)
+class Totals:
+    """Counters for the dashboard and /metrics (persisted with the state)."""
+
+    verifications: int = 0
+    by_label: dict[str, int] = field(default_factory=lambda: {"free": 0, "cheap": 0, "paid": 0})
+    losses: int = 0
+    cost_nano: int = 0
+    failed: int = 0
+    skipped_for_cap: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verifications": self.verifications,
+            "by_label": dict(self.by_label),
+            "losses": self.losses,
+            "cost_nano": self.cost_nano,
+            "failed": self.failed,
+            "skipped_for_cap": self.skipped_for_cap,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Totals:
+        return cls(
+            int(data["verifications"]),
+            {str(k): int(v) for k, v in data["by_label"].items()},
+            int(data["losses"]),
+            int(data["cost_nano"]),
+            int(data["failed"]),
+            int(data["skipped_for_cap"]),
+        )
+
+
+@dataclass(slots=True)
+class LiveState:
+    """A route's whole calibration state: what the store keeps per route."""
+
+    calibration: CalibrationState
+    health: HealthState
+    ranks: ScoreRanks
+    length_ranks: ScoreRanks
+    budget: VerificationBudget = field(default_factory=VerificationBudget)
+    totals: Totals = field(default_factory=Totals)
+    # Shadow calls made (the pace's count: router, cheap and paid; cascade, paid only) and decisions.
+    shadow_calls: int = 0
+    decisions: int = 0
+    flagged: bool = False
+    flag_reason: str = ""
+    epoch: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "calibration": self.calibration.to_json(),
+            "health": self.health.to_json(),
+            "ranks": self.ranks.to_json(),
+            "length_ranks": self.length_ranks.to_json(),
+            "budget": self.budget.to_json(),
+            "totals": self.totals.to_json(),
+            "shadow_calls": self.shadow_calls,
+            "decisions": self.decisions,
+            "flagged": self.flagged,
+            "flag_reason": self.flag_reason,
+            "epoch": self.epoch,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LiveState:
+        return cls(
+            CalibrationState.from_json(data["calibration"]),
+            HealthState.from_json(data["health"]),
+            ScoreRanks.from_json(data["ranks"]),
+            ScoreRanks.from_json(data["length_ranks"]),
+            VerificationBudget.from_json(data["budget"]),
+            Totals.from_json(data["totals"]),
+            int(data["shadow_calls"]),
+            int(data["decisions"]),
+            bool(data["flagged"]),
+            str(data["flag_reason"]),
+            int(data["epoch"]),
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class Prior:
+    """The model file's calibration curve (prior.py) and the strong model's training accuracy."""
+
+    curve: tuple[CalibrationPoint, ...]
+    strong_accuracy: float
+
+
+def roll_over(budget: VerificationBudget, day: str) -> None:
+    if budget.day != day:
+        budget.day, budget.spent, budget.verified, budget.skipped_for_cap = day, Decimal(0), 0, 0

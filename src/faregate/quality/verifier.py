@@ -1,0 +1,423 @@
+"""Shadow verification after the response: the reference answer, compared, observed, recorded.
+
+`Verifier.submit` is called once the user's response has been written and its record finished
+(server/pipeline.py): it only starts a background task, so a verification never delays or fails
+a response. The task waits for one of `max_concurrency` slots, then:
+
+- free label (a cascade escalation): the cheap answer it refused against the strong answer served;
+- otherwise: the daily USD cap must admit the shadow call's estimate (else the route's calibration
+  pauses for the day, quality/live.py), then the other model of the route is called through the
+  attempt runner, as a request of its own with no API key: it counts in no key's credits or rate
+  limits, its attempts are marked `verification`, and its real cost (the served call at its
+  offer's price plus what failed attempts were billed) is charged to the route's daily cap and
+  written in the `verifications` row;
+- the route's comparator says whether the cheap answer is acceptable against the reference; the
+  calibration observes it and recalibrates; the row is written and the state saved.
+
+The semantic cache's calibrated acceptance (quality/cache_live.py) is verified the same way: a
+served hit drawn by `verify_hits` gets a fresh call after the response (`CacheJob`), and an
+unserved candidate is labelled for free when the fresh answer is stored (`label_candidate`).
+
+At shutdown, tasks not started are dropped (their decisions stay unobserved, which the
+calibration allows) and those running are cancelled after a short grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import orjson
+
+from faregate.cache.service import CachedAnswer, CacheDecision, ResponseCache
+from faregate.errors import FaregateError
+from faregate.learning.online.comparators import Comparator, LLMJudgeComparator, mechanical
+from faregate.learning.text_features import last_user_text
+from faregate.quality.live import NANO, Decision, RouteCalibration, today
+from faregate.quality.service import QualityService
+from faregate.routing.attempts import AttemptRunner, Served, billed_cost
+from faregate.routing.opened_stream import OpenedStream
+from faregate.routing.plan import Plan, Planner
+from faregate.store.verifications import VerificationRow
+from faregate.tokens import estimate_usage
+from faregate.types import JSON, MILLION, ChatRequest
+from faregate.wire.openai import answer_text, without_streaming
+
+log = logging.getLogger("faregate.quality")
+
+DEFAULT_CONCURRENCY = 4
+# The `embedding` comparator: answers this similar are equivalent (comparators.EmbeddingSimilarity).
+EMBEDDING_THRESHOLD = 0.9
+CLOSE_GRACE_S = 2.0
+
+
+@dataclass(slots=True, frozen=True)
+class Job:
+    decision: Decision
+    request: ChatRequest
+    # The answer the user got, and the model that gave it.
+    answer: str
+    served_model: str
+
+    @property
+    def cheap(self) -> str:
+        return self.calibration.cheap
+
+    @property
+    def strong(self) -> str:
+        return self.calibration.strong
+
+    calibration: RouteCalibration
+
+
+@dataclass(slots=True, frozen=True)
+class CacheJob:
+    """A served semantic hit drawn for verification: a fresh answer to compare the cached one with."""
+
+    request: ChatRequest
+    cached: str
+    similarity: float
+    served_model: str
+    # The exact key of the served answer (a wrong verdict records a conflict on it).
+    key: str = ""
+
+
+class Verifier:
+    def __init__(
+        self,
+        service: QualityService,
+        runner: AttemptRunner,
+        planner: Planner,
+        max_concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        self.service = service
+        self.runner = runner
+        self.planner = planner
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self.comparators: dict[str, Comparator] = {}
+        # Unit vectors for texts, off the event loop (the `embedding` comparator); set by the setup.
+        self.embed: Callable[[list[str]], Awaitable[Any]] | None = None
+        # The response cache whose semantic acceptance is calibrated (None: not calibrated).
+        self.cache: ResponseCache | None = None
+        # Counters (metrics): verifications started, dropped at shutdown.
+        self.started = 0
+        self.dropped = 0
+
+    def comparator(self, name: str) -> Comparator:
+        if name not in self.comparators:
+            self.comparators[name] = mechanical(name)
+        return self.comparators[name]
+
+    async def compare(
+        self,
+        name: str,
+        request: ChatRequest | None,
+        reference: str,
+        candidate: str,
+        judge_model: str | None = None,
+    ) -> tuple[bool, Decimal]:
+        """Is `candidate` acceptable against `reference`? And what did asking cost (an LLM judge's
+        call through the gateway; nothing for the others)."""
+        if name == "embedding":
+            if self.embed is None:
+                raise RuntimeError("the embedding comparator needs an embedder")
+            vectors = np.asarray(await self.embed([reference, candidate]), dtype=np.float64)
+            return float(vectors[0] @ vectors[1]) >= EMBEDDING_THRESHOLD, Decimal(0)
+        if name == "llm_judge":
+            assert judge_model is not None and request is not None
+            spent: list[Decimal] = []
+
+            async def complete(messages: list[dict[str, Any]]) -> str:
+                body = {"model": judge_model, "messages": messages, "max_tokens": 200, "temperature": 0}
+                text, cost = await self._shadow_call(
+                    dataclasses.replace(request, body=body, max_tokens=200), judge_model
+                )
+                spent.append(cost)
+                if text is None:
+                    raise RuntimeError("the judge model did not answer")
+                return text
+
+            comparison = await LLMJudgeComparator(complete).compare(
+                last_user_text(request.body), reference, candidate
+            )
+            return comparison.acceptable, sum(spent, Decimal(0))
+        return self.comparator(name).compare(reference, candidate).acceptable, Decimal(0)
+
+    def job_for(
+        self, plan: Plan, request: ChatRequest, answer: Served | OpenedStream, status: int
+    ) -> Job | None:
+        """The verification a finished request asks for, if any: a calibrated decision whose coin
+        said "label", answered cleanly by the path it decided (a fallback's answer verifies nothing)."""
+        decision = plan.trace.quality
+        if decision is None or not decision.labelled or decision.paused or status != 200:
+            return None
+        calibration = self.service.routes.get(decision.route)
+        if calibration is None:
+            return None
+        served = answer.candidate.model.name
+        if decision.kind == "router" and plan.candidates and served != plan.candidates[0].model.name:
+            return None
+        if decision.kind == "cascade" and decision.cheap and not isinstance(answer, Served):
+            return None
+        if isinstance(answer, OpenedStream):
+            text = "".join(answer.seen.text)
+        else:
+            text = answer_text(answer.completion.body)
+        return Job(decision, request, text, served, calibration)
+
+    def cache_job_for(self, request: ChatRequest, cached: CachedAnswer) -> CacheJob | None:
+        """A served semantic hit, if the coin draws it (calibrated acceptance only)."""
+        acceptance = self.service.cache
+        if acceptance is None or cached.kind != "semantic-hit" or acceptance.exhausted(today()):
+            return None
+        if not acceptance.verify_hit(request.request_id):
+            return None
+        return CacheJob(request, answer_text(cached.body), cached.similarity, cached.model, cached.key)
+
+    async def label_candidate(self, decision: CacheDecision, fresh: JSON) -> None:
+        """An unserved lookup's candidate against the fresh answer it got instead (a free label)."""
+        acceptance = self.service.cache
+        cache = self.cache
+        if acceptance is None or cache is None or decision.candidate is None:
+            return
+        similarity, key = decision.candidate
+        raw = await cache.store.get(key)
+        if raw is None:
+            return  # the candidate's answer expired: no label
+        cached = answer_text(orjson.loads(raw)["body"])
+        acceptable, _ = await self.compare(acceptance.comparator, None, answer_text(fresh), cached)
+        wrong = not acceptable
+        began = time.time()
+        acceptance.observe(similarity, wrong, (key, decision.key))
+        acceptance.count_label("free")
+        await self._cache_row("", "free", "not served", similarity, 1.0, wrong, None, Decimal(0), began)
+        await self.service.save("cache")
+
+    async def verify_cache(self, job: CacheJob) -> None:
+        acceptance = self.service.cache
+        assert acceptance is not None
+        day, began = today(), time.time()
+        reference = job.request.model
+        estimate = await self._estimate_call(job.request, job.cached, reference)
+        if not acceptance.admit(day, estimate):
+            log.warning("the semantic cache's daily verification cap is reached; hits unverified for the day")
+            await self.service.save("cache")
+            return
+        text, cost = await self._shadow_call(job.request, reference)
+        acceptance.charge(cost, day)
+        if text is None:
+            acceptance.failed()
+            await self._cache_row(job.request.request_id, "paid", "served", job.similarity,
+                                  acceptance.settings.verify_hits, None, reference, cost, began)  # fmt: skip
+            await self.service.save("cache")
+            return
+        acceptable, _ = await self.compare(acceptance.comparator, job.request, text, job.cached)
+        wrong = not acceptable
+        acceptance.observe(job.similarity, wrong, (job.key,))
+        acceptance.count_label("paid")
+        await self._cache_row(job.request.request_id, "paid", "served", job.similarity,
+                              acceptance.settings.verify_hits, wrong, reference, cost, began)  # fmt: skip
+        await self.service.save("cache")
+
+    async def _cache_row(
+        self,
+        request_id: str,
+        label: str,
+        decision: str,
+        similarity: float,
+        probability: float,
+        wrong: bool | None,
+        reference: str | None,
+        cost: Decimal,
+        began: float,
+    ) -> None:
+        acceptance = self.service.cache
+        assert acceptance is not None
+        outcome = "failed" if wrong is None else ("wrong" if wrong else "acceptable")
+        row = VerificationRow(
+            request_id, "cache", "cache", label, decision, similarity, probability,
+            acceptance.comparator, outcome, reference, int(cost * NANO), began,
+        )  # fmt: skip
+        try:
+            await self.service.record(row)
+        except Exception:
+            log.exception("could not write a cache verification")
+
+    def submit(self, job: Job | CacheJob) -> None:
+        if self._closing:
+            self.dropped += 1
+            return
+        task = asyncio.create_task(self._run(job), name=f"faregate-verify-{job.request.request_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self) -> None:
+        """Wait for every verification submitted so far (tests, and a clean stop)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        self._closing = True
+        tasks = list(self._tasks)
+        if not tasks:
+            return
+        _, running = await asyncio.wait(tasks, timeout=CLOSE_GRACE_S)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        self.dropped += len(running)
+
+    async def _run(self, job: Job | CacheJob) -> None:
+        async with self._slots:
+            if self._closing:
+                self.dropped += 1
+                return
+            self.started += 1
+            try:
+                if isinstance(job, CacheJob):
+                    await self.verify_cache(job)
+                else:
+                    await self.verify(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("verification of request %s failed", job.request.request_id)
+
+    async def verify(self, job: Job) -> None:
+        decision = job.decision
+        calibration = job.calibration
+        comparator_name = calibration.settings.verification.comparator
+        day = today()
+        began = time.time()
+        if decision.label_kind == "free":
+            assert decision.cheap_text is not None
+            cheap_text, strong_text, cost, reference = decision.cheap_text, job.answer, Decimal(0), None
+        else:
+            reference = job.strong if decision.cheap else job.cheap
+            estimate = await self._estimate(job, reference)
+            if not calibration.admit(day, estimate):
+                log.warning(
+                    "route %s: the daily verification cap of $%s is reached; calibration paused for the day",
+                    decision.route,
+                    calibration.settings.verification.daily_usd_cap,
+                )
+                await self.service.save(decision.route)
+                return
+            shadow = await self._shadow(job, reference)
+            cost = shadow[1]
+            if shadow[0] is None:
+                calibration.charge(decision, cost, day)
+                calibration.failed(decision)
+                await self._record(job, calibration, "failed", reference, cost, began, comparator_name)
+                await self.service.save(decision.route)
+                return
+            cheap_text, strong_text = (job.answer, shadow[0]) if decision.cheap else (shadow[0], job.answer)
+        judge = calibration.settings.verification.judge_model
+        try:
+            acceptable, asked = await self.compare(
+                comparator_name, job.request, strong_text, cheap_text, judge
+            )
+        except Exception:
+            log.exception("comparing the answers of request %s failed", job.request.request_id)
+            calibration.charge(decision, cost, day)
+            calibration.failed(decision)
+            await self._record(job, calibration, "failed", reference, cost, began, comparator_name)
+            await self.service.save(decision.route)
+            return
+        cost += asked
+        if cost:
+            calibration.charge(decision, cost, day)
+        loss = not acceptable
+        calibration.observe(decision, loss)
+        await self._record(
+            job, calibration, "loss" if loss else "acceptable", reference, cost, began, comparator_name
+        )
+        await self.service.save(decision.route)
+
+    async def _estimate(self, job: Job, reference: str) -> Decimal:
+        return await self._estimate_call(job.request, job.answer, reference)
+
+    async def _estimate_call(self, request: ChatRequest, answer: str, reference: str) -> Decimal:
+        """The shadow call's likely cost: the user's prompt and answer lengths at the reference's
+        dearest price (checked against the daily cap before calling)."""
+        price = self.planner.dearest_price(reference)
+        usage = await estimate_usage(request, answer)
+        return (
+            Decimal(usage.prompt_tokens) * price.input + Decimal(usage.completion_tokens) * price.output
+        ) / MILLION
+
+    async def _shadow(self, job: Job, reference: str) -> tuple[str | None, Decimal]:
+        return await self._shadow_call(job.request, reference)
+
+    async def _shadow_call(self, request: ChatRequest, reference: str) -> tuple[str | None, Decimal]:
+        """(the reference's answer text or None if it failed, what the call cost)."""
+        body = {k: v for k, v in without_streaming(request.body).items() if k != "models"}
+        body["model"] = reference
+        call = ChatRequest(
+            request_id=request.request_id,
+            body=body,
+            model=reference,
+            stream=False,
+            include_usage=False,
+            max_tokens=request.max_tokens,
+            required_modalities=request.required_modalities,
+            choices=request.choices,
+        )
+        try:
+            plan = await self.planner.plan(call)
+            served = await self.runner.complete(call, plan)
+        except FaregateError as error:
+            attempts = getattr(error, "attempts", None) or []
+            for attempt in attempts:
+                attempt.detail = f"verification: {attempt.detail}" if attempt.detail else "verification"
+            log.warning("verification call for request %s failed: %s", request.request_id, error)
+            return None, billed_cost(attempts)
+        text = answer_text(served.completion.body)
+        usage = served.completion.usage or await estimate_usage(call, text)
+        last = served.attempts[-1]
+        last.outcome, last.detail = "verification", "shadow call for a quality verification"
+        cost = served.candidate.offer.price.cost(usage) + billed_cost(served.attempts[:-1])
+        return text, cost
+
+    async def _record(
+        self,
+        job: Job,
+        calibration: RouteCalibration,
+        outcome: str,
+        reference: str | None,
+        cost: Decimal,
+        began: float,
+        comparator: str,
+    ) -> None:
+        decision = job.decision
+        row = VerificationRow(
+            request_id=decision.request_id,
+            scope=decision.route,
+            kind=decision.kind,
+            label_kind=decision.label_kind,
+            decision="cheap" if decision.cheap else "strong",
+            rank=decision.rank,
+            probability=decision.probability,
+            comparator=comparator,
+            outcome=outcome,
+            reference_model=reference if reference is not None else job.served_model,
+            cost_nano=int(cost * NANO),
+            created_at=began,
+        )
+        try:
+            await self.service.record(row)
+        except Exception:
+            log.exception("could not write the verification of request %s", decision.request_id)

@@ -1,0 +1,81 @@
+"""GET /admin/quality: the calibrated routes' figures, behind the master key.
+
+Per route: the target and confidence, the strong share in force, the estimated quality (routed
+relative to the strong path) with a display interval and the e-value behind it, the
+verifications by label kind, their cost, the daily cap, the router's health, and the route's
+savings (baseline minus cost, from the request records) net of verification. `recent` lists the
+last verifications (`?limit=`, default 20). Money is exact decimal text in USD.
+"""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from faregate.server.admin import require_master
+from faregate.store.analytics_rows import Slice
+from faregate.store.rows import usd_text
+
+if TYPE_CHECKING:
+    from faregate.server.app import Gateway
+
+NANO = Decimal(1_000_000_000)
+
+
+async def quality_figures(gateway: Gateway, limit: int = 20) -> dict[str, Any]:
+    verifier = gateway.pipeline.verifier
+    if verifier is None:
+        return {"routes": [], "cache": None, "recent": [], "pending": 0}
+    insights = gateway.observability.insights if gateway.observability is not None else None
+    routes = []
+    for row in verifier.service.figures():
+        verification = Decimal(row["verification_cost_usd"])
+        if insights is not None:
+            totals = await insights.analytics.totals(Slice(0.0, time.time() + 1, route=row["route"]))
+            savings = totals.savings
+            row["requests"] = totals.requests
+            row["savings_usd"] = usd_text(savings)
+            row["savings_net_usd"] = usd_text(savings - verification)
+        routes.append(row)
+    recent = await verifier.service.store.recent(limit=limit)
+    return {
+        "routes": routes,
+        # The semantic cache's calibrated acceptance (cache.semantic.max_wrong_hit_rate), or None.
+        "cache": verifier.service.cache_figures(),
+        # Verifications submitted and not finished yet.
+        "pending": verifier.pending,
+        "recent": [
+            {
+                "request_id": r.request_id,
+                "route": r.scope,
+                "kind": r.kind,
+                "label_kind": r.label_kind,
+                "decision": r.decision,
+                "rank": r.rank,
+                "probability": r.probability,
+                "comparator": r.comparator,
+                "outcome": r.outcome,
+                "reference_model": r.reference_model,
+                "cost_usd": usd_text(Decimal(r.cost_nano) / NANO),
+                "created_at": r.created_at,
+            }
+            for r in recent
+        ],
+    }
+
+
+def add_quality_route(app: web.Application, gateway: Gateway) -> None:
+    async def quality(request: web.Request) -> web.StreamResponse:
+        require_master(request, gateway.master_key)
+        try:
+            limit = max(1, min(500, int(request.query.get("limit", "20"))))
+        except ValueError:
+            limit = 20
+        body = await quality_figures(gateway, limit)
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    app.router.add_get("/admin/quality", quality)

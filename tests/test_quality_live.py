@@ -1,0 +1,330 @@
+"""The gateway side of the quality loop, in process: decisions, verified outcomes, the daily cap,
+router-health fallback, and the state kept in the store with compare-and-set (quality/)."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from faregate.config import ConfigError, load_settings
+from faregate.learning.online.settings import QualitySettings, VerificationSettings
+from faregate.quality.live import LiveState, RouteCalibration, today
+from faregate.quality.metrics import QualityCollector
+from faregate.quality.service import QualityService
+from faregate.store.sqlite.store import SQLiteStore
+from faregate.store.verifications import VerificationRow
+
+
+def calibration(
+    kind: str = "router", target: float = 0.9, share: float = 1.0, cap: str = "5", confidence: float = 0.8
+) -> RouteCalibration:
+    """share 1 with rest_ratio 1: every decision labelled (uniform sampling)."""
+    rest = 1.0 if share >= 1.0 else 0.1
+    settings = QualitySettings(
+        target=target,
+        confidence=confidence,
+        verification=VerificationSettings(share=share, rest_ratio=rest, daily_usd_cap=Decimal(cap)),
+    )
+    route = RouteCalibration("r", kind, settings)  # type: ignore[arg-type]
+    route.cheap, route.strong = "weak", "strong"
+    return route
+
+
+def run(route: RouteCalibration, n: int, wrong: bool, start: int = 0) -> None:
+    """n decisions, each verified: the cheap answer always right (or always wrong)."""
+    for i in range(start, start + n):
+        decision = route.decide(f"req{i}", score=(i * 0.37) % 1.0, length=float(i % 50))
+        if decision.labelled:
+            route.observe(decision, loss=wrong)
+
+
+def test_with_no_evidence_every_request_takes_the_strong_path() -> None:
+    route = calibration()
+    decision = route.decide("req", 0.0, 10.0)
+    assert not decision.cheap and decision.cut == 0.0
+    assert decision.label_kind == "cheap"  # a strong decision is labelled by a weak shadow call
+    # The pace aims a little under the budget (verification_plan.pace).
+    assert decision.probability == pytest.approx(0.98)
+
+
+def test_good_cheap_answers_move_the_strong_share_down_and_bad_ones_do_not() -> None:
+    good, bad = calibration(), calibration()
+    run(good, 120, wrong=False)
+    run(bad, 120, wrong=True)
+    assert good.state.calibration.strong_share <= 0.8
+    assert bad.state.calibration.strong_share == 1.0
+    later = good.decide("later", 0.0, 1.0)
+    assert later.cheap and later.label_kind == "paid"
+
+
+def test_the_decision_is_fixed_before_the_outcome_and_unlabelled_ones_count_at_once() -> None:
+    route = calibration(share=0.05)
+    before = route.state.calibration.tests.count.copy()
+    decisions = [route.decide(f"q{i}", 0.5, 3.0) for i in range(200)]
+    labelled = [d for d in decisions if d.labelled]
+    assert 0 < len(labelled) < 200
+    assert all(0 < d.probability <= 1 for d in decisions)
+    # Unlabelled decisions are zeros in every started test; labelled ones wait for their outcome.
+    started = route.state.calibration.tests.started
+    assert (route.state.calibration.tests.count - before)[started].max() == 200 - len(labelled)
+
+
+def test_a_cascade_escalation_is_a_free_label() -> None:
+    route = calibration(kind="cascade")
+    decision = route.decide("req", 0.9, 10.0)
+    assert not decision.cheap and decision.label_kind == "free" and decision.probability == 1.0
+    forced = route.decide("req2", 0.0, 10.0, force_strong=True)
+    assert not forced.cheap and forced.label_kind == "free"
+
+
+def test_the_daily_cap_refuses_and_pauses_the_day() -> None:
+    route = calibration(cap="0.01")
+    day = today()
+    assert route.admit(day, Decimal("0.004"))
+    decision = route.decide("a", 0.1, 1.0, day=day)
+    route.charge(decision, Decimal("0.008"), day)
+    assert not route.admit(day, Decimal("0.004"))
+    paused = route.decide("b", 0.1, 1.0, day=day)
+    assert paused.paused and not paused.labelled
+    figures = route.figures()
+    assert figures["cap_reached"] and figures["skipped_for_cap"] == 1
+    # A new day starts with an empty budget.
+    assert route.admit("2099-01-01", Decimal("0.004"))
+
+
+def test_a_router_worse_than_length_is_flagged_and_falls_back_to_length() -> None:
+    route = calibration(share=1.0)
+    for i in range(3000):
+        length = float(i % 100)
+        # The router's score says the opposite of the truth: long prompts need the strong model.
+        decision = route.decide(f"q{i}", score=1.0 - length / 100, length=length)
+        if decision.labelled:
+            route.observe(decision, loss=length >= 50)
+        if route.state.flagged:
+            break
+    assert route.state.flagged and "worse than" in route.state.flag_reason
+    assert route.state.epoch == 1 and route.state.calibration.strong_share == 1.0
+    after = route.decide("after", score=0.0, length=99.0)
+    assert after.rank == after.length_rank and route.figures()["ranking"] == "length"
+
+
+def test_state_round_trips_through_json() -> None:
+    route = calibration()
+    run(route, 80, wrong=False)
+    copy = LiveState.from_json(route.state.to_json())
+    assert copy.to_json() == route.state.to_json()
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.rows: list[VerificationRow] = []
+        self.states: dict[str, tuple[int, str]] = {}
+
+    async def insert(self, row: VerificationRow) -> None:
+        self.rows.append(row)
+
+    async def recent(self, scope: str | None = None, limit: int = 50) -> list[VerificationRow]:
+        return self.rows[::-1][:limit]
+
+    async def load_state(self, scope: str) -> tuple[int, str] | None:
+        return self.states.get(scope)
+
+    async def save_state(self, scope: str, expected: int, state: str, now: float) -> bool:
+        current = self.states.get(scope, (0, ""))[0]
+        if current != expected:
+            return False
+        self.states[scope] = (expected + 1, state)
+        return True
+
+
+async def test_two_instances_share_one_route_by_compare_and_set() -> None:
+    store = FakeStore()
+    a, b = calibration(), calibration()
+    one, two = QualityService([a], store), QualityService([b], store)
+    run(a, 30, wrong=False)
+    await one.save("r")
+    run(b, 30, wrong=False, start=1000)
+    # b's save finds a's version: it adopts a's state, replays its own 30 decisions, then writes.
+    await two.save("r")
+    assert b.state.decisions == 60 and not b.journal
+    await one.refresh()
+    shared = {k: v for k, v in b.state.to_json().items() if k not in ("ranks", "length_ranks")}
+    # Score ranks stay each instance's own; everything else is the one shared state.
+    assert a.state.decisions == 60 and {k: v for k, v in a.state.to_json().items() if k in shared} == shared
+    assert a.state.totals.verifications > 50
+
+
+async def test_a_restart_keeps_the_state_and_changed_settings_start_afresh(tmp_path: Path) -> None:
+    from faregate.store.sqlite.analytics import SQLiteAnalytics
+    from faregate.store.sqlite.verifications import SQLiteVerifications
+
+    store = await SQLiteStore.open(tmp_path)
+    reads = await SQLiteAnalytics.open(store.path)
+    try:
+        table = SQLiteVerifications(reads.connection)
+        route = calibration()
+        run(route, 120, wrong=False)
+        service = QualityService([route], table)
+        await service.save("r")
+        await table.insert(
+            VerificationRow(
+                "req1", "r", "router", "paid", "cheap", 0.2, 0.5, "exact", "loss", "strong", 7, time.time()
+            )
+        )
+        again = calibration()
+        await QualityService([again], table).load()
+        assert again.state.to_json() == route.state.to_json()
+        other = calibration(target=0.8)
+        await QualityService([other], table).load()
+        assert other.state.decisions == 0
+        rows = await table.recent("r")
+        assert rows[0].cost_nano == 7 and rows[0].outcome == "loss"
+    finally:
+        await reads.close()
+        await store.close()
+
+
+def test_metrics_families() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    route = calibration()
+    run(route, 120, wrong=False)
+    registry = CollectorRegistry()
+    registry.register(QualityCollector(lambda: [route.figures()]))
+    text = generate_latest(registry).decode()
+    for family in (
+        'faregate_quality_target{route="r"} 0.9',
+        'faregate_strong_share{route="r"}',
+        'faregate_quality_evidence{route="r"}',
+        'faregate_verifications_total{kind="cheap",route="r"}',
+        'faregate_verification_cost_usd_total{route="r"} 0.0',
+        'faregate_router_flagged{route="r"} 0.0',
+    ):
+        assert family in text
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "faregate.yaml"
+    path.write_text(text)
+    return path
+
+
+ROUTER = Path(__file__).resolve().parents[1] / "routers" / "router-gsm8k.json"
+
+
+def test_config_takes_quality_on_router_routes_and_refuses_bad_ones(tmp_path: Path) -> None:
+    ok = f"""
+models:
+  strong: {{input: 10, output: 30}}
+  weak: {{input: 1, output: 1}}
+routes:
+  r:
+    router: {{file: {ROUTER}, strong: strong, weak: weak}}
+    quality: {{target: 0.9, verification: {{share: 0.1, daily_usd_cap: "2.5", comparator: exact}}}}
+"""
+    settings = load_settings(write(tmp_path, ok))
+    quality = settings.routes["r"].quality
+    assert quality is not None and quality.verification.daily_usd_cap == Decimal("2.5")
+    bad = {
+        "unknown key": ok.replace("target: 0.9", "target: 0.9, tagret: 1"),
+        "threshold with quality": ok.replace("weak: weak}", "weak: weak, threshold: 0.3}"),
+        "comparator": ok.replace("comparator: exact", "comparator: vibes"),
+        "judge without a model": ok.replace("comparator: exact", "comparator: llm_judge"),
+        "a model without the judge": ok.replace(
+            "comparator: exact", "comparator: exact, judge_model: strong"
+        ),
+        "target": ok.replace("target: 0.9", "target: 1.5"),
+        "plain route": ok.replace(
+            f"router: {{file: {ROUTER}, strong: strong, weak: weak}}", "chain: [strong]"
+        ),
+    }
+    for what, text in bad.items():
+        with pytest.raises(ConfigError):
+            load_settings(write(tmp_path, text))
+        assert what
+
+
+async def test_quality_alert_rules_fire_per_route() -> None:
+    from typing import Any, cast
+
+    from faregate.config import AlertRule, AlertSettings
+    from faregate.telemetry.alerts import AlertManager
+
+    flagged = calibration()
+    flagged.state.flagged = True
+    capped = calibration(cap="0")
+    capped.route = "c"
+    assert not capped.admit(today(), Decimal("0.001"))
+    rules = [
+        AlertRule(name="flagged", metric="router_flagged", above=0.5, per="route"),
+        AlertRule(name="cap", metric="verification_cap_reached", above=0.5, per="route"),
+        AlertRule(name="margin", metric="quality_margin", below=0.0, min_count=1),
+    ]
+    manager = AlertManager(AlertSettings(rules=rules), cast(Any, None))
+    manager.quality = lambda: [flagged.figures(), capped.figures()]
+    events = await manager.evaluate()
+    fired = {(e["rule"], e["labels"]["route"]) for e in events}
+    assert ("flagged", "r") in fired and ("cap", "c") in fired
+    assert not any(name == "margin" for name, _ in fired)  # no verification yet: nothing to say
+    with pytest.raises(ConfigError):
+        from faregate.config import Settings, _check_alerts
+
+        _check_alerts(
+            AlertSettings(rules=[AlertRule(name="x", metric="router_flagged", above=0, per="key")]), "t"
+        )
+        assert Settings
+
+
+def test_the_cache_acceptance_serves_nothing_until_labels_certify_a_threshold() -> None:
+    from faregate.learning.online.settings import SemanticAcceptanceSettings
+    from faregate.quality.cache_live import NOTHING, CacheCalibration
+
+    cache = CacheCalibration(SemanticAcceptanceSettings(max_wrong_hit_rate=0.05, confidence=0.8), "exact")
+    assert cache.threshold() == NOTHING and cache.figures()["threshold"] is None
+    for _ in range(60):
+        cache.looked_up(0.93, served=False)
+        cache.observe(0.93, wrong=False)
+        cache.looked_up(None, served=False)
+    assert 0.8 <= cache.threshold() <= 0.93
+    figures = cache.figures()
+    assert figures["wrong_hit_bound"] <= 0.05 and figures["labelled"] == 60
+    # A wrong answer at that similarity costs the threshold.
+    for _ in range(5):
+        cache.observe(0.93, wrong=True)
+    assert cache.threshold() == NOTHING or cache.threshold() > 0.93
+    again = CacheCalibration(SemanticAcceptanceSettings(max_wrong_hit_rate=0.05, confidence=0.8), "exact")
+    again.adopt_json(cache.state_json())
+    assert again.figures() == cache.figures()
+    assert cache.verify_hit("req") in (True, False)
+
+
+def test_score_ranks_kept_sorted_in_place_match_a_full_sort() -> None:
+    from faregate.learning.online.calibrator import ScoreRanks
+
+    kept = ScoreRanks(reference=[0.1, 0.5, 0.9])
+    kept.min_live = 50
+    kept.recent = type(kept.recent)(maxlen=200)
+    for i in range(1000):
+        score = ((i * 7919) % 1000) / 1000.0
+        probe = ((i * 104729) % 997) / 997.0
+        fresh = ScoreRanks(type(kept.recent)(kept.recent, maxlen=200), list(kept.reference), min_live=50)
+        assert kept.rank(probe) == fresh.rank(probe)
+        kept.record(score)
+
+
+def test_a_wrong_label_makes_its_entries_stricter() -> None:
+    from faregate.learning.online.settings import SemanticAcceptanceSettings
+    from faregate.quality.cache_live import CacheCalibration
+
+    cache = CacheCalibration(SemanticAcceptanceSettings(max_wrong_hit_rate=0.05), "exact")
+    cache.observe(0.95, wrong=False, entries=("a", "b"))
+    assert not cache.conflicted("a", 0.95)
+    cache.observe(0.93, wrong=True, entries=("a", "new"))
+    assert cache.conflicted("a", 0.94) and cache.conflicted("new", 0.95)
+    assert not cache.conflicted("a", 0.96) and not cache.conflicted("b", 0.90)
+    again = CacheCalibration(SemanticAcceptanceSettings(max_wrong_hit_rate=0.05), "exact")
+    again.adopt_json(cache.state_json())
+    assert again.conflicted("a", 0.94) and again.figures()["conflicts"] == 2
