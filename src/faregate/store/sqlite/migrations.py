@@ -263,6 +263,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX holds_instance ON holds (instance_id)",
         ),
     ),
+    Migration(
+        12,
+        "rate-limit buckets shared by the worker processes of one store",
+        (
+            # One row per key: its requests and tokens buckets (level NULL: no such limit yet).
+            """
+            CREATE TABLE rate_buckets (
+                key_id     TEXT PRIMARY KEY,
+                req_level  REAL,
+                req_at     REAL NOT NULL,
+                tok_level  REAL,
+                tok_at     REAL NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
