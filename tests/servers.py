@@ -280,7 +280,7 @@ def launch_gateway(
         "store:",
         f"  path: {str(workdir / 'store')!r}",
         *[f"  {line.strip()}" for line in store.splitlines() if line.strip()],
-        "records: {flush_interval_s: 0.05}",
+        *(["records: {flush_interval_s: 0.05}"] if "records:" not in extra else []),
     ]
     if sim is not None:
         lines.append(
