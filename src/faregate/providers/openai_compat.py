@@ -99,14 +99,32 @@ class OpenAICompatibleProvider:
         return Completion(body, usage_of(body), resp.status)
 
     async def stream(self, call: UpstreamCall) -> AsyncGenerator[JSON, None]:
-        """Send a streaming request and yield each SSE `data` payload parsed as a JSON object.
+        """Send a streaming request and yield each SSE `data` payload parsed as a JSON object
+        (`stream_reads`, one chunk at a time)."""
+        reads = self._sse_reads(call)
+        try:
+            async for chunks in reads:
+                for chunk in chunks:
+                    yield chunk
+        finally:
+            await reads.aclose()
+
+    def stream_reads(self, call: UpstreamCall) -> AsyncGenerator[list[JSON], None]:
+        return self._sse_reads(call)
+
+    async def _sse_reads(self, call: UpstreamCall) -> AsyncGenerator[list[JSON], None]:
+        """Send a streaming request and yield, for each read of the body, the SSE `data` payloads
+        it completed, parsed as JSON objects (a read that completed none yields nothing): an
+        instant upstream sends many chunks per read, and relaying them together costs one client
+        write instead of one each (bench/README.md, first token under load).
 
         Errors before the first chunk are raised on the first `__anext__`. A connection loss or
         timeout mid-stream raises UpstreamFailure from the iterator; so does an `error` object
-        sent in place of a chunk. The iterator ends at `[DONE]` or, without it, at the end of the
-        body: a truncated stream is not an error here, because only the caller can tell, from
-        the last chunk's `finish_reason`, whether the answer was complete. The connection is
-        released however iteration ends, including `aclose()` by a consumer that stops early.
+        sent in place of a chunk (after the chunks of its read before it). The iterator ends at
+        `[DONE]` or, without it, at the end of the body: a truncated stream is not an error here,
+        because only the caller can tell, from the last chunk's `finish_reason`, whether the
+        answer was complete. The connection is released however iteration ends, including
+        `aclose()` by a consumer that stops early.
         """
         resp = await self._open(call)
         try:
@@ -120,6 +138,7 @@ class OpenAICompatibleProvider:
                     # A JSON body where an event stream belongs: an error, or stream:true ignored.
                     raise _json_instead_of_stream(data + await resp.read(), resp.status)
                 while data:
+                    read: list[JSON] = []
                     for payload in decoder.feed(data):
                         if not payload:
                             continue  # `data:` with nothing after it: a keep-alive, not a chunk
@@ -128,6 +147,8 @@ class OpenAICompatibleProvider:
                         # `error` object (sometimes beside a finish_reason "error" choice).
                         failed = stream_error(chunk)
                         if failed is not None:
+                            if read:
+                                yield read
                             raise UpstreamFailure(
                                 "server_error",
                                 f"error event after {chunks} chunks: {_clip(failed) or 'no message'}",
@@ -135,7 +156,9 @@ class OpenAICompatibleProvider:
                                 body=chunk,
                             )
                         chunks += 1
-                        yield chunk
+                        read.append(chunk)
+                    if read:
+                        yield read
                     if decoder.done:
                         await _drain(resp)
                         return
