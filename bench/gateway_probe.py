@@ -183,7 +183,7 @@ def _gc_timer(phase: str, info: dict[str, int]) -> None:
 def install_ttft_probe() -> None:
     """Time each stream from the handler's start to its first byte of content on the client's
     socket, by wrapping (in this process only) the upstream pool's request, the responder's
-    stream and aiohttp's StreamResponse.write. All stages of one request run in its handler's
+    relay and aiohttp's StreamResponse.write. All stages of one request run in its handler's
     task, so the marks are kept per task. perf_counter seconds, relative to the handler's start:
 
       upstream_sent   the pool was asked for the upstream call (auth, parsing, plan done)
@@ -200,7 +200,7 @@ def install_ttft_probe() -> None:
 
     marks: dict[object, dict[str, float]] = {}
     pool_request = ConnectionPool.request
-    stream = Responder.stream
+    relay = Responder._relay
     write = web.StreamResponse.write
 
     async def timed_request(self: ConnectionPool, *args: object, **kwargs: object) -> object:
@@ -210,16 +210,15 @@ def install_ttft_probe() -> None:
         mark.setdefault("upstream_head", time.perf_counter())
         return response
 
-    async def timed_stream(self: Responder, http_request: object, request: object, opened: object,
-                           *args: object) -> object:  # fmt: skip
+    async def timed_relay(self: Responder, exchange: object, opened: object) -> object:
         task = asyncio.current_task()
         mark = marks.setdefault(task, {})
         mark["first_content"] = opened.first_content_at  # type: ignore[attr-defined]
         try:
-            return await stream(self, http_request, request, opened, *args)  # type: ignore[arg-type]
+            return await relay(self, exchange, opened)  # type: ignore[arg-type]
         finally:
             marks.pop(task, None)
-            started = request.started  # type: ignore[attr-defined]
+            started = exchange.started  # type: ignore[attr-defined]
             if "first_write" in mark and "upstream_sent" in mark:
                 _ttft.append({name: (value - started) * 1000 for name, value in mark.items()})
 
@@ -230,7 +229,7 @@ def install_ttft_probe() -> None:
             mark["first_write"] = time.perf_counter()
 
     ConnectionPool.request = timed_request  # type: ignore[method-assign]
-    Responder.stream = timed_stream  # type: ignore[method-assign]
+    Responder._relay = timed_relay  # type: ignore[method-assign]
     web.StreamResponse.write = timed_write  # type: ignore[method-assign]
 
 

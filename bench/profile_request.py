@@ -230,6 +230,8 @@ def start(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     if args.pythonpath:
         env["PYTHONPATH"] = str(Path(args.pythonpath).resolve())
+        # create_key's subprocess too: the store is made (and migrated) by the code under test.
+        os.environ["PYTHONPATH"] = env["PYTHONPATH"]
     return {"sim_port": sim_port, "gw_port": gw_port, "config": config, "env": env}
 
 
