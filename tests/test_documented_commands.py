@@ -208,8 +208,8 @@ QUICK: dict[str, Quick] = {
     ),
     "faregate serve --workers N": Quick(why_not="the form of the command: the line below runs two"),
     "faregate serve --workers 2": Quick(
-        why_not="listens on the default port 4000: tests/test_workers_e2e.py runs two workers (served by both, "
-        "no overspend, one rate limit, a killed worker restarted, SIGTERM leaving one record per request)"
+        why_not="listens on the default port 4000: tests/test_workers_e2e.py runs two workers (served by "
+        "both, no overspend, one rate limit, a killed worker restarted, one record per request at SIGTERM)"
     ),
     "python bench/workers.py": Quick(
         run="python bench/workers.py --duration 1 --rounds 1 --out {scratch}/workers.json",

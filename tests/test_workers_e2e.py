@@ -94,6 +94,27 @@ def test_two_workers_share_the_port_and_never_overspend(sim: SimProcess, tmp_pat
         assert rows == (200, 200)
         assert instances == (2,)
 
+        # One scrape answers for both workers: counters summed, gauges one series per worker.
+        def scraped() -> str:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{gateway.port}/metrics", headers={"Authorization": f"Bearer {MASTER_KEY}"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return str(response.read().decode())
+
+        def requests_counted(text: str) -> float:
+            return sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("faregate_requests_total{")
+            )
+
+        wait_until(lambda: requests_counted(scraped()) == 200, "200 requests in one scrape of two workers")
+        text = scraped()
+        assert (
+            'faregate_records_pending{worker="0"}' in text and 'faregate_records_pending{worker="1"}' in text
+        )
+
 
 def test_rate_limits_are_one_across_workers(sim: SimProcess, tmp_path: Path) -> None:
     with launch_gateway(tmp_path / "gw", sim, server=TWO, extra=ACCOUNTS) as gateway:

@@ -28,6 +28,7 @@ from faregate.errors import ConfigError, StartupError
 from faregate.providers.registry import simulator_active, with_simulator
 from faregate.server.app import FAST_ROUTES, FastRoutes, Gateway, build_gateway, create_app
 from faregate.telemetry import log_limit
+from faregate.telemetry.metrics_share import SharedMetrics
 
 log = logging.getLogger("faregate")
 
@@ -204,6 +205,7 @@ async def serve_gateway(
     on_listening: Callable[[], None] | None = None,
     reuse_port: bool = False,
     simulated: bool = False,
+    shared_metrics: SharedMetrics | None = None,
 ) -> None:
     """Build the gateway, listen, serve until SIGTERM or SIGINT, then close it (the last
     records flushed). `reuse_port`: one of several worker processes listening on the same port
@@ -211,6 +213,7 @@ async def serve_gateway(
     runner: web.AppRunner | None = None
     try:
         gateway = await build_gateway(settings)
+        gateway.shared_metrics = shared_metrics
         if before_listening is not None:
             await before_listening()
         app = create_app(gateway)

@@ -19,10 +19,11 @@ What stays exact, and what is per worker:
 - rate limits: in the SQLite file when the store is embedded (accounts/embedded.py), in Redis
   when shared.
 - per worker, by design: the exact and semantic caches in process (a Redis cache is shared),
-  breakers and latency statistics, the upstream connection pool, metrics (a scrape is answered
-  by one worker: README, "Several workers"), `upstream_limits` (each worker gets an equal share of
-  `max_concurrent` and `max_queued`, rounded up), and the alerts' evaluation (worker 0 alone
-  posts to the webhook, so an alert is posted once).
+  breakers and latency statistics, the upstream connection pool, `upstream_limits` (each worker
+  gets an equal share of `max_concurrent` and `max_queued`, rounded up), and the alerts'
+  evaluation (worker 0 alone posts to the webhook, so an alert is posted once).
+- metrics: each worker publishes its own to a directory the supervisor made; a scrape, answered
+  by one worker, sums them (telemetry/metrics_share.py).
 """
 
 from __future__ import annotations
@@ -34,15 +35,18 @@ import logging
 import math
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
@@ -53,6 +57,7 @@ from faregate.errors import FaregateError, StartupError
 from faregate.providers.registry import simulator_active, with_simulator
 from faregate.server import runner
 from faregate.telemetry import log_limit
+from faregate.telemetry.metrics_share import SharedMetrics
 
 log = logging.getLogger("faregate.workers")
 
@@ -161,6 +166,7 @@ class Supervisor:
     _holder: socket.socket | None = None
     _simulator: subprocess.Popen[bytes] | None = None
     _simulated: bool = False
+    _metrics_dir: Path | None = None
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; the exit code."""
@@ -205,6 +211,7 @@ class Supervisor:
                 _wait_simulator(f"http://{settings.sim.host}:{port}/health", self._simulator)
             self.settings = with_simulator(settings, f"http://{settings.sim.host}:{port}/v1")
             self._simulated = True
+        self._metrics_dir = Path(tempfile.mkdtemp(prefix="faregate-metrics-"))
         preload()
         if threading.active_count() > 1:
             alive = threading.active_count()
@@ -222,7 +229,9 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:
             os.close(read_fd)
-            seat = Seat(worker.index, write_fd, self._holder, self._simulated)
+            assert self._metrics_dir is not None
+            shared = SharedMetrics(self._metrics_dir, worker.index, self.count)
+            seat = Seat(worker.index, write_fd, self._holder, self._simulated, shared)
             _worker_main(seat, settings, self.announce if announce else None)
         os.close(write_fd)
         worker.pid, worker.ready_fd, worker.started_at, worker.ready = pid, read_fd, time.monotonic(), False
@@ -329,6 +338,8 @@ class Supervisor:
                 self._simulator.kill()
         if self._holder is not None:
             self._holder.close()
+        if self._metrics_dir is not None:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
 
 
 @dataclass(slots=True, frozen=True)
@@ -339,6 +350,7 @@ class Seat:
     ready_fd: int  # written once when it listens
     holder: socket.socket | None  # the supervisor's hold on the port: closed in the worker
     simulated: bool
+    metrics: SharedMetrics
 
 
 def _worker_main(seat: Seat, settings: Settings, announce: Announce | None) -> NoReturn:
@@ -356,7 +368,7 @@ def _worker_main(seat: Seat, settings: Settings, announce: Announce | None) -> N
             os.write(seat.ready_fd, b"1")
             os.close(seat.ready_fd)
 
-        _run_worker(settings, announce, ready, seat.simulated)
+        _run_worker(settings, announce, ready, seat)
         code = 0
     except FaregateError as exc:
         print(f"faregate worker {seat.index}: {exc}", file=sys.stderr)
@@ -370,13 +382,18 @@ def _worker_main(seat: Seat, settings: Settings, announce: Announce | None) -> N
         os._exit(code)
 
 
-def _run_worker(
-    settings: Settings, announce: Announce | None, ready: Callable[[], None], simulated: bool
-) -> None:
+def _run_worker(settings: Settings, announce: Announce | None, ready: Callable[[], None], seat: Seat) -> None:
     import uvloop
 
     uvloop.run(
-        runner.serve_gateway(settings, announce, on_listening=ready, reuse_port=True, simulated=simulated)
+        runner.serve_gateway(
+            settings,
+            announce,
+            on_listening=ready,
+            reuse_port=True,
+            simulated=seat.simulated,
+            shared_metrics=seat.metrics,
+        )
     )
 
 
