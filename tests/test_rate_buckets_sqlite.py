@@ -20,7 +20,7 @@ from faregate.store.sqlite.store import SQLiteStore
 @pytest.fixture
 async def two_workers(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedAccounts, EmbeddedAccounts]]:
     first, second = await SQLiteStore.open(tmp_path), await SQLiteStore.open(tmp_path)
-    yield EmbeddedAccounts(first, shared_rates=True), EmbeddedAccounts(second, shared_rates=True)
+    yield EmbeddedAccounts(first, shared=True), EmbeddedAccounts(second, shared=True)
     await first.close()
     await second.close()
 
@@ -92,3 +92,18 @@ async def test_cache_hits_count_against_the_shared_requests_bucket(
     key_id = await new_key(a)
     taken = [await (a, b)[i % 2].take_request(key_id, 3) for i in range(5)]
     assert [type(t).__name__ for t in taken] == ["RateState"] * 3 + ["RateRefusal"] * 2
+
+
+async def test_a_key_changed_through_one_worker_is_heard_by_the_other_once(
+    two_workers: tuple[EmbeddedAccounts, EmbeddedAccounts],
+) -> None:
+    a, b = two_workers
+    heard: list[str] = []
+    b.on_key_changed(heard.append)
+    await b.read_key_events()
+    assert heard == []
+    await a.key_changed("key_x", revoked=True)
+    await a.key_changed("key_y")
+    await b.read_key_events()
+    await b.read_key_events()
+    assert heard == ["key_x", "key_y"]

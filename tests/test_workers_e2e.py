@@ -25,6 +25,7 @@ from test_ledger_e2e import (
     ACCOUNTS,
     FLAT_MODEL,
     LORE,
+    admin,
     audit,
     balance_nano,
     fire,
@@ -125,6 +126,23 @@ def test_rate_limits_are_one_across_workers(sim: SimProcess, tmp_path: Path) -> 
         # Each worker's own bucket would let 4 through, 8 in all; a refill during the run adds one at most.
         assert statuses.count(200) in (4, 5), statuses
         assert statuses.count(429) == 30 - statuses.count(200)
+
+
+def test_a_key_revoked_through_one_worker_is_refused_by_both(sim: SimProcess, tmp_path: Path) -> None:
+    # Metering off (nothing reads the key at reservation) and an hour of key cache: only the
+    # key event can tell the other worker.
+    extra = "auth: {key_cache_ttl_s: 3600}\n"
+    with launch_gateway(tmp_path / "gw", sim, server=TWO, extra=extra) as gateway:
+        key_id, key = new_key(gateway, "1")
+        create = {"model": "deepseek-v4-flash", "messages": LORE, "max_tokens": 5}
+        # 40 requests on new connections: both workers have verified (and cached) the key.
+        assert asyncio.run(fire(gateway.base_url, key, 40, **create)) == [200] * 40
+        with admin(gateway) as client:
+            assert client.delete(f"/admin/keys/{key_id}").status_code == 200
+        wait_until(
+            lambda: asyncio.run(fire(gateway.base_url, key, 40, **create)) == [401] * 40,
+            "the revocation is heard by both workers",
+        )
 
 
 def test_a_killed_worker_is_restarted(sim: SimProcess, tmp_path: Path) -> None:

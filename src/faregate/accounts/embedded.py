@@ -3,9 +3,14 @@ process, or in the SQLite file when several worker processes serve the store.
 
 With one serving process (other processes, like the CLI, only make admin changes) the
 rate-limit buckets live in memory: taking from them is a plain synchronous step of the event
-loop, atomic by construction. With `serve --workers N` (`shared_rates`) they live in the file
+loop, atomic by construction. With `serve --workers N` (`shared`) they live in the file
 (store/sqlite/rate_buckets.py) and are taken inside the reservation's own write transaction,
 given back inside the settlement's: exact across the processes, at no extra transaction.
+
+A key changed or revoked through any process (a worker's admin API, the CLI) is written to
+`key_events`; with several workers each one reads the new events every KEY_EVENTS_POLL_S and
+drops what it caches of those keys (verified keys, policies), as Redis's key events do for
+several instances. Events older than KEY_EVENTS_KEEP_S are deleted by the sweeper.
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ from faregate.store.sqlite.store import SQLiteStore
 
 # Old spend buckets are dropped at most this often (the scan is over every key's buckets).
 PRUNE_INTERVAL_S = 3600.0
+KEY_EVENTS_POLL_S = 0.25
+KEY_EVENTS_KEEP_S = 300.0
+
+
+def _last_key_event(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM key_events").fetchone()[0])
 
 
 def _limited(limits: Limits) -> bool:
@@ -55,13 +66,17 @@ class EmbeddedAccounts:
         sweep_interval_s: float = 5.0,
         limiter: LocalRateLimiter | None = None,
         lease_s: float = 15.0,
-        shared_rates: bool = False,
+        shared: bool = False,
     ) -> None:
         self.table = store.accounts
         self._store = store
         self.ledger = SQLiteLedger(store)
         self.limiter = limiter or LocalRateLimiter()
-        self.shared_rates = shared_rates
+        # Several worker processes serve this store (`serve --workers N`).
+        self.shared = shared
+        self._key_listeners: list[Callable[[str], None]] = []
+        self._key_events_seen = 0
+        self._key_events = Periodic("key-events", KEY_EVENTS_POLL_S, self.read_key_events)
         self._sweeper = Periodic("hold-sweeper", sweep_interval_s, self.sweep)
         self._pruned_at = 0.0
         self.lease = InstanceLease(self.ledger.renew_lease, self.ledger.end_lease, lease_s)
@@ -73,10 +88,27 @@ class EmbeddedAccounts:
     async def start(self) -> None:
         await self.lease.start()
         self._sweeper.start()
+        if self.shared:
+            self._key_events_seen = await self._store.run_read(_last_key_event)
+            self._key_events.start()
 
     async def close(self) -> None:
+        await self._key_events.stop()
         await self._sweeper.stop()
         await self.lease.close()
+
+    async def read_key_events(self) -> None:
+        """Tell the listeners of the keys changed by any process since the last read."""
+        seen = self._key_events_seen
+        rows: list[tuple[int, str]] = await self._store.run_read(
+            lambda conn: conn.execute(
+                "SELECT seq, key_id FROM key_events WHERE seq > ? ORDER BY seq", (seen,)
+            ).fetchall()
+        )
+        for seq, key_id in rows:
+            self._key_events_seen = max(self._key_events_seen, int(seq))
+            for listener in self._key_listeners:
+                listener(key_id)
 
     async def instances(self) -> list[InstanceRow]:
         return await self.ledger.instances()
@@ -85,7 +117,7 @@ class EmbeddedAccounts:
         return await self.ledger.release_instance(instance_id, note)
 
     async def reserve(self, ask: ReserveAsk) -> Admitted | Refused:
-        if self.shared_rates:
+        if self.shared:
             return await self._reserve_shared(ask)
         # Rate first (in memory, no await), so a burst never queues on the database just to be
         # told 429; the units are given back if the store then refuses.
@@ -150,7 +182,7 @@ class EmbeddedAccounts:
 
     async def take_request(self, key_id: str, requests_per_minute: int) -> RateState | RateRefusal:
         limits = Limits(requests_per_minute, None)
-        if not self.shared_rates:
+        if not self.shared:
             return self.limiter.take(key_id, limits, 0)
         now = time.time()
 
@@ -165,7 +197,7 @@ class EmbeddedAccounts:
 
     async def settle(self, key_id: str, ref: HoldRef, cost_nano: int, tokens: int) -> None:
         settling = self.ledger.settling(key_id, ref.hold_id, ref.request_id, ref.hour, cost_nano)
-        if not self.shared_rates:
+        if not self.shared:
             await self.ledger.run(settling)
             self.limiter.give_back(key_id, ref.limits, 0, ref.tokens - tokens)
             return
@@ -173,7 +205,7 @@ class EmbeddedAccounts:
 
     async def release(self, key_id: str, ref: HoldRef) -> None:
         releasing = self.ledger.releasing(ref.hold_id)
-        if not self.shared_rates:
+        if not self.shared:
             await self.ledger.run(releasing)
             self.limiter.give_back(key_id, ref.limits, 0, ref.tokens)
             return
@@ -198,6 +230,9 @@ class EmbeddedAccounts:
     async def sweep(self) -> int:
         released = await self.ledger.sweep()
         now = time.time()
+        await self.ledger.run(
+            lambda conn: conn.execute("DELETE FROM key_events WHERE at < ?", (now - KEY_EVENTS_KEEP_S,))
+        )
         if now - self._pruned_at > PRUNE_INTERVAL_S:
             # Spend older than the longest budget window is never read again.
             self._pruned_at = now
@@ -220,13 +255,17 @@ class EmbeddedAccounts:
         return await self.ledger.spent(key_id, since_hours)
 
     async def key_changed(self, key_id: str, revoked: bool = False) -> None:
-        # One serving process: the service already cleared its caches; a revocation made by
-        # another process (the CLI) is seen by the next reservation, which reads revoked_at.
-        return None
+        # This process's caches are already cleared (the service did it). Other worker processes
+        # read the event; a lone serving process applies a change made elsewhere (the CLI)
+        # within the key cache's TTL, and a revocation at the next reservation (it reads
+        # revoked_at).
+        now = time.time()
+        await self.ledger.run(
+            lambda conn: conn.execute("INSERT INTO key_events (key_id, at) VALUES (?, ?)", (key_id, now))
+        )
 
     def on_key_changed(self, listener: Callable[[str], None]) -> None:
-        # Nobody else serves this store: there is no other instance to hear from.
-        return None
+        self._key_listeners.append(listener)
 
     async def flush(self) -> None:
         return None

@@ -116,8 +116,8 @@ async def _open_embedded(settings: Settings, exits: Lifecycle, accounts: bool, a
             store,
             sweep_interval_s=settings.accounts.sweep_interval_s,
             lease_s=settings.accounts.instance_lease_s,
-            # Several worker processes on this file: their rate limits must be one.
-            shared_rates=(settings.server.workers or 1) > 1,
+            # Several worker processes on this file: one rate limit, and they hear of key changes.
+            shared=(settings.server.workers or 1) > 1,
         )
         exits.on_close("the embedded accounts", embedded.close)
         backends._accounts = embedded

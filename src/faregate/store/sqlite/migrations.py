@@ -265,7 +265,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         12,
-        "rate-limit buckets shared by the worker processes of one store",
+        "rate-limit buckets and key events shared by the worker processes of one store",
         (
             # One row per key: its requests and tokens buckets (level NULL: no such limit yet).
             """
@@ -275,6 +275,14 @@ MIGRATIONS: tuple[Migration, ...] = (
                 req_at     REAL NOT NULL,
                 tok_level  REAL,
                 tok_at     REAL NOT NULL
+            )
+            """,
+            # A key's policy changed or it was revoked: the other processes drop what they cache.
+            """
+            CREATE TABLE key_events (
+                seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+                key_id  TEXT NOT NULL,
+                at      REAL NOT NULL
             )
             """,
         ),
