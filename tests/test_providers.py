@@ -493,11 +493,12 @@ async def test_stream_yields_chunks_in_order_and_stops_at_done(
 async def test_stream_reads_yield_what_each_read_brought_together(
     upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], pool: ConnectionPool
 ) -> None:
-    # Two writes upstream, apart in time: two reads here, the first with two chunks.
-    parts = [chunk("a") + chunk("b") + b": ping\n\n", chunk("c", "stop") + b"data: [DONE]\n\n"]
+    # Two writes upstream, apart in time: two reads here, the second's two chunks together; the
+    # first read is cut after the first content, which goes at once.
+    parts = [chunk("a") + chunk("b") + b": ping\n\n", chunk("c") + chunk("d", "stop") + b"data: [DONE]\n\n"]
     upstream.handler = sse_reply(parts, delay=0.1)
     reads = [read async for read in make_provider().stream_reads(call(stream=True))]
-    assert [texts(read) for read in reads] == [["a", "b"], ["c"]]
+    assert [texts(read) for read in reads] == [["a"], ["b"], ["c", "d"]]
     assert acquired(pool) == 0
 
 

@@ -36,7 +36,7 @@ from faregate.providers.http_framing import (
 from faregate.providers.response import Response
 from faregate.providers.sse import SSEDecoder, SSEProtocolError
 from faregate.types import JSON, Completion
-from faregate.wire.openai import error_code_param, error_message, stream_error, usage_of
+from faregate.wire.openai import chunk_has_content, error_code_param, error_message, stream_error, usage_of
 
 # After [DONE] the body normally ends within microseconds; reading to its end lets the
 # connection go back to the pool instead of being closed. Bounded for upstreams that linger.
@@ -116,7 +116,9 @@ class OpenAICompatibleProvider:
         """Send a streaming request and yield, for each read of the body, the SSE `data` payloads
         it completed, parsed as JSON objects (a read that completed none yields nothing): an
         instant upstream sends many chunks per read, and relaying them together costs one client
-        write instead of one each (bench/README.md, first token under load).
+        write instead of one each (bench/README.md, first token under load). The read that
+        brings the first content is yielded in two: up to that chunk, then the rest, so the
+        first content is not held back while the rest of its read is parsed.
 
         Errors before the first chunk are raised on the first `__anext__`. A connection loss or
         timeout mid-stream raises UpstreamFailure from the iterator; so does an `error` object
@@ -132,6 +134,7 @@ class OpenAICompatibleProvider:
                 raise await self._failure(resp)
             decoder = SSEDecoder()
             chunks = 0
+            content_seen = False
             try:
                 data = await resp.read_chunk()
                 if data.lstrip()[:1] == b"{":
@@ -157,6 +160,11 @@ class OpenAICompatibleProvider:
                             )
                         chunks += 1
                         read.append(chunk)
+                        if not content_seen and chunk_has_content(chunk):
+                            # The first content goes at once, not after the rest of its read is parsed.
+                            content_seen = True
+                            yield read
+                            read = []
                     if read:
                         yield read
                     if decoder.done:

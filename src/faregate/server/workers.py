@@ -16,7 +16,8 @@ What stays exact, and what is per worker:
   writes in transactions (SQLite admits one writer at a time across processes; PostgreSQL and
   Redis as with several instances). Each worker holds its own instance lease, so a killed
   worker's reservations are released within `accounts.instance_lease_s`.
-- rate limits: in the SQLite file when the store is embedded (accounts/embedded.py), in Redis
+- rate limits and key events (a key revoked or its policy changed: every worker drops what it
+  caches of it): in the SQLite file when the store is embedded (accounts/embedded.py), in Redis
   when shared.
 - per worker, by design: the exact and semantic caches in process (a Redis cache is shared),
   breakers and latency statistics, the upstream connection pool, `upstream_limits` (each worker
