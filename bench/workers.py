@@ -7,7 +7,8 @@ run. Rounds alternate direct → 1 worker → 2 workers, each `wrk -t1 -c64` for
 against an instant upstream (the non-streaming request of overhead.py), after 2 s of warm-up.
 
 Reported per run: req/s; the cores each party used (CPU seconds / wall seconds); the gateway's
-CPU ms per request. Two ratios of 2 workers to 1:
+CPU ms per request; its memory after the run as PSS (the supervisor and the workers together,
+each shared page counted once). Two ratios of 2 workers to 1:
 - measured: req/s with 2 workers / req/s with 1, on this machine as it is (the simulator and
   wrk take their share of the two cores);
 - per gateway core: (req/s / cores the gateway used), i.e. what the workers would serve with a
@@ -37,9 +38,26 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from overhead import ROOT, body, create_key, free_port, wait_healthy
+from overhead import ROOT, body, free_port, wait_healthy
 
 WARMUP_S = 2
+
+
+def create_key(store: Path) -> str:
+    """A key with a million dollars of credits (metering on: requests are reserved, never refused)."""
+    code = (
+        "import asyncio\n"
+        "from faregate.store.sqlite.store import SQLiteStore\n"
+        "from faregate.accounts.keys import KeyStore\n"
+        "async def main():\n"
+        f"    store = await SQLiteStore.open({str(store)!r})\n"
+        "    _, raw = await KeyStore(store).create(name='bench', credits_nano=10**15)\n"
+        "    await store.close()\n"
+        "    print(raw)\n"
+        "asyncio.run(main())\n"
+    )
+    made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return made.stdout.strip()
 
 
 def cpu_s(processes: list[psutil.Process]) -> float:
@@ -110,6 +128,8 @@ def measure(
     if gateway:
         out["gateway_cpu_ms_per_request"] = (g1 - g0) * 1000 / max(result["requests"], 1)
         out["rps_per_gateway_core"] = rps / max(out["cores_gateway"], 1e-9)
+        # Proportional set size: pages shared by the supervisor and its workers counted once.
+        out["gateway_pss_mib"] = sum(p.memory_full_info().pss for p in gateway) / 2**20
     return out
 
 
@@ -156,7 +176,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="faregate-workers-"))
     sim_port, gw_port = free_port(), free_port()
     config = work / "faregate.yaml"
-    accounts = "accounts: {enabled: true, new_key_credits_usd: '1000000'}\n" if args.accounts else ""
+    accounts = "accounts: {enabled: true}\n" if args.accounts else ""
     config.write_text(
         f"server: {{port: {gw_port}}}\n"
         f"store: {{path: {str(work / 'store')!r}}}\n"
@@ -215,8 +235,8 @@ def main() -> None:
 def report(runs: list[dict[str, Any]]) -> str:
     lines = [
         "| round | target | req/s | cores: gateway / simulator / wrk | gateway CPU ms/req "
-        "| req/s per gateway core |",
-        "|---|---|---:|---|---:|---:|",
+        "| req/s per gateway core | gateway PSS | errors |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
     ]
     for run in runs:
         per_core = f"{run['rps_per_gateway_core']:,.0f}" if "rps_per_gateway_core" in run else ""
