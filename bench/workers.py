@@ -176,7 +176,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="faregate-workers-"))
     sim_port, gw_port = free_port(), free_port()
     config = work / "faregate.yaml"
-    accounts = "accounts: {enabled: true}\n" if args.accounts else ""
+    # Limits far above what wrk sends: every request is reserved, rate-limited and settled, none refused.
+    limits = "{requests_per_minute: 100000000, tokens_per_minute: 100000000000}"
+    accounts = f"accounts: {{enabled: true, standard: {limits}}}\n" if args.accounts else ""
     config.write_text(
         f"server: {{port: {gw_port}}}\n"
         f"store: {{path: {str(work / 'store')!r}}}\n"
@@ -242,8 +244,10 @@ def report(runs: list[dict[str, Any]]) -> str:
         per_core = f"{run['rps_per_gateway_core']:,.0f}" if "rps_per_gateway_core" in run else ""
         cpu = f"{run['gateway_cpu_ms_per_request']:.3f}" if "gateway_cpu_ms_per_request" in run else ""
         cores = f"{run['cores_gateway']:.2f} / {run['cores_sim']:.2f} / {run['cores_wrk']:.2f}"
+        pss = f"{run['gateway_pss_mib']:.0f} MiB" if "gateway_pss_mib" in run else ""
         lines.append(
-            f"| {run['round']} | {run['target']} | {run['rps']:,.0f} | {cores} | {cpu} | {per_core} |"
+            f"| {run['round']} | {run['target']} | {run['rps']:,.0f} | {cores} | {cpu} | {per_core} | {pss} "
+            f"| {run['errors']:,} |"
         )
     one = [r for r in runs if r["target"] == "1 worker(s)"]
     two = [r for r in runs if r["target"] == "2 worker(s)"]

@@ -179,7 +179,7 @@ class Supervisor:
             for worker in self.workers:
                 self._start(worker, announce=worker.index == 0)
             if not self._wait_all_ready():
-                return 1
+                return 0 if self._stopping else 1
             log.info(
                 "faregate: %d workers listening on %s:%d (pids %s)",
                 self.count,
