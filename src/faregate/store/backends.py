@@ -106,7 +106,7 @@ def _postgres_url(settings: Settings) -> str:
 async def _open_embedded(settings: Settings, exits: Lifecycle, accounts: bool, analytics: bool) -> Backends:
     from faregate.store.sqlite.store import SQLiteStore
 
-    store = await SQLiteStore.open(settings.store.path)
+    store = await SQLiteStore.open(settings.store.path, processes_lock=(settings.server.workers or 1) > 1)
     exits.on_close("the SQLite store", store.close)
     backends = Backends(store, exits)
     if accounts:
