@@ -1,7 +1,8 @@
 """Reservations in the embedded store: reserve, settle, release and expire as SQLite transactions.
 
-Each operation is one write transaction (BEGIN IMMEDIATE) run whole on the store's
-connection thread (SQLiteStore.run_in_transaction). SQLite admits one writer at a time
+Each operation runs whole inside a write transaction (BEGIN IMMEDIATE) on the store's
+connection thread (SQLiteStore.run_in_transaction: in a savepoint of a transaction that
+commits the operations queued with it). SQLite admits one writer at a time
 across every process using the file, so the check ("the balance covers the worst case,
 every budget window has room") and the write (balance down, hold row, ledger row, spend
 bucket) can never be split by another reservation: the balance cannot be overspent however

@@ -4,7 +4,9 @@ aiosqlite runs every statement on its own thread, so the event loop never waits 
 disk. One connection serves the process: SQLite allows a single writer anyway, and one
 connection means one ordered queue of statements. Because a transaction is several
 queued statements, writers take an asyncio lock so that two coroutines' transactions
-never interleave on the shared connection.
+never interleave on the shared connection. The account writes (`run_in_transaction`) that
+queue up while the thread is busy share one transaction and one commit (group commit), each
+in a savepoint of its own.
 """
 
 from __future__ import annotations
