@@ -45,18 +45,17 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
 
 import msgspec
 
 from faregate.config import Settings, UpstreamQueueSettings
-from faregate.errors import FaregateError, StartupError
+from faregate.errors import StartupError
 from faregate.providers.registry import simulator_active, with_simulator
 from faregate.server import runner
+from faregate.server.worker_process import Seat, worker_main
 from faregate.telemetry import log_limit
 from faregate.telemetry.metrics_share import SharedMetrics
 
@@ -233,7 +232,7 @@ class Supervisor:
             assert self._metrics_dir is not None
             shared = SharedMetrics(self._metrics_dir, worker.index, self.count)
             seat = Seat(worker.index, write_fd, self._holder, self._simulated, shared)
-            _worker_main(seat, settings, self.announce if announce else None)
+            worker_main(seat, settings, self.announce if announce else None)
         os.close(write_fd)
         worker.pid, worker.ready_fd, worker.started_at, worker.ready = pid, read_fd, time.monotonic(), False
         worker.restart_at = None
@@ -341,68 +340,6 @@ class Supervisor:
             self._holder.close()
         if self._metrics_dir is not None:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
-
-
-@dataclass(slots=True, frozen=True)
-class Seat:
-    """What a forked worker is given besides its settings."""
-
-    index: int
-    ready_fd: int  # written once when it listens
-    holder: socket.socket | None  # the supervisor's hold on the port: closed in the worker
-    simulated: bool
-    metrics: SharedMetrics
-
-
-def _worker_main(seat: Seat, settings: Settings, announce: Announce | None) -> NoReturn:
-    """The forked worker: serve, then leave without running the supervisor's exit handlers."""
-    code = 1
-    try:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_DFL)
-        if seat.holder is not None:
-            seat.holder.close()
-        runner.die_with_parent()
-        _name_logs(seat.index)
-
-        def ready() -> None:
-            os.write(seat.ready_fd, b"1")
-            os.close(seat.ready_fd)
-
-        _run_worker(settings, announce, ready, seat)
-        code = 0
-    except FaregateError as exc:
-        print(f"faregate worker {seat.index}: {exc}", file=sys.stderr)
-        code = 2
-    except BaseException:
-        log.exception("worker %d failed", seat.index)
-    finally:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
-def _run_worker(settings: Settings, announce: Announce | None, ready: Callable[[], None], seat: Seat) -> None:
-    import uvloop
-
-    uvloop.run(
-        runner.serve_gateway(
-            settings,
-            announce,
-            on_listening=ready,
-            reuse_port=True,
-            simulated=seat.simulated,
-            shared_metrics=seat.metrics,
-        )
-    )
-
-
-def _name_logs(index: int) -> None:
-    """Each worker's log lines say which worker wrote them."""
-    fmt = f"%(asctime)s %(levelname)s %(name)s [worker {index} pid {os.getpid()}]: %(message)s"
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter(fmt))
 
 
 def run_workers(
