@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import urllib.request
 from decimal import Decimal
@@ -19,7 +22,7 @@ from typing import Any
 import openai
 import pytest
 
-from harness import MASTER_KEY, GatewayProcess, SimProcess, wait_until
+from harness import MASTER_KEY, GatewayProcess, SimProcess, clean_env, free_port, wait_until
 from servers import launch_gateway
 from test_ledger_e2e import (
     ACCOUNTS,
@@ -223,3 +226,20 @@ def test_sigterm_stops_both_workers_with_one_record_per_request(sim: SimProcess,
         assert done == [200] * 40
         assert recorded == (40, 40)
         assert holds(gateway) == 0
+
+
+def test_a_worker_that_cannot_start_stops_the_supervisor_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "faregate.yaml"
+    store = "store: {path: '/proc/no-such-store'}"
+    config.write_text(f"server: {{port: {free_port()}, workers: 2}}\n{store}\n")
+    ran = subprocess.run(
+        [sys.executable, "-m", "faregate.cli.main", "serve", "-c", str(config)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 1
+    # The worker that failed first says why (the other may be stopped before it can).
+    assert re.search(r"faregate: worker \d: No such file or directory: /proc/no-such-store", ran.stderr)
+    assert "Traceback" not in ran.stderr

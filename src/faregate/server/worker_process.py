@@ -15,6 +15,7 @@ from typing import NoReturn
 from faregate.config import Settings
 from faregate.errors import FaregateError
 from faregate.server import runner
+from faregate.store.protocols import StoreUnavailable
 from faregate.telemetry.metrics_share import SharedMetrics
 
 log = logging.getLogger("faregate.workers")
@@ -48,8 +49,9 @@ def worker_main(seat: Seat, settings: Settings, announce: runner.Announce | None
 
         _run_worker(settings, announce, ready, seat)
         code = 0
-    except FaregateError as exc:
-        print(f"faregate worker {seat.index}: {exc}", file=sys.stderr)
+    except (FaregateError, StoreUnavailable, OSError) as exc:
+        # As the CLI says a start-up failure of one process: one line (a bug keeps its traceback).
+        print(f"faregate: worker {seat.index}: {_one_line(exc)}", file=sys.stderr)
         code = 2
     except BaseException:
         log.exception("worker %d failed", seat.index)
@@ -58,6 +60,15 @@ def worker_main(seat: Seat, settings: Settings, announce: runner.Announce | None
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, FaregateError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    if isinstance(exc, StoreUnavailable):
+        return f"store unavailable: {exc}"
+    return str(exc)
 
 
 def _run_worker(
