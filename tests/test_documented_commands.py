@@ -180,6 +180,11 @@ QUICK: dict[str, Quick] = {
         where="checkout",
         expect="gateway CPU",
     ),
+    "python bench/profile_request.py --accounts": Quick(
+        run="python bench/profile_request.py --accounts --duration 1 --warmup 1 --out {scratch}/metered.json",
+        where="checkout",
+        expect="gateway CPU",
+    ),
     "python bench/profile_request.py --mode pyspy --native": Quick(
         # Without --native: the start-up under native sampling takes about a minute here.
         run="python bench/profile_request.py --mode pyspy --duration 1 --warmup 1 --out {scratch}/spy.json",
