@@ -72,6 +72,11 @@ def _key_row(row: Sequence[Any]) -> KeyRow:
     )
 
 
+def _mark_retrieved(done: asyncio.Future[Any]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
 def _settle(batch: list[_Queued], outcomes: list[Any]) -> None:
     for (_, done), outcome in zip(batch, outcomes, strict=True):
         if done.done():
@@ -226,6 +231,8 @@ class SQLiteStore:
         """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
+        # A caller cancelled while its work ran never reads the outcome: no "never retrieved" log.
+        done.add_done_callback(_mark_retrieved)
         self._queued.append((work, done))
         if self._drainer is None:
             self._drainer = loop.create_task(self._drain())
