@@ -183,7 +183,7 @@ def _gc_timer(phase: str, info: dict[str, int]) -> None:
 def install_ttft_probe() -> None:
     """Time each stream from the handler's start to its first byte of content on the client's
     socket, by wrapping (in this process only) the upstream pool's request, the responder's
-    stream and aiohttp's StreamResponse.write. All stages of one request run in its handler's
+    relay and aiohttp's StreamResponse.write. All stages of one request run in its handler's
     task, so the marks are kept per task. perf_counter seconds, relative to the handler's start:
 
       upstream_sent   the pool was asked for the upstream call (auth, parsing, plan done)

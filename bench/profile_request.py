@@ -53,6 +53,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import body, create_key, free_port, pinned, wait_healthy, wrk
+from workers import create_key as funded_key
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM_SCRIPT = "defaults: {ttft_ms: 0, tokens_per_s: 0, answer: {lorem: 12}}\n"
@@ -217,6 +218,12 @@ def callgrind_report(out: Path, requests: int, top: int) -> dict[str, Any]:
     }
 
 
+# Metering on, with limits far above the load: every request is reserved and settled, none refused.
+ACCOUNTS = (
+    "accounts: {enabled: true, standard: {requests_per_minute: 100000000, tokens_per_minute: 100000000000}}\n"
+)
+
+
 def start(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     sim_port, gw_port = free_port(), free_port()
     (work / "sim.yaml").write_text(SIM_SCRIPT)
@@ -225,11 +232,13 @@ def start(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         f"server: {{port: {gw_port}}}\n"
         f"store: {{path: {str(work / 'store')!r}}}\n"
         f"sim: {{mode: 'on', launch: false, port: {sim_port}}}\n"
-        "metrics: {public: true}\n"
+        "metrics: {public: true}\n" + (ACCOUNTS if args.accounts else "")
     )
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     if args.pythonpath:
         env["PYTHONPATH"] = str(Path(args.pythonpath).resolve())
+        # create_key's subprocess too: the store is made (and migrated) by the code under test.
+        os.environ["PYTHONPATH"] = env["PYTHONPATH"]
     return {"sim_port": sim_port, "gw_port": gw_port, "config": config, "env": env}
 
 
@@ -251,7 +260,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )  # fmt: skip
         processes.append(sim)
         wait_healthy(f"http://127.0.0.1:{sim_port}/health")
-        key = create_key(work / "store")
+        key = funded_key(work / "store") if args.accounts else create_key(work / "store")
         gateway_cmd = [
             sys.executable,
             str(ROOT / "bench" / "gateway_probe.py"),
@@ -425,6 +434,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--pythonpath", help="run the gateway from this src directory (A/B)")
+    parser.add_argument(
+        "--accounts", action="store_true", help="metering on: every request reserved and settled in SQLite"
+    )
     beside = Path(sys.executable).parent / "py-spy"  # the dev extra installs it in the venv
     parser.add_argument(
         "--pyspy", default=str(beside) if beside.exists() else shutil.which("py-spy") or "py-spy"

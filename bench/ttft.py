@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     if args.pythonpath:
         env["PYTHONPATH"] = str(Path(args.pythonpath).resolve())
+        # create_key's subprocess too: the store is made (and migrated) by the code under test.
+        os.environ["PYTHONPATH"] = env["PYTHONPATH"]
     ttft_out = work / "ttft.jsonl"
     payload = orjson.dumps(
         body(stream=True, ttft_ms=args.ttft_ms, tokens=args.tokens, tokens_per_s=args.tokens_per_s)

@@ -127,7 +127,7 @@ def run_gateway(
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "faregate.yaml"
     lines = [
-        f"server: {{port: {port}, max_body_bytes: 1048576, request_timeout_s: 20}}",
+        f"server: {{port: {port}, max_body_bytes: 1048576, request_timeout_s: 20, workers: 1}}",
         f"store: {{path: {str(workdir / 'store')!r}}}",
     ]
     if "records:" not in extra_config:

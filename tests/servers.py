@@ -274,11 +274,13 @@ def launch_gateway(
         f"  port: {port}",
         "  max_body_bytes: 1048576",
         *(["  request_timeout_s: 20"] if "request_timeout_s" not in server else []),
+        # One process unless a test asks for more (the default is one per core without the simulator).
+        *(["  workers: 1"] if "workers" not in server else []),
         *[f"  {line.strip()}" for line in server.splitlines() if line.strip()],
         "store:",
         f"  path: {str(workdir / 'store')!r}",
         *[f"  {line.strip()}" for line in store.splitlines() if line.strip()],
-        "records: {flush_interval_s: 0.05}",
+        *(["records: {flush_interval_s: 0.05}"] if "records:" not in extra else []),
     ]
     if sim is not None:
         lines.append(

@@ -180,6 +180,11 @@ QUICK: dict[str, Quick] = {
         where="checkout",
         expect="gateway CPU",
     ),
+    "python bench/profile_request.py --accounts": Quick(
+        run="python bench/profile_request.py --accounts --duration 1 --warmup 1 --out {scratch}/metered.json",
+        where="checkout",
+        expect="gateway CPU",
+    ),
     "python bench/profile_request.py --mode pyspy --native": Quick(
         # Without --native: the start-up under native sampling takes about a minute here.
         run="python bench/profile_request.py --mode pyspy --duration 1 --warmup 1 --out {scratch}/spy.json",
@@ -206,6 +211,17 @@ QUICK: dict[str, Quick] = {
     "python bench/ttft.py --pythonpath /other/checkout/src": Quick(
         why_not="needs another checkout; the script's own quick form runs above"
     ),
+    "faregate serve --workers N": Quick(why_not="the form of the command: the line below runs two"),
+    "faregate serve --workers 2": Quick(
+        why_not="listens on the default port 4000: tests/test_workers_e2e.py runs two workers (served by "
+        "both, no overspend, one rate limit, a killed worker restarted, one record per request at SIGTERM)"
+    ),
+    "python bench/workers.py": Quick(
+        run="python bench/workers.py --duration 1 --rounds 1 --out {scratch}/workers.json",
+        where="checkout",
+        expect="2 workers / 1 worker",
+    ),
+    "python bench/workers.py --accounts": Quick(why_not="the line before with metering on: the same code"),
     "python bench/routes_gsm8k.py": Quick(
         run="python bench/routes_gsm8k.py --questions 4 --streams 0 --out {scratch}/routes.json",
         where="checkout",

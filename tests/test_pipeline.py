@@ -313,6 +313,37 @@ async def test_a_stream_is_relayed_with_its_cost_and_settled_at_its_end(harness:
     assert harness.a.calls[0].body["stream_options"] == {"include_usage": True}
 
 
+async def test_what_one_upstream_read_brought_is_written_at_once_the_first_content_first(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    role, four, two, stop, usage = (orjson.loads(orjson.dumps(c)) for c in WHOLE_STREAM)
+
+    async def stream_reads(call: UpstreamCall) -> AsyncIterator[list[JSON]]:
+        harness.a._next(call)
+        yield [role, four, two]  # one upstream read, the first content in the middle
+        yield [stop, usage]
+
+    harness.a.stream_reads = stream_reads  # type: ignore[attr-defined]
+    writes: list[bytes] = []
+    write = web.StreamResponse.write
+
+    async def spied(self: web.StreamResponse, data: bytes | bytearray | memoryview) -> None:
+        writes.append(bytes(data))
+        await write(self, data)
+
+    monkeypatch.setattr(web.StreamResponse, "write", spied)
+    status, _, raw = await harness.post({"model": "cheap", "stream": True, **ASK})
+    assert status == 200
+
+    def contents(data: bytes) -> list[Any]:
+        return [f if f == b"[DONE]" else f["choices"][0]["delta"].get("content") for f in sse_chunks(data)]
+
+    # The first content goes out with what came before it, then the rest of its read at once,
+    # then the next read (the usage-only chunk is held back for the cost; not asked for here).
+    assert [contents(w) for w in writes] == [["", "4"], ["2"], [None], [b"[DONE]"]]
+    assert b"".join(writes) == raw
+
+
 async def test_a_stream_cut_short_ends_with_an_error_event(harness: Harness) -> None:
     harness.a.outcomes = [WHOLE_STREAM[:2]]  # content, then the end: no finish_reason
     status, _, raw = await harness.post({"model": "cheap", "stream": True, **ASK})

@@ -490,6 +490,18 @@ async def test_stream_yields_chunks_in_order_and_stops_at_done(
     assert upstream.seen[0].peer_port == upstream.seen[1].peer_port
 
 
+async def test_stream_reads_yield_what_each_read_brought_together(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], pool: ConnectionPool
+) -> None:
+    # Two writes upstream, apart in time: two reads here, the second's two chunks together; the
+    # first read is cut after the first content, which goes at once.
+    parts = [chunk("a") + chunk("b") + b": ping\n\n", chunk("c") + chunk("d", "stop") + b"data: [DONE]\n\n"]
+    upstream.handler = sse_reply(parts, delay=0.1)
+    reads = [read async for read in make_provider().stream_reads(call(stream=True))]
+    assert [texts(read) for read in reads] == [["a"], ["b"], ["c", "d"]]
+    assert acquired(pool) == 0
+
+
 async def test_truncated_stream_just_ends(
     upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], pool: ConnectionPool
 ) -> None:

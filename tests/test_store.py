@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,3 +107,31 @@ def test_money_columns_are_exact(cost: Decimal, text: str, nano: int) -> None:
 def test_sub_nano_remainder_rounds_half_even() -> None:
     assert to_nanousd(Decimal("0.0000000375")) == 38  # 37.5 -> 38
     assert to_nanousd(Decimal("0.0000000365")) == 36  # 36.5 -> 36
+
+
+async def test_works_queued_together_commit_together_and_fail_alone(tmp_path: Path) -> None:
+    table = Migration(99, "a test table", ("CREATE TABLE t (x INTEGER UNIQUE)",))
+    store = await SQLiteStore.open(tmp_path, migrations=(*MIGRATIONS, table))
+    batches: list[int] = []
+    run_batch = store._run_batch
+
+    def counted(batch: list[Any]) -> list[Any]:
+        batches.append(len(batch))
+        return run_batch(batch)
+
+    store._run_batch = counted  # type: ignore[method-assign]
+
+    def insert(x: int) -> Callable[[sqlite3.Connection], int]:
+        return lambda conn: int(conn.execute("INSERT INTO t VALUES (?)", (x,)).rowcount)
+
+    try:
+        values = [1, 2, 2, *range(3, 50)]
+        works = [store.run_in_transaction(insert(x)) for x in values]
+        results = await asyncio.gather(*works, return_exceptions=True)
+        assert isinstance(results[2], sqlite3.IntegrityError)  # the duplicate, rolled back alone
+        assert [r for i, r in enumerate(results) if i != 2] == [1] * 49
+        assert sum(batches) == 50 and len(batches) < 50  # queued works shared commits
+        rows = await store.run_read(lambda conn: conn.execute("SELECT x FROM t ORDER BY x").fetchall())
+        assert [r[0] for r in rows] == list(range(1, 50))
+    finally:
+        await store.close()

@@ -39,6 +39,9 @@ class ServerSettings(_Strict):
     max_body_bytes: int = 8 * 1024 * 1024
     # Whole-request deadline, across every attempt.
     request_timeout_s: float = 600.0
+    # Gateway processes sharing the port (`serve --workers`). None: one per core, or one when
+    # the simulator stands in for the providers (server/workers.py).
+    workers: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
 class StoreSettings(_Strict):

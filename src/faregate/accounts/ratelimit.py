@@ -7,8 +7,10 @@ full again. Tokens are taken as reserved (prompt + max output) and corrected at 
 the unused part goes back, an overrun is taken too (the level may go below zero, so the next
 requests wait for it).
 
-`LocalRateLimiter` keeps the buckets in this process (the embedded store serves one process);
-the Redis store runs the same arithmetic in its reservation script, shared by every instance.
+`LocalRateLimiter` keeps the buckets in this process (the embedded store with one serving
+process); with several worker processes on one SQLite file the buckets live in that file
+(store/sqlite/rate_buckets.py), taken in the reservation's own transaction with the same
+arithmetic (`take_from`); the Redis store runs it in its reservation script.
 """
 
 from __future__ import annotations
@@ -74,12 +76,53 @@ class RateRefusal:
     state: RateState
 
 
+def take_from(
+    requests: Bucket, token_bucket: Bucket, limits: Limits, tokens: int, now: float
+) -> RateState | RateRefusal:
+    """Take one request and `tokens` tokens from a key's two buckets, both or neither."""
+    rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+    if rpm is not None:
+        requests.refill(rpm, now)
+    if tpm is not None:
+        token_bucket.refill(tpm, now)
+    if rpm is not None and requests.level < 1:
+        wait = requests.wait_for(1, rpm)
+        return RateRefusal("requests", rpm, 1, wait, state_of(requests, token_bucket, limits))
+    if tpm is not None and token_bucket.level < tokens:
+        wait = token_bucket.wait_for(tokens, tpm)
+        return RateRefusal("tokens", tpm, tokens, wait, state_of(requests, token_bucket, limits))
+    if rpm is not None:
+        requests.level -= 1
+    if tpm is not None:
+        token_bucket.level -= tokens
+    return state_of(requests, token_bucket, limits)
+
+
+def give_back_to(requests: Bucket, token_bucket: Bucket, limits: Limits, units: int, tokens: int) -> None:
+    """Return units taken by `take_from` (a refused reservation), or correct tokens at settlement
+    (negative: the request used more than it reserved)."""
+    for bucket, limit, count in (
+        (requests, limits.requests_per_minute, units),
+        (token_bucket, limits.tokens_per_minute, tokens),
+    ):
+        if limit is not None and not math.isnan(bucket.level):
+            bucket.level = min(float(limit), bucket.level + count)
+
+
+def state_of(requests: Bucket, tokens: Bucket, limits: Limits) -> RateState:
+    rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+    return RateState(
+        meter(requests, rpm) if rpm is not None else None,
+        meter(tokens, tpm) if tpm is not None else None,
+    )
+
+
 class LocalRateLimiter:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[Bucket, Bucket]] = OrderedDict()
 
-    def _pair(self, key_id: str, limits: Limits, now: float) -> tuple[Bucket, Bucket]:
+    def _pair(self, key_id: str, now: float) -> tuple[Bucket, Bucket]:
         pair = self._buckets.get(key_id)
         if pair is None:
             pair = (Bucket(math.nan, now), Bucket(math.nan, now))
@@ -93,43 +136,15 @@ class LocalRateLimiter:
     def take(self, key_id: str, limits: Limits, tokens: int) -> RateState | RateRefusal:
         """Take one request and `tokens` tokens, both or neither."""
         now = self._clock()
-        requests, token_bucket = self._pair(key_id, limits, now)
-        rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
-        if rpm is not None:
-            requests.refill(rpm, now)
-        if tpm is not None:
-            token_bucket.refill(tpm, now)
-        if rpm is not None and requests.level < 1:
-            return RateRefusal("requests", rpm, 1, requests.wait_for(1, rpm), self._state(key_id, limits))
-        if tpm is not None and token_bucket.level < tokens:
-            wait = token_bucket.wait_for(tokens, tpm)
-            return RateRefusal("tokens", tpm, tokens, wait, self._state(key_id, limits))
-        if rpm is not None:
-            requests.level -= 1
-        if tpm is not None:
-            token_bucket.level -= tokens
-        return self._state(key_id, limits)
+        requests, token_bucket = self._pair(key_id, now)
+        return take_from(requests, token_bucket, limits, tokens, now)
 
     def give_back(self, key_id: str, limits: Limits, requests: int, tokens: int) -> None:
         """Return units taken by `take` (a refused reservation), or correct tokens at settlement
         (negative: the request used more than it reserved)."""
         pair = self._buckets.get(key_id)
-        if pair is None:
-            return
-        for bucket, limit, units in (
-            (pair[0], limits.requests_per_minute, requests),
-            (pair[1], limits.tokens_per_minute, tokens),
-        ):
-            if limit is not None and not math.isnan(bucket.level):
-                bucket.level = min(float(limit), bucket.level + units)
-
-    def _state(self, key_id: str, limits: Limits) -> RateState:
-        requests, tokens = self._buckets[key_id]
-        rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
-        return RateState(
-            meter(requests, rpm) if rpm is not None else None,
-            meter(tokens, tpm) if tpm is not None else None,
-        )
+        if pair is not None:
+            give_back_to(pair[0], pair[1], limits, requests, tokens)
 
 
 # -- headers -----------------------------------------------------------------------------------

@@ -38,8 +38,10 @@ def metering_line(settings: Settings, credits: str) -> str:
     )
 
 
-async def announce_new_keys(gateway: Gateway, base_url: str) -> str:
-    """Make the quickstart keys and say how to use them (printed once: the raw keys are kept nowhere)."""
+async def announce_new_keys(gateway: Gateway, base_url: str, raw_master: str | None = None) -> str:
+    """Make the quickstart keys and say how to use them (printed once: the raw keys are kept nowhere).
+    `raw_master`: a master key made already (by the supervisor of several workers, before they
+    loaded the master keys)."""
     from faregate.accounts.money import usd_text
     from faregate.accounts.setup import new_key_credits_nano
 
@@ -55,7 +57,7 @@ async def announce_new_keys(gateway: Gateway, base_url: str) -> str:
     if settings.master_key():
         master = f"Master key: the one in ${settings.auth.master_key_env}"
     else:
-        raw_master = gateway.master_key.create(settings)
+        raw_master = raw_master or gateway.master_key.create(settings)
         master = f"Master key (shown once; admin API, dashboard, /metrics): {raw_master}"
     return (
         f"\nFaregate is running at {base_url}  [{mode}]\n"
@@ -83,19 +85,38 @@ def register(app: typer.Typer) -> None:
                 "and print them once.",
             ),
         ] = False,
+        workers: Annotated[
+            int | None,
+            typer.Option(
+                min=1,
+                help="Gateway processes sharing the port (default: server.workers, else one per core, "
+                "or 1 when the simulator stands in for the providers).",
+            ),
+        ] = None,
     ) -> None:
         """Start the gateway (and the provider simulator when no provider key is set)."""
+        from faregate.accounts.master import MasterKey
         from faregate.server.runner import run
+        from faregate.server.workers import default_workers, run_workers
 
         settings = load_or_exit(config)
         if host:
             settings.server.host = host
         if port:
             settings.server.port = port
+        count = workers or settings.server.workers or default_workers(settings)
+        settings.server.workers = count
+        raw_master: str | None = None
+        if new_key and count > 1 and not settings.master_key():
+            # Made before the workers start, so that every one of them loads it.
+            raw_master = MasterKey().create(settings)
 
         async def announce(gateway: Gateway, base_url: str) -> None:
             if new_key:
-                typer.echo(await announce_new_keys(gateway, base_url))
+                typer.echo(await announce_new_keys(gateway, base_url, raw_master))
 
         path = config_path(config)
-        run(settings, announce, str(path) if path else None)
+        if count == 1:
+            run(settings, announce, str(path) if path else None)
+            return
+        raise typer.Exit(run_workers(settings, count, announce, str(path) if path else None))

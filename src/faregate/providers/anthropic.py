@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import AsyncGenerator
 
 from faregate.errors import InvalidRequest, UpstreamFailure, UpstreamRejected
-from faregate.providers.base import UpstreamCall
+from faregate.providers.base import UpstreamCall, one_per_read
 from faregate.providers.openai_compat import OpenAICompatibleProvider
 from faregate.types import JSON, Completion
 from faregate.wire.anthropic_upstream import chat_chunks, chat_to_messages, message_to_completion
@@ -59,6 +59,11 @@ class AnthropicProvider(OpenAICompatibleProvider):
                 yield chunk
         finally:
             await events.aclose()  # releases the connection however the consumer stops
+
+    def stream_reads(self, call: UpstreamCall) -> AsyncGenerator[list[JSON], None]:
+        # The Messages events are translated one by one: a chunk per read (not the parent's
+        # reads, which are untranslated events).
+        return one_per_read(self.stream(call))
 
     def _messages_call(self, call: UpstreamCall) -> UpstreamCall:
         try:

@@ -6,9 +6,9 @@ it with `aclose_quietly`, which gives its connection (and its upstream queue slo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from faregate.catalog.models import Offer
 from faregate.types import JSON, Completion
@@ -28,7 +28,7 @@ class UpstreamCall:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-async def aclose_quietly(stream: AsyncIterator[JSON]) -> None:
+async def aclose_quietly(stream: AsyncIterator[Any]) -> None:
     """Close a stream that is being abandoned; a failure while closing it is no news then."""
     closer = getattr(stream, "aclose", None)
     if closer is not None:
@@ -36,6 +36,28 @@ async def aclose_quietly(stream: AsyncIterator[JSON]) -> None:
             await closer()
         except Exception:
             pass
+
+
+Reads = Callable[[UpstreamCall], AsyncIterator[list[JSON]]]
+
+
+async def one_per_read(stream: AsyncIterator[JSON]) -> AsyncGenerator[list[JSON], None]:
+    """A stream as reads of one chunk each (a provider that cannot tell what one read brought)."""
+    try:
+        async for chunk in stream:
+            yield [chunk]
+    finally:
+        await aclose_quietly(stream)
+
+
+def stream_reads(provider: Provider, call: UpstreamCall) -> AsyncIterator[list[JSON]]:
+    """The provider's stream as the chunks each upstream read brought, in order: a provider that
+    can say so has `stream_reads`; any other gives one chunk per read. The relay writes what one
+    read brought in one client write (server/responses.py)."""
+    reads: Reads | None = getattr(provider, "stream_reads", None)
+    if reads is not None:
+        return reads(call)
+    return one_per_read(provider.stream(call))
 
 
 class Provider(Protocol):

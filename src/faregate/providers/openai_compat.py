@@ -37,7 +37,7 @@ from faregate.providers.response import Response
 from faregate.providers.sse import SSEDecoder, SSEProtocolError
 from faregate.types import JSON, Completion
 from faregate.wire.embeddings import usage_of as embedding_usage
-from faregate.wire.openai import error_code_param, error_message, stream_error, usage_of
+from faregate.wire.openai import chunk_has_content, error_code_param, error_message, stream_error, usage_of
 
 # After [DONE] the body normally ends within microseconds; reading to its end lets the
 # connection go back to the pool instead of being closed. Bounded for upstreams that linger.
@@ -130,14 +130,34 @@ class OpenAICompatibleProvider:
         return _json_object(raw, "response body", resp.status), resp.status
 
     async def stream(self, call: UpstreamCall) -> AsyncGenerator[JSON, None]:
-        """Send a streaming request and yield each SSE `data` payload parsed as a JSON object.
+        """Send a streaming request and yield each SSE `data` payload parsed as a JSON object
+        (`stream_reads`, one chunk at a time)."""
+        reads = self._sse_reads(call)
+        try:
+            async for chunks in reads:
+                for chunk in chunks:
+                    yield chunk
+        finally:
+            await reads.aclose()
+
+    def stream_reads(self, call: UpstreamCall) -> AsyncGenerator[list[JSON], None]:
+        return self._sse_reads(call)
+
+    async def _sse_reads(self, call: UpstreamCall) -> AsyncGenerator[list[JSON], None]:
+        """Send a streaming request and yield, for each read of the body, the SSE `data` payloads
+        it completed, parsed as JSON objects (a read that completed none yields nothing): an
+        instant upstream sends many chunks per read, and relaying them together costs one client
+        write instead of one each (bench/README.md, first token under load). The read that
+        brings the first content is yielded in two: up to that chunk, then the rest, so the
+        first content is not held back while the rest of its read is parsed.
 
         Errors before the first chunk are raised on the first `__anext__`. A connection loss or
         timeout mid-stream raises UpstreamFailure from the iterator; so does an `error` object
-        sent in place of a chunk. The iterator ends at `[DONE]` or, without it, at the end of the
-        body: a truncated stream is not an error here, because only the caller can tell, from
-        the last chunk's `finish_reason`, whether the answer was complete. The connection is
-        released however iteration ends, including `aclose()` by a consumer that stops early.
+        sent in place of a chunk (after the chunks of its read before it). The iterator ends at
+        `[DONE]` or, without it, at the end of the body: a truncated stream is not an error here,
+        because only the caller can tell, from the last chunk's `finish_reason`, whether the
+        answer was complete. The connection is released however iteration ends, including
+        `aclose()` by a consumer that stops early.
         """
         resp = await self._open(call, self._endpoint, self._head)
         try:
@@ -145,12 +165,14 @@ class OpenAICompatibleProvider:
                 raise await self._failure(resp)
             decoder = SSEDecoder()
             chunks = 0
+            content_seen = False
             try:
                 data = await resp.read_chunk()
                 if data.lstrip()[:1] == b"{":
                     # A JSON body where an event stream belongs: an error, or stream:true ignored.
                     raise _json_instead_of_stream(data + await resp.read(), resp.status)
                 while data:
+                    read: list[JSON] = []
                     for payload in decoder.feed(data):
                         if not payload:
                             continue  # `data:` with nothing after it: a keep-alive, not a chunk
@@ -159,6 +181,8 @@ class OpenAICompatibleProvider:
                         # `error` object (sometimes beside a finish_reason "error" choice).
                         failed = stream_error(chunk)
                         if failed is not None:
+                            if read:
+                                yield read
                             raise UpstreamFailure(
                                 "server_error",
                                 f"error event after {chunks} chunks: {_clip(failed) or 'no message'}",
@@ -166,7 +190,14 @@ class OpenAICompatibleProvider:
                                 body=chunk,
                             )
                         chunks += 1
-                        yield chunk
+                        read.append(chunk)
+                        if not content_seen and chunk_has_content(chunk):
+                            # The first content goes at once, not after the rest of its read is parsed.
+                            content_seen = True
+                            yield read
+                            read = []
+                    if read:
+                        yield read
                     if decoder.done:
                         await _drain(resp)
                         return

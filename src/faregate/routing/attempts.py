@@ -21,7 +21,7 @@ from typing import TypeVar, cast
 
 from faregate.config import RoutingSettings
 from faregate.errors import UpstreamFailed, UpstreamFailure, UpstreamRejected
-from faregate.providers.base import EmbeddingProvider, Provider, UpstreamCall, aclose_quietly
+from faregate.providers.base import EmbeddingProvider, Provider, UpstreamCall, aclose_quietly, stream_reads
 from faregate.providers.registry import ProviderEntry, ProviderRegistry
 from faregate.routing.health import HealthBoard
 from faregate.routing.opened_stream import NOT_HEALTH_SIGNALS, OpenedStream
@@ -180,25 +180,27 @@ class AttemptRunner:
 
         async def once(
             candidate: Candidate, provider: Provider, call: UpstreamCall, time_left: float
-        ) -> tuple[list[JSON], AsyncIterator[JSON]]:
+        ) -> tuple[list[JSON], list[JSON], AsyncIterator[list[JSON]]]:
             slot = await self.limiter.acquire(candidate.offer.provider, request.premium, time_left)
             # The stream holds its slot until it ends or is closed (every path below closes it).
-            upstream = aiter(provider.stream(call))
-            iterator = self.limiter.guard(upstream, slot)
+            iterator = self.limiter.guard(stream_reads(provider, call), slot)
             buffered: list[JSON] = []
             try:
                 async with asyncio.timeout(time_left):
                     while True:
                         try:
-                            chunk = await anext(iterator)
+                            read = await anext(iterator)
                         except StopAsyncIteration:
                             raise _early_end(buffered) from None
-                        buffered.append(chunk)
-                        if chunk_has_content(chunk):
-                            return buffered, iterator
-                        reason = finish_reason(chunk)
-                        if reason and reason not in TOOL_FINISHES:
-                            raise UpstreamFailure("empty", "stream finished without any content")
+                        for index, chunk in enumerate(read):
+                            buffered.append(chunk)
+                            if chunk_has_content(chunk):
+                                # The rest of the read the first content came in is kept apart:
+                                # the relay writes the first content before it.
+                                return buffered, read[index + 1 :], iterator
+                            reason = finish_reason(chunk)
+                            if reason and reason not in TOOL_FINISHES:
+                                raise UpstreamFailure("empty", "stream finished without any content")
             except UpstreamFailure as failure:
                 await aclose_quietly(iterator)
                 failure.usage = next((u for u in map(usage_of, reversed(buffered)) if u is not None), None)
@@ -207,10 +209,12 @@ class AttemptRunner:
                 await aclose_quietly(iterator)
                 raise
 
-        (buffered, iterator), candidate, attempts, t0 = await self._first_success(
+        (buffered, rest_of_read, iterator), candidate, attempts, t0 = await self._first_success(
             request, plan, once, lambda c, e, t: self.build_call(request, c, e, t)
         )
-        return OpenedStream(candidate, buffered, iterator, attempts, t0, self.health, request.key_id)
+        return OpenedStream(
+            candidate, [buffered, rest_of_read], iterator, attempts, t0, self.health, request.key_id
+        )
 
     async def _first_success(
         self,

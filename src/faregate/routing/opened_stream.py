@@ -1,8 +1,11 @@
 """A served stream: what the attempt loop hands the responder once a stream has real content.
 
-Reading it yields the chunks read while it was opened (`buffered`), then the rest as they come,
-each read into `seen` (wire.openai.StreamedAnswer: its text, finish reason and usage); the
-trailing usage-only chunk is kept there, not yielded, for the responder to add the cost to.
+Reading it (`next_read`) gives the chunks read while it was opened, up to and including the first
+content, then the rest of the upstream read that content came in, then what each further read
+brought, each chunk read into `seen` (wire.openai.StreamedAnswer: its text, finish reason and
+usage); the trailing usage-only chunk is kept there, not given, for the responder to add the cost
+to. A read at a time, so that the relay writes what one upstream read brought in one client write
+(iterating it gives one chunk at a time).
 How it ended is judged here, in routing, not by whoever reads it: a stream that stops without a
 finish reason raises UpstreamFailure("truncated"); a failure is written into the served attempt
 (its outcome and detail, for the record); and the offer's health learns the outcome exactly once,
@@ -13,6 +16,7 @@ away: the upstream served it well, so that counts as a success).
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 
 from faregate.errors import UpstreamFailure
@@ -31,11 +35,11 @@ class OpenedStream:
 
     __slots__ = (
         "_api_key",
+        "_current",
         "_ended",
         "_health",
-        "_next",
+        "_reads",
         "attempts",
-        "buffered",
         "candidate",
         "first_content_at",
         "rest",
@@ -46,15 +50,14 @@ class OpenedStream:
     def __init__(
         self,
         candidate: Candidate,
-        buffered: list[JSON],
-        rest: AsyncIterator[JSON],
+        opened: list[list[JSON]],
+        rest: AsyncIterator[list[JSON]],
         attempts: list[Attempt],
         started: float,
         health: HealthBoard,
         api_key: str | None,
     ) -> None:
         self.candidate = candidate
-        self.buffered = buffered
         self.rest = rest
         self.attempts = attempts
         self.started = started
@@ -62,23 +65,28 @@ class OpenedStream:
         self._health = health
         self._api_key = api_key
         self.seen = StreamedAnswer()
-        self._next = 0  # the next buffered chunk to yield
+        # What was read while opening: through the first content, then the rest of its read.
+        self._reads = deque(read for read in opened if read)
+        self._current: deque[JSON] = deque()  # for reading one chunk at a time
         self._ended = False  # the health has been told
+
+    async def next_read(self) -> list[JSON]:
+        """The chunks of the next read worth sending (never empty); StopAsyncIteration at the end."""
+        while True:
+            read = self._reads.popleft() if self._reads else await self._read()
+            kept = [chunk for chunk in read if self.seen.take(chunk)]
+            if kept:
+                return kept
 
     def __aiter__(self) -> OpenedStream:
         return self
 
     async def __anext__(self) -> JSON:
-        while True:
-            if self._next < len(self.buffered):
-                chunk = self.buffered[self._next]
-                self._next += 1
-            else:
-                chunk = await self._read()
-            if self.seen.take(chunk):
-                return chunk
+        if not self._current:
+            self._current.extend(await self.next_read())
+        return self._current.popleft()
 
-    async def _read(self) -> JSON:
+    async def _read(self) -> list[JSON]:
         try:
             return await anext(self.rest)
         except StopAsyncIteration:

@@ -17,13 +17,13 @@ import itertools
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from faregate.config import UpstreamQueueSettings
 from faregate.errors import RateLimited
-from faregate.types import JSON
 
 PREMIUM, STANDARD = 0, 1
+T = TypeVar("T")
 
 
 class Slot:
@@ -119,17 +119,17 @@ class PriorityGate:
         )
 
 
-class GuardedStream:
+class GuardedStream(Generic[T]):
     """An upstream stream that gives its slot back when it ends, fails or is closed."""
 
-    def __init__(self, inner: AsyncIterator[JSON], slot: Slot) -> None:
+    def __init__(self, inner: AsyncIterator[T], slot: Slot) -> None:
         self._inner = inner
         self._slot = slot
 
-    def __aiter__(self) -> GuardedStream:
+    def __aiter__(self) -> GuardedStream[T]:
         return self
 
-    async def __anext__(self) -> JSON:
+    async def __anext__(self) -> T:
         try:
             return await anext(self._inner)
         except BaseException:
@@ -161,7 +161,7 @@ class UpstreamLimiter:
         finally:
             slot.release()
 
-    def guard(self, stream: AsyncIterator[JSON], slot: Slot) -> AsyncIterator[JSON]:
+    def guard(self, stream: AsyncIterator[T], slot: Slot) -> AsyncIterator[T]:
         return stream if slot._gate is None else GuardedStream(stream, slot)
 
     def snapshot(self) -> dict[str, dict[str, int]]:

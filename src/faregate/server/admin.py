@@ -3,6 +3,7 @@ auth.master_key_env, or the key `faregate serve --new-key` made)."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,9 @@ def health_detail(gateway: Gateway) -> bytes:
     return orjson.dumps(
         {
             "status": "ok",
+            # Which worker process answered (`serve --workers N`: N of them share the port).
+            "pid": os.getpid(),
+            "workers": gateway.settings.server.workers or 1,
             "uptime_s": round(time.monotonic() - gateway.started, 1),
             "providers": gateway.providers.names(),
             "offers": runner.health.snapshot(),

@@ -40,6 +40,7 @@ from faregate.server.wire_routes import add_wire_routes, wire_of_path
 from faregate.store.backends import Backends, open_backends
 from faregate.store.outage import outage_error
 from faregate.store.protocols import Store
+from faregate.telemetry.metrics_share import SharedMetrics
 from faregate.telemetry.observability import Observability
 from faregate.telemetry.records import RecordWriter
 from faregate.types import Price
@@ -75,6 +76,8 @@ class Gateway:
     observability: Observability | None = None
     # Who may use the admin API, the dashboard and /metrics.
     master_key: MasterKey = field(default_factory=MasterKey)
+    # One of the workers of `serve --workers N`: where they leave their metrics for each other.
+    shared_metrics: SharedMetrics | None = None
 
     @property
     def store(self) -> Store:

@@ -1,4 +1,7 @@
-"""GET /metrics: Prometheus text format; master key required unless `metrics.public` is true."""
+"""GET /metrics: Prometheus text format; master key required unless `metrics.public` is true.
+
+With several workers (`serve --workers N`) each one publishes its figures every second and the
+one scraped answers for all of them (telemetry/metrics_share.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +9,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from faregate.lifecycle import Periodic
 from faregate.server.admin import require_master
 from faregate.telemetry.metrics import CONTENT_TYPE
+from faregate.telemetry.metrics_share import PUBLISH_INTERVAL_S
 
 if TYPE_CHECKING:
     from faregate.server.app import Gateway
@@ -19,10 +24,28 @@ def add_metrics_route(app: web.Application, gateway: Gateway) -> None:
     if gateway.observability is None:
         return
     metrics = gateway.observability.metrics
+    shared = gateway.shared_metrics
 
     async def scrape(request: web.Request) -> web.StreamResponse:
         if not public:
             require_master(request, master_key)
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+        body = metrics.render() if shared is None else shared.merged(metrics.render())
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     app.router.add_get("/metrics", scrape)
+    if shared is None:
+        return
+
+    async def publish() -> None:
+        shared.publish(metrics.render())
+
+    publisher = Periodic("metrics-share", PUBLISH_INTERVAL_S, publish, run_first=True)
+
+    async def start(app: web.Application) -> None:
+        publisher.start()
+
+    async def stop(app: web.Application) -> None:
+        await publisher.stop()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)

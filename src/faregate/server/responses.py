@@ -3,7 +3,7 @@
 Three kinds of answer, each written the way the client asked for it:
 - `Served` (a whole upstream answer): a JSON body, or for a streaming request (a cascade step
   judged before it could be sent) the same answer replayed as a stream;
-- `OpenedStream`: relayed chunk by chunk, then the usage chunk with the cost and `[DONE]`. The
+- `OpenedStream`: relayed as it is read, then the usage chunk with the cost and `[DONE]`. The
   attempt loop held the stream back until its first real content, so everything here happens
   after the client has seen text: from then on a failure cannot be hidden, and the stream ends
   with an OpenAI-style error event (which the SDKs raise), never with a clean `[DONE]`;
@@ -191,16 +191,20 @@ class Responder:
 
 
 async def _relay(response: web.StreamResponse, encoder: StreamEncoder, opened: OpenedStream) -> StreamOutcome:
-    """Write every chunk to the client in its wire. The caller adds the usage chunk (with the
-    cost) and the end (`[DONE]` on the chat wire), or the error event; how the upstream stream
-    ended (a failure, a missing finish reason) is the OpenedStream's to judge."""
+    """Write every chunk to the client in its wire, what one upstream read brought in one write
+    (the first content in a write of its own, before the rest of its read). The caller adds the
+    usage chunk (with the cost) and the end (`[DONE]` on the chat wire), or the error event; how
+    the upstream stream ended (a failure, a missing finish reason) is the OpenedStream's to judge."""
     outcome = StreamOutcome()
     frame = encoder.chunk
     try:
-        async for chunk in opened:
-            await response.write(frame(chunk))
+        while True:
+            chunks = await opened.next_read()
+            await response.write(b"".join([frame(c) for c in chunks]))
             if outcome.first_content_at is None:
                 outcome.first_content_at = time.perf_counter()
+    except StopAsyncIteration:
+        pass
     except UpstreamFailure as failure:
         outcome.failure = failure
     except (ConnectionResetError, ConnectionError):

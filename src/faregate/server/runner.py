@@ -28,6 +28,7 @@ from faregate.errors import ConfigError, StartupError
 from faregate.providers.registry import simulator_active, with_simulator
 from faregate.server.app import FAST_ROUTES, FastRoutes, Gateway, build_gateway, create_app
 from faregate.telemetry import log_limit
+from faregate.telemetry.metrics_share import SharedMetrics
 
 log = logging.getLogger("faregate")
 
@@ -91,10 +92,7 @@ def simulator_port(settings: Settings) -> int:
     return free_port(settings.sim.host)
 
 
-async def start_simulator(
-    settings: Settings, config_path: str | None = None, port: int | None = None
-) -> asyncio.subprocess.Process:
-    """The simulator runs as its own process so it never competes with the gateway's event loop."""
+def simulator_command(settings: Settings, port: int, config_path: str | None = None) -> list[str]:
     args = [
         sys.executable,
         "-m",
@@ -103,34 +101,45 @@ async def start_simulator(
         "--host",
         settings.sim.host,
         "--port",
-        str(port if port is not None else settings.sim.port),
+        str(port),
     ]
     if settings.sim.script:
         args += ["--script", settings.sim.script]
     if config_path:
         args += ["--config", config_path]
-    port_used = port if port is not None else settings.sim.port
-    if _port_taken(settings.sim.host, port_used):
+    return args
+
+
+def check_simulator_port(settings: Settings, port: int) -> None:
+    if _port_taken(settings.sim.host, port):
         # Never serve through whatever holds the port (an orphan of a killed gateway, once).
         raise StartupError(
-            f"cannot start the provider simulator: {settings.sim.host}:{port_used} is already in use"
+            f"cannot start the provider simulator: {settings.sim.host}:{port} is already in use"
         )
+
+
+async def start_simulator(
+    settings: Settings, config_path: str | None = None, port: int | None = None
+) -> asyncio.subprocess.Process:
+    """The simulator runs as its own process so it never competes with the gateway's event loop."""
+    port_used = port if port is not None else settings.sim.port
+    check_simulator_port(settings, port_used)
     # Its "ready" line is for people who start it themselves; its errors still reach stderr.
     return await asyncio.create_subprocess_exec(
-        *args,
+        *simulator_command(settings, port_used, config_path),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
 
 
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the simulator's process before it runs: the kernel sends it SIGTERM when the gateway
-    dies, however it dies (kill -9 included), so it never outlives the gateway and keeps its port
-    (Linux; elsewhere a no-op)."""
+def die_with_parent() -> None:
+    """In the simulator's process before it runs (and in each worker of `serve --workers`): the
+    kernel sends it SIGTERM when its parent dies, however it dies (kill -9 included), so it never
+    outlives the gateway and keeps its port (Linux; elsewhere a no-op)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -158,6 +167,7 @@ async def wait_healthy(url: str, timeout_s: float, process: asyncio.subprocess.P
 
 
 async def serve(settings: Settings, announce: Announce | None = None, config_path: str | None = None) -> None:
+    """One gateway process: it starts the simulator when it stands in for the providers."""
     sim_process: asyncio.subprocess.Process | None = None
     sim_base_url: str | None = None
     if simulator_active(settings):
@@ -166,24 +176,63 @@ async def serve(settings: Settings, announce: Announce | None = None, config_pat
             sim_process = await start_simulator(settings, config_path, sim_port)
         sim_base_url = f"http://{settings.sim.host}:{sim_port}/v1"
         settings = with_simulator(settings, sim_base_url)
-    runner: web.AppRunner | None = None
-    try:
-        gateway = await build_gateway(settings)
+
+    async def simulator_ready() -> None:
         if sim_base_url is not None:
             try:
                 await wait_healthy(sim_base_url.removesuffix("/v1") + "/health", 30, sim_process)
             except RuntimeError as exc:
                 raise StartupError(f"the provider simulator did not start: {exc}") from None
+
+    try:
+        await serve_gateway(
+            settings, announce, before_listening=simulator_ready, simulated=sim_base_url is not None
+        )
+    finally:
+        if sim_process is not None and sim_process.returncode is None:
+            sim_process.terminate()
+            try:
+                await asyncio.wait_for(sim_process.wait(), 5)
+            except TimeoutError:
+                sim_process.kill()
+
+
+async def serve_gateway(
+    settings: Settings,
+    announce: Announce | None = None,
+    *,
+    before_listening: Callable[[], Awaitable[None]] | None = None,
+    on_listening: Callable[[], None] | None = None,
+    reuse_port: bool = False,
+    simulated: bool = False,
+    shared_metrics: SharedMetrics | None = None,
+) -> None:
+    """Build the gateway, listen, serve until SIGTERM or SIGINT, then close it (the last
+    records flushed). `reuse_port`: one of several worker processes listening on the same port
+    (server/workers.py)."""
+    runner: web.AppRunner | None = None
+    try:
+        gateway = await build_gateway(settings)
+        gateway.shared_metrics = shared_metrics
+        if before_listening is not None:
+            await before_listening()
         app = create_app(gateway)
         runner = GatewayRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         tune_gc()
         site = web.TCPSite(
-            runner, settings.server.host, settings.server.port, backlog=4096, reuse_address=True
+            runner,
+            settings.server.host,
+            settings.server.port,
+            backlog=4096,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
         )
         await listen(site, settings.server.host, settings.server.port)
         base_url = f"http://{settings.server.host}:{settings.server.port}/v1"
-        log.info("faregate listening on %s%s", base_url, " (simulated providers)" if sim_base_url else "")
+        log.info("faregate listening on %s%s", base_url, " (simulated providers)" if simulated else "")
+        if on_listening is not None:
+            on_listening()
         if announce is not None:
             await announce(gateway, base_url)
         stop = asyncio.Event()
@@ -195,12 +244,6 @@ async def serve(settings: Settings, announce: Announce | None = None, config_pat
     finally:
         if runner is not None:
             await runner.cleanup()
-        if sim_process is not None and sim_process.returncode is None:
-            sim_process.terminate()
-            try:
-                await asyncio.wait_for(sim_process.wait(), 5)
-            except TimeoutError:
-                sim_process.kill()
 
 
 async def listen(site: web.TCPSite, host: str, port: int) -> None:

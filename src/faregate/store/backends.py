@@ -2,7 +2,8 @@
 
 The one place that decides how Faregate keeps its state:
 - embedded (no store.postgres_url): one SQLite file under store.path holds keys, accounts,
-  holds, request records, feedback and the dashboard's rollups; rate limits live in process;
+  holds, request records, feedback and the dashboard's rollups; rate limits live in process
+  (in the file when `server.workers` > 1: several processes serve it);
 - shared (store.postgres_url and store.redis_url, which go together): PostgreSQL holds the
   durable state, Redis the reservations, rate limits and key events, so any number of gateway
   instances act as one.
@@ -105,7 +106,7 @@ def _postgres_url(settings: Settings) -> str:
 async def _open_embedded(settings: Settings, exits: Lifecycle, accounts: bool, analytics: bool) -> Backends:
     from faregate.store.sqlite.store import SQLiteStore
 
-    store = await SQLiteStore.open(settings.store.path)
+    store = await SQLiteStore.open(settings.store.path, processes_lock=(settings.server.workers or 1) > 1)
     exits.on_close("the SQLite store", store.close)
     backends = Backends(store, exits)
     if accounts:
@@ -115,6 +116,8 @@ async def _open_embedded(settings: Settings, exits: Lifecycle, accounts: bool, a
             store,
             sweep_interval_s=settings.accounts.sweep_interval_s,
             lease_s=settings.accounts.instance_lease_s,
+            # Several worker processes on this file: one rate limit, and they hear of key changes.
+            shared=(settings.server.workers or 1) > 1,
         )
         exits.on_close("the embedded accounts", embedded.close)
         backends._accounts = embedded

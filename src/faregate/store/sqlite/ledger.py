@@ -1,7 +1,8 @@
 """Reservations in the embedded store: reserve, settle, release and expire as SQLite transactions.
 
-Each operation is one write transaction (BEGIN IMMEDIATE) run whole on the store's
-connection thread (SQLiteStore.run_in_transaction). SQLite admits one writer at a time
+Each operation runs whole inside a write transaction (BEGIN IMMEDIATE) on the store's
+connection thread (SQLiteStore.run_in_transaction: in a savepoint of a transaction that
+commits the operations queued with it). SQLite admits one writer at a time
 across every process using the file, so the check ("the balance covers the worst case,
 every budget window has room") and the write (balance down, hold row, ledger row, spend
 bucket) can never be split by another reservation: the balance cannot be overspent however
@@ -13,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from faregate.store.holds import (
     LEASE_LAPSED_NOTE,
@@ -26,6 +27,8 @@ from faregate.store.holds import (
 from faregate.store.protocols import LedgerRow
 from faregate.store.sqlite.accounts import INSERT_LEDGER, ledger_params
 from faregate.store.sqlite.store import SQLiteStore
+
+T = TypeVar("T")
 
 _HOLD_COLUMNS = "hold_id, key_id, request_id, amount_nano, tokens, hour, created_at, expires_at, instance_id"
 # A hold is dead when it expired, or when the instance that made it has no live lease.
@@ -132,6 +135,10 @@ class SQLiteLedger:
         self._store = store
         self._clock = clock
 
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` (the callables below, composed) in one write transaction."""
+        return await self._store.run_in_transaction(work)
+
     async def reserve(
         self,
         key_id: str,
@@ -144,6 +151,24 @@ class SQLiteLedger:
         ttl_s: float,
         instance_id: str | None = None,
     ) -> ReserveOutcome:
+        work = self.reserving(
+            key_id, hold_id, request_id, amount_nano, tokens, hour, budgets, ttl_s, instance_id
+        )
+        return await self.run(work)
+
+    def reserving(
+        self,
+        key_id: str,
+        hold_id: str,
+        request_id: str | None,
+        amount_nano: int,
+        tokens: int,
+        hour: int,
+        budgets: Sequence[BudgetCheck],
+        ttl_s: float,
+        instance_id: str | None = None,
+    ) -> Callable[[sqlite3.Connection], ReserveOutcome]:
+        """The reservation as work for a write transaction (`run`, or a caller's own)."""
         now = self._clock()
 
         def work(conn: sqlite3.Connection) -> ReserveOutcome:
@@ -184,13 +209,18 @@ class SQLiteLedger:
             conn.execute(_UPSERT_SPEND, (key_id, hour, amount_nano))
             return ReserveOutcome("ok", balance - amount_nano)
 
-        return await self._store.run_in_transaction(work)
+        return work
 
     async def settle(
         self, key_id: str, hold_id: str, request_id: str | None, hour: int, cost_nano: int
     ) -> bool:
         """Charge the cost and give back the rest of the hold. False if the hold was already gone
         (expired): the cost is then charged on its own, so nothing spent goes unbilled."""
+        return await self.run(self.settling(key_id, hold_id, request_id, hour, cost_nano))
+
+    def settling(
+        self, key_id: str, hold_id: str, request_id: str | None, hour: int, cost_nano: int
+    ) -> Callable[[sqlite3.Connection], bool]:
         now = self._clock()
 
         def work(conn: sqlite3.Connection) -> bool:
@@ -220,9 +250,12 @@ class SQLiteLedger:
                 conn.execute(_UPSERT_SPEND, (key_id, hour, cost_nano))
             return False
 
-        return await self._store.run_in_transaction(work)
+        return work
 
     async def release(self, hold_id: str) -> bool:
+        return await self.run(self.releasing(hold_id))
+
+    def releasing(self, hold_id: str) -> Callable[[sqlite3.Connection], bool]:
         now = self._clock()
 
         def work(conn: sqlite3.Connection) -> bool:
@@ -231,7 +264,7 @@ class SQLiteLedger:
                 _close(conn, hold, None, None, now)
             return hold is not None
 
-        return await self._store.run_in_transaction(work)
+        return work
 
     async def sweep(self, limit: int = 500) -> int:
         """Release holds past their expiry (their process died or lost track of them)."""

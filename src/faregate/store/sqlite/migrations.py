@@ -302,6 +302,30 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        14,
+        "rate-limit buckets and key events shared by the worker processes of one store",
+        (
+            # One row per key: its requests and tokens buckets (level NULL: no such limit yet).
+            """
+            CREATE TABLE rate_buckets (
+                key_id     TEXT PRIMARY KEY,
+                req_level  REAL,
+                req_at     REAL NOT NULL,
+                tok_level  REAL,
+                tok_at     REAL NOT NULL
+            )
+            """,
+            # A key's policy changed or it was revoked: the other processes drop what they cache.
+            """
+            CREATE TABLE key_events (
+                seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+                key_id  TEXT NOT NULL,
+                at      REAL NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -1,0 +1,350 @@
+"""`faregate serve --workers N`: N gateway processes on one port, and a supervisor that keeps them.
+
+One Python process uses one core. The supervisor (the process `serve` started) prepares what
+the workers share, forks N workers, restarts one that dies (with backoff), and on SIGTERM or
+SIGINT stops them all and waits for each to flush its request records.
+
+Before forking it: holds the port (a bound, not listening, SO_REUSEPORT socket: nobody else can
+take the port, even while a worker restarts); starts the simulator when it stands in for the
+providers (one, shared); loads the tokenizer and freezes what exists, so those pages stay
+shared copy-on-write by every worker instead of being loaded N times. Each worker then builds
+its own gateway (event loop, stores, upstream pool) and listens with SO_REUSEPORT: the kernel
+spreads new connections across the workers.
+
+What stays exact, and what is per worker:
+- credits, budgets, holds, the ledger, keys and request records live in the store; every worker
+  writes in transactions (SQLite admits one writer at a time across processes; PostgreSQL and
+  Redis as with several instances). Each worker holds its own instance lease, so a killed
+  worker's reservations are released within `accounts.instance_lease_s`.
+- rate limits and key events (a key revoked or its policy changed: every worker drops what it
+  caches of it): in the SQLite file when the store is embedded (accounts/embedded.py), in Redis
+  when shared.
+- per worker, by design: the exact and semantic caches in process (a Redis cache is shared),
+  breakers and latency statistics, the upstream connection pool, `upstream_limits` (each worker
+  gets an equal share of `max_concurrent` and `max_queued`, rounded up), and the alerts'
+  evaluation (worker 0 alone posts to the webhook, so an alert is posted once).
+- metrics: each worker publishes its own to a directory the supervisor made; a scrape, answered
+  by one worker, sums them (telemetry/metrics_share.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gc
+import logging
+import math
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import msgspec
+
+from faregate.config import Settings, UpstreamQueueSettings
+from faregate.errors import StartupError
+from faregate.providers.registry import simulator_active, with_simulator
+from faregate.server import runner
+from faregate.server.worker_process import Seat, worker_main
+from faregate.telemetry import log_limit
+from faregate.telemetry.metrics_share import SharedMetrics
+
+log = logging.getLogger("faregate.workers")
+
+# A worker that dies sooner than this after it started counts as failing: the next restart waits
+# twice as long (from RESTART_DELAY_S up to MAX_RESTART_DELAY_S); one that lived longer restarts
+# after RESTART_DELAY_S.
+HEALTHY_AFTER_S = 30.0
+RESTART_DELAY_S = 0.5
+MAX_RESTART_DELAY_S = 30.0
+# How long the first start of every worker may take before the supervisor gives up.
+START_TIMEOUT_S = 120.0
+# A worker's clean stop flushes its records and closes its stores, each bounded in time
+# (server/app.py); past this it is killed.
+STOP_TIMEOUT_S = 70.0
+POLL_S = 0.1
+
+
+def default_workers(settings: Settings) -> int:
+    """One per core this process may run on; one when the simulator stands in (`make run`)."""
+    if simulator_active(settings):
+        return 1
+    return len(os.sched_getaffinity(0))
+
+
+def worker_settings(settings: Settings, index: int, count: int) -> Settings:
+    """What worker `index` of `count` runs with: its share of each upstream limit, and the alert
+    webhook on worker 0 only."""
+    limits = {name: _share(queue, count) for name, queue in settings.upstream_limits.items()}
+    alerts = settings.alerts if index == 0 else msgspec.structs.replace(settings.alerts, webhook=None)
+    server = msgspec.structs.replace(settings.server, workers=count)
+    return msgspec.structs.replace(settings, upstream_limits=limits, alerts=alerts, server=server)
+
+
+def _share(queue: UpstreamQueueSettings, count: int) -> UpstreamQueueSettings:
+    return msgspec.structs.replace(
+        queue,
+        max_concurrent=math.ceil(queue.max_concurrent / count),
+        max_queued=math.ceil(queue.max_queued / count),
+    )
+
+
+def hold_port(host: str, port: int) -> socket.socket:
+    """Bind (without listening) the port the workers will share: a port in use is one clear
+    error here, before any worker starts, and stays ours while a worker restarts."""
+    holder = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        holder.bind((host, port))
+    except OSError as exc:
+        holder.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(
+                f"cannot listen on {host}:{port}: the port is in use (another faregate?); "
+                "choose another with --port or server.port"
+            ) from None
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return holder
+
+
+def _wait_simulator(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            code = process.returncode
+            raise StartupError(f"the provider simulator did not start: it exited with code {code}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+            if response.status == 200:
+                return
+        time.sleep(0.05)
+    raise StartupError(f"the provider simulator did not start: {url} not healthy within {timeout_s:.0f}s")
+
+
+def preload() -> None:
+    """Load in the supervisor what every worker would load on its own, before forking: the modules
+    the gateway imports, and the tokenizer (~45 MiB of pages written once, then only read:
+    shared by every worker; bench/README.md, the memory soak)."""
+    import faregate.server.app  # noqa: F401  (its imports are the gateway's)
+    from faregate import tokens
+
+    tokens.encoding()
+
+
+@dataclass(slots=True)
+class Worker:
+    index: int
+    pid: int = 0
+    ready_fd: int = -1
+    started_at: float = 0.0
+    ready: bool = False
+    failures: int = 0
+    restart_at: float | None = None
+
+
+Announce = runner.Announce
+
+
+@dataclass
+class Supervisor:
+    settings: Settings
+    count: int
+    announce: Announce | None = None
+    config_path: str | None = None
+    workers: list[Worker] = field(default_factory=list)
+    _stopping: bool = False
+    _holder: socket.socket | None = None
+    _simulator: subprocess.Popen[bytes] | None = None
+    _simulated: bool = False
+    _metrics_dir: Path | None = None
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; the exit code."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_stop)
+        try:
+            self._prepare()
+            self.workers = [Worker(index) for index in range(self.count)]
+            for worker in self.workers:
+                self._start(worker, announce=worker.index == 0)
+            if not self._wait_all_ready():
+                return 0 if self._stopping else 1
+            log.info(
+                "faregate: %d workers listening on %s:%d (pids %s)",
+                self.count,
+                self.settings.server.host,
+                self.settings.server.port,
+                " ".join(str(w.pid) for w in self.workers),
+            )
+            while not self._stopping:
+                self._tend()
+            return 0
+        finally:
+            self._stop_all()
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def _prepare(self) -> None:
+        settings = self.settings
+        self._holder = hold_port(settings.server.host, settings.server.port)
+        if simulator_active(settings):
+            port = runner.simulator_port(settings)
+            if settings.sim.launch:
+                runner.check_simulator_port(settings, port)
+                self._simulator = subprocess.Popen(
+                    runner.simulator_command(settings, port, self.config_path),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    preexec_fn=runner.die_with_parent,
+                )
+                _wait_simulator(f"http://{settings.sim.host}:{port}/health", self._simulator)
+            self.settings = with_simulator(settings, f"http://{settings.sim.host}:{port}/v1")
+            self._simulated = True
+        self._metrics_dir = Path(tempfile.mkdtemp(prefix="faregate-metrics-"))
+        preload()
+        if threading.active_count() > 1:
+            alive = threading.active_count()
+            log.warning("forking with %d threads alive; workers may inherit held locks", alive)
+        # Whatever exists now lives as long as the workers: out of the collector's reach, so that
+        # collections in a worker never write to (and so copy) these shared pages.
+        gc.collect()
+        gc.freeze()
+
+    def _start(self, worker: Worker, announce: bool = False) -> None:
+        read_fd, write_fd = os.pipe()
+        settings = worker_settings(self.settings, worker.index, self.count)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            assert self._metrics_dir is not None
+            shared = SharedMetrics(self._metrics_dir, worker.index, self.count)
+            seat = Seat(worker.index, write_fd, self._holder, self._simulated, shared)
+            worker_main(seat, settings, self.announce if announce else None)
+        os.close(write_fd)
+        worker.pid, worker.ready_fd, worker.started_at, worker.ready = pid, read_fd, time.monotonic(), False
+        worker.restart_at = None
+
+    def _wait_all_ready(self) -> bool:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not all(w.ready for w in self.workers):
+            if self._stopping:
+                return False
+            if time.monotonic() > deadline:
+                log.error("workers did not start within %.0fs; stopping", START_TIMEOUT_S)
+                return False
+            self._read_ready()
+            for worker, code in self._reap():
+                # A worker that cannot start (a bad config, a store it cannot open) would fail again.
+                log.error("worker %d exited with code %s before it was ready; stopping", worker.index, code)
+                return False
+        return True
+
+    def _read_ready(self) -> None:
+        waiting = {w.ready_fd: w for w in self.workers if not w.ready and w.ready_fd >= 0}
+        if not waiting:
+            time.sleep(POLL_S)
+            return
+        with contextlib.suppress(InterruptedError):
+            readable, _, _ = select.select(list(waiting), [], [], POLL_S)
+            for fd in readable:
+                worker = waiting[fd]
+                if os.read(fd, 1):
+                    worker.ready = True
+                os.close(fd)
+                worker.ready_fd = -1
+
+    def _reap(self) -> list[tuple[Worker, int]]:
+        exited: list[tuple[Worker, int]] = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return exited
+            if pid == 0:
+                return exited
+            if self._simulator is not None and pid == self._simulator.pid:
+                self._simulator.returncode = os.waitstatus_to_exitcode(status)
+                if not self._stopping:
+                    log.error("the provider simulator exited with code %s", self._simulator.returncode)
+                continue
+            for worker in self.workers:
+                if worker.pid == pid:
+                    worker.pid = 0
+                    if worker.ready_fd >= 0:
+                        os.close(worker.ready_fd)
+                        worker.ready_fd = -1
+                    exited.append((worker, os.waitstatus_to_exitcode(status)))
+
+    def _tend(self) -> None:
+        """One round: note restarted workers that are ready, schedule restarts of dead ones, start
+        those that are due."""
+        was_ready = {w.index for w in self.workers if w.ready}
+        self._read_ready()
+        for worker in self.workers:
+            if worker.ready and worker.index not in was_ready:
+                log.info("worker %d (pid %d) is serving again", worker.index, worker.pid)
+        now = time.monotonic()
+        for worker, code in self._reap():
+            if self._stopping:
+                continue
+            lived = now - worker.started_at
+            worker.failures = worker.failures + 1 if lived < HEALTHY_AFTER_S or not worker.ready else 0
+            delay = min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2 ** max(0, worker.failures - 1))
+            worker.ready = False
+            worker.restart_at = now + delay
+            log.warning(
+                "worker %d exited with code %s after %.1fs; restarting it in %.1fs",
+                *(worker.index, code, lived, delay),
+            )
+        for worker in self.workers:
+            if worker.restart_at is not None and worker.restart_at <= now and not self._stopping:
+                self._start(worker)
+
+    def _stop_all(self) -> None:
+        alive = [w for w in self.workers if w.pid]
+        for worker in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while any(w.pid for w in self.workers) and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(POLL_S / 2)
+        for worker in self.workers:
+            if worker.pid:
+                log.error("worker %d did not stop within %.0fs; killing it", worker.index, STOP_TIMEOUT_S)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(worker.pid, 0)
+                worker.pid = 0
+        if self._simulator is not None and self._simulator.poll() is None:
+            self._simulator.terminate()
+            try:
+                self._simulator.wait(5)
+            except subprocess.TimeoutExpired:
+                self._simulator.kill()
+        if self._holder is not None:
+            self._holder.close()
+        if self._metrics_dir is not None:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+
+def run_workers(
+    settings: Settings, count: int, announce: Announce | None = None, config_path: str | None = None
+) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_limit.install()
+    return Supervisor(settings, count, announce, config_path).run()

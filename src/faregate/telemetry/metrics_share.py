@@ -1,0 +1,92 @@
+"""/metrics across the workers of `serve --workers N`: one scrape, every worker's figures.
+
+A scrape reaches one worker (the port is shared). Each worker writes its own exposition to a
+file in a directory the supervisor made, every PUBLISH_INTERVAL_S; the worker that is scraped
+renders its own live figures and adds the other workers' last files: counters and histograms
+(buckets, sums, counts) are summed sample by sample, so rates and quantiles over the sum are the
+gateway's; gauges (breaker states, records pending, alerts firing) are one series per worker,
+with a `worker` label, as a sum of states would mean nothing. The others' figures are at most
+PUBLISH_INTERVAL_S old; a restarted worker's counters start again from zero, which Prometheus
+reads as a counter reset of the sum.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Sample
+
+PUBLISH_INTERVAL_S = 1.0
+SUMMED = frozenset({"counter", "histogram", "summary"})
+
+
+@dataclass(slots=True, frozen=True)
+class SharedMetrics:
+    """This worker's place among the workers that share their metrics through `directory`."""
+
+    directory: Path
+    index: int
+    count: int
+
+    def _path(self, index: int) -> Path:
+        return self.directory / f"worker-{index}.prom"
+
+    def publish(self, exposition: bytes) -> None:
+        """Leave this worker's exposition for the others (written whole, then renamed)."""
+        path = self._path(self.index)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_bytes(exposition)
+        os.replace(temporary, path)
+
+    def merged(self, own: bytes) -> bytes:
+        """This worker's live exposition with the others' last published ones."""
+        texts = [(str(self.index), own.decode("utf-8"))]
+        for index in range(self.count):
+            if index == self.index:
+                continue
+            with contextlib.suppress(FileNotFoundError):  # a worker that has not published yet
+                texts.append((str(index), self._path(index).read_text(encoding="utf-8")))
+        return merge_expositions(texts)
+
+
+class _Merged(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def merge_expositions(texts: list[tuple[str, str]]) -> bytes:
+    """Prometheus text expositions, one per worker (its name, its text), as one: counters and
+    histograms summed by name and labels, gauges (and anything else) labelled by worker."""
+    families: dict[str, Metric] = {}
+    sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for worker, text in texts:
+        for family in text_string_to_metric_families(text):
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(family.name, family.documentation, family.type)
+                sums[family.name] = {}
+            for sample in family.samples:
+                if family.type in SUMMED:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    sums[family.name][key] = sums[family.name].get(key, 0.0) + sample.value
+                else:
+                    labels = {**sample.labels, "worker": worker}
+                    merged.samples.append(Sample(sample.name, labels, sample.value, sample.timestamp))
+    for name, totals in sums.items():
+        families[name].samples.extend(
+            Sample(sample, dict(labels), value) for (sample, labels), value in totals.items()
+        )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged(list(families.values())))
+    return generate_latest(registry)

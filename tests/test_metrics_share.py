@@ -1,0 +1,37 @@
+"""/metrics across workers: expositions merged (telemetry/metrics_share.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from faregate.telemetry.metrics_share import SharedMetrics, merge_expositions
+
+
+def exposition(requests: int, pending: int) -> bytes:
+    registry = CollectorRegistry()
+    Counter("faregate_requests", "Requests.", ["route"], registry=registry).labels("chat").inc(requests)
+    histogram = Histogram("faregate_latency_seconds", "Latency.", registry=registry, buckets=(0.1,))
+    for _ in range(requests):
+        histogram.observe(0.05)
+    Gauge("faregate_records_pending", "Pending.", registry=registry).set(pending)
+    return generate_latest(registry)
+
+
+def test_counters_and_histograms_are_summed_and_gauges_kept_per_worker() -> None:
+    text = merge_expositions([("0", exposition(2, 4).decode()), ("1", exposition(3, 1).decode())]).decode()
+    assert 'faregate_requests_total{route="chat"} 5.0' in text
+    assert 'faregate_latency_seconds_bucket{le="0.1"} 5.0' in text
+    assert "faregate_latency_seconds_count 5.0" in text
+    assert 'faregate_records_pending{worker="0"} 4.0' in text
+    assert 'faregate_records_pending{worker="1"} 1.0' in text
+    assert "# TYPE faregate_requests_total counter" in text
+
+
+def test_a_worker_adds_what_the_others_published(tmp_path: Path) -> None:
+    first, second = SharedMetrics(tmp_path, 0, 3), SharedMetrics(tmp_path, 1, 3)
+    second.publish(exposition(7, 0))
+    # Worker 2 has not published yet: left out, not an error.
+    text = first.merged(exposition(1, 0)).decode()
+    assert 'faregate_requests_total{route="chat"} 8.0' in text

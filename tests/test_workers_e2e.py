@@ -1,0 +1,245 @@
+"""`faregate serve --workers 2` as users run it: two worker processes on one port and one SQLite
+store, a supervisor that restarts a killed worker and stops both cleanly. Credits stay exact
+across the workers (the no-overspend test of test_ledger_e2e.py, with two workers), rate limits
+too, and a SIGTERM leaves one record per request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import urllib.request
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from harness import MASTER_KEY, GatewayProcess, SimProcess, clean_env, free_port, wait_until
+from servers import launch_gateway
+from test_ledger_e2e import (
+    ACCOUNTS,
+    FLAT_MODEL,
+    LORE,
+    admin,
+    audit,
+    balance_nano,
+    fire,
+    key_state,
+    ledger_sum,
+    new_key,
+    worst_is_a_tenth_of_a_cent,
+)
+
+pytestmark = pytest.mark.e2e
+
+TWO = "workers: 2"
+COUNT_RECORDS = "SELECT COUNT(*), COUNT(DISTINCT request_id) FROM request_records"
+
+
+def health(gateway: GatewayProcess) -> dict[str, Any]:
+    """GET /health on a new connection (SO_REUSEPORT spreads connections, not requests)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{gateway.port}/health", headers={"Authorization": f"Bearer {MASTER_KEY}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return dict(json.load(response))
+
+
+def by_worker(gateway: GatewayProcess, want: int = 2, tries: int = 400) -> dict[int, dict[str, Any]]:
+    """The latest /health of each worker, by pid, once `want` different ones have answered."""
+    seen: dict[int, dict[str, Any]] = {}
+    for _ in range(tries):
+        try:
+            answer = health(gateway)
+        except OSError:  # a connection queued at a worker as it was killed is reset
+            continue
+        seen[answer["pid"]] = answer
+        if len(seen) >= want:
+            break
+    return seen
+
+
+def test_two_workers_share_the_port_and_never_overspend(sim: SimProcess, tmp_path: Path) -> None:
+    with launch_gateway(tmp_path / "gw", sim, server=TWO, extra=ACCOUNTS + FLAT_MODEL) as gateway:
+        workers = by_worker(gateway)
+        assert len(workers) == 2 and all(w["workers"] == 2 for w in workers.values())
+        assert gateway.process.pid not in workers  # the supervisor serves nothing itself
+
+        key_id, key = new_key(gateway, "0.01")
+        statuses = asyncio.run(fire(gateway.base_url, key, 200, **worst_is_a_tenth_of_a_cent()))
+        admitted = statuses.count(200)
+        assert 1 <= admitted <= 10, statuses
+        assert statuses.count(402) == 200 - admitted, sorted(set(statuses))
+        state = key_state(gateway, key_id)
+        assert Decimal(state["balance_usd"]) == Decimal("0.01") - admitted * Decimal("0.001") >= 0
+        assert state["reserved_usd"] == "0"
+        assert balance_nano(gateway, key_id) == ledger_sum(gateway, key_id) >= 0
+        assert audit(gateway)["clean"] is True
+
+        # Both workers served chat requests, and each request has one record.
+        def written() -> dict[int, int]:
+            return {pid: w["counters"]["records_written"] for pid, w in by_worker(gateway).items()}
+
+        wait_until(lambda: sum(written().values()) == 200, "200 records written by the two workers")
+        assert all(count > 0 for count in written().values()), written()
+        with sqlite3.connect(gateway.store_path / "faregate.db") as db:
+            rows = db.execute("SELECT COUNT(*), COUNT(DISTINCT request_id) FROM request_records").fetchone()
+            instances = db.execute(
+                "SELECT COUNT(DISTINCT pid) FROM instances WHERE lease_until > 0"
+            ).fetchone()
+        assert rows == (200, 200)
+        assert instances == (2,)
+
+        # One scrape answers for both workers: counters summed, gauges one series per worker.
+        def scraped() -> str:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{gateway.port}/metrics", headers={"Authorization": f"Bearer {MASTER_KEY}"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return str(response.read().decode())
+
+        def requests_counted(text: str) -> float:
+            return sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("faregate_requests_total{")
+            )
+
+        wait_until(lambda: requests_counted(scraped()) == 200, "200 requests in one scrape of two workers")
+        text = scraped()
+        assert (
+            'faregate_records_pending{worker="0"}' in text and 'faregate_records_pending{worker="1"}' in text
+        )
+
+
+def test_rate_limits_are_one_across_workers(sim: SimProcess, tmp_path: Path) -> None:
+    with launch_gateway(tmp_path / "gw", sim, server=TWO, extra=ACCOUNTS) as gateway:
+        assert len(by_worker(gateway)) == 2
+        _, key = new_key(gateway, "1", requests_per_minute=4)
+        create = {"model": "deepseek-v4-flash", "messages": LORE, "max_tokens": 5}
+        statuses = asyncio.run(fire(gateway.base_url, key, 30, **create))
+        # Each worker's own bucket would let 4 through, 8 in all; a refill during the run adds one at most.
+        assert statuses.count(200) in (4, 5), statuses
+        assert statuses.count(429) == 30 - statuses.count(200)
+
+
+def test_a_key_revoked_through_one_worker_is_refused_by_both(sim: SimProcess, tmp_path: Path) -> None:
+    # Metering off (nothing reads the key at reservation) and an hour of key cache: only the
+    # key event can tell the other worker.
+    extra = "auth: {key_cache_ttl_s: 3600}\n"
+    with launch_gateway(tmp_path / "gw", sim, server=TWO, extra=extra) as gateway:
+        key_id, key = new_key(gateway, "1")
+        create = {"model": "deepseek-v4-flash", "messages": LORE, "max_tokens": 5}
+        # 40 requests on new connections: both workers have verified (and cached) the key.
+        assert asyncio.run(fire(gateway.base_url, key, 40, **create)) == [200] * 40
+        with admin(gateway) as client:
+            assert client.delete(f"/admin/keys/{key_id}").status_code == 200
+        wait_until(
+            lambda: asyncio.run(fire(gateway.base_url, key, 40, **create)) == [401] * 40,
+            "the revocation is heard by both workers",
+        )
+
+
+def test_a_killed_worker_is_restarted(sim: SimProcess, tmp_path: Path) -> None:
+    with launch_gateway(tmp_path / "gw", sim, server=TWO) as gateway:
+        before = set(by_worker(gateway))
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+
+        def replaced() -> bool:
+            now = set(by_worker(gateway, tries=40))
+            return len(now - before) == 1 and victim not in now
+
+        wait_until(replaced, "a new worker in place of the killed one", timeout_s=60)
+        assert "restarting it in" in gateway.read_log()
+        assert gateway.process.poll() is None
+        key = new_key(gateway, "1")[1]
+        client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+        for _ in range(6):
+            client.chat.completions.create(model="deepseek-v4-flash", messages=LORE, max_tokens=5)  # type: ignore[arg-type]
+
+
+async def fire_or_fail(base_url: str, key: str, n: int) -> list[int]:
+    """n concurrent completions that take 3 s each; the HTTP status of each (0: no answer)."""
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=60)
+
+    async def one() -> int:
+        try:
+            await client.chat.completions.create(
+                model="deepseek-v4-flash",
+                messages=LORE,  # type: ignore[arg-type]
+                max_tokens=5,
+                extra_body={"sim": {"ttft_ms": 3000}},
+            )
+        except openai.APIStatusError as error:
+            return error.status_code
+        except openai.APIConnectionError:
+            return 0
+        return 200
+
+    try:
+        return list(await asyncio.gather(*(one() for _ in range(n))))
+    finally:
+        await client.close()
+
+
+def holds(gateway: GatewayProcess) -> int:
+    with sqlite3.connect(gateway.store_path / "faregate.db") as db:
+        return int(db.execute("SELECT COUNT(*) FROM holds").fetchone()[0])
+
+
+def test_sigterm_stops_both_workers_with_one_record_per_request(sim: SimProcess, tmp_path: Path) -> None:
+    # Records are flushed every 30 s: those of the requests below are still pending when they end.
+    extra = ACCOUNTS + "records: {flush_interval_s: 30}\n"
+    with launch_gateway(tmp_path / "gw", sim, server=TWO, extra=extra, sim_first_byte_s=20) as gateway:
+        pids = set(by_worker(gateway))
+        _, key = new_key(gateway, "1")
+        done: list[int] = []
+
+        def send() -> None:
+            done.extend(asyncio.run(fire_or_fail(gateway.base_url, key, 40)))
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        # All 40 are in the workers' hands (each holds its reservation while it waits 3 s upstream).
+        wait_until(lambda: holds(gateway) == 40, "40 requests in flight", timeout_s=30)
+        gateway.process.send_signal(signal.SIGTERM)
+        sender.join(60)
+        assert gateway.process.wait(90) == 0
+        assert len(done) == 40
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        with sqlite3.connect(gateway.store_path / "faregate.db") as db:
+            recorded = db.execute(
+                "SELECT COUNT(*), COUNT(DISTINCT request_id) FROM request_records"
+            ).fetchone()
+        # Every request that reached a worker was answered and recorded once; none left a hold.
+        assert done == [200] * 40
+        assert recorded == (40, 40)
+        assert holds(gateway) == 0
+
+
+def test_a_worker_that_cannot_start_stops_the_supervisor_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "faregate.yaml"
+    store = "store: {path: '/proc/no-such-store'}"
+    config.write_text(f"server: {{port: {free_port()}, workers: 2}}\n{store}\n")
+    ran = subprocess.run(
+        [sys.executable, "-m", "faregate.cli.main", "serve", "-c", str(config)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 1
+    # The worker that failed first says why (the other may be stopped before it can).
+    assert re.search(r"faregate: worker \d: No such file or directory: /proc/no-such-store", ran.stderr)
+    assert "Traceback" not in ran.stderr
