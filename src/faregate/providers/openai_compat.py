@@ -129,8 +129,12 @@ class OpenAICompatibleProvider:
             resp.release()
         return _json_object(raw, "response body", resp.status), resp.status
 
-    async def stream(self, call: UpstreamCall) -> AsyncGenerator[JSON, None]:
-        """Send a streaming request and yield each SSE `data` payload parsed as a JSON object.
+    def stream(self, call: UpstreamCall) -> AsyncGenerator[JSON, None]:
+        """Send a streaming request and yield each SSE `data` payload parsed as a JSON object."""
+        return self._sse(call, self._endpoint, self._head)
+
+    async def _sse(self, call: UpstreamCall, endpoint: Endpoint, head: bytes) -> AsyncGenerator[JSON, None]:
+        """POST a streaming request to `endpoint` and yield each SSE `data` payload as a JSON object.
 
         Errors before the first chunk are raised on the first `__anext__`. A connection loss or
         timeout mid-stream raises UpstreamFailure from the iterator; so does an `error` object
@@ -139,7 +143,7 @@ class OpenAICompatibleProvider:
         the last chunk's `finish_reason`, whether the answer was complete. The connection is
         released however iteration ends, including `aclose()` by a consumer that stops early.
         """
-        resp = await self._open(call, self._endpoint, self._head)
+        resp = await self._open(call, endpoint, head)
         try:
             if not 200 <= resp.status < 300:
                 raise await self._failure(resp)
