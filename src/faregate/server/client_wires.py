@@ -8,7 +8,7 @@ request and answer (the OpenAI chat shape, wire/openai.py). A `ClientWire` stand
   (`asked` is the client's own body, whose settings a Response echoes);
 - `stream(model, include_usage, asked)`: a `StreamEncoder` that turns the internal chunks of an
   answer, its priced usage chunk and a mid-stream failure into the client's SSE frames;
-- `error(error)`: the body of an error in the client's shape (its status is the error's).
+- `status(error)` and `error(error)`: the status and body of an error in the client's shape.
 
 Three wires: OpenAI chat (the identity: today's bytes, and per chunk no more work than
 `relay_frame`, in wire.openai.ChatStreamFrames), Anthropic Messages (wire/anthropic*.py) and the
@@ -64,6 +64,8 @@ class ClientWire(Protocol):
 
     def stream(self, model: str, include_usage: bool, asked: JSON) -> StreamEncoder: ...
 
+    def status(self, error: FaregateError) -> int: ...
+
     def error(self, error: FaregateError) -> bytes: ...
 
 
@@ -82,6 +84,9 @@ class ChatWire:
 
     def stream(self, model: str, include_usage: bool, asked: JSON) -> StreamEncoder:
         return openai.ChatStreamFrames(model, include_usage)
+
+    def status(self, error: FaregateError) -> int:
+        return error.status
 
     def error(self, error: FaregateError) -> bytes:
         return orjson.dumps(openai.error_body(error))
@@ -120,6 +125,11 @@ class MessagesWire:
 
     def stream(self, model: str, include_usage: bool, asked: JSON) -> StreamEncoder:
         return MessagesEncoder(model)
+
+    def status(self, error: FaregateError) -> int:
+        # Every upstream out of capacity: Anthropic's own answer to that, 529 overloaded_error
+        # (an OpenAI client gets the 502 that lists the attempts).
+        return anthropic_replies.OVERLOADED if anthropic_replies.overloaded(error) else error.status
 
     def error(self, error: FaregateError) -> bytes:
         return orjson.dumps(anthropic_replies.error_body(error)[1])
@@ -179,6 +189,9 @@ class ResponsesWire:
 
     def stream(self, model: str, include_usage: bool, asked: JSON) -> StreamEncoder:
         return ResponsesEncoder(model, asked)
+
+    def status(self, error: FaregateError) -> int:
+        return error.status
 
     def error(self, error: FaregateError) -> bytes:
         # The Responses API answers errors in OpenAI's shape.
