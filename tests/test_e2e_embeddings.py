@@ -133,6 +133,7 @@ def test_every_input_form_is_embedded_and_costed_exactly(
         )
         assert (row["prompt_tokens"], row["completion_tokens"]) == (tokens, 0)
         assert Decimal(row["cost_usd"]) == cost and row["empty_response"] == 0
+        assert row["wire"] == "embeddings"
     # The upstream saw OpenAI's own model name, once per request.
     assert (
         sim_models(stand_in).get("text-embedding-3-small", 0) == before.get("text-embedding-3-small", 0) + 6

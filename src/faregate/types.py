@@ -192,5 +192,6 @@ class RequestRecord:
     baseline_cost_usd: Decimal = Decimal(0)
     # miss | hit | semantic-hit | bypass
     cache_status: str = "bypass"
-    # The wire the request came in on: chat (OpenAI chat completions), messages (Anthropic), responses.
+    # The wire the request came in on: chat (OpenAI chat completions), messages (Anthropic),
+    # responses (OpenAI's Responses API) or embeddings.
     wire: str = "chat"
