@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from harness import GatewayProcess, SimProcess, create_key, run_gateway, run_sim, wait_until
+from harness import GatewayProcess, SimProcess, cache_written, create_key, run_gateway, run_sim, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -160,3 +160,23 @@ def test_a_fallback_from_a_native_offer_is_translated(
     wires = counted(before, after, "wires")
     assert wires["chat"] == 1 and wires["responses"] >= 1  # the failing native call(s), retried
     assert set(counted(before, after, "models")) == {"gpt-4o", "deepseek-v4-flash"}
+
+
+def test_a_passed_through_response_is_served_again_from_the_cache(
+    client: openai.OpenAI, sim: SimProcess, gateway: GatewayProcess
+) -> None:
+    def ask() -> Any:
+        return client.responses.with_raw_response.create(
+            model="native-mini", input="cache me natively", temperature=0
+        )
+
+    with cache_written(gateway):
+        first = ask()
+    before = stats(sim)
+    second = ask()
+    assert counted(before, stats(sim), "wires") == {}  # no upstream call
+    assert (first.headers["x-faregate-cache"], second.headers["x-faregate-cache"]) == ("miss", "hit")
+    again, original = second.parse(), first.parse()
+    # The upstream's own Response again (its id included), at no cost.
+    assert again.id == original.id and again.output_text == "cache me natively"
+    assert again.usage is not None and (again.usage.model_extra or {})["cost"] == 0
