@@ -27,7 +27,7 @@ a warm-up, `wrk` sends overhead.py's non-streaming request for `--duration` seco
 Each figure is printed with the machine's load average at start and end. `--pythonpath DIR`
 runs the gateway from another checkout's `src` (A/B a change: run both, alternating).
 
-Usage: python bench/profile_request.py [--mode cpu|cprofile|callgrind] [--duration 10]
+Usage: python bench/profile_request.py [--mode cpu|cprofile|callgrind] [--duration 10] [--wire chat]
                                        [--connections 64] [--top 25] [--pythonpath DIR]
 Needs `wrk`; callgrind needs `valgrind`. Only talks to 127.0.0.1.
 """
@@ -53,6 +53,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import body, create_key, free_port, pinned, wait_healthy, wrk
+from wires import WIRES
 from workers import create_key as funded_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -246,7 +247,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="faregate-profile-"))
     setup = start(args, work)
     env, gw_port, sim_port = setup["env"], setup["gw_port"], setup["sim_port"]
-    url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+    path, payload, headers = request_of(args.wire)
+    url = f"http://127.0.0.1:{gw_port}{path}"
     metrics_url = f"http://127.0.0.1:{gw_port}/metrics"
     result: dict[str, Any] = {"mode": args.mode, "load_at_start": os.getloadavg()[0]}
     processes: list[subprocess.Popen[bytes]] = []
@@ -302,10 +304,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gateway_pid = children[0].pid
         direct = None
         if args.mode == "cpu":
-            direct = wrk(f"http://127.0.0.1:{sim_port}/v1/chat/completions", key, body(), args.connections,
-                         args.duration)  # fmt: skip
+            direct = wrk(f"http://127.0.0.1:{sim_port}{path}", key, payload, args.connections,
+                         args.duration, headers)  # fmt: skip
         # Warm-up: first calls, caches, the upstream pool's connections.
-        wrk(url, key, body(), args.connections, args.warmup)
+        wrk(url, key, payload, args.connections, args.warmup, headers)
         proc = psutil.Process(gateway_pid)
         before = _requests(metrics_url)
         if args.mode == "cprofile":
@@ -315,7 +317,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ["callgrind_control", "-i", "on", str(gateway_pid)], check=True, capture_output=True
             )
         cpu0 = proc.cpu_times()
-        load = wrk(url, key, body(), args.connections, args.duration)
+        load = wrk(url, key, payload, args.connections, args.duration, headers)
         cpu1 = proc.cpu_times()
         if args.mode == "cprofile":
             os.kill(gateway_pid, signal.SIGUSR2)
@@ -365,6 +367,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["load_at_end"] = os.getloadavg()[0]
     result["work_dir"] = str(work)
     return result
+
+
+def request_of(wire: str) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """(path, body, extra headers) of the measured request: overhead.py's chat request, or
+    bench/wires.py's request of another wire (`--wire messages`, `--wire embeddings`)."""
+    if wire == "chat":
+        return "/v1/chat/completions", body(), {}
+    chosen = next(w for w in WIRES if w.name == wire)
+    return chosen.path, chosen.body, dict(chosen.headers)
 
 
 def _requests(metrics_url: str) -> int:
@@ -430,6 +441,9 @@ def main() -> None:
     )
     parser.add_argument("--mode", choices=["cpu", "cprofile", "pyspy", "callgrind"], default="cpu")
     parser.add_argument("--duration", type=int, default=10, help="seconds of measured load")
+    parser.add_argument(
+        "--wire", choices=["chat", "messages", "embeddings"], default="chat", help="the request measured"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="seconds of load before measuring")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--top", type=int, default=25)

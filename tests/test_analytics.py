@@ -49,12 +49,12 @@ def rec(n: int, at: float, **fields: object) -> RequestRecord:
 RECORDS = [
     rec(1, H + 10, prompt_tokens=100, completion_tokens=50, cost_usd=D("0.001"), baseline_cost_usd=D("0.010"),
         latency_ms=100.0, attempts=[ok("A", "p1")]),
-    rec(2, H + 3610, key_id="k2", prompt_tokens=200, completion_tokens=100, cost_usd=D("0.002"),
-        baseline_cost_usd=D("0.020"), latency_ms=200.0, ttft_ms=50.0, stream=True,
+    rec(2, H + 3610, key_id="k2", wire="messages", prompt_tokens=200, completion_tokens=100,
+        cost_usd=D("0.002"), baseline_cost_usd=D("0.020"), latency_ms=200.0, ttft_ms=50.0, stream=True,
         attempts=[failed("A", "p1", "rate_limited"), ok("A", "p1")]),  # a retry
-    rec(3, H + 7210, model_used="B", provider="p2", route="code", prompt_tokens=300, completion_tokens=0,
-        cost_usd=D("0.003"), baseline_cost_usd=D("0.030"), latency_ms=300.0, empty_response=True,
-        attempts=[failed("A", "p1", "timeout"), ok("B", "p2")]),  # a fallback
+    rec(3, H + 7210, model_used="B", provider="p2", route="code", wire="responses", prompt_tokens=300,
+        completion_tokens=0, cost_usd=D("0.003"), baseline_cost_usd=D("0.030"), latency_ms=300.0,
+        empty_response=True, attempts=[failed("A", "p1", "timeout"), ok("B", "p2")]),  # a fallback
     rec(4, H + 7220, model_used=None, provider=None, status=502, latency_ms=400.0, error="all failed",
         attempts=[failed("A", "p1", "server_error"), failed("A", "p1", "server_error")]),  # retried, failed
     rec(5, H + 7230, key_id="k2", prompt_tokens=100, completion_tokens=50, baseline_cost_usd=D("0.010"),
@@ -116,6 +116,8 @@ async def check_breakdowns(a: SQLiteAnalytics) -> None:
     assert by_provider == {"p1": (4, D("0.007")), "p2": (2, D("0.003")), None: (2, D(0))}
     by_route = [(g.group, g.totals.requests) for g in await a.breakdown(ALL, "route")]
     assert by_route == [("chat", 6), ("code", 2)]  # most expensive first
+    by_wire = {g.group: (g.totals.requests, g.totals.cost) for g in await a.breakdown(ALL, "wire")}
+    assert by_wire == {"chat": (6, D("0.005")), "messages": (1, D("0.002")), "responses": (1, D("0.003"))}
 
 
 async def check_series(a: SQLiteAnalytics) -> None:
@@ -236,3 +238,31 @@ def test_histogram_percentiles_nearest_rank() -> None:
     assert histogram_percentiles([(10.0, 99), (2000.0, 1)]) == [10.5, 10.5, 10.5]
     assert histogram_percentiles([(10.0, 98), (2000.0, 2)]) == [10.5, 10.5, 2050.0]
     assert [bucket_width(v) for v in (0.0, 99.0, 100.0, 990.0, 1000.0, 10000.0)] == [1, 1, 10, 10, 100, 1000]
+
+
+async def test_a_store_rolled_up_before_the_wire_was_summed_is_rolled_up_again(tmp_path: Path) -> None:
+    """Migration 15: hours rolled up by an earlier version have no per-wire sums, so the rollup
+    starts again from the first record; every figure stays exact, the wire's included."""
+    from faregate.store.sqlite.migrations import MIGRATIONS
+
+    store = await SQLiteStore.open(tmp_path, migrations=MIGRATIONS[:-1])
+    await store.insert_records(RECORDS)
+    analytics = await SQLiteAnalytics.open(store.path)
+    rollup = RollupWriter(analytics.connection, chunk=3)
+    assert await rollup.catch_up() == len(RECORDS)
+    # As an earlier version left it: its sums per model, provider, key and route only.
+    await analytics.connection.execute("DELETE FROM rollup_hourly WHERE dim = 'wire'")
+    await analytics.connection.commit()
+    await analytics.close()
+    await store.close()
+    store = await SQLiteStore.open(tmp_path)
+    analytics = await SQLiteAnalytics.open(store.path)
+    try:
+        await check_breakdowns(analytics)  # read from the records: nothing is rolled up now
+        assert await RollupWriter(analytics.connection, chunk=3).catch_up() == len(RECORDS)
+        await check_totals(analytics)
+        await check_breakdowns(analytics)
+        await check_reliability(analytics)
+    finally:
+        await analytics.close()
+        await store.close()

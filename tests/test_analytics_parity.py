@@ -318,3 +318,40 @@ async def test_rollup_steps_of_several_instances_count_every_record_once(stores:
     assert rolled == N_RECORDS + len(late)
     assert await stores.pg.pool.fetchval("SELECT COUNT(*) FROM rollup_pending") == 0
     await assert_same(stores)
+
+
+async def test_a_postgres_store_rolled_up_before_the_wire_was_summed_is_rolled_up_again(
+    tmp_path: Path,
+    postgres_server: PostgresServer,  # noqa: F811
+) -> None:
+    """PostgreSQL migration 8 (SQLite's 15 in test_analytics.py): hours rolled up by an earlier
+    version have no per-wire sums, so every record is pending again; the per-wire figures are
+    the SQLite store's, before and after the rollup catches up."""
+    from faregate.store.postgres.migrations import PG_MIGRATIONS
+
+    url = postgres_server.new_database()
+    records = make_records()
+    old = await PostgresStore.open(url, migrations=PG_MIGRATIONS[:-1])
+    await old.insert_records(records)
+    pg = await PostgresAnalytics.open(url)
+    await PostgresRollupWriter(pg.pool, chunk=310).catch_up()
+    # As an earlier version left it: its sums per model, provider, key and route only.
+    await pg.pool.execute("DELETE FROM rollup_hourly WHERE dim = 'wire'")
+    await old.close()
+    lite_store = await SQLiteStore.open(tmp_path)
+    await lite_store.insert_records(records)
+    lite = await SQLiteAnalytics.open(lite_store.path)
+    new = await PostgresStore.open(url)
+    try:
+        whole = Slice(H, H + SPAN_S + 1)
+        expected = await lite.breakdown(whole, "wire", 10)
+        assert {g.group for g in expected} == {"chat", "messages", "responses"}
+        assert await pg.breakdown(whole, "wire", 10) == expected
+        assert await PostgresRollupWriter(pg.pool, chunk=310).catch_up() == len(records)
+        assert await pg.breakdown(whole, "wire", 10) == expected
+        assert await pg.breakdown(whole, "model", 10) == await lite.breakdown(whole, "model", 10)
+    finally:
+        await lite.close()
+        await lite_store.close()
+        await pg.close()
+        await new.close()

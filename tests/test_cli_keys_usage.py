@@ -129,6 +129,7 @@ def test_usage_table_with_exact_money_and_total(app: typer.Typer, config: str, s
             cost_usd=Decimal(cost),
         )
         record.route = "smart" if model == "premium" else model
+        record.wire = "messages" if model == "premium" else "chat"
         return record
 
     async def make_key() -> str:
@@ -164,6 +165,12 @@ def test_usage_table_with_exact_money_and_total(app: typer.Typer, config: str, s
     assert by_route.exit_code == 0, by_route.output
     assert "Usage by route" in by_route.output
     assert "$0.30" in next(line for line in by_route.output.splitlines() if "smart" in line)
+
+    by_wire = run(app, "usage", "--by", "wire", "--config", config)
+    assert by_wire.exit_code == 0, by_wire.output
+    assert "Usage by wire" in by_wire.output
+    assert "$0.30" in next(line for line in by_wire.output.splitlines() if "messages" in line)
+    assert "$0.00123" in next(line for line in by_wire.output.splitlines() if "chat" in line)
 
     by_key = run(app, "usage", "--by", "key", "--since", "7d", "--config", config)
     assert by_key.exit_code == 0, by_key.output

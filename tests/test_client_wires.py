@@ -31,7 +31,7 @@ from faregate.routing.estimate import PromptSize
 from faregate.routing.plan import Candidate, Plan
 from faregate.routing.worst_case import worst_case
 from faregate.server.client_wires import CHAT, MESSAGES, RESPONSES
-from faregate.types import JSON, ChatRequest, Price, Usage
+from faregate.types import JSON, Attempt, ChatRequest, Price, Usage
 from faregate.wire import openai
 from test_pipeline import ASK, WHOLE_STREAM, Harness, answer, harness
 
@@ -94,6 +94,32 @@ def test_messages_errors_in_anthropics_shape(error: FaregateError, status: int, 
     }
     # The Responses API answers errors as OpenAI does.
     assert RESPONSES.error(error) == CHAT.error(error)
+
+
+def overloaded_attempt(status: int | None, outcome: str = "server_error") -> Attempt:
+    return Attempt("claude-sonnet-4-6", "anthropic", outcome, 5.0, status=status)
+
+
+@pytest.mark.parametrize(
+    ("statuses", "messages_status"),
+    [
+        ((529, 503, 429), 529),  # every upstream out of capacity: Anthropic's overloaded_error
+        ((529,), 529),
+        ((529, 500), 502),  # one failed otherwise: the attempts say nothing about load
+        ((529, None), 502),  # a timeout
+    ],
+)
+def test_a_messages_client_gets_overloaded_when_every_upstream_is(
+    statuses: tuple[int | None, ...], messages_status: int
+) -> None:
+    error = UpstreamFailed([overloaded_attempt(s) for s in statuses])
+    assert MESSAGES.status(error) == messages_status
+    kind = "overloaded_error" if messages_status == 529 else "api_error"
+    assert orjson.loads(MESSAGES.error(error))["error"] == {"type": kind, "message": error.message}
+    # OpenAI's wires keep the 502 that lists the attempts.
+    assert CHAT.status(error) == RESPONSES.status(error) == 502
+    timed_out = UpstreamFailed([overloaded_attempt(529)], timeout=True)
+    assert MESSAGES.status(timed_out) == 504
 
 
 def test_without_fields_drops_nested_marks_and_changes_nothing_shared() -> None:

@@ -300,6 +300,9 @@ def test_recent_requests_fit_and_a_route_is_one_row_at_1280_px(
         rows = page.locator('#by-route tr[data-group="deepseek-v4-flash"] td[data-col="requests"]')
         assert rows.count() == 1 and rows.inner_text() == "2"
         assert page.locator('#by-route tr[data-group="deepseek-ai/DeepSeek-V4-Flash"]').count() == 0
+        # Grouped by the wire the requests came in on: all three by chat completions.
+        wires = page.locator('#by-wire tr[data-group="chat"] td[data-col="requests"]')
+        assert wires.count() == 1 and wires.inner_text() == "3"
 
         # No table runs past its panel (each sits in a .scroll box that would scroll sideways).
         overflowing = page.eval_on_selector_all(

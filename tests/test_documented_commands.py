@@ -86,6 +86,7 @@ QUICK: dict[str, Quick] = {
     "faregate models --modality image --available": Quick(expect="model(s)"),
     "faregate models --all": Quick(expect="model(s)"),
     "faregate usage --since 7d --by model": Quick(expect="No requests recorded"),
+    "faregate usage --by wire": Quick(expect="No requests recorded"),
     "faregate keys create --name backend": Quick(expect="Store it now"),
     "faregate keys list": Quick(expect="backend"),
     "faregate keys revoke backend": Quick(expect="Revoked"),
@@ -193,6 +194,12 @@ QUICK: dict[str, Quick] = {
     ),
     "python bench/profile_request.py --mode cprofile": Quick(
         run="python bench/profile_request.py --mode cprofile --duration 1 --warmup 1 --out {scratch}/cp.json",
+        where="checkout",
+        expect="cProfile:",
+    ),
+    "python bench/profile_request.py --mode cprofile --wire messages": Quick(
+        run="python bench/profile_request.py --mode cprofile --wire messages --duration 1 --warmup 1 "
+        "--out {scratch}/cp-messages.json",
         where="checkout",
         expect="cProfile:",
     ),

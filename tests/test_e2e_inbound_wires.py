@@ -53,6 +53,7 @@ models:
   claude-opus-4-5: {faults: {truncate: 1.0}, after_tokens: 0}
   inspect-chat: {answer: inspect}
   inspect-claude: {answer: inspect}
+  overloaded-claude: {faults: {unavailable: 1.0}}
 """
 
 
@@ -65,6 +66,7 @@ providers:
 models:
   inspect-chat: {{input: 1, output: 2, offers: [{{provider: deepseek}}]}}
   inspect-claude: {{input: 1, output: 2, offers: [{{provider: anthropic}}]}}
+  overloaded-claude: {{input: 1, output: 2, offers: [{{provider: anthropic}}]}}
 routes:
   claude-then-deepseek: {{chain: [claude-sonnet-5, deepseek-v4-flash]}}
   cut-claude-then-deepseek: {{chain: [claude-opus-4-5, deepseek-v4-flash]}}
@@ -300,6 +302,31 @@ def test_errors_in_anthropics_shape(gateway: GatewayProcess, claude: anthropic.A
     assert refused.status_code == 405 and refused.json()["type"] == "error"
     with pytest.raises(anthropic.AuthenticationError):
         wrong.messages.count_tokens(model="claude-haiku-4-5", messages=[{"role": "user", "content": "x"}])
+
+
+def test_every_upstream_overloaded_is_anthropics_529(
+    claude: anthropic.Anthropic, client: openai.OpenAI, gateway: GatewayProcess
+) -> None:
+    """overloaded-claude's only offer (the simulator's Messages wire) answers 529 overloaded_error,
+    retried, then nothing to fall back to: a Messages client gets 529 overloaded_error, whole or
+    streamed, as from Anthropic itself; the record says 529. A chat client gets the 502 that
+    lists the attempts."""
+    for stream in (False, True):
+        with pytest.raises(anthropic.InternalServerError) as overloaded:
+            claude.messages.create(
+                model="claude-sonnet-5",
+                max_tokens=8,
+                messages=[{"role": "user", "content": "x"}],
+                stream=stream,
+            )
+        assert overloaded.value.status_code == 529
+        assert overloaded.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+        row = record(gateway, overloaded.value.response.headers["x-faregate-request-id"])
+        assert row["status"] == 529 and row["wire"] == "messages"
+        assert {attempt["status"] for attempt in json.loads(row["attempts"])} == {529}
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.chat.completions.create(model="overloaded-claude", messages=[{"role": "user", "content": "x"}])
+    assert failed.value.status_code == 502
 
 
 def test_fallback_from_a_failing_claude_to_deepseek_inside_a_stream(

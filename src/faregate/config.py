@@ -89,6 +89,9 @@ class ProviderSettings(_Strict):
     max_connections: int = 1000
     # Sells every curated model under its own name at the model's list price (the simulator).
     serves_every_model: bool = False
+    # Speaks OpenAI's Responses API at {base_url}/responses (protocol openai only): a request
+    # that came in on /v1/responses is passed through to it natively instead of translated.
+    responses: bool = False
 
 
 class OfferSettings(_Strict):

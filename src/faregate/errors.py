@@ -112,6 +112,10 @@ class UpstreamError(FaregateError):
         self.attempts: list[Attempt] = [] if attempts is None else attempts
 
 
+# Upstream statuses that mean "no capacity now": rate limited, unavailable, Anthropic's overloaded.
+OVERLOADED_STATUSES = frozenset({429, 503, 529})
+
+
 class UpstreamFailed(UpstreamError):
     """Every attempt failed. The message lists each attempt."""
 
@@ -126,6 +130,12 @@ class UpstreamFailed(UpstreamError):
         if message is None:
             message = f"All {len(attempts)} upstream attempt(s) failed: {listed(attempts)}"
         super().__init__(message, attempts)
+
+    @property
+    def overloaded(self) -> bool:
+        """Did every attempt fail for want of capacity (429, 503 or 529 overloaded)? Not a
+        timeout, a cut stream or a 500: those say nothing about load."""
+        return bool(self.attempts) and all(a.status in OVERLOADED_STATUSES for a in self.attempts)
 
 
 class UpstreamRejected(UpstreamError):

@@ -193,5 +193,5 @@ class RequestRecord:
     # miss | hit | semantic-hit | bypass
     cache_status: str = "bypass"
     # The wire the request came in on: chat (OpenAI chat completions), messages (Anthropic),
-    # responses, embeddings.
+    # responses (OpenAI's Responses API) or embeddings.
     wire: str = "chat"

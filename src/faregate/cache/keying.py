@@ -43,6 +43,8 @@ KEY_FIELDS = frozenset(
         "verbosity",
         "web_search_options",
         "moderation",
+        # A Responses request's own body (passed through to a provider that speaks that API).
+        "responses_request",
         # Provider extensions commonly sent through OpenAI-compatible gateways.
         "top_k",
         "min_p",

@@ -1,4 +1,5 @@
-"""`faregate usage`: spend and request counts from the request records, per model, key, provider or route."""
+"""`faregate usage`: spend and request counts from the request records, per model, key, provider, route
+or wire (chat, messages, responses, embeddings)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class GroupChoice(StrEnum):
     provider = "provider"
     key = "key"
     route = "route"
+    wire = "wire"
 
     @property
     def group_by(self) -> Dimension:

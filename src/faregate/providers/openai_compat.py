@@ -129,10 +129,17 @@ class OpenAICompatibleProvider:
             resp.release()
         return _json_object(raw, "response body", resp.status), resp.status
 
-    async def stream(self, call: UpstreamCall) -> AsyncGenerator[JSON, None]:
+    def stream(self, call: UpstreamCall) -> AsyncGenerator[JSON, None]:
         """Send a streaming request and yield each SSE `data` payload parsed as a JSON object
         (`stream_reads`, one chunk at a time)."""
-        reads = self._sse_reads(call)
+        return self._sse(call, self._endpoint, self._head)
+
+    def stream_reads(self, call: UpstreamCall) -> AsyncGenerator[list[JSON], None]:
+        return self._sse_reads(call, self._endpoint, self._head)
+
+    async def _sse(self, call: UpstreamCall, endpoint: Endpoint, head: bytes) -> AsyncGenerator[JSON, None]:
+        """`_sse_reads` one chunk at a time."""
+        reads = self._sse_reads(call, endpoint, head)
         try:
             async for chunks in reads:
                 for chunk in chunks:
@@ -140,16 +147,15 @@ class OpenAICompatibleProvider:
         finally:
             await reads.aclose()
 
-    def stream_reads(self, call: UpstreamCall) -> AsyncGenerator[list[JSON], None]:
-        return self._sse_reads(call)
-
-    async def _sse_reads(self, call: UpstreamCall) -> AsyncGenerator[list[JSON], None]:
-        """Send a streaming request and yield, for each read of the body, the SSE `data` payloads
-        it completed, parsed as JSON objects (a read that completed none yields nothing): an
-        instant upstream sends many chunks per read, and relaying them together costs one client
-        write instead of one each (bench/README.md, first token under load). The read that
-        brings the first content is yielded in two: up to that chunk, then the rest, so the
-        first content is not held back while the rest of its read is parsed.
+    async def _sse_reads(
+        self, call: UpstreamCall, endpoint: Endpoint, head: bytes
+    ) -> AsyncGenerator[list[JSON], None]:
+        """POST a streaming request to `endpoint` and yield, for each read of the body, the SSE
+        `data` payloads it completed, parsed as JSON objects (a read that completed none yields
+        nothing): an instant upstream sends many chunks per read, and relaying them together
+        costs one client write instead of one each (bench/README.md, first token under load).
+        The read that brings the first content is yielded in two: up to that chunk, then the
+        rest, so the first content is not held back while the rest of its read is parsed.
 
         Errors before the first chunk are raised on the first `__anext__`. A connection loss or
         timeout mid-stream raises UpstreamFailure from the iterator; so does an `error` object
@@ -159,7 +165,7 @@ class OpenAICompatibleProvider:
         answer was complete. The connection is released however iteration ends, including
         `aclose()` by a consumer that stops early.
         """
-        resp = await self._open(call, self._endpoint, self._head)
+        resp = await self._open(call, endpoint, head)
         try:
             if not 200 <= resp.status < 300:
                 raise await self._failure(resp)

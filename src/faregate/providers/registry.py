@@ -23,11 +23,14 @@ from faregate.providers.anthropic import AnthropicProvider
 from faregate.providers.base import Provider
 from faregate.providers.http import ConnectionPool
 from faregate.providers.openai_compat import OpenAICompatibleProvider
+from faregate.providers.openai_responses import OpenAIResponsesProvider
 
 ProviderFactory = Callable[[str, ProviderSettings, ConnectionPool], Provider]
 
 # protocol -> implementation. A new wire protocol is one module and one line here.
 PROTOCOLS: dict[str, ProviderFactory] = {"openai": OpenAICompatibleProvider, "anthropic": AnthropicProvider}
+# protocol -> implementation for a provider that also speaks the Responses API (`responses: true`).
+RESPONSES_PROTOCOLS: dict[str, ProviderFactory] = {"openai": OpenAIResponsesProvider}
 # The provider name the simulator takes when it stands in for the providers.
 SIMULATOR = "sim"
 
@@ -142,7 +145,11 @@ def with_simulator(settings: Settings, base_url: str | None = None) -> Settings:
 
 
 def _build(name: str, settings: ProviderSettings, pool: ConnectionPool) -> Provider:
-    factory = PROTOCOLS.get(settings.protocol)
+    if settings.responses and settings.protocol not in RESPONSES_PROTOCOLS:
+        raise ConfigError(
+            f"providers.{name}: `responses: true` needs protocol openai, not {settings.protocol!r}"
+        )
+    factory = (RESPONSES_PROTOCOLS if settings.responses else PROTOCOLS).get(settings.protocol)
     if factory is None:  # config validation makes this unreachable; kept for a clear message
         raise ValueError(f"providers.{name}: unsupported protocol {settings.protocol!r}")
     try:

@@ -8,7 +8,7 @@ request and answer (the OpenAI chat shape, wire/openai.py). A `ClientWire` stand
   (`asked` is the client's own body, whose settings a Response echoes);
 - `stream(model, include_usage, asked)`: a `StreamEncoder` that turns the internal chunks of an
   answer, its priced usage chunk and a mid-stream failure into the client's SSE frames;
-- `error(error)`: the body of an error in the client's shape (its status is the error's).
+- `status(error)` and `error(error)`: the status and body of an error in the client's shape.
 
 Three wires: OpenAI chat (the identity: today's bytes, and per chunk no more work than
 `relay_frame`, in wire.openai.ChatStreamFrames), Anthropic Messages (wire/anthropic*.py) and the
@@ -24,7 +24,15 @@ import orjson
 
 from faregate.errors import FaregateError, UpstreamFailure
 from faregate.types import JSON
-from faregate.wire import anthropic, anthropic_replies, anthropic_stream, openai, responses, responses_stream
+from faregate.wire import (
+    anthropic,
+    anthropic_replies,
+    anthropic_stream,
+    openai,
+    responses,
+    responses_native,
+    responses_stream,
+)
 
 
 class StreamEncoder(Protocol):
@@ -56,6 +64,8 @@ class ClientWire(Protocol):
 
     def stream(self, model: str, include_usage: bool, asked: JSON) -> StreamEncoder: ...
 
+    def status(self, error: FaregateError) -> int: ...
+
     def error(self, error: FaregateError) -> bytes: ...
 
 
@@ -74,6 +84,9 @@ class ChatWire:
 
     def stream(self, model: str, include_usage: bool, asked: JSON) -> StreamEncoder:
         return openai.ChatStreamFrames(model, include_usage)
+
+    def status(self, error: FaregateError) -> int:
+        return error.status
 
     def error(self, error: FaregateError) -> bytes:
         return orjson.dumps(openai.error_body(error))
@@ -113,6 +126,11 @@ class MessagesWire:
     def stream(self, model: str, include_usage: bool, asked: JSON) -> StreamEncoder:
         return MessagesEncoder(model)
 
+    def status(self, error: FaregateError) -> int:
+        # Every upstream out of capacity: Anthropic's own answer to that, 529 overloaded_error
+        # (an OpenAI client gets the 502 that lists the attempts).
+        return anthropic_replies.OVERLOADED if anthropic_replies.overloaded(error) else error.status
+
     def error(self, error: FaregateError) -> bytes:
         return orjson.dumps(anthropic_replies.error_body(error)[1])
 
@@ -121,34 +139,59 @@ class MessagesWire:
 
 
 class ResponsesEncoder:
-    __slots__ = ("_stream",)
+    """Translates internal chunks into Response events, or, for a stream passed through natively
+    (its chunks carry the upstream's own events), relays those (wire/responses_native.py)."""
+
+    __slots__ = ("_model", "_native", "_stream")
 
     def __init__(self, model: str, asked: JSON) -> None:
+        self._model = model
         self._stream = responses_stream.ResponsesStream(model, asked)
+        self._native: responses_native.NativeStream | None = None
 
     def chunk(self, chunk: JSON) -> bytes:
-        return _frames(self._stream.feed(chunk), responses_stream.sse_frame)
+        events = chunk.get(responses_native.NATIVE_EVENTS)
+        if events is None:
+            return _frames(self._stream.feed(chunk), responses_stream.sse_frame)
+        if self._native is None:
+            self._native = responses_native.NativeStream(self._model)
+        return _frames(self._native.relay(events), responses_stream.sse_frame)
 
     def close(self, usage_chunk: JSON | None) -> bytes:
+        if self._native is not None:
+            return _frames(self._native.close(usage_chunk), responses_stream.sse_frame)
         events = self._stream.feed(usage_chunk) if usage_chunk is not None else []
         return _frames(events + self._stream.end(), responses_stream.sse_frame)
 
     def fail(self, failure: UpstreamFailure) -> bytes:
+        if self._native is not None:
+            return _frames(self._native.fail(failure.detail), responses_stream.sse_frame)
         return _frames(self._stream.fail(failure), responses_stream.sse_frame)
 
 
 class ResponsesWire:
     name = "responses"
-    extras: frozenset[str] = frozenset()
+    # The client's own body, for a provider that speaks the Responses API (`responses: true`):
+    # it is passed through to it natively (wire/responses_native.py); every other gets the
+    # translation.
+    extras = frozenset({responses_native.NATIVE_REQUEST})
 
     def to_chat(self, body: JSON) -> JSON:
-        return responses.responses_to_chat(body)
+        chat = responses.responses_to_chat(body)
+        chat[responses_native.NATIVE_REQUEST] = body
+        return chat
 
     def answer(self, body: JSON, asked: JSON) -> bytes:
+        native = responses_native.native_answer(body)
+        if native is not None:
+            return orjson.dumps(native)
         return orjson.dumps(responses.completion_to_response(body, asked))
 
     def stream(self, model: str, include_usage: bool, asked: JSON) -> StreamEncoder:
         return ResponsesEncoder(model, asked)
+
+    def status(self, error: FaregateError) -> int:
+        return error.status
 
     def error(self, error: FaregateError) -> bytes:
         # The Responses API answers errors in OpenAI's shape.

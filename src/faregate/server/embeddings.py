@@ -81,7 +81,7 @@ class EmbeddingsPipeline:
 
     async def handle(self, http_request: web.Request) -> web.StreamResponse:
         exchange = Exchange.begin(http_request)
-        exchange.record.wire = "embeddings"
+        exchange.record.wire = "embeddings"  # errors are OpenAI's shape, as the chat wire's
         job: EmbeddingJob | None = None
         try:
             exchange.authenticated(await self.chat.authenticate(http_request))

@@ -217,7 +217,7 @@ class Exchange:
 
     def failed(self, error: FaregateError, note: str | None = None) -> None:
         """An error answer; `note` replaces the client's message in the record (a bug's class)."""
-        self.record.status = error.status
+        self.record.status = self.wire.status(error)  # what the client gets (529 for Messages)
         self.record.error = (note or error.message)[:2000]
         if isinstance(error, UpstreamError) and error.attempts:
             self.record.attempts = error.attempts

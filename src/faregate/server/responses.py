@@ -43,7 +43,7 @@ def error_response(
 ) -> web.Response:
     """An error in the client's wire (OpenAI's shape unless it came in on another)."""
     return web.Response(
-        status=error.status,
+        status=wire.status(error),
         body=wire.error(error),
         content_type=JSON_TYPE,
         headers={**error.headers, **(headers or {})},

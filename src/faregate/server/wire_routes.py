@@ -10,6 +10,8 @@ response is a 404 that says so.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import orjson
 from aiohttp import web
 
@@ -18,6 +20,9 @@ from faregate.server.client_wires import CHAT, MESSAGES, RESPONSES, ClientWire
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.responses import JSON_TYPE, error_response
 from faregate.wire.anthropic import count_tokens
+
+# Method and path to handler: the routes the runner serves without the router.
+FastRoutes = dict[tuple[str, str], Callable[[web.Request], Awaitable[web.StreamResponse]]]
 
 NOT_STORED = (
     "Stored responses are not supported: this gateway serves the Responses API stateless "
@@ -30,9 +35,13 @@ def wire_of_path(path: str) -> ClientWire:
     return MESSAGES if path.startswith("/v1/messages") else CHAT
 
 
-def add_wire_routes(app: web.Application, pipeline: ChatPipeline) -> None:
-    app.router.add_post("/v1/messages", pipeline.handler(MESSAGES))
-    app.router.add_post("/v1/responses", pipeline.handler(RESPONSES))
+def add_wire_routes(app: web.Application, pipeline: ChatPipeline) -> FastRoutes:
+    """Adds the routes; returns the two POSTs that the runner may serve without the router
+    (server.runner.GatewayRunner), as it serves chat completions: the pipeline answers every
+    error itself."""
+    messages, responses = pipeline.handler(MESSAGES), pipeline.handler(RESPONSES)
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/responses", responses)
 
     async def messages_count_tokens(request: web.Request) -> web.StreamResponse:
         try:
@@ -53,3 +62,4 @@ def add_wire_routes(app: web.Application, pipeline: ChatPipeline) -> None:
     app.router.add_post("/v1/messages/count_tokens", messages_count_tokens)
     app.router.add_get("/v1/responses/{response_id}", stored_response)
     app.router.add_delete("/v1/responses/{response_id}", stored_response)
+    return {("POST", "/v1/messages"): messages, ("POST", "/v1/responses"): responses}

@@ -69,7 +69,7 @@ class EmbeddingsEndpoint:
         except ScriptedRequestError as exc:
             self._sim.stats.rejected += 1
             return _error(400, str(exc), exc.param)
-        self._sim.stats.count(parsed.model, fault, False)
+        self._sim.stats.count(parsed.model, fault, False, "embeddings")
         if fault == "hang":
             await asyncio.sleep(behaviour.hang_s)
             fault = None

@@ -79,7 +79,7 @@ class MessagesEndpoint:
             self._sim.stats.rejected += 1
             return error(400, "invalid_request_error", str(exc))
         stream = chat.get("stream") is True
-        self._sim.stats.count(model, fault, stream)
+        self._sim.stats.count(model, fault, stream, "messages")
         if fault == "hang":
             await asyncio.sleep(behaviour.hang_s)
             fault = None

@@ -73,7 +73,7 @@ class ResponsesEndpoint:
             self._sim.stats.rejected += 1
             return error(400, str(exc), "invalid_request_error", param=exc.param)
         stream = chat.get("stream") is True
-        self._sim.stats.count(model, fault, stream)
+        self._sim.stats.count(model, fault, stream, "responses")
         if fault == "hang":
             await asyncio.sleep(behaviour.hang_s)
             fault = None

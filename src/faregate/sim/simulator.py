@@ -50,11 +50,15 @@ class Stats:
         self.streams = 0
         self.rejected = 0
         self.models: dict[str, int] = {}
+        # Requests per wire they came in on: chat, messages, responses, embeddings (so a test
+        # can tell a request passed through natively from one the gateway translated).
+        self.wires: Counter[str] = Counter()
         self.faults: dict[str, int] = {}
         self.model_faults: dict[str, Counter[str]] = {}
 
-    def count(self, model: str, fault: str | None, stream: bool) -> None:
+    def count(self, model: str, fault: str | None, stream: bool, wire: str = "chat") -> None:
         self.requests += 1
+        self.wires[wire] += 1
         self.streams += stream
         models = self.models
         models[model] = models.get(model, 0) + 1
@@ -68,6 +72,7 @@ class Stats:
             "streams": self.streams,
             "rejected": self.rejected,
             "models": dict(self.models),
+            "wires": dict(self.wires),
             "faults": dict(self.faults),
             "by_model": {
                 model: {"requests": n, "faults": dict(self.model_faults.get(model, {}))}

@@ -10,8 +10,8 @@ from typing import Literal
 
 from faregate.types import Price, Usage
 
-Dimension = Literal["model", "provider", "key", "route"]
-DIMENSIONS: tuple[Dimension, ...] = ("model", "provider", "key", "route")
+Dimension = Literal["model", "provider", "key", "route", "wire"]
+DIMENSIONS: tuple[Dimension, ...] = ("model", "provider", "key", "route", "wire")
 
 # Latency percentiles are read from a histogram built in SQL. Bucket width grows with the value,
 # so the error stays small relative to it: 1 ms below 100 ms, 10 ms below 1 s, 100 ms below 10 s,

@@ -20,6 +20,7 @@ GROUP_SQL: dict[str, str] = {
     "provider": "{t}provider",
     "key": "{t}key_id",
     "route": "{t}route",
+    "wire": "{t}wire",
 }
 CACHE_HIT = "cache_status IN ('hit', 'semantic-hit')"
 

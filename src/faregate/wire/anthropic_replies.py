@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from faregate.errors import FaregateError
+from faregate.errors import FaregateError, UpstreamFailed
 from faregate.types import JSON, Usage
 from faregate.wire.usage import usage_from
 
@@ -36,6 +36,8 @@ FINISH_REASONS = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
+# Anthropic's status when it has no capacity (its SDKs retry it, Claude Code says "Overloaded").
+OVERLOADED = 529
 # Anthropic's error type for each status of our error tree.
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -142,11 +144,16 @@ def anthropic_usage(usage: Usage) -> JSON:
 
 
 def error_body(error: FaregateError, request_id: str | None = None) -> tuple[int, JSON]:
-    """(status, body) of Anthropic's error shape for one of our errors."""
-    error_type = ERROR_TYPES.get(
-        error.status, "api_error" if error.status >= 500 else "invalid_request_error"
-    )
+    """(status, body) of Anthropic's error shape for one of our errors: 529 overloaded_error
+    when every upstream attempt failed for want of capacity (`overloaded`)."""
+    status = OVERLOADED if overloaded(error) else error.status
+    error_type = ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
     body: JSON = {"type": "error", "error": {"type": error_type, "message": error.message}}
     if request_id is not None:
         body["request_id"] = request_id
-    return error.status, body
+    return status, body
+
+
+def overloaded(error: FaregateError) -> bool:
+    """Did every upstream attempt fail with 429, 503 or 529 (errors.UpstreamFailed.overloaded)?"""
+    return isinstance(error, UpstreamFailed) and error.status == 502 and error.overloaded

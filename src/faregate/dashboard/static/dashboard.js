@@ -370,11 +370,11 @@ async function load() {
   if (state.loading) return;
   state.loading = true;
   try {
-    const [summary, series, byModel, byProvider, byRoute, byKey, latRoute, latModel, reliability, health, feedback, alerts, requests, calibrated] =
+    const [summary, series, byModel, byProvider, byRoute, byWire, byKey, latRoute, latModel, reliability, health, feedback, alerts, requests, calibrated] =
       await Promise.all([
         api("summary"), api("series"),
         api("breakdown", { by: "model" }), api("breakdown", { by: "provider" }),
-        api("breakdown", { by: "route" }), api("breakdown", { by: "key", limit: 20 }),
+        api("breakdown", { by: "route" }), api("breakdown", { by: "wire" }), api("breakdown", { by: "key", limit: 20 }),
         api("latency", { by: "route" }), api("latency", { by: "model" }),
         api("reliability", { by: "provider", limit: 12 }), api("health"), api("feedback", { by: "model" }),
         api("alerts"), api("requests", { limit: PAGE, ...searchParams() }), quality(),
@@ -385,6 +385,7 @@ async function load() {
     renderModelChart(byModel);
     renderBreakdown("by-provider", "Provider", byProvider);
     renderBreakdown("by-route", "Route", byRoute);
+    renderBreakdown("by-wire", "Wire", byWire);
     renderBreakdown("by-key", "Key", byKey);
     renderLatency(latRoute, latModel);
     renderReliability(reliability, health);

@@ -326,6 +326,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        15,
+        "the dashboard's sums per wire: the covering index holds the wire; the rollup is rebuilt",
+        (
+            "DROP INDEX request_records_dashboard",
+            """
+            CREATE INDEX request_records_dashboard ON request_records (
+                created_at, model_used, model_requested, provider, route, key_id, status, cache_status,
+                cost_nanousd, baseline_cost_nanousd, prompt_tokens, completion_tokens, latency_ms,
+                ttft_ms, empty_response, wire
+            )
+            """,
+            # Its hours have no per-wire sums: the rollup starts again from the first record
+            # (in chunks, as on a new store; the queries read what is not rolled up from records).
+            "DELETE FROM rollup_hourly",
+            "DELETE FROM rollup_failures_hourly",
+            "DELETE FROM rollup_state",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

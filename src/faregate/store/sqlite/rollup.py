@@ -1,7 +1,7 @@
 """Hourly rollups of request records in the embedded store, so the dashboard reads a month in
 milliseconds.
 
-`rollup_hourly` holds, per hour and per model, provider, route and key (and overall,
+`rollup_hourly` holds, per hour and per model, provider, route, key and wire (and overall,
 dim ''), the sums the dashboard shows. `RollupWriter.step` adds the records written since
 its last run (tracked by request_records.id in `rollup_state`), a chunk per transaction,
 so a store that already holds millions of records catches up without holding the write

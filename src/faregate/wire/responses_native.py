@@ -1,0 +1,224 @@
+"""A Responses request passed through natively to a provider that speaks OpenAI's Responses API.
+
+The Responses client wire translates every request to the internal chat body (so routing,
+holds, the cache and fallbacks to any model work as for chat), and also carries the client's
+own Responses body in it under `NATIVE_REQUEST`: a wire extra (ChatRequest.wire_extras), so
+only a provider configured with `responses: true` receives it; every other provider gets the
+translation. Such a provider POSTs the native body (the offer's upstream model name put in,
+`store` false) to its /responses and hands the pipeline an internal answer read from the
+Response, with the Response itself riding along:
+
+- a whole answer: the internal chat.completion (text, function calls, finish reason, usage with
+  cached tokens) with the upstream's Response under `NATIVE_ANSWER`, which the client wire
+  sends as it came (the gateway's model name and `usage.cost` put in);
+- a stream: per upstream event one internal chunk (its text or tool-call delta, the finish
+  reason and usage on response.completed / response.incomplete) with the event itself under
+  `NATIVE_EVENTS`, which the client wire's encoder relays as it came (the final event's usage
+  gets the cost). response.failed and `error` events raise UpstreamFailure, as a chat stream's
+  error chunk does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from faregate.errors import UpstreamFailure
+from faregate.types import GATEWAY_FIELDS, JSON, Usage
+from faregate.wire.responses import responses_usage
+from faregate.wire.usage import token_count, usage_json
+
+# The client's Responses body inside the internal chat body (a wire extra).
+NATIVE_REQUEST = "responses_request"
+# The upstream's Response inside an internal answer; its events inside an internal chunk.
+NATIVE_ANSWER = "_native_response"
+NATIVE_EVENTS = "_native_events"
+# The final events of a Response stream, which carry its usage.
+FINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
+
+
+def native_body(call_body: JSON, stream: bool) -> JSON:
+    """The body sent upstream: the client's Responses request, with the upstream model name the
+    call's chat body carries, nothing stored, and without the gateway's own fields."""
+    asked = call_body[NATIVE_REQUEST]
+    body = {k: v for k, v in asked.items() if k not in GATEWAY_FIELDS and k != "stream"}
+    body["model"] = call_body["model"]
+    body["store"] = False
+    if stream:
+        body["stream"] = True
+    return body
+
+
+def usage_of(response: Any) -> Usage | None:
+    """The internal usage of a Response's usage (input_tokens include cached tokens, as in chat)."""
+    usage = response.get("usage") if isinstance(response, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))
+    if prompt is None or completion is None:
+        return None
+    details = usage.get("input_tokens_details")
+    read = (token_count(details.get("cached_tokens")) or 0) if isinstance(details, dict) else 0
+    write = (token_count(details.get("cache_write_tokens")) or 0) if isinstance(details, dict) else 0
+    if read + write > prompt:
+        return Usage(prompt, completion)
+    return Usage(prompt, completion, cache_read_tokens=read, cache_write_tokens=write)
+
+
+def response_to_completion(response: JSON) -> tuple[JSON, Usage | None]:
+    """The internal chat.completion a whole Response amounts to, the Response under NATIVE_ANSWER."""
+    texts: list[str] = []
+    refusals: list[str] = []
+    calls: list[JSON] = []
+    for item in response.get("output") or ():
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "message":
+            for part in item.get("content") or ():
+                if isinstance(part, dict) and part.get("type") == "output_text":
+                    texts.append(str(part.get("text") or ""))
+                elif isinstance(part, dict) and part.get("type") == "refusal":
+                    refusals.append(str(part.get("refusal") or ""))
+        elif item.get("type") == "function_call":
+            calls.append(_tool_call(item))
+    message: JSON = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
+    if refusals:
+        message["refusal"] = "".join(refusals)
+    if calls:
+        message["tool_calls"] = calls
+    usage = usage_of(response)
+    body: JSON = {
+        "id": str(response.get("id") or ""),
+        "object": "chat.completion",
+        "created": response.get("created_at"),
+        "model": response.get("model"),
+        "choices": [{"index": 0, "message": message, "finish_reason": _finish(response, bool(calls))}],
+        NATIVE_ANSWER: response,
+    }
+    if usage is not None:
+        body["usage"] = usage_json(usage)
+    return body, usage
+
+
+def native_answer(body: JSON) -> JSON | None:
+    """The upstream's Response for a priced internal answer (None if it was translated), as the
+    client receives it: the gateway's model name, the priced usage with its cost."""
+    native = body.get(NATIVE_ANSWER)
+    if not isinstance(native, dict):
+        return None
+    usage = priced_usage(native.get("usage"), body.get("usage"))
+    return {**native, "model": body.get("model"), "usage": usage}
+
+
+def priced_usage(native: Any, internal: Any) -> JSON | None:
+    """The upstream's Responses usage with the gateway's `cost` (and `estimated`) put in; the
+    internal usage in Responses' shape when the upstream gave none."""
+    if not isinstance(native, dict):
+        return responses_usage(internal) if isinstance(internal, dict) else None
+    out = dict(native)
+    if isinstance(internal, dict):
+        for extra in ("cost", "estimated"):
+            if extra in internal:
+                out[extra] = internal[extra]
+    return out
+
+
+async def chunks_of_events(events: AsyncIterator[JSON]) -> AsyncIterator[JSON]:
+    """The internal chunks of a Response event stream, each carrying its event (NATIVE_EVENTS)."""
+    tools: dict[Any, int] = {}  # output_index -> tool call index
+    async for event in events:
+        kind = event.get("type")
+        if kind == "error" or kind == "response.failed":
+            error = event.get("error") or (event.get("response") or {}).get("error") or event
+            message = error.get("message") if isinstance(error, dict) else None
+            raise UpstreamFailure("server_error", f"{kind} event: {message or 'no message'}", body=event)
+        delta: JSON = {}
+        finish: str | None = None
+        chunk: JSON = {"object": "chat.completion.chunk", NATIVE_EVENTS: [event]}
+        if kind == "response.output_text.delta":
+            delta["content"] = str(event.get("delta") or "")
+        elif kind == "response.refusal.delta":
+            delta["refusal"] = str(event.get("delta") or "")
+        elif kind == "response.output_item.added" and _is_call(event.get("item")):
+            item = event["item"]
+            index = tools.setdefault(event.get("output_index"), len(tools))
+            delta["tool_calls"] = [{**_tool_call(item), "index": index}]
+            delta["tool_calls"][0]["function"]["arguments"] = str(item.get("arguments") or "")
+        elif kind == "response.function_call_arguments.delta":
+            index = tools.get(event.get("output_index"), 0)
+            delta["tool_calls"] = [{"index": index, "function": {"arguments": str(event.get("delta") or "")}}]
+        elif kind in FINAL_EVENTS:
+            response = event.get("response") or {}
+            finish = _finish(response, bool(tools))
+            usage = usage_of(response)
+            if usage is not None:
+                chunk["usage"] = usage_json(usage)
+        chunk["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}] if delta or finish else []
+        yield chunk
+
+
+def _is_call(item: Any) -> bool:
+    return isinstance(item, dict) and item.get("type") == "function_call"
+
+
+def _tool_call(item: JSON) -> JSON:
+    return {
+        "id": str(item.get("call_id") or ""),
+        "type": "function",
+        "function": {"name": str(item.get("name") or ""), "arguments": str(item.get("arguments") or "")},
+    }
+
+
+def _finish(response: JSON, called: bool) -> str:
+    """The chat finish reason of a Response's status."""
+    reason = (response.get("incomplete_details") or {}).get("reason")
+    if response.get("status") == "incomplete":
+        return "content_filter" if reason == "content_filter" else "length"
+    return "tool_calls" if called else "stop"
+
+
+class NativeStream:
+    """The client's side of a passed-through Response stream: each upstream event relayed as it
+    came (the gateway's model name in the Response snapshots), the final one held back until its
+    usage can carry the cost; a failure after the start ends it with response.failed."""
+
+    __slots__ = ("_final", "_model", "_sequence", "_snapshot")
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._final: JSON | None = None
+        self._snapshot: JSON = {"object": "response", "model": model, "output": []}
+        self._sequence = -1
+
+    def relay(self, events: list[JSON]) -> list[JSON]:
+        out: list[JSON] = []
+        for event in events:
+            sequence = event.get("sequence_number")
+            if type(sequence) is int:
+                self._sequence = sequence
+            response = event.get("response")
+            if isinstance(response, dict):
+                response = {**response, "model": self._model}
+                self._snapshot = response
+                event = {**event, "response": response}
+            if event.get("type") in FINAL_EVENTS:
+                self._final = event
+            else:
+                out.append(event)
+        return out
+
+    def close(self, usage_chunk: JSON | None) -> list[JSON]:
+        """The final event, its usage priced (`usage_chunk`: the priced internal usage chunk)."""
+        final = self._final
+        if final is None:
+            return self.fail("the upstream stream ended without response.completed")
+        response = dict(final["response"])
+        internal = usage_chunk.get("usage") if usage_chunk is not None else None
+        response["usage"] = priced_usage(response.get("usage"), internal)
+        return [{**final, "response": response}]
+
+    def fail(self, message: str) -> list[JSON]:
+        self._sequence += 1
+        error = {"code": "server_error", "message": message}
+        response = {**self._snapshot, "status": "failed", "error": error}
+        return [{"type": "response.failed", "sequence_number": self._sequence, "response": response}]
