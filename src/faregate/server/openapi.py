@@ -530,6 +530,17 @@ def openapi_document(limits: LimitsSettings | None = None) -> dict[str, Any]:
         },
         "/admin/audit": {"get": {"security": master, "responses": _answers(401, 403)}},
         "/admin/instances": {"get": {"security": master, "responses": _answers(401, 403)}},
+        "/admin/quality": {
+            "get": {
+                "summary": "Quality targets: each calibrated route's and the semantic cache's figures, "
+                "and the latest verifications.",
+                "security": master,
+                "parameters": [
+                    {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"}}
+                ],
+                "responses": _answers(401, 403),
+            }
+        },
         "/admin/instances/{instance_id}/release": {
             "post": {
                 "security": master,
