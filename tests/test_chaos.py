@@ -188,7 +188,13 @@ async def test_no_failure_reaches_the_client_and_money_adds_up(
     assert len(set(ids)) == REQUESTS
 
     stats = sim_stats(sim)["by_model"][PRIMARY]["faults"]
-    assert {"rate_limit", "server_error", "unavailable", "empty_choices", "truncate", "hang"} <= set(stats)
+    # Every kind of fault was dealt. The rare ones (hang 2%, cut 5% of the calls that reach the
+    # primary, fewer while its breaker is open) need the suite's size: a quick run of a few
+    # hundred requests (the documented `make chaos` quick form) may draw none.
+    expected = {"rate_limit", "server_error", "unavailable", "empty_choices"}
+    if REQUESTS >= 2000:
+        expected |= {"truncate", "hang"}
+    assert expected <= set(stats), stats
 
     rows = wait_for_rows(gateway.store_path / "faregate.db", ids)
     assert len(rows) == REQUESTS, "every request recorded exactly once"
