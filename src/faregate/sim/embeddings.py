@@ -23,6 +23,7 @@ from aiohttp import web
 from faregate import tokens
 from faregate.errors import InvalidRequest
 from faregate.sim import faults
+from faregate.sim.faults import JSON_TYPE
 from faregate.types import JSON
 from faregate.wire import embeddings as wire
 
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from faregate.sim.simulator import Simulator
 
 DIMENSIONS = 1536
-JSON_TYPE = "application/json"
 
 
 def vector(model: str, item: str | tuple[int, ...], dimensions: int) -> np.ndarray:
@@ -75,14 +75,9 @@ class EmbeddingsEndpoint:
             fault = None
         if fault == "reset":
             return _reset(request)
-        if fault == "rate_limit":
-            data, headers = faults.rate_limit(behaviour.retry_after_s)
-            return web.Response(status=429, body=data, headers=headers, content_type=JSON_TYPE)
-        if fault in ("server_error", "unavailable"):
-            data = faults.server_error() if fault == "server_error" else faults.unavailable()
-            return web.Response(
-                status=500 if fault == "server_error" else 503, body=data, content_type=JSON_TYPE
-            )
+        failed = faults.openai_error(fault, behaviour.retry_after_s)
+        if failed is not None:
+            return failed
         dimensions = parsed.dimensions or DIMENSIONS
         items = [] if fault == "empty_choices" else parsed.inputs
         prompt = wire.input_tokens(parsed)

@@ -12,6 +12,7 @@ import functools
 import random
 
 import orjson
+from aiohttp import web
 
 from faregate.sim.script import FAULTS, Faults
 
@@ -76,3 +77,19 @@ def server_error() -> bytes:
 
 def unavailable() -> bytes:
     return error_body(UNAVAILABLE_MESSAGE, "server_error")
+
+
+JSON_TYPE = "application/json"
+
+
+def openai_error(fault: str | None, retry_after_s: float) -> web.Response | None:
+    """The OpenAI-shaped answer of a fault that answers with an error (429 rate_limit, 500
+    server_error, 503 unavailable); None for any other fault (or none)."""
+    if fault == "rate_limit":
+        data, headers = rate_limit(retry_after_s)
+        return web.Response(status=429, body=data, headers=headers, content_type=JSON_TYPE)
+    if fault == "server_error":
+        return web.Response(status=500, body=server_error(), content_type=JSON_TYPE)
+    if fault == "unavailable":
+        return web.Response(status=503, body=unavailable(), content_type=JSON_TYPE)
+    return None

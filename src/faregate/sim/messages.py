@@ -20,6 +20,7 @@ from aiohttp import web
 from faregate import tokens
 from faregate.errors import InvalidRequest
 from faregate.sim import answers, faults, translated
+from faregate.sim.faults import JSON_TYPE
 from faregate.sim.prompt_cache import PromptCache
 from faregate.types import JSON, Usage
 from faregate.wire.anthropic import messages_to_chat
@@ -28,8 +29,6 @@ from faregate.wire.anthropic_stream import messages_events, sse_frame
 
 if TYPE_CHECKING:
     from faregate.sim.simulator import Simulator
-
-JSON_TYPE = "application/json"
 
 
 def error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> web.Response:

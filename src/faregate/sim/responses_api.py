@@ -17,14 +17,13 @@ from aiohttp import web
 from faregate import tokens
 from faregate.errors import InvalidRequest
 from faregate.sim import answers, faults, translated
+from faregate.sim.faults import JSON_TYPE
 from faregate.types import JSON, Usage
 from faregate.wire.responses import completion_to_response, responses_to_chat
 from faregate.wire.responses_stream import response_events, sse_frame
 
 if TYPE_CHECKING:
     from faregate.sim.simulator import Simulator
-
-JSON_TYPE = "application/json"
 
 
 def error(
@@ -79,14 +78,9 @@ class ResponsesEndpoint:
             fault = None
         if fault == "reset":
             return _reset(request)
-        if fault == "rate_limit":
-            data, headers = faults.rate_limit(behaviour.retry_after_s)
-            return web.Response(status=429, body=data, headers=headers, content_type=JSON_TYPE)
-        if fault in ("server_error", "unavailable"):
-            data = faults.server_error() if fault == "server_error" else faults.unavailable()
-            return web.Response(
-                status=500 if fault == "server_error" else 503, body=data, content_type=JSON_TYPE
-            )
+        failed = faults.openai_error(fault, behaviour.retry_after_s)
+        if failed is not None:
+            return failed
 
         prompt = tokens.count_input(chat)
         reply, tool = answers.scripted_reply(chat, behaviour, fault, chat.get("max_tokens"), stream)

@@ -24,6 +24,7 @@ from faregate import tokens
 from faregate.errors import ConfigError
 from faregate.sim import answers, faults, wire
 from faregate.sim.answers import Reply
+from faregate.sim.faults import JSON_TYPE
 from faregate.sim.script import FAULTS, Behaviour, Override, Script, apply_override, parse_script
 from faregate.types import JSON
 
@@ -31,7 +32,6 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 FORCEABLE = frozenset((*FAULTS, "none"))
 # OpenAI's own bound on `n`.
 MAX_N = 128
-JSON_TYPE = "application/json"
 
 
 class ScriptedRequestError(ValueError):
@@ -264,13 +264,9 @@ class Simulator:
             fault = None
         if fault == "reset":
             return _reset(request)
-        if fault == "rate_limit":
-            data, headers = faults.rate_limit(behaviour.retry_after_s)
-            return web.Response(status=429, body=data, headers=headers, content_type=JSON_TYPE)
-        if fault == "server_error":
-            return web.Response(status=500, body=faults.server_error(), content_type=JSON_TYPE)
-        if fault == "unavailable":
-            return web.Response(status=503, body=faults.unavailable(), content_type=JSON_TYPE)
+        failed = faults.openai_error(fault, behaviour.retry_after_s)
+        if failed is not None:
+            return failed
 
         # Billed input as a provider counts it: the messages plus the tools, functions, tool_choice
         # and response_format it renders into the prompt (billed once, whatever `n`).
