@@ -32,11 +32,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def wait_healthy(
+    url: str, process: subprocess.Popen[bytes], timeout: float = 30, log_path: Path | None = None
+) -> None:
+    """Wait for `url` to answer 200; a process that exits first fails with the end of its log,
+    so a start-up failure in CI says why."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {process.returncode}")
+            tail = ""
+            if log_path is not None and log_path.exists():
+                tail = "\n" + "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+            raise RuntimeError(f"process for {url} exited with {process.returncode}{tail}")
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
@@ -107,7 +114,7 @@ def run_sim(workdir: Path, script: str | None = None) -> Iterator[SimProcess]:
     log = open(workdir / "sim.log", "wb")
     process = subprocess.Popen(args, env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/health", process)
+        wait_healthy(f"http://127.0.0.1:{port}/health", process, log_path=workdir / "sim.log")
         yield SimProcess(port, process)
     finally:
         stop(process)
@@ -147,7 +154,7 @@ def run_gateway(
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/health", process)
+        wait_healthy(f"http://127.0.0.1:{port}/health", process, log_path=log_path)
         yield GatewayProcess(port, process, workdir, config, log_path)
     finally:
         stop(process)

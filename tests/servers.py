@@ -296,7 +296,7 @@ def launch_gateway(
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/health", process)
+        wait_healthy(f"http://127.0.0.1:{port}/health", process, log_path=log_path)
         yield GatewayProcess(port, process, workdir, config, log_path)
     finally:
         stop(process)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import sqlite3
 from collections.abc import Callable
 from decimal import Decimal
@@ -26,6 +27,44 @@ def tables(path: Path) -> set[str]:
 def applied(path: Path) -> list[tuple[int, str, float]]:
     with sqlite3.connect(path) as conn:
         return list(conn.execute("SELECT version, name, applied_at FROM schema_migrations ORDER BY version"))
+
+
+def open_together(root: str, rounds: int, barrier: Any, errors: Any) -> None:
+    """One of several processes that open the same new store at the same moment, `rounds` times."""
+
+    async def open_once(directory: Path) -> None:
+        store = await SQLiteStore.open(directory, processes_lock=True)
+        await store.close()
+
+    for round_ in range(rounds):
+        barrier.wait()
+        try:
+            asyncio.run(open_once(Path(root) / f"store-{round_}"))
+        except Exception as exc:
+            errors.put(f"{type(exc).__name__}: {exc}")
+
+
+@pytest.mark.e2e
+def test_processes_opening_a_new_store_together_all_open_it(tmp_path: Path) -> None:
+    # The workers of `serve --workers 2` open the store together; the one that lost the race to
+    # switch a new file to WAL failed with "database is locked" and took the gateway down at
+    # start (5 opens in 240 failed here before the fix).
+    spawn = multiprocessing.get_context("spawn")
+    processes, rounds = 6, 40
+    barrier, errors = spawn.Barrier(processes), spawn.Queue()
+    openers = [
+        spawn.Process(target=open_together, args=(str(tmp_path), rounds, barrier, errors))
+        for _ in range(processes)
+    ]
+    for opener in openers:
+        opener.start()
+    for opener in openers:
+        opener.join(120)
+    assert [opener.exitcode for opener in openers] == [0] * processes
+    failed = []
+    while not errors.empty():
+        failed.append(errors.get())
+    assert failed == []
 
 
 async def test_open_creates_directory_database_in_wal_mode(tmp_path: Path) -> None:
