@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
+import asyncpg
 import pytest
 
 from faregate.accounts.backend import Admitted, HoldRef, Refused, ReserveAsk
@@ -76,6 +77,33 @@ async def test_instances_starting_together_migrate_once(shared_urls: SharedUrls)
     stores = await asyncio.gather(*(PostgresStore.open(shared_urls.postgres) for _ in range(4)))
     assert await stores[0].schema_versions() == [m.version for m in PG_MIGRATIONS]
     for store in stores:
+        await store.close()
+
+
+async def test_a_pooled_connection_goes_back_without_a_reset_query_but_never_in_a_transaction(
+    shared_urls: SharedUrls,  # noqa: F811
+) -> None:
+    # One connection, so the second acquire gets the first's back; a plain connection watches
+    # what that backend was last sent.
+    store = await PostgresStore.open(shared_urls.postgres, pool_size=1)
+    watcher = await asyncpg.connect(shared_urls.postgres)
+    last_query = "SELECT query FROM pg_stat_activity WHERE pid = $1"
+    try:
+        async with store._pool.acquire() as conn:
+            backend = await conn.fetchval("SELECT pg_backend_pid()")
+            await conn.execute("SELECT 1 AS the_last_query")
+        assert await watcher.fetchval(last_query, backend) == "SELECT 1 AS the_last_query"
+        async with store._pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            await conn.execute("CREATE TEMP TABLE left_open (x int)")
+            # Given back mid-transaction (a cancelled request): rolled back all the same.
+        assert await watcher.fetchval(last_query, backend) == "ROLLBACK"
+        async with store._pool.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") == backend
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.left_open')") is None
+    finally:
+        await watcher.close()
         await store.close()
 
 

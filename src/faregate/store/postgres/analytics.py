@@ -20,6 +20,7 @@ import asyncpg
 
 from faregate.store.analytics_queries import AnalyticsQueries, Dialect, Part
 from faregate.store.postgres.errors import unavailable_errors
+from faregate.store.postgres.pool import create_pool
 from faregate.store.postgres.rollup import EVENT_COLUMNS, EVENTFUL, FAILED_ATTEMPTS, PENDING
 from faregate.store.protocols import StoreUnavailable
 
@@ -68,7 +69,7 @@ class PostgresAnalytics(AnalyticsQueries):
         if read_only:
             server_settings["default_transaction_read_only"] = "on"
         try:
-            pool = await asyncpg.create_pool(
+            pool = await create_pool(
                 url, min_size=1, max_size=pool_size, command_timeout=60, server_settings=server_settings
             )
         except (OSError, asyncpg.PostgresError) as exc:

@@ -19,6 +19,7 @@ from faregate.errors import ConfigError
 from faregate.store.postgres.accounts import KEY_COLUMNS, PostgresAccountTable, key_row
 from faregate.store.postgres.errors import unavailable_errors
 from faregate.store.postgres.migrations import PG_MIGRATIONS
+from faregate.store.postgres.pool import create_pool
 from faregate.store.protocols import DuplicateError, KeyRow, StoreUnavailable
 from faregate.store.rows import RECORD_COLUMNS, record_to_row, row_to_record
 from faregate.store.schema import Migration
@@ -50,7 +51,7 @@ class PostgresStore:
         cls, url: str, *, pool_size: int = 10, migrations: Sequence[Migration] = PG_MIGRATIONS
     ) -> PostgresStore:
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_size, command_timeout=60)
+            pool = await create_pool(url, min_size=1, max_size=pool_size, command_timeout=60)
         except (OSError, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
         store = cls(pool)
