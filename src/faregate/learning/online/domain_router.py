@@ -15,15 +15,16 @@ probability relative to the average one (labels are drawn at rank-dependent rate
 undo that, so a neighbourhood is not judged by the ranks that happened to be sampled most). With
 no neighbours it is the prior; as a region of the embedding space (a subject, a product area)
 accumulates labelled outcomes, its prompts are ranked by what was observed there. Scores rank
-prompts; the calibrator decides how many go to the strong model. Re-ranking moves prompts across
-the calibrated cut while the calibration's tests run, which the guarantee does not cover; the
-replay keeps it off unless asked (docs/quality-guarantee.md).
+prompts; the calibrator decides how many go to the strong model. Re-ranking prompts while the
+calibration's tests run is not covered by the guarantee: this score is used as a challenger,
+switched in frozen by a test (ranking_switch.py).
 
 State is a bounded list of (vector, net gain) examples; search is exact (a few thousand vectors).
 """
 
 from __future__ import annotations
 
+import base64
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,8 +73,11 @@ class DomainEvidence:
         return self._matrix
 
     def to_json(self) -> dict[str, Any]:
+        # float16, base64: about 1 KB per 384-dim example (the gateway stores this in a state row).
+        matrix = np.stack(list(self.vectors)).astype(np.float16) if self.vectors else np.zeros((0, 0))
         return {
-            "vectors": [[round(float(x), 5) for x in v] for v in self.vectors],
+            "dim": int(matrix.shape[1]) if self.vectors else 0,
+            "vectors_f16": base64.b64encode(matrix.astype("<f2").tobytes()).decode("ascii"),
             "net_gains": list(self.net_gains),
             "weights": list(self.weights),
             "weak_wins": self.weak_wins,
@@ -84,8 +88,11 @@ class DomainEvidence:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DomainEvidence:
         window = int(data["window"])
+        dim = int(data["dim"])
+        raw = np.frombuffer(base64.b64decode(data["vectors_f16"]), dtype="<f2")
+        matrix = raw.reshape(-1, dim).astype(np.float32) if dim else np.zeros((0, 0), np.float32)
         return cls(
-            deque((np.asarray(v, dtype=np.float32) for v in data["vectors"]), maxlen=window),
+            deque((row for row in matrix), maxlen=window),
             deque((int(g) for g in data["net_gains"]), maxlen=window),
             deque((float(w) for w in data["weights"]), maxlen=window),
             float(data["weak_wins"]),
