@@ -16,8 +16,9 @@ then says with what probability this decision is labelled, as the gateway would 
 A labelled decision's outcome is read from the recorded correctness of both models and updates the
 calibration (learning/online/calibrator.py), the router-health check and, with `learn`, the
 challenger's evidence and its test against the ranking in force (a win switches the ranking and
-restarts the calibration and the health check); an unlabelled one counts as a decision. Every shadow call is charged as the call it is. With a prior,
-the model file's calibration curve enters first as pseudo-outcomes (learning/online/prior.py).
+restarts the calibration and the health check); an unlabelled one counts as a decision. Every
+shadow call is charged as the call it is. With a prior, the model file's calibration curve enters
+first as pseudo-outcomes (learning/online/prior.py).
 
 Reported per window of prompts: realised accuracy against the strong model's on the same prompts,
 strong-model share (answers, and calls including verification), shadow calls by kind, cost
