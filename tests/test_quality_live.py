@@ -413,3 +413,20 @@ def test_learn_domains_is_for_router_routes_only(tmp_path: Path) -> None:
     settings = load_settings(config)
     with pytest.raises(ConfigError, match="learn_domains"):
         RoutePolicies(settings.routes)
+
+
+def test_a_switch_made_by_one_instance_is_taken_by_another() -> None:
+    one, other = learning(True), learning(True)
+    _, prompt = _domains(2)
+    for i in range(50):  # the other instance has its own recent scores of the prior's ranking
+        other.decide(f"o{i}", 0.1 * (i % 10), 50.0, vector=prompt(i)[1])  # type: ignore[arg-type]
+    drive_domains(one, 1200)
+    assert one.figures()["ranking"] == "learned"
+    other.journal.clear()
+    other.adopt_json(one.state_json())
+    figures = other.figures()
+    assert figures["ranking"] == "learned" and figures["epoch"] == one.state.epoch
+    # The new ranking's rank window comes with it (not the prior's scores this instance kept).
+    assert other.state.ranks.to_json() == one.state.ranks.to_json()
+    vector = prompt(1)[1]
+    assert other.decide("x", 0.5, 50.0, vector=vector).rank == one.decide("x", 0.5, 50.0, vector=vector).rank  # type: ignore[arg-type]
