@@ -4,12 +4,16 @@ router-health fallback, and the state kept in the store with compare-and-set (qu
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
+import numpy as np
+import orjson
 import pytest
 
 from faregate.config import ConfigError, load_settings
+from faregate.learning.online.domain_router import Vector
 from faregate.learning.online.settings import QualitySettings, VerificationSettings
 from faregate.quality.live import LiveState, RouteCalibration, today
 from faregate.quality.metrics import QualityCollector
@@ -330,14 +334,12 @@ def test_a_wrong_label_makes_its_entries_stricter() -> None:
     assert again.conflicted("a", 0.94) and again.figures()["conflicts"] == 2
 
 
-def _domains(seed: int = 0) -> tuple[object, object]:
-    import numpy as np
-
+def _domains(seed: int = 0) -> tuple[np.random.Generator, Callable[[int], tuple[int, Vector]]]:
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((2, 16))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
 
-    def prompt(i: int) -> tuple[int, object]:
+    def prompt(i: int) -> tuple[int, Vector]:
         domain = i % 2
         vector = centres[domain] + 0.1 * rng.standard_normal(16)
         return domain, (vector / np.linalg.norm(vector)).astype(np.float32)
@@ -364,8 +366,8 @@ def drive_domains(route: RouteCalibration, n: int) -> None:
     rng, prompt = _domains()
     for i in range(n):
         domain, vector = prompt(i)
-        score = (0.6 if domain == 0 else 0.4) + 0.5 * float(rng.random())  # type: ignore[attr-defined]
-        decision = route.decide(f"q{i}", score=score, length=50.0, vector=vector)  # type: ignore[arg-type]
+        score = (0.6 if domain == 0 else 0.4) + 0.5 * float(rng.random())
+        decision = route.decide(f"q{i}", score=score, length=50.0, vector=vector)
         if decision.labelled:
             route.observe(decision, loss=domain == 1)
 
@@ -379,13 +381,11 @@ def test_learn_domains_switches_a_wrong_prior_to_the_frozen_learned_ranking() ->
     assert figures["domain_examples"] == 300  # bounded by the setting
     # The learned ranking puts the domain whose cheap answers fail above the other.
     _, prompt = _domains(1)
-    ranks = {d: route.decide(f"p{d}", 0.5, 50.0, vector=prompt(d)[1]).rank for d in (0, 1)}  # type: ignore[arg-type]
+    ranks = {d: route.decide(f"p{d}", 0.5, 50.0, vector=prompt(d)[1]).rank for d in (0, 1)}
     assert ranks[1] > ranks[0]
     # The state (the frozen evidence included) round-trips, compactly.
     data = route.state.to_json()
     assert LiveState.from_json(data).to_json() == data
-    import orjson
-
     assert len(orjson.dumps(data)) < 2 * 300 * 1100 + 200_000
     assert "learn=300" in route.fingerprint()
     rows = list(QualityCollector(lambda: [figures]).collect())
@@ -419,7 +419,7 @@ def test_a_switch_made_by_one_instance_is_taken_by_another() -> None:
     one, other = learning(True), learning(True)
     _, prompt = _domains(2)
     for i in range(50):  # the other instance has its own recent scores of the prior's ranking
-        other.decide(f"o{i}", 0.1 * (i % 10), 50.0, vector=prompt(i)[1])  # type: ignore[arg-type]
+        other.decide(f"o{i}", 0.1 * (i % 10), 50.0, vector=prompt(i)[1])
     drive_domains(one, 1200)
     assert one.figures()["ranking"] == "learned"
     other.journal.clear()
@@ -429,4 +429,4 @@ def test_a_switch_made_by_one_instance_is_taken_by_another() -> None:
     # The new ranking's rank window comes with it (not the prior's scores this instance kept).
     assert other.state.ranks.to_json() == one.state.ranks.to_json()
     vector = prompt(1)[1]
-    assert other.decide("x", 0.5, 50.0, vector=vector).rank == one.decide("x", 0.5, 50.0, vector=vector).rank  # type: ignore[arg-type]
+    assert other.decide("x", 0.5, 50.0, vector=vector).rank == one.decide("x", 0.5, 50.0, vector=vector).rank
