@@ -144,3 +144,18 @@ def test_without_vectors_both_rankings_are_the_prior_and_the_state_round_trips()
     assert again.switches == 1 and again.frozen is not None
     assert switch.in_force_score(again, 0.3, vector) == switch.in_force_score(state, 0.3, vector)
     assert switch.ranking(again, flagged=True) == "length"
+
+
+def test_evidence_round_trips_at_the_stored_precision() -> None:
+    from faregate.learning.online.domain_router import DomainEvidence
+
+    rng = np.random.default_rng(0)
+    for dim in (384, 16):  # unpadded base64 (decoded in one go) and padded
+        evidence = DomainEvidence()
+        for g in (-1, 0, 1):
+            vector = rng.standard_normal(dim).astype(np.float32)
+            evidence.add(vector / np.linalg.norm(vector), g, 2.0)
+        again = DomainEvidence.from_json(evidence.to_json())
+        assert np.array_equal(again.matrix(), evidence.matrix())
+        assert again.to_json() == evidence.to_json()
+        assert list(again.net_gains) == [-1, 0, 1] and again.total == 6.0

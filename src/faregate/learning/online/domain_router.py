@@ -44,6 +44,9 @@ class DomainEvidence:
     net_gains: deque[int] = field(default_factory=lambda: deque(maxlen=DEFAULT_MAX_EXAMPLES))
     # 1 / the probability each example had of being labelled.
     weights: deque[float] = field(default_factory=lambda: deque(maxlen=DEFAULT_MAX_EXAMPLES))
+    # Each vector as float16, base64 (about 1 KB at 384 dimensions): encoded once, when added, so
+    # that writing the state after every verification does not re-encode every example.
+    encoded: deque[str] = field(default_factory=lambda: deque(maxlen=DEFAULT_MAX_EXAMPLES))
     weak_wins: float = 0.0
     total: float = 0.0
     _matrix: Vector | None = None
@@ -54,7 +57,10 @@ class DomainEvidence:
             raise ValueError("net gain is -1, 0 or 1")
         if weight <= 0:
             raise ValueError("weight (1 / labelling probability) must be positive")
-        self.vectors.append(np.asarray(vector, dtype=np.float32))
+        # Kept at the precision it is stored at: every instance scores with the same numbers.
+        half = np.asarray(vector, dtype=np.float32).astype("<f2")
+        self.vectors.append(half.astype(np.float32))
+        self.encoded.append(base64.b64encode(half.tobytes()).decode("ascii"))
         self.net_gains.append(net_gain)
         self.weights.append(float(weight))
         self.weak_wins += weight * (net_gain < 0)
@@ -73,11 +79,8 @@ class DomainEvidence:
         return self._matrix
 
     def to_json(self) -> dict[str, Any]:
-        # float16, base64: about 1 KB per 384-dim example (the gateway stores this in a state row).
-        matrix = np.stack(list(self.vectors)).astype(np.float16) if self.vectors else np.zeros((0, 0))
         return {
-            "dim": int(matrix.shape[1]) if self.vectors else 0,
-            "vectors_f16": base64.b64encode(matrix.astype("<f2").tobytes()).decode("ascii"),
+            "vectors_f16": list(self.encoded),
             "net_gains": list(self.net_gains),
             "weights": list(self.weights),
             "weak_wins": self.weak_wins,
@@ -88,16 +91,25 @@ class DomainEvidence:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DomainEvidence:
         window = int(data["window"])
-        dim = int(data["dim"])
-        raw = np.frombuffer(base64.b64decode(data["vectors_f16"]), dtype="<f2")
-        matrix = raw.reshape(-1, dim).astype(np.float32) if dim else np.zeros((0, 0), np.float32)
+        encoded = [str(text) for text in data["vectors_f16"]]
         return cls(
-            deque((row for row in matrix), maxlen=window),
-            deque((int(g) for g in data["net_gains"]), maxlen=window),
-            deque((float(w) for w in data["weights"]), maxlen=window),
-            float(data["weak_wins"]),
-            float(data["total"]),
+            vectors=deque(_decode(encoded), maxlen=window),
+            net_gains=deque((int(g) for g in data["net_gains"]), maxlen=window),
+            weights=deque((float(w) for w in data["weights"]), maxlen=window),
+            encoded=deque(encoded, maxlen=window),
+            weak_wins=float(data["weak_wins"]),
+            total=float(data["total"]),
         )
+
+
+def _decode(encoded: list[str]) -> list[Vector]:
+    """float16 base64 texts back to vectors; unpadded texts of one length decode in one go."""
+    if not encoded:
+        return []
+    if len({len(t) for t in encoded}) == 1 and not encoded[0].endswith("="):
+        halves = np.frombuffer(base64.b64decode("".join(encoded)), dtype="<f2")
+        return list(halves.astype(np.float32).reshape(len(encoded), -1))
+    return [np.frombuffer(base64.b64decode(t), dtype="<f2").astype(np.float32) for t in encoded]
 
 
 @dataclass(slots=True, frozen=True)

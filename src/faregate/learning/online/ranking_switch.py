@@ -44,7 +44,12 @@ Ranking = Literal["prior", "learned", "length"]
 
 
 def new_evidence(max_examples: int = DEFAULT_MAX_EXAMPLES) -> DomainEvidence:
-    return DomainEvidence(deque(maxlen=max_examples), deque(maxlen=max_examples), deque(maxlen=max_examples))
+    return DomainEvidence(
+        deque(maxlen=max_examples),
+        deque(maxlen=max_examples),
+        deque(maxlen=max_examples),
+        deque(maxlen=max_examples),
+    )
 
 
 def _idle_test() -> BettingTests:
