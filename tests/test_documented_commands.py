@@ -254,7 +254,7 @@ QUICK: dict[str, Quick] = {
         why_not="the line before at another confidence: the same code"
     ),
     "python bench/domain_learning.py": Quick(
-        run="python bench/domain_learning.py --examples 50 --calls 50",
+        run="python bench/domain_learning.py --examples 100 --calls 50",
         where="checkout",
         expect="decode + adopt",
     ),

@@ -430,3 +430,8 @@ def test_a_switch_made_by_one_instance_is_taken_by_another() -> None:
     assert other.state.ranks.to_json() == one.state.ranks.to_json()
     vector = prompt(1)[1]
     assert other.decide("x", 0.5, 50.0, vector=vector).rank == one.decide("x", 0.5, 50.0, vector=vector).rank
+
+
+def test_domain_examples_must_leave_room_for_the_test() -> None:
+    with pytest.raises(ValueError, match="domain_examples"):
+        QualitySettings(learn_domains=True, domain_examples=50)

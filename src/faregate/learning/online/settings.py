@@ -62,8 +62,9 @@ class QualitySettings(_Strict):
     domain_examples: int = 1000
 
     def __post_init__(self) -> None:
-        if not 16 <= self.domain_examples <= 20000:
-            raise ValueError(f"domain_examples must be in [16, 20000], got {self.domain_examples}")
+        # The challenger's test starts at 100 examples (ranking_switch.py).
+        if not 100 <= self.domain_examples <= 20000:
+            raise ValueError(f"domain_examples must be in [100, 20000], got {self.domain_examples}")
         if not 0.0 < self.target <= 1.0:
             raise ValueError(f"quality target must be in (0, 1], got {self.target}")
         if not 0.5 <= self.confidence < 1.0:
