@@ -374,6 +374,8 @@ def test_the_quality_panel_shows_each_calibrated_route(
         cost = page.get_attribute(f'{row} td[data-col="verification_cost"]', "data-value")
         assert Decimal(cost) == Decimal(route["verification_cost_usd"]) > 0
         assert page.inner_text(f'{row} td[data-col="savings_net"]').startswith(("$", "-$"))
+        # The ranking in force and its epoch (no learn_domains: no challenger shown).
+        assert page.inner_text(f'{row} td[data-col="ranking"]') == "prior (epoch 0)"
         # The semantic cache's acceptance: nothing certified, so nothing served.
         threshold = page.locator('#quality-cache td[data-col="threshold"]')
         assert threshold.inner_text() == "none yet: no semantic hit"

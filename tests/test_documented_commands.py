@@ -253,6 +253,11 @@ QUICK: dict[str, Quick] = {
     "python bench/quality_cache_live.py": Quick(
         why_not="the line before at another confidence: the same code"
     ),
+    "python bench/domain_learning.py": Quick(
+        run="python bench/domain_learning.py --examples 100 --calls 50",
+        where="checkout",
+        expect="decode + adopt",
+    ),
     "python bench/quality_overhead.py": Quick(
         run="python bench/quality_overhead.py --requests 5", where="checkout", expect="calibrated-100"
     ),

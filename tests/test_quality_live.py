@@ -4,12 +4,16 @@ router-health fallback, and the state kept in the store with compare-and-set (qu
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
+import numpy as np
+import orjson
 import pytest
 
 from faregate.config import ConfigError, load_settings
+from faregate.learning.online.domain_router import Vector
 from faregate.learning.online.settings import QualitySettings, VerificationSettings
 from faregate.quality.live import LiveState, RouteCalibration, today
 from faregate.quality.metrics import QualityCollector
@@ -328,3 +332,106 @@ def test_a_wrong_label_makes_its_entries_stricter() -> None:
     again = CacheCalibration(SemanticAcceptanceSettings(max_wrong_hit_rate=0.05), "exact")
     again.adopt_json(cache.state_json())
     assert again.conflicted("a", 0.94) and again.figures()["conflicts"] == 2
+
+
+def _domains(seed: int = 0) -> tuple[np.random.Generator, Callable[[int], tuple[int, Vector]]]:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((2, 16))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+
+    def prompt(i: int) -> tuple[int, Vector]:
+        domain = i % 2
+        vector = centres[domain] + 0.1 * rng.standard_normal(16)
+        return domain, (vector / np.linalg.norm(vector)).astype(np.float32)
+
+    return rng, prompt
+
+
+def learning(learn: bool) -> RouteCalibration:
+    settings = QualitySettings(
+        target=0.9,
+        confidence=0.8,
+        verification=VerificationSettings(share=1.0, rest_ratio=1.0),
+        learn_domains=learn,
+        domain_examples=300,
+    )
+    route = RouteCalibration("r", "router", settings)
+    route.cheap, route.strong = "weak", "strong"
+    return route
+
+
+def drive_domains(route: RouteCalibration, n: int) -> None:
+    """Domain 1's cheap answers are wrong, domain 0's right; the prior says the opposite (with
+    enough noise that the length check does not flag it first)."""
+    rng, prompt = _domains()
+    for i in range(n):
+        domain, vector = prompt(i)
+        score = (0.6 if domain == 0 else 0.4) + 0.5 * float(rng.random())
+        decision = route.decide(f"q{i}", score=score, length=50.0, vector=vector)
+        if decision.labelled:
+            route.observe(decision, loss=domain == 1)
+
+
+def test_learn_domains_switches_a_wrong_prior_to_the_frozen_learned_ranking() -> None:
+    route = learning(True)
+    drive_domains(route, 1200)
+    figures = route.figures()
+    assert figures["ranking"] == "learned" and figures["switches"] >= 1, figures
+    assert figures["epoch"] >= 1 and figures["learn_domains"]
+    assert figures["domain_examples"] == 300  # bounded by the setting
+    # The learned ranking puts the domain whose cheap answers fail above the other.
+    _, prompt = _domains(1)
+    ranks = {d: route.decide(f"p{d}", 0.5, 50.0, vector=prompt(d)[1]).rank for d in (0, 1)}
+    assert ranks[1] > ranks[0]
+    # The state (the frozen evidence included) round-trips, compactly.
+    data = route.state.to_json()
+    assert LiveState.from_json(data).to_json() == data
+    assert len(orjson.dumps(data)) < 2 * 300 * 1100 + 200_000
+    assert "learn=300" in route.fingerprint()
+    rows = list(QualityCollector(lambda: [figures]).collect())
+    ranking = next(m for m in rows if m.name == "faregate_router_ranking")
+    assert {s.labels["ranking"]: s.value for s in ranking.samples} == {"prior": 0, "learned": 1, "length": 0}
+
+
+def test_without_learn_domains_the_prior_stays_in_force() -> None:
+    route = learning(False)
+    drive_domains(route, 1200)
+    figures = route.figures()
+    assert figures["ranking"] in ("prior", "length") and figures["switches"] == 0
+    assert figures["challenger_evidence"] is None and figures["domain_examples"] == 0
+
+
+def test_learn_domains_is_for_router_routes_only(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "models: {a: {input: 1, output: 1}, b: {input: 2, output: 2}}\n"
+        "routes:\n  c:\n    cascade: {steps: [a, b]}\n    quality: {learn_domains: true}\n",
+        encoding="utf-8",
+    )
+    from faregate.routing.policies import RoutePolicies
+
+    settings = load_settings(config)
+    with pytest.raises(ConfigError, match="learn_domains"):
+        RoutePolicies(settings.routes)
+
+
+def test_a_switch_made_by_one_instance_is_taken_by_another() -> None:
+    one, other = learning(True), learning(True)
+    _, prompt = _domains(2)
+    for i in range(50):  # the other instance has its own recent scores of the prior's ranking
+        other.decide(f"o{i}", 0.1 * (i % 10), 50.0, vector=prompt(i)[1])
+    drive_domains(one, 1200)
+    assert one.figures()["ranking"] == "learned"
+    other.journal.clear()
+    other.adopt_json(one.state_json())
+    figures = other.figures()
+    assert figures["ranking"] == "learned" and figures["epoch"] == one.state.epoch
+    # The new ranking's rank window comes with it (not the prior's scores this instance kept).
+    assert other.state.ranks.to_json() == one.state.ranks.to_json()
+    vector = prompt(1)[1]
+    assert other.decide("x", 0.5, 50.0, vector=vector).rank == one.decide("x", 0.5, 50.0, vector=vector).rank
+
+
+def test_domain_examples_must_leave_room_for_the_test() -> None:
+    with pytest.raises(ValueError, match="domain_examples"):
+        QualitySettings(learn_domains=True, domain_examples=50)

@@ -112,15 +112,40 @@ def test_a_prior_curve_lets_a_fresh_route_save_from_the_start(stream: Outcomes) 
     assert first.strong_answers == first.prompts and primed.strong_answers < primed.prompts
 
 
-def test_domain_learning_ranks_better_than_a_useless_prior(stream: Outcomes) -> None:
-    """High-school maths is recorded with GPT-4 worse than Mixtral: labelled neighbours learn it."""
-    prior, vectors = _inputs(stream, informative=False)
+def _tripled(outcomes: Outcomes, informative: bool) -> tuple[Outcomes, np.ndarray, np.ndarray]:
+    """The stream three times over, each copy with fresh vector noise (a longer stream of the same
+    subjects: the challenger's test needs a few hundred labels)."""
+    prior, vectors = _inputs(outcomes, informative)
+    rng = np.random.default_rng(5)
+    copies = [vectors] + [vectors + 0.05 * rng.standard_normal(vectors.shape) for _ in range(2)]
+    tiled = np.concatenate(copies).astype(np.float32)
+    tiled /= np.linalg.norm(tiled, axis=1, keepdims=True)
+    longer = Outcomes(outcomes.name, outcomes.models, outcomes.records * 3, outcomes.contaminated_skipped)
+    return longer, np.concatenate([prior] * 3), tiled
+
+
+def test_domain_learning_switches_in_a_better_ranking(stream: Outcomes) -> None:
+    """High-school maths is recorded with GPT-4 worse than Mixtral: labelled neighbours learn it, and
+    the challenger's test switches the learned ranking in (frozen) once it has the evidence."""
+    longer, prior, vectors = _tripled(stream, informative=False)
     base = OnlineOptions(mode="router", verify_share=0.2, seed=2, fallback=False, learn=True)
-    learned = run_online(stream, prior, vectors, Pair(), DEFAULT_PRICES, base)
+    learned = run_online(longer, prior, vectors, Pair(), DEFAULT_PRICES, base)
     fixed = run_online(
-        stream, prior, vectors, Pair(), DEFAULT_PRICES, OnlineOptions(**{**_fields(base), "learn": False})
+        longer, prior, vectors, Pair(), DEFAULT_PRICES, OnlineOptions(**{**_fields(base), "learn": False})
     )
+    assert learned.switched_at and not fixed.switched_at
     assert learned.apgr_routed > fixed.apgr_routed + 0.1
+    assert learned.total.retained >= 0.95
+    assert any("switched in at prompt" in line for line in summary_lines(learned))
+    assert report_json(learned)["switched_at"] == learned.switched_at
+
+
+def test_domain_learning_leaves_a_right_prior_in_force(stream: Outcomes) -> None:
+    longer, prior, vectors = _tripled(stream, informative=True)
+    options = OnlineOptions(mode="router", verify_share=0.2, seed=2, fallback=False, learn=True)
+    report = run_online(longer, prior, vectors, Pair(), DEFAULT_PRICES, options)
+    assert report.switched_at == []
+    assert any("never switched in" in line for line in summary_lines(report))
 
 
 def _fields(options: OnlineOptions) -> dict[str, object]:

@@ -158,6 +158,17 @@ def summary_lines(report: OnlineReport) -> list[str]:
             f"full windows of {o.window} after the first {WARM_UP:,}: {met} of {len(after)} keep "
             f">= {o.target:.0%} of the strong model's accuracy (worst {worst:.1%})"
         )
+    if o.learn and o.mode == "router":
+        at = ", ".join(f"{p + 1:,}" for p in report.switched_at)
+        state = (
+            f"challenger's e-value {report.challenger_evidence:.2f} at the end "
+            f"(switches at >= {1 / (1 - o.confidence):.0f}), {report.challenger_labels} labelled examples"
+        )
+        lines.append(
+            f"learned ranking switched in at prompt {at}; {state}"
+            if at
+            else f"learned ranking: never switched in; {state}"
+        )
     if report.flagged_at is not None:
         lines.append(f"router flagged at prompt {report.flagged_at + 1:,}: {report.health_reason}")
     else:
@@ -213,6 +224,9 @@ def report_json(report: OnlineReport) -> dict[str, Any]:
         "total": _window_json(report.total),
         "windows": [_window_json(w) for w in report.windows],
         "flagged_at": report.flagged_at,
+        "switched_at": report.switched_at,
+        "challenger_evidence": report.challenger_evidence,
+        "challenger_labels": report.challenger_labels,
         "health": report.health_reason,
         "final_strong_share": report.final_share,
     }

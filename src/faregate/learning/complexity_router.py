@@ -125,6 +125,16 @@ class ComplexityRouter:
     async def score_request(self, body: Mapping[str, Any]) -> float:
         return await self.score_async(last_user_text(body))
 
+    def score_with_vector(self, text: str) -> tuple[float, Any]:
+        """The score and the prompt's unit embedding it was computed from (domain learning reuses
+        it: one embedding per request). Blocking."""
+        vectors = self._model().embed([text])
+        return float(self.score_vectors([text], vectors)[0]), np.asarray(vectors[0], dtype=np.float32)
+
+    async def score_request_with_vector(self, body: Mapping[str, Any]) -> tuple[float, Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.score_with_vector, last_user_text(body))
+
     # -- thresholds ------------------------------------------------------------------------------------
 
     def fixed_threshold(self, value: float) -> Threshold:

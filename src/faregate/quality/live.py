@@ -14,6 +14,12 @@ no better than random or the prompt length". Once flagged, the route ranks by pr
 its calibration restarts (evidence about one ranking's cuts says nothing of another's): the
 `epoch` counts restarts, and a verification decided under an older epoch is not observed.
 
+Domain learning (`learn_domains`, router routes): the router's prompt embedding is kept on labelled
+decisions; each verified one becomes an example of the challenger ranking (the prior corrected by
+labelled neighbours), which is ranked beside the ranking in force at decision time and tested
+against it (learning/online/ranking_switch.py). When its test wins it is frozen and put in force:
+a new epoch, the calibration and the health check start again, as after a health flag.
+
 The daily USD cap: `admit` refuses a shadow call whose estimate no longer fits under the day's
 cap, and from then on the calibration *pauses* for the rest of the day: decisions still take the
 cut in force but are neither labelled nor counted. Skipping a stretch of decisions chosen by the
@@ -37,8 +43,10 @@ from faregate.learning.online.calibrator import (
     ScoreRanks,
     ShareCalibrator,
 )
+from faregate.learning.online.domain_router import Vector
 from faregate.learning.online.health import HealthState, RouterHealth
 from faregate.learning.online.prior import pseudo_outcomes
+from faregate.learning.online.ranking_switch import RankingSwitch, SwitchState, new_evidence
 from faregate.learning.online.sampling import coin
 from faregate.learning.online.settings import QualitySettings
 from faregate.learning.online.verification_plan import VerificationPlan, pace
@@ -83,6 +91,8 @@ class RouteCalibration:
             free_strong_side=kind == "cascade",
         )
         self.health = RouterHealth(settings.confidence)
+        self.learn = settings.learn_domains and kind == "router"
+        self.switch = RankingSwitch(confidence=settings.confidence)
         self.reference_scores = list(reference_scores or [])
         self.prior = prior
         self.seed = f"{seed}:{route}"
@@ -101,12 +111,14 @@ class RouteCalibration:
             HealthState(),
             ScoreRanks(reference=list(self.reference_scores)),
             ScoreRanks(),
+            switch=SwitchState(new_evidence(self.settings.domain_examples)),
         )
         return state
 
-    def new_calibration(self) -> CalibrationState:
+    def new_calibration(self, with_prior: bool = True) -> CalibrationState:
+        """A fresh calibration; the prior's pseudo-outcomes describe the prior's ranking only."""
         calibration = self.calibrator.new_state()
-        if self.prior is not None and self.settings.prior_outcomes > 0:
+        if with_prior and self.prior is not None and self.settings.prior_outcomes > 0:
             ones = np.ones(len(self.calibrator.cuts))
             # Pseudo-outcomes carry weight 1: every cut's test starts with them.
             self.calibrator.start_tests(calibration, ones > 0)
@@ -140,13 +152,21 @@ class RouteCalibration:
         *,
         force_strong: bool = False,
         day: str | None = None,
+        vector: Vector | None = None,
     ) -> Decision:
         """Cheap or strong for this score (`force_strong`: a cascade answer a rule check refused),
-        with the labelling probability and coin fixed now; an unlabelled decision is observed now."""
+        with the labelling probability and coin fixed now; an unlabelled decision is observed now.
+        `vector`: the prompt's unit embedding (domain learning)."""
         state = self.state
-        router_rank = state.ranks.rank(score)
+        learning = self.learn and vector is not None
+        deciding = self.switch.in_force_score(state.switch, score, vector) if learning else score
+        challenger_rank = 0.0
+        if learning:
+            challenger = self.switch.challenger_score(state.switch, score, vector)
+            challenger_rank = self.switch.challenger_rank(state.switch, challenger)
+        router_rank = state.ranks.rank(deciding)
         length_rank = state.length_ranks.rank(length)
-        state.ranks.record(score)
+        state.ranks.record(deciding)
         state.length_ranks.record(length)
         rank = length_rank if state.flagged else router_rank
         cut = self.cut
@@ -175,7 +195,10 @@ class RouteCalibration:
             least=self.plan.least_probability(cut, scale),
             epoch=state.epoch,
             paused=paused,
+            challenger_rank=challenger_rank,
         )
+        if learning and decision.labelled:
+            decision.vector = vector
         if not paused:
             self.apply(lambda: self._count(decision))
         return decision
@@ -189,6 +212,8 @@ class RouteCalibration:
             self.calibrator.observe_unlabelled(state.calibration)
             if self.kind == "router" and not state.flagged:
                 self.health.observe_unlabelled(state.health)
+            if self.learn:
+                self.switch.observe_unlabelled(state.switch)
 
     # -- after the response -----------------------------------------------------------------------
 
@@ -238,21 +263,45 @@ class RouteCalibration:
         self.calibrator.observe(state.calibration, labelled, decision.floor)
         self.calibrator.calibrate(state.calibration)
         self._start_tests(state.calibration)
-        if self.kind != "router" or state.flagged:
+        if self.kind != "router":
             return
-        self.health.observe(
-            state.health,
+        least = min(decision.least, decision.probability)
+        if not state.flagged:
+            self.health.observe(
+                state.health,
+                int(loss),
+                decision.router_rank,
+                decision.length_rank,
+                decision.probability,
+                least,
+            )
+            verdict = self.health.verdict(state.health)
+            if verdict.flagged:
+                state.flagged, state.flag_reason = True, verdict.reason
+                state.epoch += 1
+                state.calibration = self.new_calibration()
+        if self.learn and self.switch.observe(
+            state.switch,
             int(loss),
-            decision.router_rank,
-            decision.length_rank,
+            decision.rank,
+            decision.challenger_rank,
+            decision.vector,
             decision.probability,
-            min(decision.least, decision.probability),
-        )
-        verdict = self.health.verdict(state.health)
-        if verdict.flagged:
-            state.flagged, state.flag_reason = True, verdict.reason
-            state.epoch += 1
-            state.calibration = self.new_calibration()
+            least,
+        ):
+            self._switch_to_challenger()
+
+    def _switch_to_challenger(self) -> None:
+        """The challenger won: frozen, it ranks from now on (its recent scores are the rank window);
+        a new epoch, and what was about the old ranking starts again."""
+        state = self.state
+        self.switch.switch(state.switch)
+        state.ranks = state.switch.challenger_ranks
+        state.switch.challenger_ranks = ScoreRanks.from_json(state.ranks.to_json())
+        state.flagged, state.flag_reason = False, ""
+        state.health = HealthState()
+        state.epoch += 1
+        state.calibration = self.new_calibration(with_prior=False)
 
     def failed(self, decision: Decision) -> None:
         """The reference could not be had: the decision stays unobserved (counted as failed)."""
@@ -279,6 +328,7 @@ class RouteCalibration:
         return (
             f"{self.kind}|t={s.target}|c={s.confidence}|prior={s.prior_outcomes}|"
             f"share={v.share}|frontier={v.frontier}|rest={v.rest_ratio}|cmp={v.comparator}"
+            + (f"|learn={s.domain_examples}" if self.learn else "")
         )
 
     def state_json(self) -> dict[str, Any]:
@@ -289,9 +339,15 @@ class RouteCalibration:
 
     def adopt(self, state: LiveState) -> None:
         """Take a stored state (another writer's, or at start-up) and replay the unsaved changes.
-        The score ranks stay this instance's own (each sees the same traffic mix)."""
-        if self.state.ranks.recent:
-            state.ranks, state.length_ranks = self.state.ranks, self.state.length_ranks
+        The score ranks stay this instance's own (each sees the same traffic mix), unless another
+        instance switched the ranking: then the stored window (the new ranking's) is taken."""
+        mine = self.state
+        if mine.ranks.recent and state.switch.switches == mine.switch.switches:
+            state.ranks, state.length_ranks = mine.ranks, mine.length_ranks
+            if mine.switch.challenger_ranks.recent:
+                state.switch.challenger_ranks = mine.switch.challenger_ranks
+        elif mine.length_ranks.recent:
+            state.length_ranks = mine.length_ranks
         self.state = state
         for change in self.journal:
             change()
@@ -328,7 +384,14 @@ class RouteCalibration:
             "skipped_for_cap": totals.skipped_for_cap,
             "flagged": state.flagged,
             "health": state.flag_reason or (verdict.reason if verdict else ""),
-            "ranking": "length" if state.flagged else ("router" if self.kind == "router" else "judge"),
+            "ranking": self.switch.ranking(state.switch, state.flagged) if self.kind == "router" else "judge",
+            "epoch": state.epoch,
+            "learn_domains": self.learn,
+            # The challenger's e-value against the ranking in force (switches at 1 / (1 - confidence)),
+            # its labelled examples, and the switches made so far.
+            "challenger_evidence": self.switch.evidence(state.switch) if self.learn else None,
+            "domain_examples": len(state.switch.evidence.vectors),
+            "switches": state.switch.switches,
         }
 
 

@@ -9,6 +9,10 @@ faregate_verifications_total{route,kind}         verifications by label kind (fr
 faregate_verification_cost_usd_total{route}      what the shadow calls cost
 faregate_verification_cap_reached{route}         1 while today's verification cap is spent
 faregate_router_flagged{route}                   1 once the router is flagged (length fallback)
+faregate_router_ranking{route,ranking}           1 for the ranking in force (prior / learned /
+                                                 length), 0 for the others (router routes)
+faregate_router_challenger_evidence{route}       the learned challenger's e-value against it
+                                                 (routes with learn_domains; switches at 1/alpha)
 faregate_cache_threshold                         the semantic cache's certified threshold
 faregate_cache_wrong_hit_bound                   the bound on wrong hits / lookups at it
 faregate_cache_verifications_total{kind}         its labels (free: unserved; paid: verified hits)
@@ -61,6 +65,16 @@ class QualityCollector(Collector):
             "1: the router's live ranking was flagged (length fallback).",
             labels=["route"],
         )
+        ranking = GaugeMetricFamily(
+            "faregate_router_ranking",
+            "1 for the router route's ranking in force (prior, learned or length).",
+            labels=["route", "ranking"],
+        )
+        challenger = GaugeMetricFamily(
+            "faregate_router_challenger_evidence",
+            "E-value that the learned challenger ranks better than the ranking in force.",
+            labels=["route"],
+        )
         capped = GaugeMetricFamily(
             "faregate_verification_cap_reached", "1: today's verification cap is spent.", labels=["route"]
         )
@@ -76,11 +90,16 @@ class QualityCollector(Collector):
                 family.add_metric([route], float(row[name]))
             flagged.add_metric([route], float(bool(row["flagged"])))
             capped.add_metric([route], float(bool(row["cap_reached"])))
+            if row["kind"] == "router":
+                for name in ("prior", "learned", "length"):
+                    ranking.add_metric([route, name], float(row["ranking"] == name))
+            if row.get("challenger_evidence") is not None:
+                challenger.add_metric([route], float(row["challenger_evidence"]))
             for kind, count in sorted(row["by_label"].items()):
                 verifications.add_metric([route, kind], float(count))
             cost.add_metric([route], float(Decimal(row["verification_cost_usd"])))
         yield from gauges.values()
-        yield from (flagged, capped, verifications, cost)
+        yield from (flagged, ranking, challenger, capped, verifications, cost)
         yield from self._cache_families()
 
     def _cache_families(self) -> Iterable[Metric]:

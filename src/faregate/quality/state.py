@@ -14,7 +14,9 @@ from typing import Any, Literal
 
 from faregate.learning.online.betting import Array
 from faregate.learning.online.calibrator import CalibrationState, ScoreRanks
+from faregate.learning.online.domain_router import Vector
 from faregate.learning.online.health import HealthState
+from faregate.learning.online.ranking_switch import SwitchState
 from faregate.learning.online.sampling import VerificationBudget
 from faregate.learning.thresholds import CalibrationPoint
 
@@ -55,6 +57,10 @@ class Decision:
     paused: bool = False
     # A cascade's cheap answer (compared with the strong one on an escalation: a free label).
     cheap_text: str | None = None
+    # Domain learning (router routes): the challenger ranking's rank, and the prompt's embedding
+    # (kept on labelled decisions only: it becomes an example when the verification comes back).
+    challenger_rank: float = 0.0
+    vector: Vector | None = None
 
 
 @dataclass(slots=True)
@@ -106,6 +112,8 @@ class LiveState:
     flagged: bool = False
     flag_reason: str = ""
     epoch: int = 0
+    # Domain learning (ranking_switch.py): the challenger's evidence and test, the frozen ranking.
+    switch: SwitchState = field(default_factory=SwitchState)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -120,6 +128,7 @@ class LiveState:
             "flagged": self.flagged,
             "flag_reason": self.flag_reason,
             "epoch": self.epoch,
+            "switch": self.switch.to_json(),
         }
 
     @classmethod
@@ -136,6 +145,7 @@ class LiveState:
             bool(data["flagged"]),
             str(data["flag_reason"]),
             int(data["epoch"]),
+            SwitchState.from_json(data["switch"]) if "switch" in data else SwitchState(),
         )
 
 

@@ -74,13 +74,18 @@ class RouterPolicy:
     async def pick(self, body: Mapping[str, Any], request_id: str = "") -> Pick:
         """The first step, its fallback, the prompt's score. If scoring fails, the strong model
         answers: a broken router may cost money, never quality."""
+        vector = None
         try:
-            score = await self.router.score_request(body)
+            if self.quality is not None and self.quality.learn:
+                score, vector = await self.router.score_request_with_vector(body)
+            else:
+                score = await self.router.score_request(body)
         except Exception:
             log.exception("the complexity router failed to score a prompt; sending it to %s", self.strong)
             return Pick(self.strong, self.weak, None)
         if self.quality is not None:
-            decision = self.quality.decide(request_id, score, float(len(last_user_text(body))))
+            length = float(len(last_user_text(body)))
+            decision = self.quality.decide(request_id, score, length, vector=vector)
             first, other = (self.weak, self.strong) if decision.cheap else (self.strong, self.weak)
             return Pick(first, other, score, decision)
         if self.threshold.decide(score):
@@ -165,6 +170,11 @@ class RoutePolicies:
         from faregate.quality.live import Prior, RouteCalibration
 
         assert route.quality is not None
+        if route.quality.learn_domains and route.router is None:
+            raise ConfigError(
+                f"routes.{name}.quality.learn_domains: only a router route learns domains "
+                "(it embeds the prompt)"
+            )
         file = None
         if name in self.routers:
             file = self.routers[name].router.file

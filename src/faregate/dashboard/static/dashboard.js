@@ -314,6 +314,10 @@ function renderQuality(data) {
     { title: "Saved, net of verification", key: "savings_net", value: (r) => usd(r.savings_net_usd), raw: (r) => r.savings_net_usd },
     { title: "Health", key: "health", value: (r) => (r.flagged ? "flagged: " : "") + (r.health || "–") + (r.cap_reached ? " · daily cap reached" : ""),
       cls: (r) => (r.flagged ? "status-err wrap" : "wrap") },
+    { title: "Ranking", key: "ranking", raw: (r) => r.ranking,
+      value: (r) => `${r.ranking} (epoch ${int(r.epoch)})` + (r.learn_domains
+        ? ` · challenger e-value ${Number(r.challenger_evidence).toPrecision(3)}, ${int(r.domain_examples)} examples`
+        : "") },
   ], data.routes, { group: (r) => r.route });
 }
 

@@ -1,7 +1,9 @@
 """The closed loop of online calibration, replayed on recorded outcomes (`faregate replay --online`).
 
-Prompts arrive one at a time in a seeded order. For each: the policy scores it (the offline prior,
-corrected by labelled neighbours unless learning is off), ranks the score among recent ones, and
+Prompts arrive one at a time in a seeded order. For each: the policy scores it with the ranking in
+force (the offline prior; with `learn`, the prior corrected by a frozen snapshot of labelled
+neighbours once the challenger has won its test, learning/online/ranking_switch.py), ranks the
+score among recent ones, and
 takes the cheap path when the rank is below the certified cut (router: the weak model answers;
 cascade: the cheap answer is accepted). The verification plan (learning/online/verification_plan.py)
 then says with what probability this decision is labelled, as the gateway would after responding:
@@ -12,9 +14,11 @@ then says with what probability this decision is labelled, as the gateway would 
 - cascade, escalated answer: both answers exist already, a free label (when free labels are on).
 
 A labelled decision's outcome is read from the recorded correctness of both models and updates the
-calibration (learning/online/calibrator.py), the domain evidence and the router-health check; an
-unlabelled one counts as a decision. Every shadow call is charged as the call it is. With a prior,
-the model file's calibration curve enters first as pseudo-outcomes (learning/online/prior.py).
+calibration (learning/online/calibrator.py), the router-health check and, with `learn`, the
+challenger's evidence and its test against the ranking in force (a win switches the ranking and
+restarts the calibration and the health check); an unlabelled one counts as a decision. Every
+shadow call is charged as the call it is. With a prior, the model file's calibration curve enters
+first as pseudo-outcomes (learning/online/prior.py).
 
 Reported per window of prompts: realised accuracy against the strong model's on the same prompts,
 strong-model share (answers, and calls including verification), shadow calls by kind, cost
@@ -36,9 +40,10 @@ from faregate.evals.replay.outcomes import Outcomes, PromptRecord
 from faregate.evals.replay.router_eval import scorer_of
 from faregate.learning.online.betting import Bettor
 from faregate.learning.online.calibrator import LabelledDecision, ScoreRanks, ShareCalibrator
-from faregate.learning.online.domain_router import DomainEvidence, DomainRouter
+from faregate.learning.online.domain_router import DomainRouter
 from faregate.learning.online.health import HealthState, RouterHealth
 from faregate.learning.online.prior import pseudo_outcomes
+from faregate.learning.online.ranking_switch import RankingSwitch, SwitchState
 from faregate.learning.online.sampling import coin
 from faregate.learning.online.verification_plan import VerificationPlan, pace
 from faregate.learning.thresholds import CalibrationPoint
@@ -66,9 +71,11 @@ class OnlineOptions:
     window: int = 500
     seed: int = 0
     order: Order = "shuffled"
-    # Re-rank by labelled neighbours (domain_router.py). Off by default: it changes the ranking the
-    # calibration's tests are about while they run, which the guarantee does not cover.
+    # Learn the domains: the prior corrected by labelled neighbours (domain_router.py) as a
+    # challenger, switched in frozen when its test wins (ranking_switch.py); router mode only.
     learn: bool = False
+    # Labels the challenger's evidence must hold before its test starts.
+    learn_min_labels: int = 100
     fallback: bool = True
     domain: DomainRouter = field(default_factory=DomainRouter)
     bettor: Bettor = field(default_factory=Bettor)
@@ -123,6 +130,11 @@ class OnlineReport:
     flagged_at: int | None
     health_reason: str
     final_share: float
+    # Prompts (0-based positions) at which the learned challenger was switched in.
+    switched_at: list[int] = field(default_factory=list)
+    # The challenger's e-value against the ranking in force at the end, and the labels it has seen.
+    challenger_evidence: float = 1.0
+    challenger_labels: int = 0
     # Rankings that use every label of the stream (not deployable): what learning could reach.
     apgr_hindsight: dict[str, float] = field(default_factory=dict)
 
@@ -162,7 +174,8 @@ class _Loop:
         self.reference_scores = list(reference_scores)
         self.ranks = ScoreRanks(reference=list(reference_scores))
         self.length_ranks = ScoreRanks()
-        self.evidence = DomainEvidence()
+        self.switch = RankingSwitch(options.domain, options.confidence, options.learn_min_labels)
+        self.switch_state = SwitchState()
         self.health_state = HealthState()
         self.health = RouterHealth()
         self.state = self.calibrator.new_state()
@@ -190,6 +203,15 @@ class _Loop:
         self.state = self.calibrator.new_state()
         self.start_tests()
 
+    def switch_to_challenger(self) -> None:
+        """The challenger won: it is frozen as the ranking in force (its recent scores become the
+        rank window), and what was about the old ranking starts again."""
+        self.switch.switch(self.switch_state)
+        self.ranks = self.switch_state.challenger_ranks
+        self.switch_state.challenger_ranks = ScoreRanks.from_json(self.ranks.to_json())
+        self.health_state = HealthState()
+        self.restart_calibration()
+
 
 def run_online(
     outcomes: Outcomes,
@@ -210,21 +232,26 @@ def run_online(
     total = Window(0)
     decided = np.zeros(len(records))
     flagged_at: int | None = None
+    flagged = False
+    switched_at: list[int] = []
     reason = ""
+    learn = options.learn and options.mode == "router"
     for position, i in enumerate(stream_order(records, options.order, options.seed)):
         record = records[i]
         if position % options.window == 0:
             windows.append(Window(position, strong_share_setting=loop.state.strong_share))
-        learned = float(
-            options.domain.score(loop.evidence, float(prior[i]), vectors[i]) if options.learn else prior[i]
-        )
+        vector = vectors[i] if learn else None
+        in_force = loop.switch.in_force_score(loop.switch_state, float(prior[i]), vector)
         length = length_score(record)
-        use_length = options.fallback and flagged_at is not None and options.mode == "router"
-        router_rank = loop.ranks.rank(learned)
+        router_rank = loop.ranks.rank(in_force)
         length_rank = loop.length_ranks.rank(length)
-        loop.ranks.record(learned)
+        loop.ranks.record(in_force)
         loop.length_ranks.record(length)
-        rank = length_rank if use_length else router_rank
+        rank = length_rank if flagged else router_rank
+        challenger_rank = 0.0
+        if learn:
+            challenger = loop.switch.challenger_score(loop.switch_state, float(prior[i]), vector)
+            challenger_rank = loop.switch.challenger_rank(loop.switch_state, challenger)
         decided[i] = rank
         cut = loop.state.cheap_share
         strong = rank >= cut - 1e-12 or cut <= 0.0
@@ -243,18 +270,29 @@ def run_online(
             loop.calibrator.calibrate(loop.state)
             loop.start_tests()
             net = int(s_ok) - int(w_ok)
-            loop.evidence.add(vectors[i], net, 1.0 / probability)
-            least = loop.plan.least_probability(cut, scale)
-            loop.health.observe(loop.health_state, net, router_rank, length_rank, probability, least)
-            verdict = loop.health.verdict(loop.health_state)
-            if verdict.flagged and flagged_at is None and options.fallback and options.mode == "router":
-                flagged_at, reason = position, verdict.reason
-                loop.restart_calibration()
-            elif flagged_at is None:
-                reason = verdict.reason
+            least = min(loop.plan.least_probability(cut, scale), probability)
+            if not flagged:
+                loop.health.observe(loop.health_state, net, router_rank, length_rank, probability, least)
+                verdict = loop.health.verdict(loop.health_state)
+                if verdict.flagged and options.fallback and options.mode == "router":
+                    flagged, reason = True, verdict.reason
+                    flagged_at = position if flagged_at is None else flagged_at
+                    loop.restart_calibration()
+                elif flagged_at is None:
+                    reason = verdict.reason
+            won = learn and loop.switch.observe(
+                loop.switch_state, net, rank, challenger_rank, vector, probability, least
+            )
+            if won:
+                switched_at.append(position)
+                flagged = False
+                loop.switch_to_challenger()
         else:
             loop.calibrator.observe_unlabelled(loop.state)
-            loop.health.observe_unlabelled(loop.health_state)
+            if not flagged:
+                loop.health.observe_unlabelled(loop.health_state)
+            if learn:
+                loop.switch.observe_unlabelled(loop.switch_state)
         for window in (windows[-1], total):
             window.prompts += 1
             window.correct += s_ok if strong else w_ok
@@ -287,6 +325,9 @@ def run_online(
         flagged_at=flagged_at,
         health_reason=reason,
         final_share=loop.state.strong_share,
+        switched_at=switched_at,
+        challenger_evidence=loop.switch.evidence(loop.switch_state),
+        challenger_labels=len(loop.switch_state.evidence.vectors),
         apgr_hindsight={
             name: apgr(scores) for name, scores in hindsight_rankings(records, prior, vectors, pair)
         },

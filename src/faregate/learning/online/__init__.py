@@ -15,6 +15,7 @@ instances. Nothing here calls a model, reads a clock it was not given, or touche
 - calibrator.py    the cheap share of a router or cascade, certified cut by cut from weighted labels
 - prior.py         the model file's calibration curve as N pseudo-outcomes
 - domain_router.py the offline router as a prior, corrected by labelled neighbours (kNN)
+- ranking_switch.py  the learned ranking as a challenger, frozen and switched in by a betting test
 - health.py        flags a router worse than random or the length baseline
 - cache_acceptance.py  one semantic-cache threshold certified on pooled labels, stricter where
                    conflicts were seen

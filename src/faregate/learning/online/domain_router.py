@@ -15,15 +15,16 @@ probability relative to the average one (labels are drawn at rank-dependent rate
 undo that, so a neighbourhood is not judged by the ranks that happened to be sampled most). With
 no neighbours it is the prior; as a region of the embedding space (a subject, a product area)
 accumulates labelled outcomes, its prompts are ranked by what was observed there. Scores rank
-prompts; the calibrator decides how many go to the strong model. Re-ranking moves prompts across
-the calibrated cut while the calibration's tests run, which the guarantee does not cover; the
-replay keeps it off unless asked (docs/quality-guarantee.md).
+prompts; the calibrator decides how many go to the strong model. Re-ranking prompts while the
+calibration's tests run is not covered by the guarantee: this score is used as a challenger,
+switched in frozen by a test (ranking_switch.py).
 
 State is a bounded list of (vector, net gain) examples; search is exact (a few thousand vectors).
 """
 
 from __future__ import annotations
 
+import base64
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,9 @@ class DomainEvidence:
     net_gains: deque[int] = field(default_factory=lambda: deque(maxlen=DEFAULT_MAX_EXAMPLES))
     # 1 / the probability each example had of being labelled.
     weights: deque[float] = field(default_factory=lambda: deque(maxlen=DEFAULT_MAX_EXAMPLES))
+    # Each vector as float16, base64 (about 1 KB at 384 dimensions): encoded once, when added, so
+    # that writing the state after every verification does not re-encode every example.
+    encoded: deque[str] = field(default_factory=lambda: deque(maxlen=DEFAULT_MAX_EXAMPLES))
     weak_wins: float = 0.0
     total: float = 0.0
     _matrix: Vector | None = None
@@ -53,7 +57,10 @@ class DomainEvidence:
             raise ValueError("net gain is -1, 0 or 1")
         if weight <= 0:
             raise ValueError("weight (1 / labelling probability) must be positive")
-        self.vectors.append(np.asarray(vector, dtype=np.float32))
+        # Kept at the precision it is stored at: every instance scores with the same numbers.
+        half = np.asarray(vector, dtype=np.float32).astype("<f2")
+        self.vectors.append(half.astype(np.float32))
+        self.encoded.append(base64.b64encode(half.tobytes()).decode("ascii"))
         self.net_gains.append(net_gain)
         self.weights.append(float(weight))
         self.weak_wins += weight * (net_gain < 0)
@@ -73,7 +80,7 @@ class DomainEvidence:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "vectors": [[round(float(x), 5) for x in v] for v in self.vectors],
+            "vectors_f16": list(self.encoded),
             "net_gains": list(self.net_gains),
             "weights": list(self.weights),
             "weak_wins": self.weak_wins,
@@ -84,13 +91,25 @@ class DomainEvidence:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DomainEvidence:
         window = int(data["window"])
+        encoded = [str(text) for text in data["vectors_f16"]]
         return cls(
-            deque((np.asarray(v, dtype=np.float32) for v in data["vectors"]), maxlen=window),
-            deque((int(g) for g in data["net_gains"]), maxlen=window),
-            deque((float(w) for w in data["weights"]), maxlen=window),
-            float(data["weak_wins"]),
-            float(data["total"]),
+            vectors=deque(_decode(encoded), maxlen=window),
+            net_gains=deque((int(g) for g in data["net_gains"]), maxlen=window),
+            weights=deque((float(w) for w in data["weights"]), maxlen=window),
+            encoded=deque(encoded, maxlen=window),
+            weak_wins=float(data["weak_wins"]),
+            total=float(data["total"]),
         )
+
+
+def _decode(encoded: list[str]) -> list[Vector]:
+    """float16 base64 texts back to vectors; unpadded texts of one length decode in one go."""
+    if not encoded:
+        return []
+    if len({len(t) for t in encoded}) == 1 and not encoded[0].endswith("="):
+        halves = np.frombuffer(base64.b64decode("".join(encoded)), dtype="<f2")
+        return list(halves.astype(np.float32).reshape(len(encoded), -1))
+    return [np.frombuffer(base64.b64decode(t), dtype="<f2").astype(np.float32) for t in encoded]
 
 
 @dataclass(slots=True, frozen=True)

@@ -54,8 +54,17 @@ class QualitySettings(_Strict):
     # documented choice when a prior is wanted (docs/quality-guarantee.md).
     prior_outcomes: int = 0
     verification: VerificationSettings = msgspec.field(default_factory=VerificationSettings)
+    # Router routes: learn the deployment's domains from verified outcomes (ranking_switch.py): the
+    # prior corrected by labelled neighbours as a challenger, switched in when a test shows it ranks
+    # better. Off by default (docs/quality-guarantee.md: on the replays it never paid).
+    learn_domains: bool = False
+    # Labelled examples kept (each about 1 KB in the stored state, twice once a ranking is frozen).
+    domain_examples: int = 1000
 
     def __post_init__(self) -> None:
+        # The challenger's test starts at 100 examples (ranking_switch.py).
+        if not 100 <= self.domain_examples <= 20000:
+            raise ValueError(f"domain_examples must be in [100, 20000], got {self.domain_examples}")
         if not 0.0 < self.target <= 1.0:
             raise ValueError(f"quality target must be in (0, 1], got {self.target}")
         if not 0.5 <= self.confidence < 1.0:
