@@ -12,20 +12,22 @@ read would be money spent for no label.
 
 The admitted amount is held until the verification has charged its real cost. Verifications
 running at once in this process count each other's holds, so together they spend within the cap
-as long as upstreams bill within the worst case (a refusal caused by another's hold pauses the day
-too: the cap is never overrun, at the price of up to `max_concurrency` worst cases of the day's
-budget left unspent). Instances sharing a route hold apart: each admits against the spend the
-store last gave it, so together they may overrun the cap by what is in flight on the others.
+as long as upstreams bill within the worst case. One that would fit alone but not beside the
+others' holds waits for them to settle (their real cost is usually far below their worst case)
+rather than pausing the day. Instances sharing a route hold apart: each admits against the spend
+the store last gave it, so together they may overrun the cap by what is in flight on the others.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol
 
 from faregate.errors import FaregateError
+from faregate.quality.cache_live import CacheCalibration
+from faregate.quality.live import RouteCalibration
 from faregate.routing.plan import Plan, Planner
 from faregate.routing.worst_case import judge_call, worst_case
 from faregate.types import ChatRequest
@@ -37,12 +39,17 @@ log = logging.getLogger("faregate.quality")
 JUDGE_MAX_TOKENS = 200
 
 
-class Capped(Protocol):
-    """A route's calibration (quality/live.py) or the semantic cache's (quality/cache_live.py)."""
+# A route's calibration (quality/live.py) or the semantic cache's (quality/cache_live.py).
+Capped = RouteCalibration | CacheCalibration
 
-    route: str
 
-    def admit(self, day: str, estimate: Decimal) -> bool: ...
+def left_today(capped: Capped, day: str) -> Decimal:
+    """What the daily cap leaves to spend today (holds aside)."""
+    if isinstance(capped, RouteCalibration):
+        budget, cap = capped.state.budget, capped.settings.verification.daily_usd_cap
+    else:
+        budget, cap = capped.budget, capped.settings.daily_usd_cap
+    return cap - (budget.spent if budget.day == day else Decimal(0))
 
 
 @dataclass(slots=True, frozen=True)
@@ -96,23 +103,31 @@ class Holds:
 
     def __init__(self) -> None:
         self._held: dict[str, Decimal] = {}
+        self._settled = asyncio.Condition()
 
     def held(self, scope: str) -> Decimal:
         return self._held.get(scope, Decimal(0))
 
-    def admit(self, capped: Capped, day: str, amount: Decimal) -> bool:
-        """Admit `amount` on top of what is held (a refusal pauses the scope for the day); held
-        until `release`. Synchronous: no other verification runs between the check and the hold."""
-        held = self.held(capped.route)
-        if not capped.admit(day, held + amount):
-            return False
-        self._held[capped.route] = held + amount
-        return True
+    async def admit(self, capped: Capped, day: str, amount: Decimal) -> bool:
+        """Admit `amount` on top of what is held, held until `release`; False: the cap cannot
+        (the scope is paused for the day). While it would fit alone but not beside the others'
+        holds, wait for them to settle."""
+        scope = capped.route
+        async with self._settled:
+            while amount <= left_today(capped, day) < self.held(scope) + amount:
+                await self._settled.wait()
+            held = self.held(scope)
+            if not capped.admit(day, held + amount):
+                return False
+            self._held[scope] = held + amount
+            return True
 
-    def release(self, capped: Capped, amount: Decimal) -> None:
+    async def release(self, capped: Capped, amount: Decimal) -> None:
         """After the real cost is charged (never before: the cap would briefly count neither)."""
-        left = self.held(capped.route) - amount
-        if left > 0:
-            self._held[capped.route] = left
-        else:
-            self._held.pop(capped.route, None)
+        async with self._settled:
+            left = self.held(capped.route) - amount
+            if left > 0:
+                self._held[capped.route] = left
+            else:
+                self._held.pop(capped.route, None)
+            self._settled.notify_all()

@@ -232,7 +232,7 @@ class Verifier:
         day, began = today(), time.time()
         reference = job.request.model
         shadow = await plan_shadow(self.planner, job.request, reference)
-        if not self.holds.admit(acceptance, day, shadow.worst):
+        if not await self.holds.admit(acceptance, day, shadow.worst):
             log.warning("the semantic cache's daily verification cap is reached; hits unverified for the day")
             await self.service.save("cache")
             return
@@ -240,7 +240,7 @@ class Verifier:
             text, cost = await self._call(shadow)
             acceptance.charge(cost, day)
         finally:
-            self.holds.release(acceptance, shadow.worst)
+            await self.holds.release(acceptance, shadow.worst)
         if text is None:
             acceptance.failed()
             await self._cache_row(job.request.request_id, "paid", "served", job.similarity,
@@ -343,7 +343,7 @@ class Verifier:
             # the reference (at most the shadow call's tokens) and the answer the user got.
             question = known.prompt_tokens if shadow is None else shadow.tokens
             hold += judge_worst(self.planner, judge, question + known.completion_tokens)
-        if hold and not self.holds.admit(calibration, day, hold):
+        if hold and not await self.holds.admit(calibration, day, hold):
             log.warning(
                 "route %s: the daily verification cap of $%s cannot admit this verification's worst "
                 "case ($%s); calibration paused for the day",
@@ -356,7 +356,7 @@ class Verifier:
         try:
             await self._verify(job, shadow, day, began)
         finally:
-            self.holds.release(calibration, hold)
+            await self.holds.release(calibration, hold)
 
     async def _verify(self, job: Job, shadow: ShadowCall | None, day: str, began: float) -> None:
         """The admitted verification: the shadow call (none for a free label), the comparison, the
