@@ -48,6 +48,7 @@ models:
   weak-tight: {answer: {fixed: "So the answer is 7."}}
   judge-tight: {answer: {fixed: "Both reach the same result. Score: 9/10"}}
   judge-roomy: {answer: {fixed: "Both reach the same result. Score: 9/10"}}
+  judge-blank: {answer: {fixed: "Score: 9/10"}, faults: {blank: 1.0}}
   atlas: {answer: {fixed: "It is the largest city and seat of government."}}
 """
 
@@ -67,6 +68,7 @@ models:
   weak-tight: {{input: 0.6, output: 0.6}}
   judge-tight: {{input: 100, output: 100}}
   judge-roomy: {{input: 100, output: 100}}
+  judge-blank: {{input: 100, output: 100}}
 routes:
   tight:
     router: {{file: {ROUTER}, strong: strong-m, weak: weak-tight}}
@@ -74,6 +76,9 @@ routes:
   roomy:
     router: {{file: {ROUTER}, strong: strong-m, weak: weak-m}}
     quality: {JUDGED.format(judge="judge-roomy", cap=CAP_ROOMY)}
+  blank:
+    router: {{file: {ROUTER}, strong: strong-m, weak: weak-m}}
+    quality: {JUDGED.format(judge="judge-blank", cap="5")}
   cascade:
     cascade:
       steps: [weak-m, strong-m]
@@ -128,6 +133,7 @@ def test_the_judge_is_admitted_with_the_shadow_call_and_every_cost_is_verificati
         ask("tight", 8)
         ask("roomy", 16)
         ask("cascade", 6)
+        ask("blank", 3)
         wait_until(lambda: admin(gateway, "/admin/quality")["pending"] == 0, "verifications finish", 60)
         quality = admin(gateway, "/admin/quality")
         routes = {row["route"]: row for row in quality["routes"]}
@@ -154,6 +160,13 @@ def test_the_judge_is_admitted_with_the_shadow_call_and_every_cost_is_verificati
         # A cascade's escalations are free labels, but their judge is not free.
         cascade = routes["cascade"]
         assert cascade["by_label"]["free"] == 6 and costs["cascade"] > 0
+
+        # A judge that answers blank 200s fails the verification, but its prompts were billed: they
+        # are verification cost too.
+        blank = routes["blank"]
+        assert blank["failed"] == 3 and blank["verifications"] == 0 and calls["judge-blank"] >= 3
+        judge_prompt = Decimal(50) * 100 / Decimal(10**6)  # 50 tokens at least, at $100/M
+        assert costs["blank"] >= 3 * judge_prompt
 
         # Every verification's cost, the judge's included, is the route's cost of verification in
         # /admin/quality and /metrics, and its savings are net of it.
