@@ -379,6 +379,7 @@ def test_the_quality_panel_shows_each_calibrated_route(
         # The semantic cache's acceptance: nothing certified, so nothing served.
         threshold = page.locator('#quality-cache td[data-col="threshold"]')
         assert threshold.inner_text() == "none yet: no semantic hit"
+        assert page.inner_text('#quality-cache td[data-col="savings_net"]').startswith(("$", "-$"))
         page.screenshot(path=str(ARTIFACTS / "dashboard-quality.png"), full_page=True)
         assert page.errors == []
         page.close()

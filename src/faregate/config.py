@@ -240,9 +240,12 @@ AlertMetric = Literal[
     "quality_margin",
     "router_flagged",
     "verification_cap_reached",
+    # The semantic cache's calibrated acceptance (cache.semantic.max_wrong_hit_rate), not per anything.
+    "cache_verification_cap_reached",
 ]
 AlertDimension = Literal["route", "model", "provider", "key"]
-QUALITY_ALERTS = ("quality_margin", "router_flagged", "verification_cap_reached")
+CACHE_ALERTS = ("cache_verification_cap_reached",)
+QUALITY_ALERTS = ("quality_margin", "router_flagged", "verification_cap_reached", *CACHE_ALERTS)
 
 
 class AlertRule(_Strict):
@@ -499,6 +502,12 @@ def _check_references(settings: Settings, origin: str) -> None:
     check_routes(settings, origin, seen_names)
     check_cache_acceptance(settings.cache.semantic, origin)
     _check_alerts(settings.alerts, origin)
+    cache_rules = [r.name for r in settings.alerts.rules if r.metric in CACHE_ALERTS]
+    if cache_rules and settings.cache.semantic.max_wrong_hit_rate is None:
+        raise ConfigError(
+            f"{origin}: alert rule {cache_rules[0]} watches the semantic cache's calibration; "
+            "set cache.semantic.max_wrong_hit_rate"
+        )
     _check_accounts(settings, origin)
     for name, provider in settings.providers.items():
         if not provider.base_url.startswith(("http://", "https://")):
@@ -518,7 +527,10 @@ def _check_alerts(alerts: AlertSettings, origin: str) -> None:
             raise ConfigError(f"{where}: give exactly one of above or below")
         if rule.metric == "daily_spend_usd" and rule.per not in (None, "key"):
             raise ConfigError(f"{where}: daily_spend_usd is always per key; per must be key or unset")
-        if rule.metric in QUALITY_ALERTS:
+        if rule.metric in CACHE_ALERTS:
+            if rule.per is not None or rule.route is not None:
+                raise ConfigError(f"{where}: {rule.metric} is the semantic cache's; it takes no per or route")
+        elif rule.metric in QUALITY_ALERTS:
             if rule.per not in (None, "route"):
                 raise ConfigError(f"{where}: {rule.metric} is always per route; per must be route or unset")
             rule.per = "route"

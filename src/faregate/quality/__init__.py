@@ -8,6 +8,8 @@
 - verifier.py    shadow verification after the response: background tasks, bounded, capped,
                  dropped cleanly at shutdown; the reference call through the attempt runner;
                  the comparators (mechanical, answer embeddings, an LLM judge)
+- spend.py       the daily caps admitted before any verification call, at the worst case of the
+                 shadow call and the LLM judge's (routing/worst_case.py), held until charged
 - service.py     every calibration kept in the store (compare-and-set, one writer per update),
                  refreshed from other instances
 - metrics.py     the Prometheus families, read at scrape time

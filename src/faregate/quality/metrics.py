@@ -17,6 +17,7 @@ faregate_cache_threshold                         the semantic cache's certified 
 faregate_cache_wrong_hit_bound                   the bound on wrong hits / lookups at it
 faregate_cache_verifications_total{kind}         its labels (free: unserved; paid: verified hits)
 faregate_cache_verification_cost_usd_total       what verifying its hits cost
+faregate_cache_verification_cap_reached          1 while today's cap for verifying its hits is spent
 """
 
 from __future__ import annotations
@@ -133,4 +134,9 @@ class QualityCollector(Collector):
             "faregate_cache_verification_cost_usd",
             "What verifying semantic hits cost (USD).",
             value=float(Decimal(cache["verification_cost_usd"])),
+        )
+        yield GaugeMetricFamily(
+            "faregate_cache_verification_cap_reached",
+            "1: today's cap for verifying semantic hits is spent (hits unverified for the day).",
+            value=float(bool(cache["cap_reached"])),
         )

@@ -94,10 +94,11 @@ def embedder_for(planner: Planner, cache: ResponseCache | None) -> Embed | None:
 
 
 def attach_observability(verifier: Verifier | None, observability: Observability) -> None:
-    """The calibrated routes' figures in /metrics and for the quality alert rules."""
+    """The calibrated routes' and cache's figures in /metrics and for the quality alert rules."""
     if verifier is None:
         return
     service = verifier.service
     observability.metrics.registry.register(QualityCollector(service.figures, service.cache_figures))
     if observability.insights is not None:
-        observability.insights.alerts.quality = verifier.service.figures
+        observability.insights.alerts.quality = service.figures
+        observability.insights.alerts.quality_cache = service.cache_figures

@@ -5,14 +5,17 @@
 a response. The task waits for one of `max_concurrency` slots, then:
 
 - free label (a cascade escalation): the cheap answer it refused against the strong answer served;
-- otherwise: the daily USD cap must admit the shadow call's estimate (else the route's calibration
-  pauses for the day, quality/live.py), then the other model of the route is called through the
-  attempt runner, as a request of its own with no API key: it counts in no key's credits or rate
-  limits, its attempts are marked `verification`, and its real cost (the served call at its
-  offer's price plus what failed attempts were billed) is charged to the route's daily cap and
-  written in the `verifications` row;
-- the route's comparator says whether the cheap answer is acceptable against the reference; the
-  calibration observes it and recalibrates; the row is written and the state saved.
+- otherwise: the other model of the route is called through the attempt runner, as a request of
+  its own with no API key: it counts in no key's credits or rate limits, its attempts are marked
+  `verification`, and its real cost (the served call at its offer's price plus what failed
+  attempts were billed) is charged to the route's daily cap and written in the `verifications` row;
+- the route's comparator says whether the cheap answer is acceptable against the reference (an
+  LLM judge's call is charged with the shadow call); the calibration observes it and recalibrates;
+  the row is written and the state saved.
+
+Before any call, the daily USD cap must admit the worst case of every call the verification may
+make, the judge's included (quality/spend.py); a cap that cannot pauses the calibration for the
+day (quality/live.py) and no call is made.
 
 The semantic cache's calibrated acceptance (quality/cache_live.py) is verified the same way: a
 served hit drawn by `verify_hits` gets a fresh call after the response (`CacheJob`), and an
@@ -42,13 +45,14 @@ from faregate.learning.online.comparators import Comparator, LLMJudgeComparator,
 from faregate.learning.text_features import last_user_text
 from faregate.quality.live import NANO, Decision, RouteCalibration, today
 from faregate.quality.service import QualityService
+from faregate.quality.spend import JUDGE_MAX_TOKENS, Holds, ShadowCall, judge_worst, plan_shadow
 from faregate.routing.attempts import AttemptRunner, Served, billed_cost
 from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Plan, Planner
 from faregate.store.verifications import VerificationRow
 from faregate.tokens import estimate_usage
-from faregate.types import JSON, MILLION, ChatRequest
-from faregate.wire.openai import answer_text, without_streaming
+from faregate.types import JSON, ChatRequest
+from faregate.wire.openai import answer_text
 
 log = logging.getLogger("faregate.quality")
 
@@ -89,6 +93,14 @@ class CacheJob:
     key: str = ""
 
 
+class JudgeFailed(RuntimeError):
+    """The LLM judge gave no answer; `cost` is what its attempts were billed all the same."""
+
+    def __init__(self, cost: Decimal) -> None:
+        super().__init__("the judge model did not answer")
+        self.cost = cost
+
+
 class Verifier:
     def __init__(
         self,
@@ -104,6 +116,8 @@ class Verifier:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self.comparators: dict[str, Comparator] = {}
+        # Worst cases admitted against the daily caps and not charged yet (quality/spend.py).
+        self.holds = Holds()
         # Unit vectors for texts, off the event loop (the `embedding` comparator); set by the setup.
         self.embed: Callable[[list[str]], Awaitable[Any]] | None = None
         # The response cache whose semantic acceptance is calibrated (None: not calibrated).
@@ -137,13 +151,23 @@ class Verifier:
             spent: list[Decimal] = []
 
             async def complete(messages: list[dict[str, Any]]) -> str:
-                body = {"model": judge_model, "messages": messages, "max_tokens": 200, "temperature": 0}
-                text, cost = await self._shadow_call(
-                    dataclasses.replace(request, body=body, max_tokens=200), judge_model
+                body = {
+                    "model": judge_model,
+                    "messages": messages,
+                    "max_tokens": JUDGE_MAX_TOKENS,
+                    "temperature": 0,
+                }
+                asked = dataclasses.replace(
+                    request,
+                    body=body,
+                    max_tokens=JUDGE_MAX_TOKENS,
+                    choices=1,
+                    required_modalities=frozenset(),
                 )
+                text, cost = await self._call(await plan_shadow(self.planner, asked, judge_model))
                 spent.append(cost)
                 if text is None:
-                    raise RuntimeError("the judge model did not answer")
+                    raise JudgeFailed(sum(spent, Decimal(0)))
                 return text
 
             comparison = await LLMJudgeComparator(complete).compare(
@@ -207,13 +231,16 @@ class Verifier:
         assert acceptance is not None
         day, began = today(), time.time()
         reference = job.request.model
-        estimate = await self._estimate_call(job.request, job.cached, reference)
-        if not acceptance.admit(day, estimate):
+        shadow = await plan_shadow(self.planner, job.request, reference)
+        if not await self.holds.admit(acceptance, day, shadow.worst):
             log.warning("the semantic cache's daily verification cap is reached; hits unverified for the day")
             await self.service.save("cache")
             return
-        text, cost = await self._shadow_call(job.request, reference)
-        acceptance.charge(cost, day)
+        try:
+            text, cost = await self._call(shadow)
+            acceptance.charge(cost, day)
+        finally:
+            await self.holds.release(acceptance, shadow.worst)
         if text is None:
             acceptance.failed()
             await self._cache_row(job.request.request_id, "paid", "served", job.similarity,
@@ -299,39 +326,66 @@ class Verifier:
     async def verify(self, job: Job) -> None:
         decision = job.decision
         calibration = job.calibration
-        comparator_name = calibration.settings.verification.comparator
+        verification = calibration.settings.verification
+        judge = verification.judge_model if verification.comparator == "llm_judge" else None
         day = today()
         began = time.time()
+        shadow: ShadowCall | None = None
         if decision.label_kind == "free":
+            assert decision.cheap_text is not None
+            known = await estimate_usage(job.request, decision.cheap_text + job.answer)
+        else:
+            shadow = await plan_shadow(self.planner, job.request, job.strong if decision.cheap else job.cheap)
+            known = await estimate_usage(job.request, job.answer)
+        hold = Decimal(0) if shadow is None else shadow.worst
+        if judge is not None:
+            # A free label's judge is shown the prompt and both answers; otherwise the question and
+            # the reference (at most the shadow call's tokens) and the answer the user got.
+            question = known.prompt_tokens if shadow is None else shadow.tokens
+            hold += judge_worst(self.planner, judge, question + known.completion_tokens)
+        if hold and not await self.holds.admit(calibration, day, hold):
+            log.warning(
+                "route %s: the daily verification cap of $%s cannot admit this verification's worst "
+                "case ($%s); calibration paused for the day",
+                decision.route,
+                verification.daily_usd_cap,
+                hold,
+            )
+            await self.service.save(decision.route)
+            return
+        try:
+            await self._verify(job, shadow, day, began)
+        finally:
+            await self.holds.release(calibration, hold)
+
+    async def _verify(self, job: Job, shadow: ShadowCall | None, day: str, began: float) -> None:
+        """The admitted verification: the shadow call (none for a free label), the comparison, the
+        real cost charged, the outcome observed and recorded."""
+        decision = job.decision
+        calibration = job.calibration
+        comparator_name = calibration.settings.verification.comparator
+        if shadow is None:
             assert decision.cheap_text is not None
             cheap_text, strong_text, cost, reference = decision.cheap_text, job.answer, Decimal(0), None
         else:
-            reference = job.strong if decision.cheap else job.cheap
-            estimate = await self._estimate(job, reference)
-            if not calibration.admit(day, estimate):
-                log.warning(
-                    "route %s: the daily verification cap of $%s is reached; calibration paused for the day",
-                    decision.route,
-                    calibration.settings.verification.daily_usd_cap,
-                )
-                await self.service.save(decision.route)
-                return
-            shadow = await self._shadow(job, reference)
-            cost = shadow[1]
-            if shadow[0] is None:
+            reference = shadow.request.model
+            text, cost = await self._call(shadow)
+            if text is None:
                 calibration.charge(decision, cost, day)
                 calibration.failed(decision)
                 await self._record(job, calibration, "failed", reference, cost, began, comparator_name)
                 await self.service.save(decision.route)
                 return
-            cheap_text, strong_text = (job.answer, shadow[0]) if decision.cheap else (shadow[0], job.answer)
+            cheap_text, strong_text = (job.answer, text) if decision.cheap else (text, job.answer)
         judge = calibration.settings.verification.judge_model
         try:
             acceptable, asked = await self.compare(
                 comparator_name, job.request, strong_text, cheap_text, judge
             )
-        except Exception:
+        except Exception as error:
             log.exception("comparing the answers of request %s failed", job.request.request_id)
+            # A judge that did not answer may still have been billed.
+            cost += error.cost if isinstance(error, JudgeFailed) else Decimal(0)
             calibration.charge(decision, cost, day)
             calibration.failed(decision)
             await self._record(job, calibration, "failed", reference, cost, began, comparator_name)
@@ -347,43 +401,18 @@ class Verifier:
         )
         await self.service.save(decision.route)
 
-    async def _estimate(self, job: Job, reference: str) -> Decimal:
-        return await self._estimate_call(job.request, job.answer, reference)
-
-    async def _estimate_call(self, request: ChatRequest, answer: str, reference: str) -> Decimal:
-        """The shadow call's likely cost: the user's prompt and answer lengths at the reference's
-        dearest price (checked against the daily cap before calling)."""
-        price = self.planner.dearest_price(reference)
-        usage = await estimate_usage(request, answer)
-        return (
-            Decimal(usage.prompt_tokens) * price.input + Decimal(usage.completion_tokens) * price.output
-        ) / MILLION
-
-    async def _shadow(self, job: Job, reference: str) -> tuple[str | None, Decimal]:
-        return await self._shadow_call(job.request, reference)
-
-    async def _shadow_call(self, request: ChatRequest, reference: str) -> tuple[str | None, Decimal]:
-        """(the reference's answer text or None if it failed, what the call cost)."""
-        body = {k: v for k, v in without_streaming(request.body).items() if k != "models"}
-        body["model"] = reference
-        call = ChatRequest(
-            request_id=request.request_id,
-            body=body,
-            model=reference,
-            stream=False,
-            include_usage=False,
-            max_tokens=request.max_tokens,
-            required_modalities=request.required_modalities,
-            choices=request.choices,
-        )
+    async def _call(self, shadow: ShadowCall) -> tuple[str | None, Decimal]:
+        """Make a planned call: (its answer text or None if it failed, what it cost)."""
+        call, plan = shadow.request, shadow.plan
+        if plan is None:
+            return None, Decimal(0)
         try:
-            plan = await self.planner.plan(call)
             served = await self.runner.complete(call, plan)
         except FaregateError as error:
             attempts = getattr(error, "attempts", None) or []
             for attempt in attempts:
                 attempt.detail = f"verification: {attempt.detail}" if attempt.detail else "verification"
-            log.warning("verification call for request %s failed: %s", request.request_id, error)
+            log.warning("verification call for request %s failed: %s", call.request_id, error)
             return None, billed_cost(attempts)
         text = answer_text(served.completion.body)
         usage = served.completion.usage or await estimate_usage(call, text)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from faregate.routing.plan import Candidate, Plan
-from faregate.types import MILLION, ChatRequest, Usage
+from faregate.types import MILLION, ChatRequest, Price, Usage
 
 # The rubric and framing an LLM judge's prompt adds around the question and the answer.
 JUDGE_PROMPT_TOKENS = 400
@@ -41,6 +41,14 @@ def _worst_single(candidates: list[Candidate], request: ChatRequest, prompt: int
     return worst_usd, worst_tokens, worst_out
 
 
+def judge_call(price: Price, judged: int, max_tokens: int) -> tuple[Decimal, int]:
+    """The most one LLM judge's call can cost, and its tokens: the tokens it is shown (the question
+    and the answer or answers judged) plus its rubric and framing, and its whole output allowance.
+    A cascade's judge and a quality verification's (quality/verifier.py) are held alike."""
+    judge = Usage(judged + JUDGE_PROMPT_TOKENS, max_tokens)
+    return price.cost(judge), judge.total_tokens
+
+
 async def worst_case(plan: Plan, request: ChatRequest) -> tuple[Decimal, int]:
     """The most the plan can cost, and its tokens: the prompt (upper bound unless counted) plus the
     output allowance at the offer's prices. One call is made per plain plan (failed attempts are
@@ -55,7 +63,7 @@ async def worst_case(plan: Plan, request: ChatRequest) -> tuple[Decimal, int]:
         total_usd += usd
         total_tokens += tokens
         if plan.judge_price is not None and index < len(plan.stages) - 1:
-            judge = Usage(prompt + out + JUDGE_PROMPT_TOKENS, plan.judge_max_tokens)
-            total_usd += plan.judge_price.cost(judge)
-            total_tokens += judge.total_tokens
+            usd, tokens = judge_call(plan.judge_price, prompt + out, plan.judge_max_tokens)
+            total_usd += usd
+            total_tokens += tokens
     return total_usd, total_tokens

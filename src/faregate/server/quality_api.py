@@ -3,8 +3,10 @@
 Per route: the target and confidence, the strong share in force, the estimated quality (routed
 relative to the strong path) with a display interval and the e-value behind it, the
 verifications by label kind, their cost, the daily cap, the router's health, and the route's
-savings (baseline minus cost, from the request records) net of verification. `recent` lists the
-last verifications (`?limit=`, default 20). Money is exact decimal text in USD.
+savings (baseline minus cost, from the request records) net of verification. The semantic cache's
+(`cache`), likewise: what cache hits saved (exact and semantic: the records do not tell them apart
+in sums) net of what verifying semantic hits cost. `recent` lists the last verifications
+(`?limit=`, default 20). Money is exact decimal text in USD.
 """
 
 from __future__ import annotations
@@ -41,11 +43,16 @@ async def quality_figures(gateway: Gateway, limit: int = 20) -> dict[str, Any]:
             row["savings_usd"] = usd_text(savings)
             row["savings_net_usd"] = usd_text(savings - verification)
         routes.append(row)
+    cache = verifier.service.cache_figures()
+    if cache is not None and insights is not None:
+        saved = (await insights.analytics.totals(Slice(0.0, time.time() + 1))).cache_saved
+        cache["savings_usd"] = usd_text(saved)
+        cache["savings_net_usd"] = usd_text(saved - Decimal(cache["verification_cost_usd"]))
     recent = await verifier.service.store.recent(limit=limit)
     return {
         "routes": routes,
         # The semantic cache's calibrated acceptance (cache.semantic.max_wrong_hit_rate), or None.
-        "cache": verifier.service.cache_figures(),
+        "cache": cache,
         # Verifications submitted and not finished yet.
         "pending": verifier.pending,
         "recent": [

@@ -9,13 +9,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from faregate.config import QUALITY_ALERTS, AlertRule
+from faregate.config import CACHE_ALERTS, QUALITY_ALERTS, AlertRule
 from faregate.store.analytics import Analytics
 from faregate.store.analytics_rows import Dimension, Slice
 
 DAY_S = 86400
 # The calibrated routes' figures (quality/service.py), read when a quality rule is evaluated.
 QualityFigures = Callable[[], list[dict[str, Any]]]
+# The semantic cache's calibrated acceptance's figures (quality/cache_live.py; None: not calibrated).
+CacheFigures = Callable[[], dict[str, Any] | None]
 
 
 @dataclass(slots=True, frozen=True)
@@ -39,6 +41,7 @@ UNITS = {
     "quality_margin": "points",
     "router_flagged": "",
     "verification_cap_reached": "",
+    "cache_verification_cap_reached": "",
 }
 
 
@@ -54,9 +57,15 @@ async def rule_slice(rule: AlertRule, analytics: Analytics, now: float) -> Slice
 
 
 async def measure(
-    rule: AlertRule, analytics: Analytics, now: float | None = None, quality: QualityFigures | None = None
+    rule: AlertRule,
+    analytics: Analytics,
+    now: float | None = None,
+    quality: QualityFigures | None = None,
+    cache: CacheFigures | None = None,
 ) -> list[Measurement]:
     """The rule's metric for each subject with data in the window."""
+    if rule.metric in CACHE_ALERTS:
+        return cache_measurements(rule, cache() if cache is not None else None)
     if rule.metric in QUALITY_ALERTS:
         return quality_measurements(rule, quality() if quality is not None else [])
     now = time.time() if now is None else now
@@ -104,6 +113,15 @@ def quality_measurements(rule: AlertRule, figures: list[dict[str, Any]]) -> list
             flag = row["flagged"] if rule.metric == "router_flagged" else row["cap_reached"]
             out.append(Measurement(row["route"], float(bool(flag)), rule.min_count))
     return out
+
+
+def cache_measurements(rule: AlertRule, figures: dict[str, Any] | None) -> list[Measurement]:
+    """The semantic cache's calibration (not per subject): cache_verification_cap_reached is 1 while
+    today's cap for verifying served hits is spent, else 0 (evidence enough: its count is
+    min_count). Nothing while the cache is not calibrated."""
+    if figures is None:
+        return []
+    return [Measurement(None, float(bool(figures["cap_reached"])), rule.min_count)]
 
 
 def breaches(rule: AlertRule, m: Measurement) -> bool:

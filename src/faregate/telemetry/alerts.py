@@ -25,7 +25,14 @@ import aiohttp
 from faregate.config import QUALITY_ALERTS, AlertRule, AlertSettings
 from faregate.lifecycle import Periodic
 from faregate.store.analytics import Analytics
-from faregate.telemetry.alert_values import UNITS, Measurement, QualityFigures, breaches, measure
+from faregate.telemetry.alert_values import (
+    UNITS,
+    CacheFigures,
+    Measurement,
+    QualityFigures,
+    breaches,
+    measure,
+)
 
 log = logging.getLogger("faregate.alerts")
 
@@ -64,6 +71,8 @@ class AlertState:
             "quality_margin": "estimated quality minus target",
             "router_flagged": "router flagged (1: falls back to length)",
             "verification_cap_reached": "verification cap reached (1: calibration paused)",
+            "cache_verification_cap_reached": "the semantic cache's verification cap reached "
+            "(1: served hits unverified for the day)",
         }[rule.metric]
         filters = (
             ("route", rule.route),
@@ -133,6 +142,8 @@ class AlertManager:
     webhook_failures: int = 0
     # The calibrated routes' figures, for the quality rules (set when some route has `quality`).
     quality: QualityFigures | None = None
+    # The semantic cache's calibrated acceptance's figures (set when it is calibrated).
+    quality_cache: CacheFigures | None = None
     _loop: Periodic | None = None
     _session: aiohttp.ClientSession | None = None
 
@@ -169,7 +180,7 @@ class AlertManager:
         events: list[dict[str, Any]] = []
         for rule in self.settings.rules:
             try:
-                measured = await measure(rule, self.analytics, now, self.quality)
+                measured = await measure(rule, self.analytics, now, self.quality, self.quality_cache)
             except Exception:
                 log.exception("alert rule %s could not be evaluated", rule.name)
                 continue

@@ -298,6 +298,7 @@ function renderQuality(data) {
     { title: "Labelled (wrong)", key: "labelled", value: (c) => `${int(c.labelled)} (${int(c.wrong)})` },
     { title: "Verification cost", key: "verification_cost", value: (c) => usd(c.verification_cost_usd), raw: (c) => c.verification_cost_usd,
       cls: (c) => (c.cap_reached ? "status-err" : null) },
+    { title: "Saved by cache hits, net of verification", key: "savings_net", value: (c) => usd(c.savings_net_usd), raw: (c) => c.savings_net_usd },
   ], data.cache ? [data.cache] : [], { empty: "Not calibrated (cache.semantic.max_wrong_hit_rate is not set)" });
   fillTable($("quality-routes"), [
     { title: "Route", key: "route", value: (r) => `${r.route} (${r.kind})` },
