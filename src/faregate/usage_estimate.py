@@ -17,6 +17,7 @@ about one token per delta), so a stream is not billed under what it visibly sent
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any, Literal
 
 from faregate import counting, light_tokens
@@ -44,6 +45,14 @@ def ready() -> bool:
     from faregate import tokens
 
     return tokens.is_loaded()
+
+
+def state() -> dict[str, Any]:
+    """For the admin health answer: the mode, and whether this process has imported tiktoken
+    or loaded the o200k vocabulary (neither, in `light` mode)."""
+    tokens = sys.modules.get("faregate.tokens")
+    loaded = tokens is not None and bool(tokens.is_loaded())
+    return {"mode": _mode, "tokenizer_imported": "tiktoken" in sys.modules, "tokenizer_loaded": loaded}
 
 
 def preload() -> None:
