@@ -34,8 +34,6 @@ def _wide(ch: str) -> bool:
 
 
 def _word(piece: str) -> float:
-    if piece.isascii():
-        return max(1, math.ceil(len(piece) / LATIN_CHARS_PER_TOKEN))
     latin = wide = 0
     for ch in piece:
         if ch.isascii():
@@ -48,8 +46,6 @@ def _word(piece: str) -> float:
 
 
 def _punct(piece: str) -> float:
-    if piece.isascii():
-        return max(1, math.ceil(len(piece) / PUNCT_CHARS_PER_TOKEN))
     ascii_marks = sum(1 for ch in piece if ch.isascii())
     return max(1, math.ceil(ascii_marks / PUNCT_CHARS_PER_TOKEN) + len(piece) - ascii_marks)
 
@@ -59,12 +55,20 @@ def count_text(text: str) -> int:
     if not text:
         return 0
     total = 0.0
-    for match in _PIECES.finditer(text):
-        piece = match.group()
+    for piece in _PIECES.findall(text):
+        size = len(piece)
         last = piece[-1]
-        if last.isalpha() or (len(piece) > 1 and piece[1].isalpha()):
+        if piece.isascii():
+            # Most pieces: integer arithmetic, no per-character classes (twice as fast).
+            if last.isalpha():
+                total += 1 if size <= LATIN_CHARS_PER_TOKEN else -(-size // LATIN_CHARS_PER_TOKEN)
+            elif size <= PUNCT_CHARS_PER_TOKEN or last.isdigit() or last == "_" or piece.isspace():
+                total += 1
+            else:
+                total += -(-size // PUNCT_CHARS_PER_TOKEN)
+        elif last.isalpha() or (size > 1 and piece[1].isalpha()):
             total += _word(piece)
-        elif last.isdigit() or piece.isspace() or last == "_":
+        elif last.isdigit() or piece.isspace():
             total += 1
         else:
             total += _punct(piece)
