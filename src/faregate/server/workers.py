@@ -7,8 +7,8 @@ SIGINT stops them all and waits for each to flush its request records.
 Before forking it: holds the port (a bound, not listening, SO_REUSEPORT socket: nobody else can
 take the port, even while a worker restarts); starts the simulator when it stands in for the
 providers (one, shared); loads the tokenizer if `accounts.usage_estimate: tokenizer` asks for it,
-and freezes what exists, so those pages stay
-shared copy-on-write by every worker instead of being loaded N times. Each worker then builds
+and freezes what exists, so those pages stay shared copy-on-write by every worker instead of
+being loaded N times. Each worker then builds
 its own gateway (event loop, stores, upstream pool) and listens with SO_REUSEPORT: the kernel
 spreads new connections across the workers.
 
