@@ -14,12 +14,8 @@ and at the next SIGUSR2 off, writing the stats to PROFILE_OUT (pstats format). W
 every stream's way to its first token is timed (see `install_ttft_probe`), and SIGUSR2 writes the
 timings gathered since the last one to TTFT_OUT (JSON lines) and starts afresh.
 
-SOAK_NO_TOKENIZER=1 is an experiment, never a configuration: token counts (only needed when an
-upstream reports no usage) become len(UTF-8 bytes) / 4 instead of loading the o200k tokenizer, to
-measure what the tokenizer costs in memory.
-
 Environment: SOAK_DUMP_DIR, SOAK_TRACEMALLOC (frames per traceback, 0 = off), SOAK_TRIM (0/1),
-SOAK_NO_TOKENIZER (0/1), GC_STATS (0/1: collections by generation and their time, in the
+GC_STATS (0/1: collections by generation and their time, in the
 SIGUSR1 probe), PROFILE_OUT, TTFT_OUT. Usage: python bench/gateway_probe.py serve -c CONFIG
 """
 
@@ -271,10 +267,6 @@ def main() -> None:
         install_ttft_probe()
     if os.environ.get("GC_STATS") == "1":
         gc.callbacks.append(_gc_timer)
-    if os.environ.get("SOAK_NO_TOKENIZER") == "1":
-        import faregate.tokens
-
-        faregate.tokens.count_text = lambda text: (len(text.encode()) + 3) // 4 if text else 0
     from faregate.cli.main import main as faregate_main
 
     sys.argv = ["faregate", *sys.argv[1:]]

@@ -21,6 +21,7 @@ slows the gateway by ~2x), diffed at the end (first probe after warm-up against 
 
 Usage: python bench/soak.py [--requests 1000000] [--max-seconds 1800] [--connections 64]
                             [--tracemalloc 0] [--trim] [--malloc-arena-max N]
+                            [--usage-estimate light|tokenizer]
                             [--out bench/results/soak.json] [--png bench/results/soak.png]
 Needs `wrk` (Debian package). Only talks to 127.0.0.1.
 """
@@ -69,9 +70,10 @@ models:
 """
 
 
-def gateway_config(port: int, sim_port: int, store: Path) -> str:
+def gateway_config(port: int, sim_port: int, store: Path, usage_estimate: str = "light") -> str:
     return f"""\
 server: {{port: {port}}}
+accounts: {{usage_estimate: {usage_estimate}}}
 store: {{path: {str(store)!r}}}
 sim: {{mode: 'on', launch: false, port: {sim_port}, first_byte_timeout_s: 0.5, total_timeout_s: 5}}
 metrics: {{public: true}}
@@ -224,7 +226,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sim_port, gw_port = free_port(), free_port()
     (work / "sim.yaml").write_text(SIM_SCRIPT)
     config = work / "faregate.yaml"
-    config.write_text(gateway_config(gw_port, sim_port, work / "store"))
+    config.write_text(gateway_config(gw_port, sim_port, work / "store", args.usage_estimate))
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     gateway_env = {
         **env,
@@ -234,8 +236,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.malloc_arena_max:
         gateway_env["MALLOC_ARENA_MAX"] = str(args.malloc_arena_max)
-    if args.no_tokenizer:
-        gateway_env["SOAK_NO_TOKENIZER"] = "1"
     processes: list[subprocess.Popen[bytes]] = []
     samples: list[dict[str, Any]] = []
     probes: list[dict[str, Any]] = []
@@ -246,7 +246,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "tracemalloc_frames": args.tracemalloc,
         "malloc_arena_max": args.malloc_arena_max,
         "trim": args.trim,
-        "no_tokenizer": args.no_tokenizer,
+        "usage_estimate": args.usage_estimate,
         "cpu_count": os.cpu_count(),
         "load_at_start": load_average(),
     }
@@ -443,9 +443,10 @@ def main() -> None:
     parser.add_argument("--trim", action="store_true", help="malloc_trim(0) at each probe")
     parser.add_argument("--malloc-arena-max", type=int, default=0)
     parser.add_argument(
-        "--no-tokenizer",
-        action="store_true",
-        help="experiment: count tokens as bytes/4 instead of loading the tokenizer (what it costs)",
+        "--usage-estimate",
+        choices=["light", "tokenizer"],
+        default="light",
+        help="accounts.usage_estimate: tokenizer loads o200k at the first stream without usage",
     )
     parser.add_argument(
         "--plot-only",

@@ -163,6 +163,15 @@ QUICK: dict[str, Quick] = {
     "python bench/semantic_lookup.py": Quick(
         why_not="the same script as the line before, without --wait-load: checked there"
     ),
+    "python bench/estimate_accuracy.py --timing": Quick(
+        run="python bench/estimate_accuracy.py --mmlu-per-subject 1 --timing",
+        where="checkout",
+        expect="(b) light",
+    ),
+    "python bench/soak.py --usage-estimate tokenizer": Quick(
+        why_not="the soak of `python bench/soak.py` with the tokenizer opted in: the same code, its "
+        "quick form runs there; tests/test_usage_estimate_e2e.py covers the setting"
+    ),
     "python bench/soak.py": Quick(
         run="python bench/soak.py --requests 3000 --warmup-probe 1000 --max-seconds 90"
         " --out {scratch}/soak.json --png {scratch}/soak.png",

@@ -15,7 +15,7 @@ import pytest
 from anthropic.types import Message, RawMessageStreamEvent
 from pydantic import TypeAdapter
 
-from faregate import tokens
+from faregate import counting, light_tokens, tokens, usage_estimate
 from faregate.errors import InvalidRequest, RateLimited, UpstreamFailed, UpstreamFailure
 from faregate.types import Attempt
 from faregate.wire.anthropic import count_tokens, messages_to_chat
@@ -579,8 +579,14 @@ def test_errors_in_anthropics_shape(error: Any, status: int, kind: str, sdk_erro
     assert error.message in str(info.value)
 
 
-async def test_count_tokens_uses_the_gateways_tokenizer() -> None:
+async def test_count_tokens_uses_the_gateways_count() -> None:
     body = {k: v for k, v in REQUEST.items() if k not in ("max_tokens", "stream")}
-    counted = await count_tokens(body)
-    assert counted == {"input_tokens": tokens.count_input(messages_to_chat(body, count_only=True))}
+    chat = messages_to_chat(body, count_only=True)
+    counted = await count_tokens(body)  # the light estimate, by default
+    assert counted == {"input_tokens": counting.count_input(chat, light_tokens.count_text)}
     assert counted["input_tokens"] > 20
+    usage_estimate.configure("tokenizer")
+    try:
+        assert await count_tokens(body) == {"input_tokens": tokens.count_input(chat)}
+    finally:
+        usage_estimate.configure("light")

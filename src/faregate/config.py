@@ -337,6 +337,11 @@ class AccountsSettings(_Strict):
     # Every serving process holds a lease it renews every third of this; its reservations belong
     # to it, and once the lease has lapsed (the process was killed) any instance releases them.
     instance_lease_s: Annotated[float, msgspec.Meta(ge=3)] = 15.0
+    # How tokens are counted where no upstream reported usage (billed as estimated), for
+    # reservations and count_tokens: "light" estimates without a vocabulary (nothing to load;
+    # counts over o200k by ~8-19% on average), "tokenizer" counts with the exact o200k BPE
+    # (~58 MiB of RSS per process, shared by `serve --workers N`). faregate.usage_estimate.
+    usage_estimate: Literal["light", "tokenizer"] = "light"
 
 
 class UpstreamQueueSettings(_Strict):

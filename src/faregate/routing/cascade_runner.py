@@ -19,8 +19,8 @@ from faregate.errors import UpstreamFailed, UpstreamRejected, listed
 from faregate.routing.attempts import AttemptRunner, Served
 from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Plan, Planner
-from faregate.tokens import estimate_usage
 from faregate.types import Attempt, ChatRequest, Usage
+from faregate.usage_estimate import estimate_usage
 from faregate.wire.openai import answer_text, finish_reason, without_streaming
 
 if TYPE_CHECKING:

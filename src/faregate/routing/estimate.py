@@ -1,13 +1,14 @@
 """Prompt size for routing decisions and reservations, cheap first and exact only when it matters.
 
-Counting tokens exactly needs the tokenizer (about a second to load and ~70 MB), so
-decisions use a bound first: a token is never shorter than one UTF-8 byte, so the
-byte count is an upper bound, and most requests are far from every limit. Only when
-the bound cannot settle a decision is the exact count taken.
+Counting tokens costs CPU (and, with `accounts.usage_estimate: tokenizer`, a tokenizer that takes
+about a second and ~58 MiB to load), so decisions use a bound first: a token is never shorter
+than one UTF-8 byte, so the byte count is an upper bound, and most requests are far from every
+limit. Only when the bound cannot settle a decision is the count taken ("exact" below: the
+gateway's own count, faregate.usage_estimate, the light estimate by default).
 
 The prompt is everything the provider bills as input: the messages, and the tools, functions,
-tool_choice and response_format it renders into the prompt (tokens.BILLED_INPUT_FIELDS).
-Media parts (images, audio, video, files) count as tokens.TOKENS_PER_MEDIA_PART each for
+tool_choice and response_format it renders into the prompt (counting.BILLED_INPUT_FIELDS).
+Media parts (images, audio, video, files) count as counting.TOKENS_PER_MEDIA_PART each for
 fitting a context window; for money (`billable`) an inline part counts one token per
 `media_bytes_per_token` bytes of its data when that is more, since providers bill a large
 image, a long recording or a many-page file by its size.
@@ -20,10 +21,10 @@ from typing import Any
 
 import orjson
 
-from faregate import tokens
+from faregate import counting, usage_estimate
 
-# Per-message framing and the reply primer, as tokens.count_messages counts them.
-_FRAMING = tokens.TOKENS_PER_MESSAGE
+# Per-message framing and the reply primer, as counting.count_messages counts them.
+_FRAMING = counting.TOKENS_PER_MESSAGE
 # Default bytes of inline media data per billed token, for reservations (see the docstring).
 MEDIA_BYTES_PER_TOKEN = 64
 
@@ -43,9 +44,8 @@ class PromptSize:
         # Bytes of media parts (their whole JSON, data included), for the billable count.
         self._media_bytes: list[int] = []
         self.upper_bound = self._bound(messages) + len(extras.encode())
-        self._media_surplus = sum(
-            max(0, size // media_bytes_per_token - tokens.TOKENS_PER_MEDIA_PART) for size in self._media_bytes
-        )
+        flat = counting.TOKENS_PER_MEDIA_PART
+        self._media_surplus = sum(max(0, size // media_bytes_per_token - flat) for size in self._media_bytes)
 
     @classmethod
     def of(cls, body: dict[str, Any], media_bytes_per_token: int = MEDIA_BYTES_PER_TOKEN) -> PromptSize:
@@ -53,12 +53,12 @@ class PromptSize:
         messages = body.get("messages")
         return cls(
             messages if isinstance(messages, list) else [],
-            tokens.billed_extras_text(body),
+            counting.billed_extras_text(body),
             media_bytes_per_token,
         )
 
     def _bound(self, messages: list[Any]) -> int:
-        total = tokens.TOKENS_PER_REPLY
+        total = counting.TOKENS_PER_REPLY
         for message in messages:
             if not isinstance(message, dict):
                 continue
@@ -72,7 +72,7 @@ class PromptSize:
                         if part.get("type") == "text":
                             total += _text_bytes(part.get("text", ""))
                         else:
-                            total += tokens.TOKENS_PER_MEDIA_PART
+                            total += counting.TOKENS_PER_MEDIA_PART
                             self.media_parts += 1
                             self._media_bytes.append(len(orjson.dumps(part)))
             name = message.get("name")
@@ -90,14 +90,14 @@ class PromptSize:
         return self._exact
 
     def _count(self) -> int:
-        return tokens.count_messages(self._messages) + tokens.count_text(self._extras)
+        return usage_estimate.count_messages(self._messages) + usage_estimate.count_text(self._extras)
 
     async def exact(self) -> int:
         if self._exact is None:
-            if tokens.is_loaded():
+            if usage_estimate.ready():
                 self._exact = self._count()
             else:
-                # The first count loads the tokenizer: keep that off the event loop.
+                # The first count loads an opted-in tokenizer: keep that off the event loop.
                 self._exact = await asyncio.to_thread(self._count)
         return self._exact
 
@@ -111,7 +111,7 @@ class PromptSize:
         """The exact count if it is already known or cheap to get, else the upper bound."""
         if self._exact is not None:
             return self._exact
-        if tokens.is_loaded():
+        if usage_estimate.ready():
             return await self.exact()
         return self.upper_bound
 

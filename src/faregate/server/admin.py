@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
+from faregate import usage_estimate
 from faregate.accounts.master import MasterKey
 from faregate.errors import AuthenticationFailed, PermissionDenied
 
@@ -52,6 +53,9 @@ def health_detail(gateway: Gateway) -> bytes:
             "providers": gateway.providers.names(),
             "offers": runner.health.snapshot(),
             "upstream_queues": runner.limiter.snapshot(),
+            # How usage no upstream reported is counted, and whether the o200k tokenizer is in
+            # this process (~58 MiB; only with accounts.usage_estimate: tokenizer).
+            "usage_estimate": usage_estimate.state(),
             "counters": {
                 "retries": runner.retries,
                 "fallbacks": runner.fallbacks,

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from faregate import usage_estimate
 from faregate.accounts.keys import KeyStore
 from faregate.accounts.master import MasterKey
 from faregate.accounts.setup import Accounts, build_accounts, new_key_credits_nano
@@ -152,6 +153,8 @@ async def build_gateway(settings: Settings) -> Gateway:
 async def _build(settings: Settings, lifecycle: Lifecycle) -> Gateway:
     # Each close is registered as soon as its thing exists: aclose() runs them newest first, so
     # the record writer's last flush and the ledger's last shipment come before their stores close.
+    # Process-wide, like the tokenizer it may load: every count of this process follows it.
+    usage_estimate.configure(settings.accounts.usage_estimate)
     catalog = build_catalog(settings)
     pool = make_upstream_pool(settings)
     lifecycle.on_close("the upstream connection pool", pool.close)

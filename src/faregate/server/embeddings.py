@@ -29,7 +29,7 @@ from decimal import Decimal
 import orjson
 from aiohttp import web
 
-from faregate import tokens
+from faregate import usage_estimate
 from faregate.accounts.keys import ApiKey
 from faregate.cache.service import CachedAnswer
 from faregate.catalog.models import Model
@@ -67,7 +67,7 @@ class EmbeddingJob:
     counted: int | None = None
 
     async def input_tokens(self) -> int:
-        """The inputs' tokens with the gateway's tokenizer, counted when first needed (a budget's
+        """The inputs' tokens as the gateway counts them, counted when first needed (a budget's
         worst case, or an upstream that reported no usage), once."""
         if self.counted is None:
             self.counted = await _count(self.parsed)
@@ -209,10 +209,11 @@ def _hints(body: JSON) -> JSON:
 
 
 async def _count(parsed: wire.EmbeddingRequest) -> int:
-    """The inputs' tokens with the gateway's tokenizer: the worst case held, and the usage when
-    the upstream reports none. Long text (or a tokenizer not yet loaded) is counted in a thread."""
+    """The inputs' tokens as the gateway counts them (faregate.usage_estimate): the worst case
+    held, and the usage when the upstream reports none. Long text (or an opted-in tokenizer not
+    yet loaded) is counted in a thread."""
     chars = sum(len(item) for item in parsed.inputs if isinstance(item, str))
-    if chars <= _COUNT_INLINE_CHARS and tokens.is_loaded():
+    if chars <= _COUNT_INLINE_CHARS and usage_estimate.ready():
         return wire.input_tokens(parsed)
     return await asyncio.to_thread(wire.input_tokens, parsed)
 

@@ -29,8 +29,8 @@ from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Candidate
 from faregate.server.client_wires import CHAT, ClientWire, StreamEncoder
 from faregate.server.exchange import Exchange
-from faregate.tokens import estimate_usage
 from faregate.types import JSON, Attempt, ChatRequest, Usage
+from faregate.usage_estimate import estimate_usage
 from faregate.wire.openai import answer_as_chunks, answer_text, free_answer, price_answer, usage_chunk
 
 JSON_TYPE = "application/json"
@@ -71,11 +71,13 @@ async def settle(
     usage: Usage | None,
     text: str,
     attempts: list[Attempt],
+    deltas: int = 0,
 ) -> Settled:
-    """The cost of the served attempt, from the provider's usage (estimated when it gave none),
-    plus whatever failed attempts the provider billed."""
+    """The cost of the served attempt, from the provider's usage (estimated when it gave none:
+    the completion never below the `deltas` of content a stream carried), plus whatever failed
+    attempts the provider billed."""
     if usage is None:
-        usage = await estimate_usage(request, text)
+        usage = await estimate_usage(request, text, deltas)
     return Settled(usage, candidate.offer.price.cost(usage) + billed_cost(attempts))
 
 
@@ -155,7 +157,8 @@ class Responder:
         if outcome.first_content_at is not None:
             exchange.first_content(outcome.first_content_at)
         seen = opened.seen
-        settled = await settle(candidate, request, seen.usage, "".join(seen.text), opened.attempts)
+        deltas = sum(1 for piece in seen.text if piece)
+        settled = await settle(candidate, request, seen.usage, "".join(seen.text), opened.attempts, deltas)
         exchange.settled(candidate, settled.usage, settled.cost)
         if outcome.client_gone:
             exchange.client_gone("during the stream")

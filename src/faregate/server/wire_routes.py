@@ -2,10 +2,10 @@
 
 `POST /v1/messages` and `POST /v1/responses` are the chat pipeline itself with another client
 wire (server/client_wires.py): every route, fallback, cache, budget, record and cost rule
-applies as for chat completions. `POST /v1/messages/count_tokens` counts with the gateway's own
-tokenizer (the count an estimate is billed by); it calls no model and writes no record. The
-Responses API is served stateless: nothing is stored, so reading or deleting a stored
-response is a 404 that says so.
+applies as for chat completions. `POST /v1/messages/count_tokens` counts as the gateway counts
+an estimate (faregate.usage_estimate: the light estimate, or o200k when opted in); it calls no
+model and writes no record. The Responses API is served stateless: nothing is stored, so
+reading or deleting a stored response is a 404 that says so.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ SIGINT stops them all and waits for each to flush its request records.
 
 Before forking it: holds the port (a bound, not listening, SO_REUSEPORT socket: nobody else can
 take the port, even while a worker restarts); starts the simulator when it stands in for the
-providers (one, shared); loads the tokenizer and freezes what exists, so those pages stay
-shared copy-on-write by every worker instead of being loaded N times. Each worker then builds
+providers (one, shared); loads the tokenizer if `accounts.usage_estimate: tokenizer` asks for it,
+and freezes what exists, so those pages stay shared copy-on-write by every worker instead of
+being loaded N times. Each worker then builds
 its own gateway (event loop, stores, upstream pool) and listens with SO_REUSEPORT: the kernel
 spreads new connections across the workers.
 
@@ -131,14 +132,15 @@ def _wait_simulator(url: str, process: subprocess.Popen[bytes], timeout_s: float
     raise StartupError(f"the provider simulator did not start: {url} not healthy within {timeout_s:.0f}s")
 
 
-def preload() -> None:
+def preload(settings: Settings) -> None:
     """Load in the supervisor what every worker would load on its own, before forking: the modules
-    the gateway imports, and the tokenizer (~45 MiB of pages written once, then only read:
-    shared by every worker; bench/README.md, the memory soak)."""
+    the gateway imports, and the tokenizer when opted in (~45 MiB of pages written once, then only
+    read: shared by every worker; bench/README.md, the memory soak)."""
     import faregate.server.app  # noqa: F401  (its imports are the gateway's)
-    from faregate import tokens
+    from faregate import usage_estimate
 
-    tokens.encoding()
+    usage_estimate.configure(settings.accounts.usage_estimate)
+    usage_estimate.preload()
 
 
 @dataclass(slots=True)
@@ -212,7 +214,7 @@ class Supervisor:
             self.settings = with_simulator(settings, f"http://{settings.sim.host}:{port}/v1")
             self._simulated = True
         self._metrics_dir = Path(tempfile.mkdtemp(prefix="faregate-metrics-"))
-        preload()
+        preload(self.settings)
         if threading.active_count() > 1:
             alive = threading.active_count()
             log.warning("forking with %d threads alive; workers may inherit held locks", alive)

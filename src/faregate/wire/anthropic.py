@@ -12,7 +12,8 @@ becomes an "Error: " prefix (the chat wire has no such flag). What the other sid
 is refused with an InvalidRequest naming the parameter: `thinking` (unless disabled), server
 tools, images inside tool results, file sources, thinking blocks, unknown fields.
 `wire/anthropic_stream.py` translates answer streams, `wire/anthropic_upstream.py` speaks the
-Messages wire to Anthropic itself, and count_tokens counts with the gateway's tokenizer.
+Messages wire to Anthropic itself, and count_tokens counts as the gateway bills estimates
+(faregate.usage_estimate).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from faregate import tokens
+from faregate import usage_estimate
 from faregate.errors import InvalidRequest
 from faregate.types import GATEWAY_FIELDS, JSON
 
@@ -341,9 +342,10 @@ def _copy_sampling(body: JSON, chat: JSON) -> None:
 
 
 async def count_tokens(body: JSON) -> JSON:
-    """The count_tokens answer for a Messages request, from the gateway's own tokenizer (the
-    count the gateway bills an estimate by); the first call loads it, off the event loop."""
+    """The count_tokens answer for a Messages request, as the gateway counts (the count it bills
+    an estimate by, faregate.usage_estimate); an opted-in tokenizer loads at the first call, off
+    the event loop."""
     chat = messages_to_chat(body, count_only=True)
-    if tokens.is_loaded():
-        return {"input_tokens": tokens.count_input(chat)}
-    return {"input_tokens": await asyncio.to_thread(tokens.count_input, chat)}
+    if usage_estimate.ready():
+        return {"input_tokens": usage_estimate.count_input(chat)}
+    return {"input_tokens": await asyncio.to_thread(usage_estimate.count_input, chat)}

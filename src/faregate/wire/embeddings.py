@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from faregate import tokens
+from faregate import usage_estimate
 from faregate.errors import InvalidRequest
 from faregate.types import GATEWAY_FIELDS, JSON, Usage
 from faregate.wire.usage import token_count
@@ -81,9 +81,10 @@ def _inputs(value: Any) -> tuple[str | tuple[int, ...], ...]:
 
 
 def input_tokens(request: EmbeddingRequest) -> int:
-    """Tokens the inputs will be billed for, counted with the gateway's tokenizer (token arrays
-    as sent): the estimate a budget reserves, and the usage when the upstream gives none."""
-    return sum(len(item) if isinstance(item, tuple) else tokens.count_text(item) for item in request.inputs)
+    """Tokens the inputs will be billed for, counted as the gateway counts (faregate.usage_estimate;
+    token arrays as sent): the estimate a budget reserves, and the usage when the upstream gives none."""
+    count = usage_estimate.count_text
+    return sum(len(item) if isinstance(item, tuple) else count(item) for item in request.inputs)
 
 
 def usage_of(body: JSON) -> Usage | None:
