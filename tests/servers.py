@@ -70,6 +70,23 @@ def _wait_port(port: int, process: subprocess.Popen[bytes] | None, what: str, ti
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
 
 
+def _wait_accepting(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """PostgreSQL listens before it accepts sessions ("the database system is starting up"):
+    wait for pg_isready too."""
+    isready = pg_bin("pg_isready")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"postgres exited with {process.returncode}")
+        ready = subprocess.run(
+            [isready, "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER], capture_output=True
+        )
+        if ready.returncode == 0:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"postgres on 127.0.0.1:{port} did not accept sessions within {timeout}s")
+
+
 @dataclass
 class PostgresServer:
     port: int
@@ -139,6 +156,7 @@ def run_postgres() -> Iterator[PostgresServer]:
         )
         log.close()
         _wait_port(port, process, "postgres")
+        _wait_accepting(port, process)
         yield PostgresServer(port, datadir)
     finally:
         if process is not None:
