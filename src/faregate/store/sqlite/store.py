@@ -26,7 +26,7 @@ import aiosqlite
 
 from faregate.errors import ConfigError
 from faregate.store.protocols import DuplicateError, KeyRow, StoreUnavailable
-from faregate.store.rows import RECORD_COLUMNS, record_to_row, row_to_record
+from faregate.store.rows import INSERT_COLUMNS, RECORD_COLUMNS, record_to_row, row_to_record
 from faregate.store.schema import Migration
 from faregate.store.sqlite.accounts import SQLiteAccountTable
 from faregate.store.sqlite.migrations import MIGRATIONS
@@ -45,8 +45,8 @@ _RECORD_COLUMN_LIST = ", ".join(RECORD_COLUMNS)
 # ON CONFLICT DO NOTHING: a request_id already stored (a retried flush whose commit did land) is
 # skipped, so a record is never stored twice; the caller learns how many rows were new.
 _INSERT_RECORD = (
-    f"INSERT INTO request_records ({_RECORD_COLUMN_LIST}) "
-    f"VALUES ({', '.join('?' for _ in RECORD_COLUMNS)}) ON CONFLICT (request_id) DO NOTHING"
+    f"INSERT INTO request_records ({', '.join(INSERT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in INSERT_COLUMNS)}) ON CONFLICT (request_id) DO NOTHING"
 )
 
 
