@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -190,6 +191,20 @@ async def test_a_breaker_opening_removes_an_offer_from_a_remembered_plan() -> No
         health.failure("b/mid")
     with pytest.raises(ModelUnavailable, match="circuit breaker open"):
         await planner.plan(request({"model": "r"}))
+
+
+async def test_remembered_offers_follow_a_model_whose_offers_change() -> None:
+    """A catalog being built adds offers to a model (catalog/broad.py) or replaces them
+    (evals/replay/routes.py): a remembered entry is made again, not served stale."""
+    s = settings()
+    planner = Planner(build_catalog(s), s.routes, s.routing, HealthBoard(BreakerSettings()))
+    assert sorted(await names(planner, {"model": "mid"})) == ["a/mid", "b/mid"]
+    mid = planner.resolve("mid")
+    kept = mid.offers[0]
+    mid.offers.pop()
+    assert await names(planner, {"model": "mid"}) == [f"{kept.provider}/mid"]
+    mid.offers = [replace(kept, provider="b")]
+    assert await names(planner, {"model": "mid"}) == ["b/mid"]
 
 
 async def test_latency_choice_prefers_faster_offer() -> None:
