@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from faregate.store.analytics_rows import Slice
-from faregate.store.rows import RECORD_COLUMNS, to_nanousd, usd_text
+from faregate.store.rows import INSERT_COLUMNS, attempt_summary, attempts_from_json, to_nanousd, usd_text
 from faregate.store.sqlite.analytics import SQLiteAnalytics
 from faregate.store.sqlite.rollup import RollupWriter
 from faregate.store.sqlite.store import DB_FILENAME, SQLiteStore
@@ -122,6 +122,7 @@ def synthetic_rows(n: int, now: float, seed: int = 7) -> Iterator[tuple[Any, ...
             cache,
             # One request in ten over the Messages wire (outside rng: the other columns stay as before).
             "messages" if i % 10 == 3 else "chat",
+            *attempt_summary(attempts_from_json(orjson.dumps(attempts).decode())),
         )
 
 
@@ -140,8 +141,8 @@ async def fill(directory: Path, n: int, now: float) -> Path:
         conn.execute(f"DROP INDEX {name}")
     conn.execute("PRAGMA synchronous=OFF")
     insert = (
-        f"INSERT INTO request_records ({', '.join(RECORD_COLUMNS)})"
-        f" VALUES ({', '.join('?' for _ in RECORD_COLUMNS)})"
+        f"INSERT INTO request_records ({', '.join(INSERT_COLUMNS)})"
+        f" VALUES ({', '.join('?' for _ in INSERT_COLUMNS)})"
     )
     rows = synthetic_rows(n, now)
     while True:

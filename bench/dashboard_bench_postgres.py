@@ -25,7 +25,7 @@ from faregate.store.analytics_rows import Slice  # noqa: E402
 from faregate.store.postgres.analytics import PostgresAnalytics  # noqa: E402
 from faregate.store.postgres.rollup import PostgresRollupWriter  # noqa: E402
 from faregate.store.postgres.store import PostgresStore  # noqa: E402
-from faregate.store.rows import RECORD_COLUMNS  # noqa: E402
+from faregate.store.rows import INSERT_COLUMNS  # noqa: E402
 from servers import run_postgres  # noqa: E402
 
 RANGES = (("24h", 1, 900), ("7d", 7, 7200), ("30d", 30, 21600))
@@ -38,7 +38,7 @@ async def fill(url: str, n: int, now: float) -> None:
     try:
         rows = synthetic_rows(n, now)
         while batch := [r for _, r in zip(range(100_000), rows, strict=False)]:
-            await conn.copy_records_to_table("request_records", records=batch, columns=list(RECORD_COLUMNS))
+            await conn.copy_records_to_table("request_records", records=batch, columns=list(INSERT_COLUMNS))
         await conn.execute(
             "INSERT INTO api_keys (id, name, prefix, key_hash, premium, created_at)"
             " SELECT DISTINCT key_id, 'bench ' || key_id, 'fg-' || substr(key_id, 5), 'h' || key_id, false, 0"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 
 from faregate.store.analytics_rows import Slice, bucket_width, histogram_percentiles
 from faregate.store.feedback import Feedback
+from faregate.store.rows import RECORD_COLUMNS, attempt_summary, record_to_row
 from faregate.store.sqlite.analytics import SQLiteAnalytics
 from faregate.store.sqlite.feedback import SQLiteFeedbackTable
 from faregate.store.sqlite.rollup import RollupWriter
@@ -245,7 +248,8 @@ async def test_a_store_rolled_up_before_the_wire_was_summed_is_rolled_up_again(t
     starts again from the first record; every figure stays exact, the wire's included."""
     from faregate.store.sqlite.migrations import MIGRATIONS
 
-    store = await SQLiteStore.open(tmp_path, migrations=MIGRATIONS[:-1])
+    # Every migration but 15 (the records' columns of later ones are what this rollup reads).
+    store = await SQLiteStore.open(tmp_path, migrations=[m for m in MIGRATIONS if m.version != 15])
     await store.insert_records(RECORDS)
     analytics = await SQLiteAnalytics.open(store.path)
     rollup = RollupWriter(analytics.connection, chunk=3)
@@ -266,3 +270,89 @@ async def test_a_store_rolled_up_before_the_wire_was_summed_is_rolled_up_again(t
     finally:
         await analytics.close()
         await store.close()
+
+
+def insert_as_before_16(db_path: Path, records: Sequence[RequestRecord]) -> None:
+    """Write records as a store before migration 16 did: without the attempts' summary columns."""
+    n = len(RECORD_COLUMNS)
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.executemany(
+            f"INSERT INTO request_records ({', '.join(RECORD_COLUMNS)}) VALUES ({', '.join('?' * n)})",
+            [record_to_row(r)[:n] for r in records],
+        )
+        conn.commit()
+
+
+def test_attempt_summary_counts_fallbacks_and_retries_as_the_rollup_did() -> None:
+    p1, p2 = ok("A", "p1"), ok("B", "p2")
+    assert attempt_summary([]) == (0, 0, 0)
+    assert attempt_summary([failed("A", "p1", "timeout")]) == (1, 0, 0)  # one attempt: neither
+    assert attempt_summary([failed("A", "p1", "rate_limited"), p1]) == (2, 0, 1)  # a retry
+    assert attempt_summary([failed("A", "p1", "timeout"), p2]) == (2, 1, 0)  # a fallback
+    assert attempt_summary([failed("A", "p1", "timeout"), p1, p2]) == (3, 1, 1)  # both
+    # A cascade's escalation and an LLM judge's call answered: not failures.
+    assert attempt_summary([Attempt("A", "p1", "escalated", 1.0), Attempt("A", "p1", "judge", 1.0), p2]) == (
+        3,
+        0,
+        0,
+    )
+    # Everything failed: a failure on another offer than the last one is still a fallback.
+    assert attempt_summary([failed("A", "p1", "server_error"), failed("B", "p2", "timeout")]) == (2, 1, 0)
+
+
+# Attempt shapes the attempt loop and the cascades write, beside RECORDS' own.
+SHAPES = [
+    [Attempt("C", "p3", "escalated", 5.0), ok("A", "p1")],
+    [Attempt("C", "p3", "judge", 5.0), ok("A", "p1")],
+    [Attempt("C", "p3", "escalated", 5.0), Attempt("C", "p3", "judge", 5.0), ok("A", "p1")],
+    [failed("A", "p1", "server_error"), Attempt("C", "p3", "empty", 5.0), ok("A", "p1")],
+    [failed("A", "p1", "timeout"), failed("A", "p1", "timeout"), ok("B", "p2")],
+    [failed("A", "p1", "server_error"), failed("C", "p3", "connect_error")],
+    [Attempt("A", "p1", "escalated", 5.0), ok("A", "p1")],
+]
+
+
+async def test_migration_16_fills_old_records_as_the_rollup_counted_them(tmp_path: Path) -> None:
+    """Records written before migration 16 get their attempts' summary from their JSON, by the SQL
+    the rollup used to run on every record: the same values as attempt_summary gives new records,
+    so the rollup and every reliability figure are the same before and after."""
+    from faregate.store.sqlite.migrations import MIGRATIONS
+
+    extra = [
+        rec(100 + i, H + 7300 + i, status=502 if a[-1].outcome != "ok" else 200, attempts=a)
+        for i, a in enumerate(SHAPES)
+    ]
+    records = [*RECORDS, *extra]
+    old = tmp_path / "old"
+    store = await SQLiteStore.open(old, migrations=[m for m in MIGRATIONS if m.version < 16])
+    insert_as_before_16(store.path, records)
+    await store.close()
+    upgraded = await SQLiteStore.open(old)
+    fresh = await SQLiteStore.open(tmp_path / "new")
+    await fresh.insert_records(records)
+    summaries = (
+        "SELECT request_id, attempt_count, fell_back, retried FROM request_records ORDER BY request_id"
+    )
+    expected = sorted((r.request_id, *attempt_summary(r.attempts)) for r in records)
+    readers = [await SQLiteAnalytics.open(upgraded.path), await SQLiteAnalytics.open(fresh.path)]
+    try:
+        assert {s[2] for s in expected} == {0, 1} and {s[3] for s in expected} == {0, 1}
+        for reader in readers:
+            assert [tuple(row) for row in await reader.connection.execute_fetchall(summaries)] == expected
+        before_rollup = [await r.reliability(ALL, "provider") for r in readers]
+        failures = [await r.failed_attempts_by_offer(ALL) for r in readers]
+        for reader in readers:
+            assert await RollupWriter(reader.connection, chunk=4).catch_up() == len(records)
+        assert before_rollup[0] == before_rollup[1]
+        assert [await r.reliability(ALL, "provider") for r in readers] == before_rollup
+        assert [await r.failed_attempts_by_offer(ALL) for r in readers] == failures
+        rollups = [
+            await r.connection.execute_fetchall("SELECT * FROM rollup_hourly ORDER BY dim, value, bucket")
+            for r in readers
+        ]
+        assert rollups[0] == rollups[1]
+    finally:
+        for reader in readers:
+            await reader.close()
+        await upgraded.close()
+        await fresh.close()

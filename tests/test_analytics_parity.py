@@ -22,6 +22,7 @@ from faregate.store.postgres.feedback import PostgresFeedbackTable
 from faregate.store.postgres.rollup import PostgresRollupWriter
 from faregate.store.postgres.store import PostgresStore
 from faregate.store.protocols import KeyRow
+from faregate.store.rows import RECORD_COLUMNS, attempt_summary, record_to_row
 from faregate.store.sqlite.analytics import SQLiteAnalytics
 from faregate.store.sqlite.feedback import SQLiteFeedbackTable
 from faregate.store.sqlite.rollup import RollupWriter
@@ -331,7 +332,8 @@ async def test_a_postgres_store_rolled_up_before_the_wire_was_summed_is_rolled_u
 
     url = postgres_server.new_database()
     records = make_records()
-    old = await PostgresStore.open(url, migrations=PG_MIGRATIONS[:-1])
+    # Every migration but 8 (the records' columns of later ones are what this rollup reads).
+    old = await PostgresStore.open(url, migrations=[m for m in PG_MIGRATIONS if m.version != 8])
     await old.insert_records(records)
     pg = await PostgresAnalytics.open(url)
     await PostgresRollupWriter(pg.pool, chunk=310).catch_up()
@@ -350,6 +352,50 @@ async def test_a_postgres_store_rolled_up_before_the_wire_was_summed_is_rolled_u
         assert await PostgresRollupWriter(pg.pool, chunk=310).catch_up() == len(records)
         assert await pg.breakdown(whole, "wire", 10) == expected
         assert await pg.breakdown(whole, "model", 10) == await lite.breakdown(whole, "model", 10)
+    finally:
+        await lite.close()
+        await lite_store.close()
+        await pg.close()
+        await new.close()
+
+
+async def test_postgres_migration_9_fills_old_records_as_the_rollup_counted_them(
+    tmp_path: Path,
+    postgres_server: PostgresServer,  # noqa: F811
+) -> None:
+    """Records written before PostgreSQL migration 9 (SQLite's 16 in test_analytics.py) get their
+    attempts' summary from their JSON, by the SQL the rollup ran on every record until then: the
+    values attempt_summary gives new records, so every figure equals the SQLite store's."""
+    from faregate.store.postgres.migrations import PG_MIGRATIONS
+
+    url = postgres_server.new_database()
+    records = make_records()
+    old = await PostgresStore.open(url, migrations=[m for m in PG_MIGRATIONS if m.version < 9])
+    n = len(RECORD_COLUMNS)
+    pg = await PostgresAnalytics.open(url)
+    await pg.pool.copy_records_to_table(
+        "request_records", records=[record_to_row(r)[:n] for r in records], columns=list(RECORD_COLUMNS)
+    )
+    await old.close()
+    new = await PostgresStore.open(url)
+    lite_store = await SQLiteStore.open(tmp_path)
+    await lite_store.insert_records(records)
+    lite = await SQLiteAnalytics.open(lite_store.path)
+    try:
+        rows = await pg.pool.fetch(
+            "SELECT request_id, attempt_count, fell_back, retried FROM request_records"
+        )
+        expected = {r.request_id: attempt_summary(r.attempts) for r in records}
+        assert {row[0]: tuple(row[1:]) for row in rows} == expected
+        assert {s[1] for s in expected.values()} == {0, 1} and {s[2] for s in expected.values()} == {0, 1}
+        whole = Slice(H, H + SPAN_S + 1)
+        for by in (None, "provider", "model"):
+            assert await pg.reliability(whole, by) == await lite.reliability(whole, by)
+        await PostgresRollupWriter(pg.pool, chunk=310).catch_up()
+        await RollupWriter(lite.connection, chunk=250).catch_up()
+        for by in (None, "provider", "model"):
+            assert await pg.reliability(whole, by) == await lite.reliability(whole, by)
+        assert await pg.failed_attempts_by_offer(whole) == await lite.failed_attempts_by_offer(whole)
     finally:
         await lite.close()
         await lite_store.close()

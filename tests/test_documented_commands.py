@@ -218,6 +218,14 @@ QUICK: dict[str, Quick] = {
     "python bench/profile_request.py --pythonpath /other/checkout/src": Quick(
         why_not="needs another checkout; the script's own quick form runs above"
     ),
+    "python bench/store_cost.py": Quick(
+        run="python bench/store_cost.py --records 500",
+        where="checkout",
+        expect="µs CPU per record",
+    ),
+    "python bench/store_cost.py --tree /tmp/fg-main-17c": Quick(
+        why_not="needs another checkout; the line before runs the same script on this one"
+    ),
     "python bench/ttft.py": Quick(
         run="python bench/ttft.py --seconds 1 --rounds 1 --out {scratch}/ttft.json",
         where="checkout",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -168,6 +169,42 @@ async def test_open_breaker_skips_offer_and_503_when_all_open() -> None:
         health.failure("a/mid")
     with pytest.raises(ModelUnavailable, match="circuit breaker open"):
         await planner.plan(request({"model": "mid"}))
+
+
+async def test_a_breaker_opening_removes_an_offer_from_a_remembered_plan() -> None:
+    """The offers a tier may use are remembered per model after the first plan; breakers are still
+    read on every request: one opening takes its offer out, closing puts it back."""
+    s = settings(routes={"r": {"chain": ["mid"]}})
+    health = HealthBoard(BreakerSettings(consecutive_failures=2, cooldown_s=60))
+    planner = Planner(build_catalog(s), s.routes, s.routing, health)
+    for _ in range(2):  # remembered for the model, by name and through a route
+        assert sorted(await names(planner, {"model": "mid"})) == ["a/mid", "b/mid"]
+        assert sorted(await names(planner, {"model": "r"})) == ["a/mid", "b/mid"]
+    for _ in range(2):
+        health.failure("b/mid")
+    assert await names(planner, {"model": "mid"}) == ["a/mid"]
+    assert await names(planner, {"model": "r"}) == ["a/mid"]
+    health.success("b/mid", 10.0)
+    assert sorted(await names(planner, {"model": "mid"})) == ["a/mid", "b/mid"]
+    for _ in range(2):
+        health.failure("a/mid")
+        health.failure("b/mid")
+    with pytest.raises(ModelUnavailable, match="circuit breaker open"):
+        await planner.plan(request({"model": "r"}))
+
+
+async def test_remembered_offers_follow_a_model_whose_offers_change() -> None:
+    """A catalog being built adds offers to a model (catalog/broad.py) or replaces them
+    (evals/replay/routes.py): a remembered entry is made again, not served stale."""
+    s = settings()
+    planner = Planner(build_catalog(s), s.routes, s.routing, HealthBoard(BreakerSettings()))
+    assert sorted(await names(planner, {"model": "mid"})) == ["a/mid", "b/mid"]
+    mid = planner.resolve("mid")
+    kept = mid.offers[0]
+    mid.offers.pop()
+    assert await names(planner, {"model": "mid"}) == [f"{kept.provider}/mid"]
+    mid.offers = [replace(kept, provider="b")]
+    assert await names(planner, {"model": "mid"}) == ["b/mid"]
 
 
 async def test_latency_choice_prefers_faster_offer() -> None:

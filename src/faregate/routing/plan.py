@@ -22,6 +22,7 @@ from faregate.route_config import ChainItem, RouteSettings, chain_steps
 from faregate.routing.estimate import PromptSize
 from faregate.routing.health import HealthBoard
 from faregate.routing.routes import Hints, RouteBook, RouteTrace, Step, parse_hints
+from faregate.routing.tier_offers import TierOfferMemo
 from faregate.types import MILLION, ChatRequest, Price
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class Planner:
         self.routing = routing or RoutingSettings()
         self.routes = RouteBook(routes or {}, catalog, policies)
         self.health = health or HealthBoard(self.routing.breaker, self.routing.latency_window)
+        self._tier_offers = TierOfferMemo()
 
     def resolve(self, name: str) -> Model:
         model = self.catalog.get(name)
@@ -336,20 +338,15 @@ class Planner:
         premium: bool = False,
         api_key: str | None = None,
     ) -> list[Offer]:
-        offers = model.available_offers()
-        if not offers:
-            providers = ", ".join(sorted({o.provider for o in model.offers})) or "none"
-            rejected.unavailable.append(f"{model.name} (providers {providers} disabled)")
+        tier = self._tier_offers.get(model, premium)
+        if not tier.offers:
+            rejected.unavailable.append(tier.refusal)
             return []
-        # Dedicated offers (reserved capacity) serve premium keys only.
-        offers = [o for o in offers if premium or not o.dedicated]
-        if not offers:
-            rejected.unavailable.append(f"{model.name} (dedicated to premium keys)")
-            return []
+        # Only health is read per request: the offers a tier may use are remembered.
         now = time.monotonic()
-        usable = [o for o in offers if self.health.usable(o.key, now, api_key)]
+        usable = [o for o in tier.offers if self.health.usable(o.key, now, api_key)]
         if not usable:
-            rejected.breaker.append(", ".join(f"{o.provider}/{model.name}" for o in offers))
+            rejected.breaker.append(", ".join(f"{o.provider}/{model.name}" for o in tier.offers))
             return []
         if len(usable) == 1:
             return usable

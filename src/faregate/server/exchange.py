@@ -14,7 +14,6 @@ Invariants:
 
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -30,6 +29,7 @@ from faregate.routing.attempts import billed_cost
 from faregate.routing.cascade_runner import Judged
 from faregate.routing.plan import Candidate, Plan
 from faregate.server.client_wires import CHAT, ClientWire
+from faregate.server.random_ids import random_hex
 from faregate.types import JSON, Attempt, ChatRequest, Price, RequestRecord, Usage
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ REQUEST_ID_BYTES = 12
 
 
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(REQUEST_ID_BYTES)
+    return "req_" + random_hex(REQUEST_ID_BYTES)
 
 
 def money(value: Decimal) -> str:

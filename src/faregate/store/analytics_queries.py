@@ -73,7 +73,7 @@ _SUMS = ", ".join(f"SUM({name})" for name in TOTAL_NAMES)
 class Dialect:
     """What SQLite and PostgreSQL say differently in these queries."""
 
-    # Per record: did a fallback happen, was an offer retried (each parses the attempts JSON).
+    # Per record: did a fallback happen, was an offer retried (columns worked out when it was made).
     event_columns: tuple[tuple[str, str], ...]
     # The condition of the partial index request_records_eventful, word for word.
     eventful: str

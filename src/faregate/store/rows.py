@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 
-from faregate.types import Attempt, RequestRecord
+from faregate.types import ANSWERED_OUTCOMES, Attempt, RequestRecord
 
-# Column order of `record_to_row`; also the INSERT column list.
+# The record's own columns: what `row_to_record` reads back.
 RECORD_COLUMNS: tuple[str, ...] = (
     "request_id",
     "created_at",
@@ -36,6 +36,12 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "cache_status",
     "wire",
 )
+# What the rollup and the reliability queries need from a record's attempts, worked out when the
+# record is made (`attempt_summary`), so they read three integers instead of parsing the attempts
+# JSON of every record (SQLite migration 16, PostgreSQL 9: old rows filled from their JSON).
+ATTEMPT_SUMMARY_COLUMNS: tuple[str, ...] = ("attempt_count", "fell_back", "retried")
+# Column order of `record_to_row`: the INSERT column list.
+INSERT_COLUMNS: tuple[str, ...] = (*RECORD_COLUMNS, *ATTEMPT_SUMMARY_COLUMNS)
 
 
 def usd_text(cost: Decimal) -> str:
@@ -93,7 +99,32 @@ def attempts_from_json(text: str) -> list[Attempt]:
     ]
 
 
+def attempt_summary(attempts: Sequence[Attempt]) -> tuple[int, int, int]:
+    """(attempt count, fell back, retried), each flag 0 or 1.
+
+    A fallback: an offer failed and the last attempt was on another one (a cascade's escalation
+    or an LLM judge's call answered: not a failure). A retry: a failed attempt followed by one on
+    the same offer (the attempt loop retries an offer before it moves on). The same definitions
+    as the SQL that computed them from the JSON before (the migrations' backfill).
+    """
+    count = len(attempts)
+    if count < 2:
+        return count, 0, 0
+    last = attempts[-1]
+    last_offer = f"{last.provider}/{last.model}"
+    fell_back = retried = 0
+    for a, after in zip(attempts, (*attempts[1:], None), strict=True):
+        if a.outcome in ANSWERED_OUTCOMES:
+            continue
+        if f"{a.provider}/{a.model}" != last_offer:
+            fell_back = 1
+        if after is not None and a.provider == after.provider and a.model == after.model:
+            retried = 1
+    return count, fell_back, retried
+
+
 def record_to_row(r: RequestRecord) -> tuple[Any, ...]:
+    """The INSERT_COLUMNS of a record."""
     return (
         r.request_id,
         r.created_at,
@@ -118,6 +149,7 @@ def record_to_row(r: RequestRecord) -> tuple[Any, ...]:
         to_nanousd(r.baseline_cost_usd),
         r.cache_status,
         r.wire,
+        *attempt_summary(r.attempts),
     )
 
 

@@ -282,6 +282,44 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO rollup_pending (id) SELECT id FROM request_records ON CONFLICT DO NOTHING",
         ),
     ),
+    Migration(
+        9,
+        "request records carry their attempts' count, fallback and retry (the rollup parsed the JSON)",
+        (
+            # As SQLite's migration 16: worked out when the record is made (store/rows.py:
+            # attempt_summary), read by the rollup and the reliability queries instead of the JSON.
+            """
+            ALTER TABLE request_records ADD COLUMN attempt_count INTEGER NOT NULL DEFAULT 0,
+            ADD COLUMN fell_back INTEGER NOT NULL DEFAULT 0, ADD COLUMN retried INTEGER NOT NULL DEFAULT 0
+            """,
+            # The rows written before: filled from their JSON by the SQL the rollup used until now.
+            """
+            UPDATE request_records SET attempt_count = jsonb_array_length(attempts::jsonb)
+            WHERE attempts <> '[]'
+            """,
+            """
+            UPDATE request_records SET
+            fell_back = CASE WHEN EXISTS (SELECT 1 FROM jsonb_array_elements(attempts::jsonb) AS f(v)
+                WHERE (f.v ->> 'outcome') NOT IN ('ok', 'escalated', 'judge')
+                AND ((f.v ->> 'provider') || '/' || (f.v ->> 'model'))
+                <> ((attempts::jsonb -> -1 ->> 'provider') || '/' || (attempts::jsonb -> -1 ->> 'model')))
+                THEN 1 ELSE 0 END,
+            retried = CASE WHEN EXISTS (SELECT 1
+                FROM jsonb_array_elements(attempts::jsonb) WITH ORDINALITY AS a(v, n)
+                JOIN jsonb_array_elements(attempts::jsonb) WITH ORDINALITY AS b(v, n) ON b.n = a.n + 1
+                WHERE (a.v ->> 'outcome') NOT IN ('ok', 'escalated', 'judge')
+                AND (a.v ->> 'provider') = (b.v ->> 'provider') AND (a.v ->> 'model') = (b.v ->> 'model'))
+                THEN 1 ELSE 0 END
+            WHERE attempt_count > 1
+            """,
+            # The few eventful records, found without parsing JSON (rollup.py's EVENTFUL word for word).
+            "DROP INDEX request_records_eventful",
+            """
+            CREATE INDEX request_records_eventful ON request_records (created_at)
+            WHERE (attempt_count > 1 OR status >= 500)
+            """,
+        ),
+    ),
 )
 
 PG_LATEST_VERSION = PG_MIGRATIONS[-1].version

@@ -28,28 +28,12 @@ LOCK = "hashtext('faregate-dashboard-rollup')"
 # The attempts JSON, parsed.
 ATTEMPTS = "attempts::jsonb"
 ANSWERED = "(" + ", ".join(f"'{o}'" for o in ANSWERED_OUTCOMES) + ")"
-# Word for word the condition of the partial index request_records_eventful (migration 5), so
+# Word for word the condition of the partial index request_records_eventful (migration 9), so
 # the planner uses it: the few records whose attempts say something.
-EVENTFUL = f"(jsonb_array_length({ATTEMPTS}) > 1 OR status >= 500)"
-_LAST_OFFER = f"(({ATTEMPTS} -> -1 ->> 'provider') || '/' || ({ATTEMPTS} -> -1 ->> 'model'))"
-# As in store/sqlite/rollup.py: a fallback is a failed attempt on another offer than the last one (a
-# cascade's escalation or an LLM judge's call answered: not a failure); a retry is a failed
-# attempt followed by one on the same offer. (->> binds like ||: hence the parentheses.)
-_FELL_BACK = (
-    f"EXISTS (SELECT 1 FROM jsonb_array_elements({ATTEMPTS}) AS f(v)"
-    f" WHERE (f.v ->> 'outcome') NOT IN {ANSWERED}"
-    f" AND ((f.v ->> 'provider') || '/' || (f.v ->> 'model')) <> {_LAST_OFFER})"
-)
-_RETRIED = (
-    f"EXISTS (SELECT 1 FROM jsonb_array_elements({ATTEMPTS}) WITH ORDINALITY AS a(v, n)"
-    f" JOIN jsonb_array_elements({ATTEMPTS}) WITH ORDINALITY AS b(v, n) ON b.n = a.n + 1"
-    f" WHERE (a.v ->> 'outcome') NOT IN {ANSWERED}"
-    " AND (a.v ->> 'provider') = (b.v ->> 'provider') AND (a.v ->> 'model') = (b.v ->> 'model'))"
-)
-EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("fallbacks", f"CASE WHEN jsonb_array_length({ATTEMPTS}) > 1 AND {_FELL_BACK} THEN 1 ELSE 0 END"),
-    ("retried", f"CASE WHEN jsonb_array_length({ATTEMPTS}) > 1 AND {_RETRIED} THEN 1 ELSE 0 END"),
-)
+EVENTFUL = "(attempt_count > 1 OR status >= 500)"
+# As in store/sqlite/rollup.py: whether a record fell back or retried is worked out when it is made
+# (store/rows.py: attempt_summary), so only the failed attempts' rows parse the JSON.
+EVENT_COLUMNS: tuple[tuple[str, str], ...] = (("fallbacks", "fell_back"), ("retried", "retried"))
 # One row per failed attempt of the eventful records of request_records matching `{where}`, with
 # `{t}` as a fourth column (`1 AS attempts` when counting them).
 FAILED_ATTEMPTS = (

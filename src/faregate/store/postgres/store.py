@@ -21,18 +21,18 @@ from faregate.store.postgres.errors import unavailable_errors
 from faregate.store.postgres.migrations import PG_MIGRATIONS
 from faregate.store.postgres.pool import create_pool
 from faregate.store.protocols import DuplicateError, KeyRow, StoreUnavailable
-from faregate.store.rows import RECORD_COLUMNS, record_to_row, row_to_record
+from faregate.store.rows import INSERT_COLUMNS, RECORD_COLUMNS, record_to_row, row_to_record
 from faregate.store.schema import Migration
 from faregate.types import RequestRecord
 
 _RECORD_COLUMN_LIST = ", ".join(RECORD_COLUMNS)
-# PostgreSQL types of RECORD_COLUMNS, in order, for the one-statement batch insert via unnest.
+# PostgreSQL types of INSERT_COLUMNS, in order, for the one-statement batch insert via unnest.
 _RECORD_TYPES = (
     "text float8 text text text text int4 int4 int8 int8 text int8 "
-    "int4 float8 float8 int4 text text text text int8 text text"
+    "int4 float8 float8 int4 text text text text int8 text text int4 int4 int4"
 ).split()
 _INSERT_RECORDS = (
-    f"INSERT INTO request_records ({_RECORD_COLUMN_LIST}) SELECT * FROM unnest("
+    f"INSERT INTO request_records ({', '.join(INSERT_COLUMNS)}) SELECT * FROM unnest("
     + ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_RECORD_TYPES, 1))
     + ") ON CONFLICT (request_id) DO NOTHING RETURNING 1"
 )

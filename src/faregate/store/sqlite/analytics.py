@@ -5,7 +5,7 @@ record writer or a key lookup on the store's connection; SQLite in WAL mode lets
 they write. The rollup (store/sqlite/rollup.py) keeps a watermark by id: the records above it
 are the ones it has not read yet.
 
-SQLite's side of the dialect: JSON through json_array_length / json_extract / json_each;
+SQLite's side of the dialect: JSON through json_extract / json_each (failed attempts);
 CAST(x AS INTEGER) truncates; LIKE already ignores ASCII case; evenly spaced ids come from
 WITH RECURSIVE; money text is summed exactly by the `decimal_sum` aggregate registered here
 (SQLite has no exact decimal type).

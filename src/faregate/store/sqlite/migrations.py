@@ -345,6 +345,40 @@ MIGRATIONS: tuple[Migration, ...] = (
             "DELETE FROM rollup_state",
         ),
     ),
+    Migration(
+        16,
+        "request records carry their attempts' count, fallback and retry (the rollup parsed the JSON)",
+        (
+            # Worked out when the record is made (store/rows.py: attempt_summary); the rollup and
+            # the reliability queries read these instead of the attempts JSON of every record.
+            "ALTER TABLE request_records ADD COLUMN attempt_count INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE request_records ADD COLUMN fell_back INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE request_records ADD COLUMN retried INTEGER NOT NULL DEFAULT 0",
+            # The rows written before: filled from their JSON by the SQL the rollup used until now.
+            "UPDATE request_records SET attempt_count = json_array_length(attempts) WHERE attempts <> '[]'",
+            """
+            UPDATE request_records SET
+            fell_back = CASE WHEN EXISTS (SELECT 1 FROM json_each(attempts) AS f
+                WHERE json_extract(f.value, '$.outcome') NOT IN ('ok', 'escalated', 'judge')
+                AND json_extract(f.value, '$.provider') || '/' || json_extract(f.value, '$.model')
+                <> json_extract(attempts, '$[#-1].provider') || '/' || json_extract(attempts, '$[#-1].model'))
+                THEN 1 ELSE 0 END,
+            retried = CASE WHEN EXISTS (SELECT 1 FROM json_each(attempts) AS a
+                JOIN json_each(attempts) AS b ON b.key = a.key + 1
+                WHERE json_extract(a.value, '$.outcome') NOT IN ('ok', 'escalated', 'judge')
+                AND json_extract(a.value, '$.provider') = json_extract(b.value, '$.provider')
+                AND json_extract(a.value, '$.model') = json_extract(b.value, '$.model'))
+                THEN 1 ELSE 0 END
+            WHERE attempt_count > 1
+            """,
+            # The few eventful records, now found without parsing JSON (rollup.py's EVENTFUL word for word).
+            "DROP INDEX request_records_eventful",
+            """
+            CREATE INDEX request_records_eventful ON request_records (created_at)
+            WHERE attempt_count > 1 OR status >= 500
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiosqlite
 
 from faregate.store.protocols import StoreUnavailable
-from faregate.store.record_sums import CHUNK, HOUR, ROLLUP_DIMS, TOTAL_COLUMNS, flag
+from faregate.store.record_sums import CHUNK, HOUR, ROLLUP_DIMS, TOTAL_COLUMNS
 from faregate.store.sqlite.store import BUSY_TIMEOUT_MS
 from faregate.types import ANSWERED_OUTCOMES
 
@@ -27,29 +27,13 @@ STATE_NAME = "hourly"
 
 # Rows whose attempts say something: more than one attempt, or a failure. Written word for word
 # as the partial index `request_records_eventful` says it, so SQLite uses that index.
-EVENTFUL = "(json_array_length(attempts) > 1 OR status >= 500)"
-_LAST_OFFER = "json_extract(attempts, '$[#-1].provider') || '/' || json_extract(attempts, '$[#-1].model')"
+EVENTFUL = "(attempt_count > 1 OR status >= 500)"
 # Calls that answered: the served one, a cascade step its judge refused, an LLM judge's call.
 _ANSWERED = "(" + ", ".join(f"'{o}'" for o in ANSWERED_OUTCOMES) + ")"
-_FAILED = f"json_extract(f.value, '$.outcome') NOT IN {_ANSWERED}"
-# A fallback: an offer failed and another one served. (A cascade escalating from a cheap answer
-# to a stronger model is not a fallback; nothing failed.) A retry: two attempts in a row on the
-# same offer (the attempt loop retries an offer before it moves on).
-FELL_BACK = (
-    f"EXISTS (SELECT 1 FROM json_each(attempts) AS f WHERE {_FAILED}"
-    " AND json_extract(f.value, '$.provider') || '/' || json_extract(f.value, '$.model')"
-    f" <> {_LAST_OFFER})"
-)
-RETRIED = (
-    "EXISTS (SELECT 1 FROM json_each(attempts) AS a JOIN json_each(attempts) AS b ON b.key = a.key + 1"
-    f" WHERE json_extract(a.value, '$.outcome') NOT IN {_ANSWERED}"
-    " AND json_extract(a.value, '$.provider') = json_extract(b.value, '$.provider')"
-    " AND json_extract(a.value, '$.model') = json_extract(b.value, '$.model'))"
-)
-EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("fallbacks", flag(f"json_array_length(attempts) > 1 AND {FELL_BACK}")),
-    ("retried", flag(f"json_array_length(attempts) > 1 AND {RETRIED}")),
-)
+# A fallback (an offer failed and another one served) and a retry (a failed attempt followed by
+# one on the same offer): worked out when the record is made (store/rows.py: attempt_summary),
+# so no query parses the attempts JSON of every record.
+EVENT_COLUMNS: tuple[tuple[str, str], ...] = (("fallbacks", "fell_back"), ("retried", "retried"))
 
 
 def _insert_sql(dim: str, group: str) -> str:

@@ -26,7 +26,7 @@ import aiosqlite
 
 from faregate.errors import ConfigError
 from faregate.store.protocols import DuplicateError, KeyRow, StoreUnavailable
-from faregate.store.rows import RECORD_COLUMNS, record_to_row, row_to_record
+from faregate.store.rows import INSERT_COLUMNS, RECORD_COLUMNS, record_to_row, row_to_record
 from faregate.store.schema import Migration
 from faregate.store.sqlite.accounts import SQLiteAccountTable
 from faregate.store.sqlite.migrations import MIGRATIONS
@@ -45,8 +45,8 @@ _RECORD_COLUMN_LIST = ", ".join(RECORD_COLUMNS)
 # ON CONFLICT DO NOTHING: a request_id already stored (a retried flush whose commit did land) is
 # skipped, so a record is never stored twice; the caller learns how many rows were new.
 _INSERT_RECORD = (
-    f"INSERT INTO request_records ({_RECORD_COLUMN_LIST}) "
-    f"VALUES ({', '.join('?' for _ in RECORD_COLUMNS)}) ON CONFLICT (request_id) DO NOTHING"
+    f"INSERT INTO request_records ({', '.join(INSERT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in INSERT_COLUMNS)}) ON CONFLICT (request_id) DO NOTHING"
 )
 
 
@@ -364,7 +364,9 @@ class SQLiteStore:
     async def insert_records(self, records: Sequence[RequestRecord]) -> int:
         if not records:
             return 0
-        rows = [record_to_row(r) for r in records]
+        # A generator: sqlite3 draws the rows on the connection's thread, so building them (money
+        # text, the attempts JSON) is not event-loop time (CPU all the same, under the GIL).
+        rows = (record_to_row(r) for r in records)
         with _operational_errors_as_unavailable():
             async with self._transaction():
                 cursor = await self._conn.executemany(_INSERT_RECORD, rows)
