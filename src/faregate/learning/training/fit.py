@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from faregate.learning.training.selection import (
     Grid,
     Selection,
     Split,
+    blend_candidates,
     block_candidates,
     default_repeats,
     describe_cv,
@@ -42,6 +43,12 @@ from faregate.learning.training.selection import (
 )
 
 Progress = Callable[[str], None]
+# "linear": one logistic model on the embedding and the 19 text features, the embedding penalised
+# 1x-100x harder (cross-validation chooses). "blend": a logistic model on the embedding alone,
+# averaged with prompt length (learning/training/selection.py fit_blend): the robust choice on MMLU
+# subjects the router never saw (bench/router_generalisation.py).
+RouterModel = Literal["linear", "blend"]
+ROUTER_MODELS: tuple[RouterModel, ...] = ("linear", "blend")
 
 
 @dataclass(slots=True)
@@ -85,6 +92,7 @@ def train_router(
     embedder: BatchEmbedder | None = None,
     grid: Grid | None = None,
     progress: Progress | None = None,
+    model_kind: RouterModel = "linear",
 ) -> Trained:
     records = split.train.records
     texts = [r.prompt for r in records]
@@ -96,9 +104,11 @@ def train_router(
     grouped = split.spec.by == "source"
     repeats = repeats or default_repeats(grouped)
     folds = fold_sets(records, grouped, repeats, seed)
-    selection = select(
-        x, y, records, pair, block_candidates(DIMENSIONS, len(PROMPT_NAMES), grid=grid), folds, progress
-    )
+    if model_kind == "blend":
+        candidates = blend_candidates(DIMENSIONS, DIMENSIONS + PROMPT_NAMES.index("log_chars"), grid=grid)
+    else:
+        candidates = block_candidates(DIMENSIONS, len(PROMPT_NAMES), grid=grid)
+    selection = select(x, y, records, pair, candidates, folds, progress)
     model, reference = fit_final(x, y, selection.best)
     cv = describe_cv(grouped, repeats)
     file = ModelFile(
@@ -111,9 +121,12 @@ def train_router(
         weak=pair.weak,
         calibration=selection.calibration,
         reference_scores=reference,
-        training=_training_record(
-            split, pair, selection, seed, "weak wrong and strong right (P(routing to strong pays))", cv
-        ),
+        training={
+            **_training_record(
+                split, pair, selection, seed, "weak wrong and strong right (P(routing to strong pays))", cv
+            ),
+            "model": model_kind,
+        },
     )
     return Trained(file, selection)
 

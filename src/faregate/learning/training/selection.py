@@ -27,7 +27,7 @@ from faregate.evals.replay.engine import DEFAULT_PRICES, Pair, sweep
 from faregate.evals.replay.outcomes import Outcomes, PromptRecord, subjects
 from faregate.learning.linear import Array, LinearModel
 from faregate.learning.thresholds import CalibrationPoint
-from faregate.learning.training.logistic import fit_logistic, folds_by_group, folds_by_row
+from faregate.learning.training.logistic import fit_logistic, folds_by_group, folds_by_row, standardise
 
 SplitBy = Literal["source", "row"]
 Indices = npt.NDArray[np.int64]
@@ -128,9 +128,55 @@ class Candidate:
     l2: float
     penalty_scale: Array | None = None
     columns: Indices | None = None  # a subset of the feature columns (None: all)
+    # Blend: a model on `columns` whose logit is averaged, standardised, with this one column's
+    # standardised value (see fit_blend); the result scores every column of x.
+    blend_column: int | None = None
 
     def view(self, x: Array) -> Array:
-        return x if self.columns is None else x[:, self.columns]
+        if self.columns is None or self.blend_column is not None:
+            return x
+        return x[:, self.columns]
+
+    def fit(self, x: Array, y: Array) -> LinearModel:
+        """The model on x's rows, to score `view(x)` rows with."""
+        if self.blend_column is not None:
+            return fit_blend(x, y, self)
+        return fit_logistic(self.view(x), y, self.l2, penalty_scale=self.penalty_scale)
+
+
+BLEND_WEIGHT = 0.5
+
+
+def fit_blend(x: Array, y: Array, candidate: Candidate) -> LinearModel:
+    """Equal-weight average of two standardised scores, as one linear model over every column of x:
+    the logit of a logistic model on `candidate.columns` (the embedding) and one cheap feature
+    (log_chars). Across random MMLU subject splits this kept the embedding's mean and halved the
+    spread of the full-feature model (bench/router_generalisation.py): length and "looks like the
+    hard questions of other subjects" fail in different places, and neither fits subject-specific
+    surface patterns. A 1-D logistic fit on the training rows maps the blend to a probability of
+    the target, so the score still reads as P(only the strong model is right)."""
+    if candidate.columns is None or candidate.blend_column is None:
+        raise ValueError("a blend needs the columns of its model and the column it blends with")
+    columns, extra = candidate.columns, candidate.blend_column
+    base = fit_logistic(x[:, columns], y, candidate.l2)
+    # Every linear piece as raw-space coefficients over all of x's columns, plus an intercept.
+    raw = np.zeros(x.shape[1])
+    raw[columns] = base.weights / base.scale
+    intercept = base.bias - float(base.mean @ (base.weights / base.scale))
+    logit = x @ raw + intercept
+    feature = x[:, extra]
+    spread_logit, spread_feature = max(float(logit.std()), 1e-9), max(float(feature.std()), 1e-9)
+    coefficients = BLEND_WEIGHT * raw / spread_logit
+    coefficients[extra] += (1.0 - BLEND_WEIGHT) / spread_feature
+    offset = BLEND_WEIGHT * (intercept - float(logit.mean())) / spread_logit
+    offset -= (1.0 - BLEND_WEIGHT) * float(feature.mean()) / spread_feature
+    blend = x @ coefficients + offset
+    link = fit_logistic(blend[:, None], y, 1e-6)
+    slope = float(link.weights[0] / link.scale[0])
+    bias = link.bias - float(link.mean[0]) * slope
+    coefficients, offset = slope * coefficients, slope * offset + bias
+    mean, scale = standardise(x)
+    return LinearModel(mean, scale, coefficients * scale, offset + float(coefficients @ mean), candidate.l2)
 
 
 @dataclass(slots=True)
@@ -187,10 +233,7 @@ def select(
             for held in repeat:
                 train = np.setdiff1d(np.arange(n), held)
                 view = candidate.view(x)
-                model = fit_logistic(
-                    view[train], y[train], candidate.l2, penalty_scale=candidate.penalty_scale
-                )
-                predicted = model.predict(view[held])
+                predicted = candidate.fit(x[train], y[train]).predict(view[held])
                 held_out.append((held, predicted))
                 if strong[held].mean() != weak[held].mean():
                     scores.append(replay_apgr([records[int(i)] for i in held], predicted, pair))
@@ -270,6 +313,23 @@ def block_candidates(
     return out
 
 
+BLEND_L2_GRID: tuple[float, ...] = (100.0, 300.0, 1000.0)
+
+
+def blend_candidates(
+    embedding_columns: int, blend_column: int, *, grid: Grid | None = None
+) -> list[Candidate]:
+    """The embedding alone (no hand-made features), blended with one feature; strongest penalty first."""
+    penalties = sorted(grid.l2 if grid else BLEND_L2_GRID, reverse=True)
+    embedding = np.arange(embedding_columns, dtype=np.int64)
+    return [
+        Candidate(
+            f"embedding l2={l2:g}, blended with length", l2, columns=embedding, blend_column=blend_column
+        )
+        for l2 in penalties
+    ]
+
+
 def describe_cv(grouped: bool, repeats: int) -> str:
     if grouped:
         return f"{repeats} repeats of 2-fold cross-validation by subject (whole subjects held out)"
@@ -283,7 +343,6 @@ def default_repeats(grouped: bool) -> int:
 
 def fit_final(x: Array, y: Array, candidate: Candidate) -> tuple[LinearModel, list[float]]:
     """The deployed model (all training rows) and quantiles of its scores on them."""
-    view = candidate.view(x)
-    model = fit_logistic(view, y, candidate.l2, penalty_scale=candidate.penalty_scale)
-    scores = model.predict(view)
+    model = candidate.fit(x, y)
+    scores = model.predict(candidate.view(x))
     return model, [float(q) for q in np.quantile(scores, np.linspace(0.0, 1.0, REFERENCE_QUANTILES))]
