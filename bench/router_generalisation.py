@@ -31,7 +31,7 @@ import numpy as np
 
 from faregate.embedding.embedder import DIMENSIONS
 from faregate.embedding.vector_cache import embed_texts
-from faregate.evals.replay.engine import DEFAULT_BINS, Pair
+from faregate.evals.replay.engine import DEFAULT_BINS, DEFAULT_PRICES, RETAIN, Pair, call_cost
 from faregate.evals.replay.outcomes import STRONG_MODEL, WEAK_MODEL, load_outcomes
 from faregate.learning.complexity_router import prompt_matrix
 from faregate.learning.linear import Array, LinearModel
@@ -54,6 +54,9 @@ class Data:
     weak: Array
     chars: Array
     subject: np.ndarray
+    # What each model's call costs on each prompt (list prices; the question as the input).
+    cost_strong: Array
+    cost_weak: Array
 
 
 # (data, training rows, held-out rows) -> held-out scores (higher: send to the strong model first)
@@ -193,6 +196,16 @@ def apgr(scores: Array, strong: Array, weak: Array, bins: int = DEFAULT_BINS) ->
     return area / float(share[-1] - share[0])
 
 
+def cost_to_retain(scores: Array, d: Data, rows: np.ndarray) -> float:
+    """Cost vs all-strong of the least strong share (highest scores first) keeping 95% of the strong
+    model's accuracy: long prompts are the expensive ones, so a length-heavy ranking pays more."""
+    order = rows[np.argsort(-scores, kind="stable")]
+    correct = d.weak[rows].sum() + np.concatenate(([0.0], np.cumsum((d.strong - d.weak)[order])))
+    k = int(np.argmax(correct >= RETAIN * d.strong[rows].sum() - 1e-9))
+    extra = np.concatenate(([0.0], np.cumsum((d.cost_strong - d.cost_weak)[order])))
+    return float((d.cost_weak[rows].sum() + extra[k]) / d.cost_strong[rows].sum())
+
+
 def summary(values: Sequence[float]) -> dict[str, float]:
     v = np.asarray(values)
     return {
@@ -214,7 +227,12 @@ def load() -> Data:
     strong = np.array([r.correct[pair.strong] for r in records], dtype=np.float64)
     weak = np.array([r.correct[pair.weak] for r in records], dtype=np.float64)
     chars = np.array([float(len(t)) for t in texts])
-    return Data(x, strong * (1 - weak), strong, weak, chars, np.array([r.source for r in records]))
+    costs = [
+        np.array([float(call_cost(r, model, DEFAULT_PRICES)) for r in records])
+        for model in (pair.strong, pair.weak)
+    ]
+    subject = np.array([r.source for r in records])
+    return Data(x, strong * (1 - weak), strong, weak, chars, subject, costs[0], costs[1])
 
 
 def main() -> None:
@@ -233,6 +251,7 @@ def main() -> None:
         pool = {k: f for k, f in pool.items() if any(s in k for s in args.only.split(","))}
     splits: dict[str, list[float]] = {k: [] for k in pool}
     groups: dict[str, list[float]] = {k: [] for k in pool}
+    costs: dict[str, list[float]] = {k: [] for k in pool}
     for repeat in range(args.repeats):
         order = np.random.default_rng(1000 + repeat).permutation(len(names))
         held = names[order[: args.hold_out]]
@@ -243,6 +262,7 @@ def main() -> None:
             scores = np.empty(len(d.y))
             scores[test] = fitter(d, train, test)
             splits[name].append(apgr(scores[test], d.strong[test], d.weak[test]))
+            costs[name].append(cost_to_retain(scores[test], d, test))
             for part in parts:
                 rows = np.flatnonzero(np.isin(d.subject, part))
                 if d.strong[rows].mean() - d.weak[rows].mean() < MIN_GAP:
@@ -252,7 +272,10 @@ def main() -> None:
         if repeat == 0:
             _check_engine(d, test, scores)
         print(f"split {repeat + 1}/{args.repeats} done ({time.perf_counter() - started:.0f} s)", flush=True)
-    table = {k: {"split": summary(splits[k]), "groups": summary(groups[k])} for k in pool}
+    table = {
+        k: {"split": summary(splits[k]), "groups": summary(groups[k]), "cost_95": summary(costs[k])}
+        for k in pool
+    }
     print(
         f"\n{args.repeats} splits: {args.hold_out} of {len(names)} subjects held out, the other "
         f"{len(names) - args.hold_out} trained on; groups of {args.group} held-out subjects "
@@ -260,20 +283,21 @@ def main() -> None:
     )
     header = (
         "candidate | split mean | sd | mean-sd | p10 | min | splits < 0.5 "
-        "| group median | group p10 | groups < 0.5"
+        "| group median | group p10 | groups < 0.5 | cost for 95%: mean | p90"
     )
     print(header)
     print("|".join("---" for _ in header.split("|")))
     for k, row in sorted(table.items(), key=lambda kv: -(kv[1]["split"]["mean"] - kv[1]["split"]["sd"])):
-        s, g = row["split"], row["groups"]
+        s, g, c = row["split"], row["groups"], row["cost_95"]
         print(
             f"{k} | {s['mean']:.3f} | {s['sd']:.3f} | {s['mean'] - s['sd']:.3f} | {s['p10']:.3f} | "
             f"{s['min']:.3f} | {s['below_0.5']:.0%} | "
-            f"{g['median']:.3f} | {g['p10']:.3f} | {g['below_0.5']:.0%}"
+            f"{g['median']:.3f} | {g['p10']:.3f} | {g['below_0.5']:.0%} | "
+            f"{c['mean']:.1%} | {np.quantile(costs[k], 0.9):.1%}"
         )
     if args.out:
         report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "table": table}
-        report["splits"], report["groups"] = splits, groups
+        report["splits"], report["groups"], report["cost_95"] = splits, groups, costs
         args.out.write_text(json.dumps(report, indent=1) + "\n")
 
 
