@@ -160,6 +160,14 @@ QUICK: dict[str, Quick] = {
         why_not="embeds ~56,000 texts on a first run (15 min) and compares with a `git archive` of main: "
         "its help is checked here; tests/test_semantic_index.py covers the lookups it times",
     ),
+    "python bench/router_generalisation.py --repeats 30": Quick(
+        run="python bench/router_generalisation.py --help",
+        where="checkout",
+        expect="--hold-out",
+        why_not="about 25 fits on 3,600 prompts per split, 30 splits (10-20 min), and the MiniLM vectors of "
+        "7,279 MMLU prompts (15 min on a first run): its help is checked here; "
+        "tests/test_complexity_router.py covers the blend it chose",
+    ),
     "python bench/semantic_lookup.py": Quick(
         why_not="the same script as the line before, without --wait-load: checked there"
     ),
