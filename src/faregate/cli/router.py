@@ -112,8 +112,9 @@ def train(
     model: Annotated[
         str,
         typer.Option(
-            help="linear: embedding + 19 text features in one logistic model; blend: the embedding's "
-            "model averaged with prompt length (robust on subjects never seen; routers/router-mmlu.json)."
+            help="linear: embedding + 19 text features in one logistic model; within-subject: the "
+            "embedding with the training subjects' directions projected out (routers/router-mmlu.json); "
+            "blend: the embedding's model averaged with prompt length."
         ),
     ] = "linear",
 ) -> None:
@@ -246,8 +247,8 @@ def _evidence_run(
         "repeats": None,
         "cache_dir": cache_dir,
     }
-    # MMLU: the blend, chosen on many random subject splits (bench/router_generalisation.py).
-    _train("router", mmlu, models / "router-mmlu.json", spec, model_kind="blend", **common)
+    # MMLU: chosen on many random subject splits (bench/router_generalisation.py).
+    _train("router", mmlu, models / "router-mmlu.json", spec, model_kind="within-subject", **common)
     _train("router", gsm8k, models / "router-gsm8k.json", spec, **common)
     _train("judge", gsm8k, models / "judge-gsm8k.json", spec, **common)
     kw: dict[str, Any] = {"cache_dir": cache_dir, "console": console, "reports": models}

@@ -40,15 +40,18 @@ from faregate.learning.training.selection import (
     fit_final,
     fold_sets,
     select,
+    within_group_candidates,
 )
 
 Progress = Callable[[str], None]
 # "linear": one logistic model on the embedding and the 19 text features, the embedding penalised
-# 1x-100x harder (cross-validation chooses). "blend": a logistic model on the embedding alone,
-# averaged with prompt length (learning/training/selection.py fit_blend): the robust choice on MMLU
-# subjects the router never saw (bench/router_generalisation.py).
-RouterModel = Literal["linear", "blend"]
-ROUTER_MODELS: tuple[RouterModel, ...] = ("linear", "blend")
+# 1x-100x harder (cross-validation chooses). "within-subject": the embedding alone, the training
+# subjects' centroid directions projected out (selection.py fit_within_groups): held up on MMLU
+# subjects the router never saw without paying more per kept answer (bench/router_generalisation.py;
+# routers/router-mmlu.json). "blend": the embedding's model averaged with prompt length (as
+# robust by APGR, but it keeps the long, expensive prompts on the strong model).
+RouterModel = Literal["linear", "within-subject", "blend"]
+ROUTER_MODELS: tuple[RouterModel, ...] = ("linear", "within-subject", "blend")
 
 
 @dataclass(slots=True)
@@ -106,10 +109,12 @@ def train_router(
     folds = fold_sets(records, grouped, repeats, seed)
     if model_kind == "blend":
         candidates = blend_candidates(DIMENSIONS, DIMENSIONS + PROMPT_NAMES.index("log_chars"), grid=grid)
+    elif model_kind == "within-subject":
+        candidates = within_group_candidates(DIMENSIONS, grid=grid)
     else:
         candidates = block_candidates(DIMENSIONS, len(PROMPT_NAMES), grid=grid)
     selection = select(x, y, records, pair, candidates, folds, progress)
-    model, reference = fit_final(x, y, selection.best)
+    model, reference = fit_final(x, y, selection.best, [r.source for r in records])
     cv = describe_cv(grouped, repeats)
     file = ModelFile(
         kind=complexity.KIND,
