@@ -240,7 +240,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=40, help="random subject splits")
     parser.add_argument("--hold-out", type=int, default=20, help="subjects held out per split (of 40)")
     parser.add_argument("--group", type=int, default=5, help="held-out subjects per small group")
-    parser.add_argument("--only", default="", help="comma-separated substrings: run matching candidates")
+    parser.add_argument("--only", default="", help="';'-separated substrings: run matching candidates")
     parser.add_argument("--out", type=Path, help="write every split's figures here (JSON)")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -248,7 +248,7 @@ def main() -> None:
     names = np.unique(d.subject)
     pool = candidates()
     if args.only:
-        pool = {k: f for k, f in pool.items() if any(s in k for s in args.only.split(","))}
+        pool = {k: f for k, f in pool.items() if any(s in k for s in args.only.split(";"))}
     splits: dict[str, list[float]] = {k: [] for k in pool}
     groups: dict[str, list[float]] = {k: [] for k in pool}
     costs: dict[str, list[float]] = {k: [] for k in pool}
