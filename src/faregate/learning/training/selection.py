@@ -185,11 +185,11 @@ BLEND_WEIGHT = 0.5
 def fit_blend(x: Array, y: Array, candidate: Candidate) -> LinearModel:
     """Equal-weight average of two standardised scores, as one linear model over every column of x:
     the logit of a logistic model on `candidate.columns` (the embedding) and one cheap feature
-    (log_chars). Across random MMLU subject splits this kept the embedding's mean and halved the
-    spread of the full-feature model (bench/router_generalisation.py): length and "looks like the
-    hard questions of other subjects" fail in different places, and neither fits subject-specific
-    surface patterns. A 1-D logistic fit on the training rows maps the blend to a probability of
-    the target, so the score still reads as P(only the strong model is right)."""
+    (log_chars). Across random MMLU subject splits it had the best APGR tail of any candidate
+    (bench/router_generalisation.py), but it keeps the long, expensive prompts on the strong model:
+    keeping 95% cost more than random routing, so the MMLU file is the within-subject model. A 1-D
+    logistic fit on the training rows maps the blend to a probability of the target, so the score
+    still reads as P(only the strong model is right)."""
     if candidate.columns is None or candidate.blend_column is None:
         raise ValueError("a blend needs the columns of its model and the column it blends with")
     columns, extra = candidate.columns, candidate.blend_column
