@@ -168,6 +168,15 @@ QUICK: dict[str, Quick] = {
         "7,279 MMLU prompts (15 min on a first run): its help is checked here; "
         "tests/test_complexity_router.py covers the blend it chose",
     ),
+    "python bench/router_generalisation.py": Quick(
+        why_not="the same script as `python bench/router_generalisation.py --repeats 30`: checked there"
+    ),
+    "faregate router train --model within-subject": Quick(
+        run="faregate router train --help",
+        expect="within-subject",
+        why_not="trains on 3,600 MMLU prompts (a minute, plus 15 min of embeddings on a first run): "
+        "its help is checked here; tests/test_complexity_router.py trains that model on a sample",
+    ),
     "python bench/semantic_lookup.py": Quick(
         why_not="the same script as the line before, without --wait-load: checked there"
     ),
