@@ -147,13 +147,13 @@ def z_blend(first: Fitter, column: str, weight: float = 0.5) -> Fitter:
 def candidates() -> dict[str, Fitter]:
     out: dict[str, Fitter] = {
         "length (characters; the heuristic)": length,
-        "shipped: 19 text + embedding x100, l2=100": logistic(None, 100.0, 100.0),
+        "shipped before: 19 text + embedding x100, l2=100": logistic(None, 100.0, 100.0),
         "19 text + embedding x100, l2=30": logistic(None, 30.0, 100.0),
         "19 text + embedding x10, l2=100": logistic(None, 100.0, 10.0),
         "19 text only, l2=100": logistic(TEXT, 100.0),
         "19 text only, l2=1000": logistic(TEXT, 1000.0),
         "log_chars + log_words, l2=10": logistic(LENGTH, 10.0),
-        "rank average: shipped, length": rank_average(logistic(None, 100.0, 100.0), length),
+        "rank average: shipped before, length": rank_average(logistic(None, 100.0, 100.0), length),
     }
     for l2 in (100.0, 300.0, 1000.0, 3000.0):
         out[f"embedding only, l2={l2:g}"] = logistic(EMBEDDING, l2)
