@@ -36,8 +36,9 @@ from faregate.evals.replay.outcomes import STRONG_MODEL, WEAK_MODEL, load_outcom
 from faregate.learning.complexity_router import prompt_matrix
 from faregate.learning.linear import Array, LinearModel
 from faregate.learning.text_features import PROMPT_NAMES
+from faregate.learning.training.fit import RouterModel, train_router
 from faregate.learning.training.logistic import fit_logistic
-from faregate.learning.training.selection import replay_apgr
+from faregate.learning.training.selection import SplitSpec, replay_apgr, split_outcomes
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "routellm" / "mmlu"
@@ -242,7 +243,16 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=5, help="held-out subjects per small group")
     parser.add_argument("--only", default="", help="';'-separated substrings: run matching candidates")
     parser.add_argument("--out", type=Path, help="write every split's figures here (JSON)")
+    parser.add_argument(
+        "--procedures",
+        action="store_true",
+        help="instead: the whole training procedure (`faregate router train --model linear` and "
+        "`--model within-subject`, cross-validation included) on each split",
+    )
     args = parser.parse_args()
+    if args.procedures:
+        procedures(args.repeats, args.hold_out)
+        return
     started = time.perf_counter()
     d = load()
     names = np.unique(d.subject)
@@ -299,6 +309,44 @@ def main() -> None:
         report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "table": table}
         report["splits"], report["groups"], report["cost_95"] = splits, groups, costs
         args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+def procedures(repeats: int, hold_out: int) -> None:
+    """The training procedures themselves, penalties re-chosen by their cross-validation on every
+    split (the same splits as the candidates': split seed 1000 + repeat)."""
+    d = load()
+    outcomes = load_outcomes(DATA, drop_contaminated=True)
+    index = {r.prompt: i for i, r in enumerate(outcomes.records)}
+    fraction = hold_out / len(np.unique(d.subject))
+    kinds: tuple[RouterModel, ...] = ("linear", "within-subject")
+    results: dict[str, list[tuple[float, float, str]]] = {k: [] for k in kinds}
+    for repeat in range(repeats):
+        split = split_outcomes(outcomes, SplitSpec("source", fraction, 1000 + repeat))
+        test = np.array([index[r.prompt] for r in split.test.records])
+        for kind in kinds:
+            trained = train_router(split, Pair(STRONG_MODEL, WEAK_MODEL), seed=1000 + repeat, model_kind=kind)
+            scores = np.empty(len(d.y))
+            scores[test] = trained.file.model.predict(d.x[test])
+            results[kind].append(
+                (
+                    apgr(scores[test], d.strong[test], d.weak[test]),
+                    cost_to_retain(scores[test], d, test),
+                    trained.selection.best.name,
+                )
+            )
+        print(
+            f"split {repeat + 1}/{repeats}: " + "; ".join(f"{k} {results[k][-1]}" for k in kinds), flush=True
+        )
+    print("\nprocedure | APGR mean | sd | p10 | min | splits < 0.5 | cost for 95%: mean")
+    print("---|---|---|---|---|---|---")
+    for kind in kinds:
+        values = [a for a, _, _ in results[kind]]
+        s = summary(values)
+        cost = np.mean([c for _, c, _ in results[kind]])
+        print(
+            f"{kind} | {s['mean']:.3f} | {s['sd']:.3f} | {s['p10']:.3f} | {s['min']:.3f} | "
+            f"{s['below_0.5']:.0%} | {cost:.1%}"
+        )
 
 
 def _check_engine(d: Data, test: np.ndarray, scores: Array) -> None:
