@@ -177,6 +177,10 @@ QUICK: dict[str, Quick] = {
         why_not="trains on 3,600 MMLU prompts (a minute, plus 15 min of embeddings on a first run): "
         "its help is checked here; tests/test_complexity_router.py trains that model on a sample",
     ),
+    "python bench/router_generalisation.py --procedures --repeats 10": Quick(
+        why_not="the same script as `python bench/router_generalisation.py --repeats 30` "
+        "(about 18 min of training): its help is checked there"
+    ),
     "python bench/semantic_lookup.py": Quick(
         why_not="the same script as the line before, without --wait-load: checked there"
     ),
