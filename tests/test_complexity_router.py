@@ -28,7 +28,8 @@ from faregate.learning.complexity_router import ComplexityRouter
 from faregate.learning.linear import LinearModel
 from faregate.learning.thresholds import CalibrationPoint, Threshold, share_for_quality
 from faregate.learning.training.fit import train_router
-from faregate.learning.training.selection import Grid, SplitSpec, split_outcomes
+from faregate.learning.training.logistic import fit_logistic
+from faregate.learning.training.selection import Candidate, Grid, SplitSpec, split_outcomes
 
 HARD = ["integral", "derivative", "eigenvalue", "compute", "prove", "theorem", "matrix", "lemma"]
 # Two penalties, two embedding weights: the real grid's shape, a fraction of its fits.
@@ -273,3 +274,127 @@ def test_cli_train_and_eval_with_the_real_embedder(tmp_path: Path) -> None:
     assert {p["policy"] for p in report["policies"]} >= {"complexity router", "prompt length", "oracle"}
     assert (out / "routing-shares.png").stat().st_size > 10_000
     assert report["timing_ms"]["p50_ms"] > 0
+
+
+def test_blend_is_one_linear_model_ranking_like_its_two_parts() -> None:
+    """The blend (the MMLU router's model) must equal, in ranking, the average of the standardised
+    embedding logit and standardised log_chars, and score as one plain linear model over the
+    router's columns: a wrong sign or offset in the algebra would break the ranking."""
+    rng = np.random.default_rng(3)
+    n, embedding = 400, 8
+    x = np.hstack([rng.normal(size=(n, embedding)), rng.normal(3.0, 0.5, size=(n, 3))])
+    y = (x[:, 0] + x[:, embedding] + rng.normal(size=n) > 2.5).astype(np.float64)
+    columns = np.arange(embedding, dtype=np.int64)
+    candidate = Candidate("blend", 30.0, columns=columns, blend_column=embedding)
+    model = candidate.fit(x, y)
+    assert model.dimensions == x.shape[1]
+    # Only the embedding and the blended column carry weight.
+    assert np.all(model.weights[embedding + 1 :] == 0.0) and model.weights[embedding] > 0.0
+    base = fit_logistic(x[:, columns], y, 30.0)
+    logit, length = base.logit(x[:, columns]), x[:, embedding]
+    by_hand = (logit - logit.mean()) / logit.std() + (length - length.mean()) / length.std()
+    scores = model.predict(x)
+    assert np.all((scores > 0.0) & (scores < 1.0))
+    assert np.array_equal(np.argsort(scores, kind="stable"), np.argsort(by_hand, kind="stable"))
+
+    # Better than either part alone on the data it was fitted on (both carry signal).
+    def auc(s: np.ndarray) -> float:
+        ranks = np.argsort(np.argsort(s))
+        positive = y == 1
+        return float((ranks[positive].mean() - (positive.sum() - 1) / 2) / (~positive).sum())
+
+    assert auc(scores) > max(auc(logit), auc(length))
+
+
+def test_blend_router_trains_to_a_loadable_file(tmp_path: Path) -> None:
+    data = write_subjects(tmp_path / "mmlu")
+    split = split_outcomes(load_outcomes(data, drop_contaminated=False), SplitSpec("source", 0.5, 0))
+    result = train_router(
+        split,
+        Pair(),
+        seed=0,
+        repeats=2,
+        cache_dir=tmp_path / "cache",
+        embedder=HashEmbedder(),
+        grid=SMALL_GRID,
+        model_kind="blend",
+    )
+    assert result.selection.best.blend_column is not None
+    assert result.file.training["model"] == "blend"
+    path = tmp_path / "router.json"
+    result.file.save(path)
+    router = ComplexityRouter.load(path, embedder=HashEmbedder())
+    hard, easy = "Question: compute the eigenvalue of the matrix?", "Question: the capital city?"
+    assert router.score(hard) > router.score(easy)
+    text = router.file.model.weights[DIMENSIONS:]
+    assert np.count_nonzero(text) == 1  # log_chars alone among the hand-made features
+    evaluation = evaluate(
+        load_outcomes(data, drop_contaminated=False),
+        router=router.file,
+        cache_dir=tmp_path / "cache",
+        embedder=HashEmbedder(),
+    )
+    by_name = {c.name: c.metrics for c in evaluation.curves}
+    assert by_name["complexity router"].apgr > by_name["random (seed 0)"].apgr + 0.2
+
+
+def test_within_subject_model_ignores_which_subject_a_prompt_resembles() -> None:
+    """The MMLU router's model: the training subjects' centroid directions are projected out, so
+    moving a prompt towards another subject's centroid cannot change its score, while what
+    separates prompts within a subject still ranks them. One plain linear model over all columns."""
+    rng = np.random.default_rng(5)
+    n, embedding = 600, 6
+    groups = [f"s{i % 3}" for i in range(n)]
+    offsets = {"s0": 0.0, "s1": 2.0, "s2": -1.0}
+    e = rng.normal(size=(n, embedding))
+    e[:, 0] += [offsets[g] for g in groups]  # the subject shows in dimension 0
+    # Subject s1 is "hard" (a subject-level effect that would not transfer), and within every
+    # subject dimension 1 says which prompts need the strong model.
+    y = ((e[:, 1] + (np.array(groups) == "s1") * 2.0 + rng.normal(size=n)) > 1.0).astype(np.float64)
+    x = np.hstack([e, rng.normal(size=(n, 2))])
+    candidate = Candidate("within", 10.0, columns=np.arange(embedding, dtype=np.int64), within_groups=True)
+    model = candidate.fit(x, y, groups)
+    assert model.dimensions == x.shape[1] and np.all(model.weights[embedding:] == 0.0)
+    centroids = np.stack([e[np.array(groups) == g].mean(axis=0) for g in ("s0", "s1", "s2")])
+    shift = np.zeros(x.shape[1])
+    shift[:embedding] = centroids[1] - centroids[0]  # from subject s0's centre to s1's
+    assert np.allclose(model.logit(x + shift), model.logit(x))
+    raw = model.weights / model.scale
+    assert raw[1] > 0.0 and abs(raw[1]) > 5 * abs(raw[0])
+    # Without the projection the model uses the subject (dimension 0) too.
+    plain = fit_logistic(x[:, :embedding], y, 10.0)
+    assert abs(plain.weights[0] / plain.scale[0]) > 5 * abs(raw[0])
+    with pytest.raises(ValueError, match="group"):
+        candidate.fit(x, y)
+
+
+def test_within_subject_router_trains_to_a_loadable_file(tmp_path: Path) -> None:
+    data = write_subjects(tmp_path / "mmlu")
+    split = split_outcomes(load_outcomes(data, drop_contaminated=False), SplitSpec("source", 0.5, 0))
+    result = train_router(
+        split,
+        Pair(),
+        seed=0,
+        repeats=2,
+        cache_dir=tmp_path / "cache",
+        embedder=HashEmbedder(),
+        grid=SMALL_GRID,
+        model_kind="within-subject",
+    )
+    assert result.selection.best.within_groups
+    assert result.file.training["model"] == "within-subject"
+    path = tmp_path / "router.json"
+    result.file.save(path)
+    router = ComplexityRouter.load(path, embedder=HashEmbedder())
+    assert not np.any(router.file.model.weights[DIMENSIONS:])  # no hand-made feature
+    assert router.score("Question: compute the eigenvalue of the matrix?") > router.score(
+        "Question: the capital city?"
+    )
+    evaluation = evaluate(
+        load_outcomes(data, drop_contaminated=False),
+        router=router.file,
+        cache_dir=tmp_path / "cache",
+        embedder=HashEmbedder(),
+    )
+    by_name = {c.name: c.metrics for c in evaluation.curves}
+    assert by_name["complexity router"].apgr > by_name["random (seed 0)"].apgr + 0.2

@@ -160,6 +160,27 @@ QUICK: dict[str, Quick] = {
         why_not="embeds ~56,000 texts on a first run (15 min) and compares with a `git archive` of main: "
         "its help is checked here; tests/test_semantic_index.py covers the lookups it times",
     ),
+    "python bench/router_generalisation.py --repeats 30": Quick(
+        run="python bench/router_generalisation.py --help",
+        where="checkout",
+        expect="--hold-out",
+        why_not="about 25 fits on 3,600 prompts per split, 30 splits (10-20 min), and the MiniLM vectors of "
+        "7,279 MMLU prompts (15 min on a first run): its help is checked here; "
+        "tests/test_complexity_router.py covers the blend it chose",
+    ),
+    "python bench/router_generalisation.py": Quick(
+        why_not="the same script as `python bench/router_generalisation.py --repeats 30`: checked there"
+    ),
+    "faregate router train --model within-subject": Quick(
+        run="faregate router train --help",
+        expect="within-subject",
+        why_not="trains on 3,600 MMLU prompts (a minute, plus 15 min of embeddings on a first run): "
+        "its help is checked here; tests/test_complexity_router.py trains that model on a sample",
+    ),
+    "python bench/router_generalisation.py --procedures --repeats 10": Quick(
+        why_not="the same script as `python bench/router_generalisation.py --repeats 30` "
+        "(about 18 min of training): its help is checked there"
+    ),
     "python bench/semantic_lookup.py": Quick(
         why_not="the same script as the line before, without --wait-load: checked there"
     ),

@@ -28,7 +28,7 @@ from faregate.learning.cascade_judges import LearnedJudge
 from faregate.learning.complexity_router import KIND as ROUTER_KIND
 from faregate.learning.model_file import ModelFile, load_model_file
 from faregate.learning.text_features import PROMPT_NAMES
-from faregate.learning.training.fit import Trained, train_judge, train_router
+from faregate.learning.training.fit import ROUTER_MODELS, Trained, train_judge, train_router
 from faregate.learning.training.selection import (
     DEFAULT_SEED,
     DEFAULT_TEST_FRACTION,
@@ -109,8 +109,18 @@ def train(
     strong: Annotated[str, typer.Option(help="The strong (expensive) model.")] = STRONG_MODEL,
     weak: Annotated[str, typer.Option(help="The weak (cheap) model.")] = WEAK_MODEL,
     cache_dir: CacheOption = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="linear: embedding + 19 text features in one logistic model; within-subject: the "
+            "embedding with the training subjects' directions projected out (routers/router-mmlu.json); "
+            "blend: the embedding's model averaged with prompt length."
+        ),
+    ] = "linear",
 ) -> None:
     """Train the complexity router on the training part of a split (the rest is kept for eval)."""
+    if model not in ROUTER_MODELS:
+        raise typer.BadParameter(f"--model must be one of {', '.join(ROUTER_MODELS)}")
     _train(
         "router",
         data,
@@ -120,6 +130,7 @@ def train(
         weak=weak,
         repeats=repeats,
         cache_dir=cache_dir,
+        model_kind=model,
     )
 
 
@@ -236,7 +247,8 @@ def _evidence_run(
         "repeats": None,
         "cache_dir": cache_dir,
     }
-    _train("router", mmlu, models / "router-mmlu.json", spec, **common)
+    # MMLU: chosen on many random subject splits (bench/router_generalisation.py).
+    _train("router", mmlu, models / "router-mmlu.json", spec, model_kind="within-subject", **common)
     _train("router", gsm8k, models / "router-gsm8k.json", spec, **common)
     _train("judge", gsm8k, models / "judge-gsm8k.json", spec, **common)
     kw: dict[str, Any] = {"cache_dir": cache_dir, "console": console, "reports": models}

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -33,15 +33,25 @@ from faregate.learning.training.selection import (
     Grid,
     Selection,
     Split,
+    blend_candidates,
     block_candidates,
     default_repeats,
     describe_cv,
     fit_final,
     fold_sets,
     select,
+    within_group_candidates,
 )
 
 Progress = Callable[[str], None]
+# "linear": one logistic model on the embedding and the 19 text features, the embedding penalised
+# 1x-100x harder (cross-validation chooses). "within-subject": the embedding alone, the training
+# subjects' centroid directions projected out (selection.py fit_within_groups): held up on MMLU
+# subjects the router never saw without paying more per kept answer (bench/router_generalisation.py;
+# routers/router-mmlu.json). "blend": the embedding's model averaged with prompt length (as
+# robust by APGR, but it keeps the long, expensive prompts on the strong model).
+RouterModel = Literal["linear", "within-subject", "blend"]
+ROUTER_MODELS: tuple[RouterModel, ...] = ("linear", "within-subject", "blend")
 
 
 @dataclass(slots=True)
@@ -85,6 +95,7 @@ def train_router(
     embedder: BatchEmbedder | None = None,
     grid: Grid | None = None,
     progress: Progress | None = None,
+    model_kind: RouterModel = "linear",
 ) -> Trained:
     records = split.train.records
     texts = [r.prompt for r in records]
@@ -96,10 +107,14 @@ def train_router(
     grouped = split.spec.by == "source"
     repeats = repeats or default_repeats(grouped)
     folds = fold_sets(records, grouped, repeats, seed)
-    selection = select(
-        x, y, records, pair, block_candidates(DIMENSIONS, len(PROMPT_NAMES), grid=grid), folds, progress
-    )
-    model, reference = fit_final(x, y, selection.best)
+    if model_kind == "blend":
+        candidates = blend_candidates(DIMENSIONS, DIMENSIONS + PROMPT_NAMES.index("log_chars"), grid=grid)
+    elif model_kind == "within-subject":
+        candidates = within_group_candidates(DIMENSIONS, grid=grid)
+    else:
+        candidates = block_candidates(DIMENSIONS, len(PROMPT_NAMES), grid=grid)
+    selection = select(x, y, records, pair, candidates, folds, progress)
+    model, reference = fit_final(x, y, selection.best, [r.source for r in records])
     cv = describe_cv(grouped, repeats)
     file = ModelFile(
         kind=complexity.KIND,
@@ -111,9 +126,12 @@ def train_router(
         weak=pair.weak,
         calibration=selection.calibration,
         reference_scores=reference,
-        training=_training_record(
-            split, pair, selection, seed, "weak wrong and strong right (P(routing to strong pays))", cv
-        ),
+        training={
+            **_training_record(
+                split, pair, selection, seed, "weak wrong and strong right (P(routing to strong pays))", cv
+            ),
+            "model": model_kind,
+        },
     )
     return Trained(file, selection)
 
