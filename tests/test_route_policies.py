@@ -183,7 +183,7 @@ async def test_the_reservation_covers_every_step_and_the_judge() -> None:
     body = {"model": "graded", "max_tokens": 100}
     plan = await planner.plan(request(body))
     worst, tokens = await worst_case(plan, request(body))
-    prompt = await plan.prompt.best() if plan.prompt else 0
+    prompt = await plan.prompt.billable() if plan.prompt else 0
     cheap = Price(Decimal("0.5"), Decimal("0.5")).cost(Usage(prompt, 100))
     strong = Price(Decimal(10), Decimal(10)).cost(Usage(prompt, 100))
     judge = Price(Decimal(1), Decimal(2)).cost(Usage(prompt + 100 + JUDGE_PROMPT_TOKENS, 200))

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from faregate import counting, light_tokens, tokens, usage_estimate
+from faregate.routing.estimate import PromptSize
 from faregate.types import ChatRequest
 from test_pipeline import ASK, WHOLE_STREAM, Harness, chunk, harness  # noqa: F401  (the fixture)
 
@@ -136,3 +137,23 @@ def test_the_light_estimate_is_bounded_by_the_bytes() -> None:
     context-window fit the bound settled is one the estimate agrees with."""
     for text in FIXTURE.values():
         assert light_tokens.count_text(text) <= len(text.encode())
+
+
+async def test_a_reservation_counts_the_prompt_at_least_as_o200k_does() -> None:
+    # A reservation is a worst case: where the light estimate counts a prompt under o200k (GSM8K
+    # answers of both models, the fixture), the billable count must not.
+    with (ROOT / "data/routellm/gsm8k_responses.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))[:400]
+    texts = [
+        row[column]
+        for row in rows
+        for column in ("gpt-4-1106-preview_response", "mistralai/Mixtral-8x7B-Instruct-v0.1_response")
+    ]
+    texts += list(FIXTURE.values())
+    under = 0
+    for text in texts:
+        messages = [{"role": "user", "content": text}]
+        exact = tokens.count_messages(messages)
+        under += counting.count_messages(messages, light_tokens.count_text) < exact
+        assert await PromptSize.of({"messages": messages}).billable() >= exact
+    assert under > 0  # the case this guards against is in the data
