@@ -274,9 +274,9 @@ async def test_quality_alert_rules_fire_per_route() -> None:
     assert ("flagged", "r") in fired and ("cap", "c") in fired
     assert not any(name == "margin" for name, _ in fired)  # no verification yet: nothing to say
     with pytest.raises(ConfigError):
-        from faregate.config import Settings, _check_alerts
+        from faregate.config import Settings, check_alerts
 
-        _check_alerts(
+        check_alerts(
             AlertSettings(rules=[AlertRule(name="x", metric="router_flagged", above=0, per="key")]), "t"
         )
         assert Settings

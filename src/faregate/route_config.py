@@ -1,5 +1,5 @@
 """Route settings: chains, rules, tiers and tasks, and the router and cascade policies; checked
-when the config loads (config.py reads the file; the routing package turns these into plans)."""
+when the config loads (faregate.config reads the file; the routing package turns these into plans)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """As in config.py: an unknown key is an error, not a silently ignored typo."""
+    """As in faregate.config: an unknown key is an error, not a silently ignored typo."""
 
 
 class ChainItem(_Strict):

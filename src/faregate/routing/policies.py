@@ -2,7 +2,7 @@
 
 A router route scores each prompt with its trained complexity router and puts the strong or the
 weak step first (the other follows as its fallback). A cascade route asks its steps cheapest
-first and returns the first answer its judge accepts. Both are described in config.py; the
+first and returns the first answer its judge accepts. Both are described in faregate.config; the
 trained files come from `faregate router train` / `train-judge`.
 
 All trained models share one MiniLM embedder on one worker thread: it is loaded on first use,

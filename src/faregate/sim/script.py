@@ -3,7 +3,7 @@
 A script has a `defaults` behaviour and per-model overrides. An override replaces
 the fields it names and keeps the rest from `defaults`; `faults` merges by fault
 name, so a model can add one fault rate without repeating the others. Unknown
-keys and bad values fail at load with a message naming the key, like config.py.
+keys and bad values fail at load with a message naming the key, like faregate.config.
 
     seed: 7                  # reproducible fault draws (one random stream per model)
     strict_models: false     # true: unknown models get 404 model_not_found (else: served with defaults)

@@ -149,7 +149,7 @@ async def _open_shared(
     store = await PostgresStore.open(url, pool_size=settings.store.postgres_pool_size)
     exits.on_close("the PostgreSQL store", store.close)
     redis_url = settings.store.redis_url
-    if redis_url is None:  # config.py refuses one without the other
+    if redis_url is None:  # faregate.config refuses one without the other
         raise StoreUnavailable("store.postgres_url needs store.redis_url")
     backends = Backends(store, exits, redis_url)
     if accounts:

@@ -1,30 +1,18 @@
-"""Strict settings from one YAML file plus env vars for secrets.
+"""The settings' types: one strict struct per section of the YAML file (faregate.config).
 
-The built-in defaults (`defaults/faregate.yaml`) hold the provider list and the
-curated catalog; a user file is merged over them (maps merge by key, anything
-else is replaced). Unknown keys and bad values fail at start-up with a message
-naming the key and what was expected.
+Unknown keys and bad values fail when the file is parsed (config.loading), with a message naming
+the key and what was expected.
 """
 
 from __future__ import annotations
 
 import os
 from decimal import Decimal
-from importlib import resources
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
-import yaml
 
-from faregate.errors import ConfigError
-from faregate.extras import check_settings
-from faregate.route_config import (
-    RouteSettings,
-    check_cache_acceptance,
-    check_routes,
-    resolve_policy_files,
-)
+from faregate.route_config import RouteSettings
 
 CONFIG_ENV = "FAREGATE_CONFIG"
 
@@ -376,193 +364,3 @@ class Settings(_Strict):
 
     def master_key(self) -> str | None:
         return os.environ.get(self.auth.master_key_env) or None
-
-
-def _merge(base: Any, override: Any) -> Any:
-    if isinstance(base, dict) and isinstance(override, dict):
-        merged = dict(base)
-        for key, value in override.items():
-            merged[key] = _merge(base[key], value) if key in base else value
-        return merged
-    return override
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A YAML loader that refuses duplicate keys: PyYAML silently keeps the last one, which
-    would make half of a config quietly disappear."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call, unused-ignore]
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _read_yaml(text: str, origin: str) -> dict[str, Any]:
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        # One line: the problem and where (PyYAML's own text quotes the source over several lines).
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise ConfigError(f"{origin}: not valid YAML: {problem}{where}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
-
-
-def default_data() -> dict[str, Any]:
-    text = resources.files("faregate").joinpath("defaults/faregate.yaml").read_text(encoding="utf-8")
-    return _read_yaml(text, "built-in defaults")
-
-
-def config_path(explicit: str | None = None) -> Path | None:
-    """The config file in use: --config, then $FAREGATE_CONFIG, then ./faregate.yaml if present."""
-    if explicit:
-        return Path(explicit)
-    if os.environ.get(CONFIG_ENV):
-        return Path(os.environ[CONFIG_ENV])
-    local = Path("faregate.yaml")
-    return local if local.exists() else None
-
-
-def load_settings(path: str | Path | None = None, *, overrides: dict[str, Any] | None = None) -> Settings:
-    data = default_data()
-    origin = "built-in defaults"
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file {p} does not exist")
-        data = _merge(data, _read_yaml(p.read_text(encoding="utf-8"), str(p)))
-        origin = str(p)
-    if overrides:
-        data = _merge(data, overrides)
-    settings = parse_settings(data, origin)
-    if path is not None:
-        resolve_policy_files(settings, Path(path).resolve().parent)
-    return settings
-
-
-def parse_settings(data: dict[str, Any], origin: str = "config") -> Settings:
-    try:
-        settings = msgspec.convert(data, Settings)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{origin}: {_explain(exc)}") from exc
-    _check_references(settings, origin)
-    # A feature turned on whose optional packages are missing: one line naming the extra.
-    check_settings(settings, origin)
-    return settings
-
-
-def _explain(exc: msgspec.ValidationError) -> str:
-    text = str(exc)
-    # msgspec says "at `$.models[...]`"; say which key is meant in the file's own terms.
-    return text.replace("`$.", "`").replace("`$`", "the top level")
-
-
-def _check_references(settings: Settings, origin: str) -> None:
-    seen_names: dict[str, str] = {}
-    for name, model in settings.models.items():
-        if model.context_window <= 0:
-            raise ConfigError(f"{origin}: models.{name}.context_window must be positive")
-        for alias in [name, *model.aliases]:
-            if alias in seen_names and seen_names[alias] != name:
-                raise ConfigError(
-                    f"{origin}: models.{name}: name or alias {alias!r} is already used by "
-                    f"{seen_names[alias]!r}"
-                )
-            seen_names[alias] = name
-        embedding = model.kind == "embedding"
-        outputs = (model.output, *(o.output for o in model.offers))
-        if embedding and any(p is not None and p != 0 for p in outputs):
-            raise ConfigError(
-                f"{origin}: models.{name}: an embedding model is priced per input token; "
-                "leave output unset (it is 0)"
-            )
-        for i, offer in enumerate(model.offers):
-            if offer.provider not in settings.providers:
-                raise ConfigError(
-                    f"{origin}: models.{name}.offers[{i}].provider: unknown provider {offer.provider!r}; "
-                    f"expected one of {sorted(settings.providers)}"
-                )
-            # An embedding model's price is input only: a missing output price is 0.
-            offer_priced = offer.input is not None and (offer.output is not None or embedding)
-            if not offer_priced and (model.input is None or (model.output is None and not embedding)):
-                raise ConfigError(
-                    f"{origin}: models.{name}.offers[{i}]: no price; "
-                    "set input/output on the offer or the model"
-                )
-        for field_name in ("input", "output", "cache_read", "cache_write", "cache_write_1h"):
-            value = getattr(model, field_name)
-            if value is not None and value < 0:
-                raise ConfigError(f"{origin}: models.{name}.{field_name} must not be negative")
-    check_routes(settings, origin, seen_names)
-    check_cache_acceptance(settings.cache.semantic, origin)
-    _check_alerts(settings.alerts, origin)
-    cache_rules = [r.name for r in settings.alerts.rules if r.metric in CACHE_ALERTS]
-    if cache_rules and settings.cache.semantic.max_wrong_hit_rate is None:
-        raise ConfigError(
-            f"{origin}: alert rule {cache_rules[0]} watches the semantic cache's calibration; "
-            "set cache.semantic.max_wrong_hit_rate"
-        )
-    _check_accounts(settings, origin)
-    for name, provider in settings.providers.items():
-        if not provider.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{origin}: providers.{name}.base_url must start with http:// or https://")
-    if settings.server.max_body_bytes <= 0:
-        raise ConfigError(f"{origin}: server.max_body_bytes must be positive")
-
-
-def _check_alerts(alerts: AlertSettings, origin: str) -> None:
-    names: set[str] = set()
-    for i, rule in enumerate(alerts.rules):
-        where = f"{origin}: alerts.rules[{i}] ({rule.name})"
-        if rule.name in names:
-            raise ConfigError(f"{where}: the name is already used by another rule")
-        names.add(rule.name)
-        if (rule.above is None) == (rule.below is None):
-            raise ConfigError(f"{where}: give exactly one of above or below")
-        if rule.metric == "daily_spend_usd" and rule.per not in (None, "key"):
-            raise ConfigError(f"{where}: daily_spend_usd is always per key; per must be key or unset")
-        if rule.metric in CACHE_ALERTS:
-            if rule.per is not None or rule.route is not None:
-                raise ConfigError(f"{where}: {rule.metric} is the semantic cache's; it takes no per or route")
-        elif rule.metric in QUALITY_ALERTS:
-            if rule.per not in (None, "route"):
-                raise ConfigError(f"{where}: {rule.metric} is always per route; per must be route or unset")
-            rule.per = "route"
-    if alerts.webhook is not None and not alerts.webhook.url.startswith(("http://", "https://")):
-        raise ConfigError(f"{origin}: alerts.webhook.url must start with http:// or https://")
-
-
-def _check_accounts(settings: Settings, origin: str) -> None:
-    store = settings.store
-    if (store.postgres_url is None) != (store.redis_url is None):
-        raise ConfigError(
-            f"{origin}: store.postgres_url and store.redis_url go together (several instances share "
-            "balances in PostgreSQL and reservations in Redis); set both or neither"
-        )
-    if store.postgres_url is not None and not store.postgres_url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(f"{origin}: store.postgres_url must start with postgresql://")
-    if store.redis_url is not None and not store.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"{origin}: store.redis_url must start with redis://, rediss:// or unix://")
-    credits = settings.accounts.new_key_credits_usd
-    # Balances are kept in whole nano-dollars: a finer grant could not be stored exactly.
-    if not credits.is_finite() or credits < 0 or credits.scaleb(9) != credits.scaleb(9).to_integral_value():
-        raise ConfigError(
-            f"{origin}: accounts.new_key_credits_usd must be a non-negative whole number of nano-dollars"
-        )
-    for name in settings.upstream_limits:
-        if name not in settings.providers:
-            raise ConfigError(
-                f"{origin}: upstream_limits.{name}: unknown provider; expected one of "
-                f"{sorted(settings.providers)}"
-            )
