@@ -435,3 +435,21 @@ def test_a_switch_made_by_one_instance_is_taken_by_another() -> None:
 def test_domain_examples_must_leave_room_for_the_test() -> None:
     with pytest.raises(ValueError, match="domain_examples"):
         QualitySettings(learn_domains=True, domain_examples=50)
+
+
+async def test_a_promised_verification_is_pending_until_it_is_submitted_or_let_go() -> None:
+    # The pipeline promises a verification before the client can have its answer, so "nothing
+    # pending" read by a client holding every answer means every verification is done.
+    from typing import Any, cast
+
+    from faregate.quality.verifier import Verifier
+
+    verifier = Verifier(cast(Any, None), cast(Any, None), cast(Any, None))
+    assert verifier.pending == 0
+    verifier.promise()
+    verifier.promise()
+    assert verifier.pending == 2
+    verifier.let_go()  # a client gone before its answer was written: dropped
+    assert verifier.pending == 1
+    verifier.let_go()
+    assert verifier.pending == 0

@@ -114,6 +114,10 @@ class Verifier:
         self.planner = planner
         self._slots = asyncio.Semaphore(max_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Verifications drawn for answers that are being written: counted as pending from before
+        # the client can see its answer until they are submitted (or dropped), so that "nothing
+        # pending" read by a client that has every answer means every verification is done.
+        self._promised = 0
         self._closing = False
         self.comparators: dict[str, Comparator] = {}
         # Worst cases admitted against the daily caps and not charged yet (quality/spend.py).
@@ -287,9 +291,17 @@ class Verifier:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def promise(self) -> None:
+        """A verification will be submitted (or let go) once its answer is written and recorded."""
+        self._promised += 1
+
+    def let_go(self) -> None:
+        """One promised verification was submitted or dropped."""
+        self._promised -= 1
+
     @property
     def pending(self) -> int:
-        return len(self._tasks)
+        return len(self._tasks) + self._promised
 
     async def drain(self) -> None:
         """Wait for every verification submitted so far (tests, and a clean stop)."""

@@ -61,7 +61,7 @@ from faregate.telemetry.records import RecordWriter
 from faregate.types import JSON, Price, RequestRecord
 
 if TYPE_CHECKING:
-    from faregate.quality.verifier import Verifier
+    from faregate.quality.verifier import CacheJob, Job, Verifier
 
 log = logging.getLogger("faregate.pipeline")
 
@@ -205,14 +205,19 @@ class ChatPipeline:
     async def settle_and_record(self, exchange: Exchange, baseline: Price | None = None) -> None:
         """`baseline`: the price savings are measured against, when not the chat baseline model's
         (an embeddings request's is its own model's list price)."""
-        exchange.finished(baseline or self.baseline)
-        if exchange.hold is not None:
-            await self._close_hold(exchange)
-        record = exchange.record
-        self.records.submit(record)
-        if exchange.verification is not None and self.verifier is not None and record.status == 200:
-            # After the response and its record: a verification never delays or fails either.
-            self.verifier.submit(exchange.verification)
+        verifier = self.verifier if exchange.verification is not None else None
+        try:
+            exchange.finished(baseline or self.baseline)
+            if exchange.hold is not None:
+                await self._close_hold(exchange)
+            record = exchange.record
+            self.records.submit(record)
+            if verifier is not None and exchange.verification is not None and record.status == 200:
+                # After the response and its record: a verification never delays or fails either.
+                verifier.submit(exchange.verification)
+        finally:
+            if verifier is not None:
+                verifier.let_go()  # after submit: `pending` never dips to 0 in between
         for listener in self.listeners:
             try:
                 listener(record)
@@ -229,8 +234,8 @@ class ChatPipeline:
         if self.verifier is None or exchange.plan is None or exchange.plan.trace.quality is None:
             return
         job = self.verifier.job_for(exchange.plan, exchange.request, answer, exchange.record.status)
-        if job is not None and await self._written(exchange, response):
-            exchange.verification = job
+        if job is not None:
+            await self._promise(exchange, job, response)
 
     async def verify_hit_later(
         self, exchange: Exchange, cached: CachedAnswer, response: web.StreamResponse
@@ -239,8 +244,18 @@ class ChatPipeline:
         if self.verifier is None:
             return
         job = self.verifier.cache_job_for(exchange.request, cached)
-        if job is not None and await self._written(exchange, response):
+        if job is not None:
+            await self._promise(exchange, job, response)
+
+    async def _promise(self, exchange: Exchange, job: Job | CacheJob, response: web.StreamResponse) -> None:
+        """Count the verification as pending before the client can have its answer, then finish
+        writing the answer; settle_and_record submits the job (or lets it go)."""
+        assert self.verifier is not None
+        self.verifier.promise()
+        if await self._written(exchange, response):
             exchange.verification = job
+        else:
+            self.verifier.let_go()
 
     async def _written(self, exchange: Exchange, response: web.StreamResponse) -> bool:
         """Finish writing the response now; False if the client is gone."""
