@@ -408,11 +408,9 @@ def test_learn_domains_is_for_router_routes_only(tmp_path: Path) -> None:
         "routes:\n  c:\n    cascade: {steps: [a, b]}\n    quality: {learn_domains: true}\n",
         encoding="utf-8",
     )
-    from faregate.routing.policies import RoutePolicies
-
-    settings = load_settings(config)
+    # Refused when the file is loaded, with every other quality rule (route_config.py).
     with pytest.raises(ConfigError, match="learn_domains"):
-        RoutePolicies(settings.routes)
+        load_settings(config)
 
 
 def test_a_switch_made_by_one_instance_is_taken_by_another() -> None:

@@ -292,6 +292,10 @@ def _check_quality(route: RouteSettings, quality: QualitySettings, where: str) -
             raise ConfigError(
                 f"{where}.router: {', '.join(given)} conflicts with quality (the calibration sets the cut)"
             )
+    if quality.learn_domains and route.router is None:
+        raise ConfigError(
+            f"{where}.quality.learn_domains: only a router route learns domains (it embeds the prompt)"
+        )
     if route.cascade is not None:
         if len(route.cascade.steps) != 2:
             raise ConfigError(f"{where}.quality: a calibrated cascade has exactly two steps (cheap, strong)")

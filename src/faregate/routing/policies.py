@@ -170,11 +170,6 @@ class RoutePolicies:
         from faregate.quality.live import Prior, RouteCalibration
 
         assert route.quality is not None
-        if route.quality.learn_domains and route.router is None:
-            raise ConfigError(
-                f"routes.{name}.quality.learn_domains: only a router route learns domains "
-                "(it embeds the prompt)"
-            )
         file = None
         if name in self.routers:
             file = self.routers[name].router.file

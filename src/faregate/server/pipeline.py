@@ -205,16 +205,17 @@ class ChatPipeline:
     async def settle_and_record(self, exchange: Exchange, baseline: Price | None = None) -> None:
         """`baseline`: the price savings are measured against, when not the chat baseline model's
         (an embeddings request's is its own model's list price)."""
-        verifier = self.verifier if exchange.verification is not None else None
+        job = exchange.verification  # set only with a verifier, which promised it (_promise)
+        verifier = self.verifier if job is not None else None
         try:
             exchange.finished(baseline or self.baseline)
             if exchange.hold is not None:
                 await self._close_hold(exchange)
             record = exchange.record
             self.records.submit(record)
-            if verifier is not None and exchange.verification is not None and record.status == 200:
+            if verifier is not None and job is not None and record.status == 200:
                 # After the response and its record: a verification never delays or fails either.
-                verifier.submit(exchange.verification)
+                verifier.submit(job)
         finally:
             if verifier is not None:
                 verifier.let_go()  # after submit: `pending` never dips to 0 in between
