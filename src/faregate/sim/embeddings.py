@@ -11,12 +11,15 @@ vectors at all for `empty_choices`.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import base64
 import hashlib
+import math
+import random
+import sys
 from typing import TYPE_CHECKING
 
-import numpy as np
 import orjson
 from aiohttp import web
 
@@ -33,17 +36,26 @@ if TYPE_CHECKING:
 DIMENSIONS = 1536
 
 
-def vector(model: str, item: str | tuple[int, ...], dimensions: int) -> np.ndarray:
+def vector(model: str, item: str | tuple[int, ...], dimensions: int) -> array.array[float]:
+    """A unit float32 vector. Pure Python (no numpy): the simulator is part of the core install,
+    which `make run` starts on a fresh clone."""
     text = item if isinstance(item, str) else ",".join(map(str, item))
     seed = int.from_bytes(hashlib.sha256(f"{model}\0{text}".encode()).digest()[:8], "little")
-    values = np.random.default_rng(seed).standard_normal(dimensions).astype(np.float32)
-    return values / np.float32(np.linalg.norm(values))
+    draw = random.Random(seed).gauss
+    values = [draw(0.0, 1.0) for _ in range(dimensions)]
+    norm = math.sqrt(math.fsum(v * v for v in values)) or 1.0
+    return array.array("f", [v / norm for v in values])
 
 
-def embedding_json(index: int, values: np.ndarray, encoding: str) -> JSON:
-    data: object = (
-        base64.b64encode(values.astype("<f4").tobytes()).decode() if encoding == "base64" else values.tolist()
-    )
+def embedding_json(index: int, values: array.array[float], encoding: str) -> JSON:
+    data: object
+    if encoding == "base64":
+        raw = values if sys.byteorder == "little" else array.array("f", values)
+        if sys.byteorder != "little":
+            raw.byteswap()  # OpenAI's base64 is little-endian float32
+        data = base64.b64encode(raw.tobytes()).decode()
+    else:
+        data = values.tolist()
     return {"object": "embedding", "index": index, "embedding": data}
 
 
