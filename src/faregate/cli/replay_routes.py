@@ -1,6 +1,7 @@
 """`faregate replay --policy route:NAME | router:FILE`: configured routes and trained routers.
 
-Kept apart from cli/replay.py, which handles the built-in and plug-in policies and the output.
+Kept apart from cli/replay.py, which handles the built-in and plug-in policies, and
+cli/replay_report.py, which renders the output.
 """
 
 from __future__ import annotations
