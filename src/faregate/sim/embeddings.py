@@ -26,7 +26,9 @@ from aiohttp import web
 from faregate import tokens
 from faregate.errors import InvalidRequest
 from faregate.sim import faults
+from faregate.sim.delivery import cut_body, reset_connection
 from faregate.sim.faults import JSON_TYPE
+from faregate.sim.script import ScriptedRequestError
 from faregate.types import JSON
 from faregate.wire import embeddings as wire
 
@@ -64,8 +66,6 @@ class EmbeddingsEndpoint:
         self._sim = simulator
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        from faregate.sim.simulator import ScriptedRequestError, _cut_body, _reset
-
         if not tokens.is_loaded():
             await self._sim.warm()
         try:
@@ -86,7 +86,7 @@ class EmbeddingsEndpoint:
             await asyncio.sleep(behaviour.hang_s)
             fault = None
         if fault == "reset":
-            return _reset(request)
+            return reset_connection(request)
         failed = faults.openai_error(fault, behaviour.retry_after_s)
         if failed is not None:
             return failed
@@ -106,7 +106,7 @@ class EmbeddingsEndpoint:
             await asyncio.sleep(behaviour.ttft_ms / 1000)
         data = orjson.dumps(answer)
         if fault == "truncate":
-            return await _cut_body(request, data)
+            return await cut_body(request, data)
         return web.Response(body=data, content_type=JSON_TYPE)
 
 

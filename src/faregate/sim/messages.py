@@ -20,8 +20,10 @@ from aiohttp import web
 from faregate import tokens
 from faregate.errors import InvalidRequest
 from faregate.sim import answers, faults, translated
+from faregate.sim.delivery import cut_body, paced, reset_connection
 from faregate.sim.faults import JSON_TYPE
 from faregate.sim.prompt_cache import PromptCache
+from faregate.sim.script import ScriptedRequestError
 from faregate.types import JSON, Usage
 from faregate.wire.anthropic import messages_to_chat
 from faregate.wire.anthropic_replies import completion_to_message
@@ -56,8 +58,6 @@ class MessagesEndpoint:
         )
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        from faregate.sim.simulator import ScriptedRequestError, _cut_body, _paced, _reset
-
         if not tokens.is_loaded():
             await self._sim.warm()
         body = await _json_body(request)
@@ -83,7 +83,7 @@ class MessagesEndpoint:
             await asyncio.sleep(behaviour.hang_s)
             fault = None
         if fault == "reset":
-            return _reset(request)
+            return reset_connection(request)
         if fault == "rate_limit":
             _, headers = faults.rate_limit(behaviour.retry_after_s)
             return error(
@@ -114,7 +114,7 @@ class MessagesEndpoint:
             if delay > 0:
                 await asyncio.sleep(delay)
             if fault == "truncate":
-                return await _cut_body(request, orjson.dumps(message))
+                return await cut_body(request, orjson.dumps(message))
             return web.Response(body=orjson.dumps(message), content_type=JSON_TYPE)
 
         source = translated.chunks(reply, tool, usage, empty)
@@ -128,7 +128,7 @@ class MessagesEndpoint:
             await asyncio.sleep(behaviour.ttft_ms / 1000)
         # The finish and usage chunks, and the end, make the trailer; the rest is paced content.
         return await translated.send_stream(
-            request, groups, len(source) - 2, behaviour, fault == "truncate", _paced
+            request, groups, len(source) - 2, behaviour, fault == "truncate", paced
         )
 
 

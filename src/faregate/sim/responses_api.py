@@ -17,7 +17,9 @@ from aiohttp import web
 from faregate import tokens
 from faregate.errors import InvalidRequest
 from faregate.sim import answers, faults, translated
+from faregate.sim.delivery import cut_body, paced, reset_connection
 from faregate.sim.faults import JSON_TYPE
+from faregate.sim.script import ScriptedRequestError
 from faregate.types import JSON, Usage
 from faregate.wire.responses import completion_to_response, responses_to_chat
 from faregate.wire.responses_stream import response_events, sse_frame
@@ -39,8 +41,6 @@ class ResponsesEndpoint:
         self._sim = simulator
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        from faregate.sim.simulator import ScriptedRequestError, _cut_body, _paced, _reset
-
         if not tokens.is_loaded():
             await self._sim.warm()
         try:
@@ -77,7 +77,7 @@ class ResponsesEndpoint:
             await asyncio.sleep(behaviour.hang_s)
             fault = None
         if fault == "reset":
-            return _reset(request)
+            return reset_connection(request)
         failed = faults.openai_error(fault, behaviour.retry_after_s)
         if failed is not None:
             return failed
@@ -96,7 +96,7 @@ class ResponsesEndpoint:
             if delay > 0:
                 await asyncio.sleep(delay)
             if fault == "truncate":
-                return await _cut_body(request, orjson.dumps(response))
+                return await cut_body(request, orjson.dumps(response))
             return web.Response(body=orjson.dumps(response), content_type=JSON_TYPE)
 
         source = translated.chunks(reply, tool, usage, empty)
@@ -108,7 +108,7 @@ class ResponsesEndpoint:
         if behaviour.ttft_ms > 0:
             await asyncio.sleep(behaviour.ttft_ms / 1000)
         return await translated.send_stream(
-            request, groups, len(source) - 2, behaviour, fault == "truncate", _paced
+            request, groups, len(source) - 2, behaviour, fault == "truncate", paced
         )
 
 

@@ -141,6 +141,14 @@ class Override(_Strict):
     after_tokens: Annotated[int, msgspec.Meta(ge=0)] | msgspec.UnsetType | None = msgspec.UNSET
 
 
+class ScriptedRequestError(ValueError):
+    """A request's `sim` field or x-sim-fault header is not valid (a 400 in the wire's shape)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 @dataclass(slots=True)
 class Script:
     seed: int | None = None
