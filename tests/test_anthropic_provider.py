@@ -1,6 +1,7 @@
 """Anthropic as a provider: the chat body to a Messages request (wire/anthropic_upstream.py),
-answers and event streams back to internal completions and chunks, and the provider over the
-production connection pool against an in-process Messages server (the transport seam)."""
+answers and event streams back to internal completions and chunks
+(wire/anthropic_upstream_answers.py), and the provider over the production connection pool
+against an in-process Messages server (the transport seam)."""
 
 from __future__ import annotations
 
@@ -27,12 +28,8 @@ from faregate.providers.http import ConnectionPool
 from faregate.providers.registry import ProviderRegistry, make_upstream_pool
 from faregate.types import Price, Usage
 from faregate.wire.anthropic_replies import completion_to_message
-from faregate.wire.anthropic_upstream import (
-    DEFAULT_MAX_TOKENS,
-    chat_chunks,
-    chat_to_messages,
-    message_to_completion,
-)
+from faregate.wire.anthropic_upstream import DEFAULT_MAX_TOKENS, chat_to_messages
+from faregate.wire.anthropic_upstream_answers import chat_chunks, message_to_completion
 from faregate.wire.usage import usage_from
 
 PARAMS = TypeAdapter(MessageCreateParamsNonStreaming)

@@ -5,8 +5,8 @@ the deadlines, and one UpstreamFailure or UpstreamRejected per way a call can fa
 5xx, 529 overloaded_error included, are retryable and fall back; other 4xx are the client's),
 with the Messages wire around it: the internal chat body is translated before it is sent
 (wire/anthropic_upstream.py), answers and event streams are translated back into internal
-completions and chunks. The key goes in `x-api-key`, with an `anthropic-version` header;
-configured headers replace either.
+completions and chunks (wire/anthropic_upstream_answers.py). The key goes in `x-api-key`,
+with an `anthropic-version` header; configured headers replace either.
 
 A body the Messages wire cannot carry (n > 1, logprobs, ...) is refused before any network
 call with UpstreamRejected 400, naming the parameter.
@@ -21,7 +21,8 @@ from faregate.errors import InvalidRequest, UpstreamFailure, UpstreamRejected
 from faregate.providers.base import UpstreamCall, one_per_read
 from faregate.providers.openai_compat import OpenAICompatibleProvider
 from faregate.types import JSON, Completion
-from faregate.wire.anthropic_upstream import chat_chunks, chat_to_messages, message_to_completion
+from faregate.wire.anthropic_upstream import chat_to_messages
+from faregate.wire.anthropic_upstream_answers import chat_chunks, message_to_completion
 
 ANTHROPIC_VERSION = "2023-06-01"
 

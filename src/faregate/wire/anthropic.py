@@ -11,9 +11,9 @@ reasoning_effort), service_tier. One loss, said in the text: a tool_result's `is
 becomes an "Error: " prefix (the chat wire has no such flag). What the other side cannot say
 is refused with an InvalidRequest naming the parameter: `thinking` (unless disabled), server
 tools, images inside tool results, file sources, thinking blocks, unknown fields.
-`wire/anthropic_stream.py` translates answer streams, `wire/anthropic_upstream.py` speaks the
-Messages wire to Anthropic itself, and count_tokens counts as the gateway bills estimates
-(faregate.usage_estimate).
+`wire/anthropic_stream.py` translates answer streams, `wire/anthropic_upstream.py` and
+`wire/anthropic_upstream_answers.py` speak the Messages wire to Anthropic itself, and
+count_tokens counts as the gateway bills estimates (faregate.usage_estimate).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from faregate.errors import FaregateError, UpstreamFailed
 from faregate.types import JSON, Usage
 from faregate.wire.usage import usage_from
 
-# Messages stop reasons for chat finish reasons, and back (wire/anthropic_upstream.py).
+# Messages stop reasons for chat finish reasons, and back (wire/anthropic_upstream_answers.py).
 STOP_REASONS = {
     "stop": "end_turn",
     "length": "max_tokens",

@@ -1,5 +1,5 @@
 """The Messages wire as the gateway speaks it to Anthropic: the internal chat body becomes a
-Messages request, and a Messages response or event stream becomes an internal answer.
+Messages request (the answers coming back are wire/anthropic_upstream_answers.py's).
 
 Lossless where both sides can say a thing (the inverse of wire/anthropic.py, round-trip
 tested): system and developer messages (hoisted into `system`, wherever they stood), text,
@@ -21,16 +21,12 @@ Without max_tokens (Messages requires it) DEFAULT_MAX_TOKENS is asked for.
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import orjson
 
-from faregate.errors import InvalidRequest, UpstreamFailure
-from faregate.types import JSON, Usage
-from faregate.wire.anthropic_replies import FINISH_REASONS
-from faregate.wire.usage import token_count, usage_json
+from faregate.errors import InvalidRequest
+from faregate.types import JSON
 
 DEFAULT_MAX_TOKENS = 8192
 _SAMPLING = ("temperature", "top_p", "top_k")
@@ -289,131 +285,3 @@ def _tool_choice(choice: Any) -> JSON | None:
     if isinstance(name, str):
         return {"type": "tool", "name": name}
     raise InvalidRequest(f"tool_choice {choice!r} has no Messages equivalent", param="tool_choice")
-
-
-# --- answers -----------------------------------------------------------------------------------
-
-
-def usage_of_message(usage: Any) -> Usage | None:
-    """Internal usage from Anthropic's: prompt tokens are input + cache writes + cache reads."""
-    if not isinstance(usage, dict):
-        return None
-    inp, out = token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))
-    if inp is None or out is None:
-        return None
-    write = token_count(usage.get("cache_creation_input_tokens")) or 0
-    read = token_count(usage.get("cache_read_input_tokens")) or 0
-    by_ttl = usage.get("cache_creation")
-    write_1h = (token_count(by_ttl.get("ephemeral_1h_input_tokens")) or 0) if isinstance(by_ttl, dict) else 0
-    return Usage(
-        inp + write + read,
-        out,
-        cache_read_tokens=read,
-        cache_write_tokens=write,
-        cache_write_1h_tokens=min(write_1h, write),
-    )
-
-
-def message_to_completion(message: JSON) -> tuple[JSON, Usage | None]:
-    """The internal (OpenAI chat) answer for a Messages response, and its usage."""
-    text: list[str] = []
-    calls: list[JSON] = []
-    for block in message.get("content") or ():
-        kind = block.get("type") if isinstance(block, dict) else None
-        if kind == "text":
-            text.append(str(block.get("text", "")))
-        elif kind == "tool_use":
-            arguments = orjson.dumps(block.get("input") or {}).decode()
-            calls.append(
-                {
-                    "id": block.get("id"),
-                    "type": "function",
-                    "function": {"name": block.get("name"), "arguments": arguments},
-                }
-            )
-        # thinking blocks are never asked for (wire/anthropic.py refuses `thinking`): skipped.
-    reply: JSON = {"role": "assistant", "content": "".join(text) if text or not calls else None}
-    if calls:
-        reply["tool_calls"] = calls
-    choice: JSON = {"index": 0, "message": reply, "logprobs": None, "finish_reason": _finish(message)}
-    if message.get("stop_reason") == "stop_sequence" and isinstance(message.get("stop_sequence"), str):
-        choice["stop_reason"] = message["stop_sequence"]
-    usage = usage_of_message(message.get("usage"))
-    body: JSON = {
-        "id": str(message.get("id") or ""),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": str(message.get("model") or ""),
-        "choices": [choice],
-    }
-    if usage is not None:
-        body["usage"] = usage_json(usage)
-    return body, usage
-
-
-def _finish(message: JSON) -> str | None:
-    reason = message.get("stop_reason")
-    return None if reason is None else FINISH_REASONS.get(str(reason), "stop")
-
-
-async def chat_chunks(events: AsyncIterable[JSON]) -> AsyncIterator[JSON]:
-    """Internal chat chunks for a Messages event stream: a role chunk at message_start, content
-    and tool-call deltas, a finish chunk at message_delta and then a usage chunk (input and
-    cache counts from message_start, overwritten by message_delta's cumulative ones). An
-    `error` event raises UpstreamFailure (overloaded_error and api_error are worth a fallback)."""
-    head: JSON = {"object": "chat.completion.chunk", "created": int(time.time())}
-    usage: JSON = {}
-    tool_index: dict[int, int] = {}  # Messages block index -> chat tool call index
-    async for event in events:
-        kind = event.get("type")
-        if kind == "message_start":
-            message = event.get("message") or {}
-            head.update(id=str(message.get("id") or ""), model=str(message.get("model") or ""))
-            usage.update(message.get("usage") or {})
-            yield _chunk(head, {"role": "assistant", "content": ""})
-        elif kind == "content_block_start":
-            block = event.get("content_block") or {}
-            if block.get("type") == "tool_use":
-                index = tool_index[event.get("index", 0)] = len(tool_index)
-                call = {
-                    "index": index,
-                    "id": block.get("id"),
-                    "type": "function",
-                    "function": {"name": block.get("name"), "arguments": ""},
-                }
-                yield _chunk(head, {"tool_calls": [call]})
-        elif kind == "content_block_delta":
-            delta = event.get("delta") or {}
-            if delta.get("type") == "text_delta":
-                yield _chunk(head, {"content": str(delta.get("text", ""))})
-            elif delta.get("type") == "input_json_delta" and event.get("index") in tool_index:
-                call = {
-                    "index": tool_index[event["index"]],
-                    "function": {"arguments": str(delta.get("partial_json", ""))},
-                }
-                yield _chunk(head, {"tool_calls": [call]})
-        elif kind == "message_delta":
-            usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
-            delta = event.get("delta") or {}
-            finish = _finish(delta) or "stop"
-            extra = (
-                {"stop_reason": delta["stop_sequence"]}
-                if delta.get("stop_reason") == "stop_sequence" and delta.get("stop_sequence")
-                else {}
-            )
-            yield _chunk(head, {}, finish, **extra)
-            counted = usage_of_message(usage)
-            if counted is not None:
-                yield {**head, "choices": [], "usage": usage_json(counted)}
-        elif kind == "error":
-            error = event.get("error") or {}
-            raise UpstreamFailure(
-                "server_error", f"error event: {error.get('type')}: {error.get('message')}", body=event
-            )
-        elif kind == "message_stop":
-            return
-
-
-def _chunk(head: JSON, delta: JSON, finish: str | None = None, **extra: Any) -> JSON:
-    choice: JSON = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish, **extra}
-    return {**head, "choices": [choice]}
