@@ -26,8 +26,9 @@ from faregate.config import ProviderSettings, parse_settings
 from faregate.errors import ConfigError, UpstreamFailure, UpstreamRejected
 from faregate.providers.base import UpstreamCall
 from faregate.providers.http import ConnectionPool
-from faregate.providers.openai_compat import OpenAICompatibleProvider, parse_retry_after
+from faregate.providers.openai_compat import OpenAICompatibleProvider
 from faregate.providers.registry import ProviderRegistry, make_upstream_pool, pool_limits, with_simulator
+from faregate.providers.upstream_failures import parse_retry_after
 from faregate.types import Price, Usage
 from faregate.wire.openai import answer_is_empty, usage_of
 

@@ -6,17 +6,14 @@ ProviderSettings. Everything per provider is computed once at construction (down
 the bytes of the request head); a call serialises the body with orjson, sends it
 through the shared connection pool, and turns each way an upstream can fail into
 one UpstreamFailure (or UpstreamRejected) whose detail says what happened, because
-it ends up in the client's error message.
+it ends up in the client's error message (providers/upstream_failures.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 from collections.abc import AsyncGenerator, Mapping
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 import orjson
 
@@ -25,7 +22,6 @@ from faregate.errors import UpstreamFailure, UpstreamRejected
 from faregate.providers.base import UpstreamCall
 from faregate.providers.http import USER_AGENT, ConnectionPool
 from faregate.providers.http_framing import (
-    BadResponse,
     ConnectFailed,
     ConnectTimeout,
     Endpoint,
@@ -35,14 +31,20 @@ from faregate.providers.http_framing import (
 )
 from faregate.providers.response import Response
 from faregate.providers.sse import SSEDecoder, SSEProtocolError
+from faregate.providers.upstream_failures import (
+    clip,
+    json_instead_of_stream,
+    json_object,
+    response_failure,
+    transport_failure,
+)
 from faregate.types import JSON, Completion
 from faregate.wire.embeddings import usage_of as embedding_usage
-from faregate.wire.openai import chunk_has_content, error_code_param, error_message, stream_error, usage_of
+from faregate.wire.openai import chunk_has_content, stream_error, usage_of
 
 # After [DONE] the body normally ends within microseconds; reading to its end lets the
 # connection go back to the pool instead of being closed. Bounded for upstreams that linger.
 _DRAIN_AFTER_DONE_S = 0.5
-_MAX_MESSAGE_CHARS = 300
 
 
 class OpenAICompatibleProvider:
@@ -114,7 +116,7 @@ class OpenAICompatibleProvider:
         resp = await self._open(call, endpoint, head)
         try:
             if not 200 <= resp.status < 300:
-                raise await self._failure(resp)
+                raise await response_failure(resp, self.name, self._key_hint)
             try:
                 raw = await resp.read()
             except TimeoutError as exc:
@@ -124,10 +126,10 @@ class OpenAICompatibleProvider:
                     status=resp.status,
                 ) from exc
             except TransportError as exc:
-                raise _transport_failure(exc, "(reading the response body)", resp.status) from exc
+                raise transport_failure(exc, "(reading the response body)", resp.status) from exc
         finally:
             resp.release()
-        return _json_object(raw, "response body", resp.status), resp.status
+        return json_object(raw, "response body", resp.status), resp.status
 
     def stream(self, call: UpstreamCall) -> AsyncGenerator[JSON, None]:
         """Send a streaming request and yield each SSE `data` payload parsed as a JSON object
@@ -168,7 +170,7 @@ class OpenAICompatibleProvider:
         resp = await self._open(call, endpoint, head)
         try:
             if not 200 <= resp.status < 300:
-                raise await self._failure(resp)
+                raise await response_failure(resp, self.name, self._key_hint)
             decoder = SSEDecoder()
             chunks = 0
             content_seen = False
@@ -176,13 +178,13 @@ class OpenAICompatibleProvider:
                 data = await resp.read_chunk()
                 if data.lstrip()[:1] == b"{":
                     # A JSON body where an event stream belongs: an error, or stream:true ignored.
-                    raise _json_instead_of_stream(data + await resp.read(), resp.status)
+                    raise json_instead_of_stream(data + await resp.read(), resp.status)
                 while data:
                     read: list[JSON] = []
                     for payload in decoder.feed(data):
                         if not payload:
                             continue  # `data:` with nothing after it: a keep-alive, not a chunk
-                        chunk = _json_object(payload, f"stream chunk {chunks + 1}", resp.status)
+                        chunk = json_object(payload, f"stream chunk {chunks + 1}", resp.status)
                         # OpenRouter and others report a failure mid-stream as a chunk with an
                         # `error` object (sometimes beside a finish_reason "error" choice).
                         failed = stream_error(chunk)
@@ -191,7 +193,7 @@ class OpenAICompatibleProvider:
                                 yield read
                             raise UpstreamFailure(
                                 "server_error",
-                                f"error event after {chunks} chunks: {_clip(failed) or 'no message'}",
+                                f"error event after {chunks} chunks: {clip(failed) or 'no message'}",
                                 status=resp.status,
                                 body=chunk,
                             )
@@ -215,7 +217,7 @@ class OpenAICompatibleProvider:
                     status=resp.status,
                 ) from exc
             except TransportError as exc:
-                raise _transport_failure(exc, f"after {chunks} chunks", resp.status) from exc
+                raise transport_failure(exc, f"after {chunks} chunks", resp.status) from exc
             except SSEProtocolError as exc:
                 raise UpstreamFailure(
                     "bad_response", f"{exc} after {chunks} chunks", status=resp.status
@@ -247,140 +249,7 @@ class OpenAICompatibleProvider:
         except ConnectFailed as exc:
             raise UpstreamFailure("connection", str(exc)) from exc
         except TransportError as exc:
-            raise _transport_failure(exc, "before the response head", None) from exc
-
-    async def _failure(self, resp: Response) -> Exception:
-        """The exception for a non-2xx response, with the upstream's own message."""
-        status = resp.status
-        try:
-            raw = await resp.read()
-        except (TimeoutError, TransportError):
-            raw = b""  # the status alone is enough to classify
-        body = _try_json_object(raw)
-        message = _error_message(body) if body is not None else _text_message(raw)
-        message = message or resp.reason or "no message"
-        if status == 429:
-            retry_after = parse_retry_after(resp.headers)
-            return UpstreamFailure(
-                "rate_limited", f"HTTP 429: {message}", status=status, retry_after=retry_after, body=body
-            )
-        if status == 408:
-            return UpstreamFailure("timeout", f"HTTP 408: {message}", status=status, body=body)
-        if status in (401, 403):
-            # The upstream refused OUR key: not the client's fault, and another provider may work.
-            return UpstreamFailure(
-                "server_error",
-                f"provider authentication failed (HTTP {status}; {self._key_hint}): {message}",
-                status=status,
-                body=body,
-            )
-        if status == 402:
-            # Our account with the provider is out of credit: again not the client's to fix.
-            return UpstreamFailure(
-                "server_error",
-                f"provider account needs payment (HTTP 402): {message}",
-                status=status,
-                body=body,
-            )
-        if 400 <= status < 500:
-            code, param = error_code_param(body)
-            return UpstreamRejected(
-                status, f"{self.name} rejected the request: {message}", code=code, param=param
-            )
-        if 300 <= status < 400:
-            where = resp.headers.get("Location", "elsewhere")
-            return UpstreamFailure(
-                "server_error",
-                f"HTTP {status} redirect to {where}; fix the provider's base_url",
-                status=status,
-            )
-        return UpstreamFailure(
-            "server_error",
-            f"HTTP {status}: {message}",
-            status=status,
-            retry_after=parse_retry_after(resp.headers),
-            body=body,
-        )
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait, from `retry-after-ms` (OpenAI's, more precise) or `Retry-After`
-    (delay-seconds or an HTTP date); None if absent or unreadable."""
-    millis = headers.get("retry-after-ms")
-    if millis:
-        seconds = _non_negative(millis)
-        if seconds is not None:
-            return seconds / 1000
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    seconds = _non_negative(value)
-    if seconds is not None:
-        return seconds
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _non_negative(text: str) -> float | None:
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) and number >= 0 else None
-
-
-def _json_object(raw: bytes, what: str, status: int) -> JSON:
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise UpstreamFailure(
-            "bad_response", f"{what} is not valid JSON ({exc}): {_snippet(raw)}", status=status
-        ) from exc
-    if not isinstance(value, dict):
-        raise UpstreamFailure(
-            "bad_response", f"{what} is a JSON {type(value).__name__}, expected an object", status=status
-        )
-    return value
-
-
-def _try_json_object(raw: bytes) -> JSON | None:
-    if not raw:
-        return None
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _error_message(body: JSON) -> str | None:
-    message = error_message(body)
-    return _clip(message) if message else None
-
-
-def _text_message(raw: bytes) -> str | None:
-    text = raw.decode("utf-8", "replace").strip()
-    # An HTML error page (a load balancer's 502) says less than the status line does.
-    if not text or text.startswith("<"):
-        return None
-    return _clip(" ".join(text.split()))
-
-
-def _json_instead_of_stream(raw: bytes, status: int) -> UpstreamFailure:
-    body = _try_json_object(raw)
-    message = _error_message(body) if body is not None else None
-    if body is not None and "error" in body:
-        return UpstreamFailure(
-            "server_error", f"error instead of a stream: {message or 'no message'}", status=status, body=body
-        )
-    return UpstreamFailure(
-        "bad_response", f"a JSON body instead of an event stream: {_snippet(raw)}", status=status, body=body
-    )
+            raise transport_failure(exc, "before the response head", None) from exc
 
 
 async def _drain(resp: Response) -> None:
@@ -394,22 +263,7 @@ async def _drain(resp: Response) -> None:
         pass  # the connection is closed on release instead of reused; nothing is lost
 
 
-def _transport_failure(exc: TransportError, when: str, status: int | None) -> UpstreamFailure:
-    """A failed exchange: bytes that are not HTTP are a bad response; everything else
-    (closed, reset, pool shut down) is the connection's fault."""
-    kind = "bad_response" if isinstance(exc, BadResponse) else "connection"
-    return UpstreamFailure(kind, f"{exc} {when}", status=status)
-
-
 def _merged(headers: Mapping[str, str], overrides: Mapping[str, str]) -> dict[str, str]:
     """`headers` with `overrides` replacing fields of the same name in any letter case."""
     replaced = {name.lower() for name in overrides}
     return {**{k: v for k, v in headers.items() if k.lower() not in replaced}, **overrides}
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 1] + "…"
-
-
-def _snippet(raw: bytes) -> str:
-    return repr(raw[:80].decode("utf-8", "replace")) + ("…" if len(raw) > 80 else "")

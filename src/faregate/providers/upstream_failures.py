@@ -1,0 +1,171 @@
+"""Each way an OpenAI-wire upstream can fail, as the one UpstreamFailure (retryable: another
+attempt or provider may work) or UpstreamRejected (the client's to fix) it is: a non-2xx
+response with the upstream's own message, a body that is not the JSON object it should be, an
+error where an event stream belongs, a broken connection. The detail says what happened,
+because it ends up in the client's error message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import orjson
+
+from faregate.errors import UpstreamFailure, UpstreamRejected
+from faregate.providers.http_framing import BadResponse, TransportError
+from faregate.providers.response import Response
+from faregate.types import JSON
+from faregate.wire.openai import error_code_param, error_message
+
+_MAX_MESSAGE_CHARS = 300
+
+
+async def response_failure(resp: Response, provider: str, key_hint: str) -> Exception:
+    """The exception for a non-2xx response, with the upstream's own message (`key_hint`: where
+    the key comes from, for a response that refuses it)."""
+    status = resp.status
+    try:
+        raw = await resp.read()
+    except (TimeoutError, TransportError):
+        raw = b""  # the status alone is enough to classify
+    body = _try_json_object(raw)
+    message = _error_message(body) if body is not None else _text_message(raw)
+    message = message or resp.reason or "no message"
+    if status == 429:
+        retry_after = parse_retry_after(resp.headers)
+        return UpstreamFailure(
+            "rate_limited", f"HTTP 429: {message}", status=status, retry_after=retry_after, body=body
+        )
+    if status == 408:
+        return UpstreamFailure("timeout", f"HTTP 408: {message}", status=status, body=body)
+    if status in (401, 403):
+        # The upstream refused OUR key: not the client's fault, and another provider may work.
+        return UpstreamFailure(
+            "server_error",
+            f"provider authentication failed (HTTP {status}; {key_hint}): {message}",
+            status=status,
+            body=body,
+        )
+    if status == 402:
+        # Our account with the provider is out of credit: again not the client's to fix.
+        return UpstreamFailure(
+            "server_error",
+            f"provider account needs payment (HTTP 402): {message}",
+            status=status,
+            body=body,
+        )
+    if 400 <= status < 500:
+        code, param = error_code_param(body)
+        return UpstreamRejected(status, f"{provider} rejected the request: {message}", code=code, param=param)
+    if 300 <= status < 400:
+        where = resp.headers.get("Location", "elsewhere")
+        return UpstreamFailure(
+            "server_error",
+            f"HTTP {status} redirect to {where}; fix the provider's base_url",
+            status=status,
+        )
+    return UpstreamFailure(
+        "server_error",
+        f"HTTP {status}: {message}",
+        status=status,
+        retry_after=parse_retry_after(resp.headers),
+        body=body,
+    )
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from `retry-after-ms` (OpenAI's, more precise) or `Retry-After`
+    (delay-seconds or an HTTP date); None if absent or unreadable."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        seconds = _non_negative(millis)
+        if seconds is not None:
+            return seconds / 1000
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    seconds = _non_negative(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _non_negative(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def json_object(raw: bytes, what: str, status: int) -> JSON:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamFailure(
+            "bad_response", f"{what} is not valid JSON ({exc}): {_snippet(raw)}", status=status
+        ) from exc
+    if not isinstance(value, dict):
+        raise UpstreamFailure(
+            "bad_response", f"{what} is a JSON {type(value).__name__}, expected an object", status=status
+        )
+    return value
+
+
+def _try_json_object(raw: bytes) -> JSON | None:
+    if not raw:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _error_message(body: JSON) -> str | None:
+    message = error_message(body)
+    return clip(message) if message else None
+
+
+def _text_message(raw: bytes) -> str | None:
+    text = raw.decode("utf-8", "replace").strip()
+    # An HTML error page (a load balancer's 502) says less than the status line does.
+    if not text or text.startswith("<"):
+        return None
+    return clip(" ".join(text.split()))
+
+
+def json_instead_of_stream(raw: bytes, status: int) -> UpstreamFailure:
+    body = _try_json_object(raw)
+    message = _error_message(body) if body is not None else None
+    if body is not None and "error" in body:
+        return UpstreamFailure(
+            "server_error", f"error instead of a stream: {message or 'no message'}", status=status, body=body
+        )
+    return UpstreamFailure(
+        "bad_response", f"a JSON body instead of an event stream: {_snippet(raw)}", status=status, body=body
+    )
+
+
+def transport_failure(exc: TransportError, when: str, status: int | None) -> UpstreamFailure:
+    """A failed exchange: bytes that are not HTTP are a bad response; everything else
+    (closed, reset, pool shut down) is the connection's fault."""
+    kind = "bad_response" if isinstance(exc, BadResponse) else "connection"
+    return UpstreamFailure(kind, f"{exc} {when}", status=status)
+
+
+def clip(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def _snippet(raw: bytes) -> str:
+    return repr(raw[:80].decode("utf-8", "replace")) + ("…" if len(raw) > 80 else "")
