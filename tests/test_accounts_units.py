@@ -30,7 +30,8 @@ from faregate.accounts.ratelimit import LocalRateLimiter, RateRefusal, RateState
 from faregate.catalog import build_catalog
 from faregate.config import AccountsSettings, UpstreamQueueSettings, parse_settings
 from faregate.errors import InsufficientCredits, InvalidRequest, RateLimited
-from faregate.routing.plan import ModelUnavailable, Planner
+from faregate.routing.candidate_fit import ModelUnavailable
+from faregate.routing.plan import Planner
 from faregate.routing.queue import PriorityGate, UpstreamLimiter
 from faregate.server.parse import parse_chat_request
 from faregate.wire.openai import error_body

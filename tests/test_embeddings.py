@@ -27,8 +27,9 @@ from faregate.providers.http import ConnectionPool
 from faregate.providers.openai_compat import OpenAICompatibleProvider
 from faregate.providers.registry import ProviderRegistry, make_upstream_pool
 from faregate.routing.attempts import AttemptRunner
+from faregate.routing.candidate_fit import ModelUnavailable
 from faregate.routing.health import HealthBoard
-from faregate.routing.plan import ModelUnavailable, Planner
+from faregate.routing.plan import Planner
 from faregate.server.parse import parse_chat_request
 from faregate.types import Completion, Price, Usage
 

@@ -4,7 +4,8 @@ from faregate.catalog import build_catalog
 from faregate.config import load_settings, parse_settings
 from faregate.errors import InvalidRequest, ModelNotFound
 from faregate.providers.registry import with_simulator
-from faregate.routing.plan import ModelUnavailable, Planner
+from faregate.routing.candidate_fit import ModelUnavailable
+from faregate.routing.plan import Planner
 from faregate.server.parse import parse_chat_request
 
 SIM = "http://127.0.0.1:4001/v1"

@@ -15,9 +15,10 @@ from faregate.errors import ConfigError, InvalidRequest, UpstreamFailed, Upstrea
 from faregate.providers.base import UpstreamCall
 from faregate.providers.registry import ProviderRegistry
 from faregate.routing.attempts import AttemptRunner
+from faregate.routing.candidate_fit import ModelUnavailable
 from faregate.routing.estimate import PromptSize
 from faregate.routing.health import CLOSED, HALF_OPEN, OPEN, Breaker, HealthBoard
-from faregate.routing.plan import ModelUnavailable, Planner
+from faregate.routing.plan import Planner
 from faregate.server.parse import parse_chat_request
 from faregate.types import Completion, Usage
 

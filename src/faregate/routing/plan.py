@@ -2,9 +2,9 @@
 
 The request names a model, an alias, a route, or a list of them (`models`). Routes
 expand to chains; then every model is checked against the request (modalities,
-context window with its max_tokens, the request's cost cap) and its offers are
-ordered (cheapest healthy, or lowest latency). Models that cannot serve the request
-are never tried; if none can, the client is told why, model by model.
+context window with its max_tokens, the request's cost cap: routing/candidate_fit.py)
+and its offers are ordered (cheapest healthy, or lowest latency). Models that cannot
+serve the request are never tried; if none can, the client is told why, model by model.
 """
 
 from __future__ import annotations
@@ -17,23 +17,18 @@ from typing import TYPE_CHECKING
 
 from faregate.catalog.models import Catalog, Model, Offer
 from faregate.config import RoutingSettings
-from faregate.errors import FaregateError, InvalidRequest, ModelNotFound
+from faregate.errors import InvalidRequest, ModelNotFound
 from faregate.route_config import ChainItem, RouteSettings, chain_steps
+from faregate.routing.candidate_fit import ModelUnavailable, Rejections, fits, refuse
 from faregate.routing.estimate import PromptSize
 from faregate.routing.health import HealthBoard
 from faregate.routing.routes import Hints, RouteBook, RouteTrace, Step, parse_hints
 from faregate.routing.tier_offers import TierOfferMemo
-from faregate.types import MILLION, ChatRequest, Price
+from faregate.types import ChatRequest, Price
 
 if TYPE_CHECKING:
     from faregate.routing.policies import CascadePolicy
     from faregate.routing.routes import Policies
-
-
-class ModelUnavailable(FaregateError):
-    status = 503
-    type = "service_unavailable"
-    code = "model_unavailable"
 
 
 @dataclass(slots=True, frozen=True)
@@ -67,15 +62,6 @@ class Plan:
     def stage(self, index: int) -> Plan:
         """One cascade step as a plan of its own (its candidates are that step's fallbacks)."""
         return Plan(self.route, self.stages[index], self.prompt, self.hints, self.trace)
-
-
-@dataclass(slots=True)
-class _Rejections:
-    context: list[str] = field(default_factory=list)
-    modality: list[str] = field(default_factory=list)
-    cost: list[str] = field(default_factory=list)
-    unavailable: list[str] = field(default_factory=list)
-    breaker: list[str] = field(default_factory=list)
 
 
 class Planner:
@@ -136,7 +122,7 @@ class Planner:
         `serves` says can embed (a wire without embeddings is left out); a chat model is refused
         (400). No routes, policies or prompt checks: an embedding request names its model."""
         model = self.embedding_model(name)
-        rejected = _Rejections()
+        rejected = Rejections()
         offers = [
             o for o in self._order_offers(model, rejected, False, None, premium, key_id) if serves(o.provider)
         ]
@@ -196,10 +182,10 @@ class Planner:
             else:
                 self.chat_model(name)
                 steps.append(Step(name, None))
-        rejected = _Rejections()
+        rejected = Rejections()
         candidates = await self._candidates(steps, request, prompt, hints, route_settings, rejected, set())
         if not candidates:
-            await self._refuse(rejected, prompt)
+            await refuse(rejected, prompt)
         return Plan(route=route, candidates=candidates, prompt=prompt, hints=hints, trace=trace)
 
     async def _plan_cascade(
@@ -207,7 +193,7 @@ class Planner:
     ) -> Plan:
         """One stage of candidates per cascade step; a step no candidate of which fits is skipped."""
         settings = self.routes.get(route)
-        rejected = _Rejections()
+        rejected = Rejections()
         seen: set[str] = set()
         trace = RouteTrace()
         stages: list[list[Candidate]] = []
@@ -227,7 +213,7 @@ class Planner:
             else:
                 stages.append(fallback)
         if not stages:
-            await self._refuse(rejected, prompt)
+            await refuse(rejected, prompt)
         candidates = [c for stage in stages for c in stage]
         if len(stages) == 1:
             return Plan(route=route, candidates=candidates, prompt=prompt, hints=hints, trace=trace)
@@ -268,7 +254,7 @@ class Planner:
         prompt: PromptSize,
         hints: Hints,
         route_settings: RouteSettings | None,
-        rejected: _Rejections,
+        rejected: Rejections,
         seen: set[str],
     ) -> list[Candidate]:
         """The offers of every step that can serve the request, in order (a model only once)."""
@@ -284,7 +270,7 @@ class Planner:
                 continue
             seen.add(model.name)
             retries = step.retries if step.retries is not None else self.routing.retries
-            if not await self._fits(model, request, prompt, cap, rejected):
+            if not await fits(model, request, prompt, cap, rejected):
                 continue
             offers = self._order_offers(
                 model, rejected, by_latency, p99_limit, request.premium, request.key_id
@@ -292,47 +278,10 @@ class Planner:
             candidates.extend(Candidate(model, offer, retries) for offer in offers)
         return candidates
 
-    async def _fits(
-        self,
-        model: Model,
-        request: ChatRequest,
-        prompt: PromptSize,
-        cap: Decimal | None,
-        rejected: _Rejections,
-    ) -> bool:
-        missing = model.missing_modalities(request.required_modalities)
-        if missing:
-            rejected.modality.append(f"model '{model.name}' does not accept {' or '.join(missing)} input")
-            return False
-        out = request.max_tokens
-        if out is not None and model.max_output_tokens:
-            out = min(out, model.max_output_tokens)
-        room = model.context_window - (out or 1)
-        if room <= 0 or not await prompt.at_most(room):
-            rejected.context.append(f"{model.name} ({model.context_window:,} tokens)")
-            return False
-        if cap is not None:
-            worst_out = out or model.max_output_tokens or max(model.context_window - prompt.upper_bound, 0)
-            cheapest = min(
-                (o.price for o in model.available_offers()),
-                key=lambda p: p.input + p.output,
-                default=model.list_price,
-            )
-
-            def worst(tokens_in: int) -> Decimal:
-                # `n` choices: each is a whole call's worth (routing.worst_case says why).
-                one = Decimal(tokens_in) * cheapest.input + Decimal(worst_out) * cheapest.output
-                return request.choices * one / MILLION
-
-            if worst(prompt.upper_bound) > cap and worst(await prompt.exact()) > cap:
-                rejected.cost.append(f"{model.name} (worst case ${worst(await prompt.exact()):f})")
-                return False
-        return True
-
     def _order_offers(
         self,
         model: Model,
-        rejected: _Rejections,
+        rejected: Rejections,
         by_latency: bool,
         p99_limit: float | None,
         premium: bool = False,
@@ -365,39 +314,3 @@ class Planner:
             slow = [o for o in usable if (self.health.p99(o.key) or 0.0) > p99_limit]
             usable = [o for o in usable if o not in slow] + slow
         return usable
-
-    async def _refuse(self, rejected: _Rejections, prompt: PromptSize) -> None:
-        if rejected.context and not (rejected.unavailable or rejected.breaker):
-            tokens = await prompt.exact()
-            raise InvalidRequest(
-                f"The prompt has {tokens:,} tokens, which with max_tokens does not fit the context window "
-                "of: "
-                f"{'; '.join(rejected.context)}.",
-                param="messages",
-                code="context_length_exceeded",
-            )
-        if rejected.modality and not (rejected.unavailable or rejected.breaker or rejected.context):
-            raise InvalidRequest(
-                "The request contains content the model cannot read: " + "; ".join(rejected.modality) + ".",
-                param="messages",
-                code="unsupported_modality",
-            )
-        if rejected.cost and not (rejected.unavailable or rejected.breaker):
-            raise InvalidRequest(
-                "No candidate fits 'max_cost_usd': " + "; ".join(rejected.cost) + ".",
-                param="faregate.max_cost_usd",
-                code="max_cost_exceeded",
-            )
-        parts = []
-        if rejected.unavailable:
-            parts.append(f"no enabled provider (API key not set) for {', '.join(rejected.unavailable)}")
-        if rejected.breaker:
-            parts.append(f"circuit breaker open for {'; '.join(rejected.breaker)}")
-        for label, items in (
-            ("too small a context", rejected.context),
-            ("unsupported input", rejected.modality),
-            ("over the cost cap", rejected.cost),
-        ):
-            if items:
-                parts.append(f"{label}: {'; '.join(items)}")
-        raise ModelUnavailable("No candidate can serve this request: " + "; ".join(parts) + ".")

@@ -1,0 +1,109 @@
+"""Whether a model can serve a request - its modalities, its context window with the request's
+max_tokens, the request's cost cap - with the reasons each model that cannot was left out,
+and the client's error, model by model, when no candidate is left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from faregate.catalog.models import Model
+from faregate.errors import FaregateError, InvalidRequest
+from faregate.routing.estimate import PromptSize
+from faregate.types import MILLION, ChatRequest
+
+
+class ModelUnavailable(FaregateError):
+    status = 503
+    type = "service_unavailable"
+    code = "model_unavailable"
+
+
+@dataclass(slots=True)
+class Rejections:
+    """Why each model left out of a plan was left out, by reason."""
+
+    context: list[str] = field(default_factory=list)
+    modality: list[str] = field(default_factory=list)
+    cost: list[str] = field(default_factory=list)
+    unavailable: list[str] = field(default_factory=list)
+    breaker: list[str] = field(default_factory=list)
+
+
+async def fits(
+    model: Model,
+    request: ChatRequest,
+    prompt: PromptSize,
+    cap: Decimal | None,
+    rejected: Rejections,
+) -> bool:
+    """Can `model` serve the request? If not, the reason goes into `rejected`."""
+    missing = model.missing_modalities(request.required_modalities)
+    if missing:
+        rejected.modality.append(f"model '{model.name}' does not accept {' or '.join(missing)} input")
+        return False
+    out = request.max_tokens
+    if out is not None and model.max_output_tokens:
+        out = min(out, model.max_output_tokens)
+    room = model.context_window - (out or 1)
+    if room <= 0 or not await prompt.at_most(room):
+        rejected.context.append(f"{model.name} ({model.context_window:,} tokens)")
+        return False
+    if cap is not None:
+        worst_out = out or model.max_output_tokens or max(model.context_window - prompt.upper_bound, 0)
+        cheapest = min(
+            (o.price for o in model.available_offers()),
+            key=lambda p: p.input + p.output,
+            default=model.list_price,
+        )
+
+        def worst(tokens_in: int) -> Decimal:
+            # `n` choices: each is a whole call's worth (routing.worst_case says why).
+            one = Decimal(tokens_in) * cheapest.input + Decimal(worst_out) * cheapest.output
+            return request.choices * one / MILLION
+
+        if worst(prompt.upper_bound) > cap and worst(await prompt.exact()) > cap:
+            rejected.cost.append(f"{model.name} (worst case ${worst(await prompt.exact()):f})")
+            return False
+    return True
+
+
+async def refuse(rejected: Rejections, prompt: PromptSize) -> None:
+    """Raise the client's error for a request no candidate can serve: the most specific one
+    (the prompt too long, content no model reads, the cost cap) when that is all that stood
+    in the way, else 503 listing every reason."""
+    if rejected.context and not (rejected.unavailable or rejected.breaker):
+        tokens = await prompt.exact()
+        raise InvalidRequest(
+            f"The prompt has {tokens:,} tokens, which with max_tokens does not fit the context window "
+            "of: "
+            f"{'; '.join(rejected.context)}.",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    if rejected.modality and not (rejected.unavailable or rejected.breaker or rejected.context):
+        raise InvalidRequest(
+            "The request contains content the model cannot read: " + "; ".join(rejected.modality) + ".",
+            param="messages",
+            code="unsupported_modality",
+        )
+    if rejected.cost and not (rejected.unavailable or rejected.breaker):
+        raise InvalidRequest(
+            "No candidate fits 'max_cost_usd': " + "; ".join(rejected.cost) + ".",
+            param="faregate.max_cost_usd",
+            code="max_cost_exceeded",
+        )
+    parts = []
+    if rejected.unavailable:
+        parts.append(f"no enabled provider (API key not set) for {', '.join(rejected.unavailable)}")
+    if rejected.breaker:
+        parts.append(f"circuit breaker open for {'; '.join(rejected.breaker)}")
+    for label, items in (
+        ("too small a context", rejected.context),
+        ("unsupported input", rejected.modality),
+        ("over the cost cap", rejected.cost),
+    ):
+        if items:
+            parts.append(f"{label}: {'; '.join(items)}")
+    raise ModelUnavailable("No candidate can serve this request: " + "; ".join(parts) + ".")
