@@ -20,8 +20,9 @@ labelled neighbours), which is ranked beside the ranking in force at decision ti
 against it (learning/online/ranking_switch.py). When its test wins it is frozen and put in force:
 a new epoch, the calibration and the health check start again, as after a health flag.
 
-The daily USD cap: `admit` refuses a shadow call whose estimate no longer fits under the day's
-cap, and from then on the calibration *pauses* for the rest of the day: decisions still take the
+The daily USD cap: a shadow call whose worst case no longer fits under the day's cap is refused
+(quality/spend.py admits it against every instance's holds; `admit` is the check alone), and from
+then on the calibration *pauses* for the rest of the day: decisions still take the
 cut in force but are neither labelled nor counted. Skipping a stretch of decisions chosen by the
 clock, not by their outcomes, keeps the tests valid under the i.i.d. assumption, whereas counting
 them as unlabelled while their p said they might have been labelled would bias the estimate.
@@ -53,6 +54,7 @@ from faregate.learning.online.verification_plan import VerificationPlan, pace
 from faregate.quality.state import (
     NANO,
     Decision,
+    Held,
     Kind,
     LabelKind,
     LiveState,
@@ -219,15 +221,26 @@ class RouteCalibration:
 
     def admit(self, day: str, estimate: Decimal) -> bool:
         """May a shadow call estimated at `estimate` USD be made today? A refusal pauses the
-        calibration for the rest of the day (module docstring)."""
-        budget = self.state.budget
-        spent = budget.spent if budget.day == day else Decimal(0)
-        if spent + estimate <= self.settings.verification.daily_usd_cap:
+        calibration for the rest of the day (module docstring). Holds aside (quality/spend.py)."""
+        if estimate <= self.left_today(day):
             return True
-        self.apply(lambda: self._refuse(day))
+        self.apply(lambda: self.refuse(day))
         return False
 
-    def _refuse(self, day: str) -> None:
+    @property
+    def holds(self) -> dict[str, Held]:
+        """Verifications admitted against the cap and not settled, by hold id (quality/spend.py)."""
+        return self.state.holds
+
+    def left_today(self, day: str) -> Decimal:
+        """What the daily cap leaves to spend today, holds aside."""
+        budget = self.state.budget
+        spent = budget.spent if budget.day == day else Decimal(0)
+        return self.settings.verification.daily_usd_cap - spent
+
+    def refuse(self, day: str) -> None:
+        """The cap cannot admit a verification: paused for the day (a change of the state as is,
+        not journaled: the caller writes it at once, quality/spend.py)."""
         budget = self.state.budget
         roll_over(budget, day)
         budget.skipped_for_cap += 1
@@ -235,16 +248,27 @@ class RouteCalibration:
         # Paused from now on: the day's spend is marked full.
         budget.spent = max(budget.spent, self.settings.verification.daily_usd_cap)
 
-    def charge(self, decision: Decision, cost: Decimal, day: str) -> None:
-        """A verification made: its real cost counts against the day's cap and in the totals."""
-        self.apply(lambda: self._charge(cost, day))
+    def charge(self, decision: Decision, cost: Decimal, day: str, hold: str | None = None) -> None:
+        """A verification made: its real cost counts against the day's cap and in the totals, and
+        its hold (if any) goes in the same change, so the store never counts neither or both."""
+        self.apply(lambda: self._charge(cost, day, hold))
 
-    def _charge(self, cost: Decimal, day: str) -> None:
+    def _charge(self, cost: Decimal, day: str, hold: str | None) -> None:
         budget = self.state.budget
         roll_over(budget, day)
         budget.spent += cost
         budget.verified += 1
         self.state.totals.cost_nano += int(cost * NANO)
+        if hold is not None:
+            self.state.holds.pop(hold, None)
+
+    def release(self, hold: str) -> None:
+        """A hold let go with nothing charged (the verification stopped before any cost)."""
+
+        def let_go() -> None:
+            self.state.holds.pop(hold, None)
+
+        self.apply(let_go)
 
     def observe(self, decision: Decision, loss: bool) -> None:
         """A verified decision: the cheap answer was (not) acceptable against the reference. A live
