@@ -32,7 +32,9 @@ All state is in `LiveState`, which `to_json` / `from_json` round-trip; nothing h
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -65,6 +67,19 @@ from faregate.quality.state import (
 )
 
 __all__ = ["NANO", "Decision", "LiveState", "Prior", "RouteCalibration", "Totals", "today"]
+
+# Examples (the challenger's and the frozen ranking's) from which a decision's nearest-neighbour
+# searches run on a worker thread (bench/README.md, "What domain learning adds": below it the hop
+# costs the event loop about as much as the searches it saves).
+OFF_LOOP_EXAMPLES = 2000
+_NEIGHBOURS: list[ThreadPoolExecutor] = []
+
+
+def _neighbours() -> ThreadPoolExecutor:
+    """The one worker thread the searches run on (created on first use)."""
+    if not _NEIGHBOURS:
+        _NEIGHBOURS.append(ThreadPoolExecutor(1, thread_name_prefix="faregate-neighbours"))
+    return _NEIGHBOURS[0]
 
 
 class RouteCalibration:
@@ -155,16 +170,22 @@ class RouteCalibration:
         force_strong: bool = False,
         day: str | None = None,
         vector: Vector | None = None,
+        scored: tuple[float, float] | None = None,
     ) -> Decision:
         """Cheap or strong for this score (`force_strong`: a cascade answer a rule check refused),
         with the labelling probability and coin fixed now; an unlabelled decision is observed now.
-        `vector`: the prompt's unit embedding (domain learning)."""
+        `vector`: the prompt's unit embedding (domain learning); `scored`: its in-force and
+        challenger scores when already computed (`decide_off_loop`), else they are computed here."""
         state = self.state
         learning = self.learn and vector is not None
-        deciding = self.switch.in_force_score(state.switch, score, vector) if learning else score
+        deciding, challenger = float(score), 0.0
+        if learning and scored is not None:
+            deciding, challenger = scored
+        elif learning:
+            deciding = self.switch.in_force_score(state.switch, score, vector)
+            challenger = self.switch.challenger_score(state.switch, score, vector)
         challenger_rank = 0.0
         if learning:
-            challenger = self.switch.challenger_score(state.switch, score, vector)
             challenger_rank = self.switch.challenger_rank(state.switch, challenger)
         router_rank = state.ranks.rank(deciding)
         length_rank = state.length_ranks.rank(length)
@@ -204,6 +225,26 @@ class RouteCalibration:
         if not paused:
             self.apply(lambda: self._count(decision))
         return decision
+
+    async def decide_off_loop(
+        self, request_id: str, score: float, length: float, vector: Vector | None
+    ) -> Decision:
+        """`decide` for a router's prompt, with domain learning's two nearest-neighbour searches
+        (and the rebuilding of the evidence's arrays after a change) on a worker thread once the
+        evidence is large enough for the searches to cost the event loop more than the hop
+        (OFF_LOOP_EXAMPLES, bench/domain_learning.py). The scores are the same numbers `decide`
+        computes from the same evidence, so decisions do not depend on where they were computed;
+        a ranking switched in while the searches ran makes them again here, on the new one."""
+        switch = self.state.switch
+        examples = len(switch.evidence.vectors) + (0 if switch.frozen is None else len(switch.frozen.vectors))
+        if not self.learn or vector is None or examples < OFF_LOOP_EXAMPLES:
+            return self.decide(request_id, score, length, vector=vector)
+        job = self.switch.scoring(switch, score, vector)
+        scored = await asyncio.get_running_loop().run_in_executor(_neighbours(), job.run)
+        now = self.state.switch
+        job.keep(now)
+        valid = now.switches == job.switches
+        return self.decide(request_id, score, length, vector=vector, scored=scored if valid else None)
 
     def _count(self, decision: Decision) -> None:
         state = self.state
