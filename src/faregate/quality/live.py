@@ -71,7 +71,7 @@ __all__ = ["NANO", "Decision", "LiveState", "Prior", "RouteCalibration", "Totals
 # Examples (the challenger's and the frozen ranking's) from which a decision's nearest-neighbour
 # searches run on a worker thread (bench/README.md, "What domain learning adds": below it the hop
 # costs the event loop about as much as the searches it saves).
-OFF_LOOP_EXAMPLES = 2000
+OFF_LOOP_EXAMPLES = 1000
 _NEIGHBOURS: list[ThreadPoolExecutor] = []
 
 
