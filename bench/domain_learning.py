@@ -113,7 +113,6 @@ def main() -> None:
             f"encode {encode * 1e3:.1f} ms, decode + adopt {decode * 1e3:.1f} ms"
         )
 
-
     print()
     print(f"where the two searches run, {args.calls:,} decisions, 1 in 20 adds an example")
     print("| examples (+ frozen) | searches on | loop CPU mean / p50 / p99 | wall mean / p50 / p99 |")
@@ -124,6 +123,7 @@ def main() -> None:
             cpu, wall = asyncio.run(where_searches_run(calibration, args.calls, worker, rng))
             where = "worker thread" if worker else "event loop"
             print(f"| {size:,} | {where} | {spread(cpu)} | {spread(wall)} |")
+
 
 if __name__ == "__main__":
     main()
