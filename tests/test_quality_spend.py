@@ -35,9 +35,10 @@ from faregate.types import Price
 class Leases:
     """Instance leases as the test says: `alive` is who has a current lease."""
 
-    def __init__(self, instance_id: str, alive: set[str]) -> None:
+    def __init__(self, instance_id: str, alive: set[str], lease_s: float = 0.0) -> None:
         self.instance_id = instance_id
         self.live = alive
+        self.lease_s = lease_s
 
     async def alive(self) -> set[str]:
         return set(self.live)
@@ -67,11 +68,11 @@ def service(
 
 
 async def stored(table: VerificationStore) -> tuple[Decimal, dict[str, list[str]]]:
-    """The day's spend and the holds as the store has them."""
+    """The day's spend and the holds as the store has them (instance, amount)."""
     row = await table.load_state("route:r")
     assert row is not None
     state = orjson.loads(row[1])["state"]
-    return Decimal(state["budget"]["spent"]), state["holds"]
+    return Decimal(state["budget"]["spent"]), {k: v[:2] for k, v in state["holds"].items()}
 
 
 async def test_a_hold_counts_until_settled_and_a_second_waits_for_it(
@@ -80,7 +81,8 @@ async def test_a_hold_counts_until_settled_and_a_second_waits_for_it(
     capped, day = route("1.0"), today()
     quality, holds = service(sqlite_tables[0], capped, Leases("a", {"a"}))
     first = await holds.admit(capped, day, Decimal("0.6"))
-    assert first is not None and capped.holds == {first: Held("a", Decimal("0.6"))}
+    assert first is not None and list(capped.holds) == [first]
+    assert capped.holds[first].amount == Decimal("0.6") and capped.holds[first].instance == "a"
     assert (await stored(sqlite_tables[0]))[1] == {first: ["a", "0.6"]}
     # 0.6 held + 0.6 > 1.0, but 0.6 alone fits: the second waits, it is not refused.
     second = asyncio.create_task(holds.admit(capped, day, Decimal("0.6")))
@@ -185,7 +187,7 @@ async def test_a_lapsed_instances_hold_is_dropped_a_live_ones_is_not(
     day = today()
     a, b = route("1.0"), route("1.0")
     _, holds_a = service(sqlite_tables[0], a, Leases("a", {"a", "b"}))
-    leases_b = Leases("b", {"a", "b"})
+    leases_b = Leases("b", {"a", "b"}, lease_s=3600.0)
     _, holds_b = service(sqlite_tables[1], b, leases_b)
     dead = await holds_a.admit(a, day, Decimal("0.8"))
     assert dead is not None
@@ -193,8 +195,13 @@ async def test_a_lapsed_instances_hold_is_dropped_a_live_ones_is_not(
     waiting = asyncio.create_task(holds_b.admit(b, day, Decimal("0.5")))
     await asyncio.sleep(0.1)
     assert not waiting.done()
-    # a is killed mid-verification: its lease lapses; its hold no longer counts and is dropped.
+    # a's lease is not in the list, but its hold is younger than a lease: it may be an instance
+    # started since the list was read. Still counted.
     leases_b.live = {"b"}
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    # a was killed mid-verification a lease ago: its hold no longer counts and is dropped.
+    leases_b.lease_s = 0.0
     admitted = await waiting
     assert admitted is not None
     _, in_store = await stored(sqlite_tables[0])
@@ -212,7 +219,7 @@ async def test_the_caches_holds_are_kept_in_its_state() -> None:
     hold = await Holds(quality).admit(cache, day, Decimal("0.7"))
     assert hold is not None
     await QualityService([], table, other).load()
-    assert other.holds == {hold: Held("a", Decimal("0.7"))}
+    assert other.holds == {hold: Held("a", Decimal("0.7"), cache.holds[hold].at)}
     cache.charge(Decimal("0.25"), day, hold)
     await quality.save("cache")
     await QualityService([], table, other).load()

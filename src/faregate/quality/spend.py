@@ -25,7 +25,8 @@ One that would fit alone but not beside the others' holds waits for them to sett
 is usually far below their worst case) rather than pausing the day. A hold belongs to its instance's
 lease (quality/leases.py; the lease budget holds already have, `accounts.instance_lease_s`): holds
 of an instance whose lease lapsed (it crashed mid-verification) no longer count and are dropped at
-the next admission, so a dead instance blocks the cap for one lease at most.
+the next admission (once older than a lease: quality/leases.py), so a dead instance blocks the cap
+for about a lease at most.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
@@ -122,8 +124,12 @@ class Holds:
         settlement is seen in the store: looked for every WAIT_S)."""
         hold_id = new_hold_id()
         while True:
-            admission = Admission(capped, day, amount, hold_id, self.service.leases.instance_id)
-            admission.alive = await self.service.leases.alive()
+            leases = self.service.leases
+            admission = Admission(capped, day, amount, hold_id, leases.instance_id)
+            admission.alive = await leases.alive()
+            # Read after the leases: a hold made since (by an instance started since) is younger.
+            admission.now = time.time()
+            admission.lease_s = leases.lease_s
             await self.service.write_now(capped.route, admission.change)
             if admission.verdict == "admitted":
                 return hold_id
@@ -156,12 +162,19 @@ class Admission:
     hold_id: str
     me: str
     alive: set[str] = field(default_factory=set)
+    now: float = 0.0
+    lease_s: float = 0.0
     verdict: Literal["", "admitted", "wait", "refused"] = ""
+
+    def lapsed(self, held: Held) -> bool:
+        """Its instance's lease lapsed (the process is gone, the verification will never settle);
+        a hold younger than a lease may be an instance's started since the leases were read."""
+        mine_or_alive = held.instance == self.me or held.instance in self.alive
+        return not mine_or_alive and held.at < self.now - self.lease_s
 
     def change(self) -> bool:
         holds = self.capped.holds
-        # A lapsed lease's holds: its process is gone, its verifications will never settle.
-        lapsed = [k for k, h in holds.items() if h.instance != self.me and h.instance not in self.alive]
+        lapsed = [k for k, h in holds.items() if self.lapsed(h)]
         for key in lapsed:
             del holds[key]
         left = self.capped.left_today(self.day)
@@ -173,7 +186,7 @@ class Admission:
             self.verdict = "wait"
             return bool(lapsed)
         self.verdict = "admitted"
-        holds[self.hold_id] = Held(self.me, self.amount)
+        holds[self.hold_id] = Held(self.me, self.amount, time.time())
         return True
 
 

@@ -67,18 +67,19 @@ class Decision:
 class Held:
     """A verification's worst case admitted against its daily cap and not settled yet, kept in the
     shared state so that every instance counts it (quality/spend.py): the instance that holds it
-    (its lease says whether it is alive) and the amount in USD."""
+    (its lease says whether it is alive), the amount in USD, and when it was admitted (unix s)."""
 
     instance: str
     amount: Decimal
+    at: float = 0.0
 
 
-def holds_to_json(holds: dict[str, Held]) -> dict[str, list[str]]:
-    return {hold_id: [held.instance, str(held.amount)] for hold_id, held in holds.items()}
+def holds_to_json(holds: dict[str, Held]) -> dict[str, list[str | float]]:
+    return {hold_id: [held.instance, str(held.amount), held.at] for hold_id, held in holds.items()}
 
 
 def holds_from_json(data: dict[str, Any]) -> dict[str, Held]:
-    return {str(k): Held(str(v[0]), Decimal(str(v[1]))) for k, v in data.items()}
+    return {str(k): Held(str(v[0]), Decimal(str(v[1])), float(v[2])) for k, v in data.items()}
 
 
 @dataclass(slots=True)
