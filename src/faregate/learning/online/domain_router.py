@@ -75,6 +75,10 @@ class DomainEvidence:
             self._view = EvidenceView.build(self.parts())
         return self._view
 
+    def matrix(self) -> Vector:
+        """The examples' vectors, one row each."""
+        return self.view().matrix
+
     def parts(self) -> EvidenceParts:
         """The evidence as it is now, copied (references only): a worker thread may build its view
         while examples are added here (`view`, `keep`)."""
