@@ -96,6 +96,7 @@ async def test_a_hold_counts_until_settled_and_a_second_waits_for_it(
     spent, in_store = await stored(sqlite_tables[0])
     assert spent == Decimal("0.1") and in_store == {held: ["a", "0.6"]}
     assert capped.left_today(day) == Decimal("0.9") and not capped.exhausted(day)
+    assert capped.figures()["held_usd"] == "0.6"
 
 
 async def test_what_cannot_fit_even_alone_is_refused_and_pauses_the_day(

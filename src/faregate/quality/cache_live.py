@@ -211,6 +211,7 @@ class CacheCalibration:
             "by_label": dict(self.totals.by_label),
             "verification_cost_usd": str(Decimal(self.totals.cost_nano) / NANO),
             "daily_usd_cap": str(self.settings.daily_usd_cap),
+            "held_usd": str(sum((h.amount for h in self.holds.values()), Decimal(0))),
             "cap_reached": self.exhausted(today()),
             "skipped_for_cap": self.totals.skipped_for_cap,
             "failed": self.totals.failed,
