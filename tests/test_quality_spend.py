@@ -232,3 +232,24 @@ def test_a_judges_worst_case_is_priced_as_a_cascades() -> None:
     usd, tokens = judge_call(price, 100, 200)
     assert tokens == 100 + JUDGE_PROMPT_TOKENS + 200
     assert usd == Decimal(100 + JUDGE_PROMPT_TOKENS + 200) * 100 / Decimal(1_000_000)
+
+
+async def test_the_gateways_leases_are_the_accounts_instance_leases(tmp_path: Path) -> None:
+    from faregate.accounts.embedded import EmbeddedAccounts
+    from faregate.quality.leases import AccountLeases
+
+    store = await SQLiteStore.open(tmp_path)
+    one, two = EmbeddedAccounts(store, lease_s=30.0), EmbeddedAccounts(store, lease_s=30.0)
+    try:
+        await one.start()
+        await two.start()
+        leases = AccountLeases(one)
+        assert leases.instance_id == one.instance_id and leases.lease_s == 30.0
+        assert await leases.alive() >= {one.instance_id, two.instance_id}
+        await two.close()  # a clean stop ends its lease at once
+        alive = await leases.alive()
+        assert one.instance_id in alive and two.instance_id not in alive
+    finally:
+        await one.close()
+        await two.close()
+        await store.close()
