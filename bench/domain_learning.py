@@ -6,12 +6,19 @@ frozen snapshot of as many in force (the worst case: two nearest-neighbour searc
 The store's share: the state row's size and the time to encode it (after every verification) and
 to decode and adopt it (every instance, every 2 s).
 
-    python bench/domain_learning.py [--examples 1000] [--calls 3000]
+Then where the two searches run (`RouteCalibration.decide_off_loop`): on the event loop, or on the
+worker thread, each at `--sizes` examples (as many live and frozen), with one decision in 20
+verified (an example added, so the evidence's arrays are rebuilt, as on a route at share 5%). Per
+decision, the event loop's own CPU time (the thread's, which is what other requests wait for) and
+the decision's wall time (what this request waits for).
+
+    python bench/domain_learning.py [--examples 1000] [--calls 3000] [--sizes 300,1000,5000]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import time
 
@@ -20,6 +27,7 @@ import orjson
 
 from faregate.learning.online.ranking_switch import RankingSwitch
 from faregate.learning.online.settings import QualitySettings, VerificationSettings
+from faregate.quality import live
 from faregate.quality.live import RouteCalibration
 
 DIM = 384
@@ -51,10 +59,38 @@ def per_call_us(calibration: RouteCalibration, calls: int, rng: np.random.Genera
     return times
 
 
+async def where_searches_run(
+    calibration: RouteCalibration, calls: int, worker: bool, rng: np.random.Generator
+) -> tuple[list[float], list[float]]:
+    """Per decision: the loop thread's CPU time and the wall time, in microseconds."""
+    live.OFF_LOOP_EXAMPLES = 0 if worker else 10**9
+    vectors = rng.standard_normal((calls, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    evidence = calibration.state.switch.evidence
+    await calibration.decide_off_loop("warm", 0.5, 100.0, vectors[0])  # the worker thread started
+    cpu, wall = [], []
+    for i in range(calls):
+        if i % 20 == 0:  # a verification came back: an example added, the arrays to rebuild
+            evidence.add(vectors[(i + 1) % calls], int(rng.integers(-1, 2)), 20.0)
+        start, started = time.perf_counter(), time.thread_time()
+        await calibration.decide_off_loop(f"r{i}", float(rng.random()), 100.0, vectors[i])
+        cpu.append((time.thread_time() - started) * 1e6)
+        wall.append((time.perf_counter() - start) * 1e6)
+        calibration.journal.clear()
+    return cpu, wall
+
+
+def spread(values: list[float]) -> str:
+    """mean / p50 / p99, in microseconds."""
+    p99 = statistics.quantiles(values, n=100)[98]
+    return f"{statistics.fmean(values):.0f} / {statistics.median(values):.0f} / {p99:.0f} us"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=1000)
     parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--sizes", default="300,1000,5000", help="examples, live and frozen each")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     off, on = route(False, args.examples, rng), route(True, args.examples, rng)
@@ -76,6 +112,17 @@ def main() -> None:
             f"state row, learn_domains {name}: {len(body) / 1024:,.0f} KiB, "
             f"encode {encode * 1e3:.1f} ms, decode + adopt {decode * 1e3:.1f} ms"
         )
+
+    print()
+    print(f"where the two searches run, {args.calls:,} decisions, 1 in 20 adds an example")
+    print("| examples (+ frozen) | searches on | loop CPU mean / p50 / p99 | wall mean / p50 / p99 |")
+    print("|---|---|---|---|")
+    for size in (int(n) for n in args.sizes.split(",")):
+        for worker in (False, True):
+            calibration = route(True, size, np.random.default_rng(size))
+            cpu, wall = asyncio.run(where_searches_run(calibration, args.calls, worker, rng))
+            where = "worker thread" if worker else "event loop"
+            print(f"| {size:,} | {where} | {spread(cpu)} | {spread(wall)} |")
 
 
 if __name__ == "__main__":

@@ -451,3 +451,81 @@ async def test_a_promised_verification_is_pending_until_it_is_submitted_or_let_g
     assert verifier.pending == 1
     verifier.let_go()
     assert verifier.pending == 0
+
+
+async def test_decisions_with_the_searches_off_the_loop_are_the_same_as_on_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from faregate.quality import live
+
+    monkeypatch.setattr(live, "OFF_LOOP_EXAMPLES", 0)  # every decision's searches on the worker
+    on, off = learning(True), learning(True)
+    rng, prompt = _domains()
+    for i in range(1200):
+        domain, vector = prompt(i)
+        score = (0.6 if domain == 0 else 0.4) + 0.5 * float(rng.random())
+        inline = on.decide(f"q{i}", score=score, length=50.0, vector=vector)
+        moved = await off.decide_off_loop(f"q{i}", score, 50.0, vector)
+        assert (moved.rank, moved.challenger_rank, moved.cheap, moved.labelled) == (
+            inline.rank,
+            inline.challenger_rank,
+            inline.cheap,
+            inline.labelled,
+        )
+        if inline.labelled:
+            on.observe(inline, loss=domain == 1)
+            off.observe(moved, loss=domain == 1)
+    assert off.figures()["switches"] >= 1  # the frozen ranking's search ran off the loop too
+    assert off.state.to_json() == on.state.to_json()
+
+
+async def test_a_switch_made_while_the_searches_run_scores_again_on_the_new_ranking(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concurrent.futures import Future, ThreadPoolExecutor
+    from typing import Any
+
+    from faregate.quality import live
+
+    route, twin = learning(True), learning(True)
+    _, prompt = _domains(3)
+    for i in range(40):
+        for r in (route, twin):
+            r.state.switch.evidence.add(prompt(i)[1], 1 if i % 2 else -1, 1.0)
+
+    class SwitchingMeanwhile(ThreadPoolExecutor):
+        """The challenger wins while the searches run (another verification came back)."""
+
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+            route.switch.switch(route.state.switch)
+            return super().submit(fn, *args, **kwargs)
+
+    with SwitchingMeanwhile(1) as worker:
+        monkeypatch.setattr(live, "OFF_LOOP_EXAMPLES", 0)
+        monkeypatch.setattr(live, "_neighbours", lambda: worker)
+        vector = prompt(1)[1]
+        moved = await route.decide_off_loop("x", 0.9, 50.0, vector)
+    twin.switch.switch(twin.state.switch)
+    inline = twin.decide("x", 0.9, 50.0, vector=vector)
+    # Ranked by the frozen evidence now in force, not by the prior the copies were taken under.
+    assert moved.router_rank == inline.router_rank and moved.challenger_rank == inline.challenger_rank
+    assert route.state.ranks.to_json() == twin.state.ranks.to_json()
+
+
+def test_a_view_built_from_copies_is_kept_only_if_nothing_was_added_meanwhile() -> None:
+    route = learning(True)
+    _, prompt = _domains(4)
+    switch = route.state.switch
+    for i in range(10):
+        switch.evidence.add(prompt(i)[1], 1 if i % 3 else -1, 1.0 + i)
+    stale = route.switch.scoring(switch, 0.5, prompt(11)[1])
+    stale.run()
+    switch.evidence.add(prompt(12)[1], 1, 1.0)  # a verification came back meanwhile
+    stale.keep(switch)
+    assert switch.evidence.built() is None
+    vector = prompt(13)[1]
+    job = route.switch.scoring(switch, 0.5, vector)
+    scores = job.run()
+    job.keep(switch)
+    assert job.built is not None and switch.evidence.built() is job.built[1]
+    assert scores == (0.5, route.switch.challenger_score(switch, 0.5, vector))

@@ -19,7 +19,7 @@ from faregate.quality.service import QualityService
 from faregate.store.postgres.analytics import PostgresAnalytics
 from faregate.store.postgres.store import PostgresStore
 from faregate.store.postgres.verifications import PostgresVerifications
-from faregate.store.verifications import VerificationRow
+from faregate.store.verifications import VerificationRow, VerificationStore
 from harness import MASTER_KEY, GatewayProcess, run_sim, wait_until
 from servers import (  # noqa: F401
     PostgresServer,
@@ -30,6 +30,7 @@ from servers import (  # noqa: F401
     redis_server,
     shared_urls,
 )
+from test_quality_spend import admit_concurrently
 
 pytestmark = pytest.mark.e2e
 
@@ -42,6 +43,24 @@ async def table(postgres_server: PostgresServer) -> AsyncIterator[PostgresVerifi
     yield PostgresVerifications(reads.pool)
     await reads.close()
     await store.close()
+
+
+@pytest.fixture
+async def two_tables(postgres_server: PostgresServer) -> AsyncIterator[list[VerificationStore]]:  # noqa: F811
+    """One database, two pools: as two instances sharing it have."""
+    url = postgres_server.new_database()
+    store = await PostgresStore.open(url)  # migrates
+    one, two = await PostgresAnalytics.open(url), await PostgresAnalytics.open(url)
+    yield [PostgresVerifications(one.pool), PostgresVerifications(two.pool)]
+    await one.close()
+    await two.close()
+    await store.close()
+
+
+async def test_two_instances_never_overrun_the_verification_cap_together(
+    two_tables: list[VerificationStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await admit_concurrently(two_tables, monkeypatch)
 
 
 def route() -> RouteCalibration:

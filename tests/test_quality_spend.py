@@ -1,16 +1,47 @@
-"""Holds on a verification cap (quality/spend.py): admitted at the worst case, held until the real
-cost is charged; one that fits alone waits for the others to settle; one that cannot fits pauses."""
+"""Holds on a verification cap (quality/spend.py): admitted at the worst case in the shared state,
+held until the real cost is charged; one that fits alone waits for the others to settle; one that
+cannot fit pauses the day; instances sharing a store never overrun the cap together; a lapsed
+instance's holds are dropped."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from decimal import Decimal
+from pathlib import Path
 
-from faregate.learning.online.settings import QualitySettings, VerificationSettings
+import orjson
+import pytest
+
+from faregate.learning.online.settings import (
+    QualitySettings,
+    SemanticAcceptanceSettings,
+    VerificationSettings,
+)
+from faregate.quality import spend
+from faregate.quality.cache_live import CacheCalibration
 from faregate.quality.live import RouteCalibration, today
-from faregate.quality.spend import Holds, left_today
+from faregate.quality.service import QualityService
+from faregate.quality.spend import Holds
+from faregate.quality.state import Held
 from faregate.routing.worst_case import JUDGE_PROMPT_TOKENS, judge_call
+from faregate.store.sqlite.analytics import SQLiteAnalytics
+from faregate.store.sqlite.store import SQLiteStore
+from faregate.store.sqlite.verifications import SQLiteVerifications
+from faregate.store.verifications import VerificationStore
 from faregate.types import Price
+
+
+class Leases:
+    """Instance leases as the test says: `alive` is who has a current lease."""
+
+    def __init__(self, instance_id: str, alive: set[str], lease_s: float = 0.0) -> None:
+        self.instance_id = instance_id
+        self.live = alive
+        self.lease_s = lease_s
+
+    async def alive(self) -> set[str]:
+        return set(self.live)
 
 
 def route(cap: str) -> RouteCalibration:
@@ -18,32 +49,182 @@ def route(cap: str) -> RouteCalibration:
     return RouteCalibration("r", "router", settings)
 
 
-async def test_a_hold_counts_until_released_and_a_second_waits_for_it() -> None:
-    capped, holds, day = route("1.0"), Holds(), today()
-    assert await holds.admit(capped, day, Decimal("0.6"))
-    assert holds.held("r") == Decimal("0.6")
+@pytest.fixture
+async def sqlite_tables(tmp_path: Path) -> AsyncIterator[list[VerificationStore]]:
+    """Two connections to one SQLite file, as two processes sharing it have."""
+    store = await SQLiteStore.open(tmp_path)
+    one, two = await SQLiteAnalytics.open(store.path), await SQLiteAnalytics.open(store.path)
+    yield [SQLiteVerifications(one.connection), SQLiteVerifications(two.connection)]
+    await one.close()
+    await two.close()
+    await store.close()
+
+
+def service(
+    table: VerificationStore, capped: RouteCalibration, leases: Leases
+) -> tuple[QualityService, Holds]:
+    quality = QualityService([capped], table, leases=leases)
+    return quality, Holds(quality)
+
+
+async def stored(table: VerificationStore) -> tuple[Decimal, dict[str, list[str]]]:
+    """The day's spend and the holds as the store has them (instance, amount)."""
+    row = await table.load_state("route:r")
+    assert row is not None
+    state = orjson.loads(row[1])["state"]
+    return Decimal(state["budget"]["spent"]), {k: v[:2] for k, v in state["holds"].items()}
+
+
+async def test_a_hold_counts_until_settled_and_a_second_waits_for_it(
+    sqlite_tables: list[VerificationStore],
+) -> None:
+    capped, day = route("1.0"), today()
+    quality, holds = service(sqlite_tables[0], capped, Leases("a", {"a"}))
+    first = await holds.admit(capped, day, Decimal("0.6"))
+    assert first is not None and list(capped.holds) == [first]
+    assert capped.holds[first].amount == Decimal("0.6") and capped.holds[first].instance == "a"
+    assert (await stored(sqlite_tables[0]))[1] == {first: ["a", "0.6"]}
     # 0.6 held + 0.6 > 1.0, but 0.6 alone fits: the second waits, it is not refused.
     second = asyncio.create_task(holds.admit(capped, day, Decimal("0.6")))
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
     assert not second.done()
-    capped.charge(capped.decide("a", 0.5, 1.0), Decimal("0.1"), day)
-    await holds.release(capped, Decimal("0.6"))
-    assert await second  # 0.1 spent + 0.6 <= 1.0
-    assert holds.held("r") == Decimal("0.6") and left_today(capped, day) == Decimal("0.9")
-    assert not capped.exhausted(day)
+    capped.charge(capped.decide("a", 0.5, 1.0), Decimal("0.1"), day, first)
+    await quality.save("r")
+    await holds.settle(capped, first)
+    held = await second  # 0.1 spent + 0.6 <= 1.0
+    assert held is not None and list(capped.holds) == [held]
+    spent, in_store = await stored(sqlite_tables[0])
+    assert spent == Decimal("0.1") and in_store == {held: ["a", "0.6"]}
+    assert capped.left_today(day) == Decimal("0.9") and not capped.exhausted(day)
+    assert capped.figures()["held_usd"] == "0.6"
 
 
-async def test_what_cannot_fit_even_alone_is_refused_and_pauses_the_day() -> None:
-    capped, holds, day = route("1.0"), Holds(), today()
-    assert await holds.admit(capped, day, Decimal("0.5"))
+async def test_what_cannot_fit_even_alone_is_refused_and_pauses_the_day(
+    sqlite_tables: list[VerificationStore],
+) -> None:
+    capped, day = route("1.0"), today()
+    _, holds = service(sqlite_tables[0], capped, Leases("a", {"a"}))
+    first = await holds.admit(capped, day, Decimal("0.5"))
+    assert first is not None
     waiting = asyncio.create_task(holds.admit(capped, day, Decimal("0.9")))
-    await asyncio.sleep(0.01)
-    capped.charge(capped.decide("a", 0.5, 1.0), Decimal("0.3"), day)
-    await holds.release(capped, Decimal("0.5"))
+    await asyncio.sleep(0.05)
+    capped.charge(capped.decide("a", 0.5, 1.0), Decimal("0.3"), day, first)
+    await holds.settle(capped, first)
     # 0.3 spent + 0.9 > 1.0: refused once the other settled, and the route is paused for the day.
-    assert not await waiting
+    assert await waiting is None
     assert capped.exhausted(day) and capped.state.totals.skipped_for_cap == 1
-    assert holds.held("r") == 0
+    assert not capped.holds
+    spent, in_store = await stored(sqlite_tables[0])
+    assert spent == Decimal("1.0") and in_store == {}
+
+
+async def test_a_hold_let_go_without_a_charge_leaves_the_store() -> None:
+    from test_quality_live import FakeStore
+
+    table = FakeStore()
+    capped, day = route("1.0"), today()
+    _, holds = service(table, capped, Leases("a", {"a"}))
+    hold = await holds.admit(capped, day, Decimal("0.4"))
+    assert hold is not None and (await stored(table))[1] != {}
+    await holds.settle(capped, hold)  # e.g. the verification failed before any call
+    assert await stored(table) == (Decimal(0), {})
+
+
+async def admit_concurrently(tables: list[VerificationStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two instances, each with its own connection to one store, run 8 verifications each at once
+    on one route: worst case 0.3, real cost 0.1, cap 1.0. Whatever the interleaving, what is in
+    flight plus what was spent never passes the cap, and the store ends with the exact spend."""
+    monkeypatch.setattr(spend, "WAIT_S", 0.02)
+    day, cap, worst, cost = today(), Decimal("1.0"), Decimal("0.3"), Decimal("0.1")
+    alive = {"a", "b"}
+    instances = [
+        service(table, route(str(cap)), Leases(name, alive)) for table, name in zip(tables, "ab", strict=True)
+    ]
+    tally = {"in_flight": Decimal(0), "spent": Decimal(0), "most": Decimal(0), "made": 0, "refused": 0}
+
+    async def verification(quality: QualityService, holds: Holds, i: int) -> None:
+        capped = quality.routes["r"]
+        hold = await holds.admit(capped, day, worst)
+        if hold is None:
+            tally["refused"] += 1
+            return
+        tally["in_flight"] += worst
+        tally["most"] = max(tally["most"], tally["in_flight"] + tally["spent"])
+        await asyncio.sleep(0.01 * (i % 3))  # the shadow call
+        capped.charge(capped.decide(f"q{i}", 0.5, 1.0), cost, day, hold)
+        tally["in_flight"] -= worst
+        tally["spent"] += cost
+        tally["made"] += 1
+        await quality.save("r")
+        await holds.settle(capped, hold)
+
+    await asyncio.gather(*(verification(q, h, i) for i in range(8) for q, h in instances))
+    assert tally["most"] <= cap
+    # Everything admitted was made, and admission went on until the cap could not take a worst case.
+    assert tally["made"] + tally["refused"] == 16 and tally["refused"] > 0
+    assert cap - tally["spent"] < worst
+    for table in tables:
+        spent, holds = await stored(table)
+        assert holds == {}
+        # Exact: the refusal marks the day full (paused), and nothing else was lost or added.
+        assert spent == cap
+    for quality, _ in instances:
+        await quality.refresh()
+        capped = quality.routes["r"]
+        assert capped.state.budget.verified == tally["made"]
+        assert Decimal(capped.state.totals.cost_nano) / Decimal(10**9) == tally["spent"]
+
+
+async def test_two_instances_sharing_a_sqlite_file_never_overrun_the_cap_together(
+    sqlite_tables: list[VerificationStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await admit_concurrently(sqlite_tables, monkeypatch)
+
+
+async def test_a_lapsed_instances_hold_is_dropped_a_live_ones_is_not(
+    sqlite_tables: list[VerificationStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spend, "WAIT_S", 0.02)
+    day = today()
+    a, b = route("1.0"), route("1.0")
+    _, holds_a = service(sqlite_tables[0], a, Leases("a", {"a", "b"}))
+    leases_b = Leases("b", {"a", "b"}, lease_s=3600.0)
+    _, holds_b = service(sqlite_tables[1], b, leases_b)
+    dead = await holds_a.admit(a, day, Decimal("0.8"))
+    assert dead is not None
+    # a is alive: its 0.8 counts, b's 0.5 waits.
+    waiting = asyncio.create_task(holds_b.admit(b, day, Decimal("0.5")))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    # a's lease is not in the list, but its hold is younger than a lease: it may be an instance
+    # started since the list was read. Still counted.
+    leases_b.live = {"b"}
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    # a was killed mid-verification a lease ago: its hold no longer counts and is dropped.
+    leases_b.lease_s = 0.0
+    admitted = await waiting
+    assert admitted is not None
+    _, in_store = await stored(sqlite_tables[0])
+    assert in_store == {admitted: ["b", "0.5"]}
+
+
+async def test_the_caches_holds_are_kept_in_its_state() -> None:
+    from test_quality_live import FakeStore
+
+    settings = SemanticAcceptanceSettings(max_wrong_hit_rate=0.01, daily_usd_cap=Decimal("1"))
+    cache, other = CacheCalibration(settings, "exact"), CacheCalibration(settings, "exact")
+    table = FakeStore()
+    quality = QualityService([], table, cache, leases=Leases("a", {"a"}))
+    day = today()
+    hold = await Holds(quality).admit(cache, day, Decimal("0.7"))
+    assert hold is not None
+    await QualityService([], table, other).load()
+    assert other.holds == {hold: Held("a", Decimal("0.7"), cache.holds[hold].at)}
+    cache.charge(Decimal("0.25"), day, hold)
+    await quality.save("cache")
+    await QualityService([], table, other).load()
+    assert other.holds == {} and other.budget.spent == Decimal("0.25")
 
 
 def test_a_judges_worst_case_is_priced_as_a_cascades() -> None:
@@ -51,3 +232,24 @@ def test_a_judges_worst_case_is_priced_as_a_cascades() -> None:
     usd, tokens = judge_call(price, 100, 200)
     assert tokens == 100 + JUDGE_PROMPT_TOKENS + 200
     assert usd == Decimal(100 + JUDGE_PROMPT_TOKENS + 200) * 100 / Decimal(1_000_000)
+
+
+async def test_the_gateways_leases_are_the_accounts_instance_leases(tmp_path: Path) -> None:
+    from faregate.accounts.embedded import EmbeddedAccounts
+    from faregate.quality.leases import AccountLeases
+
+    store = await SQLiteStore.open(tmp_path)
+    one, two = EmbeddedAccounts(store, lease_s=30.0), EmbeddedAccounts(store, lease_s=30.0)
+    try:
+        await one.start()
+        await two.start()
+        leases = AccountLeases(one)
+        assert leases.instance_id == one.instance_id and leases.lease_s == 30.0
+        assert await leases.alive() >= {one.instance_id, two.instance_id}
+        await two.close()  # a clean stop ends its lease at once
+        alive = await leases.alive()
+        assert one.instance_id in alive and two.instance_id not in alive
+    finally:
+        await one.close()
+        await two.close()
+        await store.close()

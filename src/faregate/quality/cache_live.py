@@ -31,7 +31,7 @@ from typing import Any
 from faregate.learning.online.cache_acceptance import AcceptanceState, CacheAcceptance
 from faregate.learning.online.sampling import VerificationBudget, coin
 from faregate.learning.online.settings import SemanticAcceptanceSettings
-from faregate.quality.state import NANO, Totals, roll_over, today
+from faregate.quality.state import NANO, Held, Totals, holds_from_json, holds_to_json, roll_over, today
 
 SCOPE = "cache"
 # Entries with a recorded conflict kept (by their answer's exact key), newest last.
@@ -55,6 +55,8 @@ class CacheCalibration:
         self.journal: list[Callable[[], None]] = []
         # Exact key of a cached answer -> the highest similarity a different question matched it at.
         self.conflicts: dict[str, float] = {}
+        # Verifications admitted against the daily cap and not settled, by hold id (quality/spend.py).
+        self.holds: dict[str, Held] = {}
 
     # -- the store's view (quality/service.py) ------------------------------------------------------
 
@@ -71,6 +73,7 @@ class CacheCalibration:
             "budget": self.budget.to_json(),
             "totals": self.totals.to_json(),
             "conflicts": self.conflicts,
+            "holds": holds_to_json(self.holds),
         }
 
     def adopt_json(self, data: dict[str, Any]) -> None:
@@ -78,6 +81,7 @@ class CacheCalibration:
         self.budget = VerificationBudget.from_json(data["budget"])
         self.totals = Totals.from_json(data["totals"])
         self.conflicts = {str(k): float(v) for k, v in data.get("conflicts", {}).items()}
+        self.holds = holds_from_json(data.get("holds", {}))
         for change in self.journal:
             change()
 
@@ -141,28 +145,44 @@ class CacheCalibration:
     def exhausted(self, day: str) -> bool:
         return self.budget.day == day and self.budget.spent >= self.settings.daily_usd_cap
 
+    def left_today(self, day: str) -> Decimal:
+        """What the daily cap leaves to spend today, holds aside."""
+        return self.settings.daily_usd_cap - (self.budget.spent if self.budget.day == day else Decimal(0))
+
     def admit(self, day: str, estimate: Decimal) -> bool:
-        spent = self.budget.spent if self.budget.day == day else Decimal(0)
-        if spent + estimate <= self.settings.daily_usd_cap:
+        """The check alone, holds aside (quality/spend.py admits against every instance's holds)."""
+        if estimate <= self.left_today(day):
             return True
-
-        def refuse() -> None:
-            roll_over(self.budget, day)
-            self.budget.skipped_for_cap += 1
-            self.totals.skipped_for_cap += 1
-            self.budget.spent = max(self.budget.spent, self.settings.daily_usd_cap)
-
-        self.apply(refuse)
+        self.apply(lambda: self.refuse(day))
         return False
 
-    def charge(self, cost: Decimal, day: str) -> None:
+    def refuse(self, day: str) -> None:
+        """Paused for the day (not journaled: the caller writes it at once, quality/spend.py)."""
+        roll_over(self.budget, day)
+        self.budget.skipped_for_cap += 1
+        self.totals.skipped_for_cap += 1
+        self.budget.spent = max(self.budget.spent, self.settings.daily_usd_cap)
+
+    def charge(self, cost: Decimal, day: str, hold: str | None = None) -> None:
+        """The real cost against the cap and in the totals, and the hold gone, in one change."""
+
         def change() -> None:
             roll_over(self.budget, day)
             self.budget.spent += cost
             self.budget.verified += 1
             self.totals.cost_nano += int(cost * NANO)
+            if hold is not None:
+                self.holds.pop(hold, None)
 
         self.apply(change)
+
+    def release(self, hold: str) -> None:
+        """A hold let go with nothing charged."""
+
+        def let_go() -> None:
+            self.holds.pop(hold, None)
+
+        self.apply(let_go)
 
     def failed(self) -> None:
         def change() -> None:
@@ -191,6 +211,7 @@ class CacheCalibration:
             "by_label": dict(self.totals.by_label),
             "verification_cost_usd": str(Decimal(self.totals.cost_nano) / NANO),
             "daily_usd_cap": str(self.settings.daily_usd_cap),
+            "held_usd": str(sum((h.amount for h in self.holds.values()), Decimal(0))),
             "cap_reached": self.exhausted(today()),
             "skipped_for_cap": self.totals.skipped_for_cap,
             "failed": self.totals.failed,

@@ -20,8 +20,9 @@ labelled neighbours), which is ranked beside the ranking in force at decision ti
 against it (learning/online/ranking_switch.py). When its test wins it is frozen and put in force:
 a new epoch, the calibration and the health check start again, as after a health flag.
 
-The daily USD cap: `admit` refuses a shadow call whose estimate no longer fits under the day's
-cap, and from then on the calibration *pauses* for the rest of the day: decisions still take the
+The daily USD cap: a shadow call whose worst case no longer fits under the day's cap is refused
+(quality/spend.py admits it against every instance's holds; `admit` is the check alone), and from
+then on the calibration *pauses* for the rest of the day: decisions still take the
 cut in force but are neither labelled nor counted. Skipping a stretch of decisions chosen by the
 clock, not by their outcomes, keeps the tests valid under the i.i.d. assumption, whereas counting
 them as unlabelled while their p said they might have been labelled would bias the estimate.
@@ -31,7 +32,9 @@ All state is in `LiveState`, which `to_json` / `from_json` round-trip; nothing h
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -53,6 +56,7 @@ from faregate.learning.online.verification_plan import VerificationPlan, pace
 from faregate.quality.state import (
     NANO,
     Decision,
+    Held,
     Kind,
     LabelKind,
     LiveState,
@@ -63,6 +67,19 @@ from faregate.quality.state import (
 )
 
 __all__ = ["NANO", "Decision", "LiveState", "Prior", "RouteCalibration", "Totals", "today"]
+
+# Examples (the challenger's and the frozen ranking's) from which a decision's nearest-neighbour
+# searches run on a worker thread (bench/README.md, "What domain learning adds": below it the hop
+# costs the event loop about as much as the searches it saves).
+OFF_LOOP_EXAMPLES = 1000
+_NEIGHBOURS: list[ThreadPoolExecutor] = []
+
+
+def _neighbours() -> ThreadPoolExecutor:
+    """The one worker thread the searches run on (created on first use)."""
+    if not _NEIGHBOURS:
+        _NEIGHBOURS.append(ThreadPoolExecutor(1, thread_name_prefix="faregate-neighbours"))
+    return _NEIGHBOURS[0]
 
 
 class RouteCalibration:
@@ -153,16 +170,22 @@ class RouteCalibration:
         force_strong: bool = False,
         day: str | None = None,
         vector: Vector | None = None,
+        scored: tuple[float, float] | None = None,
     ) -> Decision:
         """Cheap or strong for this score (`force_strong`: a cascade answer a rule check refused),
         with the labelling probability and coin fixed now; an unlabelled decision is observed now.
-        `vector`: the prompt's unit embedding (domain learning)."""
+        `vector`: the prompt's unit embedding (domain learning); `scored`: its in-force and
+        challenger scores when already computed (`decide_off_loop`), else they are computed here."""
         state = self.state
         learning = self.learn and vector is not None
-        deciding = self.switch.in_force_score(state.switch, score, vector) if learning else score
+        deciding, challenger = float(score), 0.0
+        if learning and scored is not None:
+            deciding, challenger = scored
+        elif learning:
+            deciding = self.switch.in_force_score(state.switch, score, vector)
+            challenger = self.switch.challenger_score(state.switch, score, vector)
         challenger_rank = 0.0
         if learning:
-            challenger = self.switch.challenger_score(state.switch, score, vector)
             challenger_rank = self.switch.challenger_rank(state.switch, challenger)
         router_rank = state.ranks.rank(deciding)
         length_rank = state.length_ranks.rank(length)
@@ -203,6 +226,26 @@ class RouteCalibration:
             self.apply(lambda: self._count(decision))
         return decision
 
+    async def decide_off_loop(
+        self, request_id: str, score: float, length: float, vector: Vector | None
+    ) -> Decision:
+        """`decide` for a router's prompt, with domain learning's two nearest-neighbour searches
+        (and the rebuilding of the evidence's arrays after a change) on a worker thread once the
+        evidence is large enough for the searches to cost the event loop more than the hop
+        (OFF_LOOP_EXAMPLES, bench/domain_learning.py). The scores are the same numbers `decide`
+        computes from the same evidence, so decisions do not depend on where they were computed;
+        a ranking switched in while the searches ran makes them again here, on the new one."""
+        switch = self.state.switch
+        examples = len(switch.evidence.vectors) + (0 if switch.frozen is None else len(switch.frozen.vectors))
+        if not self.learn or vector is None or examples < OFF_LOOP_EXAMPLES:
+            return self.decide(request_id, score, length, vector=vector)
+        job = self.switch.scoring(switch, score, vector)
+        scored = await asyncio.get_running_loop().run_in_executor(_neighbours(), job.run)
+        now = self.state.switch
+        job.keep(now)
+        valid = now.switches == job.switches
+        return self.decide(request_id, score, length, vector=vector, scored=scored if valid else None)
+
     def _count(self, decision: Decision) -> None:
         state = self.state
         state.decisions += 1
@@ -219,15 +262,26 @@ class RouteCalibration:
 
     def admit(self, day: str, estimate: Decimal) -> bool:
         """May a shadow call estimated at `estimate` USD be made today? A refusal pauses the
-        calibration for the rest of the day (module docstring)."""
-        budget = self.state.budget
-        spent = budget.spent if budget.day == day else Decimal(0)
-        if spent + estimate <= self.settings.verification.daily_usd_cap:
+        calibration for the rest of the day (module docstring). Holds aside (quality/spend.py)."""
+        if estimate <= self.left_today(day):
             return True
-        self.apply(lambda: self._refuse(day))
+        self.apply(lambda: self.refuse(day))
         return False
 
-    def _refuse(self, day: str) -> None:
+    @property
+    def holds(self) -> dict[str, Held]:
+        """Verifications admitted against the cap and not settled, by hold id (quality/spend.py)."""
+        return self.state.holds
+
+    def left_today(self, day: str) -> Decimal:
+        """What the daily cap leaves to spend today, holds aside."""
+        budget = self.state.budget
+        spent = budget.spent if budget.day == day else Decimal(0)
+        return self.settings.verification.daily_usd_cap - spent
+
+    def refuse(self, day: str) -> None:
+        """The cap cannot admit a verification: paused for the day (a change of the state as is,
+        not journaled: the caller writes it at once, quality/spend.py)."""
         budget = self.state.budget
         roll_over(budget, day)
         budget.skipped_for_cap += 1
@@ -235,16 +289,27 @@ class RouteCalibration:
         # Paused from now on: the day's spend is marked full.
         budget.spent = max(budget.spent, self.settings.verification.daily_usd_cap)
 
-    def charge(self, decision: Decision, cost: Decimal, day: str) -> None:
-        """A verification made: its real cost counts against the day's cap and in the totals."""
-        self.apply(lambda: self._charge(cost, day))
+    def charge(self, decision: Decision, cost: Decimal, day: str, hold: str | None = None) -> None:
+        """A verification made: its real cost counts against the day's cap and in the totals, and
+        its hold (if any) goes in the same change, so the store never counts neither or both."""
+        self.apply(lambda: self._charge(cost, day, hold))
 
-    def _charge(self, cost: Decimal, day: str) -> None:
+    def _charge(self, cost: Decimal, day: str, hold: str | None) -> None:
         budget = self.state.budget
         roll_over(budget, day)
         budget.spent += cost
         budget.verified += 1
         self.state.totals.cost_nano += int(cost * NANO)
+        if hold is not None:
+            self.state.holds.pop(hold, None)
+
+    def release(self, hold: str) -> None:
+        """A hold let go with nothing charged (the verification stopped before any cost)."""
+
+        def let_go() -> None:
+            self.state.holds.pop(hold, None)
+
+        self.apply(let_go)
 
     def observe(self, decision: Decision, loss: bool) -> None:
         """A verified decision: the cheap answer was (not) acceptable against the reference. A live
@@ -380,6 +445,8 @@ class RouteCalibration:
             "verification_cost_usd": str(Decimal(totals.cost_nano) / NANO),
             "daily_usd_cap": str(self.settings.verification.daily_usd_cap),
             "spent_today_usd": str(state.budget.spent),
+            # Worst cases of the verifications in flight, every instance's (quality/spend.py).
+            "held_usd": str(sum((h.amount for h in state.holds.values()), Decimal(0))),
             "cap_reached": self.exhausted(today()),
             "skipped_for_cap": totals.skipped_for_cap,
             "flagged": state.flagged,

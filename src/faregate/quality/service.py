@@ -25,6 +25,7 @@ import orjson
 
 from faregate.lifecycle import Periodic
 from faregate.quality.cache_live import CacheCalibration
+from faregate.quality.leases import Leases, SoleInstance
 from faregate.quality.live import RouteCalibration
 from faregate.store.verifications import VerificationRow, VerificationStore
 
@@ -32,6 +33,10 @@ log = logging.getLogger("faregate.quality")
 
 REFRESH_S = 2.0
 SAVE_TRIES = 8
+
+
+class StateContention(RuntimeError):
+    """Other instances kept writing a scope's state: this write was not made."""
 
 
 class Calibrated(Protocol):
@@ -53,6 +58,7 @@ class QualityService:
         routes: Iterable[RouteCalibration],
         store: VerificationStore,
         cache: CacheCalibration | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self.routes: dict[str, RouteCalibration] = {r.route: r for r in routes}
         self.cache = cache
@@ -61,6 +67,8 @@ class QualityService:
         if cache is not None:
             self.calibrated[cache.route] = cache
         self.store = store
+        # Whose verification holds are alive (quality/spend.py).
+        self.leases: Leases = leases or SoleInstance()
         self._versions: dict[str, int] = {name: 0 for name in self.calibrated}
         self._locks: dict[str, asyncio.Lock] = {name: asyncio.Lock() for name in self.calibrated}
         self._refresh = Periodic("calibration state refresh", REFRESH_S, self.refresh)
@@ -122,6 +130,35 @@ class QualityService:
                     if data.get("settings") == calibration.fingerprint():
                         calibration.adopt_json(data["state"])
             log.warning("%s: the calibration state kept changing under us; saved later", name)
+
+    async def write_now(self, name: str, change: Callable[[], bool]) -> None:
+        """Make `change` on the freshest stored state and write it at once, by compare-and-set.
+        When another instance wrote in between, its state is adopted and the change made again on
+        it (so a decision the change takes, such as admitting a hold, is always taken on the state
+        it is written over). `change` is not journaled; it says whether it changed anything
+        (nothing: nothing is written). Raises StateContention if the row kept changing under us."""
+        calibration = self.calibrated[name]
+        async with self._locks[name]:
+            await self._load(name, calibration)
+            made = False
+            for _ in range(SAVE_TRIES):
+                if not made:
+                    if not change():
+                        return
+                    made = True
+                saved = len(calibration.journal)
+                text = orjson.dumps(
+                    {"settings": calibration.fingerprint(), "state": calibration.state_json()}
+                ).decode()
+                expected = self._versions[name]
+                if await self.store.save_state(self.scope(name), expected, text, time.time()):
+                    self._versions[name] = expected + 1
+                    del calibration.journal[:saved]
+                    return
+                # Adopted: the state the change was made on is gone, make it again on the new one.
+                # (Not adopted: a state under other settings, overwritten with ours as it is.)
+                made = not await self._load(name, calibration)
+            raise StateContention(f"{name}: the calibration state kept changing under us")
 
     async def refresh(self) -> None:
         for name, calibration in self.calibrated.items():

@@ -10,6 +10,7 @@ import numpy as np
 
 from faregate.cache.service import ResponseCache
 from faregate.lifecycle import Lifecycle
+from faregate.quality.leases import AccountLeases
 from faregate.quality.metrics import QualityCollector
 from faregate.quality.service import QualityService
 from faregate.quality.verifier import Verifier
@@ -52,7 +53,10 @@ async def open_quality(
     acceptance = cache.acceptance if cache is not None else None
     if not calibrations and acceptance is None:
         return None
-    service = QualityService(calibrations.values(), verification_store(backends), acceptance)
+    # Verification holds belong to this process's instance lease (quality/leases.py).
+    service = QualityService(
+        calibrations.values(), verification_store(backends), acceptance, AccountLeases(backends.accounts)
+    )
     await service.load()
     service.start()
     # Closed newest first: the verifier stops, then the last state is saved, then the stores close.

@@ -10,24 +10,41 @@ whole output allowance. A cap that cannot admit both makes neither call, and the
 pauses for the day as for a refused shadow call (quality/live.py): a shadow answer no judge may
 read would be money spent for no label.
 
-The admitted amount is held until the verification has charged its real cost. Verifications
-running at once in this process count each other's holds, so together they spend within the cap
-as long as upstreams bill within the worst case. One that would fit alone but not beside the
-others' holds waits for them to settle (their real cost is usually far below their worst case)
-rather than pausing the day. Instances sharing a route hold apart: each admits against the spend
-the store last gave it, so together they may overrun the cap by what is in flight on the others.
+The admitted amount is held until the verification has charged its real cost, and the hold is
+kept in the shared calibration state (the route's or the cache's `calibration_state` row), so every
+instance sharing the scope counts it. Admission is one compare-and-set on that row
+(QualityService.write_now): on the freshest stored state, the worst case must fit under the cap
+beside the day's spend and every live instance's holds; then the hold (its id, its instance, its
+amount, exact in Decimal) is added and written. Of two instances admitting at once, one writes
+first; the other adopts its state, decides again on it, and writes. Settlement takes the hold away
+and adds the real cost in one change (RouteCalibration.charge / CacheCalibration.charge), written by
+the same compare-and-set, so the store never counts a verification twice or not at all. Together,
+every instance's verifications spend within the cap as long as upstreams bill within the worst case.
+
+One that would fit alone but not beside the others' holds waits for them to settle (their real cost
+is usually far below their worst case) rather than pausing the day. A hold belongs to its instance's
+lease (quality/leases.py; the lease budget holds already have, `accounts.instance_lease_s`): holds
+of an instance whose lease lapsed (it crashed mid-verification) no longer count and are dropped at
+the next admission (once older than a lease: quality/leases.py), so a dead instance blocks the cap
+for about a lease at most.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+import secrets
+import time
+from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Literal
 
 from faregate.errors import FaregateError
 from faregate.quality.cache_live import CacheCalibration
 from faregate.quality.live import RouteCalibration
+from faregate.quality.service import QualityService
+from faregate.quality.state import Held
 from faregate.routing.plan import Plan, Planner
 from faregate.routing.worst_case import judge_call, worst_case
 from faregate.types import ChatRequest
@@ -37,19 +54,13 @@ log = logging.getLogger("faregate.quality")
 
 # An LLM judge's output allowance: "Score: N" and a line of why.
 JUDGE_MAX_TOKENS = 200
+# An admission waiting for others' holds to settle looks at the store again this often (a
+# settlement in this process wakes it at once).
+WAIT_S = 1.0
 
 
 # A route's calibration (quality/live.py) or the semantic cache's (quality/cache_live.py).
 Capped = RouteCalibration | CacheCalibration
-
-
-def left_today(capped: Capped, day: str) -> Decimal:
-    """What the daily cap leaves to spend today (holds aside)."""
-    if isinstance(capped, RouteCalibration):
-        budget, cap = capped.state.budget, capped.settings.verification.daily_usd_cap
-    else:
-        budget, cap = capped.budget, capped.settings.daily_usd_cap
-    return cap - (budget.spent if budget.day == day else Decimal(0))
 
 
 @dataclass(slots=True, frozen=True)
@@ -99,35 +110,85 @@ def judge_worst(planner: Planner, judge_model: str, shown: int) -> Decimal:
 
 
 class Holds:
-    """Amounts admitted and not settled yet, per capped scope (this process only)."""
+    """Verification holds kept in the shared calibration state of each capped scope (the module
+    docstring); `settled` wakes the admissions waiting in this process."""
 
-    def __init__(self) -> None:
-        self._held: dict[str, Decimal] = {}
+    def __init__(self, service: QualityService) -> None:
+        self.service = service
         self._settled = asyncio.Condition()
 
-    def held(self, scope: str) -> Decimal:
-        return self._held.get(scope, Decimal(0))
+    async def admit(self, capped: Capped, day: str, amount: Decimal) -> str | None:
+        """Hold `amount` against the day's cap beside every live instance's holds: the hold's id,
+        held until `settle`; None: the cap cannot (the scope is paused for the day). While it would
+        fit alone but not beside the others' holds, wait for them to settle (another instance's
+        settlement is seen in the store: looked for every WAIT_S)."""
+        hold_id = new_hold_id()
+        while True:
+            leases = self.service.leases
+            admission = Admission(capped, day, amount, hold_id, leases.instance_id)
+            admission.alive = await leases.alive()
+            # Read after the leases: a hold made since (by an instance started since) is younger.
+            admission.now = time.time()
+            admission.lease_s = leases.lease_s
+            await self.service.write_now(capped.route, admission.change)
+            if admission.verdict == "admitted":
+                return hold_id
+            if admission.verdict == "refused":
+                return None
+            async with self._settled:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._settled.wait(), WAIT_S)
 
-    async def admit(self, capped: Capped, day: str, amount: Decimal) -> bool:
-        """Admit `amount` on top of what is held, held until `release`; False: the cap cannot
-        (the scope is paused for the day). While it would fit alone but not beside the others'
-        holds, wait for them to settle."""
-        scope = capped.route
-        async with self._settled:
-            while amount <= left_today(capped, day) < self.held(scope) + amount:
-                await self._settled.wait()
-            held = self.held(scope)
-            if not capped.admit(day, held + amount):
-                return False
-            self._held[scope] = held + amount
+    async def settle(self, capped: Capped, hold_id: str) -> None:
+        """After the verification. Its charge took the hold with the real cost (one change, one
+        write); a verification stopped before any charge lets it go here, written at once."""
+        try:
+            if hold_id in capped.holds:
+                capped.release(hold_id)
+                await self.service.save(capped.route)
+        finally:
+            async with self._settled:
+                self._settled.notify_all()
+
+
+@dataclass(slots=True)
+class Admission:
+    """One try at admitting a hold, as a change of the capped scope's state (QualityService.write_now
+    may make it again on a newer state: the verdict is the last one's)."""
+
+    capped: Capped
+    day: str
+    amount: Decimal
+    hold_id: str
+    me: str
+    alive: set[str] = field(default_factory=set)
+    now: float = 0.0
+    lease_s: float = 0.0
+    verdict: Literal["", "admitted", "wait", "refused"] = ""
+
+    def lapsed(self, held: Held) -> bool:
+        """Its instance's lease lapsed (the process is gone, the verification will never settle);
+        a hold younger than a lease may be an instance's started since the leases were read."""
+        mine_or_alive = held.instance == self.me or held.instance in self.alive
+        return not mine_or_alive and held.at < self.now - self.lease_s
+
+    def change(self) -> bool:
+        holds = self.capped.holds
+        lapsed = [k for k, h in holds.items() if self.lapsed(h)]
+        for key in lapsed:
+            del holds[key]
+        left = self.capped.left_today(self.day)
+        if self.amount > left:
+            self.verdict = "refused"
+            self.capped.refuse(self.day)
             return True
+        if sum((h.amount for h in holds.values()), Decimal(0)) + self.amount > left:
+            self.verdict = "wait"
+            return bool(lapsed)
+        self.verdict = "admitted"
+        holds[self.hold_id] = Held(self.me, self.amount, time.time())
+        return True
 
-    async def release(self, capped: Capped, amount: Decimal) -> None:
-        """After the real cost is charged (never before: the cap would briefly count neither)."""
-        async with self._settled:
-            left = self.held(capped.route) - amount
-            if left > 0:
-                self._held[capped.route] = left
-            else:
-                self._held.pop(capped.route, None)
-            self._settled.notify_all()
+
+def new_hold_id() -> str:
+    return f"vh_{secrets.token_hex(8)}"

@@ -121,7 +121,7 @@ class Verifier:
         self._closing = False
         self.comparators: dict[str, Comparator] = {}
         # Worst cases admitted against the daily caps and not charged yet (quality/spend.py).
-        self.holds = Holds()
+        self.holds = Holds(service)
         # Unit vectors for texts, off the event loop (the `embedding` comparator); set by the setup.
         self.embed: Callable[[list[str]], Awaitable[Any]] | None = None
         # The response cache whose semantic acceptance is calibrated (None: not calibrated).
@@ -236,15 +236,15 @@ class Verifier:
         day, began = today(), time.time()
         reference = job.request.model
         shadow = await plan_shadow(self.planner, job.request, reference)
-        if not await self.holds.admit(acceptance, day, shadow.worst):
+        hold = await self.holds.admit(acceptance, day, shadow.worst)
+        if hold is None:
             log.warning("the semantic cache's daily verification cap is reached; hits unverified for the day")
-            await self.service.save("cache")
             return
         try:
             text, cost = await self._call(shadow)
-            acceptance.charge(cost, day)
+            acceptance.charge(cost, day, hold)
         finally:
-            await self.holds.release(acceptance, shadow.worst)
+            await self.holds.settle(acceptance, hold)
         if text is None:
             acceptance.failed()
             await self._cache_row(job.request.request_id, "paid", "served", job.similarity,
@@ -349,30 +349,35 @@ class Verifier:
         else:
             shadow = await plan_shadow(self.planner, job.request, job.strong if decision.cheap else job.cheap)
             known = await estimate_usage(job.request, job.answer)
-        hold = Decimal(0) if shadow is None else shadow.worst
+        worst = Decimal(0) if shadow is None else shadow.worst
         if judge is not None:
             # A free label's judge is shown the prompt and both answers; otherwise the question and
             # the reference (at most the shadow call's tokens) and the answer the user got.
             question = known.prompt_tokens if shadow is None else shadow.tokens
-            hold += judge_worst(self.planner, judge, question + known.completion_tokens)
-        if hold and not await self.holds.admit(calibration, day, hold):
+            worst += judge_worst(self.planner, judge, question + known.completion_tokens)
+        if not worst:
+            await self._verify(job, shadow, day, began, None)
+            return
+        hold = await self.holds.admit(calibration, day, worst)
+        if hold is None:
             log.warning(
                 "route %s: the daily verification cap of $%s cannot admit this verification's worst "
                 "case ($%s); calibration paused for the day",
                 decision.route,
                 verification.daily_usd_cap,
-                hold,
+                worst,
             )
-            await self.service.save(decision.route)
             return
         try:
-            await self._verify(job, shadow, day, began)
+            await self._verify(job, shadow, day, began, hold)
         finally:
-            await self.holds.release(calibration, hold)
+            await self.holds.settle(calibration, hold)
 
-    async def _verify(self, job: Job, shadow: ShadowCall | None, day: str, began: float) -> None:
+    async def _verify(
+        self, job: Job, shadow: ShadowCall | None, day: str, began: float, hold: str | None
+    ) -> None:
         """The admitted verification: the shadow call (none for a free label), the comparison, the
-        real cost charged, the outcome observed and recorded."""
+        real cost charged (the hold taken away with it), the outcome observed and recorded."""
         decision = job.decision
         calibration = job.calibration
         comparator_name = calibration.settings.verification.comparator
@@ -383,7 +388,7 @@ class Verifier:
             reference = shadow.request.model
             text, cost = await self._call(shadow)
             if text is None:
-                calibration.charge(decision, cost, day)
+                calibration.charge(decision, cost, day, hold)
                 calibration.failed(decision)
                 await self._record(job, calibration, "failed", reference, cost, began, comparator_name)
                 await self.service.save(decision.route)
@@ -398,14 +403,16 @@ class Verifier:
             log.exception("comparing the answers of request %s failed", job.request.request_id)
             # A judge that did not answer may still have been billed.
             cost += error.cost if isinstance(error, JudgeFailed) else Decimal(0)
-            calibration.charge(decision, cost, day)
+            calibration.charge(decision, cost, day, hold)
             calibration.failed(decision)
             await self._record(job, calibration, "failed", reference, cost, began, comparator_name)
             await self.service.save(decision.route)
             return
         cost += asked
         if cost:
-            calibration.charge(decision, cost, day)
+            calibration.charge(decision, cost, day, hold)
+        elif hold is not None:
+            calibration.release(hold)
         loss = not acceptable
         calibration.observe(decision, loss)
         await self._record(

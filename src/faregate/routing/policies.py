@@ -85,7 +85,7 @@ class RouterPolicy:
             return Pick(self.strong, self.weak, None)
         if self.quality is not None:
             length = float(len(last_user_text(body)))
-            decision = self.quality.decide(request_id, score, length, vector=vector)
+            decision = await self.quality.decide_off_loop(request_id, score, length, vector)
             first, other = (self.weak, self.strong) if decision.cheap else (self.strong, self.weak)
             return Pick(first, other, score, decision)
         if self.threshold.decide(score):

@@ -19,7 +19,9 @@ prompts; the calibrator decides how many go to the strong model. Re-ranking prom
 calibration's tests run is not covered by the guarantee: this score is used as a challenger,
 switched in frozen by a test (ranking_switch.py).
 
-State is a bounded list of (vector, net gain) examples; search is exact (a few thousand vectors).
+State is a bounded list of (vector, net gain) examples; search is exact (a few thousand vectors),
+on an `EvidenceView` of arrays built once per change and never written after, so the gateway can
+search on a worker thread (quality/live.py) while the event loop adds examples.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ class DomainEvidence:
     encoded: deque[str] = field(default_factory=lambda: deque(maxlen=DEFAULT_MAX_EXAMPLES))
     weak_wins: float = 0.0
     total: float = 0.0
-    _matrix: Vector | None = None
-    _mean_weight: float | None = None
+    # What scoring reads, built when first needed after a change (see `view`).
+    _view: EvidenceView | None = None
 
     def add(self, vector: Vector, net_gain: int, weight: float = 1.0) -> None:
         if net_gain not in (-1, 0, 1):
@@ -65,18 +67,33 @@ class DomainEvidence:
         self.weights.append(float(weight))
         self.weak_wins += weight * (net_gain < 0)
         self.total += weight
-        self._matrix = None
-        self._mean_weight = None
+        self._view = None
 
-    def mean_weight(self) -> float:
-        if self._mean_weight is None:
-            self._mean_weight = sum(self.weights) / len(self.weights) if self.weights else 1.0
-        return self._mean_weight
+    def view(self) -> EvidenceView:
+        """The evidence as scoring reads it (built now if it changed since)."""
+        if self._view is None:
+            self._view = EvidenceView.build(self.parts())
+        return self._view
 
     def matrix(self) -> Vector:
-        if self._matrix is None:
-            self._matrix = np.stack(list(self.vectors)) if self.vectors else np.zeros((0, 0), np.float32)
-        return self._matrix
+        """The examples' vectors, one row each."""
+        return self.view().matrix
+
+    def parts(self) -> EvidenceParts:
+        """The evidence as it is now, copied (references only): a worker thread may build its view
+        while examples are added here (`view`, `keep`)."""
+        return EvidenceParts(
+            list(self.vectors), list(self.net_gains), list(self.weights), self.weak_wins, self.total
+        )
+
+    def built(self) -> EvidenceView | None:
+        """The view, if it is built and current."""
+        return self._view
+
+    def keep(self, view: EvidenceView, parts: EvidenceParts) -> None:
+        """Keep a view built elsewhere from `parts`, if nothing was added since."""
+        if self._view is None and len(parts.vectors) == len(self.vectors) and parts.total == self.total:
+            self._view = view
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +130,39 @@ def _decode(encoded: list[str]) -> list[Vector]:
 
 
 @dataclass(slots=True, frozen=True)
+class EvidenceParts:
+    vectors: list[Vector]
+    net_gains: list[int]
+    weights: list[float]
+    weak_wins: float
+    total: float
+
+
+@dataclass(slots=True, frozen=True)
+class EvidenceView:
+    """The evidence as arrays no one changes once built: scoring reads only these, so it may run on
+    a worker thread while the event loop adds examples."""
+
+    matrix: Vector
+    net_gains: npt.NDArray[np.float64]
+    # Each example's weight relative to the average one.
+    weights: npt.NDArray[np.float64]
+    # The weak model's weighted share of wins (the prior's shift).
+    weak_share: float
+
+    @classmethod
+    def build(cls, parts: EvidenceParts) -> EvidenceView:
+        n = len(parts.vectors)
+        mean = sum(parts.weights) / n if n else 1.0
+        return cls(
+            np.stack(parts.vectors) if n else np.zeros((0, 0), np.float32),
+            np.asarray(parts.net_gains, dtype=np.float64),
+            np.asarray(parts.weights, dtype=np.float64) / mean,
+            parts.weak_wins / parts.total if parts.total else 0.0,
+        )
+
+
+@dataclass(slots=True, frozen=True)
 class DomainRouter:
     neighbours: int = 20
     prior_weight: float = 5.0
@@ -120,16 +170,19 @@ class DomainRouter:
 
     def score(self, evidence: DomainEvidence, prior: float, vector: Vector) -> float:
         """The prompt's need for the strong model, the prior corrected by verified neighbours."""
-        base = prior - (evidence.weak_wins / evidence.total if evidence.total else 0.0)
-        if not evidence.vectors:
+        return self.score_view(evidence.view(), prior, vector)
+
+    def score_view(self, view: EvidenceView, prior: float, vector: Vector) -> float:
+        """`score` on a built view (any thread)."""
+        base = prior - view.weak_share
+        if not len(view.net_gains):
             return base
-        sims = evidence.matrix() @ np.asarray(vector, dtype=np.float32)
+        sims = view.matrix @ np.asarray(vector, dtype=np.float32)
         k = min(self.neighbours, len(sims))
         top = np.argpartition(-sims, k - 1)[:k]
         near = top[sims[top] >= self.min_similarity]
         if not len(near):
             return base
-        gains = np.fromiter((evidence.net_gains[int(i)] for i in near), dtype=np.float64, count=len(near))
-        weights = np.fromiter((evidence.weights[int(i)] for i in near), dtype=np.float64, count=len(near))
-        weights /= evidence.mean_weight()  # relative to the average weight
+        gains = view.net_gains[near]
+        weights = view.weights[near]
         return float((self.prior_weight * base + weights @ gains) / (self.prior_weight + weights.sum()))

@@ -38,7 +38,14 @@ import numpy as np
 
 from faregate.learning.online.betting import BettingTests, Bettor, threshold
 from faregate.learning.online.calibrator import ScoreRanks
-from faregate.learning.online.domain_router import DEFAULT_MAX_EXAMPLES, DomainEvidence, DomainRouter, Vector
+from faregate.learning.online.domain_router import (
+    DEFAULT_MAX_EXAMPLES,
+    DomainEvidence,
+    DomainRouter,
+    EvidenceParts,
+    EvidenceView,
+    Vector,
+)
 
 Ranking = Literal["prior", "learned", "length"]
 
@@ -50,6 +57,49 @@ def new_evidence(max_examples: int = DEFAULT_MAX_EXAMPLES) -> DomainEvidence:
         deque(maxlen=max_examples),
         deque(maxlen=max_examples),
     )
+
+
+@dataclass(slots=True)
+class Scoring:
+    """The two nearest-neighbour searches of one decision, off the state (`RankingSwitch.scoring`):
+    `run` on any thread, then `keep` on the state's (views built from copies are kept for the next
+    decisions if the evidence did not change meanwhile)."""
+
+    domain: DomainRouter
+    prior: float
+    vector: Vector
+    # The switches made when the copies were taken: after another, the scores are of the old ranking.
+    switches: int
+    frozen: EvidenceView | EvidenceParts | None
+    live: EvidenceView | EvidenceParts
+    scores: tuple[float, float] | None = None
+    built: tuple[EvidenceView | None, EvidenceView] | None = None
+
+    def run(self) -> tuple[float, float]:
+        """(in-force score, challenger score), as `in_force_score` and `challenger_score` give."""
+        frozen = None if self.frozen is None else _view(self.frozen)
+        live = _view(self.live)
+        in_force = float(self.prior)
+        if frozen is not None:
+            in_force = self.domain.score_view(frozen, self.prior, self.vector)
+        self.scores = in_force, self.domain.score_view(live, self.prior, self.vector)
+        self.built = frozen, live
+        return self.scores
+
+    def keep(self, state: SwitchState) -> None:
+        if self.built is None or state.switches != self.switches:
+            return
+        frozen, live = self.built
+        if isinstance(self.frozen, EvidenceParts) and frozen is not None and state.frozen is not None:
+            state.frozen.keep(frozen, self.frozen)
+        if isinstance(self.live, EvidenceParts):
+            state.evidence.keep(live, self.live)
+
+
+def _view(source: EvidenceView | EvidenceParts) -> EvidenceView:
+    if isinstance(source, EvidenceView):
+        return source
+    return EvidenceView.build(source)
 
 
 def _idle_test() -> BettingTests:
@@ -112,6 +162,19 @@ class RankingSwitch:
         if vector is None:
             return float(prior)
         return self.domain.score(state.evidence, prior, vector)
+
+    def scoring(self, state: SwitchState, prior: float, vector: Vector) -> Scoring:
+        """Both scores of a prompt (`in_force_score`, `challenger_score`) as a job that reads only
+        copies made now, so a worker thread may run it while the evidence changes here."""
+        frozen = state.frozen
+        return Scoring(
+            self.domain,
+            prior,
+            vector,
+            state.switches,
+            None if frozen is None else (frozen.built() or frozen.parts()),
+            state.evidence.built() or state.evidence.parts(),
+        )
 
     def challenger_rank(self, state: SwitchState, score: float) -> float:
         """The challenger score's rank among its recent ones (and record it)."""
