@@ -29,6 +29,7 @@ from decimal import Decimal
 from typing import Any
 
 from faregate.learning.online.cache_acceptance import AcceptanceState, CacheAcceptance
+from faregate.learning.online.cache_prior import load_prior, prior_state
 from faregate.learning.online.sampling import VerificationBudget, coin
 from faregate.learning.online.settings import SemanticAcceptanceSettings
 from faregate.quality.state import NANO, Totals, roll_over, today
@@ -46,15 +47,29 @@ class CacheCalibration:
         self.settings = settings
         self.comparator = comparator
         self.acceptance = CacheAcceptance(
-            settings.max_wrong_hit_rate, settings.confidence, sequential=settings.sequential
+            settings.max_wrong_hit_rate,
+            settings.confidence,
+            sequential=settings.sequential,
+            method=settings.method,
         )
-        self.state = AcceptanceState(floor=settings.floor)
+        self.state = self.initial_state()
         self.budget = VerificationBudget()
         self.totals = Totals()
         self.seed = f"{seed}:cache"
         self.journal: list[Callable[[], None]] = []
         # Exact key of a cached answer -> the highest similarity a different question matched it at.
         self.conflicts: dict[str, float] = {}
+
+    def initial_state(self) -> AcceptanceState:
+        """Nothing, or the shipped offline calibration as `prior_lookups` pseudo-lookups."""
+        if not self.settings.prior_lookups:
+            return AcceptanceState(floor=self.settings.floor)
+        prior = load_prior()
+        if prior.floor != self.settings.floor:
+            raise ValueError(f"the cache prior is for floor {prior.floor}, not {self.settings.floor}")
+        state = prior_state(prior, self.settings.prior_lookups)
+        self.acceptance.calibrate(state)
+        return state
 
     # -- the store's view (quality/service.py) ------------------------------------------------------
 
@@ -63,6 +78,8 @@ class CacheCalibration:
         return (
             f"cache|b={s.max_wrong_hit_rate}|c={s.confidence}|seq={s.sequential}|floor={s.floor}"
             f"|cmp={self.comparator}"
+            + (f"|bound={s.method}" if s.method != "product" else "")
+            + (f"|prior={s.prior_lookups}" if s.prior_lookups else "")
         )
 
     def state_json(self) -> dict[str, Any]:

@@ -1,0 +1,76 @@
+"""The semantic cache's prior: an offline calibration shipped with Faregate, worth N pseudo-lookups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from faregate.evals.cache_eval.stream import LabelledPair, replay_stream
+from faregate.learning.online.cache_acceptance import CacheAcceptance
+from faregate.learning.online.cache_prior import (
+    load_prior,
+    prior_from_similarities,
+    prior_state,
+    write_prior,
+)
+from faregate.learning.online.settings import SemanticAcceptanceSettings
+from faregate.quality.cache_live import NOTHING, CacheCalibration
+from test_cache_stream import _vectors
+
+
+def test_a_prior_counts_every_candidate_as_labelled_and_scales_wrong_hits_up(tmp_path: Path) -> None:
+    lookups = [(None, False)] * 1000 + [(0.955, False)] * 90 + [(0.905, True)] * 3 + [(0.5, True)] * 7
+    prior = prior_from_similarities(lookups)
+    assert prior.lookups == 1100 and sum(prior.seen) == sum(prior.labelled) == 93
+    assert prior.wrong[prior.band(0.905)] == 3
+    path = tmp_path / "prior.json"
+    write_prior(path, prior, {"pairs": ["x"]})
+    assert load_prior(path).seen == prior.seen
+    scaled = prior_state(prior, 550)
+    assert scaled.lookups == 550 and scaled.labelled[scaled.band(0.955)] == 45
+    assert scaled.wrong[scaled.band(0.905)] == 2  # 1.5 rounded up: never fewer wrong hits
+    assert prior_state(prior, 0).lookups == 0
+    with pytest.raises(ValueError, match="negative"):
+        prior_state(prior, -1)
+
+
+def test_the_shipped_prior_is_the_dev_chat_pairs_and_certifies_a_threshold_at_once() -> None:
+    prior = load_prior()
+    assert prior.lookups > 2000 and 0 < sum(prior.wrong) < sum(prior.labelled)
+    acceptance = CacheAcceptance()
+    assert acceptance.calibrate(prior_state(prior, 200)) is None  # too little evidence
+    assert acceptance.calibrate(prior_state(prior, 2000)) is not None
+
+
+def test_the_live_cache_starts_from_the_prior_only_when_asked() -> None:
+    cold = CacheCalibration(SemanticAcceptanceSettings(), "exact")
+    assert cold.threshold() == NOTHING and cold.state.lookups == 0
+    warm = CacheCalibration(SemanticAcceptanceSettings(prior_lookups=2000, method="direct"), "exact")
+    assert warm.state.lookups == 2000 and warm.threshold() < 1.0
+    assert warm.acceptance.method == "direct"
+    assert "prior=2000" in warm.fingerprint() and "bound=direct" in warm.fingerprint()
+    assert "prior" not in cold.fingerprint()  # unchanged: a stored state of a default cache is kept
+    with pytest.raises(ValueError, match="bound"):
+        SemanticAcceptanceSettings(method="mean")
+
+
+def test_a_stream_with_a_prior_serves_from_its_start_and_pays_for_a_wrong_prior() -> None:
+    # Paraphrases sit at 0.968, near misses at 0.877 (test_cache_stream._vectors).
+    pairs = [LabelledPair(f"question {i}", f"question {i} reworded", i % 3 != 0) for i in range(150)]
+    distinct = [f"other {i}" for i in range(50)]
+    vectors = _vectors(pairs, distinct)
+    acceptance = CacheAcceptance()
+    cold = replay_stream(pairs, vectors, [], distinct, acceptance, seed=0)
+    assert cold.total.served == 0
+    like = prior_from_similarities([(None, False)] * 3000 + [(0.965, False)] * 300 + [(0.875, True)] * 30)
+    state = prior_state(like, 3330)
+    acceptance.calibrate(state)
+    warm = replay_stream(pairs, vectors, [], distinct, acceptance, seed=0, state=state)
+    assert warm.total.paraphrases_served > 50 and warm.total.wrong == 0
+    # A prior that never saw a near miss serves them: the guarantee is for the mix, not live alone.
+    unlike = prior_from_similarities([(None, False)] * 3000 + [(0.965, False)] * 300 + [(0.875, False)] * 30)
+    state = prior_state(unlike, 3330)
+    acceptance.calibrate(state)
+    wrong = replay_stream(pairs, vectors, [], distinct, acceptance, seed=0, state=state)
+    assert wrong.total.wrong > 0
