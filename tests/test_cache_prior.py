@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
+from faregate.cli import cache_eval
 from faregate.evals.cache_eval.stream import LabelledPair, replay_stream
 from faregate.learning.online.cache_acceptance import CacheAcceptance
 from faregate.learning.online.cache_prior import (
@@ -74,3 +78,39 @@ def test_a_stream_with_a_prior_serves_from_its_start_and_pays_for_a_wrong_prior(
     acceptance.calibrate(state)
     wrong = replay_stream(pairs, vectors, [], distinct, acceptance, seed=0, state=state)
     assert wrong.total.wrong > 0
+
+
+def _cli() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None: ...
+
+    cache_eval.register(app)
+    return app
+
+
+def test_cache_eval_writes_a_prior_and_replays_from_it(tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.csv"
+    rows = ["text1,text2,label"]
+    rows += [f"How do I reset my router model {i}?,How can I reset my model {i} router?,1" for i in range(30)]
+    rows += [f"What is the capital of country {i}?,What is the currency of country {i}?,0" for i in range(30)]
+    pairs.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    prior_file, out, data = tmp_path / "prior.json", tmp_path / "out", tmp_path / "no-data"
+    data.mkdir()
+    common = ["cache-eval", "--data", str(data), "--sizes", "0", "--distinct", "0", "--pairs", str(pairs)]
+    common += ["--cache-dir", str(tmp_path / "vectors"), "--out", str(out)]
+    runner = CliRunner()
+    built = runner.invoke(_cli(), [*common, "--write-prior", str(prior_file), "--prior-orders", "2"])
+    assert built.exit_code == 0, built.output
+    prior = load_prior(prior_file)
+    assert prior.lookups == 2 * 120 and sum(prior.labelled) > 0
+    replayed = runner.invoke(
+        _cli(), [*common, "--prior", str(prior_file), "--prior-lookups", "3000", "--method", "direct"]
+    )
+    assert replayed.exit_code == 0, replayed.output
+    assert "prior of 3,000 pseudo-lookups" in replayed.output
+    summary = json.loads((out / "cache-stream.json").read_text("utf-8"))
+    assert summary["runs"][0]["total"]["lookups"] == 120
+    wrong = runner.invoke(_cli(), [*common, "--method", "mean"])
+    assert wrong.exit_code != 0

@@ -15,6 +15,14 @@ wrong hit). Writing R(tau) = P(s >= tau) * P(wrong | s >= tau), both factors are
 - P(wrong | s >= tau): from *all* labelled lookups at or above tau, pooled (not per 0.01 band):
   a Clopper-Pearson upper bound of wrong / labelled among them.
 
+With `method="direct"` the product is replaced by a sum: R(tau) = P(s >= tau, labelled, wrong) +
+P(s >= tau, unlabelled, wrong). Every unserved lookup is labelled, so the first term is an exact
+binomial count over all lookups; only the second (served hits not drawn for verification) needs the
+pooled rate, as CP(unlabelled / lookups) x CP(pooled rate), the error budget split three ways.
+A wrong label then costs about 1/N wherever it sits rather than 1/L(tau) of the few labels above a
+high tau; the second term costs about 5/N even with no unlabelled lookup seen
+(docs/quality-guarantee.md has both measured).
+
 Learn-then-Test: tau is tested from 1.00 down in steps of 0.01 (fixed-sequence testing, no
 multiplicity correction needed) and the lowest tau of the leading run with R_upper(tau) <= bound is
 put in force; with too little evidence nothing passes and nothing is served (conservative until
