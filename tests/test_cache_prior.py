@@ -10,6 +10,8 @@ import typer
 from typer.testing import CliRunner
 
 from faregate.cli import cache_eval
+from faregate.config import SemanticCacheSettings
+from faregate.errors import ConfigError
 from faregate.evals.cache_eval.stream import LabelledPair, replay_stream
 from faregate.learning.online.cache_acceptance import CacheAcceptance
 from faregate.learning.online.cache_prior import (
@@ -20,6 +22,7 @@ from faregate.learning.online.cache_prior import (
 )
 from faregate.learning.online.settings import SemanticAcceptanceSettings
 from faregate.quality.cache_live import NOTHING, CacheCalibration
+from faregate.route_config import acceptance_settings, check_cache_acceptance
 from test_cache_stream import _vectors
 
 
@@ -55,6 +58,8 @@ def test_the_live_cache_starts_from_the_prior_only_when_asked() -> None:
     assert warm.acceptance.method == "direct"
     assert "prior=2000" in warm.fingerprint() and "bound=direct" in warm.fingerprint()
     assert "prior" not in cold.fingerprint()  # unchanged: a stored state of a default cache is kept
+    assert warm.figures()["prior_lookups"] == 2000 and warm.figures()["bound"] == "direct"
+    assert warm.figures()["wrong_hit_bound"] <= 0.005
     with pytest.raises(ValueError, match="bound"):
         SemanticAcceptanceSettings(method="mean")
 
@@ -78,6 +83,16 @@ def test_a_stream_with_a_prior_serves_from_its_start_and_pays_for_a_wrong_prior(
     acceptance.calibrate(state)
     wrong = replay_stream(pairs, vectors, [], distinct, acceptance, seed=0, state=state)
     assert wrong.total.wrong > 0
+
+
+def test_the_config_keys_reach_the_live_cache() -> None:
+    semantic = SemanticCacheSettings(max_wrong_hit_rate=0.005, bound="direct", prior_lookups=2000)
+    settings = acceptance_settings(semantic)
+    assert settings.method == "direct" and settings.prior_lookups == 2000
+    with pytest.raises(ConfigError, match="bound"):
+        check_cache_acceptance(SemanticCacheSettings(max_wrong_hit_rate=0.005, bound="mean"), "test")
+    with pytest.raises(ConfigError, match="prior_lookups"):
+        check_cache_acceptance(SemanticCacheSettings(max_wrong_hit_rate=0.005, prior_lookups=-1), "test")
 
 
 def _cli() -> typer.Typer:

@@ -197,6 +197,9 @@ class CacheCalibration:
         return {
             "max_wrong_hit_rate": self.settings.max_wrong_hit_rate,
             "confidence": self.settings.confidence,
+            "bound": self.settings.method,
+            # Pseudo-lookups of the shipped offline calibration counted in `lookups` (0: none).
+            "prior_lookups": self.settings.prior_lookups,
             "threshold": threshold,
             # R_upper at the threshold in force (at 1.00 while none is).
             "wrong_hit_bound": bound.upper,
