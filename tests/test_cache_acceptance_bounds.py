@@ -125,3 +125,15 @@ def test_served_hits_not_verified_are_bounded_with_the_pooled_rate() -> None:
     assert served.upper > clean
     with pytest.raises(ValueError, match="method"):
         CacheAcceptance(method="mean")
+
+
+def test_the_direct_bound_works_anytime_valid_too() -> None:
+    fixed, anytime = CacheAcceptance(method="direct"), CacheAcceptance(method="direct", sequential=True)
+    state = AcceptanceState()
+    for _ in range(8000):
+        fixed.record_lookup(state, None)
+    for _ in range(400):
+        fixed.record_lookup(state, 0.955)
+        fixed.observe(state, 0.955, False, [])
+    assert fixed.bound(state, 0.95).upper < anytime.bound(state, 0.95).upper < 1.0
+    assert anytime.calibrate(state) is not None
