@@ -71,8 +71,9 @@ def test_a_threshold_that_breaks_the_bound_is_certified_in_at_most_alpha_of_runs
     runs = 150
     thresholds = [_simulate(acceptance, seed, 6000) for seed in range(runs)]
     breaking = sum(t is not None and _true_rate(t) > 0.005 for t in thresholds)
-    # alpha = 10%: 15 expected at most; 24 is above the 99.5% quantile of Binomial(150, 0.1).
-    assert breaking <= 24
+    # alpha = 10%: at most 15 of 150 (seen: direct 1, product 2; the fixed-sequence test from 1.00
+    # down and the union bound make both conservative).
+    assert breaking <= 15
     # Not vacuous: the bound certifies a serving threshold in most runs.
     assert sum(t is not None and t <= 0.95 for t in thresholds) >= runs // 2
 
