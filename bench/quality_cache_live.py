@@ -15,6 +15,7 @@ and the share of true paraphrases served (lookups of a question whose paraphrase
 cached, answered right), beside the threshold in force and its bound at the end.
 
     python bench/quality_cache_live.py [--confidence 0.8] [--warm FILE ...] [--pairs FILE]
+        [--method direct] [--prior-lookups 2000]
 """
 
 from __future__ import annotations
@@ -99,6 +100,12 @@ def main() -> None:
     parser.add_argument("--confidence", type=float, default=0.95)
     parser.add_argument("--bound", type=float, default=0.005)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--method", choices=("product", "direct"), default="product", help="cache.semantic.bound"
+    )
+    parser.add_argument(
+        "--prior-lookups", type=int, default=0, help="cache.semantic.prior_lookups (the shipped prior)"
+    )
     parser.add_argument("--distinct", type=int, default=500, help="distinct questions between the pairs")
     args = parser.parse_args()
     warm = args.warm if args.warm is not None else [PAIRS / "chat_pairs_dev.txt"] * 2
@@ -136,6 +143,7 @@ def main() -> None:
         f"models:\n  {MODEL}: {{input: 1, output: 2}}\n"
         "cache:\n  semantic:\n    enabled: true\n"
         f"    max_wrong_hit_rate: {args.bound}\n    confidence: {args.confidence}\n    verify_hits: 0.05\n"
+        f"    bound: {args.method}\n    prior_lookups: {args.prior_lookups}\n"
     )
     cli = [sys.executable, "-m", "faregate.cli.main"]
     sim = subprocess.Popen(

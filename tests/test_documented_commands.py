@@ -291,6 +291,9 @@ QUICK: dict[str, Quick] = {
     "python bench/quality_cache_live.py": Quick(
         why_not="the line before at another confidence: the same code"
     ),
+    "python bench/quality_cache_live.py --prior-lookups 2000": Quick(
+        why_not="the line with --confidence 0.8 with two config keys more (tests/test_cache_prior.py)"
+    ),
     "python bench/domain_learning.py": Quick(
         run="python bench/domain_learning.py --examples 100 --calls 50",
         where="checkout",

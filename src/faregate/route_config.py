@@ -334,6 +334,8 @@ def acceptance_settings(semantic: SemanticCacheSettings) -> SemanticAcceptanceSe
     return SemanticAcceptanceSettings(
         max_wrong_hit_rate=semantic.max_wrong_hit_rate,
         confidence=semantic.confidence,
+        method=semantic.bound,
+        prior_lookups=semantic.prior_lookups,
         verify_hits=semantic.verify_hits,
         daily_usd_cap=semantic.daily_usd_cap,
     )

@@ -102,24 +102,70 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="--pairs: earlier passes of the stream (other orders) whose evidence is kept."),
         ] = 0,
         seed: Annotated[int, typer.Option(help="--pairs: stream order seed.")] = 0,
+        method: Annotated[
+            str,
+            typer.Option(
+                help="--pairs: the bound on wrong hits / lookups: 'product' (P(s >= tau) x pooled wrong "
+                "rate) or 'direct' (labelled wrong hits counted over all lookups, the pooled rate only "
+                "for unverified hits)."
+            ),
+        ] = "product",
+        prior_lookups: Annotated[
+            int,
+            typer.Option(
+                help="--pairs: start the acceptance from the offline calibration (--prior) worth this many "
+                "pseudo-lookups; 0: no prior."
+            ),
+        ] = 0,
+        prior: Annotated[
+            Path | None,
+            typer.Option(help="--pairs: the prior file (default: the one shipped with Faregate)."),
+        ] = None,
+        write_prior: Annotated[
+            Path | None,
+            typer.Option(
+                help="With --pairs: build a prior from these pairs (replayed without serving, every "
+                "candidate labelled; at the largest --sizes) and write it here instead of replaying."
+            ),
+        ] = None,
+        prior_orders: Annotated[int, typer.Option(help="--write-prior: stream orders per pairs file.")] = 3,
     ) -> None:
         """Measure the semantic cache on distinct questions and labelled paraphrases."""
         if pairs_file:
-            from faregate.cli.cache_stream import run_pairs
-            from faregate.learning.online.cache_acceptance import CacheAcceptance
+            from faregate.cli.cache_stream import build_prior, run_pairs
+            from faregate.learning.online.cache_acceptance import METHODS, CacheAcceptance
+            from faregate.learning.online.cache_prior import load_prior
 
+            if method not in METHODS:
+                raise typer.BadParameter(f"--method must be one of {', '.join(METHODS)}")
+            console = Console(width=max(Console().width, 150))
+            folder = data if data != CHECKOUT_DATA else Path("data")
+            if write_prior is not None:
+                build_prior(
+                    pairs_file,
+                    folder,
+                    max(int(s) for s in sizes.split(",")),
+                    seeds=prior_orders,
+                    cache_dir=cache_dir,
+                    out_file=write_prior,
+                    console=console,
+                    command=_command_line(),
+                )
+                return
             run_pairs(
                 pairs_file,
-                data if data != CHECKOUT_DATA else Path("data"),
+                folder,
                 [int(s) for s in sizes.split(",")],
-                CacheAcceptance(max_wrong_hit_rate, confidence, sequential=sequential),
+                CacheAcceptance(max_wrong_hit_rate, confidence, sequential=sequential, method=method),
                 seed=seed,
                 warm_passes=warm_passes,
                 warm_files=warm,
                 distinct_count=distinct,
                 cache_dir=cache_dir,
                 out=out,
-                console=Console(width=max(Console().width, 150)),
+                console=console,
+                prior=load_prior(prior) if prior_lookups else None,
+                prior_lookups=prior_lookups,
             )
             return
         if threshold not in THRESHOLDS:

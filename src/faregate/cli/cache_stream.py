@@ -20,6 +20,7 @@ from faregate.evals.cache_eval.stream import (
     replay_stream,
 )
 from faregate.learning.online.cache_acceptance import AcceptanceState, CacheAcceptance
+from faregate.learning.online.cache_prior import prior_from_similarities, prior_state, write_prior
 
 DISTINCT = 500
 
@@ -55,10 +56,13 @@ def run_pairs(
     console: Console,
     warm_files: list[Path] | None = None,
     distinct_count: int = DISTINCT,
+    prior: AcceptanceState | None = None,
+    prior_lookups: int = 0,
 ) -> list[StreamReport]:
     """Replay the pairs as a stream at each index size. `warm_files`: earlier traffic of other
     questions, streamed first so the acceptance starts from its evidence (a deployment already
-    running); `warm_passes`: the same pairs streamed before in other orders (a projection only)."""
+    running); `warm_passes`: the same pairs streamed before in other orders (a projection only);
+    `prior`: an offline calibration the acceptance starts from, as `prior_lookups` pseudo-lookups."""
     from faregate.embedding.vector_cache import embed_texts
 
     pairs = [p for path in pairs_files for p in load_labelled_pairs(path)]
@@ -90,11 +94,13 @@ def run_pairs(
             if warm_pairs
             else ""
         )
+        + (f"; prior of {prior_lookups:,} pseudo-lookups" if prior is not None and prior_lookups else "")
     )
     reports = []
     ceilings: list[Hindsight] = []
     for size in sizes:
-        state = AcceptanceState(floor=0.80)
+        state = prior_state(prior, prior_lookups) if prior is not None else AcceptanceState(floor=0.80)
+        acceptance.calibrate(state)
         for k, stream in enumerate(warm_streams):
             replay_stream(
                 stream, vectors, fill[:size], distinct, acceptance, seed=seed + 100 + k, state=state
@@ -129,6 +135,56 @@ def run_pairs(
     (out / "cache-stream.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     console.print(f"wrote {out}/cache-stream.json")
     return reports
+
+
+def build_prior(
+    pairs_files: list[Path],
+    data: Path,
+    size: int,
+    *,
+    seeds: int,
+    cache_dir: Path | None,
+    out_file: Path,
+    console: Console,
+    distinct_count: int = DISTINCT,
+    command: str = "faregate cache-eval --write-prior",
+) -> AcceptanceState:
+    """The offline calibration shipped as the acceptance's prior (learning/online/cache_prior.py):
+    each pairs file replayed as its own stream without serving (every candidate labelled), in
+    `seeds` orders, over an index of `size` vendored texts. Its distinct questions are the RouteLLM
+    prompts after the ones `--pairs` streams look up (never PAWS sentences: they come in
+    near-identical pairs, and their test half is a test stream)."""
+    from faregate.embedding.vector_cache import embed_texts
+
+    streams = [load_labelled_pairs(path) for path in pairs_files]
+    texts = sorted({p.first for s in streams for p in s} | {p.second for s in streams for p in s})
+    pool = filler_texts(data, set(texts))
+    distinct = pool[distinct_count : 2 * distinct_count]
+    filler = pool[2 * distinct_count : 2 * distinct_count + size]
+    keys = texts + distinct
+    vectors = dict(zip(keys, embed_texts(keys, cache_dir), strict=True))
+    fill = list(embed_texts(filler, cache_dir)) if filler else []
+    acceptance = CacheAcceptance()
+    lookups: list[tuple[float | None, bool]] = []
+    for stream in streams:
+        for seed in range(seeds):
+            report = replay_stream(stream, vectors, fill, distinct, acceptance, seed=seed, serve=False)
+            lookups += [(t.similarity if t.similarity >= 0 else None, t.wrong) for t in report.trace]
+    prior = prior_from_similarities(lookups)
+    source = {
+        "pairs": [path.name for path in pairs_files],
+        "index_entries": size,
+        "orders": seeds,
+        "distinct": distinct_count,
+        "command": command,
+    }
+    write_prior(out_file, prior, source)
+    console.print(
+        f"prior: {prior.lookups:,} lookups, {sum(prior.labelled):,} with a candidate >= {prior.floor}, "
+        f"{sum(prior.wrong):,} of them wrong; wrote {out_file}",
+        highlight=False,
+    )
+    return prior
 
 
 def _row(w: StreamWindow) -> list[str]:

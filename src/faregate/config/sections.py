@@ -156,6 +156,10 @@ class SemanticCacheSettings(_Strict):
     # lookups stays under this bound (quality/cache_live.py); no semantic hit until evidence.
     max_wrong_hit_rate: float | None = None
     confidence: float = 0.95
+    # The bound on wrong hits / lookups: "product" or "direct" (docs/quality-guarantee.md).
+    bound: str = "product"
+    # Start from the shipped offline calibration worth this many lookups (0: live evidence only).
+    prior_lookups: int = 0
     # Share of served semantic hits verified by a fresh call after the response, and its cap.
     verify_hits: float = 0.05
     daily_usd_cap: Decimal = Decimal("5")

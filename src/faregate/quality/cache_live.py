@@ -29,6 +29,7 @@ from decimal import Decimal
 from typing import Any
 
 from faregate.learning.online.cache_acceptance import AcceptanceState, CacheAcceptance
+from faregate.learning.online.cache_prior import load_prior, prior_state
 from faregate.learning.online.sampling import VerificationBudget, coin
 from faregate.learning.online.settings import SemanticAcceptanceSettings
 from faregate.quality.state import NANO, Held, Totals, holds_from_json, holds_to_json, roll_over, today
@@ -46,9 +47,12 @@ class CacheCalibration:
         self.settings = settings
         self.comparator = comparator
         self.acceptance = CacheAcceptance(
-            settings.max_wrong_hit_rate, settings.confidence, sequential=settings.sequential
+            settings.max_wrong_hit_rate,
+            settings.confidence,
+            sequential=settings.sequential,
+            method=settings.method,
         )
-        self.state = AcceptanceState(floor=settings.floor)
+        self.state = self.initial_state()
         self.budget = VerificationBudget()
         self.totals = Totals()
         self.seed = f"{seed}:cache"
@@ -58,6 +62,17 @@ class CacheCalibration:
         # Verifications admitted against the daily cap and not settled, by hold id (quality/spend.py).
         self.holds: dict[str, Held] = {}
 
+    def initial_state(self) -> AcceptanceState:
+        """Nothing, or the shipped offline calibration as `prior_lookups` pseudo-lookups."""
+        if not self.settings.prior_lookups:
+            return AcceptanceState(floor=self.settings.floor)
+        prior = load_prior()
+        if prior.floor != self.settings.floor:
+            raise ValueError(f"the cache prior is for floor {prior.floor}, not {self.settings.floor}")
+        state = prior_state(prior, self.settings.prior_lookups)
+        self.acceptance.calibrate(state)
+        return state
+
     # -- the store's view (quality/service.py) ------------------------------------------------------
 
     def fingerprint(self) -> str:
@@ -65,6 +80,8 @@ class CacheCalibration:
         return (
             f"cache|b={s.max_wrong_hit_rate}|c={s.confidence}|seq={s.sequential}|floor={s.floor}"
             f"|cmp={self.comparator}"
+            + (f"|bound={s.method}" if s.method != "product" else "")
+            + (f"|prior={s.prior_lookups}" if s.prior_lookups else "")
         )
 
     def state_json(self) -> dict[str, Any]:
@@ -200,6 +217,9 @@ class CacheCalibration:
         return {
             "max_wrong_hit_rate": self.settings.max_wrong_hit_rate,
             "confidence": self.settings.confidence,
+            "bound": self.settings.method,
+            # Pseudo-lookups of the shipped offline calibration counted in `lookups` (0: none).
+            "prior_lookups": self.settings.prior_lookups,
             "threshold": threshold,
             # R_upper at the threshold in force (at 1.00 while none is).
             "wrong_hit_bound": bound.upper,

@@ -15,6 +15,14 @@ wrong hit). Writing R(tau) = P(s >= tau) * P(wrong | s >= tau), both factors are
 - P(wrong | s >= tau): from *all* labelled lookups at or above tau, pooled (not per 0.01 band):
   a Clopper-Pearson upper bound of wrong / labelled among them.
 
+With `method="direct"` the product is replaced by a sum: R(tau) = P(s >= tau, labelled, wrong) +
+P(s >= tau, unlabelled, wrong). Every unserved lookup is labelled, so the first term is an exact
+binomial count over all lookups; only the second (served hits not drawn for verification) needs the
+pooled rate, as CP(unlabelled / lookups) x CP(pooled rate), the error budget split three ways.
+A wrong label then costs about 1/N wherever it sits rather than 1/L(tau) of the few labels above a
+high tau; the second term costs about 5/N even with no unlabelled lookup seen
+(docs/quality-guarantee.md has both measured).
+
 Learn-then-Test: tau is tested from 1.00 down in steps of 0.01 (fixed-sequence testing, no
 multiplicity correction needed) and the lowest tau of the leading run with R_upper(tau) <= bound is
 put in force; with too little evidence nothing passes and nothing is served (conservative until
@@ -47,6 +55,7 @@ from typing import Any, NamedTuple
 from faregate.learning.online import bounds
 
 BAND = 0.01
+METHODS = ("product", "direct")
 
 
 @dataclass(slots=True)
@@ -133,13 +142,15 @@ class Decision(NamedTuple):
 
 
 class Bound(NamedTuple):
-    """R_upper(tau) and what it rests on."""
+    """R_upper(tau) and what it rests on. `product`: share_upper bounds P(s >= tau); `direct`: it
+    bounds P(s >= tau, unlabelled) and counted_upper the labelled wrong hits per lookup."""
 
     upper: float
     share_upper: float
     wrong_upper: float
     labelled: int
     wrong: int
+    counted_upper: float = 0.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -150,6 +161,11 @@ class CacheAcceptance:
     share_error: float = 0.1
     # Anytime-valid bounds (a Beta-mixture confidence sequence) instead of fixed-sample ones.
     sequential: bool = False
+    # "product": P(s >= tau) x P(wrong | s >= tau); "direct": labelled wrong hits counted over all
+    # lookups, plus P(s >= tau, unlabelled) x P(wrong | s >= tau) for the unlabelled ones only.
+    method: str = "product"
+    # `direct`: share of the error budget spent on the pooled rate of the unlabelled term.
+    rate_error: float = 0.1
     crowd_margin: float = 0.02
     # Other candidates this much less similar than the best one are not its neighbourhood.
     neighbourhood: float = 0.03
@@ -192,14 +208,33 @@ class CacheAcceptance:
             else:
                 entry.right += 1
 
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+
     def bound(self, state: AcceptanceState, threshold: float) -> Bound:
         """R_upper for serving every guard-passing candidate at or above `threshold`."""
         top = state.band(threshold)
         alpha = 1.0 - self.confidence
+        if self.method == "direct":
+            return self._direct(state, top, alpha)
         share = self._upper(sum(state.seen[top:]), state.lookups, 1.0 - alpha * self.share_error)
         n, k = sum(state.labelled[top:]), sum(state.wrong[top:])
         rate = self._upper(k, n, 1.0 - alpha * (1.0 - self.share_error))
         return Bound(share * rate, share, rate, n, k)
+
+    def _direct(self, state: AcceptanceState, top: int, alpha: float) -> Bound:
+        """R(tau) = P(s >= tau, labelled, wrong) + P(s >= tau, unlabelled, wrong): the first is an
+        exact binomial count over all lookups (every unserved lookup is labelled), only the second,
+        served hits not drawn for verification, needs the pooled rate. Error budget: share_error
+        and rate_error to the two factors of the second term, the rest to the count."""
+        n, k = sum(state.labelled[top:]), sum(state.wrong[top:])
+        unlabelled = max(0, sum(state.seen[top:]) - n)
+        counted_error = 1.0 - self.share_error - self.rate_error
+        counted = self._upper(k, state.lookups, 1.0 - alpha * counted_error)
+        share = self._upper(unlabelled, state.lookups, 1.0 - alpha * self.share_error)
+        rate = self._upper(k, n, 1.0 - alpha * self.rate_error)
+        return Bound(counted + share * rate, share, rate, n, k, counted)
 
     def calibrate(self, state: AcceptanceState) -> float | None:
         """Put in force the lowest threshold of the leading run (from 1.00 down) whose bound holds."""

@@ -81,6 +81,10 @@ class SemanticAcceptanceSettings(_Strict):
     confidence: float = 0.95
     # Anytime-valid bounds (about 1.6x the evidence) instead of fixed-sample Clopper-Pearson ones.
     sequential: bool = False
+    # The bound: "product" or "direct" (learning/online/cache_acceptance.py).
+    method: str = "product"
+    # Pseudo-lookups from the shipped offline calibration (cache_prior.py); 0: no prior.
+    prior_lookups: int = 0
     # Candidates below this similarity are never served and need no label.
     floor: float = 0.80
     # Share of served hits verified by a fresh call after the response.
@@ -94,3 +98,7 @@ class SemanticAcceptanceSettings(_Strict):
             raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence}")
         if not 0.0 <= self.verify_hits <= 1.0:
             raise ValueError("verify_hits must be in [0, 1]")
+        if self.method not in ("product", "direct"):
+            raise ValueError(f"bound must be 'product' or 'direct', got {self.method!r}")
+        if self.prior_lookups < 0:
+            raise ValueError("prior_lookups must not be negative")
