@@ -1,9 +1,12 @@
 """Savings with a quality guarantee, live: the gateway side of learning/online (issue 15).
 
 - state.py       what a calibrated route keeps (one store row, JSON) and one request's decision
-- live.py        one route's calibration: decide at request time (the cut in force, the labelling
-                 probability, the label coin), observe verified outcomes, the daily USD cap,
-                 router health and its fallback to length
+- live.py        one route's calibration (`RouteCalibration`), made of the three below, and its figures
+- route_state.py     its parts and state, the journal of unsaved changes, the store's view of it
+- route_decisions.py decide at request time (the cut in force, the labelling probability, the
+                     label coin)
+- route_outcomes.py  the daily USD cap; observe verified outcomes, router health and its fallback
+                     to length, the ranking switch
 - cache_live.py  the semantic cache's acceptance threshold, calibrated the same way
 - verifier.py    shadow verification after the response: background tasks, bounded, capped,
                  dropped cleanly at shutdown; the reference call through the attempt runner;
