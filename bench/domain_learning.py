@@ -27,7 +27,7 @@ import orjson
 
 from faregate.learning.online.ranking_switch import RankingSwitch
 from faregate.learning.online.settings import QualitySettings, VerificationSettings
-from faregate.quality import live
+from faregate.quality import route_decisions
 from faregate.quality.live import RouteCalibration
 
 DIM = 384
@@ -63,7 +63,7 @@ async def where_searches_run(
     calibration: RouteCalibration, calls: int, worker: bool, rng: np.random.Generator
 ) -> tuple[list[float], list[float]]:
     """Per decision: the loop thread's CPU time and the wall time, in microseconds."""
-    live.OFF_LOOP_EXAMPLES = 0 if worker else 10**9
+    route_decisions.OFF_LOOP_EXAMPLES = 0 if worker else 10**9
     vectors = rng.standard_normal((calls, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     evidence = calibration.state.switch.evidence

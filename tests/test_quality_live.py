@@ -456,9 +456,9 @@ async def test_a_promised_verification_is_pending_until_it_is_submitted_or_let_g
 async def test_decisions_with_the_searches_off_the_loop_are_the_same_as_on_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from faregate.quality import live
+    from faregate.quality import route_decisions
 
-    monkeypatch.setattr(live, "OFF_LOOP_EXAMPLES", 0)  # every decision's searches on the worker
+    monkeypatch.setattr(route_decisions, "OFF_LOOP_EXAMPLES", 0)  # every decision's searches on the worker
     on, off = learning(True), learning(True)
     rng, prompt = _domains()
     for i in range(1200):
@@ -485,7 +485,7 @@ async def test_a_switch_made_while_the_searches_run_scores_again_on_the_new_rank
     from concurrent.futures import Future, ThreadPoolExecutor
     from typing import Any
 
-    from faregate.quality import live
+    from faregate.quality import route_decisions
 
     route, twin = learning(True), learning(True)
     _, prompt = _domains(3)
@@ -501,8 +501,8 @@ async def test_a_switch_made_while_the_searches_run_scores_again_on_the_new_rank
             return super().submit(fn, *args, **kwargs)
 
     with SwitchingMeanwhile(1) as worker:
-        monkeypatch.setattr(live, "OFF_LOOP_EXAMPLES", 0)
-        monkeypatch.setattr(live, "_neighbours", lambda: worker)
+        monkeypatch.setattr(route_decisions, "OFF_LOOP_EXAMPLES", 0)
+        monkeypatch.setattr(route_decisions, "_neighbours", lambda: worker)
         vector = prompt(1)[1]
         moved = await route.decide_off_loop("x", 0.9, 50.0, vector)
     twin.switch.switch(twin.state.switch)

@@ -107,7 +107,7 @@ class ResponseCache:
         # Called after a semantic entry is stored here (to share it with other instances).
         self.on_semantic_store: Callable[[Any, str, str, float, Any], Awaitable[None]] | None = None
         # A calibrated acceptance (quality/cache_live.CacheCalibration; cache.semantic.max_wrong_hit_rate)
-        # and what labels an unserved candidate once the fresh answer is in (quality/verifier.py).
+        # and what labels an unserved candidate once the fresh answer is in (quality/cache_verification.py).
         self.acceptance: Any = None
         self.on_fresh_answer: Callable[[CacheDecision, JSON], Awaitable[None]] | None = None
         # Background work begun by `start` (the semantic sync's tail) and ended by `close`.

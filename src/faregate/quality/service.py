@@ -3,7 +3,7 @@
 Each route's `LiveState` is one `calibration_state` row (store/verifications.py). Saving is a
 compare-and-set on the row's version: the writer that read version v writes v + 1 only if the row
 is still at v. Of two instances verifying decisions of one route at once, one wins; the other
-loads the winner's state, replays its own unsaved changes on it (quality/live.py's journal) and
+loads the winner's state, replays its own unsaved changes on it (quality/route_state.py's journal) and
 tries again, so no verified outcome is lost or counted twice and there is one writer per update.
 A periodic refresh adopts what other instances wrote (their cut in force) and flushes this
 instance's counts of unlabelled decisions.

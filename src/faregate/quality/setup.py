@@ -62,10 +62,10 @@ async def open_quality(
     # Closed newest first: the verifier stops, then the last state is saved, then the stores close.
     lifecycle.on_close("the calibration state", service.close)
     verifier = Verifier(service, runner, planner)
-    verifier.embed = embedder_for(planner, cache)
+    verifier.calls.embed = embedder_for(planner, cache)
     if cache is not None and acceptance is not None:
-        verifier.cache = cache
-        cache.on_fresh_answer = verifier.label_candidate
+        verifier.cache_verification.cache = cache
+        cache.on_fresh_answer = verifier.cache_verification.label_candidate
     lifecycle.on_close("the shadow verifications", verifier.close)
     return verifier
 

@@ -7,7 +7,7 @@ call's own plan at its offers' prices for the prompt and the whole output allowa
 the dearest price its model can be called at, for what it is shown (the question, the reference -
 at most the shadow call's prompt and allowance - and the answer judged) plus its rubric, and its
 whole output allowance. A cap that cannot admit both makes neither call, and the calibration
-pauses for the day as for a refused shadow call (quality/live.py): a shadow answer no judge may
+pauses for the day as for a refused shadow call (quality/route_outcomes.py): a shadow answer no judge may
 read would be money spent for no label.
 
 The admitted amount is held until the verification has charged its real cost, and the hold is

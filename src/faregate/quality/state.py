@@ -1,8 +1,8 @@
 """What a calibrated route keeps: its state (one store row), its counters, and one decision.
 
 `LiveState` round-trips through JSON (quality/service.py stores it); `Decision` lives on a request's
-plan from decision time until its verification comes back (quality/live.py decides, quality/
-verifier.py verifies). Money is exact: costs are counted in nano-USD.
+plan from decision time until its verification comes back (quality/route_decisions.py decides,
+quality/route_verification.py verifies). Money is exact: costs are counted in nano-USD.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ switched in frozen by a test (ranking_switch.py).
 
 State is a bounded list of (vector, net gain) examples; search is exact (a few thousand vectors),
 on an `EvidenceView` of arrays built once per change and never written after, so the gateway can
-search on a worker thread (quality/live.py) while the event loop adds examples.
+search on a worker thread (quality/route_decisions.py) while the event loop adds examples.
 """
 
 from __future__ import annotations

@@ -1,0 +1,151 @@
+"""One calibrated route after the response: the daily cap, and verified outcomes learnt from.
+
+The daily USD cap: a shadow call whose worst case no longer fits under the day's cap is refused
+(quality/spend.py admits it against every instance's holds; `admit` is the check alone), and from
+then on the calibration *pauses* for the rest of the day: decisions still take the
+cut in force but are neither labelled nor counted. Skipping a stretch of decisions chosen by the
+clock, not by their outcomes, keeps the tests valid under the i.i.d. assumption, whereas counting
+them as unlabelled while their p said they might have been labelled would bias the estimate.
+
+A verified decision is observed (`observe`) by the calibration, which recalibrates the cut.
+
+Router health: every labelled router decision also feeds the betting test of "the router ranks
+no better than random or the prompt length". Once flagged, the route ranks by prompt length and
+its calibration restarts (evidence about one ranking's cuts says nothing of another's): the
+`epoch` counts restarts, and a verification decided under an older epoch is not observed.
+
+Domain learning (`learn_domains`, router routes): the router's prompt embedding is kept on labelled
+decisions; each verified one becomes an example of the challenger ranking (the prior corrected by
+labelled neighbours), which is ranked beside the ranking in force at decision time and tested
+against it (learning/online/ranking_switch.py). When its test wins it is frozen and put in force:
+a new epoch, the calibration and the health check start again, as after a health flag.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from faregate.learning.online.calibrator import LabelledDecision, ScoreRanks
+from faregate.learning.online.health import HealthState
+from faregate.quality.route_state import RouteState
+from faregate.quality.state import NANO, Decision, Held, roll_over
+
+
+class RouteOutcomes(RouteState):
+    """A route's daily cap and the outcomes of its verifications (module docstring)."""
+
+    def admit(self, day: str, estimate: Decimal) -> bool:
+        """May a shadow call estimated at `estimate` USD be made today? A refusal pauses the
+        calibration for the rest of the day (module docstring). Holds aside (quality/spend.py)."""
+        if estimate <= self.left_today(day):
+            return True
+        self.apply(lambda: self.refuse(day))
+        return False
+
+    @property
+    def holds(self) -> dict[str, Held]:
+        """Verifications admitted against the cap and not settled, by hold id (quality/spend.py)."""
+        return self.state.holds
+
+    def left_today(self, day: str) -> Decimal:
+        """What the daily cap leaves to spend today, holds aside."""
+        budget = self.state.budget
+        spent = budget.spent if budget.day == day else Decimal(0)
+        return self.settings.verification.daily_usd_cap - spent
+
+    def refuse(self, day: str) -> None:
+        """The cap cannot admit a verification: paused for the day (a change of the state as is,
+        not journaled: the caller writes it at once, quality/spend.py)."""
+        budget = self.state.budget
+        roll_over(budget, day)
+        budget.skipped_for_cap += 1
+        self.state.totals.skipped_for_cap += 1
+        # Paused from now on: the day's spend is marked full.
+        budget.spent = max(budget.spent, self.settings.verification.daily_usd_cap)
+
+    def charge(self, decision: Decision, cost: Decimal, day: str, hold: str | None = None) -> None:
+        """A verification made: its real cost counts against the day's cap and in the totals, and
+        its hold (if any) goes in the same change, so the store never counts neither or both."""
+        self.apply(lambda: self._charge(cost, day, hold))
+
+    def _charge(self, cost: Decimal, day: str, hold: str | None) -> None:
+        budget = self.state.budget
+        roll_over(budget, day)
+        budget.spent += cost
+        budget.verified += 1
+        self.state.totals.cost_nano += int(cost * NANO)
+        if hold is not None:
+            self.state.holds.pop(hold, None)
+
+    def release(self, hold: str) -> None:
+        """A hold let go with nothing charged (the verification stopped before any cost)."""
+
+        def let_go() -> None:
+            self.state.holds.pop(hold, None)
+
+        self.apply(let_go)
+
+    def observe(self, decision: Decision, loss: bool) -> None:
+        """A verified decision: the cheap answer was (not) acceptable against the reference. A live
+        comparator takes the reference as the standard (calibrator.py): no gains, s = 1."""
+        self.apply(lambda: self._observe(decision, loss))
+
+    def _observe(self, decision: Decision, loss: bool) -> None:
+        state = self.state
+        totals = state.totals
+        totals.verifications += 1
+        totals.by_label[decision.label_kind] = totals.by_label.get(decision.label_kind, 0) + 1
+        totals.losses += loss
+        if decision.epoch != state.epoch:
+            return  # decided under a ranking since abandoned
+        labelled = LabelledDecision(decision.rank, loss, False, True, decision.probability)
+        self.calibrator.observe(state.calibration, labelled, decision.floor)
+        self.calibrator.calibrate(state.calibration)
+        self._start_tests(state.calibration)
+        if self.kind != "router":
+            return
+        least = min(decision.least, decision.probability)
+        if not state.flagged:
+            self.health.observe(
+                state.health,
+                int(loss),
+                decision.router_rank,
+                decision.length_rank,
+                decision.probability,
+                least,
+            )
+            verdict = self.health.verdict(state.health)
+            if verdict.flagged:
+                state.flagged, state.flag_reason = True, verdict.reason
+                state.epoch += 1
+                state.calibration = self.new_calibration()
+        if self.learn and self.switch.observe(
+            state.switch,
+            int(loss),
+            decision.rank,
+            decision.challenger_rank,
+            decision.vector,
+            decision.probability,
+            least,
+        ):
+            self._switch_to_challenger()
+
+    def _switch_to_challenger(self) -> None:
+        """The challenger won: frozen, it ranks from now on (its recent scores are the rank window);
+        a new epoch, and what was about the old ranking starts again."""
+        state = self.state
+        self.switch.switch(state.switch)
+        state.ranks = state.switch.challenger_ranks
+        state.switch.challenger_ranks = ScoreRanks.from_json(state.ranks.to_json())
+        state.flagged, state.flag_reason = False, ""
+        state.health = HealthState()
+        state.epoch += 1
+        state.calibration = self.new_calibration(with_prior=False)
+
+    def failed(self, decision: Decision) -> None:
+        """The reference could not be had: the decision stays unobserved (counted as failed)."""
+
+        def count() -> None:
+            self.state.totals.failed += 1
+
+        self.apply(count)
