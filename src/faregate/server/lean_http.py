@@ -59,11 +59,11 @@ HIGH_WATER: Final = 1 << 20
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+_REASONS: Final = {status.value: status.phrase for status in HTTPStatus}
+
+
 def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""  # 499, 529: aiohttp sends no phrase either
+    return _REASONS.get(status, "")  # 499, 529: aiohttp sends no phrase either
 
 
 def _text(raw: bytes) -> str:
@@ -516,6 +516,9 @@ class LeanConnection(asyncio.Protocol):
     ) -> bytes:
         lines = [f"HTTP/{request.version} {status} {_reason(status)}\r\n"]
         for name, value in headers.items():
+            if "\n" in value or "\r" in value:
+                # A header value must never end the head early (aiohttp refuses these too).
+                raise ValueError(f"the response header {name} holds a newline or carriage return")
             lines.append(f"{name}: {value}\r\n")
         lines.append(f"Content-Type: {content_type}\r\n")
         if length is not None:
@@ -529,11 +532,8 @@ class LeanConnection(asyncio.Protocol):
                 lines.append("Connection: close\r\n")
         elif request.version == "1.0":
             lines.append("Connection: keep-alive\r\n")
-        text = "".join(lines)
-        if "\n" in text.replace("\r\n", "") or "\r" in text.replace("\r\n", ""):
-            # A header value must never end the head early (aiohttp refuses these too).
-            raise ValueError("a response header holds a newline or carriage return")
-        return (text + "\r\n").encode("utf-8")
+        lines.append("\r\n")
+        return "".join(lines).encode("utf-8")
 
     def write(self, data: bytes) -> None:
         transport = self.transport
