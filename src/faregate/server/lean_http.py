@@ -66,10 +66,6 @@ def _reason(status: int) -> str:
     return _REASONS.get(status, "")  # 499, 529: aiohttp sends no phrase either
 
 
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")  # as aiohttp decodes a header
-
-
 class _Dates:
     """The Date header's value, formatted once a second."""
 
@@ -402,7 +398,15 @@ class LeanConnection(asyncio.Protocol):
         handler = self.server.lean_routes.get((parser.get_method(), path))
         if handler is None or parser.should_upgrade():
             raise _HandOff
-        headers = CIMultiDictProxy(CIMultiDict([(_text(n), _text(v)) for n, v in self._headers]))
+        # Decoded as aiohttp decodes a header.
+        headers = CIMultiDictProxy(
+            CIMultiDict(
+                [
+                    (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                    for n, v in self._headers
+                ]
+            )
+        )
         request = LeanRequest(
             self,
             parser.get_method().decode("ascii"),
