@@ -411,3 +411,48 @@ async def test_shutdown_closes_idle_connections_and_waits_for_busy_ones(server: 
     await stopping
     assert parse(busy.out)[0].status == 200 and busy.closed
     assert parse(busy.out)[0].headers.get("connection") == "close"
+
+
+async def bad_header(http: HttpRequest) -> Reply:
+    return Whole(200, b"{}", {"x-bad": "one\r\nInjected: yes"})
+
+
+async def test_a_header_value_with_a_newline_is_never_written(server: LeanServer) -> None:
+    server.lean_routes[(b"POST", b"/bad")] = bad_header
+    _, transport = connect(server)
+    send(transport, post("/bad"))
+    await settle(lambda: transport.closed)
+    assert b"Injected" not in transport.out
+
+
+async def test_a_client_gone_before_its_body_fails_the_read(server: LeanServer) -> None:
+    seen: list[str] = []
+
+    async def reader(http: HttpRequest) -> Reply:
+        try:
+            await http.read()
+        except ConnectionResetError:
+            seen.append("reset")
+        return Whole(200, b"{}", {})
+
+    server.lean_routes[(b"POST", b"/read")] = reader
+    conn, transport = connect(server)
+    send(transport, post("/read", b"x" * 100)[:-50])
+    await settle()
+    transport.closed = True
+    conn.connection_lost(None)
+    await settle(lambda: seen == ["reset"])
+    assert not server.tasks or all(task.done() for task in server.tasks)
+
+
+async def test_a_handler_that_raises_is_a_clean_500(server: LeanServer) -> None:
+    async def broken(http: HttpRequest) -> Reply:
+        raise RuntimeError("a bug")
+
+    server.lean_routes[(b"POST", b"/broken")] = broken
+    _, transport = connect(server)
+    send(transport, post("/broken") + post("/echo", b"after"))
+    await settle(lambda: len(parse(transport.out)) == 2)
+    failed, after = parse(transport.out)
+    assert failed.status == 500 and orjson.loads(failed.body)["error"]["code"] == "internal_error"
+    assert b"a bug" not in failed.body and orjson.loads(after.body)["body"] == "after"
