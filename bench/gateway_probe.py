@@ -185,7 +185,8 @@ def install_ttft_probe() -> None:
       upstream_sent   the pool was asked for the upstream call (auth, parsing, plan done)
       upstream_head   the upstream's response head is in
       first_content   the attempt loop has the first content chunk (the role chunk before it read)
-      first_write     the first content frame was handed to the client's socket
+      first_write     the first content frame was handed to the client's socket (aiohttp's
+                      StreamResponse or the lean server's LeanStream, whichever wrote it)
     """
     import asyncio
 
@@ -227,6 +228,19 @@ def install_ttft_probe() -> None:
     ConnectionPool.request = timed_request  # type: ignore[method-assign]
     Responder._relay = timed_relay  # type: ignore[method-assign]
     web.StreamResponse.write = timed_write  # type: ignore[method-assign]
+    try:
+        from faregate.server.lean_http import LeanStream
+    except ImportError:  # a checkout without the lean server (an A/B with --pythonpath)
+        return
+    lean_write = LeanStream.write
+
+    async def timed_lean_write(self: LeanStream, data: bytes) -> None:
+        await lean_write(self, data)
+        mark = marks.get(asyncio.current_task())
+        if mark is not None and "first_write" not in mark and b'"content":"' in data:
+            mark["first_write"] = time.perf_counter()
+
+    LeanStream.write = timed_lean_write  # type: ignore[method-assign]
 
 
 def dump_ttft() -> None:

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MASTER_KEY = "fg-master-test-0123456789"
+# Which server carries the hot POSTs in the gateways started here (server.lean_http): the lean
+# httptools one by default, aiohttp alone with FAREGATE_TEST_LEAN_HTTP=0 (run the e2e files both ways).
+LEAN_HTTP = os.environ.get("FAREGATE_TEST_LEAN_HTTP", "1") != "0"
 
 
 def free_port() -> int:
@@ -128,13 +131,17 @@ def run_gateway(
     extra_config: str = "",
     first_byte_timeout_s: float = 1.5,
     env: dict[str, str] | None = None,
+    lean_http: bool | None = None,
 ) -> Iterator[GatewayProcess]:
-    """A gateway on `sim` (None: the config's providers, enabled by the keys in `env`)."""
+    """A gateway on `sim` (None: the config's providers, enabled by the keys in `env`);
+    `lean_http` None: as LEAN_HTTP says."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "faregate.yaml"
+    lean = LEAN_HTTP if lean_http is None else lean_http
     lines = [
-        f"server: {{port: {port}, max_body_bytes: 1048576, request_timeout_s: 20, workers: 1}}",
+        f"server: {{port: {port}, max_body_bytes: 1048576, request_timeout_s: 20, workers: 1, "
+        f"lean_http: {str(lean).lower()}}}",
         f"store: {{path: {str(workdir / 'store')!r}}}",
     ]
     if "records:" not in extra_config:

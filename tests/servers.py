@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from harness import GatewayProcess, SimProcess, clean_env, free_port, stop, wait_healthy
+from harness import LEAN_HTTP, GatewayProcess, SimProcess, clean_env, free_port, stop, wait_healthy
 
 T = TypeVar("T")
 PG_USER = "postgres"
@@ -294,6 +294,7 @@ def launch_gateway(
         *(["  request_timeout_s: 20"] if "request_timeout_s" not in server else []),
         # One process unless a test asks for more (the default is one per core without the simulator).
         *(["  workers: 1"] if "workers" not in server else []),
+        *([f"  lean_http: {str(LEAN_HTTP).lower()}"] if "lean_http" not in server else []),
         *[f"  {line.strip()}" for line in server.splitlines() if line.strip()],
         "store:",
         f"  path: {str(workdir / 'store')!r}",

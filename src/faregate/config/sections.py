@@ -30,6 +30,9 @@ class ServerSettings(_Strict):
     # Gateway processes sharing the port (`serve --workers`). None: one per core, or one when
     # the simulator stands in for the providers (server/workers.py).
     workers: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    # The hot POSTs (chat completions, Messages, Responses, embeddings) served by the lean
+    # httptools server (server/lean_http.py), every other request by aiohttp on the same port.
+    lean_http: bool = True
 
 
 class StoreSettings(_Strict):

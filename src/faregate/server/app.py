@@ -37,7 +37,7 @@ from faregate.server.openapi import openapi_body
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.quality_api import add_quality_route
 from faregate.server.responses import error_response
-from faregate.server.wire_routes import add_wire_routes, wire_of_path
+from faregate.server.wire_routes import LeanRoutes, add_wire_routes, wire_of_path
 from faregate.store.backends import Backends, open_backends
 from faregate.store.outage import outage_error
 from faregate.store.protocols import Store
@@ -51,6 +51,8 @@ log = logging.getLogger("faregate.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FastRoutes = dict[tuple[str, str], Handler]
 FAST_ROUTES = web.AppKey("fast_routes", FastRoutes)
+# The same operations for the lean HTTP server (server/lean_http.py, `server.lean_http`).
+LEAN_ROUTES = web.AppKey("lean_routes", LeanRoutes)
 # The last flush of the request records, and the stores' closes (the ledger's last shipment
 # included): each gives up after this long, so a stop always ends.
 RECORDS_CLOSE_TIMEOUT_S = 20.0
@@ -306,7 +308,8 @@ def create_app(gateway: Gateway) -> web.Application:
         await gateway.close()
 
     chat = gateway.pipeline.handle
-    embeddings = EmbeddingsPipeline(gateway.pipeline, gateway.providers).handle
+    embedder = EmbeddingsPipeline(gateway.pipeline, gateway.providers)
+    embeddings = embedder.handle
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/embeddings", embeddings)
     # Served without the router by server.runner.GatewayRunner (same handler, same behaviour).
@@ -316,7 +319,17 @@ def create_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/embeddings", embeddings)
     # Anthropic Messages and the Responses API: the same pipeline, another client wire (their
     # POSTs on the fast path too: the router and middlewares were ~8% of a Messages request's CPU).
-    fast_routes.update(add_wire_routes(app, gateway.pipeline))
+    wire_fast, wire_lean = add_wire_routes(app, gateway.pipeline)
+    fast_routes.update(wire_fast)
+    serve_chat = gateway.pipeline.serve
+    lean_routes: LeanRoutes = {
+        ("POST", "/v1/chat/completions"): serve_chat,
+        ("POST", "/chat/completions"): serve_chat,
+        ("POST", "/v1/embeddings"): embedder.serve,
+        ("POST", "/embeddings"): embedder.serve,
+        **wire_lean,
+    }
+    app[LEAN_ROUTES] = lean_routes
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{name:.+}", model)
     app.router.add_get("/health", health)

@@ -37,9 +37,11 @@ from faregate.errors import FaregateError, InvalidRequest
 from faregate.providers.registry import ProviderRegistry
 from faregate.routing.attempts import Served, billed_cost
 from faregate.routing.plan import Plan
+from faregate.server.aiohttp_seam import AiohttpRequest
 from faregate.server.exchange import Exchange
+from faregate.server.http_seam import HttpRequest, Reply, Whole
 from faregate.server.pipeline import ChatPipeline
-from faregate.server.responses import JSON_TYPE, error_response
+from faregate.server.responses import error_reply
 from faregate.types import JSON, MILLION, Usage
 from faregate.wire import embeddings as wire
 
@@ -80,6 +82,11 @@ class EmbeddingsPipeline:
         self.providers = providers
 
     async def handle(self, http_request: web.Request) -> web.StreamResponse:
+        """The aiohttp route handler (server/aiohttp_seam.py)."""
+        http = AiohttpRequest(http_request)
+        return http.written(await self.serve(http))
+
+    async def serve(self, http_request: HttpRequest) -> Reply:
         exchange = Exchange.begin(http_request)
         exchange.record.wire = "embeddings"  # errors are OpenAI's shape, as the chat wire's
         job: EmbeddingJob | None = None
@@ -99,7 +106,7 @@ class EmbeddingsPipeline:
             return await self.respond(exchange, job, served)
         except FaregateError as error:
             exchange.failed(error)
-            return error_response(error, exchange.headers)
+            return error_reply(error, exchange.headers)
         except Exception as exc:
             return self.chat.unexpected(exchange, exc)
         finally:
@@ -168,7 +175,7 @@ class EmbeddingsPipeline:
         hold = await self.chat.admission.admit(self._key(exchange), job, worst, tokens_held)
         exchange.admitted(hold.headers, hold)
 
-    async def respond(self, exchange: Exchange, job: EmbeddingJob, served: Served) -> web.StreamResponse:
+    async def respond(self, exchange: Exchange, job: EmbeddingJob, served: Served) -> Whole:
         candidate, completion = served.candidate, served.completion
         exchange.answered_by(candidate, served.attempts)
         usage = completion.usage or Usage(await job.input_tokens(), 0, estimated=True)
@@ -184,7 +191,7 @@ class EmbeddingsPipeline:
             and len(data) <= MAX_CACHED_ANSWER_BYTES
         ):
             cache.remember_exact(exchange.cache, body, candidate.model.name, candidate.offer.provider, usage)
-        return web.Response(body=data, content_type=JSON_TYPE, headers=exchange.headers)
+        return Whole(200, data, exchange.headers)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -218,5 +225,5 @@ async def _count(parsed: wire.EmbeddingRequest) -> int:
     return await asyncio.to_thread(wire.input_tokens, parsed)
 
 
-def _json(body: JSON, exchange: Exchange) -> web.Response:
-    return web.Response(body=orjson.dumps(body), content_type=JSON_TYPE, headers=exchange.headers)
+def _json(body: JSON, exchange: Exchange) -> Whole:
+    return Whole(200, orjson.dumps(body), exchange.headers)

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from faregate.accounts.admission import Hold
 from faregate.accounts.keys import ApiKey
 from faregate.cache.service import CachedAnswer, CacheDecision
@@ -29,6 +27,7 @@ from faregate.routing.attempts import billed_cost
 from faregate.routing.cascade_runner import Judged
 from faregate.routing.plan import Candidate, Plan
 from faregate.server.client_wires import CHAT, ClientWire
+from faregate.server.http_seam import HttpRequest
 from faregate.server.random_ids import random_hex
 from faregate.types import JSON, Attempt, ChatRequest, Price, RequestRecord, Usage
 
@@ -62,7 +61,7 @@ def header_text(text: str, limit: int = 300) -> str:
 class Exchange:
     """One request's state between stages (see the module docstring); made by `begin`."""
 
-    http: web.Request
+    http: HttpRequest
     record: RequestRecord
     headers: dict[str, str]
     # The wire the client speaks (it parses the body and writes every answer and error), and
@@ -80,7 +79,7 @@ class Exchange:
     verification: Job | CacheJob | None = None
 
     @classmethod
-    def begin(cls, http_request: web.Request, wire: ClientWire = CHAT) -> Exchange:
+    def begin(cls, http_request: HttpRequest, wire: ClientWire = CHAT) -> Exchange:
         request_id = new_request_id()
         record = RequestRecord(
             request_id=request_id,

@@ -37,8 +37,8 @@ outage a 503). tests/test_pipeline.py checks the order and these in process.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
@@ -52,10 +52,12 @@ from faregate.routing.cascade_runner import CascadeRunner
 from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Planner
 from faregate.routing.worst_case import worst_case
+from faregate.server.aiohttp_seam import AiohttpRequest
 from faregate.server.client_wires import CHAT, ClientWire
 from faregate.server.exchange import Exchange
+from faregate.server.http_seam import HttpRequest, Reply, Whole
 from faregate.server.parse import decode_json_object, parse_chat_request
-from faregate.server.responses import Responder, error_response
+from faregate.server.responses import Responder, error_reply
 from faregate.store.outage import outage_error
 from faregate.telemetry.records import RecordWriter
 from faregate.types import JSON, Price, RequestRecord
@@ -64,6 +66,13 @@ if TYPE_CHECKING:
     from faregate.quality.verifier import CacheJob, Job, Verifier
 
 log = logging.getLogger("faregate.pipeline")
+
+
+class HasHeaders(Protocol):
+    """What authentication reads: an aiohttp request or a seam one (server/http_seam.py)."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
 
 
 class ChatPipeline:
@@ -99,17 +108,30 @@ class ChatPipeline:
         self.listeners: list[Callable[[RequestRecord], None]] = []
 
     def handler(self, wire: ClientWire) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        """The route handler for requests in `wire` (`handle` itself is the chat wire's)."""
+        """The aiohttp route handler for requests in `wire` (`handle` itself is the chat wire's)."""
 
         async def handle(http_request: web.Request) -> web.StreamResponse:
             return await self.handle(http_request, wire)
 
         return handle
 
+    def seam_handler(self, wire: ClientWire) -> Callable[[HttpRequest], Awaitable[Reply]]:
+        """The handler of requests in `wire` for any server of the seam (the lean one)."""
+
+        async def serve(http: HttpRequest) -> Reply:
+            return await self.serve(http, wire)
+
+        return serve
+
     async def handle(self, http_request: web.Request, wire: ClientWire = CHAT) -> web.StreamResponse:
-        exchange = Exchange.begin(http_request, wire)
+        """The aiohttp route handler (server/aiohttp_seam.py)."""
+        http = AiohttpRequest(http_request)
+        return http.written(await self.serve(http, wire))
+
+    async def serve(self, http: HttpRequest, wire: ClientWire = CHAT) -> Reply:
+        exchange = Exchange.begin(http, wire)
         try:
-            exchange.authenticated(await self.authenticate(http_request))
+            exchange.authenticated(await self.authenticate(http))
             await self.read_request(exchange)
             cached = await self.look_up(exchange)
             if cached is not None:
@@ -125,7 +147,7 @@ class ChatPipeline:
             return response
         except FaregateError as error:
             exchange.failed(error)
-            return error_response(error, exchange.headers, wire)
+            return error_reply(error, exchange.headers, wire)
         except Exception as exc:
             return self.unexpected(exchange, exc)
         finally:
@@ -133,7 +155,7 @@ class ChatPipeline:
 
     # -- the stages, in order -----------------------------------------------------------------
 
-    async def authenticate(self, http_request: web.Request) -> ApiKey:
+    async def authenticate(self, http_request: HasHeaders) -> ApiKey:
         """The key in `Authorization: Bearer ...`, or in `x-api-key` as Anthropic's SDK and Claude
         Code send it (also the models and account endpoints' check)."""
         header = http_request.headers.get("Authorization", "")
@@ -226,9 +248,7 @@ class ChatPipeline:
                 # Metrics must never cost a client its answer.
                 log.exception("a record listener failed")
 
-    async def verify_later(
-        self, exchange: Exchange, answer: Served | OpenedStream, response: web.StreamResponse
-    ) -> None:
+    async def verify_later(self, exchange: Exchange, answer: Served | OpenedStream, response: Reply) -> None:
         """A calibrated decision drawn for verification: finish writing the response now (a whole
         answer is otherwise written after `handle` returns), so that the verification, started at
         the end of `settle_and_record`, begins only once the client has its answer."""
@@ -238,9 +258,7 @@ class ChatPipeline:
         if job is not None:
             await self._promise(exchange, job, response)
 
-    async def verify_hit_later(
-        self, exchange: Exchange, cached: CachedAnswer, response: web.StreamResponse
-    ) -> None:
+    async def verify_hit_later(self, exchange: Exchange, cached: CachedAnswer, response: Reply) -> None:
         """A semantic hit drawn for verification (a calibrated acceptance): as `verify_later`."""
         if self.verifier is None:
             return
@@ -248,7 +266,7 @@ class ChatPipeline:
         if job is not None:
             await self._promise(exchange, job, response)
 
-    async def _promise(self, exchange: Exchange, job: Job | CacheJob, response: web.StreamResponse) -> None:
+    async def _promise(self, exchange: Exchange, job: Job | CacheJob, response: Reply) -> None:
         """Count the verification as pending before the client can have its answer, then finish
         writing the answer; settle_and_record submits the job (or lets it go)."""
         assert self.verifier is not None
@@ -258,13 +276,12 @@ class ChatPipeline:
         else:
             self.verifier.let_go()
 
-    async def _written(self, exchange: Exchange, response: web.StreamResponse) -> bool:
+    async def _written(self, exchange: Exchange, response: Reply) -> bool:
         """Finish writing the response now; False if the client is gone."""
-        if response.prepared:
-            return True
+        if not isinstance(response, Whole):
+            return True  # a stream, written as it went
         try:
-            await response.prepare(exchange.http)
-            await response.write_eof()
+            await exchange.http.send(response)
         except (ConnectionResetError, ConnectionError):
             exchange.client_gone("before the answer was written")
             return False
@@ -272,32 +289,27 @@ class ChatPipeline:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def unexpected(self, exchange: Exchange, exc: Exception) -> web.Response:
+    def unexpected(self, exchange: Exchange, exc: Exception) -> Whole:
         """Not a FaregateError: a store outage (a clean 503, logged once per interval) or a bug of
         ours (a clean 500 without internals; the log gets the trace)."""
         unavailable = outage_error(exc)
         if unavailable is not None:
             log.warning("request failed, a store is unavailable: %s: %s", type(exc).__name__, exc)
             exchange.failed(unavailable)
-            return error_response(unavailable, exchange.headers, exchange.wire)
+            return error_reply(unavailable, exchange.headers, exchange.wire)
         log.exception("unhandled error in request %s", exchange.record.request_id)
         error = InternalError("The gateway hit an internal error; it has been logged.")
         exchange.failed(error, note=f"internal error: {type(exc).__name__}")
-        return error_response(error, exchange.headers, exchange.wire)
+        return error_reply(error, exchange.headers, exchange.wire)
 
-    async def read_body(self, http_request: web.Request) -> JSON:
+    async def read_body(self, http_request: HttpRequest) -> JSON:
         """The body as a JSON object, within the size and depth limits (every wire's first check)."""
         length = http_request.content_length
         if length is not None and length > self.max_body_bytes:
             raise PayloadTooLarge(
                 f"Request body is {length} bytes; the limit is {self.max_body_bytes} bytes."
             )
-        try:
-            raw = await http_request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise PayloadTooLarge(
-                f"Request body is larger than the limit of {self.max_body_bytes} bytes."
-            ) from None
+        raw = await http_request.read()
         if len(raw) > self.max_body_bytes:
             raise PayloadTooLarge(
                 f"Request body is {len(raw)} bytes; the limit is {self.max_body_bytes} bytes."

@@ -27,27 +27,43 @@ from faregate.errors import FaregateError, UpstreamFailure
 from faregate.routing.attempts import Served, billed_cost
 from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Candidate
+from faregate.server.aiohttp_seam import web_response
 from faregate.server.client_wires import CHAT, ClientWire, StreamEncoder
 from faregate.server.exchange import Exchange
+from faregate.server.http_seam import EventStream, Reply, Whole
 from faregate.types import JSON, Attempt, ChatRequest, Usage
 from faregate.usage_estimate import estimate_usage
 from faregate.wire.openai import answer_as_chunks, answer_text, free_answer, price_answer, usage_chunk
 
-JSON_TYPE = "application/json"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 Answer = Served | OpenedStream | CachedAnswer
+
+
+def error_reply(
+    error: FaregateError, headers: dict[str, str] | None = None, wire: ClientWire = CHAT
+) -> Whole:
+    """An error in the client's wire (OpenAI's shape unless it came in on another)."""
+    return Whole(wire.status(error), wire.error(error), {**error.headers, **(headers or {})})
 
 
 def error_response(
     error: FaregateError, headers: dict[str, str] | None = None, wire: ClientWire = CHAT
 ) -> web.Response:
-    """An error in the client's wire (OpenAI's shape unless it came in on another)."""
-    return web.Response(
-        status=wire.status(error),
-        body=wire.error(error),
-        content_type=JSON_TYPE,
-        headers={**error.headers, **(headers or {})},
-    )
+    """`error_reply` for an aiohttp route."""
+    return web_response(error_reply(error, headers, wire))
+
+
+class _Gone:
+    """The reply to a client gone before its stream opened: nothing more is written."""
+
+    async def write(self, data: bytes) -> None:
+        raise ConnectionResetError("the client is gone")
+
+    async def write_eof(self) -> None:
+        return None
+
+
+GONE: EventStream = _Gone()
 
 
 @dataclass(slots=True)
@@ -87,14 +103,14 @@ class Responder:
     def __init__(self, cache: ResponseCache | None) -> None:
         self.cache = cache
 
-    async def send(self, exchange: Exchange, answer: Answer) -> web.StreamResponse:
+    async def send(self, exchange: Exchange, answer: Answer) -> Reply:
         if isinstance(answer, OpenedStream):
             return await self._relay(exchange, answer)
         if isinstance(answer, CachedAnswer):
             return await self._cached(exchange, answer)
         return await self._whole(exchange, answer)
 
-    async def _whole(self, exchange: Exchange, served: Served) -> web.StreamResponse:
+    async def _whole(self, exchange: Exchange, served: Served) -> Reply:
         request, candidate, completion = exchange.request, served.candidate, served.completion
         body = completion.body
         exchange.answered_by(candidate, served.attempts)
@@ -106,30 +122,24 @@ class Responder:
         if request.stream:
             # A cascade step's answer, judged before it could be sent: replayed as a stream.
             return await self._replay(exchange, body)
-        return web.Response(
-            body=exchange.wire.answer(body, exchange.asked), content_type=JSON_TYPE, headers=exchange.headers
-        )
+        return Whole(200, exchange.wire.answer(body, exchange.asked), exchange.headers)
 
-    async def _cached(self, exchange: Exchange, cached: CachedAnswer) -> web.StreamResponse:
+    async def _cached(self, exchange: Exchange, cached: CachedAnswer) -> Reply:
         exchange.from_cache(cached)
         body = free_answer(cached.body, cached.usage)
         if exchange.request.stream:
             return await self._replay(exchange, body)
-        return web.Response(
-            body=exchange.wire.answer(body, exchange.asked), content_type=JSON_TYPE, headers=exchange.headers
-        )
+        return Whole(200, exchange.wire.answer(body, exchange.asked), exchange.headers)
 
-    async def _replay(self, exchange: Exchange, body: JSON) -> web.StreamResponse:
+    async def _replay(self, exchange: Exchange, body: JSON) -> Reply:
         """A whole, priced answer sent as the chunks of a stream."""
-        response = web.StreamResponse(status=200, headers={**exchange.headers, "Cache-Control": "no-cache"})
-        response.content_type = "text/event-stream"
         include_usage = exchange.request.include_usage
         model = exchange.record.model_used or str(body.get("model") or "")  # the body's own name
         encoder = exchange.wire.stream(model, include_usage, exchange.asked)
         chunks = answer_as_chunks(body, include_usage)
         usage = chunks.pop() if include_usage else None
         try:
-            await response.prepare(exchange.http)
+            response = await exchange.http.open_stream({**exchange.headers, "Cache-Control": "no-cache"})
             for chunk in chunks:
                 await response.write(encoder.chunk(chunk))
                 exchange.first_content(time.perf_counter())
@@ -137,21 +147,20 @@ class Responder:
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
             exchange.client_gone("during the stream")
+            return GONE
         return response
 
-    async def _relay(self, exchange: Exchange, opened: OpenedStream) -> web.StreamResponse:
+    async def _relay(self, exchange: Exchange, opened: OpenedStream) -> Reply:
         request, candidate = exchange.request, opened.candidate
         exchange.answered_by(candidate, opened.attempts)
-        response = web.StreamResponse(status=200, headers={**exchange.headers, **SSE_HEADERS})
-        response.content_type = "text/event-stream"
         try:
-            await response.prepare(exchange.http)
+            response = await exchange.http.open_stream({**exchange.headers, **SSE_HEADERS})
         except (ConnectionResetError, ConnectionError):
             await opened.aclose()
             exchange.client_gone("before the stream started")
             settled = await settle(candidate, request, None, "", opened.attempts)
             exchange.settled(candidate, settled.usage, settled.cost)
-            return response
+            return GONE
         encoder = exchange.wire.stream(candidate.model.name, request.include_usage, exchange.asked)
         outcome = await _relay(response, encoder, opened)
         if outcome.first_content_at is not None:
@@ -193,7 +202,7 @@ class Responder:
             self.cache.remember(exchange.cache, exchange.request, body, model, provider, usage)
 
 
-async def _relay(response: web.StreamResponse, encoder: StreamEncoder, opened: OpenedStream) -> StreamOutcome:
+async def _relay(response: EventStream, encoder: StreamEncoder, opened: OpenedStream) -> StreamOutcome:
     """Write every chunk to the client in its wire, what one upstream read brought in one write
     (the first content in a write of its own, before the rest of its read). The caller adds the
     usage chunk (with the cost) and the end (`[DONE]` on the chat wire), or the error event; how

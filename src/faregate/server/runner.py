@@ -18,7 +18,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -26,7 +26,16 @@ from aiohttp import web
 from faregate.config import Settings
 from faregate.errors import ConfigError, StartupError
 from faregate.providers.registry import simulator_active, with_simulator
-from faregate.server.app import FAST_ROUTES, FastRoutes, Gateway, build_gateway, create_app
+from faregate.server.app import (
+    FAST_ROUTES,
+    GATEWAY,
+    LEAN_ROUTES,
+    FastRoutes,
+    Gateway,
+    build_gateway,
+    create_app,
+)
+from faregate.server.lean_server import LeanServer
 from faregate.telemetry import log_limit
 from faregate.telemetry.metrics_share import SharedMetrics
 
@@ -44,7 +53,13 @@ class GatewayRunner(web.AppRunner):
     """An AppRunner whose server sends the hot path (`app[FAST_ROUTES]`: method and path to
     handler) straight to its handler, skipping the router and the middlewares: the chat
     handler answers every error itself, and route resolution was a measurable share of the
-    CPU spent per request."""
+    CPU spent per request. With `lean`, the listening socket serves `app[LEAN_ROUTES]` through the
+    lean httptools server and hands every other request to that aiohttp server
+    (server/lean_server.py)."""
+
+    def __init__(self, app: web.Application, *, lean: bool = False, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.lean = lean
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -59,7 +74,10 @@ class GatewayRunner(web.AppRunner):
             return await route(cast(web.Request, request))
 
         server.request_handler = handler
-        return server
+        if not self.lean:
+            return server
+        max_body_bytes = self.app[GATEWAY].settings.server.max_body_bytes
+        return LeanServer(server, self.app.get(LEAN_ROUTES, {}), max_body_bytes)
 
 
 def tune_gc() -> None:
@@ -217,7 +235,7 @@ async def serve_gateway(
         if before_listening is not None:
             await before_listening()
         app = create_app(gateway)
-        runner = GatewayRunner(app, access_log=None, handle_signals=False)
+        runner = GatewayRunner(app, lean=settings.server.lean_http, access_log=None, handle_signals=False)
         await runner.setup()
         tune_gc()
         site = web.TCPSite(

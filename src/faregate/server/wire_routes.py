@@ -16,13 +16,17 @@ import orjson
 from aiohttp import web
 
 from faregate.errors import FaregateError, NotFound
+from faregate.server.aiohttp_seam import AiohttpRequest
 from faregate.server.client_wires import CHAT, MESSAGES, RESPONSES, ClientWire
+from faregate.server.http_seam import JSON_TYPE, HttpRequest, Reply
 from faregate.server.pipeline import ChatPipeline
-from faregate.server.responses import JSON_TYPE, error_response
+from faregate.server.responses import error_response
 from faregate.wire.anthropic import count_tokens
 
 # Method and path to handler: the routes the runner serves without the router.
 FastRoutes = dict[tuple[str, str], Callable[[web.Request], Awaitable[web.StreamResponse]]]
+# The same routes for any server of the seam (the lean one: server/lean_http.py).
+LeanRoutes = dict[tuple[str, str], Callable[[HttpRequest], Awaitable[Reply]]]
 
 NOT_STORED = (
     "Stored responses are not supported: this gateway serves the Responses API stateless "
@@ -35,10 +39,10 @@ def wire_of_path(path: str) -> ClientWire:
     return MESSAGES if path.startswith("/v1/messages") else CHAT
 
 
-def add_wire_routes(app: web.Application, pipeline: ChatPipeline) -> FastRoutes:
+def add_wire_routes(app: web.Application, pipeline: ChatPipeline) -> tuple[FastRoutes, LeanRoutes]:
     """Adds the routes; returns the two POSTs that the runner may serve without the router
     (server.runner.GatewayRunner), as it serves chat completions: the pipeline answers every
-    error itself."""
+    error itself; as aiohttp handlers and as seam handlers."""
     messages, responses = pipeline.handler(MESSAGES), pipeline.handler(RESPONSES)
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/responses", responses)
@@ -46,7 +50,7 @@ def add_wire_routes(app: web.Application, pipeline: ChatPipeline) -> FastRoutes:
     async def messages_count_tokens(request: web.Request) -> web.StreamResponse:
         try:
             await pipeline.authenticate(request)
-            body = await pipeline.read_body(request)
+            body = await pipeline.read_body(AiohttpRequest(request))
             counted = await count_tokens(body)
         except FaregateError as error:
             return error_response(error, wire=MESSAGES)
@@ -62,4 +66,9 @@ def add_wire_routes(app: web.Application, pipeline: ChatPipeline) -> FastRoutes:
     app.router.add_post("/v1/messages/count_tokens", messages_count_tokens)
     app.router.add_get("/v1/responses/{response_id}", stored_response)
     app.router.add_delete("/v1/responses/{response_id}", stored_response)
-    return {("POST", "/v1/messages"): messages, ("POST", "/v1/responses"): responses}
+    fast: FastRoutes = {("POST", "/v1/messages"): messages, ("POST", "/v1/responses"): responses}
+    lean: LeanRoutes = {
+        ("POST", "/v1/messages"): pipeline.seam_handler(MESSAGES),
+        ("POST", "/v1/responses"): pipeline.seam_handler(RESPONSES),
+    }
+    return fast, lean

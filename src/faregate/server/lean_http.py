@@ -1,0 +1,583 @@
+"""A lean HTTP/1.1 server for the hot operations, on httptools; everything else goes to aiohttp.
+
+aiohttp's server spends ~80 µs of CPU per request (bench/README.md, "CPU per non-streaming
+request"); a bare httptools protocol ~20. The gateway's hot operations (the chat, Messages,
+Responses and embeddings POSTs: `app[LEAN_ROUTES]`) need little of a general server: a head, a
+body, a whole answer with its length or an event stream in chunks. So the listening socket's
+protocol is `LeanConnection`: it parses every request with httptools, serves a hot one itself
+through the HTTP seam (server/http_seam.py), and hands the connection to aiohttp's own protocol
+at the first request that is anything else (another path, an upgrade, a head httptools refuses):
+aiohttp's RequestHandler is given the transport and every byte from the start of that request,
+and keeps the connection from then on (server/lean_server.py makes both).
+
+How a connection reads, one request at a time:
+- every message starts at the start of a `_feed` (its bytes are kept in `_raw` until it is
+  routed, for a hand-off); a message that begins in the same read as the end of the previous
+  one (pipelining) stops the parser, the boundary is found by parsing the first message again
+  (`_boundary`: rare, so simple), and the rest waits in `_pending` until the answer is out;
+- the handler starts when the head is complete (a 401 or 413 does not wait for the body); its
+  `read()` waits for the body, sending `100 Continue` first if the client asked for it;
+- an answer sent before the body was whole (a 401, a 413) is followed by reading the rest of
+  the body into nothing for at most LINGER_S, as aiohttp does, so that the client reads the
+  answer instead of a reset;
+- keep-alive as the request says (HTTP/1.0 included); an idle connection closes after
+  KEEPALIVE_S; writes to a client that is gone raise ConnectionResetError, and a write waits
+  while the transport's buffer is full (pause_writing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Final, cast
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from faregate.errors import InternalError, InvalidRequest, PayloadTooLarge
+from faregate.server.client_wires import CHAT
+from faregate.server.http_seam import EVENT_STREAM_TYPE, EventStream, HttpRequest, Reply, Whole
+
+if TYPE_CHECKING:
+    from faregate.server.lean_server import LeanServer
+
+log = logging.getLogger("faregate.server")
+
+LeanHandler = Callable[[HttpRequest], Awaitable[Reply]]
+
+# As aiohttp's RequestHandler: an idle keep-alive connection is closed after this long, and the
+# unread rest of a body answered early is read (and dropped) for at most this long.
+KEEPALIVE_S: Final = 75.0
+LINGER_S: Final = 10.0
+# Bytes read past the request being handled (pipelined ones) before the socket stops being read.
+HIGH_WATER: Final = 1 << 20
+
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+_REASONS: Final = {status.value: status.phrase for status in HTTPStatus}
+
+
+def _reason(status: int) -> str:
+    return _REASONS.get(status, "")  # 499, 529: aiohttp sends no phrase either
+
+
+class _Dates:
+    """The Date header's value, formatted once a second."""
+
+    second = 0
+    value = ""
+
+    @classmethod
+    def now(cls) -> str:
+        second = int(time.time())
+        if second != cls.second:
+            cls.second = second
+            cls.value = formatdate(second, usegmt=True)
+        return cls.value
+
+
+class _HandOff(Exception):
+    """Raised in a parser callback: this request is aiohttp's."""
+
+
+class _NextMessage(Exception):
+    """Raised in a parser callback: a pipelined message began in the read that ended the last."""
+
+
+class _Probe:
+    """Parses a message again to find where it ends (`LeanConnection._boundary`)."""
+
+    complete = False
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+def _ends_within(before: bytes, data: bytes, length: int) -> bool:
+    probe = _Probe()
+    parser = httptools.HttpRequestParser(probe)
+    try:
+        parser.feed_data(before + data[:length])
+    except httptools.HttpParserError:
+        pass
+    return probe.complete
+
+
+class LeanRequest:
+    """One request on the lean path (implements server.http_seam.HttpRequest)."""
+
+    __slots__ = (
+        "_body",
+        "_complete",
+        "_conn",
+        "_continue",
+        "_size",
+        "_too_large",
+        "_waiter",
+        "broken",
+        "headers",
+        "keep_alive",
+        "lingering",
+        "method",
+        "path",
+        "responded",
+        "stream",
+        "version",
+    )
+
+    def __init__(
+        self,
+        conn: LeanConnection,
+        method: str,
+        path: str,
+        version: str,
+        headers: CIMultiDictProxy[str],
+        keep_alive: bool,
+    ) -> None:
+        self._conn = conn
+        self.method = method
+        self.path = path
+        self.version = version
+        self.headers: Mapping[str, str] = headers
+        self.keep_alive = keep_alive
+        self._continue = version == "1.1" and headers.get("Expect", "").lower() == "100-continue"
+        self._body: list[bytes] = []
+        self._size = 0
+        self._complete = False
+        self._too_large = False
+        self.broken: str | None = None  # the body's framing was invalid
+        self._waiter: asyncio.Future[None] | None = None
+        self.responded = False
+        self.lingering = False  # answered; the rest of the body is read into nothing
+        self.stream: LeanStream | None = None
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("Content-Length")
+        return int(value) if value is not None else None  # llhttp has checked it is digits
+
+    @property
+    def body_complete(self) -> bool:
+        return self._complete
+
+    # -- fed by the connection ------------------------------------------------------------------
+
+    def feed(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._too_large or self.lingering:
+            return
+        if self._size > self._conn.server.max_body_bytes + 1:
+            self._too_large = True
+            self._body = []
+        else:
+            self._body.append(chunk)
+        self._wake()
+
+    def finish(self) -> None:
+        self._complete = True
+        self._wake()
+
+    def fail(self, problem: str) -> None:
+        self.broken = problem
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the seam ------------------------------------------------------------------------------
+
+    async def read(self) -> bytes:
+        conn = self._conn
+        if self._continue:
+            self._continue = False
+            if not self._complete and not self._size:
+                conn.write(_CONTINUE)
+        while not self._complete:
+            if self._too_large:
+                break
+            if self.broken is not None:
+                raise InvalidRequest(f"Malformed request body: {self.broken}.", code="invalid_body")
+            if conn.lost:
+                raise ConnectionResetError("the client closed the connection before sending its body")
+            self._waiter = conn.loop.create_future()
+            await self._waiter
+            self._waiter = None
+        if self._too_large:
+            raise PayloadTooLarge(
+                f"Request body is larger than the limit of {conn.server.max_body_bytes} bytes."
+            )
+        body = self._body
+        return body[0] if len(body) == 1 else b"".join(body)
+
+    async def open_stream(self, headers: Mapping[str, str]) -> EventStream:
+        if self.responded:
+            raise RuntimeError("a response was already sent")
+        self.responded = True
+        conn = self._conn
+        chunked = self.version == "1.1"
+        if not chunked:
+            self.keep_alive = False  # an HTTP/1.0 stream ends when the connection does
+        head = conn.head(self, 200, headers, EVENT_STREAM_TYPE, None, chunked)
+        conn.write(head)
+        self.stream = LeanStream(conn, chunked)
+        return self.stream
+
+    async def send(self, whole: Whole) -> None:
+        if self.responded:
+            return
+        self.responded = True
+        conn = self._conn
+        body = whole.body
+        conn.write(conn.head(self, whole.status, whole.headers, whole.content_type, len(body), False) + body)
+        await conn.drain()
+
+
+class LeanStream:
+    """An event stream's body on the lean path: chunked (HTTP/1.1) or up to the close (1.0)."""
+
+    __slots__ = ("_chunked", "_conn", "ended")
+
+    def __init__(self, conn: LeanConnection, chunked: bool) -> None:
+        self._conn = conn
+        self._chunked = chunked
+        self.ended = False
+
+    async def write(self, data: bytes) -> None:
+        if not data:
+            return  # an empty chunk would end the body
+        conn = self._conn
+        if self._chunked:
+            conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            conn.write(data)
+        await conn.drain()
+
+    async def write_eof(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self._chunked:
+            self._conn.write(b"0\r\n\r\n")
+        await self._conn.drain()
+
+
+class LeanConnection(asyncio.Protocol):
+    """One client connection while it is lean (see the module docstring)."""
+
+    def __init__(self, server: LeanServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self._parser = httptools.HttpRequestParser(self)
+        self._raw: list[bytes] = []
+        self._in_message = False
+        self._completed_in_feed = False
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._request: LeanRequest | None = None  # the one being handled
+        self._task: asyncio.Task[None] | None = None
+        self._pending = bytearray()
+        self._reading_paused = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._closing = False  # close once the request in hand is answered (shutdown)
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.server.lean_connection_made(self)
+        self._idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._cancel_timer()
+        self.server.lean_connection_lost(self)
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_exception(ConnectionResetError("the client closed the connection"))
+        request = self._request
+        if request is not None:
+            request._wake()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        request = self._request
+        if (request is not None and request.body_complete) or self._pending:
+            # Past the message being handled: parsed once it is answered.
+            self._pending += data
+            if len(self._pending) > HIGH_WATER and not self._reading_paused and self.transport is not None:
+                self._reading_paused = True
+                self.transport.pause_reading()
+            return
+        self._feed(data)
+
+    # --- parsing ------------------------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        if self._in_message:
+            self._raw.append(data)
+        else:
+            self._raw = [data]
+        self._completed_in_feed = False
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _HandOff):
+                self._hand_off()
+            elif isinstance(cause, _NextMessage):
+                self._split(data)
+            else:
+                raise
+        except httptools.HttpParserUpgrade:
+            self._hand_off()
+        except httptools.HttpParserError as exc:
+            request = self._request
+            if request is None:
+                self._hand_off()  # aiohttp answers a malformed request as it always did
+            elif not request.body_complete:
+                request.fail(str(exc).rstrip(".") or type(exc).__name__)
+                request.keep_alive = False
+            else:
+                self._pending.clear()
+                request.keep_alive = False
+        request = self._request
+        if request is not None and request.lingering and request.body_complete:
+            self._next()  # answered before the body was whole, which now is: go on
+
+    def _split(self, data: bytes) -> None:
+        """A message began in `data` after the last one ended: keep it for later."""
+        before = b"".join(self._raw[:-1])
+        low, high = 1, len(data)
+        while low < high:  # the shortest prefix of `data` that completes the message
+            middle = (low + high) // 2
+            if _ends_within(before, data, middle):
+                high = middle
+            else:
+                low = middle + 1
+        self._pending += data[low:]
+        self._parser = httptools.HttpRequestParser(self)
+        self._in_message = False
+
+    def on_message_begin(self) -> None:
+        if self._completed_in_feed:
+            raise _NextMessage
+        self._in_message = True
+        self._cancel_timer()
+        self._url = b""
+        self._headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        path = self._url.partition(b"?")[0]
+        handler = self.server.lean_routes.get((parser.get_method(), path))
+        if handler is None or parser.should_upgrade():
+            raise _HandOff
+        # Decoded as aiohttp decodes a header.
+        headers = CIMultiDictProxy(
+            CIMultiDict(
+                [
+                    (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                    for n, v in self._headers
+                ]
+            )
+        )
+        request = LeanRequest(
+            self,
+            parser.get_method().decode("ascii"),
+            path.decode("ascii", "surrogateescape"),
+            parser.get_http_version(),
+            headers,
+            parser.should_keep_alive(),
+        )
+        self._request = request
+        self._task = self.loop.create_task(self._handle(request, handler))
+        self.server.track(self._task)
+
+    def on_body(self, body: bytes) -> None:
+        request = self._request
+        if request is not None:
+            request.feed(body)
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        self._completed_in_feed = True
+        request = self._request
+        if request is not None:
+            request.finish()
+
+    # --- answering ----------------------------------------------------------------------------
+
+    async def _handle(self, request: LeanRequest, handler: LeanHandler) -> None:
+        try:
+            reply = await handler(request)
+        except Exception:
+            # The pipelines answer every error themselves; this is a bug in between.
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            error = InternalError("The gateway hit an internal error; it has been logged.")
+            reply = Whole(CHAT.status(error), CHAT.error(error), {})
+        try:
+            if not request.responded and isinstance(reply, Whole):
+                await request.send(reply)
+            elif request.stream is not None and not request.stream.ended:
+                request.keep_alive = False  # a stream left unfinished: its end is the close
+        except (ConnectionError, ValueError) as exc:
+            if isinstance(exc, ValueError):
+                log.error("invalid response on %s %s: %s", request.method, request.path, exc)
+            request.keep_alive = False
+        self._answered(request)
+
+    def _answered(self, request: LeanRequest) -> None:
+        transport = self.transport
+        if self.lost or transport is None:
+            return
+        if not request.keep_alive or self._closing or request.broken is not None:
+            self._request = None
+            transport.close()
+            return
+        if not request.body_complete:
+            # Answered before the body was whole: read the rest into nothing, then go on.
+            request.lingering = True
+            self._timer = self.loop.call_later(LINGER_S, self._linger_timeout)
+            return
+        self._next()
+
+    def _next(self) -> None:
+        """The request in hand is answered and whole: on to the next (pipelined) one."""
+        self._cancel_timer()
+        self._request = None
+        self._task = None
+        if self.lost or self.transport is None:
+            return
+        if self._closing:
+            self.transport.close()
+            return
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        pending = self._pending
+        if pending:
+            data = bytes(pending)
+            pending.clear()
+            self._feed(data)
+        if self._request is None and not self.lost and self.transport.get_protocol() is self:
+            self._idle()
+
+    def _linger_timeout(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def _idle(self) -> None:
+        self._cancel_timer()
+        self._timer = self.loop.call_later(KEEPALIVE_S, self._idle_timeout)
+
+    def _idle_timeout(self) -> None:
+        self._timer = None
+        if self._request is None and not self._in_message and self.transport is not None:
+            self.transport.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def head(
+        self,
+        request: LeanRequest,
+        status: int,
+        headers: Mapping[str, str],
+        content_type: str,
+        length: int | None,
+        chunked: bool,
+    ) -> bytes:
+        lines = [f"HTTP/{request.version} {status} {_reason(status)}\r\n"]
+        for name, value in headers.items():
+            if "\n" in value or "\r" in value:
+                # A header value must never end the head early (aiohttp refuses these too).
+                raise ValueError(f"the response header {name} holds a newline or carriage return")
+            lines.append(f"{name}: {value}\r\n")
+        lines.append(f"Content-Type: {content_type}\r\n")
+        if length is not None:
+            lines.append(f"Content-Length: {length}\r\n")
+        elif chunked:
+            lines.append("Transfer-Encoding: chunked\r\n")
+        lines.append(f"Date: {_Dates.now()}\r\n")
+        if not request.keep_alive or self._closing:
+            request.keep_alive = False
+            if request.version == "1.1":
+                lines.append("Connection: close\r\n")
+        elif request.version == "1.0":
+            lines.append("Connection: keep-alive\r\n")
+        lines.append("\r\n")
+        return "".join(lines).encode("utf-8")
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if self.lost or transport is None or transport.is_closing():
+            raise ConnectionResetError("Cannot write to closing transport")
+        transport.write(data)
+
+    async def drain(self) -> None:
+        if self.lost:
+            raise ConnectionResetError("the client closed the connection")
+        if not self._write_paused:
+            return
+        drain = self._drain = self.loop.create_future()
+        try:
+            await drain
+        finally:
+            self._drain = None
+
+    # --- hand-off and shutdown ----------------------------------------------------------------
+
+    def _hand_off(self) -> None:
+        """From the start of the current request on, the connection is aiohttp's."""
+        transport = self.transport
+        assert transport is not None
+        self._cancel_timer()
+        self.server.lean_connection_lost(self)
+        data = b"".join(self._raw) + bytes(self._pending)
+        self._raw = []
+        self._pending.clear()
+        protocol = self.server.fallback()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        if data:
+            protocol.data_received(data)
+
+    def close_when_idle(self) -> None:
+        """Shutdown: close now if idle, else once the request in hand is answered."""
+        self._closing = True
+        if self._request is None and not self._in_message and self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,193 @@
+"""End to end, with `server.lean_http` on and off: the official openai SDK and raw HTTP/1.x through
+a real gateway get the same answers whichever server carries the hot POSTs (server/lean_http.py)."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httptools
+import openai
+import orjson
+import pytest
+
+from harness import GatewayProcess, SimProcess, create_key, run_gateway
+
+pytestmark = pytest.mark.e2e
+
+MSG = [{"role": "user", "content": "Hello there"}]
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["lean", "aiohttp"])
+def served(
+    request: pytest.FixtureRequest, sim: SimProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, str]]:
+    workdir: Path = tmp_path_factory.mktemp("lean" if request.param else "aiohttp")
+    with run_gateway(workdir, sim, lean_http=request.param) as gateway:
+        yield gateway, create_key(gateway.store_path, "lean-e2e")
+
+
+def record(gateway: GatewayProcess, request_id: str, wait: float = 10.0) -> sqlite3.Row:
+    deadline = time.monotonic() + wait
+    while True:
+        with sqlite3.connect(gateway.store_path / "faregate.db") as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute("SELECT * FROM request_records WHERE request_id = ?", (request_id,)).fetchone()
+        if row is not None:
+            return row
+        assert time.monotonic() < deadline, f"no record for {request_id}"
+        time.sleep(0.05)
+
+
+class Responses:
+    """Parses the HTTP responses read from a raw socket."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[int, dict[str, str], bytes]] = []
+        self._headers: dict[str, str] = {}
+        self._body = b""
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode().lower()] = value.decode()
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+
+    def on_message_complete(self) -> None:
+        self.done.append((self.parser.get_status_code(), self._headers, self._body))
+        self._headers, self._body = {}, b""
+
+
+def exchange(port: int, data: bytes, count: int) -> tuple[list[Any], bytes]:
+    """Send `data`, read until `count` responses are whole."""
+    parsed = Responses()
+    raw = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(data)
+        while len(parsed.done) < count:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+            parsed.parser.feed_data(chunk)
+    return parsed.done, raw
+
+
+def chat(key: str, body: bytes, extra: str = "", version: str = "1.1") -> bytes:
+    head = (
+        f"POST /v1/chat/completions HTTP/{version}\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    )
+    return head.encode() + body
+
+
+BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": MSG})
+
+
+def test_the_sdk_chats_streams_and_lists_models_on_one_connection(served: tuple[GatewayProcess, str]) -> None:
+    gateway, key = served
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG)  # type: ignore[arg-type]
+    answer = raw.parse()
+    assert answer.choices[0].message.content and raw.headers["x-faregate-cost-usd"]
+    request_id = raw.headers["x-faregate-request-id"]
+    assert record(gateway, request_id)["status"] == 200
+    # The pooled connection now carries a GET (aiohttp's), then the hot POSTs again.
+    assert any(m.id == "gpt-4o-mini" for m in client.models.list())
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=MSG,
+        stream=True,
+        stream_options={"include_usage": True},  # type: ignore[arg-type]
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage is not None and chunks[-1].usage.cost > 0  # type: ignore[attr-defined]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=gateway.base_url, api_key="fg-wrong", max_retries=0).chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MSG,  # type: ignore[arg-type]
+        )
+
+
+def test_errors_in_openai_format(served: tuple[GatewayProcess, str]) -> None:
+    gateway, key = served
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as too_large:
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "x" * 1_100_000}],
+        )
+    assert too_large.value.status_code == 413
+    assert too_large.value.response.headers["x-faregate-request-id"]
+    (status, headers, body), *_ = exchange(gateway.port, chat(key, b"{not json"), 1)[0]
+    assert status == 400 and orjson.loads(body)["error"]["type"] == "invalid_request_error"
+    assert headers["x-faregate-request-id"]
+
+
+def test_pipelined_requests_and_a_hand_off(served: tuple[GatewayProcess, str]) -> None:
+    gateway, key = served
+    health = b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n"
+    answers, _ = exchange(gateway.port, chat(key, BODY) + chat(key, BODY) + health + chat(key, BODY), 4)
+    assert [status for status, _, _ in answers] == [200, 200, 200, 200]
+    assert answers[2][2] == b'{"status":"ok"}'
+    ids = {headers["x-faregate-request-id"] for _, headers, _ in (answers[0], answers[1], answers[3])}
+    assert len(ids) == 3
+
+
+def test_http_1_0_chunked_bodies_and_100_continue(served: tuple[GatewayProcess, str]) -> None:
+    gateway, key = served
+    answers, raw = exchange(gateway.port, chat(key, BODY, version="1.0"), 1)
+    assert answers[0][0] == 200
+    chunked = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    half = len(BODY) // 2
+    body = b"%x\r\n%b\r\n%x\r\n%b\r\n0\r\n\r\n" % (half, BODY[:half], len(BODY) - half, BODY[half:])
+    assert exchange(gateway.port, chunked + body, 1)[0][0][0] == 200
+    # With Expect: 100-continue the body follows once the server answered something (aiohttp's
+    # fast path sends no 100; a client then sends the body after a wait, as curl does).
+    head = chat(key, b"", "Expect: 100-continue\r\n").replace(
+        b"Content-Length: 0", b"Content-Length: %d" % len(BODY)
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=20) as sock:
+        sock.sendall(head)
+        sock.settimeout(1.0)
+        try:
+            first = sock.recv(65536)
+        except TimeoutError:
+            first = b""
+        sock.settimeout(20)
+        sock.sendall(BODY)
+        raw = first
+        while b"x-faregate-cost-usd" not in raw:
+            raw += sock.recv(65536)
+    assert b"HTTP/1.1 200 OK" in raw
+    if gateway.config.read_text().count("lean_http: true"):
+        assert first.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+def test_a_client_gone_mid_stream_is_recorded(served: tuple[GatewayProcess, str]) -> None:
+    gateway, key = served
+    body = orjson.dumps(
+        {
+            "model": "gpt-4o-mini",
+            "messages": MSG,
+            "stream": True,
+            "sim": {"answer": {"lorem": 400}, "tokens_per_s": 40},
+        }
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=20) as sock:
+        sock.sendall(chat(key, body))
+        raw = b""
+        while b"data: " not in raw:
+            raw += sock.recv(65536)
+    request_id = raw.split(b"x-faregate-request-id: ")[1].split(b"\r\n")[0].decode()
+    row = record(gateway, request_id, wait=30)
+    assert row["status"] == 499 and row["error"] == "client disconnected during the stream"

@@ -1,0 +1,458 @@
+"""The lean HTTP/1.1 server (server/lean_http.py) at the transport seam: a fake transport feeds it
+bytes as a socket would (split anywhere, pipelined, chunked) and collects what it writes; the
+requests it does not serve go to a real aiohttp server, as in the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+import orjson
+import pytest
+from aiohttp import web
+
+from faregate.errors import FaregateError
+from faregate.server.client_wires import CHAT
+from faregate.server.http_seam import HttpRequest, Reply, Whole
+from faregate.server.lean_http import LeanConnection
+from faregate.server.lean_server import LeanServer
+
+MAX_BODY = 1000
+
+
+class FakeTransport:
+    """What a connection's socket does, in memory."""
+
+    def __init__(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+        self.out = bytearray()
+        self.closed = False
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "written after close"
+        self.out += data
+
+    def writelines(self, lines: list[bytes]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)  # type: ignore[attr-defined]
+
+    def abort(self) -> None:
+        self.close()
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.protocol
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 4000)}.get(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.close()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+
+@dataclass
+class Parsed:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    version: str
+
+
+@dataclass
+class _Collector:
+    responses: list[Parsed] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytearray = field(default_factory=bytearray)
+    parser: Any = None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode().lower()] = value.decode()
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        status = self.parser.get_status_code()
+        version = self.parser.get_http_version()
+        self.responses.append(Parsed(status, self.headers, bytes(self.body), version))
+        self.headers, self.body = {}, bytearray()
+
+
+def parse(out: bytes) -> list[Parsed]:
+    """Every whole response in `out` (a 100 Continue included)."""
+    collector = _Collector()
+    collector.parser = httptools.HttpResponseParser(collector)
+    collector.parser.feed_data(bytes(out))
+    return collector.responses
+
+
+# -- the handlers the lean server serves ---------------------------------------------------------
+
+Handler = Callable[[HttpRequest], Any]
+events: list[str] = []
+
+
+async def echo(http: HttpRequest) -> Reply:
+    """As the pipelines read: the declared length first, then the body."""
+    try:
+        length = http.content_length
+        if length is not None and length > MAX_BODY:
+            from faregate.errors import PayloadTooLarge
+
+            raise PayloadTooLarge(f"Request body is {length} bytes; the limit is {MAX_BODY} bytes.")
+        body = await http.read()
+    except FaregateError as error:
+        return Whole(CHAT.status(error), CHAT.error(error), {"x-req": "1"})
+    return Whole(
+        200, orjson.dumps({"body": body.decode(), "auth": http.headers.get("authorization")}), {"x-req": "1"}
+    )
+
+
+async def refuse(http: HttpRequest) -> Reply:
+    """Answers without reading the body (a 401)."""
+    return Whole(401, b'{"error":{}}', {"x-req": "2"})
+
+
+async def stream(http: HttpRequest) -> Reply:
+    await http.read()
+    events.clear()
+    out = await http.open_stream({"x-req": "3"})
+    try:
+        for word in (b"data: one\n\n", b"data: two\n\n"):
+            await out.write(word)
+            events.append("wrote")
+            await asyncio.sleep(0)
+        await out.write_eof()
+        events.append("eof")
+    except ConnectionResetError:
+        events.append("client gone")
+    return out
+
+
+gate: asyncio.Event | None = None
+
+
+async def slow(http: HttpRequest) -> Reply:
+    await http.read()
+    assert gate is not None
+    await gate.wait()
+    return Whole(200, b"{}", {})
+
+
+async def fallback_handler(request: web.BaseRequest) -> web.StreamResponse:
+    return web.Response(text=f"aiohttp {request.method} {request.path} {await request.text()}")
+
+
+@pytest.fixture
+async def server() -> LeanServer:
+    routes = {
+        ("POST", "/echo"): echo,
+        ("POST", "/refuse"): refuse,
+        ("POST", "/stream"): stream,
+        ("POST", "/slow"): slow,
+    }
+    return LeanServer(web.Server(fallback_handler), routes, MAX_BODY)  # type: ignore[arg-type]
+
+
+def connect(server: LeanServer) -> tuple[LeanConnection, FakeTransport]:
+    conn = server()
+    transport = FakeTransport(conn)
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    return conn, transport
+
+
+async def settle(condition: Callable[[], bool] | None = None) -> None:
+    for _ in range(200):
+        await asyncio.sleep(0)
+        if condition is not None and condition():
+            return
+    if condition is not None:
+        raise AssertionError("the server did not get there")
+
+
+def post(path: str, body: bytes = b"{}", extra: str = "", version: str = "1.1") -> bytes:
+    head = f"POST {path} HTTP/{version}\r\nHost: gw\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    return head.encode() + body
+
+
+def send(transport: FakeTransport, *chunks: bytes) -> None:
+    for chunk in chunks:
+        transport.protocol.data_received(chunk)  # type: ignore[attr-defined]
+
+
+# -- tests --------------------------------------------------------------------------------------
+
+
+async def test_keep_alive_serves_one_request_after_another(server: LeanServer) -> None:
+    conn, transport = connect(server)
+    send(transport, post("/echo", b"first", "Authorization: Bearer k\r\n"))
+    await settle(lambda: len(parse(transport.out)) == 1)
+    send(transport, post("/echo", b"second"))
+    await settle(lambda: len(parse(transport.out)) == 2)
+    first, second = parse(transport.out)
+    assert first.status == 200 and orjson.loads(first.body) == {"body": "first", "auth": "Bearer k"}
+    assert first.headers["x-req"] == "1" and first.headers["content-type"] == "application/json"
+    assert first.headers["content-length"] == str(len(first.body)) and "date" in first.headers
+    assert orjson.loads(second.body)["body"] == "second"
+    assert not transport.closed and transport.protocol is conn
+
+
+async def test_a_request_split_anywhere(server: LeanServer) -> None:
+    _, transport = connect(server)
+    raw = post("/echo", b'{"a": 1}', "X-Long: " + "v" * 50 + "\r\n")
+    send(transport, *[raw[i : i + 1] for i in range(len(raw))])
+    await settle(lambda: len(parse(transport.out)) == 1)
+    assert orjson.loads(parse(transport.out)[0].body)["body"] == '{"a": 1}'
+
+
+async def test_pipelined_requests_in_one_read_are_answered_in_order(server: LeanServer) -> None:
+    _, transport = connect(server)
+    send(transport, post("/echo", b"1") + post("/echo", b"22") + post("/echo", b"333"))
+    await settle(lambda: len(parse(transport.out)) == 3)
+    assert [orjson.loads(r.body)["body"] for r in parse(transport.out)] == ["1", "22", "333"]
+
+
+async def test_pipelined_requests_split_across_reads(server: LeanServer) -> None:
+    _, transport = connect(server)
+    raw = post("/echo", b"abc") + post("/echo", b"defg") + post("/stream")
+    send(transport, raw[:30], raw[30:75], raw[75:])
+    await settle(lambda: len(parse(transport.out)) == 3)
+    answers = parse(transport.out)
+    assert [orjson.loads(r.body)["body"] for r in answers[:2]] == ["abc", "defg"]
+    assert answers[2].body == b"data: one\n\ndata: two\n\n"
+
+
+async def test_chunked_request_body(server: LeanServer) -> None:
+    _, transport = connect(server)
+    head = b"POST /echo HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+    send(transport, head, b"5\r\nhello\r\n", b"6\r\n world\r\n0\r\n\r\n")
+    await settle(lambda: len(parse(transport.out)) == 1)
+    assert orjson.loads(parse(transport.out)[0].body)["body"] == "hello world"
+
+
+async def test_expect_100_continue(server: LeanServer) -> None:
+    _, transport = connect(server)
+    send(transport, b"POST /echo HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+    await settle(lambda: bytes(transport.out).startswith(b"HTTP/1.1 100 Continue\r\n\r\n"))
+    send(transport, b"body")
+    await settle(lambda: b"200 OK" in transport.out)
+    assert orjson.loads(bytes(transport.out).split(b"\r\n\r\n", 2)[2])["body"] == "body"
+
+
+async def test_no_continue_for_a_request_refused_before_its_body(server: LeanServer) -> None:
+    _, transport = connect(server)
+    send(transport, b"POST /refuse HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+    await settle(lambda: len(parse(transport.out)) == 1)
+    assert b"100 Continue" not in transport.out and parse(transport.out)[0].status == 401
+
+
+async def test_an_answer_before_the_body_then_the_next_request(server: LeanServer) -> None:
+    """The rest of the body is read into nothing, then the connection goes on."""
+    _, transport = connect(server)
+    raw = post("/refuse", b"x" * 500)
+    send(transport, raw[:80])
+    await settle(lambda: len(parse(transport.out)) == 1)
+    send(transport, raw[80:] + post("/echo", b"next"))
+    await settle(lambda: len(parse(transport.out)) == 2)
+    assert orjson.loads(parse(transport.out)[1].body)["body"] == "next" and not transport.closed
+
+
+async def test_oversized_bodies_are_413(server: LeanServer) -> None:
+    _, transport = connect(server)
+    send(transport, post("/echo", b"x" * (MAX_BODY + 1)))
+    await settle(lambda: len(parse(transport.out)) == 1)
+    answer = parse(transport.out)[0]
+    assert answer.status == 413 and orjson.loads(answer.body)["error"]["type"] == "invalid_request_error"
+    # A chunked body has no declared length: read() stops buffering past the limit.
+    _, transport = connect(server)
+    head = b"POST /echo HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunk = b"%x\r\n%b\r\n" % (600, b"y" * 600)
+    send(transport, head, chunk, chunk, b"0\r\n\r\n")
+    await settle(lambda: len(parse(transport.out)) == 1)
+    answer = parse(transport.out)[0]
+    assert answer.status == 413 and b"larger than the limit" in answer.body
+
+
+async def test_malformed_chunked_body_is_400_and_closes(server: LeanServer) -> None:
+    _, transport = connect(server)
+    send(transport, b"POST /echo HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+    await settle(lambda: transport.closed)
+    answer = parse(transport.out)[0]
+    assert answer.status == 400 and answer.headers["connection"] == "close"
+
+
+async def test_a_malformed_request_goes_to_aiohttp(server: LeanServer) -> None:
+    conn, transport = connect(server)
+    send(transport, b"NOT HTTP AT ALL\r\n\r\n")
+    await settle(lambda: transport.closed)
+    assert transport.protocol is not conn and b" 400 Bad Request" in transport.out
+
+
+async def test_hand_off_to_aiohttp_mid_connection(server: LeanServer) -> None:
+    """A lean request, then another path on the same connection: aiohttp gets that request's bytes
+    from its first one, and the connection from then on."""
+    conn, transport = connect(server)
+    send(transport, post("/echo", b"lean"))
+    await settle(lambda: len(parse(transport.out)) == 1)
+    get = b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n"
+    send(transport, get[:10], get[10:] + post("/other", b"later"))
+    await settle(lambda: len(parse(transport.out)) == 3)
+    answers = parse(transport.out)
+    assert orjson.loads(answers[0].body)["body"] == "lean"
+    assert answers[1].body == b"aiohttp GET /health " and answers[2].body == b"aiohttp POST /other later"
+    assert transport.protocol is not conn and conn not in server.lean
+    await server.shutdown(1)
+
+
+async def test_pipelined_lean_then_other_in_one_read(server: LeanServer) -> None:
+    _, transport = connect(server)
+    send(transport, post("/echo", b"a") + b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
+    await settle(lambda: len(parse(transport.out)) == 2)
+    answers = parse(transport.out)
+    assert orjson.loads(answers[0].body)["body"] == "a" and answers[1].body == b"aiohttp GET /x "
+    await server.shutdown(1)
+
+
+async def test_connection_close_and_http_1_0(server: LeanServer) -> None:
+    _, transport = connect(server)
+    send(transport, post("/echo", b"1", "Connection: close\r\n"))
+    await settle(lambda: transport.closed)
+    assert parse(transport.out)[0].headers["connection"] == "close"
+    _, transport = connect(server)
+    send(transport, post("/echo", b"1", version="1.0"))
+    await settle(lambda: transport.closed)
+    assert bytes(transport.out).startswith(b"HTTP/1.0 200 OK\r\n")
+    _, transport = connect(server)
+    send(transport, post("/echo", b"1", "Connection: keep-alive\r\n", version="1.0"))
+    await settle(lambda: b"\r\n\r\n" in transport.out)
+    await settle()
+    assert b"Connection: keep-alive" in transport.out and not transport.closed
+
+
+async def test_event_stream_is_chunked_and_keeps_the_connection(server: LeanServer) -> None:
+    _, transport = connect(server)
+    send(transport, post("/stream") + post("/echo", b"after"))
+    await settle(lambda: len(parse(transport.out)) == 2)
+    streamed, after = parse(transport.out)
+    assert streamed.headers["transfer-encoding"] == "chunked"
+    assert streamed.headers["content-type"] == "text/event-stream" and streamed.headers["x-req"] == "3"
+    assert streamed.body == b"data: one\n\ndata: two\n\n" and orjson.loads(after.body)["body"] == "after"
+    # HTTP/1.0 has no chunks: the body ends with the connection.
+    _, transport = connect(server)
+    send(transport, post("/stream", version="1.0"))
+    await settle(lambda: transport.closed)
+    assert bytes(transport.out).endswith(b"\r\n\r\ndata: one\n\ndata: two\n\n")
+
+
+async def test_a_client_gone_mid_stream_fails_the_next_write(server: LeanServer) -> None:
+    conn, transport = connect(server)
+    send(transport, post("/stream"))
+    await settle(lambda: events == ["wrote"])
+    conn.connection_lost(ConnectionResetError())
+    transport.closed = True
+    await settle(lambda: events[-1:] == ["client gone"])
+
+
+async def test_a_full_write_buffer_holds_the_writer(server: LeanServer) -> None:
+    conn, transport = connect(server)
+    conn.pause_writing()
+    events.append("before")
+    send(transport, post("/stream"))
+    await settle(lambda: b"data: one" in transport.out)
+    await settle()
+    assert events == []  # the first write waits for the buffer to drain
+    conn.resume_writing()
+    await settle(lambda: events[-1:] == ["eof"])
+
+
+async def test_shutdown_closes_idle_connections_and_waits_for_busy_ones(server: LeanServer) -> None:
+    global gate
+    gate = asyncio.Event()
+    _, idle = connect(server)
+    _, busy = connect(server)
+    send(busy, post("/slow"))
+    await settle()
+    server.pre_shutdown()
+    await settle(lambda: idle.closed)
+    assert not busy.closed
+    stopping = asyncio.ensure_future(server.shutdown(5))
+    await settle()
+    assert not stopping.done()
+    gate.set()
+    await stopping
+    assert parse(busy.out)[0].status == 200 and busy.closed
+    assert parse(busy.out)[0].headers.get("connection") == "close"
+
+
+async def bad_header(http: HttpRequest) -> Reply:
+    return Whole(200, b"{}", {"x-bad": "one\r\nInjected: yes"})
+
+
+async def test_a_header_value_with_a_newline_is_never_written(server: LeanServer) -> None:
+    server.lean_routes[(b"POST", b"/bad")] = bad_header
+    _, transport = connect(server)
+    send(transport, post("/bad"))
+    await settle(lambda: transport.closed)
+    assert b"Injected" not in transport.out
+
+
+async def test_a_client_gone_before_its_body_fails_the_read(server: LeanServer) -> None:
+    seen: list[str] = []
+
+    async def reader(http: HttpRequest) -> Reply:
+        try:
+            await http.read()
+        except ConnectionResetError:
+            seen.append("reset")
+        return Whole(200, b"{}", {})
+
+    server.lean_routes[(b"POST", b"/read")] = reader
+    conn, transport = connect(server)
+    send(transport, post("/read", b"x" * 100)[:-50])
+    await settle()
+    transport.closed = True
+    conn.connection_lost(None)
+    await settle(lambda: seen == ["reset"])
+    assert not server.tasks or all(task.done() for task in server.tasks)
+
+
+async def test_a_handler_that_raises_is_a_clean_500(server: LeanServer) -> None:
+    async def broken(http: HttpRequest) -> Reply:
+        raise RuntimeError("a bug")
+
+    server.lean_routes[(b"POST", b"/broken")] = broken
+    _, transport = connect(server)
+    send(transport, post("/broken") + post("/echo", b"after"))
+    await settle(lambda: len(parse(transport.out)) == 2)
+    failed, after = parse(transport.out)
+    assert failed.status == 500 and orjson.loads(failed.body)["error"]["code"] == "internal_error"
+    assert b"a bug" not in failed.body and orjson.loads(after.body)["body"] == "after"
