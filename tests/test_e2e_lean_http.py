@@ -191,3 +191,28 @@ def test_a_client_gone_mid_stream_is_recorded(served: tuple[GatewayProcess, str]
     request_id = raw.split(b"x-faregate-request-id: ")[1].split(b"\r\n")[0].decode()
     row = record(gateway, request_id, wait=30)
     assert row["status"] == 499 and row["error"] == "client disconnected during the stream"
+
+
+def test_a_client_gone_before_its_body_is_read_is_recorded_without_a_trace(
+    served: tuple[GatewayProcess, str],
+) -> None:
+    """Either server says ConnectionResetError when the client leaves mid-body: a 499 record
+    naming it, not a 500 'internal error' with a traceback in the log."""
+    gateway, key = served
+    marker = f"cut-{time.monotonic_ns()}"
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": marker}]})
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=20) as sock:
+        sock.sendall(chat(key, body)[: -len(body) // 2])
+        time.sleep(0.3)  # the gateway is reading the body when the client leaves
+    deadline = time.monotonic() + 30
+    while True:
+        with sqlite3.connect(gateway.store_path / "faregate.db") as db:
+            rows = db.execute(
+                "SELECT status, error FROM request_records WHERE error LIKE 'The client closed%'"
+            ).fetchall()
+        if rows:
+            break
+        assert time.monotonic() < deadline, "no record of the request cut mid-body"
+        time.sleep(0.05)
+    assert rows[-1] == (499, "The client closed the connection before its body was read.")
+    assert "ConnectionResetError" not in gateway.read_log()

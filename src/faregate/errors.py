@@ -84,6 +84,15 @@ class PayloadTooLarge(FaregateError):
     code = "request_too_large"
 
 
+class ClientClosedRequest(FaregateError):
+    """The client closed the connection before its request's body was read (nginx's 499): nobody
+    reads the answer, but the record says what happened."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_closed_request"
+
+
 class InsufficientCredits(FaregateError):
     status = 402
     type = "insufficient_quota"

@@ -46,7 +46,13 @@ from faregate.accounts.admission import Admission, OpenAdmission
 from faregate.accounts.keys import ApiKey, KeyStore
 from faregate.cache.service import CachedAnswer, ResponseCache
 from faregate.config import LimitsSettings
-from faregate.errors import AuthenticationFailed, FaregateError, InternalError, PayloadTooLarge
+from faregate.errors import (
+    AuthenticationFailed,
+    ClientClosedRequest,
+    FaregateError,
+    InternalError,
+    PayloadTooLarge,
+)
 from faregate.routing.attempts import AttemptRunner, Served
 from faregate.routing.cascade_runner import CascadeRunner
 from faregate.routing.opened_stream import OpenedStream
@@ -309,7 +315,10 @@ class ChatPipeline:
             raise PayloadTooLarge(
                 f"Request body is {length} bytes; the limit is {self.max_body_bytes} bytes."
             )
-        raw = await http_request.read()
+        try:
+            raw = await http_request.read()
+        except ConnectionResetError as gone:  # both servers say so when the client leaves mid-body
+            raise ClientClosedRequest("The client closed the connection before its body was read.") from gone
         if len(raw) > self.max_body_bytes:
             raise PayloadTooLarge(
                 f"Request body is {len(raw)} bytes; the limit is {self.max_body_bytes} bytes."
