@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from faregate.errors import FaregateError
+from faregate.server import lean_http
 from faregate.server.client_wires import CHAT
 from faregate.server.http_seam import HttpRequest, Reply, Whole
 from faregate.server.lean_http import LeanConnection
@@ -315,6 +316,20 @@ async def test_a_malformed_request_goes_to_aiohttp(server: LeanServer) -> None:
     send(transport, b"NOT HTTP AT ALL\r\n\r\n")
     await settle(lambda: transport.closed)
     assert transport.protocol is not conn and b" 400 Bad Request" in transport.out
+
+
+async def test_an_endless_head_is_not_kept_but_refused_by_aiohttp(server: LeanServer) -> None:
+    """llhttp bounds no head: past MAX_HEAD_BYTES of an unfinished one the connection is aiohttp's,
+    whose field limit answers 400, and nothing more is buffered here."""
+    conn, transport = connect(server)
+    send(transport, b"POST /echo HTTP/1.1\r\nHost: gw\r\nX-Big: ")
+    for _ in range(lean_http.MAX_HEAD_BYTES // 4096 + 1):
+        send(transport, b"v" * 4096)
+        if transport.protocol is not conn:
+            break
+    assert transport.protocol is not conn and conn._raw == []
+    await settle(lambda: transport.closed)
+    assert b" 400 " in transport.out.split(b"\r\n")[0]
 
 
 async def test_hand_off_to_aiohttp_mid_connection(server: LeanServer) -> None:

@@ -55,6 +55,9 @@ KEEPALIVE_S: Final = 75.0
 LINGER_S: Final = 10.0
 # Bytes read past the request being handled (pipelined ones) before the socket stops being read.
 HIGH_WATER: Final = 1 << 20
+# llhttp does not bound a head: one still incomplete past this many bytes goes to aiohttp, whose
+# line and field limits answer it (400), instead of growing here without end.
+MAX_HEAD_BYTES: Final = 64 * 1024
 
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -278,6 +281,7 @@ class LeanConnection(asyncio.Protocol):
         self.lost = False
         self._parser = httptools.HttpRequestParser(self)
         self._raw: list[bytes] = []
+        self._raw_size = 0
         self._in_message = False
         self._completed_in_feed = False
         self._url = b""
@@ -335,8 +339,10 @@ class LeanConnection(asyncio.Protocol):
     def _feed(self, data: bytes) -> None:
         if self._in_message:
             self._raw.append(data)
+            self._raw_size += len(data)
         else:
             self._raw = [data]
+            self._raw_size = len(data)
         self._completed_in_feed = False
         try:
             self._parser.feed_data(data)
@@ -361,6 +367,9 @@ class LeanConnection(asyncio.Protocol):
                 self._pending.clear()
                 request.keep_alive = False
         request = self._request
+        if request is None and self._in_message and self._raw_size > MAX_HEAD_BYTES:
+            self._hand_off()
+            return
         if request is not None and request.lingering and request.body_complete:
             self._next()  # answered before the body was whole, which now is: go on
 
