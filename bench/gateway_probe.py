@@ -229,7 +229,7 @@ def install_ttft_probe() -> None:
     Responder._relay = timed_relay  # type: ignore[method-assign]
     web.StreamResponse.write = timed_write  # type: ignore[method-assign]
     try:
-        from faregate.server.lean_http import LeanStream
+        from faregate.server.lean_request import LeanStream
     except ImportError:  # a checkout without the lean server (an A/B with --pythonpath)
         return
     lean_write = LeanStream.write
