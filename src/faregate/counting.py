@@ -24,6 +24,7 @@ TOKENS_PER_MEDIA_PART = 765
 # Request fields besides the messages that providers bill as input tokens: they render tool and
 # function definitions, the tool choice and a response_format schema into the prompt.
 BILLED_INPUT_FIELDS = ("tools", "functions", "tool_choice", "response_format")
+_BILLED_INPUT_KEYS = frozenset(BILLED_INPUT_FIELDS)
 
 
 def _content_tokens(content: Any, count_text: CountText, media_part_tokens: int) -> int:
@@ -47,6 +48,8 @@ def billed_extras_text(body: dict[str, Any]) -> str:
     """The billed input outside the messages (tools, functions, tool_choice, response_format),
     as one JSON text: its tokens are what a provider adds to the prompt for them, give or take
     its own rendering. Empty when the request has none."""
+    if _BILLED_INPUT_KEYS.isdisjoint(body):
+        return ""  # most requests: no dict built
     present = {name: body[name] for name in BILLED_INPUT_FIELDS if body.get(name) is not None}
     return orjson.dumps(present).decode() if present else ""
 

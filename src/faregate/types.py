@@ -99,9 +99,8 @@ class Price:
     def cost(self, usage: Usage) -> Decimal:
         read, write, write_1h = usage.cache_read_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens
         if not (read or write):
-            return (
-                Decimal(usage.prompt_tokens) * self.input + Decimal(usage.completion_tokens) * self.output
-            ) / MILLION
+            # Decimal * int converts the int exactly: the same result as Decimal(int) * Decimal.
+            return (self.input * usage.prompt_tokens + self.output * usage.completion_tokens) / MILLION
         write_5m = max(write - write_1h, 0)
         uncached = max(usage.prompt_tokens - read - write, 0)
         read_price = self.input if self.cache_read is None else self.cache_read

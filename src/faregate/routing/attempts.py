@@ -324,4 +324,9 @@ def _all_timeouts(attempts: list[Attempt]) -> bool:
 
 def billed_cost(attempts: list[Attempt]) -> Decimal:
     """What failed attempts cost (the served attempt's cost is added by the caller)."""
-    return sum((a.cost for a in attempts if a.outcome != "ok"), Decimal(0))
+    if len(attempts) == 1 and attempts[0].outcome == "ok":
+        return _NOTHING  # the usual request: one attempt, served (no generator, no new Decimal)
+    return sum((a.cost for a in attempts if a.outcome != "ok"), _NOTHING)
+
+
+_NOTHING = Decimal(0)

@@ -49,7 +49,11 @@ class PromptSize:
         self._media_bytes: list[int] = []
         self.upper_bound = self._bound(messages) + len(extras.encode())
         flat = counting.TOKENS_PER_MEDIA_PART
-        self._media_surplus = sum(max(0, size // media_bytes_per_token - flat) for size in self._media_bytes)
+        self._media_surplus = (
+            sum(max(0, size // media_bytes_per_token - flat) for size in self._media_bytes)
+            if self._media_bytes
+            else 0  # text only (most requests): no generator
+        )
 
     @classmethod
     def of(cls, body: dict[str, Any], media_bytes_per_token: int = MEDIA_BYTES_PER_TOKEN) -> PromptSize:
