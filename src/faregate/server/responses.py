@@ -208,11 +208,10 @@ async def _relay(response: EventStream, encoder: StreamEncoder, opened: OpenedSt
     usage chunk (with the cost) and the end (`[DONE]` on the chat wire), or the error event; how
     the upstream stream ended (a failure, a missing finish reason) is the OpenedStream's to judge."""
     outcome = StreamOutcome()
-    frame = encoder.chunk
+    frames = encoder.frames
     try:
         while True:
-            chunks = await opened.next_read()
-            await response.write(b"".join([frame(c) for c in chunks]))
+            await response.write(frames(await opened.next_read()))
             if outcome.first_content_at is None:
                 outcome.first_content_at = time.perf_counter()
     except StopAsyncIteration:

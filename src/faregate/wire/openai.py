@@ -329,6 +329,18 @@ class ChatStreamFrames:
             chunk.pop("usage", None)
         return sse_frame(chunk)
 
+    def frames(self, chunks: list[JSON]) -> bytes:
+        """`chunk` of each, joined, without a call per chunk and with one copy of each frame's
+        bytes (not the three of `sse_frame`'s concatenations): it runs for every read relayed."""
+        model, include_usage, dumps = self.model, self.include_usage, orjson.dumps
+        parts: list[bytes] = []
+        for chunk in chunks:
+            chunk["model"] = model
+            if not include_usage:
+                chunk.pop("usage", None)
+            parts += (b"data: ", dumps(chunk), b"\n\n")
+        return b"".join(parts)
+
     def close(self, usage_chunk: JSON | None) -> bytes:
         if usage_chunk is None or not self.include_usage:
             return DONE
