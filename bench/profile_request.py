@@ -31,8 +31,8 @@ stream: the relay's per-chunk work (parse, re-encode, write) times 40 plus the r
 Each figure is printed with the machine's load average at start and end. `--pythonpath DIR`
 runs the gateway from another checkout's `src` (A/B a change: run both, alternating).
 
-Usage: python bench/profile_request.py [--mode cpu|cprofile|callgrind] [--duration 10] [--wire chat] [--stream]
-                                       [--connections 64] [--top 25] [--pythonpath DIR]
+Usage: python bench/profile_request.py [--mode cpu|cprofile|callgrind] [--duration 10] [--wire chat]
+                                       [--stream] [--connections 64] [--top 25] [--pythonpath DIR]
 Needs `wrk`; callgrind needs `valgrind`. Only talks to 127.0.0.1.
 """
 

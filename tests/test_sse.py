@@ -113,7 +113,8 @@ def test_lf_only_streams_decode_as_their_crlf_twins_at_every_split() -> None:
     line-by-line reading gives the same stream with CRLF endings, wherever the reads are cut."""
     streams = [
         b'data: {"a":1}\n\ndata: {"b":2}\n\n',
-        b": keep\n\ndata: x\ndata: y\n\nevent: e\ndata: z\n\n\n\ndata:w\n\ndata\n\ndata: [DONE]\n\ndata: after\n\n",
+        b": keep\n\ndata: x\ndata: y\n\nevent: e\ndata: z\n\n\n\ndata:w\n\ndata\n\n"
+        b"data: [DONE]\n\ndata: after\n\n",
         b"\xef\xbb\xbfdata: 1\n\nid: 3\n\ndata:  sp\n\ndata: [DONE] \n\n",
         b"data: a\n\ndata: b",
         b"retry: 5\ndata: q\n\n\ndata: r\n\n",

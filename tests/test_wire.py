@@ -171,7 +171,8 @@ def test_streamed_answer_reads_every_kind_of_chunk() -> None:
     from faregate.wire.openai import StreamedAnswer
 
     seen = StreamedAnswer()
-    first = {"id": "c1", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}], "usage": None}
+    role = {"index": 0, "delta": {"role": "assistant", "content": ""}}
+    first = {"id": "c1", "choices": [role], "usage": None}
     assert seen.take(first) is True and seen.first is first
     assert seen.take({"choices": [{"delta": {"content": "Hi"}, "finish_reason": None}], "usage": "bad"})
     call = {"tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}
@@ -179,7 +180,8 @@ def test_streamed_answer_reads_every_kind_of_chunk() -> None:
     assert seen.take({"choices": [{"delta": {}, "finish_reason": "length"}], "usage": {"prompt_tokens": 3}})
     assert seen.usage is None  # a usage without completion_tokens is no usage
     assert seen.text == ["", "Hi", "f", "{}", "!"] and seen.tool_calls and seen.finish_reason == "length"
-    with_usage = {"choices": [{"delta": {"content": "x"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
+    counts = {"prompt_tokens": 3, "completion_tokens": 4}
+    with_usage = {"choices": [{"delta": {"content": "x"}}], "usage": counts}
     assert seen.take(with_usage) is True and seen.usage is not None and seen.usage.completion_tokens == 4
     assert seen.usage_chunk is None
     usage_only = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}}

@@ -122,7 +122,6 @@ class SSEDecoder:
             raise SSEProtocolError(f"event stream event larger than {self.max_bytes} bytes")
         return out
 
-
     def _feed_lf(self, chunk: bytes) -> list[bytes]:
         """`feed` for a chunk whose lines all end in LF (what every upstream sends): split into
         events at the blank lines, and an event that is one `data: ` line alone (every chunk of
