@@ -241,6 +241,9 @@ QUICK: dict[str, Quick] = {
         where="checkout",
         expect="per request = per stream",
     ),
+    "python bench/profile_request.py --stream --connections 16": Quick(
+        why_not="the `--stream` form above at 16 connections, for 10 s: its quick run covers the code"
+    ),
     "python bench/profile_request.py --mode pyspy --native --stream": Quick(
         # Without --native, as above: the start-up under native sampling takes about a minute here.
         run="python bench/profile_request.py --mode pyspy --stream --duration 1 --warmup 1 "
