@@ -24,11 +24,15 @@ a warm-up, `wrk` sends overhead.py's non-streaming request for `--duration` seco
                     Note that the other threads' counts (SQLite: records, rollups) are per
                     request at that slow rate, where a flush writes a few records, not hundreds.
 
+`--stream` measures a streaming request instead: bench/ttft.py's instant 40-token stream (the
+simulator sends every token at once; wrk reads each stream to its end), so the figures are per
+stream: the relay's per-chunk work (parse, re-encode, write) times 40 plus the request's own.
+
 Each figure is printed with the machine's load average at start and end. `--pythonpath DIR`
 runs the gateway from another checkout's `src` (A/B a change: run both, alternating).
 
 Usage: python bench/profile_request.py [--mode cpu|cprofile|callgrind] [--duration 10] [--wire chat]
-                                       [--connections 64] [--top 25] [--pythonpath DIR]
+                                       [--stream] [--connections 64] [--top 25] [--pythonpath DIR]
 Needs `wrk`; callgrind needs `valgrind`. Only talks to 127.0.0.1.
 """
 
@@ -57,6 +61,7 @@ from wires import WIRES
 from workers import create_key as funded_key
 
 ROOT = Path(__file__).resolve().parent.parent
+STREAM_TOKENS = 40  # bench/ttft.py's default stream
 SIM_SCRIPT = "defaults: {ttft_ms: 0, tokens_per_s: 0, answer: {lorem: 12}}\n"
 
 # cProfile self time is summed into these areas by the function's file (first match wins).
@@ -247,10 +252,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="faregate-profile-"))
     setup = start(args, work)
     env, gw_port, sim_port = setup["env"], setup["gw_port"], setup["sim_port"]
-    path, payload, headers = request_of(args.wire)
+    path, payload, headers = request_of(args.wire, args.stream)
     url = f"http://127.0.0.1:{gw_port}{path}"
     metrics_url = f"http://127.0.0.1:{gw_port}/metrics"
-    result: dict[str, Any] = {"mode": args.mode, "load_at_start": os.getloadavg()[0]}
+    result: dict[str, Any] = {"mode": args.mode, "stream": args.stream, "load_at_start": os.getloadavg()[0]}
     processes: list[subprocess.Popen[bytes]] = []
     profile_out = work / "gateway.pstats"
     callgrind_out = work / "callgrind.out"
@@ -369,9 +374,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def request_of(wire: str) -> tuple[str, dict[str, Any], dict[str, str]]:
+def request_of(wire: str, stream: bool = False) -> tuple[str, dict[str, Any], dict[str, str]]:
     """(path, body, extra headers) of the measured request: overhead.py's chat request, or
-    bench/wires.py's request of another wire (`--wire messages`, `--wire embeddings`)."""
+    bench/wires.py's request of another wire (`--wire messages`, `--wire embeddings`); with
+    `stream`, ttft.py's instant 40-token chat stream."""
+    if stream:
+        if wire != "chat":
+            sys.exit("--stream measures the chat wire's stream only")
+        return "/v1/chat/completions", body(stream=True, tokens=STREAM_TOKENS), {}
     if wire == "chat":
         return "/v1/chat/completions", body(), {}
     chosen = next(w for w in WIRES if w.name == wire)
@@ -394,7 +404,8 @@ def _wait_for(path: Path, timeout: float = 60) -> None:
 
 def report(result: dict[str, Any]) -> str:
     lines = [
-        f"mode {result['mode']}: {result['requests']:,} requests, {result['req_per_s']:.0f} req/s, "
+        ("streaming (40 tokens), per request = per stream; " if result.get("stream") else "")
+        + f"mode {result['mode']}: {result['requests']:,} requests, {result['req_per_s']:.0f} req/s, "
         f"gateway CPU {result['cpu_ms_per_request']:.3f} ms/request"
         + (f", direct simulator {result['direct_req_per_s']:.0f} req/s"
            if result.get("direct_req_per_s") else "")
@@ -443,6 +454,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds of measured load")
     parser.add_argument(
         "--wire", choices=["chat", "messages", "embeddings"], default="chat", help="the request measured"
+    )
+    parser.add_argument(
+        "--stream", action="store_true", help="an instant 40-token chat stream (bench/ttft.py's) per request"
     )
     parser.add_argument("--warmup", type=int, default=3, help="seconds of load before measuring")
     parser.add_argument("--connections", type=int, default=64)

@@ -327,3 +327,25 @@ async def test_a_response_stream_cut_after_content_fails_and_state_is_refused(ha
         "/v1/responses/resp_1", headers={"Authorization": "Bearer fg-test-key"}
     )
     assert response.status == 404
+
+
+def test_every_encoders_frames_are_its_chunks_joined() -> None:
+    """`frames` (one write per upstream read) gives exactly the bytes of `chunk` one at a time."""
+    import copy
+
+    from faregate.server.client_wires import CHAT, MESSAGES, RESPONSES
+
+    read = [
+        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up",
+         "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hé"}, "finish_reason": None}],
+         "usage": None},
+        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up",
+         "choices": [{"index": 0, "delta": {"content": " there"}, "finish_reason": "stop"}],
+         "usage": {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}},
+    ]  # fmt: skip
+    for wire in (CHAT, MESSAGES, RESPONSES):
+        for include_usage in (True, False):
+            one, joined = wire.stream("m", include_usage, {}), wire.stream("m", include_usage, {})
+            expected = b"".join(one.chunk(chunk) for chunk in copy.deepcopy(read))
+            assert joined.frames(copy.deepcopy(read)) == expected, (wire.name, include_usage)
+            assert expected

@@ -236,6 +236,24 @@ QUICK: dict[str, Quick] = {
     "python bench/profile_request.py --mode callgrind --duration 30 --connections 16": Quick(
         why_not="valgrind runs the gateway ~50x slower (a minute or more to start): run by hand"
     ),
+    "python bench/profile_request.py --stream": Quick(
+        run="python bench/profile_request.py --stream --duration 1 --warmup 1 --out {scratch}/stream.json",
+        where="checkout",
+        expect="per request = per stream",
+    ),
+    "python bench/profile_request.py --stream --connections 16": Quick(
+        why_not="the `--stream` form above at 16 connections, for 10 s: its quick run covers the code"
+    ),
+    "python bench/profile_request.py --mode pyspy --native --stream": Quick(
+        # Without --native, as above: the start-up under native sampling takes about a minute here.
+        run="python bench/profile_request.py --mode pyspy --stream --duration 1 --warmup 1 "
+        "--out {scratch}/spy-stream.json",
+        where="checkout",
+        expect="py-spy:",
+    ),
+    "python bench/profile_request.py --mode callgrind --stream --duration 20 --connections 16": Quick(
+        why_not="valgrind runs the gateway ~50x slower (a minute or more to start): run by hand"
+    ),
     "python bench/profile_request.py --pythonpath /other/checkout/src": Quick(
         why_not="needs another checkout; the script's own quick form runs above"
     ),

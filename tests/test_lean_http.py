@@ -471,3 +471,29 @@ async def test_a_handler_that_raises_is_a_clean_500(server: LeanServer) -> None:
     failed, after = parse(transport.out)
     assert failed.status == 500 and orjson.loads(failed.body)["error"]["code"] == "internal_error"
     assert b"a bug" not in failed.body and orjson.loads(after.body)["body"] == "after"
+
+
+async def test_a_streams_last_piece_goes_with_its_end_in_one_write() -> None:
+    """`write_eof(data)`: the same bytes as `write(data)` then `write_eof()`, in one write."""
+    from faregate.server.lean_request import LeanStream
+
+    class Conn:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+        async def drain(self) -> None:
+            return None
+
+    for chunked in (True, False):
+        apart, together = Conn(), Conn()
+        one = LeanStream(apart, chunked)  # type: ignore[arg-type]
+        await one.write(b"data: [DONE]\n\n")
+        await one.write_eof()
+        other = LeanStream(together, chunked)  # type: ignore[arg-type]
+        await other.write_eof(b"data: [DONE]\n\n")
+        await other.write_eof(b"late")  # ended: nothing more
+        assert b"".join(together.writes) == b"".join(apart.writes)
+        assert len(together.writes) == 1

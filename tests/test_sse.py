@@ -106,3 +106,29 @@ async def test_iter_sse_data_stops_at_done() -> None:
             yield part
 
     assert [p async for p in iter_sse_data(chunks())] == [b"1"]
+
+
+def test_lf_only_streams_decode_as_their_crlf_twins_at_every_split() -> None:
+    """A chunk without CR takes a fast path (events split at blank lines): it must give what the
+    line-by-line reading gives the same stream with CRLF endings, wherever the reads are cut."""
+    streams = [
+        b'data: {"a":1}\n\ndata: {"b":2}\n\n',
+        b": keep\n\ndata: x\ndata: y\n\nevent: e\ndata: z\n\n\n\ndata:w\n\ndata\n\n"
+        b"data: [DONE]\n\ndata: after\n\n",
+        b"\xef\xbb\xbfdata: 1\n\nid: 3\n\ndata:  sp\n\ndata: [DONE] \n\n",
+        b"data: a\n\ndata: b",
+        b"retry: 5\ndata: q\n\n\ndata: r\n\n",
+    ]
+
+    def decode(data: bytes, cuts: list[int]) -> tuple[list[bytes], bool]:
+        decoder, out, prev = SSEDecoder(), [], 0
+        for cut in [*cuts, len(data)]:
+            out += decoder.feed(data[prev:cut])
+            prev = cut
+        return out, decoder.done
+
+    for data in streams:
+        expected = decode(data.replace(b"\n", b"\r\n"), [])
+        for first in range(len(data) + 1):
+            for second in range(first, len(data) + 1, 3):
+                assert decode(data, [first, second]) == expected, (data, first, second)

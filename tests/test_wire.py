@@ -163,3 +163,29 @@ def test_what_the_client_receives_carries_the_cost() -> None:
     assert relayed["model"] == "catalog-name" and "usage" not in relayed
     made = usage_chunk(None, "m", Usage(1, 2), Decimal(0))
     assert made["choices"] == [] and made["usage"]["total_tokens"] == 3 and made["model"] == "m"
+
+
+def test_streamed_answer_reads_every_kind_of_chunk() -> None:
+    """StreamedAnswer.take (inlined for speed): text, tool calls, the first finish reason among the
+    choices, usage wherever it comes (a usage-only chunk held back, a malformed one ignored)."""
+    from faregate.wire.openai import StreamedAnswer
+
+    seen = StreamedAnswer()
+    role = {"index": 0, "delta": {"role": "assistant", "content": ""}}
+    first = {"id": "c1", "choices": [role], "usage": None}
+    assert seen.take(first) is True and seen.first is first
+    assert seen.take({"choices": [{"delta": {"content": "Hi"}, "finish_reason": None}], "usage": "bad"})
+    call = {"tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}
+    assert seen.take({"choices": [{"delta": call}, {"delta": {"content": "!"}, "finish_reason": "stop"}]})
+    assert seen.take({"choices": [{"delta": {}, "finish_reason": "length"}], "usage": {"prompt_tokens": 3}})
+    assert seen.usage is None  # a usage without completion_tokens is no usage
+    assert seen.text == ["", "Hi", "f", "{}", "!"] and seen.tool_calls and seen.finish_reason == "length"
+    counts = {"prompt_tokens": 3, "completion_tokens": 4}
+    with_usage = {"choices": [{"delta": {"content": "x"}}], "usage": counts}
+    assert seen.take(with_usage) is True and seen.usage is not None and seen.usage.completion_tokens == 4
+    assert seen.usage_chunk is None
+    usage_only = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}}
+    assert seen.take(usage_only) is False and seen.usage_chunk is usage_only
+    assert seen.usage.completion_tokens == 5
+    assert seen.take({"usage": None}) is False  # no choices but a usage key: held, not relayed
+    assert seen.finish_reason == "length"

@@ -184,11 +184,17 @@ class OpenAICompatibleProvider:
                     for payload in decoder.feed(data):
                         if not payload:
                             continue  # `data:` with nothing after it: a keep-alive, not a chunk
-                        chunk = json_object(payload, f"stream chunk {chunks + 1}", resp.status)
+                        # json_object's and stream_error's checks inlined (they run per chunk):
+                        # anything but a valid object goes to json_object for its error.
+                        try:
+                            chunk = orjson.loads(payload)
+                        except orjson.JSONDecodeError:
+                            chunk = None
+                        if type(chunk) is not dict:
+                            chunk = json_object(payload, f"stream chunk {chunks + 1}", resp.status)
                         # OpenRouter and others report a failure mid-stream as a chunk with an
                         # `error` object (sometimes beside a finish_reason "error" choice).
-                        failed = stream_error(chunk)
-                        if failed is not None:
+                        if chunk.get("error") and (failed := stream_error(chunk)) is not None:
                             if read:
                                 yield read
                             raise UpstreamFailure(

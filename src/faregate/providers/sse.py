@@ -85,6 +85,8 @@ class SSEDecoder:
             chunk = b"".join(self._pending)
             self._pending = []
             self._pending_size = 0
+        if b"\r" not in chunk:
+            return self._feed_lf(chunk)
         # bytes.splitlines breaks on exactly the three SSE line endings (LF, CRLF, CR).
         lines = chunk.splitlines(keepends=True)
         last = lines[-1]
@@ -119,6 +121,67 @@ class SSEDecoder:
         if self._data_size > self.max_bytes:
             raise SSEProtocolError(f"event stream event larger than {self.max_bytes} bytes")
         return out
+
+    def _feed_lf(self, chunk: bytes) -> list[bytes]:
+        """`feed` for a chunk whose lines all end in LF (what every upstream sends): split into
+        events at the blank lines, and an event that is one `data: ` line alone (every chunk of
+        an OpenAI stream) is its payload without a pass over its lines; any other event goes
+        through `_line`, one line at a time, as `feed` reads them."""
+        blocks = chunk.split(b"\n\n")
+        rest = blocks.pop()  # after the last blank line: the start of an event still coming
+        out: list[bytes] = []
+        for block in blocks:
+            if not self._data and block[:6] == b"data: " and b"\n" not in block:
+                payload = block[6:]
+            else:
+                for line in block.split(b"\n"):
+                    self._line(line, out)
+                    if self.done:
+                        return out
+                if not self._data:
+                    continue
+                payload = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+                self._data = []
+                self._data_size = 0
+            if payload == DONE or (len(payload) < 16 and payload.strip() == DONE):
+                self.done = True
+                self._pending = []
+                return out
+            out.append(payload)
+        if rest:
+            lines = rest.split(b"\n")
+            last = lines.pop()  # b"" when `rest` ends in LF
+            for line in lines:
+                self._line(line, out)
+                if self.done:
+                    return out
+            if last:
+                self._pending.append(last)
+                self._pending_size = len(last)
+        if self._data_size > self.max_bytes:
+            raise SSEProtocolError(f"event stream event larger than {self.max_bytes} bytes")
+        return out
+
+    def _line(self, line: bytes, out: list[bytes]) -> None:
+        """One line (its ending removed), as the loop of `feed` reads it."""
+        if line.startswith(b"data:"):
+            value = line[6:] if line[5:6] == b" " else line[5:]
+            self._data.append(value)
+            self._data_size += len(value) + 1
+        elif not line:
+            if self._data:
+                payload = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+                self._data = []
+                self._data_size = 0
+                if payload == DONE or (len(payload) < 16 and payload.strip() == DONE):
+                    self.done = True
+                    self._pending = []
+                    return
+                out.append(payload)
+        elif line == b"data":  # a field name alone means an empty value
+            self._data.append(b"")
+            self._data_size += 1
+        # A comment (":") or any other field (event, id, retry, unknown) adds no data.
 
 
 async def iter_sse_data(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:

@@ -42,6 +42,10 @@ class StreamEncoder(Protocol):
         """The frames for one internal chunk (possibly none)."""
         ...
 
+    def frames(self, chunks: list[JSON]) -> bytes:
+        """`chunk` of each of `chunks`, joined: what one upstream read brought, in one write."""
+        ...
+
     def close(self, usage_chunk: JSON | None) -> bytes:
         """The closing frames of a whole answer; `usage_chunk` is the priced usage-only chunk
         (None when the client did not ask for usage)."""
@@ -104,6 +108,9 @@ class MessagesEncoder:
     def chunk(self, chunk: JSON) -> bytes:
         return _frames(self._stream.feed(chunk), anthropic_stream.sse_frame)
 
+    def frames(self, chunks: list[JSON]) -> bytes:
+        return b"".join([self.chunk(chunk) for chunk in chunks])
+
     def close(self, usage_chunk: JSON | None) -> bytes:
         events = self._stream.feed(usage_chunk) if usage_chunk is not None else []
         return _frames(events + self._stream.end(), anthropic_stream.sse_frame)
@@ -156,6 +163,9 @@ class ResponsesEncoder:
         if self._native is None:
             self._native = responses_native.NativeStream(self._model)
         return _frames(self._native.relay(events), responses_stream.sse_frame)
+
+    def frames(self, chunks: list[JSON]) -> bytes:
+        return b"".join([self.chunk(chunk) for chunk in chunks])
 
     def close(self, usage_chunk: JSON | None) -> bytes:
         if self._native is not None:

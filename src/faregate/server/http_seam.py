@@ -39,7 +39,9 @@ class EventStream(Protocol):
 
     async def write(self, data: bytes) -> None: ...
 
-    async def write_eof(self) -> None: ...
+    async def write_eof(self, data: bytes = b"") -> None:
+        """End the body, `data` its last piece (sent with the end: one system call, not two)."""
+        ...
 
 
 class HttpRequest(Protocol):

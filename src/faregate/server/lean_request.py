@@ -171,10 +171,12 @@ class LeanStream:
             conn.write(data)
         await conn.drain()
 
-    async def write_eof(self) -> None:
+    async def write_eof(self, data: bytes = b"") -> None:
         if self.ended:
             return
         self.ended = True
         if self._chunked:
-            self._conn.write(b"0\r\n\r\n")
+            self._conn.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data) if data else b"0\r\n\r\n")
+        elif data:
+            self._conn.write(data)
         await self._conn.drain()

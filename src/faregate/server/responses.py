@@ -59,8 +59,9 @@ class _Gone:
     async def write(self, data: bytes) -> None:
         raise ConnectionResetError("the client is gone")
 
-    async def write_eof(self) -> None:
-        return None
+    async def write_eof(self, data: bytes = b"") -> None:
+        if data:
+            raise ConnectionResetError("the client is gone")
 
 
 GONE: EventStream = _Gone()
@@ -181,16 +182,16 @@ class Responder:
                     f"failed after content was sent: {failure.detail}"
                 )
                 failed = UpstreamFailure(failure.kind, detail, status=failure.status)
-                await response.write(encoder.fail(failed))
+                await response.write_eof(encoder.fail(failed))
             else:
                 final = None
                 if request.include_usage:
                     final = usage_chunk(seen.usage_chunk, candidate.model.name, settled.usage, settled.cost)
-                await response.write(encoder.close(final))
+                # The closing frames go with the body's end: one system call, not two.
+                await response.write_eof(encoder.close(final))
                 self._remember(
                     exchange, candidate, seen.answer(candidate.model.name, settled.usage), settled.usage
                 )
-            await response.write_eof()
         except (ConnectionResetError, ConnectionError):
             exchange.client_gone("at the end of the stream")
         return response
@@ -208,11 +209,10 @@ async def _relay(response: EventStream, encoder: StreamEncoder, opened: OpenedSt
     usage chunk (with the cost) and the end (`[DONE]` on the chat wire), or the error event; how
     the upstream stream ended (a failure, a missing finish reason) is the OpenedStream's to judge."""
     outcome = StreamOutcome()
-    frame = encoder.chunk
+    frames = encoder.frames
     try:
         while True:
-            chunks = await opened.next_read()
-            await response.write(b"".join([frame(c) for c in chunks]))
+            await response.write(frames(await opened.next_read()))
             if outcome.first_content_at is None:
                 outcome.first_content_at = time.perf_counter()
     except StopAsyncIteration:
