@@ -113,14 +113,7 @@ class QualityService:
         calibration = self.calibrated[name]
         async with self._locks[name]:
             for _ in range(SAVE_TRIES):
-                saved = len(calibration.journal)
-                text = orjson.dumps(
-                    {"settings": calibration.fingerprint(), "state": calibration.state_json()}
-                ).decode()
-                expected = self._versions[name]
-                if await self.store.save_state(self.scope(name), expected, text, time.time()):
-                    self._versions[name] = expected + 1
-                    del calibration.journal[:saved]
+                if await self._write(name, calibration):
                     return
                 # Another instance wrote first: take its state, replay ours on it, try again.
                 stored = await self.store.load_state(self.scope(name))
@@ -130,6 +123,19 @@ class QualityService:
                     if data.get("settings") == calibration.fingerprint():
                         calibration.adopt_json(data["state"])
             log.warning("%s: the calibration state kept changing under us; saved later", name)
+
+    async def _write(self, name: str, calibration: Calibrated) -> bool:
+        """One compare-and-set of the state over the version last read; True: written (the journal
+        of what it holds is cleared), False: another instance wrote in between."""
+        saved = len(calibration.journal)
+        data = {"settings": calibration.fingerprint(), "state": calibration.state_json()}
+        text = orjson.dumps(data).decode()
+        expected = self._versions[name]
+        if await self.store.save_state(self.scope(name), expected, text, time.time()):
+            self._versions[name] = expected + 1
+            del calibration.journal[:saved]
+            return True
+        return False
 
     async def write_now(self, name: str, change: Callable[[], bool]) -> None:
         """Make `change` on the freshest stored state and write it at once, by compare-and-set.
@@ -146,14 +152,7 @@ class QualityService:
                     if not change():
                         return
                     made = True
-                saved = len(calibration.journal)
-                text = orjson.dumps(
-                    {"settings": calibration.fingerprint(), "state": calibration.state_json()}
-                ).decode()
-                expected = self._versions[name]
-                if await self.store.save_state(self.scope(name), expected, text, time.time()):
-                    self._versions[name] = expected + 1
-                    del calibration.journal[:saved]
+                if await self._write(name, calibration):
                     return
                 # Adopted: the state the change was made on is gone, make it again on the new one.
                 # (Not adopted: a state under other settings, overwritten with ours as it is.)
