@@ -97,27 +97,9 @@ class SSEDecoder:
             self._pending_size = len(last)
         out: list[bytes] = []
         for raw in lines:
-            line = raw.rstrip(b"\r\n")
-            if line.startswith(b"data:"):
-                value = line[6:] if line[5:6] == b" " else line[5:]
-                self._data.append(value)
-                self._data_size += len(value) + 1
-            elif not line:
-                if self._data:
-                    payload = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
-                    self._data = []
-                    self._data_size = 0
-                    if payload == DONE or (len(payload) < 16 and payload.strip() == DONE):
-                        self.done = True
-                        self._pending = []
-                        return out
-                    out.append(payload)
-            elif line[0] == 0x3A:  # ":" starts a comment (often a keep-alive)
-                continue
-            elif line == b"data":  # a field name alone means an empty value
-                self._data.append(b"")
-                self._data_size += 1
-            # Any other field (event, id, retry, unknown) does not change the data we yield.
+            self._line(raw.rstrip(b"\r\n"), out)
+            if self.done:
+                return out
         if self._data_size > self.max_bytes:
             raise SSEProtocolError(f"event stream event larger than {self.max_bytes} bytes")
         return out
