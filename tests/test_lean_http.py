@@ -497,3 +497,15 @@ async def test_a_streams_last_piece_goes_with_its_end_in_one_write() -> None:
         await other.write_eof(b"late")  # ended: nothing more
         assert b"".join(together.writes) == b"".join(apart.writes)
         assert len(together.writes) == 1
+
+
+async def test_a_lean_answer_carries_the_headers_an_aiohttp_one_does(server: LeanServer) -> None:
+    """Server, Date, Content-Type, Content-Length: the same names whichever server answers."""
+    _, transport = connect(server)
+    send(transport, post("/refuse") + b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
+    await settle(lambda: len(parse(transport.out)) == 2)
+    lean, aiohttp = parse(transport.out)
+    assert lean.status == 401 and aiohttp.body == b"aiohttp GET /x "
+    assert set(lean.headers) - {"x-req"} == set(aiohttp.headers)
+    assert lean.headers["server"] == aiohttp.headers["server"]
+    await server.shutdown(1)

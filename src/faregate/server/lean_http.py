@@ -36,6 +36,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
+from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from faregate.errors import InternalError
@@ -61,6 +62,8 @@ HIGH_WATER: Final = 1 << 20
 MAX_HEAD_BYTES: Final = 64 * 1024
 
 _REASONS: Final = {status.value: status.phrase for status in HTTPStatus}
+# aiohttp's Server header, so that a lean answer carries the same headers as one of aiohttp's.
+_SERVER: Final = f"Server: {SERVER_SOFTWARE}\r\n"
 
 
 def _reason(status: int) -> str:
@@ -377,6 +380,7 @@ class LeanConnection(asyncio.Protocol):
         elif chunked:
             lines.append("Transfer-Encoding: chunked\r\n")
         lines.append(f"Date: {_Dates.now()}\r\n")
+        lines.append(_SERVER)
         if not request.keep_alive or self._closing:
             request.keep_alive = False
             if request.version == "1.1":
