@@ -317,6 +317,11 @@ QUICK: dict[str, Quick] = {
         where="checkout",
         expect="decode + adopt",
     ),
+    "python bench/quality_admission.py": Quick(
+        run="python bench/quality_admission.py --examples 100 --admissions 20",
+        where="checkout",
+        expect="| ledger |",
+    ),
     "python bench/quality_overhead.py": Quick(
         run="python bench/quality_overhead.py --requests 5", where="checkout", expect="calibrated-100"
     ),

@@ -19,7 +19,7 @@ from faregate.quality.live import LiveState, RouteCalibration, today
 from faregate.quality.metrics import QualityCollector
 from faregate.quality.service import QualityService
 from faregate.store.sqlite.store import SQLiteStore
-from faregate.store.verifications import VerificationRow
+from faregate.store.verifications import HoldAsk, Verdict, VerificationRow
 
 
 def calibration(
@@ -126,6 +126,8 @@ class FakeStore:
     def __init__(self) -> None:
         self.rows: list[VerificationRow] = []
         self.states: dict[str, tuple[int, str]] = {}
+        self.holds: dict[str, dict[str, tuple[str, Decimal, float]]] = {}
+        self.spent: dict[tuple[str, str], Decimal] = {}
 
     async def insert(self, row: VerificationRow) -> None:
         self.rows.append(row)
@@ -142,6 +144,33 @@ class FakeStore:
             return False
         self.states[scope] = (expected + 1, state)
         return True
+
+    # The verification caps' ledger, in memory (one process: each call is one transaction).
+
+    async def admit_hold(self, ask: HoldAsk) -> tuple[Verdict, Decimal]:
+        holds = self.holds.setdefault(ask.scope, {})
+        for hold_id in [k for k, (who, _, at) in holds.items() if ask.lapsed(who, at)]:
+            del holds[hold_id]
+        spent = self.spent.get((ask.scope, ask.day), Decimal(0))
+        held = sum((amount for _, amount, _ in holds.values()), Decimal(0))
+        verdict = ask.verdict(spent, held)
+        if verdict == "refused":
+            self.spent[ask.scope, ask.day] = max(spent, ask.cap)
+        elif verdict == "admitted":
+            holds[ask.hold_id] = (ask.instance, ask.amount, ask.now)
+            held += ask.amount
+        return verdict, held
+
+    async def settle_hold(self, scope: str, hold_id: str, day: str, cost: Decimal) -> Decimal:
+        holds = self.holds.setdefault(scope, {})
+        holds.pop(hold_id, None)
+        self.spent[scope, day] = self.spent.get((scope, day), Decimal(0)) + cost
+        return sum((amount for _, amount, _ in holds.values()), Decimal(0))
+
+    async def cap_ledger(self, scope: str, day: str) -> tuple[Decimal, dict[str, tuple[str, Decimal]]]:
+        holds = self.holds.get(scope, {})
+        spent = self.spent.get((scope, day), Decimal(0))
+        return spent, {k: (who, amount) for k, (who, amount, _) in holds.items()}
 
 
 async def test_two_instances_share_one_route_by_compare_and_set() -> None:

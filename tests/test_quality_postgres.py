@@ -30,7 +30,7 @@ from servers import (  # noqa: F401
     redis_server,
     shared_urls,
 )
-from test_quality_spend import admit_concurrently
+from test_quality_spend import admissions_leave_the_state, admit_concurrently, drop_lapsed
 
 pytestmark = pytest.mark.e2e
 
@@ -61,6 +61,18 @@ async def test_two_instances_never_overrun_the_verification_cap_together(
     two_tables: list[VerificationStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await admit_concurrently(two_tables, monkeypatch)
+
+
+async def test_a_lapsed_instances_hold_is_dropped_a_live_ones_is_not(
+    two_tables: list[VerificationStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await drop_lapsed(two_tables, monkeypatch)
+
+
+async def test_an_admission_does_not_rewrite_the_calibration_state(
+    two_tables: list[VerificationStore],
+) -> None:
+    await admissions_leave_the_state(two_tables)
 
 
 def route() -> RouteCalibration:

@@ -1,7 +1,7 @@
-"""Holds on a verification cap (quality/spend.py): admitted at the worst case in the shared state,
-held until the real cost is charged; one that fits alone waits for the others to settle; one that
-cannot fit pauses the day; instances sharing a store never overrun the cap together; a lapsed
-instance's holds are dropped."""
+"""Holds on a verification cap (quality/spend.py): admitted at the worst case in the store's cap
+ledger, held until the real cost is charged; one that fits alone waits for the others to settle;
+one that cannot fit pauses the day; instances sharing a store never overrun the cap together; a
+lapsed instance's holds are dropped; an admission does not rewrite the calibration state."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
-import orjson
 import pytest
 
 from faregate.learning.online.settings import (
@@ -23,7 +22,6 @@ from faregate.quality.cache_live import CacheCalibration
 from faregate.quality.live import RouteCalibration, today
 from faregate.quality.service import QualityService
 from faregate.quality.spend import Holds
-from faregate.quality.state import Held
 from faregate.routing.worst_case import JUDGE_PROMPT_TOKENS, judge_call
 from faregate.store.sqlite.analytics import SQLiteAnalytics
 from faregate.store.sqlite.store import SQLiteStore
@@ -67,12 +65,10 @@ def service(
     return quality, Holds(quality)
 
 
-async def stored(table: VerificationStore) -> tuple[Decimal, dict[str, list[str]]]:
-    """The day's spend and the holds as the store has them (instance, amount)."""
-    row = await table.load_state("route:r")
-    assert row is not None
-    state = orjson.loads(row[1])["state"]
-    return Decimal(state["budget"]["spent"]), {k: v[:2] for k, v in state["holds"].items()}
+async def stored(table: VerificationStore, scope: str = "route:r") -> tuple[Decimal, dict[str, list[str]]]:
+    """The day's spend and the holds as the store's cap ledger has them (instance, amount)."""
+    spent, holds = await table.cap_ledger(scope, today())
+    return spent, {k: [who, str(amount)] for k, (who, amount) in holds.items()}
 
 
 async def test_a_hold_counts_until_settled_and_a_second_waits_for_it(
@@ -81,18 +77,17 @@ async def test_a_hold_counts_until_settled_and_a_second_waits_for_it(
     capped, day = route("1.0"), today()
     quality, holds = service(sqlite_tables[0], capped, Leases("a", {"a"}))
     first = await holds.admit(capped, day, Decimal("0.6"))
-    assert first is not None and list(capped.holds) == [first]
-    assert capped.holds[first].amount == Decimal("0.6") and capped.holds[first].instance == "a"
+    assert first is not None and capped.held == Decimal("0.6")
     assert (await stored(sqlite_tables[0]))[1] == {first: ["a", "0.6"]}
     # 0.6 held + 0.6 > 1.0, but 0.6 alone fits: the second waits, it is not refused.
     second = asyncio.create_task(holds.admit(capped, day, Decimal("0.6")))
     await asyncio.sleep(0.05)
     assert not second.done()
-    capped.charge(capped.decide("a", 0.5, 1.0), Decimal("0.1"), day, first)
+    capped.charge(capped.decide("a", 0.5, 1.0), Decimal("0.1"), day)
     await quality.save("r")
-    await holds.settle(capped, first)
+    await holds.settle(capped, first, day, Decimal("0.1"))
     held = await second  # 0.1 spent + 0.6 <= 1.0
-    assert held is not None and list(capped.holds) == [held]
+    assert held is not None and capped.held == Decimal("0.6")
     spent, in_store = await stored(sqlite_tables[0])
     assert spent == Decimal("0.1") and in_store == {held: ["a", "0.6"]}
     assert capped.left_today(day) == Decimal("0.9") and not capped.exhausted(day)
@@ -108,14 +103,18 @@ async def test_what_cannot_fit_even_alone_is_refused_and_pauses_the_day(
     assert first is not None
     waiting = asyncio.create_task(holds.admit(capped, day, Decimal("0.9")))
     await asyncio.sleep(0.05)
-    capped.charge(capped.decide("a", 0.5, 1.0), Decimal("0.3"), day, first)
-    await holds.settle(capped, first)
+    capped.charge(capped.decide("a", 0.5, 1.0), Decimal("0.3"), day)
+    await holds.settle(capped, first, day, Decimal("0.3"))
     # 0.3 spent + 0.9 > 1.0: refused once the other settled, and the route is paused for the day.
     assert await waiting is None
     assert capped.exhausted(day) and capped.state.totals.skipped_for_cap == 1
-    assert not capped.holds
+    assert capped.held == 0
     spent, in_store = await stored(sqlite_tables[0])
     assert spent == Decimal("1.0") and in_store == {}
+    # The pause is the calibration's too, shared through its state: another instance sees it.
+    other = route("1.0")
+    await QualityService([other], sqlite_tables[1]).load()
+    assert other.exhausted(day)
 
 
 async def test_a_hold_let_go_without_a_charge_leaves_the_store() -> None:
@@ -126,7 +125,7 @@ async def test_a_hold_let_go_without_a_charge_leaves_the_store() -> None:
     _, holds = service(table, capped, Leases("a", {"a"}))
     hold = await holds.admit(capped, day, Decimal("0.4"))
     assert hold is not None and (await stored(table))[1] != {}
-    await holds.settle(capped, hold)  # e.g. the verification failed before any call
+    await holds.settle(capped, hold, day, Decimal(0))  # e.g. the verification failed before any call
     assert await stored(table) == (Decimal(0), {})
 
 
@@ -151,12 +150,12 @@ async def admit_concurrently(tables: list[VerificationStore], monkeypatch: pytes
         tally["in_flight"] += worst
         tally["most"] = max(tally["most"], tally["in_flight"] + tally["spent"])
         await asyncio.sleep(0.01 * (i % 3))  # the shadow call
-        capped.charge(capped.decide(f"q{i}", 0.5, 1.0), cost, day, hold)
+        capped.charge(capped.decide(f"q{i}", 0.5, 1.0), cost, day)
         tally["in_flight"] -= worst
         tally["spent"] += cost
         tally["made"] += 1
         await quality.save("r")
-        await holds.settle(capped, hold)
+        await holds.settle(capped, hold, day, cost)
 
     await asyncio.gather(*(verification(q, h, i) for i in range(8) for q, h in instances))
     assert tally["most"] <= cap
@@ -184,6 +183,12 @@ async def test_two_instances_sharing_a_sqlite_file_never_overrun_the_cap_togethe
 async def test_a_lapsed_instances_hold_is_dropped_a_live_ones_is_not(
     sqlite_tables: list[VerificationStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    await drop_lapsed(sqlite_tables, monkeypatch)
+
+
+async def drop_lapsed(sqlite_tables: list[VerificationStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instance a holds 0.8 of 1.0 and b asks 0.5: b waits while a's lease is current or its hold
+    younger than a lease, and is admitted once a's hold is a dead process's (dropped)."""
     monkeypatch.setattr(spend, "WAIT_S", 0.02)
     day = today()
     a, b = route("1.0"), route("1.0")
@@ -209,7 +214,7 @@ async def test_a_lapsed_instances_hold_is_dropped_a_live_ones_is_not(
     assert in_store == {admitted: ["b", "0.5"]}
 
 
-async def test_the_caches_holds_are_kept_in_its_state() -> None:
+async def test_the_caches_holds_are_in_the_ledger_not_in_its_state() -> None:
     from test_quality_live import FakeStore
 
     settings = SemanticAcceptanceSettings(max_wrong_hit_rate=0.01, daily_usd_cap=Decimal("1"))
@@ -218,13 +223,51 @@ async def test_the_caches_holds_are_kept_in_its_state() -> None:
     quality = QualityService([], table, cache, leases=Leases("a", {"a"}))
     day = today()
     hold = await Holds(quality).admit(cache, day, Decimal("0.7"))
-    assert hold is not None
-    await QualityService([], table, other).load()
-    assert other.holds == {hold: Held("a", Decimal("0.7"), cache.holds[hold].at)}
-    cache.charge(Decimal("0.25"), day, hold)
+    assert hold is not None and cache.held == Decimal("0.7")
+    assert await stored(table, "cache") == (Decimal(0), {hold: ["a", "0.7"]})
+    # Another instance of the cache counts it: 0.7 held + 0.4 > 1.0, it waits.
+    waiting = asyncio.create_task(
+        Holds(QualityService([], table, other, leases=Leases("b", {"a", "b"}))).admit(
+            other, day, Decimal("0.4")
+        )
+    )
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    cache.charge(Decimal("0.25"), day)
     await quality.save("cache")
+    await Holds(quality).settle(cache, hold, day, Decimal("0.25"))
+    assert await waiting is not None
+    assert (await stored(table, "cache"))[0] == Decimal("0.25")
     await QualityService([], table, other).load()
-    assert other.holds == {} and other.budget.spent == Decimal("0.25")
+    assert other.budget.spent == Decimal("0.25") and "holds" not in table.states["cache"][1]
+
+
+async def test_an_admission_does_not_rewrite_the_calibration_state(
+    sqlite_tables: list[VerificationStore],
+) -> None:
+    await admissions_leave_the_state(sqlite_tables)
+
+
+async def admissions_leave_the_state(sqlite_tables: list[VerificationStore]) -> None:
+    """The calibration row (megabytes with domain learning) is written by the calibration's own
+    saves only: neither an admission that waits, nor one admitted, nor a settlement touches it."""
+    capped, day = route("1.0"), today()
+    quality, holds = service(sqlite_tables[0], capped, Leases("a", {"a"}))
+    capped.charge(capped.decide("a", 0.5, 1.0), Decimal("0.1"), day)
+    await quality.save("r")
+    before = await sqlite_tables[0].load_state("route:r")
+    assert before is not None
+    first = await holds.admit(capped, day, Decimal("0.5"))
+    assert first is not None
+    waiting = asyncio.create_task(holds.admit(capped, day, Decimal("0.5")))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await holds.settle(capped, first, day, Decimal(0))
+    second = await waiting
+    assert second is not None
+    await holds.settle(capped, second, day, Decimal("0.2"))
+    assert await sqlite_tables[0].load_state("route:r") == before
+    assert await stored(sqlite_tables[0]) == (Decimal("0.2"), {})
 
 
 def test_a_judges_worst_case_is_priced_as_a_cascades() -> None:

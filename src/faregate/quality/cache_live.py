@@ -32,7 +32,7 @@ from faregate.learning.online.cache_acceptance import AcceptanceState, CacheAcce
 from faregate.learning.online.cache_prior import load_prior, prior_state
 from faregate.learning.online.sampling import VerificationBudget, coin
 from faregate.learning.online.settings import SemanticAcceptanceSettings
-from faregate.quality.state import NANO, Held, Totals, holds_from_json, holds_to_json, roll_over, today
+from faregate.quality.state import NANO, Totals, roll_over, today
 
 SCOPE = "cache"
 # Entries with a recorded conflict kept (by their answer's exact key), newest last.
@@ -59,8 +59,9 @@ class CacheCalibration:
         self.journal: list[Callable[[], None]] = []
         # Exact key of a cached answer -> the highest similarity a different question matched it at.
         self.conflicts: dict[str, float] = {}
-        # Verifications admitted against the daily cap and not settled, by hold id (quality/spend.py).
-        self.holds: dict[str, Held] = {}
+        # What every instance's verifications in flight hold against the daily cap, as the store's
+        # cap ledger last said (quality/spend.py; not part of the state).
+        self.held = Decimal(0)
 
     def initial_state(self) -> AcceptanceState:
         """Nothing, or the shipped offline calibration as `prior_lookups` pseudo-lookups."""
@@ -90,7 +91,6 @@ class CacheCalibration:
             "budget": self.budget.to_json(),
             "totals": self.totals.to_json(),
             "conflicts": self.conflicts,
-            "holds": holds_to_json(self.holds),
         }
 
     def adopt_json(self, data: dict[str, Any]) -> None:
@@ -98,7 +98,6 @@ class CacheCalibration:
         self.budget = VerificationBudget.from_json(data["budget"])
         self.totals = Totals.from_json(data["totals"])
         self.conflicts = {str(k): float(v) for k, v in data.get("conflicts", {}).items()}
-        self.holds = holds_from_json(data.get("holds", {}))
         for change in self.journal:
             change()
 
@@ -180,26 +179,17 @@ class CacheCalibration:
         self.totals.skipped_for_cap += 1
         self.budget.spent = max(self.budget.spent, self.settings.daily_usd_cap)
 
-    def charge(self, cost: Decimal, day: str, hold: str | None = None) -> None:
-        """The real cost against the cap and in the totals, and the hold gone, in one change."""
+    def charge(self, cost: Decimal, day: str) -> None:
+        """The real cost in the day's spend as the calibration counts it and in the totals (the
+        cap's ledger counts it when the hold is settled, quality/spend.py)."""
 
         def change() -> None:
             roll_over(self.budget, day)
             self.budget.spent += cost
             self.budget.verified += 1
             self.totals.cost_nano += int(cost * NANO)
-            if hold is not None:
-                self.holds.pop(hold, None)
 
         self.apply(change)
-
-    def release(self, hold: str) -> None:
-        """A hold let go with nothing charged."""
-
-        def let_go() -> None:
-            self.holds.pop(hold, None)
-
-        self.apply(let_go)
 
     def failed(self) -> None:
         def change() -> None:
@@ -231,7 +221,7 @@ class CacheCalibration:
             "by_label": dict(self.totals.by_label),
             "verification_cost_usd": str(Decimal(self.totals.cost_nano) / NANO),
             "daily_usd_cap": str(self.settings.daily_usd_cap),
-            "held_usd": str(sum((h.amount for h in self.holds.values()), Decimal(0))),
+            "held_usd": str(self.held),
             "cap_reached": self.exhausted(today()),
             "skipped_for_cap": self.totals.skipped_for_cap,
             "failed": self.totals.failed,

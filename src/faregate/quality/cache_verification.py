@@ -78,11 +78,12 @@ class CacheVerification:
         if hold is None:
             log.warning("the semantic cache's daily verification cap is reached; hits unverified for the day")
             return
+        cost = Decimal(0)
         try:
             text, cost = await self.calls.call(shadow)
-            acceptance.charge(cost, day, hold)
+            acceptance.charge(cost, day)
         finally:
-            await self.holds.settle(acceptance, hold)
+            await self.holds.settle(acceptance, hold, day, cost)
         if text is None:
             acceptance.failed()
             await self._record(job.request.request_id, "paid", "served", job.similarity,

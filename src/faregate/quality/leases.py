@@ -1,9 +1,9 @@
-"""Which instances are alive, for the verification holds kept in the shared state (quality/spend.py).
+"""Which instances are alive, for the verification holds in the store's cap ledger (quality/spend.py).
 
 A hold carries the id of the instance that made it. The gateway ties them to the instance lease its
 budget holds already have (accounts/instance_lease.py, renewed every third of
 `accounts.instance_lease_s`): once an instance's lease lapses (the process died), its holds no
-longer count against the cap and the next admission drops them from the state. Only holds older
+longer count against the cap and the next admission drops them from the ledger. Only holds older
 than a lease are dropped so: an instance that started after the list of live leases was read
 has a lease the list does not show, but its holds are younger than that. `SoleInstance` is for a
 process that shares its store with no other: only its own holds are alive.

@@ -56,7 +56,7 @@ class RouteCalibration(RouteDecisions, RouteOutcomes):
             "daily_usd_cap": str(self.settings.verification.daily_usd_cap),
             "spent_today_usd": str(state.budget.spent),
             # Worst cases of the verifications in flight, every instance's (quality/spend.py).
-            "held_usd": str(sum((h.amount for h in state.holds.values()), Decimal(0))),
+            "held_usd": str(self.held),
             "cap_reached": self.exhausted(today()),
             "skipped_for_cap": totals.skipped_for_cap,
             "flagged": state.flagged,

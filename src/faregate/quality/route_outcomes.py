@@ -1,7 +1,8 @@
 """One calibrated route after the response: the daily cap, and verified outcomes learnt from.
 
 The daily USD cap: a shadow call whose worst case no longer fits under the day's cap is refused
-(quality/spend.py admits it against every instance's holds; `admit` is the check alone), and from
+(quality/spend.py admits it against every instance's holds, kept in the store's cap ledger;
+`admit` is the check alone), and from
 then on the calibration *pauses* for the rest of the day: decisions still take the
 cut in force but are neither labelled nor counted. Skipping a stretch of decisions chosen by the
 clock, not by their outcomes, keeps the tests valid under the i.i.d. assumption, whereas counting
@@ -28,7 +29,7 @@ from decimal import Decimal
 from faregate.learning.online.calibrator import LabelledDecision, ScoreRanks
 from faregate.learning.online.health import HealthState
 from faregate.quality.route_state import RouteState
-from faregate.quality.state import NANO, Decision, Held, roll_over
+from faregate.quality.state import NANO, Decision, roll_over
 
 
 class RouteOutcomes(RouteState):
@@ -41,11 +42,6 @@ class RouteOutcomes(RouteState):
             return True
         self.apply(lambda: self.refuse(day))
         return False
-
-    @property
-    def holds(self) -> dict[str, Held]:
-        """Verifications admitted against the cap and not settled, by hold id (quality/spend.py)."""
-        return self.state.holds
 
     def left_today(self, day: str) -> Decimal:
         """What the daily cap leaves to spend today, holds aside."""
@@ -63,27 +59,17 @@ class RouteOutcomes(RouteState):
         # Paused from now on: the day's spend is marked full.
         budget.spent = max(budget.spent, self.settings.verification.daily_usd_cap)
 
-    def charge(self, decision: Decision, cost: Decimal, day: str, hold: str | None = None) -> None:
-        """A verification made: its real cost counts against the day's cap and in the totals, and
-        its hold (if any) goes in the same change, so the store never counts neither or both."""
-        self.apply(lambda: self._charge(cost, day, hold))
+    def charge(self, decision: Decision, cost: Decimal, day: str) -> None:
+        """A verification made: its real cost in the day's spend as the calibration counts it and
+        in the totals (the cap's ledger counts it when its hold is settled, quality/spend.py)."""
+        self.apply(lambda: self._charge(cost, day))
 
-    def _charge(self, cost: Decimal, day: str, hold: str | None) -> None:
+    def _charge(self, cost: Decimal, day: str) -> None:
         budget = self.state.budget
         roll_over(budget, day)
         budget.spent += cost
         budget.verified += 1
         self.state.totals.cost_nano += int(cost * NANO)
-        if hold is not None:
-            self.state.holds.pop(hold, None)
-
-    def release(self, hold: str) -> None:
-        """A hold let go with nothing charged (the verification stopped before any cost)."""
-
-        def let_go() -> None:
-            self.state.holds.pop(hold, None)
-
-        self.apply(let_go)
 
     def observe(self, decision: Decision, loss: bool) -> None:
         """A verified decision: the cheap answer was (not) acceptable against the reference. A live

@@ -14,6 +14,7 @@ route is `RouteCalibration` (quality/live.py).
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,9 @@ class RouteState:
         self.state = self.fresh()
         # Changes not yet in the store, in order (see `apply`).
         self.journal: list[Callable[[], None]] = []
+        # What every instance's verifications in flight hold against the daily cap, as the store's
+        # cap ledger last said (quality/spend.py; not part of the state).
+        self.held = Decimal(0)
 
     # -- state ------------------------------------------------------------------------------------
 

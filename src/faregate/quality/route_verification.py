@@ -81,7 +81,7 @@ class RouteVerification:
             question = known.prompt_tokens if shadow is None else shadow.tokens
             worst += judge_worst(self.calls.planner, judge, question + known.completion_tokens)
         if not worst:
-            await self._verify(job, shadow, day, began, None)
+            await self._verify(job, shadow, day, began)
             return
         hold = await self.holds.admit(calibration, day, worst)
         if hold is None:
@@ -93,16 +93,16 @@ class RouteVerification:
                 worst,
             )
             return
+        cost = Decimal(0)
         try:
-            await self._verify(job, shadow, day, began, hold)
+            cost = await self._verify(job, shadow, day, began)
         finally:
-            await self.holds.settle(calibration, hold)
+            await self.holds.settle(calibration, hold, day, cost)
 
-    async def _verify(
-        self, job: Job, shadow: ShadowCall | None, day: str, began: float, hold: str | None
-    ) -> None:
+    async def _verify(self, job: Job, shadow: ShadowCall | None, day: str, began: float) -> Decimal:
         """The admitted verification: the shadow call (none for a free label), the comparison, the
-        real cost charged (the hold taken away with it), the outcome observed and recorded."""
+        real cost charged, the outcome observed and recorded. Returns the real cost (its hold is
+        settled with it)."""
         decision = job.decision
         calibration = job.calibration
         comparator_name = calibration.settings.verification.comparator
@@ -113,11 +113,11 @@ class RouteVerification:
             reference = shadow.request.model
             text, cost = await self.calls.call(shadow)
             if text is None:
-                calibration.charge(decision, cost, day, hold)
+                calibration.charge(decision, cost, day)
                 calibration.failed(decision)
                 await self._record(job, calibration, "failed", reference, cost, began, comparator_name)
                 await self.service.save(decision.route)
-                return
+                return cost
             cheap_text, strong_text = (job.answer, text) if decision.cheap else (text, job.answer)
         judge = calibration.settings.verification.judge_model
         try:
@@ -128,22 +128,21 @@ class RouteVerification:
             log.exception("comparing the answers of request %s failed", job.request.request_id)
             # A judge that did not answer may still have been billed.
             cost += error.cost if isinstance(error, JudgeFailed) else Decimal(0)
-            calibration.charge(decision, cost, day, hold)
+            calibration.charge(decision, cost, day)
             calibration.failed(decision)
             await self._record(job, calibration, "failed", reference, cost, began, comparator_name)
             await self.service.save(decision.route)
-            return
+            return cost
         cost += asked
         if cost:
-            calibration.charge(decision, cost, day, hold)
-        elif hold is not None:
-            calibration.release(hold)
+            calibration.charge(decision, cost, day)
         loss = not acceptable
         calibration.observe(decision, loss)
         await self._record(
             job, calibration, "loss" if loss else "acceptable", reference, cost, began, comparator_name
         )
         await self.service.save(decision.route)
+        return cost
 
     async def _record(
         self,

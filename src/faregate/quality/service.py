@@ -140,7 +140,7 @@ class QualityService:
     async def write_now(self, name: str, change: Callable[[], bool]) -> None:
         """Make `change` on the freshest stored state and write it at once, by compare-and-set.
         When another instance wrote in between, its state is adopted and the change made again on
-        it (so a decision the change takes, such as admitting a hold, is always taken on the state
+        it (so a decision the change takes, such as pausing the day, is always taken on the state
         it is written over). `change` is not journaled; it says whether it changed anything
         (nothing: nothing is written). Raises StateContention if the row kept changing under us."""
         calibration = self.calibrated[name]

@@ -10,23 +10,26 @@ whole output allowance. A cap that cannot admit both makes neither call, and the
 pauses for the day as for a refused shadow call (quality/route_outcomes.py): a shadow answer no judge may
 read would be money spent for no label.
 
-The admitted amount is held until the verification has charged its real cost, and the hold is
-kept in the shared calibration state (the route's or the cache's `calibration_state` row), so every
-instance sharing the scope counts it. Admission is one compare-and-set on that row
-(QualityService.write_now): on the freshest stored state, the worst case must fit under the cap
-beside the day's spend and every live instance's holds; then the hold (its id, its instance, its
-amount, exact in Decimal) is added and written. Of two instances admitting at once, one writes
-first; the other adopts its state, decides again on it, and writes. Settlement takes the hold away
-and adds the real cost in one change (RouteCalibration.charge / CacheCalibration.charge), written by
-the same compare-and-set, so the store never counts a verification twice or not at all. Together,
-every instance's verifications spend within the cap as long as upstreams bill within the worst case.
+The admitted amount is held until the verification has charged its real cost. The holds and the
+day's spend are kept in the store's verification-cap ledger (store/verifications.py: tables of
+their own, not the scope's `calibration_state` row, which with domain learning weighs megabytes),
+so every instance sharing the scope counts them. Admission is one transaction (SQLite's BEGIN
+IMMEDIATE, PostgreSQL's advisory lock per scope): the worst case must fit under the cap beside the
+day's spend and every live instance's holds; then the hold (its id, its instance, its amount,
+exact in Decimal) is added. Settlement deletes the hold and adds the real cost in one transaction,
+so the ledger never counts a verification twice or not at all. Together, every instance's
+verifications spend within the cap as long as upstreams bill within the worst case. The calibration
+keeps its own copy of the day's spend (its charge, saved with the outcome) for its figures and its
+pause; an admission takes the smaller of what the ledger and that copy leave (the copy carries a
+day paused by the calibration, and the spend of a day begun before the ledger existed).
 
 One that would fit alone but not beside the others' holds waits for them to settle (their real cost
-is usually far below their worst case) rather than pausing the day. A hold belongs to its instance's
-lease (quality/leases.py; the lease budget holds already have, `accounts.instance_lease_s`): holds
-of an instance whose lease lapsed (it crashed mid-verification) no longer count and are dropped at
-the next admission (once older than a lease: quality/leases.py), so a dead instance blocks the cap
-for about a lease at most.
+is usually far below their worst case) rather than pausing the day. One that cannot fit even alone
+marks the ledger's day full and pauses the calibration for the day (the one admission that writes
+the calibration row). A hold belongs to its instance's lease (quality/leases.py; the lease budget
+holds already have, `accounts.instance_lease_s`): holds of an instance whose lease lapsed (it
+crashed mid-verification) no longer count and are dropped by the next admission (once older than
+a lease: quality/leases.py), so a dead instance blocks the cap for about a lease at most.
 """
 
 from __future__ import annotations
@@ -36,17 +39,16 @@ import contextlib
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal
 
 from faregate.errors import FaregateError
 from faregate.quality.cache_live import CacheCalibration
 from faregate.quality.live import RouteCalibration
 from faregate.quality.service import QualityService
-from faregate.quality.state import Held
 from faregate.routing.plan import Plan, Planner
 from faregate.routing.worst_case import judge_call, worst_case
+from faregate.store.verifications import HoldAsk
 from faregate.types import ChatRequest
 from faregate.wire.openai import without_streaming
 
@@ -110,8 +112,8 @@ def judge_worst(planner: Planner, judge_model: str, shown: int) -> Decimal:
 
 
 class Holds:
-    """Verification holds kept in the shared calibration state of each capped scope (the module
-    docstring); `settled` wakes the admissions waiting in this process."""
+    """Verification holds in the store's cap ledger (the module docstring); `settled` wakes the
+    admissions waiting in this process."""
 
     def __init__(self, service: QualityService) -> None:
         self.service = service
@@ -123,71 +125,47 @@ class Holds:
         fit alone but not beside the others' holds, wait for them to settle (another instance's
         settlement is seen in the store: looked for every WAIT_S)."""
         hold_id = new_hold_id()
+        store, scope = self.service.store, self.service.scope(capped.route)
         while True:
             leases = self.service.leases
-            admission = Admission(capped, day, amount, hold_id, leases.instance_id)
-            admission.alive = await leases.alive()
+            alive = frozenset(await leases.alive())
             # Read after the leases: a hold made since (by an instance started since) is younger.
-            admission.now = time.time()
-            admission.lease_s = leases.lease_s
-            await self.service.write_now(capped.route, admission.change)
-            if admission.verdict == "admitted":
+            ask = HoldAsk(
+                scope, day, hold_id, leases.instance_id, amount, daily_cap(capped),
+                capped.left_today(day), alive, leases.lease_s, time.time(),
+            )  # fmt: skip
+            verdict, capped.held = await store.admit_hold(ask)
+            if verdict == "admitted":
                 return hold_id
-            if admission.verdict == "refused":
+            if verdict == "refused":
+                await self.service.write_now(capped.route, lambda: refuse(capped, day))
                 return None
             async with self._settled:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._settled.wait(), WAIT_S)
 
-    async def settle(self, capped: Capped, hold_id: str) -> None:
-        """After the verification. Its charge took the hold with the real cost (one change, one
-        write); a verification stopped before any charge lets it go here, written at once."""
+    async def settle(self, capped: Capped, hold_id: str, day: str, cost: Decimal) -> None:
+        """After the verification (its calibration charged `cost`, the real cost, on `day`): the
+        hold deleted and the cost added to the day's spend in one transaction."""
         try:
-            if hold_id in capped.holds:
-                capped.release(hold_id)
-                await self.service.save(capped.route)
+            capped.held = await self.service.store.settle_hold(
+                self.service.scope(capped.route), hold_id, day, cost
+            )
         finally:
             async with self._settled:
                 self._settled.notify_all()
 
 
-@dataclass(slots=True)
-class Admission:
-    """One try at admitting a hold, as a change of the capped scope's state (QualityService.write_now
-    may make it again on a newer state: the verdict is the last one's)."""
+def daily_cap(capped: Capped) -> Decimal:
+    if isinstance(capped, RouteCalibration):
+        return capped.settings.verification.daily_usd_cap
+    return capped.settings.daily_usd_cap
 
-    capped: Capped
-    day: str
-    amount: Decimal
-    hold_id: str
-    me: str
-    alive: set[str] = field(default_factory=set)
-    now: float = 0.0
-    lease_s: float = 0.0
-    verdict: Literal["", "admitted", "wait", "refused"] = ""
 
-    def lapsed(self, held: Held) -> bool:
-        """Its instance's lease lapsed (the process is gone, the verification will never settle);
-        a hold younger than a lease may be an instance's started since the leases were read."""
-        mine_or_alive = held.instance == self.me or held.instance in self.alive
-        return not mine_or_alive and held.at < self.now - self.lease_s
-
-    def change(self) -> bool:
-        holds = self.capped.holds
-        lapsed = [k for k, h in holds.items() if self.lapsed(h)]
-        for key in lapsed:
-            del holds[key]
-        left = self.capped.left_today(self.day)
-        if self.amount > left:
-            self.verdict = "refused"
-            self.capped.refuse(self.day)
-            return True
-        if sum((h.amount for h in holds.values()), Decimal(0)) + self.amount > left:
-            self.verdict = "wait"
-            return bool(lapsed)
-        self.verdict = "admitted"
-        holds[self.hold_id] = Held(self.me, self.amount, time.time())
-        return True
+def refuse(capped: Capped, day: str) -> bool:
+    """The calibration paused for the day (written at once, QualityService.write_now)."""
+    capped.refuse(day)
+    return True
 
 
 def new_hold_id() -> str:

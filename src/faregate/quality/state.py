@@ -63,25 +63,6 @@ class Decision:
     vector: Vector | None = None
 
 
-@dataclass(slots=True, frozen=True)
-class Held:
-    """A verification's worst case admitted against its daily cap and not settled yet, kept in the
-    shared state so that every instance counts it (quality/spend.py): the instance that holds it
-    (its lease says whether it is alive), the amount in USD, and when it was admitted (unix s)."""
-
-    instance: str
-    amount: Decimal
-    at: float = 0.0
-
-
-def holds_to_json(holds: dict[str, Held]) -> dict[str, list[str | float]]:
-    return {hold_id: [held.instance, str(held.amount), held.at] for hold_id, held in holds.items()}
-
-
-def holds_from_json(data: dict[str, Any]) -> dict[str, Held]:
-    return {str(k): Held(str(v[0]), Decimal(str(v[1])), float(v[2])) for k, v in data.items()}
-
-
 @dataclass(slots=True)
 class Totals:
     """Counters for the dashboard and /metrics (persisted with the state)."""
@@ -133,8 +114,6 @@ class LiveState:
     epoch: int = 0
     # Domain learning (ranking_switch.py): the challenger's evidence and test, the frozen ranking.
     switch: SwitchState = field(default_factory=SwitchState)
-    # Verifications admitted against the daily cap and not settled yet, by hold id (quality/spend.py).
-    holds: dict[str, Held] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -150,7 +129,6 @@ class LiveState:
             "flag_reason": self.flag_reason,
             "epoch": self.epoch,
             "switch": self.switch.to_json(),
-            "holds": holds_to_json(self.holds),
         }
 
     @classmethod
@@ -168,7 +146,6 @@ class LiveState:
             str(data["flag_reason"]),
             int(data["epoch"]),
             SwitchState.from_json(data["switch"]) if "switch" in data else SwitchState(),
-            holds_from_json(data.get("holds", {})),
         )
 
 

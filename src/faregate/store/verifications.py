@@ -6,12 +6,24 @@ JSON, with a `version` for compare-and-set: `save` writes only if the row is sti
 the writer read, so of two instances updating one route at once exactly one wins and the other
 reloads, re-applies its update and tries again (quality/service.py). SQLite (one process) and
 PostgreSQL (many) share this contract: store/sqlite/verifications.py, store/postgres/verifications.py.
+
+`verification_holds` and `verification_spend`: the daily verification caps' ledger
+(quality/spend.py), apart from the calibration state so that an admission writes a row of a few
+bytes instead of the scope's whole state (megabytes with domain learning) and does not contend with
+the calibration's own writes. A hold is a verification's worst case admitted and not settled (its
+id, scope, instance, amount as exact decimal text, day); the spend is the real cost charged per
+scope and UTC day, exact decimal text. Admission (`admit_hold`) and settlement (`settle_hold`) are
+each one transaction: SQLite's BEGIN IMMEDIATE, PostgreSQL's transaction-scoped advisory lock per
+scope.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from decimal import Decimal
+from typing import Literal, Protocol
+
+Verdict = Literal["admitted", "wait", "refused"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -72,6 +84,39 @@ def from_params(values: tuple[object, ...] | list[object]) -> VerificationRow:
     )
 
 
+@dataclass(slots=True, frozen=True)
+class HoldAsk:
+    """An admission as the store decides it (quality/spend.py): `amount` (a verification's worst
+    case, USD) against the day's `cap`, beside every live instance's holds of the scope. `left` is
+    what the caller's calibration state says the cap leaves today (a ceiling: its copy of the
+    day's spend, which also says the day was paused). A hold of an instance that is not `instance`,
+    not in `alive` and older than `lease_s` is a dead process's: dropped."""
+
+    scope: str
+    day: str
+    hold_id: str
+    instance: str
+    amount: Decimal
+    cap: Decimal
+    left: Decimal
+    alive: frozenset[str]
+    lease_s: float
+    now: float
+
+    def lapsed(self, instance: str, at: float) -> bool:
+        """Its instance's lease lapsed; a hold younger than a lease may be an instance's started
+        since the leases were read (quality/leases.py)."""
+        return instance != self.instance and instance not in self.alive and at < self.now - self.lease_s
+
+    def verdict(self, spent: Decimal, held: Decimal) -> Verdict:
+        """Refused: it cannot fit even alone (the day is then marked full: paused); wait: it would
+        fit alone but not beside the holds; else admitted."""
+        left = min(self.cap - spent, self.left)
+        if self.amount > left:
+            return "refused"
+        return "wait" if held + self.amount > left else "admitted"
+
+
 class VerificationStore(Protocol):
     async def insert(self, row: VerificationRow) -> None: ...
 
@@ -86,4 +131,19 @@ class VerificationStore(Protocol):
     async def save_state(self, scope: str, expected: int, state: str, now: float) -> bool:
         """Write `state` as version expected + 1 if the row is still at `expected` (0: no row yet).
         False: another writer got there first."""
+        ...
+
+    async def admit_hold(self, ask: HoldAsk) -> tuple[Verdict, Decimal]:
+        """In one transaction: drop the lapsed holds of the scope, decide (`HoldAsk.verdict`) on the
+        day's spend and the holds left, and add the hold if admitted (mark the day's spend full if
+        refused). Returns the verdict and what the scope's holds then add up to."""
+        ...
+
+    async def settle_hold(self, scope: str, hold_id: str, day: str, cost: Decimal) -> Decimal:
+        """In one transaction: the hold gone and its real cost added to `day`'s spend. Returns
+        what the scope's holds then add up to."""
+        ...
+
+    async def cap_ledger(self, scope: str, day: str) -> tuple[Decimal, dict[str, tuple[str, Decimal]]]:
+        """The day's spend and the scope's holds (hold id -> instance, amount)."""
         ...

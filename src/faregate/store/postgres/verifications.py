@@ -1,12 +1,19 @@
 """Verifications and calibration state on the shared PostgreSQL store (store/verifications.py):
-the compare-and-set on `version` is what makes one writer per route across instances."""
+the compare-and-set on `version` is what makes one writer per route across instances. The
+verification caps' ledger (`admit_hold`, `settle_hold`) runs each operation in one transaction
+that first takes a transaction-scoped advisory lock on the scope, so admissions and settlements of
+one scope happen one at a time across every instance."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from faregate.store.postgres.errors import unavailable_errors
-from faregate.store.verifications import COLUMNS, VerificationRow, as_params, from_params
+from faregate.store.verifications import COLUMNS, HoldAsk, Verdict, VerificationRow, as_params, from_params
+
+# The advisory lock's first key: this ledger's (the second is the scope's hash).
+LEDGER_LOCK = 0x46475648  # "FGVH"
 
 
 class PostgresVerifications:
@@ -62,3 +69,82 @@ class PostgresVerifications:
                 )
         # asyncpg returns the command tag: "INSERT 0 1" / "UPDATE 1".
         return str(result).endswith(" 1")
+
+    # --- the verification caps' ledger ------------------------------------------------------------
+
+    async def admit_hold(self, ask: HoldAsk) -> tuple[Verdict, Decimal]:
+        with unavailable_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                await _lock(conn, ask.scope)
+                rows = await conn.fetch(
+                    "SELECT hold_id, instance_id, created_at FROM verification_holds WHERE scope = $1",
+                    ask.scope,
+                )
+                lapsed = [str(r[0]) for r in rows if ask.lapsed(str(r[1]), float(r[2]))]
+                if lapsed:
+                    await conn.execute(
+                        "DELETE FROM verification_holds WHERE hold_id = ANY($1::text[])", lapsed
+                    )
+                spent, held = await _spent(conn, ask.scope, ask.day), await _held(conn, ask.scope)
+                verdict = ask.verdict(spent, held)
+                if verdict == "refused":
+                    await _set_spent(conn, ask.scope, ask.day, max(spent, ask.cap))  # paused for the day
+                elif verdict == "admitted":
+                    await conn.execute(
+                        "INSERT INTO verification_holds"
+                        " (hold_id, scope, instance_id, amount, day, created_at)"
+                        " VALUES ($1, $2, $3, $4, $5, $6)",
+                        ask.hold_id,
+                        ask.scope,
+                        ask.instance,
+                        str(ask.amount),
+                        ask.day,
+                        ask.now,
+                    )
+                    held += ask.amount
+        return verdict, held
+
+    async def settle_hold(self, scope: str, hold_id: str, day: str, cost: Decimal) -> Decimal:
+        with unavailable_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                await _lock(conn, scope)
+                await conn.execute("DELETE FROM verification_holds WHERE hold_id = $1", hold_id)
+                if cost:
+                    await _set_spent(conn, scope, day, await _spent(conn, scope, day) + cost)
+                return await _held(conn, scope)
+
+    async def cap_ledger(self, scope: str, day: str) -> tuple[Decimal, dict[str, tuple[str, Decimal]]]:
+        with unavailable_errors():
+            async with self._pool.acquire() as conn:
+                spent = await _spent(conn, scope, day)
+                rows = await conn.fetch(
+                    "SELECT hold_id, instance_id, amount FROM verification_holds WHERE scope = $1", scope
+                )
+        return spent, {str(r[0]): (str(r[1]), Decimal(str(r[2]))) for r in rows}
+
+
+async def _lock(conn: Any, scope: str) -> None:
+    """Until the transaction ends, no other admission or settlement of `scope` runs."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LEDGER_LOCK, scope)
+
+
+async def _held(conn: Any, scope: str) -> Decimal:
+    rows = await conn.fetch("SELECT amount FROM verification_holds WHERE scope = $1", scope)
+    return sum((Decimal(str(r[0])) for r in rows), Decimal(0))
+
+
+async def _spent(conn: Any, scope: str, day: str) -> Decimal:
+    value = await conn.fetchval(
+        "SELECT spent FROM verification_spend WHERE scope = $1 AND day = $2", scope, day
+    )
+    return Decimal(0) if value is None else Decimal(str(value))
+
+
+async def _set_spent(conn: Any, scope: str, day: str, spent: Decimal) -> None:
+    await conn.execute(
+        "INSERT INTO verification_spend (scope, day, spent) VALUES ($1, $2, $3)"
+        " ON CONFLICT (scope, day) DO UPDATE SET spent = excluded.spent",
+        scope,
+        day,
+        str(spent),
+    )

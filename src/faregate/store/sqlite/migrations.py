@@ -379,6 +379,36 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        17,
+        "the verification caps' holds and daily spend, apart from the calibration state",
+        (
+            # A verification's worst case admitted against its scope's daily cap, until settled
+            # (quality/spend.py; amount: exact decimal text). The holds calibration_state kept
+            # before are no longer read (a verification in flight across the upgrade is charged,
+            # its hold not counted); the day's spend it kept still bounds admissions that day.
+            """
+            CREATE TABLE verification_holds (
+                hold_id     TEXT PRIMARY KEY,
+                scope       TEXT NOT NULL,
+                instance_id TEXT NOT NULL,
+                amount      TEXT NOT NULL,
+                day         TEXT NOT NULL,
+                created_at  REAL NOT NULL
+            )
+            """,
+            "CREATE INDEX verification_holds_scope ON verification_holds (scope)",
+            # The real cost charged per scope and UTC day (exact decimal text).
+            """
+            CREATE TABLE verification_spend (
+                scope TEXT NOT NULL,
+                day   TEXT NOT NULL,
+                spent TEXT NOT NULL,
+                PRIMARY KEY (scope, day)
+            )
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -1,14 +1,22 @@
 """Verifications and calibration state in the embedded store (store/verifications.py), on the
-analytics connection (autocommit: each statement commits on its own)."""
+analytics connection (autocommit: each statement commits on its own). The verification caps'
+ledger (`admit_hold`, `settle_hold`) runs each operation whole in one BEGIN IMMEDIATE transaction
+on the connection's own thread, so no other statement on the connection lands inside it and every
+process sharing the file sees it all or not at all."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import TypeVar
 
 import aiosqlite
 
 from faregate.store.protocols import StoreUnavailable
-from faregate.store.verifications import COLUMNS, VerificationRow, as_params, from_params
+from faregate.store.verifications import COLUMNS, HoldAsk, Verdict, VerificationRow, as_params, from_params
+
+T = TypeVar("T")
 
 
 class SQLiteVerifications:
@@ -62,3 +70,93 @@ class SQLiteVerifications:
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(str(exc)) from exc
         return cursor.rowcount == 1
+
+    # --- the verification caps' ledger ------------------------------------------------------------
+
+    async def admit_hold(self, ask: HoldAsk) -> tuple[Verdict, Decimal]:
+        return await self._in_transaction(lambda db: _admit(db, ask))
+
+    async def settle_hold(self, scope: str, hold_id: str, day: str, cost: Decimal) -> Decimal:
+        return await self._in_transaction(lambda db: _settle(db, scope, hold_id, day, cost))
+
+    async def cap_ledger(self, scope: str, day: str) -> tuple[Decimal, dict[str, tuple[str, Decimal]]]:
+        try:
+            spent = await self._conn.execute_fetchall(
+                "SELECT spent FROM verification_spend WHERE scope = ? AND day = ?", (scope, day)
+            )
+            holds = await self._conn.execute_fetchall(
+                "SELECT hold_id, instance_id, amount FROM verification_holds WHERE scope = ?", (scope,)
+            )
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        total = sum((Decimal(str(r[0])) for r in spent), Decimal(0))
+        return total, {str(r[0]): (str(r[1]), Decimal(str(r[2]))) for r in holds}
+
+    async def _in_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` whole in one write transaction, on the connection's thread (one hop)."""
+
+        def run() -> T:
+            db = self._conn._conn
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db)
+                db.execute("COMMIT")
+            except BaseException:
+                db.rollback()
+                raise
+            return result
+
+        # aiosqlite's own queue onto its thread (its public methods use it the same way).
+        on_thread: Callable[[Callable[[], T]], Awaitable[T]] = self._conn._execute
+        try:
+            return await on_thread(run)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+
+def _held(db: sqlite3.Connection, scope: str) -> Decimal:
+    rows = db.execute("SELECT amount FROM verification_holds WHERE scope = ?", (scope,)).fetchall()
+    return sum((Decimal(str(r[0])) for r in rows), Decimal(0))
+
+
+def _spent(db: sqlite3.Connection, scope: str, day: str) -> Decimal:
+    row = db.execute(
+        "SELECT spent FROM verification_spend WHERE scope = ? AND day = ?", (scope, day)
+    ).fetchone()
+    return Decimal(0) if row is None else Decimal(str(row[0]))
+
+
+def _set_spent(db: sqlite3.Connection, scope: str, day: str, spent: Decimal) -> None:
+    db.execute(
+        "INSERT INTO verification_spend (scope, day, spent) VALUES (?, ?, ?)"
+        " ON CONFLICT (scope, day) DO UPDATE SET spent = excluded.spent",
+        (scope, day, str(spent)),
+    )
+
+
+def _admit(db: sqlite3.Connection, ask: HoldAsk) -> tuple[Verdict, Decimal]:
+    rows = db.execute(
+        "SELECT hold_id, instance_id, created_at FROM verification_holds WHERE scope = ?", (ask.scope,)
+    ).fetchall()
+    lapsed = [(str(r[0]),) for r in rows if ask.lapsed(str(r[1]), float(r[2]))]
+    if lapsed:
+        db.executemany("DELETE FROM verification_holds WHERE hold_id = ?", lapsed)
+    spent, held = _spent(db, ask.scope, ask.day), _held(db, ask.scope)
+    verdict = ask.verdict(spent, held)
+    if verdict == "refused":
+        _set_spent(db, ask.scope, ask.day, max(spent, ask.cap))  # paused for the day
+    elif verdict == "admitted":
+        db.execute(
+            "INSERT INTO verification_holds (hold_id, scope, instance_id, amount, day, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (ask.hold_id, ask.scope, ask.instance, str(ask.amount), ask.day, ask.now),
+        )
+        held += ask.amount
+    return verdict, held
+
+
+def _settle(db: sqlite3.Connection, scope: str, hold_id: str, day: str, cost: Decimal) -> Decimal:
+    db.execute("DELETE FROM verification_holds WHERE hold_id = ?", (hold_id,))
+    if cost:
+        _set_spent(db, scope, day, _spent(db, scope, day) + cost)
+    return _held(db, scope)
