@@ -509,3 +509,28 @@ async def test_a_lean_answer_carries_the_headers_an_aiohttp_one_does(server: Lea
     assert set(lean.headers) - {"x-req"} == set(aiohttp.headers)
     assert lean.headers["server"] == aiohttp.headers["server"]
     await server.shutdown(1)
+
+
+async def test_garbage_after_a_pipelined_request_is_answered_400_in_openai_format_after_it() -> None:
+    """The gateway's aiohttp server answers its own errors as OpenAI JSON (server/http_errors.py):
+    the bytes after a served request that are not HTTP get that 400, after the earlier answer."""
+    from faregate.server.http_errors import errors_in_openai_format
+
+    fallback = errors_in_openai_format(web.Server(fallback_handler))
+    server = LeanServer(fallback, {("POST", "/echo"): echo}, MAX_BODY)  # type: ignore[arg-type]
+    for garbage in (b"NOT HTTP AT ALL\r\n\r\n", b"\x16\x03\x01\x00\xa5\x01"):
+        for split in (False, True):
+            _, transport = connect(server)
+            if split:
+                send(transport, post("/echo", b"a"))
+                await settle(lambda t=transport: len(parse(t.out)) == 1)
+                send(transport, garbage)
+            else:
+                send(transport, post("/echo", b"a") + garbage)
+            await settle(lambda t=transport: t.closed)
+            first, second = parse(transport.out)
+            assert first.status == 200 and orjson.loads(first.body)["body"] == "a"
+            assert second.status == 400 and second.headers["content-type"] == "application/json"
+            error = orjson.loads(second.body)["error"]
+            assert error["type"] == "invalid_request_error" and "not valid HTTP" in error["message"]
+    await server.shutdown(1)

@@ -35,6 +35,7 @@ from faregate.server.app import (
     build_gateway,
     create_app,
 )
+from faregate.server.http_errors import errors_in_openai_format
 from faregate.server.lean_server import LeanServer
 from faregate.telemetry import log_limit
 from faregate.telemetry.metrics_share import SharedMetrics
@@ -74,6 +75,7 @@ class GatewayRunner(web.AppRunner):
             return await route(cast(web.Request, request))
 
         server.request_handler = handler
+        errors_in_openai_format(server)  # aiohttp's own error answers too (server/http_errors.py)
         if not self.lean:
             return server
         max_body_bytes = self.app[GATEWAY].settings.server.max_body_bytes

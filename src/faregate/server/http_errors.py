@@ -1,0 +1,62 @@
+"""aiohttp's own error answers in the OpenAI error format.
+
+aiohttp answers what never reaches the app itself - bytes that are not HTTP, a head its parser
+refuses, a handler that timed out or raised past the middlewares - with a text/plain page
+("400, message: Invalid method encountered..."). The gateway's clients read errors as OpenAI
+error JSON, so the handler of every aiohttp connection (`ErrorsInOpenAIFormat`) answers them with
+the same status as JSON instead. It serves the connections aiohttp carries from their start and
+those the lean server hands over (server/lean_http.py: a head httptools refuses, the garbage after
+a pipelined request), so both servers answer the same bytes alike
+(tests/test_e2e_lean_differential.py).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from faregate.errors import FaregateError, InternalError, InvalidRequest
+from faregate.server.client_wires import CHAT
+
+
+class ErrorsInOpenAIFormat(RequestHandler):
+    """aiohttp's RequestHandler, its error answers as OpenAI error JSON (module docstring)."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's: logs, and raises if an answer was already under way (the connection is broken).
+        super().handle_error(request, status, exc, message)
+        error: FaregateError
+        if status < 500:
+            # aiohttp's message: the parser's complaint, then the offending bytes under a caret.
+            said = (message or "").strip().splitlines()
+            detail = said[0].rstrip(":") if said else "bad request"
+            error = InvalidRequest(f"The request is not valid HTTP: {detail}.")
+        else:
+            error = InternalError("The gateway hit an internal error; it has been logged.")
+        response = web.Response(status=status, body=CHAT.error(error), content_type="application/json")
+        response.force_close()
+        return response
+
+
+class OpenAIErrorsServer(web.Server):
+    """aiohttp's web.Server whose connections' handlers are `ErrorsInOpenAIFormat`."""
+
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        # The same object layout (no slots added): only handle_error differs.
+        handler.__class__ = ErrorsInOpenAIFormat
+        return handler
+
+
+def errors_in_openai_format(server: web.Server) -> web.Server:
+    """`server` (the AppRunner's), its connections answering errors as OpenAI JSON."""
+    server.__class__ = OpenAIErrorsServer
+    return server
