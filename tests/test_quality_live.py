@@ -163,8 +163,8 @@ class FakeStore:
 
     async def settle_hold(self, scope: str, hold_id: str, day: str, cost: Decimal) -> Decimal:
         holds = self.holds.setdefault(scope, {})
-        holds.pop(hold_id, None)
-        self.spent[scope, day] = self.spent.get((scope, day), Decimal(0)) + cost
+        if holds.pop(hold_id, None) is not None:
+            self.spent[scope, day] = self.spent.get((scope, day), Decimal(0)) + cost
         return sum((amount for _, amount, _ in holds.values()), Decimal(0))
 
     async def cap_ledger(self, scope: str, day: str) -> tuple[Decimal, dict[str, tuple[str, Decimal]]]:

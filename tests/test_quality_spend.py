@@ -165,8 +165,10 @@ async def admit_concurrently(tables: list[VerificationStore], monkeypatch: pytes
     for table in tables:
         spent, holds = await stored(table)
         assert holds == {}
-        # Exact: the refusal marks the day full (paused), and nothing else was lost or added.
-        assert spent == cap
+        # The refusal marks the day full (paused); a verification in flight then settles on top
+        # (the calibration's copy of the spend, which refuses, counts it once charged: before its
+        # hold is settled). The real spend is exact in the calibration's totals, below.
+        assert spent >= cap
     for quality, _ in instances:
         await quality.refresh()
         capped = quality.routes["r"]
@@ -296,3 +298,33 @@ async def test_the_gateways_leases_are_the_accounts_instance_leases(tmp_path: Pa
         await one.close()
         await two.close()
         await store.close()
+
+
+async def test_a_settlement_the_store_refused_is_made_before_the_next_admission_and_counts_once() -> None:
+    from faregate.store.protocols import StoreUnavailable
+    from test_quality_live import FakeStore
+
+    class Flaky(FakeStore):
+        down = True
+
+        async def settle_hold(self, scope: str, hold_id: str, day: str, cost: Decimal) -> Decimal:
+            if self.down:
+                raise StoreUnavailable("database is locked")
+            return await super().settle_hold(scope, hold_id, day, cost)
+
+    table = Flaky()
+    capped, day = route("1.0"), today()
+    _, holds = service(table, capped, Leases("a", {"a"}))
+    first = await holds.admit(capped, day, Decimal("0.6"))
+    assert first is not None
+    await holds.settle(capped, first, day, Decimal("0.2"))  # logged, kept for later
+    assert await stored(table) == (Decimal(0), {first: ["a", "0.6"]})
+    table.down = False
+    # 0.6 + 0.6 would not fit beside the stuck hold: settled first, it fits beside the 0.2 spent.
+    second = await holds.admit(capped, day, Decimal("0.6"))
+    assert second is not None
+    assert await stored(table) == (Decimal("0.2"), {second: ["a", "0.6"]})
+    # A settlement made twice (its first commit's answer lost) counts once.
+    await holds.settle(capped, second, day, Decimal("0.1"))
+    await holds.settle(capped, second, day, Decimal("0.1"))
+    assert await stored(table) == (Decimal("0.3"), {})

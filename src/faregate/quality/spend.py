@@ -26,7 +26,9 @@ day paused by the calibration, and the spend of a day begun before the ledger ex
 One that would fit alone but not beside the others' holds waits for them to settle (their real cost
 is usually far below their worst case) rather than pausing the day. One that cannot fit even alone
 marks the ledger's day full and pauses the calibration for the day (the one admission that writes
-the calibration row). A hold belongs to its instance's lease (quality/leases.py; the lease budget
+the calibration row; verifications in flight then settle on top of the full mark). A settlement
+adds its cost only if its hold was still there, so one made twice counts once; one the store
+refused (unavailable) is made again before this process's next admission. A hold belongs to its instance's lease (quality/leases.py; the lease budget
 holds already have, `accounts.instance_lease_s`): holds of an instance whose lease lapsed (it
 crashed mid-verification) no longer count and are dropped by the next admission (once older than
 a lease: quality/leases.py), so a dead instance blocks the cap for about a lease at most.
@@ -118,6 +120,9 @@ class Holds:
     def __init__(self, service: QualityService) -> None:
         self.service = service
         self._settled = asyncio.Condition()
+        # Settlements the store refused (unavailable): tried again before every admission, so a
+        # hold of this live instance does not block the cap until the process ends.
+        self._unsettled: list[tuple[Capped, str, str, Decimal]] = []
 
     async def admit(self, capped: Capped, day: str, amount: Decimal) -> str | None:
         """Hold `amount` against the day's cap beside every live instance's holds: the hold's id,
@@ -126,6 +131,7 @@ class Holds:
         settlement is seen in the store: looked for every WAIT_S)."""
         hold_id = new_hold_id()
         store, scope = self.service.store, self.service.scope(capped.route)
+        await self._settle_again()
         while True:
             leases = self.service.leases
             alive = frozenset(await leases.alive())
@@ -146,14 +152,29 @@ class Holds:
 
     async def settle(self, capped: Capped, hold_id: str, day: str, cost: Decimal) -> None:
         """After the verification (its calibration charged `cost`, the real cost, on `day`): the
-        hold deleted and the cost added to the day's spend in one transaction."""
+        hold deleted and the cost added to the day's spend in one transaction. A store that
+        cannot take it now gets it again before the next admission."""
         try:
-            capped.held = await self.service.store.settle_hold(
-                self.service.scope(capped.route), hold_id, day, cost
-            )
+            await self._settle(capped, hold_id, day, cost)
+        except Exception:
+            log.exception("could not settle verification hold %s; tried again later", hold_id)
+            self._unsettled.append((capped, hold_id, day, cost))
         finally:
             async with self._settled:
                 self._settled.notify_all()
+
+    async def _settle(self, capped: Capped, hold_id: str, day: str, cost: Decimal) -> None:
+        scope = self.service.scope(capped.route)
+        capped.held = await self.service.store.settle_hold(scope, hold_id, day, cost)
+
+    async def _settle_again(self) -> None:
+        waiting, self._unsettled = self._unsettled, []
+        for index, (capped, hold_id, day, cost) in enumerate(waiting):
+            try:
+                await self._settle(capped, hold_id, day, cost)
+            except Exception:
+                self._unsettled.extend(waiting[index:])
+                return
 
 
 def daily_cap(capped: Capped) -> Decimal:

@@ -140,8 +140,10 @@ class VerificationStore(Protocol):
         ...
 
     async def settle_hold(self, scope: str, hold_id: str, day: str, cost: Decimal) -> Decimal:
-        """In one transaction: the hold gone and its real cost added to `day`'s spend. Returns
-        what the scope's holds then add up to."""
+        """In one transaction: the hold gone and its real cost added to `day`'s spend, if the hold
+        was there (so a settlement made twice counts once; a hold dropped as a dead instance's
+        is charged through the calibration's own copy of the spend). Returns what the scope's
+        holds then add up to."""
         ...
 
     async def cap_ledger(self, scope: str, day: str) -> tuple[Decimal, dict[str, tuple[str, Decimal]]]:

@@ -108,8 +108,8 @@ class PostgresVerifications:
         with unavailable_errors():
             async with self._pool.acquire() as conn, conn.transaction():
                 await _lock(conn, scope)
-                await conn.execute("DELETE FROM verification_holds WHERE hold_id = $1", hold_id)
-                if cost:
+                gone = await conn.execute("DELETE FROM verification_holds WHERE hold_id = $1", hold_id)
+                if str(gone).endswith(" 1") and cost:
                     await _set_spent(conn, scope, day, await _spent(conn, scope, day) + cost)
                 return await _held(conn, scope)
 

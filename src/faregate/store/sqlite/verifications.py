@@ -156,7 +156,7 @@ def _admit(db: sqlite3.Connection, ask: HoldAsk) -> tuple[Verdict, Decimal]:
 
 
 def _settle(db: sqlite3.Connection, scope: str, hold_id: str, day: str, cost: Decimal) -> Decimal:
-    db.execute("DELETE FROM verification_holds WHERE hold_id = ?", (hold_id,))
-    if cost:
+    gone = db.execute("DELETE FROM verification_holds WHERE hold_id = ?", (hold_id,)).rowcount
+    if gone and cost:
         _set_spent(db, scope, day, _spent(db, scope, day) + cost)
     return _held(db, scope)
