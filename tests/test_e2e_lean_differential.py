@@ -136,6 +136,8 @@ CASES: dict[str, Any] = {
     "chunked": lambda key: chunked(
         key, b"%x\r\n%b\r\n%x\r\n%b\r\n0\r\n\r\n" % (HALF, BODY[:HALF], len(BODY) - HALF, BODY[HALF:])
     ),
+    "expect 100-continue": lambda key: chat(key, extra="Expect: 100-continue\r\n"),
+    "expect 100-continue, refused": lambda key: chat("fg-wrong", extra="Expect: 100-continue\r\n"),
     "bad chunk": lambda key: chunked(key, b"zz\r\n"),
     "bad json": lambda key: chat(key, b"{not json"),
     "wrong key": lambda key: chat("fg-wrong"),
