@@ -28,10 +28,11 @@ is usually far below their worst case) rather than pausing the day. One that can
 marks the ledger's day full and pauses the calibration for the day (the one admission that writes
 the calibration row; verifications in flight then settle on top of the full mark). A settlement
 adds its cost only if its hold was still there, so one made twice counts once; one the store
-refused (unavailable) is made again before this process's next admission. A hold belongs to its instance's lease (quality/leases.py; the lease budget
-holds already have, `accounts.instance_lease_s`): holds of an instance whose lease lapsed (it
-crashed mid-verification) no longer count and are dropped by the next admission (once older than
-a lease: quality/leases.py), so a dead instance blocks the cap for about a lease at most.
+refused (unavailable) is made again before this process's next admission. A hold belongs to its
+instance's lease (quality/leases.py; the lease budget holds already have,
+`accounts.instance_lease_s`): holds of an instance whose lease lapsed (it crashed
+mid-verification) no longer count and are dropped by the next admission (once older than a lease:
+quality/leases.py), so a dead instance blocks the cap for about a lease at most.
 """
 
 from __future__ import annotations
