@@ -22,7 +22,7 @@ slows the gateway by ~2x), diffed at the end (first probe after warm-up against 
 
 Usage: python bench/soak.py [--requests 1000000] [--max-seconds 1800] [--connections 64]
                             [--tracemalloc 0] [--trim] [--malloc-arena-max N]
-                            [--usage-estimate light|tokenizer]
+                            [--usage-estimate light|tokenizer] [--backpressure N]
                             [--out bench/results/soak.json] [--png bench/results/soak.png]
 Needs `wrk` (Debian package). Only talks to 127.0.0.1.
 """
@@ -73,11 +73,14 @@ models:
 """
 
 
-def gateway_config(port: int, sim_port: int, store: Path, usage_estimate: str = "light") -> str:
+def gateway_config(
+    port: int, sim_port: int, store: Path, usage_estimate: str = "light", backpressure: int | None = None
+) -> str:
+    records = "" if backpressure is None else f"records: {{backpressure_pending: {backpressure}}}\n"
     return f"""\
 server: {{port: {port}}}
 accounts: {{usage_estimate: {usage_estimate}}}
-store: {{path: {str(store)!r}}}
+{records}store: {{path: {str(store)!r}}}
 sim: {{mode: 'on', launch: false, port: {sim_port}, first_byte_timeout_s: 0.5, total_timeout_s: 5}}
 metrics: {{public: true}}
 models:
@@ -232,7 +235,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sim_port, gw_port = free_port(), free_port()
     (work / "sim.yaml").write_text(SIM_SCRIPT)
     config = work / "faregate.yaml"
-    config.write_text(gateway_config(gw_port, sim_port, work / "store", args.usage_estimate))
+    store = work / "store"
+    config.write_text(gateway_config(gw_port, sim_port, store, args.usage_estimate, args.backpressure))
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     gateway_env = {
         **env,
@@ -253,6 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "malloc_arena_max": args.malloc_arena_max,
         "trim": args.trim,
         "usage_estimate": args.usage_estimate,
+        "backpressure_pending": args.backpressure,
         "cpu_count": os.cpu_count(),
         "load_at_start": load_average(),
     }
@@ -453,6 +458,13 @@ def main() -> None:
         choices=["light", "tokenizer"],
         default="light",
         help="accounts.usage_estimate: tokenizer loads o200k at the first stream without usage",
+    )
+    parser.add_argument(
+        "--backpressure",
+        type=int,
+        default=None,
+        metavar="N",
+        help="records.backpressure_pending (default: the gateway's, 10,000; 0: off, as before it)",
     )
     parser.add_argument(
         "--plot-only",
