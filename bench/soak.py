@@ -464,7 +464,7 @@ def main() -> None:
         type=int,
         default=None,
         metavar="N",
-        help="records.backpressure_pending (default: the gateway's, 10,000; 0: off, as before it)",
+        help="records.backpressure_pending (default: the gateway's, 4,096; 0: off, as before it)",
     )
     parser.add_argument(
         "--plot-only",

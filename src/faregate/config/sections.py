@@ -56,8 +56,8 @@ class RecordsSettings(_Strict):
     # While the store is up, a request that finds this many records waiting waits for the writer
     # to get back under it (at most BACKPRESSURE_MAX_WAIT_S) before its handler returns: past the
     # rate the store can write, clients are slowed down instead of the buffer growing with the
-    # rate (~0.75 KiB a record: 10,000 are ~7 MiB). 0: never wait.
-    backpressure_pending: Annotated[int, msgspec.Meta(ge=0)] = 10_000
+    # rate (~0.75 KiB a record: 4,096, eight batches, are ~3 MiB). 0: never wait.
+    backpressure_pending: Annotated[int, msgspec.Meta(ge=0)] = 4096
 
 
 class AuthSettings(_Strict):
