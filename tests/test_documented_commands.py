@@ -203,6 +203,10 @@ QUICK: dict[str, Quick] = {
         why_not="the soak of the line before with tracemalloc on: its start-up alone takes ~50 s here and "
         "every request is ~20x slower; run by hand (figures in bench/README.md)"
     ),
+    "python bench/soak.py --requests 300000 --backpressure 0": Quick(
+        why_not="the soak of `python bench/soak.py` with records.backpressure_pending set to 0: the same "
+        "code, its quick form runs there; tests/test_records.py covers the setting"
+    ),
     "python bench/soak.py --plot-only a.json b.json --png bench/soak-rss.png": Quick(
         why_not="draws earlier runs' files; the quick soak above draws its own curve with the same code"
     ),

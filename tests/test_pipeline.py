@@ -150,9 +150,16 @@ class FakeRecords:
         self.events = events
         self.records: list[RequestRecord] = []
 
+        # The writer's backpressure (telemetry/records.py): set to have requests wait for room.
+        self.backlogged = False
+
     def submit(self, record: RequestRecord) -> None:
         self.events.append("record")
         self.records.append(record)
+
+    async def room(self) -> None:
+        self.events.append("wait for room")
+        self.backlogged = False
 
 
 def spy(events: list[str], name: str, call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -278,6 +285,15 @@ async def test_a_whole_answer_passes_every_stage_in_order(harness: Harness) -> N
     assert record.latency_ms > 0 and not record.stream
     # The call upstream: the upstream's own model name, the gateway's fields removed.
     assert harness.a.calls[0].body["model"] == "cheap" and "faregate" not in harness.a.calls[0].body
+
+
+async def test_a_backlogged_record_writer_holds_the_request_after_its_record(harness: Harness) -> None:
+    harness.pipeline.records.backlogged = True  # type: ignore[attr-defined]
+    status, _, _ = await harness.post({"model": "cheap", **ASK})
+    assert status == 200
+    assert harness.events[-2:] == ["record", "wait for room"]
+    status, _, _ = await harness.post({"model": "cheap", **ASK})
+    assert harness.events[-1] == "record"  # room again: no wait
 
 
 async def test_a_failing_model_falls_back_and_the_record_lists_both_attempts(harness: Harness) -> None:

@@ -291,3 +291,65 @@ async def test_records_are_totalled_exactly_in_sql(store: SQLiteStore) -> None:
     everything = await usage(store, 0.0, t + 10, "model")
     assert sum((r[5] for r in everything), Decimal(0)) == Decimal("5.30082")  # type: ignore[misc]
     assert await store.count_records() == 5
+
+
+class HeldTable(FakeTable):
+    """A FakeTable whose writes wait until `go` is set: a store slower than the requests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+
+    async def insert_records(self, records: Sequence[RequestRecord]) -> int:
+        await self.go.wait()
+        return await super().insert_records(records)
+
+
+async def test_a_backlog_holds_requests_until_the_store_catches_up() -> None:
+    # The soak's extra memory at a high rate was this buffer (74,000 records at 3,600 req/s):
+    # past backpressure_pending, callers wait for room instead of the buffer growing.
+    table = HeldTable()
+    writer = RecordWriter(
+        table, RecordsSettings(batch_size=4, flush_interval_s=SLOW, backpressure_pending=10)
+    )
+    await writer.start()
+    for i in range(9):
+        writer.submit(record(f"r{i}"))
+    assert not writer.backlogged
+    writer.submit(record("r9"))
+    assert writer.backlogged
+    waiting = asyncio.create_task(writer.room())
+    await asyncio.sleep(0.02)
+    assert not waiting.done()  # the store has written nothing yet
+    table.go.set()
+    await asyncio.wait_for(waiting, 2)
+    assert not writer.backlogged
+    await writer.close()
+    assert len(table.stored) == 10 and writer.dropped == 0
+
+
+async def test_no_backpressure_while_the_store_is_unavailable() -> None:
+    # An outage must not stall serving: records pile up to max_pending, nobody waits.
+    table = FakeTable()
+    table.unavailable = 1_000
+    writer = RecordWriter(
+        table, RecordsSettings(batch_size=4, flush_interval_s=SLOW, backpressure_pending=10)
+    )
+    for i in range(10):
+        writer.submit(record(f"r{i}"))
+    await writer.flush()  # fails: the writer now retries later
+    assert writer.pending == 10 and not writer.backlogged
+    for i in range(10, 30):
+        writer.submit(record(f"r{i}"))
+    assert not writer.backlogged
+    await asyncio.wait_for(writer.room(), 1)
+
+
+async def test_backpressure_can_be_turned_off() -> None:
+    writer = RecordWriter(
+        FakeTable(), RecordsSettings(batch_size=100, flush_interval_s=SLOW, backpressure_pending=0)
+    )
+    for i in range(500):
+        writer.submit(record(f"r{i}"))
+    assert not writer.backlogged
+    await writer.close()

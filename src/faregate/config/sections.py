@@ -53,6 +53,11 @@ class RecordsSettings(_Strict):
     flush_interval_s: float = 0.25
     # Records waiting beyond this are dropped with a warning instead of growing memory without bound.
     max_pending: int = 200_000
+    # While the store is up, a request that finds this many records waiting waits for the writer
+    # to get back under it (at most BACKPRESSURE_MAX_WAIT_S) before its handler returns: past the
+    # rate the store can write, clients are slowed down instead of the buffer growing with the
+    # rate (~0.75 KiB a record: 4,096, eight batches, are ~3 MiB). 0: never wait.
+    backpressure_pending: Annotated[int, msgspec.Meta(ge=0)] = 4096
 
 
 class AuthSettings(_Strict):

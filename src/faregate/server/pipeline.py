@@ -253,6 +253,11 @@ class ChatPipeline:
             except Exception:
                 # Metrics must never cost a client its answer.
                 log.exception("a record listener failed")
+        if self.records.backlogged:
+            # Backpressure: the store writes fewer records a second than come in; this request's
+            # handler returns once it has room, so the clients slow down instead of the buffer
+            # growing with the rate (telemetry/records.py).
+            await self.records.room()
 
     async def verify_later(self, exchange: Exchange, answer: Served | OpenedStream, response: Reply) -> None:
         """A calibrated decision drawn for verification: finish writing the response now (a whole
