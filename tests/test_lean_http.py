@@ -534,3 +534,46 @@ async def test_garbage_after_a_pipelined_request_is_answered_400_in_openai_forma
             error = orjson.loads(second.body)["error"]
             assert error["type"] == "invalid_request_error" and "not valid HTTP" in error["message"]
     await server.shutdown(1)
+
+
+async def test_a_connection_runs_its_requests_in_one_task(server: LeanServer) -> None:
+    _, transport = connect(server)
+    send(transport, post("/echo", b"one") + post("/echo", b"two"))
+    await settle(lambda: len(parse(transport.out)) == 2)
+    (worker,) = server.tasks
+    send(transport, post("/echo", b"three"))
+    await settle(lambda: len(parse(transport.out)) == 3)
+    assert server.tasks == {worker} and not worker.done()  # idle, waiting for the next request
+    transport.close()
+    await settle(lambda: worker.done())
+    assert [orjson.loads(r.body)["body"] for r in parse(transport.out)] == ["one", "two", "three"]
+
+
+async def test_the_keepalive_timer_is_armed_once_and_closes_an_idle_connection(server: LeanServer) -> None:
+    global gate
+    conn, transport = connect(server)
+    armed = conn._keepalive
+    send(transport, post("/echo", b"one"))
+    await settle(lambda: len(parse(transport.out)) == 1)
+    assert conn._keepalive is armed  # not re-armed per request
+    loop = asyncio.get_running_loop()
+    # Fired while busy: nothing closes, and it is armed again once the request is answered.
+    gate = asyncio.Event()
+    send(transport, post("/slow"))
+    await settle()
+    conn._cancel_keepalive()
+    conn._idle_timeout()
+    assert not transport.closed and conn._keepalive is None
+    gate.set()
+    await settle(lambda: len(parse(transport.out)) == 2)
+    assert conn._keepalive is not None
+    # Fired before the connection has been idle for KEEPALIVE_S: armed again for the rest.
+    conn._cancel_keepalive()
+    conn._idle_timeout()
+    assert not transport.closed and conn._keepalive is not None
+    assert conn._keepalive.when() == pytest.approx(conn._idle_since + lean_http.KEEPALIVE_S, abs=1)
+    # Idle for longer: closed.
+    conn._cancel_keepalive()
+    conn._idle_since = loop.time() - lean_http.KEEPALIVE_S - 1
+    conn._idle_timeout()
+    assert transport.closed

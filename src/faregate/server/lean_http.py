@@ -17,12 +17,18 @@ How a connection reads, one request at a time:
   (`_boundary`: rare, so simple), and the rest waits in `_pending` until the answer is out;
 - the handler starts when the head is complete (a 401 or 413 does not wait for the body); its
   `read()` waits for the body, sending `100 Continue` first if the client asked for it;
+- a connection's requests run one after another in one task of its own (`_serve`), made at its
+  first request and kept while the connection is open: a new asyncio Task per request (its
+  registration in asyncio's weak set of tasks, its done callback) cost ~2 µs more than waking
+  the waiting one (bench/README.md, "A reshaped hot path");
 - an answer sent before the body was whole (a 401, a 413) is followed by reading the rest of
   the body into nothing for at most LINGER_S, as aiohttp does, so that the client reads the
   answer instead of a reset;
 - keep-alive as the request says (HTTP/1.0 included); an idle connection closes after
-  KEEPALIVE_S; writes to a client that is gone raise ConnectionResetError, and a write waits
-  while the transport's buffer is full (pause_writing).
+  KEEPALIVE_S: one timer per connection, not re-armed per request (it notes when the connection
+  last became idle, and when it fires early it is armed again for the rest); writes to a
+  client that is gone raise ConnectionResetError, and a write waits while the transport's
+  buffer is full (pause_writing).
 """
 
 from __future__ import annotations
@@ -128,13 +134,19 @@ class LeanConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._request: LeanRequest | None = None  # the one being handled
-        self._task: asyncio.Task[None] | None = None
+        # The connection's task (`_serve`), the request it is to handle next, and what it awaits
+        # when it has none.
+        self._worker: asyncio.Task[None] | None = None
+        self._job: tuple[LeanRequest, LeanHandler] | None = None
+        self._ready: asyncio.Future[None] | None = None
         self._pending = bytearray()
         self._reading_paused = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
         self._closing = False  # close once the request in hand is answered (shutdown)
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the linger timer
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -147,6 +159,8 @@ class LeanConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._cancel_timer()
+        self._cancel_keepalive()
+        self._wake_worker()
         self.server.lean_connection_lost(self)
         drain = self._drain
         if drain is not None and not drain.done():
@@ -232,7 +246,6 @@ class LeanConnection(asyncio.Protocol):
         if self._completed_in_feed:
             raise _NextMessage
         self._in_message = True
-        self._cancel_timer()
         self._url = b""
         self._headers = []
 
@@ -266,8 +279,12 @@ class LeanConnection(asyncio.Protocol):
             parser.should_keep_alive(),
         )
         self._request = request
-        self._task = self.loop.create_task(self._handle(request, handler))
-        self.server.track(self._task)
+        self._job = (request, handler)
+        if self._worker is None:
+            self._worker = self.loop.create_task(self._serve())
+            self.server.track(self._worker)
+        else:
+            self._wake_worker()
 
     def on_body(self, body: bytes) -> None:
         request = self._request
@@ -282,6 +299,31 @@ class LeanConnection(asyncio.Protocol):
             request.finish()
 
     # --- answering ----------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        """The connection's requests, one after another, while it is lean and open."""
+        try:
+            while True:
+                job = self._job
+                if job is not None:
+                    self._job = None
+                    await self._handle(*job)
+                    continue
+                transport = self.transport
+                if self.lost or self._closing or transport is None or transport.get_protocol() is not self:
+                    return  # gone, closing, or aiohttp's now
+                ready = self._ready = self.loop.create_future()
+                try:
+                    await ready
+                finally:
+                    self._ready = None
+        finally:
+            self._worker = None
+
+    def _wake_worker(self) -> None:
+        ready = self._ready
+        if ready is not None and not ready.done():
+            ready.set_result(None)
 
     async def _handle(self, request: LeanRequest, handler: LeanHandler) -> None:
         try:
@@ -321,7 +363,6 @@ class LeanConnection(asyncio.Protocol):
         """The request in hand is answered and whole: on to the next (pipelined) one."""
         self._cancel_timer()
         self._request = None
-        self._task = None
         if self.lost or self.transport is None:
             return
         if self._closing:
@@ -344,13 +385,25 @@ class LeanConnection(asyncio.Protocol):
             self.transport.close()
 
     def _idle(self) -> None:
-        self._cancel_timer()
-        self._timer = self.loop.call_later(KEEPALIVE_S, self._idle_timeout)
+        self._idle_since = self.loop.time()
+        if self._keepalive is None:
+            self._keepalive = self.loop.call_at(self._idle_since + KEEPALIVE_S, self._idle_timeout)
 
     def _idle_timeout(self) -> None:
-        self._timer = None
-        if self._request is None and not self._in_message and self.transport is not None:
-            self.transport.close()
+        self._keepalive = None
+        if self._request is not None or self._in_message or self.transport is None:
+            return  # busy: `_idle` arms it again once the connection is idle
+        left = self._idle_since + KEEPALIVE_S - self.loop.time()
+        if left > 0:  # idle again since the timer was armed: wait for the rest
+            self._keepalive = self.loop.call_later(left, self._idle_timeout)
+            return
+        self.transport.close()
+        self._wake_worker()
+
+    def _cancel_keepalive(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -414,6 +467,7 @@ class LeanConnection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self._cancel_timer()
+        self._cancel_keepalive()
         self.server.lean_connection_lost(self)
         data = b"".join(self._raw) + bytes(self._pending)
         self._raw = []
@@ -426,9 +480,11 @@ class LeanConnection(asyncio.Protocol):
             transport.resume_reading()
         if data:
             protocol.data_received(data)
+        self._wake_worker()
 
     def close_when_idle(self) -> None:
         """Shutdown: close now if idle, else once the request in hand is answered."""
         self._closing = True
         if self._request is None and not self._in_message and self.transport is not None:
             self.transport.close()
+        self._wake_worker()

@@ -31,8 +31,10 @@ class LeanServer(web.Server):
             (method.encode(), path.encode()): handler for (method, path), handler in routes.items()
         }
         self.lean: set[LeanConnection] = set()
-        # Every lean request in flight, its connection open or not: a request whose client left
-        # still settles and records, and shutdown waits for it.
+        # Every lean connection's task (it runs the connection's requests one after another), its
+        # connection open or not: a request whose client left still settles and records, and
+        # shutdown waits for it. A task ends once its connection is closed or handed over and
+        # its last request is answered.
         self.tasks: set[asyncio.Task[None]] = set()
 
     def __call__(self) -> LeanConnection:  # type: ignore[override]  # any asyncio Protocol will do
