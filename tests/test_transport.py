@@ -638,6 +638,40 @@ async def test_head_timeout_closes_the_connection(server: RawServer, pool: Conne
     await server.wait_closed(server.seen[0].peer_port)
 
 
+async def test_calls_on_one_connection_share_one_deadline_timer(
+    server: RawServer, pool: ConnectionPool
+) -> None:
+    server.reply = raw(ok(b"one"))
+    await fetch(pool, server.url)
+    (conn,) = pool._hosts[Endpoint(server.url).key].idle
+    armed = conn._timer
+    assert armed is not None
+    for _ in range(3):
+        await fetch(pool, server.url)
+    assert conn._timer is armed  # the first call's timer fires first: not armed again per call
+    # A call with an earlier head deadline than the armed timer's arms one of its own.
+    server.reply = Exchange.until_client_closes
+    with pytest.raises(TimeoutError):
+        await post(pool, server.url, head=0.1)
+    assert (pool.size, pool.in_use) == (0, 0)
+
+
+async def test_a_deadline_timer_that_fires_early_is_armed_again(
+    server: RawServer, pool: ConnectionPool
+) -> None:
+    server.reply = raw(ok(b"one"))
+    first = await post(pool, server.url, head=0.05, total=0.05)  # leaves a timer due in 0.05 s
+    await first.read()
+    first.release()
+    assert pool.size == 1
+    server.reply = Exchange.until_client_closes
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await post(pool, server.url, head=0.3)
+    assert loop.time() - started >= 0.3 - 0.002  # not at the earlier call's deadline
+
+
 async def test_total_timeout_while_reading_the_body(server: RawServer, pool: ConnectionPool) -> None:
     async def stall(exchange: Exchange) -> None:
         exchange.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")

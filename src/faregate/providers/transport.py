@@ -8,6 +8,11 @@ that owns connections (limits, keep-alive, waiters) is `providers/http.py`; the 
 response headers, body decoders and errors are `providers/http_framing.py`; the Response a
 caller reads is `providers/response.py`.
 
+Deadlines: one timer per connection (`_watch`), armed at a request's head deadline unless it is
+already armed earlier, and armed again for the rest when it fires early: the calls on one
+connection have deadlines in increasing order, so a connection making a call every millisecond
+arms about one timer per head deadline instead of one (and its cancellation) per call.
+
 Per-message state lives on the Connection, not on the Response: the connection keeps no
 reference to the Response it handed out, so a Response its caller drops is collected at once and
 its `__del__` closes a half-read connection instead of leaking it.
@@ -41,6 +46,9 @@ IDLE: Final = 1
 ACTIVE: Final = 2  # lent to a request
 CLOSED: Final = 3
 
+# A timer may fire this much before its time (the loop's clock resolution): due all the same.
+_EARLY_S: Final = 0.001
+
 _WATCHED = frozenset({b"content-length", b"transfer-encoding", b"content-encoding"})
 
 
@@ -62,6 +70,7 @@ class Connection(asyncio.Protocol):
     """One upstream socket: writes a request, parses the response with llhttp, buffers the body."""
 
     __slots__ = (
+        "_body_watched",
         "_buffered",
         "_chunked",
         "_chunks",
@@ -71,6 +80,7 @@ class Connection(asyncio.Protocol):
         "_encoding",
         "_error",
         "_expected",
+        "_head_deadline",
         "_head_done",
         "_in_flight",
         "_informational",
@@ -80,6 +90,7 @@ class Connection(asyncio.Protocol):
         "_paused",
         "_received",
         "_timer",
+        "_timer_at",
         "_waiter",
         "idle_since",
         "raw_headers",
@@ -99,7 +110,9 @@ class Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when `_timer` fires
         self._in_flight = False
+        self._head_deadline = 0.0
         self._deadline = 0.0
         self._paused = False
         self._new_message()
@@ -114,6 +127,7 @@ class Connection(asyncio.Protocol):
         self._decoder: Decoder | None = None
         self._informational = False
         self._head_done = False
+        self._body_watched = False  # the body deadline is enforced from the first wait for body bytes
         self._complete = False
         self._keep_alive = False
         self._error: BaseException | None = None
@@ -218,7 +232,6 @@ class Connection(asyncio.Protocol):
             and transport is not None
             and not transport.get_write_buffer_size()
         )
-        self._cancel_timer()
         self._wake()
 
     # --- driven by the pool and the Response --------------------------------------------------
@@ -230,17 +243,16 @@ class Connection(asyncio.Protocol):
         assert transport is not None and self.state == ACTIVE
         self._new_message()
         self._in_flight = True
+        self._head_deadline = head_deadline
         self._deadline = deadline
         transport.write(payload)
         waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_at(head_deadline, self._head_timeout)
+        self._arm(head_deadline)
         try:
             await waiter
         except BaseException:  # cancelled: the response may still come, on a connection nobody reads
             self.close()
             raise
-        finally:
-            timer.cancel()
         if not self._head_done:
             error = self._error
             self.close()
@@ -266,8 +278,9 @@ class Connection(asyncio.Protocol):
                 raise self._error
             if self._complete:
                 return b""
-            if self._timer is None:
-                self._timer = self._loop.call_at(self._deadline, self._body_timeout)
+            if not self._body_watched:
+                self._body_watched = True
+                self._arm(self._deadline)
             waiter = self._waiter = self._loop.create_future()
             try:
                 await waiter
@@ -289,7 +302,6 @@ class Connection(asyncio.Protocol):
         if not self._in_flight:
             return
         self._in_flight = False
-        self._cancel_timer()
         if self._complete and self._keep_alive and self._error is None and self.usable:
             # Unread bytes of a complete response are dropped: the connection itself is clean.
             self._chunks = []
@@ -340,18 +352,35 @@ class Connection(asyncio.Protocol):
             self._wake()
         self.close()
 
-    def _head_timeout(self) -> None:
-        if not self._head_done and self._error is None:
-            self._error = TimeoutError()
-            self._wake()
-            self.close()
+    def _arm(self, deadline: float) -> None:
+        """Make sure `_watch` runs by `deadline` (loop time)."""
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= deadline:
+                return  # fires first: `_watch` arms it again for the rest
+            timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._watch)
 
-    def _body_timeout(self) -> None:
+    def _watch(self) -> None:
+        """The deadline of the message in flight: its head's until the head is in, then (once a
+        reader has waited for body bytes) its body's; a timer left from an earlier call, which
+        fires before it, is armed again for the rest."""
         self._timer = None
-        if not self._complete and self._error is None:
-            self._error = TimeoutError()
-            self._wake()
-            self.close()
+        if not self._in_flight or self._complete or self._error is not None:
+            return  # nothing to time: armed again by the next call
+        if not self._head_done:
+            deadline = self._head_deadline
+        elif self._body_watched:
+            deadline = self._deadline
+        else:
+            return  # between the head and the first read: `read_chunk` arms it
+        if self._loop.time() < deadline - _EARLY_S:
+            self._arm(deadline)
+            return
+        self._error = TimeoutError()
+        self._wake()
+        self.close()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
