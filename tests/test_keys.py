@@ -157,6 +157,22 @@ async def test_cache_entries_expire_after_ttl(keys: KeyStore, table: CountingTab
     assert table.lookups == 2
 
 
+async def test_known_answers_from_the_cache_of_good_keys_only(
+    keys: KeyStore, table: CountingTable, clock: Clock
+) -> None:
+    """The pipeline's no-wait path (`known`) says what `verify` would, or None to ask `verify`."""
+    key, raw = await keys.create("app")
+    assert keys.known(raw) is None  # not verified yet
+    assert await keys.verify(raw) == key
+    assert keys.known(raw) == key
+    assert keys.known("fg-" + "B" * 40) is None and keys.known("not a key") is None
+    clock.now += 5.1
+    assert keys.known(raw) is None  # expired from the cache: `verify` looks it up again
+    assert await keys.verify(raw) == key and table.lookups == 2
+    assert await keys.revoke(key.id) is True
+    assert keys.known(raw) is None  # a revocation here clears the cache at once
+
+
 async def test_revoke_here_invalidates_cache_at_once(keys: KeyStore) -> None:
     key, raw = await keys.create("app")
     assert await keys.verify(raw) == key

@@ -115,6 +115,9 @@ class FakeKeys:
     def __init__(self, events: list[str]) -> None:
         self.events = events
 
+    def known(self, raw: str) -> ApiKey | None:
+        return None  # the cache knows nothing: every stage list below shows `verify`
+
     async def verify(self, raw: str) -> ApiKey | None:
         self.events.append("authenticate")
         return ApiKey("key_1", "test", raw[:6], False, 0.0) if raw == KEY else None
@@ -166,6 +169,14 @@ def spy(events: list[str], name: str, call: Callable[..., Awaitable[Any]]) -> Ca
     async def spied(*args: Any, **kwargs: Any) -> Any:
         events.append(name)
         return await call(*args, **kwargs)
+
+    return spied
+
+
+def spy_sync(events: list[str], name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+    def spied(*args: Any, **kwargs: Any) -> Any:
+        events.append(name)
+        return call(*args, **kwargs)
 
     return spied
 
@@ -233,7 +244,8 @@ async def harness() -> AsyncIterator[Harness]:
         admission=FakeAdmission(events),
         cache=cache,
     )
-    cache.lookup = spy(events, "cache lookup", cache.lookup)  # type: ignore[method-assign]
+    # The cache stage: its decision always (a bypass is not looked up: nothing to wait for).
+    cache.decide = spy_sync(events, "cache lookup", cache.decide)  # type: ignore[method-assign]
     planner.plan = spy(events, "plan", planner.plan)  # type: ignore[method-assign]
     app = web.Application()
     app.router.add_post("/v1/chat/completions", pipeline.handle)
@@ -294,6 +306,24 @@ async def test_a_backlogged_record_writer_holds_the_request_after_its_record(har
     assert harness.events[-2:] == ["record", "wait for room"]
     status, _, _ = await harness.post({"model": "cheap", **ASK})
     assert harness.events[-1] == "record"  # room again: no wait
+
+
+async def test_a_request_without_a_hold_waits_for_room_too(harness: Harness) -> None:
+    """A cache hit holds nothing: its record is written without `settle_and_record` (nothing to
+    settle), and a backlogged writer holds it all the same."""
+    ask = {"model": "cheap", "temperature": 0, **ASK}
+    assert (await harness.post(ask))[0] == 200
+    cache = harness.pipeline.cache
+    assert cache is not None
+    for _ in range(500):  # the answer is stored in the background: up to 5 s
+        if cache.writes:
+            break
+        await asyncio.sleep(0.01)
+    harness.events.clear()
+    harness.pipeline.records.backlogged = True  # type: ignore[attr-defined]
+    status, headers, _ = await harness.post(ask)
+    assert status == 200 and headers["x-faregate-cache"] == "hit"
+    assert harness.events[-2:] == ["record", "wait for room"]
 
 
 async def test_a_failing_model_falls_back_and_the_record_lists_both_attempts(harness: Harness) -> None:

@@ -165,6 +165,16 @@ class KeyStore:
         self._bad.clear()
         self._inflight.clear()
 
+    def known(self, raw: str) -> ApiKey | None:
+        """`verify` answered from the cache of good keys alone, without waiting: the key, or
+        None when `verify` must be asked (not cached, expired from the cache, or not a key)."""
+        if not looks_like_key(raw):
+            return None
+        good = self._good.get(hash_key(raw))
+        if good is not None and good[0] > self._clock():
+            return good[1]
+        return None
+
     async def verify(self, raw: str) -> ApiKey | None:
         """The active key for this raw value, or None. Cached; never logs or keeps the raw key."""
         if not looks_like_key(raw):

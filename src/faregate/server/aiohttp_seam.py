@@ -45,6 +45,9 @@ class AiohttpRequest:
                 f"Request body is larger than the limit of {self.request.client_max_size - 1} bytes."
             ) from None
 
+    def body_if_whole(self) -> bytes | None:
+        return None  # aiohttp reads it: `read`
+
     async def open_stream(self, headers: Mapping[str, str]) -> EventStream:
         response = web.StreamResponse(status=200, headers=headers)
         response.content_type = EVENT_STREAM_TYPE

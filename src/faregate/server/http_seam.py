@@ -59,6 +59,11 @@ class HttpRequest(Protocol):
         """The whole body (PayloadTooLarge past the server's limit)."""
         ...
 
+    def body_if_whole(self) -> bytes | None:
+        """The whole body if it has all arrived, within the server's limit, without waiting;
+        None: `read` it (it may have to wait, or raise)."""
+        ...
+
     async def open_stream(self, headers: Mapping[str, str]) -> EventStream:
         """Send a 200 `text/event-stream` head with `headers`; ConnectionError if the client is gone."""
         ...

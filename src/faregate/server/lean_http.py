@@ -335,7 +335,9 @@ class LeanConnection(asyncio.Protocol):
             reply = Whole(CHAT.status(error), CHAT.error(error), {})
         try:
             if not request.responded and isinstance(reply, Whole):
-                await request.send(reply)
+                request.send_now(reply)
+                if self._write_paused:
+                    await self.drain()
             elif request.stream is not None and not request.stream.ended:
                 request.keep_alive = False  # a stream left unfinished: its end is the close
         except (ConnectionError, ValueError) as exc:

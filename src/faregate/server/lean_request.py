@@ -128,6 +128,13 @@ class LeanRequest:
         body = self._body
         return body[0] if len(body) == 1 else b"".join(body)
 
+    def body_if_whole(self) -> bytes | None:
+        if not self._complete or self._too_large or self.broken is not None:
+            return None
+        self._continue = False  # all of it came: nothing to continue
+        body = self._body
+        return body[0] if len(body) == 1 else b"".join(body)
+
     async def open_stream(self, headers: Mapping[str, str]) -> EventStream:
         if self.responded:
             raise RuntimeError("a response was already sent")
@@ -144,11 +151,17 @@ class LeanRequest:
     async def send(self, whole: Whole) -> None:
         if self.responded:
             return
+        self.send_now(whole)
+        await self._conn.drain()
+
+    def send_now(self, whole: Whole) -> None:
+        """`send` without waiting for a full write buffer to drain (the caller's to do)."""
+        if self.responded:
+            return
         self.responded = True
         conn = self._conn
         body = whole.body
         conn.write(conn.head(self, whole.status, whole.headers, whole.content_type, len(body), False) + body)
-        await conn.drain()
 
 
 class LeanStream:

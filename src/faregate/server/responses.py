@@ -111,19 +111,36 @@ class Responder:
             return await self._cached(exchange, answer)
         return await self._whole(exchange, answer)
 
+    def whole_now(self, exchange: Exchange, answer: Answer) -> Whole | None:
+        """`send` of the usual answer, which has nothing to wait for: a whole answer whose usage
+        the provider reported, to a request that is not a stream. None: `send` it."""
+        if type(answer) is not Served or answer.completion.usage is None or exchange.request.stream:
+            return None
+        exchange.answered_by(answer.candidate, answer.attempts)
+        body = self._priced(exchange, answer, answer.completion.usage)
+        return Whole(200, exchange.wire.answer(body, exchange.asked), exchange.headers)
+
     async def _whole(self, exchange: Exchange, served: Served) -> Reply:
         request, candidate, completion = exchange.request, served.candidate, served.completion
-        body = completion.body
         exchange.answered_by(candidate, served.attempts)
-        text = "" if completion.usage is not None else answer_text(body)
-        settled = await settle(candidate, request, completion.usage, text, served.attempts)
-        price_answer(body, candidate.model.name, settled.usage, settled.cost)
-        exchange.settled(candidate, settled.usage, settled.cost)
-        self._remember(exchange, candidate, body, settled.usage)
+        usage = completion.usage
+        if usage is None:
+            usage = await estimate_usage(request, answer_text(completion.body), 0)
+        body = self._priced(exchange, served, usage)
         if request.stream:
             # A cascade step's answer, judged before it could be sent: replayed as a stream.
             return await self._replay(exchange, body)
         return Whole(200, exchange.wire.answer(body, exchange.asked), exchange.headers)
+
+    def _priced(self, exchange: Exchange, served: Served, usage: Usage) -> JSON:
+        """A whole answer's body with its cost (`settle`'s sum), written into the exchange; the
+        cache may keep it."""
+        candidate, body = served.candidate, served.completion.body
+        cost = candidate.offer.price.cost(usage) + billed_cost(served.attempts)
+        price_answer(body, candidate.model.name, usage, cost)
+        exchange.settled(candidate, usage, cost)
+        self._remember(exchange, candidate, body, usage)
+        return body
 
     async def _cached(self, exchange: Exchange, cached: CachedAnswer) -> Reply:
         exchange.from_cache(cached)
