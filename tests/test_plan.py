@@ -1,10 +1,13 @@
+from decimal import Decimal
+
 import pytest
 
 from faregate.catalog import build_catalog
 from faregate.config import load_settings, parse_settings
 from faregate.errors import InvalidRequest, ModelNotFound
 from faregate.providers.registry import with_simulator
-from faregate.routing.candidate_fit import ModelUnavailable
+from faregate.routing.candidate_fit import ModelUnavailable, Rejections, fits, fits_now
+from faregate.routing.estimate import PromptSize
 from faregate.routing.plan import Planner
 from faregate.server.parse import parse_chat_request
 
@@ -94,3 +97,31 @@ async def test_model_without_enabled_provider_is_503_naming_providers(
     with pytest.raises(ModelUnavailable) as info:
         await planner.plan(request({"model": "deepseek-v4-flash"}))
     assert info.value.status == 503 and "siliconflow" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "cap"),
+    [
+        ({"model": "deepseek-v4-flash"}, None),
+        ({"model": "deepseek-v4-flash", "messages": IMAGE}, None),  # modality: refused at once
+        ({"model": "deepseek-v4-flash", "max_tokens": 10**9}, None),
+        ({"model": "deepseek-v4-flash", "messages": [{"role": "user", "content": "x" * 600_000}]}, None),
+        ({"model": "deepseek-v4-flash"}, "0.000001"),
+        ({"model": "glm-4.5v", "messages": IMAGE}, None),
+    ],
+)
+async def test_fits_now_says_what_fits_says_or_defers_to_it(
+    planner: Planner, body: dict, cap: str | None
+) -> None:
+    """The plan's no-wait check (`fits_now`) never disagrees with `fits`, and when it defers
+    (None) it has recorded no reason: `fits` records it once."""
+    chat = request(body)
+    model = planner.resolve(chat.model)
+    limit = None if cap is None else Decimal(cap)
+    now, later = Rejections(), Rejections()
+    quick = fits_now(model, chat, PromptSize.of(chat.body), limit, now)
+    full = await fits(model, chat, PromptSize.of(chat.body), limit, later)
+    if quick is None:
+        assert now == Rejections()
+    else:
+        assert quick == full and now == later

@@ -672,6 +672,29 @@ async def test_a_deadline_timer_that_fires_early_is_armed_again(
     assert loop.time() - started >= 0.3 - 0.002  # not at the earlier call's deadline
 
 
+async def test_whole_body_is_the_body_only_once_all_of_it_is_in(
+    server: RawServer, pool: ConnectionPool
+) -> None:
+    server.reply = raw(ok(b"all at once"))
+    resp = await post(pool, server.url)
+    await until(lambda: resp.at_eof is False and resp.whole_body is not None and resp.buffered > 0)
+    assert resp.whole_body() == b"all at once" and resp.at_eof
+    resp.release()
+
+    async def in_two(exchange: Exchange) -> None:
+        exchange.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc")
+        await exchange.writer.drain()
+        await server.release.wait()
+        exchange.writer.write(b"def")
+
+    server.reply = in_two
+    resp = await post(pool, server.url)
+    assert resp.whole_body() is None  # not all here: read it
+    server.release.set()
+    assert await resp.read() == b"abcdef"
+    resp.release()
+
+
 async def test_total_timeout_while_reading_the_body(server: RawServer, pool: ConnectionPool) -> None:
     async def stall(exchange: Exchange) -> None:
         exchange.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")

@@ -118,7 +118,9 @@ class OpenAICompatibleProvider:
             if not 200 <= resp.status < 300:
                 raise await response_failure(resp, self.name, self._key_hint)
             try:
-                raw = await resp.read()
+                raw = resp.whole_body()  # usually all here with the head: no coroutine to read it
+                if raw is None:
+                    raw = await resp.read()
             except TimeoutError as exc:
                 raise UpstreamFailure(
                     "timeout",

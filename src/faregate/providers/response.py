@@ -54,6 +54,12 @@ class Response:
             raise RuntimeError("the response was released")
         return await self._conn.read_chunk()
 
+    def whole_body(self) -> bytes | None:
+        """The rest of the body if it has all arrived (`read` without a wait); None: `read` it."""
+        if self._conn is None:
+            raise RuntimeError("the response was released")
+        return self._conn.whole_body()
+
     async def read(self) -> bytes:
         """The rest of the body."""
         if self._conn is None:

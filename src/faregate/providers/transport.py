@@ -288,6 +288,16 @@ class Connection(asyncio.Protocol):
                 self.close()
                 raise
 
+    def whole_body(self) -> bytes | None:
+        """`read_chunk` until b"" when the body is complete and all of it is here (no wait):
+        the rest of the body; None: read it."""
+        if not self._complete or self._error is not None:
+            return None
+        chunks = self._chunks
+        self._chunks = []
+        self._buffered = 0
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
     @property
     def buffered(self) -> int:
         return self._buffered

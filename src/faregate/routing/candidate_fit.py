@@ -31,6 +31,31 @@ class Rejections:
     breaker: list[str] = field(default_factory=list)
 
 
+def fits_now(
+    model: Model,
+    request: ChatRequest,
+    prompt: PromptSize,
+    cap: Decimal | None,
+    rejected: Rejections,
+) -> bool | None:
+    """`fits` when the prompt's upper bound settles it, without an exact count to wait for (the
+    usual request); None: ask `fits` (nothing was added to `rejected`)."""
+    missing = model.missing_modalities(request.required_modalities)
+    if missing:
+        rejected.modality.append(f"model '{model.name}' does not accept {' or '.join(missing)} input")
+        return False
+    out = request.max_tokens
+    if out is not None and model.max_output_tokens:
+        out = min(out, model.max_output_tokens)
+    room = model.context_window - (out or 1)
+    if room <= 0:
+        rejected.context.append(f"{model.name} ({model.context_window:,} tokens)")
+        return False
+    if prompt.upper_bound > room or cap is not None:
+        return None  # may take the exact count
+    return True
+
+
 async def fits(
     model: Model,
     request: ChatRequest,

@@ -19,7 +19,7 @@ from faregate.catalog.models import Catalog, Model, Offer
 from faregate.config import RoutingSettings
 from faregate.errors import InvalidRequest, ModelNotFound
 from faregate.route_config import ChainItem, RouteSettings, chain_steps
-from faregate.routing.candidate_fit import ModelUnavailable, Rejections, fits, refuse
+from faregate.routing.candidate_fit import ModelUnavailable, Rejections, fits, fits_now, refuse
 from faregate.routing.estimate import PromptSize
 from faregate.routing.health import HealthBoard
 from faregate.routing.routes import Hints, RouteBook, RouteTrace, Step, parse_hints
@@ -270,7 +270,10 @@ class Planner:
                 continue
             seen.add(model.name)
             retries = step.retries if step.retries is not None else self.routing.retries
-            if not await fits(model, request, prompt, cap, rejected):
+            fit = fits_now(model, request, prompt, cap, rejected)
+            if fit is None:
+                fit = await fits(model, request, prompt, cap, rejected)
+            if not fit:
                 continue
             offers = self._order_offers(
                 model, rejected, by_latency, p99_limit, request.premium, request.key_id

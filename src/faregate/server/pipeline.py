@@ -150,10 +150,15 @@ class ChatPipeline:
                 response = await self.respond.send(exchange, cached)
                 await self.verify_hit_later(exchange, cached, response)
                 return response
-            await self.plan(exchange)
+            request = exchange.request
+            plan = await self.planner.plan(request)
+            exchange.planned(plan)
             if self.metered:
                 await self.reserve(exchange)
-            answer = await self.call_upstream(exchange)
+            if plan.stages or request.stream:
+                answer: Served | OpenedStream = await self.call_upstream(exchange)
+            else:  # the usual call (`call_upstream`'s last line), without a coroutine around it
+                answer = await self.runner.complete(request, plan)
             now = self.respond.whole_now(exchange, answer)
             response = now if now is not None else await self.respond.send(exchange, answer)
             if self.verifier is not None:
@@ -224,9 +229,6 @@ class ChatPipeline:
         """Free, but still a request: it counts against the key's requests per minute."""
         assert exchange.key is not None
         exchange.admitted(await self.admission.count_hit(exchange.key, exchange.request))
-
-    async def plan(self, exchange: Exchange) -> None:
-        exchange.planned(await self.planner.plan(exchange.request))
 
     async def reserve(self, exchange: Exchange) -> None:
         if not self.metered:
