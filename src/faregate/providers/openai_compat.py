@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
+from typing import Any
 
 import orjson
 
@@ -38,7 +39,7 @@ from faregate.providers.upstream_failures import (
     response_failure,
     transport_failure,
 )
-from faregate.types import JSON, Completion
+from faregate.types import JSON, Completion, Usage
 from faregate.wire.embeddings import usage_of as embedding_usage
 from faregate.wire.openai import chunk_has_content, stream_error, usage_of
 
@@ -96,11 +97,10 @@ class OpenAICompatibleProvider:
         """Does this provider's wire have an embeddings endpoint?"""
         return self._embeddings is not None
 
-    async def complete(self, call: UpstreamCall) -> Completion:
+    def complete(self, call: UpstreamCall) -> Coroutine[Any, Any, Completion]:
         """Send a non-streaming request and return the parsed answer (empty answers included:
-        the attempt loop judges those)."""
-        body, status = await self._whole(call, self._endpoint, self._head)
-        return Completion(body, usage_of(body), status)
+        the attempt loop judges those). `_whole`'s own coroutine: none around it (the hot path)."""
+        return self._whole(call, self._endpoint, self._head, usage_of)
 
     async def embed(self, call: UpstreamCall) -> Completion:
         """POST an embeddings request to {base_url}/embeddings: the same pool, deadlines and
@@ -108,11 +108,13 @@ class OpenAICompatibleProvider:
         Whether the answer holds every vector is the caller's to judge."""
         if self._embeddings is None:
             raise UpstreamRejected(400, f"{self.name} has no embeddings endpoint")
-        body, status = await self._whole(call, *self._embeddings)
-        return Completion(body, embedding_usage(body), status)
+        return await self._whole(call, *self._embeddings, embedding_usage)
 
-    async def _whole(self, call: UpstreamCall, endpoint: Endpoint, head: bytes) -> tuple[JSON, int]:
-        """A whole JSON answer and its status, or the UpstreamFailure/UpstreamRejected it is."""
+    async def _whole(
+        self, call: UpstreamCall, endpoint: Endpoint, head: bytes, usage: Callable[[JSON], Usage | None]
+    ) -> Completion:
+        """A whole JSON answer, its `usage` and its status, or the UpstreamFailure/UpstreamRejected
+        it is."""
         resp = await self._open(call, endpoint, head)
         try:
             if not 200 <= resp.status < 300:
@@ -131,7 +133,8 @@ class OpenAICompatibleProvider:
                 raise transport_failure(exc, "(reading the response body)", resp.status) from exc
         finally:
             resp.release()
-        return json_object(raw, "response body", resp.status), resp.status
+        body = json_object(raw, "response body", resp.status)
+        return Completion(body, usage(body), resp.status)
 
     def stream(self, call: UpstreamCall) -> AsyncGenerator[JSON, None]:
         """Send a streaming request and yield each SSE `data` payload parsed as a JSON object

@@ -20,7 +20,7 @@ from faregate.providers.base import UpstreamCall, one_per_read
 from faregate.providers.http import ConnectionPool
 from faregate.providers.http_framing import Endpoint, request_head
 from faregate.providers.openai_compat import OpenAICompatibleProvider
-from faregate.types import JSON, Completion
+from faregate.types import JSON, Completion, Usage
 from faregate.wire.responses_native import (
     NATIVE_REQUEST,
     chunks_of_events,
@@ -46,7 +46,8 @@ class OpenAIResponsesProvider(OpenAICompatibleProvider):
         if NATIVE_REQUEST not in call.body:
             return await super().complete(call)
         native = dataclasses.replace(call, body=native_body(call.body, stream=False))
-        body, status = await self._whole(native, *self._responses)
+        whole = await self._whole(native, *self._responses, _no_usage)
+        body, status = whole.body, whole.status
         if body.get("object") != "response":
             raise UpstreamFailure(
                 "bad_response", f"expected a Response, got object {body.get('object')!r}", status=status
@@ -73,3 +74,7 @@ class OpenAIResponsesProvider(OpenAICompatibleProvider):
                 yield chunk
         finally:
             await events.aclose()  # releases the connection however the consumer stops
+
+
+def _no_usage(body: JSON) -> Usage | None:
+    return None  # a Response's usage is read by response_to_completion
