@@ -577,3 +577,12 @@ async def test_the_keepalive_timer_is_armed_once_and_closes_an_idle_connection(s
     conn._idle_since = loop.time() - lean_http.KEEPALIVE_S - 1
     conn._idle_timeout()
     assert transport.closed
+
+
+async def test_shutdown_without_pre_shutdown_does_not_wait_for_idle_connections(server: LeanServer) -> None:
+    _, transport = connect(server)
+    send(transport, post("/echo", b"one"))
+    await settle(lambda: len(parse(transport.out)) == 1)
+    (worker,) = server.tasks
+    await asyncio.wait_for(server.shutdown(60), 5)  # the idle connection's task ends at once
+    assert worker.done() and transport.closed

@@ -57,6 +57,8 @@ class LeanServer(web.Server):
             conn.close_when_idle()
 
     async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109  # aiohttp's signature
+        for conn in list(self.lean):
+            conn.close_when_idle()  # (again, if pre_shutdown ran): an idle connection's task ends now
         await asyncio.gather(self.fallback.shutdown(timeout), self._drain(list(self.tasks), timeout))
         for conn in list(self.lean):
             if conn.transport is not None:
