@@ -28,7 +28,7 @@ from faregate.providers.base import UpstreamCall
 from faregate.providers.registry import ProviderRegistry
 from faregate.routing.attempts import AttemptRunner
 from faregate.routing.health import HealthBoard
-from faregate.routing.plan import Planner
+from faregate.routing.plan import Plan, Planner
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.wire_routes import add_wire_routes
 from faregate.types import JSON, ChatRequest, Completion, Price, RequestRecord, Usage
@@ -247,6 +247,16 @@ async def harness() -> AsyncIterator[Harness]:
     # The cache stage: its decision always (a bypass is not looked up: nothing to wait for).
     cache.decide = spy_sync(events, "cache lookup", cache.decide)  # type: ignore[method-assign]
     planner.plan = spy(events, "plan", planner.plan)  # type: ignore[method-assign]
+    # The usual request's plan (`plan_now`) is the same stage: "plan" when it gives one.
+    plan_now = planner.plan_now
+
+    def spied_plan_now(request: ChatRequest) -> Plan | None:
+        plan = plan_now(request)
+        if plan is not None:
+            events.append("plan")
+        return plan
+
+    planner.plan_now = spied_plan_now  # type: ignore[method-assign]
     app = web.Application()
     app.router.add_post("/v1/chat/completions", pipeline.handle)
     add_wire_routes(app, pipeline)  # /v1/messages and /v1/responses (tests/test_client_wires.py)

@@ -125,3 +125,53 @@ async def test_fits_now_says_what_fits_says_or_defers_to_it(
         assert now == Rejections()
     else:
         assert quick == full and now == later
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "deepseek-v4-flash"},
+        {"model": "deepseek-ai/DeepSeek-V4-Flash", "max_tokens": 100},
+        {"model": "glm-4.5v", "messages": IMAGE},
+        {"model": "qwen3-8b", "stream": True},
+    ],
+)
+async def test_plan_now_is_plan_for_the_usual_request(planner: Planner, body: dict) -> None:
+    chat = request(body)
+    quick, full = planner.plan_now(chat), await planner.plan(chat)
+    assert quick is not None
+    assert quick.route == full.route and quick.candidates == full.candidates
+    assert quick.hints == full.hints and quick.trace == full.trace and not quick.stages
+    assert quick.prompt is not None and full.prompt is not None
+    assert quick.prompt.upper_bound == full.prompt.upper_bound
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"models": ["qwen3-8b", "deepseek-v4-flash"]},  # a list: the general plan
+        {"model": "deepseek-v4-flash", "faregate": {"tier": "economy"}},  # hints
+        {"model": "deepseek-v4-flash", "messages": IMAGE},  # cannot serve it: `plan` says why
+        {"model": "deepseek-v4-flash", "messages": [{"role": "user", "content": "x" * 600_000}]},
+    ],
+)
+async def test_plan_now_leaves_the_rest_to_plan(planner: Planner, body: dict) -> None:
+    assert planner.plan_now(request(body)) is None
+
+
+async def test_plan_now_raises_what_plan_raises_for_an_unknown_model(planner: Planner) -> None:
+    with pytest.raises(ModelNotFound) as now:
+        planner.plan_now(request({"model": "deepseek-v4-flsh"}))
+    with pytest.raises(ModelNotFound) as later:
+        await planner.plan(request({"model": "deepseek-v4-flsh"}))
+    assert now.value.message == later.value.message
+
+
+async def test_plan_now_leaves_a_route_to_plan() -> None:
+    settings = with_simulator(load_settings(), SIM)
+    routes = {"cheap": {"chain": ["deepseek-v4-flash"]}}
+    routed = Planner(build_catalog(settings), parse_settings({"routes": routes}).routes)
+    assert routed.plan_now(request({"model": "cheap"})) is None
+    assert [c.model.name for c in (await routed.plan(request({"model": "cheap"}))).candidates] == [
+        "deepseek-ai/DeepSeek-V4-Flash"
+    ]

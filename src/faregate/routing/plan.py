@@ -159,6 +159,27 @@ class Planner:
         resolved = [name if name in self.routes else self.resolve(name).name for name in names]
         return resolved[0] if len(resolved) == 1 else "list:" + ",".join(resolved)
 
+    def plan_now(self, request: ChatRequest) -> Plan | None:
+        """`plan` of the usual request, without a wait and without the general machinery: one
+        model named (no route, no `models` list, no hints), that fits by the prompt's upper bound
+        and has a usable offer. None: `plan` it (which also raises the error of a request that
+        cannot be served). tests/test_plan.py holds the two to the same plan."""
+        if request.hints or "models" in request.body:
+            return None
+        name = request.model
+        if name in self.routes:
+            return None
+        model = self.chat_model(name)  # the same 404 or 400 as `plan`
+        prompt = PromptSize.of(request.body)
+        rejected = Rejections()  # thrown away: `plan` records the reasons again when it refuses
+        if not fits_now(model, request, prompt, None, rejected):
+            return None
+        offers = self._order_offers(model, rejected, False, None, request.premium, request.key_id)
+        if not offers:
+            return None
+        retries = self.routing.retries
+        return Plan(name, [Candidate(model, offer, retries) for offer in offers], prompt)
+
     async def plan(self, request: ChatRequest) -> Plan:
         hints = parse_hints(request.hints)
         prompt = PromptSize.of(request.body)

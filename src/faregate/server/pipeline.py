@@ -151,7 +151,7 @@ class ChatPipeline:
                 await self.verify_hit_later(exchange, cached, response)
                 return response
             request = exchange.request
-            plan = await self.planner.plan(request)
+            plan = self.planner.plan_now(request) or await self.planner.plan(request)
             exchange.planned(plan)
             if self.metered:
                 await self.reserve(exchange)
