@@ -31,6 +31,23 @@ class Rejections:
     breaker: list[str] = field(default_factory=list)
 
 
+def _room(model: Model, request: ChatRequest, rejected: Rejections) -> tuple[int, int | None] | None:
+    """The room `model` leaves for the prompt and the output allowance asked; None when the model
+    cannot serve the request whatever its prompt (the reason goes into `rejected`)."""
+    missing = model.missing_modalities(request.required_modalities)
+    if missing:
+        rejected.modality.append(f"model '{model.name}' does not accept {' or '.join(missing)} input")
+        return None
+    out = request.max_tokens
+    if out is not None and model.max_output_tokens:
+        out = min(out, model.max_output_tokens)
+    room = model.context_window - (out or 1)
+    if room <= 0:
+        rejected.context.append(f"{model.name} ({model.context_window:,} tokens)")
+        return None
+    return room, out
+
+
 def fits_now(
     model: Model,
     request: ChatRequest,
@@ -40,18 +57,10 @@ def fits_now(
 ) -> bool | None:
     """`fits` when the prompt's upper bound settles it, without an exact count to wait for (the
     usual request); None: ask `fits` (nothing was added to `rejected`)."""
-    missing = model.missing_modalities(request.required_modalities)
-    if missing:
-        rejected.modality.append(f"model '{model.name}' does not accept {' or '.join(missing)} input")
+    fit = _room(model, request, rejected)
+    if fit is None:
         return False
-    out = request.max_tokens
-    if out is not None and model.max_output_tokens:
-        out = min(out, model.max_output_tokens)
-    room = model.context_window - (out or 1)
-    if room <= 0:
-        rejected.context.append(f"{model.name} ({model.context_window:,} tokens)")
-        return False
-    if prompt.upper_bound > room or cap is not None:
+    if prompt.upper_bound > fit[0] or cap is not None:
         return None  # may take the exact count
     return True
 
@@ -64,15 +73,11 @@ async def fits(
     rejected: Rejections,
 ) -> bool:
     """Can `model` serve the request? If not, the reason goes into `rejected`."""
-    missing = model.missing_modalities(request.required_modalities)
-    if missing:
-        rejected.modality.append(f"model '{model.name}' does not accept {' or '.join(missing)} input")
+    fit = _room(model, request, rejected)
+    if fit is None:
         return False
-    out = request.max_tokens
-    if out is not None and model.max_output_tokens:
-        out = min(out, model.max_output_tokens)
-    room = model.context_window - (out or 1)
-    if room <= 0 or not await prompt.at_most(room):
+    room, out = fit
+    if not await prompt.at_most(room):
         rejected.context.append(f"{model.name} ({model.context_window:,} tokens)")
         return False
     if cap is not None:
