@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from harness import SimProcess, create_key, run_gateway
+from raw_http import Responses
 
 pytestmark = pytest.mark.e2e
 
@@ -44,30 +45,10 @@ def gateways(
         yield ports
 
 
-class _Answers:
-    def __init__(self) -> None:
-        self.done: list[dict[str, Any]] = []
-        self._headers: dict[str, str] = {}
-        self._body = b""
-        self.parser = httptools.HttpResponseParser(self)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.decode().lower()] = value.decode()
-
-    def on_body(self, body: bytes) -> None:
-        self._body += body
-
-    def on_message_complete(self) -> None:
-        self.done.append(
-            {"status": self.parser.get_status_code(), "headers": self._headers, "body": self._body}
-        )
-        self._headers, self._body = {}, b""
-
-
-def exchange(port: int, data: bytes) -> tuple[list[dict[str, Any]], bool]:
+def exchange(port: int, data: bytes) -> tuple[list[tuple[int, dict[str, str], bytes]], bool]:
     """Send `data`, read until the server closes or is quiet for 2 s: the answers, and whether it
     closed the connection."""
-    answers = _Answers()
+    answers = Responses()
     closed = False
     with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
         sock.sendall(data)
@@ -87,20 +68,19 @@ def exchange(port: int, data: bytes) -> tuple[list[dict[str, Any]], bool]:
     return answers.done, closed
 
 
-def seen(answers: list[dict[str, Any]], closed: bool) -> dict[str, Any]:
+def seen(answers: list[tuple[int, dict[str, str], bytes]], closed: bool) -> dict[str, Any]:
     """What a client sees of an exchange, minus what differs by content (ids, dates, costs)."""
     shown = []
-    for answer in answers:
-        headers = answer["headers"]
+    for index, (status, headers, body) in enumerate(answers):
         kind = headers.get("content-type", "").split(";")[0]
         error = None
-        if kind == "application/json" and answer["status"] >= 400:
-            error = orjson.loads(answer["body"])["error"]["type"]
+        if kind == "application/json" and status >= 400:
+            error = orjson.loads(body)["error"]["type"]
         names = set(headers) - PER_ANSWER
-        if closed and answer is answers[-1] and headers.get("connection") == "close":
+        if closed and index == len(answers) - 1 and headers.get("connection") == "close":
             # aiohttp's error answers close without saying so; the lean server says it: the same.
             names.discard("connection")
-        shown.append({"status": answer["status"], "headers": sorted(names), "type": kind, "error": error})
+        shown.append({"status": status, "headers": sorted(names), "type": kind, "error": error})
     return {"answers": shown, "closed": closed}
 
 

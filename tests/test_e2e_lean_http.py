@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httptools
 import openai
 import orjson
 import pytest
 
 from harness import GatewayProcess, SimProcess, create_key, run_gateway
+from raw_http import Responses
 
 pytestmark = pytest.mark.e2e
 
@@ -41,26 +41,6 @@ def record(gateway: GatewayProcess, request_id: str, wait: float = 10.0) -> sqli
             return row
         assert time.monotonic() < deadline, f"no record for {request_id}"
         time.sleep(0.05)
-
-
-class Responses:
-    """Parses the HTTP responses read from a raw socket."""
-
-    def __init__(self) -> None:
-        self.done: list[tuple[int, dict[str, str], bytes]] = []
-        self._headers: dict[str, str] = {}
-        self._body = b""
-        self.parser = httptools.HttpResponseParser(self)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.decode().lower()] = value.decode()
-
-    def on_body(self, body: bytes) -> None:
-        self._body += body
-
-    def on_message_complete(self) -> None:
-        self.done.append((self.parser.get_status_code(), self._headers, self._body))
-        self._headers, self._body = {}, b""
 
 
 def exchange(port: int, data: bytes, count: int) -> tuple[list[Any], bytes]:
