@@ -6,7 +6,6 @@ Messages-only fields dropped for upstreams that cannot carry them."""
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 from typing import Any
 
@@ -266,12 +265,7 @@ async def test_a_cache_hit_and_a_judged_cascade_step_are_replayed_as_messages_st
 ) -> None:
     ask = {"model": "cheap", "temperature": 0, **MESSAGE}
     await harness.post(ask, path="/v1/messages")
-    cache = harness.pipeline.cache
-    assert cache is not None
-    for _ in range(500):  # the answer is stored in the background: up to 5 s
-        if cache.writes:
-            break
-        await asyncio.sleep(0.01)
+    await harness.cached()
     status, headers, raw = await harness.post({**ask, "stream": True}, path="/v1/messages")
     assert status == 200 and headers["x-faregate-cache"] == "hit"
     sent = events(raw)

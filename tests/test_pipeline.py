@@ -215,6 +215,15 @@ class Harness:
         assert len(self.records) == before + 1, "exactly one record per request"
         return response.status, dict(response.headers), raw
 
+    async def cached(self) -> None:
+        """Wait until the cache has stored an answer (it is stored in the background: up to 5 s)."""
+        cache = self.pipeline.cache
+        assert cache is not None
+        for _ in range(500):
+            if cache.writes:
+                return
+            await asyncio.sleep(0.01)
+
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
@@ -323,12 +332,7 @@ async def test_a_request_without_a_hold_waits_for_room_too(harness: Harness) -> 
     settle), and a backlogged writer holds it all the same."""
     ask = {"model": "cheap", "temperature": 0, **ASK}
     assert (await harness.post(ask))[0] == 200
-    cache = harness.pipeline.cache
-    assert cache is not None
-    for _ in range(500):  # the answer is stored in the background: up to 5 s
-        if cache.writes:
-            break
-        await asyncio.sleep(0.01)
+    await harness.cached()
     harness.events.clear()
     harness.pipeline.records.backlogged = True  # type: ignore[attr-defined]
     status, headers, _ = await harness.post(ask)
@@ -437,12 +441,7 @@ async def test_a_cache_hit_takes_a_request_from_the_rate_limit_and_nothing_else(
     ask = {"model": "cheap", "temperature": 0, **ASK}
     status, headers, _ = await harness.post(ask)
     assert status == 200 and headers["x-faregate-cache"] == "miss"
-    cache = harness.pipeline.cache
-    assert cache is not None
-    for _ in range(500):  # the answer is stored in the background: up to 5 s
-        if cache.writes:
-            break
-        await asyncio.sleep(0.01)
+    await harness.cached()
     status, headers, raw = await harness.post(ask)
     assert status == 200 and headers["x-faregate-cache"] == "hit"
     assert harness.events == ["authenticate", "cache lookup", "rate limit", "record"]
