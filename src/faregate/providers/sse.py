@@ -122,9 +122,7 @@ class SSEDecoder:
                         return out
                 if not self._data:
                     continue
-                payload = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
-                self._data = []
-                self._data_size = 0
+                payload = self._event()
             if payload == DONE or (len(payload) < 16 and payload.strip() == DONE):
                 self.done = True
                 self._pending = []
@@ -144,6 +142,13 @@ class SSEDecoder:
             raise SSEProtocolError(f"event stream event larger than {self.max_bytes} bytes")
         return out
 
+    def _event(self) -> bytes:
+        """The data lines gathered so far as one event's payload; the next event starts empty."""
+        payload = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+        self._data = []
+        self._data_size = 0
+        return payload
+
     def _line(self, line: bytes, out: list[bytes]) -> None:
         """One line (its ending removed), as the loop of `feed` reads it."""
         if line.startswith(b"data:"):
@@ -152,9 +157,7 @@ class SSEDecoder:
             self._data_size += len(value) + 1
         elif not line:
             if self._data:
-                payload = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
-                self._data = []
-                self._data_size = 0
+                payload = self._event()
                 if payload == DONE or (len(payload) < 16 and payload.strip() == DONE):
                     self.done = True
                     self._pending = []
