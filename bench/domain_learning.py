@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from decimal import Decimal
 
 import numpy as np
 import orjson
@@ -33,10 +34,17 @@ from faregate.quality.live import RouteCalibration
 DIM = 384
 
 
-def route(learn: bool, examples: int, rng: np.random.Generator) -> RouteCalibration:
-    settings = QualitySettings(
-        verification=VerificationSettings(share=0.05), learn_domains=learn, domain_examples=examples
+def route(
+    learn: bool, examples: int, rng: np.random.Generator, cap: Decimal | None = None
+) -> RouteCalibration:
+    """A router route's calibration; with `learn`, `examples` random examples and a frozen
+    snapshot as large in force. `cap`: the daily verification cap (the default's otherwise)."""
+    verification = (
+        VerificationSettings(share=0.05)
+        if cap is None
+        else VerificationSettings(share=0.05, daily_usd_cap=cap)
     )
+    settings = QualitySettings(verification=verification, learn_domains=learn, domain_examples=examples)
     calibration = RouteCalibration("bench", "router", settings)
     if learn:
         state = calibration.state.switch

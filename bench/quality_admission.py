@@ -25,33 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from faregate.learning.online.ranking_switch import RankingSwitch
-from faregate.learning.online.settings import QualitySettings, VerificationSettings
-from faregate.quality.live import RouteCalibration
+from domain_learning import route
 from faregate.quality.service import QualityService
 from faregate.quality.spend import Holds
 from faregate.quality.state import today
 from faregate.store.sqlite.analytics import SQLiteAnalytics
 from faregate.store.sqlite.store import SQLiteStore
 from faregate.store.sqlite.verifications import SQLiteVerifications
-
-DIM = 384
-
-
-def route(examples: int) -> RouteCalibration:
-    settings = QualitySettings(
-        verification=VerificationSettings(share=0.05, daily_usd_cap=Decimal(1000)),
-        learn_domains=True,
-        domain_examples=examples,
-    )
-    calibration = RouteCalibration("bench", "router", settings)
-    rng = np.random.default_rng(0)
-    state = calibration.state.switch
-    for _ in range(examples):
-        vector = rng.standard_normal(DIM).astype(np.float32)
-        state.evidence.add(vector / np.linalg.norm(vector), int(rng.integers(-1, 2)), 20.0)
-    RankingSwitch().switch(state)  # a frozen snapshot as large, in force
-    return calibration
 
 
 def spread(values: list[float]) -> str:
@@ -65,7 +45,7 @@ async def run(examples: int, admissions: int) -> None:
         store = await SQLiteStore.open(Path(tmp))
         reads = await SQLiteAnalytics.open(store.path)
         try:
-            calibration = route(examples)
+            calibration = route(True, examples, np.random.default_rng(0), cap=Decimal(1000))
             quality = QualityService([calibration], SQLiteVerifications(reads.connection))
             await quality.save("bench")
             stored = await quality.store.load_state("route:bench")
