@@ -35,19 +35,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
-from email.utils import formatdate
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
-from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from faregate.errors import InternalError
 from faregate.server.client_wires import CHAT
 from faregate.server.http_seam import HttpRequest, Reply, Whole
+from faregate.server.lean_head import response_head
 from faregate.server.lean_request import LeanRequest
 
 if TYPE_CHECKING:
@@ -66,29 +63,6 @@ HIGH_WATER: Final = 1 << 20
 # llhttp does not bound a head: one still incomplete past this many bytes goes to aiohttp, whose
 # line and field limits answer it (400), instead of growing here without end.
 MAX_HEAD_BYTES: Final = 64 * 1024
-
-_REASONS: Final = {status.value: status.phrase for status in HTTPStatus}
-# aiohttp's Server header, so that a lean answer carries the same headers as one of aiohttp's.
-_SERVER: Final = f"Server: {SERVER_SOFTWARE}\r\n"
-
-
-def _reason(status: int) -> str:
-    return _REASONS.get(status, "")  # 499, 529: aiohttp sends no phrase either
-
-
-class _Dates:
-    """The Date header's value, formatted once a second."""
-
-    second = 0
-    value = ""
-
-    @classmethod
-    def now(cls) -> str:
-        second = int(time.time())
-        if second != cls.second:
-            cls.second = second
-            cls.value = formatdate(second, usegmt=True)
-        return cls.value
 
 
 class _HandOff(Exception):
@@ -423,27 +397,10 @@ class LeanConnection(asyncio.Protocol):
         length: int | None,
         chunked: bool,
     ) -> bytes:
-        lines = [f"HTTP/{request.version} {status} {_reason(status)}\r\n"]
-        for name, value in headers.items():
-            if "\n" in value or "\r" in value:
-                # A header value must never end the head early (aiohttp refuses these too).
-                raise ValueError(f"the response header {name} holds a newline or carriage return")
-            lines.append(f"{name}: {value}\r\n")
-        lines.append(f"Content-Type: {content_type}\r\n")
-        if length is not None:
-            lines.append(f"Content-Length: {length}\r\n")
-        elif chunked:
-            lines.append("Transfer-Encoding: chunked\r\n")
-        lines.append(f"Date: {_Dates.now()}\r\n")
-        lines.append(_SERVER)
-        if not request.keep_alive or self._closing:
+        close = not request.keep_alive or self._closing
+        if close:
             request.keep_alive = False
-            if request.version == "1.1":
-                lines.append("Connection: close\r\n")
-        elif request.version == "1.0":
-            lines.append("Connection: keep-alive\r\n")
-        lines.append("\r\n")
-        return "".join(lines).encode("utf-8")
+        return response_head(request.version, status, headers, content_type, length, chunked, close)
 
     def write(self, data: bytes) -> None:
         transport = self.transport
