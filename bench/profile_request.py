@@ -337,6 +337,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             req_per_s=load["rps"],
             wrk_errors=load["errors"],
             cpu_ms_per_request=(cpu1.user + cpu1.system - cpu0.user - cpu0.system) * 1000 / max(requests, 1),
+            system_ms_per_request=(cpu1.system - cpu0.system) * 1000 / max(requests, 1),
             direct_req_per_s=direct["rps"] if direct else None,
         )  # fmt: skip
         if args.mode == "callgrind":
@@ -407,6 +408,7 @@ def report(result: dict[str, Any]) -> str:
         ("streaming (40 tokens), per request = per stream; " if result.get("stream") else "")
         + f"mode {result['mode']}: {result['requests']:,} requests, {result['req_per_s']:.0f} req/s, "
         f"gateway CPU {result['cpu_ms_per_request']:.3f} ms/request"
+        f" ({result['system_ms_per_request']:.3f} in the kernel)"
         + (f", direct simulator {result['direct_req_per_s']:.0f} req/s"
            if result.get("direct_req_per_s") else "")
         + f" (load {result['load_at_start']:.2f} -> {result['load_at_end']:.2f},"

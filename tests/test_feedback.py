@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from faregate.server.feedback import parse_score
+from faregate.server.feedback import REQUEST_ID, parse_score
 from harness import MASTER_KEY, GatewayProcess, create_key
 
 pytestmark = pytest.mark.e2e
@@ -72,6 +72,20 @@ def test_another_key_is_refused_exactly_like_an_unknown_id(gateway: GatewayProce
         "message": unknown.json()["error"]["message"].replace(unknown_id, request_id),
     }
     assert feedback(gateway, MASTER_KEY, {"request_id": request_id, "score": "down"}).status_code == 401
+
+
+def test_ids_of_both_formats_are_looked_up(gateway: GatewayProcess, api_key: str) -> None:
+    """Ids are "req_" + 32 hex digits now, 24 before they began with the time: records of the old
+    format can still be given feedback (an id of neither format is refused without a look-up, with
+    the same 404)."""
+    request_id = ask(gateway, api_key)
+    assert len(request_id) == 36
+    assert feedback(gateway, api_key, {"request_id": request_id, "score": "up"}).status_code == 200
+    assert REQUEST_ID.fullmatch("req_" + "a" * 24) and REQUEST_ID.fullmatch(request_id)
+    assert not REQUEST_ID.fullmatch("req_" + "a" * 28)
+    for unknown in ("req_" + "0" * 24, "req_" + "0" * 32, "req_" + "0" * 28):
+        response = feedback(gateway, api_key, {"request_id": unknown, "score": "up"})
+        assert response.status_code == 404 and response.json()["error"]["code"] == "request_not_found"
 
 
 def test_unknown_request_and_bad_bodies(gateway: GatewayProcess, api_key: str) -> None:

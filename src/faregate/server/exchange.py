@@ -34,13 +34,18 @@ from faregate.types import JSON, Attempt, ChatRequest, Price, RequestRecord, Usa
 if TYPE_CHECKING:
     from faregate.quality.verifier import CacheJob, Job
 
-# 96 random bits: a request id names a record that feedback may be sent for, so it must not be
-# guessable from another one (a counter was). "req_" + 24 hex digits, as before.
-REQUEST_ID_BYTES = 12
+# "req_" + 12 hex digits of the time in ms + 20 random hex digits. The random 80 bits: a request
+# id names a record that feedback may be sent for, so it must not be guessable from another one (a
+# counter was), and two requests of one millisecond on any instance must never share one (a
+# duplicate id would be a lost record). The time first: the records' unique index on request_id
+# then grows at its end, as the table does, instead of at a random leaf per record (random ids
+# made the writer read and write a page of that index per record once it outgrew SQLite's page
+# cache: bench/README.md, "Request ids in time order").
+REQUEST_ID_RANDOM_BYTES = 10
 
 
 def new_request_id() -> str:
-    return "req_" + random_hex(REQUEST_ID_BYTES)
+    return f"req_{time.time_ns() // 1_000_000:012x}{random_hex(REQUEST_ID_RANDOM_BYTES)}"
 
 
 def money(value: Decimal) -> str:

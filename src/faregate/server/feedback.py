@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from faregate.server.app import Gateway
 
 MAX_BODY_BYTES = 64 * 1024
-# What server.exchange.new_request_id gives out: "req_" and 24 hex digits.
-REQUEST_ID = re.compile(r"req_[0-9a-f]{24}")
+# What server.exchange.new_request_id gives out: "req_" and 32 hex digits (24 before the ids
+# began with the time: records of those requests may still be given feedback).
+REQUEST_ID = re.compile(r"req_(?:[0-9a-f]{32}|[0-9a-f]{24})")
 MAX_COMMENT_CHARS = 4000
 # How long to look for a record another instance has yet to flush, beyond two flush intervals.
 OTHER_INSTANCE_GRACE_S = 0.5
