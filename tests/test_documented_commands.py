@@ -215,6 +215,11 @@ QUICK: dict[str, Quick] = {
         where="checkout",
         expect="gateway CPU",
     ),
+    "python bench/record_writer.py": Quick(
+        run="python bench/record_writer.py --records 2048",
+        where="checkout",
+        expect="| time first | no |",
+    ),
     "python bench/profile_request.py --accounts": Quick(
         run="python bench/profile_request.py --accounts --duration 1 --warmup 1 --out {scratch}/metered.json",
         where="checkout",
