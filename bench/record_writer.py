@@ -5,8 +5,8 @@ without the index of created_at alone that migration 18 dropped.
 Each case opens a fresh SQLite store (every migration), writes `--records` records in batches of
 the writer's size (512, one transaction each) as telemetry/records.py does, and reports the
 process's CPU per record (user + system: the event loop's thread and aiosqlite's), the kernel's
-share, and the read and write system calls per record (/proc/self/io). A record is the bench's
-usual one: one attempt that answered, costs in Decimal.
+share, and the read and write system calls per record (/proc/self/io). The records are
+store_cost.py's (1 in 20 with a fallback), named as the case says.
 
 Random ids put each record's entry of the unique request_id index at a random leaf: once that index
 outgrows SQLite's page cache (2 MB by default), a record reads a page of it and the transaction
@@ -21,44 +21,23 @@ import argparse
 import asyncio
 import os
 import tempfile
-import time
-from decimal import Decimal
 from pathlib import Path
 
 from faregate.server.exchange import new_request_id
 from faregate.server.random_ids import random_hex
 from faregate.store.sqlite.store import SQLiteStore
-from faregate.types import Attempt, RequestRecord
+from store_cost import request_records
 
-COST = Decimal("0.0000102")
-ATTEMPT = Attempt(
-    "gpt-4o-mini", "sim", "ok", 0.4, status=200, prompt_tokens=12, completion_tokens=14, cost=COST
-)
 CREATED_AT_INDEX = "CREATE INDEX request_records_created_at ON request_records (created_at)"
 
 
-def old_request_id() -> str:
+def old_request_id(_: int) -> str:
     """The format before the time came first: "req_" + 24 random hex digits."""
     return "req_" + random_hex(12)
 
 
-def record(request_id: str) -> RequestRecord:
-    return RequestRecord(
-        request_id=request_id,
-        created_at=time.time(),
-        key_id="key_0123456789ab",
-        model_requested="gpt-4o-mini",
-        model_used="gpt-4o-mini",
-        provider="sim",
-        status=200,
-        stream=False,
-        prompt_tokens=12,
-        completion_tokens=14,
-        cost_usd=COST,
-        latency_ms=0.42,
-        attempts=[ATTEMPT],
-        baseline_cost_usd=COST,
-    )
+def time_first_id(_: int) -> str:
+    return new_request_id()
 
 
 def io_calls() -> tuple[int, int]:
@@ -67,13 +46,13 @@ def io_calls() -> tuple[int, int]:
 
 
 async def one_case(time_ordered: bool, created_at_index: bool, records: int, batch: int) -> dict[str, float]:
-    make_id = new_request_id if time_ordered else old_request_id
+    make_id = time_first_id if time_ordered else old_request_id
     work = Path(tempfile.mkdtemp(prefix="faregate-record-writer-"))
     store = await SQLiteStore.open(work)
     try:
         if created_at_index:
             await store._conn.execute(CREATED_AT_INDEX)
-        batches = [[record(make_id()) for _ in range(batch)] for _ in range(records // batch)]
+        batches = [request_records(batch, make_id) for _ in range(records // batch)]
         times0, (reads0, writes0) = os.times(), io_calls()
         for chunk in batches:
             await store.insert_records(chunk)

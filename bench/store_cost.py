@@ -19,6 +19,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,13 @@ async def rollup_us(records: int) -> float:
     return cpu / records * 1e6
 
 
-def request_records(n: int) -> list[Any]:
+def sequential_id(i: int) -> str:
+    return f"req_{i:024x}"
+
+
+def request_records(n: int, request_id: Callable[[int], str] = sequential_id) -> list[Any]:
+    """`n` records, 1 in 20 with a fallback; `request_id(i)` names the i-th (record_writer.py
+    passes the gateway's own ids)."""
     from faregate.types import Attempt, RequestRecord
 
     out = []
@@ -69,7 +76,7 @@ def request_records(n: int) -> list[Any]:
             attempts.insert(0, Attempt("m", "q", "timeout", 5.0))
         out.append(
             RequestRecord(
-                request_id=f"req_{i:024x}",
+                request_id=request_id(i),
                 created_at=time.time(),
                 key_id="key_1",
                 model_requested="m",
