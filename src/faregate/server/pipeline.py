@@ -191,9 +191,6 @@ class ChatPipeline:
         """`authenticate` when the key cache knows the key (no wait); None: ask `authenticate`."""
         return self.keys.known(_presented_key(http_request))
 
-    async def read_request(self, exchange: Exchange) -> None:
-        self.read_parsed(exchange, await self.read_body(exchange.http))
-
     def read_parsed(self, exchange: Exchange, body: JSON) -> None:
         """The parse stage of a body read and checked (`read_body`)."""
         exchange.asked_for(body)

@@ -95,7 +95,12 @@ async def settle(
     attempts the provider billed."""
     if usage is None:
         usage = await estimate_usage(request, text, deltas)
-    return Settled(usage, candidate.offer.price.cost(usage) + billed_cost(attempts))
+    return Settled(usage, served_cost(candidate, usage, attempts))
+
+
+def served_cost(candidate: Candidate, usage: Usage, attempts: list[Attempt]) -> Decimal:
+    """The served attempt's cost at its offer's price, plus the failed attempts the provider billed."""
+    return candidate.offer.price.cost(usage) + billed_cost(attempts)
 
 
 class Responder:
@@ -133,10 +138,9 @@ class Responder:
         return Whole(200, exchange.wire.answer(body, exchange.asked), exchange.headers)
 
     def _priced(self, exchange: Exchange, served: Served, usage: Usage) -> JSON:
-        """A whole answer's body with its cost (`settle`'s sum), written into the exchange; the
-        cache may keep it."""
+        """A whole answer's body with its cost, written into the exchange; the cache may keep it."""
         candidate, body = served.candidate, served.completion.body
-        cost = candidate.offer.price.cost(usage) + billed_cost(served.attempts)
+        cost = served_cost(candidate, usage, served.attempts)
         price_answer(body, candidate.model.name, usage, cost)
         exchange.settled(candidate, usage, cost)
         self._remember(exchange, candidate, body, usage)
