@@ -125,13 +125,15 @@ class LeanRequest:
             raise PayloadTooLarge(
                 f"Request body is larger than the limit of {conn.server.max_body_bytes} bytes."
             )
-        body = self._body
-        return body[0] if len(body) == 1 else b"".join(body)
+        return self._joined()
 
     def body_if_whole(self) -> bytes | None:
         if not self._complete or self._too_large or self.broken is not None:
             return None
         self._continue = False  # all of it came: nothing to continue
+        return self._joined()
+
+    def _joined(self) -> bytes:
         body = self._body
         return body[0] if len(body) == 1 else b"".join(body)
 
