@@ -328,3 +328,33 @@ async def test_a_settlement_the_store_refused_is_made_before_the_next_admission_
     await holds.settle(capped, second, day, Decimal("0.1"))
     await holds.settle(capped, second, day, Decimal("0.1"))
     assert await stored(table) == (Decimal("0.3"), {})
+
+
+async def test_an_admission_waiting_on_a_settlement_the_store_refused_makes_it_again() -> None:
+    """An admission already waiting when a settlement fails must not wait on that hold forever:
+    with every verification slot so waiting, no new admission would ever come to make it."""
+    from faregate.store.protocols import StoreUnavailable
+    from test_quality_live import FakeStore
+
+    class Flaky(FakeStore):
+        down = False
+
+        async def settle_hold(self, scope: str, hold_id: str, day: str, cost: Decimal) -> Decimal:
+            if self.down:
+                raise StoreUnavailable("database is locked")
+            return await super().settle_hold(scope, hold_id, day, cost)
+
+    table = Flaky()
+    capped, day = route("1.0"), today()
+    _, holds = service(table, capped, Leases("a", {"a"}))
+    first = await holds.admit(capped, day, Decimal("0.6"))
+    assert first is not None
+    waiting = asyncio.create_task(holds.admit(capped, day, Decimal("0.6")))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    table.down = True
+    await holds.settle(capped, first, day, Decimal("0.2"))  # logged, kept for later
+    table.down = False  # the store is back: the waiting admission settles it and fits
+    second = await asyncio.wait_for(waiting, 3 * spend.WAIT_S)
+    assert second is not None
+    assert await stored(table) == (Decimal("0.2"), {second: ["a", "0.6"]})

@@ -28,7 +28,8 @@ is usually far below their worst case) rather than pausing the day. One that can
 marks the ledger's day full and pauses the calibration for the day (the one admission that writes
 the calibration row; verifications in flight then settle on top of the full mark). A settlement
 adds its cost only if its hold was still there, so one made twice counts once; one the store
-refused (unavailable) is made again before this process's next admission. A hold belongs to its
+refused (unavailable) is made again before this process's next admission, and on every look of
+the admissions waiting (the hold refused may be the one they wait on). A hold belongs to its
 instance's lease (quality/leases.py; the lease budget holds already have,
 `accounts.instance_lease_s`): holds of an instance whose lease lapsed (it crashed
 mid-verification) no longer count and are dropped by the next admission (once older than a lease:
@@ -129,11 +130,13 @@ class Holds:
         """Hold `amount` against the day's cap beside every live instance's holds: the hold's id,
         held until `settle`; None: the cap cannot (the scope is paused for the day). While it would
         fit alone but not beside the others' holds, wait for them to settle (another instance's
-        settlement is seen in the store: looked for every WAIT_S)."""
+        settlement is seen in the store: looked for every WAIT_S; this process's settlements the
+        store refused are made again on every look)."""
         hold_id = new_hold_id()
         store, scope = self.service.store, self.service.scope(capped.route)
-        await self._settle_again()
         while True:
+            # Each pass: a settlement refused while this one waited may be the hold it waits on.
+            await self._settle_again()
             leases = self.service.leases
             alive = frozenset(await leases.alive())
             # Read after the leases: a hold made since (by an instance started since) is younger.
