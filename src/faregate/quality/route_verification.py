@@ -31,6 +31,13 @@ from faregate.usage_estimate import estimate_usage
 log = logging.getLogger("faregate.quality")
 
 
+@dataclass(slots=True)
+class Billed:
+    """What a verification's calls were billed so far (USD): its hold is settled with it."""
+
+    usd: Decimal = Decimal(0)
+
+
 @dataclass(slots=True, frozen=True)
 class Job:
     decision: Decision
@@ -81,7 +88,7 @@ class RouteVerification:
             question = known.prompt_tokens if shadow is None else shadow.tokens
             worst += judge_worst(self.calls.planner, judge, question + known.completion_tokens)
         if not worst:
-            await self._verify(job, shadow, day, began)
+            await self._verify(job, shadow, day, began, Billed())
             return
         hold = await self.holds.admit(calibration, day, worst)
         if hold is None:
@@ -93,16 +100,20 @@ class RouteVerification:
                 worst,
             )
             return
-        cost = Decimal(0)
+        billed = Billed()
         try:
-            cost = await self._verify(job, shadow, day, began)
+            await self._verify(job, shadow, day, began, billed)
         finally:
-            await self.holds.settle(calibration, hold, day, cost)
+            # With what was billed so far, also when the verification failed or was cancelled
+            # after a call was made (the state's save refused, a shutdown): the money was spent.
+            await self.holds.settle(calibration, hold, day, billed.usd)
 
-    async def _verify(self, job: Job, shadow: ShadowCall | None, day: str, began: float) -> Decimal:
+    async def _verify(
+        self, job: Job, shadow: ShadowCall | None, day: str, began: float, billed: Billed
+    ) -> Decimal:
         """The admitted verification: the shadow call (none for a free label), the comparison, the
-        real cost charged, the outcome observed and recorded. Returns the real cost (its hold is
-        settled with it)."""
+        real cost charged, the outcome observed and recorded. Returns the real cost; `billed` has
+        it as soon as each call's is known (its hold is settled with it)."""
         decision = job.decision
         calibration = job.calibration
         comparator_name = calibration.settings.verification.comparator
@@ -112,6 +123,7 @@ class RouteVerification:
         else:
             reference = shadow.request.model
             text, cost = await self.calls.call(shadow)
+            billed.usd = cost
             if text is None:
                 calibration.charge(decision, cost, day)
                 calibration.failed(decision)
@@ -128,12 +140,14 @@ class RouteVerification:
             log.exception("comparing the answers of request %s failed", job.request.request_id)
             # A judge that did not answer may still have been billed.
             cost += error.cost if isinstance(error, JudgeFailed) else Decimal(0)
+            billed.usd = cost
             calibration.charge(decision, cost, day)
             calibration.failed(decision)
             await self._record(job, calibration, "failed", reference, cost, began, comparator_name)
             await self.service.save(decision.route)
             return cost
         cost += asked
+        billed.usd = cost
         if cost:
             calibration.charge(decision, cost, day)
         loss = not acceptable

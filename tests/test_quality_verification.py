@@ -1,0 +1,93 @@
+"""A route's verification after the response (quality/route_verification.py), with the shadow call
+and the comparison faked: what its hold in the cap ledger is settled with when something fails."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, cast
+
+import pytest
+
+from faregate.quality import route_verification
+from faregate.quality.live import today
+from faregate.quality.route_verification import Job, RouteVerification
+from faregate.quality.service import QualityService
+from faregate.quality.spend import Holds, ShadowCall, shadow_request
+from faregate.store.protocols import StoreUnavailable
+from faregate.types import ChatRequest
+from test_quality_live import FakeStore, calibration
+
+
+def request(request_id: str = "req1") -> ChatRequest:
+    body = {"model": "r", "messages": [{"role": "user", "content": "What is 6 x 7?"}]}
+    return ChatRequest(request_id, body, "r", False, False, None, frozenset())
+
+
+class Calls:
+    """The shadow call answers "42" for `cost`; the comparator says it agrees."""
+
+    def __init__(self, cost: Decimal) -> None:
+        self.cost = cost
+        self.planner = cast(Any, None)
+
+    async def call(self, shadow: ShadowCall) -> tuple[str | None, Decimal]:
+        return "42", self.cost
+
+    async def compare(self, *args: object) -> tuple[bool, Decimal]:
+        return True, Decimal(0)
+
+
+@pytest.fixture
+def worst(monkeypatch: pytest.MonkeyPatch) -> Decimal:
+    amount = Decimal("0.5")
+
+    async def plan_shadow(planner: object, asked: ChatRequest, reference: str) -> ShadowCall:
+        return ShadowCall(shadow_request(asked, reference), cast(Any, object()), amount, 100)
+
+    monkeypatch.setattr(route_verification, "plan_shadow", plan_shadow)
+    return amount
+
+
+async def test_a_paid_shadow_call_is_in_the_ledger_even_when_the_state_cannot_be_saved(
+    worst: Decimal,
+) -> None:
+    class StateDown(FakeStore):
+        async def save_state(self, scope: str, expected: int, state: str, now: float) -> bool:
+            raise StoreUnavailable("database is locked")
+
+    store = StateDown()
+    route = calibration(cap="1")
+    service = QualityService([route], store)
+    holds = Holds(service)
+    verification = RouteVerification(service, cast(Any, Calls(Decimal("0.3"))), holds)
+    decision = route.decide("req1", 0.5, 10.0)
+    assert decision.labelled
+    job = Job(decision, request(), "42", "strong", route)
+    with pytest.raises(StoreUnavailable):
+        await verification.verify(job)
+    # The shadow call was made and billed: its real cost is in the day's spend, the hold gone.
+    assert route.state.budget.spent == Decimal("0.3")
+    assert await store.cap_ledger("route:r", today()) == (Decimal("0.3"), {})
+
+
+async def test_a_verification_cancelled_at_shutdown_after_its_shadow_call_settles_what_it_cost(
+    worst: Decimal,
+) -> None:
+    import asyncio
+
+    class SlowJudge(Calls):
+        async def compare(self, *args: object) -> tuple[bool, Decimal]:
+            await asyncio.Event().wait()  # the judge is still thinking when the gateway stops
+            raise AssertionError
+
+    store = FakeStore()
+    route = calibration(cap="1")
+    service = QualityService([route], store)
+    verification = RouteVerification(service, cast(Any, SlowJudge(Decimal("0.3"))), Holds(service))
+    decision = route.decide("req1", 0.5, 10.0)
+    task = asyncio.create_task(verification.verify(Job(decision, request(), "42", "strong", route)))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await store.cap_ledger("route:r", today()) == (Decimal("0.3"), {})
