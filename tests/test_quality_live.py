@@ -558,3 +558,16 @@ def test_a_view_built_from_copies_is_kept_only_if_nothing_was_added_meanwhile() 
     job.keep(switch)
     assert job.built is not None and switch.evidence.built() is job.built[1]
     assert scores == (0.5, route.switch.challenger_score(switch, 0.5, vector))
+
+
+def test_spent_today_is_todays_spend_not_the_last_day_that_had_one() -> None:
+    route = calibration(cap="1")
+    yesterday = today(time.time() - 86_400)
+    route.charge(route.decide("a", 0.1, 1.0, day=yesterday), Decimal("0.4"), yesterday)
+    route.refuse(yesterday)  # yesterday's cap was reached
+    figures = route.figures()
+    assert not figures["cap_reached"]
+    assert figures["spent_today_usd"] == "0"
+    today_ = today()
+    route.charge(route.decide("b", 0.1, 1.0, day=today_), Decimal("0.25"), today_)
+    assert route.figures()["spent_today_usd"] == "0.25"

@@ -35,6 +35,7 @@ class RouteCalibration(RouteDecisions, RouteOutcomes):
         estimate = self.calibrator.estimate(state.calibration)
         totals = state.totals
         verdict = self.health.verdict(state.health) if self.kind == "router" else None
+        day = today()
         return {
             "route": self.route,
             "kind": self.kind,
@@ -54,10 +55,11 @@ class RouteCalibration(RouteDecisions, RouteOutcomes):
             "failed": totals.failed,
             "verification_cost_usd": str(Decimal(totals.cost_nano) / NANO),
             "daily_usd_cap": str(self.settings.verification.daily_usd_cap),
-            "spent_today_usd": str(state.budget.spent),
+            # The budget keeps the last day that had a verification: none today, nothing spent.
+            "spent_today_usd": str(state.budget.spent if state.budget.day == day else Decimal(0)),
             # Worst cases of the verifications in flight, every instance's (quality/spend.py).
             "held_usd": str(self.held),
-            "cap_reached": self.exhausted(today()),
+            "cap_reached": self.exhausted(day),
             "skipped_for_cap": totals.skipped_for_cap,
             "flagged": state.flagged,
             "health": state.flag_reason or (verdict.reason if verdict else ""),
