@@ -571,3 +571,14 @@ def test_spent_today_is_todays_spend_not_the_last_day_that_had_one() -> None:
     today_ = today()
     route.charge(route.decide("b", 0.1, 1.0, day=today_), Decimal("0.25"), today_)
     assert route.figures()["spent_today_usd"] == "0.25"
+
+
+def test_verification_cost_in_nano_usd_is_rounded_as_the_request_records_round_it() -> None:
+    from faregate.store.rows import to_nanousd
+
+    # A price finer than 3 decimals per 1M tokens leaves a sub-nano remainder: $0.0075/1M x 5 tokens.
+    cost = Decimal("0.0075") * 5 / 1_000_000
+    route = calibration()
+    day = today()
+    route.charge(route.decide("a", 0.1, 1.0, day=day), cost, day)
+    assert route.state.totals.cost_nano == to_nanousd(cost) == 38  # 37.5 nano, half-even, not 37

@@ -33,6 +33,7 @@ from faregate.learning.online.cache_prior import load_prior, prior_state
 from faregate.learning.online.sampling import VerificationBudget, coin
 from faregate.learning.online.settings import SemanticAcceptanceSettings
 from faregate.quality.state import NANO, Totals, roll_over, today
+from faregate.store.rows import to_nanousd
 
 SCOPE = "cache"
 # Entries with a recorded conflict kept (by their answer's exact key), newest last.
@@ -187,7 +188,7 @@ class CacheCalibration:
             roll_over(self.budget, day)
             self.budget.spent += cost
             self.budget.verified += 1
-            self.totals.cost_nano += int(cost * NANO)
+            self.totals.cost_nano += to_nanousd(cost)
 
         self.apply(change)
 

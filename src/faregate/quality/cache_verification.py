@@ -18,8 +18,9 @@ import orjson
 from faregate.cache.service import CacheDecision, ResponseCache
 from faregate.quality.service import QualityService
 from faregate.quality.spend import Holds, plan_shadow
-from faregate.quality.state import NANO, today
+from faregate.quality.state import today
 from faregate.quality.verification_calls import VerificationCalls
+from faregate.store.rows import to_nanousd
 from faregate.store.verifications import VerificationRow
 from faregate.types import JSON, ChatRequest
 from faregate.wire.openai import answer_text
@@ -115,7 +116,7 @@ class CacheVerification:
         outcome = "failed" if wrong is None else ("wrong" if wrong else "acceptable")
         row = VerificationRow(
             request_id, "cache", "cache", label, decision, similarity, probability,
-            acceptance.comparator, outcome, reference, int(cost * NANO), began,
+            acceptance.comparator, outcome, reference, to_nanousd(cost), began,
         )  # fmt: skip
         try:
             await self.service.record(row)

@@ -29,7 +29,8 @@ from decimal import Decimal
 from faregate.learning.online.calibrator import LabelledDecision, ScoreRanks
 from faregate.learning.online.health import HealthState
 from faregate.quality.route_state import RouteState
-from faregate.quality.state import NANO, Decision, roll_over
+from faregate.quality.state import Decision, roll_over
+from faregate.store.rows import to_nanousd
 
 
 class RouteOutcomes(RouteState):
@@ -69,7 +70,7 @@ class RouteOutcomes(RouteState):
         roll_over(budget, day)
         budget.spent += cost
         budget.verified += 1
-        self.state.totals.cost_nano += int(cost * NANO)
+        self.state.totals.cost_nano += to_nanousd(cost)
 
     def observe(self, decision: Decision, loss: bool) -> None:
         """A verified decision: the cheap answer was (not) acceptable against the reference. A live

@@ -22,8 +22,9 @@ from decimal import Decimal
 from faregate.quality.live import RouteCalibration
 from faregate.quality.service import QualityService
 from faregate.quality.spend import Holds, ShadowCall, judge_worst, plan_shadow
-from faregate.quality.state import NANO, Decision, today
+from faregate.quality.state import Decision, today
 from faregate.quality.verification_calls import JudgeFailed, VerificationCalls
+from faregate.store.rows import to_nanousd
 from faregate.store.verifications import VerificationRow
 from faregate.types import ChatRequest
 from faregate.usage_estimate import estimate_usage
@@ -180,7 +181,7 @@ class RouteVerification:
             comparator=comparator,
             outcome=outcome,
             reference_model=reference if reference is not None else job.served_model,
-            cost_nano=int(cost * NANO),
+            cost_nano=to_nanousd(cost),
             created_at=began,
         )
         try:
