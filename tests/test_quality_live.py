@@ -582,3 +582,25 @@ def test_verification_cost_in_nano_usd_is_rounded_as_the_request_records_round_i
     day = today()
     route.charge(route.decide("a", 0.1, 1.0, day=day), cost, day)
     assert route.state.totals.cost_nano == to_nanousd(cost) == 38  # 37.5 nano, half-even, not 37
+
+
+def test_a_daily_cap_that_is_not_a_finite_amount_is_a_config_error(tmp_path: Path) -> None:
+    ok = f"""
+models:
+  strong: {{input: 10, output: 30}}
+  weak: {{input: 1, output: 1}}
+routes:
+  r:
+    router: {{file: {ROUTER}, strong: strong, weak: weak}}
+    quality: {{verification: {{daily_usd_cap: "2.5"}}}}
+cache:
+  semantic: {{max_wrong_hit_rate: 0.01, daily_usd_cap: "1"}}
+"""
+    load_settings(write(tmp_path, ok))
+    for cap in ("NaN", "sNaN", "Infinity", "-Infinity"):
+        for bad in (
+            ok.replace('daily_usd_cap: "2.5"', f'daily_usd_cap: "{cap}"'),
+            ok.replace('daily_usd_cap: "1"', f'daily_usd_cap: "{cap}"'),
+        ):
+            with pytest.raises(ConfigError, match="daily_usd_cap"):
+                load_settings(write(tmp_path, bad))

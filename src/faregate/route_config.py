@@ -321,11 +321,9 @@ def check_cache_acceptance(semantic: SemanticCacheSettings, origin: str) -> None
     if semantic.max_wrong_hit_rate is None:
         return
     try:
-        acceptance_settings(semantic)
+        acceptance_settings(semantic)  # the cap's check included
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    if semantic.daily_usd_cap < 0:
-        raise ConfigError(f"{where}.daily_usd_cap must not be negative")
 
 
 def acceptance_settings(semantic: SemanticCacheSettings) -> SemanticAcceptanceSettings:

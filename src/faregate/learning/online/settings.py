@@ -39,8 +39,9 @@ class VerificationSettings(_Strict):
             raise ValueError(f"verification share must be in (0, 1], got {self.share}")
         if not 0.0 <= self.frontier <= 1.0 or not 0.0 < self.rest_ratio <= 1.0:
             raise ValueError("frontier must be in [0, 1] and rest_ratio in (0, 1]")
-        if self.daily_usd_cap < 0:
-            raise ValueError("daily_usd_cap must not be negative")
+        # Checked finite first: a NaN compares by raising decimal.InvalidOperation, not a config error.
+        if not self.daily_usd_cap.is_finite() or self.daily_usd_cap < 0:
+            raise ValueError("daily_usd_cap must be a non-negative amount of USD")
 
 
 class QualitySettings(_Strict):
@@ -102,3 +103,5 @@ class SemanticAcceptanceSettings(_Strict):
             raise ValueError(f"bound must be 'product' or 'direct', got {self.method!r}")
         if self.prior_lookups < 0:
             raise ValueError("prior_lookups must not be negative")
+        if not self.daily_usd_cap.is_finite() or self.daily_usd_cap < 0:
+            raise ValueError("daily_usd_cap must be a non-negative amount of USD")
