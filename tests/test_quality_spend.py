@@ -358,3 +358,33 @@ async def test_an_admission_waiting_on_a_settlement_the_store_refused_makes_it_a
     second = await asyncio.wait_for(waiting, 3 * spend.WAIT_S)
     assert second is not None
     assert await stored(table) == (Decimal("0.2"), {second: ["a", "0.6"]})
+
+
+async def test_a_settlement_the_store_refused_is_made_again_at_a_clean_stop() -> None:
+    """No admission comes after the last settlement at shutdown: the stop makes it, or the hold's
+    real cost never reaches the ledger's spend (a lapsed hold is dropped uncharged)."""
+    from typing import Any, cast
+
+    from faregate.quality.verifier import Verifier
+    from faregate.store.protocols import StoreUnavailable
+    from test_quality_live import FakeStore
+
+    class Flaky(FakeStore):
+        down = False
+
+        async def settle_hold(self, scope: str, hold_id: str, day: str, cost: Decimal) -> Decimal:
+            if self.down:
+                raise StoreUnavailable("database is locked")
+            return await super().settle_hold(scope, hold_id, day, cost)
+
+    table = Flaky()
+    capped, day = route("1.0"), today()
+    quality = QualityService([capped], table, leases=Leases("a", {"a"}))
+    verifier = Verifier(quality, cast(Any, None), cast(Any, None))
+    hold = await verifier.holds.admit(capped, day, Decimal("0.6"))
+    assert hold is not None
+    table.down = True
+    await verifier.holds.settle(capped, hold, day, Decimal("0.2"))  # logged, kept for later
+    table.down = False
+    await verifier.close()
+    assert await stored(table) == (Decimal("0.2"), {})

@@ -28,9 +28,9 @@ is usually far below their worst case) rather than pausing the day. One that can
 marks the ledger's day full and pauses the calibration for the day (the one admission that writes
 the calibration row; verifications in flight then settle on top of the full mark). A settlement
 adds its cost only if its hold was still there, so one made twice counts once; one the store
-refused (unavailable) is made again before this process's next admission, and on every look of
-the admissions waiting (the hold refused may be the one they wait on). A hold belongs to its
-instance's lease (quality/leases.py; the lease budget holds already have,
+refused (unavailable) is made again before this process's next admission, on every look of the
+admissions waiting (the hold refused may be the one they wait on), and at a clean stop. A hold
+belongs to its instance's lease (quality/leases.py; the lease budget holds already have,
 `accounts.instance_lease_s`): holds of an instance whose lease lapsed (it crashed
 mid-verification) no longer count and are dropped by the next admission (once older than a lease:
 quality/leases.py), so a dead instance blocks the cap for about a lease at most.
@@ -136,7 +136,7 @@ class Holds:
         store, scope = self.service.store, self.service.scope(capped.route)
         while True:
             # Each pass: a settlement refused while this one waited may be the hold it waits on.
-            await self._settle_again()
+            await self.settle_again()
             leases = self.service.leases
             alive = frozenset(await leases.alive())
             # Read after the leases: a hold made since (by an instance started since) is younger.
@@ -171,7 +171,8 @@ class Holds:
         scope = self.service.scope(capped.route)
         capped.held = await self.service.store.settle_hold(scope, hold_id, day, cost)
 
-    async def _settle_again(self) -> None:
+    async def settle_again(self) -> None:
+        """The settlements the store refused, made again (those it refuses again are kept)."""
         waiting, self._unsettled = self._unsettled, []
         for index, (capped, hold_id, day, cost) in enumerate(waiting):
             try:

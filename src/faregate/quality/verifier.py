@@ -126,13 +126,15 @@ class Verifier:
     async def close(self) -> None:
         self._closing = True
         tasks = list(self._tasks)
-        if not tasks:
-            return
-        _, running = await asyncio.wait(tasks, timeout=CLOSE_GRACE_S)
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
-        self.dropped += len(running)
+        if tasks:
+            _, running = await asyncio.wait(tasks, timeout=CLOSE_GRACE_S)
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            self.dropped += len(running)
+        # No admission comes after these to make the settlements the store refused: made now,
+        # or their real cost would never reach the cap's ledger (a lapsed hold is dropped uncharged).
+        await self.holds.settle_again()
 
     async def _run(self, job: Job | CacheJob) -> None:
         async with self._slots:
