@@ -604,3 +604,38 @@ cache:
         ):
             with pytest.raises(ConfigError, match="daily_usd_cap"):
                 load_settings(write(tmp_path, bad))
+
+
+async def test_a_save_cancelled_after_the_store_wrote_is_not_counted_twice() -> None:
+    """At shutdown the state refresh is cancelled, possibly while the store is writing (aiosqlite's
+    thread, or PostgreSQL, goes on with it): the write lands, its caller never hears. The last
+    save must not replay on top of that write the changes it already holds."""
+    import asyncio
+
+    class SlowReply(FakeStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reply = asyncio.Event()
+
+        async def save_state(self, scope: str, expected: int, state: str, now: float) -> bool:
+            written = await super().save_state(scope, expected, state, now)
+            await self.reply.wait()  # written; the answer is still on its way
+            return written
+
+    store = SlowReply()
+    route = calibration()
+    service = QualityService([route], store)
+    run(route, 30, wrong=False)
+    saving = asyncio.create_task(service.save("r"))
+    await asyncio.sleep(0.01)
+    saving.cancel()  # the shutdown
+    with pytest.raises(asyncio.CancelledError):
+        await saving
+    store.reply.set()
+    await service.save("r")  # QualityService.close's
+    assert route.state.decisions == 30
+    again = calibration()
+    await QualityService([again], store).load()
+    assert (
+        again.state.decisions == 30 and again.state.totals.verifications == route.state.totals.verifications
+    )

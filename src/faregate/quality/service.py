@@ -16,6 +16,7 @@ not reused: its tests were about another question; the route starts afresh (logg
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -71,6 +72,8 @@ class QualityService:
         self.leases: Leases = leases or SoleInstance()
         self._versions: dict[str, int] = {name: 0 for name in self.calibrated}
         self._locks: dict[str, asyncio.Lock] = {name: asyncio.Lock() for name in self.calibrated}
+        # The last write of each scope (`_write`): its caller may be cancelled while the store writes.
+        self._writes: dict[str, asyncio.Future[bool]] = {}
         self._refresh = Periodic("calibration state refresh", REFRESH_S, self.refresh)
 
     def scope(self, name: str) -> str:
@@ -93,6 +96,7 @@ class QualityService:
 
     async def _load(self, name: str, calibration: Calibrated, *, at_start: bool = False) -> bool:
         """Adopt the stored state if it is newer than ours; True if it was."""
+        await self._written(name)
         stored = await self.store.load_state(self.scope(name))
         if stored is None:
             return False
@@ -127,15 +131,31 @@ class QualityService:
     async def _write(self, name: str, calibration: Calibrated) -> bool:
         """One compare-and-set of the state over the version last read; True: written (the journal
         of what it holds is cleared), False: another instance wrote in between."""
+        await self._written(name)
         saved = len(calibration.journal)
         data = {"settings": calibration.fingerprint(), "state": calibration.state_json()}
         text = orjson.dumps(data).decode()
         expected = self._versions[name]
-        if await self.store.save_state(self.scope(name), expected, text, time.time()):
-            self._versions[name] = expected + 1
-            del calibration.journal[:saved]
-            return True
-        return False
+
+        async def write() -> bool:
+            if await self.store.save_state(self.scope(name), expected, text, time.time()):
+                self._versions[name] = expected + 1
+                del calibration.journal[:saved]
+                return True
+            return False
+
+        # Shielded: a caller cancelled while the store writes (a shutdown) does not lose whether it
+        # wrote (the store goes on with it); otherwise the next save, finding another version,
+        # would adopt that write and replay on it the changes it already holds, counting them twice.
+        self._writes[name] = written = asyncio.ensure_future(write())
+        return await asyncio.shield(written)
+
+    async def _written(self, name: str) -> None:
+        """The last write of the scope finished and taken in (a cancelled caller's included)."""
+        written = self._writes.pop(name, None)
+        if written is not None:
+            with contextlib.suppress(Exception):  # its caller was told, or the state is saved again
+                await written
 
     async def write_now(self, name: str, change: Callable[[], bool]) -> None:
         """Make `change` on the freshest stored state and write it at once, by compare-and-set.
