@@ -160,6 +160,9 @@ QUICK: dict[str, Quick] = {
         why_not="embeds ~56,000 texts on a first run (15 min) and compares with a `git archive` of main: "
         "its help is checked here; tests/test_semantic_index.py covers the lookups it times",
     ),
+    "python bench/comparators.py": Quick(
+        run="python bench/comparators.py --limit 20", where="checkout", expect="| final_answer |"
+    ),
     "python bench/router_generalisation.py --repeats 30": Quick(
         run="python bench/router_generalisation.py --help",
         where="checkout",

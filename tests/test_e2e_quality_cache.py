@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import urllib.request
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,77 @@ def test_the_acceptance_threshold_is_earned_on_verified_lookups(tmp_path: Path) 
     # The threshold survives a restart.
     with run_sim(tmp_path, SIM) as sim, run_gateway(tmp_path / "gateway", sim, CONFIG) as again:
         assert quality(again)["cache"]["threshold"] == cache["threshold"]
+
+
+JUDGED_CONFIG = """
+models:
+  atlas: {input: 2, output: 8}
+  judge-m: {input: 100, output: 100}
+cache:
+  semantic:
+    enabled: true
+    max_wrong_hit_rate: 0.05
+    confidence: 0.8
+    verify_hits: 1.0
+    comparator: llm_judge
+    judge_model: judge-m
+"""
+
+
+@pytest.mark.parametrize(
+    ("verdict", "approves"),
+    [("Both say the same. Score: 9/10", True), ("They answer different questions. Score: 1/10", False)],
+)
+def test_an_llm_judge_labels_the_cache_and_is_paid_for(tmp_path: Path, verdict: str, approves: bool) -> None:
+    """With `comparator: llm_judge` the judge's verdict, not the answers' text, labels each lookup:
+    the same fixed answer is certified by a judge that approves, and under one that does not every
+    label is wrong and hits stay within the bound. Every label costs the judge's call, charged to the
+    cache's verification cost."""
+    sim = SIM + f'  judge-m: {{answer: {{fixed: "{verdict}"}}}}\n'
+    with (
+        run_sim(tmp_path, sim) as simulator,
+        run_gateway(tmp_path / "gateway", simulator, JUDGED_CONFIG) as gateway,
+    ):
+        client = openai.OpenAI(
+            base_url=gateway.base_url, api_key=create_key(gateway.store_path), max_retries=0
+        )
+
+        def ask(text: str) -> str:
+            # A short allowance: the cap admits the fresh call and the judge at their worst case.
+            raw = client.chat.completions.with_raw_response.create(
+                model="atlas", messages=[{"role": "user", "content": text}], temperature=0, max_tokens=32
+            )
+            return str(raw.headers["x-faregate-cache"])
+
+        for country in COUNTRIES:
+            with cache_written(gateway, "semantic_cache_writes"):
+                assert ask(f"What is the capital of {country}?") == "miss"
+        outcomes = [ask(f"What's the capital city of {country}?") for country in COUNTRIES]
+
+        def labels() -> int:
+            cache = quality(gateway)["cache"]
+            return int(sum(cache["by_label"].values()) + cache["failed"])
+
+        # Every paraphrase had its own question as a candidate: labelled by the judge (unserved) or
+        # verified by a fresh call and the judge (served).
+        wait_until(lambda: labels() == len(COUNTRIES) and quality(gateway)["pending"] == 0, "labels in")
+        cache = quality(gateway)["cache"]
+        with sqlite3.connect(gateway.store_path / "faregate.db") as db:
+            rows = db.execute(
+                "SELECT label_kind, outcome, cost_nanousd, comparator FROM verifications"
+                " WHERE scope = 'cache'"
+            ).fetchall()
+    assert len(rows) == len(COUNTRIES) and cache["failed"] == 0 and not cache["cap_reached"]
+    assert all(r[3] == "llm_judge" and r[2] > 0 for r in rows)
+    assert sum(r[2] for r in rows) == int(Decimal(cache["verification_cost_usd"]) * 10**9)
+    if approves:
+        assert outcomes.count("semantic-hit") >= 10 and cache["wrong"] == 0
+        assert {r[1] for r in rows} == {"acceptable"}
+        # A served hit's verification pays the fresh call and the judge; a label the judge alone.
+        assert min(r[2] for r in rows if r[0] == "paid") > max(r[2] for r in rows if r[0] == "free")
+    else:
+        # Every label wrong: the only hits are above every similarity labelled so far (no evidence
+        # there but how rare such lookups are), each verified wrong, within the bound's share.
+        served = outcomes.count("semantic-hit")
+        assert served <= 0.05 * cache["lookups"], (served, cache)
+        assert cache["wrong"] == len(COUNTRIES) and {r[1] for r in rows} == {"wrong"}

@@ -280,6 +280,30 @@ routes:
         assert what
 
 
+def test_the_cache_takes_an_llm_judge_with_its_model_only(tmp_path: Path) -> None:
+    from faregate.route_config import check_cache_judge
+
+    ok = """
+models:
+  judge-m: {input: 1, output: 2}
+cache:
+  semantic: {enabled: true, max_wrong_hit_rate: 0.01, comparator: llm_judge, judge_model: judge-m}
+"""
+    semantic = load_settings(write(tmp_path, ok)).cache.semantic
+    assert semantic.comparator == "llm_judge" and semantic.judge_model == "judge-m"
+    check_cache_judge(semantic, lambda name: name == "judge-m")
+    with pytest.raises(ConfigError, match="unknown model or route 'judge-m'"):
+        check_cache_judge(semantic, lambda name: False)
+    bad = {
+        "judge without a model": ok.replace(", judge_model: judge-m", ""),
+        "a model without the judge": ok.replace("comparator: llm_judge", "comparator: exact"),
+    }
+    for what, text in bad.items():
+        with pytest.raises(ConfigError, match="the llm_judge comparator takes a judge_model"):
+            load_settings(write(tmp_path, text))
+        assert what
+
+
 async def test_quality_alert_rules_fire_per_route() -> None:
     from typing import Any, cast
 

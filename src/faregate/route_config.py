@@ -4,6 +4,7 @@ when the config loads (faregate.config reads the file; the routing package turns
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -266,10 +267,9 @@ def _check_policy(route: RouteSettings, where: str) -> None:
                 ) from None
 
 
-# learning/online/comparators.py: the mechanical ones, answer-embedding similarity, and (routes
-# only, with a judge_model) an LLM judge asked through the gateway.
-QUALITY_COMPARATORS = ("exact", "numeric", "final_answer", "json", "embedding")
-ROUTE_COMPARATORS = (*QUALITY_COMPARATORS, "llm_judge")
+# learning/online/comparators.py: the mechanical ones, answer-embedding similarity, and (with a
+# judge_model) an LLM judge asked through the gateway.
+QUALITY_COMPARATORS = ("exact", "numeric", "final_answer", "json", "embedding", "llm_judge")
 
 
 def _check_quality(route: RouteSettings, quality: QualitySettings, where: str) -> None:
@@ -277,10 +277,10 @@ def _check_quality(route: RouteSettings, quality: QualitySettings, where: str) -
     if route.router is None and route.cascade is None:
         raise ConfigError(f"{where}.quality: only a router or a cascade route takes a quality target")
     verification = quality.verification
-    if verification.comparator not in ROUTE_COMPARATORS:
+    if verification.comparator not in QUALITY_COMPARATORS:
         raise ConfigError(
             f"{where}.quality.verification.comparator: {verification.comparator!r} is not one of "
-            f"{', '.join(ROUTE_COMPARATORS)}"
+            f"{', '.join(QUALITY_COMPARATORS)}"
         )
     if (verification.comparator == "llm_judge") != (verification.judge_model is not None):
         raise ConfigError(
@@ -318,12 +318,22 @@ def check_cache_acceptance(semantic: SemanticCacheSettings, origin: str) -> None
         raise ConfigError(
             f"{where}.comparator: {semantic.comparator!r} is not one of {', '.join(QUALITY_COMPARATORS)}"
         )
+    if (semantic.comparator == "llm_judge") != (semantic.judge_model is not None):
+        raise ConfigError(f"{where}: the llm_judge comparator takes a judge_model, and only it does")
     if semantic.max_wrong_hit_rate is None:
         return
     try:
         acceptance_settings(semantic)  # the cap's check included
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def check_cache_judge(semantic: SemanticCacheSettings, known: Callable[[str], bool]) -> None:
+    """The semantic cache's judge must be a model or route the gateway can call (checked once the
+    whole catalog is built, as the routes' names are)."""
+    judge = semantic.judge_model
+    if semantic.enabled and judge is not None and not known(judge):
+        raise ConfigError(f"cache.semantic.judge_model: unknown model or route {judge!r}")
 
 
 def acceptance_settings(semantic: SemanticCacheSettings) -> SemanticAcceptanceSettings:

@@ -33,7 +33,11 @@ def build_cache(settings: CacheSettings, shared_redis_url: str | None = None) ->
         from faregate.quality.cache_live import CacheCalibration
         from faregate.route_config import acceptance_settings
 
-        acceptance = CacheCalibration(acceptance_settings(settings.semantic), settings.semantic.comparator)
+        acceptance = CacheCalibration(
+            acceptance_settings(settings.semantic),
+            settings.semantic.comparator,
+            judge_model=settings.semantic.judge_model,
+        )
         semantic.floor = acceptance.floor
         semantic.threshold = acceptance.threshold()
         cache.acceptance = acceptance

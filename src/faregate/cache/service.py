@@ -109,7 +109,7 @@ class ResponseCache:
         # A calibrated acceptance (quality/cache_live.CacheCalibration; cache.semantic.max_wrong_hit_rate)
         # and what labels an unserved candidate once the fresh answer is in (quality/cache_verification.py).
         self.acceptance: Any = None
-        self.on_fresh_answer: Callable[[CacheDecision, JSON], Awaitable[None]] | None = None
+        self.on_fresh_answer: Callable[[CacheDecision, ChatRequest, JSON], Awaitable[None]] | None = None
         # Background work begun by `start` (the semantic sync's tail) and ended by `close`.
         self.starters: list[Callable[[], None]] = []
         self.closers: list[Callable[[], Awaitable[None]]] = []
@@ -296,7 +296,7 @@ class ResponseCache:
     ) -> None:
         if self.on_fresh_answer is not None and decision.candidate is not None:
             try:
-                await self.on_fresh_answer(decision, answer)
+                await self.on_fresh_answer(decision, request, answer)
             except Exception:
                 log.exception("could not label a semantic-cache candidate")
         try:

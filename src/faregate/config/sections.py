@@ -171,8 +171,11 @@ class SemanticCacheSettings(_Strict):
     # Share of served semantic hits verified by a fresh call after the response, and its cap.
     verify_hits: float = 0.05
     daily_usd_cap: Decimal = Decimal("5")
-    # How a cached answer is compared with the fresh one: exact, numeric, final_answer or json.
+    # How a cached answer is compared with the fresh one: exact, numeric, final_answer, json,
+    # embedding, or llm_judge (asks `judge_model` through the gateway; its calls are charged to the
+    # daily cap, the unserved candidates' labels included).
     comparator: str = "exact"
+    judge_model: str | None = None
 
 
 class CacheSettings(_Strict):

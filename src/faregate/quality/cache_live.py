@@ -43,10 +43,18 @@ NOTHING = 2.0
 
 
 class CacheCalibration:
-    def __init__(self, settings: SemanticAcceptanceSettings, comparator: str, seed: str = "faregate") -> None:
+    def __init__(
+        self,
+        settings: SemanticAcceptanceSettings,
+        comparator: str,
+        seed: str = "faregate",
+        judge_model: str | None = None,
+    ) -> None:
         self.route = SCOPE
         self.settings = settings
         self.comparator = comparator
+        # The `llm_judge` comparator's model (asked through the gateway; None for the others).
+        self.judge_model = judge_model
         self.acceptance = CacheAcceptance(
             settings.max_wrong_hit_rate,
             settings.confidence,
@@ -82,6 +90,7 @@ class CacheCalibration:
         return (
             f"cache|b={s.max_wrong_hit_rate}|c={s.confidence}|seq={s.sequential}|floor={s.floor}"
             f"|cmp={self.comparator}"
+            + (f"|judge={self.judge_model}" if self.judge_model else "")
             + (f"|bound={s.method}" if s.method != "product" else "")
             + (f"|prior={s.prior_lookups}" if s.prior_lookups else "")
         )

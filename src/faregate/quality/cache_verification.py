@@ -2,8 +2,16 @@
 
 A served hit drawn by `verify_hits` gets a fresh call after the response (`CacheJob`, admitted
 against the cache's daily cap first, quality/spend.py), and an unserved candidate is labelled for
-free when the fresh answer is stored (`label_candidate`). Each is compared with the acceptance's
-comparator, observed, recorded in a `verifications` row and the state saved.
+free when the fresh answer is stored (`candidate_job`: the reference costs nothing). Each is
+compared with the acceptance's comparator, observed, recorded in a `verifications` row and the
+state saved.
+
+With the `llm_judge` comparator the comparison is a call too: the judge is shown the question and
+both answers, and its worst case is admitted against the daily cap with the fresh call's (a served
+hit) or alone (an unserved candidate, whose label then costs the judge's call; the verifier runs
+it in the background like a served hit's). A cap that cannot admit it makes no call: the lookup
+stays unlabelled, which the acceptance's bounds allow (a label missing for a reason that does not
+depend on its outcome).
 """
 
 from __future__ import annotations
@@ -17,15 +25,24 @@ import orjson
 
 from faregate.cache.service import CacheDecision, ResponseCache
 from faregate.quality.service import QualityService
-from faregate.quality.spend import Holds, plan_shadow
+from faregate.quality.spend import Billed, Holds, ShadowCall, judge_worst, plan_shadow
 from faregate.quality.state import today
-from faregate.quality.verification_calls import VerificationCalls
+from faregate.quality.verification_calls import JudgeFailed, VerificationCalls
 from faregate.store.rows import to_nanousd
 from faregate.store.verifications import VerificationRow
 from faregate.types import JSON, ChatRequest
+from faregate.usage_estimate import estimate_usage
 from faregate.wire.openai import answer_text
 
 log = logging.getLogger("faregate.quality")
+
+
+@dataclass(slots=True, frozen=True)
+class Verdict:
+    """A comparison's outcome (None: the judge gave none) and what asking cost."""
+
+    acceptable: bool | None
+    cost: Decimal
 
 
 @dataclass(slots=True, frozen=True)
@@ -40,6 +57,19 @@ class CacheJob:
     key: str = ""
 
 
+@dataclass(slots=True, frozen=True)
+class CandidateJob:
+    """An unserved lookup's candidate and the fresh answer the request got instead."""
+
+    request: ChatRequest
+    cached: str
+    fresh: str
+    similarity: float
+    # The exact keys of the candidate's answer and of the fresh one (a wrong verdict records a
+    # conflict on both).
+    keys: tuple[str, str]
+
+
 class CacheVerification:
     """Verifies the semantic cache's served hits and labels its unserved candidates (module docstring)."""
 
@@ -50,23 +80,65 @@ class CacheVerification:
         # The response cache whose semantic acceptance is calibrated (None: not calibrated).
         self.cache: ResponseCache | None = None
 
-    async def label_candidate(self, decision: CacheDecision, fresh: JSON) -> None:
-        """An unserved lookup's candidate against the fresh answer it got instead (a free label)."""
+    @property
+    def judged(self) -> bool:
+        """Does a comparison call a judge model (and so cost money and take time)?"""
         acceptance = self.service.cache
+        return acceptance is not None and acceptance.judge_model is not None
+
+    async def candidate_job(
+        self, decision: CacheDecision, request: ChatRequest, fresh: JSON
+    ) -> CandidateJob | None:
+        """The label an unserved lookup's candidate asks for, now that its fresh answer is in (None:
+        no calibrated acceptance, or the candidate's answer has expired)."""
         cache = self.cache
-        if acceptance is None or cache is None or decision.candidate is None:
-            return
+        if self.service.cache is None or cache is None or decision.candidate is None:
+            return None
         similarity, key = decision.candidate
         raw = await cache.store.get(key)
         if raw is None:
-            return  # the candidate's answer expired: no label
+            return None
         cached = answer_text(orjson.loads(raw)["body"])
-        acceptable, _ = await self.calls.compare(acceptance.comparator, None, answer_text(fresh), cached)
-        wrong = not acceptable
-        began = time.time()
-        acceptance.observe(similarity, wrong, (key, decision.key))
-        acceptance.count_label("free")
-        await self._record("", "free", "not served", similarity, 1.0, wrong, None, Decimal(0), began)
+        return CandidateJob(request, cached, answer_text(fresh), similarity, (key, decision.key))
+
+    async def label_candidate(self, job: CandidateJob) -> None:
+        """An unserved candidate against the fresh answer (a free label; a judge's call admitted
+        against the cap first)."""
+        acceptance = self.service.cache
+        assert acceptance is not None
+        day, began = today(), time.time()
+        judge = acceptance.judge_model
+        if judge is None:
+            await self._label(job, day, began, Billed())
+            return
+        if acceptance.exhausted(day):
+            return  # the day's cap is spent: unlabelled until 00:00 UTC
+        shown = await estimate_usage(job.request, job.cached + job.fresh)
+        worst = judge_worst(self.calls.planner, judge, shown.prompt_tokens + shown.completion_tokens)
+        hold = await self.holds.admit(acceptance, day, worst)
+        if hold is None:
+            log.warning("the semantic cache's daily verification cap is reached; candidates unlabelled today")
+            return
+        billed = Billed()
+        try:
+            await self._label(job, day, began, billed)
+        finally:
+            await self.holds.settle(acceptance, hold, day, billed.usd)
+
+    async def _label(self, job: CandidateJob, day: str, began: float, billed: Billed) -> None:
+        """Compare, observe, record; `billed` has what the comparison cost (a judge's call)."""
+        acceptance = self.service.cache
+        assert acceptance is not None
+        verdict = await self._compare(job.request, job.fresh, job.cached)
+        cost = billed.usd = verdict.cost
+        if cost:
+            acceptance.charge(cost, day)
+        if verdict.acceptable is not None:
+            acceptance.observe(job.similarity, not verdict.acceptable, job.keys)
+            acceptance.count_label("free")
+        wrong = None if verdict.acceptable is None else not verdict.acceptable
+        await self._record(job.request.request_id, "free", "not served", job.similarity, 1.0,
+                              wrong, None, cost, began)  # fmt: skip
         await self.service.save("cache")
 
     async def verify(self, job: CacheJob) -> None:
@@ -75,29 +147,67 @@ class CacheVerification:
         day, began = today(), time.time()
         reference = job.request.model
         shadow = await plan_shadow(self.calls.planner, job.request, reference)
-        hold = await self.holds.admit(acceptance, day, shadow.worst)
+        worst = shadow.worst
+        if acceptance.judge_model is not None:
+            # The judge is shown the question and the fresh answer (at most the fresh call's
+            # tokens) and the cached answer.
+            cached = await estimate_usage(job.request, job.cached)
+            shown = shadow.tokens + cached.completion_tokens
+            worst += judge_worst(self.calls.planner, acceptance.judge_model, shown)
+        hold = await self.holds.admit(acceptance, day, worst)
         if hold is None:
             log.warning("the semantic cache's daily verification cap is reached; hits unverified for the day")
             return
-        cost = Decimal(0)
+        billed = Billed()
         try:
-            text, cost = await self.calls.call(shadow)
-            acceptance.charge(cost, day)
+            await self._verify(job, shadow, day, began, billed)
         finally:
-            await self.holds.settle(acceptance, hold, day, cost)
+            await self.holds.settle(acceptance, hold, day, billed.usd)
+
+    async def _verify(
+        self, job: CacheJob, shadow: ShadowCall, day: str, began: float, billed: Billed
+    ) -> None:
+        """The admitted verification of a served hit: the fresh call, the comparison, the real cost
+        charged, the outcome observed and recorded; `billed` has the cost as soon as each call's is
+        known (its hold is settled with it)."""
+        acceptance = self.service.cache
+        assert acceptance is not None
+        reference = job.request.model
+        text, cost = await self.calls.call(shadow)
+        billed.usd = cost
         if text is None:
+            acceptance.charge(cost, day)
             acceptance.failed()
             await self._record(job.request.request_id, "paid", "served", job.similarity,
                                   acceptance.settings.verify_hits, None, reference, cost, began)  # fmt: skip
             await self.service.save("cache")
             return
-        acceptable, _ = await self.calls.compare(acceptance.comparator, job.request, text, job.cached)
-        wrong = not acceptable
-        acceptance.observe(job.similarity, wrong, (job.key,))
-        acceptance.count_label("paid")
+        verdict = await self._compare(job.request, text, job.cached)
+        cost = billed.usd = cost + verdict.cost
+        acceptance.charge(cost, day)
+        wrong = None if verdict.acceptable is None else not verdict.acceptable
+        if verdict.acceptable is not None:
+            acceptance.observe(job.similarity, not verdict.acceptable, (job.key,))
+            acceptance.count_label("paid")
         await self._record(job.request.request_id, "paid", "served", job.similarity,
                               acceptance.settings.verify_hits, wrong, reference, cost, began)  # fmt: skip
         await self.service.save("cache")
+
+    async def _compare(self, request: ChatRequest, reference: str, candidate: str) -> Verdict:
+        """The acceptance's comparator on a pair. A judge that fails gives no verdict
+        (`acceptable` None), only what it was billed."""
+        acceptance = self.service.cache
+        assert acceptance is not None
+        try:
+            acceptable, cost = await self.calls.compare(
+                acceptance.comparator, request, reference, candidate, acceptance.judge_model
+            )
+        except Exception as error:
+            log.exception("comparing a cached answer for request %s failed", request.request_id)
+            acceptance.failed()
+            # A judge that did not answer may still have been billed.
+            return Verdict(None, error.cost if isinstance(error, JudgeFailed) else Decimal(0))
+        return Verdict(acceptable, cost)
 
     async def _record(
         self,

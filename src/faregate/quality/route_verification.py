@@ -21,7 +21,7 @@ from decimal import Decimal
 
 from faregate.quality.live import RouteCalibration
 from faregate.quality.service import QualityService
-from faregate.quality.spend import Holds, ShadowCall, judge_worst, plan_shadow
+from faregate.quality.spend import Billed, Holds, ShadowCall, judge_worst, plan_shadow
 from faregate.quality.state import Decision, today
 from faregate.quality.verification_calls import JudgeFailed, VerificationCalls
 from faregate.store.rows import to_nanousd
@@ -30,13 +30,6 @@ from faregate.types import ChatRequest
 from faregate.usage_estimate import estimate_usage
 
 log = logging.getLogger("faregate.quality")
-
-
-@dataclass(slots=True)
-class Billed:
-    """What a verification's calls were billed so far (USD): its hold is settled with it."""
-
-    usd: Decimal = Decimal(0)
 
 
 @dataclass(slots=True, frozen=True)

@@ -65,7 +65,7 @@ async def open_quality(
     verifier.calls.embed = embedder_for(planner, cache)
     if cache is not None and acceptance is not None:
         verifier.cache_verification.cache = cache
-        cache.on_fresh_answer = verifier.cache_verification.label_candidate
+        cache.on_fresh_answer = verifier.label_candidate
     lifecycle.on_close("the shadow verifications", verifier.close)
     return verifier
 

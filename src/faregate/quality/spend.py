@@ -69,6 +69,14 @@ WAIT_S = 1.0
 Capped = RouteCalibration | CacheCalibration
 
 
+@dataclass(slots=True)
+class Billed:
+    """What a verification's calls were billed so far (USD): its hold is settled with it, also when
+    the verification fails or is cancelled after a call (the money was spent)."""
+
+    usd: Decimal = Decimal(0)
+
+
 @dataclass(slots=True, frozen=True)
 class ShadowCall:
     """A shadow call as it will be made: its request, its plan (None: nothing can serve it, so no

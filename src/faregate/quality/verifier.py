@@ -3,7 +3,8 @@
 `Verifier.submit` is called once the user's response has been written and its record finished
 (server/pipeline.py): it only starts a background task, so a verification never delays or fails
 a response. The task waits for one of `max_concurrency` slots, then verifies a calibrated route's
-decision (quality/route_verification.py) or a semantic cache hit (quality/cache_verification.py),
+decision (quality/route_verification.py) or a semantic cache hit, or has a judge label an unserved
+candidate (quality/cache_verification.py),
 with the shadow and judge calls of quality/verification_calls.py.
 
 Which finished requests are verified: a route's decision whose coin said "label", answered
@@ -19,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from faregate.cache.service import CachedAnswer
-from faregate.quality.cache_verification import CacheJob, CacheVerification
+from faregate.cache.service import CachedAnswer, CacheDecision
+from faregate.quality.cache_verification import CacheJob, CacheVerification, CandidateJob
 from faregate.quality.route_verification import Job, RouteVerification
 from faregate.quality.service import QualityService
 from faregate.quality.spend import Holds
@@ -29,10 +30,10 @@ from faregate.quality.verification_calls import VerificationCalls
 from faregate.routing.attempts import AttemptRunner, Served
 from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Plan, Planner
-from faregate.types import ChatRequest
+from faregate.types import JSON, ChatRequest
 from faregate.wire.openai import answer_text
 
-__all__ = ["CacheJob", "Job", "Verifier"]
+__all__ = ["CacheJob", "CandidateJob", "Job", "Verifier"]
 
 log = logging.getLogger("faregate.quality")
 
@@ -98,7 +99,18 @@ class Verifier:
             return None
         return CacheJob(request, answer_text(cached.body), cached.similarity, cached.model, cached.key)
 
-    def submit(self, job: Job | CacheJob) -> None:
+    async def label_candidate(self, decision: CacheDecision, request: ChatRequest, fresh: JSON) -> None:
+        """The response cache's hook once a fresh answer is in: its unserved candidate is labelled
+        at once, or in the background when a judge model is asked (a call, so it waits for a slot)."""
+        job = await self.cache_verification.candidate_job(decision, request, fresh)
+        if job is None:
+            return
+        if self.cache_verification.judged:
+            self.submit(job)
+        else:
+            await self.cache_verification.label_candidate(job)
+
+    def submit(self, job: Job | CacheJob | CandidateJob) -> None:
         if self._closing:
             self.dropped += 1
             return
@@ -136,7 +148,7 @@ class Verifier:
         # or their real cost would never reach the cap's ledger (a lapsed hold is dropped uncharged).
         await self.holds.settle_again()
 
-    async def _run(self, job: Job | CacheJob) -> None:
+    async def _run(self, job: Job | CacheJob | CandidateJob) -> None:
         async with self._slots:
             if self._closing:
                 self.dropped += 1
@@ -145,6 +157,8 @@ class Verifier:
             try:
                 if isinstance(job, CacheJob):
                     await self.cache_verification.verify(job)
+                elif isinstance(job, CandidateJob):
+                    await self.cache_verification.label_candidate(job)
                 else:
                     await self.route_verification.verify(job)
             except asyncio.CancelledError:

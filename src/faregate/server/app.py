@@ -23,6 +23,7 @@ from faregate.errors import ConfigError, FaregateError, InternalError, InvalidRe
 from faregate.lifecycle import Lifecycle
 from faregate.providers.http import ConnectionPool
 from faregate.providers.registry import ProviderRegistry, make_upstream_pool
+from faregate.route_config import check_cache_judge
 from faregate.routing.attempts import AttemptRunner
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Planner
@@ -158,6 +159,7 @@ async def _build(settings: Settings, lifecycle: Lifecycle) -> Gateway:
     # Process-wide, like the tokenizer it may load: every count of this process follows it.
     usage_estimate.configure(settings.accounts.usage_estimate)
     catalog = build_catalog(settings)
+    check_cache_judge(settings.cache.semantic, lambda name: name in settings.routes or name in catalog)
     pool = make_upstream_pool(settings)
     lifecycle.on_close("the upstream connection pool", pool.close)
     providers = ProviderRegistry.build(settings, pool)
