@@ -91,3 +91,38 @@ async def test_a_verification_cancelled_at_shutdown_after_its_shadow_call_settle
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await store.cap_ledger("route:r", today()) == (Decimal("0.3"), {})
+
+
+async def test_a_served_hits_verification_settles_the_fresh_call_and_judge_when_the_save_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The semantic cache's verifications keep what they were billed the same way (the fresh call
+    and, with `llm_judge`, the judge), so a refused save does not leave it out of the ledger."""
+    from faregate.learning.online.settings import SemanticAcceptanceSettings
+    from faregate.quality import cache_verification
+    from faregate.quality.cache_live import CacheCalibration
+    from faregate.quality.cache_verification import CacheJob, CacheVerification
+
+    async def plan_shadow(planner: object, asked: ChatRequest, reference: str) -> ShadowCall:
+        return ShadowCall(shadow_request(asked, reference), cast(Any, object()), Decimal("0.5"), 100)
+
+    monkeypatch.setattr(cache_verification, "plan_shadow", plan_shadow)
+    monkeypatch.setattr(cache_verification, "judge_worst", lambda *args: Decimal("0.2"))
+
+    class StateDown(FakeStore):
+        async def save_state(self, scope: str, expected: int, state: str, now: float) -> bool:
+            raise StoreUnavailable("database is locked")
+
+    class Judged(Calls):
+        async def compare(self, *args: object) -> tuple[bool, Decimal]:
+            return True, Decimal("0.05")
+
+    store = StateDown()
+    settings = SemanticAcceptanceSettings(max_wrong_hit_rate=0.05, daily_usd_cap=Decimal("1"))
+    cache = CacheCalibration(settings, "llm_judge", judge_model="judge-m")
+    service = QualityService([], store, cache)
+    verification = CacheVerification(service, cast(Any, Judged(Decimal("0.3"))), Holds(service))
+    with pytest.raises(StoreUnavailable):
+        await verification.verify(CacheJob(request(), "42", 0.95, "m", "key"))
+    assert cache.budget.spent == Decimal("0.35") and cache.totals.by_label["paid"] == 1
+    assert await store.cap_ledger("cache", today()) == (Decimal("0.35"), {})
