@@ -280,7 +280,7 @@ routes:
         assert what
 
 
-def test_the_cache_takes_an_llm_judge_with_its_model_only(tmp_path: Path) -> None:
+async def test_the_cache_takes_an_llm_judge_with_its_model_only(tmp_path: Path) -> None:
     from faregate.route_config import check_cache_judge
 
     ok = """
@@ -294,6 +294,15 @@ cache:
     check_cache_judge(semantic, lambda name: name == "judge-m")
     with pytest.raises(ConfigError, match="unknown model or route 'judge-m'"):
         check_cache_judge(semantic, lambda name: False)
+    # The gateway refuses to start with a judge it cannot call.
+    from faregate.server.app import build_gateway
+
+    unknown = load_settings(
+        write(tmp_path, ok.replace("judge_model: judge-m", "judge_model: nosuch")),
+        overrides={"store": {"path": str(tmp_path / "store")}},
+    )
+    with pytest.raises(ConfigError, match=r"cache\.semantic\.judge_model: unknown model or route 'nosuch'"):
+        await build_gateway(unknown)
     bad = {
         "judge without a model": ok.replace(", judge_model: judge-m", ""),
         "a model without the judge": ok.replace("comparator: llm_judge", "comparator: exact"),
