@@ -129,3 +129,26 @@ def test_different_parameters_do_not_hit(client: openai.OpenAI, gateway: Gateway
         ask(client, "params")
     assert ask(client, "params", max_tokens=3).headers["x-faregate-cache"] == "miss"
     assert ask(client, "params", seed=4).headers["x-faregate-cache"] == "miss"
+
+
+def test_a_streamed_answer_of_several_choices_is_not_kept_as_one(
+    client: openai.OpenAI, gateway: GatewayProcess
+) -> None:
+    """A stream's chunks carry every choice by index: the cache must not keep them as one merged
+    choice and serve that to a later request that asked for two."""
+    forced = {"extra_body": {"faregate": {"cache": True}}}
+    stream = client.chat.completions.create(
+        model="qwen3-8b", messages=[{"role": "user", "content": "two ways"}], n=2, stream=True, **forced
+    )
+    texts: dict[int, str] = {}
+    for c in stream:
+        for choice in c.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+    assert texts == {0: "two ways", 1: "two ways"}
+    again = client.chat.completions.with_raw_response.create(
+        model="qwen3-8b", messages=[{"role": "user", "content": "two ways"}], n=2, **forced
+    )
+    reply = again.parse()
+    if again.headers["x-faregate-cache"] == "hit":
+        assert [c.message.content for c in reply.choices] == ["two ways", "two ways"]
+    assert len(reply.choices) == 2

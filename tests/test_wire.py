@@ -143,6 +143,25 @@ def test_streams_that_are_not_whole_text_answers_are_not_kept() -> None:
     tools.take(chunk({}, "stop"))
     assert tools.tool_calls and tools.answer("m", Usage(1, 1)) is None
     assert "".join(tools.text) == "f{}"
+    # n > 1: the chunks of choice 0 and 1 interleave; kept as one choice they would merge.
+    several = StreamedAnswer()
+    for index, word in ((0, "a"), (1, "b"), (0, "c"), (1, "d")):
+        several.take({"id": "c1", "choices": [{"index": index, "delta": {"content": word}}]})
+    several.take(
+        {"id": "c1", "choices": [{"index": i, "delta": {}, "finish_reason": "stop"} for i in (0, 1)]}
+    )
+    assert several.answer("m", Usage(1, 4)) is None
+    # logprobs asked for: the kept answer would say `logprobs: null`.
+    logprobs = StreamedAnswer()
+    logprobs.take(chunk({"content": "x"}, logprobs=None))
+    logprobs.take(
+        {
+            "id": "c1",
+            "choices": [{"index": 0, "delta": {"content": "y"}, "logprobs": {"content": [{"token": "y"}]}}],
+        }
+    )
+    logprobs.take(chunk({}, "stop"))
+    assert logprobs.answer("m", Usage(1, 2)) is None
 
 
 def test_what_the_client_receives_carries_the_cost() -> None:
