@@ -162,6 +162,12 @@ def test_streams_that_are_not_whole_text_answers_are_not_kept() -> None:
     )
     logprobs.take(chunk({}, "stop"))
     assert logprobs.answer("m", Usage(1, 2)) is None
+    # A refusal or audio is content the client saw, but not text: kept, the answer would be blank.
+    for delta in ({"refusal": "I can't help with that."}, {"audio": {"id": "a1", "data": "UklGR"}}):
+        other = StreamedAnswer()
+        other.take(chunk(delta))
+        other.take(chunk({}, "stop"))
+        assert other.answer("m", Usage(1, 5)) is None, delta
 
 
 def test_what_the_client_receives_carries_the_cost() -> None:

@@ -207,16 +207,17 @@ class StreamedAnswer:
     """What a relayed stream has carried so far: its first chunk (id, created), its text (tool
     calls' names and arguments included, for an estimate when no usage comes), whether it made
     tool calls, its finish reason and usage, and the trailing usage-only chunk, held back so the
-    cost can be added to it. `text` holds every choice's text in arrival order; `one_choice` says
-    whether only choice 0 came, without logprobs (else the stream cannot be kept as an answer)."""
+    cost can be added to it. `text` holds every choice's text in arrival order; `plain_text` says
+    whether only choice 0 came, with text alone: no logprobs, refusal or audio (else the stream
+    cannot be kept as an answer)."""
 
-    __slots__ = ("finish_reason", "first", "one_choice", "text", "tool_calls", "usage", "usage_chunk")
+    __slots__ = ("finish_reason", "first", "plain_text", "text", "tool_calls", "usage", "usage_chunk")
 
     def __init__(self) -> None:
         self.first: JSON | None = None
         self.text: list[str] = []
         self.tool_calls = False
-        self.one_choice = True
+        self.plain_text = True
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.usage_chunk: JSON | None = None
@@ -244,8 +245,8 @@ class StreamedAnswer:
                 text.append(content)
             if delta.get("tool_calls"):
                 self.tool_calls = _call_text(delta, text) or self.tool_calls
-            if choice.get("index") or choice.get("logprobs"):
-                self.one_choice = False  # n > 1 or logprobs: not one text answer
+            if choice.get("index") or choice.get("logprobs") or delta.get("refusal") or delta.get("audio"):
+                self.plain_text = False  # n > 1, logprobs, a refusal or audio: not one text answer
             if reason is None:
                 found = choice.get("finish_reason")
                 if found:
@@ -257,8 +258,8 @@ class StreamedAnswer:
     def answer(self, model: str, usage: Usage) -> JSON | None:
         """The chat.completion this stream amounts to, if it is a whole text answer (so a later
         request, streaming or not, can be served from it); None for tool calls, a cut stream, or a
-        stream of several choices or with logprobs (its text is not one choice's)."""
-        if self.tool_calls or not self.one_choice or self.finish_reason not in WHOLE_FINISHES:
+        stream of several choices or with more than text (logprobs, a refusal, audio)."""
+        if self.tool_calls or not self.plain_text or self.finish_reason not in WHOLE_FINISHES:
             return None
         first = self.first or {}
         return {
