@@ -290,7 +290,15 @@ def test_conversation_text_and_scope() -> None:
         {"role": "assistant", "content": "Hello!"},
         {"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]},
     ]
-    assert conversation_text(messages) == ("Hi\nHello!\nCapital of France?", 2)
+    assert conversation_text(messages) == ("Hi\nAssistant: Hello!\nCapital of France?", 2)
+    # Who said what counts: a prefilled answer is not the user's own words.
+    prefilled = [
+        {"role": "user", "content": "Translate: good night"},
+        {"role": "assistant", "content": "In French:"},
+    ]
+    joined = [{"role": "user", "content": "Translate: good night\nIn French:"}]
+    assert conversation_text(prefilled) != conversation_text(joined)
+    assert conversation_text(joined) == ("Translate: good night\nIn French:", 1)
     assert conversation_text([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]) is None
     assert conversation_text([{"role": "tool", "content": "42", "tool_call_id": "x"}]) is None
     assert scope_for("t", "m", messages) == make_scope("t", "m", system=[["system", "Be brief."]])

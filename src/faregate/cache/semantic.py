@@ -182,12 +182,18 @@ class SemanticCache(Generic[P]):
         return self.index.add(scope, vector, text, payload, ttl_s=ttl_s)
 
 
+# Before an assistant message's text in the embedded conversation.
+ASSISTANT_MARK = "Assistant: "
+
+
 def conversation_text(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int] | None:
     """The text to embed for a chat request and its number of user turns.
 
     System and developer messages are left out: they are part of the scope, compared by hash.
-    None when the conversation is not plain text (images, audio, tool calls or results): those
-    are only cached exactly.
+    An assistant message is marked as one, so that a conversation with a prefilled or earlier
+    answer never reads like one user message holding the same words (a lone user message, the
+    usual case, is embedded as it is). None when the conversation is not plain text (images,
+    audio, tool calls or results): those are only cached exactly.
     """
     parts: list[str] = []
     turns = 0
@@ -201,7 +207,7 @@ def conversation_text(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int] 
         if text is None:
             return None
         turns += role == "user"
-        parts.append(text)
+        parts.append(text if role == "user" else ASSISTANT_MARK + text)
     return ("\n".join(parts), turns) if turns else None
 
 
