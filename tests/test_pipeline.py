@@ -9,6 +9,7 @@ stages, that a hold is settled or released, and that exactly one record is writt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import Any
@@ -543,3 +544,43 @@ async def test_a_bug_is_a_clean_500_and_the_hold_is_released(harness: Harness) -
     assert orjson.loads(raw)["error"]["code"] == "internal_error"
     assert harness.events[-2:] == ["release", "record"]
     assert harness.records[0].error == "internal error: RuntimeError"
+
+
+async def test_a_stream_cancelled_after_content_is_settled_for_what_it_sent(harness: Harness) -> None:
+    """A handler cancelled mid-stream (a shutdown past its grace cancels the requests still
+    running) has had content billed upstream: its hold is settled for it, not released whole."""
+    role, four, two = (orjson.loads(orjson.dumps(c)) for c in WHOLE_STREAM[:3])
+    handler: list[asyncio.Task[Any]] = []
+    relayed = asyncio.Event()
+
+    async def stream_reads(call: UpstreamCall) -> AsyncIterator[list[JSON]]:
+        harness.a._next(call)
+        task = asyncio.current_task()
+        assert task is not None
+        handler.append(task)
+        yield [role, four]
+        yield [two]
+        relayed.set()
+        await asyncio.Event().wait()  # the upstream goes quiet; the request is still running
+        yield []
+
+    harness.a.stream_reads = stream_reads  # type: ignore[attr-defined]
+    harness.events.clear()
+    body = orjson.dumps({"model": "cheap", "stream": True, **ASK})
+    post = asyncio.create_task(
+        harness.client.post("/v1/chat/completions", data=body, headers={"Authorization": f"Bearer {KEY}"})
+    )
+    await asyncio.wait_for(relayed.wait(), 5)
+    handler[0].cancel()
+    for _ in range(500):
+        if harness.records:
+            break
+        await asyncio.sleep(0.01)
+    post.cancel()
+    with contextlib.suppress(BaseException):
+        await post
+    (record,) = harness.records
+    assert "release" not in harness.events, harness.events
+    settled = [e for e in harness.events if e.startswith("settle")]
+    assert settled and Decimal(settled[0].split()[1]) > 0, harness.events
+    assert record.cost_usd > 0 and record.completion_tokens >= 2

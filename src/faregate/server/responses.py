@@ -184,13 +184,18 @@ class Responder:
             exchange.settled(candidate, settled.usage, settled.cost)
             return GONE
         encoder = exchange.wire.stream(candidate.model.name, request.include_usage, exchange.asked)
-        outcome = await _relay(response, encoder, opened)
+        try:
+            outcome = await _relay(response, encoder, opened)
+        except BaseException:
+            # Cancelled mid-relay (a shutdown past its grace cancels the requests still running)
+            # or a bug: what was relayed was billed upstream, so it is charged, not released.
+            await self._settle_seen(exchange, opened)
+            exchange.interrupted("the relay was cancelled or failed")
+            raise
         if outcome.first_content_at is not None:
             exchange.first_content(outcome.first_content_at)
         seen = opened.seen
-        deltas = sum(1 for piece in seen.text if piece)
-        settled = await settle(candidate, request, seen.usage, "".join(seen.text), opened.attempts, deltas)
-        exchange.settled(candidate, settled.usage, settled.cost)
+        settled = await self._settle_seen(exchange, opened)
         if outcome.client_gone:
             exchange.client_gone("during the stream")
             return response
@@ -216,6 +221,16 @@ class Responder:
         except (ConnectionResetError, ConnectionError):
             exchange.client_gone("at the end of the stream")
         return response
+
+    @staticmethod
+    async def _settle_seen(exchange: Exchange, opened: OpenedStream) -> Settled:
+        """A relayed stream's cost: its reported usage, else an estimate of what it carried."""
+        seen, candidate = opened.seen, opened.candidate
+        deltas = sum(1 for piece in seen.text if piece)
+        text = "".join(seen.text)
+        settled = await settle(candidate, exchange.request, seen.usage, text, opened.attempts, deltas)
+        exchange.settled(candidate, settled.usage, settled.cost)
+        return settled
 
     def _remember(self, exchange: Exchange, candidate: Candidate, body: JSON | None, usage: Usage) -> None:
         """Keep a whole answer whose usage the provider reported (an estimate is not kept)."""
