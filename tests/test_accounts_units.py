@@ -59,7 +59,27 @@ def test_parse_usd_accepts_exact_amounts(value: object, nano: int) -> None:
     assert parse_usd(value, "amount") == nano
 
 
-@pytest.mark.parametrize("value", ["-1", "0", "abc", "NaN", "Infinity", "0.0000000001", True, None, "1e20"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "-1",
+        "0",
+        "abc",
+        "NaN",
+        "Infinity",
+        "0.0000000001",
+        True,
+        None,
+        "1e20",
+        # An exponent past the decimal context's range: a 400, not an Overflow (a 500).
+        "1e999999",
+        "9e999999999",
+        # More digits than the decimal context's 28: refused, not rounded to a whole amount.
+        "1.0000000000000000000000000000001",
+        # Positive, but less than a nano-dollar however it is written: refused, not stored as 0.
+        "1e-2000000",
+    ],
+)
 def test_parse_usd_refuses_what_cannot_be_stored_exactly(value: object) -> None:
     with pytest.raises(InvalidRequest):
         parse_usd(value, "amount")

@@ -158,6 +158,16 @@ async def test_key_lifecycle_credits_budgets_and_limits(client: TestClient[Any, 
         ("POST", "/admin/keys/KEY/credits", {"amount_usd": "0.0000000001"}, 400, "amount_usd"),
         ("PATCH", "/admin/keys/KEY", {"tokens_per_minute": 0}, 400, "tokens_per_minute"),
         ("GET", "/admin/keys/KEY/ledger?limit=0", None, 400, "limit"),
+        ("POST", "/admin/keys/KEY/credits", {"amount_usd": "1e999999"}, 400, "amount_usd"),
+        ("POST", "/admin/keys", {"name": "x", "credits_usd": "9e999999"}, 400, "credits_usd"),
+        ("PATCH", "/admin/keys/KEY", {"max_request_usd": "1e999999"}, 400, "max_request_usd"),
+        (
+            "PATCH",
+            "/admin/keys/KEY",
+            {"budgets": [{"period": "day", "limit_usd": "1e99999999"}]},
+            400,
+            "budgets[0].limit_usd",
+        ),
     ],
 )
 async def test_bad_admin_requests_are_clear_400s_and_404s(

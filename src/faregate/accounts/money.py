@@ -18,6 +18,7 @@ from faregate.store.rows import from_nanousd, to_nanousd
 NANO = Decimal("1e-9")
 # A balance past this could not be compared exactly by Redis scripts (Lua numbers are doubles).
 MAX_NANO = 2**53 - 1
+MAX_USD = Decimal(MAX_NANO).scaleb(-9)
 
 
 def charge_nano(cost: Decimal) -> int:
@@ -56,10 +57,11 @@ def parse_usd(value: object, param: str, *, allow_zero: bool = False) -> int:
         raise InvalidRequest(f"'{param}' must be a finite amount.", param=param)
     if amount < 0 or (amount == 0 and not allow_zero):
         raise InvalidRequest(f"'{param}' must be {'at least' if allow_zero else 'more than'} 0.", param=param)
-    scaled = amount.scaleb(9)
-    if scaled != scaled.to_integral_value():
-        raise InvalidRequest(f"'{param}' has more than 9 decimal places.", param=param)
-    nano = int(scaled)
-    if nano > MAX_NANO:
+    # Compared before any arithmetic: scaling under the decimal context would raise Overflow on a
+    # huge exponent, round past its 28 digits, and flush a tiny amount to 0.
+    if amount > MAX_USD:
         raise InvalidRequest(f"'{param}' is too large (at most {usd_text(MAX_NANO)}).", param=param)
-    return nano
+    exact = amount.quantize(NANO)  # at most 16 digits now: within the context, so exact or not
+    if exact != amount:
+        raise InvalidRequest(f"'{param}' has more than 9 decimal places.", param=param)
+    return int(exact.scaleb(9))
