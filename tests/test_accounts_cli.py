@@ -81,3 +81,11 @@ def test_credits_add_ledger_and_audit(app: typer.Typer, config: str, tmp_path: P
         db.execute("UPDATE accounts SET balance_nano = balance_nano + 1000")
     audit = run(app, "credits", "audit", "--config", config)
     assert audit.exit_code == 1 and "but the ledger sums to $12.75" in audit.output
+
+
+def test_a_limit_past_a_64_bit_integer_is_a_clear_error(app: typer.Typer, config: str) -> None:
+    created = run(app, "keys", "create", "--name", "big", "--config", config)
+    assert created.exit_code == 0, created.output
+    updated = CliRunner().invoke(app, ["keys", "update", "big", "--tpm", str(2**63), "--config", config])
+    assert updated.exit_code == 1 and not isinstance(updated.exception, OverflowError), updated.output
+    assert "too large" in updated.output

@@ -27,6 +27,8 @@ ROLLING_HOURS: dict[str, int] = {"day": 24, "week": 7 * 24, "month": 30 * 24}
 # Spend buckets older than the longest window (a 31-day calendar month) are never read again.
 KEEP_HOURS = 31 * 24 + 1
 HOUR_S = 3600
+# A per-minute limit is stored as a 64-bit integer and compared exactly by Redis scripts (doubles).
+MAX_LIMIT = 2**53 - 1
 
 
 def hour_of(unix_s: float) -> int:
@@ -171,4 +173,6 @@ def parse_limit(value: Any, param: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidRequest(f"'{param}' must be a positive integer or null.", param=param)
+    if value > MAX_LIMIT:
+        raise InvalidRequest(f"'{param}' is too large (at most {MAX_LIMIT}).", param=param)
     return value

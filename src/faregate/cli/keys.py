@@ -18,7 +18,7 @@ from rich.text import Text
 
 from faregate.accounts.keys import KeyStore
 from faregate.accounts.money import parse_usd, usd_text
-from faregate.accounts.policy import parse_budget_spec
+from faregate.accounts.policy import parse_budget_spec, parse_limit
 from faregate.accounts.service import AccountsService, KeyView, PolicyChange
 from faregate.accounts.setup import build_accounts, new_key_credits_nano
 from faregate.cli.common import ConfigOption, load_or_exit
@@ -85,9 +85,9 @@ def policy_change(
 ) -> PolicyChange:
     change = PolicyChange()
     if rpm is not None:
-        change.requests_per_minute = rpm or None
+        change.requests_per_minute = parse_limit(rpm or None, "--rpm")
     if tpm is not None:
-        change.tokens_per_minute = tpm or None
+        change.tokens_per_minute = parse_limit(tpm or None, "--tpm")
     if max_request is not None:
         nano = parse_usd(max_request, "--max-request", allow_zero=True)
         change.max_request_nano = nano or None
