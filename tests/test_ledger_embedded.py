@@ -195,3 +195,24 @@ async def test_metered_admission_caps_a_single_request(store: SQLiteStore) -> No
     await admission.settle(hold, Decimal("0.0001"), 5)
     balance = await accounts.balance(key_id)
     assert balance is not None and balance.balance_nano == 10_000_000_000 - 100_000
+
+
+async def test_a_reservation_the_store_could_not_make_gives_its_rate_units_back(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rate limits are taken in memory before the store is asked; when the store fails (a
+    503 accounts_unavailable, nothing admitted), the request and its tokens go back."""
+    key_id = await new_key(store, 10_000_000)
+    accounts = EmbeddedAccounts(store)
+    limits = Limits(1, 1000)
+    reserve = accounts.ledger.reserve
+
+    async def failing(*args: object, **kwargs: object) -> object:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(accounts.ledger, "reserve", failing)
+    with pytest.raises(sqlite3.OperationalError):
+        await accounts.reserve(ask(key_id, 1, 1_000_000, limits=limits))
+    monkeypatch.setattr(accounts.ledger, "reserve", reserve)
+    admitted = await accounts.reserve(ask(key_id, 2, 1_000_000, limits=limits))
+    assert isinstance(admitted, Admitted), admitted

@@ -124,17 +124,22 @@ class EmbeddedAccounts:
         taken = self.limiter.take(ask.key_id, ask.limits, ask.tokens)
         if isinstance(taken, RateRefusal):
             return Refused("rate", rate=taken)
-        outcome = await self.ledger.reserve(
-            ask.key_id,
-            ask.hold_id,
-            ask.request_id,
-            ask.amount_nano,
-            ask.tokens,
-            ask.hour,
-            [BudgetCheck(w.since_hour, w.budget.limit_nano) for w in ask.windows],
-            ask.ttl_s,
-            ask.instance_id,
-        )
+        try:
+            outcome = await self.ledger.reserve(
+                ask.key_id,
+                ask.hold_id,
+                ask.request_id,
+                ask.amount_nano,
+                ask.tokens,
+                ask.hour,
+                [BudgetCheck(w.since_hour, w.budget.limit_nano) for w in ask.windows],
+                ask.ttl_s,
+                ask.instance_id,
+            )
+        except Exception:
+            # The store failed (an outage: 503): nothing was admitted, so nothing is taken.
+            self.limiter.give_back(ask.key_id, ask.limits, 1, ask.tokens)
+            raise
         if outcome.status != "ok":
             self.limiter.give_back(ask.key_id, ask.limits, 1, ask.tokens)
         return self._outcome(ask, outcome, taken)
