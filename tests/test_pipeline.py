@@ -584,3 +584,16 @@ async def test_a_stream_cancelled_after_content_is_settled_for_what_it_sent(harn
     settled = [e for e in harness.events if e.startswith("settle")]
     assert settled and Decimal(settled[0].split()[1]) > 0, harness.events
     assert record.cost_usd > 0 and record.completion_tokens >= 2
+
+
+async def test_the_upstream_is_never_allowed_more_output_than_the_hold_covers(harness: Harness) -> None:
+    """max_completion_tokens wins over max_tokens (OpenAI's rule), and the hold covers it alone;
+    an OpenAI-compatible upstream that reads only max_tokens (many do) must not be sent a larger
+    one, or a request spends past its hold (and a key past its credits, as often as it likes)."""
+    both = {"max_completion_tokens": 7, "max_tokens": 4000}
+    status, _, _ = await harness.post({"model": "cheap", **both, **ASK})
+    assert status == 200
+    (hold,) = harness.admission.holds
+    (call,) = harness.a.calls
+    caps = [call.body[name] for name in ("max_completion_tokens", "max_tokens") if name in call.body]
+    assert caps and max(caps) <= 7 < hold.reserved_tokens, (caps, hold.reserved_tokens)

@@ -44,14 +44,20 @@ _STREAM_FIELDS = frozenset({"stream", "stream_options"})
 
 def upstream_body(body: JSON, model: str, max_output: int | None, stream: bool) -> JSON:
     """The client's body as one upstream receives it: the gateway's own fields removed, its model
-    name, the token limits capped at the model's max output, and for a stream the usage asked for
-    (streams are billed from the provider's own numbers)."""
+    name, the token limits (both at the one in force) capped at the model's max output, and for a
+    stream the usage asked for (streams are billed from the provider's own numbers)."""
     out = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
     out["model"] = model
+    # The limit in force is max_completion_tokens when given (OpenAI's rule, and what the budget
+    # hold covers); an upstream that reads only max_tokens is never sent a larger one.
+    limit = out.get("max_completion_tokens")
+    if limit is None:
+        limit = out.get("max_tokens")
+    if limit is not None and max_output:
+        limit = min(limit, max_output)
     for name in ("max_completion_tokens", "max_tokens"):
-        value = out.get(name)
-        if value is not None and max_output:
-            out[name] = min(value, max_output)
+        if out.get(name) is not None:
+            out[name] = limit
     if stream:
         out["stream_options"] = {**(out.get("stream_options") or {}), "include_usage": True}
     return out
