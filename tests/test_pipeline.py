@@ -597,3 +597,33 @@ async def test_the_upstream_is_never_allowed_more_output_than_the_hold_covers(ha
     (call,) = harness.a.calls
     caps = [call.body[name] for name in ("max_completion_tokens", "max_tokens") if name in call.body]
     assert caps and max(caps) <= 7 < hold.reserved_tokens, (caps, hold.reserved_tokens)
+
+
+async def test_a_cut_stream_without_usage_is_charged_for_the_reasoning_it_relayed(harness: Harness) -> None:
+    """A reasoning model streams its reasoning (reasoning_content) before the answer; a stream cut
+    without usage is charged for what it relayed, the reasoning included (the provider bills it)."""
+    thinking = "Let me think about this carefully, step by step, before answering. " * 40
+    harness.a.outcomes = [
+        [
+            chunk({"role": "assistant", "content": ""}),
+            *(chunk({"reasoning_content": piece + " "}) for piece in thinking.split(" ")),
+            chunk({"content": "42"}),
+        ]
+    ]
+    status, _, raw = await harness.post({"model": "cheap", "stream": True, **ASK})
+    assert status == 200 and sse_chunks(raw)[-1]["error"]["code"] == "stream_interrupted"
+    (record,) = harness.records
+    assert record.usage_estimated
+    assert record.completion_tokens >= 400, record.completion_tokens  # ~480 words of reasoning
+
+
+async def test_a_whole_answer_without_usage_is_charged_for_its_reasoning(harness: Harness) -> None:
+    thinking = "Let me think about this carefully, step by step, before answering. " * 40
+    whole = answer("42")
+    whole.body["choices"][0]["message"]["reasoning_content"] = thinking
+    harness.a.outcomes = [Completion(whole.body, None)]
+    status, _, _ = await harness.post({"model": "cheap", **ASK})
+    assert status == 200
+    (record,) = harness.records
+    assert record.usage_estimated
+    assert record.completion_tokens >= 400, record.completion_tokens

@@ -21,7 +21,7 @@ from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Plan, Planner
 from faregate.types import Attempt, ChatRequest, Usage
 from faregate.usage_estimate import estimate_usage
-from faregate.wire.openai import answer_text, finish_reason, without_streaming
+from faregate.wire.openai import answer_text, billed_text, finish_reason, without_streaming
 
 if TYPE_CHECKING:
     from faregate.learning.llm_judge import Complete
@@ -122,7 +122,7 @@ class CascadeRunner:
                 return Judged(Served(served.completion, served.candidate, attempts), attempts, verdicts)
             self.escalated += 1
             verdicts.append(f"step {index + 1} ({model}) escalated: {reason}")
-            usage = served.completion.usage or await estimate_usage(request, text)
+            usage = served.completion.usage or await estimate_usage(request, billed_text(body))
             _bill(served.attempts[-1], "escalated", reason, usage, served)
         return Judged(None, attempts, verdicts)
 
@@ -159,7 +159,7 @@ class CascadeRunner:
                 attempts.extend(_as_judge(failed.attempts))
                 raise
             text = answer_text(served.completion.body)
-            usage = served.completion.usage or await estimate_usage(call, text)
+            usage = served.completion.usage or await estimate_usage(call, billed_text(served.completion.body))
             attempts.extend(_as_judge(served.attempts[:-1]))
             _bill(served.attempts[-1], "judge", "LLM judge call", usage, served)
             attempts.append(served.attempts[-1])

@@ -33,7 +33,7 @@ from faregate.server.exchange import Exchange
 from faregate.server.http_seam import EventStream, Reply, Whole
 from faregate.types import JSON, Attempt, ChatRequest, Usage
 from faregate.usage_estimate import estimate_usage
-from faregate.wire.openai import answer_as_chunks, answer_text, free_answer, price_answer, usage_chunk
+from faregate.wire.openai import answer_as_chunks, billed_text, free_answer, price_answer, usage_chunk
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 Answer = Served | OpenedStream | CachedAnswer
@@ -130,7 +130,7 @@ class Responder:
         exchange.answered_by(candidate, served.attempts)
         usage = completion.usage
         if usage is None:
-            usage = await estimate_usage(request, answer_text(completion.body), 0)
+            usage = await estimate_usage(request, billed_text(completion.body), 0)
         body = self._priced(exchange, served, usage)
         if request.stream:
             # A cascade step's answer, judged before it could be sent: replayed as a stream.
@@ -226,8 +226,8 @@ class Responder:
     async def _settle_seen(exchange: Exchange, opened: OpenedStream) -> Settled:
         """A relayed stream's cost: its reported usage, else an estimate of what it carried."""
         seen, candidate = opened.seen, opened.candidate
-        deltas = sum(1 for piece in seen.text if piece)
-        text = "".join(seen.text)
+        deltas = sum(1 for piece in seen.text if piece) + sum(1 for piece in seen.reasoning if piece)
+        text = "".join(seen.text) + "".join(seen.reasoning)
         settled = await settle(candidate, exchange.request, seen.usage, text, opened.attempts, deltas)
         exchange.settled(candidate, settled.usage, settled.cost)
         return settled

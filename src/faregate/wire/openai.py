@@ -169,6 +169,27 @@ def answer_text(body: JSON) -> str:
     return "".join(parts)
 
 
+# Where reasoning models put the reasoning they are billed for as output: DeepSeek, Qwen, vLLM
+# ("reasoning_content") and OpenRouter ("reasoning"). Not part of the answer, but billed.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+def billed_text(body: JSON) -> str:
+    """The output text a provider bills a whole answer for, when it reports no usage: the answer's
+    text (`answer_text`) and its reasoning."""
+    parts = [answer_text(body)]
+    for choice in body.get("choices") or ():
+        _reasoning_text(choice.get("message") or {}, parts)
+    return "".join(parts)
+
+
+def _reasoning_text(holder: JSON, parts: list[str]) -> None:
+    for name in REASONING_FIELDS:
+        value = holder.get(name)
+        if isinstance(value, str):
+            parts.append(value)
+
+
 def _call_text(holder: JSON, parts: list[str]) -> bool:
     calls = holder.get("tool_calls") or ()
     for call in calls:
@@ -211,17 +232,28 @@ def error_code_param(body: JSON | None) -> tuple[str | None, str | None]:
 
 class StreamedAnswer:
     """What a relayed stream has carried so far: its first chunk (id, created), its text (tool
-    calls' names and arguments included, for an estimate when no usage comes), whether it made
-    tool calls, its finish reason and usage, and the trailing usage-only chunk, held back so the
-    cost can be added to it. `text` holds every choice's text in arrival order; `plain_text` says
-    whether only choice 0 came, with text alone: no logprobs, refusal or audio (else the stream
-    cannot be kept as an answer)."""
+    calls' names and arguments included) and its reasoning (both for an estimate when no usage
+    comes), whether it made tool calls, its finish reason and usage, and the trailing usage-only
+    chunk, held back so the cost can be added to it. `text` holds every choice's text in arrival
+    order; `plain_text` says whether only choice 0 came, with text alone: no logprobs, refusal or
+    audio (else the stream cannot be kept as an answer)."""
 
-    __slots__ = ("finish_reason", "first", "plain_text", "text", "tool_calls", "usage", "usage_chunk")
+    __slots__ = (
+        "finish_reason",
+        "first",
+        "plain_text",
+        "reasoning",
+        "text",
+        "tool_calls",
+        "usage",
+        "usage_chunk",
+    )
 
     def __init__(self) -> None:
         self.first: JSON | None = None
         self.text: list[str] = []
+        # The reasoning relayed (REASONING_FIELDS): not the answer, but billed as output.
+        self.reasoning: list[str] = []
         self.tool_calls = False
         self.plain_text = True
         self.finish_reason: str | None = None
@@ -253,6 +285,8 @@ class StreamedAnswer:
                 self.tool_calls = _call_text(delta, text) or self.tool_calls
             if choice.get("index") or choice.get("logprobs") or delta.get("refusal") or delta.get("audio"):
                 self.plain_text = False  # n > 1, logprobs, a refusal or audio: not one text answer
+            if "reasoning_content" in delta or "reasoning" in delta:
+                _reasoning_text(delta, self.reasoning)
             if reason is None:
                 found = choice.get("finish_reason")
                 if found:
