@@ -590,3 +590,34 @@ async def test_count_tokens_uses_the_gateways_count() -> None:
         assert await count_tokens(body) == {"input_tokens": tokens.count_input(chat)}
     finally:
         usage_estimate.configure("light")
+
+
+# --- refusals ----------------------------------------------------------------------------------
+
+REFUSAL = "I can't help with that."
+
+
+def test_a_refusal_is_kept_in_the_message_with_stop_reason_refusal() -> None:
+    """An OpenAI refusal (content null, `refusal` set) came out as an empty content list with
+    stop_reason end_turn: the refusal's text was lost."""
+    refused = {"role": "assistant", "content": None, "refusal": REFUSAL}
+    out = completion_to_message(completion(refused, "stop"))
+    message = Message.model_validate(out)
+    assert [(b.type, getattr(b, "text", None)) for b in message.content] == [("text", REFUSAL)]
+    assert message.stop_reason == "refusal"
+
+
+async def test_a_streamed_refusal_is_kept_in_the_stream_with_stop_reason_refusal() -> None:
+    chunks = [
+        chunk({"role": "assistant", "content": None, "refusal": ""}),
+        chunk({"refusal": "I can't "}),
+        chunk({"refusal": "help with that."}),
+        chunk({}, "stop"),
+    ]
+    events = await collect(messages_events(each(chunks), model="m"))
+    with sdk_client(serve_sse(events)).messages.stream(
+        model="m", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        final = stream.get_final_message()
+    assert [(b.type, getattr(b, "text", None)) for b in final.content] == [("text", REFUSAL)]
+    assert final.stop_reason == "refusal"

@@ -2,9 +2,10 @@
 becomes a Messages response, and our errors become Anthropic's error shape.
 
 Kept on the way: text and tool calls (as tool_use blocks, arguments parsed back into `input`),
-the stop reason (stop -> end_turn, length -> max_tokens, tool_calls -> tool_use,
-content_filter -> refusal, and a matched stop sequence, which an upstream names in the
-choice's `stop_reason` as vLLM does, -> stop_sequence with the sequence), and usage:
+a refusal (its text as a text block, stop reason refusal), the stop reason (stop -> end_turn,
+length -> max_tokens, tool_calls -> tool_use, content_filter -> refusal, and a matched stop
+sequence, which an upstream names in the choice's `stop_reason` as vLLM does, ->
+stop_sequence with the sequence), and usage:
 `input_tokens` is the prompt less cache reads and writes (Anthropic's sense), the cache counts
 and their split by TTL beside it, and the gateway's `cost` (and `estimated`) carried over.
 """
@@ -63,6 +64,9 @@ def completion_to_message(body: JSON, *, model: str | None = None) -> JSON:
     text = message.get("content")
     if isinstance(text, list):
         text = "".join(str(p.get("text", "")) for p in text if isinstance(p, dict))
+    refusal = message.get("refusal")
+    if refusal and not text:
+        text = str(refusal)
     if isinstance(text, str) and (text or not message.get("tool_calls")):
         content.append({"type": "text", "text": text})
     for call in message.get("tool_calls") or ():
@@ -75,7 +79,7 @@ def completion_to_message(body: JSON, *, model: str | None = None) -> JSON:
                 "input": tool_input(fn.get("arguments")),
             }
         )
-    stop_reason, stop_sequence = stop_reason_of(choice)
+    stop_reason, stop_sequence = stop_reason_of(choice, refused=bool(refusal))
     return {
         "id": message_id(body.get("id")),
         "type": "message",
@@ -105,12 +109,15 @@ def tool_input(arguments: Any) -> JSON:
     return value if isinstance(value, dict) else {"arguments": arguments}
 
 
-def stop_reason_of(choice: JSON) -> tuple[str | None, str | None]:
+def stop_reason_of(choice: JSON, *, refused: bool = False) -> tuple[str | None, str | None]:
     """(stop_reason, stop_sequence) for a chat choice; a stop string the upstream named in
-    `stop_reason` (vLLM does, and our Anthropic provider) makes it `stop_sequence`."""
+    `stop_reason` (vLLM does, and our Anthropic provider) makes it `stop_sequence`; an answer
+    that was a refusal (`refused`) stops with `refusal`."""
     finish = choice.get("finish_reason")
     if finish is None:
         return None, None
+    if refused and finish == "stop":
+        return "refusal", None
     matched = choice.get("stop_reason")
     if finish == "stop" and isinstance(matched, str) and matched:
         return "stop_sequence", matched

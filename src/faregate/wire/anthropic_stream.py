@@ -1,6 +1,7 @@
 """An internal chunk stream (OpenAI chat chunks) as the Messages wire's event stream.
 
-message_start (with a ping), then for each text run or tool call a content_block_start,
+message_start (with a ping), then for each text run (a refusal's text is one, and the stop
+reason is then refusal) or tool call a content_block_start,
 its text_delta or input_json_delta events and a content_block_stop, then message_delta with
 the stop reason and the usage (cumulative, cache reads and writes included), and message_stop.
 Only the first choice is read: a Messages request cannot ask for more.
@@ -69,7 +70,16 @@ class MessagesStream:
     (a failure after the stream started); each returns the events to send. The gateway's
     responder drives it chunk by chunk; `messages_events` wraps it for an async iterable."""
 
-    __slots__ = ("_blocks", "_finish", "_input_tokens", "_model", "_usage", "_usage_body", "started")
+    __slots__ = (
+        "_blocks",
+        "_finish",
+        "_input_tokens",
+        "_model",
+        "_refused",
+        "_usage",
+        "_usage_body",
+        "started",
+    )
 
     def __init__(self, model: str, input_tokens: int = 0) -> None:
         self._model = model
@@ -78,6 +88,7 @@ class MessagesStream:
         self._finish: tuple[str | None, str | None] = (None, None)
         self._usage: Usage | None = None
         self._usage_body: Any = None
+        self._refused = False
         self.started = False
 
     def _start(self, chunk: JSON) -> list[JSON]:
@@ -102,9 +113,12 @@ class MessagesStream:
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue
-            events += _delta_events(choice.get("delta") or {}, self._blocks)
+            delta = choice.get("delta") or {}
+            if delta.get("refusal"):
+                self._refused = True
+            events += _delta_events(delta, self._blocks)
             if choice.get("finish_reason"):
-                self._finish = stop_reason_of(choice)
+                self._finish = stop_reason_of(choice, refused=self._refused)
         return events
 
     def end(self) -> list[JSON]:
@@ -160,7 +174,7 @@ async def messages_events(
 
 def _delta_events(delta: JSON, blocks: _Blocks) -> list[JSON]:
     events: list[JSON] = []
-    text = delta.get("content")
+    text = delta.get("content") or delta.get("refusal")
     if isinstance(text, str) and text:
         if blocks.open != "text":
             events += blocks.start("text", {"type": "text", "text": ""})
