@@ -382,3 +382,26 @@ def test_embedding_answers_carry_our_model_and_the_cost() -> None:
     assert embeddings.is_answer(upstream, embeddings.parse_request({"model": "e", "input": "x"}))
     assert not embeddings.is_answer({"data": []}, embeddings.parse_request({"model": "e", "input": "x"}))
     assert embeddings.usage_of({"usage": {"prompt_tokens": -1}}) is None
+
+
+async def test_a_streamed_refusal_becomes_refusal_events_and_a_refusal_part() -> None:
+    """A refusal streamed as `delta.refusal` was dropped: the stream completed with no output,
+    where the whole answer's translation gives a message with a refusal part."""
+    chunks = [
+        chunk({"role": "assistant", "content": None, "refusal": ""}),
+        chunk({"refusal": "I can't "}),
+        chunk({"refusal": "help."}),
+        chunk({}, "stop"),
+    ]
+    events = [e async for e in response_events(each(chunks), model="m")]
+    for event in events:
+        EVENT.validate_python(event)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert "response.refusal.delta" in [e["type"] for e in events]
+    client = sdk_client(b"".join(sse_frame(e) for e in events))
+    with client.responses.stream(model="m", input="hi") as stream:
+        deltas = [e.delta for e in stream if e.type == "response.refusal.delta"]
+        final = stream.get_final_response()
+    assert deltas == ["I can't ", "help."]
+    parts = [p for item in final.output if item.type == "message" for p in item.content]
+    assert [(p.type, getattr(p, "refusal", None)) for p in parts] == [("refusal", "I can't help.")]

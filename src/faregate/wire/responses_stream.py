@@ -2,7 +2,8 @@
 
 response.created and response.in_progress; for the text, response.output_item.added (a
 message), response.content_part.added, response.output_text.delta events, then
-response.output_text.done, response.content_part.done and response.output_item.done; for each
+response.output_text.done, response.content_part.done and response.output_item.done (for a
+refusal the same with a refusal part and response.refusal.delta/.done events); for each
 tool call, response.output_item.added (a function_call), response.function_call_arguments.delta
 events, then .done and response.output_item.done; last response.completed (or
 response.incomplete when the answer was cut at max_output_tokens) with the whole Response and
@@ -43,7 +44,7 @@ class _Writer:
         self.response = response
         self.sequence = 0
         self.output: list[JSON] = []
-        self.open: str | None = None  # "text" or "tool:N"
+        self.open: str | None = None  # "text", "refusal" or "tool:N"
         self.text: list[str] = []
 
     def event(self, kind: str, **fields: Any) -> JSON:
@@ -62,7 +63,7 @@ class _Writer:
             self.event("response.output_item.added", output_index=len(self.output) - 1, item=dict(item))
         )
         if item["type"] == "message":
-            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            part = message_item(item["id"], "", refusal=key == "refusal")["content"][0]
             events.append(
                 self.event(
                     "response.content_part.added",
@@ -77,22 +78,22 @@ class _Writer:
     def close_item(self) -> list[JSON]:
         if self.open is None:
             return []
-        self.open = None
         index = len(self.output) - 1
         item = self.output[index]
         events: list[JSON] = []
         if item["type"] == "message":
+            refusal = self.open == "refusal"
             text = "".join(self.text)
             self.text = []
-            done = message_item(item["id"], text)
+            done = message_item(item["id"], text, refusal=refusal)
+            said: JSON = {"refusal": text} if refusal else {"text": text, "logprobs": []}
             events.append(
                 self.event(
-                    "response.output_text.done",
+                    "response.refusal.done" if refusal else "response.output_text.done",
                     item_id=item["id"],
                     output_index=index,
                     content_index=0,
-                    text=text,
-                    logprobs=[],
+                    **said,
                 )
             )
             events.append(
@@ -114,6 +115,7 @@ class _Writer:
                     arguments=item["arguments"],
                 )
             )
+        self.open = None
         self.output[index] = done
         events.append(self.event("response.output_item.done", output_index=index, item=done))
         return events
@@ -208,24 +210,20 @@ def _failed(writer: _Writer, message: str) -> list[JSON]:
 def _delta_events(writer: _Writer, delta: JSON) -> list[JSON]:
     events: list[JSON] = []
     suffix = writer.response["id"].removeprefix("resp_")
-    text = delta.get("content")
-    if isinstance(text, str) and text:
-        if writer.open != "text":
+    for key, text in (("text", delta.get("content")), ("refusal", delta.get("refusal"))):
+        if not (isinstance(text, str) and text):
+            continue
+        if writer.open != key:
             events += writer.open_item(
-                "text", message_item(f"msg_{suffix}", "", "in_progress") | {"content": []}
+                key, message_item(f"msg_{suffix}", "", "in_progress") | {"content": []}
             )
         writer.text.append(text)
         index = len(writer.output) - 1
         item_id = writer.output[index]["id"]
+        said: JSON = {"logprobs": []} if key == "text" else {}
+        kind = "response.output_text.delta" if key == "text" else "response.refusal.delta"
         events.append(
-            writer.event(
-                "response.output_text.delta",
-                item_id=item_id,
-                output_index=index,
-                content_index=0,
-                delta=text,
-                logprobs=[],
-            )
+            writer.event(kind, item_id=item_id, output_index=index, content_index=0, delta=text, **said)
         )
     for call in delta.get("tool_calls") or ():
         key = f"tool:{call.get('index', 0)}"
