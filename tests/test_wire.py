@@ -214,3 +214,26 @@ def test_streamed_answer_reads_every_kind_of_chunk() -> None:
     assert seen.usage.completion_tokens == 5
     assert seen.take({"usage": None}) is False  # no choices but a usage key: held, not relayed
     assert seen.finish_reason == "length"
+
+
+def test_a_kept_refusal_replayed_as_a_stream_still_says_it() -> None:
+    """A whole answer that is a refusal (content null, `refusal` set) is kept by the cache;
+    replayed to a streaming request its chunks carried no refusal: an empty answer."""
+    refusal = "I can't help with that."
+    body = {
+        "id": "c1",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "refusal": refusal},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8, "cost": 0.0},
+    }
+    frames = answer_as_chunks(body, include_usage=False)
+    said = "".join(f["choices"][0]["delta"].get("refusal") or "" for f in frames)
+    assert said == refusal
+    assert frames[-1]["choices"][0]["finish_reason"] == "stop"

@@ -416,7 +416,7 @@ def free_answer(body: JSON, usage: Usage) -> JSON:
 
 def answer_as_chunks(body: JSON, include_usage: bool) -> list[JSON]:
     """A whole, priced chat.completion replayed as the chunks of a stream: per choice a role
-    chunk, its content and tool calls, its finish; then, when the client asked for usage, the
+    chunk, its content, refusal and tool calls, its finish; then, when the client asked for usage, the
     usage-only chunk with the body's usage, and `"usage": null` on every other chunk as OpenAI
     sends it."""
     base = {
@@ -440,6 +440,8 @@ def answer_as_chunks(body: JSON, include_usage: bool) -> list[JSON]:
         delta: JSON = {}
         if message.get("content"):
             delta["content"] = message["content"]
+        if message.get("refusal"):
+            delta["refusal"] = message["refusal"]
         if message.get("tool_calls"):
             delta["tool_calls"] = [{**call, "index": i} for i, call in enumerate(message["tool_calls"])]
         if delta:
