@@ -181,3 +181,14 @@ async def test_bad_admin_requests_are_clear_400s_and_404s(
     assert response.status == status
     error = (await response.json())["error"]
     assert error["param"] == param and error["message"]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_a_wrong_method_is_a_405_that_says_which_are_allowed(
+    client: TestClient[Any, Any], path: str
+) -> None:
+    """RFC 9110 15.5.6: a 405 carries an Allow header. aiohttp's has one; the answer the error
+    middleware writes in its place (OpenAI's or Anthropic's error shape) dropped it."""
+    response = await client.get(path)
+    assert response.status == 405
+    assert "POST" in response.headers.get("Allow", "")

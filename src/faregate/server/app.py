@@ -264,7 +264,9 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
                 f"Method {request.method} is not allowed on {request.path}.", code="method_not_allowed"
             )
             err.status = 405
-            return error_response(err, wire=wire)
+            # RFC 9110: a 405 says which methods the resource allows (aiohttp's own one does).
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            return error_response(err, allow, wire=wire)
         raise
     except Exception as exc:
         unavailable = outage_error(exc)
