@@ -621,3 +621,13 @@ async def test_a_streamed_refusal_is_kept_in_the_stream_with_stop_reason_refusal
         final = stream.get_final_message()
     assert [(b.type, getattr(b, "text", None)) for b in final.content] == [("text", REFUSAL)]
     assert final.stop_reason == "refusal"
+
+
+@pytest.mark.parametrize("stream", ["true", 1, {"on": True}])
+def test_a_stream_that_is_not_a_boolean_is_a_400(stream: Any) -> None:
+    """`stream: "true"` was taken as false: a whole JSON answer to a client that asked for events
+    (the chat wire refuses it, as Anthropic does)."""
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    with pytest.raises(InvalidRequest) as info:
+        messages_to_chat(body)
+    assert info.value.param == "stream"

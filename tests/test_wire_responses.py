@@ -405,3 +405,11 @@ async def test_a_streamed_refusal_becomes_refusal_events_and_a_refusal_part() ->
     assert deltas == ["I can't ", "help."]
     parts = [p for item in final.output if item.type == "message" for p in item.content]
     assert [(p.type, getattr(p, "refusal", None)) for p in parts] == [("refusal", "I can't help.")]
+
+
+@pytest.mark.parametrize("stream", ["true", 1, {"on": True}])
+def test_a_stream_that_is_not_a_boolean_is_a_400(stream: Any) -> None:
+    """`stream: "true"` was taken as false: a whole JSON answer to a client that asked for events."""
+    with pytest.raises(InvalidRequest) as info:
+        responses_to_chat({"model": "m", "input": "hi", "stream": stream})
+    assert info.value.param == "stream"

@@ -96,8 +96,10 @@ def messages_to_chat(body: JSON, *, count_only: bool = False) -> JSON:
     if body.get("cache_control") is not None:
         _mark_last_block(chat, body["cache_control"])
     _copy_sampling(body, chat)
-    if "stream" in body:
-        chat["stream"] = body["stream"] is True
+    if body.get("stream") is not None:
+        if not isinstance(body["stream"], bool):
+            raise InvalidRequest("stream: expected a boolean", param="stream")
+        chat["stream"] = body["stream"]
         if chat["stream"]:
             # A Messages stream always reports usage at its end.
             chat["stream_options"] = {"include_usage": True}

@@ -108,6 +108,8 @@ def responses_to_chat(body: JSON) -> JSON:
         if body.get(name) is not None:
             chat[name] = body[name]
     _text_options(body, chat)
+    if not isinstance(body.get("stream", False), bool | None):
+        raise InvalidRequest("stream: expected a boolean", param="stream")
     if body.get("stream") is True:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}  # response.completed always carries usage
