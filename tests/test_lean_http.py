@@ -579,6 +579,28 @@ async def test_the_keepalive_timer_is_armed_once_and_closes_an_idle_connection(s
     assert transport.closed
 
 
+@pytest.mark.parametrize(
+    "partial", [b"POST /echo HTTP/1.1\r\nHost: x\r\n", post("/echo", b"0123456789")[:-4]]
+)
+async def test_a_request_that_stops_arriving_is_cut_off(server: LeanServer, partial: bytes) -> None:
+    """Half a head, or a head and half its body, then nothing: the connection is closed once
+    nothing has come for KEEPALIVE_S (else it would be held for ever), not while bytes still come."""
+    conn, transport = connect(server)
+    send(transport, partial)
+    await settle()
+    loop = asyncio.get_running_loop()
+    conn._cancel_keepalive()
+    conn._idle_since = loop.time() - lean_http.KEEPALIVE_S - 1  # the timer's own deadline passed
+    conn._idle_timeout()  # but bytes came just now: armed again for the rest
+    assert not transport.closed and conn._keepalive is not None
+    assert conn._keepalive.when() == pytest.approx(conn._data_at + lean_http.KEEPALIVE_S, abs=1)
+    conn._cancel_keepalive()
+    conn._data_at = loop.time() - lean_http.KEEPALIVE_S - 1
+    conn._idle_timeout()
+    assert transport.closed and not parse(transport.out)
+    await settle(lambda: not server.tasks or all(t.done() for t in server.tasks))
+
+
 async def test_shutdown_without_pre_shutdown_does_not_wait_for_idle_connections(server: LeanServer) -> None:
     _, transport = connect(server)
     send(transport, post("/echo", b"one"))

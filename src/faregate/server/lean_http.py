@@ -26,7 +26,9 @@ How a connection reads, one request at a time:
   answer instead of a reset;
 - keep-alive as the request says (HTTP/1.0 included); an idle connection closes after
   KEEPALIVE_S: one timer per connection, not re-armed per request (it notes when the connection
-  last became idle, and when it fires early it is armed again for the rest); writes to a
+  last became idle, and when it fires early it is armed again for the rest); a head or body
+  that stops arriving for KEEPALIVE_S closes the connection too (else a client sending half a
+  request would hold it, and its file descriptor, for ever); writes to a
   client that is gone raise ConnectionResetError, and a write waits while the transport's
   buffer is full (pause_writing).
 """
@@ -121,6 +123,8 @@ class LeanConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None  # the linger timer
         self._keepalive: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
+        # When bytes last came (a head or body still arriving is cut off once they stop).
+        self._data_at = 0.0
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -153,6 +157,7 @@ class LeanConnection(asyncio.Protocol):
             drain.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        self._data_at = self.loop.time()
         request = self._request
         if (request is not None and request.body_complete) or self._pending:
             # Past the message being handled: parsed once it is answered.
@@ -367,7 +372,20 @@ class LeanConnection(asyncio.Protocol):
 
     def _idle_timeout(self) -> None:
         self._keepalive = None
-        if self._request is not None or self._in_message or self.transport is None:
+        request = self._request
+        if self.transport is None:
+            return
+        if self._in_message and (request is None or not request.body_complete):
+            # A head or body on its way: cut off once nothing has come for KEEPALIVE_S.
+            left = self._data_at + KEEPALIVE_S - self.loop.time()
+            if left > 0:
+                self._keepalive = self.loop.call_later(left, self._idle_timeout)
+                return
+            log.info("closing a connection whose request stopped arriving %.0f s ago", KEEPALIVE_S)
+            self.transport.close()
+            self._wake_worker()
+            return
+        if request is not None or self._in_message:
             return  # busy: `_idle` arms it again once the connection is idle
         left = self._idle_since + KEEPALIVE_S - self.loop.time()
         if left > 0:  # idle again since the timer was armed: wait for the rest
