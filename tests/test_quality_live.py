@@ -15,9 +15,11 @@ import pytest
 from faregate.config import ConfigError, load_settings
 from faregate.learning.online.domain_router import Vector
 from faregate.learning.online.settings import QualitySettings, VerificationSettings
+from faregate.learning.thresholds import CalibrationPoint
 from faregate.quality.live import LiveState, RouteCalibration, today
 from faregate.quality.metrics import QualityCollector
 from faregate.quality.service import QualityService
+from faregate.quality.state import Prior
 from faregate.store.sqlite.store import SQLiteStore
 from faregate.store.verifications import HoldAsk, Verdict, VerificationRow
 
@@ -113,6 +115,32 @@ def test_a_router_worse_than_length_is_flagged_and_falls_back_to_length() -> Non
     assert route.state.epoch == 1 and route.state.calibration.strong_share == 1.0
     after = route.decide("after", score=0.0, length=99.0)
     assert after.rank == after.length_rank and route.figures()["ranking"] == "length"
+
+
+def test_a_flag_restarts_the_calibration_without_the_prior() -> None:
+    """The prior's pseudo-outcomes describe the router's ranking: after a fall back to length they
+    must not certify cuts of the length ranking (the domain-learning switch drops them too)."""
+    settings = QualitySettings(
+        target=0.9,
+        confidence=0.8,
+        prior_outcomes=200,
+        verification=VerificationSettings(share=1.0, rest_ratio=1.0, daily_usd_cap=Decimal(5)),
+    )
+    # A curve that keeps all of the strong model's accuracy at any share: the prior alone certifies.
+    curve = (CalibrationPoint(0.0, 1.0, 1.0), CalibrationPoint(1.0, 1.0, 1.0))
+    route = RouteCalibration("r", "router", settings, prior=Prior(curve, 0.8))  # type: ignore[arg-type]
+    route.cheap, route.strong = "weak", "strong"
+    assert route.state.calibration.strong_share < 1.0  # the prior's word
+    for i in range(3000):
+        length = float(i % 100)
+        decision = route.decide(f"q{i}", score=1.0 - length / 100, length=length)
+        if decision.labelled:
+            route.observe(decision, loss=length >= 50)
+        if route.state.flagged:
+            break
+    assert route.state.flagged and route.state.epoch == 1
+    calibration = route.state.calibration
+    assert calibration.labelled == 0 and calibration.strong_share == 1.0
 
 
 def test_state_round_trips_through_json() -> None:

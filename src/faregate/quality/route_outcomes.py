@@ -105,7 +105,8 @@ class RouteOutcomes(RouteState):
             if verdict.flagged:
                 state.flagged, state.flag_reason = True, verdict.reason
                 state.epoch += 1
-                state.calibration = self.new_calibration()
+                # The prior's pseudo-outcomes are about the router's ranking, not length's.
+                state.calibration = self.new_calibration(with_prior=False)
         if self.learn and self.switch.observe(
             state.switch,
             int(loss),
