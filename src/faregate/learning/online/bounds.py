@@ -6,8 +6,8 @@ Wilson). Rare events are what the targets bound (a 0.5% wrong-hit rate, a few po
 so exactness at small counts matters more than width. These are fixed-sample bounds: a sequence
 of them recomputed as evidence grows is not simultaneously valid. `mixture_upper` is: the
 Beta-mixture (conjugate) confidence sequence for a binomial rate (Robbins 1970; Howard et al.
-2021), valid at every n at once, at the price of a wider bound (about 1.6x the evidence for the
-same width at the rates the cache bounds).
+2021), valid at every n at once, at the price of a wider bound (about 3.5-5x the evidence for the
+same width at the rates the cache bounds: 0.5% with 0 wrong takes 2,135 trials against 598).
 """
 
 from __future__ import annotations

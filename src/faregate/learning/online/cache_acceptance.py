@@ -36,7 +36,7 @@ are all labelled, served ones only when verified), so the pooled rate over-weigh
 bands: the bound errs on the safe side. Guarantee: if lookups are exchangeable and labels right,
 each calibration's R_upper(tau) bounds R(tau) with probability >= confidence (fixed-sample,
 Clopper-Pearson), or, with `sequential`, at every time at once (anytime-valid Beta-mixture bound,
-bounds.mixture_upper; it needs about 1.6x the evidence). The guards and the conflict rule only
+bounds.mixture_upper; it needs about 3.5-5x the evidence). The guards and the conflict rule only
 remove hits, so they keep it.
 
 Conflicts (vCache's point that crowded regions need stricter thresholds): each cached entry keeps

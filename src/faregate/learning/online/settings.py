@@ -80,7 +80,7 @@ class SemanticAcceptanceSettings(_Strict):
     # Wrong answers served / all lookups (vCache's definition), bounded at `confidence`.
     max_wrong_hit_rate: float = 0.005
     confidence: float = 0.95
-    # Anytime-valid bounds (about 1.6x the evidence) instead of fixed-sample Clopper-Pearson ones.
+    # Anytime-valid bounds (about 3.5-5x the evidence) instead of fixed-sample Clopper-Pearson ones.
     sequential: bool = False
     # The bound: "product" or "direct" (learning/online/cache_acceptance.py).
     method: str = "product"
