@@ -101,7 +101,8 @@ def test_the_direct_bound_counts_labelled_wrong_hits_over_all_lookups() -> None:
 
 def test_the_direct_bound_pays_for_unlabelled_lookups_it_has_not_seen() -> None:
     """Its second term is a bound on P(s >= tau, unlabelled) even when none was seen: with few
-    labels above tau it costs about 5 / N, where the product pays about 3 / N in all."""
+    labels above tau it costs about 5 / N on top of the count's 3 / N, where the product pays
+    about 5 / N in all (its share factor at alpha * 0.1, times a rate of 1 with no labels)."""
     direct, product = CacheAcceptance(method="direct"), CacheAcceptance()
     state = AcceptanceState()
     for _ in range(1500):
