@@ -138,3 +138,37 @@ def test_cost_math_is_exact() -> None:
     assert flash.cost(Usage(1000, 500)) == Decimal("0.00082")
     gpt4o = Price(Decimal("2.50"), Decimal("10.00"))
     assert gpt4o.cost(Usage(9_600_000, 6_400_000)) == Decimal("88")
+
+
+def test_broad_catalog_bills_the_snapshot_price_in_force_not_the_first_one() -> None:
+    """genai-prices lists a model's price changes in order, the last one in force winning
+    (o3 went from 10/40 to 2/8 on 2025-06-10): the catalog must bill that one."""
+    settings = parse_settings({"providers": {"openai": {"base_url": "https://api.openai.com/v1"}}})
+    catalog = build_catalog(settings)
+    o3 = catalog.get("o3")
+    assert o3 is not None
+    assert (o3.list_price.input, o3.list_price.output) == (Decimal(2), Decimal(8))
+    assert (o3.offers[0].price.input, o3.offers[0].price.output) == (Decimal(2), Decimal(8))
+
+
+def test_broad_prices_follow_start_dates_and_leave_out_prices_that_vary_by_hour() -> None:
+    from datetime import UTC, date, time
+    from types import SimpleNamespace as Obj
+
+    from faregate.catalog.broad import _price_in_force
+
+    def price(inp: str, out: str) -> Obj:
+        return Obj(input_mtok=Decimal(inp), output_mtok=Decimal(out), cache_read_mtok=None)
+
+    def model(*conditionals: tuple[object, Obj]) -> Obj:
+        return Obj(prices=[Obj(constraint=c, prices=p) for c, p in conditionals])
+
+    today = date(2026, 1, 1)
+    changed = model((None, price("10", "40")), (Obj(start_date=date(2025, 6, 10)), price("2", "8")))
+    assert _price_in_force(changed, today) == Price(Decimal(2), Decimal(8))
+    announced = model((None, price("10", "40")), (Obj(start_date=date(2026, 6, 1)), price("2", "8")))
+    assert _price_in_force(announced, today) == Price(Decimal(10), Decimal(40))
+    # DeepSeek's off-peak discount: one static price would be wrong for part of every day.
+    peak = Obj(start_time=time(0, 30, tzinfo=UTC), end_time=time(16, 30, tzinfo=UTC))
+    by_hour = model((None, price("0.135", "0.55")), (peak, price("0.27", "1.1")))
+    assert _price_in_force(by_hour, today) is None

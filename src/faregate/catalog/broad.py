@@ -5,6 +5,7 @@ Curated models and local overrides always win over it.
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -31,18 +32,32 @@ def _decimal(model_price: Any, name: str) -> Decimal | None:
     return value if isinstance(value, Decimal) else None  # tiered prices are left out
 
 
-def _unconditional_price(info: Any) -> Price | None:
+def _price_in_force(info: Any, today: date) -> Price | None:
+    """The flat price in force `today`, or None when there is none we can bill with one Price.
+
+    genai-prices lists a model's prices in order and the last one in force wins: an
+    unconstrained one, then later ones from a start date (price changes). A price that applies
+    at some hours only (DeepSeek's off-peak discount) makes the price vary through the day, which
+    one static Price cannot bill right: such a model is left out, as tiered prices are.
+    """
     prices = info.prices
     candidates = prices if isinstance(prices, list) else [None]
+    chosen: Any = None
     for conditional in candidates:
-        model_price = prices if conditional is None else conditional.prices
-        if conditional is not None and conditional.constraint is not None:
+        if conditional is None or conditional.constraint is None:
+            chosen = prices if conditional is None else conditional.prices
             continue
-        inp = getattr(model_price, "input_mtok", None)
-        out = getattr(model_price, "output_mtok", None)
-        if isinstance(inp, Decimal) and isinstance(out, Decimal):
-            return Price(inp, out, *(_decimal(model_price, f) for f in _CACHE_PRICE_FIELDS))
+        start = getattr(conditional.constraint, "start_date", None)
+        if not isinstance(start, date):
+            return None  # a time-of-day (or unknown) constraint: not one flat price
+        if start <= today:
+            chosen = conditional.prices
+    if chosen is None:
         return None
+    inp = getattr(chosen, "input_mtok", None)
+    out = getattr(chosen, "output_mtok", None)
+    if isinstance(inp, Decimal) and isinstance(out, Decimal):
+        return Price(inp, out, *(_decimal(chosen, f) for f in _CACHE_PRICE_FIELDS))
     return None
 
 
@@ -51,6 +66,7 @@ def add_broad_models(catalog: Catalog, settings: Settings, enabled: dict[str, bo
     from genai_prices.data_snapshot import get_snapshot
 
     added = 0
+    today = datetime.now(UTC).date()  # price changes dated later in the snapshot are not in force yet
     for provider in get_snapshot().providers:
         ours = PROVIDER_IDS.get(provider.id)
         if ours is not None and ours not in settings.providers:
@@ -58,7 +74,7 @@ def add_broad_models(catalog: Catalog, settings: Settings, enabled: dict[str, bo
         for info in provider.models:
             if getattr(info, "deprecated", None):
                 continue
-            price = _unconditional_price(info)
+            price = _price_in_force(info, today)
             if price is None:
                 continue
             name = info.id if ours is not None else f"{provider.id}/{info.id}"
