@@ -59,6 +59,21 @@ def test_offer_with_unknown_provider_is_rejected() -> None:
         parse_settings({"models": {"m": {"input": 1, "output": 1, "offers": [{"provider": "nope"}]}}})
 
 
+def test_alias_that_differs_only_in_case_is_rejected() -> None:
+    """The catalog matches names case-insensitively: "Premium" as the cheap model's alias would
+    serve (and bill) requests for "premium" with the cheap model."""
+    data = {
+        "models": {
+            "cheap": {"input": "0.1", "output": "0.2", "aliases": ["Premium"]},
+            "premium": {"input": 10, "output": 40},
+        }
+    }
+    with pytest.raises(ConfigError, match="'premium' is already used by 'cheap'"):
+        parse_settings(data)
+    same_model = {"models": {"gpt-4o": {"input": 1, "output": 1, "aliases": ["GPT-4o"]}}}
+    assert parse_settings(same_model).models["gpt-4o"].aliases == ["GPT-4o"]
+
+
 def test_duplicate_alias_is_rejected() -> None:
     data = {
         "models": {

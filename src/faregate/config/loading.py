@@ -118,16 +118,21 @@ def _explain(exc: msgspec.ValidationError) -> str:
 
 def _check_references(settings: Settings, origin: str) -> None:
     seen_names: dict[str, str] = {}
+    # The catalog looks names and aliases up case-insensitively (the first one added wins), so
+    # "GPT-4o" as another model's alias would silently take over requests for "gpt-4o".
+    seen_lowered: dict[str, str] = {}
     for name, model in settings.models.items():
         if model.context_window <= 0:
             raise ConfigError(f"{origin}: models.{name}.context_window must be positive")
         for alias in [name, *model.aliases]:
-            if alias in seen_names and seen_names[alias] != name:
+            owner = seen_lowered.get(alias.lower())
+            if owner is not None and owner != name:
                 raise ConfigError(
-                    f"{origin}: models.{name}: name or alias {alias!r} is already used by "
-                    f"{seen_names[alias]!r}"
+                    f"{origin}: models.{name}: name or alias {alias!r} is already used by {owner!r}"
+                    " (names and aliases are matched case-insensitively)"
                 )
             seen_names[alias] = name
+            seen_lowered[alias.lower()] = name
         embedding = model.kind == "embedding"
         outputs = (model.output, *(o.output for o in model.offers))
         if embedding and any(p is not None and p != 0 for p in outputs):
