@@ -82,6 +82,9 @@ class Exchange:
     hold: Hold | None = None
     # A shadow verification to start once the response is out and recorded (quality/verifier.py).
     verification: Job | CacheJob | None = None
+    # The answer's usage, prompt-cache counts included (the record keeps only the totals): the
+    # baseline is priced on it, as the served offer was.
+    usage: Usage | None = None
 
     @classmethod
     def begin(cls, http_request: HttpRequest, wire: ClientWire = CHAT) -> Exchange:
@@ -173,6 +176,7 @@ class Exchange:
         """What the answer cost: the served attempt's usage at its offer's price, plus what
         failed attempts were billed."""
         record = self.record
+        self.usage = usage
         record.model_used = candidate.model.name
         record.provider = candidate.offer.provider
         record.prompt_tokens = usage.prompt_tokens
@@ -191,6 +195,7 @@ class Exchange:
     def from_cache(self, cached: CachedAnswer) -> None:
         """A hit costs nothing; the record keeps the usage so the whole baseline counts as saved."""
         record = self.record
+        self.usage = cached.usage
         record.cache_status = cached.kind
         record.model_used = cached.model
         record.provider = cached.provider
@@ -232,7 +237,10 @@ class Exchange:
     def finished(self, baseline: Price) -> None:
         record = self.record
         record.latency_ms = (time.perf_counter() - self.started) * 1000
-        record.baseline_cost_usd = baseline.cost(Usage(record.prompt_tokens, record.completion_tokens))
+        # The same usage on the baseline model: cache reads at its cache price, not as plain input
+        # (else a request the baseline model served with cached tokens shows as savings).
+        usage = self.usage or Usage(record.prompt_tokens, record.completion_tokens)
+        record.baseline_cost_usd = baseline.cost(usage)
 
     @property
     def spent(self) -> tuple[Decimal, int]:
