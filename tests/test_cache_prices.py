@@ -196,3 +196,56 @@ def test_global_api_offers_at_the_makers_prices(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("GLOBAL_API_KEY", "ga_pro_key")
     model = build_catalog(load_settings()).get("deepseek-v3.2")
     assert model is not None and model.offers[0].available
+
+
+def test_the_built_in_openai_models_discount_cached_input() -> None:
+    """OpenAI caches long prompts by itself and bills the cached part at its cached-input price
+    (gpt-4o: 1.25 of 2.50; gpt-4o-mini: 0.075 of 0.15, on OpenAI's price page and in
+    genai-prices), reporting it as prompt_tokens_details.cached_tokens: so must the gateway."""
+    catalog = build_catalog(load_settings(overrides={"catalog": {"broad": False}}))
+    usage = usage_from(
+        {
+            "usage": {
+                "prompt_tokens": 10_000,
+                "completion_tokens": 0,
+                "prompt_tokens_details": {"cached_tokens": 8_000},
+            }
+        }
+    )
+    assert usage is not None
+    for name, cached in (("gpt-4o", "1.25"), ("gpt-4o-mini", "0.075")):
+        model = catalog.get(name)
+        assert model is not None
+        for offer in model.offers:  # openai's own, and OpenRouter's resale at the same prices
+            plain = offer.price.input
+            assert offer.price.cost(usage) == (2_000 * plain + 8_000 * Decimal(cached)) / 1_000_000
+
+
+def test_curated_offers_keep_the_cache_prices_genai_prices_knows() -> None:
+    """A curated offer at the same input and output price as genai-prices' entry for the same
+    provider and upstream model bills cached tokens as that entry does (the curated entry wins
+    over the broad one, cache prices included)."""
+    from datetime import UTC, datetime
+
+    from genai_prices.data_snapshot import get_snapshot
+
+    from faregate.catalog.broad import PROVIDER_IDS, _price_in_force
+
+    today = datetime.now(UTC).date()
+    known = {
+        (PROVIDER_IDS[p.id], m.id): _price_in_force(m, today)
+        for p in get_snapshot().providers
+        if p.id in PROVIDER_IDS
+        for m in p.models
+    }
+    catalog = build_catalog(load_settings(overrides={"catalog": {"broad": False}}))
+    missing = []
+    for model in catalog.all():
+        for offer in model.offers:
+            theirs = known.get((offer.provider, offer.upstream_model))
+            ours = offer.price
+            if theirs is None or (theirs.input, theirs.output) != (ours.input, ours.output):
+                continue
+            if (ours.cache_read, ours.cache_write) != (theirs.cache_read, theirs.cache_write):
+                missing.append(f"{model.name} via {offer.provider}")
+    assert missing == []

@@ -36,7 +36,7 @@ def test_issue_price_table_is_shipped(catalog) -> None:  # type: ignore[no-untyp
     for name, (inp, out, ctx) in expected.items():
         model = catalog.get(name)
         assert model is not None, name
-        assert model.list_price == Price(Decimal(inp), Decimal(out)), name
+        assert (model.list_price.input, model.list_price.output) == (Decimal(inp), Decimal(out)), name
         assert model.context_window == ctx, name
     assert catalog.get("deepseek-v4-flash").max_output_tokens == 8192
     assert catalog.get("gpt-4o").max_output_tokens == 16384

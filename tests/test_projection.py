@@ -24,7 +24,7 @@ from faregate.evals.costs.projection import (
 )
 from faregate.types import Price
 
-GPT_4O = Price(Decimal("2.50"), Decimal("10.00"))
+GPT_4O = Price(Decimal("2.50"), Decimal("10.00"), cache_read=Decimal("1.25"))
 FLASH = Price(Decimal("0.27"), Decimal("1.10"))
 
 
