@@ -98,3 +98,11 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_duplicate_keys_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="duplicate key 'sim'"):
         load_settings(write(tmp_path, "sim: {port: 1}\nsim: {port: 2}\n"))
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    # A config saved in Latin-1 (or a binary file passed by mistake): one line, not a traceback.
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("server: {host: caf\xe9}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text"):
+        load_settings(path)

@@ -67,6 +67,17 @@ def _read_yaml(text: str, origin: str) -> dict[str, Any]:
     return data
 
 
+def read_text(path: Path) -> str:
+    """A config or script file's text. YAML files are UTF-8; one saved in another encoding (or a
+    binary file given by mistake) is a ConfigError, not a UnicodeDecodeError's traceback."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start + 1} cannot be decoded); save it as UTF-8"
+        ) from None
+
+
 def default_data() -> dict[str, Any]:
     text = resources.files("faregate").joinpath("defaults/faregate.yaml").read_text(encoding="utf-8")
     return _read_yaml(text, "built-in defaults")
@@ -89,7 +100,7 @@ def load_settings(path: str | Path | None = None, *, overrides: dict[str, Any] |
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file {p} does not exist")
-        data = _merge(data, _read_yaml(p.read_text(encoding="utf-8"), str(p)))
+        data = _merge(data, _read_yaml(read_text(p), str(p)))
         origin = str(p)
     if overrides:
         data = _merge(data, overrides)
