@@ -529,6 +529,24 @@ def test_model_overrides_replace_fields_and_merge_faults(tmp_path: Path) -> None
         load_script(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (b"defaults:\n  ttft_ms: [\n", "not valid YAML: expected the node content"),
+        (b"defaults: {answer: {fixed: caf\xe9}}\n", "not UTF-8 text"),
+    ],
+)
+def test_an_unreadable_script_is_one_line(tmp_path: Path, text: bytes, fragment: str) -> None:
+    # `faregate sim --script` prints the error as one line (never PyYAML's multi-line report, never
+    # a traceback), like a bad config.
+    path = tmp_path / "sim.yaml"
+    path.write_bytes(text)
+    with pytest.raises(ConfigError) as info:
+        load_script(path)
+    (line,) = str(info.value).splitlines()
+    assert line.startswith(f"{path}: ") and fragment in line, line
+
+
 @pytest.mark.e2e
 def test_cli_registers_sim_and_prints_the_base_url(tmp_path: Path) -> None:
     from faregate.cli import sim as sim_cli

@@ -3,7 +3,14 @@
 
 from __future__ import annotations
 
-from faregate.config.loading import check_alerts, config_path, default_data, load_settings, parse_settings
+from faregate.config.loading import (
+    check_alerts,
+    config_path,
+    default_data,
+    load_settings,
+    parse_settings,
+    read_yaml_file,
+)
 from faregate.config.sections import (
     CACHE_ALERTS,
     CONFIG_ENV,
@@ -67,4 +74,5 @@ __all__ = [
     "default_data",
     "load_settings",
     "parse_settings",
+    "read_yaml_file",
 ]

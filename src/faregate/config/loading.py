@@ -78,6 +78,12 @@ def read_text(path: Path) -> str:
         ) from None
 
 
+def read_yaml_file(path: Path) -> dict[str, Any]:
+    """A YAML file of mappings (a config, a simulator script), read as strictly as the config: every
+    failure is one ConfigError line naming the file."""
+    return _read_yaml(read_text(path), str(path))
+
+
 def default_data() -> dict[str, Any]:
     text = resources.files("faregate").joinpath("defaults/faregate.yaml").read_text(encoding="utf-8")
     return _read_yaml(text, "built-in defaults")
@@ -100,7 +106,7 @@ def load_settings(path: str | Path | None = None, *, overrides: dict[str, Any] |
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file {p} does not exist")
-        data = _merge(data, _read_yaml(read_text(p), str(p)))
+        data = _merge(data, read_yaml_file(p))
         origin = str(p)
     if overrides:
         data = _merge(data, overrides)

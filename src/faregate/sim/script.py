@@ -2,8 +2,8 @@
 
 A script has a `defaults` behaviour and per-model overrides. An override replaces
 the fields it names and keeps the rest from `defaults`; `faults` merges by fault
-name, so a model can add one fault rate without repeating the others. Unknown
-keys and bad values fail at load with a message naming the key, like faregate.config.
+name, so a model can add one fault rate without repeating the others. Unknown or duplicate
+keys and bad values fail at load with a one-line message naming the key, like faregate.config.
 
     seed: 7                  # reproducible fault draws (one random stream per model)
     strict_models: false     # true: unknown models get 404 model_not_found (else: served with defaults)
@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import msgspec
-import yaml
 
+from faregate.config.loading import read_yaml_file
 from faregate.errors import ConfigError
 from faregate.sim import replay as replay_csv
 
@@ -168,11 +168,9 @@ def load_script(path: str | Path | None) -> Script:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"sim script {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
-    return parse_script(data if data is not None else {}, str(p), base_dir=p.parent)
+    # The config's reader: one-line errors (PyYAML's own report spans lines), not-UTF-8 text
+    # caught, duplicate keys refused rather than the last one silently kept.
+    return parse_script(read_yaml_file(p), str(p), base_dir=p.parent)
 
 
 def parse_script(data: Any, origin: str = "sim script", *, base_dir: str | Path = ".") -> Script:
