@@ -1,3 +1,4 @@
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -105,4 +106,18 @@ def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes("server: {host: caf\xe9}\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text"):
+        load_settings(path)
+
+
+@pytest.mark.parametrize("value", ["-1", ".nan", ".inf"])
+@pytest.mark.parametrize("where", ["model", "offer"])
+def test_a_price_must_be_a_finite_non_negative_number(tmp_path: Path, value: str, where: str) -> None:
+    # A negative offer price made its provider the "cheapest" and a cost below zero; a NaN price
+    # crashed the check with decimal.InvalidOperation instead of naming the key.
+    model = f"input: {value}, output: 1" if where == "model" else "input: 1, output: 1"
+    offer = f"input: {value}, output: 1" if where == "offer" else "output: 1"
+    path = write(tmp_path, f"models: {{m: {{{model}, offers: [{{provider: openai, {offer}}}]}}}}\n")
+    key = "models.m.input" if where == "model" else "models.m.offers[0].input"
+    problem = "must not be negative" if value == "-1" else "must be a finite number"
+    with pytest.raises(ConfigError, match=re.escape(f"{key} {problem}")):
         load_settings(path)

@@ -19,6 +19,8 @@ from faregate.config.sections import (
     CONFIG_ENV,
     QUALITY_ALERTS,
     AlertSettings,
+    ModelSettings,
+    OfferSettings,
     Settings,
 )
 from faregate.errors import ConfigError
@@ -170,10 +172,9 @@ def _check_references(settings: Settings, origin: str) -> None:
                     f"{origin}: models.{name}.offers[{i}]: no price; "
                     "set input/output on the offer or the model"
                 )
-        for field_name in ("input", "output", "cache_read", "cache_write", "cache_write_1h"):
-            value = getattr(model, field_name)
-            if value is not None and value < 0:
-                raise ConfigError(f"{origin}: models.{name}.{field_name} must not be negative")
+        _check_prices(model, f"{origin}: models.{name}")
+        for i, offer in enumerate(model.offers):
+            _check_prices(offer, f"{origin}: models.{name}.offers[{i}]")
     check_routes(settings, origin, seen_names)
     check_cache_acceptance(settings.cache.semantic, origin)
     check_alerts(settings.alerts, origin)
@@ -189,6 +190,23 @@ def _check_references(settings: Settings, origin: str) -> None:
             raise ConfigError(f"{origin}: providers.{name}.base_url must start with http:// or https://")
     if settings.server.max_body_bytes <= 0:
         raise ConfigError(f"{origin}: server.max_body_bytes must be positive")
+
+
+PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
+
+
+def _check_prices(priced: ModelSettings | OfferSettings, where: str) -> None:
+    """Every price given on a model or an offer is a finite, non-negative Decimal. YAML reads
+    `.nan` and `.inf` as numbers, and a NaN cannot even be compared (decimal.InvalidOperation); a
+    negative offer price would make its provider the cheapest and its cost negative."""
+    for field_name in PRICE_FIELDS:
+        value = getattr(priced, field_name)
+        if value is None:
+            continue
+        if not value.is_finite():
+            raise ConfigError(f"{where}.{field_name} must be a finite number, not {value}")
+        if value < 0:
+            raise ConfigError(f"{where}.{field_name} must not be negative")
 
 
 def check_alerts(alerts: AlertSettings, origin: str) -> None:
