@@ -121,3 +121,17 @@ def test_a_price_must_be_a_finite_non_negative_number(tmp_path: Path, value: str
     problem = "must not be negative" if value == "-1" else "must be a finite number"
     with pytest.raises(ConfigError, match=re.escape(f"{key} {problem}")):
         load_settings(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [("{flush_interval_s: 0}", "Expected `float` > 0.0"), ("{batch_size: 0}", "Expected `int` >= 1")],
+)
+def test_the_record_writer_needs_a_positive_interval_and_batch(
+    tmp_path: Path, section: str, problem: str
+) -> None:
+    # flush_interval_s 0 made the writer's loop run back to back without ever yielding (the
+    # gateway's event loop froze at start); batch_size 0 made a flush take 0 records forever.
+    key = section.strip("{}").split(":")[0]
+    with pytest.raises(ConfigError, match=re.escape(f"{problem} - at `records.{key}`")):
+        load_settings(write(tmp_path, f"records: {section}\n"))

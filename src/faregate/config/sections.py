@@ -49,8 +49,10 @@ class StoreSettings(_Strict):
 
 
 class RecordsSettings(_Strict):
-    batch_size: int = 512
-    flush_interval_s: float = 0.25
+    # Both positive: a batch of 0 would never empty the buffer, and an interval of 0 would run the
+    # writer's loop back to back without yielding, freezing the event loop (lifecycle.Periodic).
+    batch_size: Annotated[int, msgspec.Meta(ge=1)] = 512
+    flush_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 0.25
     # Records waiting beyond this are dropped with a warning instead of growing memory without bound.
     max_pending: int = 200_000
     # While the store is up, a request that finds this many records waiting waits for the writer
