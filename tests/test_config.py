@@ -135,3 +135,24 @@ def test_the_record_writer_needs_a_positive_interval_and_batch(
     key = section.strip("{}").split(":")[0]
     with pytest.raises(ConfigError, match=re.escape(f"{problem} - at `records.{key}`")):
         load_settings(write(tmp_path, f"records: {section}\n"))
+
+
+def test_the_sim_script_is_relative_to_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As trained router files are: `faregate serve -c conf/faregate.yaml` from elsewhere must start
+    # the simulator with conf/faults.yaml, not look for faults.yaml in the working directory.
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "faults.yaml").write_text("defaults: {faults: {rate_limit: 0.5}}\n")
+    (conf / "faregate.yaml").write_text("sim: {script: faults.yaml}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(Path("../conf/faregate.yaml"))
+    assert settings.sim.script is not None
+    assert Path(settings.sim.script) == (conf / "faults.yaml").resolve()
+    # An absolute path stays as given.
+    absolute = tmp_path / "abs.yaml"
+    (conf / "faregate.yaml").write_text(f"sim: {{script: {str(absolute)!r}}}\n")
+    assert load_settings(conf / "faregate.yaml").sim.script == str(absolute)

@@ -114,8 +114,19 @@ def load_settings(path: str | Path | None = None, *, overrides: dict[str, Any] |
         data = _merge(data, overrides)
     settings = parse_settings(data, origin)
     if path is not None:
-        resolve_policy_files(settings, Path(path).resolve().parent)
+        base = Path(path).resolve().parent
+        resolve_policy_files(settings, base)
+        _resolve_sim_script(settings, base)
     return settings
+
+
+def _resolve_sim_script(settings: Settings, base: Path) -> None:
+    """`sim.script` is named relative to the config file, like the trained router files (and like
+    the replay CSVs inside a script, relative to the script): the simulator the gateway starts
+    runs in the gateway's working directory, which need not be the config's."""
+    script = settings.sim.script
+    if script and not Path(script).is_absolute():
+        settings.sim.script = str(base / script)
 
 
 def parse_settings(data: dict[str, Any], origin: str = "config") -> Settings:

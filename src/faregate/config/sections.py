@@ -210,7 +210,8 @@ class SimSettings(_Strict):
     # 0: a free port, chosen when the gateway starts the simulator (launch: true); with launch:
     # false, the port of the simulator already running.
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
-    # Optional YAML script (latency, answers, faults per model); see faregate.sim.script.
+    # Optional YAML script (latency, answers, faults per model); see faregate.sim.script. A relative
+    # path is relative to the config file.
     script: str | None = None
     # Timeouts the gateway applies to the simulated provider (they become providers.sim's).
     first_byte_timeout_s: float = 60.0
