@@ -176,6 +176,26 @@ async def test_the_same_figures_from_the_rollup_with_edges_and_late_records(db: 
     assert (await db.analytics.totals(ALL)).cost == D("0.510")
 
 
+async def test_a_rollup_step_between_reading_the_watermark_and_the_query_counts_nothing_twice(
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The rollup runs on a connection of its own, every few seconds: it may commit a step while a
+    # dashboard query is being put together. The figures must not count its records twice.
+    assert await db.rollup.step() == 3  # chunk=3: r1..r3 in the sums, r4..r8 pending
+    pending = db.analytics._pending
+
+    async def a_step_commits_meanwhile() -> tuple[str, list[object]] | None:
+        found = await pending()
+        await db.rollup.step()
+        return found
+
+    monkeypatch.setattr(db.analytics, "_pending", a_step_commits_meanwhile)
+    await check_totals(db.analytics)
+    await check_breakdowns(db.analytics)
+    await check_series(db.analytics)
+    await check_reliability(db.analytics)
+
+
 async def test_filters_on_one_or_several_dimensions(db: Db) -> None:
     await db.rollup.catch_up()
     t = await db.analytics.totals(Slice(H, UNTIL, model="B"))

@@ -30,6 +30,7 @@ from faregate.store.sqlite.rollup import (
     EVENTFUL,
     FAILED_ATTEMPT_GROUP,
     FAILED_ATTEMPTS_FROM,
+    STATE_NAME,
     rolled_up_to,
 )
 from faregate.store.sqlite.store import BUSY_TIMEOUT_MS
@@ -120,4 +121,10 @@ class SQLiteAnalytics(AnalyticsQueries):
             watermark = await rolled_up_to(self._conn)
         if watermark == 0:
             return None
-        return " AND request_records.id > ?", [watermark]
+        # The watermark is read again inside the query itself: one statement sees one snapshot,
+        # whereas the value just read may be stale by then (a rollup step that commits in between
+        # would put records both in the sums and among the pending ones, counted twice).
+        return (
+            " AND request_records.id > (SELECT COALESCE(MAX(last_id), 0) FROM rollup_state WHERE name = ?)",
+            [STATE_NAME],
+        )
