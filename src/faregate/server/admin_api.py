@@ -33,6 +33,7 @@ from faregate.errors import InvalidRequest
 from faregate.server.admin import require_master
 from faregate.server.parse import decode_json_object
 from faregate.server.pipeline import ChatPipeline
+from faregate.server.request_checks import check_text
 
 _POLICY_FIELDS = frozenset({"requests_per_minute", "tokens_per_minute", "max_request_usd", "budgets"})
 _CREATE_FIELDS = _POLICY_FIELDS | {"name", "premium", "credits_usd"}
@@ -77,7 +78,7 @@ class AdminApi:
 
     async def _key_id(self, request: web.Request) -> str:
         require_master(request, self.master_key)
-        return await self.service.resolve(request.match_info["key_id"])
+        return await self.service.resolve(check_text(request.match_info["key_id"], "id"))
 
     async def create(self, request: web.Request) -> web.StreamResponse:
         require_master(request, self.master_key)
@@ -86,6 +87,7 @@ class AdminApi:
         name = body.get("name")
         if not isinstance(name, str):
             raise InvalidRequest("'name' is required: a label for the key.", param="name")
+        check_text(name, "name")
         premium = body.get("premium", False)
         if not isinstance(premium, bool):
             raise InvalidRequest("'premium' must be a boolean.", param="premium")
@@ -110,6 +112,8 @@ class AdminApi:
         name = body.get("name")
         if name is not None and not isinstance(name, str):
             raise InvalidRequest("'name' must be a string.", param="name")
+        if name is not None:
+            check_text(name, "name")
         return _json(key_json(await self.service.update(key_id, policy_change(body), name)))
 
     async def revoke(self, request: web.Request) -> web.StreamResponse:
@@ -126,6 +130,8 @@ class AdminApi:
         note = body.get("note")
         if note is not None and not isinstance(note, str):
             raise InvalidRequest("'note' must be a string.", param="note")
+        if note is not None:
+            check_text(note, "note")
         view = await self.service.add_credits(key_id, parse_usd(body.get("amount_usd"), "amount_usd"), note)
         return _json(key_json(view))
 
@@ -162,7 +168,7 @@ class AdminApi:
         force = body.get("force", False)
         if not isinstance(force, bool):
             raise InvalidRequest("'force' must be a boolean.", param="force")
-        instance_id = request.match_info["instance_id"]
+        instance_id = check_text(request.match_info["instance_id"], "instance_id")
         released = await self.service.release_instance(instance_id, force)
         return _json({"object": "instance.release", "id": instance_id, "released": released})
 

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from faregate.errors import FaregateError, InvalidRequest
 from faregate.server.admin import health_detail, require_master
+from faregate.server.request_checks import check_text
 from faregate.store.analytics_rows import DIMENSIONS, Dimension, Percentiles, Slice, Totals
 from faregate.store.rows import usd_text
 
@@ -46,6 +47,12 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     except ValueError:
         raise InvalidRequest(f"'{name}' must be an integer, not {text!r}.", param=name) from None
     return max(low, min(value, high))
+
+
+def _text_param(request: web.Request, name: str) -> str | None:
+    """A text parameter (a filter or a search), None when absent or empty."""
+    text = request.query.get(name)
+    return check_text(text, name) if text else None
 
 
 def _rate(part: int, whole: int) -> float | None:
@@ -153,9 +160,15 @@ class DashboardApi:
                 raise InvalidRequest(f"'range' must be one of {', '.join([*RANGES, 'all'])}, not {name!r}.")
         if since >= until:
             raise InvalidRequest("'since' must be before 'until'.")
-        keys = await self.analytics.resolve_keys(q["key"]) if q.get("key") else None
+        key = _text_param(request, "key")
+        keys = await self.analytics.resolve_keys(key) if key else None
         return Slice(
-            since, until, q.get("model") or None, q.get("provider") or None, q.get("route") or None, keys
+            since,
+            until,
+            _text_param(request, "model"),
+            _text_param(request, "provider"),
+            _text_param(request, "route"),
+            keys,
         )
 
     @staticmethod
@@ -302,7 +315,7 @@ class DashboardApi:
         limit = _int_param(request, "limit", 50, 1, 500)
         before = _timestamp(q["before"], "before") if q.get("before") else None
         rows = await self.analytics.recent(
-            s, search=(q.get("q") or "").strip() or None, limit=limit, before=before
+            s, search=(_text_param(request, "q") or "").strip() or None, limit=limit, before=before
         )
         labels = await self.analytics.key_labels(sorted({r["key_id"] for r in rows if r["key_id"]}))
         for row in rows:

@@ -98,3 +98,12 @@ def positive_int(body: JSON, name: str, high: int | None = None) -> int | None:
     if high is not None and value > high:
         raise InvalidRequest(f"'{name}' may be at most {high} on this gateway, got {value}.", param=name)
     return value
+
+
+def check_text(value: str, name: str) -> str:
+    """`value`, a text the stores keep or look up (a key name, a filter, a search): never a NUL
+    character, which PostgreSQL's text cannot hold (it refuses the whole statement, a 500) while
+    SQLite's can; refused the same way on both stores, as a 400 naming the parameter."""
+    if "\x00" in value:
+        raise InvalidRequest(f"'{name}' must not contain a NUL character.", param=name)
+    return value

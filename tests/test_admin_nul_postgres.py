@@ -1,0 +1,61 @@
+"""A NUL character in a filter, a search, a key id or a key name is the client's error (400) on the
+shared store as on the embedded one: PostgreSQL's text cannot hold one and refused the whole
+statement (a 500), while SQLite took it and answered."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from faregate.config import load_settings
+from faregate.server.app import build_gateway, create_app
+from harness import MASTER_KEY
+from servers import SharedUrls, postgres_server, redis_server, shared_urls  # noqa: F401
+
+pytestmark = pytest.mark.e2e
+
+ADMIN = {"Authorization": f"Bearer {MASTER_KEY}"}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def client(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    shared_urls: SharedUrls,  # noqa: F811
+) -> AsyncIterator[TestClient[Any, Any]]:
+    monkeypatch.setenv("FAREGATE_MASTER_KEY", MASTER_KEY)
+    store: dict[str, Any] = {"path": str(tmp_path / "store")}
+    if request.param == "postgres":
+        store |= {"postgres_url": shared_urls.postgres, "redis_url": shared_urls.redis}
+    settings = load_settings(
+        overrides={"store": store, "catalog": {"broad": False}, "accounts": {"enabled": True}}
+    )
+    gateway = await build_gateway(settings)
+    async with TestClient(TestServer(create_app(gateway))) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "param"),
+    [
+        ("GET", "/admin/dashboard/requests?q=a%00b", None, "q"),
+        ("GET", "/admin/dashboard/summary?model=a%00b", None, "model"),
+        ("GET", "/admin/dashboard/breakdown?provider=a%00b", None, "provider"),
+        ("GET", "/admin/dashboard/series?route=a%00b", None, "route"),
+        ("GET", "/admin/dashboard/summary?key=a%00b", None, "key"),
+        ("GET", "/admin/keys/a%00b", None, "id"),
+        ("POST", "/admin/keys", {"name": "a\x00b"}, "name"),
+    ],
+)
+async def test_a_nul_character_is_a_400_on_both_stores(
+    client: TestClient[Any, Any], method: str, path: str, body: Any, param: str
+) -> None:
+    response = await client.request(method, path, headers=ADMIN, json=body)
+    assert response.status == 400, await response.text()
+    error = (await response.json())["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
