@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -245,15 +245,25 @@ async def test_recent_requests_search_and_paging(stores: Stores) -> None:
     assert len(await stores.pg.recent(s, search="alpha", limit=1000)) > 0
     # Paging: each page starts before the last row of the one before, on both stores alike.
     before: float | None = None
+    before_id: str | None = None
     pages = 0
     while pages < 100:
-        lite = await stores.lite.recent(s, limit=37, before=before)
-        assert lite == await stores.pg.recent(s, limit=37, before=before)
+        lite = await stores.lite.recent(s, limit=37, before=before, before_id=before_id)
+        assert lite == await stores.pg.recent(s, limit=37, before=before, before_id=before_id)
         pages += 1
         if len(lite) < 37:
             break
-        before = lite[-1]["created_at"]
+        before, before_id = lite[-1]["created_at"], lite[-1]["request_id"]
     assert pages == N_RECORDS // 37 + 1
+    # Records that share the time of the last row shown: the next page goes on after it.
+    tied = [replace(r, request_id=f"tied_{n}", created_at=H + 0.5) for n, r in enumerate(make_records()[:5])]
+    for store in (stores.lite_store, stores.pg_store):
+        await store.insert_records(tied)
+    edge = Slice(H, H + 1)
+    for analytics in (stores.lite, stores.pg):
+        first = await analytics.recent(edge, limit=2)
+        rest = await analytics.recent(edge, limit=10, before=H + 0.5, before_id=first[-1]["request_id"])
+        assert [r["request_id"] for r in first + rest] == [f"tied_{n}" for n in (4, 3, 2, 1, 0)]
 
 
 async def test_keys_and_first_record(stores: Stores) -> None:

@@ -314,8 +314,9 @@ class DashboardApi:
         q = request.query
         limit = _int_param(request, "limit", 50, 1, 500)
         before = _timestamp(q["before"], "before") if q.get("before") else None
+        search = (_text_param(request, "q") or "").strip() or None
         rows = await self.analytics.recent(
-            s, search=(_text_param(request, "q") or "").strip() or None, limit=limit, before=before
+            s, search=search, limit=limit, before=before, before_id=_text_param(request, "before_id")
         )
         labels = await self.analytics.key_labels(sorted({r["key_id"] for r in rows if r["key_id"]}))
         for row in rows:
@@ -324,8 +325,16 @@ class DashboardApi:
             row["key"] = labels.get(row["key_id"] or "", row["key_id"])
             row["stream"] = bool(row["stream"])
             row["empty_response"] = bool(row["empty_response"])
-        next_before = rows[-1]["created_at"] if len(rows) == limit else None
-        return self.reply(s, {"rows": rows, "next_before": next_before})
+        # The next page's cursor: the last row's time and request id (several may share a time).
+        last = rows[-1] if len(rows) == limit else None
+        return self.reply(
+            s,
+            {
+                "rows": rows,
+                "next_before": None if last is None else last["created_at"],
+                "next_before_id": None if last is None else last["request_id"],
+            },
+        )
 
 
 def add_dashboard_api(app: web.Application, gateway: Gateway) -> None:

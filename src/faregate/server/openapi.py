@@ -556,6 +556,7 @@ def openapi_document(limits: LimitsSettings | None = None) -> dict[str, Any]:
                     *_dashboard_query(),
                     {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"}},
                     {"name": "before", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {"name": "before_id", "in": "query", "required": False, "schema": {"type": "string"}},
                     {"name": "q", "in": "query", "required": False, "schema": {"type": "string"}},
                 ],
                 "responses": _answers(400, 401, 403),

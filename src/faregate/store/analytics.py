@@ -46,7 +46,13 @@ class Analytics(Protocol):
     ) -> list[FeedbackRow]: ...
 
     async def recent(
-        self, s: Slice, *, search: str | None = None, limit: int = 50, before: float | None = None
+        self,
+        s: Slice,
+        *,
+        search: str | None = None,
+        limit: int = 50,
+        before: float | None = None,
+        before_id: str | None = None,
     ) -> list[dict[str, Any]]: ...
 
     async def traffic(self, s: Slice, by: Dimension = "model") -> list[Traffic]:

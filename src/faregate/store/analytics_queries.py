@@ -329,13 +329,28 @@ class AnalyticsQueries:
     # --- requests -----------------------------------------------------------------------------
 
     async def recent(
-        self, s: Slice, *, search: str | None = None, limit: int = 50, before: float | None = None
+        self,
+        s: Slice,
+        *,
+        search: str | None = None,
+        limit: int = 50,
+        before: float | None = None,
+        before_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        """The newest requests of the slice (older than `before`), optionally only those whose
-        request id is `search` or whose model, route, provider, key (id or name), cache status
-        or error contains it (case-insensitive). attempts stays JSON text."""
+        """The newest requests of the slice (older than `before`, or with `before_id` listed after
+        that request: the cursor of the page before), optionally only those whose request id is
+        `search` or whose model, route, provider, key (id or name), cache status or error
+        contains it (case-insensitive). attempts stays JSON text."""
         where, params = slice_where(s)
-        if before is not None:
+        if before is not None and before_id:
+            # Records that share the time of the last one shown follow it in written order (id):
+            # a cursor by time alone skipped those that did not fit on its page.
+            where += (
+                " AND (created_at < ? OR (created_at = ? AND request_records.id <"
+                " (SELECT b.id FROM request_records AS b WHERE b.request_id = ?)))"
+            )
+            params += [float(before), float(before), before_id]
+        elif before is not None:
             where += " AND created_at < ?"
             params.append(float(before))
         if search:

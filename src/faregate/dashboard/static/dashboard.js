@@ -5,7 +5,7 @@
 
 const KEY_STORE = "faregate.masterKey";
 const PAGE = 25; // recent requests per page
-const state = { timer: null, charts: {}, before: null, loading: false };
+const state = { timer: null, charts: {}, before: null, beforeId: null, loading: false };
 const $ = (id) => document.getElementById(id);
 
 // --- formatting ---------------------------------------------------------------------------
@@ -366,6 +366,7 @@ function renderRequests(data, append) {
     table.querySelector("tbody").append(...scratch.querySelector("tbody").children);
   }
   state.before = data.next_before;
+  state.beforeId = data.next_before_id;
   $("more").hidden = data.next_before === null;
 }
 
@@ -453,7 +454,7 @@ document.addEventListener("DOMContentLoaded", () => {
     try { renderRequests(await api("requests", { limit: PAGE, ...searchParams() }), false); } catch (error) { if (error instanceof AuthError) showLogin(error.message); }
   });
   $("more").addEventListener("click", async () => {
-    try { renderRequests(await api("requests", { limit: PAGE, ...searchParams(), before: state.before }), true); } catch (error) { if (error instanceof AuthError) showLogin(error.message); }
+    try { renderRequests(await api("requests", { limit: PAGE, ...searchParams(), before: state.before, before_id: state.beforeId }), true); } catch (error) { if (error instanceof AuthError) showLogin(error.message); }
   });
   if (sessionStorage.getItem(KEY_STORE)) showApp();
   else showLogin("");

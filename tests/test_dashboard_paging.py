@@ -1,0 +1,56 @@
+"""/admin/dashboard/requests pages back through every record once, also when several records share
+a timestamp at the edge of a page (their order is the time, then the order they were written)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from faregate.config import load_settings
+from faregate.server.app import build_gateway, create_app
+from faregate.store.sqlite.store import SQLiteStore
+from faregate.types import RequestRecord
+from harness import MASTER_KEY
+
+ADMIN = {"Authorization": f"Bearer {MASTER_KEY}"}
+AT = 1_700_000_000.25
+
+
+@pytest.fixture
+async def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient[Any, Any]]:
+    monkeypatch.setenv("FAREGATE_MASTER_KEY", MASTER_KEY)
+    settings = load_settings(overrides={"store": {"path": str(tmp_path)}, "catalog": {"broad": False}})
+    store = await SQLiteStore.open(tmp_path)
+    # r0 alone, then r1..r5 written in one batch with the same timestamp, then r6 alone.
+    times = [AT - 1, *([AT] * 5), AT + 1]
+    await store.insert_records(
+        [
+            RequestRecord(request_id=f"r{n}", created_at=at, key_id=None, model_requested="A",
+                          model_used="A", provider="p", status=200, stream=False)
+            for n, at in enumerate(times)
+        ]
+    )  # fmt: skip
+    await store.close()
+    gateway = await build_gateway(settings)
+    async with TestClient(TestServer(create_app(gateway))) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 4])
+async def test_paging_back_shows_every_request_once(client: TestClient[Any, Any], limit: int) -> None:
+    seen: list[str] = []
+    params: dict[str, Any] = {"since": AT - 10, "until": AT + 10, "limit": limit}
+    for _ in range(10):
+        response = await client.get("/admin/dashboard/requests", params=params, headers=ADMIN)
+        assert response.status == 200, await response.text()
+        page = await response.json()
+        seen += [row["request_id"] for row in page["rows"]]
+        if page["next_before"] is None:
+            break
+        # The cursor: the time and the request id of the last row shown.
+        params |= {"before": repr(page["next_before"]), "before_id": page.get("next_before_id") or ""}
+    assert seen == ["r6", "r5", "r4", "r3", "r2", "r1", "r0"]
