@@ -211,3 +211,23 @@ def test_dashboard_times_out_of_range_are_a_400(text: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         _timestamp(text, "until")
     assert info.value.param == "until"
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Kolkata"])
+def test_a_dashboard_time_without_an_offset_is_utc_whatever_the_server_zone(
+    zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same URL answers the same on every server: times are UTC, as the day buckets are.
+    import time
+
+    from faregate.server.dashboard_api import _timestamp
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        assert _timestamp("2026-01-01T00:00", "since") == 1_767_225_600.0
+        assert _timestamp("2026-01-01", "since") == 1_767_225_600.0
+        assert _timestamp("2026-01-01T00:00+01:00", "since") == 1_767_222_000.0
+    finally:
+        monkeypatch.undo()
+        time.tzset()

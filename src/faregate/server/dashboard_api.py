@@ -2,7 +2,7 @@
 
 Every endpoint takes the same slice parameters:
   range=15m|1h|6h|24h|7d|30d|90d|all   (default 24h), or since=/until= as unix seconds or
-                                        ISO 8601 (until defaults to now)
+                                        ISO 8601, UTC unless it has an offset (until defaults to now)
   model= provider= route= key=          narrow to one of them (key: id or name)
 Money is a decimal string in USD (exact), rates are percentages, times are unix seconds.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
 
@@ -80,7 +80,10 @@ def _timestamp(text: str, name: str) -> float:
         value = float(text)
     except ValueError:
         try:
-            value = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            # No offset given: UTC (as the day buckets), not the server's local zone, so that the
+            # same URL means the same time on every server.
+            value = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
         except (ValueError, OverflowError):
             raise InvalidRequest(
                 f"'{name}' must be unix seconds or an ISO 8601 time, not {text!r}.", param=name
