@@ -156,3 +156,18 @@ def test_the_sim_script_is_relative_to_the_config_file(
     absolute = tmp_path / "abs.yaml"
     (conf / "faregate.yaml").write_text(f"sim: {{script: {str(absolute)!r}}}\n")
     assert load_settings(conf / "faregate.yaml").sim.script == str(absolute)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "problem"),
+    [
+        ("cache: {max_entries: -1}", "cache.max_entries", "Expected `int` >= 1"),
+        ("cache: {ttl_s: 0}", "cache.ttl_s", "Expected `float` > 0.0"),
+        ("cache: {semantic: {max_entries: 0}}", "cache.semantic.max_entries", "Expected `int` >= 1"),
+        ("cache: {semantic: {max_turns: 0}}", "cache.semantic.max_turns", "Expected `int` >= 1"),
+    ],
+)
+def test_cache_sizes_and_ttl_must_be_positive(tmp_path: Path, section: str, key: str, problem: str) -> None:
+    # A negative size made every cache write fail (logged, so the cache silently never stored).
+    with pytest.raises(ConfigError, match=re.escape(f"{problem} - at `{key}`")):
+        load_settings(write(tmp_path, section + "\n"))

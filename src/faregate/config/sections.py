@@ -160,8 +160,8 @@ class SemanticCacheSettings(_Strict):
     # Chosen from `faregate cache-eval` (see the README's cache section).
     threshold: float = 0.88
     # Conversations with more user turns than this are only cached exactly.
-    max_turns: int = 1
-    max_entries: int = 50_000
+    max_turns: Annotated[int, msgspec.Meta(ge=1)] = 1
+    max_entries: Annotated[int, msgspec.Meta(ge=1)] = 50_000
     # Set: the threshold is calibrated on verified live lookups so that wrong answers served /
     # lookups stays under this bound (quality/cache_live.py); no semantic hit until evidence.
     max_wrong_hit_rate: float | None = None
@@ -182,12 +182,14 @@ class SemanticCacheSettings(_Strict):
 
 class CacheSettings(_Strict):
     enabled: bool = True
-    ttl_s: float = 3600.0
+    # Positive: an entry that expires as it is written is a cache that never serves.
+    ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
     # TTL by tier hint and by route (or model) name, overriding ttl_s.
     tier_ttl_s: dict[Literal["economy", "standard", "premium"], float] = {}
     route_ttl_s: dict[str, float] = {}
     # In-process store size; ignored with Redis.
-    max_entries: int = 10_000
+    # At least one: a negative size made every cache write fail (logged, never stored).
+    max_entries: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     # Shared exact cache for several instances, e.g. redis://127.0.0.1:6379/0.
     redis_url: str | None = None
     semantic: SemanticCacheSettings = msgspec.field(default_factory=SemanticCacheSettings)
