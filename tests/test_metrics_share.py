@@ -35,3 +35,16 @@ def test_a_worker_adds_what_the_others_published(tmp_path: Path) -> None:
     # Worker 2 has not published yet: left out, not an error.
     text = first.merged(exposition(1, 0)).decode()
     assert 'faregate_requests_total{route="chat"} 8.0' in text
+
+
+def test_successive_scrapes_on_different_workers_never_see_a_counter_go_back(tmp_path: Path) -> None:
+    first, second = SharedMetrics(tmp_path, 0, 2), SharedMetrics(tmp_path, 1, 2)
+    first.publish(exposition(5, 0))
+    second.publish(exposition(5, 0))
+    # Worker 0 has served three more requests since it last published; a scrape reaches it...
+    one = first.merged(exposition(8, 0)).decode()
+    assert 'faregate_requests_total{route="chat"} 13.0' in one
+    # ...and the next scrape, before worker 0's next publication, reaches worker 1: the sum must
+    # not fall back to 10 (Prometheus would read a counter reset and count all 10 again).
+    two = second.merged(exposition(5, 0)).decode()
+    assert 'faregate_requests_total{route="chat"} 13.0' in two

@@ -2,9 +2,9 @@
 
 A scrape reaches one worker (the port is shared). Each worker writes its own exposition to a
 file in a directory the supervisor made, every PUBLISH_INTERVAL_S; the worker that is scraped
-renders its own live figures and adds the other workers' last files: counters and histograms
-(buckets, sums, counts) are summed sample by sample, so rates and quantiles over the sum are the
-gateway's; gauges (breaker states, records pending, alerts firing) are one series per worker,
+renders its own live figures, publishes them, and adds the other workers' last files: counters
+and histograms (buckets, sums, counts) are summed sample by sample, so rates and quantiles over
+the sum are the gateway's; gauges (breaker states, records pending, alerts firing) are one series per worker,
 with a `worker` label, as a sum of states would mean nothing. The others' figures are at most
 PUBLISH_INTERVAL_S old; a restarted worker's counters start again from zero, which Prometheus
 reads as a counter reset of the sum.
@@ -47,7 +47,11 @@ class SharedMetrics:
         os.replace(temporary, path)
 
     def merged(self, own: bytes) -> bytes:
-        """This worker's live exposition with the others' last published ones."""
+        """This worker's live exposition with the others' last published ones. The live one is
+        published first: a scrape that reaches another worker next must not read an older figure
+        of this one than the sum just served (the sum would go back, and Prometheus read a
+        counter reset)."""
+        self.publish(own)
         texts = [(str(self.index), own.decode("utf-8"))]
         for index in range(self.count):
             if index == self.index:
