@@ -48,3 +48,29 @@ def test_successive_scrapes_on_different_workers_never_see_a_counter_go_back(tmp
     # not fall back to 10 (Prometheus would read a counter reset and count all 10 again).
     two = second.merged(exposition(5, 0)).decode()
     assert 'faregate_requests_total{route="chat"} 13.0' in two
+
+
+def test_a_restarted_worker_carries_on_from_its_predecessors_counters(tmp_path: Path) -> None:
+    first = SharedMetrics(tmp_path, 0, 2)
+    SharedMetrics(tmp_path, 1, 2).publish(exposition(7, 3))
+    before = first.merged(exposition(1, 0)).decode()
+    assert 'faregate_requests_total{route="chat"} 8.0' in before
+    # Worker 1 dies and is restarted: its successor starts from zero and serves 2 requests. The sum
+    # must not fall from 8 to 3 (Prometheus would read a reset and count the other workers' 1
+    # again as new requests): the successor adds on to what its predecessor had published.
+    successor = SharedMetrics.join(tmp_path, 1, 2)
+    successor.publish(exposition(2, 0))
+    after = first.merged(exposition(1, 0)).decode()
+    assert 'faregate_requests_total{route="chat"} 10.0' in after
+    assert "faregate_latency_seconds_count 10.0" in after
+    # Gauges are the live worker's own, not its predecessor's.
+    assert 'faregate_records_pending{worker="1"} 0.0' in after
+    assert 'faregate_records_pending{worker="1"} 3.0' not in after
+    # The scraped worker itself shows the same figures.
+    assert 'faregate_requests_total{route="chat"} 10.0' in successor.merged(exposition(2, 0)).decode()
+
+
+def test_a_first_start_carries_nothing(tmp_path: Path) -> None:
+    text = SharedMetrics.join(tmp_path, 0, 1).merged(exposition(2, 1)).decode()
+    assert 'faregate_requests_total{route="chat"} 2.0' in text
+    assert 'faregate_records_pending{worker="0"} 1.0' in text

@@ -232,7 +232,7 @@ class Supervisor:
         if pid == 0:
             os.close(read_fd)
             assert self._metrics_dir is not None
-            shared = SharedMetrics(self._metrics_dir, worker.index, self.count)
+            shared = SharedMetrics.join(self._metrics_dir, worker.index, self.count)
             seat = Seat(worker.index, write_fd, self._holder, self._simulated, shared)
             worker_main(seat, settings, self.announce if announce else None)
         os.close(write_fd)

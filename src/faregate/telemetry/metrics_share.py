@@ -6,8 +6,13 @@ renders its own live figures, publishes them, and adds the other workers' last f
 and histograms (buckets, sums, counts) are summed sample by sample, so rates and quantiles over
 the sum are the gateway's; gauges (breaker states, records pending, alerts firing) are one series per worker,
 with a `worker` label, as a sum of states would mean nothing. The others' figures are at most
-PUBLISH_INTERVAL_S old; a restarted worker's counters start again from zero, which Prometheus
-reads as a counter reset of the sum.
+PUBLISH_INTERVAL_S old.
+
+A restarted worker takes its predecessor's seat (the same index): it reads the file its
+predecessor left and adds those counters and histograms to its own, so the sum never goes back.
+Starting again from zero would read as a counter reset of the sum, and Prometheus would then count
+every other worker's total once more as new (what the predecessor served in its last second,
+after its last publication, is not counted).
 """
 
 from __future__ import annotations
@@ -35,12 +40,33 @@ class SharedMetrics:
     directory: Path
     index: int
     count: int
+    # The counters and histograms a predecessor in this seat published last (see `join`).
+    carried: str = ""
+
+    @classmethod
+    def join(cls, directory: Path, index: int, count: int) -> SharedMetrics:
+        """This worker's place, carrying on the counters of a predecessor that had the same index
+        (a restarted worker; its last file is final, as it has exited)."""
+        try:
+            text = (directory / f"worker-{index}.prom").read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return cls(directory, index, count)
+        return cls(directory, index, count, _counters_only(text))
 
     def _path(self, index: int) -> Path:
         return self.directory / f"worker-{index}.prom"
 
+    def _own(self, exposition: bytes) -> bytes:
+        """This worker's figures with its predecessor's counters added."""
+        if not self.carried:
+            return exposition
+        return merge_expositions([("", exposition.decode("utf-8")), ("", self.carried)], by_worker=False)
+
     def publish(self, exposition: bytes) -> None:
         """Leave this worker's exposition for the others (written whole, then renamed)."""
+        self._write(self._own(exposition))
+
+    def _write(self, exposition: bytes) -> None:
         path = self._path(self.index)
         temporary = path.with_suffix(".tmp")
         temporary.write_bytes(exposition)
@@ -51,7 +77,8 @@ class SharedMetrics:
         published first: a scrape that reaches another worker next must not read an older figure
         of this one than the sum just served (the sum would go back, and Prometheus read a
         counter reset)."""
-        self.publish(own)
+        own = self._own(own)
+        self._write(own)
         texts = [(str(self.index), own.decode("utf-8"))]
         for index in range(self.count):
             if index == self.index:
@@ -69,9 +96,18 @@ class _Merged(Collector):
         return self._families
 
 
-def merge_expositions(texts: list[tuple[str, str]]) -> bytes:
+def _counters_only(text: str) -> str:
+    """An exposition's counters and histograms (what adds up across a restart), without its gauges."""
+    kept = [family for family in text_string_to_metric_families(text) if family.type in SUMMED]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged(kept))
+    return generate_latest(registry).decode("utf-8")
+
+
+def merge_expositions(texts: list[tuple[str, str]], by_worker: bool = True) -> bytes:
     """Prometheus text expositions, one per worker (its name, its text), as one: counters and
-    histograms summed by name and labels, gauges (and anything else) labelled by worker."""
+    histograms summed by name and labels, gauges (and anything else) labelled by worker (kept as
+    they are when not `by_worker`: one worker's figures and its predecessor's counters)."""
     families: dict[str, Metric] = {}
     sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for worker, text in texts:
@@ -85,7 +121,7 @@ def merge_expositions(texts: list[tuple[str, str]]) -> bytes:
                     key = (sample.name, tuple(sorted(sample.labels.items())))
                     sums[family.name][key] = sums[family.name].get(key, 0.0) + sample.value
                 else:
-                    labels = {**sample.labels, "worker": worker}
+                    labels = {**sample.labels, "worker": worker} if by_worker else sample.labels
                     merged.samples.append(Sample(sample.name, labels, sample.value, sample.timestamp))
     for name, totals in sums.items():
         families[name].samples.extend(
