@@ -74,3 +74,26 @@ def test_a_first_start_carries_nothing(tmp_path: Path) -> None:
     text = SharedMetrics.join(tmp_path, 0, 1).merged(exposition(2, 1)).decode()
     assert 'faregate_requests_total{route="chat"} 2.0' in text
     assert 'faregate_records_pending{worker="0"} 1.0' in text
+
+
+def cost_exposition(usd: float) -> bytes:
+    registry = CollectorRegistry()
+    Counter("faregate_cost_usd", "Cost.", registry=registry).inc(usd)
+    return generate_latest(registry)
+
+
+def test_the_sum_is_the_same_whichever_worker_is_scraped(tmp_path: Path) -> None:
+    # Float addition is not associative: adding in an order that starts with the scraped worker
+    # gave a sum one unit in the last place apart from one scrape to the next, and a counter a
+    # hair lower than the scrape before reads to Prometheus as a reset (all of it counted again).
+    costs = (0.6516, 0.7887, 0.0939)
+    workers = [SharedMetrics(tmp_path, index, 3) for index in range(3)]
+    for worker, usd in zip(workers, costs, strict=True):
+        worker.publish(cost_exposition(usd))
+    sums = {
+        line
+        for worker, usd in zip(workers, costs, strict=True)
+        for line in worker.merged(cost_exposition(usd)).decode().splitlines()
+        if line.startswith("faregate_cost_usd_total")
+    }
+    assert len(sums) == 1, sums

@@ -79,9 +79,13 @@ class SharedMetrics:
         counter reset)."""
         own = self._own(own)
         self._write(own)
-        texts = [(str(self.index), own.decode("utf-8"))]
+        # In worker order whichever worker is scraped: float addition is not associative, and a
+        # sum that came out one unit in the last place lower than the scrape before would read
+        # as a counter reset.
+        texts = []
         for index in range(self.count):
             if index == self.index:
+                texts.append((str(index), own.decode("utf-8")))
                 continue
             with contextlib.suppress(FileNotFoundError):  # a worker that has not published yet
                 texts.append((str(index), self._path(index).read_text(encoding="utf-8")))
