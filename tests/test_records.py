@@ -353,3 +353,27 @@ async def test_backpressure_can_be_turned_off() -> None:
         writer.submit(record(f"r{i}"))
     assert not writer.backlogged
     await writer.close()
+
+
+class RefusingThenDownTable(FakeTable):
+    """Refuses a whole batch (a bad value in it), then goes down while it is written one by one."""
+
+    async def insert_records(self, records: Sequence[RequestRecord]) -> int:
+        if len(records) > 1:
+            raise ValueError("a value the store refuses")
+        raise StoreUnavailable("connection lost")
+
+
+async def test_an_outage_during_one_by_one_writes_is_an_outage() -> None:
+    # The store going down while a refused batch is written record by record must be handled as
+    # any outage: back off, and no request waits on backpressure for a store that cannot write.
+    writer = RecordWriter(
+        RefusingThenDownTable(), RecordsSettings(batch_size=4, flush_interval_s=SLOW, backpressure_pending=10)
+    )
+    for i in range(4):
+        writer.submit(record(f"r{i}"))
+    await writer.flush()
+    assert writer.pending == 4 and writer.rejected == 0
+    for i in range(4, 30):
+        writer.submit(record(f"r{i}"))
+    assert not writer.backlogged

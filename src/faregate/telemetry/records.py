@@ -179,16 +179,7 @@ class RecordWriter:
         try:
             inserted = await self._table.insert_records(batch)
         except StoreUnavailable as exc:
-            self._requeue(batch)
-            self._retry_delay = min(
-                max(self._retry_delay * 2, self._settings.flush_interval_s), MAX_RETRY_DELAY_S
-            )
-            log.warning(
-                "request store unavailable (%s); %d records pending, retrying in %.2fs",
-                exc,
-                len(self._pending),
-                self._retry_delay,
-            )
+            self._unavailable(batch, exc)
             return False
         except asyncio.CancelledError:
             # If the write did land, the retry skips the stored ids: nothing is written twice.
@@ -207,8 +198,9 @@ class RecordWriter:
         for i, record in enumerate(batch):
             try:
                 inserted = await self._table.insert_records([record])
-            except StoreUnavailable:
-                self._requeue(list(batch[i:]))
+            except StoreUnavailable as exc:
+                # An outage like any other: back off, and nobody waits on backpressure meanwhile.
+                self._unavailable(list(batch[i:]), exc)
                 return False
             except asyncio.CancelledError:
                 self._requeue(list(batch[i:]))
@@ -217,8 +209,22 @@ class RecordWriter:
                 self.rejected += 1
                 log.exception("request record %s was refused by the store and dropped", record.request_id)
                 continue
+            self._retry_delay = 0.0
             self._count(1, inserted)
         return True
+
+    def _unavailable(self, unwritten: list[RequestRecord], exc: StoreUnavailable) -> None:
+        """The store is down: the records go back to the buffer and the writer backs off."""
+        self._requeue(unwritten)
+        self._retry_delay = min(
+            max(self._retry_delay * 2, self._settings.flush_interval_s), MAX_RETRY_DELAY_S
+        )
+        log.warning(
+            "request store unavailable (%s); %d records pending, retrying in %.2fs",
+            exc,
+            len(self._pending),
+            self._retry_delay,
+        )
 
     def _count(self, submitted: int, inserted: int) -> None:
         self.written += inserted
