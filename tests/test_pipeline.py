@@ -586,6 +586,32 @@ async def test_a_stream_cancelled_after_content_is_settled_for_what_it_sent(harn
     assert record.cost_usd > 0 and record.completion_tokens >= 2
 
 
+async def test_a_request_cancelled_while_its_hold_settles_is_still_recorded(harness: Harness) -> None:
+    """A shutdown past its grace may cancel a handler while the store settles its hold: the
+    settlement is the store's business (the hold expires and is audited), the record is ours."""
+    settling = asyncio.Event()
+
+    async def stuck_settle(hold: Hold, cost_usd: Decimal, tokens: int) -> None:
+        settling.set()
+        await asyncio.Event().wait()
+
+    harness.admission.settle = stuck_settle  # type: ignore[method-assign]
+    post = asyncio.create_task(harness.post({"model": "cheap", **ASK}))
+    await asyncio.wait_for(settling.wait(), 5)
+    for task in asyncio.all_tasks():  # the server's handler, waiting in the settlement
+        if "_close_hold" in repr(task.get_stack()):
+            task.cancel()
+    post.cancel()
+    with contextlib.suppress(BaseException):
+        await post
+    for _ in range(100):
+        if harness.records:
+            break
+        await asyncio.sleep(0.01)
+    (record,) = harness.records
+    assert record.status == 200 and record.cost_usd > 0
+
+
 async def test_the_upstream_is_never_allowed_more_output_than_the_hold_covers(harness: Harness) -> None:
     """max_completion_tokens wins over max_tokens (OpenAI's rule), and the hold covers it alone;
     an OpenAI-compatible upstream that reads only max_tokens (many do) must not be sent a larger

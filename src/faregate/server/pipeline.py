@@ -255,10 +255,14 @@ class ChatPipeline:
         verifier = self.verifier if job is not None else None
         try:
             exchange.finished(baseline or self.baseline)
-            if exchange.hold is not None:
-                await self._close_hold(exchange)
-            record = exchange.record
-            self.records.submit(record)
+            try:
+                if exchange.hold is not None:
+                    await self._close_hold(exchange)
+            finally:
+                # Recorded even when cancelled while settling (a shutdown past its grace cancels
+                # the requests still running): no request goes unrecorded.
+                record = exchange.record
+                self.records.submit(record)
             if verifier is not None and job is not None and record.status == 200:
                 # After the response and its record: a verification never delays or fails either.
                 verifier.submit(job)
