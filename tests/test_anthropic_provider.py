@@ -15,9 +15,10 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from anthropic.types import ToolChoiceParam
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
-from pydantic import TypeAdapter
+from pydantic import ConfigDict, TypeAdapter
 
 from faregate.catalog.models import Offer
 from faregate.config import ProviderSettings, parse_settings
@@ -503,3 +504,26 @@ async def test_the_registry_builds_it_by_protocol(
     finally:
         await registry.close()
         await asyncio.sleep(0)
+
+
+# --- review: tool choice and streamed tool arguments -------------------------------------------
+
+TOOL_CHOICE = TypeAdapter(ToolChoiceParam, config=ConfigDict(extra="forbid"))
+
+
+@pytest.mark.parametrize(
+    "choice", ["none", "auto", "required", {"type": "function", "function": {"name": "f"}}]
+)
+def test_parallel_tool_calls_false_gives_a_tool_choice_messages_accepts(choice: Any) -> None:
+    """ToolChoiceNone has no disable_parallel_tool_use: sending it is a 400 from Anthropic."""
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "tool_choice": choice,
+        "parallel_tool_calls": False,
+    }
+    out = chat_to_messages(body)
+    TOOL_CHOICE.validate_python(out["tool_choice"])
+    if choice == "none":
+        assert out["tool_choice"] == {"type": "none"}

@@ -232,7 +232,9 @@ def _copy_options(body: JSON, out: JSON) -> None:
     if tools:
         out["tools"] = [_tool(tool, f"tools[{i}]") for i, tool in enumerate(tools)]
     choice = _tool_choice(body.get("tool_choice"))
-    if body.get("parallel_tool_calls") is False:
+    # Messages' `none` choice has no disable_parallel_tool_use (Anthropic refuses the extra
+    # field), and with no call allowed there is nothing to limit.
+    if body.get("parallel_tool_calls") is False and (choice or {}).get("type") != "none":
         choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
     if choice is not None:
         out["tool_choice"] = choice
