@@ -527,3 +527,55 @@ def test_parallel_tool_calls_false_gives_a_tool_choice_messages_accepts(choice: 
     TOOL_CHOICE.validate_python(out["tool_choice"])
     if choice == "none":
         assert out["tool_choice"] == {"type": "none"}
+
+
+def _streamed_arguments(chunks: list[dict[str, Any]]) -> dict[int, str]:
+    arguments: dict[int, str] = {}
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            for call in choice["delta"].get("tool_calls") or ():
+                piece = call["function"].get("arguments") or ""
+                arguments[call["index"]] = arguments.get(call["index"], "") + piece
+    return arguments
+
+
+def _tool_stream(start_input: dict[str, Any], pieces: list[str]) -> list[dict[str, Any]]:
+    block = {"type": "tool_use", "id": "toolu_9", "name": "now", "input": start_input}
+    deltas = [
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": p}}
+        for p in pieces
+    ]
+    return [
+        STREAM_EVENTS[0],
+        {"type": "content_block_start", "index": 0, "content_block": block},
+        *deltas,
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+            "usage": {"output_tokens": 9},
+        },
+        {"type": "message_stop"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("start_input", "pieces", "expected"),
+    [
+        ({}, [""], {}),  # a tool without parameters: Anthropic streams one empty piece
+        ({}, [], {}),
+        ({"tz": "UTC"}, [], {"tz": "UTC"}),  # a Messages upstream that sends the input whole
+        ({}, ['{"tz"', ': "UTC"}'], {"tz": "UTC"}),
+    ],
+)
+async def test_streamed_tool_arguments_are_the_json_the_whole_answer_has(
+    start_input: dict[str, Any], pieces: list[str], expected: dict[str, Any]
+) -> None:
+    events = _tool_stream(start_input, pieces)
+    chunks = [c async for c in chat_chunks(each(events))]
+    arguments = _streamed_arguments(chunks)
+    assert orjson.loads(arguments[0]) == expected
+    whole, _ = message_to_completion(
+        {**MESSAGE, "content": [{"type": "tool_use", "id": "toolu_9", "name": "now", "input": expected}]}
+    )
+    assert orjson.loads(whole["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]) == expected

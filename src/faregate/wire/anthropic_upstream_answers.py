@@ -88,6 +88,10 @@ async def chat_chunks(events: AsyncIterable[JSON]) -> AsyncIterator[JSON]:
     head: JSON = {"object": "chat.completion.chunk", "created": int(time.time())}
     usage: JSON = {}
     tool_index: dict[int, int] = {}  # Messages block index -> chat tool call index
+    # A tool block's input from its content_block_start, until a non-empty input_json_delta
+    # comes: a tool without parameters streams none (or one empty piece), and the chat wire's
+    # arguments must still be JSON ("{}", as the whole answer says), not "".
+    unstreamed: dict[int, Any] = {}
     async for event in events:
         kind = event.get("type")
         if kind == "message_start":
@@ -99,6 +103,7 @@ async def chat_chunks(events: AsyncIterable[JSON]) -> AsyncIterator[JSON]:
             block = event.get("content_block") or {}
             if block.get("type") == "tool_use":
                 index = tool_index[event.get("index", 0)] = len(tool_index)
+                unstreamed[event.get("index", 0)] = block.get("input")
                 call = {
                     "index": index,
                     "id": block.get("id"),
@@ -111,11 +116,18 @@ async def chat_chunks(events: AsyncIterable[JSON]) -> AsyncIterator[JSON]:
             if delta.get("type") == "text_delta":
                 yield _chunk(head, {"content": str(delta.get("text", ""))})
             elif delta.get("type") == "input_json_delta" and event.get("index") in tool_index:
+                if delta.get("partial_json"):
+                    unstreamed.pop(event["index"], None)
                 call = {
                     "index": tool_index[event["index"]],
                     "function": {"arguments": str(delta.get("partial_json", ""))},
                 }
                 yield _chunk(head, {"tool_calls": [call]})
+        elif kind == "content_block_stop" and event.get("index", 0) in unstreamed:
+            block_index = event.get("index", 0)
+            arguments = orjson.dumps(unstreamed.pop(block_index) or {}).decode()
+            call = {"index": tool_index[block_index], "function": {"arguments": arguments}}
+            yield _chunk(head, {"tool_calls": [call]})
         elif kind == "message_delta":
             usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
             delta = event.get("delta") or {}
