@@ -579,3 +579,20 @@ async def test_streamed_tool_arguments_are_the_json_the_whole_answer_has(
         {**MESSAGE, "content": [{"type": "tool_use", "id": "toolu_9", "name": "now", "input": expected}]}
     )
     assert orjson.loads(whole["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]) == expected
+
+
+async def test_a_zero_input_count_in_message_delta_does_not_erase_message_starts() -> None:
+    """message_delta's counts are cumulative: a Messages upstream that reports the input side as
+    0 there (sglang, some proxies) has not un-read the prompt; billing it as 0 tokens is wrong."""
+    delta = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "usage": {
+            "input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": 30,
+        },
+    }
+    chunks = [c async for c in chat_chunks(each([STREAM_EVENTS[0], delta, {"type": "message_stop"}]))]
+    assert usage_from(chunks[-1]) == Usage(7012, 30, cache_read_tokens=5000, cache_write_tokens=2000)

@@ -83,7 +83,7 @@ def _finish(message: JSON) -> str | None:
 async def chat_chunks(events: AsyncIterable[JSON]) -> AsyncIterator[JSON]:
     """Internal chat chunks for a Messages event stream: a role chunk at message_start, content
     and tool-call deltas, a finish chunk at message_delta and then a usage chunk (input and
-    cache counts from message_start, overwritten by message_delta's cumulative ones). An
+    cache counts from message_start, raised by message_delta's cumulative ones, never lowered). An
     `error` event raises UpstreamFailure (overloaded_error and api_error are worth a fallback)."""
     head: JSON = {"object": "chat.completion.chunk", "created": int(time.time())}
     usage: JSON = {}
@@ -129,7 +129,14 @@ async def chat_chunks(events: AsyncIterable[JSON]) -> AsyncIterator[JSON]:
             call = {"index": tool_index[block_index], "function": {"arguments": arguments}}
             yield _chunk(head, {"tool_calls": [call]})
         elif kind == "message_delta":
-            usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
+            for name, value in (event.get("usage") or {}).items():
+                # Counts here are cumulative, so never below message_start's: a Messages upstream
+                # that sends the input side as 0 here (sglang, some proxies) has not un-read the
+                # prompt, and a smaller count must not make the prompt free.
+                before = token_count(usage.get(name))
+                after = token_count(value)
+                if value is not None and (after is None or before is None or after >= before):
+                    usage[name] = value
             delta = event.get("delta") or {}
             finish = _finish(delta) or "stop"
             extra = (
