@@ -115,6 +115,16 @@ async def each(items: Iterable[Any]) -> AsyncIterator[Any]:
 # --- the chat body to a Messages request -------------------------------------------------------
 
 
+@pytest.mark.parametrize("spelled", ["image/jpg", "image/JPEG", "image/pjpeg"])
+def test_a_jpeg_data_url_is_sent_as_image_jpeg(spelled: str) -> None:
+    # OpenAI and browsers take image/jpg; the Messages API refuses any media type but image/jpeg,
+    # png, gif and webp (a 400 for a request OpenAI would have answered).
+    part = {"type": "image_url", "image_url": {"url": f"data:{spelled};base64,/9j/"}}
+    out = chat_to_messages({"model": "m", "messages": [{"role": "user", "content": [part]}]})
+    (block,) = out["messages"][0]["content"]
+    assert block["source"] == {"type": "base64", "media_type": "image/jpeg", "data": "/9j/"}
+
+
 def test_a_chat_body_becomes_a_messages_request_the_sdk_accepts() -> None:
     body = {
         "model": "claude-sonnet-4-6",

@@ -172,11 +172,16 @@ def _document_block(part: JSON, where: str) -> JSON:
     return block
 
 
+# Media types browsers and OpenAI take that the Messages API spells otherwise.
+MEDIA_TYPE_SPELLINGS = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}
+
+
 def _data_url(url: str, where: str) -> tuple[str, str]:
     head, _, data = url.partition(",")
     if not head.endswith(";base64"):
         raise InvalidRequest(f"{where}: only base64 data URLs can be sent to a Messages model", param=where)
-    return head[len("data:") : -len(";base64")], data
+    media_type = head[len("data:") : -len(";base64")].lower()
+    return MEDIA_TYPE_SPELLINGS.get(media_type, media_type), data
 
 
 def _assistant_blocks(message: JSON, at: str) -> list[JSON]:
