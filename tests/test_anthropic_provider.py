@@ -6,6 +6,7 @@ against an in-process Messages server (the transport seam)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -113,6 +114,15 @@ async def each(items: Iterable[Any]) -> AsyncIterator[Any]:
 
 
 # --- the chat body to a Messages request -------------------------------------------------------
+
+
+def test_the_default_limit_is_never_above_the_models_own_maximum() -> None:
+    # Messages needs max_tokens; a model that allows 4,096 refuses a request for 8,192 (a 400).
+    ask = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    assert chat_to_messages(ask)["max_tokens"] == DEFAULT_MAX_TOKENS
+    assert chat_to_messages(ask, 4096)["max_tokens"] == 4096
+    assert chat_to_messages(ask, 64000)["max_tokens"] == DEFAULT_MAX_TOKENS
+    assert chat_to_messages({**ask, "max_tokens": 100}, 4096)["max_tokens"] == 100
 
 
 @pytest.mark.parametrize("spelled", ["image/jpg", "image/JPEG", "image/pjpeg"])
@@ -394,6 +404,14 @@ def sse_reply(data: bytes) -> Handler:
         return resp
 
     return handler
+
+
+async def test_the_provider_bounds_the_default_limit_by_the_calls_model_maximum(
+    upstream: Upstream, provider: AnthropicProvider
+) -> None:
+    upstream.handler = json_reply(MESSAGE)
+    await provider.complete(dataclasses.replace(call(), max_output_tokens=4096))
+    assert upstream.seen[0][1]["max_tokens"] == 4096
 
 
 async def test_complete_sends_the_messages_wire_and_bills_the_cache(

@@ -68,7 +68,7 @@ class AnthropicProvider(OpenAICompatibleProvider):
 
     def _messages_call(self, call: UpstreamCall) -> UpstreamCall:
         try:
-            body = chat_to_messages(call.body)
+            body = chat_to_messages(call.body, call.max_output_tokens)
         except InvalidRequest as exc:
             raise UpstreamRejected(
                 400, f"{self.name} (Messages wire) cannot take this request: {exc.message}", param=exc.param

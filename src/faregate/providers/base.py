@@ -26,6 +26,9 @@ class UpstreamCall:
     first_byte_timeout_s: float
     total_timeout_s: float
     headers: dict[str, str] = field(default_factory=dict)
+    # The model's maximum output tokens (None: unknown): a wire that must name a limit the client
+    # did not give asks for no more than this.
+    max_output_tokens: int | None = None
 
 
 async def aclose_quietly(stream: AsyncIterator[Any]) -> None:

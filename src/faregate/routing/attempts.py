@@ -82,6 +82,7 @@ class AttemptRunner:
             stream=request.stream,
             first_byte_timeout_s=min(entry.first_byte_timeout_s, time_left),
             total_timeout_s=min(entry.total_timeout_s, time_left),
+            max_output_tokens=candidate.model.max_output_tokens,
         )
 
     def _time_left(self, request: RequestMeta) -> float:

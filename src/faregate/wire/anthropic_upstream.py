@@ -16,7 +16,8 @@ not listed here. Ignored, because they change nothing a Messages model does: see
 on OpenAI too), stream_options (Messages streams always report usage), store and metadata
 (OpenAI's stored completions), prompt_cache_key and safety_identifier (OpenAI's routing hints).
 
-Without max_tokens (Messages requires it) DEFAULT_MAX_TOKENS is asked for.
+Without max_tokens (Messages requires it) DEFAULT_MAX_TOKENS is asked for, or the model's own
+maximum output when that is smaller (a model that allows 4,096 refuses a request for 8,192).
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ _MAPPED = frozenset(
 _SERVICE_TIERS = {"auto": "auto", "default": "standard_only"}
 
 
-def chat_to_messages(body: JSON) -> JSON:
-    """The Messages request for an internal chat body. Raises InvalidRequest naming the
-    parameter Messages cannot say."""
+def chat_to_messages(body: JSON, max_output: int | None = None) -> JSON:
+    """The Messages request for an internal chat body (`max_output`: the model's maximum output,
+    bounding the default limit). Raises InvalidRequest naming the parameter Messages cannot say."""
     _refuse_unsayable(body)
     out: JSON = {"model": body.get("model")}
     system: list[JSON] = []
@@ -82,7 +83,8 @@ def chat_to_messages(body: JSON) -> JSON:
         out["system"] = system[0]["text"] if plain else system
     out["messages"] = messages
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    out["max_tokens"] = limit if type(limit) is int else DEFAULT_MAX_TOKENS
+    default = min(DEFAULT_MAX_TOKENS, max_output) if max_output else DEFAULT_MAX_TOKENS
+    out["max_tokens"] = limit if type(limit) is int else default
     _copy_options(body, out)
     return out
 
