@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import urllib.request
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -53,17 +54,22 @@ def quality(gateway: GatewayProcess) -> dict[str, Any]:
         return dict(json.loads(response.read()))
 
 
+def asker(gateway: GatewayProcess, **extra: Any) -> Callable[[str], str]:
+    """Ask the gateway one question through the openai SDK; the answer's cache outcome."""
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=create_key(gateway.store_path), max_retries=0)
+
+    def ask(text: str) -> str:
+        raw = client.chat.completions.with_raw_response.create(
+            model="atlas", messages=[{"role": "user", "content": text}], temperature=0, **extra
+        )
+        return str(raw.headers["x-faregate-cache"])
+
+    return ask
+
+
 def test_the_acceptance_threshold_is_earned_on_verified_lookups(tmp_path: Path) -> None:
     with run_sim(tmp_path, SIM) as sim, run_gateway(tmp_path / "gateway", sim, CONFIG) as gateway:
-        client = openai.OpenAI(
-            base_url=gateway.base_url, api_key=create_key(gateway.store_path), max_retries=0
-        )
-
-        def ask(text: str) -> str:
-            raw = client.chat.completions.with_raw_response.create(
-                model="atlas", messages=[{"role": "user", "content": text}], temperature=0
-            )
-            return str(raw.headers["x-faregate-cache"])
+        ask = asker(gateway)
 
         assert quality(gateway)["cache"]["threshold"] is None
         for country in COUNTRIES:
@@ -125,16 +131,8 @@ def test_an_llm_judge_labels_the_cache_and_is_paid_for(tmp_path: Path, verdict: 
         run_sim(tmp_path, sim) as simulator,
         run_gateway(tmp_path / "gateway", simulator, JUDGED_CONFIG) as gateway,
     ):
-        client = openai.OpenAI(
-            base_url=gateway.base_url, api_key=create_key(gateway.store_path), max_retries=0
-        )
-
-        def ask(text: str) -> str:
-            # A short allowance: the cap admits the fresh call and the judge at their worst case.
-            raw = client.chat.completions.with_raw_response.create(
-                model="atlas", messages=[{"role": "user", "content": text}], temperature=0, max_tokens=32
-            )
-            return str(raw.headers["x-faregate-cache"])
+        # A short allowance: the cap admits the fresh call and the judge at their worst case.
+        ask = asker(gateway, max_tokens=32)
 
         for country in COUNTRIES:
             with cache_written(gateway, "semantic_cache_writes"):

@@ -129,7 +129,8 @@ def parse_chat_request(
             raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
         include_usage = bool(stream_options.get("include_usage"))
 
-    # Both are checked even when both are given: either is forwarded (capped) upstream.
+    # Both are checked even when both are given: both are forwarded upstream, at the one in force
+    # (wire/openai.upstream_body).
     completion_cap = positive_int(body, "max_completion_tokens")
     legacy_cap = positive_int(body, "max_tokens")
     max_tokens = completion_cap if completion_cap is not None else legacy_cap
