@@ -6,8 +6,9 @@ tested): system and developer messages (hoisted into `system`, wherever they sto
 image (data and http URLs) and PDF file parts, tool definitions, tool calls and tool results,
 tool_choice and parallel_tool_calls, stop, temperature (0-1), top_p, top_k, max_tokens,
 user, response_format json_schema (as output_config.format, Anthropic's structured outputs),
-reasoning_effort (as output_config.effort), prompt-cache markers, and in answers the stop
-reason, a matched stop sequence and usage with cache reads and writes (one-hour writes apart).
+reasoning_effort (as output_config.effort; none and minimal as low, the least it says),
+prompt-cache markers, and in answers the stop reason, a matched stop sequence and usage with
+cache reads and writes (one-hour writes apart).
 
 Refused with InvalidRequest naming the parameter: n > 1, logprobs/top_logprobs, logit_bias,
 non-zero presence/frequency penalties, temperature above 1, audio in or out, predicted
@@ -56,6 +57,11 @@ _MAPPED = frozenset(
     }
 )
 _SERVICE_TIERS = {"auto": "auto", "default": "standard_only"}
+# Messages' effort starts at "low" (it refuses OpenAI's "none" and "minimal"): the least effort
+# it can say. No thinking for these either: `thinking` is never sent, so a model that thinks only
+# when asked does not think; one that thinks unasked thinks least at "low". (Not
+# thinking: disabled, which the adaptive-only models refuse.)
+_EFFORTS = {"none": "low", "minimal": "low"}
 
 
 def chat_to_messages(body: JSON, max_output: int | None = None) -> JSON:
@@ -260,8 +266,9 @@ def _copy_options(body: JSON, out: JSON) -> None:
             "response_format json_object has no Messages equivalent; send a json_schema instead",
             param="response_format",
         )
-    if body.get("reasoning_effort") is not None:
-        config["effort"] = body["reasoning_effort"]
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        config["effort"] = _EFFORTS.get(effort, effort) if isinstance(effort, str) else effort
     if config:
         out["output_config"] = config
 
