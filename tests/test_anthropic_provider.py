@@ -519,6 +519,24 @@ async def test_a_bad_key_is_the_providers_fault(upstream: Upstream, provider: An
     assert f"check ${KEY_ENV}" in info.value.detail
 
 
+async def test_an_account_out_of_credit_is_the_providers_fault(
+    upstream: Upstream, provider: AnthropicProvider
+) -> None:
+    # Anthropic says so with a 400 invalid_request_error, not a 402: the request is fine, our
+    # account is not, so another provider may serve it (a 402 from an OpenAI-wire one does too).
+    message = (
+        "Your credit balance is too low to access the Anthropic API. "
+        "Please go to Plans & Billing to upgrade or purchase credits."
+    )
+    upstream.handler = json_reply(
+        {"type": "error", "error": {"type": "invalid_request_error", "message": message}}, 400
+    )
+    with pytest.raises(UpstreamFailure) as info:
+        await provider.complete(call())
+    assert (info.value.kind, info.value.status, info.value.retryable) == ("server_error", 400, True)
+    assert info.value.detail == f"provider account needs payment (HTTP 400): {message}"
+
+
 async def test_what_messages_cannot_say_is_refused_before_any_call(
     upstream: Upstream, provider: AnthropicProvider
 ) -> None:

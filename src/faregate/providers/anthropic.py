@@ -2,7 +2,8 @@
 
 The same exchange as the OpenAI-wire provider (the shared pool, the prebuilt request head,
 the deadlines, and one UpstreamFailure or UpstreamRejected per way a call can fail: 429 and
-5xx, 529 overloaded_error included, are retryable and fall back; other 4xx are the client's),
+5xx, 529 overloaded_error included, are retryable and fall back, as are a refused key and an
+account out of credit, which Anthropic says with a 400; other 4xx are the client's),
 with the Messages wire around it: the internal chat body is translated before it is sent
 (wire/anthropic_upstream.py), answers and event streams are translated back into internal
 completions and chunks (wire/anthropic_upstream_answers.py). The key goes in `x-api-key`,

@@ -49,11 +49,12 @@ async def response_failure(resp: Response, provider: str, key_hint: str) -> Exce
             status=status,
             body=body,
         )
-    if status == 402:
+    if status == 402 or (status == 400 and _out_of_credit(message)):
         # Our account with the provider is out of credit: again not the client's to fix.
+        # Anthropic says so with a 400 invalid_request_error ("Your credit balance is too low").
         return UpstreamFailure(
             "server_error",
-            f"provider account needs payment (HTTP 402): {message}",
+            f"provider account needs payment (HTTP {status}): {message}",
             status=status,
             body=body,
         )
@@ -74,6 +75,10 @@ async def response_failure(resp: Response, provider: str, key_hint: str) -> Exce
         retry_after=parse_retry_after(resp.headers),
         body=body,
     )
+
+
+def _out_of_credit(message: str) -> bool:
+    return "credit balance is too low" in message.lower()
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
