@@ -30,7 +30,7 @@ from faregate.providers.http import ConnectionPool
 from faregate.providers.registry import ProviderRegistry, make_upstream_pool
 from faregate.types import Price, Usage
 from faregate.wire.anthropic_replies import completion_to_message
-from faregate.wire.anthropic_upstream import DEFAULT_MAX_TOKENS, chat_to_messages
+from faregate.wire.anthropic_upstream import DEFAULT_MAX_TOKENS, EMPTY_USER_TEXT, chat_to_messages
 from faregate.wire.anthropic_upstream_answers import chat_chunks, message_to_completion
 from faregate.wire.usage import usage_from
 
@@ -251,6 +251,62 @@ def test_what_messages_cannot_say_is_refused(change: dict[str, Any], param: str)
     with pytest.raises(InvalidRequest) as info:
         chat_to_messages(body)
     assert info.value.param == param
+
+
+def test_empty_user_text_is_not_sent_as_an_empty_block() -> None:
+    # Messages refuses a text block that is empty or only whitespace (a 400, "text content
+    # blocks must be non-empty"); OpenAI takes them. Blank blocks are dropped, a cache mark on
+    # one moving to the block before it (the same prefix); a system left blank is none.
+    mark = {"type": "ephemeral"}
+    parts = [
+        {"type": "text", "text": "hi"},
+        {"type": "text", "text": "", "cache_control": mark},
+        {"type": "text", "text": " \n"},
+    ]
+    body = {
+        "model": "m",
+        "messages": [{"role": "system", "content": ""}, {"role": "user", "content": parts}],
+    }
+    out = chat_to_messages(body)
+    PARAMS.validate_python(out)
+    assert "system" not in out
+    assert out["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": mark}]}
+    ]
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        [],
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}],
+    ],
+)
+@pytest.mark.parametrize("empty", ["", [{"type": "text", "text": ""}], [], None])
+def test_an_empty_user_message_is_still_the_users_turn(history: list[dict[str, Any]], empty: Any) -> None:
+    # Dropping the turn would end the conversation on the assistant (a prefill to continue,
+    # which newer models refuse) or leave none at all: it keeps a placeholder text instead.
+    out = chat_to_messages({"model": "m", "messages": [*history, {"role": "user", "content": empty}]})
+    PARAMS.validate_python(out)
+    assert [m["role"] for m in out["messages"]] == ["user", "assistant", "user"][-len(history) - 1 :]
+    (block,) = out["messages"][-1]["content"]
+    assert block == {"type": "text", "text": EMPTY_USER_TEXT}
+
+
+def test_an_empty_user_message_after_tool_results_adds_nothing() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "4"},
+        {"role": "user", "content": ""},
+    ]
+    out = chat_to_messages({"model": "m", "messages": messages})
+    PARAMS.validate_python(out)
+    assert out["messages"][-1] == {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": "c1", "content": "4"}],
+    }
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,9 @@ not listed here. Ignored, because they change nothing a Messages model does: see
 on OpenAI too), stream_options (Messages streams always report usage), store and metadata
 (OpenAI's stored completions), prompt_cache_key and safety_identifier (OpenAI's routing hints).
 
+Empty or whitespace-only text in system and user messages (Messages refuses it, OpenAI does
+not) is dropped; a user message left with nothing is sent as EMPTY_USER_TEXT.
+
 Without max_tokens (Messages requires it) DEFAULT_MAX_TOKENS is asked for, or the model's own
 maximum output when that is smaller (a model that allows 4,096 refuses a request for 8,192).
 """
@@ -31,6 +34,8 @@ from faregate.errors import InvalidRequest
 from faregate.types import JSON
 
 DEFAULT_MAX_TOKENS = 8192
+# The text of a user turn the client sent empty (Messages refuses empty and blank text).
+EMPTY_USER_TEXT = "(empty message)"
 _SAMPLING = ("temperature", "top_p", "top_k")
 _IGNORED = frozenset({"seed", "stream_options", "store", "metadata", "prompt_cache_key", "safety_identifier"})
 _MAPPED = frozenset(
@@ -75,9 +80,15 @@ def chat_to_messages(body: JSON, max_output: int | None = None) -> JSON:
         at = f"messages[{i}]"
         role = message.get("role") if isinstance(message, dict) else None
         if role in ("system", "developer"):
-            system.extend(_blocks(message.get("content"), at, allow_media=False))
+            system.extend(_without_blank_text(_blocks(message.get("content"), at, allow_media=False)))
         elif role == "user":
-            _append(messages, "user", _blocks(message.get("content"), at))
+            blocks = _without_blank_text(_blocks(message.get("content"), at))
+            if not blocks and not (messages and messages[-1]["role"] == "user"):
+                # Messages takes no empty turn, and dropping it would end the conversation on
+                # the assistant (a prefill to continue, which newer models refuse) or leave
+                # none: the user's turn says it was empty. After tool results it adds nothing.
+                blocks = [{"type": "text", "text": EMPTY_USER_TEXT}]
+            _append(messages, "user", blocks)
         elif role == "assistant":
             _append(messages, "assistant", _assistant_blocks(message, at))
         elif role == "tool":
@@ -128,6 +139,19 @@ def _append(messages: list[JSON], role: str, blocks: list[JSON]) -> None:
         messages[-1]["content"].extend(blocks)
     else:
         messages.append({"role": role, "content": blocks})
+
+
+def _without_blank_text(blocks: list[JSON]) -> list[JSON]:
+    """`blocks` without empty or whitespace-only text, which Messages refuses ("text content
+    blocks must be non-empty"); a cache mark on one goes to the block before it, which ends the
+    same prefix."""
+    kept: list[JSON] = []
+    for block in blocks:
+        if block["type"] != "text" or block["text"].strip():
+            kept.append(block)
+        elif "cache_control" in block and kept:
+            kept[-1] = {**kept[-1], "cache_control": block["cache_control"]}
+    return kept
 
 
 def _blocks(content: Any, at: str, *, allow_media: bool = True) -> list[JSON]:
