@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from faregate.catalog.models import Model, Offer
+from faregate.config import ProviderSettings
 from faregate.errors import (
     AuthenticationFailed,
     FaregateError,
@@ -26,6 +27,7 @@ from faregate.errors import (
     UpstreamFailed,
     UpstreamFailure,
 )
+from faregate.providers.registry import ProviderRegistry
 from faregate.routing.estimate import PromptSize
 from faregate.routing.plan import Candidate, Plan
 from faregate.routing.worst_case import worst_case
@@ -188,6 +190,25 @@ async def test_a_message_passes_the_same_stages_and_is_recorded_with_its_wire(ha
     assert (
         sent["messages"] == [{"role": "user", "content": "What is 6 times 7?"}] and sent["max_tokens"] == 100
     )
+
+
+async def test_every_wire_sends_the_limit_where_the_provider_reads_it(harness: Harness) -> None:
+    # OpenAI's reasoning models (o1, o3, o4-mini, gpt-5...) refuse max_tokens: a Messages or
+    # Responses request, translated with its limit as max_tokens, was a 400 on every such
+    # offer. A provider that reads max_completion_tokens gets the limit there, from every wire.
+    reads = ProviderSettings(base_url="http://127.0.0.1", output_limit_field="max_completion_tokens")
+    harness.pipeline.runner.providers = ProviderRegistry.of({"a": harness.a, "b": harness.b}, reads)
+    asked: list[tuple[str, JSON]] = [
+        ("/v1/messages", MESSAGE),
+        ("/v1/responses", {"input": "What is 6 times 7?", "max_output_tokens": 100}),
+        ("/v1/chat/completions", {**ASK, "max_tokens": 100}),
+        ("/v1/chat/completions", {**ASK, "max_tokens": 4000, "max_completion_tokens": 100}),
+    ]
+    for path, body in asked:
+        status, _, _ = await harness.post({"model": "cheap", **body}, path=path)
+        assert status == 200, path
+        sent = harness.a.calls[-1].body
+        assert "max_tokens" not in sent and sent["max_completion_tokens"] == 100, (path, sent)
 
 
 async def test_the_key_may_come_in_x_api_key(harness: Harness) -> None:

@@ -100,6 +100,12 @@ def test_upstream_body() -> None:
         "stream_options": {"include_usage": True},
     }
     assert upstream_body({"max_tokens": 5}, "m", None, stream=False) == {"max_tokens": 5, "model": "m"}
+    # A provider that reads max_completion_tokens gets the limit in force there alone.
+    both = {"max_tokens": 9000, "max_completion_tokens": 8000}
+    assert upstream_body(both, "m", 4096, False, "max_completion_tokens") == {
+        "max_completion_tokens": 4096,
+        "model": "m",
+    }
     assert without_streaming({"stream": True, "stream_options": {}, "n": 1}) == {"n": 1}
 
 

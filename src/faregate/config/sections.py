@@ -90,6 +90,11 @@ class ProviderSettings(_Strict):
     # Speaks OpenAI's Responses API at {base_url}/responses (protocol openai only): a request
     # that came in on /v1/responses is passed through to it natively instead of translated.
     responses: bool = False
+    # The field the provider reads the output limit from: every request's limit (a chat
+    # client's either field, a Messages client's max_tokens, a Responses client's
+    # max_output_tokens) goes there. OpenAI's reasoning models refuse max_tokens; many other
+    # OpenAI-wire servers read only it, and keep the fields as the client gave them.
+    output_limit_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
 
 
 class OfferSettings(_Strict):

@@ -37,15 +37,19 @@ SIMULATOR = "sim"
 
 @dataclass(slots=True, frozen=True)
 class ProviderEntry:
-    """A provider and the timeouts its calls get (seconds to the response head, and in all)."""
+    """A provider, the timeouts its calls get (seconds to the response head, and in all) and
+    the body field it reads the output limit from."""
 
     provider: Provider
     first_byte_timeout_s: float
     total_timeout_s: float
+    output_limit_field: str = "max_tokens"
 
     @classmethod
     def of(cls, provider: Provider, settings: ProviderSettings) -> ProviderEntry:
-        return cls(provider, settings.first_byte_timeout_s, settings.total_timeout_s)
+        return cls(
+            provider, settings.first_byte_timeout_s, settings.total_timeout_s, settings.output_limit_field
+        )
 
 
 class ProviderRegistry:
@@ -86,8 +90,8 @@ class ProviderRegistry:
     def of(
         cls, providers: Mapping[str, Provider], settings: ProviderSettings | None = None
     ) -> ProviderRegistry:
-        """A registry of ready-made providers, all with the timeouts of `settings` (default: a
-        provider's defaults): scripted providers in tests."""
+        """A registry of ready-made providers, all with the timeouts (and output limit field) of
+        `settings` (default: a provider's defaults): scripted providers in tests."""
         timeouts = settings or ProviderSettings(base_url="http://127.0.0.1")
         return cls({name: ProviderEntry.of(p, timeouts) for name, p in providers.items()})
 

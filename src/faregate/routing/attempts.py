@@ -72,7 +72,11 @@ class AttemptRunner:
         self, request: ChatRequest, candidate: Candidate, entry: ProviderEntry, time_left: float
     ) -> UpstreamCall:
         body = upstream_body(
-            request.body, candidate.offer.upstream_model, candidate.model.max_output_tokens, request.stream
+            request.body,
+            candidate.offer.upstream_model,
+            candidate.model.max_output_tokens,
+            request.stream,
+            entry.output_limit_field,
         )
         if request.wire_extras:
             body = without_fields(body, request.wire_extras - entry.provider.carries)

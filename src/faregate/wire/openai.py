@@ -42,10 +42,15 @@ _STREAM_FIELDS = frozenset({"stream", "stream_options"})
 # -- the upstream call ---------------------------------------------------------------------------
 
 
-def upstream_body(body: JSON, model: str, max_output: int | None, stream: bool) -> JSON:
+def upstream_body(
+    body: JSON, model: str, max_output: int | None, stream: bool, limit_field: str = "max_tokens"
+) -> JSON:
     """The client's body as one upstream receives it: the gateway's own fields removed, its model
     name, the token limits (both at the one in force) capped at the model's max output, and for a
-    stream the usage asked for (streams are billed from the provider's own numbers)."""
+    stream the usage asked for (streams are billed from the provider's own numbers).
+    `limit_field`: the field the provider reads the limit from (ProviderSettings); for
+    max_completion_tokens the limit goes there alone, as OpenAI's reasoning models refuse
+    max_tokens (which the Messages and Responses translations name it)."""
     out = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
     out["model"] = model
     # The limit in force is max_completion_tokens when given (OpenAI's rule, and what the budget
@@ -55,9 +60,14 @@ def upstream_body(body: JSON, model: str, max_output: int | None, stream: bool) 
         limit = out.get("max_tokens")
     if limit is not None and max_output:
         limit = min(limit, max_output)
-    for name in ("max_completion_tokens", "max_tokens"):
-        if out.get(name) is not None:
-            out[name] = limit
+    if limit_field == "max_completion_tokens":
+        out.pop("max_tokens", None)
+        if limit is not None:
+            out["max_completion_tokens"] = limit
+    else:
+        for name in ("max_completion_tokens", "max_tokens"):
+            if out.get(name) is not None:
+                out[name] = limit
     if stream:
         out["stream_options"] = {**(out.get("stream_options") or {}), "include_usage": True}
     return out
