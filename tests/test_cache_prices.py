@@ -98,10 +98,43 @@ def test_cache_prices_come_from_the_config() -> None:
     assert model.offers[0].price == Price(
         Decimal(3), Decimal(15), Decimal("0.3"), Decimal("3.75"), Decimal(6)
     )
-    # An offer with its own price has its own cache prices only.
-    assert model.offers[1].price == Price(Decimal(2), Decimal(10), Decimal("0.2"))
+    # An offer with its own price keeps its own cache prices and the model's others, scaled by
+    # its input price to the model's (2 of 3): a cache price is a discount or premium on input.
+    assert model.offers[1].price == Price(Decimal(2), Decimal(10), Decimal("0.2"), Decimal("2.5"), Decimal(4))
     with pytest.raises(ConfigError, match="cache_write must not be negative"):
         parse_settings({"models": {"m": {"input": 1, "output": 1, "cache_write": -1}}})
+
+
+def test_an_offer_keeps_the_cache_prices_it_does_not_set() -> None:
+    def offer_prices(*offers: dict[str, object]) -> list[Price]:
+        settings = parse_settings(
+            {
+                "providers": {"p": {"base_url": "http://127.0.0.1:9/v1"}},
+                "models": {
+                    "m": {
+                        "input": 3,
+                        "output": 15,
+                        "cache_read": "0.3",
+                        "cache_write": "3.75",
+                        "offers": [{"provider": "p", **o} for o in offers],
+                    }
+                },
+            }
+        )
+        model = build_catalog(settings).get("m")
+        assert model is not None
+        return [o.price for o in model.offers]
+
+    # At the model's own input price, the model's cache prices as they are.
+    (same,) = offer_prices({"input": 3, "output": 12})
+    assert same == Price(Decimal(3), Decimal(12), Decimal("0.3"), Decimal("3.75"))
+    # A reseller at a third of the input price: reads and writes a third too, not a read at
+    # 0.3 of 1 (30%, not 10%) and a write at 3.75x the offer's input.
+    (cheaper,) = offer_prices({"input": 1, "output": 5})
+    assert cheaper == Price(Decimal(1), Decimal(5), Decimal("0.1"), Decimal("1.25"))
+    # Cache prices alone on an offer apply on top of the model's price (they were ignored).
+    (own_read,) = offer_prices({"cache_read": "0.25"})
+    assert own_read == Price(Decimal(3), Decimal(15), Decimal("0.25"), Decimal("3.75"))
 
 
 def test_a_key_prefix_enables_a_provider_only_for_its_kind_of_key(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -143,6 +143,31 @@ def _price_of(model_settings: ModelSettings | OfferSettings, embedding: bool) ->
     )
 
 
+_CACHE_FIELDS = ("cache_read", "cache_write", "cache_write_1h")
+
+
+def _offer_price(offer: OfferSettings, list_price: Price | None, embedding: bool) -> Price | None:
+    """The offer's price: its own input/output if it sets them, else the model's list price; and
+    each cache price the offer sets, else the model's. A cache price is a discount or premium on
+    the input price (Anthropic: reads 0.1x, writes 1.25x; OpenAI: reads 0.5x), so at an input price
+    of the offer's own, a model's cache price is scaled by the offer's input to the model's: the
+    model's 0.3 read at 3 becomes 0.1 at an offer's 1, rather than a read at 30% of the input (or
+    a write at 3.75x it). Where the seller's cache discount differs, the offer sets its own."""
+    own = offer.input is not None and (offer.output is not None or embedding)
+    base = _price_of(offer, embedding) if own else list_price
+    if base is None or list_price is None:
+        return base
+    inherited: list[Decimal | None] = []
+    for name in _CACHE_FIELDS:
+        theirs: Decimal | None = getattr(list_price, name)
+        mine: Decimal | None = getattr(offer, name)
+        if mine is None and theirs is not None and base.input != list_price.input:
+            # No ratio to keep from a free model's price: the offer's input price then.
+            theirs = theirs * base.input / list_price.input if list_price.input else None
+        inherited.append(theirs if mine is None else mine)
+    return Price(base.input, base.output, *inherited)
+
+
 def build_catalog(settings: Settings) -> Catalog:
     """Curated models from the config, the broad catalog for declared providers, and an offer at
     list price on every curated model from each enabled provider that serves every model."""
@@ -154,9 +179,7 @@ def build_catalog(settings: Settings) -> Catalog:
         list_price = _price_of(ms, embedding)
         offers: list[Offer] = []
         for offer in ms.offers:
-            price = list_price
-            if offer.input is not None and (offer.output is not None or embedding):
-                price = _price_of(offer, embedding)
+            price = _offer_price(offer, list_price, embedding)
             if price is None:
                 raise ConfigError(f"models.{name}: offer from {offer.provider} has no price")
             offers.append(

@@ -104,8 +104,8 @@ class OfferSettings(_Strict):
     # USD per 1M tokens; default to the model's list price.
     input: Decimal | None = None
     output: Decimal | None = None
-    # Prompt-cache prices (USD per 1M tokens), read only with the offer's own input/output: an
-    # offer without its own price has the model's whole price, cache prices included.
+    # Prompt-cache prices (USD per 1M tokens). One the offer does not set is the model's, scaled
+    # by the offer's input price to the model's where the offer has its own (catalog/models.py).
     cache_read: Decimal | None = None
     cache_write: Decimal | None = None
     cache_write_1h: Decimal | None = None
