@@ -90,9 +90,21 @@ class Planner:
             raise ModelNotFound(f"The model '{name}' does not exist.{hint}", param="model")
         return model
 
+    def listed_model(self, name: str) -> Model:
+        """The model `name` as GET /v1/models lists it: 404 for a name the catalog does not know
+        and for a model no declared provider sells (a broad-catalog model of a vendor not declared
+        here, known for its price only), which a request could never reach - not a 503 that
+        says to retry, nor a 200 from GET /v1/models/{id} for a model the listing leaves out."""
+        model = self.resolve(name)
+        if not model.offers:
+            raise ModelNotFound(
+                f"The model '{model.name}' has a known price but no provider here sells it.", param="model"
+            )
+        return model
+
     def chat_model(self, name: str) -> Model:
         """The model a chat request names; an embedding model is refused (400), not planned."""
-        model = self.resolve(name)
+        model = self.listed_model(name)
         if model.embeds:
             raise InvalidRequest(
                 f"The model '{model.name}' is an embedding model: it answers POST /v1/embeddings, "

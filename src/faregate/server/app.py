@@ -293,7 +293,8 @@ def create_app(gateway: Gateway) -> web.Application:
     async def model(request: web.Request) -> web.StreamResponse:
         await gateway.pipeline.authenticate(request)
         name = request.match_info["name"]
-        found = gateway.pipeline.planner.resolve(name)
+        # A model GET /v1/models lists, as chat accepts it (not one no provider here sells).
+        found = gateway.pipeline.planner.listed_model(name)
         return web.Response(body=orjson.dumps(model_entry(found)), content_type="application/json")
 
     master_key = gateway.master_key
