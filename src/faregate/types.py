@@ -37,6 +37,10 @@ class Usage:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
+    # Audio tokens, parts of `prompt_tokens` and `completion_tokens` (OpenAI's
+    # prompt_tokens_details.audio_tokens and completion_tokens_details.audio_tokens), priced apart.
+    audio_prompt_tokens: int = 0
+    audio_completion_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -88,6 +92,11 @@ class Price:
     (Anthropic: writes 1.25x the input price for the 5-minute TTL, 2x for one hour; reads 0.1x).
     A missing one falls back: reads and 5-minute writes to `input`, one-hour writes to
     `cache_write`, then `input` - which is what a provider without cache pricing bills.
+
+    Audio tokens in and out have prices of their own where the model has them (gpt-audio: 32 and
+    64 against 2.50 and 10 for text); a missing one is the text price. As genai-prices counts
+    OpenAI's usage, cached tokens are taken to be text: the usage says how many prompt tokens
+    are audio and how many cached, not how many cached ones are audio.
     """
 
     input: Decimal
@@ -95,31 +104,46 @@ class Price:
     cache_read: Decimal | None = None
     cache_write: Decimal | None = None
     cache_write_1h: Decimal | None = None
+    input_audio: Decimal | None = None
+    output_audio: Decimal | None = None
 
     def cost(self, usage: Usage) -> Decimal:
         read, write, write_1h = usage.cache_read_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens
-        if not (read or write):
+        audio_in, audio_out = usage.audio_prompt_tokens, usage.audio_completion_tokens
+        if not (read or write or audio_in or audio_out):
             # Decimal * int converts the int exactly: the same result as Decimal(int) * Decimal.
             return (self.input * usage.prompt_tokens + self.output * usage.completion_tokens) / MILLION
         write_5m = max(write - write_1h, 0)
         uncached = max(usage.prompt_tokens - read - write, 0)
+        audio_in = min(audio_in, uncached)
+        audio_out = min(audio_out, usage.completion_tokens)
         read_price = self.input if self.cache_read is None else self.cache_read
         write_price = self.input if self.cache_write is None else self.cache_write
         write_1h_price = write_price if self.cache_write_1h is None else self.cache_write_1h
+        audio_in_price = self.input if self.input_audio is None else self.input_audio
+        audio_out_price = self.output if self.output_audio is None else self.output_audio
         return (
-            Decimal(uncached) * self.input
+            Decimal(uncached - audio_in) * self.input
+            + Decimal(audio_in) * audio_in_price
             + Decimal(read) * read_price
             + Decimal(write_5m) * write_price
             + Decimal(min(write_1h, write)) * write_1h_price
-            + Decimal(usage.completion_tokens) * self.output
+            + Decimal(usage.completion_tokens - audio_out) * self.output
+            + Decimal(audio_out) * audio_out_price
         ) / MILLION
 
     @property
     def dearest_input(self) -> Decimal:
-        """The most one input token can cost (a cache write may cost more than plain input): what a
-        worst-case estimate must assume for a prompt whose caching is not known in advance."""
-        prices = (self.input, self.cache_read, self.cache_write, self.cache_write_1h)
+        """The most one input token can cost (a cache write, or an audio token, may cost more than
+        plain input): what a worst-case estimate must assume for a prompt whose caching and media
+        are not known in advance."""
+        prices = (self.input, self.cache_read, self.cache_write, self.cache_write_1h, self.input_audio)
         return max(p for p in prices if p is not None)
+
+    @property
+    def dearest_output(self) -> Decimal:
+        """The most one output token can cost (an audio token may cost more than text)."""
+        return self.output if self.output_audio is None else max(self.output, self.output_audio)
 
 
 MILLION = Decimal(1_000_000)

@@ -25,6 +25,8 @@ PROVIDER_IDS = {
 
 # genai-prices' prompt-cache prices, in the order of Price's cache fields.
 _CACHE_PRICE_FIELDS = ("cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok")
+# Its audio prices, in the order of Price's audio fields.
+_AUDIO_PRICE_FIELDS = ("input_audio_mtok", "output_audio_mtok")
 
 
 def _decimal(model_price: Any, name: str) -> Decimal | None:
@@ -57,7 +59,7 @@ def _price_in_force(info: Any, today: date) -> Price | None:
     inp = getattr(chosen, "input_mtok", None)
     out = getattr(chosen, "output_mtok", None)
     if isinstance(inp, Decimal) and isinstance(out, Decimal):
-        return Price(inp, out, *(_decimal(chosen, f) for f in _CACHE_PRICE_FIELDS))
+        return Price(inp, out, *(_decimal(chosen, f) for f in (*_CACHE_PRICE_FIELDS, *_AUDIO_PRICE_FIELDS)))
     return None
 
 

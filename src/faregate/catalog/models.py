@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from faregate.config import ModelSettings, OfferSettings, ProviderSettings, Settings
@@ -165,7 +165,8 @@ def _offer_price(offer: OfferSettings, list_price: Price | None, embedding: bool
             # No ratio to keep from a free model's price: the offer's input price then.
             theirs = theirs * base.input / list_price.input if list_price.input else None
         inherited.append(theirs if mine is None else mine)
-    return Price(base.input, base.output, *inherited)
+    read, write, write_1h = inherited
+    return replace(base, cache_read=read, cache_write=write, cache_write_1h=write_1h)
 
 
 def build_catalog(settings: Settings) -> Catalog:

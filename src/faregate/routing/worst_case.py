@@ -6,7 +6,8 @@ calls, n x (prompt + output allowance): providers bill each choice's output, and
 prompt once per choice too, so this is the bound whichever way the provider counts. Every prompt
 token is held at the offer's dearest input price (`Price.dearest_input`): a prompt-cache write
 costs more than plain input (Anthropic: 1.25x, 2x for one hour), and which tokens an upstream will
-write to its cache is not known before the call.
+write to its cache is not known before the call; likewise an audio token, in or out, where the
+model prices audio above text.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _worst_single(candidates: list[Candidate], request: ChatRequest, prompt: int
     for candidate in candidates:
         out = _output_allowance(candidate, request, prompt)
         price = candidate.offer.price
-        cost = (Decimal(n * prompt) * price.dearest_input + Decimal(n * out) * price.output) / MILLION
+        cost = (Decimal(n * prompt) * price.dearest_input + Decimal(n * out) * price.dearest_output) / MILLION
         worst_usd = max(worst_usd, cost)
         worst_tokens = max(worst_tokens, n * (prompt + out))
         worst_out = max(worst_out, out)

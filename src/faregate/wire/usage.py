@@ -4,7 +4,8 @@ The internal answer is an OpenAI chat body (types.py), so usage travels in OpenA
 prompt-cache reads are `prompt_tokens_details.cached_tokens` and writes
 `prompt_tokens_details.cache_write_tokens`, as OpenAI reports them. The part of the writes
 made with a one-hour TTL (Anthropic's, priced apart) is
-`prompt_tokens_details.cache_write_tokens_details.ttl_1h_tokens`.
+`prompt_tokens_details.cache_write_tokens_details.ttl_1h_tokens`. Audio tokens, priced apart too,
+are `prompt_tokens_details.audio_tokens` and `completion_tokens_details.audio_tokens`.
 
 Invariant: `prompt_tokens` counts every input token, cache reads and writes included; cache
 counts that do not fit inside it are dropped as malformed rather than billed.
@@ -28,16 +29,30 @@ def usage_from(body: Mapping[str, Any]) -> Usage | None:
     if prompt is None or completion is None:
         return None
     details = usage.get("prompt_tokens_details")
+    out_details = usage.get("completion_tokens_details")
+    # Audio parts, billed at the audio prices where the model has them (types.Price).
+    audio_out = (token_count(out_details.get("audio_tokens")) or 0) if isinstance(out_details, dict) else 0
+    if audio_out > completion:
+        audio_out = 0
     if not isinstance(details, dict):
-        return Usage(prompt, completion)
+        return Usage(prompt, completion, audio_completion_tokens=audio_out)
     read = token_count(details.get("cached_tokens")) or 0
     write = token_count(details.get("cache_write_tokens")) or 0
     by_ttl = details.get("cache_write_tokens_details")
     write_1h = (token_count(by_ttl.get("ttl_1h_tokens")) or 0) if isinstance(by_ttl, dict) else 0
+    audio_in = token_count(details.get("audio_tokens")) or 0
+    if audio_in > prompt:
+        audio_in = 0
     if read + write > prompt or write_1h > write:
-        return Usage(prompt, completion)
+        return Usage(prompt, completion, audio_prompt_tokens=audio_in, audio_completion_tokens=audio_out)
     return Usage(
-        prompt, completion, cache_read_tokens=read, cache_write_tokens=write, cache_write_1h_tokens=write_1h
+        prompt,
+        completion,
+        cache_read_tokens=read,
+        cache_write_tokens=write,
+        cache_write_1h_tokens=write_1h,
+        audio_prompt_tokens=audio_in,
+        audio_completion_tokens=audio_out,
     )
 
 
@@ -59,6 +74,10 @@ def usage_json(usage: Usage) -> JSON:
                 "ttl_1h_tokens": usage.cache_write_1h_tokens,
             }
         out["prompt_tokens_details"] = details
+    if usage.audio_prompt_tokens:
+        out.setdefault("prompt_tokens_details", {})["audio_tokens"] = usage.audio_prompt_tokens
+    if usage.audio_completion_tokens:
+        out["completion_tokens_details"] = {"audio_tokens": usage.audio_completion_tokens}
     if usage.estimated:
         out["estimated"] = True
     return out
