@@ -62,15 +62,26 @@ def from_nanousd(nanousd: int) -> Decimal:
     return Decimal(nanousd).scaleb(-9)
 
 
+# PostgreSQL's text cannot hold U+0000, nor its jsonb a \u0000 escape: a record carrying one (a
+# client-chosen model name on a 404, say) was refused there and dropped, while SQLite kept it.
+# Every store writes U+FFFD in its place instead, so no request goes unrecorded and both stores hold
+# (and their dashboards show) the same text; the replacement character marks what was lost.
+_NUL_FREE = str.maketrans({"\x00": "\ufffd"})
+
+
+def nul_free(text: str | None) -> str | None:
+    return None if text is None else text.translate(_NUL_FREE)
+
+
 def attempts_json(attempts: Sequence[Attempt]) -> str:
     return orjson.dumps(
         [
             {
-                "model": a.model,
-                "provider": a.provider,
-                "outcome": a.outcome,
+                "model": a.model.translate(_NUL_FREE),
+                "provider": a.provider.translate(_NUL_FREE),
+                "outcome": a.outcome.translate(_NUL_FREE),
                 "latency_ms": a.latency_ms,
-                "detail": a.detail,
+                "detail": a.detail.translate(_NUL_FREE),
                 "status": a.status,
                 "prompt_tokens": a.prompt_tokens,
                 "completion_tokens": a.completion_tokens,
@@ -124,14 +135,14 @@ def attempt_summary(attempts: Sequence[Attempt]) -> tuple[int, int, int]:
 
 
 def record_to_row(r: RequestRecord) -> tuple[Any, ...]:
-    """The INSERT_COLUMNS of a record."""
+    """The INSERT_COLUMNS of a record, with any NUL in its text as U+FFFD (see `nul_free`)."""
     return (
-        r.request_id,
+        r.request_id.translate(_NUL_FREE),
         r.created_at,
-        r.key_id,
-        r.model_requested,
-        r.model_used,
-        r.provider,
+        nul_free(r.key_id),
+        r.model_requested.translate(_NUL_FREE),
+        nul_free(r.model_used),
+        nul_free(r.provider),
         r.status,
         int(r.stream),
         r.prompt_tokens,
@@ -142,13 +153,13 @@ def record_to_row(r: RequestRecord) -> tuple[Any, ...]:
         r.latency_ms,
         r.ttft_ms,
         int(r.empty_response),
-        r.error,
+        nul_free(r.error),
         attempts_json(r.attempts),
-        r.route,
+        nul_free(r.route),
         usd_text(r.baseline_cost_usd),
         to_nanousd(r.baseline_cost_usd),
-        r.cache_status,
-        r.wire,
+        r.cache_status.translate(_NUL_FREE),
+        r.wire.translate(_NUL_FREE),
         *attempt_summary(r.attempts),
     )
 
