@@ -266,6 +266,36 @@ async def test_recent_requests_search_and_paging(stores: Stores) -> None:
         assert [r["request_id"] for r in first + rest] == [f"tied_{n}" for n in (4, 3, 2, 1, 0)]
 
 
+async def test_search_ignores_case_beyond_ascii_on_both_stores(stores: Stores) -> None:
+    # SQLite's LIKE folds ASCII case only, PostgreSQL's ILIKE all of it: "ÉCOLE" found "école" on
+    # PostgreSQL and not on SQLite.
+    school = replace(
+        make_records()[0],
+        request_id="req_school",
+        model_requested="école-7b",
+        key_id="k-ü",
+        created_at=H + 0.25,
+    )
+    # Lower case by character, as towlower: İ is i (not i + a dot), a final Σ is σ (not ς).
+    others = [
+        replace(school, request_id=f"req_{m}", model_requested=m, key_id=None) for m in ("İZMİR", "ΟΔΟΣ")
+    ]
+    for store in (stores.lite_store, stores.pg_store):
+        await store.insert_key(KeyRow("k-ü", "Über", "fg-k-ü…", "hash-ü", False, H))
+        await store.insert_records([school, *others])
+    s = Slice(H, H + 1)
+    for search, found in (
+        ("ÉCOLE", ["req_school"]),
+        ("école", ["req_school"]),
+        ("üBER", ["req_school"]),
+        ("ÉCOLÈ", []),
+        ("izmir", ["req_İZMİR"]),
+        ("οδοσ", ["req_ΟΔΟΣ"]),
+    ):
+        for a in (stores.lite, stores.pg):
+            assert [r["request_id"] for r in await a.recent(s, search=search)] == found, (a, search)
+
+
 async def test_keys_and_first_record(stores: Stores) -> None:
     for a in (stores.lite, stores.pg):
         assert await a.resolve_keys("alpha") in (("k1", "k3"), ("k3", "k1"))

@@ -87,8 +87,9 @@ class Dialect:
     sample_ids: Callable[[int, int, int], tuple[str, str, list[Any]]]
     # Text ordering as SQLite's BINARY (byte order) whatever the database's locale.
     collate: str = ""
-    # Case-insensitive LIKE (SQLite's LIKE ignores ASCII case; PostgreSQL needs ILIKE).
-    like: str = "LIKE"
+    # "{column} matches the LIKE pattern ? (escaped by \\) whatever the case", for the search. Both
+    # stores fold all of Unicode, not ASCII only, so a search finds the same records on either.
+    contains: Callable[[str], str] = lambda column: f"{column} ILIKE ? ESCAPE '\\'"
     # The records not rolled up yet are found by id (SQLite): keep its planner off created_at.
     pending_by_id: bool = False
 
@@ -354,9 +355,9 @@ class AnalyticsQueries:
             where += " AND created_at < ?"
             params.append(float(before))
         if search:
-            pattern, like = like_pattern(search), self.dialect.like
-            likes = " OR ".join(f"{column} {like} ? ESCAPE '\\'" for column in SEARCHED)
-            key_ids = f"key_id IN (SELECT id FROM api_keys WHERE name {like} ? ESCAPE '\\')"
+            pattern, contains = like_pattern(search), self.dialect.contains
+            likes = " OR ".join(contains(column) for column in SEARCHED)
+            key_ids = f"key_id IN (SELECT id FROM api_keys WHERE {contains('name')})"
             where += f" AND (request_id = ? OR {likes} OR {key_ids})"
             params += [search, *([pattern] * len(SEARCHED)), pattern]
         rows = await self._rows(

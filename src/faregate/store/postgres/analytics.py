@@ -39,7 +39,6 @@ POSTGRES = Dialect(
     exact_sum=lambda column: f"SUM({column}::numeric)",
     sample_ids=_sample_ids,
     collate=' COLLATE "C"',
-    like="ILIKE",
 )
 
 

@@ -6,7 +6,8 @@ they write. The rollup (store/sqlite/rollup.py) keeps a watermark by id: the rec
 are the ones it has not read yet.
 
 SQLite's side of the dialect: JSON through json_extract / json_each (failed attempts);
-CAST(x AS INTEGER) truncates; LIKE already ignores ASCII case; evenly spaced ids come from
+CAST(x AS INTEGER) truncates; LIKE ignores ASCII case only, so search folds both sides with the
+`fold` function registered here (as PostgreSQL's ILIKE, all of Unicode); evenly spaced ids come from
 WITH RECURSIVE; money text is summed exactly by the `decimal_sum` aggregate registered here
 (SQLite has no exact decimal type).
 """
@@ -41,6 +42,16 @@ def _sample_ids(lo: int, hi: int, step: int) -> tuple[str, str, list[Any]]:
     return cte, "ids", [lo, step, step, hi]
 
 
+def _fold(text: str | None) -> str | None:
+    """SQL function fold(text): lower case character by character, as PostgreSQL's ILIKE does
+    (towlower of each character), so a search finds the same records on both stores; str.lower
+    alone would differ on the few characters whose lower case is longer (İ) or depends on context
+    (a final Σ)."""
+    if text is None or text.isascii():
+        return text and text.lower()
+    return "".join([c.lower()[0] for c in text])
+
+
 SQLITE = Dialect(
     event_columns=EVENT_COLUMNS,
     eventful=EVENTFUL,
@@ -48,6 +59,7 @@ SQLITE = Dialect(
     floor_int=lambda expr: f"CAST({expr} AS INTEGER)",
     exact_sum=lambda column: f"decimal_sum({column})",
     sample_ids=_sample_ids,
+    contains=lambda column: f"fold({column}) LIKE fold(?) ESCAPE '\\'",
     pending_by_id=True,
 )
 
@@ -100,6 +112,7 @@ class SQLiteAnalytics(AnalyticsQueries):
                 # aiosqlite has no create_aggregate: its own queue onto the connection's thread.
                 register: Callable[..., Awaitable[None]] = conn._execute
                 await register(conn._conn.create_aggregate, "decimal_sum", 1, _DecimalSum)
+                await register(conn._conn.create_function, "fold", 1, _fold, deterministic=True)
         except BaseException:
             await conn.close()
             raise
