@@ -171,3 +171,45 @@ def test_cache_sizes_and_ttl_must_be_positive(tmp_path: Path, section: str, key:
     # A negative size made every cache write fail (logged, so the cache silently never stored).
     with pytest.raises(ConfigError, match=re.escape(f"{problem} - at `{key}`")):
         load_settings(write(tmp_path, section + "\n"))
+
+
+PROVIDER = "providers: {p: {base_url: 'http://x', "
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "problem"),
+    [
+        ("server: {request_timeout_s: 0}", "server.request_timeout_s", "Expected `float` > 0.0"),
+        ("records: {max_pending: 0}", "records.max_pending", "Expected `int` >= 1"),
+        ("auth: {key_cache_ttl_s: -1}", "auth.key_cache_ttl_s", "Expected `float` >= 0.0"),
+        (PROVIDER + "connect_timeout_s: 0}}", "providers.p.connect_timeout_s", "> 0.0"),
+        (PROVIDER + "first_byte_timeout_s: -5}}", "providers.p.first_byte_timeout_s", "> 0.0"),
+        (PROVIDER + "total_timeout_s: 0}}", "providers.p.total_timeout_s", "> 0.0"),
+        (PROVIDER + "max_connections: 0}}", "providers.p.max_connections", ">= 1"),
+        ("models: {m: {input: 1, output: 1, max_output_tokens: 0}}", "models.m.max_output_tokens", ">= 1"),
+        ("routing: {retries: -1}", "routing.retries", "Expected `int` >= 0"),
+        ("routing: {backoff_base_s: -0.1}", "routing.backoff_base_s", ">= 0.0"),
+        ("routing: {backoff_max_s: -1}", "routing.backoff_max_s", ">= 0.0"),
+        ("routing: {max_retry_after_s: -1}", "routing.max_retry_after_s", ">= 0.0"),
+        ("routing: {latency_window: 0}", "routing.latency_window", ">= 1"),
+        ("routing: {breaker: {consecutive_failures: 0}}", "routing.breaker.consecutive_failures", ">= 1"),
+        ("routing: {breaker: {error_rate: 0}}", "routing.breaker.error_rate", "> 0.0"),
+        ("routing: {breaker: {error_rate: 1.5}}", "routing.breaker.error_rate", "<= 1.0"),
+        ("routing: {breaker: {window: 0}}", "routing.breaker.window", ">= 1"),
+        ("routing: {breaker: {min_calls: -1}}", "routing.breaker.min_calls", ">= 1"),
+        ("routing: {breaker: {cooldown_s: -30}}", "routing.breaker.cooldown_s", ">= 0.0"),
+        ("cache: {tier_ttl_s: {economy: 0}}", "cache.tier_ttl_s.economy", "> 0.0"),
+        ("cache: {route_ttl_s: {chat: -1}}", "cache.route_ttl_s.chat", "> 0.0"),
+        ("sim: {first_byte_timeout_s: 0}", "sim.first_byte_timeout_s", "> 0.0"),
+        ("sim: {total_timeout_s: -1}", "sim.total_timeout_s", "> 0.0"),
+        ("alerts: {webhook: {url: 'http://x', timeout_s: 0}}", "alerts.webhook.timeout_s", "> 0.0"),
+    ],
+)
+def test_numeric_settings_out_of_bounds_are_a_config_error(
+    tmp_path: Path, section: str, key: str, problem: str
+) -> None:
+    # A zero or negative timeout, retry count, pool or window: one line naming the setting, not a
+    # gateway that fails every call, never retries a negative count, or divides by an empty window.
+    with pytest.raises(ConfigError, match=re.escape(f"{problem} - at `{key}`")) as raised:
+        load_settings(write(tmp_path, section + "\n"))
+    assert "\n" not in str(raised.value)

@@ -7,6 +7,7 @@ routes, models and providers; alerts; accounts). Every failure is one ConfigErro
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -133,15 +134,42 @@ def parse_settings(data: dict[str, Any], origin: str = "config") -> Settings:
     try:
         settings = msgspec.convert(data, Settings)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{origin}: {_explain(exc)}") from exc
+        raise ConfigError(f"{origin}: {_explain(_name_the_entry(data, str(exc)))}") from exc
     _check_references(settings, origin)
     # A feature turned on whose optional packages are missing: one line naming the extra.
     check_settings(settings, origin)
     return settings
 
 
-def _explain(exc: msgspec.ValidationError) -> str:
-    text = str(exc)
+_ENTRY = re.compile(r"`\$\.([\w.]+)\[\.\.\.\]")
+
+
+def _name_the_entry(data: dict[str, Any], text: str) -> str:
+    """msgspec says `providers[...]` for a value inside a map, not which entry: find the entry that
+    fails alone (tried one by one, on this error path only) and name it (`providers.openai`)."""
+    found = _ENTRY.search(text)
+    if found is None:
+        return text
+    path = found.group(1).split(".")
+    entries: Any = data
+    for part in path:
+        entries = entries.get(part) if isinstance(entries, dict) else None
+    if not isinstance(entries, dict):
+        return text
+    for name, value in entries.items():
+        try:
+            msgspec.convert(_replaced(data, path, {name: value}), Settings)
+        except msgspec.ValidationError as exc:
+            if str(exc) == text:
+                return text.replace(found.group(0), f"`$.{found.group(1)}.{name}", 1)
+    return text
+
+
+def _replaced(data: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    return {**data, path[0]: _replaced(data[path[0]], path[1:], value) if path[1:] else value}
+
+
+def _explain(text: str) -> str:
     # msgspec says "at `$.models[...]`"; say which key is meant in the file's own terms.
     return text.replace("`$.", "`").replace("`$`", "the top level")
 

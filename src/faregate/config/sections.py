@@ -21,12 +21,20 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     pass
 
 
+# Bounds of the numeric settings, checked when the file is parsed (one line naming the setting): a
+# zero or negative timeout fails every call at once, a negative retry count or window size is
+# nonsense, and none of them was noticed until the traffic went wrong.
+Seconds = Annotated[float, msgspec.Meta(gt=0)]  # a timeout or a TTL: 0 would expire at once
+Delay = Annotated[float, msgspec.Meta(ge=0)]  # a wait that may be none
+Count = Annotated[int, msgspec.Meta(ge=1)]  # a size, a window, a threshold of events
+
+
 class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 4000
     max_body_bytes: int = 8 * 1024 * 1024
     # Whole-request deadline, across every attempt.
-    request_timeout_s: float = 600.0
+    request_timeout_s: Seconds = 600.0
     # Gateway processes sharing the port (`serve --workers`). None: one per core, or one when
     # the simulator stands in for the providers (server/workers.py).
     workers: Annotated[int, msgspec.Meta(ge=1)] | None = None
@@ -54,7 +62,8 @@ class RecordsSettings(_Strict):
     batch_size: Annotated[int, msgspec.Meta(ge=1)] = 512
     flush_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 0.25
     # Records waiting beyond this are dropped with a warning instead of growing memory without bound.
-    max_pending: int = 200_000
+    # At least one: 0 dropped every record.
+    max_pending: Count = 200_000
     # While the store is up, a request that finds this many records waiting waits for the writer
     # to get back under it (at most BACKPRESSURE_MAX_WAIT_S) before its handler returns: past the
     # rate the store can write, clients are slowed down instead of the buffer growing with the
@@ -65,7 +74,8 @@ class RecordsSettings(_Strict):
 class AuthSettings(_Strict):
     master_key_env: str = "FAREGATE_MASTER_KEY"
     # How long a verified key stays in the in-process cache before the store is asked again.
-    key_cache_ttl_s: float = 5.0
+    # 0: ask the store every time.
+    key_cache_ttl_s: Delay = 5.0
 
 
 class ProviderSettings(_Strict):
@@ -80,11 +90,12 @@ class ProviderSettings(_Strict):
     # None: enabled iff its key is set (or it needs none). True/False force it.
     enabled: bool | None = None
     headers: dict[str, str] = {}
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: Seconds = 10.0
     # Time allowed for the response head (first byte) and for the whole call.
-    first_byte_timeout_s: float = 60.0
-    total_timeout_s: float = 600.0
-    max_connections: int = 1000
+    first_byte_timeout_s: Seconds = 60.0
+    total_timeout_s: Seconds = 600.0
+    # At least one (the pool's limits are the providers' sum and largest: registry.pool_limits).
+    max_connections: Count = 1000
     # Sells every curated model under its own name at the model's list price (the simulator).
     serves_every_model: bool = False
     # Speaks OpenAI's Responses API at {base_url}/responses (protocol openai only): a request
@@ -125,7 +136,7 @@ class ModelSettings(_Strict):
     cache_write_1h: Decimal | None = None
     aliases: list[str] = []
     context_window: int = 128_000
-    max_output_tokens: int | None = None
+    max_output_tokens: Count | None = None
     modalities: list[Literal["text", "image", "audio", "video"]] = msgspec.field(
         default_factory=lambda: ["text"]
     )
@@ -134,12 +145,13 @@ class ModelSettings(_Strict):
 
 
 class BreakerSettings(_Strict):
-    consecutive_failures: int = 5
-    # Also open when this share of the last `window` calls failed (once `min_calls` were seen).
-    error_rate: float = 0.5
-    window: int = 20
-    min_calls: int = 10
-    cooldown_s: float = 30.0
+    consecutive_failures: Count = 5
+    # Also open when this share of the last `window` calls failed (once `min_calls` were seen);
+    # above 0 (0 opened it on any call at all) and at most 1.
+    error_rate: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    window: Count = 20
+    min_calls: Count = 10
+    cooldown_s: Delay = 30.0
     # The breaker every key shares opens only on failures from at least this many API keys; each
     # key also has a breaker of its own per offer that opens on its own failures alone. So one key
     # whose requests fail (a blank answer to an empty prompt, a timeout it provoked) stops only
@@ -149,14 +161,14 @@ class BreakerSettings(_Strict):
 
 class RoutingSettings(_Strict):
     # Extra tries on the same offer before falling back to the next candidate.
-    retries: int = 1
-    backoff_base_s: float = 0.1
-    backoff_max_s: float = 2.0
+    retries: Annotated[int, msgspec.Meta(ge=0)] = 1
+    backoff_base_s: Delay = 0.1
+    backoff_max_s: Delay = 2.0
     # A Retry-After longer than this moves on to the next candidate instead of waiting.
-    max_retry_after_s: float = 5.0
+    max_retry_after_s: Delay = 5.0
     breaker: BreakerSettings = msgspec.field(default_factory=BreakerSettings)
     # Moving latency statistics keep this many recent samples per offer.
-    latency_window: int = 200
+    latency_window: Count = 200
 
 
 class SemanticCacheSettings(_Strict):
@@ -190,8 +202,8 @@ class CacheSettings(_Strict):
     # Positive: an entry that expires as it is written is a cache that never serves.
     ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
     # TTL by tier hint and by route (or model) name, overriding ttl_s.
-    tier_ttl_s: dict[Literal["economy", "standard", "premium"], float] = {}
-    route_ttl_s: dict[str, float] = {}
+    tier_ttl_s: dict[Literal["economy", "standard", "premium"], Seconds] = {}
+    route_ttl_s: dict[str, Seconds] = {}
     # In-process store size; ignored with Redis.
     # At least one: a negative size made every cache write fail (logged, never stored).
     max_entries: Annotated[int, msgspec.Meta(ge=1)] = 10_000
@@ -221,8 +233,8 @@ class SimSettings(_Strict):
     # path is relative to the config file.
     script: str | None = None
     # Timeouts the gateway applies to the simulated provider (they become providers.sim's).
-    first_byte_timeout_s: float = 60.0
-    total_timeout_s: float = 600.0
+    first_byte_timeout_s: Seconds = 60.0
+    total_timeout_s: Seconds = 600.0
 
 
 class MetricsSettings(_Strict):
@@ -290,7 +302,7 @@ class AlertRule(_Strict):
 class WebhookSettings(_Strict):
     # Every alert that fires or resolves is POSTed here as JSON.
     url: str
-    timeout_s: float = 5.0
+    timeout_s: Seconds = 5.0
     headers: dict[str, str] = {}
 
 
