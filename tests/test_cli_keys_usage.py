@@ -186,6 +186,22 @@ def test_usage_rejects_bad_options(app: typer.Typer, config: str) -> None:
     assert run(app, "usage", "--since", "1h", "--until", "2h", "--config", config).exit_code == 2
 
 
+@pytest.mark.parametrize("since", ["1000000w", "9" * 400 + "w"])
+def test_usage_since_beyond_the_calendar_is_a_one_line_error(
+    app: typer.Typer, config: str, store_dir: Path, since: str
+) -> None:
+    # A start before year 1 (or an infinite one) overflowed datetime when the table's title was
+    # printed: a traceback, not a usage error.
+    seed(
+        store_dir,
+        [RequestRecord("r1", time.time() - 60, None, "gpt-4o", "gpt-4o", "sim", 200, False)],
+    )
+    result = run(app, "usage", "--since", since, "--config", config)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "too far back" in result.output and "Traceback" not in result.output
+
+
 def test_parse_time() -> None:
     now = 1_700_000_000.0
     assert parse_time("24h", now) == now - 86400

@@ -51,7 +51,14 @@ def parse_time(text: str, now: float) -> float:
         return now
     match = _AGO.fullmatch(text)
     if match:
-        return now - float(match[1]) * _UNIT_SECONDS[match[2]]
+        ago = now - float(match[1]) * _UNIT_SECONDS[match[2]]
+        # Before year 1 (or infinitely far: a float of 400 digits) no date can name it, and the
+        # report's title overflowed with a traceback.
+        try:
+            datetime.fromtimestamp(ago, UTC)
+        except (OverflowError, ValueError, OSError):
+            raise typer.BadParameter(f"{text!r} is too far back (before the year 1)") from None
+        return ago
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
