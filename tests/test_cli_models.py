@@ -30,3 +30,17 @@ def test_a_search_that_finds_nothing_says_so(tmp_path: Path) -> None:
     assert output.strip() == "faregate: no model matching 'nosuchthing'"
     code, output = run(tmp_path, "gpt-4oo")
     assert code == 1 and "did you mean" in output and "gpt-4o" in output
+
+
+def test_names_with_brackets_are_printed_as_written(tmp_path: Path) -> None:
+    # Names went through rich markup: "[beta]" was taken for a style and vanished.
+    config = tmp_path / "faregate.yaml"
+    config.write_text(
+        f"store: {{path: {str(tmp_path / 'store')!r}}}\n"
+        "providers: {offp: {base_url: 'http://127.0.0.1:1', api_key_env: FG_UNSET_KEY_X, enabled: false}}\n"
+        "models:\n"
+        "  'm[beta]': {input: 1, output: 2, aliases: ['a[bold]'], offers: [{provider: offp}]}\n"
+    )
+    result = CliRunner().invoke(build_app(), ["models", "m[", "-c", str(config)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "m[beta]" in result.output and "a[bold]" in result.output

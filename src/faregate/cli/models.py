@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from faregate.catalog import Model, build_catalog
 from faregate.cli.common import ConfigOption, curated_catalog, load_or_exit
@@ -83,14 +84,16 @@ def register(app: typer.Typer) -> None:
                 )
                 or "-"
             )
+            # Text(), not str: names come from the config and the catalog, not rich markup (a
+            # "[beta]" in a name was taken for a style and vanished).
             table.add_row(
-                m.name if m.available else f"[dim]{m.name}[/dim]",
-                ", ".join(m.aliases),
+                Text(m.name, style="" if m.available else "dim"),
+                Text(", ".join(m.aliases)),
                 str(m.list_price.input),
                 str(m.list_price.output),
                 f"{m.context_window:,}",
                 f"{m.max_output_tokens:,}" if m.max_output_tokens else "-",
                 "+".join(sorted(m.modalities)),
-                offers,
+                Text(offers),
             )
         Console(width=200).print(table)
