@@ -197,3 +197,22 @@ def test_cost_command_rejects_unknown_models_and_bad_splits(app: typer.Typer, co
     bad = run(app, "cost", "-n", "1", "-i", "1", "-o", "1", "--split", "gpt-4o=0.5", "--config", config)
     assert bad.exit_code == 2
     assert "sum to 1" in bad.output
+
+
+def test_cost_tables_print_model_names_as_written() -> None:
+    # A recorded model name is whatever a client asked for: "[bold]" in it was taken for rich
+    # markup and vanished (and a "[/x]" raised MarkupError: a traceback).
+    from rich.console import Console
+
+    from faregate.cli.cost import _table
+    from faregate.cli.cost_records_table import render
+    from faregate.evals.costs.projection import Line
+    from faregate.store.analytics_rows import Traffic
+
+    console = Console(width=300, record=True)
+    price = Price(Decimal(1), Decimal(2))
+    console.print(render([Traffic("m[bold]", 1, 0, 10, 10, Decimal(1))], {"t[beta]": price}, "title"))
+    line = Line("b[beta]", Decimal(1), Decimal(1), price)
+    console.print(_table("title", "model", [("n[bold]", line)], line, lambda d: str(d)))
+    text = console.export_text()
+    assert "m[bold]" in text and "on t[beta]" in text and "n[bold]" in text and "vs b[beta]" in text

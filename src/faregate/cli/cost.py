@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from faregate.catalog import Model
 from faregate.cli.common import ConfigOption, ModelLookup, load_or_exit
@@ -48,12 +49,13 @@ def _saving_cells(line: Line, baseline: Line, money: MoneyText) -> list[str]:
 def _table(title: str, first: str, lines: list[tuple[str, Line]], baseline: Line, money: MoneyText) -> Table:
     table = Table(title=title)
     table.add_column(first)
+    # Text(), here and for the rows' labels: model and provider names are not rich markup.
     for column in ("in $/1M", "out $/1M", "per request", "per month", f"saving vs {baseline.label}", "saved"):
-        table.add_column(column, justify="right")
+        table.add_column(Text(column), justify="right")
     for label, line in lines:
         price = line.price
         table.add_row(
-            label,
+            Text(label),
             "" if price is None else money(price.input),
             "" if price is None else money(price.output),
             "" if line.per_request is None else money(line.per_request),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from rich.table import Table
+from rich.text import Text
 
 from faregate.evals.costs.projection import MoneyText, display_usd, format_share
 from faregate.store.analytics_rows import Traffic
@@ -25,8 +26,10 @@ def render(
     table.add_column("served by")
     for column in ("requests", "cache hits", "tokens in", "tokens out", "actual cost"):
         table.add_column(column, justify="right")
+    # Text(), here and for the rows: model names (a recorded one is whatever a client asked for)
+    # are not rich markup.
     for name in targets:
-        table.add_column(f"on {name}", justify="right")
+        table.add_column(Text(f"on {name}"), justify="right")
     total = Traffic("total")
     for row in traffic:
         total.requests += row.requests
@@ -39,7 +42,7 @@ def render(
         if row is total:
             cells = [_with_saving(row.cost, row.priced_at(price), money) for price in targets.values()]
         table.add_row(
-            row.group,
+            Text(row.group),
             f"{row.requests:,}",
             f"{row.cache_hits:,}",
             f"{row.prompt_tokens:,}",
