@@ -1,9 +1,10 @@
 """A NUL character in a filter, a search, a key id or a key name is the client's error (400) on the
 shared store as on the embedded one: PostgreSQL's text cannot hold one and refused the whole
-statement (a 500), while SQLite took it and answered."""
+statement (a 500), while SQLite took it and answered. So is one in a feedback comment."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from faregate.config import load_settings
-from faregate.server.app import build_gateway, create_app
+from faregate.server.app import GATEWAY, build_gateway, create_app
+from faregate.types import RequestRecord
 from harness import MASTER_KEY
 from servers import SharedUrls, postgres_server, redis_server, shared_urls  # noqa: F401
 
@@ -59,3 +61,20 @@ async def test_a_nul_character_is_a_400_on_both_stores(
     assert response.status == 400, await response.text()
     error = (await response.json())["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param
+
+
+async def test_a_feedback_comment_with_a_nul_character_is_a_400_on_both_stores(
+    client: TestClient[Any, Any],
+) -> None:
+    # PostgreSQL refused the upsert (a 500) where SQLite stored the comment.
+    created = await client.post("/admin/keys", headers=ADMIN, json={"name": "fb"})
+    key = await created.json()
+    request_id = "req_" + "a" * 32
+    await client.server.app[GATEWAY].store.insert_records(
+        [RequestRecord(request_id, time.time(), key["id"], "gpt-4o", "gpt-4o", "sim", 200, False)]
+    )
+    body = {"request_id": request_id, "score": "up", "comment": "a\x00b"}
+    auth = {"Authorization": f"Bearer {key['api_key']}"}
+    response = await client.post("/v1/feedback", json=body, headers=auth)
+    assert response.status == 400, await response.text()
+    assert (await response.json())["error"]["param"] == "comment"

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from faregate.errors import FaregateError, InvalidRequest, NotFound
 from faregate.server.parse import decode_json_object
+from faregate.server.request_checks import check_text
 from faregate.store.feedback import Feedback, Thumb
 from faregate.types import RequestRecord
 
@@ -89,6 +90,8 @@ def add_feedback_route(app: web.Application, gateway: Gateway) -> None:
             raise InvalidRequest("'comment' must be a string.", param="comment")
         if comment is not None and len(comment) > MAX_COMMENT_CHARS:
             raise InvalidRequest(f"'comment' is longer than {MAX_COMMENT_CHARS} characters.", param="comment")
+        if comment is not None:
+            check_text(comment, "comment")  # PostgreSQL refused a NUL (a 500) where SQLite kept it
         if not REQUEST_ID.fullmatch(request_id):
             raise unknown  # not an id the gateway gives out: no need to look
         record = await gateway.store.get_record(request_id)
