@@ -78,3 +78,19 @@ async def test_a_feedback_comment_with_a_nul_character_is_a_400_on_both_stores(
     response = await client.post("/v1/feedback", json=body, headers=auth)
     assert response.status == 400, await response.text()
     assert (await response.json())["error"]["param"] == "comment"
+
+
+async def test_a_request_for_a_model_named_with_a_nul_is_recorded_on_both_stores(
+    client: TestClient[Any, Any],
+) -> None:
+    # The 404's record holds the model name as asked: PostgreSQL refused it and it was dropped.
+    created = await (await client.post("/admin/keys", headers=ADMIN, json={"name": "nul"})).json()
+    auth = {"Authorization": f"Bearer {created['api_key']}"}
+    body = {"model": "a\x00b", "messages": [{"role": "user", "content": "hi"}]}
+    response = await client.post("/v1/chat/completions", json=body, headers=auth)
+    assert response.status == 404, await response.text()
+    gateway = client.server.app[GATEWAY]
+    await gateway.records.flush()
+    assert await gateway.store.count_records() == 1
+    record = await gateway.store.get_record(response.headers["x-faregate-request-id"])
+    assert record is not None and record.model_requested == "a\ufffdb" and record.status == 404
