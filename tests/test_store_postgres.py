@@ -338,3 +338,23 @@ async def test_a_flush_right_after_redis_lost_its_data_starts_the_outbox_group_a
     assert isinstance(await shared.reserve(ask(key.id, 1, 500)), Admitted)
     await shared.flush()
     assert (await shared.audit()).clean
+
+
+async def test_an_overrun_token_bucket_says_how_long_to_wait_as_the_embedded_store_does(
+    pg: PostgresStore, shared: SharedAccounts
+) -> None:
+    # A request that used more tokens than it reserved leaves the bucket below zero; the next
+    # refusal must wait for that debt too and still send the tokens headers (the Lua script
+    # used -1 for "no such limit", so every negative level read as "not limited").
+    key, _ = await KeyStore(pg).create("t", credits_nano=1_000_000)
+    limits = Limits(None, 1000)
+    hour = hour_of(time.time())
+    made = await shared.reserve(ReserveAsk(key.id, "hold_o", "req_o", 1, 1000, hour, (), limits, 60.0))
+    assert isinstance(made, Admitted)
+    await shared.settle(key.id, HoldRef("hold_o", "req_o", hour, 1000, limits), 1, 1600)  # 600 over
+    refused = await shared.reserve(ReserveAsk(key.id, "hold_p", "req_p", 1, 100, hour, (), limits, 60.0))
+    assert isinstance(refused, Refused) and refused.rate is not None and refused.rate.what == "tokens"
+    # (100 + 600) tokens at 1000 a minute: about 42 s, not the 6 s that 100 alone would take.
+    assert 40 < refused.rate.retry_after_s <= 42
+    tokens = refused.rate.state.tokens
+    assert tokens is not None and tokens.remaining == 0 and tokens.reset_s > 60

@@ -53,8 +53,9 @@ def account_key(key_id: str) -> str:
 
 
 def _level(text: str) -> float | None:
-    value = float(text)
-    return None if value < 0 else value
+    """A bucket level from the reservation script; "" when the key has no such limit (a level
+    itself may be negative: a request used more tokens than it reserved)."""
+    return None if text == "" else float(text)
 
 
 class RedisLedger:

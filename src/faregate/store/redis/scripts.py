@@ -136,7 +136,7 @@ if not epoch or redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
 -- Already reserved (this call retried on a fresh connection after the first one ran): as it was.
 if redis.call('HEXISTS', holds(k), hold) == 1 then
   local a = redis.call('HMGET', acct(k), 'bal', 'held')
-  return {'ok', a[1], a[2], num(-1), num(-1)}
+  return {'ok', a[1], a[2], '', ''}
 end
 expire(epoch, now, 16)
 local a = redis.call('HMGET', acct(k), 'bal', 'held', 'rev')
@@ -146,7 +146,8 @@ local r = redis.call('HMGET', rate(k), 'rl', 'rt', 'tl', 'tt')
 local rl, rt, tl, tt = '', '', '', ''
 if rpm > 0 then rl, rt = refill(tonumber(r[1]), tonumber(r[2]), rpm, now) end
 if tpm > 0 then tl, tt = refill(tonumber(r[3]), tonumber(r[4]), tpm, now) end
-local levels = {num(rpm > 0 and rl or -1), num(tpm > 0 and tl or -1)}
+-- '' for a limit the key does not have: a level itself may be below zero (an overrun).
+local levels = {rpm > 0 and num(rl) or '', tpm > 0 and num(tl) or ''}
 if rpm > 0 and rl < 1 then return {'requests', int(bal), int(held), levels[1], levels[2]} end
 if tpm > 0 and tl < tokens then return {'tokens', int(bal), int(held), levels[1], levels[2]} end
 local inst = ARGV[12 + 2 * n] or ''
@@ -190,7 +191,7 @@ redis.call('ZADD', EXPIRY, int(now + ttl), k .. ' ' .. hold)
 if inst ~= '' then redis.call('SADD', owned(inst), k .. ' ' .. hold) end
 redis.call('HINCRBY', spend(k), hour, int(amount))
 emit(epoch, hold .. ':res', k, 'reservation', -amount, '', hold, req, hour, now, '')
-return {'ok', int(bal), int(held), num(rpm > 0 and rl or -1), num(tpm > 0 and tl or -1)}
+return {'ok', int(bal), int(held), rpm > 0 and num(rl) or '', tpm > 0 and num(tl) or ''}
 """
 
 # One request from the requests-per-minute bucket, nothing else (a cache hit). ARGV: key, rpm
