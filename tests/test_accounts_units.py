@@ -305,3 +305,35 @@ async def test_dedicated_offers_serve_premium_keys_only() -> None:
         False,
         True,
     ]
+
+
+async def test_a_policy_read_that_started_before_a_change_is_not_cached_after_it() -> None:
+    # A request reads the key's policy; an admin change commits and forgets the cached one
+    # while that read is still on its way back. The old policy it returns must not be
+    # cached over the change (as KeyStore guards verified keys against a revocation).
+    from typing import Any, cast
+
+    from faregate.accounts.metered import PolicyCache
+    from faregate.store.protocols import AccountRow, AccountTable
+
+    class SlowTable:
+        def __init__(self) -> None:
+            self.rpm = 100
+            self.gate: asyncio.Event | None = None
+
+        async def get_account(self, key_id: str) -> AccountRow:
+            row, gate = AccountRow(key_id, 0, self.rpm, None, None, ""), self.gate
+            if gate is not None:
+                await gate.wait()
+            return row
+
+    table = SlowTable()
+    policies = PolicyCache(cast(AccountTable, cast(Any, table)), ttl_s=60.0)
+    gate = table.gate = asyncio.Event()
+    reading = asyncio.create_task(policies.get("key_1"))
+    await asyncio.sleep(0)  # the read has the old row and is on its way back
+    table.rpm, table.gate = 5, None  # the change commits...
+    policies.forget("key_1")  # ...and this process forgets the cached policy
+    gate.set()
+    assert (await asyncio.wait_for(reading, 5)).requests_per_minute == 100
+    assert (await policies.get("key_1")).requests_per_minute == 5

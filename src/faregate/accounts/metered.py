@@ -46,12 +46,16 @@ class PolicyCache:
         self._ttl = ttl_s
         self._clock = clock
         self._cache: dict[str, tuple[float, Policy]] = {}
+        # Bumped by `forget`, so a read that started before a change does not cache the old policy
+        # over it (as KeyStore's generation does for verified keys).
+        self._generation = 0
 
     async def get(self, key_id: str) -> Policy:
         now = self._clock()
         cached = self._cache.get(key_id)
         if cached is not None and cached[0] > now:
             return cached[1]
+        generation = self._generation
         account = await self._table.get_account(key_id)
         policy = Policy()
         if account is not None:
@@ -61,13 +65,14 @@ class PolicyCache:
                 account.max_request_nano,
                 budgets_from_text(account.budgets),
             )
-        if self._ttl > 0:
+        if self._ttl > 0 and generation == self._generation:
             if len(self._cache) > 100_000:
                 self._cache.clear()
             self._cache[key_id] = (now + self._ttl, policy)
         return policy
 
     def forget(self, key_id: str | None = None) -> None:
+        self._generation += 1
         if key_id is None:
             self._cache.clear()
         else:
