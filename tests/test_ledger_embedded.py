@@ -182,7 +182,7 @@ async def test_audit_reports_a_tampered_balance(store: SQLiteStore, tmp_path: Pa
 
 async def test_metered_admission_caps_a_single_request(store: SQLiteStore) -> None:
     key_id = await new_key(store, 10_000_000_000)
-    await store.accounts.set_policy(key_id, None, None, 1_000_000, "[]")
+    await store.accounts.set_policy(key_id, {"max_request_nano": 1_000_000})
     accounts = EmbeddedAccounts(store)
     admission = MeteredAdmission(accounts, PolicyCache(store.accounts), AccountsSettings(), 60.0)
     key = next(k for k in await KeyStore(store).list() if k.id == key_id)
@@ -216,3 +216,21 @@ async def test_a_reservation_the_store_could_not_make_gives_its_rate_units_back(
     monkeypatch.setattr(accounts.ledger, "reserve", reserve)
     admitted = await accounts.reserve(ask(key_id, 2, 1_000_000, limits=limits))
     assert isinstance(admitted, Admitted), admitted
+
+
+async def test_two_policy_changes_at_once_both_stay(store: SQLiteStore) -> None:
+    # Each PATCH changes only the fields it names; two at once on one key must not write
+    # back the other's field as it read it before (a lost update).
+    from faregate.accounts.service import AccountsService, PolicyChange
+
+    keys = KeyStore(store)
+    accounts = EmbeddedAccounts(store)
+    service = AccountsService(keys, accounts, PolicyCache(store.accounts), AccountsSettings())
+    key_id = await new_key(store, 0)
+    budget = Budget("day", "calendar", 5_000_000_000)
+    await asyncio.gather(
+        service.update(key_id, PolicyChange(requests_per_minute=7)),
+        service.update(key_id, PolicyChange(budgets=(budget,))),
+    )
+    view = await service.view(key_id)
+    assert view.policy.requests_per_minute == 7 and view.policy.budgets == (budget,)

@@ -358,3 +358,15 @@ async def test_an_overrun_token_bucket_says_how_long_to_wait_as_the_embedded_sto
     assert 40 < refused.rate.retry_after_s <= 42
     tokens = refused.rate.state.tokens
     assert tokens is not None and tokens.remaining == 0 and tokens.reset_s > 60
+
+
+async def test_a_policy_change_writes_only_the_fields_it_names(pg: PostgresStore) -> None:
+    key, _ = await KeyStore(pg).create("t")
+    assert await pg.accounts.set_policy(key.id, {"requests_per_minute": 7, "max_request_nano": 5})
+    assert await pg.accounts.set_policy(
+        key.id, {"budgets": '[["day","calendar",9]]', "max_request_nano": None}
+    )
+    account = await pg.accounts.get_account(key.id)
+    assert account is not None and account.requests_per_minute == 7 and account.max_request_nano is None
+    assert account.budgets == '[["day","calendar",9]]'
+    assert not await pg.accounts.set_policy("key_none", {"requests_per_minute": 1})

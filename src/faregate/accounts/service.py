@@ -27,7 +27,7 @@ from faregate.accounts.policy import (
 from faregate.config import AccountsSettings
 from faregate.errors import InvalidRequest, NotFound
 from faregate.store.holds import HoldRow, InstanceRow, new_entry_id
-from faregate.store.protocols import AccountRow, LedgerRow
+from faregate.store.protocols import AccountRow, LedgerRow, PolicyValues
 
 
 class Keep(Enum):
@@ -46,13 +46,16 @@ class PolicyChange:
     max_request_nano: int | Keep | None = KEEP
     budgets: tuple[Budget, ...] | Keep = KEEP
 
-    def apply(self, policy: Policy) -> Policy:
-        return Policy(
-            policy.requests_per_minute if self.requests_per_minute is KEEP else self.requests_per_minute,
-            policy.tokens_per_minute if self.tokens_per_minute is KEEP else self.tokens_per_minute,
-            policy.max_request_nano if self.max_request_nano is KEEP else self.max_request_nano,
-            policy.budgets if self.budgets is KEEP else self.budgets,
-        )
+    def columns(self) -> PolicyValues:
+        """The stored columns this change sets (AccountTable.set_policy)."""
+        values: dict[str, int | str | None] = {}
+        for name in ("requests_per_minute", "tokens_per_minute", "max_request_nano"):
+            value = getattr(self, name)
+            if value is not KEEP:
+                values[name] = value
+        if not isinstance(self.budgets, Keep):
+            values["budgets"] = budgets_to_text(self.budgets)
+        return values
 
     @property
     def empty(self) -> bool:
@@ -129,7 +132,7 @@ class AccountsService:
     ) -> tuple[KeyView, str]:
         key, raw = await self.keys.create(name, premium=premium, credits_nano=credits_nano)
         if change is not None and not change.empty:
-            await self._store_policy(key.id, change.apply(Policy()))
+            await self._store_policy(key.id, change)
         return await self.view(key.id), raw
 
     async def list_keys(self, include_revoked: bool = True) -> list[KeyView]:
@@ -171,7 +174,7 @@ class AccountsService:
             await self.table.set_key_name(key_id, name)
             self.keys.clear_cache()
         if not change.empty:
-            await self._store_policy(key_id, change.apply(policy_of(account)))
+            await self._store_policy(key_id, change)
         elif name is not None:
             await self.backend.key_changed(key_id)
         return await self.view(key_id)
@@ -230,13 +233,9 @@ class AccountsService:
         await self.backend.flush()
         return await self.backend.audit()
 
-    async def _store_policy(self, key_id: str, policy: Policy) -> None:
-        await self.table.set_policy(
-            key_id,
-            policy.requests_per_minute,
-            policy.tokens_per_minute,
-            policy.max_request_nano,
-            budgets_to_text(policy.budgets),
-        )
+    async def _store_policy(self, key_id: str, change: PolicyChange) -> None:
+        # Only the fields the change names: written over a policy read earlier, the others would
+        # undo a change made in between (two PATCHes of one key at once).
+        await self.table.set_policy(key_id, change.columns())
         self.policies.forget(key_id)
         await self.backend.key_changed(key_id)

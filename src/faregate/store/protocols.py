@@ -8,11 +8,23 @@ the money side on `AccountTable` (a store's `accounts`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from faregate.types import RequestRecord
+
+# The columns of a key's policy (`AccountTable.set_policy` writes those it is given).
+POLICY_COLUMNS = frozenset({"requests_per_minute", "tokens_per_minute", "max_request_nano", "budgets"})
+PolicyValues = Mapping[str, int | str | None]
+
+
+def policy_columns(changes: PolicyValues) -> list[str]:
+    """The columns `changes` sets, checked: they are written into the statement's text."""
+    unknown = set(changes) - POLICY_COLUMNS
+    if unknown:
+        raise ValueError(f"not policy columns: {sorted(unknown)}")
+    return sorted(changes)
 
 
 class DuplicateError(Exception):
@@ -121,15 +133,10 @@ class AccountTable(Protocol):
 
     async def get_account(self, key_id: str) -> AccountRow | None: ...
 
-    async def set_policy(
-        self,
-        key_id: str,
-        requests_per_minute: int | None,
-        tokens_per_minute: int | None,
-        max_request_nano: int | None,
-        budgets: str,
-    ) -> bool:
-        """False if the key has no account."""
+    async def set_policy(self, key_id: str, changes: PolicyValues) -> bool:
+        """Write the policy columns in `changes` (POLICY_COLUMNS; budgets as JSON text) and keep
+        the others as stored, in one statement: two changes of different fields at once both
+        stay. False if the key has no account."""
         ...
 
     async def set_key_name(self, key_id: str, name: str) -> bool: ...

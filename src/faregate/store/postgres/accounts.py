@@ -21,7 +21,7 @@ import asyncpg
 
 from faregate.store.holds import hold_entry, new_entry_id
 from faregate.store.postgres.errors import unavailable_errors
-from faregate.store.protocols import AccountRow, AuditRow, KeyRow, LedgerRow
+from faregate.store.protocols import AccountRow, AuditRow, KeyRow, LedgerRow, PolicyValues, policy_columns
 
 KEY_COLUMNS = "id, name, prefix, key_hash, premium, created_at, revoked_at"
 _LEDGER_COLUMNS = (
@@ -158,23 +158,14 @@ class PostgresAccountTable:
             bool(row["revoked"]),
         )
 
-    async def set_policy(
-        self,
-        key_id: str,
-        requests_per_minute: int | None,
-        tokens_per_minute: int | None,
-        max_request_nano: int | None,
-        budgets: str,
-    ) -> bool:
+    async def set_policy(self, key_id: str, changes: PolicyValues) -> bool:
+        columns = policy_columns(changes)
+        sets = "".join(f"{column} = ${i}, " for i, column in enumerate(columns, start=3))
         status = await self._pool.execute(
-            "UPDATE accounts SET requests_per_minute = $1, tokens_per_minute = $2, max_request_nano = $3,"
-            " budgets = $4, updated_at = $5 WHERE key_id = $6",
-            requests_per_minute,
-            tokens_per_minute,
-            max_request_nano,
-            budgets,
-            time.time(),
+            f"UPDATE accounts SET {sets}updated_at = $2 WHERE key_id = $1",
             key_id,
+            time.time(),
+            *(changes[column] for column in columns),
         )
         return str(status).endswith(" 1")
 

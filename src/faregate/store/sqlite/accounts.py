@@ -16,7 +16,7 @@ from typing import Any
 import aiosqlite
 
 from faregate.store.holds import new_entry_id
-from faregate.store.protocols import AccountRow, AuditRow, KeyRow, LedgerRow
+from faregate.store.protocols import AccountRow, AuditRow, KeyRow, LedgerRow, PolicyValues, policy_columns
 
 LEDGER_COLUMNS = "entry_id, key_id, kind, amount_nano, cost_nano, hold_id, request_id, hour, created_at, note"
 INSERT_LEDGER = f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -111,19 +111,13 @@ class SQLiteAccountTable:
             return AccountRow(row[0], int(row[1]), row[2], row[3], row[4], row[5], bool(row[6]))
         return None
 
-    async def set_policy(
-        self,
-        key_id: str,
-        requests_per_minute: int | None,
-        tokens_per_minute: int | None,
-        max_request_nano: int | None,
-        budgets: str,
-    ) -> bool:
+    async def set_policy(self, key_id: str, changes: PolicyValues) -> bool:
+        columns = policy_columns(changes)
+        sets = "".join(f"{column} = ?, " for column in columns)
         async with self._transaction():
             cursor = await self._conn.execute(
-                "UPDATE accounts SET requests_per_minute = ?, tokens_per_minute = ?, max_request_nano = ?,"
-                " budgets = ?, updated_at = ? WHERE key_id = ?",
-                (requests_per_minute, tokens_per_minute, max_request_nano, budgets, time.time(), key_id),
+                f"UPDATE accounts SET {sets}updated_at = ? WHERE key_id = ?",
+                (*(changes[column] for column in columns), time.time(), key_id),
             )
             changed = int(cursor.rowcount) > 0
         return changed
