@@ -370,3 +370,27 @@ async def test_a_policy_change_writes_only_the_fields_it_names(pg: PostgresStore
     assert account is not None and account.requests_per_minute == 7 and account.max_request_nano is None
     assert account.budgets == '[["day","calendar",9]]'
     assert not await pg.accounts.set_policy("key_none", {"requests_per_minute": 1})
+
+
+async def test_a_top_up_applied_while_postgresql_lags_is_answered_as_done(
+    pg: PostgresStore, shared: SharedAccounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The credit is in Redis (and in its outbox, on its way to the ledger) before the flush; an
+    # error after it told the operator it had failed, and the retry credited the key twice.
+    from faregate.accounts.metered import PolicyCache
+    from faregate.accounts.service import AccountsService
+    from faregate.config import AccountsSettings
+
+    keys = KeyStore(pg)
+    service = AccountsService(keys, shared, PolicyCache(pg.accounts), AccountsSettings())
+    key, _ = await keys.create("t", credits_nano=0)
+
+    async def stuck(timeout_s: float = 10.0) -> bool:
+        return False  # PostgreSQL does not take the entries in time
+
+    monkeypatch.setattr(shared.shipper, "flush", stuck)
+    view = await service.add_credits(key.id, 5_000, "top-up")
+    assert view.balance_nano == 5_000
+    monkeypatch.undo()
+    await shared.flush()
+    assert (await pg.accounts.get_account(key.id)).balance_nano == 5_000 == await ledger_sum(pg, key.id)  # type: ignore[union-attr]

@@ -6,6 +6,7 @@ through the backend's `key_changed`, and this process's caches are cleared at on
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -27,7 +28,10 @@ from faregate.accounts.policy import (
 from faregate.config import AccountsSettings
 from faregate.errors import InvalidRequest, NotFound
 from faregate.store.holds import HoldRow, InstanceRow, new_entry_id
+from faregate.store.outage import is_outage
 from faregate.store.protocols import AccountRow, LedgerRow, PolicyValues
+
+log = logging.getLogger("faregate.accounts")
 
 
 class Keep(Enum):
@@ -196,7 +200,15 @@ class AccountsService:
         await self.backend.credit(
             LedgerRow(new_entry_id("topup"), key_id, "topup", amount_nano, time.time(), note=note)
         )
-        await self.backend.flush()
+        try:
+            await self.backend.flush()
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            # The credit is applied (the live balance moved; its ledger row waits in the outbox and
+            # is shipped when PostgreSQL takes it): an error now would read as "not done", and a
+            # retry would credit the key twice.
+            log.warning("credit to %s applied; its ledger row is not in PostgreSQL yet: %s", key_id, exc)
         return await self.view(key_id)
 
     async def reservations(self, key_id: str) -> list[HoldRow]:
