@@ -413,3 +413,22 @@ async def test_stream_falls_back_before_content_and_not_after() -> None:
     assert opened.candidate.offer.provider == "b"
     assert [x.outcome for x in opened.attempts] == ["truncated", "truncated", "ok"]
     assert b.calls[0].body["stream_options"] == {"include_usage": True}
+
+
+async def test_stream_finished_without_content_bills_the_usage_after_its_finish() -> None:
+    # OpenAI's order: the finish_reason chunk, then the usage-only chunk (include_usage). A stream
+    # that finishes with nothing in it was billed all the same: the usage after the finish counts.
+    blank = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 0, "total_tokens": 10}},
+    ]
+    a = Scripted("a", [blank, blank])
+    b = Scripted("b", [None])
+    planner, runner = runner_for({"a": a, "b": b})
+    req = request({"models": ["cheap", "mid"], "stream": True})
+    opened = await runner.open_stream(req, await planner.plan(req))
+    failed = [x for x in opened.attempts if x.outcome == "empty"]
+    assert len(failed) == 2 and all(
+        x.cost == Decimal(10) * Decimal("0.1") / Decimal(1_000_000) for x in failed
+    ), [(x.outcome, x.cost) for x in opened.attempts]

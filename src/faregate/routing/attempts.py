@@ -40,6 +40,9 @@ from faregate.wire.openai import (
 
 T = TypeVar("T")
 
+# After a finish reason the usage chunk and the end follow at once; bounded for upstreams that linger.
+_AFTER_FINISH_S = 0.5
+
 
 @dataclass(slots=True)
 class Served:
@@ -205,6 +208,10 @@ class AttemptRunner:
                                 return buffered, read[index + 1 :], iterator
                             reason = finish_reason(chunk)
                             if reason and reason not in TOOL_FINISHES:
+                                # The usage comes after the finish (include_usage): read it, the
+                                # provider billed this call all the same.
+                                buffered.extend(read[index + 1 :])
+                                await _read_after_finish(iterator, buffered)
                                 raise UpstreamFailure("empty", "stream finished without any content")
             except UpstreamFailure as failure:
                 await aclose_quietly(iterator)
@@ -302,6 +309,17 @@ class AttemptRunner:
             attempt.completion_tokens = usage.completion_tokens
             attempt.cost = candidate.offer.price.cost(usage)
         return attempt
+
+
+async def _read_after_finish(iterator: AsyncIterator[list[JSON]], buffered: list[JSON]) -> None:
+    """Add what follows a finish reason to `buffered` (the usage chunk, then the end), for at most
+    `_AFTER_FINISH_S`: an upstream that lingers after its finish costs no more than that."""
+    try:
+        async with asyncio.timeout(_AFTER_FINISH_S):
+            while True:
+                buffered.extend(await anext(iterator))
+    except (StopAsyncIteration, TimeoutError, UpstreamFailure):
+        pass  # whatever usage came is in `buffered`; the attempt fails as empty either way
 
 
 def _early_end(buffered: list[JSON]) -> UpstreamFailure:
