@@ -701,3 +701,51 @@ def test_pool_limits_follow_the_enabled_providers(monkeypatch: pytest.MonkeyPatc
     assert pool_limits(None) == (1000, 0, 10.0)
     simulated = with_simulator(parse_settings({"providers": {}, "sim": {"mode": "on"}}))
     assert pool_limits(simulated) == (1000, 1000, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"choices": "abc"}, "response body: choices is not a list"),
+        ({"choices": ["oops"]}, "response body: choice 0 is not an object"),
+        ({"choices": [None]}, "response body: choice 0 is not an object"),
+        ({"choices": [{"message": "hi"}]}, "response body: choice 0's message is not an object"),
+        (
+            {"choices": [{"message": {"content": "hi", "tool_calls": "x"}}]},
+            "response body: choice 0's tool_calls is not a list of objects",
+        ),
+        (
+            {"choices": [{"message": {"tool_calls": [{"function": "f"}]}}]},
+            "response body: choice 0's tool_calls is not a list of objects",
+        ),
+    ],
+)
+async def test_a_200_whose_choices_cannot_be_read_is_bad_response(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], body: Any, detail: str
+) -> None:
+    # Valid JSON in a shape no reader expects: a failure to fall back from, not a crash (a 500).
+    upstream.handler = json_reply(body)
+    failure = await failure_of(make_provider())
+    assert (failure.kind, failure.detail) == ("bad_response", detail)
+
+
+@pytest.mark.parametrize(
+    ("part", "detail"),
+    [
+        (b'data: {"choices": [null]}\n\n', "stream chunk 2: choice 0 is not an object"),
+        (b'data: {"choices": [{"delta": "x"}]}\n\n', "stream chunk 2: choice 0's delta is not an object"),
+        (b'data: {"choices": {"a": 1}}\n\n', "stream chunk 2: choices is not a list"),
+    ],
+)
+async def test_a_stream_chunk_whose_choices_cannot_be_read_is_bad_response(
+    upstream: Upstream,
+    make_provider: Callable[..., OpenAICompatibleProvider],
+    pool: ConnectionPool,
+    part: bytes,
+    detail: str,
+) -> None:
+    upstream.handler = sse_reply([chunk("a"), part, chunk("b")])
+    with pytest.raises(UpstreamFailure) as info:
+        await collect(make_provider())
+    assert (info.value.kind, info.value.detail) == ("bad_response", detail)
+    assert acquired(pool) == 0

@@ -41,7 +41,7 @@ from faregate.providers.upstream_failures import (
 )
 from faregate.types import JSON, Completion, Usage
 from faregate.wire.embeddings import usage_of as embedding_usage
-from faregate.wire.openai import chunk_has_content, stream_error, usage_of
+from faregate.wire.openai import chunk_has_content, stream_error, unreadable_choices, usage_of
 
 # After [DONE] the body normally ends within microseconds; reading to its end lets the
 # connection go back to the pool instead of being closed. Bounded for upstreams that linger.
@@ -134,6 +134,8 @@ class OpenAICompatibleProvider:
         finally:
             resp.release()
         body = json_object(raw, "response body", resp.status)
+        if (unreadable := unreadable_choices(body, "message")) is not None:
+            raise UpstreamFailure("bad_response", f"response body: {unreadable}", status=resp.status)
         return Completion(body, usage(body), resp.status)
 
     def stream(self, call: UpstreamCall) -> AsyncGenerator[JSON, None]:
@@ -207,6 +209,12 @@ class OpenAICompatibleProvider:
                                 f"error event after {chunks} chunks: {clip(failed) or 'no message'}",
                                 status=resp.status,
                                 body=chunk,
+                            )
+                        if (unreadable := unreadable_choices(chunk, "delta")) is not None:
+                            if read:
+                                yield read
+                            raise UpstreamFailure(
+                                "bad_response", f"stream chunk {chunks + 1}: {unreadable}", status=resp.status
                             )
                         chunks += 1
                         read.append(chunk)

@@ -128,6 +128,35 @@ def is_usage_only(chunk: JSON) -> bool:
     return not chunk.get("choices") and "usage" in chunk
 
 
+def unreadable_choices(body: JSON, part: str) -> str | None:
+    """Why the choices of an upstream's body or chunk cannot be read (`part`: "message" for a
+    body, "delta" for a chunk), or None: every reader here takes `choices` for a list of objects,
+    each one's message or delta for an object, its tool calls for objects whose function is an
+    object. Valid JSON in another shape is a bad response to fall back from, not a crash."""
+    choices = body.get("choices")
+    if choices is None:
+        return None
+    if type(choices) is not list:
+        return "choices is not a list"
+    for index, choice in enumerate(choices):
+        if type(choice) is not dict:
+            return f"choice {index} is not an object"
+        inner = choice.get(part)
+        if inner is None:
+            continue
+        if type(inner) is not dict:
+            return f"choice {index}'s {part} is not an object"
+        calls = inner.get("tool_calls")
+        if calls is not None and (
+            type(calls) is not list
+            or any(
+                type(call) is not dict or not isinstance(call.get("function") or {}, dict) for call in calls
+            )
+        ):
+            return f"choice {index}'s tool_calls is not a list of objects"
+    return None
+
+
 def chunk_has_content(chunk: JSON) -> bool:
     """A chunk that carries something the user can see: non-blank text, a tool call, a refusal."""
     for choice in chunk.get("choices") or ():
