@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from decimal import Decimal
@@ -432,3 +433,24 @@ async def test_stream_finished_without_content_bills_the_usage_after_its_finish(
     assert len(failed) == 2 and all(
         x.cost == Decimal(10) * Decimal("0.1") / Decimal(1_000_000) for x in failed
     ), [(x.outcome, x.cost) for x in opened.attempts]
+
+
+async def test_a_probe_stream_with_content_closes_the_breaker_while_it_runs() -> None:
+    # A stream that has brought content is the upstream answering: the half-open breaker closes
+    # then, not when the stream ends (minutes later, the offer refused to everyone meanwhile).
+    a = Scripted("a", [UpstreamFailure("server_error", "HTTP 500", status=500)])
+    planner, runner = runner_for(
+        {"a": a}, retries=0, breaker={"consecutive_failures": 1, "cooldown_s": 0.01, "shared_min_keys": 1}
+    )
+    req = request({"model": "cheap"})
+    with pytest.raises(UpstreamFailed):
+        await runner.complete(req, await planner.plan(req))
+    assert runner.health.breaker("a/cheap").state == OPEN
+    await asyncio.sleep(0.02)
+    streamed = request({"model": "cheap", "stream": True})
+    opened = await runner.open_stream(streamed, await planner.plan(streamed))  # the probe
+    assert runner.health.breaker("a/cheap").state == CLOSED
+    again = request({"model": "cheap"})
+    served = await runner.complete(again, await planner.plan(again))
+    assert served.attempts[-1].outcome == "ok"
+    await opened.aclose()

@@ -224,6 +224,8 @@ class AttemptRunner:
         (buffered, rest_of_read, iterator), candidate, attempts, t0 = await self._first_success(
             request, plan, once, lambda c, e, t: self.build_call(request, c, e, t)
         )
+        # The offer answers: a breaker this stream probed closes now, not when the stream ends.
+        self.health.answering(candidate.offer.key, request.key_id)
         return OpenedStream(
             candidate, [buffered, rest_of_read], iterator, attempts, t0, self.health, request.key_id
         )

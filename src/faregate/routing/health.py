@@ -130,6 +130,19 @@ class Breaker:
         """A probe that ended without a verdict (client gone, rejected as bad input)."""
         self.probe_in_flight = False
 
+    def answering(self) -> None:
+        """The upstream has begun to answer a call (a stream's first content): a half-open breaker
+        closes now, not when the stream ends (minutes later, the offer refused to every other
+        request meanwhile). The call's outcome is still recorded when it ends, as any call's."""
+        if self.state == HALF_OPEN:
+            self.state = CLOSED
+            self.consecutive_failures = 0
+            self.run_keys.clear()
+            self.run_unattributed = 0
+            self.recent.clear()
+            self.recent_keys.clear()
+            self.probe_in_flight = False
+
     def _open(self, now: float) -> None:
         self.state = OPEN
         self.opened_at = now
@@ -222,6 +235,15 @@ class HealthBoard:
         own = self.own_breaker(key, api_key)
         if own is not None:
             own.release_probe()
+
+    def answering(self, key: str, api_key: str | None = None) -> None:
+        """A call to the offer has begun to answer (Breaker.answering): its half-open breakers close."""
+        breaker = self.breakers.get(key)
+        if breaker is not None and breaker.state == HALF_OPEN:
+            breaker.answering()
+        own = self.key_breakers.get((key, api_key)) if api_key is not None else None
+        if own is not None and own.state == HALF_OPEN:
+            own.answering()
 
     def stats(self, key: str) -> LatencyStats:
         found = self.latency.get(key)
