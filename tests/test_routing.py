@@ -11,8 +11,15 @@ from typing import Any
 import pytest
 
 from faregate.catalog import build_catalog
-from faregate.config import BreakerSettings, parse_settings
-from faregate.errors import ConfigError, InvalidRequest, UpstreamFailed, UpstreamFailure, UpstreamRejected
+from faregate.config import BreakerSettings, UpstreamQueueSettings, parse_settings
+from faregate.errors import (
+    ConfigError,
+    InvalidRequest,
+    RateLimited,
+    UpstreamFailed,
+    UpstreamFailure,
+    UpstreamRejected,
+)
 from faregate.providers.base import UpstreamCall
 from faregate.providers.registry import ProviderRegistry
 from faregate.routing.attempts import AttemptRunner
@@ -20,6 +27,7 @@ from faregate.routing.candidate_fit import ModelUnavailable
 from faregate.routing.estimate import PromptSize
 from faregate.routing.health import CLOSED, HALF_OPEN, OPEN, Breaker, HealthBoard
 from faregate.routing.plan import Planner
+from faregate.routing.queue import UpstreamLimiter
 from faregate.server.parse import parse_chat_request
 from faregate.types import Completion, Usage
 
@@ -454,3 +462,27 @@ async def test_a_probe_stream_with_content_closes_the_breaker_while_it_runs() ->
     served = await runner.complete(again, await planner.plan(again))
     assert served.attempts[-1].outcome == "ok"
     await opened.aclose()
+
+
+async def test_a_full_upstream_queue_falls_back_to_the_next_candidate() -> None:
+    # Provider a's queue refuses (upstream_limits): like an open breaker, the offer cannot be
+    # called now, and the next candidate can; only with nothing else to try is it the client's 429.
+    a = Scripted("a", [ok("from a")])
+    b = Scripted("b", [])
+    s = settings(routing={"retries": 0})
+    health = HealthBoard(s.routing.breaker)
+    planner = Planner(build_catalog(s), s.routes, s.routing, health)
+    limiter = UpstreamLimiter({"b": UpstreamQueueSettings(max_concurrent=1, max_queued=0, timeout_s=0.05)})
+    runner = AttemptRunner(ProviderRegistry.of({"a": a, "b": b}), 5.0, s.routing, health, limiter)
+    held = await limiter.acquire("b", premium=False)  # b's one slot is taken
+    try:
+        req = request({"model": "mid"})
+        plan = await planner.plan(req)
+        assert [c.offer.provider for c in plan.candidates] == ["b", "a"]
+        served = await runner.complete(req, plan)
+        assert served.completion.body["choices"][0]["message"]["content"] == "from a"
+        with pytest.raises(RateLimited):
+            await runner.complete(req, replace(plan, candidates=plan.candidates[:1]))
+    finally:
+        held.release()
+    assert not b.calls

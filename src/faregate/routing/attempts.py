@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import TypeVar, cast
 
 from faregate.config import RoutingSettings
-from faregate.errors import UpstreamFailed, UpstreamFailure, UpstreamRejected
+from faregate.errors import RateLimited, UpstreamFailed, UpstreamFailure, UpstreamRejected
 from faregate.providers.base import EmbeddingProvider, Provider, UpstreamCall, aclose_quietly, stream_reads
 from faregate.providers.registry import ProviderEntry, ProviderRegistry
 from faregate.routing.health import HealthBoard
@@ -242,6 +242,7 @@ class AttemptRunner:
         Returns its result, the candidate, every attempt made, and when the served one started."""
         attempts: list[Attempt] = []
         timed_out = False
+        queue_full: RateLimited | None = None
         for index, candidate in enumerate(plan.candidates):
             if index:
                 self.fallbacks += 1
@@ -278,6 +279,12 @@ class AttemptRunner:
                     )
                     timed_out = True
                     break
+                except RateLimited as refused:
+                    # The provider's queue is full (routing/queue.py; nothing was sent): like an
+                    # open breaker, this offer cannot be called now, and the next candidate may.
+                    self.health.release_probe(key, request.key_id)
+                    queue_full = refused
+                    break
                 except UpstreamRejected as rejected:
                     self.health.release_probe(key, request.key_id)
                     attempts.append(
@@ -292,6 +299,8 @@ class AttemptRunner:
                 return result, candidate, attempts, t0
             if timed_out:
                 break
+        if queue_full is not None and not attempts:
+            raise queue_full  # no upstream was called: the queue's 429, with its Retry-After
         raise UpstreamFailed(attempts, timeout=timed_out or _all_timeouts(attempts))
 
     def _failed(

@@ -3,7 +3,8 @@
 When a provider is at `max_concurrent` calls, further callers wait; premium keys' requests
 are served before standard ones, first come first served within a tier. A caller that
 waits longer than `timeout_s`, or finds `max_queued` callers already waiting, gets 429
-with Retry-After. A stream holds its slot until it ends (or is closed).
+with Retry-After (the attempt loop then tries the plan's next candidate, and gives the client
+that 429 only when no upstream was called). A stream holds its slot until it ends (or is closed).
 
 Off unless `upstream_limits` names the provider in the config.
 """
