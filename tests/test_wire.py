@@ -106,6 +106,13 @@ def test_upstream_body() -> None:
         "max_completion_tokens": 4096,
         "model": "m",
     }
+    # A provider that reads max_tokens gets the limit there even when the client named only
+    # max_completion_tokens (it would otherwise generate past what the hold covers).
+    assert upstream_body({"max_completion_tokens": 8000}, "m", 4096, False) == {
+        "max_completion_tokens": 4096,
+        "max_tokens": 4096,
+        "model": "m",
+    }
     assert without_streaming({"stream": True, "stream_options": {}, "n": 1}) == {"n": 1}
 
 

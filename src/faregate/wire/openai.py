@@ -48,9 +48,9 @@ def upstream_body(
     """The client's body as one upstream receives it: the gateway's own fields removed, its model
     name, the token limits (both at the one in force) capped at the model's max output, and for a
     stream the usage asked for (streams are billed from the provider's own numbers).
-    `limit_field`: the field the provider reads the limit from (ProviderSettings); for
-    max_completion_tokens the limit goes there alone, as OpenAI's reasoning models refuse
-    max_tokens (which the Messages and Responses translations name it)."""
+    `limit_field`: the field the provider reads the limit from (ProviderSettings), which always
+    carries the limit in force; for max_completion_tokens the limit goes there alone, as OpenAI's
+    reasoning models refuse max_tokens (which the Messages and Responses translations name it)."""
     out = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
     out["model"] = model
     # The limit in force is max_completion_tokens when given (OpenAI's rule, and what the budget
@@ -64,10 +64,12 @@ def upstream_body(
         out.pop("max_tokens", None)
         if limit is not None:
             out["max_completion_tokens"] = limit
-    else:
-        for name in ("max_completion_tokens", "max_tokens"):
-            if out.get(name) is not None:
-                out[name] = limit
+    elif limit is not None:
+        # The provider reads max_tokens: it always gets the limit there, even when the client
+        # named only max_completion_tokens (which it would ignore, leaving the hold uncovered).
+        out["max_tokens"] = limit
+        if out.get("max_completion_tokens") is not None:
+            out["max_completion_tokens"] = limit
     if stream:
         out["stream_options"] = {**(out.get("stream_options") or {}), "include_usage": True}
     return out
