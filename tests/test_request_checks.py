@@ -174,6 +174,24 @@ def test_non_public_media_urls_are_refused(url: str) -> None:
 @pytest.mark.parametrize(
     "url",
     [
+        # urllib3 (so requests, which self-hosted upstreams fetch images with) ends the host at a
+        # backslash, as browsers do: it connects to 127.0.0.1, where urlsplit reads the userinfo
+        # `127.0.0.1\` and the host example.com.
+        "http://127.0.0.1\\@example.com/x.png",
+        "https://169.254.169.254\\@example.com/latest/meta-data/",
+    ],
+)
+def test_a_host_ended_by_a_backslash_is_refused(url: str) -> None:
+    assert refusal(url) is not None
+    message = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+    with pytest.raises(InvalidRequest) as info:
+        parse({"model": "m", "messages": [message]})
+    assert info.value.code == "media_url_not_allowed"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
         "https://example.com/cat.png",
         "http://8.8.8.8/x.png",
         "https://[2606:4700:4700::1111]/x.png",

@@ -6,7 +6,8 @@ link-local metadata address or `file://` would make them read their own network 
 the client (SSRF). So, unless `limits.allow_private_media_urls` is set, a request whose parts
 carry such a URL is refused with 400 `media_url_not_allowed` before anything is sent.
 
-What it checks: the scheme (http, https and inline `data:` only), and the host as written:
+What it checks: the scheme (http, https and inline `data:` only), no backslash in the host
+part (where URL parsers disagree on the host), and the host as written:
 every spelling of an IP address that resolvers accept (dotted, integer, hex and octal IPv4,
 IPv6 with mapped IPv4) must be a global address, and names reserved for local use
 (`localhost`, `*.localhost`, `*.local`, `*.internal`, `*.home.arpa`, `*.lan`) are refused.
@@ -79,6 +80,10 @@ def refusal(url: str) -> str | None:
         return f"scheme {scheme + '://' if scheme else '(none)'} is not allowed (http, https or data only)"
     if scheme == "data":
         return None
+    if "\\" in parts.netloc:
+        # urllib3 (requests), like browsers, ends the host at a backslash where urlsplit does not:
+        # `http://127.0.0.1\@example.com/` is example.com here and 127.0.0.1 to the fetcher.
+        return "its host part holds a backslash"
     try:
         host = (parts.hostname or "").rstrip(".").lower()
     except ValueError:
