@@ -190,6 +190,20 @@ def test_a_host_ended_by_a_backslash_is_refused(url: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "host",
+    ["①②⑦.0.0.1", "127。0.0.1", "127.0.0.①", "０x7f.1", "１６９.２５４.１６９.２５４", "ｌｏｃａｌｈｏｓｔ"],
+)
+def test_a_host_spelled_in_other_unicode_digits_or_dots_is_read_as_fetchers_read_it(host: str) -> None:
+    # IDNA's mapping (NFKC, the ideographic full stops as dots), as aiohttp's yarl and httpx apply
+    # it: aiohttp fetched each of the first four from a server on 127.0.0.1.
+    assert refusal(f"http://{host}:8000/x.png") is not None
+
+
+def test_an_international_public_name_still_passes() -> None:
+    assert refusal("https://bücher.example/cat.png") is None
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "https://example.com/cat.png",

@@ -7,7 +7,8 @@ the client (SSRF). So, unless `limits.allow_private_media_urls` is set, a reques
 carry such a URL is refused with 400 `media_url_not_allowed` before anything is sent.
 
 What it checks: the scheme (http, https and inline `data:` only), no backslash in the host
-part (where URL parsers disagree on the host), and the host as written:
+part (where URL parsers disagree on the host), and the host as a fetcher reads it (IDNA's
+mapping of other digits and full stops to ASCII: `①②⑦.0.0.1` is 127.0.0.1):
 every spelling of an IP address that resolvers accept (dotted, integer, hex and octal IPv4,
 IPv6 with mapped IPv4) must be a global address, and names reserved for local use
 (`localhost`, `*.localhost`, `*.local`, `*.internal`, `*.home.arpa`, `*.lan`) are refused.
@@ -19,6 +20,7 @@ would be racy anyway. Keep an egress policy on upstreams that fetch URLs.
 from __future__ import annotations
 
 import ipaddress
+import unicodedata
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -69,6 +71,19 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
+# Full stops IDNA reads as ".": ideographic, fullwidth and halfwidth ideographic.
+_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+
+
+def _as_fetched(host: str) -> str:
+    """The host as URL libraries turn it into a name to resolve: IDNA maps compatibility
+    characters to ASCII (NFKC) and other full stops to dots, so aiohttp (yarl) and httpx fetch
+    `①②⑦.0.0.1` and `127。0.0.1` from 127.0.0.1."""
+    if not host.isascii():
+        host = unicodedata.normalize("NFKC", host).translate(_DOTS)
+    return host.rstrip(".").lower()
+
+
 def refusal(url: str) -> str | None:
     """Why this URL may not be forwarded, or None when it may."""
     try:
@@ -85,7 +100,7 @@ def refusal(url: str) -> str | None:
         # `http://127.0.0.1\@example.com/` is example.com here and 127.0.0.1 to the fetcher.
         return "its host part holds a backslash"
     try:
-        host = (parts.hostname or "").rstrip(".").lower()
+        host = _as_fetched(parts.hostname or "")
     except ValueError:
         return "its host is not valid"
     if not host:
