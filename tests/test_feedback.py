@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from faregate.server.feedback import REQUEST_ID, parse_score
+from faregate.server.feedback import MAX_BODY_BYTES, REQUEST_ID, parse_score
 from harness import MASTER_KEY, GatewayProcess, create_key
 
 pytestmark = pytest.mark.e2e
@@ -105,6 +105,14 @@ def test_unknown_request_and_bad_bodies(gateway: GatewayProcess, api_key: str) -
         response = feedback(gateway, api_key, body)
         assert response.status_code == 400, body
         assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_body_over_the_feedback_limit_is_a_413(gateway: GatewayProcess, api_key: str) -> None:
+    # As every other body over its limit (the chat wire's, aiohttp's own): 413, not 400.
+    body = {"request_id": "req_" + "0" * 32, "score": "up", "comment": "x" * (MAX_BODY_BYTES + 1)}
+    response = feedback(gateway, api_key, body)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "request_too_large"
 
 
 def test_scores_parse() -> None:

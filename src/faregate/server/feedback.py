@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from faregate.errors import FaregateError, InvalidRequest, NotFound
+from faregate.errors import FaregateError, InvalidRequest, NotFound, PayloadTooLarge
 from faregate.server.parse import decode_json_object
 from faregate.server.request_checks import check_text
 from faregate.store.feedback import Feedback, Thumb
@@ -69,10 +69,10 @@ def add_feedback_route(app: web.Application, gateway: Gateway) -> None:
             raise FeedbackUnavailable("Feedback needs the SQLite or the PostgreSQL store.")
         table = insights.feedback
         if (request.content_length or 0) > MAX_BODY_BYTES:
-            raise InvalidRequest(f"The feedback body is larger than {MAX_BODY_BYTES} bytes.")
+            raise PayloadTooLarge(f"The feedback body is larger than {MAX_BODY_BYTES} bytes.")
         raw = await request.read()
         if len(raw) > MAX_BODY_BYTES:
-            raise InvalidRequest(f"The feedback body is larger than {MAX_BODY_BYTES} bytes.")
+            raise PayloadTooLarge(f"The feedback body is larger than {MAX_BODY_BYTES} bytes.")
         body = decode_json_object(raw)
         request_id = body.get("request_id")
         if not isinstance(request_id, str) or not request_id.strip() or len(request_id) > 200:
