@@ -335,3 +335,23 @@ async def test_an_answer_without_usage_is_costed_from_our_own_count(
             assert cost == Decimal(counted) * Decimal("0.5") / 1_000_000
     finally:
         await upstream.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "m", "input": "hi", "encoding": "float"},
+        {"model": "m", "input": "hi", "faregate": {"tier": "cheap"}},
+        {"model": "m", "input": "hi", "models": ["m"]},
+    ],
+)
+def test_the_openapi_document_refuses_the_embeddings_bodies_the_server_refuses(body: dict[str, Any]) -> None:
+    # A client built from GET /openapi.json must not be told a body is valid that gets a 400.
+    import jsonschema
+
+    from faregate.server.openapi import openapi_document
+
+    # OpenAPI 3.0's schemas are JSON Schema draft 4 (a boolean exclusiveMinimum).
+    validator = jsonschema.Draft4Validator(openapi_document()["components"]["schemas"]["EmbeddingsRequest"])
+    validator.validate({"model": "m", "input": "hi", "faregate": {"cache": False}})
+    assert not validator.is_valid(body)

@@ -135,6 +135,8 @@ def _schemas(limits: LimitsSettings) -> dict[str, Any]:
     embeddings = {
         "type": "object",
         "required": ["model", "input"],
+        # Unlike chat's, an unknown field is refused (wire/embeddings.py), and `models` too.
+        "additionalProperties": False,
         "properties": {
             "model": name,
             "input": {
@@ -153,7 +155,11 @@ def _schemas(limits: LimitsSettings) -> dict[str, Any]:
             "encoding_format": {"enum": ["float", "base64"]},
             "dimensions": {"type": "integer", "minimum": 1},
             "user": {"type": "string"},
-            "faregate": {"type": "object", "properties": {"cache": cache_hint}},
+            "faregate": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"cache": cache_hint},
+            },
         },
     }
     budget = {
