@@ -259,7 +259,7 @@ def _messages_request(name: dict[str, Any], *, count_only: bool) -> dict[str, An
         "type": "object",
         "required": ["type"],
         "properties": {
-            "type": {"enum": ["text", "image", "tool_use", "tool_result"]},
+            "type": {"enum": ["text", "image", "document", "tool_use", "tool_result"]},
             "text": {"type": "string"},
             "source": {"type": "object"},
             "id": {"type": "string"},
@@ -313,13 +313,15 @@ def _responses_request(name: dict[str, Any]) -> dict[str, Any]:
     item = {
         "type": "object",
         "properties": {
-            "type": {"enum": ["message", "function_call", "function_call_output"]},
+            # Reasoning items are accepted and dropped (wire/responses.py).
+            "type": {"enum": ["message", "function_call", "function_call_output", "reasoning"]},
             "role": {"enum": ["user", "assistant", "system", "developer"]},
             "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
             "call_id": {"type": "string"},
             "name": {"type": "string"},
             "arguments": {"type": "string"},
-            "output": {"type": "string"},
+            # A function's output: text, or its input_text/output_text parts.
+            "output": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
         },
     }
     tool = {
