@@ -287,6 +287,49 @@ async def test_an_answer_before_the_body_then_the_next_request(server: LeanServe
     assert orjson.loads(parse(transport.out)[1].body)["body"] == "next" and not transport.closed
 
 
+@pytest.mark.parametrize("path", ["/refuse", "/echo"])
+async def test_a_body_read_into_nothing_is_not_kept(server: LeanServer, path: str) -> None:
+    """A 401 (or a 413) is answered at the head; the rest of the body, read for LINGER_S, must not
+    pile up in memory: a client without a key could send gigabytes into it."""
+    import tracemalloc
+
+    _, transport = connect(server)
+    send(transport, f"POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000000000\r\n\r\n".encode())
+    await settle(lambda: len(parse(transport.out)) == 1)
+    assert parse(transport.out)[0].status in (401, 413)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(32):
+            send(transport, bytes([65 + i % 26]) * (1 << 20))  # a new 1 MiB read each time
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 4 << 20, f"{kept} bytes kept of 32 MiB read into nothing"
+    assert not transport.closed
+
+
+async def test_a_request_pipelined_behind_a_body_too_big_to_keep_closes_the_connection(
+    server: LeanServer,
+) -> None:
+    # Its start cannot be found in bytes no longer kept: the connection closes instead.
+    _, transport = connect(server)
+    size = lean_http.MAX_HEAD_BYTES + 3 * MAX_BODY
+    send(transport, post("/refuse", b"x" * size)[:-10])
+    await settle(lambda: len(parse(transport.out)) == 1)
+    send(transport, b"x" * 10 + post("/echo", b"next"))
+    await settle(lambda: transport.closed)
+    assert [r.status for r in parse(transport.out)] == [401]
+
+
+async def test_trailers_are_not_kept(server: LeanServer) -> None:
+    conn, transport = connect(server)
+    send(transport, b"POST /echo HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n")
+    for _ in range(1000):
+        send(transport, b"X-Trailer: " + b"a" * 100 + b"\r\n")
+    assert len(conn._headers) < 5  # the head's: trailers are not read
+
+
 async def test_oversized_bodies_are_413(server: LeanServer) -> None:
     _, transport = connect(server)
     send(transport, post("/echo", b"x" * (MAX_BODY + 1)))

@@ -11,10 +11,12 @@ aiohttp's RequestHandler is given the transport and every byte from the start of
 and keeps the connection from then on (server/lean_server.py makes both).
 
 How a connection reads, one request at a time:
-- every message starts at the start of a `_feed` (its bytes are kept in `_raw` until it is
-  routed, for a hand-off); a message that begins in the same read as the end of the previous
-  one (pipelining) stops the parser, the boundary is found by parsing the first message again
-  (`_boundary`: rare, so simple), and the rest waits in `_pending` until the answer is out;
+- every message starts at the start of a `_feed` (its bytes are kept in `_raw`, for a hand-off
+  and to find its end, up to a head and twice the body limit); a message that begins in the
+  same read as the end of the previous one (pipelining) stops the parser, the boundary is found
+  by parsing the first message again (`_split`: rare, so simple), and the rest waits in
+  `_pending` until the answer is out (or, past a message too big to keep, is dropped and the
+  connection closes after the answer);
 - the handler starts when the head is complete (a 401 or 413 does not wait for the body); its
   `read()` waits for the body, sending `100 Continue` first if the client asked for it;
 - a connection's requests run one after another in one task of its own (`_serve`), made at its
@@ -105,6 +107,7 @@ class LeanConnection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._raw: list[bytes] = []
         self._raw_size = 0
+        self._raw_limit = MAX_HEAD_BYTES + 2 * server.max_body_bytes
         self._in_message = False
         self._completed_in_feed = False
         self._url = b""
@@ -171,12 +174,17 @@ class LeanConnection(asyncio.Protocol):
     # --- parsing ------------------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
-        if self._in_message:
-            self._raw.append(data)
-            self._raw_size += len(data)
+        if not self._in_message:
+            self._raw = []
+            self._raw_size = 0
+        self._raw_size += len(data)
+        if self._raw_size > self._raw_limit and self._request is not None:
+            # More than a message the lean path takes (a head, a body at the limit, its framing):
+            # no longer kept. A body answered early (401, 413) is read into nothing for LINGER_S,
+            # and a client could send gigabytes into it. `_split` then closes after the answer.
+            self._raw = []
         else:
-            self._raw = [data]
-            self._raw_size = len(data)
+            self._raw.append(data)
         self._completed_in_feed = False
         try:
             self._parser.feed_data(data)
@@ -209,6 +217,19 @@ class LeanConnection(asyncio.Protocol):
 
     def _split(self, data: bytes) -> None:
         """A message began in `data` after the last one ended: keep it for later."""
+        self._parser = httptools.HttpRequestParser(self)
+        self._in_message = False
+        if self._raw_size > self._raw_limit:
+            # The message's bytes were not all kept (`_feed`), so where it ends in `data` is not
+            # known: nothing after it is served; the connection closes once it is answered.
+            self._closing = True
+            request = self._request
+            if request is not None and request.responded:
+                self._cancel_timer()
+                self._request = None
+                if self.transport is not None:
+                    self.transport.close()
+            return
         before = b"".join(self._raw[:-1])
         low, high = 1, len(data)
         while low < high:  # the shortest prefix of `data` that completes the message
@@ -218,8 +239,6 @@ class LeanConnection(asyncio.Protocol):
             else:
                 low = middle + 1
         self._pending += data[low:]
-        self._parser = httptools.HttpRequestParser(self)
-        self._in_message = False
 
     def on_message_begin(self) -> None:
         if self._completed_in_feed:
@@ -232,7 +251,8 @@ class LeanConnection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        if self._request is None:  # else a trailer of a chunked body: not read, so not kept
+            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
