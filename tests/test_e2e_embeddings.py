@@ -302,3 +302,11 @@ def test_the_listing_shows_embedding_models(gateway: GatewayProcess) -> None:
     assert small["pricing"]["input"] == "0.02" and Decimal(small["pricing"]["output"]) == 0
     assert [o["provider"] for o in small["offers"]] == ["openai", "openrouter"]
     assert listed["gpt-4o-mini"].model_extra["kind"] == "chat"
+
+
+def test_the_simulator_refuses_more_dimensions_than_openai_gives(stand_in: SimProcess) -> None:
+    # As OpenAI answers (3,072 at most, text-embedding-3-large's): a fuzzed 100,000,000 made the
+    # simulator draw gigabytes, and every other request behind it timed out.
+    body = {"model": "text-embedding-3-small", "input": ["a", "b"], "dimensions": 100_000_000}
+    response = httpx.post(f"{stand_in.base_url}/embeddings", json=body, timeout=10)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "dimensions"

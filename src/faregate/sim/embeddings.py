@@ -2,8 +2,9 @@
 
 Vectors are deterministic: each input's unit vector is drawn from a generator seeded by the
 model and the input, so the same text always embeds the same way and different texts almost
-never alike. `dimensions` sets the length (default DIMENSIONS); `encoding_format: base64` sends
-little-endian float32 bytes, as OpenAI does (the openai SDK asks for it by default). Usage is
+never alike. `dimensions` sets the length (default DIMENSIONS, at most MAX_DIMENSIONS as at
+OpenAI); `encoding_format: base64` sends little-endian float32 bytes, as OpenAI does (the openai
+SDK asks for it by default). Usage is
 exact: each text input's tokens with the gateway's tokenizer, token-array inputs by length.
 Faults as on the chat endpoint: 429, 500, 503, hang, reset, a cut body for `truncate`, and no
 vectors at all for `empty_choices`.
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from faregate.sim.simulator import Simulator
 
 DIMENSIONS = 1536
+# The most OpenAI gives (text-embedding-3-large); more is its 400, and would be gigabytes here.
+MAX_DIMENSIONS = 3072
 
 
 @functools.lru_cache(maxsize=4096)
@@ -78,6 +81,9 @@ class EmbeddingsEndpoint:
         except InvalidRequest as exc:
             self._sim.stats.rejected += 1
             return _error(400, exc.message, exc.param)
+        if parsed.dimensions is not None and parsed.dimensions > MAX_DIMENSIONS:
+            self._sim.stats.rejected += 1
+            return _error(400, f"dimensions must be at most {MAX_DIMENSIONS}", "dimensions")
         try:
             behaviour, fault = self._sim.scripted(request, body, parsed.model)
         except ScriptedRequestError as exc:
