@@ -234,3 +234,46 @@ async def test_two_policy_changes_at_once_both_stay(store: SQLiteStore) -> None:
     )
     view = await service.view(key_id)
     assert view.policy.requests_per_minute == 7 and view.policy.budgets == (budget,)
+
+
+async def test_a_key_is_answered_with_its_raw_value_once_it_exists(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key's raw value is shown only in the creation's answer. Its policy used to be written
+    # after the key (with its credits) was committed, then broadcast, then read back: a failure
+    # in any of those answered 503 for a key that existed, with its credits, and whose raw value
+    # was lost. The key, its account, its policy and its grant are now one transaction, and the
+    # answer needs nothing more from the store.
+    from faregate.accounts.service import AccountsService, PolicyChange
+    from faregate.store.protocols import StoreUnavailable
+
+    keys = KeyStore(store)
+    accounts = EmbeddedAccounts(store)
+    service = AccountsService(keys, accounts, PolicyCache(store.accounts), AccountsSettings())
+
+    async def down(*args: object, **kwargs: object) -> None:
+        raise StoreUnavailable("database is locked")
+
+    monkeypatch.setattr(store.accounts, "set_policy", down)
+    monkeypatch.setattr(accounts, "key_changed", down)
+    monkeypatch.setattr(accounts, "balance", down)
+    monkeypatch.setattr(accounts, "spent", down)
+    budget = Budget("day", "calendar", 2_000_000_000)
+    view, raw = await service.create_key(
+        "checkout", credits_nano=5_000, change=PolicyChange(requests_per_minute=60, budgets=(budget,))
+    )
+    assert view.balance_nano == 5_000 and view.held_nano == 0 and view.policy.requests_per_minute == 60
+    assert [s.spent_nano for s in view.budgets] == [0] and view.limits.requests_per_minute == 60
+    monkeypatch.undo()
+    assert (await keys.verify(raw)) == view.key
+    assert (await service.view(view.key.id)).policy == view.policy
+    assert (await service.view(view.key.id)).balance_nano == 5_000
+
+    # A store that fails the creation itself leaves nothing behind.
+    async def insert_fails(*args: object, **kwargs: object) -> None:
+        raise StoreUnavailable("disk I/O error")
+
+    monkeypatch.setattr(store.accounts, "open_account", insert_fails)
+    with pytest.raises(StoreUnavailable):
+        await service.create_key("lost", credits_nano=5_000, change=PolicyChange(requests_per_minute=1))
+    assert [k.name for k in await keys.list()] == ["checkout"]

@@ -394,3 +394,14 @@ async def test_a_top_up_applied_while_postgresql_lags_is_answered_as_done(
     monkeypatch.undo()
     await shared.flush()
     assert (await pg.accounts.get_account(key.id)).balance_nano == 5_000 == await ledger_sum(pg, key.id)  # type: ignore[union-attr]
+
+
+async def test_a_key_is_created_with_its_policy_in_one_transaction(pg: PostgresStore) -> None:
+    # The policy is written with the key, its account and its grant (AccountsService.create_key):
+    # never a key with credits but without the policy it was asked with.
+    policy = {"requests_per_minute": 60, "max_request_nano": 5, "budgets": '[["day","calendar",9]]'}
+    key, _ = await KeyStore(pg).create("t", credits_nano=1_000, policy=policy)
+    account = await pg.accounts.get_account(key.id)
+    assert account is not None and account.balance_nano == 1_000 and account.requests_per_minute == 60
+    assert account.max_request_nano == 5 and account.budgets == '[["day","calendar",9]]'
+    assert account.tokens_per_minute is None

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from faregate.errors import InvalidRequest
-from faregate.store.protocols import KeyRow, KeyTable
+from faregate.store.protocols import KeyRow, KeyTable, PolicyValues
 
 KEY_PREFIX = "fg-"
 PREMIUM_KEY_PREFIX = "fg_pro_"
@@ -103,11 +103,21 @@ class KeyStore:
         # Bumped on revoke, so a lookup that started before the revoke does not re-cache its answer.
         self._generation = 0
 
+    @property
+    def grant_nano(self) -> int:
+        """Credits each new key starts with unless its creator says otherwise."""
+        return self._grant
+
     async def create(
-        self, name: str, premium: bool = False, credits_nano: int | None = None
+        self,
+        name: str,
+        premium: bool = False,
+        credits_nano: int | None = None,
+        policy: PolicyValues | None = None,
     ) -> tuple[ApiKey, str]:
         """A new key and its raw value. The raw value is returned once and stored nowhere.
-        The key starts with `credits_nano` (default: the configured grant), atomically."""
+        The key starts with `credits_nano` (default: the configured grant) and the policy columns
+        in `policy` (AccountTable.set_policy's), atomically: it exists whole or not at all."""
         name = name.strip()
         if not name:
             raise InvalidRequest("a key needs a non-empty name", param="name")
@@ -124,7 +134,9 @@ class KeyStore:
         )
         grant = self._grant if credits_nano is None else credits_nano
         # A clash of 48-bit ids or 240-bit keys is not worth a retry loop: DuplicateError propagates.
-        if grant:
+        if policy:
+            await self._table.insert_key(row, grant, policy)
+        elif grant:
             await self._table.insert_key(row, grant)
         else:
             await self._table.insert_key(row)

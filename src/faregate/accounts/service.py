@@ -134,10 +134,31 @@ class AccountsService:
         credits_nano: int | None = None,
         change: PolicyChange | None = None,
     ) -> tuple[KeyView, str]:
-        key, raw = await self.keys.create(name, premium=premium, credits_nano=credits_nano)
-        if change is not None and not change.empty:
-            await self._store_policy(key.id, change)
-        return await self.view(key.id), raw
+        """A new key, answered with its raw value (shown this once: it is stored nowhere). The key,
+        its account, its policy and its credits are written in one transaction, and the answer is
+        made from what was written, not read back: once the key exists, nothing can fail before
+        its raw value is answered. Nothing is broadcast: no instance can have cached a key that
+        did not exist, nor its policy."""
+        change = change or PolicyChange()
+        grant = self.keys.grant_nano if credits_nano is None else credits_nano
+        key, raw = await self.keys.create(name, premium, credits_nano, change.columns())
+        policy = Policy(
+            None if isinstance(change.requests_per_minute, Keep) else change.requests_per_minute,
+            None if isinstance(change.tokens_per_minute, Keep) else change.tokens_per_minute,
+            None if isinstance(change.max_request_nano, Keep) else change.max_request_nano,
+            () if isinstance(change.budgets, Keep) else change.budgets,
+        )
+        now = time.time()
+        # Nothing can have been spent yet: only this answer knows the raw key.
+        view = KeyView(
+            key,
+            grant,
+            0,
+            policy,
+            limits_for(policy, key.premium, self.settings),
+            [Spend(window, 0) for window in policy.windows(now)],
+        )
+        return view, raw
 
     async def list_keys(self, include_revoked: bool = True) -> list[KeyView]:
         return [await self.view(k.id) for k in await self.keys.list(include_revoked=include_revoked)]

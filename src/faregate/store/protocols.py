@@ -52,9 +52,12 @@ class KeyRow:
 
 
 class KeyTable(Protocol):
-    async def insert_key(self, row: KeyRow, credits_nano: int = 0) -> None:
-        """Insert the key and its account, with a `grant` ledger row when credits_nano > 0, in one
-        transaction. Raises DuplicateError if the id or the hash is taken."""
+    async def insert_key(
+        self, row: KeyRow, credits_nano: int = 0, policy: PolicyValues | None = None
+    ) -> None:
+        """Insert the key and its account (with the policy columns in `policy`, as
+        AccountTable.set_policy writes them), with a `grant` ledger row when credits_nano > 0, in
+        one transaction. Raises DuplicateError if the id or the hash is taken."""
         ...
 
     async def find_key(self, key_hash: str) -> KeyRow | None:

@@ -116,12 +116,20 @@ class PostgresAccountTable:
     def __init__(self, pool: Any) -> None:
         self._pool = pool
 
-    async def open_account(self, conn: Any, row: KeyRow, credits_nano: int) -> None:
-        """The key's account (and its grant), on `conn`, inside the transaction inserting the key."""
+    async def open_account(
+        self, conn: Any, row: KeyRow, credits_nano: int, policy: PolicyValues | None = None
+    ) -> None:
+        """The key's account (with its policy, and its grant), on `conn`, inside the transaction
+        inserting the key."""
+        policy = policy or {}
+        columns = policy_columns(policy)
+        names = "".join(f", {column}" for column in columns)
+        values = "".join(f", ${i}" for i in range(3, 3 + len(columns)))
         await conn.execute(
-            "INSERT INTO accounts (key_id, balance_nano, updated_at) VALUES ($1, 0, $2)",
+            f"INSERT INTO accounts (key_id, balance_nano, updated_at{names}) VALUES ($1, 0, $2{values})",
             row.id,
             row.created_at,
+            *(policy[column] for column in columns),
         )
         if credits_nano > 0:
             grant = LedgerRow(

@@ -20,7 +20,7 @@ from faregate.store.postgres.accounts import KEY_COLUMNS, PostgresAccountTable, 
 from faregate.store.postgres.errors import unavailable_errors
 from faregate.store.postgres.migrations import PG_MIGRATIONS
 from faregate.store.postgres.pool import create_pool
-from faregate.store.protocols import DuplicateError, KeyRow, StoreUnavailable
+from faregate.store.protocols import DuplicateError, KeyRow, PolicyValues, StoreUnavailable
 from faregate.store.rows import INSERT_COLUMNS, RECORD_COLUMNS, record_to_row, row_to_record
 from faregate.store.schema import Migration
 from faregate.types import RequestRecord
@@ -99,7 +99,9 @@ class PostgresStore:
 
     # --- keys -------------------------------------------------------------------------------
 
-    async def insert_key(self, row: KeyRow, credits_nano: int = 0) -> None:
+    async def insert_key(
+        self, row: KeyRow, credits_nano: int = 0, policy: PolicyValues | None = None
+    ) -> None:
         try:
             with unavailable_errors():
                 async with self._pool.acquire() as conn, conn.transaction():
@@ -113,7 +115,7 @@ class PostgresStore:
                         row.created_at,
                         row.revoked_at,
                     )
-                    await self.accounts.open_account(conn, row, credits_nano)
+                    await self.accounts.open_account(conn, row, credits_nano, policy)
         except asyncpg.UniqueViolationError as exc:
             raise DuplicateError(str(exc)) from exc
 

@@ -70,11 +70,16 @@ class SQLiteAccountTable:
             (row.amount_nano, row.created_at, row.key_id),
         )
 
-    async def open_account(self, row: KeyRow, credits_nano: int) -> None:
-        """The key's account (and its grant): call inside the transaction that inserts the key."""
+    async def open_account(self, row: KeyRow, credits_nano: int, policy: PolicyValues | None = None) -> None:
+        """The key's account (with its policy, and its grant): call inside the transaction that
+        inserts the key."""
+        policy = policy or {}
+        columns = policy_columns(policy)
+        names = "".join(f", {column}" for column in columns)
+        values = ", ?" * len(columns)
         await self._conn.execute(
-            "INSERT INTO accounts (key_id, balance_nano, updated_at) VALUES (?, 0, ?)",
-            (row.id, row.created_at),
+            f"INSERT INTO accounts (key_id, balance_nano, updated_at{names}) VALUES (?, 0, ?{values})",
+            (row.id, row.created_at, *(policy[column] for column in columns)),
         )
         if credits_nano > 0:
             await self._write_ledger(

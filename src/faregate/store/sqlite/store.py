@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from faregate.errors import ConfigError
-from faregate.store.protocols import DuplicateError, KeyRow, StoreUnavailable
+from faregate.store.protocols import DuplicateError, KeyRow, PolicyValues, StoreUnavailable
 from faregate.store.rows import INSERT_COLUMNS, RECORD_COLUMNS, record_to_row, row_to_record
 from faregate.store.schema import Migration
 from faregate.store.sqlite.accounts import SQLiteAccountTable
@@ -312,7 +312,9 @@ class SQLiteStore:
 
     # --- keys -------------------------------------------------------------------------------
 
-    async def insert_key(self, row: KeyRow, credits_nano: int = 0) -> None:
+    async def insert_key(
+        self, row: KeyRow, credits_nano: int = 0, policy: PolicyValues | None = None
+    ) -> None:
         try:
             with _operational_errors_as_unavailable():
                 async with self._transaction():
@@ -328,8 +330,8 @@ class SQLiteStore:
                             row.revoked_at,
                         ),
                     )
-                    # The account (and its grant) exists from the key's first moment.
-                    await self.accounts.open_account(row, credits_nano)
+                    # The account (its policy, its grant) exists from the key's first moment.
+                    await self.accounts.open_account(row, credits_nano, policy)
         except sqlite3.IntegrityError as exc:
             raise DuplicateError(str(exc)) from exc
 
