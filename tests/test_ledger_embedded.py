@@ -277,3 +277,18 @@ async def test_a_key_is_answered_with_its_raw_value_once_it_exists(
     with pytest.raises(StoreUnavailable):
         await service.create_key("lost", credits_nano=5_000, change=PolicyChange(requests_per_minute=1))
     assert [k.name for k in await keys.list()] == ["checkout"]
+
+
+async def test_a_revoked_key_is_told_401_before_its_rate_limit(store: SQLiteStore, tmp_path: Path) -> None:
+    # Revoked by another process (the CLI) while this one still caches the key: the store refuses
+    # it at the reservation, but the in-memory rate limit was asked first, so a rate-limited key
+    # got 429 (come back later) where Redis, which checks revocation first, answers 401.
+    key_id = await new_key(store, 1_000_000)
+    accounts = EmbeddedAccounts(store)
+    limits = Limits(1, None)
+    assert isinstance(await accounts.reserve(ask(key_id, 1, 1, limits=limits)), Admitted)
+    cli = await SQLiteStore.open(tmp_path)
+    assert await KeyStore(cli).revoke(key_id)
+    await cli.close()
+    refused = await accounts.reserve(ask(key_id, 2, 1, limits=limits))
+    assert isinstance(refused, Refused) and refused.reason == "revoked", refused

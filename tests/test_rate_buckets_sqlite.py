@@ -107,3 +107,17 @@ async def test_a_key_changed_through_one_worker_is_heard_by_the_other_once(
     await b.read_key_events()
     await b.read_key_events()
     assert heard == ["key_x", "key_y"]
+
+
+async def test_a_revoked_key_is_told_401_before_its_rate_limit(
+    two_workers: tuple[EmbeddedAccounts, EmbeddedAccounts],
+) -> None:
+    # As on Redis: revocation is checked before the rate limits, so a revoked key that is also
+    # over its limit gets 401, not 429 (come back later).
+    a, b = two_workers
+    key_id = await new_key(a)
+    limits = Limits(requests_per_minute=1, tokens_per_minute=None)
+    assert isinstance(await a.reserve(ask(key_id, 1, limits)), Admitted)
+    assert await KeyStore(a._store).revoke(key_id)
+    refused = await b.reserve(ask(key_id, 2, limits))
+    assert isinstance(refused, Refused) and refused.reason == "revoked", refused

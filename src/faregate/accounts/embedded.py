@@ -18,6 +18,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import Literal
 
 from faregate.accounts.backend import (
     Admitted,
@@ -52,6 +53,17 @@ KEY_EVENTS_KEEP_S = 300.0
 
 def _last_key_event(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM key_events").fetchone()[0])
+
+
+def _key_refusal(conn: sqlite3.Connection, key_id: str) -> Literal["revoked", "no_account"] | None:
+    """Why the store refuses this key whatever it asks (401: revoked, no account), or None."""
+    found = conn.execute(
+        "SELECT k.revoked_at FROM accounts a JOIN api_keys k ON k.id = a.key_id WHERE a.key_id = ?",
+        (key_id,),
+    ).fetchone()
+    if found is None:
+        return "no_account"
+    return "revoked" if found[0] is not None else None
 
 
 def _limited(limits: Limits) -> bool:
@@ -119,11 +131,15 @@ class EmbeddedAccounts:
     async def reserve(self, ask: ReserveAsk) -> Admitted | Refused:
         if self.shared:
             return await self._reserve_shared(ask)
-        # Rate first (in memory, no await), so a burst never queues on the database just to be
-        # told 429; the units are given back if the store then refuses.
+        # Rate first (in memory, no await), so a burst never queues on a write transaction just
+        # to be told 429; the units are given back if the store then refuses.
         taken = self.limiter.take(ask.key_id, ask.limits, ask.tokens)
         if isinstance(taken, RateRefusal):
-            return Refused("rate", rate=taken)
+            # But a key revoked by another process (the CLI) while this one caches it is told 401,
+            # as the reservation would tell it, and as Redis does (revocation before rate limits),
+            # not 429 (come back later): one read, for refused requests only.
+            refusal = await self._store.run_read(lambda conn: _key_refusal(conn, ask.key_id))
+            return Refused(refusal) if refusal is not None else Refused("rate", rate=taken)
         try:
             outcome = await self.ledger.reserve(
                 ask.key_id,
@@ -168,6 +184,10 @@ class EmbeddedAccounts:
         now = time.time()
 
         def work(conn: sqlite3.Connection) -> tuple[RateState | RateRefusal, ReserveOutcome | None]:
+            # Revocation before the rate limits, as on Redis: a revoked key is told 401, not 429.
+            refusal = _key_refusal(conn, ask.key_id)
+            if refusal is not None:
+                return RateState(None, None), ReserveOutcome(refusal)
             if not _limited(ask.limits):
                 return RateState(None, None), reserving(conn)
             requests, tokens = rate_buckets.load(conn, ask.key_id, now)
