@@ -292,3 +292,28 @@ async def test_a_revoked_key_is_told_401_before_its_rate_limit(store: SQLiteStor
     await cli.close()
     refused = await accounts.reserve(ask(key_id, 2, 1, limits=limits))
     assert isinstance(refused, Refused) and refused.reason == "revoked", refused
+
+
+@pytest.mark.parametrize("rpm", [60, None])
+async def test_a_revoked_key_gets_401_on_a_cache_hit_as_on_a_miss(
+    store: SQLiteStore, tmp_path: Path, rpm: int | None
+) -> None:
+    # Revoked by another process (the CLI) while this one still caches the key: a miss is refused
+    # by the reservation (401); a cache hit only took a request from the rate limit, so the
+    # revoked key kept getting cached answers until the key cache expired.
+    from faregate.config import TierLimits
+    from faregate.errors import AuthenticationFailed
+
+    key_id = await new_key(store, 1_000_000)
+    settings = AccountsSettings(standard=TierLimits(requests_per_minute=rpm, tokens_per_minute=None))
+    admission = MeteredAdmission(EmbeddedAccounts(store), PolicyCache(store.accounts), settings, 60.0)
+    key = next(k for k in await KeyStore(store).list() if k.id == key_id)
+    request = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}]}, {}, "req_1")
+    await admission.count_hit(key, request)
+    cli = await SQLiteStore.open(tmp_path)
+    assert await KeyStore(cli).revoke(key_id)
+    await cli.close()
+    with pytest.raises(AuthenticationFailed):
+        await admission.admit(key, request, Decimal("0.0001"), 10)
+    with pytest.raises(AuthenticationFailed):
+        await admission.count_hit(key, request)

@@ -121,3 +121,14 @@ async def test_a_revoked_key_is_told_401_before_its_rate_limit(
     assert await KeyStore(a._store).revoke(key_id)
     refused = await b.reserve(ask(key_id, 2, limits))
     assert isinstance(refused, Refused) and refused.reason == "revoked", refused
+
+
+async def test_a_cache_hit_of_a_revoked_key_is_refused_as_a_reservation_is(
+    two_workers: tuple[EmbeddedAccounts, EmbeddedAccounts],
+) -> None:
+    a, b = two_workers
+    key_id = await new_key(a)
+    assert await KeyStore(a._store).revoke(key_id)
+    for rpm in (3, None):
+        refused = await b.take_request(key_id, rpm)
+        assert isinstance(refused, Refused) and refused.reason == "revoked", refused

@@ -405,3 +405,23 @@ async def test_a_key_is_created_with_its_policy_in_one_transaction(pg: PostgresS
     assert account is not None and account.balance_nano == 1_000 and account.requests_per_minute == 60
     assert account.max_request_nano == 5 and account.budgets == '[["day","calendar",9]]'
     assert account.tokens_per_minute is None
+
+
+async def test_a_cache_hit_of_a_revoked_key_is_refused_as_a_reservation_is(
+    pg: PostgresStore, shared: SharedAccounts
+) -> None:
+    # The revocation mark in Redis is checked by the cache hit's script too (it only took a
+    # request from the bucket, so a key revoked elsewhere got cached answers until its instance
+    # heard of the revocation), and an account not yet in Redis is loaded with its revocation.
+    from faregate.accounts.ratelimit import RateState
+
+    keys = KeyStore(pg)
+    loaded, _ = await keys.create("t", credits_nano=1_000)
+    unloaded, _ = await keys.create("u", credits_nano=1_000)
+    assert isinstance(await shared.take_request(loaded.id, 3), RateState)
+    for key in (loaded, unloaded):
+        await keys.revoke(key.id)
+        await shared.key_changed(key.id, revoked=True)
+        for rpm in (3, None):
+            refused = await shared.take_request(key.id, rpm)
+            assert isinstance(refused, Refused) and refused.reason == "revoked", (key.id, rpm, refused)

@@ -43,7 +43,8 @@ class Admission(Protocol):
 
     async def count_hit(self, key: ApiKey, request: RequestMeta) -> dict[str, str]:
         """A request answered from the cache: it costs nothing and reserves nothing, but it is still
-        a request, so it counts against the key's requests-per-minute limit (429 past it).
+        a request, so it counts against the key's requests-per-minute limit (429 past it), and a
+        key the store refuses (revoked elsewhere, still cached here) gets 401 as on a miss.
         Returns the x-ratelimit-* headers."""
         ...
 

@@ -111,8 +111,12 @@ class AccountBackend(Protocol):
 
     async def release(self, key_id: str, ref: HoldRef) -> None: ...
 
-    async def take_request(self, key_id: str, requests_per_minute: int) -> RateState | RateRefusal:
-        """Count one request against the requests-per-minute bucket alone (a cache hit)."""
+    async def take_request(
+        self, key_id: str, requests_per_minute: int | None
+    ) -> RateState | RateRefusal | Refused:
+        """A cache hit: the key is checked as a reservation checks it (Refused "revoked" or
+        "no_account", 401, before any rate limit), then one request is counted against its
+        requests-per-minute bucket alone (None: no such limit)."""
         ...
 
     async def sweep(self) -> int:

@@ -205,13 +205,25 @@ class EmbeddedAccounts:
         assert outcome is not None
         return self._outcome(ask, outcome, taken)
 
-    async def take_request(self, key_id: str, requests_per_minute: int) -> RateState | RateRefusal:
+    async def take_request(
+        self, key_id: str, requests_per_minute: int | None
+    ) -> RateState | RateRefusal | Refused:
         limits = Limits(requests_per_minute, None)
-        if not self.shared:
+        if not self.shared or requests_per_minute is None:
+            # A key revoked by another process (the CLI) while this one caches it is refused on a
+            # hit as on a miss (the reservation reads revoked_at): one read, no write transaction.
+            refusal = await self._store.run_read(lambda conn: _key_refusal(conn, key_id))
+            if refusal is not None:
+                return Refused(refusal)
+            if requests_per_minute is None:
+                return RateState(None, None)
             return self.limiter.take(key_id, limits, 0)
         now = time.time()
 
-        def work(conn: sqlite3.Connection) -> RateState | RateRefusal:
+        def work(conn: sqlite3.Connection) -> RateState | RateRefusal | Refused:
+            refusal = _key_refusal(conn, key_id)
+            if refusal is not None:
+                return Refused(refusal)
             requests, tokens = rate_buckets.load(conn, key_id, now)
             taken = take_from(requests, tokens, limits, 0, now)
             if not isinstance(taken, RateRefusal):

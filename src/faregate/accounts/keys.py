@@ -9,7 +9,7 @@ only add milliseconds to every request.
 `verify` runs on every request, so results are cached in process for
 `auth.key_cache_ttl_s`. Revoking through this process clears the cache at once. With
 metering on, a key revoked by another process is refused at its next reservation (the
-store checks revocation in the same atomic step); shared stores also broadcast the
+store checks revocation in the same atomic step) or cache hit; shared stores also broadcast the
 revocation so every instance drops its cache. Otherwise it stops working within the TTL.
 """
 

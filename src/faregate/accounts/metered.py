@@ -136,16 +136,18 @@ class MeteredAdmission:
 
     async def count_hit(self, key: ApiKey, request: RequestMeta) -> dict[str, str]:
         limits = limits_for(await self.policies.get(key.id), key.premium, self.settings)
-        if limits.requests_per_minute is None:
-            return {}
         try:
+            # Even without a requests limit: a key revoked elsewhere, still in this process's key
+            # cache, is refused on a hit as the reservation refuses it on a miss (401).
             taken = await self.backend.take_request(key.id, limits.requests_per_minute)
         except StoreUnavailable as exc:
             raise AccountsUnavailable(
-                f"The gateway cannot reach its accounts store ({exc}) to count this request against the "
-                "key's rate limit. Retry shortly.",
+                f"The gateway cannot reach its accounts store ({exc}) to check the key and count this "
+                "request against its rate limit. Retry shortly.",
                 headers={"Retry-After": "1"},
             ) from exc
+        if isinstance(taken, Refused):
+            raise refusal_error(taken, 0, 0)
         if isinstance(taken, RateRefusal):
             raise refusal_error(Refused("rate", rate=taken), 0, 0)
         return rate_headers(taken)

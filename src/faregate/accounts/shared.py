@@ -243,13 +243,17 @@ class SharedAccounts:
             outcome.status, outcome.balance_nano, outcome.held_nano, window, outcome.window_spent_nano
         )
 
-    async def take_request(self, key_id: str, requests_per_minute: int) -> RateState | RateRefusal:
+    async def take_request(
+        self, key_id: str, requests_per_minute: int | None
+    ) -> RateState | RateRefusal | Refused:
         try:
-            status, level = await self.ledger.take_request(key_id, requests_per_minute)
+            status, level = await self.ledger.take_request(key_id, requests_per_minute or 0)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis: {exc}") from exc
+        if status in ("revoked", "no_account"):
+            return Refused(status)
         state = rate_state(Limits(requests_per_minute, None), level, None)
-        if status == "ok":
+        if status == "ok" or requests_per_minute is None or level is None:
             return state
         wait = Bucket(level, 0).wait_for(1, requests_per_minute)
         return RateRefusal("requests", requests_per_minute, 1, wait, state)

@@ -158,10 +158,12 @@ class RedisLedger:
             )
         return ReserveOutcome(status, balance, held, None, 0, requests_level, tokens_level)
 
-    async def take_request(self, key_id: str, requests_per_minute: int) -> tuple[str, float]:
-        """One request from the key's requests-per-minute bucket: ("ok" or "requests", level after)."""
-        result = await self._run("take_request", [key_id, requests_per_minute])
-        return str(result[0]), float(result[1])
+    async def take_request(self, key_id: str, requests_per_minute: int) -> tuple[str, float | None]:
+        """A cache hit: "revoked" or "no_account" (the key is refused as a reservation refuses it),
+        else one request from the key's requests-per-minute bucket (0: no such limit): "ok" or
+        "requests", with the level after (None without the limit)."""
+        result = await self._call("take_request", key_id, [key_id, requests_per_minute])
+        return str(result[0]), _level(result[1]) if len(result) > 1 else None
 
     async def settle(
         self,

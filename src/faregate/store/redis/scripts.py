@@ -194,9 +194,14 @@ emit(epoch, hold .. ':res', k, 'reservation', -amount, '', hold, req, hour, now,
 return {'ok', int(bal), int(held), rpm > 0 and num(rl) or '', tpm > 0 and num(tl) or ''}
 """
 
-# One request from the requests-per-minute bucket, nothing else (a cache hit). ARGV: key, rpm
+# A cache hit: refused as a reservation is when the key is revoked (before its rate limit), else
+# one request from the requests-per-minute bucket (rpm 0: none), nothing else. ARGV: key, rpm
 TAKE_REQUEST = r"""
 local k, rpm = ARGV[1], tonumber(ARGV[2])
+local epoch = redis.call('GET', EPOCH)
+if not epoch or redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
+if redis.call('HGET', acct(k), 'rev') == '1' then return {'revoked', ''} end
+if rpm == 0 then return {'ok', ''} end
 local now = now_ms()
 local r = redis.call('HMGET', rate(k), 'rl', 'rt')
 local rl, rt = refill(tonumber(r[1]), tonumber(r[2]), rpm, now)
