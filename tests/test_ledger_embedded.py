@@ -317,3 +317,30 @@ async def test_a_revoked_key_gets_401_on_a_cache_hit_as_on_a_miss(
         await admission.admit(key, request, Decimal("0.0001"), 10)
     with pytest.raises(AuthenticationFailed):
         await admission.count_hit(key, request)
+
+
+async def test_a_top_up_past_the_largest_exact_balance_is_refused(store: SQLiteStore) -> None:
+    # parse_usd caps one amount at 2**53-1 nano-dollars, not the sum: repeated top-ups passed it,
+    # where Redis scripts (doubles) can no longer compare a balance exactly. Refused with a 400,
+    # counting what the key's holds will give back.
+    from faregate.accounts.money import MAX_NANO
+    from faregate.accounts.service import AccountsService
+    from faregate.errors import InvalidRequest
+
+    keys = KeyStore(store)
+    accounts = EmbeddedAccounts(store)
+    service = AccountsService(keys, accounts, PolicyCache(store.accounts), AccountsSettings())
+    key_id = await new_key(store, MAX_NANO - 10)
+    assert isinstance(await accounts.reserve(ask(key_id, 1, 4)), Admitted)
+    with pytest.raises(InvalidRequest) as refused:
+        await service.add_credits(key_id, 11)
+    assert refused.value.status == 400 and refused.value.param == "amount_usd"
+    assert "9007199.254740991" in refused.value.message and "0.00000001" in refused.value.message
+    view = await service.view(key_id)
+    assert (view.balance_nano, view.held_nano) == (MAX_NANO - 14, 4)
+    assert (await service.add_credits(key_id, 10)).balance_nano == MAX_NANO - 4
+    await accounts.release(key_id, HoldRef("hold_1", "req_1", 0, 100, UNLIMITED))
+    assert (await service.view(key_id)).balance_nano == MAX_NANO
+    with pytest.raises(InvalidRequest):
+        await service.add_credits(key_id, 1)
+    assert (await accounts.audit()).clean

@@ -425,3 +425,29 @@ async def test_a_cache_hit_of_a_revoked_key_is_refused_as_a_reservation_is(
         for rpm in (3, None):
             refused = await shared.take_request(key.id, rpm)
             assert isinstance(refused, Refused) and refused.reason == "revoked", (key.id, rpm, refused)
+
+
+async def test_a_top_up_past_the_largest_exact_balance_is_refused(
+    pg: PostgresStore, shared: SharedAccounts
+) -> None:
+    # Lua reads a balance as a double: past 2**53-1 nano-dollars it is no longer exact. A top-up
+    # that would take the balance there (counting its holds) is refused, and nothing is applied.
+    from faregate.accounts.metered import PolicyCache
+    from faregate.accounts.money import MAX_NANO
+    from faregate.accounts.service import AccountsService
+    from faregate.config import AccountsSettings
+    from faregate.errors import InvalidRequest
+
+    keys = KeyStore(pg)
+    service = AccountsService(keys, shared, PolicyCache(pg.accounts), AccountsSettings())
+    key, _ = await keys.create("t", credits_nano=MAX_NANO - 10)
+    assert isinstance(await shared.reserve(ask(key.id, 1, 4)), Admitted)
+    with pytest.raises(InvalidRequest) as refused:
+        await service.add_credits(key.id, 11)
+    assert refused.value.status == 400 and "0.00000001" in refused.value.message
+    assert (await service.add_credits(key.id, 10)).balance_nano == MAX_NANO - 4
+    await shared.release(key.id, HoldRef("hold_1", "req_1", 0, 100, UNLIMITED))
+    with pytest.raises(InvalidRequest):
+        await service.add_credits(key.id, 1)
+    await shared.flush()
+    assert (await pg.accounts.get_account(key.id)).balance_nano == MAX_NANO == await ledger_sum(pg, key.id)  # type: ignore[union-attr]

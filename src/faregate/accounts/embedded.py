@@ -30,6 +30,7 @@ from faregate.accounts.backend import (
     balance_audit,
 )
 from faregate.accounts.instance_lease import InstanceLease
+from faregate.accounts.money import MAX_NANO
 from faregate.accounts.policy import KEEP_HOURS, Limits, hour_of
 from faregate.accounts.ratelimit import (
     LocalRateLimiter,
@@ -277,7 +278,7 @@ class EmbeddedAccounts:
         return released
 
     async def credit(self, row: LedgerRow) -> int:
-        return await self._store.accounts.credit(row)
+        return await self._store.accounts.credit(row, MAX_NANO)
 
     async def balance(self, key_id: str) -> Balance | None:
         account = await self._store.accounts.get_account(key_id)

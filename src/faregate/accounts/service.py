@@ -14,6 +14,7 @@ from enum import Enum
 from faregate.accounts.backend import AccountBackend, AuditReport
 from faregate.accounts.keys import ApiKey, KeyStore
 from faregate.accounts.metered import PolicyCache
+from faregate.accounts.money import MAX_NANO, usd_text
 from faregate.accounts.policy import (
     Budget,
     Limits,
@@ -29,7 +30,7 @@ from faregate.config import AccountsSettings
 from faregate.errors import InvalidRequest, NotFound
 from faregate.store.holds import HoldRow, InstanceRow, new_entry_id
 from faregate.store.outage import is_outage
-from faregate.store.protocols import AccountRow, LedgerRow, PolicyValues
+from faregate.store.protocols import AccountRow, BalanceCapExceeded, LedgerRow, PolicyValues
 
 log = logging.getLogger("faregate.accounts")
 
@@ -218,9 +219,24 @@ class AccountsService:
             raise NotFound(f"No key with id {key_id!r}.", code="key_not_found")
         if note is not None and len(note) > 500:
             raise InvalidRequest("a note is at most 500 characters", param="note")
-        await self.backend.credit(
-            LedgerRow(new_entry_id("topup"), key_id, "topup", amount_nano, time.time(), note=note)
-        )
+        try:
+            await self.backend.credit(
+                LedgerRow(new_entry_id("topup"), key_id, "topup", amount_nano, time.time(), note=note)
+            )
+        except BalanceCapExceeded as exc:
+            # parse_usd caps one amount, not the sum of top-ups: a balance past MAX_NANO could no
+            # longer be compared exactly by Redis scripts (doubles), on either store.
+            held = (
+                f", plus ${usd_text(exc.held_nano)} reserved by requests in flight," if exc.held_nano else ""
+            )
+            room = MAX_NANO - exc.balance_nano - exc.held_nano
+            can = f"at most ${usd_text(room)} can be added" if room > 0 else "nothing more can be added"
+            raise InvalidRequest(
+                f"Adding ${usd_text(amount_nano)} would take the key's balance of "
+                f"${usd_text(exc.balance_nano)}{held} past the most a balance can hold, "
+                f"${usd_text(MAX_NANO)}: {can}.",
+                param="amount_usd",
+            ) from None
         try:
             await self.backend.flush()
         except Exception as exc:

@@ -31,6 +31,16 @@ class DuplicateError(Exception):
     """A unique constraint refused the write."""
 
 
+class BalanceCapExceeded(Exception):
+    """A credit would take a balance, counting what its open holds will give back, past the cap
+    it was given: nothing was applied."""
+
+    def __init__(self, balance_nano: int, held_nano: int) -> None:
+        super().__init__(f"balance {balance_nano} plus {held_nano} held")
+        self.balance_nano = balance_nano
+        self.held_nano = held_nano
+
+
 class StoreUnavailable(Exception):
     """The store could not be written or read right now (locked, disk full, I/O error).
 

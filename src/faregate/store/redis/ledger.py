@@ -20,9 +20,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from faregate.accounts.money import MAX_NANO
 from faregate.store.holds import BudgetCheck, HoldRow, InstanceRow, ReserveOutcome
 from faregate.store.postgres.accounts import PostgresAccountTable
-from faregate.store.protocols import LedgerRow, StoreUnavailable
+from faregate.store.protocols import BalanceCapExceeded, LedgerRow, StoreUnavailable
 from faregate.store.redis.scripts import (
     CREDIT,
     ENSURE_EPOCH,
@@ -227,12 +228,19 @@ class RedisLedger:
     async def release_instance(self, instance_id: str, note: str) -> int:
         return int(await self._run("release_instance", [instance_id, note]))
 
-    async def credit(self, row: LedgerRow) -> int:
+    async def credit(self, row: LedgerRow, cap_nano: int = MAX_NANO) -> int:
+        """Apply a grant or top-up; the balance after it. Raises BalanceCapExceeded, applying
+        nothing, if the balance plus the key's open holds would pass `cap_nano` (by default the
+        largest the scripts compare exactly)."""
         result = await self._call(
-            "credit", row.key_id, [row.key_id, row.entry_id, row.kind, row.amount_nano, row.note or ""]
+            "credit",
+            row.key_id,
+            [row.key_id, row.entry_id, row.kind, row.amount_nano, row.note or "", cap_nano],
         )
         if result[0] == "no_account":
             raise StoreUnavailable(f"key {row.key_id} has no account")
+        if result[0] == "cap":
+            raise BalanceCapExceeded(int(result[1]), int(result[2]))
         return int(result[1])
 
     async def revoke(self, key_id: str) -> None:

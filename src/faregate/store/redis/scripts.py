@@ -258,15 +258,21 @@ if not epoch then return 0 end
 return release_instance(epoch, ARGV[1], ARGV[2], now_ms())
 """
 
-# A grant or top-up. ARGV: key, entry id, kind, amount, note
+# A grant or top-up, refused ('cap') if the balance plus the key's holds (which come back to it)
+# would pass the cap: past 2^53 this file's arithmetic is no longer exact.
+# ARGV: key, entry id, kind, amount, note, cap
 CREDIT = r"""
 local k = ARGV[1]
 local epoch = redis.call('GET', EPOCH)
 if not epoch or redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
 -- Applied once per entry id, even when the call is retried on a fresh connection.
-if not redis.call('SET', 'fg:e:' .. ARGV[2], '1', 'NX', 'PX', 600000) then
-  return {'ok', redis.call('HGET', acct(k), 'bal')}
+if redis.call('EXISTS', 'fg:e:' .. ARGV[2]) == 1 then return {'ok', redis.call('HGET', acct(k), 'bal')} end
+local a = redis.call('HMGET', acct(k), 'bal', 'held')
+-- Each term is below 2^53; a sum at or past it compares above the cap all the same.
+if tonumber(a[1]) + (tonumber(a[2]) or 0) + tonumber(ARGV[4]) > tonumber(ARGV[6]) then
+  return {'cap', a[1], a[2] or '0'}
 end
+redis.call('SET', 'fg:e:' .. ARGV[2], '1', 'PX', 600000)
 local bal = redis.call('HINCRBY', acct(k), 'bal', ARGV[4])
 emit(epoch, ARGV[2], k, ARGV[3], tonumber(ARGV[4]), '', '', '', '', now_ms(), ARGV[5])
 return {'ok', int(bal)}

@@ -16,7 +16,15 @@ from typing import Any
 import aiosqlite
 
 from faregate.store.holds import new_entry_id
-from faregate.store.protocols import AccountRow, AuditRow, KeyRow, LedgerRow, PolicyValues, policy_columns
+from faregate.store.protocols import (
+    AccountRow,
+    AuditRow,
+    BalanceCapExceeded,
+    KeyRow,
+    LedgerRow,
+    PolicyValues,
+    policy_columns,
+)
 
 LEDGER_COLUMNS = "entry_id, key_id, kind, amount_nano, cost_nano, hold_id, request_id, hour, created_at, note"
 INSERT_LEDGER = f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -133,9 +141,20 @@ class SQLiteAccountTable:
             changed = int(cursor.rowcount) > 0
         return changed
 
-    async def credit(self, row: LedgerRow) -> int:
-        """A grant or top-up: the ledger row and the balance move together. Returns the balance."""
+    async def credit(self, row: LedgerRow, cap_nano: int | None = None) -> int:
+        """A grant or top-up: the ledger row and the balance move together. Returns the balance.
+        Raises BalanceCapExceeded, applying nothing, if the balance plus the key's open holds
+        would pass `cap_nano`."""
         async with self._transaction():
+            if cap_nano is not None:
+                found = await self._conn.execute_fetchall(
+                    "SELECT balance_nano, (SELECT COALESCE(SUM(amount_nano), 0) FROM holds WHERE key_id = ?)"
+                    " FROM accounts WHERE key_id = ?",
+                    (row.key_id, row.key_id),
+                )
+                for balance, held in found:
+                    if int(balance) + int(held) + row.amount_nano > cap_nano:
+                        raise BalanceCapExceeded(int(balance), int(held))
             await self._write_ledger(row)
             rows = await self._conn.execute_fetchall(
                 "SELECT balance_nano FROM accounts WHERE key_id = ?", (row.key_id,)
