@@ -486,3 +486,30 @@ async def test_a_full_upstream_queue_falls_back_to_the_next_candidate() -> None:
     finally:
         held.release()
     assert not b.calls
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_deadline_reached_in_an_upstream_queue_is_no_failure_of_the_offer(stream: bool) -> None:
+    # The request's deadline passes while it waits for one of b's slots: b was never called, so
+    # its breaker (open here at one failure) must not hear of it, as for a queue's own timeout.
+    b = Scripted("b", [])
+    s = settings(routing={"retries": 0, "breaker": {"consecutive_failures": 1}})
+    health = HealthBoard(s.routing.breaker)
+    planner = Planner(build_catalog(s), s.routes, s.routing, health)
+    limiter = UpstreamLimiter({"b": UpstreamQueueSettings(max_concurrent=1, max_queued=5, timeout_s=30)})
+    runner = AttemptRunner(ProviderRegistry.of({"b": b}), 0.2, s.routing, health, limiter)
+    held = await limiter.acquire("b", premium=False)  # b's one slot is taken for longer than the request
+    try:
+        req = request({"model": "mid", "stream": stream})
+        plan = await planner.plan(req)
+        plan = replace(plan, candidates=[c for c in plan.candidates if c.offer.provider == "b"])
+        with pytest.raises((RateLimited, UpstreamFailed)):
+            if stream:
+                await runner.open_stream(req, plan)
+            else:
+                await runner.complete(req, plan)
+    finally:
+        held.release()
+    assert not b.calls
+    assert health.breaker("b/mid").consecutive_failures == 0
+    assert health.breaker("b/mid").state == CLOSED

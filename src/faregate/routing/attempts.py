@@ -114,11 +114,7 @@ class AttemptRunner:
         ) -> Completion:
             t0 = time.perf_counter()
             if candidate.offer.provider in self.limiter.gates:
-                async with (
-                    asyncio.timeout(time_left),
-                    self.limiter.slot(candidate.offer.provider, request.premium, time_left),
-                ):
-                    completion = await provider.complete(call)
+                completion = await self._in_slot(request, candidate, time_left, provider.complete, call)
             else:
                 # The hot path: the call's own timeouts already end at the request's deadline.
                 completion = await provider.complete(call)
@@ -148,11 +144,7 @@ class AttemptRunner:
             t0 = time.perf_counter()
             embedder = cast(EmbeddingProvider, provider)
             if candidate.offer.provider in self.limiter.gates:
-                async with (
-                    asyncio.timeout(time_left),
-                    self.limiter.slot(candidate.offer.provider, request.premium, time_left),
-                ):
-                    completion = await embedder.embed(call)
+                completion = await self._in_slot(request, candidate, time_left, embedder.embed, call)
             else:
                 completion = await embedder.embed(call)
             data = completion.body.get("data")
@@ -181,6 +173,23 @@ class AttemptRunner:
 
         completion, candidate, attempts, _ = await self._first_success(request, plan, once, build)
         return Served(completion, candidate, attempts)
+
+    async def _in_slot(
+        self,
+        request: RequestMeta,
+        candidate: Candidate,
+        time_left: float,
+        send: Callable[[UpstreamCall], Awaitable[Completion]],
+        call: UpstreamCall,
+    ) -> Completion:
+        """`send(call)` holding one of the candidate's provider's upstream slots. The wait for the
+        slot is the queue's own, bounded by `time_left`: the request's deadline reached there is
+        its RateLimited refusal (the upstream was never called, so no failure of the offer),
+        not a TimeoutError that the attempt loop counts against the offer's breaker. The call
+        then gets what is left of the request's time."""
+        async with self.limiter.slot(candidate.offer.provider, request.premium, time_left):
+            async with asyncio.timeout(self._time_left(request)):
+                return await send(call)
 
     async def open_stream(self, request: ChatRequest, plan: Plan) -> OpenedStream:
         """Open streams in plan order until one yields real content. Nothing has reached the
