@@ -300,7 +300,7 @@ async def test_bad_provider_key_is_server_error_not_the_clients_fault(
     assert failure.detail.endswith("Invalid API key")
 
 
-@pytest.mark.parametrize("status", [400, 404, 413, 422])
+@pytest.mark.parametrize("status", [400, 413, 422])
 async def test_other_4xx_is_rejected_with_the_upstream_message(
     upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], status: int
 ) -> None:
@@ -317,11 +317,39 @@ async def test_4xx_with_plain_text_body(
     upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
 ) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
-        return web.Response(text="model  not\nfound", status=404)
+        return web.Response(text="max_tokens  is\ntoo large", status=400)
 
     upstream.handler = handler
-    with pytest.raises(UpstreamRejected, match="siliconflow rejected the request: model not found"):
+    with pytest.raises(UpstreamRejected, match="siliconflow rejected the request: max_tokens is too large"):
         await make_provider().complete(call())
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_404_is_the_providers_failure(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], stream: bool
+) -> None:
+    # The gateway chose the path and the upstream model name (the offer's `upstream`): a provider
+    # that does not know them (a wrong name, a retired model, a wrong base_url) fails, and another
+    # provider selling the model may not; the client's request is not what is wrong.
+    error = {
+        "error": {
+            "message": "The model `up-m` does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "code": "model_not_found",
+        }
+    }
+    upstream.handler = json_reply(error, 404)
+    provider = make_provider()
+    with pytest.raises(UpstreamFailure) as info:
+        if stream:
+            await collect(provider)
+        else:
+            await provider.complete(call())
+    assert (info.value.kind, info.value.status) == ("server_error", 404)
+    assert info.value.detail == (
+        "the provider does not serve this model or path (HTTP 404): "
+        "The model `up-m` does not exist or you do not have access to it."
+    )
 
 
 async def test_a_spent_deadline_fails_at_once(make_provider: Callable[..., OpenAICompatibleProvider]) -> None:

@@ -488,6 +488,29 @@ async def test_a_full_upstream_queue_falls_back_to_the_next_candidate() -> None:
     assert not b.calls
 
 
+async def test_a_providers_404_falls_back_at_once_and_counts_against_its_offer() -> None:
+    # The provider does not know the offer's upstream model (providers/upstream_failures.py):
+    # asking it again says the same, another provider selling the model may serve it.
+    not_found = UpstreamFailure("server_error", "the provider does not serve this model", status=404)
+    a = Scripted("a", [ok("from a")])
+    b = Scripted("b", [not_found])
+    s = settings(routing={"retries": 2})
+    health = HealthBoard(s.routing.breaker)
+    planner = Planner(build_catalog(s), s.routes, s.routing, health)
+    runner = AttemptRunner(ProviderRegistry.of({"a": a, "b": b}), 5.0, s.routing, health)
+    req = request({"model": "mid"})
+    plan = await planner.plan(req)
+    assert [c.offer.provider for c in plan.candidates] == ["b", "a"]
+    served = await runner.complete(req, plan)
+    assert served.completion.body["choices"][0]["message"]["content"] == "from a"
+    assert [(x.provider, x.outcome, x.status) for x in served.attempts] == [
+        ("b", "server_error", 404),
+        ("a", "ok", None),
+    ]
+    assert len(b.calls) == 1  # not retried
+    assert health.breaker("b/mid").consecutive_failures == 1
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_the_deadline_reached_in_an_upstream_queue_is_no_failure_of_the_offer(stream: bool) -> None:
     # The request's deadline passes while it waits for one of b's slots: b was never called, so

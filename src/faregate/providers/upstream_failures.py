@@ -58,6 +58,16 @@ async def response_failure(resp: Response, provider: str, key_hint: str) -> Exce
             status=status,
             body=body,
         )
+    if status == 404:
+        # The gateway chose the path and the model name (the offer's `upstream`), not the client,
+        # whose model the catalog knows: a provider that does not (a wrong upstream name, a model
+        # it retired, a wrong base_url) has failed, and another provider selling it may serve it.
+        return UpstreamFailure(
+            "server_error",
+            f"the provider does not serve this model or path (HTTP 404): {message}",
+            status=status,
+            body=body,
+        )
     if 400 <= status < 500:
         code, param = error_code_param(body)
         return UpstreamRejected(status, f"{provider} rejected the request: {message}", code=code, param=param)

@@ -99,6 +99,8 @@ class AttemptRunner:
         """Seconds to wait before calling the same offer again, or None to move on."""
         if failure.kind in ("timeout", "rejected"):
             return None  # a hang rarely fixes itself; fall back instead of paying the timeout twice
+        if failure.status == 404:
+            return None  # the provider does not serve the model: asked again, it says so again
         if failure.retry_after is not None:
             if failure.retry_after > self.routing.max_retry_after_s:
                 return None
