@@ -132,9 +132,10 @@ def run_gateway(
     first_byte_timeout_s: float = 1.5,
     env: dict[str, str] | None = None,
     lean_http: bool | None = None,
+    stream_idle_timeout_s: float | None = None,
 ) -> Iterator[GatewayProcess]:
     """A gateway on `sim` (None: the config's providers, enabled by the keys in `env`);
-    `lean_http` None: as LEAN_HTTP says."""
+    `lean_http` None: as LEAN_HTTP says; `stream_idle_timeout_s` None: the sim section's default."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "faregate.yaml"
@@ -147,9 +148,10 @@ def run_gateway(
     if "records:" not in extra_config:
         lines.append("records: {flush_interval_s: 0.05}")
     if sim is not None:
+        idle = "" if stream_idle_timeout_s is None else f", stream_idle_timeout_s: {stream_idle_timeout_s}"
         lines.append(
             f"sim: {{mode: 'on', launch: false, port: {sim.port}, "
-            f"first_byte_timeout_s: {first_byte_timeout_s}}}"
+            f"first_byte_timeout_s: {first_byte_timeout_s}{idle}}}"
         )
     config.write_text("\n".join(lines) + "\n" + extra_config)
     log_path = workdir / "gateway.log"

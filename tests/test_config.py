@@ -185,6 +185,7 @@ PROVIDER = "providers: {p: {base_url: 'http://x', "
         (PROVIDER + "connect_timeout_s: 0}}", "providers.p.connect_timeout_s", "> 0.0"),
         (PROVIDER + "first_byte_timeout_s: -5}}", "providers.p.first_byte_timeout_s", "> 0.0"),
         (PROVIDER + "total_timeout_s: 0}}", "providers.p.total_timeout_s", "> 0.0"),
+        (PROVIDER + "stream_idle_timeout_s: 0}}", "providers.p.stream_idle_timeout_s", "> 0.0"),
         (PROVIDER + "max_connections: 0}}", "providers.p.max_connections", ">= 1"),
         ("models: {m: {input: 1, output: 1, max_output_tokens: 0}}", "models.m.max_output_tokens", ">= 1"),
         ("routing: {retries: -1}", "routing.retries", "Expected `int` >= 0"),
@@ -202,6 +203,7 @@ PROVIDER = "providers: {p: {base_url: 'http://x', "
         ("cache: {route_ttl_s: {chat: -1}}", "cache.route_ttl_s.chat", "> 0.0"),
         ("sim: {first_byte_timeout_s: 0}", "sim.first_byte_timeout_s", "> 0.0"),
         ("sim: {total_timeout_s: -1}", "sim.total_timeout_s", "> 0.0"),
+        ("sim: {stream_idle_timeout_s: -1}", "sim.stream_idle_timeout_s", "> 0.0"),
         ("alerts: {webhook: {url: 'http://x', timeout_s: 0}}", "alerts.webhook.timeout_s", "> 0.0"),
     ],
 )

@@ -108,12 +108,15 @@ def call(
     first_byte: float = 5.0,
     total: float = 5.0,
     headers: dict[str, str] | None = None,
+    idle: float | None = None,
 ) -> UpstreamCall:
     offer = Offer("m", "siliconflow", "up-m", Price(Decimal(1), Decimal(2)), True)
     body: dict[str, Any] = {"model": "up-m", "messages": [{"role": "user", "content": "hello"}]}
     if stream:
         body |= {"stream": True, "stream_options": {"include_usage": True}}
-    return UpstreamCall(offer, body, stream, first_byte, total, headers=headers or {})
+    return UpstreamCall(
+        offer, body, stream, first_byte, total, headers=headers or {}, stream_idle_timeout_s=idle
+    )
 
 
 def acquired(pool: ConnectionPool) -> int:
@@ -563,6 +566,55 @@ async def test_stream_stalling_past_the_total_deadline_times_out(
     assert acquired(pool) == 0
 
 
+@pytest.mark.parametrize("sent", [0, 1])
+async def test_a_stream_silent_past_its_idle_timeout_fails_long_before_the_total_deadline(
+    upstream: Upstream,
+    make_provider: Callable[..., OpenAICompatibleProvider],
+    pool: ConnectionPool,
+    sent: int,
+) -> None:
+    # The head (and maybe a chunk), then nothing: the idle timeout ends it, not the total deadline
+    # (600 s by default), so the attempt loop has time to fall back, or the relay to end the stream.
+    upstream.handler = sse_reply([chunk("a")][:sent], hang_until=upstream.release)
+    received: list[Any] = []
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(UpstreamFailure) as info:
+        async for c in make_provider().stream(call(stream=True, first_byte=5.0, total=30.0, idle=0.3)):
+            received.append(c)
+    assert 0.25 < loop.time() - started < 2.0
+    assert len(received) == sent
+    assert (info.value.kind, info.value.detail) == (
+        "timeout",
+        f"stream stalled: nothing received for 0.3s ({sent} chunks received)",
+    )
+    assert acquired(pool) == 0
+
+
+async def test_a_slow_stream_that_keeps_sending_is_not_idle(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    # Each chunk comes within the idle timeout; all of them together take several times longer.
+    parts = [chunk(t) for t in "abcdef"] + [chunk("g", "stop")]
+    upstream.handler = sse_reply(parts, delay=0.1)
+    chunks = await collect(make_provider(), call(stream=True, first_byte=5.0, total=5.0, idle=0.3))
+    assert texts(chunks) == list("abcdefg")
+
+
+async def test_a_reader_that_stops_reading_is_no_idle_upstream(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    # More than HIGH_WATER arrives while the reader is busy: the socket stops being read, so
+    # the upstream's silence is ours, and it must not end the stream as stalled.
+    big = chunk("x" * (3 << 20))
+    upstream.handler = sse_reply([chunk("a"), chunk("b"), big, chunk("c", "stop")], delay=0.1)
+    reads = make_provider().stream_reads(call(stream=True, first_byte=5.0, total=10.0, idle=0.3))
+    got = [await anext(reads), await anext(reads)]  # "b" was waited for: the idle timer is armed
+    await asyncio.sleep(0.8)  # a slow client; the upstream has sent everything by now
+    got += [read async for read in reads]
+    assert "".join(t for read in got for t in texts(read)) == "ab" + "x" * (3 << 20) + "c"
+
+
 async def test_mid_stream_reset_raises_connection(
     upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], pool: ConnectionPool
 ) -> None:
@@ -682,9 +734,15 @@ async def test_registry_adds_the_simulator_and_calls_through_the_shared_pool(
     registry = ProviderRegistry.build(settings, pool)
     assert "sim" in registry and registry.simulator_url == upstream.url
     entry = registry.entry("sim")
-    assert (entry.first_byte_timeout_s, entry.total_timeout_s) == (
+    assert (entry.first_byte_timeout_s, entry.total_timeout_s, entry.stream_idle_timeout_s) == (
         settings.sim.first_byte_timeout_s,
         settings.sim.total_timeout_s,
+        settings.sim.stream_idle_timeout_s,
+    )
+    assert (
+        settings.sim.stream_idle_timeout_s
+        == ProviderSettings(base_url="http://x").stream_idle_timeout_s
+        == 60
     )
     upstream.handler = json_reply(ANSWER)
     completion = await registry.get("sim").complete(call())

@@ -281,6 +281,28 @@ async def test_truncate(start_sim: StartSim) -> None:
         )
 
 
+async def test_stall(start_sim: StartSim) -> None:
+    # The head and `after_tokens` content tokens, then nothing for hang_s, then the rest.
+    sim = await start_sim({"defaults": {"answer": {"lorem": 10}, "tokens_per_s": 0}})
+    body = chat(stream=True, sim={"fault": "stall", "after_tokens": 3, "hang_s": 0.4})
+    loop = asyncio.get_running_loop()
+    arrivals: list[tuple[float, bytes]] = []
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{sim.base_url}/chat/completions", data=orjson.dumps(body)) as response:
+            started = loop.time()
+            async for data in response.content.iter_any():
+                arrivals.append((loop.time() - started, data))
+    before = b"".join(data for at, data in arrivals if at < 0.3)
+    assert len(sse_events(before)) == 1 + 3  # the role, then 3 tokens
+    events = sse_events(b"".join(data for _, data in arrivals))
+    assert events[-1] == "[DONE]" and len(events) == 1 + 10 + 1 + 1  # ... the finish and [DONE]
+    assert arrivals[-1][0] >= 0.4
+    # Not streamed, it is a hang: the whole answer after hang_s.
+    started = loop.time()
+    status, _, raw = await post(sim, chat(sim={"fault": "stall", "hang_s": 0.2}))
+    assert status == 200 and orjson.loads(raw)["choices"] and loop.time() - started >= 0.2
+
+
 async def test_seeded_rates_match_and_repeat(start_sim: StartSim) -> None:
     rates = {"rate_limit": 0.2, "server_error": 0.1, "empty_choices": 0.1}
     sim = await start_sim({"seed": 11, "defaults": {"faults": rates, "retry_after_s": 0}})

@@ -4,6 +4,7 @@ official SDKs' async clients."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from typing import Any
@@ -164,6 +165,32 @@ async def test_messages_empty_and_cut_answers(
     events = [event.type async for event in stream]
     assert "content_block_delta" in events
     assert "message_stop" not in events and "message_delta" not in events
+
+
+async def test_messages_and_responses_streams_stall(
+    claude: anthropic.AsyncAnthropic, gpt: openai.AsyncOpenAI
+) -> None:
+    # The `stall` fault on the translated wires: some content, a pause, then the whole rest.
+    stall = {"sim": {"fault": "stall", "after_tokens": 1, "hang_s": 0.3}}
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    stream = await claude.messages.create(
+        model="m",
+        max_tokens=50,
+        stream=True,
+        messages=[{"role": "user", "content": "one two three four five six"}],
+        extra_body=stall,
+    )
+    events = [event.type async for event in stream]
+    assert "content_block_delta" in events and events[-1] == "message_stop"
+    assert loop.time() - started >= 0.3
+    started = loop.time()
+    responses = await gpt.responses.create(
+        model="m", input="one two three four five six", stream=True, extra_body=stall
+    )
+    kinds = [event.type async for event in responses]
+    assert "response.output_text.delta" in kinds and kinds[-1] == "response.completed"
+    assert loop.time() - started >= 0.3
 
 
 async def test_messages_refuses_what_the_wire_cannot_say(

@@ -94,6 +94,10 @@ class ProviderSettings(_Strict):
     # Time allowed for the response head (first byte) and for the whole call.
     first_byte_timeout_s: Seconds = 60.0
     total_timeout_s: Seconds = 600.0
+    # Time a stream may go without sending anything (after its head, between chunks): a stalled
+    # stream fails after this, not at the total timeout, leaving time to fall back (or, once
+    # content was relayed, ending the client's stream with the error event).
+    stream_idle_timeout_s: Seconds = 60.0
     # At least one (the pool's limits are the providers' sum and largest: registry.pool_limits).
     max_connections: Count = 1000
     # Sells every curated model under its own name at the model's list price (the simulator).
@@ -235,6 +239,7 @@ class SimSettings(_Strict):
     # Timeouts the gateway applies to the simulated provider (they become providers.sim's).
     first_byte_timeout_s: Seconds = 60.0
     total_timeout_s: Seconds = 600.0
+    stream_idle_timeout_s: Seconds = 60.0
 
 
 class MetricsSettings(_Strict):

@@ -117,12 +117,20 @@ class ConnectionPool:
     # --- the request --------------------------------------------------------------------------
 
     async def request(
-        self, endpoint: Endpoint, payload: bytes, *, head_timeout_s: float, total_timeout_s: float
+        self,
+        endpoint: Endpoint,
+        payload: bytes,
+        *,
+        head_timeout_s: float,
+        total_timeout_s: float,
+        idle_timeout_s: float | None = None,
     ) -> Response:
         """Send `payload` (a whole request, see transport.request_bytes) to `endpoint` and return
         the response once its head is in. Raises TimeoutError when there is no head within
         `head_timeout_s` (queueing and connecting included) and TransportError subclasses for
-        the rest; a body not complete within `total_timeout_s` raises TimeoutError when read."""
+        the rest; a body not complete within `total_timeout_s` raises TimeoutError when read, and
+        one from which nothing arrives for `idle_timeout_s` (after the head, between reads; None:
+        no such bound) raises BodyIdle, a TimeoutError."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -134,7 +142,7 @@ class ConnectionPool:
         conn = self._take_idle(host, now) if host.idle else None
         if conn is None:
             conn = await self._acquire(host, endpoint, head_deadline)
-        return await conn.exchange(payload, head_deadline, now + total_timeout_s)
+        return await conn.exchange(payload, head_deadline, now + total_timeout_s, idle_timeout_s or 0.0)
 
     def _take_idle(self, host: _Host, now: float) -> Connection | None:
         idle = host.idle

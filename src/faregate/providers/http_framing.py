@@ -44,6 +44,11 @@ class PoolClosed(TransportError):
     """The pool was closed (the gateway is shutting down)."""
 
 
+class BodyIdle(TimeoutError):
+    """Nothing of the body arrived for the idle time allowed (a stalled stream). A TimeoutError,
+    as the body's own deadline is: whoever does not tell them apart treats it the same."""
+
+
 class Endpoint:
     """Where the requests for one base URL go, parsed once per provider."""
 

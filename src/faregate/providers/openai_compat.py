@@ -23,6 +23,7 @@ from faregate.errors import UpstreamFailure, UpstreamRejected
 from faregate.providers.base import UpstreamCall
 from faregate.providers.http import USER_AGENT, ConnectionPool
 from faregate.providers.http_framing import (
+    BodyIdle,
     ConnectFailed,
     ConnectTimeout,
     Endpoint,
@@ -174,7 +175,7 @@ class OpenAICompatibleProvider:
         answer was complete. The connection is released however iteration ends, including
         `aclose()` by a consumer that stops early.
         """
-        resp = await self._open(call, endpoint, head)
+        resp = await self._open(call, endpoint, head, call.stream_idle_timeout_s)
         try:
             if not 200 <= resp.status < 300:
                 raise await response_failure(resp, self.name, self._key_hint)
@@ -229,6 +230,16 @@ class OpenAICompatibleProvider:
                         await _drain(resp)
                         return
                     data = await resp.read_chunk()
+            except BodyIdle as exc:
+                # A stream that stalls (after its head, between chunks) fails now, not at the total
+                # timeout: before content the attempt loop can still fall back, after it the
+                # client's stream ends with the error event instead of waiting minutes for it.
+                raise UpstreamFailure(
+                    "timeout",
+                    f"stream stalled: nothing received for {call.stream_idle_timeout_s:g}s "
+                    f"({chunks} chunks received)",
+                    status=resp.status,
+                ) from exc
             except TimeoutError as exc:
                 raise UpstreamFailure(
                     "timeout",
@@ -247,10 +258,13 @@ class OpenAICompatibleProvider:
     async def close(self) -> None:
         """Nothing to do: the shared pool belongs to the registry."""
 
-    async def _open(self, call: UpstreamCall, endpoint: Endpoint, head: bytes) -> Response:
+    async def _open(
+        self, call: UpstreamCall, endpoint: Endpoint, head: bytes, idle_s: float | None = None
+    ) -> Response:
         """POST the call and wait for the response head, within the first-byte deadline (which
-        covers waiting for a connection and connecting). The whole-call deadline is enforced by
-        the transport while the body is read, so it is safe across the yields of a stream."""
+        covers waiting for a connection and connecting). The whole-call deadline, and the idle
+        limit `idle_s` (a stream's), are enforced by the transport while the body is read, so
+        they are safe across the yields of a stream."""
         if call.total_timeout_s <= 0:
             raise UpstreamFailure("timeout", "no time left for this attempt")
         if call.headers:  # per-call headers (none in production today) cost a head of their own
@@ -259,7 +273,11 @@ class OpenAICompatibleProvider:
         head_s = min(call.first_byte_timeout_s, call.total_timeout_s)
         try:
             return await self._pool.request(
-                endpoint, payload, head_timeout_s=head_s, total_timeout_s=call.total_timeout_s
+                endpoint,
+                payload,
+                head_timeout_s=head_s,
+                total_timeout_s=call.total_timeout_s,
+                idle_timeout_s=idle_s,
             )
         except ConnectTimeout as exc:
             raise UpstreamFailure("timeout", str(exc)) from exc

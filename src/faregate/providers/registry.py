@@ -37,18 +37,23 @@ SIMULATOR = "sim"
 
 @dataclass(slots=True, frozen=True)
 class ProviderEntry:
-    """A provider, the timeouts its calls get (seconds to the response head, and in all) and
-    the body field it reads the output limit from."""
+    """A provider, the timeouts its calls get (seconds to the response head, in all, and
+    between a stream's reads) and the body field it reads the output limit from."""
 
     provider: Provider
     first_byte_timeout_s: float
     total_timeout_s: float
     output_limit_field: str = "max_tokens"
+    stream_idle_timeout_s: float = 60.0
 
     @classmethod
     def of(cls, provider: Provider, settings: ProviderSettings) -> ProviderEntry:
         return cls(
-            provider, settings.first_byte_timeout_s, settings.total_timeout_s, settings.output_limit_field
+            provider,
+            settings.first_byte_timeout_s,
+            settings.total_timeout_s,
+            settings.output_limit_field,
+            settings.stream_idle_timeout_s,
         )
 
 
@@ -144,6 +149,7 @@ def with_simulator(settings: Settings, base_url: str | None = None) -> Settings:
         serves_every_model=True,
         first_byte_timeout_s=sim.first_byte_timeout_s,
         total_timeout_s=sim.total_timeout_s,
+        stream_idle_timeout_s=sim.stream_idle_timeout_s,
     )
     return msgspec.structs.replace(settings, providers={**settings.providers, SIMULATOR: provider})
 

@@ -11,7 +11,10 @@ caller reads is `providers/response.py`.
 Deadlines: one timer per connection (`_watch`), armed at a request's head deadline unless it is
 already armed earlier, and armed again for the rest when it fires early: the calls on one
 connection have deadlines in increasing order, so a connection making a call every millisecond
-arms about one timer per head deadline instead of one (and its cancellation) per call.
+arms about one timer per head deadline instead of one (and its cancellation) per call. A body
+with an idle limit (a stream) is timed the same way: the time its last bytes came is noted, and
+the timer, when it fires, is armed again at that time plus the limit if bytes came since; so a
+stream arms about one timer per idle limit, not one per read.
 
 Per-message state lives on the Connection, not on the Response: the connection keeps no
 reference to the Response it handed out, so a Response its caller drops is collected at once and
@@ -29,6 +32,7 @@ import httptools
 
 from faregate.providers.http_framing import (
     BadResponse,
+    BodyIdle,
     ConnectionClosed,
     Decoder,
     TransportError,
@@ -82,9 +86,11 @@ class Connection(asyncio.Protocol):
         "_expected",
         "_head_deadline",
         "_head_done",
+        "_idle_s",
         "_in_flight",
         "_informational",
         "_keep_alive",
+        "_last_data",
         "_loop",
         "_parser",
         "_paused",
@@ -114,6 +120,8 @@ class Connection(asyncio.Protocol):
         self._in_flight = False
         self._head_deadline = 0.0
         self._deadline = 0.0
+        self._idle_s = 0.0  # the body's idle limit (0: none)
+        self._last_data = 0.0  # loop time of the head or of the last body bytes, with an idle limit
         self._paused = False
         self._new_message()
 
@@ -205,10 +213,14 @@ class Connection(asyncio.Protocol):
         if self._encoding:
             self._decoder = body_decoder(self._encoding)
         self._head_done = True
+        if self._idle_s:
+            self._last_data = self._loop.time()
         self._wake()
 
     def on_body(self, body: bytes) -> None:
         self._received += len(body)
+        if self._idle_s:
+            self._last_data = self._loop.time()
         if self._decoder is not None:
             body = self._decoder.decompress(body)
             if not body:
@@ -236,15 +248,19 @@ class Connection(asyncio.Protocol):
 
     # --- driven by the pool and the Response --------------------------------------------------
 
-    async def exchange(self, payload: bytes, head_deadline: float, deadline: float) -> Response:
+    async def exchange(
+        self, payload: bytes, head_deadline: float, deadline: float, idle_s: float = 0.0
+    ) -> Response:
         """Send one request and wait for its response head until `head_deadline` (loop time).
-        The body must then arrive by `deadline`."""
+        The body must then arrive by `deadline`, and (`idle_s` > 0) without a silence of
+        `idle_s` seconds after the head or between its bytes (BodyIdle)."""
         transport = self.transport
         assert transport is not None and self.state == ACTIVE
         self._new_message()
         self._in_flight = True
         self._head_deadline = head_deadline
         self._deadline = deadline
+        self._idle_s = idle_s
         transport.write(payload)
         waiter = self._waiter = self._loop.create_future()
         self._arm(head_deadline)
@@ -273,6 +289,11 @@ class Connection(asyncio.Protocol):
                     self._paused = False
                     if self.transport is not None and not self.transport.is_closing():
                         self.transport.resume_reading()
+                    if self._idle_s:
+                        # The upstream could not send while we did not read: its silence starts now.
+                        self._last_data = self._loop.time()
+                        if self._body_watched:
+                            self._arm(self._body_deadline())
                 return data
             if self._error is not None:
                 raise self._error
@@ -280,7 +301,7 @@ class Connection(asyncio.Protocol):
                 return b""
             if not self._body_watched:
                 self._body_watched = True
-                self._arm(self._deadline)
+                self._arm(self._body_deadline())
             waiter = self._waiter = self._loop.create_future()
             try:
                 await waiter
@@ -382,15 +403,23 @@ class Connection(asyncio.Protocol):
         if not self._head_done:
             deadline = self._head_deadline
         elif self._body_watched:
-            deadline = self._deadline
+            deadline = self._body_deadline()
         else:
             return  # between the head and the first read: `read_chunk` arms it
         if self._loop.time() < deadline - _EARLY_S:
             self._arm(deadline)
             return
-        self._error = TimeoutError()
+        self._error = BodyIdle() if self._head_done and deadline < self._deadline else TimeoutError()
         self._wake()
         self.close()
+
+    def _body_deadline(self) -> float:
+        """When the body times out: at the call's deadline or, with an idle limit, sooner once
+        that long has passed since its last bytes (not while reading is paused: the silence of
+        an upstream we stopped reading is ours)."""
+        if self._idle_s and not self._paused:
+            return min(self._deadline, self._last_data + self._idle_s)
+        return self._deadline
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

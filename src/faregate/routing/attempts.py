@@ -90,6 +90,7 @@ class AttemptRunner:
             first_byte_timeout_s=min(entry.first_byte_timeout_s, time_left),
             total_timeout_s=min(entry.total_timeout_s, time_left),
             max_output_tokens=candidate.model.max_output_tokens,
+            stream_idle_timeout_s=entry.stream_idle_timeout_s if request.stream else None,
         )
 
     def _time_left(self, request: RequestMeta) -> float:

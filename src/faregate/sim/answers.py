@@ -164,7 +164,7 @@ def scripted_reply(
     body: JSON, behaviour: Behaviour, fault: str | None, max_tokens: int | None, split: bool
 ) -> tuple[Reply, str | None]:
     """The reply to a chat body under `behaviour` and `fault`, and the tool it calls (if any)."""
-    tool = tool_to_call(body) if behaviour.tool_call and fault in (None, "truncate") else None
+    tool = tool_to_call(body) if behaviour.tool_call and fault in (None, "truncate", "stall") else None
     if fault == "empty_choices":
         return Reply("", 0, "stop", []), None
     if fault == "blank":

@@ -12,7 +12,7 @@ from aiohttp import web
 from faregate import tokens
 from faregate.sim import answers, faults, wire
 from faregate.sim.answers import Reply
-from faregate.sim.delivery import cut_body, error_response, paced, reset_connection, token_gap
+from faregate.sim.delivery import cut_body, error_response, paced, reset_connection, stalled, token_gap
 from faregate.sim.faults import JSON_TYPE
 from faregate.sim.script import Behaviour, ScriptedRequestError
 from faregate.types import JSON
@@ -87,7 +87,7 @@ class ChatEndpoint:
         max_tokens: int | None,
         n: int = 1,
     ) -> web.StreamResponse:
-        if fault == "hang":
+        if fault == "hang" or (fault == "stall" and not stream):
             # Nothing is sent while hanging; a client that gives up cancels this handler.
             await asyncio.sleep(behaviour.hang_s)
             fault = None
@@ -178,6 +178,9 @@ class ChatEndpoint:
             if include_usage:
                 trailer.append(chunks.usage(prompt_tokens, n * reply.tokens))
             trailer.append(wire.DONE)
+            if fault == "stall":
+                await stalled(response, frames, b"".join(trailer), behaviour)
+                return response
             await paced(response, frames, b"".join(trailer), token_gap(behaviour))
         except ConnectionError:
             pass  # the client went away mid-stream; nothing to tell it

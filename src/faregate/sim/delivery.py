@@ -39,6 +39,19 @@ async def paced(response: web.StreamResponse, frames: list[bytes], trailer: byte
         sent = upto
 
 
+async def stalled(
+    response: web.StreamResponse, frames: list[bytes], trailer: bytes, behaviour: Behaviour
+) -> None:
+    """The `stall` fault: the role frame and `after_tokens` content frames (None: half of them),
+    then nothing for `hang_s` (a client that gives up cancels this), then the rest."""
+    gap = token_gap(behaviour)
+    after = behaviour.after_tokens
+    kept = 1 + ((len(frames) - 1) // 2 if after is None else after)
+    await paced(response, frames[:kept], b"", gap)
+    await asyncio.sleep(behaviour.hang_s)
+    await paced(response, frames[kept:], trailer, gap)
+
+
 def token_gap(behaviour: Behaviour) -> float:
     rate = behaviour.tokens_per_s
     return 1.0 / rate if rate else 0.0

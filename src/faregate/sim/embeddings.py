@@ -90,7 +90,7 @@ class EmbeddingsEndpoint:
             self._sim.stats.rejected += 1
             return _error(400, str(exc), exc.param)
         self._sim.stats.count(parsed.model, fault, False, "embeddings")
-        if fault == "hang":
+        if fault in ("hang", "stall"):  # nothing is streamed: a stall is a hang
             await asyncio.sleep(behaviour.hang_s)
             fault = None
         if fault == "reset":

@@ -79,7 +79,7 @@ class MessagesEndpoint:
             return error(400, "invalid_request_error", str(exc))
         stream = chat.get("stream") is True
         self._sim.stats.count(model, fault, stream, "messages")
-        if fault == "hang":
+        if fault == "hang" or (fault == "stall" and not stream):
             await asyncio.sleep(behaviour.hang_s)
             fault = None
         if fault == "reset":
@@ -128,7 +128,7 @@ class MessagesEndpoint:
             await asyncio.sleep(behaviour.ttft_ms / 1000)
         # The finish and usage chunks, and the end, make the trailer; the rest is paced content.
         return await translated.send_stream(
-            request, groups, len(source) - 2, behaviour, fault == "truncate", paced
+            request, groups, len(source) - 2, behaviour, fault == "truncate", paced, stall=fault == "stall"
         )
 
 

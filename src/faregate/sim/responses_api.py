@@ -73,7 +73,7 @@ class ResponsesEndpoint:
             return error(400, str(exc), "invalid_request_error", param=exc.param)
         stream = chat.get("stream") is True
         self._sim.stats.count(model, fault, stream, "responses")
-        if fault == "hang":
+        if fault == "hang" or (fault == "stall" and not stream):
             await asyncio.sleep(behaviour.hang_s)
             fault = None
         if fault == "reset":
@@ -108,7 +108,7 @@ class ResponsesEndpoint:
         if behaviour.ttft_ms > 0:
             await asyncio.sleep(behaviour.ttft_ms / 1000)
         return await translated.send_stream(
-            request, groups, len(source) - 2, behaviour, fault == "truncate", paced
+            request, groups, len(source) - 2, behaviour, fault == "truncate", paced, stall=fault == "stall"
         )
 
 

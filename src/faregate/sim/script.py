@@ -14,9 +14,9 @@ keys and bad values fail at load with a one-line message naming the key, like fa
       answer: echo           # echo | inspect | {fixed: text} | {lorem: N} | {replay: {csv, column, ...}}
       tool_call: false       # true: requests with `tools` get a call to the first tool
       faults: {rate_limit: 0.05, server_error: 0.01}   # also unavailable, hang, reset,
-      retry_after_s: 1       #   empty_choices, blank, truncate; exclusive, sum <= 1
-      hang_s: 3600
-      after_tokens: null     # content tokens a truncated stream sends; null = half the answer
+      retry_after_s: 1       #   empty_choices, blank, truncate, stall; exclusive, sum <= 1
+      hang_s: 3600           # how long a hang or a stall lasts
+      after_tokens: null     # content tokens a truncated or stalled stream sends first; null = half
     models:
       gpt-4o:
         # A relative csv path is relative to this file.
@@ -44,7 +44,17 @@ from faregate.errors import ConfigError
 from faregate.sim import replay as replay_csv
 
 FaultName = Literal[
-    "rate_limit", "server_error", "unavailable", "hang", "reset", "empty_choices", "blank", "truncate"
+    "rate_limit",
+    "server_error",
+    "unavailable",
+    "hang",
+    "reset",
+    "empty_choices",
+    "blank",
+    "truncate",
+    # A stream that sends its head and `after_tokens` content tokens, then nothing for `hang_s`,
+    # then the rest; a whole answer (nothing streamed) hangs. Last: seeded draws stay as they were.
+    "stall",
 ]
 FAULTS: tuple[str, ...] = get_args(FaultName)
 # `none` forces a clean answer for one request even when the script draws faults.
@@ -71,6 +81,7 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, fro
     empty_choices: Rate = 0.0
     blank: Rate = 0.0
     truncate: Rate = 0.0
+    stall: Rate = 0.0
 
     def __post_init__(self) -> None:
         total = sum(self.rates())
@@ -115,7 +126,7 @@ class Behaviour(_Strict):
     faults: Faults = msgspec.field(default_factory=Faults)
     retry_after_s: NonNegative = 1.0
     hang_s: NonNegative = 3600.0
-    # Content tokens sent before a `truncate` cut; None: half the answer.
+    # Content tokens sent before a `truncate` cut or a `stall`; None: half the answer.
     after_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from faregate.sim import wire
+from faregate.sim import delivery, wire
 from faregate.sim.answers import Reply
 from faregate.sim.script import Behaviour
 from faregate.types import JSON, Usage
@@ -92,9 +92,12 @@ async def send_stream(
     behaviour: Behaviour,
     cut: bool,
     paced: Callable[[web.StreamResponse, list[bytes], bytes, float], Awaitable[None]],
+    *,
+    stall: bool = False,
 ) -> web.StreamResponse:
     """Send the groups: the first `content_groups` paced like tokens, the rest as the trailer.
-    `cut` (the truncate fault) sends part of the content, then ends the body."""
+    `cut` (the truncate fault) sends part of the content, then ends the body; `stall` sends part
+    of it, then nothing for a while, then the rest (delivery.stalled)."""
     response = web.StreamResponse(headers=wire.SSE_HEADERS)
     if cut:
         response.force_close()
@@ -106,6 +109,9 @@ async def send_stream(
             kept = (len(content) - 1) // 2 if behaviour.after_tokens is None else behaviour.after_tokens
             await paced(response, content[: 1 + kept], b"", gap)
             await response.write_eof()
+            return response
+        if stall:
+            await delivery.stalled(response, content, trailer, behaviour)
             return response
         await paced(response, content, trailer, gap)
     except ConnectionError:
