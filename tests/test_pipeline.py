@@ -43,6 +43,8 @@ MODELS = {
 ROUTES = {
     "pair": {"chain": ["cheap", "strong"]},
     "cascade": {"cascade": {"steps": ["cheap", "strong"], "judge": {"checks": ["empty", "final_number"]}}},
+    # Streams go to the strong model, whole answers to the cheap one.
+    "by-stream": {"rules": [{"when": {"stream": True}, "use": ["strong"]}], "chain": ["cheap"]},
 }
 ASK = {"messages": [{"role": "user", "content": "What is 6 times 7?"}]}
 
@@ -461,6 +463,34 @@ async def test_a_cache_hit_takes_a_request_from_the_rate_limit_and_nothing_else(
     harness.admission.refuse_hits = True
     status, headers, _ = await harness.post(ask)
     assert status == 429 and harness.records[-1].status == 429
+
+
+async def test_a_route_that_picks_by_stream_never_serves_one_mode_the_others_answer(
+    harness: Harness,
+) -> None:
+    """A rule on `stream` picks the model within the route: a stream asked after a whole answer is
+    the strong model's, not the cheap model's answer replayed from the cache (and back)."""
+    # The cascade buffers streams (its default): only the rule picks by stream.
+    assert harness.pipeline.planner.routes.stream_picked == {"by-stream"}
+    ask = {"model": "by-stream", "temperature": 0, **ASK}
+    status, headers, _ = await harness.post(ask)
+    assert status == 200 and headers["x-faregate-model"] == "cheap"
+    await harness.cached()
+    status, headers, _ = await harness.post({**ask, "stream": True})
+    assert status == 200 and headers["x-faregate-cache"] == "miss"
+    assert headers["x-faregate-model"] == "strong"
+    # Each mode still hits its own entry.
+    status, headers, _ = await harness.post(ask)
+    assert headers["x-faregate-cache"] == "hit" and headers["x-faregate-model"] == "cheap"
+    # A route that does not pick by stream still shares one entry between the two.
+    pair = {"model": "pair", "temperature": 0, **ASK}
+    await harness.post(pair)
+    for _ in range(500):
+        if harness.pipeline.cache is not None and harness.pipeline.cache.writes >= 3:
+            break
+        await asyncio.sleep(0.01)
+    status, headers, _ = await harness.post({**pair, "stream": True})
+    assert headers["x-faregate-cache"] == "hit" and headers["x-faregate-model"] == "cheap"
 
 
 # -- a cascade ------------------------------------------------------------------------------------

@@ -77,11 +77,16 @@ def unclassified_fields(body: dict[str, Any]) -> list[str]:
     return sorted(k for k in body if k not in KEY_FIELDS and k not in IGNORED_FIELDS)
 
 
-def routing_material(hints: Any, premium: bool) -> dict[str, str]:
+def routing_material(hints: Any, premium: bool, stream: bool | None = None) -> dict[str, str]:
     """What, besides the body's key fields and the route's name, decides which model answers:
     the routing hints (tier, task, max_cost_usd, from the body or the x-faregate-* headers,
-    normalised) and whether the key may use dedicated offers. `hints` is a routing.routes.Hints."""
+    normalised), whether the key may use dedicated offers, and whether the request streams when
+    its route picks the model by that (`stream` None when it does not, so that a stream and a
+    whole answer share one entry wherever they get the same model). `hints` is a
+    routing.routes.Hints."""
     material: dict[str, str] = {}
+    if stream is not None:
+        material["stream"] = "1" if stream else "0"
     if hints.tier is not None:
         material["tier"] = hints.tier
     if hints.task is not None:

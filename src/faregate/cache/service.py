@@ -122,8 +122,11 @@ class ResponseCache:
         for start in self.starters:
             start()
 
-    def decide(self, request: ChatRequest, headers: Any, resolve: Callable[[], str]) -> CacheDecision:
-        """`resolve` gives the route or canonical model name; only called for cacheable requests."""
+    def decide(
+        self, request: ChatRequest, headers: Any, resolve: Callable[[], str], by_stream: bool = False
+    ) -> CacheDecision:
+        """`resolve` gives the route or canonical model name; only called for cacheable requests.
+        `by_stream`: the route picks another model for a stream (Planner.picks_by_stream)."""
         if not self.settings.enabled:
             return CacheDecision("bypass", reason="cache disabled")
         hint = _cache_hint(request.hints)
@@ -137,7 +140,8 @@ class ResponseCache:
         if unknown:
             return CacheDecision("bypass", reason=f"unclassified fields {unknown}")
         resolved = resolve()
-        routing = routing_material(parse_hints(request.hints), request.premium)
+        stream = request.stream if by_stream else None
+        routing = routing_material(parse_hints(request.hints), request.premium, stream)
         ttl = self._ttl(request.hints, resolved, control, hint)
         scope = SHARED_NAMESPACE if hint.get("namespace") == SHARED_NAMESPACE else f"key:{request.key_id}"
         return CacheDecision(

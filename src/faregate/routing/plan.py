@@ -171,6 +171,12 @@ class Planner:
         resolved = [name if name in self.routes else self.resolve(name).name for name in names]
         return resolved[0] if len(resolved) == 1 else "list:" + ",".join(resolved)
 
+    def picks_by_stream(self, request: ChatRequest) -> bool:
+        """Whether the route the request names may answer a stream with another model than a whole
+        answer (RouteBook.stream_picked): then the cache keeps the two apart."""
+        names: list[str] = request.body.get("models") or [request.model]
+        return any(name in self.routes.stream_picked for name in names)
+
     def plan_now(self, request: ChatRequest) -> Plan | None:
         """`plan` of the usual request, without a wait and without the general machinery: one
         model named (no route, no `models` list, no hints), that fits by the prompt's upper bound

@@ -153,6 +153,21 @@ class RouteBook:
             router = self.policies.routers.get(name)
             if router is not None and (self._is_cascade(router.strong) or self._is_cascade(router.weak)):
                 raise ConfigError(f"routes.{name}.router: a cascade route cannot be a router's step")
+        # The routes whose model may differ for a stream (`picks_by_stream`), known once.
+        self.stream_picked = frozenset(name for name in routes if self._picks_by_stream(name))
+
+    def _picks_by_stream(self, name: str) -> bool:
+        """Whether route `name` may pick another model for a stream than for a whole answer: a
+        rule on `stream`, or a cascade that streams from one step instead of buffering, in it or in
+        any route it reaches (routes do not loop: check_routes)."""
+        route = self.routes[name]
+        if any(rule.when.stream is not None for rule in route.rules):
+            return True
+        if route.cascade is not None and route.cascade.streams != "buffer":
+            return True
+        names = [item.model for steps in self.all_steps(route) for item in chain_steps(steps)]
+        names += self.policies.steps(name)
+        return any(step in self.routes and self._picks_by_stream(step) for step in names)
 
     def _is_cascade(self, name: str | None) -> bool:
         return name is not None and name in self.routes and self.routes[name].cascade is not None

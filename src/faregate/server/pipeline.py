@@ -205,7 +205,10 @@ class ChatPipeline:
             return False
         request = exchange.request
         decision = self.cache.decide(
-            request, exchange.http.headers, lambda: self.planner.resolved_name(request)
+            request,
+            exchange.http.headers,
+            lambda: self.planner.resolved_name(request),
+            by_stream=self.planner.picks_by_stream(request),
         )
         exchange.decided(decision)
         return decision.status == "lookup" and decision.read
