@@ -169,3 +169,25 @@ def test_routing_hints_and_premium_are_in_the_exact_key() -> None:
     assert exact_key(body, "smart", "k", routing_material(Hints(max_cost_usd=Decimal("0.010")), False)) == (
         exact_key(body, "smart", "k", routing_material(Hints(max_cost_usd=Decimal("0.01")), False))
     )
+
+
+async def test_a_requests_max_age_bounds_the_age_of_the_answer_it_is_served() -> None:
+    """Cache-Control: max-age=N in a request (HTTP's meaning): no answer older than N seconds;
+    max-age=0 asks for a fresh one (a refresh, as no-cache). N is also the TTL of what is stored."""
+    import time
+
+    import orjson
+
+    c = cache()
+    plain = c.decide(request(BASE), {}, lambda: "m")
+    entry = {"body": {"choices": []}, "model": "m", "provider": "p", "usage": [1, 2]}
+    await c.store.set(plain.key, orjson.dumps({**entry, "stored_at": time.time() - 100}), 3600)
+    assert await c.lookup(plain, request(BASE)) is not None
+    fresh = c.decide(request(BASE), {"Cache-Control": "max-age=0"}, lambda: "m")
+    assert fresh.key == plain.key and not fresh.read and fresh.write
+    assert await c.lookup(fresh, request(BASE)) is None
+    recent = c.decide(request(BASE), {"Cache-Control": "max-age=30"}, lambda: "m")
+    assert recent.read and recent.ttl_s == 30
+    assert await c.lookup(recent, request(BASE)) is None  # stored 100 s ago
+    older = c.decide(request(BASE), {"Cache-Control": "max-age=300"}, lambda: "m")
+    assert await c.lookup(older, request(BASE)) is not None

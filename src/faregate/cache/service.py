@@ -47,6 +47,8 @@ class CacheDecision:
     read: bool = False
     write: bool = False
     ttl_s: float = 0.0
+    # The request's Cache-Control max-age: no entry stored longer ago than this is served.
+    max_age_s: float | None = None
     key: str = ""
     scope: str = ""
     resolved: str = ""
@@ -144,11 +146,13 @@ class ResponseCache:
         routing = routing_material(parse_hints(request.hints), request.premium, stream)
         ttl = self._ttl(request.hints, resolved, control, hint)
         scope = SHARED_NAMESPACE if hint.get("namespace") == SHARED_NAMESPACE else f"key:{request.key_id}"
+        max_age = _max_age(control)
         return CacheDecision(
             "lookup",
-            read="no-cache" not in control,
+            read=_reads(control, max_age),
             write=True,
             ttl_s=ttl,
+            max_age_s=max_age,
             key=exact_key(request.body, resolved, scope, routing),
             scope=scope,
             resolved=resolved,
@@ -168,11 +172,13 @@ class ResponseCache:
         if "no-store" in control or hint.get("enabled") is False:
             return CacheDecision("bypass", reason="no-store")
         scope = SHARED_NAMESPACE if hint.get("namespace") == SHARED_NAMESPACE else f"key:{key_id}"
+        max_age = _max_age(control)
         return CacheDecision(
             "lookup",
-            read="no-cache" not in control,
+            read=_reads(control, max_age),
             write=True,
             ttl_s=self._ttl(hints, resolved, control, hint),
+            max_age_s=max_age,
             key=embeddings_key(material, resolved, scope),
             scope=scope,
             resolved=resolved,
@@ -183,7 +189,7 @@ class ResponseCache:
         if decision.status != "lookup" or not decision.read:
             return None
         found = await self.store.get(decision.key)
-        return None if found is None else _answer("hit", found)
+        return None if found is None else _answer("hit", found, decision.max_age_s)
 
     def remember_exact(
         self, decision: CacheDecision, answer: JSON, model: str, provider: str, usage: Usage
@@ -220,8 +226,9 @@ class ResponseCache:
         if decision.status != "lookup" or not decision.read:
             return None
         found = await self.store.get(decision.key)
-        if found is not None:
-            return _answer("hit", found)
+        answer = None if found is None else _answer("hit", found, decision.max_age_s)
+        if answer is not None:
+            return answer
         if self.semantic is None:
             return None
         query = self._semantic_query(decision, request)
@@ -252,9 +259,9 @@ class ResponseCache:
         if hit is None:
             return None
         found = await self.store.get(hit.entry.payload)
-        if found is None:
-            return None  # the answer expired before its meaning did
-        answer = _answer("semantic-hit", found)
+        answer = None if found is None else _answer("semantic-hit", found, decision.max_age_s)
+        if answer is None:
+            return None  # the answer expired before its meaning did, or is older than asked
         answer.similarity = hit.similarity
         answer.key = hit.entry.payload
         return answer
@@ -343,7 +350,22 @@ class ResponseCache:
         await self.store.close()
 
 
-def _answer(kind: str, raw: bytes) -> CachedAnswer:
+def _max_age(control: str) -> float | None:
+    match = _MAX_AGE.search(control)
+    return float(match.group(1)) if match else None
+
+
+def _reads(control: str, max_age: float | None) -> bool:
+    """Whether a cached answer may be served: not with no-cache, nor with max-age=0 (HTTP's "no
+    stored answer older than 0 s", a refresh as no-cache is; it was served any entry and stored
+    its answer for the default TTL)."""
+    return "no-cache" not in control and max_age != 0
+
+
+def _answer(kind: str, raw: bytes, max_age_s: float | None = None) -> CachedAnswer | None:
+    """The stored answer; None when it was stored longer ago than the request's max-age."""
     data = orjson.loads(raw)
+    if max_age_s is not None and time.time() - float(data.get("stored_at", 0)) > max_age_s:
+        return None
     prompt, completion = data["usage"]
     return CachedAnswer(kind, data["body"], data["model"], data["provider"], Usage(prompt, completion))
