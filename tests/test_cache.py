@@ -191,3 +191,23 @@ async def test_a_requests_max_age_bounds_the_age_of_the_answer_it_is_served() ->
     assert await c.lookup(recent, request(BASE)) is None  # stored 100 s ago
     older = c.decide(request(BASE), {"Cache-Control": "max-age=300"}, lambda: "m")
     assert await c.lookup(older, request(BASE)) is not None
+
+
+def test_a_responses_request_is_keyed_by_what_changes_its_answer_only() -> None:
+    """The Responses wire carries the client's body (a key field, for a native pass-through): its
+    transport and bookkeeping fields change the key no more than the chat wire's do, so a stream
+    is served the whole answer kept before it (and the other way round)."""
+    from faregate.server.client_wires import RESPONSES
+
+    c = cache()
+    body = {"model": "m", "input": "hi", "temperature": 0}
+
+    def key(extra: dict[str, Any]) -> str:
+        return c.decide(request(RESPONSES.to_chat({**body, **extra})), {}, lambda: "m").key
+
+    plain = key({})
+    assert key({"stream": True, "stream_options": {"include_obfuscation": False}}) == plain
+    assert key({"user": "u", "metadata": {"a": "b"}, "store": False, "prompt_cache_key": "p"}) == plain
+    assert key({"faregate": {"cache": {"ttl_s": 60}}}) == plain
+    assert key({"include": ["message.output_text.logprobs"]}) != plain
+    assert key({"truncation": "auto"}) != plain

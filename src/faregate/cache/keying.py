@@ -102,6 +102,12 @@ def exact_key(body: dict[str, Any], resolved: str, scope: str, routing: dict[str
     """SHA-256 over the normalised key fields (sorted keys, canonical JSON), the resolved route or
     model, and the routing inputs that pick the model within it (`routing_material`)."""
     material = {k: body[k] for k in sorted(body) if k in KEY_FIELDS}
+    native = material.get("responses_request")
+    if isinstance(native, dict):
+        # The Responses body rides along whole, for a pass-through; its fields that do not change
+        # the answer are left out as the chat body's are (`stream` above all: else a stream was
+        # never served the whole answer kept before it, nor the other way round).
+        material["responses_request"] = {k: v for k, v in native.items() if k not in IGNORED_FIELDS}
     # The simulator's behaviour changes its answer, so it is part of the key when present.
     if "sim" in body:
         material["sim"] = body["sim"]
