@@ -211,3 +211,24 @@ def test_a_responses_request_is_keyed_by_what_changes_its_answer_only() -> None:
     assert key({"faregate": {"cache": {"ttl_s": 60}}}) == plain
     assert key({"include": ["message.output_text.logprobs"]}) != plain
     assert key({"truncation": "auto"}) != plain
+
+
+def test_a_responses_question_reworded_is_looked_up_in_the_same_semantic_scope() -> None:
+    """The semantic cache compares the conversation by meaning and everything else exactly: the
+    Responses body carried for a pass-through holds the conversation too (`input`, `instructions`),
+    which must not make every wording a scope of its own (no paraphrase could ever hit)."""
+    from faregate.server.client_wires import RESPONSES
+
+    c = cache()
+
+    def scope(body: dict[str, Any]) -> Any:
+        asked = request(RESPONSES.to_chat({"model": "m", "temperature": 0, **body}))
+        query = c._semantic_query(c.decide(asked, {}, lambda: "m"), asked)
+        assert query is not None
+        return query[0]
+
+    asked = scope({"input": "What is the capital of France?", "instructions": "Be brief."})
+    assert scope({"input": "what's france's capital", "instructions": "Be brief."}) == asked
+    assert scope({"input": "What is the capital of France?", "instructions": "Be long."}) != asked
+    question = {"input": "What is the capital of France?", "instructions": "Be brief."}
+    assert scope({**question, "top_p": 0.5}) != asked

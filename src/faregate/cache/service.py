@@ -37,6 +37,8 @@ log = logging.getLogger("faregate.cache")
 
 SHARED_NAMESPACE = "shared"
 _MAX_AGE = re.compile(r"max-age\s*=\s*(\d+)")
+# A Responses body's conversation, which the chat body's messages hold (system included).
+_CONVERSATION = frozenset({"input", "instructions"})
 
 
 @dataclass(slots=True)
@@ -277,6 +279,11 @@ class ResponseCache:
         # Everything but the conversation must match exactly: model/route, tenant, system, tools,
         # and the other key fields (temperature, max_tokens, response_format...).
         rest = {k: v for k, v in request.body.items() if k != "messages"}
+        native = rest.get("responses_request")
+        if isinstance(native, dict):
+            # A Responses body carried for a pass-through holds the conversation too: compared by
+            # meaning (its messages), else every wording was a scope of its own and never hit.
+            rest["responses_request"] = {k: v for k, v in native.items() if k not in _CONVERSATION}
         route = decision.resolved + "|" + exact_key(rest, decision.resolved, decision.scope, decision.routing)
         return scope_for(decision.scope, route, messages, request.body.get("tools")), text, turns
 
