@@ -493,6 +493,37 @@ async def test_a_route_that_picks_by_stream_never_serves_one_mode_the_others_ans
     assert headers["x-faregate-cache"] == "hit" and headers["x-faregate-model"] == "cheap"
 
 
+async def test_a_kept_answer_replayed_as_a_stream_carries_all_it_said(harness: Harness) -> None:
+    """A whole answer kept by the cache and asked again as a stream (stream is not in the key) is
+    replayed as chunks: a legacy function call, an audio answer and the logprobs asked for must be
+    in them (they were dropped: a stream of a role and a finish, an empty answer)."""
+    said = {
+        "role": "assistant",
+        "content": None,
+        "function_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        "audio": {"id": "audio_1", "data": "UklGRg==", "transcript": "Sunny.", "expires_at": 9},
+    }
+    logprobs = {"content": [{"token": "x", "logprob": -0.1, "bytes": [120], "top_logprobs": []}]}
+    kept = answer()
+    kept.body["choices"] = [
+        {"index": 0, "message": said, "logprobs": logprobs, "finish_reason": "function_call"}
+    ]
+    harness.a.outcomes = [kept]
+    functions = [{"name": "get_weather", "parameters": {"type": "object"}}]
+    ask = {"model": "cheap", "temperature": 0, "functions": functions, "logprobs": True, **ASK}
+    status, headers, _ = await harness.post(ask)
+    assert status == 200 and headers["x-faregate-cache"] == "miss"
+    await harness.cached()
+    status, headers, raw = await harness.post({**ask, "stream": True})
+    assert status == 200 and headers["x-faregate-cache"] == "hit"
+    choices = [f["choices"][0] for f in sse_chunks(raw)[:-1]]
+    deltas = [c["delta"] for c in choices]
+    assert [d["function_call"] for d in deltas if "function_call" in d] == [said["function_call"]]
+    assert [d["audio"] for d in deltas if "audio" in d] == [said["audio"]]
+    assert [c["logprobs"] for c in choices if c["logprobs"]] == [logprobs]
+    assert choices[-1]["finish_reason"] == "function_call"
+
+
 # -- a cascade ------------------------------------------------------------------------------------
 
 

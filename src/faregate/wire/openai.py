@@ -457,9 +457,9 @@ def free_answer(body: JSON, usage: Usage) -> JSON:
 
 def answer_as_chunks(body: JSON, include_usage: bool) -> list[JSON]:
     """A whole, priced chat.completion replayed as the chunks of a stream: per choice a role
-    chunk, its content, refusal and tool calls, its finish; then, when the client asked for usage, the
-    usage-only chunk with the body's usage, and `"usage": null` on every other chunk as OpenAI
-    sends it."""
+    chunk, its content, refusal, tool calls, legacy function call and audio with its logprobs,
+    its finish; then, when the client asked for usage, the usage-only chunk with the body's usage,
+    and `"usage": null` on every other chunk as OpenAI sends it."""
     base = {
         "id": body.get("id", "chatcmpl-cached"),
         "object": "chat.completion.chunk",
@@ -467,10 +467,10 @@ def answer_as_chunks(body: JSON, include_usage: bool) -> list[JSON]:
         "model": body.get("model"),
     }
 
-    def frame(index: int, delta: JSON, finish: str | None = None) -> JSON:
+    def frame(index: int, delta: JSON, finish: str | None = None, logprobs: Any = None) -> JSON:
         return {
             **base,
-            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
         }
 
     frames: list[JSON] = []
@@ -485,8 +485,14 @@ def answer_as_chunks(body: JSON, include_usage: bool) -> list[JSON]:
             delta["refusal"] = message["refusal"]
         if message.get("tool_calls"):
             delta["tool_calls"] = [{**call, "index": i} for i, call in enumerate(message["tool_calls"])]
-        if delta:
-            frames.append(frame(index, delta))
+        # A kept answer may be no text at all (a legacy function call, an audio answer): without
+        # these the stream said nothing.
+        for field in ("function_call", "audio"):
+            if message.get(field):
+                delta[field] = message[field]
+        logprobs = choice.get("logprobs")
+        if delta or logprobs:
+            frames.append(frame(index, delta, logprobs=logprobs))
         frames.append(frame(index, {}, choice.get("finish_reason") or "stop"))
     if include_usage:
         for each in frames:
