@@ -253,6 +253,18 @@ async def test_top_k_and_cache_marks_reach_only_a_provider_that_carries_them(har
     assert harness.a.calls[-1].body["top_k"] == 3
 
 
+async def test_a_chat_client_cannot_send_the_responses_wires_own_body(harness: Harness) -> None:
+    """`responses_request` is the Responses wire's extra (the client's body for a provider that
+    speaks that API): sent by a chat client it reached such a provider, which posted it as the
+    request instead of the chat body the hold was reserved for (any max_output_tokens, tools...)."""
+    harness.a.carries = frozenset({"responses_request"})  # as the OpenAI Responses provider
+    native = {"model": "cheap", "input": "Write a novel.", "max_output_tokens": 100_000}
+    asked = {"model": "cheap", "max_tokens": 1, "responses_request": native, **ASK}
+    status, _, raw = await harness.post(asked)
+    assert status == 400 and "responses_request" in orjson.loads(raw)["error"]["message"]
+    assert harness.a.calls == [] and harness.records[-1].status == 400
+
+
 async def test_a_messages_stream_with_its_cost_and_a_fallback_before_content(harness: Harness) -> None:
     harness.a.outcomes = [[UpstreamFailure("rate_limited", "HTTP 429")]]
     status, headers, raw = await harness.post(

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import orjson
 
-from faregate.errors import FaregateError, UpstreamFailure
+from faregate.errors import FaregateError, InvalidRequest, UpstreamFailure
 from faregate.types import JSON
 from faregate.wire import (
     anthropic,
@@ -81,6 +81,15 @@ class ChatWire:
     extras: frozenset[str] = frozenset()
 
     def to_chat(self, body: JSON) -> JSON:
+        # The other wires' extras are theirs to put in: from a chat client, the Responses body would
+        # reach a provider that speaks that API and be posted instead of the chat body the hold and
+        # the cache key were made from.
+        if responses_native.NATIVE_REQUEST in body:
+            raise InvalidRequest(
+                f"Unrecognized request argument supplied: {responses_native.NATIVE_REQUEST} (the gateway's "
+                "own field; send a Responses request to /v1/responses).",
+                param=responses_native.NATIVE_REQUEST,
+            )
         return body
 
     def answer(self, body: JSON, asked: JSON) -> bytes:
