@@ -232,3 +232,13 @@ def test_a_responses_question_reworded_is_looked_up_in_the_same_semantic_scope()
     assert scope({"input": "What is the capital of France?", "instructions": "Be long."}) != asked
     question = {"input": "What is the capital of France?", "instructions": "Be brief."}
     assert scope({**question, "top_p": 0.5}) != asked
+
+
+def test_a_number_written_with_or_without_a_fraction_is_one_key() -> None:
+    """JSON has one number type: `temperature: 0` and `temperature: 0.0` (a Python float as any
+    SDK writes it) ask the same thing, as do 1 and 1.0."""
+    assert exact_key({**BASE, "temperature": 0.0}, "m", "s") == exact_key(BASE, "m", "s")
+    assert exact_key({**BASE, "top_p": 1.0, "max_tokens": 5}, "m", "s") == exact_key(
+        {**BASE, "top_p": 1, "max_tokens": 5.0}, "m", "s"
+    )
+    assert exact_key({**BASE, "top_p": 0.5}, "m", "s") != exact_key({**BASE, "top_p": 1}, "m", "s")

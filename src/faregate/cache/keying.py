@@ -101,7 +101,7 @@ def routing_material(hints: Any, premium: bool, stream: bool | None = None) -> d
 def exact_key(body: dict[str, Any], resolved: str, scope: str, routing: dict[str, str] | None = None) -> str:
     """SHA-256 over the normalised key fields (sorted keys, canonical JSON), the resolved route or
     model, and the routing inputs that pick the model within it (`routing_material`)."""
-    material = {k: body[k] for k in sorted(body) if k in KEY_FIELDS}
+    material = {k: _number(body[k]) for k in sorted(body) if k in KEY_FIELDS}
     native = material.get("responses_request")
     if isinstance(native, dict):
         # The Responses body rides along whole, for a pass-through; its fields that do not change
@@ -117,6 +117,14 @@ def exact_key(body: dict[str, Any], resolved: str, scope: str, routing: dict[str
         parts.append(routing)
     payload = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(payload).hexdigest()
+
+
+def _number(value: Any) -> Any:
+    """A top-level number as one spelling: JSON has one number type, and `0.0` (a Python float, a
+    config's value) asks what `0` does; orjson writes them apart."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
 
 
 def is_deterministic(body: dict[str, Any]) -> bool:
