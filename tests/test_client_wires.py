@@ -265,6 +265,26 @@ async def test_a_chat_client_cannot_send_the_responses_wires_own_body(harness: H
     assert harness.a.calls == [] and harness.records[-1].status == 400
 
 
+async def test_a_kept_answer_stopped_at_a_stop_sequence_says_so_when_replayed_as_a_stream(
+    harness: Harness,
+) -> None:
+    """The upstream names the stop string it matched (the choice's `stop_reason`, as vLLM and our
+    Anthropic provider do); a Messages client is told `stop_sequence` and which one. Served again
+    from the cache as a stream, the replay dropped it: `end_turn`, no sequence."""
+    stopped = answer("6 times 7 is 42")
+    stopped.body["choices"][0]["stop_reason"] = "END"
+    harness.a.outcomes = [stopped]
+    ask = {"model": "cheap", "temperature": 0, "stop_sequences": ["END"], **MESSAGE}
+    status, headers, raw = await harness.post(ask, path="/v1/messages")
+    said = orjson.loads(raw)
+    assert status == 200 and (said["stop_reason"], said["stop_sequence"]) == ("stop_sequence", "END")
+    await harness.cached()
+    status, headers, raw = await harness.post({**ask, "stream": True}, path="/v1/messages")
+    assert status == 200 and headers["x-faregate-cache"] == "hit"
+    (delta,) = [e["delta"] for e in events(raw) if e["type"] == "message_delta"]
+    assert (delta["stop_reason"], delta["stop_sequence"]) == ("stop_sequence", "END")
+
+
 async def test_a_messages_stream_with_its_cost_and_a_fallback_before_content(harness: Harness) -> None:
     harness.a.outcomes = [[UpstreamFailure("rate_limited", "HTTP 429")]]
     status, headers, raw = await harness.post(

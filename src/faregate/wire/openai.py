@@ -493,7 +493,11 @@ def answer_as_chunks(body: JSON, include_usage: bool) -> list[JSON]:
         logprobs = choice.get("logprobs")
         if delta or logprobs:
             frames.append(frame(index, delta, logprobs=logprobs))
-        frames.append(frame(index, {}, choice.get("finish_reason") or "stop"))
+        finish = frame(index, {}, choice.get("finish_reason") or "stop")
+        if choice.get("stop_reason") is not None:
+            # The stop string the upstream matched (vLLM's field): what a Messages client is told.
+            finish["choices"][0]["stop_reason"] = choice["stop_reason"]
+        frames.append(finish)
     if include_usage:
         for each in frames:
             each["usage"] = None
