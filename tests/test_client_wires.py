@@ -285,6 +285,24 @@ async def test_a_kept_answer_stopped_at_a_stop_sequence_says_so_when_replayed_as
     assert (delta["stop_reason"], delta["stop_sequence"]) == ("stop_sequence", "END")
 
 
+async def test_a_kept_stream_stopped_at_a_stop_sequence_says_so_when_served_whole(
+    harness: Harness,
+) -> None:
+    """The other way: a stream that stopped at a stop string is kept by the cache; a whole answer
+    served from it was `end_turn` with no sequence."""
+    finish = {**WHOLE_STREAM[3], "choices": [{**WHOLE_STREAM[3]["choices"][0], "stop_reason": "END"}]}
+    harness.a.outcomes = [[*WHOLE_STREAM[:3], finish, WHOLE_STREAM[4]]]
+    ask = {"model": "cheap", "temperature": 0, "stop_sequences": ["END"], **MESSAGE}
+    status, _, raw = await harness.post({**ask, "stream": True}, path="/v1/messages")
+    (delta,) = [e["delta"] for e in events(raw) if e["type"] == "message_delta"]
+    assert status == 200 and (delta["stop_reason"], delta["stop_sequence"]) == ("stop_sequence", "END")
+    await harness.cached()
+    status, headers, raw = await harness.post(ask, path="/v1/messages")
+    said = orjson.loads(raw)
+    assert status == 200 and headers["x-faregate-cache"] == "hit"
+    assert (said["stop_reason"], said["stop_sequence"]) == ("stop_sequence", "END")
+
+
 async def test_a_messages_stream_with_its_cost_and_a_fallback_before_content(harness: Harness) -> None:
     harness.a.outcomes = [[UpstreamFailure("rate_limited", "HTTP 429")]]
     status, headers, raw = await harness.post(

@@ -284,6 +284,7 @@ class StreamedAnswer:
         "first",
         "plain_text",
         "reasoning",
+        "stop_string",
         "text",
         "tool_calls",
         "usage",
@@ -298,6 +299,8 @@ class StreamedAnswer:
         self.tool_calls = False
         self.plain_text = True
         self.finish_reason: str | None = None
+        # The stop string the upstream said it matched (the finishing choice's `stop_reason`).
+        self.stop_string: Any = None
         self.usage: Usage | None = None
         self.usage_chunk: JSON | None = None
 
@@ -332,6 +335,7 @@ class StreamedAnswer:
                 found = choice.get("finish_reason")
                 if found:
                     reason = str(found)
+                    self.stop_string = choice.get("stop_reason")
         if reason:
             self.finish_reason = reason
         return True
@@ -354,6 +358,8 @@ class StreamedAnswer:
                     "message": {"role": "assistant", "content": "".join(self.text), "refusal": None},
                     "logprobs": None,
                     "finish_reason": self.finish_reason,
+                    # Kept for a Messages client, told `stop_sequence` and which one.
+                    **({"stop_reason": self.stop_string} if self.stop_string is not None else {}),
                 }
             ],
             "usage": {
