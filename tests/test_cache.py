@@ -44,7 +44,7 @@ def test_every_sdk_field_is_classified() -> None:
         ("seed", 7),
         ("max_tokens", 5),
         ("stop", ["\n"]),
-        ("n", 1),
+        ("n", 2),
         ("logit_bias", {"1": 5}),
     ],
 )
@@ -242,3 +242,11 @@ def test_a_number_written_with_or_without_a_fraction_is_one_key() -> None:
         {**BASE, "top_p": 1, "max_tokens": 5.0}, "m", "s"
     )
     assert exact_key({**BASE, "top_p": 0.5}, "m", "s") != exact_key({**BASE, "top_p": 1}, "m", "s")
+
+
+def test_a_field_at_the_value_every_server_defaults_it_to_is_one_key_with_it_left_out() -> None:
+    """`n: 1` and `logprobs: false` ask what leaving them out asks (OpenAI's and every compatible
+    server's default; unlike top_p or the penalties, whose defaults some servers set otherwise)."""
+    assert exact_key({**BASE, "n": 1, "logprobs": False}, "m", "s") == exact_key(BASE, "m", "s")
+    assert exact_key({**BASE, "n": 1.0}, "m", "s") == exact_key(BASE, "m", "s")
+    assert exact_key({**BASE, "logprobs": True}, "m", "s") != exact_key(BASE, "m", "s")

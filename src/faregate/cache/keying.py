@@ -73,6 +73,11 @@ IGNORED_FIELDS = frozenset(
 )
 
 
+# Key fields at the value every OpenAI-compatible server defaults them to: keyed as if left out.
+# Not top_p, temperature or the penalties, whose defaults some servers set otherwise.
+UNIVERSAL_DEFAULTS: dict[str, Any] = {"n": 1, "logprobs": False}
+
+
 def unclassified_fields(body: dict[str, Any]) -> list[str]:
     return sorted(k for k in body if k not in KEY_FIELDS and k not in IGNORED_FIELDS)
 
@@ -102,6 +107,9 @@ def exact_key(body: dict[str, Any], resolved: str, scope: str, routing: dict[str
     """SHA-256 over the normalised key fields (sorted keys, canonical JSON), the resolved route or
     model, and the routing inputs that pick the model within it (`routing_material`)."""
     material = {k: _number(body[k]) for k in sorted(body) if k in KEY_FIELDS}
+    for field, default in UNIVERSAL_DEFAULTS.items():
+        if field in material and material[field] == default and type(material[field]) is type(default):
+            del material[field]  # asks what leaving it out asks
     native = material.get("responses_request")
     if isinstance(native, dict):
         # The Responses body rides along whole, for a pass-through; its fields that do not change
