@@ -1,5 +1,3 @@
-from decimal import Decimal
-
 import pytest
 
 from faregate.catalog import build_catalog
@@ -100,27 +98,23 @@ async def test_model_without_enabled_provider_is_503_naming_providers(
 
 
 @pytest.mark.parametrize(
-    ("body", "cap"),
+    "body",
     [
-        ({"model": "deepseek-v4-flash"}, None),
-        ({"model": "deepseek-v4-flash", "messages": IMAGE}, None),  # modality: refused at once
-        ({"model": "deepseek-v4-flash", "max_tokens": 10**9}, None),
-        ({"model": "deepseek-v4-flash", "messages": [{"role": "user", "content": "x" * 600_000}]}, None),
-        ({"model": "deepseek-v4-flash"}, "0.000001"),
-        ({"model": "glm-4.5v", "messages": IMAGE}, None),
+        {"model": "deepseek-v4-flash"},
+        {"model": "deepseek-v4-flash", "messages": IMAGE},  # modality: refused at once
+        {"model": "deepseek-v4-flash", "max_tokens": 10**9},
+        {"model": "deepseek-v4-flash", "messages": [{"role": "user", "content": "x" * 600_000}]},
+        {"model": "glm-4.5v", "messages": IMAGE},
     ],
 )
-async def test_fits_now_says_what_fits_says_or_defers_to_it(
-    planner: Planner, body: dict, cap: str | None
-) -> None:
+async def test_fits_now_says_what_fits_says_or_defers_to_it(planner: Planner, body: dict) -> None:
     """The plan's no-wait check (`fits_now`) never disagrees with `fits`, and when it defers
     (None) it has recorded no reason: `fits` records it once."""
     chat = request(body)
     model = planner.resolve(chat.model)
-    limit = None if cap is None else Decimal(cap)
     now, later = Rejections(), Rejections()
-    quick = fits_now(model, chat, PromptSize.of(chat.body), limit, now)
-    full = await fits(model, chat, PromptSize.of(chat.body), limit, later)
+    quick = fits_now(model, chat, PromptSize.of(chat.body), now)
+    full = await fits(model, chat, PromptSize.of(chat.body), later)
     if quick is None:
         assert now == Rejections()
     else:

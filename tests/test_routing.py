@@ -149,6 +149,28 @@ async def test_max_cost_skips_expensive_candidates(planner: Planner) -> None:
         )
 
 
+async def test_max_cost_is_checked_offer_by_offer() -> None:
+    """The cap holds for every offer tried, at that offer's own price: a dearer provider of a model
+    whose cheapest offer fits is left out (a fallback to it could cost more than the cap), and a
+    dedicated offer a non-premium key cannot use does not let its model in."""
+    models = {
+        **MODELS,
+        "pro": model(
+            "2", offers=[{"provider": "a", "input": 1, "output": 1, "dedicated": True}, {"provider": "b"}]
+        ),
+    }
+    s = settings(models=models)
+    planner = Planner(build_catalog(s), s.routes, s.routing)
+    # 7 prompt tokens + 1,000 output: $0.001007 at 1 per 1M, $0.002014 at 2.
+    body = {"model": "mid", "max_tokens": 1000, "faregate": {"max_cost_usd": "0.0015"}}
+    assert await names(planner, body) == ["b/mid"]
+    with pytest.raises(InvalidRequest, match="max_cost_usd") as info:
+        await planner.plan(request({**body, "model": "pro"}))
+    assert "pro (worst case $0.002014)" in info.value.message
+    premium = replace(request({**body, "model": "pro"}), premium=True)
+    assert [c.offer.provider for c in (await planner.plan(premium)).candidates] == ["a"]
+
+
 @pytest.mark.parametrize(
     "hints", [{"tier": "gold"}, {"task": "dance"}, {"max_cost_usd": -1}, {"max_cost_usd": "lots"}]
 )

@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from faregate.catalog.models import Model
+from faregate.catalog.models import Model, Offer
 from faregate.errors import FaregateError, InvalidRequest
 from faregate.routing.estimate import PromptSize
-from faregate.types import MILLION, ChatRequest
+from faregate.types import MILLION, ChatRequest, Price
 
 
 class ModelUnavailable(FaregateError):
@@ -48,55 +48,59 @@ def _room(model: Model, request: ChatRequest, rejected: Rejections) -> tuple[int
     return room, out
 
 
-def fits_now(
-    model: Model,
-    request: ChatRequest,
-    prompt: PromptSize,
-    cap: Decimal | None,
-    rejected: Rejections,
-) -> bool | None:
+def fits_now(model: Model, request: ChatRequest, prompt: PromptSize, rejected: Rejections) -> bool | None:
     """`fits` when the prompt's upper bound settles it, without an exact count to wait for (the
     usual request); None: ask `fits` (nothing was added to `rejected`)."""
     fit = _room(model, request, rejected)
     if fit is None:
         return False
-    if prompt.upper_bound > fit[0] or cap is not None:
+    if prompt.upper_bound > fit[0]:
         return None  # may take the exact count
     return True
 
 
-async def fits(
-    model: Model,
-    request: ChatRequest,
-    prompt: PromptSize,
-    cap: Decimal | None,
-    rejected: Rejections,
-) -> bool:
-    """Can `model` serve the request? If not, the reason goes into `rejected`."""
+async def fits(model: Model, request: ChatRequest, prompt: PromptSize, rejected: Rejections) -> bool:
+    """Can `model` serve the request (its modalities, its context window)? If not, the reason goes
+    into `rejected`. The cost cap is an offer's matter: `within_cap`."""
     fit = _room(model, request, rejected)
     if fit is None:
         return False
-    room, out = fit
-    if not await prompt.at_most(room):
+    if not await prompt.at_most(fit[0]):
         rejected.context.append(f"{model.name} ({model.context_window:,} tokens)")
         return False
-    if cap is not None:
-        worst_out = out or model.max_output_tokens or max(model.context_window - prompt.upper_bound, 0)
-        cheapest = min(
-            (o.price for o in model.available_offers()),
-            key=lambda p: p.input + p.output,
-            default=model.list_price,
-        )
-
-        def worst(tokens_in: int) -> Decimal:
-            # `n` choices: each is a whole call's worth (routing.worst_case says why).
-            one = Decimal(tokens_in) * cheapest.input + Decimal(worst_out) * cheapest.output
-            return request.choices * one / MILLION
-
-        if worst(prompt.upper_bound) > cap and worst(await prompt.exact()) > cap:
-            rejected.cost.append(f"{model.name} (worst case ${worst(await prompt.exact()):f})")
-            return False
     return True
+
+
+async def within_cap(
+    model: Model,
+    offers: list[Offer],
+    request: ChatRequest,
+    prompt: PromptSize,
+    cap: Decimal,
+    rejected: Rejections,
+) -> list[Offer]:
+    """The offers (in their order) whose worst case, the prompt plus the output allowance at the
+    offer's own price, is within the cap. Each offer is checked, not the model's cheapest: a
+    fallback to a dearer seller, or the only seller a non-premium key may use beside a cheaper
+    dedicated one, could otherwise cost more than the client allowed."""
+    out = request.max_tokens
+    if out is not None and model.max_output_tokens:
+        out = min(out, model.max_output_tokens)
+    worst_out = out or model.max_output_tokens or max(model.context_window - prompt.upper_bound, 0)
+
+    def worst(price: Price, tokens_in: int) -> Decimal:
+        # `n` choices: each is a whole call's worth (routing.worst_case says why).
+        one = Decimal(tokens_in) * price.input + Decimal(worst_out) * price.output
+        return request.choices * one / MILLION
+
+    kept = [o for o in offers if worst(o.price, prompt.upper_bound) <= cap]
+    if len(kept) == len(offers):
+        return kept
+    exact = await prompt.exact()
+    kept = [o for o in offers if worst(o.price, exact) <= cap]
+    if not kept:
+        rejected.cost.append(f"{model.name} (worst case ${min(worst(o.price, exact) for o in offers):f})")
+    return kept
 
 
 async def refuse(rejected: Rejections, prompt: PromptSize) -> None:

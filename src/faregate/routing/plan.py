@@ -19,7 +19,7 @@ from faregate.catalog.models import Catalog, Model, Offer
 from faregate.config import RoutingSettings
 from faregate.errors import InvalidRequest, ModelNotFound
 from faregate.route_config import ChainItem, RouteSettings, chain_steps
-from faregate.routing.candidate_fit import ModelUnavailable, Rejections, fits, fits_now, refuse
+from faregate.routing.candidate_fit import ModelUnavailable, Rejections, fits, fits_now, refuse, within_cap
 from faregate.routing.estimate import PromptSize
 from faregate.routing.health import HealthBoard
 from faregate.routing.routes import Hints, RouteBook, RouteTrace, Step, parse_hints
@@ -190,7 +190,7 @@ class Planner:
         model = self.chat_model(name)  # the same 404 or 400 as `plan`
         prompt = PromptSize.of(request.body)
         rejected = Rejections()  # thrown away: `plan` records the reasons again when it refuses
-        if not fits_now(model, request, prompt, None, rejected):
+        if not fits_now(model, request, prompt, rejected):
             return None
         offers = self._order_offers(model, rejected, False, None, request.premium, request.key_id)
         if not offers:
@@ -309,14 +309,16 @@ class Planner:
                 continue
             seen.add(model.name)
             retries = step.retries if step.retries is not None else self.routing.retries
-            fit = fits_now(model, request, prompt, cap, rejected)
+            fit = fits_now(model, request, prompt, rejected)
             if fit is None:
-                fit = await fits(model, request, prompt, cap, rejected)
+                fit = await fits(model, request, prompt, rejected)
             if not fit:
                 continue
             offers = self._order_offers(
                 model, rejected, by_latency, p99_limit, request.premium, request.key_id
             )
+            if cap is not None and offers:
+                offers = await within_cap(model, offers, request, prompt, cap, rejected)
             candidates.extend(Candidate(model, offer, retries) for offer in offers)
         return candidates
 
