@@ -54,6 +54,9 @@ class NoPolicies:
 
 
 TIERS = ("economy", "standard", "premium")
+# The largest `max_cost_usd` taken, far above what any one request can cost: a larger one (e.g.
+# 1e9999999) is past what Decimal's arithmetic holds, and normalising it for the cache key overflowed.
+MAX_COST_CAP_USD = Decimal(10**9)
 TASKS = ("chat", "code", "classify", "summarize", "translate", "reasoning", "vision")
 
 
@@ -104,9 +107,10 @@ def parse_hints(raw: dict[str, Any]) -> Hints:
             value = Decimal(str(cap))
         except InvalidOperation:
             value = Decimal(-1)
-        if isinstance(cap, bool) or not value.is_finite() or value <= 0:
+        if isinstance(cap, bool) or not value.is_finite() or value <= 0 or value > MAX_COST_CAP_USD:
             raise InvalidRequest(
-                f"'faregate.max_cost_usd' must be a positive number, got {cap!r}.",
+                f"'faregate.max_cost_usd' must be a positive number of USD up to {MAX_COST_CAP_USD}, "
+                f"got {cap!r}.",
                 param="faregate.max_cost_usd",
             )
         hints.max_cost_usd = value

@@ -103,7 +103,7 @@ def _schemas(limits: LimitsSettings) -> dict[str, Any]:
         "properties": {
             "tier": {"enum": list(TIERS)},
             "task": {"enum": list(TASKS)},
-            "max_cost_usd": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+            "max_cost_usd": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 10**9},
             "cache": cache_hint,
         },
     }
