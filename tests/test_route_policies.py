@@ -191,6 +191,24 @@ async def test_the_reservation_covers_every_step_and_the_judge() -> None:
     assert tokens == 2 * (prompt + 100) + prompt + 100 + JUDGE_PROMPT_TOKENS + 200
 
 
+async def test_the_judges_hold_covers_its_dearest_input_and_output_over_its_offers() -> None:
+    """The LLM judge is planned like any request, so any of its model's offers may grade: the hold
+    takes the highest input and the highest output price across them, not one offer's pair."""
+    graders = [{"provider": "a", "input": 10, "output": 1}, {"provider": "b", "input": 1, "output": 2}]
+    s = parse_settings(
+        {
+            "providers": PROVIDERS,
+            "models": {**MODELS, "grader": model("1", offers=graders)},
+            "routes": routes(),
+            "catalog": {"broad": False},
+        }
+    )
+    planner = Planner(build_catalog(s), s.routes, s.routing)
+    plan = await planner.plan(request({"model": "graded", "max_tokens": 100}))
+    assert plan.judge_price == Price(Decimal(10), Decimal(2))
+    assert planner.dearest_price("grader") == Price(Decimal(10), Decimal(2))
+
+
 # -- judged steps ------------------------------------------------------------------------------------------
 
 

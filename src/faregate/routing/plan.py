@@ -270,12 +270,14 @@ class Planner:
         """The highest price any model a name can reach (a model, or a route's every step) charges."""
         if name not in self.routes:
             model = self.resolve(name)
-            prices = [o.price for o in model.offers] or [model.list_price]
-            return max(prices, key=lambda p: (p.output, p.input))
-        route = self.routes.get(name)
-        names = [i.model for steps in RouteBook.all_steps(route) for i in chain_steps(steps)]
-        names += self.routes.policies.steps(name)
-        found = [self._dearest_price(n) for n in names]
+            found = [o.price for o in model.offers] or [model.list_price]
+        else:
+            route = self.routes.get(name)
+            names = [i.model for steps in RouteBook.all_steps(route) for i in chain_steps(steps)]
+            names += self.routes.policies.steps(name)
+            found = [self._dearest_price(n) for n in names]
+        # Each price on its own: any offer may be the one called, and the one with the dearest
+        # output need not have the dearest input (a hold at its pair fell short of the other's).
         return Price(max(p.input for p in found), max(p.output for p in found))
 
     async def _steps(
