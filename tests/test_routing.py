@@ -194,6 +194,22 @@ def test_route_to_unknown_model_fails_at_start() -> None:
         Planner(build_catalog(s), s.routes, s.routing)
 
 
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        ({"retries": -1}, "routes.r.retries"),
+        ({"max_cost_usd": 0}, "routes.r.max_cost_usd"),
+        ({"max_cost_usd": "-0.01"}, "routes.r.max_cost_usd"),
+        ({"failover_p99_ms": -5}, "routes.r.failover_p99_ms"),
+    ],
+)
+def test_a_routes_numbers_are_bounded_at_start(extra: dict[str, Any], where: str) -> None:
+    """A route's retries of -1 gave every step zero calls (every request a 502 naming no attempt);
+    a cap of zero or below refused every request. Both are refused when the config loads."""
+    with pytest.raises(ConfigError, match=where):
+        settings(routes={"r": {"chain": ["cheap"], **extra}})
+
+
 def test_route_loop_fails_at_start() -> None:
     with pytest.raises(ConfigError, match="loop"):
         settings(routes={"x": {"chain": ["y"]}, "y": {"chain": ["x"]}})

@@ -170,6 +170,14 @@ def check_routes(settings: Settings, origin: str, model_names: dict[str, str]) -
                 f"{origin}: routes.{name}: give at least one of chain, tiers, tasks, router or cascade"
             )
         _check_policy(route, f"{origin}: routes.{name}")
+        # A negative retry count made every step of the route zero calls (a 502 with no attempt),
+        # and a cap or p99 limit of zero or below refused or demoted every request.
+        if route.retries is not None and route.retries < 0:
+            raise ConfigError(f"{origin}: routes.{name}.retries must not be negative")
+        if route.max_cost_usd is not None and not (route.max_cost_usd.is_finite() and route.max_cost_usd > 0):
+            raise ConfigError(f"{origin}: routes.{name}.max_cost_usd must be a positive number of USD")
+        if route.failover_p99_ms is not None and not route.failover_p99_ms > 0:
+            raise ConfigError(f"{origin}: routes.{name}.failover_p99_ms must be a positive number")
         if route.default_tier and route.default_tier not in route.tiers:
             raise ConfigError(
                 f"{origin}: routes.{name}.default_tier {route.default_tier!r} is not in its tiers"
