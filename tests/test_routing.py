@@ -274,6 +274,15 @@ async def test_latency_choice_prefers_faster_offer() -> None:
     assert (await names(planner, {"model": "fast"}))[0] == "a/mid"
 
 
+async def test_latency_choice_breaks_a_tie_towards_the_cheaper_offer() -> None:
+    """Power of two choices draws two offers at random; when their latencies tie (none measured
+    yet, as on a fresh gateway), the cheaper one goes first, not the one drawn first."""
+    s = settings(routes={"fast": {"chain": ["mid"], "offer_choice": "latency"}})
+    planner = Planner(build_catalog(s), s.routes, s.routing, HealthBoard(BreakerSettings()))
+    firsts = {(await names(planner, {"model": "fast"}))[0] for _ in range(40)}
+    assert firsts == {"b/mid"}  # b sells mid at 1, a at 2
+
+
 async def test_p99_failover_demotes_slow_offer() -> None:
     s = settings(routes={"r": {"chain": ["mid"], "failover_p99_ms": 100}})
     health = HealthBoard(BreakerSettings())

@@ -353,7 +353,9 @@ class Planner:
             a, b = self.health.pick_two(len(usable))
             first, second = usable[a], usable[b]
             lat_a, lat_b = self.health.ewma(first.key) or 0.0, self.health.ewma(second.key) or 0.0
-            chosen = first if lat_a <= lat_b else second
+            # A tie (no latency known yet for either, or the same) goes to the cheaper offer, the
+            # one earlier in the list: not to whichever the random draw named first.
+            chosen = first if (lat_a, a) <= (lat_b, b) else second
             usable.remove(chosen)
             usable.insert(0, chosen)
         if p99_limit is not None:
