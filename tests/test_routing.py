@@ -181,6 +181,9 @@ async def test_max_cost_is_checked_offer_by_offer() -> None:
         # Past what Decimal's arithmetic holds: normalising it for the cache key was a 500.
         {"max_cost_usd": "1e9999999"},
         {"max_cost_usd": 1e300},
+        # A misspelt hint: ignored, it left the request without the cap its client meant to set.
+        {"max_cost": 0.01},
+        {"Tier": "economy"},
     ],
 )
 async def test_bad_hints_are_400(planner: Planner, hints: dict[str, Any]) -> None:

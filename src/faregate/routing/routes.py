@@ -83,10 +83,22 @@ class Hints:
     max_cost_usd: Decimal | None = None
 
 
+# Every hint a chat request may give (`cache` is the cache's: cache/service.py).
+HINT_KEYS = ("tier", "task", "max_cost_usd", "cache")
+
+
 def parse_hints(raw: dict[str, Any]) -> Hints:
     hints = Hints()
     if not raw:
         return hints
+    # A misspelt hint is refused, not ignored: `max_cost` for `max_cost_usd` left the request
+    # without the cap its client set (as POST /v1/embeddings refuses a hint it does not take).
+    unknown = sorted(str(k) for k in raw if k not in HINT_KEYS)
+    if unknown:
+        raise InvalidRequest(
+            f"'faregate.{unknown[0]}' is not a gateway hint; the hints are {', '.join(HINT_KEYS)}.",
+            param=f"faregate.{unknown[0]}",
+        )
     tier = raw.get("tier")
     if tier is not None:
         if tier not in TIERS:

@@ -106,6 +106,7 @@ def _schemas(limits: LimitsSettings) -> dict[str, Any]:
             "max_cost_usd": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 10**9},
             "cache": cache_hint,
         },
+        "additionalProperties": False,
     }
     name = {"type": "string", "minLength": 1, "maxLength": limits.max_model_name_chars}
     chat = {
