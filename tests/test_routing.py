@@ -267,6 +267,16 @@ async def test_remembered_offers_follow_a_model_whose_offers_change() -> None:
     assert await names(planner, {"model": "mid"}) == ["b/mid"]
 
 
+async def test_at_the_same_price_the_offer_with_the_cheaper_prompt_cache_goes_first() -> None:
+    """Two sellers at the same input and output prices, one with a cache-read discount (as
+    deepseek-v4-pro's siliconflow and deepseek offers): the discounted one is never dearer, so it is
+    tried first, whatever order the config lists them in."""
+    offers = [{"provider": "a"}, {"provider": "b", "cache_read": "0.1"}]
+    s = settings(models={**MODELS, "cached": model("1", offers=offers)})
+    planner = Planner(build_catalog(s), s.routes, s.routing)
+    assert await names(planner, {"model": "cached"}) == ["b/cached", "a/cached"]
+
+
 async def test_latency_choice_prefers_faster_offer() -> None:
     s = settings(routes={"fast": {"chain": ["mid"], "offer_choice": "latency"}})
     health = HealthBoard(BreakerSettings())

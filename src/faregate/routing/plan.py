@@ -345,9 +345,16 @@ class Planner:
             return []
         if len(usable) == 1:
             return usable
-        # Cheapest first, with recent errors making an offer look dearer than it is.
+        # Cheapest first, with recent errors making an offer look dearer than it is; at the same
+        # prices, the offer whose prompt-cache reads (then writes) cost less: never dearer, and
+        # cheaper for every prompt with a cached prefix (a seller without a cache discount bills
+        # those tokens as plain input).
         usable.sort(
-            key=lambda o: (o.price.input + o.price.output) * Decimal(1 + 2 * self.health.error_rate(o.key))
+            key=lambda o: (
+                (o.price.input + o.price.output) * Decimal(1 + 2 * self.health.error_rate(o.key)),
+                o.price.input if o.price.cache_read is None else o.price.cache_read,
+                o.price.input if o.price.cache_write is None else o.price.cache_write,
+            )
         )
         if by_latency and len(usable) > 1:
             a, b = self.health.pick_two(len(usable))
