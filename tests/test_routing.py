@@ -333,6 +333,22 @@ async def test_prompt_size_bound_and_exact() -> None:
     assert await size.at_most(100)
 
 
+async def test_a_legacy_function_call_in_the_history_counts_in_the_prompt(planner: Planner) -> None:
+    """An assistant message's `function_call` (the functions API before tool_calls) is rendered
+    into the prompt and billed like a tool call: the bound and the count include it, so a history
+    carrying a long one does not pass for a small prompt (context fits, holds)."""
+    arguments = "word " * 2000
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": arguments}},
+        {"role": "function", "name": "f", "content": "ok"},
+    ]
+    size = PromptSize(messages)
+    assert size.upper_bound >= len(arguments) and await size.exact() >= 2000
+    with pytest.raises(InvalidRequest, match="does not fit the context window"):
+        await planner.plan(request({"model": "tiny", "messages": messages}))
+
+
 # -- the attempt loop, with scripted providers at the Provider seam ---------------------------
 
 

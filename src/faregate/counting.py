@@ -81,4 +81,8 @@ def count_messages(
             if not isinstance(fn, dict):
                 continue
             total += count_text(str(fn.get("name", ""))) + count_text(str(fn.get("arguments", "")))
+        # The functions API's one call (before tool_calls), rendered and billed alike.
+        legacy = message.get("function_call")
+        if isinstance(legacy, dict):
+            total += count_text(str(legacy.get("name", ""))) + count_text(str(legacy.get("arguments", "")))
     return total

@@ -91,6 +91,10 @@ class PromptSize:
                 fn = call.get("function") if isinstance(call, dict) else None
                 if isinstance(fn, dict):
                     total += _text_bytes(fn.get("name", "")) + _text_bytes(fn.get("arguments", ""))
+            # The functions API's one call (before tool_calls), rendered and billed alike.
+            fn = message.get("function_call")
+            if isinstance(fn, dict):
+                total += _text_bytes(fn.get("name", "")) + _text_bytes(fn.get("arguments", ""))
         return total
 
     @property
