@@ -116,6 +116,19 @@ async def test_rules_on_modality_and_prompt_length(planner: Planner) -> None:
     assert (await names(planner, {"model": "smart", "messages": long}))[0] == "a/big"
 
 
+async def test_a_tools_rule_matches_legacy_functions_too() -> None:
+    """`has_tools` is about function calling: a request giving `functions` (the API before
+    `tools`) is a request with tools, for either value of the rule."""
+    rules = [{"when": {"has_tools": True}, "use": ["big"]}]
+    s = settings(routes={"t": {"rules": rules, "chain": ["cheap"]}})
+    planner = Planner(build_catalog(s), s.routes, s.routing)
+    functions = [{"name": "f", "parameters": {"type": "object", "properties": {}}}]
+    tools = [{"type": "function", "function": functions[0]}]
+    assert (await names(planner, {"model": "t", "tools": tools}))[0] == "a/big"
+    assert (await names(planner, {"model": "t", "functions": functions}))[0] == "a/big"
+    assert await names(planner, {"model": "t"}) == ["a/cheap"]
+
+
 async def test_nested_routes_and_retry_budgets(planner: Planner) -> None:
     plan = await planner.plan(request({"model": "outer", "faregate": {"tier": "premium"}}))
     assert [(c.model.name, c.retries) for c in plan.candidates] == [("tiny", 1), ("big", 3), ("cheap", 1)]

@@ -132,7 +132,9 @@ def parse_hints(raw: dict[str, Any]) -> Hints:
 async def rule_matches(when: RuleMatch, request: ChatRequest, prompt: PromptSize) -> bool:
     if when.modalities and not set(when.modalities) <= request.required_modalities:
         return False
-    if when.has_tools is not None and bool(request.body.get("tools")) != when.has_tools:
+    # Tools are `tools`, or the functions API's `functions` before it (still served upstream).
+    body = request.body
+    if when.has_tools is not None and bool(body.get("tools") or body.get("functions")) != when.has_tools:
         return False
     if when.has_response_format is not None and bool(request.body.get("response_format")) != (
         when.has_response_format
