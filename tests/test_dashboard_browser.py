@@ -383,3 +383,38 @@ def test_the_quality_panel_shows_each_calibrated_route(
         page.screenshot(path=str(ARTIFACTS / "dashboard-quality.png"), full_page=True)
         assert page.errors == []
         page.close()
+
+
+def test_a_range_chosen_while_a_load_is_in_flight_is_loaded(
+    browser: Any, dashboard_gateway: GatewayProcess, traffic: dict[str, Any]
+) -> None:
+    """The range picker changed while the page is still loading the previous range: once that load
+    ends, the chosen range is loaded (not left unloaded until the next auto-refresh)."""
+    held: list[Any] = []
+    asked: list[str] = []
+
+    def hold_first_summary(route: Any) -> None:
+        if not held:
+            held.append(route)  # answered later, by the test
+        else:
+            route.continue_()
+
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.on("request", lambda request: asked.append(request.url))
+    page.route("**/admin/dashboard/summary*", hold_first_summary)
+    page.goto(f"http://127.0.0.1:{dashboard_gateway.port}/dashboard")
+    page.fill("#master-key", MASTER_KEY)
+    page.click("#login-button")
+    page.select_option("#refresh", "0")  # no auto-refresh to load the range instead
+    wait_until(lambda: page.wait_for_timeout(20) or bool(held), "the first summary is asked for")
+    page.select_option("#range", "1h")
+    held[0].continue_()
+    sync_api.expect(page.locator("#kpi-requests")).to_have_text(str(traffic["requests"]), timeout=10_000)
+    wait_until(
+        lambda: page.wait_for_timeout(20) or any("/summary?range=1h" in url for url in asked),
+        "the range chosen during the first load is loaded",
+        timeout_s=5,
+    )
+    page.wait_for_selector("body[data-loaded]", timeout=10_000)
+    assert page.get_attribute("#kpi-requests", "data-value") == str(traffic["requests"])
+    page.close()

@@ -5,7 +5,7 @@
 
 const KEY_STORE = "faregate.masterKey";
 const PAGE = 25; // recent requests per page
-const state = { timer: null, charts: {}, before: null, beforeId: null, loading: false };
+const state = { timer: null, charts: {}, before: null, beforeId: null, loading: false, reload: false };
 const $ = (id) => document.getElementById(id);
 
 // --- formatting ---------------------------------------------------------------------------
@@ -372,9 +372,16 @@ function renderRequests(data, append) {
 
 // --- loading ------------------------------------------------------------------------------
 
-async function load() {
-  if (state.loading) return;
+// `asked`: the user asked (a new range, Refresh). Asked while a load is in flight, it runs once
+// that load ends: dropped, the figures of the old range would stay under the new range's name.
+// An auto-refresh tick during a load is dropped (the load in flight is as fresh).
+async function load(asked = false) {
+  if (state.loading) {
+    if (asked) state.reload = true;
+    return;
+  }
   state.loading = true;
+  state.reload = false;
   try {
     const [summary, series, byModel, byProvider, byRoute, byWire, byKey, latRoute, latModel, reliability, health, feedback, alerts, requests, calibrated] =
       await Promise.all([
@@ -408,6 +415,7 @@ async function load() {
     $("load-error").hidden = false;
   } finally {
     state.loading = false;
+    if (state.reload && !$("app").hidden) load();
   }
 }
 
@@ -419,7 +427,7 @@ function searchParams() {
 function schedule() {
   clearInterval(state.timer);
   const seconds = Number($("refresh").value);
-  if (seconds > 0) state.timer = setInterval(load, seconds * 1000);
+  if (seconds > 0) state.timer = setInterval(() => load(), seconds * 1000);
 }
 
 function showLogin(message) {
@@ -435,7 +443,7 @@ function showApp() {
   $("login").hidden = true;
   $("app").hidden = false;
   schedule();
-  load();
+  load(true);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -446,9 +454,9 @@ document.addEventListener("DOMContentLoaded", () => {
     showApp();
   });
   $("logout").addEventListener("click", () => showLogin(""));
-  $("range").addEventListener("change", load);
+  $("range").addEventListener("change", () => load(true));
   $("refresh").addEventListener("change", schedule);
-  $("refresh-now").addEventListener("click", load);
+  $("refresh-now").addEventListener("click", () => load(true));
   $("search-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     try { renderRequests(await api("requests", { limit: PAGE, ...searchParams() }), false); } catch (error) { if (error instanceof AuthError) showLogin(error.message); }
