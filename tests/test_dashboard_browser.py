@@ -418,3 +418,20 @@ def test_a_range_chosen_while_a_load_is_in_flight_is_loaded(
     page.wait_for_selector("body[data-loaded]", timeout=10_000)
     assert page.get_attribute("#kpi-requests", "data-value") == str(traffic["requests"])
     page.close()
+
+
+def test_a_search_the_gateway_refuses_says_so(
+    browser: Any, dashboard_gateway: GatewayProcess, traffic: dict[str, Any]
+) -> None:
+    """A search the API answers with an error (here a 400: a NUL character) shows that error, and no
+    longer the rows of the previous search as if they were its results."""
+    page = open_dashboard(browser, dashboard_gateway, MASTER_KEY)
+    page.wait_for_selector("body[data-loaded]", timeout=15_000)
+    sync_api.expect(page.locator("#requests tbody tr.row")).to_have_count(traffic["requests"], timeout=10_000)
+    page.fill("#search", "deepseek\x00")
+    with page.expect_response("**/admin/dashboard/requests?*") as answer:
+        page.click("#search-form button")
+    assert answer.value.status == 400
+    sync_api.expect(page.locator("#requests-error")).to_contain_text("NUL character", timeout=10_000)
+    assert page.locator("#requests tbody tr.row").count() == 0
+    page.close()

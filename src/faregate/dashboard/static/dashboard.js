@@ -365,9 +365,16 @@ function renderRequests(data, append) {
     fillTable(scratch, columns, data.rows, { rowClass: "row", onClick: toggle });
     table.querySelector("tbody").append(...scratch.querySelector("tbody").children);
   }
+  $("requests-error").hidden = true;
   state.before = data.next_before;
   state.beforeId = data.next_before_id;
   $("more").hidden = data.next_before === null;
+}
+
+function requestsFailed(error) {
+  if (error instanceof AuthError) return showLogin(error.message);
+  $("requests-error").textContent = "Could not load the requests: " + error.message;
+  $("requests-error").hidden = false;
 }
 
 // --- loading ------------------------------------------------------------------------------
@@ -459,10 +466,15 @@ document.addEventListener("DOMContentLoaded", () => {
   $("refresh-now").addEventListener("click", () => load(true));
   $("search-form").addEventListener("submit", async (event) => {
     event.preventDefault();
-    try { renderRequests(await api("requests", { limit: PAGE, ...searchParams() }), false); } catch (error) { if (error instanceof AuthError) showLogin(error.message); }
+    try { renderRequests(await api("requests", { limit: PAGE, ...searchParams() }), false); } catch (error) {
+      // The rows shown are not this search's results: cleared, and the error said where it was asked.
+      $("requests").replaceChildren();
+      $("more").hidden = true;
+      requestsFailed(error);
+    }
   });
   $("more").addEventListener("click", async () => {
-    try { renderRequests(await api("requests", { limit: PAGE, ...searchParams(), before: state.before, before_id: state.beforeId }), true); } catch (error) { if (error instanceof AuthError) showLogin(error.message); }
+    try { renderRequests(await api("requests", { limit: PAGE, ...searchParams(), before: state.before, before_id: state.beforeId }), true); } catch (error) { requestsFailed(error); }
   });
   if (sessionStorage.getItem(KEY_STORE)) showApp();
   else showLogin("");
