@@ -435,3 +435,32 @@ def test_a_search_the_gateway_refuses_says_so(
     sync_api.expect(page.locator("#requests-error")).to_contain_text("NUL character", timeout=10_000)
     assert page.locator("#requests tbody tr.row").count() == 0
     page.close()
+
+
+PAGED_REQUESTS = 30  # more than a page of "Recent requests" (25)
+
+
+@pytest.fixture(scope="module")
+def paged_gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    with run_gateway(tmp_path_factory.mktemp("paged-dashboard"), sim) as gw:
+        client = openai.OpenAI(base_url=gw.base_url, api_key=make_key(gw.store_path, "pager"), max_retries=0)
+        for _ in range(PAGED_REQUESTS):
+            client.chat.completions.create(model="deepseek-v4-flash", messages=prompt_of(30))
+        wait_until(lambda: records(gw) >= PAGED_REQUESTS, "the requests are recorded")
+        yield gw
+
+
+def test_older_requests_page_back_through_the_search_shown(
+    browser: Any, paged_gateway: GatewayProcess
+) -> None:
+    """'Older requests' continues the list on the page: text typed in the search box but not
+    searched for does not filter the older rows (mixing two searches in one list)."""
+    page = open_dashboard(browser, paged_gateway, MASTER_KEY)
+    page.wait_for_selector("body[data-loaded]", timeout=15_000)
+    rows = page.locator("#requests tbody tr.row")
+    sync_api.expect(rows).to_have_count(25, timeout=10_000)
+    page.fill("#search", "typed-but-not-searched")
+    page.click("#more")
+    sync_api.expect(rows).to_have_count(PAGED_REQUESTS, timeout=10_000)
+    assert page.errors == []
+    page.close()

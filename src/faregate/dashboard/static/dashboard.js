@@ -5,7 +5,7 @@
 
 const KEY_STORE = "faregate.masterKey";
 const PAGE = 25; // recent requests per page
-const state = { timer: null, charts: {}, before: null, beforeId: null, loading: false, reload: false };
+const state = { timer: null, charts: {}, before: null, beforeId: null, loading: false, reload: false, query: "" };
 const $ = (id) => document.getElementById(id);
 
 // --- formatting ---------------------------------------------------------------------------
@@ -426,9 +426,10 @@ async function load(asked = false) {
   }
 }
 
+// The search the rows shown answer (the box's text when Search was last pressed): paging back and
+// auto-refresh keep to it, not to text typed in the box since.
 function searchParams() {
-  const q = $("search").value.trim();
-  return q ? { q } : {};
+  return state.query ? { q: state.query } : {};
 }
 
 function schedule() {
@@ -466,6 +467,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("refresh-now").addEventListener("click", () => load(true));
   $("search-form").addEventListener("submit", async (event) => {
     event.preventDefault();
+    state.query = $("search").value.trim();
     try { renderRequests(await api("requests", { limit: PAGE, ...searchParams() }), false); } catch (error) {
       // The rows shown are not this search's results: cleared, and the error said where it was asked.
       $("requests").replaceChildren();
