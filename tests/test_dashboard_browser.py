@@ -464,3 +464,29 @@ def test_older_requests_page_back_through_the_search_shown(
     sync_api.expect(rows).to_have_count(PAGED_REQUESTS, timeout=10_000)
     assert page.errors == []
     page.close()
+
+
+def test_auto_refresh_keeps_the_older_requests_and_the_open_row(
+    browser: Any, paged_gateway: GatewayProcess
+) -> None:
+    """Paged back and a row opened: an auto-refresh updates the figures but leaves the list as the
+    reader left it (it used to snap back to the first page, closed, every 30 s)."""
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.clock.install()  # the page's timers on a clock the test moves
+    page.goto(f"http://127.0.0.1:{paged_gateway.port}/dashboard")
+    page.fill("#master-key", MASTER_KEY)
+    page.click("#login-button")
+    page.wait_for_selector("body[data-loaded]", timeout=15_000)
+    rows = page.locator("#requests tbody tr.row")
+    sync_api.expect(rows).to_have_count(25, timeout=10_000)
+    page.click("#more")
+    sync_api.expect(rows).to_have_count(PAGED_REQUESTS, timeout=10_000)
+    rows.nth(PAGED_REQUESTS - 1).click()
+    sync_api.expect(page.locator("#requests tr.attempts")).to_have_count(1)
+    loaded = page.get_attribute("body", "data-loaded")
+    with page.expect_response("**/admin/dashboard/summary?*"):
+        page.clock.run_for(31_000)  # the default auto-refresh: 30 s
+    sync_api.expect(page.locator("body")).not_to_have_attribute("data-loaded", loaded or "", timeout=10_000)
+    assert rows.count() == PAGED_REQUESTS
+    assert page.locator("#requests tr.attempts").count() == 1
+    page.close()

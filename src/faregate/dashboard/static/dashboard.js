@@ -5,7 +5,7 @@
 
 const KEY_STORE = "faregate.masterKey";
 const PAGE = 25; // recent requests per page
-const state = { timer: null, charts: {}, before: null, beforeId: null, loading: false, reload: false, query: "" };
+const state = { timer: null, charts: {}, before: null, beforeId: null, loading: false, reload: false, query: "", pages: 0 };
 const $ = (id) => document.getElementById(id);
 
 // --- formatting ---------------------------------------------------------------------------
@@ -366,6 +366,7 @@ function renderRequests(data, append) {
     table.querySelector("tbody").append(...scratch.querySelector("tbody").children);
   }
   $("requests-error").hidden = true;
+  state.pages = append ? state.pages + 1 : 1;
   state.before = data.next_before;
   state.beforeId = data.next_before_id;
   $("more").hidden = data.next_before === null;
@@ -389,6 +390,9 @@ async function load(asked = false) {
   }
   state.loading = true;
   state.reload = false;
+  // An auto-refresh leaves the recent requests alone once the reader paged back or opened a row:
+  // replacing them would put the list back to its first page, rows closed, while being read.
+  const keepRequests = !asked && (state.pages > 1 || $("requests").querySelector("tr.attempts") !== null);
   try {
     const [summary, series, byModel, byProvider, byRoute, byWire, byKey, latRoute, latModel, reliability, health, feedback, alerts, requests, calibrated] =
       await Promise.all([
@@ -397,7 +401,7 @@ async function load(asked = false) {
         api("breakdown", { by: "route" }), api("breakdown", { by: "wire" }), api("breakdown", { by: "key", limit: 20 }),
         api("latency", { by: "route" }), api("latency", { by: "model" }),
         api("reliability", { by: "provider", limit: 12 }), api("health"), api("feedback", { by: "model" }),
-        api("alerts"), api("requests", { limit: PAGE, ...searchParams() }), quality(),
+        api("alerts"), keepRequests ? null : api("requests", { limit: PAGE, ...searchParams() }), quality(),
       ]);
     renderSummary(summary);
     renderSeries(series);
@@ -412,7 +416,7 @@ async function load(asked = false) {
     renderFeedback(feedback);
     renderAlerts(alerts);
     renderQuality(calibrated);
-    renderRequests(requests, false);
+    if (requests) renderRequests(requests, false);
     $("load-error").hidden = true;
     setText("updated", "Updated " + new Date().toLocaleTimeString("en-GB"));
     document.body.dataset.loaded = String(Date.now());
