@@ -490,3 +490,25 @@ def test_auto_refresh_keeps_the_older_requests_and_the_open_row(
     assert rows.count() == PAGED_REQUESTS
     assert page.locator("#requests tr.attempts").count() == 1
     page.close()
+
+
+def test_spending_more_than_the_baseline_says_more_not_negative_less(
+    browser: Any, sim: SimProcess, tmp_path: Path
+) -> None:
+    """Traffic dearer than the baseline model: the Saved card says how much more it cost, not a
+    negative percentage 'less than' the baseline."""
+    with run_gateway(tmp_path, sim, "baseline_model: Qwen/Qwen3-8B\n") as gw:
+        client = openai.OpenAI(base_url=gw.base_url, api_key=make_key(gw.store_path, "dear"), max_retries=0)
+        client.chat.completions.create(model="deepseek-v4-flash", messages=prompt_of(100))
+        wait_until(lambda: records(gw) >= 1, "the request is recorded")
+        page = open_dashboard(browser, gw, MASTER_KEY)
+        page.wait_for_selector("body[data-loaded]", timeout=15_000)
+        summary = httpx.get(
+            f"http://127.0.0.1:{gw.port}/admin/dashboard/summary",
+            headers={"Authorization": f"Bearer {MASTER_KEY}"},
+        ).json()
+        assert summary["savings_percent"] < 0
+        assert page.inner_text("#kpi-savings-pct") == (
+            f"{-summary['savings_percent']:.1f}% more than Qwen/Qwen3-8B"
+        )
+        page.close()

@@ -104,7 +104,10 @@ function renderSummary(s) {
   setText("baseline-model", `(${s.baseline_model})`);
   setText("kpi-baseline", usd(s.baseline_usd), s.baseline_usd);
   setText("kpi-savings", usd(s.savings_usd), s.savings_usd);
-  setText("kpi-savings-pct", s.savings_percent === null ? "" : `${s.savings_percent.toFixed(1)}% less than ${s.baseline_model}`);
+  // Negative savings (traffic dearer than the baseline) read as "more than", not "-x% less than".
+  const p = s.savings_percent;
+  setText("kpi-savings-pct", p === null ? ""
+    : p < 0 ? `${(-p).toFixed(1)}% more than ${s.baseline_model}` : `${p.toFixed(1)}% less than ${s.baseline_model}`);
   setText("kpi-requests", int(s.requests), s.requests);
   setText("kpi-tokens", `${int(s.prompt_tokens)} tokens in · ${int(s.completion_tokens)} out`);
   setText("kpi-errors", pct(s.error_rate), s.errors);
