@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -512,3 +513,25 @@ def test_spending_more_than_the_baseline_says_more_not_negative_less(
             f"{-summary['savings_percent']:.1f}% more than Qwen/Qwen3-8B"
         )
         page.close()
+
+
+def test_day_buckets_are_labelled_with_their_utc_day_in_any_time_zone(
+    browser: Any, dashboard_gateway: GatewayProcess, traffic: dict[str, Any]
+) -> None:
+    """Series buckets of a day start at 00:00 UTC: a browser west of UTC labels each with that day,
+    not with the local date of its start (the day before)."""
+    page = browser.new_page(viewport={"width": 1440, "height": 1000}, timezone_id="Pacific/Honolulu")
+    page.goto(f"http://127.0.0.1:{dashboard_gateway.port}/dashboard")
+    page.fill("#master-key", MASTER_KEY)
+    page.click("#login-button")
+    page.wait_for_selector("body[data-loaded]", timeout=15_000)
+    loaded = page.get_attribute("body", "data-loaded") or ""
+    with page.expect_response("**/admin/dashboard/series?range=90d*") as answer:
+        page.select_option("#range", "90d")
+    series = answer.value.json()
+    assert series["bucket_s"] == 86400
+    sync_api.expect(page.locator("body")).not_to_have_attribute("data-loaded", loaded, timeout=10_000)
+    labels = page.evaluate("() => Chart.getChart('chart-spend').data.labels")
+    days = [datetime.fromtimestamp(p["t"], UTC) for p in series["points"]]
+    assert labels == [f"{day.day} {day:%b}" for day in days]
+    page.close()

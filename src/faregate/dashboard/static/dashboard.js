@@ -28,7 +28,9 @@ function when(t) {
 function bucketLabel(t, bucket) {
   const d = new Date(t * 1000);
   const hm = d.toLocaleTimeString("en-GB", { hour: "2-digit", minute: "2-digit" });
-  if (bucket >= 86400) return d.toLocaleDateString("en-GB", { month: "short", day: "numeric" });
+  // A day (or week) bucket starts at 00:00 UTC: named by its UTC day, which west of UTC the local
+  // date of that start is not (the day before).
+  if (bucket >= 86400) return d.toLocaleDateString("en-GB", { month: "short", day: "numeric", timeZone: "UTC" });
   if (bucket >= 3600) return d.toLocaleDateString("en-GB", { month: "short", day: "numeric" }) + " " + hm;
   return hm;
 }
