@@ -247,7 +247,7 @@ def test_dashboard_shows_what_the_records_hold(
 
 def test_a_wrong_master_key_is_refused(browser: Any, dashboard_gateway: GatewayProcess) -> None:
     page = open_dashboard(browser, dashboard_gateway, "not-the-master-key")
-    page.wait_for_selector("#login-error:has-text('not accepted')", timeout=10_000)
+    page.wait_for_selector("#login-error:has-text('not the master key')", timeout=10_000)
     assert page.is_visible("#login") and not page.is_visible("#app")
     page.close()
 
@@ -535,3 +535,15 @@ def test_day_buckets_are_labelled_with_their_utc_day_in_any_time_zone(
     days = [datetime.fromtimestamp(p["t"], UTC) for p in series["points"]]
     assert labels == [f"{day.day} {day:%b}" for day in days]
     page.close()
+
+
+def test_a_gateway_without_a_master_key_says_the_dashboard_is_disabled(
+    browser: Any, sim: SimProcess, tmp_path: Path
+) -> None:
+    """No master key set: the sign-in says the admin endpoints are disabled and how to enable
+    them (the gateway's own message), not that the key typed was refused."""
+    with run_gateway(tmp_path, sim, env={"FAREGATE_MASTER_KEY": ""}) as gw:
+        page = open_dashboard(browser, gw, "any-key-at-all")
+        page.wait_for_selector("#login-error:has-text('disabled')", timeout=10_000)
+        assert "FAREGATE_MASTER_KEY" in page.inner_text("#login-error")
+        page.close()

@@ -81,12 +81,19 @@ function fillTable(table, columns, rows, options = {}) {
 
 class AuthError extends Error {}
 
+// A refused key: the gateway's own words (a wrong key, or admin disabled for want of a master key,
+// which no key typed here can fix), else a generic line.
+async function authError(response) {
+  const body = await response.json().catch(() => ({}));
+  return new AuthError((body.error && body.error.message) || "The master key was not accepted.");
+}
+
 async function api(name, extra = {}) {
   const params = new URLSearchParams({ range: $("range").value, ...extra });
   const response = await fetch(`/admin/dashboard/${name}?${params}`, {
     headers: { Authorization: "Bearer " + sessionStorage.getItem(KEY_STORE) },
   });
-  if (response.status === 401 || response.status === 403) throw new AuthError("The master key was not accepted.");
+  if (response.status === 401 || response.status === 403) throw await authError(response);
   const body = await response.json();
   if (!response.ok) throw new Error((body.error && body.error.message) || `HTTP ${response.status}`);
   return body;
@@ -284,7 +291,7 @@ async function quality() {
   const response = await fetch("/admin/quality", {
     headers: { Authorization: "Bearer " + sessionStorage.getItem(KEY_STORE) },
   });
-  if (response.status === 401 || response.status === 403) throw new AuthError("The master key was not accepted.");
+  if (response.status === 401 || response.status === 403) throw await authError(response);
   if (!response.ok) throw new Error(`HTTP ${response.status}`);
   return response.json();
 }
