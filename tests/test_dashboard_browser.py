@@ -22,7 +22,16 @@ import pytest
 from playwright import sync_api
 
 from faregate import tokens
-from harness import MASTER_KEY, GatewayProcess, SimProcess, cache_written, create_key, run_gateway, wait_until
+from harness import (
+    MASTER_KEY,
+    GatewayProcess,
+    SimProcess,
+    cache_written,
+    create_key,
+    free_port,
+    run_gateway,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -546,4 +555,40 @@ def test_a_gateway_without_a_master_key_says_the_dashboard_is_disabled(
         page = open_dashboard(browser, gw, "any-key-at-all")
         page.wait_for_selector("#login-error:has-text('disabled')", timeout=10_000)
         assert "FAREGATE_MASTER_KEY" in page.inner_text("#login-error")
+        page.close()
+
+
+def test_alerts_the_webhook_did_not_take_are_counted_on_the_page(
+    browser: Any, sim: SimProcess, tmp_path: Path
+) -> None:
+    """A webhook that is down: the alert fires, every post fails (three tries), and the Alerts panel
+    says how many events the webhook did not take, as documented."""
+    config = (
+        "alerts:\n"
+        "  interval_s: 0.5\n"
+        f"  webhook: {{url: 'http://127.0.0.1:{free_port()}/down', timeout_s: 1}}\n"
+        "  rules:\n"
+        "    - {name: any-spend, metric: daily_spend_usd, above: 0.0000001}\n"
+    )
+    with run_gateway(tmp_path, sim, config) as gw:
+        client = openai.OpenAI(
+            base_url=gw.base_url, api_key=make_key(gw.store_path, "spender"), max_retries=0
+        )
+        client.chat.completions.create(model="deepseek-v4-flash", messages=prompt_of(30))
+
+        def failures() -> int:
+            response = httpx.get(
+                f"http://127.0.0.1:{gw.port}/admin/dashboard/alerts",
+                headers={"Authorization": f"Bearer {MASTER_KEY}"},
+            )
+            return int(response.json()["webhook_failures"])
+
+        wait_until(lambda: failures() >= 1, "the webhook post fails three times")
+        page = open_dashboard(browser, gw, MASTER_KEY)
+        page.wait_for_selector("body[data-loaded]", timeout=15_000)
+        assert page.is_visible("[data-testid=alert-firing]")
+        sync_api.expect(page.locator("#alerts-webhook")).to_contain_text(
+            f"{failures()} alert event", timeout=10_000
+        )
+        assert page.errors == []
         page.close()

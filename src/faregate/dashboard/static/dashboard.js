@@ -272,6 +272,11 @@ function renderAlerts(data) {
   const banner = $("alerts-firing");
   banner.replaceChildren(...data.firing.map((a) => el("p", { "data-testid": "alert-firing" }, "Alert firing: " + a.message)));
   banner.hidden = data.firing.length === 0;
+  // Events the webhook did not take (each tried three times): logged, and said here.
+  const lost = data.webhook_failures || 0;
+  setText("alerts-webhook", `The webhook did not take ${int(lost)} alert event${lost === 1 ? "" : "s"} ` +
+    "since this process started (each tried three times; see the gateway's log).");
+  $("alerts-webhook").hidden = lost === 0;
   const rows = [...data.firing, ...data.pending, ...data.recent.filter((e) => e.status === "resolved").slice(0, 20)];
   fillTable($("alerts-table"), [
     { title: "Status", key: "status", value: (r) => r.status, cls: (r) => (r.status === "firing" ? "status-err" : null) },
