@@ -592,3 +592,22 @@ def test_alerts_the_webhook_did_not_take_are_counted_on_the_page(
         )
         assert page.errors == []
         page.close()
+
+
+def test_a_failing_search_does_not_take_the_other_panels_down(
+    browser: Any, dashboard_gateway: GatewayProcess, traffic: dict[str, Any]
+) -> None:
+    """The search in force fails (a 400 here): a refresh still loads every other panel, and the
+    error stays where the search is."""
+    page = open_dashboard(browser, dashboard_gateway, MASTER_KEY)
+    page.wait_for_selector("body[data-loaded]", timeout=15_000)
+    page.fill("#search", "deepseek\x00")
+    page.click("#search-form button")
+    sync_api.expect(page.locator("#requests-error")).to_contain_text("NUL character", timeout=10_000)
+    loaded = page.get_attribute("body", "data-loaded") or ""
+    page.click("#refresh-now")
+    sync_api.expect(page.locator("body")).not_to_have_attribute("data-loaded", loaded, timeout=10_000)
+    assert not page.is_visible("#load-error")
+    assert page.is_visible("#requests-error")
+    assert page.inner_text("#kpi-requests") == str(traffic["requests"])
+    page.close()

@@ -389,6 +389,12 @@ function renderRequests(data, append) {
   $("more").hidden = data.next_before === null;
 }
 
+// For a fetch whose failure one panel reports: any error but a refused key is returned, not thrown.
+function keepAuthError(error) {
+  if (error instanceof AuthError) throw error;
+  return error instanceof Error ? error : new Error(String(error));
+}
+
 function requestsFailed(error) {
   if (error instanceof AuthError) return showLogin(error.message);
   $("requests-error").textContent = "Could not load the requests: " + error.message;
@@ -418,7 +424,7 @@ async function load(asked = false) {
         api("breakdown", { by: "route" }), api("breakdown", { by: "wire" }), api("breakdown", { by: "key", limit: 20 }),
         api("latency", { by: "route" }), api("latency", { by: "model" }),
         api("reliability", { by: "provider", limit: 12 }), api("health"), api("feedback", { by: "model" }),
-        api("alerts"), keepRequests ? null : api("requests", { limit: PAGE, ...searchParams() }), quality(),
+        api("alerts"), keepRequests ? null : api("requests", { limit: PAGE, ...searchParams() }).catch(keepAuthError), quality(),
       ]);
     renderSummary(summary);
     renderSeries(series);
@@ -433,7 +439,9 @@ async function load(asked = false) {
     renderFeedback(feedback);
     renderAlerts(alerts);
     renderQuality(calibrated);
-    if (requests) renderRequests(requests, false);
+    // A search that fails is said under the search box; the other panels still load.
+    if (requests instanceof Error) requestsFailed(requests);
+    else if (requests) renderRequests(requests, false);
     $("load-error").hidden = true;
     setText("updated", "Updated " + new Date().toLocaleTimeString("en-GB"));
     document.body.dataset.loaded = String(Date.now());
@@ -493,6 +501,7 @@ document.addEventListener("DOMContentLoaded", () => {
       // The rows shown are not this search's results: cleared, and the error said where it was asked.
       $("requests").replaceChildren();
       $("more").hidden = true;
+      state.pages = 0;
       requestsFailed(error);
     }
   });
