@@ -15,6 +15,7 @@ from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import openai
@@ -610,4 +611,31 @@ def test_a_failing_search_does_not_take_the_other_panels_down(
     assert not page.is_visible("#load-error")
     assert page.is_visible("#requests-error")
     assert page.inner_text("#kpi-requests") == str(traffic["requests"])
+    page.close()
+
+
+def test_alert_times_are_in_the_browsers_time_zone_as_request_times_are(
+    browser: Any, dashboard_gateway: GatewayProcess, traffic: dict[str, Any]
+) -> None:
+    """The Alerts panel's 'Since' is written like the requests' times (the browser's time zone),
+    not as a raw UTC timestamp next to them."""
+
+    def firing() -> list[dict[str, Any]]:
+        return list(
+            httpx.get(
+                f"http://127.0.0.1:{dashboard_gateway.port}/admin/dashboard/alerts",
+                headers={"Authorization": f"Bearer {MASTER_KEY}"},
+            ).json()["firing"]
+        )
+
+    wait_until(lambda: bool(firing()), "the spend alert fires")
+    page = browser.new_page(viewport={"width": 1440, "height": 1000}, timezone_id="Asia/Tokyo")
+    page.goto(f"http://127.0.0.1:{dashboard_gateway.port}/dashboard")
+    page.fill("#master-key", MASTER_KEY)
+    page.click("#login-button")
+    page.wait_for_selector("body[data-loaded]", timeout=15_000)
+    alerts = {"firing": firing()}
+    fired = datetime.fromisoformat(alerts["firing"][0]["fired_at"]).astimezone(ZoneInfo("Asia/Tokyo"))
+    since = page.locator('#alerts-table td[data-col="since"]').first
+    sync_api.expect(since).to_have_text(f"{fired:%d/%m, %H:%M:%S}", timeout=10_000)
     page.close()

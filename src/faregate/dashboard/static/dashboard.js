@@ -281,7 +281,8 @@ function renderAlerts(data) {
   fillTable($("alerts-table"), [
     { title: "Status", key: "status", value: (r) => r.status, cls: (r) => (r.status === "firing" ? "status-err" : null) },
     { title: "Alert", key: "message", value: (r) => r.message, cls: () => "wrap" },
-    { title: "Since", key: "since", value: (r) => r.fired_at || r.pending_since },
+    // An ISO time in UTC: written as every other time on the page, in the browser's time zone.
+    { title: "Since", key: "since", value: (r) => when(Date.parse(r.fired_at || r.pending_since) / 1000) },
   ], rows, { empty: data.rules.length ? "Nothing firing" : "No alert rules configured (alerts.rules in faregate.yaml)" });
   fillTable($("alert-rules"), [
     { title: "Rule", key: "name", value: (r) => r.name },
