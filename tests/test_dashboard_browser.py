@@ -639,3 +639,22 @@ def test_alert_times_are_in_the_browsers_time_zone_as_request_times_are(
     since = page.locator('#alerts-table td[data-col="since"]').first
     sync_api.expect(since).to_have_text(f"{fired:%d/%m, %H:%M:%S}", timeout=10_000)
     page.close()
+
+
+def test_an_error_page_from_a_proxy_is_reported_by_its_status(
+    browser: Any, dashboard_gateway: GatewayProcess, traffic: dict[str, Any]
+) -> None:
+    """An endpoint answered with a non-JSON error (a reverse proxy's 502 page, here stood in for by
+    the browser): the banner gives the HTTP status, not a JSON parser's complaint."""
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.route(
+        "**/admin/dashboard/series*",
+        lambda route: route.fulfill(status=502, content_type="text/html", body="<html>Bad Gateway</html>"),
+    )
+    page.goto(f"http://127.0.0.1:{dashboard_gateway.port}/dashboard")
+    page.fill("#master-key", MASTER_KEY)
+    page.click("#login-button")
+    sync_api.expect(page.locator("#load-error")).to_have_text(
+        "Could not load the dashboard: HTTP 502", timeout=10_000
+    )
+    page.close()

@@ -94,7 +94,8 @@ async function api(name, extra = {}) {
     headers: { Authorization: "Bearer " + sessionStorage.getItem(KEY_STORE) },
   });
   if (response.status === 401 || response.status === 403) throw await authError(response);
-  const body = await response.json();
+  // An error may not be the gateway's JSON (a proxy's HTML page): then its status says it.
+  const body = await (response.ok ? response.json() : response.json().catch(() => ({})));
   if (!response.ok) throw new Error((body.error && body.error.message) || `HTTP ${response.status}`);
   return body;
 }
