@@ -658,3 +658,30 @@ def test_an_error_page_from_a_proxy_is_reported_by_its_status(
         "Could not load the dashboard: HTTP 502", timeout=10_000
     )
     page.close()
+
+
+def test_older_requests_clicked_twice_while_loading_appends_the_page_once(
+    browser: Any, paged_gateway: GatewayProcess
+) -> None:
+    """A slow 'Older requests' (a search scans every record) clicked again before it answers: the
+    older page is appended once, not once per click."""
+    held: list[Any] = []
+    page = open_dashboard(browser, paged_gateway, MASTER_KEY)
+    page.wait_for_selector("body[data-loaded]", timeout=15_000)
+    rows = page.locator("#requests tbody tr.row")
+    sync_api.expect(rows).to_have_count(25, timeout=10_000)
+    page.route("**/admin/dashboard/requests?*before=*", lambda route: held.append(route))
+    page.click("#more")
+    wait_until(lambda: page.wait_for_timeout(20) or bool(held), "the older page is asked for")
+    page.click("#more", force=True)  # the second click, whether or not the button takes it
+    page.wait_for_timeout(200)
+    asked = len(held)
+    for route in held:
+        route.continue_()
+    assert asked == 1
+    sync_api.expect(rows).to_have_count(PAGED_REQUESTS, timeout=10_000)
+    ids = page.eval_on_selector_all(
+        '#requests tbody tr.row td[data-col="request_id"]', "cells => cells.map(c => c.textContent)"
+    )
+    assert len(set(ids)) == len(ids) == PAGED_REQUESTS
+    page.close()

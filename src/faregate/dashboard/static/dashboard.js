@@ -508,7 +508,9 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   });
   $("more").addEventListener("click", async () => {
-    try { renderRequests(await api("requests", { limit: PAGE, ...searchParams(), before: state.before, before_id: state.beforeId }), true); } catch (error) { requestsFailed(error); }
+    // Off until the page is in: a second click would ask for the same page and append it twice.
+    $("more").disabled = true;
+    try { renderRequests(await api("requests", { limit: PAGE, ...searchParams(), before: state.before, before_id: state.beforeId }), true); } catch (error) { requestsFailed(error); } finally { $("more").disabled = false; }
   });
   if (sessionStorage.getItem(KEY_STORE)) showApp();
   else showLogin("");
