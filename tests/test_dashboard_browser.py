@@ -685,3 +685,34 @@ def test_older_requests_clicked_twice_while_loading_appends_the_page_once(
     )
     assert len(set(ids)) == len(ids) == PAGED_REQUESTS
     page.close()
+
+
+def test_a_refresh_that_ends_after_a_search_does_not_overwrite_its_results(
+    browser: Any, dashboard_gateway: GatewayProcess, traffic: dict[str, Any]
+) -> None:
+    """A refresh in flight when a search is run ends after it: the list keeps the search's
+    results, not the rows the refresh asked for before the search."""
+    held: list[Any] = []
+
+    def hold_unsearched(route: Any) -> None:
+        if "q=" not in route.request.url and not held:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page = open_dashboard(browser, dashboard_gateway, MASTER_KEY)
+    page.wait_for_selector("body[data-loaded]", timeout=15_000)
+    rows = page.locator("#requests tbody tr.row")
+    sync_api.expect(rows).to_have_count(traffic["requests"], timeout=10_000)
+    loaded = page.get_attribute("body", "data-loaded") or ""
+    page.route("**/admin/dashboard/requests?*", hold_unsearched)
+    page.click("#refresh-now")
+    wait_until(lambda: page.wait_for_timeout(20) or bool(held), "the refresh asks for the requests")
+    page.fill("#search", traffic["ids"][0])
+    page.click("#search-form button")
+    sync_api.expect(rows).to_have_count(1, timeout=10_000)
+    held[0].continue_()
+    sync_api.expect(page.locator("body")).not_to_have_attribute("data-loaded", loaded, timeout=10_000)
+    assert rows.count() == 1
+    assert page.inner_text('#requests tbody tr.row td[data-col="request_id"]') == traffic["ids"][0]
+    page.close()

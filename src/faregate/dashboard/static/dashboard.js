@@ -5,7 +5,7 @@
 
 const KEY_STORE = "faregate.masterKey";
 const PAGE = 25; // recent requests per page
-const state = { timer: null, charts: {}, before: null, beforeId: null, loading: false, reload: false, query: "", pages: 0 };
+const state = { timer: null, charts: {}, before: null, beforeId: null, loading: false, reload: false, query: "", pages: 0, list: 0 };
 const $ = (id) => document.getElementById(id);
 
 // --- formatting ---------------------------------------------------------------------------
@@ -418,6 +418,7 @@ async function load(asked = false) {
   // An auto-refresh leaves the recent requests alone once the reader paged back or opened a row:
   // replacing them would put the list back to its first page, rows closed, while being read.
   const keepRequests = !asked && (state.pages > 1 || $("requests").querySelector("tr.attempts") !== null);
+  const ticket = keepRequests ? null : ++state.list;
   try {
     const [summary, series, byModel, byProvider, byRoute, byWire, byKey, latRoute, latModel, reliability, health, feedback, alerts, requests, calibrated] =
       await Promise.all([
@@ -442,7 +443,9 @@ async function load(asked = false) {
     renderAlerts(alerts);
     renderQuality(calibrated);
     // A search that fails is said under the search box; the other panels still load.
-    if (requests instanceof Error) requestsFailed(requests);
+    if (ticket !== state.list) {
+      // A search (or a newer load) has replaced the list since: this answer is older.
+    } else if (requests instanceof Error) requestsFailed(requests);
     else if (requests) renderRequests(requests, false);
     $("load-error").hidden = true;
     setText("updated", "Updated " + new Date().toLocaleTimeString("en-GB"));
@@ -456,6 +459,9 @@ async function load(asked = false) {
     if (state.reload && !$("app").hidden) load();
   }
 }
+
+// Each fetch that replaces the list (a load, a search) takes the next `state.list`: answers can
+// come back out of order (a slow search, a refresh in flight), and only the newest is shown.
 
 // The search the rows shown answer (the box's text when Search was last pressed): paging back and
 // auto-refresh keep to it, not to text typed in the box since.
@@ -499,7 +505,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("search-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     state.query = $("search").value.trim();
-    try { renderRequests(await api("requests", { limit: PAGE, ...searchParams() }), false); } catch (error) {
+    const ticket = ++state.list;
+    try {
+      const data = await api("requests", { limit: PAGE, ...searchParams() });
+      if (ticket === state.list) renderRequests(data, false);
+    } catch (error) {
+      if (ticket !== state.list) return;
       // The rows shown are not this search's results: cleared, and the error said where it was asked.
       $("requests").replaceChildren();
       $("more").hidden = true;
@@ -510,7 +521,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("more").addEventListener("click", async () => {
     // Off until the page is in: a second click would ask for the same page and append it twice.
     $("more").disabled = true;
-    try { renderRequests(await api("requests", { limit: PAGE, ...searchParams(), before: state.before, before_id: state.beforeId }), true); } catch (error) { requestsFailed(error); } finally { $("more").disabled = false; }
+    const ticket = state.list; // continues the list shown: dropped if another replaced it meanwhile
+    try {
+      const data = await api("requests", { limit: PAGE, ...searchParams(), before: state.before, before_id: state.beforeId });
+      if (ticket === state.list) renderRequests(data, true);
+    } catch (error) { if (ticket === state.list) requestsFailed(error); } finally { $("more").disabled = false; }
   });
   if (sessionStorage.getItem(KEY_STORE)) showApp();
   else showLogin("");
