@@ -5,6 +5,8 @@
 
 const KEY_STORE = "faregate.masterKey";
 const PAGE = 25; // recent requests per page
+// `list`: each fetch that replaces the recent requests (a load, a search) takes the next number;
+// answers can come back out of order (a slow search, a refresh in flight): only the newest is shown.
 const state = { timer: null, charts: {}, before: null, beforeId: null, loading: false, reload: false, query: "", pages: 0, list: 0 };
 const $ = (id) => document.getElementById(id);
 
@@ -459,9 +461,6 @@ async function load(asked = false) {
     if (state.reload && !$("app").hidden) load();
   }
 }
-
-// Each fetch that replaces the list (a load, a search) takes the next `state.list`: answers can
-// come back out of order (a slow search, a refresh in flight), and only the newest is shown.
 
 // The search the rows shown answer (the box's text when Search was last pressed): paging back and
 // auto-refresh keep to it, not to text typed in the box since.
