@@ -135,6 +135,22 @@ async def test_p99_latency_of_a_route_fires_posts_and_resolves(manager: Make, ho
     assert alerts.firing() == [] and len(alerts.history) == 2
 
 
+async def test_too_few_requests_to_judge_neither_resolve_nor_fire(manager: Make, hook: Hook) -> None:
+    """min_count is the evidence a rule needs to judge: a window with fewer requests (still past
+    the threshold) leaves a firing alert firing; resolving it, to fire again once traffic picks up,
+    would flap (a webhook post each way). An empty window resolves it."""
+    rule = AlertRule(name="chat-slow", metric="p99_latency_ms", route="chat", above=1000, window_minutes=5)
+    alerts = manager(rule)
+    assert [e["status"] for e in await alerts.evaluate(NOW)] == ["firing"]
+    # 265 s on, the window holds chat's two slowest requests only: too few to judge either way.
+    assert await alerts.evaluate(NOW + 265) == []
+    assert [s.rule.name for s in alerts.firing()] == ["chat-slow"]
+    assert [e["status"] for e in await alerts.evaluate(NOW + 600)] == ["resolved"]
+    assert [e["status"] for e in hook.received] == ["firing", "resolved"]
+    # And too few never raises one.
+    assert await manager(rule).evaluate(NOW + 265) == []
+
+
 async def test_for_minutes_waits_before_firing(manager: Make, hook: Hook) -> None:
     rule = AlertRule(
         name="slow", metric="p99_latency_ms", per="route", above=1000, window_minutes=60, for_minutes=2

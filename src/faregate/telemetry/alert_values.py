@@ -124,9 +124,15 @@ def cache_measurements(rule: AlertRule, figures: dict[str, Any] | None) -> list[
     return [Measurement(None, float(bool(figures["cap_reached"])), rule.min_count)]
 
 
+def judged(rule: AlertRule, m: Measurement) -> bool:
+    """Is there enough evidence (min_count requests or scores) for the rule to judge? Spend rules
+    need none."""
+    return rule.metric == "daily_spend_usd" or m.count >= rule.min_count
+
+
 def breaches(rule: AlertRule, m: Measurement) -> bool:
     """Is this measurement past the rule's threshold (with enough evidence)?"""
-    if rule.metric != "daily_spend_usd" and m.count < rule.min_count:
+    if not judged(rule, m):
         return False
     if rule.above is not None:
         if m.usd is not None:

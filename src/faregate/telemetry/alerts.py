@@ -31,6 +31,7 @@ from faregate.telemetry.alert_values import (
     Measurement,
     QualityFigures,
     breaches,
+    judged,
     measure,
 )
 
@@ -195,9 +196,16 @@ class AlertManager:
         events: list[dict[str, Any]] = []
         seen: set[tuple[str, str | None]] = set()
         for m in measured:
+            key = (rule.name, m.subject)
+            if not judged(rule, m):
+                # Too few requests to judge: a firing alert stays firing (resolved now, it would fire
+                # again once traffic picks up: a flap, posted each way); none is raised or pending.
+                state = self.states.get(key)
+                if state is not None and state.firing:
+                    seen.add(key)
+                continue
             if not breaches(rule, m):
                 continue
-            key = (rule.name, m.subject)
             seen.add(key)
             state = self.states.get(key)
             if state is None:
