@@ -1,8 +1,10 @@
-"""Every command the README and bench/README.md show runs, in a quick form, from this checkout.
+"""Every command the README, bench/README.md and docs/accounts.md show runs, in a quick form, from
+this checkout.
 
-The commands are read from the documents themselves: each line of a ```sh block, and inline code
-that is a command (`faregate ...`, `make ...`, `python bench/...`, `curl ...`). Each must have an
-entry in QUICK: the quick form to run, or why it is not run here. So a documented command that
+The commands are read from the documents themselves: each line of a ```sh block, each `$ faregate`
+line of a ```console block, and inline code that is a command (`faregate ...`, `make ...`,
+`python bench/...`, `curl ...`). Each must have an entry in QUICK: the quick form to run, or why it
+is not run here. So a documented command that
 stops working, or a newly documented one that nobody tried, fails the suite.
 
 `faregate` commands run in document order (a key is made before it is topped up or revoked) in a
@@ -31,7 +33,7 @@ from harness import free_port, wait_until
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ("README.md", "bench/README.md")
+DOCS = ("README.md", "bench/README.md", "docs/accounts.md")
 VENV_BIN = Path(sys.executable).parent
 COMMAND = re.compile(r"(faregate|make|curl) \S|python bench/")
 
@@ -46,6 +48,12 @@ def documented() -> list[str]:
                 command = re.sub(r"\s+#.*$", "", line).strip()
                 if command:
                     found.append(command)
+        # A console block shows a session: its `$ faregate` lines are commands (its curl lines
+        # name a gateway of the text's own, with its keys and ids: not run here).
+        for block in re.findall(r"```console\n(.*?)```", text, re.S):
+            for line in block.splitlines():
+                if line.startswith("$ faregate "):
+                    found.append(re.sub(r"\s+#.*$", "", line[2:]).strip())
         prose = re.sub(r"```.*?```", "", text, flags=re.S)
         found += [span for span in re.findall(r"`([^`\n]+)`", prose) if COMMAND.match(span)]
     return list(dict.fromkeys(found))
@@ -345,6 +353,32 @@ QUICK: dict[str, Quick] = {
         where="checkout",
         expect="/v1/embeddings |",
     ),
+    # docs/accounts.md's CLI session. Its key has the README's name, and a name must be unique among
+    # live keys for `checkout-service` to name one: the README's key is revoked first.
+    "faregate keys create --name checkout-service --credits 25 --budget day=2 --budget month:rolling=40"
+    " --rpm 60 --max-request 0.05": Quick(
+        run="faregate keys revoke checkout-service && faregate keys create --name checkout-service"
+        " --credits 25 --budget day=2 --budget month:rolling=40 --rpm 60 --max-request 0.05",
+        expect="with $25 of credits",
+    ),
+    "faregate keys update checkout-service --budget day=3 --budget month=50 --tpm 200000": Quick(
+        expect="60 requests/min, 200,000 tokens/min, per request $0.05"
+    ),
+    "faregate keys show checkout-service": Quick(expect="budget    calendar month: $0 of $50, resets"),
+    "faregate keys revoke checkout-service": Quick(expect="Revoked"),
+    "faregate credits instances": Quick(expect="lease until (UTC)"),
+    "faregate credits release-instance inst_77aa01e9b3c2": Quick(
+        why_not="the id of the text's dead instance: `faregate credits release-instance ID` (help) above"
+    ),
+    "faregate credits audit -c a/faregate.yaml": Quick(
+        why_not="one of two instances on PostgreSQL and Redis: tests/test_scaleout.py audits them; "
+        "`faregate credits audit` runs above"
+    ),
+    "faregate credits ledger KEY": Quick(
+        run="faregate credits ledger --help", expect="newest first", why_not=HELP_ONLY
+    ),
+    "faregate keys …": Quick(run="faregate keys --help", expect="revoke", why_not=HELP_ONLY),
+    "faregate credits …": Quick(run="faregate credits --help", expect="release-instance", why_not=HELP_ONLY),
 }
 CURL = "curl "  # the README's curl examples: answered by the gateway of `make run`
 # A fault script for the simulator line (the README's `my-faults.yaml`).
