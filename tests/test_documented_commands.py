@@ -1,5 +1,5 @@
-"""Every command the README, bench/README.md and docs/accounts.md show runs, in a quick form, from
-this checkout.
+"""Every command the README, bench/README.md, docs/accounts.md and docs/replay-routes.md show runs,
+in a quick form, from this checkout.
 
 The commands are read from the documents themselves: each line of a ```sh block, each `$ faregate`
 line of a ```console block, and inline code that is a command (`faregate ...`, `make ...`,
@@ -33,7 +33,7 @@ from harness import free_port, wait_until
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ("README.md", "bench/README.md", "docs/accounts.md")
+DOCS = ("README.md", "bench/README.md", "docs/accounts.md", "docs/replay-routes.md")
 VENV_BIN = Path(sys.executable).parent
 COMMAND = re.compile(r"(faregate|make|curl) \S|python bench/")
 
@@ -377,6 +377,21 @@ QUICK: dict[str, Quick] = {
     "faregate credits ledger KEY": Quick(
         run="faregate credits ledger --help", expect="newest first", why_not=HELP_ONLY
     ),
+    # docs/replay-routes.md: the three replays of its config (the router's MiniLM vectors of 654
+    # prompts are cached in ~/.cache/faregate/router after a first run).
+    "faregate replay --data data/routellm/gsm8k_responses.csv -c replay.yaml"
+    " --policy route:short-to-mixtral": Quick(
+        expect="│ route short-to-mixtral │                    30.5% │    72.7% │ 0.406 │   $2.28 │"
+    ),
+    "faregate replay --data data/routellm/gsm8k_responses.csv -c replay.yaml --policy route:math-cascade"
+    " --held-out": Quick(
+        expect="│                    41.4% │    80.4% │ 0.747 │    $1.45 │               48.5% │"
+    ),
+    "faregate replay --data data/routellm/gsm8k_responses.csv -c replay.yaml --policy route:math-router"
+    " --held-out": Quick(
+        expect="│ route math-router (strong_share 40%) │                    42.4% │    75.8% │ 0.547 │"
+    ),
+    "faregate router eval": Quick(run="faregate router eval --help", expect="--judge", why_not=HELP_ONLY),
     "faregate keys …": Quick(run="faregate keys --help", expect="revoke", why_not=HELP_ONLY),
     "faregate credits …": Quick(run="faregate credits --help", expect="release-instance", why_not=HELP_ONLY),
 }
@@ -401,6 +416,9 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("data", "routers"):
         (folder / name).symlink_to(ROOT / name)
     (folder / "my-faults.yaml").write_text(FAULTS)
+    # docs/replay-routes.md's `replay.yaml`: the page's own config block.
+    page = (ROOT / "docs" / "replay-routes.md").read_text(encoding="utf-8")
+    (folder / "replay.yaml").write_text(re.findall(r"```yaml\n(.*?)```", page, re.S)[0])
     return folder
 
 
