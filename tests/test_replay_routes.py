@@ -18,6 +18,7 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
+from faregate import usage_estimate
 from faregate.cli import replay as replay_cli
 from faregate.config import load_settings
 from faregate.evals.replay.engine import Pair, Report
@@ -402,6 +403,36 @@ def test_command_replays_a_configured_route(app: typer.Typer, tmp_path: Path) ->
         assert "Traceback" not in failed.output
     held = run(app, *common, "--policy", "route:short-first", "--held-out")
     assert held.exit_code == 2 and "uses no trained file" in held.output
+
+
+def test_command_counts_prompts_as_the_config_says(app: typer.Typer, tmp_path: Path) -> None:
+    # A rule's prompt tokens are counted as the gateway with this config counts them
+    # (accounts.usage_estimate): this question is 31 tokens by the light count, 30 by o200k.
+    question = (
+        "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May."
+    )
+    data = tmp_path / "natalia.csv"
+    data.write_text(f"prompt,small,big\n{question!r},True,False\n".replace("'", '"'), encoding="utf-8")
+    route = (
+        "  short-first:\n    rules: [{when: {max_prompt_tokens: 30}, use: [small]}]\n    chain: [big-v1]\n"
+    )
+    common = ["replay", "--data", str(data), "--keep-contaminated", "--strong", "big", "--weak", "small",
+              "--price", "big=10/30", "--price", "small=0.60/0.60"]  # fmt: skip
+    common += ["--policy", "route:short-first"]
+    shares: dict[str, dict[str, float]] = {}
+    try:
+        for estimate in ("light", "tokenizer"):
+            folder = tmp_path / estimate
+            folder.mkdir()
+            config = write_config(folder, route, MODELS + f"accounts: {{usage_estimate: {estimate}}}\n")
+            report = folder / "report.json"
+            result = run(app, *common, "-c", str(config), "--json", str(report))
+            assert result.exit_code == 0, result.output
+            shares[estimate] = json.loads(report.read_text(encoding="utf-8"))["policy"]["shares"]
+    finally:
+        usage_estimate.configure("light")
+    assert shares["light"]["big"] == 1.0
+    assert shares["tokenizer"]["small"] == 1.0
 
 
 def test_command_replays_a_trained_router_file(

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from faregate import usage_estimate
 from faregate.cli.common import load_or_exit
 from faregate.evals.replay.engine import Pair, Report
 from faregate.evals.replay.outcomes import Outcomes
@@ -83,6 +84,9 @@ def replay_named(spec: str, outcomes: Outcomes, options: Options) -> tuple[Repor
         )
         return report, notes
     settings = load_or_exit(options.config)
+    # A rule on prompt tokens counts them as the gateway with this config would
+    # (accounts.usage_estimate: the light count runs over o200k, so the two disagree near a limit).
+    usage_estimate.configure(settings.accounts.usage_estimate)
     route = open_route(settings, spec.removeprefix(ROUTE_PREFIX), outcomes.models, options.aliases)
     try:
         outcomes = _select(outcomes, route.trained_files(), options.held_out, notes)
