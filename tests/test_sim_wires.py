@@ -247,6 +247,11 @@ async def test_embeddings_are_deterministic_unit_vectors(
     assert not np.allclose(first.data[0].embedding, first.data[1].embedding)
     assert abs(np.linalg.norm(first.data[0].embedding) - 1) < 1e-5
     assert first.usage.prompt_tokens == tokens.count_text("a cat") + tokens.count_text("a dog")
+    # Counted as a provider counts them, by o200k, as the chat endpoint does (not by the gateway's
+    # own estimate: the light count makes these 12).
+    texts = ["The food was delicious.", "The waiter was kind."]
+    counted = await client.embeddings.create(model="text-embedding-3-small", input=texts)
+    assert counted.usage.prompt_tokens == sum(tokens.count_text(t) for t in texts) == 10
     small = await client.embeddings.create(
         model="e", input=[[1, 2, 3]], dimensions=8, encoding_format="base64"
     )

@@ -100,7 +100,11 @@ class EmbeddingsEndpoint:
             return failed
         dimensions = parsed.dimensions or DIMENSIONS
         items = [] if fault == "empty_choices" else parsed.inputs
-        prompt = wire.input_tokens(parsed)
+        # As a provider counts its own tokens: by o200k, as the chat endpoint does (not with
+        # wire.input_tokens, the gateway's estimate, which counts by accounts.usage_estimate).
+        prompt = sum(
+            len(item) if isinstance(item, tuple) else tokens.count_text(item) for item in parsed.inputs
+        )
         answer = {
             "object": "list",
             "data": [
