@@ -197,6 +197,24 @@ async def test_metered_admission_caps_a_single_request(store: SQLiteStore) -> No
     assert balance is not None and balance.balance_nano == 10_000_000_000 - 100_000
 
 
+async def test_a_revoked_key_over_its_request_cap_is_told_401_not_402(store: SQLiteStore) -> None:
+    # The per-request cap was checked before anything asked the store: a key revoked elsewhere,
+    # still in this process's key cache, got 402 request_budget_exceeded for an over-cap request
+    # where any other request of it gets 401.
+    from faregate.errors import AuthenticationFailed
+
+    key_id = await new_key(store, 10_000_000_000)
+    await store.accounts.set_policy(key_id, {"max_request_nano": 1_000_000})
+    admission = MeteredAdmission(
+        EmbeddedAccounts(store), PolicyCache(store.accounts), AccountsSettings(), 60.0
+    )
+    key = next(k for k in await KeyStore(store).list() if k.id == key_id)
+    assert await KeyStore(store).revoke(key_id)
+    request = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}]}, {}, "req_1")
+    with pytest.raises(AuthenticationFailed):
+        await admission.admit(key, request, Decimal("0.0011"), 10)
+
+
 async def test_a_reservation_the_store_could_not_make_gives_its_rate_units_back(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -451,3 +451,23 @@ async def test_a_top_up_past_the_largest_exact_balance_is_refused(
         await service.add_credits(key.id, 1)
     await shared.flush()
     assert (await pg.accounts.get_account(key.id)).balance_nano == MAX_NANO == await ledger_sum(pg, key.id)  # type: ignore[union-attr]
+
+
+async def test_a_revoked_key_over_its_request_cap_is_told_401_not_402(
+    pg: PostgresStore, shared: SharedAccounts
+) -> None:
+    # The per-request cap was checked before Redis was asked: a key revoked elsewhere, still in
+    # this process's key cache, got 402 request_budget_exceeded where any other request gets 401.
+    from faregate.accounts.metered import MeteredAdmission, PolicyCache
+    from faregate.config import AccountsSettings
+    from faregate.errors import AuthenticationFailed
+    from faregate.server.parse import parse_chat_request
+
+    keys = KeyStore(pg)
+    key, _ = await keys.create("t", credits_nano=10_000_000_000, policy={"max_request_nano": 1_000_000})
+    admission = MeteredAdmission(shared, PolicyCache(pg.accounts), AccountsSettings(), 60.0)
+    await keys.revoke(key.id)
+    await shared.key_changed(key.id, revoked=True)
+    request = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}]}, {}, "req_1")
+    with pytest.raises(AuthenticationFailed):
+        await admission.admit(key, request, Decimal("0.0011"), 10)

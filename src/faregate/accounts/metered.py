@@ -97,6 +97,10 @@ class MeteredAdmission:
         limits = limits_for(policy, key.premium, self.settings)
         amount = hold_nano(worst_usd)
         if policy.max_request_nano is not None and amount > policy.max_request_nano:
+            # Revocation first, as the stores check it: a key revoked elsewhere, still in this
+            # process's key cache, is told 401 as on any other request, not 402 (lower max_tokens).
+            # One check, for over-cap requests only.
+            await self._check_key(key)
             raise InsufficientCredits(
                 f"This request may cost up to ${usd_text(amount)} (its worst case: the prompt plus "
                 f"max_tokens at the priciest candidate's prices), more than this key's per-request cap of "
@@ -133,6 +137,18 @@ class MeteredAdmission:
             headers=rate_headers(result.rate),
             handle=HoldRef(ask.hold_id, request.request_id, ask.hour, tokens, limits),
         )
+
+    async def _check_key(self, key: ApiKey) -> None:
+        """Refuse (401) a key the store refuses whatever it asks: revoked, or without an account."""
+        try:
+            checked = await self.backend.take_request(key.id, None)
+        except StoreUnavailable as exc:
+            raise AccountsUnavailable(
+                f"The gateway cannot reach its accounts store ({exc}) to check the key. Retry shortly.",
+                headers={"Retry-After": "1"},
+            ) from exc
+        if isinstance(checked, Refused):
+            raise refusal_error(checked, 0, 0)
 
     async def count_hit(self, key: ApiKey, request: RequestMeta) -> dict[str, str]:
         limits = limits_for(await self.policies.get(key.id), key.premium, self.settings)
