@@ -183,6 +183,16 @@ async def test_bad_admin_requests_are_clear_400s_and_404s(
     assert error["param"] == param and error["message"]
 
 
+async def test_a_bad_quality_limit_is_a_400_naming_it(client: TestClient[Any, Any]) -> None:
+    # /admin/quality read `limit` with a bare int() and fell back to 20 on anything else: a typo
+    # was answered as if it had not been asked. It is checked as the dashboard API's are.
+    response = await client.get("/admin/quality?limit=abc", headers=ADMIN)
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["param"] == "limit" and "'abc'" in error["message"]
+    assert (await client.get("/admin/quality?limit=5", headers=ADMIN)).status == 200
+
+
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
 async def test_a_wrong_method_is_a_405_that_says_which_are_allowed(
     client: TestClient[Any, Any], path: str

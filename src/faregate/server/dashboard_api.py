@@ -38,7 +38,9 @@ MAX_POINTS = 120
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter, clamped to [low, high]; `default` when absent or empty, a 400
+    naming it when it is not an integer (also /admin/quality's)."""
     text = request.query.get(name)
     if not text:
         return default
@@ -217,7 +219,7 @@ class DashboardApi:
 
     async def series(self, request: web.Request) -> web.Response:
         s = await self.slice(request)
-        bucket = _int_param(request, "bucket", 0, 0, 31 * 86400)
+        bucket = int_param(request, "bucket", 0, 0, 31 * 86400)
         if bucket < 60:
             bucket = bucket_for(s.until - s.since)
         points = [
@@ -228,7 +230,7 @@ class DashboardApi:
     async def breakdown(self, request: web.Request) -> web.Response:
         s = await self.slice(request)
         by = self.dimension(request, "model")
-        limit = _int_param(request, "limit", 100, 1, 1000)
+        limit = int_param(request, "limit", 100, 1, 1000)
         groups = await self.analytics.breakdown(s, by, limit)
         rows = [{"group": g.group, "label": g.label or g.group, **totals_json(g.totals)} for g in groups]
         return self.reply(s, {"by": by, "rows": rows})
@@ -255,7 +257,7 @@ class DashboardApi:
             }
             for r in await self.analytics.reliability(s, by)
         ]
-        limit = _int_param(request, "limit", 50, 1, 1000)
+        limit = int_param(request, "limit", 50, 1, 1000)
         failures = [
             {"provider": p, "model": m, "outcome": o, "attempts": n}
             for p, m, o, n in await self.analytics.failed_attempts_by_offer(s, limit)
@@ -315,7 +317,7 @@ class DashboardApi:
     async def requests(self, request: web.Request) -> web.Response:
         s = await self.slice(request)
         q = request.query
-        limit = _int_param(request, "limit", 50, 1, 500)
+        limit = int_param(request, "limit", 50, 1, 500)
         before = _timestamp(q["before"], "before") if q.get("before") else None
         search = (_text_param(request, "q") or "").strip() or None
         rows = await self.analytics.recent(

@@ -547,7 +547,7 @@ def openapi_document(limits: LimitsSettings | None = None) -> dict[str, Any]:
                 "parameters": [
                     {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"}}
                 ],
-                "responses": _answers(401, 403),
+                "responses": _answers(400, 401, 403),
             }
         },
         "/admin/instances/{instance_id}/release": {

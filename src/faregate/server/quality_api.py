@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from faregate.server.admin import require_master
+from faregate.server.dashboard_api import int_param
 from faregate.store.analytics_rows import Slice
 from faregate.store.rows import usd_text
 
@@ -78,10 +79,7 @@ async def quality_figures(gateway: Gateway, limit: int = 20) -> dict[str, Any]:
 def add_quality_route(app: web.Application, gateway: Gateway) -> None:
     async def quality(request: web.Request) -> web.StreamResponse:
         require_master(request, gateway.master_key)
-        try:
-            limit = max(1, min(500, int(request.query.get("limit", "20"))))
-        except ValueError:
-            limit = 20
+        limit = int_param(request, "limit", 20, 1, 500)
         body = await quality_figures(gateway, limit)
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
