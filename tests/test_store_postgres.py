@@ -471,3 +471,39 @@ async def test_a_revoked_key_over_its_request_cap_is_told_401_not_402(
     request = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}]}, {}, "req_1")
     with pytest.raises(AuthenticationFailed):
         await admission.admit(key, request, Decimal("0.0011"), 10)
+
+
+async def test_a_retried_revocation_marks_redis_when_the_first_could_not(
+    pg: PostgresStore, shared: SharedAccounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL is marked first, then Redis, then the broadcast. When the Redis step failed the
+    # operator got 503, and the retry answered "already revoked" without touching Redis: every
+    # instance still caching the key kept admitting it (Redis had no revocation mark).
+    from faregate.accounts.metered import PolicyCache
+    from faregate.accounts.ratelimit import RateState
+    from faregate.accounts.service import AccountsService
+    from faregate.config import AccountsSettings
+    from faregate.store.protocols import StoreUnavailable
+
+    keys = KeyStore(pg)
+    service = AccountsService(keys, shared, PolicyCache(pg.accounts), AccountsSettings())
+    key, _ = await keys.create("t", credits_nano=1_000)
+    assert isinstance(await shared.take_request(key.id, None), RateState)  # its account is in Redis
+    told = asyncio.Event()
+    shared.on_key_changed(lambda key_id: told.set() if key_id == key.id else None)
+
+    async def redis_down(key_id: str) -> None:
+        raise StoreUnavailable("Redis: connection reset")
+
+    monkeypatch.setattr(shared.ledger, "revoke", redis_down)
+    with pytest.raises(StoreUnavailable):
+        await service.revoke(key.id)
+    monkeypatch.undo()
+    assert isinstance(await shared.take_request(key.id, None), RateState)  # the half-done revocation
+    told.clear()
+    await service.revoke(key.id)  # the retry finishes it
+    refused = await shared.take_request(key.id, None)
+    assert isinstance(refused, Refused) and refused.reason == "revoked"
+    refused = await shared.reserve(ask(key.id, 1, 1))
+    assert isinstance(refused, Refused) and refused.reason == "revoked"
+    await asyncio.wait_for(told.wait(), 5)  # and every instance was told again

@@ -206,12 +206,28 @@ class AccountsService:
         return await self.view(key_id)
 
     async def revoke(self, id_or_name: str) -> KeyView | None:
+        """Revoke a key and tell every instance; None if no active key matches. A key already
+        revoked is told again (idempotent): the revocation is stored first, then marked in the
+        live store and broadcast, and a failure after the first step (503) is finished by the
+        retry, which would otherwise find the key revoked and stop there."""
         key_id = await self.keys.revoke_id(id_or_name)
         if key_id is None:
+            revoked = await self._revoked_id(id_or_name)
+            if revoked is not None:
+                self.policies.forget(revoked)
+                await self.backend.key_changed(revoked, revoked=True)
             return None
         self.policies.forget(key_id)
         await self.backend.key_changed(key_id, revoked=True)
         return await self.view(key_id)
+
+    async def _revoked_id(self, id_or_name: str) -> str | None:
+        """The revoked key with this id, or else the one revoked key with this name, or None."""
+        row = await self.table.get_key(id_or_name)
+        if row is not None:
+            return row.id if row.revoked_at is not None else None
+        named = [k for k in await self.keys.list(include_revoked=True) if k.name == id_or_name]
+        return named[0].id if len(named) == 1 and named[0].revoked else None
 
     async def add_credits(self, key_id: str, amount_nano: int, note: str | None = None) -> KeyView:
         row = await self.table.get_key(key_id)
