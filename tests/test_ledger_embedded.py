@@ -297,6 +297,29 @@ async def test_a_key_is_answered_with_its_raw_value_once_it_exists(
     assert [k.name for k in await keys.list()] == ["checkout"]
 
 
+async def test_a_rename_with_a_policy_change_is_one_transaction(store: SQLiteStore, tmp_path: Path) -> None:
+    # The name was written (and committed) before the policy: a failure writing the policy
+    # answered 503 with the key already renamed. Both are one transaction now.
+    from faregate.accounts.service import AccountsService, PolicyChange
+
+    keys = KeyStore(store)
+    service = AccountsService(keys, EmbeddedAccounts(store), PolicyCache(store.accounts), AccountsSettings())
+    key, _ = await keys.create("before")
+    with sqlite3.connect(tmp_path / DB_FILENAME) as db:
+        db.execute(
+            "CREATE TRIGGER policy_fails BEFORE UPDATE OF requests_per_minute ON accounts"
+            " BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+        )
+    with pytest.raises(Exception, match="disk I/O error"):
+        await service.update(key.id, PolicyChange(requests_per_minute=5), "after")
+    view = await service.view(key.id)
+    assert view.key.name == "before" and view.policy.requests_per_minute is None
+    with sqlite3.connect(tmp_path / DB_FILENAME) as db:
+        db.execute("DROP TRIGGER policy_fails")
+    view = await service.update(key.id, PolicyChange(requests_per_minute=5), "after")
+    assert view.key.name == "after" and view.policy.requests_per_minute == 5
+
+
 async def test_a_revoked_key_is_told_401_before_its_rate_limit(store: SQLiteStore, tmp_path: Path) -> None:
     # Revoked by another process (the CLI) while this one still caches the key: the store refuses
     # it at the reservation, but the in-memory rate limit was asked first, so a rate-limited key

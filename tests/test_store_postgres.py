@@ -507,3 +507,30 @@ async def test_a_retried_revocation_marks_redis_when_the_first_could_not(
     refused = await shared.reserve(ask(key.id, 1, 1))
     assert isinstance(refused, Refused) and refused.reason == "revoked"
     await asyncio.wait_for(told.wait(), 5)  # and every instance was told again
+
+
+async def test_a_rename_with_a_policy_change_is_one_transaction(
+    pg: PostgresStore, shared: SharedAccounts
+) -> None:
+    # The name was written (and committed) before the policy: a failure writing the policy
+    # answered 503 with the key already renamed. Both are one transaction now.
+    from faregate.accounts.metered import PolicyCache
+    from faregate.accounts.service import AccountsService, PolicyChange
+    from faregate.config import AccountsSettings
+
+    keys = KeyStore(pg)
+    service = AccountsService(keys, shared, PolicyCache(pg.accounts), AccountsSettings())
+    key, _ = await keys.create("before")
+    await pg._pool.execute(
+        "CREATE FUNCTION policy_fails() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;"
+        " CREATE TRIGGER policy_fails BEFORE UPDATE OF requests_per_minute ON accounts"
+        " FOR EACH ROW EXECUTE FUNCTION policy_fails()"
+    )
+    with pytest.raises(Exception, match="disk full"):
+        await service.update(key.id, PolicyChange(requests_per_minute=5), "after")
+    view = await service.view(key.id)
+    assert view.key.name == "before" and view.policy.requests_per_minute is None
+    await pg._pool.execute("DROP TRIGGER policy_fails ON accounts")
+    view = await service.update(key.id, PolicyChange(requests_per_minute=5), "after")
+    assert view.key.name == "after" and view.policy.requests_per_minute == 5

@@ -197,11 +197,12 @@ class AccountsService:
             name = name.strip()
             if not name or len(name) > 100:
                 raise InvalidRequest("a key name is 1 to 100 characters", param="name")
+        if not change.empty:
+            # The name with the policy, in one transaction: a failure (503) changes neither.
+            await self._store_policy(key_id, change, name)
+        elif name is not None:
             await self.table.set_key_name(key_id, name)
             self.keys.clear_cache()
-        if not change.empty:
-            await self._store_policy(key_id, change)
-        elif name is not None:
             await self.backend.key_changed(key_id)
         return await self.view(key_id)
 
@@ -298,9 +299,11 @@ class AccountsService:
         await self.backend.flush()
         return await self.backend.audit()
 
-    async def _store_policy(self, key_id: str, change: PolicyChange) -> None:
+    async def _store_policy(self, key_id: str, change: PolicyChange, name: str | None = None) -> None:
         # Only the fields the change names: written over a policy read earlier, the others would
         # undo a change made in between (two PATCHes of one key at once).
-        await self.table.set_policy(key_id, change.columns())
+        await self.table.set_policy(key_id, change.columns(), name)
         self.policies.forget(key_id)
+        if name is not None:
+            self.keys.clear_cache()
         await self.backend.key_changed(key_id)

@@ -146,10 +146,11 @@ class AccountTable(Protocol):
 
     async def get_account(self, key_id: str) -> AccountRow | None: ...
 
-    async def set_policy(self, key_id: str, changes: PolicyValues) -> bool:
+    async def set_policy(self, key_id: str, changes: PolicyValues, name: str | None = None) -> bool:
         """Write the policy columns in `changes` (POLICY_COLUMNS; budgets as JSON text) and keep
         the others as stored, in one statement: two changes of different fields at once both
-        stay. False if the key has no account."""
+        stay. Given a `name`, the key is renamed in the same transaction (a failure changes
+        neither). False if the key has no account."""
         ...
 
     async def set_key_name(self, key_id: str, name: str) -> bool: ...

@@ -166,15 +166,18 @@ class PostgresAccountTable:
             bool(row["revoked"]),
         )
 
-    async def set_policy(self, key_id: str, changes: PolicyValues) -> bool:
+    async def set_policy(self, key_id: str, changes: PolicyValues, name: str | None = None) -> bool:
         columns = policy_columns(changes)
         sets = "".join(f"{column} = ${i}, " for i, column in enumerate(columns, start=3))
-        status = await self._pool.execute(
-            f"UPDATE accounts SET {sets}updated_at = $2 WHERE key_id = $1",
-            key_id,
-            time.time(),
-            *(changes[column] for column in columns),
-        )
+        statement = f"UPDATE accounts SET {sets}updated_at = $2 WHERE key_id = $1"
+        values = (key_id, time.time(), *(changes[column] for column in columns))
+        if name is None:
+            status = await self._pool.execute(statement, *values)
+        else:
+            # The rename and the policy together: a failure leaves neither written.
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("UPDATE api_keys SET name = $1 WHERE id = $2", name, key_id)
+                status = await conn.execute(statement, *values)
         return str(status).endswith(" 1")
 
     async def ledger_rows(self, key_id: str, limit: int) -> list[LedgerRow]:

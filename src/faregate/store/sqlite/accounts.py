@@ -124,10 +124,12 @@ class SQLiteAccountTable:
             return AccountRow(row[0], int(row[1]), row[2], row[3], row[4], row[5], bool(row[6]))
         return None
 
-    async def set_policy(self, key_id: str, changes: PolicyValues) -> bool:
+    async def set_policy(self, key_id: str, changes: PolicyValues, name: str | None = None) -> bool:
         columns = policy_columns(changes)
         sets = "".join(f"{column} = ?, " for column in columns)
         async with self._transaction():
+            if name is not None:
+                await self._conn.execute("UPDATE api_keys SET name = ? WHERE id = ?", (name, key_id))
             cursor = await self._conn.execute(
                 f"UPDATE accounts SET {sets}updated_at = ? WHERE key_id = ?",
                 (*(changes[column] for column in columns), time.time(), key_id),
