@@ -370,9 +370,25 @@ def _reads(control: str, max_age: float | None) -> bool:
 
 
 def _answer(kind: str, raw: bytes, max_age_s: float | None = None) -> CachedAnswer | None:
-    """The stored answer; None when it was stored longer ago than the request's max-age."""
-    data = orjson.loads(raw)
-    if max_age_s is not None and time.time() - float(data.get("stored_at", 0)) > max_age_s:
+    """The stored answer; None when it was stored longer ago than the request's max-age, or when
+    it cannot be read: a Redis shared with another version, or a corrupt value, is a miss (the
+    fresh answer is stored over it), never a failed request."""
+    try:
+        data = orjson.loads(raw)
+        stored_at = float(data.get("stored_at", 0))
+        prompt, completion = data["usage"]
+        body, model, provider = data["body"], data["model"], data["provider"]
+        if not (
+            isinstance(body, dict)
+            and isinstance(model, str)
+            and isinstance(provider, str)
+            and type(prompt) is int
+            and type(completion) is int
+        ):
+            raise ValueError("unexpected types")
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # orjson.JSONDecodeError is a ValueError
+        log.warning("unreadable cache entry, treated as a miss: %r", exc)
         return None
-    prompt, completion = data["usage"]
-    return CachedAnswer(kind, data["body"], data["model"], data["provider"], Usage(prompt, completion))
+    if max_age_s is not None and time.time() - stored_at > max_age_s:
+        return None
+    return CachedAnswer(kind, body, model, provider, Usage(prompt, completion))
