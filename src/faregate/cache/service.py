@@ -343,6 +343,16 @@ class ResponseCache:
                 "model": model,
                 "provider": provider,
                 "usage": [usage.prompt_tokens, usage.completion_tokens],
+                # Apart from `usage` (whose layout older versions sharing the Redis read): what a hit
+                # is recorded with, so its baseline prices prompt-cache reads and writes and audio
+                # as the answer's own did, not every prompt token at the full input price.
+                "usage_parts": [
+                    usage.cache_read_tokens,
+                    usage.cache_write_tokens,
+                    usage.cache_write_1h_tokens,
+                    usage.audio_prompt_tokens,
+                    usage.audio_completion_tokens,
+                ],
                 "stored_at": time.time(),
             }
         )
@@ -378,12 +388,14 @@ def _answer(kind: str, raw: bytes, max_age_s: float | None = None) -> CachedAnsw
         stored_at = float(data.get("stored_at", 0))
         prompt, completion = data["usage"]
         body, model, provider = data["body"], data["model"], data["provider"]
+        # Absent from entries stored before it was kept.
+        read, write, write_1h, audio_in, audio_out = data.get("usage_parts") or (0, 0, 0, 0, 0)
+        counts = (prompt, completion, read, write, write_1h, audio_in, audio_out)
         if not (
             isinstance(body, dict)
             and isinstance(model, str)
             and isinstance(provider, str)
-            and type(prompt) is int
-            and type(completion) is int
+            and all(type(n) is int for n in counts)
         ):
             raise ValueError("unexpected types")
     except (ValueError, TypeError, KeyError, AttributeError) as exc:  # orjson.JSONDecodeError is a ValueError
@@ -391,4 +403,13 @@ def _answer(kind: str, raw: bytes, max_age_s: float | None = None) -> CachedAnsw
         return None
     if max_age_s is not None and time.time() - stored_at > max_age_s:
         return None
-    return CachedAnswer(kind, body, model, provider, Usage(prompt, completion))
+    usage = Usage(
+        prompt,
+        completion,
+        cache_read_tokens=read,
+        cache_write_tokens=write,
+        cache_write_1h_tokens=write_1h,
+        audio_prompt_tokens=audio_in,
+        audio_completion_tokens=audio_out,
+    )
+    return CachedAnswer(kind, body, model, provider, usage)
