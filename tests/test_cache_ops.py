@@ -103,3 +103,20 @@ async def test_an_entry_stored_without_the_split_is_still_served() -> None:
     await c.store.set(decision.key, orjson.dumps(entry), 60)
     cached = await c.lookup(decision, request(BASE))
     assert cached is not None and (cached.usage.prompt_tokens, cached.usage.cache_read_tokens) == (5, 0)
+
+
+def test_a_clients_ttl_is_capped_at_max_ttl_s() -> None:
+    """A ttl_s hint or Cache-Control max-age cannot pin an entry in a shared Redis for years."""
+    week = 7 * 24 * 3600
+    c = ResponseCache(CacheSettings(), MemoryStore())
+    assert c.settings.max_ttl_s == week
+    years = {**BASE, "faregate": {"cache": {"ttl_s": 10 * 365 * 24 * 3600}}}
+    assert c.decide(request(years), {}, lambda: "m").ttl_s == week
+    assert c.decide(request(BASE), {"Cache-Control": "max-age=315360000"}, lambda: "m").ttl_s == week
+    huge = {**BASE, "faregate": {"cache": {"ttl_s": 1e300}}}  # Redis refused it: every write failed
+    assert c.decide(request(huge), {}, lambda: "m").ttl_s == week
+    assert c.decide_embeddings({}, years["faregate"], "k", {}, "e").ttl_s == week
+    # Below the cap, as asked; the cap is the operator's to set.
+    assert c.decide(request(BASE), {"Cache-Control": "max-age=600"}, lambda: "m").ttl_s == 600
+    short = ResponseCache(CacheSettings(max_ttl_s=60), MemoryStore())
+    assert short.decide(request(BASE), {"Cache-Control": "max-age=600"}, lambda: "m").ttl_s == 60

@@ -212,11 +212,13 @@ class ResponseCache:
             log.exception("could not store a cache entry")
 
     def _ttl(self, hints: JSON, resolved: str, control: str, hint: dict[str, Any]) -> float:
+        # What the client asks for is capped (cache.max_ttl_s): a shared Redis is not its to fill
+        # for years, and Redis refuses an expiry past its range (every write failed).
         if hint.get("ttl_s"):
-            return float(hint["ttl_s"])
+            return min(float(hint["ttl_s"]), self.settings.max_ttl_s)
         match = _MAX_AGE.search(control)
         if match and int(match.group(1)) > 0:
-            return float(match.group(1))
+            return min(float(match.group(1)), self.settings.max_ttl_s)
         if resolved in self.settings.route_ttl_s:
             return self.settings.route_ttl_s[resolved]
         tier = hints.get("tier")

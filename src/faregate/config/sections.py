@@ -208,6 +208,9 @@ class CacheSettings(_Strict):
     # TTL by tier hint and by route (or model) name, overriding ttl_s.
     tier_ttl_s: dict[Literal["economy", "standard", "premium"], Seconds] = {}
     route_ttl_s: dict[str, Seconds] = {}
+    # The longest TTL a client may ask for (a `faregate.cache.ttl_s` hint or Cache-Control max-age):
+    # longer is cut to this, so no client pins entries in a shared Redis for years.
+    max_ttl_s: Seconds = 7 * 24 * 3600.0
     # In-process store size; ignored with Redis.
     # At least one: a negative size made every cache write fail (logged, never stored).
     max_entries: Annotated[int, msgspec.Meta(ge=1)] = 10_000
