@@ -120,3 +120,101 @@ def test_a_clients_ttl_is_capped_at_max_ttl_s() -> None:
     assert c.decide(request(BASE), {"Cache-Control": "max-age=600"}, lambda: "m").ttl_s == 600
     short = ResponseCache(CacheSettings(max_ttl_s=60), MemoryStore())
     assert short.decide(request(BASE), {"Cache-Control": "max-age=600"}, lambda: "m").ttl_s == 60
+
+
+class FakeRedis:
+    """A Redis on 127.0.0.1 that accepts connections and, while `hung`, never answers; otherwise
+    it answers GET and SET (and +OK to anything else) from a dict."""
+
+    def __init__(self) -> None:
+        self.hung = True
+        self.data: dict[bytes, bytes] = {}
+        self.commands = 0
+        self.server: Any = None
+
+    async def start(self) -> str:
+        import asyncio
+
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def _serve(self, reader: Any, writer: Any) -> None:
+        import asyncio
+
+        try:
+            while True:
+                header = await reader.readline()
+                if not header.startswith(b"*"):
+                    return
+                args = []
+                for _ in range(int(header[1:])):
+                    size = int((await reader.readline())[1:])
+                    args.append((await reader.readexactly(size + 2))[:-2])
+                self.commands += 1
+                if self.hung:
+                    continue
+                name = args[0].upper()
+                if name == b"HELLO":  # redis-py speaks RESP3: a map, and "_" for nil
+                    writer.write(b"%1\r\n+proto\r\n:3\r\n")
+                elif name == b"GET":
+                    value = self.data.get(args[1])
+                    writer.write(b"_\r\n" if value is None else b"$%d\r\n%s\r\n" % (len(value), value))
+                else:
+                    if name == b"SET":
+                        self.data[args[1]] = args[2]
+                    writer.write(b"+OK\r\n")
+                await writer.drain()
+        except (ConnectionError, ValueError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        self.server.close()
+
+
+async def test_a_hung_redis_is_skipped_after_a_few_failures_then_probed_again() -> None:
+    """A Redis that accepts connections and never answers cost every lookup the socket timeout
+    (a semantic hit twice), for the whole outage. After a few consecutive failures the store is
+    skipped for a cool-down, then one request probes it: still hung, skipped again; back, used."""
+    import asyncio
+    import time
+
+    from faregate.cache.stores import RedisStore
+
+    fake = FakeRedis()
+    url = await fake.start()
+    store = RedisStore(url, cooldown_s=1.0)
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            assert await store.get("k") is None
+            assert time.monotonic() - started >= 0.4  # the socket timeout, as before
+        started, sent = time.monotonic(), fake.commands
+        for _ in range(20):
+            assert await store.get("k") is None
+            await store.set("k", b"v", 60)
+        assert time.monotonic() - started < 0.2, "skipped while the breaker is open"
+        assert fake.commands == sent
+        assert store.errors == 3
+
+        await asyncio.sleep(1.05)
+        # One probe once the cool-down is over (the others skip meanwhile); still hung: open again.
+        started = time.monotonic()
+        assert await asyncio.gather(*(store.get("k") for _ in range(5))) == [None] * 5
+        assert store.errors == 4
+        assert time.monotonic() - started < 0.9
+        started = time.monotonic()
+        assert await store.get("k") is None
+        assert time.monotonic() - started < 0.1
+
+        fake.hung = False
+        await asyncio.sleep(1.05)
+        assert await store.get("k") is None  # the probe: answered (no entry), the breaker closes
+        await store.set("k", b"v", 60)
+        assert store.errors == 4
+        assert fake.data == {b"faregate:cache:k": b"v"}
+        assert await store.get("k") == b"v"
+    finally:
+        await store.close()
+        await fake.close()
