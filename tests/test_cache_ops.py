@@ -218,3 +218,23 @@ async def test_a_hung_redis_is_skipped_after_a_few_failures_then_probed_again() 
     finally:
         await store.close()
         await fake.close()
+
+
+async def test_the_in_process_cache_does_not_keep_a_huge_chat_answer() -> None:
+    """Entries are counted, not sized: one long answer per entry made max_entries no bound on
+    memory. An answer over 128 KiB (as for embeddings) is not kept in process."""
+    from faregate.types import Usage
+
+    c = ResponseCache(CacheSettings(), MemoryStore())
+    decision = c.decide(request(BASE), {}, lambda: "m")
+    huge = {"choices": [{"message": {"role": "assistant", "content": "x" * (200 * 1024)}}]}
+    await c._write(decision, huge, "m", "p", Usage(1, 50_000))
+    assert await c.lookup(decision, request(BASE)) is None
+    assert len(c.store) == 0  # type: ignore[arg-type]
+    long = {"choices": [{"message": {"role": "assistant", "content": "x" * (120 * 1024)}}]}
+    await c._write(decision, long, "m", "p", Usage(1, 30_000))
+    cached = await c.lookup(decision, request(BASE))
+    assert cached is not None and cached.body == long
+    # A huge answer for a key drops what the key held (it was to be replaced).
+    await c._write(decision, huge, "m", "p", Usage(1, 50_000))
+    assert await c.lookup(decision, request(BASE)) is None

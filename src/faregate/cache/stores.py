@@ -29,15 +29,26 @@ class CacheStore(Protocol):
     async def close(self) -> None: ...
 
 
+# The largest value the in-process store keeps: an answer of up to 128 KiB (the bound on a kept
+# embeddings answer, server/embeddings.py) with the model, provider and usage stored beside it.
+MAX_VALUE_BYTES = 128 * 1024 + 1024
+
+
 class MemoryStore:
     """LRU bounded by entry count; entries expire at their own TTL.
+
+    Entries are counted, not sized, so a value over `max_value_bytes` is not kept: one long chat
+    answer per entry (a 100k-token completion is ~400 KiB) made `max_entries` no bound on memory.
 
     A value is kept as a right-sized copy: orjson (>= 3.12) returns bytes whose allocation is at
     least 4 KiB whatever their length, and never shrinks it, so 10,000 cached answers of ~500
     bytes would hold ~40 MiB instead of ~5 MiB (measured by bench/soak.py)."""
 
-    def __init__(self, max_entries: int = 10_000, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, max_entries: int = 10_000, clock: Any = time.monotonic, max_value_bytes: int = MAX_VALUE_BYTES
+    ) -> None:
         self.max_entries = max_entries
+        self.max_value_bytes = max_value_bytes
         self._clock = clock
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
@@ -53,6 +64,10 @@ class MemoryStore:
         return value
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        if len(value) > self.max_value_bytes:
+            # Not kept; nor is what the key held, which this value was to replace.
+            self._entries.pop(key, None)
+            return
         self._entries[key] = (self._clock() + ttl_s, right_sized(value))
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
