@@ -609,6 +609,31 @@ async def test_a_providers_404_falls_back_at_once_and_counts_against_its_offer()
     assert health.breaker("b/mid").consecutive_failures == 1
 
 
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refused_provider_key_falls_back_at_once_and_counts_against_its_offer(status: int) -> None:
+    # The provider refused the gateway's own key (providers/upstream_failures.py): asked again
+    # with the same key it refuses again, so the retries' backoff would only delay the fallback.
+    refused = UpstreamFailure("server_error", "provider authentication failed", status=status)
+    a = Scripted("a", [ok("from a")])
+    b = Scripted("b", [refused, refused, refused])
+    s = settings(routing={"retries": 2})
+    health = HealthBoard(s.routing.breaker)
+    planner = Planner(build_catalog(s), s.routes, s.routing, health)
+    runner = AttemptRunner(ProviderRegistry.of({"a": a, "b": b}), 5.0, s.routing, health)
+    req = request({"model": "mid"})
+    plan = await planner.plan(req)
+    assert [c.offer.provider for c in plan.candidates] == ["b", "a"]
+    served = await runner.complete(req, plan)
+    assert served.completion.body["choices"][0]["message"]["content"] == "from a"
+    assert [(x.provider, x.outcome, x.status) for x in served.attempts] == [
+        ("b", "server_error", status),
+        ("a", "ok", None),
+    ]
+    assert len(b.calls) == 1  # not retried
+    assert runner.retries == 0
+    assert health.breaker("b/mid").consecutive_failures == 1
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_the_deadline_reached_in_an_upstream_queue_is_no_failure_of_the_offer(stream: bool) -> None:
     # The request's deadline passes while it waits for one of b's slots: b was never called, so

@@ -3,7 +3,8 @@
 Per candidate: up to 1 + retries calls, with exponential backoff and full jitter,
 waiting out a short Retry-After; then fall back to the next candidate. A failure
 moves on when it is the provider's fault (429, 5xx, timeout, connection error, a 200
-with nothing in it, a stream that dies before its first content). A 4xx that is the
+with nothing in it, a stream that dies before its first content); a 404 or a refused key
+(401, 403) moves on without a retry, since the same call gets the same answer. A 4xx that is the
 client's fault is returned at once: another provider would refuse it too. Breakers
 fail fast: an offer whose breaker is open is not called at all. A candidate's provider and
 the timeouts of its calls are one registry lookup.
@@ -102,6 +103,8 @@ class AttemptRunner:
             return None  # a hang rarely fixes itself; fall back instead of paying the timeout twice
         if failure.status == 404:
             return None  # the provider does not serve the model: asked again, it says so again
+        if failure.status in (401, 403):
+            return None  # the provider refused our key: the same key is refused again
         if failure.retry_after is not None:
             if failure.retry_after > self.routing.max_retry_after_s:
                 return None
