@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from decimal import Decimal
@@ -659,3 +660,31 @@ async def test_the_deadline_reached_in_an_upstream_queue_is_no_failure_of_the_of
     assert not b.calls
     assert health.breaker("b/mid").consecutive_failures == 0
     assert health.breaker("b/mid").state == CLOSED
+
+
+async def test_a_stream_that_waited_for_an_upstream_slot_keeps_to_the_request_deadline() -> None:
+    # The wait for one of b's slots comes out of the request's time: the stream's call gets only
+    # what is left after it, and opening it ends at the request's deadline, as a whole call does.
+    class Silent(Scripted):
+        async def stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
+            self.calls.append(call)
+            await asyncio.sleep(5)  # sends nothing
+            yield {}
+
+    b = Silent("b", [])
+    s = settings(routing={"retries": 0})
+    limiter = UpstreamLimiter({"b": UpstreamQueueSettings(max_concurrent=1, max_queued=5, timeout_s=30)})
+    runner = AttemptRunner(ProviderRegistry.of({"b": b}), 1.0, s.routing, None, limiter)
+    held = await limiter.acquire("b", premium=False)
+    asyncio.get_running_loop().call_later(0.5, held.release)  # b's slot frees up halfway to the deadline
+    req = request({"model": "mid", "stream": True})
+    plan = await Planner(build_catalog(s), s.routes, s.routing).plan(req)
+    plan = replace(plan, candidates=[c for c in plan.candidates if c.offer.provider == "b"])
+    with pytest.raises(UpstreamFailed) as info:
+        await runner.open_stream(req, plan)
+    elapsed = time.perf_counter() - req.started
+    assert info.value.status == 504
+    assert elapsed < 1.25  # the deadline (1 s), not 1 s after the slot was granted (1.5 s)
+    (sent,) = b.calls
+    assert sent.total_timeout_s <= 0.55
+    assert sent.first_byte_timeout_s <= 0.55

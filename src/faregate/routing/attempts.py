@@ -13,6 +13,7 @@ the timeouts of its calls are one registry lookup.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -205,6 +206,11 @@ class AttemptRunner:
             candidate: Candidate, provider: Provider, call: UpstreamCall, time_left: float
         ) -> tuple[list[JSON], list[JSON], AsyncIterator[list[JSON]]]:
             slot = await self.limiter.acquire(candidate.offer.provider, request.premium, time_left)
+            if candidate.offer.provider in self.limiter.gates:
+                # The wait for the slot came out of the request's time: the stream's opening and
+                # its call's own timeouts get what is left after it, as `_in_slot` gives a whole call.
+                time_left = self._time_left(request)
+                call = _within(call, time_left)
             # The stream holds its slot until it ends or is closed (every path below closes it).
             iterator = self.limiter.guard(stream_reads(provider, call), slot)
             buffered: list[JSON] = []
@@ -346,6 +352,15 @@ async def _read_after_finish(iterator: AsyncIterator[list[JSON]], buffered: list
                 buffered.extend(await anext(iterator))
     except (StopAsyncIteration, TimeoutError, UpstreamFailure):
         pass  # whatever usage came is in `buffered`; the attempt fails as empty either way
+
+
+def _within(call: UpstreamCall, time_left: float) -> UpstreamCall:
+    """`call` with its timeouts cut to `time_left` (what is left of the request's time)."""
+    return dataclasses.replace(
+        call,
+        first_byte_timeout_s=min(call.first_byte_timeout_s, time_left),
+        total_timeout_s=min(call.total_timeout_s, time_left),
+    )
 
 
 def _early_end(buffered: list[JSON]) -> UpstreamFailure:
