@@ -224,6 +224,7 @@ def test_a_failing_provider_falls_back_to_another_provider_of_the_model(
     row = record(gateway, headers["x-faregate-request-id"])
     attempts = json.loads(row["attempts"])
     assert [(a["provider"], a["outcome"]) for a in attempts][-1] == ("openrouter", "ok")
+    assert Decimal(attempts[-1]["cost_usd"]) == cost  # the served call's own billed cost
     assert {a["provider"] for a in attempts[:-1]} == {"openai"}
     assert int(headers["x-faregate-attempts"]) == len(attempts) >= 2
     assert sim_models(stand_in).get("openai/text-embedding-3-large", 0) >= 1

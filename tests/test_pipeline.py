@@ -32,6 +32,7 @@ from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Plan, Planner
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.wire_routes import add_wire_routes
+from faregate.store.rows import attempts_json, usd_text
 from faregate.types import JSON, ChatRequest, Completion, Price, RequestRecord, Usage
 from test_routing import PROVIDERS, model
 
@@ -351,6 +352,43 @@ async def test_a_failing_model_falls_back_and_the_record_lists_both_attempts(har
     (record,) = harness.records
     assert [(a.provider, a.outcome) for a in record.attempts] == [("a", "server_error"), ("b", "ok")]
     assert harness.events[2:6] == ["plan", "reserve", "upstream a", "upstream b"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_each_attempt_in_the_record_carries_its_own_billed_cost(harness: Harness, stream: bool) -> None:
+    # docs/dashboard.md: a request's attempts show the billed cost of each upstream call, the
+    # one that answered too; the request's cost is still their sum, each counted once.
+    blank_stream = [
+        chunk({}, "stop"),
+        {"id": "c", "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 0}},
+    ]
+    harness.a.outcomes = [blank_stream if stream else answer("", Usage(10, 0))]  # billed, then falls back
+    status, _, _ = await harness.post({"model": "pair", "stream": stream, **ASK})
+    assert status == 200
+    (record,) = harness.records
+    failed = Price(Decimal(1), Decimal(1)).cost(Usage(10, 0))
+    served = Price(Decimal(10), Decimal(10)).cost(Usage(10, 2))
+    assert [(a.provider, a.outcome, a.cost) for a in record.attempts] == [
+        ("a", "empty", failed),
+        ("b", "ok", served),
+    ]
+    assert [(a.prompt_tokens, a.completion_tokens) for a in record.attempts] == [(10, 0), (10, 2)]
+    # What the dashboard's attempts detail shows (the stored JSON, its cost_usd printed as is).
+    stored = orjson.loads(attempts_json(record.attempts))
+    assert [a["cost_usd"] for a in stored] == [usd_text(failed), usd_text(served)]
+    assert record.cost_usd == failed + served
+    assert harness.events[-2:] == [f"settle {failed + served} 12", "record"]
+
+
+async def test_a_cascade_records_the_cost_of_the_answer_that_was_served(harness: Harness) -> None:
+    harness.a.outcomes = [answer("it is a big number", Usage(10, 5))]
+    status, _, _ = await harness.post({"model": "cascade", **ASK})
+    assert status == 200
+    (record,) = harness.records
+    escalated = Price(Decimal(1), Decimal(1)).cost(Usage(10, 5))
+    served = Price(Decimal(10), Decimal(10)).cost(Usage(10, 2))
+    assert [(a.outcome, a.cost) for a in record.attempts] == [("escalated", escalated), ("ok", served)]
+    assert record.cost_usd == escalated + served
 
 
 # -- streams --------------------------------------------------------------------------------------

@@ -386,8 +386,23 @@ def _all_timeouts(attempts: list[Attempt]) -> bool:
     return bool(attempts) and all(a.outcome == "timeout" for a in attempts)
 
 
+def served_cost(candidate: Candidate, usage: Usage, attempts: list[Attempt]) -> Decimal:
+    """The request's cost: the served attempt's usage at its offer's price, plus what the other
+    attempts were billed. The served attempt (the one "ok": a cascade's refused answers and
+    judge calls have their own outcomes) is given that usage and cost, so the record shows what
+    each upstream call cost, the one that answered too; `billed_cost` leaves it out of its sum."""
+    cost = candidate.offer.price.cost(usage)
+    for attempt in reversed(attempts):
+        if attempt.outcome == "ok":
+            attempt.prompt_tokens = usage.prompt_tokens
+            attempt.completion_tokens = usage.completion_tokens
+            attempt.cost = cost
+            break
+    return cost + billed_cost(attempts)
+
+
 def billed_cost(attempts: list[Attempt]) -> Decimal:
-    """What failed attempts cost (the served attempt's cost is added by the caller)."""
+    """What the attempts that did not serve cost (the served attempt's cost is `served_cost`'s)."""
     if len(attempts) == 1 and attempts[0].outcome == "ok":
         return _NOTHING  # the usual request: one attempt, served (no generator, no new Decimal)
     return sum((a.cost for a in attempts if a.outcome != "ok"), _NOTHING)

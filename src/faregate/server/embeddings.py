@@ -35,7 +35,7 @@ from faregate.cache.service import CachedAnswer
 from faregate.catalog.models import Model
 from faregate.errors import FaregateError, InvalidRequest
 from faregate.providers.registry import ProviderRegistry
-from faregate.routing.attempts import Served, billed_cost
+from faregate.routing.attempts import Served, served_cost
 from faregate.routing.plan import Plan
 from faregate.server.aiohttp_seam import AiohttpRequest
 from faregate.server.exchange import Exchange
@@ -179,7 +179,7 @@ class EmbeddingsPipeline:
         candidate, completion = served.candidate, served.completion
         exchange.answered_by(candidate, served.attempts)
         usage = completion.usage or Usage(await job.input_tokens(), 0, estimated=True)
-        cost = candidate.offer.price.cost(usage) + billed_cost(served.attempts)
+        cost = served_cost(candidate, usage, served.attempts)
         exchange.embedded(candidate, usage, cost)
         body = wire.response_body(completion.body, candidate.model.name, usage, cost)
         data = orjson.dumps(body)

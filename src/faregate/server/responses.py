@@ -24,7 +24,7 @@ from aiohttp import web
 
 from faregate.cache.service import CachedAnswer, ResponseCache
 from faregate.errors import FaregateError, UpstreamFailure
-from faregate.routing.attempts import Served, billed_cost
+from faregate.routing.attempts import Served, served_cost
 from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Candidate
 from faregate.server.aiohttp_seam import web_response
@@ -96,11 +96,6 @@ async def settle(
     if usage is None:
         usage = await estimate_usage(request, text, deltas)
     return Settled(usage, served_cost(candidate, usage, attempts))
-
-
-def served_cost(candidate: Candidate, usage: Usage, attempts: list[Attempt]) -> Decimal:
-    """The served attempt's cost at its offer's price, plus the failed attempts the provider billed."""
-    return candidate.offer.price.cost(usage) + billed_cost(attempts)
 
 
 class Responder:
