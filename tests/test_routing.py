@@ -154,6 +154,46 @@ async def test_max_tokens_counts_against_the_context(planner: Planner) -> None:
     assert await names(planner, {"model": "tiny", "max_tokens": 900}) == ["a/tiny"]
 
 
+async def test_a_messages_upstream_is_fitted_with_the_max_tokens_it_is_sent() -> None:
+    # Without the client's max_tokens a Messages upstream is sent one all the same (8,192, or the
+    # model's max output: wire/anthropic_upstream.py), and refuses a prompt that overflows the
+    # context window with it (a 400 for the client): a model with room for it serves instead.
+    providers = {
+        **PROVIDERS,
+        "c": {"base_url": "http://127.0.0.1:3/v1", "enabled": True, "protocol": "anthropic"},
+    }
+    models = {
+        "claude": model("1", ctx=12_000, offers=[{"provider": "c"}]),
+        "claude-short": model("1", ctx=12_000, offers=[{"provider": "c"}], max_output_tokens=1000),
+        "both": model(
+            "1", ctx=12_000, offers=[{"provider": "c"}, {"provider": "a", "input": 2, "output": 2}]
+        ),
+        "wide": model("2", ctx=200_000),
+    }
+    s = settings(providers=providers, models=models, routes={})
+    planner = Planner(build_catalog(s), s.routes, s.routing)
+    long = [{"role": "user", "content": "word " * 6000}]  # 6,000 tokens and a few
+    assert await names(planner, {"models": ["claude", "wide"], "messages": long}) == ["a/wide"]
+    assert await names(planner, {"models": ["claude-short", "wide"], "messages": long}) == [
+        "c/claude-short",
+        "a/wide",
+    ]
+    # Its OpenAI-wire offer leaves the rest of the window to the output: it still fits.
+    assert await names(planner, {"models": ["both", "wide"], "messages": long}) == ["a/both", "a/wide"]
+    # The client's max_tokens is what every offer is sent.
+    assert await names(planner, {"models": ["claude", "wide"], "messages": long, "max_tokens": 100}) == [
+        "c/claude",
+        "a/wide",
+    ]
+    assert await names(planner, {"model": "claude"}) == ["c/claude"]
+    alone = request({"model": "claude", "messages": long})
+    assert planner.plan_now(alone) is None
+    with pytest.raises(InvalidRequest) as info:
+        await planner.plan(alone)
+    assert info.value.code == "context_length_exceeded"
+    assert "claude (12,000 tokens" in info.value.message
+
+
 async def test_max_cost_skips_expensive_candidates(planner: Planner) -> None:
     body = {"model": "smart", "faregate": {"task": "code", "max_cost_usd": "0.0005"}, "max_tokens": 100}
     assert await names(planner, body) == ["b/mid", "a/mid", "a/cheap"]

@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from faregate.catalog.models import Catalog, Model, Offer
+from faregate.catalog.models import Catalog, Model, Offer, output_default
 from faregate.config import Settings
 from faregate.types import Price
 
@@ -73,6 +73,7 @@ def add_broad_models(catalog: Catalog, settings: Settings, enabled: dict[str, bo
         ours = PROVIDER_IDS.get(provider.id)
         if ours is not None and ours not in settings.providers:
             ours = None
+        default = output_default(settings.providers[ours]) if ours is not None else None
         for info in provider.models:
             if getattr(info, "deprecated", None):
                 continue
@@ -90,10 +91,21 @@ def add_broad_models(catalog: Catalog, settings: Settings, enabled: dict[str, bo
                     and all(o.provider != ours for o in existing.offers)
                 ):
                     existing.offers.append(
-                        Offer(existing.name, ours, info.id, price, enabled.get(ours, False))
+                        Offer(
+                            existing.name,
+                            ours,
+                            info.id,
+                            price,
+                            enabled.get(ours, False),
+                            output_default=default,
+                        )
                     )
                 continue
-            offers = [Offer(name, ours, info.id, price, enabled.get(ours, False))] if ours else []
+            offers = (
+                [Offer(name, ours, info.id, price, enabled.get(ours, False), output_default=default)]
+                if ours
+                else []
+            )
             catalog.add(
                 Model(
                     name=name,

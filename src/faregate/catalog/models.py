@@ -15,6 +15,7 @@ from decimal import Decimal
 from faregate.config import ModelSettings, OfferSettings, ProviderSettings, Settings
 from faregate.errors import ConfigError
 from faregate.types import Price
+from faregate.wire.anthropic_upstream import DEFAULT_MAX_TOKENS
 
 # Suggestions remembered per unknown name. Finding them scans every name in the catalog with
 # difflib (~25 ms over the ~1,800 names of the broad catalog, on the event loop), and a client
@@ -32,6 +33,10 @@ class Offer:
     price: Price
     available: bool
     dedicated: bool = False
+    # The max_tokens its upstream is sent when the client names none (at most the model's max
+    # output): the Messages wire must send one (wire/anthropic_upstream.py); None, the OpenAI
+    # wire's way, sends none and leaves the upstream the rest of the context window.
+    output_default: int | None = None
 
     @property
     def key(self) -> str:
@@ -169,6 +174,11 @@ def _offer_price(offer: OfferSettings, list_price: Price | None, embedding: bool
     return replace(base, cache_read=read, cache_write=write, cache_write_1h=write_1h)
 
 
+def output_default(provider: ProviderSettings | None) -> int | None:
+    """`Offer.output_default` for an offer of `provider`."""
+    return DEFAULT_MAX_TOKENS if provider is not None and provider.protocol == "anthropic" else None
+
+
 def build_catalog(settings: Settings) -> Catalog:
     """Curated models from the config, the broad catalog for declared providers, and an offer at
     list price on every curated model from each enabled provider that serves every model."""
@@ -191,6 +201,7 @@ def build_catalog(settings: Settings) -> Catalog:
                     price=price,
                     available=enabled.get(offer.provider, False),
                     dedicated=offer.dedicated,
+                    output_default=output_default(settings.providers.get(offer.provider)),
                 )
             )
         if list_price is None:
@@ -199,7 +210,8 @@ def build_catalog(settings: Settings) -> Catalog:
             raise ConfigError(f"models.{name}: no price (set input/output or give an offer with a price)")
         for provider in everywhere:
             if not any(o.provider == provider for o in offers):
-                offers.insert(0, Offer(name, provider, name, list_price, True))
+                default = output_default(settings.providers[provider])
+                offers.insert(0, Offer(name, provider, name, list_price, True, output_default=default))
         models.append(
             Model(
                 name=name,

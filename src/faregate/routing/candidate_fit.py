@@ -71,6 +71,52 @@ async def fits(model: Model, request: ChatRequest, prompt: PromptSize, rejected:
     return True
 
 
+def _output_sent(model: Model, offer: Offer) -> int:
+    """The output allowance `offer`'s upstream is sent for a request without max_tokens: its wire's
+    default at most the model's max output (wire/anthropic_upstream.py), or 1 when its wire sends
+    none (the upstream may then write what the context window has room for)."""
+    default = offer.output_default
+    if default is None:
+        return 1
+    return min(default, model.max_output_tokens) if model.max_output_tokens else default
+
+
+def offers_fit_now(model: Model, offers: list[Offer], request: ChatRequest, prompt: PromptSize) -> bool:
+    """Whether every offer has room for the prompt's upper bound with the output allowance its
+    upstream is sent (the usual request: `fits_now` settled it); False: ask `offers_that_fit`."""
+    if request.max_tokens is not None:
+        return True  # every offer is sent the client's limit, which `fits_now` counted
+    window = model.context_window
+    return all(
+        o.output_default is None or prompt.upper_bound <= window - _output_sent(model, o) for o in offers
+    )
+
+
+async def offers_that_fit(
+    model: Model, offers: list[Offer], request: ChatRequest, prompt: PromptSize, rejected: Rejections
+) -> list[Offer]:
+    """The offers (in their order) whose upstream has room for the prompt with the output allowance
+    it is sent. `fits` counted the client's max_tokens, or 1 token without one; but a Messages
+    upstream is sent a max_tokens all the same and refuses, with a 400 for the client, a prompt
+    that overflows the context window with it: a model with more room may serve instead."""
+    if request.max_tokens is not None:
+        return offers
+    kept: list[Offer] = []
+    least = 0  # the smallest allowance of the offers left out, for the client's error
+    for offer in offers:
+        sent = _output_sent(model, offer)
+        if sent == 1 or await prompt.at_most(model.context_window - sent):
+            kept.append(offer)
+        else:
+            least = min(least, sent) if least else sent
+    if not kept:
+        rejected.context.append(
+            f"{model.name} ({model.context_window:,} tokens, with the {least:,} output tokens "
+            "its provider is sent as max_tokens)"
+        )
+    return kept
+
+
 async def within_cap(
     model: Model,
     offers: list[Offer],

@@ -19,7 +19,16 @@ from faregate.catalog.models import Catalog, Model, Offer
 from faregate.config import RoutingSettings
 from faregate.errors import InvalidRequest, ModelNotFound
 from faregate.route_config import ChainItem, RouteSettings, chain_steps
-from faregate.routing.candidate_fit import ModelUnavailable, Rejections, fits, fits_now, refuse, within_cap
+from faregate.routing.candidate_fit import (
+    ModelUnavailable,
+    Rejections,
+    fits,
+    fits_now,
+    offers_fit_now,
+    offers_that_fit,
+    refuse,
+    within_cap,
+)
 from faregate.routing.estimate import PromptSize
 from faregate.routing.health import HealthBoard
 from faregate.routing.routes import Hints, RouteBook, RouteTrace, Step, parse_hints
@@ -193,7 +202,7 @@ class Planner:
         if not fits_now(model, request, prompt, rejected):
             return None
         offers = self._order_offers(model, rejected, False, None, request.premium, request.key_id)
-        if not offers:
+        if not offers or not offers_fit_now(model, offers, request, prompt):
             return None
         retries = self.routing.retries
         return Plan(name, [Candidate(model, offer, retries) for offer in offers], prompt)
@@ -319,6 +328,8 @@ class Planner:
             offers = self._order_offers(
                 model, rejected, by_latency, p99_limit, request.premium, request.key_id
             )
+            if offers:
+                offers = await offers_that_fit(model, offers, request, prompt, rejected)
             if cap is not None and offers:
                 offers = await within_cap(model, offers, request, prompt, cap, rejected)
             candidates.extend(Candidate(model, offer, retries) for offer in offers)
