@@ -650,11 +650,14 @@ async def test_a_providers_404_falls_back_at_once_and_counts_against_its_offer()
     assert health.breaker("b/mid").consecutive_failures == 1
 
 
-@pytest.mark.parametrize("status", [401, 403])
+@pytest.mark.parametrize("status", [401, 403, 402, 400])
 async def test_a_refused_provider_key_falls_back_at_once_and_counts_against_its_offer(status: int) -> None:
-    # The provider refused the gateway's own key (providers/upstream_failures.py): asked again
-    # with the same key it refuses again, so the retries' backoff would only delay the fallback.
-    refused = UpstreamFailure("server_error", "provider authentication failed", status=status)
+    # The provider refused the gateway's own key, or our account with it is out of credit (402,
+    # or Anthropic's 400 "credit balance is too low": providers/upstream_failures.py): asked
+    # again half a second later it refuses again, so the retries' backoff only delays the fallback.
+    refused = UpstreamFailure(
+        "server_error", "provider authentication failed or account needs payment", status=status
+    )
     a = Scripted("a", [ok("from a")])
     b = Scripted("b", [refused, refused, refused])
     s = settings(routing={"retries": 2})
