@@ -225,6 +225,21 @@ async def test_max_cost_is_checked_offer_by_offer() -> None:
     assert [c.offer.provider for c in (await planner.plan(premium)).candidates] == ["a"]
 
 
+async def test_a_clients_cap_cannot_raise_the_routes_cap() -> None:
+    """The route's `max_cost_usd` is the operator's ceiling: a client's larger cap replaced it, and
+    let a request reach a candidate the operator had priced out. The smaller of the two applies."""
+    routes = {**ROUTES, "capped": {"chain": ["big", "cheap"], "max_cost_usd": "0.0005"}}
+    s = settings(routes=routes)
+    planner = Planner(build_catalog(s), s.routes, s.routing)
+    # 100 output tokens: big's worst case is ~$0.001, over the route's cap; cheap's is ~$0.00001.
+    body: dict[str, Any] = {"model": "capped", "max_tokens": 100}
+    assert await names(planner, body) == ["a/cheap"]
+    assert await names(planner, {**body, "faregate": {"max_cost_usd": 1}}) == ["a/cheap"]
+    # A client's smaller cap still applies under the route's.
+    with pytest.raises(InvalidRequest, match="max_cost_usd"):
+        await planner.plan(request({**body, "faregate": {"max_cost_usd": "0.000001"}}))
+
+
 @pytest.mark.parametrize(
     "hints",
     [

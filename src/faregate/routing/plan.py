@@ -308,9 +308,9 @@ class Planner:
         seen: set[str],
     ) -> list[Candidate]:
         """The offers of every step that can serve the request, in order (a model only once)."""
-        cap = hints.max_cost_usd
-        if cap is None and route_settings is not None:
-            cap = route_settings.max_cost_usd
+        # The route's cap is the operator's ceiling: a client's hint may lower it, never raise it.
+        caps = [hints.max_cost_usd, route_settings.max_cost_usd if route_settings else None]
+        cap = min((c for c in caps if c is not None), default=None)
         p99_limit = route_settings.failover_p99_ms if route_settings else None
         by_latency = route_settings is not None and route_settings.offer_choice == "latency"
         candidates: list[Candidate] = []
