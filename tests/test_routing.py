@@ -130,6 +130,27 @@ async def test_a_tools_rule_matches_legacy_functions_too() -> None:
     assert await names(planner, {"model": "t"}) == ["a/cheap"]
 
 
+async def test_a_response_format_rule_ignores_the_default_text_format() -> None:
+    """`{"type": "text"}` is the default response format (plain text, what no `response_format`
+    gives): a request sending it asks for no structured output, and matched `has_response_format`."""
+    rules = [{"when": {"has_response_format": True}, "use": ["big"]}]
+    s = settings(routes={"t": {"rules": rules, "chain": ["cheap"]}})
+    planner = Planner(build_catalog(s), s.routes, s.routing)
+    assert await names(planner, {"model": "t", "response_format": {"type": "json_object"}}) == [
+        "a/big",
+        "a/cheap",
+    ]
+    assert await names(planner, {"model": "t", "response_format": {"type": "text"}}) == ["a/cheap"]
+    assert await names(planner, {"model": "t"}) == ["a/cheap"]
+    negated = settings(
+        routes={
+            "t": {"rules": [{"when": {"has_response_format": False}, "use": ["big"]}], "chain": ["cheap"]}
+        }
+    )
+    planner = Planner(build_catalog(negated), negated.routes, negated.routing)
+    assert (await names(planner, {"model": "t", "response_format": {"type": "text"}}))[0] == "a/big"
+
+
 async def test_nested_routes_and_retry_budgets(planner: Planner) -> None:
     plan = await planner.plan(request({"model": "outer", "faregate": {"tier": "premium"}}))
     assert [(c.model.name, c.retries) for c in plan.candidates] == [("tiny", 1), ("big", 3), ("cheap", 1)]

@@ -136,15 +136,20 @@ async def rule_matches(when: RuleMatch, request: ChatRequest, prompt: PromptSize
     body = request.body
     if when.has_tools is not None and bool(body.get("tools") or body.get("functions")) != when.has_tools:
         return False
-    if when.has_response_format is not None and bool(request.body.get("response_format")) != (
-        when.has_response_format
-    ):
+    if when.has_response_format is not None and _asks_format(body) != when.has_response_format:
         return False
     if when.stream is not None and request.stream != when.stream:
         return False
     if when.max_prompt_tokens is not None and not await prompt.at_most(when.max_prompt_tokens):
         return False
     return not (when.min_prompt_tokens is not None and await prompt.at_most(when.min_prompt_tokens - 1))
+
+
+def _asks_format(body: dict[str, Any]) -> bool:
+    """Whether the request asks for structured output: `{"type": "text"}` is the default format
+    (what no `response_format` gives), so it does not count."""
+    fmt = body.get("response_format")
+    return bool(fmt) and not (isinstance(fmt, dict) and fmt.get("type") == "text")
 
 
 class RouteBook:
