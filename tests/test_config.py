@@ -75,6 +75,15 @@ def test_alias_that_differs_only_in_case_is_rejected() -> None:
     assert parse_settings(same_model).models["gpt-4o"].aliases == ["GPT-4o"]
 
 
+def test_a_route_named_like_a_model_but_for_case_is_rejected() -> None:
+    """A route "GPT-4o" took the requests spelling gpt-4o that way (routes are matched exactly,
+    models case-insensitively): refused at load, as an alias differing only in case is."""
+    models = {"gpt-4o": {"input": 1, "output": 1, "aliases": ["four-o"]}, "cheap": {"input": 1, "output": 1}}
+    for route in ("GPT-4o", "Four-O", "gpt-4o"):
+        with pytest.raises(ConfigError, match=f"routes.{route}: the name is already model 'gpt-4o'"):
+            parse_settings({"models": models, "routes": {route: {"chain": ["cheap"]}}})
+
+
 def test_duplicate_alias_is_rejected() -> None:
     data = {
         "models": {

@@ -303,6 +303,16 @@ def test_a_routes_numbers_are_bounded_at_start(extra: dict[str, Any], where: str
         settings(routes={"r": {"chain": ["cheap"], **extra}})
 
 
+@pytest.mark.parametrize("route", ["anthropic/claude-2", "Anthropic/Claude-2"])
+def test_a_route_named_like_a_broad_catalog_model_fails_at_start(route: str) -> None:
+    """The broad catalog's models are looked up in any case and routes exactly: a route with a
+    broad model's name, in any spelling, took that model's requests (configured models are checked
+    when the config loads: tests/test_config.py)."""
+    s = settings(routes={route: {"chain": ["cheap"]}}, catalog={"broad": True})
+    with pytest.raises(ConfigError, match="already model 'anthropic/claude-2'"):
+        Planner(build_catalog(s), s.routes, s.routing)
+
+
 def test_route_loop_fails_at_start() -> None:
     with pytest.raises(ConfigError, match="loop"):
         settings(routes={"x": {"chain": ["y"]}, "y": {"chain": ["x"]}})

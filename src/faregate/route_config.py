@@ -152,9 +152,16 @@ def check_routes(settings: Settings, origin: str, model_names: dict[str, str]) -
     """Every name in a route must be a model, an alias or another route; routes may not loop; no
     route step is an embedding model."""
     embedding_models = {name for name, model in settings.models.items() if model.kind == "embedding"}
+    # Models are looked up case-insensitively and routes exactly: a route "GPT-4o" took requests
+    # spelling the model gpt-4o that way.
+    lowered = {known.lower(): model for known, model in model_names.items()}
     for name in settings.routes:
-        if name in model_names:
-            raise ConfigError(f"{origin}: routes.{name}: the name is already a model or alias")
+        owner = lowered.get(name.lower())
+        if owner is not None:
+            raise ConfigError(
+                f"{origin}: routes.{name}: the name is already model {owner!r} or its alias "
+                "(model names and aliases are matched case-insensitively)"
+            )
 
     def steps_of(route: RouteSettings) -> list[tuple[str, list[ChainStep]]]:
         found: list[tuple[str, list[ChainStep]]] = [("chain", route.chain)] if route.chain else []

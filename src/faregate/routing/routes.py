@@ -167,6 +167,14 @@ class RouteBook:
                 policies = RoutePolicies(routes)
         self.policies: Policies = policies
         for name, route in routes.items():
+            # The broad catalog's names too (config.loading checks the configured ones): a route
+            # is matched exactly and a model in any case, so the route would shadow that spelling.
+            shadowed = catalog.get(name)
+            if shadowed is not None:
+                raise ConfigError(
+                    f"routes.{name}: the name is already model {shadowed.name!r} or its alias "
+                    "(model names and aliases are matched case-insensitively)"
+                )
             names = [item.model for steps in self.all_steps(route) for item in chain_steps(steps)]
             for model in [*names, *self.policies.steps(name)]:
                 if model not in routes and model not in catalog:
