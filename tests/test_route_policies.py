@@ -191,6 +191,33 @@ async def test_the_reservation_covers_every_step_and_the_judge() -> None:
     assert tokens == 2 * (prompt + 100) + prompt + 100 + JUDGE_PROMPT_TOKENS + 200
 
 
+async def test_a_cost_cap_holds_for_the_whole_cascade() -> None:
+    """`max_cost_usd` was checked candidate by candidate, so a cascade (the cheap call, its judge,
+    then the strong call) could cost more than the cap in all though each call fitted it. A cascade
+    whose worst case is over the cap is skipped: the cheapest step answers, the others are its
+    fallbacks, each within the cap (one call, as a stream skipping the cascade)."""
+    planner, _ = gateway({})
+    body: dict[str, Any] = {"model": "graded", "max_tokens": 100}
+    cascade = await planner.plan(request(body))
+    whole, _ = await worst_case(cascade, request(body))
+    assert cascade.prompt is not None
+    # The dearest one call, its prompt at the bound the cap is checked with.
+    strong_alone = Price(Decimal(10), Decimal(10)).cost(Usage(cascade.prompt.upper_bound, 100))
+    cap = (whole + strong_alone) / 2
+    assert strong_alone < cap < whole
+    capped = {**body, "faregate": {"max_cost_usd": str(cap)}}
+    plan = await planner.plan(request(capped))
+    assert plan.stages == [] and plan.cascade is None
+    assert [c.model.name for c in plan.candidates] == ["cheap", "strong"]
+    assert (await worst_case(plan, request(capped)))[0] <= cap
+    # The same from the route's own cap; and a cap the whole cascade fits keeps it.
+    route_map = routes(capped={**routes()["graded"], "max_cost_usd": str(cap)})
+    planner, _ = gateway({}, route_map)
+    assert (await planner.plan(request({**body, "model": "capped"}))).stages == []
+    roomy = {**body, "faregate": {"max_cost_usd": str(whole)}}
+    assert len((await planner.plan(request(roomy))).stages) == 2
+
+
 async def test_the_judges_hold_covers_its_dearest_input_and_output_over_its_offers() -> None:
     """The LLM judge is planned like any request, so any of its model's offers may grade: the hold
     takes the highest input and the highest output price across them, not one offer's pair."""

@@ -117,6 +117,21 @@ async def offers_that_fit(
     return kept
 
 
+def output_allowance(model: Model, request: ChatRequest, prompt: PromptSize) -> int:
+    """The most output one call to `model` may bill, as the cost cap reckons it."""
+    out = request.max_tokens
+    if out is not None and model.max_output_tokens:
+        out = min(out, model.max_output_tokens)
+    return out or model.max_output_tokens or max(model.context_window - prompt.upper_bound, 0)
+
+
+def call_worst(price: Price, request: ChatRequest, tokens_in: int, out: int) -> Decimal:
+    """One call's worst case as the cost cap reckons it: the prompt plus the output allowance at
+    the price, for every one of the `n` choices (each a whole call's worth: routing.worst_case)."""
+    one = Decimal(tokens_in) * price.input + Decimal(out) * price.output
+    return request.choices * one / MILLION
+
+
 async def within_cap(
     model: Model,
     offers: list[Offer],
@@ -129,15 +144,10 @@ async def within_cap(
     offer's own price, is within the cap. Each offer is checked, not the model's cheapest: a
     fallback to a dearer seller, or the only seller a non-premium key may use beside a cheaper
     dedicated one, could otherwise cost more than the client allowed."""
-    out = request.max_tokens
-    if out is not None and model.max_output_tokens:
-        out = min(out, model.max_output_tokens)
-    worst_out = out or model.max_output_tokens or max(model.context_window - prompt.upper_bound, 0)
+    worst_out = output_allowance(model, request, prompt)
 
     def worst(price: Price, tokens_in: int) -> Decimal:
-        # `n` choices: each is a whole call's worth (routing.worst_case says why).
-        one = Decimal(tokens_in) * price.input + Decimal(worst_out) * price.output
-        return request.choices * one / MILLION
+        return call_worst(price, request, tokens_in, worst_out)
 
     kept = [o for o in offers if worst(o.price, prompt.upper_bound) <= cap]
     if len(kept) == len(offers):

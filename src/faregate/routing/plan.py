@@ -22,10 +22,12 @@ from faregate.route_config import ChainItem, RouteSettings, chain_steps
 from faregate.routing.candidate_fit import (
     ModelUnavailable,
     Rejections,
+    call_worst,
     fits,
     fits_now,
     offers_fit_now,
     offers_that_fit,
+    output_allowance,
     refuse,
     within_cap,
 )
@@ -269,6 +271,11 @@ class Planner:
         llm = cascade.settings.judge.llm
         if llm is not None:
             plan.judge_price, plan.judge_max_tokens = self._dearest_price(llm.model), llm.max_tokens
+        cap = _cap(hints, settings)
+        if cap is not None and not await _cascade_within_cap(plan, request, prompt, cap):
+            # Each candidate is within the cap but every step plus the judge is not: the cascade
+            # is skipped, as for a stream (`streams: cheapest`): one call, the cheapest step first.
+            return Plan(route=route, candidates=candidates, prompt=prompt, hints=hints, trace=trace)
         return plan
 
     def dearest_price(self, name: str) -> Price:
@@ -308,9 +315,7 @@ class Planner:
         seen: set[str],
     ) -> list[Candidate]:
         """The offers of every step that can serve the request, in order (a model only once)."""
-        # The route's cap is the operator's ceiling: a client's hint may lower it, never raise it.
-        caps = [hints.max_cost_usd, route_settings.max_cost_usd if route_settings else None]
-        cap = min((c for c in caps if c is not None), default=None)
+        cap = _cap(hints, route_settings)
         p99_limit = route_settings.failover_p99_ms if route_settings else None
         by_latency = route_settings is not None and route_settings.offer_choice == "latency"
         candidates: list[Candidate] = []
@@ -380,3 +385,30 @@ class Planner:
             slow = [o for o in usable if (self.health.p99(o.key) or 0.0) > p99_limit]
             usable = [o for o in usable if o not in slow] + slow
         return usable
+
+
+def _cap(hints: Hints, route: RouteSettings | None) -> Decimal | None:
+    """The request's cost cap. The route's is the operator's ceiling: a client's hint may lower
+    it, never raise it."""
+    caps = [hints.max_cost_usd, route.max_cost_usd if route is not None else None]
+    return min((c for c in caps if c is not None), default=None)
+
+
+async def _cascade_within_cap(plan: Plan, request: ChatRequest, prompt: PromptSize, cap: Decimal) -> bool:
+    """Whether a cascade's every step, each at its dearest candidate, plus its LLM judge after each
+    judged step, is within the cap, reckoned as a candidate's is (candidate_fit.within_cap)."""
+    from faregate.routing.worst_case import judge_call  # worst_case imports this module
+
+    def total(tokens_in: int) -> Decimal:
+        usd = Decimal(0)
+        for index, stage in enumerate(plan.stages):
+            calls = [(c.offer.price, output_allowance(c.model, request, prompt)) for c in stage]
+            usd += max(call_worst(price, request, tokens_in, out) for price, out in calls)
+            if plan.judge_price is not None and index < len(plan.stages) - 1:
+                judged = tokens_in + max(out for _, out in calls)  # the question and the answer
+                usd += judge_call(plan.judge_price, judged, plan.judge_max_tokens)[0]
+        return usd
+
+    if total(prompt.upper_bound) <= cap:
+        return True
+    return total(await prompt.exact()) <= cap
