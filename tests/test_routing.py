@@ -169,6 +169,27 @@ async def test_context_too_small_is_never_tried_and_400_names_models(planner: Pl
     assert info.value.code == "context_length_exceeded"
 
 
+async def test_a_refusal_for_context_and_cost_names_both(planner: Planner) -> None:
+    """A request one model is too small for and the other over the cap for was told only about the
+    context window (the cost cap hidden, and raising it would have served the request). Every
+    reason is said; the code is the first of context, modality, cost."""
+    long = [{"role": "user", "content": "word " * 2000}]
+    body = {"models": ["tiny", "big"], "messages": long, "faregate": {"max_cost_usd": "0.00001"}}
+    with pytest.raises(InvalidRequest) as info:
+        await planner.plan(request(body))
+    assert info.value.code == "context_length_exceeded"
+    assert "tiny (1,000 tokens)" in info.value.message
+    assert "max_cost_usd" in info.value.message and "big (worst case $" in info.value.message
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x.io/y.png"}}]}]
+    body = {"models": ["cheap", "vision"], "messages": image, "faregate": {"max_cost_usd": "0.00001"}}
+    with pytest.raises(InvalidRequest) as info:
+        await planner.plan(request(body))
+    assert info.value.code == "unsupported_modality"
+    assert (
+        "'cheap' does not accept image" in info.value.message and "vision (worst case $" in info.value.message
+    )
+
+
 async def test_max_tokens_counts_against_the_context(planner: Planner) -> None:
     with pytest.raises(InvalidRequest, match="tiny"):
         await planner.plan(request({"model": "tiny", "max_tokens": 995}))

@@ -160,30 +160,43 @@ async def within_cap(
 
 
 async def refuse(rejected: Rejections, prompt: PromptSize) -> None:
-    """Raise the client's error for a request no candidate can serve: the most specific one
-    (the prompt too long, content no model reads, the cost cap) when that is all that stood
-    in the way, else 503 listing every reason."""
-    if rejected.context and not (rejected.unavailable or rejected.breaker):
-        tokens = await prompt.exact()
-        raise InvalidRequest(
-            f"The prompt has {tokens:,} tokens, which with max_tokens does not fit the context window "
-            "of: "
-            f"{'; '.join(rejected.context)}.",
-            param="messages",
-            code="context_length_exceeded",
-        )
-    if rejected.modality and not (rejected.unavailable or rejected.breaker or rejected.context):
-        raise InvalidRequest(
-            "The request contains content the model cannot read: " + "; ".join(rejected.modality) + ".",
-            param="messages",
-            code="unsupported_modality",
-        )
-    if rejected.cost and not (rejected.unavailable or rejected.breaker):
-        raise InvalidRequest(
-            "No candidate fits 'max_cost_usd': " + "; ".join(rejected.cost) + ".",
-            param="faregate.max_cost_usd",
-            code="max_cost_exceeded",
-        )
+    """Raise the client's error for a request no candidate can serve: a 400 when only the request
+    stood in the way (the prompt too long, content no model reads, the cost cap), saying every
+    one of those reasons (one model too small and another over the cap: either change serves it),
+    its code the first of them; else 503 listing every reason."""
+    if not (rejected.unavailable or rejected.breaker):
+        reasons: list[tuple[str, str, str]] = []  # (code, param, sentence)
+        if rejected.context:
+            tokens = await prompt.exact()
+            reasons.append(
+                (
+                    "context_length_exceeded",
+                    "messages",
+                    f"The prompt has {tokens:,} tokens, which with max_tokens does not fit the context "
+                    f"window of: {'; '.join(rejected.context)}.",
+                )
+            )
+        if rejected.modality:
+            reasons.append(
+                (
+                    "unsupported_modality",
+                    "messages",
+                    "The request contains content the model cannot read: "
+                    + "; ".join(rejected.modality)
+                    + ".",
+                )
+            )
+        if rejected.cost:
+            reasons.append(
+                (
+                    "max_cost_exceeded",
+                    "faregate.max_cost_usd",
+                    "No candidate fits 'max_cost_usd': " + "; ".join(rejected.cost) + ".",
+                )
+            )
+        if reasons:
+            code, param, _ = reasons[0]
+            raise InvalidRequest(" ".join(sentence for _, _, sentence in reasons), param=param, code=code)
     parts = []
     if rejected.unavailable:
         parts.append(f"no enabled provider (API key not set) for {', '.join(rejected.unavailable)}")
