@@ -117,6 +117,22 @@ async def test_rules_on_modality_and_prompt_length(planner: Planner) -> None:
     assert (await names(planner, {"model": "smart", "messages": long}))[0] == "a/big"
 
 
+async def test_a_file_part_needs_a_model_that_reads_files() -> None:
+    """A `file` part (a PDF) required no modality, so it went to a text-only model, which cannot
+    read it. It needs `file` among the model's modalities, and a rule may match on it."""
+    models = {**MODELS, "reader": model("0.5", modalities=["text", "image", "file"])}
+    rules = [{"when": {"modalities": ["file"]}, "use": ["reader"]}]
+    s = settings(models=models, routes={"t": {"rules": rules, "chain": ["cheap"]}})
+    planner = Planner(build_catalog(s), s.routes, s.routing)
+    pdf = {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}}
+    messages = [{"role": "user", "content": [pdf, {"type": "text", "text": "sum it up"}]}]
+    assert await names(planner, {"model": "t", "messages": messages}) == ["a/reader"]
+    assert await names(planner, {"models": ["cheap", "reader"], "messages": messages}) == ["a/reader"]
+    with pytest.raises(InvalidRequest, match="'cheap' does not accept file") as info:
+        await planner.plan(request({"model": "cheap", "messages": messages}))
+    assert info.value.code == "unsupported_modality"
+
+
 async def test_a_tools_rule_matches_legacy_functions_too() -> None:
     """`has_tools` is about function calling: a request giving `functions` (the API before
     `tools`) is a request with tools, for either value of the rule."""

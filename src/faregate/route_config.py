@@ -38,7 +38,7 @@ class RuleMatch(_Strict):
 
     min_prompt_tokens: int | None = None
     max_prompt_tokens: int | None = None
-    modalities: list[Literal["image", "audio", "video"]] = []
+    modalities: list[Literal["image", "audio", "video", "file"]] = []
     has_tools: bool | None = None
     has_response_format: bool | None = None
     stream: bool | None = None

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 
 JSON = dict[str, Any]
 
-Modality = Literal["text", "image", "audio", "video"]
+Modality = Literal["text", "image", "audio", "video", "file"]
 
 # Body fields the gateway consumes itself and never forwards upstream.
 GATEWAY_FIELDS = frozenset({"faregate", "models"})

@@ -141,7 +141,8 @@ class ModelSettings(_Strict):
     aliases: list[str] = []
     context_window: int = 128_000
     max_output_tokens: Count | None = None
-    modalities: list[Literal["text", "image", "audio", "video"]] = msgspec.field(
+    # `file`: the model reads `file` parts (PDFs), which a text-only model cannot.
+    modalities: list[Literal["text", "image", "audio", "video", "file"]] = msgspec.field(
         default_factory=lambda: ["text"]
     )
     tags: list[str] = []

@@ -26,6 +26,9 @@ PART_MODALITY = {
     "audio": "audio",
     "video_url": "video",
     "video": "video",
+    # A document (a PDF): only a model listing `file` reads one (the wires' own document and
+    # input_file parts arrive as this).
+    "file": "file",
 }
 VALID_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
