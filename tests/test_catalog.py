@@ -99,6 +99,15 @@ def test_broad_catalog_knows_thousands_offline(catalog) -> None:  # type: ignore
     assert gpt41 is not None and gpt41.list_price.input == Decimal("2")
 
 
+def test_a_broad_model_priced_for_audio_input_reads_audio(catalog) -> None:  # type: ignore[no-untyped-def]
+    """The snapshot says no modality, but a price for audio input says the model takes it: listed
+    as text only, gpt-audio refused every request with an input_audio part."""
+    audio = catalog.get("gpt-audio")
+    assert audio is not None and not audio.curated and audio.list_price.input_audio is not None
+    assert audio.modalities == {"text", "audio"}
+    assert catalog.get("gpt-4.1").modalities == {"text"}
+
+
 def test_local_override_wins_over_broad_catalog() -> None:
     settings = parse_settings(
         {

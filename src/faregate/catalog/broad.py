@@ -63,6 +63,13 @@ def _price_in_force(info: Any, today: date) -> Price | None:
     return None
 
 
+def _modalities(price: Price) -> frozenset[str]:
+    """What the model reads. The snapshot does not say, but a price for audio input does (gpt-audio,
+    the realtime and live models): text only refused their input_audio parts. Images and files
+    it cannot tell: a model declared in the config says those."""
+    return frozenset({"text", "audio"} if price.input_audio is not None else {"text"})
+
+
 def add_broad_models(catalog: Catalog, settings: Settings, enabled: dict[str, bool]) -> int:
     """Add every priced model of every genai-prices provider; offers only for providers we declare."""
     from genai_prices.data_snapshot import get_snapshot
@@ -112,7 +119,7 @@ def add_broad_models(catalog: Catalog, settings: Settings, enabled: dict[str, bo
                     list_price=price,
                     context_window=int(info.context_window or 0) or 128_000,
                     max_output_tokens=None,
-                    modalities=frozenset({"text"}),
+                    modalities=_modalities(price),
                     offers=offers,
                     curated=False,
                 )
