@@ -14,10 +14,12 @@ from faregate.catalog import build_catalog
 from faregate.config import load_settings, parse_settings
 from faregate.errors import ConfigError, InvalidRequest, UpstreamFailure, UpstreamRejected
 from faregate.learning.complexity_router import ComplexityRouter
+from faregate.learning.llm_judge import LLMJudge
 from faregate.learning.thresholds import Threshold
 from faregate.providers.registry import ProviderRegistry
 from faregate.routing.attempts import AttemptRunner, billed_cost
 from faregate.routing.cascade_runner import CascadeRunner
+from faregate.routing.estimate import PromptSize
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Planner
 from faregate.routing.policies import RouterPolicy
@@ -216,6 +218,24 @@ async def test_a_cost_cap_holds_for_the_whole_cascade() -> None:
     assert (await planner.plan(request({**body, "model": "capped"}))).stages == []
     roomy = {**body, "faregate": {"max_cost_usd": str(whole)}}
     assert len((await planner.plan(request(roomy))).stages) == 2
+
+
+async def test_the_judges_hold_covers_a_long_rubric_of_its_own() -> None:
+    """The hold allowed JUDGE_PROMPT_TOKENS for the rubric and framing, enough for the default
+    rubric; a route's own rubric may be any length, and its judge call was billed past the hold."""
+    rubric = "Grade the answer strictly, step by step, against every detail of the request. " * 200
+    judge = {"checks": ["empty"], "llm": {"model": "grader", "rubric": rubric}}
+    planner, _ = gateway({}, routes(long={"cascade": {"steps": ["cheap", "strong"], "judge": judge}}))
+    body = {"model": "long", "max_tokens": 100}
+    plan = await planner.plan(request(body))
+    worst, _ = await worst_case(plan, request(body))
+    prompt = await plan.prompt.billable() if plan.prompt else 0
+    steps = Price(Decimal("0.5"), Decimal("0.5")).cost(Usage(prompt, 100))
+    steps += Price(Decimal(10), Decimal(10)).cost(Usage(prompt, 100))
+    shown = LLMJudge(None, rubric=rubric).messages(request(body).body, "42 " * 100)  # type: ignore[arg-type]
+    judge_prompt = await PromptSize.of({"messages": shown}).exact()
+    assert judge_prompt > JUDGE_PROMPT_TOKENS + prompt + 100
+    assert worst - steps >= Price(Decimal(1), Decimal(2)).cost(Usage(judge_prompt, 200))
 
 
 async def test_the_judges_hold_covers_its_dearest_input_and_output_over_its_offers() -> None:

@@ -69,6 +69,9 @@ class Plan:
     # The dearest price the cascade's LLM judge may be called at, and its output allowance.
     judge_price: Price | None = None
     judge_max_tokens: int = 0
+    # A route's own rubric, in UTF-8 bytes (a bound on its tokens): the judge is shown it beside
+    # the question and the answer, and worst_case.JUDGE_PROMPT_TOKENS allows for the default only.
+    judge_rubric_tokens: int = 0
 
     def stage(self, index: int) -> Plan:
         """One cascade step as a plan of its own (its candidates are that step's fallbacks)."""
@@ -271,6 +274,7 @@ class Planner:
         llm = cascade.settings.judge.llm
         if llm is not None:
             plan.judge_price, plan.judge_max_tokens = self._dearest_price(llm.model), llm.max_tokens
+            plan.judge_rubric_tokens = len(llm.rubric.encode()) if llm.rubric else 0
         cap = _cap(hints, settings)
         if cap is not None and not await _cascade_within_cap(plan, request, prompt, cap):
             # Each candidate is within the cap but every step plus the judge is not: the cascade
@@ -294,6 +298,8 @@ class Planner:
             found = [self._dearest_price(n) for n in names]
         # Each price on its own: any offer may be the one called, and the one with the dearest
         # output need not have the dearest input (a hold at its pair fell short of the other's).
+        # Input and output only: this prices an LLM judge's call (worst_case.judge_call), whose
+        # prompt is the gateway's own text, with no cache marks and no audio to bill dearer.
         return Price(max(p.input for p in found), max(p.output for p in found))
 
     async def _steps(
@@ -405,7 +411,8 @@ async def _cascade_within_cap(plan: Plan, request: ChatRequest, prompt: PromptSi
             calls = [(c.offer.price, output_allowance(c.model, request, prompt)) for c in stage]
             usd += max(call_worst(price, request, tokens_in, out) for price, out in calls)
             if plan.judge_price is not None and index < len(plan.stages) - 1:
-                judged = tokens_in + max(out for _, out in calls)  # the question and the answer
+                # The question, the answer and a rubric of the route's own.
+                judged = tokens_in + max(out for _, out in calls) + plan.judge_rubric_tokens
                 usd += judge_call(plan.judge_price, judged, plan.judge_max_tokens)[0]
         return usd
 

@@ -17,7 +17,8 @@ from decimal import Decimal
 from faregate.routing.plan import Candidate, Plan
 from faregate.types import MILLION, ChatRequest, Price, Usage
 
-# The rubric and framing an LLM judge's prompt adds around the question and the answer.
+# The rubric and framing an LLM judge's prompt adds around the question and the answer (the
+# default rubric; a route's own is held at its size: Plan.judge_rubric_tokens).
 JUDGE_PROMPT_TOKENS = 400
 
 
@@ -64,7 +65,8 @@ async def worst_case(plan: Plan, request: ChatRequest) -> tuple[Decimal, int]:
         total_usd += usd
         total_tokens += tokens
         if plan.judge_price is not None and index < len(plan.stages) - 1:
-            usd, tokens = judge_call(plan.judge_price, prompt + out, plan.judge_max_tokens)
+            shown = prompt + out + plan.judge_rubric_tokens
+            usd, tokens = judge_call(plan.judge_price, shown, plan.judge_max_tokens)
             total_usd += usd
             total_tokens += tokens
     return total_usd, total_tokens
