@@ -298,6 +298,25 @@ async def test_a_clients_cap_cannot_raise_the_routes_cap() -> None:
         await planner.plan(request({**body, "faregate": {"max_cost_usd": "0.000001"}}))
 
 
+async def test_a_routes_cap_holds_when_it_is_not_the_first_route_named() -> None:
+    """Only the first route a request named brought its cap: `models: [open, capped]`, or a route
+    whose chain reaches `capped`, let `capped`'s steps past the operator's cap on them. A route's
+    cap holds for every step reached through it."""
+    routes = {
+        **ROUTES,
+        "open": {"chain": ["cheap"]},
+        "capped": {"chain": ["big"], "max_cost_usd": "0.0005"},
+        "via": {"chain": ["tiny", "capped"]},
+    }
+    s = settings(routes=routes)
+    planner = Planner(build_catalog(s), s.routes, s.routing)
+    body: dict[str, Any] = {"max_tokens": 100}
+    assert await names(planner, {**body, "models": ["open", "capped"]}) == ["a/cheap"]
+    assert await names(planner, {**body, "model": "via"}) == ["a/tiny"]
+    assert await names(planner, {**body, "models": ["open", "big"]}) == ["a/cheap", "a/big"]
+    assert await names(planner, {**body, "model": "via", "faregate": {"max_cost_usd": 1}}) == ["a/tiny"]
+
+
 @pytest.mark.parametrize(
     "hints",
     [

@@ -321,7 +321,7 @@ class Planner:
         seen: set[str],
     ) -> list[Candidate]:
         """The offers of every step that can serve the request, in order (a model only once)."""
-        cap = _cap(hints, route_settings)
+        route_cap = _cap(hints, route_settings)
         p99_limit = route_settings.failover_p99_ms if route_settings else None
         by_latency = route_settings is not None and route_settings.offer_choice == "latency"
         candidates: list[Candidate] = []
@@ -331,6 +331,8 @@ class Planner:
                 continue
             seen.add(model.name)
             retries = step.retries if step.retries is not None else self.routing.retries
+            caps = (route_cap, step.max_cost_usd)
+            cap = min((c for c in caps if c is not None), default=None)
             fit = fits_now(model, request, prompt, rejected)
             if fit is None:
                 fit = await fits(model, request, prompt, rejected)

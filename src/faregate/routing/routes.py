@@ -10,7 +10,7 @@ is planned stage by stage in routing/plan.py, and comes here only when a stream 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -64,6 +64,9 @@ TASKS = ("chat", "code", "classify", "summarize", "translate", "reasoning", "vis
 class Step:
     model: str
     retries: int | None
+    # The smallest `max_cost_usd` of the routes the step was reached through: each route's cap
+    # holds for its steps, whichever route the request named first (plan._cap adds the rest).
+    max_cost_usd: Decimal | None = None
 
 
 @dataclass(slots=True)
@@ -259,7 +262,12 @@ class RouteBook:
                 out.extend(await self.expand(item.model, request, prompt, hints, step_retries, trace))
             else:
                 out.append(Step(item.model, step_retries))
-        return out
+        cap = route.max_cost_usd
+        if cap is None:
+            return out
+        return [
+            replace(s, max_cost_usd=cap if s.max_cost_usd is None else min(cap, s.max_cost_usd)) for s in out
+        ]
 
 
 async def _select(
