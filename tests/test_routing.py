@@ -29,6 +29,7 @@ from faregate.routing.estimate import PromptSize
 from faregate.routing.health import CLOSED, HALF_OPEN, OPEN, Breaker, HealthBoard
 from faregate.routing.plan import Planner
 from faregate.routing.queue import UpstreamLimiter
+from faregate.routing.worst_case import worst_case
 from faregate.server.parse import parse_chat_request
 from faregate.types import Completion, Usage
 
@@ -273,12 +274,13 @@ async def test_max_cost_is_checked_offer_by_offer() -> None:
     }
     s = settings(models=models)
     planner = Planner(build_catalog(s), s.routes, s.routing)
-    # 7 prompt tokens + 1,000 output: $0.001007 at 1 per 1M, $0.002014 at 2.
+    # 7 prompt tokens, held as 9 (the light count's 1.25x, as the reservation) + 1,000 output:
+    # $0.001009 at 1 per 1M, $0.002018 at 2.
     body = {"model": "mid", "max_tokens": 1000, "faregate": {"max_cost_usd": "0.0015"}}
     assert await names(planner, body) == ["b/mid"]
     with pytest.raises(InvalidRequest, match="max_cost_usd") as info:
         await planner.plan(request({**body, "model": "pro"}))
-    assert "pro (worst case $0.002014)" in info.value.message
+    assert "pro (worst case $0.002018)" in info.value.message
     premium = replace(request({**body, "model": "pro"}), premium=True)
     assert [c.offer.provider for c in (await planner.plan(premium)).candidates] == ["a"]
 
@@ -315,6 +317,45 @@ async def test_a_routes_cap_holds_when_it_is_not_the_first_route_named() -> None
     assert await names(planner, {**body, "model": "via"}) == ["a/tiny"]
     assert await names(planner, {**body, "models": ["open", "big"]}) == ["a/cheap", "a/big"]
     assert await names(planner, {**body, "model": "via", "faregate": {"max_cost_usd": 1}}) == ["a/tiny"]
+
+
+LARGE_IMAGE = "data:image/png;base64," + "A" * 400_000  # ~6,000 billed tokens at 64 bytes each
+
+
+@pytest.mark.parametrize(
+    ("name", "messages", "cap"),
+    [
+        # 11 prompt tokens + 100 out at 1 per 1M is $0.000111; a cache write bills input at 2.
+        ("anthro", None, "0.000112"),
+        # A large inline image counted as 765 tokens, but held (and billed) by its size.
+        (
+            "eye",
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": LARGE_IMAGE}}]}],
+            "0.001",
+        ),
+    ],
+)
+async def test_the_cap_reckons_the_prompt_as_the_reservation_does(
+    name: str, messages: list[Any] | None, cap: str
+) -> None:
+    """The cap took every prompt token at the plain input price and a media part at 765 tokens, the
+    reservation at the dearest input price (a cache write) and a large inline part by its size: a
+    request passed a cap that its own hold, and its bill, went past. A plan within the cap now
+    holds no more than the cap."""
+    models = {
+        **MODELS,
+        "anthro": model("1", cache_write="2"),
+        "eye": model("1", modalities=["text", "image"]),
+    }
+    s = settings(models=models)
+    planner = Planner(build_catalog(s), s.routes, s.routing)
+    body: dict[str, Any] = {"model": name, "max_tokens": 100, **({"messages": messages} if messages else {})}
+    worst, _ = await worst_case(await planner.plan(request(body)), request(body))
+    assert worst > Decimal(cap)
+    with pytest.raises(InvalidRequest, match="max_cost_usd"):
+        await planner.plan(request({**body, "faregate": {"max_cost_usd": cap}}))
+    within = {**body, "faregate": {"max_cost_usd": str(worst)}}
+    assert (await worst_case(await planner.plan(request(within)), request(within)))[0] <= worst
 
 
 @pytest.mark.parametrize(

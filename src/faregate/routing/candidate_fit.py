@@ -126,9 +126,10 @@ def output_allowance(model: Model, request: ChatRequest, prompt: PromptSize) -> 
 
 
 def call_worst(price: Price, request: ChatRequest, tokens_in: int, out: int) -> Decimal:
-    """One call's worst case as the cost cap reckons it: the prompt plus the output allowance at
-    the price, for every one of the `n` choices (each a whole call's worth: routing.worst_case)."""
-    one = Decimal(tokens_in) * price.input + Decimal(out) * price.output
+    """One call's worst case as the cost cap reckons it, as the reservation does
+    (routing.worst_case): the prompt at the dearest input price (a cache write, audio) plus the
+    output allowance at the dearest output price, for every one of the `n` choices."""
+    one = Decimal(tokens_in) * price.dearest_input + Decimal(out) * price.dearest_output
     return request.choices * one / MILLION
 
 
@@ -141,18 +142,21 @@ async def within_cap(
     rejected: Rejections,
 ) -> list[Offer]:
     """The offers (in their order) whose worst case, the prompt plus the output allowance at the
-    offer's own price, is within the cap. Each offer is checked, not the model's cheapest: a
-    fallback to a dearer seller, or the only seller a non-premium key may use beside a cheaper
-    dedicated one, could otherwise cost more than the client allowed."""
+    offer's own prices (`call_worst`, as the reservation holds it), is within the cap. Each offer
+    is checked, not the model's cheapest: a fallback to a dearer seller, or the only seller a
+    non-premium key may use beside a cheaper dedicated one, could otherwise cost more than the
+    client allowed."""
     worst_out = output_allowance(model, request, prompt)
 
     def worst(price: Price, tokens_in: int) -> Decimal:
         return call_worst(price, request, tokens_in, worst_out)
 
-    kept = [o for o in offers if worst(o.price, prompt.upper_bound) <= cap]
+    # The prompt as the reservation holds it (large inline media by size): its bound first, the
+    # count only when the bound cannot settle it.
+    kept = [o for o in offers if worst(o.price, prompt.billable_bound) <= cap]
     if len(kept) == len(offers):
         return kept
-    exact = await prompt.exact()
+    exact = await prompt.billable()
     kept = [o for o in offers if worst(o.price, exact) <= cap]
     if not kept:
         rejected.cost.append(f"{model.name} (worst case ${min(worst(o.price, exact) for o in offers):f})")

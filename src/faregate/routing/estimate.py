@@ -98,6 +98,11 @@ class PromptSize:
         return total
 
     @property
+    def billable_bound(self) -> int:
+        """A bound on `billable` without a count: the byte bound plus the media by size."""
+        return self.upper_bound + self._media_surplus
+
+    @property
     def known_exact(self) -> int | None:
         return self._exact
 

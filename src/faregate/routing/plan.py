@@ -418,6 +418,6 @@ async def _cascade_within_cap(plan: Plan, request: ChatRequest, prompt: PromptSi
                 usd += judge_call(plan.judge_price, judged, plan.judge_max_tokens)[0]
         return usd
 
-    if total(prompt.upper_bound) <= cap:
+    if total(prompt.billable_bound) <= cap:
         return True
-    return total(await prompt.exact()) <= cap
+    return total(await prompt.billable()) <= cap
