@@ -335,3 +335,16 @@ def test_replay_command_router_policies_and_plugins(app: typer.Typer) -> None:
     unpriced = run(app, "replay", "--data", str(TINY), "--strong", "big", "--weak", "small")
     assert unpriced.exit_code == 2
     assert "no price for" in unpriced.output
+
+
+def test_a_weak_model_that_already_keeps_95_percent_names_the_all_weak_operating_point(
+    app: typer.Typer,
+) -> None:
+    # Here "strong" (small, 40%) is the worse model: sending nobody to it keeps 95% of its
+    # accuracy, so the cheapest point is the sweep's first one, which has no threshold.
+    result = run(
+        app, "replay", "--data", str(TINY), "--strong", "small", "--weak", "big", "--keep-contaminated",
+        "--policy", "length", "--price", "big=10/30", "--price", "small=0.60/0.60",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "length: nobody strong (keeps 95% of strong)" in result.output

@@ -360,8 +360,11 @@ def evaluate_scorer(
     report.sweep = sweep(outcomes, scorer, pair, prices, name, bins)
     retain = report.sweep.retain_point
     if retain is not None and retain.cost is not None:
+        # The curve's first point (no strong call) has no threshold: it is the cheapest when the
+        # weak model alone already keeps RETAIN of the strong model's accuracy.
+        cut = ": nobody strong" if retain.threshold is None else f" ≥ {retain.threshold:g}"
         report.policy = PolicyResult(
-            name=f"{name} ≥ {retain.threshold:g} (keeps {RETAIN:.0%} of strong)",
+            name=f"{name}{cut} (keeps {RETAIN:.0%} of strong)",
             shares={pair.strong: retain.strong_share, pair.weak: 1 - retain.strong_share},
             accuracy=retain.accuracy,
             cost=retain.cost,
