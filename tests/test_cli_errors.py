@@ -22,6 +22,13 @@ CASES = {
     "missing data": (["cache-eval"], "data/routellm not found: pass --data PATH"),
     "missing outcomes": (["replay", "--data", "nope.csv"], "nope.csv does not exist"),
     "missing prompts": (["eval", "nope.jsonl", "-m", "gpt-4o", "--api-key", "fg-x"], "nope.jsonl: "),
+    "pairs without the columns": (
+        ["cache-eval", "--pairs", "pairs.csv", "--sizes", "0"],
+        "pairs.csv: needs two text columns",
+    ),
+    "pairs not JSON": (["cache-eval", "--pairs", "pairs.jsonl", "--sizes", "0"], "pairs.jsonl:1: "),
+    "pairs row without a text": (["cache-eval", "--pairs", "short.jsonl", "--sizes", "0"], "short.jsonl:2: "),
+    "sizes not numbers": (["cache-eval", "--pairs", "pairs.csv", "--sizes", "0,lots"], "--sizes"),
     "bad sim script": (["sim", "--script", "unknown.yaml"], "unknown field"),
     "unreachable store": (
         ["serve", "-c", "unreachable.yaml"],
@@ -40,6 +47,10 @@ def test_a_start_up_error_is_one_line(case: str, tmp_path: Path) -> None:
         "store: {postgres_url: 'postgresql://x@127.0.0.1:1/x', redis_url: 'redis://127.0.0.1:1/0'}\n"
     )
     (tmp_path / "a-file").write_text("")
+    (tmp_path / "pairs.csv").write_text("a,b,c\nx,y,1\n")
+    (tmp_path / "pairs.jsonl").write_text("text1,text2,label\n")
+    short = '{"text1": "a", "text2": "b", "label": 1}\n{"text1": "c", "label": 0}\n'
+    (tmp_path / "short.jsonl").write_text(short)
     (tmp_path / "blocked.yaml").write_text(f"store: {{path: {str(tmp_path / 'a-file' / 'store')!r}}}\n")
     args, message = CASES[case]
     result = subprocess.run(

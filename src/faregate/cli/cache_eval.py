@@ -138,35 +138,44 @@ def register(app: typer.Typer) -> None:
 
             if method not in METHODS:
                 raise typer.BadParameter(f"--method must be one of {', '.join(METHODS)}")
+            try:
+                index_sizes = [int(size) for size in sizes.split(",")]
+            except ValueError:
+                typer.echo(f"faregate: --sizes takes whole numbers, comma-separated, not {sizes!r}", err=True)
+                raise typer.Exit(2) from None
             console = Console(width=max(Console().width, 150))
             folder = data if data != CHECKOUT_DATA else Path("data")
-            if write_prior is not None:
-                build_prior(
+            try:
+                if write_prior is not None:
+                    build_prior(
+                        pairs_file,
+                        folder,
+                        max(index_sizes),
+                        seeds=prior_orders,
+                        cache_dir=cache_dir,
+                        out_file=write_prior,
+                        console=console,
+                        command=_command_line(),
+                    )
+                    return
+                run_pairs(
                     pairs_file,
                     folder,
-                    max(int(s) for s in sizes.split(",")),
-                    seeds=prior_orders,
+                    index_sizes,
+                    CacheAcceptance(max_wrong_hit_rate, confidence, sequential=sequential, method=method),
+                    seed=seed,
+                    warm_passes=warm_passes,
+                    warm_files=warm,
+                    distinct_count=distinct,
                     cache_dir=cache_dir,
-                    out_file=write_prior,
+                    out=out,
                     console=console,
-                    command=_command_line(),
+                    prior=load_prior(prior) if prior_lookups else None,
+                    prior_lookups=prior_lookups,
                 )
-                return
-            run_pairs(
-                pairs_file,
-                folder,
-                [int(s) for s in sizes.split(",")],
-                CacheAcceptance(max_wrong_hit_rate, confidence, sequential=sequential, method=method),
-                seed=seed,
-                warm_passes=warm_passes,
-                warm_files=warm,
-                distinct_count=distinct,
-                cache_dir=cache_dir,
-                out=out,
-                console=console,
-                prior=load_prior(prior) if prior_lookups else None,
-                prior_lookups=prior_lookups,
-            )
+            except ValueError as exc:  # a pairs file the loader cannot read; the message names it
+                typer.echo(f"faregate: {exc}", err=True)
+                raise typer.Exit(2) from None
             return
         if threshold not in THRESHOLDS:
             raise typer.BadParameter(

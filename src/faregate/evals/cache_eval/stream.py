@@ -26,7 +26,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -65,19 +65,36 @@ def load_labelled_pairs(path: Path) -> list[LabelledPair]:
         from faregate.evals.cache_eval.measure import load_pairs
 
         return [LabelledPair(p.anchor, p.other, p.paraphrase) for p in load_pairs(path.read_text("utf-8"))]
+    numbered: list[tuple[int, Any]]
     if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+        numbered = []
+        for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    numbered.append((number, json.loads(line)))
+                except ValueError as exc:
+                    raise ValueError(f"{path}:{number}: not JSON: {exc}") from None
     else:
         with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ","))
-    if not rows:
+            reader = csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ",")
+            numbered = list(enumerate(reader, 2))
+    if not numbered:
         raise ValueError(f"{path}: no pairs")
-    keys = set(rows[0])
+    for number, row in numbered:
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: expected an object with two texts and a label")
+    keys = set(numbered[0][1])
     texts = next((c for c in TEXT_COLUMNS if set(c) <= keys), None)
     label = next((c for c in LABEL_COLUMNS if c in keys), None)
     if texts is None or label is None:
         raise ValueError(f"{path}: needs two text columns ({TEXT_COLUMNS}) and a label ({LABEL_COLUMNS})")
-    return [LabelledPair(str(r[texts[0]]), str(r[texts[1]]), _truthy(r[label])) for r in rows]
+    # A JSONL row without the first row's keys, or a short CSV row (None cells), is named: not a
+    # KeyError, nor the text "None".
+    for number, row in numbered:
+        missing = [c for c in (*texts, label) if row.get(c) is None]
+        if missing:
+            raise ValueError(f"{path}:{number}: no {', '.join(missing)}")
+    return [LabelledPair(str(r[texts[0]]), str(r[texts[1]]), _truthy(r[label])) for _, r in numbered]
 
 
 def _truthy(value: object) -> bool:
