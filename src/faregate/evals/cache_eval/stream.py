@@ -60,22 +60,24 @@ class LabelledPair:
 
 def load_labelled_pairs(path: Path) -> list[LabelledPair]:
     """CSV/TSV (columns text1,text2,label or question1,question2,is_duplicate ...), JSONL with the
-    same keys, or the block format of evals/cache_eval/data/paraphrases.txt (.txt)."""
+    same keys, or the block format of evals/cache_eval/data/paraphrases.txt (.txt). utf-8-sig: a
+    byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name."""
     if path.suffix == ".txt":
         from faregate.evals.cache_eval.measure import load_pairs
 
-        return [LabelledPair(p.anchor, p.other, p.paraphrase) for p in load_pairs(path.read_text("utf-8"))]
+        blocks = load_pairs(path.read_text("utf-8-sig"))
+        return [LabelledPair(p.anchor, p.other, p.paraphrase) for p in blocks]
     numbered: list[tuple[int, Any]]
     if path.suffix == ".jsonl":
         numbered = []
-        for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        for number, line in enumerate(path.read_text("utf-8-sig").splitlines(), 1):
             if line.strip():
                 try:
                     numbered.append((number, json.loads(line)))
                 except ValueError as exc:
                     raise ValueError(f"{path}:{number}: not JSON: {exc}") from None
     else:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ",")
             numbered = list(enumerate(reader, 2))
     if not numbered:

@@ -116,13 +116,14 @@ def _item(row: dict[str, Any], where: str) -> EvalItem:
 
 def load_items(path: Path) -> list[EvalItem]:
     """Items from JSONL (one object a line) or CSV (a header row); duplicate ids are an error."""
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8", Notepad) is not part of the first key.
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             rows: Iterable[tuple[int, dict[str, Any]]] = list(enumerate(csv.DictReader(handle), 2))
     else:
         rows = [
             (number, json.loads(line))
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+            for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1)
             if line.strip()
         ]
     items: list[EvalItem] = []

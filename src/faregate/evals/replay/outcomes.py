@@ -133,7 +133,7 @@ def find_contaminated(data: Path) -> Path:
 
 def read_contaminated(path: Path) -> frozenset[str]:
     prompts: set[str] = set()
-    with path.open(encoding="utf-8") as lines:
+    with path.open(encoding="utf-8-sig") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -154,7 +154,8 @@ class _Rows:
 
 
 def _read_file(path: Path, output_tokens: int, skip: frozenset[str]) -> tuple[tuple[str, ...], _Rows]:
-    with path.open(encoding="utf-8", newline="") as handle:
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the prompt column's name.
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
         if PROMPT_COLUMN not in columns:
