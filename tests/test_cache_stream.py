@@ -85,3 +85,13 @@ def test_hindsight_picks_the_threshold_that_serves_most_within_the_bound() -> No
     strict = hindsight(trace, 0.004)
     assert strict.threshold is not None and strict.threshold > 0.93
     assert strict.wrong_hit_rate == 0.0 and strict.paraphrase_share == pytest.approx(0.5)
+
+
+def test_a_label_that_is_neither_same_nor_different_is_an_error(tmp_path: Path) -> None:
+    # Read as "different", every served hit of such a pair would count as a wrong hit.
+    pairs = tmp_path / "p.csv"
+    pairs.write_text("text1,text2,label\nhow old are you,what is your age,duplicate\n")
+    with pytest.raises(ValueError, match=r"p.csv:2: label 'duplicate'"):
+        load_labelled_pairs(pairs)
+    pairs.write_text("text1,text2,label\na,b,False\nc,d,no\ne,f,0.0\ng,h,different\n")
+    assert [p.same for p in load_labelled_pairs(pairs)] == [False] * 4

@@ -96,11 +96,25 @@ def load_labelled_pairs(path: Path) -> list[LabelledPair]:
         missing = [c for c in (*texts, label) if row.get(c) is None]
         if missing:
             raise ValueError(f"{path}:{number}: no {', '.join(missing)}")
-    return [LabelledPair(str(r[texts[0]]), str(r[texts[1]]), _truthy(r[label])) for _, r in numbered]
+    return [
+        LabelledPair(str(r[texts[0]]), str(r[texts[1]]), _same(r[label], f"{path}:{number}: {label}"))
+        for number, r in numbered
+    ]
 
 
-def _truthy(value: object) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "same", "1.0")
+_SAME = frozenset({"1", "true", "yes", "same", "1.0"})
+_DIFFERENT = frozenset({"0", "false", "no", "different", "0.0"})
+
+
+def _same(value: object, where: str) -> bool:
+    # An unknown label is an error, not "different": every hit served for such a pair would be
+    # counted a wrong hit, and the wrong-hit rates the replay reports would be made up.
+    text = str(value).strip().lower()
+    if text in _SAME:
+        return True
+    if text in _DIFFERENT:
+        return False
+    raise ValueError(f"{where} {value!r} is neither same (1, true, yes) nor different (0, false, no)")
 
 
 @dataclass(slots=True)
