@@ -123,6 +123,8 @@ def register(app: typer.Typer) -> None:
             items = load_items(prompts)
         except OSError as exc:
             raise StartupError(f"{prompts}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:  # a ValueError whose message does not name the file
+            raise StartupError(f"{prompts}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
         except ValueError as exc:  # the message names the file and line
             raise StartupError(str(exc)) from None
         try:

@@ -93,9 +93,14 @@ def _tags(value: Any) -> tuple[str, ...]:
 
 
 def _item(row: dict[str, Any], where: str) -> EvalItem:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object with `prompt` or `messages`")
     messages = row.get("messages")
     if isinstance(messages, str) and messages.strip():
-        messages = json.loads(messages)  # CSV cells hold messages as JSON text
+        try:
+            messages = json.loads(messages)  # CSV cells hold messages as JSON text
+        except ValueError as exc:
+            raise ValueError(f"{where}: `messages` is not JSON: {exc}") from None
     if not messages:
         prompt = row.get("prompt")
         if not isinstance(prompt, str) or not prompt:
@@ -121,11 +126,13 @@ def load_items(path: Path) -> list[EvalItem]:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             rows: Iterable[tuple[int, dict[str, Any]]] = list(enumerate(csv.DictReader(handle), 2))
     else:
-        rows = [
-            (number, json.loads(line))
-            for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1)
-            if line.strip()
-        ]
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((number, json.loads(line)))
+                except ValueError as exc:  # its own "line 1 column 15" would not say which line
+                    raise ValueError(f"{path}:{number}: not JSON: {exc}") from None
     items: list[EvalItem] = []
     seen: set[str] = set()
     for number, row in rows:
