@@ -175,3 +175,20 @@ def test_cli_online_flag(stream: Outcomes, monkeypatch: pytest.MonkeyPatch, tmp_
     assert result.exit_code == 0, result.output
     assert "APGR of the routed traffic" in result.output and "Online calibration" in result.output
     assert json.loads(out.read_text())["options"]["verify_share"] == 0.2
+
+
+@pytest.mark.parametrize("window", ["0", "-5"])
+def test_a_window_of_no_prompts_is_a_usage_error(window: str) -> None:
+    # 0 divided the stream by zero (a traceback); a negative window printed windows that never fill.
+    app = typer.Typer()
+    replay_cli.register(app)
+    app.command("noop")(lambda: None)
+    result = CliRunner().invoke(
+        app,
+        [
+            *("replay", "--online", "--data", str(DATA / "gsm8k_responses.csv")),
+            *("--policy", "router:some.json", "--window", window),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "--window is a number of prompts, 1 or more" in result.output

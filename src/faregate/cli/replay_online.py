@@ -38,6 +38,9 @@ def online_options(
         raise ValueError("--order must be shuffled or by-source")
     if prior < 0:
         raise ValueError("--prior is a number of pseudo-outcomes, 0 or more")
+    if window < 1:
+        # The stream is cut every `window` prompts: 0 would divide by zero.
+        raise ValueError("--window is a number of prompts, 1 or more")
     return OnlineOptions(
         mode="router",
         target=target,
