@@ -93,3 +93,11 @@ def test_judge_scores_are_parsed_from_messy_replies(reply: str, value: float | N
 def test_judge_prompt_keeps_literal_braces() -> None:
     text = judge_prompt('Q: {prompt} A: {answer} ref: {expected} json: {"k": 1}', "2+2?", None, "4")
     assert text == 'Q: 2+2? A: 4 ref:  json: {"k": 1}'
+
+
+def test_judge_prompt_fills_the_rubric_only_not_the_texts_it_inserts() -> None:
+    # A question about templates may hold "{answer}" itself: the judge must see it as written, not
+    # with the model's answer pasted into the question (nor the answer into the reference).
+    rubric = "Q: {prompt} | ref: {expected} | A: {answer}"
+    text = judge_prompt(rubric, "What does f'{answer}' print?", "the value of {answer}", "42")
+    assert text == "Q: What does f'{answer}' print? | ref: the value of {answer} | A: 42"

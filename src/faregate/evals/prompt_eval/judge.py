@@ -6,6 +6,7 @@ the routing judge's parser, which trusts labelled scores over stray numbers in t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -28,11 +29,15 @@ Assistant's answer:
 Rate the answer's correctness and helpfulness from 0 to 10. Reply with "Score: N/10"."""
 
 
+_PLACEHOLDER = re.compile(r"\{(prompt|expected|answer)\}")
+
+
 def judge_prompt(rubric: str, prompt: str, expected: str | None, answer: str) -> str:
-    # str.replace, not str.format: user rubrics may hold literal braces (JSON examples).
-    return (
-        rubric.replace("{prompt}", prompt).replace("{expected}", expected or "").replace("{answer}", answer)
-    )
+    # Not str.format: user rubrics may hold literal braces (JSON examples). One pass over the
+    # rubric, not one str.replace per field: a question that itself holds "{answer}" must not get
+    # the model's answer pasted into it.
+    values = {"prompt": prompt, "expected": expected or "", "answer": answer}
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], rubric)
 
 
 def parse_score(reply: str) -> float | None:
