@@ -192,3 +192,22 @@ def test_a_window_of_no_prompts_is_a_usage_error(window: str) -> None:
     )
     assert result.exit_code == 2, result.output
     assert "--window is a number of prompts, 1 or more" in result.output
+
+
+def test_data_without_prompts_is_a_usage_error(tmp_path: Path) -> None:
+    # A header-only file (or one whose every prompt is contaminated) was an IndexError traceback.
+    data = tmp_path / "empty.csv"
+    data.write_text("prompt,gpt-4-1106-preview,mistralai/Mixtral-8x7B-Instruct-v0.1\n", encoding="utf-8")
+    router = Path(__file__).parents[1] / "routers" / "router-gsm8k.json"
+    app = typer.Typer()
+    replay_cli.register(app)
+    app.command("noop")(lambda: None)
+    result = CliRunner().invoke(
+        app,
+        [
+            *("replay", "--online", "--data", str(data), "--keep-contaminated"),
+            *("--policy", f"router:{router}", "--cache-dir", str(tmp_path)),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "empty.csv: no prompts to replay" in result.output

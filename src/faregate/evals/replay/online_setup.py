@@ -44,6 +44,9 @@ def prepare(spec: str, outcomes: Outcomes, *, held_out_only: bool, cache_dir: Pa
         raise ValueError("--online needs --policy router:FILE (a trained router) or judge:FILE (a cascade)")
     file = load_model_file(path, KIND, PROMPT_NAMES) if kind == "router" else LearnedJudge.read(path)
     stream = held_out(outcomes, file).test if held_out_only else outcomes
+    if not stream.records:
+        # A header-only file, or every prompt contaminated: no stream, and no curve to sweep.
+        raise ValueError(f"{outcomes.name}: no prompts to replay")
     pair = Pair(file.strong, file.weak)
     stream.require(pair.strong, pair.weak)
     texts = [r.prompt for r in stream.records]
