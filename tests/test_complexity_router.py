@@ -398,3 +398,40 @@ def test_within_subject_router_trains_to_a_loadable_file(tmp_path: Path) -> None
     )
     by_name = {c.name: c.metrics for c in evaluation.curves}
     assert by_name["complexity router"].apgr > by_name["random (seed 0)"].apgr + 0.2
+
+
+def test_cli_trains_and_evaluates_on_your_own_outcomes_without_a_contaminated_list(tmp_path: Path) -> None:
+    # The README: "retrain with faregate router train / train-judge on your own outcomes". Own data
+    # has no contaminated-prompt list beside it; the error said to "pass one explicitly or keep the
+    # contaminated prompts", which the router commands had no option for.
+    data = write_subjects(tmp_path / "mine", subjects=4, per_subject=16)
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        """Test app."""
+
+    router_cli.register(app)
+    runner = CliRunner()
+    model = tmp_path / "r.json"
+    common = ["--data", str(data), "--cache-dir", str(tmp_path / "cache")]
+    refused = runner.invoke(app, ["router", "train", *common, "--out", str(model), "--repeats", "1"])
+    assert refused.exit_code == 2 and "no contaminated-prompt list found" in refused.output
+    kept = ["--keep-contaminated"]
+    result = runner.invoke(app, ["router", "train", *common, *kept, "--out", str(model), "--repeats", "1"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["router", "eval", *common, *kept, "--router", str(model)])
+    assert result.exit_code == 0, result.output
+    assert "complexity router" in result.output
+    # Or an explicit list: the eval must leave out the same prompts as the training did.
+    listed = tmp_path / "listed.jsonl"
+    prompt = (data / "mmlu_subject0.csv").read_text().splitlines()[1].rsplit(",", 2)[0]
+    listed.write_text(json.dumps({"eval_prompt": prompt}) + "\n")
+    explicit = ["--contaminated", str(listed)]
+    result = runner.invoke(
+        app, ["router", "train", *common, *explicit, "--out", str(model), "--repeats", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(model.read_text())["training"]["contaminated_prompts_left_out"] == 1
+    result = runner.invoke(app, ["router", "eval", *common, *explicit, "--router", str(model)])
+    assert result.exit_code == 0, result.output

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,15 +56,34 @@ RepeatsOption = Annotated[
 CacheOption = Annotated[
     Path | None, typer.Option(help="Embedding cache directory (default ~/.cache/faregate/router).")
 ]
+# As in `faregate replay`: your own outcomes have no contaminated-prompt list beside them.
+DropOption = Annotated[
+    bool,
+    typer.Option(
+        "--drop-contaminated/--keep-contaminated",
+        help="Leave out prompts found in routers' training data (as RouteLLM scores).",
+    ),
+]
+ContaminatedOption = Annotated[
+    Path | None, typer.Option(help="Contaminated-prompt JSONL (default: found next to the data).")
+]
+
+
+@dataclass(slots=True, frozen=True)
+class Contamination:
+    """Which prompts to leave out: the same choice at training and at eval, or eval refuses the data."""
+
+    drop: bool = True
+    path: Path | None = None
 
 
 def _console() -> Console:
     return Console(width=max(Console().width, 132))
 
 
-def _load(data: Path) -> Outcomes:
-    # Contaminated prompts (found in routers' training data) are left out everywhere, as RouteLLM does.
-    return load_outcomes(data, drop_contaminated=True)
+def _load(data: Path, contamination: Contamination) -> Outcomes:
+    # Contaminated prompts (found in routers' training data) are left out by default, as RouteLLM does.
+    return load_outcomes(data, drop_contaminated=contamination.drop, contaminated=contamination.path)
 
 
 def _spec(outcomes: Outcomes, split: str, test_fraction: float, seed: int) -> SplitSpec:
@@ -75,10 +95,17 @@ def _spec(outcomes: Outcomes, split: str, test_fraction: float, seed: int) -> Sp
     return SplitSpec(by, test_fraction, seed)
 
 
-def _train(kind: str, data: Path, out: Path, spec_args: tuple[str, float, int], **kw: Any) -> Trained:
+def _train(
+    kind: str,
+    data: Path,
+    out: Path,
+    spec_args: tuple[str, float, int],
+    contamination: Contamination = Contamination(),
+    **kw: Any,
+) -> Trained:
     console = _console()
     try:
-        outcomes = _load(data)
+        outcomes = _load(data, contamination)
         pair = Pair(kw.pop("strong"), kw.pop("weak"))
         outcomes.require(pair.strong, pair.weak)
         split = split_outcomes(outcomes, _spec(outcomes, *spec_args))
@@ -109,6 +136,8 @@ def train(
     strong: Annotated[str, typer.Option(help="The strong (expensive) model.")] = STRONG_MODEL,
     weak: Annotated[str, typer.Option(help="The weak (cheap) model.")] = WEAK_MODEL,
     cache_dir: CacheOption = None,
+    drop_contaminated: DropOption = True,
+    contaminated: ContaminatedOption = None,
     model: Annotated[
         str,
         typer.Option(
@@ -126,6 +155,7 @@ def train(
         data,
         out,
         (split, test_fraction, seed),
+        Contamination(drop_contaminated, contaminated),
         strong=strong,
         weak=weak,
         repeats=repeats,
@@ -147,6 +177,8 @@ def train_judge_command(
     strong: Annotated[str, typer.Option(help="The model escalated to.")] = STRONG_MODEL,
     weak: Annotated[str, typer.Option(help="The cheap model whose answers are judged.")] = WEAK_MODEL,
     cache_dir: CacheOption = None,
+    drop_contaminated: DropOption = True,
+    contaminated: ContaminatedOption = None,
 ) -> None:
     """Train the cascade's learned judge (FrugalGPT-style) on recorded (question, answer, correct) data."""
     _train(
@@ -154,6 +186,7 @@ def train_judge_command(
         data,
         out,
         (split, test_fraction, seed),
+        Contamination(drop_contaminated, contaminated),
         strong=strong,
         weak=weak,
         repeats=repeats,
@@ -172,9 +205,10 @@ def run_eval(
     cache_dir: Path | None,
     console: Console,
     reports: Path | None = None,
+    contamination: Contamination = Contamination(),
 ) -> Evaluation:
     """Evaluate; PNGs go to `out`, the JSON report to `reports` (default: `out` too)."""
-    outcomes = _load(data)
+    outcomes = _load(data, contamination)
     router_file = load_model_file(router, ROUTER_KIND, PROMPT_NAMES) if router else None
     judge_file: ModelFile | None = LearnedJudge.read(judge) if judge else None
     evaluation = evaluate(outcomes, router=router_file, judge=judge_file, cache_dir=cache_dir)
@@ -219,11 +253,21 @@ def eval_command(
         int, typer.Option(help="Time the router's scoring on this many prompts (0: skip).")
     ] = 0,
     cache_dir: CacheOption = None,
+    drop_contaminated: DropOption = True,
+    contaminated: ContaminatedOption = None,
 ) -> None:
     """Measure a trained router and/or judge on the held-out part of its split, beside the baselines."""
     try:
         run_eval(
-            data, router, judge, out, prefix=prefix, timing=timing, cache_dir=cache_dir, console=_console()
+            data,
+            router,
+            judge,
+            out,
+            prefix=prefix,
+            timing=timing,
+            cache_dir=cache_dir,
+            console=_console(),
+            contamination=Contamination(drop_contaminated, contaminated),
         )
     except ValueError as exc:
         typer.echo(f"faregate: {exc}", err=True)
