@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from faregate.evals.cache_eval.stream import LabelledPair, load_labelled_pairs
 from faregate.evals.prompt_eval.run import load_items
 from faregate.evals.replay.outcomes import load_outcomes
@@ -45,3 +47,17 @@ def test_labelled_pairs_with_a_bom(tmp_path: Path) -> None:
     jsonl.write_text(f'{BOM}{{"text1": "a", "text2": "b", "label": 0}}\n', encoding="utf-8")
     assert load_labelled_pairs(csv_file) == [LabelledPair("how old are you", "what is your age", True)]
     assert load_labelled_pairs(jsonl) == [LabelledPair("a", "b", False)]
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    # Excel's plain "CSV" on Windows is cp1252: in a directory of 57 subject files, say which one.
+    data = tmp_path / "mmlu"
+    data.mkdir()
+    (data / "a.csv").write_text("prompt,big,small\nq1,True,False\n", encoding="utf-8")
+    (data / "b.csv").write_bytes("prompt,big,small\ncafé?,True,False\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"b\.csv: not UTF-8 text"):
+        load_outcomes(data, drop_contaminated=False)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_bytes("text1,text2,label\ncafé?,un café?,1\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"pairs\.csv: not UTF-8 text"):
+        load_labelled_pairs(pairs)

@@ -56,4 +56,4 @@ def test_a_prompt_set_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     prompts.write_bytes("prompt\ncaf\u00e9?\n".encode("latin-1"))
     result = CliRunner().invoke(app, ["eval", str(prompts), "-m", "m", "--api-key", "k"])
     assert isinstance(result.exception, StartupError), result.exception
-    assert str(result.exception).startswith(f"{prompts}: not UTF-8 text (byte 10")
+    assert str(result.exception).startswith(f"{prompts}: not UTF-8 text (invalid")

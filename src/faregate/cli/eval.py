@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
         except OSError as exc:
             raise StartupError(f"{prompts}: {exc.strerror or exc}") from None
         except UnicodeDecodeError as exc:  # a ValueError whose message does not name the file
-            raise StartupError(f"{prompts}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+            raise StartupError(f"{prompts}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
         except ValueError as exc:  # the message names the file and line
             raise StartupError(str(exc)) from None
         try:

@@ -62,6 +62,13 @@ def load_labelled_pairs(path: Path) -> list[LabelledPair]:
     """CSV/TSV (columns text1,text2,label or question1,question2,is_duplicate ...), JSONL with the
     same keys, or the block format of evals/cache_eval/data/paraphrases.txt (.txt). utf-8-sig: a
     byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name."""
+    try:
+        return _load_labelled_pairs(path)
+    except UnicodeDecodeError as exc:  # its own message names no file
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+
+
+def _load_labelled_pairs(path: Path) -> list[LabelledPair]:
     if path.suffix == ".txt":
         from faregate.evals.cache_eval.measure import load_pairs
 

@@ -105,7 +105,10 @@ def load_outcomes(
     records: list[PromptRecord] = []
     skipped = 0
     for file in files:
-        file_models, rows = _read_file(file, output_tokens, skip)
+        try:
+            file_models, rows = _read_file(file, output_tokens, skip)
+        except UnicodeDecodeError as exc:  # its own message names no file
+            raise ValueError(f"{file}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
         if models is not None and set(file_models) != set(models):
             raise ValueError(f"{file}: models {file_models} differ from the other files' {models}")
         models = models or file_models
