@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from faregate.evals.replay.online import OnlineOptions, PriorCurve, run_online, 
 from faregate.evals.replay.online_setup import Prepared
 from faregate.evals.replay.outcomes import Outcomes, load_outcomes, select
 from faregate.learning.thresholds import CalibrationPoint
+from faregate.types import Price
 
 DATA = Path(__file__).parents[1] / "data" / "routellm"
 SUBJECTS = (
@@ -211,3 +213,14 @@ def test_data_without_prompts_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2, result.output
     assert "empty.csv: no prompts to replay" in result.output
+
+
+def test_models_priced_at_zero_report_no_cost_share(stream: Outcomes) -> None:
+    # Self-hosted models priced 0/0 (--price): the plain replay prints "-" for the saving; the
+    # online summary divided by the all-strong cost of $0 (decimal.InvalidOperation traceback).
+    prior, vectors = _inputs(stream, informative=True)
+    free = {model: Price(Decimal(0), Decimal(0)) for model in DEFAULT_PRICES}
+    options = OnlineOptions(mode="router", verify_share=0.2, seed=0)
+    report = run_online(stream, prior, vectors, Pair(), free, options)
+    (line,) = [line for line in summary_lines(report) if line.startswith("cost ")]
+    assert line.startswith("cost $0.00 (all-strong $0.00)")

@@ -152,9 +152,7 @@ def summary_lines(report: OnlineReport) -> list[str]:
         f"shadow calls on {total.shadow_calls / total.prompts:.2%} of prompts "
         f"({total.cheap_shadows} cheap, {total.paid_shadows} paid), {total.free_labels} free labels; "
         f"strong share at the end {report.final_share:.0%}",
-        f"cost {display_usd(total.cost)} = {float(total.cost / report.all_strong_cost):.1%} of all-strong "
-        f"({display_usd(report.all_strong_cost)}), verification included "
-        f"({display_usd(total.verification_cost)})",
+        _cost_line(report),
     ]
     if worst is not None:
         lines.append(
@@ -177,6 +175,15 @@ def summary_lines(report: OnlineReport) -> list[str]:
     else:
         lines.append(f"router health: {report.health_reason or 'no verified outcomes'}")
     return lines
+
+
+def _cost_line(report: OnlineReport) -> str:
+    cost, all_strong = display_usd(report.total.cost), display_usd(report.all_strong_cost)
+    verification = f"verification included ({display_usd(report.total.verification_cost)})"
+    if not report.all_strong_cost:  # models priced 0/0 (--price): no share of nothing
+        return f"cost {cost} (all-strong {all_strong}), {verification}"
+    share = float(report.total.cost / report.all_strong_cost)
+    return f"cost {cost} = {share:.1%} of all-strong ({all_strong}), {verification}"
 
 
 def _window_json(w: Window) -> dict[str, Any]:
