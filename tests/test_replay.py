@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -348,3 +349,22 @@ def test_a_weak_model_that_already_keeps_95_percent_names_the_all_weak_operating
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "length: nobody strong (keeps 95% of strong)" in result.output
+
+
+def test_a_plug_in_policy_is_found_in_the_working_directory(
+    app: typer.Typer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The installed console script's sys.path holds its bin directory, not the working directory:
+    # `--policy mypolicy:score` with mypolicy.py right here was "No module named 'mypolicy'".
+    (tmp_path / "evalcli_local_policy.py").write_text(
+        "def score(record):\n    return float(len(record.prompt))\n", encoding="utf-8"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "evalcli_local_policy", raising=False)
+    result = run(
+        app, "replay", "--data", str(TINY), "--strong", "big", "--weak", "small", "--keep-contaminated",
+        "--policy", "evalcli_local_policy:score", "--price", "big=10/30", "--price", "small=0.60/0.60",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "0.683" in result.output  # the length heuristic's APGR, as the built-in one

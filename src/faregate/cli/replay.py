@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -79,6 +80,12 @@ def resolve_policy(spec: str, pair: Pair, outcomes: Outcomes, seed: int) -> Chos
             f"unknown policy {spec!r}; use one of {', '.join(BUILT_IN)}, route:NAME, router:FILE "
             "or module:function"
         )
+    # The installed console script's sys.path holds its own bin directory, not the working
+    # directory where a user's plug-in lives (`python -m` would have it). Appended, not inserted:
+    # a file here never shadows an installed package.
+    here = str(Path.cwd())
+    if "" not in sys.path and here not in sys.path:
+        sys.path.append(here)
     try:
         policy = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
