@@ -224,3 +224,26 @@ def test_models_priced_at_zero_report_no_cost_share(stream: Outcomes) -> None:
     report = run_online(stream, prior, vectors, Pair(), free, options)
     (line,) = [line for line in summary_lines(report) if line.startswith("cost ")]
     assert line.startswith("cost $0.00 (all-strong $0.00)")
+
+
+def test_a_cascade_on_data_without_the_cheap_answers_is_a_usage_error(tmp_path: Path) -> None:
+    # The judge reads the cheap model's recorded answer; MMLU-like data records correctness only.
+    # This was a KeyError traceback; `replay --policy route:CASCADE` already said why in one line.
+    data = tmp_path / "no_answers.csv"
+    data.write_text(
+        "prompt,gpt-4-1106-preview,mistralai/Mixtral-8x7B-Instruct-v0.1\nq1,True,False\nq2,True,True\n",
+        encoding="utf-8",
+    )
+    judge = Path(__file__).parents[1] / "routers" / "judge-gsm8k.json"
+    app = typer.Typer()
+    replay_cli.register(app)
+    app.command("noop")(lambda: None)
+    result = CliRunner().invoke(
+        app,
+        [
+            *("replay", "--online", "--data", str(data), "--keep-contaminated"),
+            *("--policy", f"judge:{judge}", "--cache-dir", str(tmp_path)),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "have no recorded answer from mistralai/Mixtral-8x7B-Instruct-v0.1" in result.output

@@ -33,6 +33,7 @@ class Prepared:
 def prepare(spec: str, outcomes: Outcomes, *, held_out_only: bool, cache_dir: Path | None) -> Prepared:
     """The stream and its prior scores from `router:FILE` or `judge:FILE`."""
     from faregate.embedding.vector_cache import embed_texts
+    from faregate.evals.replay.cascade import require_cheap_answers
     from faregate.evals.replay.router_eval import held_out, judge_scores
     from faregate.learning.cascade_judges import MATH_CHECKS, LearnedJudge, RuleJudge
     from faregate.learning.complexity_router import KIND, ComplexityRouter
@@ -49,6 +50,9 @@ def prepare(spec: str, outcomes: Outcomes, *, held_out_only: bool, cache_dir: Pa
         raise ValueError(f"{outcomes.name}: no prompts to replay")
     pair = Pair(file.strong, file.weak)
     stream.require(pair.strong, pair.weak)
+    if kind == "judge":
+        # The judge reads the cheap model's recorded answers: correctness alone (MMLU) cannot replay it.
+        require_cheap_answers(stream, pair.weak)
     texts = [r.prompt for r in stream.records]
     vectors = embed_texts(texts, cache_dir)
     if kind == "router":
