@@ -368,3 +368,17 @@ def test_a_plug_in_policy_is_found_in_the_working_directory(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "0.683" in result.output  # the length heuristic's APGR, as the built-in one
+
+
+@pytest.mark.parametrize(
+    ("rows", "line"),
+    [
+        ("big,small,prompt\nTrue,False,hello\nTrue,False\n", 3),  # no prompt: None, then a TypeError
+        ("prompt,big,small\nhello,True,False\nbye,True,False,extra\n", 3),  # a cell silently dropped
+    ],
+)
+def test_a_row_whose_cells_do_not_match_the_header_is_named(tmp_path: Path, rows: str, line: int) -> None:
+    data = tmp_path / "ragged.csv"
+    data.write_text(rows, encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"ragged\.csv:{line}: (more|fewer) cells than the header's 3"):
+        load_outcomes(data, drop_contaminated=False)

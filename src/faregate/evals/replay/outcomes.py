@@ -24,6 +24,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from faregate import tokens
 
@@ -35,6 +36,8 @@ CONTAMINATED_SUFFIX = "_contaminated_prompts.jsonl"
 # Output tokens per call when the file records correctness but no answer text.
 DEFAULT_OUTPUT_TOKENS = 1
 
+# DictReader's value for the cells a short row lacks (None would pass for a value).
+_MISSING: Any = object()
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 
@@ -159,7 +162,7 @@ class _Rows:
 def _read_file(path: Path, output_tokens: int, skip: frozenset[str]) -> tuple[tuple[str, ...], _Rows]:
     # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the prompt column's name.
     with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
+        reader = csv.DictReader(handle, restval=_MISSING)
         columns = reader.fieldnames or []
         if PROMPT_COLUMN not in columns:
             raise ValueError(f"{path}: no {PROMPT_COLUMN!r} column (columns: {columns})")
@@ -169,6 +172,14 @@ def _read_file(path: Path, output_tokens: int, skip: frozenset[str]) -> tuple[tu
         with_text = {m for m in models if f"{m}{RESPONSE_SUFFIX}" in columns}
         rows = _Rows([], 0)
         for line, row in enumerate(reader, 2):
+            # A short row would give a None prompt (a TypeError later); a long one drops a cell
+            # unseen (an unquoted comma in a prompt). reader.line_num: the physical line.
+            if None in row or _MISSING in row.values():
+                more = "more" if None in row else "fewer"
+                raise ValueError(
+                    f"{path}:{reader.line_num}: {more} cells than the header's {len(columns)} "
+                    "(is a comma in a prompt unquoted?)"
+                )
             prompt = row[PROMPT_COLUMN]
             if prompt in skip:
                 rows.skipped += 1
