@@ -382,3 +382,13 @@ def test_a_row_whose_cells_do_not_match_the_header_is_named(tmp_path: Path, rows
     data.write_text(rows, encoding="utf-8")
     with pytest.raises(ValueError, match=rf"ragged\.csv:{line}: (more|fewer) cells than the header's 3"):
         load_outcomes(data, drop_contaminated=False)
+
+
+def test_a_bad_label_is_named_by_its_line_in_the_file_not_its_row(tmp_path: Path) -> None:
+    # Recorded answers span lines (GSM8K's do): row 3 here starts on line 5 of the file.
+    data = tmp_path / "answers.csv"
+    data.write_text(
+        'prompt,big,big_response\nq1,True,"step 1\nstep 2\nso 4"\nq2,maybe,"5"\n', encoding="utf-8"
+    )
+    with pytest.raises(ValueError, match=r"answers\.csv:5: column 'big': expected True or False"):
+        load_outcomes(data, drop_contaminated=False)

@@ -171,9 +171,10 @@ def _read_file(path: Path, output_tokens: int, skip: frozenset[str]) -> tuple[tu
             raise ValueError(f"{path}: no model correctness columns")
         with_text = {m for m in models if f"{m}{RESPONSE_SUFFIX}" in columns}
         rows = _Rows([], 0)
-        for line, row in enumerate(reader, 2):
+        for row in reader:
             # A short row would give a None prompt (a TypeError later); a long one drops a cell
-            # unseen (an unquoted comma in a prompt). reader.line_num: the physical line.
+            # unseen (an unquoted comma in a prompt). reader.line_num: the file's line (the record's
+            # last), where a row number would be off by every multi-line answer before it.
             if None in row or _MISSING in row.values():
                 more = "more" if None in row else "fewer"
                 raise ValueError(
@@ -189,7 +190,7 @@ def _read_file(path: Path, output_tokens: int, skip: frozenset[str]) -> tuple[tu
                 PromptRecord(
                     prompt=prompt,
                     source=path.stem,
-                    correct={m: _parse_bool(row[m], path, line, m) for m in models},
+                    correct={m: _parse_bool(row[m], path, reader.line_num, m) for m in models},
                     input_tokens=prompt_tokens(prompt),
                     output_tokens={
                         m: tokens.count_text(responses[m]) if m in with_text else output_tokens
