@@ -95,3 +95,15 @@ def test_a_label_that_is_neither_same_nor_different_is_an_error(tmp_path: Path) 
         load_labelled_pairs(pairs)
     pairs.write_text("text1,text2,label\na,b,False\nc,d,no\ne,f,0.0\ng,h,different\n")
     assert [p.same for p in load_labelled_pairs(pairs)] == [False] * 4
+
+
+def test_a_block_file_without_pairs_or_with_a_stray_line_is_named(tmp_path: Path) -> None:
+    # An empty .txt went on to a StopIteration traceback; a stray line's error named no file.
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(ValueError, match=r"empty\.txt: no pairs"):
+        load_labelled_pairs(empty)
+    stray = tmp_path / "stray.txt"
+    stray.write_text("text1,text2,label\na,b,1\n")
+    with pytest.raises(ValueError, match=r"stray\.txt: .*line must start with '=' or '!'"):
+        load_labelled_pairs(stray)

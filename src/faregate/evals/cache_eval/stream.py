@@ -72,7 +72,12 @@ def _load_labelled_pairs(path: Path) -> list[LabelledPair]:
     if path.suffix == ".txt":
         from faregate.evals.cache_eval.measure import load_pairs
 
-        blocks = load_pairs(path.read_text("utf-8-sig"))
+        try:
+            blocks = load_pairs(path.read_text("utf-8-sig"))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        if not blocks:  # an empty stream has no vector to size the index by
+            raise ValueError(f"{path}: no pairs")
         return [LabelledPair(p.anchor, p.other, p.paraphrase) for p in blocks]
     numbered: list[tuple[int, Any]]
     if path.suffix == ".jsonl":
