@@ -392,3 +392,11 @@ def test_a_bad_label_is_named_by_its_line_in_the_file_not_its_row(tmp_path: Path
     )
     with pytest.raises(ValueError, match=r"answers\.csv:5: column 'big': expected True or False"):
         load_outcomes(data, drop_contaminated=False)
+
+
+@pytest.mark.parametrize("text", ["big=nan/30", "big=10/inf", "big=-10/30", "big=10/-0.5"])
+def test_a_price_that_is_not_a_finite_amount_of_0_or_more_is_a_usage_error(text: str) -> None:
+    # NaN reached the money formatting (decimal.InvalidOperation traceback); a negative price
+    # made calls pay the replay.
+    with pytest.raises(typer.BadParameter, match="expected MODEL=INPUT/OUTPUT"):
+        replay_cli.parse_price(text)

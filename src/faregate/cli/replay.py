@@ -57,9 +57,15 @@ def parse_price(text: str) -> tuple[str, Price]:
     try:
         if not (sep and model and slash):
             raise InvalidOperation
-        return model.strip(), Price(Decimal(inp.strip()), Decimal(out.strip()))
+        amounts = Decimal(inp.strip()), Decimal(out.strip())
+        # NaN would reach the money formatting as a traceback; a negative price pays the caller.
+        if not all(a.is_finite() and a >= 0 for a in amounts):
+            raise InvalidOperation
+        return model.strip(), Price(*amounts)
     except InvalidOperation:
-        raise typer.BadParameter(f"expected MODEL=INPUT/OUTPUT (USD per 1M tokens), got {text!r}") from None
+        raise typer.BadParameter(
+            f"expected MODEL=INPUT/OUTPUT (USD per 1M tokens, 0 or more), got {text!r}"
+        ) from None
 
 
 def resolve_policy(spec: str, pair: Pair, outcomes: Outcomes, seed: int) -> Chosen:
