@@ -400,3 +400,10 @@ def test_a_price_that_is_not_a_finite_amount_of_0_or_more_is_a_usage_error(text:
     # made calls pay the replay.
     with pytest.raises(typer.BadParameter, match="expected MODEL=INPUT/OUTPUT"):
         replay_cli.parse_price(text)
+
+
+def test_negative_output_tokens_are_a_usage_error(app: typer.Typer) -> None:
+    # Priced as they were: MMLU's all-strong cost -$14.76.
+    result = run(app, "replay", "--data", str(MMLU), "--policy", "all-strong", "--output-tokens", "-100")
+    assert result.exit_code == 2, result.output
+    assert "--output-tokens" in result.output

@@ -169,7 +169,7 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option(help="Contaminated-prompt JSONL (default: found next to the data).")
         ] = None,
         output_tokens: Annotated[
-            int, typer.Option(help="Output tokens per call where no answer text is recorded (MMLU).")
+            int, typer.Option(min=0, help="Output tokens per call where no answer text is recorded (MMLU).")
         ] = DEFAULT_OUTPUT_TOKENS,
         bins: Annotated[
             int, typer.Option(help="Quantile bins of the threshold sweep (RouteLLM: 10).")
