@@ -28,6 +28,10 @@ CASES = {
     ),
     "pairs not JSON": (["cache-eval", "--pairs", "pairs.jsonl", "--sizes", "0"], "pairs.jsonl:1: "),
     "pairs row without a text": (["cache-eval", "--pairs", "short.jsonl", "--sizes", "0"], "short.jsonl:2: "),
+    "not a prior file": (
+        ["cache-eval", "--pairs", "short.jsonl", "--prior-lookups", "10", "--prior", "pairs.csv"],
+        "pairs.csv: not a cache prior file",
+    ),
     "sizes not numbers": (["cache-eval", "--pairs", "pairs.csv", "--sizes", "0,lots"], "--sizes"),
     "bad sim script": (["sim", "--script", "unknown.yaml"], "unknown field"),
     "unreachable store": (

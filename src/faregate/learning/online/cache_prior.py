@@ -69,5 +69,9 @@ def write_prior(path: Path, prior: AcceptanceState, source: dict[str, Any]) -> N
 
 def load_prior(path: Path | None = None) -> AcceptanceState:
     """The prior file (the shipped one by default)."""
-    data = json.loads((path or DEFAULT_PRIOR).read_text("utf-8"))
-    return AcceptanceState.from_json({**data, "served": 0, "threshold": None})
+    source = path or DEFAULT_PRIOR
+    try:
+        data = json.loads(source.read_text("utf-8"))
+        return AcceptanceState.from_json({**data, "served": 0, "threshold": None})
+    except (ValueError, KeyError, TypeError) as exc:  # `--prior` names any file: say it is not one
+        raise ValueError(f"{source}: not a cache prior file (cache-eval --write-prior): {exc!r}") from None
