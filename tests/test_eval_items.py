@@ -19,6 +19,12 @@ from faregate.evals.prompt_eval.run import load_items
         ("list.jsonl", '{"prompt": "a"}\n[1, 2]\n', "list.jsonl:2: expected a JSON object"),
         ("torn.jsonl", '{"prompt": "a"}\n{"prompt": "b"\n', "torn.jsonl:2: not JSON"),
         ("cells.csv", "prompt,messages\nhi,\nho,not json\n", "cells.csv:3: `messages` is not JSON"),
+        # Several acceptable answers as a list: compared as the list's JSON text, every answer failed.
+        (
+            "aliases.jsonl",
+            '{"prompt": "Capital of France?", "expected": ["Paris", "paris"]}\n',
+            "aliases.jsonl:1: `expected` is a list",
+        ),
     ],
 )
 def test_a_line_that_cannot_be_an_item_is_named(tmp_path: Path, name: str, text: str, message: str) -> None:

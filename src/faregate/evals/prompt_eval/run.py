@@ -109,6 +109,12 @@ def _item(row: dict[str, Any], where: str) -> EvalItem:
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise ValueError(f"{where}: `messages` must be a list of {{role, content}} objects")
     expected = row.get("expected")
+    if isinstance(expected, list):
+        # Its JSON text would be compared with each answer, and every answer fail: no scorer takes one.
+        raise ValueError(
+            f"{where}: `expected` is a list; give one text (several acceptable answers: --scorer regex "
+            "with an alternation)"
+        )
     if expected is not None and not isinstance(expected, str):
         # JSON items may give a number or a schema object; scorers compare text.
         expected = expected if isinstance(expected, str) else json.dumps(expected)
