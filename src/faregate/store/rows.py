@@ -66,22 +66,21 @@ def from_nanousd(nanousd: int) -> Decimal:
 # client-chosen model name on a 404, say) was refused there and dropped, while SQLite kept it.
 # Every store writes U+FFFD in its place instead, so no request goes unrecorded and both stores hold
 # (and their dashboards show) the same text; the replacement character marks what was lost.
-_NUL_FREE = str.maketrans({"\x00": "\ufffd"})
-
-
+# str.replace, not str.translate: it finds no NUL at memchr speed, where translate with a
+# non-ASCII replacement looks up every character (it doubled the writer thread's CPU per record).
 def nul_free(text: str | None) -> str | None:
-    return None if text is None else text.translate(_NUL_FREE)
+    return None if text is None else text.replace("\x00", "\ufffd")
 
 
 def attempts_json(attempts: Sequence[Attempt]) -> str:
     return orjson.dumps(
         [
             {
-                "model": a.model.translate(_NUL_FREE),
-                "provider": a.provider.translate(_NUL_FREE),
-                "outcome": a.outcome.translate(_NUL_FREE),
+                "model": a.model.replace("\x00", "\ufffd"),
+                "provider": a.provider.replace("\x00", "\ufffd"),
+                "outcome": a.outcome.replace("\x00", "\ufffd"),
                 "latency_ms": a.latency_ms,
-                "detail": a.detail.translate(_NUL_FREE),
+                "detail": a.detail.replace("\x00", "\ufffd"),
                 "status": a.status,
                 "prompt_tokens": a.prompt_tokens,
                 "completion_tokens": a.completion_tokens,
@@ -137,10 +136,10 @@ def attempt_summary(attempts: Sequence[Attempt]) -> tuple[int, int, int]:
 def record_to_row(r: RequestRecord) -> tuple[Any, ...]:
     """The INSERT_COLUMNS of a record, with any NUL in its text as U+FFFD (see `nul_free`)."""
     return (
-        r.request_id.translate(_NUL_FREE),
+        r.request_id.replace("\x00", "\ufffd"),
         r.created_at,
         nul_free(r.key_id),
-        r.model_requested.translate(_NUL_FREE),
+        r.model_requested.replace("\x00", "\ufffd"),
         nul_free(r.model_used),
         nul_free(r.provider),
         r.status,
@@ -158,8 +157,8 @@ def record_to_row(r: RequestRecord) -> tuple[Any, ...]:
         nul_free(r.route),
         usd_text(r.baseline_cost_usd),
         to_nanousd(r.baseline_cost_usd),
-        r.cache_status.translate(_NUL_FREE),
-        r.wire.translate(_NUL_FREE),
+        r.cache_status.replace("\x00", "\ufffd"),
+        r.wire.replace("\x00", "\ufffd"),
         *attempt_summary(r.attempts),
     )
 
