@@ -127,10 +127,15 @@ class ResponseCache:
             start()
 
     def decide(
-        self, request: ChatRequest, headers: Any, resolve: Callable[[], str], by_stream: bool = False
+        self,
+        request: ChatRequest,
+        headers: Any,
+        resolve: Callable[[], str],
+        by_stream: Callable[[ChatRequest], bool] | None = None,
     ) -> CacheDecision:
-        """`resolve` gives the route or canonical model name; only called for cacheable requests.
-        `by_stream`: the route picks another model for a stream (Planner.picks_by_stream)."""
+        """`resolve` gives the route or canonical model name; `by_stream` whether the route picks
+        another model for a stream (Planner.picks_by_stream): both only called for cacheable
+        requests (most are not: nothing to spend on them)."""
         if not self.settings.enabled:
             return CacheDecision("bypass", reason="cache disabled")
         hint = _cache_hint(request.hints)
@@ -144,7 +149,7 @@ class ResponseCache:
         if unknown:
             return CacheDecision("bypass", reason=f"unclassified fields {unknown}")
         resolved = resolve()
-        stream = request.stream if by_stream else None
+        stream = request.stream if by_stream is not None and by_stream(request) else None
         routing = routing_material(parse_hints(request.hints), request.premium, stream)
         ttl = self._ttl(request.hints, resolved, control, hint)
         scope = SHARED_NAMESPACE if hint.get("namespace") == SHARED_NAMESPACE else f"key:{request.key_id}"

@@ -188,8 +188,11 @@ class Planner:
     def picks_by_stream(self, request: ChatRequest) -> bool:
         """Whether the route the request names may answer a stream with another model than a whole
         answer (RouteBook.stream_picked): then the cache keeps the two apart."""
+        picked = self.routes.stream_picked
+        if not picked:
+            return False
         names: list[str] = request.body.get("models") or [request.model]
-        return any(name in self.routes.stream_picked for name in names)
+        return any(name in picked for name in names)
 
     def plan_now(self, request: ChatRequest) -> Plan | None:
         """`plan` of the usual request, without a wait and without the general machinery: one

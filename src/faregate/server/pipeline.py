@@ -208,7 +208,7 @@ class ChatPipeline:
             request,
             exchange.http.headers,
             lambda: self.planner.resolved_name(request),
-            by_stream=self.planner.picks_by_stream(request),
+            by_stream=self.planner.picks_by_stream,
         )
         exchange.decided(decision)
         return decision.status == "lookup" and decision.read
