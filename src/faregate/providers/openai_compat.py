@@ -211,7 +211,19 @@ class OpenAICompatibleProvider:
                                 status=resp.status,
                                 body=chunk,
                             )
-                        if (unreadable := unreadable_choices(chunk, "delta")) is not None:
+                        # The usual chunk (one choice whose delta is an object without tool calls)
+                        # is readable: checked inline, as this runs per chunk; others in full.
+                        choices = chunk.get("choices")
+                        if (
+                            not (
+                                type(choices) is list
+                                and len(choices) == 1
+                                and type(only := choices[0]) is dict
+                                and type(delta := only.get("delta")) is dict
+                                and "tool_calls" not in delta
+                            )
+                            and (unreadable := unreadable_choices(chunk, "delta")) is not None
+                        ):
                             if read:
                                 yield read
                             raise UpstreamFailure(
