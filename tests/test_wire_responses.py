@@ -353,6 +353,9 @@ def test_embedding_requests_are_checked() -> None:
         ({"model": "e", "input": "x", "encoding_format": "int8"}, "encoding_format"),
         ({"model": "e", "input": "x", "dimensions": 0}, "dimensions"),
         ({"model": "e", "input": "x", "extra": 1}, "extra"),
+        # A token id JSON spells past 2**64 is read as a float: as an int it could not be sent on.
+        ({"model": "e", "input": [[1e30]]}, "input"),
+        ({"model": "e", "input": [[1.8446744073709552e19]]}, "input"),
     ],
 )
 def test_bad_embedding_requests_name_the_param(body: dict[str, Any], param: str) -> None:

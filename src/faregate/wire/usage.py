@@ -83,10 +83,16 @@ def usage_json(usage: Usage) -> JSON:
     return out
 
 
+# The largest count taken: far past any real one, and sent on by orjson and compared exactly as
+# a double (a JSON number past 2**64 is read as a float, which as an int could not be sent on).
+_MAX_COUNT = 2**53 - 1
+
+
 def token_count(value: Any) -> int | None:
-    """A non-negative whole token count (JSON may spell it 12.0), else None; never a bool."""
+    """A non-negative whole token count (JSON may spell it 12.0) up to 2**53 - 1, else None; never
+    a bool."""
     if type(value) is int:
-        return value if value >= 0 else None
-    if type(value) is float and value.is_integer() and value >= 0:
+        return value if 0 <= value <= _MAX_COUNT else None
+    if type(value) is float and value.is_integer() and 0 <= value <= _MAX_COUNT:
         return int(value)
     return None
