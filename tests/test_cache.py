@@ -242,6 +242,8 @@ def test_a_number_written_with_or_without_a_fraction_is_one_key() -> None:
         {**BASE, "top_p": 1, "max_tokens": 5.0}, "m", "s"
     )
     assert exact_key({**BASE, "top_p": 0.5}, "m", "s") != exact_key({**BASE, "top_p": 1}, "m", "s")
+    # A whole float past what orjson writes as an int stays a float (it was a TypeError: a 500).
+    assert exact_key({**BASE, "seed": 1e25}, "m", "s") != exact_key({**BASE, "seed": 1e24}, "m", "s")
 
 
 def test_a_field_at_the_value_every_server_defaults_it_to_is_one_key_with_it_left_out() -> None:

@@ -127,11 +127,14 @@ def exact_key(body: dict[str, Any], resolved: str, scope: str, routing: dict[str
     return hashlib.sha256(payload).hexdigest()
 
 
+_EXACT_INT = 2.0**53
+
+
 def _number(value: Any) -> Any:
     """A top-level number as one spelling: JSON has one number type, and `0.0` (a Python float, a
     config's value) asks what `0` does; orjson writes them apart."""
-    if type(value) is float and value.is_integer():
-        return int(value)
+    if type(value) is float and value.is_integer() and -_EXACT_INT <= value <= _EXACT_INT:
+        return int(value)  # beyond ±2**53 a float is not one integer, nor orjson's to write as one
     return value
 
 
