@@ -238,3 +238,38 @@ async def test_the_in_process_cache_does_not_keep_a_huge_chat_answer() -> None:
     # A huge answer for a key drops what the key held (it was to be replaced).
     await c._write(decision, huge, "m", "p", Usage(1, 50_000))
     assert await c.lookup(decision, request(BASE)) is None
+
+
+async def test_semantic_sharing_skips_a_hung_redis_and_bounds_the_publishes_in_flight() -> None:
+    """Each semantic store publishes its entry to Redis in the background, on a client of its own
+    that no breaker guarded: with a hung Redis every publish waited out the socket timeout, so
+    publishes (and the answers their tasks hold) piled up with traffic. Beyond a few in flight a
+    publish is dropped (counted); after a few failures Redis is skipped for a cool-down."""
+    import asyncio
+    import time
+
+    from faregate.cache.semantic_index import Scope
+    from faregate.cache.semantic_sync import SemanticSync
+    from faregate.cache.stores import RedisBreaker
+
+    fake = FakeRedis()
+    url = await fake.start()
+    sync = SemanticSync(url, None, breaker=RedisBreaker(cooldown_s=60), timeout_s=0.3, max_in_flight=4)
+    scope = Scope("t", "r", "", "")
+    try:
+        tasks = [asyncio.create_task(sync.publish(scope, "text", "k", 60, [0.1, 0.2])) for _ in range(50)]
+        await asyncio.sleep(0.1)
+        assert sum(not task.done() for task in tasks) <= 4, "only a few publishes wait on Redis"
+        assert sync.dropped == 46
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert sync.published == 0
+
+        # Four failures in a row: the breaker is open, publishing skips Redis at once.
+        started, sent = time.monotonic(), fake.commands
+        for _ in range(20):
+            await sync.publish(scope, "text", "k", 60, [0.1, 0.2])
+        assert time.monotonic() - started < 0.1
+        assert fake.commands == sent
+    finally:
+        await sync.close()
+        await fake.close()

@@ -47,7 +47,9 @@ def build_cache(settings: CacheSettings, shared_redis_url: str | None = None) ->
     if semantic is not None and redis_url:
         from faregate.cache.semantic_sync import SemanticSync
 
-        sync = SemanticSync(redis_url, semantic)
+        # Publishing skips a failing Redis as the cache store does, on the store's own breaker.
+        breaker = store.breaker if isinstance(store, RedisStore) else None
+        sync = SemanticSync(redis_url, semantic, breaker=breaker)
         cache.on_semantic_store = sync.publish
         cache.starters.append(sync.start)
         cache.closers.append(sync.close)

@@ -6,7 +6,11 @@ index and Redis carries the entries: an instance that stores an entry appends it
 stream and adds the others' entries to its index. The answers themselves already live
 in Redis (the exact store), so a semantic hit on any instance finds them.
 
-Redis being down never fails a request: publishing is skipped, tailing retries.
+Redis being down never fails a request: publishing is skipped, tailing retries. A hung Redis
+(accepting connections, never answering) holds each publish for the socket timeout, so
+publishing skips Redis while the cache store's breaker is open (stores.RedisBreaker), and at most
+MAX_PUBLISHING publishes wait on it at once: beyond that an entry is not shared (counted in
+`dropped`), rather than tasks and the answers they hold piling up with traffic.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 import orjson
 
 from faregate.cache.semantic_index import Scope
+from faregate.cache.stores import RedisBreaker
 from faregate.lifecycle import Periodic
 
 log = logging.getLogger("faregate.cache")
@@ -27,13 +32,39 @@ log = logging.getLogger("faregate.cache")
 STREAM = "faregate:semantic"
 # Enough for the in-process index's default size; older entries fall off the stream.
 MAX_STREAM_LEN = 50_000
+# Publishes waiting on Redis at once; each holds its entry (and, in the cache's background store
+# task that awaits it, the answer). Redis answers one in well under a millisecond.
+MAX_PUBLISHING = 32
 
 
 class SemanticSync:
-    def __init__(self, url: str, semantic: Any, stream: str = STREAM) -> None:
+    def __init__(
+        self,
+        url: str,
+        semantic: Any,
+        stream: str = STREAM,
+        *,
+        breaker: RedisBreaker | None = None,
+        timeout_s: float = 5.0,
+        max_in_flight: int = MAX_PUBLISHING,
+    ) -> None:
         import redis.asyncio as redis
 
-        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=1)
+        from faregate.store.redis.connect import retry_once_on_a_fresh_connection
+
+        # The timeout outlasts the tail's blocking read (a second). Retried once on a fresh
+        # connection only, as every client is (redis-py's default also retries timeouts, thrice).
+        self._redis = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=1,
+            retry=retry_once_on_a_fresh_connection(),
+        )
+        self._breaker = breaker if breaker is not None else RedisBreaker()
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self.dropped = 0
+        self._last_drop_warning = 0.0
         self._semantic = semantic
         self._stream = stream
         self.origin = secrets.token_hex(6)
@@ -52,7 +83,19 @@ class SemanticSync:
             log.warning("semantic cache sharing: %s failed (Redis unavailable?): %s", what, exc)
 
     async def publish(self, scope: Scope, text: str, key: str, ttl_s: float, vector: Any) -> None:
-        if vector is None:
+        if vector is None or self._breaker.skipped():
+            return
+        if self._in_flight >= self._max_in_flight:
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._last_drop_warning > 60:
+                self._last_drop_warning = now
+                log.warning(
+                    "semantic cache sharing: %d publishes already wait on Redis; not sharing more "
+                    "(%d dropped so far)",
+                    self._in_flight,
+                    self.dropped,
+                )
             return
         fields = {
             "origin": self.origin,
@@ -62,11 +105,17 @@ class SemanticSync:
             "expires_at": str(time.time() + ttl_s),
             "vector": np.asarray(vector, dtype=np.float32).tobytes(),
         }
+        self._in_flight += 1
         try:
             await self._redis.xadd(self._stream, fields, maxlen=MAX_STREAM_LEN, approximate=True)  # type: ignore[arg-type]
-            self.published += 1
         except Exception as exc:
+            self._breaker.failed(exc)
             self._warn("publishing an entry", exc)
+            return
+        finally:
+            self._in_flight -= 1
+        self._breaker.answered()
+        self.published += 1
 
     def start(self) -> None:
         self._tailer.start()

@@ -86,13 +86,51 @@ BREAKER_FAILURES = 3
 BREAKER_COOLDOWN_S = 5.0
 
 
+class RedisBreaker:
+    """Skips a Redis that keeps failing: after `failures` failures in a row (timeouts, refused
+    connections) it is skipped for `cooldown_s`; then one call probes it while the others keep
+    skipping: an answer closes the breaker, a failure opens it for another cool-down. The cache
+    store's is shared with the publishing of semantic entries (cache/semantic_sync.py)."""
+
+    def __init__(self, failures: int = BREAKER_FAILURES, cooldown_s: float = BREAKER_COOLDOWN_S) -> None:
+        self._failures_to_open = failures
+        self._cooldown_s = cooldown_s
+        self._failures = 0
+        # Monotonic time before which Redis is skipped (0: closed).
+        self._open_until = 0.0
+
+    def skipped(self) -> bool:
+        """Whether to skip Redis now; the first call after a cool-down is let through as the probe
+        (the cool-down restarts at once, so the calls made meanwhile keep skipping)."""
+        if not self._open_until:
+            return False
+        now = time.monotonic()
+        if now < self._open_until:
+            return True
+        self._open_until = now + self._cooldown_s
+        return False
+
+    def answered(self) -> None:
+        self._failures = 0
+        self._open_until = 0.0
+
+    def failed(self, exc: Exception) -> None:
+        from redis.exceptions import ResponseError
+
+        if isinstance(exc, ResponseError):
+            self.answered()  # Redis answered (refused this command): it is not unavailable
+            return
+        self._failures += 1
+        if self._failures >= self._failures_to_open:
+            self._open_until = time.monotonic() + self._cooldown_s
+
+
 class RedisStore:
     """Entries shared by every gateway instance; TTL enforced by Redis itself.
 
     A small breaker: a hung Redis (accepting connections, never answering) cost every lookup the
-    0.5 s socket timeout, a semantic hit twice, for the whole outage. After `failures` failures in
-    a row Redis is skipped (a miss, no write) for `cooldown_s`; then one call probes it while the
-    others keep skipping: an answer closes the breaker, a failure opens it for another cool-down."""
+    0.5 s socket timeout, a semantic hit twice, for the whole outage. While `RedisBreaker` skips
+    Redis a lookup is a miss and a write is not made."""
 
     def __init__(
         self,
@@ -111,62 +149,36 @@ class RedisStore:
         self._prefix = prefix
         self._last_warning = 0.0
         self.errors = 0
-        self._failures_to_open = failures
-        self._cooldown_s = cooldown_s
-        self._failures = 0
-        # Monotonic time before which Redis is skipped (0: closed).
-        self._open_until = 0.0
-
-    def _skipped(self) -> bool:
-        """Whether to skip Redis now; the first call after a cool-down is let through as the probe
-        (the cool-down restarts at once, so the calls made meanwhile keep skipping)."""
-        if not self._open_until:
-            return False
-        now = time.monotonic()
-        if now < self._open_until:
-            return True
-        self._open_until = now + self._cooldown_s
-        return False
-
-    def _answered(self) -> None:
-        self._failures = 0
-        self._open_until = 0.0
+        self.breaker = RedisBreaker(failures, cooldown_s)
 
     def _warn(self, exc: Exception) -> None:
-        from redis.exceptions import ResponseError
-
         self.errors += 1
-        if isinstance(exc, ResponseError):
-            self._answered()  # Redis answered (refused this command): it is not unavailable
-        else:
-            self._failures += 1
-            if self._failures >= self._failures_to_open:
-                self._open_until = time.monotonic() + self._cooldown_s
+        self.breaker.failed(exc)
         now = time.monotonic()
         if now - self._last_warning > 60:
             self._last_warning = now
             log.warning("cache store (Redis) unavailable, serving without cache: %s", exc)
 
     async def get(self, key: str) -> bytes | None:
-        if self._skipped():
+        if self.breaker.skipped():
             return None
         try:
             value = await self._redis.get(self._prefix + key)
         except Exception as exc:  # any Redis failure degrades to a miss
             self._warn(exc)
             return None
-        self._answered()
+        self.breaker.answered()
         return value if isinstance(value, bytes) else None
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        if self._skipped():
+        if self.breaker.skipped():
             return
         try:
             await self._redis.set(self._prefix + key, value, px=max(int(ttl_s * 1000), 1))
         except Exception as exc:
             self._warn(exc)
             return
-        self._answered()
+        self.breaker.answered()
 
     async def close(self) -> None:
         try:
