@@ -651,3 +651,90 @@ async def test_shutdown_without_pre_shutdown_does_not_wait_for_idle_connections(
     (worker,) = server.tasks
     await asyncio.wait_for(server.shutdown(60), 5)  # the idle connection's task ends at once
     assert worker.done() and transport.closed
+
+
+@pytest.mark.parametrize(
+    "endless",
+    [
+        b"X-Trailer: " + b"a" * 100 + b"\r\n",  # trailers after the last chunk
+        b";ext=" + b"a" * 100,  # the last chunk's extensions
+    ],
+    ids=["trailers", "chunk-extensions"],
+)
+async def test_a_message_that_never_ends_is_413_and_closes(
+    server: LeanServer, endless: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Endless trailers (or chunk extensions) add nothing to the body, so neither its limit nor the idle
+    timeout (bytes keep coming) ended the request: the connection was held for ever. A message
+    past a head, twice the body limit and its framing is answered 413, and the connection closes
+    (after the rest is read into nothing for at most LINGER_S, so the client reads the answer)."""
+    monkeypatch.setattr(lean_http, "LINGER_S", 0.05)
+    _, transport = connect(server)
+    head = b"POST /echo HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n"
+    send(transport, head + (b"0\r\n" if endless.startswith(b"X-") else b"0"))
+    for _ in range((lean_http.MAX_HEAD_BYTES + 2 * MAX_BODY) // len(endless) + 10):
+        send(transport, endless)
+    await settle(lambda: len(parse(transport.out)) == 1)
+    answer = parse(transport.out)[0]
+    assert answer.status == 413 and answer.headers["connection"] == "close"
+    assert orjson.loads(answer.body)["error"]["type"] == "invalid_request_error"
+    for _ in range(20):  # still coming: read into nothing, then closed
+        send(transport, endless)
+        await asyncio.sleep(0.01)
+    assert transport.closed
+    await settle(lambda: not server.tasks or all(t.done() for t in server.tasks))
+
+
+async def test_a_request_that_keeps_trickling_in_past_request_s_is_408_and_closes(
+    server: LeanServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body that comes a byte at a time never stops arriving, so the idle cut-off never fired:
+    a request that is not whole REQUEST_S after it began is answered 408 and the connection
+    closes. (A head that is not whole by then is closed without an answer: nothing serves it.)"""
+    monkeypatch.setattr(lean_http, "LINGER_S", 0.05)
+    conn, transport = connect(server)
+    send(transport, post("/echo", b"0123456789")[:-8])
+    await settle()
+    loop = asyncio.get_running_loop()
+    conn._cancel_keepalive()
+    conn._idle_timeout()  # fired before REQUEST_S: armed again, no answer
+    assert not parse(transport.out) and conn._keepalive is not None
+    assert conn._keepalive.when() <= conn._message_at + lean_http.REQUEST_S + 1
+    conn._cancel_keepalive()
+    conn._message_at = loop.time() - lean_http.REQUEST_S - 1
+    send(transport, b"2")  # bytes still coming
+    conn._idle_timeout()
+    await settle(lambda: len(parse(transport.out)) == 1)
+    answer = parse(transport.out)[0]
+    assert answer.status == 408 and answer.headers["connection"] == "close"
+    for _ in range(20):
+        send(transport, b"3")
+        await asyncio.sleep(0.01)
+    assert transport.closed
+
+    conn, transport = connect(server)
+    send(transport, b"POST /echo HTTP/1.1\r\nHost: gw\r\n")
+    await settle()
+    conn._cancel_keepalive()
+    conn._message_at = loop.time() - lean_http.REQUEST_S - 1
+    send(transport, b"X: 1\r\n")
+    conn._idle_timeout()
+    assert transport.closed and not parse(transport.out)
+
+
+async def test_a_pipelined_request_that_stops_arriving_is_still_timed(server: LeanServer) -> None:
+    """The idle timer is dropped when it fires while a request is handled, and armed again once
+    the connection is idle: a request pipelined behind it, whose head was whole, left it off, so
+    its body could stop arriving (or trickle in) with nothing to cut it off."""
+    global gate
+    conn, transport = connect(server)
+    gate = asyncio.Event()
+    send(transport, post("/slow"))
+    await settle()
+    conn._cancel_keepalive()
+    conn._idle_timeout()  # fired while busy: off until idle
+    assert conn._keepalive is None
+    send(transport, post("/echo", b"0123456789")[:-4])  # pipelined, its body not whole
+    gate.set()
+    await settle(lambda: len(parse(transport.out)) == 1)
+    assert conn._request is not None and conn._keepalive is not None

@@ -84,6 +84,14 @@ class PayloadTooLarge(FaregateError):
     code = "request_too_large"
 
 
+class RequestTimeout(FaregateError):
+    """The request did not arrive in full in time (server/lean_http.py REQUEST_S)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class ClientClosedRequest(FaregateError):
     """The client closed the connection before its request's body was read (nginx's 499): nobody
     reads the answer, but the record says what happened."""

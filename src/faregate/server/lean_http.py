@@ -30,9 +30,14 @@ How a connection reads, one request at a time:
   KEEPALIVE_S: one timer per connection, not re-armed per request (it notes when the connection
   last became idle, and when it fires early it is armed again for the rest); a head or body
   that stops arriving for KEEPALIVE_S closes the connection too (else a client sending half a
-  request would hold it, and its file descriptor, for ever); writes to a
-  client that is gone raise ConnectionResetError, and a write waits while the transport's
-  buffer is full (pause_writing).
+  request would hold it, and its file descriptor, for ever);
+- bytes that keep coming do not hold a connection either: a request not whole REQUEST_S after
+  its message began is answered 408, and one whose message (head, body framing, trailers) grows
+  past the head and twice the body limit is answered 413, though its body is within the limit
+  (endless trailers or chunk extensions); the answer says `Connection: close`, the rest is
+  read into nothing for at most LINGER_S and the connection closes;
+- writes to a client that is gone raise ConnectionResetError, and a write waits while the
+  transport's buffer is full (pause_writing).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from faregate.errors import InternalError
+from faregate.errors import InternalError, PayloadTooLarge, RequestTimeout
 from faregate.server.client_wires import CHAT
 from faregate.server.http_seam import HttpRequest, Reply, Whole
 from faregate.server.lean_head import response_head
@@ -67,6 +72,9 @@ HIGH_WATER: Final = 1 << 20
 # llhttp does not bound a head: one still incomplete past this many bytes goes to aiohttp, whose
 # line and field limits answer it (400), instead of growing here without end.
 MAX_HEAD_BYTES: Final = 64 * 1024
+# A request still arriving this long after its message began is answered 408: a body at the
+# default 8 MiB limit needs ~28 kB/s. (Not less than KEEPALIVE_S: the idle timer checks it.)
+REQUEST_S: Final = 300.0
 
 
 class _HandOff(Exception):
@@ -126,8 +134,10 @@ class LeanConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None  # the linger timer
         self._keepalive: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
-        # When bytes last came (a head or body still arriving is cut off once they stop).
+        # When bytes last came (a head or body still arriving is cut off once they stop), and when
+        # the message being read began (it must be whole within REQUEST_S).
         self._data_at = 0.0
+        self._message_at = 0.0
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -212,8 +222,26 @@ class LeanConnection(asyncio.Protocol):
         if request is None and self._in_message and self._raw_size > MAX_HEAD_BYTES:
             self._hand_off()
             return
+        if (
+            request is not None
+            and self._raw_size > self._raw_limit
+            and self._refusable(request)
+            and not request.body_complete
+        ):
+            # Bytes that are not body (trailers, chunk extensions) are bounded by nothing else.
+            log.info("answering 413 to a request whose message passed %d bytes", self._raw_limit)
+            request.refuse(
+                PayloadTooLarge(
+                    f"The request (head, body framing, trailers) is larger than {self._raw_limit} bytes."
+                )
+            )
         if request is not None and request.lingering and request.body_complete:
             self._next()  # answered before the body was whole, which now is: go on
+
+    @staticmethod
+    def _refusable(request: LeanRequest) -> bool:
+        """Whether the request is neither answered nor refused (so it may still be refused)."""
+        return not request.responded and request.refused is None
 
     def _split(self, data: bytes) -> None:
         """A message began in `data` after the last one ended: keep it for later."""
@@ -244,6 +272,9 @@ class LeanConnection(asyncio.Protocol):
         if self._completed_in_feed:
             raise _NextMessage
         self._in_message = True
+        self._message_at = self.loop.time()
+        if self._keepalive is None:  # off while a request was handled: it bounds this one's arrival
+            self._keepalive = self.loop.call_later(KEEPALIVE_S, self._idle_timeout)
         self._url = b""
         self._headers = []
 
@@ -353,6 +384,8 @@ class LeanConnection(asyncio.Protocol):
             self._request = None
             transport.close()
             return
+        if request.refused is not None:
+            self._closing = True  # its answer said close: after the rest is read into nothing
         if not request.body_complete:
             # Answered before the body was whole: read the rest into nothing, then go on.
             request.lingering = True
@@ -396,12 +429,27 @@ class LeanConnection(asyncio.Protocol):
         if self.transport is None:
             return
         if self._in_message and (request is None or not request.body_complete):
-            # A head or body on its way: cut off once nothing has come for KEEPALIVE_S.
-            left = self._data_at + KEEPALIVE_S - self.loop.time()
+            # A head or body on its way: cut off once nothing has come for KEEPALIVE_S, and not
+            # let take longer than REQUEST_S in all (bytes that keep coming slowly, or for ever).
+            now = self.loop.time()
+            waiting = request is None or self._refusable(request)
+            late = waiting and now >= self._message_at + REQUEST_S
+            if late and request is not None:
+                log.info("answering 408 to a request still arriving after %.0f s", REQUEST_S)
+                request.refuse(
+                    RequestTimeout(f"The request did not arrive in full within {REQUEST_S:.0f} s.")
+                )
+                waiting = False  # the answer closes the connection; still cut off if bytes stop
+            left = self._data_at + KEEPALIVE_S - now
+            if waiting:
+                left = min(left, self._message_at + REQUEST_S - now)
             if left > 0:
                 self._keepalive = self.loop.call_later(left, self._idle_timeout)
                 return
-            log.info("closing a connection whose request stopped arriving %.0f s ago", KEEPALIVE_S)
+            if late and request is None:  # a head: nothing to answer it
+                log.info("closing a connection whose request head took longer than %.0f s", REQUEST_S)
+            else:
+                log.info("closing a connection whose request stopped arriving %.0f s ago", KEEPALIVE_S)
             self.transport.close()
             self._wake_worker()
             return
@@ -438,6 +486,8 @@ class LeanConnection(asyncio.Protocol):
         close = not request.keep_alive or self._closing
         if close:
             request.keep_alive = False
+        # A refused request's connection closes too, once the rest is read into nothing (`_answered`).
+        close = close or request.refused is not None
         return response_head(request.version, status, headers, content_type, length, chunked, close)
 
     def write(self, data: bytes) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Final
 
 from multidict import CIMultiDictProxy
 
-from faregate.errors import InvalidRequest, PayloadTooLarge
+from faregate.errors import FaregateError, InvalidRequest, PayloadTooLarge
 from faregate.server.http_seam import EVENT_STREAM_TYPE, EventStream, Whole
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ class LeanRequest:
         "lingering",
         "method",
         "path",
+        "refused",
         "responded",
         "stream",
         "version",
@@ -63,6 +64,9 @@ class LeanRequest:
         self._complete = False
         self._too_large = False
         self.broken: str | None = None  # the body's framing was invalid
+        # The message came too slowly or grew too long (`LeanConnection`): `read` raises this, and
+        # the connection closes after the answer.
+        self.refused: FaregateError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self.responded = False
         self.lingering = False  # answered; the rest of the body is read into nothing
@@ -98,6 +102,10 @@ class LeanRequest:
         self.broken = problem
         self._wake()
 
+    def refuse(self, error: FaregateError) -> None:
+        self.refused = error
+        self._wake()
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -112,6 +120,8 @@ class LeanRequest:
             if not self._complete and not self._size:
                 conn.write(_CONTINUE)
         while not self._complete:
+            if self.refused is not None:
+                raise self.refused
             if self._too_large:
                 break
             if self.broken is not None:
