@@ -105,6 +105,11 @@ def _train(
 ) -> Trained:
     console = _console()
     try:
+        repeats = kw.get("repeats")
+        if repeats is not None and repeats < 1:
+            # Fitting reads `repeats or the default`: 0 silently meant the default, and a negative
+            # count made no folds and then blamed the data ("no fold had both models differ").
+            raise ValueError("--repeats is a number of cross-validation repeats, 1 or more")
         outcomes = _load(data, contamination)
         pair = Pair(kw.pop("strong"), kw.pop("weak"))
         outcomes.require(pair.strong, pair.weak)
