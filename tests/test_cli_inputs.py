@@ -9,6 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from faregate.cli import cache_eval
 from faregate.cli import router as router_cli
 
 
@@ -35,3 +36,29 @@ def test_router_training_refuses_repeats_below_one(tmp_path: Path, command: str,
     )  # fmt: skip
     assert result.exit_code == 2, result.output
     assert "--repeats is a number of cross-validation repeats, 1 or more" in result.output
+
+
+RATE = "--max-wrong-hit-rate is a share of lookups, strictly between 0 and 1"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--sizes", "0,-5", "--sizes takes whole numbers 0 or more"),
+        ("--distinct", "-1", "--distinct is a number of questions, 0 or more"),
+        ("--max-wrong-hit-rate", "0", RATE),
+        ("--max-wrong-hit-rate", "1.5", RATE),
+        ("--max-wrong-hit-rate", "-0.1", RATE),
+    ],
+)
+def test_cache_eval_pairs_refuses_values_it_cannot_mean(
+    tmp_path: Path, option: str, value: str, message: str
+) -> None:
+    # A negative size or count sliced the question pool from its end; a bound of 0 or 1.5 was run.
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("text1,text2,label\nHow do I reset it?,How can I reset it?,1\n", encoding="utf-8")
+    args = ["cache-eval", "--data", str(tmp_path / "no-data"), "--pairs", str(pairs), "--sizes", "0"]
+    args += ["--distinct", "0", "--cache-dir", str(tmp_path / "vectors"), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(_app(cache_eval.register), [*args, option, value])
+    assert result.exit_code == 2, result.output
+    assert message in result.output

@@ -138,11 +138,11 @@ def register(app: typer.Typer) -> None:
 
             if method not in METHODS:
                 raise typer.BadParameter(f"--method must be one of {', '.join(METHODS)}")
-            try:
-                index_sizes = [int(size) for size in sizes.split(",")]
-            except ValueError:
-                typer.echo(f"faregate: --sizes takes whole numbers, comma-separated, not {sizes!r}", err=True)
-                raise typer.Exit(2) from None
+            problem = _pairs_problem(sizes, distinct, max_wrong_hit_rate)
+            if problem:
+                typer.echo(f"faregate: {problem}", err=True)
+                raise typer.Exit(2)
+            index_sizes = [int(size) for size in sizes.split(",")]
             console = Console(width=max(Console().width, 150))
             folder = data if data != CHECKOUT_DATA else Path("data")
             try:
@@ -255,6 +255,23 @@ def register(app: typer.Typer) -> None:
             f"wrote {out}/cache-eval.csv, cache-eval.json"
             + (", cache-eval.png" if _plot(out, curves, points, threshold) else "")
         )
+
+
+def _pairs_problem(sizes: str, distinct: int, max_wrong_hit_rate: float) -> str | None:
+    """What is wrong with --pairs' numeric options, if anything. A negative size or count sliced the
+    question pool from its end (silently fewer), and a bound outside (0, 1) certifies any threshold
+    or none."""
+    try:
+        smallest = min(int(size) for size in sizes.split(","))
+    except ValueError:
+        smallest = -1
+    if smallest < 0:
+        return f"--sizes takes whole numbers 0 or more, comma-separated, not {sizes!r}"
+    if distinct < 0:
+        return "--distinct is a number of questions, 0 or more"
+    if not 0 < max_wrong_hit_rate < 1:
+        return "--max-wrong-hit-rate is a share of lookups, strictly between 0 and 1"
+    return None
 
 
 def _rss_bytes() -> int:
