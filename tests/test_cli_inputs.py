@@ -3,14 +3,20 @@
 
 from __future__ import annotations
 
+import io
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import typer
+from rich.console import Console
 from typer.testing import CliRunner
 
 from faregate.cli import cache_eval
 from faregate.cli import router as router_cli
+from faregate.cli.router_tables import print_evaluation
+from faregate.evals.replay.engine import Pair
+from faregate.evals.replay.router_eval import Evaluation, Point
 
 
 def _app(register: object) -> typer.Typer:
@@ -62,3 +68,25 @@ def test_cache_eval_pairs_refuses_values_it_cannot_mean(
     result = CliRunner().invoke(_app(cache_eval.register), [*args, option, value])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_router_eval_operating_points_on_data_the_strong_model_never_gets_right() -> None:
+    # "of strong accuracy" divided by the strong model's accuracy unguarded: ZeroDivisionError.
+    evaluation = Evaluation(
+        data="hard.csv",
+        split={"by": "row", "seed": 0, "test_fraction": 0.5},
+        pair=Pair(),
+        prompts=2,
+        strong_accuracy=0.0,
+        weak_accuracy=0.0,
+        all_strong_cost=Decimal("0.02"),
+        all_weak_cost=Decimal("0.001"),
+        curves=[],
+        reference=[],
+        points=[Point("complexity router at 95%", 0.5, 0.0, Decimal("0.01"))],
+    )
+    output = io.StringIO()
+    print_evaluation(evaluation, Console(file=output, width=200))
+    (row,) = [line for line in output.getvalue().splitlines() if "complexity router at 95%" in line]
+    cells = [cell.strip() for cell in row.split("│")[1:-1]]
+    assert cells == ["complexity router at 95%", "50.0%", "0.0%", "-", "50.0%"]

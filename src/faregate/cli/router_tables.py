@@ -57,11 +57,13 @@ def print_evaluation(evaluation: Evaluation, console: Console) -> None:
             points.add_column(column, justify="right")
         for point in evaluation.points:
             cost = float(point.cost / evaluation.all_strong_cost) if evaluation.all_strong_cost else None
+            # Data the strong model never gets right: no share of it to keep ("-", as replay prints).
+            kept = point.accuracy / evaluation.strong_accuracy if evaluation.strong_accuracy else None
             points.add_row(
                 point.name,
                 _pct(point.strong_share),
                 _pct(point.accuracy),
-                _pct(point.accuracy / evaluation.strong_accuracy),
+                _pct(kept),
                 _pct(cost),
             )
         console.print(points)
