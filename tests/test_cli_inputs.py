@@ -16,6 +16,7 @@ from faregate.cli import cache_eval
 from faregate.cli import router as router_cli
 from faregate.cli.router_tables import print_evaluation
 from faregate.evals.replay.engine import Pair
+from faregate.evals.replay.outcomes import STRONG_MODEL, WEAK_MODEL
 from faregate.evals.replay.router_eval import Evaluation, Point
 
 
@@ -90,3 +91,17 @@ def test_router_eval_operating_points_on_data_the_strong_model_never_gets_right(
     (row,) = [line for line in output.getvalue().splitlines() if "complexity router at 95%" in line]
     cells = [cell.strip() for cell in row.split("│")[1:-1]]
     assert cells == ["complexity router at 95%", "50.0%", "0.0%", "-", "50.0%"]
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_a_missing_contaminated_list_is_a_usage_error(tmp_path: Path, command: str) -> None:
+    # It was opened bare: FileNotFoundError, one line from cli/main.py but exit code 1, where a
+    # missing --data is a usage error (2).
+    data = tmp_path / "outcomes.csv"
+    data.write_text(f"prompt,{STRONG_MODEL},{WEAK_MODEL}\nq1,True,False\n", encoding="utf-8")
+    missing = tmp_path / "contaminated.jsonl"
+    args = ["router", command, "--data", str(data), "--contaminated", str(missing)]
+    args += ["--out", str(tmp_path / ("m.json" if command == "train" else "out"))]
+    result = CliRunner().invoke(_app(router_cli.register), args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert f"{missing} does not exist" in result.output

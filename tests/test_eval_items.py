@@ -63,3 +63,23 @@ def test_a_prompt_set_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["eval", str(prompts), "-m", "m", "--api-key", "k"])
     assert isinstance(result.exception, StartupError), result.exception
     assert str(result.exception).startswith(f"{prompts}: not UTF-8 text (invalid")
+
+
+def test_a_missing_rubric_is_a_start_up_error(tmp_path: Path) -> None:
+    # It was read with a bare read_text: FileNotFoundError, which cli/main.py prints in one line but
+    # with exit code 1 (the environment), not 2 like the other mistyped arguments.
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        """A fresh app, as cli/main.py builds it."""
+
+    eval_cli.register(app)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "hi", "expected": "hello"}\n', encoding="utf-8")
+    rubric = tmp_path / "rubric.txt"
+    args = ["eval", str(prompts), "-m", "m", "--api-key", "k", "--base-url", "http://127.0.0.1:1/v1"]
+    args += ["--scorer", "llm-judge", "--judge-model", "j", "--rubric", str(rubric), "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, StartupError), result.exception
+    assert str(result.exception) == f"{rubric}: No such file or directory"

@@ -42,6 +42,17 @@ def _check(items: list[EvalItem], scorer: str) -> None:
                 raise typer.BadParameter(f"item {item.id}: bad expected value for {scorer}: {exc}") from None
 
 
+def _read_rubric(path: Path) -> str:
+    # A missing or unreadable file is a usage error (exit 2) like a missing prompt set; as a bare
+    # OSError cli/main.py would say it in one line but exit 1, as for the environment.
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StartupError(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise StartupError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+
+
 async def _run(
     base_url: str,
     api_key: str,
@@ -137,7 +148,7 @@ def register(app: typer.Typer) -> None:
         options = RunOptions(
             concurrency=concurrency,
             judge_model=judge_model if scorer == "llm-judge" else None,
-            rubric=rubric.read_text(encoding="utf-8") if rubric else DEFAULT_RUBRIC,
+            rubric=_read_rubric(rubric) if rubric else DEFAULT_RUBRIC,
             max_tokens=max_tokens,
             temperature=temperature,
             extra_body=body,

@@ -138,6 +138,9 @@ def find_contaminated(data: Path) -> Path:
 
 
 def read_contaminated(path: Path) -> frozenset[str]:
+    if not path.is_file():
+        # A mistyped --contaminated is a usage error (ValueError: exit 2), as a missing --data is.
+        raise ValueError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
     prompts: set[str] = set()
     with path.open(encoding="utf-8-sig") as lines:
         for number, line in enumerate(lines, 1):
