@@ -25,6 +25,12 @@ from faregate.evals.prompt_eval.run import load_items
             '{"prompt": "Capital of France?", "expected": ["Paris", "paris"]}\n',
             "aliases.jsonl:1: `expected` is a list",
         ),
+        # A boolean became the text "true": `exact` failed an answer "True", `regex` too.
+        (
+            "yes-no.jsonl",
+            '{"prompt": "Is 7 prime?", "expected": "true"}\n{"prompt": "Is 8 prime?", "expected": false}\n',
+            "yes-no.jsonl:2: `expected` is a JSON boolean",
+        ),
     ],
 )
 def test_a_line_that_cannot_be_an_item_is_named(tmp_path: Path, name: str, text: str, message: str) -> None:

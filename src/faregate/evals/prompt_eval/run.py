@@ -115,6 +115,13 @@ def _item(row: dict[str, Any], where: str) -> EvalItem:
             f"{where}: `expected` is a list; give one text (several acceptable answers: --scorer regex "
             "with an alternation)"
         )
+    if isinstance(expected, bool):
+        # Its JSON text "true" would be compared: `exact` and `regex` failed an answer "True". Which
+        # words count as yes is the prompt set's to say, in a text and a scorer.
+        raise ValueError(
+            f'{where}: `expected` is a JSON boolean; give the answer as text ("true", "True", "yes"), '
+            "with --scorer contains to ignore case"
+        )
     if expected is not None and not isinstance(expected, str):
         # JSON items may give a number or a schema object; scorers compare text.
         expected = expected if isinstance(expected, str) else json.dumps(expected)
