@@ -247,3 +247,26 @@ def test_a_cascade_on_data_without_the_cheap_answers_is_a_usage_error(tmp_path: 
     )
     assert result.exit_code == 2, result.output
     assert "have no recorded answer from mistralai/Mixtral-8x7B-Instruct-v0.1" in result.output
+
+
+def test_learn_with_a_judge_policy_is_a_usage_error(tmp_path: Path) -> None:
+    # Domain learning corrects a router's ranking; a cascade's run ignored --learn without a word.
+    data = tmp_path / "answers.csv"
+    data.write_text(
+        "prompt,gpt-4-1106-preview,mistralai/Mixtral-8x7B-Instruct-v0.1,"
+        "mistralai/Mixtral-8x7B-Instruct-v0.1_response\nq1,True,False,4\n",
+        encoding="utf-8",
+    )
+    judge = Path(__file__).parents[1] / "routers" / "judge-gsm8k.json"
+    app = typer.Typer()
+    replay_cli.register(app)
+    app.command("noop")(lambda: None)
+    result = CliRunner().invoke(
+        app,
+        [
+            *("replay", "--online", "--learn", "--data", str(data), "--keep-contaminated"),
+            *("--policy", f"judge:{judge}", "--cache-dir", str(tmp_path)),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "--learn applies to a router policy" in result.output

@@ -224,9 +224,9 @@ def register(app: typer.Typer) -> None:
         learn: Annotated[
             bool,
             typer.Option(
-                help="--online: learn the stream's domains: labelled neighbours correct the prior in a "
-                "challenger ranking, switched in (frozen, restarting the calibration) when a betting test "
-                "shows it ranks better."
+                help="--online, router:FILE: learn the stream's domains: labelled neighbours correct the "
+                "prior in a challenger ranking, switched in (frozen, restarting the calibration) when a "
+                "betting test shows it ranks better."
             ),
         ] = False,
     ) -> None:

@@ -68,6 +68,10 @@ def replay_online(
     json_out: Path | None,
     console: Console,
 ) -> OnlineReport:
+    if options.learn and policy.partition(":")[0] == "judge":
+        # Domain learning corrects a router's ranking of prompts; a cascade ranks the cheap answers
+        # and the replay ran without it, saying nothing. Said before anything is embedded.
+        raise ValueError("--learn applies to a router policy (router:FILE) only, not judge:FILE")
     prepared = prepare(policy, outcomes, held_out_only=held_out, cache_dir=cache_dir)
     options = OnlineOptions(**{**_fields(options), "mode": prepared.mode})
     report = run_online(
