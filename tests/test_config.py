@@ -211,6 +211,9 @@ PROVIDER = "providers: {p: {base_url: 'http://x', "
         ("cache: {tier_ttl_s: {economy: 0}}", "cache.tier_ttl_s.economy", "> 0.0"),
         ("cache: {route_ttl_s: {chat: -1}}", "cache.route_ttl_s.chat", "> 0.0"),
         ("cache: {max_ttl_s: 0}", "cache.max_ttl_s", "> 0.0"),
+        # A cosine similarity: above 1 the cache never serves, at or below 0 it serves anything.
+        ("cache: {semantic: {threshold: 1.5}}", "cache.semantic.threshold", "<= 1.0"),
+        ("cache: {semantic: {threshold: 0}}", "cache.semantic.threshold", "> 0.0"),
         ("sim: {first_byte_timeout_s: 0}", "sim.first_byte_timeout_s", "> 0.0"),
         ("sim: {total_timeout_s: -1}", "sim.total_timeout_s", "> 0.0"),
         ("sim: {stream_idle_timeout_s: -1}", "sim.stream_idle_timeout_s", "> 0.0"),

@@ -179,8 +179,9 @@ class RoutingSettings(_Strict):
 class SemanticCacheSettings(_Strict):
     # Off by default: it loads a local embedding model (about 30 MB more memory).
     enabled: bool = False
-    # Chosen from `faregate cache-eval` (see the README's cache section).
-    threshold: float = 0.88
+    # Chosen from `faregate cache-eval` (see the README's cache section). A cosine similarity:
+    # above 1 nothing is ever served, at or below 0 any neighbour is.
+    threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.88
     # Conversations with more user turns than this are only cached exactly.
     max_turns: Annotated[int, msgspec.Meta(ge=1)] = 1
     max_entries: Annotated[int, msgspec.Meta(ge=1)] = 50_000
