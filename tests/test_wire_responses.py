@@ -416,3 +416,28 @@ def test_a_stream_that_is_not_a_boolean_is_a_400(stream: Any) -> None:
     with pytest.raises(InvalidRequest) as info:
         responses_to_chat({"model": "m", "input": "hi", "stream": stream})
     assert info.value.param == "stream"
+
+
+@pytest.mark.parametrize(
+    "deltas",
+    [
+        [{"content": "Let me look."}, {"refusal": "I can't."}],
+        [
+            {"content": "Let me look."},
+            {"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "f", "arguments": "{}"}}]},
+            {"content": "Done."},
+        ],
+    ],
+    ids=["text-then-refusal", "text-call-text"],
+)
+async def test_every_streamed_message_item_has_an_id_of_its_own(deltas: list[dict[str, Any]]) -> None:
+    """Two message items in one stream (text and a refusal, or text after a tool call) both had
+    the id msg_<response>: the SDK's stream helper refused the stream ("conflicting output
+    identities") and the text was lost."""
+    events = [e async for e in response_events(each([*map(chunk, deltas), chunk({}, "stop")]), model="m")]
+    added = [e["item"]["id"] for e in events if e["type"] == "response.output_item.added"]
+    assert len(added) == len(set(added)) == len(deltas)
+    client = sdk_client(b"".join(sse_frame(e) for e in events))
+    with client.responses.stream(model="m", input="hi") as stream:
+        final = stream.get_final_response()
+    assert [item.id for item in final.output] == added

@@ -214,9 +214,11 @@ def _delta_events(writer: _Writer, delta: JSON) -> list[JSON]:
         if not (isinstance(text, str) and text):
             continue
         if writer.open != key:
-            events += writer.open_item(
-                key, message_item(f"msg_{suffix}", "", "in_progress") | {"content": []}
-            )
+            # A later message item (text after a tool call, a refusal after text) needs an id
+            # of its own: the SDK's stream helper refuses two items with one id.
+            n = len(writer.output)
+            new_id = f"msg_{suffix}_{n}" if n else f"msg_{suffix}"
+            events += writer.open_item(key, message_item(new_id, "", "in_progress") | {"content": []})
         writer.text.append(text)
         index = len(writer.output) - 1
         item_id = writer.output[index]["id"]
