@@ -631,3 +631,33 @@ def test_a_stream_that_is_not_a_boolean_is_a_400(stream: Any) -> None:
     with pytest.raises(InvalidRequest) as info:
         messages_to_chat(body)
     assert info.value.param == "stream"
+
+
+# Two tool calls as Ollama, StepFun or GLM behind DashScope give them: without an id.
+NO_IDS = [
+    {"index": 0, "type": "function", "function": {"name": "f", "arguments": "{}"}},
+    {"index": 1, "type": "function", "function": {"name": "g", "arguments": "{}"}},
+]
+
+
+async def test_tool_calls_without_an_id_get_one_whole_or_streamed() -> None:
+    """An upstream that gave its tool calls no id made tool_use blocks with id "": the client
+    could not say which call a tool_result answers (and Anthropic refuses an empty id)."""
+    whole = Message.model_validate(
+        completion_to_message(
+            completion({"role": "assistant", "content": None, "tool_calls": NO_IDS}, "tool_calls")
+        )
+    )
+    streamed_events = await collect(
+        messages_events(
+            each([chunk({"tool_calls": [call]}) for call in NO_IDS] + [chunk({}, "tool_calls")]), model="m"
+        )
+    )
+    with sdk_client(serve_sse(streamed_events)).messages.stream(
+        model="m", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        streamed = stream.get_final_message()
+    for message in (whole, streamed):
+        ids = [b.id for b in message.content if b.type == "tool_use"]
+        assert len(ids) == 2 and len(set(ids)) == 2
+        assert all(i.startswith("toolu_") and len(i) > len("toolu_") for i in ids)

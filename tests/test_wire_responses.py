@@ -441,3 +441,27 @@ async def test_every_streamed_message_item_has_an_id_of_its_own(deltas: list[dic
     with client.responses.stream(model="m", input="hi") as stream:
         final = stream.get_final_response()
     assert [item.id for item in final.output] == added
+
+
+async def test_tool_calls_without_an_id_get_a_call_id_whole_or_streamed() -> None:
+    """An upstream that gave its tool calls no id (Ollama, StepFun, GLM behind DashScope) made
+    function_call items with call_id "": a function_call_output could not name its call, and
+    the SDK's stream helper refused two calls with one call_id."""
+    calls = [
+        {"index": 0, "type": "function", "function": {"name": "f", "arguments": "{}"}},
+        {"index": 1, "type": "function", "function": {"name": "g", "arguments": "{}"}},
+    ]
+    whole = Response.model_validate(
+        completion_to_response(
+            completion({"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls")
+        )
+    )
+    chunks = [chunk({"tool_calls": [call]}) for call in calls] + [chunk({}, "tool_calls")]
+    events = [e async for e in response_events(each(chunks), model="m")]
+    client = sdk_client(b"".join(sse_frame(e) for e in events))
+    with client.responses.stream(model="m", input="hi") as stream:
+        streamed = stream.get_final_response()
+    for response in (whole, streamed):
+        call_ids = [item.call_id for item in response.output if item.type == "function_call"]
+        assert len(call_ids) == 2 and len(set(call_ids)) == 2
+        assert all(i.startswith("call_") and len(i) > len("call_") for i in call_ids)

@@ -1,7 +1,8 @@
 """Anthropic's Messages wire as a client sees it in answers: an internal (OpenAI chat) answer
 becomes a Messages response, and our errors become Anthropic's error shape.
 
-Kept on the way: text and tool calls (as tool_use blocks, arguments parsed back into `input`),
+Kept on the way: text and tool calls (as tool_use blocks, arguments parsed back into `input`,
+an id made for a call the upstream gave none),
 a refusal (its text as a text block, stop reason refusal), the stop reason (stop -> end_turn,
 length -> max_tokens, tool_calls -> tool_use, content_filter -> refusal, and a matched stop
 sequence, which an upstream names in the choice's `stop_reason` as vLLM does, ->
@@ -12,6 +13,7 @@ and their split by TTL beside it, and the gateway's `cost` (and `estimated`) car
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import orjson
@@ -74,7 +76,7 @@ def completion_to_message(body: JSON, *, model: str | None = None) -> JSON:
         content.append(
             {
                 "type": "tool_use",
-                "id": str(call.get("id") or ""),
+                "id": tool_use_id(call),
                 "name": str(fn.get("name") or ""),
                 "input": tool_input(fn.get("arguments")),
             }
@@ -95,6 +97,12 @@ def completion_to_message(body: JSON, *, model: str | None = None) -> JSON:
 def message_id(chat_id: Any) -> str:
     text = str(chat_id or "")
     return text if text.startswith("msg_") else "msg_" + text.removeprefix("chatcmpl-")
+
+
+def tool_use_id(call: JSON) -> str:
+    """A chat tool call's id, or a new one when its upstream gave none (Ollama, StepFun, GLM
+    behind DashScope do): a tool_result names its call by it, so it must be there and unique."""
+    return str(call.get("id") or "toolu_" + secrets.token_hex(12))
 
 
 def tool_input(arguments: Any) -> JSON:

@@ -22,7 +22,13 @@ import orjson
 
 from faregate.errors import FaregateError, UpstreamFailure
 from faregate.types import JSON, Usage
-from faregate.wire.anthropic_replies import anthropic_usage, error_body, message_id, stop_reason_of
+from faregate.wire.anthropic_replies import (
+    anthropic_usage,
+    error_body,
+    message_id,
+    stop_reason_of,
+    tool_use_id,
+)
 from faregate.wire.usage import usage_from
 
 
@@ -191,7 +197,7 @@ def _delta_events(delta: JSON, blocks: _Blocks) -> list[JSON]:
         if blocks.open != key:
             block = {
                 "type": "tool_use",
-                "id": str(call.get("id") or ""),
+                "id": tool_use_id(call),
                 "name": str(fn.get("name") or ""),
                 "input": {},
             }

@@ -6,7 +6,8 @@ input_file parts; earlier output messages; function_call and function_call_outpu
 `instructions`, function tools, tool_choice, parallel_tool_calls, max_output_tokens,
 temperature, top_p, stream, text.format (json_object, json_schema), text.verbosity,
 reasoning.effort, user, safety_identifier, prompt_cache_key, service_tier. Answers: the
-output message (or refusal), one function_call item per tool call, status `incomplete` with its
+output message (or refusal), one function_call item per tool call (a call_id made for one the
+upstream gave none), status `incomplete` with its
 reason when the answer was cut, and usage with cached and cache-written tokens.
 
 Refused with InvalidRequest naming the parameter: anything needing stored state
@@ -20,6 +21,7 @@ reasoning items in `input` are dropped (no chat model can take them back).
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
@@ -304,11 +306,17 @@ def function_call_item(item_id: str, call: JSON, status: str = "completed") -> J
     return {
         "type": "function_call",
         "id": item_id,
-        "call_id": str(call.get("id") or ""),
+        "call_id": str(call.get("id") or new_call_id()),
         "name": str(fn.get("name") or ""),
         "arguments": str(fn.get("arguments") or ""),
         "status": status,
     }
+
+
+def new_call_id() -> str:
+    """A call_id for a tool call its upstream gave none (Ollama, StepFun, GLM behind DashScope
+    do): a function_call_output names its call by it, so it must be there and unique."""
+    return "call_" + secrets.token_hex(12)
 
 
 def finish_status(finish: Any) -> tuple[str, JSON | None]:
