@@ -661,3 +661,20 @@ async def test_tool_calls_without_an_id_get_one_whole_or_streamed() -> None:
         ids = [b.id for b in message.content if b.type == "tool_use"]
         assert len(ids) == 2 and len(set(ids)) == 2
         assert all(i.startswith("toolu_") and len(i) > len("toolu_") for i in ids)
+
+
+async def test_tool_calls_that_finish_with_stop_stop_with_tool_use() -> None:
+    """Gemini's OpenAI-compatible endpoint finishes an answer of tool calls with "stop": the
+    Messages client got stop_reason end_turn, and an agent loop (Claude Code, the SDK's tool
+    runner) that runs tools on tool_use ended the turn with the calls unrun."""
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    whole = completion_to_message(
+        completion({"role": "assistant", "content": None, "tool_calls": calls}, "stop")
+    )
+    assert whole["stop_reason"] == "tool_use"
+    chunks = [chunk({"tool_calls": [{"index": 0, **calls[0]}]}), chunk({}, "stop")]
+    events = await collect(messages_events(each(chunks), model="m"))
+    assert events[-2]["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
+    # Text alone still ends its turn.
+    text = await collect(messages_events(each([chunk({"content": "hi"}), chunk({}, "stop")]), model="m"))
+    assert text[-2]["delta"]["stop_reason"] == "end_turn"

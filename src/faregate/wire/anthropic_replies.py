@@ -2,13 +2,13 @@
 becomes a Messages response, and our errors become Anthropic's error shape.
 
 Kept on the way: text and tool calls (as tool_use blocks, arguments parsed back into `input`,
-an id made for a call the upstream gave none),
-a refusal (its text as a text block, stop reason refusal), the stop reason (stop -> end_turn,
-length -> max_tokens, tool_calls -> tool_use, content_filter -> refusal, and a matched stop
-sequence, which an upstream names in the choice's `stop_reason` as vLLM does, ->
-stop_sequence with the sequence), and usage:
-`input_tokens` is the prompt less cache reads and writes (Anthropic's sense), the cache counts
-and their split by TTL beside it, and the gateway's `cost` (and `estimated`) carried over.
+an id made for a call the upstream gave none), a refusal (its text as a text block, stop reason
+refusal), the stop reason (stop -> end_turn, length -> max_tokens, tool_calls (or stop after
+tool calls) -> tool_use, content_filter -> refusal, and a matched stop sequence, which an
+upstream names in the choice's `stop_reason` as vLLM does, -> stop_sequence with the
+sequence), and usage: `input_tokens` is the prompt less cache reads and writes (Anthropic's
+sense), the cache counts and their split by TTL beside it, and the gateway's `cost` (and
+`estimated`) carried over.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def completion_to_message(body: JSON, *, model: str | None = None) -> JSON:
                 "input": tool_input(fn.get("arguments")),
             }
         )
-    stop_reason, stop_sequence = stop_reason_of(choice, refused=bool(refusal))
+    called = any(block["type"] == "tool_use" for block in content)
+    stop_reason, stop_sequence = stop_reason_of(choice, refused=bool(refusal), called=called)
     return {
         "id": message_id(body.get("id")),
         "type": "message",
@@ -117,15 +118,21 @@ def tool_input(arguments: Any) -> JSON:
     return value if isinstance(value, dict) else {"arguments": arguments}
 
 
-def stop_reason_of(choice: JSON, *, refused: bool = False) -> tuple[str | None, str | None]:
+def stop_reason_of(
+    choice: JSON, *, refused: bool = False, called: bool = False
+) -> tuple[str | None, str | None]:
     """(stop_reason, stop_sequence) for a chat choice; a stop string the upstream named in
     `stop_reason` (vLLM does, and our Anthropic provider) makes it `stop_sequence`; an answer
-    that was a refusal (`refused`) stops with `refusal`."""
+    that was a refusal (`refused`) stops with `refusal`, one that made tool calls (`called`)
+    with `tool_use` (Gemini's OpenAI endpoint says "stop" for them, and a Messages client runs
+    the tools only on tool_use)."""
     finish = choice.get("finish_reason")
     if finish is None:
         return None, None
     if refused and finish == "stop":
         return "refusal", None
+    if called and finish == "stop":
+        return "tool_use", None
     matched = choice.get("stop_reason")
     if finish == "stop" and isinstance(matched, str) and matched:
         return "stop_sequence", matched

@@ -52,10 +52,12 @@ class _Blocks:
     def __init__(self) -> None:
         self.next_index = 0
         self.open: str | None = None  # "text", or the chat tool call index as "tool:N"
+        self.tool_used = False  # a tool_use block was started
 
     def start(self, key: str, block: JSON) -> list[JSON]:
         events = self.stop()
         self.open = key
+        self.tool_used = self.tool_used or block["type"] == "tool_use"
         events.append({"type": "content_block_start", "index": self.next_index, "content_block": block})
         return events
 
@@ -124,7 +126,8 @@ class MessagesStream:
                 self._refused = True
             events += _delta_events(delta, self._blocks)
             if choice.get("finish_reason"):
-                self._finish = stop_reason_of(choice, refused=self._refused)
+                called = self._blocks.tool_used
+                self._finish = stop_reason_of(choice, refused=self._refused, called=called)
         return events
 
     def end(self) -> list[JSON]:

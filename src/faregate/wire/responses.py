@@ -7,8 +7,8 @@ input_file parts; earlier output messages; function_call and function_call_outpu
 temperature, top_p, stream, text.format (json_object, json_schema), text.verbosity,
 reasoning.effort, user, safety_identifier, prompt_cache_key, service_tier. Answers: the
 output message (or refusal), one function_call item per tool call (a call_id made for one the
-upstream gave none), status `incomplete` with its
-reason when the answer was cut, and usage with cached and cache-written tokens.
+upstream gave none), status `incomplete` with its reason when the answer was cut, and usage
+with cached and cache-written tokens.
 
 Refused with InvalidRequest naming the parameter: anything needing stored state
 (previous_response_id, conversation, prompt templates, item_reference items, background),
