@@ -678,3 +678,47 @@ async def test_tool_calls_that_finish_with_stop_stop_with_tool_use() -> None:
     # Text alone still ends its turn.
     text = await collect(messages_events(each([chunk({"content": "hi"}), chunk({}, "stop")]), model="m"))
     assert text[-2]["delta"]["stop_reason"] == "end_turn"
+
+
+# Two parallel calls as Gemini's OpenAI-compatible endpoint streams them: one index (here none).
+ONE_INDEX = [
+    chunk({"tool_calls": [{"id": "call_a", "type": "function", "function": {"name": "f", "arguments": ""}}]}),
+    chunk({"tool_calls": [{"function": {"arguments": '{"city": "Paris"}'}}]}),
+    chunk({"tool_calls": [{"id": "call_b", "type": "function", "function": {"name": "g", "arguments": ""}}]}),
+    chunk({"tool_calls": [{"function": {"arguments": '{"city": "Rome"}'}}]}),
+    chunk({}, "tool_calls"),
+]
+
+
+async def test_parallel_calls_streamed_under_one_index_stay_apart() -> None:
+    """Gemini streams parallel tool calls without an index (or all at 0), each with its own id:
+    they were one tool_use block (the second's name lost, its input appended to the first's),
+    which the SDK cannot parse. A new id is a new call."""
+    events = await collect(messages_events(each(ONE_INDEX), model="m"))
+    with sdk_client(serve_sse(events)).messages.stream(
+        model="m", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        final = stream.get_final_message()
+    assert [(b.id, b.name, b.input) for b in final.content if b.type == "tool_use"] == [
+        ("call_a", "f", {"city": "Paris"}),
+        ("call_b", "g", {"city": "Rome"}),
+    ]
+
+
+async def test_a_call_whose_later_deltas_bring_another_id_stays_one_call() -> None:
+    """Poolside gives a call's later deltas another id than its first (without the name): still
+    one call, not one per id."""
+    chunks = [
+        chunk({"tool_calls": [{"index": 0, "id": "call_a", "function": {"name": "f", "arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 0, "id": "call_x", "function": {"arguments": '{"city": '}}]}),
+        chunk({"tool_calls": [{"index": 0, "id": "call_x", "function": {"arguments": '"Paris"}'}}]}),
+        chunk({}, "tool_calls"),
+    ]
+    events = await collect(messages_events(each(chunks), model="m"))
+    with sdk_client(serve_sse(events)).messages.stream(
+        model="m", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        final = stream.get_final_message()
+    assert [(b.id, b.name, b.input) for b in final.content if b.type == "tool_use"] == [
+        ("call_a", "f", {"city": "Paris"})
+    ]

@@ -465,3 +465,28 @@ async def test_tool_calls_without_an_id_get_a_call_id_whole_or_streamed() -> Non
         call_ids = [item.call_id for item in response.output if item.type == "function_call"]
         assert len(call_ids) == 2 and len(set(call_ids)) == 2
         assert all(i.startswith("call_") and len(i) > len("call_") for i in call_ids)
+
+
+async def test_parallel_calls_streamed_under_one_index_stay_apart() -> None:
+    """Gemini streams parallel tool calls without an index (or all at 0), each with its own id:
+    they were one function_call item, its arguments two JSON objects run together. A new id is
+    a new call."""
+    chunks = [
+        chunk(
+            {"tool_calls": [{"id": "call_a", "type": "function", "function": {"name": "f", "arguments": ""}}]}
+        ),
+        chunk({"tool_calls": [{"function": {"arguments": '{"city": "Paris"}'}}]}),
+        chunk(
+            {"tool_calls": [{"id": "call_b", "type": "function", "function": {"name": "g", "arguments": ""}}]}
+        ),
+        chunk({"tool_calls": [{"function": {"arguments": '{"city": "Rome"}'}}]}),
+        chunk({}, "tool_calls"),
+    ]
+    events = [e async for e in response_events(each(chunks), model="m")]
+    client = sdk_client(b"".join(sse_frame(e) for e in events))
+    with client.responses.stream(model="m", input="hi") as stream:
+        final = stream.get_final_response()
+    assert [(i.call_id, i.name, i.arguments) for i in final.output if i.type == "function_call"] == [
+        ("call_a", "f", '{"city": "Paris"}'),
+        ("call_b", "g", '{"city": "Rome"}'),
+    ]

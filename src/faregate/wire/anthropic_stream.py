@@ -29,6 +29,7 @@ from faregate.wire.anthropic_replies import (
     stop_reason_of,
     tool_use_id,
 )
+from faregate.wire.openai import is_new_call
 from faregate.wire.usage import usage_from
 
 
@@ -52,6 +53,7 @@ class _Blocks:
     def __init__(self) -> None:
         self.next_index = 0
         self.open: str | None = None  # "text", or the chat tool call index as "tool:N"
+        self.open_call_id: Any = None  # the upstream's id of the open tool call
         self.tool_used = False  # a tool_use block was started
 
     def start(self, key: str, block: JSON) -> list[JSON]:
@@ -197,7 +199,8 @@ def _delta_events(delta: JSON, blocks: _Blocks) -> list[JSON]:
     for call in delta.get("tool_calls") or ():
         key = f"tool:{call.get('index', 0)}"
         fn = call.get("function") or {}
-        if blocks.open != key:
+        if blocks.open != key or is_new_call(call, blocks.open_call_id):
+            blocks.open_call_id = call.get("id")
             block = {
                 "type": "tool_use",
                 "id": tool_use_id(call),

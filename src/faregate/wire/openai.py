@@ -240,6 +240,17 @@ def _call_text(holder: JSON, parts: list[str]) -> bool:
     return bool(calls)
 
 
+def is_new_call(call: JSON, open_id: Any) -> bool:
+    """Does this tool-call delta start a call other than the open one (whose upstream id is
+    `open_id`) at its index? Gemini's OpenAI endpoint streams parallel calls under one index (or
+    none), each starting with its own id and its name. Later deltas of a call carry no name (or
+    an empty one), and no id, an empty one, the same one, or (Poolside) another one. A call
+    opened without an id is never split (its id may come late)."""
+    new_id, fn = call.get("id"), call.get("function")
+    named = isinstance(fn, dict) and isinstance(fn.get("name"), str) and bool(fn["name"])
+    return named and bool(open_id) and isinstance(new_id, str) and bool(new_id) and new_id != open_id
+
+
 def error_message(body: JSON) -> str | None:
     """The message of an error body or error chunk: OpenAI's {"error": {"message"}} and the
     variants other vendors send ({"error": "text"}, {"msg"}, {"detail"})."""

@@ -23,6 +23,7 @@ import orjson
 
 from faregate.errors import FaregateError, UpstreamFailure
 from faregate.types import JSON
+from faregate.wire.openai import is_new_call
 from faregate.wire.responses import (
     base_response,
     finish_status,
@@ -45,6 +46,7 @@ class _Writer:
         self.sequence = 0
         self.output: list[JSON] = []
         self.open: str | None = None  # "text", "refusal" or "tool:N"
+        self.open_call_id: Any = None  # the upstream's id of the open tool call
         self.text: list[str] = []
 
     def event(self, kind: str, **fields: Any) -> JSON:
@@ -229,7 +231,8 @@ def _delta_events(writer: _Writer, delta: JSON) -> list[JSON]:
         )
     for call in delta.get("tool_calls") or ():
         key = f"tool:{call.get('index', 0)}"
-        if writer.open != key:
+        if writer.open != key or is_new_call(call, writer.open_call_id):
+            writer.open_call_id = call.get("id")
             item = function_call_item(
                 f"fc_{suffix}_{len(writer.output)}",
                 {**call, "function": {**(call.get("function") or {}), "arguments": ""}},
