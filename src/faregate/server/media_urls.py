@@ -10,7 +10,8 @@ What it checks: the scheme (http, https and inline `data:` only), no backslash i
 part (where URL parsers disagree on the host), and the host as a fetcher reads it (IDNA's
 mapping of other digits and full stops to ASCII: `①②⑦.0.0.1` is 127.0.0.1):
 every spelling of an IP address that resolvers accept (dotted, integer, hex and octal IPv4,
-IPv6 with mapped IPv4) must be a global address, and names reserved for local use
+IPv6 with an IPv4 address in it: mapped, compatible, translated, 6to4, NAT64) must be a global
+address, and names reserved for local use
 (`localhost`, `*.localhost`, `*.local`, `*.internal`, `*.home.arpa`, `*.lan`) are refused.
 What it does not: resolve DNS. A public name that resolves to a private address (or is rebound
 to one later) is not caught here; the upstream resolves it again on its own, so a check here
@@ -59,7 +60,19 @@ def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
     return ipaddress.IPv4Address(value)
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address the packet ends up at: IPv4-compatible
+# (deprecated, still tunnelled by some stacks), SIIT's IPv4-translated, and NAT64's well-known
+# prefix (a NAT64 gateway, as on IPv6-only cloud subnets, reaches private IPv4 in its network).
+_IPV4_EMBEDDING = tuple(
+    ipaddress.IPv6Network(prefix) for prefix in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96")
+)
+# Not global though Python before 3.12.4 says so: NAT64's local-use prefix (RFC 8215), whose
+# IPv4 part sits where the network's own prefix length puts it.
+_NOT_GLOBAL = (ipaddress.IPv6Network("64:ff9b:1::/48"),)
+
+
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host names (an IPv6 one carrying an IPv4 address as that IPv4 address)."""
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
@@ -68,7 +81,15 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         mapped = address.ipv4_mapped or address.sixtofour
         if mapped is not None:
             return mapped
+        if any(address in network for network in _IPV4_EMBEDDING):
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address
+
+
+def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if address.is_multicast or not address.is_global:
+        return False
+    return not (isinstance(address, ipaddress.IPv6Address) and any(address in n for n in _NOT_GLOBAL))
 
 
 # Full stops IDNA reads as ".": ideographic, fullwidth and halfwidth ideographic.
@@ -108,7 +129,7 @@ def refusal(url: str) -> str | None:
     if host in LOCAL_NAMES or host.endswith(LOCAL_SUFFIXES) or ("." not in host and _address(host) is None):
         return f"host {host!r} is a local name"
     address = _address(host)
-    if address is not None and (not address.is_global or address.is_multicast):
+    if address is not None and not _is_public(address):
         return f"host {host} is not a public address"
     return None
 
