@@ -105,3 +105,59 @@ def test_a_missing_contaminated_list_is_a_usage_error(tmp_path: Path, command: s
     result = CliRunner().invoke(_app(router_cli.register), args)
     assert result.exit_code == 2, (result.output, result.exception)
     assert f"{missing} does not exist" in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--confidence", "0"),
+        ("--confidence", "0.3"),
+        ("--confidence", "1"),
+        ("--confidence", "1.5"),
+        ("--confidence", "-0.1"),
+        ("--warm-passes", "-1"),
+        ("--prior-lookups", "-5"),
+        ("--prior-orders", "0"),
+    ],
+)
+def test_cache_eval_pairs_refuses_counts_and_confidences_out_of_range(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    # Confidence 0 certified a bound (exit 0; the config takes 0.5 to below 1), 1.5 failed after
+    # embedding as "confidence must be in (0, 1), got 1.05"; -1 warm passes ran as 0; -5 prior
+    # lookups failed after embedding, naming no option; 0 prior orders replayed no stream for the prior.
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("text1,text2,label\nHow do I reset it?,How can I reset it?,1\n", encoding="utf-8")
+    args = ["cache-eval", "--data", str(tmp_path / "no-data"), "--pairs", str(pairs), "--sizes", "0"]
+    args += ["--distinct", "0", "--cache-dir", str(tmp_path / "vectors"), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(_app(cache_eval.register), [*args, option, value])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+    assert not (tmp_path / "vectors").exists()  # refused before anything was embedded
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_cache_eval_limit_is_one_question_or_more(tmp_path: Path, value: str) -> None:
+    # `prompts[:limit] if limit`: 0 meant every question and -1 all but the last.
+    data = tmp_path / "no-data"
+    result = CliRunner().invoke(
+        _app(cache_eval.register), ["cache-eval", "--data", str(data), "--limit", value]
+    )
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--limit'" in result.output
+
+
+@pytest.mark.parametrize("command", ["train", "train-judge"])
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.2"])
+def test_router_training_refuses_a_test_fraction_outside_zero_to_one(
+    tmp_path: Path, command: str, value: str
+) -> None:
+    # Refused only after the outcomes were loaded, as "test fraction must be within (0, 1)",
+    # naming no option.
+    result = CliRunner().invoke(
+        _app(router_cli.register),
+        ["router", command, "--data", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "m.json"),
+         "--test-fraction", value],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--test-fraction'" in result.output

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from faregate.cache.semantic import DEFAULT_THRESHOLD
-from faregate.cli.common import CHECKOUT_DATA, require_data
+from faregate.cli.common import CHECKOUT_DATA, a_confidence, require_data
 from faregate.embedding.embedder import MODEL_PACKAGE, Embedder
 from faregate.evals.cache_eval.measure import (
     CHOICE_MARGIN,
@@ -54,7 +54,8 @@ def register(app: typer.Typer) -> None:
             ),
         ] = CHECKOUT_DATA,
         limit: Annotated[
-            int | None, typer.Option(help="At most this many distinct questions per set (quick run).")
+            int | None,
+            typer.Option(min=1, help="At most this many distinct questions per set (quick run)."),
         ] = None,
         threshold: Annotated[
             float, typer.Option(help="Similarity threshold to report at.")
@@ -84,7 +85,10 @@ def register(app: typer.Typer) -> None:
         max_wrong_hit_rate: Annotated[
             float, typer.Option(help="--pairs: the bound on wrong hits / lookups.")
         ] = 0.005,
-        confidence: Annotated[float, typer.Option(help="--pairs: confidence of the bound.")] = 0.95,
+        confidence: Annotated[
+            float,
+            typer.Option(callback=a_confidence, help="--pairs: confidence of the bound (0.5 to below 1)."),
+        ] = 0.95,
         sequential: Annotated[
             bool, typer.Option(help="--pairs: anytime-valid bounds (Beta mixture) instead of fixed-sample.")
         ] = False,
@@ -99,7 +103,9 @@ def register(app: typer.Typer) -> None:
         ] = 500,
         warm_passes: Annotated[
             int,
-            typer.Option(help="--pairs: earlier passes of the stream (other orders) whose evidence is kept."),
+            typer.Option(
+                min=0, help="--pairs: earlier passes of the stream (other orders) whose evidence is kept."
+            ),
         ] = 0,
         seed: Annotated[int, typer.Option(help="--pairs: stream order seed.")] = 0,
         method: Annotated[
@@ -113,8 +119,9 @@ def register(app: typer.Typer) -> None:
         prior_lookups: Annotated[
             int,
             typer.Option(
+                min=0,
                 help="--pairs: start the acceptance from the offline calibration (--prior) worth this many "
-                "pseudo-lookups; 0: no prior."
+                "pseudo-lookups; 0: no prior.",
             ),
         ] = 0,
         prior: Annotated[
@@ -128,7 +135,9 @@ def register(app: typer.Typer) -> None:
                 "candidate labelled; at the largest --sizes) and write it here instead of replaying."
             ),
         ] = None,
-        prior_orders: Annotated[int, typer.Option(help="--write-prior: stream orders per pairs file.")] = 3,
+        prior_orders: Annotated[
+            int, typer.Option(min=1, help="--write-prior: stream orders per pairs file.")
+        ] = 3,
     ) -> None:
         """Measure the semantic cache on distinct questions and labelled paraphrases."""
         if pairs_file:

@@ -26,6 +26,22 @@ def load_or_exit(config: str | None) -> Settings:
         raise typer.Exit(2) from None
 
 
+def strictly_between_0_and_1(value: float) -> float:
+    """Callback for a share or a confidence, where 0 and 1 mean nothing (hold out everything or
+    nothing; a bound that is certain). Typer's ranges here are closed only."""
+    if not 0 < value < 1:
+        raise typer.BadParameter(f"{value} is not strictly between 0 and 1")
+    return value
+
+
+def a_confidence(value: float) -> float:
+    """Callback for the confidence of a bound, in the range the config takes (0.5 to below 1):
+    below 0.5 a bound is more likely wrong than right, and 1 is no bound at all."""
+    if not 0.5 <= value < 1:
+        raise typer.BadParameter(f"{value} is not a confidence from 0.5 to below 1")
+    return value
+
+
 # The recorded RouteLLM outcomes ship in the repository's data/ folder, not in the installed
 # package: this default resolves only when a command runs from the root of a checkout.
 CHECKOUT_DATA = Path("data/routellm")

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from faregate.cli.common import CHECKOUT_DATA, require_data
+from faregate.cli.common import CHECKOUT_DATA, require_data, strictly_between_0_and_1
 from faregate.cli.groups import command_group
 from faregate.cli.router_plots import plot_costs, plot_shares
 from faregate.cli.router_tables import print_evaluation, print_robustness
@@ -45,7 +45,10 @@ router_app = command_group(
 
 DataOption = Annotated[Path, typer.Option(help="Outcomes: a RouteLLM-format CSV, or a directory of them.")]
 SeedOption = Annotated[int, typer.Option(help="Seed of the train/test split and the CV folds.")]
-FractionOption = Annotated[float, typer.Option(help="Share held out for testing (subjects or rows).")]
+FractionOption = Annotated[
+    float,
+    typer.Option(callback=strictly_between_0_and_1, help="Share held out for testing (subjects or rows)."),
+]
 SplitOption = Annotated[
     str,
     typer.Option(help="Hold out whole source files (MMLU subjects), rows, or auto (subjects if several)."),
