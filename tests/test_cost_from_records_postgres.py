@@ -56,14 +56,14 @@ RECORDS = [
     # Finer than a nano-dollar: the exact text is summed, not the rounded nano-dollar column.
     _record(4, T0 + 240, "gpt-4o", 3, 7, "0.0000000775"),
     _record(5, T0 + 300, "gpt-4o", 3, 7, "0.0000000775"),
-    _record(6, T0 + 360, None, 0, 0, "0", "bypass"),  # failed outright: counted under the model asked
+    _record(6, T0 + 360, None, 0, 0, "0", "bypass"),  # failed outright: served by none, counted apart
     _record(7, T0 - 1, "gpt-4o", 9999, 9999, "9.99"),  # before --since
     _record(8, T0 + 7 * 86400, "gpt-4o", 9999, 9999, "9.99"),  # at --until: excluded
 ]
 EXPECTED = [
     Traffic("deepseek-v4-flash", 3, 1, 3000, 600, Decimal("0.001686")),
     Traffic("gpt-4o", 2, 0, 6, 14, Decimal("0.000000155")),
-    Traffic("asked-model", 1, 0, 0, 0, Decimal("0")),
+    Traffic("", 1, 0, 0, 0, Decimal("0")),
 ]
 
 

@@ -17,16 +17,21 @@ from faregate.evals.costs.projection import MoneyText, display_usd, format_share
 from faregate.store.analytics_rows import Traffic
 from faregate.types import Price
 
+# The line of the requests no model served: refused (auth, input, budget, rate limit) or failed on
+# every provider. Their cost is what failed attempts were billed (a blank 200), most often $0.
+NOT_SERVED = "not served (refused or failed)"
+
 
 def render(
     traffic: list[Traffic], targets: dict[str, Price], title: str, money: MoneyText = display_usd
 ) -> Table:
-    """One row per recorded model and a total; a column per target model with the re-priced cost."""
+    """One row per model that served, the requests none served, and a total; a column per target
+    model with the re-priced cost."""
     table = Table(title=title)
     table.add_column("served by")
     for column in ("requests", "cache hits", "tokens in", "tokens out", "actual cost"):
         table.add_column(column, justify="right")
-    # Text(), here and for the rows: model names (a recorded one is whatever a client asked for)
+    # Text(), here and for the rows: model names (a served one may be any name a provider lists)
     # are not rich markup.
     for name in targets:
         table.add_column(Text(f"on {name}"), justify="right")
@@ -37,12 +42,13 @@ def render(
         total.prompt_tokens += row.prompt_tokens
         total.completion_tokens += row.completion_tokens
         total.cost += row.cost
-    for row in [*traffic, total]:
+    served = [row for row in traffic if row.group]
+    for row in [*served, *(row for row in traffic if not row.group), total]:
         cells = [money(row.priced_at(price)) for price in targets.values()]
         if row is total:
             cells = [_with_saving(row.cost, row.priced_at(price), money) for price in targets.values()]
         table.add_row(
-            Text(row.group),
+            Text(row.group or NOT_SERVED),
             f"{row.requests:,}",
             f"{row.cache_hits:,}",
             f"{row.prompt_tokens:,}",

@@ -58,7 +58,7 @@ from faregate.store.analytics_sql import (
     traffic_rows,
     ungroup,
 )
-from faregate.store.record_sums import HOUR, TOTAL_COLUMNS, TRAFFIC_COLUMNS
+from faregate.store.record_sums import HOUR, SERVED_MODEL, TOTAL_COLUMNS, TRAFFIC_COLUMNS
 
 # Percentiles over more records than this use an evenly spaced sample of this size.
 SAMPLE_SIZE = 20_000
@@ -209,12 +209,14 @@ class AnalyticsQueries:
 
     async def traffic(self, s: Slice, by: Dimension = "model") -> list[Traffic]:
         """Per group, the most expensive first: requests, cache hits, billed tokens, and the cost
-        summed exactly from cost_usd (request_records only: the rollups keep nano-dollars)."""
+        summed exactly from cost_usd (request_records only: the rollups keep nano-dollars). By
+        model, the model that served: requests none served are the group ''."""
         where, params = slice_where(s)
         selected = ", ".join(f"{expr} AS {name}" for name, expr in TRAFFIC_COLUMNS)
         sums = ", ".join(f"SUM({name})" for name, _ in TRAFFIC_COLUMNS)
+        grp = SERVED_MODEL if by == "model" else group_expr(by)
         rows = await self._rows(
-            f"SELECT grp, {sums}, {self.dialect.exact_sum('cost_usd')} FROM (SELECT {group_expr(by)} AS grp,"
+            f"SELECT grp, {sums}, {self.dialect.exact_sum('cost_usd')} FROM (SELECT {grp} AS grp,"
             f" {selected}, cost_usd FROM request_records WHERE {where}) AS src GROUP BY grp",
             params,
         )

@@ -71,7 +71,7 @@ class Traffic:
     summed exactly from each record's decimal text (the nano-dollar sums round prices finer
     than a nano-dollar)."""
 
-    group: str
+    group: str  # '' for none: by model, the requests no model served (refused or failed)
     requests: int = 0
     cache_hits: int = 0
     prompt_tokens: int = 0  # billed requests only

@@ -54,6 +54,9 @@ ROLLUP_DIMS: tuple[tuple[str, str], ...] = (("", "''"), *((d, s.format(t="")) fo
 # cache hits cost nothing on any model, so only billed requests' tokens count. The cost beside
 # them is summed exactly from cost_usd, each dialect its own way.
 BILLED = "cache_status IN ('bypass', 'miss')"
+# It groups by the model that served: a request none served (refused, or failed on every
+# provider) falls in the '' group, apart, not under the model it asked for as GROUP_SQL counts it.
+SERVED_MODEL = "COALESCE(model_used, '')"
 TRAFFIC_COLUMNS: tuple[tuple[str, str], ...] = (
     ("requests", "1"),
     ("cache_hits", flag(f"NOT {BILLED}")),

@@ -1,0 +1,76 @@
+"""`faregate cost --from-records` on a SQLite store: requests no model served (refused by the
+gateway, or failed on every provider) are a line of their own, not "served by" what they asked for."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from faregate.cli.main import app
+from faregate.store.sqlite.store import SQLiteStore
+from faregate.types import RequestRecord
+
+SINCE, UNTIL = "2030-01-01T00:00:00", "2030-01-08T00:00:00"
+T0 = 1893456000.0  # 2030-01-01T00:00:00Z
+
+
+def _record(i: int, status: int, served: bool, prompt: int, completion: int, cost: str) -> RequestRecord:
+    return RequestRecord(
+        request_id=f"r{i}",
+        created_at=T0 + 60 * i,
+        key_id=None,
+        model_requested="gpt-4o",
+        model_used="gpt-4o" if served else None,
+        provider="sim" if served else None,
+        status=status,
+        stream=False,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cost_usd=Decimal(cost),
+        cache_status="miss",
+    )
+
+
+RECORDS = [
+    _record(1, 200, True, 1000, 500, "0.0075"),
+    _record(2, 401, False, 0, 0, "0"),  # refused: bad key
+    _record(3, 402, False, 0, 0, "0"),  # refused: no credit
+    _record(4, 429, False, 0, 0, "0"),  # refused: rate limit
+    _record(5, 502, False, 0, 0, "0.000025"),  # every provider failed; one billed a blank 200
+]
+
+
+def _rows(output: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in output.splitlines():
+        if line.startswith("│"):
+            cells = [cell.strip() for cell in line.strip("│ ").split("│")]
+            if cells[0]:
+                rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_requests_no_model_served_are_counted_apart_and_their_money_kept(tmp_path: Path) -> None:
+    store_dir = tmp_path / "store"
+
+    async def fill() -> None:
+        store = await SQLiteStore.open(store_dir)
+        try:
+            await store.insert_records(RECORDS)
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+    config = tmp_path / "faregate.yaml"
+    config.write_text(f"store: {{path: {str(store_dir)!r}}}\n")
+    args = ["cost", "--from-records", "--since", SINCE, "--until", UNTIL, "--exact", "-c", str(config)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    rows = _rows(result.output)
+    # gpt-4o served one request: the four refused or failed ones were listed as served by it.
+    assert rows["gpt-4o"][:5] == ["1", "0", "1,000", "500", "$0.0075"]
+    assert rows["not served (refused or failed)"][:5] == ["4", "0", "0", "0", "$0.000025"]
+    assert rows["total"][:5] == ["5", "0", "1,000", "500", "$0.007525"]
