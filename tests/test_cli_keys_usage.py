@@ -87,11 +87,19 @@ def test_keys_create_list_revoke(app: typer.Typer, config: str, store_dir: Path)
     revoked = run(app, "keys", "revoke", key_id, "--config", config)
     assert revoked.exit_code == 0, revoked.output
     assert not verify(store_dir, raw[0])
+    # Again (a retry after a revocation that failed half-way, or that did not seem to finish):
+    # done, and said so; it said "no active key" and exited 1, as if the revocation had failed.
     again = run(app, "keys", "revoke", key_id, "--config", config)
-    assert again.exit_code == 1 and "no active key" in again.output
+    assert again.exit_code == 0, again.output
+    assert f"{key_id} was already revoked at " in again.output and "no active key" not in again.output
+    assert not verify(store_dir, raw[0])
+    absent = run(app, "keys", "revoke", "key_000000000000", "--config", config)
+    assert absent.exit_code == 1 and "no active key with id or name 'key_000000000000'" in absent.output
 
     by_name = run(app, "keys", "revoke", "vip", "--config", config)
     assert by_name.exit_code == 0
+    by_name_again = run(app, "keys", "revoke", "vip", "--config", config)
+    assert by_name_again.exit_code == 0 and "vip was already revoked at " in by_name_again.output
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     listed = run(app, "keys", "list", "--config", config)
     row = next(line for line in listed.output.splitlines() if key_id in line)

@@ -213,7 +213,7 @@ class AccountsService:
         retry, which would otherwise find the key revoked and stop there."""
         key_id = await self.keys.revoke_id(id_or_name)
         if key_id is None:
-            revoked = await self._revoked_id(id_or_name)
+            revoked = await self.revoked_id(id_or_name)
             if revoked is not None:
                 self.policies.forget(revoked)
                 await self.backend.key_changed(revoked, revoked=True)
@@ -222,7 +222,7 @@ class AccountsService:
         await self.backend.key_changed(key_id, revoked=True)
         return await self.view(key_id)
 
-    async def _revoked_id(self, id_or_name: str) -> str | None:
+    async def revoked_id(self, id_or_name: str) -> str | None:
         """The revoked key with this id, or else the one revoked key with this name, or None."""
         row = await self.table.get_key(id_or_name)
         if row is not None:

@@ -230,7 +230,24 @@ def register(app: typer.Typer) -> None:
         config: ConfigOption = None,
     ) -> None:
         """Revoke a key. Running gateways refuse it at its next request (see docs/accounts.md)."""
-        if run_accounts(load_or_exit(config), lambda service: service.revoke(id_or_name)) is None:
+
+        async def action(service: AccountsService) -> tuple[KeyView | None, bool]:
+            view = await service.revoke(id_or_name)
+            if view is not None:
+                return view, False
+            # Revoking a revoked key is done again (a retry finishes a half-done revocation), so
+            # it is a success: say when it was revoked.
+            key_id = await service.revoked_id(id_or_name)
+            return (await service.view(key_id) if key_id is not None else None), True
+
+        view, already = run_accounts(load_or_exit(config), action)
+        if view is None:
             typer.echo(f"faregate: no active key with id or name {id_or_name!r}", err=True)
             raise typer.Exit(1)
+        if already:
+            typer.echo(
+                f"{id_or_name} was already revoked at {utc_text(view.key.revoked_at)} UTC; "
+                "every gateway was told again."
+            )
+            return
         typer.echo(f"Revoked {id_or_name}.")
