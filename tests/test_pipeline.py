@@ -38,7 +38,7 @@ from test_routing import PROVIDERS, model
 
 KEY = "fg-test-key"
 MODELS = {
-    "cheap": model("1", offers=[{"provider": "a"}]),
+    "cheap": model("1", offers=[{"provider": "a"}], aliases=["vendor/Cheap-1"]),
     "strong": model("10", offers=[{"provider": "b"}]),
 }
 ROUTES = {
@@ -320,6 +320,21 @@ async def test_a_whole_answer_passes_every_stage_in_order(harness: Harness) -> N
     assert record.latency_ms > 0 and not record.stream
     # The call upstream: the upstream's own model name, the gateway's fields removed.
     assert harness.a.calls[0].body["model"] == "cheap" and "faregate" not in harness.a.calls[0].body
+
+
+async def test_a_model_asked_by_an_alias_or_in_another_case_is_one_route(harness: Harness) -> None:
+    # The record and the header kept the client's spelling: one row per spelling on the dashboard
+    # (by route), and a `route:` alert or filter missed them, while /metrics counted them as one.
+    for name in ("vendor/Cheap-1", "CHEAP", "cheap"):
+        ask = {"model": name, "temperature": 0, **ASK}
+        for _ in range(2):  # a miss, then (once stored) a hit
+            status, headers, _ = await harness.post(ask)
+            assert status == 200 and headers["x-faregate-route"] == "cheap"
+            assert (harness.records[-1].route, harness.records[-1].model_requested) == ("cheap", name)
+            await harness.cached()
+    assert {r.cache_status for r in harness.records} == {"miss", "hit"}
+    status, headers, _ = await harness.post({"model": "strong", "models": ["CHEAP", "strong"], **ASK})
+    assert status == 200 and harness.records[-1].route == headers["x-faregate-route"] == "list:cheap,strong"
 
 
 async def test_a_backlogged_record_writer_holds_the_request_after_its_record(harness: Harness) -> None:

@@ -157,19 +157,28 @@ class Planner:
             parts += [f"circuit breaker open for {b}" for b in rejected.breaker]
             reason = "; ".join(parts) or f"no enabled provider of {model.name} serves embeddings"
             raise ModelUnavailable(f"No candidate can serve this request: {reason}.")
-        return Plan(route=name, candidates=[Candidate(model, o, self.routing.retries) for o in offers])
+        return Plan(route=model.name, candidates=[Candidate(model, o, self.routing.retries) for o in offers])
 
-    @staticmethod
-    def requested_route(request: ChatRequest) -> str:
-        """The route as the request names it (an alias stays an alias): what records and the
-        x-faregate-route header say, whether the answer came from a model or from the cache."""
+    def requested_route(self, request: ChatRequest) -> str:
+        """The route the request asks for, as records, the x-faregate-route header and metrics
+        name it, whether the answer came from a model or from the cache: a configured route, or a
+        model's canonical name whatever alias or case the client wrote (one route is one row on
+        the dashboard; `model_requested` keeps the spelling). A name that is neither stays as
+        written: the request is refused."""
         names: list[str] = request.body.get("models") or [request.model]
-        return names[0] if len(names) == 1 else "list:" + ",".join(names)
+        canonical = [self._canonical_name(name) for name in names]
+        return canonical[0] if len(canonical) == 1 else "list:" + ",".join(canonical)
+
+    def _canonical_name(self, name: str) -> str:
+        if name in self.routes:
+            return name
+        model = self.catalog.get(name)
+        return model.name if model is not None else name
 
     def route_label(self, route: str | None) -> str:
         """A metrics label for a record's route, from a closed set: a configured route, a canonical
         model name, "list" for a request's own `models` list, "none" or "other". Never the
-        client's own text (a name differing only in case, a long list) in a label."""
+        client's own text (a name not in the catalog, a long list) in a label."""
         if not route:
             return "none"
         if route in self.routes:
@@ -213,7 +222,7 @@ class Planner:
         if not offers or not offers_fit_now(model, offers, request, prompt):
             return None
         retries = self.routing.retries
-        return Plan(name, [Candidate(model, offer, retries) for offer in offers], prompt)
+        return Plan(model.name, [Candidate(model, offer, retries) for offer in offers], prompt)
 
     async def plan(self, request: ChatRequest) -> Plan:
         hints = parse_hints(request.hints)

@@ -137,7 +137,7 @@ class EmbeddingsPipeline:
             premium=key.premium,
             started=exchange.started,
         )
-        exchange.routed(parsed.model)
+        exchange.routed(model.name)  # as the plan names it: a hit and a miss are one route
         return job
 
     async def look_up(self, exchange: Exchange, job: EmbeddingJob) -> CachedAnswer | None:
