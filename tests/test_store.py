@@ -174,3 +174,30 @@ async def test_works_queued_together_commit_together_and_fail_alone(tmp_path: Pa
         assert [r[0] for r in rows] == list(range(1, 50))
     finally:
         await store.close()
+
+
+async def test_a_commit_that_fails_leaves_no_transaction_open(tmp_path: Path) -> None:
+    """A group commit whose COMMIT fails (in production: the disk full or an I/O error as the WAL
+    is written) is rolled back: later writes go on, here and in other processes, instead of
+    every one failing with "cannot start a transaction within a transaction" until a restart.
+    A foreign key checked at COMMIT (defer_foreign_keys) makes the COMMIT fail on demand."""
+    store = await SQLiteStore.open(tmp_path)
+
+    def failing_at_commit(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA defer_foreign_keys = ON")
+        conn.execute("INSERT INTO accounts (key_id, balance_nano, updated_at) VALUES ('no-such-key', 0, 0)")
+
+    def key_count(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])
+
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            await store.run_in_transaction(failing_at_commit)
+        assert await store.run_in_transaction(key_count) == 0
+        # The write lock was given back too: another connection can write.
+        with sqlite3.connect(store.path, timeout=0.1) as other:
+            other.execute("INSERT INTO rollup_state (name, last_id) VALUES ('probe', 0)")
+        accounts = await store.run_read(lambda conn: conn.execute("SELECT COUNT(*) FROM accounts").fetchone())
+        assert accounts[0] == 0  # nothing of the failed batch was kept
+    finally:
+        await store.close()

@@ -291,10 +291,12 @@ class SQLiteStore:
                         continue
                     conn.execute("RELEASE work")
                     outcomes.append(_Done(value))
+                # Inside the try: a COMMIT that fails (disk full, I/O error) may leave the
+                # transaction open, holding the write lock, and every later BEGIN would fail.
+                conn.execute("COMMIT")
             except BaseException:
                 conn.rollback()
                 raise
-            conn.execute("COMMIT")
         finally:
             self._unlock()
         return outcomes
