@@ -12,16 +12,22 @@ import pytest
 
 from faregate.config import Settings, StoreSettings
 from faregate.errors import ConfigError
-from faregate.store.backends import open_backends
+from faregate.store.analytics_rows import Slice
+from faregate.store.backends import open_backends, open_records_reader
 from faregate.store.rows import from_nanousd, to_nanousd, usd_text
 from faregate.store.schema import Migration
 from faregate.store.sqlite.migrations import LATEST_VERSION, MIGRATIONS
 from faregate.store.sqlite.store import DB_FILENAME, SQLiteStore
+from faregate.types import RequestRecord
 
 
 def tables(path: Path) -> set[str]:
     with sqlite3.connect(path) as conn:
         return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def listed(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
 
 
 def applied(path: Path) -> list[tuple[int, str, float]]:
@@ -201,3 +207,36 @@ async def test_a_commit_that_fails_leaves_no_transaction_open(tmp_path: Path) ->
         assert accounts[0] == 0  # nothing of the failed batch was kept
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("name", ["store #2", "store?v=1", "100%store", "store%23"])
+async def test_the_read_only_reader_opens_a_store_whose_path_has_uri_characters(
+    tmp_path: Path, name: str
+) -> None:
+    """`faregate cost --from-records` reads the store at store.path whatever its name: the path
+    goes into an SQLite URI (file:...?mode=ro), where #, ? and % mean something."""
+    directory = tmp_path / name
+    store = await SQLiteStore.open(directory)
+    record = RequestRecord(
+        request_id="r1",
+        created_at=1000.0,
+        key_id=None,
+        model_requested="m",
+        model_used="m",
+        provider="p",
+        status=200,
+        stream=False,
+        prompt_tokens=10,
+        completion_tokens=5,
+        cost_usd=Decimal("0.000123"),
+    )
+    await store.insert_records([record])
+    await store.close()
+    before = listed(tmp_path)
+    reader = await open_records_reader(Settings(store=StoreSettings(path=str(directory))))
+    try:
+        (traffic,) = await reader.traffic(Slice(0, 2000))
+    finally:
+        await reader.close()
+    assert (traffic.group, traffic.requests, traffic.cost) == ("m", 1, Decimal("0.000123"))
+    assert listed(tmp_path) == before  # no other database made beside it

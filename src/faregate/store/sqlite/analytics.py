@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiosqlite
 
@@ -101,7 +102,9 @@ class SQLiteAnalytics(AnalyticsQueries):
         if read_only:
             if not await asyncio.to_thread(Path(db_path).exists):
                 raise StoreUnavailable(f"no request records at {db_path}")
-            conn = await aiosqlite.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None)
+            # A URI: the path percent-encoded, or a #, ? or % in it would name another file.
+            uri = f"file:{quote(str(db_path))}?mode=ro"
+            conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
         else:
             conn = await aiosqlite.connect(db_path, isolation_level=None)
         try:
