@@ -441,3 +441,33 @@ async def test_postgres_migration_9_fills_old_records_as_the_rollup_counted_them
         await lite_store.close()
         await pg.close()
         await new.close()
+
+
+async def test_a_breakdown_by_key_over_more_keys_than_a_statement_takes_parameters(stores: Stores) -> None:
+    """`faregate usage --by key` lists every key of the range and labels each by name: more keys
+    than one PostgreSQL statement takes parameters (32,767) are labelled all the same."""
+    many = 33_000
+    at = H - 86400  # a day of its own, before the fixture's records
+    records = [
+        RequestRecord(
+            request_id=f"many_{n:05d}",
+            created_at=at + n / 100,
+            key_id="k2" if n == 0 else f"user_{n:05d}",
+            model_requested="A",
+            model_used="A",
+            provider="p1",
+            status=200,
+            stream=False,
+            prompt_tokens=1,
+            completion_tokens=1,
+            cost_usd=Decimal("0.000001"),
+        )
+        for n in range(many)
+    ]
+    for store in (stores.lite_store, stores.pg_store):
+        await store.insert_records(records)
+    s = Slice(at, H)
+    for a in (stores.lite, stores.pg):
+        groups = await a.breakdown(s, "key", 2**62)
+        assert len(groups) == many
+        assert {g.group: g.label for g in groups if g.label is not None} == {"k2": "beta (fg-k2…)"}

@@ -63,6 +63,10 @@ from faregate.store.record_sums import HOUR, SERVED_MODEL, TOTAL_COLUMNS, TRAFFI
 # Percentiles over more records than this use an evenly spaced sample of this size.
 SAMPLE_SIZE = 20_000
 
+# Key ids looked up per statement when labelling keys: a breakdown by key (`faregate usage --by key`)
+# may list more keys than a statement takes parameters (PostgreSQL: 32,767).
+KEY_LABEL_CHUNK = 10_000
+
 # SQL (with `?` parameters) and its parameters.
 Part = tuple[str, list[Any]]
 
@@ -378,12 +382,14 @@ class AnalyticsQueries:
 
     async def key_labels(self, ids: Sequence[str]) -> dict[str, str]:
         """'name (fg-abc123…)' per key id, for showing keys by name (the stored prefix ends in …)."""
-        if not ids:
-            return {}
-        rows = await self._rows(
-            f"SELECT id, name, prefix FROM api_keys WHERE id IN ({marks(ids)})", list(ids)
-        )
-        return {str(r[0]): f"{r[1]} ({r[2]})" for r in rows}
+        labels: dict[str, str] = {}
+        for start in range(0, len(ids), KEY_LABEL_CHUNK):
+            chunk = list(ids[start : start + KEY_LABEL_CHUNK])
+            rows = await self._rows(
+                f"SELECT id, name, prefix FROM api_keys WHERE id IN ({marks(chunk)})", chunk
+            )
+            labels.update((str(r[0]), f"{r[1]} ({r[2]})") for r in rows)
+        return labels
 
     async def resolve_keys(self, id_or_name: str) -> tuple[str, ...]:
         """The ids of the keys with this id or this name (names need not be unique); the text
