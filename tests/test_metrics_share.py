@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from faregate.telemetry.metrics_share import SharedMetrics, merge_expositions
+from faregate.quality.metrics import QualityCollector
+from faregate.telemetry.metrics_share import STORE_COUNTERS, SharedMetrics, merge_expositions
 
 
 def exposition(requests: int, pending: int) -> bytes:
@@ -97,3 +99,60 @@ def test_the_sum_is_the_same_whichever_worker_is_scraped(tmp_path: Path) -> None
         if line.startswith("faregate_cost_usd_total")
     }
     assert len(sums) == 1, sums
+
+
+def quality_exposition(verifications: int, cost: str) -> bytes:
+    """A worker's calibrated route and semantic cache as it last read them from the store: every
+    worker adopts the one shared calibration state, its verification totals included
+    (quality/service.py), so each shows the same totals, some a refresh behind the others."""
+    route = {
+        "route": "r",
+        "kind": "cascade",
+        "target": 0.9,
+        "evidence": 1.0,
+        "estimated_quality": 1.0,
+        "strong_share": 1.0,
+        "flagged": False,
+        "cap_reached": False,
+        "challenger_evidence": None,
+        "by_label": {"free": 0, "cheap": 0, "paid": verifications},
+        "verification_cost_usd": cost,
+    }
+    cache = {
+        "threshold": 0.9,
+        "wrong_hit_bound": 0.01,
+        "max_wrong_hit_rate": 0.02,
+        "by_label": {"free": 0, "paid": verifications},
+        "verification_cost_usd": cost,
+        "cap_reached": False,
+    }
+    registry = CollectorRegistry()
+    registry.register(QualityCollector(lambda: [route], lambda: cache))
+    return generate_latest(registry)
+
+
+def test_totals_every_worker_reads_from_the_store_are_not_added_up(tmp_path: Path) -> None:
+    first, second = SharedMetrics(tmp_path, 0, 2), SharedMetrics(tmp_path, 1, 2)
+    second.publish(quality_exposition(38, "0.11"))  # a refresh behind
+    text = first.merged(quality_exposition(40, "0.12")).decode()
+    assert 'faregate_verifications_total{kind="paid",route="r"} 40.0' in text
+    assert 'faregate_verification_cost_usd_total{route="r"} 0.12' in text
+    assert 'faregate_cache_verifications_total{kind="paid"} 40.0' in text
+    assert "faregate_cache_verification_cost_usd_total 0.12" in text
+    # The lagging worker scraped next: the figure does not go back (a reset to Prometheus).
+    text = second.merged(quality_exposition(38, "0.11")).decode()
+    assert 'faregate_verifications_total{kind="paid",route="r"} 40.0' in text
+    # Worker 1 restarted reads the totals from the store: its predecessor's are not added on.
+    successor = SharedMetrics.join(tmp_path, 1, 2)
+    text = successor.merged(quality_exposition(41, "0.13")).decode()
+    assert 'faregate_verifications_total{kind="paid",route="r"} 41.0' in text
+    assert "faregate_cache_verification_cost_usd_total 0.13" in text
+
+
+def test_every_counter_of_the_quality_collector_is_known_to_be_the_stores() -> None:
+    counters = {
+        family.name
+        for family in text_string_to_metric_families(quality_exposition(1, "0.1").decode())
+        if family.type == "counter"
+    }
+    assert counters and counters <= STORE_COUNTERS

@@ -4,7 +4,8 @@ A scrape reaches one worker (the port is shared). Each worker writes its own exp
 file in a directory the supervisor made, every PUBLISH_INTERVAL_S; the worker that is scraped
 renders its own live figures, publishes them, and adds the other workers' last files: counters
 and histograms (buckets, sums, counts) are summed sample by sample, so rates and quantiles over
-the sum are the gateway's; gauges (breaker states, records pending, alerts firing) are one series per worker,
+the sum are the gateway's (save the few counters every worker reads from the store, STORE_COUNTERS:
+the largest); gauges (breaker states, records pending, alerts firing) are one series per worker,
 with a `worker` label, as a sum of states would mean nothing. The others' figures are at most
 PUBLISH_INTERVAL_S old.
 
@@ -31,6 +32,19 @@ from prometheus_client.samples import Sample
 
 PUBLISH_INTERVAL_S = 1.0
 SUMMED = frozenset({"counter", "histogram", "summary"})
+# Counters every worker reads from the store rather than counts itself: the calibrated routes' and
+# the semantic cache's verification totals, kept in the one shared calibration state
+# (quality/metrics.py, quality/service.py). Each worker shows the same total, some a refresh
+# behind: the workers' figure is the largest of theirs, not their sum, and a restarted worker
+# reads it afresh from the store instead of carrying its predecessor's.
+STORE_COUNTERS = frozenset(
+    {
+        "faregate_verifications",
+        "faregate_verification_cost_usd",
+        "faregate_cache_verifications",
+        "faregate_cache_verification_cost_usd",
+    }
+)
 
 
 @dataclass(slots=True, frozen=True)
@@ -102,7 +116,11 @@ class _Merged(Collector):
 
 def _counters_only(text: str) -> str:
     """An exposition's counters and histograms (what adds up across a restart), without its gauges."""
-    kept = [family for family in text_string_to_metric_families(text) if family.type in SUMMED]
+    kept = [
+        family
+        for family in text_string_to_metric_families(text)
+        if family.type in SUMMED and family.name not in STORE_COUNTERS
+    ]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Merged(kept))
     return generate_latest(registry).decode("utf-8")
@@ -110,8 +128,9 @@ def _counters_only(text: str) -> str:
 
 def merge_expositions(texts: list[tuple[str, str]], by_worker: bool = True) -> bytes:
     """Prometheus text expositions, one per worker (its name, its text), as one: counters and
-    histograms summed by name and labels, gauges (and anything else) labelled by worker (kept as
-    they are when not `by_worker`: one worker's figures and its predecessor's counters)."""
+    histograms summed by name and labels (STORE_COUNTERS: the largest), gauges (and anything
+    else) labelled by worker (kept as they are when not `by_worker`: one worker's figures and its
+    predecessor's counters)."""
     families: dict[str, Metric] = {}
     sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for worker, text in texts:
@@ -123,7 +142,13 @@ def merge_expositions(texts: list[tuple[str, str]], by_worker: bool = True) -> b
             for sample in family.samples:
                 if family.type in SUMMED:
                     key = (sample.name, tuple(sorted(sample.labels.items())))
-                    sums[family.name][key] = sums[family.name].get(key, 0.0) + sample.value
+                    found = sums[family.name].get(key)
+                    if found is None:
+                        sums[family.name][key] = sample.value
+                    elif family.name in STORE_COUNTERS:
+                        sums[family.name][key] = max(found, sample.value)
+                    else:
+                        sums[family.name][key] = found + sample.value
                 else:
                     labels = {**sample.labels, "worker": worker} if by_worker else sample.labels
                     merged.samples.append(Sample(sample.name, labels, sample.value, sample.timestamp))
