@@ -23,6 +23,7 @@ from faregate.store.postgres.migrations import PG_MIGRATIONS
 from faregate.store.postgres.store import PostgresStore
 from faregate.store.protocols import LedgerRow
 from faregate.store.redis.ledger import account_key
+from faregate.store.schema import Migration
 from faregate.types import RequestRecord
 from servers import PostgresServer, RedisServer, SharedUrls, postgres_server, redis_server, shared_urls  # noqa: F401
 
@@ -77,6 +78,26 @@ async def test_instances_starting_together_migrate_once(shared_urls: SharedUrls)
     stores = await asyncio.gather(*(PostgresStore.open(shared_urls.postgres) for _ in range(4)))
     assert await stores[0].schema_versions() == [m.version for m in PG_MIGRATIONS]
     for store in stores:
+        await store.close()
+
+
+async def test_a_migration_longer_than_a_command_is_allowed_still_completes(
+    shared_urls: SharedUrls,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pool's per-statement timeout (60 s) is for serving; a migration that rewrites a large
+    table (PostgreSQL 9 fills three columns of every record) takes what it takes, and cut short it
+    failed every start. The timeout shrunk to half a second, and a migration that takes a second."""
+    from faregate.store.postgres import store as pg_store
+
+    monkeypatch.setattr(pg_store, "COMMAND_TIMEOUT_S", 0.5)
+    slow = Migration(PG_MIGRATIONS[-1].version + 1, "a long one", ("SELECT pg_sleep(1)",))
+    store = await PostgresStore.open(shared_urls.postgres, migrations=(*PG_MIGRATIONS, slow))
+    try:
+        assert (await store.schema_versions())[-1] == slow.version
+        with pytest.raises(TimeoutError):  # serving statements keep their timeout
+            await store._pool.execute("SELECT pg_sleep(1)")
+    finally:
         await store.close()
 
 

@@ -25,6 +25,10 @@ from faregate.store.rows import INSERT_COLUMNS, RECORD_COLUMNS, record_to_row, r
 from faregate.store.schema import Migration
 from faregate.types import RequestRecord
 
+# The longest a statement of the pool may run (asyncpg's command_timeout): a server that hangs
+# without failing is an outage after this, not a request held forever.
+COMMAND_TIMEOUT_S = 60.0
+
 _RECORD_COLUMN_LIST = ", ".join(RECORD_COLUMNS)
 # PostgreSQL types of INSERT_COLUMNS, in order, for the one-statement batch insert via unnest.
 _RECORD_TYPES = (
@@ -51,12 +55,12 @@ class PostgresStore:
         cls, url: str, *, pool_size: int = 10, migrations: Sequence[Migration] = PG_MIGRATIONS
     ) -> PostgresStore:
         try:
-            pool = await create_pool(url, min_size=1, max_size=pool_size, command_timeout=60)
+            pool = await create_pool(url, min_size=1, max_size=pool_size, command_timeout=COMMAND_TIMEOUT_S)
         except (OSError, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
         store = cls(pool)
         try:
-            await store._migrate(migrations)
+            await store._migrate(url, migrations)
         except BaseException:
             await pool.close()
             raise
@@ -65,9 +69,22 @@ class PostgresStore:
     async def close(self) -> None:
         await self._pool.close()
 
-    async def _migrate(self, migrations: Sequence[Migration]) -> None:
+    async def _migrate(self, url: str, migrations: Sequence[Migration]) -> None:
         known = max((m.version for m in migrations), default=0)
-        async with self._pool.acquire() as conn, conn.transaction():
+        # A connection of its own, without the pool's COMMAND_TIMEOUT_S: a migration that rewrites
+        # a large table, or an instance waiting for another's to finish, takes what it takes (cut
+        # short, it was rolled back and failed every start).
+        try:
+            conn = await asyncpg.connect(url)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        try:
+            await self._apply(conn, known, migrations)
+        finally:
+            await conn.close()
+
+    async def _apply(self, conn: Any, known: int, migrations: Sequence[Migration]) -> None:
+        async with conn.transaction():
             # One migrator at a time across every instance; the lock ends with the transaction.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('faregate-schema-migrations'))")
             await conn.execute(
