@@ -35,6 +35,8 @@ DEFAULT_RANGE = "24h"
 # Series bucket sizes to choose from: the smallest that gives at most MAX_POINTS points.
 BUCKETS = (60, 300, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 604800)
 MAX_POINTS = 120
+# A breakdown's limit that keeps every group.
+EVERY_GROUP = 2**62
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -267,7 +269,8 @@ class DashboardApi:
     async def feedback(self, request: web.Request) -> web.Response:
         s = await self.slice(request)
         by = self.dimension(request, "model", ("model", "route", "provider", "key"))
-        spend = {g.group: g.totals for g in await self.analytics.breakdown(s, by, 1000)}
+        # Every group's totals, not the top spenders': a group with scores may spend little.
+        spend = {g.group: g.totals for g in await self.analytics.breakdown(s, by, EVERY_GROUP)}
         rows = []
         for r in await self.analytics.feedback(s, by):
             totals = spend.get(r.group, Totals())
