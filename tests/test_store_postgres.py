@@ -16,14 +16,17 @@ from faregate.accounts.backend import Admitted, HoldRef, Refused, ReserveAsk
 from faregate.accounts.keys import KeyStore
 from faregate.accounts.policy import Budget, Limits, hour_of, window_of
 from faregate.accounts.shared import SharedAccounts
+from faregate.config import RecordsSettings
 from faregate.errors import ConfigError
 from faregate.store.analytics_rows import Slice
+from faregate.store.outage import is_outage, outage_error
 from faregate.store.postgres.analytics import PostgresAnalytics
 from faregate.store.postgres.migrations import PG_MIGRATIONS
 from faregate.store.postgres.store import PostgresStore
-from faregate.store.protocols import LedgerRow
+from faregate.store.protocols import KeyRow, LedgerRow, StoreUnavailable
 from faregate.store.redis.ledger import account_key
 from faregate.store.schema import Migration
+from faregate.telemetry.records import RecordWriter
 from faregate.types import RequestRecord
 from servers import PostgresServer, RedisServer, SharedUrls, postgres_server, redis_server, shared_urls  # noqa: F401
 
@@ -98,6 +101,60 @@ async def test_a_migration_longer_than_a_command_is_allowed_still_completes(
         with pytest.raises(TimeoutError):  # serving statements keep their timeout
             await store._pool.execute("SELECT pg_sleep(1)")
     finally:
+        await store.close()
+
+
+async def test_a_read_only_server_is_an_outage_and_records_wait_for_a_writable_one(
+    postgres_server: PostgresServer,  # noqa: F811
+) -> None:
+    """Mid-failover, new connections may reach a standby (or a server put in read-only mode):
+    "cannot execute INSERT in a read-only transaction" is the store being unavailable for now,
+    not records it refuses, so they wait for a writable server instead of being dropped (and an
+    API call answers 503, not 500)."""
+    url = postgres_server.new_database()
+    database = url.rsplit("/", 1)[1]
+    store = await PostgresStore.open(url)
+    writer = RecordWriter(store, RecordsSettings(flush_interval_s=0.05))
+    records = [
+        RequestRecord(
+            request_id=f"ro_{n}",
+            created_at=1000.0 + n,
+            key_id=None,
+            model_requested="m",
+            model_used="m",
+            provider="p",
+            status=200,
+            stream=False,
+            cost_usd=Decimal("0.001"),
+        )
+        for n in range(5)
+    ]
+    try:
+        await asyncio.to_thread(
+            postgres_server.psql, f"ALTER DATABASE {database} SET default_transaction_read_only = on"
+        )
+        await store._pool.expire_connections()  # the failover: the pool connects again
+        for record in records:
+            writer.submit(record)
+        await writer.flush()
+        assert (writer.pending, writer.rejected, writer.written) == (5, 0, 0)
+        with pytest.raises(StoreUnavailable):
+            await store.insert_key(KeyRow("k_ro", "ro", "fg-ro…", "hash_ro", False, 1000.0))
+        # The same for the code that meets the driver's own error (the ledger shipper, the edge).
+        with pytest.raises(asyncpg.PostgresError) as refused:
+            await store._pool.execute(
+                "INSERT INTO feedback (request_id, key_id, created_at, score) VALUES ('r', 'k', 0, 0)"
+            )
+        assert is_outage(refused.value) and outage_error(refused.value) is not None
+        await asyncio.to_thread(
+            postgres_server.psql, f"ALTER DATABASE {database} RESET default_transaction_read_only"
+        )
+        await store._pool.expire_connections()  # writable again
+        await writer.flush()
+        assert (writer.pending, writer.written) == (0, 5)
+        assert await store.count_records() == 5
+    finally:
+        await writer.close()
         await store.close()
 
 

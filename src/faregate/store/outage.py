@@ -24,6 +24,7 @@ def _driver_outages() -> tuple[type[BaseException], ...]:
             asyncpg.OperatorInterventionError,  # class 57: shutting down, starting up, cancelled
             asyncpg.InsufficientResourcesError,  # class 53: too many connections, disk full
             asyncpg.InterfaceError,  # the pool or the connection is closed
+            asyncpg.ReadOnlySQLTransactionError,  # 25006: a standby (mid-failover) or a read-only server
         ]
     redis = sys.modules.get("redis.exceptions")
     if redis is not None:

@@ -9,7 +9,8 @@ import asyncpg
 
 from faregate.store.protocols import StoreUnavailable
 
-# Errors that mean "not now" (connection lost, server shutting down, too many clients): retryable.
+# Errors that mean "not now" (connection lost, server shutting down, too many clients, a server
+# that takes no writes, e.g. a standby reached mid-failover): retryable.
 _UNAVAILABLE = (
     OSError,
     TimeoutError,
@@ -17,6 +18,7 @@ _UNAVAILABLE = (
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
 )
 
 
