@@ -700,3 +700,39 @@ async def test_a_save_cancelled_after_the_store_wrote_is_not_counted_twice() -> 
     assert (
         again.state.decisions == 30 and again.state.totals.verifications == route.state.totals.verifications
     )
+
+
+async def test_a_stored_calibration_of_other_models_starts_afresh(tmp_path: Path) -> None:
+    """The cut certified that *this* cheap model keeps the target against *this* strong one: a route
+    whose models were changed in the config does not inherit it (a row written before the models
+    were kept with it is adopted as before)."""
+    from faregate.store.sqlite.analytics import SQLiteAnalytics
+    from faregate.store.sqlite.verifications import SQLiteVerifications
+
+    store = await SQLiteStore.open(tmp_path)
+    reads = await SQLiteAnalytics.open(store.path)
+    try:
+        table = SQLiteVerifications(reads.connection)
+        route = calibration()
+        run(route, 120, wrong=False)
+        assert route.cut > 0
+        await QualityService([route], table).save("r")
+        same = calibration()
+        await QualityService([same], table).load()
+        assert same.state.decisions == 120 and same.cut == route.cut
+        for cheap, strong in (("other-weak", "strong"), ("weak", "other-strong")):
+            swapped = calibration()
+            swapped.cheap, swapped.strong = cheap, strong
+            await QualityService([swapped], table).load()
+            assert swapped.state.decisions == 0 and swapped.cut == 0.0, (cheap, strong)
+        # A row written before the models were kept in it: taken as it is.
+        version, text = await table.load_state("route:r") or (0, "")
+        data = orjson.loads(text)
+        data.pop("models", None)
+        assert await table.save_state("route:r", version, orjson.dumps(data).decode(), time.time())
+        legacy = calibration()
+        await QualityService([legacy], table).load()
+        assert legacy.state.decisions == 120
+    finally:
+        await reads.close()
+        await store.close()

@@ -95,6 +95,10 @@ class CacheCalibration:
             + (f"|prior={s.prior_lookups}" if s.prior_lookups else "")
         )
 
+    def models(self) -> dict[str, str]:
+        """Nothing beyond the fingerprint (a judge model is in it)."""
+        return {}
+
     def state_json(self) -> dict[str, Any]:
         return {
             "acceptance": self.state.to_json(),

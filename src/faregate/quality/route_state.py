@@ -128,6 +128,11 @@ class RouteState:
             + (f"|learn={s.domain_examples}" if self.learn else "")
         )
 
+    def models(self) -> dict[str, str]:
+        """The paths the stored state is about: its cuts certify this cheap model against this
+        strong one, so a route whose models were changed does not inherit them."""
+        return {"cheap": self.cheap, "strong": self.strong}
+
     def state_json(self) -> dict[str, Any]:
         return self.state.to_json()
 

@@ -9,8 +9,9 @@ A periodic refresh adopts what other instances wrote (their cut in force) and fl
 instance's counts of unlabelled decisions.
 
 The semantic cache's calibration (quality/cache_live.py), when on, is kept the same way as the
-scope "cache". A stored state made under other settings (another target, confidence or verification plan) is
-not reused: its tests were about another question; the route starts afresh (logged).
+scope "cache". A stored state made under other settings (another target, confidence or verification plan),
+or for other models (the route's cheap or strong model changed), is not reused: its tests were
+about another question; the route starts afresh (logged).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class Calibrated(Protocol):
     journal: list[Callable[[], None]]
 
     def fingerprint(self) -> str: ...
+
+    def models(self) -> dict[str, str]: ...
 
     def state_json(self) -> dict[str, Any]: ...
 
@@ -105,9 +108,10 @@ class QualityService:
             return False
         data: dict[str, Any] = orjson.loads(text)
         self._versions[name] = version
-        if data.get("settings") != calibration.fingerprint():
+        changed = unlike(calibration, data)
+        if changed:
             if at_start:
-                log.warning("%s: its quality settings changed; the calibration starts afresh", name)
+                log.warning("%s: its %s changed; the calibration starts afresh", name, changed)
             return False
         calibration.adopt_json(data["state"])
         return True
@@ -124,7 +128,7 @@ class QualityService:
                 if stored is not None:
                     self._versions[name] = stored[0]
                     data = orjson.loads(stored[1])
-                    if data.get("settings") == calibration.fingerprint():
+                    if not unlike(calibration, data):
                         calibration.adopt_json(data["state"])
             log.warning("%s: the calibration state kept changing under us; saved later", name)
 
@@ -133,7 +137,11 @@ class QualityService:
         of what it holds is cleared), False: another instance wrote in between."""
         await self._written(name)
         saved = len(calibration.journal)
-        data = {"settings": calibration.fingerprint(), "state": calibration.state_json()}
+        data = {
+            "settings": calibration.fingerprint(),
+            "models": calibration.models(),
+            "state": calibration.state_json(),
+        }
         text = orjson.dumps(data).decode()
         expected = self._versions[name]
 
@@ -194,3 +202,13 @@ class QualityService:
 
     def cache_figures(self) -> dict[str, Any] | None:
         return None if self.cache is None else self.cache.figures()
+
+
+def unlike(calibration: Calibrated, data: dict[str, Any]) -> str:
+    """What the stored state was made under that `calibration` is not ("": nothing, adopt it). A row
+    written before the models were kept in it is taken as made for the same ones."""
+    if data.get("settings") != calibration.fingerprint():
+        return "quality settings"
+    if data.get("models", calibration.models()) != calibration.models():
+        return "models"
+    return ""
