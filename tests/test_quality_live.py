@@ -634,6 +634,37 @@ def test_spent_today_is_todays_spend_not_the_last_day_that_had_one() -> None:
     assert route.figures()["spent_today_usd"] == "0.25"
 
 
+def test_a_verification_of_yesterday_charged_after_midnight_leaves_todays_spend_and_pause() -> None:
+    """A verification admitted at 23:59 UTC and charged after one admitted at 00:00 (shadow calls take
+    seconds): its cost is yesterday's, in the totals, and neither wipes today's spend nor lifts
+    today's pause; a refusal of yesterday does not pause today."""
+    from faregate.learning.online.settings import SemanticAcceptanceSettings
+    from faregate.quality.cache_live import CacheCalibration
+
+    route = calibration(cap="1")
+    now = time.time()
+    yesterday, today_ = today(now - 86_400), today(now)
+    route.charge(route.decide("a", 0.1, 1.0, day=today_), Decimal("0.25"), today_)
+    route.charge(route.decide("b", 0.1, 1.0, day=yesterday), Decimal("0.5"), yesterday)
+    assert route.figures()["spent_today_usd"] == "0.25"
+    assert route.state.totals.cost_nano == 750_000_000
+    route.refuse(today_)
+    route.charge(route.decide("c", 0.1, 1.0, day=yesterday), Decimal("0.5"), yesterday)
+    assert route.exhausted(today_) and route.figures()["cap_reached"]
+    fresh = calibration(cap="1")
+    fresh.charge(fresh.decide("d", 0.1, 1.0, day=today_), Decimal("0.25"), today_)
+    fresh.refuse(yesterday)
+    assert not fresh.exhausted(today_) and fresh.left_today(today_) == Decimal("0.75")
+
+    cache = CacheCalibration(SemanticAcceptanceSettings(daily_usd_cap=Decimal(1)), "exact")
+    cache.charge(Decimal("0.25"), today_)
+    cache.charge(Decimal("0.5"), yesterday)
+    assert cache.left_today(today_) == Decimal("0.75")
+    cache.refuse(today_)
+    cache.charge(Decimal("0.5"), yesterday)
+    assert cache.exhausted(today_)
+
+
 def test_verification_cost_in_nano_usd_is_rounded_as_the_request_records_round_it() -> None:
     from faregate.store.rows import to_nanousd
 

@@ -188,9 +188,10 @@ class CacheCalibration:
 
     def refuse(self, day: str) -> None:
         """Paused for the day (not journaled: the caller writes it at once, quality/spend.py)."""
-        roll_over(self.budget, day)
-        self.budget.skipped_for_cap += 1
         self.totals.skipped_for_cap += 1
+        if not roll_over(self.budget, day):
+            return  # a day already over: today is not paused for it
+        self.budget.skipped_for_cap += 1
         self.budget.spent = max(self.budget.spent, self.settings.daily_usd_cap)
 
     def charge(self, cost: Decimal, day: str) -> None:
@@ -198,9 +199,9 @@ class CacheCalibration:
         cap's ledger counts it when the hold is settled, quality/spend.py)."""
 
         def change() -> None:
-            roll_over(self.budget, day)
-            self.budget.spent += cost
-            self.budget.verified += 1
+            if roll_over(self.budget, day):
+                self.budget.spent += cost
+                self.budget.verified += 1
             self.totals.cost_nano += to_nanousd(cost)
 
         self.apply(change)

@@ -54,9 +54,10 @@ class RouteOutcomes(RouteState):
         """The cap cannot admit a verification: paused for the day (a change of the state as is,
         not journaled: the caller writes it at once, quality/spend.py)."""
         budget = self.state.budget
-        roll_over(budget, day)
-        budget.skipped_for_cap += 1
         self.state.totals.skipped_for_cap += 1
+        if not roll_over(budget, day):
+            return  # a day already over: today is not paused for it
+        budget.skipped_for_cap += 1
         # Paused from now on: the day's spend is marked full.
         budget.spent = max(budget.spent, self.settings.verification.daily_usd_cap)
 
@@ -67,9 +68,9 @@ class RouteOutcomes(RouteState):
 
     def _charge(self, cost: Decimal, day: str) -> None:
         budget = self.state.budget
-        roll_over(budget, day)
-        budget.spent += cost
-        budget.verified += 1
+        if roll_over(budget, day):
+            budget.spent += cost
+            budget.verified += 1
         self.state.totals.cost_nano += to_nanousd(cost)
 
     def observe(self, decision: Decision, loss: bool) -> None:

@@ -157,6 +157,12 @@ class Prior:
     strong_accuracy: float
 
 
-def roll_over(budget: VerificationBudget, day: str) -> None:
+def roll_over(budget: VerificationBudget, day: str) -> bool:
+    """Move the budget on to `day`. False: `day` is over (the budget counts a later one: a
+    verification admitted before midnight and charged after one admitted since), so nothing of it
+    goes in the budget, which would otherwise go back to that day and lose today's spend and pause."""
+    if day < budget.day:  # "YYYY-MM-DD" sorts by date
+        return False
     if budget.day != day:
         budget.day, budget.spent, budget.verified, budget.skipped_for_cap = day, Decimal(0), 0, 0
+    return True
