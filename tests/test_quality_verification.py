@@ -126,3 +126,26 @@ async def test_a_served_hits_verification_settles_the_fresh_call_and_judge_when_
         await verification.verify(CacheJob(request(), "42", 0.95, "m", "key"))
     assert cache.budget.spent == Decimal("0.35") and cache.totals.by_label["paid"] == 1
     assert await store.cap_ledger("cache", today()) == (Decimal("0.35"), {})
+
+
+async def test_a_fresh_call_to_a_cascade_route_is_its_strongest_step_not_the_unjudged_cheap_one() -> None:
+    """A semantic hit on a cascade route is verified by a fresh call to the route (CacheJob's
+    reference is the model asked). Its plan has a stage per step, but the shadow call makes one
+    call: it was the cheap step's unjudged answer, which the route may never serve, priced at
+    every step and judge. The reference is the route's strongest step (agreement with the strong
+    path, as a calibrated route's labels), and its worst case is that step's."""
+    from faregate.quality.spend import plan_shadow
+    from faregate.routing.worst_case import worst_case
+    from test_route_policies import gateway
+    from test_route_policies import request as route_request
+
+    planner, _ = gateway({})
+    asked = route_request({"model": "graded", "max_tokens": 100})
+    shadow = await plan_shadow(planner, asked, "graded")
+    assert shadow.plan is not None and not shadow.plan.stages
+    assert [c.model.name for c in shadow.plan.candidates] == ["strong"]
+    direct = await planner.plan(route_request({"model": "strong", "max_tokens": 100}))
+    assert (shadow.worst, shadow.tokens) == await worst_case(direct, shadow.request)
+    # A plain model is planned as it is.
+    plain = await plan_shadow(planner, asked, "cheap")
+    assert plain.plan is not None and [c.model.name for c in plain.plan.candidates] == ["cheap"]

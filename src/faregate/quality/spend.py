@@ -113,6 +113,11 @@ async def plan_shadow(planner: Planner, request: ChatRequest, reference: str) ->
     except FaregateError as error:
         log.warning("verification call for request %s cannot be planned: %s", request.request_id, error)
         return ShadowCall(call, None)
+    if plan.stages:
+        # A cascade route (a served semantic hit's fresh call to the route asked): one call is
+        # made, so the strongest step's - the standard labels take - not the cheap step's
+        # unjudged answer, which the route may never serve; its worst case is that step's.
+        plan = plan.stage(len(plan.stages) - 1)
     worst, tokens = await worst_case(plan, call)
     return ShadowCall(call, plan, worst, tokens)
 
