@@ -149,3 +149,52 @@ async def test_a_fresh_call_to_a_cascade_route_is_its_strongest_step_not_the_unj
     # A plain model is planned as it is.
     plain = await plan_shadow(planner, asked, "cheap")
     assert plain.plan is not None and [c.model.name for c in plain.plan.candidates] == ["cheap"]
+
+
+async def test_verifications_waiting_for_a_slot_are_bounded_and_decisions_pause_meanwhile() -> None:
+    """Four verifications run at once; at a sustained rate above what four slots get through (a
+    busy route, shadow calls of seconds), the tasks waiting for a slot grew without bound, each
+    holding its request and answer. Once `max_waiting` wait, decisions are neither labelled nor
+    counted, as while the daily cap pauses the day, and served semantic hits are not drawn; both
+    resume as the verifications catch up."""
+    import asyncio
+
+    from faregate.learning.online.settings import SemanticAcceptanceSettings
+    from faregate.quality.cache_live import CacheCalibration
+    from faregate.quality.verifier import Verifier
+
+    route = calibration(cap="1")
+    cache = CacheCalibration(SemanticAcceptanceSettings(verify_hits=1.0), "exact")
+    service = QualityService([route], FakeStore(), cache)
+    verifier = Verifier(service, cast(Any, None), cast(Any, None), max_concurrency=1, max_waiting=2)
+    release = asyncio.Event()
+
+    async def slow(job: Job) -> None:
+        await release.wait()
+
+    verifier.route_verification.verify = slow  # type: ignore[method-assign]
+    jobs = []
+    for i in range(20):
+        decision = route.decide(f"req{i}", 0.5, 10.0)
+        assert not decision.paused
+        if decision.labelled and len(jobs) < 4:
+            jobs.append(Job(decision, request(f"req{i}"), "42", "strong", route))
+    assert len(jobs) == 4
+    for job in jobs[:3]:  # one running, two waiting
+        verifier.submit(job)
+    await asyncio.sleep(0)
+    decisions = route.state.decisions
+    held = route.decide("req99", 0.5, 10.0)
+    assert held.paused and not held.labelled and route.state.decisions == decisions
+    hit = cast(
+        Any,
+        type("Hit", (), {"kind": "semantic-hit", "body": {}, "similarity": 0.9, "model": "m", "key": "k"}),
+    )
+    assert verifier.cache_job_for(request("req99"), hit) is None
+    verifier.submit(jobs[3])  # decided before the backlog filled: still verified
+    assert verifier.pending == 4
+    release.set()
+    await verifier.drain()
+    again = route.decide("req10", 0.5, 10.0)
+    assert again.labelled and not again.paused and route.state.decisions == decisions + 1
+    assert verifier.cache_job_for(request("req10"), hit) is not None

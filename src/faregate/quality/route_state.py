@@ -68,6 +68,9 @@ class RouteState:
         # What every instance's verifications in flight hold against the daily cap, as the store's
         # cap ledger last said (quality/spend.py; not part of the state).
         self.held = Decimal(0)
+        # Too many verifications wait for a slot (quality/verifier.py): decisions are paused as by
+        # the daily cap until they catch up (not part of the state: this instance's backlog).
+        self.saturated = False
 
     # -- state ------------------------------------------------------------------------------------
 

@@ -53,7 +53,8 @@ class Decision:
     floor: Array
     least: float
     epoch: int
-    # The daily cap was reached: the calibration is paused, this decision is not observed.
+    # The daily cap was reached (or the verifications' backlog is full): the calibration is paused,
+    # this decision is not observed.
     paused: bool = False
     # A cascade's cheap answer (compared with the strong one on an escalation: a free label).
     cheap_text: str | None = None

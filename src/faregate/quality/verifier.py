@@ -11,6 +11,13 @@ Which finished requests are verified: a route's decision whose coin said "label"
 cleanly by the path it decided (`job_for`); a served semantic hit the cache's coin draws
 (`cache_job_for`).
 
+At most `max_waiting` tasks wait for a slot: a route busier than the slots get through (shadow
+calls take seconds) would otherwise pile them up without bound, each holding its request and
+answer, and verify decisions hours late. While that many wait, the calibrations are *saturated*:
+decisions are neither labelled nor counted, as while the daily cap pauses the day (chosen by load,
+not by outcome), served semantic hits are not drawn and unserved candidates are not sent to a
+judge; both resume once the verifications catch up.
+
 At shutdown, tasks not started are dropped (their decisions stay unobserved, which the
 calibration allows) and those running are cancelled after a short grace.
 """
@@ -38,6 +45,9 @@ __all__ = ["CacheJob", "CandidateJob", "Job", "Verifier"]
 log = logging.getLogger("faregate.quality")
 
 DEFAULT_CONCURRENCY = 4
+# Verifications waiting for a slot before decisions stop being labelled (module docstring): about
+# half an hour of backlog at 4 slots and shadow calls of seconds, some MB of requests and answers.
+DEFAULT_WAITING = 1000
 CLOSE_GRACE_S = 2.0
 
 
@@ -48,10 +58,14 @@ class Verifier:
         runner: AttemptRunner,
         planner: Planner,
         max_concurrency: int = DEFAULT_CONCURRENCY,
+        max_waiting: int = DEFAULT_WAITING,
     ) -> None:
         self.service = service
         self._slots = asyncio.Semaphore(max_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Submitted and not finished, beyond which the calibrations are saturated (`_saturate`).
+        self._most = max_concurrency + max_waiting
+        self.saturated = False
         # Verifications drawn for answers that are being written: counted as pending from before
         # the client can see its answer until they are submitted (or dropped), so that "nothing
         # pending" read by a client that has every answer means every verification is done.
@@ -95,6 +109,8 @@ class Verifier:
         acceptance = self.service.cache
         if acceptance is None or cached.kind != "semantic-hit" or acceptance.exhausted(today()):
             return None
+        if self.saturated:
+            return None
         if not acceptance.verify_hit(request.request_id):
             return None
         return CacheJob(request, answer_text(cached.body), cached.similarity, cached.model, cached.key)
@@ -106,7 +122,8 @@ class Verifier:
         if job is None:
             return
         if self.cache_verification.judged:
-            self.submit(job)
+            if not self.saturated:  # else unlabelled, as when the cap refuses its judge
+                self.submit(job)
         else:
             await self.cache_verification.label_candidate(job)
 
@@ -116,7 +133,26 @@ class Verifier:
             return
         task = asyncio.create_task(self._run(job), name=f"faregate-verify-{job.request.request_id}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
+        self._saturate()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._saturate()
+
+    def _saturate(self) -> None:
+        """Tell the calibrations whether the backlog is full (module docstring)."""
+        full = len(self._tasks) >= self._most
+        if full == self.saturated:
+            return
+        self.saturated = full
+        if full:
+            log.warning(
+                "%d verifications not finished: decisions are not labelled until they catch up",
+                len(self._tasks),
+            )
+        for calibration in self.service.routes.values():
+            calibration.saturated = full
 
     def promise(self) -> None:
         """A verification will be submitted (or let go) once its answer is written and recorded."""
