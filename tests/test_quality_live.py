@@ -101,6 +101,33 @@ def test_the_daily_cap_refuses_and_pauses_the_day() -> None:
     assert route.admit("2099-01-01", Decimal("0.004"))
 
 
+def test_a_paused_day_shows_what_was_spent_not_the_cap() -> None:
+    """A refusal (a worst case the day's rest cannot hold) pauses the day; `spent_today_usd` stays
+    what the verifications cost (it read the cap), and a cap raised since resumes the day."""
+    route = calibration(cap="1")
+    day = today()
+    route.charge(route.decide("a", 0.1, 1.0, day=day), Decimal("0.3"), day)
+    route.refuse(day)
+    figures = route.figures()
+    assert figures["spent_today_usd"] == "0.3" and figures["cap_reached"]
+    assert route.exhausted(day) and route.left_today(day) == 0 and route.decide("b", 0.1, 1.0).paused
+    route.charge(route.decide("c", 0.1, 1.0, day=day), Decimal("0.1"), day)  # one in flight
+    assert route.figures()["spent_today_usd"] == "0.4" and route.exhausted(day)
+    stored = route.state.to_json()
+    again = calibration(cap="1")
+    again.state = LiveState.from_json(orjson.loads(orjson.dumps(stored)))
+    assert again.exhausted(day) and again.figures()["spent_today_usd"] == "0.4"
+    raised = calibration(cap="2")
+    raised.state = LiveState.from_json(orjson.loads(orjson.dumps(stored)))
+    assert not raised.exhausted(day) and raised.left_today(day) == Decimal("1.6")
+    # A row paused before the pause was kept apart: its spend marked full still pauses the day.
+    del stored["paused"]
+    stored["budget"]["spent"] = "1"
+    old = calibration(cap="1")
+    old.state = LiveState.from_json(stored)
+    assert old.exhausted(day)
+
+
 def test_a_router_worse_than_length_is_flagged_and_falls_back_to_length() -> None:
     route = calibration(share=1.0)
     for i in range(3000):

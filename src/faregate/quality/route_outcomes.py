@@ -29,7 +29,7 @@ from decimal import Decimal
 from faregate.learning.online.calibrator import LabelledDecision, ScoreRanks
 from faregate.learning.online.health import HealthState
 from faregate.quality.route_state import RouteState
-from faregate.quality.state import Decision, roll_over
+from faregate.quality.state import Decision, Pause, roll_over
 from faregate.store.rows import to_nanousd
 
 
@@ -45,10 +45,12 @@ class RouteOutcomes(RouteState):
         return False
 
     def left_today(self, day: str) -> Decimal:
-        """What the daily cap leaves to spend today, holds aside."""
-        budget = self.state.budget
-        spent = budget.spent if budget.day == day else Decimal(0)
-        return self.settings.verification.daily_usd_cap - spent
+        """What the daily cap leaves to spend today, holds aside (nothing once the day is paused)."""
+        budget, cap = self.state.budget, self.settings.verification.daily_usd_cap
+        paused = self.state.paused
+        if paused is not None and paused.holds(day, cap):
+            return Decimal(0)
+        return cap - (budget.spent if budget.day == day else Decimal(0))
 
     def refuse(self, day: str) -> None:
         """The cap cannot admit a verification: paused for the day (a change of the state as is,
@@ -58,8 +60,8 @@ class RouteOutcomes(RouteState):
         if not roll_over(budget, day):
             return  # a day already over: today is not paused for it
         budget.skipped_for_cap += 1
-        # Paused from now on: the day's spend is marked full.
-        budget.spent = max(budget.spent, self.settings.verification.daily_usd_cap)
+        # Paused from now on; the day's spend stays what was spent (the figures show it).
+        self.state.paused = Pause(day, self.settings.verification.daily_usd_cap)
 
     def charge(self, decision: Decision, cost: Decimal, day: str) -> None:
         """A verification made: its real cost in the day's spend as the calibration counts it and

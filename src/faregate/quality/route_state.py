@@ -108,8 +108,10 @@ class RouteState:
         return self.state.calibration.cheap_share
 
     def exhausted(self, day: str) -> bool:
-        budget = self.state.budget
-        return budget.day == day and budget.spent >= self.settings.verification.daily_usd_cap
+        """Is the day paused: its cap spent, or a verification refused (quality/route_outcomes.py)?"""
+        budget, cap = self.state.budget, self.settings.verification.daily_usd_cap
+        paused = self.state.paused
+        return (budget.day == day and budget.spent >= cap) or (paused is not None and paused.holds(day, cap))
 
     # -- the journal ------------------------------------------------------------------------------
 

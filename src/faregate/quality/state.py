@@ -97,6 +97,25 @@ class Totals:
         )
 
 
+@dataclass(slots=True, frozen=True)
+class Pause:
+    """The UTC day the daily cap paused and the cap that could not admit a verification: kept apart
+    from the day's spend (which stays what was spent); a cap raised above it resumes the day."""
+
+    day: str
+    cap: Decimal
+
+    def holds(self, day: str, cap: Decimal) -> bool:
+        return self.day == day and cap <= self.cap
+
+    def to_json(self) -> dict[str, str]:
+        return {"day": self.day, "cap": str(self.cap)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Pause | None:
+        return None if data is None else cls(str(data["day"]), Decimal(str(data["cap"])))
+
+
 @dataclass(slots=True)
 class LiveState:
     """A route's whole calibration state: what the store keeps per route."""
@@ -115,6 +134,8 @@ class LiveState:
     epoch: int = 0
     # Domain learning (ranking_switch.py): the challenger's evidence and test, the frozen ranking.
     switch: SwitchState = field(default_factory=SwitchState)
+    # The day the daily cap paused, if any (route_outcomes.py).
+    paused: Pause | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -130,6 +151,7 @@ class LiveState:
             "flag_reason": self.flag_reason,
             "epoch": self.epoch,
             "switch": self.switch.to_json(),
+            "paused": None if self.paused is None else self.paused.to_json(),
         }
 
     @classmethod
@@ -147,6 +169,8 @@ class LiveState:
             str(data["flag_reason"]),
             int(data["epoch"]),
             SwitchState.from_json(data["switch"]) if "switch" in data else SwitchState(),
+            # A row from before the pause was kept apart paused by marking its day's spend full.
+            Pause.from_json(data.get("paused")),
         )
 
 
