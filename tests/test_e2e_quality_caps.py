@@ -194,6 +194,17 @@ def test_the_judge_is_admitted_with_the_shadow_call_and_every_cost_is_verificati
         recent = admin(gateway, "/admin/quality?limit=500")["recent"]
         assert sum(Decimal(r["cost_usd"]) for r in recent) == sum(costs.values())
 
+    # A changed setting restarts the route's calibration, not what it spent: its cost of
+    # verification and its savings net of it are every verification's in the store (the savings
+    # are all its requests'), not since the restart.
+    roomy_quality = JUDGED.format(judge="judge-roomy", cap=CAP_ROOMY)
+    changed = CONFIG.replace(roomy_quality, roomy_quality.replace("target: 0.9", "target: 0.85"))
+    with run_sim(tmp_path, SIM) as sim, run_gateway(tmp_path / "gateway", sim, changed) as again:
+        roomy = {row["route"]: row for row in admin(again, "/admin/quality")["routes"]}["roomy"]
+        assert roomy["verifications"] == 0  # the calibration started afresh
+        assert Decimal(roomy["verification_cost_usd"]) == costs["roomy"] > 0
+        assert Decimal(roomy["savings_net_usd"]) == Decimal(roomy["savings_usd"]) - costs["roomy"]
+
 
 COUNTRIES = (
     "France Germany Spain Italy Portugal Norway Sweden Finland Denmark Poland Austria Hungary Greece "

@@ -190,6 +190,9 @@ class FakeStore:
     async def recent(self, scope: str | None = None, limit: int = 50) -> list[VerificationRow]:
         return self.rows[::-1][:limit]
 
+    async def cost_nano(self, scope: str, cache: bool = False) -> int:
+        return sum(r.cost_nano for r in self.rows if r.scope == scope and (r.kind == "cache") == cache)
+
     async def load_state(self, scope: str) -> tuple[int, str] | None:
         return self.states.get(scope)
 
@@ -270,6 +273,13 @@ async def test_a_restart_keeps_the_state_and_changed_settings_start_afresh(tmp_p
         assert other.state.decisions == 0
         rows = await table.recent("r")
         assert rows[0].cost_nano == 7 and rows[0].outcome == "loss"
+        assert await table.cost_nano("r") == 7 and await table.cost_nano("cache", cache=True) == 0
+        # A route may be named "cache": its rows and the semantic cache's are told apart by kind.
+        for kind, cost in (("router", 5), ("cache", 3)):
+            await table.insert(
+                VerificationRow("q", "cache", kind, "paid", "x", 0.9, 1.0, "exact", "loss", None, cost, 1.0)
+            )
+        assert await table.cost_nano("cache") == 5 and await table.cost_nano("cache", cache=True) == 3
     finally:
         await reads.close()
         await store.close()

@@ -97,6 +97,7 @@ async def test_rows_and_compare_and_set(table: PostgresVerifications) -> None:
     )
     await table.insert(row)
     assert (await table.recent("r"))[0] == row
+    assert await table.cost_nano("r") == 1234 and await table.cost_nano("r", cache=True) == 0
     assert await table.load_state("r") is None
     assert await table.save_state("r", 0, "{}", time.time())
     assert not await table.save_state("r", 0, "{}", time.time())  # someone else's row now

@@ -5,8 +5,10 @@ relative to the strong path) with a display interval and the e-value behind it, 
 verifications by label kind, their cost, the daily cap, the router's health, and the route's
 savings (baseline minus cost, from the request records) net of verification. The semantic cache's
 (`cache`), likewise: what cache hits saved (exact and semantic: the records do not tell them apart
-in sums) net of what verifying semantic hits cost. `recent` lists the last verifications
-(`?limit=`, default 20). Money is exact decimal text in USD.
+in sums) net of what verifying semantic hits cost. The cost of verification is the verifications
+table's, every one of the scope: like the savings, it spans restarts and settings changes (a
+changed setting restarts the calibration and its counts, not what was spent). `recent` lists the
+last verifications (`?limit=`, default 20). Money is exact decimal text in USD.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ async def quality_figures(gateway: Gateway, limit: int = 20) -> dict[str, Any]:
         return {"routes": [], "cache": None, "recent": [], "pending": 0}
     insights = gateway.observability.insights if gateway.observability is not None else None
     routes = []
+    store = verifier.service.store
     for row in verifier.service.figures():
-        verification = Decimal(row["verification_cost_usd"])
+        verification = Decimal(await store.cost_nano(row["route"])) / NANO
+        row["verification_cost_usd"] = str(verification)
         if insights is not None:
             totals = await insights.analytics.totals(Slice(0.0, time.time() + 1, route=row["route"]))
             savings = totals.savings
@@ -45,11 +49,13 @@ async def quality_figures(gateway: Gateway, limit: int = 20) -> dict[str, Any]:
             row["savings_net_usd"] = usd_text(savings - verification)
         routes.append(row)
     cache = verifier.service.cache_figures()
+    if cache is not None:
+        cache["verification_cost_usd"] = str(Decimal(await store.cost_nano("cache", cache=True)) / NANO)
     if cache is not None and insights is not None:
         saved = (await insights.analytics.totals(Slice(0.0, time.time() + 1))).cache_saved
         cache["savings_usd"] = usd_text(saved)
         cache["savings_net_usd"] = usd_text(saved - Decimal(cache["verification_cost_usd"]))
-    recent = await verifier.service.store.recent(limit=limit)
+    recent = await store.recent(limit=limit)
     return {
         "routes": routes,
         # The semantic cache's calibrated acceptance (cache.semantic.max_wrong_hit_rate), or None.

@@ -124,6 +124,12 @@ class VerificationStore(Protocol):
         """Newest first."""
         ...
 
+    async def cost_nano(self, scope: str, cache: bool = False) -> int:
+        """What every verification of `scope` cost (nano-USD), whatever calibration made it: the
+        semantic cache's (`cache`: scope "cache", kind "cache") or a route's (a route may be
+        named "cache" too)."""
+        ...
+
     async def load_state(self, scope: str) -> tuple[int, str] | None:
         """(version, state JSON), or None when the scope has no state yet."""
         ...
@@ -149,3 +155,9 @@ class VerificationStore(Protocol):
     async def cap_ledger(self, scope: str, day: str) -> tuple[Decimal, dict[str, tuple[str, Decimal]]]:
         """The day's spend and the scope's holds (hold id -> instance, amount)."""
         ...
+
+
+def cost_sql(placeholder: str, cache: bool) -> str:
+    """The sum of `cost_nano` for one scope, the cache's rows or a route's."""
+    kind = "kind = 'cache'" if cache else "kind <> 'cache'"
+    return f"SELECT COALESCE(SUM(cost_nanousd), 0) FROM verifications WHERE scope = {placeholder} AND {kind}"

@@ -10,7 +10,15 @@ from decimal import Decimal
 from typing import Any
 
 from faregate.store.postgres.errors import unavailable_errors
-from faregate.store.verifications import COLUMNS, HoldAsk, Verdict, VerificationRow, as_params, from_params
+from faregate.store.verifications import (
+    COLUMNS,
+    HoldAsk,
+    Verdict,
+    VerificationRow,
+    as_params,
+    cost_sql,
+    from_params,
+)
 
 # The advisory lock's first key: this ledger's (the second is the scope's hash).
 LEDGER_LOCK = 0x46475648  # "FGVH"
@@ -40,6 +48,11 @@ class PostgresVerifications:
                     f"SELECT {COLUMNS} FROM verifications ORDER BY id DESC LIMIT $1", limit
                 )
         return [from_params(tuple(r)) for r in rows]
+
+    async def cost_nano(self, scope: str, cache: bool = False) -> int:
+        with unavailable_errors():
+            total = await self._pool.fetchval(cost_sql("$1", cache), scope)
+        return int(total)
 
     async def load_state(self, scope: str) -> tuple[int, str] | None:
         with unavailable_errors():

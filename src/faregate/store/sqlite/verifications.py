@@ -14,7 +14,15 @@ from typing import TypeVar
 import aiosqlite
 
 from faregate.store.protocols import StoreUnavailable
-from faregate.store.verifications import COLUMNS, HoldAsk, Verdict, VerificationRow, as_params, from_params
+from faregate.store.verifications import (
+    COLUMNS,
+    HoldAsk,
+    Verdict,
+    VerificationRow,
+    as_params,
+    cost_sql,
+    from_params,
+)
 
 T = TypeVar("T")
 
@@ -41,6 +49,13 @@ class SQLiteVerifications:
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(str(exc)) from exc
         return [from_params(tuple(r)) for r in rows]
+
+    async def cost_nano(self, scope: str, cache: bool = False) -> int:
+        try:
+            rows = await self._conn.execute_fetchall(cost_sql("?", cache), (scope,))
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return int(next(iter(rows))[0])
 
     async def load_state(self, scope: str) -> tuple[int, str] | None:
         try:
