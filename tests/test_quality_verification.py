@@ -198,3 +198,33 @@ async def test_verifications_waiting_for_a_slot_are_bounded_and_decisions_pause_
     again = route.decide("req10", 0.5, 10.0)
     assert again.labelled and not again.paused and route.state.decisions == decisions + 1
     assert verifier.cache_job_for(request("req10"), hit) is not None
+
+
+async def test_a_cascade_escalation_answered_by_the_routes_fallback_is_not_a_free_label() -> None:
+    """A cascade escalation is labelled for free (p = 1) by comparing the cheap answer with the
+    strong step's. When the strong step failed and the route's own chain answered (it backs up the
+    last step), that answer is not the strong path's: every escalation during a strong model's
+    outage was labelled against the fallback model. As for a router, a fallback's answer verifies
+    nothing."""
+    from faregate.quality.verifier import Verifier
+    from faregate.routing.attempts import Served
+    from test_route_policies import gateway
+    from test_route_policies import request as route_request
+    from test_routing import ok
+
+    planner, _ = gateway({}, {"backed": {"cascade": {"steps": ["cheap", "strong"]}, "chain": ["grader"]}})
+    asked = route_request({"model": "backed"})
+    plan = await planner.plan(asked)
+    assert [c.model.name for c in plan.stages[-1]] == ["strong", "grader"]
+    route = calibration(kind="cascade")
+    route.route = "backed"
+    route.cheap, route.strong = "cheap", "strong"
+    verifier = Verifier(QualityService([route], FakeStore()), cast(Any, None), cast(Any, None))
+    decision = route.decide("req", 2.0, 10.0, force_strong=True)
+    decision.cheap_text = "So the answer is 7."
+    assert decision.labelled and decision.label_kind == "free"
+    plan.trace.quality = decision
+    strong, fallback = plan.stages[-1]
+    job = verifier.job_for(plan, asked, Served(ok("42"), strong, []), 200)
+    assert job is not None and job.served_model == "strong"
+    assert verifier.job_for(plan, asked, Served(ok("42"), fallback, []), 200) is None

@@ -86,7 +86,8 @@ class Verifier:
         self, plan: Plan, request: ChatRequest, answer: Served | OpenedStream, status: int
     ) -> Job | None:
         """The verification a finished request asks for, if any: a calibrated decision whose coin
-        said "label", answered cleanly by the path it decided (a fallback's answer verifies nothing)."""
+        said "label", answered cleanly by the path it decided (a fallback's answer verifies nothing:
+        a router's other model, a cascade escalation's route chain)."""
         decision = plan.trace.quality
         if decision is None or not decision.labelled or decision.paused or status != 200:
             return None
@@ -98,6 +99,9 @@ class Verifier:
             return None
         if decision.kind == "cascade" and decision.cheap and not isinstance(answer, Served):
             return None
+        strongest = plan.stages[-1][0].model.name if plan.stages else served
+        if decision.kind == "cascade" and not decision.cheap and served != strongest:
+            return None  # an escalation the route's own chain answered (it backs up the last step)
         if isinstance(answer, OpenedStream):
             text = "".join(answer.seen.text)
         else:
