@@ -793,6 +793,12 @@ async def test_a_stored_calibration_of_other_models_starts_afresh(tmp_path: Path
             swapped.cheap, swapped.strong = cheap, strong
             await QualityService([swapped], table).load()
             assert swapped.state.decisions == 0 and swapped.cut == 0.0, (cheap, strong)
+        # A retrained or replaced router (or cascade judge) ranks otherwise: its cuts, its health
+        # flag (the fallback to length), are the old scorer's.
+        retrained = calibration()
+        retrained.scorer = "another-scorer"
+        await QualityService([retrained], table).load()
+        assert retrained.state.decisions == 0
         # A row written before the models were kept in it: taken as it is.
         version, text = await table.load_state("route:r") or (0, "")
         data = orjson.loads(text)
@@ -804,3 +810,19 @@ async def test_a_stored_calibration_of_other_models_starts_afresh(tmp_path: Path
     finally:
         await reads.close()
         await store.close()
+
+
+def test_a_scorers_digest_is_its_weights_not_its_path(tmp_path: Path) -> None:
+    from faregate.learning.model_file import load_model_file
+
+    source = Path(__file__).resolve().parents[1] / "routers" / "router-gsm8k.json"
+    data = orjson.loads(source.read_bytes())
+    kind, text = data["kind"], tuple(data["features"]["text"])
+    moved = tmp_path / "moved.json"
+    moved.write_bytes(source.read_bytes())
+    assert load_model_file(source, kind, text).digest() == load_model_file(moved, kind, text).digest()
+    data["model"]["bias"] = float(data["model"]["bias"]) + 0.5
+    data["training"] = {}
+    retrained = tmp_path / "retrained.json"
+    retrained.write_bytes(orjson.dumps(data))
+    assert load_model_file(retrained, kind, text).digest() != load_model_file(source, kind, text).digest()

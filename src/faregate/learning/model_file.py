@@ -21,6 +21,7 @@ this code's: a stale file fails loudly at start-up instead of scoring wrongly.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,12 @@ class ModelFile:
     calibration: list[CalibrationPoint] = field(default_factory=list)
     reference_scores: list[float] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)
+
+    def digest(self) -> str:
+        """What the trained scorer is, its provenance aside: a hash of its kind, features and
+        weights (a retrained or replaced file has another; quality/route_state.py)."""
+        scorer = {k: v for k, v in self.to_json().items() if k in ("kind", "features", "model")}
+        return hashlib.sha256(json.dumps(scorer, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_json(self) -> dict[str, Any]:
         return {

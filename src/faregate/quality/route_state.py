@@ -62,6 +62,9 @@ class RouteState:
         # The route's cheap and strong model (or route) names: the shadow calls' targets.
         self.cheap = ""
         self.strong = ""
+        # The trained scorer that ranks (the router's file, or the cascade's learned judge), by
+        # digest (learning/model_file.py; "" for none).
+        self.scorer = ""
         self.state = self.fresh()
         # Changes not yet in the store, in order (see `apply`).
         self.journal: list[Callable[[], None]] = []
@@ -134,9 +137,10 @@ class RouteState:
         )
 
     def models(self) -> dict[str, str]:
-        """The paths the stored state is about: its cuts certify this cheap model against this
-        strong one, so a route whose models were changed does not inherit them."""
-        return {"cheap": self.cheap, "strong": self.strong}
+        """What the stored state is about: its cuts certify this cheap model against this strong
+        one, on the ranks of this scorer (and its health flag is this scorer's), so a route whose
+        models were changed or whose router was retrained or replaced does not inherit them."""
+        return {"cheap": self.cheap, "strong": self.strong, "scorer": self.scorer}
 
     def state_json(self) -> dict[str, Any]:
         return self.state.to_json()

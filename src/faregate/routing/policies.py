@@ -189,6 +189,7 @@ class RoutePolicies:
             reference_scores=list(file.reference_scores) if file is not None else [],
             prior=prior,
         )
+        calibration.scorer = file.digest() if file is not None else ""
         if name in self.routers:
             self.routers[name].quality = calibration
             calibration.cheap, calibration.strong = self.routers[name].weak, self.routers[name].strong
