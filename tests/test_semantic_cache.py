@@ -15,7 +15,12 @@ from faregate.cache.guard_numbers import numbers
 from faregate.cache.guards import violation
 from faregate.cache.semantic import SemanticCache, conversation_text, scope_for
 from faregate.cache.semantic_index import Scope, SemanticIndex, make_scope
+from faregate.cache.service import ResponseCache
+from faregate.cache.stores import MemoryStore, RedisStore
+from faregate.config import CacheSettings
 from faregate.embedding.embedder import DIMENSIONS, AsyncEmbedder, Embedder, Vector
+from faregate.server.parse import parse_chat_request
+from faregate.types import Usage
 
 SCOPE = make_scope("tenant-a", "gpt-4o-mini")
 
@@ -304,6 +309,68 @@ def test_conversation_text_and_scope() -> None:
     assert scope_for("t", "m", messages) == make_scope("t", "m", system=[["system", "Be brief."]])
     assert scope_for("t", "m", messages) != scope_for("t", "m", messages[1:])
     assert scope_for("t", "m", messages[1:]) == Scope("t", "m")
+
+
+async def test_a_meaning_whose_answer_is_gone_is_forgotten_so_the_answers_beside_it_are_served() -> None:
+    """The exact store can lose an answer while the index still holds its meaning (the in-process
+    store keeps 10,000 answers by default, the index 50,000; Redis evicts under maxmemory). That
+    entry stayed the nearest one, refreshed by every lookup it won: each paraphrase near it was a
+    miss, never served the fresh answers stored beside it."""
+    first, second, third = (
+        "How tall is Mount Everest?",
+        "What is the height of Mount Everest?",
+        "Tell me how tall Mount Everest is.",
+    )
+    # third is nearer first (0.99) than second (0.97), and near enough both to be served either.
+    fake = FakeEmbedder({first: unit(1), second: at_cosine(0.93), third: at_cosine(0.99)})
+    semantic: SemanticCache[str] = SemanticCache(AsyncEmbedder(fake), threshold=0.9)
+    cache = ResponseCache(CacheSettings(), MemoryStore(max_entries=1), semantic)
+
+    async def ask(question: str) -> str | None:
+        """The cached answer served, or None (a miss, whose fresh answer is then stored)."""
+        asked = parse_chat_request(
+            {"model": "m", "messages": [{"role": "user", "content": question}], "temperature": 0}, {}, "r"
+        )
+        asked.key_id = "key_a"
+        decision = cache.decide(asked, {}, lambda: "m")
+        found = await cache.lookup(decision, asked)
+        if found is not None:
+            return str(found.body["answer"])
+        cache.remember(decision, asked, {"answer": f"answer to {question}"}, "m", "p", Usage(5, 5))
+        await asyncio.gather(*cache._tasks)
+        return None
+
+    assert await ask(first) is None
+    assert await ask("Something else entirely") is None  # its answer evicts the first one's
+    assert await ask(second) is None  # the first one's meaning, but its answer is gone
+    assert await ask(third) == f"answer to {second}"
+    assert len(semantic.index) == 2  # the second question and the other one
+
+
+async def test_a_meaning_is_kept_while_the_store_of_its_answer_does_not_answer() -> None:
+    """Redis down or skipped is no evidence that an answer is gone: its meaning stays indexed."""
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on: every Redis call is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cached, asking = "How tall is Mount Everest?", "What is the height of Mount Everest?"
+    fake = FakeEmbedder({cached: unit(1), asking: at_cosine(0.95)})
+    semantic: SemanticCache[str] = SemanticCache(AsyncEmbedder(fake), threshold=0.9)
+    cache = ResponseCache(CacheSettings(), RedisStore(f"redis://127.0.0.1:{port}/0"), semantic)
+    asked = parse_chat_request(
+        {"model": "m", "messages": [{"role": "user", "content": asking}], "temperature": 0}, {}, "r"
+    )
+    asked.key_id = "key_a"
+    decision = cache.decide(asked, {}, lambda: "m")
+    query = cache._semantic_query(decision, asked)
+    assert query is not None
+    await semantic.store(query[0], cached, "the answer's key")
+    try:
+        assert await cache.lookup(decision, asked) is None
+        assert semantic.outcomes["hit"] == 1 and len(semantic.index) == 1
+    finally:
+        await cache.store.close()
 
 
 # --- the real model -------------------------------------------------------------------------------

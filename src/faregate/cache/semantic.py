@@ -139,6 +139,10 @@ class SemanticCache(Generic[P]):
             )
         return await self.embedder.call(self._insert, scope, text, vector, payload, ttl_s)
 
+    async def forget(self, entry: IndexEntry[P]) -> None:
+        """Drop an entry (its answer is gone); nothing if it already left the index."""
+        await self.embedder.call(self.index.remove, entry)
+
     def _skip_reason(self, text: str, turns: int) -> str:
         if turns > self.max_turns:
             return "too_many_turns"

@@ -267,10 +267,20 @@ class ResponseCache:
                 decision.candidate = (candidate.similarity, candidate.entry.payload)
         if hit is None:
             return None
-        found = await self.store.get(hit.entry.payload)
-        answer = None if found is None else _answer("semantic-hit", found, decision.max_age_s)
+        kept = await self.store.read(hit.entry.payload)
+        if kept.value is None:
+            if kept.answered:
+                # The answer is gone (expired, evicted, too big to keep) but its meaning was not:
+                # left in the index it stays the nearest entry, and every paraphrase near it a miss
+                # while fresh answers are stored beside it.
+                try:
+                    await self.semantic.forget(hit.entry)
+                except Exception:
+                    log.exception("could not drop a semantic cache entry whose answer is gone")
+            return None
+        answer = _answer("semantic-hit", kept.value, decision.max_age_s)
         if answer is None:
-            return None  # the answer expired before its meaning did, or is older than asked
+            return None  # older than asked, or unreadable
         answer.similarity = hit.similarity
         answer.key = hit.entry.payload
         return answer

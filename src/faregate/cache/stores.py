@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 log = logging.getLogger("faregate.cache")
 
@@ -21,8 +21,19 @@ def right_sized(value: bytes) -> bytes:
     return bytes(memoryview(value))
 
 
+class Read(NamedTuple):
+    """A lookup's value, and whether the store answered it: None from a store that answered is an
+    answer gone (expired, evicted, never kept), from one that did not (Redis down or skipped) is
+    unknown."""
+
+    value: bytes | None
+    answered: bool = True
+
+
 class CacheStore(Protocol):
     async def get(self, key: str) -> bytes | None: ...
+
+    async def read(self, key: str) -> Read: ...
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
 
@@ -62,6 +73,9 @@ class MemoryStore:
             return None
         self._entries.move_to_end(key)
         return value
+
+    async def read(self, key: str) -> Read:
+        return Read(await self.get(key))
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
         if len(value) > self.max_value_bytes:
@@ -160,15 +174,18 @@ class RedisStore:
             log.warning("cache store (Redis) unavailable, serving without cache: %s", exc)
 
     async def get(self, key: str) -> bytes | None:
+        return (await self.read(key)).value
+
+    async def read(self, key: str) -> Read:
         if self.breaker.skipped():
-            return None
+            return Read(None, answered=False)
         try:
             value = await self._redis.get(self._prefix + key)
         except Exception as exc:  # any Redis failure degrades to a miss
             self._warn(exc)
-            return None
+            return Read(None, answered=False)
         self.breaker.answered()
-        return value if isinstance(value, bytes) else None
+        return Read(value if isinstance(value, bytes) else None)
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
         if self.breaker.skipped():
