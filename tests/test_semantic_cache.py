@@ -373,6 +373,44 @@ async def test_a_meaning_is_kept_while_the_store_of_its_answer_does_not_answer()
         await cache.store.close()
 
 
+async def test_a_messages_fields_beside_its_text_are_part_of_the_scope() -> None:
+    """A message's `name` tells the model who speaks, DeepSeek's `prefix: true` makes the last
+    assistant message one to continue: the same words with another of them ask something else,
+    and were served the other's answer (similarity 1.0) where the exact cache tells them apart."""
+    question = "What is my name?"
+    semantic: SemanticCache[str] = SemanticCache(AsyncEmbedder(FakeEmbedder({question: unit(1)})))
+    cache = ResponseCache(CacheSettings(), MemoryStore(), semantic)
+
+    async def ask(messages: list[dict[str, Any]]) -> str | None:
+        asked = parse_chat_request({"model": "m", "messages": messages, "temperature": 0}, {}, "r")
+        asked.key_id = "key_a"
+        decision = cache.decide(asked, {}, lambda: "m")
+        found = await cache.lookup(decision, asked)
+        if found is not None:
+            return str(found.body["answer"])
+        cache.remember(decision, asked, {"answer": f"answer to {messages}"}, "m", "p", Usage(5, 5))
+        await asyncio.gather(*cache._tasks)
+        return None
+
+    alice = [{"role": "user", "content": question, "name": "Alice"}]
+    assert await ask(alice) is None
+    assert await ask([{"role": "user", "content": question, "name": "Bob"}]) is None
+    assert await ask([{"role": "user", "content": question}]) is None
+    prefilled = [{"role": "user", "content": question}, {"role": "assistant", "content": "Your name"}]
+    assert await ask(prefilled) is None
+    assert await ask([prefilled[0], {**prefilled[1], "prefix": True}]) is None
+    assert semantic.outcomes["hit"] == 0
+    # The same fields ask the same thing: a semantic hit (the text in parts is another exact key).
+    assert await ask(
+        [{"role": "user", "content": [{"type": "text", "text": question}], "name": "Alice"}]
+    ) == (f"answer to {alice}")
+    # A conversation without such fields keeps its scope; null or empty ones are none.
+    assert scope_for("t", "m", [{"role": "user", "content": question}]) == Scope("t", "m")
+    replayed = {"role": "assistant", "content": "Hi", "refusal": None, "annotations": [], "tool_calls": None}
+    plain = {"role": "assistant", "content": "Hi"}
+    assert scope_for("t", "m", [replayed, alice[0]]) == scope_for("t", "m", [plain, alice[0]])
+
+
 # --- the real model -------------------------------------------------------------------------------
 
 

@@ -224,6 +224,17 @@ def _plain_text(content: Any) -> str | None:
 
 
 def scope_for(tenant: str, route: str, messages: Sequence[Mapping[str, Any]], tools: Any = None) -> Scope:
-    """The scope of a chat request: its system and developer messages and tools, hashed."""
-    system = [[m.get("role"), m.get("content")] for m in messages if m.get("role") in ("system", "developer")]
+    """The scope of a chat request: its system and developer messages and tools, hashed, and the
+    messages' fields beside role and content (a `name` says who speaks, DeepSeek's `prefix` makes
+    an assistant message one to continue): the embedded text has only the words."""
+    system: list[Any] = [
+        [m.get("role"), m.get("content")] for m in messages if m.get("role") in ("system", "developer")
+    ]
+    # Null and empty ones ask nothing (an SDK's answer sent back as history has `refusal: null`).
+    fields = [
+        {k: v for k, v in m.items() if k not in ("role", "content") and v not in (None, "", [], {})}
+        for m in messages
+    ]
+    if any(fields):  # only then, so that the scope of plain messages is what it always was
+        system.append(["fields", fields])
     return make_scope(tenant, route, system or None, tools)
