@@ -64,3 +64,43 @@ def test_redis_dying_mid_traffic_degrades_to_no_cache(sim: SimProcess, tmp_path:
             for i in range(20):
                 assert ask(gateway, key, f"still answered {i}") in ("miss", "bypass")
             assert ask(gateway, key, "cache me while you can") == "miss"
+
+
+async def test_closing_stops_the_semantic_sharing_before_the_embedding_worker(
+    redis_server: RedisServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The tail of the shared stream adds entries to the index on the embedding worker. Closed
+    after that worker, a tail still catching up (a new instance reads the whole stream) failed on
+    every entry left, each logged with its traceback, until it was stopped."""
+    import asyncio
+
+    import numpy as np
+
+    from faregate.cache.factory import build_cache
+    from faregate.cache.semantic_index import Scope
+    from faregate.cache.semantic_sync import SemanticSync
+    from faregate.config import CacheSettings
+    from faregate.config.sections import SemanticCacheSettings
+    from faregate.embedding.embedder import DIMENSIONS
+
+    url = redis_server.new_database()
+    other = SemanticSync(url, None)  # another instance, which cached these before
+    vectors = np.random.default_rng(7).standard_normal((3000, DIMENSIONS)).astype(np.float32)
+    for i, vector in enumerate(vectors):
+        await other.publish(
+            Scope("key:k", "m"), f"question {i}", f"key {i}", 600, vector / np.linalg.norm(vector)
+        )
+    await other.close()
+    cache = build_cache(CacheSettings(redis_url=url, semantic=SemanticCacheSettings(enabled=True)))
+    assert cache is not None and cache.semantic is not None
+    for start in cache.starters:
+        start()
+    for _ in range(3000):  # up to 30 s: until the tail has begun adding the entries
+        if len(cache.semantic.index):
+            break
+        await asyncio.sleep(0.01)
+    assert len(cache.semantic.index) > 0, "the tail never caught up"
+    await cache.close()
+    failures = [r for r in caplog.records if "could not apply a shared semantic" in r.getMessage()]
+    assert failures == []

@@ -114,7 +114,8 @@ class ResponseCache:
         # and what labels an unserved candidate once the fresh answer is in (quality/cache_verification.py).
         self.acceptance: Any = None
         self.on_fresh_answer: Callable[[CacheDecision, ChatRequest, JSON], Awaitable[None]] | None = None
-        # Background work begun by `start` (the semantic sync's tail) and ended by `close`.
+        # Background work begun by `start` (the semantic sync's tail) and ended by `close`, newest
+        # first.
         self.starters: list[Callable[[], None]] = []
         self.closers: list[Callable[[], Awaitable[None]]] = []
 
@@ -379,7 +380,9 @@ class ResponseCache:
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        for closer in self.closers:
+        # Newest first: what was built on the embedder (the semantic sync, whose tail adds entries
+        # on its worker) ends before the embedder does.
+        for closer in reversed(self.closers):
             await closer()
         await self.store.close()
 
