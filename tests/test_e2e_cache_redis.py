@@ -14,13 +14,14 @@ from servers import RedisServer, redis_server, run_redis  # noqa: F401
 pytestmark = pytest.mark.e2e
 
 
-def ask(gateway: GatewayProcess, key: str, text: str) -> str:
+def ask(gateway: GatewayProcess, key: str, text: str, headers: dict[str, str] | None = None) -> str:
     client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=30)
     raw = client.chat.completions.with_raw_response.create(
         model="qwen3-8b",
         messages=[{"role": "user", "content": text}],
         temperature=0,
         extra_body={"faregate": {"cache": {"namespace": "shared"}}},
+        extra_headers=headers,
     )
     status = str(raw.headers["x-faregate-cache"])
     if status != "semantic-hit":
@@ -50,6 +51,13 @@ def test_two_instances_share_exact_and_semantic_entries(
         assert ask(a, key_a, "How do I reverse a list in Python?") == "miss"
         # b learns the meaning from the Redis stream it tails, then serves the paraphrase.
         assert eventually(lambda: ask(b, key_b, "How can I reverse a Python list?") == "semantic-hit")
+        # A refresh looks nothing up (nothing embedded its question): its entry is shared too.
+        assert ask(
+            a, key_a, "How do I sort a dictionary by value in Python?", {"Cache-Control": "no-cache"}
+        ) == ("miss")
+        assert eventually(
+            lambda: ask(b, key_b, "How can I sort a Python dictionary by value?") == "semantic-hit"
+        )
 
 
 def test_redis_dying_mid_traffic_degrades_to_no_cache(sim: SimProcess, tmp_path: Path) -> None:

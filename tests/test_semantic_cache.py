@@ -411,6 +411,32 @@ async def test_a_messages_fields_beside_its_text_are_part_of_the_scope() -> None
     assert scope_for("t", "m", [replayed, alice[0]]) == scope_for("t", "m", [plain, alice[0]])
 
 
+async def test_an_answer_stored_without_a_lookup_is_shared_with_its_vector() -> None:
+    """A refresh (`Cache-Control: no-cache` or `max-age=0`) reads nothing, so no lookup embedded its
+    question; its entry was stored here but never shared with the other instances (a shared entry
+    carries its vector, and there was none)."""
+    question = "How tall is Mount Everest?"
+    semantic: SemanticCache[str] = SemanticCache(AsyncEmbedder(FakeEmbedder({question: unit(1)})))
+    cache = ResponseCache(CacheSettings(), MemoryStore(), semantic)
+    shared: list[Any] = []
+
+    async def share(scope: Any, text: str, key: str, ttl_s: float, vector: Any) -> None:
+        shared.append((text, vector))
+
+    cache.on_semantic_store = share
+    for control in ("no-cache", "max-age=0"):
+        asked = parse_chat_request(
+            {"model": "m", "messages": [{"role": "user", "content": question}], "temperature": 0}, {}, "r"
+        )
+        asked.key_id = "key_a"
+        decision = cache.decide(asked, {"Cache-Control": control}, lambda: "m")
+        assert not decision.read
+        cache.remember(decision, asked, {"answer": "8,849 m"}, "m", "p", Usage(5, 5))
+        await asyncio.gather(*cache._tasks)
+    assert [text for text, _ in shared] == [question, question]
+    assert all(vector is not None and np.allclose(vector, unit(1)) for _, vector in shared)
+
+
 # --- the real model -------------------------------------------------------------------------------
 
 

@@ -341,6 +341,14 @@ class ResponseCache:
                 query = self._semantic_query(decision, request)
                 if query is not None:
                     scope, text, turns = query
+                    if (
+                        decision.vector is None
+                        and self.on_semantic_store is not None
+                        and turns <= self.semantic.max_turns
+                    ):
+                        # No lookup embedded it (a refresh reads nothing); an entry is shared
+                        # with its vector, so embedded here.
+                        decision.vector = await self.semantic.embedder.embed(text)
                     stored = await self.semantic.store(
                         scope, text, decision.key, turns=turns, ttl_s=decision.ttl_s, vector=decision.vector
                     )
