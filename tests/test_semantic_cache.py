@@ -263,6 +263,17 @@ async def test_storing_the_same_text_replaces_its_entry() -> None:
     assert len(cache.index) == 1 and hit is not None and hit.entry.payload == "new"
 
 
+async def test_storing_the_same_text_replaces_its_entry_beside_a_text_of_the_same_vector() -> None:
+    """The model is uncased and ignores spacing: "What is X?" and "what is x?" have one vector.
+    Only the best of the identical vectors was checked for the same text, so storing a text again
+    (a refresh, each instance's copy from the shared stream) added a twin each time."""
+    fake = FakeEmbedder({"What is X?": unit(1), "what is x?": unit(1)})
+    cache: SemanticCache[str] = SemanticCache(AsyncEmbedder(fake))
+    for text in ("What is X?", "what is x?", "what is x?", "What is X?", "what is x?"):
+        await cache.store(SCOPE, text, f"answer to {text}")
+    assert sorted(e.text for e, _ in cache.index.search(SCOPE, unit(1), k=10)) == ["What is X?", "what is x?"]
+
+
 async def test_embedding_runs_off_the_event_loop_and_batches_concurrent_requests() -> None:
     fake = FakeEmbedder({}, delay_s=0.05)
     embedder = AsyncEmbedder(fake, max_batch=16)

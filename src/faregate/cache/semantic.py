@@ -179,8 +179,9 @@ class SemanticCache(Generic[P]):
     def _insert(
         self, scope: Scope, text: str, vector: Vector, payload: P, ttl_s: float | None
     ) -> IndexEntry[P]:
-        # Storing the same text again replaces its entry instead of adding a twin.
-        for entry, _ in self.index.search(scope, vector, k=1, min_score=0.9999):
+        # Storing the same text again replaces its entry instead of adding a twin. Every entry of
+        # this vector is checked, not only the first: other texts share it (the model is uncased).
+        for entry, _ in self.index.search(scope, vector, k=len(self.index) or 1, min_score=0.9999):
             if entry.text == text:
                 self.index.remove(entry)
         return self.index.add(scope, vector, text, payload, ttl_s=ttl_s)
