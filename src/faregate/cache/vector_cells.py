@@ -42,9 +42,11 @@ import numpy.typing as npt
 Vector = npt.NDArray[np.float32]
 logger = logging.getLogger(__name__)
 
-# A cell's matrix starts small (most tenants cache little) and grows by a quarter, at least this
-# many rows, so the slack stays near 12% without a copy on every insert; it halves when a quarter
-# full. (Doubling would leave the ~200 cells of a big partition a quarter empty on average.)
+# A partition's matrix starts with one row: many scopes hold one question (a system prompt naming
+# the user or the date is a scope per user or day), and room for 16 made such an index 16 times its
+# vectors. It doubles up to this many rows, then grows by a quarter, at least this many, so the
+# slack stays near 12% without a copy on every insert; it halves when a quarter full. (Doubling
+# all the way would leave the ~200 cells of a big partition a quarter empty on average.)
 FIRST_ROWS = 16
 # Searched exactly up to this many entries (6 MB of vectors: ~0.2 ms); clustered past it.
 EXACT_MAX_ROWS = 4096
@@ -81,7 +83,7 @@ class Cell(Generic[E]):
         size = len(self.entries)
         if size == len(self.matrix):
             capacity = len(self.matrix)
-            self._resize(capacity + max(FIRST_ROWS, capacity // 4))
+            self._resize(capacity + max(min(FIRST_ROWS, capacity), capacity // 4, 1))
         self.matrix[size] = vector
         entry.cell, entry.row = cell, size
         self.entries.append(entry)
@@ -171,7 +173,7 @@ class Partition(Generic[E]):
         self.exact_max_rows = exact_max_rows
         self.probes = probes
         self.background = background
-        self.cells: list[Cell[E]] = [Cell(dimensions)]
+        self.cells: list[Cell[E]] = [Cell(dimensions, 1)]
         # Unit centroids, one row per cell; None while the partition is one exact cell.
         self.centroids: Vector | None = None
         self.size = 0
