@@ -322,11 +322,15 @@ def test_conversation_text_and_scope() -> None:
     assert scope_for("t", "m", messages[1:]) == Scope("t", "m")
 
 
-async def test_a_meaning_whose_answer_is_gone_is_forgotten_so_the_answers_beside_it_are_served() -> None:
+@pytest.mark.parametrize("lost", ["evicted", "unreadable"])
+async def test_a_meaning_whose_answer_is_gone_is_forgotten_so_the_answers_beside_it_are_served(
+    lost: str,
+) -> None:
     """The exact store can lose an answer while the index still holds its meaning (the in-process
-    store keeps 10,000 answers by default, the index 50,000; Redis evicts under maxmemory). That
-    entry stayed the nearest one, refreshed by every lookup it won: each paraphrase near it was a
-    miss, never served the fresh answers stored beside it."""
+    store keeps 10,000 answers by default, the index 50,000; Redis evicts under maxmemory), or
+    hold one this version cannot read. The fresh answer is stored under the asking request's key,
+    not over it, so that entry stayed the nearest one, refreshed by every lookup it won: each
+    paraphrase near it was a miss, never served the fresh answers stored beside it."""
     first, second, third = (
         "How tall is Mount Everest?",
         "What is the height of Mount Everest?",
@@ -334,8 +338,10 @@ async def test_a_meaning_whose_answer_is_gone_is_forgotten_so_the_answers_beside
     )
     # third is nearer first (0.99) than second (0.97), and near enough both to be served either.
     fake = FakeEmbedder({first: unit(1), second: at_cosine(0.93), third: at_cosine(0.99)})
+    fake.table.update({"Something else entirely": unit(0, 0, 1), "And another thing": unit(0, 0, 0, 1)})
     semantic: SemanticCache[str] = SemanticCache(AsyncEmbedder(fake), threshold=0.9)
-    cache = ResponseCache(CacheSettings(), MemoryStore(max_entries=1), semantic)
+    cache = ResponseCache(CacheSettings(), MemoryStore(max_entries=2), semantic)
+    keys: dict[str, str] = {}
 
     async def ask(question: str) -> str | None:
         """The cached answer served, or None (a miss, whose fresh answer is then stored)."""
@@ -344,6 +350,7 @@ async def test_a_meaning_whose_answer_is_gone_is_forgotten_so_the_answers_beside
         )
         asked.key_id = "key_a"
         decision = cache.decide(asked, {}, lambda: "m")
+        keys[question] = decision.key
         found = await cache.lookup(decision, asked)
         if found is not None:
             return str(found.body["answer"])
@@ -352,10 +359,14 @@ async def test_a_meaning_whose_answer_is_gone_is_forgotten_so_the_answers_beside
         return None
 
     assert await ask(first) is None
-    assert await ask("Something else entirely") is None  # its answer evicts the first one's
-    assert await ask(second) is None  # the first one's meaning, but its answer is gone
+    if lost == "evicted":
+        assert await ask("Something else entirely") is None
+        assert await ask("And another thing") is None  # their answers evict the first one's
+    else:
+        await cache.store.set(keys[first], b'{"from": "another version"}', 60)
+    assert await ask(second) is None  # the first one's meaning, but no answer to serve
     assert await ask(third) == f"answer to {second}"
-    assert len(semantic.index) == 2  # the second question and the other one
+    assert len(semantic.index) == {"evicted": 3, "unreadable": 1}[lost]  # all but the first
 
 
 async def test_a_meaning_is_kept_while_the_store_of_its_answer_does_not_answer() -> None:

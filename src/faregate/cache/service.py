@@ -74,6 +74,8 @@ class CachedAnswer:
     similarity: float = 1.0
     # The exact key of the answer (a semantic hit's entry payload).
     key: str = ""
+    # When it was stored (time.time()); 0 for entries stored before it was kept.
+    stored_at: float = 0.0
 
 
 def _cache_hint(hints: JSON) -> dict[str, Any]:
@@ -269,19 +271,19 @@ class ResponseCache:
         if hit is None:
             return None
         kept = await self.store.read(hit.entry.payload)
-        if kept.value is None:
+        answer = None if kept.value is None else _readable("semantic-hit", kept.value)
+        if answer is None:
             if kept.answered:
-                # The answer is gone (expired, evicted, too big to keep) but its meaning was not:
-                # left in the index it stays the nearest entry, and every paraphrase near it a miss
-                # while fresh answers are stored beside it.
+                # The answer is gone (expired, evicted, too big to keep) or unreadable, and the
+                # fresh one is stored under this request's key, not over it: left in the index, its
+                # meaning stays the nearest entry, and every paraphrase near it a miss.
                 try:
                     await self.semantic.forget(hit.entry)
                 except Exception:
                     log.exception("could not drop a semantic cache entry whose answer is gone")
             return None
-        answer = _answer("semantic-hit", kept.value, decision.max_age_s)
-        if answer is None:
-            return None  # older than asked, or unreadable
+        if _older(answer, decision.max_age_s):
+            return None
         answer.similarity = hit.similarity
         answer.key = hit.entry.payload
         return answer
@@ -409,8 +411,19 @@ def _reads(control: str, max_age: float | None) -> bool:
 
 def _answer(kind: str, raw: bytes, max_age_s: float | None = None) -> CachedAnswer | None:
     """The stored answer; None when it was stored longer ago than the request's max-age, or when
-    it cannot be read: a Redis shared with another version, or a corrupt value, is a miss (the
-    fresh answer is stored over it), never a failed request."""
+    it cannot be read (`_readable`)."""
+    answer = _readable(kind, raw)
+    return None if answer is None or _older(answer, max_age_s) else answer
+
+
+def _older(answer: CachedAnswer, max_age_s: float | None) -> bool:
+    """Stored longer ago than the request's max-age."""
+    return max_age_s is not None and time.time() - answer.stored_at > max_age_s
+
+
+def _readable(kind: str, raw: bytes) -> CachedAnswer | None:
+    """The stored answer, or None when it cannot be read: a Redis shared with another version,
+    or a corrupt value, is a miss (the fresh answer is stored over it), never a failed request."""
     try:
         data = orjson.loads(raw)
         stored_at = float(data.get("stored_at", 0))
@@ -429,8 +442,6 @@ def _answer(kind: str, raw: bytes, max_age_s: float | None = None) -> CachedAnsw
     except (ValueError, TypeError, KeyError, AttributeError) as exc:  # orjson.JSONDecodeError is a ValueError
         log.warning("unreadable cache entry, treated as a miss: %r", exc)
         return None
-    if max_age_s is not None and time.time() - stored_at > max_age_s:
-        return None
     usage = Usage(
         prompt,
         completion,
@@ -440,4 +451,4 @@ def _answer(kind: str, raw: bytes, max_age_s: float | None = None) -> CachedAnsw
         audio_prompt_tokens=audio_in,
         audio_completion_tokens=audio_out,
     )
-    return CachedAnswer(kind, body, model, provider, usage)
+    return CachedAnswer(kind, body, model, provider, usage, stored_at=stored_at)
