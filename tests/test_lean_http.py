@@ -738,3 +738,43 @@ async def test_a_pipelined_request_that_stops_arriving_is_still_timed(server: Le
     gate.set()
     await settle(lambda: len(parse(transport.out)) == 1)
     assert conn._request is not None and conn._keepalive is not None
+
+
+async def test_a_messages_handler_that_raises_is_a_500_in_anthropics_shape(server: LeanServer) -> None:
+    """A Messages client reads errors as Anthropic's {"type": "error", "error": {...}}, whichever
+    server answers: the lean one's own 500 too."""
+
+    async def broken(http: HttpRequest) -> Reply:
+        raise RuntimeError("a bug")
+
+    server.lean_routes[(b"POST", b"/v1/messages")] = broken
+    _, transport = connect(server)
+    send(transport, post("/v1/messages"))
+    await settle(lambda: len(parse(transport.out)) == 1)
+    (failed,) = parse(transport.out)
+    body = orjson.loads(failed.body)
+    assert failed.status == 500 and body["type"] == "error" and body["error"]["type"] == "api_error"
+    assert b"a bug" not in failed.body
+
+
+async def test_aiohttps_own_500_under_messages_is_in_anthropics_shape() -> None:
+    """A handler that raises past the middlewares (the runner's fast routes skip them) is answered
+    by aiohttp's handle_error (server/http_errors.py): in Anthropic's shape under /v1/messages, in
+    OpenAI's elsewhere."""
+    from faregate.server.http_errors import errors_in_openai_format
+
+    async def broken(request: web.BaseRequest) -> web.StreamResponse:
+        raise RuntimeError("a bug")
+
+    server = LeanServer(errors_in_openai_format(web.Server(broken)), {}, MAX_BODY)
+    answers = {}
+    for path in ("/v1/messages", "/v1/chat/completions"):
+        _, transport = connect(server)
+        send(transport, post(path))
+        await settle(lambda t=transport: t.closed)
+        (answers[path],) = parse(transport.out)
+    messages, chat = (orjson.loads(answers[path].body) for path in answers)
+    assert answers["/v1/messages"].status == 500 and messages["type"] == "error"
+    assert messages["error"]["type"] == "api_error" and b"a bug" not in answers["/v1/messages"].body
+    assert answers["/v1/chat/completions"].status == 500 and chat["error"]["code"] == "internal_error"
+    await server.shutdown(1)

@@ -30,6 +30,7 @@ from faregate.routing.plan import Planner
 from faregate.routing.queue import UpstreamLimiter
 from faregate.server.admin import health_detail, is_master
 from faregate.server.admin_api import add_account_routes
+from faregate.server.client_wires import wire_of_path
 from faregate.server.dashboard_api import add_dashboard_api
 from faregate.server.embeddings import EmbeddingsPipeline
 from faregate.server.feedback import add_feedback_route
@@ -38,7 +39,7 @@ from faregate.server.openapi import openapi_body
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.quality_api import add_quality_route
 from faregate.server.responses import error_response
-from faregate.server.wire_routes import LeanRoutes, add_wire_routes, wire_of_path
+from faregate.server.wire_routes import LeanRoutes, add_wire_routes
 from faregate.store.backends import Backends, open_backends
 from faregate.store.outage import outage_error
 from faregate.store.protocols import Store

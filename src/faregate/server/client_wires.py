@@ -224,3 +224,9 @@ def _frames(events: list[JSON], frame: Callable[[JSON], bytes]) -> bytes:
 CHAT: ClientWire = ChatWire()
 MESSAGES: ClientWire = MessagesWire()
 RESPONSES: ClientWire = ResponsesWire()
+
+
+def wire_of_path(path: str) -> ClientWire:
+    """The wire an error outside the pipeline is written in (a 404, a 405, a body too large, a
+    bug past the pipeline on either server): the Responses API's errors are OpenAI's shape."""
+    return MESSAGES if path.startswith("/v1/messages") else CHAT

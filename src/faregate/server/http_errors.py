@@ -4,10 +4,10 @@ aiohttp answers what never reaches the app itself - bytes that are not HTTP, a h
 refuses, a handler that timed out or raised past the middlewares - with a text/plain page
 ("400, message: Invalid method encountered..."). The gateway's clients read errors as OpenAI
 error JSON, so the handler of every aiohttp connection (`ErrorsInOpenAIFormat`) answers them with
-the same status as JSON instead. It serves the connections aiohttp carries from their start and
-those the lean server hands over (server/lean_http.py: a head httptools refuses, the garbage after
-a pipelined request), so both servers answer the same bytes alike
-(tests/test_e2e_lean_differential.py).
+the same status as JSON instead (Anthropic's error shape under /v1/messages, as the middleware).
+It serves the connections aiohttp carries from their start and those the lean server hands over
+(server/lean_http.py: a head httptools refuses, the garbage after a pipelined request), so both
+servers answer the same bytes alike (tests/test_e2e_lean_differential.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from faregate.errors import FaregateError, InternalError, InvalidRequest
-from faregate.server.client_wires import CHAT
+from faregate.server.client_wires import wire_of_path
 
 
 class ErrorsInOpenAIFormat(RequestHandler):
@@ -41,7 +41,10 @@ class ErrorsInOpenAIFormat(RequestHandler):
             error = InvalidRequest(f"The request is not valid HTTP: {detail}.")
         else:
             error = InternalError("The gateway hit an internal error; it has been logged.")
-        response = web.Response(status=status, body=CHAT.error(error), content_type="application/json")
+        # In the wire of the path (Anthropic's shape under /v1/messages): the runner's fast routes
+        # skip the middlewares, so a bug past the pipeline there is answered here.
+        body = wire_of_path(request.path).error(error)
+        response = web.Response(status=status, body=body, content_type="application/json")
         response.force_close()
         return response
 

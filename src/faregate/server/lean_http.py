@@ -51,7 +51,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from faregate.errors import InternalError, PayloadTooLarge, RequestTimeout
-from faregate.server.client_wires import CHAT
+from faregate.server.client_wires import wire_of_path
 from faregate.server.http_seam import HttpRequest, Reply, Whole
 from faregate.server.lean_head import response_head
 from faregate.server.lean_request import LeanRequest
@@ -362,7 +362,8 @@ class LeanConnection(asyncio.Protocol):
             # The pipelines answer every error themselves; this is a bug in between.
             log.exception("unhandled error on %s %s", request.method, request.path)
             error = InternalError("The gateway hit an internal error; it has been logged.")
-            reply = Whole(CHAT.status(error), CHAT.error(error), {})
+            wire = wire_of_path(request.path)  # a Messages client reads only Anthropic's shape
+            reply = Whole(wire.status(error), wire.error(error), {})
         try:
             if not request.responded and isinstance(reply, Whole):
                 request.send_now(reply)

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from faregate.errors import FaregateError, NotFound
 from faregate.server.aiohttp_seam import AiohttpRequest
-from faregate.server.client_wires import CHAT, MESSAGES, RESPONSES, ClientWire
+from faregate.server.client_wires import MESSAGES, RESPONSES
 from faregate.server.http_seam import JSON_TYPE, HttpRequest, Reply
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.responses import error_response
@@ -32,11 +32,6 @@ NOT_STORED = (
     "Stored responses are not supported: this gateway serves the Responses API stateless "
     "(store is always false). Send the whole conversation in `input` instead of a response id."
 )
-
-
-def wire_of_path(path: str) -> ClientWire:
-    """The wire an error outside the pipeline is written in (a 404, a 405, a body too large)."""
-    return MESSAGES if path.startswith("/v1/messages") else CHAT
 
 
 def add_wire_routes(app: web.Application, pipeline: ChatPipeline) -> tuple[FastRoutes, LeanRoutes]:
