@@ -27,13 +27,14 @@ from faregate.errors import (
     UpstreamFailed,
     UpstreamFailure,
 )
+from faregate.providers.anthropic import AnthropicProvider
 from faregate.providers.registry import ProviderRegistry
 from faregate.routing.estimate import PromptSize
 from faregate.routing.plan import Candidate, Plan
 from faregate.routing.worst_case import worst_case
 from faregate.server.client_wires import CHAT, MESSAGES, RESPONSES
 from faregate.types import JSON, Attempt, ChatRequest, Price, Usage
-from faregate.wire import openai
+from faregate.wire import anthropic_upstream, openai
 from test_pipeline import ASK, WHOLE_STREAM, Harness, answer, harness
 
 __all__ = ["harness"]  # the fixture, imported
@@ -251,6 +252,37 @@ async def test_top_k_and_cache_marks_reach_only_a_provider_that_carries_them(har
     # A chat request's own fields pass through as the client sent them.
     await harness.post({"model": "cheap", "top_k": 3, **ASK})
     assert harness.a.calls[-1].body["top_k"] == 3
+
+
+async def test_an_effort_only_messages_has_is_the_nearest_a_chat_upstream_takes(harness: Harness) -> None:
+    """Anthropic's output_config.effort "max" went to every upstream as reasoning_effort "max",
+    which OpenAI's wire refuses (400): a chat upstream gets "high", the most it takes, and a
+    Messages upstream still gets "max"."""
+    ask = {"model": "cheap", "output_config": {"effort": "max"}, **MESSAGE}
+    await harness.post({**ask, "output_config": {"effort": "medium"}}, path="/v1/messages")
+    medium = harness.a.calls[-1].body
+    status, _, _ = await harness.post(ask, path="/v1/messages")
+    sent = harness.a.calls[-1].body
+    assert status == 200 and sent == {**medium, "reasoning_effort": "high"}, "nothing else is sent"
+    harness.a.carries = AnthropicProvider.carries
+    messages = anthropic_upstream.chat_to_messages
+    await harness.post(ask, path="/v1/messages")
+    assert messages(harness.a.calls[-1].body)["output_config"] == {"effort": "max"}
+    # An effort both wires have is passed as it came.
+    await harness.post({**ask, "output_config": {"effort": "medium"}}, path="/v1/messages")
+    assert messages(harness.a.calls[-1].body)["output_config"] == {"effort": "medium"}
+    assert len(harness.a.calls) == 4, "each reached the upstream"
+
+
+async def test_a_message_at_an_effort_the_chat_wire_lacks_is_cached(harness: Harness) -> None:
+    ask = {"model": "cheap", "temperature": 0, "output_config": {"effort": "max"}, **MESSAGE}
+    await harness.post(ask, path="/v1/messages")
+    await harness.cached()
+    status, headers, _ = await harness.post(ask, path="/v1/messages")
+    assert status == 200 and headers["x-faregate-cache"] == "hit"
+    # Not the answer to one asked at the nearest effort the chat wire has.
+    status, headers, _ = await harness.post({**ask, "output_config": {"effort": "high"}}, path="/v1/messages")
+    assert status == 200 and headers["x-faregate-cache"] != "hit"
 
 
 async def test_a_chat_client_cannot_send_the_responses_wires_own_body(harness: Harness) -> None:

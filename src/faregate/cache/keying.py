@@ -45,6 +45,8 @@ KEY_FIELDS = frozenset(
         "moderation",
         # A Responses request's own body (passed through to a provider that speaks that API).
         "responses_request",
+        # A Messages request's effort the chat wire lacks ("max"; wire/anthropic.py).
+        "messages_effort",
         # Provider extensions commonly sent through OpenAI-compatible gateways.
         "top_k",
         "min_p",

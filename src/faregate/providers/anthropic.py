@@ -22,6 +22,7 @@ from faregate.errors import InvalidRequest, UpstreamFailure, UpstreamRejected
 from faregate.providers.base import UpstreamCall, one_per_read
 from faregate.providers.openai_compat import OpenAICompatibleProvider
 from faregate.types import JSON, Completion
+from faregate.wire.anthropic import MESSAGES_EFFORT
 from faregate.wire.anthropic_upstream import chat_to_messages
 from faregate.wire.anthropic_upstream_answers import chat_chunks, message_to_completion
 
@@ -34,8 +35,9 @@ class AnthropicProvider(OpenAICompatibleProvider):
     __slots__ = ()
     path = "/messages"
     embeddings_path = None  # the Messages wire has no embeddings
-    # A Messages client's top_k and prompt-cache marks reach Anthropic (wire/anthropic_upstream.py).
-    carries = frozenset({"top_k", "cache_control"})
+    # A Messages client's top_k, prompt-cache marks and an effort the chat wire lacks ("max")
+    # reach Anthropic (wire/anthropic_upstream.py).
+    carries = frozenset({"top_k", "cache_control", MESSAGES_EFFORT})
 
     def _auth_headers(self, key: str | None) -> dict[str, str]:
         headers = {"anthropic-version": ANTHROPIC_VERSION}

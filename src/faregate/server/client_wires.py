@@ -130,8 +130,9 @@ class MessagesEncoder:
 
 class MessagesWire:
     name = "messages"
-    # Only a Messages upstream can take top_k and prompt-cache marks; OpenAI's wire refuses them.
-    extras = frozenset({"top_k", "cache_control"})
+    # Only a Messages upstream can take top_k, prompt-cache marks and the efforts OpenAI's wire
+    # lacks; OpenAI's wire refuses them.
+    extras = frozenset({"top_k", "cache_control", anthropic.MESSAGES_EFFORT})
 
     def to_chat(self, body: JSON) -> JSON:
         return anthropic.messages_to_chat(body)

@@ -7,8 +7,9 @@ text blocks with their cache_control), text and image blocks (base64 and URL), P
 temperature/top_p/top_k, max_tokens, metadata.user_id, stream, prompt-cache markers
 (`cache_control` kept on the chat part, tool call or tool it marks; a top-level one marks the
 last block), output_config (format json_schema as response_format, effort as
-reasoning_effort), service_tier. One loss, said in the text: a tool_result's `is_error`
-becomes an "Error: " prefix (the chat wire has no such flag). What the other side cannot say
+reasoning_effort: "max", which the chat wire lacks, as "high", and as "max" to Anthropic),
+service_tier. One loss, said in the text: a tool_result's `is_error` becomes an "Error: "
+prefix (the chat wire has no such flag). What the other side cannot say
 is refused with an InvalidRequest naming the parameter: `thinking` (unless disabled), server
 tools, images inside tool results, file sources, thinking blocks, unknown fields.
 `wire/anthropic_stream.py` translates answer streams, `wire/anthropic_upstream.py` and
@@ -26,6 +27,12 @@ import orjson
 from faregate import usage_estimate
 from faregate.errors import InvalidRequest
 from faregate.types import GATEWAY_FIELDS, JSON
+
+# Messages' efforts that OpenAI's reasoning_effort lacks (a chat upstream refuses them with a
+# 400), as the nearest one it takes; the one asked for goes along as MESSAGES_EFFORT, a wire extra
+# (client_wires.MessagesWire.extras) only a Messages upstream gets, which sends it instead.
+_CHAT_EFFORTS = {"max": "high"}
+MESSAGES_EFFORT = "messages_effort"
 
 # Request fields read below; anything else is refused (GATEWAY_FIELDS pass through untouched).
 _FIELDS = frozenset(
@@ -339,8 +346,12 @@ def _copy_sampling(body: JSON, chat: JSON) -> None:
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": fmt.get("schema"), "strict": True},
             }
-        if config.get("effort") is not None:
-            chat["reasoning_effort"] = config["effort"]
+        effort = config.get("effort")
+        if effort is not None:
+            nearest = _CHAT_EFFORTS.get(effort) if isinstance(effort, str) else None
+            chat["reasoning_effort"] = effort if nearest is None else nearest
+            if nearest is not None:
+                chat[MESSAGES_EFFORT] = effort  # for a Messages upstream: the effort as asked
 
 
 async def count_tokens(body: JSON) -> JSON:

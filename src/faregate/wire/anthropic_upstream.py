@@ -32,6 +32,7 @@ import orjson
 
 from faregate.errors import InvalidRequest
 from faregate.types import JSON
+from faregate.wire.anthropic import MESSAGES_EFFORT
 
 DEFAULT_MAX_TOKENS = 8192
 # The text of a user turn the client sent empty (Messages refuses empty and blank text).
@@ -52,6 +53,7 @@ _MAPPED = frozenset(
         "stream",
         "response_format",
         "reasoning_effort",
+        MESSAGES_EFFORT,
         "n",
         "logprobs",
         "presence_penalty",
@@ -290,7 +292,8 @@ def _copy_options(body: JSON, out: JSON) -> None:
             "response_format json_object has no Messages equivalent; send a json_schema instead",
             param="response_format",
         )
-    effort = body.get("reasoning_effort")
+    # A Messages client's own effort where the chat wire lacks it (others get the nearest one).
+    effort = body.get(MESSAGES_EFFORT, body.get("reasoning_effort"))
     if effort is not None:
         config["effort"] = _EFFORTS.get(effort, effort) if isinstance(effort, str) else effort
     if config:
