@@ -32,6 +32,7 @@ from faregate.wire import (
     responses,
     responses_native,
     responses_stream,
+    tool_calls,
 )
 
 
@@ -93,7 +94,8 @@ class ChatWire:
         return body
 
     def answer(self, body: JSON, asked: JSON) -> bytes:
-        return orjson.dumps(body)
+        # A tool call its upstream gave no id gets one (a streamed one got it when it was read).
+        return orjson.dumps(tool_calls.with_call_ids(body))
 
     def stream(self, model: str, include_usage: bool, asked: JSON) -> StreamEncoder:
         return openai.ChatStreamFrames(model, include_usage)

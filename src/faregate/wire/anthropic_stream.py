@@ -29,7 +29,7 @@ from faregate.wire.anthropic_replies import (
     stop_reason_of,
     tool_use_id,
 )
-from faregate.wire.openai import is_new_call
+from faregate.wire.tool_calls import is_new_call
 from faregate.wire.usage import usage_from
 
 

@@ -29,6 +29,7 @@ import orjson
 
 from faregate.errors import FaregateError, UpstreamFailure
 from faregate.types import GATEWAY_FIELDS, JSON, Usage
+from faregate.wire.tool_calls import StreamedCalls, with_call_ids
 from faregate.wire.usage import usage_from
 
 DONE = b"data: [DONE]\n\n"
@@ -240,17 +241,6 @@ def _call_text(holder: JSON, parts: list[str]) -> bool:
     return bool(calls)
 
 
-def is_new_call(call: JSON, open_id: Any) -> bool:
-    """Does this tool-call delta start a call other than the open one (whose upstream id is
-    `open_id`) at its index? Gemini's OpenAI endpoint streams parallel calls under one index (or
-    none), each starting with its own id and its name. Later deltas of a call carry no name (or
-    an empty one), and no id, an empty one, the same one, or (Poolside) another one. A call
-    opened without an id is never split (its id may come late)."""
-    new_id, fn = call.get("id"), call.get("function")
-    named = isinstance(fn, dict) and isinstance(fn.get("name"), str) and bool(fn["name"])
-    return named and bool(open_id) and isinstance(new_id, str) and bool(new_id) and new_id != open_id
-
-
 def error_message(body: JSON) -> str | None:
     """The message of an error body or error chunk: OpenAI's {"error": {"message"}} and the
     variants other vendors send ({"error": "text"}, {"msg"}, {"detail"})."""
@@ -288,9 +278,11 @@ class StreamedAnswer:
     comes), whether it made tool calls, its finish reason and usage, and the trailing usage-only
     chunk, held back so the cost can be added to it. `text` holds every choice's text in arrival
     order; `plain_text` says whether only choice 0 came, with text alone: no logprobs, refusal or
-    audio (else the stream cannot be kept as an answer)."""
+    audio (else the stream cannot be kept as an answer). Tool calls are mended in place as they
+    are read, for every client wire: an id and an index for each (wire/tool_calls.py)."""
 
     __slots__ = (
+        "calls",
         "finish_reason",
         "first",
         "plain_text",
@@ -314,6 +306,8 @@ class StreamedAnswer:
         self.stop_string: Any = None
         self.usage: Usage | None = None
         self.usage_chunk: JSON | None = None
+        # Made at the first tool call: mends calls without an id or index (wire/tool_calls.py).
+        self.calls: StreamedCalls | None = None
 
     def take(self, chunk: JSON) -> bool:
         """Read one chunk; False for the usage-only chunk (held back, not to be relayed)."""
@@ -337,6 +331,10 @@ class StreamedAnswer:
             if isinstance(content, str):
                 text.append(content)
             if delta.get("tool_calls"):
+                calls = self.calls
+                if calls is None:
+                    calls = self.calls = StreamedCalls()
+                calls.mend(choice.get("index", 0), delta["tool_calls"])
                 self.tool_calls = _call_text(delta, text) or self.tool_calls
             if choice.get("index") or choice.get("logprobs") or delta.get("refusal") or delta.get("audio"):
                 self.plain_text = False  # n > 1, logprobs, a refusal or audio: not one text answer
@@ -476,7 +474,8 @@ def answer_as_chunks(body: JSON, include_usage: bool) -> list[JSON]:
     """A whole, priced chat.completion replayed as the chunks of a stream: per choice a role
     chunk, its content, refusal, tool calls, legacy function call and audio with its logprobs,
     its finish; then, when the client asked for usage, the usage-only chunk with the body's usage,
-    and `"usage": null` on every other chunk as OpenAI sends it."""
+    and `"usage": null` on every other chunk as OpenAI sends it. A call without an id gets one."""
+    body = with_call_ids(body)
     base = {
         "id": body.get("id", "chatcmpl-cached"),
         "object": "chat.completion.chunk",

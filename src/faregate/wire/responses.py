@@ -21,12 +21,12 @@ reasoning items in `input` are dropped (no chat model can take them back).
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Any
 
 from faregate.errors import InvalidRequest
 from faregate.types import GATEWAY_FIELDS, JSON
+from faregate.wire.tool_calls import new_call_id
 from faregate.wire.usage import usage_from
 
 _COPIED = (
@@ -311,12 +311,6 @@ def function_call_item(item_id: str, call: JSON, status: str = "completed") -> J
         "arguments": str(fn.get("arguments") or ""),
         "status": status,
     }
-
-
-def new_call_id() -> str:
-    """A call_id for a tool call its upstream gave none (Ollama, StepFun, GLM behind DashScope
-    do): a function_call_output names its call by it, so it must be there and unique."""
-    return "call_" + secrets.token_hex(12)
 
 
 def finish_status(finish: Any) -> tuple[str, JSON | None]:

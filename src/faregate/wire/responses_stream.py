@@ -23,7 +23,6 @@ import orjson
 
 from faregate.errors import FaregateError, UpstreamFailure
 from faregate.types import JSON
-from faregate.wire.openai import is_new_call
 from faregate.wire.responses import (
     base_response,
     finish_status,
@@ -32,6 +31,7 @@ from faregate.wire.responses import (
     response_id,
     responses_usage,
 )
+from faregate.wire.tool_calls import is_new_call
 
 
 def sse_frame(event: JSON) -> bytes:
