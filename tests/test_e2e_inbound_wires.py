@@ -190,6 +190,23 @@ def test_a_stream_with_its_cost_in_message_delta(
     assert Decimal(row["cost_usd"]) == HAIKU.cost(Usage(row["prompt_tokens"], row["completion_tokens"]))
 
 
+def test_a_stream_from_a_messages_upstream_starts_with_its_input_count(
+    claude: anthropic.Anthropic, client: openai.OpenAI
+) -> None:
+    """message_start said input_tokens 0 though Anthropic's own message_start had the count: a
+    client reading it before the end (a context meter) saw an empty prompt."""
+    ask: Any = {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "count me in"}]}
+    events = list(claude.messages.create(**ask, max_tokens=64, stream=True))
+    start, delta = events[0], events[-2]
+    assert start.type == "message_start" and delta.type == "message_delta"
+    assert start.message.usage.input_tokens > 0
+    assert start.message.usage.input_tokens == delta.usage.input_tokens
+    # A chat client served by the same upstream is not shown how it was carried.
+    with client.chat.completions.with_streaming_response.create(**ask, stream=True) as response:
+        body = b"".join(response.iter_bytes())
+    assert b'"role":"assistant"' in body and b"input_tokens" not in body
+
+
 def test_tools_round_trip(claude: anthropic.Anthropic) -> None:
     tools: Any = [
         {

@@ -24,6 +24,7 @@ from faregate.providers.base import aclose_quietly
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Candidate
 from faregate.types import JSON, Attempt
+from faregate.wire.anthropic_upstream_answers import INPUT_TOKENS
 from faregate.wire.openai import StreamedAnswer
 
 # Failures that say nothing about the provider's health.
@@ -77,6 +78,12 @@ class OpenedStream:
             kept = [chunk for chunk in read if self.seen.take(chunk)]
             if kept:
                 return kept
+
+    def upstream_input_tokens(self) -> int:
+        """The input count the upstream gave before its answer (a Messages upstream's
+        message_start), taken off the first chunk so that no client sees the field; else 0."""
+        counted = self._reads[0][0].pop(INPUT_TOKENS, 0) if self._reads else 0
+        return counted if type(counted) is int else 0
 
     def __aiter__(self) -> OpenedStream:
         return self

@@ -6,8 +6,9 @@ request and answer (the OpenAI chat shape, wire/openai.py). A `ClientWire` stand
   cannot be translated);
 - `answer(body, asked)`: a whole, priced internal answer as the bytes the client receives
   (`asked` is the client's own body, whose settings a Response echoes);
-- `stream(model, include_usage, asked)`: a `StreamEncoder` that turns the internal chunks of an
-  answer, its priced usage chunk and a mid-stream failure into the client's SSE frames;
+- `stream(model, include_usage, asked, input_tokens)`: a `StreamEncoder` that turns the internal
+  chunks of an answer, its priced usage chunk and a mid-stream failure into the client's SSE
+  frames (`input_tokens`: the prompt's uncached input count when the upstream said it up front);
 - `status(error)` and `error(error)`: the status and body of an error in the client's shape.
 
 Three wires: OpenAI chat (the identity: today's bytes, and per chunk no more work than
@@ -67,7 +68,9 @@ class ClientWire(Protocol):
 
     def answer(self, body: JSON, asked: JSON) -> bytes: ...
 
-    def stream(self, model: str, include_usage: bool, asked: JSON) -> StreamEncoder: ...
+    def stream(
+        self, model: str, include_usage: bool, asked: JSON, input_tokens: int = 0
+    ) -> StreamEncoder: ...
 
     def status(self, error: FaregateError) -> int: ...
 
@@ -97,7 +100,7 @@ class ChatWire:
         # A tool call its upstream gave no id gets one (a streamed one got it when it was read).
         return orjson.dumps(tool_calls.with_call_ids(body))
 
-    def stream(self, model: str, include_usage: bool, asked: JSON) -> StreamEncoder:
+    def stream(self, model: str, include_usage: bool, asked: JSON, input_tokens: int = 0) -> StreamEncoder:
         return openai.ChatStreamFrames(model, include_usage)
 
     def status(self, error: FaregateError) -> int:
@@ -113,8 +116,8 @@ class ChatWire:
 class MessagesEncoder:
     __slots__ = ("_stream",)
 
-    def __init__(self, model: str) -> None:
-        self._stream = anthropic_stream.MessagesStream(model)
+    def __init__(self, model: str, input_tokens: int = 0) -> None:
+        self._stream = anthropic_stream.MessagesStream(model, input_tokens)
 
     def chunk(self, chunk: JSON) -> bytes:
         return _frames(self._stream.feed(chunk), anthropic_stream.sse_frame)
@@ -142,8 +145,9 @@ class MessagesWire:
     def answer(self, body: JSON, asked: JSON) -> bytes:
         return orjson.dumps(anthropic_replies.completion_to_message(body))
 
-    def stream(self, model: str, include_usage: bool, asked: JSON) -> StreamEncoder:
-        return MessagesEncoder(model)
+    def stream(self, model: str, include_usage: bool, asked: JSON, input_tokens: int = 0) -> StreamEncoder:
+        # message_start says the input count when the upstream said it up front (Anthropic).
+        return MessagesEncoder(model, input_tokens)
 
     def status(self, error: FaregateError) -> int:
         # Every upstream out of capacity: Anthropic's own answer to that, 529 overloaded_error
@@ -209,7 +213,7 @@ class ResponsesWire:
             return orjson.dumps(native)
         return orjson.dumps(responses.completion_to_response(body, asked))
 
-    def stream(self, model: str, include_usage: bool, asked: JSON) -> StreamEncoder:
+    def stream(self, model: str, include_usage: bool, asked: JSON, input_tokens: int = 0) -> StreamEncoder:
         return ResponsesEncoder(model, asked)
 
     def status(self, error: FaregateError) -> int:

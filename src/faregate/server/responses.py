@@ -178,7 +178,9 @@ class Responder:
             settled = await settle(candidate, request, None, "", opened.attempts)
             exchange.settled(candidate, settled.usage, settled.cost)
             return GONE
-        encoder = exchange.wire.stream(candidate.model.name, request.include_usage, exchange.asked)
+        encoder = exchange.wire.stream(
+            candidate.model.name, request.include_usage, exchange.asked, opened.upstream_input_tokens()
+        )
         try:
             outcome = await _relay(response, encoder, opened)
         except BaseException:

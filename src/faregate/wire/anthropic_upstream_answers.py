@@ -17,6 +17,11 @@ from faregate.types import JSON, Usage
 from faregate.wire.anthropic_replies import FINISH_REASONS
 from faregate.wire.usage import token_count, usage_json
 
+# The upstream's input count from message_start, on the first chunk until the relay takes it off
+# (routing.opened_stream.OpenedStream.upstream_input_tokens): a Messages client's message_start
+# says it, as Anthropic's did; no client sees the field.
+INPUT_TOKENS = "_input_tokens"
+
 
 def usage_of_message(usage: Any) -> Usage | None:
     """Internal usage from Anthropic's: prompt tokens are input + cache writes + cache reads."""
@@ -81,7 +86,8 @@ def _finish(message: JSON) -> str | None:
 
 
 async def chat_chunks(events: AsyncIterable[JSON]) -> AsyncIterator[JSON]:
-    """Internal chat chunks for a Messages event stream: a role chunk at message_start, content
+    """Internal chat chunks for a Messages event stream: a role chunk at message_start (with its
+    input count under INPUT_TOKENS), content
     and tool-call deltas, a finish chunk at message_delta and then a usage chunk (input and
     cache counts from message_start, raised by message_delta's cumulative ones, never lowered). An
     `error` event raises UpstreamFailure (overloaded_error and api_error are worth a fallback)."""
@@ -98,7 +104,11 @@ async def chat_chunks(events: AsyncIterable[JSON]) -> AsyncIterator[JSON]:
             message = event.get("message") or {}
             head.update(id=str(message.get("id") or ""), model=str(message.get("model") or ""))
             usage.update(message.get("usage") or {})
-            yield _chunk(head, {"role": "assistant", "content": ""})
+            role = _chunk(head, {"role": "assistant", "content": ""})
+            said = token_count(usage.get("input_tokens"))
+            if said:
+                role[INPUT_TOKENS] = said
+            yield role
         elif kind == "content_block_start":
             block = event.get("content_block") or {}
             if block.get("type") == "tool_use":
