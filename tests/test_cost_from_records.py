@@ -4,9 +4,11 @@ gateway, or failed on every provider) are a line of their own, not "served by" w
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from faregate.cli.main import app
@@ -74,3 +76,33 @@ def test_requests_no_model_served_are_counted_apart_and_their_money_kept(tmp_pat
     assert rows["gpt-4o"][:5] == ["1", "0", "1,000", "500", "$0.0075"]
     assert rows["not served (refused or failed)"][:5] == ["4", "0", "0", "0", "$0.000025"]
     assert rows["total"][:5] == ["5", "0", "1,000", "500", "$0.007525"]
+
+
+def _not_a_database(store_dir: Path) -> None:
+    store_dir.mkdir()
+    (store_dir / "faregate.db").write_bytes(b"not a database, just text " * 10)
+
+
+def _a_directory(store_dir: Path) -> None:
+    (store_dir / "faregate.db").mkdir(parents=True)
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [(_not_a_database, "file is not a database"), (_a_directory, "faregate.db")],
+    ids=["not a database", "a directory"],
+)
+def test_a_store_file_that_cannot_be_read_is_one_line_not_a_traceback(
+    tmp_path: Path, make: Callable[[Path], None], said: str
+) -> None:
+    store_dir = tmp_path / "store"
+    make(store_dir)
+    config = tmp_path / "faregate.yaml"
+    config.write_text(f"store: {{path: {str(store_dir)!r}}}\n")
+    args = ["cost", "--from-records", "--since", SINCE, "--until", UNTIL, "-c", str(config)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # no other exception escaped: no traceback
+    assert result.output.startswith("faregate: ")
+    assert said in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -14,6 +14,7 @@ from faregate.config import Settings, StoreSettings
 from faregate.errors import ConfigError
 from faregate.store.analytics_rows import Slice
 from faregate.store.backends import open_backends, open_records_reader
+from faregate.store.protocols import StoreUnavailable
 from faregate.store.rows import from_nanousd, to_nanousd, usd_text
 from faregate.store.schema import Migration
 from faregate.store.sqlite.migrations import LATEST_VERSION, MIGRATIONS
@@ -240,3 +241,17 @@ async def test_the_read_only_reader_opens_a_store_whose_path_has_uri_characters(
         await reader.close()
     assert (traffic.group, traffic.requests, traffic.cost) == ("m", 1, Decimal("0.000123"))
     assert listed(tmp_path) == before  # no other database made beside it
+
+
+async def test_a_store_file_that_is_not_a_database_is_unavailable_not_a_bug(tmp_path: Path) -> None:
+    """`faregate keys list`, `usage`, `serve`... on a store.path whose faregate.db is something else
+    (a corrupt file, a file of another program, a directory): StoreUnavailable, which the CLI says in
+    one line with the path, not a DatabaseError's traceback."""
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / DB_FILENAME).write_bytes(b"not a database, just text " * 10)
+    (tmp_path / "dir" / DB_FILENAME).mkdir(parents=True)
+    with pytest.raises(StoreUnavailable, match="file is not a database") as raised:
+        await SQLiteStore.open(tmp_path / "text")
+    assert str(tmp_path / "text" / DB_FILENAME) in str(raised.value)
+    with pytest.raises(StoreUnavailable, match="unable to open"):
+        await SQLiteStore.open(tmp_path / "dir")

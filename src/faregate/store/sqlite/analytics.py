@@ -35,7 +35,7 @@ from faregate.store.sqlite.rollup import (
     STATE_NAME,
     rolled_up_to,
 )
-from faregate.store.sqlite.store import BUSY_TIMEOUT_MS
+from faregate.store.sqlite.store import BUSY_TIMEOUT_MS, unreadable_file_as_unavailable
 
 
 def _sample_ids(lo: int, hi: int, step: int) -> tuple[str, str, list[Any]]:
@@ -104,11 +104,13 @@ class SQLiteAnalytics(AnalyticsQueries):
                 raise StoreUnavailable(f"no request records at {db_path}")
             # A URI: the path percent-encoded, or a #, ? or % in it would name another file.
             uri = f"file:{quote(str(db_path))}?mode=ro"
-            conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+            with unreadable_file_as_unavailable(db_path):
+                conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
         else:
-            conn = await aiosqlite.connect(db_path, isolation_level=None)
+            with unreadable_file_as_unavailable(db_path):
+                conn = await aiosqlite.connect(db_path, isolation_level=None)
         try:
-            with _unavailable_on_operational_error():
+            with unreadable_file_as_unavailable(db_path):
                 await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 # 64 MiB of page cache: the covering index of a busy day stays in memory.
                 await conn.execute("PRAGMA cache_size=-65536")

@@ -60,6 +60,16 @@ def _operational_errors_as_unavailable() -> Iterator[None]:
         raise StoreUnavailable(str(exc)) from exc
 
 
+@contextmanager
+def unreadable_file_as_unavailable(path: Path | str) -> Iterator[None]:
+    """Opening the file and its first reads: any SQLite error there (not a database, a directory,
+    permission denied) is the environment, not a bug; said with the path, in one line by the CLI."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"{path}: {exc}") from exc
+
+
 def _key_row(row: Sequence[Any]) -> KeyRow:
     return KeyRow(
         id=row[0],
@@ -132,11 +142,13 @@ class SQLiteStore:
         await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
         path = root / DB_FILENAME
         # isolation_level=None: no implicit transactions; this module says BEGIN/COMMIT itself.
-        conn = await aiosqlite.connect(path, isolation_level=None)
+        with unreadable_file_as_unavailable(path):
+            conn = await aiosqlite.connect(path, isolation_level=None)
         store = cls(conn, path, processes_lock=processes_lock)
         try:
-            with _operational_errors_as_unavailable():
+            with unreadable_file_as_unavailable(path):
                 await store._configure()
+            with _operational_errors_as_unavailable():
                 await store._migrate(migrations)
         except BaseException:
             await conn.close()
