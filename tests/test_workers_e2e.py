@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import sqlite3
 import subprocess
@@ -22,6 +21,7 @@ from typing import Any
 import openai
 import pytest
 
+from faregate.store.sqlite.migrations import LATEST_VERSION
 from harness import MASTER_KEY, GatewayProcess, SimProcess, clean_env, free_port, wait_until
 from servers import launch_gateway
 from test_ledger_e2e import (
@@ -228,7 +228,8 @@ def test_sigterm_stops_both_workers_with_one_record_per_request(sim: SimProcess,
         assert holds(gateway) == 0
 
 
-def test_a_worker_that_cannot_start_stops_the_supervisor_with_one_line(tmp_path: Path) -> None:
+def test_a_store_that_cannot_be_opened_stops_the_supervisor_with_one_line(tmp_path: Path) -> None:
+    """The supervisor opens (and migrates) the store before it forks: it says why in one line."""
     config = tmp_path / "faregate.yaml"
     store = "store: {path: '/proc/no-such-store'}"
     config.write_text(f"server: {{port: {free_port()}, workers: 2}}\n{store}\n")
@@ -240,6 +241,46 @@ def test_a_worker_that_cannot_start_stops_the_supervisor_with_one_line(tmp_path:
         timeout=120,
     )
     assert ran.returncode == 1
-    # The worker that failed first says why (the other may be stopped before it can).
-    assert re.search(r"faregate: worker \d: No such file or directory: /proc/no-such-store", ran.stderr)
+    assert ran.stderr == "faregate: No such file or directory: /proc/no-such-store\n"
     assert "Traceback" not in ran.stderr
+
+
+# The supervisor of `serve --workers 2` on a new store, in a process of its own: each time it would
+# fork a worker, it prints the schema versions the store file has at that moment, then stops
+# instead of forking.
+SUPERVISE_UNTIL_THE_FIRST_FORK = """
+import sqlite3, sys
+from pathlib import Path
+from faregate.config import Settings
+from faregate.server import workers
+
+def start(self, worker, announce=False):
+    with sqlite3.connect(Path(sys.argv[1]) / "faregate.db") as conn:
+        rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+    print("before forking worker", worker.index, [row[0] for row in rows], flush=True)
+    self._stopping = True
+
+workers.Supervisor._start = start
+settings = Settings()
+settings.sim.mode = "off"
+settings.store.path = sys.argv[1]
+settings.server.host, settings.server.port, settings.server.workers = "127.0.0.1", int(sys.argv[2]), 2
+sys.exit(workers.run_workers(settings, 2))
+"""
+
+
+def test_the_supervisor_migrates_the_store_once_before_it_forks_the_workers(tmp_path: Path) -> None:
+    """A long migration (a large records table rewritten) runs in the supervisor, before the
+    workers and their start timeout: in the workers it was cut short by that timeout, rolled back,
+    and failed every start."""
+    store = tmp_path / "store"
+    ran = subprocess.run(
+        [sys.executable, "-c", SUPERVISE_UNTIL_THE_FIRST_FORK, str(store), str(free_port())],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    every_version = list(range(1, LATEST_VERSION + 1))
+    assert f"before forking worker 0 {every_version}" in ran.stdout.splitlines(), ran.stdout + ran.stderr

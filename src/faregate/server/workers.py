@@ -5,10 +5,12 @@ the workers share, forks N workers, restarts one that dies (with backoff), and o
 SIGINT stops them all and waits for each to flush its request records.
 
 Before forking it: holds the port (a bound, not listening, SO_REUSEPORT socket: nobody else can
-take the port, even while a worker restarts); starts the simulator when it stands in for the
-providers (one, shared); loads the tokenizer if `accounts.usage_estimate: tokenizer` asks for it,
-and freezes what exists, so those pages stay shared copy-on-write by every worker instead of
-being loaded N times. Each worker then builds
+take the port, even while a worker restarts); migrates the store, once and with no time limit (a
+migration that rewrites a large records table may take minutes: in the workers it ran under their
+start timeout, was cut short and rolled back, and failed every start); starts the simulator
+when it stands in for the providers (one, shared); loads the tokenizer if
+`accounts.usage_estimate: tokenizer` asks for it, and freezes what exists, so those pages stay
+shared copy-on-write by every worker instead of being loaded N times. Each worker then builds
 its own gateway (event loop, stores, upstream pool) and listens with SO_REUSEPORT: the kernel
 spreads new connections across the workers.
 
@@ -30,6 +32,7 @@ What stays exact, and what is per worker:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import gc
@@ -132,6 +135,19 @@ def _wait_simulator(url: str, process: subprocess.Popen[bytes], timeout_s: float
     raise StartupError(f"the provider simulator did not start: {url} not healthy within {timeout_s:.0f}s")
 
 
+def migrate_store(settings: Settings) -> None:
+    """Open the store the settings name (which applies its pending migrations) and close it; the
+    workers then find nothing left to migrate. The event loop, its threads and the store's
+    connections are all gone when this returns: nothing of them is forked."""
+    from faregate.store.backends import open_backends
+
+    async def migrate() -> None:
+        backends = await open_backends(settings, accounts=False, analytics=False)
+        await backends.close()
+
+    asyncio.run(migrate())
+
+
 def preload(settings: Settings) -> None:
     """Load in the supervisor what every worker would load on its own, before forking: the modules
     the gateway imports, and the tokenizer when opted in (~45 MiB of pages written once, then only
@@ -172,9 +188,13 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; the exit code."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_stop)
         try:
+            self._holder = hold_port(self.settings.server.host, self.settings.server.port)
+            # Before the signal handlers: SIGTERM or Ctrl-C stops a long migration at once (it is
+            # one transaction, rolled back), rather than once it is done.
+            migrate_store(self.settings)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._on_stop)
             self._prepare()
             self.workers = [Worker(index) for index in range(self.count)]
             for worker in self.workers:
@@ -199,7 +219,6 @@ class Supervisor:
 
     def _prepare(self) -> None:
         settings = self.settings
-        self._holder = hold_port(settings.server.host, settings.server.port)
         if simulator_active(settings):
             port = runner.simulator_port(settings)
             if settings.sim.launch:
