@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import multiprocessing
+import os
 import sqlite3
 from collections.abc import Callable
 from decimal import Decimal
@@ -255,3 +257,69 @@ async def test_a_store_file_that_is_not_a_database_is_unavailable_not_a_bug(tmp_
     assert str(tmp_path / "text" / DB_FILENAME) in str(raised.value)
     with pytest.raises(StoreUnavailable, match="unable to open"):
         await SQLiteStore.open(tmp_path / "dir")
+
+
+def _a_record(request_id: str) -> RequestRecord:
+    return RequestRecord(
+        request_id=request_id,
+        created_at=1000.0,
+        key_id=None,
+        model_requested="m",
+        model_used="m",
+        provider="p",
+        status=200,
+        stream=False,
+        prompt_tokens=10,
+        completion_tokens=5,
+        cost_usd=Decimal("0.000123"),
+    )
+
+
+def _count_keys(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])
+
+
+async def test_a_process_stuck_holding_the_writers_lock_is_an_outage_not_a_stall(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve --workers N`: another worker stuck while it holds the lock file (stopped, frozen, its
+    event loop blocked) makes this one's writes StoreUnavailable (a 503, records kept for a later
+    flush) after the timeout, as SQLite's own busy timeout does, instead of stalling them forever;
+    once it lets go, writes go through again and this process keeps no hold on the lock."""
+    monkeypatch.setattr("faregate.store.sqlite.store.WRITERS_LOCK_TIMEOUT_S", 0.2)
+    store = await SQLiteStore.open(tmp_path, processes_lock=True)
+    other = os.open(tmp_path / f"{DB_FILENAME}.writers", os.O_RDWR)  # the stuck worker's open file
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        # Bounded only so that a stall fails the test instead of hanging it.
+        with pytest.raises(StoreUnavailable, match="database is locked"):
+            await asyncio.wait_for(store.insert_records([_a_record("r1")]), 60)
+        with pytest.raises(StoreUnavailable, match="database is locked"):
+            await asyncio.wait_for(store.run_in_transaction(_count_keys), 60)
+        fcntl.flock(other, fcntl.LOCK_UN)
+        assert await asyncio.wait_for(store.insert_records([_a_record("r2")]), 60) == 1
+        assert await asyncio.wait_for(store.run_in_transaction(_count_keys), 60) == 0
+        # This process holds nothing between writes: the other can take the lock again at once.
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(other, fcntl.LOCK_UN)
+        assert await store.count_records() == 1
+    finally:
+        os.close(other)
+        await store.close()
+
+
+async def test_a_write_waiting_for_the_writers_lock_goes_on_once_it_is_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("faregate.store.sqlite.store.WRITERS_LOCK_TIMEOUT_S", 120.0)
+    store = await SQLiteStore.open(tmp_path, processes_lock=True)
+    other = os.open(tmp_path / f"{DB_FILENAME}.writers", os.O_RDWR)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        write = asyncio.create_task(store.insert_records([_a_record("r1")]))
+        await asyncio.sleep(0.05)  # a chance to start waiting (whether it did or not, it goes through)
+        fcntl.flock(other, fcntl.LOCK_UN)
+        assert await asyncio.wait_for(write, 60) == 1
+    finally:
+        os.close(other)
+        await store.close()

@@ -12,8 +12,6 @@ in a savepoint of its own.
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -30,6 +28,7 @@ from faregate.store.rows import INSERT_COLUMNS, RECORD_COLUMNS, record_to_row, r
 from faregate.store.schema import Migration
 from faregate.store.sqlite.accounts import SQLiteAccountTable
 from faregate.store.sqlite.migrations import MIGRATIONS
+from faregate.store.sqlite.writers_lock import WritersLock
 from faregate.types import RequestRecord
 
 T = TypeVar("T")
@@ -39,6 +38,8 @@ _Queued = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
 DB_FILENAME = "faregate.db"
 # How long a writer waits for another process (e.g. the CLI) to release the write lock.
 BUSY_TIMEOUT_MS = 5000
+# And for the other serving processes' lock file (`serve --workers N`), before "database is locked".
+WRITERS_LOCK_TIMEOUT_S = BUSY_TIMEOUT_MS / 1000
 
 _KEY_COLUMNS = "id, name, prefix, key_hash, premium, created_at, revoked_at"
 _RECORD_COLUMN_LIST = ", ".join(RECORD_COLUMNS)
@@ -117,9 +118,9 @@ class SQLiteStore:
         # Several serving processes (`serve --workers N`): a writer waits for the others on a
         # lock file, woken the moment it is free, instead of in SQLite's busy handler, which
         # sleeps 1, 2, 5, 10... ms between tries (measured: two metered workers served fewer
-        # requests than one).
-        self._lock_fd = (
-            os.open(path.with_name(path.name + ".writers"), os.O_RDWR | os.O_CREAT, 0o600)
+        # requests than one); for at most WRITERS_LOCK_TIMEOUT_S, as in that handler.
+        self._writers = (
+            WritersLock(path.with_name(path.name + ".writers"), WRITERS_LOCK_TIMEOUT_S)
             if processes_lock
             else None
         )
@@ -157,18 +158,19 @@ class SQLiteStore:
 
     async def close(self) -> None:
         await self._conn.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._writers is not None:
+            self._writers.close()
+            self._writers = None
 
     def _lock(self) -> None:
-        """On the connection's thread, before BEGIN IMMEDIATE: wait for the other processes."""
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        """On the connection's thread, before BEGIN IMMEDIATE: wait for the other processes
+        (sqlite3.OperationalError, "database is locked", past WRITERS_LOCK_TIMEOUT_S)."""
+        if self._writers is not None:
+            self._writers.acquire()
 
     def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        if self._writers is not None:
+            self._writers.release()
 
     async def _configure(self) -> None:
         await self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -229,7 +231,7 @@ class SQLiteStore:
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:
         async with self._write_lock:
-            if self._lock_fd is not None:
+            if self._writers is not None:
                 await self._on_thread(self._lock)
             try:
                 await self._conn.execute("BEGIN IMMEDIATE")
@@ -241,7 +243,7 @@ class SQLiteStore:
                     await self._conn.rollback()
                     raise
             finally:
-                if self._lock_fd is not None:
+                if self._writers is not None:
                     await self._on_thread(self._unlock)
 
     async def run_in_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
