@@ -13,6 +13,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from faregate.cli import cache_eval
+from faregate.cli import replay as replay_cli
 from faregate.cli import router as router_cli
 from faregate.cli.router_tables import print_evaluation
 from faregate.evals.replay.engine import Pair
@@ -161,3 +162,48 @@ def test_router_training_refuses_a_test_fraction_outside_zero_to_one(
     )  # fmt: skip
     assert result.exit_code == 2, result.output
     assert "Invalid value for '--test-fraction'" in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--confidence", "0.3"),
+        ("--confidence", "1"),
+        ("--confidence", "1.5"),
+        ("--target", "0"),
+        ("--target", "1.5"),
+        ("--verify-share", "0"),
+        ("--verify-share", "2"),
+        ("--frontier", "-0.1"),
+        ("--frontier", "1.5"),
+        ("--rest-ratio", "0"),
+        ("--rest-ratio", "1.5"),
+        ("--prior", "-1"),
+        ("--window", "0"),
+        ("--window", "-5"),
+        ("--order", "sorted"),
+        ("--bins", "0"),
+    ],
+)
+def test_replay_refuses_online_numbers_out_of_range(tmp_path: Path, option: str, value: str) -> None:
+    # They failed only after the outcomes were loaded (or the model file embedded the stream), as
+    # "confidence must be in (0, 1), got 1.5" or "rest_ratio must be in (0, 1] and frontier in
+    # [0, 1]", naming no option; --confidence 0.3 ran (the config refuses below 0.5); --bins 0 said
+    # "APGR needs at least two points".
+    args = ["replay", "--online", "--data", str(tmp_path / "absent.csv"), "--policy", "router:m.json"]
+    result = CliRunner().invoke(_app(replay_cli.register), [*args, option, value])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--latency-samples", "0"), ("--latency-samples", "-1"), ("--pad-to", "-1")]
+)
+def test_cache_eval_refuses_latency_counts_below_range(tmp_path: Path, option: str, value: str) -> None:
+    # -1 latency samples failed after every set was embedded (rng.choice of -1) and timed all but the
+    # last paraphrase; 0 failed on the percentile of no timings; a negative --pad-to meant 0.
+    result = CliRunner().invoke(
+        _app(cache_eval.register), ["cache-eval", "--data", str(tmp_path / "no-data"), option, value]
+    )
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output

@@ -193,7 +193,7 @@ def test_a_window_of_no_prompts_is_a_usage_error(window: str) -> None:
         ],
     )
     assert result.exit_code == 2, result.output
-    assert "--window is a number of prompts, 1 or more" in result.output
+    assert "Invalid value for '--window'" in result.output
 
 
 def test_data_without_prompts_is_a_usage_error(tmp_path: Path) -> None:

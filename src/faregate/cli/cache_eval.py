@@ -66,9 +66,12 @@ def register(app: typer.Typer) -> None:
         cache_dir: Annotated[
             Path | None, typer.Option(help="Embedding cache (default: ~/.cache/faregate/cache-eval).")
         ] = None,
-        latency_samples: Annotated[int, typer.Option(help="Requests timed per latency group.")] = 300,
+        latency_samples: Annotated[int, typer.Option(min=1, help="Requests timed per latency group.")] = 300,
         pad_to: Annotated[
-            int, typer.Option(help="Also time lookups with the cache padded to this many entries (0: skip).")
+            int,
+            typer.Option(
+                min=0, help="Also time lookups with the cache padded to this many entries (0: skip)."
+            ),
         ] = 50_000,
         pairs_file: Annotated[
             list[Path] | None,

@@ -34,6 +34,14 @@ def strictly_between_0_and_1(value: float) -> float:
     return value
 
 
+def above_0_up_to_1(value: float) -> float:
+    """Callback for a share that may be everything but not nothing (a quality target, a sampling
+    rate): 0 keeps or samples nothing."""
+    if not 0 < value <= 1:
+        raise typer.BadParameter(f"{value} is not above 0 and at most 1")
+    return value
+
+
 def a_confidence(value: float) -> float:
     """Callback for the confidence of a bound, in the range the config takes (0.5 to below 1):
     below 0.5 a bound is more likely wrong than right, and 1 is no bound at all."""

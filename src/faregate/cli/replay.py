@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from faregate.cli.common import ConfigOption
+from faregate.cli.common import ConfigOption, a_confidence, above_0_up_to_1
 from faregate.cli.replay_plot import write_plot
 from faregate.cli.replay_report import curve_table, metrics_table, policy_table, report_json
 from faregate.cli.replay_routes import ROUTE_PREFIX, Options, is_named, parse_pairs, replay_named
@@ -66,6 +66,13 @@ def parse_price(text: str) -> tuple[str, Price]:
         raise typer.BadParameter(
             f"expected MODEL=INPUT/OUTPUT (USD per 1M tokens, 0 or more), got {text!r}"
         ) from None
+
+
+def an_order(value: str) -> str:
+    """Callback for --order: the two stream orders the online replay knows."""
+    if value not in ("shuffled", "by-source"):
+        raise typer.BadParameter(f"{value!r} is not shuffled or by-source")
+    return value
 
 
 def resolve_policy(spec: str, pair: Pair, outcomes: Outcomes, seed: int) -> Chosen:
@@ -172,7 +179,7 @@ def register(app: typer.Typer) -> None:
             int, typer.Option(min=0, help="Output tokens per call where no answer text is recorded (MMLU).")
         ] = DEFAULT_OUTPUT_TOKENS,
         bins: Annotated[
-            int, typer.Option(help="Quantile bins of the threshold sweep (RouteLLM: 10).")
+            int, typer.Option(min=1, help="Quantile bins of the threshold sweep (RouteLLM: 10).")
         ] = DEFAULT_BINS,
         seed: Annotated[int, typer.Option(help="Seed of the random policy.")] = 0,
         plot: Annotated[Path | None, typer.Option(help="Write the curve as a PNG here.")] = None,
@@ -189,25 +196,38 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
         target: Annotated[
-            float, typer.Option(help="--online: share of the strong model's accuracy to keep.")
+            float,
+            typer.Option(
+                callback=above_0_up_to_1, help="--online: share of the strong model's accuracy to keep."
+            ),
         ] = 0.95,
         confidence: Annotated[
-            float, typer.Option(help="--online: confidence of the (anytime-valid) quality test.")
+            float,
+            typer.Option(
+                callback=a_confidence,
+                help="--online: confidence of the (anytime-valid) quality test (0.5 to below 1).",
+            ),
         ] = 0.95,
         verify_share: Annotated[
             float,
             typer.Option(
-                help="--online: expected share of decisions given a shadow call (router: any; cascade: paid)."
+                callback=above_0_up_to_1,
+                help="--online: expected share of decisions given a shadow call "
+                "(router: any; cascade: paid).",
             ),
         ] = 0.05,
         frontier: Annotated[
-            float, typer.Option(help="--online: rank band above the cut sampled like the cheap side.")
+            float,
+            typer.Option(
+                min=0.0, max=1.0, help="--online: rank band above the cut sampled like the cheap side."
+            ),
         ] = 0.1,
         rest_ratio: Annotated[
             float,
             typer.Option(
+                callback=above_0_up_to_1,
                 help="--online: sampling rate deep on the strong side, relative to near the cut "
-                "(1 with --frontier 0: uniform)."
+                "(1 with --frontier 0: uniform).",
             ),
         ] = 0.1,
         free_labels: Annotated[
@@ -215,11 +235,17 @@ def register(app: typer.Typer) -> None:
         ] = True,
         prior: Annotated[
             int,
-            typer.Option(help="--online: pseudo-outcomes from the file's calibration curve (0: no prior)."),
+            typer.Option(
+                min=0, help="--online: pseudo-outcomes from the file's calibration curve (0: no prior)."
+            ),
         ] = 0,
-        window: Annotated[int, typer.Option(help="--online: prompts per reported window.")] = 500,
+        # The stream is cut every `window` prompts: 0 would divide by zero.
+        window: Annotated[int, typer.Option(min=1, help="--online: prompts per reported window.")] = 500,
         order: Annotated[
-            str, typer.Option(help="--online: shuffled, or by-source (whole subjects in turn: drift).")
+            str,
+            typer.Option(
+                callback=an_order, help="--online: shuffled, or by-source (whole subjects in turn: drift)."
+            ),
         ] = "shuffled",
         learn: Annotated[
             bool,

@@ -33,14 +33,8 @@ def online_options(
     order: str,
     learn: bool,
 ) -> OnlineOptions:
-    """The command line's --online options, checked (the mode comes from the policy file)."""
-    if order not in ("shuffled", "by-source"):
-        raise ValueError("--order must be shuffled or by-source")
-    if prior < 0:
-        raise ValueError("--prior is a number of pseudo-outcomes, 0 or more")
-    if window < 1:
-        # The stream is cut every `window` prompts: 0 would divide by zero.
-        raise ValueError("--window is a number of prompts, 1 or more")
+    """The command line's --online options (their ranges checked by the options' callbacks in
+    replay.py, before anything loads; the mode comes from the policy file)."""
     return OnlineOptions(
         mode="router",
         target=target,
