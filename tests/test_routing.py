@@ -319,6 +319,36 @@ async def test_a_routes_cap_holds_when_it_is_not_the_first_route_named() -> None
     assert await names(planner, {**body, "model": "via", "faregate": {"max_cost_usd": 1}}) == ["a/tiny"]
 
 
+async def test_each_entry_of_a_models_list_is_planned_with_its_own_routes_settings() -> None:
+    """The first route a `models` list named lent its settings to every other entry: `[capped,
+    big]` and `[big, capped]` dropped big, a model the client named itself, for capped's cap;
+    `[open, fast]` ordered fast's offers cheapest first though fast picks by latency; `[guarded,
+    mid]` demoted mid's slow offer though a request for mid alone keeps it first. Each entry is
+    planned as it would be alone, in the list's order, a model only once."""
+    routes = {
+        **ROUTES,
+        "open": {"chain": ["cheap"]},
+        "capped": {"chain": ["tiny"], "max_cost_usd": "0.0005"},
+        "fast": {"chain": ["mid"], "offer_choice": "latency"},
+        "guarded": {"chain": ["cheap"], "failover_p99_ms": 100},
+    }
+    s = settings(routes=routes)
+    health = HealthBoard(BreakerSettings())
+    planner = Planner(build_catalog(s), s.routes, s.routing, health)
+    for _ in range(10):
+        health.success("a/mid", 10.0)
+        health.success("b/mid", 900.0)
+    # 100 output tokens: big's worst case is ~$0.001, over capped's cap, which is not big's.
+    body: dict[str, Any] = {"max_tokens": 100}
+    assert await names(planner, {**body, "models": ["capped", "big"]}) == ["a/tiny", "a/big"]
+    assert await names(planner, {**body, "models": ["big", "capped"]}) == ["a/big", "a/tiny"]
+    assert await names(planner, {"model": "mid"}) == ["b/mid", "a/mid"]  # cheapest first
+    assert await names(planner, {"models": ["guarded", "mid"]}) == ["a/cheap", "b/mid", "a/mid"]
+    assert await names(planner, {"models": ["open", "fast"]}) == ["a/cheap", "a/mid", "b/mid"]
+    # The route's own settings still hold for its steps wherever it stands in the list.
+    assert await names(planner, {**body, "models": ["open", "capped"]}) == ["a/cheap", "a/tiny"]
+
+
 LARGE_IMAGE = "data:image/png;base64," + "A" * 400_000  # ~6,000 billed tokens at 64 bytes each
 
 

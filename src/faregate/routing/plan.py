@@ -238,17 +238,22 @@ class Planner:
         cascade = self.routes.policies.cascades.get(route)
         if cascade is not None and (not request.stream or cascade.settings.streams == "buffer"):
             return await self._plan_cascade(route, cascade, request, prompt, hints)
-        steps: list[Step] = []
-        route_settings: RouteSettings | None = None
+        # Each name in turn with its own settings (a route's offer choice, p99 failover and cap
+        # hold for its own steps, a model named directly has none), as if it were asked alone;
+        # every name is resolved first, so an unknown one is a 404 whatever its place.
+        entries: list[tuple[list[Step], RouteSettings | None]] = []
         for name in names:
             if name in self.routes:
-                route_settings = route_settings or self.routes.get(name)
-                steps.extend(await self.routes.expand(name, request, prompt, hints, trace=trace))
+                steps = await self.routes.expand(name, request, prompt, hints, trace=trace)
+                entries.append((steps, self.routes.get(name)))
             else:
                 self.chat_model(name)
-                steps.append(Step(name, None))
+                entries.append(([Step(name, None)], None))
         rejected = Rejections()
-        candidates = await self._candidates(steps, request, prompt, hints, route_settings, rejected, set())
+        seen: set[str] = set()
+        candidates: list[Candidate] = []
+        for steps, settings in entries:
+            candidates += await self._candidates(steps, request, prompt, hints, settings, rejected, seen)
         if not candidates:
             await refuse(rejected, prompt)
         return Plan(route=route, candidates=candidates, prompt=prompt, hints=hints, trace=trace)
