@@ -167,3 +167,24 @@ def test_a_body_sent_after_100_continue_is_answered_on_both_servers(
         head = chat(key, b"", extra="Expect: 100-continue\r\n", length=len(BODY))
         answers, _ = exchange(port, head, after_continue=BODY)
         assert [status for status, _, _ in answers] == [100, 200], (name, answers)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/feedback"])
+def test_a_body_that_turns_out_malformed_is_a_400_on_both_servers(
+    gateways: dict[str, tuple[int, str]], path: str
+) -> None:
+    """aiohttp's C parser, refusing a chunk in a read after the head's, dropped the body its handler
+    was waiting for without telling it: the request hung until the client gave up. aiohttp carries
+    the hot POSTs with server.lean_http off, and every other POST (here /v1/feedback) either way.
+    Now the body's reader is told: a 400 in OpenAI's format, the connection closed."""
+    for name, (port, key) in gateways.items():
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
+        )
+        answers, closed = exchange(port, head.encode(), after_continue=b"zz\r\n")
+        assert [status for status, _, _ in answers] == [100, 400], (name, path, answers)
+        error = orjson.loads(answers[1][2])["error"]
+        assert error["type"] == "invalid_request_error", (name, path, error)
+        assert error["message"].startswith("Malformed request body: "), (name, path, error)
+        assert closed, (name, path)

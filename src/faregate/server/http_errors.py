@@ -13,7 +13,7 @@ servers answer the same bytes alike (tests/test_e2e_lean_differential.py).
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from faregate.errors import FaregateError, InternalError, InvalidRequest
 from faregate.server.client_wires import wire_of_path
@@ -23,6 +23,30 @@ class ErrorsInOpenAIFormat(RequestHandler):
     """aiohttp's RequestHandler, its error answers as OpenAI error JSON (module docstring)."""
 
     __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # aiohttp's C parser, refusing a read in the middle of a body (a chunk size that is not
+        # hex), queues a 400 for after the request and forgets the body without telling it: the
+        # handler reading it waited for ever (the pure-Python parser tells it). Told here, as the
+        # lean server says it; the queued 400 is dropped (the request's own answer says it) and
+        # the connection closes after that answer, its stream past repair.
+        if not self._messages or not isinstance(self._messages[-1][0], _ErrInfo):
+            return
+        current = self._current_request
+        bodies = [payload for _, payload in self._messages]
+        bodies += [current.content] if current is not None else []
+        unfinished = [body for body in bodies if not body.is_eof()]
+        if not unfinished:
+            return  # a bad head: aiohttp's 400 answers it
+        error_info = self._messages.pop()[0]
+        assert isinstance(error_info, _ErrInfo)
+        said = error_info.message.strip().splitlines()
+        detail = said[0].rstrip(":. ") if said else "bad chunk"
+        for body in unfinished:
+            body.set_exception(InvalidRequest(f"Malformed request body: {detail}.", code="invalid_body"))
+            body.feed_eof()  # not read on after the answer (aiohttp's lingering read): it will not end
+        self.close()
 
     def handle_error(
         self,
