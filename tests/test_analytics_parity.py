@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -269,6 +270,33 @@ async def test_recent_requests_search_and_paging(stores: Stores) -> None:
 async def test_search_ignores_case_beyond_ascii_on_both_stores(stores: Stores) -> None:
     # SQLite's LIKE folds ASCII case only, PostgreSQL's ILIKE all of it: "ÉCOLE" found "école" on
     # PostgreSQL and not on SQLite.
+    await _search_beyond_ascii(stores.lite_store, stores.lite, stores.pg_store, stores.pg)
+
+
+async def test_search_ignores_case_beyond_ascii_on_a_postgres_database_of_locale_c(
+    stores: Stores,
+    postgres_server: PostgresServer,  # noqa: F811
+) -> None:
+    # ILIKE folds case by the database's LC_CTYPE: "C" (a common choice, for speed) folds ASCII
+    # only, so "ÉCOLE" found "école" on SQLite and not on such a database.
+    name = "fg_c_" + secrets.token_hex(6)
+    postgres_server.psql(f"CREATE DATABASE {name} TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'")
+    url = postgres_server.url(name)
+    pg_store = await PostgresStore.open(url)
+    pg = await PostgresAnalytics.open(url)
+    try:
+        for n, (key_id, key_name) in enumerate(KEYS):
+            await pg_store.insert_key(KeyRow(key_id, key_name, f"fg-{key_id}…", f"hash{n}", False, H))
+        await pg_store.insert_records(make_records())
+        await _search_beyond_ascii(stores.lite_store, stores.lite, pg_store, pg)
+    finally:
+        await pg.close()
+        await pg_store.close()
+
+
+async def _search_beyond_ascii(
+    lite_store: SQLiteStore, lite: SQLiteAnalytics, pg_store: PostgresStore, pg: PostgresAnalytics
+) -> None:
     school = replace(
         make_records()[0],
         request_id="req_school",
@@ -280,7 +308,7 @@ async def test_search_ignores_case_beyond_ascii_on_both_stores(stores: Stores) -
     others = [
         replace(school, request_id=f"req_{m}", model_requested=m, key_id=None) for m in ("İZMİR", "ΟΔΟΣ")
     ]
-    for store in (stores.lite_store, stores.pg_store):
+    for store in (lite_store, pg_store):
         await store.insert_key(KeyRow("k-ü", "Über", "fg-k-ü…", "hash-ü", False, H))
         await store.insert_records([school, *others])
     s = Slice(H, H + 1)
@@ -292,7 +320,7 @@ async def test_search_ignores_case_beyond_ascii_on_both_stores(stores: Stores) -
         ("izmir", ["req_İZMİR"]),
         ("οδοσ", ["req_ΟΔΟΣ"]),
     ):
-        for a in (stores.lite, stores.pg):
+        for a in (lite, pg):
             assert [r["request_id"] for r in await a.recent(s, search=search)] == found, (a, search)
 
 

@@ -7,13 +7,15 @@ records it has not read yet in the small `rollup_pending` queue, filled by a tri
 PostgreSQL's side of the dialect: attempts is JSON text, read as `attempts::jsonb` with
 jsonb_array_length / -> / ->> / jsonb_array_elements WITH ORDINALITY; CAST(x AS INTEGER)
 rounds, so buckets use floor(); text ordering uses COLLATE "C" (byte order, as SQLite's
-BINARY) whatever the database locale; LIKE is case-sensitive, so search uses ILIKE; evenly
-spaced ids come from generate_series; money text is summed exactly as NUMERIC.
+BINARY) whatever the database locale; LIKE is case-sensitive, so search uses ILIKE, under a
+collation that folds all of Unicode when the database's own (LC_CTYPE "C") folds ASCII only;
+evenly spaced ids come from generate_series; money text is summed exactly as NUMERIC.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -25,6 +27,10 @@ from faregate.store.postgres.rollup import EVENT_COLUMNS, EVENTFUL, FAILED_ATTEM
 from faregate.store.protocols import StoreUnavailable
 
 POOL_SIZE = 4
+# Collations whose lower case is libc's towlower (or the same simple mapping) of each character, as
+# SQLite's fold() (store/sqlite/analytics.py), in order of preference: PostgreSQL 17's built-in
+# one, then libc's; ICU's last (it lowers İ to i + a dot and a final Σ to ς, as no other does).
+FOLDING_COLLATIONS = ("pg_c_utf8", "C.utf8", "C.UTF-8", "en_US.utf8", "en_US.UTF-8", "und-x-icu")
 
 
 def _sample_ids(lo: int, hi: int, step: int) -> tuple[str, str, list[Any]]:
@@ -47,6 +53,23 @@ def numbered(sql: str) -> str:
     SQL has a literal '?' (no jsonb ? operator either)."""
     parts = sql.split("?")
     return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+
+
+async def _folding_collation(pool: Any) -> str | None:
+    """None when the database's ILIKE folds all of Unicode already; else the collation to search
+    under (ILIKE folds case by the database's LC_CTYPE, and "C", often chosen for speed, folds
+    ASCII only: "ÉCOLE" missed "école", which SQLite finds). None too when the database has none
+    of FOLDING_COLLATIONS (a PostgreSQL without ICU on a system without C.UTF-8): ASCII only, then."""
+    async with pool.acquire() as conn:
+        if await conn.fetchval("SELECT 'É' ILIKE 'é'"):
+            return None
+        found = await conn.fetch(
+            "SELECT collname FROM pg_collation WHERE collname = ANY($1::text[])"
+            " AND collencoding IN (-1, pg_char_to_encoding(getdatabaseencoding()))",
+            list(FOLDING_COLLATIONS),
+        )
+    names = {row[0] for row in found}
+    return next((name for name in FOLDING_COLLATIONS if name in names), None)
 
 
 class PostgresAnalytics(AnalyticsQueries):
@@ -73,7 +96,17 @@ class PostgresAnalytics(AnalyticsQueries):
             )
         except (OSError, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL (store.postgres_url): {exc}") from exc
-        return cls(pool)
+        try:
+            collation = await _folding_collation(pool)
+        except (OSError, asyncpg.PostgresError) as exc:
+            pool.terminate()
+            raise StoreUnavailable(f"cannot read from PostgreSQL (store.postgres_url): {exc}") from exc
+        analytics = cls(pool)
+        if collation is not None:
+            analytics.dialect = replace(
+                POSTGRES, contains=lambda column: f"{column} ILIKE (? COLLATE \"{collation}\") ESCAPE '\\'"
+            )
+        return analytics
 
     @property
     def pool(self) -> Any:
