@@ -32,7 +32,7 @@ from faregate.config import AccountsSettings, UpstreamQueueSettings, parse_setti
 from faregate.errors import InsufficientCredits, InvalidRequest, RateLimited
 from faregate.routing.candidate_fit import ModelUnavailable
 from faregate.routing.plan import Planner
-from faregate.routing.queue import PriorityGate, UpstreamLimiter
+from faregate.routing.queue import PREMIUM, STANDARD, VERIFICATION, PriorityGate, UpstreamLimiter
 from faregate.server.parse import parse_chat_request
 from faregate.wire.openai import error_body
 
@@ -212,42 +212,44 @@ def test_refusals_become_402_and_429_in_openai_format() -> None:
 # -- the upstream queue ----------------------------------------------------------------------
 
 
-async def test_gate_serves_premium_first_then_fifo() -> None:
+async def test_gate_serves_premium_first_verifications_last_then_fifo() -> None:
     gate = PriorityGate(UpstreamQueueSettings(max_concurrent=1, timeout_s=5), "sim")
-    first = await gate.acquire(premium=False)
+    first = await gate.acquire(STANDARD)
     order: list[str] = []
 
-    async def wait(name: str, premium: bool) -> None:
-        slot = await gate.acquire(premium)
+    async def wait(name: str, tier: int) -> None:
+        slot = await gate.acquire(tier)
         order.append(name)
         await asyncio.sleep(0)
         slot.release()
 
-    tasks = [asyncio.create_task(wait(f"s{i}", False)) for i in range(3)]
+    tasks = [asyncio.create_task(wait("v0", VERIFICATION))]
     await asyncio.sleep(0.01)
-    tasks += [asyncio.create_task(wait(f"p{i}", True)) for i in range(3)]
+    tasks += [asyncio.create_task(wait(f"s{i}", STANDARD)) for i in range(3)]
     await asyncio.sleep(0.01)
-    assert gate.queued == 6
+    tasks += [asyncio.create_task(wait(f"p{i}", PREMIUM)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    assert gate.queued == 7
     first.release()
     await asyncio.gather(*tasks)
-    assert order == ["p0", "p1", "p2", "s0", "s1", "s2"]
+    assert order == ["p0", "p1", "p2", "s0", "s1", "s2", "v0"]
     assert gate.active == 0
 
 
 async def test_gate_times_out_with_429_and_bounds_its_queue() -> None:
     gate = PriorityGate(UpstreamQueueSettings(max_concurrent=1, max_queued=1, timeout_s=0.05), "sim")
-    held = await gate.acquire(premium=True)
-    waiter = asyncio.create_task(gate.acquire(premium=False))
+    held = await gate.acquire(PREMIUM)
+    waiter = asyncio.create_task(gate.acquire(STANDARD))
     await asyncio.sleep(0.005)
     with pytest.raises(RateLimited) as full:
-        await gate.acquire(premium=True)
+        await gate.acquire(PREMIUM)
     assert "already waiting" in full.value.message and "Retry-After" in full.value.headers
     with pytest.raises(RateLimited) as late:
         await waiter
     assert late.value.code == "upstream_queue_timeout" and gate.timeouts == 1
     held.release()
     assert gate.active == 0
-    again = await gate.acquire(premium=False)
+    again = await gate.acquire(STANDARD)
     again.release()
     again.release()  # idempotent
     assert gate.active == 0
@@ -255,15 +257,15 @@ async def test_gate_times_out_with_429_and_bounds_its_queue() -> None:
 
 async def test_cancelled_waiter_does_not_leak_a_slot() -> None:
     limiter = UpstreamLimiter({"sim": UpstreamQueueSettings(max_concurrent=1, timeout_s=5)})
-    held = await limiter.acquire("sim", False)
-    waiter = asyncio.create_task(limiter.acquire("sim", False))
+    held = await limiter.acquire("sim", STANDARD)
+    waiter = asyncio.create_task(limiter.acquire("sim", STANDARD))
     await asyncio.sleep(0.005)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
     held.release()
     assert limiter.gates["sim"].active == 0
-    async with limiter.slot("other-provider", False):  # not limited: no gate at all
+    async with limiter.slot("other-provider", STANDARD):  # not limited: no gate at all
         pass
 
 

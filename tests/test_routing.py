@@ -23,15 +23,16 @@ from faregate.errors import (
 )
 from faregate.providers.base import UpstreamCall
 from faregate.providers.registry import ProviderRegistry
+from faregate.quality.spend import shadow_request
 from faregate.routing.attempts import AttemptRunner
 from faregate.routing.candidate_fit import ModelUnavailable
 from faregate.routing.estimate import PromptSize
 from faregate.routing.health import CLOSED, HALF_OPEN, OPEN, Breaker, HealthBoard
-from faregate.routing.plan import Planner
-from faregate.routing.queue import UpstreamLimiter
+from faregate.routing.plan import Plan, Planner
+from faregate.routing.queue import STANDARD, UpstreamLimiter
 from faregate.routing.worst_case import worst_case
 from faregate.server.parse import parse_chat_request
-from faregate.types import Completion, Usage
+from faregate.types import ChatRequest, Completion, Usage
 
 PROVIDERS = {
     "a": {"base_url": "http://127.0.0.1:1/v1", "enabled": True},
@@ -786,7 +787,7 @@ async def test_a_full_upstream_queue_falls_back_to_the_next_candidate() -> None:
     planner = Planner(build_catalog(s), s.routes, s.routing, health)
     limiter = UpstreamLimiter({"b": UpstreamQueueSettings(max_concurrent=1, max_queued=0, timeout_s=0.05)})
     runner = AttemptRunner(ProviderRegistry.of({"a": a, "b": b}), 5.0, s.routing, health, limiter)
-    held = await limiter.acquire("b", premium=False)  # b's one slot is taken
+    held = await limiter.acquire("b", STANDARD)  # b's one slot is taken
     try:
         req = request({"model": "mid"})
         plan = await planner.plan(req)
@@ -798,6 +799,42 @@ async def test_a_full_upstream_queue_falls_back_to_the_next_candidate() -> None:
     finally:
         held.release()
     assert not b.calls
+
+
+async def test_a_verifications_call_waits_behind_users_for_an_upstream_slot() -> None:
+    # A verification must never delay or fail a user's response: its shadow call, queued first for
+    # b's only slot, is served after a user's request that came later, and takes no place from it
+    # in the queue (max_queued 1: the user's request waits, it is not refused).
+    b = Scripted("b", [ok("first served"), ok("second served")])
+    s = settings(routing={"retries": 0})
+    planner = Planner(build_catalog(s), s.routes, s.routing)
+    limiter = UpstreamLimiter({"b": UpstreamQueueSettings(max_concurrent=1, max_queued=1, timeout_s=30)})
+    runner = AttemptRunner(ProviderRegistry.of({"b": b}), 30.0, s.routing, None, limiter)
+    gate = limiter.gates["b"]
+
+    async def at_b(req: ChatRequest) -> Plan:
+        plan = await planner.plan(req)
+        return replace(plan, candidates=[c for c in plan.candidates if c.offer.provider == "b"])
+
+    async def queued(count: int) -> None:
+        for _ in range(1000):
+            if gate.queued >= count:
+                return
+            await asyncio.sleep(0)
+        raise AssertionError(f"{count} calls never queued for b")
+
+    held = await limiter.acquire("b", STANDARD)  # b's one slot is taken
+    user = request({"model": "mid"})
+    shadow = shadow_request(user, "mid")
+    shadow_task = asyncio.create_task(runner.complete(shadow, await at_b(shadow)))
+    await queued(1)
+    user_task = asyncio.create_task(runner.complete(user, await at_b(user)))
+    await queued(2)
+    held.release()
+    user_served, shadow_served = await asyncio.gather(user_task, shadow_task)
+    assert user_served.completion.body["choices"][0]["message"]["content"] == "first served"
+    assert shadow_served.completion.body["choices"][0]["message"]["content"] == "second served"
+    assert gate.served_verification == 1 and gate.active == 0
 
 
 async def test_a_providers_404_falls_back_at_once_and_counts_against_its_offer() -> None:
@@ -861,7 +898,7 @@ async def test_the_deadline_reached_in_an_upstream_queue_is_no_failure_of_the_of
     planner = Planner(build_catalog(s), s.routes, s.routing, health)
     limiter = UpstreamLimiter({"b": UpstreamQueueSettings(max_concurrent=1, max_queued=5, timeout_s=30)})
     runner = AttemptRunner(ProviderRegistry.of({"b": b}), 0.2, s.routing, health, limiter)
-    held = await limiter.acquire("b", premium=False)  # b's one slot is taken for longer than the request
+    held = await limiter.acquire("b", STANDARD)  # b's one slot is taken for longer than the request
     try:
         req = request({"model": "mid", "stream": stream})
         plan = await planner.plan(req)
@@ -891,7 +928,7 @@ async def test_a_stream_that_waited_for_an_upstream_slot_keeps_to_the_request_de
     s = settings(routing={"retries": 0})
     limiter = UpstreamLimiter({"b": UpstreamQueueSettings(max_concurrent=1, max_queued=5, timeout_s=30)})
     runner = AttemptRunner(ProviderRegistry.of({"b": b}), 1.0, s.routing, None, limiter)
-    held = await limiter.acquire("b", premium=False)
+    held = await limiter.acquire("b", STANDARD)
     asyncio.get_running_loop().call_later(0.5, held.release)  # b's slot frees up halfway to the deadline
     req = request({"model": "mid", "stream": True})
     plan = await Planner(build_catalog(s), s.routes, s.routing).plan(req)

@@ -64,6 +64,8 @@ class ChatRequest:
     key_id: str | None = None
     # The key is premium (fg_pro_): may use dedicated offers, goes first in upstream queues.
     premium: bool = False
+    # A quality verification's shadow or judge call, not a client's: last in upstream queues.
+    verification: bool = False
     received_at: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)
     # Fields the client's wire put in the body that the chat wire does not carry (a Messages
@@ -80,6 +82,7 @@ class RequestMeta(Protocol):
     request_id: str
     key_id: str | None
     premium: bool
+    verification: bool
     # perf_counter() when the gateway received it: the request's deadline runs from here.
     started: float
 

@@ -381,7 +381,8 @@ class AccountsSettings(_Strict):
 
 class UpstreamQueueSettings(_Strict):
     """A bound on concurrent calls to one provider; callers beyond it wait in a priority queue
-    (premium keys first) and get 429 when the wait passes `timeout_s` or the queue is full."""
+    (premium keys first, quality verifications last) and get 429 when the wait passes `timeout_s` or
+    the queue is full."""
 
     max_concurrent: Annotated[int, msgspec.Meta(ge=1)]
     max_queued: Annotated[int, msgspec.Meta(ge=0)] = 1000

@@ -90,7 +90,8 @@ class ShadowCall:
 
 
 def shadow_request(request: ChatRequest, reference: str) -> ChatRequest:
-    """The user's request asked of `reference` instead, whole and not streamed."""
+    """The user's request asked of `reference` instead, whole and not streamed, as a verification's
+    call (routing/queue.py serves it only when no user's request waits for the provider)."""
     body = {k: v for k, v in without_streaming(request.body).items() if k != "models"}
     body["model"] = reference
     return ChatRequest(
@@ -102,6 +103,7 @@ def shadow_request(request: ChatRequest, reference: str) -> ChatRequest:
         max_tokens=request.max_tokens,
         required_modalities=request.required_modalities,
         choices=request.choices,
+        verification=True,  # last in upstream queues: it must never delay a user's request
     )
 
 

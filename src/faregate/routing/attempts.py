@@ -28,7 +28,7 @@ from faregate.providers.registry import ProviderEntry, ProviderRegistry
 from faregate.routing.health import HealthBoard
 from faregate.routing.opened_stream import NOT_HEALTH_SIGNALS, OpenedStream
 from faregate.routing.plan import Candidate, Plan
-from faregate.routing.queue import UpstreamLimiter
+from faregate.routing.queue import UpstreamLimiter, tier_of
 from faregate.types import GATEWAY_FIELDS, JSON, Attempt, ChatRequest, Completion, RequestMeta, Usage
 from faregate.wire.openai import (
     TOOL_FINISHES,
@@ -66,7 +66,8 @@ class AttemptRunner:
         self.request_timeout_s = request_timeout_s
         self.routing = routing or RoutingSettings()
         self.health = health or HealthBoard(self.routing.breaker, self.routing.latency_window)
-        # Concurrency bounds per provider (premium first in the queue); none unless configured.
+        # Concurrency bounds per provider (premium first in the queue, verifications last); none
+        # unless configured.
         self.limiter = limiter or UpstreamLimiter()
         self._random = random.Random()
         # Counters for metrics: retries made and fallbacks taken.
@@ -196,7 +197,7 @@ class AttemptRunner:
         its RateLimited refusal (the upstream was never called, so no failure of the offer),
         not a TimeoutError that the attempt loop counts against the offer's breaker. The call
         then gets what is left of the request's time."""
-        async with self.limiter.slot(candidate.offer.provider, request.premium, time_left):
+        async with self.limiter.slot(candidate.offer.provider, tier_of(request), time_left):
             async with asyncio.timeout(self._time_left(request)):
                 return await send(call)
 
@@ -207,7 +208,7 @@ class AttemptRunner:
         async def once(
             candidate: Candidate, provider: Provider, call: UpstreamCall, time_left: float
         ) -> tuple[list[JSON], list[JSON], AsyncIterator[list[JSON]]]:
-            slot = await self.limiter.acquire(candidate.offer.provider, request.premium, time_left)
+            slot = await self.limiter.acquire(candidate.offer.provider, tier_of(request), time_left)
             if candidate.offer.provider in self.limiter.gates:
                 # The wait for the slot came out of the request's time: the stream's opening and
                 # its call's own timeouts get what is left after it, as `_in_slot` gives a whole call.

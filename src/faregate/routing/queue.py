@@ -1,10 +1,12 @@
 """A bound on concurrent calls per upstream provider, with a priority queue in front of it.
 
-When a provider is at `max_concurrent` calls, further callers wait; premium keys' requests
-are served before standard ones, first come first served within a tier. A caller that
-waits longer than `timeout_s`, or finds `max_queued` callers already waiting, gets 429
-with Retry-After (the attempt loop then tries the plan's next candidate, and gives the client
-that 429 only when no upstream was called). A stream holds its slot until it ends (or is closed).
+When a provider is at `max_concurrent` calls, further callers wait; premium keys' requests are
+served before standard ones, and both before a quality verification's shadow and judge calls
+(which must never delay a user's response: they get a slot only when no user waits for one, and
+take no user's place under `max_queued`), first come first served within a tier. A caller that
+waits longer than `timeout_s`, or finds `max_queued` callers already waiting, gets 429 with
+Retry-After (the attempt loop then tries the plan's next candidate, and gives the client that 429
+only when no upstream was called). A stream holds its slot until it ends (or is closed).
 
 Off unless `upstream_limits` names the provider in the config.
 """
@@ -22,9 +24,17 @@ from typing import Any, Generic, TypeVar
 
 from faregate.config import UpstreamQueueSettings
 from faregate.errors import RateLimited
+from faregate.types import RequestMeta
 
-PREMIUM, STANDARD = 0, 1
+# The queue's tiers, best first.
+PREMIUM, STANDARD, VERIFICATION = 0, 1, 2
 T = TypeVar("T")
+
+
+def tier_of(request: RequestMeta) -> int:
+    if request.verification:
+        return VERIFICATION
+    return PREMIUM if request.premium else STANDARD
 
 
 class Slot:
@@ -60,6 +70,7 @@ class PriorityGate:
     # Counters for health and tests.
     served_premium: int = 0
     served_standard: int = 0
+    served_verification: int = 0
     timeouts: int = 0
     rejected_full: int = 0
 
@@ -67,15 +78,22 @@ class PriorityGate:
     def queued(self) -> int:
         return sum(1 for _, _, future in self._waiting if not future.done())
 
-    async def acquire(self, premium: bool, time_left: float | None = None) -> Slot:
-        tier = PREMIUM if premium else STANDARD
+    def _queued_for(self, tier: int) -> int:
+        """The waiters that count against `max_queued` for a caller of `tier`: a user's request
+        does not count the verifications' (served after it, and no more than the verifier's slots)."""
+        if tier == VERIFICATION:
+            return self.queued
+        return sum(1 for waiting, _, future in self._waiting if waiting != VERIFICATION and not future.done())
+
+    async def acquire(self, tier: int, time_left: float | None = None) -> Slot:
         if self.active < self.settings.max_concurrent and not self.queued:
             self.active += 1
             self._count(tier)
             return Slot(self)
-        if self.queued >= self.settings.max_queued:
+        ahead = self._queued_for(tier)
+        if ahead >= self.settings.max_queued:
             self.rejected_full += 1
-            raise self._refusal(f"{self.queued} requests are already waiting for it")
+            raise self._refusal(f"{ahead} requests are already waiting for it")
         timeout = self.settings.timeout_s if time_left is None else min(self.settings.timeout_s, time_left)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (tier, next(self._order), future))
@@ -107,8 +125,10 @@ class PriorityGate:
     def _count(self, tier: int) -> None:
         if tier == PREMIUM:
             self.served_premium += 1
-        else:
+        elif tier == STANDARD:
             self.served_standard += 1
+        else:
+            self.served_verification += 1
 
     def _refusal(self, why: str) -> RateLimited:
         retry = max(1, math.ceil(self.settings.timeout_s / 2))
@@ -148,15 +168,15 @@ class UpstreamLimiter:
     def __init__(self, settings: dict[str, UpstreamQueueSettings] | None = None) -> None:
         self.gates = {name: PriorityGate(s, name) for name, s in (settings or {}).items()}
 
-    async def acquire(self, provider: str, premium: bool, time_left: float | None = None) -> Slot:
+    async def acquire(self, provider: str, tier: int, time_left: float | None = None) -> Slot:
         gate = self.gates.get(provider)
         if gate is None:
             return Slot(None)
-        return await gate.acquire(premium, time_left)
+        return await gate.acquire(tier, time_left)
 
     @contextlib.asynccontextmanager
-    async def slot(self, provider: str, premium: bool, time_left: float | None = None) -> AsyncIterator[None]:
-        slot = await self.acquire(provider, premium, time_left)
+    async def slot(self, provider: str, tier: int, time_left: float | None = None) -> AsyncIterator[None]:
+        slot = await self.acquire(provider, tier, time_left)
         try:
             yield
         finally:
@@ -173,6 +193,7 @@ class UpstreamLimiter:
                 "queued": gate.queued,
                 "served_premium": gate.served_premium,
                 "served_standard": gate.served_standard,
+                "served_verification": gate.served_verification,
                 "timeouts": gate.timeouts,
                 "rejected_full": gate.rejected_full,
             }

@@ -65,6 +65,7 @@ class EmbeddingJob:
     hints: JSON = field(default_factory=dict)
     key_id: str | None = None
     premium: bool = False
+    verification: bool = False  # never: verifications make chat calls only
     started: float = 0.0
     counted: int | None = None
 
