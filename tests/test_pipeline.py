@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -27,9 +28,11 @@ from faregate.config import parse_settings
 from faregate.errors import RateLimited, UpstreamFailure, UpstreamRejected
 from faregate.providers.base import UpstreamCall
 from faregate.providers.registry import ProviderRegistry
+from faregate.quality.verifier import Verifier
 from faregate.routing.attempts import AttemptRunner
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Plan, Planner
+from faregate.server.http_seam import Whole
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.wire_routes import add_wire_routes
 from faregate.store.rows import attempts_json, usd_text
@@ -724,6 +727,32 @@ async def test_a_request_cancelled_while_its_hold_settles_is_still_recorded(harn
         await asyncio.sleep(0.01)
     (record,) = harness.records
     assert record.status == 200 and record.cost_usd > 0
+
+
+async def test_a_request_cancelled_while_its_answer_is_written_leaves_no_verification_pending(
+    harness: Harness,
+) -> None:
+    """A verification is counted as pending before the answer is written (`_promise`); a handler
+    cancelled in that write (its client gone, a shutdown past its grace) must not leave it counted
+    for good: /admin/quality would say "pending" forever, and a client waiting for 0 would hang."""
+    verifier = Verifier(cast(Any, None), harness.pipeline.runner, harness.pipeline.planner)
+    harness.pipeline.verifier = verifier
+    writing = asyncio.Event()
+
+    class StuckWrite:
+        async def send(self, response: Whole) -> None:
+            writing.set()
+            await asyncio.Event().wait()
+
+    exchange = SimpleNamespace(http=StuckWrite(), verification=None, client_gone=lambda when: None)
+    job = cast(Any, object())
+    promised = asyncio.create_task(harness.pipeline._promise(cast(Any, exchange), job, Whole(200, b"{}", {})))
+    await asyncio.wait_for(writing.wait(), 5)
+    assert verifier.pending == 1
+    promised.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await promised
+    assert verifier.pending == 0 and exchange.verification is None
 
 
 async def test_the_upstream_is_never_allowed_more_output_than_the_hold_covers(harness: Harness) -> None:

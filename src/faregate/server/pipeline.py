@@ -318,10 +318,16 @@ class ChatPipeline:
         writing the answer; settle_and_record submits the job (or lets it go)."""
         assert self.verifier is not None
         self.verifier.promise()
-        if await self._written(exchange, response):
-            exchange.verification = job
-        else:
-            self.verifier.let_go()
+        written = False
+        try:
+            written = await self._written(exchange, response)
+        finally:
+            # Let go also when cancelled mid-write (a client gone, a shutdown past its grace):
+            # a promise nobody submits would count as pending for good.
+            if written:
+                exchange.verification = job
+            else:
+                self.verifier.let_go()
 
     async def _written(self, exchange: Exchange, response: Reply) -> bool:
         """Finish writing the response now; False if the client is gone."""
