@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from faregate.cache.guard_numbers import numbers
@@ -367,6 +369,54 @@ async def test_a_meaning_whose_answer_is_gone_is_forgotten_so_the_answers_beside
     assert await ask(second) is None  # the first one's meaning, but no answer to serve
     assert await ask(third) == f"answer to {second}"
     assert len(semantic.index) == {"evicted": 3, "unreadable": 1}[lost]  # all but the first
+
+
+@pytest.mark.parametrize("lost", ["gone", "unreadable", "older than max-age"])
+async def test_a_calibrated_hit_not_served_after_all_is_not_counted_as_served(lost: str) -> None:
+    """With `max_wrong_hit_rate` set, a lookup is counted as served before its answer is read: a
+    hit whose answer is gone or unreadable (its meaning then dropped), or older than the request's
+    max-age, got a fresh answer all the same, and /admin/quality counted it among the served. An
+    answer that is only too old is still there: its candidate is labelled by the fresh answer, as
+    every unserved candidate is."""
+    from faregate.learning.online.settings import SemanticAcceptanceSettings
+    from faregate.quality.cache_live import CacheCalibration
+
+    cached, asking = "How tall is Mount Everest?", "What is the height of Mount Everest?"
+    fake = FakeEmbedder({cached: unit(1), asking: at_cosine(0.95)})
+    semantic: SemanticCache[str] = SemanticCache(AsyncEmbedder(fake))
+    store = MemoryStore()
+    cache = ResponseCache(CacheSettings(), store, semantic)
+    acceptance = CacheCalibration(SemanticAcceptanceSettings(), "exact")
+    acceptance.state.threshold = 0.9  # certified
+    cache.acceptance = acceptance
+    semantic.floor = acceptance.floor
+
+    def decided(question: str, headers: dict[str, str]) -> tuple[Any, Any]:
+        asked = parse_chat_request(
+            {"model": "m", "messages": [{"role": "user", "content": question}], "temperature": 0}, {}, "r"
+        )
+        asked.key_id = "key_a"
+        return asked, cache.decide(asked, headers, lambda: "m")
+
+    first, stored = decided(cached, {})
+    cache.remember(stored, first, {"answer": "8,849 m"}, "m", "p", Usage(5, 5))
+    await asyncio.gather(*cache._tasks)
+    headers: dict[str, str] = {}
+    if lost == "gone":
+        store._entries.clear()  # evicted
+    elif lost == "unreadable":
+        await cache.store.set(stored.key, b'{"from": "another version"}', 60)
+    else:
+        headers = {"Cache-Control": "max-age=60"}
+        raw = await cache.store.get(stored.key)
+        assert raw is not None
+        old = {**orjson.loads(raw), "stored_at": time.time() - 120}
+        await cache.store.set(stored.key, orjson.dumps(old), 60)
+    asked, decision = decided(asking, headers)
+    assert await cache.lookup(decision, asked) is None
+    assert (acceptance.state.lookups, acceptance.state.served) == (1, 0)
+    labelled = lost == "older than max-age"
+    assert decision.candidate == ((pytest.approx(0.95), stored.key) if labelled else None)
 
 
 async def test_a_meaning_is_kept_while_the_store_of_its_answer_does_not_answer() -> None:

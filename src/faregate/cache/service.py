@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -32,6 +32,9 @@ from faregate.errors import InvalidRequest
 from faregate.lifecycle import Lifecycle
 from faregate.routing.routes import parse_hints
 from faregate.types import JSON, ChatRequest, Usage
+
+if TYPE_CHECKING:
+    from faregate.cache.semantic import SemanticHit
 
 log = logging.getLogger("faregate.cache")
 
@@ -263,17 +266,26 @@ class ResponseCache:
             and self.acceptance.conflicted(hit.entry.payload, hit.similarity)
         ):
             hit = None  # a different question was seen this close to this entry
+        answer, kept = (None, False) if hit is None else await self._semantic_answer(hit, decision)
         if self.acceptance is not None and result.status != "skipped":
+            # Counted once the answer is read: a hit whose answer is gone, unreadable or too old
+            # for the request's max-age is not served. An unserved candidate is labelled by the
+            # fresh answer when its own is still there to compare.
             candidate = result.candidate
-            self.acceptance.looked_up(None if candidate is None else candidate.similarity, hit is not None)
-            if candidate is not None and hit is None:
+            self.acceptance.looked_up(None if candidate is None else candidate.similarity, answer is not None)
+            if candidate is not None and answer is None and (hit is None or kept):
                 decision.candidate = (candidate.similarity, candidate.entry.payload)
-        if hit is None:
-            return None
-        kept = await self.store.read(hit.entry.payload)
-        answer = None if kept.value is None else _readable("semantic-hit", kept.value)
+        return answer
+
+    async def _semantic_answer(
+        self, hit: SemanticHit[str], decision: CacheDecision
+    ) -> tuple[CachedAnswer | None, bool]:
+        """The answer a semantic hit serves (None: not served), and whether its answer is kept."""
+        assert self.semantic is not None
+        found = await self.store.read(hit.entry.payload)
+        answer = None if found.value is None else _readable("semantic-hit", found.value)
         if answer is None:
-            if kept.answered:
+            if found.answered:
                 # The answer is gone (expired, evicted, too big to keep) or unreadable, and the
                 # fresh one is stored under this request's key, not over it: left in the index, its
                 # meaning stays the nearest entry, and every paraphrase near it a miss.
@@ -281,12 +293,12 @@ class ResponseCache:
                     await self.semantic.forget(hit.entry)
                 except Exception:
                     log.exception("could not drop a semantic cache entry whose answer is gone")
-            return None
+            return None, False
         if _older(answer, decision.max_age_s):
-            return None
+            return None, True
         answer.similarity = hit.similarity
         answer.key = hit.entry.payload
-        return answer
+        return answer, True
 
     def _semantic_query(self, decision: CacheDecision, request: ChatRequest) -> tuple[Any, str, int] | None:
         from faregate.cache.semantic import conversation_text, scope_for
