@@ -419,6 +419,67 @@ async def test_a_calibrated_hit_not_served_after_all_is_not_counted_as_served(lo
     assert decision.candidate == ((pytest.approx(0.95), stored.key) if labelled else None)
 
 
+async def test_a_model_that_fails_to_load_is_tried_again_after_a_back_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Corrupt model files: every lookup tried to load the model again (half a second of the
+    worker each) and logged a traceback, a storm under load. The load is tried again after a
+    back-off that doubles, with one log line per try; meanwhile the cache misses and the exact
+    cache still stores and serves."""
+    now = [0.0]
+    loads: list[float] = []
+    healthy = FakeEmbedder({"What is 2+2?": unit(1)})
+
+    def loader() -> FakeEmbedder:
+        loads.append(now[0])
+        if len(loads) < 3:
+            raise RuntimeError("the packaged embedding model does not match its pinned SHA-256")
+        return healthy
+
+    embedder = AsyncEmbedder(loader=loader, clock=lambda: now[0])
+    semantic: SemanticCache[str] = SemanticCache(embedder)
+    cache = ResponseCache(CacheSettings(), MemoryStore(), semantic)
+
+    async def ask(question: str) -> bool:
+        asked = parse_chat_request(
+            {"model": "m", "messages": [{"role": "user", "content": question}], "temperature": 0}, {}, "r"
+        )
+        asked.key_id = "key_a"
+        decision = cache.decide(asked, {}, lambda: "m")
+        if await cache.lookup(decision, asked) is not None:
+            return True
+        cache.remember(decision, asked, {"answer": "4"}, "m", "p", Usage(5, 5))
+        await asyncio.gather(*cache._tasks)
+        return False
+
+    try:
+        with caplog.at_level("INFO"):
+            await embedder.start()  # the start-up load fails: logged, not raised
+            for i in range(20):
+                assert not await ask(f"question {i}")
+            assert loads == [0.0]
+            assert await ask("question 0")  # the exact cache works meanwhile
+            now[0] = 29.0
+            assert not await ask("question 20")
+            assert loads == [0.0]
+            now[0] = 31.0  # the back-off (30 s) is over: tried again, failing again
+            for i in range(21, 40):
+                assert not await ask(f"question {i}")
+            assert loads == [0.0, 31.0]
+            now[0] = 31.0 + 59.0  # the next try comes after twice as long
+            assert not await ask("question 40")
+            assert loads == [0.0, 31.0]
+            now[0] = 31.0 + 61.0
+            assert not await ask("What is 2+2?")  # loaded: looked up, then stored by meaning
+            assert loads == [0.0, 31.0, 92.0]
+            assert len(semantic.index) == 1
+        failures = [r for r in caplog.records if "embedding model" in r.getMessage()]
+        assert len(failures) == 3, [r.getMessage() for r in failures]  # two failed tries, one load
+        assert sum(bool(r.exc_info) for r in caplog.records) == 1  # the first try's traceback
+    finally:
+        await cache.close()
+
+
 async def test_a_meaning_is_kept_while_the_store_of_its_answer_does_not_answer() -> None:
     """Redis down or skipped is no evidence that an answer is gone: its meaning stays indexed."""
     import socket

@@ -28,6 +28,7 @@ from faregate.cache.keying import (
 )
 from faregate.cache.stores import CacheStore
 from faregate.config import CacheSettings
+from faregate.embedding.model import ModelUnavailable
 from faregate.errors import InvalidRequest
 from faregate.lifecycle import Lifecycle
 from faregate.routing.routes import parse_hints
@@ -254,6 +255,8 @@ class ResponseCache:
             self.semantic.threshold = self.acceptance.threshold()
         try:
             result = await self.semantic.explain(scope, text, turns=turns)
+        except ModelUnavailable:
+            return None  # the model failed to load: logged once per try (embedding/embedder.py)
         except Exception:
             log.exception("semantic cache lookup failed; answering without it")
             return None
@@ -371,6 +374,8 @@ class ResponseCache:
                         await self.on_semantic_store(
                             scope, text, decision.key, decision.ttl_s, decision.vector
                         )
+        except ModelUnavailable:
+            pass  # stored exactly only: the model failed to load (logged once per try)
         except Exception:
             log.exception("could not store a cache entry")
 
