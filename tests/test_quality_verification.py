@@ -188,7 +188,18 @@ async def test_verifications_waiting_for_a_slot_are_bounded_and_decisions_pause_
     assert held.paused and not held.labelled and route.state.decisions == decisions
     hit = cast(
         Any,
-        type("Hit", (), {"kind": "semantic-hit", "body": {}, "similarity": 0.9, "model": "m", "key": "k"}),
+        type(
+            "Hit",
+            (),
+            {
+                "kind": "semantic-hit",
+                "body": {},
+                "similarity": 0.9,
+                "model": "m",
+                "key": "k",
+                "counted": True,
+            },
+        ),
     )
     assert verifier.cache_job_for(request("req99"), hit) is None
     verifier.submit(jobs[3])  # decided before the backlog filled: still verified

@@ -419,6 +419,58 @@ async def test_a_calibrated_hit_not_served_after_all_is_not_counted_as_served(lo
     assert decision.candidate == ((pytest.approx(0.95), stored.key) if labelled else None)
 
 
+async def test_a_lookup_the_calibration_does_not_count_is_not_labelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Too many calibration changes wait for the store (it is down: quality/state.py, MAX_UNSAVED):
+    lookups are not counted, so neither a served hit nor an unserved candidate may be labelled,
+    or the labels would describe lookups the calibration never counted."""
+    from typing import cast
+
+    from faregate.learning.online.settings import SemanticAcceptanceSettings
+    from faregate.quality import state as quality_state
+    from faregate.quality.cache_live import CacheCalibration
+    from faregate.quality.service import QualityService
+    from faregate.quality.verifier import Verifier
+    from test_quality_live import FakeStore
+
+    monkeypatch.setattr(quality_state, "MAX_UNSAVED", 0)  # nothing more may wait
+    cached, close, near = (
+        "How tall is Mount Everest?",
+        "What is the height of Mount Everest?",
+        "Mount Everest, how tall is it?",
+    )
+    fake = FakeEmbedder({cached: unit(1), close: at_cosine(0.95), near: at_cosine(0.85)})
+    semantic: SemanticCache[str] = SemanticCache(AsyncEmbedder(fake))
+    cache = ResponseCache(CacheSettings(), MemoryStore(), semantic)
+    acceptance = CacheCalibration(SemanticAcceptanceSettings(verify_hits=1.0), "exact")
+    acceptance.state.threshold = 0.9  # certified
+    cache.acceptance = acceptance
+    semantic.floor = acceptance.floor
+    verifier = Verifier(
+        QualityService([], cast(Any, FakeStore()), acceptance), cast(Any, None), cast(Any, None)
+    )
+
+    def decided(question: str) -> tuple[Any, Any]:
+        asked = parse_chat_request(
+            {"model": "m", "messages": [{"role": "user", "content": question}], "temperature": 0}, {}, "r"
+        )
+        asked.key_id = "key_a"
+        return asked, cache.decide(asked, {}, lambda: "m")
+
+    first, stored = decided(cached)
+    cache.remember(stored, first, {"answer": "8,849 m"}, "m", "p", Usage(5, 5))
+    await asyncio.gather(*cache._tasks)
+    asked, decision = decided(close)
+    hit = await cache.lookup(decision, asked)
+    assert hit is not None and not hit.counted  # served, not counted
+    assert verifier.cache_job_for(asked, hit) is None
+    asked, decision = decided(near)
+    assert await cache.lookup(decision, asked) is None
+    assert decision.candidate is None  # below the threshold, and not to be labelled
+    assert acceptance.state.lookups == 0 and not acceptance.journal
+
+
 async def test_a_model_that_fails_to_load_is_tried_again_after_a_back_off(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -80,6 +80,9 @@ class CachedAnswer:
     key: str = ""
     # When it was stored (time.time()); 0 for entries stored before it was kept.
     stored_at: float = 0.0
+    # A semantic hit counted by a calibrated acceptance (quality/cache_live.py): only one counted
+    # may be verified.
+    counted: bool = True
 
 
 def _cache_hint(hints: JSON) -> dict[str, Any]:
@@ -275,8 +278,11 @@ class ResponseCache:
             # for the request's max-age is not served. An unserved candidate is labelled by the
             # fresh answer when its own is still there to compare.
             candidate = result.candidate
-            self.acceptance.looked_up(None if candidate is None else candidate.similarity, answer is not None)
-            if candidate is not None and answer is None and (hit is None or kept):
+            similarity = None if candidate is None else candidate.similarity
+            counted = self.acceptance.looked_up(similarity, answer is not None)
+            if answer is not None:
+                answer.counted = counted
+            if counted and candidate is not None and answer is None and (hit is None or kept):
                 decision.candidate = (candidate.similarity, candidate.entry.payload)
         return answer
 

@@ -32,7 +32,7 @@ from faregate.learning.online.cache_acceptance import AcceptanceState, CacheAcce
 from faregate.learning.online.cache_prior import load_prior, prior_state
 from faregate.learning.online.sampling import VerificationBudget, coin
 from faregate.learning.online.settings import SemanticAcceptanceSettings
-from faregate.quality.state import NANO, Totals, roll_over, today
+from faregate.quality.state import NANO, Totals, UnsavedLimit, roll_over, today
 from faregate.store.rows import to_nanousd
 
 SCOPE = "cache"
@@ -66,6 +66,7 @@ class CacheCalibration:
         self.totals = Totals()
         self.seed = f"{seed}:cache"
         self.journal: list[Callable[[], None]] = []
+        self.unsaved = UnsavedLimit("semantic cache")
         # Exact key of a cached answer -> the highest similarity a different question matched it at.
         self.conflicts: dict[str, float] = {}
         # What every instance's verifications in flight hold against the daily cap, as the store's
@@ -129,14 +130,19 @@ class CacheCalibration:
         """What the semantic cache serves at: the certified threshold, or NOTHING."""
         return NOTHING if self.state.threshold is None else self.state.threshold
 
-    def looked_up(self, similarity: float | None, served: bool) -> None:
-        """Every semantic lookup: its best guard-passing candidate's similarity (None: none)."""
+    def looked_up(self, similarity: float | None, served: bool) -> bool:
+        """Every semantic lookup: its best guard-passing candidate's similarity (None: none). False:
+        not counted, as too many changes wait for the store (quality/state.py, MAX_UNSAVED); such a
+        lookup is not labelled either (its candidate, or its hit if served)."""
+        if self.unsaved.reached(self.journal):
+            return False
 
         def count() -> None:
             self.acceptance.record_lookup(self.state, similarity)
             self.state.served += served
 
         self.apply(count)
+        return True
 
     def verify_hit(self, request_id: str) -> bool:
         """Is this served hit drawn for verification (before the cap)?"""

@@ -12,8 +12,9 @@ zero for every test); a labelled one is observed when its verification comes bac
 With domain learning, the prompt's embedding is scored by the ranking in force and by the
 challenger (learning/online/ranking_switch.py); their nearest-neighbour searches run on a worker
 thread once the evidence is large (`decide_off_loop`). While the daily cap has paused the
-calibration (quality/route_outcomes.py), or too many verifications wait for a slot
-(quality/verifier.py), decisions still take the cut in force but are neither labelled nor counted.
+calibration (quality/route_outcomes.py), too many verifications wait for a slot
+(quality/verifier.py), or too many changes wait for the store (quality/state.py, MAX_UNSAVED),
+decisions still take the cut in force but are neither labelled nor counted.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class RouteDecisions(RouteState):
         label_kind: LabelKind = "free" if free else ("paid" if cheap else "cheap")
         if free:
             probability = 1.0
-        paused = self.saturated or self.exhausted(day or today())
+        paused = self.saturated or self.unsaved.reached(self.journal) or self.exhausted(day or today())
         decision = Decision(
             self.route,
             self.kind,

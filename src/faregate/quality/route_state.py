@@ -25,7 +25,7 @@ from faregate.learning.online.prior import pseudo_outcomes
 from faregate.learning.online.ranking_switch import RankingSwitch, SwitchState, new_evidence
 from faregate.learning.online.settings import QualitySettings
 from faregate.learning.online.verification_plan import VerificationPlan
-from faregate.quality.state import Kind, LiveState, Prior
+from faregate.quality.state import Kind, LiveState, Prior, UnsavedLimit
 
 
 class RouteState:
@@ -66,8 +66,9 @@ class RouteState:
         # digest (learning/model_file.py; "" for none).
         self.scorer = ""
         self.state = self.fresh()
-        # Changes not yet in the store, in order (see `apply`).
+        # Changes not yet in the store, in order (see `apply`), and their bound (quality/state.py).
         self.journal: list[Callable[[], None]] = []
+        self.unsaved = UnsavedLimit(f"route {route}")
         # What every instance's verifications in flight hold against the daily cap, as the store's
         # cap ledger last said (quality/spend.py; not part of the state).
         self.held = Decimal(0)

@@ -7,7 +7,9 @@ quality/route_verification.py verifies). Money is exact: costs are counted in na
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -23,6 +25,14 @@ from faregate.learning.thresholds import CalibrationPoint
 Kind = Literal["router", "cascade"]
 LabelKind = Literal["free", "cheap", "paid"]
 NANO = Decimal(1_000_000_000)
+# Unsaved changes a calibration keeps in its journal (quality/service.py saves them every couple of
+# seconds). Beyond them the store has not taken the state for long (it is down): decisions and
+# lookups are neither labelled nor counted until it has, so the journal stops growing (~1.5 KB a
+# route's decision, ~350 B a cache lookup). A stretch skipped for the store's sake, not for any
+# outcome, as while the daily cap pauses the day: the tests stay valid.
+MAX_UNSAVED = 10_000
+
+log = logging.getLogger("faregate.quality")
 
 
 def today(now: float | None = None) -> str:
@@ -180,6 +190,29 @@ class Prior:
 
     curve: tuple[CalibrationPoint, ...]
     strong_accuracy: float
+
+
+class UnsavedLimit:
+    """Whether a calibration's journal of unsaved changes is full (MAX_UNSAVED), logged once each way."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.full = False
+
+    def reached(self, journal: Sized) -> bool:
+        full = len(journal) >= MAX_UNSAVED
+        if full != self.full:
+            self.full = full
+            if full:
+                log.warning(
+                    "%s: %d calibration changes not saved (is the store down?); nothing is labelled "
+                    "or counted until they are",
+                    self.name,
+                    len(journal),
+                )
+            else:
+                log.warning("%s: the calibration is saved again; labelling and counting resume", self.name)
+        return full
 
 
 def roll_over(budget: VerificationBudget, day: str) -> bool:

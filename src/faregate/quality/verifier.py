@@ -113,6 +113,8 @@ class Verifier:
         acceptance = self.service.cache
         if acceptance is None or cached.kind != "semantic-hit" or acceptance.exhausted(today()):
             return None
+        if not cached.counted:
+            return None  # not counted in the calibration (too many changes wait for the store)
         if self.saturated:
             return None
         if not acceptance.verify_hit(request.request_id):
