@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
@@ -131,3 +133,67 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "colour" in result.stderr and "server" in result.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_lets_a_stream_in_flight_finish_on_the_simulator(tmp_path: Path, workers: int) -> None:
+    """Ctrl-C in the terminal of `make run` sends SIGINT to its whole process group. The simulator
+    the gateway started must not stop with it: the gateway lets the stream in flight finish, and
+    then stops the simulator itself."""
+    port = free_port()
+    config = tmp_path / "faregate.yaml"
+    config.write_text(
+        f"server: {{port: {port}, workers: {workers}}}\nstore: {{path: {str(tmp_path / 'store')!r}}}\n"
+    )
+    log = tmp_path / "out.log"
+    with open(log, "wb") as out:
+        # Its own session: the SIGINT below reaches this gateway's process group, and only it.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "faregate.cli.main", "serve", "--new-key", "-c", str(config)],
+            env=clean_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_until(
+                lambda: "print(reply" in log.read_text() or process.poll() is not None,
+                "the gateway is ready",
+                timeout_s=60,
+            )
+            key = re.search(r"API key \(shown once[^)]*\): (fg-\S+)", log.read_text())
+            assert key, log.read_text()
+            client = openai.OpenAI(
+                base_url=f"http://127.0.0.1:{port}/v1", api_key=key.group(1), max_retries=0, timeout=60
+            )
+            chunks: list[str] = []
+            failure: list[BaseException] = []
+
+            def read() -> None:
+                try:
+                    stream = client.chat.completions.create(
+                        model="deepseek-v4-flash",
+                        messages=[{"role": "user", "content": "hi"}],
+                        stream=True,
+                        # 20 tokens, 5 a second: still streaming when the signal comes.
+                        extra_body={"sim": {"answer": {"lorem": 20}, "tokens_per_s": 5}},
+                    )
+                    for chunk in stream:
+                        if chunk.choices and chunk.choices[0].delta.content:
+                            chunks.append(chunk.choices[0].delta.content)
+                except Exception as exc:  # the assertion below says what it was
+                    failure.append(exc)
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            wait_until(lambda: len(chunks) >= 2 or not reader.is_alive(), "the stream began", timeout_s=30)
+            os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does
+            reader.join(60)
+            assert process.wait(90) == 0
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    assert failure == [] and len("".join(chunks).split()) == 20, (failure, chunks)
+    with sqlite3.connect(tmp_path / "store" / "faregate.db") as db:
+        assert db.execute("SELECT status, usage_estimated FROM request_records").fetchall() == [(200, 0)]

@@ -13,6 +13,7 @@ import ctypes
 import errno
 import gc
 import logging
+import os
 import signal
 import socket
 import sys
@@ -161,8 +162,17 @@ async def start_simulator(
         *simulator_command(settings, port_used, config_path),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
-        preexec_fn=die_with_parent,
+        preexec_fn=simulator_apart,
     )
+
+
+def simulator_apart() -> None:
+    """In the simulator's process before it runs: a process group of its own, and dead with its
+    parent. Ctrl-C in a terminal signals the whole foreground process group; in the gateway's, the
+    simulator would stop at once and fail the requests in flight that the gateway lets finish. The
+    gateway stops it after them, and the kernel if the gateway dies first."""
+    os.setpgid(0, 0)
+    die_with_parent()
 
 
 PR_SET_PDEATHSIG = 1

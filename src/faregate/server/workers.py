@@ -227,7 +227,7 @@ class Supervisor:
                     runner.simulator_command(settings, port, self.config_path),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
-                    preexec_fn=runner.die_with_parent,
+                    preexec_fn=runner.simulator_apart,
                 )
                 _wait_simulator(f"http://{settings.sim.host}:{port}/health", self._simulator)
             self.settings = with_simulator(settings, f"http://{settings.sim.host}:{port}/v1")
