@@ -11,13 +11,24 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from harness import SimProcess, clean_env, create_key, free_port, run_gateway, wait_healthy, wait_until
+from harness import (
+    MASTER_KEY,
+    SimProcess,
+    clean_env,
+    create_key,
+    free_port,
+    run_gateway,
+    wait_healthy,
+    wait_until,
+)
+from servers import launch_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -197,3 +208,59 @@ def test_ctrl_c_lets_a_stream_in_flight_finish_on_the_simulator(tmp_path: Path, 
     assert failure == [] and len("".join(chunks).split()) == 20, (failure, chunks)
     with sqlite3.connect(tmp_path / "store" / "faregate.db") as db:
         assert db.execute("SELECT status, usage_estimated FROM request_records").fetchall() == [(200, 0)]
+
+
+@pytest.mark.parametrize("lean_http", [True, False])
+def test_a_stream_longer_than_the_drain_is_cut_settled_and_recorded(
+    sim: SimProcess, tmp_path: Path, lean_http: bool
+) -> None:
+    """SIGTERM while a stream runs past `server.drain_timeout_s`: the gateway cuts it at the
+    deadline and exits, and the stream is still recorded once, billed for what it relayed, and its
+    reservation released. On either server (aiohttp alone lost the record of a cut stream)."""
+    server = f"lean_http: {str(lean_http).lower()}\nrequest_timeout_s: 600\ndrain_timeout_s: 1"
+    with launch_gateway(tmp_path / "gw", sim, server=server, extra="accounts: {enabled: true}\n") as gateway:
+        headers = {"Authorization": f"Bearer {MASTER_KEY}"}
+        base = f"http://127.0.0.1:{gateway.port}"
+        made = httpx.post(f"{base}/admin/keys", headers=headers, json={"name": "drain", "credits_usd": "1"})
+        assert made.status_code == 201, made.text
+        key_id, key = made.json()["id"], made.json()["api_key"]
+        client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=120)
+        chunks: list[str] = []
+        failure: list[Exception] = []
+
+        def read() -> None:
+            try:
+                stream = client.chat.completions.create(
+                    model="deepseek-v4-flash",
+                    messages=[{"role": "user", "content": "hi"}],
+                    stream=True,
+                    # 2,000 tokens, 10 a second: far longer than the drain.
+                    extra_body={"sim": {"answer": {"lorem": 2000}, "tokens_per_s": 10}},
+                )
+                for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        chunks.append(chunk.choices[0].delta.content)
+            except Exception as exc:  # the assertion below says what it was
+                failure.append(exc)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        wait_until(lambda: len(chunks) >= 2 or not reader.is_alive(), "the stream began", timeout_s=30)
+        gateway.process.send_signal(signal.SIGTERM)
+        # Far less than the stream's 200 s: the drain's deadline ended it.
+        assert gateway.process.wait(90) == 0
+        reader.join(30)
+        with sqlite3.connect(gateway.store_path / "faregate.db") as db:
+            records = db.execute("SELECT status, cost_usd, usage_estimated FROM request_records").fetchall()
+            holds = db.execute("SELECT COUNT(*) FROM holds").fetchone()[0]
+            settled = db.execute(
+                "SELECT cost_nano FROM ledger WHERE key_id = ? AND kind = 'settlement'", (key_id,)
+            ).fetchall()
+    # The client saw the stream end without its [DONE]: an error, never a clean answer.
+    assert len(failure) == 1 and len(chunks) >= 2, (failure, chunks)
+    assert len(records) == 1, records
+    status, cost, estimated = records[0]
+    assert status >= 400 and Decimal(cost) > 0 and estimated == 1, records
+    # Billed once, for what it relayed, and nothing left reserved.
+    assert settled == [(int(Decimal(cost) * 10**9),)]
+    assert holds == 0

@@ -12,6 +12,9 @@ its own task, `interval_s` apart (a number, or a function read before each wait,
 back off or hurry), sooner when woken; a failing round is logged and the next one runs anyway
 (stores come back; the work is idempotent). `stop()` lets a round in progress finish for up to
 `grace_s`, then cancels it.
+
+`drain` is how a stop waits for the requests in flight: up to a deadline, then they are cancelled
+and awaited.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -160,6 +163,20 @@ async def _bounded(what: str, close: Callable[[], Awaitable[object]], timeout_s:
         log.warning("closing %s: gave up after %.0fs", what, timeout_s)
     except Exception:
         log.exception("closing %s failed", what)
+
+
+async def drain(tasks: Collection[asyncio.Task[Any]], timeout_s: float | None) -> None:
+    """Let `tasks` finish within `timeout_s` (None: however long they take), then cancel those
+    still running and wait until they have ended (a cancelled request settles and records on its
+    way out)."""
+    if not tasks:
+        return
+    _, late = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in late:
+        task.cancel()
+    for task in late:
+        with contextlib.suppress(BaseException):
+            await task
 
 
 def _report(name: str, task: asyncio.Task[object]) -> None:

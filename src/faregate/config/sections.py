@@ -41,6 +41,9 @@ class ServerSettings(_Strict):
     # The hot POSTs (chat completions, Messages, Responses, embeddings) served by the lean
     # httptools server (server/lean_http.py), every other request by aiohttp on the same port.
     lean_http: bool = True
+    # A stop (SIGTERM, Ctrl-C) lets the requests in flight finish for this long; those still
+    # running then (a long stream) are cut, each settled and recorded with what it relayed.
+    drain_timeout_s: Seconds = 60.0
 
 
 class StoreSettings(_Strict):

@@ -11,10 +11,10 @@ and for aiohttp's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from aiohttp import web
 
+from faregate.lifecycle import drain
 from faregate.server.lean_http import LeanConnection, LeanHandler
 from faregate.server.wire_routes import LeanRoutes
 
@@ -59,19 +59,8 @@ class LeanServer(web.Server):
     async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109  # aiohttp's signature
         for conn in list(self.lean):
             conn.close_when_idle()  # (again, if pre_shutdown ran): an idle connection's task ends now
-        await asyncio.gather(self.fallback.shutdown(timeout), self._drain(list(self.tasks), timeout))
+        await asyncio.gather(self.fallback.shutdown(timeout), drain(list(self.tasks), timeout))
         for conn in list(self.lean):
             if conn.transport is not None:
                 conn.transport.close()
         self.lean.clear()
-
-    @staticmethod
-    async def _drain(tasks: list[asyncio.Task[None]], timeout: float | None) -> None:  # noqa: ASYNC109
-        if not tasks:
-            return
-        _, late = await asyncio.wait(tasks, timeout=timeout)
-        for task in late:
-            task.cancel()
-        for task in late:
-            with contextlib.suppress(BaseException):
-                await task

@@ -26,6 +26,7 @@ from aiohttp import HttpVersion11, web
 
 from faregate.config import Settings
 from faregate.errors import ConfigError, StartupError
+from faregate.lifecycle import drain
 from faregate.providers.registry import simulator_active, with_simulator
 from faregate.server.app import (
     FAST_ROUTES,
@@ -57,25 +58,43 @@ class GatewayRunner(web.AppRunner):
     handler answers every error itself, and route resolution was a measurable share of the
     CPU spent per request. With `lean`, the listening socket serves `app[LEAN_ROUTES]` through the
     lean httptools server and hands every other request to that aiohttp server
-    (server/lean_server.py)."""
+    (server/lean_server.py).
 
-    def __init__(self, app: web.Application, *, lean: bool = False, **kwargs: Any) -> None:
+    Its stop drains: once the listening socket is closed and the idle connections with it, the
+    requests in flight on either server get `drain_timeout_s` in all; then those left are
+    cancelled, and each has settled and queued its record before the app's cleanup flushes the
+    records. (aiohttp alone waited twice its shutdown timeout, then cancelled its handlers without
+    waiting for them: their records came after the last flush and were lost.)"""
+
+    def __init__(
+        self, app: web.Application, *, lean: bool = False, drain_timeout_s: float = 60.0, **kwargs: Any
+    ) -> None:
         super().__init__(app, **kwargs)
         self.lean = lean
+        self.drain_timeout_s = drain_timeout_s
+        # The tasks in which aiohttp runs a request's handler now (the lean server keeps its own).
+        self.serving: set[asyncio.Task[Any]] = set()
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         routed: Handler = server.request_handler
         fast: FastRoutes = self.app.get(FAST_ROUTES, {})
+        serving = self.serving
 
         async def handler(request: web.BaseRequest) -> web.StreamResponse:
-            route = fast.get((request.method, request.path))
-            if route is None:
-                return await routed(request)
-            if request.headers.get("Expect", "").lower() == "100-continue":
-                await _continue(request)
-            # The server's request factory is the app's, so this is a full web.Request.
-            return await route(cast(web.Request, request))
+            task = asyncio.current_task()
+            if task is not None:
+                serving.add(task)
+            try:
+                route = fast.get((request.method, request.path))
+                if route is None:
+                    return await routed(request)
+                if request.headers.get("Expect", "").lower() == "100-continue":
+                    await _continue(request)
+                # The server's request factory is the app's, so this is a full web.Request.
+                return await route(cast(web.Request, request))
+            finally:
+                serving.discard(task)
 
         server.request_handler = handler
         errors_in_openai_format(server)  # aiohttp's own error answers too (server/http_errors.py)
@@ -83,6 +102,15 @@ class GatewayRunner(web.AppRunner):
             return server
         max_body_bytes = self.app[GATEWAY].settings.server.max_body_bytes
         return LeanServer(server, self.app.get(LEAN_ROUTES, {}), max_body_bytes)
+
+    async def shutdown(self) -> None:
+        """Called by `cleanup` after the sites stopped and idle connections were closed, before
+        the servers' own shutdown and the app's cleanup: one deadline for every request in flight."""
+        in_flight = set(self.serving)
+        if isinstance(self.server, LeanServer):
+            in_flight |= self.server.tasks
+        await drain(in_flight, self.drain_timeout_s)
+        await super().shutdown()
 
 
 async def _continue(request: web.BaseRequest) -> None:
@@ -259,7 +287,13 @@ async def serve_gateway(
         if before_listening is not None:
             await before_listening()
         app = create_app(gateway)
-        runner = GatewayRunner(app, lean=settings.server.lean_http, access_log=None, handle_signals=False)
+        runner = GatewayRunner(
+            app,
+            lean=settings.server.lean_http,
+            drain_timeout_s=settings.server.drain_timeout_s,
+            access_log=None,
+            handle_signals=False,
+        )
         await runner.setup()
         tune_gc()
         site = web.TCPSite(

@@ -73,9 +73,10 @@ RESTART_DELAY_S = 0.5
 MAX_RESTART_DELAY_S = 30.0
 # How long the first start of every worker may take before the supervisor gives up.
 START_TIMEOUT_S = 120.0
-# A worker's clean stop flushes its records and closes its stores, each bounded in time
-# (server/app.py); past this it is killed.
-STOP_TIMEOUT_S = 70.0
+# A worker's clean stop lets its requests in flight finish (`server.drain_timeout_s`), then flushes
+# its records and closes its stores, each bounded in time (server/app.py); past the drain and this
+# much more it is killed.
+STOP_MARGIN_S = 10.0
 POLL_S = 0.1
 
 
@@ -339,13 +340,14 @@ class Supervisor:
         for worker in alive:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
+        stop_timeout_s = self.settings.server.drain_timeout_s + STOP_MARGIN_S
+        deadline = time.monotonic() + stop_timeout_s
         while any(w.pid for w in self.workers) and time.monotonic() < deadline:
             self._reap()
             time.sleep(POLL_S / 2)
         for worker in self.workers:
             if worker.pid:
-                log.error("worker %d did not stop within %.0fs; killing it", worker.index, STOP_TIMEOUT_S)
+                log.error("worker %d did not stop within %.0fs; killing it", worker.index, stop_timeout_s)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.pid, signal.SIGKILL)
                 with contextlib.suppress(ChildProcessError):
