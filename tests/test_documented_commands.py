@@ -78,6 +78,12 @@ LITELLM = "needs a LiteLLM install, not a dependency; `make bench` runs the same
 QUICK: dict[str, Quick] = {
     "make run": Quick(why_not=MAKE_RUN),
     "make test": Quick(why_not="this suite is what `make test` runs"),
+    # In a shell without the virtualenv on PATH, as a newcomer's after `make run`.
+    ". .venv/bin/activate": Quick(
+        run="env PATH=/usr/bin:/bin bash -c '. .venv/bin/activate && command -v faregate'",
+        where="checkout",
+        expect=".venv/bin/faregate",
+    ),
     "make unit": Quick(run="make -n unit", where="checkout", expect='pytest -q -m "not e2e"'),
     "make run EXTRAS=semantic": Quick(
         run="make -n run EXTRAS=semantic", where="checkout", expect="pip install --quiet -e '.[semantic]'"
