@@ -264,3 +264,39 @@ def test_a_stream_longer_than_the_drain_is_cut_settled_and_recorded(
     # Billed once, for what it relayed, and nothing left reserved.
     assert settled == [(int(Decimal(cost) * 10**9),)]
     assert holds == 0
+
+
+def test_on_an_ipv6_address_the_printed_urls_work(tmp_path: Path) -> None:
+    """`serve --new-key --host ::1`: the base URL, the dashboard's and the snippet's are URLs
+    (the address in brackets), and the snippet's answers."""
+    port = free_port()
+    config = tmp_path / "faregate.yaml"
+    config.write_text(f"store: {{path: {str(tmp_path / 'store')!r}}}\n")
+    log = tmp_path / "out.log"
+    command = ["serve", "--new-key", "--host", "::1", "--port", str(port), "-c", str(config)]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "faregate.cli.main", *command],
+            env=clean_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(
+                lambda: "print(reply" in log.read_text() or process.poll() is not None,
+                "the quickstart text is printed",
+                timeout_s=60,
+            )
+            text = log.read_text()
+            assert f"Faregate is running at http://[::1]:{port}/v1 " in text, text
+            assert f"Dashboard: http://[::1]:{port}/dashboard " in text, text
+            snippet = re.search(r'OpenAI\(base_url="([^"]+)", api_key="([^"]+)"\)', text)
+            assert snippet, text
+            client = openai.OpenAI(base_url=snippet.group(1), api_key=snippet.group(2), max_retries=0)
+            reply = client.chat.completions.create(
+                model="deepseek-v4-flash", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert reply.choices[0].message.content
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0

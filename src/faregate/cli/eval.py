@@ -127,8 +127,7 @@ def register(app: typer.Typer) -> None:
         if not api_key:
             raise typer.BadParameter("give --api-key or set FAREGATE_API_KEY")
         if base_url is None:
-            server = load_or_exit(config).server
-            base_url = f"http://{server.host}:{server.port}/v1"
+            base_url = load_or_exit(config).server.base_url
         models = list(dict.fromkeys(model))
         try:
             items = load_items(prompts)

@@ -45,6 +45,13 @@ class ServerSettings(_Strict):
     # running then (a long stream) are cut, each settled and recorded with what it relayed.
     drain_timeout_s: Seconds = 60.0
 
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL of the gateway at this address (an IPv6 one in brackets, as URLs
+        write it: `http://::1:4000` is no URL)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
+
 
 class StoreSettings(_Strict):
     # Directory for the embedded SQLite store.

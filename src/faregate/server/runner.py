@@ -305,7 +305,7 @@ async def serve_gateway(
             reuse_port=reuse_port or None,
         )
         await listen(site, settings.server.host, settings.server.port)
-        base_url = f"http://{settings.server.host}:{settings.server.port}/v1"
+        base_url = settings.server.base_url
         log.info("faregate listening on %s%s", base_url, " (simulated providers)" if simulated else "")
         if on_listening is not None:
             on_listening()
