@@ -300,3 +300,24 @@ def test_on_an_ipv6_address_the_printed_urls_work(tmp_path: Path) -> None:
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(30) == 0
+
+
+def test_a_simulator_that_cannot_start_stops_the_gateway_with_one_line(tmp_path: Path) -> None:
+    """A bad `sim.script`: the simulator exits at once, and so does the gateway, with one line
+    (it had opened its stores already, and never closed them: the process never ended)."""
+    (tmp_path / "sim.yaml").write_text("defaults: {colour: blue}\n")
+    config = tmp_path / "faregate.yaml"
+    config.write_text(
+        f"server: {{port: {free_port()}, workers: 1}}\nstore: {{path: {str(tmp_path / 'store')!r}}}\n"
+        "sim: {script: sim.yaml}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "faregate.cli.main", "serve", "-c", str(config)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "faregate: the provider simulator did not start" in result.stderr, result.stderr

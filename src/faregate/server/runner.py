@@ -281,6 +281,7 @@ async def serve_gateway(
     records flushed). `reuse_port`: one of several worker processes listening on the same port
     (server/workers.py)."""
     runner: web.AppRunner | None = None
+    gateway: Gateway | None = None
     try:
         gateway = await build_gateway(settings)
         gateway.shared_metrics = shared_metrics
@@ -319,7 +320,11 @@ async def serve_gateway(
         log.info("shutting down: flushing request records")
     finally:
         if runner is not None:
-            await runner.cleanup()
+            await runner.cleanup()  # the app's cleanup closes the gateway
+        elif gateway is not None:
+            # Failed before there was an app (the simulator did not start): its stores' threads
+            # would keep the process alive after the error.
+            await gateway.close()
 
 
 async def listen(site: web.TCPSite, host: str, port: int) -> None:
