@@ -40,3 +40,24 @@ def test_a_port_in_use_is_one_clear_error() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(StartupError, match=f"cannot listen on 127.0.0.1:{port}: the port is in use"):
             hold_port("127.0.0.1", port)
+
+
+def test_a_port_another_supervisors_workers_listen_on_is_in_use_too() -> None:
+    """The workers of a `serve --workers N` already running listen with SO_REUSEPORT, which lets
+    any process of the same user join them: a second supervisor must not (the kernel would split
+    the connections between two gateways, each with its own config and store)."""
+    with socket.socket() as worker:
+        worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        worker.bind(("127.0.0.1", 0))
+        worker.listen()
+        port = worker.getsockname()[1]
+        with pytest.raises(StartupError, match=f"cannot listen on 127.0.0.1:{port}: the port is in use"):
+            hold_port("127.0.0.1", port)
+
+
+def test_the_port_of_a_supervisor_that_stopped_can_be_held_again() -> None:
+    first = hold_port("127.0.0.1", 0)
+    port = first.getsockname()[1]
+    first.close()
+    hold_port("127.0.0.1", port).close()

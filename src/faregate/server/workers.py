@@ -106,10 +106,21 @@ def _share(queue: UpstreamQueueSettings, count: int) -> UpstreamQueueSettings:
 
 def hold_port(host: str, port: int) -> socket.socket:
     """Bind (without listening) the port the workers will share: a port in use is one clear
-    error here, before any worker starts, and stays ours while a worker restarts."""
+    error here, before any worker starts, and stays ours while a worker restarts.
+
+    SO_REUSEPORT lets any process of the same user bind the port beside us, so the port is first
+    bound without it, as by one gateway process: that fails where another supervisor's workers
+    listen (joining them, the kernel would split the connections between two gateways); not in the
+    moment when every one of them is restarting at once."""
+    _bind(host, port, reuse_port=False).close()
+    return _bind(host, port, reuse_port=True)
+
+
+def _bind(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     holder = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if reuse_port:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         holder.bind((host, port))
     except OSError as exc:
