@@ -6,8 +6,10 @@ too, and a SIGTERM leaves one record per request."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -284,3 +286,41 @@ def test_the_supervisor_migrates_the_store_once_before_it_forks_the_workers(tmp_
     assert ran.returncode == 0, ran.stderr
     every_version = list(range(1, LATEST_VERSION + 1))
     assert f"before forking worker 0 {every_version}" in ran.stdout.splitlines(), ran.stdout + ran.stderr
+
+
+def test_new_key_again_on_a_busy_port_leaves_the_running_master_key(tmp_path: Path) -> None:
+    """`serve --new-key --workers 2` run again by mistake while the first serves: it stops at the
+    busy port, and the master key the first printed stays the one in the store (which a
+    restarted worker and the next start load); the second had replaced it before it found the
+    port taken, with a key it never printed."""
+    config = tmp_path / "faregate.yaml"
+    config.write_text(f"server: {{port: {free_port()}}}\nstore: {{path: {str(tmp_path / 'store')!r}}}\n")
+    command = [
+        sys.executable,
+        "-m",
+        "faregate.cli.main",
+        "serve",
+        "--new-key",
+        "--workers",
+        "2",
+        "-c",
+        str(config),
+    ]
+    env = clean_env()
+    del env["FAREGATE_MASTER_KEY"]
+    log = tmp_path / "first.log"
+    with open(log, "wb") as out:
+        first = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_until(
+                lambda: "print(reply" in log.read_text() or first.poll() is not None, "the first serves", 60
+            )
+            master = re.search(r"Master key \(shown once[^)]*\): (fg-master-\S+)", log.read_text())
+            assert master, log.read_text()
+            second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+            assert second.returncode == 2 and "the port is in use" in second.stderr, second.stderr
+            stored = (tmp_path / "store" / "master-key.sha256").read_text().strip()
+            assert stored == hashlib.sha256(master.group(1).encode()).hexdigest()
+        finally:
+            first.send_signal(signal.SIGTERM)
+            assert first.wait(90) == 0

@@ -106,17 +106,22 @@ def register(app: typer.Typer) -> None:
             settings.server.port = port
         count = workers or settings.server.workers or default_workers(settings)
         settings.server.workers = count
-        raw_master: str | None = None
-        if new_key and count > 1 and not settings.master_key():
-            # Made before the workers start, so that every one of them loads it.
-            raw_master = MasterKey().create(settings)
+        # With several workers, the master key the supervisor made (before forking, so that every
+        # worker loads it; once the port is ours, so that a start that fails there keeps the key
+        # of the gateway serving on it).
+        made: list[str] = []
+
+        def make_master_key() -> None:
+            if new_key and not settings.master_key():
+                made.append(MasterKey().create(settings))
 
         async def announce(gateway: Gateway, base_url: str) -> None:
             if new_key:
-                typer.echo(await announce_new_keys(gateway, base_url, raw_master))
+                typer.echo(await announce_new_keys(gateway, base_url, made[0] if made else None))
 
         path = config_path(config)
         if count == 1:
             run(settings, announce, str(path) if path else None)
             return
-        raise typer.Exit(run_workers(settings, count, announce, str(path) if path else None))
+        code = run_workers(settings, count, announce, str(path) if path else None, make_master_key)
+        raise typer.Exit(code)

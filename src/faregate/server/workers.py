@@ -49,6 +49,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -197,6 +198,9 @@ class Supervisor:
     _simulator: subprocess.Popen[bytes] | None = None
     _simulated: bool = False
     _metrics_dir: Path | None = None
+    # Run once the port is held, before the workers are forked (`serve --new-key` makes the
+    # master key there).
+    before_workers: Callable[[], None] | None = None
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; the exit code."""
@@ -208,6 +212,8 @@ class Supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_stop)
             self._prepare()
+            if self.before_workers is not None:
+                self.before_workers()
             self.workers = [Worker(index) for index in range(self.count)]
             for worker in self.workers:
                 self._start(worker, announce=worker.index == 0)
@@ -377,8 +383,12 @@ class Supervisor:
 
 
 def run_workers(
-    settings: Settings, count: int, announce: Announce | None = None, config_path: str | None = None
+    settings: Settings,
+    count: int,
+    announce: Announce | None = None,
+    config_path: str | None = None,
+    before_workers: Callable[[], None] | None = None,
 ) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log_limit.install()
-    return Supervisor(settings, count, announce, config_path).run()
+    return Supervisor(settings, count, announce, config_path, before_workers=before_workers).run()
