@@ -321,3 +321,46 @@ def test_a_simulator_that_cannot_start_stops_the_gateway_with_one_line(tmp_path:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
     assert "faregate: the provider simulator did not start" in result.stderr, result.stderr
+
+
+def test_with_metering_on_the_printed_top_up_makes_the_snippet_work(tmp_path: Path) -> None:
+    """`make run` says to put `accounts: {enabled: true}` in faregate.yaml and restart. Done, the
+    new key has no credits (`new_key_credits_usd` is 0 by default), so the snippet printed below
+    it is refused with 402: the line says so and prints the command that tops this key up, by id
+    (after a few `make run`s, several keys are named quickstart). Run as printed, the snippet works."""
+    port = free_port()
+    config = tmp_path / "faregate.yaml"
+    store = f"store: {{path: {str(tmp_path / 'store')!r}}}"
+    config.write_text(f"server: {{port: {port}}}\n{store}\naccounts: {{enabled: true}}\n")
+    log = tmp_path / "out.log"
+    env = clean_env()
+    del env["FAREGATE_MASTER_KEY"]
+    serve = [sys.executable, "-m", "faregate.cli.main", "serve", "--new-key", "-c", str(config)]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(serve, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_until(
+                lambda: "print(reply" in log.read_text() or process.poll() is not None,
+                "the quickstart text is printed",
+                timeout_s=60,
+            )
+            text = log.read_text()
+            key = re.search(r"API key \(shown once, id (key_\w+)\): (fg-\S+)", text)
+            top_up = re.search(r"`(faregate credits add [^`]+)`", text)
+            assert key and top_up, text
+            assert "402" in text and key.group(1) in top_up.group(1), text
+            client = openai.OpenAI(
+                base_url=f"http://127.0.0.1:{port}/v1", api_key=key.group(2), max_retries=0
+            )
+            hello = {"model": "deepseek-v4-flash", "messages": [{"role": "user", "content": "Say hello"}]}
+            with pytest.raises(openai.APIStatusError) as refused:
+                client.chat.completions.create(**hello)  # type: ignore[call-overload]
+            assert refused.value.status_code == 402
+            cli = [sys.executable, "-m", "faregate.cli.main", *top_up.group(1).split()[1:], "-c", str(config)]
+            added = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60)
+            assert added.returncode == 0, added.stderr
+            reply = client.chat.completions.create(**hello)  # type: ignore[call-overload]
+            assert reply.choices[0].message.content == "Say hello"
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0

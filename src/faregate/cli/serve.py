@@ -29,9 +29,20 @@ print("cost (USD):", reply.usage.cost)
 """
 
 
-def metering_line(settings: Settings, credits: str) -> str:
+def metering_line(settings: Settings, credits_nano: int, key_id: str) -> str:
+    """What metering means for the key just made. The top-up names the key by id: after a few
+    `make run`s, several keys are named quickstart."""
+    from faregate.accounts.money import usd_text
+
     if settings.accounts.enabled:
-        return f"Metering is on: this key starts with ${credits} of credits (faregate credits add to top up)."
+        if credits_nano <= 0:
+            return (
+                "Metering is on, and this key has no credits yet (accounts.new_key_credits_usd): it is\n"
+                f"refused with 402 until you add some, e.g. `faregate credits add {key_id} 5`."
+            )
+        credits = usd_text(credits_nano)
+        more = f"faregate credits add {key_id} 5"
+        return f"Metering is on: this key starts with ${credits} of credits (more: `{more}`)."
     return (
         "Metering is off: keys spend without limit. For credits, budgets and rate limits, put\n"
         "`accounts: {enabled: true}` in faregate.yaml and restart (docs/accounts.md)."
@@ -42,7 +53,6 @@ async def announce_new_keys(gateway: Gateway, base_url: str, raw_master: str | N
     """Make the quickstart keys and say how to use them (printed once: the raw keys are kept nowhere).
     `raw_master`: a master key made already (by the supervisor of several workers, before they
     loaded the master keys)."""
-    from faregate.accounts.money import usd_text
     from faregate.accounts.setup import new_key_credits_nano
 
     settings = gateway.settings
@@ -64,7 +74,7 @@ async def announce_new_keys(gateway: Gateway, base_url: str, raw_master: str | N
         f"API key (shown once, id {key.id}): {raw}\n"
         f"Dashboard: {root}/dashboard  (sign in with the master key)\n"
         f"{master}\n"
-        f"{metering_line(settings, usd_text(new_key_credits_nano(settings)))}\n\n"
+        f"{metering_line(settings, new_key_credits_nano(settings), key.id)}\n\n"
         f"{SNIPPET.format(base_url=base_url, key=raw)}"
     )
 
