@@ -303,6 +303,69 @@ async def test_bad_provider_key_is_server_error_not_the_clients_fault(
     assert failure.detail.endswith("Invalid API key")
 
 
+# A realistic key, long enough for the masked forms vendors quote of it.
+LONG_KEY = "sk-proj-Zq81vXwS0mT4bN7cR2dL9eY6uH3aK5fJ"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        # OpenAI's: the key's start and its last four characters around a run of stars.
+        f"Incorrect API key provided: sk-proj-{'*' * 24}{LONG_KEY[-4:]}. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+        # DeepSeek's: stars and the last four characters.
+        f"Authentication Fails, Your api key: ****{LONG_KEY[-4:]} is invalid",
+        # A proxy that quotes the key whole.
+        f"Invalid token: {LONG_KEY} was not found",
+        # Past the length a message is clipped at: no half of the key is left by the clip.
+        f"Invalid token: {'that is ' * 34}{LONG_KEY}",
+    ],
+)
+async def test_a_refused_provider_key_is_never_quoted_in_the_failure(
+    upstream: Upstream,
+    make_provider: Callable[..., OpenAICompatibleProvider],
+    monkeypatch: pytest.MonkeyPatch,
+    message: str,
+) -> None:
+    # The detail reaches the client's error message, the request record and the trace: the
+    # operator's key (or the part of it the vendor quotes) must be in none of them.
+    monkeypatch.setenv(KEY_ENV, LONG_KEY)
+    upstream.handler = json_reply({"error": {"message": message, "code": "invalid_api_key"}}, 401)
+    detail = (await failure_of(make_provider())).detail
+    assert LONG_KEY[-4:] not in detail and LONG_KEY[:12] not in detail
+    assert "[redacted]" in detail
+    assert detail.startswith(f"provider authentication failed (HTTP 401; check ${KEY_ENV}): ")
+    # What the vendor said is kept, but for the key.
+    assert message[:14] in detail
+
+
+async def test_the_provider_key_and_configured_header_secrets_are_never_quoted_to_the_client(
+    upstream: Upstream,
+    make_provider: Callable[..., OpenAICompatibleProvider],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(KEY_ENV, LONG_KEY)
+    gateway_token = "cf-aig-9f8e7d6c5b4a3928"
+    provider = make_provider(headers={"cf-aig-authorization": f"Bearer {gateway_token}"})
+    echo = f"bad request from key {LONG_KEY} through gateway token {gateway_token}"
+    # A 4xx passed on to the client as its own error...
+    upstream.handler = json_reply({"error": {"message": echo}}, 400)
+    with pytest.raises(UpstreamRejected) as rejected:
+        await provider.complete(call())
+    # ...an error where a stream belongs...
+    upstream.handler = json_reply({"error": {"message": echo}})
+    with pytest.raises(UpstreamFailure) as instead:
+        await collect(provider, call(stream=True))
+    # ...and an error event mid-stream.
+    error = b"data: " + orjson.dumps({"error": {"message": echo}}) + b"\n\n"
+    upstream.handler = sse_reply([chunk("a"), error])
+    with pytest.raises(UpstreamFailure) as mid:
+        await collect(provider, call(stream=True))
+    for text in (rejected.value.message, instead.value.detail, mid.value.detail):
+        assert LONG_KEY not in text and gateway_token not in text
+        assert "bad request from key [redacted] through gateway token [redacted]" in text
+
+
 @pytest.mark.parametrize("status", [400, 413, 422])
 async def test_other_4xx_is_rejected_with_the_upstream_message(
     upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], status: int

@@ -37,7 +37,9 @@ from faregate.providers.upstream_failures import (
     clip,
     json_instead_of_stream,
     json_object,
+    redact,
     response_failure,
+    secrets_of,
     transport_failure,
 )
 from faregate.types import JSON, Completion, Usage
@@ -52,7 +54,7 @@ _DRAIN_AFTER_DONE_S = 0.5
 class OpenAICompatibleProvider:
     """One OpenAI-compatible upstream. The pool is shared and owned by the registry."""
 
-    __slots__ = ("_embeddings", "_endpoint", "_head", "_headers", "_key_hint", "_pool", "name")
+    __slots__ = ("_embeddings", "_endpoint", "_head", "_headers", "_key_hint", "_pool", "_secrets", "name")
     # Where requests go, under the base URL; another wire on the same machinery posts elsewhere.
     path = "/chat/completions"
     # Where embeddings requests go; None for a wire that has none (the registry then never plans
@@ -82,6 +84,8 @@ class OpenAICompatibleProvider:
                 connect_timeout_s=settings.connect_timeout_s,
             )
             self._embeddings = (endpoint, request_head(endpoint, self._headers))
+        # Redacted from the upstream's words before they reach a client, a record or a trace.
+        self._secrets = secrets_of(key, settings.headers)
         if settings.api_key_env is None:
             self._key_hint = "no api_key_env is configured"
         elif key:
@@ -119,7 +123,7 @@ class OpenAICompatibleProvider:
         resp = await self._open(call, endpoint, head)
         try:
             if not 200 <= resp.status < 300:
-                raise await response_failure(resp, self.name, self._key_hint)
+                raise await response_failure(resp, self.name, self._key_hint, self._secrets)
             try:
                 raw = resp.whole_body()  # usually all here with the head: no coroutine to read it
                 if raw is None:
@@ -178,7 +182,7 @@ class OpenAICompatibleProvider:
         resp = await self._open(call, endpoint, head, call.stream_idle_timeout_s)
         try:
             if not 200 <= resp.status < 300:
-                raise await response_failure(resp, self.name, self._key_hint)
+                raise await response_failure(resp, self.name, self._key_hint, self._secrets)
             decoder = SSEDecoder()
             chunks = 0
             content_seen = False
@@ -186,7 +190,7 @@ class OpenAICompatibleProvider:
                 data = await resp.read_chunk()
                 if data.lstrip()[:1] == b"{":
                     # A JSON body where an event stream belongs: an error, or stream:true ignored.
-                    raise json_instead_of_stream(data + await resp.read(), resp.status)
+                    raise json_instead_of_stream(data + await resp.read(), resp.status, self._secrets)
                 while data:
                     read: list[JSON] = []
                     for payload in decoder.feed(data):
@@ -205,9 +209,10 @@ class OpenAICompatibleProvider:
                         if chunk.get("error") and (failed := stream_error(chunk)) is not None:
                             if read:
                                 yield read
+                            said = clip(redact(failed, self._secrets)) or "no message"
                             raise UpstreamFailure(
                                 "server_error",
-                                f"error event after {chunks} chunks: {clip(failed) or 'no message'}",
+                                f"error event after {chunks} chunks: {said}",
                                 status=resp.status,
                                 body=chunk,
                             )

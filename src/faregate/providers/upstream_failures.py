@@ -3,12 +3,17 @@ attempt or provider may work) or UpstreamRejected (the client's to fix) it is: a
 response with the upstream's own message, a body that is not the JSON object it should be, an
 error where an event stream belongs, a broken connection. The detail says what happened,
 because it ends up in the client's error message.
+
+That is why the upstream's own words pass through `redact` first: a vendor refusing a key
+quotes part of it (OpenAI `sk-proj-****…abcd`, DeepSeek `****abcd`), and a proxy or a 400 may
+quote a key or a header whole; neither may reach a client, a request record or a trace.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -21,18 +26,41 @@ from faregate.types import JSON
 from faregate.wire.openai import error_code_param, error_message
 
 _MAX_MESSAGE_CHARS = 300
+REDACTED = "[redacted]"
+# A key as vendors quote it, masked: a run of stars with what is left of the key around it.
+_MASKED_KEY = re.compile(r"[\w-]*\*{3,}[\w*-]*")
+# Shorter values are no secrets worth the garbling: a header's "1" or "true", a local server's
+# placeholder key ("EMPTY", "ollama", which its own messages may say as a word).
+_MIN_SECRET_CHARS = 8
 
 
-async def response_failure(resp: Response, provider: str, key_hint: str) -> Exception:
-    """The exception for a non-2xx response, with the upstream's own message (`key_hint`: where
-    the key comes from, for a response that refuses it)."""
+def secrets_of(key: str | None, headers: Mapping[str, str]) -> tuple[str, ...]:
+    """What an upstream's words must not carry on: the key, and each configured header's value
+    and its last word (the credential after a scheme: `Bearer <token>`), longest first so that
+    a secret holding another is replaced whole."""
+    found = {key or ""}
+    for value in headers.values():
+        found.update((value.strip(), value.split()[-1] if value.split() else ""))
+    return tuple(sorted((s for s in found if len(s) >= _MIN_SECRET_CHARS), key=len, reverse=True))
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """`text` without any of `secrets` nor a masked key in it."""
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return _MASKED_KEY.sub(REDACTED, text) if "***" in text else text
+
+
+async def response_failure(resp: Response, provider: str, key_hint: str, secrets: Sequence[str]) -> Exception:
+    """The exception for a non-2xx response, with the upstream's own message, `secrets` redacted
+    (`key_hint`: where the key comes from, for a response that refuses it)."""
     status = resp.status
     try:
         raw = await resp.read()
     except (TimeoutError, TransportError):
         raw = b""  # the status alone is enough to classify
     body = _try_json_object(raw)
-    message = _error_message(body) if body is not None else _text_message(raw)
+    message = _error_message(body, secrets) if body is not None else _text_message(raw, secrets)
     message = message or resp.reason or "no message"
     if status == 429:
         retry_after = parse_retry_after(resp.headers)
@@ -146,28 +174,30 @@ def _try_json_object(raw: bytes) -> JSON | None:
     return value if isinstance(value, dict) else None
 
 
-def _error_message(body: JSON) -> str | None:
+def _error_message(body: JSON, secrets: Sequence[str]) -> str | None:
     message = error_message(body)
-    return clip(message) if message else None
+    # Redacted before it is clipped: a clip could cut a secret in two, and half would be left.
+    return clip(redact(message, secrets)) if message else None
 
 
-def _text_message(raw: bytes) -> str | None:
+def _text_message(raw: bytes, secrets: Sequence[str]) -> str | None:
     text = raw.decode("utf-8", "replace").strip()
     # An HTML error page (a load balancer's 502) says less than the status line does.
     if not text or text.startswith("<"):
         return None
-    return clip(" ".join(text.split()))
+    return clip(redact(" ".join(text.split()), secrets))
 
 
-def json_instead_of_stream(raw: bytes, status: int) -> UpstreamFailure:
+def json_instead_of_stream(raw: bytes, status: int, secrets: Sequence[str]) -> UpstreamFailure:
     body = _try_json_object(raw)
-    message = _error_message(body) if body is not None else None
+    message = _error_message(body, secrets) if body is not None else None
     if body is not None and "error" in body:
         return UpstreamFailure(
             "server_error", f"error instead of a stream: {message or 'no message'}", status=status, body=body
         )
+    snippet = _snippet(redact(raw.decode("utf-8", "replace"), secrets))
     return UpstreamFailure(
-        "bad_response", f"a JSON body instead of an event stream: {_snippet(raw)}", status=status, body=body
+        "bad_response", f"a JSON body instead of an event stream: {snippet}", status=status, body=body
     )
 
 
@@ -182,5 +212,7 @@ def clip(text: str) -> str:
     return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 1] + "…"
 
 
-def _snippet(raw: bytes) -> str:
-    return repr(raw[:80].decode("utf-8", "replace")) + ("…" if len(raw) > 80 else "")
+def _snippet(raw: bytes | str) -> str:
+    start = raw[:80]
+    text = start.decode("utf-8", "replace") if isinstance(start, bytes) else start
+    return repr(text) + ("…" if len(raw) > 80 else "")
