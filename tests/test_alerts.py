@@ -202,6 +202,23 @@ async def test_a_failing_webhook_is_retried_then_counted(manager: Make, hook: Ho
     assert sorted(str(s.subject) for s in alerts.firing()) == ["k1", "k2"]  # still shown and logged
 
 
+async def test_a_failing_webhook_is_logged_without_the_secret_in_its_url(
+    manager: Make, hook: Hook, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Slack or Discord webhook URL is its own credential (https://hooks.slack.com/services/T/B/
+    # <secret>): whoever reads the gateway's log must not be able to post to the channel.
+    secret = "XyZ9secretWebhookToken"
+    hook.url = hook.url.replace("/hook", f"/services/T000/B000/{secret}") + f"?token={secret}"
+    alerts = manager(AlertRule(name="k1-spend", metric="daily_spend_usd", key="k1", above=0.001))
+    with caplog.at_level("ERROR", logger="faregate.alerts"):
+        await alerts.evaluate(NOW)
+    assert alerts.webhook_failures == 1
+    logged = [r.getMessage() for r in caplog.records if "webhook" in r.getMessage()]
+    assert logged and all(secret not in line for line in logged)
+    # Where it went is still said: the scheme, host and port.
+    assert hook.url.split("/services/")[0] in logged[0]
+
+
 async def test_background_task_evaluates_periodically(manager: Make, hook: Hook) -> None:
     # Records are stamped around NOW, in the past: a rule over all time fires on the first run.
     rule = AlertRule(name="spend", metric="daily_spend_usd", key="k2", above=0)

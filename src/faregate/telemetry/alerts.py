@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -235,8 +236,23 @@ class AlertManager:
                         return
                     problem = f"HTTP {response.status}"
             except (aiohttp.ClientError, TimeoutError) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                problem = f"{type(exc).__name__}: {exc}".replace(webhook.url, where(webhook.url))
             if attempt + 1 < WEBHOOK_TRIES:
                 await asyncio.sleep(0.5 * 2**attempt)
         self.webhook_failures += 1
-        log.error("alert webhook %s failed after %d tries: %s", webhook.url, WEBHOOK_TRIES, problem)
+        log.error("alert webhook %s failed after %d tries: %s", where(webhook.url), WEBHOOK_TRIES, problem)
+
+
+def where(url: str) -> str:
+    """A webhook URL as the log may show it: its scheme, host and port. The rest stays out: a
+    Slack or Discord webhook's path (or a query's token) is the credential that posts to it."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address, bracketed as in the URL
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        port = ""  # not a port number: the post failed on it, and the host still says where
+    rest = "/…" if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{host}{port}{rest}"
