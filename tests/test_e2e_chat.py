@@ -331,6 +331,22 @@ def test_missing_key_is_401(gateway: GatewayProcess) -> None:
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.parametrize("presented", [b"fg-\xff\xfeabc", b"fg-master-\xe9t\xe9"])
+def test_a_key_that_is_not_utf_8_is_refused_not_a_500(gateway: GatewayProcess, presented: bytes) -> None:
+    # Header bytes that are not UTF-8 (Latin-1 text, a mangled paste) reach the key check as
+    # lone surrogates: hashing them failed, and every route answered 500 with a logged traceback.
+    root = gateway.base_url.removesuffix("/v1")
+    for header in ({"Authorization": b"Bearer " + presented}, {"x-api-key": presented}):
+        chat = httpx.post(gateway.base_url + "/chat/completions", json={"model": "x", "messages": MSG},
+                          headers=header)  # fmt: skip
+        assert (chat.status_code, chat.json()["error"]["code"]) == (401, "invalid_api_key")
+        assert httpx.get(gateway.base_url + "/models", headers=header).status_code == 401
+        assert httpx.get(gateway.base_url + "/me", headers=header).status_code == 401
+    admin = httpx.get(root + "/admin/keys", headers={"Authorization": b"Bearer " + presented})
+    assert (admin.status_code, admin.json()["error"]["code"]) == (403, "not_admin")
+    assert httpx.get(root + "/health", headers={"Authorization": b"Bearer " + presented}).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("content", "status", "fragment"),
     [

@@ -11,6 +11,7 @@ import pytest
 
 import faregate.accounts.keys as keys_module
 from faregate.accounts.keys import ApiKey, KeyStore, hash_key
+from faregate.accounts.master import MasterKey
 from faregate.errors import InvalidRequest
 from faregate.store.protocols import KeyRow
 from faregate.store.sqlite.store import SQLiteStore
@@ -94,6 +95,16 @@ async def test_verify_accepts_own_keys_only(keys: KeyStore) -> None:
     assert await keys.verify("fg-" + "A" * 40) is None
     assert await keys.verify("sk-not-ours") is None
     assert await keys.verify("") is None
+
+
+async def test_a_key_whose_header_bytes_are_not_utf_8_is_refused(keys: KeyStore) -> None:
+    # Both servers decode header bytes that are not UTF-8 to lone surrogates ("surrogateescape").
+    presented = b"fg-\xff\xfeabc".decode("utf-8", "surrogateescape")
+    assert await keys.verify(presented) is None
+    assert keys.known(presented) is None
+    master = MasterKey("fg-master-right")
+    assert not master.matches(b"fg-master-\xe9".decode("utf-8", "surrogateescape"))
+    assert master.matches("fg-master-right")
 
 
 async def test_only_the_hash_is_stored(tmp_path: Path, keys: KeyStore, store: SQLiteStore) -> None:

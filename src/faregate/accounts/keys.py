@@ -61,7 +61,9 @@ class ApiKey:
 
 
 def hash_key(raw: str) -> str:
-    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+    # surrogateescape: header bytes that are not UTF-8 arrive as lone surrogates (both servers
+    # decode headers so); they hash as the bytes sent, matching no key, instead of failing.
+    return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def new_raw_key(premium: bool = False) -> str:

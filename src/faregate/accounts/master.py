@@ -26,7 +26,9 @@ DIGEST_FILE = "master-key.sha256"
 
 
 def _digest(raw: str) -> str:
-    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+    # surrogateescape: a presented key's header bytes that are not UTF-8 (and an environment
+    # value's, which Python decodes the same way) are hashed as the bytes they were.
+    return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def digest_path(settings: Settings) -> Path:
