@@ -5,6 +5,7 @@ requests it does not serve go to a real aiohttp server, as in the gateway."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -576,6 +577,34 @@ async def test_garbage_after_a_pipelined_request_is_answered_400_in_openai_forma
             assert second.status == 400 and second.headers["content-type"] == "application/json"
             error = orjson.loads(second.body)["error"]
             assert error["type"] == "invalid_request_error" and "not valid HTTP" in error["message"]
+    await server.shutdown(1)
+
+
+@pytest.mark.parametrize("path", ["/echo", "/elsewhere"])
+@pytest.mark.parametrize("stray", [b"\x01", b"\r", b"\x00"])
+async def test_a_head_refused_for_its_key_header_never_logs_the_key(
+    caplog: pytest.LogCaptureFixture, path: str, stray: bytes
+) -> None:
+    """aiohttp logged the parser's complaint with the offending header line, an Authorization
+    header's key included (a key read from a file with a stray byte): the log says what was wrong
+    and where from, never the bytes."""
+    from faregate.server.http_errors import errors_in_openai_format
+
+    fallback = errors_in_openai_format(web.Server(fallback_handler))
+    server = LeanServer(fallback, {("POST", "/echo"): echo}, MAX_BODY)  # type: ignore[arg-type]
+    secret = b"fg-" + b"S3cr3t" * 6
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n".encode()
+    _, transport = connect(server)
+    with caplog.at_level("DEBUG"):
+        send(transport, head + b"Authorization: Bearer " + secret + stray + b"\r\n\r\na")
+        await settle(lambda: transport.closed)
+    (answer,) = parse(transport.out)
+    assert answer.status == 400 and "not valid HTTP" in orjson.loads(answer.body)["error"]["message"]
+    logged = caplog.text + "".join(
+        logging.Formatter().formatException(r.exc_info) for r in caplog.records if r.exc_info
+    )
+    assert secret.decode() not in logged and "S3cr3t" not in logged
+    assert "not valid HTTP: Invalid header value char" in logged or "Missing expected LF" in logged
     await server.shutdown(1)
 
 

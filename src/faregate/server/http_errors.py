@@ -8,11 +8,18 @@ the same status as JSON instead (Anthropic's error shape under /v1/messages, as 
 It serves the connections aiohttp carries from their start and those the lean server hands over
 (server/lean_http.py: a head httptools refuses, the garbage after a pipelined request), so both
 servers answer the same bytes alike (tests/test_e2e_lean_differential.py).
+
+A head the parser refuses is logged as one line saying what was wrong and from where, not with
+aiohttp's traceback: that quoted the offending header line, and when it was the Authorization
+header (a key read from a file with a stray byte), the client's key went to the log.
 """
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from faregate.errors import FaregateError, InternalError, InvalidRequest
@@ -55,13 +62,20 @@ class ErrorsInOpenAIFormat(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        # aiohttp's: logs, and raises if an answer was already under way (the connection is broken).
-        super().handle_error(request, status, exc, message)
+        # aiohttp's message: the parser's complaint, then the offending bytes under a caret.
+        said = (message or "").strip().splitlines()
+        detail = said[0].rstrip(":") if said else "bad request"
+        if status < 500 and isinstance(exc, HttpProcessingError):
+            # Logged as aiohttp would (non-HTTP bytes at debug level), without the bytes.
+            level = logging.DEBUG if isinstance(exc, BadHttpMethod) else logging.ERROR
+            self.logger.log(level, "a request from %s is not valid HTTP: %s", request.remote, detail)
+            if request.writer.output_size > 0:
+                raise ConnectionError("an answer was under way: the connection is broken")
+        else:
+            # aiohttp's: logs, and raises if an answer was already under way (the connection is broken).
+            super().handle_error(request, status, exc, message)
         error: FaregateError
         if status < 500:
-            # aiohttp's message: the parser's complaint, then the offending bytes under a caret.
-            said = (message or "").strip().splitlines()
-            detail = said[0].rstrip(":") if said else "bad request"
             error = InvalidRequest(f"The request is not valid HTTP: {detail}.")
         else:
             error = InternalError("The gateway hit an internal error; it has been logged.")
