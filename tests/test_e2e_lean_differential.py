@@ -134,6 +134,14 @@ CASES: dict[str, Any] = {
     "bad content-length": lambda key: chat(key).replace(
         b"Content-Length: %d" % len(BODY), b"Content-Length: x"
     ),
+    # RFC 9112 3.2: an HTTP/1.1 request without Host, or with two, is a 400: a front proxy that
+    # routes by one Host and a server that serves the other disagree on where the request goes.
+    "no host": lambda key: chat(key).replace(b"Host: gw\r\n", b""),
+    "two hosts": lambda key: chat(key, extra="Host: elsewhere\r\n"),
+    "no host, http/1.0": lambda key: chat(key, version="1.0").replace(b"Host: gw\r\n", b""),
+    # Fields of which a message has one (aiohttp's singletons): two are a 400 as well.
+    "two content-types": lambda key: chat(key, extra="Content-Type: text/plain\r\n"),
+    "two user-agents": lambda key: chat(key, extra="User-Agent: a\r\nUser-Agent: b\r\n"),
 }
 # Bytes that are not HTTP after a good request in the same read: aiohttp's parser fails the whole
 # read, so it answers the 400 alone and the good request is never served; the lean server answers
