@@ -608,6 +608,24 @@ async def test_a_head_refused_for_its_key_header_never_logs_the_key(
     await server.shutdown(1)
 
 
+async def test_a_request_aiohttp_refuses_for_its_host_is_handed_over_and_answered_400() -> None:
+    from faregate.server.http_errors import errors_in_openai_format
+
+    fallback = errors_in_openai_format(web.Server(fallback_handler))
+    server = LeanServer(fallback, {("POST", "/echo"): echo}, MAX_BODY)  # type: ignore[arg-type]
+    for request, said in (
+        (post("/echo", b"a").replace(b"Host: gw\r\n", b""), "Missing 'Host' header in request."),
+        (post("/echo", b"a", extra="Host: other\r\n"), "Duplicate 'Host' header found."),
+    ):
+        _, transport = connect(server)
+        send(transport, request)
+        await settle(lambda t=transport: t.closed)
+        (answer,) = parse(transport.out)
+        assert answer.status == 400
+        assert orjson.loads(answer.body)["error"]["message"] == f"The request is not valid HTTP: {said}"
+    await server.shutdown(1)
+
+
 async def test_a_connection_runs_its_requests_in_one_task(server: LeanServer) -> None:
     _, transport = connect(server)
     send(transport, post("/echo", b"one") + post("/echo", b"two"))

@@ -64,7 +64,7 @@ class ErrorsInOpenAIFormat(RequestHandler):
     ) -> web.StreamResponse:
         # aiohttp's message: the parser's complaint, then the offending bytes under a caret.
         said = (message or "").strip().splitlines()
-        detail = said[0].rstrip(":") if said else "bad request"
+        detail = said[0].rstrip(":.") if said else "bad request"  # the sentence's full stop is ours
         if status < 500 and isinstance(exc, HttpProcessingError):
             # Logged as aiohttp would (non-HTTP bytes at debug level), without the bytes.
             level = logging.DEBUG if isinstance(exc, BadHttpMethod) else logging.ERROR
