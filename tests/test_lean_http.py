@@ -608,6 +608,26 @@ async def test_a_head_refused_for_its_key_header_never_logs_the_key(
     await server.shutdown(1)
 
 
+async def test_a_key_header_too_long_for_aiohttp_is_not_logged_either(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # aiohttp's complaint about a field past its limit quotes the field's first 100 bytes.
+    from faregate.server.http_errors import errors_in_openai_format
+
+    fallback = errors_in_openai_format(web.Server(fallback_handler))
+    server = LeanServer(fallback, {("POST", "/echo"): echo}, MAX_BODY)  # type: ignore[arg-type]
+    secret = b"fg-" + b"S3cr3t" * 6
+    _, transport = connect(server)
+    with caplog.at_level("DEBUG"):
+        send(transport, b"GET /elsewhere HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + secret)
+        send(transport, b" " + b"x" * 9000 + b"\r\n\r\n")
+        await settle(lambda: transport.closed)
+    (answer,) = parse(transport.out)
+    assert answer.status == 400
+    assert "S3cr3t" not in caplog.text and "Got more than 8190 bytes when reading" in caplog.text
+    await server.shutdown(1)
+
+
 async def test_a_request_aiohttp_refuses_for_its_host_is_handed_over_and_answered_400() -> None:
     from faregate.server.http_errors import errors_in_openai_format
 

@@ -17,6 +17,7 @@ header (a key read from a file with a stray byte), the client's key went to the 
 from __future__ import annotations
 
 import logging
+import re
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
@@ -24,6 +25,10 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from faregate.errors import FaregateError, InternalError, InvalidRequest
 from faregate.server.client_wires import wire_of_path
+
+# What some complaints quote of the request after a colon (a field past the limit, a bad header):
+# left out of the log line.
+_QUOTED = re.compile(r":\s*b?['\"].*$")
 
 
 class ErrorsInOpenAIFormat(RequestHandler):
@@ -68,7 +73,8 @@ class ErrorsInOpenAIFormat(RequestHandler):
         if status < 500 and isinstance(exc, HttpProcessingError):
             # Logged as aiohttp would (non-HTTP bytes at debug level), without the bytes.
             level = logging.DEBUG if isinstance(exc, BadHttpMethod) else logging.ERROR
-            self.logger.log(level, "a request from %s is not valid HTTP: %s", request.remote, detail)
+            said_alone = _QUOTED.sub("", detail)
+            self.logger.log(level, "a request from %s is not valid HTTP: %s", request.remote, said_alone)
             if request.writer.output_size > 0:
                 raise ConnectionError("an answer was under way: the connection is broken")
         else:
