@@ -142,6 +142,13 @@ CASES: dict[str, Any] = {
     # Fields of which a message has one (aiohttp's singletons): two are a 400 as well.
     "two content-types": lambda key: chat(key, extra="Content-Type: text/plain\r\n"),
     "two user-agents": lambda key: chat(key, extra="User-Agent: a\r\nUser-Agent: b\r\n"),
+    # Past aiohttp's limits (8190 bytes a line or a field, 128 fields): a 400 from both.
+    "a field too long": lambda key: chat(key, extra=f"X-Long: {'a' * 8200}\r\n"),
+    "too many fields": lambda key: chat(key, extra="".join(f"X-F{i}: v\r\n" for i in range(130))),
+    "a url too long": lambda key: chat(key).replace(b"completions ", b"completions?q=" + b"a" * 8200 + b" "),
+    "fields at the limits": lambda key: chat(
+        key, extra=f"X-Long: {'a' * 8000}\r\n" + "".join(f"X-F{i}: v\r\n" for i in range(120))
+    ),
 }
 # Bytes that are not HTTP after a good request in the same read: aiohttp's parser fails the whole
 # read, so it answers the 400 alone and the good request is never served; the lean server answers

@@ -7,7 +7,8 @@ body, a whole answer with its length or an event stream in chunks. So the listen
 protocol is `LeanConnection`: it parses every request with httptools, serves a hot one itself
 through the HTTP seam (server/http_seam.py), and hands the connection to aiohttp's own protocol
 at the first request that is anything else (another path, an upgrade, a head httptools refuses,
-or one aiohttp refuses that httptools takes: no Host in HTTP/1.1, a single field repeated):
+or one aiohttp refuses that httptools takes: no Host in HTTP/1.1, a single field repeated, a
+field past aiohttp's size limits):
 aiohttp's RequestHandler is given the transport and every byte from the start of that request,
 and keeps the connection from then on (server/lean_server.py makes both).
 
@@ -105,27 +106,35 @@ def _ends_within(before: bytes, data: bytes, length: int) -> bool:
     return probe.complete
 
 
-# Fields a request has at most one of (aiohttp's list): two are a 400, as is an HTTP/1.1 request
-# without Host (RFC 9112 3.2): a front proxy that routes by one Host and a server that serves
-# by the other would disagree on where the request goes. llhttp checks Content-Length and
-# Transfer-Encoding itself.
+# What aiohttp refuses with a 400 that httptools takes: a request line or a field (name and value)
+# past its limits (its defaults, which the gateway keeps), more fields than it takes, two of a field
+# a request has at most one of, or an HTTP/1.1 request without Host (RFC 9112 3.2: a front proxy
+# that routes by one Host and a server that serves by the other would disagree on where the
+# request goes). llhttp checks Content-Length and Transfer-Encoding itself. Such a head is handed
+# to aiohttp, which answers it as a gateway without the lean server does.
+MAX_LINE_BYTES: Final = 8190
+MAX_FIELD_BYTES: Final = 8190
+MAX_FIELDS: Final = 128
 _SINGLE_FIELDS: Final = frozenset(
     {b"host", b"content-type", b"content-location", b"content-range", b"etag", b"max-forwards",
      b"server", b"user-agent"}
 )  # fmt: skip
 
 
-def _single_fields(headers: list[tuple[bytes, bytes]], parser: httptools.HttpRequestParser) -> bool:
-    """Whether no single field is repeated and Host is there when HTTP/1.1 needs it; else the
-    request is aiohttp's, which answers the 400 as a gateway without the lean server does."""
+def _aiohttp_refuses(url: bytes, headers: list[tuple[bytes, bytes]], version: str) -> bool:
+    """Whether aiohttp would answer this head 400 (see above)."""
+    if len(url) > MAX_LINE_BYTES or len(headers) > MAX_FIELDS:
+        return True
     seen: set[bytes] = set()
-    for name, _ in headers:
+    for name, value in headers:
+        if len(name) + len(value) > MAX_FIELD_BYTES:
+            return True
         lowered = name.lower()
         if lowered in _SINGLE_FIELDS:
             if lowered in seen:
-                return False
+                return True
             seen.add(lowered)
-    return b"host" in seen or parser.get_http_version() != "1.1"
+    return b"host" not in seen and version == "1.1"
 
 
 class LeanConnection(asyncio.Protocol):
@@ -313,7 +322,11 @@ class LeanConnection(asyncio.Protocol):
         parser = self._parser
         path = self._url.partition(b"?")[0]
         handler = self.server.lean_routes.get((parser.get_method(), path))
-        if handler is None or parser.should_upgrade() or not _single_fields(self._headers, parser):
+        if (
+            handler is None
+            or parser.should_upgrade()
+            or _aiohttp_refuses(self._url, self._headers, parser.get_http_version())
+        ):
             raise _HandOff
         # Decoded as aiohttp decodes a header.
         headers = CIMultiDictProxy(
