@@ -45,6 +45,35 @@ def test_usage_accepts_whole_non_negative_numbers_only() -> None:
     assert usage_of({"usage": None}) is None
 
 
+def test_reasoning_reported_beside_the_completion_is_billed_as_output() -> None:
+    # xAI's chat usage counts reasoning apart from completion_tokens (its total_tokens is prompt
+    # + completion + reasoning), where OpenAI's counts it inside: both are billed as output.
+    xai = {
+        "prompt_tokens": 10120,
+        "completion_tokens": 1499,
+        "total_tokens": 14428,
+        "prompt_tokens_details": {"cached_tokens": 128},
+        "completion_tokens_details": {"reasoning_tokens": 2809},
+    }
+    assert usage_of({"usage": xai}) == Usage(10120, 1499 + 2809, cache_read_tokens=128)
+    # Without a total, reasoning larger than the completion cannot be a part of it.
+    apart = {
+        "prompt_tokens": 32,
+        "completion_tokens": 9,
+        "completion_tokens_details": {"reasoning_tokens": 94},
+    }
+    assert usage_of({"usage": apart}) == Usage(32, 9 + 94)
+    # OpenAI's: the reasoning is inside completion_tokens, counted once.
+    inside = {
+        "prompt_tokens": 32,
+        "completion_tokens": 103,
+        "total_tokens": 135,
+        "completion_tokens_details": {"reasoning_tokens": 94},
+    }
+    assert usage_of({"usage": inside}) == Usage(32, 103)
+    assert usage_of({"usage": {**inside, "total_tokens": None}}) == Usage(32, 103)
+
+
 def test_finish_reason_of_a_body_and_of_a_chunk() -> None:
     body = {"choices": [{"message": {"content": "x"}, "finish_reason": "length"}]}
     assert finish_reason(body) == "length"

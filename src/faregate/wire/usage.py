@@ -7,6 +7,9 @@ made with a one-hour TTL (Anthropic's, priced apart) is
 `prompt_tokens_details.cache_write_tokens_details.ttl_1h_tokens`. Audio tokens, priced apart too,
 are `prompt_tokens_details.audio_tokens` and `completion_tokens_details.audio_tokens`.
 
+Reasoning is output: inside `completion_tokens` as OpenAI counts it (a vendor that reports
+`completion_tokens_details.reasoning_tokens` beside it, as xAI does, has it added in).
+
 Invariant: `prompt_tokens` counts every input token, cache reads and writes included; cache
 counts that do not fit inside it are dropped as malformed rather than billed.
 """
@@ -30,6 +33,8 @@ def usage_from(body: Mapping[str, Any]) -> Usage | None:
         return None
     details = usage.get("prompt_tokens_details")
     out_details = usage.get("completion_tokens_details")
+    if isinstance(out_details, dict):
+        completion = min(completion + _reasoning_apart(usage, prompt, completion, out_details), _MAX_COUNT)
     # Audio parts, billed at the audio prices where the model has them (types.Price).
     audio_out = (token_count(out_details.get("audio_tokens")) or 0) if isinstance(out_details, dict) else 0
     if audio_out > completion:
@@ -54,6 +59,22 @@ def usage_from(body: Mapping[str, Any]) -> Usage | None:
         audio_prompt_tokens=audio_in,
         audio_completion_tokens=audio_out,
     )
+
+
+def _reasoning_apart(usage: dict[str, Any], prompt: int, completion: int, out_details: dict[str, Any]) -> int:
+    """Reasoning tokens reported beside `completion_tokens` rather than inside it (xAI's chat
+    usage: its total_tokens is prompt + completion + reasoning), else 0. OpenAI counts them inside
+    completion_tokens; either way they are billed as output, once. Apart when the total says so,
+    or, without a total that says inside, when they outnumber the completion they would be part of."""
+    reasoning = token_count(out_details.get("reasoning_tokens")) or 0
+    if not reasoning:
+        return 0
+    total = token_count(usage.get("total_tokens"))
+    if total == prompt + completion + reasoning:
+        return reasoning
+    if reasoning > completion and total != prompt + completion:
+        return reasoning
+    return 0
 
 
 def usage_json(usage: Usage) -> JSON:
