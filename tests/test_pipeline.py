@@ -796,3 +796,34 @@ async def test_a_whole_answer_without_usage_is_charged_for_its_reasoning(harness
     (record,) = harness.records
     assert record.usage_estimated
     assert record.completion_tokens >= 400, record.completion_tokens
+
+
+async def test_a_client_gone_before_its_stream_opened_is_charged_for_the_reasoning_read(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream is held back until its first content, so a reasoning model may think for long
+    before the client's stream opens; a client gone by then (its read timeout, a user who left)
+    leaves the upstream's reasoning billed: it is charged for what was read, not for nothing."""
+    thinking = "Let me think about this carefully, step by step, before answering. " * 40
+    harness.a.outcomes = [
+        [
+            chunk({"role": "assistant", "content": ""}),
+            *(chunk({"reasoning_content": piece + " "}) for piece in thinking.split(" ")),
+            chunk({"content": "42"}),
+            chunk({}, "stop"),
+        ]
+    ]
+
+    async def gone(self: Any, headers: dict[str, str]) -> None:
+        # As aiohttp's prepare fails on a transport the client has closed.
+        self.response = web.StreamResponse(status=200, headers=headers)
+        raise ConnectionResetError("Cannot write to closing transport")
+
+    monkeypatch.setattr("faregate.server.aiohttp_seam.AiohttpRequest.open_stream", gone)
+    with contextlib.suppress(Exception):
+        await harness.post({"model": "cheap", "stream": True, **ASK})
+    (record,) = harness.records
+    assert record.status == 499 and record.usage_estimated
+    assert record.completion_tokens >= 400, record.completion_tokens  # ~480 words of reasoning
+    settled = [e for e in harness.events if e.startswith("settle")]
+    assert settled and "release" not in harness.events, harness.events

@@ -85,6 +85,13 @@ class OpenedStream:
         counted = self._reads[0][0].pop(INPUT_TOKENS, 0) if self._reads else 0
         return counted if type(counted) is int else 0
 
+    def take_opened(self) -> None:
+        """Read into `seen`, without giving them, the chunks read while opening (for a client gone
+        before any was sent: its reasoning and first content were generated and billed all the same)."""
+        while self._reads:
+            for chunk in self._reads.popleft():
+                self.seen.take(chunk)
+
     def __aiter__(self) -> OpenedStream:
         return self
 

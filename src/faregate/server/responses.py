@@ -175,8 +175,10 @@ class Responder:
         except (ConnectionResetError, ConnectionError):
             await opened.aclose()
             exchange.client_gone("before the stream started")
-            settled = await settle(candidate, request, None, "", opened.attempts)
-            exchange.settled(candidate, settled.usage, settled.cost)
+            # What the upstream sent while the stream was held back (a reasoning model's thinking,
+            # the first content) was billed upstream: charged, though never relayed.
+            opened.take_opened()
+            await self._settle_seen(exchange, opened)
             return GONE
         encoder = exchange.wire.stream(
             candidate.model.name, request.include_usage, exchange.asked, opened.upstream_input_tokens()
