@@ -11,6 +11,7 @@ from faregate.wire.openai import (
     answer_as_chunks,
     answer_is_empty,
     answer_text,
+    billed_text,
     chunk_has_content,
     error_body,
     error_code_param,
@@ -97,6 +98,22 @@ def test_answer_text_includes_tool_calls() -> None:
     call = {"function": {"name": "f", "arguments": "{}"}}
     body = {"choices": [{"message": {"content": "a", "tool_calls": [call]}}]}
     assert answer_text(body) == "af{}"
+
+
+def test_a_legacy_function_call_is_output_an_estimate_counts() -> None:
+    # The functions API's one call (before tool_calls): an answer of it alone, without usage, is
+    # estimated from its name and arguments, as a tool call is, not as no output at all.
+    call = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    message = {"content": None, "function_call": call}
+    body = {"choices": [{"message": message, "finish_reason": "function_call"}]}
+    assert billed_text(body) == 'get_weather{"city": "Paris"}'
+    seen = StreamedAnswer()
+    seen.take(chunk({"role": "assistant", "function_call": {"name": "get_weather", "arguments": ""}}))
+    seen.take(chunk({"function_call": {"arguments": '{"city": "Paris"}'}}))
+    seen.take(chunk({}, "stop"))
+    assert "".join(seen.text) == 'get_weather{"city": "Paris"}'
+    # A call, not a text answer to keep (even when the upstream finishes it with "stop").
+    assert seen.answer("m", Usage(5, 9)) is None
 
 
 def test_error_shapes() -> None:

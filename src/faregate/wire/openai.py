@@ -233,11 +233,18 @@ def _reasoning_text(holder: JSON, parts: list[str]) -> None:
 
 
 def _call_text(holder: JSON, parts: list[str]) -> bool:
+    """Add the names and arguments of the calls in a message or delta to `parts`: its tool calls,
+    and the functions API's one call (before tool_calls), billed as output alike. Any calls?"""
     calls = holder.get("tool_calls") or ()
     for call in calls:
         fn = call.get("function") or {}
         parts.append(str(fn.get("name") or ""))
         parts.append(str(fn.get("arguments") or ""))
+    legacy = holder.get("function_call")
+    if isinstance(legacy, dict):
+        parts.append(str(legacy.get("name") or ""))
+        parts.append(str(legacy.get("arguments") or ""))
+        return True
     return bool(calls)
 
 
@@ -330,11 +337,12 @@ class StreamedAnswer:
             content = delta.get("content")
             if isinstance(content, str):
                 text.append(content)
-            if delta.get("tool_calls"):
-                calls = self.calls
-                if calls is None:
-                    calls = self.calls = StreamedCalls()
-                calls.mend(choice.get("index", 0), delta["tool_calls"])
+            if delta.get("tool_calls") or delta.get("function_call"):
+                if delta.get("tool_calls"):
+                    calls = self.calls
+                    if calls is None:
+                        calls = self.calls = StreamedCalls()
+                    calls.mend(choice.get("index", 0), delta["tool_calls"])
                 self.tool_calls = _call_text(delta, text) or self.tool_calls
             if choice.get("index") or choice.get("logprobs") or delta.get("refusal") or delta.get("audio"):
                 self.plain_text = False  # n > 1, logprobs, a refusal or audio: not one text answer
