@@ -432,6 +432,34 @@ async def test_a_stream_is_relayed_with_its_cost_and_settled_at_its_end(harness:
     assert harness.a.calls[0].body["stream_options"] == {"include_usage": True}
 
 
+async def test_usage_sent_on_the_last_chunk_with_choices_reaches_the_client_once_priced(
+    harness: Harness,
+) -> None:
+    """Some upstreams send the usage on their last chunk with choices (the finish), with no
+    usage-only chunk after it. The client gets it once, as OpenAI sends it: on the closing
+    usage-only chunk, priced and with the upstream's details; the finish chunk says null, or a
+    client that adds up every chunk's usage (as LangChain's aggregation does) counts it twice."""
+    usage = {
+        "prompt_tokens": 10,
+        "completion_tokens": 2,
+        "total_tokens": 12,
+        "prompt_tokens_details": {"cached_tokens": 4},
+    }
+    harness.a.outcomes = [[*WHOLE_STREAM[:3], {**chunk({}, "stop"), "usage": usage}]]
+    status, _, raw = await harness.post(
+        {"model": "cheap", "stream": True, "stream_options": {"include_usage": True}, **ASK}
+    )
+    assert status == 200
+    frames = sse_chunks(raw)
+    assert frames[-1] == b"[DONE]"
+    with_usage = [f for f in frames[:-1] if f.get("usage") is not None]
+    assert with_usage == [frames[-2]] and frames[-2]["choices"] == [], frames
+    assert frames[-3]["choices"][0]["finish_reason"] == "stop"
+    final = frames[-2]["usage"]
+    assert final["cost"] > 0 and final["prompt_tokens_details"]["cached_tokens"] == 4
+    assert harness.records[0].prompt_tokens == 10
+
+
 async def test_what_one_upstream_read_brought_is_written_at_once_the_first_content_first(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

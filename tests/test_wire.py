@@ -267,7 +267,8 @@ def test_streamed_answer_reads_every_kind_of_chunk() -> None:
     counts = {"prompt_tokens": 3, "completion_tokens": 4}
     with_usage = {"choices": [{"delta": {"content": "x"}}], "usage": counts}
     assert seen.take(with_usage) is True and seen.usage is not None and seen.usage.completion_tokens == 4
-    assert seen.usage_chunk is None
+    # Usage on a chunk with choices: moved to the closing usage-only chunk, null where it came.
+    assert with_usage["usage"] is None and seen.usage_chunk == {"choices": [], "usage": counts}
     usage_only = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}}
     assert seen.take(usage_only) is False and seen.usage_chunk is usage_only
     assert seen.usage.completion_tokens == 5

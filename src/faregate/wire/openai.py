@@ -325,6 +325,16 @@ class StreamedAnswer:
             usage = usage_of(chunk)
             if usage is not None:
                 self.usage = usage
+            if usage is not None and choices:
+                # On a chunk with choices (an upstream that sends it on its finish, or on every
+                # chunk): moved to the usage-only chunk that closes the stream, as OpenAI sends
+                # it, details kept; relayed here too, a client adding up usage counted it twice.
+                self.usage_chunk = {
+                    **{name: chunk[name] for name in ("id", "object", "created") if name in chunk},
+                    "choices": [],
+                    "usage": chunk["usage"],
+                }
+                chunk["usage"] = None
         if not choices and "usage" in chunk:
             self.usage_chunk = chunk
             return False
