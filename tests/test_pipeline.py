@@ -855,3 +855,45 @@ async def test_a_client_gone_before_its_stream_opened_is_charged_for_the_reasoni
     assert record.completion_tokens >= 400, record.completion_tokens  # ~480 words of reasoning
     settled = [e for e in harness.events if e.startswith("settle")]
     assert settled and "release" not in harness.events, harness.events
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_blank_answer_cut_at_max_tokens_is_served_not_paid_for_again(
+    harness: Harness, stream: bool
+) -> None:
+    """A reasoning model that spends the client's max_tokens on its reasoning answers blank with
+    finish_reason "length" (OpenAI's own models do). That is the client's limit, which a retry or
+    another model reaches as well, billed each time: the answer is served as the upstream gave it,
+    billed once, not retried and fallen back from until a 502 that cost the client every call."""
+    usage = {
+        "prompt_tokens": 10,
+        "completion_tokens": 50,
+        "completion_tokens_details": {"reasoning_tokens": 50},
+    }
+    thinking = [chunk({"reasoning_content": "Let me see. "}) for _ in range(5)]
+    cut_stream = [
+        chunk({"role": "assistant", "content": ""}),
+        *thinking,
+        chunk({}, "length"),
+        {"id": "c", "choices": [], "usage": usage},
+    ]
+    blank = answer("", Usage(10, 50))
+    blank.body["choices"][0]["finish_reason"] = "length"
+    harness.a.outcomes = [cut_stream if stream else blank]
+    ask = {"model": "pair", "stream": stream, "max_tokens": 50, "temperature": 0, **ASK}
+    status, headers, raw = await harness.post(ask)
+    assert status == 200 and headers["x-faregate-cache"] == "miss"
+    cache = harness.pipeline.cache
+    assert cache is not None
+    await cache.close()  # its writes done: a blank answer is not one to serve again
+    assert cache.writes == 0
+    if stream:
+        frames = sse_chunks(raw)
+        assert frames[-1] == b"[DONE]" and frames[-2]["choices"][0]["finish_reason"] == "length"
+    else:
+        assert orjson.loads(raw)["choices"][0]["finish_reason"] == "length"
+    assert harness.b.calls == [] and len(harness.a.calls) == 1
+    (record,) = harness.records
+    cost = Price(Decimal(1), Decimal(1)).cost(Usage(10, 50))
+    assert record.status == 200 and record.cost_usd == cost
+    assert [(a.provider, a.outcome) for a in record.attempts] == [("a", "ok")]

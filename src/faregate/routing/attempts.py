@@ -3,7 +3,9 @@
 Per candidate: up to 1 + retries calls, with exponential backoff and full jitter,
 waiting out a short Retry-After; then fall back to the next candidate. A failure
 moves on when it is the provider's fault (429, 5xx, timeout, connection error, a 200
-with nothing in it, a stream that dies before its first content); a 404 or a refused key
+with nothing in it, a stream that dies before its first content); an answer cut at the client's
+max_tokens is served however blank (a reasoning model may spend them all on its reasoning):
+another call would reach the same limit, and be billed for it too; a 404 or a refused key
 (401, 403) moves on without a retry, since the same call gets the same answer. A 4xx that is the
 client's fault is returned at once: another provider would refuse it too. Breakers
 fail fast: an offer whose breaker is open is not called at all. A candidate's provider and
@@ -34,6 +36,7 @@ from faregate.wire.openai import (
     TOOL_FINISHES,
     answer_is_empty,
     chunk_has_content,
+    cut_at_limit,
     finish_reason,
     upstream_body,
     usage_of,
@@ -128,7 +131,7 @@ class AttemptRunner:
             else:
                 # The hot path: the call's own timeouts already end at the request's deadline.
                 completion = await provider.complete(call)
-            if answer_is_empty(completion.body):
+            if answer_is_empty(completion.body) and not cut_at_limit(finish_reason(completion.body)):
                 failure = UpstreamFailure("empty", "200 with no choices or blank content", status=200)
                 failure.usage = completion.usage  # the provider billed it all the same
                 raise failure
@@ -231,6 +234,10 @@ class AttemptRunner:
                                 # the relay writes the first content before it.
                                 return buffered, read[index + 1 :], iterator
                             reason = finish_reason(chunk)
+                            if cut_at_limit(reason):
+                                # Cut at max_tokens before any text (all of it reasoning): the
+                                # client's limit, served as it is (`cut_at_limit`).
+                                return buffered, read[index + 1 :], iterator
                             if reason and reason not in TOOL_FINISHES:
                                 # The usage comes after the finish (include_usage): read it, the
                                 # provider billed this call all the same.

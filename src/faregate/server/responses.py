@@ -33,7 +33,14 @@ from faregate.server.exchange import Exchange
 from faregate.server.http_seam import EventStream, Reply, Whole
 from faregate.types import JSON, Attempt, ChatRequest, Usage
 from faregate.usage_estimate import estimate_usage
-from faregate.wire.openai import answer_as_chunks, billed_text, free_answer, price_answer, usage_chunk
+from faregate.wire.openai import (
+    answer_as_chunks,
+    answer_is_empty,
+    billed_text,
+    free_answer,
+    price_answer,
+    usage_chunk,
+)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 Answer = Served | OpenedStream | CachedAnswer
@@ -232,8 +239,15 @@ class Responder:
         return settled
 
     def _remember(self, exchange: Exchange, candidate: Candidate, body: JSON | None, usage: Usage) -> None:
-        """Keep a whole answer whose usage the provider reported (an estimate is not kept)."""
-        if self.cache is not None and exchange.cache is not None and body is not None and not usage.estimated:
+        """Keep a whole answer whose usage the provider reported (an estimate is not kept), and
+        that says something (one cut blank at max_tokens is served, not kept for others)."""
+        if (
+            self.cache is not None
+            and exchange.cache is not None
+            and body is not None
+            and not usage.estimated
+            and not answer_is_empty(body)
+        ):
             model, provider = candidate.model.name, candidate.offer.provider
             self.cache.remember(exchange.cache, exchange.request, body, model, provider, usage)
 

@@ -198,6 +198,13 @@ def answer_is_empty(body: JSON) -> bool:
     return True
 
 
+def cut_at_limit(reason: str | None) -> bool:
+    """Did the answer stop at the client's max_tokens? Then it is an answer, however blank: a
+    reasoning model may spend the whole allowance on its reasoning (OpenAI's own models then
+    answer blank with "length"), and another call would reach the same limit."""
+    return reason == "length"
+
+
 def answer_text(body: JSON) -> str:
     """The text of a whole answer, tool calls' names and arguments included (what a judge reads
     and what an estimate counts)."""
