@@ -28,7 +28,7 @@ from faregate.providers.anthropic import ANTHROPIC_VERSION, AnthropicProvider
 from faregate.providers.base import UpstreamCall
 from faregate.providers.http import ConnectionPool
 from faregate.providers.registry import ProviderRegistry, make_upstream_pool
-from faregate.types import Price, Usage
+from faregate.types import JSON, Price, Usage
 from faregate.wire.anthropic_replies import completion_to_message
 from faregate.wire.anthropic_upstream import DEFAULT_MAX_TOKENS, EMPTY_USER_TEXT, chat_to_messages
 from faregate.wire.anthropic_upstream_answers import chat_chunks, message_to_completion
@@ -395,6 +395,28 @@ async def test_an_event_stream_becomes_chunks() -> None:
     ]
     assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
     assert usage_from(chunks[-1]) == Usage(7012, 30, cache_read_tokens=5000, cache_write_tokens=2000)
+
+
+async def test_message_starts_usage_comes_just_before_the_first_content() -> None:
+    """Exact for the input side should the stream be cut after content (message_delta's usage
+    replaces it at the end); not before the content, so a stream that fails before any is not
+    billed its prompt."""
+    chunks = [c async for c in chat_chunks(each(STREAM_EVENTS))]
+    usages = [(i, usage_from(c)) for i, c in enumerate(chunks) if not c["choices"]]
+    first_text = next(
+        i for i, c in enumerate(chunks) if c["choices"] and c["choices"][0]["delta"].get("content")
+    )
+    assert usages[0] == (first_text - 1, Usage(7012, 1, cache_read_tokens=5000, cache_write_tokens=2000))
+    assert usages[-1] == (len(chunks) - 1, Usage(7012, 30, cache_read_tokens=5000, cache_write_tokens=2000))
+    failing = [
+        STREAM_EVENTS[0],
+        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+    ]
+    seen: list[JSON] = []
+    with pytest.raises(UpstreamFailure):
+        async for c in chat_chunks(each(failing)):
+            seen.append(c)
+    assert all(c["choices"] for c in seen)
 
 
 async def test_an_error_event_is_a_retryable_failure() -> None:

@@ -897,3 +897,30 @@ async def test_a_blank_answer_cut_at_max_tokens_is_served_not_paid_for_again(
     cost = Price(Decimal(1), Decimal(1)).cost(Usage(10, 50))
     assert record.status == 200 and record.cost_usd == cost
     assert [(a.provider, a.outcome) for a in record.attempts] == [("a", "ok")]
+
+
+async def test_a_cut_stream_keeps_the_usage_reported_before_its_end_and_adds_what_followed(
+    harness: Harness,
+) -> None:
+    """Usage reported before a stream's end (Anthropic's message_start: the input side, its cache
+    reads and writes, and 1 output token; a server that counts as it goes) is exact up to there.
+    A stream cut after it is charged that, plus an estimate of what came after it: not the
+    1 output token alone, and not an estimate of the prompt that prices its cache reads as input."""
+    start = {
+        "prompt_tokens": 7012,
+        "completion_tokens": 1,
+        "prompt_tokens_details": {"cached_tokens": 5000, "cache_write_tokens": 2000},
+    }
+    words = "The answer takes a while to explain, so here it comes in many small pieces. " * 10
+    harness.a.outcomes = [
+        [
+            {"id": "c", "choices": [], "usage": start},
+            chunk({"role": "assistant", "content": ""}),
+            *(chunk({"content": word + " "}) for word in words.split(" ")),
+        ]
+    ]
+    status, _, raw = await harness.post({"model": "cheap", "stream": True, **ASK})
+    assert status == 200 and sse_chunks(raw)[-1]["error"]["code"] == "stream_interrupted"
+    (record,) = harness.records
+    assert record.usage_estimated and record.prompt_tokens == 7012
+    assert record.completion_tokens >= 1 + 150, record.completion_tokens  # 1 + ~150 words

@@ -17,6 +17,7 @@ about one token per delta), so a stream is not billed under what it visibly sent
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from typing import Any, Literal
 
@@ -77,6 +78,20 @@ def count_messages(messages: list[Any], media_part_tokens: int = counting.TOKENS
 
 def count_input(body: dict[str, Any]) -> int:
     return counting.count_input(body, count_text)
+
+
+async def estimate_after(usage: Usage, completion: str, deltas: int = 0) -> Usage:
+    """A usage reported before a stream's end (exact up to there: Anthropic's message_start, a
+    server that counts as it goes) with the output that followed it, `completion`, estimated (never
+    below its `deltas`)."""
+
+    def count() -> Usage:
+        more = max(deltas, count_text(completion))
+        return dataclasses.replace(usage, completion_tokens=usage.completion_tokens + more, estimated=True)
+
+    if ready():
+        return count()
+    return await asyncio.to_thread(count)
 
 
 async def estimate_usage(request: ChatRequest, completion: str, deltas: int = 0) -> Usage:

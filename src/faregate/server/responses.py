@@ -32,7 +32,7 @@ from faregate.server.client_wires import CHAT, ClientWire, StreamEncoder
 from faregate.server.exchange import Exchange
 from faregate.server.http_seam import EventStream, Reply, Whole
 from faregate.types import JSON, Attempt, ChatRequest, Usage
-from faregate.usage_estimate import estimate_usage
+from faregate.usage_estimate import estimate_after, estimate_usage
 from faregate.wire.openai import (
     answer_as_chunks,
     answer_is_empty,
@@ -185,7 +185,7 @@ class Responder:
             # What the upstream sent while the stream was held back (a reasoning model's thinking,
             # the first content) was billed upstream: charged, though never relayed.
             opened.take_opened()
-            await self._settle_seen(exchange, opened)
+            await self._settle_seen(exchange, opened, cut=True)
             return GONE
         encoder = exchange.wire.stream(
             candidate.model.name, request.include_usage, exchange.asked, opened.upstream_input_tokens()
@@ -195,13 +195,14 @@ class Responder:
         except BaseException:
             # Cancelled mid-relay (a shutdown past its grace cancels the requests still running)
             # or a bug: what was relayed was billed upstream, so it is charged, not released.
-            await self._settle_seen(exchange, opened)
+            await self._settle_seen(exchange, opened, cut=True)
             exchange.interrupted("the relay was cancelled or failed")
             raise
         if outcome.first_content_at is not None:
             exchange.first_content(outcome.first_content_at)
         seen = opened.seen
-        settled = await self._settle_seen(exchange, opened)
+        cut = outcome.client_gone or outcome.failure is not None
+        settled = await self._settle_seen(exchange, opened, cut)
         if outcome.client_gone:
             exchange.client_gone("during the stream")
             return response
@@ -229,12 +230,20 @@ class Responder:
         return response
 
     @staticmethod
-    async def _settle_seen(exchange: Exchange, opened: OpenedStream) -> Settled:
-        """A relayed stream's cost: its reported usage, else an estimate of what it carried."""
+    async def _settle_seen(exchange: Exchange, opened: OpenedStream, cut: bool) -> Settled:
+        """A relayed stream's cost: its reported usage, else an estimate of what it carried. A
+        stream `cut` short after a usage reported before its end (exact up to there) is charged
+        that usage and an estimate of what followed it."""
         seen, candidate = opened.seen, opened.candidate
-        deltas = sum(1 for piece in seen.text if piece) + sum(1 for piece in seen.reasoning if piece)
-        text = "".join(seen.text) + "".join(seen.reasoning)
-        settled = await settle(candidate, exchange.request, seen.usage, text, opened.attempts, deltas)
+        usage = seen.usage
+        if usage is not None and cut and not seen.usage_final:
+            text, deltas = _carried(
+                seen.text[seen.text_at_usage :], seen.reasoning[seen.reasoning_at_usage :]
+            )
+            usage = await estimate_after(usage, text, deltas)
+        else:
+            text, deltas = _carried(seen.text, seen.reasoning)
+        settled = await settle(candidate, exchange.request, usage, text, opened.attempts, deltas)
         exchange.settled(candidate, settled.usage, settled.cost)
         return settled
 
@@ -250,6 +259,12 @@ class Responder:
         ):
             model, provider = candidate.model.name, candidate.offer.provider
             self.cache.remember(exchange.cache, exchange.request, body, model, provider, usage)
+
+
+def _carried(text: list[str], reasoning: list[str]) -> tuple[str, int]:
+    """The output text a stream carried (its answer and reasoning) and its count of deltas."""
+    deltas = sum(1 for piece in text if piece) + sum(1 for piece in reasoning if piece)
+    return "".join(text) + "".join(reasoning), deltas
 
 
 async def _relay(response: EventStream, encoder: StreamEncoder, opened: OpenedStream) -> StreamOutcome:

@@ -98,12 +98,20 @@ async def chat_chunks(events: AsyncIterable[JSON]) -> AsyncIterator[JSON]:
     # comes: a tool without parameters streams none (or one empty piece), and the chat wire's
     # arguments must still be JSON ("{}", as the whole answer says), not "".
     unstreamed: dict[int, Any] = {}
+    # message_start's usage, sent as a usage chunk just before the first content: exact for the
+    # input side (cache reads and writes priced as such) should the stream be cut after content
+    # (message_delta's replaces it at the end). Not before: a stream that fails before any
+    # content is a failed attempt, not billed for its prompt.
+    started: JSON | None = None
     async for event in events:
         kind = event.get("type")
         if kind == "message_start":
             message = event.get("message") or {}
             head.update(id=str(message.get("id") or ""), model=str(message.get("model") or ""))
             usage.update(message.get("usage") or {})
+            counted_at_start = usage_of_message(usage)
+            if counted_at_start is not None:
+                started = {**head, "choices": [], "usage": usage_json(counted_at_start)}
             role = _chunk(head, {"role": "assistant", "content": ""})
             said = token_count(usage.get("input_tokens"))
             if said:
@@ -112,6 +120,9 @@ async def chat_chunks(events: AsyncIterable[JSON]) -> AsyncIterator[JSON]:
         elif kind == "content_block_start":
             block = event.get("content_block") or {}
             if block.get("type") == "tool_use":
+                if started is not None:
+                    yield started
+                    started = None
                 index = tool_index[event.get("index", 0)] = len(tool_index)
                 unstreamed[event.get("index", 0)] = block.get("input")
                 call = {
@@ -124,7 +135,11 @@ async def chat_chunks(events: AsyncIterable[JSON]) -> AsyncIterator[JSON]:
         elif kind == "content_block_delta":
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta":
-                yield _chunk(head, {"content": str(delta.get("text", ""))})
+                text = str(delta.get("text", ""))
+                if started is not None and text.strip():
+                    yield started
+                    started = None
+                yield _chunk(head, {"content": text})
             elif delta.get("type") == "input_json_delta" and event.get("index") in tool_index:
                 if delta.get("partial_json"):
                     unstreamed.pop(event["index"], None)

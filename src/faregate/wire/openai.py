@@ -301,11 +301,14 @@ class StreamedAnswer:
         "first",
         "plain_text",
         "reasoning",
+        "reasoning_at_usage",
         "stop_string",
         "text",
+        "text_at_usage",
         "tool_calls",
         "usage",
         "usage_chunk",
+        "usage_final",
     )
 
     def __init__(self) -> None:
@@ -322,12 +325,19 @@ class StreamedAnswer:
         self.usage_chunk: JSON | None = None
         # Made at the first tool call: mends calls without an id or index (wire/tool_calls.py).
         self.calls: StreamedCalls | None = None
+        # Was the usage reported at or after the finish (the whole answer's), or before it (exact
+        # up to there: Anthropic's message_start, a server that counts as it goes)? And how much
+        # text and reasoning had come by then: what follows it is not in its count.
+        self.usage_final = False
+        self.text_at_usage = 0
+        self.reasoning_at_usage = 0
 
     def take(self, chunk: JSON) -> bool:
         """Read one chunk; False for the usage-only chunk (held back, not to be relayed)."""
         # usage_of, is_usage_only and finish_reason inlined, in one pass over the choices: this
         # runs for every chunk of every stream (bench/README.md, CPU per relayed stream).
         choices = chunk.get("choices")
+        usage = None
         if isinstance(chunk.get("usage"), dict):  # usage_of is None for anything else
             usage = usage_of(chunk)
             if usage is not None:
@@ -344,6 +354,8 @@ class StreamedAnswer:
                 chunk["usage"] = None
         if not choices and "usage" in chunk:
             self.usage_chunk = chunk
+            if usage is not None:
+                self._usage_at()
             return False
         if self.first is None:
             self.first = chunk
@@ -372,7 +384,15 @@ class StreamedAnswer:
                     self.stop_string = choice.get("stop_reason")
         if reason:
             self.finish_reason = reason
+        if usage is not None:
+            self._usage_at()
         return True
+
+    def _usage_at(self) -> None:
+        """Mark where the usage just taken was reported (after this chunk's text)."""
+        self.usage_final = self.finish_reason is not None
+        self.text_at_usage = len(self.text)
+        self.reasoning_at_usage = len(self.reasoning)
 
     def answer(self, model: str, usage: Usage) -> JSON | None:
         """The chat.completion this stream amounts to, if it is a whole text answer (so a later
