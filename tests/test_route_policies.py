@@ -378,3 +378,56 @@ async def test_a_router_that_cannot_score_sends_the_prompt_to_the_strong_step() 
     plan = await planner.plan(request({"model": "smart"}))
     assert [c.model.name for c in plan.candidates][:2] == ["strong", "cheap"]
     assert plan.trace.router_choice == "strong" and plan.trace.router_score is None
+
+
+async def test_a_shared_model_that_fails_to_load_is_tried_again_after_a_back_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Corrupt model files: every router score and judged answer tried to load the shared MiniLM
+    again (half a second of the policies' worker each) and logged a traceback. The load is tried
+    again after the semantic cache's back-off; meanwhile the router sends prompts to the strong
+    model and the learned judge escalates, with no log line of their own."""
+    import numpy as np
+
+    from faregate.embedding.model import DIMENSIONS
+    from faregate.embedding.shared import SharedEmbedder
+    from faregate.learning.cascade_judges import JUDGE_FEATURES, KIND, UNSCORED, LearnedJudge
+    from faregate.learning.linear import LinearModel
+    from faregate.learning.model_file import EMBEDDING_ID, ModelFile
+
+    now = [0.0]
+    loads: list[float] = []
+
+    def loader() -> Any:
+        loads.append(now[0])
+        if len(loads) < 3:
+            raise RuntimeError("the packaged embedding model does not match its pinned SHA-256")
+        return HashEmbedder()
+
+    shared = SharedEmbedder(loader, clock=lambda: now[0])
+    scorer = ComplexityRouter.load(ROUTERS / "router-gsm8k.json", embedder=shared, executor=shared.executor)
+    router = RouterPolicy(scorer, Threshold.fixed(2.0), strong="strong", weak="cheap")
+    width = 2 * DIMENSIONS + len(JUDGE_FEATURES)
+    weights = LinearModel(np.zeros(width), np.ones(width), np.zeros(width), 0.0)
+    file = ModelFile(KIND, JUDGE_FEATURES, EMBEDDING_ID, ("question", "answer"), weights, "s", "w")
+    judge = LearnedJudge(file, Threshold.fixed(0.9), embedder=shared, executor=shared.executor)
+    body = {"model": "smart", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+    try:
+        with caplog.at_level("INFO"):
+            for _ in range(10):
+                assert (await router.pick(body)).first == "strong"
+                assert await judge.accept(body, "#### 4", "stop") == (False, UNSCORED)
+            assert loads == [0.0]
+            now[0] = 31.0  # the back-off (30 s) is over: tried again, failing again
+            for _ in range(10):
+                assert (await router.pick(body)).first == "strong"
+            assert loads == [0.0, 31.0]
+            now[0] = 31.0 + 61.0  # twice as long: loaded
+            pick = await router.pick(body)
+            assert pick.first == "cheap" and pick.score is not None
+            assert (await judge.accept(body, "#### 4", "stop"))[0]
+            assert loads == [0.0, 31.0, 92.0]
+        assert sum(bool(r.exc_info) for r in caplog.records) == 1  # the first try's traceback
+        assert len(caplog.records) == 3, [r.getMessage() for r in caplog.records]
+    finally:
+        shared.close()

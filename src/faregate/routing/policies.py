@@ -16,15 +16,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from faregate.embedding.model import ModelUnavailable
 from faregate.embedding.shared import SharedEmbedder
 from faregate.errors import ConfigError
 from faregate.learning.cascade_judges import (
     DEFAULT_CHECKS,
+    UNSCORED,
     AllOf,
     Check,
     Judge,
     LearnedJudge,
     RuleJudge,
+    Verdict,
     check_empty,
     check_final_number,
     check_json,
@@ -80,6 +83,9 @@ class RouterPolicy:
                 score, vector = await self.router.score_request_with_vector(body)
             else:
                 score = await self.router.score_request(body)
+        except ModelUnavailable:
+            # The embedding model failed to load: logged once per try (embedding/load_backoff.py).
+            return Pick(self.strong, self.weak, None)
         except Exception:
             log.exception("the complexity router failed to score a prompt; sending it to %s", self.strong)
             return Pick(self.strong, self.weak, None)
@@ -105,12 +111,17 @@ class CascadePolicy:
         self, request_id: str, body: Mapping[str, Any], answer: str, finish: str | None
     ) -> tuple[bool, str, Decision]:
         """Accept the cheap answer? Its score is the learned P(wrong) (0 without a learned judge);
-        an answer a rule check refuses is escalated whatever its rank."""
+        an answer a rule check refuses is escalated whatever its rank, and so is one the learned
+        judge cannot score (its embedding model failed to load)."""
         assert self.quality is not None
         refused = self.rules.verdict(body, answer, finish)
         score = 0.0
         if self.learned is not None:
-            score = await self.learned.score_answer(body, answer, finish)
+            try:
+                score = await self.learned.score_answer(body, answer, finish)
+            except ModelUnavailable:
+                if refused.accepted:
+                    refused = Verdict(False, UNSCORED)
         decision = self.quality.decide(
             request_id,
             score + (1.0 if not refused.accepted else 0.0),
