@@ -36,6 +36,9 @@ class Calls:
     async def compare(self, *args: object) -> tuple[bool, Decimal]:
         return True, Decimal(0)
 
+    async def unready(self, comparator: str) -> str | None:
+        return None
+
 
 @pytest.fixture
 def worst(monkeypatch: pytest.MonkeyPatch) -> Decimal:
@@ -239,3 +242,82 @@ async def test_a_cascade_escalation_answered_by_the_routes_fallback_is_not_a_fre
     job = verifier.job_for(plan, asked, Served(ok("42"), strong, []), 200)
     assert job is not None and job.served_model == "strong"
     assert verifier.job_for(plan, asked, Served(ok("42"), fallback, []), 200) is None
+
+
+async def test_an_embedding_comparator_without_its_model_fails_a_verification_before_any_call(
+    worst: Decimal, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its embedding model failed to load: a verification still admitted and made its paid
+    shadow call (or a served hit's fresh call), then failed at the comparison with a traceback.
+    It now fails before any call is admitted or made, counted as failed, with no log of its own
+    (the load logs once per try)."""
+    from types import SimpleNamespace
+
+    from faregate.cache.semantic import SemanticCache
+    from faregate.cache.service import ResponseCache
+    from faregate.cache.stores import MemoryStore
+    from faregate.config import CacheSettings
+    from faregate.embedding.embedder import AsyncEmbedder
+    from faregate.learning.online.settings import (
+        QualitySettings,
+        SemanticAcceptanceSettings,
+        VerificationSettings,
+    )
+    from faregate.quality import cache_verification
+    from faregate.quality.cache_live import CacheCalibration
+    from faregate.quality.cache_verification import CacheJob, CacheVerification
+    from faregate.quality.live import RouteCalibration
+    from faregate.quality.setup import embedder_for
+    from faregate.quality.verification_calls import VerificationCalls
+
+    async def plan_shadow(planner: object, asked: ChatRequest, reference: str) -> ShadowCall:
+        return ShadowCall(shadow_request(asked, reference), cast(Any, object()), worst, 100)
+
+    monkeypatch.setattr(cache_verification, "plan_shadow", plan_shadow)
+    loads: list[int] = []
+
+    def corrupt() -> Any:
+        loads.append(1)
+        raise RuntimeError("the packaged embedding model does not match its pinned SHA-256")
+
+    class Shadow(VerificationCalls):
+        made = 0
+
+        async def call(self, shadow: ShadowCall) -> tuple[str | None, Decimal]:
+            Shadow.made += 1
+            return "42", Decimal("0.3")
+
+    semantic: SemanticCache[str] = SemanticCache(AsyncEmbedder(loader=corrupt))
+    cache = ResponseCache(CacheSettings(), MemoryStore(), semantic)
+    planner = cast(Any, SimpleNamespace(routes=SimpleNamespace(policies=None)))
+    calls = Shadow(cast(Any, None), planner)
+    calls.embedder = embedder_for(planner, cache)
+    store = FakeStore()
+    verification = VerificationSettings(
+        share=1.0, rest_ratio=1.0, daily_usd_cap=Decimal("5"), comparator="embedding"
+    )
+    route = RouteCalibration("r", "router", QualitySettings(target=0.9, verification=verification))
+    route.cheap, route.strong = "weak", "strong"
+    acceptance = CacheCalibration(
+        SemanticAcceptanceSettings(max_wrong_hit_rate=0.05, daily_usd_cap=Decimal("1")), "embedding"
+    )
+    service = QualityService([route], store, acceptance)
+    routes = RouteVerification(service, calls, Holds(service))
+    hits = CacheVerification(service, calls, Holds(service))
+    try:
+        with caplog.at_level("INFO"):
+            labelled = [route.decide(f"req{i}", 0.5, 10.0) for i in range(5)]
+            labelled = [d for d in labelled if d.labelled]
+            assert len(labelled) >= 2 and all(d.label_kind != "free" for d in labelled)
+            for decision in labelled:
+                await routes.verify(Job(decision, request(decision.request_id), "42", "strong", route))
+            for i in range(3):
+                await hits.verify(CacheJob(request(f"hit{i}"), "42", 0.95, "m", "key"))
+        assert Shadow.made == 0 and loads == [1]
+        assert route.state.totals.failed == len(labelled) and acceptance.totals.failed == 3
+        assert await store.cap_ledger("route:r", today()) == (Decimal(0), {})
+        assert await store.cap_ledger("cache", today()) == (Decimal(0), {})
+        assert [r.outcome for r in store.rows] == ["failed"] * (len(labelled) + 3)
+        assert sum(bool(r.exc_info) for r in caplog.records) == 1  # the load's, once
+    finally:
+        await cache.close()

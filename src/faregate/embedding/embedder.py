@@ -204,11 +204,22 @@ class AsyncEmbedder:
 
     async def start(self) -> None:
         """Load the model now (on the worker) instead of on the first request. A failure is
-        logged (`_model`) and tried again later, not raised."""
+        logged (load_backoff.py) and tried again later, not raised."""
+        await self.unready()
+
+    async def unready(self) -> str | None:
+        """None once the model is loaded (loading it now, on the worker, if it may be tried),
+        else why it cannot be had: for callers that would pay for work bound to fail."""
+        if self._embedder is not None:
+            return None
+        failure = self._load.unavailable()
+        if failure is not None:
+            return failure
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._model)
-        except ModelUnavailable:
-            pass
+        except ModelUnavailable as exc:
+            return str(exc)
+        return None
 
     async def embed(self, text: str) -> Vector | None:
         """The unit vector of one text, or None when it is too long to embed whole."""

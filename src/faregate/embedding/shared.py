@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from faregate.embedding.load_backoff import BackedOffLoad
+from faregate.embedding.model import ModelUnavailable
 
 if TYPE_CHECKING:
     # onnxruntime (~40 MB) is imported only when the model is actually loaded.
@@ -43,10 +44,15 @@ class SharedEmbedder:
         self._lock = threading.Lock()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faregate-policy")
 
-    def unavailable(self) -> str | None:
-        """Why the model cannot be had now (a failed load whose back-off runs), else None."""
-        with self._lock:
-            return self._load.unavailable()
+    def unready(self) -> str | None:
+        """None once the model is loaded (loading it now if it may be tried), else why it cannot
+        be had. Blocking: run it on `executor`, like `embed`."""
+        try:
+            with self._lock:
+                self._load.load()
+        except ModelUnavailable as exc:
+            return str(exc)
+        return None
 
     def embed(self, texts: Sequence[str]) -> Vector:
         with self._lock:

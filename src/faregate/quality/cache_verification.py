@@ -24,6 +24,7 @@ from decimal import Decimal
 import orjson
 
 from faregate.cache.service import CacheDecision, ResponseCache
+from faregate.embedding.model import ModelUnavailable
 from faregate.quality.service import QualityService
 from faregate.quality.spend import Billed, Holds, ShadowCall, judge_worst, plan_shadow
 from faregate.quality.state import today
@@ -146,6 +147,15 @@ class CacheVerification:
         assert acceptance is not None
         day, began = today(), time.time()
         reference = job.request.model
+        if await self.calls.unready(acceptance.comparator) is not None:
+            # The comparator cannot run (its embedding model failed to load, logged once per try
+            # of the load): failed before the fresh call is admitted or paid for, not after.
+            acceptance.failed()
+            probability = acceptance.settings.verify_hits
+            await self._record(job.request.request_id, "paid", "served", job.similarity,
+                                  probability, None, reference, Decimal(0), began)  # fmt: skip
+            await self.service.save("cache")
+            return
         shadow = await plan_shadow(self.calls.planner, job.request, reference)
         worst = shadow.worst
         if acceptance.judge_model is not None:
@@ -203,7 +213,10 @@ class CacheVerification:
                 acceptance.comparator, request, reference, candidate, acceptance.judge_model
             )
         except Exception as error:
-            log.exception("comparing a cached answer for request %s failed", request.request_id)
+            if isinstance(error, ModelUnavailable):  # its load logged it (embedding/load_backoff.py)
+                log.warning("comparing a cached answer for request %s failed: %s", request.request_id, error)
+            else:
+                log.exception("comparing a cached answer for request %s failed", request.request_id)
             acceptance.failed()
             # A judge that did not answer may still have been billed.
             return Verdict(None, error.cost if isinstance(error, JudgeFailed) else Decimal(0))

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
+from faregate.embedding.model import ModelUnavailable
 from faregate.quality.live import RouteCalibration
 from faregate.quality.service import QualityService
 from faregate.quality.spend import Billed, Holds, ShadowCall, judge_worst, plan_shadow
@@ -66,6 +67,13 @@ class RouteVerification:
         judge = verification.judge_model if verification.comparator == "llm_judge" else None
         day = today()
         began = time.time()
+        if await self.calls.unready(verification.comparator) is not None:
+            # The comparator cannot run (its embedding model failed to load, logged once per try
+            # of the load): failed before any call is admitted or paid for, not after.
+            calibration.failed(decision)
+            await self._record(job, calibration, "failed", None, Decimal(0), began, verification.comparator)
+            await self.service.save(decision.route)
+            return
         shadow: ShadowCall | None = None
         if decision.label_kind == "free":
             assert decision.cheap_text is not None
@@ -131,7 +139,10 @@ class RouteVerification:
                 comparator_name, job.request, strong_text, cheap_text, judge
             )
         except Exception as error:
-            log.exception("comparing the answers of request %s failed", job.request.request_id)
+            if isinstance(error, ModelUnavailable):  # its load logged it (embedding/load_backoff.py)
+                log.warning("comparing the answers of request %s failed: %s", job.request.request_id, error)
+            else:
+                log.exception("comparing the answers of request %s failed", job.request.request_id)
             # A judge that did not answer may still have been billed.
             cost += error.cost if isinstance(error, JudgeFailed) else Decimal(0)
             billed.usd = cost

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -13,14 +12,13 @@ from faregate.lifecycle import Lifecycle
 from faregate.quality.leases import AccountLeases
 from faregate.quality.metrics import QualityCollector
 from faregate.quality.service import QualityService
+from faregate.quality.verification_calls import AnswerEmbedder
 from faregate.quality.verifier import Verifier
 from faregate.routing.attempts import AttemptRunner
 from faregate.routing.plan import Planner
 from faregate.store.backends import Backends
 from faregate.store.verifications import VerificationStore
 from faregate.telemetry.observability import Observability
-
-Embed = Callable[[list[str]], Awaitable[Any]]
 
 
 def verification_store(backends: Backends) -> VerificationStore:
@@ -62,7 +60,7 @@ async def open_quality(
     # Closed newest first: the verifier stops, then the last state is saved, then the stores close.
     lifecycle.on_close("the calibration state", service.close)
     verifier = Verifier(service, runner, planner)
-    verifier.calls.embed = embedder_for(planner, cache)
+    verifier.calls.embedder = embedder_for(planner, cache)
     if cache is not None and acceptance is not None:
         verifier.cache_verification.cache = cache
         cache.on_fresh_answer = verifier.label_candidate
@@ -70,9 +68,9 @@ async def open_quality(
     return verifier
 
 
-def embedder_for(planner: Planner, cache: ResponseCache | None) -> Embed | None:
-    """Unit vectors for the `embedding` comparator, from a MiniLM already there: the route
-    policies' (a router or learned judge has one), else the semantic cache's."""
+def embedder_for(planner: Planner, cache: ResponseCache | None) -> AnswerEmbedder | None:
+    """The `embedding` comparator's model, a MiniLM already there: the route policies' (a router
+    or learned judge has one), else the semantic cache's."""
     from faregate.routing.policies import RoutePolicies
 
     policies = planner.routes.policies
@@ -82,7 +80,10 @@ def embedder_for(planner: Planner, cache: ResponseCache | None) -> Embed | None:
         async def embed_shared(texts: list[str]) -> Any:
             return await asyncio.get_running_loop().run_in_executor(shared.executor, shared.embed, texts)
 
-        return embed_shared
+        async def shared_unready() -> str | None:
+            return await asyncio.get_running_loop().run_in_executor(shared.executor, shared.unready)
+
+        return AnswerEmbedder(embed_shared, shared_unready)
     semantic = cache.semantic if cache is not None else None
     if semantic is None:
         return None
@@ -94,7 +95,7 @@ def embedder_for(planner: Planner, cache: ResponseCache | None) -> Embed | None:
             raise ValueError("an answer too long to embed")
         return np.stack(vectors)
 
-    return embed_cached
+    return AnswerEmbedder(embed_cached, embedder.unready)
 
 
 def attach_observability(verifier: Verifier | None, observability: Observability) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -43,6 +44,16 @@ class JudgeFailed(RuntimeError):
         self.cost = cost
 
 
+@dataclass(slots=True, frozen=True)
+class AnswerEmbedder:
+    """What the `embedding` comparator embeds answers with (quality/setup.py): `embed` gives the
+    texts' unit vectors off the event loop; `unready` loads the model if it may be tried (on its
+    worker) and says why it cannot be had (a failed load whose back-off runs), else None."""
+
+    embed: Callable[[list[str]], Awaitable[Any]]
+    unready: Callable[[], Awaitable[str | None]]
+
+
 class VerificationCalls:
     """The shadow and judge calls of every verification, and the comparators (module docstring)."""
 
@@ -50,13 +61,22 @@ class VerificationCalls:
         self.runner = runner
         self.planner = planner
         self.comparators: dict[str, Comparator] = {}
-        # Unit vectors for texts, off the event loop (the `embedding` comparator); set by the setup.
-        self.embed: Callable[[list[str]], Awaitable[Any]] | None = None
+        # The `embedding` comparator's model; set by the setup.
+        self.embedder: AnswerEmbedder | None = None
 
     def comparator(self, name: str) -> Comparator:
         if name not in self.comparators:
             self.comparators[name] = mechanical(name)
         return self.comparators[name]
+
+    async def unready(self, comparator: str) -> str | None:
+        """Why `comparator` cannot compare now, else None: asked before a verification admits or
+        makes a paid call, which would otherwise be spent for a comparison bound to fail."""
+        if comparator != "embedding":
+            return None
+        if self.embedder is None:
+            return "the embedding comparator has no embedding model"
+        return await self.embedder.unready()
 
     async def compare(
         self,
@@ -69,9 +89,9 @@ class VerificationCalls:
         """Is `candidate` acceptable against `reference`? And what did asking cost (an LLM judge's
         call through the gateway; nothing for the others)."""
         if name == "embedding":
-            if self.embed is None:
+            if self.embedder is None:
                 raise RuntimeError("the embedding comparator needs an embedder")
-            vectors = np.asarray(await self.embed([reference, candidate]), dtype=np.float64)
+            vectors = np.asarray(await self.embedder.embed([reference, candidate]), dtype=np.float64)
             return float(vectors[0] @ vectors[1]) >= EMBEDDING_THRESHOLD, Decimal(0)
         if name == "llm_judge":
             assert judge_model is not None and request is not None
