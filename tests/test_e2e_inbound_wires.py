@@ -435,7 +435,8 @@ def test_the_cache_serves_a_messages_request_again_whole_or_streamed(
     claude: anthropic.Anthropic, gateway: GatewayProcess
 ) -> None:
     """The cache keeps internal answers, so a hit is written in the asking client's wire: a whole
-    message or a replayed Messages stream, free."""
+    message or a replayed Messages stream, free. The replay's message_start has the stored input
+    count (it said 0, though the stored usage knew it)."""
     # temperature 0 makes it cacheable (this SDK version sends it only as an extra field).
     asked: Any = {
         "max_tokens": 64,
@@ -455,6 +456,10 @@ def test_the_cache_serves_a_messages_request_again_whole_or_streamed(
     events = list(streamed.parse())
     assert [e.type for e in events][-2:] == ["message_delta", "message_stop"]
     assert "".join(e.delta.text for e in events if e.type == "content_block_delta") == "cache me"  # type: ignore[union-attr]
+    start, delta = events[0], events[-2]
+    assert start.type == "message_start" and delta.type == "message_delta"
+    assert start.message.usage.input_tokens == message.usage.input_tokens > 0
+    assert delta.usage.input_tokens == message.usage.input_tokens
 
 
 @pytest.fixture(scope="module")

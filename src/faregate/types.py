@@ -46,6 +46,12 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    @property
+    def uncached_prompt_tokens(self) -> int:
+        """The input tokens neither read from nor written to a prompt cache (Anthropic's
+        `input_tokens`)."""
+        return max(self.prompt_tokens - self.cache_read_tokens - self.cache_write_tokens, 0)
+
 
 @dataclass(slots=True)
 class ChatRequest:

@@ -136,7 +136,7 @@ class Responder:
         body = self._priced(exchange, served, usage)
         if request.stream:
             # A cascade step's answer, judged before it could be sent: replayed as a stream.
-            return await self._replay(exchange, body)
+            return await self._replay(exchange, body, usage)
         return Whole(200, exchange.wire.answer(body, exchange.asked), exchange.headers)
 
     def _priced(self, exchange: Exchange, served: Served, usage: Usage) -> JSON:
@@ -152,22 +152,23 @@ class Responder:
         exchange.from_cache(cached)
         body = free_answer(cached.body, cached.usage)
         if exchange.request.stream:
-            return await self._replay(exchange, body)
+            return await self._replay(exchange, body, cached.usage)
         return Whole(200, exchange.wire.answer(body, exchange.asked), exchange.headers)
 
-    async def _replay(self, exchange: Exchange, body: JSON) -> Reply:
-        """A whole, priced answer sent as the chunks of a stream."""
+    async def _replay(self, exchange: Exchange, body: JSON, usage: Usage) -> Reply:
+        """A whole, priced answer (its usage `usage`) sent as the chunks of a stream."""
         include_usage = exchange.request.include_usage
         model = exchange.record.model_used or str(body.get("model") or "")  # the body's own name
-        encoder = exchange.wire.stream(model, include_usage, exchange.asked)
+        # The input count is known up front, as a Messages upstream says it in its message_start.
+        encoder = exchange.wire.stream(model, include_usage, exchange.asked, usage.uncached_prompt_tokens)
         chunks = answer_as_chunks(body, include_usage)
-        usage = chunks.pop() if include_usage else None
+        usage_frame = chunks.pop() if include_usage else None
         try:
             response = await exchange.http.open_stream({**exchange.headers, "Cache-Control": "no-cache"})
             for chunk in chunks:
                 await response.write(encoder.chunk(chunk))
                 exchange.first_content(time.perf_counter())
-            await response.write(encoder.close(usage))
+            await response.write(encoder.close(usage_frame))
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
             exchange.client_gone("during the stream")

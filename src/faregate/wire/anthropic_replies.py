@@ -154,7 +154,7 @@ def messages_usage(usage_body: Any) -> JSON:
 def anthropic_usage(usage: Usage) -> JSON:
     write_1h = usage.cache_write_1h_tokens
     return {
-        "input_tokens": max(usage.prompt_tokens - usage.cache_read_tokens - usage.cache_write_tokens, 0),
+        "input_tokens": usage.uncached_prompt_tokens,
         "output_tokens": usage.completion_tokens,
         "cache_creation_input_tokens": usage.cache_write_tokens,
         "cache_read_input_tokens": usage.cache_read_tokens,
