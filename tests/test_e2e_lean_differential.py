@@ -191,7 +191,8 @@ def test_a_body_that_turns_out_malformed_is_a_400_on_both_servers(
     """aiohttp's C parser, refusing a chunk in a read after the head's, dropped the body its handler
     was waiting for without telling it: the request hung until the client gave up. aiohttp carries
     the hot POSTs with server.lean_http off, and every other POST (here /v1/feedback) either way.
-    Now the body's reader is told: a 400 in OpenAI's format, the connection closed."""
+    Now the body's reader is told: a 400 in OpenAI's format that says `Connection: close` (with
+    aiohttp it closed the connection unannounced), the connection closed."""
     for name, (port, key) in gateways.items():
         head = (
             f"POST {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n"
@@ -202,4 +203,5 @@ def test_a_body_that_turns_out_malformed_is_a_400_on_both_servers(
         error = orjson.loads(answers[1][2])["error"]
         assert error["type"] == "invalid_request_error", (name, path, error)
         assert error["message"].startswith("Malformed request body: "), (name, path, error)
+        assert answers[1][1].get("connection") == "close", (name, path, answers[1][1])
         assert closed, (name, path)

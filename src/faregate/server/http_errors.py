@@ -42,7 +42,8 @@ class ErrorsInOpenAIFormat(RequestHandler):
         # hex), queues a 400 for after the request and forgets the body without telling it: the
         # handler reading it waited for ever (the pure-Python parser tells it). Told here, as the
         # lean server says it; the queued 400 is dropped (the request's own answer says it) and
-        # the connection closes after that answer, its stream past repair.
+        # the connection closes after that answer, its stream past repair: the answer says
+        # `Connection: close`, as the lean server's does.
         if not self._messages or not isinstance(self._messages[-1][0], _ErrInfo):
             return
         current = self._current_request
@@ -58,6 +59,13 @@ class ErrorsInOpenAIFormat(RequestHandler):
         for body in unfinished:
             body.set_exception(InvalidRequest(f"Malformed request body: {detail}.", code="invalid_body"))
             body.feed_eof()  # not read on after the answer (aiohttp's lingering read): it will not end
+        # The answers say so: an answer's Connection header follows its request's keep-alive
+        # (StreamResponse.prepare), read off the request's head.
+        if current is not None and current.content in unfinished:
+            current._message = current._message._replace(should_close=True)
+        for i, (message, body) in enumerate(self._messages):
+            if body in unfinished and not isinstance(message, _ErrInfo):
+                self._messages[i] = (message._replace(should_close=True), body)
         self.close()
 
     def handle_error(
