@@ -499,3 +499,40 @@ async def test_a_breakdown_by_key_over_more_keys_than_a_statement_takes_paramete
         groups = await a.breakdown(s, "key", 2**62)
         assert len(groups) == many
         assert {g.group: g.label for g in groups if g.label is not None} == {"k2": "beta (fg-k2…)"}
+
+
+async def test_a_daily_spend_alert_sees_every_key_past_its_threshold(stores: Stores) -> None:
+    """The daily_spend_usd alert measured only the 10,000 keys that spent most today: a `below` rule
+    never saw the keys that spent least, and with more keys past an `above` one those out of the
+    top 10,000 were never alerted (a firing one resolved). Every key of the day is measured now,
+    their names looked up in statements PostgreSQL takes (under 32,767 parameters each)."""
+    from faregate.config import AlertRule
+    from faregate.telemetry.alert_values import breaches, measure
+
+    many = 33_000
+    day = (H // 86400 - 1) * 86400  # a day of its own, before the fixture's records
+    records = [
+        RequestRecord(
+            request_id=f"spend_{n:05d}",
+            created_at=day + n / 1000,
+            key_id=f"user_{n:05d}",
+            model_requested="A",
+            model_used="A",
+            provider="p1",
+            status=200,
+            stream=False,
+            prompt_tokens=1,
+            completion_tokens=1,
+            cost_usd=Decimal(n + 1) / 1000,
+        )
+        for n in range(many)
+    ]
+    for store in (stores.lite_store, stores.pg_store):
+        await store.insert_records(records)
+    least = AlertRule(name="idle", metric="daily_spend_usd", below=0.0035)
+    most = AlertRule(name="spend", metric="daily_spend_usd", above=0.001)
+    for a in (stores.lite, stores.pg):
+        below = [m.subject for m in await measure(least, a, day + 3600) if breaches(least, m)]
+        assert sorted(below) == ["user_00000", "user_00001", "user_00002"]
+        above = [m.subject for m in await measure(most, a, day + 3600) if breaches(most, m)]
+        assert len(above) == many - 1

@@ -21,6 +21,7 @@ from faregate.cli.common import ConfigOption, load_or_exit
 from faregate.config import Settings
 from faregate.errors import ConfigError
 from faregate.evals.costs.projection import MoneyText, display_usd, exact_usd
+from faregate.store.analytics import EVERY_GROUP
 from faregate.store.analytics_rows import Dimension, GroupTotals, Slice
 from faregate.store.backends import open_backends
 from faregate.store.protocols import StoreUnavailable
@@ -94,10 +95,6 @@ class UsageRow:
 class UsageReport:
     rows: list[UsageRow]
     key_names: dict[str, str]
-
-
-# Every group: a usage report is not cut to the dashboard's top N.
-EVERY_GROUP = 2**62
 
 
 async def _report(settings: Settings, since: float, until: float, group_by: Dimension) -> UsageReport:

@@ -22,6 +22,7 @@ from aiohttp import web
 from faregate.errors import FaregateError, InvalidRequest
 from faregate.server.admin import health_detail, require_master
 from faregate.server.request_checks import check_text
+from faregate.store.analytics import EVERY_GROUP
 from faregate.store.analytics_rows import DIMENSIONS, Dimension, Percentiles, Slice, Totals
 from faregate.store.rows import usd_text
 
@@ -35,8 +36,6 @@ DEFAULT_RANGE = "24h"
 # Series bucket sizes to choose from: the smallest that gives at most MAX_POINTS points.
 BUCKETS = (60, 300, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 604800)
 MAX_POINTS = 120
-# A breakdown's limit that keeps every group.
-EVERY_GROUP = 2**62
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

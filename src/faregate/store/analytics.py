@@ -23,6 +23,9 @@ from faregate.store.analytics_rows import (
 )
 from faregate.store.feedback import Feedback
 
+# A breakdown's limit that keeps every group (a report, an alert per key: not a top N).
+EVERY_GROUP = 2**62
+
 
 class Analytics(Protocol):
     async def close(self) -> None: ...

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from faregate.config import CACHE_ALERTS, QUALITY_ALERTS, AlertRule
-from faregate.store.analytics import Analytics
+from faregate.store.analytics import EVERY_GROUP, Analytics
 from faregate.store.analytics_rows import Dimension, Slice
 
 DAY_S = 86400
@@ -89,10 +89,11 @@ async def measure(
             for r in await analytics.feedback(s, per, by_feedback_time=True)
             if r.satisfaction is not None
         ]
-    # daily_spend_usd: always per key, since 00:00 UTC.
+    # daily_spend_usd: always per key, since 00:00 UTC; every key, not the top N spenders (a
+    # `below` rule is about the least ones, and any number of keys may be past an `above` one).
     return [
         Measurement(g.group, float(g.totals.cost), g.totals.requests, g.label, g.totals.cost)
-        for g in await analytics.breakdown(s, "key", limit=10_000)
+        for g in await analytics.breakdown(s, "key", limit=EVERY_GROUP)
         if g.group is not None
     ]
 
