@@ -129,3 +129,13 @@ def test_cache_eval_writes_a_prior_and_replays_from_it(tmp_path: Path) -> None:
     assert summary["runs"][0]["total"]["lookups"] == 120
     wrong = runner.invoke(_cli(), [*common, "--method", "mean"])
     assert wrong.exit_code != 0
+
+
+@pytest.mark.parametrize("threshold", ["1.5", "0.705"])
+def test_cache_eval_names_the_threshold_option_it_refuses(tmp_path: Path, threshold: str) -> None:
+    """A threshold off the measured grid was refused as 'Invalid value: threshold must be...',
+    not naming the option as every other refused option is named."""
+    result = CliRunner().invoke(_cli(), ["cache-eval", "--data", str(tmp_path), "--threshold", threshold])
+    assert result.exit_code == 2
+    assert "Invalid value for '--threshold'" in result.output, result.output
+    assert "0.7..0.99 in steps of 0.01" in result.output

@@ -43,6 +43,14 @@ def _default_cache_dir() -> Path:
     return Path(base) / "faregate" / "cache-eval"
 
 
+def a_measured_threshold(value: float) -> float:
+    """Callback for --threshold: one the curves are measured at (click names the option when
+    this refuses a value)."""
+    if value not in THRESHOLDS:
+        raise typer.BadParameter(f"must be one of {THRESHOLDS[0]}..{THRESHOLDS[-1]} in steps of 0.01")
+    return value
+
+
 def register(app: typer.Typer) -> None:
     @app.command("cache-eval")
     def cache_eval(
@@ -58,7 +66,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(min=1, help="At most this many distinct questions per set (quick run)."),
         ] = None,
         threshold: Annotated[
-            float, typer.Option(help="Similarity threshold to report at.")
+            float, typer.Option(callback=a_measured_threshold, help="Similarity threshold to report at.")
         ] = DEFAULT_THRESHOLD,
         out: Annotated[
             Path, typer.Option(help="Directory for the curve (CSV, PNG) and summary (JSON).")
@@ -189,10 +197,6 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"faregate: {exc}", err=True)
                 raise typer.Exit(2) from None
             return
-        if threshold not in THRESHOLDS:
-            raise typer.BadParameter(
-                f"threshold must be one of {THRESHOLDS[0]}..{THRESHOLDS[-1]} in steps of 0.01"
-            )
         require_data(data, "--data")
         console = Console(width=max(Console().width, 132))
         cache_dir = cache_dir or _default_cache_dir()
