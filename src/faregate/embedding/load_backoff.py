@@ -46,6 +46,10 @@ class BackedOffLoad(Generic[M]):
         self._retry_at = 0.0
         self._retry_s = LOAD_RETRY_S
 
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
     def unavailable(self) -> str | None:
         """Why the model cannot be had now (a failed load whose back-off runs), else None: a
         cheap check for callers that would otherwise hand work to a worker, or pay for a call,

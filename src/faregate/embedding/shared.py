@@ -44,6 +44,10 @@ class SharedEmbedder:
         self._lock = threading.Lock()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faregate-policy")
 
+    @property
+    def loaded(self) -> bool:
+        return self._load.loaded
+
     def unready(self) -> str | None:
         """None once the model is loaded (loading it now if it may be tried), else why it cannot
         be had. Blocking: run it on `executor`, like `embed`."""

@@ -81,6 +81,8 @@ def embedder_for(planner: Planner, cache: ResponseCache | None) -> AnswerEmbedde
             return await asyncio.get_running_loop().run_in_executor(shared.executor, shared.embed, texts)
 
         async def shared_unready() -> str | None:
+            if shared.loaded:
+                return None  # no hop to the policies' worker, busy scoring prompts
             return await asyncio.get_running_loop().run_in_executor(shared.executor, shared.unready)
 
         return AnswerEmbedder(embed_shared, shared_unready)
