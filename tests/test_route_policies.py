@@ -431,3 +431,36 @@ async def test_a_shared_model_that_fails_to_load_is_tried_again_after_a_back_off
         assert len(caplog.records) == 3, [r.getMessage() for r in caplog.records]
     finally:
         shared.close()
+
+
+async def test_a_calibrated_cascade_escalates_an_answer_its_learned_judge_cannot_score() -> None:
+    """With its embedding model failed to load, a calibrated cascade's learned judge raised out of
+    the judged step (the request failed); the answer is escalated instead, forced strong."""
+    import numpy as np
+
+    from faregate.embedding.model import DIMENSIONS
+    from faregate.embedding.shared import SharedEmbedder
+    from faregate.learning.cascade_judges import JUDGE_FEATURES, KIND, UNSCORED, LearnedJudge, RuleJudge
+    from faregate.learning.linear import LinearModel
+    from faregate.learning.model_file import EMBEDDING_ID, ModelFile
+    from faregate.route_config import CascadeSettings
+    from faregate.routing.policies import CascadePolicy
+    from test_quality_live import calibration
+
+    def corrupt() -> Any:
+        raise RuntimeError("the packaged embedding model does not match its pinned SHA-256")
+
+    shared = SharedEmbedder(corrupt)
+    width = 2 * DIMENSIONS + len(JUDGE_FEATURES)
+    weights = LinearModel(np.zeros(width), np.ones(width), np.zeros(width), 0.0)
+    file = ModelFile(KIND, JUDGE_FEATURES, EMBEDDING_ID, ("question", "answer"), weights, "s", "w")
+    judge = LearnedJudge(file, Threshold.fixed(1.0), embedder=shared, executor=shared.executor)
+    settings = CascadeSettings(steps=["cheap", "strong"])  # type: ignore[list-item]
+    policy = CascadePolicy(settings, RuleJudge([]), judge, quality=calibration("cascade"))
+    body = {"model": "c", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+    try:
+        for n in range(3):
+            accepted, reason, decision = await policy.calibrated(f"req{n}", body, "#### 4", "stop")
+            assert (accepted, reason, decision.cheap) == (False, UNSCORED, False)
+    finally:
+        shared.close()
