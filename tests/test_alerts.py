@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
@@ -252,3 +252,15 @@ def test_rules_are_checked_at_load() -> None:
         parse_settings({"alerts": {"rules": [good["alerts"]["rules"][0]] * 2}})
     with pytest.raises(ConfigError, match="webhook"):
         parse_settings({"alerts": {"webhook": {"url": "ftp://x"}}})
+
+
+async def test_a_quality_margin_under_a_point_is_told_to_a_tenth() -> None:
+    """quality_margin is in points (estimated quality minus target, x100): a route 0.3 points under
+    its target is "-0.3 points", not "-0 points (below 0 points)", which reads as on target."""
+    rule = AlertRule(name="under", metric="quality_margin", below=0.0, per="route", min_count=1)
+    alerts = AlertManager(AlertSettings(rules=[rule]), cast(Any, None))
+    route = {"route": "chat", "estimated_quality": 0.897, "target": 0.9, "verifications": 50}
+    alerts.quality = lambda: [route]
+    (fired,) = await alerts.evaluate(NOW)
+    assert fired["value"] == pytest.approx(-0.3) and fired["unit"] == "points"
+    assert "is -0.3 points (below 0.0 points)" in fired["message"]

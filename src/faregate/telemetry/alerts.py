@@ -122,6 +122,9 @@ def _fmt(value: float, unit: str) -> str:
         return f"${value:,.4f}"
     if unit == "%":
         return f"{value:.1f}%"
+    if unit == "points":
+        # A quality margin is a fraction of a point more often than not; to the unit, -0.3 read "-0".
+        return f"{value:,.1f} points"
     return f"{value:,.0f} {unit}".rstrip()
 
 
