@@ -264,3 +264,22 @@ async def test_a_quality_margin_under_a_point_is_told_to_a_tenth() -> None:
     (fired,) = await alerts.evaluate(NOW)
     assert fired["value"] == pytest.approx(-0.3) and fired["unit"] == "points"
     assert "is -0.3 points (below 0.0 points)" in fired["message"]
+
+
+async def test_a_failing_webhook_is_logged_without_the_secret_in_its_url(
+    analytics: SQLiteAnalytics, hook: Hook, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Slack, Discord and Teams webhooks carry their secret in the URL's path (or a query token):
+    the failure's log line names the host only."""
+    url = hook.url.replace("://", "://ops:pw@") + "/T01/B02/s3cr3tT0ken?token=q5ecret"
+    rule = AlertRule(name="spend", metric="daily_spend_usd", key="k2", above=0.001)
+    settings = AlertSettings(webhook=WebhookSettings(url=url, timeout_s=2), rules=[rule])
+    alerts = AlertManager(settings, analytics)
+    try:
+        await alerts.evaluate(NOW)
+    finally:
+        await alerts.close()
+    assert len(hook.received) == 0 and alerts.webhook_failures == 1  # 404 for that path: failed
+    (line,) = [r.getMessage() for r in caplog.records if "webhook" in r.getMessage()]
+    assert hook.url.removesuffix("/hook") in line
+    assert not any(secret in caplog.text for secret in ("s3cr3tT0ken", "q5ecret", "pw@", "/T01"))

@@ -243,7 +243,10 @@ class AlertManager:
             if attempt + 1 < WEBHOOK_TRIES:
                 await asyncio.sleep(0.5 * 2**attempt)
         self.webhook_failures += 1
-        log.error("alert webhook %s failed after %d tries: %s", where(webhook.url), WEBHOOK_TRIES, problem)
+        # Slack, Discord and Teams webhooks carry their secret in the URL (an error may quote it).
+        shown = where(webhook.url)
+        problem = problem.replace(webhook.url, shown)
+        log.error("alert webhook %s failed after %d tries: %s", shown, WEBHOOK_TRIES, problem)
 
 
 def where(url: str) -> str:
