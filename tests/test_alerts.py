@@ -283,3 +283,14 @@ async def test_a_failing_webhook_is_logged_without_the_secret_in_its_url(
     (line,) = [r.getMessage() for r in caplog.records if "webhook" in r.getMessage()]
     assert hook.url.removesuffix("/hook") in line
     assert not any(secret in caplog.text for secret in ("s3cr3tT0ken", "q5ecret", "pw@", "/T01"))
+
+
+async def test_a_rule_narrowed_to_its_subject_names_it_once(manager: Make, hook: Hook) -> None:
+    """A spend rule for one key is still per key: its message names the key once, not as the
+    filter and again as the subject ("of key k2, key k2")."""
+    rule = AlertRule(name="k2-spend", metric="daily_spend_usd", key="k2", above=0.001)
+    (fired,) = await manager(rule).evaluate(NOW)
+    assert fired["message"] == "k2-spend: spend today (UTC) of key k2 is $0.0400 (above $0.0010)"
+    narrowed = AlertRule(name="p2-errors", metric="error_rate", per="provider", provider="p2", above=20)
+    (fired,) = await manager(narrowed).evaluate(NOW)
+    assert fired["message"].startswith("p2-errors: error rate of provider p2 is 50.0% (above 20.0%)")

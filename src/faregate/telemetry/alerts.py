@@ -82,9 +82,15 @@ class AlertState:
             ("provider", rule.provider),
             ("key", rule.key),
         )
-        scope = [f"{name} {value}" for name, value in filters if value is not None]
+        per = rule.per or "key"
+        # A rule narrowed to the dimension it is evaluated per names its subject once (as the subject).
+        scope = [
+            f"{name} {value}"
+            for name, value in filters
+            if value is not None and (self.subject is None or name != per)
+        ]
         if self.subject is not None:
-            scope.append(f"{rule.per or 'key'} {self.label or self.subject}")
+            scope.append(f"{per} {self.label or self.subject}")
         whose = f" of {', '.join(scope)}" if scope else ""
         unit = UNITS[rule.metric]
         threshold = rule.above if rule.above is not None else rule.below
