@@ -82,3 +82,38 @@ async def test_a_request_becomes_a_span_with_a_child_per_attempt(collector: tupl
         for a in rs.resource.attributes
     }
     assert resource["service.name"] == "faregate-test"
+
+
+async def test_each_wire_names_its_span(collector: tuple[str, list[Any]]) -> None:
+    """An embeddings request (or an Anthropic Messages or Responses one) is not traced as a chat
+    completion: the span is named after the endpoint and says its wire and GenAI operation."""
+    url, received = collector
+    tracer = RequestTracer(TracingSettings(otlp_endpoint=url))
+    for n, wire in enumerate(("chat", "messages", "responses", "embeddings")):
+        tracer.observe(
+            RequestRecord(
+                request_id=f"req_{wire}",
+                created_at=1_700_000_000.0 + n,
+                key_id="k1",
+                model_requested="m",
+                model_used="m",
+                provider="p",
+                status=200,
+                stream=False,
+                latency_ms=10.0,
+                attempts=[Attempt("m", "p", "ok", 9.0)],
+                wire=wire,
+            )
+        )
+    await tracer.close()
+    spans = [s for m in received for rs in m.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    roots = {
+        s.name: {a.key: a.value.string_value for a in s.attributes} for s in spans if not s.parent_span_id
+    }
+    assert sorted(roots) == ["chat.completions", "embeddings", "messages", "responses"]
+    assert {name: (a["faregate.wire"], a["gen_ai.operation.name"]) for name, a in roots.items()} == {
+        "chat.completions": ("chat", "chat"),
+        "messages": ("messages", "chat"),
+        "responses": ("responses", "chat"),
+        "embeddings": ("embeddings", "embeddings"),
+    }

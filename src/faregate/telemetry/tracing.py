@@ -1,4 +1,5 @@
-"""Optional OpenTelemetry traces: one span per request, one child span per upstream attempt.
+"""Optional OpenTelemetry traces: one span per request (named after its endpoint), one child span
+per upstream attempt.
 
 Off unless `tracing.otlp_endpoint` is set; needs the `otel` extra
 (`pip install 'faregate[otel]'`: opentelemetry-sdk and the OTLP/HTTP exporter).
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("faregate.tracing")
 
 NS_PER_MS = 1_000_000
+# The request span's name per wire (the endpoint it came in on); chat completions by default.
+SPAN_NAMES = {"messages": "messages", "responses": "responses", "embeddings": "embeddings"}
 
 
 class RequestTracer:
@@ -64,11 +67,13 @@ class RequestTracer:
         trace = self._trace
         start = int(record.created_at * 1e9)
         span = self._tracer.start_span(
-            "chat.completions",
+            SPAN_NAMES.get(record.wire, "chat.completions"),
             kind=trace.SpanKind.SERVER,
             start_time=start,
             attributes={
                 "faregate.request_id": record.request_id,
+                "faregate.wire": record.wire,
+                "gen_ai.operation.name": "embeddings" if record.wire == "embeddings" else "chat",
                 "faregate.route": record.route or "",
                 "faregate.key_id": record.key_id or "",
                 "faregate.cache": record.cache_status,
