@@ -117,3 +117,21 @@ async def test_each_wire_names_its_span(collector: tuple[str, list[Any]]) -> Non
         "responses": ("responses", "chat"),
         "embeddings": ("embeddings", "embeddings"),
     }
+
+
+def test_an_endpoint_that_cannot_take_traces_is_refused_at_load() -> None:
+    """The OTLP/HTTP exporter posts to the URL as given: without a scheme (a gRPC-style
+    `collector:4318`) every batch failed, and without a path (the collector's base URL) every batch
+    was a 404, each an error line while every span was dropped. Both are one line at start-up."""
+    from faregate.config import ConfigError, parse_settings
+
+    ok = parse_settings({"tracing": {"otlp_endpoint": "https://otel.example.com:4318/v1/traces"}})
+    assert ok.tracing.otlp_endpoint == "https://otel.example.com:4318/v1/traces"
+    for endpoint, problem in (
+        ("127.0.0.1:4318", "must start with http:// or https://"),
+        ("otel-collector:4318/v1/traces", "must start with http:// or https://"),
+        ("http://127.0.0.1:4318", r"must be the traces URL \(http://127.0.0.1:4318/v1/traces"),
+        ("http://127.0.0.1:4318/", r"must be the traces URL \(http://127.0.0.1:4318/v1/traces"),
+    ):
+        with pytest.raises(ConfigError, match=f"tracing.otlp_endpoint {problem}"):
+            parse_settings({"tracing": {"otlp_endpoint": endpoint}})

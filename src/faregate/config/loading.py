@@ -11,6 +11,7 @@ import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 import yaml
@@ -217,6 +218,7 @@ def _check_references(settings: Settings, origin: str) -> None:
     check_routes(settings, origin, seen_names)
     check_cache_acceptance(settings.cache.semantic, origin)
     check_alerts(settings.alerts, origin)
+    _check_tracing(settings.tracing.otlp_endpoint, origin)
     cache_rules = [r.name for r in settings.alerts.rules if r.metric in CACHE_ALERTS]
     if cache_rules and settings.cache.semantic.max_wrong_hit_rate is None:
         raise ConfigError(
@@ -268,6 +270,21 @@ def check_alerts(alerts: AlertSettings, origin: str) -> None:
             rule.per = "route"
     if alerts.webhook is not None and not alerts.webhook.url.startswith(("http://", "https://")):
         raise ConfigError(f"{origin}: alerts.webhook.url must start with http:// or https://")
+
+
+def _check_tracing(endpoint: str | None, origin: str) -> None:
+    """The OTLP/HTTP exporter posts to the URL as given (it adds no /v1/traces): one it cannot
+    post to, or a collector's base URL (a 404), would drop every span with an error line each
+    batch."""
+    if endpoint is None:
+        return
+    if not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"{origin}: tracing.otlp_endpoint must start with http:// or https://")
+    if urlsplit(endpoint).path in ("", "/"):
+        raise ConfigError(
+            f"{origin}: tracing.otlp_endpoint must be the traces URL "
+            f"({endpoint.rstrip('/')}/v1/traces for a collector there), not its base URL"
+        )
 
 
 def _check_accounts(settings: Settings, origin: str) -> None:
