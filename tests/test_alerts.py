@@ -15,6 +15,7 @@ from aiohttp import web
 from faregate.config import AlertRule, AlertSettings, WebhookSettings, parse_settings
 from faregate.errors import ConfigError
 from faregate.store.feedback import Feedback
+from faregate.store.protocols import StoreUnavailable
 from faregate.store.sqlite.analytics import SQLiteAnalytics
 from faregate.store.sqlite.feedback import SQLiteFeedbackTable
 from faregate.store.sqlite.store import SQLiteStore
@@ -294,3 +295,29 @@ async def test_a_rule_narrowed_to_its_subject_names_it_once(manager: Make, hook:
     narrowed = AlertRule(name="p2-errors", metric="error_rate", per="provider", provider="p2", above=20)
     (fired,) = await manager(narrowed).evaluate(NOW)
     assert fired["message"].startswith("p2-errors: error rate of provider p2 is 50.0% (above 20.0%)")
+
+
+async def test_a_store_outage_is_one_line_per_rule_not_a_traceback(
+    analytics: SQLiteAnalytics, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL down is an expected condition (README: logged once per interval, never a trace):
+    a rule that cannot read the store says so in one line and keeps its alerts as they were."""
+
+    class Unreachable:
+        """The analytics of a store that is down (what the PostgreSQL pool raises then)."""
+
+        def __getattr__(self, name: str) -> Any:
+            async def unavailable(*args: object, **kwargs: object) -> Any:
+                raise StoreUnavailable("PostgreSQL: connection refused")
+
+            return unavailable
+
+    rule = AlertRule(name="chat-slow", metric="p99_latency_ms", route="chat", above=1000)
+    alerts = AlertManager(AlertSettings(rules=[rule]), analytics)
+    assert [e["status"] for e in await alerts.evaluate(NOW)] == ["firing"]
+    alerts.analytics = cast(Any, Unreachable())
+    assert await alerts.evaluate(NOW + 600) == []  # not resolved: nothing was read
+    assert [s.rule.name for s in alerts.firing()] == ["chat-slow"]
+    (line,) = [r for r in caplog.records if "could not be evaluated" in r.getMessage()]
+    assert line.exc_info is None and line.levelname == "WARNING"
+    assert "chat-slow" in line.getMessage() and "connection refused" in line.getMessage()

@@ -26,6 +26,7 @@ import aiohttp
 from faregate.config import QUALITY_ALERTS, AlertRule, AlertSettings
 from faregate.lifecycle import Periodic
 from faregate.store.analytics import Analytics
+from faregate.store.protocols import StoreUnavailable
 from faregate.telemetry.alert_values import (
     UNITS,
     CacheFigures,
@@ -192,6 +193,10 @@ class AlertManager:
         for rule in self.settings.rules:
             try:
                 measured = await measure(rule, self.analytics, now, self.quality, self.quality_cache)
+            except StoreUnavailable as exc:
+                # Expected (a database restarting): one line, the rule's alerts left as they are.
+                log.warning("alert rule %s could not be evaluated: %s", rule.name, exc)
+                continue
             except Exception:
                 log.exception("alert rule %s could not be evaluated", rule.name)
                 continue
