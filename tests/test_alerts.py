@@ -14,12 +14,15 @@ from aiohttp import web
 
 from faregate.config import AlertRule, AlertSettings, WebhookSettings, parse_settings
 from faregate.errors import ConfigError
+from faregate.store.backends import open_backends
 from faregate.store.feedback import Feedback
 from faregate.store.protocols import StoreUnavailable
+from faregate.store.sqlite.alert_memory import SQLiteAlertMemory
 from faregate.store.sqlite.analytics import SQLiteAnalytics
 from faregate.store.sqlite.feedback import SQLiteFeedbackTable
 from faregate.store.sqlite.store import SQLiteStore
 from faregate.telemetry.alerts import AlertManager
+from faregate.telemetry.observability import Insights
 from faregate.types import Attempt, RequestRecord
 
 NOW = 1_700_000_000 // 86400 * 86400 + 12 * 3600  # noon UTC
@@ -321,3 +324,59 @@ async def test_a_store_outage_is_one_line_per_rule_not_a_traceback(
     (line,) = [r for r in caplog.records if "could not be evaluated" in r.getMessage()]
     assert line.exc_info is None and line.levelname == "WARNING"
     assert "chat-slow" in line.getMessage() and "connection refused" in line.getMessage()
+
+
+async def test_a_restart_neither_posts_a_firing_alert_again_nor_loses_its_resolution(
+    analytics: SQLiteAnalytics, hook: Hook
+) -> None:
+    """The process that posts keeps its firing alerts in the store: restarted while the condition
+    holds, it does not post the alert again; restarted after it cleared, it posts the resolution
+    the receiver would otherwise wait for forever."""
+    rule = AlertRule(name="chat-slow", metric="p99_latency_ms", route="chat", above=1000)
+    webhook = WebhookSettings(url=hook.url, timeout_s=2)
+
+    def start(*rules: AlertRule) -> AlertManager:
+        """A gateway process that posts, over the same store."""
+        memory = SQLiteAlertMemory(analytics.connection)
+        return AlertManager(AlertSettings(webhook=webhook, rules=list(rules)), analytics, memory=memory)
+
+    first = start(rule)
+    (fired,) = await first.evaluate(NOW)
+    await first.close()
+    # Restarted while chat is still slow: still firing since then, not posted again.
+    second = start(rule)
+    assert await second.evaluate(NOW + 60) == []
+    assert [s.to_json("firing")["fired_at"] for s in second.firing()] == [fired["fired_at"]]
+    await second.close()
+    # Restarted after it cleared: resolved, posted once.
+    third = start(rule)
+    (resolved,) = await third.evaluate(NOW + 600)
+    assert resolved["status"] == "resolved" and resolved["fired_at"] == fired["fired_at"]
+    await third.close()
+    assert [e["status"] for e in hook.received] == ["firing", "resolved"]
+    assert await SQLiteAlertMemory(analytics.connection).fired() == []
+    # An alert whose rule left the config is forgotten, not resolved against another rule.
+    fourth = start(rule)
+    assert len(await fourth.evaluate(NOW)) == 1
+    await fourth.close()
+    other = start(AlertRule(name="fallbacks", metric="fallback_rate", above=99))
+    assert await other.evaluate(NOW + 1) == [] and other.firing() == []
+    await other.close()
+    assert await SQLiteAlertMemory(analytics.connection).fired() == []
+
+
+async def test_only_the_process_that_posts_keeps_its_alerts(tmp_path: Path, hook: Hook) -> None:
+    """The store's alert memory is the poster's (worker 0 of `serve --workers N`, or the instance
+    given the webhook): a process without the webhook, which posts nothing, neither reads nor
+    writes what the receiver was told."""
+    rules = [{"name": "slow", "metric": "p99_latency_ms", "above": 1000}]
+    posting = parse_settings(
+        {"store": {"path": str(tmp_path)}, "alerts": {"webhook": {"url": hook.url}, "rules": rules}}
+    )
+    silent = parse_settings({"store": {"path": str(tmp_path)}, "alerts": {"rules": rules}})
+    backends = await open_backends(posting, accounts=False)
+    try:
+        assert Insights.over(posting, backends.analytics).alerts.memory is backends.analytics.alert_memory
+        assert Insights.over(silent, backends.analytics).alerts.memory is None
+    finally:
+        await backends.close()

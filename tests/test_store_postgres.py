@@ -18,8 +18,10 @@ from faregate.accounts.policy import Budget, Limits, hour_of, window_of
 from faregate.accounts.shared import SharedAccounts
 from faregate.config import RecordsSettings
 from faregate.errors import ConfigError
+from faregate.store.alert_memory import FiredAlert
 from faregate.store.analytics_rows import Slice
 from faregate.store.outage import is_outage, outage_error
+from faregate.store.postgres.alert_memory import PostgresAlertMemory
 from faregate.store.postgres.analytics import PostgresAnalytics
 from faregate.store.postgres.migrations import PG_MIGRATIONS
 from faregate.store.postgres.store import PostgresStore
@@ -215,6 +217,34 @@ async def test_keys_and_records(pg: PostgresStore, shared_urls: SharedUrls) -> N
     finally:
         await analytics.close()
     assert await keys.revoke("alice") and await keys.verify(raw) is None
+
+
+async def test_the_alerts_that_fired_are_kept_for_the_next_start(
+    pg: PostgresStore,
+    shared_urls: SharedUrls,  # noqa: F811
+) -> None:
+    """The shared store keeps what the posting instance said was firing (as SQLite does:
+    tests/test_alerts.py), a subject of any text or none, one row per rule and subject."""
+    analytics = await PostgresAnalytics.open(shared_urls.postgres)
+    try:
+        memory = PostgresAlertMemory(analytics.pool)
+        spend = FiredAlert("spend", 'k"1', "bot (fg-x)", 1.5, 1000.0, 1060.0)
+        slow = FiredAlert("slow", None, None, 2500.0, 900.0, 900.0)
+        await memory.remember(spend)
+        await memory.remember(slow)
+        await memory.remember(FiredAlert("spend", 'k"1', "bot (fg-x)", 2.5, 1000.0, 1060.0))
+        by_rule = {a.rule: a for a in await memory.fired()}
+        assert by_rule == {
+            "spend": FiredAlert("spend", 'k"1', "bot (fg-x)", 2.5, 1000.0, 1060.0),
+            "slow": slow,
+        }
+        await memory.forget("spend", 'k"1')
+        await memory.forget("slow", "")  # no subject is not an empty one
+        assert await memory.fired() == [slow]
+        await memory.forget("slow", None)
+        assert await memory.fired() == []
+    finally:
+        await analytics.close()
 
 
 async def test_apply_ledger_is_idempotent(pg: PostgresStore) -> None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from faregate.config import Settings
 from faregate.lifecycle import Lifecycle
+from faregate.store.alert_memory import AlertMemory
 from faregate.store.analytics import Analytics, FeedbackStore, Rollup
 from faregate.store.protocols import Store, StoreUnavailable
 
@@ -41,6 +42,8 @@ class AnalyticsStores:
     analytics: Analytics
     feedback: FeedbackStore
     rollup: Rollup
+    # The alerts that fired, for the process that posts them (telemetry/alerts.py).
+    alert_memory: AlertMemory
 
 
 class Backends:
@@ -127,6 +130,7 @@ async def _open_embedded(settings: Settings, exits: Lifecycle, accounts: bool, a
 
 
 async def _sqlite_analytics(db_path: Path, exits: Lifecycle) -> AnalyticsStores:
+    from faregate.store.sqlite.alert_memory import SQLiteAlertMemory
     from faregate.store.sqlite.analytics import SQLiteAnalytics
     from faregate.store.sqlite.feedback import SQLiteFeedbackTable
     from faregate.store.sqlite.rollup import RollupWriter
@@ -137,7 +141,8 @@ async def _sqlite_analytics(db_path: Path, exits: Lifecycle) -> AnalyticsStores:
     # feedback writes and dashboard reads on the analytics connection.
     rollup = await RollupWriter.open(db_path)
     exits.on_close("the rollup connection", rollup.close)
-    return AnalyticsStores(reads, SQLiteFeedbackTable(reads.connection), rollup)
+    conn = reads.connection
+    return AnalyticsStores(reads, SQLiteFeedbackTable(conn), rollup, SQLiteAlertMemory(conn))
 
 
 async def _open_shared(
@@ -167,6 +172,7 @@ async def _open_shared(
         exits.on_close("the shared accounts", shared.close, timeout_s=30.0)
         backends._accounts = shared
     if analytics:
+        from faregate.store.postgres.alert_memory import PostgresAlertMemory
         from faregate.store.postgres.analytics import PostgresAnalytics
         from faregate.store.postgres.feedback import PostgresFeedbackTable
         from faregate.store.postgres.rollup import PostgresRollupWriter
@@ -174,7 +180,10 @@ async def _open_shared(
         reads = await PostgresAnalytics.open(url)
         exits.on_close("the analytics pool", reads.close)
         backends._analytics = AnalyticsStores(
-            reads, PostgresFeedbackTable(reads.pool), PostgresRollupWriter(reads.pool)
+            reads,
+            PostgresFeedbackTable(reads.pool),
+            PostgresRollupWriter(reads.pool),
+            PostgresAlertMemory(reads.pool),
         )
     return backends
 

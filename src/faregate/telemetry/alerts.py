@@ -6,6 +6,10 @@ logged, listed on the dashboard (and in /metrics), and POSTed to the webhook if 
 configured. When the subject is back within bounds (or has no data any more) the alert
 resolves, which is logged and posted too.
 
+The process that posts keeps its firing alerts in the store (store/alert_memory.py) and reads
+them back before its first evaluation: after a restart an alert still firing is not posted again,
+and one that cleared meanwhile is posted resolved.
+
 Evaluation reads the store, so with several gateway processes on one database each
 evaluates the same rules and would post the same alert: enable the webhook on one of them.
 """
@@ -25,6 +29,7 @@ import aiohttp
 
 from faregate.config import QUALITY_ALERTS, AlertRule, AlertSettings
 from faregate.lifecycle import Periodic
+from faregate.store.alert_memory import AlertMemory, FiredAlert
 from faregate.store.analytics import Analytics
 from faregate.store.protocols import StoreUnavailable
 from faregate.telemetry.alert_values import (
@@ -156,6 +161,9 @@ class AlertManager:
     quality: QualityFigures | None = None
     # The semantic cache's calibrated acceptance's figures (set when it is calibrated).
     quality_cache: CacheFigures | None = None
+    # Where the alerts posted as firing are kept across restarts (set where the webhook is).
+    memory: AlertMemory | None = None
+    _recalled: bool = False
     _loop: Periodic | None = None
     _session: aiohttp.ClientSession | None = None
 
@@ -189,7 +197,9 @@ class AlertManager:
     async def evaluate(self, now: float | None = None) -> list[dict[str, Any]]:
         """Evaluate every rule once; returns the events (fired, resolved) it produced."""
         now = time.time() if now is None else now
-        events: list[dict[str, Any]] = []
+        if not await self._recall():
+            return []
+        changes: list[tuple[str, AlertState]] = []
         for rule in self.settings.rules:
             try:
                 measured = await measure(rule, self.analytics, now, self.quality, self.quality_cache)
@@ -200,15 +210,20 @@ class AlertManager:
             except Exception:
                 log.exception("alert rule %s could not be evaluated", rule.name)
                 continue
-            events += self._update(rule, measured, now)
+            changes += self._update(rule, measured, now)
+        events = [state.to_json(status) for status, state in changes]
+        await self._keep(changes)
         for event in events:
             self.history.appendleft(AlertEvent(now, event))
         # Concurrently, so one slow or failing webhook call does not hold up the others.
         await asyncio.gather(*(self._post(event) for event in events))
         return events
 
-    def _update(self, rule: AlertRule, measured: list[Measurement], now: float) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
+    def _update(
+        self, rule: AlertRule, measured: list[Measurement], now: float
+    ) -> list[tuple[str, AlertState]]:
+        """The rule's alerts that fired or resolved, each with its new status."""
+        events: list[tuple[str, AlertState]] = []
         seen: set[tuple[str, str | None]] = set()
         for m in measured:
             key = (rule.name, m.subject)
@@ -229,13 +244,60 @@ class AlertManager:
             if not state.firing and now - state.pending_since >= rule.for_minutes * 60:
                 state.fired_at = now
                 log.warning("alert firing: %s", state.describe())
-                events.append(state.to_json("firing"))
+                events.append(("firing", state))
         for key in [k for k in self.states if k[0] == rule.name and k not in seen]:
             state = self.states.pop(key)
             if state.firing:
                 log.info("alert resolved: %s", state.describe())
-                events.append(state.to_json("resolved"))
+                events.append(("resolved", state))
         return events
+
+    async def _recall(self) -> bool:
+        """Before the first evaluation: the alerts posted as firing before a restart, as firing
+        states. False while the store cannot say (the round waits: evaluated without them, an
+        alert still firing would be posted again)."""
+        if self.memory is None or self._recalled:
+            return True
+        rules = {rule.name: rule for rule in self.settings.rules}
+        try:
+            fired = await self.memory.fired()
+            for gone in [alert for alert in fired if alert.rule not in rules]:
+                # Its rule is no longer configured: nothing measures it any more.
+                log.info("alert %s of a rule no longer configured is forgotten", gone.rule)
+                await self.memory.forget(gone.rule, gone.subject)
+        except StoreUnavailable as exc:
+            log.warning("alerts: could not read the alerts firing before the restart: %s", exc)
+            return False
+        for alert in fired:
+            rule = rules.get(alert.rule)
+            if rule is not None:
+                self.states[(rule.name, alert.subject)] = AlertState(
+                    rule, alert.subject, alert.label, alert.value, alert.pending_since, alert.fired_at
+                )
+        self._recalled = True
+        return True
+
+    async def _keep(self, changes: list[tuple[str, AlertState]]) -> None:
+        """Remember what fired and forget what resolved. A store that fails here costs a repeat
+        post after the next restart at worst: the events are posted anyway."""
+        if self.memory is None:
+            return
+        for status, state in changes:
+            try:
+                if status == "firing" and state.fired_at is not None:
+                    fired = FiredAlert(
+                        state.rule.name,
+                        state.subject,
+                        state.label,
+                        state.value,
+                        state.pending_since,
+                        state.fired_at,
+                    )
+                    await self.memory.remember(fired)
+                else:
+                    await self.memory.forget(state.rule.name, state.subject)
+            except StoreUnavailable as exc:
+                log.warning("alert %s could not be kept in the store: %s", state.rule.name, exc)
 
     async def _post(self, event: dict[str, Any]) -> None:
         webhook = self.settings.webhook

@@ -46,7 +46,12 @@ class Insights:
         return cls(
             analytics=stores.analytics,
             feedback=stores.feedback,
-            alerts=AlertManager(settings.alerts, stores.analytics),
+            # The process that posts to the webhook remembers what it posted (across restarts).
+            alerts=AlertManager(
+                settings.alerts,
+                stores.analytics,
+                memory=stores.alert_memory if settings.alerts.webhook is not None else None,
+            ),
             rollup=stores.rollup,
         )
 

@@ -360,6 +360,20 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
             "DROP INDEX IF EXISTS request_records_created_at",
         ),
     ),
+    Migration(
+        12,
+        "alert_states: the alerts the webhook was told are firing",
+        (
+            # One row per firing alert of the process that posts (store/alert_memory.py): alert is
+            # the JSON pair [rule, subject], state what was posted (JSON). A restart reads it back.
+            """
+            CREATE TABLE alert_states (
+                alert TEXT PRIMARY KEY,
+                state TEXT NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 PG_LATEST_VERSION = PG_MIGRATIONS[-1].version
