@@ -169,6 +169,29 @@ def test_a_killed_worker_is_restarted(sim: SimProcess, tmp_path: Path) -> None:
             client.chat.completions.create(model="deepseek-v4-flash", messages=LORE, max_tokens=5)  # type: ignore[arg-type]
 
 
+def test_an_alert_both_workers_show_is_logged_once(sim: SimProcess, tmp_path: Path) -> None:
+    """Every worker evaluates the rules for its own dashboard and /metrics; worker 0 alone posts an
+    alert and logs it, so an alert is one line in the log, not one per worker."""
+    rule = "{name: any-traffic, metric: error_rate, above: -1, min_count: 1, window_minutes: 60}"
+    extra = f"alerts: {{interval_s: 0.2, rules: [{rule}]}}\n"
+    with launch_gateway(tmp_path / "gw", sim, server=TWO, extra=extra) as gateway:
+        _, key = new_key(gateway, "1")
+        create = {"model": "deepseek-v4-flash", "messages": LORE, "max_tokens": 5}
+        assert asyncio.run(fire(gateway.base_url, key, 10, **create)) == [200] * 10
+
+        def firing_workers() -> set[str]:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{gateway.port}/metrics", headers={"Authorization": f"Bearer {MASTER_KEY}"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                text = response.read().decode()
+            return set(re.findall(r'faregate_alert_firing\{alert="any-traffic",.*worker="(\d)"\} 1', text))
+
+        # Both workers have fired it (each logs, if it logs, as it fires).
+        wait_until(lambda: firing_workers() == {"0", "1"}, "the alert firing on both workers")
+        assert gateway.read_log().count("alert firing: any-traffic") == 1, gateway.read_log()
+
+
 async def fire_or_fail(base_url: str, key: str, n: int) -> list[int]:
     """n concurrent completions that take 3 s each; the HTTP status of each (0: no answer)."""
     client = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=60)

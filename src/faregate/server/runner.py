@@ -276,15 +276,20 @@ async def serve_gateway(
     reuse_port: bool = False,
     simulated: bool = False,
     shared_metrics: SharedMetrics | None = None,
+    announce_alerts: bool = True,
 ) -> None:
     """Build the gateway, listen, serve until SIGTERM or SIGINT, then close it (the last
     records flushed). `reuse_port`: one of several worker processes listening on the same port
-    (server/workers.py)."""
+    (server/workers.py). `announce_alerts`: log the alerts that fire and resolve (one worker of
+    several does)."""
     runner: web.AppRunner | None = None
     gateway: Gateway | None = None
     try:
         gateway = await build_gateway(settings)
         gateway.shared_metrics = shared_metrics
+        insights = gateway.observability.insights if gateway.observability is not None else None
+        if insights is not None:
+            insights.alerts.announce = announce_alerts
         if before_listening is not None:
             await before_listening()
         app = create_app(gateway)

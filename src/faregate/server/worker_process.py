@@ -84,6 +84,8 @@ def _run_worker(
             reuse_port=True,
             simulated=seat.simulated,
             shared_metrics=seat.metrics,
+            # Worker 0 logs the alerts (and alone posts them): one line per alert event, not one per worker.
+            announce_alerts=seat.index == 0,
         )
     )
 

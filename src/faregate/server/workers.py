@@ -25,7 +25,7 @@ What stays exact, and what is per worker:
 - per worker, by design: the exact and semantic caches in process (a Redis cache is shared),
   breakers and latency statistics, the upstream connection pool, `upstream_limits` (each worker
   gets an equal share of `max_concurrent` and `max_queued`, rounded up), and the alerts'
-  evaluation (worker 0 alone posts to the webhook, so an alert is posted once).
+  evaluation (worker 0 alone posts to the webhook and logs, so an alert is posted and logged once).
 - metrics: each worker publishes its own to a directory the supervisor made; a scrape, answered
   by one worker, sums them (telemetry/metrics_share.py).
 """

@@ -163,6 +163,9 @@ class AlertManager:
     quality_cache: CacheFigures | None = None
     # Where the alerts posted as firing are kept across restarts (set where the webhook is).
     memory: AlertMemory | None = None
+    # Log each alert that fires or resolves. Of several workers one does (worker 0, the one that
+    # posts); the others evaluate for their own dashboards, and would write the same line again.
+    announce: bool = True
     _recalled: bool = False
     _loop: Periodic | None = None
     _session: aiohttp.ClientSession | None = None
@@ -243,12 +246,14 @@ class AlertManager:
             state.value = m.value
             if not state.firing and now - state.pending_since >= rule.for_minutes * 60:
                 state.fired_at = now
-                log.warning("alert firing: %s", state.describe())
+                if self.announce:
+                    log.warning("alert firing: %s", state.describe())
                 events.append(("firing", state))
         for key in [k for k in self.states if k[0] == rule.name and k not in seen]:
             state = self.states.pop(key)
             if state.firing:
-                log.info("alert resolved: %s", state.describe())
+                if self.announce:
+                    log.info("alert resolved: %s", state.describe())
                 events.append(("resolved", state))
         return events
 
