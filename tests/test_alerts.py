@@ -380,3 +380,18 @@ async def test_only_the_process_that_posts_keeps_its_alerts(tmp_path: Path, hook
         assert Insights.over(silent, backends.analytics).alerts.memory is None
     finally:
         await backends.close()
+
+
+async def test_a_per_key_rule_names_each_key_as_the_spend_rule_does(
+    analytics: SQLiteAnalytics, hook: Hook, manager: Make
+) -> None:
+    """Every per-key rule (not only daily spend) says which key by its name and prefix, as the
+    dashboard does: a bare key id in a page at 3 am names nobody."""
+    await analytics.connection.execute(
+        "INSERT INTO api_keys (id, name, prefix, key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+        ("k2", "support-bot", "fg-B21v…", "h", 0),
+    )
+    rule = AlertRule(name="key-errors", metric="error_rate", per="key", above=20, min_count=5)
+    (fired,) = await manager(rule).evaluate(NOW)
+    assert fired["labels"] == {"key": "k2"} and fired["subject_label"] == "support-bot (fg-B21v…)"
+    assert fired["message"].startswith("key-errors: error rate of key support-bot (fg-B21v…) is 50.0%")

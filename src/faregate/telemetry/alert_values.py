@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -69,6 +69,15 @@ async def measure(
     if rule.metric in QUALITY_ALERTS:
         return quality_measurements(rule, quality() if quality is not None else [])
     now = time.time() if now is None else now
+    measured = await _measure_records(rule, analytics, now)
+    if rule.per == "key" and rule.metric != "daily_spend_usd":
+        # Keys are named as the dashboard names them (the spend rule's breakdown has them already).
+        labels = await analytics.key_labels([m.subject for m in measured if m.subject is not None])
+        measured = [replace(m, label=labels.get(m.subject or "")) for m in measured]
+    return measured
+
+
+async def _measure_records(rule: AlertRule, analytics: Analytics, now: float) -> list[Measurement]:
     s = await rule_slice(rule, analytics, now)
     per: Dimension | None = rule.per
     if rule.metric == "p99_latency_ms":
