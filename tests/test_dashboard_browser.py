@@ -110,6 +110,9 @@ def dashboard_gateway(
         f"  webhook: {{url: '{webhook.url}'}}\n"
         "  rules:\n"
         "    - {name: big-spender, metric: daily_spend_usd, above: 0.001}\n"
+        # Two rules apart only in their route (never firing): the rules table tells them apart.
+        "    - {name: chat-slow, metric: p99_latency_ms, route: chat, above: 600000, window_minutes: 15}\n"
+        "    - {name: code-slow, metric: p99_latency_ms, route: code, above: 600000, window_minutes: 15}\n"
     )
     with run_gateway(tmp_path_factory.mktemp("dashboard"), sim, config) as gw:
         yield gw
@@ -638,6 +641,24 @@ def test_alert_times_are_in_the_browsers_time_zone_as_request_times_are(
     fired = datetime.fromisoformat(alerts["firing"][0]["fired_at"]).astimezone(ZoneInfo("Asia/Tokyo"))
     since = page.locator('#alerts-table td[data-col="since"]').first
     sync_api.expect(since).to_have_text(f"{fired:%d/%m, %H:%M:%S}", timeout=10_000)
+    page.close()
+
+
+def test_the_alert_rules_say_what_narrows_them_and_what_they_measure_over(
+    browser: Any, dashboard_gateway: GatewayProcess
+) -> None:
+    """Rules apart only in their route are told apart, and a spend rule (since 00:00 UTC) shows no
+    window it does not use."""
+    page = open_dashboard(browser, dashboard_gateway, MASTER_KEY)
+    page.wait_for_selector("body[data-loaded]", timeout=15_000)
+    rules = page.locator("#alert-rules tbody tr")
+    rows = [rules.nth(i).locator("td").all_inner_texts() for i in range(rules.count())]
+    assert rows == [
+        ["big-spender", "daily_spend_usd, per key", "above 0.001", "since 00:00 UTC", "0 min"],
+        ["chat-slow", "p99_latency_ms, route chat", "above 600000", "last 15 min", "0 min"],
+        ["code-slow", "p99_latency_ms, route code", "above 600000", "last 15 min", "0 min"],
+    ]
+    assert page.errors == []
     page.close()
 
 

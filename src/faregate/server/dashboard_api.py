@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 from aiohttp import web
 
+from faregate.config import QUALITY_ALERTS, AlertRule
 from faregate.errors import FaregateError, InvalidRequest
 from faregate.server.admin import health_detail, require_master
 from faregate.server.request_checks import check_text
@@ -134,6 +135,14 @@ def totals_json(t: Totals) -> dict[str, Any]:
 
 def _percentiles(p: Percentiles) -> dict[str, Any]:
     return {"count": p.count, "p50_ms": p.p50, "p95_ms": p.p95, "p99_ms": p.p99}
+
+
+def measured_over(rule: AlertRule) -> str:
+    if rule.metric == "daily_spend_usd":
+        return "since 00:00 UTC"
+    if rule.metric in QUALITY_ALERTS:
+        return "the calibration so far"
+    return f"last {rule.window_minutes:g} min"
 
 
 class DashboardUnavailable(FaregateError):
@@ -304,7 +313,17 @@ class DashboardApi:
                     "metric": r.metric,
                     "above": r.above,
                     "below": r.below,
-                    "per": r.per,
+                    # Spend is always per key, per set or not.
+                    "per": "key" if r.metric == "daily_spend_usd" else r.per,
+                    # What narrows the rule: two rules apart only in these read the same without them.
+                    "route": r.route,
+                    "model": r.model,
+                    "provider": r.provider,
+                    "key": r.key,
+                    "min_count": r.min_count,
+                    # What the rule measures over: the window, the UTC day (spend), or everything
+                    # a calibration has seen (quality rules).
+                    "measured_over": measured_over(r),
                     "window_minutes": r.window_minutes,
                     "for_minutes": r.for_minutes,
                 }

@@ -289,9 +289,15 @@ function renderAlerts(data) {
   ], rows, { empty: data.rules.length ? "Nothing firing" : "No alert rules configured (alerts.rules in faregate.yaml)" });
   fillTable($("alert-rules"), [
     { title: "Rule", key: "name", value: (r) => r.name },
-    { title: "Metric", key: "metric", value: (r) => r.metric + (r.per ? ` per ${r.per}` : "") },
+    // With what narrows it (route, model, provider, key): two rules apart only there read alike without.
+    { title: "Metric", key: "metric", value: (r) => [
+      r.metric,
+      ...["route", "model", "provider", "key"].filter((f) => r[f] !== null && r[f] !== undefined).map((f) => `${f} ${r[f]}`),
+      ...(r.per ? [`per ${r.per}`] : []),
+    ].join(", "), cls: () => "wrap" },
     { title: "Threshold", key: "threshold", value: (r) => (r.above !== null ? `above ${r.above}` : `below ${r.below}`) },
-    { title: "Window", key: "window", value: (r) => `${r.window_minutes} min` },
+    // Spend counts since 00:00 UTC and a calibration's figures are its whole history: not a window.
+    { title: "Measured over", key: "window", value: (r) => r.measured_over || `last ${r.window_minutes} min` },
     { title: "For", key: "for", value: (r) => `${r.for_minutes} min` },
   ], data.rules, { empty: "No rules" });
 }
