@@ -395,3 +395,18 @@ async def test_a_per_key_rule_names_each_key_as_the_spend_rule_does(
     (fired,) = await manager(rule).evaluate(NOW)
     assert fired["labels"] == {"key": "k2"} and fired["subject_label"] == "support-bot (fg-B21v…)"
     assert fired["message"].startswith("key-errors: error rate of key support-bot (fg-B21v…) is 50.0%")
+
+
+async def test_an_unreadable_memory_does_not_stop_the_alerts(analytics: SQLiteAnalytics, hook: Hook) -> None:
+    """A remembered alert this version cannot read (another version's, or edited by hand) is not a
+    reason to stop alerting: the rules are evaluated afresh."""
+    await analytics.connection.execute(
+        "INSERT INTO alert_states (alert, state) VALUES (?, ?)", ('["chat-slow", null]', '{"value": null}')
+    )
+    rule = AlertRule(name="chat-slow", metric="p99_latency_ms", route="chat", above=1000)
+    settings = AlertSettings(webhook=WebhookSettings(url=hook.url, timeout_s=2), rules=[rule])
+    alerts = AlertManager(settings, analytics, memory=SQLiteAlertMemory(analytics.connection))
+    try:
+        assert [e["status"] for e in await alerts.evaluate(NOW)] == ["firing"]
+    finally:
+        await alerts.close()

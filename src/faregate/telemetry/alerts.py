@@ -273,6 +273,12 @@ class AlertManager:
         except StoreUnavailable as exc:
             log.warning("alerts: could not read the alerts firing before the restart: %s", exc)
             return False
+        except Exception:
+            # A row this version cannot read must not stop the alerts for good: evaluated afresh,
+            # an alert still firing is posted again at worst.
+            log.exception("alerts: the alerts firing before the restart could not be read; starting afresh")
+            self._recalled = True
+            return True
         for alert in fired:
             rule = rules.get(alert.rule)
             if rule is not None:
