@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -22,6 +24,7 @@ from faregate.store.sqlite.analytics import SQLiteAnalytics
 from faregate.store.sqlite.feedback import SQLiteFeedbackTable
 from faregate.store.sqlite.store import SQLiteStore
 from faregate.telemetry.alerts import AlertManager
+from faregate.telemetry.log_limit import RepeatFilter
 from faregate.telemetry.observability import Insights
 from faregate.types import Attempt, RequestRecord
 
@@ -410,3 +413,31 @@ async def test_an_unreadable_memory_does_not_stop_the_alerts(analytics: SQLiteAn
         assert [e["status"] for e in await alerts.evaluate(NOW)] == ["firing"]
     finally:
         await alerts.close()
+
+
+async def test_alerts_firing_together_are_each_a_line_through_the_repeat_limiter(manager: Make) -> None:
+    """The gateway's log handler holds back repeats of a line within 10 s (telemetry/log_limit.py),
+    meant for one failure told by every request. Alerts are events each: two providers' alerts
+    firing in one round are two lines, not one and "1 more like this" ten seconds later."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(RepeatFilter(10.0))
+    alerts_log = logging.getLogger("faregate.alerts")
+    alerts_log.addHandler(handler)
+    level = alerts_log.level
+    alerts_log.setLevel(logging.INFO)
+    try:
+        rule = AlertRule(name="errors", metric="error_rate", per="provider", above=-1, min_count=1)
+        alerts = manager(rule)
+        assert len(await alerts.evaluate(NOW)) == 2
+        assert len(await alerts.evaluate(NOW + 3600)) == 2  # both resolve: the window is empty
+    finally:
+        alerts_log.removeHandler(handler)
+        alerts_log.setLevel(level)
+    lines = out.getvalue().splitlines()
+    assert sorted(line.split(" is ")[0] for line in lines) == [
+        "alert firing: errors: error rate of provider p1",
+        "alert firing: errors: error rate of provider p2",
+        "alert resolved: errors: error rate of provider p1",
+        "alert resolved: errors: error rate of provider p2",
+    ]

@@ -41,6 +41,7 @@ from faregate.telemetry.alert_values import (
     judged,
     measure,
 )
+from faregate.telemetry.log_limit import EVERY_LINE
 
 log = logging.getLogger("faregate.alerts")
 
@@ -247,13 +248,13 @@ class AlertManager:
             if not state.firing and now - state.pending_since >= rule.for_minutes * 60:
                 state.fired_at = now
                 if self.announce:
-                    log.warning("alert firing: %s", state.describe())
+                    log.warning("alert firing: %s", state.describe(), extra=EVERY_LINE)
                 events.append(("firing", state))
         for key in [k for k in self.states if k[0] == rule.name and k not in seen]:
             state = self.states.pop(key)
             if state.firing:
                 if self.announce:
-                    log.info("alert resolved: %s", state.describe())
+                    log.info("alert resolved: %s", state.describe(), extra=EVERY_LINE)
                 events.append(("resolved", state))
         return events
 

@@ -5,7 +5,8 @@ megabytes a second and buried everything else. `RepeatFilter` sits on the log ha
 first record of a kind (logger, level, message template, exception type) goes through whole;
 more of the same within `interval_s` are counted, not written; the next one after the interval
 goes through as one line that says how many were held back. Records of other kinds are never
-held back by these.
+held back by these, nor records logged with `extra=EVERY_LINE`: events each of their own (an
+alert firing) that share a message template without repeating one another.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ DEFAULT_INTERVAL_S = 10.0
 MAX_KINDS = 1000
 
 Kind = tuple[str, int, str, str]
+
+# `extra=` for a line that is an event of its own, never a repeat: always written.
+EVERY_LINE = {"faregate_every_line": True}
 
 
 @dataclass(slots=True)
@@ -44,6 +48,8 @@ class RepeatFilter(logging.Filter):
         return (record.name, record.levelno, str(record.msg), error)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "faregate_every_line", False):
+            return True
         now = self._clock()
         kind = self.kind(record)
         seen = self._seen.get(kind)
