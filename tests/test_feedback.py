@@ -39,7 +39,7 @@ def test_the_same_key_scores_its_request_at_once(gateway: GatewayProcess, api_ke
         "score": "up",
         "satisfaction": 100.0,
         "model": "THUDM/glm-4-plus",
-        "route": "glm-4-plus",
+        "route": "THUDM/glm-4-plus",  # the model's canonical name, whatever alias was asked
     }
     # A second score replaces the first; the row joins its request record.
     assert feedback(gateway, api_key, {"request_id": request_id, "score": 2}).status_code == 200
