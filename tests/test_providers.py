@@ -379,6 +379,22 @@ async def test_other_4xx_is_rejected_with_the_upstream_message(
     assert (info.value.code, info.value.param) == ("invalid_value", "max_tokens")
 
 
+@pytest.mark.parametrize(
+    ("status", "why"),
+    [(409, "a lock timeout"), (425, "too early"), (499, "the upstream's proxy saw the call as abandoned")],
+)
+async def test_a_4xx_that_says_try_again_is_the_providers_failure(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], status: int, why: str
+) -> None:
+    # 409 (OpenAI's and Anthropic's SDKs retry it: a lock timeout), 425 (replay later) and 499
+    # (nginx's "client closed request": the gateway was that client, not ours) say nothing
+    # about the client's request: another try, or provider, may well serve it.
+    upstream.handler = json_reply({"error": {"message": why}}, status)
+    failure = await failure_of(make_provider())
+    assert (failure.kind, failure.status, failure.detail) == ("server_error", status, f"HTTP {status}: {why}")
+    assert failure.retryable
+
+
 async def test_4xx_with_plain_text_body(
     upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
 ) -> None:

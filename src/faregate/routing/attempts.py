@@ -2,7 +2,7 @@
 
 Per candidate: up to 1 + retries calls, with exponential backoff and full jitter,
 waiting out a short Retry-After; then fall back to the next candidate. A failure
-moves on when it is the provider's fault (429, 5xx, timeout, connection error, a 200
+moves on when it is the provider's fault (429, 5xx, 409/425/499, timeout, connection error, a 200
 with nothing in it, a stream that dies before its first content); an answer cut at the client's
 max_tokens is served however blank (a reasoning model may spend them all on its reasoning):
 another call would reach the same limit, and be billed for it too; a 404 or a refused key
