@@ -827,6 +827,118 @@ async def test_https_verifies_the_server_by_name(certificate: tuple[Path, Path])
         await strict.close()
 
 
+# --- HTTPS_PROXY ------------------------------------------------------------------------------
+
+TUNNEL_OPEN = b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+
+@dataclass
+class ConnectProxy:
+    url: str = ""
+    asked: list[bytes] = field(default_factory=list)  # the heads of the CONNECT requests
+
+
+@asynccontextmanager
+async def connect_proxy(answer: bytes = TUNNEL_OPEN) -> AsyncIterator[ConnectProxy]:
+    """An HTTP proxy on 127.0.0.1 that answers CONNECT with `answer` and, if that opens the
+    tunnel, pipes the bytes both ways to the host and port asked for."""
+    state = ConnectProxy()
+
+    async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        except ConnectionError:
+            pass
+        finally:
+            sink.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            state.asked.append(head)
+            writer.write(answer)
+            if answer == TUNNEL_OPEN:
+                host, port = head.split(b" ")[1].decode().rsplit(":", 1)
+                up_reader, up_writer = await asyncio.open_connection(host, int(port))
+                await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    state.url = f"http://gw:p%40ss@127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        yield state
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+@pytest.mark.e2e  # openssl makes the certificate
+async def test_https_upstreams_go_through_the_proxy_https_proxy_names(
+    certificate: tuple[Path, Path], no_proxy_env: pytest.MonkeyPatch
+) -> None:
+    cert, key = certificate
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    trust = ssl.create_default_context(cafile=str(cert))
+    async with raw_server(raw(ok(b"secure")), tls=server_side) as server, connect_proxy() as proxy:
+        url = server.url.replace("127.0.0.1", "localhost")
+        port = url.split(":")[2].split("/")[0]
+        no_proxy_env.setenv("HTTPS_PROXY", proxy.url)
+        pool = ConnectionPool(ssl_context=trust)
+        assert (await fetch(pool, url))[1] == b"secure"
+        assert (await fetch(pool, url))[1] == b"secure"  # the tunnel is kept alive and reused
+        assert proxy.asked == [
+            f"CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n"
+            "Proxy-Authorization: Basic Z3c6cEBzcw==\r\n\r\n".encode()  # gw:p@ss
+        ]
+        await pool.close()
+        no_proxy_env.setenv("NO_PROXY", "localhost")  # exempt: straight to the upstream
+        pool = ConnectionPool(ssl_context=trust)
+        assert (await fetch(pool, url))[1] == b"secure"
+        assert len(proxy.asked) == 1
+        await pool.close()
+
+
+async def test_a_proxy_that_refuses_the_tunnel_is_a_connect_failure(no_proxy_env: pytest.MonkeyPatch) -> None:
+    async with connect_proxy(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n") as proxy:
+        no_proxy_env.setenv("https_proxy", proxy.url)
+        pool = ConnectionPool()
+        with pytest.raises(ConnectFailed) as info:
+            await post(pool, "https://api.example.com/v1/chat/completions")
+        await pool.close()
+    where = proxy.url.replace("gw:p%40ss@", "")  # never the proxy's credentials in a message
+    assert str(info.value) == (
+        f"the proxy {where} refused a tunnel to api.example.com:443: "
+        "'HTTP/1.1 407 Proxy Authentication Required'"
+    )
+    assert proxy.asked[0].startswith(b"CONNECT api.example.com:443 HTTP/1.1\r\n")
+
+
+async def test_plain_http_upstreams_never_go_through_the_proxy(
+    server: RawServer, no_proxy_env: pytest.MonkeyPatch
+) -> None:
+    async with connect_proxy() as proxy:
+        no_proxy_env.setenv("HTTPS_PROXY", proxy.url)
+        no_proxy_env.setenv("ALL_PROXY", proxy.url)
+        pool = ConnectionPool()
+        server.reply = raw(ok(b"direct"))
+        assert (await fetch(pool, server.url))[1] == b"direct"
+        await pool.close()
+    assert proxy.asked == []
+
+
 # --- the same on uvloop -------------------------------------------------------------------------
 
 

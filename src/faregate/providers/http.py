@@ -11,7 +11,8 @@ Keep-alive HTTP/1.1 connections (see `transport.py`) per (scheme, host, port):
   requests wait first come, first served; a connection coming free goes straight to the oldest
   waiter, and an idle connection to another host is closed to make room when the total is full.
 - TLS with the system's trust store for https; DNS answers cached for `dns_ttl_s`, so a
-  provider costs one lookup per TTL, not one per connection (providers/connect.py).
+  provider costs one lookup per TTL, not one per connection; https through the proxy that
+  HTTPS_PROXY names, unless NO_PROXY exempts the host (providers/connect.py).
 - No cookie jar: upstream cookies must never leak between tenants.
 
 The head deadline covers waiting for a connection, connecting and the response head; the
