@@ -467,6 +467,26 @@ async def test_an_undecodable_body_is_a_bad_response(server: RawServer, pool: Co
     assert pool.size == 0
 
 
+@pytest.mark.parametrize("encoding", ["br", "zstd", "compress"])
+async def test_a_body_in_an_encoding_we_cannot_read_is_a_bad_response_that_says_so(
+    server: RawServer, pool: ConnectionPool, encoding: str
+) -> None:
+    # Without Accept-Encoding any coding is allowed (RFC 9110 12.5.3); its bytes are no JSON and
+    # no event stream, and a stream of them read as one would just end without an event.
+    server.reply = raw(ok(b"\x1b\x07\x00\xf8\xa5\x40\x20data: x\n\n", f"Content-Encoding: {encoding}"))
+    resp = await post(pool, server.url)
+    assert resp.status == 200  # the head is fine: an error's status still classifies it
+    with pytest.raises(BadResponse, match=rf"the {encoding} body cannot be decoded \(only gzip and deflate"):
+        await resp.read()
+    resp.release()
+    assert pool.size == 0
+
+
+async def test_identity_is_no_encoding(server: RawServer, pool: ConnectionPool) -> None:
+    server.reply = raw(ok(b"plain", "Content-Encoding: identity"))
+    assert (await fetch(pool, server.url))[1] == b"plain"
+
+
 async def test_a_body_delimited_by_the_end_of_the_connection(server: RawServer, pool: ConnectionPool) -> None:
     async def until_close(exchange: Exchange) -> None:
         exchange.writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello ")

@@ -162,11 +162,30 @@ class _Inflate:
         return self._z.flush()
 
 
+class _Unreadable:
+    """A content-coding we cannot decode (br, zstd...): its first bytes fail the body, as a
+    corrupt gzip body does, saying why; a body without bytes reads as empty."""
+
+    __slots__ = ("_encoding",)
+
+    def __init__(self, encoding: bytes) -> None:
+        self._encoding = encoding
+
+    def decompress(self, data: bytes, /) -> bytes:
+        raise zlib.error(f"only gzip and deflate are decoded, not {self._encoding.decode('latin-1')}")
+
+    def flush(self) -> bytes:
+        return b""
+
+
 def body_decoder(encoding: bytes) -> Decoder | None:
-    """We never send Accept-Encoding, but a server may compress anyway. Other encodings pass
-    through as they are (the JSON parse then fails with a clear message)."""
+    """We never send Accept-Encoding, so a server may compress in any coding (RFC 9110 12.5.3);
+    gzip and deflate are decoded, any other fails the body as undecodable (its bytes read as
+    JSON or as an event stream would fail obscurely, or, for a stream, not at all)."""
     if encoding in (b"gzip", b"x-gzip"):
         return zlib.decompressobj(16 + zlib.MAX_WBITS)
     if encoding == b"deflate":
         return _Inflate()
-    return None
+    if encoding == b"identity":
+        return None
+    return _Unreadable(encoding)
