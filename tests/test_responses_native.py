@@ -240,3 +240,50 @@ def test_an_internal_chunk_carries_its_event() -> None:
     assert RESPONSES.stream("m", True, {}).chunk(chunk) == (
         b'event: response.in_progress\ndata: {"type":"response.in_progress","sequence_number":1}\n\n'
     )
+
+
+@pytest.mark.parametrize(
+    ("shape", "why"),
+    [
+        ({"output": 7}, "output is not a list"),
+        ({"output": [{"type": "message", "content": 7}]}, "output item 0's content is not a list"),
+        (
+            {"status": "incomplete", "incomplete_details": "max_output_tokens"},
+            "incomplete_details is not an object",
+        ),
+    ],
+)
+async def test_a_response_that_cannot_be_read_is_a_bad_response(
+    upstream: Upstream, provider: OpenAIResponsesProvider, shape: dict[str, Any], why: str
+) -> None:
+    # Any OpenAI-wire server may be given `responses: true`; a Response in another shape is one to
+    # fall back from, as an unreadable chat completion is, not a crash of the request.
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.json_response({**RESPONSE, **shape})
+
+    upstream.handler = answer
+    with pytest.raises(UpstreamFailure) as info:
+        await provider.complete(call(RESPONSES.to_chat(ASKED)))
+    assert (info.value.kind, info.value.detail) == ("bad_response", f"response body: {why}")
+
+
+@pytest.mark.parametrize(
+    ("event", "why"),
+    [
+        ({"type": "response.completed", "response": "done"}, "response is not an object"),
+        ({"type": "response.failed", "response": ["boom"]}, "response is not an object"),
+        (
+            {"type": "response.incomplete", "response": {"status": "incomplete", "incomplete_details": 1}},
+            "response's incomplete_details is not an object",
+        ),
+    ],
+)
+async def test_a_stream_event_that_cannot_be_read_is_a_bad_response(
+    upstream: Upstream, provider: OpenAIResponsesProvider, event: dict[str, Any], why: str
+) -> None:
+    events = await upstream_events("one two")
+    upstream.handler = serve_events([*events[:5], {**event, "sequence_number": 5}])
+    with pytest.raises(UpstreamFailure) as info:
+        async for _ in provider.stream(call(RESPONSES.to_chat({**ASKED, "stream": True}), True)):
+            pass
+    assert (info.value.kind, info.value.detail) == ("bad_response", f"{event['type']} event: {why}")

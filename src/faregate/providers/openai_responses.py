@@ -26,6 +26,7 @@ from faregate.wire.responses_native import (
     chunks_of_events,
     native_body,
     response_to_completion,
+    unreadable_response,
 )
 
 
@@ -52,6 +53,8 @@ class OpenAIResponsesProvider(OpenAICompatibleProvider):
             raise UpstreamFailure(
                 "bad_response", f"expected a Response, got object {body.get('object')!r}", status=status
             )
+        if (unreadable := unreadable_response(body)) is not None:
+            raise UpstreamFailure("bad_response", f"response body: {unreadable}", status=status)
         answer, usage = response_to_completion(body)
         return Completion(answer, usage, status)
 

@@ -65,6 +65,27 @@ def usage_of(response: Any) -> Usage | None:
     return Usage(prompt, completion, cache_read_tokens=read, cache_write_tokens=write)
 
 
+def unreadable_response(response: JSON) -> str | None:
+    """Why a Response cannot be read here (its output a list of objects, a message's content a
+    list, incomplete_details an object), or None. Any OpenAI-wire server may be configured with
+    `responses: true`: valid JSON in another shape is a bad response to fall back from, not a
+    crash."""
+    output = response.get("output")
+    if output is not None:
+        if type(output) is not list:
+            return "output is not a list"
+        for index, item in enumerate(output):
+            if type(item) is not dict:
+                return f"output item {index} is not an object"
+            content = item.get("content")
+            if item.get("type") == "message" and content is not None and type(content) is not list:
+                return f"output item {index}'s content is not a list"
+    details = response.get("incomplete_details")
+    if details is not None and type(details) is not dict:
+        return "incomplete_details is not an object"
+    return None
+
+
 def response_to_completion(response: JSON) -> tuple[JSON, Usage | None]:
     """The internal chat.completion a whole Response amounts to, the Response under NATIVE_ANSWER."""
     texts: list[str] = []
@@ -128,6 +149,12 @@ async def chunks_of_events(events: AsyncIterator[JSON]) -> AsyncIterator[JSON]:
     tools: dict[Any, int] = {}  # output_index -> tool call index
     async for event in events:
         kind = event.get("type")
+        if "response" in event or kind in FINAL_EVENTS:
+            snapshot = event.get("response")
+            if type(snapshot) is not dict:
+                raise UpstreamFailure("bad_response", f"{kind} event: response is not an object", body=event)
+            if (unreadable := unreadable_response(snapshot)) is not None:
+                raise UpstreamFailure("bad_response", f"{kind} event: response's {unreadable}", body=event)
         if kind == "error" or kind == "response.failed":
             error = event.get("error") or (event.get("response") or {}).get("error") or event
             message = error.get("message") if isinstance(error, dict) else None
