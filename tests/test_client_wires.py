@@ -98,7 +98,9 @@ def test_messages_errors_in_anthropics_shape(error: FaregateError, status: int, 
     assert RESPONSES.error(error) == CHAT.error(error)
 
 
-def overloaded_attempt(status: int | None, outcome: str = "server_error") -> Attempt:
+def overloaded_attempt(status: int | None, outcome: str | None = None) -> Attempt:
+    # As the attempt loop records them: a 429 rate limit is "rate_limited", a 5xx "server_error".
+    outcome = outcome or ("rate_limited" if status == 429 else "server_error")
     return Attempt("claude-sonnet-4-6", "anthropic", outcome, 5.0, status=status)
 
 
@@ -122,6 +124,13 @@ def test_a_messages_client_gets_overloaded_when_every_upstream_is(
     assert CHAT.status(error) == RESPONSES.status(error) == 502
     timed_out = UpstreamFailed([overloaded_attempt(529)], timeout=True)
     assert MESSAGES.status(timed_out) == 504
+
+
+def test_an_account_out_of_quota_is_no_overload() -> None:
+    # OpenAI's 429 insufficient_quota is the provider's failure but no rate limit (a server_error):
+    # our account needs payment, which Anthropic's overloaded_error would hide.
+    error = UpstreamFailed([overloaded_attempt(529), overloaded_attempt(429, "server_error")])
+    assert MESSAGES.status(error) == 502
 
 
 def test_without_fields_drops_nested_marks_and_changes_nothing_shared() -> None:

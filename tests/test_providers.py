@@ -255,6 +255,19 @@ async def test_429_with_retry_after_http_date(
     assert failure.retry_after is not None and 27 <= failure.retry_after <= 30
 
 
+async def test_429_insufficient_quota_is_an_account_that_needs_payment_not_a_rate_limit(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    # OpenAI's answer when our account has no credit left: waiting and asking again gets the
+    # same answer, so it is no rate limit to retry but the provider's failure to fall back from.
+    message = "You exceeded your current quota, please check your plan and billing details."
+    error = {"error": {"message": message, "type": "insufficient_quota", "code": "insufficient_quota"}}
+    upstream.handler = json_reply(error, 429)
+    failure = await failure_of(make_provider())
+    assert (failure.kind, failure.status, failure.retry_after) == ("server_error", 429, None)
+    assert failure.detail == f"provider account needs payment (HTTP 429): {message}"
+
+
 def test_parse_retry_after_variants() -> None:
     assert parse_retry_after({"retry-after-ms": "1500", "Retry-After": "9"}) == 1.5
     assert parse_retry_after({"Retry-After": "2.5"}) == 2.5

@@ -150,9 +150,13 @@ class UpstreamFailed(UpstreamError):
 
     @property
     def overloaded(self) -> bool:
-        """Did every attempt fail for want of capacity (429, 503 or 529 overloaded)? Not a
-        timeout, a cut stream or a 500: those say nothing about load."""
-        return bool(self.attempts) and all(a.status in OVERLOADED_STATUSES for a in self.attempts)
+        """Did every attempt fail for want of capacity (429 rate limited, 503 or 529 overloaded)?
+        Not a timeout, a cut stream or a 500: those say nothing about load; nor a 429 that is no
+        rate limit (OpenAI's insufficient_quota, a server_error: our account needs payment)."""
+        return bool(self.attempts) and all(
+            a.status in OVERLOADED_STATUSES and (a.status != 429 or a.outcome == "rate_limited")
+            for a in self.attempts
+        )
 
 
 class UpstreamRejected(UpstreamError):

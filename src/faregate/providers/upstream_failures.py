@@ -66,7 +66,7 @@ async def response_failure(resp: Response, provider: str, key_hint: str, secrets
     body = _try_json_object(raw)
     message = _error_message(body, secrets) if body is not None else _text_message(raw, secrets)
     message = message or resp.reason or "no message"
-    if status == 429:
+    if status == 429 and not _out_of_quota(body):
         retry_after = parse_retry_after(resp.headers)
         return UpstreamFailure(
             "rate_limited", f"HTTP 429: {message}", status=status, retry_after=retry_after, body=body
@@ -81,9 +81,10 @@ async def response_failure(resp: Response, provider: str, key_hint: str, secrets
             status=status,
             body=body,
         )
-    if status == 402 or (status == 400 and _out_of_credit(message)):
+    if status in (402, 429) or (status == 400 and _out_of_credit(message)):
         # Our account with the provider is out of credit: again not the client's to fix.
-        # Anthropic says so with a 400 invalid_request_error ("Your credit balance is too low").
+        # Anthropic says so with a 400 invalid_request_error ("Your credit balance is too low"),
+        # OpenAI with a 429 insufficient_quota (no rate limit: asked again, it says so again).
         return UpstreamFailure(
             "server_error",
             f"provider account needs payment (HTTP {status}): {message}",
@@ -129,6 +130,11 @@ async def response_failure(resp: Response, provider: str, key_hint: str, secrets
 
 def _out_of_credit(message: str) -> bool:
     return "credit balance is too low" in message.lower()
+
+
+def _out_of_quota(body: JSON | None) -> bool:
+    error = body.get("error") if body is not None else None
+    return isinstance(error, dict) and "insufficient_quota" in (error.get("code"), error.get("type"))
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
