@@ -187,6 +187,22 @@ async def test_complete_sends_the_body_and_headers_and_parses_usage(
     assert seen.headers["X-Request-Id"] == "req-1"
 
 
+async def test_a_query_in_the_base_url_stays_after_the_path(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    # Azure OpenAI and others take a version or a key in the query: the path goes before it.
+    queries: list[str] = []
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        queries.append(request.query_string)
+        return web.json_response(ANSWER)
+
+    upstream.handler = answer
+    provider = make_provider(base_url=f"{upstream.url}/?api-version=2024-10-21")
+    assert (await provider.complete(call())).body == ANSWER
+    assert queries == ["api-version=2024-10-21"]
+
+
 async def test_key_is_read_once_at_construction(
     upstream: Upstream,
     make_provider: Callable[..., OpenAICompatibleProvider],

@@ -13,7 +13,7 @@ import re
 import zlib
 from collections.abc import Iterator, Mapping
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # We frame the body ourselves; a configured header must not contradict that.
@@ -74,6 +74,13 @@ class Endpoint:
 
     def __repr__(self) -> str:
         return f"Endpoint({'https' if self.tls else 'http'}://{self.authority}{self.path})"
+
+
+def under(base_url: str, path: str) -> str:
+    """The URL of `path` under a provider's base URL: appended to its path, before its query
+    (Azure OpenAI's ?api-version=..., a key some vendors take there), which is kept."""
+    parts = urlsplit(base_url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + path, fragment=""))
 
 
 def request_head(endpoint: Endpoint, headers: Mapping[str, str]) -> bytes:

@@ -30,6 +30,7 @@ from faregate.providers.http_framing import (
     TransportError,
     request_bytes,
     request_head,
+    under,
 )
 from faregate.providers.response import Response
 from faregate.providers.sse import SSEDecoder, SSEProtocolError
@@ -67,7 +68,7 @@ class OpenAICompatibleProvider:
         self.name = name
         self._pool = pool
         self._endpoint = Endpoint(
-            settings.base_url.rstrip("/") + self.path, connect_timeout_s=settings.connect_timeout_s
+            under(settings.base_url, self.path), connect_timeout_s=settings.connect_timeout_s
         )
         # The key is read once: the environment does not change under a running gateway,
         # and os.environ lookups on every call are wasted work.
@@ -80,7 +81,7 @@ class OpenAICompatibleProvider:
         self._embeddings: tuple[Endpoint, bytes] | None = None
         if self.embeddings_path is not None:
             endpoint = Endpoint(
-                settings.base_url.rstrip("/") + self.embeddings_path,
+                under(settings.base_url, self.embeddings_path),
                 connect_timeout_s=settings.connect_timeout_s,
             )
             self._embeddings = (endpoint, request_head(endpoint, self._headers))

@@ -18,7 +18,7 @@ from faregate.config import ProviderSettings
 from faregate.errors import UpstreamFailure
 from faregate.providers.base import UpstreamCall, one_per_read
 from faregate.providers.http import ConnectionPool
-from faregate.providers.http_framing import Endpoint, request_head
+from faregate.providers.http_framing import Endpoint, request_head, under
 from faregate.providers.openai_compat import OpenAICompatibleProvider
 from faregate.types import JSON, Completion, Usage
 from faregate.wire.responses_native import (
@@ -39,7 +39,7 @@ class OpenAIResponsesProvider(OpenAICompatibleProvider):
     def __init__(self, name: str, settings: ProviderSettings, pool: ConnectionPool) -> None:
         super().__init__(name, settings, pool)
         endpoint = Endpoint(
-            settings.base_url.rstrip("/") + self.responses_path, connect_timeout_s=settings.connect_timeout_s
+            under(settings.base_url, self.responses_path), connect_timeout_s=settings.connect_timeout_s
         )
         self._responses = (endpoint, request_head(endpoint, self._headers))
 
