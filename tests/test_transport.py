@@ -990,3 +990,11 @@ async def core_paths() -> None:
 def test_core_paths_on_uvloop() -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(core_paths())
+
+
+@pytest.mark.e2e  # openssl makes the certificate
+def test_the_proxy_tunnel_on_uvloop(certificate: tuple[Path, Path], no_proxy_env: pytest.MonkeyPatch) -> None:
+    # uvloop's start_tls, like asyncio's, hands back the secured transport without telling the
+    # protocol: the tunnel's connection must work there too.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(test_https_upstreams_go_through_the_proxy_https_proxy_names(certificate, no_proxy_env))
