@@ -273,7 +273,7 @@ async def test_a_quality_margin_under_a_point_is_told_to_a_tenth() -> None:
     assert "is -0.3 points (below 0.0 points)" in fired["message"]
 
 
-async def test_a_failing_webhook_is_logged_without_the_secret_in_its_url(
+async def test_a_failing_webhook_is_logged_without_its_credentials_path_or_query(
     analytics: SQLiteAnalytics, hook: Hook, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Slack, Discord and Teams webhooks carry their secret in the URL's path (or a query token):
