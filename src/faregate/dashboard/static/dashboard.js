@@ -177,9 +177,7 @@ const moneyColumns = [
 ];
 
 function renderBreakdown(id, title, data) {
-  // A long name (a canonical model name, a request's own list of models) wraps: the table fits its panel.
-  const name = { title, key: "group", value: (r) => r.label || r.group || "(none)", cls: () => "wrap" };
-  fillTable($(id), [name, ...moneyColumns], data.rows, {
+  fillTable($(id), [{ title, key: "group", value: (r) => r.label || r.group || "(none)" }, ...moneyColumns], data.rows, {
     group: (r) => r.group || "",
   });
 }
@@ -208,8 +206,7 @@ const percentileColumns = [
 ];
 
 function renderLatency(byRoute, byModel) {
-  const route = { title: "Route", key: "group", value: (r) => r.group || "(none)", cls: () => "wrap" };
-  fillTable($("latency-route"), [route, ...percentileColumns], byRoute.rows, { group: (r) => r.group || "" });
+  fillTable($("latency-route"), [{ title: "Route", key: "group", value: (r) => r.group || "(none)" }, ...percentileColumns], byRoute.rows, { group: (r) => r.group || "" });
   fillTable($("latency-model"), [{ title: "Model", key: "group", value: (r) => r.group || "(none)" }, ...percentileColumns], byModel.rows, { group: (r) => r.group || "" });
   setText("latency-note", byRoute.sample_every > 1
     ? `Percentiles over every ${byRoute.sample_every}th request of the range (a sample); 4xx refusals left out.`
