@@ -869,3 +869,38 @@ def test_a_scorers_digest_is_its_weights_not_its_path(tmp_path: Path) -> None:
     retrained = tmp_path / "retrained.json"
     retrained.write_bytes(orjson.dumps(data))
     assert load_model_file(retrained, kind, text).digest() != load_model_file(source, kind, text).digest()
+
+
+async def test_quality_figures_write_money_as_positional_decimal_text() -> None:
+    """/admin/quality's money is exact positional text, as the dashboard API's is: a verification
+    of 22 cents per million was "2.2E-7" (Decimal's str), which a script reading the JSON as decimal
+    text, or comparing it, does not take for 0.00000022."""
+    from types import SimpleNamespace
+
+    from faregate.learning.online.settings import SemanticAcceptanceSettings
+    from faregate.quality.cache_live import CacheCalibration
+    from faregate.server.quality_api import quality_figures
+
+    store = FakeStore()
+    route = calibration()
+    day = today()
+    route.charge(route.decide("a", 0.1, 1.0, day=day), Decimal("0.00000022"), day)
+    cache = CacheCalibration(SemanticAcceptanceSettings(max_wrong_hit_rate=0.05), "exact")
+    service = QualityService([route], store, cache)
+    await store.insert(
+        VerificationRow("a", "r", "router", "cheap", "cheap", 0.1, 1.0, "exact", "acceptable", None, 220, 0.0)
+    )
+    await store.insert(
+        VerificationRow(
+            "b", "cache", "cache", "cheap", "served", 0.9, 1.0, "exact", "acceptable", None, 5, 0.0
+        )
+    )
+    gateway = SimpleNamespace(pipeline=SimpleNamespace(verifier=SimpleNamespace(service=service, pending=0)))
+    gateway.observability = None
+    body = await quality_figures(gateway)  # type: ignore[arg-type]
+    figures = body["routes"][0]
+    assert figures["verification_cost_usd"] == "0.00000022"
+    assert figures["spent_today_usd"] == "0.00000022"
+    assert body["cache"]["verification_cost_usd"] == "0.000000005"
+    assert [r["cost_usd"] for r in body["recent"]] == ["0.000000005", "0.00000022"]
+    assert route.figures()["verification_cost_usd"] == "0.00000022"

@@ -33,7 +33,7 @@ from faregate.learning.online.cache_prior import load_prior, prior_state
 from faregate.learning.online.sampling import VerificationBudget, coin
 from faregate.learning.online.settings import SemanticAcceptanceSettings
 from faregate.quality.state import NANO, Totals, UnsavedLimit, roll_over, today
-from faregate.store.rows import to_nanousd
+from faregate.store.rows import to_nanousd, usd_text
 
 SCOPE = "cache"
 # Entries with a recorded conflict kept (by their answer's exact key), newest last.
@@ -240,9 +240,9 @@ class CacheCalibration:
             "wrong": wrong,
             "verifications": self.totals.verifications,
             "by_label": dict(self.totals.by_label),
-            "verification_cost_usd": str(Decimal(self.totals.cost_nano) / NANO),
-            "daily_usd_cap": str(self.settings.daily_usd_cap),
-            "held_usd": str(self.held),
+            "verification_cost_usd": usd_text(Decimal(self.totals.cost_nano) / NANO),
+            "daily_usd_cap": usd_text(self.settings.daily_usd_cap),
+            "held_usd": usd_text(self.held),
             "cap_reached": self.exhausted(today()),
             "skipped_for_cap": self.totals.skipped_for_cap,
             "failed": self.totals.failed,

@@ -22,6 +22,7 @@ import numpy as np
 from faregate.quality.route_decisions import RouteDecisions
 from faregate.quality.route_outcomes import RouteOutcomes
 from faregate.quality.state import NANO, Decision, LiveState, Prior, Totals, today
+from faregate.store.rows import usd_text
 
 __all__ = ["NANO", "Decision", "LiveState", "Prior", "RouteCalibration", "Totals", "today"]
 
@@ -53,12 +54,12 @@ class RouteCalibration(RouteDecisions, RouteOutcomes):
             "by_label": dict(totals.by_label),
             "losses": totals.losses,
             "failed": totals.failed,
-            "verification_cost_usd": str(Decimal(totals.cost_nano) / NANO),
-            "daily_usd_cap": str(self.settings.verification.daily_usd_cap),
+            "verification_cost_usd": usd_text(Decimal(totals.cost_nano) / NANO),
+            "daily_usd_cap": usd_text(self.settings.verification.daily_usd_cap),
             # The budget keeps the last day that had a verification: none today, nothing spent.
-            "spent_today_usd": str(state.budget.spent if state.budget.day == day else Decimal(0)),
+            "spent_today_usd": usd_text(state.budget.spent if state.budget.day == day else Decimal(0)),
             # Worst cases of the verifications in flight, every instance's (quality/spend.py).
-            "held_usd": str(self.held),
+            "held_usd": usd_text(self.held),
             "cap_reached": self.exhausted(day),
             "skipped_for_cap": totals.skipped_for_cap,
             "flagged": state.flagged,

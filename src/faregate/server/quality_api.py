@@ -40,7 +40,7 @@ async def quality_figures(gateway: Gateway, limit: int = 20) -> dict[str, Any]:
     store = verifier.service.store
     for row in verifier.service.figures():
         verification = Decimal(await store.cost_nano(row["route"])) / NANO
-        row["verification_cost_usd"] = str(verification)
+        row["verification_cost_usd"] = usd_text(verification)
         if insights is not None:
             totals = await insights.analytics.totals(Slice(0.0, time.time() + 1, route=row["route"]))
             savings = totals.savings
@@ -50,7 +50,7 @@ async def quality_figures(gateway: Gateway, limit: int = 20) -> dict[str, Any]:
         routes.append(row)
     cache = verifier.service.cache_figures()
     if cache is not None:
-        cache["verification_cost_usd"] = str(Decimal(await store.cost_nano("cache", cache=True)) / NANO)
+        cache["verification_cost_usd"] = usd_text(Decimal(await store.cost_nano("cache", cache=True)) / NANO)
     if cache is not None and insights is not None:
         saved = (await insights.analytics.totals(Slice(0.0, time.time() + 1))).cache_saved
         cache["savings_usd"] = usd_text(saved)
