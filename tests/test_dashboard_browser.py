@@ -737,3 +737,50 @@ def test_a_refresh_that_ends_after_a_search_does_not_overwrite_its_results(
     assert rows.count() == 1
     assert page.inner_text('#requests tbody tr.row td[data-col="request_id"]') == traffic["ids"][0]
     page.close()
+
+
+def test_a_panel_that_fails_fast_does_not_pile_up_the_slow_ones(
+    browser: Any, dashboard_gateway: GatewayProcess, traffic: dict[str, Any]
+) -> None:
+    """One endpoint fails at once while another is slow (a struggling store): each load waits for
+    every request it made before another load starts, so Refresh (or the auto-refresh) does not add
+    a new set of queries behind the slow ones at every click."""
+    held: list[Any] = []
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    # Counts the page's own fetch calls (in the page, so the count is exact once a click returns).
+    page.add_init_script(
+        """(() => {
+            const fetch = window.fetch.bind(window);
+            window.latencyAsked = 0;
+            window.fetch = (url, init) => {
+                if (String(url).includes("/admin/dashboard/latency")) window.latencyAsked += 1;
+                return fetch(url, init);
+            };
+        })()"""
+    )
+    page.route(
+        "**/admin/dashboard/summary*",
+        lambda route: route.fulfill(
+            status=503, content_type="application/json", body='{"error": {"message": "store busy"}}'
+        ),
+    )
+    page.route("**/admin/dashboard/latency*", lambda route: held.append(route))
+    page.goto(f"http://127.0.0.1:{dashboard_gateway.port}/dashboard")
+    page.fill("#master-key", MASTER_KEY)
+    page.click("#login-button")
+    page.select_option("#refresh", "0")
+    wait_until(lambda: page.wait_for_timeout(20) or len(held) == 2, "the first load asks for latency")
+    for _ in range(3):
+        page.click("#refresh-now")
+    assert page.evaluate("window.latencyAsked") == 2
+    for route in held:
+        route.continue_()
+    # The clicks made during the load are loaded once it ends: one more load, not three.
+    wait_until(lambda: page.wait_for_timeout(20) or len(held) == 4, "the asked refresh runs")
+    for route in held[2:]:
+        route.continue_()
+    sync_api.expect(page.locator("#load-error")).to_have_text(
+        "Could not load the dashboard: store busy", timeout=10_000
+    )
+    assert page.evaluate("window.latencyAsked") == 4
+    page.close()

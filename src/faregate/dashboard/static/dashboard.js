@@ -399,6 +399,16 @@ function renderRequests(data, append) {
   $("more").hidden = data.next_before === null;
 }
 
+// Every fetch of a load, settled: a load ends only once all its requests have, so a panel that fails
+// at once does not let the next load (a tick, Refresh) start while the slow ones still run, which
+// piled a new set of queries on a struggling server at each. A refused key wins over other errors.
+async function settled(fetches) {
+  const results = await Promise.allSettled(fetches);
+  const failures = results.filter((r) => r.status === "rejected").map((r) => r.reason);
+  if (failures.length) throw failures.find((e) => e instanceof AuthError) || failures[0];
+  return results.map((r) => r.value);
+}
+
 // For a fetch whose failure one panel reports: any error but a refused key is returned, not thrown.
 function keepAuthError(error) {
   if (error instanceof AuthError) throw error;
@@ -429,7 +439,7 @@ async function load(asked = false) {
   const ticket = keepRequests ? null : ++state.list;
   try {
     const [summary, series, byModel, byProvider, byRoute, byWire, byKey, latRoute, latModel, reliability, health, feedback, alerts, requests, calibrated] =
-      await Promise.all([
+      await settled([
         api("summary"), api("series"),
         api("breakdown", { by: "model" }), api("breakdown", { by: "provider" }),
         api("breakdown", { by: "route" }), api("breakdown", { by: "wire" }), api("breakdown", { by: "key", limit: 20 }),
