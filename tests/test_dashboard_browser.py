@@ -223,7 +223,7 @@ def test_dashboard_shows_what_the_records_hold(
 
     # Latency per route, breakers from the live health board, feedback per model.
     assert (
-        page.locator('#latency-route tr[data-group="deepseek-v4-flash"] td[data-col="p99"]')
+        page.locator('#latency-route tr[data-group="deepseek-ai/DeepSeek-V4-Flash"] td[data-col="p99"]')
         .inner_text()
         .endswith(" ms")
     )
