@@ -52,8 +52,9 @@ function el(tag, attrs, ...children) {
 }
 
 // columns: [{title, key, value(row) -> text, raw(row) -> data-value, cls(row), width, clip}]
-// `width` sizes a column of a fixed-layout table; `clip` marks a text column: left-aligned, and the
-// whole text in the cell's tooltip (the cell shows what fits, ending in an ellipsis).
+// `width` sizes a column of a fixed-layout table; `clip` marks a text column of names: left-aligned,
+// cut with an ellipsis past what fits (a fixed column's width, else a bound: a long route or key
+// name would push a table's figures out of its panel), and the whole text in the cell's tooltip.
 function fillTable(table, columns, rows, options = {}) {
   table.replaceChildren();
   const head = el("tr", {}, ...columns.map((c) => {
@@ -177,7 +178,7 @@ const moneyColumns = [
 ];
 
 function renderBreakdown(id, title, data) {
-  fillTable($(id), [{ title, key: "group", value: (r) => r.label || r.group || "(none)" }, ...moneyColumns], data.rows, {
+  fillTable($(id), [{ title, key: "group", value: (r) => r.label || r.group || "(none)", clip: true }, ...moneyColumns], data.rows, {
     group: (r) => r.group || "",
   });
 }
@@ -206,8 +207,8 @@ const percentileColumns = [
 ];
 
 function renderLatency(byRoute, byModel) {
-  fillTable($("latency-route"), [{ title: "Route", key: "group", value: (r) => r.group || "(none)" }, ...percentileColumns], byRoute.rows, { group: (r) => r.group || "" });
-  fillTable($("latency-model"), [{ title: "Model", key: "group", value: (r) => r.group || "(none)" }, ...percentileColumns], byModel.rows, { group: (r) => r.group || "" });
+  fillTable($("latency-route"), [{ title: "Route", key: "group", value: (r) => r.group || "(none)", clip: true }, ...percentileColumns], byRoute.rows, { group: (r) => r.group || "" });
+  fillTable($("latency-model"), [{ title: "Model", key: "group", value: (r) => r.group || "(none)", clip: true }, ...percentileColumns], byModel.rows, { group: (r) => r.group || "" });
   setText("latency-note", byRoute.sample_every > 1
     ? `Percentiles over every ${byRoute.sample_every}th request of the range (a sample); 4xx refusals left out.`
     : "Percentiles over every request of the range; 4xx refusals left out.");
@@ -228,7 +229,7 @@ function renderLatency(byRoute, byModel) {
 
 function renderReliability(data, health) {
   fillTable($("reliability-provider"), [
-    { title: "Provider", key: "group", value: (r) => r.group || "(none reached)" },
+    { title: "Provider", key: "group", value: (r) => r.group || "(none reached)", clip: true },
     { title: "Requests", key: "requests", value: (r) => int(r.requests) },
     { title: "Errors", key: "error_rate", value: (r) => pct(r.error_rate) },
     { title: "Fallbacks", key: "fallback_rate", value: (r) => pct(r.fallback_rate) },
@@ -236,14 +237,14 @@ function renderReliability(data, health) {
     { title: "Empty", key: "empty_rate", value: (r) => pct(r.empty_rate) },
   ], data.rows, { group: (r) => r.group || "" });
   fillTable($("failed-attempts"), [
-    { title: "Provider", key: "provider", value: (r) => r.provider },
-    { title: "Model", key: "model", value: (r) => r.model },
+    { title: "Provider", key: "provider", value: (r) => r.provider, clip: true },
+    { title: "Model", key: "model", value: (r) => r.model, clip: true },
     { title: "Outcome", key: "outcome", value: (r) => r.outcome },
     { title: "Attempts", key: "attempts", value: (r) => int(r.attempts) },
   ], data.failed_attempts, { empty: "No failed upstream attempts in this range" });
   const offers = Object.entries(health.offers || {}).map(([offer, o]) => ({ offer, ...o }));
   fillTable($("health"), [
-    { title: "Offer", key: "offer", value: (r) => r.offer },
+    { title: "Offer", key: "offer", value: (r) => r.offer, clip: true },
     { title: "Breaker", key: "breaker", value: (r) => r.breaker.replace("_", "-"), cls: (r) => "state-" + r.breaker },
     { title: "Recent error rate", key: "error_rate", value: (r) => pct(100 * r.error_rate) },
     { title: "Times opened", key: "times_opened", value: (r) => int(r.times_opened) },
@@ -259,7 +260,7 @@ function renderReliability(data, health) {
 
 function renderFeedback(data) {
   fillTable($("feedback-model"), [
-    { title: "Model", key: "group", value: (r) => r.group || "(none)" },
+    { title: "Model", key: "group", value: (r) => r.group || "(none)", clip: true },
     { title: "Satisfaction", key: "satisfaction", value: (r) => pct(r.satisfaction), raw: (r) => r.satisfaction },
     { title: "Scores", key: "feedback", value: (r) => int(r.feedback) },
     { title: "Up", key: "thumbs_up", value: (r) => int(r.thumbs_up) },
@@ -288,7 +289,7 @@ function renderAlerts(data) {
     { title: "Since", key: "since", value: (r) => when(Date.parse(r.fired_at || r.pending_since) / 1000) },
   ], rows, { empty: data.rules.length ? "Nothing firing" : "No alert rules configured (alerts.rules in faregate.yaml)" });
   fillTable($("alert-rules"), [
-    { title: "Rule", key: "name", value: (r) => r.name },
+    { title: "Rule", key: "name", value: (r) => r.name, clip: true },
     // With what narrows it (route, model, provider, key): two rules apart only there read alike without.
     { title: "Metric", key: "metric", value: (r) => [
       r.metric,
@@ -328,7 +329,7 @@ function renderQuality(data) {
     { title: "Saved by cache hits, net of verification", key: "savings_net", value: (c) => usd(c.savings_net_usd), raw: (c) => c.savings_net_usd },
   ], data.cache ? [data.cache] : [], { empty: "Not calibrated (cache.semantic.max_wrong_hit_rate is not set)" });
   fillTable($("quality-routes"), [
-    { title: "Route", key: "route", value: (r) => `${r.route} (${r.kind})` },
+    { title: "Route", key: "route", value: (r) => `${r.route} (${r.kind})`, clip: true },
     { title: "Target", key: "target", value: (r) => share(r.target), raw: (r) => r.target },
     { title: "Strong share", key: "strong_share", value: (r) => share(r.strong_share), raw: (r) => r.strong_share },
     { title: "Estimated quality", key: "estimated_quality", raw: (r) => r.estimated_quality,
