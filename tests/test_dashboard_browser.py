@@ -340,6 +340,22 @@ def test_recent_requests_fit_and_a_route_is_one_row_at_1280_px(
         page.close()
 
 
+# The words of a cell's text that the layout broke across two lines.
+WORDS_BROKEN_ACROSS_LINES = """(cell) => {
+    const node = cell.firstChild;
+    const broken = [];
+    let at = 0;
+    for (const word of node.textContent.split(" ")) {
+        const range = document.createRange();
+        range.setStart(node, at);
+        range.setEnd(node, at + word.length);
+        if (range.getClientRects().length > 1) broken.push(word);
+        at += word.length + 1;
+    }
+    return broken;
+}"""
+
+
 def records(gw: GatewayProcess) -> int:
     with sqlite3.connect(gw.store_path / "faregate.db") as db:
         return int(db.execute("SELECT COUNT(*) FROM request_records").fetchone()[0])
@@ -375,7 +391,7 @@ def test_the_quality_panel_shows_each_calibrated_route(
         wait_until(lambda: figures()["pending"] == 0, "verifications finish")
         route = figures()["routes"][0]
         assert route["verifications"] > 30
-        page = open_dashboard(browser, gw, MASTER_KEY)
+        page = open_dashboard(browser, gw, MASTER_KEY, width=1280)
         page.wait_for_selector("body[data-loaded]", timeout=15_000)
         assert page.is_visible("[data-testid=quality]")
         row = '#quality-routes tr[data-group="calibrated"]'
@@ -392,6 +408,11 @@ def test_the_quality_panel_shows_each_calibrated_route(
         assert page.inner_text(f'{row} td[data-col="savings_net"]').startswith(("$", "-$"))
         # The ranking in force and its epoch (no learn_domains: no challenger shown).
         assert page.inner_text(f'{row} td[data-col="ranking"]') == "prior (epoch 0)"
+        # The health reason reads as words: its column is not crushed to a few letters a line by the
+        # wide table (it was "labell / ed / decisi / ons,").
+        health = page.locator(f'{row} td[data-col="health"]')
+        assert "labelled decisions" in health.inner_text()
+        assert health.evaluate(WORDS_BROKEN_ACROSS_LINES) == []
         # The semantic cache's acceptance: nothing certified, so nothing served.
         threshold = page.locator('#quality-cache td[data-col="threshold"]')
         assert threshold.inner_text() == "none yet: no semantic hit"
