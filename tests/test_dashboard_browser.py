@@ -807,3 +807,22 @@ def test_a_panel_that_fails_fast_does_not_pile_up_the_slow_ones(
     )
     assert page.evaluate("window.latencyAsked") == 4
     page.close()
+
+
+def test_a_cost_below_a_millionth_of_a_dollar_is_not_shown_as_zero(
+    browser: Any, sim: SimProcess, tmp_path: Path
+) -> None:
+    """An embedding of a word costs $0.00000002: the page shows that, not "$0.000000" (a paid
+    request shown as free), in the Spend card and the request's Cost."""
+    with run_gateway(tmp_path, sim) as gw:
+        client = openai.OpenAI(base_url=gw.base_url, api_key=make_key(gw.store_path, "tiny"), max_retries=0)
+        raw = client.embeddings.with_raw_response.create(model="text-embedding-3-small", input="hi")
+        assert raw.headers["x-faregate-cost-usd"] == "0.00000002"
+        wait_until(lambda: records(gw) >= 1, "the request is recorded")
+        page = open_dashboard(browser, gw, MASTER_KEY)
+        page.wait_for_selector("body[data-loaded]", timeout=15_000)
+        assert page.inner_text("#kpi-spend") == "$0.00000002"
+        assert page.inner_text("#kpi-avg-cost") == "$0.00000002 per request"
+        assert page.inner_text('#requests tbody tr.row td[data-col="cost"]') == "$0.00000002"
+        assert page.inner_text('#by-model td[data-col="spend"]') == "$0.00000002"
+        page.close()

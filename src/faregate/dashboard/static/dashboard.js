@@ -16,8 +16,11 @@ function usd(text) {
   if (text === null || text === undefined) return "–";
   const n = Number(text);
   const abs = Math.abs(n);
-  const digits = abs >= 100 ? 2 : abs >= 1 ? 4 : 6;
   const sign = n < 0 ? "-" : "";
+  // Under half a millionth (a short embedding: $0.00000002) six decimals would read "$0.000000",
+  // a paid request shown as free: such an amount is shown to two significant digits.
+  if (abs > 0 && abs < 0.0000005) return sign + "$" + abs.toLocaleString("en-US", { maximumSignificantDigits: 2 });
+  const digits = abs >= 100 ? 2 : abs >= 1 ? 4 : 6;
   return sign + "$" + abs.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
 }
 const int = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"));
