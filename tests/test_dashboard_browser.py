@@ -826,3 +826,34 @@ def test_a_cost_below_a_millionth_of_a_dollar_is_not_shown_as_zero(
         assert page.inner_text('#requests tbody tr.row td[data-col="cost"]') == "$0.00000002"
         assert page.inner_text('#by-model td[data-col="spend"]') == "$0.00000002"
         page.close()
+
+
+def test_a_request_that_never_answers_ends_the_load_with_an_error(
+    browser: Any, dashboard_gateway: GatewayProcess, traffic: dict[str, Any]
+) -> None:
+    """A dashboard query that never answers (a hung connection, a stalled proxy): after a minute
+    the load ends, says so, and the next Refresh loads again; it waited for ever, the page frozen
+    on its last figures with no word of it, every auto-refresh dropped behind it."""
+    held: list[Any] = []
+    asked: list[str] = []
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.clock.install()
+    page.on("request", lambda request: asked.append(request.url))
+    page.route(
+        "**/admin/dashboard/summary*", lambda route: held.append(route) if not held else route.continue_()
+    )
+    page.goto(f"http://127.0.0.1:{dashboard_gateway.port}/dashboard")
+    page.fill("#master-key", MASTER_KEY)
+    page.click("#login-button")
+    page.select_option("#refresh", "0")
+    wait_until(lambda: page.wait_for_timeout(20) or bool(held), "the summary is asked for")
+    page.clock.run_for(61_000)
+    sync_api.expect(page.locator("#load-error")).to_have_text(
+        "Could not load the dashboard: no answer in 60 s", timeout=10_000
+    )
+    summaries = sum("/admin/dashboard/summary" in url for url in asked)
+    page.click("#refresh-now")
+    page.wait_for_selector("body[data-loaded]", timeout=15_000)
+    assert sum("/admin/dashboard/summary" in url for url in asked) == summaries + 1
+    assert page.is_hidden("#load-error")
+    page.close()

@@ -94,16 +94,34 @@ async function authError(response) {
   return new AuthError((body.error && body.error.message) || "The master key was not accepted.");
 }
 
-async function api(name, extra = {}) {
+// A request with no answer (a hung connection, a stalled proxy) is given up after this long: else its
+// load never ended, and the page stayed on its last figures, every later load dropped behind it.
+const TIMEOUT_S = 60;
+
+async function getJson(url) {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), TIMEOUT_S * 1000);
+  try {
+    const response = await fetch(url, {
+      headers: { Authorization: "Bearer " + sessionStorage.getItem(KEY_STORE) },
+      signal: abort.signal,
+    });
+    if (response.status === 401 || response.status === 403) throw await authError(response);
+    // An error may not be the gateway's JSON (a proxy's HTML page): then its status says it.
+    const body = await (response.ok ? response.json() : response.json().catch(() => ({})));
+    if (!response.ok) throw new Error((body.error && body.error.message) || `HTTP ${response.status}`);
+    return body;
+  } catch (error) {
+    if (abort.signal.aborted) throw new Error(`no answer in ${TIMEOUT_S} s`);
+    throw error;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function api(name, extra = {}) {
   const params = new URLSearchParams({ range: $("range").value, ...extra });
-  const response = await fetch(`/admin/dashboard/${name}?${params}`, {
-    headers: { Authorization: "Bearer " + sessionStorage.getItem(KEY_STORE) },
-  });
-  if (response.status === 401 || response.status === 403) throw await authError(response);
-  // An error may not be the gateway's JSON (a proxy's HTML page): then its status says it.
-  const body = await (response.ok ? response.json() : response.json().catch(() => ({})));
-  if (!response.ok) throw new Error((body.error && body.error.message) || `HTTP ${response.status}`);
-  return body;
+  return getJson(`/admin/dashboard/${name}?${params}`);
 }
 
 // --- rendering ----------------------------------------------------------------------------
@@ -306,13 +324,8 @@ function renderAlerts(data) {
   ], data.rules, { empty: "No rules" });
 }
 
-async function quality() {
-  const response = await fetch("/admin/quality", {
-    headers: { Authorization: "Bearer " + sessionStorage.getItem(KEY_STORE) },
-  });
-  if (response.status === 401 || response.status === 403) throw await authError(response);
-  if (!response.ok) throw new Error(`HTTP ${response.status}`);
-  return response.json();
+function quality() {
+  return getJson("/admin/quality");
 }
 
 function renderQuality(data) {
