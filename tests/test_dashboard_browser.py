@@ -394,6 +394,8 @@ def test_the_quality_panel_shows_each_calibrated_route(
         page = open_dashboard(browser, gw, MASTER_KEY, width=1280)
         page.wait_for_selector("body[data-loaded]", timeout=15_000)
         assert page.is_visible("[data-testid=quality]")
+        # Its figures span the calibration, not the range picked (the page says so).
+        assert "Whatever the range above: money over all time" in page.inner_text("[data-testid=quality]")
         row = '#quality-routes tr[data-group="calibrated"]'
         assert page.inner_text(f'{row} td[data-col="target"]') == "90.0%"
         assert (
