@@ -859,3 +859,42 @@ def test_a_request_that_never_answers_ends_the_load_with_an_error(
     assert sum("/admin/dashboard/summary" in url for url in asked) == summaries + 1
     assert page.is_hidden("#load-error")
     page.close()
+
+
+def test_a_resolved_alert_shows_when_it_resolved(browser: Any, sim: SimProcess, tmp_path: Path) -> None:
+    """A resolved alert's row gives the time it resolved, not the time it fired: under 'resolved'
+    the time it fired read as the time the problem ended."""
+    config = (
+        "alerts:\n"
+        "  interval_s: 0.5\n"
+        "  rules:\n"
+        "    - {name: failing, metric: error_rate, above: 50, window_minutes: 0.05, min_count: 1}\n"
+    )
+    with run_gateway(tmp_path, sim, config) as gw:
+        client = openai.OpenAI(base_url=gw.base_url, api_key=make_key(gw.store_path, "f"), max_retries=0)
+        with pytest.raises(openai.APIStatusError):
+            client.chat.completions.create(
+                model="qwen3-8b", messages=prompt_of(50), extra_body={"sim": {"fault": "server_error"}}
+            )
+
+        def resolved() -> list[dict[str, Any]]:
+            recent = httpx.get(
+                f"http://127.0.0.1:{gw.port}/admin/dashboard/alerts",
+                headers={"Authorization": f"Bearer {MASTER_KEY}"},
+            ).json()["recent"]
+            return [event for event in recent if event["status"] == "resolved"]
+
+        wait_until(lambda: bool(resolved()), "the alert fires, then resolves once its window is empty")
+        event = resolved()[0]
+        page = browser.new_page(viewport={"width": 1440, "height": 1000}, timezone_id="Asia/Tokyo")
+        page.goto(f"http://127.0.0.1:{gw.port}/dashboard")
+        page.fill("#master-key", MASTER_KEY)
+        page.click("#login-button")
+        page.wait_for_selector("body[data-loaded]", timeout=15_000)
+        at = datetime.fromtimestamp(event["at"], ZoneInfo("Asia/Tokyo"))
+        fired = datetime.fromisoformat(event["fired_at"]).astimezone(ZoneInfo("Asia/Tokyo"))
+        assert f"{at:%H:%M:%S}" != f"{fired:%H:%M:%S}"
+        row = page.locator("#alerts-table tbody tr").first
+        assert row.locator('td[data-col="status"]').inner_text() == "resolved"
+        assert row.locator('td[data-col="since"]').inner_text() == f"{at:%d/%m, %H:%M:%S}"
+        page.close()

@@ -306,8 +306,10 @@ function renderAlerts(data) {
   fillTable($("alerts-table"), [
     { title: "Status", key: "status", value: (r) => r.status, cls: (r) => (r.status === "firing" ? "status-err" : null) },
     { title: "Alert", key: "message", value: (r) => r.message, cls: () => "wrap" },
-    // An ISO time in UTC: written as every other time on the page, in the browser's time zone.
-    { title: "Since", key: "since", value: (r) => when(Date.parse(r.fired_at || r.pending_since) / 1000) },
+    // Firing or pending: since when (an ISO time in UTC); resolved: when it resolved (`at`, unix
+    // seconds), not when it had fired. Written as every other time, in the browser's time zone.
+    { title: "Since / resolved at", key: "since",
+      value: (r) => when(r.status === "resolved" ? r.at : Date.parse(r.fired_at || r.pending_since) / 1000) },
   ], rows, { empty: data.rules.length ? "Nothing firing" : "No alert rules configured (alerts.rules in faregate.yaml)" });
   fillTable($("alert-rules"), [
     { title: "Rule", key: "name", value: (r) => r.name, clip: true },
