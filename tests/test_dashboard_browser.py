@@ -550,6 +550,10 @@ def test_spending_more_than_the_baseline_says_more_not_negative_less(
         assert page.inner_text("#kpi-savings-pct") == (
             f"{-summary['savings_percent']:.1f}% more than Qwen/Qwen3-8B"
         )
+        # An overspend is not written in the green of a saving.
+        card = page.locator(".card:has(#kpi-savings)")
+        assert "good" not in (card.get_attribute("class") or "").split()
+        assert page.eval_on_selector("#kpi-savings", "e => getComputedStyle(e).color") == "rgb(198, 47, 47)"
         page.close()
 
 

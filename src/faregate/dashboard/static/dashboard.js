@@ -138,6 +138,10 @@ function renderSummary(s) {
   setText("baseline-model", `(${s.baseline_model})`);
   setText("kpi-baseline", usd(s.baseline_usd), s.baseline_usd);
   setText("kpi-savings", usd(s.savings_usd), s.savings_usd);
+  // Green for a saving, red for an overspend (traffic dearer than the baseline).
+  const overspent = Number(s.savings_usd) < 0;
+  $("kpi-savings").closest(".card").classList.toggle("good", !overspent);
+  $("kpi-savings").closest(".card").classList.toggle("bad", overspent);
   // Negative savings (traffic dearer than the baseline) read as "more than", not "-x% less than".
   const p = s.savings_percent;
   setText("kpi-savings-pct", p === null ? ""
