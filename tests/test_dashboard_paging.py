@@ -54,3 +54,18 @@ async def test_paging_back_shows_every_request_once(client: TestClient[Any, Any]
         # The cursor: the time and the request id of the last row shown.
         params |= {"before": repr(page["next_before"]), "before_id": page.get("next_before_id") or ""}
     assert seen == ["r6", "r5", "r4", "r3", "r2", "r1", "r0"]
+
+
+async def test_an_iso_time_with_a_plus_offset_written_as_is_in_the_url(client: TestClient[Any, Any]) -> None:
+    """since=2023-11-14T23:13:10+01:00 typed in a URL (curl, a browser): the query decodes its '+'
+    to a space, and the time was refused as not ISO 8601 ('...T23:13:10 01:00'), though the docs
+    give such an offset. The space before an offset at the end is read as the '+' it was."""
+    url = "/admin/dashboard/summary?since=2023-11-14T23:13:10+01:00&until=2023-11-14T23:13:30+0100"
+    response = await client.get(url, headers=ADMIN)
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert (body["since"], body["until"]) == (AT - 10.25, AT + 9.75)
+    assert body["requests"] == 7
+    # A space between the date and the time (ISO 8601 allows it) is still that.
+    response = await client.get("/admin/dashboard/summary?since=2023-11-14 22:13:10", headers=ADMIN)
+    assert response.status == 200 and (await response.json())["since"] == AT - 10.25

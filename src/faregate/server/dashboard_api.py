@@ -10,6 +10,7 @@ Money is a decimal string in USD (exact), rates are percentages, times are unix 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -79,12 +80,17 @@ def _average(total: Decimal, count: int) -> str | None:
 LATEST_TIMESTAMP = 253_402_300_799.0
 
 
+# A time ending in " HH:MM" or " HHMM": an offset whose '+' a URL's query decoded to a space.
+PLUS_DECODED = re.compile(r"(\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:?\d{2})$")
+
+
 def _timestamp(text: str, name: str) -> float:
     try:
         value = float(text)
     except ValueError:
         try:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            iso = PLUS_DECODED.sub(r"\1+\2", text.replace("Z", "+00:00"))
+            moment = datetime.fromisoformat(iso)
             # No offset given: UTC (as the day buckets), not the server's local zone, so that the
             # same URL means the same time on every server.
             value = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
