@@ -174,7 +174,8 @@ def pyspy_report(path: Path, top: int) -> dict[str, Any]:
     leaves: dict[str, int] = defaultdict(int)
     stages: dict[str, int] = defaultdict(int)
     loop_samples = other = 0
-    for line in path.read_text().splitlines():
+    # py-spy writes native frames' symbol names as it finds them, not always UTF-8.
+    for line in path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
