@@ -14,8 +14,9 @@ from typing import Any, cast
 import pytest
 from aiohttp import web
 
-from faregate.config import AlertRule, AlertSettings, WebhookSettings, parse_settings
+from faregate.config import AlertRule, AlertSettings, Settings, WebhookSettings, load_settings, parse_settings
 from faregate.errors import ConfigError
+from faregate.server.app import build_gateway
 from faregate.store.backends import open_backends
 from faregate.store.feedback import Feedback
 from faregate.store.protocols import StoreUnavailable
@@ -441,3 +442,64 @@ async def test_alerts_firing_together_are_each_a_line_through_the_repeat_limiter
         "alert resolved: errors: error rate of provider p1",
         "alert resolved: errors: error rate of provider p2",
     ]
+
+
+def subjects_settings(tmp_path: Path, *rules: dict[str, Any]) -> Settings:
+    return load_settings(
+        overrides={
+            "store": {"path": str(tmp_path / "store")},
+            "catalog": {"broad": False},
+            "routes": {"chat": {"chain": ["deepseek-v4-flash", "gpt-4o-mini"]}},
+            "alerts": {"rules": list(rules)},
+        }
+    )
+
+
+def test_a_rule_for_an_unknown_provider_is_refused_at_load() -> None:
+    rule = {"name": "x", "metric": "error_rate", "above": 5, "provider": "OpenAI"}
+    with pytest.raises(ConfigError, match=r"alerts.rules\[0\] \(x\).provider: unknown provider 'OpenAI'"):
+        parse_settings({"alerts": {"rules": [rule]}})
+
+
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        (
+            {"route": "chta"},
+            r"alerts.rules\[0\] \(x\).route: unknown route or model 'chta'; did you mean chat",
+        ),
+        ({"model": "deepseek-v4-flsh"}, r"\.model: unknown model 'deepseek-v4-flsh'; did you mean deepseek"),
+        (
+            {"metric": "quality_margin", "below": 0, "above": None, "route": "chat"},
+            r"\.route: 'chat' is not a calibrated route",
+        ),
+    ],
+)
+async def test_a_rule_for_a_route_or_model_the_gateway_never_records_stops_start_up(
+    tmp_path: Path, rule: dict[str, Any], problem: str
+) -> None:
+    """Such a rule never had traffic in its window, so it never fired (a silent typo)."""
+    given = {
+        k: v for k, v in {"name": "x", "metric": "error_rate", "above": 5, **rule}.items() if v is not None
+    }
+    with pytest.raises(ConfigError, match=problem):
+        await build_gateway(subjects_settings(tmp_path, given))
+
+
+async def test_a_rule_naming_a_model_by_alias_watches_its_records(tmp_path: Path) -> None:
+    """Records hold the model's canonical name (and, for a request naming the model, the route
+    too): a rule written with the alias or another case must be compared with that name."""
+    rules = [
+        {"name": "by-alias", "metric": "error_rate", "above": 5, "model": "DeepSeek-V4-Flash"},
+        {"name": "route-by-alias", "metric": "error_rate", "above": 5, "route": "gpt-4o-MINI"},
+        {"name": "route", "metric": "error_rate", "above": 5, "route": "chat"},
+    ]
+    settings = subjects_settings(tmp_path, *rules)
+    gateway = await build_gateway(settings)
+    try:
+        by_alias, route_by_alias, route = settings.alerts.rules
+        assert by_alias.model == "deepseek-ai/DeepSeek-V4-Flash"
+        assert route_by_alias.route == "gpt-4o-mini"
+        assert route.route == "chat"
+    finally:
+        await gateway.close()

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from faregate.config import load_settings
+from faregate.catalog import build_catalog
+from faregate.config import check_alert_subjects, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))]
@@ -43,4 +44,8 @@ def test_the_documents_show_config_snippets() -> None:
 def test_documented_config_loads(where: str, block: str, tmp_path: Path) -> None:
     path = tmp_path / "faregate.yaml"
     path.write_text(block, encoding="utf-8")
-    load_settings(path)
+    settings = load_settings(path)
+    if settings.alerts.rules:
+        # The routes and models a rule names are checked once the catalog is built (server.app).
+        catalog = build_catalog(settings)
+        check_alert_subjects(settings.alerts, settings.routes, catalog.canonical_name, catalog.suggest)

@@ -447,7 +447,7 @@ async def test_quality_alert_rules_fire_per_route() -> None:
         from faregate.config import Settings, check_alerts
 
         check_alerts(
-            AlertSettings(rules=[AlertRule(name="x", metric="router_flagged", above=0, per="key")]), "t"
+            AlertSettings(rules=[AlertRule(name="x", metric="router_flagged", above=0, per="key")]), "t", ()
         )
         assert Settings
 

@@ -102,6 +102,11 @@ class Catalog:
     def get(self, name: str) -> Model | None:
         return self._index.get(name.lower())
 
+    def canonical_name(self, name: str) -> str | None:
+        """The model's own name for a name or alias in any case (None: not in the catalog)."""
+        model = self.get(name)
+        return None if model is None else model.name
+
     def __contains__(self, name: str) -> bool:
         return name.lower() in self._index
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from faregate.config.loading import (
+    check_alert_subjects,
     check_alerts,
     config_path,
     default_data,
@@ -69,6 +70,7 @@ __all__ = [
     "TracingSettings",
     "UpstreamQueueSettings",
     "WebhookSettings",
+    "check_alert_subjects",
     "check_alerts",
     "config_path",
     "default_data",

@@ -6,8 +6,10 @@ routes, models and providers; alerts; accounts). Every failure is one ConfigErro
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Callable, Collection
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,12 @@ from faregate.config.sections import (
 )
 from faregate.errors import ConfigError
 from faregate.extras import check_settings
-from faregate.route_config import check_cache_acceptance, check_routes, resolve_policy_files
+from faregate.route_config import (
+    RouteSettings,
+    check_cache_acceptance,
+    check_routes,
+    resolve_policy_files,
+)
 
 
 def _merge(base: Any, override: Any) -> Any:
@@ -217,7 +224,7 @@ def _check_references(settings: Settings, origin: str) -> None:
             _check_prices(offer, f"{origin}: models.{name}.offers[{i}]")
     check_routes(settings, origin, seen_names)
     check_cache_acceptance(settings.cache.semantic, origin)
-    check_alerts(settings.alerts, origin)
+    check_alerts(settings.alerts, origin, settings.providers)
     _check_tracing(settings.tracing.otlp_endpoint, origin)
     cache_rules = [r.name for r in settings.alerts.rules if r.metric in CACHE_ALERTS]
     if cache_rules and settings.cache.semantic.max_wrong_hit_rate is None:
@@ -250,7 +257,7 @@ def _check_prices(priced: ModelSettings | OfferSettings, where: str) -> None:
             raise ConfigError(f"{where}.{field_name} must not be negative")
 
 
-def check_alerts(alerts: AlertSettings, origin: str) -> None:
+def check_alerts(alerts: AlertSettings, origin: str, providers: Collection[str]) -> None:
     names: set[str] = set()
     for i, rule in enumerate(alerts.rules):
         where = f"{origin}: alerts.rules[{i}] ({rule.name})"
@@ -268,6 +275,11 @@ def check_alerts(alerts: AlertSettings, origin: str) -> None:
             if rule.per not in (None, "route"):
                 raise ConfigError(f"{where}: {rule.metric} is always per route; per must be route or unset")
             rule.per = "route"
+        # Records name the provider as configured: a rule for another name never fires.
+        if rule.provider is not None and rule.provider not in providers:
+            raise ConfigError(
+                f"{where}.provider: unknown provider {rule.provider!r}; expected one of {sorted(providers)}"
+            )
     if alerts.webhook is not None and not alerts.webhook.url.startswith(("http://", "https://")):
         raise ConfigError(f"{origin}: alerts.webhook.url must start with http:// or https://")
 
@@ -310,3 +322,45 @@ def _check_accounts(settings: Settings, origin: str) -> None:
                 f"{origin}: upstream_limits.{name}: unknown provider; expected one of "
                 f"{sorted(settings.providers)}"
             )
+
+
+def check_alert_subjects(
+    alerts: AlertSettings,
+    routes: dict[str, RouteSettings],
+    canonical: Callable[[str], str | None],
+    suggest: Callable[[str], list[str]],
+) -> None:
+    """Every route and model an alert rule narrows to must be one the gateway records (checked once
+    the whole catalog is built, as the routes' names are): a rule for a typo, or for a model's
+    alias (records hold its canonical name), never had any traffic and so never fired.
+    `canonical` is a catalog name or alias's canonical model name (None: not in the catalog); a
+    model's alias or case in a rule is replaced by that name, as a request's is in its record."""
+    for i, rule in enumerate(alerts.rules):
+        where = f"alerts.rules[{i}] ({rule.name})"
+        if rule.route is not None and rule.metric in QUALITY_ALERTS:
+            route = routes.get(rule.route)
+            if route is None or route.quality is None:
+                calibrated = sorted(name for name, r in routes.items() if r.quality is not None)
+                raise ConfigError(
+                    f"{where}.route: {rule.route!r} is not a calibrated route (routes.NAME.quality); "
+                    f"expected one of {calibrated}"
+                )
+        elif rule.route is not None and rule.route not in routes:
+            # A request naming a model directly is recorded under the model's canonical name.
+            model = canonical(rule.route)
+            if model is None:
+                hint = _hint(suggest, rule.route, routes)
+                raise ConfigError(f"{where}.route: unknown route or model {rule.route!r}{hint}")
+            rule.route = model
+        if rule.model is not None:
+            model = canonical(rule.model)
+            if model is None:
+                raise ConfigError(
+                    f"{where}.model: unknown model {rule.model!r}{_hint(suggest, rule.model, {})}"
+                )
+            rule.model = model
+
+
+def _hint(suggest: Callable[[str], list[str]], name: str, routes: Collection[str]) -> str:
+    close = difflib.get_close_matches(name, list(routes), n=2) + suggest(name)
+    return f"; did you mean {', '.join(close[:3])}?" if close else ""
