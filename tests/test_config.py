@@ -40,6 +40,42 @@ def test_unknown_nested_key_names_its_path(tmp_path: Path) -> None:
         load_settings(write(tmp_path, "server: {prot: 1}\n"))
 
 
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("servr: {port: 1}\n", "unknown field `servr`; did you mean `server`?"),
+        ("server: {prot: 1}\n", "unknown field `prot` - at `server`; did you mean `port`?"),
+        # A key written as its value, kept out of the message (a secret here).
+        (
+            "providers: {vllm: {base_url: 'http://x', api_key: sk-secret}}\n",
+            "unknown field `api_key` - at `providers.vllm`; did you mean `api_key_env`?",
+        ),
+        (
+            "models: {Qwen/Qwen3.5-9B: {input: 1, output: 1, offers: [{provder: vllm}]}}\n",
+            "at `models.Qwen/Qwen3.5-9B.offers[0]`; did you mean `provider`?",
+        ),
+        (
+            "routes: {smart: {chain: [{modle: gpt-4o}]}}\n",
+            "at `routes.smart.chain[0]`; did you mean `model`?",
+        ),
+        (
+            "routes: {smart: {cascade: {steps: [a, b], judge: {check: [empty]}}}}\n",
+            "at `routes.smart.cascade.judge`; did you mean `checks`?",
+        ),
+        (
+            "accounts: {standard: {rpm: 60}}\n",
+            "at `accounts.standard`; expected one of requests_per_minute, tokens_per_minute",
+        ),
+    ],
+)
+def test_an_unknown_key_is_refused_with_the_key_meant(tmp_path: Path, text: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(write(tmp_path, text))
+    message = str(raised.value)
+    assert message.endswith(hint)
+    assert "\n" not in message and "sk-secret" not in message
+
+
 def test_bad_value_says_what_was_expected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"Expected `int`, got `str` - at `server.port`"):
         load_settings(write(tmp_path, "server: {port: lots}\n"))

@@ -142,7 +142,10 @@ def parse_settings(data: dict[str, Any], origin: str = "config") -> Settings:
     try:
         settings = msgspec.convert(data, Settings)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{origin}: {_explain(_name_the_entry(data, str(exc)))}") from exc
+        # The hint walks msgspec's own path, whose map entries are `[...]` (a model's name may
+        # hold dots).
+        hint = _known_fields_hint(str(exc))
+        raise ConfigError(f"{origin}: {_explain(_name_the_entry(data, str(exc)))}{hint}") from exc
     _check_references(settings, origin)
     # A feature turned on whose optional packages are missing: one line naming the extra.
     check_settings(settings, origin)
@@ -171,6 +174,62 @@ def _name_the_entry(data: dict[str, Any], text: str) -> str:
             if str(exc) == text:
                 return text.replace(found.group(0), f"`$.{found.group(1)}.{name}", 1)
     return text
+
+
+_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `([^`]*)`(?: - at `\$([^`]*)`)?$")
+_PATH_STEP = re.compile(r"\.([^.\[]+)|\[[^\]]*\]")
+
+
+def _known_fields_hint(text: str) -> str:
+    """For an unknown key, the key meant: the closest field of the section it is in (`; did you mean
+    `port`?`), else the fields that section takes; a typo otherwise leaves the user guessing."""
+    found = _UNKNOWN_FIELD.search(text)
+    if found is None:
+        return ""
+    fields = _fields_at(msgspec.inspect.type_info(Settings), found.group(2) or "")
+    if not fields:
+        return ""
+    close = difflib.get_close_matches(found.group(1), fields, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean `{close[0]}`?"
+    return f"; expected one of {', '.join(fields)}"
+
+
+def _fields_at(info: msgspec.inspect.Type, path: str) -> list[str]:
+    """The field names of the struct at `path` (msgspec's `.a.b[0]`) under `info`; [] if none."""
+    for step in _PATH_STEP.finditer(path):
+        info = _struct_or_container(info)
+        if isinstance(info, msgspec.inspect.StructType) and step.group(1) is not None:
+            field = next((f for f in info.fields if f.encode_name == step.group(1)), None)
+            if field is None:
+                return []
+            info = field.type
+        elif isinstance(info, msgspec.inspect.DictType):
+            info = info.value_type  # a map's entry, named by its key
+        elif isinstance(info, msgspec.inspect.ListType):
+            info = info.item_type
+        else:
+            return []
+    info = _struct_or_container(info)
+    if isinstance(info, msgspec.inspect.StructType):
+        return [f.encode_name for f in info.fields]
+    return []
+
+
+def _struct_or_container(info: msgspec.inspect.Type) -> msgspec.inspect.Type:
+    """Through Annotated bounds and optional or alternative forms (`str | ChainItem`) to the
+    struct, map or list a YAML mapping or list was read as."""
+    while True:
+        if isinstance(info, msgspec.inspect.Metadata):
+            info = info.type
+        elif isinstance(info, msgspec.inspect.UnionType):
+            kinds = (msgspec.inspect.StructType, msgspec.inspect.DictType, msgspec.inspect.ListType)
+            inner = [t for t in (_struct_or_container(t) for t in info.types) if isinstance(t, kinds)]
+            if len(inner) != 1:
+                return info
+            info = inner[0]
+        else:
+            return info
 
 
 def _replaced(data: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
