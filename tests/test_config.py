@@ -264,3 +264,34 @@ def test_numeric_settings_out_of_bounds_are_a_config_error(
     with pytest.raises(ConfigError, match=re.escape(f"{problem} - at `{key}`")) as raised:
         load_settings(write(tmp_path, section + "\n"))
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "providers: {vllm: {base_url: 'http://x', api_key_env: sk-proj-Zx81secret}}\n",
+            "providers.vllm.api_key_env: must be the name of the environment variable that holds the key",
+        ),
+        (
+            "providers: {openai: {api_key_env: '${OPENAI_KEY}'}}\n",
+            r"providers.openai.api_key_env: write the variable's name alone \(OPENAI_KEY\)",
+        ),
+        (
+            "auth: {master_key_env: $FG_MASTER}\n",
+            r"auth.master_key_env: write the variable's name alone \(FG_MASTER\)",
+        ),
+        ("auth: {master_key_env: 'fg-Zx81secret'}\n", "auth.master_key_env: must be the name"),
+    ],
+)
+def test_a_key_env_setting_must_name_a_variable(tmp_path: Path, text: str, problem: str) -> None:
+    """The key itself pasted there (or a ${NAME} reference, which is not expanded) named a variable
+    nobody sets: the provider stayed off, or the master key unset, without a word."""
+    with pytest.raises(ConfigError, match=problem) as raised:
+        load_settings(write(tmp_path, text))
+    assert "Zx81secret" not in str(raised.value)
+
+
+def test_a_key_env_setting_may_name_any_variable(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "providers: {vllm: {api_key_env: _My_Key2}}\n"))
+    assert settings.providers["vllm"].api_key_env == "_My_Key2"

@@ -295,8 +295,28 @@ def _check_references(settings: Settings, origin: str) -> None:
     for name, provider in settings.providers.items():
         if not provider.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{origin}: providers.{name}.base_url must start with http:// or https://")
+        _check_env_name(provider.api_key_env, f"{origin}: providers.{name}.api_key_env")
+    _check_env_name(settings.auth.master_key_env, f"{origin}: auth.master_key_env")
     if settings.server.max_body_bytes <= 0:
         raise ConfigError(f"{origin}: server.max_body_bytes must be positive")
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_env_name(value: str | None, where: str) -> None:
+    """`*_env` names the variable that holds a secret. The key pasted there instead (or `${NAME}`,
+    which is not expanded) named a variable nobody sets: the provider stayed off without a word,
+    and the value, a secret, went into the hint of its upstream errors. Never echoed here."""
+    if value is None or _ENV_NAME.fullmatch(value):
+        return
+    inner = value.removeprefix("${").removesuffix("}").removeprefix("$")
+    if _ENV_NAME.fullmatch(inner):
+        raise ConfigError(f"{where}: write the variable's name alone ({inner}), not a reference to it")
+    raise ConfigError(
+        f"{where}: must be the name of the environment variable that holds the key "
+        "(e.g. OPENAI_API_KEY), not the key itself"
+    )
 
 
 PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
