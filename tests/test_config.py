@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from faregate.config import load_settings, parse_settings
+from faregate.config import Settings, load_settings, parse_settings
 from faregate.errors import ConfigError
+from faregate.server.app import build_gateway
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -295,3 +296,46 @@ def test_a_key_env_setting_must_name_a_variable(tmp_path: Path, text: str, probl
 def test_a_key_env_setting_may_name_any_variable(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, "providers: {vllm: {api_key_env: _My_Key2}}\n"))
     assert settings.providers["vllm"].api_key_env == "_My_Key2"
+
+
+def ttl_settings(tmp_path: Path, route_ttl_s: dict[str, float]) -> Settings:
+    return load_settings(
+        overrides={
+            "store": {"path": str(tmp_path / "store")},
+            "catalog": {"broad": False},
+            "routes": {"smart": {"chain": ["deepseek-v4-flash", "gpt-4o-mini"]}},
+            "cache": {"route_ttl_s": route_ttl_s},
+        }
+    )
+
+
+async def test_a_route_ttl_for_a_model_alias_applies_to_its_requests(tmp_path: Path) -> None:
+    """The TTL is looked up by the name a request resolves to (a route, or the model's canonical
+    name): one keyed by the alias was never found, and those entries lived cache.ttl_s."""
+    settings = ttl_settings(tmp_path, {"smart": 60, "deepseek-v4-flash": 120, "GPT-4o-mini": 30})
+    gateway = await build_gateway(settings)
+    try:
+        assert settings.cache.route_ttl_s == {
+            "smart": 60,
+            "deepseek-ai/DeepSeek-V4-Flash": 120,
+            "gpt-4o-mini": 30,
+        }
+    finally:
+        await gateway.close()
+
+
+@pytest.mark.parametrize(
+    ("ttls", "problem"),
+    [
+        ({"smrt": 60}, r"cache.route_ttl_s.smrt: unknown route or model 'smrt'; did you mean smart"),
+        (
+            {"deepseek-v4-flash": 60, "deepseek-ai/DeepSeek-V4-Flash": 90},
+            "'deepseek-ai/DeepSeek-V4-Flash' is already given another TTL",
+        ),
+    ],
+)
+async def test_a_route_ttl_for_no_route_or_model_stops_start_up(
+    tmp_path: Path, ttls: dict[str, float], problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        await build_gateway(ttl_settings(tmp_path, ttls))

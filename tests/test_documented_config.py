@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from faregate.catalog import build_catalog
-from faregate.config import check_alert_subjects, load_settings
+from faregate.config import check_alert_subjects, check_route_ttls, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))]
@@ -45,7 +45,8 @@ def test_documented_config_loads(where: str, block: str, tmp_path: Path) -> None
     path = tmp_path / "faregate.yaml"
     path.write_text(block, encoding="utf-8")
     settings = load_settings(path)
-    if settings.alerts.rules:
-        # The routes and models a rule names are checked once the catalog is built (server.app).
+    if settings.alerts.rules or settings.cache.route_ttl_s:
+        # The routes and models these name are checked once the catalog is built (server.app).
         catalog = build_catalog(settings)
         check_alert_subjects(settings.alerts, settings.routes, catalog.canonical_name, catalog.suggest)
+        check_route_ttls(settings.cache, settings.routes, catalog.canonical_name, catalog.suggest)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from faregate.config.loading import (
     check_alert_subjects,
     check_alerts,
+    check_route_ttls,
     config_path,
     default_data,
     load_settings,
@@ -72,6 +73,7 @@ __all__ = [
     "WebhookSettings",
     "check_alert_subjects",
     "check_alerts",
+    "check_route_ttls",
     "config_path",
     "default_data",
     "load_settings",

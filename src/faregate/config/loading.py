@@ -23,6 +23,7 @@ from faregate.config.sections import (
     CONFIG_ENV,
     QUALITY_ALERTS,
     AlertSettings,
+    CacheSettings,
     ModelSettings,
     OfferSettings,
     Settings,
@@ -438,6 +439,28 @@ def check_alert_subjects(
                     f"{where}.model: unknown model {rule.model!r}{_hint(suggest, rule.model, {})}"
                 )
             rule.model = model
+
+
+def check_route_ttls(
+    cache: CacheSettings,
+    routes: dict[str, RouteSettings],
+    canonical: Callable[[str], str | None],
+    suggest: Callable[[str], list[str]],
+) -> None:
+    """`cache.route_ttl_s` is looked up by the route or canonical model name a request resolves
+    to: a key that was a model's alias, another case or a typo was never looked up, and its
+    entries lived `ttl_s` without a word. A model's alias or case is read as its canonical name;
+    an unknown name stops start-up (checked once the whole catalog is built)."""
+    resolved: dict[str, float] = {}
+    for name, ttl in cache.route_ttl_s.items():
+        target = name if name in routes else canonical(name)
+        if target is None:
+            hint = _hint(suggest, name, routes)
+            raise ConfigError(f"cache.route_ttl_s.{name}: unknown route or model {name!r}{hint}")
+        if target in resolved and resolved[target] != ttl:
+            raise ConfigError(f"cache.route_ttl_s.{name}: {target!r} is already given another TTL")
+        resolved[target] = ttl
+    cache.route_ttl_s = resolved
 
 
 def _hint(suggest: Callable[[str], list[str]], name: str, routes: Collection[str]) -> str:

@@ -17,7 +17,7 @@ from faregate.accounts.master import MasterKey
 from faregate.accounts.setup import Accounts, build_accounts, new_key_credits_nano
 from faregate.cache.factory import build_cache
 from faregate.catalog import Catalog, Model, build_catalog
-from faregate.config import Settings, check_alert_subjects
+from faregate.config import Settings, check_alert_subjects, check_route_ttls
 from faregate.dashboard.assets import add_dashboard_page
 from faregate.errors import ConfigError, FaregateError, InternalError, InvalidRequest, NotFound
 from faregate.lifecycle import Lifecycle
@@ -162,6 +162,7 @@ async def _build(settings: Settings, lifecycle: Lifecycle) -> Gateway:
     catalog = build_catalog(settings)
     check_cache_judge(settings.cache.semantic, lambda name: name in settings.routes or name in catalog)
     check_alert_subjects(settings.alerts, settings.routes, catalog.canonical_name, catalog.suggest)
+    check_route_ttls(settings.cache, settings.routes, catalog.canonical_name, catalog.suggest)
     pool = make_upstream_pool(settings)
     lifecycle.on_close("the upstream connection pool", pool.close)
     providers = ProviderRegistry.build(settings, pool)
