@@ -339,3 +339,11 @@ async def test_a_route_ttl_for_no_route_or_model_stops_start_up(
 ) -> None:
     with pytest.raises(ConfigError, match=problem):
         await build_gateway(ttl_settings(tmp_path, ttls))
+
+
+def test_a_provider_named_like_another_but_for_case_is_refused(tmp_path: Path) -> None:
+    """Provider names are matched exactly: `OpenAI:` meant to point the built-in openai elsewhere
+    was a second provider, and openai's offers still went to api.openai.com."""
+    text = "providers: {OpenAI: {base_url: 'http://127.0.0.1:9/v1', api_key_env: OPENAI_API_KEY}}\n"
+    with pytest.raises(ConfigError, match=r"providers.OpenAI: the name is provider 'openai'"):
+        load_settings(write(tmp_path, text))

@@ -293,7 +293,15 @@ def _check_references(settings: Settings, origin: str) -> None:
             "set cache.semantic.max_wrong_hit_rate"
         )
     _check_accounts(settings, origin)
+    lowered: dict[str, str] = {}
     for name, provider in settings.providers.items():
+        # Offers and limits name providers exactly, so this is another provider, not the one meant.
+        other = lowered.setdefault(name.lower(), name)
+        if other != name:
+            raise ConfigError(
+                f"{origin}: providers.{name}: the name is provider {other!r} but for case "
+                "(provider names are matched exactly: write it as that one's to change it)"
+            )
         if not provider.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{origin}: providers.{name}.base_url must start with http:// or https://")
         _check_env_name(provider.api_key_env, f"{origin}: providers.{name}.api_key_env")
