@@ -105,6 +105,8 @@ def dashboard_gateway(
 ) -> Iterator[GatewayProcess]:
     config = (
         "routing: {retries: 1, backoff_base_s: 0.01}\n"
+        # The routes the two latency rules below watch (a rule on an undeclared route is refused).
+        "routes: {chat: {chain: [qwen3-8b]}, code: {chain: [glm-4-plus]}}\n"
         "alerts:\n"
         "  interval_s: 0.5\n"
         f"  webhook: {{url: '{webhook.url}'}}\n"
