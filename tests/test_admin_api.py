@@ -202,3 +202,12 @@ async def test_a_wrong_method_is_a_405_that_says_which_are_allowed(
     response = await client.get(path)
     assert response.status == 405
     assert "POST" in response.headers.get("Allow", "")
+
+
+async def test_the_answer_that_carries_a_new_raw_key_is_never_stored_by_a_cache(
+    client: TestClient[Any, Any],
+) -> None:
+    """The raw key is in this answer only: a proxy or browser cache in between must not keep it."""
+    created = await client.post("/admin/keys", json={"name": "cached?"}, headers=ADMIN)
+    assert created.status == 201 and (await created.json())["api_key"]
+    assert created.headers.get("Cache-Control") == "no-store"

@@ -94,7 +94,10 @@ class AdminApi:
         credits = body.get("credits_usd")
         credits_nano = None if credits is None else parse_usd(credits, "credits_usd", allow_zero=True)
         view, raw = await self.service.create_key(name, premium, credits_nano, policy_change(body))
-        return _json({**key_json(view), "api_key": raw}, status=201)
+        response = _json({**key_json(view), "api_key": raw}, status=201)
+        # The raw key is in this answer only: no cache in between (a proxy, a browser) may keep it.
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     async def list(self, request: web.Request) -> web.StreamResponse:
         require_master(request, self.master_key)
