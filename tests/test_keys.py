@@ -12,6 +12,7 @@ import pytest
 import faregate.accounts.keys as keys_module
 from faregate.accounts.keys import ApiKey, KeyStore, hash_key
 from faregate.accounts.master import MasterKey
+from faregate.config import Settings
 from faregate.errors import InvalidRequest
 from faregate.store.protocols import KeyRow
 from faregate.store.sqlite.store import SQLiteStore
@@ -233,3 +234,17 @@ async def test_negative_cache_is_bounded(keys: KeyStore, monkeypatch: pytest.Mon
     for i in range(10):
         await keys.verify(f"fg-{i:040d}")
     assert len(keys._bad) == 3
+
+
+def test_a_master_key_read_from_a_file_with_its_newline_still_matches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FAREGATE_MASTER_KEY filled from a file (a Kubernetes secret, `$(cat key)` keeps none, `env`
+    files often do) ends in a newline no header can carry: the key is the value without the
+    whitespace around it, else admin was locked out with no word why."""
+    settings = Settings()
+    settings.store.path = str(tmp_path)
+    monkeypatch.setenv(settings.auth.master_key_env, "fg-master-from-a-file\n")
+    assert MasterKey.load(settings).matches("fg-master-from-a-file")
+    monkeypatch.setenv(settings.auth.master_key_env, " \n")
+    assert not MasterKey.load(settings).enabled  # blank: no master key, the admin API stays off

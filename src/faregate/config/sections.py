@@ -421,4 +421,6 @@ class Settings(_Strict):
     upstream_limits: dict[str, UpstreamQueueSettings] = {}
 
     def master_key(self) -> str | None:
-        return os.environ.get(self.auth.master_key_env) or None
+        # Without the whitespace around it: a value filled from a file often ends in a newline,
+        # which no Authorization header can carry (admin was locked out without a word).
+        return (os.environ.get(self.auth.master_key_env) or "").strip() or None
