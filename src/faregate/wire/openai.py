@@ -366,12 +366,13 @@ class StreamedAnswer:
             content = delta.get("content")
             if isinstance(content, str):
                 text.append(content)
-            if delta.get("tool_calls") or delta.get("function_call"):
-                if delta.get("tool_calls"):
-                    calls = self.calls
-                    if calls is None:
-                        calls = self.calls = StreamedCalls()
-                    calls.mend(choice.get("index", 0), delta["tool_calls"])
+            tool_calls = delta.get("tool_calls")
+            if tool_calls or delta.get("function_call"):
+                if tool_calls:
+                    mending = self.calls
+                    if mending is None:
+                        mending = self.calls = StreamedCalls()
+                    mending.mend(choice.get("index", 0), tool_calls)
                 self.tool_calls = _call_text(delta, text) or self.tool_calls
             if choice.get("index") or choice.get("logprobs") or delta.get("refusal") or delta.get("audio"):
                 self.plain_text = False  # n > 1, logprobs, a refusal or audio: not one text answer
