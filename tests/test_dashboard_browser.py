@@ -904,3 +904,54 @@ def test_a_resolved_alert_shows_when_it_resolved(browser: Any, sim: SimProcess, 
         assert row.locator('td[data-col="status"]').inner_text() == "resolved"
         assert row.locator('td[data-col="since"]').inner_text() == f"{at:%d/%m, %H:%M:%S}"
         page.close()
+
+
+# The tab's visibility under the test's control (headless Chromium's page is always "visible"):
+# `window.setHidden(true)` hides it as another tab in front would, with the event a browser sends.
+# It also counts the page's own summary fetches (in the page: exact once a call returns).
+VISIBILITY_AND_SUMMARIES = """(() => {
+    let hidden = false;
+    Object.defineProperty(document, "hidden", { get: () => hidden });
+    Object.defineProperty(document, "visibilityState", { get: () => (hidden ? "hidden" : "visible") });
+    window.setHidden = (value) => {
+        hidden = value;
+        document.dispatchEvent(new Event("visibilitychange"));
+    };
+    const fetch = window.fetch.bind(window);
+    window.summaryAsked = 0;
+    window.fetch = (url, init) => {
+        if (String(url).includes("/admin/dashboard/summary")) window.summaryAsked += 1;
+        return fetch(url, init);
+    };
+})()"""
+
+
+def test_a_hidden_tab_does_not_refresh_and_refreshes_at_once_when_shown(
+    browser: Any, dashboard_gateway: GatewayProcess, traffic: dict[str, Any]
+) -> None:
+    """A dashboard left open in a background tab kept loading every panel each 30 s for nobody
+    (a dozen store queries a tick, per open tab, all day). Hidden, it asks for nothing; shown
+    again, it loads at once, then goes on refreshing."""
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.clock.install()  # the page's timers on a clock the test moves
+    page.add_init_script(VISIBILITY_AND_SUMMARIES)
+    page.goto(f"http://127.0.0.1:{dashboard_gateway.port}/dashboard")
+    page.fill("#master-key", MASTER_KEY)
+    page.click("#login-button")
+    page.wait_for_selector("body[data-loaded]", timeout=15_000)
+    assert page.evaluate("window.summaryAsked") == 1
+    page.evaluate("window.setHidden(true)")
+    page.clock.run_for(95_000)  # three ticks of the default auto-refresh (30 s)
+    assert page.evaluate("window.summaryAsked") == 1
+    loaded = page.get_attribute("body", "data-loaded")
+    page.evaluate("window.setHidden(false)")
+    assert page.evaluate("window.summaryAsked") == 2
+    sync_api.expect(page.locator("body")).not_to_have_attribute("data-loaded", loaded or "", timeout=10_000)
+    page.clock.run_for(31_000)  # the auto-refresh goes on
+    assert page.evaluate("window.summaryAsked") == 3
+    # With auto-refresh off, showing the tab again loads nothing either.
+    page.select_option("#refresh", "0")
+    page.evaluate("window.setHidden(true)")
+    page.evaluate("window.setHidden(false)")
+    assert page.evaluate("window.summaryAsked") == 3
+    page.close()

@@ -507,10 +507,18 @@ function searchParams() {
   return state.query ? { q: state.query } : {};
 }
 
+// A hidden tab (another tab in front, a minimised window) is read by nobody: its auto-refresh
+// waits, not running every panel's queries each tick all day; shown again, it loads at once.
 function schedule() {
   clearInterval(state.timer);
   const seconds = Number($("refresh").value);
-  if (seconds > 0) state.timer = setInterval(() => load(), seconds * 1000);
+  if (seconds > 0 && !document.hidden) state.timer = setInterval(() => load(), seconds * 1000);
+}
+
+function visibilityChanged() {
+  if ($("app").hidden) return; // signed out: nothing to refresh
+  schedule();
+  if (!document.hidden && Number($("refresh").value) > 0) load();
 }
 
 function showLogin(message) {
@@ -539,6 +547,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("logout").addEventListener("click", () => showLogin(""));
   $("range").addEventListener("change", () => load(true));
   $("refresh").addEventListener("change", schedule);
+  document.addEventListener("visibilitychange", visibilityChanged);
   $("refresh-now").addEventListener("click", () => load(true));
   $("search-form").addEventListener("submit", async (event) => {
     event.preventDefault();
