@@ -170,6 +170,26 @@ def test_a_flag_restarts_the_calibration_without_the_prior() -> None:
     assert calibration.labelled == 0 and calibration.strong_share == 1.0
 
 
+def test_the_quality_interval_holds_the_estimate_when_the_cheap_path_does_better() -> None:
+    """A prior whose curve keeps more than the strong model's accuracy (the weak model better on
+    its training data) puts the estimated quality over 100%: the interval shown around it was
+    [estimate - margin, 100%], its lower end above its upper one and the estimate outside it."""
+    settings = QualitySettings(
+        target=0.9,
+        confidence=0.8,
+        prior_outcomes=200,
+        verification=VerificationSettings(share=1.0, rest_ratio=1.0, daily_usd_cap=Decimal(5)),
+    )
+    curve = (CalibrationPoint(0.0, 1.2, 1.0), CalibrationPoint(1.0, 1.2, 1.0))
+    route = RouteCalibration("r", "router", settings, prior=Prior(curve, 0.8))  # type: ignore[arg-type]
+    route.cheap, route.strong = "weak", "strong"
+    run(route, 20, wrong=False)
+    figures = route.figures()
+    assert figures["verifications"] > 0 and figures["estimated_quality"] > 1.0
+    low, high = figures["quality_interval"]
+    assert 0.0 <= low < figures["estimated_quality"] < high
+
+
 def test_state_round_trips_through_json() -> None:
     route = calibration()
     run(route, 80, wrong=False)

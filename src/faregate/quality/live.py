@@ -80,5 +80,10 @@ def _interval(quality: float, n: int) -> list[float]:
     the e-value's, not this."""
     if n <= 0:
         return [0.0, 1.0]
-    half = 1.96 * float(np.sqrt(max(quality * (1.0 - quality), 0.25 / n) / n))
-    return [max(0.0, quality - half), min(1.0, quality + half)]
+    # Over 1 (a prior whose cheap path beat the strong one): the paths differ on at least a share
+    # |1 - quality| of decisions, which gives the spread q(1 - q) does under 1 (there negative).
+    differ = min(abs(1.0 - quality), 1.0)
+    half = 1.96 * float(np.sqrt(max(differ * (1.0 - differ), 0.25 / n) / n))
+    # Capped at 100% only when the estimate is under it: else the interval ended below its estimate.
+    ceiling = 1.0 if quality <= 1.0 else float("inf")
+    return [max(0.0, quality - half), min(ceiling, quality + half)]
