@@ -341,6 +341,20 @@ async def test_a_route_ttl_for_no_route_or_model_stops_start_up(
         await build_gateway(ttl_settings(tmp_path, ttls))
 
 
+async def test_a_misspelt_baseline_model_says_which_model_was_meant(tmp_path: Path) -> None:
+    """Every figure of savings is priced on baseline_model: a typo stopped start-up with no hint
+    of the name meant, unlike an unknown model in a route."""
+    settings = load_settings(
+        overrides={
+            "store": {"path": str(tmp_path / "store")},
+            "catalog": {"broad": False},
+            "baseline_model": "gpt-4oo",
+        }
+    )
+    with pytest.raises(ConfigError, match=r"^baseline_model: unknown model 'gpt-4oo'; did you mean gpt-4o\b"):
+        await build_gateway(settings)
+
+
 def test_a_provider_named_like_another_but_for_case_is_refused(tmp_path: Path) -> None:
     """Provider names are matched exactly: `OpenAI:` meant to point the built-in openai elsewhere
     was a second provider, and openai's offers still went to api.openai.com."""

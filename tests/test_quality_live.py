@@ -431,6 +431,13 @@ cache:
     )
     with pytest.raises(ConfigError, match=r"cache\.semantic\.judge_model: unknown model or route 'nosuch'"):
         await build_gateway(unknown)
+    # A misspelt judge: the model meant, as an unknown model elsewhere in the config is told.
+    typo = load_settings(
+        write(tmp_path, ok.replace("judge_model: judge-m", "judge_model: judge-n")),
+        overrides={"store": {"path": str(tmp_path / "store")}},
+    )
+    with pytest.raises(ConfigError, match=r"unknown model or route 'judge-n'; did you mean judge-m\b"):
+        await build_gateway(typo)
     bad = {
         "judge without a model": ok.replace(", judge_model: judge-m", ""),
         "a model without the judge": ok.replace("comparator: llm_judge", "comparator: exact"),

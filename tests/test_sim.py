@@ -532,6 +532,44 @@ def test_script_validation_names_the_key(script: dict[str, Any], fragment: str) 
     assert fragment in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("script", "message"),
+    [
+        ({"seeed": 7}, "sim script: Object contains unknown field `seeed`; did you mean `seed`?"),
+        (
+            {"defaults": {"ttft": 5}},
+            "sim script: Object contains unknown field `ttft` - at `defaults`; did you mean `ttft_ms`?",
+        ),
+        (
+            {"models": {"a": {"faults": {"rate_limt": 0.1}}}},
+            "sim script: Object contains unknown field `rate_limt` - at `models.a.faults`;"
+            " did you mean `rate_limit`?",
+        ),
+        (
+            {"defaults": {"answer": {"lorm": 3}}},
+            "sim script: Object contains unknown field `lorm` - at `defaults.answer`; did you mean `lorem`?",
+        ),
+        (
+            {"defaults": {"answer": {"replay": {"csv": "a.csv", "colum": "x"}}}},
+            "sim script: Object contains unknown field `colum` - at `defaults.answer.replay`;"
+            " did you mean `column`?",
+        ),
+        # Nothing close: the fields the section takes.
+        (
+            {"defaults": {"answer": {"zzz": 1}}},
+            "sim script: Object contains unknown field `zzz` - at `defaults.answer`;"
+            " expected one of fixed, lorem, replay",
+        ),
+    ],
+)
+def test_an_unknown_script_key_says_where_and_what_was_meant(script: dict[str, Any], message: str) -> None:
+    """As the config does: a misspelt key in a sim script is named with its place and the key
+    meant (it said neither for a key of `defaults` or of a model, only `unknown field `ttft``)."""
+    with pytest.raises(ConfigError) as info:
+        parse_script(script)
+    assert str(info.value) == message
+
+
 def test_model_overrides_replace_fields_and_merge_faults(tmp_path: Path) -> None:
     (tmp_path / "answers.csv").write_text("prompt,good\nhi,hello\n")
     path = tmp_path / "sim.yaml"

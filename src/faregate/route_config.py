@@ -343,12 +343,16 @@ def check_cache_acceptance(semantic: SemanticCacheSettings, origin: str) -> None
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def check_cache_judge(semantic: SemanticCacheSettings, known: Callable[[str], bool]) -> None:
+def check_cache_judge(
+    semantic: SemanticCacheSettings,
+    known: Callable[[str], bool],
+    hint: Callable[[str], str] = lambda name: "",
+) -> None:
     """The semantic cache's judge must be a model or route the gateway can call (checked once the
-    whole catalog is built, as the routes' names are)."""
+    whole catalog is built, as the routes' names are); `hint` names the ones close to a typo."""
     judge = semantic.judge_model
     if semantic.enabled and judge is not None and not known(judge):
-        raise ConfigError(f"cache.semantic.judge_model: unknown model or route {judge!r}")
+        raise ConfigError(f"cache.semantic.judge_model: unknown model or route {judge!r}{hint(judge)}")
 
 
 def acceptance_settings(semantic: SemanticCacheSettings) -> SemanticAcceptanceSettings:

@@ -145,7 +145,7 @@ def parse_settings(data: dict[str, Any], origin: str = "config") -> Settings:
     except msgspec.ValidationError as exc:
         # The hint walks msgspec's own path, whose map entries are `[...]` (a model's name may
         # hold dots).
-        hint = _known_fields_hint(str(exc))
+        hint = known_fields_hint(str(exc))
         raise ConfigError(f"{origin}: {_explain(_name_the_entry(data, str(exc)))}{hint}") from exc
     _check_references(settings, origin)
     # A feature turned on whose optional packages are missing: one line naming the extra.
@@ -181,13 +181,14 @@ _UNKNOWN_FIELD = re.compile(r"Object contains unknown field `([^`]*)`(?: - at `\
 _PATH_STEP = re.compile(r"\.([^.\[]+)|\[[^\]]*\]")
 
 
-def _known_fields_hint(text: str) -> str:
+def known_fields_hint(text: str, root: type = Settings) -> str:
     """For an unknown key, the key meant: the closest field of the section it is in (`; did you mean
-    `port`?`), else the fields that section takes; a typo otherwise leaves the user guessing."""
+    `port`?`), else the fields that section takes; a typo otherwise leaves the user guessing.
+    `text` is msgspec's error for data converted to `root` (a sim script's parts too)."""
     found = _UNKNOWN_FIELD.search(text)
     if found is None:
         return ""
-    fields = _fields_at(msgspec.inspect.type_info(Settings), found.group(2) or "")
+    fields = _fields_at(msgspec.inspect.type_info(root), found.group(2) or "")
     if not fields:
         return ""
     close = difflib.get_close_matches(found.group(1), fields, n=1, cutoff=0.6)
@@ -437,14 +438,14 @@ def check_alert_subjects(
             # A request naming a model directly is recorded under the model's canonical name.
             model = canonical(rule.route)
             if model is None:
-                hint = _hint(suggest, rule.route, routes)
+                hint = did_you_mean(suggest, rule.route, routes)
                 raise ConfigError(f"{where}.route: unknown route or model {rule.route!r}{hint}")
             rule.route = model
         if rule.model is not None:
             model = canonical(rule.model)
             if model is None:
                 raise ConfigError(
-                    f"{where}.model: unknown model {rule.model!r}{_hint(suggest, rule.model, {})}"
+                    f"{where}.model: unknown model {rule.model!r}{did_you_mean(suggest, rule.model, {})}"
                 )
             rule.model = model
 
@@ -463,7 +464,7 @@ def check_route_ttls(
     for name, ttl in cache.route_ttl_s.items():
         target = name if name in routes else canonical(name)
         if target is None:
-            hint = _hint(suggest, name, routes)
+            hint = did_you_mean(suggest, name, routes)
             raise ConfigError(f"cache.route_ttl_s.{name}: unknown route or model {name!r}{hint}")
         if target in resolved and resolved[target] != ttl:
             raise ConfigError(f"cache.route_ttl_s.{name}: {target!r} is already given another TTL")
@@ -471,6 +472,8 @@ def check_route_ttls(
     cache.route_ttl_s = resolved
 
 
-def _hint(suggest: Callable[[str], list[str]], name: str, routes: Collection[str]) -> str:
+def did_you_mean(suggest: Callable[[str], list[str]], name: str, routes: Collection[str]) -> str:
+    """`; did you mean a, b?` for an unknown model or route name: the close route names, then the
+    catalog's (`suggest`); "" if none is close."""
     close = difflib.get_close_matches(name, list(routes), n=2) + suggest(name)
     return f"; did you mean {', '.join(close[:3])}?" if close else ""

@@ -17,7 +17,7 @@ from faregate.accounts.master import MasterKey
 from faregate.accounts.setup import Accounts, build_accounts, new_key_credits_nano
 from faregate.cache.factory import build_cache
 from faregate.catalog import Catalog, Model, build_catalog
-from faregate.config import Settings, check_alert_subjects, check_route_ttls
+from faregate.config import Settings, check_alert_subjects, check_route_ttls, did_you_mean
 from faregate.dashboard.assets import add_dashboard_page
 from faregate.errors import ConfigError, FaregateError, InternalError, InvalidRequest, NotFound
 from faregate.lifecycle import Lifecycle
@@ -138,7 +138,7 @@ def models_listing(catalog: Catalog) -> bytes:
 def baseline_price(catalog: Catalog, name: str) -> Price:
     model = catalog.get(name)
     if model is None:
-        raise ConfigError(f"baseline_model: unknown model {name!r}")
+        raise ConfigError(f"baseline_model: unknown model {name!r}{did_you_mean(catalog.suggest, name, ())}")
     return model.list_price
 
 
@@ -160,7 +160,11 @@ async def _build(settings: Settings, lifecycle: Lifecycle) -> Gateway:
     # Process-wide, like the tokenizer it may load: every count of this process follows it.
     usage_estimate.configure(settings.accounts.usage_estimate)
     catalog = build_catalog(settings)
-    check_cache_judge(settings.cache.semantic, lambda name: name in settings.routes or name in catalog)
+    check_cache_judge(
+        settings.cache.semantic,
+        lambda name: name in settings.routes or name in catalog,
+        lambda name: did_you_mean(catalog.suggest, name, settings.routes),
+    )
     check_alert_subjects(settings.alerts, settings.routes, catalog.canonical_name, catalog.suggest)
     check_route_ttls(settings.cache, settings.routes, catalog.canonical_name, catalog.suggest)
     pool = make_upstream_pool(settings)

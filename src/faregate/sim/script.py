@@ -3,7 +3,8 @@
 A script has a `defaults` behaviour and per-model overrides. An override replaces
 the fields it names and keeps the rest from `defaults`; `faults` merges by fault
 name, so a model can add one fault rate without repeating the others. Unknown or duplicate
-keys and bad values fail at load with a one-line message naming the key, like faregate.config.
+keys and bad values fail at load with a one-line message naming the key and where it is, and for
+an unknown key the key meant, like faregate.config.
 
     seed: 7                  # reproducible fault draws (one random stream per model)
     strict_models: false     # true: unknown models get 404 model_not_found (else: served with defaults)
@@ -39,7 +40,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import msgspec
 
-from faregate.config.loading import read_yaml_file
+from faregate.config.loading import known_fields_hint, read_yaml_file
 from faregate.errors import ConfigError
 from faregate.sim import replay as replay_csv
 
@@ -245,12 +246,17 @@ def _convert(data: Any, kind: type[T], origin: str, where: str) -> T:
     try:
         return msgspec.convert(data, kind)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{origin}: {_explain(exc, where)}") from exc
+        # The key meant, as the config says it (the path in msgspec's text is still kind's own).
+        hint = known_fields_hint(str(exc), kind)
+        raise ConfigError(f"{origin}: {_explain(exc, where)}{hint}") from exc
 
 
 def _explain(exc: msgspec.ValidationError, where: str) -> str:
     text = str(exc)
     # msgspec says "at `$.faults.hang`"; name the key the way the file spells it.
     if where:
+        if " - at `$" not in text:
+            # An error in the part itself (`defaults`, a model's): msgspec names no place at all.
+            return f"{text} - at `{where}`"
         return text.replace("`$.", f"`{where}.").replace("`$`", f"`{where}`")
     return text.replace("`$.", "`").replace("`$`", "the top level")
