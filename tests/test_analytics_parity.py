@@ -197,6 +197,7 @@ def per_dimension(s: Slice, by: Dimension) -> dict[str, Query]:
     return {
         f"breakdown by {by}": lambda a: a.breakdown(s, by),
         f"breakdown by {by}, top 2": lambda a: a.breakdown(s, by, 2),
+        f"breakdown by {by}, top 2 and how many": lambda a: a.top_groups(s, by, 2),
         f"latency by {by}": lambda a: a.latency(s, by),
         f"reliability by {by}": lambda a: a.reliability(s, by),
         f"feedback by {by}": lambda a: a.feedback(s, by),

@@ -955,3 +955,26 @@ def test_a_hidden_tab_does_not_refresh_and_refreshes_at_once_when_shown(
     page.evaluate("window.setHidden(false)")
     assert page.evaluate("window.summaryAsked") == 3
     page.close()
+
+
+def test_the_keys_table_says_it_shows_the_top_20_of_more(
+    browser: Any, sim: SimProcess, tmp_path: Path
+) -> None:
+    """The page asks for the 20 keys that spent most: with more keys in the range, the table said
+    nothing of the others, and read as every key."""
+    with run_gateway(tmp_path, sim) as gw:
+        for n in range(21):
+            client = openai.OpenAI(
+                base_url=gw.base_url, api_key=make_key(gw.store_path, f"k{n}"), max_retries=0
+            )
+            client.chat.completions.create(model="deepseek-v4-flash", messages=prompt_of(20 + n))
+        wait_until(lambda: records(gw) >= 21, "the requests are recorded")
+        page = open_dashboard(browser, gw, MASTER_KEY)
+        page.wait_for_selector("body[data-loaded]", timeout=15_000)
+        assert page.locator("#by-key tbody tr").count() == 20
+        assert page.is_visible("#by-key-note")
+        assert page.inner_text("#by-key-note") == "Top 20 of 21 keys by spend"
+        # A list that is whole says nothing more.
+        assert page.is_hidden("#by-model-note")
+        assert page.errors == []
+        page.close()

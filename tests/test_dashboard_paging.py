@@ -4,6 +4,7 @@ a timestamp at the edge of a page (their order is the time, then the order they 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,43 @@ async def test_an_iso_time_with_a_plus_offset_written_as_is_in_the_url(client: T
     # A space between the date and the time (ISO 8601 allows it) is still that.
     response = await client.get("/admin/dashboard/summary?since=2023-11-14 22:13:10", headers=ADMIN)
     assert response.status == 200 and (await response.json())["since"] == AT - 10.25
+
+
+async def test_a_cut_breakdown_says_how_many_groups_there_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dashboard asks for the top 20 keys: the answer says how many there are in all, so the
+    page can tell a cut list from a whole one (20 rows read as every key)."""
+    monkeypatch.setenv("FAREGATE_MASTER_KEY", MASTER_KEY)
+    settings = load_settings(overrides={"store": {"path": str(tmp_path)}, "catalog": {"broad": False}})
+    store = await SQLiteStore.open(tmp_path)
+    await store.insert_records(
+        [
+            RequestRecord(request_id=f"r{n}", created_at=AT, key_id=f"k{n % 5}", model_requested="A",
+                          model_used="A", provider="p", status=200, stream=False,
+                          cost_usd=Decimal(n % 5) / 1000)
+            for n in range(10)
+        ]
+    )  # fmt: skip
+    await store.close()
+    gateway = await build_gateway(settings)
+    async with TestClient(TestServer(create_app(gateway))) as client:
+        since = {"since": AT - 10, "until": AT + 10}
+        response = await client.get(
+            "/admin/dashboard/breakdown", params={**since, "by": "key", "limit": 2}, headers=ADMIN
+        )
+        body = await response.json()
+        assert [row["group"] for row in body["rows"]] == ["k4", "k3"] and body["groups"] == 5
+        response = await client.get(
+            "/admin/dashboard/breakdown", params={**since, "by": "model"}, headers=ADMIN
+        )
+        body = await response.json()
+        assert len(body["rows"]) == 1 and body["groups"] == 1
+        # An empty range: no group.
+        response = await client.get(
+            "/admin/dashboard/breakdown",
+            params={"since": AT + 100, "until": AT + 200, "by": "key"},
+            headers=ADMIN,
+        )
+        body = await response.json()
+        assert body["rows"] == [] and body["groups"] == 0

@@ -247,9 +247,10 @@ class DashboardApi:
         s = await self.slice(request)
         by = self.dimension(request, "model")
         limit = int_param(request, "limit", 100, 1, 1000)
-        groups = await self.analytics.breakdown(s, by, limit)
+        groups, total = await self.analytics.top_groups(s, by, limit)
         rows = [{"group": g.group, "label": g.label or g.group, **totals_json(g.totals)} for g in groups]
-        return self.reply(s, {"by": by, "rows": rows})
+        # `groups`: how many there are in all, the rows being the first `limit` of them.
+        return self.reply(s, {"by": by, "groups": total, "rows": rows})
 
     async def latency(self, request: web.Request) -> web.Response:
         s = await self.slice(request)

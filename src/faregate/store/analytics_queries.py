@@ -182,18 +182,26 @@ class AnalyticsQueries:
 
     async def breakdown(self, s: Slice, by: Dimension, limit: int = 100) -> list[GroupTotals]:
         """Totals per model, provider, key or route; the most expensive first."""
+        groups, _ = await self.top_groups(s, by, limit)
+        return groups
+
+    async def top_groups(self, s: Slice, by: Dimension, limit: int) -> tuple[list[GroupTotals], int]:
+        """The breakdown's first `limit` groups, and how many groups the slice has in all (a top
+        N that does not say there are more reads as every group)."""
         source, params = await self._source(s, by, TOTAL_COLUMNS)
+        # The window counts the groups before the LIMIT cuts them: the same query, no second scan.
         rows = await self._rows(
-            f"SELECT grp, {_SUMS} FROM {source} GROUP BY grp"
+            f"SELECT grp, {_SUMS}, COUNT(*) OVER () FROM {source} GROUP BY grp"
             f" ORDER BY SUM(cost_nanousd) DESC, SUM(requests) DESC, grp{self.dialect.collate} LIMIT ?",
             [*params, limit],
         )
-        groups = [GroupTotals(ungroup(row[0]), totals_of(tuple(row)[1:])) for row in rows]
+        groups = [GroupTotals(ungroup(row[0]), totals_of(tuple(row)[1:-1])) for row in rows]
+        total = int(rows[0][-1]) if rows else 0
         if by == "key":
             names = await self.key_labels([g.group for g in groups if g.group is not None])
             for g in groups:
                 g.label = names.get(g.group or "")
-        return groups
+        return groups, total
 
     async def series(self, s: Slice, bucket_s: int) -> list[GroupTotals]:
         """Totals per time bucket (aligned to the epoch, so day buckets start at 00:00 UTC); the

@@ -206,6 +206,10 @@ function renderBreakdown(id, title, data) {
   fillTable($(id), [{ title, key: "group", value: (r) => r.label || r.group || "(none)", clip: true }, ...moneyColumns], data.rows, {
     group: (r) => r.group || "",
   });
+  // Only the top spenders are asked for (keys: 20): a cut list says so, else it reads as every one.
+  const cut = data.groups > data.rows.length;
+  setText(id + "-note", cut ? `Top ${int(data.rows.length)} of ${int(data.groups)} ${title.toLowerCase()}s by spend` : "");
+  $(id + "-note").hidden = !cut;
 }
 
 function renderModelChart(data) {
