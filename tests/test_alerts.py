@@ -401,6 +401,41 @@ async def test_a_per_key_rule_names_each_key_as_the_spend_rule_does(
     assert fired["message"].startswith("key-errors: error rate of key support-bot (fg-B21v…) is 50.0%")
 
 
+async def test_the_error_rate_is_of_the_requests_taken_on_not_of_refusals(tmp_path: Path, hook: Hook) -> None:
+    """Half the requests the gateway served failed upstream (502), while a client looped on its
+    rate limit (429s, each a record): the error rate was 5xx over every request, refusals
+    included, so the flood of a client's own 4xx diluted the outage to 5% and the rule never
+    fired. Refused requests (4xx) are left out of it, as they are of the latency rules."""
+    store = await SQLiteStore.open(tmp_path)
+    served = [rec(i, NOW - 60, status=502 if i % 2 else 200) for i in range(10)]
+    refused = [
+        rec(100 + i, NOW - 50, status=429, provider=None, model_used=None, attempts=[], cost_usd=Decimal(0))
+        for i in range(90)
+    ]
+    await store.insert_records(served + refused)
+    analytics = await SQLiteAnalytics.open(store.path)
+    rule = AlertRule(name="failing", metric="error_rate", above=20, min_count=10)
+    settings = AlertSettings(
+        interval_s=0.05, webhook=WebhookSettings(url=hook.url, timeout_s=2), rules=[rule]
+    )
+    alerts = AlertManager(settings, analytics)
+    try:
+        (fired,) = await alerts.evaluate(NOW)
+        assert fired["value"] == 50.0
+        assert fired["message"].startswith("failing: error rate is 50.0% (above 20.0%)")
+        # Refusals alone are no evidence either way: min_count counts the requests taken on.
+        only_refused = AlertRule(name="quiet", metric="error_rate", above=20, min_count=11)
+        quiet = AlertManager(AlertSettings(interval_s=0.05, rules=[only_refused]), analytics)
+        try:
+            assert await quiet.evaluate(NOW) == []
+        finally:
+            await quiet.close()
+    finally:
+        await alerts.close()
+        await analytics.close()
+        await store.close()
+
+
 async def test_an_unreadable_memory_does_not_stop_the_alerts(analytics: SQLiteAnalytics, hook: Hook) -> None:
     """A remembered alert this version cannot read (another version's, or edited by hand) is not a
     reason to stop alerting: the rules are evaluated afresh."""

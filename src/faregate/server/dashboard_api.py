@@ -115,7 +115,9 @@ def totals_json(t: Totals) -> dict[str, Any]:
     return {
         "requests": t.requests,
         "errors": t.errors,
-        "error_rate": _rate(t.errors, t.requests),
+        # Of the requests taken on: a client's own 4xx (a loop on a rate limit, a bad key) does
+        # not dilute an upstream's failures, as it does not count in latency either.
+        "error_rate": _rate(t.errors, t.requests - t.client_errors),
         "client_errors": t.client_errors,
         "budget_refusals": t.budget_refusals,
         "rate_limited": t.rate_limited,
@@ -267,7 +269,7 @@ class DashboardApi:
                 "group": r.group,
                 "requests": r.requests,
                 "errors": r.errors,
-                "error_rate": _rate(r.errors, r.requests),
+                "error_rate": _rate(r.errors, r.taken_on),
                 "empty_rate": _rate(r.empty_responses, r.requests),
                 "fallback_rate": _rate(r.fallbacks, r.requests),
                 "retry_rate": _rate(r.retried, r.requests),

@@ -281,10 +281,12 @@ class AnalyticsQueries:
     # --- reliability --------------------------------------------------------------------------
 
     async def reliability(self, s: Slice, by: Dimension | None) -> list[ReliabilityRow]:
-        """Requests, errors, empty answers, fallbacks and retries per group."""
+        """Requests, errors, empty answers, refusals, fallbacks and retries per group."""
         source, params = await self._source(s, by, TOTAL_COLUMNS)
         totals = await self._rows(
-            f"SELECT grp, SUM(requests), SUM(errors), SUM(empty_responses) FROM {source} GROUP BY grp", params
+            f"SELECT grp, SUM(requests), SUM(errors), SUM(empty_responses), SUM(client_errors) FROM {source}"
+            " GROUP BY grp",
+            params,
         )
         # Only the eventful records' attempts are parsed for retries and fallbacks.
         dialect = self.dialect

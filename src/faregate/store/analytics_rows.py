@@ -106,6 +106,12 @@ class ReliabilityRow:
     fallbacks: int = 0  # requests answered (or failed) by another offer than the first one tried
     retried: int = 0  # requests that called the same offer again
     failed_attempts: dict[str, int] = field(default_factory=dict)  # outcome -> count
+    client_errors: int = 0  # requests refused with a 4xx (bad input, key, rate limit, credit)
+
+    @property
+    def taken_on(self) -> int:
+        """The requests the gateway took on: all but its 4xx refusals (error_rate's denominator)."""
+        return self.requests - self.client_errors
 
 
 @dataclass(slots=True)

@@ -121,12 +121,14 @@ def latency_rows(rows: Iterable[Sequence[Any]]) -> list[LatencyRow]:
 def reliability_rows(
     totals: Iterable[Sequence[Any]], events: Iterable[Sequence[Any]]
 ) -> list[ReliabilityRow]:
-    """(group, requests, errors, empty) and (group, fallbacks, retried) rows -> one row per group,
-    the busiest first."""
+    """(group, requests, errors, empty, client errors) and (group, fallbacks, retried) rows -> one
+    row per group, the busiest first."""
     out: dict[str | None, ReliabilityRow] = {}
     for row in totals:
         group = ungroup(row[0])
-        out[group] = ReliabilityRow(group, int(row[1] or 0), int(row[2] or 0), int(row[3] or 0))
+        out[group] = ReliabilityRow(
+            group, int(row[1] or 0), int(row[2] or 0), int(row[3] or 0), client_errors=int(row[4] or 0)
+        )
     for row in events:
         found = out.setdefault(ungroup(row[0]), ReliabilityRow(ungroup(row[0])))
         found.fallbacks, found.retried = int(row[1] or 0), int(row[2] or 0)
