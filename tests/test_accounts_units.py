@@ -212,7 +212,7 @@ def test_refusals_become_402_and_429_in_openai_format() -> None:
 # -- the upstream queue ----------------------------------------------------------------------
 
 
-async def test_gate_serves_premium_first_verifications_last_then_fifo() -> None:
+async def test_gate_serves_premium_first_then_fifo() -> None:
     gate = PriorityGate(UpstreamQueueSettings(max_concurrent=1, timeout_s=5), "sim")
     first = await gate.acquire(STANDARD)
     order: list[str] = []
@@ -223,17 +223,40 @@ async def test_gate_serves_premium_first_verifications_last_then_fifo() -> None:
         await asyncio.sleep(0)
         slot.release()
 
-    tasks = [asyncio.create_task(wait("v0", VERIFICATION))]
-    await asyncio.sleep(0.01)
-    tasks += [asyncio.create_task(wait(f"s{i}", STANDARD)) for i in range(3)]
+    tasks = [asyncio.create_task(wait(f"s{i}", STANDARD)) for i in range(3)]
     await asyncio.sleep(0.01)
     tasks += [asyncio.create_task(wait(f"p{i}", PREMIUM)) for i in range(3)]
     await asyncio.sleep(0.01)
-    assert gate.queued == 7
+    assert gate.queued == 6
     first.release()
     await asyncio.gather(*tasks)
-    assert order == ["p0", "p1", "p2", "s0", "s1", "s2", "v0"]
+    assert order == ["p0", "p1", "p2", "s0", "s1", "s2"]
     assert gate.active == 0
+
+
+async def test_a_verification_holding_a_slot_never_makes_a_user_wait() -> None:
+    # One call at a time for users. A verification took its slot when none was busy; a user who
+    # comes while it runs is served at once (it waited up to a whole shadow call): verifications
+    # have `verification_slots` of their own, beyond the users' `max_concurrent`.
+    gate = PriorityGate(UpstreamQueueSettings(max_concurrent=1, timeout_s=0.05), "sim")
+    shadow = await gate.acquire(VERIFICATION)
+    user = await gate.acquire(STANDARD)
+    assert gate.active == 1 and gate.queued == 0
+    # A second verification waits for the verifications' slot, not for the user's.
+    waiting = asyncio.create_task(gate.acquire(VERIFICATION))
+    await asyncio.sleep(0)
+    assert gate.snapshot()["verifications_queued"] == 1
+    user.release()
+    assert not waiting.done()
+    shadow.release()
+    (await waiting).release()
+    assert gate.served_verification == 2 and gate.served_standard == 1
+    assert (gate.active, gate.snapshot()["verifications_active"]) == (0, 0)
+    # With no verification slot, a verification is refused at once (its plan's next candidate).
+    none = PriorityGate(UpstreamQueueSettings(max_concurrent=1, verification_slots=0), "sim")
+    with pytest.raises(RateLimited, match="limit of 0 concurrent quality verification calls"):
+        await none.acquire(VERIFICATION)
+    assert none.active == 0
 
 
 async def test_gate_times_out_with_429_and_bounds_its_queue() -> None:

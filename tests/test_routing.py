@@ -801,11 +801,26 @@ async def test_a_full_upstream_queue_falls_back_to_the_next_candidate() -> None:
     assert not b.calls
 
 
-async def test_a_verifications_call_waits_behind_users_for_an_upstream_slot() -> None:
-    # A verification must never delay or fail a user's response: its shadow call, queued first for
-    # b's only slot, is served after a user's request that came later, and takes no place from it
-    # in the queue (max_queued 1: the user's request waits, it is not refused).
-    b = Scripted("b", [ok("first served"), ok("second served")])
+async def test_a_verifications_call_in_flight_never_makes_a_user_wait_for_an_upstream_slot() -> None:
+    # A verification must never delay a user's response. b takes one user call at a time; a shadow
+    # call is in flight at b (it had a free slot) when a user's request comes: the user is served
+    # at once, beside it, not after it. A shadow call has its own slot (`verification_slots`),
+    # and a second one waits for that slot, not for a user's.
+    class Held(Scripted):
+        """b: a shadow call is answered only once `release` is set; users' calls at once."""
+
+        def __init__(self) -> None:
+            super().__init__("b", [])
+            self.release = asyncio.Event()
+
+        async def complete(self, call: UpstreamCall) -> Completion:
+            self.calls.append(call)
+            if "shadow" in str(call.body["messages"]):
+                await self.release.wait()
+                return ok("shadow served")
+            return ok("user served")
+
+    b = Held()
     s = settings(routing={"retries": 0})
     planner = Planner(build_catalog(s), s.routes, s.routing)
     limiter = UpstreamLimiter({"b": UpstreamQueueSettings(max_concurrent=1, max_queued=1, timeout_s=30)})
@@ -816,25 +831,28 @@ async def test_a_verifications_call_waits_behind_users_for_an_upstream_slot() ->
         plan = await planner.plan(req)
         return replace(plan, candidates=[c for c in plan.candidates if c.offer.provider == "b"])
 
-    async def queued(count: int) -> None:
+    async def until(done: Any, what: str) -> None:
         for _ in range(1000):
-            if gate.queued >= count:
+            if done():
                 return
             await asyncio.sleep(0)
-        raise AssertionError(f"{count} calls never queued for b")
+        raise AssertionError(what)
 
-    held = await limiter.acquire("b", STANDARD)  # b's one slot is taken
-    user = request({"model": "mid"})
-    shadow = shadow_request(user, "mid")
+    asked = request({"model": "mid", "messages": [{"role": "user", "content": "shadow"}]})
+    shadow = shadow_request(asked, "mid")
     shadow_task = asyncio.create_task(runner.complete(shadow, await at_b(shadow)))
-    await queued(1)
-    user_task = asyncio.create_task(runner.complete(user, await at_b(user)))
-    await queued(2)
-    held.release()
-    user_served, shadow_served = await asyncio.gather(user_task, shadow_task)
-    assert user_served.completion.body["choices"][0]["message"]["content"] == "first served"
-    assert shadow_served.completion.body["choices"][0]["message"]["content"] == "second served"
-    assert gate.served_verification == 1 and gate.active == 0
+    await until(lambda: len(b.calls) == 1, "the shadow call never reached b")
+    second = asyncio.create_task(runner.complete(shadow, await at_b(shadow)))
+    await until(lambda: gate.snapshot()["verifications_queued"] == 1, "the second shadow call never queued")
+    user = request({"model": "mid"})
+    user_served = await runner.complete(user, await at_b(user))  # not behind the shadow call
+    assert user_served.completion.body["choices"][0]["message"]["content"] == "user served"
+    assert not shadow_task.done() and gate.active == 0 and gate.queued == 0
+    b.release.set()
+    for served in await asyncio.gather(shadow_task, second):
+        assert served.completion.body["choices"][0]["message"]["content"] == "shadow served"
+    assert gate.served_verification == 2 and gate.served_standard == 1
+    assert gate.snapshot()["verifications_active"] == 0
 
 
 async def test_a_providers_404_falls_back_at_once_and_counts_against_its_offer() -> None:

@@ -28,6 +28,7 @@ def test_each_worker_gets_a_share_of_the_upstream_limits_and_only_the_first_post
     first, second = (worker_settings(settings, i, 2) for i in range(2))
     assert first.upstream_limits["sim"].max_concurrent == second.upstream_limits["sim"].max_concurrent == 3
     assert first.upstream_limits["sim"].max_queued == 50
+    assert first.upstream_limits["sim"].verification_slots == 1  # of 1: rounded up, one each
     assert first.alerts.webhook is not None and second.alerts.webhook is None
     assert first.server.workers == second.server.workers == 2
     assert settings.server.workers is None  # the supervisor's own settings are untouched

@@ -70,7 +70,7 @@ class ChatRequest:
     key_id: str | None = None
     # The key is premium (fg_pro_): may use dedicated offers, goes first in upstream queues.
     premium: bool = False
-    # A quality verification's shadow or judge call, not a client's: last in upstream queues.
+    # A quality verification's shadow or judge call, not a client's: its own upstream slots.
     verification: bool = False
     received_at: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)

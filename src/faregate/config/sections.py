@@ -391,12 +391,14 @@ class AccountsSettings(_Strict):
 
 class UpstreamQueueSettings(_Strict):
     """A bound on concurrent calls to one provider; callers beyond it wait in a priority queue
-    (premium keys first, quality verifications last) and get 429 when the wait passes `timeout_s` or
-    the queue is full."""
+    (premium keys first) and get 429 when the wait passes `timeout_s` or the queue is full. Quality
+    verifications' calls have `verification_slots` of their own beyond `max_concurrent`, so they
+    never hold a slot a user could need (routing/queue.py)."""
 
     max_concurrent: Annotated[int, msgspec.Meta(ge=1)]
     max_queued: Annotated[int, msgspec.Meta(ge=0)] = 1000
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    verification_slots: Annotated[int, msgspec.Meta(ge=0)] = 1
 
 
 class Settings(_Strict):

@@ -91,7 +91,7 @@ class ShadowCall:
 
 def shadow_request(request: ChatRequest, reference: str) -> ChatRequest:
     """The user's request asked of `reference` instead, whole and not streamed, as a verification's
-    call (routing/queue.py serves it only when no user's request waits for the provider)."""
+    call (routing/queue.py gives it a slot of the verifications' own, never one a user could need)."""
     body = {k: v for k, v in without_streaming(request.body).items() if k != "models"}
     body["model"] = reference
     return ChatRequest(
@@ -103,7 +103,7 @@ def shadow_request(request: ChatRequest, reference: str) -> ChatRequest:
         max_tokens=request.max_tokens,
         required_modalities=request.required_modalities,
         choices=request.choices,
-        verification=True,  # last in upstream queues: it must never delay a user's request
+        verification=True,  # its own upstream slots: it must never delay a user's request
     )
 
 

@@ -69,8 +69,8 @@ class AttemptRunner:
         self.request_timeout_s = request_timeout_s
         self.routing = routing or RoutingSettings()
         self.health = health or HealthBoard(self.routing.breaker, self.routing.latency_window)
-        # Concurrency bounds per provider (premium first in the queue, verifications last); none
-        # unless configured.
+        # Concurrency bounds per provider (premium first in the queue, verifications in slots of
+        # their own); none unless configured.
         self.limiter = limiter or UpstreamLimiter()
         self._random = random.Random()
         # Counters for metrics: retries made and fallbacks taken.

@@ -1,12 +1,18 @@
 """A bound on concurrent calls per upstream provider, with a priority queue in front of it.
 
 When a provider is at `max_concurrent` calls, further callers wait; premium keys' requests are
-served before standard ones, and both before a quality verification's shadow and judge calls
-(which must never delay a user's response: they get a slot only when no user waits for one, and
-take no user's place under `max_queued`), first come first served within a tier. A caller that
-waits longer than `timeout_s`, or finds `max_queued` callers already waiting, gets 429 with
-Retry-After (the attempt loop then tries the plan's next candidate, and gives the client that 429
-only when no upstream was called). A stream holds its slot until it ends (or is closed).
+served before standard ones, first come first served within a tier. A caller that waits longer
+than `timeout_s`, or finds `max_queued` callers already waiting, gets 429 with Retry-After (the
+attempt loop then tries the plan's next candidate, and gives the client that 429 only when no
+upstream was called). A stream holds its slot until it ends (or is closed).
+
+A quality verification's shadow and judge calls must never delay a user's response, so they never
+hold a slot a user could need: they have `verification_slots` of their own (1 by default) beyond
+the users' `max_concurrent`, with a queue of their own (same timeout and bound). Taking a user's
+free slot instead, a shadow call that arrived while the upstream was idle made every user who came
+after it wait for it, up to a whole call. So the upstream may see `max_concurrent +
+verification_slots` calls at once: where its own limit is hard, set the two to sum to it (0 slots:
+verifications never call this provider; they fall back to their plan's next candidate, or fail).
 
 Off unless `upstream_limits` names the provider in the config.
 """
@@ -26,7 +32,7 @@ from faregate.config import UpstreamQueueSettings
 from faregate.errors import RateLimited
 from faregate.types import RequestMeta
 
-# The queue's tiers, best first.
+# The queue's tiers, best first (verifications wait in a lane of their own).
 PREMIUM, STANDARD, VERIFICATION = 0, 1, 2
 T = TypeVar("T")
 
@@ -40,18 +46,22 @@ def tier_of(request: RequestMeta) -> int:
 class Slot:
     """One granted call; `release` is idempotent so every exit path may call it."""
 
-    __slots__ = ("_gate", "_loop", "_released")
+    __slots__ = ("_lane", "_loop", "_released")
 
-    def __init__(self, gate: PriorityGate | None) -> None:
-        self._gate = gate
-        self._released = gate is None
-        self._loop = asyncio.get_running_loop() if gate is not None else None
+    def __init__(self, lane: Lane | None) -> None:
+        self._lane = lane
+        self._released = lane is None
+        self._loop = asyncio.get_running_loop() if lane is not None else None
+
+    @property
+    def limited(self) -> bool:
+        return self._lane is not None
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            assert self._gate is not None
-            self._gate.release()
+            assert self._lane is not None
+            self._lane.release()
 
     def __del__(self) -> None:
         # A slot dropped without release (a bug upstream of here) must not shrink the gate for
@@ -61,57 +71,39 @@ class Slot:
 
 
 @dataclass
-class PriorityGate:
-    settings: UpstreamQueueSettings
-    provider: str
+class Lane:
+    """`size` concurrent calls and the callers waiting for one, best tier first, then in order."""
+
+    size: int
     active: int = 0
     _waiting: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)
     _order: itertools.count[int] = field(default_factory=itertools.count)
-    # Counters for health and tests.
-    served_premium: int = 0
-    served_standard: int = 0
-    served_verification: int = 0
-    timeouts: int = 0
-    rejected_full: int = 0
 
     @property
     def queued(self) -> int:
         return sum(1 for _, _, future in self._waiting if not future.done())
 
-    def _queued_for(self, tier: int) -> int:
-        """The waiters that count against `max_queued` for a caller of `tier`: a user's request
-        does not count the verifications' (served after it, and no more than the verifier's slots)."""
-        if tier == VERIFICATION:
-            return self.queued
-        return sum(1 for waiting, _, future in self._waiting if waiting != VERIFICATION and not future.done())
-
-    async def acquire(self, tier: int, time_left: float | None = None) -> Slot:
-        if self.active < self.settings.max_concurrent and not self.queued:
+    def take(self) -> bool:
+        """A slot at once, if one is free and nobody waits for it."""
+        if self.active < self.size and not self.queued:
             self.active += 1
-            self._count(tier)
-            return Slot(self)
-        ahead = self._queued_for(tier)
-        if ahead >= self.settings.max_queued:
-            self.rejected_full += 1
-            raise self._refusal(f"{ahead} requests are already waiting for it")
-        timeout = self.settings.timeout_s if time_left is None else min(self.settings.timeout_s, time_left)
+            return True
+        return False
+
+    async def wait(self, tier: int, limit_s: float) -> None:
+        """Wait in line for a slot (TimeoutError after `limit_s`)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (tier, next(self._order), future))
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(limit_s):
                 await future
-        except BaseException as exc:
+        except BaseException:
             if future.done() and not future.cancelled():
                 # The slot was handed over just as the wait ended: give it to the next in line.
                 self.release()
             else:
                 future.cancel()
-            if isinstance(exc, TimeoutError):
-                self.timeouts += 1
-                raise self._refusal(f"no slot freed up within {timeout:.1f}s") from None
             raise
-        self._count(tier)
-        return Slot(self)
 
     def release(self) -> None:
         """Hand the slot to the best waiter still waiting, or free it."""
@@ -122,6 +114,55 @@ class PriorityGate:
                 return
         self.active -= 1
 
+
+@dataclass
+class PriorityGate:
+    settings: UpstreamQueueSettings
+    provider: str
+    # The users' `max_concurrent` slots, and the verifications' own (module docstring).
+    users: Lane = field(init=False)
+    verifications: Lane = field(init=False)
+    # Counters for health and tests.
+    served_premium: int = 0
+    served_standard: int = 0
+    served_verification: int = 0
+    timeouts: int = 0
+    rejected_full: int = 0
+
+    def __post_init__(self) -> None:
+        self.users = Lane(self.settings.max_concurrent)
+        self.verifications = Lane(self.settings.verification_slots)
+
+    @property
+    def active(self) -> int:
+        """Users' calls under way."""
+        return self.users.active
+
+    @property
+    def queued(self) -> int:
+        """Users' calls waiting."""
+        return self.users.queued
+
+    async def acquire(self, tier: int, time_left: float | None = None) -> Slot:
+        lane = self.verifications if tier == VERIFICATION else self.users
+        if lane.take():
+            self._count(tier)
+            return Slot(lane)
+        if not lane.size:
+            self.rejected_full += 1
+            raise self._refusal(lane, "none is ever made there (verification_slots: 0)")
+        if lane.queued >= self.settings.max_queued:
+            self.rejected_full += 1
+            raise self._refusal(lane, f"{lane.queued} requests are already waiting for it")
+        timeout = self.settings.timeout_s if time_left is None else min(self.settings.timeout_s, time_left)
+        try:
+            await lane.wait(tier, timeout)
+        except TimeoutError:
+            self.timeouts += 1
+            raise self._refusal(lane, f"no slot freed up within {timeout:.1f}s") from None
+        self._count(tier)
+        return Slot(lane)
+
     def _count(self, tier: int) -> None:
         if tier == PREMIUM:
             self.served_premium += 1
@@ -130,14 +171,30 @@ class PriorityGate:
         else:
             self.served_verification += 1
 
-    def _refusal(self, why: str) -> RateLimited:
+    def _refusal(self, lane: Lane, why: str) -> RateLimited:
         retry = max(1, math.ceil(self.settings.timeout_s / 2))
+        calls = "quality verification calls" if lane is self.verifications else "requests"
         return RateLimited(
-            f"The upstream provider '{self.provider}' is at its limit of {self.settings.max_concurrent} "
-            f"concurrent requests and {why}. Retry after {retry}s.",
+            f"The upstream provider '{self.provider}' is at its limit of {lane.size} concurrent "
+            f"{calls} and {why}. Retry after {retry}s.",
             code="upstream_queue_timeout",
             headers={"Retry-After": str(retry)},
         )
+
+    def snapshot(self) -> dict[str, int]:
+        return {
+            "max_concurrent": self.settings.max_concurrent,
+            "active": self.active,
+            "queued": self.queued,
+            "verification_slots": self.verifications.size,
+            "verifications_active": self.verifications.active,
+            "verifications_queued": self.verifications.queued,
+            "served_premium": self.served_premium,
+            "served_standard": self.served_standard,
+            "served_verification": self.served_verification,
+            "timeouts": self.timeouts,
+            "rejected_full": self.rejected_full,
+        }
 
 
 class GuardedStream(Generic[T]):
@@ -183,19 +240,7 @@ class UpstreamLimiter:
             slot.release()
 
     def guard(self, stream: AsyncIterator[T], slot: Slot) -> AsyncIterator[T]:
-        return stream if slot._gate is None else GuardedStream(stream, slot)
+        return GuardedStream(stream, slot) if slot.limited else stream
 
     def snapshot(self) -> dict[str, dict[str, int]]:
-        return {
-            name: {
-                "max_concurrent": gate.settings.max_concurrent,
-                "active": gate.active,
-                "queued": gate.queued,
-                "served_premium": gate.served_premium,
-                "served_standard": gate.served_standard,
-                "served_verification": gate.served_verification,
-                "timeouts": gate.timeouts,
-                "rejected_full": gate.rejected_full,
-            }
-            for name, gate in self.gates.items()
-        }
+        return {name: gate.snapshot() for name, gate in self.gates.items()}

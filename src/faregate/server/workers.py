@@ -24,8 +24,9 @@ What stays exact, and what is per worker:
   when shared.
 - per worker, by design: the exact and semantic caches in process (a Redis cache is shared),
   breakers and latency statistics, the upstream connection pool, `upstream_limits` (each worker
-  gets an equal share of `max_concurrent` and `max_queued`, rounded up), and the alerts'
-  evaluation (worker 0 alone posts to the webhook and logs, so an alert is posted and logged once).
+  gets an equal share of `max_concurrent`, `max_queued` and `verification_slots`, rounded up),
+  and the alerts' evaluation (worker 0 alone posts to the webhook and logs, so an alert is posted
+  and logged once).
 - metrics: each worker publishes its own to a directory the supervisor made; a scrape, answered
   by one worker, sums them (telemetry/metrics_share.py).
 """
@@ -102,6 +103,7 @@ def _share(queue: UpstreamQueueSettings, count: int) -> UpstreamQueueSettings:
         queue,
         max_concurrent=math.ceil(queue.max_concurrent / count),
         max_queued=math.ceil(queue.max_queued / count),
+        verification_slots=math.ceil(queue.verification_slots / count),
     )
 
 
