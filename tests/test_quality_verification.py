@@ -154,6 +154,43 @@ async def test_a_fresh_call_to_a_cascade_route_is_its_strongest_step_not_the_unj
     assert plain.plan is not None and [c.model.name for c in plain.plan.candidates] == ["cheap"]
 
 
+async def test_a_fresh_call_to_a_calibrated_router_route_is_its_strong_path_and_no_decision() -> None:
+    """A semantic hit on a calibrated router route is verified by a fresh call to the route. It
+    went through the router, which made one more decision for it: counted in the calibration (a
+    zero in every test when its coin said "unlabelled", a label that never comes when it said
+    "labelled") although no routed answer ever came of it, and the fresh answer of the weak model
+    when the cut sent it there. The reference is the route's strong path, as for a cascade's
+    strongest step (the standard labels take), and the calibration does not see the call."""
+    from faregate.catalog import build_catalog
+    from faregate.learning.complexity_router import ComplexityRouter
+    from faregate.learning.thresholds import Threshold
+    from faregate.quality.spend import plan_shadow
+    from faregate.routing.plan import Planner
+    from faregate.routing.policies import RouterPolicy
+    from test_complexity_router import HashEmbedder
+    from test_quality_live import run
+    from test_route_policies import ROUTERS, OnePolicy, routes
+    from test_route_policies import request as route_request
+    from test_route_policies import settings as route_settings
+
+    s = route_settings(routes(smart={"chain": ["cheap"]}))
+    scorer = ComplexityRouter.load(ROUTERS / "router-gsm8k.json", embedder=HashEmbedder())
+    policy = RouterPolicy(scorer, Threshold.fixed(1.0), strong="strong", weak="cheap")
+    policy.quality = route = calibration()
+    run(route, 120, wrong=False)  # good cheap answers: a cut is in force, most prompts go cheap
+    assert route.cut > 0.5
+    planner = Planner(build_catalog(s), s.routes, s.routing, policies=OnePolicy("smart", policy))
+    asked = route_request({"model": "smart", "max_tokens": 100})
+    user = await planner.plan(asked)
+    assert user.trace.quality is not None and user.trace.quality.cheap  # a user's request is decided
+    decisions, tests = route.state.decisions, route.state.calibration.tests.count.copy()
+    shadow = await plan_shadow(planner, asked, "smart")
+    assert shadow.plan is not None and shadow.plan.trace.quality is None
+    assert [c.model.name for c in shadow.plan.candidates] == ["strong", "cheap"]
+    assert route.state.decisions == decisions
+    assert (route.state.calibration.tests.count == tests).all()
+
+
 async def test_verifications_waiting_for_a_slot_are_bounded_and_decisions_pause_meanwhile() -> None:
     """Four verifications run at once; at a sustained rate above what four slots get through (a
     busy route, shadow calls of seconds), the tasks waiting for a slot grew without bound, each

@@ -115,6 +115,7 @@ async def plan_shadow(planner: Planner, request: ChatRequest, reference: str) ->
     except FaregateError as error:
         log.warning("verification call for request %s cannot be planned: %s", request.request_id, error)
         return ShadowCall(call, None)
+    # A router route is planned on its strong path, the router not asked (routing/routes.py).
     if plan.stages:
         # A cascade route (a served semantic hit's fresh call to the route asked): one call is
         # made, so the strongest step's - the standard labels take - not the cheap step's

@@ -234,7 +234,13 @@ class RouteBook:
         route = self.routes[name]
         selected: list[ChainItem] = []
         router = self.policies.routers.get(name)
-        if router is not None:
+        if router is not None and request.verification:
+            # A quality verification's call to a router route (a served semantic hit's fresh call):
+            # its strong path, the standard labels take, as a cascade's strongest step. Through
+            # the router it was one more decision of a calibrated route, counted though no routed
+            # answer came of it, and answered by the weak model when the cut sent it there.
+            selected = [ChainItem(router.strong), ChainItem(router.weak)]
+        elif router is not None:
             pick = await router.pick(request.body, request.request_id)
             selected = [ChainItem(pick.first), ChainItem(pick.other)]
             if trace is not None and trace.router_choice is None:
