@@ -31,6 +31,7 @@ from servers import (  # noqa: F401
     shared_urls,
 )
 from test_quality_spend import admissions_leave_the_state, admit_concurrently, drop_lapsed
+from test_quality_verification import unfinished_verifications_are_recorded
 
 pytestmark = pytest.mark.e2e
 
@@ -73,6 +74,10 @@ async def test_an_admission_does_not_rewrite_the_calibration_state(
     two_tables: list[VerificationStore],
 ) -> None:
     await admissions_leave_the_state(two_tables)
+
+
+async def test_unfinished_verifications_are_recorded_with_their_cost(table: PostgresVerifications) -> None:
+    await unfinished_verifications_are_recorded(table)
 
 
 def route() -> RouteCalibration:

@@ -3,7 +3,9 @@ and the comparison faked: what its hold in the cap ledger is settled with when s
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -358,3 +360,126 @@ async def test_an_embedding_comparator_without_its_model_fails_a_verification_be
         assert sum(bool(r.exc_info) for r in caplog.records) == 1  # the load's, once
     finally:
         await cache.close()
+
+
+# -- verifications that do not finish: recorded with what they cost, their holds released ------
+
+
+class Upstream:
+    """A provider at the transport seam for `unfinished_verifications_are_recorded`: a question
+    with "fails" gets a blank 200 it is billed for (1,000 prompt tokens); "shadow-hang" hangs at
+    the shadow call (model `cheap`), any other "-hang" at the judge (`grader`), until the gateway
+    stops; anything else is answered, 1,000 + 200 tokens."""
+
+    def __init__(self) -> None:
+        self.hanging = 0
+
+    async def complete(self, call: Any) -> Any:
+        from faregate.types import Completion, Usage
+
+        question, model = str(call.body["messages"]), call.body["model"]
+        if "fails" in question:
+            return Completion({"choices": []}, Usage(1000, 0))
+        shadow = "shadow-hang" in question
+        if (shadow and model == "cheap") or (not shadow and "-hang" in question and model == "grader"):
+            self.hanging += 1
+            await asyncio.Event().wait()
+        body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "42"}}]}
+        body["choices"][0]["finish_reason"] = "stop"
+        return Completion(body, Usage(1000, 200))
+
+    async def close(self) -> None:
+        pass
+
+
+async def unfinished_verifications_are_recorded(table: Any) -> None:
+    """A verification whose shadow call fails, or that the shutdown cancels in its shadow call or
+    in its judge's, is a `verifications` row (outcome failed) with what it was billed, charged in
+    the calibration's day as in the cap's ledger, and its hold is gone. One cancelled after its paid
+    shadow call had settled its hold with the cost but written no row: the ledger had money that
+    the verification cost (`/admin/quality`, the sum of the rows) never showed."""
+    from faregate.catalog import build_catalog
+    from faregate.learning.online.settings import (
+        QualitySettings,
+        SemanticAcceptanceSettings,
+        VerificationSettings,
+    )
+    from faregate.providers.registry import ProviderRegistry
+    from faregate.quality.cache_live import CacheCalibration
+    from faregate.quality.cache_verification import CacheJob, CandidateJob
+    from faregate.quality.live import RouteCalibration
+    from faregate.quality.verifier import Verifier
+    from faregate.routing.attempts import AttemptRunner
+    from faregate.routing.plan import Planner
+    from faregate.store.rows import to_nanousd
+    from test_route_policies import settings as route_settings
+
+    s = route_settings({})
+    upstream = Upstream()
+    planner = Planner(build_catalog(s), s.routes, s.routing)
+    runner = AttemptRunner(ProviderRegistry.of({"a": upstream, "b": upstream}), 30.0, s.routing)
+    judged = VerificationSettings(
+        share=1.0, rest_ratio=1.0, daily_usd_cap=Decimal(1), comparator="llm_judge", judge_model="grader"
+    )
+    route = RouteCalibration("r", "router", QualitySettings(target=0.9, confidence=0.8, verification=judged))
+    route.cheap, route.strong = "cheap", "strong"  # no evidence yet: strong decisions, cheap shadow calls
+    acceptance = SemanticAcceptanceSettings(max_wrong_hit_rate=0.05, daily_usd_cap=Decimal(1))
+    cache = CacheCalibration(acceptance, "llm_judge", judge_model="grader")
+    service = QualityService([route], table, cache)
+    verifier = Verifier(service, runner, planner)
+
+    def asking(request_id: str, question: str, model: str = "r") -> ChatRequest:
+        body = {"model": model, "messages": [{"role": "user", "content": question}], "temperature": 0}
+        return ChatRequest(request_id, body, model, False, False, None, frozenset())
+
+    def job(question: str) -> Job:
+        for n in range(100):
+            decision = route.decide(f"{question}-{n}", 0.5, 10.0)
+            if decision.labelled:
+                return Job(decision, asking(decision.request_id, question), "42", "strong", route)
+        raise AssertionError("no labelled decision")
+
+    verifier.submit(job("fails"))
+    await verifier.drain()  # the shadow call failed: its billed blank answer is its cost
+    for question in ("shadow-hang", "judge-hang"):
+        verifier.submit(job(question))
+    verifier.submit(CacheJob(asking("hit-1", "cache-hang", "cheap"), "42", 0.95, "cheap", "key"))
+    # An unserved candidate a judge labels (free, but for the judge's call).
+    verifier.submit(CandidateJob(asking("miss-1", "label-hang", "cheap"), "41", "42", 0.9, ("k1", "k2")))
+    for _ in range(2000):
+        if upstream.hanging == 4:
+            break
+        await asyncio.sleep(0.005)
+    assert upstream.hanging == 4, "the verifications never reached the calls they hang at"
+    await verifier.close()  # the shutdown: cancelled after the grace
+
+    billed, answered = Decimal("0.0005"), Decimal("0.0006")  # 1,000 (+ 200) tokens at $0.5 / 1M
+    rows = {r.request_id.rsplit("-", 1)[0]: r for r in await table.recent("r")}
+    assert {q: (r.outcome, r.cost_nano) for q, r in rows.items()} == {
+        "fails": ("failed", to_nanousd(billed)),
+        "shadow-hang": ("failed", 0),  # cancelled in the call: nothing known to be billed
+        "judge-hang": ("failed", to_nanousd(answered)),  # the shadow call's answer was paid for
+    }
+    spent = billed + answered
+    assert await table.cap_ledger("route:r", today()) == (spent, {})
+    assert await table.cost_nano("r") == to_nanousd(spent)
+    assert route.state.budget.spent == spent and route.state.totals.failed == 3
+    cached = {r.request_id: (r.label_kind, r.outcome, r.cost_nano) for r in await table.recent("cache")}
+    assert cached == {"hit-1": ("paid", "failed", to_nanousd(answered)), "miss-1": ("free", "failed", 0)}
+    assert await table.cap_ledger("cache", today()) == (answered, {})
+    assert await table.cost_nano("cache", cache=True) == to_nanousd(answered)
+    assert cache.budget.spent == answered and cache.totals.failed == 2
+
+
+async def test_unfinished_verifications_are_recorded_with_their_cost_on_sqlite(tmp_path: Path) -> None:
+    from faregate.store.sqlite.analytics import SQLiteAnalytics
+    from faregate.store.sqlite.store import SQLiteStore
+    from faregate.store.sqlite.verifications import SQLiteVerifications
+
+    store = await SQLiteStore.open(tmp_path)
+    reads = await SQLiteAnalytics.open(store.path)
+    try:
+        await unfinished_verifications_are_recorded(SQLiteVerifications(reads.connection))
+    finally:
+        await reads.close()
+        await store.close()

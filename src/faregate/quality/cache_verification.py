@@ -122,7 +122,13 @@ class CacheVerification:
             return
         billed = Billed()
         try:
-            await self._label(job, day, began, billed)
+            try:
+                await self._label(job, day, began, billed)
+            except BaseException:
+                if not billed.ended:  # cancelled (a shutdown) in the judge's call: failed, recorded
+                    await self._unfinished(job.request.request_id, "free", "not served", job.similarity,
+                                           1.0, None, billed.usd, day, began)  # fmt: skip
+                raise
         finally:
             await self.holds.settle(acceptance, hold, day, billed.usd)
 
@@ -132,6 +138,7 @@ class CacheVerification:
         assert acceptance is not None
         verdict = await self._compare(job.request, job.fresh, job.cached)
         cost = billed.usd = verdict.cost
+        billed.ended = True
         if cost:
             acceptance.charge(cost, day)
         if verdict.acceptable is not None:
@@ -170,7 +177,14 @@ class CacheVerification:
             return
         billed = Billed()
         try:
-            await self._verify(job, shadow, day, began, billed)
+            try:
+                await self._verify(job, shadow, day, began, billed)
+            except BaseException:
+                if not billed.ended:  # cancelled (a shutdown) in a call: failed, recorded
+                    await self._unfinished(job.request.request_id, "paid", "served", job.similarity,
+                                           acceptance.settings.verify_hits, job.request.model,
+                                           billed.usd, day, began)  # fmt: skip
+                raise
         finally:
             await self.holds.settle(acceptance, hold, day, billed.usd)
 
@@ -186,6 +200,7 @@ class CacheVerification:
         text, cost = await self.calls.call(shadow)
         billed.usd = cost
         if text is None:
+            billed.ended = True
             acceptance.charge(cost, day)
             acceptance.failed()
             await self._record(job.request.request_id, "paid", "served", job.similarity,
@@ -194,6 +209,7 @@ class CacheVerification:
             return
         verdict = await self._compare(job.request, text, job.cached)
         cost = billed.usd = cost + verdict.cost
+        billed.ended = True
         acceptance.charge(cost, day)
         wrong = None if verdict.acceptable is None else not verdict.acceptable
         if verdict.acceptable is not None:
@@ -202,6 +218,33 @@ class CacheVerification:
         await self._record(job.request.request_id, "paid", "served", job.similarity,
                               acceptance.settings.verify_hits, wrong, reference, cost, began)  # fmt: skip
         await self.service.save("cache")
+
+    async def _unfinished(
+        self,
+        request_id: str,
+        label: str,
+        decision: str,
+        similarity: float,
+        probability: float,
+        reference: str | None,
+        cost: Decimal,
+        day: str,
+        began: float,
+    ) -> None:
+        """A verification cancelled (a shutdown) or broken before its outcome was charged and
+        recorded: failed, with what its calls were billed so far. The money is in the cap's ledger
+        (its hold is settled with it), so it is in its row and the calibration's day too, or the
+        verification cost shown (the rows' sum) left it out."""
+        acceptance = self.service.cache
+        assert acceptance is not None
+        try:
+            acceptance.charge(cost, day)
+            acceptance.failed()
+            await self._record(request_id, label, decision, similarity, probability, None,
+                               reference, cost, began)  # fmt: skip
+            await self.service.save("cache")
+        except Exception:
+            log.exception("could not record the unfinished verification of %s", request_id)
 
     async def _compare(self, request: ChatRequest, reference: str, candidate: str) -> Verdict:
         """The acceptance's comparator on a pair. A judge that fails gives no verdict

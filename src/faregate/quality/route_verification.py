@@ -90,7 +90,7 @@ class RouteVerification:
             question = known.prompt_tokens if shadow is None else shadow.tokens
             worst += judge_worst(self.calls.planner, judge, question + known.completion_tokens)
         if not worst:
-            await self._verify(job, shadow, day, began, Billed())
+            await self._made(job, shadow, day, began, Billed())
             return
         hold = await self.holds.admit(calibration, day, worst)
         if hold is None:
@@ -104,11 +104,39 @@ class RouteVerification:
             return
         billed = Billed()
         try:
-            await self._verify(job, shadow, day, began, billed)
+            await self._made(job, shadow, day, began, billed)
         finally:
             # With what was billed so far, also when the verification failed or was cancelled
             # after a call was made (the state's save refused, a shutdown): the money was spent.
             await self.holds.settle(calibration, hold, day, billed.usd)
+
+    async def _made(
+        self, job: Job, shadow: ShadowCall | None, day: str, began: float, billed: Billed
+    ) -> None:
+        """`_verify`; one cancelled (a shutdown) or broken before its outcome was charged and
+        recorded is a failed verification, with what its calls were billed so far: the money is in
+        the cap's ledger (its hold is settled with it), so it is in its row and the calibration's
+        day too, or the verification cost shown (the rows' sum) left it out."""
+        decision = job.decision
+        try:
+            await self._verify(job, shadow, day, began, billed)
+        except BaseException:
+            if not billed.ended:
+                reference = None if shadow is None else shadow.request.model
+                try:
+                    await self._failed(job, reference, billed.usd, day, began)
+                except Exception:
+                    log.exception("could not record the unfinished verification of %s", decision.request_id)
+            raise
+
+    async def _failed(self, job: Job, reference: str | None, cost: Decimal, day: str, began: float) -> None:
+        """A verification that gave no outcome: what it cost charged, counted failed, recorded."""
+        decision, calibration = job.decision, job.calibration
+        comparator = calibration.settings.verification.comparator
+        calibration.charge(decision, cost, day)
+        calibration.failed(decision)
+        await self._record(job, calibration, "failed", reference, cost, began, comparator)
+        await self.service.save(decision.route)
 
     async def _verify(
         self, job: Job, shadow: ShadowCall | None, day: str, began: float, billed: Billed
@@ -127,10 +155,8 @@ class RouteVerification:
             text, cost = await self.calls.call(shadow)
             billed.usd = cost
             if text is None:
-                calibration.charge(decision, cost, day)
-                calibration.failed(decision)
-                await self._record(job, calibration, "failed", reference, cost, began, comparator_name)
-                await self.service.save(decision.route)
+                billed.ended = True
+                await self._failed(job, reference, cost, day, began)
                 return cost
             cheap_text, strong_text = (job.answer, text) if decision.cheap else (text, job.answer)
         judge = calibration.settings.verification.judge_model
@@ -145,14 +171,11 @@ class RouteVerification:
                 log.exception("comparing the answers of request %s failed", job.request.request_id)
             # A judge that did not answer may still have been billed.
             cost += error.cost if isinstance(error, JudgeFailed) else Decimal(0)
-            billed.usd = cost
-            calibration.charge(decision, cost, day)
-            calibration.failed(decision)
-            await self._record(job, calibration, "failed", reference, cost, began, comparator_name)
-            await self.service.save(decision.route)
+            billed.usd, billed.ended = cost, True
+            await self._failed(job, reference, cost, day, began)
             return cost
         cost += asked
-        billed.usd = cost
+        billed.usd, billed.ended = cost, True
         if cost:
             calibration.charge(decision, cost, day)
         loss = not acceptable

@@ -72,9 +72,11 @@ Capped = RouteCalibration | CacheCalibration
 @dataclass(slots=True)
 class Billed:
     """What a verification's calls were billed so far (USD): its hold is settled with it, also when
-    the verification fails or is cancelled after a call (the money was spent)."""
+    the verification fails or is cancelled after a call (the money was spent). `ended`: its
+    outcome (a failure's too) is being charged and recorded, so a cancellation has nothing to add."""
 
     usd: Decimal = Decimal(0)
+    ended: bool = False
 
 
 @dataclass(slots=True, frozen=True)

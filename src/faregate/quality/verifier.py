@@ -19,7 +19,9 @@ not by outcome), served semantic hits are not drawn and unserved candidates are 
 judge; both resume once the verifications catch up.
 
 At shutdown, tasks not started are dropped (their decisions stay unobserved, which the
-calibration allows) and those running are cancelled after a short grace.
+calibration allows) and those running are cancelled after a short grace: one that had its hold is
+recorded as failed with what its calls were billed so far (route_verification.py,
+cache_verification.py), as one whose shadow call failed.
 """
 
 from __future__ import annotations
