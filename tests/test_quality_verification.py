@@ -1,5 +1,8 @@
 """A route's verification after the response (quality/route_verification.py), with the shadow call
-and the comparison faked: what its hold in the cap ledger is settled with when something fails."""
+and the comparison faked: what its hold in the cap ledger is settled with when something fails;
+the fresh call of a served semantic hit on a policy route; and, with the attempt runner and a
+provider at the transport seam on a real store, what a verification that fails or is cancelled at
+shutdown records (`unfinished_verifications_are_recorded`, also run on PostgreSQL)."""
 
 from __future__ import annotations
 
