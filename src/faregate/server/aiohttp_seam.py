@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from faregate.errors import PayloadTooLarge
 from faregate.server.http_seam import EVENT_STREAM_TYPE, EventStream, HttpRequest, Reply, Whole
@@ -51,6 +51,11 @@ class AiohttpRequest:
     async def open_stream(self, headers: Mapping[str, str]) -> EventStream:
         response = web.StreamResponse(status=200, headers=headers)
         response.content_type = EVENT_STREAM_TYPE
+        if self.request.version < HttpVersion11:
+            # HTTP/1.0 has no chunks: the stream's end is the connection's close. aiohttp sends it
+            # so, but keeps the connection open after when the client asked for keep-alive, and
+            # that client never learns the stream ended.
+            response.force_close()
         self.response = response
         await response.prepare(self.request)
         return response
