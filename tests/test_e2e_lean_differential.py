@@ -130,6 +130,12 @@ CASES: dict[str, Any] = {
         key, STREAM, extra="Connection: keep-alive\r\n", version="1.0"
     ),
     "connection close stream": lambda key: chat(key, STREAM, extra="Connection: close\r\n"),
+    # Answered (401) before the rest of the body came: the connection is kept, the rest read into
+    # nothing, so that the client reads the answer instead of a reset; then closed, as asked.
+    "wrong key, body to come, connection close": lambda key: chat(
+        "fg-wrong", extra="Connection: close\r\n", length=len(BODY) + 100
+    ),
+    "wrong key, body to come, http/1.0": lambda key: chat("fg-wrong", version="1.0", length=len(BODY) + 100),
     "chunked": lambda key: chunked(
         key, b"%x\r\n%b\r\n%x\r\n%b\r\n0\r\n\r\n" % (HALF, BODY[:HALF], len(BODY) - HALF, BODY[HALF:])
     ),

@@ -288,6 +288,26 @@ async def test_an_answer_before_the_body_then_the_next_request(server: LeanServe
     assert orjson.loads(parse(transport.out)[1].body)["body"] == "next" and not transport.closed
 
 
+@pytest.mark.parametrize(
+    ("extra", "version"), [("Connection: close\r\n", "1.1"), ("", "1.0")], ids=["close", "http/1.0"]
+)
+async def test_an_answer_before_the_body_to_a_closing_request_closes_once_the_rest_is_read(
+    server: LeanServer, extra: str, version: str
+) -> None:
+    """A connection that ends with its answer still reads the rest of the body into nothing before
+    it closes, as aiohttp does: closed with unread bytes in its socket, the kernel resets it, and
+    the client may lose the answer (a 401 to a large upload) for a reset."""
+    _, transport = connect(server)
+    raw = post("/refuse", b"x" * 500, extra, version)
+    send(transport, raw[:80])
+    await settle(lambda: len(parse(transport.out)) == 1)
+    await settle()
+    assert parse(transport.out)[0].status == 401 and not transport.closed
+    send(transport, raw[80:])
+    await settle(lambda: transport.closed)
+    assert len(parse(transport.out)) == 1
+
+
 @pytest.mark.parametrize("path", ["/refuse", "/echo"])
 async def test_a_body_read_into_nothing_is_not_kept(server: LeanServer, path: str) -> None:
     """A 401 (or a 413) is answered at the head; the rest of the body, read for LINGER_S, must not

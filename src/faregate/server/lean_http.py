@@ -27,7 +27,8 @@ How a connection reads, one request at a time:
   the waiting one (bench/README.md, "A reshaped hot path");
 - an answer sent before the body was whole (a 401, a 413) is followed by reading the rest of
   the body into nothing for at most LINGER_S, as aiohttp does, so that the client reads the
-  answer instead of a reset;
+  answer instead of a reset (also when the connection closes after it: HTTP/1.0, Connection:
+  close);
 - keep-alive as the request says (HTTP/1.0 included); an idle connection closes after
   KEEPALIVE_S: one timer per connection, not re-armed per request (it notes when the connection
   last became idle, and when it fires early it is armed again for the rest); a head or body
@@ -418,12 +419,14 @@ class LeanConnection(asyncio.Protocol):
         transport = self.transport
         if self.lost or transport is None:
             return
-        if not request.keep_alive or self._closing or request.broken is not None:
+        if request.broken is not None:  # where its body ends is not known: nothing more is read
             self._request = None
             transport.close()
             return
-        if request.refused is not None:
-            self._closing = True  # its answer said close: after the rest is read into nothing
+        if not request.keep_alive or request.refused is not None:
+            # Its answer said close: after the rest of the body is read into nothing (closed with
+            # unread bytes, the socket is reset, and the client may lose the answer for it).
+            self._closing = True
         if not request.body_complete:
             # Answered before the body was whole: read the rest into nothing, then go on.
             request.lingering = True
