@@ -802,6 +802,73 @@ async def test_json_body_instead_of_a_stream(
     assert info.value.kind == "bad_response"
 
 
+ENDLESS_BYTES = 32 << 20  # an endless body's bound here: 500 times the cap on what is read
+
+
+@dataclass
+class Endless:
+    """How an endless body (`endless_reply`) ended: written whole, or cut off by the client."""
+
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    whole: bool = False
+
+
+def endless_reply(status: int, first: bytes, outcome: Endless) -> Handler:
+    """A body as good as endless (a misbehaving upstream, or one sending a 1 GB error page):
+    `first`, then words for as long as the client reads them, up to ENDLESS_BYTES."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=status, headers={"Content-Type": "application/json"})
+        try:
+            await response.prepare(request)
+            await response.write(first)
+            piece = b" boom" * 13_000
+            for _ in range(ENDLESS_BYTES // len(piece)):
+                await response.write(piece)
+            await response.write_eof()
+            outcome.whole = True
+        except ConnectionError:
+            pass
+        finally:
+            outcome.ended.set()
+        return response
+
+    return handler
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_endless_error_body_is_read_only_up_to_the_cap(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], stream: bool
+) -> None:
+    """An error body is read up to MAX_ERROR_BODY_BYTES, then the connection is closed, not read
+    whole into memory: the status and the start of its message are kept."""
+    outcome = Endless()
+    upstream.handler = endless_reply(500, b"upstream exploded:", outcome)
+    with pytest.raises(UpstreamFailure) as info:
+        if stream:
+            await collect(make_provider(), call(stream=True, total=60))
+        else:
+            await make_provider().complete(call(total=60))
+    assert (info.value.kind, info.value.status) == ("server_error", 500)
+    assert info.value.detail.startswith("HTTP 500: upstream exploded: boom boom")
+    assert info.value.detail.endswith("…")  # clipped
+    await asyncio.wait_for(outcome.ended.wait(), 30)
+    assert not outcome.whole
+
+
+async def test_an_endless_json_body_instead_of_a_stream_is_read_only_up_to_the_cap(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    outcome = Endless()
+    upstream.handler = endless_reply(200, b'{"object": "chat.completion",', outcome)
+    with pytest.raises(UpstreamFailure) as info:
+        await collect(make_provider(), call(stream=True, total=60))
+    assert info.value.kind == "bad_response"
+    assert info.value.detail.startswith('a JSON body instead of an event stream: \'{"object"')
+    await asyncio.wait_for(outcome.ended.wait(), 30)
+    assert not outcome.whole
+
+
 # --- registry -----------------------------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ from faregate.providers.upstream_failures import (
     clip,
     json_instead_of_stream,
     json_object,
+    read_error_body,
     redact,
     response_failure,
     secrets_of,
@@ -191,7 +192,8 @@ class OpenAICompatibleProvider:
                 data = await resp.read_chunk()
                 if data.lstrip()[:1] == b"{":
                     # A JSON body where an event stream belongs: an error, or stream:true ignored.
-                    raise json_instead_of_stream(data + await resp.read(), resp.status, self._secrets)
+                    raw = await read_error_body(resp, data)
+                    raise json_instead_of_stream(raw, resp.status, self._secrets)
                 while data:
                     read: list[JSON] = []
                     for payload in decoder.feed(data):

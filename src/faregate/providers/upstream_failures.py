@@ -26,6 +26,10 @@ from faregate.types import JSON
 from faregate.wire.openai import error_code_param, error_message
 
 _MAX_MESSAGE_CHARS = 300
+# What is read of a body that is an error: plenty for any vendor's error JSON, and an upstream
+# answering with a huge (or endless) page cannot fill the gateway's memory. The connection of a
+# body cut short is closed, not reused.
+MAX_ERROR_BODY_BYTES = 64 * 1024
 REDACTED = "[redacted]"
 # A key as vendors quote it, masked: a run of stars with what is left of the key around it.
 _MASKED_KEY = re.compile(r"[\w-]*\*{3,}[\w*-]*")
@@ -60,7 +64,7 @@ async def response_failure(resp: Response, provider: str, key_hint: str, secrets
     (`key_hint`: where the key comes from, for a response that refuses it)."""
     status = resp.status
     try:
-        raw = await resp.read()
+        raw = await read_error_body(resp)
     except (TimeoutError, TransportError):
         raw = b""  # the status alone is enough to classify
     body = _try_json_object(raw)
@@ -126,6 +130,17 @@ async def response_failure(resp: Response, provider: str, key_hint: str, secrets
         retry_after=parse_retry_after(resp.headers),
         body=body,
     )
+
+
+async def read_error_body(resp: Response, start: bytes = b"") -> bytes:
+    """The body of an error (`start`: what was read of it already), at most MAX_ERROR_BODY_BYTES
+    of it: a JSON body cut short is read as text (its message clipped all the same)."""
+    parts = [start]
+    size = len(start)
+    while size < MAX_ERROR_BODY_BYTES and (chunk := await resp.read_chunk()):
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)[:MAX_ERROR_BODY_BYTES]
 
 
 def _out_of_credit(message: str) -> bool:
