@@ -77,7 +77,7 @@ async def test_a_hit_is_recorded_with_the_baseline_of_the_answer_it_replays() ->
         audio_prompt_tokens=10_000,
         audio_completion_tokens=5_000,
     )
-    miss = Exchange.begin(cast(Any, None))
+    miss = Exchange.begin(cast(Any, SimpleNamespace(headers={})))
     offer = SimpleNamespace(provider="p")
     served_by = cast(Any, SimpleNamespace(model=SimpleNamespace(name="m"), offer=offer))
     miss.settled(served_by, usage, gpt4o.cost(usage))
@@ -88,7 +88,7 @@ async def test_a_hit_is_recorded_with_the_baseline_of_the_answer_it_replays() ->
     await c._write(decision, {"choices": []}, "m", "p", usage)
     cached = await c.lookup(decision, request(BASE))
     assert cached is not None and cached.usage == usage
-    hit = Exchange.begin(cast(Any, None))
+    hit = Exchange.begin(cast(Any, SimpleNamespace(headers={})))
     hit.from_cache(cached)
     hit.finished(gpt4o)
     assert hit.record.cost_usd == 0

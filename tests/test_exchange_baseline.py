@@ -16,7 +16,7 @@ GPT4O = Price(Decimal("2.50"), Decimal(10), cache_read=Decimal("1.25"))
 def test_a_request_served_by_the_baseline_model_saves_nothing_with_cached_tokens() -> None:
     """800k of the 1M prompt tokens were cache reads, billed at 1.25 instead of 2.50: the baseline
     model bills the same usage the same way, so nothing was saved by the gateway."""
-    exchange = Exchange.begin(cast(Any, None))
+    exchange = Exchange.begin(cast(Any, SimpleNamespace(headers={})))
     served_by = cast(
         Any, SimpleNamespace(model=SimpleNamespace(name="gpt-4o"), offer=SimpleNamespace(provider="p"))
     )
@@ -30,7 +30,7 @@ def test_a_request_served_by_the_baseline_model_saves_nothing_with_cached_tokens
 def test_a_cache_hit_saves_the_baseline_cost_of_its_usage_cache_counts_included() -> None:
     from faregate.cache.service import CachedAnswer
 
-    exchange = Exchange.begin(cast(Any, None))
+    exchange = Exchange.begin(cast(Any, SimpleNamespace(headers={})))
     usage = Usage(1_000_000, 0, cache_read_tokens=1_000_000)
     exchange.from_cache(CachedAnswer("hit", {}, "gpt-4o", "p", usage))
     exchange.finished(GPT4O)

@@ -135,3 +135,66 @@ def test_an_endpoint_that_cannot_take_traces_is_refused_at_load() -> None:
     ):
         with pytest.raises(ConfigError, match=f"tracing.otlp_endpoint {problem}"):
             parse_settings({"tracing": {"otlp_endpoint": endpoint}})
+
+
+CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
+CALLER_SPAN = "b7ad6b7169203331"
+
+
+def traced(request_id: str, traceparent: str | None, tracestate: str | None = None) -> RequestRecord:
+    return RequestRecord(
+        request_id=request_id,
+        created_at=1_700_000_000.0,
+        key_id="k1",
+        model_requested="m",
+        model_used="m",
+        provider="p",
+        status=200,
+        stream=False,
+        latency_ms=10.0,
+        attempts=[Attempt("m", "p", "ok", 9.0)],
+        traceparent=traceparent,
+        tracestate=tracestate,
+    )
+
+
+async def test_a_request_with_a_traceparent_continues_the_callers_trace(
+    collector: tuple[str, list[Any]],
+) -> None:
+    """A caller that traces its own work (W3C Trace Context) sees the gateway's span, and its
+    attempts, under its own span in its own trace, not as a trace of their own. A traceparent
+    that is not one starts a new trace, as none does; a caller that sampled its trace out is
+    followed (no span), whatever the gateway's own ratio."""
+    url, received = collector
+    tracer = RequestTracer(TracingSettings(otlp_endpoint=url))
+    tracer.observe(traced("req_child", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01", "vendor=abc"))
+    tracer.observe(traced("req_bad", "00-not-a-trace-01"))
+    tracer.observe(traced("req_none", None))
+    tracer.observe(traced("req_unsampled", f"00-{'1' * 32}-{CALLER_SPAN}-00"))
+    await tracer.close()
+    spans = [s for m in received for rs in m.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    roots = {
+        next(a.value.string_value for a in s.attributes if a.key == "faregate.request_id"): s
+        for s in spans
+        if s.name == "chat.completions"
+    }
+    assert sorted(roots) == ["req_bad", "req_child", "req_none"]
+    child = roots["req_child"]
+    assert (child.trace_id.hex(), child.parent_span_id.hex()) == (CALLER_TRACE, CALLER_SPAN)
+    assert child.trace_state == "vendor=abc"
+    attempt = next(s for s in spans if s.trace_id == child.trace_id and s.name == "upstream p")
+    assert attempt.parent_span_id == child.span_id
+    for name in ("req_bad", "req_none"):
+        assert not roots[name].parent_span_id and roots[name].trace_id.hex() != CALLER_TRACE
+
+
+def test_the_record_keeps_the_callers_trace_context() -> None:
+    from types import SimpleNamespace
+    from typing import cast
+
+    from faregate.server.exchange import Exchange
+
+    headers = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01", "tracestate": "vendor=abc"}
+    record = Exchange.begin(cast(Any, SimpleNamespace(headers=headers))).record
+    assert (record.traceparent, record.tracestate) == (headers["traceparent"], "vendor=abc")
+    assert Exchange.begin(cast(Any, SimpleNamespace(headers={}))).record.traceparent is None

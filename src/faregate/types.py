@@ -227,3 +227,7 @@ class RequestRecord:
     # The wire the request came in on: chat (OpenAI chat completions), messages (Anthropic),
     # responses (OpenAI's Responses API) or embeddings.
     wire: str = "chat"
+    # The caller's W3C Trace Context headers, if it sent them: the request's span continues its
+    # trace (telemetry/tracing.py). Not stored.
+    traceparent: str | None = None
+    tracestate: str | None = None

@@ -100,6 +100,10 @@ class Exchange:
             stream=False,
             wire=wire.name,
         )
+        traceparent = http_request.headers.get("traceparent")
+        if traceparent is not None:
+            record.traceparent = traceparent
+            record.tracestate = http_request.headers.get("tracestate")
         return cls(http_request, record, {"x-faregate-request-id": request_id}, wire)
 
     @property

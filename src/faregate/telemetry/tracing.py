@@ -1,5 +1,6 @@
 """Optional OpenTelemetry traces: one span per request (named after its endpoint), one child span
-per upstream attempt.
+per upstream attempt. A request that carries a W3C `traceparent` (and `tracestate`) header is
+traced in its caller's trace, under the caller's span, sampled or not as the caller says.
 
 Off unless `tracing.otlp_endpoint` is set; needs the `otel` extra
 (`pip install 'faregate[otel]'`: opentelemetry-sdk and the OTLP/HTTP exporter).
@@ -39,7 +40,8 @@ class RequestTracer:
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
-            from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+            from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+            from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
         except ImportError as exc:
             raise ConfigError(
                 "tracing.otlp_endpoint is set but OpenTelemetry is not installed: "
@@ -50,8 +52,11 @@ class RequestTracer:
         self._trace = trace
         self._provider: TracerProvider = TracerProvider(
             resource=Resource.create({"service.name": settings.service_name}),
-            sampler=TraceIdRatioBased(settings.sample_ratio),
+            # A caller's trace is sampled as the caller decided (its traceparent's flag); the
+            # ratio decides for the traces the gateway starts.
+            sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
         )
+        self._propagator = TraceContextTextMapPropagator()
         exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint, headers=dict(settings.headers))
         self._provider.add_span_processor(BatchSpanProcessor(exporter))
         self._tracer = self._provider.get_tracer("faregate")
@@ -66,8 +71,15 @@ class RequestTracer:
     def _observe(self, record: RequestRecord) -> None:
         trace = self._trace
         start = int(record.created_at * 1e9)
+        caller = None
+        if record.traceparent is not None:
+            carrier = {"traceparent": record.traceparent}
+            if record.tracestate is not None:
+                carrier["tracestate"] = record.tracestate
+            caller = self._propagator.extract(carrier)  # an invalid one: no parent, a new trace
         span = self._tracer.start_span(
             SPAN_NAMES.get(record.wire, "chat.completions"),
+            context=caller,
             kind=trace.SpanKind.SERVER,
             start_time=start,
             attributes={
