@@ -945,6 +945,51 @@ async def test_a_header_that_could_split_the_request_is_a_config_error(pool: Con
         ProviderRegistry.build(settings, pool)
 
 
+async def test_a_header_may_take_its_value_from_the_environment(
+    upstream: Upstream,
+    make_provider: Callable[..., OpenAICompatibleProvider],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`${NAME}` in a configured header's value is the variable's value, as api_key_env's is the
+    key (a gateway token belongs in the environment, not in the config file): not sent as the
+    text `${NAME}`. The value is a secret like the key: never quoted to a client."""
+    token = "cf-aig-0123456789abcdef"
+    monkeypatch.setenv("FAREGATE_TEST_GATEWAY_TOKEN", token)
+    provider = make_provider(
+        headers={"cf-aig-authorization": "Bearer ${FAREGATE_TEST_GATEWAY_TOKEN}", "X-Title": "$5 ${"}
+    )
+    upstream.handler = json_reply({"error": {"message": f"bad token {token}"}}, 400)
+    with pytest.raises(UpstreamRejected) as rejected:
+        await provider.complete(call())
+    assert upstream.seen[0].headers["cf-aig-authorization"] == f"Bearer {token}"
+    assert upstream.seen[0].headers["X-Title"] == "$5 ${"  # no reference: as written
+    assert token not in rejected.value.message and "bad token [redacted]" in rejected.value.message
+
+
+async def test_a_header_naming_an_unset_variable_is_refused_at_start(
+    pool: ConnectionPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FAREGATE_TEST_UNSET_TOKEN", raising=False)
+    headers = {"X-Token": "Bearer ${FAREGATE_TEST_UNSET_TOKEN}"}
+    url = "http://127.0.0.1:9/v1"
+    settings = parse_settings(
+        {
+            "providers": {
+                "on": {"base_url": url, "enabled": True, "headers": headers},
+                "off": {"base_url": url, "enabled": False, "headers": headers},
+            }
+        }
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"providers\.on: header X-Token: \$\{FAREGATE_TEST_UNSET_TOKEN\} names an environment "
+        r"variable that is not set",
+    ):
+        ProviderRegistry.build(settings, pool)
+    off = parse_settings({"providers": {"off": {"base_url": url, "enabled": False, "headers": headers}}})
+    assert "off" not in ProviderRegistry.build(off, pool)  # a provider that is off needs none
+
+
 def test_pool_limits_follow_the_enabled_providers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KEY_ENV, raising=False)
     url = "http://127.0.0.1:9/v1"

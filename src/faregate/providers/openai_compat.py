@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from faregate.config import ProviderSettings
+from faregate.config.env_refs import expanded_headers
 from faregate.errors import UpstreamFailure, UpstreamRejected
 from faregate.providers.base import UpstreamCall
 from faregate.providers.http import USER_AGENT, ConnectionPool
@@ -75,8 +76,10 @@ class OpenAICompatibleProvider:
         # and os.environ lookups on every call are wasted work.
         key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
         headers = {"User-Agent": USER_AGENT, "Content-Type": "application/json", **self._auth_headers(key)}
-        # Configured headers may replace ours (e.g. a vendor that wants its own auth header).
-        self._headers = _merged(headers, settings.headers)
+        # Configured headers may replace ours (e.g. a vendor that wants its own auth header);
+        # `${NAME}` in one is the variable's value (config/env_refs.py).
+        configured = expanded_headers(settings.headers)
+        self._headers = _merged(headers, configured)
         # The head is the same for every call but for Content-Length: format it once.
         self._head = request_head(self._endpoint, self._headers)
         self._embeddings: tuple[Endpoint, bytes] | None = None
@@ -87,7 +90,7 @@ class OpenAICompatibleProvider:
             )
             self._embeddings = (endpoint, request_head(endpoint, self._headers))
         # Redacted from the upstream's words before they reach a client, a record or a trace.
-        self._secrets = secrets_of(key, settings.headers)
+        self._secrets = secrets_of(key, configured)
         if settings.api_key_env is None:
             self._key_hint = "no api_key_env is configured"
         elif key:
