@@ -36,7 +36,7 @@ from faregate.learning.cascade_judges import LearnedJudge
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "routellm" / "gsm8k_responses.csv"
-MASTER = "fg-bench-master-0123456789"
+MASTER = "fg-bench-master-0123456789abcdefghijkl"
 STRONG, WEAK = "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"
 ROUTES = ("all-strong", "all-weak", "math-router", "math-cascade")
 # Stream pacing for the latency part: first token after 300 ms, then 60 tokens a second.

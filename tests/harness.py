@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-MASTER_KEY = "fg-master-test-0123456789"
+MASTER_KEY = "fg-master-test-0123456789abcdefghijklmnop"
 # Which server carries the hot POSTs in the gateways started here (server.lean_http): the lean
 # httptools one by default, aiohttp alone with FAREGATE_TEST_LEAN_HTTP=0 (run the e2e files both ways).
 LEAN_HTTP = os.environ.get("FAREGATE_TEST_LEAN_HTTP", "1") != "0"

@@ -53,7 +53,7 @@ async def test_no_admin_endpoint_answers_without_the_master_key(client: TestClie
         for headers, statuses in (
             ({}, {401}),
             ({"Authorization": f"Bearer {user_key}"}, {403}),
-            ({"Authorization": "Bearer fg-master-test-01234567890"}, {403}),
+            ({"Authorization": f"Bearer {MASTER_KEY}0"}, {403}),
             ({"Authorization": f"Basic {MASTER_KEY}"}, {401, 403}),
         ):
             response = await client.request(method, path, headers=headers, json={})

@@ -33,7 +33,7 @@ import pytest
 
 from faregate.catalog import build_catalog
 from faregate.config import load_settings
-from harness import GatewayProcess, SimProcess, create_key, run_gateway, run_sim
+from harness import MASTER_KEY, GatewayProcess, SimProcess, create_key, run_gateway, run_sim
 
 pytestmark = pytest.mark.e2e
 
@@ -272,9 +272,7 @@ def test_dead_primary_opens_its_breaker_and_stops_being_called(
     assert 5 <= calls < 15, (
         f"the breaker opened after 5 failures (then probes); dead-model was called {calls} times"
     )
-    health = httpx.get(
-        f"{gateway.base_url[:-3]}/health", headers={"Authorization": "Bearer fg-master-test-0123456789"}
-    )
+    health = httpx.get(f"{gateway.base_url[:-3]}/health", headers={"Authorization": f"Bearer {MASTER_KEY}"})
     offers = health.json()["offers"]
     assert offers["sim/dead-model"]["breaker"] in ("open", "half_open")
 

@@ -69,3 +69,20 @@ def test_a_start_up_error_is_one_line(case: str, tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("faregate: ") and message in line, line
+
+
+def test_a_master_key_too_short_is_refused_at_start_in_one_line(tmp_path: Path) -> None:
+    """`faregate serve` with a FAREGATE_MASTER_KEY too short to resist guessing (a placeholder left
+    in a deployment) does not start: it says why, in one line, without the key."""
+    result = subprocess.run(
+        [sys.executable, "-m", "faregate.cli.main", "serve", "--port", "1"],
+        cwd=tmp_path,
+        env=clean_env(FAREGATE_MASTER_KEY="fg-master-change-me"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("faregate: $FAREGATE_MASTER_KEY is 19 characters long; a master key needs")
+    assert "change-me" not in line

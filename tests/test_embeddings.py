@@ -308,7 +308,7 @@ async def test_an_answer_without_usage_is_costed_from_our_own_count(
     app.router.add_post("/v1/embeddings", no_usage)
     upstream = TestServer(app, host="127.0.0.1", port=0)
     await upstream.start_server()
-    monkeypatch.setenv("FAREGATE_MASTER_KEY", "fg-master-test-0123456789")
+    monkeypatch.setenv("FAREGATE_MASTER_KEY", "fg-master-test-0123456789abcdefghijklmnop")
     settings = load_settings(
         overrides={
             "store": {"path": str(tmp_path / "store")},

@@ -11,9 +11,9 @@ import pytest
 
 import faregate.accounts.keys as keys_module
 from faregate.accounts.keys import ApiKey, KeyStore, hash_key
-from faregate.accounts.master import MasterKey
+from faregate.accounts.master import MIN_MASTER_KEY_CHARS, MasterKey
 from faregate.config import Settings
-from faregate.errors import InvalidRequest
+from faregate.errors import ConfigError, InvalidRequest
 from faregate.store.protocols import KeyRow
 from faregate.store.sqlite.store import SQLiteStore
 
@@ -244,7 +244,28 @@ def test_a_master_key_read_from_a_file_with_its_newline_still_matches(
     whitespace around it, else admin was locked out with no word why."""
     settings = Settings()
     settings.store.path = str(tmp_path)
-    monkeypatch.setenv(settings.auth.master_key_env, "fg-master-from-a-file\n")
-    assert MasterKey.load(settings).matches("fg-master-from-a-file")
+    from_file = "fg-master-from-a-file-0123456789abcdef"
+    monkeypatch.setenv(settings.auth.master_key_env, from_file + "\n")
+    assert MasterKey.load(settings).matches(from_file)
     monkeypatch.setenv(settings.auth.master_key_env, " \n")
     assert not MasterKey.load(settings).enabled  # blank: no master key, the admin API stays off
+
+
+@pytest.mark.parametrize("raw", ["fg-master-change-me", "x" * (MIN_MASTER_KEY_CHARS - 1)])
+def test_a_master_key_too_short_to_resist_guessing_is_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    """The master key guards every key, budget and record, and guesses at it are not limited:
+    one shorter than MIN_MASTER_KEY_CHARS (a word, a placeholder) is refused at start, saying why
+    and how to make one, never echoing it."""
+    settings = Settings()
+    settings.store.path = str(tmp_path)
+    monkeypatch.setenv(settings.auth.master_key_env, raw)
+    with pytest.raises(ConfigError, match=rf"\$FAREGATE_MASTER_KEY is {len(raw)} characters long") as info:
+        MasterKey.load(settings)
+    assert raw not in str(info.value) and f"at least {MIN_MASTER_KEY_CHARS}" in str(info.value)
+    long_enough = "x" * MIN_MASTER_KEY_CHARS
+    monkeypatch.setenv(settings.auth.master_key_env, f"  {long_enough}\n")
+    assert MasterKey.load(settings).matches(long_enough)
+    made = MasterKey().create(settings)  # the one `serve --new-key` makes is long enough
+    assert len(made) >= MIN_MASTER_KEY_CHARS

@@ -9,6 +9,11 @@ Two sources, either or both:
 
 Every comparison is in constant time over digests, so no code path accepts a key on a
 timing-dependent comparison.
+
+Failed attempts are not rate limited (a limit per client address is void behind a proxy, and a
+global one would let anyone lock the operators out): the key's length is what makes guessing it
+hopeless, so an environment key shorter than MIN_MASTER_KEY_CHARS is refused at start. A made key
+is "fg-master-" and 40 random characters (240 bits).
 """
 
 from __future__ import annotations
@@ -20,15 +25,32 @@ import secrets
 from pathlib import Path
 
 from faregate.config import Settings
+from faregate.errors import ConfigError
 
 MASTER_PREFIX = "fg-master-"
 DIGEST_FILE = "master-key.sha256"
+# 32 random characters from any shell's `openssl rand -base64 24` or `-hex 16` are 128 bits or more;
+# the words and placeholders people type ("fg-master-change-me") are far shorter.
+MIN_MASTER_KEY_CHARS = 32
 
 
 def _digest(raw: str) -> str:
     # surrogateescape: a presented key's header bytes that are not UTF-8 (and an environment
     # value's, which Python decodes the same way) are hashed as the bytes they were.
     return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def check_env_key(settings: Settings) -> str | None:
+    """The environment's master key, if set; ConfigError if it is too short to resist guessing
+    (its length said, never its value)."""
+    env = settings.master_key()
+    if env is not None and len(env) < MIN_MASTER_KEY_CHARS:
+        raise ConfigError(
+            f"${settings.auth.master_key_env} is {len(env)} characters long; a master key needs at "
+            f"least {MIN_MASTER_KEY_CHARS} (make one with `openssl rand -base64 32`), or unset it "
+            "and start with `faregate serve --new-key`, which makes one"
+        )
+    return env
 
 
 def digest_path(settings: Settings) -> Path:
@@ -43,8 +65,9 @@ class MasterKey:
 
     @classmethod
     def load(cls, settings: Settings) -> MasterKey:
+        """The master keys now; ConfigError for an environment key too short (`check_env_key`)."""
         key = cls()
-        env = settings.master_key()
+        env = check_env_key(settings)
         if env:
             key._digests.append(_digest(env))
         try:

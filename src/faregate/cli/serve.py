@@ -105,11 +105,12 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Start the gateway (and the provider simulator when no provider key is set)."""
-        from faregate.accounts.master import MasterKey
+        from faregate.accounts.master import MasterKey, check_env_key
         from faregate.server.runner import run
         from faregate.server.workers import default_workers, run_workers
 
         settings = load_or_exit(config)
+        check_env_key(settings)  # before any worker starts: one line, not one per worker
         if host:
             settings.server.host = host
         if port:
