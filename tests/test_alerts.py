@@ -55,6 +55,7 @@ class Hook:
     url: str
     received: list[dict[str, Any]] = field(default_factory=list)
     status: int = 200
+    authorizations: list[str | None] = field(default_factory=list)
 
 
 @pytest.fixture()
@@ -64,6 +65,7 @@ async def hook() -> AsyncIterator[Hook]:
 
     async def receive(request: web.Request) -> web.Response:
         state.received.append(await request.json())
+        state.authorizations.append(request.headers.get("Authorization"))
         return web.Response(status=state.status)
 
     app.router.add_post("/hook", receive)
@@ -198,6 +200,29 @@ async def test_daily_spend_of_a_key(manager: Make, hook: Hook) -> None:
     by_name = AlertRule(name="k1-spend", metric="daily_spend_usd", key="k1", above=0.02)
     events = await manager(by_name).evaluate(NOW)
     assert [e["labels"] for e in events] == [{"key": "k1"}]
+
+
+async def test_a_webhook_header_may_take_its_value_from_the_environment(
+    analytics: SQLiteAnalytics, hook: Hook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`${NAME}` in a webhook header is the variable's value (config/env_refs.py), as in a
+    provider's headers; a variable that is not set is refused at start, not posted as text."""
+    rule = AlertRule(name="spend", metric="daily_spend_usd", above=0.001)
+    headers = {"Authorization": "Bearer ${FAREGATE_TEST_HOOK_TOKEN}"}
+    webhook = WebhookSettings(url=hook.url, timeout_s=2, headers=headers)
+    settings = AlertSettings(webhook=webhook, rules=[rule])
+    monkeypatch.delenv("FAREGATE_TEST_HOOK_TOKEN", raising=False)
+    with pytest.raises(
+        ConfigError, match=r"alerts\.webhook: header Authorization: \$\{FAREGATE_TEST_HOOK_TOKEN\}"
+    ):
+        AlertManager(settings, analytics)
+    monkeypatch.setenv("FAREGATE_TEST_HOOK_TOKEN", "hook-secret")
+    alerts = AlertManager(settings, analytics)
+    try:
+        await alerts.evaluate(NOW)
+    finally:
+        await alerts.close()
+    assert hook.authorizations and set(hook.authorizations) == {"Bearer hook-secret"}
 
 
 async def test_a_failing_webhook_is_retried_then_counted(manager: Make, hook: Hook) -> None:

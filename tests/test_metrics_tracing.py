@@ -198,3 +198,50 @@ def test_the_record_keeps_the_callers_trace_context() -> None:
     record = Exchange.begin(cast(Any, SimpleNamespace(headers=headers))).record
     assert (record.traceparent, record.tracestate) == (headers["traceparent"], "vendor=abc")
     assert Exchange.begin(cast(Any, SimpleNamespace(headers={}))).record.traceparent is None
+
+
+def test_a_tracing_header_naming_an_unset_variable_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`${NAME}` in tracing.headers (a collector's token) is the variable's value, as in a
+    provider's headers; one not set is refused at start, not sent as text."""
+    from faregate.errors import ConfigError
+
+    monkeypatch.delenv("FAREGATE_TEST_OTLP_TOKEN", raising=False)
+    settings = TracingSettings(
+        otlp_endpoint="http://127.0.0.1:9/v1/traces",
+        headers={"Authorization": "Bearer ${FAREGATE_TEST_OTLP_TOKEN}"},
+    )
+    with pytest.raises(ConfigError, match=r"tracing: header Authorization: \$\{FAREGATE_TEST_OTLP_TOKEN\}"):
+        RequestTracer(settings)
+
+
+async def test_a_tracing_header_takes_its_value_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[str | None] = []
+
+    async def traces(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    monkeypatch.setenv("FAREGATE_TEST_OTLP_TOKEN", "otlp-secret")
+    try:
+        tracer = RequestTracer(
+            TracingSettings(
+                otlp_endpoint=f"http://127.0.0.1:{port}/v1/traces",
+                headers={"Authorization": "Bearer ${FAREGATE_TEST_OTLP_TOKEN}"},
+            )
+        )
+        tracer.observe(traced("req_env", None))
+        await tracer.close()
+    finally:
+        await runner.cleanup()
+    assert seen == ["Bearer otlp-secret"]

@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from faregate.config import QUALITY_ALERTS, AlertRule, AlertSettings
+from faregate.config.env_refs import expanded_headers
+from faregate.errors import ConfigError
 from faregate.lifecycle import Periodic
 from faregate.store.alert_memory import AlertMemory, FiredAlert
 from faregate.store.analytics import Analytics
@@ -170,6 +172,15 @@ class AlertManager:
     _recalled: bool = False
     _loop: Periodic | None = None
     _session: aiohttp.ClientSession | None = None
+    _webhook_headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        webhook = self.settings.webhook
+        if webhook is not None:
+            try:  # `${NAME}` in a header: the variable's value, read once (config/env_refs.py)
+                self._webhook_headers = expanded_headers(webhook.headers)
+            except ValueError as exc:
+                raise ConfigError(f"alerts.webhook: {exc}") from None
 
     def firing(self) -> list[AlertState]:
         return [s for s in self.states.values() if s.firing]
@@ -319,7 +330,9 @@ class AlertManager:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=webhook.timeout_s))
         for attempt in range(WEBHOOK_TRIES):
             try:
-                async with self._session.post(webhook.url, json=event, headers=webhook.headers) as response:
+                async with self._session.post(
+                    webhook.url, json=event, headers=self._webhook_headers
+                ) as response:
                     if response.status < 300:
                         return
                     problem = f"HTTP {response.status}"

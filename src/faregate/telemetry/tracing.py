@@ -19,6 +19,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from faregate.config import TracingSettings
+from faregate.config.env_refs import expanded_headers
 from faregate.errors import ConfigError
 from faregate.types import ANSWERED_OUTCOMES, RequestRecord
 
@@ -57,7 +58,11 @@ class RequestTracer:
             sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
         )
         self._propagator = TraceContextTextMapPropagator()
-        exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint, headers=dict(settings.headers))
+        try:
+            headers = expanded_headers(settings.headers)  # `${NAME}`: the variable's value
+        except ValueError as exc:
+            raise ConfigError(f"tracing: {exc}") from None
+        exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint, headers=headers)
         self._provider.add_span_processor(BatchSpanProcessor(exporter))
         self._tracer = self._provider.get_tracer("faregate")
 
