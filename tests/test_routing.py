@@ -960,3 +960,43 @@ async def test_a_stream_that_waited_for_an_upstream_slot_keeps_to_the_request_de
     (sent,) = b.calls
     assert sent.total_timeout_s <= 0.55
     assert sent.first_byte_timeout_s <= 0.55
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_probe_taken_since_the_plan_was_made_is_a_503_not_an_empty_502(stream: bool) -> None:
+    # Two requests plan while a's breaker has cooled down: each plan keeps a's offer (it may be
+    # probed), but the one probe goes to the first request to call. The other finds no candidate
+    # it may call, and no upstream was called for it: that is the plan's own "every breaker open"
+    # 503, not a 502 saying "All 0 upstream attempt(s) failed".
+    release, called = asyncio.Event(), asyncio.Event()
+
+    class Hanging(Scripted):
+        async def complete(self, call: UpstreamCall) -> Completion:
+            self.calls.append(call)
+            called.set()
+            await release.wait()
+            return ok()
+
+    a = Hanging("a", [])
+    planner, runner = runner_for(
+        {"a": a}, retries=0, breaker={"consecutive_failures": 1, "cooldown_s": 0.01, "shared_min_keys": 1}
+    )
+    runner.health.failure("a/cheap")
+    assert runner.health.breaker("a/cheap").state == OPEN
+    await asyncio.sleep(0.02)
+    first, second = request({"model": "cheap"}), request({"model": "cheap", "stream": stream})
+    first_plan, second_plan = await planner.plan(first), await planner.plan(second)
+    probe = asyncio.create_task(runner.complete(first, first_plan))
+    await called.wait()
+    try:
+        with pytest.raises(UpstreamFailed) as info:
+            if stream:
+                await runner.open_stream(second, second_plan)
+            else:
+                await runner.complete(second, second_plan)
+    finally:
+        release.set()
+        await probe
+    assert (info.value.status, info.value.code) == (503, "model_unavailable")
+    assert info.value.message == "No candidate can serve this request: circuit breaker open for a/cheap."
+    assert info.value.attempts == [] and len(a.calls) == 1

@@ -159,6 +159,23 @@ class UpstreamFailed(UpstreamError):
         )
 
 
+class BreakersOpen(UpstreamFailed):
+    """No upstream was called: when its turn came, every candidate's circuit breaker refused the
+    call (half-open, its one probe taken by a request that planned at the same moment; or opened
+    since the plan was made). The plan's own "every breaker open" 503 (candidate_fit.refuse),
+    reached a moment later; an UpstreamFailed all the same, so a cascade skips such a step as it
+    skips one whose every call failed."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "model_unavailable"
+
+    def __init__(self, offers: list[str]) -> None:
+        super().__init__(
+            [], message=f"No candidate can serve this request: circuit breaker open for {'; '.join(offers)}."
+        )
+
+
 class UpstreamRejected(UpstreamError):
     """The upstream refused the request itself (a 4xx other than 429): the client's to fix,
     so it is passed through with the upstream's status instead of falling back. The provider

@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import TypeVar, cast
 
 from faregate.config import RoutingSettings
-from faregate.errors import RateLimited, UpstreamFailed, UpstreamFailure, UpstreamRejected
+from faregate.errors import BreakersOpen, RateLimited, UpstreamFailed, UpstreamFailure, UpstreamRejected
 from faregate.providers.base import EmbeddingProvider, Provider, UpstreamCall, aclose_quietly, stream_reads
 from faregate.providers.registry import ProviderEntry, ProviderRegistry
 from faregate.routing.health import HealthBoard
@@ -277,6 +277,7 @@ class AttemptRunner:
         attempts: list[Attempt] = []
         timed_out = False
         queue_full: RateLimited | None = None
+        breaker_refused: list[str] = []  # offers whose breaker refused their first call
         for index, candidate in enumerate(plan.candidates):
             if index:
                 self.fallbacks += 1
@@ -288,6 +289,8 @@ class AttemptRunner:
                     timed_out = True
                     break
                 if not self.health.allow(key, request.key_id, time.monotonic()):
+                    if not tries:
+                        breaker_refused.append(f"{candidate.offer.provider}/{candidate.model.name}")
                     break
                 call = build(candidate, entry, time_left)
                 t0 = time.perf_counter()
@@ -335,6 +338,8 @@ class AttemptRunner:
                 break
         if queue_full is not None and not attempts:
             raise queue_full  # no upstream was called: the queue's 429, with its Retry-After
+        if breaker_refused and not attempts and not timed_out:
+            raise BreakersOpen(breaker_refused)  # no upstream was called: not "All 0 attempts failed"
         raise UpstreamFailed(attempts, timeout=timed_out or _all_timeouts(attempts))
 
     def _failed(

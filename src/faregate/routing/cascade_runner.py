@@ -73,6 +73,8 @@ class CascadeRunner:
                 answer = await self.runner.complete(request, last)
         except UpstreamFailed as failed:
             every = [*judged.attempts, *failed.attempts]
+            if not every:
+                raise  # nothing was called at all (errors.BreakersOpen): its own error, not "0 attempts"
             raise UpstreamFailed(
                 every,
                 timeout=failed.status == 504,
