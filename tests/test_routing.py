@@ -1000,3 +1000,27 @@ async def test_a_probe_taken_since_the_plan_was_made_is_a_503_not_an_empty_502(s
     assert (info.value.status, info.value.code) == (503, "model_unavailable")
     assert info.value.message == "No candidate can serve this request: circuit breaker open for a/cheap."
     assert info.value.attempts == [] and len(a.calls) == 1
+
+
+@pytest.mark.parametrize("route", [{"failover_p99_ms": 100}, {"offer_choice": "latency"}])
+async def test_an_offer_demoted_for_its_latency_is_tried_again_after_the_cool_down(
+    route: dict[str, Any],
+) -> None:
+    # b (the cheaper seller of mid) had a slow spell: demoted, it is only called when a fails, so
+    # its latency is never measured again. Once its figures are older than the breaker's cool-down
+    # they say nothing about now: it is first again (as an open breaker lets a probe through), and
+    # the figures start afresh from its next call, demoting it again only if that is slow too.
+    s = settings(routes={"r": {"chain": ["mid"], **route}}, routing={"breaker": {"cooldown_s": 30}})
+    health = HealthBoard(s.routing.breaker)
+    planner = Planner(build_catalog(s), s.routes, s.routing, health)
+    for _ in range(10):
+        health.success("a/mid", 10.0)
+        health.success("b/mid", 900.0)
+    assert await names(planner, {"model": "r"}) == ["a/mid", "b/mid"]
+    health.stats("b/mid").last_at -= 31  # b's last call ended more than a cool-down ago
+    assert await names(planner, {"model": "r"}) == ["b/mid", "a/mid"]
+    health.success("b/mid", 5.0)  # fast again: its slow spell no longer counts
+    assert await names(planner, {"model": "r"}) == ["b/mid", "a/mid"]
+    health.stats("b/mid").last_at -= 31
+    health.success("b/mid", 900.0)  # still slow: demoted again at once
+    assert await names(planner, {"model": "r"}) == ["a/mid", "b/mid"]

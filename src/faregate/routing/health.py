@@ -17,6 +17,7 @@ cannot be attributed and count as coming from a key of their own each.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import OrderedDict, deque
@@ -156,15 +157,32 @@ class Breaker:
 
 @dataclass(slots=True)
 class LatencyStats:
-    """Recent latencies (ms) of successful calls, with an EWMA for cheap comparisons."""
+    """Recent latencies (ms) of successful calls, with an EWMA for cheap comparisons.
+
+    Figures older than `stale_after_s` (the breaker's cool-down) say nothing about now: routing
+    reads them as unknown (`fresh`), and the next call starts them afresh. An offer demoted for
+    its latency is called only when the ones before it fail, so without this its figures would
+    never be measured again, and one slow spell would demote it for as long as the process runs."""
 
     window: int
+    stale_after_s: float = math.inf
     samples: deque[float] = field(default_factory=deque)
     ttft: deque[float] = field(default_factory=deque)
     ewma: float | None = None
+    # When the last sample came (time.monotonic).
+    last_at: float = 0.0
     _sorted_cache: list[float] | None = None
 
-    def add(self, latency_ms: float, ttft_ms: float | None = None) -> None:
+    def fresh(self, now: float) -> bool:
+        return bool(self.samples) and now - self.last_at <= self.stale_after_s
+
+    def add(self, latency_ms: float, ttft_ms: float | None = None, now: float | None = None) -> None:
+        moment = time.monotonic() if now is None else now
+        if self.samples and not self.fresh(moment):
+            self.samples.clear()
+            self.ttft.clear()
+            self.ewma = None
+        self.last_at = moment
         self.samples.append(latency_ms)
         if len(self.samples) > self.window:
             self.samples.popleft()
@@ -248,7 +266,7 @@ class HealthBoard:
     def stats(self, key: str) -> LatencyStats:
         found = self.latency.get(key)
         if found is None:
-            found = self.latency[key] = LatencyStats(self._window)
+            found = self.latency[key] = LatencyStats(self._window, self._breaker_settings.cooldown_s)
         return found
 
     def usable(self, key: str, now: float | None = None, api_key: str | None = None) -> bool:
@@ -267,7 +285,7 @@ class HealthBoard:
         own = self.own_breaker(key, api_key)
         if own is not None:
             own.record(True, now, api_key)
-        self.stats(key).add(latency_ms, ttft_ms)
+        self.stats(key).add(latency_ms, ttft_ms, now)
 
     def failure(self, key: str, api_key: str | None = None) -> None:
         now = time.monotonic()
@@ -286,13 +304,19 @@ class HealthBoard:
             1 for (offer, _), b in self.key_breakers.items() if offer == key and not b.would_allow(now)
         )
 
-    def p99(self, key: str) -> float | None:
+    def p99(self, key: str, now: float | None = None) -> float | None:
+        """The offer's moving p99 for routing: None when unknown or stale (LatencyStats.fresh)."""
         stats = self.latency.get(key)
-        return stats.quantile(0.99) if stats else None
+        if stats is None or not stats.fresh(time.monotonic() if now is None else now):
+            return None
+        return stats.quantile(0.99)
 
-    def ewma(self, key: str) -> float | None:
+    def ewma(self, key: str, now: float | None = None) -> float | None:
+        """The offer's latency EWMA for routing: None when unknown or stale (LatencyStats.fresh)."""
         stats = self.latency.get(key)
-        return stats.ewma if stats else None
+        if stats is None or not stats.fresh(time.monotonic() if now is None else now):
+            return None
+        return stats.ewma
 
     def pick_two(self, n: int) -> tuple[int, int]:
         first = self._random.randrange(n)

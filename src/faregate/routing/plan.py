@@ -400,14 +400,15 @@ class Planner:
         if by_latency and len(usable) > 1:
             a, b = self.health.pick_two(len(usable))
             first, second = usable[a], usable[b]
-            lat_a, lat_b = self.health.ewma(first.key) or 0.0, self.health.ewma(second.key) or 0.0
+            lat_a = self.health.ewma(first.key, now) or 0.0
+            lat_b = self.health.ewma(second.key, now) or 0.0
             # A tie (no latency known yet for either, or the same) goes to the cheaper offer, the
             # one earlier in the list: not to whichever the random draw named first.
             chosen = first if (lat_a, a) <= (lat_b, b) else second
             usable.remove(chosen)
             usable.insert(0, chosen)
         if p99_limit is not None:
-            slow = [o for o in usable if (self.health.p99(o.key) or 0.0) > p99_limit]
+            slow = [o for o in usable if (self.health.p99(o.key, now) or 0.0) > p99_limit]
             usable = [o for o in usable if o not in slow] + slow
         return usable
 
