@@ -1024,3 +1024,41 @@ async def test_an_offer_demoted_for_its_latency_is_tried_again_after_the_cool_do
     health.stats("b/mid").last_at -= 31
     health.success("b/mid", 900.0)  # still slow: demoted again at once
     assert await names(planner, {"model": "r"}) == ["a/mid", "b/mid"]
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("context_length_exceeded", "This model's maximum context length is 1000 tokens."),  # OpenAI
+        ("invalid_request_error", "This model's maximum context length is 1000 tokens. However, you"),
+        (None, "prompt is too long: 1203 tokens > 1000 maximum"),  # Anthropic
+    ],
+)
+async def test_a_prompt_an_upstream_finds_too_long_for_its_window_falls_back_to_the_next_model(
+    code: str | None, message: str
+) -> None:
+    # The plan fitted the prompt by the gateway's own count, an estimate (and the upstream's
+    # tokenizer is its own): tiny's upstream says the prompt overflows its window after all. That is
+    # no fault of the client's, who asked for [tiny, big]: big's larger window serves it.
+    too_long = UpstreamRejected(400, f"a rejected the request: {message}", code=code)
+    a = Scripted("a", [too_long, ok("from big")])
+    planner, runner = runner_for({"a": a})
+    req = request({"models": ["tiny", "big"]})
+    served = await runner.complete(req, await planner.plan(req))
+    assert served.completion.body["choices"][0]["message"]["content"] == "from big"
+    assert [(x.model, x.outcome, x.status) for x in served.attempts] == [
+        ("tiny", "rejected", 400),
+        ("big", "ok", None),
+    ]
+    assert runner.health.breaker("a/tiny").consecutive_failures == 0  # the prompt's, not a's
+
+
+async def test_a_prompt_every_upstream_finds_too_long_is_their_400_listing_each_attempt() -> None:
+    refusal = "This model's maximum context length is 1000 tokens."
+    a = Scripted("a", [UpstreamRejected(400, refusal, code="context_length_exceeded")] * 2)
+    planner, runner = runner_for({"a": a})
+    req = request({"models": ["tiny", "big"]})
+    with pytest.raises(UpstreamRejected) as info:
+        await runner.complete(req, await planner.plan(req))
+    assert (info.value.status, info.value.code) == (400, "context_length_exceeded")
+    assert [(x.model, x.outcome) for x in info.value.attempts] == [("tiny", "rejected"), ("big", "rejected")]

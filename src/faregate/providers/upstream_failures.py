@@ -143,6 +143,21 @@ async def read_error_body(resp: Response, start: bytes = b"") -> bytes:
     return b"".join(parts)[:MAX_ERROR_BODY_BYTES]
 
 
+# How upstreams say a prompt overflows the model's context window (with its max_tokens): OpenAI's
+# code, and the words of those that give none of their own (DeepSeek, vLLM, Mistral, OpenRouter:
+# "maximum context length"; Anthropic: "prompt is too long").
+_CONTEXT_OVERFLOW_CODE = "context_length_exceeded"
+_CONTEXT_OVERFLOW_WORDS = ("maximum context length", "prompt is too long", "context window")
+
+
+def overflows_context(rejected: UpstreamRejected) -> bool:
+    """Does the upstream refuse the request because the prompt does not fit its model's window?"""
+    if rejected.code == _CONTEXT_OVERFLOW_CODE:
+        return True
+    message = rejected.message.lower()
+    return any(words in message for words in _CONTEXT_OVERFLOW_WORDS)
+
+
 def _out_of_credit(message: str) -> bool:
     return "credit balance is too low" in message.lower()
 

@@ -7,7 +7,9 @@ with nothing in it, a stream that dies before its first content); an answer cut 
 max_tokens is served however blank (a reasoning model may spend them all on its reasoning):
 another call would reach the same limit, and be billed for it too; a 404 or a refused key
 (401, 403) moves on without a retry, since the same call gets the same answer. A 4xx that is the
-client's fault is returned at once: another provider would refuse it too. Breakers
+client's fault is returned at once: another provider would refuse it too; but a prompt an upstream
+finds too long for its model's window (the plan's fit was the gateway's count) moves on to the next
+model without a retry, and is the client's 400 only when every model called said so. Breakers
 fail fast: an offer whose breaker is open is not called at all. A candidate's provider and
 the timeouts of its calls are one registry lookup.
 """
@@ -27,6 +29,7 @@ from faregate.config import RoutingSettings
 from faregate.errors import BreakersOpen, RateLimited, UpstreamFailed, UpstreamFailure, UpstreamRejected
 from faregate.providers.base import EmbeddingProvider, Provider, UpstreamCall, aclose_quietly, stream_reads
 from faregate.providers.registry import ProviderEntry, ProviderRegistry
+from faregate.providers.upstream_failures import overflows_context
 from faregate.routing.health import HealthBoard
 from faregate.routing.opened_stream import NOT_HEALTH_SIGNALS, OpenedStream
 from faregate.routing.plan import Candidate, Plan
@@ -278,6 +281,7 @@ class AttemptRunner:
         timed_out = False
         queue_full: RateLimited | None = None
         breaker_refused: list[str] = []  # offers whose breaker refused their first call
+        too_long: UpstreamRejected | None = None  # an upstream's "the prompt overflows my window"
         for index, candidate in enumerate(plan.candidates):
             if index:
                 self.fallbacks += 1
@@ -327,6 +331,12 @@ class AttemptRunner:
                     attempts.append(
                         _attempt(candidate, t0, "rejected", str(rejected.message), rejected.status)
                     )
+                    if overflows_context(rejected) and index < len(plan.candidates) - 1:
+                        # The plan fitted the prompt by the gateway's count, an estimate (and each
+                        # upstream counts with its own tokenizer): a later model, with a larger
+                        # window, may serve it. No retry, and no failure of the offer's.
+                        too_long = rejected
+                        break
                     rejected.attempts = attempts
                     raise
                 except BaseException:
@@ -340,6 +350,9 @@ class AttemptRunner:
             raise queue_full  # no upstream was called: the queue's 429, with its Retry-After
         if breaker_refused and not attempts and not timed_out:
             raise BreakersOpen(breaker_refused)  # no upstream was called: not "All 0 attempts failed"
+        if too_long is not None and all(a.outcome == "rejected" for a in attempts):
+            too_long.attempts = attempts  # every upstream called found the prompt too long: their 400
+            raise too_long
         raise UpstreamFailed(attempts, timeout=timed_out or _all_timeouts(attempts))
 
     def _failed(
