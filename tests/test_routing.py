@@ -350,6 +350,24 @@ async def test_each_entry_of_a_models_list_is_planned_with_its_own_routes_settin
     assert await names(planner, {**body, "models": ["open", "capped"]}) == ["a/cheap", "a/tiny"]
 
 
+async def test_a_model_over_one_entrys_cap_is_still_tried_for_a_later_entry_without_it() -> None:
+    """A model is planned once per request, at its first appearance; one left out there for its
+    route's cap was left out for good, though a later entry of the `models` list names it without
+    that cap (asked alone, `big` is served): the client's own fallback was dropped."""
+    routes = {**ROUTES, "capped": {"chain": ["big", "tiny"], "max_cost_usd": "0.0005"}}
+    s = settings(routes=routes)
+    planner = Planner(build_catalog(s), s.routes, s.routing)
+    # 100 output tokens: big's worst case is ~$0.001, over capped's cap; big named alone has none.
+    body: dict[str, Any] = {"max_tokens": 100}
+    assert await names(planner, {**body, "models": ["capped", "big"]}) == ["a/tiny", "a/big"]
+    assert await names(planner, {**body, "models": ["capped", "big", "capped"]}) == ["a/tiny", "a/big"]
+    with pytest.raises(InvalidRequest) as info:  # over both caps: said once
+        await planner.plan(
+            request({**body, "models": ["capped", "capped"], "faregate": {"max_cost_usd": 1e-6}})
+        )
+    assert info.value.message.count("big (worst case") == 1
+
+
 LARGE_IMAGE = "data:image/png;base64," + "A" * 400_000  # ~6,000 billed tokens at 64 bytes each
 
 

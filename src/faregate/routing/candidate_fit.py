@@ -159,7 +159,9 @@ async def within_cap(
     exact = await prompt.billable()
     kept = [o for o in offers if worst(o.price, exact) <= cap]
     if not kept:
-        rejected.cost.append(f"{model.name} (worst case ${min(worst(o.price, exact) for o in offers):f})")
+        reason = f"{model.name} (worst case ${min(worst(o.price, exact) for o in offers):f})"
+        if reason not in rejected.cost:  # once, if several routes' caps left it out
+            rejected.cost.append(reason)
     return kept
 
 

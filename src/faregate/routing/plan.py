@@ -362,6 +362,10 @@ class Planner:
                 offers = await offers_that_fit(model, offers, request, prompt, rejected)
             if cap is not None and offers:
                 offers = await within_cap(model, offers, request, prompt, cap, rejected)
+                if not offers:
+                    # Over this step's cap, which is its route's: a later step reached another way
+                    # (a `models` entry without that cap) may still try it.
+                    seen.discard(model.name)
             candidates.extend(Candidate(model, offer, retries) for offer in offers)
         return candidates
 
