@@ -305,6 +305,22 @@ async def test_a_client_error_is_not_escalated() -> None:
     assert [a.outcome for a in caught.value.attempts] == ["rejected"]  # type: ignore[attr-defined]
 
 
+async def test_a_cheap_step_that_finds_the_prompt_too_long_is_skipped_like_a_fallback() -> None:
+    # The cheap step's upstream says the prompt overflows its window (the plan's fit was the
+    # gateway's estimate): the strong step, with a larger window, is asked; the client is not
+    # refused for a step the route chose.
+    too_long = UpstreamRejected(400, "This model's maximum context length is 32000 tokens.")
+    cheap, strong = Scripted("a", [too_long]), Scripted("b", [ok("42")])
+    planner, cascades = gateway({"a": cheap, "b": strong})
+    req = request({"model": "cascade"})
+    cascaded = await cascades.run(req, await planner.plan(req))
+    assert [(a.model, a.outcome) for a in cascaded.answer.attempts] == [
+        ("cheap", "rejected"),
+        ("strong", "ok"),
+    ]
+    assert cascaded.judged.escalations == 0 and "no answer" in cascaded.judged.verdicts[0]
+
+
 async def test_the_llm_judge_is_asked_through_the_attempt_loop_and_billed() -> None:
     grader = Scripted("a", [ok("6x7 is 42"), Completion(ok("Looks right. Score: 9/10").body, Usage(300, 10))])
     planner, cascades = gateway({"a": grader, "b": Scripted("b", [])})

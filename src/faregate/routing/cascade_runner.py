@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from faregate.errors import UpstreamFailed, UpstreamRejected, listed
+from faregate.providers.upstream_failures import overflows_context
 from faregate.routing.attempts import AttemptRunner, Served
 from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Plan, Planner
@@ -105,6 +106,11 @@ class CascadeRunner:
                 verdicts.append(f"step {index + 1}: no answer ({len(failed.attempts)} failed attempts)")
                 continue
             except UpstreamRejected as rejected:
+                if overflows_context(rejected):
+                    # The prompt overflows this step's window after all: a later step may have room.
+                    attempts.extend(rejected.attempts)
+                    verdicts.append(f"step {index + 1}: no answer (the prompt is too long for it)")
+                    continue
                 rejected.attempts[:0] = attempts
                 raise
             attempts.extend(served.attempts)
