@@ -28,6 +28,7 @@ from faregate.providers.anthropic import ANTHROPIC_VERSION, AnthropicProvider
 from faregate.providers.base import UpstreamCall
 from faregate.providers.http import ConnectionPool
 from faregate.providers.registry import ProviderRegistry, make_upstream_pool
+from faregate.providers.upstream_failures import overflows_context
 from faregate.types import JSON, Price, Usage
 from faregate.wire.anthropic_replies import completion_to_message
 from faregate.wire.anthropic_upstream import DEFAULT_MAX_TOKENS, EMPTY_USER_TEXT, chat_to_messages
@@ -613,6 +614,19 @@ async def test_an_account_out_of_credit_is_the_providers_fault(
         await provider.complete(call())
     assert (info.value.kind, info.value.status, info.value.retryable) == ("server_error", 400, True)
     assert info.value.detail == f"provider account needs payment (HTTP 400): {message}"
+
+
+async def test_a_prompt_too_long_for_the_window_is_told_apart_from_other_400s(
+    upstream: Upstream, provider: AnthropicProvider
+) -> None:
+    # Anthropic's words for it (no code): the attempt loop moves on to a model with a larger window.
+    message = "prompt is too long: 208310 tokens > 200000 maximum"
+    upstream.handler = json_reply(
+        {"type": "error", "error": {"type": "invalid_request_error", "message": message}}, 400
+    )
+    with pytest.raises(UpstreamRejected) as info:
+        await provider.complete(call())
+    assert info.value.status == 400 and overflows_context(info.value)
 
 
 async def test_what_messages_cannot_say_is_refused_before_any_call(

@@ -28,7 +28,7 @@ from faregate.providers.base import UpstreamCall
 from faregate.providers.http import ConnectionPool
 from faregate.providers.openai_compat import OpenAICompatibleProvider
 from faregate.providers.registry import ProviderRegistry, make_upstream_pool, pool_limits, with_simulator
-from faregate.providers.upstream_failures import parse_retry_after
+from faregate.providers.upstream_failures import overflows_context, parse_retry_after
 from faregate.types import Price, Usage
 from faregate.wire.openai import answer_is_empty, usage_of
 
@@ -282,6 +282,38 @@ async def test_429_insufficient_quota_is_an_account_that_needs_payment_not_a_rat
     failure = await failure_of(make_provider())
     assert (failure.kind, failure.status, failure.retry_after) == ("server_error", 429, None)
     assert failure.detail == f"provider account needs payment (HTTP 429): {message}"
+
+
+@pytest.mark.parametrize(
+    ("error", "overflows"),
+    [
+        # OpenAI, and DeepSeek or vLLM (their words, no code of OpenAI's), and an unrelated refusal.
+        (
+            {
+                "message": "This model's maximum context length is 128000 tokens.",
+                "code": "context_length_exceeded",
+            },
+            True,
+        ),
+        (
+            {"message": "This model's maximum context length is 65536 tokens. However, you requested 70000"},
+            True,
+        ),
+        ({"message": "Invalid schema for function 'f'", "code": "invalid_function_parameters"}, False),
+    ],
+)
+async def test_a_prompt_too_long_for_the_models_window_is_told_apart_from_other_400s(
+    upstream: Upstream,
+    make_provider: Callable[..., OpenAICompatibleProvider],
+    error: dict[str, Any],
+    overflows: bool,
+) -> None:
+    # The attempt loop moves on to a model with a larger window for the first two (routing/attempts.py).
+    upstream.handler = json_reply({"error": {"type": "invalid_request_error", **error}}, 400)
+    with pytest.raises(UpstreamRejected) as info:
+        await make_provider().complete(call())
+    assert info.value.status == 400
+    assert overflows_context(info.value) is overflows
 
 
 def test_parse_retry_after_variants() -> None:
