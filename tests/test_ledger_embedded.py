@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -385,3 +386,20 @@ async def test_a_top_up_past_the_largest_exact_balance_is_refused(store: SQLiteS
     with pytest.raises(InvalidRequest):
         await service.add_credits(key_id, 1)
     assert (await accounts.audit()).clean
+
+
+async def test_a_stopped_instance_that_holds_nothing_is_no_longer_listed(store: SQLiteStore) -> None:
+    """Every start (a restart, a worker respawned) is a new instance: once its lease is over and
+    its holds are released, the sweeper forgets it, as on Redis, or /admin/instances grows for good."""
+    key_id = await new_key(store, 1_000_000)
+    stopped, killed, serving = EmbeddedAccounts(store), EmbeddedAccounts(store), EmbeddedAccounts(store)
+    for accounts in (stopped, killed, serving):
+        await accounts.lease.start()
+    held = dataclasses.replace(ask(key_id, 1, 1_000_000), instance_id=killed.instance_id)
+    assert isinstance(await killed.reserve(held), Admitted)
+    await stopped.close()
+    await killed.ledger.end_lease(killed.instance_id)  # its lease lapsed: it died holding a reservation
+    assert await serving.sweep() == 1
+    listed = {row.instance_id for row in await serving.instances()}
+    assert listed == {serving.instance_id}, "gone instances that hold nothing are forgotten"
+    await serving.close()

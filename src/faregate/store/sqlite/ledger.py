@@ -120,6 +120,17 @@ def _expire(conn: sqlite3.Connection, now: float, *, key_id: str | None = None, 
     return len(rows)
 
 
+def _forget_gone_instances(conn: sqlite3.Connection, now: float) -> None:
+    """Instances whose lease is over and that hold nothing: a restart is a new instance, so these
+    never come back (one that only stalled inserts itself again at its next renewal). Redis's
+    sweep forgets them too; kept, they were listed in /admin/instances for good."""
+    conn.execute(
+        "DELETE FROM instances WHERE lease_until <= ?"
+        " AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.instance_id = instances.instance_id)",
+        (now,),
+    )
+
+
 def _release_instance(conn: sqlite3.Connection, instance_id: str, note: str, now: float) -> int:
     rows = conn.execute(
         f"DELETE FROM holds WHERE instance_id = ? RETURNING {_HOLD_COLUMNS}", (instance_id,)
@@ -267,9 +278,16 @@ class SQLiteLedger:
         return work
 
     async def sweep(self, limit: int = 500) -> int:
-        """Release holds past their expiry (their process died or lost track of them)."""
+        """Release holds past their expiry or whose instance's lease lapsed (their process died or
+        lost track of them), then forget the instances gone with nothing left to release."""
         now = self._clock()
-        return await self._store.run_in_transaction(lambda conn: _expire(conn, now, limit=limit))
+
+        def work(conn: sqlite3.Connection) -> int:
+            released = _expire(conn, now, limit=limit)
+            _forget_gone_instances(conn, now)
+            return released
+
+        return await self._store.run_in_transaction(work)
 
     # -- instance leases ------------------------------------------------------------------------
 
