@@ -173,6 +173,18 @@ def test_tokens_are_taken_as_reserved_and_corrected_at_settlement() -> None:
     assert isinstance(too_big, RateRefusal) and math.isinf(too_big.retry_after_s)
 
 
+def test_a_request_that_can_never_fit_is_told_so_even_when_the_requests_bucket_is_empty() -> None:
+    """More tokens than the limit is request_too_large whenever it is asked: a Retry-After for the
+    requests bucket would only make the client wait (the SDKs do) to be told that afterwards."""
+    limiter = LocalRateLimiter(Clock())
+    limits = Limits(1, 1000)
+    assert isinstance(limiter.take("k", limits, 10), RateState)
+    too_big = limiter.take("k", limits, 5000)
+    assert isinstance(too_big, RateRefusal) and too_big.what == "tokens", too_big
+    error = refusal_error(Refused("rate", rate=too_big), 0, 5000)
+    assert error.code == "request_too_large" and "Retry-After" not in error.headers
+
+
 def test_openai_style_headers() -> None:
     assert duration_text(0.02) == "20ms" and duration_text(1) == "1s" and duration_text(360) == "6m0s"
     assert duration_text(1.5) == "1.5s" and duration_text(3723) == "1h2m3s"

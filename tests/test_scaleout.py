@@ -137,6 +137,22 @@ def test_budget_and_rate_limit_hold_as_one(pair: tuple[GatewayProcess, GatewayPr
     assert audit(a)["clean"] is True
 
 
+def test_a_request_that_can_never_fit_is_told_so_at_once(pair: tuple[GatewayProcess, GatewayProcess]) -> None:
+    """More tokens than the key's limit per minute: 429 request_too_large with no Retry-After, even
+    while the requests bucket is empty (a Retry-After would only make the SDK wait to hear it)."""
+    a, b = pair
+    _, key = new_key(a, "1", requests_per_minute=1, tokens_per_minute=500)
+    openai.OpenAI(base_url=a.base_url, api_key=key, max_retries=0).chat.completions.create(
+        model="flat-1", messages=LORE, max_tokens=5
+    )
+    with pytest.raises(openai.RateLimitError) as refused:
+        openai.OpenAI(base_url=b.base_url, api_key=key, max_retries=0).chat.completions.create(
+            model="flat-1", messages=LORE, max_tokens=1000
+        )
+    assert isinstance(refused.value.body, dict) and refused.value.body["code"] == "request_too_large"
+    assert "retry-after" not in refused.value.response.headers
+
+
 def test_revoked_key_is_refused_at_once_on_every_instance(
     pair: tuple[GatewayProcess, GatewayProcess],
 ) -> None:

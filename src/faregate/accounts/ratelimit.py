@@ -85,6 +85,10 @@ def take_from(
         requests.refill(rpm, now)
     if tpm is not None:
         token_bucket.refill(tpm, now)
+    if tpm is not None and tokens > tpm:
+        # Could never fit, however long it waited: said first (request_too_large), not after a
+        # Retry-After for the requests bucket that the client would wait out only to hear it then.
+        return RateRefusal("tokens", tpm, tokens, math.inf, state_of(requests, token_bucket, limits))
     if rpm is not None and requests.level < 1:
         wait = requests.wait_for(1, rpm)
         return RateRefusal("requests", rpm, 1, wait, state_of(requests, token_bucket, limits))

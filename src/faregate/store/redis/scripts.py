@@ -148,6 +148,8 @@ if rpm > 0 then rl, rt = refill(tonumber(r[1]), tonumber(r[2]), rpm, now) end
 if tpm > 0 then tl, tt = refill(tonumber(r[3]), tonumber(r[4]), tpm, now) end
 -- '' for a limit the key does not have: a level itself may be below zero (an overrun).
 local levels = {rpm > 0 and num(rl) or '', tpm > 0 and num(tl) or ''}
+-- More tokens than the limit can never fit: said before the requests bucket (no Retry-After).
+if tpm > 0 and tokens > tpm then return {'tokens', int(bal), int(held), levels[1], levels[2]} end
 if rpm > 0 and rl < 1 then return {'requests', int(bal), int(held), levels[1], levels[2]} end
 if tpm > 0 and tl < tokens then return {'tokens', int(bal), int(held), levels[1], levels[2]} end
 local inst = ARGV[12 + 2 * n] or ''
