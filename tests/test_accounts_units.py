@@ -136,6 +136,18 @@ def test_premium_tier_has_higher_default_limits_and_keys_override_them() -> None
     assert limits_for(Policy(requests_per_minute=7), True, settings).requests_per_minute == 7
 
 
+def test_a_tier_limit_left_out_of_the_config_keeps_its_default() -> None:
+    """`standard: {requests_per_minute: 100}` lowers one limit; it must not lift the other (it
+    became None, unlimited). Only an explicit null makes a tier's limit unlimited."""
+    settings = parse_settings(
+        {"accounts": {"standard": {"requests_per_minute": 100}, "premium": {"tokens_per_minute": 5}}}
+    ).accounts
+    assert limits_for(Policy(), False, settings) == Limits(100, 1_000_000)
+    assert limits_for(Policy(), True, settings) == Limits(6000, 5)
+    unlimited = parse_settings({"accounts": {"standard": {"tokens_per_minute": None}}}).accounts
+    assert limits_for(Policy(), False, unlimited) == Limits(600, None)
+
+
 # -- rate limits -----------------------------------------------------------------------------
 
 

@@ -333,11 +333,26 @@ class AlertSettings(_Strict):
     rules: list[AlertRule] = []
 
 
+PerMinute = Annotated[int, msgspec.Meta(ge=1)]
+
+
 class TierLimits(_Strict):
     """Default rate limits of one key tier; a key's own limits replace them. None: unlimited."""
 
-    requests_per_minute: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    tokens_per_minute: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    requests_per_minute: PerMinute | None = None
+    tokens_per_minute: PerMinute | None = None
+
+
+# Each tier's defaults are its fields' own, so that a config naming one limit keeps the other
+# (a `standard: {requests_per_minute: 100}` lifted the token limit); null makes one unlimited.
+class StandardTier(TierLimits):
+    requests_per_minute: PerMinute | None = 600
+    tokens_per_minute: PerMinute | None = 1_000_000
+
+
+class PremiumTier(TierLimits):
+    requests_per_minute: PerMinute | None = 6000
+    tokens_per_minute: PerMinute | None = 10_000_000
 
 
 class LimitsSettings(_Strict):
@@ -365,13 +380,9 @@ class AccountsSettings(_Strict):
     enabled: bool = False
     # Credits granted to every newly created key (USD; credits never expire).
     new_key_credits_usd: Decimal = Decimal(0)
-    standard: TierLimits = msgspec.field(
-        default_factory=lambda: TierLimits(requests_per_minute=600, tokens_per_minute=1_000_000)
-    )
+    standard: StandardTier = msgspec.field(default_factory=StandardTier)
     # Keys with the fg_pro_ prefix.
-    premium: TierLimits = msgspec.field(
-        default_factory=lambda: TierLimits(requests_per_minute=6000, tokens_per_minute=10_000_000)
-    )
+    premium: PremiumTier = msgspec.field(default_factory=PremiumTier)
     # A reservation not settled within this many seconds (its process died) is released.
     # Default: server.request_timeout_s + 60, so a live request never loses its hold.
     hold_ttl_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
