@@ -185,6 +185,20 @@ def test_tokens_are_taken_as_reserved_and_corrected_at_settlement() -> None:
     assert isinstance(too_big, RateRefusal) and math.isinf(too_big.retry_after_s)
 
 
+def test_an_overrun_settled_after_the_bucket_refilled_is_still_taken() -> None:
+    """Tokens used beyond the reservation come off the bucket as it is at settlement: given back
+    onto the level it had when the request was admitted, a bucket full again by then forgave them
+    (the Redis script refills first)."""
+    clock = Clock()
+    limiter = LocalRateLimiter(clock)
+    limits = Limits(None, 1000)
+    assert isinstance(limiter.take("k", limits, 900), RateState)
+    clock.now += 60  # a long request: the bucket is full again when it ends
+    limiter.give_back("k", limits, 0, 900 - 1400)  # it used 1400 of its 900
+    state = limiter.take("k", limits, 0)
+    assert isinstance(state, RateState) and state.tokens is not None and state.tokens.remaining == 500
+
+
 def test_a_request_that_can_never_fit_is_told_so_even_when_the_requests_bucket_is_empty() -> None:
     """More tokens than the limit is request_too_large whenever it is asked: a Retry-After for the
     requests bucket would only make the client wait (the SDKs do) to be told that afterwards."""

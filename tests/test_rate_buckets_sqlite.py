@@ -132,3 +132,22 @@ async def test_a_cache_hit_of_a_revoked_key_is_refused_as_a_reservation_is(
     for rpm in (3, None):
         refused = await b.take_request(key_id, rpm)
         assert isinstance(refused, Refused) and refused.reason == "revoked", refused
+
+
+async def test_an_overrun_settled_after_the_bucket_refilled_is_still_taken(
+    two_workers: tuple[EmbeddedAccounts, EmbeddedAccounts],
+) -> None:
+    a, b = two_workers
+    key_id = await new_key(a)
+    limits = Limits(requests_per_minute=None, tokens_per_minute=60)  # a token a second
+    assert isinstance(await a.reserve(ask(key_id, 1, limits, tokens=10)), Admitted)
+    # A long request: a minute has passed when it settles, so the bucket is full again.
+    await a._store.run_in_transaction(
+        lambda conn: conn.execute("UPDATE rate_buckets SET tok_at = tok_at - 60 WHERE key_id = ?", (key_id,))
+    )
+    # It used 50 of its 10: the 40 over come off the full bucket (20 left), not off the level it had
+    # when admitted (50 - 40, refilled to full again at the next take: the overrun forgiven).
+    await a.settle(key_id, HoldRef("hold_1", "req_1", hour_of(time.time()), 10, limits), 1, 50)
+    admitted = await b.reserve(ask(key_id, 2, limits, tokens=0))
+    assert isinstance(admitted, Admitted) and admitted.rate is not None and admitted.rate.tokens is not None
+    assert 20 <= admitted.rate.tokens.remaining < 50, admitted.rate.tokens  # refilled a token a second since

@@ -258,8 +258,9 @@ class EmbeddedAccounts:
         def both(conn: sqlite3.Connection) -> bool:
             done = work(conn)
             if limits.tokens_per_minute is not None and tokens:
-                requests, bucket = rate_buckets.load(conn, key_id, time.time())
-                give_back_to(requests, bucket, limits, 0, tokens)
+                now = time.time()
+                requests, bucket = rate_buckets.load(conn, key_id, now)
+                give_back_to(requests, bucket, limits, 0, tokens, now)
                 rate_buckets.save(conn, key_id, requests, bucket)
             return done
 

@@ -102,14 +102,18 @@ def take_from(
     return state_of(requests, token_bucket, limits)
 
 
-def give_back_to(requests: Bucket, token_bucket: Bucket, limits: Limits, units: int, tokens: int) -> None:
+def give_back_to(
+    requests: Bucket, token_bucket: Bucket, limits: Limits, units: int, tokens: int, now: float
+) -> None:
     """Return units taken by `take_from` (a refused reservation), or correct tokens at settlement
-    (negative: the request used more than it reserved)."""
+    (negative: the request used more than it reserved). Onto the bucket as it is `now`: an overrun
+    added to the level of long ago would vanish in the refill since (a full bucket forgave it)."""
     for bucket, limit, count in (
         (requests, limits.requests_per_minute, units),
         (token_bucket, limits.tokens_per_minute, tokens),
     ):
         if limit is not None and not math.isnan(bucket.level):
+            bucket.refill(limit, now)
             bucket.level = min(float(limit), bucket.level + count)
 
 
@@ -148,7 +152,7 @@ class LocalRateLimiter:
         (negative: the request used more than it reserved)."""
         pair = self._buckets.get(key_id)
         if pair is not None:
-            give_back_to(pair[0], pair[1], limits, requests, tokens)
+            give_back_to(pair[0], pair[1], limits, requests, tokens, self._clock())
 
 
 # -- headers -----------------------------------------------------------------------------------
