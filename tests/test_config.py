@@ -219,6 +219,18 @@ def test_cache_sizes_and_ttl_must_be_positive(tmp_path: Path, section: str, key:
         load_settings(write(tmp_path, section + "\n"))
 
 
+@pytest.mark.parametrize("url", ["localhost:6379", "127.0.0.1:6379/0", "http://cache.internal:6379", ""])
+def test_a_cache_redis_url_without_a_redis_scheme_is_one_line_at_load(url: str) -> None:
+    """redis-py refuses such a URL when the cache is built: start-up ended in its traceback, where
+    store.redis_url's same mistake is one line naming the setting."""
+    for good in ("redis://127.0.0.1:6379/0", "rediss://cache.internal:6380", "unix:///run/redis.sock"):
+        assert parse_settings({"cache": {"redis_url": good}}).cache.redis_url == good
+    with pytest.raises(
+        ConfigError, match=re.escape("cache.redis_url must start with redis://, rediss:// or unix://")
+    ):
+        parse_settings({"cache": {"redis_url": url}})
+
+
 PROVIDER = "providers: {p: {base_url: 'http://x', "
 
 

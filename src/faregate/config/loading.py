@@ -294,6 +294,8 @@ def _check_references(settings: Settings, origin: str) -> None:
             "set cache.semantic.max_wrong_hit_rate"
         )
     _check_accounts(settings, origin)
+    # Else redis-py refused it when the cache was built: start-up ended in its traceback.
+    _check_redis_url(settings.cache.redis_url, "cache.redis_url", origin)
     lowered: dict[str, str] = {}
     for name, provider in settings.providers.items():
         # Offers and limits name providers exactly, so this is another provider, not the one meant.
@@ -397,8 +399,7 @@ def _check_accounts(settings: Settings, origin: str) -> None:
         )
     if store.postgres_url is not None and not store.postgres_url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"{origin}: store.postgres_url must start with postgresql://")
-    if store.redis_url is not None and not store.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"{origin}: store.redis_url must start with redis://, rediss:// or unix://")
+    _check_redis_url(store.redis_url, "store.redis_url", origin)
     credits = settings.accounts.new_key_credits_usd
     # Balances are kept in whole nano-dollars: a finer grant could not be stored exactly.
     if not credits.is_finite() or credits < 0 or credits.scaleb(9) != credits.scaleb(9).to_integral_value():
@@ -411,6 +412,11 @@ def _check_accounts(settings: Settings, origin: str) -> None:
                 f"{origin}: upstream_limits.{name}: unknown provider; expected one of "
                 f"{sorted(settings.providers)}"
             )
+
+
+def _check_redis_url(url: str | None, setting: str, origin: str) -> None:
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{origin}: {setting} must start with redis://, rediss:// or unix://")
 
 
 def check_alert_subjects(
