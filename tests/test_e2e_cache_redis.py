@@ -112,3 +112,24 @@ async def test_closing_stops_the_semantic_sharing_before_the_embedding_worker(
     await cache.close()
     failures = [r for r in caplog.records if "could not apply a shared semantic" in r.getMessage()]
     assert failures == []
+
+
+@pytest.mark.parametrize("ttl_s", [float("inf"), 1e300, 1e17])
+async def test_a_ttl_past_what_redis_holds_keeps_the_entry_for_as_long_as_it_can(
+    redis_server: RedisServer,  # noqa: F811
+    ttl_s: float,
+) -> None:
+    """`ttl_s: .inf` (or a client's TTL under `max_ttl_s: .inf`) is the in-process store's "never
+    expires"; Redis was sent an expiry it cannot hold (int(inf) raised, a larger one than Redis's
+    range was refused), so no entry was ever kept, each write counted as Redis failing, and after
+    three the breaker skipped a healthy Redis for the reads too."""
+    from faregate.cache.stores import RedisStore
+
+    store = RedisStore(redis_server.new_database())
+    try:
+        for i in range(5):
+            await store.set(f"k{i}", b"answer", ttl_s)
+        assert store.errors == 0
+        assert [await store.get(f"k{i}") for i in range(5)] == [b"answer"] * 5
+    finally:
+        await store.close()

@@ -139,6 +139,18 @@ class RedisBreaker:
             self._open_until = time.monotonic() + self._cooldown_s
 
 
+# The longest expiry sent to Redis, 100 years: forever, to a cache. Redis refuses one past its
+# range (about 292 million years from now) and int() one of inf (`ttl_s: .inf`, the in-process
+# store's "never expires"): each such write failed, and counted towards the breaker.
+MAX_REDIS_EXPIRY_MS = 100 * 365 * 24 * 3600 * 1000
+
+
+def redis_expiry_ms(ttl_s: float) -> int:
+    """`ttl_s` as the milliseconds of a Redis SET's PX: at least 1, at most MAX_REDIS_EXPIRY_MS."""
+    ms = ttl_s * 1000
+    return MAX_REDIS_EXPIRY_MS if ms >= MAX_REDIS_EXPIRY_MS else max(int(ms), 1)
+
+
 class RedisStore:
     """Entries shared by every gateway instance; TTL enforced by Redis itself.
 
@@ -191,7 +203,7 @@ class RedisStore:
         if self.breaker.skipped():
             return
         try:
-            await self._redis.set(self._prefix + key, value, px=max(int(ttl_s * 1000), 1))
+            await self._redis.set(self._prefix + key, value, px=redis_expiry_ms(ttl_s))
         except Exception as exc:
             self._warn(exc)
             return
