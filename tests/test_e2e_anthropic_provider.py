@@ -120,3 +120,54 @@ def test_what_messages_cannot_say_is_a_400(claude_gateway: GatewayProcess) -> No
         )
     assert "n > 1" in str(info.value)
     assert info.value.body["param"] == "n"  # type: ignore[index]
+
+
+def test_a_cache_hit_says_the_prompt_cache_split_of_the_answer_it_replays(
+    claude_gateway: GatewayProcess,
+) -> None:
+    """A hit is served with the usage of the answer it replays, cache reads included: it said the
+    totals alone, so a Messages client was told every prompt token as uncached input (and, in one
+    stream, `message_start` said the uncached count while `message_delta` said all of them)."""
+    import httpx
+
+    from harness import cache_written
+
+    headers = {"x-api-key": create_key(claude_gateway.store_path)}
+    system = [{"type": "text", "text": LONG + "(hits)", "cache_control": {"type": "ephemeral"}}]
+    body = {"model": "claude-haiku-4-5", "max_tokens": 20, "system": system, "temperature": 0}
+    url = claude_gateway.base_url + "/messages"
+
+    def ask(question: str, **extra: Any) -> httpx.Response:
+        asked = {**body, "messages": [{"role": "user", "content": question}], **extra}
+        return httpx.post(url, json=asked, headers=headers, timeout=30)
+
+    ask("Is it windy?", temperature=1)  # writes the prompt cache; not kept (not deterministic)
+    with cache_written(claude_gateway):
+        miss = ask("Is it sunny?")
+    assert miss.headers["x-faregate-cache"] == "miss"
+    usage = miss.json()["usage"]
+    assert usage["cache_read_input_tokens"] > 300 and usage["input_tokens"] < 20
+
+    hit = ask("Is it sunny?")
+    assert hit.headers["x-faregate-cache"] == "hit"
+    assert hit.json()["usage"] == {**usage, "cost": 0.0}
+
+    stream = ask("Is it sunny?", stream=True)
+    assert stream.headers["x-faregate-cache"] == "hit"
+    events = [json.loads(line[6:]) for line in stream.text.splitlines() if line.startswith("data: ")]
+    start = next(e for e in events if e["type"] == "message_start")["message"]["usage"]
+    delta = next(e for e in events if e["type"] == "message_delta")["usage"]
+    assert start["input_tokens"] == delta["input_tokens"] == usage["input_tokens"]
+    assert delta["cache_read_input_tokens"] == usage["cache_read_input_tokens"]
+
+    chat = openai.OpenAI(api_key=headers["x-api-key"], base_url=claude_gateway.base_url, max_retries=0)
+    again = chat.chat.completions.with_raw_response.create(
+        model="claude-haiku-4-5",
+        max_tokens=20,
+        temperature=0,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": "Is it sunny?"}],  # type: ignore[list-item,misc]
+    )
+    assert again.headers["x-faregate-cache"] == "hit"
+    served = again.parse().usage
+    assert served is not None and served.prompt_tokens_details is not None
+    assert served.prompt_tokens_details.cached_tokens == usage["cache_read_input_tokens"]

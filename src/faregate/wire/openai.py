@@ -31,6 +31,7 @@ from faregate.errors import FaregateError, UpstreamFailure
 from faregate.types import GATEWAY_FIELDS, JSON, Usage
 from faregate.wire.tool_calls import StreamedCalls, with_call_ids
 from faregate.wire.usage import usage_from
+from faregate.wire.usage import usage_json as usage_with_parts
 
 DONE = b"data: [DONE]\n\n"
 # A finish that ends a turn with calls for the client to make, not with text.
@@ -512,8 +513,10 @@ def usage_chunk(held: JSON | None, model: str, usage: Usage, cost: Decimal) -> J
 
 
 def free_answer(body: JSON, usage: Usage) -> JSON:
-    """A kept answer served again (a cache hit): the same body, its usage at no cost."""
-    return {**body, "usage": usage_json(None, usage, Decimal(0))}
+    """A kept answer served again (a cache hit): the same body, its usage at no cost, with its
+    prompt-cache and audio parts (what the Messages and Responses wires read their input split
+    from: without them a hit told every prompt token as uncached input)."""
+    return {**body, "usage": usage_json(usage_with_parts(usage), usage, Decimal(0))}
 
 
 def answer_as_chunks(body: JSON, include_usage: bool) -> list[JSON]:
