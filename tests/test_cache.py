@@ -113,6 +113,17 @@ def test_bad_cache_hints_are_400(hint: Any) -> None:
         cache().decide(request({**BASE, "faregate": {"cache": hint}}), {}, lambda: "m")
 
 
+@pytest.mark.parametrize("enabled", ["false", 0, "no", 1, "true"])
+def test_an_enabled_hint_that_is_not_a_boolean_is_400(enabled: Any) -> None:
+    """Only `false` turned the cache off and only `true` on: `{"enabled": "false"}` or `0`, meant
+    as no, was taken as no hint at all, and the answer was served from the cache and kept."""
+    with pytest.raises(InvalidRequest, match="must be true or false") as refused:
+        cache().decide(request({**BASE, "faregate": {"cache": {"enabled": enabled}}}), {}, lambda: "m")
+    assert refused.value.param == "faregate.cache.enabled"
+    for given in (True, False, None):
+        cache().decide(request({**BASE, "faregate": {"cache": {"enabled": given}}}), {}, lambda: "m")
+
+
 async def test_memory_store_ttl_and_lru() -> None:
     now = [0.0]
     store = MemoryStore(max_entries=2, clock=lambda: now[0])

@@ -96,6 +96,12 @@ def _cache_hint(hints: JSON) -> dict[str, Any]:
             "'faregate.cache' must be true, false or an object with enabled, ttl_s, namespace.",
             param="faregate.cache",
         )
+    enabled = hint.get("enabled")
+    if enabled is not None and not isinstance(enabled, bool):
+        # Else "false" or 0, meant as no, was no hint at all: the answer was cached and served.
+        raise InvalidRequest(
+            "'faregate.cache.enabled' must be true or false.", param="faregate.cache.enabled"
+        )
     ttl = hint.get("ttl_s")
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
         raise InvalidRequest(
