@@ -577,6 +577,36 @@ async def test_a_route_that_picks_by_stream_never_serves_one_mode_the_others_ans
     assert headers["x-faregate-cache"] == "hit" and headers["x-faregate-model"] == "cheap"
 
 
+@pytest.mark.parametrize("finish", ["error", "content_filter"])
+async def test_an_answer_its_provider_ended_as_failed_or_filtered_is_served_but_not_kept(
+    harness: Harness, finish: str
+) -> None:
+    """A whole answer that says it did not come out whole (OpenRouter's `error` when the provider
+    failed mid-answer, a content filter cutting it) was kept like any other, and served for the
+    TTL to every request that asked the same; a stream that ended so was not kept already."""
+    cache = harness.pipeline.cache
+    assert cache is not None
+
+    async def stored() -> None:  # the background writes begun so far have landed
+        while cache._tasks:
+            await asyncio.gather(*list(cache._tasks))
+
+    cut = answer("Half an ans")
+    cut.body["choices"][0]["finish_reason"] = finish
+    harness.a.outcomes = [cut, answer("The whole answer.")]
+    ask = {"model": "cheap", "temperature": 0, **ASK}
+    status, headers, raw = await harness.post(ask)
+    assert status == 200 and orjson.loads(raw)["choices"][0]["message"]["content"] == "Half an ans"
+    await stored()
+    status, headers, raw = await harness.post(ask)
+    assert headers["x-faregate-cache"] == "miss", "the cut answer was not kept"
+    assert orjson.loads(raw)["choices"][0]["message"]["content"] == "The whole answer."
+    await stored()
+    status, headers, raw = await harness.post(ask)
+    assert headers["x-faregate-cache"] == "hit"
+    assert orjson.loads(raw)["choices"][0]["message"]["content"] == "The whole answer."
+
+
 async def test_a_kept_answer_replayed_as_a_stream_carries_all_it_said(harness: Harness) -> None:
     """A whole answer kept by the cache and asked again as a stream (stream is not in the key) is
     replayed as chunks: a legacy function call, an audio answer and the logprobs asked for must be

@@ -37,6 +37,7 @@ from faregate.wire.openai import (
     answer_as_chunks,
     answer_is_empty,
     billed_text,
+    ended_unfinished,
     free_answer,
     price_answer,
     usage_chunk,
@@ -250,13 +251,15 @@ class Responder:
 
     def _remember(self, exchange: Exchange, candidate: Candidate, body: JSON | None, usage: Usage) -> None:
         """Keep a whole answer whose usage the provider reported (an estimate is not kept), and
-        that says something (one cut blank at max_tokens is served, not kept for others)."""
+        that says something (one cut blank at max_tokens is served, not kept for others) and came
+        out whole (one its provider ended with `error` or `content_filter` is served, not kept)."""
         if (
             self.cache is not None
             and exchange.cache is not None
             and body is not None
             and not usage.estimated
             and not answer_is_empty(body)
+            and not ended_unfinished(body)
         ):
             model, provider = candidate.model.name, candidate.offer.provider
             self.cache.remember(exchange.cache, exchange.request, body, model, provider, usage)

@@ -127,6 +127,16 @@ def finish_reason(message: Mapping[str, Any]) -> str | None:
     return None
 
 
+# Finish reasons that say an answer did not come out whole: its provider failed mid-answer
+# (OpenRouter's "error") or a content filter cut it.
+FAILED_FINISHES = frozenset({"error", "content_filter"})
+
+
+def ended_unfinished(body: JSON) -> bool:
+    """Whether a whole answer's provider said a choice of it did not come out whole."""
+    return any(choice.get("finish_reason") in FAILED_FINISHES for choice in body.get("choices") or ())
+
+
 def is_usage_only(chunk: JSON) -> bool:
     """The trailing chunk that carries the usage and no choice."""
     return not chunk.get("choices") and "usage" in chunk
