@@ -273,3 +273,32 @@ async def test_semantic_sharing_skips_a_hung_redis_and_bounds_the_publishes_in_f
     finally:
         await sync.close()
         await fake.close()
+
+
+async def test_only_an_entry_the_store_kept_counts_as_a_cache_write() -> None:
+    """`cache_writes` (GET /health) is what operators and tests poll to know an answer is in the
+    cache: it counted every write tried, so it climbed while Redis was down, or for an answer too
+    big for the in-process store, though nothing was kept."""
+    import socket
+
+    from faregate.cache.stores import RedisStore
+    from faregate.types import Usage
+
+    c = ResponseCache(CacheSettings(), MemoryStore())
+    decision = c.decide(request(BASE), {}, lambda: "m")
+    huge = {"choices": [{"message": {"role": "assistant", "content": "x" * (200 * 1024)}}]}
+    await c._write(decision, huge, "m", "p", Usage(1, 50_000))
+    assert c.writes == 0
+    await c._write(decision, {"choices": []}, "m", "p", Usage(1, 2))
+    assert c.writes == 1
+
+    with socket.socket() as probe:  # a port nothing listens on: Redis refuses at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    down = ResponseCache(CacheSettings(), RedisStore(f"redis://127.0.0.1:{port}/0"))
+    try:
+        for _ in range(5):  # refused, then skipped by the breaker
+            await down._write(decision, {"choices": []}, "m", "p", Usage(1, 2))
+        assert down.writes == 0
+    finally:
+        await down.close()

@@ -119,8 +119,8 @@ class ResponseCache:
         # A faregate.cache.semantic.SemanticCache[str] (payload = exact key), or None.
         self.semantic = semantic
         self._tasks: set[asyncio.Task[None]] = set()
-        # Entries written so far (GET /health shows them): what tests and operators poll to know
-        # that a background write has landed.
+        # Entries the store kept so far (GET /health shows them): what tests and operators poll to
+        # know that a background write has landed.
         self.writes = 0
         self.semantic_writes = 0
         # Called after a semantic entry is stored here (to share it with other instances).
@@ -413,8 +413,8 @@ class ResponseCache:
                 "stored_at": time.time(),
             }
         )
-        await self.store.set(decision.key, value, decision.ttl_s)
-        self.writes += 1
+        if await self.store.set(decision.key, value, decision.ttl_s):
+            self.writes += 1
 
     async def close(self) -> None:
         if self._tasks:

@@ -35,7 +35,9 @@ class CacheStore(Protocol):
 
     async def read(self, key: str) -> Read: ...
 
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
+    async def set(self, key: str, value: bytes, ttl_s: float) -> bool:
+        """Keep `value` under `key` for `ttl_s`; whether it was kept (never raises)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -77,15 +79,16 @@ class MemoryStore:
     async def read(self, key: str) -> Read:
         return Read(await self.get(key))
 
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+    async def set(self, key: str, value: bytes, ttl_s: float) -> bool:
         if len(value) > self.max_value_bytes:
             # Not kept; nor is what the key held, which this value was to replace.
             self._entries.pop(key, None)
-            return
+            return False
         self._entries[key] = (self._clock() + ttl_s, right_sized(value))
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+        return True
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -199,15 +202,16 @@ class RedisStore:
         self.breaker.answered()
         return Read(value if isinstance(value, bytes) else None)
 
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+    async def set(self, key: str, value: bytes, ttl_s: float) -> bool:
         if self.breaker.skipped():
-            return
+            return False
         try:
             await self._redis.set(self._prefix + key, value, px=redis_expiry_ms(ttl_s))
         except Exception as exc:
             self._warn(exc)
-            return
+            return False
         self.breaker.answered()
+        return True
 
     async def close(self) -> None:
         try:
