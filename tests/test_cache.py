@@ -107,10 +107,19 @@ def test_ttl_by_hint_header_route_and_tier() -> None:
     assert c.decide(request({**BASE, "faregate": {"cache": {"ttl_s": 5}}}), {}, lambda: "m").ttl_s == 5
 
 
-@pytest.mark.parametrize("hint", ["yes", {"ttl_s": -1}, {"namespace": "everyone"}, {"colour": 1}])
-def test_bad_cache_hints_are_400(hint: Any) -> None:
-    with pytest.raises(InvalidRequest):
+@pytest.mark.parametrize(
+    ("hint", "param"),
+    [
+        ("yes", "faregate.cache"),
+        ({"ttl_s": -1}, "faregate.cache.ttl_s"),
+        ({"namespace": "everyone"}, "faregate.cache.namespace"),
+        ({"colour": 1}, "faregate.cache"),
+    ],
+)
+def test_bad_cache_hints_are_400_naming_the_field(hint: Any, param: str) -> None:
+    with pytest.raises(InvalidRequest) as refused:
         cache().decide(request({**BASE, "faregate": {"cache": hint}}), {}, lambda: "m")
+    assert refused.value.param == param
 
 
 @pytest.mark.parametrize("enabled", ["false", 0, "no", 1, "true"])

@@ -108,7 +108,9 @@ def _cache_hint(hints: JSON) -> dict[str, Any]:
             "'faregate.cache.ttl_s' must be a positive number.", param="faregate.cache.ttl_s"
         )
     if hint.get("namespace") not in (None, SHARED_NAMESPACE, "key"):
-        raise InvalidRequest("'faregate.cache.namespace' must be 'key' or 'shared'.", param="faregate.cache")
+        raise InvalidRequest(
+            "'faregate.cache.namespace' must be 'key' or 'shared'.", param="faregate.cache.namespace"
+        )
     return hint
 
 
