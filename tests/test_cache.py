@@ -98,6 +98,23 @@ def test_decide_honours_cache_control_and_hints() -> None:
     assert c.decide(request({**BASE, "brand_new_field": 1}), {}, lambda: "m").status == "bypass"
 
 
+def test_cache_control_sent_on_several_lines_is_read_whole() -> None:
+    """HTTP reads several Cache-Control lines as one comma-separated list (a proxy may split it, a
+    client add a line to its defaults): only the first line was read, so a no-store on the second
+    was served a hit and its answer kept."""
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    def lines(*values: str) -> CIMultiDictProxy[str]:
+        return CIMultiDictProxy(CIMultiDict(("Cache-Control", value) for value in values))
+
+    c = cache()
+    assert c.decide(request(BASE), lines("max-age=600", "no-store"), lambda: "m").status == "bypass"
+    refresh = c.decide(request(BASE), lines("max-age=600", "no-cache"), lambda: "m")
+    assert (refresh.read, refresh.ttl_s) == (False, 600)
+    embeddings = c.decide_embeddings({"input": ["x"]}, {}, "key_a", lines("max-age=9", "no-store"), "e")
+    assert embeddings.status == "bypass"
+
+
 def test_ttl_by_hint_header_route_and_tier() -> None:
     c = cache()
     assert c.decide(request(BASE), {}, lambda: "m").ttl_s == 3600

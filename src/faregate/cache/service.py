@@ -160,7 +160,7 @@ class ResponseCache:
         forced = hint.get("enabled") is True
         if not forced and not is_deterministic(request.body):
             return CacheDecision("bypass", reason="not deterministic (temperature 0 and n 1 are cached)")
-        control = str(headers.get("Cache-Control") or "").lower()
+        control = _cache_control(headers)
         if "no-store" in control or hint.get("enabled") is False:
             return CacheDecision("bypass", reason="no-store")
         unknown = unclassified_fields(request.body)
@@ -193,7 +193,7 @@ class ResponseCache:
         if not self.settings.enabled:
             return CacheDecision("bypass", reason="cache disabled")
         hint = _cache_hint(hints)
-        control = str(headers.get("Cache-Control") or "").lower()
+        control = _cache_control(headers)
         if "no-store" in control or hint.get("enabled") is False:
             return CacheDecision("bypass", reason="no-store")
         scope = SHARED_NAMESPACE if hint.get("namespace") == SHARED_NAMESPACE else f"key:{key_id}"
@@ -426,6 +426,14 @@ class ResponseCache:
         for closer in reversed(self.closers):
             await closer()
         await self.store.close()
+
+
+def _cache_control(headers: Any) -> str:
+    """The request's Cache-Control directives, lowercased, from every line of the header: HTTP
+    reads several lines as one comma-separated list, so a no-store on the second is not lost."""
+    getall = getattr(headers, "getall", None)  # both servers' headers are a CIMultiDictProxy
+    values = getall("Cache-Control", ()) if getall is not None else (headers.get("Cache-Control") or "",)
+    return ", ".join(str(value) for value in values).lower()
 
 
 def _max_age(control: str) -> float | None:
