@@ -89,3 +89,25 @@ def test_a_limit_past_a_64_bit_integer_is_a_clear_error(app: typer.Typer, config
     updated = CliRunner().invoke(app, ["keys", "update", "big", "--tpm", str(2**63), "--config", config])
     assert updated.exit_code == 1 and not isinstance(updated.exception, OverflowError), updated.output
     assert "too large" in updated.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["credits", "audit"],
+        ["credits", "ledger", "alice"],
+        ["credits", "add", "alice", "1"],
+        ["credits", "instances"],
+        ["credits", "release-instance", "inst_77aa01e9b3c2"],
+    ],
+)
+def test_credits_on_a_store_that_does_not_exist_say_so(
+    app: typer.Typer, config: str, tmp_path: Path, command: list[str]
+) -> None:
+    # The audit of a store made on the spot said "Audited 0 accounts ... Every balance equals the
+    # sum of its ledger rows": an all-clear for the wrong directory.
+    result = run(app, *command, "--config", config)
+    assert result.exit_code == 1, result.output
+    assert f"no store at {tmp_path / 'store' / DB_FILENAME}" in result.output
+    assert "Audited" not in result.output
+    assert not (tmp_path / "store").exists()

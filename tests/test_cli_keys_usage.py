@@ -224,3 +224,29 @@ def test_by_choices_match_the_store() -> None:
     from faregate.store.analytics_rows import DIMENSIONS
 
     assert tuple(choice.group_by for choice in usage_cli.GroupChoice) == DIMENSIONS
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["usage"],
+        ["usage", "--by", "key"],
+        ["keys", "list"],
+        ["keys", "show", "backend"],
+        ["keys", "update", "backend", "--rpm", "5"],
+        ["keys", "revoke", "backend"],
+    ],
+)
+def test_a_command_on_a_store_that_does_not_exist_says_so(
+    app: typer.Typer, config: str, store_dir: Path, command: list[str]
+) -> None:
+    # Run from the wrong directory (or with the wrong --config), these made an empty store there
+    # and reported it: "No requests recorded", "No keys", exit 0, and a stray .faregate/ behind.
+    result = run(app, *command, "--config", config)
+    assert result.exit_code == 1, result.output
+    assert f"no store at {store_dir / DB_FILENAME}" in result.output
+    assert "No requests" not in result.output and "No keys" not in result.output
+    assert not store_dir.exists()
+    # Creating a key is what makes a store (before the gateway's first start, too).
+    assert run(app, "keys", "create", "--name", "backend", "--config", config).exit_code == 0
+    assert run(app, *command, "--config", config).exit_code == 0

@@ -99,7 +99,10 @@ QUICK: dict[str, Quick] = {
     "faregate models flash": Quick(expect="deepseek-ai/DeepSeek-V4-Flash"),
     "faregate models --modality image --available": Quick(expect="model(s)"),
     "faregate models --all": Quick(expect="model(s)"),
-    "faregate usage --since 7d --by model": Quick(expect="No requests recorded"),
+    # Before any gateway or key made a store in this directory: said, and not made on the spot.
+    "faregate usage --since 7d --by model": Quick(
+        run="! faregate usage --since 7d --by model", expect="no store at .faregate/faregate.db"
+    ),
     "faregate usage --by wire": Quick(expect="No requests recorded"),
     "faregate keys create --name backend": Quick(expect="Store it now"),
     "faregate keys list": Quick(expect="backend"),

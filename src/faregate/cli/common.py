@@ -26,6 +26,26 @@ def load_or_exit(config: str | None) -> Settings:
         raise typer.Exit(2) from None
 
 
+def require_store(settings: Settings) -> None:
+    """For a command that reads or changes what a gateway stored: the embedded store must be
+    there already. Opening one creates it, so from the wrong directory (or with the wrong
+    --config) such a command made an empty store and reported on it ("No requests recorded",
+    a clean audit) instead of saying it looked in the wrong place. PostgreSQL is never created."""
+    if settings.store.postgres_url is not None:
+        return
+    # Imported here: the store module loads aiosqlite, which `faregate models` never needs.
+    from faregate.store.sqlite.store import DB_FILENAME
+
+    database = Path(settings.store.path) / DB_FILENAME
+    if not database.exists():
+        typer.echo(
+            f"faregate: no store at {database} (store.path): no gateway has run with this config "
+            "here; run from the gateway's directory or pass --config",
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
 def strictly_between_0_and_1(value: float) -> float:
     """Callback for a share or a confidence, where 0 and 1 mean nothing (hold out everything or
     nothing; a bound that is certain). Typer's ranges here are closed only."""

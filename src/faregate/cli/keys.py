@@ -21,7 +21,7 @@ from faregate.accounts.money import parse_usd, usd_text
 from faregate.accounts.policy import parse_budget_spec, parse_limit
 from faregate.accounts.service import AccountsService, KeyView, PolicyChange
 from faregate.accounts.setup import build_accounts, new_key_credits_nano
-from faregate.cli.common import ConfigOption, load_or_exit
+from faregate.cli.common import ConfigOption, load_or_exit, require_store
 from faregate.cli.groups import command_group
 from faregate.config import Settings
 from faregate.errors import ConfigError, FaregateError
@@ -54,8 +54,13 @@ def utc_text(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def run_accounts(settings: Settings, action: Callable[[AccountsService], Awaitable[T]]) -> T:
-    """Run one operation on the configured store, turning expected failures into exit codes."""
+def run_accounts(
+    settings: Settings, action: Callable[[AccountsService], Awaitable[T]], *, creates_store: bool = False
+) -> T:
+    """Run one operation on the configured store, turning expected failures into exit codes.
+    Only `creates_store` (creating a key) may open a store that is not there yet."""
+    if not creates_store:
+        require_store(settings)
 
     async def go() -> T:
         backends = await open_backends(settings, analytics=False)
@@ -154,7 +159,7 @@ def register(app: typer.Typer) -> None:
             return await service.create_key(name, premium, nano, change)
 
         settings = load_or_exit(config)
-        view, raw = run_accounts(settings, action)
+        view, raw = run_accounts(settings, action, creates_store=True)
         key = view.key
         tier = "premium key" if key.premium else "key"
         # With metering off a balance is not spent: say that the key spends without limit.

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from faregate.cli.common import ConfigOption, load_or_exit
+from faregate.cli.common import ConfigOption, load_or_exit, require_store
 from faregate.config import Settings
 from faregate.errors import ConfigError
 from faregate.evals.costs.projection import MoneyText, display_usd, exact_usd
@@ -187,6 +187,7 @@ def register(app: typer.Typer) -> None:
         if start >= end:
             raise typer.BadParameter("--since must be before --until", param_hint="--since")
         settings = load_or_exit(config)
+        require_store(settings)
         try:
             report = asyncio.run(_report(settings, start, end, group_by))
         except StoreUnavailable as exc:
