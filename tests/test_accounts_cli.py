@@ -111,3 +111,35 @@ def test_credits_on_a_store_that_does_not_exist_say_so(
     assert f"no store at {tmp_path / 'store' / DB_FILENAME}" in result.output
     assert "Audited" not in result.output
     assert not (tmp_path / "store").exists()
+
+
+def test_ids_and_amounts_are_never_cut_on_an_80_column_terminal(
+    app: typer.Typer, config: str, tmp_path: Path
+) -> None:
+    # At 80 columns (a terminal's default, and what a pipe gets) the tables cut the key id to
+    # "key_bda641…" and every request id to "req_01a250d…": the values one copies to act on.
+    created = run(app, "keys", "create", "--name", "a-service-with-a-rather-long-name", "--config", config)
+    key_id = re.findall(r"key_[0-9a-f]+", created.output)[0]
+    run(app, "credits", "add", key_id, "1234567.123456789", "--note", "a long note " * 6, "--config", config)
+    request_id = "req_01a250dc1488815565b3aacddad9c924"
+    with sqlite3.connect(tmp_path / "store" / DB_FILENAME) as db:
+        # A request's hold, as the gateway writes it (append-only: rows are only ever added).
+        db.execute(
+            "INSERT INTO ledger (entry_id, key_id, kind, amount_nano, hold_id, request_id, created_at) "
+            "VALUES ('hold_1:res', ?, 'reservation', -1234567890123, 'hold_1', ?, 1796652929.4)",
+            (key_id, request_id),
+        )
+
+    def at_80(*args: str) -> str:
+        result = CliRunner().invoke(app, [*args, "--config", config], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, result.output
+        assert "…" not in result.output.replace(created.output.splitlines()[-1][:9] + "…", ""), result.output
+        return result.output
+
+    listed = at_80("keys", "list")
+    assert key_id in listed and "1234569.623456789" in listed
+    ledger = at_80("credits", "ledger", key_id)
+    assert request_id in ledger and "1234567.123456789" in ledger and "-1234.567890123" in ledger
+    # Amounts line up on the right, as in the other tables.
+    row = next(line for line in ledger.splitlines() if "grant" in line)
+    assert re.search(r" 2\.5 │", row), row

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from faregate.catalog import Catalog, Model, build_catalog
 from faregate.config import CatalogSettings, Settings, config_path, load_settings
@@ -44,6 +46,29 @@ def require_store(settings: Settings) -> None:
             err=True,
         )
         raise typer.Exit(1)
+
+
+def whole_column(
+    table: Table, heading: str, cells: list[str], *, justify: Literal["left", "right"] = "left"
+) -> None:
+    """A column whose cells are printed whole, on one line: ids one copies to act on, amounts,
+    times. Rich cuts a long word to fit the terminal ("key_bda641…", "1234569.6…")."""
+    widest = max(len(text) for text in [*heading.split("\n"), *cells])
+    table.add_column(heading, no_wrap=True, min_width=widest, justify=justify)
+
+
+def folding_column(table: Table, heading: str, cells: list[str]) -> None:
+    """A column of free text (a name, a note): whole up to 32 characters, folded onto more lines
+    beyond that or when the terminal leaves it less room."""
+    widest = max(len(text) for text in [heading, *cells])
+    table.add_column(heading, overflow="fold", min_width=min(widest, 32))
+
+
+def print_table(table: Table) -> None:
+    """At the terminal's width, or wider when the whole columns need it: lines the terminal wraps
+    are better than a cut id or amount. (Each column: its width, a space each side, a border.)"""
+    needed = sum((column.min_width or 0) + 3 for column in table.columns) + 1
+    Console(width=max(Console().width, needed)).print(table)
 
 
 def strictly_between_0_and_1(value: float) -> float:

@@ -7,14 +7,13 @@ import time
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from faregate.accounts.backend import AuditReport
 from faregate.accounts.money import parse_usd, usd_text
 from faregate.accounts.service import AccountsService, KeyView
-from faregate.cli.common import ConfigOption, load_or_exit
+from faregate.cli.common import ConfigOption, folding_column, load_or_exit, print_table, whole_column
 from faregate.cli.groups import command_group
 from faregate.cli.keys import run_accounts, utc_text
 from faregate.store.holds import InstanceRow
@@ -60,35 +59,55 @@ def register(app: typer.Typer) -> None:
             return await service.ledger(await service.resolve(key), limit)
 
         rows = run_accounts(load_or_exit(config), action)
-        table = Table("time (UTC)", "kind", "amount (USD)", "cost (USD)", "request", "note")
-        for row in rows:
-            table.add_row(
+        cells = [
+            (
                 utc_text(row.created_at),
                 row.kind,
                 usd_text(row.amount_nano),
                 "" if row.cost_nano is None else usd_text(row.cost_nano),
                 row.request_id or "",
-                Text(row.note or ""),
             )
-        Console().print(table)
+            for row in rows
+        ]
+        table = Table()
+        for i, heading in enumerate(("time (UTC)", "kind", "amount (USD)", "cost (USD)", "request")):
+            money = heading.endswith("(USD)")
+            whole_column(table, heading, [row[i] for row in cells], justify="right" if money else "left")
+        folding_column(table, "note", [row.note or "" for row in rows])
+        for row, texts in zip(rows, cells, strict=True):
+            table.add_row(*texts, Text(row.note or ""))
+        print_table(table)
 
     @credits_app.command("instances")
     def instances(config: ConfigOption = None) -> None:
         """Serving processes that hold reservations: their leases and holds."""
         rows: list[InstanceRow] = run_accounts(load_or_exit(config), lambda service: service.instances())
         now = time.time()
-        table = Table("instance", "alive", "lease until (UTC)", "holds", "host", "pid", "started (UTC)")
-        for row in rows:
-            table.add_row(
+        cells = [
+            (
                 row.instance_id,
                 "yes" if row.alive(now) else "no",
                 utc_text(row.lease_until) if row.lease_until else "lapsed",
                 str(row.holds),
-                row.host,
+            )
+            for row in rows
+        ]
+        table = Table()
+        for i, heading in enumerate(("instance", "alive", "lease until (UTC)", "holds")):
+            whole_column(table, heading, [row[i] for row in cells], justify="right" if i == 3 else "left")
+        folding_column(table, "host", [row.host for row in rows])
+        whole_column(table, "pid", [str(row.pid or "") for row in rows], justify="right")
+        whole_column(
+            table, "started (UTC)", [utc_text(row.started_at) if row.started_at else "" for row in rows]
+        )
+        for row, texts in zip(rows, cells, strict=True):
+            table.add_row(
+                *texts,
+                Text(row.host),
                 str(row.pid or ""),
                 utc_text(row.started_at) if row.started_at else "",
             )
-        Console().print(table)
+        print_table(table)
 
     @credits_app.command("release-instance")
     def release_instance(

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Annotated, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -21,7 +20,14 @@ from faregate.accounts.money import parse_usd, usd_text
 from faregate.accounts.policy import parse_budget_spec, parse_limit
 from faregate.accounts.service import AccountsService, KeyView, PolicyChange
 from faregate.accounts.setup import build_accounts, new_key_credits_nano
-from faregate.cli.common import ConfigOption, load_or_exit, require_store
+from faregate.cli.common import (
+    ConfigOption,
+    folding_column,
+    load_or_exit,
+    print_table,
+    require_store,
+    whole_column,
+)
 from faregate.cli.groups import command_group
 from faregate.config import Settings
 from faregate.errors import ConfigError, FaregateError
@@ -184,19 +190,21 @@ def register(app: typer.Typer) -> None:
         if not listed:
             typer.echo("No keys. Create one with: faregate keys create --name NAME")
             return
-        table = Table("id", "name", "prefix", "balance (USD)", "created (UTC)", "revoked (UTC)")
-        for view in listed:
-            key = view.key
+        keys = [view.key for view in listed]
+        balances = [usd_text(view.balance_nano) for view in listed]
+        created = [utc_text(key.created_at) for key in keys]
+        revoked = [utc_text(key.revoked_at) for key in keys]
+        table = Table()
+        whole_column(table, "id", [key.id for key in keys])
+        folding_column(table, "name", [key.name for key in keys])
+        whole_column(table, "prefix", [key.prefix for key in keys])
+        whole_column(table, "balance (USD)", balances, justify="right")
+        whole_column(table, "created (UTC)", created)
+        whole_column(table, "revoked (UTC)", revoked)
+        for key, balance, made, ended in zip(keys, balances, created, revoked, strict=True):
             # Text(): a name is user input, not rich markup.
-            table.add_row(
-                key.id,
-                Text(key.name),
-                Text(key.prefix, no_wrap=True),
-                usd_text(view.balance_nano),
-                utc_text(key.created_at),
-                utc_text(key.revoked_at),
-            )
-        Console().print(table)
+            table.add_row(key.id, Text(key.name), Text(key.prefix), balance, made, ended)
+        print_table(table)
 
     @keys_app.command("show")
     def show(
