@@ -106,3 +106,16 @@ def test_a_store_file_that_cannot_be_read_is_one_line_not_a_traceback(
     assert result.output.startswith("faregate: ")
     assert said in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_since_not_before_until_is_refused_as_in_usage(tmp_path: Path) -> None:
+    # `--since 1h --until 2h` printed "no requests recorded from 13:16 UTC to 12:16 UTC", exit 0:
+    # a typo read as an empty week. `faregate usage` refuses it; so does this now.
+    config = tmp_path / "faregate.yaml"
+    config.write_text(f"store: {{path: {str(tmp_path / 'store')!r}}}\n")
+    for since, until in ((UNTIL, SINCE), (SINCE, SINCE), ("1h", "2h")):
+        args = ["cost", "--from-records", "--since", since, "--until", until, "-c", str(config)]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "--since must be before --until" in result.output
+        assert "no requests recorded" not in result.output

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from faregate.cli.cost_records_table import render
-from faregate.cli.usage import parse_time
+from faregate.cli.usage import parse_span
 from faregate.config import Settings
 from faregate.evals.costs.projection import MoneyText
 from faregate.store.analytics_rows import Slice, Traffic
@@ -36,7 +36,7 @@ def cost_from_records(
     settings: Settings, targets: dict[str, Price], since: str, until: str, money: MoneyText
 ) -> None:
     now = time.time()
-    start, end = parse_time(since, now), parse_time(until, now)
+    start, end = parse_span(since, until, now)
     try:
         traffic = asyncio.run(_read(settings, start, end))
     except StoreUnavailable as exc:

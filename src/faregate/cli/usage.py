@@ -71,6 +71,15 @@ def parse_time(text: str, now: float) -> float:
     return moment.timestamp()
 
 
+def parse_span(since: str, until: str, now: float) -> tuple[float, float]:
+    """--since and --until as a start before an end: the other way round is a mistake to say,
+    not an empty report."""
+    start, end = parse_time(since, now), parse_time(until, now)
+    if start >= end:
+        raise typer.BadParameter("--since must be before --until", param_hint="--since")
+    return start, end
+
+
 @dataclass(slots=True, frozen=True)
 class UsageRow:
     """One group's line: the dashboard's totals (Analytics.breakdown), errors being every refusal
@@ -183,9 +192,7 @@ def register(app: typer.Typer) -> None:
         """Spend, requests, errors (HTTP status >= 400) and tokens from the request records."""
         group_by = by.group_by
         now = time.time()
-        start, end = parse_time(since, now), parse_time(until, now)
-        if start >= end:
-            raise typer.BadParameter("--since must be before --until", param_hint="--since")
+        start, end = parse_span(since, until, now)
         settings = load_or_exit(config)
         require_store(settings)
         try:
