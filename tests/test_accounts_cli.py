@@ -71,6 +71,7 @@ def test_credits_add_ledger_and_audit(app: typer.Typer, config: str, tmp_path: P
     assert "grant" in ledger.output
     audit = run(app, "credits", "audit", "--config", config)
     assert audit.exit_code == 0 and "Every balance equals the sum of its ledger rows" in audit.output
+    assert audit.output.startswith("Audited 1 account, 2 ledger rows.\n"), audit.output  # not "1 accounts"
     for bad in ("-1", "0", "abc", "0.0000000001"):
         refused = run(app, "credits", "add", "alice", bad, "--config", config)
         assert refused.exit_code in (1, 2), bad  # 2: click reads "-1" as an option

@@ -22,6 +22,10 @@ from faregate.store.protocols import LedgerRow
 KeyArgument = Annotated[str, typer.Argument(metavar="KEY", help="The key's id, or its name.")]
 
 
+def _count(n: int, thing: str) -> str:
+    return f"{n:,} {thing}" + ("" if n == 1 else "s")
+
+
 def register(app: typer.Typer) -> None:
     credits_app = command_group(help="Credits: top up keys, read the ledger, audit balances.")
     app.add_typer(credits_app, name="credits")
@@ -127,11 +131,11 @@ def register(app: typer.Typer) -> None:
     def audit(config: ConfigOption = None) -> None:
         """Recompute every balance from its ledger rows and report any difference (exit 1 if any)."""
         report: AuditReport = run_accounts(load_or_exit(config), lambda service: service.audit())
-        typer.echo(f"Audited {report.accounts} accounts, {report.entries} ledger rows.")
+        typer.echo(f"Audited {_count(report.accounts, 'account')}, {_count(report.entries, 'ledger row')}.")
         if report.clean:
             typer.echo("Every balance equals the sum of its ledger rows; no reservation is dangling.")
             return
         for problem in report.problems:
             typer.echo(f"  {problem}")
-        typer.echo(f"{len(report.problems)} problem(s) found.", err=True)
+        typer.echo(f"{_count(len(report.problems), 'problem')} found.", err=True)
         raise typer.Exit(1)
