@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -250,3 +251,23 @@ def test_a_command_on_a_store_that_does_not_exist_says_so(
     # Creating a key is what makes a store (before the gateway's first start, too).
     assert run(app, "keys", "create", "--name", "backend", "--config", config).exit_code == 0
     assert run(app, *command, "--config", config).exit_code == 0
+
+
+def test_a_locked_store_is_one_line_that_names_the_file(
+    app: typer.Typer, config: str, store_dir: Path
+) -> None:
+    # Said "faregate: store unavailable: database is locked", naming no file: which store, of
+    # which config, was left to guess.
+    assert run(app, "keys", "create", "--name", "backend", "--config", config).exit_code == 0
+    holder = sqlite3.connect(store_dir / DB_FILENAME, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        for command in (["keys", "list"], ["usage"]):
+            result = run(app, *command, "--config", config)
+            assert result.exit_code == 1, result.output
+            assert result.output == (
+                f"faregate: store unavailable: {store_dir / DB_FILENAME}: database is locked\n"
+            ), result.output
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

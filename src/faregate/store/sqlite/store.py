@@ -52,13 +52,14 @@ _INSERT_RECORD = (
 
 
 @contextmanager
-def _operational_errors_as_unavailable() -> Iterator[None]:
+def _operational_errors_as_unavailable(where: Path | None = None) -> Iterator[None]:
     # OperationalError is SQLite's "not now" (locked, disk full, I/O): worth retrying later,
-    # unlike IntegrityError or a bad value, which would fail the same way again.
+    # unlike IntegrityError or a bad value, which would fail the same way again. `where`: the
+    # file, said when opening it (a command's one line: "PATH: database is locked").
     try:
         yield
     except sqlite3.OperationalError as exc:
-        raise StoreUnavailable(str(exc)) from exc
+        raise StoreUnavailable(f"{where}: {exc}" if where is not None else str(exc)) from exc
 
 
 @contextmanager
@@ -149,7 +150,7 @@ class SQLiteStore:
         try:
             with unreadable_file_as_unavailable(path):
                 await store._configure()
-            with _operational_errors_as_unavailable():
+            with _operational_errors_as_unavailable(path):
                 await store._migrate(migrations)
         except BaseException:
             await conn.close()
