@@ -144,3 +144,24 @@ def test_ids_and_amounts_are_never_cut_on_an_80_column_terminal(
     # Amounts line up on the right, as in the other tables.
     row = next(line for line in ledger.splitlines() if "grant" in line)
     assert re.search(r" 2\.5 │", row), row
+
+
+def test_two_budgets_for_the_same_period_and_window_are_refused_as_by_the_api(
+    app: typer.Typer, config: str
+) -> None:
+    # The admin API refuses a second calendar day budget; `--budget day=2 --budget day=3` made a
+    # key with both, which no API call could have written.
+    for command in (["keys", "create", "--name", "dup"], ["keys", "update", "dup"]):
+        if command[1] == "update":
+            assert run(app, "keys", "create", "--name", "dup", "--config", config).exit_code == 0
+        result = run(app, *command, "--budget", "day=2", "--budget", "day=3", "--config", config)
+        assert result.exit_code == 1, result.output
+        assert "budget 'day=3': a calendar day budget is already given" in result.output
+    shown = run(app, "keys", "show", "dup", "--config", config)
+    assert "budget" not in shown.output
+    # A calendar and a rolling day are two budgets, as in the API.
+    both = run(
+        app, "keys", "update", "dup", "--budget", "day=2", "--budget", "day:rolling=3", "--config", config
+    )
+    assert both.exit_code == 0, both.output
+    assert "calendar day: $0 of $2" in both.output and "rolling day: $0 of $3" in both.output

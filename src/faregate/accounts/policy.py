@@ -167,6 +167,18 @@ def parse_budget_spec(spec: str) -> Budget:
     )[0]
 
 
+def parse_budget_specs(specs: list[str]) -> tuple[Budget, ...]:
+    """The CLI's repeated --budget, each PERIOD[:WINDOW]=USD: at most one per period and window,
+    as parse_budgets holds the API to (one spec at a time, a second one slipped through)."""
+    budgets: dict[tuple[str, str], Budget] = {}
+    for spec in specs:
+        budget = parse_budget_spec(spec)
+        if (budget.period, budget.window) in budgets:
+            raise InvalidRequest(f"budget {spec!r}: a {budget.label} budget is already given")
+        budgets[budget.period, budget.window] = budget
+    return tuple(budgets.values())
+
+
 def parse_limit(value: Any, param: str) -> int | None:
     """A per-minute limit from a client: a positive integer, or null for the tier default."""
     if value is None:

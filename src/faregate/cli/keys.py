@@ -17,7 +17,7 @@ from rich.text import Text
 
 from faregate.accounts.keys import KeyStore
 from faregate.accounts.money import parse_usd, usd_text
-from faregate.accounts.policy import parse_budget_spec, parse_limit
+from faregate.accounts.policy import parse_budget_specs, parse_limit
 from faregate.accounts.service import AccountsService, KeyView, PolicyChange
 from faregate.accounts.setup import build_accounts, new_key_credits_nano
 from faregate.cli.common import (
@@ -105,7 +105,7 @@ def policy_change(
     if clear_budgets:
         change.budgets = ()
     if budgets:
-        change.budgets = tuple(parse_budget_spec(spec) for spec in budgets)
+        change.budgets = parse_budget_specs(budgets)
     return change
 
 
