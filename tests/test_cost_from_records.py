@@ -119,3 +119,33 @@ def test_a_since_not_before_until_is_refused_as_in_usage(tmp_path: Path) -> None
         assert result.exit_code == 2, result.output
         assert "--since must be before --until" in result.output
         assert "no requests recorded" not in result.output
+
+
+def test_model_names_and_amounts_are_printed_whole_with_many_models(tmp_path: Path) -> None:
+    # Five --model columns at the default width cut the headers to "claude-opu…", "Qwen/Qwen3…"
+    # and the served-by name to "deepseek-a…": which model a column prices was left to guess.
+    store_dir = tmp_path / "store"
+    served = "deepseek-ai/DeepSeek-V4-Flash"
+    record = _record(1, 200, True, 123_456, 654_321, "0.123456789")
+    record.model_used = served
+
+    async def fill() -> None:
+        store = await SQLiteStore.open(store_dir)
+        try:
+            await store.insert_records([record])
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+    config = tmp_path / "faregate.yaml"
+    config.write_text(f"store: {{path: {str(store_dir)!r}}}\n")
+    targets = ["gpt-4o", "gpt-4o-mini", "claude-opus-4-5", "Qwen/Qwen3-Omni-30B-A3B-Instruct", "qwen3-vl-32b"]
+    args = ["cost", "--from-records", "--since", SINCE, "--until", UNTIL, "--exact", "-c", str(config)]
+    for target in targets:
+        args += ["-m", target]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output, result.output
+    for name in [served, *targets[:-1], "Qwen/Qwen3-VL-32B-Instruct"]:
+        assert name in result.output, (name, result.output)
+    assert "$0.123456789" in result.output

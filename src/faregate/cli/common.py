@@ -9,6 +9,7 @@ import msgspec
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from faregate.catalog import Catalog, Model, build_catalog
 from faregate.config import CatalogSettings, Settings, config_path, load_settings
@@ -54,7 +55,8 @@ def whole_column(
     """A column whose cells are printed whole, on one line: ids one copies to act on, amounts,
     times. Rich cuts a long word to fit the terminal ("key_bda641…", "1234569.6…")."""
     widest = max(len(text) for text in [*heading.split("\n"), *cells])
-    table.add_column(heading, no_wrap=True, min_width=widest, justify=justify)
+    # Text(): a heading may hold a name (a model's), which is not rich markup.
+    table.add_column(Text(heading), no_wrap=True, min_width=widest, justify=justify)
 
 
 def folding_column(table: Table, heading: str, cells: list[str]) -> None:
@@ -64,11 +66,14 @@ def folding_column(table: Table, heading: str, cells: list[str]) -> None:
     table.add_column(heading, overflow="fold", min_width=min(widest, 32))
 
 
-def print_table(table: Table) -> None:
-    """At the terminal's width, or wider when the whole columns need it: lines the terminal wraps
-    are better than a cut id or amount. (Each column: its width, a space each side, a border.)"""
+def print_table(table: Table, at_least: int = 0) -> Console:
+    """At the terminal's width (or `at_least`), or wider when the whole columns need it: lines the
+    terminal wraps are better than a cut id or amount. (Each column: its width, a space each side,
+    a border.) The console, for what is printed after the table."""
     needed = sum((column.min_width or 0) + 3 for column in table.columns) + 1
-    Console(width=max(Console().width, needed)).print(table)
+    console = Console(width=max(Console().width, at_least, needed))
+    console.print(table)
+    return console
 
 
 def strictly_between_0_and_1(value: float) -> float:

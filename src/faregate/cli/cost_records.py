@@ -7,8 +7,8 @@ import time
 from datetime import UTC, datetime
 
 import typer
-from rich.console import Console
 
+from faregate.cli.common import print_table
 from faregate.cli.cost_records_table import render
 from faregate.cli.usage import parse_span
 from faregate.config import Settings
@@ -42,12 +42,11 @@ def cost_from_records(
     except StoreUnavailable as exc:
         typer.echo(f"faregate: {exc}", err=True)
         raise typer.Exit(2) from None
-    console = Console(width=max(Console().width, 150))
     if not traffic:
-        console.print(f"no requests recorded from {_when(start)} to {_when(end)}")
+        typer.echo(f"no requests recorded from {_when(start)} to {_when(end)}")
         return
     title = f"Recorded traffic {_when(start)} → {_when(end)}: actual cost, and the same tokens on each model"
-    console.print(render(traffic, targets, title, money))
+    console = print_table(render(traffic, targets, title, money), at_least=150)
     if targets:
         console.print(
             "Each 'on MODEL' column prices the same billed tokens at that model's list price;"

@@ -13,6 +13,7 @@ from decimal import Decimal
 from rich.table import Table
 from rich.text import Text
 
+from faregate.cli.common import folding_column, whole_column
 from faregate.evals.costs.projection import MoneyText, display_usd, format_share
 from faregate.store.analytics_rows import Traffic
 from faregate.types import Price
@@ -26,15 +27,8 @@ def render(
     traffic: list[Traffic], targets: dict[str, Price], title: str, money: MoneyText = display_usd
 ) -> Table:
     """One row per model that served, the requests none served, and a total; a column per target
-    model with the re-priced cost."""
-    table = Table(title=title)
-    table.add_column("served by")
-    for column in ("requests", "cache hits", "tokens in", "tokens out", "actual cost"):
-        table.add_column(column, justify="right")
-    # Text(), here and for the rows: model names (a served one may be any name a provider lists)
-    # are not rich markup.
-    for name in targets:
-        table.add_column(Text(f"on {name}"), justify="right")
+    model with the re-priced cost. Names and amounts are printed whole (print it with
+    common.print_table, which widens past the terminal when they need it)."""
     total = Traffic("total")
     for row in traffic:
         total.requests += row.requests
@@ -43,20 +37,39 @@ def render(
         total.completion_tokens += row.completion_tokens
         total.cost += row.cost
     served = [row for row in traffic if row.group]
-    for row in [*served, *(row for row in traffic if not row.group), total]:
-        cells = [money(row.priced_at(price)) for price in targets.values()]
-        if row is total:
-            cells = [_with_saving(row.cost, row.priced_at(price), money) for price in targets.values()]
-        table.add_row(
-            Text(row.group or NOT_SERVED),
+    lines = [*served, *(row for row in traffic if not row.group), total]
+    numbers = [
+        [
             f"{row.requests:,}",
             f"{row.cache_hits:,}",
             f"{row.prompt_tokens:,}",
             f"{row.completion_tokens:,}",
             money(row.cost),
-            *cells,
-            style="bold" if row is total else None,
-        )
+            *(
+                _with_saving(row.cost, row.priced_at(price), money)
+                if row is total
+                else money(row.priced_at(price))
+                for price in targets.values()
+            ),
+        ]
+        for row in lines
+    ]
+    table = Table(title=title)
+    folding_column(table, "served by", [row.group or NOT_SERVED for row in lines])
+    # Only the names fold: rich, squeezing several folding columns, cut the widest past the edge.
+    headings = [
+        "requests",
+        "cache hits",
+        "tokens in",
+        "tokens out",
+        "actual cost",
+        *(f"on {n}" for n in targets),
+    ]
+    for i, heading in enumerate(headings):
+        whole_column(table, heading, [cells[i] for cells in numbers], justify="right")
+    for row, cells in zip(lines, numbers, strict=True):
+        # Text(): model names (a served one may be any name a provider lists) are not rich markup.
+        table.add_row(Text(row.group or NOT_SERVED), *cells, style="bold" if row is total else None)
     return table
 
 
