@@ -44,3 +44,22 @@ def test_names_with_brackets_are_printed_as_written(tmp_path: Path) -> None:
     result = CliRunner().invoke(build_app(), ["models", "m[", "-c", str(config)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "m[beta]" in result.output and "a[bold]" in result.output
+
+
+def test_every_model_name_is_printed_whole(tmp_path: Path) -> None:
+    # The model column was cut to fit 200 columns: "baseten/deepseek-ai/DeepSeek-V4.1-Flash-1017-F…",
+    # 287 names of `--all` in all, names one types into a request or --model.
+    from faregate.catalog import build_catalog
+    from faregate.config import load_settings
+
+    code, output = run(tmp_path, "deepseek")
+    assert code == 0
+    lines = output.splitlines()
+    names = [
+        m.name
+        for m in build_catalog(load_settings(None)).all()
+        if "deepseek" in " ".join((m.name, *m.aliases)).lower()
+    ]
+    assert len(names) > 20
+    for name in names:
+        assert any(f"│ {name} " in line for line in lines), name

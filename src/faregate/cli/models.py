@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from faregate.catalog import Model, build_catalog
-from faregate.cli.common import ConfigOption, curated_catalog, load_or_exit
+from faregate.cli.common import (
+    ConfigOption,
+    curated_catalog,
+    folding_column,
+    load_or_exit,
+    print_table,
+    whole_column,
+)
 
 
 def _matches(
@@ -71,29 +77,37 @@ def register(app: typer.Typer) -> None:
                 err=True,
             )
             raise typer.Exit(1)
-        table = Table(title=f"{len(rows)} model(s)  ·  USD per 1M tokens")
-        for column in ("model", "aliases", "in", "out", "context", "max out", "modalities", "offers"):
-            table.add_column(
-                column, justify="right" if column in ("in", "out", "context", "max out") else "left"
+        offers = [
+            ", ".join(
+                f"{o.provider}{'' if o.available else ' (off)'} {o.price.input}/{o.price.output}"
+                for o in m.offers
             )
-        for m in rows:
-            offers = (
-                ", ".join(
-                    f"{o.provider}{'' if o.available else ' (off)'} {o.price.input}/{o.price.output}"
-                    for o in m.offers
-                )
-                or "-"
-            )
-            # Text(), not str: names come from the config and the catalog, not rich markup (a
-            # "[beta]" in a name was taken for a style and vanished).
-            table.add_row(
-                Text(m.name, style="" if m.available else "dim"),
-                Text(", ".join(m.aliases)),
+            or "-"
+            for m in rows
+        ]
+        aliases = [", ".join(m.aliases) for m in rows]
+        cells = [
+            [
                 str(m.list_price.input),
                 str(m.list_price.output),
                 f"{m.context_window:,}",
                 f"{m.max_output_tokens:,}" if m.max_output_tokens else "-",
                 "+".join(sorted(m.modalities)),
-                Text(offers),
+            ]
+            for m in rows
+        ]
+        table = Table(title=f"{len(rows)} model(s)  ·  USD per 1M tokens")
+        # The name is printed whole (it is what a request or --model names); aliases and offers fold.
+        whole_column(table, "model", [m.name for m in rows])
+        folding_column(table, "aliases", aliases)
+        for i, heading in enumerate(("in", "out", "context", "max out", "modalities")):
+            justify: Literal["left", "right"] = "left" if heading == "modalities" else "right"
+            whole_column(table, heading, [row[i] for row in cells], justify=justify)
+        folding_column(table, "offers", offers)
+        for m, alias, numbers, offer in zip(rows, aliases, cells, offers, strict=True):
+            # Text(), not str: names come from the config and the catalog, not rich markup (a
+            # "[beta]" in a name was taken for a style and vanished).
+            table.add_row(
+                Text(m.name, style="" if m.available else "dim"), Text(alias), *numbers, Text(offer)
             )
-        Console(width=200).print(table)
+        print_table(table, at_least=200)
