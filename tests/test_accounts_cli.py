@@ -165,3 +165,13 @@ def test_two_budgets_for_the_same_period_and_window_are_refused_as_by_the_api(
     )
     assert both.exit_code == 0, both.output
     assert "calendar day: $0 of $2" in both.output and "rolling day: $0 of $3" in both.output
+
+
+def test_show_says_when_a_key_was_revoked_in_utc(app: typer.Typer, config: str) -> None:
+    # Every other time the CLI prints says UTC; this one said "REVOKED 2026-12-07 14:25:06" alone.
+    run(app, "keys", "create", "--name", "gone", "--config", config)
+    run(app, "keys", "revoke", "gone", "--config", config)
+    shown = run(app, "keys", "show", "gone", "--config", config)
+    assert re.search(r"  REVOKED \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$", shown.output.splitlines()[0]), (
+        shown.output
+    )

@@ -118,7 +118,7 @@ def print_view(view: KeyView) -> None:
     limits = view.limits
     lines = [
         f"{key.id}  {key.name}  {key.prefix}  {'premium' if key.premium else 'standard'}"
-        + (f"  REVOKED {utc_text(key.revoked_at)}" if key.revoked else ""),
+        + (f"  REVOKED {utc_text(key.revoked_at)} UTC" if key.revoked else ""),
         f"  balance   ${usd_text(view.balance_nano)}  (in flight: ${usd_text(view.held_nano)} reserved)",
         f"  spend     today ${usd_text(view.today_nano)}, this month ${usd_text(view.month_nano)}",
         f"  limits    {_per_minute(limits.requests_per_minute)} requests/min, "
