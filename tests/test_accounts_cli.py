@@ -175,3 +175,21 @@ def test_show_says_when_a_key_was_revoked_in_utc(app: typer.Typer, config: str) 
     assert re.search(r"  REVOKED \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$", shown.output.splitlines()[0]), (
         shown.output
     )
+
+
+@pytest.mark.parametrize(
+    ("spec", "said"),
+    [
+        ("year=5", "budget 'year=5': PERIOD is one of day, week, month"),
+        ("day:sliding=5", "budget 'day:sliding=5': WINDOW is one of calendar, rolling"),
+        ("day=-1", "'budget day=-1' must be more than 0."),
+        ("day=lots", "'budget day=lots' is not a decimal amount"),
+    ],
+)
+def test_a_bad_budget_is_said_in_the_options_own_terms(
+    app: typer.Typer, config: str, spec: str, said: str
+) -> None:
+    # The API's field paths leaked: "'budgets[0].period' must be one of [...]" for --budget year=5.
+    result = run(app, "keys", "create", "--name", "b", "--budget", spec, "--config", config)
+    assert result.exit_code == 1, result.output
+    assert said in result.output and "budgets[0]" not in result.output

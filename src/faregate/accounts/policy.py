@@ -162,9 +162,14 @@ def parse_budget_spec(spec: str) -> Budget:
         raise InvalidRequest(
             f"budget {spec!r}: expected PERIOD[:WINDOW]=USD, e.g. day=5 or month:rolling=100"
         )
-    return parse_budgets(
-        [{"period": period.strip(), "window": window.strip() or "calendar", "limit_usd": amount}]
-    )[0]
+    # Said in the option's own terms: the API's field paths ("budgets[0].period") mean nothing here.
+    period, window = period.strip(), window.strip() or "calendar"
+    if period not in PERIODS:
+        raise InvalidRequest(f"budget {spec!r}: PERIOD is one of {', '.join(PERIODS)}")
+    if window not in WINDOWS:
+        raise InvalidRequest(f"budget {spec!r}: WINDOW is one of {', '.join(WINDOWS)}")
+    parse_usd(amount, f"budget {spec}")
+    return parse_budgets([{"period": period, "window": window, "limit_usd": amount}])[0]
 
 
 def parse_budget_specs(specs: list[str]) -> tuple[Budget, ...]:
