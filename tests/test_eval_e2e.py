@@ -196,3 +196,37 @@ def test_eval_refuses_to_print_a_table_when_every_request_failed(tmp_path: Path)
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"faregate: every request failed (6 of 6) at {nobody}"), line
     assert "%" not in result.stdout and "│" not in result.stdout  # no table of zeros
+    assert "Is the gateway running there" in line
+
+
+@pytest.mark.parametrize(
+    ("model", "key", "said", "not_said"),
+    [
+        ("no-such-model", None, "NotFoundError", ("Is the gateway running", "API key")),
+        (MODELS[0], "fg-not-a-key", "AuthenticationError", ("Is the gateway running",)),
+    ],
+    ids=["unknown model", "wrong key"],
+)
+def test_when_every_request_failed_the_hint_fits_the_failure(
+    gateway: GatewayProcess,
+    api_key: str,
+    tmp_path: Path,
+    model: str,
+    key: str | None,
+    said: str,
+    not_said: tuple[str, ...],
+) -> None:
+    # The gateway answered (404 for the model, 401 for the key), yet the line asked whether it was
+    # running there at all, and about the key when the key was fine.
+    prompts = tmp_path / "prompts.jsonl"
+    _prompt_set(prompts)
+    result = subprocess.run(
+        [sys.executable, "-m", "faregate.cli.main", "eval", str(prompts), "-m", model,
+         "--out", str(tmp_path / "out"), "--base-url", gateway.base_url, "--api-key", key or api_key],
+        capture_output=True, text=True, timeout=120, env=clean_env(),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("faregate: every request failed (6 of 6)") and said in line, line
+    for phrase in not_said:
+        assert phrase not in line, line

@@ -72,6 +72,16 @@ async def _run(
         await client.close()
 
 
+def _hint(error: str) -> str:
+    """What to check, from the first error (its SDK class leads it): only a request that never got
+    an answer asks whether the gateway runs there; one the gateway refused says what it refused."""
+    if error.startswith(("APIConnectionError", "APITimeoutError")):
+        return "Is the gateway running there (--base-url, FAREGATE_BASE_URL)? "
+    if error.startswith(("AuthenticationError", "PermissionDeniedError")):
+        return "Is the API key (--api-key, FAREGATE_API_KEY) one of its keys? "
+    return ""
+
+
 def register(app: typer.Typer) -> None:
     @app.command(name="eval")
     def eval_command(
@@ -167,8 +177,7 @@ def register(app: typer.Typer) -> None:
             first = next(a.error for a in answers if a.error).rstrip(".")
             raise StartupError(
                 f"every request failed ({len(answers)} of {len(answers)}) at {base_url}; first error: "
-                f"{first}. Is the gateway running there (--base-url, FAREGATE_BASE_URL), and is the "
-                "API key one of its keys? A re-run retries every failed request"
+                f"{first}. {_hint(first)}A re-run retries every failed request"
             )
         report = build_report(items, models, done, scorer, monthly_requests)
         write_results(out, report, items, done)
