@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from rich.table import Table
+from rich.text import Text
 
 from faregate.evals.costs.projection import display_usd
 from faregate.evals.prompt_eval.report import RESULTS_CSV, EvalReport, ModelSummary
@@ -48,19 +49,29 @@ def table(report: EvalReport) -> Table:
         out.add_column(column, justify="right")
     for s in report.summaries:
         out.add_row(
-            s.model,
+            Text(s.model),  # a model's name is not rich markup
             _quality(s, binary),
             f"{s.answered}/{s.items}",
             str(s.errors),
             *([str(s.unscored)] if report.judged else []),
-            f"{s.latency_p50_s:.3f}",
-            f"{s.latency_p95_s:.3f}",
-            f"{s.mean_prompt_tokens:.0f}/{s.mean_completion_tokens:.0f}",
-            _money(s.cost_per_1k),
-            _money(s.monthly_cost),
-            *([_money(s.judge.per_1k if s.judge else Decimal(0))] if report.judged else []),
+            *_measured(s, report.judged),
         )
     return out
+
+
+def _measured(s: ModelSummary, judged: bool) -> list[str]:
+    """Latency, tokens and cost: measured on the answers, so "-" for a model that answered
+    nothing (it read "nan" and "$0.00", a price for what was never measured)."""
+    if not s.answered:
+        return ["-"] * (6 if judged else 5)
+    return [
+        f"{s.latency_p50_s:.3f}",
+        f"{s.latency_p95_s:.3f}",
+        f"{s.mean_prompt_tokens:.0f}/{s.mean_completion_tokens:.0f}",
+        _money(s.cost_per_1k),
+        _money(s.monthly_cost),
+        *([_money(s.judge.per_1k if s.judge else Decimal(0))] if judged else []),
+    ]
 
 
 def comparison_lines(report: EvalReport) -> list[str]:
