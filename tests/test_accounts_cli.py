@@ -193,3 +193,15 @@ def test_a_bad_budget_is_said_in_the_options_own_terms(
     result = run(app, "keys", "create", "--name", "b", "--budget", spec, "--config", config)
     assert result.exit_code == 1, result.output
     assert said in result.output and "budgets[0]" not in result.output
+
+
+def test_an_empty_ledger_or_instance_list_is_a_sentence_not_an_empty_table(
+    app: typer.Typer, config: str
+) -> None:
+    # Both printed a table of headings and no row, as `keys list` no longer does.
+    run(app, "keys", "create", "--name", "zero", "--credits", "0", "--config", config)
+    ledger = run(app, "credits", "ledger", "zero", "--config", config)
+    assert ledger.exit_code == 0 and ledger.output.startswith("No ledger rows for zero (key_"), ledger.output
+    instances = run(app, "credits", "instances", "--config", config)
+    assert instances.exit_code == 0 and instances.output.startswith("No serving instance"), instances.output
+    assert "┏" not in ledger.output + instances.output

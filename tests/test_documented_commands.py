@@ -375,7 +375,8 @@ QUICK: dict[str, Quick] = {
     ),
     "faregate keys show checkout-service": Quick(expect="budget    calendar month: $0 of $50, resets"),
     "faregate keys revoke checkout-service": Quick(expect="Revoked"),
-    "faregate credits instances": Quick(expect="lease until (UTC)"),
+    # No gateway has run in the scratch directory: no instance to list, and said so.
+    "faregate credits instances": Quick(expect="No serving instance is registered"),
     "faregate credits release-instance inst_77aa01e9b3c2": Quick(
         why_not="the id of the text's dead instance: `faregate credits release-instance ID` (help) above"
     ),

@@ -59,10 +59,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """A key's balance changes, newest first."""
 
-        async def action(service: AccountsService) -> list[LedgerRow]:
-            return await service.ledger(await service.resolve(key), limit)
+        async def action(service: AccountsService) -> tuple[str, list[LedgerRow]]:
+            key_id = await service.resolve(key)
+            return key_id, await service.ledger(key_id, limit)
 
-        rows = run_accounts(load_or_exit(config), action)
+        key_id, rows = run_accounts(load_or_exit(config), action)
+        if not rows:
+            typer.echo(f"No ledger rows for {key if key == key_id else f'{key} ({key_id})'}.")
+            return
         cells = [
             (
                 utc_text(row.created_at),
@@ -86,6 +90,9 @@ def register(app: typer.Typer) -> None:
     def instances(config: ConfigOption = None) -> None:
         """Serving processes that hold reservations: their leases and holds."""
         rows: list[InstanceRow] = run_accounts(load_or_exit(config), lambda service: service.instances())
+        if not rows:
+            typer.echo("No serving instance is registered, and no reservation is held.")
+            return
         now = time.time()
         cells = [
             (
