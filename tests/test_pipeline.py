@@ -460,6 +460,30 @@ async def test_usage_sent_on_the_last_chunk_with_choices_reaches_the_client_once
     assert harness.records[0].prompt_tokens == 10
 
 
+@pytest.mark.parametrize("usage", [None, {"prompt_tokens": 10, "completion_tokens": 2}])
+async def test_a_usage_chunk_the_gateway_makes_belongs_to_the_stream(
+    harness: Harness, usage: JSON | None
+) -> None:
+    """An upstream that reports no usage, or reports it on its finish chunk: the usage-only chunk
+    the gateway writes (with the usage and its cost) carries the stream's own id, created and
+    system_fingerprint, as every chunk of one OpenAI stream does (clients group chunks by id)."""
+    same = {"object": "chat.completion.chunk", "system_fingerprint": "fp_1"}
+    stream = [{**each, **same} for each in WHOLE_STREAM[:4]]
+    if usage is not None:
+        stream[-1]["usage"] = usage
+    harness.a.outcomes = [stream]
+    status, _, raw = await harness.post(
+        {"model": "cheap", "stream": True, "stream_options": {"include_usage": True}, **ASK}
+    )
+    assert status == 200
+    frames = sse_chunks(raw)
+    assert frames[-1] == b"[DONE]"
+    final = frames[-2]
+    assert final["choices"] == [] and final["usage"].get("estimated", False) is (usage is None)
+    shared = {(f["id"], f["created"], f["model"], f["system_fingerprint"], f["object"]) for f in frames[:-1]}
+    assert shared == {("c", 1, "cheap", "fp_1", "chat.completion.chunk")}, frames
+
+
 async def test_what_one_upstream_read_brought_is_written_at_once_the_first_content_first(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

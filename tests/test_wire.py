@@ -247,6 +247,11 @@ def test_what_the_client_receives_carries_the_cost() -> None:
     assert relayed["model"] == "catalog-name" and "usage" not in relayed
     made = usage_chunk(None, "m", Usage(1, 2), Decimal(0))
     assert made["choices"] == [] and made["usage"]["total_tokens"] == 3 and made["model"] == "m"
+    # Azure's first chunk (its prompt filter's) names no stream: the made chunk names one still.
+    azure_first = {"id": "", "object": "", "created": 0, "model": "", "choices": []}
+    made = usage_chunk(None, "m", Usage(1, 2), Decimal(0), azure_first)
+    assert made["id"] == "chatcmpl-faregate" and made["object"] == "chat.completion.chunk"
+    assert made["created"] > 0
 
 
 def test_streamed_answer_reads_every_kind_of_chunk() -> None:

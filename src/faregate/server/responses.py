@@ -221,7 +221,9 @@ class Responder:
             else:
                 final = None
                 if request.include_usage:
-                    final = usage_chunk(seen.usage_chunk, candidate.model.name, settled.usage, settled.cost)
+                    final = usage_chunk(
+                        seen.usage_chunk, candidate.model.name, settled.usage, settled.cost, seen.first
+                    )
                 # The closing frames go with the body's end: one system call, not two.
                 await response.write_eof(encoder.close(final))
                 self._remember(

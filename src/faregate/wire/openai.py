@@ -297,6 +297,14 @@ def error_code_param(body: JSON | None) -> tuple[str | None, str | None]:
     return (code if isinstance(code, str) else None), (param if isinstance(param, str) else None)
 
 
+# What every chunk of one stream says alike (the usage-only chunk the gateway writes too).
+_STREAM_IDENTITY = ("id", "object", "created", "system_fingerprint")
+
+
+def _identity(chunk: JSON) -> JSON:
+    return {name: chunk[name] for name in _STREAM_IDENTITY if name in chunk}
+
+
 class StreamedAnswer:
     """What a relayed stream has carried so far: its first chunk (id, created), its text (tool
     calls' names and arguments included) and its reasoning (both for an estimate when no usage
@@ -358,7 +366,7 @@ class StreamedAnswer:
                 # chunk): moved to the usage-only chunk that closes the stream, as OpenAI sends
                 # it, details kept; relayed here too, a client adding up usage counted it twice.
                 self.usage_chunk = {
-                    **{name: chunk[name] for name in ("id", "object", "created") if name in chunk},
+                    **_identity(chunk),
                     "choices": [],
                     "usage": chunk["usage"],
                 }
@@ -509,12 +517,18 @@ class ChatStreamFrames:
         return error_event(failure.detail, "stream_interrupted")
 
 
-def usage_chunk(held: JSON | None, model: str, usage: Usage, cost: Decimal) -> JSON:
-    """The stream's usage-only chunk with the cost (the upstream's, or a new one if it sent none)."""
+def usage_chunk(
+    held: JSON | None, model: str, usage: Usage, cost: Decimal, first: JSON | None = None
+) -> JSON:
+    """The stream's usage-only chunk with the cost: the upstream's, or a new one if it sent none,
+    which carries the id, created and fingerprint of the stream's `first` chunk (every chunk of
+    one stream shares them; a client groups chunks by id), those it gives (Azure's first chunk,
+    its prompt filter's, says id "" and created 0)."""
     chunk: JSON = held or {
         "id": "chatcmpl-faregate",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
+        **{name: value for name, value in _identity(first or {}).items() if value},
         "choices": [],
     }
     chunk["model"] = model
