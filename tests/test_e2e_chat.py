@@ -370,6 +370,21 @@ def test_bad_bodies(
     assert records(gateway, response.headers["x-faregate-request-id"])[0]["status"] == status
 
 
+def test_the_sdk_reads_the_request_id_of_answers_and_errors(client: openai.OpenAI) -> None:
+    """The SDK gives an answer's `_request_id` and an error's `request_id` from `x-request-id`:
+    the gateway's request id, the one its records and feedback know, whole, streamed or refused."""
+    raw = client.chat.completions.with_raw_response.create(model="deepseek-v4-flash", messages=MSG)
+    assert raw.parse()._request_id == raw.headers["x-faregate-request-id"]
+    with client.chat.completions.with_streaming_response.create(
+        model="deepseek-v4-flash", messages=MSG, stream=True
+    ) as streamed:
+        assert streamed.request_id == streamed.headers["x-faregate-request-id"]
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="deepseek-v4-flsh", messages=MSG)
+    assert info.value.request_id == info.value.response.headers["x-faregate-request-id"]
+    assert info.value.request_id.startswith("req_")
+
+
 def test_unknown_model_is_404_with_suggestions(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="deepseek-v4-flsh", messages=MSG)

@@ -104,7 +104,10 @@ class Exchange:
         if traceparent is not None:
             record.traceparent = traceparent
             record.tracestate = http_request.headers.get("tracestate")
-        return cls(http_request, record, {"x-faregate-request-id": request_id}, wire)
+        # x-request-id too: the openai SDK reads it as an answer's `_request_id` and an error's
+        # `request_id` (what a client logs to report a request), so it is this one.
+        headers = {"x-faregate-request-id": request_id, "x-request-id": request_id}
+        return cls(http_request, record, headers, wire)
 
     @property
     def request(self) -> ChatRequest:
