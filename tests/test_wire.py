@@ -165,7 +165,7 @@ def test_upstream_body() -> None:
 def test_a_relayed_stream_is_read_and_kept_as_an_answer() -> None:
     seen = StreamedAnswer()
     chunks = [
-        chunk({"role": "assistant", "content": ""}),
+        chunk({"role": "assistant", "content": ""}, system_fingerprint="fp_1"),
         chunk({"content": "Hello"}),
         chunk({"content": " world"}),
         chunk({}, "stop"),
@@ -176,6 +176,7 @@ def test_a_relayed_stream_is_read_and_kept_as_an_answer() -> None:
     assert (seen.finish_reason, "".join(seen.text), seen.usage) == ("stop", "Hello world", Usage(3, 2))
     body = seen.answer("m", Usage(3, 2))
     assert body is not None and body["id"] == "c1" and body["created"] == 1
+    assert body["system_fingerprint"] == "fp_1"
     assert body["choices"][0]["message"]["content"] == "Hello world"
     # ...and replayed as a stream that says the same.
     body["usage"] = {"cost": 0.0}
@@ -302,3 +303,42 @@ def test_a_kept_refusal_replayed_as_a_stream_still_says_it() -> None:
     said = "".join(f["choices"][0]["delta"].get("refusal") or "" for f in frames)
     assert said == refusal
     assert frames[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_a_kept_answer_replayed_as_a_stream_reads_back_as_that_answer_in_the_sdk() -> None:
+    """A kept (or judged) whole answer replayed as a stream, read by the openai SDK's own stream
+    helper, is the answer: every choice's text, refusal and tool calls, no content where it had
+    none (a tool call or a refusal said content "" in its replay), and its system_fingerprint on
+    every chunk, as OpenAI's chunks carry it."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]
+    messages = [
+        {"role": "assistant", "content": "Hello", "refusal": None},
+        {"role": "assistant", "content": None, "refusal": "I can't help with that."},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+    ]
+    body = {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "system_fingerprint": "fp_1",
+        "choices": [
+            {"index": i, "message": message, "logprobs": None, "finish_reason": "stop"}
+            for i, message in enumerate(messages)
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8, "cost": 0.0},
+    }
+    frames = answer_as_chunks(body, include_usage=True)
+    assert {f.get("system_fingerprint") for f in frames} == {"fp_1"}
+    state = ChatCompletionStreamState()
+    for frame in frames:
+        state.handle_chunk(ChatCompletionChunk.model_validate(frame))
+    final = state.get_final_completion()
+    assert final.system_fingerprint == "fp_1"
+    read = [choice.message.model_dump(include={"content", "refusal"}) for choice in final.choices]
+    assert read == [{"content": m["content"], "refusal": m.get("refusal")} for m in messages]
+    (call,) = final.choices[2].message.tool_calls or []
+    assert (call.id, call.function.name, call.function.arguments) == ("call_1", "f", '{"a": 1}')

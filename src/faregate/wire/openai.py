@@ -426,6 +426,7 @@ class StreamedAnswer:
             "object": "chat.completion",
             "created": first.get("created", int(time.time())),
             "model": model,
+            **{name: first[name] for name in ("system_fingerprint",) if first.get(name)},
             "choices": [
                 {
                     "index": 0,
@@ -547,7 +548,8 @@ def answer_as_chunks(body: JSON, include_usage: bool) -> list[JSON]:
     """A whole, priced chat.completion replayed as the chunks of a stream: per choice a role
     chunk, its content, refusal, tool calls, legacy function call and audio with its logprobs,
     its finish; then, when the client asked for usage, the usage-only chunk with the body's usage,
-    and `"usage": null` on every other chunk as OpenAI sends it. A call without an id gets one."""
+    and `"usage": null` on every other chunk as OpenAI sends it. A call without an id gets one.
+    Every chunk carries the answer's system_fingerprint, as OpenAI's do."""
     body = with_call_ids(body)
     base = {
         "id": body.get("id", "chatcmpl-cached"),
@@ -555,6 +557,8 @@ def answer_as_chunks(body: JSON, include_usage: bool) -> list[JSON]:
         "created": body.get("created", int(time.time())),
         "model": body.get("model"),
     }
+    if body.get("system_fingerprint") is not None:
+        base["system_fingerprint"] = body["system_fingerprint"]
 
     def frame(index: int, delta: JSON, finish: str | None = None, logprobs: Any = None) -> JSON:
         return {
@@ -566,7 +570,10 @@ def answer_as_chunks(body: JSON, include_usage: bool) -> list[JSON]:
     for choice in body.get("choices") or []:
         index = choice.get("index", 0)
         message = choice.get("message") or {}
-        frames.append(frame(index, {"role": "assistant", "content": ""}))
+        # Content "" only where the answer has text: a tool call's or a refusal's content is null
+        # (the SDK's stream helper keeps the first delta's, so "" read back as text said).
+        said = "" if isinstance(message.get("content"), str) else None
+        frames.append(frame(index, {"role": "assistant", "content": said}))
         delta: JSON = {}
         if message.get("content"):
             delta["content"] = message["content"]
