@@ -385,6 +385,14 @@ def test_the_sdk_reads_the_request_id_of_answers_and_errors(client: openai.OpenA
     assert info.value.request_id.startswith("req_")
 
 
+def test_a_service_tier_billed_at_other_prices_is_refused(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="deepseek-v4-flash", messages=MSG, service_tier="priority")
+    assert info.value.param == "service_tier" and "priority" in info.value.message
+    reply = client.chat.completions.create(model="deepseek-v4-flash", messages=MSG, service_tier="auto")
+    assert reply.choices[0].message.content == "Hello there"
+
+
 def test_unknown_model_is_404_with_suggestions(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="deepseek-v4-flsh", messages=MSG)

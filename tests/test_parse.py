@@ -49,6 +49,22 @@ def test_invalid_fields_name_the_param(body: dict, param: str) -> None:  # type:
     assert info.value.status == 400
 
 
+@pytest.mark.parametrize("tier", ["flex", "priority", "scale", "fast", 1, ["flex"]])
+def test_a_service_tier_billed_at_other_prices_is_refused(tier: object) -> None:
+    """OpenAI bills flex at about half the standard prices and priority at about twice; the
+    gateway prices every answer at the catalog's standard prices, so such a request was served
+    and billed wrong (a budget overspent on priority). Refused, naming the field."""
+    with pytest.raises(InvalidRequest) as info:
+        parse({"model": "m", "messages": MSG, "service_tier": tier})
+    assert (info.value.param, info.value.status) == ("service_tier", 400)
+
+
+@pytest.mark.parametrize("tier", ["auto", "default", None])
+def test_the_standard_service_tier_is_passed_through(tier: object) -> None:
+    body = {"model": "m", "messages": MSG, "service_tier": tier}
+    assert parse(body).body["service_tier"] == tier
+
+
 def test_modalities_detected_from_content_parts() -> None:
     messages = [
         {

@@ -31,6 +31,10 @@ PART_MODALITY = {
     "file": "file",
 }
 VALID_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# The service tiers billed at the catalog's prices, the standard ones. OpenAI bills flex at about
+# half of them and priority at about twice (scale from prepaid units): passed through, such a
+# request was billed at the standard prices all the same, so it is refused instead.
+STANDARD_SERVICE_TIERS = frozenset({"auto", "default"})
 
 
 DEFAULT_LIMITS = LimitsSettings()
@@ -119,6 +123,13 @@ def parse_chat_request(
     if not limits.allow_private_media_urls:
         check_media_urls(messages)
     check_numbers(body)
+    tier = body.get("service_tier")
+    if tier is not None and (not isinstance(tier, str) or tier not in STANDARD_SERVICE_TIERS):
+        raise InvalidRequest(
+            f"'service_tier' {tier!r} is not served here: the gateway bills at its catalog's standard "
+            f"prices, so it takes only {sorted(STANDARD_SERVICE_TIERS)} (or none).",
+            param="service_tier",
+        )
 
     stream = body.get("stream", False)
     if stream is None:
