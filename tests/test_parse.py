@@ -65,6 +65,17 @@ def test_the_standard_service_tier_is_passed_through(tier: object) -> None:
     assert parse(body).body["service_tier"] == tier
 
 
+def test_a_developer_message_is_read_as_a_system_one_in_a_copy() -> None:
+    messages = [{"role": "developer", "content": "Be brief."}, *MSG]
+    body = {"model": "m", "messages": messages}
+    request = parse(body)
+    assert [m["role"] for m in request.body["messages"]] == ["system", "user"]
+    assert request.body["messages"][1] is MSG[0]
+    assert messages[0]["role"] == "developer" and body["messages"] is messages  # the client's, as sent
+    plain = {"model": "m", "messages": MSG}
+    assert parse(plain).body is plain  # nothing to translate: nothing copied
+
+
 def test_modalities_detected_from_content_parts() -> None:
     messages = [
         {

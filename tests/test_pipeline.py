@@ -850,6 +850,20 @@ async def test_the_upstream_is_never_allowed_more_output_than_the_hold_covers(ha
     assert caps and max(caps) <= 7 < hold.reserved_tokens, (caps, hold.reserved_tokens)
 
 
+async def test_a_developer_message_reaches_the_upstream_as_a_system_one(harness: Harness) -> None:
+    """OpenAI's SDKs and agents send `developer` (OpenAI's name for system instructions since
+    o1); DeepSeek and many OpenAI-wire servers refuse the role (400 `unknown variant
+    developer`), so a client switching base_url to the gateway failed on the cheap models. Every
+    upstream gets it as `system`, which OpenAI takes as developer instructions."""
+    messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    asked = {"model": "cheap", "messages": messages}
+    status, _, _ = await harness.post(asked)
+    assert status == 200
+    (call,) = harness.a.calls
+    assert [m["role"] for m in call.body["messages"]] == ["system", "user"]
+    assert call.body["messages"][0]["content"] == "Be brief."
+
+
 async def test_a_cut_stream_without_usage_is_charged_for_the_reasoning_it_relayed(harness: Harness) -> None:
     """A reasoning model streams its reasoning (reasoning_content) before the answer; a stream cut
     without usage is charged for what it relayed, the reasoning included (the provider bills it)."""

@@ -67,15 +67,23 @@ def required_modalities(messages: list[Any]) -> frozenset[str]:
 
 
 def _check_messages(messages: Any) -> list[Any]:
+    """The messages, checked; a `developer` message comes out as a `system` one (a copy: the
+    client's body is not changed). OpenAI's SDKs and agents send developer, OpenAI's name for
+    system instructions since o1, which DeepSeek and many other OpenAI-wire servers refuse
+    (`unknown variant developer`), while OpenAI takes system as developer instructions; the
+    Responses and Messages wires translate it so too."""
     if messages is None:
         raise InvalidRequest("Missing required parameter: 'messages'.", param="messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array of message objects.", param="messages")
+    developer = False
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidRequest(f"'messages[{i}]' must be an object.", param=f"messages[{i}]")
         role = message.get("role")
-        if role not in VALID_ROLES:
+        if role == "developer":
+            developer = True
+        elif role not in VALID_ROLES:
             raise InvalidRequest(
                 f"'messages[{i}].role' must be one of {sorted(VALID_ROLES)}, got {role!r}.",
                 param=f"messages[{i}].role",
@@ -86,6 +94,8 @@ def _check_messages(messages: Any) -> list[Any]:
                 f"'messages[{i}].content' must be a string or an array of content parts.",
                 param=f"messages[{i}].content",
             )
+    if developer:
+        return [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
     return messages
 
 
@@ -119,7 +129,10 @@ def parse_chat_request(
 ) -> ChatRequest:
     """Validate the fields the gateway interprets; `headers` is any case-insensitive mapping."""
     model = _check_models(body, limits)
-    messages = _check_messages(body.get("messages"))
+    asked_messages = body.get("messages")
+    messages = _check_messages(asked_messages)
+    if messages is not asked_messages:
+        body = {**body, "messages": messages}
     if not limits.allow_private_media_urls:
         check_media_urls(messages)
     check_numbers(body)
