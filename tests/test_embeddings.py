@@ -355,3 +355,56 @@ def test_the_openapi_document_refuses_the_embeddings_bodies_the_server_refuses(b
     validator = jsonschema.Draft4Validator(openapi_document()["components"]["schemas"]["EmbeddingsRequest"])
     validator.validate({"model": "m", "input": "hi", "faregate": {"cache": False}})
     assert not validator.is_valid(body)
+
+
+async def test_null_fields_are_read_as_left_out_and_not_sent_upstream(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LiteLLM (since 1.80.11) sends `encoding_format: null` when its caller sets none, as OpenAI
+    takes it: the default (float). It was a 400 here; and a null passed upstream is refused by
+    strict OpenAI-wire servers (vLLM, TEI, DeepInfra), so the upstream gets the field left out."""
+    from aiohttp.test_utils import TestClient
+
+    from faregate.server.app import build_gateway, create_app
+
+    sent: list[dict[str, Any]] = []
+
+    async def embeddings(request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        sent.append(body)
+        data = [{"object": "embedding", "index": 0, "embedding": [0.25]}]
+        return web.json_response({"object": "list", "data": data, "usage": {"prompt_tokens": 1}})
+
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", embeddings)
+    upstream = TestServer(app, host="127.0.0.1", port=0)
+    await upstream.start_server()
+    monkeypatch.setenv("FAREGATE_MASTER_KEY", "fg-master-test-0123456789")
+    settings = load_settings(
+        overrides={
+            "store": {"path": str(tmp_path / "store")},
+            "catalog": {"broad": False},
+            "providers": {"up": {"base_url": str(upstream.make_url("/v1"))}},
+            "models": {"embed-x": {"kind": "embedding", "input": "0.5", "offers": [{"provider": "up"}]}},
+        }
+    )
+    gateway = await build_gateway(settings)
+    _, key = await gateway.keys.create(name="t")
+    try:
+        async with TestClient(TestServer(create_app(gateway))) as client:
+            asked = {
+                "model": "embed-x",
+                "input": "hi",
+                "encoding_format": None,
+                "dimensions": None,
+                "user": None,
+            }
+            response = await client.post(
+                "/v1/embeddings", json=asked, headers={"Authorization": f"Bearer {key}"}
+            )
+            body = await response.json()
+            assert response.status == 200, body
+            assert body["data"][0]["embedding"] == [0.25]
+            assert sent == [{"model": "embed-x", "input": "hi"}]
+    finally:
+        await upstream.close()

@@ -130,7 +130,7 @@ class EmbeddingsPipeline:
         key = self._key(exchange)
         job = EmbeddingJob(
             request_id=exchange.record.request_id,
-            body=body,
+            body=wire.upstream_body(body),
             parsed=parsed,
             model=model,
             hints=hints,

@@ -153,9 +153,10 @@ def _schemas(limits: LimitsSettings) -> dict[str, Any]:
                     {"type": "array", "minItems": 1, "maxItems": 2048, "items": tokens},
                 ]
             },
-            "encoding_format": {"enum": ["float", "base64"]},
-            "dimensions": {"type": "integer", "minimum": 1},
-            "user": {"type": "string"},
+            # null: left out (the default), as OpenAI reads it.
+            "encoding_format": {"enum": ["float", "base64", None], "nullable": True},
+            "dimensions": {"type": "integer", "minimum": 1, "nullable": True},
+            "user": {"type": "string", "nullable": True},
             "faregate": {
                 "type": "object",
                 "additionalProperties": False,

@@ -45,7 +45,9 @@ def parse_request(body: Any) -> EmbeddingRequest:
     if not isinstance(model, str) or not model:
         raise InvalidRequest("you must provide a model parameter", param="model")
     inputs = _inputs(body.get("input"))
-    encoding = body.get("encoding_format", "float")
+    encoding = body.get("encoding_format")
+    if encoding is None:  # null is left out, as OpenAI reads it (LiteLLM sends it so)
+        encoding = "float"
     if encoding not in ENCODINGS:
         raise InvalidRequest(f"encoding_format must be one of {list(ENCODINGS)}", param="encoding_format")
     dimensions = body.get("dimensions")
@@ -78,6 +80,14 @@ def _inputs(value: Any) -> tuple[str | tuple[int, ...], ...]:
                 f"input[{i}] must be a non-empty string or array of token ids", param="input"
             )
     return tuple(out)
+
+
+def upstream_body(body: JSON) -> JSON:
+    """The client's body as an upstream receives it: a field given as null left out, as OpenAI
+    reads it; strict OpenAI-wire servers (vLLM, TEI, DeepInfra) refuse `encoding_format: null`."""
+    if None not in body.values():
+        return body
+    return {name: value for name, value in body.items() if value is not None}
 
 
 def input_tokens(request: EmbeddingRequest) -> int:
