@@ -537,6 +537,36 @@ async def test_a_stream_cut_short_ends_with_an_error_event(harness: Harness) -> 
     assert record.usage_estimated and record.completion_tokens > 0
 
 
+@pytest.mark.parametrize("finished", [(0, 1), (0,)])
+async def test_a_stream_of_several_choices_ends_cleanly_only_when_each_has_finished(
+    harness: Harness, finished: tuple[int, ...]
+) -> None:
+    """With n=2 the choices stream side by side; an upstream cut after choice 0 finished but
+    before choice 1 did is a cut stream (the error event, billed, recorded 502), not a clean
+    [DONE] for an answer whose second choice never ended."""
+
+    def of(index: int, delta: JSON, finish: str | None = None) -> JSON:
+        return {
+            "id": "c",
+            "created": 1,
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
+        }
+
+    stream = [of(i, {"role": "assistant", "content": ""}) for i in (0, 1)]
+    stream += [of(i, {"content": "42"}) for i in (0, 1)]
+    stream += [of(i, {}, "stop") for i in finished]
+    harness.a.outcomes = [stream]
+    status, _, raw = await harness.post({"model": "cheap", "stream": True, "n": 2, **ASK})
+    assert status == 200
+    last = sse_chunks(raw)[-1]
+    (record,) = harness.records
+    if finished == (0, 1):
+        assert last == b"[DONE]" and record.status == 200
+    else:
+        assert last != b"[DONE]" and last["error"]["code"] == "stream_interrupted"
+        assert record.status == 502 and "without a finish_reason" in (record.error or "")
+
+
 async def test_a_stream_that_fails_before_content_falls_back_invisibly(harness: Harness) -> None:
     harness.a.outcomes = [[UpstreamFailure("connection", "reset")]]
     status, headers, raw = await harness.post({"model": "pair", "stream": True, **ASK})

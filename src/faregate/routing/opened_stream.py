@@ -7,10 +7,11 @@ usage); the trailing usage-only chunk is kept there, not given, for the responde
 to. A read at a time, so that the relay writes what one upstream read brought in one client write
 (iterating it gives one chunk at a time).
 How it ended is judged here, in routing, not by whoever reads it: a stream that stops without a
-finish reason raises UpstreamFailure("truncated"); a failure is written into the served attempt
-(its outcome and detail, for the record); and the offer's health learns the outcome exactly once,
-when the stream ends, fails, or is closed by a reader that stopped early (a client that went
-away: the upstream served it well, so that counts as a success).
+finish reason (for each of its choices, with n > 1) raises UpstreamFailure("truncated"); a
+failure is written into the served attempt (its outcome and detail, for the record); and the
+offer's health learns the outcome exactly once, when the stream ends, fails, or is closed by a
+reader that stopped early (a client that went away: the upstream served it well, so that counts
+as a success).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class OpenedStream:
         try:
             return await anext(self.rest)
         except StopAsyncIteration:
-            if self.seen.finish_reason is not None:
+            if self.seen.ended():
                 self._end(None)
                 raise
             truncated = UpstreamFailure("truncated", "stream ended without a finish_reason")

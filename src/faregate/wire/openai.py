@@ -312,12 +312,15 @@ class StreamedAnswer:
     chunk, held back so the cost can be added to it. `text` holds every choice's text in arrival
     order; `plain_text` says whether only choice 0 came, with text alone: no logprobs, refusal or
     audio (else the stream cannot be kept as an answer). Tool calls are mended in place as they
-    are read, for every client wire: an id and an index for each (wire/tool_calls.py)."""
+    are read, for every client wire: an id and an index for each (wire/tool_calls.py). `ended`:
+    has every choice (n > 1 stream side by side) said its finish reason?"""
 
     __slots__ = (
         "calls",
         "finish_reason",
+        "finished",
         "first",
+        "last_choice",
         "plain_text",
         "reasoning",
         "reasoning_at_usage",
@@ -338,6 +341,9 @@ class StreamedAnswer:
         self.tool_calls = False
         self.plain_text = True
         self.finish_reason: str | None = None
+        # The indexes of the choices that said their finish reason, and the highest index seen.
+        self.finished: set[Any] = set()
+        self.last_choice = 0
         # The stop string the upstream said it matched (the finishing choice's `stop_reason`).
         self.stop_string: Any = None
         self.usage: Usage | None = None
@@ -393,13 +399,17 @@ class StreamedAnswer:
                         mending = self.calls = StreamedCalls()
                     mending.mend(choice.get("index", 0), tool_calls)
                 self.tool_calls = _call_text(delta, text) or self.tool_calls
-            if choice.get("index") or choice.get("logprobs") or delta.get("refusal") or delta.get("audio"):
+            index = choice.get("index")
+            if index or choice.get("logprobs") or delta.get("refusal") or delta.get("audio"):
                 self.plain_text = False  # n > 1, logprobs, a refusal or audio: not one text answer
+                if type(index) is int and index > self.last_choice:
+                    self.last_choice = index
             if "reasoning_content" in delta or "reasoning" in delta:
                 _reasoning_text(delta, self.reasoning)
-            if reason is None:
-                found = choice.get("finish_reason")
-                if found:
+            found = choice.get("finish_reason")
+            if found:
+                self.finished.add(index or 0)
+                if reason is None:
                     reason = str(found)
                     self.stop_string = choice.get("stop_reason")
         if reason:
@@ -407,6 +417,10 @@ class StreamedAnswer:
         if usage is not None:
             self._usage_at()
         return True
+
+    def ended(self) -> bool:
+        """Has every choice said its finish reason? A stream that ends before is a cut one."""
+        return self.finish_reason is not None and len(self.finished) > self.last_choice
 
     def _usage_at(self) -> None:
         """Mark where the usage just taken was reported (after this chunk's text)."""
