@@ -85,6 +85,52 @@ async def test_cheapest_offer_first_among_enabled() -> None:
     assert [c.offer.provider for c in plan.candidates] == ["b", "a"]
 
 
+def lopsided_planner() -> Planner:
+    """One model sold by two sellers: `a` cheap to read and dear to write, `b` the other way."""
+    settings = parse_settings(
+        {
+            "providers": {
+                "a": {"base_url": "http://127.0.0.1:1/v1", "enabled": True},
+                "b": {"base_url": "http://127.0.0.1:2/v1", "enabled": True},
+            },
+            "models": {
+                "m": {
+                    "input": 3,
+                    "output": 15,
+                    "max_output_tokens": 4096,
+                    "offers": [
+                        {"provider": "a", "input": 3, "output": 15},
+                        {"provider": "b", "input": 5, "output": 10},
+                    ],
+                }
+            },
+            "catalog": {"broad": False},
+        }
+    )
+    return Planner(build_catalog(settings))
+
+
+@pytest.mark.parametrize(
+    ("body", "order"),
+    [
+        # A long prompt with a short answer: a reads it for less (3 against 5 per million).
+        ({"messages": [{"role": "user", "content": "x" * 20_000}], "max_tokens": 100}, ["a", "b"]),
+        # A short prompt with a long answer: b writes it for less (10 against 15 per million).
+        ({"max_tokens": 4000}, ["b", "a"]),
+    ],
+)
+async def test_offers_of_a_model_are_ordered_by_the_requests_cost(body: dict, order: list[str]) -> None:
+    """Not by the sum of the per-token prices (a 18, b 15: b always first), but by what this
+    request would cost at each: its prompt and the output it may bill. `plan_now`, the usual
+    request's short cut, orders them alike."""
+    planner = lopsided_planner()
+    chat = request({"model": "m", **body})
+    plan = await planner.plan(chat)
+    assert [c.offer.provider for c in plan.candidates] == order
+    quick = planner.plan_now(chat)
+    assert quick is not None and [c.offer.provider for c in quick.candidates] == order
+
+
 async def test_model_without_enabled_provider_is_503_naming_providers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

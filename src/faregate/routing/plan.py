@@ -218,7 +218,8 @@ class Planner:
         rejected = Rejections()  # thrown away: `plan` records the reasons again when it refuses
         if not fits_now(model, request, prompt, rejected):
             return None
-        offers = self._order_offers(model, rejected, False, None, request.premium, request.key_id)
+        sized = (request, prompt)
+        offers = self._order_offers(model, rejected, False, None, request.premium, request.key_id, sized)
         if not offers or not offers_fit_now(model, offers, request, prompt):
             return None
         retries = self.routing.retries
@@ -356,7 +357,7 @@ class Planner:
             if not fit:
                 continue
             offers = self._order_offers(
-                model, rejected, by_latency, p99_limit, request.premium, request.key_id
+                model, rejected, by_latency, p99_limit, request.premium, request.key_id, (request, prompt)
             )
             if offers:
                 offers = await offers_that_fit(model, offers, request, prompt, rejected)
@@ -377,7 +378,13 @@ class Planner:
         p99_limit: float | None,
         premium: bool = False,
         api_key: str | None = None,
+        sized: tuple[ChatRequest, PromptSize] | None = None,
     ) -> list[Offer]:
+        """The model's offers the key may use, healthy ones only, cheapest for this request first:
+        `sized`, a chat request and its prompt, priced as the cost cap reckons them (the prompt's
+        byte bound, no count; the output it may bill), so that a seller cheap to read but dear to
+        write comes first for a long prompt with a short answer, and last for the other way round.
+        None: an embedding request, which bills its input only."""
         tier = self._tier_offers.get(model, premium)
         if not tier.offers:
             rejected.unavailable.append(tier.refusal)
@@ -390,13 +397,19 @@ class Planner:
             return []
         if len(usable) == 1:
             return usable
-        # Cheapest first, with recent errors making an offer look dearer than it is; at the same
-        # prices, the offer whose prompt-cache reads (then writes) cost less: never dearer, and
-        # cheaper for every prompt with a cached prefix (a seller without a cache discount bills
-        # those tokens as plain input).
+        # Cheapest for this request first, with recent errors making an offer look dearer than it
+        # is; at the same cost, the offer whose prompt-cache reads (then writes) cost less: never
+        # dearer, and cheaper for every prompt with a cached prefix (a seller without a cache
+        # discount bills those tokens as plain input).
+        if sized is None:
+            tokens_in, tokens_out = 1, 0
+        else:
+            request, prompt = sized
+            tokens_in, tokens_out = prompt.billable_bound, output_allowance(model, request, prompt)
         usable.sort(
             key=lambda o: (
-                (o.price.input + o.price.output) * Decimal(1 + 2 * self.health.error_rate(o.key)),
+                (o.price.input * tokens_in + o.price.output * tokens_out)
+                * Decimal(1 + 2 * self.health.error_rate(o.key)),
                 o.price.input if o.price.cache_read is None else o.price.cache_read,
                 o.price.input if o.price.cache_write is None else o.price.cache_write,
             )
