@@ -32,6 +32,7 @@ from faregate.routing.plan import Plan, Planner
 from faregate.routing.queue import STANDARD, UpstreamLimiter
 from faregate.routing.worst_case import worst_case
 from faregate.server.parse import parse_chat_request
+from faregate.store.rows import attempt_summary
 from faregate.types import ChatRequest, Completion, Usage
 
 PROVIDERS = {
@@ -662,6 +663,31 @@ async def test_retry_then_fallback_then_success() -> None:
         ("b", "ok"),
     ]
     assert runner.retries == 1 and runner.fallbacks == 1
+
+
+async def test_a_candidate_whose_breaker_refuses_the_call_is_no_fallback() -> None:
+    """The fallbacks counter counts moves from a failed call to another offer's call, as the
+    record's fallback flag does: a candidate whose breaker opened since the plan was made is
+    passed over without a call, and neither moving past it nor onto it is a fallback."""
+    a = Scripted("a", [UpstreamFailure("server_error", "HTTP 500", status=500)])
+    b = Scripted("b", [ok("from b")])
+    planner, runner = runner_for({"a": a, "b": b}, retries=0, breaker={"consecutive_failures": 1})
+    req = request({"models": ["big", "mid"]})
+    plan = await planner.plan(req)  # a/big, then mid's offers: b/mid (cheaper), a/mid
+    for _ in range(2):  # from two callers (shared_min_keys): it opens after the plan
+        runner.health.failure("a/big")
+    served = await runner.complete(req, plan)
+    assert [(x.provider, x.model, x.outcome) for x in served.attempts] == [("b", "mid", "ok")]
+    assert attempt_summary(served.attempts)[1] == 0 and runner.fallbacks == 0
+
+    planner, runner = runner_for({"a": a, "b": b}, retries=0, breaker={"consecutive_failures": 1})
+    req = request({"models": ["cheap", "big", "mid"]})
+    plan = await planner.plan(req)
+    for _ in range(2):
+        runner.health.failure("a/big")
+    served = await runner.complete(req, plan)  # cheap fails, big is refused, b/mid answers
+    assert [(x.model, x.outcome) for x in served.attempts] == [("cheap", "server_error"), ("mid", "ok")]
+    assert attempt_summary(served.attempts)[1] == 1 and runner.fallbacks == 1
 
 
 async def test_empty_200_falls_back_and_its_usage_is_billed() -> None:

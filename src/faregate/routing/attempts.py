@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from itertools import pairwise
 from typing import TypeVar, cast
 
 from faregate.config import RoutingSettings
@@ -278,13 +279,27 @@ class AttemptRunner:
         (`build` makes each call, given the candidate, its provider and the time left).
         Returns its result, the candidate, every attempt made, and when the served one started."""
         attempts: list[Attempt] = []
+        try:
+            return await self._through_candidates(request, plan, once, build, attempts)
+        finally:
+            # Counted from the calls made, as a record's fallback flag is: a candidate passed over
+            # without a call (its breaker open, its provider's queue full) is no fallback.
+            self.fallbacks += _fallbacks(attempts)
+
+    async def _through_candidates(
+        self,
+        request: RequestMeta,
+        plan: Plan,
+        once: Callable[[Candidate, Provider, UpstreamCall, float], Awaitable[T]],
+        build: Callable[[Candidate, ProviderEntry, float], UpstreamCall],
+        attempts: list[Attempt],
+    ) -> tuple[T, Candidate, list[Attempt], float]:
+        """`_first_success`'s loop; every call made is added to `attempts`."""
         timed_out = False
         queue_full: RateLimited | None = None
         breaker_refused: list[str] = []  # offers whose breaker refused their first call
         too_long: UpstreamRejected | None = None  # an upstream's "the prompt overflows my window"
         for index, candidate in enumerate(plan.candidates):
-            if index:
-                self.fallbacks += 1
             key = candidate.offer.key
             entry = self.providers.entry(candidate.offer.provider)
             for tries in range(candidate.retries + 1):
@@ -411,6 +426,13 @@ def _attempt(
         detail=detail,
         status=status,
     )
+
+
+def _fallbacks(attempts: list[Attempt]) -> int:
+    """Moves from a failed call on one offer to a call on another, among a request's calls."""
+    if len(attempts) < 2:
+        return 0  # the usual request: one call
+    return sum((a.provider, a.model) != (b.provider, b.model) for a, b in pairwise(attempts))
 
 
 def _all_timeouts(attempts: list[Attempt]) -> bool:

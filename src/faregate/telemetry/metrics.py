@@ -106,7 +106,7 @@ class StateCollector(Collector):
             )
             yield CounterMetricFamily(
                 "faregate_fallbacks",
-                "Times a request moved on to its next candidate model or provider.",
+                "Times a request called another offer (model or provider) after a failed call.",
                 self._counters.fallbacks,
             )
         if self._cascades is not None:
