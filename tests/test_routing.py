@@ -690,6 +690,20 @@ async def test_a_candidate_whose_breaker_refuses_the_call_is_no_fallback() -> No
     assert attempt_summary(served.attempts)[1] == 1 and runner.fallbacks == 1
 
 
+async def test_a_retry_the_breaker_refuses_is_no_retry() -> None:
+    """The retries counter counts calls made again to the same offer, as the record's retry flag
+    does: a failure that opens the offer's breaker leaves its retry uncalled (the next candidate
+    is tried instead), and that retry is not counted."""
+    a = Scripted("a", [UpstreamFailure("server_error", "HTTP 500", status=500)])
+    b = Scripted("b", [ok("from b")])
+    breaker = {"consecutive_failures": 1, "shared_min_keys": 1}
+    planner, runner = runner_for({"a": a, "b": b}, retries=1, breaker=breaker)
+    req = request({"models": ["cheap", "mid"]})
+    served = await runner.complete(req, await planner.plan(req))
+    assert [(x.provider, x.outcome) for x in served.attempts] == [("a", "server_error"), ("b", "ok")]
+    assert attempt_summary(served.attempts)[2] == 0 and runner.retries == 0
+
+
 async def test_empty_200_falls_back_and_its_usage_is_billed() -> None:
     a = Scripted("a", [empty(), empty()])
     b = Scripted("b", [ok()])

@@ -282,9 +282,13 @@ class AttemptRunner:
         try:
             return await self._through_candidates(request, plan, once, build, attempts)
         finally:
-            # Counted from the calls made, as a record's fallback flag is: a candidate passed over
-            # without a call (its breaker open, its provider's queue full) is no fallback.
-            self.fallbacks += _fallbacks(attempts)
+            # Counted from the calls made, as a record's fallback and retry flags are: a candidate
+            # passed over without a call (its breaker open, its provider's queue full) is no
+            # fallback, nor a retry its breaker refused, or left undone at the deadline.
+            if len(attempts) > 1:  # the usual request: one call, neither
+                fallbacks, retries = _moves(attempts)
+                self.fallbacks += fallbacks
+                self.retries += retries
 
     async def _through_candidates(
         self,
@@ -320,7 +324,6 @@ class AttemptRunner:
                     wait = self._pause_before_retry(failure, tries, self._time_left(request))
                     if wait is None or tries == candidate.retries:
                         break
-                    self.retries += 1
                     await asyncio.sleep(wait)
                     continue
                 except TimeoutError:
@@ -428,11 +431,11 @@ def _attempt(
     )
 
 
-def _fallbacks(attempts: list[Attempt]) -> int:
-    """Moves from a failed call on one offer to a call on another, among a request's calls."""
-    if len(attempts) < 2:
-        return 0  # the usual request: one call
-    return sum((a.provider, a.model) != (b.provider, b.model) for a, b in pairwise(attempts))
+def _moves(attempts: list[Attempt]) -> tuple[int, int]:
+    """(fallbacks, retries) among a request's calls: a failed call followed by one on another
+    offer, or on the same offer."""
+    moved = sum((a.provider, a.model) != (b.provider, b.model) for a, b in pairwise(attempts))
+    return moved, len(attempts) - 1 - moved
 
 
 def _all_timeouts(attempts: list[Attempt]) -> bool:
