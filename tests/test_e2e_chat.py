@@ -432,6 +432,27 @@ def test_upstream_failure_names_provider_and_cause(
     assert json.loads(rows[0]["attempts"])[0]["outcome"] != "ok"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_upstream_rate_limited_passes_its_retry_after_on(client: openai.OpenAI, stream: bool) -> None:
+    """The upstream asked for 7 s (longer than the gateway waits itself, routing.max_retry_after_s):
+    the client's 502 says so, and the SDK waits that long before its own retry; a failure that
+    says nothing of capacity (a 500) carries no Retry-After."""
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(
+            model="qwen3-8b",
+            messages=MSG,
+            stream=stream,
+            extra_body={"sim": {"fault": "rate_limit", "retry_after_s": 7}},
+        )
+    assert info.value.status_code == 502 and "rate_limited" in info.value.message
+    assert info.value.response.headers.get("retry-after") == "7"
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(
+            model="qwen3-8b", messages=MSG, stream=stream, extra_body={"sim": {"fault": "server_error"}}
+        )
+    assert info.value.status_code == 502 and "retry-after" not in info.value.response.headers
+
+
 def test_hanging_upstream_is_504_after_first_byte_timeout(client: openai.OpenAI) -> None:
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as info:

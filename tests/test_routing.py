@@ -773,6 +773,36 @@ async def test_all_fail_lists_every_attempt() -> None:
     assert info.value.status == 502
 
 
+async def test_every_offer_rate_limited_tells_the_client_the_shortest_wait_they_gave() -> None:
+    """Every call failed for want of capacity: the client's error carries a Retry-After, the
+    shortest wait any offer asked for in its last answer (the SDKs wait it out before their own
+    retry), whole seconds rounded up."""
+
+    def limited(seconds: float | None, status: int = 429) -> UpstreamFailure:
+        kind = "rate_limited" if status == 429 else "server_error"
+        return UpstreamFailure(kind, f"HTTP {status}", status=status, retry_after=seconds)
+
+    async def failed(
+        a_says: list[UpstreamFailure], b_says: list[UpstreamFailure], **routing: Any
+    ) -> UpstreamFailed:
+        planner, runner = runner_for({"a": Scripted("a", a_says), "b": Scripted("b", b_says)}, **routing)
+        req = request({"models": ["cheap", "mid"]})  # a/cheap, then mid's offers: b/mid, a/mid
+        with pytest.raises(UpstreamFailed) as info:
+            await runner.complete(req, await planner.plan(req))
+        return info.value
+
+    # a/cheap asks for 0.01 s (waited out, retried), then 20 s; b/mid for 7.2 s, a/mid for 9 s.
+    error = await failed([limited(0.01), limited(20), limited(9)], [limited(7.2)])
+    assert error.status == 502 and error.headers["Retry-After"] == "8"
+    # A 503 may say how long too; one that does not (its wait unknown), or any other failure: none.
+    error = await failed([limited(30), limited(30)], [limited(2, 503)], retries=0)
+    assert error.headers["Retry-After"] == "2"
+    error = await failed([limited(30), limited(30)], [limited(None, 503)], retries=0)
+    assert "Retry-After" not in error.headers
+    error = await failed([limited(30), limited(30)], [UpstreamFailure("connection", "reset")], retries=0)
+    assert "Retry-After" not in error.headers
+
+
 async def test_breaker_stops_calls_to_a_dead_offer() -> None:
     a = Scripted("a", [UpstreamFailure("server_error", "HTTP 500", status=500)] * 100)
     b = Scripted("b", [ok()] * 100)

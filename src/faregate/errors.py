@@ -4,6 +4,7 @@ a param and a message, which the wire format writes at the edge (wire.openai.err
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from faregate.types import Attempt, Usage
@@ -147,6 +148,11 @@ class UpstreamFailed(UpstreamError):
         if message is None:
             message = f"All {len(attempts)} upstream attempt(s) failed: {listed(attempts)}"
         super().__init__(message, attempts)
+        wait = self.capacity_wait
+        if wait is not None:
+            # The SDKs wait out a Retry-After (on any status they retry, a 502 or a 529 too)
+            # rather than their own back-off of half a second and up: then an upstream has room.
+            self.headers["Retry-After"] = str(max(1, math.ceil(wait)))
 
     @property
     def overloaded(self) -> bool:
@@ -157,6 +163,19 @@ class UpstreamFailed(UpstreamError):
             a.status in OVERLOADED_STATUSES and (a.status != 429 or a.outcome == "rate_limited")
             for a in self.attempts
         )
+
+    @property
+    def capacity_wait(self) -> float | None:
+        """When every attempt failed for want of capacity: the shortest wait an offer asked for in
+        its last answer (its Retry-After), after which that one should have room. None if any
+        offer did not say (it may have room at once) or any attempt failed otherwise."""
+        if not self.overloaded:
+            return None
+        last: dict[tuple[str, str], float | None] = {}
+        for attempt in self.attempts:
+            last[(attempt.provider, attempt.model)] = attempt.retry_after
+        waits = list(last.values())
+        return None if None in waits else min(w for w in waits if w is not None)
 
 
 class BreakersOpen(UpstreamFailed):

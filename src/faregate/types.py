@@ -178,6 +178,8 @@ class Attempt:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: Decimal = Decimal(0)
+    # The seconds a failed call's upstream asked to wait (its Retry-After), if it said.
+    retry_after: float | None = None
 
     def describe(self) -> str:
         text = f"{self.model} via {self.provider}: {self.outcome}"

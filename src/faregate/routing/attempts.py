@@ -384,6 +384,7 @@ class AttemptRunner:
         if failure.kind not in NOT_HEALTH_SIGNALS:
             self.health.failure(candidate.offer.key, api_key)
         attempt = _attempt(candidate, t0, failure.kind, failure.detail, failure.status)
+        attempt.retry_after = failure.retry_after
         if usage is not None:
             # The provider billed this failed call (a blank 200 still has a prompt): so do we.
             attempt.prompt_tokens = usage.prompt_tokens
