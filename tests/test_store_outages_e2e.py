@@ -234,3 +234,86 @@ def test_retried_scripts_do_not_act_twice(redis_server: RedisServer, postgres_se
     assert result["settle"] == (900_000, 0)
     assert result["credit"] == (905_000, 0)
     assert result["clean"] is True
+
+
+def test_a_settlement_while_redis_is_down_is_kept_and_charged_once_it_is_back(
+    postgres_server: PostgresServer,  # noqa: F811
+) -> None:
+    """Redis gone when a request ends: the settlement is kept (no error, no traceback) and lands
+    once Redis is back. This Redis comes back empty (no persistence): the hold was released with
+    the lost data set, so the settlement lands as a late one, charged all the same."""
+
+    async def scenario(redis: RestartableRedis) -> dict[str, Any]:
+        from decimal import Decimal
+
+        from faregate.accounts.admission import Hold
+        from faregate.accounts.backend import Admitted, HoldRef, ReserveAsk
+        from faregate.accounts.keys import KeyStore
+        from faregate.accounts.metered import MeteredAdmission, PolicyCache
+        from faregate.accounts.policy import Limits, hour_of
+        from faregate.accounts.shared import SharedAccounts
+        from faregate.config import AccountsSettings
+        from faregate.store.postgres.store import PostgresStore
+
+        pg = await PostgresStore.open(postgres_server.new_database())
+        shared = await SharedAccounts.connect(f"redis://127.0.0.1:{redis.port}/0", pg)
+        admission = MeteredAdmission(shared, PolicyCache(pg.accounts), AccountsSettings(), 600.0)
+        try:
+            key, _ = await KeyStore(pg).create("blip", credits_nano=1_000_000)
+            limits, hour = Limits(None, None), hour_of(time.time())
+            ask = ReserveAsk(key.id, "hold_blip", "req_blip", 400_000, 10, hour, (), limits, 600.0)
+            assert isinstance(await shared.reserve(ask), Admitted)
+            await shared.flush()
+            handle = HoldRef("hold_blip", "req_blip", hour, 10, limits)
+            hold = Hold(key.id, Decimal("0.0004"), 10, handle=handle)
+            redis.kill()
+            await admission.settle(hold, Decimal("0.000123"), 5)
+            kept = admission.settlements.pending
+            redis.start()
+            await asyncio.wait_for(admission.settlements.wait_empty(), 60)
+            await shared.flush()
+            balance = await shared.balance(key.id)
+            return {
+                "kept": kept,
+                "pending": admission.settlements.pending,
+                "balance": (balance.balance_nano, balance.held_nano) if balance else None,
+                "clean": (await shared.audit()).clean,
+            }
+        finally:
+            await admission.settlements.close()
+            await shared.close()
+            await pg.close()
+
+    with restartable_redis() as redis:
+        result = asyncio.run(scenario(redis))
+    assert result == {"kept": 1, "pending": 0, "balance": (1_000_000 - 123_000, 0), "clean": True}
+
+
+def test_a_settled_hold_is_remembered_as_long_as_a_retry_may_come(
+    redis_server: RedisServer,  # noqa: F811
+    postgres_server: PostgresServer,  # noqa: F811
+) -> None:
+    """A settlement whose first call landed unseen (the connection dropped with its answer) is
+    retried for up to accounts.settle_retry_s: the hold must be remembered as settled that long, or
+    the retry, finding the hold gone, would charge it again as a late settlement."""
+
+    async def scenario() -> int:
+        from faregate.accounts.backend import HoldRef, ReserveAsk
+        from faregate.accounts.keys import KeyStore
+        from faregate.accounts.policy import Limits, hour_of
+        from faregate.accounts.shared import SharedAccounts
+        from faregate.store.postgres.store import PostgresStore
+
+        pg = await PostgresStore.open(postgres_server.new_database())
+        shared = await SharedAccounts.connect(redis_server.new_database(), pg, remember_settled_s=3600.0)
+        try:
+            key, _ = await KeyStore(pg).create("remember", credits_nano=1_000_000)
+            limits, hour = Limits(None, None), hour_of(time.time())
+            await shared.reserve(ReserveAsk(key.id, "hold_r", "req_r", 400_000, 10, hour, (), limits, 600.0))
+            await shared.settle(key.id, HoldRef("hold_r", "req_r", hour, 10, limits), 123_000, 5)
+            return int(await shared.redis.pttl("fg:settled:hold_r"))
+        finally:
+            await shared.close()
+            await pg.close()
+
+    assert asyncio.run(scenario()) > 3_000_000

@@ -20,6 +20,7 @@ from faregate.accounts.keys import ApiKey
 from faregate.accounts.money import charge_nano, hold_nano, usd, usd_text
 from faregate.accounts.policy import Policy, budgets_from_text, hour_of, limits_for
 from faregate.accounts.ratelimit import RateRefusal, rate_headers
+from faregate.accounts.settle_retry import SettlementRetry
 from faregate.config import AccountsSettings
 from faregate.errors import AuthenticationFailed, FaregateError, InsufficientCredits, RateLimited
 from faregate.store.protocols import AccountTable, StoreUnavailable
@@ -91,6 +92,8 @@ class MeteredAdmission:
         self.policies = policies
         self.settings = settings
         self.hold_ttl_s = hold_ttl_s
+        # Settlements the store could not take right away, kept and retried (a blip loses no money).
+        self.settlements = SettlementRetry(backend, settings.settle_retry_s)
 
     async def admit(self, key: ApiKey, request: RequestMeta, worst_usd: Decimal, tokens: int) -> Hold:
         policy = await self.policies.get(key.id)
@@ -169,10 +172,10 @@ class MeteredAdmission:
         return rate_headers(taken)
 
     async def settle(self, hold: Hold, cost_usd: Decimal, tokens: int) -> None:
-        await self.backend.settle(hold.key_id, hold.handle, charge_nano(cost_usd), tokens)
+        await self.settlements.settle(hold.key_id, hold.handle, charge_nano(cost_usd), tokens)
 
     async def release(self, hold: Hold) -> None:
-        await self.backend.release(hold.key_id, hold.handle)
+        await self.settlements.release(hold.key_id, hold.handle)
 
 
 def refusal_error(refused: Refused, amount: int, tokens: int) -> FaregateError:

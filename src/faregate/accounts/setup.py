@@ -11,6 +11,7 @@ from faregate.accounts.keys import KeyStore
 from faregate.accounts.metered import MeteredAdmission, PolicyCache
 from faregate.accounts.money import parse_usd
 from faregate.accounts.service import AccountsService
+from faregate.accounts.settle_retry import SettlementRetry
 from faregate.config import Settings
 
 # Margin between the request deadline and a hold's expiry: a live request always settles first.
@@ -23,6 +24,11 @@ class Accounts:
     policies: PolicyCache
     admission: Admission
     service: AccountsService
+
+    @property
+    def settlements(self) -> SettlementRetry | None:
+        """Settlements kept through a store outage (None: metering is off)."""
+        return self.admission.settlements if isinstance(self.admission, MeteredAdmission) else None
 
 
 def new_key_credits_nano(settings: Settings) -> int:

@@ -45,6 +45,9 @@ log = logging.getLogger("faregate.accounts")
 KEY_EVENTS = "fg:keys"
 # How long close() waits for the background tasks, the last ledger shipment and the connections.
 CLOSE_TIMEOUT_S = 10.0
+# How long a settled hold is remembered by default: accounts.settle_retry_s's default plus a
+# minute (a settlement is retried for that long: accounts/settle_retry.py).
+SETTLED_MEMORY_S = 660.0
 
 
 def rate_state(limits: Limits, requests_level: float | None, tokens_level: float | None) -> RateState:
@@ -117,8 +120,10 @@ class SharedAccounts:
         flush_interval_s: float = 0.1,
         sweep_interval_s: float = 5.0,
         lease_s: float = 15.0,
+        remember_settled_s: float = SETTLED_MEMORY_S,
     ) -> None:
         self.redis = redis
+        self.remember_settled_s = remember_settled_s
         self.pg = pg
         self.ledger = RedisLedger(redis, pg.accounts, keep_hours=KEEP_HOURS)
         self.shipper = LedgerShipper(redis, pg.accounts, interval_s=flush_interval_s)
@@ -152,6 +157,7 @@ class SharedAccounts:
         sweep_interval_s: float = 5.0,
         pool_size: int = 64,
         lease_s: float = 15.0,
+        remember_settled_s: float = SETTLED_MEMORY_S,
     ) -> SharedAccounts:
         # A blocking pool: under a burst, a request waits for a connection instead of failing.
         pool = BlockingConnectionPool.from_url(
@@ -177,6 +183,7 @@ class SharedAccounts:
             flush_interval_s=flush_interval_s,
             sweep_interval_s=sweep_interval_s,
             lease_s=lease_s,
+            remember_settled_s=remember_settled_s,
         )
 
     async def start(self) -> None:
@@ -267,6 +274,7 @@ class SharedAccounts:
             cost_nano,
             tokens,
             ref.limits.tokens_per_minute or 0,
+            self.remember_settled_s,
         )
 
     async def release(self, key_id: str, ref: HoldRef) -> None:

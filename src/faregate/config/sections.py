@@ -393,6 +393,10 @@ class AccountsSettings(_Strict):
     # Every serving process holds a lease it renews every third of this; its reservations belong
     # to it, and once the lease has lapsed (the process was killed) any instance releases them.
     instance_lease_s: Annotated[float, msgspec.Meta(ge=3)] = 15.0
+    # A settlement the store could not take when its request ended (an outage) is kept in memory
+    # and retried for this long; on Redis, settled holds are remembered this long (plus a minute)
+    # so that a retry of one that did land is not charged twice.
+    settle_retry_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     # How tokens are counted where no upstream reported usage (billed as estimated), for
     # reservations and count_tokens: "light" estimates without a vocabulary (nothing to load;
     # counts over o200k by ~8-19% on average), "tokenizer" counts with the exact o200k BPE

@@ -43,6 +43,7 @@ def require_master(request: web.Request, master_key: MasterKey) -> None:
 def health_detail(gateway: Gateway) -> bytes:
     runner = gateway.pipeline.runner
     cache = gateway.pipeline.cache
+    settlements = gateway.accounts.settlements
     return orjson.dumps(
         {
             "status": "ok",
@@ -62,6 +63,11 @@ def health_detail(gateway: Gateway) -> bytes:
                 "records_pending": gateway.records.pending,
                 "records_written": gateway.records.written,
                 "records_dropped": gateway.records.dropped,
+                # Settlements the accounts store could not take yet (an outage), retried in the
+                # background; those that landed later, and those given up.
+                "settlements_pending": settlements.pending if settlements is not None else 0,
+                "settlements_recovered": settlements.landed if settlements is not None else 0,
+                "settlements_lost": settlements.lost if settlements is not None else 0,
                 "cache_writes": cache.writes if cache is not None else 0,
                 "semantic_cache_writes": cache.semantic_writes if cache is not None else 0,
             },

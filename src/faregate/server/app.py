@@ -181,6 +181,11 @@ async def _build(settings: Settings, lifecycle: Lifecycle) -> Gateway:
     accounts = build_accounts(settings, backends.accounts, keys)
     # Started here, stopped by backends.close (which owns the account backend).
     await accounts.backend.start()
+    settlements = accounts.settlements
+    if settlements is not None:
+        # Closed before the stores (newest first): settlements kept through an outage get one more
+        # try once the requests have drained.
+        lifecycle.on_close("the kept settlements", settlements.close)
     records = RecordWriter(backends.store, settings.records)
     await records.start()
     # The last flush of every pending record: a clean stop loses none.

@@ -386,7 +386,8 @@ class ChatPipeline:
             else:
                 await self.admission.release(exchange.hold)
         except Exception:
-            # Never lose the record over this; the reservation expires and is audited.
+            # Never lose the record over this. A store outage does not come here (the admission
+            # keeps the settlement and retries it); this is a bug: the hold expires, audited.
             log.exception("could not settle the reservation of request %s", exchange.record.request_id)
 
 

@@ -167,6 +167,8 @@ async def _open_shared(
             sweep_interval_s=settings.accounts.sweep_interval_s,
             pool_size=settings.store.redis_pool_size,
             lease_s=settings.accounts.instance_lease_s,
+            # A settlement retried after an outage (accounts/settle_retry.py) is never charged twice.
+            remember_settled_s=settings.accounts.settle_retry_s + 60.0,
         )
         # SharedAccounts.close bounds itself (a frozen Redis); this bound only backs it up.
         exits.on_close("the shared accounts", shared.close, timeout_s=30.0)

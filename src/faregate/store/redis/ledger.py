@@ -175,9 +175,14 @@ class RedisLedger:
         cost_nano: int,
         used: int,
         tpm: int,
+        remember_s: float = 60.0,
     ) -> bool:
+        """`remember_s`: how long the hold is remembered as settled, so that a retry of this call
+        within it (one whose first run landed unseen) charges nothing more."""
         result = await self._call(
-            "settle", key_id, [key_id, hold_id, request_id or "", hour, cost_nano, used, tpm]
+            "settle",
+            key_id,
+            [key_id, hold_id, request_id or "", hour, cost_nano, used, tpm, int(remember_s * 1000)],
         )
         return bool(result[0] == "ok")
 

@@ -14,8 +14,8 @@ Shared:
             of the same key that would otherwise be refused
   fg:outbox stream of ledger entries waiting for PostgreSQL (store.redis.shipper)
   fg:epoch  string naming this Redis data set; a new one means the old data (and its holds) is gone
-  fg:settled:H, fg:e:E  markers (a minute, ten minutes) that a hold was settled, a credit applied:
-            a script retried on a fresh connection after it ran does not act twice
+  fg:settled:H, fg:e:E  markers that a hold was settled (accounts.settle_retry_s plus a minute),
+            a credit applied (ten minutes): a script retried after it ran does not act twice
 
 Amounts are integers below 2^53, exact in Lua's doubles; they are written with %d because
 Lua would print 1e+15 for a large integer. Time is Redis's own clock, shared by all instances.
@@ -213,17 +213,18 @@ redis.call('HSET', rate(k), 'rl', num(rl), 'rt', int(rt))
 return {'ok', num(rl)}
 """
 
-# ARGV: key, hold, request, hour, cost (nano), used tokens, tpm
+# ARGV: key, hold, request, hour, cost (nano), used tokens, tpm, how long to remember it (ms)
 SETTLE = r"""
 local k, hold, req, hour = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local cost, used, tpm = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local cost, used, tpm, remember = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local now = now_ms()
 local epoch = redis.call('GET', EPOCH)
 if not epoch or redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
--- Settled a moment ago: this is the same settlement again (retried on a fresh connection).
+-- Settled already: this is the same settlement again (retried on a fresh connection, or by the
+-- gateway's settlement retry after an outage hid that the first call had landed).
 if redis.call('EXISTS', settled(hold)) == 1 then return {'ok'} end
--- Remembered for a minute, so that such a retry is not charged again.
-redis.call('SET', settled(hold), '1', 'PX', 60000)
+-- Remembered as long as such a retry may come, so that it is not charged again.
+redis.call('SET', settled(hold), '1', 'PX', remember)
 if close_hold(epoch, k, hold, cost, used, tpm, '', now) ~= nil then return {'ok'} end
 -- The hold is gone (expired, or lost with an earlier data set): charge the cost on its own.
 if cost > 0 then

@@ -1,0 +1,173 @@
+"""Settlements and releases the accounts store could not take when their request ended, tried
+again in the background until they land.
+
+A request's cost is known only when it ends; if the store (the SQLite file, Redis) cannot be
+reached at that moment, dropping the settlement would let the hold expire uncharged: a store
+blip would lose money. So the settlement is kept in memory and retried with a back-off, for up to
+`accounts.settle_retry_s`; one that lands after its hold expired is charged as a late settlement.
+Retrying is safe: the stores' settle is idempotent per hold (SQLite looks for the hold's ledger
+rows; the Redis script remembers a settled hold as long as a retry may come). A clean stop tries
+what is still pending once more before the stores close.
+
+An outage is logged once when the first settlement is kept and once when the last one lands, not a
+traceback per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from faregate.accounts.backend import AccountBackend, HoldRef
+from faregate.accounts.money import usd_text
+from faregate.store.outage import is_outage
+
+log = logging.getLogger("faregate.accounts")
+
+FIRST_DELAY_S = 0.5
+MAX_DELAY_S = 30.0
+
+
+@dataclass(slots=True, frozen=True)
+class PendingClose:
+    key_id: str
+    ref: HoldRef
+    cost_nano: int | None  # None: a release (nothing was spent)
+    tokens: int
+    kept_at: float  # clock() when it was first kept
+
+
+class SettlementRetry:
+    def __init__(
+        self,
+        backend: AccountBackend,
+        keep_s: float,
+        *,
+        first_delay_s: float = FIRST_DELAY_S,
+        max_delay_s: float = MAX_DELAY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.keep_s = keep_s
+        self.first_delay_s = first_delay_s
+        self.max_delay_s = max_delay_s
+        self._clock = clock
+        self._pending: deque[PendingClose] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        # Set while nothing is kept.
+        self._empty = asyncio.Event()
+        self._empty.set()
+        # Kept settlements that landed later, and those given up (past keep_s, or at shutdown).
+        self.landed = 0
+        self.lost = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def wait_empty(self) -> None:
+        """Until nothing is kept (landed or given up)."""
+        await self._empty.wait()
+
+    async def settle(self, key_id: str, ref: HoldRef, cost_nano: int, tokens: int) -> None:
+        await self._close_or_keep(PendingClose(key_id, ref, cost_nano, tokens, self._clock()))
+
+    async def release(self, key_id: str, ref: HoldRef) -> None:
+        await self._close_or_keep(PendingClose(key_id, ref, None, 0, self._clock()))
+
+    async def _close_or_keep(self, item: PendingClose) -> None:
+        try:
+            await self._apply(item)
+        except Exception as exc:
+            if not is_outage(exc) or self._closed:
+                raise
+            self._keep(item, exc)
+
+    async def _apply(self, item: PendingClose) -> None:
+        if item.cost_nano is None:
+            await self.backend.release(item.key_id, item.ref)
+        else:
+            await self.backend.settle(item.key_id, item.ref, item.cost_nano, item.tokens)
+
+    def _keep(self, item: PendingClose, exc: BaseException) -> None:
+        if not self._pending:
+            log.warning(
+                "accounts store unreachable (%s: %s): settlements are kept in memory and retried for up "
+                "to %.0fs",
+                type(exc).__name__,
+                exc,
+                self.keep_s,
+            )
+        self._pending.append(item)
+        self._empty.clear()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._retry(), name="settlement-retry")
+
+    async def _retry(self) -> None:
+        delay = self.first_delay_s
+        while self._pending:
+            await asyncio.sleep(delay)
+            if await self._land_all():
+                log.warning("accounts store reachable again: every kept settlement has landed")
+                return
+            delay = min(delay * 2, self.max_delay_s)
+
+    async def _land_all(self) -> bool:
+        """Land the kept settlements in order; False at the first that still meets an outage."""
+        while self._pending:
+            item = self._pending[0]
+            if self._clock() - item.kept_at > self.keep_s:
+                self._pending.popleft()
+                self._give_up([item], f"still unreachable after {self.keep_s:.0f}s")
+                continue
+            try:
+                await self._apply(item)
+            except Exception as exc:
+                if is_outage(exc):
+                    return False
+                # Not an outage (a bug): trying again would fail the same way.
+                self._pending.popleft()
+                self.lost += 1
+                log.exception("could not settle the reservation %s", item.ref.hold_id)
+                continue
+            self._pending.popleft()
+            self.landed += 1
+        self._empty.set()
+        return True
+
+    def _give_up(self, items: list[PendingClose], why: str) -> None:
+        charged = [i for i in items if i.cost_nano]
+        self.lost += len(items)
+        log.error(
+            "gave up %d kept settlement(s) (%s); %d of them charge $%s in all, which their holds' "
+            "expiry releases uncharged: %s",
+            len(items),
+            why,
+            len(charged),
+            usd_text(sum(i.cost_nano or 0 for i in charged)),
+            ", ".join(f"{i.key_id}/{i.ref.hold_id}" for i in charged[:20]),
+        )
+
+    async def close(self) -> None:
+        """A clean stop: the retry loop ends and what is still kept is tried once more."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        try:
+            if self._pending:
+                await self._land_all()
+        finally:
+            # Also when the stop's time for this ran out: what is left is said, not dropped silently.
+            if self._pending:
+                left = list(self._pending)
+                self._pending.clear()
+                self._give_up(left, "the gateway stopped while the accounts store was unreachable")
+                self._empty.set()
