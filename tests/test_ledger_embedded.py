@@ -403,3 +403,26 @@ async def test_a_stopped_instance_that_holds_nothing_is_no_longer_listed(store: 
     listed = {row.instance_id for row in await serving.instances()}
     assert listed == {serving.instance_id}, "gone instances that hold nothing are forgotten"
     await serving.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_cache_hit_carries_the_token_headers_too(store: SQLiteStore, workers: int) -> None:
+    # A hit carried only x-ratelimit-*-requests: the token ones, which every other answer carries,
+    # were missing. The token bucket is read, not taken, and an overrun in it refuses no hit.
+    from faregate.config import TierLimits
+
+    key_id = await new_key(store, 1_000_000)
+    settings = AccountsSettings(standard=TierLimits(requests_per_minute=60, tokens_per_minute=1000))
+    backend = EmbeddedAccounts(store, shared=workers > 1)
+    admission = MeteredAdmission(backend, PolicyCache(store.accounts), settings, 60.0)
+    key = next(k for k in await KeyStore(store).list() if k.id == key_id)
+    request = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}]}, {}, "req_1")
+    hold = await admission.admit(key, request, Decimal("0.0001"), 900)
+    hit = await admission.count_hit(key, request)
+    assert set(hit) == set(hold.headers)
+    assert int(hit["x-ratelimit-remaining-tokens"]) < 1000  # the reservation's 900 are out
+    assert int(hit["x-ratelimit-remaining-requests"]) < int(hold.headers["x-ratelimit-remaining-requests"])
+    await admission.settle(hold, Decimal("0.00005"), 1900)  # 1000 more than reserved: level below 0
+    overrun = await admission.count_hit(key, request)
+    assert overrun["x-ratelimit-remaining-tokens"] == "0" and overrun["x-ratelimit-limit-tokens"] == "1000"
+    await admission.settlements.close()

@@ -642,3 +642,38 @@ async def test_a_rename_with_a_policy_change_is_one_transaction(
     await pg._pool.execute("DROP TRIGGER policy_fails ON accounts")
     view = await service.update(key.id, PolicyChange(requests_per_minute=5), "after")
     assert view.key.name == "after" and view.policy.requests_per_minute == 5
+
+
+async def test_a_cache_hit_and_a_retried_reservation_carry_every_rate_limit_header(
+    pg: PostgresStore, shared: SharedAccounts
+) -> None:
+    # A hit carried only the requests headers; a reservation retried on a fresh connection (the
+    # script's "already reserved" branch) carried none, as if the key had no limits.
+    from faregate.accounts.admission import Hold
+    from faregate.accounts.metered import MeteredAdmission, PolicyCache
+    from faregate.accounts.ratelimit import rate_headers
+    from faregate.config import AccountsSettings, TierLimits
+    from faregate.server.parse import parse_chat_request
+
+    key, _ = await KeyStore(pg).create("t", credits_nano=1_000_000)
+    settings = AccountsSettings(standard=TierLimits(requests_per_minute=60, tokens_per_minute=1000))
+    admission = MeteredAdmission(shared, PolicyCache(pg.accounts), settings, 60.0)
+    request = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}]}, {}, "req_1")
+    hold: Hold = await admission.admit(key, request, Decimal("0.0001"), 900)
+    assert len(hold.headers) == 6
+    hit = await admission.count_hit(key, request)
+    assert set(hit) == set(hold.headers) and int(hit["x-ratelimit-remaining-tokens"]) < 1000
+    limits = Limits(60, 1000)
+    first = await shared.reserve(ask(key.id, 7, 1_000, limits=limits))
+    again = await shared.reserve(ask(key.id, 7, 1_000, limits=limits))
+    assert isinstance(first, Admitted) and isinstance(again, Admitted)
+    assert (
+        set(rate_headers(again.rate)) == set(rate_headers(first.rate)) and len(rate_headers(again.rate)) == 6
+    )
+    # Read, not taken again: the retry left the buckets as the first call did.
+    assert again.rate is not None and first.rate is not None and again.rate.requests is not None
+    assert again.rate.requests.remaining >= first.rate.requests.remaining  # type: ignore[union-attr]
+    await admission.settle(hold, Decimal("0.00005"), 1900)  # an overrun: the token level below 0
+    overrun = await admission.count_hit(key, request)
+    assert overrun["x-ratelimit-remaining-tokens"] == "0"
+    await admission.settlements.close()

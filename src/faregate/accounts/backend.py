@@ -112,11 +112,12 @@ class AccountBackend(Protocol):
     async def release(self, key_id: str, ref: HoldRef) -> None: ...
 
     async def take_request(
-        self, key_id: str, requests_per_minute: int | None
+        self, key_id: str, requests_per_minute: int | None, tokens_per_minute: int | None = None
     ) -> RateState | RateRefusal | Refused:
         """A cache hit: the key is checked as a reservation checks it (Refused "revoked" or
         "no_account", 401, before any rate limit), then one request is counted against its
-        requests-per-minute bucket alone (None: no such limit)."""
+        requests-per-minute bucket alone (None: no such limit). The token bucket is only read
+        (tokens_per_minute: its limit, None: not reported), for the headers."""
         ...
 
     async def sweep(self) -> int:

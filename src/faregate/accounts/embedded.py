@@ -36,6 +36,7 @@ from faregate.accounts.ratelimit import (
     LocalRateLimiter,
     RateRefusal,
     RateState,
+    count_request_in,
     give_back_to,
     take_from,
 )
@@ -207,18 +208,18 @@ class EmbeddedAccounts:
         return self._outcome(ask, outcome, taken)
 
     async def take_request(
-        self, key_id: str, requests_per_minute: int | None
+        self, key_id: str, requests_per_minute: int | None, tokens_per_minute: int | None = None
     ) -> RateState | RateRefusal | Refused:
-        limits = Limits(requests_per_minute, None)
-        if not self.shared or requests_per_minute is None:
+        limits = Limits(requests_per_minute, tokens_per_minute)
+        if not self.shared or not _limited(limits):
             # A key revoked by another process (the CLI) while this one caches it is refused on a
             # hit as on a miss (the reservation reads revoked_at): one read, no write transaction.
             refusal = await self._store.run_read(lambda conn: _key_refusal(conn, key_id))
             if refusal is not None:
                 return Refused(refusal)
-            if requests_per_minute is None:
+            if not _limited(limits):
                 return RateState(None, None)
-            return self.limiter.take(key_id, limits, 0)
+            return self.limiter.count_request(key_id, limits)
         now = time.time()
 
         def work(conn: sqlite3.Connection) -> RateState | RateRefusal | Refused:
@@ -226,7 +227,7 @@ class EmbeddedAccounts:
             if refusal is not None:
                 return Refused(refusal)
             requests, tokens = rate_buckets.load(conn, key_id, now)
-            taken = take_from(requests, tokens, limits, 0, now)
+            taken = count_request_in(requests, tokens, limits, now)
             if not isinstance(taken, RateRefusal):
                 rate_buckets.save(conn, key_id, requests, tokens)
             return taken

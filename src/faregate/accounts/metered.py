@@ -158,7 +158,9 @@ class MeteredAdmission:
         try:
             # Even without a requests limit: a key revoked elsewhere, still in this process's key
             # cache, is refused on a hit as the reservation refuses it on a miss (401).
-            taken = await self.backend.take_request(key.id, limits.requests_per_minute)
+            taken = await self.backend.take_request(
+                key.id, limits.requests_per_minute, limits.tokens_per_minute
+            )
         except StoreUnavailable as exc:
             raise AccountsUnavailable(
                 f"The gateway cannot reach its accounts store ({exc}) to check the key and count this "

@@ -102,6 +102,25 @@ def take_from(
     return state_of(requests, token_bucket, limits)
 
 
+def count_request_in(
+    requests: Bucket, token_bucket: Bucket, limits: Limits, now: float
+) -> RateState | RateRefusal:
+    """A cache hit: one request from the requests bucket, nothing from the token bucket (a hit
+    uses no tokens, and a token overrun does not refuse it), whose level is reported all the same:
+    the answer carries the x-ratelimit-* headers a normal answer carries."""
+    rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+    if rpm is not None:
+        requests.refill(rpm, now)
+    if tpm is not None:
+        token_bucket.refill(tpm, now)
+    if rpm is not None and requests.level < 1:
+        wait = requests.wait_for(1, rpm)
+        return RateRefusal("requests", rpm, 1, wait, state_of(requests, token_bucket, limits))
+    if rpm is not None:
+        requests.level -= 1
+    return state_of(requests, token_bucket, limits)
+
+
 def give_back_to(
     requests: Bucket, token_bucket: Bucket, limits: Limits, units: int, tokens: int, now: float
 ) -> None:
@@ -146,6 +165,12 @@ class LocalRateLimiter:
         now = self._clock()
         requests, token_bucket = self._pair(key_id, now)
         return take_from(requests, token_bucket, limits, tokens, now)
+
+    def count_request(self, key_id: str, limits: Limits) -> RateState | RateRefusal:
+        """A cache hit (`count_request_in`)."""
+        now = self._clock()
+        requests, token_bucket = self._pair(key_id, now)
+        return count_request_in(requests, token_bucket, limits, now)
 
     def give_back(self, key_id: str, limits: Limits, requests: int, tokens: int) -> None:
         """Return units taken by `take` (a refused reservation), or correct tokens at settlement

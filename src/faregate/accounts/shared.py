@@ -251,15 +251,17 @@ class SharedAccounts:
         )
 
     async def take_request(
-        self, key_id: str, requests_per_minute: int | None
+        self, key_id: str, requests_per_minute: int | None, tokens_per_minute: int | None = None
     ) -> RateState | RateRefusal | Refused:
         try:
-            status, level = await self.ledger.take_request(key_id, requests_per_minute or 0)
+            status, level, tokens_level = await self.ledger.take_request(
+                key_id, requests_per_minute or 0, tokens_per_minute or 0
+            )
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis: {exc}") from exc
         if status in ("revoked", "no_account"):
             return Refused(status)
-        state = rate_state(Limits(requests_per_minute, None), level, None)
+        state = rate_state(Limits(requests_per_minute, tokens_per_minute), level, tokens_level)
         if status == "ok" or requests_per_minute is None or level is None:
             return state
         wait = Bucket(level, 0).wait_for(1, requests_per_minute)

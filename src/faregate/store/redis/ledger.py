@@ -159,12 +159,17 @@ class RedisLedger:
             )
         return ReserveOutcome(status, balance, held, None, 0, requests_level, tokens_level)
 
-    async def take_request(self, key_id: str, requests_per_minute: int) -> tuple[str, float | None]:
+    async def take_request(
+        self, key_id: str, requests_per_minute: int, tokens_per_minute: int = 0
+    ) -> tuple[str, float | None, float | None]:
         """A cache hit: "revoked" or "no_account" (the key is refused as a reservation refuses it),
         else one request from the key's requests-per-minute bucket (0: no such limit): "ok" or
-        "requests", with the level after (None without the limit)."""
-        result = await self._call("take_request", key_id, [key_id, requests_per_minute])
-        return str(result[0]), _level(result[1]) if len(result) > 1 else None
+        "requests", with the level after, and the token bucket's level now, read only (each None
+        without its limit)."""
+        result = await self._call("take_request", key_id, [key_id, requests_per_minute, tokens_per_minute])
+        levels = [_level(str(v)) for v in result[1:3]]
+        levels += [None] * (2 - len(levels))
+        return str(result[0]), levels[0], levels[1]
 
     async def settle(
         self,

@@ -133,10 +133,15 @@ local ttl, rpm, tpm, prune, n = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(A
 local now = now_ms()
 local epoch = redis.call('GET', EPOCH)
 if not epoch or redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
--- Already reserved (this call retried on a fresh connection after the first one ran): as it was.
+-- Already reserved (this call retried on a fresh connection after the first one ran): as it was,
+-- with the buckets' levels now (read, not taken again), for the answer's headers.
 if redis.call('HEXISTS', holds(k), hold) == 1 then
   local a = redis.call('HMGET', acct(k), 'bal', 'held')
-  return {'ok', a[1], a[2], '', ''}
+  local r = redis.call('HMGET', rate(k), 'rl', 'rt', 'tl', 'tt')
+  local rl, tl = '', ''
+  if rpm > 0 then rl = num((refill(tonumber(r[1]), tonumber(r[2]), rpm, now))) end
+  if tpm > 0 then tl = num((refill(tonumber(r[3]), tonumber(r[4]), tpm, now))) end
+  return {'ok', a[1], a[2], rl, tl}
 end
 expire(epoch, now, 16)
 local a = redis.call('HMGET', acct(k), 'bal', 'held', 'rev')
@@ -197,20 +202,23 @@ return {'ok', int(bal), int(held), rpm > 0 and num(rl) or '', tpm > 0 and num(tl
 """
 
 # A cache hit: refused as a reservation is when the key is revoked (before its rate limit), else
-# one request from the requests-per-minute bucket (rpm 0: none), nothing else. ARGV: key, rpm
+# one request from the requests-per-minute bucket (rpm 0: none), nothing else; the token bucket's
+# level (tpm 0: none) is read, not taken, for the headers. ARGV: key, rpm, tpm
 TAKE_REQUEST = r"""
-local k, rpm = ARGV[1], tonumber(ARGV[2])
+local k, rpm, tpm = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]) or 0
 local epoch = redis.call('GET', EPOCH)
 if not epoch or redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
-if redis.call('HGET', acct(k), 'rev') == '1' then return {'revoked', ''} end
-if rpm == 0 then return {'ok', ''} end
+if redis.call('HGET', acct(k), 'rev') == '1' then return {'revoked', '', ''} end
 local now = now_ms()
-local r = redis.call('HMGET', rate(k), 'rl', 'rt')
+local r = redis.call('HMGET', rate(k), 'rl', 'rt', 'tl', 'tt')
+local tl = ''
+if tpm > 0 then tl = num((refill(tonumber(r[3]), tonumber(r[4]), tpm, now))) end
+if rpm == 0 then return {'ok', '', tl} end
 local rl, rt = refill(tonumber(r[1]), tonumber(r[2]), rpm, now)
-if rl < 1 then return {'requests', num(rl)} end
+if rl < 1 then return {'requests', num(rl), tl} end
 rl = rl - 1
 redis.call('HSET', rate(k), 'rl', num(rl), 'rt', int(rt))
-return {'ok', num(rl)}
+return {'ok', num(rl), tl}
 """
 
 # ARGV: key, hold, request, hour, cost (nano), used tokens, tpm, how long to remember it (ms)
