@@ -677,3 +677,38 @@ async def test_a_cache_hit_and_a_retried_reservation_carry_every_rate_limit_head
     overrun = await admission.count_hit(key, request)
     assert overrun["x-ratelimit-remaining-tokens"] == "0"
     await admission.settlements.close()
+
+
+async def test_a_dead_instance_with_many_holds_is_released_in_bounded_batches(
+    pg: PostgresStore, shared: SharedAccounts
+) -> None:
+    # One script released every hold of a dead instance: with very many, Redis served no other
+    # client (no reservation of any instance) until it was done. Now at most `limit` a script.
+    key, _ = await KeyStore(pg).create("t", credits_nano=1_000_000)
+    ledger = shared.ledger
+    for inst in ("inst_deadbeef0001", "inst_deadbeef0002", "inst_deadbeef0003"):
+        await ledger.renew_lease(inst, 60, time.time(), "h", 1)
+    for inst in ("inst_deadbeef0001", "inst_deadbeef0002"):
+        for n in range(250):
+            made = await ledger.reserve(
+                key.id, f"hold_{inst}_{n}", None, 1_000, 1, 1, [], 600.0, None, None, inst
+            )
+            assert made.status == "ok"
+    assert await ledger.redis.scard("fg:ih:inst_deadbeef0001") == 250
+    for inst in ("inst_deadbeef0001", "inst_deadbeef0002", "inst_deadbeef0003"):
+        await ledger.end_lease(inst)
+    # Both are dead. One script releases at most its limit, across instances.
+    assert await ledger._run("sweep", [100]) == 100
+    assert await ledger.sweep(limit=100) == 500 - 100  # the rest, 100 a script
+    # An operator's release: in batches too.
+    for n in range(250):
+        await ledger.reserve(
+            key.id, f"hold_op_{n}", None, 1_000, 1, 1, [], 600.0, None, None, "inst_deadbeef0003"
+        )
+    assert await ledger._run("release_instance", ["inst_deadbeef0003", "by hand", 100]) == 100
+    assert await ledger.release_instance("inst_deadbeef0003", "by hand", limit=100) == 150
+    assert await ledger.redis.smembers("fg:instances") == {shared.instance_id}  # the dead are forgotten
+    balance = await shared.balance(key.id)
+    assert balance is not None and balance.balance_nano == 1_000_000 and balance.held_nano == 0
+    await shared.flush()
+    assert (await shared.audit()).clean

@@ -47,6 +47,9 @@ INSTANCES = "fg:instances"
 LEASE = "fg:lease:"
 OWNED = "fg:ih:"
 _LOAD_TRIES = 3
+# Holds a releasing script closes at most (each a few commands): Redis serves every other client
+# between two such scripts, however many holds a dead instance left.
+SWEEP_BATCH = 500
 
 
 def account_key(key_id: str) -> str:
@@ -195,8 +198,10 @@ class RedisLedger:
         result = await self._run("release", [key_id, hold_id, tpm])
         return bool(result[0] == "ok")
 
-    async def sweep(self, limit: int = 500) -> int:
-        return int(await self._run("sweep", [limit]))
+    async def sweep(self, limit: int = SWEEP_BATCH) -> int:
+        """Release expired holds and dead instances' holds, in scripts of at most `limit` of each
+        (one script blocks Redis while it runs), until none is left."""
+        return await self._in_batches("sweep", [limit], limit)
 
     # -- instance leases ------------------------------------------------------------------------
 
@@ -235,8 +240,18 @@ class RedisLedger:
             )
         return rows
 
-    async def release_instance(self, instance_id: str, note: str) -> int:
-        return int(await self._run("release_instance", [instance_id, note]))
+    async def release_instance(self, instance_id: str, note: str, limit: int = SWEEP_BATCH) -> int:
+        """Release every hold of an instance, `limit` per script."""
+        return await self._in_batches("release_instance", [instance_id, note, limit], limit)
+
+    async def _in_batches(self, name: str, args: Sequence[Any], limit: int) -> int:
+        """Run a releasing script until a run releases fewer than `limit`; how many in all."""
+        total = 0
+        while True:
+            released = int(await self._run(name, args))
+            total += released
+            if released < limit:
+                return total
 
     async def credit(self, row: LedgerRow, cap_nano: int = MAX_NANO) -> int:
         """Apply a grant or top-up; the balance after it. Raises BalanceCapExceeded, applying

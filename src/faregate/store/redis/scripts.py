@@ -76,23 +76,25 @@ local function close_hold(epoch, k, hold, cost, used, tpm, note, now)
   emit(epoch, hold .. ':close', k, kind, change, cost, hold, req, hour, now, note)
   return change
 end
--- Release every hold of an instance (its lease lapsed, or an operator says it is gone).
-local function release_instance(epoch, inst, note, now)
-  local members = redis.call('SMEMBERS', owned(inst))
+-- Release up to n holds of an instance (its lease lapsed, or an operator says it is gone); the
+-- instance is forgotten once it holds nothing. At most n: a script blocks Redis while it runs, and
+-- a dead instance may have held very many (the caller runs it again until a batch comes up short).
+local function release_instance(epoch, inst, note, now, n)
+  local members = redis.call('SPOP', owned(inst), n)
   for _, member in ipairs(members) do
     local k, hold = string.match(member, '^(%S+) (%S+)$')
     close_hold(epoch, k, hold, nil, nil, 0, note, now)
   end
-  redis.call('DEL', owned(inst))
-  redis.call('SREM', INSTANCES, inst)
+  if redis.call('SCARD', owned(inst)) == 0 then redis.call('SREM', INSTANCES, inst) end
   return #members
 end
--- Release the holds of instances whose lease has lapsed.
-local function sweep_instances(epoch, now)
+-- Release up to n holds of instances whose lease has lapsed.
+local function sweep_instances(epoch, now, n)
   local released = 0
   for _, inst in ipairs(redis.call('SMEMBERS', INSTANCES)) do
+    if released >= n then break end
     if redis.call('EXISTS', lease(inst)) == 0 then
-      released = released + release_instance(epoch, inst, LAPSED, now)
+      released = released + release_instance(epoch, inst, LAPSED, now, n - released)
     end
   end
   return released
@@ -254,19 +256,19 @@ if close_hold(epoch, k, hold, nil, 0, tpm, '', now) ~= nil then return {'ok'} en
 return {'gone'}
 """
 
-# ARGV: how many at most
+# ARGV: how many at most, of expired holds and of dead instances' holds each
 SWEEP = r"""
 local epoch = redis.call('GET', EPOCH)
 if not epoch then return 0 end
 local now = now_ms()
-return expire(epoch, now, tonumber(ARGV[1])) + sweep_instances(epoch, now)
+return expire(epoch, now, tonumber(ARGV[1])) + sweep_instances(epoch, now, tonumber(ARGV[1]))
 """
 
-# An operator releases a (dead) instance's holds. ARGV: instance, note
+# An operator releases a (dead) instance's holds, up to n. ARGV: instance, note, n
 RELEASE_INSTANCE = r"""
 local epoch = redis.call('GET', EPOCH)
 if not epoch then return 0 end
-return release_instance(epoch, ARGV[1], ARGV[2], now_ms())
+return release_instance(epoch, ARGV[1], ARGV[2], now_ms(), tonumber(ARGV[3]))
 """
 
 # A grant or top-up, refused ('cap') if the balance plus the key's holds (which come back to it)
