@@ -317,3 +317,47 @@ def test_a_settled_hold_is_remembered_as_long_as_a_retry_may_come(
             await pg.close()
 
     assert asyncio.run(scenario()) > 3_000_000
+
+
+SLOW_SIM = "defaults: {ttft_ms: 5, tokens_per_s: 25, answer: {lorem: 60}}\n"
+
+
+def test_a_stream_that_ends_while_redis_is_down_is_still_charged(
+    postgres_server: PostgresServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Redis dies while a stream runs: the stream ends, its settlement cannot reach Redis and is
+    kept; once Redis is back (empty) it lands as a late settlement. The request is charged, the
+    audit is clean, and the outage is logged in a line, not a traceback per request."""
+    from harness import health_counter, run_sim
+
+    with run_sim(tmp_path, SLOW_SIM) as sim, restartable_redis() as redis:
+        store = f"postgres_url: {postgres_server.new_database()!r}\nredis_url: 'redis://127.0.0.1:{redis.port}/0'\n"
+        with launch_gateway(tmp_path / "gw", sim, store=store, extra=CONFIG) as gateway:
+            key = new_key(gateway)
+            client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=30)
+            stream = client.chat.completions.create(model="deepseek-v4-flash", messages=HELLO, stream=True)
+            chunks = iter(stream)
+            next(chunks)
+            time.sleep(0.5)  # the reservation's ledger row reaches PostgreSQL (every 0.1 s)
+            redis.kill()
+            rest = list(chunks)
+            assert rest, "the stream went on"
+            redis.start()
+            deadline = time.monotonic() + 60
+            while health_counter(gateway, "settlements_recovered") < 1 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert health_counter(gateway, "settlements_recovered") == 1
+            assert health_counter(gateway, "settlements_pending") == 0
+            with httpx.Client(
+                base_url=f"http://127.0.0.1:{gateway.port}", headers=ADMIN, timeout=30
+            ) as admin:
+                key_id = admin.get("/v1/me", headers={"Authorization": f"Bearer {key}"}).json()["id"]
+                rows = admin.get(f"/admin/keys/{key_id}/ledger").json()["data"]
+                audit = admin.get("/admin/audit").json()
+            late = [r for r in rows if r["kind"] == "settlement" and "late" in (r["note"] or "")]
+            assert len(late) == 1 and int(late[0]["amount_usd"].replace(".", "").lstrip("-0") or 0) > 0, rows
+            assert audit["clean"] is True, audit
+            text = gateway.read_log()
+            assert "settlements are kept in memory" in text, text[-5000:]
+            assert "could not settle" not in text, text[-5000:]
