@@ -360,4 +360,5 @@ def test_a_stream_that_ends_while_redis_is_down_is_still_charged(
             assert audit["clean"] is True, audit
             text = gateway.read_log()
             assert "settlements are kept in memory" in text, text[-5000:]
-            assert "could not settle" not in text, text[-5000:]
+            assert "could not settle" not in text and "Traceback" not in text, text[-5000:]
+            assert text.count("ledger shipping paused") == 1 and "ledger shipping resumed" in text

@@ -65,6 +65,8 @@ class LedgerShipper:
         self._lock = asyncio.Lock()
         self._last_claim = 0.0
         self.shipped = 0
+        # A round met an outage and none has shipped since (the outage is logged once).
+        self._outage = False
 
     async def _ensure_group(self) -> None:
         try:
@@ -99,11 +101,23 @@ class LedgerShipper:
                 log.exception("ledger shipping failed; retrying")
             self._pause = self.interval_s
             return
-        except Exception:
-            # PostgreSQL or Redis unreachable: the entries wait in the stream.
-            log.exception("ledger shipping failed; retrying")
+        except Exception as exc:
+            if not is_outage(exc):
+                log.exception("ledger shipping failed; retrying")
+            elif not self._outage:
+                # PostgreSQL or Redis unreachable: the entries wait in the stream. Said once per
+                # outage, in a line: not a traceback a second.
+                log.warning(
+                    "ledger shipping paused, a store is unreachable (%s: %s); entries wait in Redis",
+                    type(exc).__name__,
+                    exc,
+                )
+            self._outage = True
             self._pause = max(self.interval_s, 1.0)
             return
+        if self._outage:
+            self._outage = False
+            log.warning("ledger shipping resumed")
         # A partial batch: wait out the interval so that entries gather into fewer, larger
         # PostgreSQL transactions (each costs the same whatever its size). A full one: go on.
         self._pause = 0.0 if shipped >= BATCH else max(0.0, self.interval_s - (time.monotonic() - started))
