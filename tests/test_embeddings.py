@@ -379,7 +379,7 @@ async def test_null_fields_are_read_as_left_out_and_not_sent_upstream(
     app.router.add_post("/v1/embeddings", embeddings)
     upstream = TestServer(app, host="127.0.0.1", port=0)
     await upstream.start_server()
-    monkeypatch.setenv("FAREGATE_MASTER_KEY", "fg-master-test-0123456789")
+    monkeypatch.setenv("FAREGATE_MASTER_KEY", "fg-master-test-0123456789abcdefghijklmnop")
     settings = load_settings(
         overrides={
             "store": {"path": str(tmp_path / "store")},
