@@ -203,3 +203,21 @@ def test_tools_and_schemas_are_charged_within_the_hold(gateway: GatewayProcess) 
     assert_never_beyond_hold(gateway, key_id)
     rows = ledger(gateway, key_id)
     assert [kind for kind, _, _ in rows].count("settlement") == 2
+
+
+def test_a_request_that_can_never_fit_is_not_retried_by_the_sdk(gateway: GatewayProcess) -> None:
+    """More tokens than the key's limit per minute will never fit, however long the client waits:
+    the 429 says `x-should-retry: false`, so the SDK (which retries every other 429) asks once."""
+    _, key = new_key(gateway, "1", tokens_per_minute=500)
+    sent: list[object] = []
+    client = openai.OpenAI(
+        base_url=gateway.base_url,
+        api_key=key,
+        max_retries=2,
+        http_client=openai.DefaultHttpxClient(event_hooks={"request": [sent.append]}),
+    )
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model="flat-out", messages=LORE, max_tokens=1000)
+    assert refused.value.code == "request_too_large"
+    assert len(sent) == 1, sent
+    assert refused.value.response.headers["x-should-retry"] == "false"

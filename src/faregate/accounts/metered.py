@@ -213,7 +213,7 @@ def refusal_error(refused: Refused, amount: int, tokens: int) -> FaregateError:
                 f"Request too large: it may use up to {tokens} tokens (prompt plus max_tokens) but the "
                 f"key's limit is {rate.limit} tokens per minute. Lower max_tokens.",
                 code="request_too_large",
-                headers=headers,
+                headers={**headers, "x-should-retry": "false"},  # the SDKs retry a 429 unless told
             )
         wait = max(1, math.ceil(rate.retry_after_s))
         return RateLimited(
