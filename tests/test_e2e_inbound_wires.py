@@ -143,6 +143,24 @@ def test_a_message_from_the_anthropic_sdk_with_x_api_key(
     assert Decimal(row["cost_usd"]) == cost
 
 
+def test_the_anthropic_sdk_reads_the_request_id_of_answers_streams_and_errors(
+    claude: anthropic.Anthropic,
+) -> None:
+    """The anthropic SDK gives an answer's `_request_id` and an error's `request_id` from
+    `request-id`: the gateway's request id, the one its records and feedback know."""
+    hello: Any = [{"role": "user", "content": "which request?"}]
+    raw = claude.messages.with_raw_response.create(model="claude-haiku-4-5", max_tokens=16, messages=hello)
+    assert raw.parse()._request_id == raw.headers["x-faregate-request-id"] == raw.headers["x-request-id"]
+    with claude.messages.with_streaming_response.create(
+        model="claude-haiku-4-5", max_tokens=16, messages=hello, stream=True
+    ) as streamed:
+        assert streamed.request_id == streamed.headers["x-faregate-request-id"]
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        claude.messages.create(model="no-such-model", max_tokens=8, messages=hello)
+    assert missing.value.request_id == missing.value.response.headers["x-faregate-request-id"]
+    assert missing.value.request_id is not None and missing.value.request_id.startswith("req_")
+
+
 def test_a_messages_request_served_by_a_non_claude_model(claude: anthropic.Anthropic) -> None:
     raw = claude.messages.with_raw_response.create(
         model="deepseek-v4-flash", max_tokens=64, messages=[{"role": "user", "content": "any model"}]

@@ -9,7 +9,8 @@ request and answer (the OpenAI chat shape, wire/openai.py). A `ClientWire` stand
 - `stream(model, include_usage, asked, input_tokens)`: a `StreamEncoder` that turns the internal
   chunks of an answer, its priced usage chunk and a mid-stream failure into the client's SSE
   frames (`input_tokens`: the prompt's uncached input count when the upstream said it up front);
-- `status(error)` and `error(error)`: the status and body of an error in the client's shape.
+- `status(error)` and `error(error)`: the status and body of an error in the client's shape;
+- `request_id_headers`: the headers its SDK reads an answer's or an error's request id from.
 
 Three wires: OpenAI chat (the identity: today's bytes, and per chunk no more work than
 `relay_frame`, in wire.openai.ChatStreamFrames), Anthropic Messages (wire/anthropic*.py) and the
@@ -63,6 +64,9 @@ class ClientWire(Protocol):
     # Fields its translation puts in the internal body that the chat wire does not carry: sent
     # only to providers that carry them (ChatRequest.wire_extras, Provider.carries).
     extras: frozenset[str]
+    # Where the client's SDK reads a response's request id (an answer's `_request_id`, an error's
+    # `request_id`): each says the gateway's own, as x-faregate-request-id does.
+    request_id_headers: tuple[str, ...]
 
     def to_chat(self, body: JSON) -> JSON: ...
 
@@ -83,6 +87,7 @@ class ClientWire(Protocol):
 class ChatWire:
     name = "chat"
     extras: frozenset[str] = frozenset()
+    request_id_headers: tuple[str, ...] = ("x-request-id",)
 
     def to_chat(self, body: JSON) -> JSON:
         # The other wires' extras are theirs to put in: from a chat client, the Responses body would
@@ -138,6 +143,8 @@ class MessagesWire:
     # Only a Messages upstream can take top_k, prompt-cache marks and the efforts OpenAI's wire
     # lacks; OpenAI's wire refuses them.
     extras = frozenset({"top_k", "cache_control", anthropic.MESSAGES_EFFORT})
+    # The anthropic SDK reads `request-id`; x-request-id kept for proxies and OpenAI-minded logs.
+    request_id_headers: tuple[str, ...] = ("x-request-id", "request-id")
 
     def to_chat(self, body: JSON) -> JSON:
         return anthropic.messages_to_chat(body)
@@ -201,6 +208,7 @@ class ResponsesWire:
     # it is passed through to it natively (wire/responses_native.py); every other gets the
     # translation.
     extras = frozenset({responses_native.NATIVE_REQUEST})
+    request_id_headers: tuple[str, ...] = ("x-request-id",)
 
     def to_chat(self, body: JSON) -> JSON:
         chat = responses.responses_to_chat(body)

@@ -104,9 +104,11 @@ class Exchange:
         if traceparent is not None:
             record.traceparent = traceparent
             record.tracestate = http_request.headers.get("tracestate")
-        # x-request-id too: the openai SDK reads it as an answer's `_request_id` and an error's
-        # `request_id` (what a client logs to report a request), so it is this one.
-        headers = {"x-faregate-request-id": request_id, "x-request-id": request_id}
+        # Where the client's SDK reads it too (x-request-id for openai's, request-id for
+        # anthropic's): an answer's `_request_id`, an error's `request_id`, what a client logs to
+        # report a request, so it is this one.
+        headers = {"x-faregate-request-id": request_id}
+        headers.update(dict.fromkeys(wire.request_id_headers, request_id))
         return cls(http_request, record, headers, wire)
 
     @property
