@@ -5,6 +5,7 @@ Real gateway and simulator processes, the official openai SDK."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import Any
 
@@ -99,3 +100,38 @@ def test_cache_hits_count_against_requests_per_minute(gateway: GatewayProcess) -
             settle_cache()
     # A 5 rpm key gets 5 answers a minute (one bucket refill may land during the loop), cached or not.
     assert 5 <= statuses.count(200) <= 6 and statuses.count(429) >= 34, statuses
+
+
+def test_a_hit_refused_by_the_rate_limit_is_neither_a_hit_served_nor_a_miss(gateway: GatewayProcess) -> None:
+    """The cache held the answer but the key's rate limit refused the request before it was
+    served: the record, its header and /metrics say `hit-refused`, so the dashboard's hits are
+    answers served and its misses answers the cache did not hold."""
+    client = openai.OpenAI(
+        base_url=gateway.base_url, api_key=new_key(gateway, requests_per_minute=1), max_retries=0
+    )
+    assert ask(client, "asked twice in a minute").headers["x-faregate-cache"] == "miss"
+    settle_cache()
+    with pytest.raises(openai.RateLimitError) as refused:
+        ask(client, "asked twice in a minute")
+    headers = refused.value.response.headers
+    assert headers["x-faregate-cache"] == "hit-refused"
+    request_id = headers["x-faregate-request-id"]
+    deadline = time.monotonic() + 5
+    row = None
+    while row is None and time.monotonic() < deadline:
+        with sqlite3.connect(gateway.store_path / "faregate.db") as db:
+            row = db.execute(
+                "SELECT status, cache_status, cost_usd FROM request_records WHERE request_id = ?",
+                (request_id,),
+            ).fetchone()
+        time.sleep(0.05)
+    assert row is not None and tuple(row[:2]) == (429, "hit-refused"), row
+    metrics = httpx.get(
+        f"http://127.0.0.1:{gateway.port}/metrics", headers={"Authorization": f"Bearer {MASTER_KEY}"}
+    ).text
+    refused_series = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("faregate_requests_total{") and 'status="429"' in line and 'route="smart"' in line
+    ]
+    assert refused_series and all('cache="hit-refused"' in line for line in refused_series), refused_series

@@ -200,6 +200,11 @@ class Completion:
     status: int = 200
 
 
+# A request whose answer the cache held, refused before it was served (the key's rate limit, a key
+# revoked elsewhere, the accounts store out of reach): a lookup, neither a hit served nor a miss.
+REFUSED_HIT = "hit-refused"
+
+
 @dataclass(slots=True)
 class RequestRecord:
     """What is written for every request, successful or not."""
@@ -224,7 +229,7 @@ class RequestRecord:
     route: str | None = None
     # What the same usage would have cost on the baseline model (savings = baseline - cost).
     baseline_cost_usd: Decimal = Decimal(0)
-    # miss | hit | semantic-hit | bypass
+    # miss | hit | semantic-hit | hit-refused (REFUSED_HIT) | bypass
     cache_status: str = "bypass"
     # The wire the request came in on: chat (OpenAI chat completions), messages (Anthropic),
     # responses (OpenAI's Responses API) or embeddings.

@@ -96,6 +96,7 @@ class EmbeddingsPipeline:
             job = await self.read_request(exchange)
             cached = await self.look_up(exchange, job)
             if cached is not None:
+                exchange.found_in_cache()
                 exchange.admitted(await self.chat.admission.count_hit(self._key(exchange), job))
                 exchange.from_cache(cached)
                 return _json(

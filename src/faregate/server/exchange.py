@@ -29,7 +29,7 @@ from faregate.routing.plan import Candidate, Plan
 from faregate.server.client_wires import CHAT, ClientWire
 from faregate.server.http_seam import HttpRequest
 from faregate.server.random_ids import random_hex
-from faregate.types import JSON, Attempt, ChatRequest, Price, RequestRecord, Usage
+from faregate.types import JSON, REFUSED_HIT, Attempt, ChatRequest, Price, RequestRecord, Usage
 
 if TYPE_CHECKING:
     from faregate.quality.verifier import CacheJob, Job
@@ -200,6 +200,13 @@ class Exchange:
         an empty response."""
         self.settled(candidate, usage, cost)
         self.record.empty_response = False
+
+    def found_in_cache(self) -> None:
+        """The cache holds the answer; until it is served (`from_cache`), a request refused now
+        (the key's rate limit, a key revoked elsewhere, the accounts store out of reach) is a
+        refused hit: not a hit served (nothing was), nor a miss (the cache had it)."""
+        self.record.cache_status = REFUSED_HIT
+        self.headers["x-faregate-cache"] = REFUSED_HIT
 
     def from_cache(self, cached: CachedAnswer) -> None:
         """A hit costs nothing; the record keeps the usage so the whole baseline counts as saved."""

@@ -146,6 +146,7 @@ class ChatPipeline:
             self.read_parsed(exchange, body)
             cached = await self.look_up(exchange) if self.looks_up(exchange) else None
             if cached is not None:
+                exchange.found_in_cache()
                 await self.count_hit(exchange)
                 response = await self.respond.send(exchange, cached)
                 await self.verify_hit_later(exchange, cached, response)

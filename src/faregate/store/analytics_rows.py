@@ -44,7 +44,8 @@ class Totals:
     baseline: Decimal = Decimal(0)
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cache_lookups: int = 0  # requests the cache was asked about (miss, hit, semantic-hit)
+    cache_lookups: int = 0  # requests the cache was asked about (miss, hit, semantic-hit, hit-refused)
+    # Hits served (a hit refused before it was served, hit-refused, is a lookup and no hit).
     cache_hits: int = 0
     semantic_hits: int = 0
     cache_saved: Decimal = Decimal(0)

@@ -59,7 +59,7 @@ BILLED = "cache_status IN ('bypass', 'miss')"
 SERVED_MODEL = "COALESCE(model_used, '')"
 TRAFFIC_COLUMNS: tuple[tuple[str, str], ...] = (
     ("requests", "1"),
-    ("cache_hits", flag(f"NOT {BILLED}")),
+    ("cache_hits", flag(CACHE_HIT)),  # served: a hit refused before it was (hit-refused) is none
     ("prompt_tokens", f"CASE WHEN {BILLED} THEN prompt_tokens ELSE 0 END"),
     ("completion_tokens", f"CASE WHEN {BILLED} THEN completion_tokens ELSE 0 END"),
 )
