@@ -622,6 +622,38 @@ async def test_an_answer_stored_without_a_lookup_is_shared_with_its_vector() -> 
     assert all(vector is not None and np.allclose(vector, unit(1)) for _, vector in shared)
 
 
+async def test_a_meaning_is_stored_only_when_its_answer_is_kept() -> None:
+    """An answer the store did not keep (too big for the in-process store, Redis down or skipped)
+    has no entry in the index either, here or shared: a meaning without an answer is the nearest
+    entry for every paraphrase near it, each a miss, on every instance it is shared with."""
+    question, paraphrase = "How tall is Mount Everest?", "What is the height of Mount Everest?"
+    fake = FakeEmbedder({question: unit(1), paraphrase: at_cosine(0.95)})
+    semantic: SemanticCache[str] = SemanticCache(AsyncEmbedder(fake), threshold=0.9)
+    cache = ResponseCache(CacheSettings(), MemoryStore(max_value_bytes=200), semantic)
+    shared: list[str] = []
+
+    async def share(scope: Any, text: str, key: str, ttl_s: float, vector: Any) -> None:
+        shared.append(text)
+
+    cache.on_semantic_store = share
+
+    async def answer(text: str, body: str) -> None:
+        asked = parse_chat_request(
+            {"model": "m", "messages": [{"role": "user", "content": text}], "temperature": 0}, {}, "r"
+        )
+        asked.key_id = "key_a"
+        decision = cache.decide(asked, {}, lambda: "m")
+        assert await cache.lookup(decision, asked) is None
+        cache.remember(decision, asked, {"answer": body}, "m", "p", Usage(5, 5))
+        await asyncio.gather(*cache._tasks)
+
+    await answer(question, "8,849 m, " + "measured again and again " * 20)  # over 200 bytes: not kept
+    assert cache.writes == 0 and cache.semantic_writes == 0
+    assert len(semantic.index) == 0 and shared == []
+    await answer(paraphrase, "8,849 m")  # kept: its meaning too
+    assert cache.writes == 1 and cache.semantic_writes == 1 and shared == [paraphrase]
+
+
 # --- the real model -------------------------------------------------------------------------------
 
 

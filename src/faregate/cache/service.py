@@ -367,7 +367,11 @@ class ResponseCache:
             except Exception:
                 log.exception("could not label a semantic-cache candidate")
         try:
-            await self._write(decision, answer, model, provider, usage)
+            if not await self._write(decision, answer, model, provider, usage):
+                # Not kept (too big for the in-process store, Redis down or skipped): nor is its
+                # meaning, which would be the nearest entry for every paraphrase near it and
+                # serve none of them (each a miss), here and on every instance it is shared with.
+                return
             if self.semantic is not None:
                 query = self._semantic_query(decision, request)
                 if query is not None:
@@ -395,7 +399,8 @@ class ResponseCache:
 
     async def _write(
         self, decision: CacheDecision, answer: JSON, model: str, provider: str, usage: Usage
-    ) -> None:
+    ) -> bool:
+        """Whether the store kept the answer."""
         value = orjson.dumps(
             {
                 "body": answer,
@@ -415,8 +420,9 @@ class ResponseCache:
                 "stored_at": time.time(),
             }
         )
-        if await self.store.set(decision.key, value, decision.ttl_s):
-            self.writes += 1
+        kept = await self.store.set(decision.key, value, decision.ttl_s)
+        self.writes += kept
+        return kept
 
     async def close(self) -> None:
         if self._tasks:
