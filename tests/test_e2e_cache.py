@@ -88,6 +88,50 @@ def test_a_streamed_answer_serves_a_later_request(client: openai.OpenAI, gateway
     assert again.parse().choices[0].message.content == "cache me 3"
 
 
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+
+
+def test_a_streamed_tool_call_is_kept_as_a_whole_one_is(
+    client: openai.OpenAI, gateway: GatewayProcess
+) -> None:
+    """Whole answers with tool calls are kept (README, Caching), so streamed ones are too: the
+    next request, whole or streamed, is served the same calls free."""
+    asked: dict[str, object] = {
+        "model": "qwen3-8b",
+        "messages": [{"role": "user", "content": "weather, streamed first"}],
+        "temperature": 0,
+        "tools": TOOLS,
+        "extra_body": {"sim": {"tool_call": True}},
+    }
+    with cache_written(gateway):
+        streamed = client.chat.completions.create(**asked, stream=True)  # type: ignore[call-overload]
+        calls = [
+            (call.index, call.id, call.function.name, call.function.arguments)
+            for c in streamed
+            if c.choices
+            for call in c.choices[0].delta.tool_calls or ()
+        ]
+    whole = client.chat.completions.with_raw_response.create(**asked)  # type: ignore[call-overload]
+    assert whole.headers["x-faregate-cache"] == "hit"
+    message = whole.parse().choices[0].message
+    assert whole.parse().choices[0].finish_reason == "tool_calls"
+    first = calls[0]
+    assert [(c.id, c.function.name) for c in message.tool_calls] == [(first[1], first[2])]
+    assert message.tool_calls[0].function.arguments == "".join(str(c[3] or "") for c in calls)
+    again = client.chat.completions.with_raw_response.create(**asked, stream=True)  # type: ignore[call-overload]
+    assert again.headers["x-faregate-cache"] == "hit"
+    replayed = [call for c in again.parse() if c.choices for call in c.choices[0].delta.tool_calls or ()]
+    assert [(c.id, c.function.name) for c in replayed] == [(first[1], first[2])]
+
+
 def test_keys_never_share_entries_unless_asked(client: openai.OpenAI, gateway: GatewayProcess) -> None:
     other = openai.OpenAI(
         base_url=gateway.base_url, api_key=create_key(gateway.store_path, "other"), max_retries=0

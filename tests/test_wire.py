@@ -112,8 +112,10 @@ def test_a_legacy_function_call_is_output_an_estimate_counts() -> None:
     seen.take(chunk({"function_call": {"arguments": '{"city": "Paris"}'}}))
     seen.take(chunk({}, "stop"))
     assert "".join(seen.text) == 'get_weather{"city": "Paris"}'
-    # A call, not a text answer to keep (even when the upstream finishes it with "stop").
-    assert seen.answer("m", Usage(5, 9)) is None
+    # Kept as the whole answer with this call would be (README, Caching).
+    kept = seen.answer("m", Usage(5, 9))
+    assert kept is not None and kept["choices"][0]["message"]["function_call"] == call
+    assert kept["choices"][0]["message"]["content"] is None
 
 
 def test_error_shapes() -> None:
@@ -200,7 +202,8 @@ def test_streams_that_are_not_whole_text_answers_are_not_kept() -> None:
     assert cut.answer("m", Usage(1, 1)) is None
     tools = StreamedAnswer()
     tools.take(chunk({"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": "{}"}}]}))
-    tools.take(chunk({}, "stop"))
+    assert tools.answer("m", Usage(1, 1)) is None  # no finish reason: cut
+    tools.take(chunk({}, "content_filter"))
     assert tools.tool_calls and tools.answer("m", Usage(1, 1)) is None
     assert "".join(tools.text) == "f{}"
     # n > 1: the chunks of choice 0 and 1 interleave; kept as one choice they would merge.
@@ -228,6 +231,72 @@ def test_streams_that_are_not_whole_text_answers_are_not_kept() -> None:
         other.take(chunk(delta))
         other.take(chunk({}, "stop"))
         assert other.answer("m", Usage(1, 5)) is None, delta
+
+
+def test_a_stream_of_tool_calls_is_kept_as_the_whole_answer_it_amounts_to() -> None:
+    """Whole answers with tool calls are kept, so a streamed one is too (README, Caching): its
+    calls assembled as the SDK's stream helper assembles them, its text beside them, and replayed
+    as a stream that says the same."""
+    seen = StreamedAnswer()
+    for delta in (
+        {"role": "assistant", "content": "Let me look."},
+        {
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "call_a",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": ""},
+                }
+            ]
+        },
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+        {
+            "tool_calls": [
+                {"index": 1, "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+            ]
+        },
+    ):
+        seen.take(chunk(delta))
+    seen.take(chunk({}, "tool_calls"))
+    body = seen.answer("m", Usage(20, 30))
+    assert body is not None
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    message = choice["message"]
+    assert message["content"] == "Let me look."
+    made_id = message["tool_calls"][1]["id"]  # the upstream gave none: one made when relayed
+    assert made_id.startswith("call_")
+    assert message["tool_calls"] == [
+        {
+            "id": "call_a",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        },
+        {"id": made_id, "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+    ]
+    body["usage"] = {"cost": 0.0}
+    frames = answer_as_chunks(body, include_usage=False)
+    calls = [call for f in frames for call in f["choices"][0]["delta"].get("tool_calls") or ()]
+    assert [(c["index"], c["id"], c["function"]["name"]) for c in calls] == [
+        (0, "call_a", "get_weather"),
+        (1, made_id, "get_time"),
+    ]
+    # Calls alone: the message's content is null, as a whole answer's is.
+    alone = StreamedAnswer()
+    alone.take(
+        chunk(
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}],
+            }
+        )
+    )
+    alone.take(chunk({}, "tool_calls"))
+    kept = alone.answer("m", Usage(1, 1))
+    assert kept is not None and kept["choices"][0]["message"]["content"] is None
 
 
 def test_what_the_client_receives_carries_the_cost() -> None:

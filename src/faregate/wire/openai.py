@@ -38,6 +38,8 @@ DONE = b"data: [DONE]\n\n"
 TOOL_FINISHES = frozenset({"tool_calls", "function_call"})
 # Answers a client can be served later (from the cache): a stream cut short is not one.
 WHOLE_FINISHES = frozenset({"stop", "length"})
+# A stream's finish reasons when it made calls: a whole answer too.
+CALL_FINISHES = WHOLE_FINISHES | TOOL_FINISHES
 _STREAM_FIELDS = frozenset({"stream", "stream_options"})
 
 
@@ -310,12 +312,14 @@ class StreamedAnswer:
     calls' names and arguments included) and its reasoning (both for an estimate when no usage
     comes), whether it made tool calls, its finish reason and usage, and the trailing usage-only
     chunk, held back so the cost can be added to it. `text` holds every choice's text in arrival
-    order; `plain_text` says whether only choice 0 came, with text alone: no logprobs, refusal or
-    audio (else the stream cannot be kept as an answer). Tool calls are mended in place as they
-    are read, for every client wire: an id and an index for each (wire/tool_calls.py). `ended`:
-    has every choice (n > 1 stream side by side) said its finish reason?"""
+    order; `plain_text` says whether only choice 0 came, with text and calls alone: no logprobs,
+    refusal or audio (else the stream cannot be kept as an answer). Tool calls are mended in place
+    as they are read, for every client wire: an id and an index for each (wire/tool_calls.py),
+    and their deltas kept to assemble them into the answer. `ended`: has every choice (n > 1
+    stream side by side) said its finish reason?"""
 
     __slots__ = (
+        "call_deltas",
         "calls",
         "finish_reason",
         "finished",
@@ -350,6 +354,9 @@ class StreamedAnswer:
         self.usage_chunk: JSON | None = None
         # Made at the first tool call: mends calls without an id or index (wire/tool_calls.py).
         self.calls: StreamedCalls | None = None
+        # Each delta with calls (tool calls or the functions API's one), as mended, and the span
+        # of `text` its names and arguments took (not the answer's content).
+        self.call_deltas: list[tuple[int, int, JSON]] = []
         # Was the usage reported at or after the finish (the whole answer's), or before it (exact
         # up to there: Anthropic's message_start, a server that counts as it goes)? And how much
         # text and reasoning had come by then: what follows it is not in its count.
@@ -398,7 +405,9 @@ class StreamedAnswer:
                     if mending is None:
                         mending = self.calls = StreamedCalls()
                     mending.mend(choice.get("index", 0), tool_calls)
+                start = len(text)
                 self.tool_calls = _call_text(delta, text) or self.tool_calls
+                self.call_deltas.append((start, len(text), _calls_of(delta)))
             index = choice.get("index")
             if index or choice.get("logprobs") or delta.get("refusal") or delta.get("audio"):
                 self.plain_text = False  # n > 1, logprobs, a refusal or audio: not one text answer
@@ -429,12 +438,17 @@ class StreamedAnswer:
         self.reasoning_at_usage = len(self.reasoning)
 
     def answer(self, model: str, usage: Usage) -> JSON | None:
-        """The chat.completion this stream amounts to, if it is a whole text answer (so a later
-        request, streaming or not, can be served from it); None for tool calls, a cut stream, or a
-        stream of several choices or with more than text (logprobs, a refusal, audio)."""
-        if self.tool_calls or not self.plain_text or self.finish_reason not in WHOLE_FINISHES:
+        """The chat.completion this stream amounts to, if it is a whole answer of text and calls
+        (so a later request, streaming or not, can be served from it, as from a whole answer with
+        the same calls); None for a cut stream, or a stream of several choices or with more than
+        text and calls (logprobs, a refusal, audio)."""
+        finishes = CALL_FINISHES if self.tool_calls else WHOLE_FINISHES
+        if not self.plain_text or self.finish_reason not in finishes:
             return None
         first = self.first or {}
+        message: JSON = {"role": "assistant", "content": "".join(self.text), "refusal": None}
+        if self.tool_calls:
+            message.update(_assembled_calls(self.text, self.call_deltas))
         return {
             "id": first.get("id", "chatcmpl-cached"),
             "object": "chat.completion",
@@ -444,7 +458,7 @@ class StreamedAnswer:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(self.text), "refusal": None},
+                    "message": message,
                     "logprobs": None,
                     "finish_reason": self.finish_reason,
                     # Kept for a Messages client, told `stop_sequence` and which one.
@@ -457,6 +471,53 @@ class StreamedAnswer:
                 "total_tokens": usage.total_tokens,
             },
         }
+
+
+def _calls_of(delta: JSON) -> JSON:
+    """A delta's calls, copied: the deltas go on to the client's wire after this."""
+    calls: JSON = {}
+    tool_calls = delta.get("tool_calls")
+    if tool_calls:
+        calls["tool_calls"] = [{**call, "function": dict(call.get("function") or {})} for call in tool_calls]
+    legacy = delta.get("function_call")
+    if isinstance(legacy, dict):
+        calls["function_call"] = dict(legacy)
+    return calls
+
+
+def _assembled_calls(text: list[str], deltas: list[tuple[int, int, JSON]]) -> JSON:
+    """The message fields a stream's calls amount to, as the SDK's stream helper adds them up
+    (the first id and type; names and arguments joined), and its content: the text outside the
+    calls' names and arguments, null when there is none (as a whole answer with calls says)."""
+    tool_calls: dict[int, JSON] = {}
+    legacy: JSON | None = None
+    spans: set[int] = set()
+    for start, end, delta in deltas:
+        spans.update(range(start, end))
+        for call in delta.get("tool_calls") or ():
+            assembled = tool_calls.setdefault(
+                call["index"], {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            assembled["id"] = assembled["id"] or call.get("id")
+            assembled["type"] = call.get("type") or assembled["type"]
+            _join_call(assembled["function"], call["function"])
+        if "function_call" in delta:
+            legacy = legacy or {"name": "", "arguments": ""}
+            _join_call(legacy, delta["function_call"])
+    content = "".join(piece for i, piece in enumerate(text) if i not in spans)
+    fields: JSON = {"content": content or None}
+    if tool_calls:
+        fields["tool_calls"] = [tool_calls[index] for index in sorted(tool_calls)]
+    if legacy is not None:
+        fields["function_call"] = legacy
+    return fields
+
+
+def _join_call(assembled: JSON, function: JSON) -> None:
+    for name in ("name", "arguments"):
+        piece = function.get(name)
+        if isinstance(piece, str):
+            assembled[name] += piece
 
 
 # -- writing what the client receives ------------------------------------------------------------
