@@ -299,6 +299,51 @@ def test_a_stream_of_tool_calls_is_kept_as_the_whole_answer_it_amounts_to() -> N
     assert kept is not None and kept["choices"][0]["message"]["content"] is None
 
 
+def test_a_cache_hit_tells_the_reasoning_tokens_of_the_answer_it_replays() -> None:
+    """A kept answer's completion_tokens_details (a reasoning model's reasoning_tokens) are replayed
+    on a hit as its prompt_tokens_details are, whether it was kept whole or from a stream; the
+    upstream's other usage fields (its own cost) are not."""
+    upstream = {
+        "prompt_tokens": 10,
+        "completion_tokens": 50,
+        "total_tokens": 60,
+        "prompt_tokens_details": {"cached_tokens": 4},
+        "completion_tokens_details": {"reasoning_tokens": 40, "accepted_prediction_tokens": 0},
+        "cost_details": {"upstream_inference_cost": 0.001},
+    }
+    usage = Usage(10, 50, cache_read_tokens=4)
+    whole = price_answer(
+        {
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "42"}}],
+            "usage": dict(upstream),
+        },
+        "m",
+        usage,
+        Decimal("0.0001"),
+    )
+    seen = StreamedAnswer()
+    seen.take(chunk({"role": "assistant", "content": "42"}))
+    seen.take(chunk({}, "stop"))
+    seen.take({"id": "c1", "choices": [], "usage": dict(upstream)})
+    streamed = seen.answer("m", usage)
+    assert streamed is not None
+    for kept in (whole, streamed):
+        replayed = free_answer(kept, usage)["usage"]
+        assert replayed["completion_tokens_details"] == {
+            "reasoning_tokens": 40,
+            "accepted_prediction_tokens": 0,
+        }
+        assert replayed["prompt_tokens_details"]["cached_tokens"] == 4
+        assert replayed["cost"] == 0 and "cost_details" not in replayed
+    # Audio counted by the gateway wins over what the body said.
+    audio = free_answer(whole, Usage(10, 50, audio_completion_tokens=7))["usage"]
+    assert audio["completion_tokens_details"] == {
+        "reasoning_tokens": 40,
+        "accepted_prediction_tokens": 0,
+        "audio_tokens": 7,
+    }
+
+
 def test_what_the_client_receives_carries_the_cost() -> None:
     body = {"model": "up", "choices": [], "usage": {"prompt_tokens": 1, "details": {"x": 1}}}
     price_answer(body, "catalog-name", Usage(3, 4, estimated=True), Decimal("0.00001"))

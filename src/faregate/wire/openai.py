@@ -469,8 +469,17 @@ class StreamedAnswer:
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,
                 "total_tokens": usage.total_tokens,
+                # The output split the upstream reported (reasoning tokens), replayed on a hit.
+                **_output_details(self.usage_chunk),
             },
         }
+
+
+def _output_details(usage_chunk: JSON | None) -> JSON:
+    """The completion_tokens_details of a stream's usage chunk, as a field (none: nothing)."""
+    usage = usage_chunk.get("usage") if usage_chunk is not None else None
+    details = usage.get("completion_tokens_details") if isinstance(usage, dict) else None
+    return {"completion_tokens_details": details} if isinstance(details, dict) else {}
 
 
 def _calls_of(delta: JSON) -> JSON:
@@ -615,8 +624,18 @@ def usage_chunk(
 def free_answer(body: JSON, usage: Usage) -> JSON:
     """A kept answer served again (a cache hit): the same body, its usage at no cost, with its
     prompt-cache and audio parts (what the Messages and Responses wires read their input split
-    from: without them a hit told every prompt token as uncached input)."""
-    return {**body, "usage": usage_json(usage_with_parts(usage), usage, Decimal(0))}
+    from: without them a hit told every prompt token as uncached input), and the answer's own
+    output split (completion_tokens_details: a reasoning model's reasoning_tokens), not the rest
+    of what its upstream said (its own cost)."""
+    replayed = usage_with_parts(usage)
+    kept = body.get("usage")
+    details = kept.get("completion_tokens_details") if isinstance(kept, dict) else None
+    if isinstance(details, dict):
+        replayed["completion_tokens_details"] = {
+            **details,
+            **(replayed.get("completion_tokens_details") or {}),
+        }
+    return {**body, "usage": usage_json(replayed, usage, Decimal(0))}
 
 
 def answer_as_chunks(body: JSON, include_usage: bool) -> list[JSON]:
