@@ -119,13 +119,21 @@ class Writer:
     pending = 4
 
 
+class Settlements:
+    pending = 2
+    landed = 5
+    lost = 1
+
+
 def test_state_is_read_at_scrape_time() -> None:
     board = HealthBoard(BreakerSettings(consecutive_failures=2))
     board.success("sim/good", 120.0)
     board.failure("sim/bad")
     board.failure("sim/bad")
     firing = [("slow-chat", {"route": "chat"})]
-    metrics = GatewayMetrics(StateCollector(lambda: board, Counters(), Writer(), lambda: firing))
+    metrics = GatewayMetrics(
+        StateCollector(lambda: board, Counters(), Writer(), lambda: firing, settlements=Settlements())
+    )
     text = metrics.render().decode()
     assert value(text, "faregate_retries_total") == 3 and value(text, "faregate_fallbacks_total") == 2
     assert value(text, "faregate_breaker_state", offer="sim/bad", state="open") == 1
@@ -135,6 +143,39 @@ def test_state_is_read_at_scrape_time() -> None:
     assert value(text, "faregate_offer_latency_p99_seconds", offer="sim/good") == pytest.approx(0.12)
     assert value(text, "faregate_records_pending") == 4 and value(text, "faregate_records_dropped_total") == 1
     assert value(text, "faregate_alert_firing", alert="slow-chat", subject="route=chat") == 1
+    assert value(text, "faregate_settlements_pending") == 2
+    assert value(text, "faregate_settlements_recovered_total") == 5
+    assert value(text, "faregate_settlements_lost_total") == 1
+
+
+async def test_a_metered_gateway_exports_its_kept_settlements(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settlement counters /health shows (a store outage's kept settlements) are on /metrics
+    too, read from the gateway's own retry queue."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from faregate.config import load_settings
+    from faregate.server.app import build_gateway, create_app
+
+    monkeypatch.setenv("FAREGATE_MASTER_KEY", MASTER_KEY)
+    settings = load_settings(
+        overrides={
+            "store": {"path": str(tmp_path / "store")},
+            "catalog": {"broad": False},
+            "accounts": {"enabled": True},
+        }
+    )
+    gateway = await build_gateway(settings)
+    settlements = gateway.accounts.settlements
+    assert settlements is not None
+    settlements.landed, settlements.lost = 3, 1
+    async with TestClient(TestServer(create_app(gateway))) as client:
+        response = await client.get("/metrics", headers={"Authorization": f"Bearer {MASTER_KEY}"})
+        text = await response.text()
+    assert value(text, "faregate_settlements_pending") == 0
+    assert value(text, "faregate_settlements_recovered_total") == 3
+    assert value(text, "faregate_settlements_lost_total") == 1
 
 
 # -- GET /metrics on a real gateway -------------------------------------------------------------

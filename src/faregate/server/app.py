@@ -228,7 +228,13 @@ async def _build(settings: Settings, lifecycle: Lifecycle) -> Gateway:
 
         pipeline.verifier = await open_quality(planner, runner, backends, lifecycle, cache)
     observability = await Observability.open(
-        settings, backends.analytics, runner, records, pipeline.cascades, route_label=planner.route_label
+        settings,
+        backends.analytics,
+        runner,
+        records,
+        pipeline.cascades,
+        route_label=planner.route_label,
+        settlements=settlements,
     )
     if pipeline.verifier is not None:
         from faregate.quality.setup import attach_observability

@@ -66,6 +66,16 @@ class WriterSource(Protocol):
     def pending(self) -> int: ...
 
 
+class SettlementSource(Protocol):
+    """accounts.settle_retry.SettlementRetry: settlements a store outage held up."""
+
+    landed: int
+    lost: int
+
+    @property
+    def pending(self) -> int: ...
+
+
 @dataclass(slots=True)
 class _RequestSeries:
     """The children of one (route, model, provider, status, cache) combination."""
@@ -92,12 +102,14 @@ class StateCollector(Collector):
         writer: WriterSource | None = None,
         alerts: Callable[[], Iterable[tuple[str, dict[str, str]]]] | None = None,
         cascades: CascadeSource | None = None,
+        settlements: SettlementSource | None = None,
     ) -> None:
         self._health = health
         self._counters = counters
         self._writer = writer
         self._cascades = cascades
         self._alerts = alerts
+        self._settlements = settlements
 
     def collect(self) -> Iterable[Metric]:
         if self._counters is not None:
@@ -132,6 +144,8 @@ class StateCollector(Collector):
                 "Request records dropped because the store could not keep up.",
                 self._writer.dropped,
             )
+        if self._settlements is not None:
+            yield from self._settlement_metrics(self._settlements)
         if self._alerts is not None:
             firing = GaugeMetricFamily(
                 "faregate_alert_firing", "1 for each alert firing now.", labels=["alert", "subject"]
@@ -139,6 +153,24 @@ class StateCollector(Collector):
             for name, labels in self._alerts():
                 firing.add_metric([name, ",".join(f"{k}={v}" for k, v in sorted(labels.items()))], 1)
             yield firing
+
+    @staticmethod
+    def _settlement_metrics(settlements: SettlementSource) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "faregate_settlements_pending",
+            "Settlements the accounts store could not take yet (an outage), retried in the background.",
+            settlements.pending,
+        )
+        yield CounterMetricFamily(
+            "faregate_settlements_recovered",
+            "Settlements held up by an accounts store outage that landed later.",
+            settlements.landed,
+        )
+        yield CounterMetricFamily(
+            "faregate_settlements_lost",
+            "Settlements held up by an accounts store outage and given up: their holds expire uncharged.",
+            settlements.lost,
+        )
 
     @staticmethod
     def _breakers(snapshot: dict[str, dict[str, object]]) -> Iterable[Metric]:

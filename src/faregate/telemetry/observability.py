@@ -14,7 +14,13 @@ from faregate.routing.attempts import AttemptRunner
 from faregate.store.analytics import Analytics, FeedbackStore, Rollup
 from faregate.store.backends import AnalyticsStores
 from faregate.telemetry.alerts import AlertManager
-from faregate.telemetry.metrics import CascadeSource, GatewayMetrics, StateCollector, WriterSource
+from faregate.telemetry.metrics import (
+    CascadeSource,
+    GatewayMetrics,
+    SettlementSource,
+    StateCollector,
+    WriterSource,
+)
 from faregate.telemetry.tracing import RequestTracer
 from faregate.types import RequestRecord
 
@@ -93,6 +99,7 @@ class Observability:
         records: WriterSource,
         cascades: CascadeSource | None = None,
         route_label: Callable[[str | None], str] | None = None,
+        settlements: SettlementSource | None = None,
     ) -> Observability:
         """Metrics (and traces) always; the insights over the store's analytics side."""
         tracer = RequestTracer(settings.tracing) if settings.tracing.otlp_endpoint else None
@@ -103,6 +110,7 @@ class Observability:
             writer=records,
             cascades=cascades,
             alerts=insights.alerts.firing_labels,
+            settlements=settlements,
         )
         return cls(GatewayMetrics(collector, route_label), insights, tracer)
 
