@@ -362,3 +362,49 @@ def test_a_stream_that_ends_while_redis_is_down_is_still_charged(
             assert "settlements are kept in memory" in text, text[-5000:]
             assert "could not settle" not in text and "Traceback" not in text, text[-5000:]
             assert text.count("ledger shipping paused") == 1 and "ledger shipping resumed" in text
+
+
+async def test_a_lost_key_events_subscription_is_logged_once_and_its_return_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The subscription that carries revocations is made again every half second while Redis is
+    down: one line when it is lost and one when it is back, not a warning every attempt."""
+    import logging
+
+    from redis.asyncio import Redis
+
+    from faregate.accounts.shared import KeyEvents
+
+    caplog.set_level(logging.INFO, logger="faregate.accounts")
+    with restartable_redis() as server:
+        redis = Redis(host="127.0.0.1", port=server.port)
+        events = KeyEvents(redis, [])
+        attempts, wanted = 0, 0
+        retried = asyncio.Event()
+        make_pubsub = redis.pubsub
+
+        def counted_pubsub() -> Any:
+            nonlocal attempts
+            attempts += 1
+            if wanted and attempts >= wanted:
+                retried.set()
+            return make_pubsub()
+
+        redis.pubsub = counted_pubsub  # type: ignore[method-assign]
+        try:
+            await events.start()
+            assert events.ready.is_set()
+            server.kill()
+            events.ready.clear()
+            wanted = attempts + 3  # the lost subscription, then two reconnections that fail
+            async with asyncio.timeout(60):
+                await retried.wait()
+            server.start()
+            async with asyncio.timeout(60):
+                await events.ready.wait()  # subscribed again
+        finally:
+            await events.stop()
+            await redis.aclose()
+    said = [r.getMessage() for r in caplog.records if r.name == "faregate.accounts"]
+    assert sum("lost the Redis subscription" in line for line in said) == 1, said
+    assert sum("subscribed again" in line for line in said) == 1, said

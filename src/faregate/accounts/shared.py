@@ -67,6 +67,8 @@ class KeyEvents:
         # One subscription per round; a lost one is made again half a second later.
         self._loop = Periodic("key-events", 0.5, self._listen, run_first=True)
         self.ready = asyncio.Event()
+        # The subscription is lost and not made again yet: said once, not at every attempt.
+        self._lost = False
 
     def _tell(self, key_id: str) -> None:
         for listener in self.listeners:
@@ -86,6 +88,9 @@ class KeyEvents:
         pubsub = self.redis.pubsub()
         try:
             await pubsub.subscribe(KEY_EVENTS)
+            if self._lost:
+                self._lost = False
+                log.warning("key events: subscribed again; keys are read afresh from the store")
             self.ready.set()
             # Events may have been missed while (re)connecting: forget everything once.
             self._tell("")
@@ -93,7 +98,14 @@ class KeyEvents:
                 if message.get("type") == "message":
                     self._tell(str(message.get("data") or ""))
         except (RedisError, OSError) as exc:
-            log.warning("key events: lost the Redis subscription (%s); reconnecting", exc)
+            if not self._lost:
+                self._lost = True
+                log.warning(
+                    "key events: lost the Redis subscription (%s: %s); reconnecting (said again when "
+                    "it is back)",
+                    type(exc).__name__,
+                    exc,
+                )
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
