@@ -190,6 +190,14 @@ def test_cost_command_cache_rate_and_provider_comparison(app: typer.Typer, confi
     assert "500 billed" in halved.output
 
 
+def test_one_request_a_month_is_said_in_the_singular(app: typer.Typer, config: str) -> None:
+    one = run(app, "cost", "-n", "1", "-i", "1000", "-o", "500", "-m", "gpt-4o", "--config", config)
+    assert one.exit_code == 0, one.output
+    assert "1 request/month" in one.output and "requests/month" not in one.output
+    many = run(app, "cost", "-n", "2", "-i", "1000", "-o", "500", "-m", "gpt-4o", "--config", config)
+    assert "2 requests/month" in many.output
+
+
 def test_cost_command_rejects_unknown_models_and_bad_splits(app: typer.Typer, config: str) -> None:
     unknown = run(app, "cost", "-n", "1", "-i", "1", "-o", "1", "-m", "gpt-4oo", "--config", config)
     assert unknown.exit_code == 2

@@ -66,8 +66,9 @@ def _table(title: str, first: str, lines: list[tuple[str, Line]], baseline: Line
 
 
 def _describe(workload: Workload) -> str:
+    requests = "request" if workload.requests_per_month == 1 else "requests"
     text = (
-        f"{workload.requests_per_month:,} requests/month × ({workload.input_tokens:,} in + "
+        f"{workload.requests_per_month:,} {requests}/month × ({workload.input_tokens:,} in + "
         f"{workload.output_tokens:,} out) tokens"
     )
     if workload.cache_hit_rate:
