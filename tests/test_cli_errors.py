@@ -34,6 +34,8 @@ CASES = {
     ),
     "sizes not numbers": (["cache-eval", "--pairs", "pairs.csv", "--sizes", "0,lots"], "--sizes"),
     "bad sim script": (["sim", "--script", "unknown.yaml"], "unknown field"),
+    # -c, as for every other command that takes a config.
+    "bad sim config": (["sim", "-c", "unknown.yaml"], "unknown field `colour`"),
     "unreachable store": (
         ["serve", "-c", "unreachable.yaml"],
         "store unavailable: cannot connect to PostgreSQL",

@@ -22,7 +22,9 @@ def sim(
     ] = None,
     config: Annotated[
         Path | None,
-        typer.Option(help="Faregate config whose curated models /v1/models lists.", dir_okay=False),
+        typer.Option(
+            "--config", "-c", help="Faregate config whose curated models /v1/models lists.", dir_okay=False
+        ),
     ] = None,
 ) -> None:
     """Run the OpenAI-compatible provider simulator (scripted latency, answers and faults).
