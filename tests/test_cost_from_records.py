@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from faregate.cli.main import app
-from faregate.store.sqlite.store import SQLiteStore
+from faregate.store.sqlite.store import DB_FILENAME, SQLiteStore
 from faregate.types import RequestRecord
 
 SINCE, UNTIL = "2030-01-01T00:00:00", "2030-01-08T00:00:00"
@@ -101,11 +101,24 @@ def test_a_store_file_that_cannot_be_read_is_one_line_not_a_traceback(
     config.write_text(f"store: {{path: {str(store_dir)!r}}}\n")
     args = ["cost", "--from-records", "--since", SINCE, "--until", UNTIL, "-c", str(config)]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2, result.output
+    # A runtime failure, not a usage error: exit 1, as `faregate usage` and `keys` give.
+    assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit)  # no other exception escaped: no traceback
     assert result.output.startswith("faregate: ")
     assert said in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_no_store_is_said_as_usage_and_keys_say_it(tmp_path: Path) -> None:
+    # Run from the wrong directory: "no request records at ...", exit 2 (a usage error), where
+    # `faregate usage` and `keys list` say "no store at ... (store.path)", exit 1.
+    config = tmp_path / "faregate.yaml"
+    config.write_text(f"store: {{path: {str(tmp_path / 'store')!r}}}\n")
+    for args in (["cost", "--from-records"], ["usage"], ["keys", "list"]):
+        result = CliRunner().invoke(app, [*args, "-c", str(config)])
+        assert result.exit_code == 1, (args, result.output)
+        assert f"no store at {tmp_path / 'store' / DB_FILENAME} (store.path)" in result.output, args
+    assert not (tmp_path / "store").exists()
 
 
 def test_a_since_not_before_until_is_refused_as_in_usage(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import typer
 
-from faregate.cli.common import print_table
+from faregate.cli.common import print_table, require_store
 from faregate.cli.cost_records_table import render
 from faregate.cli.usage import parse_span
 from faregate.config import Settings
@@ -37,11 +37,13 @@ def cost_from_records(
 ) -> None:
     now = time.time()
     start, end = parse_span(since, until, now)
+    require_store(settings)
     try:
         traffic = asyncio.run(_read(settings, start, end))
     except StoreUnavailable as exc:
+        # A runtime failure (exit 1, as in `faregate usage`), not a usage error.
         typer.echo(f"faregate: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(1) from None
     if not traffic:
         typer.echo(f"no requests recorded from {_when(start)} to {_when(end)}")
         return
