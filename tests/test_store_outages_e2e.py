@@ -355,6 +355,7 @@ def test_a_stream_that_ends_while_redis_is_down_is_still_charged(
                 key_id = admin.get("/v1/me", headers={"Authorization": f"Bearer {key}"}).json()["id"]
                 rows = admin.get(f"/admin/keys/{key_id}/ledger").json()["data"]
                 audit = admin.get("/admin/audit").json()
+                metrics = admin.get("/metrics").text
             late = [r for r in rows if r["kind"] == "settlement" and "late" in (r["note"] or "")]
             assert len(late) == 1 and int(late[0]["amount_usd"].replace(".", "").lstrip("-0") or 0) > 0, rows
             assert audit["clean"] is True, audit
@@ -362,6 +363,8 @@ def test_a_stream_that_ends_while_redis_is_down_is_still_charged(
             assert "settlements are kept in memory" in text, text[-5000:]
             assert "could not settle" not in text and "Traceback" not in text, text[-5000:]
             assert text.count("ledger shipping paused") == 1 and "ledger shipping resumed" in text
+            assert text.count("key events: lost the Redis subscription") == 1, text[-5000:]
+            assert "faregate_settlements_recovered_total 1.0" in metrics.splitlines(), metrics
 
 
 async def test_a_lost_key_events_subscription_is_logged_once_and_its_return_once(
