@@ -490,6 +490,7 @@ def as_pattern(line: str) -> re.Pattern[str]:
         (r"fg\\-[\w\\-]+", r"fg-[\w-]+"),
         (r"key_[0-9a-f]+", r"key_[0-9a-f]+"),
         (r"127\\.0\\.0\\.1:\d+", r"127\.0\.0\.1:\d+"),
+        (r"msg_ID", r"msg_[0-9a-f]+"),
     ):
         pattern = re.sub(varying, lambda _m, w=wildcard: w, pattern)
     return re.compile(pattern)
@@ -555,3 +556,19 @@ def test_make_run_matches_the_readme_and_its_examples_answer(make_run: tuple[int
         assert result.returncode == 0, (curl, result.stderr)
         answer = json.loads(result.stdout)
         assert "error" not in answer, (curl, answer)
+        shown = shown_output(curl)
+        if shown is not None:  # what the README says it prints, ids aside
+            printed = result.stdout.strip()
+            assert any(as_pattern(line).fullmatch(printed) for line in shown), (curl, printed)
+
+
+def shown_output(curl: str) -> list[str] | None:
+    """The lines of the plain ``` block right after the ```sh block of `curl` in the README, if one
+    follows it at once (the answers it shows), with the ids of Anthropic messages as wildcards."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    end = text.index("```", text.index(curl)) + 3
+    if not text[end:].startswith("\n\n```\n"):
+        return None
+    start = end + len("\n\n```\n")
+    lines = text[start : text.index("```", start)].rstrip("\n").splitlines()
+    return [re.sub(r'"id":"msg_[0-9a-f]+"', '"id":"msg_ID"', line) for line in lines]
