@@ -50,3 +50,24 @@ def test_documented_config_loads(where: str, block: str, tmp_path: Path) -> None
         catalog = build_catalog(settings)
         check_alert_subjects(settings.alerts, settings.routes, catalog.canonical_name, catalog.suggest)
         check_route_ttls(settings.cache, settings.routes, catalog.canonical_name, catalog.suggest)
+
+
+def test_the_readme_table_of_providers_is_the_built_in_defaults() -> None:
+    """Every built-in provider is in the README's table, with the env var that enables it and
+    its base_url."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("| provider | enabled by | base_url |") :]
+    rows = table[: table.index("\n\n")].splitlines()[2:]
+    shown: dict[str, tuple[list[str], list[str]]] = {}
+    for row in rows:
+        names, enabled_by, urls = (cell.strip() for cell in row.strip("|").split("|"))
+        for name in re.findall(r"`(\w+)`", names):
+            shown[name] = (re.findall(r"`([A-Z_]+)`", enabled_by), re.findall(r"`(https?://[^`]+)`", urls))
+    providers = load_settings(None).providers
+    assert sorted(shown) == sorted(providers)
+    for name, provider in providers.items():
+        env_vars, urls = shown[name]
+        if provider.api_key_env is not None:
+            assert env_vars == [provider.api_key_env], name
+        if name != "sim":
+            assert provider.base_url in urls, name
