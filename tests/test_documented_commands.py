@@ -104,6 +104,9 @@ QUICK: dict[str, Quick] = {
         run="! faregate usage --since 7d --by model", expect="no store at .faregate/faregate.db"
     ),
     "faregate usage --by wire": Quick(expect="No requests recorded"),
+    "faregate usage --by key": Quick(expect="No requests recorded"),
+    # Listening on every interface is not done on a shared machine: its option is checked.
+    "faregate serve --host 0.0.0.0": Quick(run="faregate serve --help", expect="--host"),
     "faregate keys create --name backend": Quick(expect="Store it now"),
     "faregate keys list": Quick(expect="backend"),
     "faregate keys revoke backend": Quick(expect="Revoked"),
