@@ -461,6 +461,49 @@ async def test_the_error_rate_is_of_the_requests_taken_on_not_of_refusals(tmp_pa
         await store.close()
 
 
+async def test_the_fallback_rate_is_of_the_requests_taken_on_not_of_refusals(
+    tmp_path: Path, hook: Hook
+) -> None:
+    """Half the requests the gateway served fell back to another offer, while a client looped on
+    its rate limit (429s): the fallback rate was over every request, refusals included, so the
+    flood diluted it to 5% and the rule never fired, where the error rate is over the requests
+    taken on. A request that fell back and still ended in a 4xx (the last upstream refused the
+    input) is a refusal too, in neither count."""
+    store = await SQLiteStore.open(tmp_path)
+    fell_back = [Attempt("m1", "p1", "timeout", 900.0), Attempt("m2", "p2", "ok", 100.0)]
+    served = [rec(i, NOW - 60, attempts=fell_back if i % 2 else None) for i in range(10)]
+    for r in served:
+        r.attempts = r.attempts or [Attempt("m1", "p1", "ok", 90.0)]
+    refused = [
+        rec(100 + i, NOW - 50, status=429, provider=None, model_used=None, attempts=[], cost_usd=Decimal(0))
+        for i in range(90)
+    ]
+    rejected = [Attempt("m1", "p1", "server_error", 90.0), Attempt("m2", "p2", "rejected", 90.0, status=400)]
+    refused.append(rec(300, NOW - 50, status=400, model_used=None, attempts=rejected, cost_usd=Decimal(0)))
+    await store.insert_records(served + refused)
+    analytics = await SQLiteAnalytics.open(store.path)
+    rule = AlertRule(name="falling-back", metric="fallback_rate", above=20, min_count=10)
+    settings = AlertSettings(
+        interval_s=0.05, webhook=WebhookSettings(url=hook.url, timeout_s=2), rules=[rule]
+    )
+    alerts = AlertManager(settings, analytics)
+    try:
+        (fired,) = await alerts.evaluate(NOW)
+        assert fired["value"] == 50.0
+        assert fired["message"].startswith("falling-back: fallback rate is 50.0% (above 20.0%)")
+        # min_count counts the requests taken on, as for the error rate.
+        only_refused = AlertRule(name="quiet", metric="fallback_rate", above=20, min_count=11)
+        quiet = AlertManager(AlertSettings(interval_s=0.05, rules=[only_refused]), analytics)
+        try:
+            assert await quiet.evaluate(NOW) == []
+        finally:
+            await quiet.close()
+    finally:
+        await alerts.close()
+        await analytics.close()
+        await store.close()
+
+
 async def test_an_unreadable_memory_does_not_stop_the_alerts(analytics: SQLiteAnalytics, hook: Hook) -> None:
     """A remembered alert this version cannot read (another version's, or edited by hand) is not a
     reason to stop alerting: the rules are evaluated afresh."""

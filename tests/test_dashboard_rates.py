@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from faregate.config import load_settings
 from faregate.server.app import build_gateway, create_app
 from faregate.store.sqlite.store import SQLiteStore
-from faregate.types import RequestRecord
+from faregate.types import Attempt, RequestRecord
 from harness import MASTER_KEY
 
 ADMIN = {"Authorization": f"Bearer {MASTER_KEY}"}
@@ -56,3 +56,39 @@ async def test_refusals_are_left_out_of_the_error_rate(
         assert by_provider["p"]["error_rate"] == 25.0
         # Requests that were all refused have no error rate to speak of.
         assert by_provider[None]["error_rate"] is None
+
+
+async def test_fallback_and_retry_rates_are_of_the_requests_taken_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the error rate: a client's flood of 4xx refusals diluted the fallback and retry rates (a
+    quarter of the served requests falling back read as 5%). A request that fell back and still
+    ended in a 4xx (the last upstream refused the input) is a refusal, in neither count."""
+    monkeypatch.setenv("FAREGATE_MASTER_KEY", MASTER_KEY)
+    settings = load_settings(overrides={"store": {"path": str(tmp_path)}, "catalog": {"broad": False}})
+    store = await SQLiteStore.open(tmp_path)
+    records = [record(n, s) for n, s in enumerate([200, 200, 200, 502] + [429] * 15)]
+    records[0].attempts = [Attempt("A", "p", "server_error", 5.0), Attempt("A", "q", "ok", 5.0)]
+    records[1].attempts = [Attempt("A", "p", "server_error", 5.0), Attempt("A", "p", "ok", 5.0)]
+    refused = record(99, 400)
+    refused.attempts = [
+        Attempt("A", "p", "server_error", 5.0), Attempt("A", "p", "server_error", 5.0),
+        Attempt("A", "q", "rejected", 5.0, status=400),
+    ]  # fmt: skip
+    await store.insert_records([*records, refused])
+    await store.close()
+    gateway = await build_gateway(settings)
+    span = {"since": AT - 10, "until": AT + 10}
+
+    async def get(path: str, **params: Any) -> dict[str, Any]:
+        response = await client.get(f"/admin/dashboard/{path}", params={**span, **params}, headers=ADMIN)
+        assert response.status == 200, await response.text()
+        return dict(await response.json())
+
+    async with TestClient(TestServer(create_app(gateway))) as client:
+        summary = await get("summary")
+        assert (summary["requests"], summary["client_errors"]) == (20, 16)
+        assert (summary["fallbacks"], summary["retried"]) == (1, 1)
+        assert (summary["fallback_rate"], summary["retry_rate"]) == (25.0, 25.0)  # of the 4 taken on
+        (row,) = [r for r in (await get("reliability", by="key"))["rows"] if r["group"] == "k"]
+        assert (row["fallback_rate"], row["retry_rate"]) == (25.0, 25.0)

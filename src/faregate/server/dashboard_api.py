@@ -224,14 +224,16 @@ class DashboardApi:
         totals = await self.analytics.totals(s)
         overall = await self.analytics.reliability(s, None)
         reliability = overall[0] if overall else None
-        requests = totals.requests
+        # Of the requests taken on, as the error rate (totals_json): a flood of a client's 4xx
+        # refusals diluted them.
+        taken_on = totals.requests - totals.client_errors
         body = {
             "baseline_model": self.gateway.settings.baseline_model,
             **totals_json(totals),
             "fallbacks": reliability.fallbacks if reliability else 0,
-            "fallback_rate": _rate(reliability.fallbacks, requests) if reliability else None,
+            "fallback_rate": _rate(reliability.fallbacks, taken_on) if reliability else None,
             "retried": reliability.retried if reliability else 0,
-            "retry_rate": _rate(reliability.retried, requests) if reliability else None,
+            "retry_rate": _rate(reliability.retried, taken_on) if reliability else None,
         }
         return self.reply(s, body)
 
@@ -271,8 +273,8 @@ class DashboardApi:
                 "errors": r.errors,
                 "error_rate": _rate(r.errors, r.taken_on),
                 "empty_rate": _rate(r.empty_responses, r.requests),
-                "fallback_rate": _rate(r.fallbacks, r.requests),
-                "retry_rate": _rate(r.retried, r.requests),
+                "fallback_rate": _rate(r.fallbacks, r.taken_on),
+                "retry_rate": _rate(r.retried, r.taken_on),
             }
             for r in await self.analytics.reliability(s, by)
         ]

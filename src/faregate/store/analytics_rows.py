@@ -104,6 +104,7 @@ class ReliabilityRow:
     requests: int = 0
     errors: int = 0
     empty_responses: int = 0
+    # Among the requests taken on (a 4xx is a refusal, whatever was tried before it):
     fallbacks: int = 0  # requests answered (or failed) by another offer than the first one tried
     retried: int = 0  # requests that called the same offer again
     failed_attempts: dict[str, int] = field(default_factory=dict)  # outcome -> count
@@ -111,7 +112,8 @@ class ReliabilityRow:
 
     @property
     def taken_on(self) -> int:
-        """The requests the gateway took on: all but its 4xx refusals (error_rate's denominator)."""
+        """The requests the gateway took on: all but its 4xx refusals (the denominator of the error,
+        fallback and retry rates)."""
         return self.requests - self.client_errors
 
 

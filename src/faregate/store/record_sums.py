@@ -47,6 +47,14 @@ TOTAL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("cache_saved_nanousd", f"CASE WHEN {CACHE_HIT} THEN baseline_cost_nanousd - cost_nanousd ELSE 0 END"),
     ("empty_responses", "empty_response"),
 )
+# A fallback and a retry (worked out when the record is made: store/rows.py, attempt_summary) among
+# the requests taken on: one that still ended in a 4xx (the last upstream refused the input) is a
+# refusal, out of the rates as it is out of the error rate's (ReliabilityRow.taken_on).
+_TAKEN_ON = "NOT (status >= 400 AND status < 500)"
+EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("fallbacks", f"CASE WHEN {_TAKEN_ON} THEN fell_back ELSE 0 END"),
+    ("retried", f"CASE WHEN {_TAKEN_ON} THEN retried ELSE 0 END"),
+)
 # The rollup's dimensions: '' (every record) and one per group.
 ROLLUP_DIMS: tuple[tuple[str, str], ...] = (("", "''"), *((d, s.format(t="")) for d, s in GROUP_SQL.items()))
 

@@ -88,13 +88,11 @@ async def _measure_records(rule: AlertRule, analytics: Analytics, now: float) ->
     if rule.metric in ("error_rate", "fallback_rate"):
         out = []
         for r in await analytics.reliability(s, per):
-            # Errors among the requests taken on: a flood of a client's 4xx refusals (a loop on
-            # its rate limit) diluted an upstream's outage below the threshold.
-            events, among = (
-                (r.errors, r.taken_on) if rule.metric == "error_rate" else (r.fallbacks, r.requests)
-            )
-            if among:
-                out.append(Measurement(r.group, 100.0 * events / among, among))
+            # Errors and fallbacks among the requests taken on: a flood of a client's 4xx
+            # refusals (a loop on its rate limit) diluted an upstream's outage below the threshold.
+            events = r.errors if rule.metric == "error_rate" else r.fallbacks
+            if r.taken_on:
+                out.append(Measurement(r.group, 100.0 * events / r.taken_on, r.taken_on))
         return out
     if rule.metric == "satisfaction":
         return [

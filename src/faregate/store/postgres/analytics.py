@@ -23,8 +23,9 @@ import asyncpg
 from faregate.store.analytics_queries import AnalyticsQueries, Dialect, Part
 from faregate.store.postgres.errors import unavailable_errors
 from faregate.store.postgres.pool import create_pool
-from faregate.store.postgres.rollup import EVENT_COLUMNS, EVENTFUL, FAILED_ATTEMPTS, PENDING
+from faregate.store.postgres.rollup import EVENTFUL, FAILED_ATTEMPTS, PENDING
 from faregate.store.protocols import StoreUnavailable
+from faregate.store.record_sums import EVENT_COLUMNS
 
 POOL_SIZE = 4
 # Collations whose lower case is libc's towlower (or the same simple mapping) of each character, as

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from faregate.store.postgres.errors import unavailable_errors
-from faregate.store.record_sums import CHUNK, GROUP_SQL, HOUR, ROLLUP_DIMS, TOTAL_COLUMNS
+from faregate.store.record_sums import CHUNK, EVENT_COLUMNS, GROUP_SQL, HOUR, ROLLUP_DIMS, TOTAL_COLUMNS
 from faregate.types import ANSWERED_OUTCOMES
 
 LOCK = "hashtext('faregate-dashboard-rollup')"
@@ -31,9 +31,6 @@ ANSWERED = "(" + ", ".join(f"'{o}'" for o in ANSWERED_OUTCOMES) + ")"
 # Word for word the condition of the partial index request_records_eventful (migration 9), so
 # the planner uses it: the few records whose attempts say something.
 EVENTFUL = "(attempt_count > 1 OR status >= 500)"
-# As in store/sqlite/rollup.py: whether a record fell back or retried is worked out when it is made
-# (store/rows.py: attempt_summary), so only the failed attempts' rows parse the JSON.
-EVENT_COLUMNS: tuple[tuple[str, str], ...] = (("fallbacks", "fell_back"), ("retried", "retried"))
 # One row per failed attempt of the eventful records of request_records matching `{where}`, with
 # `{t}` as a fourth column (`1 AS attempts` when counting them).
 FAILED_ATTEMPTS = (

@@ -27,8 +27,8 @@ import aiosqlite
 
 from faregate.store.analytics_queries import AnalyticsQueries, Dialect, Part
 from faregate.store.protocols import StoreUnavailable
+from faregate.store.record_sums import EVENT_COLUMNS
 from faregate.store.sqlite.rollup import (
-    EVENT_COLUMNS,
     EVENTFUL,
     FAILED_ATTEMPT_GROUP,
     FAILED_ATTEMPTS_FROM,

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiosqlite
 
 from faregate.store.protocols import StoreUnavailable
-from faregate.store.record_sums import CHUNK, HOUR, ROLLUP_DIMS, TOTAL_COLUMNS
+from faregate.store.record_sums import CHUNK, EVENT_COLUMNS, HOUR, ROLLUP_DIMS, TOTAL_COLUMNS
 from faregate.store.sqlite.store import BUSY_TIMEOUT_MS
 from faregate.types import ANSWERED_OUTCOMES
 
@@ -30,10 +30,6 @@ STATE_NAME = "hourly"
 EVENTFUL = "(attempt_count > 1 OR status >= 500)"
 # Calls that answered: the served one, a cascade step its judge refused, an LLM judge's call.
 _ANSWERED = "(" + ", ".join(f"'{o}'" for o in ANSWERED_OUTCOMES) + ")"
-# A fallback (an offer failed and another one served) and a retry (a failed attempt followed by
-# one on the same offer): worked out when the record is made (store/rows.py: attempt_summary),
-# so no query parses the attempts JSON of every record.
-EVENT_COLUMNS: tuple[tuple[str, str], ...] = (("fallbacks", "fell_back"), ("retried", "retried"))
 
 
 def _insert_sql(dim: str, group: str) -> str:
