@@ -177,6 +177,25 @@ def test_show_says_when_a_key_was_revoked_in_utc(app: typer.Typer, config: str) 
     )
 
 
+def test_a_revoked_key_takes_no_credits_nor_policy_change(app: typer.Typer, config: str) -> None:
+    """A revocation is final: credits added to a revoked key could never be spent, and a budget or
+    limit set on it never applies, so either is an operator's mistake (the wrong key of two with
+    one name, say). Both were accepted and printed as done; now each is refused, exit 1, and
+    nothing changes. Renaming it changes no money and stays allowed."""
+    run(app, "keys", "create", "--name", "gone", "--credits", "5", "--config", config)
+    run(app, "keys", "revoke", "gone", "--config", config)
+    added = run(app, "credits", "add", "gone", "10", "--config", config)
+    assert added.exit_code == 1, added.output
+    assert "is revoked" in added.output and "no credits" in added.output, added.output
+    updated = run(app, "keys", "update", "gone", "--budget", "day=2", "--config", config)
+    assert updated.exit_code == 1, updated.output
+    assert "is revoked" in updated.output, updated.output
+    shown = run(app, "keys", "show", "gone", "--config", config)
+    assert "balance   $5 " in shown.output and "budget" not in shown.output, shown.output
+    renamed = run(app, "keys", "update", "gone", "--name", "gone-old", "--config", config)
+    assert renamed.exit_code == 0, renamed.output
+
+
 @pytest.mark.parametrize(
     ("spec", "said"),
     [

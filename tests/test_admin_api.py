@@ -141,6 +141,30 @@ async def test_key_lifecycle_credits_budgets_and_limits(client: TestClient[Any, 
     assert audit["clean"] is True and audit["entries"] == 2
 
 
+async def test_a_revoked_key_takes_no_credits_nor_policy_change(client: TestClient[Any, Any]) -> None:
+    """A revoked key is final: a top-up to it could never be spent, a budget or limit on it never
+    applies. Both answered 200 as if done; now each is a 409 that says why, and nothing changes
+    (the ledger keeps its one grant row). A rename alone changes no money and stays allowed."""
+    created = await client.post("/admin/keys", json={"name": "gone", "credits_usd": "5"}, headers=ADMIN)
+    key_id = (await created.json())["id"]
+    assert (await client.delete(f"/admin/keys/{key_id}", headers=ADMIN)).status == 200
+    topup = await client.post(f"/admin/keys/{key_id}/credits", json={"amount_usd": "10"}, headers=ADMIN)
+    error = (await topup.json())["error"]
+    assert topup.status == 409, error
+    assert error["code"] == "key_revoked" and f"{key_id} (gone) is revoked" in error["message"], error
+    patched = await client.patch(
+        f"/admin/keys/{key_id}", json={"max_request_usd": "1", "name": "x"}, headers=ADMIN
+    )
+    error = (await patched.json())["error"]
+    assert patched.status == 409 and error["code"] == "key_revoked", error
+    shown = await (await client.get(f"/admin/keys/{key_id}", headers=ADMIN)).json()
+    assert (shown["name"], shown["balance_usd"], shown["limits"]["max_request_usd"]) == ("gone", "5", None)
+    ledger = await (await client.get(f"/admin/keys/{key_id}/ledger", headers=ADMIN)).json()
+    assert [row["kind"] for row in ledger["data"]] == ["grant"], ledger
+    renamed = await client.patch(f"/admin/keys/{key_id}", json={"name": "gone-old"}, headers=ADMIN)
+    assert renamed.status == 200 and (await renamed.json())["name"] == "gone-old"
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "param"),
     [

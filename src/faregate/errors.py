@@ -75,6 +75,13 @@ class NotFound(FaregateError):
     type = "invalid_request_error"
 
 
+class Conflict(FaregateError):
+    """The request is well formed but the resource's state refuses it (a revoked key's credits)."""
+
+    status = 409
+    type = "invalid_request_error"
+
+
 class ModelNotFound(NotFound):
     code = "model_not_found"
 

@@ -27,10 +27,10 @@ from faregate.accounts.policy import (
     limits_for,
 )
 from faregate.config import AccountsSettings
-from faregate.errors import InvalidRequest, NotFound
+from faregate.errors import Conflict, InvalidRequest, NotFound
 from faregate.store.holds import HoldRow, InstanceRow, new_entry_id
 from faregate.store.outage import is_outage
-from faregate.store.protocols import AccountRow, BalanceCapExceeded, LedgerRow, PolicyValues
+from faregate.store.protocols import AccountRow, BalanceCapExceeded, KeyRow, LedgerRow, PolicyValues
 
 log = logging.getLogger("faregate.accounts")
 
@@ -191,8 +191,13 @@ class AccountsService:
 
     async def update(self, key_id: str, change: PolicyChange, name: str | None = None) -> KeyView:
         account = await self.table.get_account(key_id)
-        if account is None:
+        row = await self.table.get_key(key_id)
+        if account is None or row is None:
             raise NotFound(f"No key with id {key_id!r}.", code="key_not_found")
+        if not change.empty and row.revoked_at is not None:
+            # Limits and budgets of a key that can make no request: a mistake (the wrong key of
+            # two with one name), said so rather than done. A rename alone changes nothing it can do.
+            raise _revoked(row, "its limits and budgets are not changed")
         if name is not None:
             name = name.strip()
             if not name or len(name) > 100:
@@ -234,6 +239,9 @@ class AccountsService:
         row = await self.table.get_key(key_id)
         if row is None:
             raise NotFound(f"No key with id {key_id!r}.", code="key_not_found")
+        if row.revoked_at is not None:
+            # A revocation is final: credits added now could never be spent.
+            raise _revoked(row, "it takes no credits (they could never be spent)")
         if note is not None and len(note) > 500:
             raise InvalidRequest("a note is at most 500 characters", param="note")
         try:
@@ -307,3 +315,14 @@ class AccountsService:
         if name is not None:
             self.keys.clear_cache()
         await self.backend.key_changed(key_id)
+
+
+def _revoked(row: KeyRow, refused: str) -> Conflict:
+    """The refusal of a change to a revoked key (409): a revocation is final."""
+    assert row.revoked_at is not None
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row.revoked_at))
+    return Conflict(
+        f"The key {row.id} ({row.name}) is revoked (since {when} UTC): {refused}. A revocation is "
+        "final; create a new key instead.",
+        code="key_revoked",
+    )

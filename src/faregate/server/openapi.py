@@ -510,7 +510,7 @@ def openapi_document(limits: LimitsSettings | None = None) -> dict[str, Any]:
                 "security": master,
                 "parameters": [key_id],
                 "requestBody": _json_body(_ref("KeyUpdate")),
-                "responses": _answers(*admin_errors),
+                "responses": _answers(*admin_errors, 409),  # 409: a revoked key's policy
             },
             "delete": {"security": master, "parameters": [key_id], "responses": _answers(*admin_errors)},
         },
@@ -522,7 +522,7 @@ def openapi_document(limits: LimitsSettings | None = None) -> dict[str, Any]:
                 "security": master,
                 "parameters": [key_id],
                 "requestBody": _json_body(_ref("Credits")),
-                "responses": _answers(*admin_errors),
+                "responses": _answers(*admin_errors, 409),  # 409: a revoked key
             }
         },
         "/admin/keys/{key_id}/reservations": {
