@@ -692,6 +692,77 @@ async def test_a_kept_answer_replayed_as_a_stream_carries_all_it_said(harness: H
     assert choices[-1]["finish_reason"] == "function_call"
 
 
+async def _stored(harness: Harness) -> None:
+    """The background cache writes begun so far have landed."""
+    cache = harness.pipeline.cache
+    assert cache is not None
+    while cache._tasks:
+        await asyncio.gather(*list(cache._tasks))
+
+
+def _said(raw: bytes) -> str:
+    return str(orjson.loads(raw)["choices"][0]["message"]["content"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_fallbacks_answer_is_served_but_not_kept_for_the_route(
+    harness: Harness, stream: bool
+) -> None:
+    """The route's first model failed and its fallback answered: that answer was kept under the
+    route, and served for the whole TTL after the first model was back (often a weaker or another
+    model's answer, for an hour). It is served, not kept; the route's own model's answer is."""
+    ask = {"model": "pair", "temperature": 0, **ASK}
+    harness.a.outcomes = [UpstreamFailure("server_error", "HTTP 500", status=500), answer("cheap says 42")]
+    harness.b.outcomes = [
+        [chunk({"role": "assistant", "content": "strong says 42"}), chunk({}, "stop"), WHOLE_STREAM[-1]]
+        if stream
+        else answer("strong says 42")
+    ]
+    status, headers, _ = await harness.post({**ask, "stream": stream})
+    assert status == 200 and headers["x-faregate-model"] == "strong"
+    await _stored(harness)
+    status, headers, raw = await harness.post(ask)
+    assert (headers["x-faregate-cache"], headers["x-faregate-model"]) == ("miss", "cheap")
+    assert _said(raw) == "cheap says 42"
+    await _stored(harness)
+    status, headers, raw = await harness.post(ask)
+    assert headers["x-faregate-cache"] == "hit" and _said(raw) == "cheap says 42"
+
+
+async def test_an_answer_from_past_a_model_whose_breakers_are_open_is_not_kept(harness: Harness) -> None:
+    """The route's first model was left out of the plan (its breaker open): the fallback answered
+    without a failed call in the record, and was kept all the same."""
+    health = harness.pipeline.planner.health
+    (offer,) = harness.pipeline.planner.catalog.get("cheap").offers  # type: ignore[union-attr]
+    for _ in range(5):
+        health.failure(offer.key, "key_1")
+    assert not health.usable(offer.key, api_key="key_1")
+    harness.b.outcomes = [answer("strong says 42")]
+    ask = {"model": "pair", "temperature": 0, **ASK}
+    status, headers, _ = await harness.post(ask)
+    assert status == 200 and headers["x-faregate-model"] == "strong"
+    await _stored(harness)
+    assert harness.pipeline.cache is not None and harness.pipeline.cache.writes == 0
+    # A model named alone has no fallback model: another offer of it is the same model's answer.
+    harness.b.outcomes = [answer("strong says 42")]
+    await harness.post({"model": "strong", "temperature": 0, **ASK})
+    await _stored(harness)
+    assert harness.pipeline.cache.writes == 1
+
+
+async def test_a_cascades_escalated_answer_is_the_routes_own_and_kept(harness: Harness) -> None:
+    """A cascade's later step answering after its judge refused the first is the route at work,
+    not a fallback: kept, and served to the next request free."""
+    harness.a.outcomes = [answer("it is a big number", Usage(10, 5))]
+    harness.b.outcomes = [answer("42")]
+    ask = {"model": "cascade", "temperature": 0, **ASK}
+    status, headers, _ = await harness.post(ask)
+    assert status == 200 and headers["x-faregate-model"] == "strong"
+    await _stored(harness)
+    status, headers, raw = await harness.post(ask)
+    assert headers["x-faregate-cache"] == "hit" and _said(raw) == "42"
+
+
 # -- a cascade ------------------------------------------------------------------------------------
 
 

@@ -29,6 +29,9 @@ class Rejections:
     cost: list[str] = field(default_factory=list)
     unavailable: list[str] = field(default_factory=list)
     breaker: list[str] = field(default_factory=list)
+    # Where in the plan (the count of candidates planned before) each model every offer of which
+    # had its breaker open would have been: Plan.passed_over.
+    passed_over: list[int] = field(default_factory=list)
 
 
 def _room(model: Model, request: ChatRequest, rejected: Rejections) -> tuple[int, int | None] | None:

@@ -10,7 +10,7 @@ serve the request are never tried; if none can, the client is told why, model by
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -35,7 +35,7 @@ from faregate.routing.estimate import PromptSize
 from faregate.routing.health import HealthBoard
 from faregate.routing.routes import Hints, RouteBook, RouteTrace, Step, parse_hints
 from faregate.routing.tier_offers import TierOfferMemo
-from faregate.types import ChatRequest, Price
+from faregate.types import Attempt, ChatRequest, Price
 
 if TYPE_CHECKING:
     from faregate.routing.policies import CascadePolicy
@@ -72,6 +72,28 @@ class Plan:
     # A route's own rubric, in UTF-8 bytes (a bound on its tokens): the judge is shown it beside
     # the question and the answer, and worst_case.JUDGE_PROMPT_TOKENS allows for the default only.
     judge_rubric_tokens: int = 0
+    # The places (candidates planned before) of the models left out because the breaker of every
+    # offer was open: a candidate at or past one is not the route's own choice but its fallback.
+    passed_over: list[int] = field(default_factory=list)
+
+    def own_choice(self, model: str, attempts: Sequence[Attempt]) -> bool:
+        """Whether `model`'s answer, after these calls, is the one the route gives when every
+        upstream is well (what the cache may keep for it): `model` is the first model of its step
+        (of the plan; of a cascade's step), and the steps before it were each answered by their
+        own first model and escalated; no model was passed over ahead of it for its open breakers,
+        and every call went to one of those models (a failed call on another offer of the same
+        model is no matter: the same model answers). A fallback's answer is served, not kept:
+        kept, it would be served for the whole TTL after the route's own model is back."""
+        firsts = [stage[0].model.name for stage in self.stages or [self.candidates] if stage]
+        if model not in firsts:
+            return False
+        step = firsts.index(model)
+        place = sum(len(stage) for stage in self.stages[:step]) if self.stages else 0
+        if any(at <= place for at in self.passed_over):
+            return False
+        escalated = [a.model for a in attempts if a.outcome == "escalated"]
+        called = {a.model for a in attempts if a.outcome != "judge"}
+        return escalated == firsts[:step] and called <= set(firsts[: step + 1])
 
     def stage(self, index: int) -> Plan:
         """One cascade step as a plan of its own (its candidates are that step's fallbacks)."""
@@ -254,10 +276,14 @@ class Planner:
         seen: set[str] = set()
         candidates: list[Candidate] = []
         for steps, settings in entries:
-            candidates += await self._candidates(steps, request, prompt, hints, settings, rejected, seen)
+            candidates += await self._candidates(
+                steps, request, prompt, hints, settings, rejected, seen, len(candidates)
+            )
         if not candidates:
             await refuse(rejected, prompt)
-        return Plan(route=route, candidates=candidates, prompt=prompt, hints=hints, trace=trace)
+        plan = Plan(route=route, candidates=candidates, prompt=prompt, hints=hints, trace=trace)
+        plan.passed_over = rejected.passed_over
+        return plan
 
     async def _plan_cascade(
         self, route: str, cascade: CascadePolicy, request: ChatRequest, prompt: PromptSize, hints: Hints
@@ -270,13 +296,15 @@ class Planner:
         stages: list[list[Candidate]] = []
         for item in chain_steps(cascade.settings.steps):
             steps = await self._steps(item, request, prompt, hints, trace)
-            stage = await self._candidates(steps, request, prompt, hints, settings, rejected, seen)
+            planned = sum(len(s) for s in stages)
+            stage = await self._candidates(steps, request, prompt, hints, settings, rejected, seen, planned)
             if stage:
                 stages.append(stage)
         chain: list[Step] = []
         for item in chain_steps(settings.chain):
             chain += await self._steps(item, request, prompt, hints, trace)
-        fallback = await self._candidates(chain, request, prompt, hints, settings, rejected, seen)
+        planned = sum(len(s) for s in stages)
+        fallback = await self._candidates(chain, request, prompt, hints, settings, rejected, seen, planned)
         if fallback:
             # The route's own chain backs up the last step (it is never judged).
             if stages:
@@ -287,8 +315,11 @@ class Planner:
             await refuse(rejected, prompt)
         candidates = [c for stage in stages for c in stage]
         if len(stages) == 1:
-            return Plan(route=route, candidates=candidates, prompt=prompt, hints=hints, trace=trace)
+            plan = Plan(route=route, candidates=candidates, prompt=prompt, hints=hints, trace=trace)
+            plan.passed_over = rejected.passed_over
+            return plan
         plan = Plan(route, candidates, prompt, hints, trace, stages, cascade)
+        plan.passed_over = rejected.passed_over
         llm = cascade.settings.judge.llm
         if llm is not None:
             plan.judge_price, plan.judge_max_tokens = self._dearest_price(llm.model), llm.max_tokens
@@ -297,7 +328,8 @@ class Planner:
         if cap is not None and not await _cascade_within_cap(plan, request, prompt, cap):
             # Each candidate is within the cap but every step plus the judge is not: the cascade
             # is skipped, as for a stream (`streams: cheapest`): one call, the cheapest step first.
-            return Plan(route=route, candidates=candidates, prompt=prompt, hints=hints, trace=trace)
+            plan = Plan(route=route, candidates=candidates, prompt=prompt, hints=hints, trace=trace)
+            plan.passed_over = rejected.passed_over
         return plan
 
     def dearest_price(self, name: str) -> Price:
@@ -337,8 +369,10 @@ class Planner:
         route_settings: RouteSettings | None,
         rejected: Rejections,
         seen: set[str],
+        planned: int = 0,
     ) -> list[Candidate]:
-        """The offers of every step that can serve the request, in order (a model only once)."""
+        """The offers of every step that can serve the request, in order (a model only once);
+        `planned`: the candidates planned before these (where a model passed over would be)."""
         route_cap = _cap(hints, route_settings)
         p99_limit = route_settings.failover_p99_ms if route_settings else None
         by_latency = route_settings is not None and route_settings.offer_choice == "latency"
@@ -356,9 +390,12 @@ class Planner:
                 fit = await fits(model, request, prompt, rejected)
             if not fit:
                 continue
+            unhealthy = len(rejected.breaker)
             offers = self._order_offers(
                 model, rejected, by_latency, p99_limit, request.premium, request.key_id, (request, prompt)
             )
+            if len(rejected.breaker) > unhealthy:
+                rejected.passed_over.append(planned + len(candidates))
             if offers:
                 offers = await offers_that_fit(model, offers, request, prompt, rejected)
             if cap is not None and offers:

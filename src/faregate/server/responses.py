@@ -254,7 +254,8 @@ class Responder:
     def _remember(self, exchange: Exchange, candidate: Candidate, body: JSON | None, usage: Usage) -> None:
         """Keep a whole answer whose usage the provider reported (an estimate is not kept), and
         that says something (one cut blank at max_tokens is served, not kept for others) and came
-        out whole (one its provider ended with `error` or `content_filter` is served, not kept)."""
+        out whole (one its provider ended with `error` or `content_filter` is served, not kept),
+        from the route's own model, not a fallback's (Plan.own_choice)."""
         if (
             self.cache is not None
             and exchange.cache is not None
@@ -262,6 +263,8 @@ class Responder:
             and not usage.estimated
             and not answer_is_empty(body)
             and not ended_unfinished(body)
+            and exchange.plan is not None
+            and exchange.plan.own_choice(candidate.model.name, exchange.record.attempts)
         ):
             model, provider = candidate.model.name, candidate.offer.provider
             self.cache.remember(exchange.cache, exchange.request, body, model, provider, usage)
