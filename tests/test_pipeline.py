@@ -763,6 +763,34 @@ async def test_a_cascades_escalated_answer_is_the_routes_own_and_kept(harness: H
     assert headers["x-faregate-cache"] == "hit" and _said(raw) == "42"
 
 
+async def test_a_route_pointed_at_another_model_is_not_served_the_old_models_answers(
+    harness: Harness,
+) -> None:
+    """The operator points a route at another model (a restart with the new configuration; the
+    cache, in Redis, outlives it): the answers its old model gave were served under the route's
+    name for their whole TTL. A route's entries are keyed by its definition too."""
+    ask = {"model": "pair", "temperature": 0, **ASK}
+    harness.a.outcomes = [answer("cheap says 42")]
+    await harness.post(ask)
+    await _stored(harness)
+    old = harness.pipeline.planner
+    routes = parse_settings(
+        {"providers": PROVIDERS, "models": MODELS, "routes": {**ROUTES, "pair": {"chain": ["strong"]}}}
+    ).routes
+    harness.pipeline.planner = Planner(old.catalog, routes, old.routing, old.health)
+    harness.b.outcomes = [answer("strong says 42")]
+    _status, headers, raw = await harness.post(ask)
+    assert (headers["x-faregate-cache"], headers["x-faregate-model"]) == ("miss", "strong")
+    assert _said(raw) == "strong says 42"
+    # Another route's entries are untouched by it.
+    harness.a.outcomes = [answer("cheap alone")]
+    await harness.post({**ask, "model": "by-stream"})
+    await _stored(harness)
+    harness.pipeline.planner = Planner(old.catalog, routes | {"pair": old.routes.routes["pair"]}, old.routing)
+    _, headers, raw = await harness.post({**ask, "model": "by-stream"})
+    assert headers["x-faregate-cache"] == "hit" and _said(raw) == "cheap alone"
+
+
 # -- a cascade ------------------------------------------------------------------------------------
 
 

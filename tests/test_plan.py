@@ -215,3 +215,26 @@ async def test_plan_now_leaves_a_route_to_plan() -> None:
     assert [c.model.name for c in (await routed.plan(request({"model": "cheap"}))).candidates] == [
         "deepseek-ai/DeepSeek-V4-Flash"
     ]
+
+
+def test_a_routes_cache_digest_follows_its_definition_and_the_routes_it_reaches() -> None:
+    """The exact cache keys a route's entries by this digest (README, Caching): a route pointed at
+    other models, directly or through a route it reaches, gets another one; the same settings
+    give the same one (instances sharing a Redis), and a plain model has none."""
+
+    def digests(routes: dict) -> tuple[str | None, ...]:  # type: ignore[type-arg]
+        settings = with_simulator(load_settings(overrides={"routes": routes}), SIM)
+        planner = Planner(build_catalog(settings), settings.routes)
+        names = ("outer", "inner", "other", "list:outer,gpt-4o-mini", "gpt-4o-mini")
+        return tuple(planner.route_definition(name) for name in names)
+
+    base = {
+        "outer": {"chain": ["inner", "gpt-4o"]},
+        "inner": {"chain": ["gpt-4o-mini"]},
+        "other": {"chain": ["gpt-4o"]},
+    }
+    first = digests(base)
+    assert first == digests(dict(base)) and first[-1] is None and first[3] == first[0]
+    moved = digests({**base, "inner": {"chain": ["gpt-4o"]}})
+    assert moved[0] != first[0] and moved[1] != first[1]
+    assert moved[2] == first[2]  # a route that does not reach the one changed keeps its entries

@@ -150,9 +150,11 @@ class ResponseCache:
         headers: Any,
         resolve: Callable[[], str],
         by_stream: Callable[[ChatRequest], bool] | None = None,
+        definition: Callable[[str], str | None] | None = None,
     ) -> CacheDecision:
         """`resolve` gives the route or canonical model name; `by_stream` whether the route picks
-        another model for a stream (Planner.picks_by_stream): both only called for cacheable
+        another model for a stream (Planner.picks_by_stream); `definition` a digest of the
+        resolved routes as configured (Planner.route_definition): all only called for cacheable
         requests (most are not: nothing to spend on them)."""
         if not self.settings.enabled:
             return CacheDecision("bypass", reason="cache disabled")
@@ -169,6 +171,10 @@ class ResponseCache:
         resolved = resolve()
         stream = request.stream if by_stream is not None and by_stream(request) else None
         routing = routing_material(parse_hints(request.hints), request.premium, stream)
+        configured = definition(resolved) if definition is not None else None
+        if configured is not None:
+            # A route pointed at other models starts afresh: its old models' answers are not its.
+            routing["route"] = configured
         ttl = self._ttl(request.hints, resolved, control, hint)
         scope = SHARED_NAMESPACE if hint.get("namespace") == SHARED_NAMESPACE else f"key:{request.key_id}"
         max_age = _max_age(control)

@@ -216,6 +216,13 @@ class Planner:
         resolved = [name if name in self.routes else self.resolve(name).name for name in names]
         return resolved[0] if len(resolved) == 1 else "list:" + ",".join(resolved)
 
+    def route_definition(self, resolved: str) -> str | None:
+        """The digest of the routes a resolved name (`resolved_name`) asks for as configured
+        (RouteBook.definition), for the cache key; None for models alone."""
+        names = resolved.removeprefix("list:").split(",") if resolved.startswith("list:") else [resolved]
+        digests = [self.routes.definition(name) for name in names if name in self.routes]
+        return ",".join(digests) or None
+
     def picks_by_stream(self, request: ChatRequest) -> bool:
         """Whether the route the request names may answer a stream with another model than a whole
         answer (RouteBook.stream_picked): then the cache keeps the two apart."""

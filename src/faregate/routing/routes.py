@@ -10,9 +10,12 @@ is planned stage by stage in routing/plan.py, and comes here only when a stream 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
 
 from faregate.catalog.models import Catalog
 from faregate.errors import ConfigError, InvalidRequest
@@ -189,6 +192,23 @@ class RouteBook:
                 raise ConfigError(f"routes.{name}.router: a cascade route cannot be a router's step")
         # The routes whose model may differ for a stream (`picks_by_stream`), known once.
         self.stream_picked = frozenset(name for name in routes if self._picks_by_stream(name))
+        self._definitions: dict[str, str] = {}
+
+    def definition(self, name: str) -> str:
+        """A digest of route `name` as configured, with every route it reaches (routes do not
+        loop: check_routes): what the cache keys its entries by beside the name, so that a route
+        pointed at other models is not served the answers its old ones gave (the cache, in Redis,
+        outlives a restart). Trained files are left out by path: another machine's may differ."""
+        found = self._definitions.get(name)
+        if found is None:
+            route = self.routes[name]
+            names = [item.model for steps in self.all_steps(route) for item in chain_steps(steps)]
+            names += self.policies.steps(name)
+            reached = sorted({step for step in names if step in self.routes and step != name})
+            material = [_without_files(msgspec.to_builtins(route)), [self.definition(r) for r in reached]]
+            found = hashlib.sha256(msgspec.json.encode(material)).hexdigest()[:16]
+            self._definitions[name] = found
+        return found
 
     def _picks_by_stream(self, name: str) -> bool:
         """Whether route `name` may pick another model for a stream than for a whole answer: a
@@ -287,3 +307,12 @@ async def _select(
         return chain_steps(route.tasks[hints.task])
     tier = hints.tier if hints.tier in route.tiers else route.default_tier
     return chain_steps(route.tiers[tier]) if tier is not None else []
+
+
+def _without_files(value: Any) -> Any:
+    """A route's settings as plain data without the paths of its trained files."""
+    if isinstance(value, dict):
+        return {k: _without_files(v) for k, v in value.items() if k != "file"}
+    if isinstance(value, list):
+        return [_without_files(v) for v in value]
+    return value

@@ -210,6 +210,7 @@ class ChatPipeline:
             exchange.http.headers,
             lambda: self.planner.resolved_name(request),
             by_stream=self.planner.picks_by_stream,
+            definition=self.planner.route_definition,
         )
         exchange.decided(decision)
         return decision.status == "lookup" and decision.read
