@@ -92,3 +92,32 @@ async def test_fallback_and_retry_rates_are_of_the_requests_taken_on(
         assert (summary["fallback_rate"], summary["retry_rate"]) == (25.0, 25.0)  # of the 4 taken on
         (row,) = [r for r in (await get("reliability", by="key"))["rows"] if r["group"] == "k"]
         assert (row["fallback_rate"], row["retry_rate"]) == (25.0, 25.0)
+
+
+async def test_the_empty_answer_rate_is_of_the_requests_taken_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the error and fallback rates: one blank answer in 4 served, with 16 refusals beside them,
+    read as 5%."""
+    monkeypatch.setenv("FAREGATE_MASTER_KEY", MASTER_KEY)
+    settings = load_settings(overrides={"store": {"path": str(tmp_path)}, "catalog": {"broad": False}})
+    store = await SQLiteStore.open(tmp_path)
+    records = [record(n, s) for n, s in enumerate([200, 200, 200, 502] + [429] * 16)]
+    records[0].empty_response = True
+    await store.insert_records(records)
+    await store.close()
+    gateway = await build_gateway(settings)
+    span = {"since": AT - 10, "until": AT + 10}
+
+    async def get(path: str, **params: Any) -> dict[str, Any]:
+        response = await client.get(f"/admin/dashboard/{path}", params={**span, **params}, headers=ADMIN)
+        assert response.status == 200, await response.text()
+        return dict(await response.json())
+
+    async with TestClient(TestServer(create_app(gateway))) as client:
+        summary = await get("summary")
+        assert (summary["empty_responses"], summary["empty_rate"]) == (1, 25.0)
+        (row,) = (await get("breakdown", by="key"))["rows"]
+        assert row["empty_rate"] == 25.0
+        by_provider = {r["group"]: r for r in (await get("reliability", by="provider"))["rows"]}
+        assert by_provider["p"]["empty_rate"] == 25.0

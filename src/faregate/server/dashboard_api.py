@@ -129,7 +129,7 @@ def totals_json(t: Totals) -> dict[str, Any]:
         "prompt_tokens": t.prompt_tokens,
         "completion_tokens": t.completion_tokens,
         "empty_responses": t.empty_responses,
-        "empty_rate": _rate(t.empty_responses, t.requests),
+        "empty_rate": _rate(t.empty_responses, t.requests - t.client_errors),  # as error_rate
         "cache": {
             "lookups": lookups,
             "hits": t.cache_hits,
@@ -272,7 +272,7 @@ class DashboardApi:
                 "requests": r.requests,
                 "errors": r.errors,
                 "error_rate": _rate(r.errors, r.taken_on),
-                "empty_rate": _rate(r.empty_responses, r.requests),
+                "empty_rate": _rate(r.empty_responses, r.taken_on),
                 "fallback_rate": _rate(r.fallbacks, r.taken_on),
                 "retry_rate": _rate(r.retried, r.taken_on),
             }

@@ -113,7 +113,7 @@ class ReliabilityRow:
     @property
     def taken_on(self) -> int:
         """The requests the gateway took on: all but its 4xx refusals (the denominator of the error,
-        fallback and retry rates)."""
+        empty, fallback and retry rates)."""
         return self.requests - self.client_errors
 
 
