@@ -162,3 +162,42 @@ def test_model_names_and_amounts_are_printed_whole_with_many_models(tmp_path: Pa
     for name in [served, *targets[:-1], "Qwen/Qwen3-VL-32B-Instruct"]:
         assert name in result.output, (name, result.output)
     assert "$0.123456789" in result.output
+
+
+def test_embedding_traffic_keeps_its_own_cost_on_every_chat_model(tmp_path: Path) -> None:
+    # An embeddings request cannot be served by a chat model: re-pricing its input tokens at
+    # gpt-4o's price overstated every "on MODEL" column (and its total) by traffic no chat model
+    # would take.
+    store_dir = tmp_path / "store"
+    embedding = RequestRecord(
+        request_id="e1",
+        created_at=T0 + 30,
+        key_id=None,
+        model_requested="text-embedding-3-small",
+        model_used="text-embedding-3-small",
+        provider="sim",
+        status=200,
+        stream=False,
+        prompt_tokens=1_000_000,
+        completion_tokens=0,
+        cost_usd=Decimal("0.02"),
+        cache_status="miss",
+    )
+
+    async def fill() -> None:
+        store = await SQLiteStore.open(store_dir)
+        try:
+            await store.insert_records([RECORDS[0], embedding])
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+    config = tmp_path / "faregate.yaml"
+    config.write_text(f"store: {{path: {str(store_dir)!r}}}\n")
+    args = ["cost", "--from-records", "--since", SINCE, "--until", UNTIL, "--exact", "-m", "gpt-4o"]
+    result = CliRunner().invoke(app, [*args, "-c", str(config)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    rows = _rows(result.output)
+    assert rows["text-embedding-3-small"][4:6] == ["$0.02", "$0.02 (embeddings)"]
+    # gpt-4o's own request at its own price ($0.0075), the embeddings at theirs.
+    assert rows["total"][5].startswith("$0.0275 ")

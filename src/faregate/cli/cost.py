@@ -132,7 +132,12 @@ def register(app: typer.Typer) -> None:
 
             catalog = ModelLookup(settings)
             targets = {m.name: m.list_price for m in (_lookup(catalog, n) for n in model or [])}
-            cost_from_records(settings, targets, since, until, money)
+
+            def embeds(name: str) -> bool:
+                found = catalog.get(name)
+                return found is not None and found.embeds
+
+            cost_from_records(settings, targets, since, until, money, embeds)
             return
         if requests_per_month is None or input_tokens is None or output_tokens is None:
             raise typer.BadParameter(

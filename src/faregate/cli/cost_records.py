@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import typer
@@ -33,7 +34,12 @@ async def _read(settings: Settings, since: float, until: float) -> list[Traffic]
 
 
 def cost_from_records(
-    settings: Settings, targets: dict[str, Price], since: str, until: str, money: MoneyText
+    settings: Settings,
+    targets: dict[str, Price],
+    since: str,
+    until: str,
+    money: MoneyText,
+    embeds: Callable[[str], bool] = lambda _: False,
 ) -> None:
     now = time.time()
     start, end = parse_span(since, until, now)
@@ -48,7 +54,7 @@ def cost_from_records(
         typer.echo(f"no requests recorded from {_when(start)} to {_when(end)}")
         return
     title = f"Recorded traffic {_when(start)} → {_when(end)}: actual cost, and the same tokens on each model"
-    console = print_table(render(traffic, targets, title, money), at_least=150)
+    console = print_table(render(traffic, targets, title, money, embeds), at_least=150)
     if targets:
         console.print(
             "Each 'on MODEL' column prices the same billed tokens at that model's list price;"

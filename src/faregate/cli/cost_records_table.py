@@ -4,10 +4,13 @@ The totals come from the store (Analytics.traffic: SQLite or PostgreSQL, read-on
 summed exactly). Re-pricing is linear in tokens, so pricing the summed prompt and completion
 tokens at model X's price is exact too. Cache hits cost nothing and would cost nothing on X
 either (the cache sits in front of any model), so only the billed requests are re-priced.
+Embeddings traffic is not re-priced: no chat model can serve it, so on every column it keeps its
+own cost (and a target that is an embedding model is priced on its input alike).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 
 from rich.table import Table
@@ -24,11 +27,25 @@ NOT_SERVED = "not served (refused or failed)"
 
 
 def render(
-    traffic: list[Traffic], targets: dict[str, Price], title: str, money: MoneyText = display_usd
+    traffic: list[Traffic],
+    targets: dict[str, Price],
+    title: str,
+    money: MoneyText = display_usd,
+    embeds: Callable[[str], bool] = lambda _: False,
 ) -> Table:
     """One row per model that served, the requests none served, and a total; a column per target
-    model with the re-priced cost. Names and amounts are printed whole (print it with
+    model with the re-priced cost (`embeds`: whether a served model is an embedding model, whose
+    traffic keeps its own cost). Names and amounts are printed whole (print it with
     common.print_table, which widens past the terminal when they need it)."""
+    kept = {row.group for row in traffic if row.group and embeds(row.group)}
+
+    def on(row: Traffic, price: Price) -> Decimal:
+        if row.group in kept:
+            return row.cost
+        if row.group == "total":
+            return sum((on(r, price) for r in traffic), Decimal(0))
+        return row.priced_at(price)
+
     total = Traffic("total")
     for row in traffic:
         total.requests += row.requests
@@ -46,9 +63,11 @@ def render(
             f"{row.completion_tokens:,}",
             money(row.cost),
             *(
-                _with_saving(row.cost, row.priced_at(price), money)
+                _with_saving(row.cost, on(row, price), money)
                 if row is total
-                else money(row.priced_at(price))
+                else f"{money(row.cost)} (embeddings)"
+                if row.group in kept
+                else money(on(row, price))
                 for price in targets.values()
             ),
         ]
