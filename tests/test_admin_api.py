@@ -235,3 +235,24 @@ async def test_the_answer_that_carries_a_new_raw_key_is_never_stored_by_a_cache(
     created = await client.post("/admin/keys", json={"name": "cached?"}, headers=ADMIN)
     assert created.status == 201 and (await created.json())["api_key"]
     assert created.headers.get("Cache-Control") == "no-store"
+
+
+async def test_revoking_again_by_a_reused_name_finishes_the_latest_revocation(
+    client: TestClient[Any, Any],
+) -> None:
+    """A retry of a revocation by name (after a 503 half-way, or an answer lost) is a success, as
+    by id. When the name was used by a key revoked earlier (a rotation: the old key revoked, a new
+    one made under the same name), the retry answered 400 "2 keys are named ..." instead."""
+    old = await (await client.post("/admin/keys", json={"name": "svc"}, headers=ADMIN)).json()
+    assert (await client.delete(f"/admin/keys/{old['id']}", headers=ADMIN)).status == 200
+    new = await (await client.post("/admin/keys", json={"name": "svc"}, headers=ADMIN)).json()
+    first = await client.delete("/admin/keys/svc", headers=ADMIN)
+    assert first.status == 200 and (await first.json())["id"] == new["id"]
+    for method, path in (("DELETE", "/admin/keys/svc"), ("POST", "/admin/keys/svc/revoke")):
+        again = await client.request(method, path, headers=ADMIN)
+        body = await again.json()
+        assert again.status == 200, body
+        assert body["id"] == new["id"] and body["revoked_at"] is not None
+    # A name no key ever had is still a 404.
+    unknown = await client.delete("/admin/keys/nobody", headers=ADMIN)
+    assert unknown.status == 404 and (await unknown.json())["error"]["code"] == "key_not_found"

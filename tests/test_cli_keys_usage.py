@@ -108,6 +108,21 @@ def test_keys_create_list_revoke(app: typer.Typer, config: str, store_dir: Path)
     assert "No keys" in run(app, "keys", "list", "--active", "--config", config).output
 
 
+def test_keys_revoke_again_by_a_name_an_older_revoked_key_had(
+    app: typer.Typer, config: str, store_dir: Path
+) -> None:
+    # A rotation: the old key revoked, a new one made under its name and revoked by that name. The
+    # retry said "no active key" and exited 1 (two revoked keys have the name): it finishes the
+    # latest revocation, as with one.
+    for _ in range(2):
+        created = run(app, "keys", "create", "--name", "rotated", "--config", config)
+        assert created.exit_code == 0, created.output
+        assert run(app, "keys", "revoke", "rotated", "--config", config).exit_code == 0
+    again = run(app, "keys", "revoke", "rotated", "--config", config)
+    assert again.exit_code == 0, again.output
+    assert "rotated was already revoked at " in again.output
+
+
 def test_keys_revoke_ambiguous_name(app: typer.Typer, config: str) -> None:
     run(app, "keys", "create", "--name", "twin", "--config", config)
     run(app, "keys", "create", "--name", "twin", "--config", config)

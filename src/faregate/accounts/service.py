@@ -228,12 +228,16 @@ class AccountsService:
         return await self.view(key_id)
 
     async def revoked_id(self, id_or_name: str) -> str | None:
-        """The revoked key with this id, or else the one revoked key with this name, or None."""
+        """The revoked key with this id, or else the key with this name revoked last (no key of
+        that name being active), or None. The last: a retry by name finishes the revocation just
+        made, also when an older key had the name (rotated: revoked, then made again)."""
         row = await self.table.get_key(id_or_name)
         if row is not None:
             return row.id if row.revoked_at is not None else None
         named = [k for k in await self.keys.list(include_revoked=True) if k.name == id_or_name]
-        return named[0].id if len(named) == 1 and named[0].revoked else None
+        if not named or not all(k.revoked for k in named):
+            return None
+        return max(named, key=lambda k: k.revoked_at or 0.0).id
 
     async def add_credits(self, key_id: str, amount_nano: int, note: str | None = None) -> KeyView:
         row = await self.table.get_key(key_id)

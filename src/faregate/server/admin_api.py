@@ -29,7 +29,7 @@ from faregate.accounts.money import parse_usd
 from faregate.accounts.policy import parse_budgets, parse_limit
 from faregate.accounts.service import AccountsService, PolicyChange
 from faregate.accounts.views import audit_json, hold_json, instance_json, key_json, ledger_json
-from faregate.errors import InvalidRequest
+from faregate.errors import InvalidRequest, NotFound
 from faregate.server.admin import require_master
 from faregate.server.parse import decode_json_object
 from faregate.server.pipeline import ChatPipeline
@@ -120,10 +120,17 @@ class AdminApi:
         return _json(key_json(await self.service.update(key_id, policy_change(body), name)))
 
     async def revoke(self, request: web.Request) -> web.StreamResponse:
-        key_id = await self._key_id(request)
-        view = await self.service.revoke(key_id)
+        require_master(request, self.master_key)
+        # Not resolved first: a name that several revoked keys had is no ambiguity here (the
+        # service finishes the latest revocation), as an active key's name is.
+        id_or_name = check_text(request.match_info["key_id"], "id")
+        view = await self.service.revoke(id_or_name)
         if view is None:
-            view = await self.service.view(key_id)  # already revoked: answer the same
+            # Already revoked (told again): answered the same, so a retry succeeds.
+            key_id = await self.service.revoked_id(id_or_name)
+            if key_id is None:
+                raise NotFound(f"No key with id or name {id_or_name!r}.", code="key_not_found")
+            view = await self.service.view(key_id)
         return _json(key_json(view))
 
     async def credits(self, request: web.Request) -> web.StreamResponse:
