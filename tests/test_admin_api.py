@@ -256,3 +256,28 @@ async def test_revoking_again_by_a_reused_name_finishes_the_latest_revocation(
     # A name no key ever had is still a 404.
     unknown = await client.delete("/admin/keys/nobody", headers=ADMIN)
     assert unknown.status == 404 and (await unknown.json())["error"]["code"] == "key_not_found"
+
+
+async def test_the_revoked_filter_of_the_key_list_is_a_boolean_or_a_400(client: TestClient[Any, Any]) -> None:
+    """`?revoked=` took anything but false/0/no as true: a typo (`flase`) listed the revoked keys
+    it was meant to leave out, answered as if nothing had been asked."""
+    kept = await (await client.post("/admin/keys", json={"name": "kept"}, headers=ADMIN)).json()
+    gone = await (await client.post("/admin/keys", json={"name": "gone"}, headers=ADMIN)).json()
+    await client.delete(f"/admin/keys/{gone['id']}", headers=ADMIN)
+
+    async def listed(query: str) -> set[str]:
+        response = await client.get(f"/admin/keys{query}", headers=ADMIN)
+        assert response.status == 200, await response.text()
+        return {key["id"] for key in (await response.json())["data"]}
+
+    assert {kept["id"], gone["id"]} <= await listed("")
+    for yes in ("true", "True", "1", "yes", ""):  # empty: the default, as the other parameters
+        assert gone["id"] in await listed(f"?revoked={yes}")
+    for no in ("false", "FALSE", "0", "no"):
+        ids = await listed(f"?revoked={no}")
+        assert kept["id"] in ids and gone["id"] not in ids
+    for typo in ("flase", "2", "only"):
+        response = await client.get(f"/admin/keys?revoked={typo}", headers=ADMIN)
+        assert response.status == 400
+        error = (await response.json())["error"]
+        assert error["param"] == "revoked" and repr(typo) in error["message"]

@@ -67,6 +67,23 @@ def policy_change(body: dict[str, Any]) -> PolicyChange:
     return change
 
 
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+
+
+def bool_param(request: web.Request, name: str, default: bool) -> bool:
+    """A boolean query parameter; `default` when absent or empty, a 400 naming it when it is
+    neither true nor false (a typo must not be answered as if it had not been asked)."""
+    text = request.query.get(name)
+    if not text:
+        return default
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise InvalidRequest(f"'{name}' must be true or false, not {text!r}.", param=name)
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
     return decode_json_object(await request.read())
 
@@ -101,7 +118,7 @@ class AdminApi:
 
     async def list(self, request: web.Request) -> web.StreamResponse:
         require_master(request, self.master_key)
-        include_revoked = request.query.get("revoked", "true").lower() not in ("false", "0", "no")
+        include_revoked = bool_param(request, "revoked", True)
         views = await self.service.list_keys(include_revoked)
         return _json({"object": "list", "data": [key_json(v) for v in views]})
 

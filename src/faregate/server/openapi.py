@@ -494,7 +494,7 @@ def openapi_document(limits: LimitsSettings | None = None) -> dict[str, Any]:
             "get": {
                 "security": master,
                 "parameters": [
-                    {"name": "revoked", "in": "query", "required": False, "schema": {"type": "string"}}
+                    {"name": "revoked", "in": "query", "required": False, "schema": {"type": "boolean"}}
                 ],
                 "responses": _answers(*admin_errors),
             },
