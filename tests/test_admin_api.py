@@ -281,3 +281,42 @@ async def test_the_revoked_filter_of_the_key_list_is_a_boolean_or_a_400(client: 
         assert response.status == 400
         error = (await response.json())["error"]
         assert error["param"] == "revoked" and repr(typo) in error["message"]
+
+
+async def test_the_ledger_is_read_a_page_at_a_time_to_its_first_row(client: TestClient[Any, Any]) -> None:
+    """The ledger listing had `limit` (at most 1000) and no way on: past a key's newest 1000 rows
+    (500 requests), its grant and top-ups could not be read through the API at all. `after` (the
+    last id of a page) gives the next page, `has_more` says whether there is one."""
+    key = await (await client.post("/admin/keys", json={"name": "paged"}, headers=ADMIN)).json()
+    other = await (await client.post("/admin/keys", json={"name": "other"}, headers=ADMIN)).json()
+    ledger = f"/admin/keys/{key['id']}/ledger"
+    for cents in range(1, 8):
+        await client.post(
+            f"/admin/keys/{key['id']}/credits", json={"amount_usd": f"0.0{cents}"}, headers=ADMIN
+        )
+    whole = await (await client.get(ledger, headers=ADMIN)).json()
+    assert len(whole["data"]) == 8 and whole["has_more"] is False
+    assert whole["data"][-1]["kind"] == "grant"
+
+    pages: list[list[dict[str, Any]]] = []
+    query = "?limit=3"
+    while True:
+        page = await (await client.get(ledger + query, headers=ADMIN)).json()
+        pages.append(page["data"])
+        if len(pages) == 1:
+            # A row added while the pages are read is newer than all of them: no gap, no repeat.
+            await client.post(f"/admin/keys/{key['id']}/credits", json={"amount_usd": "1"}, headers=ADMIN)
+        if not page["has_more"]:
+            break
+        query = f"?limit=3&after={page['data'][-1]['id']}"
+    assert [len(p) for p in pages] == [3, 3, 2]
+    assert [row["id"] for p in pages for row in p] == [row["id"] for row in whole["data"]]
+
+    for after, why in (("topup_nope", "unknown"), (other["id"], "a key id"), ("x\x00", "NUL")):
+        response = await client.get(ledger, params={"after": after}, headers=ADMIN)
+        assert response.status == 400, why
+        assert (await response.json())["error"]["param"] == "after"
+    # An entry of another key's ledger is no place in this one.
+    theirs = (await (await client.get(f"/admin/keys/{other['id']}/ledger", headers=ADMIN)).json())["data"][0]
+    response = await client.get(ledger, params={"after": theirs["id"]}, headers=ADMIN)
+    assert response.status == 400 and (await response.json())["error"]["param"] == "after"

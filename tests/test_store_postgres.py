@@ -25,7 +25,7 @@ from faregate.store.postgres.alert_memory import PostgresAlertMemory
 from faregate.store.postgres.analytics import PostgresAnalytics
 from faregate.store.postgres.migrations import PG_MIGRATIONS
 from faregate.store.postgres.store import PostgresStore
-from faregate.store.protocols import KeyRow, LedgerRow, StoreUnavailable
+from faregate.store.protocols import KeyRow, LedgerRow, StoreUnavailable, UnknownLedgerEntry
 from faregate.store.redis.ledger import account_key
 from faregate.store.schema import Migration
 from faregate.telemetry.records import RecordWriter
@@ -268,6 +268,23 @@ async def test_concurrent_reservations_never_overspend(pg: PostgresStore, shared
     await shared.flush()
     assert (await pg.accounts.get_account(key.id)).balance_nano == 0 == await ledger_sum(pg, key.id)  # type: ignore[union-attr]
     assert (await shared.audit()).clean
+
+
+async def test_ledger_rows_page_after_an_entry(pg: PostgresStore, shared: SharedAccounts) -> None:
+    key, _ = await KeyStore(pg).create("paged", credits_nano=1)
+    other, _ = await KeyStore(pg).create("other", credits_nano=1)
+    for n in range(5):
+        await shared.credit(LedgerRow(f"topup_{n}", key.id, "topup", 10 + n, time.time()))
+    await shared.flush()
+    newest = [r.entry_id for r in await pg.accounts.ledger_rows(key.id, 100)]
+    assert newest[:5] == [f"topup_{n}" for n in reversed(range(5))] and len(newest) == 6
+    page = [r.entry_id for r in await pg.accounts.ledger_rows(key.id, 2, after="topup_3")]
+    assert page == ["topup_2", "topup_1"]
+    assert [r.entry_id for r in await pg.accounts.ledger_rows(key.id, 100, after=newest[-1])] == []
+    other_entry = (await pg.accounts.ledger_rows(other.id, 1))[0].entry_id
+    for after in ("topup_nope", other_entry):
+        with pytest.raises(UnknownLedgerEntry):
+            await pg.accounts.ledger_rows(key.id, 2, after=after)
 
 
 async def test_settle_release_expire_and_late_settle(pg: PostgresStore, shared: SharedAccounts) -> None:

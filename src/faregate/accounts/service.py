@@ -30,7 +30,14 @@ from faregate.config import AccountsSettings
 from faregate.errors import Conflict, InvalidRequest, NotFound
 from faregate.store.holds import HoldRow, InstanceRow, new_entry_id
 from faregate.store.outage import is_outage
-from faregate.store.protocols import AccountRow, BalanceCapExceeded, KeyRow, LedgerRow, PolicyValues
+from faregate.store.protocols import (
+    AccountRow,
+    BalanceCapExceeded,
+    KeyRow,
+    LedgerRow,
+    PolicyValues,
+    UnknownLedgerEntry,
+)
 
 log = logging.getLogger("faregate.accounts")
 
@@ -281,10 +288,18 @@ class AccountsService:
         await self.view(key_id)
         return await self.backend.holds(key_id)
 
-    async def ledger(self, key_id: str, limit: int = 100) -> list[LedgerRow]:
+    async def ledger(self, key_id: str, limit: int = 100, after: str | None = None) -> list[LedgerRow]:
+        """The key's newest `limit` rows, newest first; with `after`, those older than that entry
+        (the last of a page: the next page)."""
         await self.view(key_id)
         await self.backend.flush()
-        return await self.table.ledger_rows(key_id, limit)
+        try:
+            return await self.table.ledger_rows(key_id, limit, after)
+        except UnknownLedgerEntry:
+            raise InvalidRequest(
+                f"'after' must be an entry id of this key's ledger (the last id of a page), not {after!r}.",
+                param="after",
+            ) from None
 
     async def instances(self) -> list[InstanceRow]:
         return await self.backend.instances()

@@ -7,7 +7,7 @@
     DELETE /admin/keys/{id}                 revoke (also POST /admin/keys/{id}/revoke)
     POST   /admin/keys/{id}/credits         add credits {"amount_usd": "10", "note": "..."}
     GET    /admin/keys/{id}/reservations    holds of requests in flight
-    GET    /admin/keys/{id}/ledger[?limit=]  balance changes, newest first
+    GET    /admin/keys/{id}/ledger[?limit=&after=]  balance changes, newest first, a page at a time
     GET    /admin/audit                     recompute every balance from the ledger
     GET    /admin/instances                 serving processes, their leases and holds
     POST   /admin/instances/{id}/release    release a dead instance's holds now (force: a live one's)
@@ -174,8 +174,15 @@ class AdminApi:
             raise InvalidRequest("'limit' must be an integer.", param="limit") from None
         if not 1 <= limit <= MAX_LEDGER_ROWS:
             raise InvalidRequest(f"'limit' must be between 1 and {MAX_LEDGER_ROWS}.", param="limit")
-        rows = await self.service.ledger(key_id, limit)
-        return _json({"object": "list", "data": [ledger_json(r) for r in rows]})
+        after = request.query.get("after") or None
+        if after is not None:
+            check_text(after, "after")
+        # One row more than the page: whether there is a next one.
+        rows = await self.service.ledger(key_id, limit + 1, after)
+        page = rows[:limit]
+        return _json(
+            {"object": "list", "data": [ledger_json(r) for r in page], "has_more": len(rows) > limit}
+        )
 
     async def audit(self, request: web.Request) -> web.StreamResponse:
         require_master(request, self.master_key)

@@ -533,7 +533,13 @@ def openapi_document(limits: LimitsSettings | None = None) -> dict[str, Any]:
                 "security": master,
                 "parameters": [
                     key_id,
-                    {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
                 ],
                 "responses": _answers(*admin_errors),
             }

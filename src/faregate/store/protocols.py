@@ -41,6 +41,10 @@ class BalanceCapExceeded(Exception):
         self.held_nano = held_nano
 
 
+class UnknownLedgerEntry(LookupError):
+    """A ledger page asked for the rows after an entry the key's ledger does not have."""
+
+
 class StoreUnavailable(Exception):
     """The store could not be written or read right now (locked, disk full, I/O error).
 
@@ -155,8 +159,9 @@ class AccountTable(Protocol):
 
     async def set_key_name(self, key_id: str, name: str) -> bool: ...
 
-    async def ledger_rows(self, key_id: str, limit: int) -> list[LedgerRow]:
-        """The newest `limit` rows, newest first."""
+    async def ledger_rows(self, key_id: str, limit: int, after: str | None = None) -> list[LedgerRow]:
+        """The newest `limit` rows, newest first; with `after` (an entry id of this key's), the
+        newest `limit` rows older than that entry (UnknownLedgerEntry if the key has none such)."""
         ...
 
     async def audit_rows(self) -> list[AuditRow]:

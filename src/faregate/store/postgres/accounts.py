@@ -21,7 +21,15 @@ import asyncpg
 
 from faregate.store.holds import hold_entry, new_entry_id
 from faregate.store.postgres.errors import unavailable_errors
-from faregate.store.protocols import AccountRow, AuditRow, KeyRow, LedgerRow, PolicyValues, policy_columns
+from faregate.store.protocols import (
+    AccountRow,
+    AuditRow,
+    KeyRow,
+    LedgerRow,
+    PolicyValues,
+    UnknownLedgerEntry,
+    policy_columns,
+)
 
 KEY_COLUMNS = "id, name, prefix, key_hash, premium, created_at, revoked_at"
 _LEDGER_COLUMNS = (
@@ -180,9 +188,20 @@ class PostgresAccountTable:
                 status = await conn.execute(statement, *values)
         return str(status).endswith(" 1")
 
-    async def ledger_rows(self, key_id: str, limit: int) -> list[LedgerRow]:
+    async def ledger_rows(self, key_id: str, limit: int, after: str | None = None) -> list[LedgerRow]:
+        before = None
+        if after is not None:
+            before = await self._pool.fetchval(
+                "SELECT id FROM ledger WHERE key_id = $1 AND entry_id = $2", key_id, after
+            )
+            if before is None:
+                raise UnknownLedgerEntry(after)
         rows = await self._pool.fetch(
-            f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE key_id = $1 ORDER BY id DESC LIMIT $2", key_id, limit
+            f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE key_id = $1 AND ($2::bigint IS NULL OR id < $2)"
+            " ORDER BY id DESC LIMIT $3",
+            key_id,
+            before,
+            limit,
         )
         return [_ledger_row(r) for r in rows]
 

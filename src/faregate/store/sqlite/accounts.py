@@ -23,6 +23,7 @@ from faregate.store.protocols import (
     KeyRow,
     LedgerRow,
     PolicyValues,
+    UnknownLedgerEntry,
     policy_columns,
 )
 
@@ -163,9 +164,19 @@ class SQLiteAccountTable:
             )
         return int(next(iter(rows))[0])
 
-    async def ledger_rows(self, key_id: str, limit: int) -> list[LedgerRow]:
+    async def ledger_rows(self, key_id: str, limit: int, after: str | None = None) -> list[LedgerRow]:
+        before = None
+        if after is not None:
+            found = await self._conn.execute_fetchall(
+                "SELECT id FROM ledger WHERE key_id = ? AND entry_id = ?", (key_id, after)
+            )
+            before = next((int(row[0]) for row in found), None)
+            if before is None:
+                raise UnknownLedgerEntry(after)
         rows = await self._conn.execute_fetchall(
-            f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE key_id = ? ORDER BY id DESC LIMIT ?", (key_id, limit)
+            f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE key_id = ? AND (? IS NULL OR id < ?)"
+            " ORDER BY id DESC LIMIT ?",
+            (key_id, before, before, limit),
         )
         return [ledger_row(row) for row in rows]
 
