@@ -320,3 +320,40 @@ async def test_the_ledger_is_read_a_page_at_a_time_to_its_first_row(client: Test
     theirs = (await (await client.get(f"/admin/keys/{other['id']}/ledger", headers=ADMIN)).json())["data"][0]
     response = await client.get(ledger, params={"after": theirs["id"]}, headers=ADMIN)
     assert response.status == 400 and (await response.json())["error"]["param"] == "after"
+
+
+async def test_the_key_list_is_read_a_page_at_a_time(client: TestClient[Any, Any]) -> None:
+    """GET /admin/keys answered every key at once, each read in full (balance, spend: a few queries
+    a key), and took no `limit`: asked for one, it still answered all. `limit` and `after` (the
+    last id of a page) page it, oldest first; a key made or revoked meanwhile moves no page."""
+    made = [
+        (await (await client.post("/admin/keys", json={"name": f"k{i}"}, headers=ADMIN)).json())["id"]
+        for i in range(7)
+    ]
+    whole = await (await client.get("/admin/keys", headers=ADMIN)).json()
+    assert [k["id"] for k in whole["data"]] == made and whole["has_more"] is False
+
+    async def pages(query: str, meanwhile: bool) -> list[list[str]]:
+        out: list[list[str]] = []
+        after = ""
+        while True:
+            page = await (await client.get(f"/admin/keys?limit=3{query}{after}", headers=ADMIN)).json()
+            out.append([k["id"] for k in page["data"]])
+            if meanwhile and len(out) == 1:
+                await client.post("/admin/keys", json={"name": "late"}, headers=ADMIN)
+                # The key the next page starts after is revoked: the place is kept all the same.
+                await client.delete(f"/admin/keys/{out[0][-1]}", headers=ADMIN)
+            if not page["has_more"]:
+                return out
+            after = f"&after={out[-1][-1]}"
+
+    first = await pages("", meanwhile=True)
+    late = (await (await client.get("/admin/keys", headers=ADMIN)).json())["data"][-1]["id"]
+    assert first == [made[0:3], made[3:6], [made[6], late]]
+    active = await pages("&revoked=false", meanwhile=False)
+    assert active == [[made[0], made[1], made[3]], [made[4], made[5], made[6]], [late]]
+
+    for query, param in (("?limit=0", "limit"), ("?limit=1001", "limit"), ("?limit=x", "limit"),
+                         ("?after=key_000000000000", "after")):  # fmt: skip
+        response = await client.get(f"/admin/keys{query}", headers=ADMIN)
+        assert response.status == 400 and (await response.json())["error"]["param"] == param

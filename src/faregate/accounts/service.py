@@ -171,6 +171,26 @@ class AccountsService:
     async def list_keys(self, include_revoked: bool = True) -> list[KeyView]:
         return [await self.view(k.id) for k in await self.keys.list(include_revoked=include_revoked)]
 
+    async def key_page(
+        self, include_revoked: bool = True, limit: int | None = None, after: str | None = None
+    ) -> tuple[list[KeyView], bool]:
+        """Up to `limit` keys (None: all) in the order they were made, those after the key `after`
+        (the last of a page), and whether more follow. Only the page's keys are read in full
+        (balance, spend: a few queries each). The cursor is placed among every key, revoked ones
+        included: a key revoked between two pages does not lose the place."""
+        keys = await self.keys.list(include_revoked=True)
+        if after is not None:
+            position = next((i for i, key in enumerate(keys) if key.id == after), None)
+            if position is None:
+                raise InvalidRequest(
+                    f"'after' must be a key id (the last of a page), not {after!r}.", param="after"
+                )
+            keys = keys[position + 1 :]
+        if not include_revoked:
+            keys = [key for key in keys if not key.revoked]
+        page = keys if limit is None else keys[:limit]
+        return [await self.view(key.id) for key in page], len(page) < len(keys)
+
     async def view(self, key_id: str) -> KeyView:
         row = await self.table.get_key(key_id)
         account = await self.table.get_account(key_id)

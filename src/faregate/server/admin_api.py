@@ -1,7 +1,7 @@
 """The accounts HTTP API: /admin/keys... behind the master key, and /v1/me for a key itself.
 
     POST   /admin/keys                      create a key (the raw key is in this answer only)
-    GET    /admin/keys[?revoked=false]      list keys with balances
+    GET    /admin/keys[?revoked=false&limit=&after=]  list keys with balances, oldest first
     GET    /admin/keys/{id}                 one key: balance, reserved, spend, limits, budgets
     PATCH  /admin/keys/{id}                 rename; set limits, the per-request cap, budgets
     DELETE /admin/keys/{id}                 revoke (also POST /admin/keys/{id}/revoke)
@@ -38,7 +38,8 @@ from faregate.server.request_checks import check_text
 _POLICY_FIELDS = frozenset({"requests_per_minute", "tokens_per_minute", "max_request_usd", "budgets"})
 _CREATE_FIELDS = _POLICY_FIELDS | {"name", "premium", "credits_usd"}
 _UPDATE_FIELDS = _POLICY_FIELDS | {"name"}
-MAX_LEDGER_ROWS = 1000
+# The most rows of a page (keys, ledger rows).
+MAX_PAGE_ROWS = 1000
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -84,6 +85,20 @@ def bool_param(request: web.Request, name: str, default: bool) -> bool:
     raise InvalidRequest(f"'{name}' must be true or false, not {text!r}.", param=name)
 
 
+def _limit_param(request: web.Request) -> int | None:
+    """A page's `limit`, 1 to MAX_PAGE_ROWS; None when absent."""
+    text = request.query.get("limit")
+    if text is None:
+        return None
+    try:
+        limit = int(text)
+    except ValueError:
+        raise InvalidRequest("'limit' must be an integer.", param="limit") from None
+    if not 1 <= limit <= MAX_PAGE_ROWS:
+        raise InvalidRequest(f"'limit' must be between 1 and {MAX_PAGE_ROWS}.", param="limit")
+    return limit
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
     return decode_json_object(await request.read())
 
@@ -119,8 +134,12 @@ class AdminApi:
     async def list(self, request: web.Request) -> web.StreamResponse:
         require_master(request, self.master_key)
         include_revoked = bool_param(request, "revoked", True)
-        views = await self.service.list_keys(include_revoked)
-        return _json({"object": "list", "data": [key_json(v) for v in views]})
+        limit = _limit_param(request)
+        after = request.query.get("after") or None
+        views, more = await self.service.key_page(
+            include_revoked, limit, None if after is None else check_text(after, "after")
+        )
+        return _json({"object": "list", "data": [key_json(v) for v in views], "has_more": more})
 
     async def show(self, request: web.Request) -> web.StreamResponse:
         return _json(key_json(await self.service.view(await self._key_id(request))))
@@ -168,12 +187,7 @@ class AdminApi:
 
     async def ledger(self, request: web.Request) -> web.StreamResponse:
         key_id = await self._key_id(request)
-        try:
-            limit = int(request.query.get("limit", "100"))
-        except ValueError:
-            raise InvalidRequest("'limit' must be an integer.", param="limit") from None
-        if not 1 <= limit <= MAX_LEDGER_ROWS:
-            raise InvalidRequest(f"'limit' must be between 1 and {MAX_LEDGER_ROWS}.", param="limit")
+        limit = _limit_param(request) or 100
         after = request.query.get("after") or None
         if after is not None:
             check_text(after, "after")

@@ -400,6 +400,12 @@ def openapi_document(limits: LimitsSettings | None = None) -> dict[str, Any]:
         "schema": {"type": "string", "minLength": 1},
     }
     admin_errors = (400, 401, 403, 404)
+    page_limit = {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+    }
     # Anthropic's SDK sends its key in x-api-key; a Bearer key works as well.
     anthropic_key: list[dict[str, list[str]]] = [{"apiKey": []}, {"xApiKey": []}]
     response_id = {
@@ -494,7 +500,9 @@ def openapi_document(limits: LimitsSettings | None = None) -> dict[str, Any]:
             "get": {
                 "security": master,
                 "parameters": [
-                    {"name": "revoked", "in": "query", "required": False, "schema": {"type": "boolean"}}
+                    {"name": "revoked", "in": "query", "required": False, "schema": {"type": "boolean"}},
+                    page_limit,
+                    {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
                 ],
                 "responses": _answers(*admin_errors),
             },
@@ -533,12 +541,7 @@ def openapi_document(limits: LimitsSettings | None = None) -> dict[str, Any]:
                 "security": master,
                 "parameters": [
                     key_id,
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                    },
+                    page_limit,
                     {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
                 ],
                 "responses": _answers(*admin_errors),
