@@ -38,6 +38,19 @@ def _answers(*statuses: int, ok: dict[str, Any] | None = None, ok_status: int = 
     return out
 
 
+# USD amounts as the server takes them (accounts/money.parse_usd): decimal text with at most 9
+# decimals, a balance holding at most $9007199.254740991. Described a little narrower (below
+# $9000000) rather than wider: a client must not be told a value is valid that the server refuses.
+_USD_INTEGER = r"(?:[0-9]{1,6}|[1-8][0-9]{6})"
+_USD_FRACTION = r"(?:\.[0-9]{1,9})?"
+# More than 0 (a top-up, a cap, a budget): a non-zero integer part, or a fraction with a non-zero digit.
+_USD_NON_ZERO_FRACTION = "|".join(f"0{{{zeros}}}[1-9][0-9]{{0,{8 - zeros}}}" for zeros in range(9))
+USD_PATTERN = f"^{_USD_INTEGER}{_USD_FRACTION}$"
+POSITIVE_USD_PATTERN = (
+    rf"^(?:0*(?:[1-9][0-9]{{0,5}}|[1-8][0-9]{{6}}){_USD_FRACTION}|0*\.(?:{_USD_NON_ZERO_FRACTION}))$"
+)
+
+
 def _schemas(limits: LimitsSettings) -> dict[str, Any]:
     text_part = {
         "type": "object",
@@ -170,14 +183,15 @@ def _schemas(limits: LimitsSettings) -> dict[str, Any]:
         "properties": {
             "period": {"enum": ["day", "week", "month"]},
             "window": {"enum": ["calendar", "rolling"]},
-            "limit_usd": {"type": "string", "pattern": r"^[0-9]{1,9}(\.[0-9]{1,9})?$"},
+            "limit_usd": {"type": "string", "pattern": POSITIVE_USD_PATTERN},
         },
     }
-    money = {"type": "string", "pattern": r"^[0-9]{1,9}(\.[0-9]{1,9})?$"}
+    money = {"type": "string", "pattern": USD_PATTERN}
+    positive_money = {"type": "string", "pattern": POSITIVE_USD_PATTERN}
     policy = {
         "requests_per_minute": {"type": "integer", "minimum": 1, "nullable": True},
         "tokens_per_minute": {"type": "integer", "minimum": 1, "nullable": True},
-        "max_request_usd": {**money, "nullable": True},
+        "max_request_usd": {**positive_money, "nullable": True},
         "budgets": {"type": "array", "items": budget, "nullable": True},
     }
     return {
@@ -245,7 +259,7 @@ def _schemas(limits: LimitsSettings) -> dict[str, Any]:
             "type": "object",
             "required": ["amount_usd"],
             "additionalProperties": False,
-            "properties": {"amount_usd": money, "note": {"type": "string", "maxLength": 500}},
+            "properties": {"amount_usd": positive_money, "note": {"type": "string", "maxLength": 500}},
         },
         "Release": {
             "type": "object",
