@@ -51,6 +51,8 @@ async def client(
         ("GET", "/admin/dashboard/series?route=a%00b", None, "route"),
         ("GET", "/admin/dashboard/summary?key=a%00b", None, "key"),
         ("GET", "/admin/keys/a%00b", None, "id"),
+        ("DELETE", "/admin/keys/a%00b", None, "id"),
+        ("GET", "/admin/keys?limit=5&after=a%00b", None, "after"),
         ("POST", "/admin/keys", {"name": "a\x00b"}, "name"),
     ],
 )
