@@ -357,3 +357,29 @@ async def test_the_key_list_is_read_a_page_at_a_time(client: TestClient[Any, Any
                          ("?after=key_000000000000", "after")):  # fmt: skip
         response = await client.get(f"/admin/keys{query}", headers=ADMIN)
         assert response.status == 400 and (await response.json())["error"]["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param", "meant"),
+    [
+        ("/admin/keys", {"name": "x", "tokens_per_minuet": 5}, "tokens_per_minuet", "tokens_per_minute"),
+        ("/admin/keys", {"name": "x", "credit_usd": "1"}, "credit_usd", "credits_usd"),
+        (
+            "/admin/keys",
+            {"name": "x", "budgets": [{"period": "day", "limit": "5"}]},
+            "budgets[0]",
+            "limit_usd",
+        ),
+        ("/admin/keys/KEY/credits", {"amount": "5"}, "amount", "amount_usd"),
+    ],
+)
+async def test_an_unknown_field_is_named_with_the_one_meant(
+    client: TestClient[Any, Any], path: str, body: dict[str, Any], param: str, meant: str
+) -> None:
+    """A misspelt field was named, but the field meant had to be found in the list of all of them
+    (and a budget's was not even listed)."""
+    created = await (await client.post("/admin/keys", json={"name": "k"}, headers=ADMIN)).json()
+    response = await client.post(path.replace("KEY", created["id"]), json=body, headers=ADMIN)
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["param"] == param and f"did you mean '{meant}'?" in error["message"], error

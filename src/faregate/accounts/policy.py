@@ -9,6 +9,8 @@ never less, so a rolling budget can refuse a little early but cannot be overspen
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
@@ -127,6 +129,14 @@ def budgets_from_text(text: str | None) -> tuple[Budget, ...]:
 
 # -- client input --------------------------------------------------------------------------------
 
+BUDGET_FIELDS = ("period", "window", "limit_usd")
+
+
+def meant_field(unknown: str, fields: Iterable[str]) -> str:
+    """The hint " (did you mean 'x'?)" for the field closest to a misspelt one; "" if none is close."""
+    close = difflib.get_close_matches(unknown, list(fields), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
 
 def parse_budgets(value: Any, param: str = "budgets") -> tuple[Budget, ...]:
     """[{"period": "day", "window": "calendar", "limit_usd": "5"}, ...] ("window" defaults to
@@ -139,9 +149,13 @@ def parse_budgets(value: Any, param: str = "budgets") -> tuple[Budget, ...]:
         where = f"{param}[{i}]"
         if not isinstance(item, dict):
             raise InvalidRequest(f"'{where}' must be an object.", param=where)
-        unknown = set(item) - {"period", "window", "limit_usd"}
+        unknown = sorted(set(item) - set(BUDGET_FIELDS))
         if unknown:
-            raise InvalidRequest(f"'{where}' has unknown fields: {sorted(unknown)}.", param=where)
+            raise InvalidRequest(
+                f"'{where}' has unknown fields: {unknown}{meant_field(unknown[0], BUDGET_FIELDS)}; "
+                f"a budget has {list(BUDGET_FIELDS)}.",
+                param=where,
+            )
         period, window = item.get("period"), item.get("window", "calendar")
         if period not in PERIODS:
             raise InvalidRequest(f"'{where}.period' must be one of {list(PERIODS)}.", param=f"{where}.period")

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from faregate.accounts.master import MasterKey
 from faregate.accounts.money import parse_usd
-from faregate.accounts.policy import parse_budgets, parse_limit
+from faregate.accounts.policy import meant_field, parse_budgets, parse_limit
 from faregate.accounts.service import AccountsService, PolicyChange
 from faregate.accounts.views import audit_json, hold_json, instance_json, key_json, ledger_json
 from faregate.errors import InvalidRequest, NotFound
@@ -50,7 +50,9 @@ def _check_fields(body: dict[str, Any], allowed: frozenset[str]) -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise InvalidRequest(
-            f"Unknown fields: {unknown}; expected some of {sorted(allowed)}.", param=unknown[0]
+            f"Unknown fields: {unknown}{meant_field(unknown[0], sorted(allowed))}; "
+            f"expected some of {sorted(allowed)}.",
+            param=unknown[0],
         )
 
 
