@@ -259,6 +259,7 @@ class Responder:
         if (
             self.cache is not None
             and exchange.cache is not None
+            and exchange.cache.write  # most requests are not cacheable: no check below for them
             and body is not None
             and not usage.estimated
             and not answer_is_empty(body)
