@@ -25,7 +25,7 @@ import pytest
 
 from faregate.store.sqlite.migrations import LATEST_VERSION
 from harness import MASTER_KEY, GatewayProcess, SimProcess, clean_env, free_port, wait_until
-from servers import launch_gateway
+from servers import PostgresServer, launch_gateway, postgres_server  # noqa: F401
 from test_ledger_e2e import (
     ACCOUNTS,
     FLAT_MODEL,
@@ -268,6 +268,30 @@ def test_a_store_that_cannot_be_opened_stops_the_supervisor_with_one_line(tmp_pa
     assert ran.returncode == 1
     assert ran.stderr == "faregate: No such file or directory: /proc/no-such-store\n"
     assert "Traceback" not in ran.stderr
+
+
+def test_a_redis_that_does_not_answer_stops_the_supervisor_with_one_line(
+    postgres_server: PostgresServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The shared store's Redis is only used by the workers' accounts: down (not started yet), each
+    of the N workers said so in a line of its own, and the supervisor a line more. The supervisor
+    asks it before it forks, as one process does: one line, exit 1."""
+    config = tmp_path / "faregate.yaml"
+    store = f"store: {{postgres_url: {postgres_server.new_database()!r}, redis_url: 'redis://127.0.0.1:{free_port()}/0'}}"
+    config.write_text(f"server: {{port: {free_port()}, workers: 3}}\n{store}\n")
+    ran = subprocess.run(
+        [sys.executable, "-m", "faregate.cli.main", "serve", "-c", str(config)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 1
+    lines = ran.stderr.splitlines()
+    assert len(lines) == 1, ran.stderr
+    unavailable = "faregate: store unavailable: cannot use Redis at the configured store.redis_url"
+    assert lines[0].startswith(unavailable)
 
 
 # The supervisor of `serve --workers 2` on a new store, in a process of its own: each time it would

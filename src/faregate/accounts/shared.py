@@ -122,6 +122,19 @@ async def _within(deadline: float, what: str, step: Awaitable[object]) -> None:
         log.warning("closing the shared accounts: gave up waiting for %s", what)
 
 
+async def check_redis(url: str) -> None:
+    """StoreUnavailable, said as `SharedAccounts.connect` says it, when Redis at `url` does not
+    answer: the supervisor of `serve --workers N` asks before it forks (one line, not one per
+    worker)."""
+    redis = Redis.from_url(url)
+    try:
+        await redis.ping()
+    except RedisError as exc:
+        raise StoreUnavailable(f"cannot use Redis at the configured store.redis_url: {exc}") from exc
+    finally:
+        await redis.aclose()
+
+
 class SharedAccounts:
     def __init__(
         self,

@@ -152,13 +152,21 @@ def _wait_simulator(url: str, process: subprocess.Popen[bytes], timeout_s: float
 
 def migrate_store(settings: Settings) -> None:
     """Open the store the settings name (which applies its pending migrations) and close it; the
-    workers then find nothing left to migrate. The event loop, its threads and the store's
-    connections are all gone when this returns: nothing of them is forked."""
+    workers then find nothing left to migrate. A shared store's Redis is asked too: only the
+    workers' accounts use it, and down, each worker said so in a line of its own. The event loop,
+    its threads and the store's connections are all gone when this returns: nothing of them is
+    forked."""
     from faregate.store.backends import open_backends
 
     async def migrate() -> None:
         backends = await open_backends(settings, accounts=False, analytics=False)
-        await backends.close()
+        try:
+            if backends.redis_url is not None:
+                from faregate.accounts.shared import check_redis  # the embedded store never loads redis
+
+                await check_redis(backends.redis_url)
+        finally:
+            await backends.close()
 
     asyncio.run(migrate())
 
