@@ -4,21 +4,87 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
 from faregate.config import Settings, UpstreamQueueSettings, WebhookSettings
 from faregate.errors import StartupError
+from faregate.server import workers
 from faregate.server.workers import default_workers, hold_port, worker_settings
 
 
-def test_one_worker_per_core_unless_the_simulator_stands_in() -> None:
+def test_one_worker_per_core_unless_the_simulator_stands_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workers, "PROC_CGROUP", tmp_path / "no-cgroup-file")
     simulated = Settings()
     simulated.sim.mode = "on"
     assert default_workers(simulated) == 1
     real = Settings()
     real.sim.mode = "off"
     assert default_workers(real) == len(os.sched_getaffinity(0))
+
+
+def cgroups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own: str, files: dict[str, str]) -> None:
+    """A /proc/self/cgroup that says `own`, and a /sys/fs/cgroup holding `files`."""
+    root = tmp_path / "sys-fs-cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (tmp_path / "proc-self-cgroup").write_text(own)
+    monkeypatch.setattr(workers, "PROC_CGROUP", tmp_path / "proc-self-cgroup")
+    monkeypatch.setattr(workers, "CGROUP_ROOT", root)
+
+
+@pytest.mark.parametrize(
+    ("own", "files", "cores"),
+    [
+        # A container (cgroup v2, its own namespace) limited to 1.5 CPUs: 2 workers.
+        ("0::/\n", {"cpu.max": "150000 100000\n"}, 2),
+        # A systemd service with CPUQuota=100%.
+        (
+            "0::/system.slice/faregate.service\n",
+            {"system.slice/faregate.service/cpu.max": "100000 100000\n"},
+            1,
+        ),
+        # cgroup v1 (older Docker hosts).
+        (
+            "12:cpu,cpuacct:/docker/abc\n",
+            {"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"},
+            1,
+        ),
+    ],
+)
+def test_a_cpu_limit_bounds_the_default_worker_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own: str, files: dict[str, str], cores: int
+) -> None:
+    """In a container limited to 2 CPUs on a 64-core host, the scheduler lets the process run on 64
+    cores: one worker per core was 64 workers (64 times the memory, the pools, the caches) sharing
+    2 CPUs of time."""
+    cgroups(tmp_path, monkeypatch, own, files)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    real = Settings()
+    real.sim.mode = "off"
+    assert default_workers(real) == cores
+
+
+@pytest.mark.parametrize(
+    ("own", "files"),
+    [
+        ("0::/\n", {"cpu.max": "max 100000\n"}),  # no limit
+        ("0::/\n", {}),  # the host's root cgroup has no cpu.max
+        ("12:cpu,cpuacct:/\n", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}),
+    ],
+)
+def test_no_cpu_limit_leaves_one_worker_per_core(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own: str, files: dict[str, str]
+) -> None:
+    cgroups(tmp_path, monkeypatch, own, files)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    real = Settings()
+    real.sim.mode = "off"
+    assert default_workers(real) == 8
 
 
 def test_each_worker_gets_a_share_of_the_upstream_limits_and_only_the_first_posts_alerts() -> None:

@@ -100,7 +100,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 min=1,
                 help="Gateway processes sharing the port (default: server.workers, else one per core, "
-                "or 1 when the simulator stands in for the providers).",
+                "no more than the CPU limit of a container or service, or 1 when the simulator "
+                "stands in for the providers).",
             ),
         ] = None,
     ) -> None:

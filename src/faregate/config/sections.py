@@ -35,8 +35,9 @@ class ServerSettings(_Strict):
     max_body_bytes: int = 8 * 1024 * 1024
     # Whole-request deadline, across every attempt.
     request_timeout_s: Seconds = 600.0
-    # Gateway processes sharing the port (`serve --workers`). None: one per core, or one when
-    # the simulator stands in for the providers (server/workers.py).
+    # Gateway processes sharing the port (`serve --workers`). None: one per core, no more than
+    # the cgroup's CPU limit, or one when the simulator stands in for the providers
+    # (server/workers.py).
     workers: Annotated[int, msgspec.Meta(ge=1)] | None = None
     # The hot POSTs (chat completions, Messages, Responses, embeddings) served by the lean
     # httptools server (server/lean_http.py), every other request by aiohttp on the same port.

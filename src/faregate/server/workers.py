@@ -80,13 +80,60 @@ START_TIMEOUT_S = 120.0
 # much more it is killed.
 STOP_MARGIN_S = 10.0
 POLL_S = 0.1
+# Where Linux says which cgroup this process is in, and where the cgroups' files are.
+PROC_CGROUP = Path("/proc/self/cgroup")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def default_workers(settings: Settings) -> int:
-    """One per core this process may run on; one when the simulator stands in (`make run`)."""
+    """One per core this process may run on, and no more than its CPU limit allows (a container's,
+    a service's); one when the simulator stands in (`make run`)."""
     if simulator_active(settings):
         return 1
-    return len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
+    limit = cpu_limit()
+    return cores if limit is None else max(1, min(cores, limit))
+
+
+def cpu_limit() -> int | None:
+    """The CPUs of time this process's cgroup may use, rounded up (None: no limit, or none known).
+
+    A container limited to 2 CPUs on a 64-core host may run on all 64 cores (its affinity), for 2
+    CPUs of time in all: 64 workers would hold 64 times the memory for no more throughput."""
+    try:
+        lines = PROC_CGROUP.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # cgroup v2, "0::/its/path": its cpu.max is "max 100000" or "150000 100000"
+            words = _words(CGROUP_ROOT / path.lstrip("/") / "cpu.max")
+            if len(words) == 2:
+                return _cpus(words[0], words[1])
+        elif "cpu" in controllers.split(","):  # cgroup v1: the CFS quota (-1: none) and its period
+            quota = _words(CGROUP_ROOT / "cpu" / "cpu.cfs_quota_us")
+            period = _words(CGROUP_ROOT / "cpu" / "cpu.cfs_period_us")
+            if quota and period:
+                return _cpus(quota[0], period[0])
+    return None
+
+
+def _words(path: Path) -> list[str]:
+    try:
+        return path.read_text().split()
+    except OSError:
+        return []
+
+
+def _cpus(quota: str, period: str) -> int | None:
+    try:
+        quota_us, period_us = int(quota), int(period)
+    except ValueError:  # "max": no limit
+        return None
+    return math.ceil(quota_us / period_us) if quota_us > 0 and period_us > 0 else None
 
 
 def worker_settings(settings: Settings, index: int, count: int) -> Settings:
