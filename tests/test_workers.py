@@ -11,7 +11,8 @@ import pytest
 from faregate.config import Settings, UpstreamQueueSettings, WebhookSettings
 from faregate.errors import StartupError
 from faregate.server import workers
-from faregate.server.workers import default_workers, hold_port, worker_settings
+from faregate.server.app import BACKENDS_CLOSE_TIMEOUT_S, RECORDS_CLOSE_TIMEOUT_S
+from faregate.server.workers import default_workers, hold_port, stop_timeout_s, worker_settings
 
 
 def test_one_worker_per_core_unless_the_simulator_stands_in(
@@ -128,3 +129,13 @@ def test_the_port_of_a_supervisor_that_stopped_can_be_held_again() -> None:
     port = first.getsockname()[1]
     first.close()
     hold_port("127.0.0.1", port).close()
+
+
+def test_a_stopping_worker_is_given_the_time_its_own_stop_may_take() -> None:
+    """After the drain a worker flushes its pending records and closes its stores, each within a
+    bound of its own (server/app.py: a backlog of records after a store outage, a PostgreSQL that
+    is failing over), as one process does. The supervisor killed it 10 s after the drain: its
+    records, and the settlements it still kept, were lost where one process would have written them."""
+    settings = Settings()
+    settings.server.drain_timeout_s = 5.0
+    assert stop_timeout_s(settings) >= 5.0 + RECORDS_CLOSE_TIMEOUT_S + BACKENDS_CLOSE_TIMEOUT_S

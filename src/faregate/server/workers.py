@@ -61,6 +61,7 @@ from faregate.config import Settings, UpstreamQueueSettings
 from faregate.errors import StartupError
 from faregate.providers.registry import simulator_active, with_simulator
 from faregate.server import runner
+from faregate.server.app import BACKENDS_CLOSE_TIMEOUT_S, RECORDS_CLOSE_TIMEOUT_S
 from faregate.server.worker_process import Seat, worker_main
 from faregate.telemetry import log_limit
 from faregate.telemetry.metrics_share import SharedMetrics
@@ -76,8 +77,8 @@ MAX_RESTART_DELAY_S = 30.0
 # How long the first start of every worker may take before the supervisor gives up.
 START_TIMEOUT_S = 120.0
 # A worker's clean stop lets its requests in flight finish (`server.drain_timeout_s`), then flushes
-# its records and closes its stores, each bounded in time (server/app.py); past the drain and this
-# much more it is killed.
+# its records and closes its stores, each bounded in time (server/app.py); past the drain, those
+# bounds and this much more it is killed (stop_timeout_s).
 STOP_MARGIN_S = 10.0
 POLL_S = 0.1
 # Where Linux says which cgroup this process is in, and where the cgroups' files are.
@@ -134,6 +135,15 @@ def _cpus(quota: str, period: str) -> int | None:
     except ValueError:  # "max": no limit
         return None
     return math.ceil(quota_us / period_us) if quota_us > 0 and period_us > 0 else None
+
+
+def stop_timeout_s(settings: Settings) -> float:
+    """How long a worker told to stop may take before it is killed: the drain, then the last flush
+    of its records and the close of its stores within their own bounds (a backlog of records after
+    a store outage, a PostgreSQL failing over), as one process stops; then STOP_MARGIN_S for the
+    rest of its closes."""
+    cleanup_s = RECORDS_CLOSE_TIMEOUT_S + BACKENDS_CLOSE_TIMEOUT_S + STOP_MARGIN_S
+    return settings.server.drain_timeout_s + cleanup_s
 
 
 def worker_settings(settings: Settings, index: int, count: int) -> Settings:
@@ -414,14 +424,14 @@ class Supervisor:
         for worker in alive:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signal.SIGTERM)
-        stop_timeout_s = self.settings.server.drain_timeout_s + STOP_MARGIN_S
-        deadline = time.monotonic() + stop_timeout_s
+        timeout_s = stop_timeout_s(self.settings)
+        deadline = time.monotonic() + timeout_s
         while any(w.pid for w in self.workers) and time.monotonic() < deadline:
             self._reap()
             time.sleep(POLL_S / 2)
         for worker in self.workers:
             if worker.pid:
-                log.error("worker %d did not stop within %.0fs; killing it", worker.index, stop_timeout_s)
+                log.error("worker %d did not stop within %.0fs; killing it", worker.index, timeout_s)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.pid, signal.SIGKILL)
                 with contextlib.suppress(ChildProcessError):
