@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from pathlib import Path
@@ -139,3 +140,27 @@ def test_a_stopping_worker_is_given_the_time_its_own_stop_may_take() -> None:
     settings = Settings()
     settings.server.drain_timeout_s = 5.0
     assert stop_timeout_s(settings) >= 5.0 + RECORDS_CLOSE_TIMEOUT_S + BACKENDS_CLOSE_TIMEOUT_S
+
+
+def test_a_restart_that_cannot_fork_is_tried_again_while_the_other_workers_serve(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker killed under memory pressure (the OOM killer) is restarted under the same pressure:
+    fork (or the pipe before it) may fail. That failure ended the supervisor's loop, which then
+    stopped every worker: the gateway was down for one worker it could not restart yet."""
+    supervisor = workers.Supervisor(Settings(), 2)
+    supervisor.workers = [workers.Worker(0, pid=os.getpid(), ready=True), workers.Worker(1, restart_at=0.0)]
+
+    def no_memory() -> int:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    open_fds = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "fork", no_memory)
+    monkeypatch.setattr(supervisor, "_reap", lambda: [])
+    monkeypatch.setattr(supervisor, "_read_ready", lambda: None)
+    supervisor._tend()
+    restarting = supervisor.workers[1]
+    assert restarting.pid == 0 and restarting.restart_at is not None and restarting.restart_at > 0.0
+    assert restarting.failures == 1
+    assert "worker 1 could not be restarted (Cannot allocate memory); trying again in" in caplog.text
+    assert len(os.listdir("/proc/self/fd")) == open_fds  # the pipe made for it is closed

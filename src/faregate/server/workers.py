@@ -332,7 +332,12 @@ class Supervisor:
         settings = worker_settings(self.settings, worker.index, self.count)
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
         if pid == 0:
             os.close(read_fd)
             assert self._metrics_dir is not None
@@ -408,7 +413,7 @@ class Supervisor:
                 continue
             lived = now - worker.started_at
             worker.failures = worker.failures + 1 if lived < HEALTHY_AFTER_S or not worker.ready else 0
-            delay = min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2 ** max(0, worker.failures - 1))
+            delay = _restart_delay(worker.failures)
             worker.ready = False
             worker.restart_at = now + delay
             log.warning(
@@ -417,7 +422,21 @@ class Supervisor:
             )
         for worker in self.workers:
             if worker.restart_at is not None and worker.restart_at <= now and not self._stopping:
-                self._start(worker)
+                self._restart(worker, now)
+
+    def _restart(self, worker: Worker, now: float) -> None:
+        try:
+            self._start(worker)
+        except OSError as exc:
+            # No process or pipe to be had now (memory, as when the OOM killer took the worker, or
+            # a process or file limit): the other workers serve on, and it is tried again later.
+            worker.failures += 1
+            delay = _restart_delay(worker.failures)
+            worker.restart_at = now + delay
+            reason = exc.strerror or exc
+            log.error(
+                "worker %d could not be restarted (%s); trying again in %.1fs", worker.index, reason, delay
+            )
 
     def _stop_all(self) -> None:
         alive = [w for w in self.workers if w.pid]
@@ -447,6 +466,11 @@ class Supervisor:
             self._holder.close()
         if self._metrics_dir is not None:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+
+def _restart_delay(failures: int) -> float:
+    """RESTART_DELAY_S, doubled for each failure in a row after the first, up to MAX_RESTART_DELAY_S."""
+    return min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2.0 ** max(0, failures - 1))
 
 
 def run_workers(
