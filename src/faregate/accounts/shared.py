@@ -43,6 +43,8 @@ from faregate.store.redis.shipper import LedgerShipper
 log = logging.getLogger("faregate.accounts")
 
 KEY_EVENTS = "fg:keys"
+# How long `check_redis` waits for Redis to connect and answer.
+CHECK_TIMEOUT_S = 10.0
 # How long close() waits for the background tasks, the last ledger shipment and the connections.
 CLOSE_TIMEOUT_S = 10.0
 # How long a settled hold is remembered by default: accounts.settle_retry_s's default plus a
@@ -126,7 +128,9 @@ async def check_redis(url: str) -> None:
     """StoreUnavailable, said as `SharedAccounts.connect` says it, when Redis at `url` does not
     answer: the supervisor of `serve --workers N` asks before it forks (one line, not one per
     worker)."""
-    redis = Redis.from_url(url)
+    # Bounded: a Redis host that drops packets would hold the start for the system's connect
+    # timeout (minutes) before saying anything.
+    redis = Redis.from_url(url, socket_connect_timeout=CHECK_TIMEOUT_S, socket_timeout=CHECK_TIMEOUT_S)
     try:
         await redis.ping()
     except RedisError as exc:
