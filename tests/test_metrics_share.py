@@ -156,3 +156,22 @@ def test_every_counter_of_the_quality_collector_is_known_to_be_the_stores() -> N
         if family.type == "counter"
     }
     assert counters and counters <= STORE_COUNTERS
+
+
+def test_a_worker_that_exited_shows_no_gauges_until_its_successor_publishes(tmp_path: Path) -> None:
+    """Its gauges said what a live process saw (a breaker open, records pending, an alert firing):
+    shown on after it died, for as long as its restart waits (up to 30 s, for good if it keeps
+    failing), they kept an alert on them firing. Its counters stay, in the sums and for its successor."""
+    first = SharedMetrics(tmp_path, 0, 2)
+    SharedMetrics(tmp_path, 1, 2).publish(exposition(7, 3))
+    SharedMetrics.retire(tmp_path, 1)
+    text = first.merged(exposition(1, 0)).decode()
+    assert 'faregate_records_pending{worker="1"}' not in text
+    assert 'faregate_records_pending{worker="0"} 0.0' in text
+    assert 'faregate_requests_total{route="chat"} 8.0' in text
+    successor = SharedMetrics.join(tmp_path, 1, 2)
+    successor.publish(exposition(2, 1))
+    text = first.merged(exposition(1, 0)).decode()
+    assert 'faregate_requests_total{route="chat"} 10.0' in text
+    assert 'faregate_records_pending{worker="1"} 1.0' in text
+    SharedMetrics.retire(tmp_path, 0)  # nothing published yet: nothing to retire

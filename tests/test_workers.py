@@ -164,3 +164,20 @@ def test_a_restart_that_cannot_fork_is_tried_again_while_the_other_workers_serve
     assert restarting.failures == 1
     assert "worker 1 could not be restarted (Cannot allocate memory); trying again in" in caplog.text
     assert len(os.listdir("/proc/self/fd")) == open_fds  # the pipe made for it is closed
+
+
+def test_the_metrics_of_a_worker_that_exited_are_retired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    supervisor = workers.Supervisor(Settings(), 2)
+    supervisor._metrics_dir = tmp_path
+    dead = workers.Worker(1, pid=0, ready=True)
+    supervisor.workers = [workers.Worker(0, pid=os.getpid(), ready=True), dead]
+    retired: list[tuple[Path, int]] = []
+    monkeypatch.setattr(
+        workers.SharedMetrics, "retire", lambda directory, index: retired.append((directory, index))
+    )
+    monkeypatch.setattr(supervisor, "_reap", lambda: [(dead, -9)])
+    monkeypatch.setattr(supervisor, "_read_ready", lambda: None)
+    supervisor._tend()
+    assert retired == [(tmp_path, 1)]

@@ -411,6 +411,10 @@ class Supervisor:
         for worker, code in self._reap():
             if self._stopping:
                 continue
+            if self._metrics_dir is not None:
+                # Its breakers, records pending and alerts firing are no one's now.
+                with contextlib.suppress(OSError):
+                    SharedMetrics.retire(self._metrics_dir, worker.index)
             lived = now - worker.started_at
             worker.failures = worker.failures + 1 if lived < HEALTHY_AFTER_S or not worker.ready else 0
             delay = _restart_delay(worker.failures)

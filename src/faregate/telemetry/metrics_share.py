@@ -9,6 +9,9 @@ the largest); gauges (breaker states, records pending, alerts firing) are one se
 with a `worker` label, as a sum of states would mean nothing. The others' figures are at most
 PUBLISH_INTERVAL_S old.
 
+A worker that exits has its gauges dropped by the supervisor (SharedMetrics.retire): until its
+successor publishes, a scrape shows none of its series but its counters and histograms.
+
 A restarted worker takes its predecessor's seat (the same index): it reads the file its
 predecessor left and adds those counters and histograms to its own, so the sum never goes back.
 Starting again from zero would read as a counter reset of the sum, and Prometheus would then count
@@ -66,6 +69,20 @@ class SharedMetrics:
         except FileNotFoundError:
             return cls(directory, index, count)
         return cls(directory, index, count, _counters_only(text))
+
+    @staticmethod
+    def retire(directory: Path, index: int) -> None:
+        """Worker `index` exited (the supervisor says it): its gauges said what a live process saw
+        (a breaker open, records pending, an alert firing) and are dropped; its counters and
+        histograms stay, in the sums and for its successor to carry on."""
+        path = directory / f"worker-{index}.prom"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(_counters_only(text), encoding="utf-8")
+        os.replace(temporary, path)
 
     def _path(self, index: int) -> Path:
         return self.directory / f"worker-{index}.prom"
