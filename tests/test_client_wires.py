@@ -133,6 +133,35 @@ def test_an_account_out_of_quota_is_no_overload() -> None:
     assert MESSAGES.status(error) == 502
 
 
+def failed(outcome: str, status: int | None) -> Attempt:
+    return Attempt("m", "p", outcome, 10.0, status=status)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "settled"),
+    [
+        ([failed("server_error", 401), failed("server_error", 403)], True),  # our keys refused
+        ([failed("server_error", 404)], True),  # a model or path the provider does not serve
+        ([failed("server_error", 402), failed("server_error", 429)], True),  # accounts need payment
+        ([failed("server_error", 307)], True),  # a wrong base_url
+        ([failed("escalated", 200), failed("server_error", 401)], True),  # a cascade's refused step
+        ([failed("server_error", 401), failed("server_error", 500)], False),  # a 500 may pass
+        ([failed("rate_limited", 429)], False),
+        ([failed("server_error", 409)], False),  # a lock timeout: try again
+        ([failed("server_error", 401), failed("timeout", None)], False),
+        ([failed("connection", None)], False),
+        ([], False),
+    ],
+)
+def test_a_failure_no_retry_can_fix_tells_the_sdks_not_to_retry(
+    attempts: list[Attempt], settled: bool
+) -> None:
+    # The openai and anthropic SDKs retry every 5xx unless `x-should-retry: false`.
+    error = UpstreamFailed(attempts)
+    assert error.settled is settled
+    assert error.headers.get("x-should-retry") == ("false" if settled else None)
+
+
 def test_without_fields_drops_nested_marks_and_changes_nothing_shared() -> None:
     mark = {"type": "ephemeral"}
     body: JSON = {

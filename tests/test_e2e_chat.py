@@ -451,6 +451,30 @@ def test_every_upstream_rate_limited_passes_its_retry_after_on(client: openai.Op
             model="qwen3-8b", messages=MSG, stream=stream, extra_body={"sim": {"fault": "server_error"}}
         )
     assert info.value.status_code == 502 and "retry-after" not in info.value.response.headers
+    assert "x-should-retry" not in info.value.response.headers  # a 500 may pass: the SDK tries again
+
+
+def sim_faults(sim: Any, model: str, fault: str) -> int:
+    stats = httpx.get(f"http://127.0.0.1:{sim.port}/sim/stats").json()
+    return int(stats["by_model"].get(model, {}).get("faults", {}).get(fault, 0))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_provider_refusing_the_gateways_key_is_not_retried_by_the_sdk(
+    gateway: GatewayProcess, api_key: str, sim: Any, stream: bool
+) -> None:
+    """The provider refused the gateway's own key (a 401): the gateway does not ask it again, and
+    its 502 says `x-should-retry: false`, so the SDK (which retries any 5xx, with its default
+    max_retries=2) does not send the request three times, each one called (and billed) upstream."""
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=api_key)  # the SDK's default retries
+    before = sim_faults(sim, "Qwen/Qwen3-8B", "unauthorized")
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(
+            model="qwen3-8b", messages=MSG, stream=stream, extra_body={"sim": {"fault": "unauthorized"}}
+        )
+    assert info.value.status_code == 502 and "provider authentication failed" in info.value.message
+    assert info.value.response.headers["x-should-retry"] == "false"
+    assert sim_faults(sim, "Qwen/Qwen3-8B", "unauthorized") - before == 1
 
 
 def test_hanging_upstream_is_504_after_first_byte_timeout(client: openai.OpenAI) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from faregate.types import Attempt, Usage
+from faregate.types import ANSWERED_OUTCOMES, Attempt, Usage
 
 
 class FaregateError(Exception):
@@ -139,6 +139,10 @@ class UpstreamError(FaregateError):
 
 # Upstream statuses that mean "no capacity now": rate limited, unavailable, Anthropic's overloaded.
 OVERLOADED_STATUSES = frozenset({429, 503, 529})
+# 4xx statuses that say nothing about the request, so another try may serve it: 409 a lock timeout
+# (OpenAI's and Anthropic's SDKs retry it), 425 Too Early (retry later), 499 an upstream proxy's
+# "client closed request" (the client it means is the gateway).
+TRY_AGAIN_4XX = frozenset({409, 425, 499})
 
 
 class UpstreamFailed(UpstreamError):
@@ -160,6 +164,10 @@ class UpstreamFailed(UpstreamError):
             # The SDKs wait out a Retry-After (on any status they retry, a 502 or a 529 too)
             # rather than their own back-off of half a second and up: then an upstream has room.
             self.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        if not timeout and self.settled:
+            # The SDKs retry any 5xx unless told not to: each try would call the upstreams again
+            # (billed) for the same answer.
+            self.headers["x-should-retry"] = "false"
 
     @property
     def overloaded(self) -> bool:
@@ -170,6 +178,18 @@ class UpstreamFailed(UpstreamError):
             a.status in OVERLOADED_STATUSES and (a.status != 429 or a.outcome == "rate_limited")
             for a in self.attempts
         )
+
+    @property
+    def settled(self) -> bool:
+        """Did every failed attempt fail for a reason another try gets again, until someone changes
+        the gateway's configuration or the provider account: the provider refused the gateway's key
+        (401, 403), wants payment (402, a 400 or 429 that says so), does not serve the model or
+        path (404) or sent it elsewhere (a 3xx: a wrong base_url); or refused the request itself
+        ("rejected": a prompt too long for its model)? A timeout, a 5xx, a rate limit, a cut
+        stream may pass. Calls that answered (a cascade's escalated steps, its judge) are no
+        failures."""
+        failed = [a for a in self.attempts if a.outcome not in ANSWERED_OUTCOMES]
+        return bool(failed) and all(_settled(a) for a in failed)
 
     @property
     def capacity_wait(self) -> float | None:
@@ -214,6 +234,19 @@ class UpstreamRejected(UpstreamError):
     ) -> None:
         super().__init__(message, code=code, param=param)
         self.status = status
+
+
+def _settled(attempt: Attempt) -> bool:
+    """Did this failed call fail for a reason another try gets again (UpstreamFailed.settled)?"""
+    if attempt.outcome == "rejected":
+        return True
+    status = attempt.status
+    return (
+        attempt.outcome == "server_error"
+        and status is not None
+        and 300 <= status < 500
+        and status not in TRY_AGAIN_4XX
+    )
 
 
 def listed(attempts: list[Attempt]) -> str:

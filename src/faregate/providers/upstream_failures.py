@@ -19,7 +19,7 @@ from email.utils import parsedate_to_datetime
 
 import orjson
 
-from faregate.errors import UpstreamFailure, UpstreamRejected
+from faregate.errors import TRY_AGAIN_4XX, UpstreamFailure, UpstreamRejected
 from faregate.providers.http_framing import BadResponse, TransportError
 from faregate.providers.response import Response
 from faregate.types import JSON
@@ -36,10 +36,6 @@ _MASKED_KEY = re.compile(r"[\w-]*\*{3,}[\w*-]*")
 # Shorter values are no secrets worth the garbling: a header's "1" or "true", a local server's
 # placeholder key ("EMPTY", "ollama", which its own messages may say as a word).
 _MIN_SECRET_CHARS = 8
-# 4xx statuses that say nothing about the client's request, so another try (or provider) may
-# serve it: 409 a lock timeout (OpenAI's and Anthropic's SDKs retry it), 425 Too Early (retry
-# later), 499 an upstream proxy's "client closed request" (the client it means is the gateway).
-_TRY_AGAIN_4XX = frozenset({409, 425, 499})
 
 
 def secrets_of(key: str | None, headers: Mapping[str, str]) -> tuple[str, ...]:
@@ -105,7 +101,7 @@ async def response_failure(resp: Response, provider: str, key_hint: str, secrets
             status=status,
             body=body,
         )
-    if status in _TRY_AGAIN_4XX:
+    if status in TRY_AGAIN_4XX:
         return UpstreamFailure(
             "server_error",
             f"HTTP {status}: {message}",

@@ -61,6 +61,7 @@ def error_body(message: str, type_: str, code: str | None = None, param: str | N
 RATE_LIMIT_MESSAGE = "Rate limit reached for requests (simulated). Please try again in {seconds}."
 SERVER_ERROR_MESSAGE = "The server had an error while processing your request. Sorry about that! (simulated)"
 UNAVAILABLE_MESSAGE = "The engine is currently overloaded, please try again later. (simulated)"
+UNAUTHORIZED_MESSAGE = "Incorrect API key provided. (simulated)"
 
 
 def rate_limit(retry_after_s: float) -> tuple[bytes, dict[str, str]]:
@@ -84,7 +85,7 @@ JSON_TYPE = "application/json"
 
 def openai_error(fault: str | None, retry_after_s: float) -> web.Response | None:
     """The OpenAI-shaped answer of a fault that answers with an error (429 rate_limit, 500
-    server_error, 503 unavailable); None for any other fault (or none)."""
+    server_error, 503 unavailable, 401 unauthorized); None for any other fault (or none)."""
     if fault == "rate_limit":
         data, headers = rate_limit(retry_after_s)
         return web.Response(status=429, body=data, headers=headers, content_type=JSON_TYPE)
@@ -92,4 +93,7 @@ def openai_error(fault: str | None, retry_after_s: float) -> web.Response | None
         return web.Response(status=500, body=server_error(), content_type=JSON_TYPE)
     if fault == "unavailable":
         return web.Response(status=503, body=unavailable(), content_type=JSON_TYPE)
+    if fault == "unauthorized":
+        body = error_body(UNAUTHORIZED_MESSAGE, "invalid_request_error", "invalid_api_key")
+        return web.Response(status=401, body=body, content_type=JSON_TYPE)
     return None

@@ -2,11 +2,12 @@
 
 Scripted like the chat endpoint (sim/translated.py says how): the same latency, answers and
 faults, with Anthropic's shapes for them - 429 rate_limit_error with retry-after, 500
-api_error, `unavailable` as 529 overloaded_error, a cut body or event stream for `truncate`,
-an empty content list for `empty_choices`. Usage is exact: input_tokens, output_tokens and,
-for requests with cache_control marks, cache_creation_input_tokens and cache_read_input_tokens
-from the simulated prompt cache (sim/prompt_cache.py), input + writes + reads being the
-request's prompt tokens as the chat endpoint would count them.
+api_error, `unavailable` as 529 overloaded_error, 401 authentication_error for `unauthorized`, a
+cut body or event stream for `truncate`, an empty content list for `empty_choices`. Usage is
+exact: input_tokens, output_tokens and, for requests with cache_control marks,
+cache_creation_input_tokens and cache_read_input_tokens from the simulated prompt cache
+(sim/prompt_cache.py), input + writes + reads being the request's prompt tokens as the chat
+endpoint would count them.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class MessagesEndpoint:
             return error(500, "api_error", "Internal server error (simulated)")
         if fault == "unavailable":
             return error(529, "overloaded_error", "Overloaded (simulated)")
+        if fault == "unauthorized":
+            return error(401, "authentication_error", "invalid x-api-key (simulated)")
 
         prompt = tokens.count_input(chat)
         reply, tool = answers.scripted_reply(chat, behaviour, fault, chat["max_tokens"], stream)

@@ -15,7 +15,8 @@ an unknown key the key meant, like faregate.config.
       answer: echo           # echo | inspect | {fixed: text} | {lorem: N} | {replay: {csv, column, ...}}
       tool_call: false       # true: requests with `tools` get a call to the first tool
       faults: {rate_limit: 0.05, server_error: 0.01}   # also unavailable, hang, reset,
-      retry_after_s: 1       #   empty_choices, blank, truncate, stall; exclusive, sum <= 1
+      retry_after_s: 1       #   empty_choices, blank, truncate, stall, unauthorized (401);
+                             #   exclusive, sum <= 1
       hang_s: 3600           # how long a hang or a stall lasts
       after_tokens: null     # content tokens a truncated or stalled stream sends first; null = half
     models:
@@ -56,6 +57,9 @@ FaultName = Literal[
     # A stream that sends its head and `after_tokens` content tokens, then nothing for `hang_s`,
     # then the rest; a whole answer (nothing streamed) hangs. Last: seeded draws stay as they were.
     "stall",
+    # A 401 refusing the caller's key (a gateway's provider key that is wrong). After `stall`, so
+    # seeded draws stay as they were.
+    "unauthorized",
 ]
 FAULTS: tuple[str, ...] = get_args(FaultName)
 # `none` forces a clean answer for one request even when the script draws faults.
@@ -83,6 +87,7 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, fro
     blank: Rate = 0.0
     truncate: Rate = 0.0
     stall: Rate = 0.0
+    unauthorized: Rate = 0.0
 
     def __post_init__(self) -> None:
         total = sum(self.rates())
