@@ -352,6 +352,20 @@ async def test_a_failing_llm_judge_escalates_instead_of_failing_the_request() ->
     assert judged.attempts[1].detail.startswith("LLM judge call")
 
 
+async def test_a_judge_call_its_upstream_refuses_escalates_and_is_in_the_attempts() -> None:
+    # A judge model that refuses the judge's call (a 400: temperature 0 refused by a reasoning
+    # model, an answer too long for its window) escalated, but its call was missing from the record.
+    refused = UpstreamRejected(400, "Unsupported value: 'temperature' does not support 0")
+    grader = Scripted("a", [ok("42"), refused])
+    planner, cascades = gateway({"a": grader, "b": Scripted("b", [])})
+    req = request({"model": "graded"})
+    judged = await cascades.judged_steps(req, await planner.plan(req))
+    assert judged.served is None
+    assert [(a.model, a.outcome) for a in judged.attempts] == [("cheap", "escalated"), ("grader", "rejected")]
+    assert "LLM judge call failed (UpstreamRejected)" in judged.attempts[0].detail
+    assert judged.attempts[1].detail.startswith("LLM judge call")
+
+
 class OnePolicy:
     """A Policies source holding one router route (the real trained file, a hashing embedder)."""
 
@@ -480,3 +494,4 @@ async def test_a_calibrated_cascade_escalates_an_answer_its_learned_judge_cannot
             assert (accepted, reason, decision.cheap) == (False, UNSCORED, False)
     finally:
         shared.close()
+

@@ -163,7 +163,8 @@ class CascadeRunner:
             )
             try:
                 served = await runner.complete(call, await planner.plan(call))
-            except UpstreamFailed as failed:
+            except (UpstreamFailed, UpstreamRejected) as failed:
+                # The judge escalates (llm_judge.py); its failed calls stay in the record.
                 attempts.extend(_as_judge(failed.attempts))
                 raise
             text = answer_text(served.completion.body)
