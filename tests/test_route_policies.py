@@ -495,3 +495,61 @@ async def test_a_calibrated_cascade_escalates_an_answer_its_learned_judge_cannot
     finally:
         shared.close()
 
+
+class BrokenEmbedder:
+    """An embedding model that loaded but fails to run (onnxruntime out of memory, say)."""
+
+    def embed(self, texts: list[str]) -> Any:
+        raise RuntimeError("Failed to allocate memory for requested buffer")
+
+
+def embedding_judge_file() -> Any:
+    import numpy as np
+
+    from faregate.embedding.model import DIMENSIONS
+    from faregate.learning.cascade_judges import JUDGE_FEATURES, KIND
+    from faregate.learning.linear import LinearModel
+    from faregate.learning.model_file import EMBEDDING_ID, ModelFile
+
+    width = 2 * DIMENSIONS + len(JUDGE_FEATURES)
+    weights = LinearModel(np.zeros(width), np.ones(width), np.zeros(width), 0.0)
+    return ModelFile(KIND, JUDGE_FEATURES, EMBEDDING_ID, ("question", "answer"), weights, "s", "w")
+
+
+async def test_a_learned_judge_that_fails_to_score_escalates_instead_of_failing_the_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A learned judge whose scoring raised anything but ModelUnavailable (its embedding model
+    failing to run) raised out of the judged step, and the client got a 500; it escalates, as a
+    router that fails to score sends the prompt to the strong model, and says why in the log."""
+    from faregate.learning.cascade_judges import LearnedJudge
+
+    judge = LearnedJudge(embedding_judge_file(), Threshold.fixed(0.9), embedder=BrokenEmbedder())
+    body = {"model": "c", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+    try:
+        accepted, reason = await judge.accept(body, "#### 4", "stop")
+    finally:
+        judge.close()
+    assert (accepted, reason) == (False, "learned judge: cannot score (RuntimeError): escalated")
+    assert any(r.exc_info for r in caplog.records)
+
+
+async def test_a_calibrated_cascade_escalates_an_answer_its_learned_judge_fails_to_score() -> None:
+    from faregate.learning.cascade_judges import LearnedJudge, RuleJudge
+    from faregate.route_config import CascadeSettings
+    from faregate.routing.policies import CascadePolicy
+    from test_quality_live import calibration
+
+    judge = LearnedJudge(embedding_judge_file(), Threshold.fixed(1.0), embedder=BrokenEmbedder())
+    settings = CascadeSettings(steps=["cheap", "strong"])  # type: ignore[list-item]
+    policy = CascadePolicy(settings, RuleJudge([]), judge, quality=calibration("cascade"))
+    body = {"model": "c", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+    try:
+        accepted, reason, decision = await policy.calibrated("req", body, "#### 4", "stop")
+    finally:
+        judge.close()
+    assert (accepted, reason, decision.cheap) == (
+        False,
+        "learned judge: cannot score (RuntimeError): escalated",
+        False,
+    )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -49,6 +50,8 @@ from faregate.learning.thresholds import DEFAULT_WINDOW, Threshold, share_for_qu
 if TYPE_CHECKING:
     # onnxruntime (~40 MB) is imported only when a model is actually loaded.
     from faregate.embedding.embedder import Vector
+
+log = logging.getLogger("faregate.routing")
 
 KIND = "cascade-judge"
 # The reason given when a learned judge cannot score an answer, which is then escalated.
@@ -280,15 +283,27 @@ class LearnedJudge:
         # Regular expressions over two strings: cheaper than a thread hop.
         return self.score(question, answer_text, finish_reason)
 
+    async def score_or_refusal(
+        self, request_body: Mapping[str, Any], answer_text: str, finish_reason: str | None
+    ) -> float | Verdict:
+        """P(answer wrong); or, when the judge cannot score, the refusal that escalates the answer,
+        as a router that cannot score sends the prompt to the strong model: the judge's failure
+        must not fail the request."""
+        try:
+            return await self.score_answer(request_body, answer_text, finish_reason)
+        except ModelUnavailable:
+            # Logged once per try of the load (embedding/load_backoff.py).
+            return Verdict(False, UNSCORED)
+        except Exception as exc:
+            log.exception("the cascade's learned judge failed to score an answer; escalating it")
+            return Verdict(False, f"learned judge: cannot score ({type(exc).__name__}): escalated")
+
     async def accept(
         self, request_body: Mapping[str, Any], answer_text: str, finish_reason: str | None
     ) -> tuple[bool, str]:
-        try:
-            score = await self.score_answer(request_body, answer_text, finish_reason)
-        except ModelUnavailable:
-            # Logged once per try of the load (embedding/load_backoff.py); a judge that cannot
-            # score escalates, as a router that cannot sends to the strong model.
-            return Verdict(False, UNSCORED)
+        score = await self.score_or_refusal(request_body, answer_text, finish_reason)
+        if isinstance(score, Verdict):
+            return score
         threshold = self.threshold.value
         if self.threshold.decide(score):
             return Verdict(False, f"learned judge: P(wrong)={score:.2f} >= {threshold:.2f}")

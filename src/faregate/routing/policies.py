@@ -21,7 +21,6 @@ from faregate.embedding.shared import SharedEmbedder
 from faregate.errors import ConfigError
 from faregate.learning.cascade_judges import (
     DEFAULT_CHECKS,
-    UNSCORED,
     AllOf,
     Check,
     Judge,
@@ -112,16 +111,16 @@ class CascadePolicy:
     ) -> tuple[bool, str, Decision]:
         """Accept the cheap answer? Its score is the learned P(wrong) (0 without a learned judge);
         an answer a rule check refuses is escalated whatever its rank, and so is one the learned
-        judge cannot score (its embedding model failed to load)."""
+        judge cannot score (its embedding model failed to load or to run)."""
         assert self.quality is not None
         refused = self.rules.verdict(body, answer, finish)
         score = 0.0
         if self.learned is not None:
-            try:
-                score = await self.learned.score_answer(body, answer, finish)
-            except ModelUnavailable:
-                if refused.accepted:
-                    refused = Verdict(False, UNSCORED)
+            scored = await self.learned.score_or_refusal(body, answer, finish)
+            if not isinstance(scored, Verdict):
+                score = scored
+            elif refused.accepted:
+                refused = scored
         decision = self.quality.decide(
             request_id,
             score + (1.0 if not refused.accepted else 0.0),
