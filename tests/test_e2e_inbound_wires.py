@@ -225,6 +225,24 @@ def test_a_stream_from_a_messages_upstream_starts_with_its_input_count(
     assert b'"role":"assistant"' in body and b"input_tokens" not in body
 
 
+def test_a_stream_from_a_chat_upstream_starts_with_the_gateways_input_count(
+    claude: anthropic.Anthropic, gateway: GatewayProcess
+) -> None:
+    """A chat upstream says its input count only at the end: message_start said input_tokens 0, so
+    a client reading it live (a context meter) saw an empty prompt until then. It says the gateway's
+    own count of the prompt; the SDK's accumulated message ends with the upstream's count."""
+    long = [{"role": "user", "content": "count me in, " * 50}]
+    with claude.messages.stream(model="deepseek-v4-flash", max_tokens=64, messages=long) as stream:
+        start = next(iter(stream))
+        final = stream.get_final_message()
+        request_id = stream.response.headers["x-faregate-request-id"]
+    assert start.type == "message_start"
+    counted = start.message.usage.input_tokens
+    row = record(gateway, request_id)
+    assert final.usage.input_tokens == row["prompt_tokens"]  # the upstream's own count, at the end
+    assert abs(counted - row["prompt_tokens"]) <= row["prompt_tokens"] // 10  # an estimate, near it
+
+
 def test_tools_round_trip(claude: anthropic.Anthropic) -> None:
     tools: Any = [
         {

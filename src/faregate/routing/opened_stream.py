@@ -80,11 +80,11 @@ class OpenedStream:
             if kept:
                 return kept
 
-    def upstream_input_tokens(self) -> int:
+    def upstream_input_tokens(self) -> int | None:
         """The input count the upstream gave before its answer (a Messages upstream's
-        message_start), taken off the first chunk so that no client sees the field; else 0."""
-        counted = self._reads[0][0].pop(INPUT_TOKENS, 0) if self._reads else 0
-        return counted if type(counted) is int else 0
+        message_start), taken off the first chunk so that no client sees the field; else None."""
+        counted = self._reads[0][0].pop(INPUT_TOKENS, None) if self._reads else None
+        return counted if type(counted) is int else None
 
     def take_opened(self) -> None:
         """Read into `seen`, without giving them, the chunks read while opening (for a client gone

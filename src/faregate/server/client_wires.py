@@ -8,7 +8,8 @@ request and answer (the OpenAI chat shape, wire/openai.py). A `ClientWire` stand
   (`asked` is the client's own body, whose settings a Response echoes);
 - `stream(model, include_usage, asked, input_tokens)`: a `StreamEncoder` that turns the internal
   chunks of an answer, its priced usage chunk and a mid-stream failure into the client's SSE
-  frames (`input_tokens`: the prompt's uncached input count when the upstream said it up front);
+  frames (`input_tokens`: the prompt's uncached input count when the upstream said it up front,
+  else the gateway's own count, for a wire whose stream says it up front: `input_count_up_front`);
 - `status(error)` and `error(error)`: the status and body of an error in the client's shape;
 - `request_id_headers`: the headers its SDK reads an answer's or an error's request id from.
 
@@ -67,6 +68,8 @@ class ClientWire(Protocol):
     # Where the client's SDK reads a response's request id (an answer's `_request_id`, an error's
     # `request_id`): each says the gateway's own, as x-faregate-request-id does.
     request_id_headers: tuple[str, ...]
+    # Does its stream say the input count before the answer (`stream`'s input_tokens)?
+    input_count_up_front: bool
 
     def to_chat(self, body: JSON) -> JSON: ...
 
@@ -88,6 +91,7 @@ class ChatWire:
     name = "chat"
     extras: frozenset[str] = frozenset()
     request_id_headers: tuple[str, ...] = ("x-request-id",)
+    input_count_up_front = False
 
     def to_chat(self, body: JSON) -> JSON:
         # The other wires' extras are theirs to put in: from a chat client, the Responses body would
@@ -145,6 +149,8 @@ class MessagesWire:
     extras = frozenset({"top_k", "cache_control", anthropic.MESSAGES_EFFORT})
     # The anthropic SDK reads `request-id`; x-request-id kept for proxies and OpenAI-minded logs.
     request_id_headers: tuple[str, ...] = ("x-request-id", "request-id")
+    # message_start says input_tokens: Anthropic's own count, before the answer.
+    input_count_up_front = True
 
     def to_chat(self, body: JSON) -> JSON:
         return anthropic.messages_to_chat(body)
@@ -209,6 +215,7 @@ class ResponsesWire:
     # translation.
     extras = frozenset({responses_native.NATIVE_REQUEST})
     request_id_headers: tuple[str, ...] = ("x-request-id",)
+    input_count_up_front = False
 
     def to_chat(self, body: JSON) -> JSON:
         chat = responses.responses_to_chat(body)

@@ -189,8 +189,14 @@ class Responder:
             opened.take_opened()
             await self._settle_seen(exchange, opened, cut=True)
             return GONE
+        input_tokens = opened.upstream_input_tokens()
+        if input_tokens is None and exchange.wire.input_count_up_front and exchange.plan is not None:
+            # Any other upstream says its count only at the end: until then (a client's context
+            # meter reads it live) the gateway's own count, the one its reservation uses.
+            prompt = exchange.plan.prompt
+            input_tokens = await prompt.exact() if prompt is not None else None
         encoder = exchange.wire.stream(
-            candidate.model.name, request.include_usage, exchange.asked, opened.upstream_input_tokens()
+            candidate.model.name, request.include_usage, exchange.asked, input_tokens or 0
         )
         try:
             outcome = await _relay(response, encoder, opened)
