@@ -53,7 +53,16 @@ def test_holds_round_up_and_charges_round_half_even() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "nano"), [("10", 10_000_000_000), ("0.5", 500_000_000), (0.1, 100_000_000)]
+    ("value", "nano"),
+    [
+        ("10", 10_000_000_000),
+        ("0.5", 500_000_000),
+        (".5", 500_000_000),
+        (" 5 ", 5_000_000_000),  # blanks around it, as a header value or a pasted argument has
+        (0.1, 100_000_000),
+        (0.00001, 10_000),  # a JSON number: str() writes it 1e-05
+        (Decimal("1E+3"), 1_000_000_000_000),
+    ],
 )
 def test_parse_usd_accepts_exact_amounts(value: object, nano: int) -> None:
     assert parse_usd(value, "amount") == nano
@@ -78,6 +87,14 @@ def test_parse_usd_accepts_exact_amounts(value: object, nano: int) -> None:
         "1.0000000000000000000000000000001",
         # Positive, but less than a nano-dollar however it is written: refused, not stored as 0.
         "1e-2000000",
+        # What Python's Decimal reads but nobody writes as an amount of money.
+        "1_000",
+        "1_0.5",
+        "1e3",
+        "sNaN",
+        "-Infinity",
+        "\uff15",  # a full-width 5
+        "\u0665",  # an Arabic-Indic 5
     ],
 )
 def test_parse_usd_refuses_what_cannot_be_stored_exactly(value: object) -> None:

@@ -1150,3 +1150,20 @@ async def test_a_prompt_every_upstream_finds_too_long_is_their_400_listing_each_
         await runner.complete(req, await planner.plan(req))
     assert (info.value.status, info.value.code) == (400, "context_length_exceeded")
     assert [(x.model, x.outcome) for x in info.value.attempts] == [("tiny", "rejected"), ("big", "rejected")]
+
+
+@pytest.mark.parametrize("cap", ["1_000", "1e3", "NaN", "\uff15", "0x10", "", True])
+def test_a_cost_cap_that_is_no_plain_amount_is_refused(cap: object) -> None:
+    """The x-faregate-max-cost-usd header (or the hint as text) took what Python's Decimal reads:
+    "1_000", "1e3", other scripts' digits; a plain decimal amount only, or a JSON number."""
+    from faregate.routing.routes import parse_hints
+
+    with pytest.raises(InvalidRequest, match="max_cost_usd"):
+        parse_hints({"max_cost_usd": cap})
+
+
+@pytest.mark.parametrize(("cap", "value"), [(" 0.5 ", "0.5"), ("2", "2"), (1e-05, "0.00001"), (3, "3")])
+def test_a_cost_cap_is_a_plain_amount_or_a_number(cap: object, value: str) -> None:
+    from faregate.routing.routes import parse_hints
+
+    assert parse_hints({"max_cost_usd": cap}).max_cost_usd == Decimal(value)

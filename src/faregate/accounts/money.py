@@ -10,8 +10,9 @@ Reservations round up instead: a hold must never be smaller than the worst case 
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Decimal
 
+from faregate.amounts import plain_amount
 from faregate.errors import InvalidRequest
 from faregate.store.rows import from_nanousd, to_nanousd
 
@@ -48,11 +49,14 @@ def parse_usd(value: object, param: str, *, allow_zero: bool = False) -> int:
     stored exactly rather than rounding someone's money."""
     if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
         raise InvalidRequest(f"'{param}' must be a decimal amount in USD, e.g. \"10.50\".", param=param)
-    try:
+    if isinstance(value, str):
+        read = plain_amount(value)
+        if read is None:
+            raise InvalidRequest(f"'{param}' is not a decimal amount: {value!r}.", param=param)
+        amount = read
+    else:
         # str() first: a float's repr is the short decimal the client wrote (0.1, not 0.1000000000000000055).
-        amount = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise InvalidRequest(f"'{param}' is not a decimal amount: {value!r}.", param=param) from None
+        amount = Decimal(str(value))
     if not amount.is_finite():
         raise InvalidRequest(f"'{param}' must be a finite amount.", param=param)
     if amount < 0 or (amount == 0 and not allow_zero):

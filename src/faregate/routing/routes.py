@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from faregate.amounts import plain_amount
 from faregate.catalog.models import Catalog
 from faregate.errors import ConfigError, InvalidRequest
 from faregate.route_config import ChainItem, RouteSettings, RuleMatch, chain_steps, policy_steps
@@ -121,11 +122,8 @@ def parse_hints(raw: dict[str, Any]) -> Hints:
         hints.task = str(task)
     cap = raw.get("max_cost_usd")
     if cap is not None:
-        try:
-            value = Decimal(str(cap))
-        except InvalidOperation:
-            value = Decimal(-1)
-        if isinstance(cap, bool) or not value.is_finite() or value <= 0 or value > MAX_COST_CAP_USD:
+        value = _cap_amount(cap)
+        if value is None or not value.is_finite() or value <= 0 or value > MAX_COST_CAP_USD:
             raise InvalidRequest(
                 f"'faregate.max_cost_usd' must be a positive number of USD up to {MAX_COST_CAP_USD}, "
                 f"got {cap!r}.",
@@ -133,6 +131,15 @@ def parse_hints(raw: dict[str, Any]) -> Hints:
             )
         hints.max_cost_usd = value
     return hints
+
+
+def _cap_amount(cap: object) -> Decimal | None:
+    """A cost cap as text (the header's, or the hint's) is a plain amount; a JSON number is any."""
+    if isinstance(cap, str):
+        return plain_amount(cap)
+    if isinstance(cap, int | float) and not isinstance(cap, bool):
+        return Decimal(str(cap))  # str(): the short decimal the client wrote (0.1, not 0.1000…)
+    return None
 
 
 async def rule_matches(when: RuleMatch, request: ChatRequest, prompt: PromptSize) -> bool:
