@@ -383,3 +383,26 @@ async def test_an_unknown_field_is_named_with_the_one_meant(
     assert response.status == 400
     error = (await response.json())["error"]
     assert error["param"] == param and f"did you mean '{meant}'?" in error["message"], error
+
+
+async def test_a_key_reads_at_v1_me_whether_its_metering_is_on(
+    client: TestClient[Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With metering off, /v1/me showed a balance of 0, rate limits and budgets as if they applied,
+    though nothing enforces them (a client could take itself for out of credit): it says whether
+    the key is metered."""
+    created = await (await client.post("/admin/keys", json={"name": "on"}, headers=ADMIN)).json()
+    mine = await (
+        await client.get("/v1/me", headers={"Authorization": f"Bearer {created['api_key']}"})
+    ).json()
+    assert mine["metered"] is True
+
+    settings = load_settings(
+        overrides={"store": {"path": str(tmp_path / "off")}, "catalog": {"broad": False}}
+    )
+    gateway = await build_gateway(settings)
+    async with TestClient(TestServer(create_app(gateway))) as unmetered:
+        created = await (await unmetered.post("/admin/keys", json={"name": "off"}, headers=ADMIN)).json()
+        me = await unmetered.get("/v1/me", headers={"Authorization": f"Bearer {created['api_key']}"})
+        mine = await me.json()
+    assert me.status == 200 and mine["metered"] is False

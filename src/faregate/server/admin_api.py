@@ -243,6 +243,9 @@ def add_account_routes(
     async def me(request: web.Request) -> web.StreamResponse:
         key = await pipeline.authenticate(request)
         data = key_json(await service.view(key.id))
+        # With metering off nothing holds the key to its balance, limits or budgets (shown as they
+        # would apply): the key is told, not left to take itself for out of credit.
+        data["metered"] = pipeline.metered
         # The caller knows its key already; its prefix is enough to say which one this is.
         return _json(data)
 
