@@ -133,3 +133,37 @@ async def test_a_ttl_past_what_redis_holds_keeps_the_entry_for_as_long_as_it_can
         assert [await store.get(f"k{i}") for i in range(5)] == [b"answer"] * 5
     finally:
         await store.close()
+
+
+async def test_redis_keeps_no_entry_over_the_configured_size_as_the_in_process_store(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """The in-process store kept no answer over 128 KiB; Redis kept every one whole (a 10 MB answer,
+    a long stream's), filling a Redis that may hold the accounts too. Both now keep none over
+    `cache.max_entry_bytes`: served, not kept (not counted as a write), and what the key held is
+    dropped as the answer that was to replace it is."""
+    from faregate.cache.factory import build_cache
+    from faregate.cache.stores import RedisStore
+    from faregate.config import CacheSettings
+    from faregate.server.parse import parse_chat_request
+    from faregate.types import Usage
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    request = parse_chat_request(body, {}, "req")
+    request.key_id = "key_a"
+    cache = build_cache(CacheSettings(redis_url=redis_server.new_database(), max_entry_bytes=4096))
+    assert cache is not None and isinstance(cache.store, RedisStore)
+    decision = cache.decide(request, {}, lambda: "m")
+
+    def answer(size: int) -> dict[str, object]:
+        return {"choices": [{"message": {"role": "assistant", "content": "x" * size}}]}
+
+    try:
+        assert await cache._write(decision, answer(3000), "m", "p", Usage(1, 750))
+        assert cache.writes == 1
+        assert (await cache.lookup(decision, request)) is not None
+        assert not await cache._write(decision, answer(5000), "m", "p", Usage(1, 1250))
+        assert cache.writes == 1 and cache.store.errors == 0
+        assert await cache.lookup(decision, request) is None
+    finally:
+        await cache.close()

@@ -14,7 +14,10 @@ def build_cache(settings: CacheSettings, shared_redis_url: str | None = None) ->
         return None
     redis_url = settings.redis_url or shared_redis_url
     store: CacheStore
-    store = RedisStore(redis_url) if redis_url else MemoryStore(settings.max_entries)
+    if redis_url:
+        store = RedisStore(redis_url, max_value_bytes=settings.max_entry_bytes)
+    else:
+        store = MemoryStore(settings.max_entries, max_value_bytes=settings.max_entry_bytes)
     semantic = None
     if settings.semantic.enabled:
         from faregate.cache.semantic import SemanticCache

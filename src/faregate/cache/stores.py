@@ -1,6 +1,7 @@
 """Where exact-cache entries live: in process (LRU with expiry) or in Redis.
 
-Values are bytes (orjson of the stored answer). A cache store never raises into the
+Values are bytes (orjson of the stored answer); a value over the store's `max_value_bytes`
+(`cache.max_entry_bytes`) is not kept, in either store. A cache store never raises into the
 request path: Redis being down means a miss and a skipped write, logged once a minute.
 A Redis that stops answering (hung, not down) is skipped after a few consecutive failures, so
 requests do not each wait out its socket timeout for the whole outage.
@@ -42,8 +43,9 @@ class CacheStore(Protocol):
     async def close(self) -> None: ...
 
 
-# The largest value the in-process store keeps: an answer of up to 128 KiB (the bound on a kept
-# embeddings answer, server/embeddings.py) with the model, provider and usage stored beside it.
+# The largest value a store keeps by default (`cache.max_entry_bytes`): an answer of up to 128 KiB
+# (the bound on a kept embeddings answer, server/embeddings.py) with the model, provider and usage
+# stored beside it.
 MAX_VALUE_BYTES = 128 * 1024 + 1024
 
 
@@ -167,6 +169,7 @@ class RedisStore:
         prefix: str = "faregate:cache:",
         failures: int = BREAKER_FAILURES,
         cooldown_s: float = BREAKER_COOLDOWN_S,
+        max_value_bytes: int = MAX_VALUE_BYTES,
     ) -> None:
         import redis.asyncio as redis
 
@@ -176,6 +179,7 @@ class RedisStore:
             url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=retry_once_on_a_fresh_connection()
         )
         self._prefix = prefix
+        self.max_value_bytes = max_value_bytes
         self._last_warning = 0.0
         self.errors = 0
         self.breaker = RedisBreaker(failures, cooldown_s)
@@ -205,13 +209,20 @@ class RedisStore:
     async def set(self, key: str, value: bytes, ttl_s: float) -> bool:
         if self.breaker.skipped():
             return False
+        kept = len(value) <= self.max_value_bytes
         try:
-            await self._redis.set(self._prefix + key, value, px=redis_expiry_ms(ttl_s))
+            if kept:
+                await self._redis.set(self._prefix + key, value, px=redis_expiry_ms(ttl_s))
+            else:
+                # Not kept, as in process: a few huge answers (a 10 MB one, a long stream's) would
+                # fill a Redis that may hold the accounts too. Nor is what the key held, which this
+                # value was to replace (a refresh must not leave the old answer served).
+                await self._redis.delete(self._prefix + key)
         except Exception as exc:
             self._warn(exc)
             return False
         self.breaker.answered()
-        return True
+        return kept
 
     async def close(self) -> None:
         try:

@@ -227,6 +227,11 @@ class CacheSettings(_Strict):
     # In-process store size; ignored with Redis.
     # At least one: a negative size made every cache write fail (logged, never stored).
     max_entries: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    # The largest entry kept, in bytes of the stored answer, in process or in Redis: a bigger answer
+    # is served, not kept (nor its semantic entry). Entries are counted, not sized, in process, and
+    # a Redis shared with the accounts must not fill with a few huge answers. The default holds an
+    # answer of 128 KiB (about 30,000 tokens of text) with what is stored beside it.
+    max_entry_bytes: Annotated[int, msgspec.Meta(ge=1)] = 128 * 1024 + 1024
     # Shared exact cache for several instances, e.g. redis://127.0.0.1:6379/0.
     redis_url: str | None = None
     semantic: SemanticCacheSettings = msgspec.field(default_factory=SemanticCacheSettings)
