@@ -238,3 +238,38 @@ def test_a_routes_cache_digest_follows_its_definition_and_the_routes_it_reaches(
     moved = digests({**base, "inner": {"chain": ["gpt-4o"]}})
     assert moved[0] != first[0] and moved[1] != first[1]
     assert moved[2] == first[2]  # a route that does not reach the one changed keeps its entries
+
+
+def test_a_trained_routes_cache_digest_follows_its_file_not_its_path(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A router or cascade judge retrained in place (same path, new weights) decides otherwise (a
+    router file may name other models), but kept its route's digest: the cache served answers
+    picked by the old file. A file counts by what decides in it, so the same file under another
+    path (another machine) or with other provenance keeps the digest, and a retrained one does
+    not."""
+    import json
+    from pathlib import Path
+    from typing import Any
+
+    routers = Path(__file__).resolve().parents[1] / "routers"
+
+    def router(file: str) -> dict:  # type: ignore[type-arg]
+        return {"router": {"file": file, "strong": "gpt-4o", "weak": "gpt-4o-mini", "threshold": 0.5}}
+
+    def cascade(file: str) -> dict:  # type: ignore[type-arg]
+        judge = {"learned": {"file": file, "threshold": 0.5}}
+        return {"cascade": {"steps": ["gpt-4o-mini", "gpt-4o"], "judge": judge}}
+
+    def digest(route: Any, file: Path, content: dict) -> str | None:  # type: ignore[type-arg]
+        file.write_text(json.dumps(content))
+        overrides = {"routes": {"smart": route(str(file))}, "catalog": {"broad": False}}
+        settings = with_simulator(load_settings(overrides=overrides), SIM)
+        return Planner(build_catalog(settings), settings.routes).route_definition("smart")
+
+    for source, route in (("router-gsm8k.json", router), ("judge-gsm8k.json", cascade)):
+        trained = json.loads((routers / source).read_text())
+        first = digest(route, tmp_path / "trained.json", trained)
+        assert first is not None
+        assert digest(route, tmp_path / "elsewhere.json", trained) == first
+        assert digest(route, tmp_path / "trained.json", {**trained, "training": {"note": "copied"}}) == first
+        retrained = {**trained, "model": {**trained["model"], "bias": trained["model"]["bias"] + 0.5}}
+        assert digest(route, tmp_path / "trained.json", retrained) != first, source

@@ -376,6 +376,9 @@ class OnePolicy:
     def steps(self, name: str) -> list[str]:
         return [self.routers[name].strong, self.routers[name].weak] if name in self.routers else []
 
+    def trained(self, name: str) -> list[str]:
+        return [self.routers[name].router.file.decisions_digest()] if name in self.routers else []
+
     def close(self) -> None:
         pass
 

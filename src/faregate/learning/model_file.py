@@ -55,6 +55,14 @@ class ModelFile:
         scorer = {k: v for k, v in self.to_json().items() if k in ("kind", "features", "model")}
         return hashlib.sha256(json.dumps(scorer, sort_keys=True).encode()).hexdigest()[:16]
 
+    def decisions_digest(self) -> str:
+        """What decides with this file, its provenance (`training`) aside: the scorer, the models it
+        names, its calibration curve and reference scores (which place a share's or a quality
+        target's threshold). A file retrained in place has another; the same file on another
+        machine, under another path, the same (routing/routes.py: the cache's route digest)."""
+        decisive = {k: v for k, v in self.to_json().items() if k != "training"}
+        return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,

@@ -251,6 +251,17 @@ class RoutePolicies:
                 ) from exc
         return CascadePolicy(settings, RuleJudge(checks), learned)
 
+    def trained(self, name: str) -> list[str]:
+        """The digests of a route's trained files as loaded (ModelFile.decisions_digest), for its
+        cache digest (RouteBook.definition)."""
+        found: list[str] = []
+        if name in self.routers:
+            found.append(self.routers[name].router.file.decisions_digest())
+        learned = self.cascades[name].learned if name in self.cascades else None
+        if learned is not None:
+            found.append(learned.file.decisions_digest())
+        return found
+
     def steps(self, name: str) -> list[str]:
         """Every model or route a route's policy may call (checked against the catalog at start)."""
         found: list[str] = []

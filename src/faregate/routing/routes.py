@@ -38,6 +38,8 @@ class Policies(Protocol):
 
     def steps(self, name: str) -> list[str]: ...
 
+    def trained(self, name: str) -> list[str]: ...
+
     def close(self) -> None: ...
 
 
@@ -51,6 +53,9 @@ class NoPolicies:
         self.calibrations: dict[str, RouteCalibration] = {}
 
     def steps(self, name: str) -> list[str]:
+        return []
+
+    def trained(self, name: str) -> list[str]:
         return []
 
     def close(self) -> None:
@@ -205,7 +210,9 @@ class RouteBook:
         """A digest of route `name` as configured, with every route it reaches (routes do not
         loop: check_routes): what the cache keys its entries by beside the name, so that a route
         pointed at other models is not served the answers its old ones gave (the cache, in Redis,
-        outlives a restart). Trained files are left out by path: another machine's may differ."""
+        outlives a restart). Trained files count by their content, not their path (another
+        machine's path may differ): a router retrained in place decides otherwise, and may name
+        other models, so its route starts afresh too."""
         found = self._definitions.get(name)
         if found is None:
             route = self.routes[name]
@@ -213,6 +220,9 @@ class RouteBook:
             names += self.policies.steps(name)
             reached = sorted({step for step in names if step in self.routes and step != name})
             material = [_without_files(msgspec.to_builtins(route)), [self.definition(r) for r in reached]]
+            trained = self.policies.trained(name)
+            if trained:  # only then: a route without trained files keeps the digest it had
+                material.append(trained)
             found = hashlib.sha256(msgspec.json.encode(material)).hexdigest()[:16]
             self._definitions[name] = found
         return found
