@@ -302,3 +302,31 @@ async def test_only_an_entry_the_store_kept_counts_as_a_cache_write() -> None:
         assert down.writes == 0
     finally:
         await down.close()
+
+
+@pytest.mark.parametrize(
+    ("cache", "warned"),
+    [
+        ({"ttl_s": float("inf")}, True),
+        ({"route_ttl_s": {"r": float("inf")}}, True),
+        ({"max_ttl_s": float("inf")}, True),  # clients may ask for forever
+        ({"ttl_s": float("inf"), "redis_url": "redis://127.0.0.1:6379/3"}, True),  # one server's memory
+        ({"ttl_s": float("inf"), "redis_url": "redis://127.0.0.1:6380/0"}, False),
+        ({}, False),
+    ],
+)
+async def test_a_never_expiring_cache_on_the_accounts_redis_is_warned_of(
+    cache: dict[str, Any], warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The accounts' Redis runs with noeviction: cache entries that never expire fill it, and then
+    every reservation is refused. Start-up says so when the cache would share its server."""
+    import logging
+
+    from faregate.cache.factory import build_cache
+
+    with caplog.at_level(logging.WARNING, "faregate.cache"):
+        built = build_cache(CacheSettings(**cache), shared_redis_url="redis://127.0.0.1:6379/0")
+    assert built is not None
+    await built.close()
+    found = [r.getMessage() for r in caplog.records if "never expire" in r.getMessage()]
+    assert bool(found) == warned, found

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+from urllib.parse import urlsplit
+
 from faregate.cache.service import ResponseCache
-from faregate.cache.stores import CacheStore, MemoryStore, RedisStore
+from faregate.cache.stores import MAX_REDIS_EXPIRY_MS, CacheStore, MemoryStore, RedisStore
 from faregate.config import CacheSettings
+
+log = logging.getLogger("faregate.cache")
 
 
 def build_cache(settings: CacheSettings, shared_redis_url: str | None = None) -> ResponseCache | None:
@@ -13,6 +18,8 @@ def build_cache(settings: CacheSettings, shared_redis_url: str | None = None) ->
     if not settings.enabled:
         return None
     redis_url = settings.redis_url or shared_redis_url
+    if redis_url and shared_redis_url and _same_server(redis_url, shared_redis_url):
+        _warn_if_never_expiring(settings)
     store: CacheStore
     if redis_url:
         store = RedisStore(redis_url, max_value_bytes=settings.max_entry_bytes)
@@ -57,3 +64,35 @@ def build_cache(settings: CacheSettings, shared_redis_url: str | None = None) ->
         cache.starters.append(sync.start)
         cache.closers.append(sync.close)
     return cache
+
+
+def _same_server(a: str, b: str) -> bool:
+    """Whether two Redis URLs name one server: another database number on it shares its memory
+    and its eviction policy."""
+
+    def server(url: str) -> tuple[str | None, int | None, str]:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":
+            return None, None, parts.path
+        return parts.hostname, parts.port or 6379, ""
+
+    return server(a) == server(b)
+
+
+def _warn_if_never_expiring(settings: CacheSettings) -> None:
+    """The accounts' Redis runs with `maxmemory-policy noeviction` (docs/accounts.md): cache entries
+    that never expire there fill it, and then every reservation and settlement is refused (each
+    request a 503) until someone flushes the cache by hand."""
+    forever = MAX_REDIS_EXPIRY_MS / 1000
+    ttls = {"cache.ttl_s": settings.ttl_s, "cache.max_ttl_s": settings.max_ttl_s}
+    ttls |= {f"cache.tier_ttl_s.{tier}": ttl for tier, ttl in settings.tier_ttl_s.items()}
+    ttls |= {f"cache.route_ttl_s.{route}": ttl for route, ttl in settings.route_ttl_s.items()}
+    never = sorted(name for name, ttl in ttls.items() if ttl >= forever)
+    if never:
+        log.warning(
+            "cache entries that never expire (%s) are kept on the Redis server of store.redis_url, "
+            "whose accounts need maxmemory-policy noeviction: once it is full every request that "
+            "reserves is refused. Set cache.redis_url to a Redis server of its own (a database "
+            "number on the same server shares its memory), or give the cache a finite TTL",
+            ", ".join(never),
+        )
