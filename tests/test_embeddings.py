@@ -408,3 +408,65 @@ async def test_null_fields_are_read_as_left_out_and_not_sent_upstream(
             assert sent == [{"model": "embed-x", "input": "hi"}]
     finally:
         await upstream.close()
+
+
+async def test_an_embeddings_answer_is_kept_up_to_cache_max_entry_bytes(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Embeddings answers over 128 KiB were never kept, whatever `cache.max_entry_bytes` allows:
+    an operator who raised it for batches of vectors still had every batch a miss."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient
+
+    from faregate.server.app import build_gateway, create_app
+
+    async def vectors(request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        data = [
+            {"object": "embedding", "index": i, "embedding": [0.123456789] * 1536}
+            for i in range(len(body["input"]))
+        ]
+        usage = {"prompt_tokens": 8, "total_tokens": 8}
+        return web.json_response({"object": "list", "data": data, "model": body["model"], "usage": usage})
+
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", vectors)
+    upstream = TestServer(app, host="127.0.0.1", port=0)
+    await upstream.start_server()
+    monkeypatch.setenv("FAREGATE_MASTER_KEY", "fg-master-test-0123456789abcdefghijklmnop")
+    settings = load_settings(
+        overrides={
+            "store": {"path": str(tmp_path / "store")},
+            "catalog": {"broad": False},
+            "cache": {"max_entry_bytes": 1024 * 1024},
+            "providers": {"up": {"base_url": str(upstream.make_url("/v1"))}},
+            "models": {"embed-x": {"kind": "embedding", "input": "0.5", "offers": [{"provider": "up"}]}},
+        }
+    )
+    gateway = await build_gateway(settings)
+    _, key = await gateway.keys.create(name="t")
+    cache = gateway.pipeline.cache
+    assert cache is not None
+    try:
+        async with TestClient(TestServer(create_app(gateway))) as client:
+
+            async def embed() -> str:
+                response = await client.post(
+                    "/v1/embeddings",
+                    json={"model": "embed-x", "input": ["a", "b", "c", "d", "e", "f", "g", "h"]},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                assert response.status == 200, await response.text()
+                assert len(await response.read()) > 128 * 1024
+                return response.headers["x-faregate-cache"]
+
+            assert await embed() == "miss"
+            for _ in range(500):  # kept off the response's path: up to 5 s for the write
+                if cache.writes:
+                    break
+                await asyncio.sleep(0.01)
+            assert await embed() == "hit"
+    finally:
+        await gateway.close()
+        await upstream.close()

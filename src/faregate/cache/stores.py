@@ -44,8 +44,7 @@ class CacheStore(Protocol):
 
 
 # The largest value a store keeps by default (`cache.max_entry_bytes`): an answer of up to 128 KiB
-# (the bound on a kept embeddings answer, server/embeddings.py) with the model, provider and usage
-# stored beside it.
+# with the model, provider and usage stored beside it.
 MAX_VALUE_BYTES = 128 * 1024 + 1024
 
 

@@ -45,10 +45,6 @@ from faregate.server.responses import error_reply
 from faregate.types import JSON, MILLION, Usage
 from faregate.wire import embeddings as wire
 
-# Bigger answers are not cached: an entry of the in-process cache is counted, not sized, and a
-# batch of vectors is megabytes. 128 KiB holds one 3,072-dimension vector as JSON floats, or
-# about fifteen 1,536-dimension ones as base64 (what the openai SDK asks for).
-MAX_CACHED_ANSWER_BYTES = 128 * 1024
 # Above this many characters of text input, tokens are counted in a thread (the event loop
 # keeps serving other requests meanwhile).
 _COUNT_INLINE_CHARS = 20_000
@@ -190,7 +186,9 @@ class EmbeddingsPipeline:
             cache is not None
             and exchange.cache is not None
             and not usage.estimated
-            and len(data) <= MAX_CACHED_ANSWER_BYTES
+            # What the store would not keep (cache.max_entry_bytes: a batch of vectors is
+            # megabytes) is not handed to it, to be encoded again in the background for nothing.
+            and len(data) <= cache.settings.max_entry_bytes
         ):
             cache.remember_exact(exchange.cache, body, candidate.model.name, candidate.offer.provider, usage)
         return Whole(200, data, exchange.headers)
