@@ -77,20 +77,20 @@ async def test_a_hit_is_recorded_with_the_baseline_of_the_answer_it_replays() ->
         audio_prompt_tokens=10_000,
         audio_completion_tokens=5_000,
     )
-    miss = Exchange.begin(cast(Any, SimpleNamespace(headers={})))
+    miss = Exchange.begin(cast(Any, SimpleNamespace(headers={})), gpt4o)
     offer = SimpleNamespace(provider="p")
     served_by = cast(Any, SimpleNamespace(model=SimpleNamespace(name="m"), offer=offer))
     miss.settled(served_by, usage, gpt4o.cost(usage))
-    miss.finished(gpt4o)
+    miss.finished()
 
     c = ResponseCache(CacheSettings(), MemoryStore())
     decision = c.decide(request(BASE), {}, lambda: "m")
     await c._write(decision, {"choices": []}, "m", "p", usage)
     cached = await c.lookup(decision, request(BASE))
     assert cached is not None and cached.usage == usage
-    hit = Exchange.begin(cast(Any, SimpleNamespace(headers={})))
+    hit = Exchange.begin(cast(Any, SimpleNamespace(headers={})), gpt4o)
     hit.from_cache(cached)
-    hit.finished(gpt4o)
+    hit.finished()
     assert hit.record.cost_usd == 0
     assert hit.record.baseline_cost_usd == miss.record.baseline_cost_usd == miss.record.cost_usd
 

@@ -65,7 +65,7 @@ def test_the_chat_wire_writes_what_the_chat_path_always_wrote() -> None:
     encoder = CHAT.stream("cheap", True, body)
     chunk = {"id": "c", "model": "up", "choices": [], "usage": {"prompt_tokens": 1}}
     assert encoder.chunk(dict(chunk)) == openai.relay_frame(dict(chunk), "cheap", True)
-    usage = openai.usage_chunk(None, "cheap", Usage(1, 2), Decimal("0.5"))
+    usage = openai.usage_chunk(None, "cheap", Usage(1, 2), Decimal("0.5"), Decimal("5"))
     assert encoder.close(usage) == openai.sse_frame(usage) + openai.DONE
     assert CHAT.stream("cheap", False, body).close(None) == openai.DONE
     failure = UpstreamFailure("truncated", "cut")

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from faregate import tokens
-from harness import GatewayProcess, wait_until
+from harness import GatewayProcess, cache_written, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -61,9 +61,9 @@ def records(gateway: GatewayProcess, request_id: str, wait: float = 3.0) -> list
         time.sleep(0.05)
 
 
-def prompt_of(n_tokens: int) -> list[dict[str, str]]:
-    """A user message whose prompt (with OpenAI's chat framing) is exactly n tokens."""
-    content = " hello" * (n_tokens - tokens.TOKENS_PER_MESSAGE - tokens.TOKENS_PER_REPLY)
+def prompt_of(n_tokens: int, word: str = " hello") -> list[dict[str, str]]:
+    """A user message whose prompt (with OpenAI's chat framing) is exactly n tokens (`word` one)."""
+    content = word * (n_tokens - tokens.TOKENS_PER_MESSAGE - tokens.TOKENS_PER_REPLY)
     messages = [{"role": "user", "content": content}]
     assert tokens.count_messages(messages) == n_tokens
     return messages
@@ -130,6 +130,47 @@ def test_streaming_with_usage_chunk_and_cost(client: openai.OpenAI, gateway: Gat
     row = records(gateway, request_id)[0]
     assert row["stream"] == 1 and Decimal(row["cost_usd"]) == Decimal("0.00082")
     assert row["ttft_ms"] is not None and row["ttft_ms"] > 0
+
+
+def test_every_answer_says_what_the_baseline_model_would_have_cost_as_recorded(
+    client: openai.OpenAI, gateway: GatewayProcess
+) -> None:
+    """usage.baseline_cost and x-faregate-baseline-cost-usd: the same 1000 tokens in and 500 out
+    on gpt-4o (baseline_model's default, 2.50 and 10.00 per 1M), whole, streamed and from the
+    cache, each the figure its record keeps (the dashboard's savings are baseline - cost)."""
+    baseline = Decimal("0.0075")
+    asked: dict[str, Any] = {
+        "model": "deepseek-v4-flash",
+        "messages": prompt_of(1000, " baseline"),  # no other test's: the first ask is a miss
+        "temperature": 0,
+        "extra_body": {"sim": {"answer": {"lorem": 500}}},
+    }
+    with cache_written(gateway):
+        whole = client.chat.completions.with_raw_response.create(**asked)
+    usage = whole.parse().usage
+    assert usage is not None and usage.model_extra is not None
+    assert Decimal(whole.headers["x-faregate-baseline-cost-usd"]) == baseline
+    assert usage.model_extra["baseline_cost"] == float(baseline) and usage.model_extra["cost"] == 0.00082
+    hit = client.chat.completions.with_raw_response.create(**asked)
+    assert hit.headers["x-faregate-cache"] == "hit" and hit.headers["x-faregate-cost-usd"] == "0"
+    assert Decimal(hit.headers["x-faregate-baseline-cost-usd"]) == baseline
+    hit_usage = hit.parse().usage
+    assert hit_usage is not None and hit_usage.model_extra is not None
+    assert (hit_usage.model_extra["cost"], hit_usage.model_extra["baseline_cost"]) == (0, float(baseline))
+    streamed = client.chat.completions.with_raw_response.create(
+        **{**asked, "temperature": 1}, stream=True, stream_options={"include_usage": True}
+    )
+    last = list(streamed.parse())[-1]
+    assert last.usage is not None and last.usage.model_extra is not None
+    assert last.usage.model_extra["baseline_cost"] == float(baseline)
+    for raw, told in ((whole, usage), (hit, hit_usage), (streamed, last.usage)):
+        (row,) = records(gateway, raw.headers["x-faregate-request-id"])
+        assert Decimal(row["baseline_cost_usd"]) == baseline
+        assert told.model_extra is not None
+        assert told.model_extra["baseline_cost"] == float(Decimal(row["baseline_cost_usd"]))
+    for raw in (whole, hit):
+        (row,) = records(gateway, raw.headers["x-faregate-request-id"])
+        assert Decimal(raw.headers["x-faregate-baseline-cost-usd"]) == Decimal(row["baseline_cost_usd"])
 
 
 def test_streaming_without_usage_request_gets_no_usage_but_is_billed(

@@ -134,6 +134,10 @@ def test_every_input_form_is_embedded_and_costed_exactly(
         assert (row["prompt_tokens"], row["completion_tokens"]) == (tokens, 0)
         assert Decimal(row["cost_usd"]) == cost and row["empty_response"] == 0
         assert row["wire"] == "embeddings"
+        # Measured against the model's own list price (the one offer here is at it): no saving.
+        assert headers["x-faregate-baseline-cost-usd"] == headers["x-faregate-cost-usd"]
+        assert Decimal(row["baseline_cost_usd"]) == cost
+        assert answer.usage.model_extra["baseline_cost"] == float(cost)
     # The upstream saw OpenAI's own model name, once per request.
     assert (
         sim_models(stand_in).get("text-embedding-3-small", 0) == before.get("text-embedding-3-small", 0) + 6
@@ -183,6 +187,9 @@ def test_the_second_time_is_a_free_cache_hit(gateway: GatewayProcess, stand_in: 
     second, headers = embed(gateway, key, model="text-embedding-3-small", input=text, dimensions=64)
     assert headers["x-faregate-cache"] == "hit" and headers["x-faregate-cost-usd"] == "0"
     assert second.usage.model_extra["cost"] == 0
+    baseline = Decimal(headers["x-faregate-baseline-cost-usd"])
+    assert baseline == Decimal(first.usage.prompt_tokens) * SMALL / MILLION > 0  # what the hit saved
+    assert second.usage.model_extra["baseline_cost"] == first.usage.model_extra["baseline_cost"]
     assert [d.embedding for d in second.data] == [d.embedding for d in first.data]
     assert sim_models(stand_in)["text-embedding-3-small"] == calls
     row = record(gateway, headers["x-faregate-request-id"])
@@ -191,6 +198,7 @@ def test_the_second_time_is_a_free_cache_hit(gateway: GatewayProcess, stand_in: 
         Decimal(0),
         first.usage.prompt_tokens,
     )
+    assert Decimal(row["baseline_cost_usd"]) == baseline
     # Other dimensions are another answer: a miss.
     _, headers = embed(gateway, key, model="text-embedding-3-small", input=text, dimensions=32)
     assert headers["x-faregate-cache"] == "miss"

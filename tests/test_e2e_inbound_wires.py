@@ -141,6 +141,10 @@ def test_a_message_from_the_anthropic_sdk_with_x_api_key(
     row = record(gateway, raw.headers["x-faregate-request-id"])
     assert row["wire"] == "messages" and row["status"] == 200
     assert Decimal(row["cost_usd"]) == cost
+    # What the baseline model would have cost, as recorded: in the usage and a header.
+    baseline = Decimal(raw.headers["x-faregate-baseline-cost-usd"])
+    assert baseline == Decimal(row["baseline_cost_usd"]) > 0
+    assert (usage.model_extra or {})["baseline_cost"] == float(baseline)
 
 
 def test_the_anthropic_sdk_reads_the_request_id_of_answers_streams_and_errors(
@@ -202,8 +206,10 @@ def test_a_stream_with_its_cost_in_message_delta(
     delta = events[-2]
     assert delta.delta.stop_reason == "end_turn"  # type: ignore[union-attr]
     cost = Decimal(str((delta.usage.model_extra or {})["cost"]))  # type: ignore[union-attr]
+    baseline = (delta.usage.model_extra or {})["baseline_cost"]  # type: ignore[union-attr]
     row = record(gateway, request_id)
     assert row["wire"] == "messages" and row["stream"] == 1
+    assert baseline == float(Decimal(row["baseline_cost_usd"])) > 0
     assert abs(Decimal(row["cost_usd"]) - cost) < Decimal("1e-12")
     assert Decimal(row["cost_usd"]) == HAIKU.cost(Usage(row["prompt_tokens"], row["completion_tokens"]))
 
@@ -571,6 +577,9 @@ def test_responses_create(client: openai.OpenAI, gateway: GatewayProcess) -> Non
     assert (response.usage.model_extra or {})["cost"] == float(cost) > 0
     row = record(gateway, raw.headers["x-faregate-request-id"])
     assert row["wire"] == "responses" and Decimal(row["cost_usd"]) == cost
+    baseline = Decimal(raw.headers["x-faregate-baseline-cost-usd"])
+    assert baseline == Decimal(row["baseline_cost_usd"]) > cost
+    assert (response.usage.model_extra or {})["baseline_cost"] == float(baseline)
 
 
 def test_responses_stream(client: openai.OpenAI) -> None:

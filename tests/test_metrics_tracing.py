@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_se
 
 from faregate.config import TracingSettings
 from faregate.telemetry.tracing import RequestTracer
-from faregate.types import Attempt, RequestRecord
+from faregate.types import Attempt, Price, RequestRecord
 
 
 @pytest.fixture()
@@ -195,9 +195,10 @@ def test_the_record_keeps_the_callers_trace_context() -> None:
     from faregate.server.exchange import Exchange
 
     headers = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01", "tracestate": "vendor=abc"}
-    record = Exchange.begin(cast(Any, SimpleNamespace(headers=headers))).record
+    baseline = Price(Decimal(1), Decimal(1))
+    record = Exchange.begin(cast(Any, SimpleNamespace(headers=headers)), baseline).record
     assert (record.traceparent, record.tracestate) == (headers["traceparent"], "vendor=abc")
-    assert Exchange.begin(cast(Any, SimpleNamespace(headers={}))).record.traceparent is None
+    assert Exchange.begin(cast(Any, SimpleNamespace(headers={})), baseline).record.traceparent is None
 
 
 def test_a_tracing_header_naming_an_unset_variable_is_refused_at_start(

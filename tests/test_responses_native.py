@@ -145,9 +145,12 @@ async def test_a_whole_response_is_passed_through_and_priced(
     assert message["content"] == "Hello." and message["tool_calls"][0]["id"] == "call_1"
     assert completion.body["choices"][0]["finish_reason"] == "tool_calls"
     # The pipeline prices the internal answer; the client receives the upstream's Response.
-    body = price_answer(completion.body, "gpt-4o-mini", completion.usage, Decimal("0.000021"))
+    body = price_answer(
+        completion.body, "gpt-4o-mini", completion.usage, Decimal("0.000021"), Decimal("0.0001")
+    )
     out = orjson.loads(RESPONSES.answer(body, ASKED))
-    assert out == {**RESPONSE, "model": "gpt-4o-mini", "usage": {**RESPONSE["usage"], "cost": 0.000021}}
+    priced = {**RESPONSE["usage"], "cost": 0.000021, "baseline_cost": 0.0001}
+    assert out == {**RESPONSE, "model": "gpt-4o-mini", "usage": priced}
 
 
 async def test_a_chat_request_still_goes_to_chat_completions(
@@ -204,7 +207,7 @@ async def test_a_stream_is_relayed_event_by_event_with_the_cost_at_the_end(
     assert chunks[-1]["usage"] == {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
     encoder = RESPONSES.stream("gpt-4o-mini", True, ASKED)
     sent = b"".join(encoder.chunk(c) for c in chunks)
-    final = usage_chunk(None, "gpt-4o-mini", Usage(9, 3), Decimal("0.00002"))
+    final = usage_chunk(None, "gpt-4o-mini", Usage(9, 3), Decimal("0.00002"), Decimal("0.00009"))
     sent += encoder.close(final)
     relayed = [orjson.loads(line[6:]) for line in sent.split(b"\n") if line.startswith(b"data: ")]
     # Every upstream event, in order and numbered as it came; the gateway's model name, the cost.
@@ -213,7 +216,8 @@ async def test_a_stream_is_relayed_event_by_event_with_the_cost_at_the_end(
     ]
     assert [e for e in relayed if "response" not in e] == [e for e in events if "response" not in e]
     assert relayed[-1]["response"]["model"] == "gpt-4o-mini"
-    assert relayed[-1]["response"]["usage"] == {**events[-1]["response"]["usage"], "cost": 0.00002}
+    priced = {**events[-1]["response"]["usage"], "cost": 0.00002, "baseline_cost": 0.00009}
+    assert relayed[-1]["response"]["usage"] == priced
     assert relayed[-1]["response"]["id"] == events[-1]["response"]["id"]
 
 

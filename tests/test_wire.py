@@ -190,10 +190,11 @@ def test_a_relayed_stream_is_read_and_kept_as_an_answer() -> None:
     assert all(f["usage"] is None for f in frames[:-1])
     assert frames[-1]["choices"] == [] and frames[-1]["usage"] == {"cost": 0.0}
     assert "usage" not in answer_as_chunks(body, include_usage=False)[-1]
-    again = free_answer(body, Usage(3, 2))
+    again = free_answer(body, Usage(3, 2), Decimal("0.0005"))
     assert (
         again["usage"]["cost"] == 0 and again["choices"] == body["choices"] and body["usage"] == {"cost": 0.0}
     )
+    assert again["usage"]["baseline_cost"] == 0.0005  # free, and what it saved
 
 
 def test_streams_that_are_not_whole_text_answers_are_not_kept() -> None:
@@ -320,6 +321,7 @@ def test_a_cache_hit_tells_the_reasoning_tokens_of_the_answer_it_replays() -> No
         "m",
         usage,
         Decimal("0.0001"),
+        Decimal("0.0002"),
     )
     seen = StreamedAnswer()
     seen.take(chunk({"role": "assistant", "content": "42"}))
@@ -328,7 +330,7 @@ def test_a_cache_hit_tells_the_reasoning_tokens_of_the_answer_it_replays() -> No
     streamed = seen.answer("m", usage)
     assert streamed is not None
     for kept in (whole, streamed):
-        replayed = free_answer(kept, usage)["usage"]
+        replayed = free_answer(kept, usage, Decimal("0.0002"))["usage"]
         assert replayed["completion_tokens_details"] == {
             "reasoning_tokens": 40,
             "accepted_prediction_tokens": 0,
@@ -336,7 +338,7 @@ def test_a_cache_hit_tells_the_reasoning_tokens_of_the_answer_it_replays() -> No
         assert replayed["prompt_tokens_details"]["cached_tokens"] == 4
         assert replayed["cost"] == 0 and "cost_details" not in replayed
     # Audio counted by the gateway wins over what the body said.
-    audio = free_answer(whole, Usage(10, 50, audio_completion_tokens=7))["usage"]
+    audio = free_answer(whole, Usage(10, 50, audio_completion_tokens=7), Decimal("0.0002"))["usage"]
     assert audio["completion_tokens_details"] == {
         "reasoning_tokens": 40,
         "accepted_prediction_tokens": 0,
@@ -344,15 +346,16 @@ def test_a_cache_hit_tells_the_reasoning_tokens_of_the_answer_it_replays() -> No
     }
 
 
-def test_what_the_client_receives_carries_the_cost() -> None:
+def test_what_the_client_receives_carries_the_cost_and_the_baseline_cost() -> None:
     body = {"model": "up", "choices": [], "usage": {"prompt_tokens": 1, "details": {"x": 1}}}
-    price_answer(body, "catalog-name", Usage(3, 4, estimated=True), Decimal("0.00001"))
+    price_answer(body, "catalog-name", Usage(3, 4, estimated=True), Decimal("0.00001"), Decimal("0.00004"))
     assert body["model"] == "catalog-name"
     assert body["usage"] == {
         "prompt_tokens": 3,
         "completion_tokens": 4,
         "total_tokens": 7,
         "cost": 1e-05,
+        "baseline_cost": 4e-05,
         "estimated": True,
         "details": {"x": 1},
     }
@@ -360,11 +363,12 @@ def test_what_the_client_receives_carries_the_cost() -> None:
     frame = relay_frame(relayed, "catalog-name", include_usage=False)
     assert frame.startswith(b"data: {") and frame.endswith(b"}\n\n")
     assert relayed["model"] == "catalog-name" and "usage" not in relayed
-    made = usage_chunk(None, "m", Usage(1, 2), Decimal(0))
+    made = usage_chunk(None, "m", Usage(1, 2), Decimal(0), Decimal("0.003"))
     assert made["choices"] == [] and made["usage"]["total_tokens"] == 3 and made["model"] == "m"
+    assert (made["usage"]["cost"], made["usage"]["baseline_cost"]) == (0, 0.003)
     # Azure's first chunk (its prompt filter's) names no stream: the made chunk names one still.
     azure_first = {"id": "", "object": "", "created": 0, "model": "", "choices": []}
-    made = usage_chunk(None, "m", Usage(1, 2), Decimal(0), azure_first)
+    made = usage_chunk(None, "m", Usage(1, 2), Decimal(0), Decimal(0), azure_first)
     assert made["id"] == "chatcmpl-faregate" and made["object"] == "chat.completion.chunk"
     assert made["created"] > 0
 

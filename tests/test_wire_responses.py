@@ -364,7 +364,7 @@ def test_bad_embedding_requests_name_the_param(body: dict[str, Any], param: str)
     assert info.value.param == param
 
 
-def test_embedding_answers_carry_our_model_and_the_cost() -> None:
+def test_embedding_answers_carry_our_model_the_cost_and_the_baseline_cost() -> None:
     upstream = {
         "object": "list",
         "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
@@ -375,13 +375,14 @@ def test_embedding_answers_carry_our_model_and_the_cost() -> None:
     assert usage == Usage(1200, 0)
     cost = Price(Decimal("0.02"), Decimal(0)).cost(usage)
     assert cost == Decimal("0.000024")
-    out = embeddings.response_body(upstream, "text-embedding-3-small", usage, cost)
+    out = embeddings.response_body(upstream, "text-embedding-3-small", usage, cost, Decimal("0.000156"))
     parsed = CreateEmbeddingResponse.model_validate(out)
     assert (parsed.model, parsed.usage.prompt_tokens, out["usage"]["cost"]) == (
         "text-embedding-3-small",
         1200,
         0.000024,
     )
+    assert out["usage"]["baseline_cost"] == 0.000156
     assert embeddings.is_answer(upstream, embeddings.parse_request({"model": "e", "input": "x"}))
     assert not embeddings.is_answer({"data": []}, embeddings.parse_request({"model": "e", "input": "x"}))
     assert embeddings.usage_of({"usage": {"prompt_tokens": -1}}) is None

@@ -84,7 +84,7 @@ class EmbeddingsPipeline:
         return http.written(await self.serve(http))
 
     async def serve(self, http_request: HttpRequest) -> Reply:
-        exchange = Exchange.begin(http_request)
+        exchange = Exchange.begin(http_request, self.chat.baseline)
         exchange.record.wire = "embeddings"  # errors are OpenAI's shape, as the chat wire's
         job: EmbeddingJob | None = None
         try:
@@ -95,9 +95,9 @@ class EmbeddingsPipeline:
                 exchange.found_in_cache()
                 exchange.admitted(await self.chat.admission.count_hit(self._key(exchange), job))
                 exchange.from_cache(cached)
-                return _json(
-                    wire.response_body(cached.body, job.model.name, cached.usage, Decimal(0)), exchange
-                )
+                baseline = exchange.record.baseline_cost_usd
+                body = wire.response_body(cached.body, job.model.name, cached.usage, Decimal(0), baseline)
+                return _json(body, exchange)
             plan = self.plan(exchange, job)
             await self.reserve(exchange, job, plan)
             served = await self.chat.runner.embed(job, job.body, len(job.parsed.inputs), plan)
@@ -108,7 +108,7 @@ class EmbeddingsPipeline:
         except Exception as exc:
             return self.chat.unexpected(exchange, exc)
         finally:
-            await self.chat.settle_and_record(exchange, job.model.list_price if job is not None else None)
+            await self.chat.settle_and_record(exchange)
 
     # -- the stages, in order -----------------------------------------------------------------
 
@@ -136,6 +136,9 @@ class EmbeddingsPipeline:
             started=exchange.started,
         )
         exchange.routed(model.name)  # as the plan names it: a hit and a miss are one route
+        # Savings are measured against the model's own list price: the chat baseline model has no
+        # embeddings to compare with.
+        exchange.baseline = model.list_price
         return job
 
     async def look_up(self, exchange: Exchange, job: EmbeddingJob) -> CachedAnswer | None:
@@ -179,7 +182,8 @@ class EmbeddingsPipeline:
         usage = completion.usage or Usage(await job.input_tokens(), 0, estimated=True)
         cost = served_cost(candidate, usage, served.attempts)
         exchange.embedded(candidate, usage, cost)
-        body = wire.response_body(completion.body, candidate.model.name, usage, cost)
+        baseline = exchange.record.baseline_cost_usd
+        body = wire.response_body(completion.body, candidate.model.name, usage, cost, baseline)
         data = orjson.dumps(body)
         cache = self.chat.cache
         if (

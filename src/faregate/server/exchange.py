@@ -69,6 +69,9 @@ class Exchange:
     http: HttpRequest
     record: RequestRecord
     headers: dict[str, str]
+    # The prices the baseline cost is measured at: the baseline model's for chat, an embedding
+    # model's own list price for embeddings (set once the request names it).
+    baseline: Price
     # The wire the client speaks (it parses the body and writes every answer and error), and
     # the client's body as sent (a Response echoes its settings).
     wire: ClientWire = CHAT
@@ -82,12 +85,9 @@ class Exchange:
     hold: Hold | None = None
     # A shadow verification to start once the response is out and recorded (quality/verifier.py).
     verification: Job | CacheJob | None = None
-    # The answer's usage, prompt-cache counts included (the record keeps only the totals): the
-    # baseline is priced on it, as the served offer was.
-    usage: Usage | None = None
 
     @classmethod
-    def begin(cls, http_request: HttpRequest, wire: ClientWire = CHAT) -> Exchange:
+    def begin(cls, http_request: HttpRequest, baseline: Price, wire: ClientWire = CHAT) -> Exchange:
         request_id = new_request_id()
         record = RequestRecord(
             request_id=request_id,
@@ -109,7 +109,7 @@ class Exchange:
         # report a request, so it is this one.
         headers = {"x-faregate-request-id": request_id}
         headers.update(dict.fromkeys(wire.request_id_headers, request_id))
-        return cls(http_request, record, headers, wire)
+        return cls(http_request, record, headers, baseline, wire)
 
     @property
     def request(self) -> ChatRequest:
@@ -185,7 +185,6 @@ class Exchange:
         """What the answer cost: the served attempt's usage at its offer's price, plus what
         failed attempts were billed."""
         record = self.record
-        self.usage = usage
         record.model_used = candidate.model.name
         record.provider = candidate.offer.provider
         record.prompt_tokens = usage.prompt_tokens
@@ -194,6 +193,7 @@ class Exchange:
         record.cost_usd = cost
         record.empty_response = usage.completion_tokens == 0
         self.headers["x-faregate-cost-usd"] = money(cost)
+        self._priced_on_baseline(usage)
 
     def embedded(self, candidate: Candidate, usage: Usage, cost: Decimal) -> None:
         """An embeddings answer's cost, as `settled`; it has no output by nature, so it is never
@@ -211,7 +211,6 @@ class Exchange:
     def from_cache(self, cached: CachedAnswer) -> None:
         """A hit costs nothing; the record keeps the usage so the whole baseline counts as saved."""
         record = self.record
-        self.usage = cached.usage
         record.cache_status = cached.kind
         record.model_used = cached.model
         record.provider = cached.provider
@@ -227,6 +226,17 @@ class Exchange:
                 "x-faregate-attempts": "0",
             }
         )
+        self._priced_on_baseline(cached.usage)
+
+    def _priced_on_baseline(self, usage: Usage) -> None:
+        """The answer's usage (prompt-cache counts included, which the record keeps only as totals)
+        at the baseline prices, as the served offer priced it: the record's baseline cost and its
+        header, set before the answer is written, so the client is told the recorded figure. Cache
+        reads at the baseline's cache price, not as plain input (else a request the baseline model
+        served with cached tokens shows as savings)."""
+        baseline = self.baseline.cost(usage)
+        self.record.baseline_cost_usd = baseline
+        self.headers["x-faregate-baseline-cost-usd"] = money(baseline)
 
     def first_content(self, at: float) -> None:
         if self.record.ttft_ms is None:
@@ -250,13 +260,9 @@ class Exchange:
             # A failed attempt the provider billed (a blank 200) is still money spent.
             self.record.cost_usd = billed_cost(error.attempts)
 
-    def finished(self, baseline: Price) -> None:
-        record = self.record
-        record.latency_ms = (time.perf_counter() - self.started) * 1000
-        # The same usage on the baseline model: cache reads at its cache price, not as plain input
-        # (else a request the baseline model served with cached tokens shows as savings).
-        usage = self.usage or Usage(record.prompt_tokens, record.completion_tokens)
-        record.baseline_cost_usd = baseline.cost(usage)
+    def finished(self) -> None:
+        """The request is over. (Its baseline cost came with its usage; without an answer, 0.)"""
+        self.record.latency_ms = (time.perf_counter() - self.started) * 1000
 
     @property
     def spent(self) -> tuple[Decimal, int]:

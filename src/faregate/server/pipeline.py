@@ -138,7 +138,7 @@ class ChatPipeline:
         return http.written(await self.serve(http, wire))
 
     async def serve(self, http: HttpRequest, wire: ClientWire = CHAT) -> Reply:
-        exchange = Exchange.begin(http, wire)
+        exchange = Exchange.begin(http, self.baseline, wire)
         try:
             exchange.authenticated(self.known_key(http) or await self.authenticate(http))
             whole = http.body_if_whole()
@@ -253,13 +253,11 @@ class ChatPipeline:
             return await self.runner.open_stream(request, plan)
         return await self.runner.complete(request, plan)
 
-    async def settle_and_record(self, exchange: Exchange, baseline: Price | None = None) -> None:
-        """`baseline`: the price savings are measured against, when not the chat baseline model's
-        (an embeddings request's is its own model's list price)."""
+    async def settle_and_record(self, exchange: Exchange) -> None:
         job = exchange.verification  # set only with a verifier, which promised it (_promise)
         verifier = self.verifier if job is not None else None
         try:
-            exchange.finished(baseline or self.baseline)
+            exchange.finished()
             try:
                 if exchange.hold is not None:
                     await self._close_hold(exchange)
@@ -281,10 +279,10 @@ class ChatPipeline:
             # growing with the rate (telemetry/records.py).
             await self.records.room()
 
-    def record(self, exchange: Exchange, baseline: Price | None = None) -> None:
+    def record(self, exchange: Exchange) -> None:
         """`settle_and_record` of a request without a hold or a verification, but for the
         backpressure: the caller awaits `records.room()` when `records.backlogged`."""
-        exchange.finished(baseline or self.baseline)
+        exchange.finished()
         record = exchange.record
         self.records.submit(record)
         self._tell_listeners(record)

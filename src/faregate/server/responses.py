@@ -144,14 +144,14 @@ class Responder:
         """A whole answer's body with its cost, written into the exchange; the cache may keep it."""
         candidate, body = served.candidate, served.completion.body
         cost = served_cost(candidate, usage, served.attempts)
-        price_answer(body, candidate.model.name, usage, cost)
         exchange.settled(candidate, usage, cost)
+        price_answer(body, candidate.model.name, usage, cost, exchange.record.baseline_cost_usd)
         self._remember(exchange, candidate, body, usage)
         return body
 
     async def _cached(self, exchange: Exchange, cached: CachedAnswer) -> Reply:
         exchange.from_cache(cached)
-        body = free_answer(cached.body, cached.usage)
+        body = free_answer(cached.body, cached.usage, exchange.record.baseline_cost_usd)
         if exchange.request.stream:
             return await self._replay(exchange, body, cached.usage)
         return Whole(200, exchange.wire.answer(body, exchange.asked), exchange.headers)
@@ -228,7 +228,12 @@ class Responder:
                 final = None
                 if request.include_usage:
                     final = usage_chunk(
-                        seen.usage_chunk, candidate.model.name, settled.usage, settled.cost, seen.first
+                        seen.usage_chunk,
+                        candidate.model.name,
+                        settled.usage,
+                        settled.cost,
+                        exchange.record.baseline_cost_usd,
+                        seen.first,
                     )
                 # The closing frames go with the body's end: one system call, not two.
                 await response.write_eof(encoder.close(final))

@@ -7,8 +7,8 @@ refusal), the stop reason (stop -> end_turn, length -> max_tokens, tool_calls (o
 tool calls) -> tool_use, content_filter -> refusal, and a matched stop sequence, which an
 upstream names in the choice's `stop_reason` as vLLM does, -> stop_sequence with the
 sequence), and usage: `input_tokens` is the prompt less cache reads and writes (Anthropic's
-sense), the cache counts and their split by TTL beside it, and the gateway's `cost` (and
-`estimated`) carried over.
+sense), the cache counts and their split by TTL beside it, and the gateway's `cost`,
+`baseline_cost` (and `estimated`) carried over.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import orjson
 
 from faregate.errors import FaregateError, UpstreamFailed
 from faregate.types import JSON, Usage
-from faregate.wire.usage import usage_from
+from faregate.wire.usage import GATEWAY_USAGE_FIELDS, usage_from
 
 # Messages stop reasons for chat finish reasons, and back (wire/anthropic_upstream_answers.py).
 STOP_REASONS = {
@@ -58,7 +58,8 @@ ERROR_TYPES = {
 
 def completion_to_message(body: JSON, *, model: str | None = None) -> JSON:
     """The Messages response for an internal (OpenAI chat) answer; `model` names it, else the
-    body's model. A `usage.cost` (and `estimated`) the gateway added is kept in `usage`."""
+    body's model. The `usage.cost` and `baseline_cost` (and `estimated`) the gateway added are
+    kept in `usage`."""
     choices = body.get("choices") or [{}]
     choice = choices[0]
     message = choice.get("message") or {}
@@ -141,11 +142,12 @@ def stop_reason_of(
 
 def messages_usage(usage_body: Any) -> JSON:
     """Anthropic's usage object for an internal usage object (input_tokens excludes the cached
-    and cache-written tokens there); `cost` and `estimated` are carried over when present."""
+    and cache-written tokens there); the gateway's fields (GATEWAY_USAGE_FIELDS: `cost`,
+    `baseline_cost`, `estimated`) are carried over when present."""
     usage = usage_from({"usage": usage_body}) or Usage(0, 0)
     out = anthropic_usage(usage)
     if isinstance(usage_body, dict):
-        for extra in ("cost", "estimated"):
+        for extra in GATEWAY_USAGE_FIELDS:
             if extra in usage_body:
                 out[extra] = usage_body[extra]
     return out

@@ -30,7 +30,7 @@ from faregate.wire.anthropic_replies import (
     tool_use_id,
 )
 from faregate.wire.tool_calls import is_new_call
-from faregate.wire.usage import usage_from
+from faregate.wire.usage import GATEWAY_USAGE_FIELDS, usage_from
 
 
 def sse_frame(event: JSON) -> bytes:
@@ -133,8 +133,9 @@ class MessagesStream:
         return events
 
     def end(self) -> list[JSON]:
-        """The closing events: message_delta (stop reason, usage with the gateway's cost) and
-        message_stop; an `error` event instead when no finish reason came (a cut stream)."""
+        """The closing events: message_delta (stop reason, usage with the gateway's cost and
+        baseline cost) and message_stop; an `error` event instead when no finish reason came (a
+        cut stream)."""
         events = [] if self.started else self._start({})
         events += self._blocks.stop()
         if self._finish[0] is None:
@@ -144,7 +145,7 @@ class MessagesStream:
         final = anthropic_usage(self._usage or Usage(self._input_tokens, 0))
         del final["cache_creation"]  # message_delta's usage has no breakdown by TTL
         if isinstance(self._usage_body, dict):
-            for extra in ("cost", "estimated"):
+            for extra in GATEWAY_USAGE_FIELDS:
                 if extra in self._usage_body:
                     final[extra] = self._usage_body[extra]
         events.append(

@@ -106,15 +106,16 @@ def usage_of(body: JSON) -> Usage | None:
     return None if prompt is None else Usage(prompt, 0)
 
 
-def response_body(body: JSON, model: str, usage: Usage, cost: Decimal) -> JSON:
-    """The answer as the client sees it: our model name, and usage with the cost (and
-    `estimated` when we counted the tokens)."""
+def response_body(body: JSON, model: str, usage: Usage, cost: Decimal, baseline: Decimal) -> JSON:
+    """The answer as the client sees it: our model name, and usage with the cost and the baseline
+    cost (and `estimated` when we counted the tokens)."""
     out = dict(body)
     out["model"] = model
     usage_json: JSON = {
         "prompt_tokens": usage.prompt_tokens,
         "total_tokens": usage.prompt_tokens,
         "cost": float(cost),
+        "baseline_cost": float(baseline),
     }
     if usage.estimated:
         usage_json["estimated"] = True

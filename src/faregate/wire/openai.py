@@ -532,24 +532,27 @@ def _join_call(assembled: JSON, function: JSON) -> None:
 # -- writing what the client receives ------------------------------------------------------------
 
 
-def usage_json(upstream: Any, usage: Usage, cost: Decimal) -> JSON:
-    """The `usage` object a client sees: the upstream's (details kept) with our counts and the cost."""
+def usage_json(upstream: Any, usage: Usage, cost: Decimal, baseline: Decimal) -> JSON:
+    """The `usage` object a client sees: the upstream's (details kept) with our counts, the cost
+    and the baseline cost (what the baseline model would have cost for the same usage)."""
     out: JSON = dict(upstream) if isinstance(upstream, dict) else {}
     out.update(
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
         cost=float(cost),
+        baseline_cost=float(baseline),
     )
     if usage.estimated:
         out["estimated"] = True
     return out
 
 
-def price_answer(body: JSON, model: str, usage: Usage, cost: Decimal) -> JSON:
-    """A whole answer as the client sees it: the catalog's model name, our usage with the cost."""
+def price_answer(body: JSON, model: str, usage: Usage, cost: Decimal, baseline: Decimal) -> JSON:
+    """A whole answer as the client sees it: the catalog's model name, our usage with the cost
+    and the baseline cost."""
     body["model"] = model
-    body["usage"] = usage_json(body.get("usage"), usage, cost)
+    body["usage"] = usage_json(body.get("usage"), usage, cost, baseline)
     return body
 
 
@@ -603,12 +606,12 @@ class ChatStreamFrames:
 
 
 def usage_chunk(
-    held: JSON | None, model: str, usage: Usage, cost: Decimal, first: JSON | None = None
+    held: JSON | None, model: str, usage: Usage, cost: Decimal, baseline: Decimal, first: JSON | None = None
 ) -> JSON:
-    """The stream's usage-only chunk with the cost: the upstream's, or a new one if it sent none,
-    which carries the id, created and fingerprint of the stream's `first` chunk (every chunk of
-    one stream shares them; a client groups chunks by id), those it gives (Azure's first chunk,
-    its prompt filter's, says id "" and created 0)."""
+    """The stream's usage-only chunk with the cost and the baseline cost: the upstream's, or a new
+    one if it sent none, which carries the id, created and fingerprint of the stream's `first`
+    chunk (every chunk of one stream shares them; a client groups chunks by id), those it gives
+    (Azure's first chunk, its prompt filter's, says id "" and created 0)."""
     chunk: JSON = held or {
         "id": "chatcmpl-faregate",
         "object": "chat.completion.chunk",
@@ -617,12 +620,13 @@ def usage_chunk(
         "choices": [],
     }
     chunk["model"] = model
-    chunk["usage"] = usage_json(chunk.get("usage"), usage, cost)
+    chunk["usage"] = usage_json(chunk.get("usage"), usage, cost, baseline)
     return chunk
 
 
-def free_answer(body: JSON, usage: Usage) -> JSON:
-    """A kept answer served again (a cache hit): the same body, its usage at no cost, with its
+def free_answer(body: JSON, usage: Usage, baseline: Decimal) -> JSON:
+    """A kept answer served again (a cache hit): the same body, its usage at no cost (and what it
+    would have cost on the baseline model: the hit's saving), with its
     prompt-cache and audio parts (what the Messages and Responses wires read their input split
     from: without them a hit told every prompt token as uncached input), and the answer's own
     output split (completion_tokens_details: a reasoning model's reasoning_tokens), not the rest
@@ -635,7 +639,7 @@ def free_answer(body: JSON, usage: Usage) -> JSON:
             **details,
             **(replayed.get("completion_tokens_details") or {}),
         }
-    return {**body, "usage": usage_json(replayed, usage, Decimal(0))}
+    return {**body, "usage": usage_json(replayed, usage, Decimal(0), baseline)}
 
 
 def answer_as_chunks(body: JSON, include_usage: bool) -> list[JSON]:

@@ -27,7 +27,7 @@ from typing import Any
 from faregate.errors import InvalidRequest
 from faregate.types import GATEWAY_FIELDS, JSON
 from faregate.wire.tool_calls import new_call_id
-from faregate.wire.usage import usage_from
+from faregate.wire.usage import GATEWAY_USAGE_FIELDS, usage_from
 
 _COPIED = (
     "temperature",
@@ -348,7 +348,7 @@ def completion_to_response(body: JSON, request: JSON | None = None, *, model: st
 
 def responses_usage(usage_body: Any) -> JSON | None:
     """The Responses usage object for an internal one (input_tokens include cached tokens, as
-    OpenAI counts them); `cost` and `estimated` carried over."""
+    OpenAI counts them); `cost`, `baseline_cost` and `estimated` carried over."""
     usage = usage_from({"usage": usage_body})
     if usage is None:
         return None
@@ -365,7 +365,7 @@ def responses_usage(usage_body: Any) -> JSON | None:
         "total_tokens": usage.total_tokens,
     }
     assert isinstance(usage_body, dict)
-    for extra in ("cost", "estimated"):
+    for extra in GATEWAY_USAGE_FIELDS:
         if extra in usage_body:
             out[extra] = usage_body[extra]
     return out

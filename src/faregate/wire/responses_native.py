@@ -10,12 +10,12 @@ Response, with the Response itself riding along:
 
 - a whole answer: the internal chat.completion (text, function calls, finish reason, usage with
   cached tokens) with the upstream's Response under `NATIVE_ANSWER`, which the client wire
-  sends as it came (the gateway's model name and `usage.cost` put in);
+  sends as it came (the gateway's model name, `usage.cost` and `usage.baseline_cost` put in);
 - a stream: per upstream event one internal chunk (its text or tool-call delta, the finish
   reason and usage on response.completed / response.incomplete) with the event itself under
   `NATIVE_EVENTS`, which the client wire's encoder relays as it came (the final event's usage
-  gets the cost). response.failed and `error` events raise UpstreamFailure, as a chat stream's
-  error chunk does.
+  gets the cost and the baseline cost). response.failed and `error` events raise
+  UpstreamFailure, as a chat stream's error chunk does.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 from faregate.errors import UpstreamFailure
 from faregate.types import GATEWAY_FIELDS, JSON, Usage
 from faregate.wire.responses import responses_usage
-from faregate.wire.usage import token_count, usage_json
+from faregate.wire.usage import GATEWAY_USAGE_FIELDS, token_count, usage_json
 
 # The client's Responses body inside the internal chat body (a wire extra).
 NATIVE_REQUEST = "responses_request"
@@ -132,13 +132,13 @@ def native_answer(body: JSON) -> JSON | None:
 
 
 def priced_usage(native: Any, internal: Any) -> JSON | None:
-    """The upstream's Responses usage with the gateway's `cost` (and `estimated`) put in; the
-    internal usage in Responses' shape when the upstream gave none."""
+    """The upstream's Responses usage with the gateway's `cost`, `baseline_cost` (and `estimated`)
+    put in; the internal usage in Responses' shape when the upstream gave none."""
     if not isinstance(native, dict):
         return responses_usage(internal) if isinstance(internal, dict) else None
     out = dict(native)
     if isinstance(internal, dict):
-        for extra in ("cost", "estimated"):
+        for extra in GATEWAY_USAGE_FIELDS:
             if extra in internal:
                 out[extra] = internal[extra]
     return out

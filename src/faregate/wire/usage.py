@@ -21,6 +21,10 @@ from typing import Any
 
 from faregate.types import JSON, Usage
 
+# What the gateway adds to the usage object a client sees (wire/openai.py's `usage_json`): every
+# client wire carries these over into its own usage shape.
+GATEWAY_USAGE_FIELDS = ("cost", "baseline_cost", "estimated")
+
 
 def usage_from(body: Mapping[str, Any]) -> Usage | None:
     """Usage from an OpenAI body or stream chunk, or None if absent or malformed."""
