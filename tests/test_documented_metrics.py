@@ -40,6 +40,8 @@ class Settlements:
     pending = 0
     landed = 0
     lost = 0
+    spooled = 0
+    replayed = 0
 
 
 ROUTE = {

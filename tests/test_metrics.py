@@ -123,6 +123,8 @@ class Settlements:
     pending = 2
     landed = 5
     lost = 1
+    spooled = 2
+    replayed = 3
 
 
 def test_state_is_read_at_scrape_time() -> None:
@@ -146,6 +148,8 @@ def test_state_is_read_at_scrape_time() -> None:
     assert value(text, "faregate_settlements_pending") == 2
     assert value(text, "faregate_settlements_recovered_total") == 5
     assert value(text, "faregate_settlements_lost_total") == 1
+    assert value(text, "faregate_settlements_spooled") == 2
+    assert value(text, "faregate_settlements_replayed_total") == 3
 
 
 async def test_a_metered_gateway_exports_its_kept_settlements(

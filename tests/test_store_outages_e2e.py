@@ -367,6 +367,66 @@ def test_a_stream_that_ends_while_redis_is_down_is_still_charged(
             assert "faregate_settlements_recovered_total 1.0" in metrics.splitlines(), metrics
 
 
+def test_a_settlement_kept_by_a_killed_gateway_is_charged_once_by_the_next(
+    sim: SimProcess,
+    postgres_server: PostgresServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A stream ends while Redis is down, and the gateway is then killed (SIGKILL: an OOM kill, a
+    host restart) before Redis is back. Its kept settlement was in its spool file: the gateway
+    started next on the same data directory takes it over and charges it, once."""
+    from harness import health_counter, wait_until
+
+    with restartable_redis() as redis:
+        store = f"postgres_url: {postgres_server.new_database()!r}\nredis_url: 'redis://127.0.0.1:{redis.port}/0'\n"
+        with launch_gateway(tmp_path / "gw", sim, store=store, extra=CONFIG) as gateway:
+            key = new_key(gateway)
+            admin = httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", headers=ADMIN, timeout=30)
+            with admin:
+                key_id = admin.get("/v1/me", headers={"Authorization": f"Bearer {key}"}).json()["id"]
+                client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=30)
+                # Slow (as SLOW_SIM): Redis is killed while it runs.
+                slow = {"sim": {"ttft_ms": 5, "tokens_per_s": 25, "answer": {"lorem": 60}}}
+                chunks = iter(
+                    client.chat.completions.create(
+                        model="deepseek-v4-flash", messages=HELLO, stream=True, extra_body=slow
+                    )
+                )
+                next(chunks)
+
+                def kinds() -> list[str]:
+                    return [r["kind"] for r in admin.get(f"/admin/keys/{key_id}/ledger").json()["data"]]
+
+                # The reservation's ledger row is in PostgreSQL (Redis comes back empty).
+                wait_until(lambda: "reservation" in kinds(), "the reservation reaches PostgreSQL")
+                redis.kill()
+                assert list(chunks), "the stream went on"
+                wait_until(
+                    lambda: health_counter(gateway, "settlements_spooled") == 1, "the settlement is spooled"
+                )
+            gateway.process.kill()
+            gateway.process.wait(10)
+        redis.start()
+        with launch_gateway(tmp_path / "gw", sim, store=store, extra=CONFIG) as gateway:
+            assert health_counter(gateway, "settlements_replayed") == 1
+            wait_until(lambda: health_counter(gateway, "settlements_recovered") == 1, "the settlement lands")
+            assert health_counter(gateway, "settlements_spooled") == 0
+            with httpx.Client(
+                base_url=f"http://127.0.0.1:{gateway.port}", headers=ADMIN, timeout=30
+            ) as admin:
+                rows = admin.get(f"/admin/keys/{key_id}/ledger").json()["data"]
+                audit = admin.get("/admin/audit").json()
+                metrics = admin.get("/metrics").text
+            settlements = [r for r in rows if r["kind"] == "settlement"]
+            assert len(settlements) == 1 and "late" in settlements[0]["note"], rows
+            assert settlements[0]["amount_usd"].startswith("-") and settlements[0]["amount_usd"] != "-0", rows
+            assert audit["clean"] is True, audit
+            assert "faregate_settlements_replayed_total 1.0" in metrics.splitlines(), metrics
+            spooled = list((gateway.store_path / "settle-spool").glob("*.jsonl"))
+            # Only the running gateway's own file, with nothing left in it.
+            assert len(spooled) == 1 and spooled[0].stat().st_size == 0, spooled
+
+
 async def test_a_lost_key_events_subscription_is_logged_once_and_its_return_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

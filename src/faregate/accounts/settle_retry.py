@@ -9,6 +9,10 @@ Retrying is safe: the stores' settle is idempotent per hold (SQLite looks for th
 rows; the Redis script remembers a settled hold as long as a retry may come). A clean stop tries
 what is still pending once more before the stores close.
 
+Kept settlements are also written to a local spool file (accounts/settle_spool.py), so that one
+kept by a process that is killed is not lost: the next process to start replays it, within
+`settle_retry_s` of when it was first kept. What a clean stop cannot land stays in the spool too.
+
 An outage is logged once when the first settlement is kept and once when the last one lands, not a
 traceback per request.
 """
@@ -22,9 +26,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from faregate.accounts.backend import AccountBackend, HoldRef
 from faregate.accounts.money import usd_text
+from faregate.accounts.settle_spool import SettlementSpool, SpooledClose
 from faregate.store.outage import is_outage
 
 log = logging.getLogger("faregate.accounts")
@@ -40,6 +46,10 @@ class PendingClose:
     cost_nano: int | None  # None: a release (nothing was spent)
     tokens: int
     kept_at: float  # clock() when it was first kept
+    kept_unix: float  # time.time() then: what the spool keeps (a clock() means nothing to the next process)
+
+    def spooled(self) -> SpooledClose:
+        return SpooledClose(self.key_id, self.ref, self.cost_nano, self.tokens, self.kept_unix)
 
 
 class SettlementRetry:
@@ -66,6 +76,39 @@ class SettlementRetry:
         # Kept settlements that landed later, and those given up (past keep_s, or at shutdown).
         self.landed = 0
         self.lost = 0
+        # Kept settlements on disk (open_spool; None: in memory only, as in CLI commands and tests).
+        self.spool: SettlementSpool | None = None
+        # Kept settlements taken over from the spools of processes that stopped before they landed.
+        self.replayed = 0
+
+    @property
+    def spooled(self) -> int:
+        """Kept settlements written to the spool and not landed or given up yet."""
+        return self.spool.pending if self.spool is not None else 0
+
+    async def open_spool(self, directory: Path) -> None:
+        """Write kept settlements to a spool file in `directory` from now on, and retry those that
+        processes which stopped before they landed left in the directory (once each: the spool's
+        file locks see to it with several processes)."""
+        self.spool = await SettlementSpool.open(directory)
+        claimed = await self.spool.claim_orphans()
+        if not claimed:
+            return
+        now, now_unix = self._clock(), time.time()
+        for entry in claimed:
+            # The time the gateway was down counts: a replay keeps to settle_retry_s from when the
+            # settlement was first kept, as long as Redis remembers the settled holds
+            # (accounts/settle_spool.py says why that bound makes the replay safe).
+            waited = max(0.0, now_unix - entry.kept_unix)
+            self._pending.append(
+                PendingClose(
+                    entry.key_id, entry.ref, entry.cost_nano, entry.tokens, now - waited, entry.kept_unix
+                )
+            )
+        self.replayed += len(claimed)
+        self._empty.clear()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._retry(), name="settlement-retry")
 
     @property
     def pending(self) -> int:
@@ -76,10 +119,10 @@ class SettlementRetry:
         await self._empty.wait()
 
     async def settle(self, key_id: str, ref: HoldRef, cost_nano: int, tokens: int) -> None:
-        await self._close_or_keep(PendingClose(key_id, ref, cost_nano, tokens, self._clock()))
+        await self._close_or_keep(PendingClose(key_id, ref, cost_nano, tokens, self._clock(), time.time()))
 
     async def release(self, key_id: str, ref: HoldRef) -> None:
-        await self._close_or_keep(PendingClose(key_id, ref, None, 0, self._clock()))
+        await self._close_or_keep(PendingClose(key_id, ref, None, 0, self._clock(), time.time()))
 
     async def _close_or_keep(self, item: PendingClose) -> None:
         try:
@@ -87,7 +130,25 @@ class SettlementRetry:
         except Exception as exc:
             if not is_outage(exc) or self._closed:
                 raise
+            await self._write_to_spool(item)
             self._keep(item, exc)
+
+    async def _write_to_spool(self, item: PendingClose) -> None:
+        if self.spool is None:
+            return
+        try:
+            await self.spool.keep(item.spooled())
+        except OSError as exc:
+            # A full or failing disk: still kept in memory, as without a spool; only a kill loses it.
+            log.error(
+                "could not write the kept settlement %s/%s to the spool %s (%s: %s): it is kept in "
+                "memory only",
+                item.key_id,
+                item.ref.hold_id,
+                self.spool.path,
+                type(exc).__name__,
+                exc,
+            )
 
     async def _apply(self, item: PendingClose) -> None:
         if item.cost_nano is None:
@@ -98,10 +159,11 @@ class SettlementRetry:
     def _keep(self, item: PendingClose, exc: BaseException) -> None:
         if not self._pending:
             log.warning(
-                "accounts store unreachable (%s: %s): settlements are kept in memory and retried for up "
-                "to %.0fs",
+                "accounts store unreachable (%s: %s): settlements are kept in memory%s and retried for "
+                "up to %.0fs",
                 type(exc).__name__,
                 exc,
+                "" if self.spool is None else f" and in the spool {self.spool.path}",
                 self.keep_s,
             )
         self._pending.append(item)
@@ -120,26 +182,45 @@ class SettlementRetry:
 
     async def _land_all(self) -> bool:
         """Land the kept settlements in order; False at the first that still meets an outage."""
-        while self._pending:
-            item = self._pending[0]
-            if self._clock() - item.kept_at > self.keep_s:
+        done: list[str] = []
+        try:
+            while self._pending:
+                item = self._pending[0]
+                if self._clock() - item.kept_at > self.keep_s:
+                    self._pending.popleft()
+                    done.append(item.ref.hold_id)
+                    self._give_up([item], f"not landed within {self.keep_s:.0f}s of being kept")
+                    continue
+                try:
+                    await self._apply(item)
+                except Exception as exc:
+                    if is_outage(exc):
+                        return False
+                    # Not an outage (a bug): trying again would fail the same way.
+                    self._pending.popleft()
+                    done.append(item.ref.hold_id)
+                    self.lost += 1
+                    log.exception("could not settle the reservation %s", item.ref.hold_id)
+                    continue
                 self._pending.popleft()
-                self._give_up([item], f"still unreachable after {self.keep_s:.0f}s")
-                continue
-            try:
-                await self._apply(item)
-            except Exception as exc:
-                if is_outage(exc):
-                    return False
-                # Not an outage (a bug): trying again would fail the same way.
-                self._pending.popleft()
-                self.lost += 1
-                log.exception("could not settle the reservation %s", item.ref.hold_id)
-                continue
-            self._pending.popleft()
-            self.landed += 1
+                done.append(item.ref.hold_id)
+                self.landed += 1
+        finally:
+            await self._spool_done(done)
+        # Only now: whoever waits for it finds the spool up to date too.
         self._empty.set()
         return True
+
+    async def _spool_done(self, hold_ids: list[str]) -> None:
+        if self.spool is None or not hold_ids:
+            return
+        try:
+            await self.spool.done(hold_ids)
+        except OSError as exc:
+            # Left marked open on disk: a replay of them by the next process is idempotent.
+            log.error(
+                "could not update the settlement spool %s (%s: %s)", self.spool.path, type(exc).__name__, exc
+            )
 
     def _give_up(self, items: list[PendingClose], why: str) -> None:
         charged = [i for i in items if i.cost_nano]
@@ -169,5 +250,16 @@ class SettlementRetry:
             if self._pending:
                 left = list(self._pending)
                 self._pending.clear()
-                self._give_up(left, "the gateway stopped while the accounts store was unreachable")
+                if self.spool is None:
+                    self._give_up(left, "the gateway stopped while the accounts store was unreachable")
+                else:
+                    log.warning(
+                        "the gateway stops with %d kept settlement(s) the accounts store has not taken "
+                        "yet: they stay in the spool %s, and the next gateway process to start on it "
+                        "retries them",
+                        len(left),
+                        self.spool.path,
+                    )
                 self._empty.set()
+            if self.spool is not None:
+                await self.spool.close()

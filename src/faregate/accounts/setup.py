@@ -4,6 +4,7 @@ opened (store/backends.py chose it: SQLite, or Redis and PostgreSQL)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from faregate.accounts.admission import Admission, OpenAdmission
 from faregate.accounts.backend import AccountBackend
@@ -40,6 +41,13 @@ def hold_ttl_s(settings: Settings) -> float:
     if settings.accounts.hold_ttl_s is not None:
         return settings.accounts.hold_ttl_s
     return settings.server.request_timeout_s + HOLD_TTL_MARGIN_S
+
+
+def settle_spool_directory(settings: Settings) -> Path:
+    """Where kept settlements are spooled (accounts/settle_spool.py)."""
+    if settings.accounts.settle_spool_path is not None:
+        return Path(settings.accounts.settle_spool_path)
+    return Path(settings.store.path) / "settle-spool"
 
 
 def build_accounts(settings: Settings, backend: AccountBackend, keys: KeyStore) -> Accounts:

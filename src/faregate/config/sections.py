@@ -403,6 +403,9 @@ class AccountsSettings(_Strict):
     # and retried for this long; on Redis, settled holds are remembered this long (plus a minute)
     # so that a retry of one that did land is not charged twice.
     settle_retry_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    # Kept settlements are also written to a spool file here (fsync'd), so that a process killed
+    # during an outage loses none: the next one to start retries them. null: <store.path>/settle-spool.
+    settle_spool_path: str | None = None
     # How tokens are counted where no upstream reported usage (billed as estimated), for
     # reservations and count_tokens: "light" estimates without a vocabulary (nothing to load;
     # counts over o200k by ~8-19% on average), "tokenizer" counts with the exact o200k BPE

@@ -68,6 +68,10 @@ def health_detail(gateway: Gateway) -> bytes:
                 "settlements_pending": settlements.pending if settlements is not None else 0,
                 "settlements_recovered": settlements.landed if settlements is not None else 0,
                 "settlements_lost": settlements.lost if settlements is not None else 0,
+                # Of the pending, those on disk in the spool (a killed process loses none of them);
+                # and those taken over from the spool of a process that stopped before they landed.
+                "settlements_spooled": settlements.spooled if settlements is not None else 0,
+                "settlements_replayed": settlements.replayed if settlements is not None else 0,
                 "cache_writes": cache.writes if cache is not None else 0,
                 "semantic_cache_writes": cache.semantic_writes if cache is not None else 0,
             },

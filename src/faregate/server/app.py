@@ -14,12 +14,12 @@ from aiohttp import web
 from faregate import usage_estimate
 from faregate.accounts.keys import KeyStore
 from faregate.accounts.master import MasterKey
-from faregate.accounts.setup import Accounts, build_accounts, new_key_credits_nano
+from faregate.accounts.setup import Accounts, build_accounts, new_key_credits_nano, settle_spool_directory
 from faregate.cache.factory import build_cache
 from faregate.catalog import Catalog, Model, build_catalog
 from faregate.config import Settings, check_alert_subjects, check_route_ttls, did_you_mean
 from faregate.dashboard.assets import add_dashboard_page
-from faregate.errors import ConfigError, FaregateError, InternalError, InvalidRequest, NotFound
+from faregate.errors import ConfigError, FaregateError, InternalError, InvalidRequest, NotFound, StartupError
 from faregate.lifecycle import Lifecycle
 from faregate.providers.http import ConnectionPool
 from faregate.providers.registry import ProviderRegistry, make_upstream_pool
@@ -186,6 +186,14 @@ async def _build(settings: Settings, lifecycle: Lifecycle) -> Gateway:
         # Closed before the stores (newest first): settlements kept through an outage get one more
         # try once the requests have drained.
         lifecycle.on_close("the kept settlements", settlements.close)
+        spool = settle_spool_directory(settings)
+        try:
+            # Also retries what processes killed during an outage left in the spool.
+            await settlements.open_spool(spool)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot write kept settlements to {spool} (accounts.settle_spool_path): {exc}"
+            ) from None
     records = RecordWriter(backends.store, settings.records)
     await records.start()
     # The last flush of every pending record: a clean stop loses none.

@@ -71,9 +71,13 @@ class SettlementSource(Protocol):
 
     landed: int
     lost: int
+    replayed: int
 
     @property
     def pending(self) -> int: ...
+
+    @property
+    def spooled(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -170,6 +174,16 @@ class StateCollector(Collector):
             "faregate_settlements_lost",
             "Settlements held up by an accounts store outage and given up: their holds expire uncharged.",
             settlements.lost,
+        )
+        yield GaugeMetricFamily(
+            "faregate_settlements_spooled",
+            "Of the pending settlements, those on disk in the spool (a killed process loses none of them).",
+            settlements.spooled,
+        )
+        yield CounterMetricFamily(
+            "faregate_settlements_replayed",
+            "Kept settlements taken over from the spool of a process that stopped before they landed.",
+            settlements.replayed,
         )
 
     @staticmethod
