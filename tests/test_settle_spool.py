@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -229,3 +231,44 @@ def test_a_torn_last_line_and_landed_entries_are_not_replayed(
     caplog.set_level(logging.WARNING, "faregate.accounts")
     assert read_open_entries(data + torn, tmp_path / "x.jsonl") == [first, release]
     assert any("line 5 skipped" in r.getMessage() for r in caplog.records)
+
+
+@contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Writes past `limit` bytes fail with EFBIG (a full disk as a write sees it), after a short
+    write of what fits."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+async def test_a_failed_spool_write_keeps_the_settlement_in_memory_and_spoils_no_entry(
+    store: SQLiteStore,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    accounts = Reachable(store)
+    settlements = SettlementRetry(accounts, 600.0, first_delay_s=3600.0)
+    await settlements.open_spool(tmp_path / "spool")
+    assert settlements.spool is not None
+    path = settlements.spool.path
+    limits = Limits(None, None)
+    caplog.set_level(logging.WARNING, "faregate.accounts")
+    with blocked(accounts):
+        await settlements.settle("key_a", HoldRef("hold_a", None, 1, 10, limits), 1_000, 5)
+        size = path.stat().st_size
+        with file_size_limit(size + 20):  # room for part of a line only
+            await settlements.settle("key_a", HoldRef("hold_b", None, 1, 10, limits), 2_000, 5)
+        # Kept all the same, in memory; said once.
+        assert settlements.pending == 2 and settlements.spooled == 1
+        assert any("kept in memory only" in r.getMessage() for r in caplog.records)
+        # The part of a line written before the failure is gone: the next entry reads whole.
+        assert path.stat().st_size == size
+        await settlements.settle("key_a", HoldRef("hold_c", None, 1, 10, limits), 3_000, 5)
+    assert [e.ref.hold_id for e in read_open_entries(path.read_bytes(), path)] == ["hold_a", "hold_c"]
+    kill(settlements)

@@ -24,6 +24,7 @@ easier to reason about.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -188,11 +189,18 @@ class SettlementSpool:
                 await asyncio.to_thread(self._empty)
 
     def _append(self, data: bytes) -> None:
+        size = os.fstat(self._fd).st_size
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        os.fsync(self._fd)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            os.fsync(self._fd)
+        except OSError:
+            # A partial line (a full disk) would run into the next entry and spoil it too.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)
+            raise
 
     def _empty(self) -> None:
         os.ftruncate(self._fd, 0)
