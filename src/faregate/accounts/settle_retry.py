@@ -45,7 +45,8 @@ class PendingClose:
     ref: HoldRef
     cost_nano: int | None  # None: a release (nothing was spent)
     tokens: int
-    kept_at: float  # clock() when it was first kept
+    # clock() at its first attempt (before it failed: any landing of that attempt came after).
+    kept_at: float
     kept_unix: float  # time.time() then: what the spool keeps (a clock() means nothing to the next process)
 
     def spooled(self) -> SpooledClose:

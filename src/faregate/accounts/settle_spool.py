@@ -15,10 +15,12 @@ a file twice: a file is claimed by exactly one process, and only once its writer
 A replayed entry is settled like any kept one, within `accounts.settle_retry_s` of when it was
 first kept, the time the gateway was down included; past that it is given up (logged with its
 key, hold and amount). The bound is what makes the replay safe: Redis remembers a settled hold
-for `settle_retry_s` plus a minute, so a settlement that in fact landed before the process died
-is recognised; replayed later, it would find the hold gone and be charged a second time as a late
-settlement. (SQLite's ledger remembers settlements for good, but one rule for both stores is
-easier to reason about.)
+for `settle_retry_s` plus a minute from when the settlement first ran, and an entry's time is
+taken before its first attempt, so a settlement that in fact landed before the process died
+(its answer lost) is still recognised when replayed; replayed later, it would find the hold gone
+and be charged a second time as a late settlement. The minute covers this host's clock being
+stepped between the kill and the replay (the entry's time is wall-clock time). SQLite's ledger
+remembers settlements for good, but one rule for both stores is easier to reason about.
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ class SpooledClose:
     ref: HoldRef
     cost_nano: int | None
     tokens: int
-    kept_unix: float  # wall-clock time it was first kept (survives the process, unlike monotonic)
+    # Wall-clock time of its first attempt, before it failed (survives the process, unlike
+    # monotonic time); the replay bound counts from it.
+    kept_unix: float
 
 
 def entry_line(item: SpooledClose) -> bytes:
