@@ -291,3 +291,36 @@ async def test_a_stream_event_that_cannot_be_read_is_a_bad_response(
         async for _ in provider.stream(call(RESPONSES.to_chat({**ASKED, "stream": True}), True)):
             pass
     assert (info.value.kind, info.value.detail) == ("bad_response", f"{event['type']} event: {why}")
+
+
+async def test_reasoning_items_that_only_name_a_stored_item_are_not_sent_without_store(
+    upstream: Upstream, provider: OpenAIResponsesProvider
+) -> None:
+    # The SDK's usual next turn, `input += response.output`, after a reasoning model answered:
+    # the reasoning item names a stored item by id only. Sent with `store: false`, OpenAI answers
+    # 404 "Item with id 'rs_...' not found. Items are not persisted when `store` is set to false";
+    # one with its encrypted_content (include: ["reasoning.encrypted_content"]) is self-contained.
+    bare = {"type": "reasoning", "id": "rs_1", "summary": []}
+    encrypted = {"type": "reasoning", "id": "rs_2", "summary": [], "encrypted_content": "gAAAA"}
+    call_item = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "f", "arguments": "{}"}
+    output = {"type": "function_call_output", "call_id": "call_1", "output": "ok"}
+    asked = {
+        **{k: v for k, v in ASKED.items() if k != "store"},  # OpenAI's default: stored
+        "include": ["reasoning.encrypted_content"],
+        "input": [*ASKED["input"], bare, call_item, output, encrypted, *RESPONSE["output"][:1]],
+    }
+
+    async def like_openai(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        for item in body["input"]:
+            if item.get("type") == "reasoning" and not item.get("encrypted_content") and not body["store"]:
+                message = f"Item with id '{item['id']}' not found. Items are not persisted (store false)."
+                error = {"message": message, "type": "invalid_request_error", "param": "input", "code": None}
+                return web.json_response({"error": error}, status=404)
+        return web.json_response(RESPONSE)
+
+    upstream.handler = like_openai
+    completion = await provider.complete(call(RESPONSES.to_chat(asked)))
+    assert completion.body["choices"][0]["message"]["content"] == "Hello."
+    sent = upstream.seen[-1][1]
+    assert sent["input"] == [*ASKED["input"], call_item, output, encrypted, *RESPONSE["output"][:1]]

@@ -39,14 +39,27 @@ FINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
 
 def native_body(call_body: JSON, stream: bool) -> JSON:
     """The body sent upstream: the client's Responses request, with the upstream model name the
-    call's chat body carries, nothing stored, and without the gateway's own fields."""
+    call's chat body carries, nothing stored (so no reasoning item that only names a stored one),
+    and without the gateway's own fields."""
     asked = call_body[NATIVE_REQUEST]
     body = {k: v for k, v in asked.items() if k not in GATEWAY_FIELDS and k != "stream"}
     body["model"] = call_body["model"]
     body["store"] = False
+    if isinstance(body.get("input"), list):
+        body["input"] = [item for item in body["input"] if not _names_a_stored_item(item)]
     if stream:
         body["stream"] = True
     return body
+
+
+def _names_a_stored_item(item: Any) -> bool:
+    """A reasoning item without its encrypted_content, as `input += response.output` passes one
+    back after a reasoning model answered: it names the item stored upstream by its id only, and
+    with `store: false` OpenAI refuses it (404 "Item with id 'rs_...' not found. Items are not
+    persisted..."). Dropped, as the translation drops every reasoning item: the model reasons
+    afresh. One with its encrypted_content (`include: ["reasoning.encrypted_content"]`) is
+    self-contained and goes along."""
+    return isinstance(item, dict) and item.get("type") == "reasoning" and not item.get("encrypted_content")
 
 
 def usage_of(response: Any) -> Usage | None:
