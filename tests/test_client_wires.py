@@ -432,6 +432,24 @@ async def test_count_tokens(harness: Harness) -> None:
     assert response.status == 401 and (await response.json())["error"]["type"] == "authentication_error"
 
 
+async def test_count_tokens_for_a_model_the_gateway_does_not_know_is_a_404(harness: Harness) -> None:
+    # As Anthropic answers it, and as /v1/messages would: a typo is told, not counted.
+    headers = {"x-api-key": "fg-test-key", "anthropic-version": "2023-06-01"}
+    for name, status in (("chaep", 404), ("cascade", 200)):
+        body = {"model": name, "messages": MESSAGE["messages"]}
+        response = await harness.client.post(
+            "/v1/messages/count_tokens", data=orjson.dumps(body), headers=headers
+        )
+        assert response.status == status, name
+    error = await harness.client.post(
+        "/v1/messages/count_tokens", data=orjson.dumps({**body, "model": "chaep"}), headers=headers
+    )
+    assert (await error.json())["error"] == {
+        "type": "not_found_error",
+        "message": "The model 'chaep' does not exist. Did you mean: cheap?",
+    }
+
+
 # -- the Responses API through the pipeline -------------------------------------------------------
 
 

@@ -459,7 +459,7 @@ def openapi_document(limits: LimitsSettings | None = None) -> dict[str, Any]:
                 "summary": "The input tokens of a Messages request, by the gateway's tokenizer.",
                 "security": anthropic_key,
                 "requestBody": _json_body(_ref("CountTokensRequest")),
-                "responses": _anthropic_answers(400, 401, 413),
+                "responses": _anthropic_answers(400, 401, 404, 413),
             }
         },
         "/v1/responses": {

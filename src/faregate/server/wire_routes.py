@@ -3,8 +3,9 @@
 `POST /v1/messages` and `POST /v1/responses` are the chat pipeline itself with another client
 wire (server/client_wires.py): every route, fallback, cache, budget, record and cost rule
 applies as for chat completions. `POST /v1/messages/count_tokens` counts as the gateway counts
-an estimate (faregate.usage_estimate: the light estimate, or o200k when opted in); it calls no
-model and writes no record. The Responses API is served stateless: nothing is stored, so
+an estimate (faregate.usage_estimate: the light estimate, or o200k when opted in), for a model or
+route the gateway knows (a 404 otherwise, as a request would get); it calls no model and writes
+no record. The Responses API is served stateless: nothing is stored, so
 reading or deleting a stored response is a 404 that says so.
 """
 
@@ -46,7 +47,10 @@ def add_wire_routes(app: web.Application, pipeline: ChatPipeline) -> tuple[FastR
         try:
             await pipeline.authenticate(request)
             body = await pipeline.read_body(AiohttpRequest(request))
-            counted = await count_tokens(body)
+            counted = await count_tokens(body)  # the body checked first: a 400 names the field
+            if body["model"] not in pipeline.planner.routes:
+                # The model /v1/messages would plan (Anthropic's 404 for a name it does not know).
+                pipeline.planner.chat_model(body["model"])
         except FaregateError as error:
             return error_response(error, wire=MESSAGES)
         return web.Response(body=orjson.dumps(counted), content_type=JSON_TYPE)
