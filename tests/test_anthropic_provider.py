@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -686,6 +687,38 @@ def test_parallel_tool_calls_false_gives_a_tool_choice_messages_accepts(choice: 
     TOOL_CHOICE.validate_python(out["tool_choice"])
     if choice == "none":
         assert out["tool_choice"] == {"type": "none"}
+
+
+# Anthropic's pattern for tool_use ids (and the tool_use_id naming one): else a 400,
+# "messages.1.content.0.tool_use.id: String should match pattern '^[a-zA-Z0-9_-]+$'".
+TOOL_USE_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
+
+
+def test_tool_call_ids_other_upstreams_made_are_ones_messages_accepts() -> None:
+    """A conversation whose calls another model made (Kimi K2 names them `functions.f:0`) goes
+    on with Claude: every id as Anthropic's pattern allows, each result still naming its call,
+    distinct ids still distinct, and an id already allowed untouched."""
+    ids = ["functions.f:0", "functions_f_0", "functions.f:1", "call_ok-1"]
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": i, "type": "function", "function": {"name": "f", "arguments": "{}"}} for i in ids
+                ],
+            },
+            *({"role": "tool", "tool_call_id": i, "content": f"result of {i}"} for i in ids),
+        ],
+    }
+    out = chat_to_messages(body)
+    uses = [b["id"] for b in out["messages"][1]["content"]]
+    results = {b["content"]: b["tool_use_id"] for b in out["messages"][2]["content"]}
+    assert all(TOOL_USE_ID.match(i) for i in uses) and len(set(uses)) == len(ids)
+    assert [results[f"result of {i}"] for i in ids] == uses
+    assert uses[1] == "functions_f_0" and uses[3] == "call_ok-1"
 
 
 def _streamed_arguments(chunks: list[dict[str, Any]]) -> dict[int, str]:

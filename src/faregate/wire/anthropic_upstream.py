@@ -3,7 +3,8 @@ Messages request (the answers coming back are wire/anthropic_upstream_answers.py
 
 Lossless where both sides can say a thing (the inverse of wire/anthropic.py, round-trip
 tested): system and developer messages (hoisted into `system`, wherever they stood), text,
-image (data and http URLs) and PDF file parts, tool definitions, tool calls and tool results,
+image (data and http URLs) and PDF file parts, tool definitions, tool calls and tool results
+(their ids spelled as Messages allows when another upstream made them otherwise),
 tool_choice and parallel_tool_calls, stop, temperature (0-1), top_p, top_k, max_tokens,
 user, response_format json_schema (as output_config.format, Anthropic's structured outputs),
 reasoning_effort (as output_config.effort; none and minimal as low, the least it says),
@@ -26,6 +27,8 @@ maximum output when that is smaller (a model that allows 4,096 refuses a request
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 import orjson
@@ -69,6 +72,9 @@ _SERVICE_TIERS = {"auto": "auto", "default": "standard_only"}
 # when asked does not think; one that thinks unasked thinks least at "low". (Not
 # thinking: disabled, which the adaptive-only models refuse.)
 _EFFORTS = {"none": "low", "minimal": "low"}
+# What a Messages tool_use id may not hold (its pattern is ^[a-zA-Z0-9_-]+$, else a 400), and
+# ids other upstreams made do: Kimi K2's `functions.get_weather:0`.
+_NOT_IN_TOOL_IDS = re.compile(r"[^a-zA-Z0-9_-]")
 
 
 def chat_to_messages(body: JSON, max_output: int | None = None) -> JSON:
@@ -237,16 +243,31 @@ def _assistant_blocks(message: JSON, at: str) -> list[JSON]:
                 f"{at}.tool_calls[{k}].function.arguments: a Messages tool input must be a JSON object",
                 param=f"{at}.tool_calls[{k}].function.arguments",
             )
-        block: JSON = {"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": value}
+        block: JSON = {
+            "type": "tool_use",
+            "id": _tool_id(call.get("id")),
+            "name": fn.get("name"),
+            "input": value,
+        }
         if call.get("cache_control") is not None:
             block["cache_control"] = call["cache_control"]
         blocks.append(block)
     return blocks
 
 
+def _tool_id(call_id: Any) -> Any:
+    """A tool call's id as a Messages tool_use id: kept when Anthropic's pattern allows it, else
+    its other characters as `_` and a digest of the whole (so two ids never become one), the
+    same for the call and for the result that names it. Anything else is sent as it came."""
+    if not isinstance(call_id, str) or not _NOT_IN_TOOL_IDS.search(call_id):
+        return call_id
+    digest = hashlib.blake2s(call_id.encode(), digest_size=4).hexdigest()
+    return f"{_NOT_IN_TOOL_IDS.sub('_', call_id)}_{digest}"
+
+
 def _tool_result(message: JSON, at: str) -> JSON:
     content = message.get("content")
-    block: JSON = {"type": "tool_result", "tool_use_id": message.get("tool_call_id")}
+    block: JSON = {"type": "tool_result", "tool_use_id": _tool_id(message.get("tool_call_id"))}
     if isinstance(content, list):
         # A mark stays on its text block: the same cache breakpoint as one on the tool result.
         parts = _blocks(content, at, allow_media=False)
