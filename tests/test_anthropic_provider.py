@@ -213,6 +213,20 @@ def test_a_chat_body_becomes_a_messages_request_the_sdk_accepts() -> None:
     }
 
 
+def test_openais_verbosity_hint_is_not_sent_to_a_messages_model() -> None:
+    """`verbosity` (a chat field, and a Responses client's text.verbosity) is one of OpenAI's
+    hints that Messages has no field for, like prompt_cache_key: every OpenAI-wire model without
+    it ignores it, so a Messages model must not make the whole request a 400."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "verbosity": "low"}
+    out = chat_to_messages(body)
+    PARAMS.validate_python(out)
+    assert out == {
+        "model": "m",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        "max_tokens": DEFAULT_MAX_TOKENS,
+    }
+
+
 def test_without_max_tokens_the_default_is_asked_for() -> None:
     out = chat_to_messages({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     assert out["max_tokens"] == DEFAULT_MAX_TOKENS

@@ -582,6 +582,13 @@ def test_responses_create(client: openai.OpenAI, gateway: GatewayProcess) -> Non
     assert (response.usage.model_extra or {})["baseline_cost"] == float(baseline)
 
 
+def test_responses_text_verbosity_is_served_by_claude_too(client: openai.OpenAI) -> None:
+    response = client.responses.create(
+        model="claude-haiku-4-5", input="brief please", text={"verbosity": "low"}
+    )
+    assert response.status == "completed" and response.output_text == "brief please"
+
+
 def test_responses_stream(client: openai.OpenAI) -> None:
     events = list(client.responses.create(model="claude-haiku-4-5", input="stream responses", stream=True))
     kinds = [e.type for e in events]

@@ -16,7 +16,9 @@ non-zero presence/frequency penalties, temperature above 1, audio in or out, pre
 outputs, web search options, legacy functions, response_format json_object, and any field
 not listed here. Ignored, because they change nothing a Messages model does: seed (best effort
 on OpenAI too), stream_options (Messages streams always report usage), store and metadata
-(OpenAI's stored completions), prompt_cache_key and safety_identifier (OpenAI's routing hints).
+(OpenAI's stored completions), prompt_cache_key and safety_identifier (OpenAI's routing hints),
+verbosity (OpenAI's length hint, which Messages has no field for and every other model without
+it ignores: not a reason to refuse the request).
 
 Empty or whitespace-only text in system and user messages (Messages refuses it, OpenAI does
 not) is dropped; a user message left with nothing is sent as EMPTY_USER_TEXT.
@@ -41,7 +43,9 @@ DEFAULT_MAX_TOKENS = 8192
 # The text of a user turn the client sent empty (Messages refuses empty and blank text).
 EMPTY_USER_TEXT = "(empty message)"
 _SAMPLING = ("temperature", "top_p", "top_k")
-_IGNORED = frozenset({"seed", "stream_options", "store", "metadata", "prompt_cache_key", "safety_identifier"})
+_IGNORED = frozenset(
+    {"seed", "stream_options", "store", "metadata", "prompt_cache_key", "safety_identifier", "verbosity"}
+)
 _MAPPED = frozenset(
     {
         "model",
