@@ -227,6 +227,29 @@ def test_openais_verbosity_hint_is_not_sent_to_a_messages_model() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("sampling", "sent"),
+    [
+        # OpenAI's playground code and many UIs send top_p 1 beside the temperature they set.
+        ({"temperature": 0.2, "top_p": 1}, {"temperature": 0.2}),
+        ({"temperature": 1, "top_p": 0.9}, {"top_p": 0.9}),
+        ({"temperature": 1.0, "top_p": 1.0}, {"temperature": 1.0}),
+        ({"temperature": 0.2}, {"temperature": 0.2}),
+        ({"top_p": 0.9}, {"top_p": 0.9}),
+        # Both set to a value of their own: sent, and a model that takes only one says so.
+        ({"temperature": 0.2, "top_p": 0.9}, {"temperature": 0.2, "top_p": 0.9}),
+    ],
+)
+def test_a_neutral_temperature_or_top_p_beside_the_other_is_not_sent(
+    sampling: dict[str, float], sent: dict[str, float]
+) -> None:
+    """Claude Sonnet 4.5, Haiku 4.5, Opus 4.1 and every later model refuse a request with both
+    (400 "`temperature` and `top_p` cannot both be specified for this model"); one at its neutral
+    value (1, Messages' own default for both) says nothing the other does not."""
+    out = chat_to_messages({"model": "m", "messages": [{"role": "user", "content": "hi"}], **sampling})
+    assert {k: out[k] for k in ("temperature", "top_p") if k in out} == sent
+
+
 def test_without_max_tokens_the_default_is_asked_for() -> None:
     out = chat_to_messages({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     assert out["max_tokens"] == DEFAULT_MAX_TOKENS

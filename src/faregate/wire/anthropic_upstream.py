@@ -5,7 +5,8 @@ Lossless where both sides can say a thing (the inverse of wire/anthropic.py, rou
 tested): system and developer messages (hoisted into `system`, wherever they stood), text,
 image (data and http URLs) and PDF file parts, tool definitions, tool calls and tool results
 (their ids spelled as Messages allows when another upstream made them otherwise),
-tool_choice and parallel_tool_calls, stop, temperature (0-1), top_p, top_k, max_tokens,
+tool_choice and parallel_tool_calls, stop, temperature (0-1), top_p (either left out at its
+neutral 1 beside the other, which newer Claude models refuse to get both of), top_k, max_tokens,
 user, response_format json_schema (as output_config.format, Anthropic's structured outputs),
 reasoning_effort (as output_config.effort; none and minimal as low, the least it says),
 prompt-cache markers, and in answers the stop reason, a matched stop sequence and usage with
@@ -285,6 +286,13 @@ def _copy_options(body: JSON, out: JSON) -> None:
     for name in _SAMPLING:
         if body.get(name) is not None:
             out[name] = body[name]
+    if "temperature" in out and "top_p" in out:
+        # Claude Sonnet 4.5, Haiku 4.5, Opus 4.1 and later refuse both (a 400); one at 1, the
+        # Messages default for both (no scaling, no nucleus cut), says nothing: it is left out.
+        if out["top_p"] == 1:
+            del out["top_p"]
+        elif out["temperature"] == 1:
+            del out["temperature"]
     stop = body.get("stop")
     if stop:
         out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
