@@ -342,6 +342,26 @@ def test_what_cannot_be_translated_is_a_400_naming_the_param(change: dict[str, A
     assert info.value.param == param
 
 
+@pytest.mark.parametrize(
+    ("tool", "param", "said"),
+    [
+        ({"name": "lookup", "description": "d"}, "tools[0].input_schema", "needs an input_schema"),
+        ({"type": "custom", "name": "lookup"}, "tools[0].input_schema", "needs an input_schema"),
+        ({"input_schema": {"type": "object"}}, "tools[0].name", "needs a name"),
+        ({"name": "", "input_schema": {"type": "object"}}, "tools[0].name", "needs a name"),
+    ],
+)
+def test_a_client_tool_without_its_schema_or_name_is_told_so(
+    tool: dict[str, Any], param: str, said: str
+) -> None:
+    """A client tool that misses a field is the client's mistake to fix, not a server tool."""
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "tools": [tool]}
+    with pytest.raises(InvalidRequest) as info:
+        messages_to_chat(body)
+    assert info.value.param == param
+    assert said in info.value.message and "server tool" not in info.value.message
+
+
 def test_disabled_thinking_and_gateway_fields_pass() -> None:
     body = {
         "model": "m",

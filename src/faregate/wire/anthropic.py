@@ -266,11 +266,19 @@ def _tool(tool: Any, at: str) -> JSON:
     if not isinstance(tool, dict):
         raise InvalidRequest(f"{at}: expected a tool definition", param=at)
     kind = tool.get("type")
-    if kind not in (None, "custom") or "input_schema" not in tool:
+    if kind not in (None, "custom"):
         raise InvalidRequest(
-            f"{at}: the server tool {kind or tool.get('name')!r} cannot be translated; only client "
-            "tools with an input_schema can",
+            f"{at}: the server tool {kind!r} cannot be translated; only client tools (with an "
+            "input_schema) can",
             param=f"{at}.type",
+        )
+    if not isinstance(tool.get("name"), str) or not tool["name"]:
+        raise InvalidRequest(f"{at}.name: a client tool needs a name", param=f"{at}.name")
+    if not isinstance(tool.get("input_schema"), dict):
+        raise InvalidRequest(
+            f"{at}.input_schema: the client tool {tool['name']!r} needs an input_schema (a JSON schema "
+            "object)",
+            param=f"{at}.input_schema",
         )
     function: JSON = {"name": tool.get("name"), "parameters": tool["input_schema"]}
     if tool.get("description") is not None:
