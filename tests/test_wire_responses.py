@@ -411,6 +411,25 @@ async def test_a_streamed_refusal_becomes_refusal_events_and_a_refusal_part() ->
     assert [(p.type, getattr(p, "refusal", None)) for p in parts] == [("refusal", "I can't help.")]
 
 
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"tools": [{"type": "function", "parameters": {"type": "object"}}]}, "tools[0].name"),
+        ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input[0].call_id"),
+        ({"input": [{"type": "function_call", "call_id": "call_1", "arguments": "{}"}]}, "input[0].name"),
+        ({"input": [{"type": "function_call_output", "output": "ok"}]}, "input[0].call_id"),
+    ],
+)
+def test_a_function_tool_or_call_item_missing_a_required_field_is_a_400_naming_it(
+    change: dict[str, Any], param: str
+) -> None:
+    """As OpenAI answers them ("Missing required parameter"): sent on, they reached an upstream as
+    a tool or call without a name or id, refused there or answered against no call."""
+    with pytest.raises(InvalidRequest) as info:
+        responses_to_chat({"model": "m", "input": "hi", **change})
+    assert info.value.status == 400 and info.value.param == param
+
+
 @pytest.mark.parametrize("stream", ["true", 1, {"on": True}])
 def test_a_stream_that_is_not_a_boolean_is_a_400(stream: Any) -> None:
     """`stream: "true"` was taken as false: a whole JSON answer to a client that asked for events."""

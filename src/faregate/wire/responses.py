@@ -14,8 +14,10 @@ Refused with InvalidRequest naming the parameter: anything needing stored state
 (previous_response_id, conversation, prompt templates, item_reference items, background),
 built-in tools (web_search, file_search, computer use, code interpreter, MCP, image
 generation...), file ids and file URLs, images inside function outputs, top_logprobs, and
-unknown fields. Accepted and without effect: `store` (nothing is stored: the Response says
-`store: false`), `include`, `truncation`, `metadata`, `stream_options`, `max_tool_calls`;
+unknown fields; and, as OpenAI refuses them, a function tool without its name, a function_call
+item without its call_id or name, a function_call_output without its call_id. Accepted and
+without effect: `store` (nothing is stored: the Response says `store: false`), `include`,
+`truncation`, `metadata`, `stream_options`, `max_tool_calls`;
 reasoning items in `input` are dropped (no chat model can take them back).
 """
 
@@ -138,6 +140,7 @@ def _add_item(messages: list[JSON], item: Any, at: str) -> None:
         else:
             messages.append({"role": chat_role, "content": content})
     elif kind == "function_call":
+        _require_text(item, ("call_id", "name"), at)
         call = {
             "id": item.get("call_id"),
             "type": "function",
@@ -149,6 +152,7 @@ def _add_item(messages: list[JSON], item: Any, at: str) -> None:
         else:
             messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
     elif kind == "function_call_output":
+        _require_text(item, ("call_id",), at)
         messages.append(
             {
                 "role": "tool",
@@ -164,6 +168,14 @@ def _add_item(messages: list[JSON], item: Any, at: str) -> None:
         )
     else:
         raise InvalidRequest(f"{at}: a {kind!r} item cannot be translated", param=f"{at}.type")
+
+
+def _require_text(item: JSON, names: tuple[str, ...], at: str) -> None:
+    """The fields an item cannot go without (a call and its output name each other by call_id), as
+    OpenAI refuses them missing: a 400 naming the first one missing."""
+    for name in names:
+        if not isinstance(item.get(name), str) or not item[name]:
+            raise InvalidRequest(f"Missing required parameter: '{at}.{name}'.", param=f"{at}.{name}")
 
 
 def _content(content: Any, at: str, role: str) -> str | list[JSON]:
@@ -219,6 +231,7 @@ def _tool(tool: Any, at: str) -> JSON:
         raise InvalidRequest(
             f"{at}: the built-in tool {kind!r} is not supported; only function tools", param=f"{at}.type"
         )
+    _require_text(tool, ("name",), at)
     function: JSON = {
         "name": tool.get("name"),
         "parameters": tool.get("parameters") or {"type": "object", "properties": {}},
