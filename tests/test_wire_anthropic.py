@@ -362,6 +362,14 @@ def test_a_client_tool_without_its_schema_or_name_is_told_so(
     assert said in info.value.message and "server tool" not in info.value.message
 
 
+@pytest.mark.parametrize("system", [[], ""])
+def test_an_empty_system_prompt_is_no_system_message(system: Any) -> None:
+    """Messages takes `system: []` (code that builds its blocks and has none); a chat system
+    message with no content is refused by OpenAI-wire upstreams ("empty array")."""
+    body = {"model": "m", "max_tokens": 5, "system": system, "messages": [{"role": "user", "content": "hi"}]}
+    assert messages_to_chat(body)["messages"] == [{"role": "user", "content": "hi"}]
+
+
 def test_disabled_thinking_and_gateway_fields_pass() -> None:
     body = {
         "model": "m",

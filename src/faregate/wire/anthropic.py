@@ -78,7 +78,9 @@ def messages_to_chat(body: JSON, *, count_only: bool = False) -> JSON:
     messages: list[JSON] = []
     system = body.get("system")
     if system is not None:
-        messages.append({"role": "system", "content": _system_content(system)})
+        content = _system_content(system)
+        if content:  # `system: []` or "": none (OpenAI-wire upstreams refuse an empty one)
+            messages.append({"role": "system", "content": content})
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise InvalidRequest("messages: a non-empty list of messages is required", param="messages")
