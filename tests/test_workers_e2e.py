@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import re
 import signal
@@ -23,9 +24,18 @@ from typing import Any
 import openai
 import pytest
 
+from faregate.config import Settings
+from faregate.server.workers import migrate_store
 from faregate.store.sqlite.migrations import LATEST_VERSION
 from harness import MASTER_KEY, GatewayProcess, SimProcess, clean_env, free_port, wait_until
-from servers import PostgresServer, launch_gateway, postgres_server  # noqa: F401
+from servers import (  # noqa: F401
+    PostgresServer,
+    SharedUrls,
+    launch_gateway,
+    postgres_server,
+    redis_server,
+    shared_urls,
+)
 from test_ledger_e2e import (
     ACCOUNTS,
     FLAT_MODEL,
@@ -292,6 +302,31 @@ def test_a_redis_that_does_not_answer_stops_the_supervisor_with_one_line(
     assert len(lines) == 1, ran.stderr
     unavailable = "faregate: store unavailable: cannot use Redis at the configured store.redis_url"
     assert lines[0].startswith(unavailable)
+
+
+def test_workers_whose_pools_postgresql_has_no_room_for_are_warned_of_at_start(
+    shared_urls: SharedUrls,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each worker opens pools of its own (store.postgres_pool_size, and 4 for the dashboard): N
+    of them may open more connections than PostgreSQL's max_connections, and under load their
+    requests then fail on "too many clients". The supervisor says so before forking, with what
+    would fit. (The test server's max_connections is 300.)"""
+    settings = Settings()
+    settings.store.postgres_url, settings.store.redis_url = shared_urls.postgres, shared_urls.redis
+    settings.store.postgres_pool_size = 100
+    with caplog.at_level(logging.WARNING, logger="faregate.workers"):
+        migrate_store(settings, workers=1)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    with caplog.at_level(logging.WARNING, logger="faregate.workers"):
+        migrate_store(settings, workers=3)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "3 workers may open up to 312 connections to PostgreSQL" in warning
+    assert "max_connections 300" in warning
+    room = re.search(r"the (\d+) it has room for", warning)
+    fits = re.search(r"set store\.postgres_pool_size: (\d+)", warning)
+    assert room is not None and fits is not None, warning
+    assert 3 * (int(fits.group(1)) + 4) <= int(room.group(1)) < 3 * (int(fits.group(1)) + 5)
 
 
 # The supervisor of `serve --workers 2` on a new store, in a process of its own: each time it would

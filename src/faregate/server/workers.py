@@ -63,6 +63,7 @@ from faregate.providers.registry import simulator_active, with_simulator
 from faregate.server import runner
 from faregate.server.app import BACKENDS_CLOSE_TIMEOUT_S, RECORDS_CLOSE_TIMEOUT_S
 from faregate.server.worker_process import Seat, worker_main
+from faregate.store.protocols import Store
 from faregate.telemetry import log_limit
 from faregate.telemetry.metrics_share import SharedMetrics
 
@@ -207,12 +208,12 @@ def _wait_simulator(url: str, process: subprocess.Popen[bytes], timeout_s: float
     raise StartupError(f"the provider simulator did not start: {url} not healthy within {timeout_s:.0f}s")
 
 
-def migrate_store(settings: Settings) -> None:
+def migrate_store(settings: Settings, workers: int = 1) -> None:
     """Open the store the settings name (which applies its pending migrations) and close it; the
     workers then find nothing left to migrate. A shared store's Redis is asked too: only the
-    workers' accounts use it, and down, each worker said so in a line of its own. The event loop,
-    its threads and the store's connections are all gone when this returns: nothing of them is
-    forked."""
+    workers' accounts use it, and down, each worker said so in a line of its own; and PostgreSQL,
+    whether it has room for the `workers`' pools. The event loop, its threads and the store's
+    connections are all gone when this returns: nothing of them is forked."""
     from faregate.store.backends import open_backends
 
     async def migrate() -> None:
@@ -222,10 +223,37 @@ def migrate_store(settings: Settings) -> None:
                 from faregate.accounts.shared import check_redis  # the embedded store never loads redis
 
                 await check_redis(backends.redis_url)
+                await _check_postgres_room(backends.store, settings, workers)
         finally:
             await backends.close()
 
     asyncio.run(migrate())
+
+
+async def _check_postgres_room(store: Store, settings: Settings, workers: int) -> None:
+    """Warn when the workers' pools may open more connections than PostgreSQL takes: each pool
+    opens connections as the load asks, so the gateway starts, and under load its requests fail
+    (503) on "too many clients". A warning, not a refusal: the pools may never fill, and other
+    instances' needs are not known here."""
+    from faregate.store.postgres.analytics import POOL_SIZE as ANALYTICS_POOL_SIZE
+    from faregate.store.postgres.store import PostgresStore
+
+    if not isinstance(store, PostgresStore):
+        return
+    per_worker = settings.store.postgres_pool_size + ANALYTICS_POOL_SIZE
+    room = await store.connection_room()
+    if workers * per_worker <= room.free:
+        return
+    fits = room.free // workers - ANALYTICS_POOL_SIZE
+    advice = f"set store.postgres_pool_size: {fits}" if fits >= 1 else "run fewer workers"
+    log.warning(
+        "%d workers may open up to %d connections to PostgreSQL (store.postgres_pool_size %d and %d "
+        "for the dashboard, each), more than the %d it has room for (max_connections %d, %d reserved "
+        "for superusers, %d open by others now): under load, requests would fail with 503 on "
+        "'too many clients'; %s, or raise PostgreSQL's max_connections",
+        *(workers, workers * per_worker, settings.store.postgres_pool_size, ANALYTICS_POOL_SIZE),
+        *(room.free, room.max_connections, room.reserved, room.others, advice),
+    )
 
 
 def preload(settings: Settings) -> None:
@@ -275,7 +303,7 @@ class Supervisor:
             self._holder = hold_port(self.settings.server.host, self.settings.server.port)
             # Before the signal handlers: SIGTERM or Ctrl-C stops a long migration at once (it is
             # one transaction, rolled back), rather than once it is done.
-            migrate_store(self.settings)
+            migrate_store(self.settings, self.count)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_stop)
             self._prepare()

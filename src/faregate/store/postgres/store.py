@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -41,6 +42,30 @@ _INSERT_RECORDS = (
     + ") ON CONFLICT (request_id) DO NOTHING RETURNING 1"
 )
 
+# What PostgreSQL admits: its max_connections, those it keeps for superusers (and, from 16, for
+# pg_use_reserved_connections) when this role is not one, and the client connections of others.
+_CONNECTION_ROOM = """
+SELECT current_setting('max_connections')::int AS max_connections,
+       CASE WHEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN 0
+            ELSE current_setting('superuser_reserved_connections')::int
+                 + COALESCE(current_setting('reserved_connections', true), '0')::int END AS reserved,
+       (SELECT count(*) FROM pg_stat_activity
+         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())::int AS others
+"""
+
+
+@dataclass(slots=True, frozen=True)
+class ConnectionRoom:
+    """How many more client connections PostgreSQL would take, as it said when asked."""
+
+    max_connections: int
+    reserved: int  # not for this role
+    others: int  # open by anyone else when asked
+
+    @property
+    def free(self) -> int:
+        return max(0, self.max_connections - self.reserved - self.others)
+
 
 class PostgresStore:
     """Implements faregate.store.protocols.Store over a connection pool; its AccountTable is
@@ -68,6 +93,12 @@ class PostgresStore:
 
     async def close(self) -> None:
         await self._pool.close()
+
+    async def connection_room(self) -> ConnectionRoom:
+        """What PostgreSQL says it has room for, beside the one connection this asks on."""
+        with unavailable_errors():
+            row = await self._pool.fetchrow(_CONNECTION_ROOM)
+        return ConnectionRoom(int(row["max_connections"]), int(row["reserved"]), int(row["others"]))
 
     async def _migrate(self, url: str, migrations: Sequence[Migration]) -> None:
         known = max((m.version for m in migrations), default=0)
