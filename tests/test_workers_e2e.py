@@ -179,11 +179,25 @@ def test_a_killed_worker_is_restarted(sim: SimProcess, tmp_path: Path) -> None:
             client.chat.completions.create(model="deepseek-v4-flash", messages=LORE, max_tokens=5)  # type: ignore[arg-type]
 
 
-def test_an_alert_both_workers_show_is_logged_once(sim: SimProcess, tmp_path: Path) -> None:
-    """Every worker evaluates the rules for its own dashboard and /metrics; worker 0 alone posts an
-    alert and logs it, so an alert is one line in the log, not one per worker."""
+def admin_json(gateway: GatewayProcess, path: str) -> dict[str, Any]:
+    """GET an admin path on a new connection (SO_REUSEPORT spreads connections, not requests)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{gateway.port}{path}", headers={"Authorization": f"Bearer {MASTER_KEY}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return dict(json.load(response))
+
+
+def test_an_alert_both_workers_show_is_logged_once_and_answered_alike_by_both(
+    sim: SimProcess, tmp_path: Path
+) -> None:
+    """Every worker evaluates the rules for its own /metrics; worker 0 alone posts an alert and
+    logs it, so an alert is one line in the log, not one per worker. The dashboard's alerts are
+    worker 0's whichever worker answers: the others said `webhook: false` and no failed posts."""
     rule = "{name: any-traffic, metric: error_rate, above: -1, min_count: 1, window_minutes: 60}"
-    extra = f"alerts: {{interval_s: 0.2, rules: [{rule}]}}\n"
+    # A webhook nobody listens on: each event it is posted is a failure.
+    webhook = f"webhook: {{url: 'http://127.0.0.1:{free_port()}/hook', timeout_s: 1}}"
+    extra = f"alerts: {{interval_s: 0.2, {webhook}, rules: [{rule}]}}\n"
     with launch_gateway(tmp_path / "gw", sim, server=TWO, extra=extra) as gateway:
         _, key = new_key(gateway, "1")
         create = {"model": "deepseek-v4-flash", "messages": LORE, "max_tokens": 5}
@@ -200,6 +214,17 @@ def test_an_alert_both_workers_show_is_logged_once(sim: SimProcess, tmp_path: Pa
         # Both workers have fired it (each logs, if it logs, as it fires).
         wait_until(lambda: firing_workers() == {"0", "1"}, "the alert firing on both workers")
         assert gateway.read_log().count("alert firing: any-traffic") == 1, gateway.read_log()
+        wait_until(lambda: "alert webhook" in gateway.read_log(), "worker 0's post failing")
+        answers: list[dict[str, Any]] = []
+
+        def alike() -> bool:
+            # 24 new connections: both workers answer some (all one's: a chance of 2 in 2^24).
+            answers[:] = [admin_json(gateway, "/admin/dashboard/alerts") for _ in range(24)]
+            return {(a["webhook"], a["webhook_failures"]) for a in answers} == {(True, 1)}
+
+        # Within a second of the failure (worker 0 publishes its alerts every second).
+        wait_until(alike, "every answer: the webhook, and its one failed post", timeout_s=10)
+        assert len({a["firing"][0]["fired_at"] for a in answers}) == 1
 
 
 async def fire_or_fail(base_url: str, key: str, n: int) -> list[int]:

@@ -5,6 +5,10 @@ Every endpoint takes the same slice parameters:
                                         ISO 8601, UTC unless it has an offset (until defaults to now)
   model= provider= route= key=          narrow to one of them (key: id or name)
 Money is a decimal string in USD (exact), rates are percentages, times are unix seconds.
+
+With several workers (`serve --workers N`) `alerts` is worker 0's whichever worker answers: it
+alone posts to the webhook, logs the alerts and keeps what fired across its restarts; it publishes
+its alerts every second (telemetry/metrics_share.py) for the others to answer with.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from aiohttp import web
 
 from faregate.config import QUALITY_ALERTS, AlertRule
 from faregate.errors import FaregateError, InvalidRequest
+from faregate.lifecycle import Periodic
 from faregate.server.admin import health_detail, require_master
 from faregate.server.request_checks import check_text
 from faregate.store.analytics import EVERY_GROUP
 from faregate.store.analytics_rows import DIMENSIONS, Dimension, Percentiles, Slice, Totals
 from faregate.store.rows import usd_text
+from faregate.telemetry.metrics_share import PUBLISH_INTERVAL_S
 
 if TYPE_CHECKING:
     from faregate.server.app import Gateway
@@ -39,6 +45,8 @@ DEFAULT_RANGE = "24h"
 BUCKETS = (60, 300, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 604800)
 MAX_POINTS = 120
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The alerts of worker 0, as it publishes them for the other workers to answer with.
+ALERTS_VIEW = "alerts.json"
 
 
 def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -151,6 +159,40 @@ def measured_over(rule: AlertRule) -> str:
     if rule.metric in QUALITY_ALERTS:
         return "the calibration so far"
     return f"last {rule.window_minutes:g} min"
+
+
+def alerts_json(manager: AlertManager) -> dict[str, Any]:
+    """The alerts as this process sees them: the rules, what fires, is pending and happened lately."""
+    return {
+        "interval_s": manager.settings.interval_s,
+        "webhook": manager.settings.webhook is not None,
+        "webhook_failures": manager.webhook_failures,
+        "rules": [
+            {
+                "name": r.name,
+                "metric": r.metric,
+                "above": r.above,
+                "below": r.below,
+                # Spend is always per key, per set or not.
+                "per": "key" if r.metric == "daily_spend_usd" else r.per,
+                # What narrows the rule: two rules apart only in these read the same without them.
+                "route": r.route,
+                "model": r.model,
+                "provider": r.provider,
+                "key": r.key,
+                "min_count": r.min_count,
+                # What the rule measures over: the window, the UTC day (spend), or everything
+                # a calibration has seen (quality rules).
+                "measured_over": measured_over(r),
+                "window_minutes": r.window_minutes,
+                "for_minutes": r.for_minutes,
+            }
+            for r in manager.settings.rules
+        ],
+        "firing": [s.to_json("firing") for s in manager.firing()],
+        "pending": [s.to_json("pending") for s in manager.pending()],
+        "recent": [{"at": e.at, **e.payload} for e in manager.history],
+    }
 
 
 class DashboardUnavailable(FaregateError):
@@ -313,38 +355,11 @@ class DashboardApi:
         return web.Response(body=health_detail(self.gateway), content_type="application/json")
 
     async def alerts(self, request: web.Request) -> web.Response:
-        manager = self.alerts_manager
-        body = {
-            "interval_s": manager.settings.interval_s,
-            "webhook": manager.settings.webhook is not None,
-            "webhook_failures": manager.webhook_failures,
-            "rules": [
-                {
-                    "name": r.name,
-                    "metric": r.metric,
-                    "above": r.above,
-                    "below": r.below,
-                    # Spend is always per key, per set or not.
-                    "per": "key" if r.metric == "daily_spend_usd" else r.per,
-                    # What narrows the rule: two rules apart only in these read the same without them.
-                    "route": r.route,
-                    "model": r.model,
-                    "provider": r.provider,
-                    "key": r.key,
-                    "min_count": r.min_count,
-                    # What the rule measures over: the window, the UTC day (spend), or everything
-                    # a calibration has seen (quality rules).
-                    "measured_over": measured_over(r),
-                    "window_minutes": r.window_minutes,
-                    "for_minutes": r.for_minutes,
-                }
-                for r in manager.settings.rules
-            ],
-            "firing": [s.to_json("firing") for s in manager.firing()],
-            "pending": [s.to_json("pending") for s in manager.pending()],
-            "recent": [{"at": e.at, **e.payload} for e in manager.history],
-        }
-        return web.Response(body=orjson.dumps(body), content_type="application/json")
+        shared = self.gateway.shared_metrics
+        # Worker 0's (module docstring); its own until worker 0 has published, in its first second.
+        posted = shared.view(0, ALERTS_VIEW) if shared is not None and shared.index != 0 else None
+        body = posted if posted is not None else orjson.dumps(alerts_json(self.alerts_manager))
+        return web.Response(body=body, content_type="application/json")
 
     async def requests(self, request: web.Request) -> web.Response:
         s = await self.slice(request)
@@ -398,3 +413,20 @@ def add_dashboard_api(app: web.Application, gateway: Gateway) -> None:
         "requests",
     ):
         app.router.add_get(f"/admin/dashboard/{name}", api.guarded(getattr(api, name)))
+    shared = gateway.shared_metrics
+    if shared is not None and shared.index == 0:
+        alerts = insights.alerts
+
+        async def publish() -> None:
+            shared.publish_view(ALERTS_VIEW, orjson.dumps(alerts_json(alerts)))
+
+        publisher = Periodic("alerts-share", PUBLISH_INTERVAL_S, publish, run_first=True)
+
+        async def start(app: web.Application) -> None:
+            publisher.start()
+
+        async def stop(app: web.Application) -> None:
+            await publisher.stop()
+
+        app.on_startup.append(start)
+        app.on_cleanup.append(stop)

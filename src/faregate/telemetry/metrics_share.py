@@ -103,6 +103,21 @@ class SharedMetrics:
         temporary.write_bytes(exposition)
         os.replace(temporary, path)
 
+    def publish_view(self, name: str, body: bytes) -> None:
+        """Leave an admin answer of this worker's for the others to give (written whole, then
+        renamed): one about state only this worker has, as the alerts worker 0 posts."""
+        path = self.directory / f"worker-{self.index}.{name}"
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_bytes(body)
+        os.replace(temporary, path)
+
+    def view(self, index: int, name: str) -> bytes | None:
+        """What worker `index` published as `name` last (None: nothing yet)."""
+        try:
+            return (self.directory / f"worker-{index}.{name}").read_bytes()
+        except FileNotFoundError:
+            return None
+
     def merged(self, own: bytes) -> bytes:
         """This worker's live exposition with the others' last published ones. The live one is
         published first: a scrape that reaches another worker next must not read an older figure
