@@ -175,3 +175,16 @@ def test_a_worker_that_exited_shows_no_gauges_until_its_successor_publishes(tmp_
     assert 'faregate_requests_total{route="chat"} 10.0' in text
     assert 'faregate_records_pending{worker="1"} 1.0' in text
     SharedMetrics.retire(tmp_path, 0)  # nothing published yet: nothing to retire
+
+
+def test_a_worker_that_exited_leaves_its_last_views_but_not_its_live_ones(tmp_path: Path) -> None:
+    """A live view (a worker's health: its breakers, records pending) is no one's once the worker
+    exits, and goes; another (the alerts worker 0 posted) stays the last word until its successor's."""
+    gone = SharedMetrics(tmp_path, 0, 2)
+    gone.publish_view("health.json", b'{"pid": 1}', live=True)
+    gone.publish_view("alerts.json", b'{"firing": []}')
+    other = SharedMetrics(tmp_path, 1, 2)
+    assert other.view(0, "health.json", live=True) == b'{"pid": 1}'
+    SharedMetrics.retire(tmp_path, 0)
+    assert other.view(0, "health.json", live=True) is None
+    assert other.view(0, "alerts.json") == b'{"firing": []}'

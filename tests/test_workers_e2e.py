@@ -96,12 +96,23 @@ def test_two_workers_share_the_port_and_never_overspend(sim: SimProcess, tmp_pat
         assert balance_nano(gateway, key_id) == ledger_sum(gateway, key_id) >= 0
         assert audit(gateway)["clean"] is True
 
-        # Both workers served chat requests, and each request has one record.
-        def written() -> dict[int, int]:
-            return {pid: w["counters"]["records_written"] for pid, w in by_worker(gateway).items()}
+        # Both workers served chat requests, and each request has one record. Whichever worker
+        # answers /health, its counters are both workers' (each one's in `by_worker`).
+        answers: list[dict[str, Any]] = []
 
-        wait_until(lambda: sum(written().values()) == 200, "200 records written by the two workers")
-        assert all(count > 0 for count in written().values()), written()
+        def whole() -> bool:
+            answers[:] = [health(gateway) for _ in range(8)]
+            each = [sum(w["counters"]["records_written"] for w in a["by_worker"]) for a in answers]
+            both = len({a["pid"] for a in answers}) == 2  # 8 new connections: both answer, likely
+            summed = {a["counters"]["records_written"] for a in answers}
+            return both and summed == {200} and set(each) == {200}
+
+        wait_until(whole, "every /health answer, of either worker: the 200 records the two wrote")
+        for answer in answers:
+            each = {w["worker"]: w for w in answer["by_worker"]}
+            assert sorted(each) == [0, 1] and answer["worker"] in each
+            assert all(w["counters"]["records_written"] > 0 for w in each.values()), answer
+            assert {w["pid"] for w in each.values()} == set(workers)
         with sqlite3.connect(gateway.store_path / "faregate.db") as db:
             rows = db.execute("SELECT COUNT(*), COUNT(DISTINCT request_id) FROM request_records").fetchone()
             instances = db.execute(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -13,9 +13,12 @@ from aiohttp import web
 from faregate import usage_estimate
 from faregate.accounts.master import MasterKey
 from faregate.errors import AuthenticationFailed, PermissionDenied
+from faregate.lifecycle import Periodic
+from faregate.telemetry.metrics_share import PUBLISH_INTERVAL_S
 
 if TYPE_CHECKING:
     from faregate.server.app import Gateway
+    from faregate.telemetry.metrics_share import SharedMetrics
 
 
 def is_master(request: web.Request, master_key: MasterKey) -> bool:
@@ -40,40 +43,99 @@ def require_master(request: web.Request, master_key: MasterKey) -> None:
         raise PermissionDenied("The key given is not the master key.", code="not_admin")
 
 
+# Each worker's own health, as it publishes it for the others (`serve --workers N`).
+HEALTH_VIEW = "health.json"
+
+
 def health_detail(gateway: Gateway) -> bytes:
+    """This process's health; with several workers, whole: the counters summed over the live
+    workers, and each one's breakers, queues and counters in `by_worker` (the top-level `offers`
+    and `upstream_queues` stay the answering worker's, `worker`)."""
+    own = _own_health(gateway)
+    shared = gateway.shared_metrics
+    if shared is None:
+        return orjson.dumps(own)
+    mine = _as_worker(shared, own)
+    # Published first, as a scrape does: the next answer, from another worker, is no older.
+    shared.publish_view(HEALTH_VIEW, orjson.dumps(mine), live=True)
+    each = []
+    for index in range(shared.count):
+        published = mine if index == shared.index else _published(shared, index)
+        if published is not None:  # none: not started yet, or exited and not back yet
+            each.append(published)
+    counters: dict[str, int] = {}
+    for worker in each:
+        for name, value in worker["counters"].items():
+            counters[name] = counters.get(name, 0) + value
+    return orjson.dumps({**own, "worker": shared.index, "counters": counters, "by_worker": each})
+
+
+# What each worker has of its own (in `by_worker`).
+_PER_WORKER = ("pid", "uptime_s", "offers", "upstream_queues", "counters")
+
+
+def _published(shared: SharedMetrics, index: int) -> dict[str, Any] | None:
+    body = shared.view(index, HEALTH_VIEW, live=True)
+    return None if body is None else dict(orjson.loads(body))
+
+
+def _as_worker(shared: SharedMetrics, own: dict[str, Any]) -> dict[str, Any]:
+    return {"worker": shared.index, **{name: own[name] for name in _PER_WORKER}}
+
+
+def add_health_share(app: web.Application, gateway: Gateway) -> None:
+    """With several workers: each leaves its health for the others every second, as its metrics."""
+    shared = gateway.shared_metrics
+    if shared is None:
+        return
+
+    async def publish() -> None:
+        shared.publish_view(HEALTH_VIEW, orjson.dumps(_as_worker(shared, _own_health(gateway))), live=True)
+
+    publisher = Periodic("health-share", PUBLISH_INTERVAL_S, publish, run_first=True)
+
+    async def start(app: web.Application) -> None:
+        publisher.start()
+
+    async def stop(app: web.Application) -> None:
+        await publisher.stop()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+
+
+def _own_health(gateway: Gateway) -> dict[str, Any]:
     runner = gateway.pipeline.runner
     cache = gateway.pipeline.cache
     settlements = gateway.accounts.settlements
-    return orjson.dumps(
-        {
-            "status": "ok",
-            # Which worker process answered (`serve --workers N`: N of them share the port).
-            "pid": os.getpid(),
-            "workers": gateway.settings.server.workers or 1,
-            "uptime_s": round(time.monotonic() - gateway.started, 1),
-            "providers": gateway.providers.names(),
-            "offers": runner.health.snapshot(),
-            "upstream_queues": runner.limiter.snapshot(),
-            # How usage no upstream reported is counted, and whether the o200k tokenizer is in
-            # this process (~58 MiB; only with accounts.usage_estimate: tokenizer).
-            "usage_estimate": usage_estimate.state(),
-            "counters": {
-                "retries": runner.retries,
-                "fallbacks": runner.fallbacks,
-                "records_pending": gateway.records.pending,
-                "records_written": gateway.records.written,
-                "records_dropped": gateway.records.dropped,
-                # Settlements the accounts store could not take yet (an outage), retried in the
-                # background; those that landed later, and those given up.
-                "settlements_pending": settlements.pending if settlements is not None else 0,
-                "settlements_recovered": settlements.landed if settlements is not None else 0,
-                "settlements_lost": settlements.lost if settlements is not None else 0,
-                # Of the pending, those on disk in the spool (a killed process loses none of them);
-                # and those taken over from the spool of a process that stopped before they landed.
-                "settlements_spooled": settlements.spooled if settlements is not None else 0,
-                "settlements_replayed": settlements.replayed if settlements is not None else 0,
-                "cache_writes": cache.writes if cache is not None else 0,
-                "semantic_cache_writes": cache.semantic_writes if cache is not None else 0,
-            },
-        }
-    )
+    return {
+        "status": "ok",
+        # Which worker process answered (`serve --workers N`: N of them share the port).
+        "pid": os.getpid(),
+        "workers": gateway.settings.server.workers or 1,
+        "uptime_s": round(time.monotonic() - gateway.started, 1),
+        "providers": gateway.providers.names(),
+        "offers": runner.health.snapshot(),
+        "upstream_queues": runner.limiter.snapshot(),
+        # How usage no upstream reported is counted, and whether the o200k tokenizer is in
+        # this process (~58 MiB; only with accounts.usage_estimate: tokenizer).
+        "usage_estimate": usage_estimate.state(),
+        "counters": {
+            "retries": runner.retries,
+            "fallbacks": runner.fallbacks,
+            "records_pending": gateway.records.pending,
+            "records_written": gateway.records.written,
+            "records_dropped": gateway.records.dropped,
+            # Settlements the accounts store could not take yet (an outage), retried in the
+            # background; those that landed later, and those given up.
+            "settlements_pending": settlements.pending if settlements is not None else 0,
+            "settlements_recovered": settlements.landed if settlements is not None else 0,
+            "settlements_lost": settlements.lost if settlements is not None else 0,
+            # Of the pending, those on disk in the spool (a killed process loses none of them);
+            # and those taken over from the spool of a process that stopped before they landed.
+            "settlements_spooled": settlements.spooled if settlements is not None else 0,
+            "settlements_replayed": settlements.replayed if settlements is not None else 0,
+            "cache_writes": cache.writes if cache is not None else 0,
+            "semantic_cache_writes": cache.semantic_writes if cache is not None else 0,
+        },
+    }

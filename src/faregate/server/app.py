@@ -28,7 +28,7 @@ from faregate.routing.attempts import AttemptRunner
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Planner
 from faregate.routing.queue import UpstreamLimiter
-from faregate.server.admin import health_detail, is_master
+from faregate.server.admin import add_health_share, health_detail, is_master
 from faregate.server.admin_api import add_account_routes
 from faregate.server.client_wires import wire_of_path
 from faregate.server.dashboard_api import add_dashboard_api
@@ -364,6 +364,7 @@ def create_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{name:.+}", model)
     app.router.add_get("/health", health)
+    add_health_share(app, gateway)
     described = openapi_body(gateway.settings.limits)
 
     async def openapi(request: web.Request) -> web.StreamResponse:

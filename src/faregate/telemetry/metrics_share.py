@@ -74,7 +74,9 @@ class SharedMetrics:
     def retire(directory: Path, index: int) -> None:
         """Worker `index` exited (the supervisor says it): its gauges said what a live process saw
         (a breaker open, records pending, an alert firing) and are dropped; its counters and
-        histograms stay, in the sums and for its successor to carry on."""
+        histograms stay, in the sums and for its successor to carry on. Its live views go too."""
+        for view in directory.glob(f"worker-{index}.live.*"):
+            view.unlink(missing_ok=True)
         path = directory / f"worker-{index}.prom"
         try:
             text = path.read_text(encoding="utf-8")
@@ -103,18 +105,19 @@ class SharedMetrics:
         temporary.write_bytes(exposition)
         os.replace(temporary, path)
 
-    def publish_view(self, name: str, body: bytes) -> None:
+    def publish_view(self, name: str, body: bytes, *, live: bool = False) -> None:
         """Leave an admin answer of this worker's for the others to give (written whole, then
-        renamed): one about state only this worker has, as the alerts worker 0 posts."""
-        path = self.directory / f"worker-{self.index}.{name}"
+        renamed): one about state only this worker has, as the alerts worker 0 posts. `live`: it
+        says what a live process holds (its breakers, records pending), and goes when it exits."""
+        path = _view_path(self.directory, self.index, name, live)
         temporary = path.with_name(path.name + ".tmp")
         temporary.write_bytes(body)
         os.replace(temporary, path)
 
-    def view(self, index: int, name: str) -> bytes | None:
-        """What worker `index` published as `name` last (None: nothing yet)."""
+    def view(self, index: int, name: str, *, live: bool = False) -> bytes | None:
+        """What worker `index` published as `name` last (None: nothing yet, or it exited since)."""
         try:
-            return (self.directory / f"worker-{index}.{name}").read_bytes()
+            return _view_path(self.directory, index, name, live).read_bytes()
         except FileNotFoundError:
             return None
 
@@ -136,6 +139,10 @@ class SharedMetrics:
             with contextlib.suppress(FileNotFoundError):  # a worker that has not published yet
                 texts.append((str(index), self._path(index).read_text(encoding="utf-8")))
         return merge_expositions(texts)
+
+
+def _view_path(directory: Path, index: int, name: str, live: bool) -> Path:
+    return directory / (f"worker-{index}.live.{name}" if live else f"worker-{index}.{name}")
 
 
 class _Merged(Collector):

@@ -271,9 +271,12 @@ function renderReliability(data, health) {
     { title: "Outcome", key: "outcome", value: (r) => r.outcome },
     { title: "Attempts", key: "attempts", value: (r) => int(r.attempts) },
   ], data.failed_attempts, { empty: "No failed upstream attempts in this range" });
-  const offers = Object.entries(health.offers || {}).map(([offer, o]) => ({ offer, ...o }));
+  // With several workers (serve --workers N) each keeps breakers of its own: every worker's rows.
+  const workers = health.by_worker || [health];
+  const offers = workers.flatMap((w) => Object.entries(w.offers || {}).map(([offer, o]) => ({ offer, worker: w.worker, ...o })));
   fillTable($("health"), [
     { title: "Offer", key: "offer", value: (r) => r.offer, clip: true },
+    ...(health.by_worker ? [{ title: "Worker", key: "worker", value: (r) => int(r.worker) }] : []),
     { title: "Breaker", key: "breaker", value: (r) => r.breaker.replace("_", "-"), cls: (r) => "state-" + r.breaker },
     { title: "Recent error rate", key: "error_rate", value: (r) => pct(100 * r.error_rate) },
     { title: "Times opened", key: "times_opened", value: (r) => int(r.times_opened) },
@@ -282,8 +285,10 @@ function renderReliability(data, health) {
     { title: "TTFT p50", key: "ttft", value: (r) => ms(r.ttft_ms_p50) },
   ], offers, { empty: "No upstream calls since this process started" });
   const c = health.counters || {};
+  // The counters of every worker, summed.
+  const up = health.by_worker ? `${health.by_worker.length} of ${health.workers} workers up` : `Up ${Math.round(health.uptime_s || 0)} s`;
   setText("health-counters",
-    `Up ${Math.round(health.uptime_s || 0)} s · retries ${int(c.retries)} · fallbacks ${int(c.fallbacks)} · ` +
+    `${up} · retries ${int(c.retries)} · fallbacks ${int(c.fallbacks)} · ` +
     `records written ${int(c.records_written)}, pending ${int(c.records_pending)}, dropped ${int(c.records_dropped)}`);
 }
 
