@@ -6,6 +6,7 @@ too, and a SIGTERM leaves one record per request."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -404,6 +405,97 @@ def test_the_supervisor_migrates_the_store_once_before_it_forks_the_workers(tmp_
     assert ran.returncode == 0, ran.stderr
     every_version = list(range(1, LATEST_VERSION + 1))
     assert f"before forking worker 0 {every_version}" in ran.stdout.splitlines(), ran.stdout + ran.stderr
+
+
+# A supervisor of 2 stub workers (ready at once, then idle until a signal ends them), in a process
+# of its own. Each worker prints its pid when ready. Once the file argv[3] exists, the start of
+# worker 1, in the forked process before it is a worker, fails (MemoryError, as under the memory
+# pressure that killed its predecessor) or is sent SIGTERM (the supervisor's stop, as it lands
+# there), as argv[4] says.
+SUPERVISE_STUBS = """
+import os, signal, sys, time
+from pathlib import Path
+from faregate.config import Settings
+from faregate.server import workers
+
+def stub_worker(seat, settings, announce):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # as worker_main
+        signal.signal(sig, signal.SIG_DFL)
+    os.write(seat.ready_fd, b"1")
+    print("worker", seat.index, "ready", os.getpid(), flush=True)
+    while True:
+        time.sleep(1)
+
+join = workers.SharedMetrics.join
+
+def troubled_join(directory, index, count):
+    if index == 1 and Path(sys.argv[3]).exists():
+        if sys.argv[4] == "fail":
+            raise MemoryError
+        os.kill(os.getpid(), signal.SIGTERM)
+    return join(directory, index, count)
+
+workers.worker_main = stub_worker
+workers.SharedMetrics.join = troubled_join
+settings = Settings()
+settings.sim.mode = "off"
+settings.store.path = sys.argv[1]
+settings.server.host, settings.server.port, settings.server.workers = "127.0.0.1", int(sys.argv[2]), 2
+sys.exit(workers.run_workers(settings, 2))
+"""
+
+
+def supervise_stubs(tmp_path: Path, trouble: str) -> tuple[subprocess.Popen[bytes], Path, Path, Path]:
+    out, err, marker = tmp_path / "out", tmp_path / "err", tmp_path / "trouble"
+    args = [str(tmp_path / "store"), str(free_port()), str(marker), trouble]
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        supervisor = subprocess.Popen(
+            [sys.executable, "-c", SUPERVISE_STUBS, *args],
+            env=clean_env(),
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,  # its group is killed after the test, whatever it left running
+        )
+    return supervisor, out, err, marker
+
+
+def ready_pids(out: Path) -> dict[int, list[int]]:
+    pids: dict[int, list[int]] = {0: [], 1: []}
+    for line in out.read_text().splitlines():
+        _, index, _, pid = line.split()
+        pids[int(index)].append(int(pid))
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_worker_whose_start_fails_before_it_serves_leaves_the_other_workers_serving(tmp_path: Path) -> None:
+    """The forked process failed (an exception, as MemoryError under memory pressure) before it was
+    a worker: it went on as a copy of the supervisor, whose stop sent SIGTERM to every other worker."""
+    supervisor, out, err, marker = supervise_stubs(tmp_path, "fail")
+    try:
+        wait_until(lambda: all(ready_pids(out).values()), "both stub workers ready", timeout_s=60)
+        first = ready_pids(out)
+        marker.touch()
+        os.kill(first[1][0], signal.SIGKILL)
+
+        def told() -> bool:
+            return "worker 1 could not start" in err.read_text() or len(ready_pids(out)[0]) > 1
+
+        wait_until(told, "the failed restart of worker 1, or worker 0 restarted", 60)
+        assert ready_pids(out)[0] == first[0], err.read_text()  # worker 0 was never stopped
+        assert alive(first[0][0])
+        assert "MemoryError" in err.read_text()  # the forked process said why
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(supervisor.pid, signal.SIGKILL)
+        supervisor.wait(30)
 
 
 def test_new_key_again_on_a_busy_port_leaves_the_running_master_key(tmp_path: Path) -> None:

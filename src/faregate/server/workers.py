@@ -367,11 +367,18 @@ class Supervisor:
             os.close(write_fd)
             raise
         if pid == 0:
-            os.close(read_fd)
-            assert self._metrics_dir is not None
-            shared = SharedMetrics.join(self._metrics_dir, worker.index, self.count)
-            seat = Seat(worker.index, write_fd, self._holder, self._simulated, shared)
-            worker_main(seat, settings, self.announce if announce else None)
+            try:
+                os.close(read_fd)
+                assert self._metrics_dir is not None
+                shared = SharedMetrics.join(self._metrics_dir, worker.index, self.count)
+                seat = Seat(worker.index, write_fd, self._holder, self._simulated, shared)
+                worker_main(seat, settings, self.announce if announce else None)
+            except BaseException:
+                # Never back into the supervisor's code: a copy of it, on its way out, would stop
+                # every other worker (MemoryError, as under the pressure that killed the last one).
+                log.exception("worker %d could not start", worker.index)
+            finally:
+                os._exit(1)  # worker_main leaves by os._exit itself
         os.close(write_fd)
         worker.pid, worker.ready_fd, worker.started_at, worker.ready = pid, read_fd, time.monotonic(), False
         worker.restart_at = None
