@@ -14,6 +14,7 @@ from faregate.errors import StartupError
 from faregate.server import workers
 from faregate.server.app import BACKENDS_CLOSE_TIMEOUT_S, RECORDS_CLOSE_TIMEOUT_S
 from faregate.server.workers import default_workers, hold_port, stop_timeout_s, worker_settings
+from faregate.telemetry import log_limit
 
 
 def test_one_worker_per_core_unless_the_simulator_stands_in(
@@ -181,3 +182,21 @@ def test_the_metrics_of_a_worker_that_exited_are_retired(
     monkeypatch.setattr(supervisor, "_read_ready", lambda: None)
     supervisor._tend()
     assert retired == [(tmp_path, 1)]
+
+
+def test_every_worker_exit_is_logged_even_several_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log's repeat filter (telemetry/log_limit.py, installed by run_workers) held back a line
+    like one written in the last 10 s: a second worker's exit, or its restart, was not said."""
+    caplog.handler.addFilter(log_limit.RepeatFilter())
+    supervisor = workers.Supervisor(Settings(), 2)
+    supervisor._metrics_dir = tmp_path
+    first, second = workers.Worker(0, pid=0, ready=True), workers.Worker(1, pid=0, ready=True)
+    supervisor.workers = [first, second]
+    monkeypatch.setattr(supervisor, "_reap", lambda: [(first, -9), (second, -9)])
+    monkeypatch.setattr(supervisor, "_read_ready", lambda: None)
+    with caplog.at_level("INFO", logger="faregate.workers"):
+        supervisor._tend()
+    exits = [r.getMessage() for r in caplog.records if "exited with code" in r.getMessage()]
+    assert [line.split(" exited")[0] for line in exits] == ["worker 0", "worker 1"], caplog.text

@@ -65,9 +65,12 @@ from faregate.server.app import BACKENDS_CLOSE_TIMEOUT_S, RECORDS_CLOSE_TIMEOUT_
 from faregate.server.worker_process import Seat, worker_main
 from faregate.store.protocols import Store
 from faregate.telemetry import log_limit
+from faregate.telemetry.log_limit import EVERY_LINE
 from faregate.telemetry.metrics_share import SharedMetrics
 
 log = logging.getLogger("faregate.workers")
+# A worker's exit, restart or kill is an event of its own, never a repeat of another worker's (or
+# of its own last one): written with EVERY_LINE, past the log's repeat filter (log_limit.py).
 
 # A worker that dies sooner than this after it started counts as failing: the next restart waits
 # twice as long (from RESTART_DELAY_S up to MAX_RESTART_DELAY_S); one that lived longer restarts
@@ -441,7 +444,7 @@ class Supervisor:
         self._read_ready()
         for worker in self.workers:
             if worker.ready and worker.index not in was_ready:
-                log.info("worker %d (pid %d) is serving again", worker.index, worker.pid)
+                log.info("worker %d (pid %d) is serving again", worker.index, worker.pid, extra=EVERY_LINE)
         now = time.monotonic()
         for worker, code in self._reap():
             if self._stopping:
@@ -458,6 +461,7 @@ class Supervisor:
             log.warning(
                 "worker %d exited with code %s after %.1fs; restarting it in %.1fs",
                 *(worker.index, code, lived, delay),
+                extra=EVERY_LINE,
             )
         for worker in self.workers:
             if worker.restart_at is not None and worker.restart_at <= now and not self._stopping:
@@ -474,7 +478,9 @@ class Supervisor:
             worker.restart_at = now + delay
             reason = exc.strerror or exc
             log.error(
-                "worker %d could not be restarted (%s); trying again in %.1fs", worker.index, reason, delay
+                "worker %d could not be restarted (%s); trying again in %.1fs",
+                *(worker.index, reason, delay),
+                extra=EVERY_LINE,
             )
 
     def _stop_all(self) -> None:
@@ -489,7 +495,8 @@ class Supervisor:
             time.sleep(POLL_S / 2)
         for worker in self.workers:
             if worker.pid:
-                log.error("worker %d did not stop within %.0fs; killing it", worker.index, timeout_s)
+                stuck = (worker.index, timeout_s)
+                log.error("worker %d did not stop within %.0fs; killing it", *stuck, extra=EVERY_LINE)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.pid, signal.SIGKILL)
                 with contextlib.suppress(ChildProcessError):
