@@ -498,6 +498,28 @@ def test_a_worker_whose_start_fails_before_it_serves_leaves_the_other_workers_se
         supervisor.wait(30)
 
 
+def test_a_stop_that_reaches_a_worker_as_it_starts_stops_it(tmp_path: Path) -> None:
+    """The supervisor's SIGTERM, sent to a worker it had just forked (a stop right after a restart,
+    or Ctrl-C to the process group), found the supervisor's own handler in the new process, which
+    only noted it: the worker started and served on, until it was killed 130 s into the stop."""
+    supervisor, out, err, marker = supervise_stubs(tmp_path, "term")
+    try:
+        wait_until(lambda: all(ready_pids(out).values()), "both stub workers ready", timeout_s=60)
+        first = ready_pids(out)
+        marker.touch()
+        os.kill(first[1][0], signal.SIGKILL)
+
+        def told() -> bool:
+            return "worker 1 exited with code -15" in err.read_text() or len(ready_pids(out)[1]) > 1
+
+        wait_until(told, "the restarted worker 1 stopped, or serving", 60)
+        assert ready_pids(out)[1] == first[1], err.read_text()  # it never served
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(supervisor.pid, signal.SIGKILL)
+        supervisor.wait(30)
+
+
 def test_new_key_again_on_a_busy_port_leaves_the_running_master_key(tmp_path: Path) -> None:
     """`serve --new-key --workers 2` run again by mistake while the first serves: it stops at the
     busy port, and the master key the first printed stays the one in the store (which a

@@ -85,6 +85,8 @@ START_TIMEOUT_S = 120.0
 # bounds and this much more it is killed (stop_timeout_s).
 STOP_MARGIN_S = 10.0
 POLL_S = 0.1
+# What stops the supervisor, and each worker (gracefully, once it serves).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Where Linux says which cgroup this process is in, and where the cgroups' files are.
 PROC_CGROUP = Path("/proc/self/cgroup")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -307,7 +309,7 @@ class Supervisor:
             # Before the signal handlers: SIGTERM or Ctrl-C stops a long migration at once (it is
             # one transaction, rolled back), rather than once it is done.
             migrate_store(self.settings, self.count)
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in STOP_SIGNALS:
                 signal.signal(sig, self._on_stop)
             self._prepare()
             if self.before_workers is not None:
@@ -363,14 +365,22 @@ class Supervisor:
         settings = worker_settings(self.settings, worker.index, self.count)
         sys.stdout.flush()
         sys.stderr.flush()
+        # Held across the fork: a stop that reaches the new process before it has left the
+        # supervisor's handlers (which only note it) would be lost there; held, it waits for them to go.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             pid = os.fork()
         except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(read_fd)
             os.close(write_fd)
             raise
         if pid == 0:
             try:
+                # A stop sent since the fork ends it now, as it would a worker not serving yet.
+                for sig in STOP_SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 os.close(read_fd)
                 assert self._metrics_dir is not None
                 shared = SharedMetrics.join(self._metrics_dir, worker.index, self.count)
@@ -382,6 +392,7 @@ class Supervisor:
                 log.exception("worker %d could not start", worker.index)
             finally:
                 os._exit(1)  # worker_main leaves by os._exit itself
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(write_fd)
         worker.pid, worker.ready_fd, worker.started_at, worker.ready = pid, read_fd, time.monotonic(), False
         worker.restart_at = None
