@@ -922,7 +922,8 @@ async def test_quality_figures_write_money_as_positional_decimal_text() -> None:
             "b", "cache", "cache", "cheap", "served", 0.9, 1.0, "exact", "acceptable", None, 5, 0.0
         )
     )
-    gateway = SimpleNamespace(pipeline=SimpleNamespace(verifier=SimpleNamespace(service=service, pending=0)))
+    verifier = SimpleNamespace(service=service, pending=0)
+    gateway = SimpleNamespace(pipeline=SimpleNamespace(verifier=verifier), shared_metrics=None)
     gateway.observability = None
     body = await quality_figures(gateway)  # type: ignore[arg-type]
     figures = body["routes"][0]

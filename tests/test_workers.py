@@ -7,14 +7,18 @@ import os
 import socket
 from pathlib import Path
 
+import orjson
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
-from faregate.config import Settings, UpstreamQueueSettings, WebhookSettings
+from faregate.config import Settings, UpstreamQueueSettings, WebhookSettings, load_settings
 from faregate.errors import StartupError
 from faregate.server import workers
-from faregate.server.app import BACKENDS_CLOSE_TIMEOUT_S, RECORDS_CLOSE_TIMEOUT_S
+from faregate.server.app import BACKENDS_CLOSE_TIMEOUT_S, RECORDS_CLOSE_TIMEOUT_S, build_gateway, create_app
 from faregate.server.workers import default_workers, hold_port, stop_timeout_s, worker_settings
 from faregate.telemetry import log_limit
+from faregate.telemetry.metrics_share import SharedMetrics
+from harness import MASTER_KEY
 
 
 def test_one_worker_per_core_unless_the_simulator_stands_in(
@@ -200,3 +204,31 @@ def test_every_worker_exit_is_logged_even_several_at_once(
         supervisor._tend()
     exits = [r.getMessage() for r in caplog.records if "exited with code" in r.getMessage()]
     assert [line.split(" exited")[0] for line in exits] == ["worker 0", "worker 1"], caplog.text
+
+
+async def test_the_verifications_pending_are_every_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`GET /admin/quality` says how many verifications are not finished (a client waits for 0
+    before it reads the figures): with several workers, it was those of the worker that answered."""
+    monkeypatch.setenv("FAREGATE_MASTER_KEY", MASTER_KEY)
+    config = tmp_path / "faregate.yaml"
+    config.write_text(
+        "models: {a: {input: 1, output: 1}, b: {input: 2, output: 2}}\n"
+        "routes:\n  c:\n    cascade: {steps: [a, b]}\n    quality: {}\n",
+        encoding="utf-8",
+    )
+    overrides = {"store": {"path": str(tmp_path / "store")}, "catalog": {"broad": False}}
+    gateway = await build_gateway(load_settings(config, overrides=overrides))
+    gateway.shared_metrics = SharedMetrics(tmp_path / "share", 0, 2)
+    (tmp_path / "share").mkdir()
+    other = {"worker": 1, "pid": 1, "uptime_s": 1.0, "offers": {}, "upstream_queues": {}}
+    other["counters"] = {"records_written": 2, "verifications_pending": 3}
+    SharedMetrics(tmp_path / "share", 1, 2).publish_view("health.json", orjson.dumps(other), live=True)
+    admin = {"Authorization": f"Bearer {MASTER_KEY}"}
+    async with TestClient(TestServer(create_app(gateway))) as client:
+        quality = await (await client.get("/admin/quality", headers=admin)).json()
+        health = await (await client.get("/health", headers=admin)).json()
+    assert quality["pending"] == 3
+    assert health["counters"]["verifications_pending"] == 3
+    assert health["counters"]["records_written"] == 2

@@ -55,19 +55,37 @@ def health_detail(gateway: Gateway) -> bytes:
     shared = gateway.shared_metrics
     if shared is None:
         return orjson.dumps(own)
+    each = _every_worker(shared, own)
+    return orjson.dumps({**own, "worker": shared.index, "counters": _summed(each), "by_worker": each})
+
+
+def with_other_workers(shared: SharedMetrics | None, name: str, own: int) -> int:
+    """This worker's counter `name` (`own`) and every other live worker's, as last published."""
+    if shared is None:
+        return own
+    others = (_published(shared, index) for index in range(shared.count) if index != shared.index)
+    return own + sum(int(worker["counters"].get(name, 0)) for worker in others if worker is not None)
+
+
+def _every_worker(shared: SharedMetrics, own: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each live worker's health: this one's now (published first, as a scrape does: the next
+    answer, from another worker, is no older), the others' as they last published it."""
     mine = _as_worker(shared, own)
-    # Published first, as a scrape does: the next answer, from another worker, is no older.
     shared.publish_view(HEALTH_VIEW, orjson.dumps(mine), live=True)
     each = []
     for index in range(shared.count):
         published = mine if index == shared.index else _published(shared, index)
         if published is not None:  # none: not started yet, or exited and not back yet
             each.append(published)
+    return each
+
+
+def _summed(each: list[dict[str, Any]]) -> dict[str, int]:
     counters: dict[str, int] = {}
     for worker in each:
         for name, value in worker["counters"].items():
             counters[name] = counters.get(name, 0) + value
-    return orjson.dumps({**own, "worker": shared.index, "counters": counters, "by_worker": each})
+    return counters
 
 
 # What each worker has of its own (in `by_worker`).
@@ -108,6 +126,7 @@ def _own_health(gateway: Gateway) -> dict[str, Any]:
     runner = gateway.pipeline.runner
     cache = gateway.pipeline.cache
     settlements = gateway.accounts.settlements
+    verifier = gateway.pipeline.verifier
     return {
         "status": "ok",
         # Which worker process answered (`serve --workers N`: N of them share the port).
@@ -137,5 +156,7 @@ def _own_health(gateway: Gateway) -> dict[str, Any]:
             "settlements_replayed": settlements.replayed if settlements is not None else 0,
             "cache_writes": cache.writes if cache is not None else 0,
             "semantic_cache_writes": cache.semantic_writes if cache is not None else 0,
+            # Verifications of answers (quality targets) submitted and not finished yet.
+            "verifications_pending": verifier.pending if verifier is not None else 0,
         },
     }

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from faregate.server.admin import require_master
+from faregate.server.admin import require_master, with_other_workers
 from faregate.server.dashboard_api import int_param
 from faregate.store.analytics_rows import Slice
 from faregate.store.rows import usd_text
@@ -60,8 +60,8 @@ async def quality_figures(gateway: Gateway, limit: int = 20) -> dict[str, Any]:
         "routes": routes,
         # The semantic cache's calibrated acceptance (cache.semantic.max_wrong_hit_rate), or None.
         "cache": cache,
-        # Verifications submitted and not finished yet.
-        "pending": verifier.pending,
+        # Verifications submitted and not finished yet (every worker's, with several).
+        "pending": with_other_workers(gateway.shared_metrics, "verifications_pending", verifier.pending),
         "recent": [
             {
                 "request_id": r.request_id,
