@@ -407,6 +407,28 @@ def test_the_supervisor_migrates_the_store_once_before_it_forks_the_workers(tmp_
     assert f"before forking worker 0 {every_version}" in ran.stdout.splitlines(), ran.stdout + ran.stderr
 
 
+def test_a_postgresql_that_will_not_say_its_room_does_not_stop_the_start(
+    shared_urls: SharedUrls,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The check is advice: behind a proxy (PgBouncer) or for a role that may not read the
+    settings, its question fails, and the gateway starts all the same."""
+    import asyncpg
+
+    from faregate.store.postgres.store import PostgresStore
+
+    async def refused(self: PostgresStore) -> None:
+        raise asyncpg.InsufficientPrivilegeError("permission denied for view pg_stat_activity")
+
+    monkeypatch.setattr(PostgresStore, "connection_room", refused)
+    settings = Settings()
+    settings.store.postgres_url, settings.store.redis_url = shared_urls.postgres, shared_urls.redis
+    with caplog.at_level(logging.INFO, logger="faregate.workers"):
+        migrate_store(settings, workers=3)
+    assert "could not ask PostgreSQL how many connections it takes" in caplog.text
+
+
 # A supervisor of 2 stub workers (ready at once, then idle until a signal ends them), in a process
 # of its own. Each worker prints its pid when ready. Once the file argv[3] exists, the start of
 # worker 1, in the forked process before it is a worker, fails (MemoryError, as under the memory

@@ -63,7 +63,7 @@ from faregate.providers.registry import simulator_active, with_simulator
 from faregate.server import runner
 from faregate.server.app import BACKENDS_CLOSE_TIMEOUT_S, RECORDS_CLOSE_TIMEOUT_S
 from faregate.server.worker_process import Seat, worker_main
-from faregate.store.protocols import Store
+from faregate.store.protocols import Store, StoreUnavailable
 from faregate.telemetry import log_limit
 from faregate.telemetry.log_limit import EVERY_LINE
 from faregate.telemetry.metrics_share import SharedMetrics
@@ -240,13 +240,20 @@ async def _check_postgres_room(store: Store, settings: Settings, workers: int) -
     opens connections as the load asks, so the gateway starts, and under load its requests fail
     (503) on "too many clients". A warning, not a refusal: the pools may never fill, and other
     instances' needs are not known here."""
+    import asyncpg
+
     from faregate.store.postgres.analytics import POOL_SIZE as ANALYTICS_POOL_SIZE
     from faregate.store.postgres.store import PostgresStore
 
     if not isinstance(store, PostgresStore):
         return
     per_worker = settings.store.postgres_pool_size + ANALYTICS_POOL_SIZE
-    room = await store.connection_room()
+    try:
+        room = await store.connection_room()
+    except (asyncpg.PostgresError, StoreUnavailable) as exc:
+        # Advice only: a proxy in front (PgBouncer), or a role that may not read these, starts as before.
+        log.info("could not ask PostgreSQL how many connections it takes (%s); not checked", exc)
+        return
     if workers * per_worker <= room.free:
         return
     fits = room.free // workers - ANALYTICS_POOL_SIZE
