@@ -113,7 +113,7 @@ def test_a_stream_whose_client_left_is_estimated_and_count_tokens_uses_the_same_
         assert row["usage_estimated"] == 1 and row["completion_tokens"] >= 1
         assert row["prompt_tokens"] == counting.count_input({"messages": MSG}, light_tokens.count_text)
 
-        ask = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": MSG}
+        ask = {"model": "claude-sonnet-4-6", "max_tokens": 10, "messages": MSG}
         counted = http.post(f"{gateway.base_url}/messages/count_tokens", json=ask, headers=headers).json()
     chat = messages_to_chat(ask, count_only=True)
     assert counted == {"input_tokens": counting.count_input(chat, light_tokens.count_text)}
