@@ -7,6 +7,9 @@ CHAOS_REQUESTS ?= 20000
 CHAOS_REPORT ?= bench/results/chaos.json
 # Extra arguments for bench/overhead.py (e.g. --duration 1 --sequential 50 --streams 2).
 BENCH_ARGS ?=
+# Processes `make test` and `make unit` run the suite in (pytest-xdist); each test file stays in
+# one process, so a module's gateway starts once. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 # Extras `make run` installs beside the core, e.g. EXTRAS=semantic,postgres (README: Install).
 EXTRAS ?=
 
@@ -28,11 +31,11 @@ test: system-packages $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The in-process tests only: no server, no browser, no subprocess.
 unit: $(VENV)/.dev-installed
-	$(BIN)/pytest -q -m "not e2e"
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not e2e"
 
 system-packages:
 	PYTHON=$(PYTHON) scripts/install-test-packages
