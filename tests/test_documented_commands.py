@@ -84,7 +84,7 @@ QUICK: dict[str, Quick] = {
         where="checkout",
         expect=".venv/bin/faregate",
     ),
-    "make unit": Quick(run="make -n unit", where="checkout", expect='pytest -q -m "not e2e"'),
+    "make unit": Quick(run="make -n unit", where="checkout", expect='-m "not e2e"'),
     "make run EXTRAS=semantic": Quick(
         run="make -n run EXTRAS=semantic", where="checkout", expect="pip install --quiet -e '.[semantic]'"
     ),
