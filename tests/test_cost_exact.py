@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from decimal import Decimal
 
+import pytest
+
 from faregate.routing.attempts import billed_cost
 from faregate.server.exchange import money
 from faregate.store.rows import to_nanousd, usd_text
@@ -70,3 +72,21 @@ def test_billed_cost_of_one_served_attempt_is_the_sum_it_replaced() -> None:
         failed = Attempt("m", "p", "empty", 1.0, cost=Decimal(extra))
         both = [failed, *served]
         _same(billed_cost(both), Decimal(0) + Decimal(extra))
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("0.000123450000", "0.00012345"),
+        ("0.00000001", "0.00000001"),  # str() writes 1E-8
+        ("0E-12", "0"),
+        ("0", "0"),
+        ("1E+2", "100"),
+        ("12.50", "12.5"),
+        ("100", "100"),
+        ("2.000", "2"),
+        ("-0.0000005", "-0.0000005"),
+    ],
+)
+def test_money_is_plain_decimal_text_without_an_exponent(value: str, text: str) -> None:
+    assert money(Decimal(value)) == text
