@@ -2,6 +2,8 @@ import pytest
 
 from faregate.errors import InvalidRequest
 from faregate.server.parse import decode_json_object, parse_chat_request
+from faregate.wire.anthropic import messages_to_chat
+from faregate.wire.responses import responses_to_chat
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -116,3 +118,48 @@ def test_hints_from_body_and_headers() -> None:
 def test_models_list_implies_model() -> None:
     request = parse({"models": ["a", "b"], "messages": MSG})
     assert request.model == "a"
+
+
+@pytest.mark.parametrize("tools", [None, []])
+def test_tool_settings_without_tools_are_left_out(tools: object) -> None:
+    """Frameworks send `tool_choice: "auto"` (and parallel_tool_calls) on every request, with no
+    tools or `tools: []`; OpenAI refuses either ("only allowed when 'tools' are specified"),
+    DeepSeek an empty tools list. With no tool to call, "auto" and "none" say nothing: left out,
+    in a copy (the client's body is what the Responses wire echoes)."""
+    body: dict = {"model": "m", "messages": MSG, "tool_choice": "auto", "parallel_tool_calls": True}  # type: ignore[type-arg]
+    if tools is not None:
+        body["tools"] = tools
+    sent = parse(body).body
+    assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(sent)
+    assert body["tool_choice"] == "auto" and body["parallel_tool_calls"] is True
+    assert parse({"model": "m", "messages": MSG, "tool_choice": "none"}).body.get("tool_choice") is None
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "f"}}])
+def test_a_forced_tool_choice_without_tools_is_refused(choice: object) -> None:
+    """A call forced with nothing to call cannot be answered: refused as OpenAI refuses it."""
+    with pytest.raises(InvalidRequest) as info:
+        parse({"model": "m", "messages": MSG, "tool_choice": choice})
+    assert (info.value.param, info.value.status) == ("tool_choice", 400)
+    assert "tools" in info.value.message
+
+
+def test_tool_settings_with_tools_are_kept() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    body = {
+        "model": "m",
+        "messages": MSG,
+        "tools": tools,
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+    }
+    assert parse(body).body is body
+
+
+def test_tool_settings_without_tools_are_left_out_on_every_wire() -> None:
+    """A Messages or Responses client's tool_choice without tools reaches a chat upstream alike."""
+    messages = {"model": "m", "max_tokens": 5, "messages": MSG, "tool_choice": {"type": "auto"}}
+    assert "tool_choice" not in parse(messages_to_chat(messages)).body
+    responses = {"model": "m", "input": "hi", "tool_choice": "auto", "parallel_tool_calls": False}
+    sent = parse(responses_to_chat(responses)).body
+    assert not {"tool_choice", "parallel_tool_calls"} & set(sent)

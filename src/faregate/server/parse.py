@@ -35,6 +35,9 @@ VALID_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "fu
 # half of them and priority at about twice (scale from prepaid units): passed through, such a
 # request was billed at the standard prices all the same, so it is refused instead.
 STANDARD_SERVICE_TIERS = frozenset({"auto", "default"})
+# What only a request with tools may say: OpenAI refuses each without any ("'tool_choice' is only
+# allowed when 'tools' are specified"), and DeepSeek an empty `tools` list.
+_TOOL_SETTINGS = ("tools", "tool_choice", "parallel_tool_calls")
 
 
 DEFAULT_LIMITS = LimitsSettings()
@@ -99,6 +102,22 @@ def _check_messages(messages: Any) -> list[Any]:
     return messages
 
 
+def _without_tool_settings(body: JSON) -> JSON:
+    """A request without tools as an upstream takes it: an empty `tools`, a `tool_choice` of
+    "auto" or "none" and `parallel_tool_calls` left out (with no tool to call they say nothing;
+    frameworks send them on every request), in a copy; the body itself when it names none. A
+    call forced with nothing to call cannot be answered: refused, as OpenAI refuses it."""
+    if not any(name in body for name in _TOOL_SETTINGS):
+        return body
+    choice = body.get("tool_choice")
+    if choice is not None and choice not in ("auto", "none"):
+        raise InvalidRequest(
+            "Invalid value for 'tool_choice': a tool call is forced, but no 'tools' are specified.",
+            param="tool_choice",
+        )
+    return {name: value for name, value in body.items() if name not in _TOOL_SETTINGS}
+
+
 def _check_models(body: JSON, limits: LimitsSettings) -> str:
     """The model asked for; a `models` list is bounded in length and in each name."""
     models = body.get("models")
@@ -136,6 +155,8 @@ def parse_chat_request(
     if not limits.allow_private_media_urls:
         check_media_urls(messages)
     check_numbers(body)
+    if not body.get("tools"):
+        body = _without_tool_settings(body)
     tier = body.get("service_tier")
     if tier is not None and (not isinstance(tier, str) or tier not in STANDARD_SERVICE_TIERS):
         raise InvalidRequest(
