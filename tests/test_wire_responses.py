@@ -236,6 +236,21 @@ def test_tool_calls_become_function_call_items_and_a_cut_answer_is_incomplete() 
     assert cut.incomplete_details is not None and cut.incomplete_details.reason == "max_output_tokens"
 
 
+def test_a_call_with_no_arguments_has_an_empty_object_for_them() -> None:
+    """A chat upstream may give a call of a function without parameters "" (or no) arguments;
+    OpenAI's Responses API says "{}", which the client json.loads (and "" made it raise)."""
+    calls = [
+        {"id": "call_1", "type": "function", "function": {"name": "now", "arguments": ""}},
+        {"id": "call_2", "type": "function", "function": {"name": "today"}},
+    ]
+    response = Response.model_validate(
+        completion_to_response(
+            completion({"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls")
+        )
+    )
+    assert [i.arguments for i in response.output] == ["{}", "{}"]  # type: ignore[union-attr]
+
+
 # --- streams -----------------------------------------------------------------------------------
 
 
@@ -306,6 +321,24 @@ async def test_a_chunk_stream_becomes_the_typed_event_sequence() -> None:
     assert final.output_text == "Hello"
     assert final.output[1].arguments == '{"q":"a"}'  # type: ignore[union-attr]
     assert final.usage is not None and (final.usage.input_tokens, final.usage.output_tokens) == (12, 4)
+
+
+async def test_a_streamed_call_with_no_arguments_has_an_empty_object_for_them() -> None:
+    """A call streamed with "" for its arguments and no delta after: its arguments are "{}" in
+    the done events and the final Response, and its one delta says so (the deltas add up to it)."""
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "now", "arguments": ""}}
+    stream = [chunk({"role": "assistant", "content": None}), chunk({"tool_calls": [call]}), *STREAM[-2:]]
+    events = [e async for e in response_events(each(stream), model="fast")]
+    for event in events:
+        EVENT.validate_python(event)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    deltas = [e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta"]
+    done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
+    assert deltas == ["{}"] and done["arguments"] == "{}"
+    client = sdk_client(b"".join(sse_frame(e) for e in events))
+    with client.responses.stream(model="fast", input="hi") as sdk_stream:
+        final = sdk_stream.get_final_response()
+    assert [i.arguments for i in final.output] == ["{}"]  # type: ignore[union-attr]
 
 
 async def test_a_failure_mid_stream_ends_with_response_failed() -> None:

@@ -314,6 +314,11 @@ def message_item(item_id: str, text: str, status: str = "completed", *, refusal:
     return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": [part]}
 
 
+# A call's arguments when its upstream gave none (some chat upstreams give "" for a function
+# without parameters): OpenAI's own, a JSON object, which a client json.loads.
+NO_ARGUMENTS = "{}"
+
+
 def function_call_item(item_id: str, call: JSON, status: str = "completed") -> JSON:
     fn = call.get("function") or {}
     return {
@@ -321,7 +326,7 @@ def function_call_item(item_id: str, call: JSON, status: str = "completed") -> J
         "id": item_id,
         "call_id": str(call.get("id") or new_call_id()),
         "name": str(fn.get("name") or ""),
-        "arguments": str(fn.get("arguments") or ""),
+        "arguments": str(fn.get("arguments") or NO_ARGUMENTS),
         "status": status,
     }
 

@@ -24,6 +24,7 @@ import orjson
 from faregate.errors import FaregateError, UpstreamFailure
 from faregate.types import JSON
 from faregate.wire.responses import (
+    NO_ARGUMENTS,
     base_response,
     finish_status,
     function_call_item,
@@ -108,6 +109,18 @@ class _Writer:
                 )
             )
         else:
+            if not item["arguments"]:
+                # No arguments streamed: "{}" (as a whole answer says), in a delta too, so the
+                # deltas a client adds up come to the arguments done says.
+                item["arguments"] = NO_ARGUMENTS
+                events.append(
+                    self.event(
+                        "response.function_call_arguments.delta",
+                        item_id=item["id"],
+                        output_index=index,
+                        delta=NO_ARGUMENTS,
+                    )
+                )
             done = {**item, "status": "completed"}
             events.append(
                 self.event(
@@ -233,11 +246,9 @@ def _delta_events(writer: _Writer, delta: JSON) -> list[JSON]:
         key = f"tool:{call.get('index', 0)}"
         if writer.open != key or is_new_call(call, writer.open_call_id):
             writer.open_call_id = call.get("id")
-            item = function_call_item(
-                f"fc_{suffix}_{len(writer.output)}",
-                {**call, "function": {**(call.get("function") or {}), "arguments": ""}},
-                "in_progress",
-            )
+            # Added with no arguments yet (""), as OpenAI's stream adds a call: its deltas follow.
+            item = function_call_item(f"fc_{suffix}_{len(writer.output)}", call, "in_progress")
+            item["arguments"] = ""
             events += writer.open_item(key, item)
         arguments = (call.get("function") or {}).get("arguments")
         if isinstance(arguments, str) and arguments:
