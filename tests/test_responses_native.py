@@ -26,7 +26,7 @@ from faregate.providers.registry import _build, make_upstream_pool
 from faregate.server.client_wires import CHAT, RESPONSES
 from faregate.types import Price, Usage
 from faregate.wire.openai import price_answer, usage_chunk, without_fields
-from faregate.wire.responses_native import NATIVE_ANSWER, NATIVE_EVENTS, NATIVE_REQUEST
+from faregate.wire.responses_native import NATIVE_ANSWER, NATIVE_EVENTS, NATIVE_REQUEST, native_body
 from faregate.wire.responses_stream import response_events, sse_frame
 
 ASKED = {
@@ -324,3 +324,35 @@ async def test_reasoning_items_that_only_name_a_stored_item_are_not_sent_without
     assert completion.body["choices"][0]["message"]["content"] == "Hello."
     sent = upstream.seen[-1][1]
     assert sent["input"] == [*ASKED["input"], call_item, output, encrypted, *RESPONSE["output"][:1]]
+
+
+@pytest.mark.parametrize(
+    ("asked", "include"),
+    [
+        ({"reasoning": {"effort": "high"}}, ["reasoning.encrypted_content"]),
+        ({"reasoning": {"summary": "auto"}, "store": True}, ["reasoning.encrypted_content"]),
+        (
+            {"reasoning": {"effort": "low"}, "include": ["message.output_text.logprobs"]},
+            ["message.output_text.logprobs", "reasoning.encrypted_content"],
+        ),
+        (
+            {"reasoning": {"effort": "low"}, "include": ["reasoning.encrypted_content"]},
+            ["reasoning.encrypted_content"],
+        ),
+        ({"reasoning": {"effort": "low"}, "store": False}, None),  # the client chose stateless
+        ({}, None),  # no reasoning asked: a model without it refuses the include
+        ({"reasoning": None}, None),
+    ],
+)
+def test_a_reasoning_request_not_stored_asks_for_its_reasoning_back(
+    asked: dict[str, Any], include: list[str] | None
+) -> None:
+    """The gateway sends `store: false` where the client sent (or defaulted to) true: a reasoning
+    model's reasoning items then name items never stored, and were dropped from the next turn, the
+    model reasoning afresh. Asked back encrypted (OpenAI's way for stateless requests), they come in
+    the answer and go along in the next turn's `input += response.output`, as with store true."""
+    unstored = {k: v for k, v in ASKED.items() if k != "store"}  # OpenAI's default: stored
+    body = RESPONSES.to_chat({**unstored, **asked})
+    sent = native_body({**body, "model": "o4-mini"}, stream=False)
+    assert sent["store"] is False
+    assert sent.get("include") == include

@@ -5,7 +5,8 @@ holds, the cache and fallbacks to any model work as for chat), and also carries 
 own Responses body in it under `NATIVE_REQUEST`: a wire extra (ChatRequest.wire_extras), so
 only a provider configured with `responses: true` receives it; every other provider gets the
 translation. Such a provider POSTs the native body (the offer's upstream model name put in,
-`store` false) to its /responses and hands the pipeline an internal answer read from the
+`store` false, and for a reasoning request the client would have stored, its reasoning asked back
+encrypted) to its /responses and hands the pipeline an internal answer read from the
 Response, with the Response itself riding along:
 
 - a whole answer: the internal chat.completion (text, function calls, finish reason, usage with
@@ -33,23 +34,44 @@ NATIVE_REQUEST = "responses_request"
 # The upstream's Response inside an internal answer; its events inside an internal chunk.
 NATIVE_ANSWER = "_native_response"
 NATIVE_EVENTS = "_native_events"
+# What a request not stored asks for to have its reasoning back: each reasoning item with its
+# encrypted_content, which the next turn's input carries (OpenAI's way for stateless requests).
+# Only reasoning models take it (others refuse: "Encrypted content is not supported with this
+# model").
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
 # The final events of a Response stream, which carry its usage.
 FINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
 
 
 def native_body(call_body: JSON, stream: bool) -> JSON:
     """The body sent upstream: the client's Responses request, with the upstream model name the
-    call's chat body carries, nothing stored (so no reasoning item that only names a stored one),
+    call's chat body carries, nothing stored (so no reasoning item that only names a stored one,
+    and a reasoning request the gateway made stateless asks for its reasoning back encrypted),
     and without the gateway's own fields."""
     asked = call_body[NATIVE_REQUEST]
     body = {k: v for k, v in asked.items() if k not in GATEWAY_FIELDS and k != "stream"}
     body["model"] = call_body["model"]
+    if asked.get("store") is not False and _asks_for_reasoning(asked):
+        # Stored, the reasoning items would be referenced by id on the next turn; not stored, they
+        # must carry their reasoning, else they are dropped from it (`_names_a_stored_item`).
+        include = asked.get("include")
+        if include is None:
+            body["include"] = [ENCRYPTED_REASONING]
+        elif isinstance(include, list) and ENCRYPTED_REASONING not in include:
+            body["include"] = [*include, ENCRYPTED_REASONING]
     body["store"] = False
     if isinstance(body.get("input"), list):
         body["input"] = [item for item in body["input"] if not _names_a_stored_item(item)]
     if stream:
         body["stream"] = True
     return body
+
+
+def _asks_for_reasoning(asked: JSON) -> bool:
+    """Does the request set `reasoning` (an effort, a summary)? Only a reasoning model takes it,
+    and the catalog does not say which models reason: without it, no include is added."""
+    reasoning = asked.get("reasoning")
+    return isinstance(reasoning, dict) and any(value is not None for value in reasoning.values())
 
 
 def _names_a_stored_item(item: Any) -> bool:
