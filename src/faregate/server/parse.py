@@ -107,8 +107,8 @@ def _without_tool_settings(body: JSON) -> JSON:
     "auto" or "none" and `parallel_tool_calls` left out (with no tool to call they say nothing;
     frameworks send them on every request), in a copy; the body itself when it names none. A
     call forced with nothing to call cannot be answered: refused, as OpenAI refuses it."""
-    if not any(name in body for name in _TOOL_SETTINGS):
-        return body
+    if "tool_choice" not in body and "parallel_tool_calls" not in body and "tools" not in body:
+        return body  # the common case, on every request: no generator (_TOOL_SETTINGS)
     choice = body.get("tool_choice")
     if choice is not None and choice not in ("auto", "none"):
         raise InvalidRequest(
