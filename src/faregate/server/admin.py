@@ -13,8 +13,7 @@ from aiohttp import web
 from faregate import usage_estimate
 from faregate.accounts.master import MasterKey
 from faregate.errors import AuthenticationFailed, PermissionDenied
-from faregate.lifecycle import Periodic
-from faregate.telemetry.metrics_share import PUBLISH_INTERVAL_S
+from faregate.server.share_publisher import publish_while_serving
 
 if TYPE_CHECKING:
     from faregate.server.app import Gateway
@@ -110,16 +109,7 @@ def add_health_share(app: web.Application, gateway: Gateway) -> None:
     async def publish() -> None:
         shared.publish_view(HEALTH_VIEW, orjson.dumps(_as_worker(shared, _own_health(gateway))), live=True)
 
-    publisher = Periodic("health-share", PUBLISH_INTERVAL_S, publish, run_first=True)
-
-    async def start(app: web.Application) -> None:
-        publisher.start()
-
-    async def stop(app: web.Application) -> None:
-        await publisher.stop()
-
-    app.on_startup.append(start)
-    app.on_cleanup.append(stop)
+    publish_while_serving(app, "health-share", publish)
 
 
 def _own_health(gateway: Gateway) -> dict[str, Any]:

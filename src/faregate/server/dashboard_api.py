@@ -26,13 +26,12 @@ from aiohttp import web
 
 from faregate.config import QUALITY_ALERTS, AlertRule
 from faregate.errors import FaregateError, InvalidRequest
-from faregate.lifecycle import Periodic
 from faregate.server.admin import health_detail, require_master
 from faregate.server.request_checks import check_text
+from faregate.server.share_publisher import publish_while_serving
 from faregate.store.analytics import EVERY_GROUP
 from faregate.store.analytics_rows import DIMENSIONS, Dimension, Percentiles, Slice, Totals
 from faregate.store.rows import usd_text
-from faregate.telemetry.metrics_share import PUBLISH_INTERVAL_S
 
 if TYPE_CHECKING:
     from faregate.server.app import Gateway
@@ -420,13 +419,4 @@ def add_dashboard_api(app: web.Application, gateway: Gateway) -> None:
         async def publish() -> None:
             shared.publish_view(ALERTS_VIEW, orjson.dumps(alerts_json(alerts)))
 
-        publisher = Periodic("alerts-share", PUBLISH_INTERVAL_S, publish, run_first=True)
-
-        async def start(app: web.Application) -> None:
-            publisher.start()
-
-        async def stop(app: web.Application) -> None:
-            await publisher.stop()
-
-        app.on_startup.append(start)
-        app.on_cleanup.append(stop)
+        publish_while_serving(app, "alerts-share", publish)

@@ -9,10 +9,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from faregate.lifecycle import Periodic
 from faregate.server.admin import require_master
+from faregate.server.share_publisher import publish_while_serving
 from faregate.telemetry.metrics import CONTENT_TYPE
-from faregate.telemetry.metrics_share import PUBLISH_INTERVAL_S
 
 if TYPE_CHECKING:
     from faregate.server.app import Gateway
@@ -39,13 +38,4 @@ def add_metrics_route(app: web.Application, gateway: Gateway) -> None:
     async def publish() -> None:
         shared.publish(metrics.render())
 
-    publisher = Periodic("metrics-share", PUBLISH_INTERVAL_S, publish, run_first=True)
-
-    async def start(app: web.Application) -> None:
-        publisher.start()
-
-    async def stop(app: web.Application) -> None:
-        await publisher.stop()
-
-    app.on_startup.append(start)
-    app.on_cleanup.append(stop)
+    publish_while_serving(app, "metrics-share", publish)
