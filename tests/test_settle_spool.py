@@ -272,3 +272,44 @@ async def test_a_failed_spool_write_keeps_the_settlement_in_memory_and_spoils_no
         await settlements.settle("key_a", HoldRef("hold_c", None, 1, 10, limits), 3_000, 5)
     assert [e.ref.hold_id for e in read_open_entries(path.read_bytes(), path)] == ["hold_a", "hold_c"]
     kill(settlements)
+
+
+async def test_the_end_of_an_outage_says_which_settlements_landed_and_which_were_given_up(
+    store: SQLiteStore,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    accounts = Reachable(store)
+    now = [0.0]
+    settlements = SettlementRetry(accounts, 10.0, first_delay_s=0.01, clock=lambda: now[0])
+    hold = await reserved(store, accounts, 400_000)
+    caplog.set_level(logging.WARNING, "faregate.accounts")
+    with blocked(accounts):
+        await settlements.settle("key_gone", HoldRef("hold_old", None, 1, 10, Limits(None, None)), 1_000, 5)
+        now[0] = 5.0
+        await settlements.settle(hold.key_id, hold.handle, 123_000, 50)
+        now[0] = 11.0  # the first is past settle_retry_s, the second is not
+    await asyncio.wait_for(settlements.wait_empty(), 60)
+    assert (settlements.landed, settlements.lost) == (1, 1)
+    said = [r.getMessage() for r in caplog.records]
+    assert not any("every kept settlement has landed" in line for line in said), said
+    assert any("1 kept settlement(s) landed, 1 given up" in line for line in said), said
+    await settlements.close()
+
+
+async def test_an_outage_whose_settlements_were_all_given_up_does_not_end_as_landed(
+    store: SQLiteStore,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    accounts = Reachable(store)
+    now = [0.0]
+    settlements = SettlementRetry(accounts, 10.0, first_delay_s=0.01, clock=lambda: now[0])
+    hold = await reserved(store, accounts, 400_000)
+    caplog.set_level(logging.WARNING, "faregate.accounts")
+    with blocked(accounts):
+        await settlements.settle(hold.key_id, hold.handle, 123_000, 50)
+        now[0] = 11.0
+        await asyncio.wait_for(settlements.wait_empty(), 60)
+    said = [r.getMessage() for r in caplog.records]
+    assert settlements.lost == 1 and not any("reachable again" in line for line in said), said
+    assert any("all 1 were given up" in line and "none has landed" in line for line in said), said
+    await settlements.close()

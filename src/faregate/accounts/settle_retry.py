@@ -81,6 +81,9 @@ class SettlementRetry:
         self.spool: SettlementSpool | None = None
         # Kept settlements taken over from the spools of processes that stopped before they landed.
         self.replayed = 0
+        # landed and lost when the current outage began: its end says what became of its settlements.
+        self._landed_before = 0
+        self._lost_before = 0
 
     @property
     def spooled(self) -> int:
@@ -95,6 +98,8 @@ class SettlementRetry:
         claimed = await self.spool.claim_orphans()
         if not claimed:
             return
+        if not self._pending:
+            self._outage_begins()
         now, now_unix = self._clock(), time.time()
         for entry in claimed:
             # The time the gateway was down counts: a replay keeps to settle_retry_s from when the
@@ -157,8 +162,28 @@ class SettlementRetry:
         else:
             await self.backend.settle(item.key_id, item.ref, item.cost_nano, item.tokens)
 
+    def _outcome(self) -> str:
+        """What became of the settlements kept since the outage began, once none is left: landed,
+        or given up (each logged with its amount when it was)."""
+        landed, given_up = self.landed - self._landed_before, self.lost - self._lost_before
+        if not given_up:
+            return "accounts store reachable again: every kept settlement has landed"
+        if not landed:
+            return (
+                f"no kept settlement left: all {given_up} were given up (each logged above); "
+                "none has landed, the accounts store may still be unreachable"
+            )
+        return (
+            f"accounts store reachable again: {landed} kept settlement(s) landed, {given_up} given up "
+            "(each logged above)"
+        )
+
+    def _outage_begins(self) -> None:
+        self._landed_before, self._lost_before = self.landed, self.lost
+
     def _keep(self, item: PendingClose, exc: BaseException) -> None:
         if not self._pending:
+            self._outage_begins()
             log.warning(
                 "accounts store unreachable (%s: %s): settlements are kept in memory%s and retried for "
                 "up to %.0fs",
@@ -177,7 +202,7 @@ class SettlementRetry:
         while self._pending:
             await asyncio.sleep(delay)
             if await self._land_all():
-                log.warning("accounts store reachable again: every kept settlement has landed")
+                log.warning("%s", self._outcome())
                 return
             delay = min(delay * 2, self.max_delay_s)
 
@@ -244,8 +269,8 @@ class SettlementRetry:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         try:
-            if self._pending:
-                await self._land_all()
+            if self._pending and await self._land_all():
+                log.warning("%s", self._outcome())
         finally:
             # Also when the stop's time for this ran out: what is left is said, not dropped silently.
             if self._pending:
