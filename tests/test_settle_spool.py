@@ -313,3 +313,36 @@ async def test_an_outage_whose_settlements_were_all_given_up_does_not_end_as_lan
     assert settlements.lost == 1 and not any("reachable again" in line for line in said), said
     assert any("all 1 were given up" in line and "none has landed" in line for line in said), said
     await settlements.close()
+
+
+async def test_a_live_process_takes_over_the_spool_of_one_killed_after_it_started(
+    store: SQLiteStore,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """serve --workers N: a killed worker the supervisor cannot restart (memory, a process limit)
+    leaves its spool to the workers still serving, not only to the next process that starts."""
+    accounts = Reachable(store)
+    spool = tmp_path / "spool"
+    live = SettlementRetry(accounts, 600.0, first_delay_s=0.01, orphan_scan_s=0.05)
+    await live.open_spool(spool)
+    killed = SettlementRetry(accounts, 600.0, first_delay_s=3600.0)
+    await killed.open_spool(spool)
+    hold = await reserved(store, accounts, 400_000)
+    with blocked(accounts):
+        await killed.settle(hold.key_id, hold.handle, 123_000, 50)
+        kill(killed)
+    assert killed._task is not None
+    killed._task.cancel()
+
+    # Taken over by the live process's next look (no process starts here); up to 30 s allowed.
+    for _ in range(3000):
+        if live.replayed:
+            break
+        await asyncio.sleep(0.01)
+    assert live.replayed == 1
+    await asyncio.wait_for(live.wait_empty(), 60)
+    assert live.landed == 1
+    balance = await accounts.balance(hold.key_id)
+    assert balance is not None and (balance.balance_nano, balance.held_nano) == (SETTLED, 0)
+    await live.close()
+    assert spool_files(spool) == []

@@ -31,12 +31,17 @@ from pathlib import Path
 from faregate.accounts.backend import AccountBackend, HoldRef
 from faregate.accounts.money import usd_text
 from faregate.accounts.settle_spool import SettlementSpool, SpooledClose
+from faregate.lifecycle import Periodic
 from faregate.store.outage import is_outage
 
 log = logging.getLogger("faregate.accounts")
 
 FIRST_DELAY_S = 0.5
 MAX_DELAY_S = 30.0
+# How often a serving process looks for spool files whose process is gone (a glob and a
+# non-blocking lock per file): well within settle_retry_s, so a worker that is not restarted in
+# time loses none of its settlements.
+ORPHAN_SCAN_S = 30.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -61,9 +66,12 @@ class SettlementRetry:
         *,
         first_delay_s: float = FIRST_DELAY_S,
         max_delay_s: float = MAX_DELAY_S,
+        orphan_scan_s: float = ORPHAN_SCAN_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
+        self.orphan_scan_s = orphan_scan_s
+        self._orphan_scan: Periodic | None = None
         self.keep_s = keep_s
         self.first_delay_s = first_delay_s
         self.max_delay_s = max_delay_s
@@ -93,8 +101,19 @@ class SettlementRetry:
     async def open_spool(self, directory: Path) -> None:
         """Write kept settlements to a spool file in `directory` from now on, and retry those that
         processes which stopped before they landed left in the directory (once each: the spool's
-        file locks see to it with several processes)."""
+        file locks see to it with several processes): those there now, and those left later, looked
+        for every `orphan_scan_s` (a worker of `serve --workers N` the supervisor cannot restart for
+        longer than settle_retry_s would otherwise have its settlements given up by nobody)."""
         self.spool = await SettlementSpool.open(directory)
+        await self._take_over_orphans()
+        self._orphan_scan = Periodic(
+            "settlement spool orphan scan", self.orphan_scan_s, self._take_over_orphans
+        )
+        self._orphan_scan.start()
+
+    async def _take_over_orphans(self) -> None:
+        if self.spool is None or self._closed:
+            return
         claimed = await self.spool.claim_orphans()
         if not claimed:
             return
@@ -264,6 +283,9 @@ class SettlementRetry:
     async def close(self) -> None:
         """A clean stop: the retry loop ends and what is still kept is tried once more."""
         self._closed = True
+        if self._orphan_scan is not None:
+            # A takeover in progress finishes: what it copied into this process's file is then kept too.
+            await self._orphan_scan.stop(grace_s=5.0)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -7,10 +7,12 @@ Each serving process appends to a file of its own in the spool directory
 settlement (money as decimal text), fsync'd before the request's settlement returns. A line
 `{"landed": hold}` marks one that landed or was given up; once none is left the file is emptied.
 The process holds an exclusive flock on its file as long as it lives; the kernel drops it when the
-process dies, however it dies. At start a process claims every file nobody holds (left by a
-process that stopped with settlements still kept): it copies their open entries into its own file,
-deletes them, and retries the entries. The lock is what keeps `serve --workers N` from replaying
-a file twice: a file is claimed by exactly one process, and only once its writer is gone.
+process dies, however it dies. At start, and every 30 s while it serves (accounts/settle_retry.py,
+ORPHAN_SCAN_S: a worker that is not restarted in time leaves its file to those still serving), a
+process claims every file nobody holds (left by a process that stopped with settlements still
+kept): it copies their open entries into its own file, deletes them, and retries the entries.
+The lock is what keeps `serve --workers N` from replaying a file twice: a file is claimed by
+exactly one process, and only once its writer is gone.
 
 A replayed entry is settled like any kept one, within `accounts.settle_retry_s` of when it was
 first kept, the time the gateway was down included; past that it is given up (logged with its
