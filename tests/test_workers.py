@@ -16,7 +16,7 @@ from faregate.errors import StartupError
 from faregate.server import workers
 from faregate.server.app import BACKENDS_CLOSE_TIMEOUT_S, RECORDS_CLOSE_TIMEOUT_S, build_gateway, create_app
 from faregate.server.workers import default_workers, hold_port, stop_timeout_s, worker_settings
-from faregate.telemetry import log_limit
+from faregate.telemetry import log_limit, metrics_share
 from faregate.telemetry.metrics_share import SharedMetrics
 from harness import MASTER_KEY
 
@@ -232,3 +232,49 @@ async def test_the_verifications_pending_are_every_workers(
     assert quality["pending"] == 3
     assert health["counters"]["verifications_pending"] == 3
     assert health["counters"]["records_written"] == 2
+
+
+async def test_health_and_metrics_answer_when_the_shared_folder_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full /tmp (or a metrics folder made read-only): each answer's write of this worker's
+    figures for the others failed, and /health and /metrics answered 503 (as for a store down).
+    They answer with this worker's live figures and the others' last published ones, say so, and
+    the log says it once."""
+    monkeypatch.setenv("FAREGATE_MASTER_KEY", MASTER_KEY)
+    overrides = {"store": {"path": str(tmp_path / "store")}, "catalog": {"broad": False}}
+    gateway = await build_gateway(load_settings(overrides=overrides))
+    share = tmp_path / "share"
+    share.mkdir()
+    gateway.shared_metrics = SharedMetrics(share, 0, 2)
+    other = {"worker": 1, "pid": 1, "uptime_s": 1.0, "offers": {}, "upstream_queues": {}}
+    other["counters"] = {"records_written": 2}
+    SharedMetrics(share, 1, 2).publish_view("health.json", orjson.dumps(other), live=True)
+
+    full = True
+    write_whole = metrics_share._write_whole
+
+    def disk_full(path: Path, temporary: Path, body: bytes) -> None:
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device", str(temporary))
+        write_whole(path, temporary, body)
+
+    monkeypatch.setattr(metrics_share, "_write_whole", disk_full)
+    admin = {"Authorization": f"Bearer {MASTER_KEY}"}
+    caplog.set_level("INFO", logger="faregate")
+    async with TestClient(TestServer(create_app(gateway))) as client:
+        for _ in range(2):
+            health_answer = await client.get("/health", headers=admin)
+            metrics_answer = await client.get("/metrics", headers=admin)
+            assert (health_answer.status, metrics_answer.status) == (200, 200)
+        health = await health_answer.json()
+        scrape = await metrics_answer.text()
+        assert health["worker"] == 0 and health["counters"]["records_written"] == 2
+        assert "No space left on device" in health["share_error"]
+        assert scrape.startswith("# faregate: worker 0 cannot publish") and "faregate_" in scrape
+        said = [r.getMessage() for r in caplog.records if "cannot publish its figures" in r.getMessage()]
+        assert len(said) == 1, said
+        # Writable again: the answers stop saying it.
+        full = False
+        health = await (await client.get("/health", headers=admin)).json()
+        assert "share_error" not in health

@@ -55,7 +55,12 @@ def health_detail(gateway: Gateway) -> bytes:
     if shared is None:
         return orjson.dumps(own)
     each = _every_worker(shared, own)
-    return orjson.dumps({**own, "worker": shared.index, "counters": _summed(each), "by_worker": each})
+    whole = {**own, "worker": shared.index, "counters": _summed(each), "by_worker": each}
+    if shared.failing is not None:
+        # This worker's figures are its own, live; the others' as they last published them; and
+        # they cannot see this worker's (telemetry/metrics_share.py).
+        whole["share_error"] = shared.failing
+    return orjson.dumps(whole)
 
 
 def with_other_workers(shared: SharedMetrics | None, name: str, own: int) -> int:

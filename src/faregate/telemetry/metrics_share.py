@@ -22,9 +22,10 @@ after its last publication, is not counted).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client.exposition import generate_latest
@@ -32,6 +33,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
+
+log = logging.getLogger("faregate.workers")
 
 PUBLISH_INTERVAL_S = 1.0
 SUMMED = frozenset({"counter", "histogram", "summary"})
@@ -50,7 +53,7 @@ STORE_COUNTERS = frozenset(
 )
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class SharedMetrics:
     """This worker's place among the workers that share their metrics through `directory`."""
 
@@ -59,6 +62,10 @@ class SharedMetrics:
     count: int
     # The counters and histograms a predecessor in this seat published last (see `join`).
     carried: str = ""
+    # Why this worker's last write to `directory` failed (a full /tmp, a folder made read-only);
+    # None once one succeeds. Its answers then carry its own live figures and the others' last
+    # published ones, and say so: the write is never what fails a scrape or a /health.
+    failing: str | None = field(default=None, compare=False)
 
     @classmethod
     def join(cls, directory: Path, index: int, count: int) -> SharedMetrics:
@@ -101,24 +108,41 @@ class SharedMetrics:
 
     def _write(self, exposition: bytes) -> None:
         path = self._path(self.index)
-        temporary = path.with_suffix(".tmp")
-        temporary.write_bytes(exposition)
-        os.replace(temporary, path)
+        self._put(path, path.with_suffix(".tmp"), exposition)
+
+    def _put(self, path: Path, temporary: Path, body: bytes) -> None:
+        """Write `body` whole to `path` (then renamed over it). A failure is logged once, when
+        writes start failing, and kept in `failing` until one succeeds again."""
+        try:
+            _write_whole(path, temporary, body)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)  # a partial write holds space /tmp may need
+            if self.failing is None:
+                log.warning(
+                    "worker %d cannot publish its figures to %s (%s): /health and /metrics go on with "
+                    "its own and the other workers' last published ones, which the others cannot see "
+                    "of it until the write succeeds again",
+                    *(self.index, self.directory, exc),
+                )
+            self.failing = f"{type(exc).__name__}: {exc}"
+            return
+        if self.failing is not None:
+            log.info("worker %d publishes its figures to %s again", self.index, self.directory)
+            self.failing = None
 
     def publish_view(self, name: str, body: bytes, *, live: bool = False) -> None:
         """Leave an admin answer of this worker's for the others to give (written whole, then
         renamed): one about state only this worker has, as the alerts worker 0 posts. `live`: it
         says what a live process holds (its breakers, records pending), and goes when it exits."""
         path = _view_path(self.directory, self.index, name, live)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_bytes(body)
-        os.replace(temporary, path)
+        self._put(path, path.with_name(path.name + ".tmp"), body)
 
     def view(self, index: int, name: str, *, live: bool = False) -> bytes | None:
         """What worker `index` published as `name` last (None: nothing yet, or it exited since)."""
         try:
             return _view_path(self.directory, index, name, live).read_bytes()
-        except FileNotFoundError:
+        except OSError:  # FileNotFoundError mostly; a folder made unreadable answers as one not there
             return None
 
     def merged(self, own: bytes) -> bytes:
@@ -136,9 +160,20 @@ class SharedMetrics:
             if index == self.index:
                 texts.append((str(index), own.decode("utf-8")))
                 continue
-            with contextlib.suppress(FileNotFoundError):  # a worker that has not published yet
+            with contextlib.suppress(OSError):  # a worker that has not published yet (or unreadable)
                 texts.append((str(index), self._path(index).read_text(encoding="utf-8")))
-        return merge_expositions(texts)
+        merged = merge_expositions(texts)
+        if self.failing is None:
+            return merged
+        # A comment (Prometheus reads past it): who reads the page sees why the sum may lag.
+        note = f"# faregate: worker {self.index} cannot publish its figures to the others ({self.failing})\n"
+        return note.encode("utf-8") + merged
+
+
+def _write_whole(path: Path, temporary: Path, body: bytes) -> None:
+    """Written to `temporary`, then renamed over `path`: a reader never sees half of it."""
+    temporary.write_bytes(body)
+    os.replace(temporary, path)
 
 
 def _view_path(directory: Path, index: int, name: str, live: bool) -> Path:
