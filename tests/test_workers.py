@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -278,3 +279,23 @@ async def test_health_and_metrics_answer_when_the_shared_folder_cannot_be_writte
         full = False
         health = await (await client.get("/health", headers=admin)).json()
         assert "share_error" not in health
+
+
+def test_the_documented_stop_timeout_covers_the_longest_clean_stop() -> None:
+    """`docker stop` waits 10 s and systemd 90 s before SIGKILL, and a clean stop may take the
+    drain and 70 s more: the README says what to give, and that must stay longer than the code's
+    bounds (a worker's stop, then the simulator's)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    said = re.search(r"`server\.drain_timeout_s` \+ (\d+) s \((\d+) s with the defaults\)", readme)
+    assert said is not None
+    extra, total = int(said[1]), int(said[2])
+    settings = Settings()
+    assert total == settings.server.drain_timeout_s + extra
+    assert extra >= stop_timeout_s(settings) - settings.server.drain_timeout_s + workers.SIMULATOR_STOP_S
+    for setting in (
+        f"--stop-timeout {total}",
+        f"stop_grace_period: {total}s",
+        f"terminationGracePeriodSeconds: {total}",
+        f"TimeoutStopSec={total}",
+    ):
+        assert setting in readme

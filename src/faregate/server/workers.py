@@ -84,6 +84,8 @@ START_TIMEOUT_S = 120.0
 # its records and closes its stores, each bounded in time (server/app.py); past the drain, those
 # bounds and this much more it is killed (stop_timeout_s).
 STOP_MARGIN_S = 10.0
+# How long the simulator (`make run`) may take to stop, after the workers, before it is killed.
+SIMULATOR_STOP_S = 5.0
 POLL_S = 0.1
 # What stops the supervisor, and each worker (gracefully, once it serves).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -523,7 +525,7 @@ class Supervisor:
         if self._simulator is not None and self._simulator.poll() is None:
             self._simulator.terminate()
             try:
-                self._simulator.wait(5)
+                self._simulator.wait(SIMULATOR_STOP_S)
             except subprocess.TimeoutExpired:
                 self._simulator.kill()
         if self._holder is not None:
