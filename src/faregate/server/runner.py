@@ -310,6 +310,12 @@ async def serve_gateway(
             reuse_address=True,
             reuse_port=reuse_port or None,
         )
+        # Before listening: a stop from the first request on drains it and flushes its record
+        # (one during the announce, a store write away, killed the process, requests and all).
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         await listen(site, settings.server.host, settings.server.port)
         base_url = settings.server.base_url
         log.info("faregate listening on %s%s", base_url, " (simulated providers)" if simulated else "")
@@ -317,10 +323,6 @@ async def serve_gateway(
             on_listening()
         if announce is not None:
             await announce(gateway, base_url)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down: flushing request records")
     finally:
