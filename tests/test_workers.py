@@ -190,11 +190,18 @@ def test_the_metrics_of_a_worker_that_exited_are_retired(
 
 
 def test_every_worker_exit_is_logged_even_several_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
 ) -> None:
     """The log's repeat filter (telemetry/log_limit.py, installed by run_workers) held back a line
     like one written in the last 10 s: a second worker's exit, or its restart, was not said."""
-    caplog.handler.addFilter(log_limit.RepeatFilter())
+    # pytest keeps one capture handler for the whole session: the filter must go with the test,
+    # or it holds back later tests' lines like one it saw in the last 10 s.
+    repeats = log_limit.RepeatFilter()
+    caplog.handler.addFilter(repeats)
+    request.addfinalizer(lambda: caplog.handler.removeFilter(repeats))
     supervisor = workers.Supervisor(Settings(), 2)
     supervisor._metrics_dir = tmp_path
     first, second = workers.Worker(0, pid=0, ready=True), workers.Worker(1, pid=0, ready=True)
