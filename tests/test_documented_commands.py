@@ -91,7 +91,7 @@ QUICK: dict[str, Quick] = {
     "make bench": Quick(run=BENCH_OVERHEAD, where="checkout", expect="healthy after start"),
     # 600 requests: enough for every kind of fault to be drawn (the test checks that it was).
     "make chaos": Quick(
-        run="make chaos CHAOS_REQUESTS=600 CHAOS_REPORT={scratch}/results/chaos.json",
+        run="make chaos CHAOS_REQUESTS=200 CHAOS_REPORT={scratch}/results/chaos.json",
         where="checkout",
         expect='"client_failures": 0',
     ),
@@ -332,8 +332,10 @@ QUICK: dict[str, Quick] = {
     ),
     "python bench/quality_cache_live.py --confidence 0.8": Quick(
         run=(
-            "python bench/quality_cache_live.py --distinct 10"
-            " --warm src/faregate/evals/cache_eval/data/chat_pairs_dev.txt"
+            # A fifth of each pair file (see scratch) with a bound of 10%, which that evidence can
+            # meet: hits are served and checked, as in the full run (at 0.5% they would not be).
+            "python bench/quality_cache_live.py --confidence 0.8 --bound 0.1 --distinct 10"
+            " --warm {scratch}/chat_pairs_dev.txt --pairs {scratch}/chat_pairs_test.txt"
         ),
         where="checkout",
         expect="true paraphrases served",
@@ -409,6 +411,8 @@ QUICK: dict[str, Quick] = {
     "faregate credits …": Quick(run="faregate credits --help", expect="release-instance", why_not=HELP_ONLY),
 }
 CURL = "curl "  # the README's curl examples: answered by the gateway of `make run`
+# Blocks of each chat pair file (of 45) bench/quality_cache_live.py's quick run replays.
+QUICK_PAIR_BLOCKS = 9
 # A fault script for the simulator line (the README's `my-faults.yaml`).
 FAULTS = "defaults: {faults: {rate_limit: 0.1, server_error: 0.05}}\n"
 
@@ -432,6 +436,11 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # docs/replay-routes.md's `replay.yaml`: the page's own config block.
     page = (ROOT / "docs" / "replay-routes.md").read_text(encoding="utf-8")
     (folder / "replay.yaml").write_text(re.findall(r"```yaml\n(.*?)```", page, re.S)[0])
+    # bench/quality_cache_live.py's quick run: the first blocks of the chat pair files (paraphrases
+    # and near misses, a warm-up file and a test file).
+    for name in ("chat_pairs_dev.txt", "chat_pairs_test.txt"):
+        pairs = (ROOT / "src" / "faregate" / "evals" / "cache_eval" / "data" / name).read_text("utf-8")
+        (folder / name).write_text("\n\n".join(pairs.split("\n\n")[: 1 + QUICK_PAIR_BLOCKS]) + "\n")
     return folder
 
 
