@@ -437,10 +437,13 @@ async def test_a_lost_key_events_subscription_is_logged_once_and_its_return_once
     from redis.asyncio import Redis
 
     from faregate.accounts.shared import KeyEvents
+    from faregate.store.redis.connect import retry_once_on_a_fresh_connection
 
     caplog.set_level(logging.INFO, logger="faregate.accounts")
     with restartable_redis() as server:
-        redis = Redis(host="127.0.0.1", port=server.port)
+        # Retried as the gateway's client is (SharedAccounts.connect), not with redis-py's default
+        # backoff (seconds per lost connection).
+        redis = Redis(host="127.0.0.1", port=server.port, retry=retry_once_on_a_fresh_connection())
         events = KeyEvents(redis, [])
         attempts, wanted = 0, 0
         retried = asyncio.Event()
