@@ -112,6 +112,42 @@ async def test_stop_lets_a_round_finish_within_its_grace_then_cancels() -> None:
     assert not loop.running
 
 
+async def test_a_stop_whose_caller_is_cancelled_ends_the_caller() -> None:
+    """A close given up at its deadline cancels the caller of stop() while the round's cleanup
+    still waits (a read on a frozen Redis): the caller ends there, it does not go on with its
+    next steps as if stop() had returned."""
+    started, cleanup_done = asyncio.Event(), asyncio.Event()
+
+    async def round_with_a_slow_cleanup() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await cleanup_done.wait()
+
+    periodic = Periodic("t", 10.0, round_with_a_slow_cleanup, run_first=True)
+    periodic.start()
+    await started.wait()
+    went_on = False
+
+    async def close() -> None:
+        nonlocal went_on
+        await periodic.stop()
+        went_on = True
+
+    closing = asyncio.create_task(close())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    closing.cancel()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    try:
+        assert closing.cancelled() and not went_on
+    finally:
+        cleanup_done.set()
+        await asyncio.gather(closing, return_exceptions=True)
+
+
 async def test_a_spawned_task_is_cancelled_at_close() -> None:
     lifecycle = Lifecycle()
     task = lifecycle.spawn("forever", asyncio.Event().wait())

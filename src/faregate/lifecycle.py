@@ -82,8 +82,14 @@ class Periodic:
                 await asyncio.wait_for(asyncio.shield(task), grace_s)
         if not task.done():
             task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await task
+        except asyncio.CancelledError:
+            # The loop's own cancellation ends here; the caller's (a close given up at its
+            # deadline) goes on up, or the caller would carry on past its deadline.
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
 
     async def _run(self) -> None:
         delay = 0.0 if self._run_first else self._interval()
