@@ -16,6 +16,7 @@ from faregate.accounts.keys import KeyStore
 from faregate.cli import keys as keys_cli
 from faregate.cli import usage as usage_cli
 from faregate.cli.usage import parse_time
+from faregate.store.sqlite import store as sqlite_store
 from faregate.store.sqlite.store import DB_FILENAME, SQLiteStore
 from faregate.types import RequestRecord
 
@@ -269,11 +270,13 @@ def test_a_command_on_a_store_that_does_not_exist_says_so(
 
 
 def test_a_locked_store_is_one_line_that_names_the_file(
-    app: typer.Typer, config: str, store_dir: Path
+    app: typer.Typer, config: str, store_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Said "faregate: store unavailable: database is locked", naming no file: which store, of
     # which config, was left to guess.
     assert run(app, "keys", "create", "--name", "backend", "--config", config).exit_code == 0
+    # The lock is held past any wait: a short one (not 5 s per command) gives the same error.
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 100)
     holder = sqlite3.connect(store_dir / DB_FILENAME, isolation_level=None)
     try:
         holder.execute("BEGIN EXCLUSIVE")
