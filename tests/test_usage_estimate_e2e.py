@@ -70,9 +70,12 @@ def cut_stream(gateway: GatewayProcess, key: str) -> tuple[sqlite3.Row, str, int
     return record(gateway, raw.headers["x-faregate-request-id"]), "".join(pieces), len(pieces)
 
 
-@pytest.fixture()
-def light_gateway(sim: SimProcess, tmp_path: Path) -> Iterator[tuple[GatewayProcess, str]]:
-    with launch_gateway(tmp_path / "gw", sim, extra=RELAXED) as gateway:
+@pytest.fixture(scope="module")
+def light_gateway(
+    sim: SimProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, str]]:
+    # One gateway for the module's light-estimate checks: neither loads the tokenizer.
+    with launch_gateway(tmp_path_factory.mktemp("light") / "gw", sim, extra=RELAXED) as gateway:
         yield gateway, create_key(gateway.store_path, "estimates")
 
 
