@@ -29,6 +29,9 @@ models:
 """
 
 
+STREAM = {"model": "qwen3-8b", "messages": LORE, "stream": True}
+
+
 def ask(gateway: GatewayProcess, key: str, ttft_ms: int, model: str = "qwen3-8b") -> Any:
     client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=60)
     return client.chat.completions.create(
@@ -65,18 +68,29 @@ def test_premium_requests_are_served_first(sim: SimProcess, tmp_path: Path) -> N
             except BaseException as exc:
                 errors.append(exc)
 
-        # The blocker holds the only slot long enough for the others to queue on a busy machine.
-        threads = [threading.Thread(target=run, args=("blocker", standard, 8000))]
-        threads[0].start()
-        wait_until(lambda: holding_the_slot(gateway), "the blocker holds the only slot")
-        # Each request is queued before the next starts: every standard one before any premium one.
-        waiting = [(f"standard-{i}", standard) for i in range(4)]
-        waiting += [(f"premium-{i}", premium) for i in range(4)]
-        for position, (name, key) in enumerate(waiting, 1):
-            threads.append(threading.Thread(target=run, args=(name, key, 150)))
-            threads[-1].start()
-            wait_until(lambda n=position: queued(gateway) == n, f"{name} is queued")
-        assert "blocker" not in done, "every request was queued while the blocker held the slot"
+        # The blocker holds the only slot with a slow stream (20 s of tokens) while the others
+        # queue, however long that takes on a busy machine, and hangs up once they all are: its
+        # slot is freed then, not at the end of a fixed wait.
+        blocker = {**STREAM, "sim": {"answer": {"lorem": 1000}, "tokens_per_s": 50, "fault": "none"}}
+        headers = {"Authorization": f"Bearer {standard}"}
+        with (
+            httpx.Client(timeout=60) as http,
+            http.stream(
+                "POST", f"{gateway.base_url}/chat/completions", json=blocker, headers=headers
+            ) as held,
+        ):
+            assert held.status_code == 200
+            wait_until(lambda: holding_the_slot(gateway), "the blocker holds the only slot")
+            # Each request is queued before the next starts: every standard one before any premium one.
+            waiting = [(f"standard-{i}", standard) for i in range(4)]
+            waiting += [(f"premium-{i}", premium) for i in range(4)]
+            threads = []
+            for position, (name, key) in enumerate(waiting, 1):
+                threads.append(threading.Thread(target=run, args=(name, key, 150)))
+                threads[-1].start()
+                wait_until(lambda n=position: queued(gateway) == n, f"{name} is queued")
+            assert queued(gateway) == len(waiting) and holding_the_slot(gateway), upstream_queue(gateway)
+            done["blocker"] = time.monotonic()
         for thread in threads:
             thread.join(60)
         assert not errors, errors
