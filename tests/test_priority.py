@@ -109,19 +109,27 @@ def test_a_queue_wait_past_its_timeout_is_a_429(sim: SimProcess, tmp_path: Path)
     config = "upstream_limits: {sim: {max_concurrent: 1, timeout_s: 0.5}}\n"
     with launch_gateway(tmp_path / "gw", sim, extra=config, sim_first_byte_s=15) as gateway:
         _, key = new_key(gateway, "0")
-        # Holds the only slot for 3 s: six times the queue's timeout, room for a busy machine.
-        blocker = threading.Thread(target=ask, args=(gateway, key, 3000))
-        blocker.start()
-        wait_until(lambda: holding_the_slot(gateway), "the blocker holds the only slot")
-        started = time.monotonic()
-        with pytest.raises(openai.RateLimitError) as limited:
-            ask(gateway, key, 0)
-        # It waited its whole timeout (a lower bound: a busy machine only makes the wait longer),
-        # and gave up while the blocker still held the slot.
-        assert time.monotonic() - started >= 0.5
-        assert blocker.is_alive() and upstream_queue(gateway)["timeouts"] == 1
+        # Holds the only slot with a slow stream (20 s of tokens) until the other request has
+        # given up, however long that takes on a busy machine; then hangs up.
+        blocker = {**STREAM, "sim": {"answer": {"lorem": 1000}, "tokens_per_s": 50, "fault": "none"}}
+        headers = {"Authorization": f"Bearer {key}"}
+        with (
+            httpx.Client(timeout=60) as http,
+            http.stream(
+                "POST", f"{gateway.base_url}/chat/completions", json=blocker, headers=headers
+            ) as held,
+        ):
+            assert held.status_code == 200
+            wait_until(lambda: holding_the_slot(gateway), "the blocker holds the only slot")
+            started = time.monotonic()
+            with pytest.raises(openai.RateLimitError) as limited:
+                ask(gateway, key, 0)
+            # It waited its whole timeout (a lower bound: a busy machine only makes the wait
+            # longer), and gave up while the blocker still held the slot.
+            assert time.monotonic() - started >= 0.5
+            assert holding_the_slot(gateway) and upstream_queue(gateway)["timeouts"] == 1
         assert limited.value.response.headers["retry-after"] == "1"
         body = limited.value.body
         assert isinstance(body, dict) and body["code"] == "upstream_queue_timeout"
-        blocker.join(30)
+        wait_until(lambda: upstream_queue(gateway)["active"] == 0, "the blocker's slot is freed")
         assert ask(gateway, key, 0).choices[0].message.content  # the slot came back
