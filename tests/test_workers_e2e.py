@@ -483,8 +483,8 @@ def supervise_stubs(tmp_path: Path, trouble: str) -> tuple[subprocess.Popen[byte
 
 def ready_pids(out: Path) -> dict[int, list[int]]:
     pids: dict[int, list[int]] = {0: [], 1: []}
-    for line in out.read_text().splitlines():
-        _, index, _, pid = line.split()
+    # Only whole "worker N ready PID" lines: the file is read while the workers write to it.
+    for index, pid in re.findall(r"^worker ([01]) ready (\d+)\n", out.read_text(), re.MULTILINE):
         pids[int(index)].append(int(pid))
     return pids
 
