@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -154,6 +156,17 @@ class RestartableRedis:
             self.process.kill()
             self.process.wait(10)
 
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Redis stops answering without closing a connection (SIGSTOP: a frozen host, a network
+        partition, a command that runs for minutes), and answers again after the block."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.process.pid, signal.SIGCONT)
+
 
 @contextlib.contextmanager
 def restartable_redis() -> Iterator[RestartableRedis]:
@@ -187,6 +200,37 @@ def test_a_redis_restart_costs_no_request(
             assert after.count(200) == 300, {s: after.count(s) for s in set(after)}
             audit = httpx.get(f"http://127.0.0.1:{gateway.port}/admin/audit", headers=ADMIN, timeout=60)
             assert audit.status_code == 200 and audit.json()["clean"] is True, gateway.read_log()[-5000:]
+
+
+def test_a_frozen_redis_is_a_prompt_503_and_leaves_no_hold(
+    sim: SimProcess,
+    postgres_server: PostgresServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Redis stops answering while its connections stay open: a request that needs a reservation
+    gets a 503 within the client's timeout instead of hanging on a read forever. Each reservation
+    stays in the frozen Redis's socket and runs once it answers again: the gateway gives it back,
+    so no hold is left, and the key then serves as before with a clean audit."""
+    from harness import health_counter, wait_until
+
+    with restartable_redis() as redis:
+        store = f"postgres_url: {postgres_server.new_database()!r}\nredis_url: 'redis://127.0.0.1:{redis.port}/0'\n"
+        with launch_gateway(tmp_path / "gw", sim, store=store, extra=CONFIG) as gateway:
+            key = new_key(gateway)
+            assert asyncio.run(statuses(gateway.base_url, key, 3)) == [200] * 3
+            with redis.frozen():
+                # The client's timeout (30 s) is the bound: a hang is an APITimeoutError here.
+                during = asyncio.run(statuses(gateway.base_url, key, 3))
+            assert during == [503] * 3, during
+            wait_until(lambda: asyncio.run(statuses(gateway.base_url, key, 1)) == [200], "serving again", 60)
+            wait_until(lambda: health_counter(gateway, "settlements_pending") == 0, "the releases land", 60)
+            with httpx.Client(
+                base_url=f"http://127.0.0.1:{gateway.port}", headers=ADMIN, timeout=30
+            ) as admin:
+                me = admin.get("/v1/me", headers={"Authorization": f"Bearer {key}"}).json()
+                audit = admin.get("/admin/audit").json()
+            assert me["reserved_usd"] == "0", me
+            assert audit["clean"] is True, audit
 
 
 def test_retried_scripts_do_not_act_twice(redis_server: RedisServer, postgres_server: PostgresServer) -> None:  # noqa: F811
@@ -233,6 +277,46 @@ def test_retried_scripts_do_not_act_twice(redis_server: RedisServer, postgres_se
     assert result["reserve"] == (700_000, 300_000)
     assert result["settle"] == (900_000, 0)
     assert result["credit"] == (905_000, 0)
+    assert result["clean"] is True
+
+
+def test_a_reservation_run_after_its_release_is_not_made(
+    redis_server: RedisServer,  # noqa: F811
+    postgres_server: PostgresServer,  # noqa: F811
+) -> None:
+    """A reservation Redis did not answer in time is released by the gateway; the release may run
+    before the reservation itself (both waited in a frozen Redis's sockets). The reservation that
+    comes late is then not made: no hold is left until its expiry."""
+
+    async def scenario() -> dict[str, Any]:
+        from faregate.accounts.keys import KeyStore
+        from faregate.accounts.shared import SharedAccounts
+        from faregate.store.postgres.store import PostgresStore
+        from faregate.store.protocols import StoreUnavailable
+
+        pg = await PostgresStore.open(postgres_server.new_database())
+        shared = await SharedAccounts.connect(redis_server.new_database(), pg)
+        try:
+            key, _ = await KeyStore(pg).create("late", credits_nano=1_000_000)
+            ledger = shared.ledger
+            await ledger.load(key.id)
+            released = await ledger.release(key.id, "hold_late", 0, 60.0)
+            late: str | None = None
+            try:
+                await ledger.reserve(key.id, "hold_late", "req_late", 300_000, 10, 1, [], 60.0, None, None)
+            except StoreUnavailable as exc:
+                late = str(exc)
+            read = await ledger.read(key.id)
+            await shared.flush()
+            return {"released": released, "late": late, "read": read, "clean": (await shared.audit()).clean}
+        finally:
+            await shared.close()
+            await pg.close()
+
+    result = asyncio.run(scenario())
+    assert result["released"] is False
+    assert result["late"] is not None and "given up" in result["late"]
+    assert result["read"] == (1_000_000, 0, [])
     assert result["clean"] is True
 
 

@@ -23,7 +23,7 @@ from faregate.accounts.ratelimit import RateRefusal, rate_headers
 from faregate.accounts.settle_retry import SettlementRetry
 from faregate.config import AccountsSettings
 from faregate.errors import AuthenticationFailed, FaregateError, InsufficientCredits, RateLimited
-from faregate.store.protocols import AccountTable, StoreUnavailable
+from faregate.store.protocols import AccountTable, OutcomeUnknown, StoreUnavailable
 from faregate.types import RequestMeta
 
 
@@ -126,6 +126,11 @@ class MeteredAdmission:
         try:
             result = await self.backend.reserve(ask)
         except StoreUnavailable as exc:
+            if isinstance(exc, OutcomeUnknown):
+                # The reservation may still be made: its release is kept and lands once the store
+                # answers (not tried now: it would keep the client waiting as long again).
+                ref = HoldRef(ask.hold_id, request.request_id, ask.hour, tokens, limits)
+                await self.settlements.release_later(key.id, ref, exc)
             raise AccountsUnavailable(
                 f"The gateway cannot reach its accounts store ({exc}), so it cannot reserve this request's "
                 "cost; nothing was sent upstream. Retry shortly.",

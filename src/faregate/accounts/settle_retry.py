@@ -149,6 +149,12 @@ class SettlementRetry:
     async def release(self, key_id: str, ref: HoldRef) -> None:
         await self._close_or_keep(PendingClose(key_id, ref, None, 0, self._clock(), time.time()))
 
+    async def release_later(self, key_id: str, ref: HoldRef, exc: BaseException) -> None:
+        """Keep a release without trying it first: the store has just failed to answer (`exc`)."""
+        item = PendingClose(key_id, ref, None, 0, self._clock(), time.time())
+        await self._write_to_spool(item)
+        self._keep(item, exc)
+
     async def _close_or_keep(self, item: PendingClose) -> None:
         try:
             await self._apply(item)

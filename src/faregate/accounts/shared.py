@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from faregate.accounts.backend import (
     Admitted,
@@ -35,7 +36,7 @@ from faregate.lifecycle import Periodic
 from faregate.store.holds import BudgetCheck, HoldRow, InstanceRow, ReserveOutcome
 from faregate.store.postgres.accounts import PostgresAccountTable
 from faregate.store.postgres.store import PostgresStore
-from faregate.store.protocols import LedgerRow, StoreUnavailable
+from faregate.store.protocols import LedgerRow, OutcomeUnknown, StoreUnavailable
 from faregate.store.redis.connect import retry_once_on_a_fresh_connection
 from faregate.store.redis.ledger import RedisLedger
 from faregate.store.redis.shipper import LedgerShipper
@@ -242,6 +243,9 @@ class SharedAccounts:
         limits = ask.limits
         try:
             outcome = await self._reserve(ask)
+        except RedisTimeoutError as exc:
+            # Sent, not answered: a frozen Redis runs it once it answers again.
+            raise OutcomeUnknown(f"Redis: {exc}") from exc
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis: {exc}") from exc
         return self._verdict(ask, outcome, rate_state(limits, outcome.requests_level, outcome.tokens_level))
@@ -309,7 +313,9 @@ class SharedAccounts:
         )
 
     async def release(self, key_id: str, ref: HoldRef) -> None:
-        await self.ledger.release(key_id, ref.hold_id, ref.limits.tokens_per_minute or 0)
+        await self.ledger.release(
+            key_id, ref.hold_id, ref.limits.tokens_per_minute or 0, self.remember_settled_s
+        )
 
     async def sweep(self) -> int:
         return await self.ledger.sweep()

@@ -52,6 +52,11 @@ class StoreUnavailable(Exception):
     """
 
 
+class OutcomeUnknown(StoreUnavailable):
+    """The store took a write but gave no answer in time (it froze, or the network parted): the
+    write may still be applied when it answers again, so the caller undoes it, idempotently."""
+
+
 @dataclass(slots=True, frozen=True)
 class KeyRow:
     """An API key as stored. The raw key is never stored: only its SHA-256 hex digest."""

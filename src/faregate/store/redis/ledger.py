@@ -150,6 +150,8 @@ class RedisLedger:
         args.append(instance_id or "")
         result = await self._call("reserve", key_id, args)
         status = result[0]
+        if status == "closed":  # released before it ran: only a reservation given up comes here
+            raise StoreUnavailable(f"the reservation {hold_id} was given up before it ran")
         if status == "no_account":
             return ReserveOutcome("no_account")
         if status == "revoked":
@@ -194,8 +196,10 @@ class RedisLedger:
         )
         return bool(result[0] == "ok")
 
-    async def release(self, key_id: str, hold_id: str, tpm: int) -> bool:
-        result = await self._run("release", [key_id, hold_id, tpm])
+    async def release(self, key_id: str, hold_id: str, tpm: int, remember_s: float = 60.0) -> bool:
+        """`remember_s`: how long the hold is remembered as closed, so that its reservation, if it
+        runs only now (Redis was frozen with it unanswered), is not made."""
+        result = await self._run("release", [key_id, hold_id, tpm, int(remember_s * 1000)])
         return bool(result[0] == "ok")
 
     async def sweep(self, limit: int = SWEEP_BATCH) -> int:

@@ -14,7 +14,7 @@ Shared:
             of the same key that would otherwise be refused
   fg:outbox stream of ledger entries waiting for PostgreSQL (store.redis.shipper)
   fg:epoch  string naming this Redis data set; a new one means the old data (and its holds) is gone
-  fg:settled:H, fg:e:E  markers that a hold was settled (accounts.settle_retry_s plus a minute),
+  fg:settled:H, fg:e:E  markers that a hold was settled or released (accounts.settle_retry_s plus a minute),
             a credit applied (ten minutes): a script retried after it ran does not act twice
 
 Amounts are integers below 2^53, exact in Lua's doubles; they are written with %d because
@@ -145,6 +145,9 @@ if redis.call('HEXISTS', holds(k), hold) == 1 then
   if tpm > 0 then tl = num((refill(tonumber(r[3]), tonumber(r[4]), tpm, now))) end
   return {'ok', a[1], a[2], rl, tl}
 end
+-- Closed already, before it was ever made: the gateway gave the reservation up when Redis did not
+-- answer it in time, and released the hold; this is that reservation, run late. Not made now.
+if redis.call('EXISTS', settled(hold)) == 1 then return {'closed'} end
 expire(epoch, now, 16)
 local a = redis.call('HMGET', acct(k), 'bal', 'held', 'rev')
 local bal, held = tonumber(a[1]), tonumber(a[2]) or 0
@@ -246,12 +249,15 @@ end
 return {'late'}
 """
 
-# ARGV: key, hold, tpm
+# ARGV: key, hold, tpm, how long to remember it (ms)
 RELEASE = r"""
 local k, hold, tpm = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 local epoch = redis.call('GET', EPOCH)
 if not epoch then return {'gone'} end
+-- Remembered as closed: a reservation of this hold that runs after it (one Redis held unanswered
+-- while it was frozen) is not made.
+redis.call('SET', settled(hold), '1', 'PX', tonumber(ARGV[4]))
 if close_hold(epoch, k, hold, nil, 0, tpm, '', now) ~= nil then return {'ok'} end
 return {'gone'}
 """
