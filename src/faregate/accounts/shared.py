@@ -46,6 +46,11 @@ log = logging.getLogger("faregate.accounts")
 KEY_EVENTS = "fg:keys"
 # How long `check_redis` waits for Redis to connect and answer.
 CHECK_TIMEOUT_S = 10.0
+# How long a command to Redis waits for its answer, and a connection to be made: a Redis that stops
+# answering without closing its sockets (a frozen host, a partition, a long command) is an outage
+# (503, a kept settlement) after this, not a request held forever. Redis answers the scripts in well
+# under a millisecond; set here, not left to the driver's default (none before redis-py 8).
+COMMAND_TIMEOUT_S = 5.0
 # How long close() waits for the background tasks, the last ledger shipment and the connections.
 CLOSE_TIMEOUT_S = 10.0
 # How long a settled hold is remembered by default: accounts.settle_retry_s's default plus a
@@ -194,6 +199,8 @@ class SharedAccounts:
             url,
             max_connections=pool_size,
             timeout=10,
+            socket_timeout=COMMAND_TIMEOUT_S,
+            socket_connect_timeout=COMMAND_TIMEOUT_S,
             decode_responses=True,
             health_check_interval=30,
             retry=retry_once_on_a_fresh_connection(),
