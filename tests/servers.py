@@ -124,6 +124,34 @@ class PostgresServer:
         self.psql(f"CREATE DATABASE {name}")
         return self.url(name)
 
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """PostgreSQL stops answering without closing a connection (SIGSTOP to the postmaster and
+        every backend: a frozen host, a network partition), and answers again after the block.
+        Only for a server of the test's own (run_postgres), never the session's shared one."""
+        postmaster = int((self.datadir / "postmaster.pid").read_text().split()[0])
+        pids = [postmaster, *(pid for pid, ppid in _processes() if ppid == postmaster)]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+            # runuser (as_postgres) stops itself when its child stops: it goes on too.
+            parent = dict(_processes()).get(postmaster)
+            if parent is not None and parent != os.getpid():
+                os.kill(parent, signal.SIGCONT)
+
+
+def _processes() -> Iterator[tuple[int, int]]:
+    """(pid, parent pid) of every process, from /proc."""
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if entry.name.isdigit():
+                # /proc/PID/stat: "pid (name) state ppid ..."; the name may hold spaces.
+                yield int(entry.name), int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+
 
 @contextlib.contextmanager
 def run_postgres() -> Iterator[PostgresServer]:

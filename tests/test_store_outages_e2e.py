@@ -72,6 +72,23 @@ async def statuses(base_url: str, key: str, count: int, concurrency: int = 20) -
         await client.close()
 
 
+async def strangers(base_url: str, count: int) -> list[httpx.Response]:
+    """`count` requests at once, each with a key the gateway has not seen (looked up in PostgreSQL)."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        return list(
+            await asyncio.gather(
+                *(
+                    client.post(
+                        "/chat/completions",
+                        headers={"Authorization": f"Bearer fg-stranger{i:04d}{'x' * 30}"},
+                        json={"model": "deepseek-v4-flash", "messages": HELLO},
+                    )
+                    for i in range(count)
+                )
+            )
+        )
+
+
 def test_a_postgresql_outage_is_a_quiet_503(
     sim: SimProcess,
     redis_server: RedisServer,  # noqa: F811
@@ -82,6 +99,18 @@ def test_a_postgresql_outage_is_a_quiet_503(
         with launch_gateway(tmp_path / "gw", sim, store=store, extra=CONFIG) as gateway:
             key = new_key(gateway)
             assert asyncio.run(statuses(gateway.base_url, key, 5)) == [200] * 5
+            # Frozen first (it answers nothing, its connections stay open): a key the gateway must
+            # look up gets its 503 within the client's timeout, not after the pool's statement
+            # timeout twice over (asyncpg waits for the cancel too).
+            with pg.frozen():
+                answers = asyncio.run(strangers(gateway.base_url, 3))
+            for answer in answers:
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["error"]["code"] == "store_unavailable"
+            assert (
+                asyncio.run(statuses(gateway.base_url, new_key_when_up(gateway, time.monotonic() + 30), 3))
+                == [200] * 3
+            )
             subprocess.run(
                 as_postgres([pg_bin("pg_ctl"), "-D", str(pg.datadir), "-m", "immediate", "-w", "stop"]),
                 check=True,

@@ -21,6 +21,7 @@ import asyncpg
 
 from faregate.store.holds import hold_entry, new_entry_id
 from faregate.store.postgres.errors import unavailable_errors
+from faregate.store.postgres.pool import REQUEST_READ_TIMEOUT_S, answered_within
 from faregate.store.protocols import (
     AccountRow,
     AuditRow,
@@ -156,12 +157,16 @@ class PostgresAccountTable:
         return str(status).endswith(" 1")
 
     async def get_account(self, key_id: str) -> AccountRow | None:
-        row = await self._pool.fetchrow(
-            "SELECT a.key_id, a.balance_nano, a.requests_per_minute, a.tokens_per_minute, a.max_request_nano,"
-            " a.budgets, k.revoked_at IS NOT NULL AS revoked"
-            " FROM accounts a JOIN api_keys k ON k.id = a.key_id WHERE a.key_id = $1",
-            key_id,
-        )
+        with unavailable_errors():
+            row = await answered_within(
+                REQUEST_READ_TIMEOUT_S,
+                self._pool.fetchrow(
+                    "SELECT a.key_id, a.balance_nano, a.requests_per_minute, a.tokens_per_minute,"
+                    " a.max_request_nano, a.budgets, k.revoked_at IS NOT NULL AS revoked"
+                    " FROM accounts a JOIN api_keys k ON k.id = a.key_id WHERE a.key_id = $1",
+                    key_id,
+                ),
+            )
         if row is None:
             return None
         return AccountRow(

@@ -11,9 +11,21 @@ An open transaction is still rolled back on release (asyncpg does that whatever 
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import asyncpg
+
+T = TypeVar("T")
+
+# How long a request waits for a read it cannot go on without (its key, its account's policy).
+# PostgreSQL answers them in milliseconds; one that has not answered in this long is down for the
+# client (frozen, partitioned), who gets a 503 now rather than after the pool's command_timeout,
+# twice over: asyncpg then waits as long again for PostgreSQL to take the cancel.
+REQUEST_READ_TIMEOUT_S = 5.0
+# Reads given up, still unwinding (see `answered_within`): kept referenced until they end.
+_given_up: set[asyncio.Future[Any]] = set()
 
 
 class SessionFreeConnection(asyncpg.Connection):  # type: ignore[misc]
@@ -26,3 +38,31 @@ class SessionFreeConnection(asyncpg.Connection):  # type: ignore[misc]
 async def create_pool(url: str, **options: Any) -> Any:
     """asyncpg.create_pool with SessionFreeConnection (the same options otherwise)."""
     return await asyncpg.create_pool(url, connection_class=SessionFreeConnection, **options)
+
+
+async def answered_within(seconds: float, read: Awaitable[T]) -> T:
+    """`read`'s answer, or TimeoutError after `seconds` without one. The read is cancelled but not
+    waited for: asyncpg holds its connection until PostgreSQL takes the cancel (up to the pool's
+    command_timeout), which an asyncio.timeout around the read would wait out too."""
+    task = asyncio.ensure_future(read)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        _give_up(task)
+        raise
+    if not done:
+        _give_up(task)
+        raise TimeoutError(f"PostgreSQL did not answer within {seconds:g} s")
+    return task.result()
+
+
+def _give_up(task: asyncio.Future[Any]) -> None:
+    task.cancel()
+    _given_up.add(task)
+    task.add_done_callback(_forget)
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    _given_up.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: nobody waits for it any more

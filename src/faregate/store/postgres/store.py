@@ -20,7 +20,7 @@ from faregate.errors import ConfigError
 from faregate.store.postgres.accounts import KEY_COLUMNS, PostgresAccountTable, key_row
 from faregate.store.postgres.errors import unavailable_errors
 from faregate.store.postgres.migrations import PG_MIGRATIONS
-from faregate.store.postgres.pool import create_pool
+from faregate.store.postgres.pool import REQUEST_READ_TIMEOUT_S, answered_within, create_pool
 from faregate.store.protocols import DuplicateError, KeyRow, PolicyValues, StoreUnavailable
 from faregate.store.rows import INSERT_COLUMNS, RECORD_COLUMNS, record_to_row, row_to_record
 from faregate.store.schema import Migration
@@ -169,8 +169,9 @@ class PostgresStore:
 
     async def find_key(self, key_hash: str) -> KeyRow | None:
         with unavailable_errors():
-            row = await self._pool.fetchrow(
-                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash
+            row = await answered_within(
+                REQUEST_READ_TIMEOUT_S,
+                self._pool.fetchrow(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash),
             )
         return None if row is None else key_row(row)
 
