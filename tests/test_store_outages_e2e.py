@@ -587,3 +587,27 @@ async def test_a_lost_key_events_subscription_is_logged_once_and_its_return_once
     said = [r.getMessage() for r in caplog.records if r.name == "faregate.accounts"]
     assert sum("lost the Redis subscription" in line for line in said) == 1, said
     assert sum("subscribed again" in line for line in said) == 1, said
+
+
+async def test_an_idle_ledger_shipper_is_no_outage_whatever_its_interval(
+    redis_server: RedisServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The shipper waits for new ledger entries in a blocking read; a wait longer than the Redis
+    client's socket timeout (accounts.ledger_flush_interval_s set above it) timed out on every
+    idle round: an outage logged, a connection dropped, for a Redis that was fine."""
+    import logging
+
+    from redis.asyncio import Redis
+
+    from faregate.store.redis.shipper import LedgerShipper
+
+    caplog.set_level(logging.WARNING, logger="faregate.ledger")
+    redis = Redis.from_url(redis_server.new_database(), socket_timeout=1.5)
+    shipper = LedgerShipper(redis, None, interval_s=2.0)  # type: ignore[arg-type]  # no entry: PostgreSQL unused
+    try:
+        await shipper._ensure_group()
+        await shipper._ship_round()
+    finally:
+        await redis.aclose()
+    assert [r.getMessage() for r in caplog.records if r.name == "faregate.ledger"] == []

@@ -35,6 +35,10 @@ DEAD_LETTERS = "fg:outbox:dead"
 # An entry delivered to a shipper and not acknowledged for this long is taken over by another.
 CLAIM_IDLE_MS = 15_000
 BATCH = 1000
+# The longest a round's blocking read waits for new entries, whatever the interval: a read that
+# outlasts the client's socket timeout (5 s: accounts/shared.py) fails on an idle outbox, an outage
+# said for a Redis that is fine. The round's pause waits out the rest of the interval.
+LONGEST_BLOCK_MS = 1000
 
 
 def entry_row(fields: dict[str, str]) -> LedgerRow:
@@ -92,7 +96,7 @@ class LedgerShipper:
         and say how long to wait before the next."""
         started = time.monotonic()
         try:
-            shipped = await self.ship_once(max(1, int(self.interval_s * 1000)))
+            shipped = await self.ship_once(min(LONGEST_BLOCK_MS, max(1, int(self.interval_s * 1000))))
         except ResponseError as exc:
             if "NOGROUP" in str(exc):  # Redis lost its data: start the group again
                 with contextlib.suppress(RedisError):
