@@ -611,3 +611,97 @@ async def test_an_idle_ledger_shipper_is_no_outage_whatever_its_interval(
     finally:
         await redis.aclose()
     assert [r.getMessage() for r in caplog.records if r.name == "faregate.ledger"] == []
+
+
+class SilentLink:
+    """A TCP relay to a server on loopback that can go silent: it keeps every connection open but
+    passes nothing either way (a network partition, as a client sees it)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.silent = False
+        self.server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
+            task = asyncio.create_task(self._pump(source, sink))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await source.read(65536):
+                if not self.silent:
+                    sink.write(data)
+                    await sink.drain()
+        sink.close()
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def test_a_key_events_subscription_gone_silent_is_made_anew(
+    redis_server: RedisServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A partition leaves the subscription's connection open and silent: no error ever comes, and
+    key changes went unheard until a restart. A subscription that stays silent after a PING is
+    lost and made anew, and hears the key changes published once the link is back."""
+    import logging
+
+    from redis.asyncio import Redis
+
+    from faregate.accounts.shared import KeyEvents
+
+    caplog.set_level(logging.INFO, logger="faregate.accounts")
+    url = redis_server.new_database()
+    direct = Redis.from_url(url)
+    link = SilentLink(direct.connection_pool.connection_kwargs["port"])
+    port = await link.start()
+    database = direct.connection_pool.connection_kwargs.get("db", 0)
+    relayed = Redis(host="127.0.0.1", port=port, db=database, socket_timeout=1.0, decode_responses=True)
+    heard_after = asyncio.Event()
+    events = KeyEvents(relayed, [lambda key_id: key_id == "key_after" and heard_after.set()], quiet_s=0.3)
+    lost = asyncio.Event()
+
+    class LossSeen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "lost the Redis subscription" in record.getMessage():
+                lost.set()
+
+    seen = LossSeen()
+    logging.getLogger("faregate.accounts").addHandler(seen)
+
+    def said(text: str) -> int:
+        return sum(text in r.getMessage() for r in caplog.records if r.name == "faregate.accounts")
+
+    try:
+        await events.start()
+        assert events.ready.is_set()
+        link.silent = True
+        events.ready.clear()
+        async with asyncio.timeout(30):
+            await lost.wait()
+        link.silent = False
+        async with asyncio.timeout(30):
+            await events.ready.wait()  # subscribed again
+        await direct.publish("fg:keys", "key_after")
+        async with asyncio.timeout(30):
+            await heard_after.wait()
+    finally:
+        logging.getLogger("faregate.accounts").removeHandler(seen)
+        await events.stop()
+        await relayed.aclose()
+        await direct.aclose()
+        await link.close()
+    assert said("subscribed again") == 1

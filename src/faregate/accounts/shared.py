@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -44,6 +45,10 @@ from faregate.store.redis.shipper import LedgerShipper
 log = logging.getLogger("faregate.accounts")
 
 KEY_EVENTS = "fg:keys"
+# A key-events subscription that hears nothing for this long asks Redis for a PING, and one still
+# silent as long again is lost and made anew: a partition can leave its connection open and
+# silent, and key changes then went unheard (caches kept a changed key's limits) until a restart.
+QUIET_S = 30.0
 # How long `check_redis` waits for Redis to connect and answer.
 CHECK_TIMEOUT_S = 10.0
 # How long a command to Redis waits for its answer, and a connection to be made: a Redis that stops
@@ -69,9 +74,12 @@ def rate_state(limits: Limits, requests_level: float | None, tokens_level: float
 class KeyEvents:
     """Listens on the key-events channel and tells the listeners which key changed ("" = all)."""
 
-    def __init__(self, redis: Redis, listeners: list[Callable[[str], None]]) -> None:
+    def __init__(
+        self, redis: Redis, listeners: list[Callable[[str], None]], quiet_s: float = QUIET_S
+    ) -> None:
         self.redis = redis
         self.listeners = listeners
+        self.quiet_s = quiet_s
         # One subscription per round; a lost one is made again half a second later.
         self._loop = Periodic("key-events", 0.5, self._listen, run_first=True)
         self.ready = asyncio.Event()
@@ -102,7 +110,16 @@ class KeyEvents:
             self.ready.set()
             # Events may have been missed while (re)connecting: forget everything once.
             self._tell("")
-            async for message in pubsub.listen():
+            asked = False
+            while True:
+                message = await pubsub.get_message(timeout=self.quiet_s)
+                if message is None:
+                    if asked:
+                        raise RedisConnectionError(f"no answer to a PING within {self.quiet_s:g} s")
+                    await pubsub.ping()
+                    asked = True
+                    continue
+                asked = False
                 if message.get("type") == "message":
                     self._tell(str(message.get("data") or ""))
         except (RedisError, OSError) as exc:
