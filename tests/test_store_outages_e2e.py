@@ -239,11 +239,27 @@ def test_a_frozen_redis_is_a_prompt_503_and_leaves_no_hold(
     """Redis stops answering while its connections stay open: a request that needs a reservation
     gets a 503 within the client's timeout instead of hanging on a read forever. Each reservation
     stays in the frozen Redis's socket and runs once it answers again: the gateway gives it back,
-    so no hold is left, and the key then serves as before with a clean audit."""
+    so no hold is left, and the key then serves as before with a clean audit, every request recorded
+    once."""
     from harness import health_counter, wait_until
 
+    database = postgres_server.new_database()
+    sent = 6  # 3 before the freeze, 3 during it, and those until it serves again
+
+    def serving(base_url: str, key: str) -> bool:
+        nonlocal sent
+        sent += 1
+        return asyncio.run(statuses(base_url, key, 1)) == [200]
+
+    def recorded() -> tuple[int, int]:
+        counted = postgres_server.psql(
+            "SELECT count(*), count(DISTINCT request_id) FROM request_records", database.rsplit("/", 1)[1]
+        )
+        rows, distinct = counted.strip().split("|")
+        return int(rows), int(distinct)
+
     with restartable_redis() as redis:
-        store = f"postgres_url: {postgres_server.new_database()!r}\nredis_url: 'redis://127.0.0.1:{redis.port}/0'\n"
+        store = f"postgres_url: {database!r}\nredis_url: 'redis://127.0.0.1:{redis.port}/0'\n"
         with launch_gateway(tmp_path / "gw", sim, store=store, extra=CONFIG) as gateway:
             key = new_key(gateway)
             assert asyncio.run(statuses(gateway.base_url, key, 3)) == [200] * 3
@@ -251,7 +267,7 @@ def test_a_frozen_redis_is_a_prompt_503_and_leaves_no_hold(
                 # The client's timeout (30 s) is the bound: a hang is an APITimeoutError here.
                 during = asyncio.run(statuses(gateway.base_url, key, 3))
             assert during == [503] * 3, during
-            wait_until(lambda: asyncio.run(statuses(gateway.base_url, key, 1)) == [200], "serving again", 60)
+            wait_until(lambda: serving(gateway.base_url, key), "serving again", 60)
             wait_until(lambda: health_counter(gateway, "settlements_pending") == 0, "the releases land", 60)
             with httpx.Client(
                 base_url=f"http://127.0.0.1:{gateway.port}", headers=ADMIN, timeout=30
@@ -260,6 +276,7 @@ def test_a_frozen_redis_is_a_prompt_503_and_leaves_no_hold(
                 audit = admin.get("/admin/audit").json()
             assert me["reserved_usd"] == "0", me
             assert audit["clean"] is True, audit
+            wait_until(lambda: recorded() == (sent, sent), f"{sent} requests recorded once each", 30)
 
 
 def test_retried_scripts_do_not_act_twice(redis_server: RedisServer, postgres_server: PostgresServer) -> None:  # noqa: F811
