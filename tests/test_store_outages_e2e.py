@@ -150,6 +150,60 @@ def test_a_postgresql_outage_is_a_quiet_503(
             assert result == [200] * 3
 
 
+def test_a_frozen_postgresql_is_a_prompt_503_on_an_accounts_first_load(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """An account is loaded from PostgreSQL into Redis on its first use (here after Redis lost its
+    data set, with a reservation of the old one still open in PostgreSQL). PostgreSQL frozen then:
+    the reservation gets its 503 promptly, not after the pool's statement timeout twice over; the
+    load given up leaves nothing behind, and once PostgreSQL answers again the account loads, the
+    old hold is released once, and the money adds up."""
+
+    async def scenario(pg: PostgresServer) -> dict[str, Any]:
+        from faregate.accounts.backend import Admitted, HoldRef, ReserveAsk
+        from faregate.accounts.keys import KeyStore
+        from faregate.accounts.policy import Limits, hour_of
+        from faregate.accounts.shared import SharedAccounts
+        from faregate.store.postgres.store import PostgresStore
+        from faregate.store.protocols import StoreUnavailable
+
+        store = await PostgresStore.open(pg.new_database())
+        shared = await SharedAccounts.connect(redis_server.new_database(), store)
+        try:
+            key, _ = await KeyStore(store).create("first load", credits_nano=1_000_000)
+            limits, hour = Limits(None, None), hour_of(time.time())
+
+            def ask(name: str) -> ReserveAsk:
+                return ReserveAsk(key.id, f"hold_{name}", f"req_{name}", 400_000, 10, hour, (), limits, 600.0)
+
+            assert isinstance(await shared.reserve(ask("lost")), Admitted)
+            await shared.flush()  # its reservation is open in PostgreSQL
+            await shared.redis.flushdb()  # Redis lost its data set (a restart without persistence)
+            with pg.frozen():
+                # Waited for without cancelling it: a cancelled load waits for PostgreSQL too.
+                frozen = asyncio.ensure_future(shared.reserve(ask("frozen")))
+                await asyncio.wait({frozen}, timeout=30)
+            assert frozen.done(), "the reservation still waits for a frozen PostgreSQL after 30 s"
+            refused = frozen.exception()
+            assert isinstance(refused, StoreUnavailable) and "PostgreSQL" in str(refused), repr(refused)
+            assert isinstance(await shared.reserve(ask("after")), Admitted)
+            await shared.settle(key.id, HoldRef("hold_after", "req_after", hour, 10, limits), 123_000, 5)
+            await shared.flush()
+            balance = await shared.balance(key.id)
+            return {
+                "balance": (balance.balance_nano, balance.held_nano) if balance else None,
+                "open_holds": await store.accounts.open_holds_count(),
+                "clean": (await shared.audit()).clean,
+            }
+        finally:
+            await shared.close()
+            await store.close()
+
+    with run_postgres() as pg:
+        result = asyncio.run(scenario(pg))
+    assert result == {"balance": (1_000_000 - 123_000, 0), "open_holds": 0, "clean": True}
+
+
 def new_key_when_up(gateway: GatewayProcess, deadline: float) -> str:
     while True:
         try:

@@ -258,7 +258,18 @@ class PostgresAccountTable:
     async def load_account(self, key_id: str, epoch: str, since_hour: int) -> LoadedAccount | None:
         """The account as Redis should start it in data set `epoch`. Reservations still open from
         an earlier data set (its Redis was flushed or lost) can never be settled there: they are
-        released first, in the same transaction, so the money they held comes back exactly once."""
+        released first, in the same transaction, so the money they held comes back exactly once.
+
+        A request waits for it (an account's first use): it gives up after REQUEST_READ_TIMEOUT_S,
+        as the request's other reads do. Redis loads nothing from a transaction given up; it is
+        cancelled in the background and rolled back (or, given up as it committed, its releases
+        are stored and the next load reads them): either way the held money comes back once."""
+        with unavailable_errors():
+            return await answered_within(
+                REQUEST_READ_TIMEOUT_S, self._load_account(key_id, epoch, since_hour)
+            )
+
+    async def _load_account(self, key_id: str, epoch: str, since_hour: int) -> LoadedAccount | None:
         async with self._pool.acquire() as conn, conn.transaction():
             found = await conn.fetchrow(
                 "SELECT a.balance_nano, k.revoked_at FROM accounts a JOIN api_keys k ON k.id = a.key_id"
