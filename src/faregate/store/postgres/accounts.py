@@ -147,8 +147,12 @@ class PostgresAccountTable:
             await conn.fetchval(_APPLY, *_columns([grant]))
 
     async def get_key(self, key_id: str) -> KeyRow | None:
+        # A key's own GET /v1/me waits for it, as a request waits for its account's policy.
         with unavailable_errors():
-            row = await self._pool.fetchrow(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+            row = await answered_within(
+                REQUEST_READ_TIMEOUT_S,
+                self._pool.fetchrow(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id),
+            )
         return None if row is None else key_row(row)
 
     async def set_key_name(self, key_id: str, name: str) -> bool:
