@@ -74,9 +74,16 @@ async def statuses(base_url: str, key: str, count: int, concurrency: int = 20) -
 
 async def strangers(base_url: str, count: int, also_me: str | None = None) -> list[httpx.Response]:
     """`count` requests at once, each with a key the gateway has not seen (looked up in PostgreSQL),
-    and with them `also_me`'s GET /v1/me if given."""
+    and with them `also_me`'s GET /v1/me and a feedback from it (its request looked up), if given."""
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-        me = [client.get("/me", headers={"Authorization": f"Bearer {also_me}"})] if also_me else []
+        me = []
+        if also_me:
+            headers = {"Authorization": f"Bearer {also_me}"}
+            feedback = {"request_id": "req_" + "0" * 32, "score": "up"}
+            me = [
+                client.get("/me", headers=headers),
+                client.post("/feedback", headers=headers, json=feedback),
+            ]
         return list(
             await asyncio.gather(
                 *(
@@ -107,8 +114,8 @@ def test_a_postgresql_outage_is_a_quiet_503(
             assert asyncio.run(statuses(gateway.base_url, key, 5)) == [200] * 5
             log_before = gateway.log.stat().st_size
             # Frozen first (it answers nothing, its connections stay open): a key the gateway must
-            # look up, and a key's /v1/me, get their 503 within the client's timeout, not after the
-            # pool's statement timeout twice over (asyncpg waits for the cancel too).
+            # look up, a key's /v1/me and its feedback get their 503 within the client's timeout,
+            # not after the pool's statement timeout twice over (asyncpg waits for the cancel too).
             with pg.frozen():
                 answers = asyncio.run(strangers(gateway.base_url, 3, also_me=key))
             for answer in answers:
@@ -142,7 +149,7 @@ def test_a_postgresql_outage_is_a_quiet_503(
             # The log says it, once per kind of failure and interval, without a traceback each time.
             written = gateway.read_log()[log_before:]
             assert written.count("Traceback") <= 2, written[-3000:]
-            assert len(written) < 20_000, f"{len(written)} bytes of log for 65 failed requests"
+            assert len(written) < 20_000, f"{len(written)} bytes of log for 66 failed requests"
             assert "store is unavailable" in written
             # PostgreSQL back: the same gateway serves again, without a restart.
             start = [pg_bin("pg_ctl"), "-D", str(pg.datadir), "-w", "-l", str(pg.datadir / "log"), "start"]

@@ -201,9 +201,13 @@ class PostgresStore:
         return len(inserted)
 
     async def get_record(self, request_id: str) -> RequestRecord | None:
+        # A client's POST /v1/feedback waits for it, as a request waits for its key.
         with unavailable_errors():
-            row = await self._pool.fetchrow(
-                f"SELECT {_RECORD_COLUMN_LIST} FROM request_records WHERE request_id = $1", request_id
+            row = await answered_within(
+                REQUEST_READ_TIMEOUT_S,
+                self._pool.fetchrow(
+                    f"SELECT {_RECORD_COLUMN_LIST} FROM request_records WHERE request_id = $1", request_id
+                ),
             )
         return None if row is None else row_to_record(tuple(row))
 
