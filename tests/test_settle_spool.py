@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from faregate.accounts.admission import Hold
 from faregate.accounts.backend import HoldRef
 from faregate.accounts.embedded import EmbeddedAccounts
 from faregate.accounts.policy import Limits
@@ -73,14 +74,35 @@ def entry(key_id: str, ref: HoldRef, kept_unix: float) -> SpooledClose:
     return SpooledClose(key_id, ref, 123_000, 50, kept_unix)
 
 
+async def started(
+    accounts: Reachable, spool: Path, first_delay_s: float, **options: float
+) -> SettlementRetry:
+    """A process's kept settlements, spooled in `spool` (where it takes over what dead ones left)."""
+    settlements = SettlementRetry(accounts, 600.0, first_delay_s=first_delay_s, **options)
+    await settlements.open_spool(spool)
+    return settlements
+
+
+async def kept_in_an_outage(db: SQLiteStore, accounts: Reachable, settlements: SettlementRetry) -> Hold:
+    """A request's settlement made while the store is down: `settlements` keeps it, on disk."""
+    hold = await reserved(db, accounts, 400_000)
+    with blocked(accounts):
+        await settlements.settle(hold.key_id, hold.handle, 123_000, 50)
+    return hold
+
+
+async def assert_charged_once(accounts: Reachable, hold: Hold) -> None:
+    balance = await accounts.balance(hold.key_id)
+    assert balance is not None and (balance.balance_nano, balance.held_nano) == (SETTLED, 0)
+
+
 async def test_a_kept_settlement_is_on_disk_until_it_lands(
     store: SQLiteStore,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     accounts = Reachable(store)
-    settlements = SettlementRetry(accounts, 600.0, first_delay_s=0.01)
     spool = tmp_path / "spool"
-    await settlements.open_spool(spool)
+    settlements = await started(accounts, spool, first_delay_s=0.01)
     hold = await reserved(store, accounts, 400_000)
     with blocked(accounts):
         await settlements.settle(hold.key_id, hold.handle, 123_000, 50)
@@ -103,28 +125,22 @@ async def test_a_killed_process_s_settlement_is_charged_once_by_the_next(
 ) -> None:
     accounts = Reachable(store)
     spool = tmp_path / "spool"
-    first = SettlementRetry(accounts, 600.0, first_delay_s=3600.0)
-    await first.open_spool(spool)
-    hold = await reserved(store, accounts, 400_000)
-    with blocked(accounts):
-        await first.settle(hold.key_id, hold.handle, 123_000, 50)
-        kill(first)
+    first = await started(accounts, spool, first_delay_s=3600.0)
+    hold = await kept_in_an_outage(store, accounts, first)
+    kill(first)
     (left,) = spool_files(spool)
     saved = left.read_bytes()
 
-    second = SettlementRetry(accounts, 600.0, first_delay_s=0.01)
-    await second.open_spool(spool)
+    second = await started(accounts, spool, first_delay_s=0.01)
     assert second.replayed == 1 and second.pending == 1 and not left.exists()
     await asyncio.wait_for(second.wait_empty(), 60)
     assert second.landed == 1 and second.lost == 0
-    balance = await accounts.balance(hold.key_id)
-    assert balance is not None and (balance.balance_nano, balance.held_nano) == (SETTLED, 0)
+    await assert_charged_once(accounts, hold)
 
     # The same entry replayed again (a kill in the middle of a takeover leaves it in two files):
     # the store's settle is idempotent per hold, nothing more is charged.
     left.write_bytes(saved)
-    third = SettlementRetry(accounts, 600.0, first_delay_s=0.01)
-    await third.open_spool(spool)
+    third = await started(accounts, spool, first_delay_s=0.01)
     assert third.replayed == 1
     await asyncio.wait_for(third.wait_empty(), 60)
     balance = await accounts.balance(hold.key_id)
@@ -140,16 +156,13 @@ async def test_a_clean_stop_with_the_store_down_leaves_the_settlement_in_the_spo
 ) -> None:
     accounts = Reachable(store)
     spool = tmp_path / "spool"
-    first = SettlementRetry(accounts, 600.0, first_delay_s=3600.0)
-    await first.open_spool(spool)
-    hold = await reserved(store, accounts, 400_000)
+    first = await started(accounts, spool, first_delay_s=3600.0)
+    hold = await kept_in_an_outage(store, accounts, first)
     with blocked(accounts):
-        await first.settle(hold.key_id, hold.handle, 123_000, 50)
         await first.close()
     # Not given up: the next start takes it over.
     assert first.lost == 0 and len(spool_files(spool)) == 1
-    second = SettlementRetry(accounts, 600.0, first_delay_s=0.01)
-    await second.open_spool(spool)
+    second = await started(accounts, spool, first_delay_s=0.01)
     await asyncio.wait_for(second.wait_empty(), 60)
     balance = await accounts.balance(hold.key_id)
     assert second.landed == 1 and balance is not None and balance.balance_nano == SETTLED
@@ -164,13 +177,9 @@ async def test_a_live_process_s_spool_is_left_alone(
     """serve --workers N: a worker starting beside others takes over none of their settlements."""
     accounts = Reachable(store)
     spool = tmp_path / "spool"
-    live = SettlementRetry(accounts, 600.0, first_delay_s=3600.0)
-    await live.open_spool(spool)
-    hold = await reserved(store, accounts, 400_000)
-    with blocked(accounts):
-        await live.settle(hold.key_id, hold.handle, 123_000, 50)
-    starting = SettlementRetry(accounts, 600.0, first_delay_s=3600.0)
-    await starting.open_spool(spool)
+    live = await started(accounts, spool, first_delay_s=3600.0)
+    await kept_in_an_outage(store, accounts, live)
+    starting = await started(accounts, spool, first_delay_s=3600.0)
     assert starting.replayed == 0 and starting.pending == 0 and live.spooled == 1
     assert live.spool is not None and live.spool.path.stat().st_size > 0
     await starting.close()
@@ -206,8 +215,7 @@ async def test_an_entry_kept_longer_than_settle_retry_s_ago_is_given_up_not_char
     spool = tmp_path / "spool"
     orphan(spool, entry(hold.key_id, hold.handle, time.time() - 700))
     caplog.set_level(logging.WARNING, "faregate.accounts")
-    settlements = SettlementRetry(accounts, 600.0, first_delay_s=0.01)
-    await settlements.open_spool(spool)
+    settlements = await started(accounts, spool, first_delay_s=0.01)
     await asyncio.wait_for(settlements.wait_empty(), 60)
     assert settlements.lost == 1 and settlements.landed == 0 and settlements.spooled == 0
     balance = await accounts.balance(hold.key_id)
@@ -323,14 +331,10 @@ async def test_a_live_process_takes_over_the_spool_of_one_killed_after_it_starte
     leaves its spool to the workers still serving, not only to the next process that starts."""
     accounts = Reachable(store)
     spool = tmp_path / "spool"
-    live = SettlementRetry(accounts, 600.0, first_delay_s=0.01, orphan_scan_s=0.05)
-    await live.open_spool(spool)
-    killed = SettlementRetry(accounts, 600.0, first_delay_s=3600.0)
-    await killed.open_spool(spool)
-    hold = await reserved(store, accounts, 400_000)
-    with blocked(accounts):
-        await killed.settle(hold.key_id, hold.handle, 123_000, 50)
-        kill(killed)
+    live = await started(accounts, spool, first_delay_s=0.01, orphan_scan_s=0.05)
+    killed = await started(accounts, spool, first_delay_s=3600.0)
+    hold = await kept_in_an_outage(store, accounts, killed)
+    kill(killed)
     assert killed._task is not None
     killed._task.cancel()
 
@@ -342,7 +346,6 @@ async def test_a_live_process_takes_over_the_spool_of_one_killed_after_it_starte
     assert live.replayed == 1
     await asyncio.wait_for(live.wait_empty(), 60)
     assert live.landed == 1
-    balance = await accounts.balance(hold.key_id)
-    assert balance is not None and (balance.balance_nano, balance.held_nano) == (SETTLED, 0)
+    await assert_charged_once(accounts, hold)
     await live.close()
     assert spool_files(spool) == []
