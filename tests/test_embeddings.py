@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.typedefs import Handler
 
 from faregate.cache.keying import embeddings_key
 from faregate.cache.service import ResponseCache
@@ -30,6 +32,7 @@ from faregate.routing.attempts import AttemptRunner
 from faregate.routing.candidate_fit import ModelUnavailable
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Planner
+from faregate.server.app import Gateway, build_gateway, create_app
 from faregate.server.parse import parse_chat_request
 from faregate.types import Completion, Price, Usage
 
@@ -291,21 +294,14 @@ def test_the_cache_decides_embeddings_without_temperature_and_honours_no_store()
 # -- the endpoint in process, on an upstream that reports no usage -----------------------------
 
 
-async def test_an_answer_without_usage_is_costed_from_our_own_count(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from aiohttp.test_utils import TestClient
-
-    from faregate import light_tokens
-    from faregate.server.app import build_gateway, create_app
-
-    async def no_usage(request: web.Request) -> web.StreamResponse:
-        body = orjson.loads(await request.read())
-        data = [{"object": "embedding", "index": i, "embedding": [0.25]} for i in range(len(body["input"]))]
-        return web.json_response({"object": "list", "data": data, "model": body["model"]})
-
+@asynccontextmanager
+async def gateway_before(
+    upstream_embeddings: Handler, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, **overrides: Any
+) -> AsyncIterator[tuple[TestClient, str, Gateway]]:
+    """The gateway in process (a client of it, a key, the gateway) before an upstream whose
+    POST /v1/embeddings is `upstream_embeddings`, selling one embedding model, `embed-x`."""
     app = web.Application()
-    app.router.add_post("/v1/embeddings", no_usage)
+    app.router.add_post("/v1/embeddings", upstream_embeddings)
     upstream = TestServer(app, host="127.0.0.1", port=0)
     await upstream.start_server()
     monkeypatch.setenv("FAREGATE_MASTER_KEY", "fg-master-test-0123456789abcdefghijklmnop")
@@ -315,26 +311,44 @@ async def test_an_answer_without_usage_is_costed_from_our_own_count(
             "catalog": {"broad": False},
             "providers": {"up": {"base_url": str(upstream.make_url("/v1"))}},
             "models": {"embed-x": {"kind": "embedding", "input": "0.5", "offers": [{"provider": "up"}]}},
+            **overrides,
         }
     )
-    gateway = await build_gateway(settings)
-    _, key = await gateway.keys.create(name="t")
     try:
-        async with TestClient(TestServer(create_app(gateway))) as client:
-            texts = ["count these tokens ourselves", "and these"]
-            response = await client.post(
-                "/v1/embeddings",
-                json={"model": "embed-x", "input": texts},
-                headers={"Authorization": f"Bearer {key}"},
-            )
-            body = await response.json()
-            assert response.status == 200, body
-            counted = sum(light_tokens.count_text(t) for t in texts)  # the default estimate
-            assert body["usage"]["prompt_tokens"] == counted and body["usage"]["estimated"] is True
-            cost = Decimal(response.headers["x-faregate-cost-usd"])
-            assert cost == Decimal(counted) * Decimal("0.5") / 1_000_000
+        gateway = await build_gateway(settings)
+        try:
+            _, key = await gateway.keys.create(name="t")
+            async with TestClient(TestServer(create_app(gateway))) as client:
+                yield client, key, gateway
+        finally:
+            await gateway.close()
     finally:
         await upstream.close()
+
+
+async def test_an_answer_without_usage_is_costed_from_our_own_count(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from faregate import light_tokens
+
+    async def no_usage(request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        data = [{"object": "embedding", "index": i, "embedding": [0.25]} for i in range(len(body["input"]))]
+        return web.json_response({"object": "list", "data": data, "model": body["model"]})
+
+    async with gateway_before(no_usage, tmp_path, monkeypatch) as (client, key, _):
+        texts = ["count these tokens ourselves", "and these"]
+        response = await client.post(
+            "/v1/embeddings",
+            json={"model": "embed-x", "input": texts},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        body = await response.json()
+        assert response.status == 200, body
+        counted = sum(light_tokens.count_text(t) for t in texts)  # the default estimate
+        assert body["usage"]["prompt_tokens"] == counted and body["usage"]["estimated"] is True
+        cost = Decimal(response.headers["x-faregate-cost-usd"])
+        assert cost == Decimal(counted) * Decimal("0.5") / 1_000_000
 
 
 @pytest.mark.parametrize(
@@ -363,10 +377,6 @@ async def test_null_fields_are_read_as_left_out_and_not_sent_upstream(
     """LiteLLM (since 1.80.11) sends `encoding_format: null` when its caller sets none, as OpenAI
     takes it: the default (float). It was a 400 here; and a null passed upstream is refused by
     strict OpenAI-wire servers (vLLM, TEI, DeepInfra), so the upstream gets the field left out."""
-    from aiohttp.test_utils import TestClient
-
-    from faregate.server.app import build_gateway, create_app
-
     sent: list[dict[str, Any]] = []
 
     async def embeddings(request: web.Request) -> web.StreamResponse:
@@ -375,39 +385,19 @@ async def test_null_fields_are_read_as_left_out_and_not_sent_upstream(
         data = [{"object": "embedding", "index": 0, "embedding": [0.25]}]
         return web.json_response({"object": "list", "data": data, "usage": {"prompt_tokens": 1}})
 
-    app = web.Application()
-    app.router.add_post("/v1/embeddings", embeddings)
-    upstream = TestServer(app, host="127.0.0.1", port=0)
-    await upstream.start_server()
-    monkeypatch.setenv("FAREGATE_MASTER_KEY", "fg-master-test-0123456789abcdefghijklmnop")
-    settings = load_settings(
-        overrides={
-            "store": {"path": str(tmp_path / "store")},
-            "catalog": {"broad": False},
-            "providers": {"up": {"base_url": str(upstream.make_url("/v1"))}},
-            "models": {"embed-x": {"kind": "embedding", "input": "0.5", "offers": [{"provider": "up"}]}},
+    async with gateway_before(embeddings, tmp_path, monkeypatch) as (client, key, _):
+        asked = {
+            "model": "embed-x",
+            "input": "hi",
+            "encoding_format": None,
+            "dimensions": None,
+            "user": None,
         }
-    )
-    gateway = await build_gateway(settings)
-    _, key = await gateway.keys.create(name="t")
-    try:
-        async with TestClient(TestServer(create_app(gateway))) as client:
-            asked = {
-                "model": "embed-x",
-                "input": "hi",
-                "encoding_format": None,
-                "dimensions": None,
-                "user": None,
-            }
-            response = await client.post(
-                "/v1/embeddings", json=asked, headers={"Authorization": f"Bearer {key}"}
-            )
-            body = await response.json()
-            assert response.status == 200, body
-            assert body["data"][0]["embedding"] == [0.25]
-            assert sent == [{"model": "embed-x", "input": "hi"}]
-    finally:
-        await upstream.close()
+        response = await client.post("/v1/embeddings", json=asked, headers={"Authorization": f"Bearer {key}"})
+        body = await response.json()
+        assert response.status == 200, body
+        assert body["data"][0]["embedding"] == [0.25]
+        assert sent == [{"model": "embed-x", "input": "hi"}]
 
 
 async def test_an_embeddings_answer_is_kept_up_to_cache_max_entry_bytes(
@@ -416,10 +406,6 @@ async def test_an_embeddings_answer_is_kept_up_to_cache_max_entry_bytes(
     """Embeddings answers over 128 KiB were never kept, whatever `cache.max_entry_bytes` allows:
     an operator who raised it for batches of vectors still had every batch a miss."""
     import asyncio
-
-    from aiohttp.test_utils import TestClient
-
-    from faregate.server.app import build_gateway, create_app
 
     async def vectors(request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
@@ -430,43 +416,24 @@ async def test_an_embeddings_answer_is_kept_up_to_cache_max_entry_bytes(
         usage = {"prompt_tokens": 8, "total_tokens": 8}
         return web.json_response({"object": "list", "data": data, "model": body["model"], "usage": usage})
 
-    app = web.Application()
-    app.router.add_post("/v1/embeddings", vectors)
-    upstream = TestServer(app, host="127.0.0.1", port=0)
-    await upstream.start_server()
-    monkeypatch.setenv("FAREGATE_MASTER_KEY", "fg-master-test-0123456789abcdefghijklmnop")
-    settings = load_settings(
-        overrides={
-            "store": {"path": str(tmp_path / "store")},
-            "catalog": {"broad": False},
-            "cache": {"max_entry_bytes": 1024 * 1024},
-            "providers": {"up": {"base_url": str(upstream.make_url("/v1"))}},
-            "models": {"embed-x": {"kind": "embedding", "input": "0.5", "offers": [{"provider": "up"}]}},
-        }
-    )
-    gateway = await build_gateway(settings)
-    _, key = await gateway.keys.create(name="t")
-    cache = gateway.pipeline.cache
-    assert cache is not None
-    try:
-        async with TestClient(TestServer(create_app(gateway))) as client:
+    max_entry = {"cache": {"max_entry_bytes": 1024 * 1024}}
+    async with gateway_before(vectors, tmp_path, monkeypatch, **max_entry) as (client, key, gateway):
+        cache = gateway.pipeline.cache
+        assert cache is not None
 
-            async def embed() -> str:
-                response = await client.post(
-                    "/v1/embeddings",
-                    json={"model": "embed-x", "input": ["a", "b", "c", "d", "e", "f", "g", "h"]},
-                    headers={"Authorization": f"Bearer {key}"},
-                )
-                assert response.status == 200, await response.text()
-                assert len(await response.read()) > 128 * 1024
-                return response.headers["x-faregate-cache"]
+        async def embed() -> str:
+            response = await client.post(
+                "/v1/embeddings",
+                json={"model": "embed-x", "input": ["a", "b", "c", "d", "e", "f", "g", "h"]},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert response.status == 200, await response.text()
+            assert len(await response.read()) > 128 * 1024
+            return response.headers["x-faregate-cache"]
 
-            assert await embed() == "miss"
-            for _ in range(500):  # kept off the response's path: up to 5 s for the write
-                if cache.writes:
-                    break
-                await asyncio.sleep(0.01)
-            assert await embed() == "hit"
-    finally:
-        await gateway.close()
-        await upstream.close()
+        assert await embed() == "miss"
+        for _ in range(500):  # kept off the response's path: up to 5 s for the write
+            if cache.writes:
+                break
+            await asyncio.sleep(0.01)
+        assert await embed() == "hit"
