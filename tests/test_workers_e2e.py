@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -467,20 +468,6 @@ sys.exit(workers.run_workers(settings, 2))
 """
 
 
-def supervise_stubs(tmp_path: Path, trouble: str) -> tuple[subprocess.Popen[bytes], Path, Path, Path]:
-    out, err, marker = tmp_path / "out", tmp_path / "err", tmp_path / "trouble"
-    args = [str(tmp_path / "store"), str(free_port()), str(marker), trouble]
-    with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        supervisor = subprocess.Popen(
-            [sys.executable, "-c", SUPERVISE_STUBS, *args],
-            env=clean_env(),
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,  # its group is killed after the test, whatever it left running
-        )
-    return supervisor, out, err, marker
-
-
 def ready_pids(out: Path) -> dict[int, list[int]]:
     pids: dict[int, list[int]] = {0: [], 1: []}
     # Only whole "worker N ready PID" lines: the file is read while the workers write to it.
@@ -497,15 +484,37 @@ def alive(pid: int) -> bool:
     return True
 
 
-def test_a_worker_whose_start_fails_before_it_serves_leaves_the_other_workers_serving(tmp_path: Path) -> None:
-    """The forked process failed (an exception, as MemoryError under memory pressure) before it was
-    a worker: it went on as a copy of the supervisor, whose stop sent SIGTERM to every other worker."""
-    supervisor, out, err, marker = supervise_stubs(tmp_path, "fail")
+@contextlib.contextmanager
+def worker_1_killed(tmp_path: Path, trouble: str) -> Iterator[tuple[Path, Path, dict[int, list[int]]]]:
+    """The stub supervisor serving, then its worker 1 killed with `trouble` waiting for its restart:
+    the supervisor's stdout and stderr files, and the workers' pids before the kill. Its process
+    group is killed after, whatever it left running."""
+    out, err, marker = tmp_path / "out", tmp_path / "err", tmp_path / "trouble"
+    args = [str(tmp_path / "store"), str(free_port()), str(marker), trouble]
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        supervisor = subprocess.Popen(
+            [sys.executable, "-c", SUPERVISE_STUBS, *args],
+            env=clean_env(),
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
     try:
         wait_until(lambda: all(ready_pids(out).values()), "both stub workers ready", timeout_s=60)
         first = ready_pids(out)
         marker.touch()
         os.kill(first[1][0], signal.SIGKILL)
+        yield out, err, first
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(supervisor.pid, signal.SIGKILL)
+        supervisor.wait(30)
+
+
+def test_a_worker_whose_start_fails_before_it_serves_leaves_the_other_workers_serving(tmp_path: Path) -> None:
+    """The forked process failed (an exception, as MemoryError under memory pressure) before it was
+    a worker: it went on as a copy of the supervisor, whose stop sent SIGTERM to every other worker."""
+    with worker_1_killed(tmp_path, "fail") as (out, err, first):
 
         def told() -> bool:
             return "worker 1 could not start" in err.read_text() or len(ready_pids(out)[0]) > 1
@@ -514,32 +523,19 @@ def test_a_worker_whose_start_fails_before_it_serves_leaves_the_other_workers_se
         assert ready_pids(out)[0] == first[0], err.read_text()  # worker 0 was never stopped
         assert alive(first[0][0])
         assert "MemoryError" in err.read_text()  # the forked process said why
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(supervisor.pid, signal.SIGKILL)
-        supervisor.wait(30)
 
 
 def test_a_stop_that_reaches_a_worker_as_it_starts_stops_it(tmp_path: Path) -> None:
     """The supervisor's SIGTERM, sent to a worker it had just forked (a stop right after a restart,
     or Ctrl-C to the process group), found the supervisor's own handler in the new process, which
     only noted it: the worker started and served on, until it was killed 130 s into the stop."""
-    supervisor, out, err, marker = supervise_stubs(tmp_path, "term")
-    try:
-        wait_until(lambda: all(ready_pids(out).values()), "both stub workers ready", timeout_s=60)
-        first = ready_pids(out)
-        marker.touch()
-        os.kill(first[1][0], signal.SIGKILL)
+    with worker_1_killed(tmp_path, "term") as (out, err, first):
 
         def told() -> bool:
             return "worker 1 exited with code -15" in err.read_text() or len(ready_pids(out)[1]) > 1
 
         wait_until(told, "the restarted worker 1 stopped, or serving", 60)
         assert ready_pids(out)[1] == first[1], err.read_text()  # it never served
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(supervisor.pid, signal.SIGKILL)
-        supervisor.wait(30)
 
 
 def test_new_key_again_on_a_busy_port_leaves_the_running_master_key(tmp_path: Path) -> None:
