@@ -15,7 +15,8 @@ from faregate.config import BreakerSettings
 from faregate.quality.metrics import QualityCollector
 from faregate.routing.health import HealthBoard
 from faregate.telemetry.metrics import GatewayMetrics, StateCollector
-from faregate.types import Attempt, RequestRecord
+from faregate.types import Attempt
+from test_metrics import record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,48 +83,14 @@ def exposed() -> dict[str, tuple[str, set[str]]]:
     )
     metrics = GatewayMetrics(state)
     metrics.registry.register(QualityCollector(lambda: [ROUTE], lambda: CACHE))
+    # A streamed miss and a cache hit, as test_metrics.py's record but served by "sim" on route "r".
+    served = {"provider": "sim", "route": "r", "prompt_tokens": 10, "baseline_cost_usd": Decimal("0.002")}
+    streamed = {"cost_usd": Decimal("0.001"), "latency_ms": 5.0, "ttft_ms": 1.0}
     metrics.observe(
-        RequestRecord(
-            request_id="r1",
-            created_at=1_700_000_000.0,
-            key_id="k1",
-            model_requested="m",
-            model_used="m",
-            provider="sim",
-            status=200,
-            stream=True,
-            route="r",
-            prompt_tokens=10,
-            completion_tokens=0,
-            cost_usd=Decimal("0.001"),
-            baseline_cost_usd=Decimal("0.002"),
-            latency_ms=5.0,
-            ttft_ms=1.0,
-            cache_status="miss",
-            attempts=[Attempt("m", "sim", "ok", 5.0)],
-        )
+        record(**served, **streamed, completion_tokens=0, attempts=[Attempt("m", "sim", "ok", 5.0)])
     )
-    metrics.observe(
-        RequestRecord(
-            request_id="r2",
-            created_at=1_700_000_000.0,
-            key_id="k1",
-            model_requested="m",
-            model_used="m",
-            provider="sim",
-            status=200,
-            stream=False,
-            route="r",
-            prompt_tokens=10,
-            completion_tokens=2,
-            cost_usd=Decimal(0),
-            baseline_cost_usd=Decimal("0.002"),
-            latency_ms=1.0,
-            ttft_ms=None,
-            cache_status="hit",
-            attempts=[],
-        )
-    )
+    hit = {"stream": False, "cache_status": "hit", "cost_usd": Decimal(0), "latency_ms": 1.0, "ttft_ms": None}
+    metrics.observe(record(**served, **hit, request_id="r2", completion_tokens=2, attempts=[]))
     families: dict[str, tuple[str, set[str]]] = {}
     for family in text_string_to_metric_families(metrics.render().decode()):
         name = family.name + ("_total" if family.type == "counter" else "")
