@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_service
 
 from faregate.config import TracingSettings
 from faregate.telemetry.tracing import RequestTracer
 from faregate.types import Attempt, Price, RequestRecord
+
+
+@asynccontextmanager
+async def otlp_receiver(traces: Handler) -> AsyncIterator[str]:
+    """A local OTLP/HTTP receiver whose POST /v1/traces is `traces`: its traces URL."""
+    app = web.Application()
+    app.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        yield f"http://127.0.0.1:{port}/v1/traces"
+    finally:
+        await runner.cleanup()
 
 
 @pytest.fixture()
@@ -25,17 +44,8 @@ async def collector() -> AsyncIterator[tuple[str, list[Any]]]:
         received.append(message)
         return web.Response(body=b"", content_type="application/x-protobuf")
 
-    app = web.Application()
-    app.router.add_post("/v1/traces", traces)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/v1/traces", received
-    finally:
-        await runner.cleanup()
+    async with otlp_receiver(traces) as url:
+        yield url, received
 
 
 async def test_a_request_becomes_a_span_with_a_child_per_attempt(collector: tuple[str, list[Any]]) -> None:
@@ -90,21 +100,7 @@ async def test_each_wire_names_its_span(collector: tuple[str, list[Any]]) -> Non
     url, received = collector
     tracer = RequestTracer(TracingSettings(otlp_endpoint=url))
     for n, wire in enumerate(("chat", "messages", "responses", "embeddings")):
-        tracer.observe(
-            RequestRecord(
-                request_id=f"req_{wire}",
-                created_at=1_700_000_000.0 + n,
-                key_id="k1",
-                model_requested="m",
-                model_used="m",
-                provider="p",
-                status=200,
-                stream=False,
-                latency_ms=10.0,
-                attempts=[Attempt("m", "p", "ok", 9.0)],
-                wire=wire,
-            )
-        )
+        tracer.observe(replace(traced(f"req_{wire}", None), created_at=1_700_000_000.0 + n, wire=wire))
     await tracer.close()
     spans = [s for m in received for rs in m.resource_spans for ss in rs.scope_spans for s in ss.spans]
     roots = {
@@ -226,23 +222,13 @@ async def test_a_tracing_header_takes_its_value_from_the_environment(
         seen.append(request.headers.get("Authorization"))
         return web.Response(body=b"", content_type="application/x-protobuf")
 
-    app = web.Application()
-    app.router.add_post("/v1/traces", traces)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     monkeypatch.setenv("FAREGATE_TEST_OTLP_TOKEN", "otlp-secret")
-    try:
+    async with otlp_receiver(traces) as url:
         tracer = RequestTracer(
             TracingSettings(
-                otlp_endpoint=f"http://127.0.0.1:{port}/v1/traces",
-                headers={"Authorization": "Bearer ${FAREGATE_TEST_OTLP_TOKEN}"},
+                otlp_endpoint=url, headers={"Authorization": "Bearer ${FAREGATE_TEST_OTLP_TOKEN}"}
             )
         )
         tracer.observe(traced("req_env", None))
         await tracer.close()
-    finally:
-        await runner.cleanup()
     assert seen == ["Bearer otlp-secret"]
