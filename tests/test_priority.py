@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,22 @@ def holding_the_slot(gateway: GatewayProcess) -> bool:
     return upstream_queue(gateway)["active"] == 1
 
 
+@contextmanager
+def slot_held(gateway: GatewayProcess, key: str) -> Iterator[None]:
+    """The upstream's only slot held by a slow stream of `key`'s (20 s of tokens), however long the
+    rest takes on a busy machine; hung up on leaving, which frees the slot then, not at the end of a
+    fixed wait."""
+    blocker = {**STREAM, "sim": {"answer": {"lorem": 1000}, "tokens_per_s": 50, "fault": "none"}}
+    headers = {"Authorization": f"Bearer {key}"}
+    with (
+        httpx.Client(timeout=60) as http,
+        http.stream("POST", f"{gateway.base_url}/chat/completions", json=blocker, headers=headers) as held,
+    ):
+        assert held.status_code == 200
+        wait_until(lambda: holding_the_slot(gateway), "the blocker holds the only slot")
+        yield
+
+
 def test_premium_requests_are_served_first(sim: SimProcess, tmp_path: Path) -> None:
     config = "upstream_limits: {sim: {max_concurrent: 1, max_queued: 100, timeout_s: 30}}\n" + DEDICATED
     with launch_gateway(tmp_path / "gw", sim, extra=config, sim_first_byte_s=15) as gateway:
@@ -68,19 +86,8 @@ def test_premium_requests_are_served_first(sim: SimProcess, tmp_path: Path) -> N
             except BaseException as exc:
                 errors.append(exc)
 
-        # The blocker holds the only slot with a slow stream (20 s of tokens) while the others
-        # queue, however long that takes on a busy machine, and hangs up once they all are: its
-        # slot is freed then, not at the end of a fixed wait.
-        blocker = {**STREAM, "sim": {"answer": {"lorem": 1000}, "tokens_per_s": 50, "fault": "none"}}
-        headers = {"Authorization": f"Bearer {standard}"}
-        with (
-            httpx.Client(timeout=60) as http,
-            http.stream(
-                "POST", f"{gateway.base_url}/chat/completions", json=blocker, headers=headers
-            ) as held,
-        ):
-            assert held.status_code == 200
-            wait_until(lambda: holding_the_slot(gateway), "the blocker holds the only slot")
+        # A standard request holds the only slot while the others queue; it hangs up once they all are.
+        with slot_held(gateway, standard):
             # Each request is queued before the next starts: every standard one before any premium one.
             waiting = [(f"standard-{i}", standard) for i in range(4)]
             waiting += [(f"premium-{i}", premium) for i in range(4)]
@@ -109,18 +116,8 @@ def test_a_queue_wait_past_its_timeout_is_a_429(sim: SimProcess, tmp_path: Path)
     config = "upstream_limits: {sim: {max_concurrent: 1, timeout_s: 0.5}}\n"
     with launch_gateway(tmp_path / "gw", sim, extra=config, sim_first_byte_s=15) as gateway:
         _, key = new_key(gateway, "0")
-        # Holds the only slot with a slow stream (20 s of tokens) until the other request has
-        # given up, however long that takes on a busy machine; then hangs up.
-        blocker = {**STREAM, "sim": {"answer": {"lorem": 1000}, "tokens_per_s": 50, "fault": "none"}}
-        headers = {"Authorization": f"Bearer {key}"}
-        with (
-            httpx.Client(timeout=60) as http,
-            http.stream(
-                "POST", f"{gateway.base_url}/chat/completions", json=blocker, headers=headers
-            ) as held,
-        ):
-            assert held.status_code == 200
-            wait_until(lambda: holding_the_slot(gateway), "the blocker holds the only slot")
+        # The slot is held until the other request has given up; then the blocker hangs up.
+        with slot_held(gateway, key):
             started = time.monotonic()
             with pytest.raises(openai.RateLimitError) as limited:
                 ask(gateway, key, 0)
