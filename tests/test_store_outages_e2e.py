@@ -14,9 +14,9 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import openai
@@ -35,6 +35,10 @@ from servers import (  # noqa: F401
     redis_server,
     run_postgres,
 )
+
+if TYPE_CHECKING:
+    from faregate.accounts.shared import SharedAccounts
+    from faregate.store.postgres.store import PostgresStore
 
 pytestmark = pytest.mark.e2e
 
@@ -346,32 +350,47 @@ def test_a_frozen_redis_is_a_prompt_503_and_leaves_no_hold(
             wait_until(lambda: recorded() == (sent, sent), f"{sent} requests recorded once each", 30)
 
 
+@contextlib.asynccontextmanager
+async def shared_accounts(
+    redis_url: str, postgres_url: str, key_name: str, **options: float
+) -> AsyncIterator[tuple[SharedAccounts, PostgresStore, str]]:
+    """The accounts on Redis and PostgreSQL, as a gateway with `accounts.backend: redis` has them,
+    and a key holding $0.001 (1,000,000 nano): the accounts, the store and the key's id."""
+    from faregate.accounts.keys import KeyStore
+    from faregate.accounts.shared import SharedAccounts
+    from faregate.store.postgres.store import PostgresStore
+
+    pg = await PostgresStore.open(postgres_url)
+    shared = await SharedAccounts.connect(redis_url, pg, **options)
+    try:
+        key, _ = await KeyStore(pg).create(key_name, credits_nano=1_000_000)
+        yield shared, pg, key.id
+    finally:
+        await shared.close()
+        await pg.close()
+
+
 def test_retried_scripts_do_not_act_twice(redis_server: RedisServer, postgres_server: PostgresServer) -> None:  # noqa: F811
     """The one retry on a fresh connection may repeat a script that already ran: a reservation,
     settlement or credit repeated that way changes nothing the second time."""
 
     async def scenario() -> dict[str, Any]:
-        from faregate.accounts.keys import KeyStore
-        from faregate.accounts.shared import SharedAccounts
-        from faregate.store.postgres.store import PostgresStore
         from faregate.store.protocols import LedgerRow
 
-        pg = await PostgresStore.open(postgres_server.new_database())
-        shared = await SharedAccounts.connect(redis_server.new_database(), pg)
-        try:
-            key, _ = await KeyStore(pg).create("retry", credits_nano=1_000_000)
+        urls = (redis_server.new_database(), postgres_server.new_database())
+        async with shared_accounts(*urls, "retry") as (shared, _, key_id):
             ledger = shared.ledger
-            args = (key.id, "hold_retry", "req_retry", 300_000, 10, 1, [], 60.0, None, None)
+            args = (key_id, "hold_retry", "req_retry", 300_000, 10, 1, [], 60.0, None, None)
             first = await ledger.reserve(*args)
             again = await ledger.reserve(*args)
-            after_reserve = await ledger.read(key.id)
-            await ledger.settle(key.id, "hold_retry", "req_retry", 1, 100_000, 10, 0)
-            await ledger.settle(key.id, "hold_retry", "req_retry", 1, 100_000, 10, 0)
-            after_settle = await ledger.read(key.id)
-            row = LedgerRow("topup_retry", key.id, "topup", 5_000, time.time())
+            after_reserve = await ledger.read(key_id)
+            await ledger.settle(key_id, "hold_retry", "req_retry", 1, 100_000, 10, 0)
+            await ledger.settle(key_id, "hold_retry", "req_retry", 1, 100_000, 10, 0)
+            after_settle = await ledger.read(key_id)
+            row = LedgerRow("topup_retry", key_id, "topup", 5_000, time.time())
             await ledger.credit(row)
             await ledger.credit(row)
-            after_credit = await ledger.read(key.id)
+            after_credit = await ledger.read(key_id)
             await shared.flush()
             audit = await shared.audit()
             return {
@@ -381,9 +400,6 @@ def test_retried_scripts_do_not_act_twice(redis_server: RedisServer, postgres_se
                 "credit": after_credit[:2] if after_credit else None,
                 "clean": audit.clean,
             }
-        finally:
-            await shared.close()
-            await pg.close()
 
     result = asyncio.run(scenario())
     assert result["statuses"] == ("ok", "ok")
@@ -402,29 +418,21 @@ def test_a_reservation_run_after_its_release_is_not_made(
     comes late is then not made: no hold is left until its expiry."""
 
     async def scenario() -> dict[str, Any]:
-        from faregate.accounts.keys import KeyStore
-        from faregate.accounts.shared import SharedAccounts
-        from faregate.store.postgres.store import PostgresStore
         from faregate.store.protocols import StoreUnavailable
 
-        pg = await PostgresStore.open(postgres_server.new_database())
-        shared = await SharedAccounts.connect(redis_server.new_database(), pg)
-        try:
-            key, _ = await KeyStore(pg).create("late", credits_nano=1_000_000)
+        urls = (redis_server.new_database(), postgres_server.new_database())
+        async with shared_accounts(*urls, "late") as (shared, _, key_id):
             ledger = shared.ledger
-            await ledger.load(key.id)
-            released = await ledger.release(key.id, "hold_late", 0, 60.0)
+            await ledger.load(key_id)
+            released = await ledger.release(key_id, "hold_late", 0, 60.0)
             late: str | None = None
             try:
-                await ledger.reserve(key.id, "hold_late", "req_late", 300_000, 10, 1, [], 60.0, None, None)
+                await ledger.reserve(key_id, "hold_late", "req_late", 300_000, 10, 1, [], 60.0, None, None)
             except StoreUnavailable as exc:
                 late = str(exc)
-            read = await ledger.read(key.id)
+            read = await ledger.read(key_id)
             await shared.flush()
             return {"released": released, "late": late, "read": read, "clean": (await shared.audit()).clean}
-        finally:
-            await shared.close()
-            await pg.close()
 
     result = asyncio.run(scenario())
     assert result["released"] is False
@@ -445,41 +453,35 @@ def test_a_settlement_while_redis_is_down_is_kept_and_charged_once_it_is_back(
 
         from faregate.accounts.admission import Hold
         from faregate.accounts.backend import Admitted, HoldRef, ReserveAsk
-        from faregate.accounts.keys import KeyStore
         from faregate.accounts.metered import MeteredAdmission, PolicyCache
         from faregate.accounts.policy import Limits, hour_of
-        from faregate.accounts.shared import SharedAccounts
         from faregate.config import AccountsSettings
-        from faregate.store.postgres.store import PostgresStore
 
-        pg = await PostgresStore.open(postgres_server.new_database())
-        shared = await SharedAccounts.connect(f"redis://127.0.0.1:{redis.port}/0", pg)
-        admission = MeteredAdmission(shared, PolicyCache(pg.accounts), AccountsSettings(), 600.0)
-        try:
-            key, _ = await KeyStore(pg).create("blip", credits_nano=1_000_000)
-            limits, hour = Limits(None, None), hour_of(time.time())
-            ask = ReserveAsk(key.id, "hold_blip", "req_blip", 400_000, 10, hour, (), limits, 600.0)
-            assert isinstance(await shared.reserve(ask), Admitted)
-            await shared.flush()
-            handle = HoldRef("hold_blip", "req_blip", hour, 10, limits)
-            hold = Hold(key.id, Decimal("0.0004"), 10, handle=handle)
-            redis.kill()
-            await admission.settle(hold, Decimal("0.000123"), 5)
-            kept = admission.settlements.pending
-            redis.start()
-            await asyncio.wait_for(admission.settlements.wait_empty(), 60)
-            await shared.flush()
-            balance = await shared.balance(key.id)
-            return {
-                "kept": kept,
-                "pending": admission.settlements.pending,
-                "balance": (balance.balance_nano, balance.held_nano) if balance else None,
-                "clean": (await shared.audit()).clean,
-            }
-        finally:
-            await admission.settlements.close()
-            await shared.close()
-            await pg.close()
+        urls = (f"redis://127.0.0.1:{redis.port}/0", postgres_server.new_database())
+        async with shared_accounts(*urls, "blip") as (shared, pg, key_id):
+            admission = MeteredAdmission(shared, PolicyCache(pg.accounts), AccountsSettings(), 600.0)
+            try:
+                limits, hour = Limits(None, None), hour_of(time.time())
+                ask = ReserveAsk(key_id, "hold_blip", "req_blip", 400_000, 10, hour, (), limits, 600.0)
+                assert isinstance(await shared.reserve(ask), Admitted)
+                await shared.flush()
+                handle = HoldRef("hold_blip", "req_blip", hour, 10, limits)
+                hold = Hold(key_id, Decimal("0.0004"), 10, handle=handle)
+                redis.kill()
+                await admission.settle(hold, Decimal("0.000123"), 5)
+                kept = admission.settlements.pending
+                redis.start()
+                await asyncio.wait_for(admission.settlements.wait_empty(), 60)
+                await shared.flush()
+                balance = await shared.balance(key_id)
+                return {
+                    "kept": kept,
+                    "pending": admission.settlements.pending,
+                    "balance": (balance.balance_nano, balance.held_nano) if balance else None,
+                    "clean": (await shared.audit()).clean,
+                }
+            finally:
+                await admission.settlements.close()
 
     with restartable_redis() as redis:
         result = asyncio.run(scenario(redis))
@@ -496,22 +498,14 @@ def test_a_settled_hold_is_remembered_as_long_as_a_retry_may_come(
 
     async def scenario() -> int:
         from faregate.accounts.backend import HoldRef, ReserveAsk
-        from faregate.accounts.keys import KeyStore
         from faregate.accounts.policy import Limits, hour_of
-        from faregate.accounts.shared import SharedAccounts
-        from faregate.store.postgres.store import PostgresStore
 
-        pg = await PostgresStore.open(postgres_server.new_database())
-        shared = await SharedAccounts.connect(redis_server.new_database(), pg, remember_settled_s=3600.0)
-        try:
-            key, _ = await KeyStore(pg).create("remember", credits_nano=1_000_000)
+        urls = (redis_server.new_database(), postgres_server.new_database())
+        async with shared_accounts(*urls, "remember", remember_settled_s=3600.0) as (shared, _, key_id):
             limits, hour = Limits(None, None), hour_of(time.time())
-            await shared.reserve(ReserveAsk(key.id, "hold_r", "req_r", 400_000, 10, hour, (), limits, 600.0))
-            await shared.settle(key.id, HoldRef("hold_r", "req_r", hour, 10, limits), 123_000, 5)
+            await shared.reserve(ReserveAsk(key_id, "hold_r", "req_r", 400_000, 10, hour, (), limits, 600.0))
+            await shared.settle(key_id, HoldRef("hold_r", "req_r", hour, 10, limits), 123_000, 5)
             return int(await shared.redis.pttl("fg:settled:hold_r"))
-        finally:
-            await shared.close()
-            await pg.close()
 
     assert asyncio.run(scenario()) > 3_000_000
 
