@@ -6,12 +6,13 @@ import asyncio
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,23 @@ def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 15.0
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout_s:.0f}s: {what}")
         time.sleep(0.02)
+
+
+def stored_record(gateway: GatewayProcess, request_id: str, timeout_s: float = 15.0) -> sqlite3.Row:
+    """The request's row in the gateway's SQLite store, once its record writer (which batches)
+    has written it."""
+    found: list[sqlite3.Row] = []
+
+    def written() -> bool:
+        with closing(sqlite3.connect(gateway.store_path / "faregate.db")) as db:
+            db.row_factory = sqlite3.Row
+            found[:] = db.execute(
+                "SELECT * FROM request_records WHERE request_id = ?", (request_id,)
+            ).fetchall()
+        return bool(found)
+
+    wait_until(written, f"the record of {request_id}", timeout_s)
+    return found[0]
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

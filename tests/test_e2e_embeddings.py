@@ -25,7 +25,16 @@ import httpx
 import openai
 import pytest
 
-from harness import MASTER_KEY, GatewayProcess, SimProcess, cache_written, health_counter, run_sim, wait_until
+from harness import (
+    MASTER_KEY,
+    GatewayProcess,
+    SimProcess,
+    cache_written,
+    health_counter,
+    run_sim,
+    stored_record,
+    wait_until,
+)
 from servers import launch_gateway
 
 pytestmark = pytest.mark.e2e
@@ -72,21 +81,6 @@ def sim_models(sim: SimProcess) -> dict[str, int]:
         return dict(json.load(response)["models"])
 
 
-def record(gateway: GatewayProcess, request_id: str) -> dict[str, Any]:
-    def row() -> sqlite3.Row | None:
-        with sqlite3.connect(gateway.store_path / "faregate.db") as db:
-            db.row_factory = sqlite3.Row
-            found: sqlite3.Row | None = db.execute(
-                "SELECT * FROM request_records WHERE request_id = ?", (request_id,)
-            ).fetchone()
-            return found
-
-    wait_until(lambda: row() is not None, f"the record of {request_id}")
-    found = row()
-    assert found is not None
-    return dict(found)
-
-
 def embed(gateway: GatewayProcess, key: str, **kwargs: Any) -> tuple[Any, dict[str, str]]:
     raw = client(gateway, key).embeddings.with_raw_response.create(**kwargs)
     return raw.parse(), dict(raw.headers)
@@ -125,7 +119,7 @@ def test_every_input_form_is_embedded_and_costed_exactly(
         )
         assert headers["x-faregate-attempts"] == "1" and headers["x-faregate-cache"] == "miss"
         assert headers["x-faregate-route"] == "text-embedding-3-small"
-        row = record(gateway, headers["x-faregate-request-id"])
+        row = stored_record(gateway, headers["x-faregate-request-id"])
         assert (row["model_used"], row["provider"], row["status"]) == (
             "text-embedding-3-small",
             "openai",
@@ -192,7 +186,7 @@ def test_the_second_time_is_a_free_cache_hit(gateway: GatewayProcess, stand_in: 
     assert second.usage.model_extra["baseline_cost"] == first.usage.model_extra["baseline_cost"]
     assert [d.embedding for d in second.data] == [d.embedding for d in first.data]
     assert sim_models(stand_in)["text-embedding-3-small"] == calls
-    row = record(gateway, headers["x-faregate-request-id"])
+    row = stored_record(gateway, headers["x-faregate-request-id"])
     assert (row["cache_status"], Decimal(row["cost_usd"]), row["prompt_tokens"]) == (
         "hit",
         Decimal(0),
@@ -229,7 +223,7 @@ def test_a_failing_provider_falls_back_to_another_provider_of_the_model(
     )
     cost = Decimal(headers["x-faregate-cost-usd"])
     assert cost == Decimal(answer.usage.prompt_tokens) * LARGE / MILLION
-    row = record(gateway, headers["x-faregate-request-id"])
+    row = stored_record(gateway, headers["x-faregate-request-id"])
     attempts = json.loads(row["attempts"])
     assert [(a["provider"], a["outcome"]) for a in attempts][-1] == ("openrouter", "ok")
     assert Decimal(attempts[-1]["cost_usd"]) == cost  # the served call's own billed cost

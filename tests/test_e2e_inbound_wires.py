@@ -30,7 +30,7 @@ from harness import (
     create_key,
     run_gateway,
     run_sim,
-    wait_until,
+    stored_record,
 )
 
 pytestmark = pytest.mark.e2e
@@ -101,24 +101,6 @@ def client(gateway: GatewayProcess, key: str) -> openai.OpenAI:
     return openai.OpenAI(api_key=key, base_url=gateway.base_url, max_retries=0)
 
 
-def record(gateway: GatewayProcess, request_id: str) -> sqlite3.Row:
-    found: list[sqlite3.Row] = []
-
-    def written() -> bool:
-        with sqlite3.connect(gateway.store_path / "faregate.db") as db:
-            db.row_factory = sqlite3.Row
-            found[:] = db.execute(
-                "SELECT * FROM request_records WHERE request_id = ?", (request_id,)
-            ).fetchall()
-        return bool(found)
-
-    wait_until(written, f"the record of {request_id}")
-    return found[0]
-
-
-# -- Anthropic Messages ---------------------------------------------------------------------------
-
-
 def test_a_message_from_the_anthropic_sdk_with_x_api_key(
     claude: anthropic.Anthropic, gateway: GatewayProcess
 ) -> None:
@@ -138,7 +120,7 @@ def test_a_message_from_the_anthropic_sdk_with_x_api_key(
     usage = message.usage
     assert cost == HAIKU.cost(Usage(usage.input_tokens, usage.output_tokens)) > 0
     assert (usage.model_extra or {})["cost"] == float(cost)
-    row = record(gateway, raw.headers["x-faregate-request-id"])
+    row = stored_record(gateway, raw.headers["x-faregate-request-id"])
     assert row["wire"] == "messages" and row["status"] == 200
     assert Decimal(row["cost_usd"]) == cost
     # What the baseline model would have cost, as recorded: in the usage and a header.
@@ -207,7 +189,7 @@ def test_a_stream_with_its_cost_in_message_delta(
     assert delta.delta.stop_reason == "end_turn"  # type: ignore[union-attr]
     cost = Decimal(str((delta.usage.model_extra or {})["cost"]))  # type: ignore[union-attr]
     baseline = (delta.usage.model_extra or {})["baseline_cost"]  # type: ignore[union-attr]
-    row = record(gateway, request_id)
+    row = stored_record(gateway, request_id)
     assert row["wire"] == "messages" and row["stream"] == 1
     assert baseline == float(Decimal(row["baseline_cost_usd"])) > 0
     assert abs(Decimal(row["cost_usd"]) - cost) < Decimal("1e-12")
@@ -244,7 +226,7 @@ def test_a_stream_from_a_chat_upstream_starts_with_the_gateways_input_count(
         request_id = stream.response.headers["x-faregate-request-id"]
     assert start.type == "message_start"
     counted = start.message.usage.input_tokens
-    row = record(gateway, request_id)
+    row = stored_record(gateway, request_id)
     assert final.usage.input_tokens == row["prompt_tokens"]  # the upstream's own count, at the end
     assert abs(counted - row["prompt_tokens"]) <= row["prompt_tokens"] // 10  # an estimate, near it
 
@@ -380,7 +362,7 @@ def test_every_upstream_overloaded_is_anthropics_529(
             )
         assert overloaded.value.status_code == 529
         assert overloaded.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
-        row = record(gateway, overloaded.value.response.headers["x-faregate-request-id"])
+        row = stored_record(gateway, overloaded.value.response.headers["x-faregate-request-id"])
         assert row["status"] == 529 and row["wire"] == "messages"
         assert {attempt["status"] for attempt in json.loads(row["attempts"])} == {529}
     with pytest.raises(openai.APIStatusError) as failed:
@@ -401,7 +383,7 @@ def test_fallback_from_a_failing_claude_to_deepseek_inside_a_stream(
         text = "".join(e.delta.text for e in events if e.type == "content_block_delta")  # type: ignore[union-attr]
         assert text == "fall back"
         assert [e.type for e in events][-1] == "message_stop"
-        row = record(gateway, request_id)
+        row = stored_record(gateway, request_id)
         attempts = json.loads(row["attempts"])
         assert row["status"] == 200 and row["wire"] == "messages"
         assert attempts[0]["provider"] == "anthropic" and attempts[0]["outcome"] != "ok"
@@ -443,7 +425,7 @@ def test_prompt_cache_tokens_are_billed_exactly(
         cost = Decimal(raw.headers["x-faregate-cost-usd"])
         assert cost == price.cost(billed)
         assert (usage.model_extra or {})["cost"] == float(cost)
-        assert Decimal(record(gateway, raw.headers["x-faregate-request-id"])["cost_usd"]) == cost
+        assert Decimal(stored_record(gateway, raw.headers["x-faregate-request-id"])["cost_usd"]) == cost
         costs.append(cost)
     assert costs[1] < costs[0] / 5
     # The simulator, asked the same directly, reports the usage the gateway billed (a cache read now).
@@ -575,7 +557,7 @@ def test_responses_create(client: openai.OpenAI, gateway: GatewayProcess) -> Non
     assert response.usage is not None and response.usage.output_tokens > 0
     cost = Decimal(raw.headers["x-faregate-cost-usd"])
     assert (response.usage.model_extra or {})["cost"] == float(cost) > 0
-    row = record(gateway, raw.headers["x-faregate-request-id"])
+    row = stored_record(gateway, raw.headers["x-faregate-request-id"])
     assert row["wire"] == "responses" and Decimal(row["cost_usd"]) == cost
     baseline = Decimal(raw.headers["x-faregate-baseline-cost-usd"])
     assert baseline == Decimal(row["baseline_cost_usd"]) > cost

@@ -14,7 +14,7 @@ import openai
 import orjson
 import pytest
 
-from harness import GatewayProcess, SimProcess, create_key, run_gateway
+from harness import GatewayProcess, SimProcess, create_key, run_gateway, stored_record
 from raw_http import Responses
 
 pytestmark = pytest.mark.e2e
@@ -29,18 +29,6 @@ def served(
     workdir: Path = tmp_path_factory.mktemp("lean" if request.param else "aiohttp")
     with run_gateway(workdir, sim, lean_http=request.param) as gateway:
         yield gateway, create_key(gateway.store_path, "lean-e2e")
-
-
-def record(gateway: GatewayProcess, request_id: str, wait: float = 10.0) -> sqlite3.Row:
-    deadline = time.monotonic() + wait
-    while True:
-        with sqlite3.connect(gateway.store_path / "faregate.db") as db:
-            db.row_factory = sqlite3.Row
-            row = db.execute("SELECT * FROM request_records WHERE request_id = ?", (request_id,)).fetchone()
-        if row is not None:
-            return row
-        assert time.monotonic() < deadline, f"no record for {request_id}"
-        time.sleep(0.05)
 
 
 def exchange(port: int, data: bytes, count: int) -> tuple[list[Any], bytes]:
@@ -76,7 +64,7 @@ def test_the_sdk_chats_streams_and_lists_models_on_one_connection(served: tuple[
     answer = raw.parse()
     assert answer.choices[0].message.content and raw.headers["x-faregate-cost-usd"]
     request_id = raw.headers["x-faregate-request-id"]
-    assert record(gateway, request_id)["status"] == 200
+    assert stored_record(gateway, request_id)["status"] == 200
     # The pooled connection now carries a GET (aiohttp's), then the hot POSTs again.
     assert any(m.id == "gpt-4o-mini" for m in client.models.list())
     stream = client.chat.completions.create(
@@ -169,7 +157,7 @@ def test_a_client_gone_mid_stream_is_recorded(served: tuple[GatewayProcess, str]
         while b"data: " not in raw:
             raw += sock.recv(65536)
     request_id = raw.split(b"x-faregate-request-id: ")[1].split(b"\r\n")[0].decode()
-    row = record(gateway, request_id, wait=30)
+    row = stored_record(gateway, request_id, timeout_s=30)
     assert row["status"] == 499 and row["error"] == "client disconnected during the stream"
 
 

@@ -7,7 +7,6 @@ model name, a fallback to DeepSeek is translated to chat, and the cost is exact 
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -16,7 +15,15 @@ import httpx
 import openai
 import pytest
 
-from harness import GatewayProcess, SimProcess, cache_written, create_key, run_gateway, run_sim, wait_until
+from harness import (
+    GatewayProcess,
+    SimProcess,
+    cache_written,
+    create_key,
+    run_gateway,
+    run_sim,
+    stored_record,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -73,21 +80,6 @@ def counted(before: dict[str, Any], after: dict[str, Any], section: str) -> dict
     return {name: n for name, n in gained.items() if n}
 
 
-def record(gateway: GatewayProcess, request_id: str) -> sqlite3.Row:
-    found: list[sqlite3.Row] = []
-
-    def written() -> bool:
-        with sqlite3.connect(gateway.store_path / "faregate.db") as db:
-            db.row_factory = sqlite3.Row
-            found[:] = db.execute(
-                "SELECT * FROM request_records WHERE request_id = ?", (request_id,)
-            ).fetchall()
-        return bool(found)
-
-    wait_until(written, f"the record of {request_id}")
-    return found[0]
-
-
 def exact_cost(input_tokens: int, output_tokens: int) -> Decimal:
     return (input_tokens * INPUT + output_tokens * OUTPUT) / 1_000_000
 
@@ -110,7 +102,7 @@ def test_a_response_is_passed_through_natively(
     cost = Decimal(raw.headers["x-faregate-cost-usd"])
     assert cost == exact_cost(response.usage.input_tokens, response.usage.output_tokens) > 0
     assert Decimal(str((response.usage.model_extra or {})["cost"])) == cost
-    row = record(gateway, raw.headers["x-faregate-request-id"])
+    row = stored_record(gateway, raw.headers["x-faregate-request-id"])
     assert row["wire"] == "responses" and Decimal(row["cost_usd"]) == cost
     assert row["model_used"] == "native-mini"
 

@@ -10,7 +10,6 @@ what was relayed.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -19,7 +18,7 @@ from typing import Any
 import openai
 import pytest
 
-from harness import GatewayProcess, create_key, run_gateway, run_sim
+from harness import GatewayProcess, create_key, run_gateway, run_sim, stored_record
 
 pytestmark = pytest.mark.e2e
 
@@ -51,18 +50,6 @@ def stalls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayPr
             yield gateway, openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=25)
 
 
-def record(gateway: GatewayProcess, request_id: str) -> sqlite3.Row:
-    deadline = time.monotonic() + 5
-    while True:
-        with sqlite3.connect(gateway.store_path / "faregate.db") as db:
-            db.row_factory = sqlite3.Row
-            row = db.execute("SELECT * FROM request_records WHERE request_id = ?", (request_id,)).fetchone()
-        if row is not None:
-            return row
-        assert time.monotonic() < deadline, f"no record for {request_id}"
-        time.sleep(0.05)
-
-
 def test_a_stream_stalled_before_content_falls_back(stalls: tuple[GatewayProcess, Any]) -> None:
     gateway, client = stalls
     started = time.monotonic()
@@ -71,7 +58,7 @@ def test_a_stream_stalled_before_content_falls_back(stalls: tuple[GatewayProcess
     )
     text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
     assert text and time.monotonic() - started < 10  # not the 30 s stall, nor the 20 s deadline
-    row = record(gateway, raw.headers["x-faregate-request-id"])
+    row = stored_record(gateway, raw.headers["x-faregate-request-id"])
     assert row["status"] == 200 and row["model_used"] == QWEN
     attempts = json.loads(row["attempts"])
     # The stall is a timeout: not retried on the stalling offer, the next candidate serves.
@@ -96,6 +83,6 @@ def test_a_stream_stalled_after_content_ends_with_the_error_event_and_is_billed(
             seen.append(chunk)
     assert seen, "content reached the client before the stall"
     assert time.monotonic() - started < 10
-    row = record(gateway, raw.headers["x-faregate-request-id"])
+    row = stored_record(gateway, raw.headers["x-faregate-request-id"])
     assert row["status"] == 502 and row["completion_tokens"] > 0 and Decimal(row["cost_usd"]) > 0
     assert json.loads(row["attempts"])[-1]["outcome"] == "timeout"

@@ -25,7 +25,7 @@ import pytest
 
 from faregate import counting, light_tokens, tokens
 from faregate.wire.anthropic import messages_to_chat
-from harness import MASTER_KEY, GatewayProcess, SimProcess, create_key
+from harness import MASTER_KEY, GatewayProcess, SimProcess, create_key, stored_record
 from servers import launch_gateway
 
 pytestmark = pytest.mark.e2e
@@ -43,19 +43,6 @@ def health(gateway: GatewayProcess) -> dict[str, Any]:
         return dict(json.load(response))
 
 
-def record(gateway: GatewayProcess, request_id: str, wait_s: float = 10.0) -> sqlite3.Row:
-    """The request's record (the writer batches: poll, bounded)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        with sqlite3.connect(gateway.store_path / "faregate.db") as db:
-            db.row_factory = sqlite3.Row
-            row = db.execute("SELECT * FROM request_records WHERE request_id = ?", (request_id,)).fetchone()
-        if row is not None:
-            return row
-        assert time.monotonic() < deadline, f"no record for {request_id}"
-        time.sleep(0.05)
-
-
 def cut_stream(gateway: GatewayProcess, key: str) -> tuple[sqlite3.Row, str, int]:
     """A stream the upstream cuts after content: its record, the text the client got and its
     content deltas."""
@@ -67,7 +54,7 @@ def cut_stream(gateway: GatewayProcess, key: str) -> tuple[sqlite3.Row, str, int
     with pytest.raises(openai.APIError, match="failed after content was sent"):
         for chunk in raw.parse():
             pieces.extend(c.delta.content for c in chunk.choices if c.delta.content)
-    return record(gateway, raw.headers["x-faregate-request-id"]), "".join(pieces), len(pieces)
+    return stored_record(gateway, raw.headers["x-faregate-request-id"]), "".join(pieces), len(pieces)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +99,7 @@ def test_a_stream_whose_client_left_is_estimated_and_count_tokens_uses_the_same_
             for line in answer.iter_lines():
                 if '"content":"' in line and '"content":""' not in line:
                     break
-        row = record(gateway, request_id)
+        row = stored_record(gateway, request_id)
         assert row["usage_estimated"] == 1 and row["completion_tokens"] >= 1
         assert row["prompt_tokens"] == counting.count_input({"messages": MSG}, light_tokens.count_text)
 
