@@ -172,8 +172,18 @@ def run_gateway(
             f"first_byte_timeout_s: {first_byte_timeout_s}{idle}}}"
         )
     config.write_text("\n".join(lines) + "\n" + extra_config)
+    with serving(workdir, port, config, env, log_mode="wb") as gateway:
+        yield gateway
+
+
+@contextmanager
+def serving(
+    workdir: Path, port: int, config: Path, env: dict[str, str] | None, log_mode: str
+) -> Iterator[GatewayProcess]:
+    """`faregate serve` with `config` (which says `port`), healthy, its output in
+    workdir/gateway.log (opened with `log_mode`: "ab" keeps an earlier run's); stopped after."""
     log_path = workdir / "gateway.log"
-    log = open(log_path, "wb")
+    log = open(log_path, log_mode)
     process = subprocess.Popen(
         [sys.executable, "-m", "faregate.cli.main", "serve", "-c", str(config)],
         env=clean_env(**(env or {})),

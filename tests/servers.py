@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from harness import LEAN_HTTP, GatewayProcess, SimProcess, clean_env, free_port, stop, wait_healthy
+from harness import LEAN_HTTP, GatewayProcess, SimProcess, free_port, serving
 
 T = TypeVar("T")
 PG_USER = "postgres"
@@ -334,17 +333,5 @@ def launch_gateway(
             f"sim: {{mode: 'on', launch: false, port: {sim.port}, first_byte_timeout_s: {sim_first_byte_s}}}"
         )
     config.write_text("\n".join(lines) + "\n" + extra)
-    log_path = workdir / "gateway.log"
-    log = open(log_path, "ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "faregate.cli.main", "serve", "-c", str(config)],
-        env=clean_env(**(env or {})),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}/health", process, log_path=log_path)
-        yield GatewayProcess(port, process, workdir, config, log_path)
-    finally:
-        stop(process)
-        log.close()
+    with serving(workdir, port, config, env, log_mode="ab") as gateway:
+        yield gateway
