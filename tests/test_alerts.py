@@ -426,20 +426,24 @@ async def test_a_per_key_rule_names_each_key_as_the_spend_rule_does(
     assert fired["message"].startswith("key-errors: error rate of key support-bot (fg-B21v…) is 50.0%")
 
 
-async def test_the_error_rate_is_of_the_requests_taken_on_not_of_refusals(tmp_path: Path, hook: Hook) -> None:
-    """Half the requests the gateway served failed upstream (502), while a client looped on its
-    rate limit (429s, each a record): the error rate was 5xx over every request, refusals
-    included, so the flood of a client's own 4xx diluted the outage to 5% and the rule never
-    fired. Refused requests (4xx) are left out of it, as they are of the latency rules."""
-    store = await SQLiteStore.open(tmp_path)
-    served = [rec(i, NOW - 60, status=502 if i % 2 else 200) for i in range(10)]
-    refused = [
+def refusals() -> list[RequestRecord]:
+    """A client looping on its rate limit: 90 refused requests (429s), each a record."""
+    return [
         rec(100 + i, NOW - 50, status=429, provider=None, model_used=None, attempts=[], cost_usd=Decimal(0))
         for i in range(90)
     ]
-    await store.insert_records(served + refused)
+
+
+async def assert_fires_on_the_requests_taken_on(
+    tmp_path: Path, hook: Hook, records: list[RequestRecord], metric: str, said: str
+) -> None:
+    """Of `records`, 10 taken on with half of them counted by `metric`, the rest refused: a rule
+    over 20% fires at 50% (saying `said`), and is quiet if it needs 11 requests taken on."""
+    store = await SQLiteStore.open(tmp_path)
+    await store.insert_records(records)
     analytics = await SQLiteAnalytics.open(store.path)
-    rule = AlertRule(name="failing", metric="error_rate", above=20, min_count=10)
+    name = said.split(":")[0]
+    rule = AlertRule(name=name, metric=metric, above=20, min_count=10)
     settings = AlertSettings(
         interval_s=0.05, webhook=WebhookSettings(url=hook.url, timeout_s=2), rules=[rule]
     )
@@ -447,9 +451,9 @@ async def test_the_error_rate_is_of_the_requests_taken_on_not_of_refusals(tmp_pa
     try:
         (fired,) = await alerts.evaluate(NOW)
         assert fired["value"] == 50.0
-        assert fired["message"].startswith("failing: error rate is 50.0% (above 20.0%)")
+        assert fired["message"].startswith(said)
         # Refusals alone are no evidence either way: min_count counts the requests taken on.
-        only_refused = AlertRule(name="quiet", metric="error_rate", above=20, min_count=11)
+        only_refused = AlertRule(name="quiet", metric=metric, above=20, min_count=11)
         quiet = AlertManager(AlertSettings(interval_s=0.05, rules=[only_refused]), analytics)
         try:
             assert await quiet.evaluate(NOW) == []
@@ -459,6 +463,16 @@ async def test_the_error_rate_is_of_the_requests_taken_on_not_of_refusals(tmp_pa
         await alerts.close()
         await analytics.close()
         await store.close()
+
+
+async def test_the_error_rate_is_of_the_requests_taken_on_not_of_refusals(tmp_path: Path, hook: Hook) -> None:
+    """Half the requests the gateway served failed upstream (502), while a client looped on its
+    rate limit (429s, each a record): the error rate was 5xx over every request, refusals
+    included, so the flood of a client's own 4xx diluted the outage to 5% and the rule never
+    fired. Refused requests (4xx) are left out of it, as they are of the latency rules."""
+    served = [rec(i, NOW - 60, status=502 if i % 2 else 200) for i in range(10)]
+    said = "failing: error rate is 50.0% (above 20.0%)"
+    await assert_fires_on_the_requests_taken_on(tmp_path, hook, served + refusals(), "error_rate", said)
 
 
 async def test_the_fallback_rate_is_of_the_requests_taken_on_not_of_refusals(
@@ -469,39 +483,15 @@ async def test_the_fallback_rate_is_of_the_requests_taken_on_not_of_refusals(
     flood diluted it to 5% and the rule never fired, where the error rate is over the requests
     taken on. A request that fell back and still ended in a 4xx (the last upstream refused the
     input) is a refusal too, in neither count."""
-    store = await SQLiteStore.open(tmp_path)
     fell_back = [Attempt("m1", "p1", "timeout", 900.0), Attempt("m2", "p2", "ok", 100.0)]
     served = [rec(i, NOW - 60, attempts=fell_back if i % 2 else None) for i in range(10)]
     for r in served:
         r.attempts = r.attempts or [Attempt("m1", "p1", "ok", 90.0)]
-    refused = [
-        rec(100 + i, NOW - 50, status=429, provider=None, model_used=None, attempts=[], cost_usd=Decimal(0))
-        for i in range(90)
-    ]
+    refused = refusals()
     rejected = [Attempt("m1", "p1", "server_error", 90.0), Attempt("m2", "p2", "rejected", 90.0, status=400)]
     refused.append(rec(300, NOW - 50, status=400, model_used=None, attempts=rejected, cost_usd=Decimal(0)))
-    await store.insert_records(served + refused)
-    analytics = await SQLiteAnalytics.open(store.path)
-    rule = AlertRule(name="falling-back", metric="fallback_rate", above=20, min_count=10)
-    settings = AlertSettings(
-        interval_s=0.05, webhook=WebhookSettings(url=hook.url, timeout_s=2), rules=[rule]
-    )
-    alerts = AlertManager(settings, analytics)
-    try:
-        (fired,) = await alerts.evaluate(NOW)
-        assert fired["value"] == 50.0
-        assert fired["message"].startswith("falling-back: fallback rate is 50.0% (above 20.0%)")
-        # min_count counts the requests taken on, as for the error rate.
-        only_refused = AlertRule(name="quiet", metric="fallback_rate", above=20, min_count=11)
-        quiet = AlertManager(AlertSettings(interval_s=0.05, rules=[only_refused]), analytics)
-        try:
-            assert await quiet.evaluate(NOW) == []
-        finally:
-            await quiet.close()
-    finally:
-        await alerts.close()
-        await analytics.close()
-        await store.close()
+    said = "falling-back: fallback rate is 50.0% (above 20.0%)"
+    await assert_fires_on_the_requests_taken_on(tmp_path, hook, served + refused, "fallback_rate", said)
 
 
 async def test_an_unreadable_memory_does_not_stop_the_alerts(analytics: SQLiteAnalytics, hook: Hook) -> None:
