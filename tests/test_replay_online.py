@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from faregate.cli import replay as replay_cli
 from faregate.cli import replay_online
@@ -154,6 +154,14 @@ def _fields(options: OnlineOptions) -> dict[str, object]:
     return {name: getattr(options, name) for name in OnlineOptions.__dataclass_fields__}
 
 
+def run_replay(args: list[str], env: dict[str, str] | None = None) -> Result:
+    """`faregate replay ARGS` in process (the second command keeps typer's subcommand form)."""
+    app = typer.Typer()
+    replay_cli.register(app)
+    app.command("noop")(lambda: None)
+    return CliRunner().invoke(app, ["replay", *args], env=env)
+
+
 def test_cli_online_flag(stream: Outcomes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     prior, vectors = _inputs(stream, informative=True)
 
@@ -162,14 +170,10 @@ def test_cli_online_flag(stream: Outcomes, monkeypatch: pytest.MonkeyPatch, tmp_
         return Prepared(stream, prior, vectors, Pair(), [], "router", "test stream", None)
 
     monkeypatch.setattr(replay_online, "prepare", fake_prepare)
-    app = typer.Typer()
-    replay_cli.register(app)
-    app.command("noop")(lambda: None)
     out = tmp_path / "online.json"
-    result = CliRunner().invoke(
-        app,
+    result = run_replay(
         [
-            *("replay", "--online", "--data", str(DATA / "mmlu"), "--policy", "router:some.json"),
+            *("--online", "--data", str(DATA / "mmlu"), "--policy", "router:some.json"),
             *("--verify-share", "0.2", "--json", str(out)),
         ],
         env={"COLUMNS": "220"},
@@ -182,13 +186,9 @@ def test_cli_online_flag(stream: Outcomes, monkeypatch: pytest.MonkeyPatch, tmp_
 @pytest.mark.parametrize("window", ["0", "-5"])
 def test_a_window_of_no_prompts_is_a_usage_error(window: str) -> None:
     # 0 divided the stream by zero (a traceback); a negative window printed windows that never fill.
-    app = typer.Typer()
-    replay_cli.register(app)
-    app.command("noop")(lambda: None)
-    result = CliRunner().invoke(
-        app,
+    result = run_replay(
         [
-            *("replay", "--online", "--data", str(DATA / "gsm8k_responses.csv")),
+            *("--online", "--data", str(DATA / "gsm8k_responses.csv")),
             *("--policy", "router:some.json", "--window", window),
         ],
     )
@@ -201,13 +201,9 @@ def test_data_without_prompts_is_a_usage_error(tmp_path: Path) -> None:
     data = tmp_path / "empty.csv"
     data.write_text("prompt,gpt-4-1106-preview,mistralai/Mixtral-8x7B-Instruct-v0.1\n", encoding="utf-8")
     router = Path(__file__).parents[1] / "routers" / "router-gsm8k.json"
-    app = typer.Typer()
-    replay_cli.register(app)
-    app.command("noop")(lambda: None)
-    result = CliRunner().invoke(
-        app,
+    result = run_replay(
         [
-            *("replay", "--online", "--data", str(data), "--keep-contaminated"),
+            *("--online", "--data", str(data), "--keep-contaminated"),
             *("--policy", f"router:{router}", "--cache-dir", str(tmp_path)),
         ],
     )
@@ -235,13 +231,9 @@ def test_a_cascade_on_data_without_the_cheap_answers_is_a_usage_error(tmp_path: 
         encoding="utf-8",
     )
     judge = Path(__file__).parents[1] / "routers" / "judge-gsm8k.json"
-    app = typer.Typer()
-    replay_cli.register(app)
-    app.command("noop")(lambda: None)
-    result = CliRunner().invoke(
-        app,
+    result = run_replay(
         [
-            *("replay", "--online", "--data", str(data), "--keep-contaminated"),
+            *("--online", "--data", str(data), "--keep-contaminated"),
             *("--policy", f"judge:{judge}", "--cache-dir", str(tmp_path)),
         ],
     )
@@ -258,13 +250,9 @@ def test_learn_with_a_judge_policy_is_a_usage_error(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     judge = Path(__file__).parents[1] / "routers" / "judge-gsm8k.json"
-    app = typer.Typer()
-    replay_cli.register(app)
-    app.command("noop")(lambda: None)
-    result = CliRunner().invoke(
-        app,
+    result = run_replay(
         [
-            *("replay", "--online", "--learn", "--data", str(data), "--keep-contaminated"),
+            *("--online", "--learn", "--data", str(data), "--keep-contaminated"),
             *("--policy", f"judge:{judge}", "--cache-dir", str(tmp_path)),
         ],
     )
