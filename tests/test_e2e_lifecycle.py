@@ -146,6 +146,35 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path) -> None:
     assert "colour" in result.stderr and "server" in result.stderr
 
 
+def stream_begun(
+    client: openai.OpenAI, tokens: int, tokens_per_s: int
+) -> tuple[threading.Thread, list[str], list[Exception]]:
+    """A chat stream from the simulator of `tokens` words at `tokens_per_s`, read in a thread and
+    begun (two chunks in, or the thread done) on return: the thread, the chunks so far and the
+    exception the stream ended with, if any (the caller's assertions say what it was)."""
+    chunks: list[str] = []
+    failure: list[Exception] = []
+
+    def read() -> None:
+        try:
+            stream = client.chat.completions.create(
+                model="deepseek-v4-flash",
+                messages=[{"role": "user", "content": "hi"}],
+                stream=True,
+                extra_body={"sim": {"answer": {"lorem": tokens}, "tokens_per_s": tokens_per_s}},
+            )
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    chunks.append(chunk.choices[0].delta.content)
+        except Exception as exc:
+            failure.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    wait_until(lambda: len(chunks) >= 2 or not reader.is_alive(), "the stream began", timeout_s=30)
+    return reader, chunks, failure
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ctrl_c_lets_a_stream_in_flight_finish_on_the_simulator(tmp_path: Path, workers: int) -> None:
     """Ctrl-C in the terminal of `make run` sends SIGINT to its whole process group. The simulator
@@ -177,27 +206,8 @@ def test_ctrl_c_lets_a_stream_in_flight_finish_on_the_simulator(tmp_path: Path, 
             client = openai.OpenAI(
                 base_url=f"http://127.0.0.1:{port}/v1", api_key=key.group(1), max_retries=0, timeout=60
             )
-            chunks: list[str] = []
-            failure: list[BaseException] = []
-
-            def read() -> None:
-                try:
-                    stream = client.chat.completions.create(
-                        model="deepseek-v4-flash",
-                        messages=[{"role": "user", "content": "hi"}],
-                        stream=True,
-                        # 20 tokens, 5 a second: still streaming when the signal comes.
-                        extra_body={"sim": {"answer": {"lorem": 20}, "tokens_per_s": 5}},
-                    )
-                    for chunk in stream:
-                        if chunk.choices and chunk.choices[0].delta.content:
-                            chunks.append(chunk.choices[0].delta.content)
-                except Exception as exc:  # the assertion below says what it was
-                    failure.append(exc)
-
-            reader = threading.Thread(target=read)
-            reader.start()
-            wait_until(lambda: len(chunks) >= 2 or not reader.is_alive(), "the stream began", timeout_s=30)
+            # 20 tokens, 5 a second: still streaming when the signal comes.
+            reader, chunks, failure = stream_begun(client, tokens=20, tokens_per_s=5)
             os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does
             reader.join(60)
             assert process.wait(90) == 0
@@ -225,27 +235,8 @@ def test_a_stream_longer_than_the_drain_is_cut_settled_and_recorded(
         assert made.status_code == 201, made.text
         key_id, key = made.json()["id"], made.json()["api_key"]
         client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=120)
-        chunks: list[str] = []
-        failure: list[Exception] = []
-
-        def read() -> None:
-            try:
-                stream = client.chat.completions.create(
-                    model="deepseek-v4-flash",
-                    messages=[{"role": "user", "content": "hi"}],
-                    stream=True,
-                    # 2,000 tokens, 10 a second: far longer than the drain.
-                    extra_body={"sim": {"answer": {"lorem": 2000}, "tokens_per_s": 10}},
-                )
-                for chunk in stream:
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        chunks.append(chunk.choices[0].delta.content)
-            except Exception as exc:  # the assertion below says what it was
-                failure.append(exc)
-
-        reader = threading.Thread(target=read)
-        reader.start()
-        wait_until(lambda: len(chunks) >= 2 or not reader.is_alive(), "the stream began", timeout_s=30)
+        # 2,000 tokens, 10 a second: far longer than the drain.
+        reader, chunks, failure = stream_begun(client, tokens=2000, tokens_per_s=10)
         gateway.process.send_signal(signal.SIGTERM)
         # Far less than the stream's 200 s: the drain's deadline ended it.
         assert gateway.process.wait(90) == 0
