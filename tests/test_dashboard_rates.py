@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,24 +31,38 @@ def record(n: int, status: int) -> RequestRecord:
     )  # fmt: skip
 
 
-async def test_refusals_are_left_out_of_the_error_rate(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+Get = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@asynccontextmanager
+async def dashboard_over(
+    records: list[RequestRecord], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Get]:
+    """The dashboard's API in process over a store of `records`: a GET of one of its views (its
+    path and query parameters) over the records' time, as the admin."""
     monkeypatch.setenv("FAREGATE_MASTER_KEY", MASTER_KEY)
     settings = load_settings(overrides={"store": {"path": str(tmp_path)}, "catalog": {"broad": False}})
     store = await SQLiteStore.open(tmp_path)
-    # 4 served (1 failed upstream: 502), 16 refused by the key's rate limit.
-    await store.insert_records([record(n, s) for n, s in enumerate([200, 200, 200, 502] + [429] * 16)])
+    await store.insert_records(records)
     await store.close()
     gateway = await build_gateway(settings)
     span = {"since": AT - 10, "until": AT + 10}
-
-    async def get(path: str, **params: Any) -> dict[str, Any]:
-        response = await client.get(f"/admin/dashboard/{path}", params={**span, **params}, headers=ADMIN)
-        assert response.status == 200, await response.text()
-        return dict(await response.json())
-
     async with TestClient(TestServer(create_app(gateway))) as client:
+
+        async def get(path: str, **params: Any) -> dict[str, Any]:
+            response = await client.get(f"/admin/dashboard/{path}", params={**span, **params}, headers=ADMIN)
+            assert response.status == 200, await response.text()
+            return dict(await response.json())
+
+        yield get
+
+
+async def test_refusals_are_left_out_of_the_error_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 4 served (1 failed upstream: 502), 16 refused by the key's rate limit.
+    records = [record(n, s) for n, s in enumerate([200, 200, 200, 502] + [429] * 16)]
+    async with dashboard_over(records, tmp_path, monkeypatch) as get:
         summary = await get("summary")
         assert (summary["requests"], summary["errors"], summary["client_errors"]) == (20, 1, 16)
         assert summary["error_rate"] == 25.0  # 1 of the 4 taken on, not 1 of 20 (5%)
@@ -64,9 +80,6 @@ async def test_fallback_and_retry_rates_are_of_the_requests_taken_on(
     """As the error rate: a client's flood of 4xx refusals diluted the fallback and retry rates (a
     quarter of the served requests falling back read as 5%). A request that fell back and still
     ended in a 4xx (the last upstream refused the input) is a refusal, in neither count."""
-    monkeypatch.setenv("FAREGATE_MASTER_KEY", MASTER_KEY)
-    settings = load_settings(overrides={"store": {"path": str(tmp_path)}, "catalog": {"broad": False}})
-    store = await SQLiteStore.open(tmp_path)
     records = [record(n, s) for n, s in enumerate([200, 200, 200, 502] + [429] * 15)]
     records[0].attempts = [Attempt("A", "p", "server_error", 5.0), Attempt("A", "q", "ok", 5.0)]
     records[1].attempts = [Attempt("A", "p", "server_error", 5.0), Attempt("A", "p", "ok", 5.0)]
@@ -75,17 +88,7 @@ async def test_fallback_and_retry_rates_are_of_the_requests_taken_on(
         Attempt("A", "p", "server_error", 5.0), Attempt("A", "p", "server_error", 5.0),
         Attempt("A", "q", "rejected", 5.0, status=400),
     ]  # fmt: skip
-    await store.insert_records([*records, refused])
-    await store.close()
-    gateway = await build_gateway(settings)
-    span = {"since": AT - 10, "until": AT + 10}
-
-    async def get(path: str, **params: Any) -> dict[str, Any]:
-        response = await client.get(f"/admin/dashboard/{path}", params={**span, **params}, headers=ADMIN)
-        assert response.status == 200, await response.text()
-        return dict(await response.json())
-
-    async with TestClient(TestServer(create_app(gateway))) as client:
+    async with dashboard_over([*records, refused], tmp_path, monkeypatch) as get:
         summary = await get("summary")
         assert (summary["requests"], summary["client_errors"]) == (20, 16)
         assert (summary["fallbacks"], summary["retried"]) == (1, 1)
@@ -99,22 +102,9 @@ async def test_the_empty_answer_rate_is_of_the_requests_taken_on(
 ) -> None:
     """As the error and fallback rates: one blank answer in 4 served, with 16 refusals beside them,
     read as 5%."""
-    monkeypatch.setenv("FAREGATE_MASTER_KEY", MASTER_KEY)
-    settings = load_settings(overrides={"store": {"path": str(tmp_path)}, "catalog": {"broad": False}})
-    store = await SQLiteStore.open(tmp_path)
     records = [record(n, s) for n, s in enumerate([200, 200, 200, 502] + [429] * 16)]
     records[0].empty_response = True
-    await store.insert_records(records)
-    await store.close()
-    gateway = await build_gateway(settings)
-    span = {"since": AT - 10, "until": AT + 10}
-
-    async def get(path: str, **params: Any) -> dict[str, Any]:
-        response = await client.get(f"/admin/dashboard/{path}", params={**span, **params}, headers=ADMIN)
-        assert response.status == 200, await response.text()
-        return dict(await response.json())
-
-    async with TestClient(TestServer(create_app(gateway))) as client:
+    async with dashboard_over(records, tmp_path, monkeypatch) as get:
         summary = await get("summary")
         assert (summary["empty_responses"], summary["empty_rate"]) == (1, 25.0)
         (row,) = (await get("breakdown", by="key"))["rows"]
