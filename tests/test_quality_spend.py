@@ -23,11 +23,13 @@ from faregate.quality.live import RouteCalibration, today
 from faregate.quality.service import QualityService
 from faregate.quality.spend import Holds
 from faregate.routing.worst_case import JUDGE_PROMPT_TOKENS, judge_call
+from faregate.store.protocols import StoreUnavailable
 from faregate.store.sqlite.analytics import SQLiteAnalytics
 from faregate.store.sqlite.store import SQLiteStore
 from faregate.store.sqlite.verifications import SQLiteVerifications
 from faregate.store.verifications import VerificationStore
 from faregate.types import Price
+from test_quality_live import FakeStore
 
 
 class Leases:
@@ -118,8 +120,6 @@ async def test_what_cannot_fit_even_alone_is_refused_and_pauses_the_day(
 
 
 async def test_a_hold_let_go_without_a_charge_leaves_the_store() -> None:
-    from test_quality_live import FakeStore
-
     table = FakeStore()
     capped, day = route("1.0"), today()
     _, holds = service(table, capped, Leases("a", {"a"}))
@@ -217,8 +217,6 @@ async def drop_lapsed(sqlite_tables: list[VerificationStore], monkeypatch: pytes
 
 
 async def test_the_caches_holds_are_in_the_ledger_not_in_its_state() -> None:
-    from test_quality_live import FakeStore
-
     settings = SemanticAcceptanceSettings(max_wrong_hit_rate=0.01, daily_usd_cap=Decimal("1"))
     cache, other = CacheCalibration(settings, "exact"), CacheCalibration(settings, "exact")
     table = FakeStore()
@@ -300,19 +298,20 @@ async def test_the_gateways_leases_are_the_accounts_instance_leases(tmp_path: Pa
         await store.close()
 
 
+class RefusingSettlements(FakeStore):
+    """The verification ledger's table, whose settlements fail as in a store outage while `down`."""
+
+    down = False
+
+    async def settle_hold(self, scope: str, hold_id: str, day: str, cost: Decimal) -> Decimal:
+        if self.down:
+            raise StoreUnavailable("database is locked")
+        return await super().settle_hold(scope, hold_id, day, cost)
+
+
 async def test_a_settlement_the_store_refused_is_made_before_the_next_admission_and_counts_once() -> None:
-    from faregate.store.protocols import StoreUnavailable
-    from test_quality_live import FakeStore
-
-    class Flaky(FakeStore):
-        down = True
-
-        async def settle_hold(self, scope: str, hold_id: str, day: str, cost: Decimal) -> Decimal:
-            if self.down:
-                raise StoreUnavailable("database is locked")
-            return await super().settle_hold(scope, hold_id, day, cost)
-
-    table = Flaky()
+    table = RefusingSettlements()
+    table.down = True
     capped, day = route("1.0"), today()
     _, holds = service(table, capped, Leases("a", {"a"}))
     first = await holds.admit(capped, day, Decimal("0.6"))
@@ -333,18 +332,7 @@ async def test_a_settlement_the_store_refused_is_made_before_the_next_admission_
 async def test_an_admission_waiting_on_a_settlement_the_store_refused_makes_it_again() -> None:
     """An admission already waiting when a settlement fails must not wait on that hold forever:
     with every verification slot so waiting, no new admission would ever come to make it."""
-    from faregate.store.protocols import StoreUnavailable
-    from test_quality_live import FakeStore
-
-    class Flaky(FakeStore):
-        down = False
-
-        async def settle_hold(self, scope: str, hold_id: str, day: str, cost: Decimal) -> Decimal:
-            if self.down:
-                raise StoreUnavailable("database is locked")
-            return await super().settle_hold(scope, hold_id, day, cost)
-
-    table = Flaky()
+    table = RefusingSettlements()
     capped, day = route("1.0"), today()
     _, holds = service(table, capped, Leases("a", {"a"}))
     first = await holds.admit(capped, day, Decimal("0.6"))
@@ -366,18 +354,8 @@ async def test_a_settlement_the_store_refused_is_made_again_at_a_clean_stop() ->
     from typing import Any, cast
 
     from faregate.quality.verifier import Verifier
-    from faregate.store.protocols import StoreUnavailable
-    from test_quality_live import FakeStore
 
-    class Flaky(FakeStore):
-        down = False
-
-        async def settle_hold(self, scope: str, hold_id: str, day: str, cost: Decimal) -> Decimal:
-            if self.down:
-                raise StoreUnavailable("database is locked")
-            return await super().settle_hold(scope, hold_id, day, cost)
-
-    table = Flaky()
+    table = RefusingSettlements()
     capped, day = route("1.0"), today()
     quality = QualityService([capped], table, leases=Leases("a", {"a"}))
     verifier = Verifier(quality, cast(Any, None), cast(Any, None))
