@@ -27,7 +27,7 @@ from faregate.evals.replay.router_eval import evaluate
 from faregate.learning.complexity_router import ComplexityRouter
 from faregate.learning.linear import LinearModel
 from faregate.learning.thresholds import CalibrationPoint, Threshold, share_for_quality
-from faregate.learning.training.fit import train_router
+from faregate.learning.training.fit import RouterModel, Trained, train_router
 from faregate.learning.training.logistic import fit_logistic
 from faregate.learning.training.selection import Candidate, Grid, SplitSpec, split_outcomes
 
@@ -74,17 +74,41 @@ def write_subjects(directory: Path, subjects: int = 6, per_subject: int = 40, se
     return directory
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    root = tmp_path_factory.mktemp("router")
+def trained_on_subjects(root: Path, model_kind: RouterModel = "linear") -> tuple[Path, Trained, Path]:
+    """A router of `model_kind` trained on write_subjects' data in `root`, half the subjects held
+    out: the data, the training's result and the file it is saved in."""
     data = write_subjects(root / "mmlu")
-    outcomes = load_outcomes(data, drop_contaminated=False)
-    split = split_outcomes(outcomes, SplitSpec("source", 0.5, 0))
+    split = split_outcomes(load_outcomes(data, drop_contaminated=False), SplitSpec("source", 0.5, 0))
     result = train_router(
-        split, Pair(), seed=0, repeats=2, cache_dir=root / "cache", embedder=HashEmbedder(), grid=SMALL_GRID
+        split,
+        Pair(),
+        seed=0,
+        repeats=2,
+        cache_dir=root / "cache",
+        embedder=HashEmbedder(),
+        grid=SMALL_GRID,
+        model_kind=model_kind,
     )
     path = root / "router.json"
     result.file.save(path)
+    return data, result, path
+
+
+def assert_beats_random(data: Path, router: ComplexityRouter, cache_dir: Path) -> None:
+    evaluation = evaluate(
+        load_outcomes(data, drop_contaminated=False),
+        router=router.file,
+        cache_dir=cache_dir,
+        embedder=HashEmbedder(),
+    )
+    by_name = {c.name: c.metrics for c in evaluation.curves}
+    assert by_name["complexity router"].apgr > by_name["random (seed 0)"].apgr + 0.2
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("router")
+    data, _, path = trained_on_subjects(root)
     return data, path, root / "cache"
 
 
@@ -307,35 +331,15 @@ def test_blend_is_one_linear_model_ranking_like_its_two_parts() -> None:
 
 
 def test_blend_router_trains_to_a_loadable_file(tmp_path: Path) -> None:
-    data = write_subjects(tmp_path / "mmlu")
-    split = split_outcomes(load_outcomes(data, drop_contaminated=False), SplitSpec("source", 0.5, 0))
-    result = train_router(
-        split,
-        Pair(),
-        seed=0,
-        repeats=2,
-        cache_dir=tmp_path / "cache",
-        embedder=HashEmbedder(),
-        grid=SMALL_GRID,
-        model_kind="blend",
-    )
+    data, result, path = trained_on_subjects(tmp_path, "blend")
     assert result.selection.best.blend_column is not None
     assert result.file.training["model"] == "blend"
-    path = tmp_path / "router.json"
-    result.file.save(path)
     router = ComplexityRouter.load(path, embedder=HashEmbedder())
     hard, easy = "Question: compute the eigenvalue of the matrix?", "Question: the capital city?"
     assert router.score(hard) > router.score(easy)
     text = router.file.model.weights[DIMENSIONS:]
     assert np.count_nonzero(text) == 1  # log_chars alone among the hand-made features
-    evaluation = evaluate(
-        load_outcomes(data, drop_contaminated=False),
-        router=router.file,
-        cache_dir=tmp_path / "cache",
-        embedder=HashEmbedder(),
-    )
-    by_name = {c.name: c.metrics for c in evaluation.curves}
-    assert by_name["complexity router"].apgr > by_name["random (seed 0)"].apgr + 0.2
+    assert_beats_random(data, router, tmp_path / "cache")
 
 
 def test_within_subject_model_ignores_which_subject_a_prompt_resembles() -> None:
@@ -369,35 +373,15 @@ def test_within_subject_model_ignores_which_subject_a_prompt_resembles() -> None
 
 
 def test_within_subject_router_trains_to_a_loadable_file(tmp_path: Path) -> None:
-    data = write_subjects(tmp_path / "mmlu")
-    split = split_outcomes(load_outcomes(data, drop_contaminated=False), SplitSpec("source", 0.5, 0))
-    result = train_router(
-        split,
-        Pair(),
-        seed=0,
-        repeats=2,
-        cache_dir=tmp_path / "cache",
-        embedder=HashEmbedder(),
-        grid=SMALL_GRID,
-        model_kind="within-subject",
-    )
+    data, result, path = trained_on_subjects(tmp_path, "within-subject")
     assert result.selection.best.within_groups
     assert result.file.training["model"] == "within-subject"
-    path = tmp_path / "router.json"
-    result.file.save(path)
     router = ComplexityRouter.load(path, embedder=HashEmbedder())
     assert not np.any(router.file.model.weights[DIMENSIONS:])  # no hand-made feature
     assert router.score("Question: compute the eigenvalue of the matrix?") > router.score(
         "Question: the capital city?"
     )
-    evaluation = evaluate(
-        load_outcomes(data, drop_contaminated=False),
-        router=router.file,
-        cache_dir=tmp_path / "cache",
-        embedder=HashEmbedder(),
-    )
-    by_name = {c.name: c.metrics for c in evaluation.curves}
-    assert by_name["complexity router"].apgr > by_name["random (seed 0)"].apgr + 0.2
+    assert_beats_random(data, router, tmp_path / "cache")
 
 
 def test_cli_trains_and_evaluates_on_your_own_outcomes_without_a_contaminated_list(tmp_path: Path) -> None:
