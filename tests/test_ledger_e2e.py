@@ -87,8 +87,8 @@ def balance_nano(gateway: GatewayProcess, key_id: str) -> int:
     return int(db_rows(gateway, "SELECT balance_nano FROM accounts WHERE key_id = ?", key_id)[0][0])
 
 
-async def fire(base_url: str, key: str, n: int, **create: Any) -> list[int]:
-    """n concurrent completions; the HTTP status of each."""
+async def fire(base_url: str, key: str, n: int, /, **create: Any) -> list[int]:
+    """n concurrent completions; the HTTP status of each (`create` may have an `n` of its own)."""
     client = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=60)
 
     async def one() -> int:

@@ -12,16 +12,15 @@ import sqlite3
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
-from harness import MASTER_KEY, GatewayProcess, SimProcess
+from harness import GatewayProcess, SimProcess
 from servers import launch_gateway
+from test_ledger_e2e import LORE, balance_nano, fire, new_key
 
 pytestmark = pytest.mark.e2e
 
-ADMIN = {"Authorization": f"Bearer {MASTER_KEY}"}
 # Output $1 per 1M tokens, input $10 per 1M: a big tool list is where the money goes.
 MODELS = """
 models:
@@ -38,7 +37,6 @@ models:
 accounts: {enabled: true}
 limits: {max_n: 16}
 """
-LORE = [{"role": "user", "content": "Tell me a story"}]
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +45,12 @@ def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield process
 
 
-def new_key(gateway: GatewayProcess, credits: str, **fields: Any) -> tuple[str, str]:
-    with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", headers=ADMIN) as client:
-        response = client.post("/admin/keys", json={"name": "bounds", "credits_usd": credits, **fields})
-    assert response.status_code == 201, response.text
-    return response.json()["id"], response.json()["api_key"]
-
-
 def ledger(gateway: GatewayProcess, key_id: str) -> list[tuple[str, int, int | None]]:
     with sqlite3.connect(gateway.store_path / "faregate.db") as db:
         rows = db.execute(
             "SELECT kind, amount_nano, cost_nano FROM ledger WHERE key_id = ? ORDER BY id", (key_id,)
         ).fetchall()
     return [(str(kind), int(amount), cost) for kind, amount, cost in rows]
-
-
-def balance_nano(gateway: GatewayProcess, key_id: str) -> int:
-    with sqlite3.connect(gateway.store_path / "faregate.db") as db:
-        return int(db.execute("SELECT balance_nano FROM accounts WHERE key_id = ?", (key_id,)).fetchone()[0])
 
 
 def assert_never_beyond_hold(gateway: GatewayProcess, key_id: str) -> None:
@@ -90,22 +76,6 @@ def n_choices(n: int) -> dict[str, Any]:
     }
 
 
-async def fire(base_url: str, key: str, count: int, create: dict[str, Any]) -> list[int]:
-    client = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=60)
-
-    async def one() -> int:
-        try:
-            await client.chat.completions.create(**create)
-        except openai.APIStatusError as error:
-            return error.status_code
-        return 200
-
-    try:
-        return list(await asyncio.gather(*(one() for _ in range(count))))
-    finally:
-        await client.close()
-
-
 def test_the_simulator_honours_n(gateway: GatewayProcess) -> None:
     _, key = new_key(gateway, "1")
     client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
@@ -126,7 +96,7 @@ def test_the_simulator_honours_n(gateway: GatewayProcess) -> None:
 def test_n_is_reserved_n_times(gateway: GatewayProcess) -> None:
     """A $0.01 key and ten concurrent n=8 requests ($0.008 each): one fits, never ten."""
     key_id, key = new_key(gateway, "0.01")
-    statuses = asyncio.run(fire(gateway.base_url, key, 10, n_choices(8)))
+    statuses = asyncio.run(fire(gateway.base_url, key, 10, **n_choices(8)))
     assert statuses.count(200) == 1 and statuses.count(402) == 9, statuses
     assert balance_nano(gateway, key_id) == 2_000_000  # $0.01 - $0.008
     assert_never_beyond_hold(gateway, key_id)
