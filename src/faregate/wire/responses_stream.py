@@ -78,6 +78,14 @@ class _Writer:
             )
         return events
 
+    def arguments_delta(self, index: int, arguments: str) -> JSON:
+        """More arguments for the function call at `index`: kept on its item, and their event."""
+        item = self.output[index]
+        item["arguments"] += arguments
+        return self.event(
+            "response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=arguments
+        )
+
     def close_item(self) -> list[JSON]:
         if self.open is None:
             return []
@@ -112,15 +120,7 @@ class _Writer:
             if not item["arguments"]:
                 # No arguments streamed: "{}" (as a whole answer says), in a delta too, so the
                 # deltas a client adds up come to the arguments done says.
-                item["arguments"] = NO_ARGUMENTS
-                events.append(
-                    self.event(
-                        "response.function_call_arguments.delta",
-                        item_id=item["id"],
-                        output_index=index,
-                        delta=NO_ARGUMENTS,
-                    )
-                )
+                events.append(self.arguments_delta(index, NO_ARGUMENTS))
             done = {**item, "status": "completed"}
             events.append(
                 self.event(
@@ -252,15 +252,5 @@ def _delta_events(writer: _Writer, delta: JSON) -> list[JSON]:
             events += writer.open_item(key, item)
         arguments = (call.get("function") or {}).get("arguments")
         if isinstance(arguments, str) and arguments:
-            index = len(writer.output) - 1
-            item = writer.output[index]
-            item["arguments"] += arguments
-            events.append(
-                writer.event(
-                    "response.function_call_arguments.delta",
-                    item_id=item["id"],
-                    output_index=index,
-                    delta=arguments,
-                )
-            )
+            events.append(writer.arguments_delta(len(writer.output) - 1, arguments))
     return events
