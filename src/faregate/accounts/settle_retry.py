@@ -45,17 +45,12 @@ ORPHAN_SCAN_S = 30.0
 
 
 @dataclass(slots=True, frozen=True)
-class PendingClose:
-    key_id: str
-    ref: HoldRef
-    cost_nano: int | None  # None: a release (nothing was spent)
-    tokens: int
-    # clock() at its first attempt (before it failed: any landing of that attempt came after).
-    kept_at: float
-    kept_unix: float  # time.time() then: what the spool keeps (a clock() means nothing to the next process)
+class PendingClose(SpooledClose):
+    """A kept settlement (or release) as the spool holds it, and when this process first kept it."""
 
-    def spooled(self) -> SpooledClose:
-        return SpooledClose(self.key_id, self.ref, self.cost_nano, self.tokens, self.kept_unix)
+    # clock() at its first attempt (before it failed: any landing of that attempt came after);
+    # kept_unix is time.time() then, what the spool keeps (a clock() means nothing to the next process).
+    kept_at: float
 
 
 class SettlementRetry:
@@ -127,7 +122,7 @@ class SettlementRetry:
             waited = max(0.0, now_unix - entry.kept_unix)
             self._pending.append(
                 PendingClose(
-                    entry.key_id, entry.ref, entry.cost_nano, entry.tokens, now - waited, entry.kept_unix
+                    entry.key_id, entry.ref, entry.cost_nano, entry.tokens, entry.kept_unix, now - waited
                 )
             )
         self.replayed += len(claimed)
@@ -144,14 +139,14 @@ class SettlementRetry:
         await self._empty.wait()
 
     async def settle(self, key_id: str, ref: HoldRef, cost_nano: int, tokens: int) -> None:
-        await self._close_or_keep(PendingClose(key_id, ref, cost_nano, tokens, self._clock(), time.time()))
+        await self._close_or_keep(PendingClose(key_id, ref, cost_nano, tokens, time.time(), self._clock()))
 
     async def release(self, key_id: str, ref: HoldRef) -> None:
-        await self._close_or_keep(PendingClose(key_id, ref, None, 0, self._clock(), time.time()))
+        await self._close_or_keep(PendingClose(key_id, ref, None, 0, time.time(), self._clock()))
 
     async def release_later(self, key_id: str, ref: HoldRef, exc: BaseException) -> None:
         """Keep a release without trying it first: the store has just failed to answer (`exc`)."""
-        item = PendingClose(key_id, ref, None, 0, self._clock(), time.time())
+        item = PendingClose(key_id, ref, None, 0, time.time(), self._clock())
         await self._write_to_spool(item)
         self._keep(item, exc)
 
@@ -168,7 +163,7 @@ class SettlementRetry:
         if self.spool is None:
             return
         try:
-            await self.spool.keep(item.spooled())
+            await self.spool.keep(item)
         except OSError as exc:
             # A full or failing disk: still kept in memory, as without a spool; only a kill loses it.
             log.error(
