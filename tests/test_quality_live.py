@@ -932,3 +932,33 @@ async def test_quality_figures_write_money_as_positional_decimal_text() -> None:
     assert body["cache"]["verification_cost_usd"] == "0.000000005"
     assert [r["cost_usd"] for r in body["recent"]] == ["0.000000005", "0.00000022"]
     assert route.figures()["verification_cost_usd"] == "0.00000022"
+
+
+async def test_a_stored_calibration_labelled_by_another_judge_starts_afresh() -> None:
+    """With the llm_judge comparator the judge model is the standard every label was read by: a
+    route whose judge_model was changed does not inherit the cuts the old judge's verdicts
+    certified (the comparator's name alone was in the settings the row was made under)."""
+
+    def judged(judge: str) -> RouteCalibration:
+        settings = QualitySettings(
+            target=0.9,
+            confidence=0.8,
+            verification=VerificationSettings(
+                share=1.0, rest_ratio=1.0, comparator="llm_judge", judge_model=judge
+            ),
+        )
+        route = RouteCalibration("r", "router", settings)
+        route.cheap, route.strong = "weak", "strong"
+        return route
+
+    store = FakeStore()
+    lenient = judged("small-judge")
+    run(lenient, 120, wrong=False)
+    assert lenient.cut > 0
+    await QualityService([lenient], store).save("r")
+    same = judged("small-judge")
+    await QualityService([same], store).load()
+    assert same.state.decisions == 120 and same.cut == lenient.cut
+    strict = judged("large-judge")
+    await QualityService([strict], store).load()
+    assert strict.state.decisions == 0 and strict.cut == 0.0

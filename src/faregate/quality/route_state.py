@@ -128,12 +128,15 @@ class RouteState:
     # -- the store's view (quality/service.py) ------------------------------------------------------
 
     def fingerprint(self) -> str:
-        """The settings the stored state was made under: other settings, other tests."""
+        """The settings the stored state was made under (the judge model with `llm_judge`): other
+        settings, other tests."""
         s = self.settings
         v = s.verification
         return (
             f"{self.kind}|t={s.target}|c={s.confidence}|prior={s.prior_outcomes}|"
             f"share={v.share}|frontier={v.frontier}|rest={v.rest_ratio}|cmp={v.comparator}"
+            # An LLM judge is the standard its labels were read by: another judge, other tests.
+            + (f"|judge={v.judge_model}" if v.comparator == "llm_judge" else "")
             + (f"|learn={s.domain_examples}" if self.learn else "")
         )
 

@@ -9,9 +9,10 @@ A periodic refresh adopts what other instances wrote (their cut in force) and fl
 instance's counts of unlabelled decisions.
 
 The semantic cache's calibration (quality/cache_live.py), when on, is kept the same way as the
-scope "cache". A stored state made under other settings (another target, confidence or verification plan),
-or for other models (the route's cheap or strong model, or its trained router or judge, changed),
-is not reused: its tests were about another question; the route starts afresh (logged).
+scope "cache". A stored state made under other settings (another target, confidence, verification
+plan, comparator or judge model), or for other models (the route's cheap or strong model, or its
+trained router or judge, changed), is not reused: its tests were about another question; the route
+starts afresh (logged).
 """
 
 from __future__ import annotations
