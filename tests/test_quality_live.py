@@ -962,3 +962,45 @@ async def test_a_stored_calibration_labelled_by_another_judge_starts_afresh() ->
     strict = judged("large-judge")
     await QualityService([strict], store).load()
     assert strict.state.decisions == 0 and strict.cut == 0.0
+
+
+async def test_a_verification_row_the_store_refused_is_written_once_it_is_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A verification's row is its outcome and its real cost (the verification cost shown is the
+    rows' sum): one the store could not take (an outage) was logged and lost, the money already in
+    the cap's ledger. Now it waits and is written, in order, by the next refresh; past the bound the
+    oldest are given up and counted, as those still waiting at a clean stop."""
+    from faregate.quality import service as quality_service
+    from faregate.store.protocols import StoreUnavailable
+
+    class Down(FakeStore):
+        down = True
+
+        async def insert(self, row: VerificationRow) -> None:
+            if self.down:
+                raise StoreUnavailable("connection refused")
+            await super().insert(row)
+
+    def row(request_id: str, cost: int) -> VerificationRow:
+        return VerificationRow(
+            request_id, "r", "router", "paid", "cheap", 0.2, 0.5, "exact", "loss", "strong", cost, 1.0
+        )
+
+    store = Down()
+    service = QualityService([calibration()], store)
+    await service.record(row("a", 7))
+    await service.record(row("b", 5))
+    assert store.rows == [] and service.rows_pending == 2 and service.rows_lost == 0
+    store.down = False
+    await service.refresh()
+    assert [r.request_id for r in store.rows] == ["a", "b"] and service.rows_pending == 0
+    assert await store.cost_nano("r") == 12
+
+    monkeypatch.setattr(quality_service, "MAX_UNRECORDED", 2)
+    store.down = True
+    for request_id in ("c", "d", "e"):
+        await service.record(row(request_id, 1))
+    assert service.rows_pending == 2 and service.rows_lost == 1
+    await service.close()
+    assert service.rows_pending == 0 and service.rows_lost == 3

@@ -8,6 +8,11 @@ tries again, so no verified outcome is lost or counted twice and there is one wr
 A periodic refresh adopts what other instances wrote (their cut in force) and flushes this
 instance's counts of unlabelled decisions.
 
+Each verification is also a `verifications` row (its outcome and real cost: the verification cost
+shown is the rows' sum). A row the store cannot take (it is down) waits in memory and is written
+again, in order, on every refresh and at a clean stop; beyond MAX_UNRECORDED waiting, the oldest
+are given up, and those still waiting when the process stops are too: both counted in `rows_lost`.
+
 The semantic cache's calibration (quality/cache_live.py), when on, is kept the same way as the
 scope "cache". A stored state made under other settings (another target, confidence, verification
 plan, comparator or judge model), or for other models (the route's cheap or strong model, or its
@@ -21,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -36,6 +42,8 @@ log = logging.getLogger("faregate.quality")
 
 REFRESH_S = 2.0
 SAVE_TRIES = 8
+# Verification rows kept while the store does not take them (a few hundred bytes each).
+MAX_UNRECORDED = 10_000
 
 
 class StateContention(RuntimeError):
@@ -78,6 +86,11 @@ class QualityService:
         self._locks: dict[str, asyncio.Lock] = {name: asyncio.Lock() for name in self.calibrated}
         # The last write of each scope (`_write`): its caller may be cancelled while the store writes.
         self._writes: dict[str, asyncio.Future[bool]] = {}
+        # Verification rows the store has not taken yet, oldest first (`record`), and those given up.
+        self._unrecorded: deque[VerificationRow] = deque()
+        self._recording = asyncio.Lock()
+        self._rows_failing = False
+        self.rows_lost = 0
         self._refresh = Periodic("calibration state refresh", REFRESH_S, self.refresh)
 
     def scope(self, name: str) -> str:
@@ -97,6 +110,10 @@ class QualityService:
                 await self.save(name)
             except Exception:
                 log.exception("could not save the calibration of route %s at shutdown", name)
+        if not await self.write_rows() and self._unrecorded:
+            log.error("%d verification rows could not be written at shutdown", len(self._unrecorded))
+            self.rows_lost += len(self._unrecorded)
+            self._unrecorded.clear()
 
     async def _load(self, name: str, calibration: Calibrated, *, at_start: bool = False) -> bool:
         """Adopt the stored state if it is newer than ours; True if it was."""
@@ -189,6 +206,7 @@ class QualityService:
             raise StateContention(f"{name}: the calibration state kept changing under us")
 
     async def refresh(self) -> None:
+        await self.write_rows()
         for name, calibration in self.calibrated.items():
             async with self._locks[name]:
                 await self._load(name, calibration)
@@ -196,7 +214,41 @@ class QualityService:
                 await self.save(name)
 
     async def record(self, row: VerificationRow) -> None:
-        await self.store.insert(row)
+        """Write a verification's row, after any still waiting; one the store cannot take now is
+        written again on the next refresh (module docstring)."""
+        self._unrecorded.append(row)
+        if len(self._unrecorded) > MAX_UNRECORDED:
+            self._unrecorded.popleft()
+            if not self.rows_lost:
+                log.error("over %d verification rows wait for the store: the oldest are lost", MAX_UNRECORDED)
+            self.rows_lost += 1
+        # Shielded: a caller cancelled while the store writes (a shutdown) does not leave a row
+        # written and still waiting, to be written twice.
+        await asyncio.shield(self.write_rows())
+
+    async def write_rows(self) -> bool:
+        """Write the rows waiting, oldest first; False: the store refused one (kept, with the rest)."""
+        async with self._recording:
+            while self._unrecorded:
+                row = self._unrecorded[0]
+                try:
+                    await self.store.insert(row)
+                except Exception as error:
+                    if not self._rows_failing:
+                        log.warning("verification rows wait for the store (%s), written once back", error)
+                    self._rows_failing = True
+                    return False
+                if self._unrecorded and self._unrecorded[0] is row:  # not given up meanwhile
+                    self._unrecorded.popleft()
+            if self._rows_failing:
+                log.warning("the verification rows that waited for the store are written")
+            self._rows_failing = False
+            return True
+
+    @property
+    def rows_pending(self) -> int:
+        """Verification rows waiting for the store."""
+        return len(self._unrecorded)
 
     def figures(self) -> list[dict[str, Any]]:
         return [calibration.figures() for calibration in self.routes.values()]

@@ -153,5 +153,8 @@ def _own_health(gateway: Gateway) -> dict[str, Any]:
             "semantic_cache_writes": cache.semantic_writes if cache is not None else 0,
             # Verifications of answers (quality targets) submitted and not finished yet.
             "verifications_pending": verifier.pending if verifier is not None else 0,
+            # Their `verifications` rows the store could not take yet (an outage), and those given up.
+            "verification_rows_pending": verifier.service.rows_pending if verifier is not None else 0,
+            "verification_rows_lost": verifier.service.rows_lost if verifier is not None else 0,
         },
     }

@@ -34,7 +34,7 @@ NANO = Decimal(1_000_000_000)
 async def quality_figures(gateway: Gateway, limit: int = 20) -> dict[str, Any]:
     verifier = gateway.pipeline.verifier
     if verifier is None:
-        return {"routes": [], "cache": None, "recent": [], "pending": 0}
+        return {"routes": [], "cache": None, "recent": [], "pending": 0, "rows_pending": 0, "rows_lost": 0}
     insights = gateway.observability.insights if gateway.observability is not None else None
     routes = []
     store = verifier.service.store
@@ -56,12 +56,17 @@ async def quality_figures(gateway: Gateway, limit: int = 20) -> dict[str, Any]:
         cache["savings_usd"] = usd_text(saved)
         cache["savings_net_usd"] = usd_text(saved - Decimal(cache["verification_cost_usd"]))
     recent = await store.recent(limit=limit)
+    shared, service = gateway.shared_metrics, verifier.service
     return {
         "routes": routes,
         # The semantic cache's calibrated acceptance (cache.semantic.max_wrong_hit_rate), or None.
         "cache": cache,
         # Verifications submitted and not finished yet (every worker's, with several).
         "pending": with_other_workers(gateway.shared_metrics, "verifications_pending", verifier.pending),
+        # Verification rows waiting for the store (an outage: not in the costs above yet), and
+        # those given up (quality/service.py); every worker's.
+        "rows_pending": with_other_workers(shared, "verification_rows_pending", service.rows_pending),
+        "rows_lost": with_other_workers(shared, "verification_rows_lost", service.rows_lost),
         "recent": [
             {
                 "request_id": r.request_id,
