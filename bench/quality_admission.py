@@ -47,7 +47,7 @@ async def run(examples: int, admissions: int) -> None:
         try:
             calibration = route(True, examples, np.random.default_rng(0), cap=Decimal(1000))
             quality = QualityService([calibration], SQLiteVerifications(reads.connection))
-            await quality.save("bench")
+            await quality.save("route:bench")
             stored = await quality.store.load_state("route:bench")
             assert stored is not None
             print(f"state row: {len(stored[1]) / 1024:,.0f} KiB, {examples:,} examples + a frozen snapshot")
@@ -58,7 +58,7 @@ async def run(examples: int, admissions: int) -> None:
                 for _ in range(admissions):
                     start, started = time.perf_counter(), time.thread_time()
                     if way == "state row":
-                        await quality.write_now("bench", lambda: True)
+                        await quality.write_now("route:bench", lambda: True)
                     else:
                         hold = await holds.admit(calibration, day, worst)
                     cpu.append((time.thread_time() - started) * 1e3)

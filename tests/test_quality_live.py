@@ -256,10 +256,10 @@ async def test_two_instances_share_one_route_by_compare_and_set() -> None:
     a, b = calibration(), calibration()
     one, two = QualityService([a], store), QualityService([b], store)
     run(a, 30, wrong=False)
-    await one.save("r")
+    await one.save("route:r")
     run(b, 30, wrong=False, start=1000)
     # b's save finds a's version: it adopts a's state, replays its own 30 decisions, then writes.
-    await two.save("r")
+    await two.save("route:r")
     assert b.state.decisions == 60 and not b.journal
     await one.refresh()
     shared = {k: v for k, v in b.state.to_json().items() if k not in ("ranks", "length_ranks")}
@@ -322,7 +322,7 @@ async def test_a_restart_keeps_the_state_and_changed_settings_start_afresh(tmp_p
         route = calibration()
         run(route, 120, wrong=False)
         service = QualityService([route], table)
-        await service.save("r")
+        await service.save("route:r")
         await table.insert(
             VerificationRow(
                 "req1", "r", "router", "paid", "cheap", 0.2, 0.5, "exact", "loss", "strong", 7, time.time()
@@ -825,13 +825,13 @@ async def test_a_save_cancelled_after_the_store_wrote_is_not_counted_twice() -> 
     route = calibration()
     service = QualityService([route], store)
     run(route, 30, wrong=False)
-    saving = asyncio.create_task(service.save("r"))
+    saving = asyncio.create_task(service.save("route:r"))
     await asyncio.sleep(0.01)
     saving.cancel()  # the shutdown
     with pytest.raises(asyncio.CancelledError):
         await saving
     store.reply.set()
-    await service.save("r")  # QualityService.close's
+    await service.save("route:r")  # QualityService.close's
     assert route.state.decisions == 30
     again = calibration()
     await QualityService([again], store).load()
@@ -854,7 +854,7 @@ async def test_a_stored_calibration_of_other_models_starts_afresh(tmp_path: Path
         route = calibration()
         run(route, 120, wrong=False)
         assert route.cut > 0
-        await QualityService([route], table).save("r")
+        await QualityService([route], table).save("route:r")
         same = calibration()
         await QualityService([same], table).load()
         assert same.state.decisions == 120 and same.cut == route.cut
@@ -955,7 +955,7 @@ async def test_a_stored_calibration_labelled_by_another_judge_starts_afresh() ->
     lenient = judged("small-judge")
     run(lenient, 120, wrong=False)
     assert lenient.cut > 0
-    await QualityService([lenient], store).save("r")
+    await QualityService([lenient], store).save("route:r")
     same = judged("small-judge")
     await QualityService([same], store).load()
     assert same.state.decisions == 120 and same.cut == lenient.cut
@@ -1004,3 +1004,28 @@ async def test_a_verification_row_the_store_refused_is_written_once_it_is_back(
     assert service.rows_pending == 2 and service.rows_lost == 1
     await service.close()
     assert service.rows_pending == 0 and service.rows_lost == 3
+
+
+async def test_a_route_named_cache_keeps_its_state_apart_from_the_semantic_caches() -> None:
+    """A route may be named "cache" (its rows are told from the cache's by kind): its calibration
+    and the semantic cache's were one entry of the service, so the route's state was never saved
+    nor refreshed (its journal grew until decisions stopped being labelled) and a save of "cache"
+    wrote the cache's. Each is now its own row: "route:cache" and "cache"."""
+    from faregate.learning.online.settings import SemanticAcceptanceSettings
+    from faregate.quality.cache_live import CacheCalibration
+
+    store = FakeStore()
+    route = RouteCalibration("cache", "router", calibration().settings)
+    route.cheap, route.strong = "weak", "strong"
+    cache = CacheCalibration(SemanticAcceptanceSettings(), "exact")
+    service = QualityService([route], store, cache)
+    run(route, 50, wrong=False)
+    assert cache.looked_up(0.9, False)
+    await service.refresh()
+    assert not route.journal and not cache.journal
+    assert sorted(store.states) == ["cache", "route:cache"]
+    again = RouteCalibration("cache", "router", calibration().settings)
+    again.cheap, again.strong = "weak", "strong"
+    cache_again = CacheCalibration(SemanticAcceptanceSettings(), "exact")
+    await QualityService([again], store, cache_again).load()
+    assert again.state.decisions == 50 and cache_again.state.lookups == 1

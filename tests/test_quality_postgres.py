@@ -116,8 +116,8 @@ async def test_two_instances_share_one_route(table: PostgresVerifications) -> No
     one, two = QualityService([a], table), QualityService([b], table)
     verify(a, 40, 0)
     verify(b, 40, 1000)
-    await one.save("r")
-    await two.save("r")  # conflicts, adopts a's state, replays its own, writes
+    await one.save("route:r")
+    await two.save("route:r")  # conflicts, adopts a's state, replays its own, writes
     await one.refresh()
     assert a.state.decisions == b.state.decisions == 80
     assert a.state.calibration.to_json() == b.state.calibration.to_json()

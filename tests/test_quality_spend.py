@@ -86,7 +86,7 @@ async def test_a_hold_counts_until_settled_and_a_second_waits_for_it(
     await asyncio.sleep(0.05)
     assert not second.done()
     capped.charge(capped.decide("a", 0.5, 1.0), Decimal("0.1"), day)
-    await quality.save("r")
+    await quality.save("route:r")
     await holds.settle(capped, first, day, Decimal("0.1"))
     held = await second  # 0.1 spent + 0.6 <= 1.0
     assert held is not None and capped.held == Decimal("0.6")
@@ -154,7 +154,7 @@ async def admit_concurrently(tables: list[VerificationStore], monkeypatch: pytes
         tally["in_flight"] -= worst
         tally["spent"] += cost
         tally["made"] += 1
-        await quality.save("r")
+        await quality.save("route:r")
         await holds.settle(capped, hold, day, cost)
 
     await asyncio.gather(*(verification(q, h, i) for i in range(8) for q, h in instances))
@@ -254,7 +254,7 @@ async def admissions_leave_the_state(sqlite_tables: list[VerificationStore]) -> 
     capped, day = route("1.0"), today()
     quality, holds = service(sqlite_tables[0], capped, Leases("a", {"a"}))
     capped.charge(capped.decide("a", 0.5, 1.0), Decimal("0.1"), day)
-    await quality.save("r")
+    await quality.save("route:r")
     before = await sqlite_tables[0].load_state("route:r")
     assert before is not None
     first = await holds.admit(capped, day, Decimal("0.5"))

@@ -120,6 +120,11 @@ class CacheCalibration:
         change()
         self.journal.append(change)
 
+    @property
+    def scope(self) -> str:
+        """Its row in the store (quality/service.py), apart from any route's ("route:NAME")."""
+        return SCOPE
+
     # -- lookups ------------------------------------------------------------------------------------
 
     @property

@@ -147,7 +147,7 @@ class CacheVerification:
         wrong = None if verdict.acceptable is None else not verdict.acceptable
         await self._record(job.request.request_id, "free", "not served", job.similarity, 1.0,
                               wrong, None, cost, began)  # fmt: skip
-        await self.service.save("cache")
+        await self.service.save(acceptance.scope)
 
     async def verify(self, job: CacheJob) -> None:
         acceptance = self.service.cache
@@ -161,7 +161,7 @@ class CacheVerification:
             probability = acceptance.settings.verify_hits
             await self._record(job.request.request_id, "paid", "served", job.similarity,
                                   probability, None, reference, Decimal(0), began)  # fmt: skip
-            await self.service.save("cache")
+            await self.service.save(acceptance.scope)
             return
         shadow = await plan_shadow(self.calls.planner, job.request, reference)
         worst = shadow.worst
@@ -205,7 +205,7 @@ class CacheVerification:
             acceptance.failed()
             await self._record(job.request.request_id, "paid", "served", job.similarity,
                                   acceptance.settings.verify_hits, None, reference, cost, began)  # fmt: skip
-            await self.service.save("cache")
+            await self.service.save(acceptance.scope)
             return
         verdict = await self._compare(job.request, text, job.cached)
         cost = billed.usd = cost + verdict.cost
@@ -217,7 +217,7 @@ class CacheVerification:
             acceptance.count_label("paid")
         await self._record(job.request.request_id, "paid", "served", job.similarity,
                               acceptance.settings.verify_hits, wrong, reference, cost, began)  # fmt: skip
-        await self.service.save("cache")
+        await self.service.save(acceptance.scope)
 
     async def _unfinished(
         self,
@@ -242,7 +242,7 @@ class CacheVerification:
             acceptance.failed()
             await self._record(request_id, label, decision, similarity, probability, None,
                                reference, cost, began)  # fmt: skip
-            await self.service.save("cache")
+            await self.service.save(acceptance.scope)
         except Exception:
             log.exception("could not record the unfinished verification of %s", request_id)
 

@@ -108,6 +108,11 @@ class RouteState:
         self.calibrator.start_tests(calibration, dense)
 
     @property
+    def scope(self) -> str:
+        """Its row in the store (quality/service.py), apart from the semantic cache's ("cache")."""
+        return f"route:{self.route}"
+
+    @property
     def cut(self) -> float:
         return self.state.calibration.cheap_share
 

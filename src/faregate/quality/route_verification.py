@@ -72,7 +72,7 @@ class RouteVerification:
             # of the load): failed before any call is admitted or paid for, not after.
             calibration.failed(decision)
             await self._record(job, calibration, "failed", None, Decimal(0), began, verification.comparator)
-            await self.service.save(decision.route)
+            await self.service.save(calibration.scope)
             return
         shadow: ShadowCall | None = None
         if decision.label_kind == "free":
@@ -136,7 +136,7 @@ class RouteVerification:
         calibration.charge(decision, cost, day)
         calibration.failed(decision)
         await self._record(job, calibration, "failed", reference, cost, began, comparator)
-        await self.service.save(decision.route)
+        await self.service.save(calibration.scope)
 
     async def _verify(
         self, job: Job, shadow: ShadowCall | None, day: str, began: float, billed: Billed
@@ -183,7 +183,7 @@ class RouteVerification:
         await self._record(
             job, calibration, "loss" if loss else "acceptable", reference, cost, began, comparator_name
         )
-        await self.service.save(decision.route)
+        await self.service.save(calibration.scope)
         return cost
 
     async def _record(

@@ -56,6 +56,12 @@ class Calibrated(Protocol):
     route: str
     journal: list[Callable[[], None]]
 
+    @property
+    def scope(self) -> str:
+        """Its row's key in the store ("route:NAME", the cache's "cache"): a route may be named
+        "cache" too."""
+        ...
+
     def fingerprint(self) -> str: ...
 
     def models(self) -> dict[str, str]: ...
@@ -75,15 +81,15 @@ class QualityService:
     ) -> None:
         self.routes: dict[str, RouteCalibration] = {r.route: r for r in routes}
         self.cache = cache
-        # Everything kept in the store, by name (the cache's is "cache").
-        self.calibrated: dict[str, Calibrated] = dict(self.routes)
+        # Everything kept in the store, by its scope there ("route:NAME", the cache's "cache").
+        self.calibrated: dict[str, Calibrated] = {r.scope: r for r in self.routes.values()}
         if cache is not None:
-            self.calibrated[cache.route] = cache
+            self.calibrated[cache.scope] = cache
         self.store = store
         # Whose verification holds are alive (quality/spend.py).
         self.leases: Leases = leases or SoleInstance()
-        self._versions: dict[str, int] = {name: 0 for name in self.calibrated}
-        self._locks: dict[str, asyncio.Lock] = {name: asyncio.Lock() for name in self.calibrated}
+        self._versions: dict[str, int] = {scope: 0 for scope in self.calibrated}
+        self._locks: dict[str, asyncio.Lock] = {scope: asyncio.Lock() for scope in self.calibrated}
         # The last write of each scope (`_write`): its caller may be cancelled while the store writes.
         self._writes: dict[str, asyncio.Future[bool]] = {}
         # Verification rows the store has not taken yet, oldest first (`record`), and those given up.
@@ -93,67 +99,65 @@ class QualityService:
         self.rows_lost = 0
         self._refresh = Periodic("calibration state refresh", REFRESH_S, self.refresh)
 
-    def scope(self, name: str) -> str:
-        return name if name == "cache" else f"route:{name}"
-
     async def load(self) -> None:
-        for name, calibration in self.calibrated.items():
-            await self._load(name, calibration, at_start=True)
+        for scope, calibration in self.calibrated.items():
+            await self._load(scope, calibration, at_start=True)
 
     def start(self) -> None:
         self._refresh.start()
 
     async def close(self) -> None:
         await self._refresh.stop()
-        for name in self.calibrated:
+        for scope in self.calibrated:
             try:
-                await self.save(name)
+                await self.save(scope)
             except Exception:
-                log.exception("could not save the calibration of route %s at shutdown", name)
+                log.exception("could not save the calibration state %s at shutdown", scope)
         if not await self.write_rows() and self._unrecorded:
             log.error("%d verification rows could not be written at shutdown", len(self._unrecorded))
             self.rows_lost += len(self._unrecorded)
             self._unrecorded.clear()
 
-    async def _load(self, name: str, calibration: Calibrated, *, at_start: bool = False) -> bool:
+    async def _load(self, scope: str, calibration: Calibrated, *, at_start: bool = False) -> bool:
         """Adopt the stored state if it is newer than ours; True if it was."""
-        await self._written(name)
-        stored = await self.store.load_state(self.scope(name))
+        await self._written(scope)
+        stored = await self.store.load_state(scope)
         if stored is None:
             return False
         version, text = stored
-        if version <= self._versions[name] and not at_start:
+        if version <= self._versions[scope] and not at_start:
             return False
         data: dict[str, Any] = orjson.loads(text)
-        self._versions[name] = version
+        self._versions[scope] = version
         changed = unlike(calibration, data)
         if changed:
             if at_start:
-                log.warning("%s: its %s changed; the calibration starts afresh", name, changed)
+                log.warning("%s: its %s changed; the calibration starts afresh", scope, changed)
             return False
         calibration.adopt_json(data["state"])
         return True
 
-    async def save(self, name: str) -> None:
-        """Write the route's state (compare-and-set, retried after adopting another writer's)."""
-        calibration = self.calibrated[name]
-        async with self._locks[name]:
+    async def save(self, scope: str) -> None:
+        """Write the state of `scope` (a calibration's `scope`: compare-and-set, retried after
+        adopting another writer's)."""
+        calibration = self.calibrated[scope]
+        async with self._locks[scope]:
             for _ in range(SAVE_TRIES):
-                if await self._write(name, calibration):
+                if await self._write(scope, calibration):
                     return
                 # Another instance wrote first: take its state, replay ours on it, try again.
-                stored = await self.store.load_state(self.scope(name))
+                stored = await self.store.load_state(scope)
                 if stored is not None:
-                    self._versions[name] = stored[0]
+                    self._versions[scope] = stored[0]
                     data = orjson.loads(stored[1])
                     if not unlike(calibration, data):
                         calibration.adopt_json(data["state"])
-            log.warning("%s: the calibration state kept changing under us; saved later", name)
+            log.warning("%s: the calibration state kept changing under us; saved later", scope)
 
-    async def _write(self, name: str, calibration: Calibrated) -> bool:
+    async def _write(self, scope: str, calibration: Calibrated) -> bool:
         """One compare-and-set of the state over the version last read; True: written (the journal
         of what it holds is cleared), False: another instance wrote in between."""
-        await self._written(name)
+        await self._written(scope)
         saved = len(calibration.journal)
         data = {
             "settings": calibration.fingerprint(),
@@ -161,11 +165,11 @@ class QualityService:
             "state": calibration.state_json(),
         }
         text = orjson.dumps(data).decode()
-        expected = self._versions[name]
+        expected = self._versions[scope]
 
         async def write() -> bool:
-            if await self.store.save_state(self.scope(name), expected, text, time.time()):
-                self._versions[name] = expected + 1
+            if await self.store.save_state(scope, expected, text, time.time()):
+                self._versions[scope] = expected + 1
                 del calibration.journal[:saved]
                 return True
             return False
@@ -173,45 +177,45 @@ class QualityService:
         # Shielded: a caller cancelled while the store writes (a shutdown) does not lose whether it
         # wrote (the store goes on with it); otherwise the next save, finding another version,
         # would adopt that write and replay on it the changes it already holds, counting them twice.
-        self._writes[name] = written = asyncio.ensure_future(write())
+        self._writes[scope] = written = asyncio.ensure_future(write())
         return await asyncio.shield(written)
 
-    async def _written(self, name: str) -> None:
+    async def _written(self, scope: str) -> None:
         """The last write of the scope finished and taken in (a cancelled caller's included)."""
-        written = self._writes.pop(name, None)
+        written = self._writes.pop(scope, None)
         if written is not None:
             with contextlib.suppress(Exception):  # its caller was told, or the state is saved again
                 await written
 
-    async def write_now(self, name: str, change: Callable[[], bool]) -> None:
+    async def write_now(self, scope: str, change: Callable[[], bool]) -> None:
         """Make `change` on the freshest stored state and write it at once, by compare-and-set.
         When another instance wrote in between, its state is adopted and the change made again on
         it (so a decision the change takes, such as pausing the day, is always taken on the state
         it is written over). `change` is not journaled; it says whether it changed anything
         (nothing: nothing is written). Raises StateContention if the row kept changing under us."""
-        calibration = self.calibrated[name]
-        async with self._locks[name]:
-            await self._load(name, calibration)
+        calibration = self.calibrated[scope]
+        async with self._locks[scope]:
+            await self._load(scope, calibration)
             made = False
             for _ in range(SAVE_TRIES):
                 if not made:
                     if not change():
                         return
                     made = True
-                if await self._write(name, calibration):
+                if await self._write(scope, calibration):
                     return
                 # Adopted: the state the change was made on is gone, make it again on the new one.
                 # (Not adopted: a state under other settings, overwritten with ours as it is.)
-                made = not await self._load(name, calibration)
-            raise StateContention(f"{name}: the calibration state kept changing under us")
+                made = not await self._load(scope, calibration)
+            raise StateContention(f"{scope}: the calibration state kept changing under us")
 
     async def refresh(self) -> None:
         await self.write_rows()
-        for name, calibration in self.calibrated.items():
-            async with self._locks[name]:
-                await self._load(name, calibration)
+        for scope, calibration in self.calibrated.items():
+            async with self._locks[scope]:
+                await self._load(scope, calibration)
             if calibration.journal:
-                await self.save(name)
+                await self.save(scope)
 
     async def record(self, row: VerificationRow) -> None:
         """Write a verification's row, after any still waiting; one the store cannot take now is

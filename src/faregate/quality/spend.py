@@ -151,7 +151,7 @@ class Holds:
         settlement is seen in the store: looked for every WAIT_S; this process's settlements the
         store refused are made again on every look)."""
         hold_id = new_hold_id()
-        store, scope = self.service.store, self.service.scope(capped.route)
+        store, scope = self.service.store, capped.scope
         while True:
             # Each pass: a settlement refused while this one waited may be the hold it waits on.
             await self.settle_again()
@@ -166,7 +166,7 @@ class Holds:
             if verdict == "admitted":
                 return hold_id
             if verdict == "refused":
-                await self.service.write_now(capped.route, lambda: refuse(capped, day))
+                await self.service.write_now(capped.scope, lambda: refuse(capped, day))
                 return None
             async with self._settled:
                 with contextlib.suppress(TimeoutError):
@@ -186,8 +186,7 @@ class Holds:
                 self._settled.notify_all()
 
     async def _settle(self, capped: Capped, hold_id: str, day: str, cost: Decimal) -> None:
-        scope = self.service.scope(capped.route)
-        capped.held = await self.service.store.settle_hold(scope, hold_id, day, cost)
+        capped.held = await self.service.store.settle_hold(capped.scope, hold_id, day, cost)
 
     async def settle_again(self) -> None:
         """The settlements the store refused, made again (those it refuses again are kept)."""
