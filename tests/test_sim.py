@@ -24,6 +24,8 @@ from faregate import tokens
 from faregate.errors import ConfigError
 from faregate.sim import RunningSim, answers, catalog_model_names, create_app, parse_script, start
 from faregate.sim.script import load_script
+from faregate.sim.server import catalog_refusals
+from faregate.wire.model_params import refused_params
 
 GSM8K = Path(__file__).resolve().parents[1] / "data" / "routellm" / "gsm8k_responses.csv"
 MSG = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello to the simulator."}]
@@ -470,6 +472,35 @@ async def test_models_strict_models_and_unknown_models(start_sim: StartSim) -> N
 
     alone = await start_sim({"catalog_models": False, "models": {"only": {}}}, catalog_names=["gpt-4o"])
     assert [m.id async for m in sdk(alone).models.list()] == ["only"]
+
+
+async def test_a_model_refuses_the_settings_its_api_refuses() -> None:
+    """gpt-4o-mini refuses reasoning_effort, a reasoning model a temperature but 1: OpenAI's 400s."""
+    refusals = {"gpt-4o-mini": refused_params(False, True), "o3": refused_params(True, False)}
+    async with await start(parse_script({}), catalog_names=[], refusals=refusals) as sim:
+        client = sdk(sim)
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MSG, reasoning_effort="low")
+        assert info.value.code == "unsupported_parameter" and info.value.param == "reasoning_effort"
+        refused = "Unsupported parameter: 'reasoning_effort' is not supported with this model."
+        assert refused in str(info.value)
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.responses.create(model="gpt-4o-mini", input="hi", reasoning={"effort": "low"})
+        assert info.value.param == "reasoning.effort"
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.chat.completions.create(model="o3", messages=MSG, temperature=0.2)
+        assert info.value.code == "unsupported_value" and info.value.param == "temperature"
+        assert "Only the default (1) value is supported." in str(info.value)
+        # The defaults are taken, and every other model takes everything.
+        await client.chat.completions.create(model="o3", messages=MSG, temperature=1, reasoning_effort="low")
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MSG, temperature=0.2)
+        await client.chat.completions.create(model="m", messages=MSG, temperature=0.2, reasoning_effort="low")
+
+
+def test_the_simulator_refuses_what_the_catalog_says_a_model_refuses() -> None:
+    refusals = catalog_refusals()
+    assert "reasoning_effort" in refusals["gpt-4o-mini"] and "temperature" in refusals["deepseek-reasoner"]
+    assert "deepseek-ai/DeepSeek-V4-Flash" not in refusals  # not marked: sent as given
 
 
 def test_catalog_model_names_are_the_curated_models() -> None:

@@ -5,6 +5,7 @@ Curated models and local overrides always win over it.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from faregate.catalog.models import Catalog, Model, Offer, output_default
 from faregate.config import Settings
 from faregate.types import Price
+from faregate.wire.model_params import refused_params
 
 # genai-prices provider id -> our provider name, for vendors we declare by default.
 PROVIDER_IDS = {
@@ -61,6 +63,21 @@ def _price_in_force(info: Any, today: date) -> Price | None:
     if isinstance(inp, Decimal) and isinstance(out, Decimal):
         return Price(inp, out, *(_decimal(chosen, f) for f in (*_CACHE_PRICE_FIELDS, *_AUDIO_PRICE_FIELDS)))
     return None
+
+
+# OpenAI's reasoning models (o1, o3, o4-mini, gpt-5...; not the gpt-5 chat models) refuse the
+# sampling settings; its older models (gpt-4o, gpt-4.1, gpt-3.5) refuse reasoning_effort.
+_OPENAI_REASONING = re.compile(r"^(o\d|gpt-5)(?!.*chat)")
+_OPENAI_NOT_REASONING = re.compile(r"^(gpt-4|gpt-3\.5|chatgpt-4o)")
+
+
+def _openai_refuses(model_id: str) -> frozenset[str]:
+    """The settings an OpenAI model of the snapshot refuses, which it does not say: by its name."""
+    if _OPENAI_REASONING.match(model_id):
+        return refused_params(reasoning=True, sampling=False)
+    if _OPENAI_NOT_REASONING.match(model_id):
+        return refused_params(reasoning=False, sampling=True)
+    return frozenset()
 
 
 def _modalities(price: Price) -> frozenset[str]:
@@ -122,6 +139,7 @@ def add_broad_models(catalog: Catalog, settings: Settings, enabled: dict[str, bo
                     modalities=_modalities(price),
                     offers=offers,
                     curated=False,
+                    refuses=_openai_refuses(info.id) if provider.id == "openai" else frozenset(),
                 )
             )
             added += 1

@@ -16,6 +16,7 @@ from faregate.config import ModelSettings, OfferSettings, ProviderSettings, Sett
 from faregate.errors import ConfigError
 from faregate.types import Price
 from faregate.wire.anthropic_upstream import DEFAULT_MAX_TOKENS
+from faregate.wire.model_params import refused_params
 
 # Suggestions remembered per unknown name. Finding them scans every name in the catalog with
 # difflib (~25 ms over the ~1,800 names of the broad catalog, on the event loop), and a client
@@ -56,6 +57,9 @@ class Model:
     curated: bool = True
     # "chat", or "embedding": served by POST /v1/embeddings only (config.ModelSettings.kind).
     kind: str = "chat"
+    # The internal body's settings the model refuses, left out of what it is sent
+    # (wire/model_params.py; ModelSettings.reasoning and .sampling): empty for most models.
+    refuses: frozenset[str] = frozenset()
 
     @property
     def embeds(self) -> bool:
@@ -228,6 +232,7 @@ def build_catalog(settings: Settings) -> Catalog:
                 tags=tuple(ms.tags),
                 offers=offers,
                 kind=ms.kind,
+                refuses=refused_params(ms.reasoning, ms.sampling),
             )
         )
     catalog = Catalog(models)

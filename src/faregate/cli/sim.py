@@ -23,7 +23,10 @@ def sim(
     config: Annotated[
         Path | None,
         typer.Option(
-            "--config", "-c", help="Faregate config whose curated models /v1/models lists.", dir_okay=False
+            "--config",
+            "-c",
+            help="Faregate config whose curated models /v1/models lists, refusing what they refuse.",
+            dir_okay=False,
         ),
     ] = None,
 ) -> None:

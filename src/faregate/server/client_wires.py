@@ -20,7 +20,8 @@ Responses API (wire/responses*.py). `name` is what the request's record says it 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Protocol
 
 import orjson
@@ -70,6 +71,9 @@ class ClientWire(Protocol):
     request_id_headers: tuple[str, ...]
     # Does its stream say the input count before the answer (`stream`'s input_tokens)?
     input_count_up_front: bool
+    # The client's names of the internal body's settings, where they differ: the header that
+    # lists the ones a model was sent without says these (wire/model_params.py).
+    param_names: Mapping[str, str]
 
     def to_chat(self, body: JSON) -> JSON: ...
 
@@ -92,6 +96,7 @@ class ChatWire:
     extras: frozenset[str] = frozenset()
     request_id_headers: tuple[str, ...] = ("x-request-id",)
     input_count_up_front = False
+    param_names: Mapping[str, str] = MappingProxyType({})
 
     def to_chat(self, body: JSON) -> JSON:
         # The other wires' extras are theirs to put in: from a chat client, the Responses body would
@@ -151,6 +156,9 @@ class MessagesWire:
     request_id_headers: tuple[str, ...] = ("x-request-id", "request-id")
     # message_start says input_tokens: Anthropic's own count, before the answer.
     input_count_up_front = True
+    param_names: Mapping[str, str] = MappingProxyType(
+        {"reasoning_effort": "output_config.effort", anthropic.MESSAGES_EFFORT: "output_config.effort"}
+    )
 
     def to_chat(self, body: JSON) -> JSON:
         return anthropic.messages_to_chat(body)
@@ -216,6 +224,7 @@ class ResponsesWire:
     extras = frozenset({responses_native.NATIVE_REQUEST})
     request_id_headers: tuple[str, ...] = ("x-request-id",)
     input_count_up_front = False
+    param_names: Mapping[str, str] = MappingProxyType({"reasoning_effort": "reasoning"})
 
     def to_chat(self, body: JSON) -> JSON:
         chat = responses.responses_to_chat(body)

@@ -30,6 +30,7 @@ from faregate.server.client_wires import CHAT, ClientWire
 from faregate.server.http_seam import HttpRequest
 from faregate.server.random_ids import random_hex
 from faregate.types import JSON, REFUSED_HIT, Attempt, ChatRequest, Price, RequestRecord, Usage
+from faregate.wire.model_params import dropped_params
 
 if TYPE_CHECKING:
     from faregate.quality.verifier import CacheJob, Job
@@ -185,6 +186,15 @@ class Exchange:
                 "x-faregate-attempts": str(len(attempts)),
             }
         )
+        refused = candidate.model.refuses
+        if refused and self.parsed is not None:
+            dropped = dropped_params(self.parsed.body, refused)
+            if dropped:
+                # In the client's own names (a Messages client's effort is output_config.effort).
+                names = self.wire.param_names
+                self.headers["x-faregate-dropped-params"] = ", ".join(
+                    dict.fromkeys(names.get(name, name) for name in dropped)
+                )
 
     def settled(self, candidate: Candidate, usage: Usage, cost: Decimal) -> None:
         """What the answer cost: the served attempt's usage at its offer's price, plus what

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from faregate import tokens
 from faregate.errors import InvalidRequest
-from faregate.sim import answers, faults, translated
+from faregate.sim import answers, faults, refusals, translated
 from faregate.sim.delivery import cut_body, paced, reset_connection
 from faregate.sim.faults import JSON_TYPE
 from faregate.sim.script import ScriptedRequestError
@@ -26,6 +26,9 @@ from faregate.wire.responses_stream import response_events, sse_frame
 
 if TYPE_CHECKING:
     from faregate.sim.simulator import Simulator
+
+# The Responses names of the chat settings a model may refuse (as OpenAI's 400 names them).
+_RESPONSES_NAMES = {"reasoning_effort": "reasoning.effort"}
 
 
 def error(
@@ -66,6 +69,10 @@ class ResponsesEndpoint:
                 "model_not_found",
                 "model",
             )
+        refused = self._sim.refusals.get(model)
+        if refused and (refusal := refusals.refusal(chat, refused, _RESPONSES_NAMES)) is not None:
+            self._sim.stats.rejected += 1
+            return refusal
         try:
             behaviour, fault = self._sim.scripted(request, body, model)
         except ScriptedRequestError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -15,6 +15,7 @@ from faregate.config import config_path, load_settings
 from faregate.errors import StartupError
 from faregate.sim.script import Script, load_script
 from faregate.sim.simulator import Simulator
+from faregate.wire.model_params import refused_params
 
 # A hung request is cancelled when its client gives up, so there is nothing worth waiting for at shutdown.
 SHUTDOWN_TIMEOUT_S = 0.5
@@ -24,6 +25,14 @@ SIMULATOR_KEY = web.AppKey("simulator", Simulator)
 def catalog_model_names(config: str | Path | None = None) -> list[str]:
     """The curated catalog's model names (the config's `models`), without loading the broad catalog."""
     return list(load_settings(config_path(str(config) if config is not None else None)).models)
+
+
+def catalog_refusals(config: str | Path | None = None) -> dict[str, frozenset[str]]:
+    """The settings each curated model refuses (ModelSettings.reasoning, .sampling), which the
+    simulator refuses as the model's real API does."""
+    models = load_settings(config_path(str(config) if config is not None else None)).models
+    refused = {name: refused_params(ms.reasoning, ms.sampling) for name, ms in models.items()}
+    return {name: params for name, params in refused.items() if params}
 
 
 def create_app(
@@ -81,10 +90,12 @@ async def start(
     *,
     catalog_names: Iterable[str] | None = None,
     warm: bool = True,
+    refusals: Mapping[str, frozenset[str]] | None = None,
 ) -> RunningSim:
     """Listen on host:port (0 picks a free port). With `warm`, returns once the tokenizer is loaded;
-    it loads in a thread while the socket is already open, and requests that need it wait for it."""
-    simulator = _simulator(script, catalog_names)
+    it loads in a thread while the socket is already open, and requests that need it wait for it.
+    `refusals`: the settings each model refuses (sim/refusals.py; none unless given)."""
+    simulator = _simulator(script, catalog_names, refusals)
     simulator.start_warming()
     server = web.Server(simulator.handle, handler_cancellation=True, access_log=None)
     runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
@@ -111,9 +122,10 @@ async def serve(
     port: int = 4001,
     *,
     catalog_names: Iterable[str] | None = None,
+    refusals: Mapping[str, frozenset[str]] | None = None,
 ) -> None:
     """Run until cancelled; prints one line ending in the base URL once ready."""
-    running = await start(script, host, port, catalog_names=catalog_names)
+    running = await start(script, host, port, catalog_names=catalog_names, refusals=refusals)
     print(f"faregate sim ready at {running.base_url}", flush=True)
     try:
         await asyncio.Event().wait()
@@ -135,13 +147,17 @@ def run(
     script = load_script(script_path)
     names = catalog_model_names(config) if script.catalog_models else []
     try:
-        uvloop.run(serve(script, host, port, catalog_names=names))
+        uvloop.run(serve(script, host, port, catalog_names=names, refusals=catalog_refusals(config)))
     except KeyboardInterrupt:
         pass
 
 
-def _simulator(script: Script | None, catalog_names: Iterable[str] | None) -> Simulator:
+def _simulator(
+    script: Script | None,
+    catalog_names: Iterable[str] | None,
+    refusals: Mapping[str, frozenset[str]] | None = None,
+) -> Simulator:
     script = script if script is not None else Script()
     if catalog_names is None:
         catalog_names = catalog_model_names() if script.catalog_models else []
-    return Simulator(script, catalog_names)
+    return Simulator(script, catalog_names, refusals)

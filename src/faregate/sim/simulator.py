@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -84,9 +84,16 @@ class Stats:
 
 
 class Simulator:
-    def __init__(self, script: Script, catalog_names: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        script: Script,
+        catalog_names: Iterable[str] = (),
+        refusals: Mapping[str, frozenset[str]] | None = None,
+    ) -> None:
         self.stats = Stats()
         self._catalog_names = list(catalog_names)
+        # The settings each model refuses with a 400, as its real API does (sim/refusals.py).
+        self.refusals: Mapping[str, frozenset[str]] = refusals or {}
         self._warming: asyncio.Future[Any] | None = None
         self.set_script(script)
         routes: dict[tuple[str, str], Handler] = {

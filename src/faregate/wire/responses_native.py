@@ -68,8 +68,9 @@ def native_body(call_body: JSON, stream: bool) -> JSON:
 
 
 def _asks_for_reasoning(asked: JSON) -> bool:
-    """Does the request set `reasoning` (an effort, a summary)? Only a reasoning model takes it,
-    and the catalog does not say which models reason: without it, no include is added."""
+    """Does the request set `reasoning` (an effort, a summary)? Only a reasoning model takes it
+    (a model the catalog says does not reason was sent none: wire/model_params.py), and the
+    catalog does not say which models reason unasked: without it, no include is added."""
     reasoning = asked.get("reasoning")
     return isinstance(reasoning, dict) and any(value is not None for value in reasoning.values())
 

@@ -1,0 +1,80 @@
+"""Settings a model refuses, left out of what it is sent (ModelSettings.reasoning, .sampling).
+
+The client's settings were written for whichever model answers, and a route, a router, a cascade
+or a fallback picks that model. An upstream refuses what its model does not take, with a 400
+that is the client's (no fallback follows it): OpenAI's non-reasoning models `reasoning_effort`
+("Unsupported parameter"), its reasoning models a temperature but 1, top_p, the penalties,
+logprobs and logit_bias. A model the catalog marks as not taking them is sent the request
+without them, whichever wire it came in on (the internal chat body, and the client's Responses
+body passed through natively); the answer's x-faregate-dropped-params header names what was left
+out, as OpenRouter and LiteLLM's drop_params leave them out.
+"""
+
+from __future__ import annotations
+
+from faregate.types import JSON
+from faregate.wire.anthropic import MESSAGES_EFFORT
+from faregate.wire.responses_native import ENCRYPTED_REASONING, NATIVE_REQUEST
+
+# The reasoning settings of the internal chat body (a Messages client's effort is both).
+REASONING_PARAMS = frozenset({"reasoning_effort", MESSAGES_EFFORT})
+SAMPLING_PARAMS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "logprobs",
+        "top_logprobs",
+        "logit_bias",
+    }
+)
+# Their names in a Responses body (the rest are chat-only).
+_RESPONSES_NAMES = {
+    "reasoning_effort": "reasoning",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_logprobs": "top_logprobs",
+}
+
+
+def refused_params(reasoning: bool | None, sampling: bool) -> frozenset[str]:
+    """The internal body's fields a model refuses: the reasoning settings when it does not reason
+    (None: not known, so nothing is left out), the sampling settings when it takes none."""
+    refused: frozenset[str] = frozenset()
+    if reasoning is False:
+        refused |= REASONING_PARAMS
+    if not sampling:
+        refused |= SAMPLING_PARAMS
+    return refused
+
+
+def drop_refused(body: JSON, refused: frozenset[str]) -> None:
+    """Take the fields `refused` out of `body`, an upstream body of its own (upstream_body's copy);
+    the client's Responses body it carries, which is the client's own, is replaced by a copy
+    without them."""
+    for name in refused:
+        body.pop(name, None)
+    native = body.get(NATIVE_REQUEST)
+    if isinstance(native, dict):
+        names = {_RESPONSES_NAMES[name] for name in refused if name in _RESPONSES_NAMES}
+        include = native.get("include")
+        # Encrypted reasoning asked back: a model that does not reason refuses that too.
+        if "reasoning" not in names or not isinstance(include, list) or ENCRYPTED_REASONING not in include:
+            include = None
+        if include is not None or not names.isdisjoint(native):
+            kept = {k: v for k, v in native.items() if k not in names}
+            if include is not None:
+                kept["include"] = [item for item in include if item != ENCRYPTED_REASONING]
+            body[NATIVE_REQUEST] = kept
+
+
+def dropped_params(body: JSON, refused: frozenset[str]) -> list[str]:
+    """The settings the client's request set (`body`, the internal one) that `refused` leaves out,
+    by their internal names, sorted."""
+    dropped = [name for name in refused if body.get(name) is not None]
+    native = body.get(NATIVE_REQUEST)
+    if "reasoning_effort" in refused and "reasoning_effort" not in dropped and isinstance(native, dict):
+        if native.get("reasoning") is not None:  # a summary asked for without an effort
+            dropped.append("reasoning_effort")
+    return sorted(dropped)

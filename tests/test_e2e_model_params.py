@@ -1,0 +1,52 @@
+"""End to end: settings a model refuses are left out for it, through the openai SDK, against the
+simulator refusing them as the real APIs do (gpt-4o-mini reasoning_effort, a reasoning model a
+temperature)."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from harness import GatewayProcess
+
+pytestmark = pytest.mark.e2e
+
+MSG = [{"role": "user", "content": "Hello there"}]
+
+
+@pytest.fixture()
+def client(gateway: GatewayProcess, api_key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.base_url, api_key=api_key, max_retries=0)
+
+
+def test_the_models_picked_are_sent_only_the_settings_they_take(client: openai.OpenAI) -> None:
+    # The client's list puts the cheap non-reasoning model first: it answers, without the effort
+    # (sent, the simulator refuses it with OpenAI's 400, which no fallback follows).
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=MSG,
+        reasoning_effort="low",
+        extra_body={"models": ["gpt-4o-mini", "claude-sonnet-4-6"]},
+    )
+    assert raw.parse().choices[0].message.content == "Hello there"
+    assert raw.headers["x-faregate-model"] == "gpt-4o-mini"
+    assert raw.headers["x-faregate-dropped-params"] == "reasoning_effort"
+    # A reasoning model is sent no temperature; stream alike.
+    with client.chat.completions.with_streaming_response.create(
+        model="deepseek-reasoner", messages=MSG, temperature=0.2, top_p=0.5, stream=True
+    ) as streamed:
+        assert streamed.headers["x-faregate-dropped-params"] == "temperature, top_p"
+        assert (
+            "".join(c.choices[0].delta.content or "" for c in streamed.parse() if c.choices) == "Hello there"
+        )
+    # The Responses wire names it as its client does.
+    raw_response = client.responses.with_raw_response.create(
+        model="gpt-4o-mini", input="Hello there", reasoning={"effort": "low"}
+    )
+    assert raw_response.parse().output_text == "Hello there"
+    assert raw_response.headers["x-faregate-dropped-params"] == "reasoning"
+    # Nothing left out, no header.
+    plain = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MSG, temperature=0.2
+    )
+    assert "x-faregate-dropped-params" not in plain.headers
