@@ -21,8 +21,9 @@ from faregate.errors import (
     UpstreamFailure,
     UpstreamRejected,
 )
+from faregate.providers.anthropic import AnthropicProvider
 from faregate.providers.base import UpstreamCall
-from faregate.providers.registry import ProviderRegistry
+from faregate.providers.registry import ProviderRegistry, make_upstream_pool
 from faregate.quality.spend import shadow_request
 from faregate.routing.attempts import AttemptRunner
 from faregate.routing.candidate_fit import ModelUnavailable
@@ -1150,6 +1151,42 @@ async def test_a_prompt_every_upstream_finds_too_long_is_their_400_listing_each_
         await runner.complete(req, await planner.plan(req))
     assert (info.value.status, info.value.code) == (400, "context_length_exceeded")
     assert [(x.model, x.outcome) for x in info.value.attempts] == [("tiny", "rejected"), ("big", "rejected")]
+
+
+@pytest.mark.parametrize(
+    "asked",
+    [{"logprobs": True}, {"n": 2}, {"presence_penalty": 0.5}, {"temperature": 1.5}],
+)
+async def test_a_request_the_messages_wire_cannot_carry_falls_back_to_a_model_that_can(
+    asked: dict[str, Any],
+) -> None:
+    """The Messages translation refuses what Messages cannot say (logprobs, n > 1, penalties, a
+    temperature above 1) before anything is sent: a 400 that ended the request when the client's
+    list (or a route, or a fallback) had a Claude model first, though the next model serves it."""
+    providers = {
+        **PROVIDERS,
+        "c": {"base_url": "http://127.0.0.1:3/v1", "enabled": True, "protocol": "anthropic"},
+    }
+    s = settings(providers=providers, models={**MODELS, "claude": model("0.05", offers=[{"provider": "c"}])})
+    pool = make_upstream_pool(s)
+    try:
+        claude = AnthropicProvider("c", s.providers["c"], pool)
+        a = Scripted("a", [ok("from cheap")])
+        health = HealthBoard(s.routing.breaker)
+        planner = Planner(build_catalog(s), s.routes, s.routing, health)
+        runner = AttemptRunner(ProviderRegistry.of({"a": a, "c": claude}), 5.0, s.routing, health)
+        req = request({"models": ["claude", "cheap"], **asked})
+        served = await runner.complete(req, await planner.plan(req))
+        assert served.completion.body["choices"][0]["message"]["content"] == "from cheap"
+        assert [(x.model, x.outcome) for x in served.attempts] == [("claude", "rejected"), ("cheap", "ok")]
+        assert health.breaker("c/claude").consecutive_failures == 0  # nothing was sent
+        # Claude alone: the translation's 400, naming what it cannot carry.
+        req = request({"model": "claude", **asked})
+        with pytest.raises(UpstreamRejected) as info:
+            await runner.complete(req, await planner.plan(req))
+        assert info.value.status == 400 and info.value.param == next(iter(asked))
+    finally:
+        await pool.close()
 
 
 @pytest.mark.parametrize("cap", ["1_000", "1e3", "NaN", "\uff15", "0x10", "", True])

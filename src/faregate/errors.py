@@ -230,10 +230,19 @@ class UpstreamRejected(UpstreamError):
     type = "invalid_request_error"
 
     def __init__(
-        self, status: int, message: str, *, code: str | None = None, param: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        untranslatable: bool = False,
     ) -> None:
         super().__init__(message, code=code, param=param)
         self.status = status
+        # Refused by the gateway before sending: the provider's wire cannot say the request (the
+        # Messages wire n > 1, logprobs...). Another provider's wire may: the attempt loop moves on.
+        self.untranslatable = untranslatable
 
 
 def _settled(attempt: Attempt) -> bool:

@@ -74,6 +74,9 @@ class AnthropicProvider(OpenAICompatibleProvider):
             body = chat_to_messages(call.body, call.max_output_tokens)
         except InvalidRequest as exc:
             raise UpstreamRejected(
-                400, f"{self.name} (Messages wire) cannot take this request: {exc.message}", param=exc.param
+                400,
+                f"{self.name} (Messages wire) cannot take this request: {exc.message}",
+                param=exc.param,
+                untranslatable=True,
             ) from exc
         return dataclasses.replace(call, body=body)

@@ -8,8 +8,10 @@ max_tokens is served however blank (a reasoning model may spend them all on its 
 another call would reach the same limit, and be billed for it too; a 404 or a refused key
 (401, 403) moves on without a retry, since the same call gets the same answer. A 4xx that is the
 client's fault is returned at once: another provider would refuse it too; but a prompt an upstream
-finds too long for its model's window (the plan's fit was the gateway's count) moves on to the next
-model without a retry, and is the client's 400 only when every model called said so. Breakers
+finds too long for its model's window (the plan's fit was the gateway's count), or one a provider's
+wire cannot say (the Messages wire n > 1, logprobs, penalties: refused before anything is sent),
+moves on to the next model without a retry, and is the client's 400 only when every model called
+said so. Breakers
 fail fast: an offer whose breaker is open is not called at all. A candidate's provider and
 the timeouts of its calls are one registry lookup.
 """
@@ -308,7 +310,9 @@ class AttemptRunner:
         timed_out = False
         queue_full: RateLimited | None = None
         breaker_refused: list[str] = []  # offers whose breaker refused their first call
-        too_long: UpstreamRejected | None = None  # an upstream's "the prompt overflows my window"
+        # A 400 another model may not give: an upstream's "the prompt overflows my window", or a
+        # wire that cannot say the request (nothing sent). The client's only if every call says so.
+        passed_on: UpstreamRejected | None = None
         for index, candidate in enumerate(plan.candidates):
             key = candidate.offer.key
             entry = self.providers.entry(candidate.offer.provider)
@@ -355,11 +359,14 @@ class AttemptRunner:
                     attempts.append(
                         _attempt(candidate, t0, "rejected", str(rejected.message), rejected.status)
                     )
-                    if overflows_context(rejected) and index < len(plan.candidates) - 1:
+                    if index < len(plan.candidates) - 1 and (
+                        rejected.untranslatable or overflows_context(rejected)
+                    ):
                         # The plan fitted the prompt by the gateway's count, an estimate (and each
                         # upstream counts with its own tokenizer): a later model, with a larger
-                        # window, may serve it. No retry, and no failure of the offer's.
-                        too_long = rejected
+                        # window, may serve it; and a later provider's wire may say what this
+                        # one's cannot. No retry, and no failure of the offer's.
+                        passed_on = rejected
                         break
                     rejected.attempts = attempts
                     raise
@@ -374,9 +381,9 @@ class AttemptRunner:
             raise queue_full  # no upstream was called: the queue's 429, with its Retry-After
         if breaker_refused and not attempts and not timed_out:
             raise BreakersOpen(breaker_refused)  # no upstream was called: not "All 0 attempts failed"
-        if too_long is not None and all(a.outcome == "rejected" for a in attempts):
-            too_long.attempts = attempts  # every upstream called found the prompt too long: their 400
-            raise too_long
+        if passed_on is not None and all(a.outcome == "rejected" for a in attempts):
+            passed_on.attempts = attempts  # every upstream called refused the request: their 400
+            raise passed_on
         raise UpstreamFailed(attempts, timeout=timed_out or _all_timeouts(attempts))
 
     def _failed(
