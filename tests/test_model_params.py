@@ -120,3 +120,20 @@ def test_the_catalog_says_what_each_model_refuses_and_the_config_can_say_it() ->
     catalog = build_catalog(settings)
     assert catalog.models["mine"].refuses == NOT_REASONING
     assert catalog.models["thinker"].refuses == NO_SAMPLING
+
+
+def test_a_model_before_gpt_5_is_sent_no_verbosity() -> None:
+    """verbosity, the gpt-5 models' length hint, is refused by the models before them but at its
+    default ("Unsupported value: 'verbosity' does not support 'low' with this model")."""
+    body = {"model": "auto", "messages": MSG, "verbosity": "low"}
+    assert "verbosity" not in sent(body, NOT_REASONING)
+    assert sent(body, NO_SAMPLING)["verbosity"] == "low"
+    asked = {"model": "auto", "input": "hi", "text": {"verbosity": "low", "format": {"type": "text"}}}
+    chat = RESPONSES.to_chat(asked)
+    assert native_body(sent(chat, NOT_REASONING), stream=False)["text"] == {"format": {"type": "text"}}
+    assert asked["text"] == {"verbosity": "low", "format": {"type": "text"}}, (
+        "the client's body is not changed"
+    )
+    assert [RESPONSES.param_names.get(n, n) for n in dropped_params(chat, NOT_REASONING)] == [
+        "text.verbosity"
+    ]

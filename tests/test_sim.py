@@ -491,6 +491,10 @@ async def test_a_model_refuses_the_settings_its_api_refuses() -> None:
             await client.chat.completions.create(model="o3", messages=MSG, temperature=0.2)
         assert info.value.code == "unsupported_value" and info.value.param == "temperature"
         assert "Only the default (1) value is supported." in str(info.value)
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MSG, verbosity="low")
+        assert "Supported values are: 'medium'." in str(info.value) and info.value.param == "verbosity"
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MSG, verbosity="medium")
         # The defaults are taken, and every other model takes everything.
         await client.chat.completions.create(model="o3", messages=MSG, temperature=1, reasoning_effort="low")
         await client.chat.completions.create(model="gpt-4o-mini", messages=MSG, temperature=0.2)

@@ -159,8 +159,9 @@ class ModelSettings(_Strict):
     tags: list[str] = []
     offers: list[OfferSettings] = []
     # Whether the model takes reasoning settings (a chat client's reasoning_effort, a Responses
-    # client's reasoning, a Messages client's output_config.effort): false leaves them out of
-    # what it is sent (gpt-4o-mini refuses them with a 400); unset sends them as given.
+    # client's reasoning, a Messages client's output_config.effort; and verbosity, which the
+    # models before gpt-5 refuse): false leaves them out of what it is sent (gpt-4o-mini refuses
+    # them with a 400); unset sends them as given.
     reasoning: bool | None = None
     # False: the model refuses sampling settings (temperature, top_p, the penalties, logprobs,
     # top_logprobs, logit_bias), as OpenAI's reasoning models do; they are left out.

@@ -224,7 +224,9 @@ class ResponsesWire:
     extras = frozenset({responses_native.NATIVE_REQUEST})
     request_id_headers: tuple[str, ...] = ("x-request-id",)
     input_count_up_front = False
-    param_names: Mapping[str, str] = MappingProxyType({"reasoning_effort": "reasoning"})
+    param_names: Mapping[str, str] = MappingProxyType(
+        {"reasoning_effort": "reasoning", "verbosity": "text.verbosity"}
+    )
 
     def to_chat(self, body: JSON) -> JSON:
         chat = responses.responses_to_chat(body)

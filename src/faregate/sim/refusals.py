@@ -2,8 +2,8 @@
 
 Which models refuse what is the catalog's (ModelSettings.reasoning and .sampling): gpt-4o-mini
 refuses `reasoning_effort` ("Unsupported parameter"), a reasoning model a temperature but its
-default 1 ("Unsupported value"), and top_p, the penalties, logprobs and logit_bias alike. A
-setting at its default is taken, as OpenAI takes it.
+default 1 ("Unsupported value"), and top_p, the penalties, logprobs and logit_bias alike; a model
+before gpt-5 a verbosity but "medium". A setting at its default is taken, as OpenAI takes it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,15 @@ def refusal(
         if value is None or (name in _DEFAULTS and value == _DEFAULTS[name]):
             continue
         param = names.get(name, name) if names else name
-        if name in _DEFAULTS:
+        if name == "verbosity":
+            if value == "medium":
+                continue
+            message = (
+                f"Unsupported value: '{param}' does not support {value!r} with this model. "
+                "Supported values are: 'medium'."
+            )
+            code = "unsupported_value"
+        elif name in _DEFAULTS:
             message = (
                 f"Unsupported value: '{param}' does not support {value!r} with this model. "
                 f"Only the default ({_DEFAULTS[name]}) value is supported."

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from faregate.sim.simulator import Simulator
 
 # The Responses names of the chat settings a model may refuse (as OpenAI's 400 names them).
-_RESPONSES_NAMES = {"reasoning_effort": "reasoning.effort"}
+_RESPONSES_NAMES = {"reasoning_effort": "reasoning.effort", "verbosity": "text.verbosity"}
 
 
 def error(

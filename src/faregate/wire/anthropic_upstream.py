@@ -18,8 +18,8 @@ outputs, web search options, legacy functions, response_format json_object, and 
 not listed here. Ignored, because they change nothing a Messages model does: seed (best effort
 on OpenAI too), stream_options (Messages streams always report usage), store and metadata
 (OpenAI's stored completions), prompt_cache_key and safety_identifier (OpenAI's routing hints),
-verbosity (OpenAI's length hint, which Messages has no field for and every other model without
-it ignores: not a reason to refuse the request).
+verbosity (OpenAI's gpt-5 length hint, which Messages has no field for: not a reason to refuse
+the request; an OpenAI model before gpt-5 is sent none either, wire/model_params.py).
 
 Empty or whitespace-only text in system and user messages (Messages refuses it, OpenAI does
 not) is dropped; a user message left with nothing is sent as EMPTY_USER_TEXT.

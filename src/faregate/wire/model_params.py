@@ -3,11 +3,11 @@
 The client's settings were written for whichever model answers, and a route, a router, a cascade
 or a fallback picks that model. An upstream refuses what its model does not take, with a 400
 that is the client's (no fallback follows it): OpenAI's non-reasoning models `reasoning_effort`
-("Unsupported parameter"), its reasoning models a temperature but 1, top_p, the penalties,
-logprobs and logit_bias. A model the catalog marks as not taking them is sent the request
-without them, whichever wire it came in on (the internal chat body, and the client's Responses
-body passed through natively); the answer's x-faregate-dropped-params header names what was left
-out, as OpenRouter and LiteLLM's drop_params leave them out.
+("Unsupported parameter") and a `verbosity` but "medium", its reasoning models a temperature but
+1, top_p, the penalties, logprobs and logit_bias. A model the catalog marks as not taking them is
+sent the request without them, whichever wire it came in on (the internal chat body, and the
+client's Responses body passed through natively); the answer's x-faregate-dropped-params header
+names what was left out, as OpenRouter and LiteLLM's drop_params leave them out.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from faregate.types import JSON
 from faregate.wire.anthropic import MESSAGES_EFFORT
 from faregate.wire.responses_native import ENCRYPTED_REASONING, NATIVE_REQUEST
 
-# The reasoning settings of the internal chat body (a Messages client's effort is both).
-REASONING_PARAMS = frozenset({"reasoning_effort", MESSAGES_EFFORT})
+# The reasoning settings of the internal chat body (a Messages client's effort is both), and
+# verbosity, the gpt-5 models' length hint, which the models before them refuse but at its default.
+REASONING_PARAMS = frozenset({"reasoning_effort", MESSAGES_EFFORT, "verbosity"})
 SAMPLING_PARAMS = frozenset(
     {
         "temperature",
@@ -62,10 +63,15 @@ def drop_refused(body: JSON, refused: frozenset[str]) -> None:
         # Encrypted reasoning asked back: a model that does not reason refuses that too.
         if "reasoning" not in names or not isinstance(include, list) or ENCRYPTED_REASONING not in include:
             include = None
-        if include is not None or not names.isdisjoint(native):
+        text = native.get("text")
+        if "verbosity" not in refused or not isinstance(text, dict) or "verbosity" not in text:
+            text = None
+        if include is not None or text is not None or not names.isdisjoint(native):
             kept = {k: v for k, v in native.items() if k not in names}
             if include is not None:
                 kept["include"] = [item for item in include if item != ENCRYPTED_REASONING]
+            if text is not None:
+                kept["text"] = {k: v for k, v in text.items() if k != "verbosity"}
             body[NATIVE_REQUEST] = kept
 
 
