@@ -33,7 +33,7 @@ from faregate.providers.upstream_failures import overflows_context
 from faregate.types import JSON, Price, Usage
 from faregate.wire.anthropic_replies import completion_to_message
 from faregate.wire.anthropic_upstream import DEFAULT_MAX_TOKENS, EMPTY_USER_TEXT, chat_to_messages
-from faregate.wire.anthropic_upstream_answers import chat_chunks, message_to_completion
+from faregate.wire.anthropic_upstream_answers import chat_chunks, message_to_completion, usage_of_message
 from faregate.wire.usage import usage_from
 
 PARAMS = TypeAdapter(MessageCreateParamsNonStreaming)
@@ -825,3 +825,104 @@ async def test_a_zero_input_count_in_message_delta_does_not_erase_message_starts
     }
     chunks = [c async for c in chat_chunks(each([STREAM_EVENTS[0], delta, {"type": "message_stop"}]))]
     assert usage_from(chunks[-1]) == Usage(7012, 30, cache_read_tokens=5000, cache_write_tokens=2000)
+
+
+# --- whitespace-only stop sequences, which Messages refuses ------------------------------------
+
+
+def _text_stream(pieces: list[str], then_a_call: bool = True) -> list[dict[str, Any]]:
+    texts = [
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
+        for p in pieces
+    ]
+    call_blocks = [
+        {"type": "content_block_start", "index": 1, "content_block": {**MESSAGE["content"][1], "input": {}}},  # type: ignore[index]
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": "{}"},
+        },
+        {"type": "content_block_stop", "index": 1},
+    ]
+    return [
+        STREAM_EVENTS[0],
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        *texts,
+        {"type": "content_block_stop", "index": 0},
+        *(call_blocks if then_a_call else []),
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use" if then_a_call else "max_tokens", "stop_sequence": None},
+            "usage": {"output_tokens": 30},
+        },
+        {"type": "message_stop"},
+    ]
+
+
+def test_whitespace_only_stop_sequences_are_not_sent() -> None:
+    # Anthropic: 400 "stop_sequences: each stop sequence must contain non-whitespace".
+    ask = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    assert chat_to_messages({**ask, "stop": ["\n", "END", " \t", ""]})["stop_sequences"] == ["END"]
+    assert "stop_sequences" not in chat_to_messages({**ask, "stop": "\n"})
+    assert chat_to_messages({**ask, "stop": "\nUser:"})["stop_sequences"] == ["\nUser:"]
+
+
+@pytest.mark.parametrize(
+    ("pieces", "stops", "text", "matched"),
+    [
+        (["one", " line\nand", " more"], ("\n",), "one line", "\n"),
+        (["a\n", "\nb"], ("\n\n",), "a", "\n\n"),  # a stop split between two pieces
+        (["a\n", "b\n"], ("\n\n",), "a\nb\n", None),  # held back, then sent: no stop after all
+        (["a \t", "\nb"], (" \t\n", "\t"), "a ", "\t"),  # the first to end is the one met
+        (["\n", "x"], ("\n",), "", "\n"),
+    ],
+)
+async def test_the_answer_ends_at_a_whitespace_stop_sequence_whole_or_streamed(
+    pieces: list[str], stops: tuple[str, ...], text: str, matched: str | None
+) -> None:
+    chunks = [c async for c in chat_chunks(each(_text_stream(pieces)), stops)]
+    for c in chunks:
+        ChatCompletionChunk.model_validate(c)
+    choices = [c["choices"][0] for c in chunks if c["choices"]]
+    streamed = "".join(ch["delta"].get("content") or "" for ch in choices)
+    called = any(ch["delta"].get("tool_calls") for ch in choices)
+    whole, usage = message_to_completion(
+        {**MESSAGE, "content": [{"type": "text", "text": "".join(pieces)}, MESSAGE["content"][1]]},
+        stops,  # type: ignore[index]
+    )
+    choice = whole["choices"][0]
+    ChatCompletion.model_validate(whole)
+    assert streamed == choice["message"]["content"] == text
+    if matched is None:
+        assert choice["finish_reason"] == choices[-1]["finish_reason"] == "tool_calls"
+        assert called and "tool_calls" in choice["message"]
+    else:
+        # As an OpenAI model stops: nothing after the stop sequence, not the call either.
+        assert choice["finish_reason"] == choices[-1]["finish_reason"] == "stop"
+        assert choice["stop_reason"] == choices[-1]["stop_reason"] == matched
+        assert not called and "tool_calls" not in choice["message"]
+    # The upstream generated on, and bills it: the usage is its own.
+    assert usage_from(chunks[-1]) == Usage(7012, 30, cache_read_tokens=5000, cache_write_tokens=2000)
+    assert usage == usage_of_message(MESSAGE["usage"])
+
+
+async def test_a_stream_stopped_at_whitespace_is_billed_all_the_upstream_generated(
+    upstream: Upstream, provider: AnthropicProvider, pool: ConnectionPool
+) -> None:
+    upstream.handler = sse_reply(events(*_text_stream(["Paris.\n", "It is the capital"], then_a_call=False)))
+    chunks = [c async for c in provider.stream(call(stream=True, stop=["\n", "END"]))]
+    assert upstream.seen[0][1]["stop_sequences"] == ["END"]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "Paris."
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"  # not "length": it stopped first
+    assert usage_from(chunks[-1]) == Usage(7012, 30, cache_read_tokens=5000, cache_write_tokens=2000)
+    assert pool.in_use == 0
+
+
+async def test_a_whole_answer_stopped_at_whitespace(upstream: Upstream, provider: AnthropicProvider) -> None:
+    message = {**MESSAGE, "content": [{"type": "text", "text": "Paris.\nIt is"}], "stop_reason": "end_turn"}
+    upstream.handler = json_reply(message)
+    completion = await provider.complete(call(stop="\n"))
+    assert "stop_sequences" not in upstream.seen[0][1]
+    assert completion.body["choices"][0]["message"]["content"] == "Paris."
+    assert completion.body["choices"][0]["stop_reason"] == "\n"

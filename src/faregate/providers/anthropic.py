@@ -23,7 +23,7 @@ from faregate.providers.base import UpstreamCall, one_per_read
 from faregate.providers.openai_compat import OpenAICompatibleProvider
 from faregate.types import JSON, Completion
 from faregate.wire.anthropic import MESSAGES_EFFORT
-from faregate.wire.anthropic_upstream import chat_to_messages
+from faregate.wire.anthropic_upstream import chat_to_messages, local_stops
 from faregate.wire.anthropic_upstream_answers import chat_chunks, message_to_completion
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -53,13 +53,13 @@ class AnthropicProvider(OpenAICompatibleProvider):
                 f"expected a Messages response, got type {raw.body.get('type')!r}",
                 status=raw.status,
             )
-        body, usage = message_to_completion(raw.body)
+        body, usage = message_to_completion(raw.body, local_stops(call.body))
         return Completion(body, usage, raw.status)
 
     async def stream(self, call: UpstreamCall) -> AsyncGenerator[JSON, None]:
         events = super().stream(self._messages_call(call))
         try:
-            async for chunk in chat_chunks(events):
+            async for chunk in chat_chunks(events, local_stops(call.body)):
                 yield chunk
         finally:
             await events.aclose()  # releases the connection however the consumer stops

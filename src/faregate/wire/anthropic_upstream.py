@@ -5,9 +5,11 @@ Lossless where both sides can say a thing (the inverse of wire/anthropic.py, rou
 tested): system and developer messages (hoisted into `system`, wherever they stood), text,
 image (data and http URLs) and PDF file parts, tool definitions, tool calls and tool results
 (their ids spelled as Messages allows when another upstream made them otherwise),
-tool_choice and parallel_tool_calls, stop, temperature (0-1), top_p (either left out at its
-neutral 1 beside the other, which newer Claude models refuse to get both of), top_k, max_tokens,
-user, response_format json_schema (as output_config.format, Anthropic's structured outputs),
+tool_choice and parallel_tool_calls, stop (a whitespace-only sequence, which Messages refuses,
+is left out and the gateway cuts the answer at it: local_stops), temperature (0-1), top_p
+(either left out at its neutral 1 beside the other, which newer Claude models refuse to get both
+of), top_k, max_tokens, user, response_format json_schema (as output_config.format, Anthropic's
+structured outputs),
 reasoning_effort (as output_config.effort; none and minimal as low, the least it says),
 prompt-cache markers, and in answers the stop reason, a matched stop sequence and usage with
 cache reads and writes (one-hour writes apart).
@@ -117,6 +119,20 @@ def chat_to_messages(body: JSON, max_output: int | None = None) -> JSON:
     out["max_tokens"] = limit if type(limit) is int else default
     _copy_options(body, out)
     return out
+
+
+def local_stops(body: JSON) -> tuple[str, ...]:
+    """The chat body's whitespace-only stop sequences ("\\n", " "): Messages refuses them ("each
+    stop sequence must contain non-whitespace"), so they are not sent and the gateway cuts the
+    answer at them itself (wire/anthropic_upstream_answers.TextCut). An empty one stops nothing."""
+    return tuple(s for s in _stops(body) if isinstance(s, str) and s and not s.strip())
+
+
+def _stops(body: JSON) -> list[Any]:
+    stop = body.get("stop")
+    if not stop:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
 
 
 def _refuse_unsayable(body: JSON) -> None:
@@ -293,9 +309,9 @@ def _copy_options(body: JSON, out: JSON) -> None:
             del out["top_p"]
         elif out["temperature"] == 1:
             del out["temperature"]
-    stop = body.get("stop")
-    if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    sent = [s for s in _stops(body) if not (isinstance(s, str) and not s.strip())]
+    if sent:
+        out["stop_sequences"] = sent
     if isinstance(body.get("user"), str):
         out["metadata"] = {"user_id": body["user"]}
     if body.get("stream") is True:

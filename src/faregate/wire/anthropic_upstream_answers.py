@@ -2,6 +2,12 @@
 or event stream becomes an internal (OpenAI chat) answer, with its usage (cache reads and
 writes, one-hour writes apart), stop reason and matched stop sequence. The requests going
 the other way are wire/anthropic_upstream.py's.
+
+The request's whitespace-only stop sequences, which Messages refuses and so were not sent
+(wire/anthropic_upstream.local_stops), are applied here: the text ends where the first of them
+ends in it, as an OpenAI model would have stopped there (finish_reason "stop", the sequence
+itself as stop_reason, nothing after it: no later text, no later tool call). The upstream went
+on generating, and its usage (billed) says so.
 """
 
 from __future__ import annotations
@@ -43,15 +49,56 @@ def usage_of_message(usage: Any) -> Usage | None:
     )
 
 
-def message_to_completion(message: JSON) -> tuple[JSON, Usage | None]:
-    """The internal (OpenAI chat) answer for a Messages response, and its usage."""
+class TextCut:
+    """An answer's text, piece by piece, up to where the first of `stops` ends in it: the text
+    that can be sent now, holding back an end that may yet become a stop sequence."""
+
+    __slots__ = ("held", "matched", "stops")
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.held = ""
+        self.matched: str | None = None  # the stop sequence the text ended at
+
+    def feed(self, piece: str) -> str:
+        if self.matched is not None:
+            return ""
+        if not self.stops:
+            return piece
+        text = self.held + piece
+        found = [(at + len(stop), at, stop) for stop in self.stops if (at := text.find(stop)) >= 0]
+        if found:
+            # The one a model emitting the text would meet first: the first to end.
+            _, at, self.matched = min(found, key=lambda hit: (hit[0], hit[1]))
+            self.held = ""
+            return text[:at]
+        longest = min(len(text), max(map(len, self.stops)) - 1)
+        keep = next((n for n in range(longest, 0, -1) if any(s.startswith(text[-n:]) for s in self.stops)), 0)
+        self.held = text[len(text) - keep :]
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        """The text held back, when what follows can no longer make it a stop sequence."""
+        held, self.held = self.held, ""
+        return held
+
+
+def message_to_completion(message: JSON, stops: tuple[str, ...] = ()) -> tuple[JSON, Usage | None]:
+    """The internal (OpenAI chat) answer for a Messages response, and its usage; its text ends at
+    the first of `stops` (the request's whitespace-only stop sequences, not sent)."""
     text: list[str] = []
     calls: list[JSON] = []
+    cut = TextCut(stops)
+    said = False
     for block in message.get("content") or ():
         kind = block.get("type") if isinstance(block, dict) else None
+        if cut.matched is not None:
+            break
         if kind == "text":
-            text.append(str(block.get("text", "")))
+            said = True
+            text.append(cut.feed(str(block.get("text", ""))))
         elif kind == "tool_use":
+            text.append(cut.flush())
             arguments = orjson.dumps(block.get("input") or {}).decode()
             calls.append(
                 {
@@ -61,11 +108,14 @@ def message_to_completion(message: JSON) -> tuple[JSON, Usage | None]:
                 }
             )
         # thinking blocks are never asked for (wire/anthropic.py refuses `thinking`): skipped.
-    reply: JSON = {"role": "assistant", "content": "".join(text) if text or not calls else None}
+    text.append(cut.flush())
+    reply: JSON = {"role": "assistant", "content": "".join(text) if said or not calls else None}
     if calls:
         reply["tool_calls"] = calls
     choice: JSON = {"index": 0, "message": reply, "logprobs": None, "finish_reason": _finish(message)}
-    if message.get("stop_reason") == "stop_sequence" and isinstance(message.get("stop_sequence"), str):
+    if cut.matched is not None:
+        choice.update(finish_reason="stop", stop_reason=cut.matched)
+    elif message.get("stop_reason") == "stop_sequence" and isinstance(message.get("stop_sequence"), str):
         choice["stop_reason"] = message["stop_sequence"]
     usage = usage_of_message(message.get("usage"))
     body: JSON = {
@@ -85,13 +135,16 @@ def _finish(message: JSON) -> str | None:
     return None if reason is None else FINISH_REASONS.get(str(reason), "stop")
 
 
-async def chat_chunks(events: AsyncIterable[JSON]) -> AsyncIterator[JSON]:
+async def chat_chunks(events: AsyncIterable[JSON], stops: tuple[str, ...] = ()) -> AsyncIterator[JSON]:
     """Internal chat chunks for a Messages event stream: a role chunk at message_start (with its
     input count under INPUT_TOKENS), content
     and tool-call deltas, a finish chunk at message_delta and then a usage chunk (input and
     cache counts from message_start, raised by message_delta's cumulative ones, never lowered). An
-    `error` event raises UpstreamFailure (overloaded_error and api_error are worth a fallback)."""
+    `error` event raises UpstreamFailure (overloaded_error and api_error are worth a fallback).
+    The text ends at the first of `stops` (the request's whitespace-only stop sequences, not
+    sent); the stream is read to its end all the same, for the usage the upstream bills."""
     head: JSON = {"object": "chat.completion.chunk", "created": int(time.time())}
+    cut = TextCut(stops)
     usage: JSON = {}
     tool_index: dict[int, int] = {}  # Messages block index -> chat tool call index
     # A tool block's input from its content_block_start, until a non-empty input_json_delta
@@ -119,7 +172,9 @@ async def chat_chunks(events: AsyncIterable[JSON]) -> AsyncIterator[JSON]:
             yield role
         elif kind == "content_block_start":
             block = event.get("content_block") or {}
-            if block.get("type") == "tool_use":
+            if block.get("type") == "tool_use" and cut.matched is None:
+                if held := cut.flush():
+                    yield _chunk(head, {"content": held})
                 if started is not None:
                     yield started
                     started = None
@@ -135,11 +190,12 @@ async def chat_chunks(events: AsyncIterable[JSON]) -> AsyncIterator[JSON]:
         elif kind == "content_block_delta":
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta":
-                text = str(delta.get("text", ""))
+                text = cut.feed(str(delta.get("text", "")))
                 if started is not None and text.strip():
                     yield started
                     started = None
-                yield _chunk(head, {"content": text})
+                if text or not stops:
+                    yield _chunk(head, {"content": text})
             elif delta.get("type") == "input_json_delta" and event.get("index") in tool_index:
                 if delta.get("partial_json"):
                     unstreamed.pop(event["index"], None)
@@ -162,6 +218,8 @@ async def chat_chunks(events: AsyncIterable[JSON]) -> AsyncIterator[JSON]:
                 after = token_count(value)
                 if value is not None and (after is None or before is None or after >= before):
                     usage[name] = value
+            if held := cut.flush():
+                yield _chunk(head, {"content": held})
             delta = event.get("delta") or {}
             finish = _finish(delta) or "stop"
             extra = (
@@ -169,6 +227,8 @@ async def chat_chunks(events: AsyncIterable[JSON]) -> AsyncIterator[JSON]:
                 if delta.get("stop_reason") == "stop_sequence" and delta.get("stop_sequence")
                 else {}
             )
+            if cut.matched is not None:
+                finish, extra = "stop", {"stop_reason": cut.matched}
             yield _chunk(head, {}, finish, **extra)
             counted = usage_of_message(usage)
             if counted is not None:
