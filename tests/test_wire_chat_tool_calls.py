@@ -170,3 +170,39 @@ async def test_a_kept_answer_replayed_as_a_stream_has_ids_too(harness: Harness) 
     with sdk_client(raw, "text/event-stream").chat.completions.stream(**ASKED) as stream:
         ids = [call.id for call in stream.get_final_completion().choices[0].message.tool_calls or ()]
     assert len(ids) == 2 and len(set(ids)) == 2 and all(i.startswith("call_") for i in ids)
+
+
+def test_a_whole_answers_call_without_arguments_says_an_empty_object() -> None:
+    """Some upstreams give "" (or nothing) for a function without parameters, where OpenAI says
+    "{}": the client json.loads them, and "" is not JSON."""
+    calls = [
+        {"id": "call_1", "type": "function", "function": {"name": "now", "arguments": ""}},
+        {"id": "call_2", "type": "function", "function": {"name": "today"}},
+        {"id": "call_3", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}},
+    ]
+    whole = CHAT.answer(completion(calls), ASKED)
+    answer = sdk_client(whole, "application/json").chat.completions.create(**ASKED)
+    said = [(c.id, orjson.loads(c.function.arguments)) for c in answer.choices[0].message.tool_calls or ()]
+    assert said == [("call_1", {}), ("call_2", {}), ("call_3", {"a": 1})]
+
+
+async def test_a_streamed_call_that_ends_without_arguments_says_an_empty_object(harness: Harness) -> None:
+    chunks = [
+        chunk({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "now", "arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 1, "id": "call_2", "function": {"name": "f", "arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 1, "function": {"arguments": '{"a": 1}'}}]}),
+        chunk({"tool_calls": [{"index": 2, "id": "call_3", "function": {"name": "today"}}]}),
+        chunk({}, "tool_calls"),
+    ]
+    deltas, final = await streamed(harness, chunks)
+    # One more delta each for the two without any, with the finish; the other's are its own.
+    assert deltas[-2:] == [
+        {"index": 0, "function": {"arguments": "{}"}},
+        {"index": 2, "function": {"arguments": "{}"}},
+    ]
+    assert calls_of(final) == [
+        ("call_1", "now", "{}"),
+        ("call_2", "f", '{"a": 1}'),
+        ("call_3", "today", "{}"),
+    ]

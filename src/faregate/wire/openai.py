@@ -314,7 +314,8 @@ class StreamedAnswer:
     chunk, held back so the cost can be added to it. `text` holds every choice's text in arrival
     order; `plain_text` says whether only choice 0 came, with text and calls alone: no logprobs,
     refusal or audio (else the stream cannot be kept as an answer). Tool calls are mended in place
-    as they are read, for every client wire: an id and an index for each (wire/tool_calls.py),
+    as they are read, for every client wire: an id and an index for each, and "{}" for one that
+    ends without arguments (wire/tool_calls.py),
     and their deltas kept to assemble them into the answer. `ended`: has every choice (n > 1
     stream side by side) said its finish reason?"""
 
@@ -399,12 +400,19 @@ class StreamedAnswer:
             if isinstance(content, str):
                 text.append(content)
             tool_calls = delta.get("tool_calls")
+            if tool_calls:
+                mending = self.calls
+                if mending is None:
+                    mending = self.calls = StreamedCalls()
+                mending.mend(choice.get("index", 0), tool_calls)
+            found = choice.get("finish_reason")
+            if found and self.calls is not None:
+                # Calls that ended without argument text get "{}" with the finish (mended already).
+                unargued = self.calls.unargued(choice.get("index", 0))
+                if unargued:
+                    tool_calls = [*(tool_calls or ()), *unargued]
+                    delta = choice["delta"] = {**delta, "tool_calls": tool_calls}
             if tool_calls or delta.get("function_call"):
-                if tool_calls:
-                    mending = self.calls
-                    if mending is None:
-                        mending = self.calls = StreamedCalls()
-                    mending.mend(choice.get("index", 0), tool_calls)
                 start = len(text)
                 self.tool_calls = _call_text(delta, text) or self.tool_calls
                 self.call_deltas.append((start, len(text), _calls_of(delta)))
@@ -415,7 +423,6 @@ class StreamedAnswer:
                     self.last_choice = index
             if "reasoning_content" in delta or "reasoning" in delta:
                 _reasoning_text(delta, self.reasoning)
-            found = choice.get("finish_reason")
             if found:
                 self.finished.add(index or 0)
                 if reason is None:

@@ -28,7 +28,7 @@ from typing import Any
 
 from faregate.errors import InvalidRequest
 from faregate.types import GATEWAY_FIELDS, JSON
-from faregate.wire.tool_calls import new_call_id
+from faregate.wire.tool_calls import NO_ARGUMENTS, new_call_id
 from faregate.wire.usage import GATEWAY_USAGE_FIELDS, usage_from
 
 _COPIED = (
@@ -312,11 +312,6 @@ def message_item(item_id: str, text: str, status: str = "completed", *, refusal:
         else {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
     )
     return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": [part]}
-
-
-# A call's arguments when its upstream gave none (some chat upstreams give "" for a function
-# without parameters): OpenAI's own, a JSON object, which a client json.loads.
-NO_ARGUMENTS = "{}"
 
 
 def function_call_item(item_id: str, call: JSON, status: str = "completed") -> JSON:

@@ -24,7 +24,6 @@ import orjson
 from faregate.errors import FaregateError, UpstreamFailure
 from faregate.types import JSON
 from faregate.wire.responses import (
-    NO_ARGUMENTS,
     base_response,
     finish_status,
     function_call_item,
@@ -32,7 +31,7 @@ from faregate.wire.responses import (
     response_id,
     responses_usage,
 )
-from faregate.wire.tool_calls import is_new_call
+from faregate.wire.tool_calls import NO_ARGUMENTS, is_new_call
 
 
 def sse_frame(event: JSON) -> bytes:
