@@ -17,13 +17,14 @@ from aiohttp.test_utils import TestServer
 
 from faregate.catalog.models import Offer
 from faregate.config import ProviderSettings
-from faregate.errors import ConfigError, UpstreamFailure
+from faregate.errors import ConfigError, InvalidRequest, UpstreamFailure
 from faregate.providers.base import UpstreamCall
 from faregate.providers.http import ConnectionPool
 from faregate.providers.openai_compat import OpenAICompatibleProvider
 from faregate.providers.openai_responses import OpenAIResponsesProvider
 from faregate.providers.registry import _build, make_upstream_pool
 from faregate.server.client_wires import CHAT, RESPONSES
+from faregate.server.parse import parse_chat_request
 from faregate.types import Price, Usage
 from faregate.wire.openai import price_answer, usage_chunk, without_fields
 from faregate.wire.responses_native import NATIVE_ANSWER, NATIVE_EVENTS, NATIVE_REQUEST, native_body
@@ -356,3 +357,33 @@ def test_a_reasoning_request_not_stored_asks_for_its_reasoning_back(
     sent = native_body({**body, "model": "o4-mini"}, stream=False)
     assert sent["store"] is False
     assert sent.get("include") == include
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"tool_choice": "auto"},
+        {"tool_choice": "none"},
+        {"tools": [], "tool_choice": "none", "parallel_tool_calls": False},
+    ],
+)
+def test_tool_settings_without_tools_are_sent_on_neither_path(settings: dict[str, Any]) -> None:
+    """Frameworks send them on every request; with no tool to call they say nothing, and the
+    translated path leaves them out (OpenAI refuses some without tools, other servers more)."""
+    body = parse_chat_request(RESPONSES.to_chat({**ASKED, **settings}), {}, "r").body
+    assert not set(settings) & set(without_fields(body, frozenset({NATIVE_REQUEST})))
+    assert not set(settings) & set(native_body({**body, "model": "gpt-4o-mini"}, stream=False))
+
+
+def test_tool_settings_with_tools_are_passed_through() -> None:
+    tool = {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}
+    settings = {"tools": [tool], "tool_choice": "required", "parallel_tool_calls": False}
+    body = parse_chat_request(RESPONSES.to_chat({**ASKED, **settings}), {}, "r").body
+    sent = native_body({**body, "model": "gpt-4o-mini"}, stream=False)
+    assert {name: sent[name] for name in settings} == settings
+
+
+def test_a_forced_tool_choice_without_tools_is_refused_on_either_path() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_chat_request(RESPONSES.to_chat({**ASKED, "tool_choice": "required"}), {}, "r")
+    assert info.value.param == "tool_choice"

@@ -5,9 +5,10 @@ holds, the cache and fallbacks to any model work as for chat), and also carries 
 own Responses body in it under `NATIVE_REQUEST`: a wire extra (ChatRequest.wire_extras), so
 only a provider configured with `responses: true` receives it; every other provider gets the
 translation. Such a provider POSTs the native body (the offer's upstream model name put in,
-`store` false, and for a reasoning request the client would have stored, its reasoning asked back
-encrypted) to its /responses and hands the pipeline an internal answer read from the
-Response, with the Response itself riding along:
+`store` false, for a reasoning request the client would have stored its reasoning asked back
+encrypted, and without tools no tool settings, as the translation sends none) to its
+/responses and hands the pipeline an internal answer read from the Response, with the
+Response itself riding along:
 
 - a whole answer: the internal chat.completion (text, function calls, finish reason, usage with
   cached tokens) with the upstream's Response under `NATIVE_ANSWER`, which the client wire
@@ -39,6 +40,11 @@ NATIVE_EVENTS = "_native_events"
 # Only reasoning models take it (others refuse: "Encrypted content is not supported with this
 # model").
 ENCRYPTED_REASONING = "reasoning.encrypted_content"
+# What says nothing without a tool to call, and is not sent then: the translation drops an empty
+# `tools`, a tool_choice of auto or none and parallel_tool_calls (server/parse.py, which refuses a
+# forced choice, for either path), and so does the pass-through (OpenAI's Responses API refuses
+# some of them without tools, other servers that speak it more).
+_TOOL_SETTINGS = ("tools", "tool_choice", "parallel_tool_calls")
 # The final events of a Response stream, which carry its usage.
 FINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
 
@@ -47,7 +53,7 @@ def native_body(call_body: JSON, stream: bool) -> JSON:
     """The body sent upstream: the client's Responses request, with the upstream model name the
     call's chat body carries, nothing stored (so no reasoning item that only names a stored one,
     and a reasoning request the gateway made stateless asks for its reasoning back encrypted),
-    and without the gateway's own fields."""
+    without tool settings when it has no tools, and without the gateway's own fields."""
     asked = call_body[NATIVE_REQUEST]
     body = {k: v for k, v in asked.items() if k not in GATEWAY_FIELDS and k != "stream"}
     body["model"] = call_body["model"]
@@ -60,6 +66,9 @@ def native_body(call_body: JSON, stream: bool) -> JSON:
         elif isinstance(include, list) and ENCRYPTED_REASONING not in include:
             body["include"] = [*include, ENCRYPTED_REASONING]
     body["store"] = False
+    if not asked.get("tools"):
+        for name in _TOOL_SETTINGS:
+            body.pop(name, None)
     if isinstance(body.get("input"), list):
         body["input"] = [item for item in body["input"] if not _names_a_stored_item(item)]
     if stream:
