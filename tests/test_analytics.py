@@ -376,3 +376,53 @@ async def test_migration_16_fills_old_records_as_the_rollup_counted_them(tmp_pat
             await reader.close()
         await upgraded.close()
         await fresh.close()
+
+
+# A request that retried and fell back, and still ended in a 4xx (the last upstream refused the
+# input): a refusal, in neither the fallbacks nor the retries (store/record_sums.py, _TAKEN_ON).
+REFUSED_AFTER_FALLBACK = rec(
+    9, H + 7260, model_used=None, provider=None, status=400, error="refused",
+    attempts=[failed("A", "p1", "timeout"), failed("A", "p1", "timeout"),
+              Attempt("B", "p2", "rejected", 10.0, status=400)],
+)  # fmt: skip
+# The rollup rows that record adds to: every dimension's group of it.
+REFUSED_GROUPS = (
+    "(('', ''), ('model', 'A'), ('provider', ''), ('key', 'k1'), ('route', 'chat'), ('wire', 'chat'))"
+)
+# As a version before the fallback and retry sums left 4xx out rolled it up.
+COUNTED_AS_BEFORE = (
+    "UPDATE rollup_hourly SET fallbacks = fallbacks + 1, retried = retried + 1"
+    f" WHERE bucket = {H + 7200} AND (dim, value) IN {REFUSED_GROUPS}"
+)
+
+
+async def test_a_store_rolled_up_when_refusals_counted_as_fallbacks_is_rolled_up_again(
+    tmp_path: Path,
+) -> None:
+    """Migration 20: hours rolled up before the fallback and retry sums were of the requests taken
+    on count a 4xx that fell back; a range read them beside hours that do not. The rollup starts
+    again, and every reliability figure is the records' own."""
+    from faregate.store.sqlite.migrations import MIGRATIONS
+
+    records = [*RECORDS, REFUSED_AFTER_FALLBACK]
+    store = await SQLiteStore.open(tmp_path, migrations=[m for m in MIGRATIONS if m.version < 20])
+    await store.insert_records(records)
+    analytics = await SQLiteAnalytics.open(store.path)
+    expected = [await analytics.reliability(ALL, by) for by in (None, "key", "model")]  # the records'
+    failures = await analytics.failed_attempts_by_offer(ALL)
+    assert await RollupWriter(analytics.connection, chunk=3).catch_up() == len(records)
+    await analytics.connection.execute(COUNTED_AS_BEFORE)
+    await analytics.connection.commit()
+    assert await analytics.reliability(ALL, None) != expected[0]  # what the dashboard read
+    await analytics.close()
+    await store.close()
+    store = await SQLiteStore.open(tmp_path)
+    analytics = await SQLiteAnalytics.open(store.path)
+    try:
+        assert [await analytics.reliability(ALL, by) for by in (None, "key", "model")] == expected
+        assert await RollupWriter(analytics.connection, chunk=3).catch_up() == len(records)
+        assert [await analytics.reliability(ALL, by) for by in (None, "key", "model")] == expected
+        assert await analytics.failed_attempts_by_offer(ALL) == failures  # none counted twice
+    finally:
+        await analytics.close()
+        await store.close()

@@ -472,6 +472,54 @@ async def test_postgres_migration_9_fills_old_records_as_the_rollup_counted_them
         await new.close()
 
 
+async def test_a_postgres_store_rolled_up_when_refusals_counted_as_fallbacks_is_rolled_up_again(
+    tmp_path: Path,
+    postgres_server: PostgresServer,  # noqa: F811
+) -> None:
+    """PostgreSQL migration 13 (SQLite's 20 in test_analytics.py): hours rolled up before the
+    fallback and retry sums were of the requests taken on count a 4xx that fell back; every record
+    is pending again, and the figures are the SQLite store's, before and after the catch-up."""
+    from faregate.store.postgres.migrations import PG_MIGRATIONS
+
+    url = postgres_server.new_database()
+    hour = H + 3 * 3600
+    refused = RequestRecord(
+        request_id="req_refused", created_at=hour + 60, key_id="k1", model_requested="A", model_used=None,
+        provider=None, status=400,
+        stream=False, attempts=[Attempt("A", "p1", "timeout", 5.0), Attempt("A", "p1", "timeout", 5.0),
+                                Attempt("B", "p2", "rejected", 5.0, status=400)],
+    )  # fmt: skip
+    records = sorted([*make_records(), refused], key=lambda r: r.created_at)
+    old = await PostgresStore.open(url, migrations=[m for m in PG_MIGRATIONS if m.version < 13])
+    await old.insert_records(records)
+    pg = await PostgresAnalytics.open(url)
+    await PostgresRollupWriter(pg.pool, chunk=310).catch_up()
+    # As a version that counted the refusal's fallback and retry rolled its hour up.
+    await pg.pool.execute(
+        "UPDATE rollup_hourly SET fallbacks = fallbacks + 1, retried = retried + 1"
+        " WHERE dim = '' AND bucket = $1",
+        hour,
+    )
+    await old.close()
+    lite_store = await SQLiteStore.open(tmp_path)
+    await lite_store.insert_records(records)
+    lite = await SQLiteAnalytics.open(lite_store.path)
+    whole = Slice(H, H + SPAN_S + 1)
+    expected = await lite.reliability(whole, None)
+    assert await pg.reliability(whole, None) != expected  # what the dashboard read
+    new = await PostgresStore.open(url)
+    try:
+        assert await pg.reliability(whole, None) == expected
+        assert await PostgresRollupWriter(pg.pool, chunk=310).catch_up() == len(records)
+        assert await pg.reliability(whole, None) == expected
+        assert await pg.failed_attempts_by_offer(whole) == await lite.failed_attempts_by_offer(whole)
+    finally:
+        await lite.close()
+        await lite_store.close()
+        await pg.close()
+        await new.close()
+
+
 async def test_a_breakdown_by_key_over_more_keys_than_a_statement_takes_parameters(stores: Stores) -> None:
     """`faregate usage --by key` lists every key of the range and labels each by name: more keys
     than one PostgreSQL statement takes parameters (32,767) are labelled all the same."""

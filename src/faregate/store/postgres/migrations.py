@@ -374,6 +374,19 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        13,
+        "the fallback and retry sums are of the requests taken on: the rollup is rebuilt",
+        (
+            # Hours rolled up before store/record_sums.py's EVENT_COLUMNS left 4xx refusals out
+            # count them in fallbacks and retried, and a range read them beside hours that do not.
+            # No sum can be corrected in place (a row does not say which version added to it):
+            # every record is pending again, in the same transaction, as in migration 8.
+            "DELETE FROM rollup_hourly",
+            "DELETE FROM rollup_failures_hourly",
+            "INSERT INTO rollup_pending (id) SELECT id FROM request_records ON CONFLICT DO NOTHING",
+        ),
+    ),
 )
 
 PG_LATEST_VERSION = PG_MIGRATIONS[-1].version
