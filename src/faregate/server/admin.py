@@ -121,6 +121,12 @@ def _own_health(gateway: Gateway) -> dict[str, Any]:
     runner = gateway.pipeline.runner
     cache = gateway.pipeline.cache
     settlements = gateway.accounts.settlements
+    # Without accounts nothing is settled: every count is 0.
+    pending, landed, lost, spooled, replayed = (
+        (settlements.pending, settlements.landed, settlements.lost, settlements.spooled, settlements.replayed)
+        if settlements is not None
+        else (0, 0, 0, 0, 0)
+    )
     verifier = gateway.pipeline.verifier
     return {
         "status": "ok",
@@ -142,13 +148,13 @@ def _own_health(gateway: Gateway) -> dict[str, Any]:
             "records_dropped": gateway.records.dropped,
             # Settlements the accounts store could not take yet (an outage), retried in the
             # background; those that landed later, and those given up.
-            "settlements_pending": settlements.pending if settlements is not None else 0,
-            "settlements_recovered": settlements.landed if settlements is not None else 0,
-            "settlements_lost": settlements.lost if settlements is not None else 0,
+            "settlements_pending": pending,
+            "settlements_recovered": landed,
+            "settlements_lost": lost,
             # Of the pending, those on disk in the spool (a killed process loses none of them);
             # and those taken over from the spool of a process that stopped before they landed.
-            "settlements_spooled": settlements.spooled if settlements is not None else 0,
-            "settlements_replayed": settlements.replayed if settlements is not None else 0,
+            "settlements_spooled": spooled,
+            "settlements_replayed": replayed,
             "cache_writes": cache.writes if cache is not None else 0,
             "semantic_cache_writes": cache.semantic_writes if cache is not None else 0,
             # Verifications of answers (quality targets) submitted and not finished yet.
