@@ -4,7 +4,7 @@ A newcomer pastes them: a snippet naming a provider nobody declared, or an alert
 setting the snippet leaves out, stops the gateway at start-up. Each ```yaml block of the README and
 docs/*.md is loaded on its own, merged over the built-in defaults as a faregate.yaml would be
 (indented blocks, as inside a list item, included). A block that is not a gateway config says so
-on its first line (`# prometheus.yml`, `# sim.yaml`) and is left out.
+on its first line (`# prometheus.yml`, `# sim.yaml`, `# Kubernetes`) and is left out.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from faregate.config import check_alert_subjects, check_route_ttls, load_setting
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))]
-NOT_GATEWAY_CONFIG = ("# prometheus.yml", "# sim.yaml")
+NOT_GATEWAY_CONFIG = ("# prometheus.yml", "# sim.yaml", "# Kubernetes")
 
 
 def snippets() -> list[tuple[str, str]]:
