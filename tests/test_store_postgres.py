@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -734,3 +735,77 @@ async def test_a_dead_instance_with_many_holds_is_released_in_bounded_batches(
     assert balance is not None and balance.balance_nano == 1_000_000 and balance.held_nano == 0
     await shared.flush()
     assert (await shared.audit()).clean
+
+
+class PartitionableLink:
+    """A TCP relay to a server on loopback whose open connections can be cut off for good without
+    being closed (a partition, a failover that left them open), while new ones get through."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.server: asyncio.Server | None = None
+        self._links: list[list[bool]] = []  # per connection: [cut]
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def cut(self) -> None:
+        for link in self._links:
+            link[0] = True
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        link = [False]
+        self._links.append(link)
+        self._writers += [writer, upstream_writer]
+        for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
+            task = asyncio.create_task(self._pump(source, sink, link))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, link: list[bool]) -> None:
+        with contextlib.suppress(OSError):
+            while data := await source.read(65536):
+                if not link[0]:
+                    sink.write(data)
+                    await sink.drain()
+        sink.close()
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def test_a_read_given_up_on_a_silent_connection_leaves_the_pool_to_the_next(
+    shared_urls: SharedUrls,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request's read is given up after REQUEST_READ_TIMEOUT_S; its connection, silent for good
+    (a partition, a failover that left it open), was kept until PostgreSQL took the cancel, which
+    it never does: up to the statement timeout twice over. A pool's worth of such reads, and every
+    request failed for minutes though PostgreSQL answered new connections at once. The bound
+    shrunk to a second, a pool of one connection."""
+    from faregate.store.postgres import store as pg_store
+
+    monkeypatch.setattr(pg_store, "REQUEST_READ_TIMEOUT_S", 1.0)
+    host_port, database = shared_urls.postgres.rsplit("/", 1)
+    link = PartitionableLink(int(host_port.rsplit(":", 1)[1]))
+    relayed = f"{host_port.rsplit(':', 1)[0]}:{await link.start()}/{database}"
+    store = await PostgresStore.open(relayed, pool_size=1)
+    try:
+        assert await store.find_key("nobody") is None
+        link.cut()
+        with pytest.raises(StoreUnavailable, match="did not answer"):
+            await store.find_key("nobody")
+        assert await store.find_key("nobody") is None  # on a new connection
+    finally:
+        await link.close()
+        await store.close()

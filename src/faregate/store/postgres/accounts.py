@@ -151,7 +151,8 @@ class PostgresAccountTable:
         with unavailable_errors():
             row = await answered_within(
                 REQUEST_READ_TIMEOUT_S,
-                self._pool.fetchrow(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id),
+                self._pool,
+                lambda conn: conn.fetchrow(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id),
             )
         return None if row is None else key_row(row)
 
@@ -164,7 +165,8 @@ class PostgresAccountTable:
         with unavailable_errors():
             row = await answered_within(
                 REQUEST_READ_TIMEOUT_S,
-                self._pool.fetchrow(
+                self._pool,
+                lambda conn: conn.fetchrow(
                     "SELECT a.key_id, a.balance_nano, a.requests_per_minute, a.tokens_per_minute,"
                     " a.max_request_nano, a.budgets, k.revoked_at IS NOT NULL AS revoked"
                     " FROM accounts a JOIN api_keys k ON k.id = a.key_id WHERE a.key_id = $1",
@@ -266,15 +268,19 @@ class PostgresAccountTable:
 
         A request waits for it (an account's first use): it gives up after REQUEST_READ_TIMEOUT_S,
         as the request's other reads do. Redis loads nothing from a transaction given up; it is
-        cancelled in the background and rolled back (or, given up as it committed, its releases
+        cancelled, its connection closed, and rolled back (or, given up as it committed, its releases
         are stored and the next load reads them): either way the held money comes back once."""
         with unavailable_errors():
             return await answered_within(
-                REQUEST_READ_TIMEOUT_S, self._load_account(key_id, epoch, since_hour)
+                REQUEST_READ_TIMEOUT_S,
+                self._pool,
+                lambda conn: self._load_account(conn, key_id, epoch, since_hour),
             )
 
-    async def _load_account(self, key_id: str, epoch: str, since_hour: int) -> LoadedAccount | None:
-        async with self._pool.acquire() as conn, conn.transaction():
+    async def _load_account(
+        self, conn: Any, key_id: str, epoch: str, since_hour: int
+    ) -> LoadedAccount | None:
+        async with conn.transaction():
             found = await conn.fetchrow(
                 "SELECT a.balance_nano, k.revoked_at FROM accounts a JOIN api_keys k ON k.id = a.key_id"
                 " WHERE a.key_id = $1 FOR UPDATE OF a",

@@ -12,7 +12,7 @@ An open transaction is still rolled back on release (asyncpg does that whatever 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import asyncpg
@@ -41,23 +41,37 @@ async def create_pool(url: str, **options: Any) -> Any:
     return await asyncpg.create_pool(url, connection_class=SessionFreeConnection, **options)
 
 
-async def answered_within(seconds: float, read: Awaitable[T]) -> T:
-    """`read`'s answer, or TimeoutError after `seconds` without one. The read is cancelled but not
-    waited for: asyncpg holds its connection until PostgreSQL takes the cancel (up to the pool's
-    command_timeout), which an asyncio.timeout around the read would wait out too."""
-    task = asyncio.ensure_future(read)
+async def answered_within(seconds: float, pool: Any, read: Callable[[Any], Awaitable[T]]) -> T:
+    """`read`'s answer on a connection of `pool` (waiting for one counts too), or TimeoutError after
+    `seconds` without one. A read given up is cancelled and its connection closed at once, not
+    waited for: asyncpg would hold it until PostgreSQL takes the cancel (up to the pool's
+    command_timeout, which an asyncio.timeout around the read would wait out too), and a connection
+    silent for good (a partition, a failover) never does; a pool's worth of those and every read
+    failed until then, however promptly PostgreSQL answered a new connection. PostgreSQL rolls back
+    what a closed connection left open."""
+    held: list[Any] = []
+
+    async def on_a_connection() -> T:
+        async with pool.acquire() as conn:
+            held.append(conn)
+            return await read(conn)
+
+    task = asyncio.ensure_future(on_a_connection())
     try:
         done, _ = await asyncio.wait({task}, timeout=seconds)
     except asyncio.CancelledError:
-        _give_up(task)
+        _give_up(task, held)
         raise
     if not done:
-        _give_up(task)
+        _give_up(task, held)
         raise TimeoutError(f"PostgreSQL did not answer within {seconds:g} s")
     return task.result()
 
 
-def _give_up(task: asyncio.Future[Any]) -> None:
+def _give_up(task: asyncio.Future[Any], held: list[Any]) -> None:
+    for conn in held:
+        if not conn.is_closed():
+            conn.terminate()  # its pool makes a new connection for the next read
     task.cancel()
     _given_up.add(task)
     task.add_done_callback(_forget)

@@ -171,7 +171,10 @@ class PostgresStore:
         with unavailable_errors():
             row = await answered_within(
                 REQUEST_READ_TIMEOUT_S,
-                self._pool.fetchrow(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash),
+                self._pool,
+                lambda conn: conn.fetchrow(
+                    f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash
+                ),
             )
         return None if row is None else key_row(row)
 
@@ -205,7 +208,8 @@ class PostgresStore:
         with unavailable_errors():
             row = await answered_within(
                 REQUEST_READ_TIMEOUT_S,
-                self._pool.fetchrow(
+                self._pool,
+                lambda conn: conn.fetchrow(
                     f"SELECT {_RECORD_COLUMN_LIST} FROM request_records WHERE request_id = $1", request_id
                 ),
             )
