@@ -366,6 +366,39 @@ async def test_redis_data_loss_releases_its_holds_exactly_once(
     assert (await shared.audit()).clean
 
 
+async def test_a_settlement_retried_after_redis_lost_its_data_is_not_charged_twice(
+    pg: PostgresStore,
+    shared: SharedAccounts,
+    redis_server: RedisServer,  # noqa: F811
+    shared_urls: SharedUrls,  # noqa: F811
+) -> None:
+    """A settlement that landed unseen (its answer lost: kept, spooled) is retried; if Redis lost
+    its data in between, its memory of the settled hold went with it, and the retry, finding the
+    hold gone, charged it again as a late settlement though PostgreSQL's ledger had the charge.
+    Here hold_1's settlement and hold_2's late one landed and were shipped; both are retried."""
+    key, _ = await KeyStore(pg).create("t", credits_nano=10_000_000)
+    hour = hour_of(time.time())
+    assert isinstance(await shared.reserve(ask(key.id, 1, 4_000_000)), Admitted)
+    assert isinstance(await shared.reserve(ask(key.id, 2, 1_000_000, ttl=0.0)), Admitted)
+    assert await shared.sweep() == 1  # hold_2 expired: released
+    landed = [
+        (HoldRef(f"hold_{n}", f"req_{n}", hour, 100, UNLIMITED), cost)
+        for n, cost in ((1, 1_000_000), (2, 2_000))
+    ]
+    for ref, cost in landed:
+        await shared.settle(key.id, ref, cost, 10)
+    await shared.flush()
+    redis_server.cli("-n", shared_urls.redis.rsplit("/", 1)[1], "FLUSHDB")
+    await shared.shipper.start()  # the consumer group went too; a running shipper recreates it
+    for ref, cost in landed:
+        await shared.settle(key.id, ref, cost, 10)
+    balance = await shared.balance(key.id)
+    assert balance is not None and balance.balance_nano == 10_000_000 - 1_000_000 - 2_000
+    await shared.flush()
+    assert await ledger_sum(pg, key.id) == balance.balance_nano
+    assert (await shared.audit()).clean
+
+
 async def test_an_unreachable_redis_refuses_with_503_not_free_spend(pg: PostgresStore) -> None:
     from faregate.accounts.metered import AccountsUnavailable, MeteredAdmission, PolicyCache
     from faregate.config import AccountsSettings

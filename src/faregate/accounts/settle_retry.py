@@ -6,8 +6,9 @@ reached at that moment, dropping the settlement would let the hold expire unchar
 blip would lose money. So the settlement is kept in memory and retried with a back-off, for up to
 `accounts.settle_retry_s`; one that lands after its hold expired is charged as a late settlement.
 Retrying is safe: the stores' settle is idempotent per hold (SQLite looks for the hold's ledger
-rows; the Redis script remembers a settled hold as long as a retry may come). A clean stop tries
-what is still pending once more before the stores close.
+rows; the Redis script remembers a settled hold as long as a retry may come, and PostgreSQL's
+ledger is asked before a hold Redis no longer has is charged late, in case Redis lost its data).
+A clean stop tries what is still pending once more before the stores close.
 
 Kept settlements are also written to a local spool file (accounts/settle_spool.py), so that one
 kept by a process that is killed is not lost: the next process to start replays it, within

@@ -20,9 +20,11 @@ key, hold and amount). The bound is what makes the replay safe: Redis remembers 
 for `settle_retry_s` plus a minute from when the settlement first ran, and an entry's time is
 taken before its first attempt, so a settlement that in fact landed before the process died
 (its answer lost) is still recognised when replayed; replayed later, it would find the hold gone
-and be charged a second time as a late settlement. The minute covers this host's clock being
-stepped between the kill and the replay (the entry's time is wall-clock time). SQLite's ledger
-remembers settlements for good, but one rule for both stores is easier to reason about.
+and be charged a second time as a late settlement (unless its settlement had reached PostgreSQL's
+ledger, where the Redis store looks before a late charge: store/redis/ledger.py). The minute
+covers this host's clock being stepped between the kill and the replay (the entry's time is
+wall-clock time). SQLite's ledger remembers settlements for good, but one rule for both stores
+is easier to reason about.
 """
 
 from __future__ import annotations

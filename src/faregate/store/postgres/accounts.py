@@ -185,6 +185,24 @@ class PostgresAccountTable:
             bool(row["revoked"]),
         )
 
+    async def hold_settled(self, hold_id: str) -> bool:
+        """Whether the ledger has a settlement of `hold_id` (its close, or a late charge). A kept
+        settlement's retry waits for it (rarely: only for a hold Redis no longer has), so it is
+        bounded as a request's reads are; a timeout is an outage and the retry comes again."""
+        entries = [hold_entry(hold_id, "close"), hold_entry(hold_id, "late")]
+        with unavailable_errors():
+            return bool(
+                await answered_within(
+                    REQUEST_READ_TIMEOUT_S,
+                    self._pool,
+                    lambda conn: conn.fetchval(
+                        "SELECT EXISTS (SELECT 1 FROM ledger WHERE entry_id = ANY($1::text[])"
+                        " AND kind = 'settlement')",
+                        entries,
+                    ),
+                )
+            )
+
     async def set_policy(self, key_id: str, changes: PolicyValues, name: str | None = None) -> bool:
         columns = policy_columns(changes)
         sets = "".join(f"{column} = ${i}, " for i, column in enumerate(columns, start=3))

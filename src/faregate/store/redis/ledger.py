@@ -188,12 +188,16 @@ class RedisLedger:
         remember_s: float = 60.0,
     ) -> bool:
         """`remember_s`: how long the hold is remembered as settled, so that a retry of this call
-        within it (one whose first run landed unseen) charges nothing more."""
-        result = await self._call(
-            "settle",
-            key_id,
-            [key_id, hold_id, request_id or "", hour, cost_nano, used, tpm, int(remember_s * 1000)],
-        )
+        within it (one whose first run landed unseen) charges nothing more. A hold gone (expired,
+        or lost with an earlier Redis data set) is charged on its own, as a late settlement, unless
+        PostgreSQL's ledger has its settlement already: a retry whose first run landed before Redis
+        lost its data (and its memory of the settled hold) charges nothing more either."""
+        args = [key_id, hold_id, request_id or "", hour, cost_nano, used, tpm, int(remember_s * 1000)]
+        result = await self._call("settle", key_id, [*args, 0])
+        if result[0] == "gone":
+            if await self.pg.hold_settled(hold_id):
+                return False
+            result = await self._call("settle", key_id, [*args, 1])
         return bool(result[0] == "ok")
 
     async def release(self, key_id: str, hold_id: str, tpm: int, remember_s: float = 60.0) -> bool:

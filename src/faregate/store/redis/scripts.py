@@ -226,7 +226,8 @@ redis.call('HSET', rate(k), 'rl', num(rl), 'rt', int(rt))
 return {'ok', num(rl), tl}
 """
 
-# ARGV: key, hold, request, hour, cost (nano), used tokens, tpm, how long to remember it (ms)
+# ARGV: key, hold, request, hour, cost (nano), used tokens, tpm, how long to remember it (ms),
+#       late (1: charge it even if the hold is gone; else answer 'gone' and do nothing)
 SETTLE = r"""
 local k, hold, req, hour = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local cost, used, tpm, remember = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -236,6 +237,9 @@ if not epoch or redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
 -- Settled already: this is the same settlement again (retried on a fresh connection, or by the
 -- gateway's settlement retry after an outage hid that the first call had landed).
 if redis.call('EXISTS', settled(hold)) == 1 then return {'ok'} end
+-- Gone, and not known here as settled: the caller looks in PostgreSQL's ledger first (Redis may
+-- have lost its memory of the settlement with its data set) and asks again with late = 1.
+if ARGV[9] ~= '1' and redis.call('HEXISTS', holds(k), hold) == 0 then return {'gone'} end
 -- Remembered as long as such a retry may come, so that it is not charged again.
 redis.call('SET', settled(hold), '1', 'PX', remember)
 if close_hold(epoch, k, hold, cost, used, tpm, '', now) ~= nil then return {'ok'} end
