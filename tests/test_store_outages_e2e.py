@@ -78,7 +78,8 @@ async def statuses(base_url: str, key: str, count: int, concurrency: int = 20) -
 
 async def strangers(base_url: str, count: int, also_me: str | None = None) -> list[httpx.Response]:
     """`count` requests at once, each with a key the gateway has not seen (looked up in PostgreSQL),
-    and with them `also_me`'s GET /v1/me and a feedback from it (its request looked up), if given."""
+    and with them `also_me`'s GET /v1/me and a feedback from it (its request looked up), and an
+    admin's key list, if given."""
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         me = []
         if also_me:
@@ -87,6 +88,7 @@ async def strangers(base_url: str, count: int, also_me: str | None = None) -> li
             me = [
                 client.get("/me", headers=headers),
                 client.post("/feedback", headers=headers, json=feedback),
+                client.get(f"{base_url.removesuffix('/v1')}/admin/keys", headers=ADMIN),
             ]
         return list(
             await asyncio.gather(
@@ -118,8 +120,9 @@ def test_a_postgresql_outage_is_a_quiet_503(
             assert asyncio.run(statuses(gateway.base_url, key, 5)) == [200] * 5
             log_before = gateway.log.stat().st_size
             # Frozen first (it answers nothing, its connections stay open): a key the gateway must
-            # look up, a key's /v1/me and its feedback get their 503 within the client's timeout,
-            # not after the pool's statement timeout twice over (asyncpg waits for the cancel too).
+            # look up, a key's /v1/me, its feedback and an admin's key list get their 503 within
+            # the client's timeout, not after the pool's statement timeout twice over (asyncpg
+            # waits for the cancel too).
             with pg.frozen():
                 answers = asyncio.run(strangers(gateway.base_url, 3, also_me=key))
             for answer in answers:

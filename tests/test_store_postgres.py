@@ -777,6 +777,7 @@ class PartitionableLink:
     def __init__(self, port: int) -> None:
         self.port = port
         self.server: asyncio.Server | None = None
+        self.silent = False  # new connections too pass nothing (the server is frozen, as a client sees it)
         self._links: list[list[bool]] = []  # per connection: [cut]
         self._writers: list[asyncio.StreamWriter] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -785,13 +786,17 @@ class PartitionableLink:
         self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
         return int(self.server.sockets[0].getsockname()[1])
 
+    def freeze(self) -> None:
+        self.silent = True
+        self.cut()
+
     def cut(self) -> None:
         for link in self._links:
             link[0] = True
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.port)
-        link = [False]
+        link = [self.silent]
         self._links.append(link)
         self._writers += [writer, upstream_writer]
         for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
@@ -839,6 +844,57 @@ async def test_a_read_given_up_on_a_silent_connection_leaves_the_pool_to_the_nex
         with pytest.raises(StoreUnavailable, match="did not answer"):
             await store.find_key("nobody")
         assert await store.find_key("nobody") is None  # on a new connection
+    finally:
+        await link.close()
+        await store.close()
+
+
+async def test_admin_and_feedback_statements_against_a_frozen_postgresql_are_a_prompt_503(
+    shared_urls: SharedUrls,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An admin's key list, key change or ledger page, and a client's feedback score, waited for
+    the pool's statement timeout (60 s), and as long again for the cancel, against a PostgreSQL that
+    stopped answering: they give up as a request's reads do. The bound shrunk to a second, the
+    statement timeout to five: each must say it gave up at the bound."""
+    from faregate.store.feedback import Feedback
+    from faregate.store.postgres import accounts as pg_accounts
+    from faregate.store.postgres import feedback as pg_feedback
+    from faregate.store.postgres import store as pg_store
+    from faregate.store.postgres.feedback import PostgresFeedbackTable
+
+    for module in (pg_store, pg_accounts, pg_feedback):
+        monkeypatch.setattr(module, "REQUEST_READ_TIMEOUT_S", 1.0, raising=False)
+    monkeypatch.setattr(pg_store, "COMMAND_TIMEOUT_S", 5.0)
+    host_port, database = shared_urls.postgres.rsplit("/", 1)
+    link = PartitionableLink(int(host_port.rsplit(":", 1)[1]))
+    relayed = f"{host_port.rsplit(':', 1)[0]}:{await link.start()}/{database}"
+    store = await PostgresStore.open(relayed, pool_size=10)
+    feedback = PostgresFeedbackTable(store._pool)
+    key = KeyRow("key_frozen", "frozen", "fg-frozen", "hash_frozen", False, time.time(), None)
+    try:
+        await store.insert_key(key, 1_000)
+        link.freeze()
+        waits = {
+            "list_keys": store.list_keys(),
+            "insert_key": store.insert_key(
+                KeyRow("key_2", "two", "fg-two", "hash_2", False, time.time(), None)
+            ),
+            "revoke_key": store.revoke_key(key.id, time.time()),
+            "set_key_name": store.accounts.set_key_name(key.id, "renamed"),
+            "set_policy": store.accounts.set_policy(key.id, {"requests_per_minute": 5}),
+            "set_policy_and_name": store.accounts.set_policy(key.id, {"requests_per_minute": 5}, "renamed"),
+            "ledger_rows": store.accounts.ledger_rows(key.id, 10),
+            "ledger_rows_after": store.accounts.ledger_rows(key.id, 10, after="grant_x"),
+            "feedback_upsert": feedback.upsert(
+                Feedback("req_" + "0" * 32, key.id, time.time(), "up", None, None)
+            ),
+            "feedback_get": feedback.get("req_" + "0" * 32),
+        }
+        answers = dict(zip(waits, await asyncio.gather(*waits.values(), return_exceptions=True), strict=True))
+        for name, answer in answers.items():
+            assert isinstance(answer, StoreUnavailable), (name, answer)
+            assert "did not answer within 1 s" in str(answer), (name, answer)
     finally:
         await link.close()
         await store.close()

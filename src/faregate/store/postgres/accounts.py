@@ -158,7 +158,11 @@ class PostgresAccountTable:
 
     async def set_key_name(self, key_id: str, name: str) -> bool:
         with unavailable_errors():
-            status = await self._pool.execute("UPDATE api_keys SET name = $1 WHERE id = $2", name, key_id)
+            status = await answered_within(
+                REQUEST_READ_TIMEOUT_S,
+                self._pool,
+                lambda conn: conn.execute("UPDATE api_keys SET name = $1 WHERE id = $2", name, key_id),
+            )
         return str(status).endswith(" 1")
 
     async def get_account(self, key_id: str) -> AccountRow | None:
@@ -208,30 +212,40 @@ class PostgresAccountTable:
         sets = "".join(f"{column} = ${i}, " for i, column in enumerate(columns, start=3))
         statement = f"UPDATE accounts SET {sets}updated_at = $2 WHERE key_id = $1"
         values = (key_id, time.time(), *(changes[column] for column in columns))
-        if name is None:
-            status = await self._pool.execute(statement, *values)
-        else:
+
+        async def update(conn: Any) -> str:
+            if name is None:
+                return str(await conn.execute(statement, *values))
             # The rename and the policy together: a failure leaves neither written.
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with conn.transaction():
                 await conn.execute("UPDATE api_keys SET name = $1 WHERE id = $2", name, key_id)
-                status = await conn.execute(statement, *values)
-        return str(status).endswith(" 1")
+                return str(await conn.execute(statement, *values))
+
+        with unavailable_errors():
+            status = await answered_within(REQUEST_READ_TIMEOUT_S, self._pool, update)
+        return status.endswith(" 1")
 
     async def ledger_rows(self, key_id: str, limit: int, after: str | None = None) -> list[LedgerRow]:
-        before = None
-        if after is not None:
-            before = await self._pool.fetchval(
-                "SELECT id FROM ledger WHERE key_id = $1 AND entry_id = $2", key_id, after
+        async def page(conn: Any) -> list[Any]:
+            before = None
+            if after is not None:
+                before = await conn.fetchval(
+                    "SELECT id FROM ledger WHERE key_id = $1 AND entry_id = $2", key_id, after
+                )
+                if before is None:
+                    raise UnknownLedgerEntry(after)
+            return list(
+                await conn.fetch(
+                    f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE key_id = $1"
+                    " AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+                    key_id,
+                    before,
+                    limit,
+                )
             )
-            if before is None:
-                raise UnknownLedgerEntry(after)
-        rows = await self._pool.fetch(
-            f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE key_id = $1 AND ($2::bigint IS NULL OR id < $2)"
-            " ORDER BY id DESC LIMIT $3",
-            key_id,
-            before,
-            limit,
-        )
+
+        with unavailable_errors():
+            rows = await answered_within(REQUEST_READ_TIMEOUT_S, self._pool, page)
         return [_ledger_row(r) for r in rows]
 
     async def audit_rows(self) -> list[AuditRow]:

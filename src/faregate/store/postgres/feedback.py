@@ -6,6 +6,7 @@ from typing import Any, cast
 
 from faregate.store.feedback import Feedback, Thumb
 from faregate.store.postgres.errors import unavailable_errors
+from faregate.store.postgres.pool import REQUEST_READ_TIMEOUT_S, answered_within
 
 _UPSERT = (
     "INSERT INTO feedback (request_id, key_id, created_at, score, thumb, rating, comment)"
@@ -22,23 +23,31 @@ class PostgresFeedbackTable:
     async def upsert(self, feedback: Feedback) -> None:
         """One statement: two instances scoring the same request at once leave the later score."""
         with unavailable_errors():
-            await self._pool.execute(
-                _UPSERT,
-                feedback.request_id,
-                feedback.key_id,
-                feedback.created_at,
-                feedback.score,
-                feedback.thumb,
-                feedback.rating,
-                feedback.comment,
+            await answered_within(
+                REQUEST_READ_TIMEOUT_S,
+                self._pool,
+                lambda conn: conn.execute(
+                    _UPSERT,
+                    feedback.request_id,
+                    feedback.key_id,
+                    feedback.created_at,
+                    feedback.score,
+                    feedback.thumb,
+                    feedback.rating,
+                    feedback.comment,
+                ),
             )
 
     async def get(self, request_id: str) -> Feedback | None:
         with unavailable_errors():
-            row = await self._pool.fetchrow(
-                "SELECT request_id, key_id, created_at, thumb, rating, comment FROM feedback"
-                " WHERE request_id = $1",
-                request_id,
+            row = await answered_within(
+                REQUEST_READ_TIMEOUT_S,
+                self._pool,
+                lambda conn: conn.fetchrow(
+                    "SELECT request_id, key_id, created_at, thumb, rating, comment FROM feedback"
+                    " WHERE request_id = $1",
+                    request_id,
+                ),
             )
         if row is None:
             return None

@@ -20,7 +20,8 @@ import asyncpg
 T = TypeVar("T")
 
 # How long a request waits for a read it cannot go on without (its key, its account's policy,
-# its account's first load into Redis).
+# its account's first load into Redis), and a client or an admin for a statement of a few rows
+# (a feedback score; a key list, a key's change, a ledger page).
 # PostgreSQL answers them in milliseconds; one that has not answered in this long is down for the
 # client (frozen, partitioned), who gets a 503 now rather than after the pool's command_timeout,
 # twice over: asyncpg then waits as long again for PostgreSQL to take the cancel.

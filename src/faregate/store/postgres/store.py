@@ -150,20 +150,25 @@ class PostgresStore:
     async def insert_key(
         self, row: KeyRow, credits_nano: int = 0, policy: PolicyValues | None = None
     ) -> None:
+        async def insert(conn: Any) -> None:
+            async with conn.transaction():
+                await conn.execute(
+                    f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    row.id,
+                    row.name,
+                    row.prefix,
+                    row.key_hash,
+                    row.premium,
+                    row.created_at,
+                    row.revoked_at,
+                )
+                await self.accounts.open_account(conn, row, credits_nano, policy)
+
+        # An admin waits for it: given up (a 503) as a request's reads are, rolled back unless it
+        # committed as it was given up (the key is then listed).
         try:
             with unavailable_errors():
-                async with self._pool.acquire() as conn, conn.transaction():
-                    await conn.execute(
-                        f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                        row.id,
-                        row.name,
-                        row.prefix,
-                        row.key_hash,
-                        row.premium,
-                        row.created_at,
-                        row.revoked_at,
-                    )
-                    await self.accounts.open_account(conn, row, credits_nano, policy)
+                await answered_within(REQUEST_READ_TIMEOUT_S, self._pool, insert)
         except asyncpg.UniqueViolationError as exc:
             raise DuplicateError(str(exc)) from exc
 
@@ -181,15 +186,21 @@ class PostgresStore:
     async def list_keys(self, include_revoked: bool = False) -> list[KeyRow]:
         where = "" if include_revoked else " WHERE revoked_at IS NULL"
         with unavailable_errors():
-            rows = await self._pool.fetch(
-                f"SELECT {KEY_COLUMNS} FROM api_keys{where} ORDER BY created_at, id"
+            rows = await answered_within(
+                REQUEST_READ_TIMEOUT_S,
+                self._pool,
+                lambda conn: conn.fetch(f"SELECT {KEY_COLUMNS} FROM api_keys{where} ORDER BY created_at, id"),
             )
         return [key_row(r) for r in rows]
 
     async def revoke_key(self, key_id: str, at: float) -> bool:
         with unavailable_errors():
-            status = await self._pool.execute(
-                "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", at, key_id
+            status = await answered_within(
+                REQUEST_READ_TIMEOUT_S,
+                self._pool,
+                lambda conn: conn.execute(
+                    "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", at, key_id
+                ),
             )
         return str(status).endswith(" 1")
 
