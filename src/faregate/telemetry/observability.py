@@ -13,6 +13,7 @@ from faregate.lifecycle import Periodic
 from faregate.routing.attempts import AttemptRunner
 from faregate.store.analytics import Analytics, FeedbackStore, Rollup
 from faregate.store.backends import AnalyticsStores
+from faregate.store.outage import is_outage
 from faregate.telemetry.alerts import AlertManager
 from faregate.telemetry.metrics import (
     CascadeSource,
@@ -75,8 +76,16 @@ class Insights:
                 if not await self.rollup.step():
                     break
                 await asyncio.sleep(ROLLUP_PAUSE_S)
-        except Exception:
-            log.exception("could not update the dashboard rollups; trying again later")
+        except Exception as exc:
+            if not is_outage(exc):
+                log.exception("could not update the dashboard rollups; trying again later")
+                return
+            # A line, not a traceback every round through an outage (the log filter counts repeats).
+            log.warning(
+                "could not update the dashboard rollups, a store is unavailable (%s: %s); trying again later",
+                type(exc).__name__,
+                exc,
+            )
 
     async def close(self) -> None:
         await self.alerts.close()

@@ -12,10 +12,13 @@ An open transaction is still rolled back on release (asyncpg does that whatever 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import asyncpg
+
+from faregate.store.outage import is_outage
 
 T = TypeVar("T")
 
@@ -28,6 +31,21 @@ T = TypeVar("T")
 REQUEST_READ_TIMEOUT_S = 5.0
 # Reads given up, still unwinding (see `answered_within`): kept referenced until they end.
 _given_up: set[asyncio.Future[Any]] = set()
+
+
+def _outage_in_a_line(record: logging.LogRecord) -> bool:
+    """asyncpg reopens a pool's closed connections in the background and warns, with a traceback,
+    at each attempt that fails: every second at first, through a PostgreSQL outage. An outage's
+    warning is made one line, which the gateway's log filter then writes once per interval
+    (telemetry/log_limit.py); anything else keeps its traceback."""
+    error = record.exc_info[1] if record.exc_info else None
+    if error is not None and is_outage(error):
+        record.msg, record.args = f"{record.getMessage()} ({type(error).__name__}: {error})", None
+        record.exc_info = record.exc_text = None
+    return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_outage_in_a_line)
 
 
 class SessionFreeConnection(asyncpg.Connection):  # type: ignore[misc]
