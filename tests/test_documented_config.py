@@ -1,22 +1,28 @@
-"""Every faregate.yaml snippet the documents show loads as shown.
+"""Every faregate.yaml snippet the documents show loads as shown, and every key of the
+settings is named in them.
 
 A newcomer pastes them: a snippet naming a provider nobody declared, or an alert rule that needs a
 setting the snippet leaves out, stops the gateway at start-up. Each ```yaml block of the README and
 docs/*.md is loaded on its own, merged over the built-in defaults as a faregate.yaml would be
 (indented blocks, as inside a list item, included). A block that is not a gateway config says so
 on its first line (`# prometheus.yml`, `# sim.yaml`, `# Kubernetes`) and is left out.
+
+A key added to the settings and never named in the documents is one nobody finds; the keys are
+read from the settings' types, so no list is kept by hand.
 """
 
 from __future__ import annotations
 
 import re
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from faregate.catalog import build_catalog
-from faregate.config import check_alert_subjects, check_route_ttls, load_settings
+from faregate.config import Settings, check_alert_subjects, check_route_ttls, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))]
@@ -71,3 +77,49 @@ def test_the_readme_table_of_providers_is_the_built_in_defaults() -> None:
             assert env_vars == [provider.api_key_env], name
         if name != "sim":
             assert provider.base_url in urls, name
+
+
+def settings_keys(info: msgspec.inspect.Type, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted path, key) for every key a faregate.yaml may set; a map's entry is `NAME` in the
+    path (`providers.NAME.base_url`)."""
+    for struct, path in _structs(info, prefix):
+        for field in struct.fields:
+            key = f"{path}{field.encode_name}"
+            yield key, field.encode_name
+            yield from settings_keys(field.type, key)
+
+
+def _structs(info: msgspec.inspect.Type, path: str) -> Iterator[tuple[msgspec.inspect.StructType, str]]:
+    """The structs `info` holds (in a union, a list or as a map's values), each with the path
+    its keys start with."""
+    if isinstance(info, msgspec.inspect.StructType):
+        yield info, f"{path}." if path else ""
+    elif isinstance(info, msgspec.inspect.Metadata):
+        yield from _structs(info.type, path)
+    elif isinstance(info, msgspec.inspect.UnionType):
+        for member in info.types:
+            yield from _structs(member, path)
+    elif isinstance(info, msgspec.inspect.ListType):
+        yield from _structs(info.item_type, path)
+    elif isinstance(info, msgspec.inspect.DictType):
+        yield from _structs(info.value_type, f"{path}.NAME")
+
+
+SETTINGS = msgspec.inspect.type_info(Settings)
+KEYS = dict(settings_keys(SETTINGS))
+
+
+def documents() -> str:
+    return "\n".join((ROOT / doc).read_text(encoding="utf-8") for doc in DOCS)
+
+
+def test_every_settings_key_is_named_in_the_documents() -> None:
+    """Each key is named where a reader looks for it: in inline code or in a YAML block."""
+    text = documents()
+    named = set()
+    for code in re.findall(r"`([^`\n]+)`", text):
+        named.update(re.findall(r"\w+", code))
+    for block in re.findall(r"^ *```yaml\n(.*?)^ *```", text, re.S | re.M):
+        named.update(re.findall(r"\w+", block))
+    assert len(KEYS) > 150
+    assert [path for path, key in KEYS.items() if key not in named] == []
