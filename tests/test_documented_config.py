@@ -1,5 +1,5 @@
-"""Every faregate.yaml snippet the documents show loads as shown, and every key of the
-settings is named in them.
+"""Every faregate.yaml snippet the documents show loads as shown, and the documents and the
+settings name the same keys.
 
 A newcomer pastes them: a snippet naming a provider nobody declared, or an alert rule that needs a
 setting the snippet leaves out, stops the gateway at start-up. Each ```yaml block of the README and
@@ -7,8 +7,9 @@ docs/*.md is loaded on its own, merged over the built-in defaults as a faregate.
 (indented blocks, as inside a list item, included). A block that is not a gateway config says so
 on its first line (`# prometheus.yml`, `# sim.yaml`, `# Kubernetes`) and is left out.
 
-A key added to the settings and never named in the documents is one nobody finds; the keys are
-read from the settings' types, so no list is kept by hand.
+A key added to the settings and never named in the documents is one nobody finds; a dotted key the
+prose names (`cache.semantic.threshold`) that the settings do not have fails at start-up when
+someone sets it. Both are read from the settings' types, so neither list is kept by hand.
 """
 
 from __future__ import annotations
@@ -123,3 +124,22 @@ def test_every_settings_key_is_named_in_the_documents() -> None:
         named.update(re.findall(r"\w+", block))
     assert len(KEYS) > 150
     assert [path for path, key in KEYS.items() if key not in named] == []
+
+
+def test_every_dotted_key_the_documents_name_is_a_setting() -> None:
+    """`section.key` opening inline code, for a section of faregate.yaml, is a key the settings have,
+    or a section or map entry on the way to one (`providers.sim`, `routes.NAME.quality`)."""
+    sections = {field.encode_name for field in SETTINGS.fields}
+    paths = {tuple(key.split(".")[:n]) for key in KEYS for n in range(1, key.count(".") + 2)}
+
+    def is_setting(named: list[str]) -> bool:
+        return any(
+            len(path) == len(named) and all(p in (n, "NAME") for p, n in zip(path, named, strict=True))
+            for path in paths
+        )
+
+    # A code span's first word: `cache.semantic.threshold`, `routes.NAME.quality: QualitySettings`.
+    found = re.findall(r"`([a-z_]+(?:\.[\w-]+)+)", documents())
+    named = {m for m in found if m.split(".")[0] in sections}
+    assert len(named) > 40
+    assert sorted(m for m in named if not is_setting(m.split("."))) == []
