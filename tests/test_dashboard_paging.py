@@ -110,3 +110,25 @@ async def test_a_cut_breakdown_says_how_many_groups_there_are(
         )
         body = await response.json()
         assert body["rows"] == [] and body["groups"] == 0
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        ("summary?range=2y", "range"),
+        ("breakdown?by=colour", "by"),
+        ("latency?by=colour", "by"),
+        ("summary?since=yesterday", "since"),
+        ("summary?since=2000000000&until=1000000000", "since"),
+        ("requests?limit=many", "limit"),
+    ],
+)
+async def test_a_bad_query_parameter_is_named_in_the_error(
+    client: TestClient[Any, Any], query: str, param: str
+) -> None:
+    """Every refused parameter of the dashboard's JSON endpoints is the error's `param`, as OpenAI's
+    errors name the field at fault (`range`, `by` and a `since` after `until` said null, while a
+    bad `since` or `limit` named itself)."""
+    response = await client.get(f"/admin/dashboard/{query}", headers=ADMIN)
+    assert response.status == 400
+    assert (await response.json())["error"]["param"] == param

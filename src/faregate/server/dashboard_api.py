@@ -221,9 +221,11 @@ class DashboardApi:
             elif name in RANGES:
                 since = until - RANGES[name]
             else:
-                raise InvalidRequest(f"'range' must be one of {', '.join([*RANGES, 'all'])}, not {name!r}.")
+                raise InvalidRequest(
+                    f"'range' must be one of {', '.join([*RANGES, 'all'])}, not {name!r}.", param="range"
+                )
         if since >= until:
-            raise InvalidRequest("'since' must be before 'until'.")
+            raise InvalidRequest("'since' must be before 'until'.", param="since")
         key = _text_param(request, "key")
         keys = await self.analytics.resolve_keys(key) if key else None
         return Slice(
@@ -241,7 +243,7 @@ class DashboardApi:
     ) -> Dimension:
         by = request.query.get("by", default)
         if by not in allowed:
-            raise InvalidRequest(f"'by' must be one of {', '.join(allowed)}, not {by!r}.")
+            raise InvalidRequest(f"'by' must be one of {', '.join(allowed)}, not {by!r}.", param="by")
         return cast(Dimension, by)
 
     @staticmethod
