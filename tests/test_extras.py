@@ -3,6 +3,7 @@ command that needs one fails at start, each with one line naming the extra to in
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,23 @@ def test_every_extra_is_an_extra_of_the_package() -> None:
     for name in EXTRAS:
         assert f"\n{name} = [" in text, name
     assert '\nall = ["faregate[postgres,redis,semantic,cascade,evals,otel]"]' in text
+
+
+def test_the_readme_table_names_every_extra_a_command_needs() -> None:
+    """The README's Install table says, in each extra's row, which commands need it: a command
+    that needs two extras is named in both rows, or installing the one named leaves the user at
+    a second missing extra (faregate router and cache-eval need semantic beside evals)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("| extra | for | adds |") :]
+    rows = table[: table.index("\n\n")].splitlines()[2:]
+    needs: dict[str, str] = {}
+    for row in rows:
+        extra, for_what, _adds = (cell.strip() for cell in row.strip("|").split("|"))
+        needs[extra.strip("`")] = for_what
+    assert sorted(needs) == sorted(EXTRAS)
+    for name, command in COMMANDS.items():
+        for extra in command.extras:
+            assert re.search(rf"`(faregate )?{name}`", needs[extra]), (name, extra)
 
 
 HIDE = """
