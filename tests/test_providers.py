@@ -456,6 +456,28 @@ async def test_a_4xx_that_says_try_again_is_the_providers_failure(
     assert failure.retryable
 
 
+async def test_an_error_body_in_a_one_element_array_is_read_as_the_error_it_holds(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    # Gemini's OpenAI-compatible endpoint wraps its errors in a list: the message, code and param
+    # are read from the object it holds, not quoted as JSON text.
+    message = 'Invalid JSON payload received. Unknown name "reasoning": Cannot find field.'
+    error = {"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}}
+    upstream.handler = json_reply([error], 400)
+    with pytest.raises(UpstreamRejected) as info:
+        await make_provider().complete(call())
+    assert info.value.message == f"siliconflow rejected the request: {message}"
+    exhausted = "Resource has been exhausted."
+    quota = {"error": {"code": 429, "message": exhausted, "status": "RESOURCE_EXHAUSTED"}}
+    upstream.handler = json_reply([quota], 429)
+    failure = await failure_of(make_provider())
+    assert (failure.kind, failure.detail, failure.body) == (
+        "rate_limited",
+        f"HTTP 429: {exhausted}",
+        quota,
+    )
+
+
 async def test_4xx_with_plain_text_body(
     upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
 ) -> None:

@@ -209,12 +209,16 @@ def json_object(raw: bytes, what: str, status: int) -> JSON:
 
 
 def _try_json_object(raw: bytes) -> JSON | None:
+    """An error body's JSON object; one alone in an array too (Gemini's OpenAI-compatible
+    endpoint sends `[{"error": {...}}]`), so its message is read, not quoted as JSON text."""
     if not raw:
         return None
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
     return value if isinstance(value, dict) else None
 
 
