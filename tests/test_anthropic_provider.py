@@ -592,6 +592,14 @@ async def test_an_overloaded_stream_fails_retryably(upstream: Upstream, provider
     with pytest.raises(UpstreamFailure) as info:
         _ = [c async for c in provider.stream(call(stream=True))]
     assert info.value.kind == "server_error" and info.value.retryable
+    # The head said 200; the event's type says 529, as Anthropic's errors table has it: an offer
+    # out of capacity, for the capacity checks (a Messages client's 529) and the record.
+    assert info.value.status == 529
+    rate_limited = {"type": "error", "error": {"type": "rate_limit_error", "message": "Slow down"}}
+    upstream.handler = sse_reply(events(STREAM_EVENTS[0], rate_limited))
+    with pytest.raises(UpstreamFailure) as info:
+        _ = [c async for c in provider.stream(call(stream=True))]
+    assert (info.value.kind, info.value.status) == ("rate_limited", 429)
 
 
 @pytest.mark.parametrize(

@@ -834,10 +834,43 @@ async def test_error_object_mid_stream_is_server_error(
     upstream.handler = sse_reply([chunk("a"), error])
     with pytest.raises(UpstreamFailure) as info:
         await collect(make_provider())
-    assert (info.value.kind, info.value.detail) == (
+    # OpenRouter's `error.code` is the status the error stands for (the head said 200).
+    assert (info.value.kind, info.value.status, info.value.detail) == (
         "server_error",
+        502,
         "error event after 1 chunks: provider overloaded",
     )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_error_sent_with_a_200_is_the_failure_it_names(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], stream: bool
+) -> None:
+    # OpenRouter answers 200 once a model has begun, and an error after that comes in the body or
+    # as an event, its `code` the status: a rate limit there is one (its kind and status say so,
+    # for the retry, the capacity checks and the record), and a whole body carrying only an error
+    # is that error, with its message, not "a 200 with no choices".
+    error = {"error": {"code": 429, "message": "Rate limit exceeded: free-models-per-min"}}
+    if stream:
+        upstream.handler = sse_reply([b"data: " + orjson.dumps(error) + b"\n\n"])
+    else:
+        upstream.handler = json_reply(error)
+    with pytest.raises(UpstreamFailure) as info:
+        if stream:
+            await collect(make_provider())
+        else:
+            await make_provider().complete(call())
+    assert (info.value.kind, info.value.status) == ("rate_limited", 429)
+    assert info.value.detail.endswith(": Rate limit exceeded: free-models-per-min")
+    assert info.value.body == error
+    upstream.handler = json_reply({"error": {"code": 502, "message": "Provider returned error"}})
+    with pytest.raises(UpstreamFailure) as info:
+        if stream:
+            await collect(make_provider())
+        else:
+            await make_provider().complete(call())
+    assert (info.value.kind, info.value.status) == ("server_error", 502)
+    assert info.value.detail.endswith(": Provider returned error")
 
 
 async def test_json_body_instead_of_a_stream(

@@ -36,18 +36,23 @@ from faregate.providers.http_framing import (
 from faregate.providers.response import Response
 from faregate.providers.sse import SSEDecoder, SSEProtocolError
 from faregate.providers.upstream_failures import (
-    clip,
+    in_band_failure,
     json_instead_of_stream,
     json_object,
     read_error_body,
-    redact,
     response_failure,
     secrets_of,
     transport_failure,
 )
 from faregate.types import JSON, Completion, Usage
 from faregate.wire.embeddings import usage_of as embedding_usage
-from faregate.wire.openai import chunk_has_content, stream_error, unreadable_choices, usage_of
+from faregate.wire.openai import (
+    answer_is_empty,
+    chunk_has_content,
+    stream_error,
+    unreadable_choices,
+    usage_of,
+)
 
 # After [DONE] the body normally ends within microseconds; reading to its end lets the
 # connection go back to the pool instead of being closed. Bounded for upstreams that linger.
@@ -144,6 +149,9 @@ class OpenAICompatibleProvider:
         finally:
             resp.release()
         body = json_object(raw, "response body", resp.status)
+        if body.get("error") and answer_is_empty(body):
+            # An error in place of the answer (OpenRouter's, once a model has begun): that error.
+            raise in_band_failure(body, "error instead of an answer", resp.status, self._secrets)
         if (unreadable := unreadable_choices(body, "message")) is not None:
             raise UpstreamFailure("bad_response", f"response body: {unreadable}", status=resp.status)
         return Completion(body, usage(body), resp.status)
@@ -212,15 +220,11 @@ class OpenAICompatibleProvider:
                             chunk = json_object(payload, f"stream chunk {chunks + 1}", resp.status)
                         # OpenRouter and others report a failure mid-stream as a chunk with an
                         # `error` object (sometimes beside a finish_reason "error" choice).
-                        if chunk.get("error") and (failed := stream_error(chunk)) is not None:
+                        if chunk.get("error") and stream_error(chunk) is not None:
                             if read:
                                 yield read
-                            said = clip(redact(failed, self._secrets)) or "no message"
-                            raise UpstreamFailure(
-                                "server_error",
-                                f"error event after {chunks} chunks: {said}",
-                                status=resp.status,
-                                body=chunk,
+                            raise in_band_failure(
+                                chunk, f"error event after {chunks} chunks", resp.status, self._secrets
                             )
                         # The usual chunk (one choice whose delta is an object without tool calls)
                         # is readable: checked inline, as this runs per chunk; others in full.
