@@ -299,6 +299,22 @@ async def test_429_insufficient_quota_is_an_account_that_needs_payment_not_a_rat
             {"message": "This model's maximum context length is 65536 tokens. However, you requested 70000"},
             True,
         ),
+        # Gemini's, and Together's (TGI's words), which say so in words of their own.
+        (
+            {
+                "message": "The input token count (134123) exceeds the maximum number of tokens "
+                "allowed (131072)."
+            },
+            True,
+        ),
+        (
+            {
+                "message": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4097. "
+                "Given: 80125 `inputs` tokens and 4096 `max_new_tokens`",
+                "param": "max_tokens",
+            },
+            True,
+        ),
         ({"message": "Invalid schema for function 'f'", "code": "invalid_function_parameters"}, False),
     ],
 )

@@ -141,9 +141,17 @@ async def read_error_body(resp: Response, start: bytes = b"") -> bytes:
 
 # How upstreams say a prompt overflows the model's context window (with its max_tokens): OpenAI's
 # code, and the words of those that give none of their own (DeepSeek, vLLM, Mistral, OpenRouter:
-# "maximum context length"; Anthropic: "prompt is too long").
+# "maximum context length"; Anthropic: "prompt is too long"; Gemini: "The input token count (N)
+# exceeds the maximum number of tokens allowed (M)"; Together, as TGI: "`inputs` tokens +
+# `max_new_tokens` must be <= M").
 _CONTEXT_OVERFLOW_CODE = "context_length_exceeded"
-_CONTEXT_OVERFLOW_WORDS = ("maximum context length", "prompt is too long", "context window")
+_CONTEXT_OVERFLOW_WORDS = (
+    "maximum context length",
+    "prompt is too long",
+    "context window",
+    "exceeds the maximum number of tokens allowed",
+    "`inputs` tokens + `max_new_tokens` must be",
+)
 
 
 def overflows_context(rejected: UpstreamRejected) -> bool:
