@@ -494,6 +494,20 @@ async def test_an_error_body_in_a_one_element_array_is_read_as_the_error_it_hold
     )
 
 
+async def test_a_400_that_refuses_the_providers_key_is_the_providers_failure(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    # Gemini refuses a bad key with a 400 INVALID_ARGUMENT (reason API_KEY_INVALID), not a 401:
+    # the gateway's key is wrong, not the client's request, and another provider may serve it.
+    message = "API key not valid. Please pass a valid API key."
+    info = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}
+    error = {"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT", "details": [info]}}
+    upstream.handler = json_reply([error], 400)
+    failure = await failure_of(make_provider())
+    assert (failure.kind, failure.status) == ("server_error", 400)
+    assert failure.detail == f"provider authentication failed (HTTP 400; check ${KEY_ENV}): {message}"
+
+
 async def test_4xx_with_plain_text_body(
     upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
 ) -> None:

@@ -73,8 +73,9 @@ async def response_failure(resp: Response, provider: str, key_hint: str, secrets
         )
     if status == 408:
         return UpstreamFailure("timeout", f"HTTP 408: {message}", status=status, body=body)
-    if status in (401, 403):
+    if status in (401, 403) or (status == 400 and _refuses_key(body)):
         # The upstream refused OUR key: not the client's fault, and another provider may work.
+        # (Gemini says so with a 400 INVALID_ARGUMENT whose reason is API_KEY_INVALID.)
         return UpstreamFailure(
             "server_error",
             f"provider authentication failed (HTTP {status}; {key_hint}): {message}",
@@ -160,6 +161,18 @@ def overflows_context(rejected: UpstreamRejected) -> bool:
         return True
     message = rejected.message.lower()
     return any(words in message for words in _CONTEXT_OVERFLOW_WORDS)
+
+
+# Google's reasons (an ErrorInfo in the error's details) for a key it refuses with a 400.
+_REFUSED_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
+
+
+def _refuses_key(body: JSON | None) -> bool:
+    error = body.get("error") if body is not None else None
+    details = error.get("details") if isinstance(error, dict) else None
+    return isinstance(details, list) and any(
+        isinstance(detail, dict) and detail.get("reason") in _REFUSED_KEY_REASONS for detail in details
+    )
 
 
 def _out_of_credit(message: str) -> bool:

@@ -124,8 +124,9 @@ class AttemptRunner:
             failure.status == 429 and failure.kind != "rate_limited"
         ):
             # The provider refused our key, or our account with it is out of credit (a 400 that is
-            # not "rejected" is only Anthropic's "credit balance is too low", a 429 that is no rate
-            # limit only OpenAI's insufficient_quota): asked again it says so again.
+            # not "rejected" is only Gemini's refused key or Anthropic's "credit balance is too
+            # low", a 429 that is no rate limit only OpenAI's insufficient_quota): asked again it
+            # says so again.
             return None
         if failure.retry_after is not None:
             if failure.retry_after > self.routing.max_retry_after_s:
