@@ -475,8 +475,25 @@ async def test_open_breaker_skips_offer_and_503_when_all_open() -> None:
     assert await names(planner, {"model": "mid"}) == ["a/mid"]
     for _ in range(2):
         health.failure("a/mid")
-    with pytest.raises(ModelUnavailable, match="circuit breaker open"):
+    with pytest.raises(ModelUnavailable, match="circuit breaker open") as info:
         await planner.plan(request({"model": "mid"}))
+    # The client is told when a breaker lets a call through again (the SDKs wait it out rather
+    # than retry into the same 503 within a second or two): at most the cool-down.
+    assert 1 <= int(info.value.headers["Retry-After"]) <= 60
+
+
+def test_an_offer_says_when_its_breakers_let_a_call_through_again() -> None:
+    health = HealthBoard(BreakerSettings(consecutive_failures=1, cooldown_s=30))
+    assert health.reopens_in("a/mid", 100.0) == 0.0  # never failed
+    for _ in range(2):  # unattributed failures: each from a key of its own (shared_min_keys 2)
+        health.breaker("a/mid").record(False, 100.0)
+    assert health.reopens_in("a/mid", 110.0) == 20.0
+    # A key's own breaker opened later keeps that key out longer than the shared one.
+    health.own_breaker("a/mid", "k", create=True).record(False, 115.0)  # type: ignore[union-attr]
+    assert health.reopens_in("a/mid", 110.0, "k") == 35.0
+    assert health.reopens_in("a/mid", 130.0) == 0.0
+    assert health.breaker("a/mid").allow(130.0)  # half-open: its probe is out, its verdict soon
+    assert health.reopens_in("a/mid", 131.0) == 0.0
 
 
 async def test_a_breaker_opening_removes_an_offer_from_a_remembered_plan() -> None:
@@ -1089,6 +1106,8 @@ async def test_a_probe_taken_since_the_plan_was_made_is_a_503_not_an_empty_502(s
     assert (info.value.status, info.value.code) == (503, "model_unavailable")
     assert info.value.message == "No candidate can serve this request: circuit breaker open for a/cheap."
     assert info.value.attempts == [] and len(a.calls) == 1
+    # The probe's verdict may come at any moment: the client may try again in a second.
+    assert info.value.headers["Retry-After"] == "1"
 
 
 @pytest.mark.parametrize("route", [{"failover_p99_ms": 100}, {"offer_choice": "latency"}])

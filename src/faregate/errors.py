@@ -217,10 +217,12 @@ class BreakersOpen(UpstreamFailed):
     type = "service_unavailable"
     code = "model_unavailable"
 
-    def __init__(self, offers: list[str]) -> None:
+    def __init__(self, offers: list[str], wait: float = 0.0) -> None:
         super().__init__(
             [], message=f"No candidate can serve this request: circuit breaker open for {'; '.join(offers)}."
         )
+        # When the soonest of those breakers lets a call through again (the plan's 503 says so too).
+        self.headers["Retry-After"] = str(max(1, math.ceil(wait)))
 
 
 class UpstreamRejected(UpstreamError):

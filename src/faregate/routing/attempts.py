@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -311,6 +312,7 @@ class AttemptRunner:
         timed_out = False
         queue_full: RateLimited | None = None
         breaker_refused: list[str] = []  # offers whose breaker refused their first call
+        breaker_wait = math.inf  # the soonest one of those lets a call through again (seconds)
         # A 400 another model may not give: an upstream's "the prompt overflows my window", or a
         # wire that cannot say the request (nothing sent). The client's only if every call says so.
         passed_on: UpstreamRejected | None = None
@@ -322,9 +324,11 @@ class AttemptRunner:
                 if time_left <= 0:
                     timed_out = True
                     break
-                if not self.health.allow(key, request.key_id, time.monotonic()):
+                now = time.monotonic()
+                if not self.health.allow(key, request.key_id, now):
                     if not tries:
                         breaker_refused.append(f"{candidate.offer.provider}/{candidate.model.name}")
+                        breaker_wait = min(breaker_wait, self.health.reopens_in(key, now, request.key_id))
                     break
                 call = build(candidate, entry, time_left)
                 t0 = time.perf_counter()
@@ -381,7 +385,8 @@ class AttemptRunner:
         if queue_full is not None and not attempts:
             raise queue_full  # no upstream was called: the queue's 429, with its Retry-After
         if breaker_refused and not attempts and not timed_out:
-            raise BreakersOpen(breaker_refused)  # no upstream was called: not "All 0 attempts failed"
+            # No upstream was called: not "All 0 attempts failed".
+            raise BreakersOpen(breaker_refused, breaker_wait)
         if passed_on is not None and all(a.outcome == "rejected" for a in attempts):
             passed_on.attempts = attempts  # every upstream called refused the request: their 400
             raise passed_on

@@ -5,6 +5,7 @@ and the client's error, model by model, when no candidate is left.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -29,6 +30,9 @@ class Rejections:
     cost: list[str] = field(default_factory=list)
     unavailable: list[str] = field(default_factory=list)
     breaker: list[str] = field(default_factory=list)
+    # The soonest any of those models' breakers lets a call through again (seconds; None: none
+    # was left out for its breakers): the 503's Retry-After.
+    breaker_wait: float | None = None
     # Where in the plan (the count of candidates planned before) each model every offer of which
     # had its breaker open would have been: Plan.passed_over.
     passed_over: list[int] = field(default_factory=list)
@@ -218,4 +222,16 @@ async def refuse(rejected: Rejections, prompt: PromptSize) -> None:
     ):
         if items:
             parts.append(f"{label}: {'; '.join(items)}")
-    raise ModelUnavailable("No candidate can serve this request: " + "; ".join(parts) + ".")
+    raise ModelUnavailable(
+        "No candidate can serve this request: " + "; ".join(parts) + ".",
+        headers=breaker_retry_after(rejected),
+    )
+
+
+def breaker_retry_after(rejected: Rejections) -> dict[str, str] | None:
+    """The Retry-After of a 503 for models left out for their open breakers: when the soonest of
+    them lets a call through again, in whole seconds (at least 1). The SDKs wait that out instead
+    of retrying into the same 503 a second later and giving up."""
+    if rejected.breaker_wait is None:
+        return None
+    return {"Retry-After": str(max(1, math.ceil(rejected.breaker_wait)))}

@@ -69,6 +69,13 @@ class Breaker:
             return now - self.opened_at >= self.settings.cooldown_s
         return not self.probe_in_flight
 
+    def reopens_in(self, now: float) -> float:
+        """Seconds until `allow` may let a call through: what is left of an open breaker's
+        cool-down; 0 when closed, or half-open (its probe's verdict may come any moment)."""
+        if self.state != OPEN:
+            return 0.0
+        return max(0.0, self.opened_at + self.settings.cooldown_s - now)
+
     def record(self, ok: bool, now: float, key: str | None = None) -> None:
         self.recent.append(ok)
         self.recent_keys.append(key)
@@ -276,6 +283,16 @@ class HealthBoard:
             return False
         own = self.own_breaker(key, api_key)
         return own is None or own.would_allow(moment)
+
+    def reopens_in(self, key: str, now: float, api_key: str | None = None) -> float:
+        """Seconds until this key may call the offer again as far as its breakers go (both must
+        allow it): for the Retry-After of a request every breaker refused."""
+        breaker = self.breakers.get(key)
+        own = self.own_breaker(key, api_key)
+        return max(
+            breaker.reopens_in(now) if breaker is not None else 0.0,
+            own.reopens_in(now) if own is not None else 0.0,
+        )
 
     def success(
         self, key: str, latency_ms: float, ttft_ms: float | None = None, api_key: str | None = None

@@ -22,6 +22,7 @@ from faregate.route_config import ChainItem, RouteSettings, chain_steps
 from faregate.routing.candidate_fit import (
     ModelUnavailable,
     Rejections,
+    breaker_retry_after,
     call_worst,
     fits,
     fits_now,
@@ -178,7 +179,9 @@ class Planner:
             parts = [f"no enabled provider (API key not set) for {u}" for u in rejected.unavailable]
             parts += [f"circuit breaker open for {b}" for b in rejected.breaker]
             reason = "; ".join(parts) or f"no enabled provider of {model.name} serves embeddings"
-            raise ModelUnavailable(f"No candidate can serve this request: {reason}.")
+            raise ModelUnavailable(
+                f"No candidate can serve this request: {reason}.", headers=breaker_retry_after(rejected)
+            )
         return Plan(route=model.name, candidates=[Candidate(model, o, self.routing.retries) for o in offers])
 
     def requested_route(self, request: ChatRequest) -> str:
@@ -438,6 +441,9 @@ class Planner:
         usable = [o for o in tier.offers if self.health.usable(o.key, now, api_key)]
         if not usable:
             rejected.breaker.append(", ".join(f"{o.provider}/{model.name}" for o in tier.offers))
+            wait = min(self.health.reopens_in(o.key, now, api_key) for o in tier.offers)
+            if rejected.breaker_wait is None or wait < rejected.breaker_wait:
+                rejected.breaker_wait = wait
             return []
         if len(usable) == 1:
             return usable
