@@ -919,6 +919,27 @@ async def test_json_body_instead_of_a_stream(
     assert info.value.kind == "bad_response"
 
 
+async def test_an_html_page_instead_of_a_stream_is_a_bad_response(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    # A 200 page where the event stream belongs (a base_url that names a web UI, a proxy's login
+    # page) has no event in it: it is no blank answer ("stream ended without any chunk") but a
+    # bad response that says what came.
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            text="<!DOCTYPE html><html><title>Sign in</title></html>", content_type="text/html"
+        )
+
+    upstream.handler = handler
+    with pytest.raises(UpstreamFailure) as info:
+        await collect(make_provider())
+    assert (info.value.kind, info.value.status) == ("bad_response", 200)
+    assert (
+        info.value.detail
+        == "a page instead of an event stream: '<!DOCTYPE html><html><title>Sign in</title></html>'"
+    )
+
+
 ENDLESS_BYTES = 32 << 20  # an endless body's bound here: 500 times the cap on what is read
 
 

@@ -39,6 +39,7 @@ from faregate.providers.upstream_failures import (
     in_band_failure,
     json_instead_of_stream,
     json_object,
+    page_instead_of_stream,
     read_error_body,
     response_failure,
     secrets_of,
@@ -201,10 +202,15 @@ class OpenAICompatibleProvider:
             content_seen = False
             try:
                 data = await resp.read_chunk()
-                if data.lstrip()[:1] == b"{":
+                first = data.lstrip()[:1]
+                if first == b"{":
                     # A JSON body where an event stream belongs: an error, or stream:true ignored.
                     raw = await read_error_body(resp, data)
                     raise json_instead_of_stream(raw, resp.status, self._secrets)
+                if first == b"<":
+                    # A page (a base_url naming a web UI, a proxy's login page) holds no event:
+                    # no blank answer but a bad response, saying what came.
+                    raise page_instead_of_stream(data, resp.status, self._secrets)
                 while data:
                     read: list[JSON] = []
                     for payload in decoder.feed(data):

@@ -305,6 +305,12 @@ def json_instead_of_stream(raw: bytes, status: int, secrets: Sequence[str]) -> U
     )
 
 
+def page_instead_of_stream(start: bytes, status: int, secrets: Sequence[str]) -> UpstreamFailure:
+    """A markup page (its first bytes: `start`) where an event stream belongs."""
+    snippet = _snippet(redact(start.decode("utf-8", "replace").strip(), secrets))
+    return UpstreamFailure("bad_response", f"a page instead of an event stream: {snippet}", status=status)
+
+
 def transport_failure(exc: TransportError, when: str, status: int | None) -> UpstreamFailure:
     """A failed exchange: bytes that are not HTTP are a bad response; everything else
     (closed, reset, pool shut down) is the connection's fault."""
