@@ -240,6 +240,24 @@ async def test_a_failure_after_the_start_ends_with_response_failed(
     assert relayed[-1]["response"]["id"] == events[0]["response"]["id"]
 
 
+@pytest.mark.parametrize(
+    ("code", "kind", "status"),
+    [("rate_limit_exceeded", "rate_limited", 429), ("server_is_overloaded", "server_error", 503)],
+)
+async def test_an_error_event_is_the_failure_its_code_names(
+    upstream: Upstream, provider: OpenAIResponsesProvider, code: str, kind: str, status: int
+) -> None:
+    # The head said 200; the event's code says a rate limit, or an overload: the retry, the
+    # capacity checks (a Retry-After, a Messages client's 529) and the record count it as one.
+    events = await upstream_events("one two")
+    failed = {"type": "error", "sequence_number": 2, "code": code, "message": "try again later"}
+    upstream.handler = serve_events([*events[:2], failed])
+    with pytest.raises(UpstreamFailure, match="try again later") as raised:
+        async for _ in provider.stream(call(RESPONSES.to_chat({**ASKED, "stream": True}), True)):
+            pass
+    assert (raised.value.kind, raised.value.status) == (kind, status)
+
+
 def test_an_internal_chunk_carries_its_event() -> None:
     chunk = {"choices": [], NATIVE_EVENTS: [{"type": "response.in_progress", "sequence_number": 1}]}
     assert RESPONSES.stream("m", True, {}).chunk(chunk) == (

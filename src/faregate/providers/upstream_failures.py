@@ -23,7 +23,7 @@ from faregate.errors import TRY_AGAIN_4XX, UpstreamFailure, UpstreamRejected
 from faregate.providers.http_framing import BadResponse, TransportError
 from faregate.providers.response import Response
 from faregate.types import JSON
-from faregate.wire.openai import error_code_param, error_message
+from faregate.wire.openai import error_code_param, error_message, error_status
 
 _MAX_MESSAGE_CHARS = 300
 # What is read of a body that is an error: plenty for any vendor's error JSON, and an upstream
@@ -257,42 +257,15 @@ def _text_message(raw: bytes, secrets: Sequence[str]) -> str | None:
     return clip(redact(" ".join(text.split()), secrets))
 
 
-# The status each type of Anthropic's errors is sent with (its errors table): an `error` event in a
-# stream whose head said 200 names only the type.
-_STATUS_OF_ERROR_TYPE = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
-
-
 def in_band_failure(body: JSON, when: str, status: int, secrets: Sequence[str]) -> UpstreamFailure:
     """The failure an error object sent after a 2xx head (in the body, or as a stream's event)
-    is (`when`: where it came, for the detail). Its status is the one the error names, not the
-    head's 200: OpenRouter's `error.code` is one, Anthropic's error type has one; so a rate
-    limit or an overload there counts as one (the retry, the capacity checks, the record)."""
-    named = _named_status(body) or status
+    is (`when`: where it came, for the detail). Its status is the one the error names
+    (`error_status`), not the head's 200: so a rate limit or an overload there counts as one (the
+    retry, the capacity checks, the record)."""
+    named = error_status(body.get("error")) or status
     message = _error_message(body, secrets) or "no message"
     kind = "rate_limited" if named == 429 and not _out_of_quota(body) else "server_error"
     return UpstreamFailure(kind, f"{when}: {message}", status=named, body=body)
-
-
-def _named_status(body: JSON) -> int | None:
-    error = body.get("error")
-    if not isinstance(error, dict):
-        return None
-    code = error.get("code")
-    if type(code) is int and 400 <= code < 600:
-        return code
-    kind = error.get("type")
-    return _STATUS_OF_ERROR_TYPE.get(kind) if isinstance(kind, str) else None
 
 
 def json_instead_of_stream(raw: bytes, status: int, secrets: Sequence[str]) -> UpstreamFailure:

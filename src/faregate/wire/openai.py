@@ -283,6 +283,40 @@ def error_message(body: JSON) -> str | None:
     return None
 
 
+# The status an error sent after a 2xx head stands for, by the name it gives: Anthropic's error
+# types (the status each is sent with otherwise, by its errors table), and the codes of OpenAI's
+# error objects (a Responses stream's `error` event or failed Response).
+_STATUS_OF_ERROR_NAME = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "rate_limit_exceeded": 429,
+    "api_error": 500,
+    "server_error": 500,
+    "server_is_overloaded": 503,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+def error_status(error: object) -> int | None:
+    """The HTTP status an upstream's error object names, if any: OpenRouter's `code` is one (429,
+    502...); else its `code` or `type` by name (_STATUS_OF_ERROR_NAME)."""
+    if not isinstance(error, dict):
+        return None
+    code = error.get("code")
+    if type(code) is int and 400 <= code < 600:
+        return code
+    for name in (code, error.get("type")):
+        if isinstance(name, str) and name in _STATUS_OF_ERROR_NAME:
+            return _STATUS_OF_ERROR_NAME[name]
+    return None
+
+
 def stream_error(chunk: JSON) -> str | None:
     """For an error sent in place of a chunk, its message ("" when it gives none); else None."""
     if not chunk.get("error"):

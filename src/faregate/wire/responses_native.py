@@ -27,6 +27,7 @@ from typing import Any
 
 from faregate.errors import UpstreamFailure
 from faregate.types import GATEWAY_FIELDS, JSON, Usage
+from faregate.wire.openai import error_status
 from faregate.wire.responses import responses_usage
 from faregate.wire.usage import GATEWAY_USAGE_FIELDS, token_count, usage_json
 
@@ -203,7 +204,14 @@ async def chunks_of_events(events: AsyncIterator[JSON]) -> AsyncIterator[JSON]:
         if kind == "error" or kind == "response.failed":
             error = event.get("error") or (event.get("response") or {}).get("error") or event
             message = error.get("message") if isinstance(error, dict) else None
-            raise UpstreamFailure("server_error", f"{kind} event: {message or 'no message'}", body=event)
+            # The status its code names (the head said 200): a rate limit or an overload is one.
+            status = error_status(error)
+            raise UpstreamFailure(
+                "rate_limited" if status == 429 else "server_error",
+                f"{kind} event: {message or 'no message'}",
+                status=status,
+                body=event,
+            )
         delta: JSON = {}
         finish: str | None = None
         chunk: JSON = {"object": "chat.completion.chunk", NATIVE_EVENTS: [event]}
