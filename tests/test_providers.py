@@ -285,6 +285,37 @@ async def test_429_insufficient_quota_is_an_account_that_needs_payment_not_a_rat
 
 
 @pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        # Groq's and OpenAI's words for a request more than the account's tokens per minute.
+        (
+            413,
+            "Request too large for model `llama-3.3-70b-versatile` in organization `org_1` service tier "
+            "`on_demand` on tokens per minute (TPM): Limit 12000, Requested 14137, please reduce your "
+            "message size and try again.",
+        ),
+        (
+            429,
+            "Request too large for gpt-4o in organization org-1 on tokens per min (TPM): Limit 30000, "
+            "Requested 61337. The input or output tokens must be reduced in order to run successfully.",
+        ),
+    ],
+)
+async def test_a_request_over_the_accounts_rate_limit_is_the_providers_failure_not_a_wait(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], status: int, message: str
+) -> None:
+    # No wait makes it fit our account's allowance (it is no rate limit to wait out), and it is not
+    # the client's request that is wrong: another provider, or model, may serve it.
+    error = {"error": {"message": message, "type": "tokens", "code": "rate_limit_exceeded"}}
+    upstream.handler = json_reply(error, status, {"Retry-After": "2"})
+    failure = await failure_of(make_provider())
+    assert (failure.kind, failure.status, failure.retry_after) == ("server_error", status, None)
+    assert failure.detail.startswith(
+        f"the request exceeds the provider account's rate limit (HTTP {status}): "
+    )
+
+
+@pytest.mark.parametrize(
     ("error", "overflows"),
     [
         # OpenAI, and DeepSeek or vLLM (their words, no code of OpenAI's), and an unrelated refusal.

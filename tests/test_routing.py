@@ -984,11 +984,12 @@ async def test_a_providers_404_falls_back_at_once_and_counts_against_its_offer()
     assert health.breaker("b/mid").consecutive_failures == 1
 
 
-@pytest.mark.parametrize("status", [401, 403, 402, 400, 429])
+@pytest.mark.parametrize("status", [401, 403, 402, 400, 429, 413])
 async def test_a_refused_provider_key_falls_back_at_once_and_counts_against_its_offer(status: int) -> None:
     # The provider refused the gateway's own key, or our account with it is out of credit (402,
     # Anthropic's 400 "credit balance is too low", OpenAI's 429 insufficient_quota: a server_error,
-    # not a rate limit, in providers/upstream_failures.py): asked
+    # not a rate limit, in providers/upstream_failures.py), or the request is more than our
+    # account's per-minute allowance (Groq's 413, OpenAI's 429 "Request too large for"): asked
     # again half a second later it refuses again, so the retries' backoff only delays the fallback.
     refused = UpstreamFailure(
         "server_error", "provider authentication failed or account needs payment", status=status

@@ -183,9 +183,9 @@ class UpstreamFailed(UpstreamError):
     def settled(self) -> bool:
         """Did every failed attempt fail for a reason another try gets again, until someone changes
         the gateway's configuration or the provider account: the provider refused the gateway's key
-        (401, 403, a 400 that says so), wants payment (402, a 400 or 429 that says so), does not
-        serve the model or path (404) or sent it elsewhere (a 3xx: a wrong base_url); or refused
-        the request itself
+        (401, 403, a 400 that says so), wants payment (402, a 400 or 429 that says so) or a higher
+        rate-limit tier (a 413 or 429 "Request too large for"), does not serve the model or path
+        (404) or sent it elsewhere (a 3xx: a wrong base_url); or refused the request itself
         ("rejected": a prompt too long for its model)? A timeout, a 5xx, a rate limit, a cut
         stream may pass. Calls that answered (a cascade's escalated steps, its judge) are no
         failures."""

@@ -66,6 +66,16 @@ async def response_failure(resp: Response, provider: str, key_hint: str, secrets
     body = _try_json_object(raw)
     message = _error_message(body, secrets) if body is not None else _text_message(raw, secrets)
     message = message or resp.reason or "no message"
+    if status in (413, 429) and _over_account_limit(message):
+        # The request alone is more than our account's per-minute allowance (Groq's 413, OpenAI's
+        # 429 "Request too large for ... on tokens per min"): no wait makes it fit, and it is the
+        # account's tier, not the client's request, that is too small: another offer may serve it.
+        return UpstreamFailure(
+            "server_error",
+            f"the request exceeds the provider account's rate limit (HTTP {status}): {message}",
+            status=status,
+            body=body,
+        )
     if status == 429 and not _out_of_quota(body):
         retry_after = parse_retry_after(resp.headers)
         return UpstreamFailure(
@@ -173,6 +183,10 @@ def _refuses_key(body: JSON | None) -> bool:
     return isinstance(details, list) and any(
         isinstance(detail, dict) and detail.get("reason") in _REFUSED_KEY_REASONS for detail in details
     )
+
+
+def _over_account_limit(message: str) -> bool:
+    return message.lower().startswith("request too large for")
 
 
 def _out_of_credit(message: str) -> bool:

@@ -121,13 +121,14 @@ class AttemptRunner:
             return None  # a hang rarely fixes itself; fall back instead of paying the timeout twice
         if failure.status == 404:
             return None  # the provider does not serve the model: asked again, it says so again
-        if failure.status in (400, 401, 402, 403) or (
+        if failure.status in (400, 401, 402, 403, 413) or (
             failure.status == 429 and failure.kind != "rate_limited"
         ):
-            # The provider refused our key, or our account with it is out of credit (a 400 that is
-            # not "rejected" is only Gemini's refused key or Anthropic's "credit balance is too
-            # low", a 429 that is no rate limit only OpenAI's insufficient_quota): asked again it
-            # says so again.
+            # The provider refused our key, or our account with it is out of credit, or the request
+            # is more than the account's rate limit (a 400 that is not "rejected" is only Gemini's
+            # refused key or Anthropic's "credit balance is too low"; a 413 not "rejected" only a
+            # request over the account's tokens per minute; a 429 that is no rate limit only that,
+            # or OpenAI's insufficient_quota): asked again it says so again.
             return None
         if failure.retry_after is not None:
             if failure.retry_after > self.routing.max_retry_after_s:
