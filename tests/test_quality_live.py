@@ -1029,3 +1029,39 @@ async def test_a_route_named_cache_keeps_its_state_apart_from_the_semantic_cache
     cache_again = CacheCalibration(SemanticAcceptanceSettings(), "exact")
     await QualityService([again], store, cache_again).load()
     assert again.state.decisions == 50 and cache_again.state.lookups == 1
+
+
+async def test_a_stored_cascade_calibration_made_under_other_rule_checks_starts_afresh() -> None:
+    """A cascade's rule checks (and required_pattern) decide which cheap answers are forced to the
+    strong model whatever their rank: the cut certified under one rule set was measured on another
+    decision rule than a changed one makes. The order the checks are listed in decides nothing, and
+    a row made under the default checks before they were kept in the settings is adopted."""
+    from faregate.route_config import CascadeSettings, JudgeSettings, RouteSettings
+    from faregate.routing.policies import RoutePolicies
+
+    def cascade(judge: JudgeSettings) -> RouteCalibration:
+        settings = QualitySettings(
+            target=0.9, confidence=0.8, verification=VerificationSettings(share=1.0, rest_ratio=1.0)
+        )
+        route = RouteSettings(
+            cascade=CascadeSettings(steps=["weak", "strong"], judge=judge), quality=settings
+        )
+        return RoutePolicies({"r": route}).calibrations["r"]
+
+    store = FakeStore()
+    default = cascade(JudgeSettings())
+    run(default, 120, wrong=False)
+    assert default.cut > 0
+    await QualityService([default], store).save("route:r")
+    # The defaults, listed in another order: the same decision rule.
+    reordered = cascade(JudgeSettings(checks=["json", "refusal", "truncated", "empty"]))
+    await QualityService([reordered], store).load()
+    assert reordered.state.decisions == 120 and reordered.cut == default.cut
+    for changed in (
+        JudgeSettings(checks=["empty", "truncated", "refusal", "json", "final_number"]),
+        JudgeSettings(checks=["empty"]),
+        JudgeSettings(required_pattern=r"Answer: \d+"),
+    ):
+        other = cascade(changed)
+        await QualityService([other], store).load()
+        assert other.state.decisions == 0 and other.cut == 0.0, changed

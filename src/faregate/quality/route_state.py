@@ -65,6 +65,9 @@ class RouteState:
         # The trained scorer that ranks (the router's file, or the cascade's learned judge), by
         # digest (learning/model_file.py; "" for none).
         self.scorer = ""
+        # A cascade's rule checks, as `rules_of` (routing/policies.py) spells them: "" for the
+        # default set (and for a router).
+        self.rules = ""
         self.state = self.fresh()
         # Changes not yet in the store, in order (see `apply`), and their bound (quality/state.py).
         self.journal: list[Callable[[], None]] = []
@@ -133,8 +136,8 @@ class RouteState:
     # -- the store's view (quality/service.py) ------------------------------------------------------
 
     def fingerprint(self) -> str:
-        """The settings the stored state was made under (the judge model with `llm_judge`): other
-        settings, other tests."""
+        """The settings the stored state was made under (the judge model with `llm_judge`, a
+        cascade's rule checks unless the default ones): other settings, other tests."""
         s = self.settings
         v = s.verification
         return (
@@ -143,6 +146,9 @@ class RouteState:
             # An LLM judge is the standard its labels were read by: another judge, other tests.
             + (f"|judge={v.judge_model}" if v.comparator == "llm_judge" else "")
             + (f"|learn={s.domain_examples}" if self.learn else "")
+            # The rules force answers to the strong model whatever their rank: other rules, another
+            # decision rule. Named only when not the default, so rows made before are kept.
+            + (f"|rules={self.rules}" if self.rules else "")
         )
 
     def models(self) -> dict[str, str]:

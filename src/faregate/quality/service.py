@@ -15,9 +15,9 @@ are given up, and those still waiting when the process stops are too: both count
 
 The semantic cache's calibration (quality/cache_live.py), when on, is kept the same way as the
 scope "cache". A stored state made under other settings (another target, confidence, verification
-plan, comparator or judge model), or for other models (the route's cheap or strong model, or its
-trained router or judge, changed), is not reused: its tests were about another question; the route
-starts afresh (logged).
+plan, comparator or judge model, or a cascade's rule checks), or for other models (the route's
+cheap or strong model, or its trained router or judge, changed), is not reused: its tests were
+about another question; the route starts afresh (logged).
 """
 
 from __future__ import annotations

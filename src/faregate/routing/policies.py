@@ -38,7 +38,13 @@ from faregate.learning.complexity_router import ComplexityRouter
 from faregate.learning.llm_judge import DEFAULT_RUBRIC, Complete, LLMJudge
 from faregate.learning.text_features import last_user_text
 from faregate.learning.thresholds import Threshold
-from faregate.route_config import CascadeSettings, RouterPolicySettings, RouteSettings, chain_steps
+from faregate.route_config import (
+    CascadeSettings,
+    JudgeSettings,
+    RouterPolicySettings,
+    RouteSettings,
+    chain_steps,
+)
 
 if TYPE_CHECKING:
     from faregate.quality.live import Decision, RouteCalibration
@@ -149,6 +155,14 @@ class CascadePolicy:
         return judges[0] if len(judges) == 1 else AllOf(*judges)
 
 
+def rules_of(judge: JudgeSettings) -> str:
+    """A cascade's rule checks, as its calibration's settings name them ("" for the default set):
+    the checks refuse together, so their order says nothing; a required pattern is one more."""
+    checks = ",".join(sorted(set(judge.checks)))
+    spelled = checks if judge.required_pattern is None else f"{checks};pattern={judge.required_pattern}"
+    return "" if spelled == ",".join(sorted(set(JudgeSettings().checks))) else spelled
+
+
 class RoutePolicies:
     """The router and cascade policies of the configured routes, by route name."""
 
@@ -205,8 +219,10 @@ class RoutePolicies:
             calibration.cheap, calibration.strong = self.routers[name].weak, self.routers[name].strong
         else:
             self.cascades[name].quality = calibration
-            steps = chain_steps(self.cascades[name].settings.steps)
+            settings = self.cascades[name].settings
+            steps = chain_steps(settings.steps)
             calibration.cheap, calibration.strong = steps[0].model, steps[-1].model
+            calibration.rules = rules_of(settings.judge)
         return calibration
 
     def _router(self, name: str, settings: RouterPolicySettings, calibrated: bool = False) -> RouterPolicy:
