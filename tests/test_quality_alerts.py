@@ -11,12 +11,13 @@ import pytest
 
 from faregate.config import AlertRule, AlertSettings, ConfigError, load_settings
 from faregate.learning.online.settings import SemanticAcceptanceSettings
+from faregate.quality import cache_live
 from faregate.quality.cache_live import CacheCalibration
 from faregate.quality.live import today
 from faregate.telemetry.alerts import AlertManager
 
 
-async def test_the_caches_spent_cap_fires_and_resolves_the_next_day() -> None:
+async def test_the_caches_spent_cap_fires_and_resolves_the_next_day(monkeypatch: pytest.MonkeyPatch) -> None:
     cache = CacheCalibration(
         SemanticAcceptanceSettings(max_wrong_hit_rate=0.05, daily_usd_cap=Decimal("0.001")), "exact"
     )
@@ -28,7 +29,8 @@ async def test_the_caches_spent_cap_fires_and_resolves_the_next_day() -> None:
     (fired,) = await manager.evaluate()
     assert fired["status"] == "firing" and fired["labels"] == {} and fired["value"] == 1.0
     assert "semantic cache's verification cap reached" in fired["message"]
-    cache.budget.day = "2000-01-01"  # a new UTC day: the cap is not spent
+    # A new UTC day: the day paused is over.
+    monkeypatch.setattr(cache_live, "today", lambda: "2099-01-01")
     (resolved,) = await manager.evaluate()
     assert resolved["status"] == "resolved"
     # Not calibrated: nothing to measure, nothing fires.

@@ -1065,3 +1065,35 @@ async def test_a_stored_cascade_calibration_made_under_other_rule_checks_starts_
         other = cascade(changed)
         await QualityService([other], store).load()
         assert other.state.decisions == 0 and other.cut == 0.0, changed
+
+
+def test_a_paused_cache_keeps_its_spend_and_a_raised_cap_leaves_the_rest() -> None:
+    """As a route's: the semantic cache's refusal pauses the day apart from what was spent, so a cap
+    raised since leaves the raised cap less the real spend (it marked the spend as the whole cap,
+    so raising $1 to $2 left $1, not $1.70); a row paused the old way still reads as paused."""
+    from faregate.learning.online.settings import SemanticAcceptanceSettings
+    from faregate.quality.cache_live import CacheCalibration
+
+    def cache(cap: str) -> CacheCalibration:
+        return CacheCalibration(
+            SemanticAcceptanceSettings(max_wrong_hit_rate=0.01, daily_usd_cap=Decimal(cap)), "exact"
+        )
+
+    paused, day = cache("1"), today()
+    paused.charge(Decimal("0.3"), day)
+    paused.refuse(day)
+    assert paused.exhausted(day) and paused.left_today(day) == 0 and paused.figures()["cap_reached"]
+    assert paused.budget.spent == Decimal("0.3")
+    stored = orjson.loads(orjson.dumps(paused.state_json()))
+    again = cache("1")
+    again.adopt_json(stored)
+    assert again.exhausted(day) and again.left_today(day) == 0
+    raised = cache("2")
+    raised.adopt_json(stored)
+    assert not raised.exhausted(day) and raised.left_today(day) == Decimal("1.7")
+    # A row paused before the pause was kept apart: its spend marked full still pauses the day.
+    del stored["paused"]
+    stored["budget"]["spent"] = "1"
+    old = cache("1")
+    old.adopt_json(stored)
+    assert old.exhausted(day)

@@ -32,7 +32,7 @@ from faregate.learning.online.cache_acceptance import AcceptanceState, CacheAcce
 from faregate.learning.online.cache_prior import load_prior, prior_state
 from faregate.learning.online.sampling import VerificationBudget, coin
 from faregate.learning.online.settings import SemanticAcceptanceSettings
-from faregate.quality.state import NANO, Totals, UnsavedLimit, roll_over, today
+from faregate.quality.state import NANO, Pause, Totals, UnsavedLimit, roll_over, today
 from faregate.store.rows import to_nanousd, usd_text
 
 SCOPE = "cache"
@@ -69,6 +69,8 @@ class CacheCalibration:
         self.unsaved = UnsavedLimit("semantic cache")
         # Exact key of a cached answer -> the highest similarity a different question matched it at.
         self.conflicts: dict[str, float] = {}
+        # The day the daily cap paused, if any: apart from the day's spend, as a route's.
+        self.paused: Pause | None = None
         # What every instance's verifications in flight hold against the daily cap, as the store's
         # cap ledger last said (quality/spend.py; not part of the state).
         self.held = Decimal(0)
@@ -106,6 +108,7 @@ class CacheCalibration:
             "budget": self.budget.to_json(),
             "totals": self.totals.to_json(),
             "conflicts": self.conflicts,
+            "paused": None if self.paused is None else self.paused.to_json(),
         }
 
     def adopt_json(self, data: dict[str, Any]) -> None:
@@ -113,6 +116,8 @@ class CacheCalibration:
         self.budget = VerificationBudget.from_json(data["budget"])
         self.totals = Totals.from_json(data["totals"])
         self.conflicts = {str(k): float(v) for k, v in data.get("conflicts", {}).items()}
+        # A row from before the pause was kept apart paused by marking its day's spend full.
+        self.paused = Pause.from_json(data.get("paused"))
         for change in self.journal:
             change()
 
@@ -184,11 +189,17 @@ class CacheCalibration:
     # -- the daily cap ------------------------------------------------------------------------------
 
     def exhausted(self, day: str) -> bool:
-        return self.budget.day == day and self.budget.spent >= self.settings.daily_usd_cap
+        """Is the day paused: its cap spent, or a verification refused?"""
+        cap = self.settings.daily_usd_cap
+        spent = self.budget.day == day and self.budget.spent >= cap
+        return spent or (self.paused is not None and self.paused.holds(day, cap))
 
     def left_today(self, day: str) -> Decimal:
-        """What the daily cap leaves to spend today, holds aside."""
-        return self.settings.daily_usd_cap - (self.budget.spent if self.budget.day == day else Decimal(0))
+        """What the daily cap leaves to spend today, holds aside (nothing once the day is paused)."""
+        cap = self.settings.daily_usd_cap
+        if self.paused is not None and self.paused.holds(day, cap):
+            return Decimal(0)
+        return cap - (self.budget.spent if self.budget.day == day else Decimal(0))
 
     def admit(self, day: str, estimate: Decimal) -> bool:
         """The check alone, holds aside (quality/spend.py admits against every instance's holds)."""
@@ -203,7 +214,9 @@ class CacheCalibration:
         if not roll_over(self.budget, day):
             return  # a day already over: today is not paused for it
         self.budget.skipped_for_cap += 1
-        self.budget.spent = max(self.budget.spent, self.settings.daily_usd_cap)
+        # Paused from now on; the day's spend stays what was spent, so a cap raised since (which
+        # resumes the day) leaves the raised cap less the real spend.
+        self.paused = Pause(day, self.settings.daily_usd_cap)
 
     def charge(self, cost: Decimal, day: str) -> None:
         """The real cost in the day's spend as the calibration counts it and in the totals (the
