@@ -203,6 +203,8 @@ class FakeStore:
         self.states: dict[str, tuple[int, str]] = {}
         self.holds: dict[str, dict[str, tuple[str, Decimal, float]]] = {}
         self.spent: dict[tuple[str, str], Decimal] = {}
+        # The cap a refusal paused a scope's day at.
+        self.paused: dict[tuple[str, str], Decimal] = {}
 
     async def insert(self, row: VerificationRow) -> None:
         self.rows.append(row)
@@ -231,9 +233,9 @@ class FakeStore:
             del holds[hold_id]
         spent = self.spent.get((ask.scope, ask.day), Decimal(0))
         held = sum((amount for _, amount, _ in holds.values()), Decimal(0))
-        verdict = ask.verdict(spent, held)
+        verdict = ask.verdict(spent, held, self.paused.get((ask.scope, ask.day)))
         if verdict == "refused":
-            self.spent[ask.scope, ask.day] = max(spent, ask.cap)
+            self.paused[ask.scope, ask.day] = max(ask.cap, self.paused.get((ask.scope, ask.day), ask.cap))
         elif verdict == "admitted":
             holds[ask.hold_id] = (ask.instance, ask.amount, ask.now)
             held += ask.amount

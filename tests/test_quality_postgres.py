@@ -30,7 +30,12 @@ from servers import (  # noqa: F401
     redis_server,
     shared_urls,
 )
-from test_quality_spend import admissions_leave_the_state, admit_concurrently, drop_lapsed
+from test_quality_spend import (
+    admissions_leave_the_state,
+    admit_concurrently,
+    drop_lapsed,
+    raised_cap_after_a_pause,
+)
 from test_quality_verification import unfinished_verifications_are_recorded
 
 pytestmark = pytest.mark.e2e
@@ -74,6 +79,12 @@ async def test_an_admission_does_not_rewrite_the_calibration_state(
     two_tables: list[VerificationStore],
 ) -> None:
     await admissions_leave_the_state(two_tables)
+
+
+async def test_a_cap_raised_after_a_pause_leaves_the_raised_cap_less_the_real_spend(
+    table: PostgresVerifications,
+) -> None:
+    await raised_cap_after_a_pause(table)
 
 
 async def test_unfinished_verifications_are_recorded_with_their_cost(table: PostgresVerifications) -> None:

@@ -25,8 +25,9 @@ day paused by the calibration, and the spend of a day begun before the ledger ex
 
 One that would fit alone but not beside the others' holds waits for them to settle (their real cost
 is usually far below their worst case) rather than pausing the day. One that cannot fit even alone
-marks the ledger's day full and pauses the calibration for the day (the one admission that writes
-the calibration row; verifications in flight then settle on top of the full mark). A settlement
+pauses the ledger's day at its cap, apart from the day's spend (so a cap raised since leaves the
+raised cap less the real spend), and the calibration for the day (the one admission that writes
+the calibration row). A settlement
 adds its cost only if its hold was still there, so one made twice counts once; one the store
 refused (unavailable) is made again before this process's next admission, on every look of the
 admissions waiting (the hold refused may be the one they wait on), and at a clean stop. A hold

@@ -108,11 +108,12 @@ class HoldAsk:
         since the leases were read (quality/leases.py)."""
         return instance != self.instance and instance not in self.alive and at < self.now - self.lease_s
 
-    def verdict(self, spent: Decimal, held: Decimal) -> Verdict:
-        """Refused: it cannot fit even alone (the day is then marked full: paused); wait: it would
+    def verdict(self, spent: Decimal, held: Decimal, paused: Decimal | None = None) -> Verdict:
+        """Refused: the day is paused at this cap or above (`paused`: the cap a refusal paused the
+        day at), or it cannot fit even alone (the day is then paused at this cap); wait: it would
         fit alone but not beside the holds; else admitted."""
         left = min(self.cap - spent, self.left)
-        if self.amount > left:
+        if (paused is not None and self.cap <= paused) or self.amount > left:
             return "refused"
         return "wait" if held + self.amount > left else "admitted"
 
@@ -141,8 +142,9 @@ class VerificationStore(Protocol):
 
     async def admit_hold(self, ask: HoldAsk) -> tuple[Verdict, Decimal]:
         """In one transaction: drop the lapsed holds of the scope, decide (`HoldAsk.verdict`) on the
-        day's spend and the holds left, and add the hold if admitted (mark the day's spend full if
-        refused). Returns the verdict and what the scope's holds then add up to."""
+        day's spend, its pause and the holds left, and add the hold if admitted (pause the day at
+        the cap if refused: its spend stays what was spent). Returns the verdict and what the
+        scope's holds then add up to."""
         ...
 
     async def settle_hold(self, scope: str, hold_id: str, day: str, cost: Decimal) -> Decimal:

@@ -387,6 +387,16 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO rollup_pending (id) SELECT id FROM request_records ON CONFLICT DO NOTHING",
         ),
     ),
+    Migration(
+        14,
+        "verification_spend.paused_cap: a day paused by its verification cap, apart from its spend",
+        (
+            # The cap a refusal paused the day at (exact decimal text; NULL: not paused). The spend
+            # was marked as the whole cap instead, so a cap raised that day left the raised cap
+            # less the old one, not less the real spend. Days marked so still read as spent.
+            "ALTER TABLE verification_spend ADD COLUMN paused_cap TEXT",
+        ),
+    ),
 )
 
 PG_LATEST_VERSION = PG_MIGRATIONS[-1].version

@@ -99,9 +99,9 @@ class PostgresVerifications:
                         "DELETE FROM verification_holds WHERE hold_id = ANY($1::text[])", lapsed
                     )
                 spent, held = await _spent(conn, ask.scope, ask.day), await _held(conn, ask.scope)
-                verdict = ask.verdict(spent, held)
+                verdict = ask.verdict(spent, held, await _paused(conn, ask.scope, ask.day))
                 if verdict == "refused":
-                    await _set_spent(conn, ask.scope, ask.day, max(spent, ask.cap))  # paused for the day
+                    await _pause(conn, ask.scope, ask.day, ask.cap)
                 elif verdict == "admitted":
                     await conn.execute(
                         "INSERT INTO verification_holds"
@@ -151,6 +151,26 @@ async def _spent(conn: Any, scope: str, day: str) -> Decimal:
         "SELECT spent FROM verification_spend WHERE scope = $1 AND day = $2", scope, day
     )
     return Decimal(0) if value is None else Decimal(str(value))
+
+
+async def _paused(conn: Any, scope: str, day: str) -> Decimal | None:
+    """The cap a refusal paused the day at (None: not paused)."""
+    value = await conn.fetchval(
+        "SELECT paused_cap FROM verification_spend WHERE scope = $1 AND day = $2", scope, day
+    )
+    return None if value is None else Decimal(str(value))
+
+
+async def _pause(conn: Any, scope: str, day: str, cap: Decimal) -> None:
+    """The day paused at `cap` (or the higher cap it was paused at), its spend as it is."""
+    paused = max(cap, await _paused(conn, scope, day) or cap)
+    await conn.execute(
+        "INSERT INTO verification_spend (scope, day, spent, paused_cap) VALUES ($1, $2, '0', $3)"
+        " ON CONFLICT (scope, day) DO UPDATE SET paused_cap = excluded.paused_cap",
+        scope,
+        day,
+        str(paused),
+    )
 
 
 async def _set_spent(conn: Any, scope: str, day: str, spent: Decimal) -> None:

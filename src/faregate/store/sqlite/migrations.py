@@ -446,6 +446,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "DELETE FROM rollup_state",
         ),
     ),
+    Migration(
+        21,
+        "verification_spend.paused_cap: a day paused by its verification cap, apart from its spend",
+        (
+            # The cap a refusal paused the day at (exact decimal text; NULL: not paused). The spend
+            # was marked as the whole cap instead, so a cap raised that day left the raised cap
+            # less the old one, not less the real spend. Days marked so still read as spent.
+            "ALTER TABLE verification_spend ADD COLUMN paused_cap TEXT",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -141,6 +141,24 @@ def _spent(db: sqlite3.Connection, scope: str, day: str) -> Decimal:
     return Decimal(0) if row is None else Decimal(str(row[0]))
 
 
+def _paused(db: sqlite3.Connection, scope: str, day: str) -> Decimal | None:
+    """The cap a refusal paused the day at (None: not paused)."""
+    row = db.execute(
+        "SELECT paused_cap FROM verification_spend WHERE scope = ? AND day = ?", (scope, day)
+    ).fetchone()
+    return None if row is None or row[0] is None else Decimal(str(row[0]))
+
+
+def _pause(db: sqlite3.Connection, scope: str, day: str, cap: Decimal) -> None:
+    """The day paused at `cap` (or the higher cap it was paused at), its spend as it is."""
+    paused = max(cap, _paused(db, scope, day) or cap)
+    db.execute(
+        "INSERT INTO verification_spend (scope, day, spent, paused_cap) VALUES (?, ?, '0', ?)"
+        " ON CONFLICT (scope, day) DO UPDATE SET paused_cap = excluded.paused_cap",
+        (scope, day, str(paused)),
+    )
+
+
 def _set_spent(db: sqlite3.Connection, scope: str, day: str, spent: Decimal) -> None:
     db.execute(
         "INSERT INTO verification_spend (scope, day, spent) VALUES (?, ?, ?)"
@@ -157,9 +175,9 @@ def _admit(db: sqlite3.Connection, ask: HoldAsk) -> tuple[Verdict, Decimal]:
     if lapsed:
         db.executemany("DELETE FROM verification_holds WHERE hold_id = ?", lapsed)
     spent, held = _spent(db, ask.scope, ask.day), _held(db, ask.scope)
-    verdict = ask.verdict(spent, held)
+    verdict = ask.verdict(spent, held, _paused(db, ask.scope, ask.day))
     if verdict == "refused":
-        _set_spent(db, ask.scope, ask.day, max(spent, ask.cap))  # paused for the day
+        _pause(db, ask.scope, ask.day, ask.cap)
     elif verdict == "admitted":
         db.execute(
             "INSERT INTO verification_holds (hold_id, scope, instance_id, amount, day, created_at)"
