@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -207,7 +208,8 @@ class FakeStore:
         self.paused: dict[tuple[str, str], Decimal] = {}
 
     async def insert(self, row: VerificationRow) -> None:
-        self.rows.append(row)
+        if all(r.verification_id != row.verification_id for r in self.rows):  # idempotent, as the stores
+            self.rows.append(row)
 
     async def recent(self, scope: str | None = None, limit: int = 50) -> list[VerificationRow]:
         return self.rows[::-1][:limit]
@@ -682,7 +684,6 @@ async def test_a_switch_made_while_the_searches_run_scores_again_on_the_new_rank
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from concurrent.futures import Future, ThreadPoolExecutor
-    from typing import Any
 
     from faregate.quality import route_decisions
 
@@ -1099,3 +1100,49 @@ def test_a_paused_cache_keeps_its_spend_and_a_raised_cap_leaves_the_rest() -> No
     old = cache("1")
     old.adopt_json(stored)
     assert old.exhausted(day)
+
+
+async def test_a_verification_row_whose_insert_answer_was_lost_is_written_once(tmp_path: Path) -> None:
+    from faregate.store.sqlite.analytics import SQLiteAnalytics
+    from faregate.store.sqlite.verifications import SQLiteVerifications
+
+    store = await SQLiteStore.open(tmp_path)
+    reads = await SQLiteAnalytics.open(store.path)
+    try:
+        await row_written_once_when_retried(SQLiteVerifications(reads.connection))
+    finally:
+        await reads.close()
+        await store.close()
+
+
+async def row_written_once_when_retried(table: Any) -> None:
+    """A row whose insert committed but whose answer was lost (the connection dropped) waits and
+    is written again on the next refresh: it is one row, its cost counted once in the verification
+    cost shown (rows had no id of their own, so it was written twice)."""
+    from faregate.store.protocols import StoreUnavailable
+
+    class AnswerLost:
+        """The store's insert commits, then the caller hears of a dropped connection, once."""
+
+        def __init__(self) -> None:
+            self.dropped = False
+
+        async def insert(self, row: VerificationRow) -> None:
+            await table.insert(row)
+            if not self.dropped:
+                self.dropped = True
+                raise StoreUnavailable("connection reset by peer")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(table, name)
+
+    service = QualityService([calibration()], AnswerLost())  # type: ignore[arg-type]
+    row = VerificationRow(
+        "req-1", "r", "router", "paid", "cheap", 0.2, 0.5, "exact", "loss", "strong", 220, time.time()
+    )
+    await service.record(row)
+    assert service.rows_pending == 1
+    await service.refresh()
+    assert service.rows_pending == 0
+    assert [r.request_id for r in await table.recent("r")] == ["req-1"]
+    assert await table.cost_nano("r") == 220

@@ -30,6 +30,7 @@ from servers import (  # noqa: F401
     redis_server,
     shared_urls,
 )
+from test_quality_live import row_written_once_when_retried
 from test_quality_spend import (
     admissions_leave_the_state,
     admit_concurrently,
@@ -85,6 +86,12 @@ async def test_a_cap_raised_after_a_pause_leaves_the_raised_cap_less_the_real_sp
     table: PostgresVerifications,
 ) -> None:
     await raised_cap_after_a_pause(table)
+
+
+async def test_a_verification_row_whose_insert_answer_was_lost_is_written_once(
+    table: PostgresVerifications,
+) -> None:
+    await row_written_once_when_retried(table)
 
 
 async def test_unfinished_verifications_are_recorded_with_their_cost(table: PostgresVerifications) -> None:

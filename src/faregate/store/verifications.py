@@ -1,6 +1,7 @@
 """Shadow verifications and calibration state: the row type and the interface both stores give.
 
-`verifications`: one row per verification (quality/verifier.py), its real cost in nano-USD.
+`verifications`: one row per verification (quality/verifier.py), its real cost in nano-USD, keyed
+by its own `verification_id` so that writing it again (after a lost answer) adds nothing.
 `calibration_state`: one row per calibrated route (or cache scope) holding its `LiveState` as
 JSON, with a `version` for compare-and-set: `save` writes only if the row is still at the version
 the writer read, so of two instances updating one route at once exactly one wins and the other
@@ -19,7 +20,8 @@ scope.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal, Protocol
 
@@ -41,11 +43,14 @@ class VerificationRow:
     reference_model: str | None
     cost_nano: int
     created_at: float
+    # The row's own id, made once with it: a row written again (its insert's answer was lost)
+    # is the same row, not a second one counting its cost twice ("" for rows from before it).
+    verification_id: str = field(default_factory=lambda: f"vf_{secrets.token_hex(12)}")
 
 
 COLUMNS = (
     "request_id, scope, kind, label_kind, decision, rank, probability, comparator, outcome,"
-    " reference_model, cost_nanousd, created_at"
+    " reference_model, cost_nanousd, created_at, verification_id"
 )
 
 
@@ -63,6 +68,7 @@ def as_params(row: VerificationRow) -> tuple[object, ...]:
         row.reference_model,
         row.cost_nano,
         row.created_at,
+        row.verification_id,
     )
 
 
@@ -81,6 +87,7 @@ def from_params(values: tuple[object, ...] | list[object]) -> VerificationRow:
         None if v[9] is None else str(v[9]),
         int(v[10]),  # type: ignore[call-overload]
         float(v[11]),  # type: ignore[arg-type]
+        "" if v[12] is None else str(v[12]),
     )
 
 
@@ -119,7 +126,9 @@ class HoldAsk:
 
 
 class VerificationStore(Protocol):
-    async def insert(self, row: VerificationRow) -> None: ...
+    async def insert(self, row: VerificationRow) -> None:
+        """Idempotent: a row whose `verification_id` is there already is not written again."""
+        ...
 
     async def recent(self, scope: str | None = None, limit: int = 50) -> list[VerificationRow]:
         """Newest first."""

@@ -29,10 +29,12 @@ class PostgresVerifications:
         self._pool = pool
 
     async def insert(self, row: VerificationRow) -> None:
-        marks = ", ".join(f"${i}" for i in range(1, 13))
+        marks = ", ".join(f"${i}" for i in range(1, 14))
         with unavailable_errors():
             await self._pool.execute(
-                f"INSERT INTO verifications ({COLUMNS}) VALUES ({marks})", *as_params(row)
+                f"INSERT INTO verifications ({COLUMNS}) VALUES ({marks})"
+                " ON CONFLICT (verification_id) DO NOTHING",
+                *as_params(row),
             )
 
     async def recent(self, scope: str | None = None, limit: int = 50) -> list[VerificationRow]:

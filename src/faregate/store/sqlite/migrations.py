@@ -456,6 +456,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE verification_spend ADD COLUMN paused_cap TEXT",
         ),
     ),
+    Migration(
+        22,
+        "verifications.verification_id: a row written again is written once",
+        (
+            # Each row's own id (quality's VerificationRow), unique: a row whose insert committed
+            # but whose answer was lost is written again and must not count its cost twice. Rows
+            # from before have none (NULL: never equal to another).
+            "ALTER TABLE verifications ADD COLUMN verification_id TEXT",
+            "CREATE UNIQUE INDEX verifications_verification_id ON verifications (verification_id)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

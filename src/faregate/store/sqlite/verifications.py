@@ -34,7 +34,8 @@ class SQLiteVerifications:
     async def insert(self, row: VerificationRow) -> None:
         try:
             await self._conn.execute(
-                f"INSERT INTO verifications ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO verifications ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (verification_id) DO NOTHING",
                 as_params(row),
             )
         except sqlite3.OperationalError as exc:
