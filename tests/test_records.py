@@ -377,3 +377,41 @@ async def test_an_outage_during_one_by_one_writes_is_an_outage() -> None:
     for i in range(4, 30):
         writer.submit(record(f"r{i}"))
     assert not writer.backlogged
+
+
+async def test_a_store_that_stops_answering_holds_requests_once_then_keeps_their_records(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL frozen under load: the writer's insert hangs without failing (up to the pool's
+    statement timeout twice over), so the writer never learns the store is unavailable. Every
+    request then waited the whole backpressure limit, for minutes. Once one has waited it in vain
+    while a write hangs, nobody waits until a write ends; the records are kept (up to max_pending,
+    the rest counted as dropped) and written once the store answers, and backpressure works again."""
+    from faregate.telemetry import records as records_module
+
+    monkeypatch.setattr(records_module, "BACKPRESSURE_MAX_WAIT_S", 0.2)
+    table = HeldTable()
+    writer = RecordWriter(
+        table, RecordsSettings(batch_size=4, flush_interval_s=SLOW, backpressure_pending=10, max_pending=40)
+    )
+    await writer.start()
+    for i in range(10):
+        writer.submit(record(f"r{i}"))
+    assert writer.backlogged
+    await writer.room()  # waits the limit: the write hangs
+    assert not writer.backlogged, "every later request would wait the limit again"
+    for i in range(10, 45):
+        writer.submit(record(f"r{i}"))
+        assert not writer.backlogged
+    await asyncio.wait_for(writer.room(), 1)  # at once
+    assert writer.dropped == 1  # r44: 4 in the hung write and 40 pending is all the buffer holds
+    assert "request store has not answered a write" in caplog.text
+    table.go.set()
+    await writer.flush()
+    assert len(table.stored) == 44 and writer.pending == 0
+    for i in range(45, 55):
+        writer.submit(record(f"r{i}"))
+    assert writer.backlogged  # the store answers again: backpressure as before
+    await asyncio.wait_for(writer.room(), 1)
+    await writer.close()
+    assert len(table.stored) == 54

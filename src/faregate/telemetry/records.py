@@ -21,13 +21,17 @@ handler returns, which slows the clients down to what the store can write instea
 the buffer with the request rate (bench/README.md, "Memory soak": 74,000 records, ~55 MiB, held
 at 3,600 requests a second before this). When the store is unavailable nobody waits: the buffer
 is bounded by `records.max_pending`, beyond which new records are dropped, counted in
-`dropped`, and reported in a warning.
+`dropped`, and reported in a warning. A store that stops answering without failing (a frozen
+PostgreSQL, a partition: its write hangs up to the pool's statement timeout, twice over) is the
+same once a request has waited BACKPRESSURE_MAX_WAIT_S in vain while a write hangs: nobody waits
+again until a write ends, and the records are kept meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 
@@ -67,6 +71,10 @@ class RecordWriter:
         # Cleared while `backpressure_pending` records wait on a working store (see `room`).
         self._room = asyncio.Event()
         self._room.set()
+        # When the write in progress began (None between writes), and whether a request waited
+        # BACKPRESSURE_MAX_WAIT_S in vain while it hung: then nobody waits until a write ends.
+        self._write_began: float | None = None
+        self._hung = False
         # Counters (for metrics and tests).
         self.written = 0
         self.dropped = 0
@@ -83,7 +91,7 @@ class RecordWriter:
             self._drop()
             return
         self._pending.append(record)
-        if self._retry_delay:
+        if self._retry_delay or self._hung:
             return
         waiting = len(self._pending)
         limit = self._settings.backpressure_pending
@@ -100,16 +108,32 @@ class RecordWriter:
 
     async def room(self) -> None:
         """Wait until the writer is back under `backpressure_pending` (at most
-        BACKPRESSURE_MAX_WAIT_S; at once when the store is unavailable or the writer closed)."""
+        BACKPRESSURE_MAX_WAIT_S; at once when the store is unavailable, hangs, or the writer closed)."""
         try:
             async with asyncio.timeout(BACKPRESSURE_MAX_WAIT_S):
                 await self._room.wait()
         except TimeoutError:
-            pass
+            began = self._write_began
+            if began is not None and time.monotonic() - began >= BACKPRESSURE_MAX_WAIT_S:
+                self._hangs()
+
+    def _hangs(self) -> None:
+        """A write has hung for the whole backpressure limit: the store stopped answering without
+        failing, and its write may hang for minutes before it does. Waiting would slow every
+        request by the limit meanwhile and write nothing sooner."""
+        if not self._hung:
+            self._hung = True
+            log.warning(
+                "the request store has not answered a write in %.1fs; requests no longer wait for it,"
+                " and %d records are kept until it does",
+                BACKPRESSURE_MAX_WAIT_S,
+                len(self._pending),
+            )
+        self._room.set()
 
     def _update_room(self) -> None:
         limit = self._settings.backpressure_pending
-        if self._closed or self._retry_delay or not limit or len(self._pending) < limit:
+        if self._closed or self._retry_delay or self._hung or not limit or len(self._pending) < limit:
             self._room.set()
 
     def _drop(self) -> None:
@@ -177,7 +201,7 @@ class RecordWriter:
     async def _write(self, batch: list[RequestRecord]) -> bool:
         """Write one batch. False when the store is unavailable: the batch is back in the buffer."""
         try:
-            inserted = await self._table.insert_records(batch)
+            inserted = await self._insert(batch)
         except StoreUnavailable as exc:
             self._unavailable(batch, exc)
             return False
@@ -197,7 +221,7 @@ class RecordWriter:
     async def _write_one_by_one(self, batch: Sequence[RequestRecord]) -> bool:
         for i, record in enumerate(batch):
             try:
-                inserted = await self._table.insert_records([record])
+                inserted = await self._insert([record])
             except StoreUnavailable as exc:
                 # An outage like any other: back off, and nobody waits on backpressure meanwhile.
                 self._unavailable(list(batch[i:]), exc)
@@ -212,6 +236,17 @@ class RecordWriter:
             self._retry_delay = 0.0
             self._count(1, inserted)
         return True
+
+    async def _insert(self, records: Sequence[RequestRecord]) -> int:
+        self._write_began = time.monotonic()
+        try:
+            inserted = await self._table.insert_records(records)
+        finally:
+            self._write_began = None
+        if self._hung:  # (a failure leaves it to `_retry_delay`, which keeps the waits off too)
+            self._hung = False
+            log.info("the request store answers again; %d records pending", len(self._pending))
+        return inserted
 
     def _unavailable(self, unwritten: list[RequestRecord], exc: StoreUnavailable) -> None:
         """The store is down: the records go back to the buffer and the writer backs off."""
