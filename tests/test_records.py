@@ -415,3 +415,62 @@ async def test_a_store_that_stops_answering_holds_requests_once_then_keeps_their
     await asyncio.wait_for(writer.room(), 1)
     await writer.close()
     assert len(table.stored) == 54
+
+
+async def test_feedback_waits_for_a_hung_record_write_only_so_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST /v1/feedback for a request whose record is not stored yet has the writer write what
+    it holds. A write hung on a store that stopped answering without failing (a partitioned
+    PostgreSQL connection: up to the statement timeout twice over) held the feedback as long; it
+    is a prompt 503 store_unavailable now, and the feedback is taken once the record is stored."""
+    import time
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from faregate.config import load_settings
+    from faregate.server import app as app_module
+    from faregate.server import feedback as feedback_module
+    from faregate.server.app import build_gateway, create_app
+    from harness import MASTER_KEY
+
+    held = asyncio.Event()
+    go = asyncio.Event()
+
+    class HungTable:
+        """The gateway's own store, whose record writes hang until `go` (the seam the writer uses)."""
+
+        def __init__(self, store: SQLiteStore) -> None:
+            self.store = store
+
+        async def insert_records(self, records: Sequence[RequestRecord]) -> int:
+            held.set()
+            await go.wait()
+            return await self.store.insert_records(records)
+
+    def hung_writer(store: SQLiteStore, settings: RecordsSettings) -> RecordWriter:
+        return RecordWriter(HungTable(store), settings)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app_module, "RecordWriter", hung_writer)
+    monkeypatch.setattr(feedback_module, "RECORD_WRITE_WAIT_S", 0.2, raising=False)
+    monkeypatch.setenv("FAREGATE_MASTER_KEY", MASTER_KEY)
+    settings = load_settings(overrides={"store": {"path": str(tmp_path)}, "catalog": {"broad": False}})
+    gateway = await build_gateway(settings)
+    admin = {"Authorization": f"Bearer {MASTER_KEY}"}
+    async with TestClient(TestServer(create_app(gateway))) as client:
+        try:
+            created = await (await client.post("/admin/keys", headers=admin, json={"name": "fb"})).json()
+            request_id = "req_" + "a" * 32
+            gateway.records.submit(record(request_id, created_at=time.time(), key_id=created["id"]))
+            await asyncio.wait_for(held.wait(), 10)  # the writer's round: hung
+            body = {"request_id": request_id, "score": "up"}
+            auth = {"Authorization": f"Bearer {created['api_key']}"}
+            async with asyncio.timeout(10):  # it waited for the hung write, for as long as it hung
+                refused = await client.post("/v1/feedback", json=body, headers=auth)
+            assert refused.status == 503, await refused.text()
+            assert (await refused.json())["error"]["code"] == "store_unavailable"
+            go.set()
+            taken = await client.post("/v1/feedback", json=body, headers=auth)
+            assert taken.status == 200, await taken.text()
+        finally:
+            go.set()  # the writer's last flush, as the gateway closes, does not hang either

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from faregate.errors import FaregateError, InvalidRequest, NotFound, PayloadTooLarge
+from faregate.errors import FaregateError, InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable
 from faregate.server.parse import decode_json_object
 from faregate.server.request_checks import check_text
 from faregate.store.feedback import Feedback, Thumb
@@ -33,6 +33,10 @@ REQUEST_ID = re.compile(r"req_(?:[0-9a-f]{32}|[0-9a-f]{24})")
 MAX_COMMENT_CHARS = 4000
 # How long to look for a record another instance has yet to flush, beyond two flush intervals.
 OTHER_INSTANCE_GRACE_S = 0.5
+# How long to wait for this instance's writer to store what it holds, as long as a request's read
+# of PostgreSQL (store.postgres.pool.REQUEST_READ_TIMEOUT_S): a write that hangs longer is on a
+# store that stopped answering without failing, and may hang for minutes before it does.
+RECORD_WRITE_WAIT_S = 5.0
 
 
 def parse_score(value: Any) -> tuple[Thumb | None, int | None]:
@@ -97,7 +101,11 @@ def add_feedback_route(app: web.Application, gateway: Gateway) -> None:
         record = await gateway.store.get_record(request_id)
         if record is None:
             # Feedback can arrive before the batched writer has stored the record: write it now.
-            await gateway.records.flush()
+            if not await gateway.records.flush_within(RECORD_WRITE_WAIT_S):
+                raise ServiceUnavailable(
+                    "The request's record is not stored yet: the store does not answer. Retry shortly.",
+                    headers={"Retry-After": "1"},
+                )
             record = await gateway.store.get_record(request_id)
         if record is None and gateway.backends.shared:
             record = await _await_other_instance(gateway, request_id)

@@ -499,7 +499,7 @@ def openapi_document(limits: LimitsSettings | None = None) -> dict[str, Any]:
             "post": {
                 "security": key,
                 "requestBody": _json_body(_ref("Feedback")),
-                "responses": _answers(400, 401, 404, 413, 501),
+                "responses": _answers(400, 401, 404, 413, 501, 503),
             }
         },
         "/health": {"get": {"summary": "Liveness (details with the master key).", "responses": _answers()}},

@@ -75,6 +75,8 @@ class RecordWriter:
         # BACKPRESSURE_MAX_WAIT_S in vain while it hung: then nobody waits until a write ends.
         self._write_began: float | None = None
         self._hung = False
+        # The flush `flush_within` started and may have left running: later calls wait for it.
+        self._waited_flush: asyncio.Future[None] | None = None
         # Counters (for metrics and tests).
         self.written = 0
         self.dropped = 0
@@ -160,6 +162,17 @@ class RecordWriter:
     async def flush(self) -> None:
         """Write everything pending now (records stay pending if the store is unavailable)."""
         await self._drain()
+
+    async def flush_within(self, seconds: float) -> bool:
+        """`flush`, waited for at most `seconds`: False if it has not ended by then (a write hung on
+        a store that stopped answering without failing; it may hang for minutes before it fails).
+        The flush is not cancelled but left to end as the writer's own rounds do; a call meanwhile
+        waits for the same one, so callers that gave up leave one flush behind, not one each."""
+        if self._waited_flush is None or self._waited_flush.done():
+            self._waited_flush = asyncio.ensure_future(self._drain())
+            self._waited_flush.add_done_callback(_retrieved)
+        done, _ = await asyncio.wait({self._waited_flush}, timeout=seconds)
+        return bool(done)  # a bug in it is logged (`_retrieved`), as in the writer's own rounds
 
     async def close(self) -> None:
         """Stop the background task (a flush in progress may finish) and write everything still
@@ -272,3 +285,10 @@ class RecordWriter:
     def _requeue(self, batch: list[RequestRecord]) -> None:
         # Back at the front, in their order, so records are written in submission order.
         self._pending.extendleft(reversed(batch))
+
+
+def _retrieved(flush: asyncio.Future[None]) -> None:
+    """A failure of a flush `flush_within` started is logged (whether or not anyone still waits)."""
+    error = None if flush.cancelled() else flush.exception()
+    if error is not None:
+        log.error("request record flush failed", exc_info=error)
