@@ -110,11 +110,18 @@ def test_a_postgresql_outage_is_a_quiet_503(
     redis_server: RedisServer,  # noqa: F811
     tmp_path: Path,
 ) -> None:
+    from harness import health_counter, wait_until
+
+    async def frozen_traffic(base_url: str, key: str) -> tuple[list[httpx.Response], list[int]]:
+        return await asyncio.gather(strangers(base_url, 3, also_me=key), statuses(base_url, key, 12, 4))
+
     with run_postgres() as pg:
-        store = f"postgres_url: {pg.new_database()!r}\nredis_url: {redis_server.new_database()!r}\n"
+        database = pg.new_database()
+        store = f"postgres_url: {database!r}\nredis_url: {redis_server.new_database()!r}\n"
         # Verified keys stay cached through the freeze: /v1/me then reads PostgreSQL for the key's
-        # row itself, not for its verification.
-        extra = CONFIG + "auth: {key_cache_ttl_s: 600}\n"
+        # row itself, not for its verification. A backlog of 4 records makes requests wait for the
+        # record writer (backpressure).
+        extra = CONFIG + "auth: {key_cache_ttl_s: 600}\nrecords: {backpressure_pending: 4}\n"
         with launch_gateway(tmp_path / "gw", sim, store=store, extra=extra) as gateway:
             key = new_key(gateway)
             assert asyncio.run(statuses(gateway.base_url, key, 5)) == [200] * 5
@@ -122,12 +129,23 @@ def test_a_postgresql_outage_is_a_quiet_503(
             # Frozen first (it answers nothing, its connections stay open): a key the gateway must
             # look up, a key's /v1/me, its feedback and an admin's key list get their 503 within
             # the client's timeout, not after the pool's statement timeout twice over (asyncpg
-            # waits for the cancel too).
+            # waits for the cancel too). A cached key is served (Redis answers): its records,
+            # whose write hangs, are kept, and its requests stop waiting for them.
             with pg.frozen():
-                answers = asyncio.run(strangers(gateway.base_url, 3, also_me=key))
+                answers, served = asyncio.run(frozen_traffic(gateway.base_url, key))
             for answer in answers:
                 assert answer.status_code == 503, answer.text
                 assert answer.json()["error"]["code"] == "store_unavailable"
+            assert served == [200] * 12
+            assert "has not answered a write" in gateway.read_log()[log_before:]
+            wait_until(
+                lambda: health_counter(gateway, "records_pending") == 0, "the records kept are written"
+            )
+            assert health_counter(gateway, "records_dropped") == 0
+            served_rows = pg.psql(
+                "SELECT count(*) FROM request_records WHERE status = 200", database.rsplit("/", 1)[1]
+            )
+            assert int(served_rows.strip()) == 5 + 12
             assert (
                 asyncio.run(statuses(gateway.base_url, new_key_when_up(gateway, time.monotonic() + 30), 3))
                 == [200] * 3
