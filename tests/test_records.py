@@ -417,6 +417,28 @@ async def test_a_store_that_stops_answering_holds_requests_once_then_keeps_their
     assert len(table.stored) == 54
 
 
+async def test_a_stop_cut_short_by_a_hung_store_says_how_many_records_it_lost(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gateway gives the last flush RECORDS_CLOSE_TIMEOUT_S and then cancels it. Against a
+    store that stopped answering without failing the flush hangs until then, and the records it
+    could not write were lost without a word: the log said only that the close gave up."""
+    from faregate.telemetry import records as records_module
+
+    monkeypatch.setattr(records_module, "CLOSE_GRACE_S", 0.05)
+    table = HeldTable()  # never answers
+    writer = RecordWriter(table, RecordsSettings(batch_size=4, flush_interval_s=SLOW))
+    await writer.start()
+    for i in range(10):
+        writer.submit(record(f"r{i}"))
+    await asyncio.sleep(0)  # the full batch woke the flusher: its write hangs
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):  # as lifecycle bounds it
+            await writer.close()
+    assert writer.pending == 10
+    assert "closing with 10 request records unwritten" in caplog.text
+
+
 async def test_feedback_waits_for_a_hung_record_write_only_so_long(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -179,14 +179,24 @@ class RecordWriter:
         pending. The caller bounds how long this may take (server.app)."""
         self._closed = True
         self._room.set()
-        await self._flusher.stop(grace_s=CLOSE_GRACE_S)
-        for attempt in range(CLOSE_ATTEMPTS):
-            await self._drain()
-            if not self._pending:
-                break
-            if attempt + 1 < CLOSE_ATTEMPTS:
-                # Short pauses: a stopping process has a deadline (e.g. a container's grace period).
-                await asyncio.sleep(min(self._retry_delay, CLOSE_RETRY_DELAY_S))
+        try:
+            await self._flusher.stop(grace_s=CLOSE_GRACE_S)
+            for attempt in range(CLOSE_ATTEMPTS):
+                await self._drain()
+                if not self._pending:
+                    break
+                if attempt + 1 < CLOSE_ATTEMPTS:
+                    # Short pauses: a stopping process has a deadline (e.g. a container's grace period).
+                    await asyncio.sleep(min(self._retry_delay, CLOSE_RETRY_DELAY_S))
+        except asyncio.CancelledError:
+            # The caller's bound ran out, as against a store that stopped answering without
+            # failing: the records still here (a cancelled write's batch is back among them) are
+            # lost with the process. Say how many.
+            log.error(
+                "closing with %d request records unwritten: the store did not answer in time",
+                len(self._pending),
+            )
+            raise
         if self._pending:
             log.error(
                 "closing with %d request records unwritten: the store is unavailable", len(self._pending)
