@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -439,15 +442,12 @@ async def test_a_stop_cut_short_by_a_hung_store_says_how_many_records_it_lost(
     assert "closing with 10 request records unwritten" in caplog.text
 
 
-async def test_feedback_waits_for_a_hung_record_write_only_so_long(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """POST /v1/feedback for a request whose record is not stored yet has the writer write what
-    it holds. A write hung on a store that stopped answering without failing (a partitioned
-    PostgreSQL connection: up to the statement timeout twice over) held the feedback as long; it
-    is a prompt 503 store_unavailable now, and the feedback is taken once the record is stored."""
-    import time
-
+@contextlib.asynccontextmanager
+async def feedback_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table_of: Callable[[SQLiteStore], object]
+) -> AsyncIterator[tuple[Any, Any, dict[str, str], str]]:
+    """An in-process gateway on SQLite whose record writer writes through `table_of(its store)`
+    (the seam the writer uses), a client of it, an API key's Authorization header and its key id."""
     from aiohttp.test_utils import TestClient, TestServer
 
     from faregate.config import load_settings
@@ -456,12 +456,31 @@ async def test_feedback_waits_for_a_hung_record_write_only_so_long(
     from faregate.server.app import build_gateway, create_app
     from harness import MASTER_KEY
 
+    def writer(store: SQLiteStore, settings: RecordsSettings) -> RecordWriter:
+        return RecordWriter(table_of(store), settings)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app_module, "RecordWriter", writer)
+    monkeypatch.setattr(feedback_module, "RECORD_WRITE_WAIT_S", 0.2)
+    monkeypatch.setenv("FAREGATE_MASTER_KEY", MASTER_KEY)
+    settings = load_settings(overrides={"store": {"path": str(tmp_path)}, "catalog": {"broad": False}})
+    gateway = await build_gateway(settings)
+    admin = {"Authorization": f"Bearer {MASTER_KEY}"}
+    async with TestClient(TestServer(create_app(gateway))) as client:
+        created = await (await client.post("/admin/keys", headers=admin, json={"name": "fb"})).json()
+        yield gateway, client, {"Authorization": f"Bearer {created['api_key']}"}, created["id"]
+
+
+async def test_feedback_waits_for_a_hung_record_write_only_so_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST /v1/feedback for a request whose record is not stored yet has the writer write what
+    it holds. A write hung on a store that stopped answering without failing (a partitioned
+    PostgreSQL connection: up to the statement timeout twice over) held the feedback as long; it
+    is a prompt 503 store_unavailable now, and the feedback is taken once the record is stored."""
     held = asyncio.Event()
     go = asyncio.Event()
 
     class HungTable:
-        """The gateway's own store, whose record writes hang until `go` (the seam the writer uses)."""
-
         def __init__(self, store: SQLiteStore) -> None:
             self.store = store
 
@@ -470,23 +489,12 @@ async def test_feedback_waits_for_a_hung_record_write_only_so_long(
             await go.wait()
             return await self.store.insert_records(records)
 
-    def hung_writer(store: SQLiteStore, settings: RecordsSettings) -> RecordWriter:
-        return RecordWriter(HungTable(store), settings)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(app_module, "RecordWriter", hung_writer)
-    monkeypatch.setattr(feedback_module, "RECORD_WRITE_WAIT_S", 0.2, raising=False)
-    monkeypatch.setenv("FAREGATE_MASTER_KEY", MASTER_KEY)
-    settings = load_settings(overrides={"store": {"path": str(tmp_path)}, "catalog": {"broad": False}})
-    gateway = await build_gateway(settings)
-    admin = {"Authorization": f"Bearer {MASTER_KEY}"}
-    async with TestClient(TestServer(create_app(gateway))) as client:
+    async with feedback_client(tmp_path, monkeypatch, HungTable) as (gateway, client, auth, key_id):
         try:
-            created = await (await client.post("/admin/keys", headers=admin, json={"name": "fb"})).json()
             request_id = "req_" + "a" * 32
-            gateway.records.submit(record(request_id, created_at=time.time(), key_id=created["id"]))
+            gateway.records.submit(record(request_id, created_at=time.time(), key_id=key_id))
             await asyncio.wait_for(held.wait(), 10)  # the writer's round: hung
             body = {"request_id": request_id, "score": "up"}
-            auth = {"Authorization": f"Bearer {created['api_key']}"}
             async with asyncio.timeout(10):  # it waited for the hung write, for as long as it hung
                 refused = await client.post("/v1/feedback", json=body, headers=auth)
             assert refused.status == 503, await refused.text()
@@ -496,3 +504,46 @@ async def test_feedback_waits_for_a_hung_record_write_only_so_long(
             assert taken.status == 200, await taken.text()
         finally:
             go.set()  # the writer's last flush, as the gateway closes, does not hang either
+
+
+async def test_feedback_for_a_record_the_store_cannot_write_yet_is_a_503_not_a_404(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that reads but refuses writes for now (a disk full; a read-only standby mid-failover)
+    keeps the writer's records pending. A feedback for one of them was told 404 "no request with
+    id ... was made with this API key", as if the id were wrong: it is a 503 to retry, and taken
+    once the record is stored. Another key still gets the 404 of an unknown id (no oracle)."""
+    from harness import MASTER_KEY
+
+    class FullDiskTable:
+        def __init__(self, store: SQLiteStore) -> None:
+            self.store = store
+            self.full = True
+
+        async def insert_records(self, records: Sequence[RequestRecord]) -> int:
+            if self.full:
+                raise StoreUnavailable("could not extend file: No space left on device")
+            return await self.store.insert_records(records)
+
+    tables: list[FullDiskTable] = []
+
+    def full_disk(store: SQLiteStore) -> FullDiskTable:
+        tables.append(FullDiskTable(store))
+        return tables[-1]
+
+    async with feedback_client(tmp_path, monkeypatch, full_disk) as (gateway, client, auth, key_id):
+        request_id = "req_" + "b" * 32
+        gateway.records.submit(record(request_id, created_at=time.time(), key_id=key_id))
+        body = {"request_id": request_id, "score": "down"}
+        refused = await client.post("/v1/feedback", json=body, headers=auth)
+        assert refused.status == 503, await refused.text()
+        assert (await refused.json())["error"]["code"] == "store_unavailable"
+        admin = {"Authorization": f"Bearer {MASTER_KEY}"}
+        other = await (await client.post("/admin/keys", headers=admin, json={"name": "other"})).json()
+        stranger = await client.post(
+            "/v1/feedback", json=body, headers={"Authorization": f"Bearer {other['api_key']}"}
+        )
+        assert stranger.status == 404 and (await stranger.json())["error"]["code"] == "request_not_found"
+        tables[0].full = False
+        taken = await client.post("/v1/feedback", json=body, headers=auth)
+        assert taken.status == 200, await taken.text()

@@ -98,15 +98,22 @@ def add_feedback_route(app: web.Application, gateway: Gateway) -> None:
             check_text(comment, "comment")  # PostgreSQL refused a NUL (a 500) where SQLite kept it
         if not REQUEST_ID.fullmatch(request_id):
             raise unknown  # not an id the gateway gives out: no need to look
+        not_stored_yet = ServiceUnavailable(
+            "The request's record is not stored yet: the store does not take it now. Retry shortly.",
+            headers={"Retry-After": "1"},
+        )
         record = await gateway.store.get_record(request_id)
         if record is None:
             # Feedback can arrive before the batched writer has stored the record: write it now.
             if not await gateway.records.flush_within(RECORD_WRITE_WAIT_S):
-                raise ServiceUnavailable(
-                    "The request's record is not stored yet: the store does not answer. Retry shortly.",
-                    headers={"Retry-After": "1"},
-                )
+                raise not_stored_yet
             record = await gateway.store.get_record(request_id)
+        if record is None:
+            # Still this instance's to write: the store refuses writes for now (disk full, a
+            # read-only standby mid-failover). Not an unknown id: retry. Another key's is unknown.
+            held = gateway.records.unwritten(request_id)
+            if held is not None and held.key_id == key.id:
+                raise not_stored_yet
         if record is None and gateway.backends.shared:
             record = await _await_other_instance(gateway, request_id)
         # Another key's request answers exactly as an unknown one: no oracle for which ids exist.
