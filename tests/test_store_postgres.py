@@ -898,3 +898,39 @@ async def test_admin_and_feedback_statements_against_a_frozen_postgresql_are_a_p
     finally:
         await link.close()
         await store.close()
+
+
+async def test_a_record_write_on_a_silent_connection_is_given_up_and_written_on_a_new_one(
+    shared_urls: SharedUrls,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The record writer's connection goes silent for good (a partition, a failover that left it
+    open) while PostgreSQL answers new connections: its insert waited the pool's statement timeout
+    and as long again for the cancel, two minutes in which no record was stored (nor could be
+    given feedback). It is given up after RECORD_WRITE_TIMEOUT_S, its connection closed, and the
+    batch written again on a new one, once. The bound shrunk to a second, a pool of one."""
+    from faregate.store.postgres import store as pg_store
+
+    monkeypatch.setattr(pg_store, "RECORD_WRITE_TIMEOUT_S", 1.0)
+    host_port, database = shared_urls.postgres.rsplit("/", 1)
+    link = PartitionableLink(int(host_port.rsplit(":", 1)[1]))
+    relayed = f"{host_port.rsplit(':', 1)[0]}:{await link.start()}/{database}"
+    store = await PostgresStore.open(relayed, pool_size=1)
+    writer = RecordWriter(store, RecordsSettings(flush_interval_s=60))
+
+    def record(n: int) -> RequestRecord:
+        return RequestRecord(f"silent_{n}", 1000.0 + n, None, "m", "m", "p", 200, False)
+
+    try:
+        writer.submit(record(0))
+        await writer.flush()
+        link.cut()
+        writer.submit(record(1))
+        async with asyncio.timeout(30):  # two minutes before
+            await writer.flush()
+        assert writer.pending == 1  # given up: kept for the next try
+        await writer.flush()  # on a new connection
+        assert writer.pending == 0 and await store.count_records() == 2
+    finally:
+        await link.close()
+        await store.close()

@@ -35,7 +35,7 @@ MAX_COMMENT_CHARS = 4000
 OTHER_INSTANCE_GRACE_S = 0.5
 # How long to wait for this instance's writer to store what it holds, as long as a request's read
 # of PostgreSQL (store.postgres.pool.REQUEST_READ_TIMEOUT_S): a write that hangs longer is on a
-# store that stopped answering without failing, and may hang for minutes before it does.
+# store that stopped answering without failing, and may hang a while yet before it fails.
 RECORD_WRITE_WAIT_S = 5.0
 
 

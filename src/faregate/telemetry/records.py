@@ -22,7 +22,7 @@ the buffer with the request rate (bench/README.md, "Memory soak": 74,000 records
 at 3,600 requests a second before this). When the store is unavailable nobody waits: the buffer
 is bounded by `records.max_pending`, beyond which new records are dropped, counted in
 `dropped`, and reported in a warning. A store that stops answering without failing (a frozen
-PostgreSQL, a partition: its write hangs up to the pool's statement timeout, twice over) is the
+PostgreSQL, a partition: its write hangs until given up, after 10 s on PostgreSQL) is the
 same once a request has waited BACKPRESSURE_MAX_WAIT_S in vain while a write hangs: nobody waits
 again until a write ends, and the records are kept meanwhile.
 """
@@ -133,7 +133,7 @@ class RecordWriter:
 
     def _hangs(self) -> None:
         """A write has hung for the whole backpressure limit: the store stopped answering without
-        failing, and its write may hang for minutes before it does. Waiting would slow every
+        failing, and its write may hang a while yet before it is given up. Waiting would slow every
         request by the limit meanwhile and write nothing sooner."""
         if not self._hung:
             self._hung = True
@@ -177,7 +177,7 @@ class RecordWriter:
 
     async def flush_within(self, seconds: float) -> bool:
         """`flush`, waited for at most `seconds`: False if it has not ended by then (a write hung on
-        a store that stopped answering without failing; it may hang for minutes before it fails).
+        a store that stopped answering without failing; it may hang a while yet before it fails).
         The flush is not cancelled but left to end as the writer's own rounds do; a call meanwhile
         waits for the same one, so callers that gave up leave one flush behind, not one each."""
         if self._waited_flush is None or self._waited_flush.done():

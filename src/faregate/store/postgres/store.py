@@ -29,6 +29,12 @@ from faregate.types import RequestRecord
 # The longest a statement of the pool may run (asyncpg's command_timeout): a server that hangs
 # without failing is an outage after this, not a request held forever.
 COMMAND_TIMEOUT_S = 60.0
+# How long a batch of request records may take to insert (PostgreSQL takes milliseconds) before
+# the writer gives it up, closes its connection and tries again on a new one, after a pause (it
+# skips the ids stored). Under the statement timeout, a connection gone silent for good (a
+# partition, a failover that left it open) held the records for two minutes: asyncpg waits as
+# long again for PostgreSQL to take the cancel.
+RECORD_WRITE_TIMEOUT_S = 10.0
 
 _RECORD_COLUMN_LIST = ", ".join(RECORD_COLUMNS)
 # PostgreSQL types of INSERT_COLUMNS, in order, for the one-statement batch insert via unnest.
@@ -211,7 +217,9 @@ class PostgresStore:
             return 0
         columns = list(zip(*(record_to_row(r) for r in records), strict=True))
         with unavailable_errors():
-            inserted = await self._pool.fetch(_INSERT_RECORDS, *columns)
+            inserted = await answered_within(
+                RECORD_WRITE_TIMEOUT_S, self._pool, lambda conn: conn.fetch(_INSERT_RECORDS, *columns)
+            )
         return len(inserted)
 
     async def get_record(self, request_id: str) -> RequestRecord | None:
