@@ -1,6 +1,6 @@
 """End to end: settings a model refuses are left out for it, through the openai SDK, against the
 simulator refusing them as the real APIs do (gpt-4o-mini reasoning_effort, a reasoning model a
-temperature)."""
+temperature, Claude Opus 4.5 an effort above "high")."""
 
 from __future__ import annotations
 
@@ -50,3 +50,25 @@ def test_the_models_picked_are_sent_only_the_settings_they_take(client: openai.O
         model="gpt-4o-mini", messages=MSG, temperature=0.2
     )
     assert "x-faregate-dropped-params" not in plain.headers
+    assert "x-faregate-adjusted-params" not in plain.headers
+
+
+def test_a_model_picked_is_sent_the_nearest_effort_it_takes(client: openai.OpenAI) -> None:
+    # claude-opus-4-5 takes low to high: "xhigh" (which the simulator refuses for it, as Anthropic
+    # does, with a 400 no fallback follows) is sent as its most, "high"; stream alike.
+    raw = client.chat.completions.with_raw_response.create(
+        model="claude-opus-4-5",
+        messages=MSG,
+        reasoning_effort="xhigh",  # type: ignore[arg-type]
+        extra_body={"models": ["claude-opus-4-5", "gpt-4o-mini"]},
+    )
+    assert raw.parse().choices[0].message.content == "Hello there"
+    assert raw.headers["x-faregate-model"] == "claude-opus-4-5"
+    assert raw.headers["x-faregate-adjusted-params"] == "reasoning_effort=high"
+    assert "x-faregate-dropped-params" not in raw.headers
+    # An effort the model takes is sent as given, and no header says otherwise.
+    same = client.responses.with_raw_response.create(
+        model="claude-opus-4-5", input="Hello there", reasoning={"effort": "low"}
+    )
+    assert same.parse().output_text == "Hello there"
+    assert "x-faregate-adjusted-params" not in same.headers

@@ -5,11 +5,22 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
+
 from faregate.catalog import build_catalog
 from faregate.config import load_settings
-from faregate.server.client_wires import MESSAGES, RESPONSES
+from faregate.errors import ConfigError
+from faregate.server.client_wires import CHAT, MESSAGES, RESPONSES
 from faregate.wire.anthropic_upstream import chat_to_messages
-from faregate.wire.model_params import drop_refused, dropped_params, refused_params
+from faregate.wire.model_params import (
+    adjusted_effort,
+    drop_refused,
+    dropped_params,
+    effort_list,
+    fit_effort,
+    nearest_effort,
+    refused_params,
+)
 from faregate.wire.openai import upstream_body
 from faregate.wire.responses_native import native_body
 
@@ -137,3 +148,91 @@ def test_a_model_before_gpt_5_is_sent_no_verbosity() -> None:
     assert [RESPONSES.param_names.get(n, n) for n in dropped_params(chat, NOT_REASONING)] == [
         "text.verbosity"
     ]
+
+
+O3 = ("low", "medium", "high")
+GPT_5 = ("minimal", "low", "medium", "high")
+GPT_5_2 = ("none", "low", "medium", "high", "xhigh")
+OPUS_4_5 = ("low", "medium", "high")
+OPUS_4_6 = ("low", "medium", "high", "max")
+
+
+def fitted(body: dict[str, Any], efforts: tuple[str, ...]) -> dict[str, Any]:
+    """The upstream body `body` becomes for a model that takes `efforts`."""
+    out = upstream_body(body, "upstream-name", None, False, "max_tokens")
+    fit_effort(out, efforts)
+    return out
+
+
+def test_an_effort_a_model_does_not_take_is_sent_as_the_nearest_above_else_its_most() -> None:
+    # Never less effort than asked where the model takes more: o3 asked "minimal" thinks at "low",
+    # gpt-5 asked "none" at "minimal", Opus 4.6 asked "xhigh" at "max"...
+    assert nearest_effort("minimal", O3) == "low"
+    assert nearest_effort("none", GPT_5) == "minimal"
+    assert nearest_effort("xhigh", OPUS_4_6) == "max"
+    assert nearest_effort("minimal", GPT_5_2) == "low"
+    # ...and a model that takes nothing above it its most (gpt-5 asked "xhigh", Opus 4.5 "max").
+    assert nearest_effort("xhigh", GPT_5) == "high"
+    assert nearest_effort("max", OPUS_4_5) == "high"
+    assert nearest_effort("medium", ("high",)) == "high"  # gpt-5-pro
+    # An effort taken, or not on the scale (the upstream's 400 says what is wrong), as given.
+    assert nearest_effort("medium", O3) == "medium"
+    assert nearest_effort("ultra", O3) == "ultra" and nearest_effort(3, O3) == 3
+    assert effort_list(["max", "low", "high", "low"]) == ("low", "high", "max")
+
+
+def test_each_wires_effort_is_fitted_and_the_header_names_the_one_sent() -> None:
+    body = {"model": "auto", "messages": MSG, "reasoning_effort": "minimal"}
+    kept = copy.deepcopy(body)
+    assert fitted(body, O3)["reasoning_effort"] == "low"
+    assert body == kept, "the client's body is not changed"
+    assert adjusted_effort(body, O3) == "low" and CHAT.effort_param == "reasoning_effort"
+    assert fitted(body, GPT_5)["reasoning_effort"] == "minimal" and adjusted_effort(body, GPT_5) is None
+    assert fitted({"model": "auto", "messages": MSG}, O3) == {"model": "upstream-name", "messages": MSG}
+    assert adjusted_effort({"model": "auto", "messages": MSG}, O3) is None
+
+    # A Messages client's "max" (the chat wire's "high" beside it) is fitted as asked: "max" to
+    # Opus 4.6, "high" to Opus 4.5 (both fields), "xhigh" to gpt-5.2 (which reads reasoning_effort).
+    asked_max = {"model": "auto", "max_tokens": 20, "messages": MSG, "output_config": {"effort": "max"}}
+    chat = MESSAGES.to_chat(asked_max)
+    assert chat_to_messages(fitted(chat, OPUS_4_6))["output_config"] == {"effort": "max"}
+    assert adjusted_effort(chat, OPUS_4_6) is None
+    assert chat_to_messages(fitted(chat, OPUS_4_5))["output_config"] == {"effort": "high"}
+    assert adjusted_effort(chat, OPUS_4_5) == "high" and MESSAGES.effort_param == "output_config.effort"
+    assert fitted(chat, GPT_5_2)["reasoning_effort"] == "xhigh" and adjusted_effort(chat, GPT_5_2) == "xhigh"
+
+    # A Responses client's, translated and passed through natively (the client's body unchanged).
+    asked = {"model": "auto", "input": "hi", "reasoning": {"effort": "none", "summary": "auto"}}
+    kept = copy.deepcopy(asked)
+    chat = RESPONSES.to_chat(asked)
+    assert fitted(chat, GPT_5)["reasoning_effort"] == "minimal"
+    native = native_body(fitted(chat, GPT_5), stream=False)
+    assert native["reasoning"] == {"effort": "minimal", "summary": "auto"}
+    assert asked == kept, "the client's body is not changed"
+    assert adjusted_effort(chat, GPT_5) == "minimal" and RESPONSES.effort_param == "reasoning.effort"
+
+
+def test_the_catalog_says_the_efforts_a_model_takes_and_the_config_can_say_it() -> None:
+    catalog = build_catalog(load_settings())
+    assert catalog.models["claude-opus-4-5"].efforts == OPUS_4_5
+    assert catalog.models["claude-opus-4-6"].efforts == OPUS_4_6
+    assert catalog.models["claude-opus-5"].efforts == ("low", "medium", "high", "xhigh", "max")
+    assert catalog.models["deepseek-ai/DeepSeek-V4-Flash"].efforts is None  # not listed: sent as given
+    # OpenAI's reasoning models from the broad catalog, by name, as OpenAI documents them.
+    broad = {name: catalog.get(name) for name in ("o3", "o4-mini", "gpt-5", "gpt-5-pro", "gpt-5.1", "gpt-4o")}
+    assert {name: model.efforts for name, model in broad.items() if model is not None} == {
+        "o3": O3,
+        "o4-mini": O3,
+        "gpt-5": GPT_5,
+        "gpt-5-pro": ("high",),
+        "gpt-5.1": ("none", "low", "medium", "high"),
+        "gpt-4o": None,
+    }
+    own = {"input": 1, "output": 1, "offers": [{"provider": "vllm"}]}
+    settings = load_settings(overrides={"models": {"mine": {**own, "efforts": ["high", "low"]}}})
+    assert build_catalog(settings).models["mine"].efforts == ("low", "high")
+    not_reasoning = {**own, "efforts": ["low"], "reasoning": False}
+    with pytest.raises(ConfigError, match=r"models\.mine: efforts"):
+        build_catalog(load_settings(overrides={"models": {"mine": not_reasoning}}))
+    with pytest.raises(ConfigError, match="efforts"):
+        load_settings(overrides={"models": {"mine": {**own, "efforts": ["ultra"]}}})

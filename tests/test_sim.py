@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anthropic
 import openai
 import orjson
 import pytest
@@ -24,7 +25,7 @@ from faregate import tokens
 from faregate.errors import ConfigError
 from faregate.sim import RunningSim, answers, catalog_model_names, create_app, parse_script, start
 from faregate.sim.script import load_script
-from faregate.sim.server import catalog_refusals
+from faregate.sim.server import catalog_efforts, catalog_refusals
 from faregate.wire.model_params import refused_params
 
 GSM8K = Path(__file__).resolve().parents[1] / "data" / "routellm" / "gsm8k_responses.csv"
@@ -501,10 +502,41 @@ async def test_a_model_refuses_the_settings_its_api_refuses() -> None:
         await client.chat.completions.create(model="m", messages=MSG, temperature=0.2, reasoning_effort="low")
 
 
+async def test_a_model_refuses_an_effort_it_does_not_take() -> None:
+    """o3 refuses "minimal" with OpenAI's 400, on /chat/completions and /responses; Claude Opus 4.5
+    "max" on /messages, where Claude Haiku 4.5 refuses any effort. Models not listed take any."""
+    efforts = {"o3": ("low", "medium", "high"), "claude-opus-4-5": ("low", "medium", "high")}
+    refusals = {"claude-haiku-4-5": refused_params(False, True)}
+    async with await start(parse_script({}), catalog_names=[], refusals=refusals, efforts=efforts) as sim:
+        client = sdk(sim)
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.chat.completions.create(model="o3", messages=MSG, reasoning_effort="minimal")
+        assert info.value.code == "unsupported_value" and info.value.param == "reasoning_effort"
+        said = "'reasoning_effort' does not support 'minimal' with this model. Supported values are: "
+        assert said + "'low', 'medium', and 'high'." in str(info.value)
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.responses.create(model="o3", input="hi", reasoning={"effort": "xhigh"})
+        assert info.value.param == "reasoning.effort"
+        await client.chat.completions.create(model="o3", messages=MSG, reasoning_effort="low")
+        await client.chat.completions.create(model="m", messages=MSG, reasoning_effort="minimal")
+        async with anthropic.AsyncAnthropic(api_key="k", base_url=sim.url, max_retries=0) as claude:
+            asked: dict[str, Any] = {"max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
+            create = claude.messages.create
+            with pytest.raises(anthropic.BadRequestError, match="does not support 'max'"):
+                await create(model="claude-opus-4-5", output_config={"effort": "max"}, **asked)
+            with pytest.raises(anthropic.BadRequestError, match="effort"):
+                await create(model="claude-haiku-4-5", output_config={"effort": "low"}, **asked)
+            await create(model="claude-opus-4-5", output_config={"effort": "high"}, **asked)
+            await create(model="claude-opus-4-6", output_config={"effort": "max"}, **asked)
+
+
 def test_the_simulator_refuses_what_the_catalog_says_a_model_refuses() -> None:
     refusals = catalog_refusals()
     assert "reasoning_effort" in refusals["gpt-4o-mini"] and "temperature" in refusals["deepseek-reasoner"]
     assert "deepseek-ai/DeepSeek-V4-Flash" not in refusals  # not marked: sent as given
+    efforts = catalog_efforts()
+    assert efforts["claude-opus-4-5"] == ("low", "medium", "high")
+    assert "deepseek-ai/DeepSeek-V4-Flash" not in efforts
 
 
 def test_catalog_model_names_are_the_curated_models() -> None:

@@ -80,6 +80,28 @@ def _openai_refuses(model_id: str) -> frozenset[str]:
     return frozenset()
 
 
+# The efforts OpenAI documents its reasoning models to take (the SDK's ReasoningEffort: the models
+# before gpt-5.1 take no "none", gpt-5.1 none to high, gpt-5-pro only "high", "xhigh" the models
+# after gpt-5.1-codex-max; o1, o3 and o4-mini low to high; the model pages of gpt-5.2-pro and
+# gpt-5.3-codex); the others are sent the client's as given.
+_TO_HIGH = ("low", "medium", "high")
+_OPENAI_EFFORTS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("o1", "o1-pro", "o3", "o3-mini", "o3-pro", "o4-mini"), _TO_HIGH),
+    **dict.fromkeys(("gpt-5", "gpt-5-mini", "gpt-5-nano"), ("minimal", *_TO_HIGH)),
+    "gpt-5-pro": ("high",),
+    "gpt-5.1": ("none", *_TO_HIGH),
+    "gpt-5.2": ("none", *_TO_HIGH, "xhigh"),
+    "gpt-5.2-pro": ("medium", "high", "xhigh"),
+    "gpt-5.3-codex": (*_TO_HIGH, "xhigh"),
+}
+# A dated snapshot (o3-2025-04-16) takes what its model takes.
+_SNAPSHOT_DATE = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+
+
+def _openai_efforts(model_id: str) -> tuple[str, ...] | None:
+    return _OPENAI_EFFORTS.get(_SNAPSHOT_DATE.sub("", model_id))
+
+
 def _modalities(price: Price) -> frozenset[str]:
     """What the model reads. The snapshot does not say, but a price for audio input does (gpt-audio,
     the realtime and live models): text only refused their input_audio parts. Images and files
@@ -140,6 +162,7 @@ def add_broad_models(catalog: Catalog, settings: Settings, enabled: dict[str, bo
                     offers=offers,
                     curated=False,
                     refuses=_openai_refuses(info.id) if provider.id == "openai" else frozenset(),
+                    efforts=_openai_efforts(info.id) if provider.id == "openai" else None,
                 )
             )
             added += 1

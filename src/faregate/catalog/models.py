@@ -16,7 +16,7 @@ from faregate.config import ModelSettings, OfferSettings, ProviderSettings, Sett
 from faregate.errors import ConfigError
 from faregate.types import Price
 from faregate.wire.anthropic_upstream import DEFAULT_MAX_TOKENS
-from faregate.wire.model_params import refused_params
+from faregate.wire.model_params import effort_list, refused_params
 
 # Suggestions remembered per unknown name. Finding them scans every name in the catalog with
 # difflib (~25 ms over the ~1,800 names of the broad catalog, on the event loop), and a client
@@ -60,6 +60,9 @@ class Model:
     # The internal body's settings the model refuses, left out of what it is sent
     # (wire/model_params.py; ModelSettings.reasoning and .sampling): empty for most models.
     refuses: frozenset[str] = frozenset()
+    # The reasoning efforts it takes, least to most (ModelSettings.efforts; wire/model_params.py):
+    # None, for most models, sends the client's as given.
+    efforts: tuple[str, ...] | None = None
 
     @property
     def embeds(self) -> bool:
@@ -217,6 +220,8 @@ def build_catalog(settings: Settings) -> Catalog:
             list_price = min((o.price for o in offers), key=lambda p: p.input + p.output, default=None)
         if list_price is None:
             raise ConfigError(f"models.{name}: no price (set input/output or give an offer with a price)")
+        if ms.efforts is not None and ms.reasoning is False:
+            raise ConfigError(f"models.{name}: efforts for a model with reasoning: false, which is sent none")
         for provider in everywhere:
             if not any(o.provider == provider for o in offers):
                 default = output_default(settings.providers[provider])
@@ -233,6 +238,7 @@ def build_catalog(settings: Settings) -> Catalog:
                 offers=offers,
                 kind=ms.kind,
                 refuses=refused_params(ms.reasoning, ms.sampling),
+                efforts=None if ms.efforts is None else effort_list(ms.efforts),
             )
         )
     catalog = Catalog(models)

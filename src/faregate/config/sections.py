@@ -166,6 +166,16 @@ class ModelSettings(_Strict):
     # False: the model refuses sampling settings (temperature, top_p, the penalties, logprobs,
     # top_logprobs, logit_bias), as OpenAI's reasoning models do; they are left out.
     sampling: bool = True
+    # The reasoning efforts the model takes (o3: low, medium, high): a client's effort it does
+    # not take is sent as the nearest it does, the least above, else its most
+    # (wire/model_params.py). Unset: sent as the client gave it.
+    efforts: (
+        Annotated[
+            list[Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]],
+            msgspec.Meta(min_length=1),
+        ]
+        | None
+    ) = None
 
 
 class BreakerSettings(_Strict):

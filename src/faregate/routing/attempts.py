@@ -39,7 +39,7 @@ from faregate.routing.opened_stream import NOT_HEALTH_SIGNALS, OpenedStream
 from faregate.routing.plan import Candidate, Plan
 from faregate.routing.queue import UpstreamLimiter, tier_of
 from faregate.types import GATEWAY_FIELDS, JSON, Attempt, ChatRequest, Completion, RequestMeta, Usage
-from faregate.wire.model_params import drop_refused
+from faregate.wire.model_params import drop_refused, fit_effort
 from faregate.wire.openai import (
     TOOL_FINISHES,
     answer_is_empty,
@@ -100,6 +100,10 @@ class AttemptRunner:
             # What this model refuses (a 400 no fallback follows) is left out: the client's
             # settings were for whichever model the route picks (wire/model_params.py).
             drop_refused(body, refused)
+        efforts = candidate.model.efforts
+        if efforts is not None:
+            # An effort it does not take (a 400 too) is sent as the nearest it does.
+            fit_effort(body, efforts)
         if request.wire_extras:
             body = without_fields(body, request.wire_extras - entry.provider.carries)
         return UpstreamCall(

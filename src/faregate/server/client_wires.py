@@ -74,6 +74,8 @@ class ClientWire(Protocol):
     # The client's names of the internal body's settings, where they differ: the header that
     # lists the ones a model was sent without says these (wire/model_params.py).
     param_names: Mapping[str, str]
+    # Its name of the reasoning effort, in the header that says the one a model was sent instead.
+    effort_param: str
 
     def to_chat(self, body: JSON) -> JSON: ...
 
@@ -97,6 +99,7 @@ class ChatWire:
     request_id_headers: tuple[str, ...] = ("x-request-id",)
     input_count_up_front = False
     param_names: Mapping[str, str] = MappingProxyType({})
+    effort_param = "reasoning_effort"
 
     def to_chat(self, body: JSON) -> JSON:
         # The other wires' extras are theirs to put in: from a chat client, the Responses body would
@@ -159,6 +162,7 @@ class MessagesWire:
     param_names: Mapping[str, str] = MappingProxyType(
         {"reasoning_effort": "output_config.effort", anthropic.MESSAGES_EFFORT: "output_config.effort"}
     )
+    effort_param = "output_config.effort"
 
     def to_chat(self, body: JSON) -> JSON:
         return anthropic.messages_to_chat(body)
@@ -227,6 +231,7 @@ class ResponsesWire:
     param_names: Mapping[str, str] = MappingProxyType(
         {"reasoning_effort": "reasoning", "verbosity": "text.verbosity"}
     )
+    effort_param = "reasoning.effort"
 
     def to_chat(self, body: JSON) -> JSON:
         chat = responses.responses_to_chat(body)

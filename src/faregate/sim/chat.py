@@ -56,6 +56,11 @@ class ChatEndpoint:
         if refused and (refusal := refusals.refusal(body, refused)) is not None:
             self._sim.stats.rejected += 1
             return refusal
+        efforts = self._sim.efforts.get(model)
+        effort = body.get("reasoning_effort")
+        if efforts and (refusal := refusals.openai_effort_refusal(effort, efforts, "reasoning_effort")):
+            self._sim.stats.rejected += 1
+            return refusal
         max_tokens = body.get("max_completion_tokens")
         if max_tokens is None:
             max_tokens = body.get("max_tokens")

@@ -20,13 +20,13 @@ from aiohttp import web
 
 from faregate import tokens
 from faregate.errors import InvalidRequest
-from faregate.sim import answers, faults, translated
+from faregate.sim import answers, faults, refusals, translated
 from faregate.sim.delivery import cut_body, paced, reset_connection
 from faregate.sim.faults import JSON_TYPE
 from faregate.sim.prompt_cache import PromptCache
 from faregate.sim.script import ScriptedRequestError
 from faregate.types import JSON, Usage
-from faregate.wire.anthropic import messages_to_chat
+from faregate.wire.anthropic import MESSAGES_EFFORT, messages_to_chat
 from faregate.wire.anthropic_replies import completion_to_message
 from faregate.wire.anthropic_stream import messages_events, sse_frame
 
@@ -58,6 +58,14 @@ class MessagesEndpoint:
             body=orjson.dumps({"input_tokens": tokens.count_input(chat)}), content_type=JSON_TYPE
         )
 
+    def _refused_effort(self, model: str, effort: object) -> str | None:
+        """Why `model` refuses output_config.effort `effort` (none taken, as by Claude Haiku 4.5,
+        or not this one, as "max" by Claude Opus 4.5: sim/refusals.py), or None."""
+        if MESSAGES_EFFORT in self._sim.refusals.get(model, frozenset()):
+            return "output_config.effort: This model does not support the effort parameter."
+        efforts = self._sim.efforts.get(model)
+        return refusals.effort_refusal(effort, efforts, "output_config.effort") if efforts else None
+
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if not tokens.is_loaded():
             await self._sim.warm()
@@ -73,6 +81,11 @@ class MessagesEndpoint:
         if self._sim.script.strict_models and model not in self._sim.known_models:
             self._sim.stats.rejected += 1
             return error(404, "not_found_error", f"model: {model}")
+        config = body.get("output_config")
+        effort = config.get("effort") if isinstance(config, dict) else None
+        if effort is not None and (refused := self._refused_effort(model, effort)) is not None:
+            self._sim.stats.rejected += 1
+            return error(400, "invalid_request_error", refused)
         try:
             behaviour, fault = self._sim.scripted(request, body, model)
         except ScriptedRequestError as exc:

@@ -4,6 +4,8 @@ Which models refuse what is the catalog's (ModelSettings.reasoning and .sampling
 refuses `reasoning_effort` ("Unsupported parameter"), a reasoning model a temperature but its
 default 1 ("Unsupported value"), and top_p, the penalties, logprobs and logit_bias alike; a model
 before gpt-5 a verbosity but "medium". A setting at its default is taken, as OpenAI takes it.
+An effort a model does not take (ModelSettings.efforts: o3 "minimal", Claude Opus 4.5 "max") is
+refused as well, in OpenAI's words or Anthropic's shape (effort_refusal).
 """
 
 from __future__ import annotations
@@ -54,3 +56,25 @@ def refusal(
             code = "unsupported_parameter"
         return error_response(400, message, "invalid_request_error", code, param=param)
     return None
+
+
+def effort_refusal(effort: object, accepted: tuple[str, ...], param: str) -> str | None:
+    """The message of the 400 for an `effort` the model does not take (`accepted`, ordered), or
+    None; `param`: its name on the client's wire (reasoning_effort, reasoning.effort,
+    output_config.effort). OpenAI's words, which the Messages endpoint puts in Anthropic's shape."""
+    if effort is None or effort in accepted:
+        return None
+    listed = [repr(taken) for taken in accepted]
+    said = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + f", and {listed[-1]}"
+    return (
+        f"Unsupported value: '{param}' does not support {effort!r} with this model. "
+        f"Supported values are: {said}."
+    )
+
+
+def openai_effort_refusal(effort: object, accepted: tuple[str, ...], param: str) -> web.Response | None:
+    """OpenAI's 400 for an effort the model does not take, or None."""
+    message = effort_refusal(effort, accepted, param)
+    if message is None:
+        return None
+    return error_response(400, message, "invalid_request_error", "unsupported_value", param=param)

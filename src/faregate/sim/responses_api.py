@@ -73,6 +73,11 @@ class ResponsesEndpoint:
         if refused and (refusal := refusals.refusal(chat, refused, _RESPONSES_NAMES)) is not None:
             self._sim.stats.rejected += 1
             return refusal
+        efforts = self._sim.efforts.get(model)
+        effort = chat.get("reasoning_effort")
+        if efforts and (refusal := refusals.openai_effort_refusal(effort, efforts, "reasoning.effort")):
+            self._sim.stats.rejected += 1
+            return refusal
         try:
             behaviour, fault = self._sim.scripted(request, body, model)
         except ScriptedRequestError as exc:

@@ -15,7 +15,7 @@ from faregate.config import config_path, load_settings
 from faregate.errors import StartupError
 from faregate.sim.script import Script, load_script
 from faregate.sim.simulator import Simulator
-from faregate.wire.model_params import refused_params
+from faregate.wire.model_params import effort_list, refused_params
 
 # A hung request is cancelled when its client gives up, so there is nothing worth waiting for at shutdown.
 SHUTDOWN_TIMEOUT_S = 0.5
@@ -33,6 +33,13 @@ def catalog_refusals(config: str | Path | None = None) -> dict[str, frozenset[st
     models = load_settings(config_path(str(config) if config is not None else None)).models
     refused = {name: refused_params(ms.reasoning, ms.sampling) for name, ms in models.items()}
     return {name: params for name, params in refused.items() if params}
+
+
+def catalog_efforts(config: str | Path | None = None) -> dict[str, tuple[str, ...]]:
+    """The efforts each curated model that lists them takes (ModelSettings.efforts): any other
+    the simulator refuses, as the model's real API does."""
+    models = load_settings(config_path(str(config) if config is not None else None)).models
+    return {name: effort_list(ms.efforts) for name, ms in models.items() if ms.efforts is not None}
 
 
 def create_app(
@@ -91,11 +98,13 @@ async def start(
     catalog_names: Iterable[str] | None = None,
     warm: bool = True,
     refusals: Mapping[str, frozenset[str]] | None = None,
+    efforts: Mapping[str, tuple[str, ...]] | None = None,
 ) -> RunningSim:
     """Listen on host:port (0 picks a free port). With `warm`, returns once the tokenizer is loaded;
     it loads in a thread while the socket is already open, and requests that need it wait for it.
-    `refusals`: the settings each model refuses (sim/refusals.py; none unless given)."""
-    simulator = _simulator(script, catalog_names, refusals)
+    `refusals`: the settings each model refuses, `efforts` the efforts each model listed takes
+    (sim/refusals.py; none unless given)."""
+    simulator = _simulator(script, catalog_names, refusals, efforts)
     simulator.start_warming()
     server = web.Server(simulator.handle, handler_cancellation=True, access_log=None)
     runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
@@ -123,9 +132,10 @@ async def serve(
     *,
     catalog_names: Iterable[str] | None = None,
     refusals: Mapping[str, frozenset[str]] | None = None,
+    efforts: Mapping[str, tuple[str, ...]] | None = None,
 ) -> None:
     """Run until cancelled; prints one line ending in the base URL once ready."""
-    running = await start(script, host, port, catalog_names=catalog_names, refusals=refusals)
+    running = await start(script, host, port, catalog_names=catalog_names, refusals=refusals, efforts=efforts)
     print(f"faregate sim ready at {running.base_url}", flush=True)
     try:
         await asyncio.Event().wait()
@@ -147,7 +157,8 @@ def run(
     script = load_script(script_path)
     names = catalog_model_names(config) if script.catalog_models else []
     try:
-        uvloop.run(serve(script, host, port, catalog_names=names, refusals=catalog_refusals(config)))
+        refusals, efforts = catalog_refusals(config), catalog_efforts(config)
+        uvloop.run(serve(script, host, port, catalog_names=names, refusals=refusals, efforts=efforts))
     except KeyboardInterrupt:
         pass
 
@@ -156,8 +167,9 @@ def _simulator(
     script: Script | None,
     catalog_names: Iterable[str] | None,
     refusals: Mapping[str, frozenset[str]] | None = None,
+    efforts: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Simulator:
     script = script if script is not None else Script()
     if catalog_names is None:
         catalog_names = catalog_model_names() if script.catalog_models else []
-    return Simulator(script, catalog_names, refusals)
+    return Simulator(script, catalog_names, refusals, efforts)

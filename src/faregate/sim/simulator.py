@@ -89,11 +89,14 @@ class Simulator:
         script: Script,
         catalog_names: Iterable[str] = (),
         refusals: Mapping[str, frozenset[str]] | None = None,
+        efforts: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.stats = Stats()
         self._catalog_names = list(catalog_names)
-        # The settings each model refuses with a 400, as its real API does (sim/refusals.py).
+        # The settings each model refuses with a 400, as its real API does (sim/refusals.py),
+        # and the efforts each model listed takes (any other refused).
         self.refusals: Mapping[str, frozenset[str]] = refusals or {}
+        self.efforts: Mapping[str, tuple[str, ...]] = efforts or {}
         self._warming: asyncio.Future[Any] | None = None
         self.set_script(script)
         routes: dict[tuple[str, str], Handler] = {

@@ -8,9 +8,16 @@ that is the client's (no fallback follows it): OpenAI's non-reasoning models `re
 sent the request without them, whichever wire it came in on (the internal chat body, and the
 client's Responses body passed through natively); the answer's x-faregate-dropped-params header
 names what was left out, as OpenRouter and LiteLLM's drop_params leave them out.
+
+An effort a reasoning model does not take is refused alike (o3 and o4-mini refuse "minimal", gpt-5
+"none", the models before gpt-5.1-codex-max "xhigh", Claude Opus 4.5 "max"): a model whose
+catalog entry lists the efforts it takes (ModelSettings.efforts) is sent the nearest of them
+(nearest_effort), and the answer's x-faregate-adjusted-params header says the one sent.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from faregate.types import JSON
 from faregate.wire.anthropic import MESSAGES_EFFORT
@@ -84,3 +91,62 @@ def dropped_params(body: JSON, refused: frozenset[str]) -> list[str]:
         if native.get("reasoning") is not None:  # a summary asked for without an effort
             dropped.append("reasoning_effort")
     return sorted(dropped)
+
+
+# The reasoning efforts OpenAI's reasoning_effort and Anthropic's output_config.effort say, least
+# to most (Anthropic's "max" above OpenAI's "xhigh", as Anthropic places its own "xhigh").
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+_RANK = {effort: rank for rank, effort in enumerate(EFFORTS)}
+
+
+def effort_list(efforts: Sequence[str]) -> tuple[str, ...]:
+    """`efforts` (of EFFORTS) least to most, once each: Model.efforts."""
+    return tuple(sorted(set(efforts), key=_RANK.__getitem__))
+
+
+def nearest_effort(effort: object, accepted: tuple[str, ...]) -> object:
+    """The effort of `accepted` (effort_list's order) sent for the client's `effort`: itself if
+    taken; else the least one above it, so the model does not think less than asked (the client
+    chose the effort for its task, and a weaker answer costs a retry), and a model that takes
+    nothing above it (gpt-5 asked "xhigh") its most. An effort not on the scale is sent as
+    given: the upstream's 400 then says what is wrong with it."""
+    rank = _RANK.get(effort) if isinstance(effort, str) else None
+    if rank is None or effort in accepted:
+        return effort
+    for taken in accepted:
+        if _RANK[taken] > rank:
+            return taken
+    return accepted[-1]
+
+
+def fit_effort(body: JSON, accepted: tuple[str, ...]) -> None:
+    """Put in `body`, an upstream body of its own (upstream_body's copy), the nearest effort
+    `accepted` where the client's is not taken: reasoning_effort, a Messages client's own effort,
+    and the effort of the client's Responses body it carries (replaced by a copy: the client's)."""
+    effort = body.get("reasoning_effort")
+    if effort is None:  # every wire puts its effort here (a Messages client's "max" as "high")
+        return
+    own = body.get(MESSAGES_EFFORT)
+    if own is None:
+        body["reasoning_effort"] = nearest_effort(effort, accepted)
+    else:
+        # A Messages client's "max" (its reasoning_effort says "high"), fitted as asked: the
+        # model's list says what it takes, "xhigh" (gpt-5.2) or "max" (gpt-5.6) included.
+        body["reasoning_effort"] = body[MESSAGES_EFFORT] = nearest_effort(own, accepted)
+    native = body.get(NATIVE_REQUEST)
+    reasoning = native.get("reasoning") if isinstance(native, dict) else None
+    if isinstance(native, dict) and isinstance(reasoning, dict):
+        fitted = nearest_effort(reasoning.get("effort"), accepted)
+        if fitted != reasoning.get("effort"):
+            body[NATIVE_REQUEST] = {**native, "reasoning": {**reasoning, "effort": fitted}}
+
+
+def adjusted_effort(body: JSON, accepted: tuple[str, ...]) -> object:
+    """The effort sent for the client's request (`body`, the internal one) to a model that takes
+    `accepted`, where it is not the one the client asked for (a Messages client's own, "max",
+    included); else None."""
+    asked = body.get(MESSAGES_EFFORT, body.get("reasoning_effort"))
+    if asked is None:
+        return None
+    sent = nearest_effort(asked, accepted)
+    return None if sent == asked else sent
