@@ -1,0 +1,67 @@
+"""Regular expressions over text a client or a model wrote stay linear in its length.
+
+Prompts (the router's features, the semantic cache's guards) come from any API key holder, up to
+the body limit; answers (the cascade's checks and judges, the quality comparators) are whatever
+a model was asked to write. Python's `re` holds the GIL for a whole scan, so one scan that
+backtracks over a long run of spaces or digits stops every request of the process.
+
+Each input below took minutes to hours with the patterns it guards against (the tests' timeout
+fails them); each scan now takes milliseconds. The `*_finds_as_before` tests hold the new
+patterns to the old ones' findings on many short texts: the features trained models read, and
+the verdicts, are unchanged.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from faregate.learning import text_features
+from faregate.learning.text_features import final_number
+
+# A scan that backtracks quadratically takes hours at these lengths; a linear one milliseconds.
+LONG = 200_000
+pytestmark = pytest.mark.timeout(60)
+
+
+def same_findings(old: re.Pattern[str], new: re.Pattern[str], tokens: list[str], cases: int = 20_000) -> None:
+    """`new` finds what `old` finds in every text of up to 9 `tokens` (seeded: the same each run)."""
+    rnd = random.Random(7)
+    for _ in range(cases):
+        text = "".join(rnd.choice(tokens) for _ in range(rnd.randint(0, 9)))
+        assert new.findall(text) == old.findall(text), text
+
+
+def test_final_number_of_an_answer_with_long_runs_of_spaces() -> None:
+    # Three \s* in a row after "answer is" backtracked cubically: 3,000 spaces took 97 s.
+    assert final_number("The answer is" + " " * LONG + "unknown") is None
+    assert final_number("#### " + " " * LONG + "x") is None
+    assert final_number("The answer is:" + " " * LONG + "$" + " " * LONG + "42") == 42.0
+
+
+def test_final_number_finds_as_before() -> None:
+    number = r"(-?\d[\d,]*(?:\.\d+)?)"
+    old = re.compile(
+        r"(?:####\s*|\b(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*[:=]?\s*)\$?\s*" + number, re.IGNORECASE
+    )
+    tokens = [
+        "####",
+        "answer",
+        " is",
+        "is",
+        ":",
+        "=",
+        "$",
+        " ",
+        "\n",
+        "1",
+        "2",
+        ",",
+        ".",
+        "-",
+        "final ",
+        "the ",
+    ]
+    same_findings(old, text_features._FINAL, tokens)
