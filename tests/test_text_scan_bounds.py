@@ -18,7 +18,8 @@ import re
 
 import pytest
 
-from faregate.learning import text_features
+from faregate.learning import llm_judge, text_features
+from faregate.learning.llm_judge import parse_judge_score
 from faregate.learning.text_features import final_number
 
 # A scan that backtracks quadratically takes hours at these lengths; a linear one milliseconds.
@@ -65,3 +66,27 @@ def test_final_number_finds_as_before() -> None:
         "the ",
     ]
     same_findings(old, text_features._FINAL, tokens)
+
+
+def test_judge_score_of_a_reply_with_long_runs_of_spaces() -> None:
+    # A judge reads the answer it scores, and may be talked into echoing anything: "Verdict" and
+    # 3,000 spaces took 296 s (three \s* in a row); a number and spaces, quadratic.
+    assert parse_judge_score("Verdict" + " " * LONG + ":" + " " * LONG + "maybe") is None
+    assert parse_judge_score("Verdict:" + " " * LONG + "PASS") == 1.0
+    assert parse_judge_score("7" + " " * LONG + "?" * 3 + "x") is None
+    assert parse_judge_score("7" + " " * LONG + "/ 10") == 0.7
+    assert parse_judge_score("1" * LONG + " out of ten") is None
+
+
+def test_judge_verdict_fraction_and_bare_number_find_as_before() -> None:
+    verdicts = "(pass|fail|yes|no|accept|reject|correct|incorrect)"
+    old_verdict = re.compile(
+        r"\b(?:verdict|decision|judg(?:e)?ment)\s*[:=]?\s*\**\s*" + verdicts + r"\b", re.IGNORECASE
+    )
+    words = ["verdict", "judgement", "judgment", ":", "=", "*", " ", "\n", "pass", "no", "x", "s"]
+    same_findings(old_verdict, llm_judge._VERDICT, words)
+    number = r"(-?\d+(?:\.\d+)?)"
+    old_bare = re.compile(r"^\W*" + number + r"\s*(?:/\s*(\d+(?:\.\d+)?))?\W*$")
+    same_findings(old_bare, llm_judge._BARE_NUMBER, ["1", "2", ".", "/", " ", "\n", "-", "x", "!", "_"])
+    old_fraction = re.compile(number + r"\s*(?:/|out of)\s*(\d+(?:\.\d+)?)\b", re.IGNORECASE)
+    same_findings(old_fraction, llm_judge._FRACTION, ["1", "2", ".", "/", " ", "-", "out of", "x", "0"])

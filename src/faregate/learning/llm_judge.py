@@ -41,14 +41,20 @@ _LABELLED = re.compile(
     re.IGNORECASE,
 )
 _BRACKETS = re.compile(r"\[\[\s*" + _NUMBER + r"\s*\]\]")
-_FRACTION = re.compile(_NUMBER + r"\s*(?:/|out of)\s*(\d+(?:\.\d+)?)\b", re.IGNORECASE)
+# Not from within a run of digits: from each of its digits \d+ took the rest of the run and gave
+# it back (quadratic). The run's first digit reaches every end a later one does, and comes first.
+_FRACTION = re.compile(r"(-?(?<!\d)\d+(?:\.\d+)?)\s*(?:/|out of)\s*(\d+(?:\.\d+)?)\b", re.IGNORECASE)
 _GIVE = re.compile(r"\b(?:give|rate|award)\b[^.\n]{0,40}?\b(?:a|an)?\s*" + _NUMBER + r"\b", re.IGNORECASE)
+# One \s* per run of spaces (an optional ":" or "*" brings its own): "\s*[:=]?\s*\**\s*" split a
+# long run between three, every way, before giving up (cubic: 3,000 spaces took 296 s, the GIL
+# held), and a judge may be talked by the answer it reads into writing anything.
 _VERDICT = re.compile(
-    r"\b(?:verdict|decision|judg(?:e)?ment)\s*[:=]?\s*\**\s*(pass|fail|yes|no|accept|reject|correct|incorrect)\b",
+    r"\b(?:verdict|decision|judg(?:e)?ment)(?:\s*[:=])?(?:\s*\*+)?\s*(pass|fail|yes|no|accept|reject|correct|incorrect)\b",
     re.IGNORECASE,
 )
 _BARE_VERDICT = re.compile(r"^\W*(pass|fail|yes|no|accept|reject|correct|incorrect)\W*$", re.IGNORECASE)
-_BARE_NUMBER = re.compile(r"^\W*" + _NUMBER + r"\s*(?:/\s*(\d+(?:\.\d+)?))?\W*$")
+# Spaces after the number are for \W* unless a "/" follows them (\s* then \W* was quadratic).
+_BARE_NUMBER = re.compile(r"^\W*" + _NUMBER + r"(?:\s*/\s*(\d+(?:\.\d+)?))?\W*$")
 _JSON = re.compile(r"\{[^{}]*\}", re.DOTALL)
 _GOOD = frozenset({"pass", "yes", "accept", "correct"})
 
