@@ -18,6 +18,8 @@ import re
 
 import pytest
 
+from faregate.cache import guards
+from faregate.cache.guard_numbers import words
 from faregate.learning import llm_judge, text_features
 from faregate.learning.llm_judge import parse_judge_score
 from faregate.learning.text_features import final_number
@@ -90,3 +92,22 @@ def test_judge_verdict_fraction_and_bare_number_find_as_before() -> None:
     same_findings(old_bare, llm_judge._BARE_NUMBER, ["1", "2", ".", "/", " ", "\n", "-", "x", "!", "_"])
     old_fraction = re.compile(number + r"\s*(?:/|out of)\s*(\d+(?:\.\d+)?)\b", re.IGNORECASE)
     same_findings(old_fraction, llm_judge._FRACTION, ["1", "2", ".", "/", " ", "-", "out of", "x", "0"])
+
+
+def test_semantic_cache_choice_guard_on_long_blank_prompts() -> None:
+    # Any key's prompt: 20 kB of " \n" took 7 s, a line with a long run of spaces alike.
+    assert not guards.choices_differ(" \n" * LONG, " \n" * LONG + "x")
+    spaced = "A. red" + " " * LONG + "wine\nB. white\n"
+    assert guards.choices_differ(spaced, "A. white\nB. red wine\n")
+    assert not guards.choices_differ(spaced, "A. red wine\nB. white")
+
+
+def test_semantic_cache_choice_guard_finds_as_before() -> None:
+    old = re.compile(r"^\s*\(?([A-Ha-h]|\d{1,2})[.)]\s+(.+?)\s*$", re.MULTILINE)
+    tokens = ["A", "b", "1", "12", ".", ")", "(", " ", "\n", "\r", "\u2028", "\x0b", "x", "foo"]
+    rnd = random.Random(7)
+    for _ in range(20_000):
+        text = "".join(rnd.choice(tokens) for _ in range(rnd.randint(0, 9)))
+        # Only each option's words are compared (guards.choices_differ).
+        found = [(key, words(option)) for key, option in guards._CHOICE.findall(text)]
+        assert found == [(key, words(option)) for key, option in old.findall(text)], text

@@ -63,8 +63,12 @@ _INITIALS = re.compile(r"\b[A-Z]\.\s*(?=[A-Z])")
 _INITIAL_RUN = re.compile(r"\b([A-Z])\.\s*(?=[A-Z]\.)")
 # Single-letter variables (f vs g); "a" and "I" are words, and "'s"/"'t" are contractions.
 _VARIABLE = re.compile(r"(?<![\w'’.])([b-hj-zB-HJ-Z])(?![\w'’])")
-# Options of a multiple-choice question, lettered or numbered, one per line.
-_CHOICE = re.compile(r"^\s*\(?([A-Ha-h]|\d{1,2})[.)]\s+(.+?)\s*$", re.MULTILINE)
+# Options of a multiple-choice question, lettered or numbered, one per line (an option's text with
+# the spaces after it: only its words are compared). Linear in the prompt's length: "^\s*" crossed
+# newlines and gave every space of a long blank run back at each line of it, and "(.+?)\s*$" gave a
+# long run of spaces inside a line back at each character (quadratic: 20 kB of " \n" took 7 s on
+# the embedder's thread, the GIL held, the whole process stopped).
+_CHOICE = re.compile(r"^[^\S\n]*\(?([A-Ha-h]|\d{1,2})[.)]\s+(.+)$", re.MULTILINE)
 # Words that restrict a statement: "if" and "only if" are different conditions.
 _QUALIFIERS = frozenset("only except unless exactly solely".split())
 
