@@ -111,3 +111,16 @@ def test_semantic_cache_choice_guard_finds_as_before() -> None:
         # Only each option's words are compared (guards.choices_differ).
         found = [(key, words(option)) for key, option in guards._CHOICE.findall(text)]
         assert found == [(key, words(option)) for key, option in old.findall(text)], text
+
+
+def test_router_prompt_features_of_long_blank_prompts() -> None:
+    # Any key's prompt, on a route with a trained router: 20 kB of " \n" took 1.7 s, 200 kB minutes.
+    features = text_features.prompt_features("A. yes\nB. no\n" + " \n" * LONG + "Which?")
+    assert features[text_features.PROMPT_NAMES.index("options")] == 2
+
+
+def test_router_options_find_as_before() -> None:
+    # Exactly: the trained routers read how many options there are and their mean length.
+    old = re.compile(r"^\s*\(?[A-J][.)]\s+(.*)$", re.MULTILINE)
+    tokens = ["A", "J", "K", ".", ")", "(", " ", "\n", "\r", "\u2028", "\x0b", "x", "foo"]
+    same_findings(old, text_features._OPTION, tokens)

@@ -31,7 +31,10 @@ _QUESTION_WORDS = re.compile(r"\b(?:what|why|how|which|who|whom|whose|when|where
 _CODE = re.compile(r"```|\bdef |\breturn\b|\bimport\b|\bfunction\b|[{};]|==|!=|->|\w+\(\)|\bint\b|\bprint\(")
 _MATH = re.compile(r"[=+*/^√∑∫π≤≥≠×÷%]|\\frac|\\sqrt|\bsqrt\b|\blog\b|\bsin\b|\bcos\b|\bmod\b|\b[xyzn]\^?\d")
 _LATEX = re.compile(r"\$|\\[a-zA-Z]+")
-_OPTION = re.compile(r"^\s*\(?[A-J][.)]\s+(.*)$", re.MULTILINE)
+# A lettered option's line. The spaces before its letter are the line's own: "^\s*" crossed newlines
+# and gave every space of a blank run back at each of its lines (quadratic in a client's prompt:
+# 200 kB of " \n" took minutes on the router's thread, the GIL held). Finds exactly what it found.
+_OPTION = re.compile(r"^[^\S\n]*\(?[A-J][.)]\s+(.*)$", re.MULTILINE)
 _STATEMENTS = re.compile(r"\bStatement\s+1\b", re.IGNORECASE)
 _NEGATION = re.compile(r"\b(?:not|except|false|incorrect|least|never|no longer)\b", re.IGNORECASE)
 _REASONING = re.compile(
