@@ -22,6 +22,7 @@ from faregate.cache import guards
 from faregate.cache.guard_numbers import words
 from faregate.learning import llm_judge, text_features
 from faregate.learning.llm_judge import parse_judge_score
+from faregate.learning.online import comparators
 from faregate.learning.text_features import final_number
 
 # A scan that backtracks quadratically takes hours at these lengths; a linear one milliseconds.
@@ -124,3 +125,36 @@ def test_router_options_find_as_before() -> None:
     old = re.compile(r"^\s*\(?[A-J][.)]\s+(.*)$", re.MULTILINE)
     tokens = ["A", "J", "K", ".", ")", "(", " ", "\n", "\r", "\u2028", "\x0b", "x", "foo"]
     same_findings(old, text_features._OPTION, tokens)
+
+
+def test_quality_comparators_of_long_blank_answers() -> None:
+    # The answers verified against a reference model's: whatever a model was asked to write.
+    assert comparators.final_answer("My answer" + " " * LONG + "is B") == "B"
+    assert comparators.final_answer("No answer" + " " * LONG + "yet") is None
+    assert comparators.final_answer("Thinking" + " \n" * LONG + "so B. It is 7.") == "7"
+
+
+def test_quality_comparator_choices_find_as_before() -> None:
+    old = re.compile(
+        r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-J])\)?(?![A-Za-z])|^\s*\(?([A-J])\)?[.):]?\s*$",
+        re.IGNORECASE | re.MULTILINE,
+    )
+    tokens = [
+        "answer",
+        "option",
+        " is",
+        "is",
+        "i",
+        ":",
+        " ",
+        "\n",
+        "\r",
+        "\u2028",
+        "A",
+        "b",
+        "K",
+        "(",
+        ")",
+        ".",
+    ]
+    same_findings(old, comparators._CHOICE, tokens)

@@ -39,8 +39,11 @@ class Comparator(Protocol):
 
 
 _SPACE = re.compile(r"\s+")
+# A stated choice letter. One \s* per run of spaces, and a line's leading spaces its own: "\s*(?:is|:)?\s*"
+# split a long run between two every way, and "^\s*" crossed newlines, giving every space of a blank
+# run back at each of its lines (quadratic in an answer: 20 kB of " \n" took 2 s, the GIL held).
 _CHOICE = re.compile(
-    r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-J])\)?(?![A-Za-z])|^\s*\(?([A-J])\)?[.):]?\s*$",
+    r"(?:answer|option|choice)(?:\s*(?:is|:))?\s*\(?([A-J])\)?(?![A-Za-z])|^[^\S\n]*\(?([A-J])\)?[.):]?\s*$",
     re.IGNORECASE | re.MULTILINE,
 )
 
