@@ -13,6 +13,7 @@ the verdicts, are unchanged.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 
@@ -118,6 +119,38 @@ def test_router_prompt_features_of_long_blank_prompts() -> None:
     # Any key's prompt, on a route with a trained router: 20 kB of " \n" took 1.7 s, 200 kB minutes.
     features = text_features.prompt_features("A. yes\nB. no\n" + " \n" * LONG + "Which?")
     assert features[text_features.PROMPT_NAMES.index("options")] == 2
+
+
+def test_router_prompt_features_of_long_words() -> None:
+    # One long word (a pasted hash, base64, a number): 40 kB of "a1" took 3.8 s.
+    features = text_features.prompt_features("a1" * LONG + " and f()")
+    assert features[text_features.PROMPT_NAMES.index("log_code_markers")] == math.log1p(1)
+
+
+def test_router_code_marks_find_as_before() -> None:
+    old = re.compile(
+        r"```|\bdef |\breturn\b|\bimport\b|\bfunction\b|[{};]|==|!=|->|\w+\(\)|\bint\b|\bprint\("
+    )
+    tokens = [
+        "a",
+        "1",
+        "_",
+        "é",
+        "()",
+        "(",
+        ")",
+        " ",
+        "def ",
+        "return",
+        "int",
+        "print(",
+        "function",
+        "{",
+        "=",
+        "-",
+        ">",
+    ]
+    same_findings(old, text_features._CODE, tokens)
 
 
 def test_router_options_find_as_before() -> None:
