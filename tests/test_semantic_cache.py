@@ -15,7 +15,7 @@ import pytest
 
 from faregate.cache.guard_numbers import numbers
 from faregate.cache.guards import violation
-from faregate.cache.semantic import SemanticCache, conversation_text, scope_for
+from faregate.cache.semantic import MAX_TEXT_CHARS, SemanticCache, conversation_text, scope_for
 from faregate.cache.semantic_index import Scope, SemanticIndex, make_scope
 from faregate.cache.service import ResponseCache
 from faregate.cache.stores import MemoryStore, RedisStore
@@ -255,6 +255,19 @@ async def test_too_many_turns_and_too_long_texts_are_not_embedded_or_cached() ->
     assert await cache.store(SCOPE, "hello", "x", turns=3) is None
     assert (await cache.explain(SCOPE, "LONG text")).reason == "too_long"
     assert await cache.store(SCOPE, "LONG text", "x") is None and len(cache.index) == 0
+
+
+async def test_texts_past_the_character_bound_are_not_embedded_or_cached() -> None:
+    """The model's tokenizer reads 2 MB of spaces and one question as 9 tokens, a blob of "a1a1..."
+    as one: such a text fitted the 256 tokens, and its entry kept all of it in memory."""
+    fake = FakeEmbedder({})
+    cache: SemanticCache[str] = SemanticCache(AsyncEmbedder(fake))
+    padded = " \n" * MAX_TEXT_CHARS + "What is the capital of France?"
+    assert (await cache.explain(SCOPE, padded)).reason == "too_long"
+    assert await cache.store(SCOPE, padded, "x") is None
+    assert fake.batches == [] and len(cache.index) == 0
+    longest = "q" * MAX_TEXT_CHARS
+    assert await cache.store(SCOPE, longest, "x") is not None and len(cache.index) == 1
 
 
 async def test_storing_the_same_text_replaces_its_entry() -> None:

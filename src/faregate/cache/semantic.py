@@ -2,7 +2,8 @@
 the answer to another question.
 
 A hit needs all of: the same scope (tenant, resolved model or route, system prompt, tools), a
-conversation of at most `max_turns` user turns, a text short enough to embed whole, cosine
+conversation of at most `max_turns` user turns, a text short enough to embed whole (and of at
+most MAX_TEXT_CHARS characters), cosine
 similarity at or above the threshold, and no objection from the near-miss guards. Each miss says
 why, so the near misses can be counted and the threshold defended with numbers
 (`faregate cache-eval`).
@@ -35,6 +36,11 @@ DEFAULT_THRESHOLD = 0.88
 CANDIDATES = 4
 # Candidates this far below the threshold are still reported, as "below_threshold", for tuning.
 NEAR_MARGIN = 0.05
+# A text longer than this is only cached exactly, whatever its tokens. The model's 256 tokens
+# are at most a few thousand characters of any language; a longer text that still fits them is
+# mostly whitespace or words the tokenizer does not know (a 2 MB blob of "a1a1..." is 4 tokens),
+# and each entry keeps its text in memory: 50,000 such entries were 100 GB of one key's padding.
+MAX_TEXT_CHARS = 8192
 
 Status = Literal["hit", "miss", "skipped"]
 
@@ -148,6 +154,8 @@ class SemanticCache(Generic[P]):
             return "too_many_turns"
         if not text.strip():
             return "empty"
+        if len(text) > MAX_TEXT_CHARS:
+            return "too_long"
         return ""
 
     def _count(self, result: LookupResult[P]) -> LookupResult[P]:
