@@ -635,6 +635,28 @@ async def test_an_answer_stored_without_a_lookup_is_shared_with_its_vector() -> 
     assert all(vector is not None and np.allclose(vector, unit(1)) for _, vector in shared)
 
 
+async def test_a_text_past_the_character_bound_is_not_shared() -> None:
+    """Neither cached by meaning here nor by any instance: its text is not put on the stream."""
+    padded = " " * MAX_TEXT_CHARS + "How tall is Mount Everest?"
+    semantic: SemanticCache[str] = SemanticCache(AsyncEmbedder(FakeEmbedder({})))
+    cache = ResponseCache(CacheSettings(), MemoryStore(), semantic)
+    shared: list[str] = []
+
+    async def share(scope: Any, text: str, key: str, ttl_s: float, vector: Any) -> None:
+        shared.append(text)
+
+    cache.on_semantic_store = share
+    asked = parse_chat_request(
+        {"model": "m", "messages": [{"role": "user", "content": padded}], "temperature": 0}, {}, "r"
+    )
+    asked.key_id = "key_a"
+    decision = cache.decide(asked, {}, lambda: "m")
+    assert await cache.lookup(decision, asked) is None
+    cache.remember(decision, asked, {"answer": "8,849 m"}, "m", "p", Usage(5, 5))
+    await asyncio.gather(*cache._tasks)
+    assert cache.writes == 1 and cache.semantic_writes == 0 and shared == []
+
+
 async def test_a_meaning_is_stored_only_when_its_answer_is_kept() -> None:
     """An answer the store did not keep (too big for the in-process store, Redis down or skipped)
     has no entry in the index either, here or shared: a meaning without an answer is the nearest

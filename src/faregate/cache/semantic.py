@@ -149,6 +149,10 @@ class SemanticCache(Generic[P]):
         """Drop an entry (its answer is gone); nothing if it already left the index."""
         await self.embedder.call(self.index.remove, entry)
 
+    def cacheable(self, text: str, turns: int) -> bool:
+        """Whether `text` may be cached by meaning, as far as is known before it is embedded."""
+        return not self._skip_reason(text, turns)
+
     def _skip_reason(self, text: str, turns: int) -> str:
         if turns > self.max_turns:
             return "too_many_turns"

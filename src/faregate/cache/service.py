@@ -380,13 +380,11 @@ class ResponseCache:
                 return
             if self.semantic is not None:
                 query = self._semantic_query(decision, request)
-                if query is not None:
+                # Nor shared, when not cached by meaning here (too many turns, too long a text): the
+                # other instances would not keep it either, and the stream would carry its text.
+                if query is not None and self.semantic.cacheable(query[1], query[2]):
                     scope, text, turns = query
-                    if (
-                        decision.vector is None
-                        and self.on_semantic_store is not None
-                        and turns <= self.semantic.max_turns
-                    ):
+                    if decision.vector is None and self.on_semantic_store is not None:
                         # No lookup embedded it (a refresh reads nothing); an entry is shared
                         # with its vector, so embedded here.
                         decision.vector = await self.semantic.embedder.embed(text)
