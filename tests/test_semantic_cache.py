@@ -215,6 +215,15 @@ class FakeEmbedder:
         return [None if t.startswith("LONG") else self.table.get(t, unit(0, 0, 1)) for t in texts]
 
 
+def test_numbers_of_any_length() -> None:
+    """int() refuses more than 4,300 digits: a question with a long number failed its lookup."""
+    long = "7" * 5000
+    assert numbers(f"Is {long} prime?") == [long] and numbers("0" * 200 + "12") == ["12"]
+    assert violation(f"Is {long} prime?", f"Is {long}3 prime?") == "numbers"
+    assert violation(f"Is {long} prime?", f"Is {long} a prime?") is None
+    assert numbers("٣" * 150) == ["3" * 150] and numbers("0" * 150) == ["0"]
+
+
 async def test_threshold_decides_between_hit_and_miss() -> None:
     fake = FakeEmbedder({"cached": unit(1), "close": at_cosine(0.93), "far": at_cosine(0.88)})
     cache: SemanticCache[str] = SemanticCache(AsyncEmbedder(fake), threshold=0.90)

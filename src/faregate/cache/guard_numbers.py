@@ -10,6 +10,7 @@ a pronoun ("which one", "no one", "one of them"): alone it becomes ONE, a token 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from functools import lru_cache
 
@@ -122,7 +123,15 @@ def _spoken(words: tuple[str, ...], start: int) -> tuple[str, int]:
 def _canonical(token: str) -> list[str]:
     # "1,000" is a thousand but "1,2,3" is a list; "3.10" stays apart from "3.1" (versions).
     token = token.replace(",", "") if _THOUSANDS.fullmatch(token) else token
-    return [part if "." in part else str(int(part)) for part in token.split(",") if part]
+    return [part if "." in part else _integer(part) for part in token.split(",") if part]
+
+
+def _integer(digits: str) -> str:
+    """str(int(digits)): ASCII, no leading zeros. Past 4,300 digits int() refuses (ValueError: the
+    whole semantic lookup failed, logged with a traceback each time), so long runs are read here."""
+    if len(digits) <= 100:
+        return str(int(digits))
+    return "".join(str(unicodedata.decimal(c)) for c in digits).lstrip("0") or "0"
 
 
 def _scaled(value: str, scale: int) -> str:
