@@ -28,7 +28,12 @@ from faregate.providers.base import UpstreamCall
 from faregate.providers.http import ConnectionPool
 from faregate.providers.openai_compat import OpenAICompatibleProvider
 from faregate.providers.registry import ProviderRegistry, make_upstream_pool, pool_limits, with_simulator
-from faregate.providers.upstream_failures import overflows_context, parse_retry_after
+from faregate.providers.upstream_failures import (
+    go_duration,
+    json_instead_of_stream,
+    overflows_context,
+    parse_retry_after,
+)
 from faregate.types import Price, Usage
 from faregate.wire.openai import answer_is_empty, usage_of
 
@@ -271,6 +276,68 @@ async def test_429_with_retry_after_http_date(
     assert failure.retry_after is not None and 27 <= failure.retry_after <= 30
 
 
+async def test_429_wait_from_geminis_retry_info_in_its_array_body(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    # Gemini's OpenAI-compatible endpoint sends no Retry-After: its wait is the RetryInfo detail.
+    error = {
+        "error": {
+            "code": 429,
+            "message": "You exceeded your current quota. Please retry in 2.42s.",
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [
+                {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2.5s"},
+            ],
+        }
+    }
+    upstream.handler = json_reply([error], 429)
+    failure = await failure_of(make_provider())
+    assert (failure.kind, failure.status, failure.retry_after) == ("rate_limited", 429, 2.5)
+
+
+@pytest.mark.parametrize(
+    ("headers", "wait"),
+    [
+        # The request limit is spent: its reset is the wait, not the tokens' full refill.
+        (
+            {
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": "1.5s",
+                "x-ratelimit-remaining-tokens": "900",
+                "x-ratelimit-reset-tokens": "6m0s",
+            },
+            1.5,
+        ),
+        # Requests are left: it is the token limit that refused.
+        (
+            {
+                "x-ratelimit-remaining-requests": "12",
+                "x-ratelimit-reset-requests": "20ms",
+                "x-ratelimit-remaining-tokens": "10",
+                "x-ratelimit-reset-tokens": "2m59.56s",
+            },
+            179.56,
+        ),
+        # Which one is not said: the longer of the two.
+        ({"x-ratelimit-reset-requests": "20ms", "x-ratelimit-reset-tokens": "1s"}, 1.0),
+        # A Retry-After says it best.
+        ({"retry-after": "3", "x-ratelimit-reset-tokens": "6m0s"}, 3.0),
+    ],
+)
+async def test_429_wait_from_openais_rate_limit_reset_headers(
+    upstream: Upstream,
+    make_provider: Callable[..., OpenAICompatibleProvider],
+    headers: dict[str, str],
+    wait: float,
+) -> None:
+    error = {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}
+    upstream.handler = json_reply(error, 429, headers)
+    failure = await failure_of(make_provider())
+    assert failure.kind == "rate_limited"
+    assert failure.retry_after == pytest.approx(wait)
+
+
 async def test_429_insufficient_quota_is_an_account_that_needs_payment_not_a_rate_limit(
     upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
 ) -> None:
@@ -361,6 +428,32 @@ async def test_a_prompt_too_long_for_the_models_window_is_told_apart_from_other_
         await make_provider().complete(call())
     assert info.value.status == 400
     assert overflows_context(info.value) is overflows
+
+
+def test_a_429_in_place_of_a_stream_waits_as_geminis_retry_info_says() -> None:
+    error = {
+        "error": {
+            "code": 429,
+            "status": "RESOURCE_EXHAUSTED",
+            "message": "Resource exhausted",
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37s"}],
+        }
+    }
+    failure = json_instead_of_stream(orjson.dumps([error]), 200, ())
+    assert (failure.kind, failure.status, failure.retry_after) == ("rate_limited", 429, 37.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("1.5s", 1.5), ("1h2m3s", 3723.0), ("0s", 0.0)],
+)
+def test_go_duration_variants(text: str, seconds: float) -> None:
+    assert go_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "5", "-1s", "1x", "s", "1s2", "infs"])
+def test_go_duration_unreadable(text: str) -> None:
+    assert go_duration(text) is None
 
 
 def test_parse_retry_after_variants() -> None:

@@ -77,7 +77,7 @@ async def response_failure(resp: Response, provider: str, key_hint: str, secrets
             body=body,
         )
     if status == 429 and not _out_of_quota(body):
-        retry_after = parse_retry_after(resp.headers)
+        retry_after = rate_limit_wait(resp.headers, body)
         return UpstreamFailure(
             "rate_limited", f"HTTP 429: {message}", status=status, retry_after=retry_after, body=body
         )
@@ -198,6 +198,46 @@ def _out_of_quota(body: JSON | None) -> bool:
     return isinstance(error, dict) and "insufficient_quota" in (error.get("code"), error.get("type"))
 
 
+def rate_limit_wait(headers: Mapping[str, str], body: JSON | None) -> float | None:
+    """Seconds a 429 asks us to wait: its Retry-After; else Gemini's RetryInfo in the body; else
+    OpenAI's x-ratelimit-reset-* headers. None if none says."""
+    seconds = parse_retry_after(headers)
+    if seconds is None:
+        seconds = _retry_info_delay(body)
+    if seconds is None:
+        seconds = _rate_limit_reset(headers)
+    return seconds
+
+
+def _retry_info_delay(body: JSON | None) -> float | None:
+    """Gemini's wait: the `retryDelay` ("37s", a protobuf Duration) of a google.rpc.RetryInfo
+    among the error's details."""
+    error = body.get("error") if body is not None else None
+    details = error.get("details") if isinstance(error, dict) else None
+    for detail in details if isinstance(details, list) else ():
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = detail.get("retryDelay")
+            if isinstance(delay, str) and delay.endswith("s"):
+                return _non_negative(delay[:-1])
+    return None
+
+
+def _rate_limit_reset(headers: Mapping[str, str]) -> float | None:
+    """OpenAI's wait: when the limit that refused resets. Each reset is until the limit is full
+    again, so the tokens' one (minutes, for a large allowance) is no wait when it is the requests
+    that are spent: the requests' reset counts unless some are left, the tokens' unless none
+    are; the longer of those that count."""
+    left = headers.get("x-ratelimit-remaining-requests", "").strip()
+    requests_left = int(left) if left.isdigit() else None
+    resets = []
+    if not requests_left:
+        resets.append(go_duration(headers.get("x-ratelimit-reset-requests", "")))
+    if requests_left != 0:
+        resets.append(go_duration(headers.get("x-ratelimit-reset-tokens", "")))
+    known = [seconds for seconds in resets if seconds is not None]
+    return max(known) if known else None
+
+
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait, from `retry-after-ms` (OpenAI's, more precise) or `Retry-After`
     (delay-seconds or an HTTP date); None if absent or unreadable."""
@@ -219,6 +259,20 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+# Go's time.Duration text, as OpenAI (and Groq) write their x-ratelimit-reset-* headers: "20ms",
+# "1.5s", "6m0s", "2m59.56s".
+_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def go_duration(text: str) -> float | None:
+    """Seconds in a Go duration ("6m0s"); None if `text` is none."""
+    if not _DURATION.fullmatch(text):
+        return None
+    return sum(float(n) * _DURATION_UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
 
 
 def _non_negative(text: str) -> float | None:
@@ -279,7 +333,8 @@ def in_band_failure(body: JSON, when: str, status: int, secrets: Sequence[str]) 
     named = error_status(body.get("error")) or status
     message = _error_message(body, secrets) or "no message"
     kind = "rate_limited" if named == 429 and not _out_of_quota(body) else "server_error"
-    return UpstreamFailure(kind, f"{when}: {message}", status=named, body=body)
+    retry_after = _retry_info_delay(body) if kind == "rate_limited" else None
+    return UpstreamFailure(kind, f"{when}: {message}", status=named, retry_after=retry_after, body=body)
 
 
 def json_instead_of_stream(raw: bytes, status: int, secrets: Sequence[str]) -> UpstreamFailure:
