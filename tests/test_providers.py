@@ -491,6 +491,26 @@ async def test_5xx_html_page_uses_the_reason_phrase(
     assert (failure.kind, failure.detail) == ("server_error", "HTTP 502: Bad Gateway")
 
 
+async def test_openrouters_moderation_403_says_the_input_was_flagged_not_the_key(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    # OpenRouter's 403 for a model it moderates: our key is fine, the input was flagged. Another
+    # provider (not moderated so) may serve it, so it still falls over.
+    message = 'openai/gpt-4o requires moderation on OpenAI. Your input was flagged for "harassment".'
+    metadata = {
+        "reasons": ["harassment", "violence"],
+        "flagged_input": "...",
+        "provider_name": "OpenAI",
+        "model_slug": "openai/gpt-4o",
+    }
+    upstream.handler = json_reply({"error": {"code": 403, "message": message, "metadata": metadata}}, 403)
+    failure = await failure_of(make_provider())
+    assert (failure.kind, failure.status) == ("server_error", 403)
+    assert failure.detail == (
+        f"the provider's moderation flagged the input (HTTP 403; harassment, violence): {message}"
+    )
+
+
 @pytest.mark.parametrize("status", [401, 403])
 async def test_bad_provider_key_is_server_error_not_the_clients_fault(
     upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], status: int

@@ -83,6 +83,16 @@ async def response_failure(resp: Response, provider: str, key_hint: str, secrets
         )
     if status == 408:
         return UpstreamFailure("timeout", f"HTTP 408: {message}", status=status, body=body)
+    if status == 403 and (reasons := _moderation_reasons(body, secrets)) is not None:
+        # OpenRouter's moderation (of a model whose vendor requires it) flagged the input: the
+        # key is fine. Another provider, not moderated so, may serve it: it falls over all the same.
+        said = f"; {reasons}" if reasons else ""
+        return UpstreamFailure(
+            "server_error",
+            f"the provider's moderation flagged the input (HTTP 403{said}): {message}",
+            status=status,
+            body=body,
+        )
     if status in (401, 403) or (status == 400 and _refuses_key(body)):
         # The upstream refused OUR key: not the client's fault, and another provider may work.
         # (Gemini says so with a 400 INVALID_ARGUMENT whose reason is API_KEY_INVALID.)
@@ -183,6 +193,19 @@ def _refuses_key(body: JSON | None) -> bool:
     return isinstance(details, list) and any(
         isinstance(detail, dict) and detail.get("reason") in _REFUSED_KEY_REASONS for detail in details
     )
+
+
+def _moderation_reasons(body: JSON | None, secrets: Sequence[str]) -> str | None:
+    """The categories a moderation flagged the input for (OpenRouter's 403: the error's
+    `metadata.reasons`, beside the `flagged_input`, which is the client's words and stays out),
+    "" if it gives none; None if the body is no such refusal."""
+    error = body.get("error") if body is not None else None
+    metadata = error.get("metadata") if isinstance(error, dict) else None
+    if not isinstance(metadata, dict) or not ("reasons" in metadata or "flagged_input" in metadata):
+        return None
+    reasons = metadata.get("reasons")
+    names = [r for r in reasons if isinstance(r, str)] if isinstance(reasons, list) else []
+    return clip(redact(", ".join(names), secrets))
 
 
 def _over_account_limit(message: str) -> bool:

@@ -128,8 +128,9 @@ class AttemptRunner:
         if failure.status in (400, 401, 402, 403, 413) or (
             failure.status == 429 and failure.kind != "rate_limited"
         ):
-            # The provider refused our key, or our account with it is out of credit, or the request
-            # is more than the account's rate limit (a 400 that is not "rejected" is only Gemini's
+            # The provider refused our key (or, OpenRouter's 403, its moderation flagged the input),
+            # or our account with it is out of credit, or the request is more than the account's
+            # rate limit (a 400 that is not "rejected" is only Gemini's
             # refused key or Anthropic's "credit balance is too low"; a 413 not "rejected" only a
             # request over the account's tokens per minute; a 429 that is no rate limit only that,
             # or OpenAI's insufficient_quota): asked again it says so again.
