@@ -511,6 +511,21 @@ async def test_openrouters_moderation_403_says_the_input_was_flagged_not_the_key
     )
 
 
+async def test_openais_region_403_says_the_region_is_refused_not_the_key(
+    upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider]
+) -> None:
+    # OpenAI's answer to a gateway in a country it does not serve: no key would do; another
+    # provider may serve it.
+    message = "Country, region, or territory not supported"
+    error = {"code": "unsupported_country_region_territory", "message": message, "type": "request_forbidden"}
+    upstream.handler = json_reply({"error": error}, 403)
+    failure = await failure_of(make_provider())
+    assert (failure.kind, failure.status) == ("server_error", 403)
+    assert failure.detail == (
+        f"the provider does not serve the gateway's country or region (HTTP 403): {message}"
+    )
+
+
 @pytest.mark.parametrize("status", [401, 403])
 async def test_bad_provider_key_is_server_error_not_the_clients_fault(
     upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], status: int

@@ -93,6 +93,15 @@ async def response_failure(resp: Response, provider: str, key_hint: str, secrets
             status=status,
             body=body,
         )
+    if status == 403 and _refuses_region(body):
+        # OpenAI's answer to a gateway in a country it does not serve: no key would do, and
+        # another provider may serve it.
+        return UpstreamFailure(
+            "server_error",
+            f"the provider does not serve the gateway's country or region (HTTP 403): {message}",
+            status=status,
+            body=body,
+        )
     if status in (401, 403) or (status == 400 and _refuses_key(body)):
         # The upstream refused OUR key: not the client's fault, and another provider may work.
         # (Gemini says so with a 400 INVALID_ARGUMENT whose reason is API_KEY_INVALID.)
@@ -206,6 +215,11 @@ def _moderation_reasons(body: JSON | None, secrets: Sequence[str]) -> str | None
     reasons = metadata.get("reasons")
     names = [r for r in reasons if isinstance(r, str)] if isinstance(reasons, list) else []
     return clip(redact(", ".join(names), secrets))
+
+
+def _refuses_region(body: JSON | None) -> bool:
+    error = body.get("error") if body is not None else None
+    return isinstance(error, dict) and error.get("code") == "unsupported_country_region_territory"
 
 
 def _over_account_limit(message: str) -> bool:
