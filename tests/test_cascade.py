@@ -115,6 +115,18 @@ def test_answer_features_check_the_arithmetic() -> None:
     assert safe_eval("__import__('os')") is None and safe_eval("9**9**9") is None and safe_eval("1/0") is None
 
 
+def test_answer_features_of_a_final_number_too_big_for_a_float() -> None:
+    # 309 digits or more is past the largest float: float() gives inf, and int(inf) raised.
+    names = {n: i for i, n in enumerate(ANSWER_NAMES)}
+    huge = "9" * 400
+    features = answer_features(f"Is it {huge}?", f"It is {huge}.\n#### -{huge}")
+    assert np.all(np.isfinite(features))
+    assert features[names["has_final"]] == 1.0 and features[names["final_integer"]] == 1.0
+    assert features[names["final_negative"]] == 1.0 and features[names["final_in_question"]] == 1.0
+    # The largest float's logarithm: above every float-sized final, and bounded.
+    assert 308.0 < features[names["log_final"]] < 309.0
+
+
 # -- learned judge --------------------------------------------------------------------------------------
 
 

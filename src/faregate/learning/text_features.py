@@ -18,6 +18,7 @@ import ast
 import math
 import operator
 import re
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -240,11 +241,18 @@ def question_quantities(question: str) -> set[float]:
     return found
 
 
+def _bounded(value: float) -> float:
+    """A number past the largest float (309 digits or more reads as inf) as the largest float:
+    int(inf) raises, and the judge's features must be finite."""
+    return max(-sys.float_info.max, min(value, sys.float_info.max))
+
+
 def answer_features(question: str, answer: str, finish_reason: str | None = None) -> Features:
     text = answer.strip()
-    final = final_number(text)
-    numbers = numbers_in(text)
-    quantities = question_quantities(question)
+    stated = final_number(text)
+    final = None if stated is None else _bounded(stated)
+    numbers = [_bounded(v) for v in numbers_in(text)]
+    quantities = {_bounded(v) for v in question_quantities(question)}
     used = {abs(v) for v in numbers} | {_WORD_NUMBERS[w.lower()] for w in _WORD.findall(text)}
     calcs = _CALC.findall(text)
     equations = _EQUATION.findall(text)
