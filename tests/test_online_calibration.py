@@ -99,6 +99,12 @@ def test_mechanical_comparators() -> None:
     assert not Exact().compare("Paris", "Lyon").acceptable
     assert Numeric().compare("so #### 18", "The answer is 18.0").acceptable
     assert not Numeric().compare("#### 18", "no number here").acceptable  # cannot confirm: not acceptable
+    # 309 digits or more are inf as floats: two different such numbers were called equal.
+    huge = "1" + "0" * 400
+    assert not Numeric().compare(f"#### {huge}", f"#### 2{huge[1:]}").acceptable
+    assert not Numeric().compare(f"#### {huge}", f"#### -{huge}").acceptable
+    assert not Numeric().compare(f"#### {huge}", "#### 18").acceptable
+    assert Numeric().compare(f"#### {huge}", f"The answer is {huge}.0").acceptable
     assert FinalAnswer().compare("The answer is (B)", "B").acceptable
     assert not FinalAnswer().compare("The answer is (B)", "Answer: C").acceptable
     assert final_answer("3 + 4 = 7\n#### 7") == "7"

@@ -178,13 +178,20 @@ ANSWER_NAMES: tuple[str, ...] = (
 )
 
 
+def final_number_text(answer: str) -> str | None:
+    """The answer's stated final number as written, without its commas (for exact comparison:
+    309 digits or more are inf as a float), if any."""
+    found = _FINAL.findall(answer)
+    return found[-1].replace(",", "") if found else None
+
+
 def final_number(answer: str) -> float | None:
     """The answer's stated final number (the last `#### N` or `answer is N`), if any."""
-    found = _FINAL.findall(answer)
-    if not found:
+    written = final_number_text(answer)
+    if written is None:
         return None
     try:
-        return float(found[-1].replace(",", ""))
+        return float(written)
     except ValueError:
         return None
 

@@ -17,11 +17,12 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from faregate.learning.text_features import final_number, numbers_in
+from faregate.learning.text_features import final_number, final_number_text, numbers_in
 
 
 class Comparison(NamedTuple):
@@ -69,11 +70,18 @@ class Numeric:
     name: str = "numeric"
 
     def compare(self, reference: str, candidate: str) -> Comparison:
-        ref, cand = final_number(reference), final_number(candidate)
-        if ref is None or cand is None:
+        ref_text, cand_text = final_number_text(reference), final_number_text(candidate)
+        if ref_text is None or cand_text is None:
             return Comparison(False, 0.0, "no final number to compare")
-        same = math.isclose(ref, cand, rel_tol=self.tolerance, abs_tol=self.tolerance)
-        return Comparison(same, float(same), f"{cand:g} vs {ref:g}")
+        ref, cand = float(ref_text), float(cand_text)
+        if math.isfinite(ref) and math.isfinite(cand):
+            same = math.isclose(ref, cand, rel_tol=self.tolerance, abs_tol=self.tolerance)
+            return Comparison(same, float(same), f"{cand:g} vs {ref:g}")
+        # Past the largest float (309 digits or more) both are inf, and any two were equal.
+        exact_ref, exact_cand = Decimal(ref_text), Decimal(cand_text)
+        tolerance = Decimal(repr(self.tolerance))
+        same = abs(exact_ref - exact_cand) <= max(tolerance * max(abs(exact_ref), abs(exact_cand)), tolerance)
+        return Comparison(same, float(same), f"{exact_cand:.6g} vs {exact_ref:.6g}")
 
 
 def final_answer(text: str) -> str | None:
