@@ -191,3 +191,42 @@ def test_quality_comparator_choices_find_as_before() -> None:
         ".",
     ]
     same_findings(old, comparators._CHOICE, tokens)
+
+
+def test_learned_judge_equations_of_long_numbers_and_chains() -> None:
+    # Tried from each digit, or each term, the rest was read again (quadratic: 20,000 digits took seconds).
+    assert text_features.equations("1" * LONG) == []
+    assert text_features.equations("-1" * LONG) == []
+    assert text_features.equations("1+" * LONG + "1 1=2") == []
+    assert text_features.equations("1" * LONG + "=" * LONG + "1/2") == []
+    assert text_features.equations("1+" * LONG + "1 = 2")[0][1] == "2"
+
+
+def test_learned_judge_equations_find_as_before() -> None:
+    number = r"-?\d[\d,]*(?:\.\d+)?"
+    old = re.compile(rf"({number}(?:\s*[-+*/x×÷]\s*{number})+)\s*=\s*\$?\s*({number})(?!\d|[/.]\d)")
+    tokens = [
+        "1",
+        "23",
+        "٣",
+        ",",
+        ".",
+        "1.5",
+        "-",
+        "+",
+        "*",
+        "/",
+        "x",
+        "×",
+        "÷",
+        "=",
+        " = ",
+        " ",
+        "\n",
+        "$",
+        "a",
+    ]
+    rnd = random.Random(7)
+    for _ in range(20_000):
+        text = "".join(rnd.choice(tokens) for _ in range(rnd.randint(0, 14)))
+        assert text_features.equations(text) == old.findall(text), text

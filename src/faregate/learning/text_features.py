@@ -127,9 +127,64 @@ _FINAL = re.compile(
     re.IGNORECASE,
 )
 _CALC = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
-_EQUATION = re.compile(
-    r"(-?\d[\d,]*(?:\.\d+)?(?:\s*[-+*/x×÷]\s*-?\d[\d,]*(?:\.\d+)?)+)\s*=\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)(?!\d|[/.]\d)"
-)
+# Written equations, "3 * 4 = 12": (left side, stated result) as
+# r"(-?N(?:\s*[-+*/x×÷]\s*-?N)+)\s*=\s*\$?\s*(-?N)(?!\d|[/.]\d)" with N = r"\d[\d,]*(?:\.\d+)?" finds
+# them, but tried from each digit of a long number or each term of a long "1+1+1..." it re-read the
+# rest every time (quadratic: 20,000 digits took seconds on the event loop). `equations` finds
+# exactly what it found, reading each character a bounded number of times: a left side has no "=",
+# so it ends where the spaces before the next "=" begin; its terms split one way only (one operator
+# between two numbers, each number as long as it goes); and starts whose first number ends at the
+# same place succeed or fail together.
+_NUMBER_TERM = re.compile(r"-?\d[\d,]*")
+_DECIMALS = re.compile(r"\.\d+")
+_NEXT_TERM = re.compile(r"\s*[-+*/x×÷]\s*-?\d[\d,]*(\.\d+)?")
+_TERM_START = re.compile(r"-?\d")
+_RESULT = re.compile(r"=\s*(?:\$\s*)?(-?\d[\d,]*(?:\.\d+)?)(?!\d|[/.]\d)")
+
+
+def _more_terms(text: str, start: int, end: int) -> tuple[bool, int]:
+    """Whether text[start:end] is one or more "operator number" terms; and where the digits and
+    commas of the last number read end (0 if none was)."""
+    at, digits_end = start, 0
+    while at < end:
+        term = _NEXT_TERM.match(text, at, end)
+        if term is None:
+            break
+        at, digits_end = term.end(), term.start(1) if term.group(1) else term.end()
+    return start < at == end, digits_end
+
+
+def equations(text: str) -> list[tuple[str, str]]:
+    """Each written equation's left side and stated result, in order (the pattern above's findall)."""
+    found: list[tuple[str, str]] = []
+    searched = 0  # where the next equation may start
+    after_equals = 0  # a left side starts after the previous "="
+    for equals in re.finditer("=", text):
+        sign = equals.start()
+        first = max(searched, after_equals)
+        after_equals = sign + 1
+        result = _RESULT.match(text, sign) if sign >= searched else None
+        if result is None:
+            continue
+        end = sign
+        while end > first and text[end - 1].isspace():
+            end -= 1
+        start = _TERM_START.search(text, first, end)
+        while start is not None:
+            number = _NUMBER_TERM.match(text, start.start(), end)
+            assert number is not None  # it starts with "-?\d"
+            decimals = _DECIMALS.match(text, number.end(), end)
+            reaches, digits_end = _more_terms(text, decimals.end() if decimals else number.end(), end)
+            if reaches:
+                found.append((text[start.start() : end], result.group(1)))
+                searched = result.end()
+                break
+            # A later start before `digits_end` has its first number end where one read here ends,
+            # and fails the same way.
+            start = _TERM_START.search(text, max(number.end(), digits_end), end)
+    return found
+
+
 _HEDGE = re.compile(
     r"\b(?:assum\w*|however|actually|approximately|roughly|about|round\w*|can't|cannot|not possible|"
     r"not enough|unclear|wait|mistake|incorrect|re-?evaluat\w*|reconsider|but since|doesn't make sense|"
@@ -262,7 +317,7 @@ def answer_features(question: str, answer: str, finish_reason: str | None = None
     quantities = {_bounded(v) for v in question_quantities(question)}
     used = {abs(v) for v in numbers} | {_WORD_NUMBERS[w.lower()] for w in _WORD.findall(text)}
     calcs = _CALC.findall(text)
-    equations = _EQUATION.findall(text)
+    written_equations = equations(text)
     last = numbers[-1] if numbers else None
     values = (
         float(not text),
@@ -279,7 +334,7 @@ def answer_features(question: str, answer: str, finish_reason: str | None = None
         float(final is not None and abs(final) in quantities),
         _log(len(calcs)),
         _wrong_share(calcs),
-        _wrong_share(equations),
+        _wrong_share(written_equations),
         float(text.count("<<") > text.count(">>")),
         len(quantities & used) / len(quantities) if quantities else 1.0,
         len(_HEDGE.findall(text)),
