@@ -112,6 +112,11 @@ def test_mechanical_comparators() -> None:
     free = "16 - 7 = 9 eggs.\nShe makes 9 * $2 = $18 every day at the farmers' market."
     assert final_answer(free) == "18"
     assert FinalAnswer().compare(free, "#### 18").acceptable
+    # Numbers are compared whole: "g" kept 6 significant digits, so these two were one answer.
+    assert not FinalAnswer().compare("#### 1,234,567", "#### 1234568").acceptable
+    assert not FinalAnswer().compare("It costs $1234567.", "It costs $1234568.").acceptable
+    assert FinalAnswer().compare("#### 1,234,567.50", "The answer is 1234567.5").acceptable
+    assert final_answer("The answer is 180.0") == "180"
     assert JsonEqual().compare('{"a": 1, "b": [2]}', '```json\n{"b": [2], "a": 1}\n```').acceptable
     assert not JsonEqual().compare('{"a": 1}', "{oops").acceptable
     assert mechanical("numeric").name == "numeric"

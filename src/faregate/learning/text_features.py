@@ -76,6 +76,11 @@ def _log(count: float) -> float:
     return math.log1p(max(count, 0.0))
 
 
+def written_numbers(text: str) -> list[str]:
+    """The numbers the text writes, as written ("1,234.50")."""
+    return _NUMBER.findall(text)
+
+
 def numbers_in(text: str) -> list[float]:
     values = []
     for match in _NUMBER.finditer(text):

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from faregate.learning.text_features import final_number, final_number_text, numbers_in
+from faregate.learning.text_features import final_number_text, written_numbers
 
 
 class Comparison(NamedTuple):
@@ -92,11 +92,17 @@ def final_answer(text: str) -> str | None:
     choices = [next(g for g in m.groups() if g) for m in _CHOICE.finditer(text)]
     if choices:
         return choices[-1].upper()
-    number = final_number(text)
+    number = final_number_text(text)
     if number is None:
-        written = numbers_in(text)
+        written = written_numbers(text)
         number = written[-1] if written else None
-    return None if number is None else f"{number:g}"
+    return None if number is None else _canonical(number)
+
+
+def _canonical(number: str) -> str:
+    """A number as written ("1,234.50") in one form for every way of writing it ("1234.5"), exact
+    at any size: "g" kept 6 significant digits, and 1,234,567 and 1,234,568 were the same answer."""
+    return f"{Decimal(number.replace(',', '')).normalize():f}"
 
 
 @dataclass(slots=True, frozen=True)
