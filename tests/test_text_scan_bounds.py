@@ -17,6 +17,7 @@ import math
 import random
 import re
 
+import numpy as np
 import pytest
 
 from faregate.cache import guards
@@ -230,3 +231,10 @@ def test_learned_judge_equations_find_as_before() -> None:
     for _ in range(20_000):
         text = "".join(rnd.choice(tokens) for _ in range(rnd.randint(0, 14)))
         assert text_features.equations(text) == old.findall(text), text
+
+
+def test_router_prompt_features_of_a_number_past_the_largest_float() -> None:
+    # 309 digits read as inf: log_max_number was inf, and the router's score with it 0, 1 or NaN.
+    features = text_features.prompt_features("Is " + "9" * 400 + " prime?")
+    assert np.isfinite(features).all()
+    assert features[text_features.PROMPT_NAMES.index("log_max_number")] == pytest.approx(308.25, abs=0.01)

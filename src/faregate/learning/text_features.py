@@ -112,7 +112,8 @@ def prompt_features(text: str) -> Features:
         _log(sum(len(o) for o in options) / max(len(options), 1)),
         float(bool(_STATEMENTS.search(text))),
         sum(len(w) for w in words) / max(len(words), 1),
-        math.log10(1.0 + max((abs(n) for n in numbers), default=0.0)),
+        # (a number of 309 digits or more reads as inf: bounded, so the feature stays finite)
+        math.log10(1.0 + max((_bounded(abs(n)) for n in numbers), default=0.0)),
         _log(len(_SENTENCE.findall(text))),
         sum(not c.isascii() for c in text) / max(chars, 1),
         len(_NEGATION.findall(text)),
