@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from faregate import tokens
-from faregate.sim import answers, faults, refusals, wire
+from faregate.sim import answers, faults, wire
 from faregate.sim.answers import Reply
 from faregate.sim.delivery import cut_body, error_response, paced, reset_connection, stalled, token_gap
 from faregate.sim.faults import JSON_TYPE
@@ -52,14 +52,7 @@ class ChatEndpoint:
                 "model_not_found",
                 param="model",
             )
-        refused = self._sim.refusals.get(model)
-        if refused and (refusal := refusals.refusal(body, refused)) is not None:
-            self._sim.stats.rejected += 1
-            return refusal
-        efforts = self._sim.efforts.get(model)
-        effort = body.get("reasoning_effort")
-        if efforts and (refusal := refusals.openai_effort_refusal(effort, efforts, "reasoning_effort")):
-            self._sim.stats.rejected += 1
+        if (refusal := self._sim.openai_refusal(model, body)) is not None:
             return refusal
         max_tokens = body.get("max_completion_tokens")
         if max_tokens is None:

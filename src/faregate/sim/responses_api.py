@@ -16,7 +16,7 @@ from aiohttp import web
 
 from faregate import tokens
 from faregate.errors import InvalidRequest
-from faregate.sim import answers, faults, refusals, translated
+from faregate.sim import answers, faults, translated
 from faregate.sim.delivery import cut_body, paced, reset_connection
 from faregate.sim.faults import JSON_TYPE
 from faregate.sim.script import ScriptedRequestError
@@ -69,14 +69,7 @@ class ResponsesEndpoint:
                 "model_not_found",
                 "model",
             )
-        refused = self._sim.refusals.get(model)
-        if refused and (refusal := refusals.refusal(chat, refused, _RESPONSES_NAMES)) is not None:
-            self._sim.stats.rejected += 1
-            return refusal
-        efforts = self._sim.efforts.get(model)
-        effort = chat.get("reasoning_effort")
-        if efforts and (refusal := refusals.openai_effort_refusal(effort, efforts, "reasoning.effort")):
-            self._sim.stats.rejected += 1
+        if (refusal := self._sim.openai_refusal(model, chat, _RESPONSES_NAMES)) is not None:
             return refusal
         try:
             behaviour, fault = self._sim.scripted(request, body, model)

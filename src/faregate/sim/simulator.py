@@ -22,7 +22,7 @@ from aiohttp import web
 
 from faregate import tokens
 from faregate.errors import ConfigError
-from faregate.sim import faults
+from faregate.sim import faults, refusals
 from faregate.sim.chat import ChatEndpoint
 from faregate.sim.delivery import error_response
 from faregate.sim.embeddings import EmbeddingsEndpoint
@@ -117,6 +117,22 @@ class Simulator:
             routes["POST", prefix + "/responses"] = responses.handle
             routes["POST", prefix + "/embeddings"] = embeddings.handle
         self._routes = routes
+
+    def openai_refusal(
+        self, model: str, chat: JSON, names: Mapping[str, str] | None = None
+    ) -> web.Response | None:
+        """OpenAI's 400 for a setting of `chat` (the request as a chat body) that `model` refuses,
+        or for an effort it does not take, counted as rejected; None when it takes them all.
+        `names`: the settings' names on the client's wire (/responses says reasoning.effort)."""
+        refused = self.refusals.get(model)
+        refusal = refusals.refusal(chat, refused, names) if refused else None
+        efforts = self.efforts.get(model)
+        if refusal is None and efforts:
+            param = names.get("reasoning_effort", "reasoning_effort") if names else "reasoning_effort"
+            refusal = refusals.openai_effort_refusal(chat.get("reasoning_effort"), efforts, param)
+        if refusal is not None:
+            self.stats.rejected += 1
+        return refusal
 
     @property
     def known_models(self) -> frozenset[str]:
