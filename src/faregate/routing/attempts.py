@@ -12,8 +12,10 @@ finds too long for its model's window (the plan's fit was the gateway's count), 
 wire cannot say (the Messages wire n > 1, logprobs, penalties: refused before anything is sent),
 moves on to the next model without a retry, and is the client's 400 only when every model called
 said so. Breakers
-fail fast: an offer whose breaker is open is not called at all. A candidate's provider and
-the timeouts of its calls are one registry lookup.
+fail fast: an offer whose breaker is open is not called at all. An offer whose upstream said it has
+no room for longer than the gateway waits (a 429, 503 or 529 with a long Retry-After) cools down
+(routing.health): until then it is called after every other candidate, only if none of them served.
+A candidate's provider and the timeouts of its calls are one registry lookup.
 """
 
 from __future__ import annotations
@@ -26,11 +28,18 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from itertools import pairwise
+from itertools import chain, pairwise
 from typing import TypeVar, cast
 
 from faregate.config import RoutingSettings
-from faregate.errors import BreakersOpen, RateLimited, UpstreamFailed, UpstreamFailure, UpstreamRejected
+from faregate.errors import (
+    OVERLOADED_STATUSES,
+    BreakersOpen,
+    RateLimited,
+    UpstreamFailed,
+    UpstreamFailure,
+    UpstreamRejected,
+)
 from faregate.providers.base import EmbeddingProvider, Provider, UpstreamCall, aclose_quietly, stream_reads
 from faregate.providers.registry import ProviderEntry, ProviderRegistry
 from faregate.providers.upstream_failures import overflows_context
@@ -322,8 +331,20 @@ class AttemptRunner:
         # A 400 another model may not give: an upstream's "the prompt overflows my window", or a
         # wire that cannot say the request (nothing sent). The client's only if every call says so.
         passed_on: UpstreamRejected | None = None
-        for index, candidate in enumerate(plan.candidates):
+        # Candidates whose offer cools down (its upstream said when it will have room): passed
+        # over, and called after the others only if none of them served (the wait is the
+        # upstream's estimate, and a smaller request may fit its limit: never a refusal of ours).
+        cooled: list[Candidate] = []
+        planned = len(plan.candidates)
+        for index, candidate in enumerate(chain(plan.candidates, cooled)):
             key = candidate.offer.key
+            if (
+                self.health.cooling  # the usual case: nothing cools, nothing more is looked up
+                and index < planned
+                and self.health.cools(key, request.key_id, time.monotonic())
+            ):
+                cooled.append(candidate)
+                continue
             entry = self.providers.entry(candidate.offer.provider)
             for tries in range(candidate.retries + 1):
                 time_left = self._time_left(request)
@@ -370,7 +391,7 @@ class AttemptRunner:
                     attempts.append(
                         _attempt(candidate, t0, "rejected", str(rejected.message), rejected.status)
                     )
-                    if index < len(plan.candidates) - 1 and (
+                    if index < planned + len(cooled) - 1 and (
                         rejected.untranslatable or overflows_context(rejected)
                     ):
                         # The plan fitted the prompt by the gateway's count, an estimate (and each
@@ -398,6 +419,16 @@ class AttemptRunner:
             raise passed_on
         raise UpstreamFailed(attempts, timeout=timed_out or _all_timeouts(attempts))
 
+    def _told_to_wait(self, failure: UpstreamFailure) -> bool:
+        """Did the upstream say it has no room (a rate limit, a 503 or 529) for longer than the
+        gateway waits before calling it again?"""
+        return (
+            failure.retry_after is not None
+            and failure.retry_after > self.routing.max_retry_after_s
+            and failure.status in OVERLOADED_STATUSES
+            and (failure.status != 429 or failure.kind == "rate_limited")
+        )
+
     def _failed(
         self,
         candidate: Candidate,
@@ -408,6 +439,9 @@ class AttemptRunner:
     ) -> Attempt:
         if failure.kind not in NOT_HEALTH_SIGNALS:
             self.health.failure(candidate.offer.key, api_key)
+        if self._told_to_wait(failure):
+            # Not waited out here, and the next requests need not ask again to learn it.
+            self.health.cool(candidate.offer.key, api_key, cast(float, failure.retry_after))
         attempt = _attempt(candidate, t0, failure.kind, failure.detail, failure.status)
         attempt.retry_after = failure.retry_after
         if usage is not None:

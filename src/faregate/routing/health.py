@@ -13,10 +13,18 @@ input) then stops that client alone, while a dead upstream, which fails for ever
 stops everyone. An attempt is made only if both breakers allow it. The error rate that makes an
 offer look dearer is the shared one, under the same condition. Outcomes without a key (None)
 cannot be attributed and count as coming from a key of their own each.
+
+An offer can also cool down: an upstream that answers "no capacity" (a 429 rate limit, a 503, a
+529) with a Retry-After longer than the gateway waits out (`max_retry_after_s`) has said when it
+will have room, so until then the offer is tried after every other candidate of a request, not
+before them (the attempt loop). Its scope is the breakers': the key that was told so, and every key
+once `shared_min_keys` keys are cooling at once; bounded by the breaker's cool-down; ended early by
+a success. Nothing cooling costs the hot path one test of an empty dict.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import time
@@ -163,6 +171,40 @@ class Breaker:
 
 
 @dataclass(slots=True)
+class Cooldown:
+    """When an offer the upstream told to wait may be called first again (time.monotonic)."""
+
+    # Per key told so (a call without a key: a token of its own, counted among the keys but
+    # never looked up, as an unattributed failure counts toward a shared breaker).
+    keys: dict[object, float] = field(default_factory=dict)
+    # For every key: while at least `min_keys` keys are cooling.
+    shared_until: float = 0.0
+    # The latest any of those ends (the entry is dropped after it).
+    ends: float = 0.0
+
+    def until(self, api_key: str | None) -> float:
+        own = self.keys.get(api_key, 0.0) if api_key is not None else 0.0
+        return max(self.shared_until, own)
+
+    def tell(self, token: object, until: float, now: float, min_keys: int) -> None:
+        """`token`'s key was told to wait until `until`: the upstream's latest word, so it
+        replaces an earlier one, longer or shorter."""
+        for told, ends in list(self.keys.items()):
+            if ends <= now:
+                del self.keys[told]
+        self.keys.pop(token, None)
+        self.keys[token] = until
+        while len(self.keys) > MAX_KEY_BREAKERS:
+            del self.keys[next(iter(self.keys))]  # the one told first
+        if len(self.keys) >= min_keys:
+            self.shared_until = heapq.nlargest(min_keys, self.keys.values())[-1]
+        self.ends = max(self.ends, until)
+
+    def keys_cooling(self, now: float) -> int:
+        return sum(1 for until in self.keys.values() if until > now)
+
+
+@dataclass(slots=True)
 class LatencyStats:
     """Recent latencies (ms) of successful calls, with an EWMA for cheap comparisons.
 
@@ -219,6 +261,8 @@ class HealthBoard:
         self.breakers: dict[str, Breaker] = {}
         self.key_breakers: OrderedDict[tuple[str, str], Breaker] = OrderedDict()
         self.latency: dict[str, LatencyStats] = {}
+        # Offers an upstream told to wait (Cooldown); empty, the usual case, when none is.
+        self.cooling: dict[str, Cooldown] = {}
         self._random = random.Random()
 
     def breaker(self, key: str) -> Breaker:
@@ -294,6 +338,41 @@ class HealthBoard:
             own.reopens_in(now) if own is not None else 0.0,
         )
 
+    def cool(self, key: str, api_key: str | None, seconds: float, now: float | None = None) -> None:
+        """The upstream told this key to leave the offer alone for `seconds` (its Retry-After):
+        at most the breaker's cool-down, after which one call finds out whether it has room."""
+        seconds = min(seconds, self._breaker_settings.cooldown_s)
+        if seconds <= 0:
+            return
+        moment = time.monotonic() if now is None else now
+        entry = self.cooling.get(key)
+        if entry is None:
+            entry = self.cooling[key] = Cooldown()
+        token: object = api_key if api_key is not None else object()
+        entry.tell(token, moment + seconds, moment, self._breaker_settings.shared_min_keys)
+
+    def cools(self, key: str, api_key: str | None, now: float) -> bool:
+        """Is this key to leave the offer alone for now (its own cool-down, or everyone's)?"""
+        entry = self.cooling.get(key)
+        if entry is None:
+            return False
+        if now < entry.until(api_key):
+            return True
+        if now >= entry.ends:
+            del self.cooling[key]  # over for every key: nothing to look up any more
+        return False
+
+    def _warm(self, key: str, api_key: str | None) -> None:
+        """A call served: the offer has room again, for everyone as for this key (as a success
+        closes the shared breaker); other keys' own words stand."""
+        entry = self.cooling.get(key)
+        if entry is None:
+            return
+        entry.shared_until = 0.0
+        entry.keys.pop(api_key, None)
+        if not entry.keys:
+            del self.cooling[key]
+
     def success(
         self, key: str, latency_ms: float, ttft_ms: float | None = None, api_key: str | None = None
     ) -> None:
@@ -303,6 +382,8 @@ class HealthBoard:
         if own is not None:
             own.record(True, now, api_key)
         self.stats(key).add(latency_ms, ttft_ms, now)
+        if self.cooling:
+            self._warm(key, api_key)
 
     def failure(self, key: str, api_key: str | None = None) -> None:
         now = time.monotonic()
@@ -341,12 +422,13 @@ class HealthBoard:
         return first, second + (second >= first)
 
     def snapshot(self) -> dict[str, Any]:
-        keys = sorted(set(self.breakers) | set(self.latency))
+        keys = sorted(set(self.breakers) | set(self.latency) | set(self.cooling))
         now = time.monotonic()
         out: dict[str, Any] = {}
         for key in keys:
             breaker = self.breakers.get(key)
             stats = self.latency.get(key)
+            cooling = self.cooling.get(key)
             out[key] = {
                 "breaker": breaker.state if breaker else CLOSED,
                 "consecutive_failures": breaker.consecutive_failures if breaker else 0,
@@ -354,6 +436,10 @@ class HealthBoard:
                 "times_opened": breaker.opened_count if breaker else 0,
                 # API keys whose own breaker for this offer is open now (their failures only).
                 "keys_open": self.keys_open(key, now),
+                # Seconds until every key may call it first again (an upstream's Retry-After, told
+                # to `shared_min_keys` keys), and the keys told so whose own wait still runs.
+                "cooling_s": round(max(0.0, cooling.shared_until - now), 3) if cooling else 0.0,
+                "keys_cooling": cooling.keys_cooling(now) if cooling else 0,
                 "latency_ms": {
                     "ewma": round(stats.ewma, 2) if stats and stats.ewma is not None else None,
                     "p50": stats.quantile(0.5) if stats else None,

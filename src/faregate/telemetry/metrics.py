@@ -199,6 +199,16 @@ class StateCollector(Collector):
         error_rate = GaugeMetricFamily(
             "faregate_offer_error_rate", "Share of recent calls to an offer that failed.", labels=["offer"]
         )
+        cooling = GaugeMetricFamily(
+            "faregate_offer_cooling_seconds",
+            "Seconds until every key may call an offer first again, as its upstream's Retry-After said.",
+            labels=["offer"],
+        )
+        keys_cooling = GaugeMetricFamily(
+            "faregate_offer_keys_cooling",
+            "API keys an offer's upstream told to wait (a long Retry-After) whose wait still runs.",
+            labels=["offer"],
+        )
         p99 = GaugeMetricFamily(
             "faregate_offer_latency_p99_seconds",
             "Moving p99 latency of successful calls to an offer.",
@@ -210,10 +220,12 @@ class StateCollector(Collector):
                 state.add_metric([offer, name], 1.0 if name == current else 0.0)
             opened.add_metric([offer], _number(info.get("times_opened")))
             error_rate.add_metric([offer], _number(info.get("error_rate")))
+            cooling.add_metric([offer], _number(info.get("cooling_s")))
+            keys_cooling.add_metric([offer], _number(info.get("keys_cooling")))
             latency = info.get("latency_ms")
             if isinstance(latency, dict) and latency.get("p99") is not None:
                 p99.add_metric([offer], _number(latency["p99"]) / 1000)
-        yield from (state, opened, error_rate, p99)
+        yield from (state, opened, error_rate, cooling, keys_cooling, p99)
 
 
 MAX_LABEL_CHARS = 100
