@@ -509,6 +509,17 @@ async def test_openrouters_moderation_403_says_the_input_was_flagged_not_the_key
     assert failure.detail == (
         f"the provider's moderation flagged the input (HTTP 403; harassment, violence): {message}"
     )
+    # Any client may send such input at will: it counts against no breaker (routing.attempts).
+    assert failure.content_flagged
+
+
+def test_openrouters_moderation_error_after_a_200_head_is_flagged_content_too() -> None:
+    # Once a model has begun, OpenRouter's moderation of the output comes as an error in the body.
+    error = {"code": 403, "message": "Output flagged", "metadata": {"reasons": ["violence"]}}
+    failure = json_instead_of_stream(orjson.dumps({"error": error}), 200, ())
+    assert (failure.status, failure.content_flagged) == (403, True)
+    refused_key = {"code": 403, "message": "Key disabled"}
+    assert not json_instead_of_stream(orjson.dumps({"error": refused_key}), 200, ()).content_flagged
 
 
 async def test_openais_region_403_says_the_region_is_refused_not_the_key(
@@ -524,6 +535,8 @@ async def test_openais_region_403_says_the_region_is_refused_not_the_key(
     assert failure.detail == (
         f"the provider does not serve the gateway's country or region (HTTP 403): {message}"
     )
+    # Every call from this gateway gets it, whoever sends it: it counts against the breaker.
+    assert not failure.content_flagged
 
 
 @pytest.mark.parametrize("status", [401, 403])

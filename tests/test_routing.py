@@ -831,6 +831,26 @@ async def test_breaker_stops_calls_to_a_dead_offer() -> None:
     assert len(a.calls) == 3
 
 
+async def test_input_a_providers_moderation_flags_falls_over_but_opens_no_breaker() -> None:
+    """OpenRouter's 403 for flagged input: another provider may serve it, but the offer and the
+    gateway's key are fine, and a client can send such input at will: a few flagged prompts opened
+    the key's breaker for the offer, and then every request of that key skipped it."""
+    flagged = UpstreamFailure("server_error", "moderation", status=403, content_flagged=True)
+    b = Scripted("b", [flagged] * 4)
+    a = Scripted("a", [])
+    planner, runner = runner_for({"a": a, "b": b}, breaker={"consecutive_failures": 2, "shared_min_keys": 1})
+    for _ in range(4):
+        req = request({"model": "mid"})
+        req.key_id = "key_a"
+        served = await runner.complete(req, await planner.plan(req))
+        assert [x.provider for x in served.attempts] == ["b", "a"]  # falls over, no retry on b
+    req = request({"model": "mid"})
+    req.key_id = "key_a"
+    served = await runner.complete(req, await planner.plan(req))
+    assert served.candidate.offer.provider == "b", "flagged input opened the offer's breaker"
+    assert runner.health.breaker("b/mid").state == CLOSED
+
+
 async def test_stream_falls_back_before_content_and_not_after() -> None:
     cut = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
     a = Scripted("a", [cut, cut])

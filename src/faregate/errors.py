@@ -284,6 +284,7 @@ class UpstreamFailure(Exception):
         status: int | None = None,
         retry_after: float | None = None,
         body: dict[str, Any] | None = None,
+        content_flagged: bool = False,
     ) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
@@ -291,6 +292,10 @@ class UpstreamFailure(Exception):
         self.status = status
         self.retry_after = retry_after
         self.body = body
+        # A provider's moderation flagged the content (OpenRouter's 403 with metadata.reasons):
+        # another provider may serve it, but it says nothing about this one's health or key, and
+        # any client can send such content at will, so it counts against no breaker.
+        self.content_flagged = content_flagged
         # Usage the provider reported for this failed call (it bills it): set by the attempt loop.
         self.usage: Usage | None = None
 

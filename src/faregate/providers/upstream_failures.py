@@ -92,6 +92,7 @@ async def response_failure(resp: Response, provider: str, key_hint: str, secrets
             f"the provider's moderation flagged the input (HTTP 403{said}): {message}",
             status=status,
             body=body,
+            content_flagged=True,
         )
     if status == 403 and _refuses_region(body):
         # OpenAI's answer to a gateway in a country it does not serve: no key would do, and
@@ -371,7 +372,11 @@ def in_band_failure(body: JSON, when: str, status: int, secrets: Sequence[str]) 
     message = _error_message(body, secrets) or "no message"
     kind = "rate_limited" if named == 429 and not _out_of_quota(body) else "server_error"
     retry_after = _retry_info_delay(body) if kind == "rate_limited" else None
-    return UpstreamFailure(kind, f"{when}: {message}", status=named, retry_after=retry_after, body=body)
+    # OpenRouter's moderation, once a model has begun (its output flagged): the content's, not the offer's.
+    flagged = named == 403 and _moderation_reasons(body, secrets) is not None
+    return UpstreamFailure(
+        kind, f"{when}: {message}", status=named, retry_after=retry_after, body=body, content_flagged=flagged
+    )
 
 
 def json_instead_of_stream(raw: bytes, status: int, secrets: Sequence[str]) -> UpstreamFailure:

@@ -437,7 +437,10 @@ class AttemptRunner:
         usage: Usage | None = None,
         api_key: str | None = None,
     ) -> Attempt:
-        if failure.kind not in NOT_HEALTH_SIGNALS:
+        if failure.kind in NOT_HEALTH_SIGNALS or failure.content_flagged:
+            # No verdict on the offer: a half-open breaker's probe is free for the next call.
+            self.health.release_probe(candidate.offer.key, api_key)
+        else:
             self.health.failure(candidate.offer.key, api_key)
         if self._told_to_wait(failure):
             # Not waited out here, and the next requests need not ask again to learn it.

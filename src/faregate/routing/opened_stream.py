@@ -132,5 +132,5 @@ class OpenedStream:
             return
         served = self.attempts[-1]
         served.outcome, served.detail = failure.kind, failure.detail
-        if failure.kind not in NOT_HEALTH_SIGNALS:
+        if failure.kind not in NOT_HEALTH_SIGNALS and not failure.content_flagged:
             self._health.failure(key, self._api_key)
