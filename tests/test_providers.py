@@ -539,6 +539,40 @@ async def test_openais_region_403_says_the_region_is_refused_not_the_key(
     assert not failure.content_flagged
 
 
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        # Azure OpenAI's content filter, as its innererror says it too.
+        (
+            {
+                "code": "content_filter",
+                "message": "The response was filtered: the prompt triggered the content management policy.",
+                "innererror": {"code": "ResponsibleAIPolicyViolation"},
+            },
+            "content_filter",
+        ),
+        ({"type": "content_policy_violation", "message": "Your request was rejected by our policy."}, None),
+        ({"code": 403, "message": "Blocked", "innererror": {"code": "ResponsibleAIPolicyViolation"}}, None),
+    ],
+)
+async def test_a_content_policy_403_says_so_not_that_the_key_failed(
+    upstream: Upstream,
+    make_provider: Callable[..., OpenAICompatibleProvider],
+    error: dict[str, Any],
+    code: str | None,
+) -> None:
+    # The body says a content policy refused the input: the key is fine (it was worded "provider
+    # authentication failed (check $KEY)"), another provider may serve it, and any client can send
+    # such input at will, so it counts against no breaker.
+    upstream.handler = json_reply({"error": error}, 403)
+    failure = await failure_of(make_provider())
+    said = code or error.get("type") or error["innererror"]["code"]
+    assert (failure.kind, failure.status, failure.content_flagged) == ("server_error", 403, True)
+    assert failure.detail == (
+        f"the provider's content policy refused the request (HTTP 403; {said}): {error['message']}"
+    )
+
+
 @pytest.mark.parametrize("status", [401, 403])
 async def test_bad_provider_key_is_server_error_not_the_clients_fault(
     upstream: Upstream, make_provider: Callable[..., OpenAICompatibleProvider], status: int
@@ -550,6 +584,7 @@ async def test_bad_provider_key_is_server_error_not_the_clients_fault(
     assert (failure.kind, failure.status) == ("server_error", status)
     assert failure.detail.startswith(f"provider authentication failed (HTTP {status}; check ${KEY_ENV})")
     assert failure.detail.endswith("Invalid API key")
+    assert not failure.content_flagged
 
 
 # A realistic key, long enough for the masked forms vendors quote of it.

@@ -94,6 +94,17 @@ async def response_failure(resp: Response, provider: str, key_hint: str, secrets
             body=body,
             content_flagged=True,
         )
+    if status == 403 and (policy := _content_policy_code(body)) is not None:
+        # A content policy refused the input (its body says so: Azure's content_filter, a
+        # content_policy_violation, a ResponsibleAIPolicyViolation): the key is fine, and another
+        # provider, with another policy, may serve it; it falls over, as a moderation flag does.
+        return UpstreamFailure(
+            "server_error",
+            f"the provider's content policy refused the request (HTTP 403; {policy}): {message}",
+            status=status,
+            body=body,
+            content_flagged=True,
+        )
     if status == 403 and _refuses_region(body):
         # OpenAI's answer to a gateway in a country it does not serve: no key would do, and
         # another provider may serve it.
@@ -216,6 +227,24 @@ def _moderation_reasons(body: JSON | None, secrets: Sequence[str]) -> str | None
     reasons = metadata.get("reasons")
     names = [r for r in reasons if isinstance(r, str)] if isinstance(reasons, list) else []
     return clip(redact(", ".join(names), secrets))
+
+
+# The codes a content policy's refusal carries (error.code, error.type, or Azure's
+# error.innererror.code): Azure OpenAI's content filter; OpenAI's and OpenRouter's content policy
+# violation; Azure's Responsible AI policy.
+_CONTENT_POLICY_CODES = frozenset(
+    {"content_filter", "content_policy_violation", "ResponsibleAIPolicyViolation"}
+)
+
+
+def _content_policy_code(body: JSON | None) -> str | None:
+    """The code by which an error says a content policy refused the request; None if it does not."""
+    error = body.get("error") if body is not None else None
+    if not isinstance(error, dict):
+        return None
+    inner = error.get("innererror")
+    said = (error.get("code"), error.get("type"), inner.get("code") if isinstance(inner, dict) else None)
+    return next((code for code in said if isinstance(code, str) and code in _CONTENT_POLICY_CODES), None)
 
 
 def _refuses_region(body: JSON | None) -> bool:
@@ -373,7 +402,9 @@ def in_band_failure(body: JSON, when: str, status: int, secrets: Sequence[str]) 
     kind = "rate_limited" if named == 429 and not _out_of_quota(body) else "server_error"
     retry_after = _retry_info_delay(body) if kind == "rate_limited" else None
     # OpenRouter's moderation, once a model has begun (its output flagged): the content's, not the offer's.
-    flagged = named == 403 and _moderation_reasons(body, secrets) is not None
+    flagged = named == 403 and (
+        _moderation_reasons(body, secrets) is not None or _content_policy_code(body) is not None
+    )
     return UpstreamFailure(
         kind, f"{when}: {message}", status=named, retry_after=retry_after, body=body, content_flagged=flagged
     )
