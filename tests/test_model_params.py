@@ -236,3 +236,30 @@ def test_the_catalog_says_the_efforts_a_model_takes_and_the_config_can_say_it() 
         build_catalog(load_settings(overrides={"models": {"mine": not_reasoning}}))
     with pytest.raises(ConfigError, match="efforts"):
         load_settings(overrides={"models": {"mine": {**own, "efforts": ["ultra"]}}})
+
+
+def test_the_newer_openai_models_say_the_efforts_openai_takes_for_them() -> None:
+    # Each was sent the client's effort as given, and refused one it does not take with a 400
+    # (gpt-5.4-mini "minimal", o3-deep-research anything but "medium").
+    catalog = build_catalog(load_settings())
+    to_xhigh = ("none", "low", "medium", "high", "xhigh")
+    expected = {
+        "gpt-5.4": to_xhigh,
+        "gpt-5.4-mini": to_xhigh,
+        "gpt-5.4-nano": to_xhigh,
+        "gpt-5.5": to_xhigh,
+        "gpt-5.6": (*to_xhigh, "max"),  # the alias of gpt-5.6-sol
+        "gpt-5.6-sol": (*to_xhigh, "max"),
+        "gpt-5.1-codex-mini": ("low", "medium", "high"),
+        "o3-deep-research": ("medium",),
+        "o4-mini-deep-research": ("medium",),
+    }
+    found = {name: catalog.get(name) for name in expected}
+    assert {name: model.efforts for name, model in found.items() if model is not None} == {
+        name: efforts for name, efforts in expected.items() if found[name] is not None
+    }
+    assert found["gpt-5.4-mini"] is not None and found["o3-deep-research"] is not None
+    # Not documented alike: sent as given (gpt-5.6-terra and -luna: "max" or not, sources differ).
+    for name in ("gpt-5.6-terra", "gpt-5.6-luna", "gpt-5.4-pro", "gpt-5.5-pro", "gpt-5.3"):
+        model = catalog.get(name)
+        assert model is None or model.efforts is None, name

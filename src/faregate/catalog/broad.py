@@ -82,17 +82,25 @@ def _openai_refuses(model_id: str) -> frozenset[str]:
 
 # The efforts OpenAI documents its reasoning models to take (the SDK's ReasoningEffort: the models
 # before gpt-5.1 take no "none", gpt-5.1 none to high, gpt-5-pro only "high", "xhigh" the models
-# after gpt-5.1-codex-max; o1, o3 and o4-mini low to high; the model pages of gpt-5.2-pro and
-# gpt-5.3-codex); the others are sent the client's as given.
+# after gpt-5.1-codex-max; o1, o3 and o4-mini low to high; the model pages of gpt-5.2-pro,
+# gpt-5.3-codex, gpt-5.4 and its mini and nano, gpt-5.5 and gpt-5.6-sol, "max" included, which
+# the gpt-5.6 alias names; the deep-research models "medium" only and gpt-5.1-codex-mini low to
+# high, as OpenAI's 400s list them); the others are sent the client's as given (gpt-5.6-terra
+# and -luna, whose "max" the sources disagree on; the pro models after gpt-5.2-pro).
 _TO_HIGH = ("low", "medium", "high")
+_TO_XHIGH = ("none", *_TO_HIGH, "xhigh")
 _OPENAI_EFFORTS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("o1", "o1-pro", "o3", "o3-mini", "o3-pro", "o4-mini"), _TO_HIGH),
     **dict.fromkeys(("gpt-5", "gpt-5-mini", "gpt-5-nano"), ("minimal", *_TO_HIGH)),
     "gpt-5-pro": ("high",),
     "gpt-5.1": ("none", *_TO_HIGH),
-    "gpt-5.2": ("none", *_TO_HIGH, "xhigh"),
+    "gpt-5.2": _TO_XHIGH,
     "gpt-5.2-pro": ("medium", "high", "xhigh"),
     "gpt-5.3-codex": (*_TO_HIGH, "xhigh"),
+    "gpt-5.1-codex-mini": _TO_HIGH,
+    **dict.fromkeys(("gpt-5.4", "gpt-5.4-mini", "gpt-5.4-nano", "gpt-5.5"), _TO_XHIGH),
+    **dict.fromkeys(("gpt-5.6", "gpt-5.6-sol"), (*_TO_XHIGH, "max")),
+    **dict.fromkeys(("o3-deep-research", "o4-mini-deep-research"), ("medium",)),
 }
 # A dated snapshot (o3-2025-04-16) takes what its model takes.
 _SNAPSHOT_DATE = re.compile(r"-\d{4}-\d{2}-\d{2}$")
