@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -10,7 +11,13 @@ import pytest
 from faregate.catalog import build_catalog
 from faregate.config import load_settings
 from faregate.errors import ConfigError
-from faregate.server.client_wires import CHAT, MESSAGES, RESPONSES
+from faregate.providers.registry import ProviderRegistry
+from faregate.routing.attempts import AttemptRunner
+from faregate.routing.plan import Candidate
+from faregate.server.client_wires import CHAT, MESSAGES, RESPONSES, ClientWire
+from faregate.server.exchange import Exchange
+from faregate.types import ChatRequest, Price
+from faregate.wire.anthropic import MESSAGES_EFFORT
 from faregate.wire.anthropic_upstream import chat_to_messages
 from faregate.wire.model_params import (
     adjusted_effort,
@@ -263,3 +270,53 @@ def test_the_newer_openai_models_say_the_efforts_openai_takes_for_them() -> None
     for name in ("gpt-5.6-terra", "gpt-5.6-luna", "gpt-5.4-pro", "gpt-5.5-pro", "gpt-5.3"):
         model = catalog.get(name)
         assert model is None or model.efforts is None, name
+
+
+class _Wire:
+    """A provider at the transport seam that is only built calls for: what it carries."""
+
+    def __init__(self, carries: frozenset[str] = frozenset()) -> None:
+        self.carries = carries
+
+
+def _sent_and_said(
+    candidate: Candidate, body: dict[str, Any], wire: ClientWire, extras: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], str | None]:
+    """The body `candidate` is sent for the client's `body` (as the internal chat body), and the
+    x-faregate-adjusted-params header its answer carries."""
+    providers = {"anthropic": _Wire(frozenset({MESSAGES_EFFORT})), "openrouter": _Wire()}
+    registry = ProviderRegistry.of(providers)  # type: ignore[arg-type]
+    request = ChatRequest("req", body, "claude-opus-4-6", False, False, None, frozenset(), wire_extras=extras)
+    call = AttemptRunner(registry, 30.0).build_call(
+        request, candidate, registry.entry(candidate.offer.provider), 30.0
+    )
+    exchange = Exchange.begin(SimpleNamespace(headers={}), Price(0, 0), wire)  # type: ignore[arg-type]
+    exchange.parsed = request
+    exchange.answered_by(candidate, [])
+    return call.body, exchange.headers.get("x-faregate-adjusted-params")
+
+
+def test_a_provider_that_maps_efforts_itself_is_sent_the_clients_effort() -> None:
+    # Claude Opus 4.6's efforts are those of Anthropic's Messages API (Bedrock's and Vertex's
+    # too): fitted for OpenRouter, which takes OpenAI's none to xhigh for every model and maps
+    # them itself, a chat client's "xhigh" went as "max", which OpenRouter's scale lacks.
+    offers = [{"provider": "anthropic"}, {"provider": "openrouter", "upstream": "anthropic/claude-opus-4.6"}]
+    settings = load_settings(overrides={"models": {"claude-opus-4-6": {"offers": offers}}})
+    model = build_catalog(settings).models["claude-opus-4-6"]
+    direct, aggregator = (Candidate(model, offer) for offer in model.offers)
+    assert (direct.offer.provider, aggregator.offer.provider) == ("anthropic", "openrouter")
+    assert direct.offer.fits_efforts and not aggregator.offer.fits_efforts
+
+    chat = {"model": "claude-opus-4-6", "messages": MSG, "reasoning_effort": "xhigh"}
+    body, said = _sent_and_said(aggregator, chat, CHAT)
+    assert body["reasoning_effort"] == "xhigh" and said is None
+    body, said = _sent_and_said(direct, chat, CHAT)
+    assert body["reasoning_effort"] == "max" and said == "reasoning_effort=max"
+
+    # A Messages client's "max": Anthropic is sent it; OpenRouter the chat wire's "high".
+    asked_max = {"model": "m", "max_tokens": 9, "messages": MSG, "output_config": {"effort": "max"}}
+    messages = MESSAGES.to_chat(asked_max)
+    body, said = _sent_and_said(direct, messages, MESSAGES, MESSAGES.extras)
+    assert body[MESSAGES_EFFORT] == "max" and said is None
+    body, _ = _sent_and_said(aggregator, messages, MESSAGES, MESSAGES.extras)
+    assert body["reasoning_effort"] == "high" and MESSAGES_EFFORT not in body

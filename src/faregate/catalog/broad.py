@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from faregate.catalog.models import Catalog, Model, Offer, output_default
+from faregate.catalog.models import Catalog, Model, Offer, fits_efforts, output_default
 from faregate.config import Settings
 from faregate.types import Price
 from faregate.wire.model_params import refused_params
@@ -128,6 +128,7 @@ def add_broad_models(catalog: Catalog, settings: Settings, enabled: dict[str, bo
         if ours is not None and ours not in settings.providers:
             ours = None
         default = output_default(settings.providers[ours]) if ours is not None else None
+        fits = fits_efforts(settings.providers[ours]) if ours is not None else True
         for info in provider.models:
             if getattr(info, "deprecated", None):
                 continue
@@ -152,11 +153,22 @@ def add_broad_models(catalog: Catalog, settings: Settings, enabled: dict[str, bo
                             price,
                             enabled.get(ours, False),
                             output_default=default,
+                            fits_efforts=fits,
                         )
                     )
                 continue
             offers = (
-                [Offer(name, ours, info.id, price, enabled.get(ours, False), output_default=default)]
+                [
+                    Offer(
+                        name,
+                        ours,
+                        info.id,
+                        price,
+                        enabled.get(ours, False),
+                        output_default=default,
+                        fits_efforts=fits,
+                    )
+                ]
                 if ours
                 else []
             )

@@ -38,6 +38,9 @@ class Offer:
     # output): the Messages wire must send one (wire/anthropic_upstream.py); None, the OpenAI
     # wire's way, sends none and leaves the upstream the rest of the context window.
     output_default: int | None = None
+    # False where its provider maps the client's effort to the model itself
+    # (ProviderSettings.maps_efforts): the model's efforts are not fitted to (wire/model_params.py).
+    fits_efforts: bool = True
 
     @property
     def key(self) -> str:
@@ -191,6 +194,11 @@ def output_default(provider: ProviderSettings | None) -> int | None:
     return DEFAULT_MAX_TOKENS if provider is not None and provider.protocol == "anthropic" else None
 
 
+def fits_efforts(provider: ProviderSettings | None) -> bool:
+    """`Offer.fits_efforts` for an offer of `provider`."""
+    return provider is None or not provider.maps_efforts
+
+
 def build_catalog(settings: Settings) -> Catalog:
     """Curated models from the config, the broad catalog for declared providers, and an offer at
     list price on every curated model from each enabled provider that serves every model."""
@@ -214,6 +222,7 @@ def build_catalog(settings: Settings) -> Catalog:
                     available=enabled.get(offer.provider, False),
                     dedicated=offer.dedicated,
                     output_default=output_default(settings.providers.get(offer.provider)),
+                    fits_efforts=fits_efforts(settings.providers.get(offer.provider)),
                 )
             )
         if list_price is None:
@@ -225,7 +234,18 @@ def build_catalog(settings: Settings) -> Catalog:
         for provider in everywhere:
             if not any(o.provider == provider for o in offers):
                 default = output_default(settings.providers[provider])
-                offers.insert(0, Offer(name, provider, name, list_price, True, output_default=default))
+                offers.insert(
+                    0,
+                    Offer(
+                        name,
+                        provider,
+                        name,
+                        list_price,
+                        True,
+                        output_default=default,
+                        fits_efforts=fits_efforts(settings.providers[provider]),
+                    ),
+                )
         models.append(
             Model(
                 name=name,

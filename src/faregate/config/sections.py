@@ -121,6 +121,10 @@ class ProviderSettings(_Strict):
     # max_output_tokens) goes there. OpenAI's reasoning models refuse max_tokens; many other
     # OpenAI-wire servers read only it, and keep the fields as the client gave them.
     output_limit_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    # Takes one scale of efforts for every model it sells and maps it to each model itself (an
+    # aggregator: OpenRouter's none to xhigh): the client's effort is sent as given, not fitted to
+    # a model's efforts (ModelSettings.efforts), which are those of the model's own API.
+    maps_efforts: bool = False
 
 
 class OfferSettings(_Strict):

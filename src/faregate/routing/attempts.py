@@ -110,7 +110,7 @@ class AttemptRunner:
             # settings were for whichever model the route picks (wire/model_params.py).
             drop_refused(body, refused)
         efforts = candidate.model.efforts
-        if efforts is not None:
+        if efforts is not None and candidate.offer.fits_efforts:
             # An effort it does not take (a 400 too) is sent as the nearest it does.
             fit_effort(body, efforts)
         if request.wire_extras:

@@ -196,7 +196,7 @@ class Exchange:
                     dict.fromkeys(names.get(name, name) for name in dropped)
                 )
         efforts = candidate.model.efforts
-        if efforts is not None and self.parsed is not None:
+        if efforts is not None and candidate.offer.fits_efforts and self.parsed is not None:
             sent = adjusted_effort(self.parsed.body, efforts)
             if sent is not None:
                 # The effort the model was sent for the client's, which it does not take.
