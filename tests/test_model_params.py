@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from faregate.catalog import build_catalog
+from faregate.catalog.broad import _openai_efforts
 from faregate.config import load_settings
 from faregate.errors import ConfigError
 from faregate.providers.registry import ProviderRegistry
@@ -266,6 +267,9 @@ def test_the_newer_openai_models_say_the_efforts_openai_takes_for_them() -> None
         name: efforts for name, efforts in expected.items() if found[name] is not None
     }
     assert found["gpt-5.4-mini"] is not None and found["o3-deep-research"] is not None
+    # By name, whether or not this genai-prices snapshot prices them yet.
+    assert {name: _openai_efforts(name) for name in expected} == expected
+    assert _openai_efforts("gpt-5.4-mini-2026-03-17") == expected["gpt-5.4-mini"]
     # Not documented alike: sent as given (gpt-5.6-terra and -luna: "max" or not, sources differ).
     for name in ("gpt-5.6-terra", "gpt-5.6-luna", "gpt-5.4-pro", "gpt-5.5-pro", "gpt-5.3"):
         model = catalog.get(name)
@@ -284,8 +288,9 @@ def _sent_and_said(
 ) -> tuple[dict[str, Any], str | None]:
     """The body `candidate` is sent for the client's `body` (as the internal chat body), and the
     x-faregate-adjusted-params header its answer carries."""
-    providers = {"anthropic": _Wire(frozenset({MESSAGES_EFFORT})), "openrouter": _Wire()}
-    registry = ProviderRegistry.of(providers)  # type: ignore[arg-type]
+    offer = candidate.offer
+    carries = frozenset({MESSAGES_EFFORT}) if offer.protocol == "anthropic" else frozenset()
+    registry = ProviderRegistry.of({offer.provider: _Wire(carries)})  # type: ignore[dict-item]
     request = ChatRequest("req", body, "claude-opus-4-6", False, False, None, frozenset(), wire_extras=extras)
     call = AttemptRunner(registry, 30.0).build_call(
         request, candidate, registry.entry(candidate.offer.provider), 30.0
@@ -318,5 +323,35 @@ def test_a_provider_that_maps_efforts_itself_is_sent_the_clients_effort() -> Non
     messages = MESSAGES.to_chat(asked_max)
     body, said = _sent_and_said(direct, messages, MESSAGES, MESSAGES.extras)
     assert body[MESSAGES_EFFORT] == "max" and said is None
-    body, _ = _sent_and_said(aggregator, messages, MESSAGES, MESSAGES.extras)
+    body, said = _sent_and_said(aggregator, messages, MESSAGES, MESSAGES.extras)
     assert body["reasoning_effort"] == "high" and MESSAGES_EFFORT not in body
+    assert said == "output_config.effort=high"
+
+
+def test_a_messages_clients_max_sent_as_high_on_the_chat_wire_is_said() -> None:
+    # A model without a list on a chat-wire provider is sent the chat wire's "high" for a
+    # Messages client's "max", which no header said; a listed one says the effort it fits to.
+    settings = load_settings(overrides={"models": {"claude-opus-4-6": {"efforts": None}}})
+    catalog = build_catalog(settings)
+    asked_max = {"model": "m", "max_tokens": 9, "messages": MSG, "output_config": {"effort": "max"}}
+    messages = MESSAGES.to_chat(asked_max)
+    for name, sent_as, said in (
+        ("deepseek-ai/DeepSeek-V4-Flash", ("high", None), "output_config.effort=high"),  # no list
+        ("gpt-5.2", ("xhigh", None), "output_config.effort=xhigh"),  # its most
+        ("gpt-5.6-sol", ("max", None), None),  # takes it
+        ("gpt-4o-mini", (None, None), None),  # does not reason: left out (the dropped header)
+        ("claude-opus-4-6", ("high", "max"), None),  # no list, on the Messages wire: "max" as asked
+    ):
+        model = catalog.get(name)
+        if model is None:  # not in this genai-prices snapshot
+            continue
+        body, header = _sent_and_said(Candidate(model, model.offers[0]), messages, MESSAGES, MESSAGES.extras)
+        assert (body.get("reasoning_effort"), body.get(MESSAGES_EFFORT)) == sent_as, name
+        assert header == said, name
+    # Other wires, and a Messages client's effort the chat wire has, say nothing.
+    deepseek = catalog.models["deepseek-ai/DeepSeek-V4-Flash"]
+    unlisted = Candidate(deepseek, deepseek.offers[0])
+    medium = MESSAGES.to_chat({**asked_max, "output_config": {"effort": "medium"}})
+    assert _sent_and_said(unlisted, medium, MESSAGES, MESSAGES.extras)[1] is None
+    chat = {"model": "m", "messages": MSG, "reasoning_effort": "high"}
+    assert _sent_and_said(unlisted, chat, CHAT)[1] is None

@@ -129,6 +129,7 @@ def add_broad_models(catalog: Catalog, settings: Settings, enabled: dict[str, bo
             ours = None
         default = output_default(settings.providers[ours]) if ours is not None else None
         fits = fits_efforts(settings.providers[ours]) if ours is not None else True
+        wire = settings.providers[ours].protocol if ours is not None else "openai"
         for info in provider.models:
             if getattr(info, "deprecated", None):
                 continue
@@ -154,6 +155,7 @@ def add_broad_models(catalog: Catalog, settings: Settings, enabled: dict[str, bo
                             enabled.get(ours, False),
                             output_default=default,
                             fits_efforts=fits,
+                            protocol=wire,
                         )
                     )
                 continue
@@ -167,6 +169,7 @@ def add_broad_models(catalog: Catalog, settings: Settings, enabled: dict[str, bo
                         enabled.get(ours, False),
                         output_default=default,
                         fits_efforts=fits,
+                        protocol=wire,
                     )
                 ]
                 if ours

@@ -41,6 +41,9 @@ class Offer:
     # False where its provider maps the client's effort to the model itself
     # (ProviderSettings.maps_efforts): the model's efforts are not fitted to (wire/model_params.py).
     fits_efforts: bool = True
+    # Its provider's wire (ProviderSettings.protocol): only the Messages wire carries a Messages
+    # client's efforts the chat wire lacks ("max"; wire/anthropic.py).
+    protocol: str = "openai"
 
     @property
     def key(self) -> str:
@@ -199,6 +202,11 @@ def fits_efforts(provider: ProviderSettings | None) -> bool:
     return provider is None or not provider.maps_efforts
 
 
+def protocol(provider: ProviderSettings | None) -> str:
+    """`Offer.protocol` for an offer of `provider`."""
+    return "openai" if provider is None else provider.protocol
+
+
 def build_catalog(settings: Settings) -> Catalog:
     """Curated models from the config, the broad catalog for declared providers, and an offer at
     list price on every curated model from each enabled provider that serves every model."""
@@ -223,6 +231,7 @@ def build_catalog(settings: Settings) -> Catalog:
                     dedicated=offer.dedicated,
                     output_default=output_default(settings.providers.get(offer.provider)),
                     fits_efforts=fits_efforts(settings.providers.get(offer.provider)),
+                    protocol=protocol(settings.providers.get(offer.provider)),
                 )
             )
         if list_price is None:
@@ -244,6 +253,7 @@ def build_catalog(settings: Settings) -> Catalog:
                         True,
                         output_default=default,
                         fits_efforts=fits_efforts(settings.providers[provider]),
+                        protocol=settings.providers[provider].protocol,
                     ),
                 )
         models.append(

@@ -30,7 +30,7 @@ from faregate.server.client_wires import CHAT, ClientWire
 from faregate.server.http_seam import HttpRequest
 from faregate.server.random_ids import random_hex
 from faregate.types import JSON, REFUSED_HIT, Attempt, ChatRequest, Price, RequestRecord, Usage
-from faregate.wire.model_params import adjusted_effort, dropped_params
+from faregate.wire.model_params import adjusted_effort, chat_wire_effort, dropped_params
 
 if TYPE_CHECKING:
     from faregate.quality.verifier import CacheJob, Job
@@ -195,12 +195,19 @@ class Exchange:
                 self.headers["x-faregate-dropped-params"] = ", ".join(
                     dict.fromkeys(names.get(name, name) for name in dropped)
                 )
+        if self.parsed is None:
+            return
         efforts = candidate.model.efforts
-        if efforts is not None and candidate.offer.fits_efforts and self.parsed is not None:
+        if efforts is not None and candidate.offer.fits_efforts:
             sent = adjusted_effort(self.parsed.body, efforts)
-            if sent is not None:
-                # The effort the model was sent for the client's, which it does not take.
-                self.headers["x-faregate-adjusted-params"] = f"{self.wire.effort_param}={sent}"
+        elif self.parsed.wire_extras and candidate.offer.protocol != "anthropic":
+            # A Messages client's effort the chat wire lacks ("max"), sent as its nearest there.
+            sent = chat_wire_effort(self.parsed.body, refused)
+        else:
+            return
+        if sent is not None:
+            # The effort the model was sent for the client's, which it does not take.
+            self.headers["x-faregate-adjusted-params"] = f"{self.wire.effort_param}={sent}"
 
     def settled(self, candidate: Candidate, usage: Usage, cost: Decimal) -> None:
         """What the answer cost: the served attempt's usage at its offer's price, plus what

@@ -150,3 +150,13 @@ def adjusted_effort(body: JSON, accepted: tuple[str, ...]) -> object:
         return None
     sent = nearest_effort(asked, accepted)
     return None if sent == asked else sent
+
+
+def chat_wire_effort(body: JSON, refused: frozenset[str]) -> object:
+    """The effort a chat-wire upstream is sent for a Messages client's own effort the chat wire
+    lacks ("max": its reasoning_effort, "high"), where the model's efforts are not fitted to
+    (none listed, or a provider that maps efforts itself) and it is not left out (`refused`);
+    else None."""
+    if body.get(MESSAGES_EFFORT) is None or MESSAGES_EFFORT in refused:
+        return None
+    return body.get("reasoning_effort")
