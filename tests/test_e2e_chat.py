@@ -564,6 +564,11 @@ def test_models_endpoint_lists_prices_and_availability(client: openai.OpenAI) ->
     assert extra["context_window"] == 128000 and extra["available"] is True
     assert "deepseek-v4-flash" in extra["aliases"]
     assert len(models) > 100
+    # What a model is sent without, and the efforts it takes, as extra fields the SDK keeps.
+    assert extra["efforts"] is None and extra["refused_params"] == []
+    opus = models["claude-opus-4-5"].model_extra or {}
+    assert opus["efforts"] == ["low", "medium", "high"] and opus["refused_params"] == []
+    assert (models["gpt-4o-mini"].model_extra or {})["refused_params"] == ["reasoning_effort", "verbosity"]
 
 
 def test_unknown_path_is_openai_shaped_404(gateway: GatewayProcess, api_key: str) -> None:

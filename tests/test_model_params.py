@@ -6,6 +6,7 @@ import copy
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 
 from faregate.catalog import build_catalog
@@ -355,3 +356,25 @@ def test_a_messages_clients_max_sent_as_high_on_the_chat_wire_is_said() -> None:
     assert _sent_and_said(unlisted, medium, MESSAGES, MESSAGES.extras)[1] is None
     chat = {"model": "m", "messages": MSG, "reasoning_effort": "high"}
     assert _sent_and_said(unlisted, chat, CHAT)[1] is None
+
+
+def test_the_models_list_says_each_models_refused_settings_and_efforts() -> None:
+    # GET /v1/models showed neither, so a client could not tell what a model would be sent
+    # without, or which efforts it takes, before it asked (OpenRouter lists supported_parameters).
+    from openai.types import Model as SdkModel
+
+    from faregate.server.app import model_entry, models_listing
+
+    catalog = build_catalog(load_settings())
+    opus, mini = model_entry(catalog.models["claude-opus-4-5"]), model_entry(catalog.models["gpt-4o-mini"])
+    assert opus["efforts"] == ["low", "medium", "high"] and opus["refused_params"] == []
+    assert mini["efforts"] is None and mini["refused_params"] == ["reasoning_effort", "verbosity"]
+    o3 = catalog.get("o3")
+    if o3 is not None:
+        assert model_entry(o3)["refused_params"] == sorted(NO_SAMPLING)
+    # The official SDK reads them as extra fields of its Model.
+    listed = orjson.loads(models_listing(catalog))["data"]  # (the e2e models test reads it all)
+    wanted = [entry for entry in listed if entry["id"] in ("claude-opus-4-5", "gpt-4o-mini")]
+    parsed = {m.id: m for m in (SdkModel.model_validate(entry) for entry in wanted)}
+    assert (parsed["claude-opus-4-5"].model_extra or {})["efforts"] == ["low", "medium", "high"]
+    assert (parsed["gpt-4o-mini"].model_extra or {})["refused_params"] == ["reasoning_effort", "verbosity"]
