@@ -4,10 +4,12 @@ temperature, Claude Opus 4.5 an effort above "high")."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import openai
 import pytest
 
-from harness import GatewayProcess
+from harness import GatewayProcess, cache_written
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +55,9 @@ def test_the_models_picked_are_sent_only_the_settings_they_take(client: openai.O
     assert "x-faregate-adjusted-params" not in plain.headers
 
 
-def test_a_model_picked_is_sent_the_nearest_effort_it_takes(client: openai.OpenAI) -> None:
+def test_a_model_picked_is_sent_the_nearest_effort_it_takes(
+    gateway: GatewayProcess, client: openai.OpenAI
+) -> None:
     # claude-opus-4-5 takes low to high: "xhigh" (which the simulator refuses for it, as Anthropic
     # does, with a 400 no fallback follows) is sent as its most, "high"; stream alike.
     raw = client.chat.completions.with_raw_response.create(
@@ -72,3 +76,21 @@ def test_a_model_picked_is_sent_the_nearest_effort_it_takes(client: openai.OpenA
     )
     assert same.parse().output_text == "Hello there"
     assert "x-faregate-adjusted-params" not in same.headers
+
+    # A hit's answer carried neither header, though the same settings (the cache's key holds
+    # them) were left out or fitted when it was made.
+    for model, effort, header, said in (
+        ("gpt-4o-mini", "low", "x-faregate-dropped-params", "reasoning_effort"),
+        ("claude-opus-4-5", "xhigh", "x-faregate-adjusted-params", "reasoning_effort=high"),
+    ):
+        asked: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": "user", "content": f"cached for {model}"}],
+            "reasoning_effort": effort,
+            "temperature": 0,
+        }
+        with cache_written(gateway):
+            first = client.chat.completions.with_raw_response.create(**asked)
+        hit = client.chat.completions.with_raw_response.create(**asked)
+        assert (first.headers["x-faregate-cache"], hit.headers["x-faregate-cache"]) == ("miss", "hit")
+        assert first.headers[header] == hit.headers[header] == said, model

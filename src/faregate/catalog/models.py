@@ -81,6 +81,9 @@ class Model:
     def available_offers(self) -> list[Offer]:
         return [o for o in self.offers if o.available]
 
+    def offer_of(self, provider: str) -> Offer | None:
+        return next((o for o in self.offers if o.provider == provider), None)
+
     def missing_modalities(self, required: Iterable[str]) -> list[str]:
         if not required:
             return []

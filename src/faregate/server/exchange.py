@@ -33,6 +33,7 @@ from faregate.types import JSON, REFUSED_HIT, Attempt, ChatRequest, Price, Reque
 from faregate.wire.model_params import adjusted_effort, chat_wire_effort, dropped_params
 
 if TYPE_CHECKING:
+    from faregate.catalog.models import Model, Offer
     from faregate.quality.verifier import CacheJob, Job
 
 # "req_" + 12 hex digits of the time in ms + 20 random hex digits. The random 80 bits: a request
@@ -186,23 +187,34 @@ class Exchange:
                 "x-faregate-attempts": str(len(attempts)),
             }
         )
-        refused = candidate.model.refuses
-        if refused and self.parsed is not None:
-            dropped = dropped_params(self.parsed.body, refused)
+        self._say_params(candidate.model, candidate.offer)
+
+    def cached_from(self, model: Model, offer: Offer) -> None:
+        """The model and offer that made a cached answer: what its call was sent without or
+        instead is said as for a fresh answer (the cache's key held the same settings)."""
+        self._say_params(model, offer)
+
+    def _say_params(self, model: Model, offer: Offer) -> None:
+        """The x-faregate-dropped-params and -adjusted-params headers for the client's request
+        sent to `model` through `offer` (nothing to check for most models)."""
+        if self.parsed is None:
+            return
+        body = self.parsed.body
+        refused = model.refuses
+        if refused:
+            dropped = dropped_params(body, refused)
             if dropped:
                 # In the client's own names (a Messages client's effort is output_config.effort).
                 names = self.wire.param_names
                 self.headers["x-faregate-dropped-params"] = ", ".join(
                     dict.fromkeys(names.get(name, name) for name in dropped)
                 )
-        if self.parsed is None:
-            return
-        efforts = candidate.model.efforts
-        if efforts is not None and candidate.offer.fits_efforts:
-            sent = adjusted_effort(self.parsed.body, efforts)
-        elif self.parsed.wire_extras and candidate.offer.protocol != "anthropic":
+        efforts = model.efforts
+        if efforts is not None and offer.fits_efforts:
+            sent = adjusted_effort(body, efforts)
+        elif self.parsed.wire_extras and offer.protocol != "anthropic":
             # A Messages client's effort the chat wire lacks ("max"), sent as its nearest there.
-            sent = chat_wire_effort(self.parsed.body, refused)
+            sent = chat_wire_effort(body, refused)
         else:
             return
         if sent is not None:

@@ -225,6 +225,13 @@ class ChatPipeline:
         if cached is not None:
             # Named as a miss names it: one route is one row on the dashboard.
             exchange.routed(self.planner.requested_route(request))
+            # What its call was sent without or instead, said as on the answer it was (a model
+            # with nothing to leave out or fit, most of them, costs the lookup).
+            model = self.planner.catalog.get(cached.model)
+            if model is not None and (model.refuses or model.efforts is not None or request.wire_extras):
+                offer = model.offer_of(cached.provider)
+                if offer is not None:
+                    exchange.cached_from(model, offer)
         return cached
 
     async def count_hit(self, exchange: Exchange) -> None:
