@@ -378,3 +378,29 @@ def test_the_models_list_says_each_models_refused_settings_and_efforts() -> None
     parsed = {m.id: m for m in (SdkModel.model_validate(entry) for entry in wanted)}
     assert (parsed["claude-opus-4-5"].model_extra or {})["efforts"] == ["low", "medium", "high"]
     assert (parsed["gpt-4o-mini"].model_extra or {})["refused_params"] == ["reasoning_effort", "verbosity"]
+
+
+def test_the_record_of_the_call_that_served_says_what_it_was_sent_without_or_instead() -> None:
+    # Only the answer's headers said it: the request's record, what the dashboard shows and
+    # what an operator reads later, did not.
+    from faregate.store.rows import attempts_from_json, attempts_json
+    from faregate.types import Attempt
+
+    catalog = build_catalog(load_settings())
+    opus, mini = catalog.models["claude-opus-4-5"], catalog.models["gpt-4o-mini"]
+    chat = {"model": "m", "messages": MSG, "reasoning_effort": "xhigh"}
+    request = ChatRequest("req", chat, "m", False, False, None, frozenset())
+    for candidate, field, said in (
+        (Candidate(opus, opus.offers[0]), "adjusted_params", "reasoning_effort=high"),
+        (Candidate(mini, mini.offers[0]), "dropped_params", "reasoning_effort"),
+    ):
+        failed = Attempt("other", "sim", "server_error", 1.0, status=500)
+        served = Attempt(candidate.model.name, candidate.offer.provider, "ok", 2.0)
+        exchange = Exchange.begin(SimpleNamespace(headers={}), Price(0, 0), CHAT)  # type: ignore[arg-type]
+        exchange.parsed = request
+        exchange.answered_by(candidate, [failed, served])
+        assert getattr(served, field) == said and not failed.dropped_params and not failed.adjusted_params
+        stored = orjson.loads(attempts_json([failed, served]))
+        assert stored[1][field] == said
+        assert not {"dropped_params", "adjusted_params"} & set(stored[0]), "only where there is one"
+        assert getattr(attempts_from_json(attempts_json([failed, served]))[1], field) == said

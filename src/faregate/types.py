@@ -180,6 +180,10 @@ class Attempt:
     cost: Decimal = Decimal(0)
     # The seconds a failed call's upstream asked to wait (its Retry-After), if it said.
     retry_after: float | None = None
+    # What the call that served was sent without or instead, as the answer's
+    # x-faregate-dropped-params and -adjusted-params say it (wire/model_params.py); mostly empty.
+    dropped_params: str = ""
+    adjusted_params: str = ""
 
     def describe(self) -> str:
         text = f"{self.model} via {self.provider}: {self.outcome}"

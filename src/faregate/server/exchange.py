@@ -187,16 +187,20 @@ class Exchange:
                 "x-faregate-attempts": str(len(attempts)),
             }
         )
-        self._say_params(candidate.model, candidate.offer)
+        model, request = candidate.model, self.parsed
+        if model.refuses or model.efforts is not None or (request is not None and request.wire_extras):
+            # Most models, asked on the chat wire, have nothing to say here: no call.
+            self._say_params(model, candidate.offer, attempts)
 
     def cached_from(self, model: Model, offer: Offer) -> None:
         """The model and offer that made a cached answer: what its call was sent without or
         instead is said as for a fresh answer (the cache's key held the same settings)."""
         self._say_params(model, offer)
 
-    def _say_params(self, model: Model, offer: Offer) -> None:
+    def _say_params(self, model: Model, offer: Offer, attempts: list[Attempt] | None = None) -> None:
         """The x-faregate-dropped-params and -adjusted-params headers for the client's request
-        sent to `model` through `offer` (nothing to check for most models)."""
+        sent to `model` through `offer` (nothing to check for most models), also kept on the
+        served one of `attempts` (the record's)."""
         if self.parsed is None:
             return
         body = self.parsed.body
@@ -206,9 +210,11 @@ class Exchange:
             if dropped:
                 # In the client's own names (a Messages client's effort is output_config.effort).
                 names = self.wire.param_names
-                self.headers["x-faregate-dropped-params"] = ", ".join(
-                    dict.fromkeys(names.get(name, name) for name in dropped)
-                )
+                said = ", ".join(dict.fromkeys(names.get(name, name) for name in dropped))
+                self.headers["x-faregate-dropped-params"] = said
+                served = _served(attempts)
+                if served is not None:
+                    served.dropped_params = said
         efforts = model.efforts
         if efforts is not None and offer.fits_efforts:
             sent = adjusted_effort(body, efforts)
@@ -219,7 +225,11 @@ class Exchange:
             return
         if sent is not None:
             # The effort the model was sent for the client's, which it does not take.
-            self.headers["x-faregate-adjusted-params"] = f"{self.wire.effort_param}={sent}"
+            said = f"{self.wire.effort_param}={sent}"
+            self.headers["x-faregate-adjusted-params"] = said
+            served = _served(attempts)
+            if served is not None:
+                served.adjusted_params = said
 
     def settled(self, candidate: Candidate, usage: Usage, cost: Decimal) -> None:
         """What the answer cost: the served attempt's usage at its offer's price, plus what
@@ -308,3 +318,9 @@ class Exchange:
     def spent(self) -> tuple[Decimal, int]:
         """The cost and tokens to settle the hold with."""
         return self.record.cost_usd, self.record.prompt_tokens + self.record.completion_tokens
+
+
+def _served(attempts: list[Attempt] | None) -> Attempt | None:
+    """The attempt that served (the last "ok": a cascade's refused answers and judge calls have
+    outcomes of their own), if any."""
+    return next((a for a in reversed(attempts) if a.outcome == "ok"), None) if attempts else None

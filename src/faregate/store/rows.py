@@ -73,22 +73,27 @@ def nul_free(text: str | None) -> str | None:
 
 
 def attempts_json(attempts: Sequence[Attempt]) -> str:
-    return orjson.dumps(
-        [
-            {
-                "model": a.model.replace("\x00", "\ufffd"),
-                "provider": a.provider.replace("\x00", "\ufffd"),
-                "outcome": a.outcome.replace("\x00", "\ufffd"),
-                "latency_ms": a.latency_ms,
-                "detail": a.detail.replace("\x00", "\ufffd"),
-                "status": a.status,
-                "prompt_tokens": a.prompt_tokens,
-                "completion_tokens": a.completion_tokens,
-                "cost_usd": usd_text(a.cost),
-            }
-            for a in attempts
-        ]
-    ).decode()
+    return orjson.dumps([_attempt_item(a) for a in attempts]).decode()
+
+
+def _attempt_item(a: Attempt) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "model": a.model.replace("\x00", "\ufffd"),
+        "provider": a.provider.replace("\x00", "\ufffd"),
+        "outcome": a.outcome.replace("\x00", "\ufffd"),
+        "latency_ms": a.latency_ms,
+        "detail": a.detail.replace("\x00", "\ufffd"),
+        "status": a.status,
+        "prompt_tokens": a.prompt_tokens,
+        "completion_tokens": a.completion_tokens,
+        "cost_usd": usd_text(a.cost),
+    }
+    # Only where the call was sent without or instead of some of the client's settings.
+    if a.dropped_params:
+        item["dropped_params"] = a.dropped_params
+    if a.adjusted_params:
+        item["adjusted_params"] = a.adjusted_params
+    return item
 
 
 def attempts_from_json(text: str) -> list[Attempt]:
@@ -104,6 +109,8 @@ def attempts_from_json(text: str) -> list[Attempt]:
             prompt_tokens=int(item.get("prompt_tokens") or 0),
             completion_tokens=int(item.get("completion_tokens") or 0),
             cost=Decimal(item.get("cost_usd") or "0"),
+            dropped_params=item.get("dropped_params") or "",
+            adjusted_params=item.get("adjusted_params") or "",
         )
         for item in items
     ]

@@ -381,6 +381,15 @@ function renderQuality(data) {
   ], data.routes, { group: (r) => r.route });
 }
 
+// What went wrong, or what the call that served was sent without or instead of the client's.
+function attemptDetail(a) {
+  const sent = [];
+  if (a.dropped_params) sent.push(`sent without ${a.dropped_params}`);
+  if (a.adjusted_params) sent.push(`sent ${a.adjusted_params}`);
+  if (a.detail) sent.push(a.detail);
+  return sent.join("; ");
+}
+
 function attemptsRow(row) {
   const table = el("table");
   fillTable(table, [
@@ -390,7 +399,7 @@ function attemptsRow(row) {
     { title: "Outcome", key: "outcome", value: (a) => a.outcome + (a.status ? ` (HTTP ${a.status})` : "") },
     { title: "Latency", key: "latency", value: (a) => ms(a.latency_ms) },
     { title: "Cost", key: "cost", value: (a) => usd(a.cost_usd) },
-    { title: "Detail", key: "detail", value: (a) => a.detail || "", cls: () => "wrap" },
+    { title: "Detail", key: "detail", value: attemptDetail, cls: () => "wrap" },
   ], row.attempts.map((a, i) => ({ n: i + 1, ...a })), { empty: "No upstream attempt (answered from the cache, or refused)" });
   const detail = row.error ? el("p", { className: "error" }, row.error) : null;
   return el("tr", { className: "attempts" }, el("td", { colspan: 11 }, detail, table));
