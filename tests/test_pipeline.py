@@ -946,7 +946,11 @@ async def test_a_request_cancelled_while_its_answer_is_written_leaves_no_verific
     """A verification is counted as pending before the answer is written (`_promise`); a handler
     cancelled in that write (its client gone, a shutdown past its grace) must not leave it counted
     for good: /admin/quality would say "pending" forever, and a client waiting for 0 would hang."""
-    verifier = Verifier(cast(Any, None), harness.pipeline.runner, harness.pipeline.planner)
+    from faregate.quality.service import QualityService
+    from test_quality_live import FakeStore
+
+    service = QualityService([], FakeStore())
+    verifier = Verifier(service, harness.pipeline.runner, harness.pipeline.planner)
     harness.pipeline.verifier = verifier
     writing = asyncio.Event()
 

@@ -643,7 +643,7 @@ async def test_a_promised_verification_is_pending_until_it_is_submitted_or_let_g
 
     from faregate.quality.verifier import Verifier
 
-    verifier = Verifier(cast(Any, None), cast(Any, None), cast(Any, None))
+    verifier = Verifier(QualityService([], FakeStore()), cast(Any, None), cast(Any, None))
     assert verifier.pending == 0
     verifier.promise()
     verifier.promise()

@@ -394,3 +394,31 @@ async def test_a_settlement_the_store_refused_is_made_again_at_a_clean_stop() ->
     table.down = False
     await verifier.close()
     assert await stored(table) == (Decimal("0.2"), {})
+
+
+async def test_a_settlement_the_store_refused_is_made_again_by_the_refresh_of_an_idle_instance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Instance a's settlement is refused (a store blip) and a makes no more admissions (no
+    labelled decision comes its way: out of the load balancer's rotation, a quiet route). Its hold
+    must not block b's admissions for as long as a lives: a's periodic refresh makes it again."""
+    monkeypatch.setattr(spend, "WAIT_S", 0.02)
+    table = RefusingSettlements()
+    day = today()
+    a, b = route("1.0"), route("1.0")
+    quality_a = QualityService([a], table, leases=Leases("a", {"a", "b"}))
+    holds_a = Holds(quality_a)
+    _, holds_b = service(table, b, Leases("b", {"a", "b"}))
+    first = await holds_a.admit(a, day, Decimal("0.6"))
+    assert first is not None
+    table.down = True
+    await holds_a.settle(a, first, day, Decimal("0.2"))  # logged, kept for later
+    table.down = False
+    # b's 0.6 fits alone, not beside a's stuck 0.6: it waits, and only a can settle a's hold.
+    waiting = asyncio.create_task(holds_b.admit(b, day, Decimal("0.6")))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    await quality_a.refresh()  # every REFRESH_S while a runs
+    second = await asyncio.wait_for(waiting, 3.0)
+    assert second is not None
+    assert await stored(table) == (Decimal("0.2"), {second: ["b", "0.6"]})

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import orjson
@@ -97,6 +97,10 @@ class QualityService:
         self._recording = asyncio.Lock()
         self._rows_failing = False
         self.rows_lost = 0
+        # Ledger writes the store refused, made again on every refresh (quality/spend.py's
+        # settlements: an instance that admits nothing more would otherwise never make them, and
+        # its hold would hold back every other instance's admissions for as long as it runs).
+        self.retries: list[Callable[[], Awaitable[None]]] = []
         self._refresh = Periodic("calibration state refresh", REFRESH_S, self.refresh)
 
     async def load(self) -> None:
@@ -211,6 +215,8 @@ class QualityService:
 
     async def refresh(self) -> None:
         await self.write_rows()
+        for retry in self.retries:
+            await retry()
         for scope, calibration in self.calibrated.items():
             async with self._locks[scope]:
                 await self._load(scope, calibration)

@@ -30,7 +30,10 @@ raised cap less the real spend), and the calibration for the day (the one admiss
 the calibration row). A settlement
 adds its cost only if its hold was still there, so one made twice counts once; one the store
 refused (unavailable) is made again before this process's next admission, on every look of the
-admissions waiting (the hold refused may be the one they wait on), and at a clean stop. A hold
+admissions waiting (the hold refused may be the one they wait on), on every refresh of the
+calibration state (every 2 s: an instance that admits nothing more, its traffic gone elsewhere,
+would otherwise hold back the other instances' admissions with it for as long as it runs), and at
+a clean stop. A hold
 belongs to its instance's lease (quality/leases.py; the lease budget holds already have,
 `accounts.instance_lease_s`): holds of an instance whose lease lapsed (it crashed
 mid-verification) no longer count and are dropped by the next admission (once older than a lease:
@@ -144,6 +147,7 @@ class Holds:
         # Settlements the store refused (unavailable): tried again before every admission, so a
         # hold of this live instance does not block the cap until the process ends.
         self._unsettled: list[tuple[Capped, str, str, Decimal]] = []
+        service.retries.append(self.settle_again)
 
     async def admit(self, capped: Capped, day: str, amount: Decimal) -> str | None:
         """Hold `amount` against the day's cap beside every live instance's holds: the hold's id,
