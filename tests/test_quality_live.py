@@ -272,6 +272,57 @@ async def test_two_instances_share_one_route_by_compare_and_set() -> None:
     assert a.state.totals.verifications > 50
 
 
+class AnswerLost(FakeStore):
+    """A store whose next state writes commit and then fail to answer (a connection dropped after
+    the commit), as `lose` says."""
+
+    lose = 0
+
+    async def save_state(self, scope: str, expected: int, state: str, now: float) -> bool:
+        written = await super().save_state(scope, expected, state, now)
+        if written and self.lose:
+            self.lose -= 1
+            from faregate.store.protocols import StoreUnavailable
+
+            raise StoreUnavailable("connection reset")
+        return written
+
+
+async def test_a_state_write_whose_answer_was_lost_is_counted_once() -> None:
+    """The store took the state but its answer was lost: the next load finds it written. The
+    changes it held were replayed on it as if they were another instance's to add: every decision,
+    outcome and cost of that write counted twice (unlabelled decisions are zeros in every test:
+    counted twice, the estimated loss rate fell)."""
+    store = AnswerLost()
+    route = calibration()
+    quality = QualityService([route], store)
+    run(route, 10, wrong=True)
+    losses = route.state.totals.losses
+    assert losses > 0
+    store.lose = 1
+    with pytest.raises(Exception, match="connection reset"):
+        await quality.save("route:r")
+    await quality.refresh()  # the periodic refresh: the row is at a version this instance did not see
+    assert route.state.decisions == 10 and route.state.totals.losses == losses
+    assert not route.journal
+    stored = orjson.loads(store.states["route:r"][1])["state"]
+    assert stored["decisions"] == 10 and stored["totals"]["losses"] == losses
+    # Another instance's write on top of the lost one (it adopted it) is told apart too.
+    other = calibration()
+    two = QualityService([other], store)
+    run(route, 5, wrong=True, start=100)
+    losses = route.state.totals.losses
+    store.lose = 1
+    with pytest.raises(Exception, match="connection reset"):
+        await quality.save("route:r")
+    await two.load()
+    run(other, 3, wrong=False, start=200)
+    await two.save("route:r")
+    await quality.refresh()
+    assert route.state.decisions == 18 and route.state.totals.losses == losses
+    assert route.state.to_json()["totals"] == other.state.to_json()["totals"]
+
+
 async def test_while_the_store_is_down_the_unsaved_changes_stop_growing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

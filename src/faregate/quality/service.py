@@ -5,6 +5,9 @@ compare-and-set on the row's version: the writer that read version v writes v + 
 is still at v. Of two instances verifying decisions of one route at once, one wins; the other
 loads the winner's state, replays its own unsaved changes on it (quality/route_state.py's journal) and
 tries again, so no verified outcome is lost or counted twice and there is one writer per update.
+Each write carries an id, and the row keeps the last WRITES_KEPT: a write whose answer was lost
+(the connection dropped after the store took it) is found in the row next read, and the changes it
+held leave the journal instead of being replayed on it.
 A periodic refresh adopts what other instances wrote (their cut in force) and flushes this
 instance's counts of unlabelled decisions.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -44,6 +48,9 @@ REFRESH_S = 2.0
 SAVE_TRIES = 8
 # Verification rows kept while the store does not take them (a few hundred bytes each).
 MAX_UNRECORDED = 10_000
+# Ids of a scope's last writes kept in its row (20 bytes each), by which a writer whose answer was
+# lost finds whether the store took it: many more than every instance writes between two refreshes.
+WRITES_KEPT = 256
 
 
 class StateContention(RuntimeError):
@@ -92,6 +99,10 @@ class QualityService:
         self._locks: dict[str, asyncio.Lock] = {scope: asyncio.Lock() for scope in self.calibrated}
         # The last write of each scope (`_write`): its caller may be cancelled while the store writes.
         self._writes: dict[str, asyncio.Future[bool]] = {}
+        # The ids of the last writes in each scope's row as last read or written, and the writes
+        # whose answer was lost (its id, the journal changes it held, the version it was made on).
+        self._write_ids: dict[str, list[str]] = {scope: [] for scope in self.calibrated}
+        self._unanswered: dict[str, list[tuple[str, int, int]]] = {}
         # Verification rows the store has not taken yet, oldest first (`record`), and those given up.
         self._unrecorded: deque[VerificationRow] = deque()
         self._recording = asyncio.Lock()
@@ -132,6 +143,7 @@ class QualityService:
         if version <= self._versions[scope] and not at_start:
             return False
         data: dict[str, Any] = orjson.loads(text)
+        self._taken(scope, calibration, version, data)
         self._versions[scope] = version
         changed = unlike(calibration, data)
         if changed:
@@ -152,8 +164,9 @@ class QualityService:
                 # Another instance wrote first: take its state, replay ours on it, try again.
                 stored = await self.store.load_state(scope)
                 if stored is not None:
-                    self._versions[scope] = stored[0]
                     data = orjson.loads(stored[1])
+                    self._taken(scope, calibration, stored[0], data)
+                    self._versions[scope] = stored[0]
                     if not unlike(calibration, data):
                         calibration.adopt_json(data["state"])
             log.warning("%s: the calibration state kept changing under us; saved later", scope)
@@ -163,26 +176,51 @@ class QualityService:
         of what it holds is cleared), False: another instance wrote in between."""
         await self._written(scope)
         saved = len(calibration.journal)
+        write_id = secrets.token_hex(8)
+        ids = [*self._write_ids[scope], write_id][-WRITES_KEPT:]
         data = {
             "settings": calibration.fingerprint(),
             "models": calibration.models(),
             "state": calibration.state_json(),
+            "writes": ids,
         }
         text = orjson.dumps(data).decode()
         expected = self._versions[scope]
 
         async def write() -> bool:
-            if await self.store.save_state(scope, expected, text, time.time()):
+            try:
+                written = await self.store.save_state(scope, expected, text, time.time())
+            except Exception:
+                # The store may have taken it all the same: the next row read tells (`_taken`).
+                self._unanswered.setdefault(scope, []).append((write_id, saved, expected))
+                raise
+            if written:
+                # Made over `expected`: none of the writes in doubt (made over it too) was taken.
+                self._unanswered.pop(scope, None)
                 self._versions[scope] = expected + 1
+                self._write_ids[scope] = ids
                 del calibration.journal[:saved]
-                return True
-            return False
+            return written
 
         # Shielded: a caller cancelled while the store writes (a shutdown) does not lose whether it
         # wrote (the store goes on with it); otherwise the next save, finding another version,
         # would adopt that write and replay on it the changes it already holds, counting them twice.
         self._writes[scope] = written = asyncio.ensure_future(write())
         return await asyncio.shield(written)
+
+    def _taken(self, scope: str, calibration: Calibrated, version: int, data: dict[str, Any]) -> None:
+        """The row read (`data`, at `version`) is the latest word on the writes whose answer was
+        lost, made over an older version: one it holds was taken, so the changes it held are in the
+        row and leave the journal (replayed on it, they would count twice); the others never will be."""
+        ids = [str(i) for i in data.get("writes", [])]
+        self._write_ids[scope] = ids
+        doubts = self._unanswered.get(scope, [])
+        if not any(expected < version for _, _, expected in doubts):
+            return
+        self._unanswered.pop(scope)
+        for write_id, saved, _ in doubts:
+            if write_id in ids:
+                del calibration.journal[:saved]
 
     async def _written(self, scope: str) -> None:
         """The last write of the scope finished and taken in (a cancelled caller's included)."""
