@@ -27,7 +27,7 @@ from faregate.store.protocols import StoreUnavailable
 from faregate.store.sqlite.analytics import SQLiteAnalytics
 from faregate.store.sqlite.store import SQLiteStore
 from faregate.store.sqlite.verifications import SQLiteVerifications
-from faregate.store.verifications import VerificationStore
+from faregate.store.verifications import HoldAsk, Verdict, VerificationStore
 from faregate.types import Price
 from test_quality_live import FakeStore
 
@@ -422,3 +422,29 @@ async def test_a_settlement_the_store_refused_is_made_again_by_the_refresh_of_an
     second = await asyncio.wait_for(waiting, 3.0)
     assert second is not None
     assert await stored(table) == (Decimal("0.2"), {second: ["b", "0.6"]})
+
+
+async def test_a_hold_admitted_whose_answer_was_lost_does_not_count_for_good() -> None:
+    """The store took the hold but its answer was lost (a connection dropped after the commit): the
+    verification fails without a hold id to settle. The hold belongs to this live instance, whose
+    lease never lapses: it held back the cap, every later admission it did not fit beside
+    waiting on it, for as long as the instance ran."""
+
+    class AdmittedAnswerLost(FakeStore):
+        lose = True
+
+        async def admit_hold(self, ask: HoldAsk) -> tuple[Verdict, Decimal]:
+            answer = await super().admit_hold(ask)
+            if self.lose:
+                self.lose = False
+                raise StoreUnavailable("connection reset")
+            return answer
+
+    table = AdmittedAnswerLost()
+    capped, day = route("1.0"), today()
+    _, holds = service(table, capped, Leases("a", {"a"}))
+    with pytest.raises(StoreUnavailable):
+        await holds.admit(capped, day, Decimal("0.6"))
+    second = await asyncio.wait_for(holds.admit(capped, day, Decimal("0.6")), 3.0)
+    assert second is not None
+    assert await stored(table) == (Decimal(0), {second: ["a", "0.6"]})

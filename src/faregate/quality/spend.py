@@ -26,18 +26,17 @@ day paused by the calibration, and the spend of a day begun before the ledger ex
 One that would fit alone but not beside the others' holds waits for them to settle (their real cost
 is usually far below their worst case) rather than pausing the day. One that cannot fit even alone
 pauses the ledger's day at its cap, apart from the day's spend (so a cap raised since leaves the
-raised cap less the real spend), and the calibration for the day (the one admission that writes
-the calibration row). A settlement
-adds its cost only if its hold was still there, so one made twice counts once; one the store
-refused (unavailable) is made again before this process's next admission, on every look of the
-admissions waiting (the hold refused may be the one they wait on), on every refresh of the
-calibration state (every 2 s: an instance that admits nothing more, its traffic gone elsewhere,
-would otherwise hold back the other instances' admissions with it for as long as it runs), and at
-a clean stop. A hold
-belongs to its instance's lease (quality/leases.py; the lease budget holds already have,
-`accounts.instance_lease_s`): holds of an instance whose lease lapsed (it crashed
-mid-verification) no longer count and are dropped by the next admission (once older than a lease:
-quality/leases.py), so a dead instance blocks the cap for about a lease at most.
+raised cap less the real spend), and the calibration for the day (the one admission that writes the
+calibration row). A settlement adds its cost only if its hold was still there, so one made twice
+counts once (and an admission whose answer was lost, which the store may have taken, is let go as a
+settlement of nothing); one the store refused (unavailable) is made again before this process's next
+admission, on every look of the admissions waiting (the hold refused may be the one they wait on),
+on every refresh of the calibration state (every 2 s: an instance that admits nothing more, its
+traffic gone elsewhere, would otherwise hold back the other instances' admissions with it for as
+long as it runs), and at a clean stop. A hold belongs to its instance's lease (quality/leases.py;
+the lease budget holds already have, `accounts.instance_lease_s`): holds of an instance whose lease
+lapsed (it crashed mid-verification) no longer count and are dropped by the next admission (once
+older than a lease: quality/leases.py), so a dead instance blocks the cap for about a lease at most.
 """
 
 from __future__ import annotations
@@ -167,7 +166,14 @@ class Holds:
                 scope, day, hold_id, leases.instance_id, amount, daily_cap(capped),
                 capped.left_today(day), alive, leases.lease_s, time.time(),
             )  # fmt: skip
-            verdict, capped.held = await store.admit_hold(ask)
+            try:
+                verdict, capped.held = await store.admit_hold(ask)
+            except Exception:
+                # The store may have taken the hold all the same (its answer lost): let go of it as
+                # a settlement of nothing, made again until the store takes it. Else it would count
+                # against the cap for as long as this instance lives (its lease keeps it alive).
+                self._unsettled.append((capped, hold_id, day, Decimal(0)))
+                raise
             if verdict == "admitted":
                 return hold_id
             if verdict == "refused":
