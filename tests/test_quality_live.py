@@ -3,6 +3,7 @@ router-health fallback, and the state kept in the store with compare-and-set (qu
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -420,6 +421,25 @@ def test_metrics_families() -> None:
         'faregate_router_flagged{route="r"} 0.0',
     ):
         assert family in text
+
+
+def test_the_caches_verification_kinds_are_the_documented_ones() -> None:
+    """The semantic cache labels free (unserved candidates) or paid (verified hits): its counter
+    had a third series, kind="cheap", always 0 and in no documentation, in /metrics and
+    /admin/quality, from the route totals' label kinds it shares."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from faregate.learning.online.settings import SemanticAcceptanceSettings
+    from faregate.quality.cache_live import CacheCalibration
+
+    cache = CacheCalibration(SemanticAcceptanceSettings(max_wrong_hit_rate=0.01), "exact")
+    cache.count_label("paid")
+    assert cache.figures()["by_label"] == {"free": 0, "paid": 1}
+    registry = CollectorRegistry()
+    registry.register(QualityCollector(lambda: [], cache.figures))
+    text = generate_latest(registry).decode()
+    kinds = re.findall(r'faregate_cache_verifications_total\{kind="(\w+)"\}', text)
+    assert sorted(kinds) == ["free", "paid"]
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -257,7 +257,8 @@ class CacheCalibration:
             "labelled": labelled,
             "wrong": wrong,
             "verifications": self.totals.verifications,
-            "by_label": dict(self.totals.by_label),
+            # Its two kinds (a route's `cheap` label is not one of the cache's).
+            "by_label": {kind: self.totals.by_label.get(kind, 0) for kind in ("free", "paid")},
             "verification_cost_usd": usd_text(Decimal(self.totals.cost_nano) / NANO),
             "daily_usd_cap": usd_text(self.settings.daily_usd_cap),
             "held_usd": usd_text(self.held),
