@@ -934,3 +934,85 @@ async def test_a_record_write_on_a_silent_connection_is_given_up_and_written_on_
     finally:
         await link.close()
         await store.close()
+
+
+# -- a start against a PostgreSQL that does not answer -----------------------------------------
+
+
+async def test_a_start_against_a_server_that_never_answers_fails_with_a_message(
+    postgres_server: PostgresServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that accepts the connection and says nothing (frozen, a partition behind a proxy)
+    held a start 60 s (asyncpg's connect timeout), then failed saying 'cannot connect to
+    PostgreSQL: ' and nothing more. The bound shrunk to half a second here."""
+    from faregate.store.postgres import pool as pg_pool
+
+    monkeypatch.setattr(pg_pool, "CONNECT_TIMEOUT_S", 0.5)
+    link = PartitionableLink(postgres_server.port)
+    link.silent = True
+    port = await link.start()
+    try:
+        with pytest.raises(StoreUnavailable, match=r"cannot connect to PostgreSQL: no answer within 0\.5 s"):
+            await asyncio.wait_for(PostgresStore.open(f"postgresql://postgres@127.0.0.1:{port}/postgres"), 60)
+    finally:
+        await link.close()
+
+
+async def test_a_server_that_stops_answering_during_the_schema_check_fails_the_start(
+    shared_urls: SharedUrls,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The migration connection has no statement timeout (for the migrations' sake): a server that
+    answered the connection and then went silent held the start forever at its first statement.
+    The steps before the migrations are bounded (shrunk to half a second here)."""
+    from faregate.store.postgres import store as pg_store
+
+    monkeypatch.setattr(pg_store, "SCHEMA_STEP_TIMEOUT_S", 0.5)
+    database = shared_urls.postgres.rsplit("/", 1)[1]
+    link = PartitionableLink(int(shared_urls.postgres.rsplit(":", 1)[1].split("/")[0]))
+    port = await link.start()
+    real_connect = asyncpg.connect
+
+    async def connect_then_freeze(*args: object, **kwargs: object) -> asyncpg.Connection:
+        conn = await real_connect(*args, **kwargs)
+        link.freeze()  # the pool's connection and this one both go silent
+        return conn
+
+    monkeypatch.setattr(pg_store.asyncpg, "connect", connect_then_freeze)
+    try:
+        with pytest.raises(StoreUnavailable, match="stopped answering while the schema was checked"):
+            url = f"postgresql://postgres@127.0.0.1:{port}/{database}"
+            await asyncio.wait_for(PostgresStore.open(url), 60)
+    finally:
+        await link.close()
+
+
+async def test_a_start_waiting_for_another_instances_migration_says_so_and_then_starts(
+    shared_urls: SharedUrls,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from faregate.store.postgres import store as pg_store
+
+    monkeypatch.setattr(pg_store, "MIGRATION_WAIT_LOG_S", 0.2)
+    monkeypatch.setattr(pg_store, "MIGRATION_LOCK_POLL_S", 0.05)
+    caplog.set_level("INFO", logger="faregate.store.postgres")
+    other = await asyncpg.connect(shared_urls.postgres)
+    try:
+        migrating = other.transaction()
+        await migrating.start()
+        await other.execute("SELECT pg_advisory_xact_lock(hashtext('faregate-schema-migrations'))")
+        starting = asyncio.ensure_future(PostgresStore.open(shared_urls.postgres))
+        for _ in range(600):
+            if "for another instance to migrate the PostgreSQL schema" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+        assert "for another instance to migrate the PostgreSQL schema" in caplog.text
+        assert not starting.done()
+        await migrating.rollback()
+        store = await asyncio.wait_for(starting, 60)
+        assert await store.schema_versions() == [m.version for m in PG_MIGRATIONS]
+        await store.close()
+    finally:
+        await other.close()

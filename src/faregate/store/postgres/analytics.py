@@ -22,7 +22,7 @@ import asyncpg
 
 from faregate.store.analytics_queries import AnalyticsQueries, Dialect, Part
 from faregate.store.postgres.errors import unavailable_errors
-from faregate.store.postgres.pool import create_pool
+from faregate.store.postgres.pool import REQUEST_READ_TIMEOUT_S, answered_within, cannot_connect, create_pool
 from faregate.store.postgres.rollup import EVENTFUL, FAILED_ATTEMPTS, PENDING
 from faregate.store.protocols import StoreUnavailable
 from faregate.store.record_sums import EVENT_COLUMNS
@@ -56,19 +56,18 @@ def numbered(sql: str) -> str:
     return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
 
 
-async def _folding_collation(pool: Any) -> str | None:
+async def _folding_collation(conn: Any) -> str | None:
     """None when the database's ILIKE folds all of Unicode already; else the collation to search
     under (ILIKE folds case by the database's LC_CTYPE, and "C", often chosen for speed, folds
     ASCII only: "ÉCOLE" missed "école", which SQLite finds). None too when the database has none
     of FOLDING_COLLATIONS (a PostgreSQL without ICU on a system without C.UTF-8): ASCII only, then."""
-    async with pool.acquire() as conn:
-        if await conn.fetchval("SELECT 'É' ILIKE 'é'"):
-            return None
-        found = await conn.fetch(
-            "SELECT collname FROM pg_collation WHERE collname = ANY($1::text[])"
-            " AND collencoding IN (-1, pg_char_to_encoding(getdatabaseencoding()))",
-            list(FOLDING_COLLATIONS),
-        )
+    if await conn.fetchval("SELECT 'É' ILIKE 'é'"):
+        return None
+    found = await conn.fetch(
+        "SELECT collname FROM pg_collation WHERE collname = ANY($1::text[])"
+        " AND collencoding IN (-1, pg_char_to_encoding(getdatabaseencoding()))",
+        list(FOLDING_COLLATIONS),
+    )
     names = {row[0] for row in found}
     return next((name for name in FOLDING_COLLATIONS if name in names), None)
 
@@ -96,9 +95,10 @@ class PostgresAnalytics(AnalyticsQueries):
                 url, min_size=1, max_size=pool_size, command_timeout=60, server_settings=server_settings
             )
         except (OSError, asyncpg.PostgresError) as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL (store.postgres_url): {exc}") from exc
+            raise StoreUnavailable(f"{cannot_connect(exc)} (store.postgres_url)") from exc
         try:
-            collation = await _folding_collation(pool)
+            # Bounded as a request's reads: a server that stops answering fails the start.
+            collation = await answered_within(REQUEST_READ_TIMEOUT_S, pool, _folding_collation)
         except (OSError, asyncpg.PostgresError) as exc:
             pool.terminate()
             raise StoreUnavailable(f"cannot read from PostgreSQL (store.postgres_url): {exc}") from exc

@@ -29,6 +29,11 @@ T = TypeVar("T")
 # client (frozen, partitioned), who gets a 503 now rather than after the pool's command_timeout,
 # twice over: asyncpg then waits as long again for PostgreSQL to take the cancel.
 REQUEST_READ_TIMEOUT_S = 5.0
+# How long opening a connection may take (asyncpg's own default is 60 s). PostgreSQL answers a new
+# session in milliseconds; one that accepts the connection and says nothing (frozen, a partition
+# behind a proxy) held a start that long, then failed with an empty message; and a pool's
+# reconnection held a request as long.
+CONNECT_TIMEOUT_S = 10.0
 # Reads given up, still unwinding (see `answered_within`): kept referenced until they end.
 _given_up: set[asyncio.Future[Any]] = set()
 
@@ -56,8 +61,17 @@ class SessionFreeConnection(asyncpg.Connection):  # type: ignore[misc]
 
 
 async def create_pool(url: str, **options: Any) -> Any:
-    """asyncpg.create_pool with SessionFreeConnection (the same options otherwise)."""
+    """asyncpg.create_pool with SessionFreeConnection and connections opened within
+    CONNECT_TIMEOUT_S (the same options otherwise)."""
+    options.setdefault("timeout", CONNECT_TIMEOUT_S)
     return await asyncpg.create_pool(url, connection_class=SessionFreeConnection, **options)
+
+
+def cannot_connect(exc: BaseException) -> str:
+    """What a failed connect says: a timeout's own text is empty."""
+    if isinstance(exc, TimeoutError):
+        return f"cannot connect to PostgreSQL: no answer within {CONNECT_TIMEOUT_S:g} s"
+    return f"cannot connect to PostgreSQL: {exc}"
 
 
 async def answered_within(seconds: float, pool: Any, read: Callable[[Any], Awaitable[T]]) -> T:

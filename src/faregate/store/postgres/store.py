@@ -9,10 +9,12 @@ receives their ledger rows in batches (store.redis.shipper), off the request pat
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -20,11 +22,20 @@ from faregate.errors import ConfigError
 from faregate.store.postgres.accounts import KEY_COLUMNS, PostgresAccountTable, key_row
 from faregate.store.postgres.errors import unavailable_errors
 from faregate.store.postgres.migrations import PG_MIGRATIONS
-from faregate.store.postgres.pool import REQUEST_READ_TIMEOUT_S, answered_within, create_pool
+from faregate.store.postgres.pool import (
+    CONNECT_TIMEOUT_S,
+    REQUEST_READ_TIMEOUT_S,
+    answered_within,
+    cannot_connect,
+    create_pool,
+)
 from faregate.store.protocols import DuplicateError, KeyRow, PolicyValues, StoreUnavailable
 from faregate.store.rows import INSERT_COLUMNS, RECORD_COLUMNS, record_to_row, row_to_record
 from faregate.store.schema import Migration
 from faregate.types import RequestRecord
+
+log = logging.getLogger("faregate.store.postgres")
+T = TypeVar("T")
 
 # The longest a statement of the pool may run (asyncpg's command_timeout): a server that hangs
 # without failing is an outage after this, not a request held forever.
@@ -35,6 +46,16 @@ COMMAND_TIMEOUT_S = 60.0
 # partition, a failover that left it open) held the records for two minutes: asyncpg waits as
 # long again for PostgreSQL to take the cancel.
 RECORD_WRITE_TIMEOUT_S = 10.0
+# At start, each step of the schema check before the migrations themselves (begin, ask for the
+# migration lock, list the applied versions) may take this long: a server that answered the
+# connection and then stops answering fails the start with a message, where it held it forever
+# (the migration connection has no statement timeout, for the migrations' sake).
+SCHEMA_STEP_TIMEOUT_S = 10.0
+# The migration lock, held by another instance migrating, is asked for again this often; the wait
+# is said in the log this often too (it lasts as long as that migration does).
+MIGRATION_LOCK_POLL_S = 0.5
+MIGRATION_WAIT_LOG_S = 10.0
+_MIGRATION_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('faregate-schema-migrations'))"
 
 _RECORD_COLUMN_LIST = ", ".join(RECORD_COLUMNS)
 # PostgreSQL types of INSERT_COLUMNS, in order, for the one-statement batch insert via unnest.
@@ -88,12 +109,12 @@ class PostgresStore:
         try:
             pool = await create_pool(url, min_size=1, max_size=pool_size, command_timeout=COMMAND_TIMEOUT_S)
         except (OSError, asyncpg.PostgresError) as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+            raise StoreUnavailable(cannot_connect(exc)) from exc
         store = cls(pool)
         try:
             await store._migrate(url, migrations)
         except BaseException:
-            await pool.close()
+            pool.terminate()  # not close(): it waits for a goodbye a silent server never gives
             raise
         return store
 
@@ -112,40 +133,59 @@ class PostgresStore:
         # a large table, or an instance waiting for another's to finish, takes what it takes (cut
         # short, it was rolled back and failed every start).
         try:
-            conn = await asyncpg.connect(url)
+            conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S)
         except (OSError, asyncpg.PostgresError) as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+            raise StoreUnavailable(cannot_connect(exc)) from exc
         try:
             await self._apply(conn, known, migrations)
-        finally:
-            await conn.close()
+            await conn.close(timeout=SCHEMA_STEP_TIMEOUT_S)
+        except BaseException:
+            # PostgreSQL rolls back what a closed connection left open; nothing is waited for.
+            conn.terminate()
+            raise
 
     async def _apply(self, conn: Any, known: int, migrations: Sequence[Migration]) -> None:
-        async with conn.transaction():
-            # One migrator at a time across every instance; the lock ends with the transaction.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('faregate-schema-migrations'))")
-            await conn.execute(
+        await _answered(conn.execute("BEGIN"))
+        await self._take_migration_lock(conn)
+        await _answered(
+            conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
             )
-            applied = {int(r["version"]) for r in await conn.fetch("SELECT version FROM schema_migrations")}
-            newest = max(applied, default=0)
-            if newest > known:
-                raise ConfigError(
-                    f"the PostgreSQL database has schema version {newest}, newer than this faregate knows "
-                    f"({known}); upgrade faregate"
-                )
-            for migration in sorted(migrations, key=lambda m: m.version):
-                if migration.version in applied:
-                    continue
-                for statement in migration.statements:
-                    await conn.execute(statement)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    time.time(),
-                )
+        )
+        versions = await _answered(conn.fetch("SELECT version FROM schema_migrations"))
+        applied = {int(r["version"]) for r in versions}
+        newest = max(applied, default=0)
+        if newest > known:
+            raise ConfigError(
+                f"the PostgreSQL database has schema version {newest}, newer than this faregate knows "
+                f"({known}); upgrade faregate"
+            )
+        for migration in sorted(migrations, key=lambda m: m.version):
+            if migration.version in applied:
+                continue
+            for statement in migration.statements:
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                migration.version,
+                migration.name,
+                time.time(),
+            )
+        await conn.execute("COMMIT")
+
+    async def _take_migration_lock(self, conn: Any) -> None:
+        """One migrator at a time across every instance; the lock ends with the transaction. Asked
+        for again while another instance holds it (each ask bounded: the server answers it at
+        once), and the wait said in the log: it lasts as long as that instance's migration."""
+        started = time.monotonic()
+        said = 0
+        while not await _answered(conn.fetchval(_MIGRATION_LOCK)):
+            waited = time.monotonic() - started
+            if waited >= (said + 1) * MIGRATION_WAIT_LOG_S:
+                said = int(waited // MIGRATION_WAIT_LOG_S)
+                log.info("waiting %.0f s for another instance to migrate the PostgreSQL schema", waited)
+            await asyncio.sleep(MIGRATION_LOCK_POLL_S)
 
     async def schema_versions(self) -> list[int]:
         rows = await self._pool.fetch("SELECT version FROM schema_migrations ORDER BY version")
@@ -237,3 +277,15 @@ class PostgresStore:
     async def count_records(self) -> int:
         with unavailable_errors():
             return int(await self._pool.fetchval("SELECT COUNT(*) FROM request_records"))
+
+
+async def _answered(step: Awaitable[T]) -> T:
+    """A step of the start's schema check, or StoreUnavailable after SCHEMA_STEP_TIMEOUT_S."""
+    try:
+        async with asyncio.timeout(SCHEMA_STEP_TIMEOUT_S):
+            return await step
+    except TimeoutError as exc:
+        raise StoreUnavailable(
+            f"PostgreSQL stopped answering while the schema was checked at start "
+            f"(no answer within {SCHEMA_STEP_TIMEOUT_S:g} s)"
+        ) from exc
