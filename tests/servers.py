@@ -199,6 +199,53 @@ def run_postgres() -> Iterator[PostgresServer]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@dataclass
+class PgBouncer:
+    port: int
+
+    def url(self, database: str) -> str:
+        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{database}"
+
+
+@contextlib.contextmanager
+def run_pgbouncer(postgres: PostgresServer, *, server_connections: int = 3) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction mode in front of `postgres`, with a few server connections per
+    database, so a client's transactions run on several (where a statement prepared on one does
+    not exist)."""
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not os.path.exists(binary):
+        raise RuntimeError("pgbouncer is not installed: apt-get install pgbouncer (.ci/run does)")
+    root = Path(tempfile.mkdtemp(prefix="faregate-pgbouncer-"))
+    port = free_port()
+    (root / "users.txt").write_text(f'"{PG_USER}" ""\n')
+    (root / "pgbouncer.ini").write_text(
+        f"[databases]\n* = host=127.0.0.1 port={postgres.port}\n[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {root / 'users.txt'}\npool_mode = transaction\n"
+        f"default_pool_size = {server_connections}\nlogfile = {root / 'log'}\n"
+    )
+    if os.geteuid() == 0:  # it refuses to run as root, as postgres does
+        for path in (root, *root.iterdir()):
+            shutil.chown(path, PG_USER, PG_USER)
+    process = subprocess.Popen(
+        as_postgres([binary, str(root / "pgbouncer.ini")]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+    )
+    try:
+        _wait_port(port, process, "pgbouncer")
+        yield PgBouncer(port)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 DATABASES = 256
 
 

@@ -13,7 +13,7 @@ import pytest
 pytestmark = pytest.mark.e2e  # runs bash
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install-test-packages"
-EVERYTHING = "chromium postgresql redis-server openssl wrk python3-venv"
+EVERYTHING = "chromium postgresql redis-server pgbouncer openssl wrk python3-venv"
 
 
 def tool(folder: Path, name: str, body: str) -> None:

@@ -1016,3 +1016,31 @@ async def test_a_start_waiting_for_another_instances_migration_says_so_and_then_
         await store.close()
     finally:
         await other.close()
+
+
+async def test_behind_pgbouncer_in_transaction_mode_the_store_and_the_dashboard_work(
+    postgres_server: PostgresServer,  # noqa: F811
+) -> None:
+    """asyncpg keeps each statement prepared on the server connection it was prepared on; PgBouncer
+    in transaction mode gives the next transaction another, where it 'does not exist', and refuses
+    the dashboard pool's plan_cache_mode at connect ('unsupported startup parameter').
+    store.postgres_transaction_pooling turns both off."""
+    from servers import run_pgbouncer
+
+    database = postgres_server.new_database().rsplit("/", 1)[1]
+    with run_pgbouncer(postgres_server) as bouncer:
+        url = bouncer.url(database)
+        store = await PostgresStore.open(url, pool_size=6, transaction_pooling=True)
+        analytics = await PostgresAnalytics.open(url, transaction_pooling=True)
+        try:
+            keys = KeyStore(store)
+            made = [await keys.create(f"k{i}", credits_nano=1_000) for i in range(3)]
+            found = await asyncio.gather(*(keys.verify(raw) for _ in range(30) for _, raw in made))
+            assert found == [key for _ in range(30) for key, _ in made]
+            record = RequestRecord("req_1", 1000.0, made[0][0].id, "m", "m", "sim", 200, False, 10, 5)
+            assert await store.insert_records([record]) == 1
+            totals = await asyncio.gather(*(analytics.totals(Slice(0.0, 3000.0)) for _ in range(20)))
+            assert {t.requests for t in totals} == {1}
+        finally:
+            await analytics.close()
+            await store.close()

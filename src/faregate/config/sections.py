@@ -63,6 +63,10 @@ class StoreSettings(_Strict):
     postgres_url: str | None = None
     redis_url: str | None = None
     postgres_pool_size: Annotated[int, msgspec.Meta(ge=1)] = 10
+    # postgres_url is a pooler in transaction mode (PgBouncer's pool_mode = transaction, and the
+    # like): a statement is not kept prepared on a server connection the next transaction may not
+    # get, and no setting is sent at connect (PgBouncer refuses the parameters it does not know).
+    postgres_transaction_pooling: bool = False
     # Connections to Redis per instance; a request waits for a free one rather than failing.
     redis_pool_size: Annotated[int, msgspec.Meta(ge=2)] = 64
 

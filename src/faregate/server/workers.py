@@ -247,8 +247,8 @@ async def _check_postgres_room(store: Store, settings: Settings, workers: int) -
     from faregate.store.postgres.analytics import POOL_SIZE as ANALYTICS_POOL_SIZE
     from faregate.store.postgres.store import PostgresStore
 
-    if not isinstance(store, PostgresStore):
-        return
+    if not isinstance(store, PostgresStore) or settings.store.postgres_transaction_pooling:
+        return  # behind a pooler the workers' connections are the pooler's, not PostgreSQL's
     per_worker = settings.store.postgres_pool_size + ANALYTICS_POOL_SIZE
     try:
         room = await store.connection_room()

@@ -151,7 +151,10 @@ async def _open_shared(
     # Imported here: the embedded store never loads asyncpg or redis.
     from faregate.store.postgres.store import PostgresStore
 
-    store = await PostgresStore.open(url, pool_size=settings.store.postgres_pool_size)
+    pooling = settings.store.postgres_transaction_pooling
+    store = await PostgresStore.open(
+        url, pool_size=settings.store.postgres_pool_size, transaction_pooling=pooling
+    )
     exits.on_close("the PostgreSQL store", store.close)
     redis_url = settings.store.redis_url
     if redis_url is None:  # faregate.config refuses one without the other
@@ -179,7 +182,7 @@ async def _open_shared(
         from faregate.store.postgres.feedback import PostgresFeedbackTable
         from faregate.store.postgres.rollup import PostgresRollupWriter
 
-        reads = await PostgresAnalytics.open(url)
+        reads = await PostgresAnalytics.open(url, transaction_pooling=pooling)
         exits.on_close("the analytics pool", reads.close)
         backends._analytics = AnalyticsStores(
             reads,
@@ -197,7 +200,12 @@ async def open_records_reader(settings: Settings) -> Analytics:
     if _shared(settings):
         from faregate.store.postgres.analytics import PostgresAnalytics
 
-        return await PostgresAnalytics.open(_postgres_url(settings), pool_size=1, read_only=True)
+        return await PostgresAnalytics.open(
+            _postgres_url(settings),
+            pool_size=1,
+            read_only=True,
+            transaction_pooling=settings.store.postgres_transaction_pooling,
+        )
     from faregate.store.sqlite.analytics import SQLiteAnalytics
     from faregate.store.sqlite.store import DB_FILENAME
 

@@ -80,10 +80,17 @@ class PostgresAnalytics(AnalyticsQueries):
 
     @classmethod
     async def open(
-        cls, url: str, *, pool_size: int = POOL_SIZE, read_only: bool = False
+        cls,
+        url: str,
+        *,
+        pool_size: int = POOL_SIZE,
+        read_only: bool = False,
+        transaction_pooling: bool = False,
     ) -> PostgresAnalytics:
         """A small pool of its own on the store's (already migrated) database. `read_only`: the
-        server refuses any write on it (for commands that only read records)."""
+        server refuses any write on it (for commands that only read records; not through a pooler
+        in transaction mode, `transaction_pooling`, which takes no session setting: they write
+        nothing anyway)."""
         # asyncpg prepares every statement; after five runs PostgreSQL may switch to a generic
         # plan, blind to the time range, and join a million records where a custom plan reads a
         # few thousand (measured: 50 ms became 1 s).
@@ -92,7 +99,12 @@ class PostgresAnalytics(AnalyticsQueries):
             server_settings["default_transaction_read_only"] = "on"
         try:
             pool = await create_pool(
-                url, min_size=1, max_size=pool_size, command_timeout=60, server_settings=server_settings
+                url,
+                min_size=1,
+                max_size=pool_size,
+                command_timeout=60,
+                server_settings=server_settings,
+                transaction_pooling=transaction_pooling,
             )
         except (OSError, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(f"{cannot_connect(exc)} (store.postgres_url)") from exc

@@ -60,11 +60,27 @@ class SessionFreeConnection(asyncpg.Connection):  # type: ignore[misc]
         return ""
 
 
-async def create_pool(url: str, **options: Any) -> Any:
+async def create_pool(url: str, *, transaction_pooling: bool = False, **options: Any) -> Any:
     """asyncpg.create_pool with SessionFreeConnection and connections opened within
-    CONNECT_TIMEOUT_S (the same options otherwise)."""
+    CONNECT_TIMEOUT_S (the same options otherwise); `transaction_pooling`: see `pooled_options`."""
     options.setdefault("timeout", CONNECT_TIMEOUT_S)
-    return await asyncpg.create_pool(url, connection_class=SessionFreeConnection, **options)
+    return await asyncpg.create_pool(
+        url, connection_class=SessionFreeConnection, **pooled_options(transaction_pooling, options)
+    )
+
+
+def pooled_options(transaction_pooling: bool, options: dict[str, Any]) -> dict[str, Any]:
+    """asyncpg's options for a server reached through a pooler in transaction mode (PgBouncer's
+    pool_mode = transaction; store.postgres_transaction_pooling), else `options` as they are.
+    asyncpg keeps each statement prepared, by name, on the server connection it was prepared on;
+    the pooler gives the next transaction any server connection, where it 'does not exist'. With
+    the cache off every statement is unnamed, prepared and run in one go (and planned with its
+    parameters, so the analytics' plan_cache_mode is not needed). No server_settings either: they
+    are startup parameters, which PgBouncer refuses ('unsupported startup parameter') unless told
+    to ignore them, and a session setting would not follow the transactions anyway."""
+    if not transaction_pooling:
+        return options
+    return {**{k: v for k, v in options.items() if k != "server_settings"}, "statement_cache_size": 0}
 
 
 def cannot_connect(exc: BaseException) -> str:

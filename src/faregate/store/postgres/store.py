@@ -28,6 +28,7 @@ from faregate.store.postgres.pool import (
     answered_within,
     cannot_connect,
     create_pool,
+    pooled_options,
 )
 from faregate.store.protocols import DuplicateError, KeyRow, PolicyValues, StoreUnavailable
 from faregate.store.rows import INSERT_COLUMNS, RECORD_COLUMNS, record_to_row, row_to_record
@@ -104,15 +105,27 @@ class PostgresStore:
 
     @classmethod
     async def open(
-        cls, url: str, *, pool_size: int = 10, migrations: Sequence[Migration] = PG_MIGRATIONS
+        cls,
+        url: str,
+        *,
+        pool_size: int = 10,
+        migrations: Sequence[Migration] = PG_MIGRATIONS,
+        transaction_pooling: bool = False,
     ) -> PostgresStore:
+        """`transaction_pooling`: `url` is a pooler in transaction mode (pool.pooled_options)."""
         try:
-            pool = await create_pool(url, min_size=1, max_size=pool_size, command_timeout=COMMAND_TIMEOUT_S)
+            pool = await create_pool(
+                url,
+                min_size=1,
+                max_size=pool_size,
+                command_timeout=COMMAND_TIMEOUT_S,
+                transaction_pooling=transaction_pooling,
+            )
         except (OSError, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(cannot_connect(exc)) from exc
         store = cls(pool)
         try:
-            await store._migrate(url, migrations)
+            await store._migrate(url, migrations, transaction_pooling)
         except BaseException:
             pool.terminate()  # not close(): it waits for a goodbye a silent server never gives
             raise
@@ -127,13 +140,16 @@ class PostgresStore:
             row = await self._pool.fetchrow(_CONNECTION_ROOM)
         return ConnectionRoom(int(row["max_connections"]), int(row["reserved"]), int(row["others"]))
 
-    async def _migrate(self, url: str, migrations: Sequence[Migration]) -> None:
+    async def _migrate(self, url: str, migrations: Sequence[Migration], transaction_pooling: bool) -> None:
         known = max((m.version for m in migrations), default=0)
         # A connection of its own, without the pool's COMMAND_TIMEOUT_S: a migration that rewrites
         # a large table, or an instance waiting for another's to finish, takes what it takes (cut
         # short, it was rolled back and failed every start).
         try:
-            conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S)
+            # One transaction from BEGIN to COMMIT: a pooler in transaction mode keeps it on one
+            # server connection.
+            options = pooled_options(transaction_pooling, {"timeout": CONNECT_TIMEOUT_S})
+            conn = await asyncpg.connect(url, **options)
         except (OSError, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(cannot_connect(exc)) from exc
         try:
