@@ -440,6 +440,56 @@ async def test_close_ends_even_when_redis_stops_answering(
     assert "gave up waiting for the ledger shipper" in caplog.text
 
 
+async def test_a_cache_hit_whose_count_redis_did_not_answer_takes_nothing_from_the_key(
+    pg: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hit's rate-limit count sent to a frozen Redis times out (503), and Redis ran it once it
+    answered again: the key's one request of the minute was gone for an answer never served. It is
+    given back (Redis's socket timeout shrunk to half a second, the give-back's pause to 0.05 s)."""
+    from faregate.accounts import hit_give_backs
+    from faregate.accounts import shared as shared_accounts
+    from faregate.accounts.ratelimit import RateState
+    from servers import run_redis
+
+    monkeypatch.setattr(shared_accounts, "COMMAND_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(hit_give_backs, "RETRY_S", 0.05)
+    with run_redis() as frozen:
+        accounts = await SharedAccounts.connect(frozen.new_database(), pg)
+        try:
+            key, _ = await KeyStore(pg).create("t", credits_nano=1_000)
+            assert isinstance(await accounts.take_request(key.id, None), RateState)  # loaded, nothing taken
+            os.kill(frozen.process.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(StoreUnavailable):
+                    await asyncio.wait_for(accounts.take_request(key.id, 1), 60)
+            finally:
+                os.kill(frozen.process.pid, signal.SIGCONT)
+            for _ in range(1200):
+                if not accounts.give_backs.pending:
+                    break
+                await asyncio.sleep(0.05)
+            assert not accounts.give_backs.pending
+            # The one request a minute is still there for the next hit.
+            assert isinstance(await accounts.take_request(key.id, 1), RateState)
+        finally:
+            await accounts.close()
+
+
+async def test_a_cache_hit_count_retried_on_a_fresh_connection_is_taken_once(
+    pg: PostgresStore,
+    shared: SharedAccounts,
+) -> None:
+    """redis-py sends a script again on a fresh connection when the first one was closed under it
+    (store.redis.connect), which may be after it ran: the same count is not taken twice."""
+    from faregate.accounts.ratelimit import RateRefusal
+
+    key, _ = await KeyStore(pg).create("t", credits_nano=1_000)
+    first = await shared.ledger.take_request(key.id, 2, 0, "hit_same")
+    again = await shared.ledger.take_request(key.id, 2, 0, "hit_same")
+    assert first[0] == again[0] == "ok" and again[1] == pytest.approx(first[1], abs=0.01)
+    assert not isinstance(await shared.take_request(key.id, 2), RateRefusal)  # one left of two
+
+
 async def test_close_never_waits_forever_on_a_stuck_step(
     pg: PostgresStore,
     shared_urls: SharedUrls,  # noqa: F811

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 
@@ -29,6 +30,7 @@ from faregate.accounts.backend import (
     ReserveAsk,
     balance_audit,
 )
+from faregate.accounts.hit_give_backs import HitGiveBacks
 from faregate.accounts.instance_lease import InstanceLease
 from faregate.accounts.money import usd_text
 from faregate.accounts.policy import KEEP_HOURS, Limits
@@ -183,6 +185,7 @@ class SharedAccounts:
         self._sweeper = Periodic("hold-sweeper", sweep_interval_s, self.sweep)
         self._started = False
         self.lease = InstanceLease(self.ledger.renew_lease, self.ledger.end_lease, lease_s)
+        self.give_backs = HitGiveBacks(self.ledger.give_back_request)
 
     @property
     def instance_id(self) -> str:
@@ -254,6 +257,7 @@ class SharedAccounts:
         outbox, and the next shipper to start takes it over."""
         deadline = time.monotonic() + timeout_s
         await _within(deadline, "the hold sweeper", self._sweeper.stop())
+        await _within(deadline, "the cache hits' give-backs", self.give_backs.close())
         if self._started:
             await _within(deadline, "the instance lease", self.lease.close())
         await _within(deadline, "the key-events listener", self.events.stop())
@@ -310,12 +314,21 @@ class SharedAccounts:
     async def take_request(
         self, key_id: str, requests_per_minute: int | None, tokens_per_minute: int | None = None
     ) -> RateState | RateRefusal | Refused:
+        # Named only when it takes something, so that it can be given back.
+        ticket = "hit_" + secrets.token_hex(10) if requests_per_minute else ""
         try:
             status, level, tokens_level = await self.ledger.take_request(
-                key_id, requests_per_minute or 0, tokens_per_minute or 0
+                key_id, requests_per_minute or 0, tokens_per_minute or 0, ticket
             )
+        except RedisTimeoutError as exc:
+            # Sent, not answered: a frozen Redis runs it once it answers again, for a hit never served.
+            if requests_per_minute:
+                self.give_backs.later(key_id, ticket, requests_per_minute)
+            raise StoreUnavailable(f"Redis: {exc}") from exc
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis: {exc}") from exc
+        if status == "closed":  # given back before it ran: only a count given up comes here
+            raise StoreUnavailable(f"the cache hit's count {ticket} was given up before it ran")
         if status in ("revoked", "no_account"):
             return Refused(status)
         state = rate_state(Limits(requests_per_minute, tokens_per_minute), level, tokens_level)

@@ -27,6 +27,7 @@ from faregate.store.protocols import BalanceCapExceeded, LedgerRow, StoreUnavail
 from faregate.store.redis.scripts import (
     CREDIT,
     ENSURE_EPOCH,
+    GIVE_BACK_REQUEST,
     LOAD,
     PRELUDE,
     READ,
@@ -50,6 +51,10 @@ _LOAD_TRIES = 3
 # Holds a releasing script closes at most (each a few commands): Redis serves every other client
 # between two such scripts, however many holds a dead instance left.
 SWEEP_BATCH = 500
+# How long a cache hit's count is remembered (fg:tk:T): long enough for the gateway to give it back
+# once Redis answers again (tried every second); one marker per request a key's rate limit lets
+# through, so a key has about as many at a time as its requests per minute.
+TICKET_MEMORY_S = 60.0
 
 
 def account_key(key_id: str) -> str:
@@ -82,6 +87,7 @@ class RedisLedger:
                 ("read", READ),
                 ("spent", SPENT),
                 ("take_request", TAKE_REQUEST),
+                ("give_back_request", GIVE_BACK_REQUEST),
                 ("release_instance", RELEASE_INSTANCE),
             )
         }
@@ -165,16 +171,24 @@ class RedisLedger:
         return ReserveOutcome(status, balance, held, None, 0, requests_level, tokens_level)
 
     async def take_request(
-        self, key_id: str, requests_per_minute: int, tokens_per_minute: int = 0
+        self, key_id: str, requests_per_minute: int, tokens_per_minute: int = 0, ticket: str = ""
     ) -> tuple[str, float | None, float | None]:
         """A cache hit: "revoked" or "no_account" (the key is refused as a reservation refuses it),
         else one request from the key's requests-per-minute bucket (0: no such limit): "ok" or
         "requests", with the level after, and the token bucket's level now, read only (each None
-        without its limit)."""
-        result = await self._call("take_request", key_id, [key_id, requests_per_minute, tokens_per_minute])
+        without its limit). `ticket` names the count, to give it back (`give_back_request`);
+        "closed" when it was given back before it ran."""
+        args = [key_id, requests_per_minute, tokens_per_minute, ticket, int(TICKET_MEMORY_S * 1000)]
+        result = await self._call("take_request", key_id, args)
         levels = [_level(str(v)) for v in result[1:3]]
         levels += [None] * (2 - len(levels))
         return str(result[0]), levels[0], levels[1]
+
+    async def give_back_request(self, key_id: str, ticket: str, requests_per_minute: int) -> bool:
+        """Give back the request the count `ticket` took, if it ran; if it runs only later, it
+        takes nothing. True when a request was given back."""
+        args = [key_id, ticket, requests_per_minute, int(TICKET_MEMORY_S * 1000)]
+        return bool(await self._run("give_back_request", args))
 
     async def settle(
         self,

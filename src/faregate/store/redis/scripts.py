@@ -16,6 +16,8 @@ Shared:
   fg:epoch  string naming this Redis data set; a new one means the old data (and its holds) is gone
   fg:settled:H, fg:e:E  markers that a hold was settled or released (accounts.settle_retry_s plus a minute),
             a credit applied (ten minutes): a script retried after it ran does not act twice
+  fg:tk:T   a cache hit's count T: "taken" from its key's requests bucket, or "back" (given back,
+            or given up before it ran); a minute, so at most a key's requests per minute of them
 
 Amounts are integers below 2^53, exact in Lua's doubles; they are written with %d because
 Lua would print 1e+15 for a large integer. Time is Redis's own clock, shared by all instances.
@@ -30,6 +32,7 @@ local function holds(k) return 'fg:h:{' .. k .. '}' end
 local function spend(k) return 'fg:s:{' .. k .. '}' end
 local function rate(k) return 'fg:r:{' .. k .. '}' end
 local function settled(hold) return 'fg:settled:' .. hold end
+local function ticket(t) return 'fg:tk:' .. t end
 local INSTANCES = 'fg:instances'
 local function lease(inst) return 'fg:lease:' .. inst end
 local function owned(inst) return 'fg:ih:' .. inst end
@@ -208,9 +211,11 @@ return {'ok', int(bal), int(held), rpm > 0 and num(rl) or '', tpm > 0 and num(tl
 
 # A cache hit: refused as a reservation is when the key is revoked (before its rate limit), else
 # one request from the requests-per-minute bucket (rpm 0: none), nothing else; the token bucket's
-# level (tpm 0: none) is read, not taken, for the headers. ARGV: key, rpm, tpm
+# level (tpm 0: none) is read, not taken, for the headers. ARGV: key, rpm, tpm, the count's
+# ticket ('' none), how long the ticket is remembered (ms)
 TAKE_REQUEST = r"""
 local k, rpm, tpm = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]) or 0
+local t = ARGV[4] or ''
 local epoch = redis.call('GET', EPOCH)
 if not epoch or redis.call('EXISTS', acct(k)) == 0 then return {'noload'} end
 if redis.call('HGET', acct(k), 'rev') == '1' then return {'revoked', '', ''} end
@@ -220,10 +225,30 @@ local tl = ''
 if tpm > 0 then tl = num((refill(tonumber(r[3]), tonumber(r[4]), tpm, now))) end
 if rpm == 0 then return {'ok', '', tl} end
 local rl, rt = refill(tonumber(r[1]), tonumber(r[2]), rpm, now)
+local mark = t ~= '' and redis.call('GET', ticket(t))
+-- Given up by the gateway before it ran (Redis held it unanswered): not taken now.
+if mark == 'back' then return {'closed', num(rl), tl} end
+-- Taken already (this call retried on a fresh connection after the first one ran): not twice.
+if mark == 'taken' then return {'ok', num(rl), tl} end
 if rl < 1 then return {'requests', num(rl), tl} end
 rl = rl - 1
 redis.call('HSET', rate(k), 'rl', num(rl), 'rt', int(rt))
+if t ~= '' then redis.call('SET', ticket(t), 'taken', 'PX', tonumber(ARGV[5])) end
 return {'ok', num(rl), tl}
+"""
+
+# A cache hit's count the gateway gave up on (Redis did not answer it in time): the request is
+# given back if it was taken, and the count, if it runs only now, takes nothing.
+# ARGV: key, ticket, rpm, how long the ticket is remembered (ms)
+GIVE_BACK_REQUEST = r"""
+local k, t, rpm = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local mark = redis.call('GET', ticket(t))
+redis.call('SET', ticket(t), 'back', 'PX', tonumber(ARGV[4]))
+if mark ~= 'taken' then return 0 end
+local r = redis.call('HMGET', rate(k), 'rl', 'rt')
+local rl, rt = refill(tonumber(r[1]), tonumber(r[2]), rpm, now_ms())
+redis.call('HSET', rate(k), 'rl', num(math.min(rpm, rl + 1)), 'rt', int(rt))
+return 1
 """
 
 # ARGV: key, hold, request, hour, cost (nano), used tokens, tpm, how long to remember it (ms),
