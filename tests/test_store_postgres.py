@@ -1094,3 +1094,27 @@ async def test_behind_pgbouncer_in_transaction_mode_the_store_and_the_dashboard_
         finally:
             await analytics.close()
             await store.close()
+
+
+async def test_asking_a_frozen_server_for_its_connection_room_gives_up(
+    shared_urls: SharedUrls,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """serve --workers N asks PostgreSQL, after migrating, how many connections it has room for:
+    a server that stopped answering held the start for the pool's statement timeout twice over
+    (asyncpg waits as long for the cancel). Given up as a request's reads are (0.5 s here); the
+    supervisor then says it could not check, and starts."""
+    from faregate.store.postgres import store as pg_store
+
+    monkeypatch.setattr(pg_store, "REQUEST_READ_TIMEOUT_S", 0.5)
+    database = shared_urls.postgres.rsplit("/", 1)[1]
+    link = PartitionableLink(int(shared_urls.postgres.rsplit(":", 1)[1].split("/")[0]))
+    port = await link.start()
+    store = await PostgresStore.open(f"postgresql://postgres@127.0.0.1:{port}/{database}")
+    try:
+        link.freeze()
+        with pytest.raises(StoreUnavailable, match=r"did not answer within 0\.5 s"):
+            await asyncio.wait_for(store.connection_room(), 60)
+    finally:
+        store._pool.terminate()
+        await link.close()

@@ -135,9 +135,13 @@ class PostgresStore:
         await self._pool.close()
 
     async def connection_room(self) -> ConnectionRoom:
-        """What PostgreSQL says it has room for, beside the one connection this asks on."""
+        """What PostgreSQL says it has room for, beside the one connection this asks on. Asked at
+        start, before the workers fork: given up as a request's reads are, not after the pool's
+        statement timeout twice over."""
         with unavailable_errors():
-            row = await self._pool.fetchrow(_CONNECTION_ROOM)
+            row = await answered_within(
+                REQUEST_READ_TIMEOUT_S, self._pool, lambda conn: conn.fetchrow(_CONNECTION_ROOM)
+            )
         return ConnectionRoom(int(row["max_connections"]), int(row["reserved"]), int(row["others"]))
 
     async def _migrate(self, url: str, migrations: Sequence[Migration], transaction_pooling: bool) -> None:
