@@ -143,6 +143,33 @@ async def test_model_without_enabled_provider_is_503_naming_providers(
     assert info.value.status == 503 and "siliconflow" in info.value.message
 
 
+async def test_model_without_enabled_provider_says_which_key_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A newcomer asking for a model whose providers have no key is told which variable turns
+    each on (one set to the wrong kind of key, and one forced off, say so), not that "an" API
+    key is not set."""
+    for var in ("SILICONFLOW_API_KEY", "DEEPSEEK_API_KEY", "OPENROUTER_API_KEY", "GLOBAL_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    pro_only = {"input": 1, "output": 1, "offers": [{"provider": "globalapi_pro"}]}
+    settings = load_settings(
+        overrides={"providers": {"deepseek": {"enabled": False}}, "models": {"pro-only": pro_only}}
+    )
+    planner = Planner(build_catalog(settings))
+    with pytest.raises(ModelUnavailable) as info:
+        await planner.plan(request({"model": "deepseek-v4-flash"}))
+    message = info.value.message
+    assert info.value.status == 503
+    assert "deepseek-ai/DeepSeek-V4-Flash has no enabled provider" in message
+    assert "siliconflow: set $SILICONFLOW_API_KEY in the gateway's environment and restart" in message
+    assert "openrouter: set $OPENROUTER_API_KEY" in message
+    assert "deepseek: providers.deepseek.enabled is false; set it to true" in message
+    assert "API key not set" not in message
+    monkeypatch.setenv("GLOBAL_API_KEY", "ga_plain")
+    planner = Planner(build_catalog(settings))
+    with pytest.raises(ModelUnavailable) as pro:
+        await planner.plan(request({"model": "pro-only"}))
+    assert "globalapi_pro: $GLOBAL_API_KEY must start with ga_pro_" in pro.value.message
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
@@ -99,11 +99,27 @@ def provider_enabled(settings: ProviderSettings) -> bool:
     return bool(key) and key.startswith(settings.api_key_prefix or "")
 
 
+def how_to_enable(name: str, settings: ProviderSettings | None) -> str:
+    """What turns on the provider `name`, which is off: said in a model's 503, where a newcomer
+    who asked for a model whose provider has no key would otherwise not know which to set."""
+    if settings is None:
+        return f"{name}: no such provider is configured"
+    if settings.enabled is False:
+        return f"{name}: providers.{name}.enabled is false; set it to true"
+    if settings.api_key_env and os.environ.get(settings.api_key_env) and settings.api_key_prefix:
+        return f"{name}: ${settings.api_key_env} must start with {settings.api_key_prefix}"
+    if settings.api_key_env:
+        return f"{name}: set ${settings.api_key_env} in the gateway's environment and restart"
+    return f"{name}: set providers.{name}.enabled: true"
+
+
 class Catalog:
     """Lookup by name or alias (case-insensitive), with suggestions for near misses."""
 
-    def __init__(self, models: Iterable[Model]) -> None:
+    def __init__(self, models: Iterable[Model], enable_hints: Mapping[str, str] | None = None) -> None:
         self.models: dict[str, Model] = {}
+        # Per provider that is off, what turns it on (how_to_enable).
+        self.enable_hints: Mapping[str, str] = enable_hints or {}
         self._index: dict[str, Model] = {}
         self._suggested: dict[tuple[str, int], list[str]] = {}
         for model in models:
@@ -274,7 +290,8 @@ def build_catalog(settings: Settings) -> Catalog:
                 efforts=None if ms.efforts is None else effort_list(ms.efforts),
             )
         )
-    catalog = Catalog(models)
+    hints = {name: how_to_enable(name, p) for name, p in settings.providers.items() if not enabled[name]}
+    catalog = Catalog(models, hints)
     if settings.catalog.broad:
         from faregate.catalog.broad import add_broad_models
 

@@ -28,6 +28,7 @@ class Rejections:
     context: list[str] = field(default_factory=list)
     modality: list[str] = field(default_factory=list)
     cost: list[str] = field(default_factory=list)
+    # Whole phrases, each saying what would make the model servable (tier_offers.py).
     unavailable: list[str] = field(default_factory=list)
     breaker: list[str] = field(default_factory=list)
     # The soonest any of those models' breakers lets a call through again (seconds; None: none
@@ -212,7 +213,7 @@ async def refuse(rejected: Rejections, prompt: PromptSize) -> None:
             raise InvalidRequest(" ".join(sentence for _, _, sentence in reasons), param=param, code=code)
     parts = []
     if rejected.unavailable:
-        parts.append(f"no enabled provider (API key not set) for {', '.join(rejected.unavailable)}")
+        parts.append("; ".join(rejected.unavailable))
     if rejected.breaker:
         parts.append(f"circuit breaker open for {'; '.join(rejected.breaker)}")
     for label, items in (

@@ -114,7 +114,7 @@ class Planner:
         self.routing = routing or RoutingSettings()
         self.routes = RouteBook(routes or {}, catalog, policies)
         self.health = health or HealthBoard(self.routing.breaker, self.routing.latency_window)
-        self._tier_offers = TierOfferMemo()
+        self._tier_offers = TierOfferMemo(catalog.enable_hints)
 
     def resolve(self, name: str) -> Model:
         model = self.catalog.get(name)
@@ -176,7 +176,7 @@ class Planner:
             o for o in self._order_offers(model, rejected, False, None, premium, key_id) if serves(o.provider)
         ]
         if not offers:
-            parts = [f"no enabled provider (API key not set) for {u}" for u in rejected.unavailable]
+            parts = list(rejected.unavailable)
             parts += [f"circuit breaker open for {b}" for b in rejected.breaker]
             reason = "; ".join(parts) or f"no enabled provider of {model.name} serves embeddings"
             raise ModelUnavailable(

@@ -11,6 +11,7 @@ again if the model's offers are replaced or added to (a catalog being built).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from faregate.catalog.models import Model, Offer
@@ -26,22 +27,26 @@ class TierOffers:
     source_len: int
 
 
-def tier_offers(model: Model, premium: bool) -> TierOffers:
+def tier_offers(model: Model, premium: bool, enable_hints: Mapping[str, str]) -> TierOffers:
+    """`enable_hints`: per provider that is off, what turns it on (Catalog.enable_hints), so the
+    refusal says what to do and not only that the model cannot be served."""
     offers = model.available_offers()
     refusal = ""
     if not offers:
-        providers = ", ".join(sorted({o.provider for o in model.offers})) or "none"
-        refusal = f"{model.name} (providers {providers} disabled)"
+        providers = sorted({o.provider for o in model.offers})
+        hints = "; ".join(enable_hints.get(p, f"{p}: no such provider is configured") for p in providers)
+        refusal = f"{model.name} has no enabled provider ({hints or 'no provider sells it'})"
     else:
         # Dedicated offers (reserved capacity) serve premium keys only.
         offers = [o for o in offers if premium or not o.dedicated]
         if not offers:
-            refusal = f"{model.name} (dedicated to premium keys)"
+            refusal = f"{model.name} is dedicated to premium keys"
     return TierOffers(tuple(offers), refusal, model.offers, len(model.offers))
 
 
 class TierOfferMemo:
-    def __init__(self) -> None:
+    def __init__(self, enable_hints: Mapping[str, str]) -> None:
+        self._enable_hints = enable_hints
         # At most two entries per model of the catalog (its size is fixed by the configuration).
         self._memo: dict[tuple[str, bool], TierOffers] = {}
 
@@ -49,5 +54,5 @@ class TierOfferMemo:
         key = (model.name, premium)
         found = self._memo.get(key)
         if found is None or found.source is not model.offers or found.source_len != len(model.offers):
-            found = self._memo[key] = tier_offers(model, premium)
+            found = self._memo[key] = tier_offers(model, premium, self._enable_hints)
         return found
