@@ -36,6 +36,7 @@ from faregate.server.embeddings import EmbeddingsPipeline
 from faregate.server.feedback import add_feedback_route
 from faregate.server.metrics_route import add_metrics_route
 from faregate.server.openapi import openapi_body
+from faregate.server.path_hint import unknown_path_message
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.quality_api import add_quality_route
 from faregate.server.responses import error_response
@@ -287,9 +288,8 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return error_response(too_large, wire=wire)
     except web.HTTPException as exc:
         if exc.status == 404:
-            return error_response(
-                NotFound(f"Unknown path: {request.method} {request.path}", code="unknown_url"), wire=wire
-            )
+            unknown = NotFound(await unknown_path_message(request), code="unknown_url")
+            return error_response(unknown, wire=wire)
         if exc.status == 405:
             err = InvalidRequest(
                 f"Method {request.method} is not allowed on {request.path}.", code="method_not_allowed"
