@@ -77,6 +77,31 @@ def test_an_unknown_key_is_refused_with_the_key_meant(tmp_path: Path, text: str,
     assert "\n" not in message and "sk-secret" not in message
 
 
+@pytest.mark.parametrize(
+    ("text", "line", "problem"),
+    [
+        ("server:\n  host: 127.0.0.1\n  prot: 4001\n", 3, "unknown field `prot` - at `server`"),
+        ("# mine\nmodel:\n  m: {input: 1}\n", 2, "unknown field `model`; did you mean `models`?"),
+        ("server:\n\n  port: lots\n", 3, "Expected `int`, got `str` - at `server.port`"),
+        (  # a model's name with a dot, an offer in a list, a key in a flow mapping
+            "models:\n  gpt-4.1:\n    input: 2\n    output: 8\n    offers:\n"
+            "      - {provider: openai}\n      - {provider: openrouter, inptu: 3}\n",
+            7,
+            "unknown field `inptu` - at `models.gpt-4.1.offers[1]`; did you mean `input`?",
+        ),
+    ],
+)
+def test_a_bad_key_or_value_names_its_line_in_the_file(
+    tmp_path: Path, text: str, line: int, problem: str
+) -> None:
+    """A typo in a long faregate.yaml is found by its line, not by searching the file for it."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    assert str(raised.value).startswith(f"{path}, line {line}: ")
+    assert problem in str(raised.value)
+
+
 def test_bad_value_says_what_was_expected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"Expected `int`, got `str` - at `server.port`"):
         load_settings(write(tmp_path, "server: {port: lots}\n"))

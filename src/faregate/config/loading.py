@@ -28,6 +28,7 @@ from faregate.config.sections import (
     OfferSettings,
     Settings,
 )
+from faregate.config.yaml_lines import error_path, line_of
 from faregate.errors import ConfigError
 from faregate.extras import check_settings
 from faregate.route_config import (
@@ -114,15 +115,17 @@ def config_path(explicit: str | None = None) -> Path | None:
 def load_settings(path: str | Path | None = None, *, overrides: dict[str, Any] | None = None) -> Settings:
     data = default_data()
     origin = "built-in defaults"
+    text = None
     if path is not None:
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file {p} does not exist")
-        data = _merge(data, read_yaml_file(p))
+        text = read_text(p)
+        data = _merge(data, _read_yaml(text, str(p)))
         origin = str(p)
     if overrides:
         data = _merge(data, overrides)
-    settings = parse_settings(data, origin)
+    settings = parse_settings(data, origin, text=text)
     if path is not None:
         base = Path(path).resolve().parent
         resolve_policy_files(settings, base)
@@ -139,14 +142,19 @@ def _resolve_sim_script(settings: Settings, base: Path) -> None:
         settings.sim.script = str(base / script)
 
 
-def parse_settings(data: dict[str, Any], origin: str = "config") -> Settings:
+def parse_settings(data: dict[str, Any], origin: str = "config", *, text: str | None = None) -> Settings:
+    """`text`: the config file's own YAML, where a bad key or value is found to name its line."""
     try:
         settings = msgspec.convert(data, Settings)
     except msgspec.ValidationError as exc:
         # The hint walks msgspec's own path, whose map entries are `[...]` (a model's name may
         # hold dots).
         hint = known_fields_hint(str(exc))
-        raise ConfigError(f"{origin}: {_explain(_name_the_entry(data, str(exc)))}{hint}") from exc
+        problem = _explain(_name_the_entry(data, str(exc)))
+        at = error_path(problem)
+        line = line_of(text, at) if text is not None and at is not None else None
+        where = f"{origin}, line {line}" if line is not None else origin
+        raise ConfigError(f"{where}: {problem}{hint}") from exc
     _check_references(settings, origin)
     # A feature turned on whose optional packages are missing: one line naming the extra.
     check_settings(settings, origin)
