@@ -833,6 +833,9 @@ async def test_a_cascade_whose_last_step_fails_lists_every_attempt(harness: Harn
 async def test_a_bad_key_is_refused_before_anything_else(harness: Harness) -> None:
     status, headers, raw = await harness.post({"model": "cheap", **ASK}, key="fg-wrong")
     assert status == 401 and orjson.loads(raw)["error"]["code"] == "invalid_api_key"
+    # It says which key to send, not only that this one is wrong.
+    message = orjson.loads(raw)["error"]["message"]
+    assert "`faregate keys create`" in message and "the master key is for the admin API" in message
     assert harness.events == ["authenticate", "record"]
     (record,) = harness.records
     assert (record.status, record.key_id) == (401, None) and "x-faregate-request-id" in headers

@@ -65,6 +65,15 @@ class AuthenticationFailed(FaregateError):
     code = "invalid_api_key"
 
 
+# The 401 for a key the gateway does not know. A newcomer's usual mistake is which key was sent
+# (another service's, the master key, one from a store since deleted): say which one to send.
+UNKNOWN_API_KEY = (
+    "Incorrect API key provided: this gateway has no such key, or it was revoked. Send one that "
+    "`faregate keys create` (or `faregate serve --new-key`) printed; the master key is for the "
+    "admin API, the dashboard and /metrics, not for requests."
+)
+
+
 class PermissionDenied(FaregateError):
     status = 403
     type = "permission_error"

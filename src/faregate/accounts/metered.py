@@ -22,7 +22,13 @@ from faregate.accounts.policy import Policy, budgets_from_text, hour_of, limits_
 from faregate.accounts.ratelimit import RateRefusal, rate_headers
 from faregate.accounts.settle_retry import SettlementRetry
 from faregate.config import AccountsSettings
-from faregate.errors import AuthenticationFailed, FaregateError, InsufficientCredits, RateLimited
+from faregate.errors import (
+    UNKNOWN_API_KEY,
+    AuthenticationFailed,
+    FaregateError,
+    InsufficientCredits,
+    RateLimited,
+)
 from faregate.store.protocols import AccountTable, OutcomeUnknown, StoreUnavailable
 from faregate.types import RequestMeta
 
@@ -227,4 +233,4 @@ def refusal_error(refused: Refused, amount: int, tokens: int) -> FaregateError:
             headers={**headers, "Retry-After": str(wait)},
         )
     # revoked (seen by the store before this process's key cache) or no account at all
-    return AuthenticationFailed("Incorrect API key provided.")
+    return AuthenticationFailed(UNKNOWN_API_KEY)

@@ -53,6 +53,7 @@ from faregate.accounts.keys import ApiKey, KeyStore
 from faregate.cache.service import CachedAnswer, ResponseCache
 from faregate.config import LimitsSettings
 from faregate.errors import (
+    UNKNOWN_API_KEY,
     AuthenticationFailed,
     ClientClosedRequest,
     FaregateError,
@@ -185,7 +186,7 @@ class ChatPipeline:
         Code send it (also the models and account endpoints' check)."""
         key = await self.keys.verify(_presented_key(http_request))
         if key is None:
-            raise AuthenticationFailed("Incorrect API key provided.")
+            raise AuthenticationFailed(UNKNOWN_API_KEY)
         return key
 
     def known_key(self, http_request: HasHeaders) -> ApiKey | None:
