@@ -643,6 +643,21 @@ def test_an_unknown_script_key_says_where_and_what_was_meant(script: dict[str, A
     assert str(info.value) == message
 
 
+def test_a_bad_script_key_or_value_names_its_line(tmp_path: Path) -> None:
+    """A sim script file's typo is found by its line, as a config file's is."""
+    path = tmp_path / "my-faults.yaml"
+    path.write_text("seed: 7\nmodels:\n  gpt-4o:\n    faults: {rate_limt: 0.5}\n")
+    with pytest.raises(ConfigError) as info:
+        load_script(path)
+    assert str(info.value) == (
+        f"{path}, line 4: Object contains unknown field `rate_limt` - at `models.gpt-4o.faults`;"
+        " did you mean `rate_limit`?"
+    )
+    path.write_text("defaults:\n  ttft_ms: soon\n")
+    with pytest.raises(ConfigError, match=r", line 2: Expected `float`, got `str` - at `defaults.ttft_ms`"):
+        load_script(path)
+
+
 def test_model_overrides_replace_fields_and_merge_faults(tmp_path: Path) -> None:
     (tmp_path / "answers.csv").write_text("prompt,good\nhi,hello\n")
     path = tmp_path / "sim.yaml"

@@ -64,7 +64,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _read_yaml(text: str, origin: str) -> dict[str, Any]:
+def read_yaml(text: str, origin: str) -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
@@ -94,12 +94,12 @@ def read_text(path: Path) -> str:
 def read_yaml_file(path: Path) -> dict[str, Any]:
     """A YAML file of mappings (a config, a simulator script), read as strictly as the config: every
     failure is one ConfigError line naming the file."""
-    return _read_yaml(read_text(path), str(path))
+    return read_yaml(read_text(path), str(path))
 
 
 def default_data() -> dict[str, Any]:
     text = resources.files("faregate").joinpath("defaults/faregate.yaml").read_text(encoding="utf-8")
-    return _read_yaml(text, "built-in defaults")
+    return read_yaml(text, "built-in defaults")
 
 
 def config_path(explicit: str | None = None) -> Path | None:
@@ -121,7 +121,7 @@ def load_settings(path: str | Path | None = None, *, overrides: dict[str, Any] |
         if not p.exists():
             raise ConfigError(f"config file {p} does not exist")
         text = read_text(p)
-        data = _merge(data, _read_yaml(text, str(p)))
+        data = _merge(data, read_yaml(text, str(p)))
         origin = str(p)
     if overrides:
         data = _merge(data, overrides)

@@ -41,7 +41,8 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import msgspec
 
-from faregate.config.loading import known_fields_hint, read_yaml_file
+from faregate.config.loading import known_fields_hint, read_text, read_yaml
+from faregate.config.yaml_lines import error_path, line_of
 from faregate.errors import ConfigError
 from faregate.sim import replay as replay_csv
 
@@ -187,7 +188,17 @@ def load_script(path: str | Path | None) -> Script:
         raise ConfigError(f"sim script {p} does not exist")
     # The config's reader: one-line errors (PyYAML's own report spans lines), not-UTF-8 text
     # caught, duplicate keys refused rather than the last one silently kept.
-    return parse_script(read_yaml_file(p), str(p), base_dir=p.parent)
+    text = read_text(p)
+    try:
+        return parse_script(read_yaml(text, str(p)), str(p), base_dir=p.parent)
+    except ConfigError as exc:
+        # A bad key or value names its line in the file, as the config's do.
+        problem = str(exc).removeprefix(f"{p}: ")
+        at = error_path(problem)
+        line = line_of(text, at) if at is not None else None
+        if line is None or problem == str(exc):
+            raise
+        raise ConfigError(f"{p}, line {line}: {problem}") from exc
 
 
 def parse_script(data: Any, origin: str = "sim script", *, base_dir: str | Path = ".") -> Script:
