@@ -74,3 +74,15 @@ async def test_the_anthropic_sdk_is_told_its_base_url_is_the_host(client: TestCl
         meant = path.removeprefix("/v1")
         assert f"Did you mean POST {meant}? Set the anthropic client's base_url to http://{host} " in message
         assert message.endswith("(the SDK adds /v1 itself).")
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/completions"])
+async def test_the_legacy_completions_api_points_to_chat(client: TestClient[Any, Any], path: str) -> None:
+    """LangChain's `OpenAI` class and older tutorials call /v1/completions, which is not served."""
+    answer = await client.post(path, json={"model": "gpt-4o", "prompt": "hi"})
+    assert answer.status == 404, await answer.text()
+    message = (await answer.json())["error"]["message"]
+    assert message == (
+        f"Unknown path: POST {path}. The legacy completions API is not served: send `messages` to "
+        "POST /v1/chat/completions."
+    )

@@ -10,14 +10,17 @@ PREFIX = "/v1"
 # The anthropic SDK's base_url is the host: it adds /v1/messages itself, where the openai SDK's
 # base_url ends in /v1 and it adds /chat/completions.
 ANTHROPIC_PATHS = ("/v1/messages",)
+# OpenAI endpoints a client or an older tutorial may call that the gateway does not serve, and
+# what to call instead (the path under any number of leading /v1, as the client sent it).
+NOT_SERVED = {
+    "/completions": "The legacy completions API is not served: send `messages` to POST /v1/chat/completions.",
+}
 
 
 async def meant_path(request: web.Request) -> str | None:
     """The path under exactly one leading `/v1` that this gateway serves for the request's method,
     if it differs from the one asked (None: no such path)."""
-    rest = request.path
-    while rest == PREFIX or rest.startswith(PREFIX + "/"):
-        rest = rest[len(PREFIX) :]
+    rest = _without_prefix(request.path)
     candidate = PREFIX + rest
     if candidate == request.path or not rest.startswith("/"):
         return None
@@ -28,6 +31,9 @@ async def meant_path(request: web.Request) -> str | None:
 
 async def unknown_path_message(request: web.Request) -> str:
     message = f"Unknown path: {request.method} {request.path}."
+    instead = NOT_SERVED.get(_without_prefix(request.path))
+    if instead is not None:
+        return f"{message} {instead}"
     meant = await meant_path(request)
     if meant is None:
         return message
@@ -37,3 +43,10 @@ async def unknown_path_message(request: web.Request) -> str:
     else:
         advice = f"Set the client's base_url to {root}{PREFIX} (ending in {PREFIX} once)."
     return f"{message} Did you mean {request.method} {meant}? {advice}"
+
+
+def _without_prefix(path: str) -> str:
+    """`path` without its leading `/v1`s, however many."""
+    while path == PREFIX or path.startswith(PREFIX + "/"):
+        path = path[len(PREFIX) :]
+    return path
