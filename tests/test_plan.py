@@ -37,6 +37,15 @@ async def test_unknown_model_is_404_with_suggestions(planner: Planner) -> None:
     assert "Did you mean" in info.value.message and "DeepSeek-V4-Flash" in info.value.message
 
 
+async def test_unknown_model_with_no_close_name_says_where_the_names_are(planner: Planner) -> None:
+    with pytest.raises(ModelNotFound) as info:
+        await planner.plan(request({"model": "zzzqqq"}))
+    assert info.value.message == (
+        "The model 'zzzqqq' does not exist. GET /v1/models (or `faregate models`) lists the models "
+        "served here."
+    )
+
+
 async def test_image_to_text_only_model_is_400_naming_model_and_modality(planner: Planner) -> None:
     with pytest.raises(InvalidRequest) as info:
         await planner.plan(request({"model": "deepseek-v4-flash", "messages": IMAGE}))

@@ -123,7 +123,12 @@ class Planner:
                 *(r for r in self.routes.routes if name.lower() in r.lower()),
                 *self.catalog.suggest(name),
             ]
-            hint = f" Did you mean: {', '.join(suggestions[:4])}?" if suggestions else ""
+            # Nothing close: where the names are, rather than a dead end.
+            hint = (
+                f" Did you mean: {', '.join(suggestions[:4])}?"
+                if suggestions
+                else " GET /v1/models (or `faregate models`) lists the models served here."
+            )
             raise ModelNotFound(f"The model '{name}' does not exist.{hint}", param="model")
         return model
 
