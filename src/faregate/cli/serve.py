@@ -79,6 +79,19 @@ async def announce_new_keys(gateway: Gateway, base_url: str, raw_master: str | N
     )
 
 
+NO_KEYS = (
+    "No API key exists in this gateway's store yet, so every request is refused (401): make one with\n"
+    "`faregate keys create --name NAME` (with the same config), or start with --new-key."
+)
+
+
+async def no_keys_notice(gateway: Gateway) -> str | None:
+    """For a start without --new-key: NO_KEYS when the store has no live API key. Every request
+    would be a 401 with nothing at start saying why (a newcomer moving from `make run` to
+    `faregate serve` in another directory, whose store is new)."""
+    return None if await gateway.backends.store.list_keys() else NO_KEYS
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def serve(
@@ -130,6 +143,8 @@ def register(app: typer.Typer) -> None:
         async def announce(gateway: Gateway, base_url: str) -> None:
             if new_key:
                 typer.echo(await announce_new_keys(gateway, base_url, made[0] if made else None))
+            elif (notice := await no_keys_notice(gateway)) is not None:
+                typer.echo(notice)
 
         path = config_path(config)
         if count == 1:
