@@ -1018,6 +1018,36 @@ async def test_a_cut_stream_without_usage_is_charged_for_the_reasoning_it_relaye
     assert record.completion_tokens >= 400, record.completion_tokens  # ~480 words of reasoning
 
 
+@pytest.mark.parametrize("failure", [UpstreamFailure("connection", "reset"), None])
+async def test_a_stream_that_fails_while_reasoning_is_charged_for_it_and_falls_back(
+    harness: Harness, failure: UpstreamFailure | None
+) -> None:
+    """A reasoning model thinks before its first content, and the stream is held back till then;
+    one that fails there (a reset, or an end without a finish reason) falls back invisibly, but its
+    reasoning was generated and billed upstream: the failed attempt is charged an estimate of it, as
+    a stream cut after content is, and the request's cost says so. (One that failed before any
+    output is still not charged its prompt: test_a_stream_that_fails_before_content_...)"""
+    thinking = "Let me think about this carefully, step by step, before answering. " * 40
+    harness.a.outcomes = [
+        [
+            chunk({"role": "assistant", "content": ""}),
+            *(chunk({"reasoning_content": piece + " "}) for piece in thinking.split(" ")),
+            *([failure] if failure is not None else []),
+        ]
+    ]
+    status, headers, raw = await harness.post({"model": "pair", "stream": True, **ASK})
+    assert status == 200 and headers["x-faregate-provider"] == "b"
+    assert sse_chunks(raw)[-1] == b"[DONE]"
+    (record,) = harness.records
+    failed, served = record.attempts
+    assert (failed.outcome, served.outcome) == ("connection" if failure else "truncated", "ok")
+    assert failed.completion_tokens >= 400, failed.completion_tokens  # ~480 words of reasoning
+    assert failed.cost == Price(Decimal(1), Decimal(1)).cost(
+        Usage(failed.prompt_tokens, failed.completion_tokens)
+    )
+    assert record.cost_usd == failed.cost + served.cost and failed.cost > 0
+
+
 async def test_a_whole_answer_without_usage_is_charged_for_its_reasoning(harness: Harness) -> None:
     thinking = "Let me think about this carefully, step by step, before answering. " * 40
     whole = answer("42")

@@ -44,7 +44,7 @@ from faregate.providers.base import EmbeddingProvider, Provider, UpstreamCall, a
 from faregate.providers.registry import ProviderEntry, ProviderRegistry
 from faregate.providers.upstream_failures import overflows_context
 from faregate.routing.health import HealthBoard
-from faregate.routing.opened_stream import NOT_HEALTH_SIGNALS, OpenedStream
+from faregate.routing.opened_stream import NOT_HEALTH_SIGNALS, OpenedStream, billed_before_content
 from faregate.routing.plan import Candidate, Plan
 from faregate.routing.queue import UpstreamLimiter, tier_of
 from faregate.types import GATEWAY_FIELDS, JSON, Attempt, ChatRequest, Completion, RequestMeta, Usage
@@ -56,7 +56,6 @@ from faregate.wire.openai import (
     cut_at_limit,
     finish_reason,
     upstream_body,
-    usage_of,
     without_fields,
 )
 
@@ -278,7 +277,8 @@ class AttemptRunner:
                                 raise UpstreamFailure("empty", "stream finished without any content")
             except UpstreamFailure as failure:
                 await aclose_quietly(iterator)
-                failure.usage = next((u for u in map(usage_of, reversed(buffered)) if u is not None), None)
+                # Its usage, or an estimate of the reasoning it carried (billed upstream all the same).
+                failure.usage = await billed_before_content(request, buffered)
                 raise
             except BaseException:
                 await aclose_quietly(iterator)

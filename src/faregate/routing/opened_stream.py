@@ -24,7 +24,8 @@ from faregate.errors import UpstreamFailure
 from faregate.providers.base import aclose_quietly
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Candidate
-from faregate.types import JSON, Attempt
+from faregate.types import JSON, Attempt, ChatRequest, Usage
+from faregate.usage_estimate import estimate_after, estimate_usage
 from faregate.wire.anthropic_upstream_answers import INPUT_TOKENS
 from faregate.wire.openai import StreamedAnswer
 
@@ -134,3 +135,35 @@ class OpenedStream:
         served.outcome, served.detail = failure.kind, failure.detail
         if failure.kind not in NOT_HEALTH_SIGNALS and not failure.content_flagged:
             self._health.failure(key, self._api_key)
+
+
+async def carried_usage(request: ChatRequest, seen: StreamedAnswer, cut: bool) -> Usage:
+    """What a stream that carried `seen` is billed: its reported usage, else an estimate of the
+    prompt and the output it carried (never below its deltas). A stream `cut` short after a usage
+    reported before its end (exact up to there) is that usage plus an estimate of what followed."""
+    usage = seen.usage
+    if usage is not None and cut and not seen.usage_final:
+        text, deltas = _carried(seen.text[seen.text_at_usage :], seen.reasoning[seen.reasoning_at_usage :])
+        return await estimate_after(usage, text, deltas)
+    if usage is not None:
+        return usage
+    text, deltas = _carried(seen.text, seen.reasoning)
+    return await estimate_usage(request, text, deltas)
+
+
+async def billed_before_content(request: ChatRequest, read: list[JSON]) -> Usage | None:
+    """What a stream that failed before its first content (the chunks `read` so far) was billed:
+    a reasoning model's thinking was generated, so it is charged as a cut stream is; a stream that
+    carried no output and reported no usage is not charged its prompt (None)."""
+    seen = StreamedAnswer()
+    for chunk in read:
+        seen.take(chunk)
+    if seen.usage is None and not any(seen.text) and not any(seen.reasoning):
+        return None
+    return await carried_usage(request, seen, cut=True)
+
+
+def _carried(text: list[str], reasoning: list[str]) -> tuple[str, int]:
+    """The output text a stream carried (its answer and reasoning) and its count of deltas."""
+    deltas = sum(1 for piece in text if piece) + sum(1 for piece in reasoning if piece)
+    return "".join(text) + "".join(reasoning), deltas

@@ -25,14 +25,14 @@ from aiohttp import web
 from faregate.cache.service import CachedAnswer, ResponseCache
 from faregate.errors import FaregateError, UpstreamFailure
 from faregate.routing.attempts import Served, served_cost
-from faregate.routing.opened_stream import OpenedStream
+from faregate.routing.opened_stream import OpenedStream, carried_usage
 from faregate.routing.plan import Candidate
 from faregate.server.aiohttp_seam import web_response
 from faregate.server.client_wires import CHAT, ClientWire, StreamEncoder
 from faregate.server.exchange import Exchange
 from faregate.server.http_seam import EventStream, Reply, Whole
-from faregate.types import JSON, Attempt, ChatRequest, Usage
-from faregate.usage_estimate import estimate_after, estimate_usage
+from faregate.types import JSON, Usage
+from faregate.usage_estimate import estimate_usage
 from faregate.wire.openai import (
     answer_as_chunks,
     answer_is_empty,
@@ -88,22 +88,6 @@ class StreamOutcome:
 class Settled:
     usage: Usage
     cost: Decimal
-
-
-async def settle(
-    candidate: Candidate,
-    request: ChatRequest,
-    usage: Usage | None,
-    text: str,
-    attempts: list[Attempt],
-    deltas: int = 0,
-) -> Settled:
-    """The cost of the served attempt, from the provider's usage (estimated when it gave none:
-    the completion never below the `deltas` of content a stream carried), plus whatever failed
-    attempts the provider billed."""
-    if usage is None:
-        usage = await estimate_usage(request, text, deltas)
-    return Settled(usage, served_cost(candidate, usage, attempts))
 
 
 class Responder:
@@ -246,19 +230,12 @@ class Responder:
 
     @staticmethod
     async def _settle_seen(exchange: Exchange, opened: OpenedStream, cut: bool) -> Settled:
-        """A relayed stream's cost: its reported usage, else an estimate of what it carried. A
-        stream `cut` short after a usage reported before its end (exact up to there) is charged
-        that usage and an estimate of what followed it."""
-        seen, candidate = opened.seen, opened.candidate
-        usage = seen.usage
-        if usage is not None and cut and not seen.usage_final:
-            text, deltas = _carried(
-                seen.text[seen.text_at_usage :], seen.reasoning[seen.reasoning_at_usage :]
-            )
-            usage = await estimate_after(usage, text, deltas)
-        else:
-            text, deltas = _carried(seen.text, seen.reasoning)
-        settled = await settle(candidate, exchange.request, usage, text, opened.attempts, deltas)
+        """A relayed stream's cost: its reported usage, else an estimate of what it carried
+        (`carried_usage`: a stream `cut` short after a usage reported before its end is charged
+        that usage and an estimate of what followed it)."""
+        candidate = opened.candidate
+        usage = await carried_usage(exchange.request, opened.seen, cut)
+        settled = Settled(usage, served_cost(candidate, usage, opened.attempts))
         exchange.settled(candidate, settled.usage, settled.cost)
         return settled
 
@@ -280,12 +257,6 @@ class Responder:
         ):
             model, provider = candidate.model.name, candidate.offer.provider
             self.cache.remember(exchange.cache, exchange.request, body, model, provider, usage)
-
-
-def _carried(text: list[str], reasoning: list[str]) -> tuple[str, int]:
-    """The output text a stream carried (its answer and reasoning) and its count of deltas."""
-    deltas = sum(1 for piece in text if piece) + sum(1 for piece in reasoning if piece)
-    return "".join(text) + "".join(reasoning), deltas
 
 
 async def _relay(response: EventStream, encoder: StreamEncoder, opened: OpenedStream) -> StreamOutcome:
