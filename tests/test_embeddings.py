@@ -437,3 +437,53 @@ async def test_an_embeddings_answer_is_kept_up_to_cache_max_entry_bytes(
                 break
             await asyncio.sleep(0.01)
         assert await embed() == "hit"
+
+
+async def test_the_hold_covers_inputs_the_light_estimate_counts_under_the_upstream(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hold is a worst case. The light estimate counts a few texts under o200k (a table of
+    numbers: 181 for 185); an embeddings hold of that count was under what OpenAI bills, so a key
+    could spend past its credits and budgets. It is raised as a chat prompt's is (PromptSize's
+    LIGHT_RESERVE_FACTOR); the usage estimated without an upstream's stays the plain count."""
+    import json
+    from pathlib import Path
+
+    from faregate import light_tokens, tokens
+
+    text = json.loads((Path(__file__).parent / "fixtures/estimate_texts.json").read_text())["numbers_table"]
+    assert light_tokens.count_text(text) < tokens.count_text(text)  # the case this guards against
+
+    async def billed_as_openai(request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        billed = sum(tokens.count_text(t) for t in body["input"])
+        data = [{"object": "embedding", "index": i, "embedding": [0.25]} for i in range(len(body["input"]))]
+        usage = {"prompt_tokens": billed, "total_tokens": billed}
+        return web.json_response({"object": "list", "data": data, "model": body["model"], "usage": usage})
+
+    async with gateway_before(
+        billed_as_openai, tmp_path, monkeypatch, accounts={"enabled": True, "new_key_credits_usd": "1"}
+    ) as (
+        client,
+        key,
+        gateway,
+    ):
+        admission = gateway.pipeline.admission
+        held: list[Decimal] = []
+        admit = admission.admit
+
+        async def spied(key: Any, request: Any, worst_usd: Decimal, tokens_held: int) -> Any:
+            held.append(worst_usd)
+            return await admit(key, request, worst_usd, tokens_held)
+
+        monkeypatch.setattr(admission, "admit", spied)
+        response = await client.post(
+            "/v1/embeddings",
+            json={"model": "embed-x", "input": [text, text]},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert response.status == 200, await response.text()
+        cost = Decimal(response.headers["x-faregate-cost-usd"])
+        assert cost == Decimal(2 * tokens.count_text(text)) * Decimal("0.5") / 1_000_000
+        (worst,) = held
+        assert worst >= cost, (worst, cost)

@@ -23,6 +23,8 @@ invariants are the chat pipeline's: every request recorded once, every hold sett
 from __future__ import annotations
 
 import asyncio
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -36,6 +38,7 @@ from faregate.catalog.models import Model
 from faregate.errors import FaregateError, InvalidRequest
 from faregate.providers.registry import ProviderRegistry
 from faregate.routing.attempts import Served, served_cost
+from faregate.routing.estimate import LIGHT_RESERVE_FACTOR
 from faregate.routing.plan import Plan
 from faregate.server.aiohttp_seam import AiohttpRequest
 from faregate.server.exchange import Exchange
@@ -66,11 +69,15 @@ class EmbeddingJob:
     counted: int | None = None
 
     async def input_tokens(self) -> int:
-        """The inputs' tokens as the gateway counts them, counted when first needed (a budget's
-        worst case, or an upstream that reported no usage), once."""
+        """The inputs' tokens as the gateway counts them, counted when first needed (an upstream
+        that reported no usage), once."""
         if self.counted is None:
-            self.counted = await _count(self.parsed)
+            self.counted = await _count(self.parsed, wire.input_tokens)
         return self.counted
+
+    async def tokens_to_hold(self) -> int:
+        """The inputs' tokens a budget holds: a worst case (`_held_tokens`)."""
+        return await _count(self.parsed, _held_tokens)
 
 
 class EmbeddingsPipeline:
@@ -171,7 +178,7 @@ class EmbeddingsPipeline:
         if not self.chat.metered:
             return
         dearest = max(c.offer.price.dearest_input for c in plan.candidates)
-        tokens_held = await job.input_tokens()
+        tokens_held = await job.tokens_to_hold()
         worst = Decimal(tokens_held) * dearest / MILLION
         hold = await self.chat.admission.admit(self._key(exchange), job, worst, tokens_held)
         exchange.admitted(hold.headers, hold)
@@ -219,14 +226,31 @@ def _hints(body: JSON) -> JSON:
     return hints
 
 
-async def _count(parsed: wire.EmbeddingRequest) -> int:
-    """The inputs' tokens as the gateway counts them (faregate.usage_estimate): the worst case
-    held, and the usage when the upstream reports none. Long text (or an opted-in tokenizer not
-    yet loaded) is counted in a thread."""
+async def _count(parsed: wire.EmbeddingRequest, measure: Callable[[wire.EmbeddingRequest], int]) -> int:
+    """`measure(parsed)`: the inputs' tokens as the gateway counts them (faregate.usage_estimate).
+    Long text (or an opted-in tokenizer not yet loaded) is counted in a thread."""
     chars = sum(len(item) for item in parsed.inputs if isinstance(item, str))
     if chars <= _COUNT_INLINE_CHARS and usage_estimate.ready():
-        return wire.input_tokens(parsed)
-    return await asyncio.to_thread(wire.input_tokens, parsed)
+        return measure(parsed)
+    return await asyncio.to_thread(measure, parsed)
+
+
+def _held_tokens(parsed: wire.EmbeddingRequest) -> int:
+    """The inputs' tokens for a budget's worst case: token arrays as sent; each text at the
+    gateway's count, which in `light` mode is raised as a chat prompt's is (LIGHT_RESERVE_FACTOR:
+    the light estimate counts some texts, a table of numbers, under o200k), never past its UTF-8
+    bytes (no token is shorter than a byte)."""
+    count = usage_estimate.count_text
+    light = usage_estimate.mode() == "light"
+    total = 0
+    for item in parsed.inputs:
+        if isinstance(item, tuple):
+            total += len(item)
+        elif light:
+            total += min(len(item.encode()), math.ceil(count(item) * LIGHT_RESERVE_FACTOR))
+        else:
+            total += count(item)
+    return total
 
 
 def _json(body: JSON, exchange: Exchange) -> Whole:
