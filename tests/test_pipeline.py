@@ -1048,6 +1048,32 @@ async def test_a_stream_that_fails_while_reasoning_is_charged_for_it_and_falls_b
     assert record.cost_usd == failed.cost + served.cost and failed.cost > 0
 
 
+async def test_a_stream_at_the_deadline_while_reasoning_is_charged_for_it(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request's deadline reached while a reasoning model still thinks (nothing relayed yet):
+    the request fails, but the reasoning read was generated and billed upstream, so the timed-out
+    attempt is charged an estimate of it and the hold settled with it, not released."""
+    thinking = "Let me think about this carefully, step by step, before answering. " * 40
+
+    async def thinks_then_stalls(call: UpstreamCall) -> AsyncIterator[JSON]:
+        harness.a.calls.append(call)
+        yield chunk({"role": "assistant", "content": ""})
+        for piece in thinking.split(" "):
+            yield chunk({"reasoning_content": piece + " "})
+        await asyncio.Event().wait()  # still thinking when the deadline comes
+
+    monkeypatch.setattr(harness.a, "stream", thinks_then_stalls)
+    harness.pipeline.runner.request_timeout_s = 0.5
+    status, _, _ = await harness.post({"model": "cheap", "stream": True, **ASK})
+    assert status == 504
+    (record,) = harness.records
+    (attempt,) = record.attempts
+    assert attempt.outcome == "timeout" and attempt.completion_tokens >= 400, attempt
+    assert record.cost_usd == attempt.cost > 0
+    assert f"settle {attempt.cost} 0" in harness.events and "release" not in harness.events
+
+
 async def test_a_whole_answer_without_usage_is_charged_for_its_reasoning(harness: Harness) -> None:
     thinking = "Let me think about this carefully, step by step, before answering. " * 40
     whole = answer("42")

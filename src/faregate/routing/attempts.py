@@ -280,6 +280,10 @@ class AttemptRunner:
                 # Its usage, or an estimate of the reasoning it carried (billed upstream all the same).
                 failure.usage = await billed_before_content(request, buffered)
                 raise
+            except TimeoutError:
+                # The request's deadline, while a reasoning model may still be thinking: likewise.
+                await aclose_quietly(iterator)
+                raise DeadlineReached(await billed_before_content(request, buffered)) from None
             except BaseException:
                 await aclose_quietly(iterator)
                 raise
@@ -368,13 +372,13 @@ class AttemptRunner:
                         break
                     await asyncio.sleep(wait)
                     continue
-                except TimeoutError:
+                except TimeoutError as deadline:
                     attempts.append(
                         self._failed(
                             candidate,
                             t0,
                             UpstreamFailure("timeout", "request deadline reached"),
-                            None,
+                            deadline.usage if isinstance(deadline, DeadlineReached) else None,
                             request.key_id,
                         )
                     )
@@ -464,6 +468,15 @@ async def _read_after_finish(iterator: AsyncIterator[list[JSON]], buffered: list
                 buffered.extend(await anext(iterator))
     except (StopAsyncIteration, TimeoutError, UpstreamFailure):
         pass  # whatever usage came is in `buffered`; the attempt fails as empty either way
+
+
+class DeadlineReached(TimeoutError):
+    """The request's deadline reached during a call, with what the call was billed by then (a
+    stream's reasoning read before its first content), if anything."""
+
+    def __init__(self, usage: Usage | None) -> None:
+        super().__init__("request deadline reached")
+        self.usage = usage
 
 
 def _within(call: UpstreamCall, time_left: float) -> UpstreamCall:
