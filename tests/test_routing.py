@@ -35,6 +35,7 @@ from faregate.routing.worst_case import worst_case
 from faregate.server.parse import parse_chat_request
 from faregate.store.rows import attempt_summary
 from faregate.types import ChatRequest, Completion, Usage
+from faregate.wire.anthropic_upstream import DEFAULT_MAX_TOKENS
 
 PROVIDERS = {
     "a": {"base_url": "http://127.0.0.1:1/v1", "enabled": True},
@@ -407,6 +408,34 @@ async def test_the_cap_reckons_the_prompt_as_the_reservation_does(
         await planner.plan(request({**body, "faregate": {"max_cost_usd": cap}}))
     within = {**body, "faregate": {"max_cost_usd": str(worst)}}
     assert (await worst_case(await planner.plan(request(within)), request(within)))[0] <= worst
+
+
+async def test_without_max_tokens_a_messages_offer_is_held_and_capped_at_the_limit_it_is_sent() -> None:
+    """A Messages upstream must be sent a max_tokens: without the client's, it is sent
+    DEFAULT_MAX_TOKENS (8,192), not the model's max output (64,000), and can bill no more. The
+    hold and the cost cap reckoned the 64,000: nearly 8 times the worst case, so a key with credit
+    for the call was refused it (402), and a cap it fits left the model out."""
+    providers = {**PROVIDERS, "claude": {"base_url": "http://127.0.0.1:3/v1", "protocol": "anthropic"}}
+    models = {
+        **MODELS,
+        "sonnet": model("15", ctx=200_000, offers=[{"provider": "claude"}], max_output_tokens=64_000),
+    }
+    s = settings(providers=providers, models=models)
+    planner = Planner(build_catalog(s), s.routes, s.routing)
+    body: dict[str, Any] = {"model": "sonnet"}
+    plan = await planner.plan(request(body))
+    worst, tokens = await worst_case(plan, request(body))
+    prompt = await plan.prompt.billable() if plan.prompt is not None else 0
+    assert tokens == prompt + DEFAULT_MAX_TOKENS
+    assert worst == Decimal(prompt + DEFAULT_MAX_TOKENS) * 15 / 1_000_000
+    # The cost cap reckons the same allowance: a cap the 8,192 fit under admits the model.
+    capped = await planner.plan(request({**body, "faregate": {"max_cost_usd": str(worst)}}))
+    assert [c.model.name for c in capped.candidates] == ["sonnet"]
+    # The client's own max_tokens is what is sent, and held, above the default as below it.
+    for asked in (100, 20_000):
+        limited = {**body, "max_tokens": asked}
+        _, held = await worst_case(await planner.plan(request(limited)), request(limited))
+        assert held == prompt + asked
 
 
 @pytest.mark.parametrize(

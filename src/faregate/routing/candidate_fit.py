@@ -80,12 +80,19 @@ async def fits(model: Model, request: ChatRequest, prompt: PromptSize, rejected:
 
 
 def _output_sent(model: Model, offer: Offer) -> int:
-    """The output allowance `offer`'s upstream is sent for a request without max_tokens: its wire's
-    default at most the model's max output (wire/anthropic_upstream.py), or 1 when its wire sends
-    none (the upstream may then write what the context window has room for)."""
+    """The output allowance `offer`'s upstream is sent for a request without max_tokens
+    (`default_output`), or 1 when its wire sends none (the upstream may then write what the context
+    window has room for)."""
+    return default_output(model, offer) or 1
+
+
+def default_output(model: Model, offer: Offer) -> int | None:
+    """The max_tokens `offer`'s upstream is sent for a request without one: its wire's default at
+    most the model's max output (wire/anthropic_upstream.py: Messages requires one); None when its
+    wire sends none."""
     default = offer.output_default
     if default is None:
-        return 1
+        return None
     return min(default, model.max_output_tokens) if model.max_output_tokens else default
 
 
@@ -125,11 +132,17 @@ async def offers_that_fit(
     return kept
 
 
-def output_allowance(model: Model, request: ChatRequest, prompt: PromptSize) -> int:
-    """The most output one call to `model` may bill, as the cost cap reckons it."""
+def output_allowance(
+    model: Model, request: ChatRequest, prompt: PromptSize, offer: Offer | None = None
+) -> int:
+    """The most output one call to `model` through `offer` may bill, as the cost cap reckons it:
+    the client's max_tokens at most the model's max output; without one, the limit the offer's wire
+    sends (`default_output`), else the model's max output, else what the context window leaves."""
     out = request.max_tokens
     if out is not None and model.max_output_tokens:
         out = min(out, model.max_output_tokens)
+    if out is None and offer is not None:
+        out = default_output(model, offer)
     return out or model.max_output_tokens or max(model.context_window - prompt.upper_bound, 0)
 
 
@@ -154,20 +167,19 @@ async def within_cap(
     is checked, not the model's cheapest: a fallback to a dearer seller, or the only seller a
     non-premium key may use beside a cheaper dedicated one, could otherwise cost more than the
     client allowed."""
-    worst_out = output_allowance(model, request, prompt)
 
-    def worst(price: Price, tokens_in: int) -> Decimal:
-        return call_worst(price, request, tokens_in, worst_out)
+    def worst(offer: Offer, tokens_in: int) -> Decimal:
+        return call_worst(offer.price, request, tokens_in, output_allowance(model, request, prompt, offer))
 
     # The prompt as the reservation holds it (large inline media by size): its bound first, the
     # count only when the bound cannot settle it.
-    kept = [o for o in offers if worst(o.price, prompt.billable_bound) <= cap]
+    kept = [o for o in offers if worst(o, prompt.billable_bound) <= cap]
     if len(kept) == len(offers):
         return kept
     exact = await prompt.billable()
-    kept = [o for o in offers if worst(o.price, exact) <= cap]
+    kept = [o for o in offers if worst(o, exact) <= cap]
     if not kept:
-        reason = f"{model.name} (worst case ${min(worst(o.price, exact) for o in offers):f})"
+        reason = f"{model.name} (worst case ${min(worst(o, exact) for o in offers):f})"
         if reason not in rejected.cost:  # once, if several routes' caps left it out
             rejected.cost.append(reason)
     return kept

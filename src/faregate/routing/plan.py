@@ -500,7 +500,7 @@ async def _cascade_within_cap(plan: Plan, request: ChatRequest, prompt: PromptSi
     def total(tokens_in: int) -> Decimal:
         usd = Decimal(0)
         for index, stage in enumerate(plan.stages):
-            calls = [(c.offer.price, output_allowance(c.model, request, prompt)) for c in stage]
+            calls = [(c.offer.price, output_allowance(c.model, request, prompt, c.offer)) for c in stage]
             usd += max(call_worst(price, request, tokens_in, out) for price, out in calls)
             if plan.judge_price is not None and index < len(plan.stages) - 1:
                 # The question, the answer and a rubric of the route's own.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from faregate.routing.candidate_fit import default_output
 from faregate.routing.plan import Candidate, Plan
 from faregate.types import MILLION, ChatRequest, Price, Usage
 
@@ -23,9 +24,14 @@ JUDGE_PROMPT_TOKENS = 400
 
 
 def _output_allowance(candidate: Candidate, request: ChatRequest, prompt: int) -> int:
+    """The output one choice may bill: the client's max_tokens at most the model's max output, or
+    without one the limit the offer's wire sends (a Messages upstream must be sent one), else the
+    model's max output, else what the context window leaves."""
     model = candidate.model
-    out = candidate.max_output(request.max_tokens) or model.max_output_tokens
-    return out or max(model.context_window - prompt, 0)
+    out = candidate.max_output(request.max_tokens)
+    if out is None:
+        out = default_output(model, candidate.offer)
+    return out or model.max_output_tokens or max(model.context_window - prompt, 0)
 
 
 def _worst_single(candidates: list[Candidate], request: ChatRequest, prompt: int) -> tuple[Decimal, int, int]:
