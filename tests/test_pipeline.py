@@ -32,6 +32,7 @@ from faregate.quality.verifier import Verifier
 from faregate.routing.attempts import AttemptRunner
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Plan, Planner
+from faregate.server.exchange import money
 from faregate.server.http_seam import Whole
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.wire_routes import add_wire_routes
@@ -866,6 +867,29 @@ async def test_when_every_attempt_fails_the_billed_ones_are_settled(harness: Har
     assert harness.events[-2:] == [f"settle {billed} 0", "record"]
     (record,) = harness.records
     assert record.cost_usd == billed and [a.outcome for a in record.attempts] == ["empty", "timeout"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_failed_request_that_was_billed_says_its_cost(harness: Harness, stream: bool) -> None:
+    """Every response says what it cost: a 502 whose attempts the providers billed (a blank 200
+    bills its prompt) is charged that, so its error says it in x-faregate-cost-usd, the figure the
+    record and the settlement have; it said nothing, as if the failure were free. One that cost
+    nothing says 0."""
+    blank_stream = [
+        chunk({}, "stop"),
+        {"id": "c", "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 0}},
+    ]
+    harness.a.outcomes = [blank_stream if stream else Completion({"choices": []}, Usage(10, 0))]
+    harness.b.outcomes = [UpstreamFailure("timeout", "no response head")]
+    status, headers, _ = await harness.post({"model": "pair", "stream": stream, **ASK})
+    assert status == 502
+    billed = Price(Decimal(1), Decimal(1)).cost(Usage(10, 0))
+    assert harness.records[0].cost_usd == billed
+    assert headers["x-faregate-cost-usd"] == money(billed)
+    harness.a.outcomes = [UpstreamFailure("connection", "reset")]
+    harness.b.outcomes = [UpstreamFailure("timeout", "no response head")]
+    status, headers, _ = await harness.post({"model": "pair", "stream": stream, **ASK})
+    assert status == 502 and headers["x-faregate-cost-usd"] == "0"
 
 
 async def test_a_bug_is_a_clean_500_and_the_hold_is_released(harness: Harness) -> None:

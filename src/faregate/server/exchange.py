@@ -307,8 +307,10 @@ class Exchange:
         if isinstance(error, UpstreamError) and error.attempts:
             self.record.attempts = error.attempts
             self.headers["x-faregate-attempts"] = str(len(error.attempts))
-            # A failed attempt the provider billed (a blank 200) is still money spent.
+            # A failed attempt the provider billed (a blank 200) is still money spent: charged,
+            # and said, as every answer says its cost.
             self.record.cost_usd = billed_cost(error.attempts)
+            self.headers["x-faregate-cost-usd"] = money(self.record.cost_usd)
 
     def finished(self) -> None:
         """The request is over. (Its baseline cost came with its usage; without an answer, 0.)"""
