@@ -57,6 +57,39 @@ def test_one_model_several_offers_with_own_prices(catalog) -> None:  # type: ign
     assert prices["siliconflow"] == Price(Decimal("0.27"), Decimal("1.10"))
 
 
+@pytest.mark.parametrize(
+    ("offer", "price"),
+    [
+        # A seller dearer to write only: its output price, the model's input price.
+        ({"output": "20"}, Price(Decimal(3), Decimal(20), cache_read=Decimal("0.3"))),
+        # A seller cheaper to read only: its input price (and the model's cache discount on it).
+        ({"input": "1.5"}, Price(Decimal("1.5"), Decimal(15), cache_read=Decimal("0.15"))),
+    ],
+)
+def test_an_offer_that_sets_one_price_is_billed_at_it(offer: dict[str, str], price: Price) -> None:
+    """An offer's input and output each default to the model's list price (config's OfferSettings).
+    One that set only one of them was billed at the list price for both: the price it set was
+    ignored, so a seller dearer to write was charged for (and its output held) at the cheaper
+    list price, and the gateway's bill fell short of the seller's."""
+    settings = parse_settings(
+        {
+            "providers": {"x": {"base_url": "http://127.0.0.1:1/v1", "enabled": True}},
+            "models": {
+                "m": {
+                    "input": "3",
+                    "output": "15",
+                    "cache_read": "0.3",
+                    "offers": [{"provider": "x", **offer}],
+                }
+            },
+            "catalog": {"broad": False},
+        }
+    )
+    model = build_catalog(settings).get("m")
+    assert model is not None
+    assert model.offers[0].price == price
+
+
 def test_disabled_providers_show_models_unavailable_not_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("OPENAI_API_KEY", "DEEPSEEK_API_KEY", "SILICONFLOW_API_KEY", "OPENROUTER_API_KEY"):
         monkeypatch.delenv(var, raising=False)

@@ -189,16 +189,20 @@ _CACHE_FIELDS = ("cache_read", "cache_write", "cache_write_1h")
 
 
 def _offer_price(offer: OfferSettings, list_price: Price | None, embedding: bool) -> Price | None:
-    """The offer's price: its own input/output if it sets them, else the model's list price; and
-    each cache price the offer sets, else the model's. A cache price is a discount or premium on
+    """The offer's price: its own input and output where it sets them, each else the model's list
+    price (a seller may differ on one side only); and each cache price the offer sets, else the
+    model's. A cache price is a discount or premium on
     the input price (Anthropic: reads 0.1x, writes 1.25x; OpenAI: reads 0.5x), so at an input price
     of the offer's own, a model's cache price is scaled by the offer's input to the model's: the
     model's 0.3 read at 3 becomes 0.1 at an offer's 1, rather than a read at 30% of the input (or
     a write at 3.75x it). Where the seller's cache discount differs, the offer sets its own."""
-    own = offer.input is not None and (offer.output is not None or embedding)
-    base = _price_of(offer, embedding) if own else list_price
-    if base is None or list_price is None:
-        return base
+    if list_price is None:
+        return _price_of(offer, embedding)  # priced by its offers alone: each sets both
+    base = replace(
+        list_price,
+        input=list_price.input if offer.input is None else Decimal(offer.input),
+        output=list_price.output if offer.output is None else Decimal(offer.output),
+    )
     inherited: list[Decimal | None] = []
     for name in _CACHE_FIELDS:
         theirs: Decimal | None = getattr(list_price, name)
