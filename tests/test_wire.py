@@ -460,3 +460,32 @@ def test_a_kept_answer_replayed_as_a_stream_reads_back_as_that_answer_in_the_sdk
     assert read == [{"content": m["content"], "refusal": m.get("refusal")} for m in messages]
     (call,) = final.choices[2].message.tool_calls or []
     assert (call.id, call.function.name, call.function.arguments) == ("call_1", "f", '{"a": 1}')
+
+
+def test_an_answer_says_the_gateways_cost_not_its_upstreams() -> None:
+    """OpenRouter's usage says what it charged: `cost` and `cost_details` (its upstream's cost
+    for BYOK keys). The answer's `cost` was the gateway's, but `cost_details` went on to the
+    client beside it: the seller's cost basis, and a second cost that disagrees with `cost` (a
+    client adding it up counts what the key was not charged). A cache hit already left it out."""
+    upstream = {
+        "prompt_tokens": 10,
+        "completion_tokens": 2,
+        "total_tokens": 12,
+        "cost": 0.000004,
+        "is_byok": False,
+        "cost_details": {"upstream_inference_cost": 0.000003},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
+    usage = Usage(10, 2)
+    body = {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "42"}}],
+        "usage": dict(upstream),
+    }
+    whole = price_answer(body, "m", usage, Decimal("0.00002"), Decimal("0.0001"))["usage"]
+    streamed = usage_chunk(
+        {"id": "c", "choices": [], "usage": dict(upstream)}, "m", usage, Decimal("0.00002"), Decimal("0.0001")
+    )["usage"]
+    for said in (whole, streamed):
+        assert said["cost"] == 0.00002 and said["baseline_cost"] == 0.0001
+        assert "cost_details" not in said
+        assert said["completion_tokens_details"] == {"reasoning_tokens": 0}  # details kept

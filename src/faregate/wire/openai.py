@@ -573,10 +573,18 @@ def _join_call(assembled: JSON, function: JSON) -> None:
 # -- writing what the client receives ------------------------------------------------------------
 
 
+# What an upstream says it charged beside its own `cost` (OpenRouter's cost_details): the seller's
+# cost, not the client's, which `cost` says.
+_UPSTREAM_COST_FIELDS = ("cost_details",)
+
+
 def usage_json(upstream: Any, usage: Usage, cost: Decimal, baseline: Decimal) -> JSON:
-    """The `usage` object a client sees: the upstream's (details kept) with our counts, the cost
-    and the baseline cost (what the baseline model would have cost for the same usage)."""
+    """The `usage` object a client sees: the upstream's (details kept, its own cost not) with our
+    counts, the cost and the baseline cost (what the baseline model would have cost for the same
+    usage)."""
     out: JSON = dict(upstream) if isinstance(upstream, dict) else {}
+    for name in _UPSTREAM_COST_FIELDS:
+        out.pop(name, None)
     out.update(
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
