@@ -218,8 +218,9 @@ class FakeStore:
     async def cost_nano(self, scope: str, cache: bool = False) -> int:
         return sum(r.cost_nano for r in self.rows if r.scope == scope and (r.kind == "cache") == cache)
 
-    async def load_state(self, scope: str) -> tuple[int, str] | None:
-        return self.states.get(scope)
+    async def load_state(self, scope: str, newer_than: int = 0) -> tuple[int, str] | None:
+        stored = self.states.get(scope)
+        return stored if stored is not None and stored[0] > newer_than else None
 
     async def save_state(self, scope: str, expected: int, state: str, now: float) -> bool:
         current = self.states.get(scope, (0, ""))[0]
@@ -1217,3 +1218,57 @@ async def row_written_once_when_retried(table: Any) -> None:
     assert service.rows_pending == 0
     assert [r.request_id for r in await table.recent("r")] == ["req-1"]
     assert await table.cost_nano("r") == 220
+
+
+async def test_the_refresh_reads_the_state_only_once_another_instance_moved_it(tmp_path: Path) -> None:
+    from faregate.store.sqlite.analytics import SQLiteAnalytics
+    from faregate.store.sqlite.verifications import SQLiteVerifications
+
+    store = await SQLiteStore.open(tmp_path)
+    one, two = await SQLiteAnalytics.open(store.path), await SQLiteAnalytics.open(store.path)
+    try:
+        await state_read_only_once_moved(
+            SQLiteVerifications(one.connection), SQLiteVerifications(two.connection)
+        )
+    finally:
+        await one.close()
+        await two.close()
+        await store.close()
+
+
+async def state_read_only_once_moved(table: Any, other_table: Any) -> None:
+    """The refresh (every 2 s) read the whole calibration row each time, changed or not: with
+    domain learning megabytes per instance every 2 s. The store now sends it only when its version
+    moved past the one this instance holds, and a write of another instance is still adopted."""
+
+    class CountingReads:
+        """The store, counting the rows it sent whole."""
+
+        def __init__(self) -> None:
+            self.rows_read = 0
+
+        async def load_state(self, scope: str, newer_than: int = 0) -> tuple[int, str] | None:
+            stored: tuple[int, str] | None = await table.load_state(scope, newer_than)
+            self.rows_read += stored is not None
+            return stored
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(table, name)
+
+    reading = CountingReads()
+    mine, theirs = calibration(), calibration()
+    service = QualityService([mine], reading)  # type: ignore[arg-type]
+    other = QualityService([theirs], other_table)
+    run(mine, 20, wrong=False)
+    await service.save("route:r")
+    before = reading.rows_read
+    for _ in range(3):
+        await service.refresh()
+    assert reading.rows_read == before  # unchanged since this instance wrote it: not read
+    await other.load()
+    run(theirs, 5, wrong=False, start=500)
+    await other.save("route:r")
+    await service.refresh()
+    assert reading.rows_read == before + 1 and mine.state.decisions == 25
+    await service.refresh()
+    assert reading.rows_read == before + 1

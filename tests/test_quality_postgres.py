@@ -30,7 +30,7 @@ from servers import (  # noqa: F401
     redis_server,
     shared_urls,
 )
-from test_quality_live import row_written_once_when_retried
+from test_quality_live import row_written_once_when_retried, state_read_only_once_moved
 from test_quality_spend import (
     admissions_leave_the_state,
     admit_concurrently,
@@ -94,6 +94,12 @@ async def test_a_verification_row_whose_insert_answer_was_lost_is_written_once(
     await row_written_once_when_retried(table)
 
 
+async def test_the_refresh_reads_the_state_only_once_another_instance_moved_it(
+    two_tables: list[VerificationStore],
+) -> None:
+    await state_read_only_once_moved(*two_tables)
+
+
 async def test_unfinished_verifications_are_recorded_with_their_cost(table: PostgresVerifications) -> None:
     await unfinished_verifications_are_recorded(table)
 
@@ -127,6 +133,8 @@ async def test_rows_and_compare_and_set(table: PostgresVerifications) -> None:
     assert await table.save_state("r", 1, '{"a": 1}', time.time())
     assert not await table.save_state("r", 1, "{}", time.time())
     assert await table.load_state("r") == (2, '{"a": 1}')
+    assert await table.load_state("r", newer_than=1) == (2, '{"a": 1}')
+    assert await table.load_state("r", newer_than=2) is None  # not moved: not sent
 
 
 async def test_two_instances_share_one_route(table: PostgresVerifications) -> None:

@@ -9,7 +9,7 @@ Each write carries an id, and the row keeps the last WRITES_KEPT: a write whose 
 (the connection dropped after the store took it) is found in the row next read, and the changes it
 held leave the journal instead of being replayed on it.
 A periodic refresh adopts what other instances wrote (their cut in force) and flushes this
-instance's counts of unlabelled decisions.
+instance's counts of unlabelled decisions; the store sends the row only once its version moved.
 
 Each verification is also a `verifications` row (its outcome and real cost: the verification cost
 shown is the rows' sum). A row the store cannot take (it is down) waits in memory and is written
@@ -134,14 +134,14 @@ class QualityService:
             self._unrecorded.clear()
 
     async def _load(self, scope: str, calibration: Calibrated, *, at_start: bool = False) -> bool:
-        """Adopt the stored state if it is newer than ours; True if it was."""
+        """Adopt the stored state if it is newer than ours; True if it was. The store sends the row
+        only when its version moved past ours: the refresh asks every REFRESH_S, and a row with
+        domain learning weighs megabytes."""
         await self._written(scope)
-        stored = await self.store.load_state(scope)
+        stored = await self.store.load_state(scope, newer_than=0 if at_start else self._versions[scope])
         if stored is None:
             return False
         version, text = stored
-        if version <= self._versions[scope] and not at_start:
-            return False
         data: dict[str, Any] = orjson.loads(text)
         self._taken(scope, calibration, version, data)
         self._versions[scope] = version

@@ -140,8 +140,10 @@ class VerificationStore(Protocol):
         named "cache" too)."""
         ...
 
-    async def load_state(self, scope: str) -> tuple[int, str] | None:
-        """(version, state JSON), or None when the scope has no state yet."""
+    async def load_state(self, scope: str, newer_than: int = 0) -> tuple[int, str] | None:
+        """(version, state JSON) if the row's version is above `newer_than`; None when the scope has
+        no state yet or the row has not moved since (its state, megabytes with domain learning, is
+        then not read: the refresh asks every couple of seconds)."""
         ...
 
     async def save_state(self, scope: str, expected: int, state: str, now: float) -> bool:

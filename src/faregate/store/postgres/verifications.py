@@ -56,10 +56,12 @@ class PostgresVerifications:
             total = await self._pool.fetchval(cost_sql("$1", cache), scope)
         return int(total)
 
-    async def load_state(self, scope: str) -> tuple[int, str] | None:
+    async def load_state(self, scope: str, newer_than: int = 0) -> tuple[int, str] | None:
         with unavailable_errors():
             row = await self._pool.fetchrow(
-                "SELECT version, state FROM calibration_state WHERE scope = $1", scope
+                "SELECT version, state FROM calibration_state WHERE scope = $1 AND version > $2",
+                scope,
+                newer_than,
             )
         return None if row is None else (int(row[0]), str(row[1]))
 

@@ -58,10 +58,11 @@ class SQLiteVerifications:
             raise StoreUnavailable(str(exc)) from exc
         return int(next(iter(rows))[0])
 
-    async def load_state(self, scope: str) -> tuple[int, str] | None:
+    async def load_state(self, scope: str, newer_than: int = 0) -> tuple[int, str] | None:
         try:
             rows = await self._conn.execute_fetchall(
-                "SELECT version, state FROM calibration_state WHERE scope = ?", (scope,)
+                "SELECT version, state FROM calibration_state WHERE scope = ? AND version > ?",
+                (scope, newer_than),
             )
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(str(exc)) from exc
