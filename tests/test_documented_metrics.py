@@ -32,6 +32,11 @@ class Writer:
     pending = 0
 
 
+class Verifier:
+    started = 1
+    dropped = 0
+
+
 class Cascades:
     judged = 1
     escalated = 0
@@ -82,7 +87,7 @@ def exposed() -> dict[str, tuple[str, set[str]]]:
         settlements=Settlements(),
     )
     metrics = GatewayMetrics(state)
-    metrics.registry.register(QualityCollector(lambda: [ROUTE], lambda: CACHE))
+    metrics.registry.register(QualityCollector(lambda: [ROUTE], lambda: CACHE, Verifier()))
     # A streamed miss and a cache hit, as test_metrics.py's record but served by "sim" on route "r".
     served = {"provider": "sim", "route": "r", "prompt_tokens": 10, "baseline_cost_usd": Decimal("0.002")}
     streamed = {"cost_usd": Decimal("0.001"), "latency_ms": 5.0, "ttft_ms": 1.0}

@@ -486,3 +486,50 @@ async def test_unfinished_verifications_are_recorded_with_their_cost_on_sqlite(t
     finally:
         await reads.close()
         await store.close()
+
+
+async def test_verifications_started_and_dropped_at_shutdown_are_counted_in_metrics_and_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The verifier counted the verifications it started and those it dropped at shutdown, but
+    exposed neither, and said nothing of the drops: an operator could not tell how many decisions
+    a restart left unobserved. Both are /metrics counters now, and the shutdown says how many."""
+    import asyncio
+    import logging
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from faregate.quality import verifier as verifier_module
+    from faregate.quality.metrics import QualityCollector
+    from faregate.quality.verifier import Verifier
+
+    monkeypatch.setattr(verifier_module, "CLOSE_GRACE_S", 0.05)
+    route = calibration(cap="1")
+    service = QualityService([route], FakeStore())
+    verifier = Verifier(service, cast(Any, None), cast(Any, None), max_concurrency=1)
+    hang = asyncio.Event()
+
+    async def hanging(job: Job) -> None:
+        await hang.wait()
+
+    verifier.route_verification.verify = hanging  # type: ignore[method-assign]
+    jobs = []
+    for i in range(50):
+        decision = route.decide(f"req{i}", 0.5, 10.0)
+        if decision.labelled and len(jobs) < 4:
+            jobs.append(Job(decision, request(f"req{i}"), "42", "strong", route))
+    for job in jobs[:3]:  # one runs (and hangs), two wait for its slot
+        verifier.submit(job)
+    await asyncio.sleep(0)
+    registry = CollectorRegistry()
+    registry.register(QualityCollector(service.figures, service.cache_figures, verifier))
+    with caplog.at_level(logging.WARNING, logger="faregate.quality"):
+        await verifier.close()
+    verifier.submit(jobs[3])  # a request finished while the gateway stops: dropped too
+    text = generate_latest(registry).decode()
+    assert "faregate_verifications_started_total 1.0" in text
+    assert "faregate_verifications_dropped_total 3.0" in text
+    assert verifier.cancelled == 1
+    said = [r.getMessage() for r in caplog.records if "shutdown" in r.getMessage()]
+    assert len(said) == 1 and "2 verifications dropped before they began" in said[0]
+    assert "1 cancelled while they ran" in said[0]

@@ -18,16 +18,25 @@ faregate_cache_wrong_hit_bound                   the bound on wrong hits / looku
 faregate_cache_verifications_total{kind}         its labels (free: unserved; paid: verified hits)
 faregate_cache_verification_cost_usd_total       what verifying its hits cost
 faregate_cache_verification_cap_reached          1 while today's cap for verifying its hits is spent
+faregate_verifications_started_total             verifications that had a slot and began (this process)
+faregate_verifications_dropped_total             dropped at shutdown before they began (this process)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+
+class VerifierCounts(Protocol):
+    """quality/verifier.py's counters."""
+
+    started: int
+    dropped: int
 
 
 class QualityCollector(Collector):
@@ -35,9 +44,11 @@ class QualityCollector(Collector):
         self,
         figures: Callable[[], list[dict[str, Any]]],
         cache: Callable[[], dict[str, Any] | None] = lambda: None,
+        verifier: VerifierCounts | None = None,
     ) -> None:
         self._figures = figures
         self._cache = cache
+        self._verifier = verifier
 
     def collect(self) -> Iterable[Metric]:
         rows = self._figures()
@@ -102,6 +113,23 @@ class QualityCollector(Collector):
         yield from gauges.values()
         yield from (flagged, ranking, challenger, capped, verifications, cost)
         yield from self._cache_families()
+        yield from self._verifier_families()
+
+    def _verifier_families(self) -> Iterable[Metric]:
+        """This process's own counts (summed across workers and instances, unlike the totals above,
+        which every instance reads from the shared state)."""
+        if self._verifier is None:
+            return
+        yield CounterMetricFamily(
+            "faregate_verifications_started",
+            "Verifications that had a slot and began (this process).",
+            value=float(self._verifier.started),
+        )
+        yield CounterMetricFamily(
+            "faregate_verifications_dropped",
+            "Verifications dropped at shutdown before they began: their decisions stay unobserved.",
+            value=float(self._verifier.dropped),
+        )
 
     def _cache_families(self) -> Iterable[Metric]:
         cache = self._cache()

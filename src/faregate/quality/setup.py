@@ -105,7 +105,9 @@ def attach_observability(verifier: Verifier | None, observability: Observability
     if verifier is None:
         return
     service = verifier.service
-    observability.metrics.registry.register(QualityCollector(service.figures, service.cache_figures))
+    observability.metrics.registry.register(
+        QualityCollector(service.figures, service.cache_figures, verifier)
+    )
     if observability.insights is not None:
         observability.insights.alerts.quality = service.figures
         observability.insights.alerts.quality_cache = service.cache_figures

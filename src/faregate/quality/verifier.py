@@ -19,7 +19,8 @@ not by outcome), served semantic hits are not drawn and unserved candidates are 
 judge; both resume once the verifications catch up.
 
 At shutdown, tasks not started are dropped (their decisions stay unobserved, which the
-calibration allows) and those running are cancelled after a short grace: one that had its hold is
+calibration allows; counted in /metrics and logged) and those running are cancelled after a short
+grace: one that had its hold is
 recorded as failed with what its calls were billed so far (route_verification.py,
 cache_verification.py), as one whose shadow call failed.
 """
@@ -80,9 +81,12 @@ class Verifier:
         self.route_verification = RouteVerification(service, self.calls, self.holds)
         # The semantic cache's (the setup gives it the response cache when it is calibrated).
         self.cache_verification = CacheVerification(service, self.calls, self.holds)
-        # Counters (metrics): verifications started, dropped at shutdown.
+        # Counters (/metrics, quality/metrics.py): verifications that had a slot and began; those
+        # dropped at shutdown before they began (their decisions stay unobserved); those cancelled
+        # at shutdown while they ran (recorded as failed, route_verification.py).
         self.started = 0
         self.dropped = 0
+        self.cancelled = 0
 
     def job_for(
         self, plan: Plan, request: ChatRequest, answer: Served | OpenedStream, status: int
@@ -187,25 +191,44 @@ class Verifier:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
-            self.dropped += len(running)
+        if self.dropped or self.cancelled:
+            log.warning(
+                "shutdown: %d verifications dropped before they began (their decisions stay "
+                "unobserved), %d cancelled while they ran (recorded as failed)",
+                self.dropped,
+                self.cancelled,
+            )
         # No admission comes after these to make the settlements the store refused: made now,
         # or their real cost would never reach the cap's ledger (a lapsed hold is dropped uncharged).
         await self.holds.settle_again()
 
     async def _run(self, job: Job | CacheJob | CandidateJob) -> None:
-        async with self._slots:
-            if self._closing:
+        began = False
+        try:
+            async with self._slots:
+                if self._closing:
+                    self.dropped += 1
+                    return
+                self.started += 1
+                began = True
+                await self._verify(job)
+        except asyncio.CancelledError:
+            # At shutdown (`close`): one still waiting for a slot is dropped, one running cancelled.
+            if began:
+                self.cancelled += 1
+            else:
                 self.dropped += 1
-                return
-            self.started += 1
-            try:
-                if isinstance(job, CacheJob):
-                    await self.cache_verification.verify(job)
-                elif isinstance(job, CandidateJob):
-                    await self.cache_verification.label_candidate(job)
-                else:
-                    await self.route_verification.verify(job)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("verification of request %s failed", job.request.request_id)
+            raise
+
+    async def _verify(self, job: Job | CacheJob | CandidateJob) -> None:
+        try:
+            if isinstance(job, CacheJob):
+                await self.cache_verification.verify(job)
+            elif isinstance(job, CandidateJob):
+                await self.cache_verification.label_candidate(job)
+            else:
+                await self.route_verification.verify(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("verification of request %s failed", job.request.request_id)
