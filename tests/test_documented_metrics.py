@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 class Counters:
     retries = 1
     fallbacks = 1
+    verification_retries = 0
+    verification_fallbacks = 0
 
 
 class Writer:

@@ -227,6 +227,7 @@ class Embedder:
 class Job:
     def __init__(self) -> None:
         self.request_id, self.key_id, self.premium, self.started = "req_1", "k", False, time.perf_counter()
+        self.verification = False
 
 
 def vectors(n: int, tokens: int = 6) -> Completion:

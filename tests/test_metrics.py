@@ -114,6 +114,8 @@ def test_a_broken_record_never_raises() -> None:
 class Counters:
     retries = 3
     fallbacks = 2
+    verification_retries = 1
+    verification_fallbacks = 0
 
 
 class Writer:
@@ -141,6 +143,7 @@ def test_state_is_read_at_scrape_time() -> None:
     )
     text = metrics.render().decode()
     assert value(text, "faregate_retries_total") == 3 and value(text, "faregate_fallbacks_total") == 2
+    assert value(text, "faregate_verification_retries_total") == 1
     assert value(text, "faregate_breaker_state", offer="sim/bad", state="open") == 1
     assert value(text, "faregate_breaker_state", offer="sim/bad", state="closed") == 0
     assert value(text, "faregate_breaker_state", offer="sim/good", state="closed") == 1

@@ -712,6 +712,29 @@ async def test_retry_then_fallback_then_success() -> None:
     assert runner.retries == 1 and runner.fallbacks == 1
 
 
+async def test_a_verifications_retries_and_fallbacks_are_counted_apart_from_users() -> None:
+    """faregate_retries_total and faregate_fallbacks_total are read as what users' requests met:
+    a quality verification's shadow call that retried and fell over was counted in them too."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from faregate.telemetry.metrics import StateCollector
+
+    a = Scripted("a", [UpstreamFailure("server_error", "HTTP 500", status=500)] * 2)
+    b = Scripted("b", [ok("from b")])
+    planner, runner = runner_for({"a": a, "b": b})
+    shadow = replace(request({"models": ["big", "mid"]}), verification=True)
+    served = await runner.complete(shadow, await planner.plan(shadow))
+    assert [x.provider for x in served.attempts] == ["a", "a", "b"]
+    assert runner.retries == 0 and runner.fallbacks == 0
+    assert runner.verification_retries == 1 and runner.verification_fallbacks == 1
+    registry = CollectorRegistry()
+    registry.register(StateCollector(counters=runner))
+    text = generate_latest(registry).decode()
+    assert "faregate_retries_total 0.0" in text and "faregate_fallbacks_total 0.0" in text
+    assert "faregate_verification_retries_total 1.0" in text
+    assert "faregate_verification_fallbacks_total 1.0" in text
+
+
 async def test_a_candidate_whose_breaker_refuses_the_call_is_no_fallback() -> None:
     """The fallbacks counter counts moves from a failed call to another offer's call, as the
     record's fallback flag does: a candidate whose breaker opened since the plan was made is

@@ -89,9 +89,14 @@ class AttemptRunner:
         # their own); none unless configured.
         self.limiter = limiter or UpstreamLimiter()
         self._random = random.Random()
-        # Counters for metrics: retries made and fallbacks taken.
+        # Counters for metrics: retries made and fallbacks taken for users' requests, and for the
+        # quality loop's shadow and judge calls apart (an operator reads the first about user
+        # traffic; the second is the only trace of a verification's upstream trouble, as its
+        # calls have no request record).
         self.retries = 0
         self.fallbacks = 0
+        self.verification_retries = 0
+        self.verification_fallbacks = 0
 
     def build_call(
         self, request: ChatRequest, candidate: Candidate, entry: ProviderEntry, time_left: float
@@ -316,8 +321,12 @@ class AttemptRunner:
             # fallback, nor a retry its breaker refused, or left undone at the deadline.
             if len(attempts) > 1:  # the usual request: one call, neither
                 fallbacks, retries = _moves(attempts)
-                self.fallbacks += fallbacks
-                self.retries += retries
+                if request.verification:
+                    self.verification_fallbacks += fallbacks
+                    self.verification_retries += retries
+                else:
+                    self.fallbacks += fallbacks
+                    self.retries += retries
 
     async def _through_candidates(
         self,

@@ -51,6 +51,8 @@ class HealthSource(Protocol):
 class CounterSource(Protocol):
     retries: int
     fallbacks: int
+    verification_retries: int
+    verification_fallbacks: int
 
 
 class CascadeSource(Protocol):
@@ -118,12 +120,24 @@ class StateCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         if self._counters is not None:
             yield CounterMetricFamily(
-                "faregate_retries", "Upstream calls retried on the same offer.", self._counters.retries
+                "faregate_retries",
+                "Upstream calls of requests retried on the same offer (verifications' apart).",
+                self._counters.retries,
             )
             yield CounterMetricFamily(
                 "faregate_fallbacks",
                 "Times a request called another offer (model or provider) after a failed call.",
                 self._counters.fallbacks,
+            )
+            yield CounterMetricFamily(
+                "faregate_verification_retries",
+                "Quality verifications' shadow and judge calls retried on the same offer.",
+                self._counters.verification_retries,
+            )
+            yield CounterMetricFamily(
+                "faregate_verification_fallbacks",
+                "Times a quality verification's call called another offer after a failed call.",
+                self._counters.verification_fallbacks,
             )
         if self._cascades is not None:
             yield CounterMetricFamily(
