@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
+import orjson
 import pytest
 
 from faregate.learning.online.settings import (
@@ -19,8 +20,8 @@ from faregate.learning.online.settings import (
 )
 from faregate.quality import spend
 from faregate.quality.cache_live import CacheCalibration
-from faregate.quality.live import RouteCalibration, today
-from faregate.quality.service import QualityService
+from faregate.quality.live import LiveState, RouteCalibration, today
+from faregate.quality.service import QualityService, StateContention
 from faregate.quality.spend import Holds
 from faregate.routing.worst_case import JUDGE_PROMPT_TOKENS, judge_call
 from faregate.store.protocols import StoreUnavailable
@@ -448,3 +449,76 @@ async def test_a_hold_admitted_whose_answer_was_lost_does_not_count_for_good() -
     second = await asyncio.wait_for(holds.admit(capped, day, Decimal("0.6")), 3.0)
     assert second is not None
     assert await stored(table) == (Decimal(0), {second: ["a", "0.6"]})
+
+
+class StateWritesFail(FakeStore):
+    """The next state writes fail, as `fail` says: "before", the store did not take them (down);
+    "after", it took them and the answer was lost (a connection dropped after the commit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail: list[str] = []
+
+    async def save_state(self, scope: str, expected: int, state: str, now: float) -> bool:
+        if self.fail and self.fail[0] == "before":
+            self.fail.pop(0)
+            raise StoreUnavailable("database is locked")
+        written = await super().save_state(scope, expected, state, now)
+        if self.fail:
+            self.fail.pop(0)
+            raise StoreUnavailable("connection reset")
+        return written
+
+
+@pytest.mark.parametrize("lost", ["before", "after"])
+async def test_a_pause_whose_write_failed_is_kept_and_counted_once(lost: str) -> None:
+    """The daily cap refused a verification; the pause's write failed. The pause lived only in this
+    instance's memory: the next state adopted from another instance (or a restart) dropped it, the
+    next labelled decision was refused again and paused the day again, one skip counted too many.
+    It is now kept with the unsaved changes: written by the next refresh, and counted once also
+    when the store had taken the write after all."""
+    table = StateWritesFail()
+    day = today()
+    a, b = route("0.01"), route("0.01")
+    quality_a = QualityService([a], table, leases=Leases("a", {"a", "b"}))
+    quality_b = QualityService([b], table, leases=Leases("b", {"a", "b"}))
+    await quality_a.save("route:r")
+    await quality_b.load()
+    table.fail = [lost]
+    with pytest.raises(StoreUnavailable):
+        await Holds(quality_a).admit(a, day, Decimal("1"))  # refused: the pause's write fails
+    b.decide("b-1", 0.5, 10.0)
+    await quality_b.save("route:r")  # another instance writes: a adopts it on its refresh
+    await quality_a.refresh()
+    assert a.exhausted(day) and a.decide("a-1", 0.5, 10.0).paused
+    await quality_b.refresh()
+    assert b.exhausted(day)
+    for seen in (a, b):
+        assert seen.state.totals.skipped_for_cap == 1 and seen.state.budget.skipped_for_cap == 1
+
+
+async def test_a_pause_the_row_kept_changing_under_is_kept_for_the_next_save() -> None:
+    """Other instances kept writing while the pause was written (StateContention): the pause is
+    kept with the unsaved changes and written by the next refresh, once."""
+
+    class Busy(FakeStore):
+        busy = True
+
+        async def save_state(self, scope: str, expected: int, state: str, now: float) -> bool:
+            if self.busy:  # another instance wrote first, every time
+                version, text = self.states[scope]
+                self.states[scope] = (version + 1, text)
+                return False
+            return await super().save_state(scope, expected, state, now)
+
+    table, capped, day = Busy(), route("0.01"), today()
+    table.busy = False
+    quality = QualityService([capped], table, leases=Leases("a", {"a"}))
+    await quality.save("route:r")
+    table.busy = True
+    with pytest.raises(StateContention):
+        await Holds(quality).admit(capped, day, Decimal("1"))
+    table.busy = False
+    await quality.refresh()
+    stored = LiveState.from_json(orjson.loads(table.states["route:r"][1])["state"])
+    assert stored.totals.skipped_for_cap == 1 and stored.paused is not None and capped.exhausted(day)

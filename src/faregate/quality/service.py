@@ -171,9 +171,13 @@ class QualityService:
                         calibration.adopt_json(data["state"])
             log.warning("%s: the calibration state kept changing under us; saved later", scope)
 
-    async def _write(self, scope: str, calibration: Calibrated) -> bool:
+    async def _write(
+        self, scope: str, calibration: Calibrated, unjournaled: Callable[[], None] | None = None
+    ) -> bool:
         """One compare-and-set of the state over the version last read; True: written (the journal
-        of what it holds is cleared), False: another instance wrote in between."""
+        of what it holds is cleared), False: another instance wrote in between. `unjournaled`: a
+        change the state holds that is not in the journal (`write_now`'s); kept in it, in its place
+        among what this write holds, if the store does not answer."""
         await self._written(scope)
         saved = len(calibration.journal)
         write_id = secrets.token_hex(8)
@@ -192,7 +196,13 @@ class QualityService:
                 written = await self.store.save_state(scope, expected, text, time.time())
             except Exception:
                 # The store may have taken it all the same: the next row read tells (`_taken`).
-                self._unanswered.setdefault(scope, []).append((write_id, saved, expected))
+                held = saved
+                if unjournaled is not None:
+                    # Else lost with the next state adopted (or a restart), though the store may
+                    # never have taken it, as when the store is down.
+                    calibration.journal.insert(saved, unjournaled)
+                    held += 1
+                self._unanswered.setdefault(scope, []).append((write_id, held, expected))
                 raise
             if written:
                 # Made over `expected`: none of the writes in doubt (made over it too) was taken.
@@ -234,8 +244,15 @@ class QualityService:
         When another instance wrote in between, its state is adopted and the change made again on
         it (so a decision the change takes, such as pausing the day, is always taken on the state
         it is written over). `change` is not journaled; it says whether it changed anything
-        (nothing: nothing is written). Raises StateContention if the row kept changing under us."""
+        (nothing: nothing is written). One the store did not take (it raised, or the row kept
+        changing under us: StateContention) joins the journal, to be written with the next save:
+        kept in memory only, the next state adopted (or a restart) dropped it, and a pause of the
+        day was made again by the next verification refused, counting one skip too many."""
         calibration = self.calibrated[scope]
+
+        def journaled() -> None:
+            change()
+
         async with self._locks[scope]:
             await self._load(scope, calibration)
             made = False
@@ -244,11 +261,13 @@ class QualityService:
                     if not change():
                         return
                     made = True
-                if await self._write(scope, calibration):
+                if await self._write(scope, calibration, unjournaled=journaled):
                     return
                 # Adopted: the state the change was made on is gone, make it again on the new one.
                 # (Not adopted: a state under other settings, overwritten with ours as it is.)
                 made = not await self._load(scope, calibration)
+            if made or change():
+                calibration.journal.append(journaled)
             raise StateContention(f"{scope}: the calibration state kept changing under us")
 
     async def refresh(self) -> None:
