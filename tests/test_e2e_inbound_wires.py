@@ -345,6 +345,28 @@ def test_errors_in_anthropics_shape(gateway: GatewayProcess, claude: anthropic.A
         wrong.messages.count_tokens(model="claude-haiku-4-5", messages=[{"role": "user", "content": "x"}])
 
 
+def test_a_model_no_enabled_provider_serves_is_not_retried_by_the_sdks(
+    gateway: GatewayProcess, key: str
+) -> None:
+    """qwen3-8b's providers have no key here: its 503 stays until the operator sets one, so the
+    SDKs, each with its default retries (2, on any 5xx unless told not to), send it once."""
+    sent: list[str] = []
+    hooks: dict[str, Any] = {"request": [lambda request: sent.append(request.url.path)]}
+    chat = openai.OpenAI(api_key=key, base_url=gateway.base_url, http_client=httpx.Client(event_hooks=hooks))
+    with pytest.raises(openai.InternalServerError) as info:
+        chat.chat.completions.create(model="qwen3-8b", messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 503 and "no enabled provider" in info.value.message
+    messages = anthropic.Anthropic(
+        api_key=key,
+        base_url=f"http://127.0.0.1:{gateway.port}",
+        http_client=anthropic.DefaultHttpxClient(event_hooks=hooks),
+    )
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        messages.messages.create(model="qwen3-8b", max_tokens=8, messages=[{"role": "user", "content": "x"}])
+    assert refused.value.status_code == 503
+    assert sent == ["/v1/chat/completions", "/v1/messages"]
+
+
 def test_every_upstream_overloaded_is_anthropics_529(
     claude: anthropic.Anthropic, client: openai.OpenAI, gateway: GatewayProcess
 ) -> None:

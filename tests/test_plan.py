@@ -150,6 +150,9 @@ async def test_model_without_enabled_provider_is_503_naming_providers(
     with pytest.raises(ModelUnavailable) as info:
         await planner.plan(request({"model": "deepseek-v4-flash"}))
     assert info.value.status == 503 and "siliconflow" in info.value.message
+    # Nothing changes until the operator sets a key: the SDKs, which retry any 5xx twice by
+    # default, are told not to (no Retry-After: there is nothing to wait for).
+    assert info.value.headers == {"x-should-retry": "false"}
 
 
 async def test_model_without_enabled_provider_says_which_key_to_set(monkeypatch: pytest.MonkeyPatch) -> None:

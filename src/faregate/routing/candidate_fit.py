@@ -237,14 +237,16 @@ async def refuse(rejected: Rejections, prompt: PromptSize) -> None:
             parts.append(f"{label}: {'; '.join(items)}")
     raise ModelUnavailable(
         "No candidate can serve this request: " + "; ".join(parts) + ".",
-        headers=breaker_retry_after(rejected),
+        headers=unavailable_headers(rejected),
     )
 
 
-def breaker_retry_after(rejected: Rejections) -> dict[str, str] | None:
-    """The Retry-After of a 503 for models left out for their open breakers: when the soonest of
-    them lets a call through again, in whole seconds (at least 1). The SDKs wait that out instead
-    of retrying into the same 503 a second later and giving up."""
+def unavailable_headers(rejected: Rejections) -> dict[str, str]:
+    """The headers of a 503 for a request no candidate can serve. With models left out for their
+    open breakers: a Retry-After for when the soonest lets a call through again, in whole seconds
+    (at least 1), which the SDKs wait out instead of retrying into the same 503 a second later.
+    Else nothing changes until the operator does (a provider's key set, a premium key): the SDKs
+    retry any 5xx unless told not to, so they are."""
     if rejected.breaker_wait is None:
-        return None
+        return {"x-should-retry": "false"}
     return {"Retry-After": str(max(1, math.ceil(rejected.breaker_wait)))}

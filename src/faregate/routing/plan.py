@@ -22,7 +22,6 @@ from faregate.route_config import ChainItem, RouteSettings, chain_steps
 from faregate.routing.candidate_fit import (
     ModelUnavailable,
     Rejections,
-    breaker_retry_after,
     call_worst,
     fits,
     fits_now,
@@ -30,6 +29,7 @@ from faregate.routing.candidate_fit import (
     offers_that_fit,
     output_allowance,
     refuse,
+    unavailable_headers,
     within_cap,
 )
 from faregate.routing.estimate import PromptSize
@@ -185,7 +185,7 @@ class Planner:
             parts += [f"circuit breaker open for {b}" for b in rejected.breaker]
             reason = "; ".join(parts) or f"no enabled provider of {model.name} serves embeddings"
             raise ModelUnavailable(
-                f"No candidate can serve this request: {reason}.", headers=breaker_retry_after(rejected)
+                f"No candidate can serve this request: {reason}.", headers=unavailable_headers(rejected)
             )
         return Plan(route=model.name, candidates=[Candidate(model, o, self.routing.retries) for o in offers])
 
