@@ -17,6 +17,7 @@ from typing import Any
 import anthropic
 import httpx
 import openai
+import pydantic
 import pytest
 
 from faregate.catalog import build_catalog
@@ -591,6 +592,34 @@ def test_responses_text_verbosity_is_served_by_claude_too(client: openai.OpenAI)
         model="claude-haiku-4-5", input="brief please", text={"verbosity": "low"}
     )
     assert response.status == "completed" and response.output_text == "brief please"
+
+
+class City(pydantic.BaseModel):
+    name: str
+    population: int
+
+
+def test_structured_output_parsed_through_every_wire(
+    client: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
+    """The SDKs' parse helpers through the gateway: a json_schema response_format reaches a chat
+    upstream as is and Claude as output_config.format (the Responses API's text.format, the
+    Messages API's output_config.format, each translated); the JSON that comes back parses."""
+    for model in ("deepseek-v4-flash", "claude-haiku-4-5"):
+        chat = client.chat.completions.parse(
+            model=model, messages=[{"role": "user", "content": "Paris"}], response_format=City
+        )
+        assert chat.choices[0].message.parsed == City(name="Paris", population=0)
+        with client.chat.completions.stream(
+            model=model, messages=[{"role": "user", "content": "Rome"}], response_format=City
+        ) as stream:
+            assert stream.get_final_completion().choices[0].message.parsed == City(name="Rome", population=0)
+        response = client.responses.parse(model=model, input="Oslo", text_format=City)
+        assert response.output_parsed == City(name="Oslo", population=0)
+        message = claude.messages.parse(
+            model=model, max_tokens=200, messages=[{"role": "user", "content": "Lima"}], output_format=City
+        )
+        assert message.parsed_output == City(name="Lima", population=0)
 
 
 def test_responses_stream(client: openai.OpenAI) -> None:

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import datetime
 import itertools
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import anthropic
+import jsonschema
 import openai
 import orjson
+import pydantic
 import pytest
 import typer
 from aiohttp.test_utils import TestClient, TestServer
@@ -390,6 +394,71 @@ async def test_inspect_returns_the_body_received(start_sim: StartSim) -> None:
     seen = orjson.loads(reply.choices[0].message.content or "")
     assert seen["tools"] == tools and seen["response_format"] == {"type": "json_object"}
     assert seen["messages"] == messages and seen["top_k"] == 5
+
+
+class Forecast(pydantic.BaseModel):
+    """A structured-output type as users write one: nested, an enum, a union, a formatted string."""
+
+    class Place(pydantic.BaseModel):
+        city: str
+        id: uuid.UUID
+
+    place: Place
+    days: list[datetime.date]
+    high_c: int
+    unit: Literal["celsius", "fahrenheit"]
+    note: str | None
+
+
+async def test_an_echo_answers_structured_output_with_json_its_schema_accepts(start_sim: StartSim) -> None:
+    """The SDKs' parse helpers send response_format json_schema (the Responses API text.format,
+    Messages output_config.format): the echo answer is then an instance of the schema, strings the
+    prompt, as a model with structured outputs answers, so the parsed object comes back, on
+    every wire and streamed too; usage counts the JSON sent."""
+    sim = await start_sim()
+    client = sdk(sim)
+    whole = await client.chat.completions.parse(model="m", messages=MSG, response_format=Forecast)
+    parsed = whole.choices[0].message.parsed
+    assert parsed is not None and parsed.place.city == "Say hello to the simulator."
+    assert parsed.unit == "celsius" and parsed.days == []
+    assert whole.usage is not None
+    assert whole.usage.completion_tokens == tokens.count_text(whole.choices[0].message.content or "")
+    async with client.chat.completions.stream(model="m", messages=MSG, response_format=Forecast) as stream:
+        streamed = await stream.get_final_completion()
+    assert streamed.choices[0].message.parsed == parsed
+    response = await client.responses.parse(model="m", input="Say hello.", text_format=Forecast)
+    assert response.output_parsed is not None and response.output_parsed.place.city == "Say hello."
+    async with anthropic.AsyncAnthropic(api_key="k", base_url=sim.url, max_retries=0) as claude:
+        message = await claude.messages.parse(
+            model="m", max_tokens=1000, messages=[{"role": "user", "content": "Hi."}], output_format=Forecast
+        )
+    assert message.parsed_output is not None and message.parsed_output.place.city == "Hi."
+    json_object = await client.chat.completions.create(
+        model="m", messages=MSG, response_format={"type": "json_object"}
+    )
+    assert orjson.loads(json_object.choices[0].message.content or "") == {"answer": MSG[-1]["content"]}
+    plain = await client.chat.completions.create(model="m", messages=MSG, response_format={"type": "text"})
+    assert plain.choices[0].message.content == "Say hello to the simulator."
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {},
+        {"type": "object", "properties": {"n": {"type": "integer", "exclusiveMinimum": 3}}},
+        {"type": "object", "properties": {"x": {"type": "number", "minimum": 0.5, "maximum": 1}}},
+        {"type": "array", "items": {"type": "string", "minLength": 40}, "minItems": 2},
+        {"type": ["string", "null"], "maxLength": 3},
+        {"type": "object", "properties": {"at": {"type": "string", "format": "date-time"}}},
+        {"anyOf": [{"$ref": "#/$defs/Leaf"}, {"type": "null"}], "$defs": {"Leaf": {"const": 1}}},
+        # Recursive: a tree whose children are trees.
+        {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#"}}}},
+        {"type": "object", "properties": {"flag": {"type": "boolean"}, "none": {"type": "null"}}},
+    ],
+)
+def test_a_structured_echo_is_valid_for_its_schema(schema: dict[str, Any]) -> None:
+    body = {"messages": MSG, "response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}
+    jsonschema.validate(orjson.loads(answers.answer_text("echo", body)), schema)
 
 
 async def test_tool_call_non_stream_and_stream(start_sim: StartSim) -> None:

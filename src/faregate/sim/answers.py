@@ -18,6 +18,7 @@ import orjson
 from faregate import tokens
 from faregate.sim import replay
 from faregate.sim.script import Answer, AnswerSpec, Behaviour
+from faregate.sim.structured import structured_answer
 from faregate.types import JSON
 
 # Each word is a single o200k token when preceded by a space, and "Lorem" is one token on its
@@ -51,7 +52,8 @@ def make_reply(answer: Answer, body: JSON, max_tokens: int | None, *, split: boo
 
 def answer_text(answer: Answer, body: JSON) -> str:
     if answer == "echo":
-        return last_user_text(body)
+        echo = last_user_text(body)
+        return structured_answer(body, echo) or echo
     if answer == "inspect":
         return orjson.dumps(body).decode()
     assert isinstance(answer, AnswerSpec)
