@@ -461,6 +461,34 @@ def test_a_structured_echo_is_valid_for_its_schema(schema: dict[str, Any]) -> No
     jsonschema.validate(orjson.loads(answers.answer_text("echo", body)), schema)
 
 
+async def test_a_tool_call_has_arguments_its_parameters_accept(start_sim: StartSim) -> None:
+    """A strict function tool (openai.pydantic_function_tool, as parse takes it) is called with
+    arguments its parameters schema accepts, so the SDK's parsed_arguments comes back; usage counts
+    them. A tool without properties still gets {}."""
+    sim = await start_sim({"defaults": {"tool_call": True}})
+    client = sdk(sim)
+    reply = await client.chat.completions.parse(
+        model="m", messages=MSG, tools=[openai.pydantic_function_tool(Forecast)]
+    )
+    call = (reply.choices[0].message.tool_calls or [])[0]
+    assert call.function.name == "Forecast" and isinstance(call.function.parsed_arguments, Forecast)
+    assert call.function.parsed_arguments.place.city == "Say hello to the simulator."
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == tokens.count_text("Forecast") + tokens.count_text(
+        call.function.arguments
+    )
+    bare = [{"type": "function", "function": {"name": "now"}}]
+    bare_call = (await client.chat.completions.create(model="m", messages=MSG, tools=bare)).choices[0]
+    assert (bare_call.message.tool_calls or [])[0].function.arguments == "{}"
+    async with client.chat.completions.stream(
+        model="m", messages=MSG, tools=[openai.pydantic_function_tool(Forecast)]
+    ) as stream:
+        streamed = await stream.get_final_completion()
+    assert (streamed.choices[0].message.tool_calls or [])[0].function.parsed_arguments == (
+        call.function.parsed_arguments
+    )
+
+
 async def test_tool_call_non_stream_and_stream(start_sim: StartSim) -> None:
     sim = await start_sim({"defaults": {"tool_call": True}})
     tools = [

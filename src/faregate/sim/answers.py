@@ -18,7 +18,7 @@ import orjson
 from faregate import tokens
 from faregate.sim import replay
 from faregate.sim.script import Answer, AnswerSpec, Behaviour
-from faregate.sim.structured import structured_answer
+from faregate.sim.structured import instance_json, structured_answer
 from faregate.types import JSON
 
 # Each word is a single o200k token when preceded by a space, and "Lorem" is one token on its
@@ -162,6 +162,17 @@ def tool_to_call(body: JSON) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def tool_parameters(body: JSON, name: str) -> Any:
+    """The parameters schema of the tool `name` in `body`; a tool without one takes an object."""
+    for tool in body.get("tools") or []:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and function.get("name") == name:
+            parameters = function.get("parameters")
+            if isinstance(parameters, dict) and parameters:
+                return parameters
+    return {"type": "object"}
+
+
 def scripted_reply(
     body: JSON, behaviour: Behaviour, fault: str | None, max_tokens: int | None, split: bool
 ) -> tuple[Reply, str | None]:
@@ -172,6 +183,7 @@ def scripted_reply(
     if fault == "blank":
         return blank_reply(), None
     if tool is not None:
-        # What a model would have generated: the call's name and its arguments.
-        return Reply("{}", tokens.count_text(tool) + tokens.count_text("{}"), "tool_calls"), tool
+        # What a model would have generated: the call's name and arguments its parameters accept.
+        arguments = instance_json(tool_parameters(body, tool), last_user_text(body))
+        return Reply(arguments, tokens.count_text(tool) + tokens.count_text(arguments), "tool_calls"), tool
     return make_reply(behaviour.answer, body, max_tokens, split=split), None

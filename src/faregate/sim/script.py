@@ -14,7 +14,8 @@ an unknown key the key meant, like faregate.config.
       tokens_per_s: 200      # pacing after the first token; 0 or null = instant
       answer: echo           # echo | inspect | {fixed: text} | {lorem: N} | {replay: {csv, column, ...}}
                              #   (echo, asked for a response_format: JSON that fits it)
-      tool_call: false       # true: requests with `tools` get a call to the first tool
+      tool_call: false       # true: requests with `tools` get a call to the first (or forced) tool,
+                             #   its arguments JSON that its parameters accept
       faults: {rate_limit: 0.05, server_error: 0.01}   # also unavailable, hang, reset,
       retry_after_s: 1       #   empty_choices, blank, truncate, stall, unauthorized (401);
                              #   exclusive, sum <= 1

@@ -1,7 +1,8 @@
 """The simulator's `echo` answer to a request for structured output: JSON its response_format
 accepts, as a model with structured outputs returns, so the SDKs' helpers that parse it
 (openai's chat.completions.parse and responses.parse, anthropic's output_config.format, all
-reaching the simulator as a chat response_format) get their object back.
+reaching the simulator as a chat response_format) get their object back. A tool call's arguments
+are such an instance of the tool's parameters, for the parsed arguments of a strict tool.
 
 `json_schema`: an instance of the schema, strings the prompt echoed (a string format such as
 date-time gets a valid value of it), numbers their minimum or 0, every property present (strict
@@ -46,7 +47,11 @@ def structured_answer(body: JSON, echo: str) -> str | None:
     if fmt.get("type") != "json_schema":
         return None
     spec = fmt.get("json_schema")
-    schema = spec.get("schema") if isinstance(spec, dict) else None
+    return instance_json(spec.get("schema") if isinstance(spec, dict) else None, echo)
+
+
+def instance_json(schema: Any, echo: str) -> str:
+    """The JSON text of an instance of `schema` (a tool's parameters too), `echo` in its strings."""
     root = schema if isinstance(schema, dict) else {}
     return orjson.dumps(_instance(root, root, echo, 0)).decode()
 
