@@ -587,6 +587,22 @@ def test_responses_create(client: openai.OpenAI, gateway: GatewayProcess) -> Non
     assert (response.usage.model_extra or {})["baseline_cost"] == float(baseline)
 
 
+def test_responses_input_tokens_count(client: openai.OpenAI) -> None:
+    """openai's responses.input_tokens.count, as count_tokens for Messages: the gateway's count of
+    the translated request, for a model or route it knows; no model is called."""
+    short = client.responses.input_tokens.count(model="claude-haiku-4-5", input="hi")
+    long = client.responses.input_tokens.count(
+        model="claude-then-deepseek",
+        instructions=LONG,
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
+    )
+    assert short.object == "response.input_tokens" and 0 < short.input_tokens < long.input_tokens
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_tokens.count(model="no-such-model", input="hi")
+    with pytest.raises(openai.BadRequestError, match="previous_response_id"):
+        client.responses.input_tokens.count(model="claude-haiku-4-5", input="hi", previous_response_id="r")
+
+
 def test_responses_text_verbosity_is_served_by_claude_too(client: openai.OpenAI) -> None:
     response = client.responses.create(
         model="claude-haiku-4-5", input="brief please", text={"verbosity": "low"}

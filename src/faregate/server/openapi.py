@@ -470,6 +470,14 @@ def openapi_document(limits: LimitsSettings | None = None) -> dict[str, Any]:
                 "responses": _answers(400, 401, 402, 404, 413, 429, 502, 503, 504),
             }
         },
+        "/v1/responses/input_tokens": {
+            "post": {
+                "summary": "The input tokens of a Responses request, by the gateway's tokenizer.",
+                "security": key,
+                "requestBody": _json_body(_ref("ResponsesRequest")),
+                "responses": _answers(400, 401, 404, 413),
+            }
+        },
         "/v1/responses/{response_id}": {
             "get": {
                 "summary": "Not supported: nothing is stored (always a 404 saying so).",

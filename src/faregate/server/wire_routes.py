@@ -5,7 +5,8 @@ wire (server/client_wires.py): every route, fallback, cache, budget, record and 
 applies as for chat completions. `POST /v1/messages/count_tokens` counts as the gateway counts
 an estimate (faregate.usage_estimate: the light estimate, or o200k when opted in), for a model or
 route the gateway knows (a 404 otherwise, as a request would get); it calls no model and writes
-no record. The Responses API is served stateless: nothing is stored, so
+no record. `POST /v1/responses/input_tokens` counts a Responses request the same way. The
+Responses API is served stateless: nothing is stored, so
 reading or deleting a stored response is a 404 that says so.
 """
 
@@ -23,6 +24,7 @@ from faregate.server.http_seam import JSON_TYPE, HttpRequest, Reply
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.responses import error_response
 from faregate.wire.anthropic import count_tokens
+from faregate.wire.responses import input_tokens
 
 # Method and path to handler: the routes the runner serves without the router.
 FastRoutes = dict[tuple[str, str], Callable[[web.Request], Awaitable[web.StreamResponse]]]
@@ -55,6 +57,17 @@ def add_wire_routes(app: web.Application, pipeline: ChatPipeline) -> tuple[FastR
             return error_response(error, wire=MESSAGES)
         return web.Response(body=orjson.dumps(counted), content_type=JSON_TYPE)
 
+    async def responses_input_tokens(request: web.Request) -> web.StreamResponse:
+        try:
+            await pipeline.authenticate(request)
+            body = await pipeline.read_body(AiohttpRequest(request))
+            counted = await input_tokens(body)  # the body checked first: a 400 names the field
+            if body["model"] not in pipeline.planner.routes:
+                pipeline.planner.chat_model(body["model"])  # the 404 /v1/responses would give
+        except FaregateError as error:
+            return error_response(error, wire=RESPONSES)
+        return web.Response(body=orjson.dumps(counted), content_type=JSON_TYPE)
+
     async def stored_response(request: web.Request) -> web.StreamResponse:
         try:
             await pipeline.authenticate(request)
@@ -63,6 +76,7 @@ def add_wire_routes(app: web.Application, pipeline: ChatPipeline) -> tuple[FastR
         return error_response(NotFound(NOT_STORED, code="stored_responses_not_supported"), wire=RESPONSES)
 
     app.router.add_post("/v1/messages/count_tokens", messages_count_tokens)
+    app.router.add_post("/v1/responses/input_tokens", responses_input_tokens)
     app.router.add_get("/v1/responses/{response_id}", stored_response)
     app.router.add_delete("/v1/responses/{response_id}", stored_response)
     fast: FastRoutes = {("POST", "/v1/messages"): messages, ("POST", "/v1/responses"): responses}

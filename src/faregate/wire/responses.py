@@ -23,9 +23,11 @@ reasoning items in `input` are dropped (no chat model can take them back).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
+from faregate import usage_estimate
 from faregate.errors import InvalidRequest
 from faregate.types import GATEWAY_FIELDS, JSON
 from faregate.wire.tool_calls import NO_ARGUMENTS, new_call_id
@@ -118,6 +120,18 @@ def responses_to_chat(body: JSON) -> JSON:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}  # response.completed always carries usage
     return chat
+
+
+async def input_tokens(body: JSON) -> JSON:
+    """The answer of POST /v1/responses/input_tokens: the input tokens of a Responses request, as
+    the gateway counts the translated chat body (the count it bills an estimate by,
+    faregate.usage_estimate; an opted-in tokenizer loads at the first call, off the event loop)."""
+    chat = responses_to_chat(body)
+    if usage_estimate.ready():
+        counted = usage_estimate.count_input(chat)
+    else:
+        counted = await asyncio.to_thread(usage_estimate.count_input, chat)
+    return {"object": "response.input_tokens", "input_tokens": counted}
 
 
 def _add_item(messages: list[JSON], item: Any, at: str) -> None:
