@@ -8,6 +8,7 @@ says which wire a request came in on."""
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -313,6 +314,18 @@ def test_count_tokens(claude: anthropic.Anthropic) -> None:
         model="claude-haiku-4-5", system=LONG, messages=[{"role": "user", "content": "hi"}]
     )
     assert 0 < short.input_tokens < long.input_tokens
+
+
+def test_the_anthropic_sdk_lists_and_reads_models(claude: anthropic.Anthropic) -> None:
+    """anthropic's models.list and models.retrieve read Anthropic's fields (type, display_name,
+    created_at) and its page (has_more, first_id, last_id) from the same listing."""
+    page = claude.models.list()
+    assert page.has_more is False and page.first_id == page.data[0].id and page.last_id == page.data[-1].id
+    listed = {m.id: m for m in page.data}
+    haiku = claude.models.retrieve("claude-haiku-4-5")
+    assert haiku == listed["claude-haiku-4-5"]
+    assert (haiku.type, haiku.display_name) == ("model", "claude-haiku-4-5")
+    assert isinstance(haiku.created_at, datetime.datetime)
 
 
 def test_errors_in_anthropics_shape(gateway: GatewayProcess, claude: anthropic.Anthropic) -> None:

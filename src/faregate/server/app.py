@@ -102,6 +102,10 @@ def model_entry(model: Model) -> dict[str, Any]:
         "id": model.name,
         "object": "model",
         "created": 0,
+        # Anthropic's fields for the same, which its SDK's models.list and retrieve read.
+        "type": "model",
+        "display_name": model.name,
+        "created_at": "1970-01-01T00:00:00Z",
         "owned_by": model.offers[0].provider if model.offers else "unknown",
         "aliases": list(model.aliases),
         "available": model.available,
@@ -138,7 +142,14 @@ def models_listing(catalog: Catalog) -> bytes:
     """Models that some declared provider sells (curated first). Built once: the catalog is static."""
     listed = [m for m in catalog.all() if m.offers]
     listed.sort(key=lambda m: (not m.curated, m.name.lower()))
-    return orjson.dumps({"object": "list", "data": [model_entry(m) for m in listed]})
+    data = [model_entry(m) for m in listed]
+    # Anthropic's page fields (one page: everything), which its SDK pages by.
+    ends = (
+        {"first_id": data[0]["id"], "last_id": data[-1]["id"]}
+        if data
+        else {"first_id": None, "last_id": None}
+    )
+    return orjson.dumps({"object": "list", "data": data, "has_more": False, **ends})
 
 
 def baseline_price(catalog: Catalog, name: str) -> Price:
