@@ -51,3 +51,39 @@ def test_the_broad_catalog_keeps_genai_prices_audio_prices() -> None:
     assert model is not None and not model.curated
     (offer,) = model.offers
     assert (offer.provider, offer.price) == ("openai", GPT_AUDIO)
+
+
+def test_usage_from_puts_every_count_in_its_own_field() -> None:
+    """Each of usage_from's three shapes, with a different number in every count: the Usage is
+    made positionally on this hot path, so a count in the wrong field would show here."""
+    no_details = {
+        "prompt_tokens": 90,
+        "completion_tokens": 80,
+        "completion_tokens_details": {"audio_tokens": 7},
+    }
+    assert usage_from({"usage": no_details}) == Usage(90, 80, audio_completion_tokens=7)
+    overflowing = {
+        **no_details,
+        "prompt_tokens_details": {"cached_tokens": 60, "cache_write_tokens": 40, "audio_tokens": 5},
+    }
+    assert usage_from({"usage": overflowing}) == Usage(
+        90, 80, audio_prompt_tokens=5, audio_completion_tokens=7
+    )
+    full = {
+        **no_details,
+        "prompt_tokens_details": {
+            "cached_tokens": 30,
+            "cache_write_tokens": 20,
+            "cache_write_tokens_details": {"ttl_1h_tokens": 11},
+            "audio_tokens": 5,
+        },
+    }
+    assert usage_from({"usage": full}) == Usage(
+        90,
+        80,
+        cache_read_tokens=30,
+        cache_write_tokens=20,
+        cache_write_1h_tokens=11,
+        audio_prompt_tokens=5,
+        audio_completion_tokens=7,
+    )

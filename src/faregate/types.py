@@ -215,12 +215,12 @@ class RequestRecord:
 
     request_id: str
     created_at: float
-    key_id: str | None
-    model_requested: str
-    model_used: str | None
-    provider: str | None
-    status: int
-    stream: bool
+    key_id: str | None = None
+    model_requested: str = ""
+    model_used: str | None = None
+    provider: str | None = None
+    status: int = 200
+    stream: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: Decimal = Decimal(0)

@@ -25,13 +25,13 @@ class UpstreamCall:
     # Seconds allowed until the response head arrives, and for the whole call.
     first_byte_timeout_s: float
     total_timeout_s: float
-    headers: dict[str, str] = field(default_factory=dict)
     # The model's maximum output tokens (None: unknown): a wire that must name a limit the client
     # did not give asks for no more than this.
     max_output_tokens: int | None = None
     # Seconds a stream may go without receiving anything after its head (None: no bound but the
     # total timeout): a stalled stream fails as a timeout instead of waiting out the whole call.
     stream_idle_timeout_s: float | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 async def aclose_quietly(stream: AsyncIterator[Any]) -> None:

@@ -119,14 +119,16 @@ class AttemptRunner:
             fit_effort(body, efforts)
         if request.wire_extras:
             body = without_fields(body, request.wire_extras - entry.provider.carries)
+        # Positional, in the order of UpstreamCall's fields (made for every attempt: keywords
+        # would cost a dict of them per call).
         return UpstreamCall(
-            offer=candidate.offer,
-            body=body,
-            stream=request.stream,
-            first_byte_timeout_s=min(entry.first_byte_timeout_s, time_left),
-            total_timeout_s=min(entry.total_timeout_s, time_left),
-            max_output_tokens=candidate.model.max_output_tokens,
-            stream_idle_timeout_s=entry.stream_idle_timeout_s if request.stream else None,
+            candidate.offer,
+            body,
+            request.stream,
+            min(entry.first_byte_timeout_s, time_left),  # first_byte_timeout_s
+            min(entry.total_timeout_s, time_left),  # total_timeout_s
+            candidate.model.max_output_tokens,
+            entry.stream_idle_timeout_s if request.stream else None,  # stream_idle_timeout_s
         )
 
     def _time_left(self, request: RequestMeta) -> float:
@@ -506,14 +508,9 @@ def _early_end(buffered: list[JSON]) -> UpstreamFailure:
 def _attempt(
     candidate: Candidate, t0: float, outcome: str, detail: str = "", status: int | None = None
 ) -> Attempt:
-    return Attempt(
-        candidate.model.name,
-        candidate.offer.provider,
-        outcome,
-        (time.perf_counter() - t0) * 1000,
-        detail=detail,
-        status=status,
-    )
+    # Positional, in the order of Attempt's fields: keywords would cost a dict per call.
+    latency_ms = (time.perf_counter() - t0) * 1000
+    return Attempt(candidate.model.name, candidate.offer.provider, outcome, latency_ms, detail, status)
 
 
 def _moves(attempts: list[Attempt]) -> tuple[int, int]:

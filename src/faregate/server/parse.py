@@ -196,14 +196,16 @@ def parse_chat_request(
         if value is not None and hint not in hints:
             hints = {**hints, hint: value}
 
+    # Positional, in the order of ChatRequest's fields (one per request: keywords would cost a
+    # dict of them).
     return ChatRequest(
-        request_id=request_id,
-        body=body,
-        model=model,
-        stream=stream,
-        include_usage=include_usage and stream,
-        max_tokens=max_tokens,
-        required_modalities=required_modalities(messages),
-        hints=hints,
-        choices=choices,
+        request_id,
+        body,
+        model,
+        stream,
+        include_usage and stream,  # include_usage
+        max_tokens,
+        required_modalities(messages),
+        hints,
+        choices,
     )

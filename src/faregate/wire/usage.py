@@ -43,8 +43,11 @@ def usage_from(body: Mapping[str, Any]) -> Usage | None:
     audio_out = (token_count(out_details.get("audio_tokens")) or 0) if isinstance(out_details, dict) else 0
     if audio_out > completion:
         audio_out = 0
+    # Made positionally below (read on every answer): a class called with keywords costs a dict of
+    # them per call. Usage's fields: prompt, completion, estimated, cache read, write, 1h write,
+    # audio prompt, audio completion.
     if not isinstance(details, dict):
-        return Usage(prompt, completion, audio_completion_tokens=audio_out)
+        return Usage(prompt, completion, False, 0, 0, 0, 0, audio_out)
     read = token_count(details.get("cached_tokens")) or 0
     write = token_count(details.get("cache_write_tokens")) or 0
     by_ttl = details.get("cache_write_tokens_details")
@@ -53,16 +56,8 @@ def usage_from(body: Mapping[str, Any]) -> Usage | None:
     if audio_in > prompt:
         audio_in = 0
     if read + write > prompt or write_1h > write:
-        return Usage(prompt, completion, audio_prompt_tokens=audio_in, audio_completion_tokens=audio_out)
-    return Usage(
-        prompt,
-        completion,
-        cache_read_tokens=read,
-        cache_write_tokens=write,
-        cache_write_1h_tokens=write_1h,
-        audio_prompt_tokens=audio_in,
-        audio_completion_tokens=audio_out,
-    )
+        return Usage(prompt, completion, False, 0, 0, 0, audio_in, audio_out)
+    return Usage(prompt, completion, False, read, write, write_1h, audio_in, audio_out)
 
 
 def _reasoning_apart(usage: dict[str, Any], prompt: int, completion: int, out_details: dict[str, Any]) -> int:
