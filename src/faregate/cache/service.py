@@ -68,6 +68,12 @@ class CacheDecision:
     candidate: tuple[float, str] | None = None
 
 
+# The decision of most requests (no temperature 0), one for all of them: a bypass is only read,
+# never written to (a lookup's decision carries the per-request state), and a decision made per
+# request cost a dict of its keywords each time.
+NOT_DETERMINISTIC = CacheDecision("bypass", reason="not deterministic (temperature 0 and n 1 are cached)")
+
+
 @dataclass(slots=True)
 class CachedAnswer:
     kind: str  # "hit" or "semantic-hit"
@@ -161,7 +167,7 @@ class ResponseCache:
         hint = _cache_hint(request.hints)
         forced = hint.get("enabled") is True
         if not forced and not is_deterministic(request.body):
-            return CacheDecision("bypass", reason="not deterministic (temperature 0 and n 1 are cached)")
+            return NOT_DETERMINISTIC
         control = _cache_control(headers)
         if "no-store" in control or hint.get("enabled") is False:
             return CacheDecision("bypass", reason="no-store")
