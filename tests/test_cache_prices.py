@@ -211,10 +211,8 @@ def test_global_api_offers_at_the_makers_prices(monkeypatch: pytest.MonkeyPatch)
             Decimal(out),
         )
         assert offer.available and not offer.dedicated
-        # The maker's own offer (where the catalog has one) sells at the same price (cached
-        # input aside: DeepSeek's cache-hit price is DeepSeek's; Global API's is not known).
-        makers = [o for o in model.offers if o.provider in ("deepseek", "zhipu", "dashscope")]
-        assert all((m.price.input, m.price.output) == (offer.price.input, offer.price.output) for m in makers)
+        # The makers' own prices (DeepSeek's, Zhipu's) are genai-prices', checked in
+        # test_catalog.py; Global API's are not in that snapshot.
     for alias in ("deepseek-v4-flash", "glm-4-plus", "qwen3-32b"):
         model = catalog.get(alias)
         assert model is not None and any(o.provider == "globalapi" for o in model.offers)
