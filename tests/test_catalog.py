@@ -1,4 +1,3 @@
-from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -53,7 +52,13 @@ def test_aliases_and_full_names_resolve_case_insensitively(catalog) -> None:  # 
 def test_one_model_several_offers_with_own_prices(catalog) -> None:  # type: ignore[no-untyped-def]
     flash = catalog.get("deepseek-v4-flash")
     prices = {o.provider: o.price for o in flash.offers}
-    assert prices["deepseek"] == Price(Decimal("0.30"), Decimal("1.20"), cache_read=Decimal("0.006"))
+    assert prices["deepseek"] == Price(Decimal("0.15"), Decimal("0.60"), cache_read=Decimal("0.003"))
+    # Twice that at DeepSeek's peak hours, its cache price with its input price.
+    peak = flash.offer_of("deepseek").peak
+    assert peak is not None and peak.price == Price(
+        Decimal("0.30"), Decimal("1.20"), cache_read=Decimal("0.006")
+    )
+    assert peak.hours == ("01:00-04:00", "06:00-10:00")
     assert prices["openrouter"] == Price(Decimal("0.105"), Decimal("0.21"), cache_read=Decimal("0.021"))
     assert prices["siliconflow"] == Price(Decimal("0.27"), Decimal("1.10"))
 
@@ -217,11 +222,19 @@ def test_broad_prices_follow_start_dates_and_leave_out_prices_that_vary_by_hour(
     assert _price_in_force(by_hour, today) is None
 
 
-def _snapshot_prices_today(provider: str, upstream: str) -> list[Price] | None:
-    """The prices the bundled genai-prices snapshot bills `upstream` at through today (UTC), one
-    per half hour (DeepSeek's peak hours start and end on the hour or the half hour): None where
-    the snapshot does not know the model."""
-    from datetime import UTC, datetime, timedelta
+def _through_today() -> list[float]:
+    """Every half hour of today (UTC), as Unix seconds: DeepSeek's peak hours start and end on
+    the hour or the half hour."""
+    from datetime import UTC, datetime
+
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    return [midnight + 1800 * half_hour for half_hour in range(48)]
+
+
+def _snapshot_price(provider: str, upstream: str, unix_seconds: float) -> Price | None:
+    """The price the bundled genai-prices snapshot bills `upstream` at, at `unix_seconds`: None
+    where the snapshot does not know the model."""
+    from datetime import UTC, datetime
 
     from genai_prices.data_snapshot import get_snapshot
 
@@ -231,36 +244,30 @@ def _snapshot_prices_today(provider: str, upstream: str) -> list[Price] | None:
     info = None if theirs is None else theirs.find_model(upstream)
     if info is None:
         return None
-    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    prices = []
-    for half_hour in range(48):
-        sold = info.get_prices(midnight + timedelta(minutes=30 * half_hour))
-        prices.append(Price(sold.input_mtok, sold.output_mtok or Decimal(0), sold.cache_read_mtok))
-    return prices
+    sold = info.get_prices(datetime.fromtimestamp(unix_seconds, UTC))
+    return Price(sold.input_mtok, sold.output_mtok or Decimal(0), sold.cache_read_mtok)
 
 
-def test_curated_offers_bill_the_snapshot_price_in_force_at_its_dearest() -> None:
+def test_curated_offers_bill_the_snapshot_price_in_force() -> None:
     """A curated offer of a provider the bundled snapshot prices is billed what the snapshot says
-    that provider charges today, not a price it charged before (DeepSeek's V4 list prices moved
-    on 2026-08-17 and 2026-09-10, OpenRouter's V4-Flash on 2026-11-09). Where the price varies by
-    the hour (DeepSeek's peak hours), a static price is the dearest of the day, so the gateway
-    never bills less than the provider does. A price change the snapshot dates later fails this
-    on its day: the curated price is then stale."""
+    that provider charges, at every hour of today, not a price it charged before (DeepSeek's V4
+    prices moved on 2026-08-17 and 2026-09-10, OpenRouter's V4-Flash on 2026-11-09) nor one price
+    at all hours where it bills more at its peak hours (DeepSeek's). A price change the snapshot
+    dates later fails this on its day: the curated price is then stale."""
     settings = load_settings(overrides={"catalog": {"broad": False}})
     checked = 0
     for model in build_catalog(settings).all():
         for offer in model.offers:
-            through_the_day = _snapshot_prices_today(offer.provider, offer.upstream_model)
-            if through_the_day is None:
-                continue  # SiliconFlow, DashScope, Global API: not in the snapshot
-            dearest = max(through_the_day, key=lambda p: (p.output, p.input))
-            billed = offer.price
-            if model.embeds:
-                billed = replace(billed, output=Decimal(0))
-            assert (billed.input, billed.output, billed.cache_read) == (
-                dearest.input,
-                dearest.output,
-                dearest.cache_read,
-            ), f"{offer.key} ({offer.upstream_model})"
-            checked += 1
+            for moment in _through_today():
+                sold = _snapshot_price(offer.provider, offer.upstream_model, moment)
+                if sold is None:
+                    break  # SiliconFlow, DashScope, Global API: not in the snapshot
+                billed = offer.at(moment).price
+                assert (billed.input, billed.output, billed.cache_read) == (
+                    sold.input,
+                    sold.output,
+                    sold.cache_read,
+                ), f"{offer.key} ({offer.upstream_model}) at {moment}"
+            else:
+                checked += 1
     assert checked >= 15

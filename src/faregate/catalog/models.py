@@ -12,7 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
-from faregate.config import ModelSettings, OfferSettings, ProviderSettings, Settings
+from faregate.catalog.peak_hours import PeakPrice, parse_hours
+from faregate.config import ModelSettings, OfferSettings, PeakSettings, ProviderSettings, Settings
 from faregate.errors import ConfigError
 from faregate.types import Price
 from faregate.wire.anthropic_upstream import DEFAULT_MAX_TOKENS
@@ -44,10 +45,25 @@ class Offer:
     # Its provider's wire (ProviderSettings.protocol): only the Messages wire carries a Messages
     # client's efforts the chat wire lacks ("max"; wire/anthropic.py).
     protocol: str = "openai"
+    # A dearer price its provider bills at some hours of the day (catalog/peak_hours.py).
+    peak: PeakPrice | None = None
 
     @property
     def key(self) -> str:
         return f"{self.provider}/{self.model}"
+
+    def at(self, unix_seconds: float) -> Offer:
+        """The offer as a request that came at `unix_seconds` is held and billed: at its peak price
+        in its peak hours. The price is then decided (no peak left), whatever the time it is read."""
+        if self.peak is None:
+            return self
+        price = self.peak.price if self.peak.in_force(unix_seconds) else self.price
+        return replace(self, price=price, peak=None)
+
+    @property
+    def prices(self) -> tuple[Price, ...]:
+        """Every price it may bill, whatever the hour."""
+        return (self.price,) if self.peak is None else (self.price, self.peak.price)
 
 
 @dataclass(slots=True)
@@ -170,7 +186,7 @@ class Catalog:
         return list(self.models.values())
 
 
-def _price_of(model_settings: ModelSettings | OfferSettings, embedding: bool) -> Price | None:
+def _price_of(model_settings: ModelSettings | OfferSettings | PeakSettings, embedding: bool) -> Price | None:
     output = model_settings.output
     if output is None and embedding:
         output = Decimal(0)  # an embedding model is priced per input token only
@@ -188,7 +204,9 @@ def _price_of(model_settings: ModelSettings | OfferSettings, embedding: bool) ->
 _CACHE_FIELDS = ("cache_read", "cache_write", "cache_write_1h")
 
 
-def _offer_price(offer: OfferSettings, list_price: Price | None, embedding: bool) -> Price | None:
+def _offer_price(
+    offer: OfferSettings | PeakSettings, list_price: Price | None, embedding: bool
+) -> Price | None:
     """The offer's price: its own input and output where it sets them, each else the model's list
     price (a seller may differ on one side only); and each cache price the offer sets, else the
     model's. A cache price is a discount or premium on
@@ -244,6 +262,13 @@ def build_catalog(settings: Settings) -> Catalog:
             price = _offer_price(offer, list_price, embedding)
             if price is None:
                 raise ConfigError(f"models.{name}: offer from {offer.provider} has no price")
+            peak = None
+            if offer.peak is not None:
+                # What the peak does not set is the offer's own, as what an offer does not set
+                # is the model's.
+                peak_price = _offer_price(offer.peak, price, embedding)
+                assert peak_price is not None  # priced over the offer's price, which is set
+                peak = PeakPrice(peak_price, parse_hours(offer.peak.hours), tuple(offer.peak.hours))
             offers.append(
                 Offer(
                     model=name,
@@ -255,6 +280,7 @@ def build_catalog(settings: Settings) -> Catalog:
                     output_default=output_default(settings.providers.get(offer.provider)),
                     fits_efforts=fits_efforts(settings.providers.get(offer.provider)),
                     protocol=protocol(settings.providers.get(offer.provider)),
+                    peak=peak,
                 )
             )
         if list_price is None:

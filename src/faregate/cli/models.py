@@ -80,6 +80,11 @@ def register(app: typer.Typer) -> None:
         offers = [
             ", ".join(
                 f"{o.provider}{'' if o.available else ' (off)'} {o.price.input}/{o.price.output}"
+                + (
+                    ""
+                    if o.peak is None
+                    else f" ({o.peak.price.input}/{o.peak.price.output} {' '.join(o.peak.hours)} UTC)"
+                )
                 for o in m.offers
             )
             or "-"

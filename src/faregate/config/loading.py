@@ -26,6 +26,7 @@ from faregate.config.sections import (
     CacheSettings,
     ModelSettings,
     OfferSettings,
+    PeakSettings,
     Settings,
 )
 from faregate.config.yaml_lines import error_path, line_of
@@ -291,6 +292,8 @@ def _check_references(settings: Settings, origin: str) -> None:
         _check_prices(model, f"{origin}: models.{name}")
         for i, offer in enumerate(model.offers):
             _check_prices(offer, f"{origin}: models.{name}.offers[{i}]")
+            if offer.peak is not None:
+                _check_peak(offer.peak, f"{origin}: models.{name}.offers[{i}].peak")
     check_routes(settings, origin, seen_names)
     check_cache_acceptance(settings.cache.semantic, origin)
     check_alerts(settings.alerts, origin, settings.providers)
@@ -342,7 +345,7 @@ def _check_env_name(value: str | None, where: str) -> None:
 PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
 
 
-def _check_prices(priced: ModelSettings | OfferSettings, where: str) -> None:
+def _check_prices(priced: ModelSettings | OfferSettings | PeakSettings, where: str) -> None:
     """Every price given on a model or an offer is a finite, non-negative Decimal. YAML reads
     `.nan` and `.inf` as numbers, and a NaN cannot even be compared (decimal.InvalidOperation); a
     negative offer price would make its provider the cheapest and its cost negative."""
@@ -354,6 +357,16 @@ def _check_prices(priced: ModelSettings | OfferSettings, where: str) -> None:
             raise ConfigError(f"{where}.{field_name} must be a finite number, not {value}")
         if value < 0:
             raise ConfigError(f"{where}.{field_name} must not be negative")
+
+
+def _check_peak(peak: PeakSettings, where: str) -> None:
+    from faregate.catalog.peak_hours import parse_hours  # the catalog imports the config
+
+    _check_prices(peak, where)
+    try:
+        parse_hours(peak.hours)
+    except ValueError as e:
+        raise ConfigError(f"{where}.{e}") from None
 
 
 def check_alerts(alerts: AlertSettings, origin: str, providers: Collection[str]) -> None:

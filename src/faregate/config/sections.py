@@ -131,6 +131,21 @@ class ProviderSettings(_Strict):
     maps_efforts: bool = False
 
 
+class PeakSettings(_Strict):
+    """A dearer price an offer's provider bills at some hours of every day (DeepSeek's peak hours):
+    a request is held and billed the price in force when it came (catalog/peak_hours.py)."""
+
+    # UTC, "HH:MM-HH:MM" each, the end excluded; one may span midnight ("22:00-02:00").
+    hours: list[str]
+    # USD per 1M tokens in those hours; one not set is the offer's own (a cache price scaled
+    # by the peak input price to the offer's, as an offer's is to the model's).
+    input: Decimal | None = None
+    output: Decimal | None = None
+    cache_read: Decimal | None = None
+    cache_write: Decimal | None = None
+    cache_write_1h: Decimal | None = None
+
+
 class OfferSettings(_Strict):
     provider: str
     # Model name the provider expects; defaults to the catalog name.
@@ -143,6 +158,8 @@ class OfferSettings(_Strict):
     cache_read: Decimal | None = None
     cache_write: Decimal | None = None
     cache_write_1h: Decimal | None = None
+    # Dearer prices at some hours of the day; None: one price at all hours.
+    peak: PeakSettings | None = None
     dedicated: bool = False
 
 

@@ -355,7 +355,7 @@ class Planner:
         """The highest price any model a name can reach (a model, or a route's every step) charges."""
         if name not in self.routes:
             model = self.resolve(name)
-            found = [o.price for o in model.offers] or [model.list_price]
+            found = [p for o in model.offers for p in o.prices] or [model.list_price]
         else:
             route = self.routes.get(name)
             names = [i.model for steps in RouteBook.all_steps(route) for i in chain_steps(steps)]
@@ -450,6 +450,11 @@ class Planner:
             if rejected.breaker_wait is None or wait < rejected.breaker_wait:
                 rejected.breaker_wait = wait
             return []
+        if any(o.peak is not None for o in usable):
+            # Priced by the hour the request came (an embedding request: now), once: its hold,
+            # its bill and its offer order read the same price.
+            came = sized[0].received_at if sized is not None else time.time()
+            usable = [o.at(came) for o in usable]
         if len(usable) == 1:
             return usable
         # Cheapest for this request first, with recent errors making an offer look dearer than it

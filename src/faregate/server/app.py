@@ -131,6 +131,15 @@ def model_entry(model: Model) -> dict[str, Any]:
                 "upstream_model": o.upstream_model,
                 "input": str(o.price.input),
                 "output": str(o.price.output),
+                # Its dearer price at some hours of the day (UTC), billed to a request that comes
+                # then; None: one price at all hours.
+                "peak": None
+                if o.peak is None
+                else {
+                    "hours": list(o.peak.hours),
+                    "input": str(o.peak.price.input),
+                    "output": str(o.peak.price.output),
+                },
                 "available": o.available,
             }
             for o in model.offers
