@@ -281,7 +281,7 @@ def test_curated_offers_keep_the_cache_prices_genai_prices_knows() -> None:
 
     today = datetime.now(UTC).date()
     known = {
-        (PROVIDER_IDS[p.id], m.id): (_price_in_force(m, today), _listed_prices(m))
+        (PROVIDER_IDS[p.id], m.id): ((_price_in_force(m, today) or (None, None))[0], _listed_prices(m))
         for p in get_snapshot().providers
         if p.id in PROVIDER_IDS
         for m in p.models
@@ -294,23 +294,23 @@ def test_curated_offers_keep_the_cache_prices_genai_prices_knows() -> None:
             if (offer.provider, offer.upstream_model) not in known:
                 continue
             in_force, listed = known[(offer.provider, offer.upstream_model)]
-            ours = offer.price
-            same = [
-                p
-                for p in (in_force, *reversed(listed))
-                if p and (p.input, p.output) == (ours.input, ours.output)
-            ]
-            checked += 1
-            if same:
-                if (ours.cache_read, ours.cache_write) != (same[0].cache_read, same[0].cache_write):
-                    wrong.append(f"{model.name} via {offer.provider}: {ours} is not {same[0]}")
-                continue
-            ratios = [p.cache_read / p.input for p in listed if p.cache_read is not None and p.input]
-            if not listed or len(ratios) < len(listed):
-                continue  # genai-prices does not discount cached input at every price it lists
-            if ours.cache_read is None or not min(ratios) <= ours.cache_read / ours.input <= max(ratios):
-                wrong.append(
-                    f"{model.name} via {offer.provider}: cache_read {ours.cache_read}, ratios {ratios}"
-                )
+            for ours in offer.prices:  # its peak price too, where it has one
+                same = [
+                    p
+                    for p in (in_force, *reversed(listed))
+                    if p and (p.input, p.output) == (ours.input, ours.output)
+                ]
+                checked += 1
+                if same:
+                    if (ours.cache_read, ours.cache_write) != (same[0].cache_read, same[0].cache_write):
+                        wrong.append(f"{model.name} via {offer.provider}: {ours} is not {same[0]}")
+                    continue
+                ratios = [p.cache_read / p.input for p in listed if p.cache_read is not None and p.input]
+                if not listed or len(ratios) < len(listed):
+                    continue  # genai-prices does not discount cached input at every price it lists
+                if ours.cache_read is None or not min(ratios) <= ours.cache_read / ours.input <= max(ratios):
+                    wrong.append(
+                        f"{model.name} via {offer.provider}: cache_read {ours.cache_read}, ratios {ratios}"
+                    )
     assert checked >= 15
     assert wrong == []

@@ -199,7 +199,7 @@ def test_broad_catalog_bills_the_snapshot_price_in_force_not_the_first_one() -> 
     assert (o3.offers[0].price.input, o3.offers[0].price.output) == (Decimal(2), Decimal(8))
 
 
-def test_broad_prices_follow_start_dates_and_leave_out_prices_that_vary_by_hour() -> None:
+def test_broad_prices_follow_start_dates_and_hours_of_the_day() -> None:
     from datetime import UTC, date, time
     from types import SimpleNamespace as Obj
 
@@ -213,13 +213,44 @@ def test_broad_prices_follow_start_dates_and_leave_out_prices_that_vary_by_hour(
 
     today = date(2026, 1, 1)
     changed = model((None, price("10", "40")), (Obj(start_date=date(2025, 6, 10)), price("2", "8")))
-    assert _price_in_force(changed, today) == Price(Decimal(2), Decimal(8))
+    assert _price_in_force(changed, today) == (Price(Decimal(2), Decimal(8)), None)
     announced = model((None, price("10", "40")), (Obj(start_date=date(2026, 6, 1)), price("2", "8")))
-    assert _price_in_force(announced, today) == Price(Decimal(10), Decimal(40))
-    # DeepSeek's off-peak discount: one static price would be wrong for part of every day.
+    assert _price_in_force(announced, today) == (Price(Decimal(10), Decimal(40)), None)
+    # DeepSeek's peak hours: the price of those hours is the offer's peak price.
     peak = Obj(start_time=time(0, 30, tzinfo=UTC), end_time=time(16, 30, tzinfo=UTC))
     by_hour = model((None, price("0.135", "0.55")), (peak, price("0.27", "1.1")))
-    assert _price_in_force(by_hour, today) is None
+    found = _price_in_force(by_hour, today)
+    assert found is not None
+    base, at_peak = found
+    assert base == Price(Decimal("0.135"), Decimal("0.55"))
+    assert at_peak is not None and at_peak.price == Price(Decimal("0.27"), Decimal("1.1"))
+    assert (at_peak.spans, at_peak.hours) == (((30, 990),), ("00:30-16:30",))
+    # A price in force at every hour from a later date wins over the hours before it.
+    repriced = model(*by_hour_items(by_hour), (Obj(start_date=date(2025, 1, 1)), price("1", "2")))
+    assert _price_in_force(repriced, today) == (Price(Decimal(1), Decimal(2)), None)
+    # Hours at two prices are left out, as tiered prices are.
+    other = Obj(start_time=time(18, 0, tzinfo=UTC), end_time=time(20, 0, tzinfo=UTC))
+    assert _price_in_force(model(*by_hour_items(by_hour), (other, price("9", "9"))), today) is None
+
+
+def by_hour_items(model: object) -> list[tuple[object, object]]:
+    return [(c.constraint, c.prices) for c in model.prices]  # type: ignore[attr-defined]
+
+
+def test_broad_deepseek_models_are_billed_by_the_hour() -> None:
+    """deepseek-chat, priced by the hour in the snapshot, is served with its peak hours rather
+    than left out (a 404 for DeepSeek's best-known name)."""
+    catalog = build_catalog(
+        parse_settings({"providers": {"deepseek": {"base_url": "https://api.deepseek.com/v1"}}})
+    )
+    chat = catalog.get("deepseek-chat")
+    assert chat is not None
+    (offer,) = chat.offers
+    assert offer.peak is not None and offer.peak.hours == ("00:30-16:30",)
+    for moment in _through_today():
+        sold = _snapshot_price("deepseek", "deepseek-chat", moment)
+        assert sold is not None
+        assert (offer.at(moment).price.input, offer.at(moment).price.output) == (sold.input, sold.output)
 
 
 def _through_today() -> list[float]:

@@ -6,11 +6,12 @@ Curated models and local overrides always win over it.
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
 from faregate.catalog.models import Catalog, Model, Offer, fits_efforts, output_default
+from faregate.catalog.peak_hours import PeakPrice
 from faregate.config import Settings
 from faregate.types import Price
 from faregate.wire.model_params import refused_params
@@ -36,33 +37,67 @@ def _decimal(model_price: Any, name: str) -> Decimal | None:
     return value if isinstance(value, Decimal) else None  # tiered prices are left out
 
 
-def _price_in_force(info: Any, today: date) -> Price | None:
-    """The flat price in force `today`, or None when there is none we can bill with one Price.
+def _flat(prices: Any) -> Price | None:
+    """One ModelPrice as a Price; None for a tiered one, which one Price cannot bill."""
+    inp = getattr(prices, "input_mtok", None)
+    out = getattr(prices, "output_mtok", None)
+    if isinstance(inp, Decimal) and isinstance(out, Decimal):
+        return Price(inp, out, *(_decimal(prices, f) for f in (*_CACHE_PRICE_FIELDS, *_AUDIO_PRICE_FIELDS)))
+    return None
+
+
+def _minute_of_day(moment: time) -> int:
+    """A time of day (UTC where it has no zone) as a minute of the UTC day."""
+    if moment.tzinfo is not None:
+        moment = datetime.combine(date(2000, 1, 1), moment).astimezone(UTC).time()
+    return moment.hour * 60 + moment.minute
+
+
+def _price_in_force(info: Any, today: date) -> tuple[Price, PeakPrice | None] | None:
+    """The price in force `today`, and the one it gives way to at some hours of every day (DeepSeek's
+    peak hours), or None when there is none we can bill.
 
     genai-prices lists a model's prices in order and the last one in force wins: an
-    unconstrained one, then later ones from a start date (price changes). A price that applies
-    at some hours only (DeepSeek's off-peak discount) makes the price vary through the day, which
-    one static Price cannot bill right: such a model is left out, as tiered prices are.
+    unconstrained one, then later ones from a start date (price changes) or at some hours of the
+    day. Hours of one price are billed as an offer's peak (catalog/peak_hours.py); hours at more
+    than one, as tiered prices, are left out.
     """
     prices = info.prices
-    candidates = prices if isinstance(prices, list) else [None]
+    if not isinstance(prices, list):
+        flat = _flat(prices)
+        return None if flat is None else (flat, None)
     chosen: Any = None
-    for conditional in candidates:
-        if conditional is None or conditional.constraint is None:
-            chosen = prices if conditional is None else conditional.prices
-            continue
-        start = getattr(conditional.constraint, "start_date", None)
-        if not isinstance(start, date):
-            return None  # a time-of-day (or unknown) constraint: not one flat price
-        if start <= today:
-            chosen = conditional.prices
-    if chosen is None:
+    hours: list[tuple[int, int]] = []
+    by_hour: Any = None
+    for conditional in prices:
+        constraint = conditional.constraint
+        start_date = getattr(constraint, "start_date", None)
+        start_time, end_time = getattr(constraint, "start_time", None), getattr(constraint, "end_time", None)
+        if constraint is None or (isinstance(start_date, date) and start_date <= today):
+            chosen, hours, by_hour = (
+                conditional.prices,
+                [],
+                None,
+            )  # in force at every hour: wins over all before
+        elif isinstance(start_date, date):
+            continue  # announced, not in force yet
+        elif isinstance(start_time, time) and isinstance(end_time, time):
+            if by_hour is not None and conditional.prices != by_hour:
+                return None  # more than one price by the hour
+            by_hour = conditional.prices
+            hours.append((_minute_of_day(start_time), _minute_of_day(end_time)))
+        else:
+            return None  # a constraint we do not know
+    base = None if chosen is None else _flat(chosen)
+    if base is None:
         return None
-    inp = getattr(chosen, "input_mtok", None)
-    out = getattr(chosen, "output_mtok", None)
-    if isinstance(inp, Decimal) and isinstance(out, Decimal):
-        return Price(inp, out, *(_decimal(chosen, f) for f in (*_CACHE_PRICE_FIELDS, *_AUDIO_PRICE_FIELDS)))
-    return None
+    if by_hour is None:
+        return base, None
+    peak = _flat(by_hour)
+    if peak is None:
+        return None
+    labels = tuple(f"{a // 60:02}:{a % 60:02}-{b // 60:02}:{b % 60:02}" for a, b in hours)
+    return base, PeakPrice(peak, tuple(hours), labels)
 
 
 # OpenAI's reasoning models (o1, o3, o4-mini, gpt-5...; not the gpt-5 chat models) refuse the
@@ -133,9 +168,10 @@ def add_broad_models(catalog: Catalog, settings: Settings, enabled: dict[str, bo
         for info in provider.models:
             if getattr(info, "deprecated", None):
                 continue
-            price = _price_in_force(info, today)
-            if price is None:
+            in_force = _price_in_force(info, today)
+            if in_force is None:
                 continue
+            price, peak = in_force
             name = info.id if ours is not None else f"{provider.id}/{info.id}"
             existing = catalog.get(name)
             if existing is not None:
@@ -156,6 +192,7 @@ def add_broad_models(catalog: Catalog, settings: Settings, enabled: dict[str, bo
                             output_default=default,
                             fits_efforts=fits,
                             protocol=wire,
+                            peak=peak,
                         )
                     )
                 continue
@@ -170,6 +207,7 @@ def add_broad_models(catalog: Catalog, settings: Settings, enabled: dict[str, bo
                         output_default=default,
                         fits_efforts=fits,
                         protocol=wire,
+                        peak=peak,
                     )
                 ]
                 if ours
