@@ -1208,3 +1208,37 @@ async def test_a_cut_stream_keeps_the_usage_reported_before_its_end_and_adds_wha
     (record,) = harness.records
     assert record.usage_estimated and record.prompt_tokens == 7012
     assert record.completion_tokens >= 1 + 150, record.completion_tokens  # 1 + ~150 words
+
+
+async def test_a_request_in_its_offers_peak_hours_is_held_billed_and_recorded_at_the_peak_price(
+    harness: Harness,
+) -> None:
+    # Peak hours all day long (two spans), so that the hour the test runs at does not matter.
+    from dataclasses import replace
+
+    from faregate.catalog.peak_hours import PeakPrice
+    from faregate.store.rows import attempts_from_json
+
+    strong = harness.pipeline.planner.catalog.models["strong"]
+    peak = Price(Decimal(20), Decimal(20))
+    strong.offers = [
+        replace(strong.offers[0], peak=PeakPrice(peak, ((0, 720), (720, 0)), ("00:00-12:00", "12:00-00:00")))
+    ]
+    status, _, _ = await harness.post({"model": "strong", "max_tokens": 100, **ASK})
+    assert status == 200
+    (record,) = harness.records
+    billed = peak.cost(Usage(10, 2))
+    assert record.cost_usd == billed
+    assert harness.events[-2:] == [f"settle {billed} 12", "record"]
+    # The hold is the peak price's too: 100 output tokens at 20 alone are more than at 10.
+    assert harness.admission.holds[-1].reserved_usd > Price(Decimal(10), Decimal(10)).cost(Usage(20, 100))
+    # The record says which price: the stored attempt carries it, as the dashboard shows it.
+    stored = orjson.loads(attempts_json(record.attempts))
+    assert stored[-1]["price"] == "peak"
+    assert attempts_from_json(attempts_json(record.attempts))[-1].at_peak
+    harness.events.clear()
+    strong.offers = [replace(strong.offers[0], peak=None)]
+    await harness.post({"model": "strong", **ASK})
+    assert "price" not in orjson.loads(attempts_json(harness.records[-1].attempts))[-1], (
+        "only where there is one"
+    )

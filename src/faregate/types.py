@@ -184,6 +184,8 @@ class Attempt:
     # x-faregate-dropped-params and -adjusted-params say it (wire/model_params.py); mostly empty.
     dropped_params: str = ""
     adjusted_params: str = ""
+    # Billed at its offer's peak price (the hours its provider bills more: catalog/peak_hours.py).
+    at_peak: bool = False
 
     def describe(self) -> str:
         text = f"{self.model} via {self.provider}: {self.outcome}"

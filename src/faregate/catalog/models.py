@@ -47,6 +47,8 @@ class Offer:
     protocol: str = "openai"
     # A dearer price its provider bills at some hours of the day (catalog/peak_hours.py).
     peak: PeakPrice | None = None
+    # Priced for a request that came in its peak hours (`at`): its record says so.
+    at_peak: bool = False
 
     @property
     def key(self) -> str:
@@ -57,8 +59,8 @@ class Offer:
         in its peak hours. The price is then decided (no peak left), whatever the time it is read."""
         if self.peak is None:
             return self
-        price = self.peak.price if self.peak.in_force(unix_seconds) else self.price
-        return replace(self, price=price, peak=None)
+        at_peak = self.peak.in_force(unix_seconds)
+        return replace(self, price=self.peak.price if at_peak else self.price, peak=None, at_peak=at_peak)
 
     @property
     def prices(self) -> tuple[Price, ...]:

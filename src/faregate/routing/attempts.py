@@ -510,7 +510,10 @@ def _attempt(
 ) -> Attempt:
     # Positional, in the order of Attempt's fields: keywords would cost a dict per call.
     latency_ms = (time.perf_counter() - t0) * 1000
-    return Attempt(candidate.model.name, candidate.offer.provider, outcome, latency_ms, detail, status)
+    attempt = Attempt(candidate.model.name, candidate.offer.provider, outcome, latency_ms, detail, status)
+    if candidate.offer.at_peak:
+        attempt.at_peak = True
+    return attempt
 
 
 def _moves(attempts: list[Attempt]) -> tuple[int, int]:

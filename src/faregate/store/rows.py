@@ -93,6 +93,9 @@ def _attempt_item(a: Attempt) -> dict[str, Any]:
         item["dropped_params"] = a.dropped_params
     if a.adjusted_params:
         item["adjusted_params"] = a.adjusted_params
+    # Only where the call was billed at its offer's peak price (its provider's dearer hours).
+    if a.at_peak:
+        item["price"] = "peak"
     return item
 
 
@@ -111,6 +114,7 @@ def attempts_from_json(text: str) -> list[Attempt]:
             cost=Decimal(item.get("cost_usd") or "0"),
             dropped_params=item.get("dropped_params") or "",
             adjusted_params=item.get("adjusted_params") or "",
+            at_peak=item.get("price") == "peak",
         )
         for item in items
     ]
