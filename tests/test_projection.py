@@ -180,6 +180,9 @@ def test_cost_command_cache_rate_and_provider_comparison(app: typer.Typer, confi
     # deepseek sells it at 0.15/0.60 (twice that at its peak hours): 1,000 x 0.15/1M + 500 x
     # 0.60/1M = $0.00045.
     assert "$0.00045" in result.output
+    # And at its peak hours, 0.30/1.20: $0.00030 + $0.00060 = $0.0009.
+    assert "deepseek-v4-flash at 01:00-04:00 06:00-10:00 UTC" in result.output
+    assert "$0.0009 " in result.output
     # openrouter at 0.105/0.21: $0.000105 + $0.000105 = $0.00021.
     assert "$0.00021" in result.output
     halved = run(

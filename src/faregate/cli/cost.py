@@ -172,13 +172,14 @@ def register(app: typer.Typer) -> None:
             target = _lookup(catalog, compare_providers)
             list_line = project("list price", target.list_price, workload)
             offers = sorted(target.offers, key=lambda o: project(o.provider, o.price, workload).monthly)
-            lines = [(f"{target.name} list price", list_line)] + [
-                (
-                    f"{o.provider}{'' if o.available else ' (off)'} · {o.upstream_model}",
-                    project(o.provider, o.price, workload),
-                )
-                for o in offers
-            ]
+            lines = [(f"{target.name} list price", list_line)]
+            for o in offers:
+                name = f"{o.provider}{'' if o.available else ' (off)'} · {o.upstream_model}"
+                lines.append((name, project(o.provider, o.price, workload)))
+                if o.peak is not None:
+                    # The hours its provider bills more: a month of requests in them costs this.
+                    hours = " ".join(o.peak.hours)
+                    lines.append((f"{name} at {hours} UTC", project(o.provider, o.peak.price, workload)))
             if not target.offers:
                 typer.echo(f"{target.name}: no provider offers in the catalog")
             console.print(
