@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from faregate.config import Settings, load_settings, parse_settings
+from faregate.config import Settings, in_config_file, load_settings, parse_settings
 from faregate.errors import ConfigError
 from faregate.server.app import build_gateway
 
@@ -100,6 +100,50 @@ def test_a_bad_key_or_value_names_its_line_in_the_file(
         load_settings(path)
     assert str(raised.value).startswith(f"{path}, line {line}: ")
     assert problem in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "problem"),
+    [
+        (  # an offer naming a provider there is none of
+            "server:\n  port: 4001\nmodels:\n  mine:\n    input: 1\n    output: 2\n"
+            "    offers:\n      - provider: openai\n      - provider: nope\n",
+            9,
+            "models.mine.offers[1].provider: unknown provider 'nope'",
+        ),
+        (  # a name taken twice (case aside); a model's name may hold a colon
+            "models:\n  a:8b: {input: 1, output: 2}\n  b:\n    input: 1\n    output: 2\n"
+            "    aliases: [A:8B]\n",
+            3,
+            "models.b: name or alias 'A:8B' is already used by 'a:8b'",
+        ),
+        ("routes:\n  smart:\n    chain: [gpt-4o]\n    retries: -1\n", 4, "routes.smart.retries must not"),
+    ],
+)
+def test_a_setting_refused_after_reading_names_its_line_in_the_file(
+    tmp_path: Path, text: str, line: int, problem: str
+) -> None:
+    """The checks across settings (references, duplicates, bounds) find the line as a bad key does."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    assert str(raised.value).startswith(f"{path}, line {line}: {problem}")
+
+
+async def test_a_route_to_an_unknown_model_names_its_line_in_the_file(tmp_path: Path) -> None:
+    """A route's models are checked once the gateway is built (the whole catalog known); the
+    error then names the setting alone, and serve adds the file and its line (in_config_file)."""
+    path = write(
+        tmp_path,
+        f"store: {{path: {str(tmp_path / 'store')!r}}}\ncatalog: {{broad: false}}\n"
+        "routes:\n  smart:\n    chain: [gpt-4o, gpt-nonexist]\n",
+    )
+    with pytest.raises(ConfigError) as raised:
+        await build_gateway(load_settings(path))
+    message = in_config_file(str(raised.value), path)
+    assert message.startswith(f"{path}, line 4: routes.smart: unknown model or route 'gpt-nonexist'")
+    # A problem about no setting of the file is left as it is.
+    assert in_config_file("the database is newer", path) == "the database is newer"
 
 
 def test_bad_value_says_what_was_expected(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from faregate.config.sections import (
     PeakSettings,
     Settings,
 )
-from faregate.config.yaml_lines import error_path, line_of
+from faregate.config.yaml_lines import error_path, line_of, located, setting_line
 from faregate.errors import ConfigError
 from faregate.extras import check_settings
 from faregate.route_config import (
@@ -134,6 +134,17 @@ def load_settings(path: str | Path | None = None, *, overrides: dict[str, Any] |
     return settings
 
 
+def in_config_file(problem: str, path: str | Path) -> str:
+    """A check made once the gateway is built (a route's unknown model, an alert's, the baseline
+    model: they need the whole catalog) names its setting alone; with the config file's line of
+    it, as the checks at load do. A problem about no setting in the file is left as it is."""
+    try:
+        line = setting_line(problem, read_text(Path(path)))
+    except (OSError, ConfigError):
+        return problem
+    return f"{path}, line {line}: {problem}" if line is not None else problem
+
+
 def _resolve_sim_script(settings: Settings, base: Path) -> None:
     """`sim.script` is named relative to the config file, like the trained router files (and like
     the replay CSVs inside a script, relative to the script): the simulator the gateway starts
@@ -156,7 +167,14 @@ def parse_settings(data: dict[str, Any], origin: str = "config", *, text: str | 
         line = line_of(text, at) if text is not None and at is not None else None
         where = f"{origin}, line {line}" if line is not None else origin
         raise ConfigError(f"{where}: {problem}{hint}") from exc
-    _check_references(settings, origin)
+    try:
+        _check_references(settings, origin)
+    except ConfigError as exc:
+        # The checks say `{origin}: the.setting...`; the file's line is added as a parse error's is.
+        message = str(exc)
+        if text is None or not message.startswith(f"{origin}: "):
+            raise
+        raise ConfigError(located(message.removeprefix(f"{origin}: "), origin, text)) from None
     # A feature turned on whose optional packages are missing: one line naming the extra.
     check_settings(settings, origin)
     return settings

@@ -59,3 +59,24 @@ def line_of(text: str, path: str) -> int | None:
         line = key.start_mark.line + 1
         rest = rest[len(str(key.value)) :].removeprefix(".")
     return line if not rest else None
+
+
+# The setting a check's message starts with: `models.x.offers[0].provider: unknown provider ...`,
+# `routes.smart.retries must not be negative`, `alerts.rules[0] (name): ...`. A model's name may
+# hold a colon (`qwen3:8b`), never followed by a space.
+_LEADING_SETTING = re.compile(r"^(\S+?)(?=: | |$)")
+
+
+def setting_line(problem: str, text: str) -> int | None:
+    """The line in the YAML `text` of the setting `problem` (a check's message) starts with; None
+    where the file does not hold it or the message names no setting."""
+    setting = _LEADING_SETTING.match(problem)
+    return line_of(text, setting.group(1)) if setting is not None else None
+
+
+def located(problem: str, origin: str, text: str | None) -> str:
+    """`problem`, a check's message that starts with the setting it is about, prefixed with the
+    file and the setting's line there (`faregate.yaml, line 7: routes.smart: ...`), as a value
+    msgspec refuses is; the file alone where the file does not hold the setting."""
+    line = setting_line(problem, text) if text is not None else None
+    return f"{origin}, line {line}: {problem}" if line is not None else f"{origin}: {problem}"

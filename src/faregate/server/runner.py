@@ -24,7 +24,7 @@ from typing import Any, cast
 import aiohttp
 from aiohttp import HttpVersion11, web
 
-from faregate.config import Settings
+from faregate.config import Settings, in_config_file
 from faregate.errors import ConfigError, StartupError
 from faregate.lifecycle import drain
 from faregate.providers.registry import simulator_active, with_simulator
@@ -352,4 +352,9 @@ def run(settings: Settings, announce: Announce | None = None, config_path: str |
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A failure repeated by every request (a store down) is written once per interval, not each time.
     log_limit.install()
-    uvloop.run(serve(settings, announce, config_path))
+    try:
+        uvloop.run(serve(settings, announce, config_path))
+    except ConfigError as exc:
+        if config_path is None:
+            raise
+        raise ConfigError(in_config_file(str(exc), config_path)) from None
