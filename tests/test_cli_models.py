@@ -63,3 +63,14 @@ def test_every_model_name_is_printed_whole(tmp_path: Path) -> None:
     assert len(names) > 20
     for name in names:
         assert any(f"│ {name} " in line for line in lines), name
+
+
+def test_the_settings_a_model_refuses_and_its_efforts_are_listed(tmp_path: Path) -> None:
+    """What GET /v1/models says of each model (refused_params, efforts) is in the table too: a
+    newcomer choosing a model for a client that sends reasoning_effort sees which drop it."""
+    code, output = run(tmp_path, "gpt-4o-mini")
+    row = next(line for line in output.splitlines() if "│ gpt-4o-mini " in line)
+    assert code == 0 and "reasoning_effort, verbosity" in row
+    code, output = run(tmp_path, "claude-opus-4-5")
+    row = next(line for line in output.splitlines() if "│ claude-opus-4-5 " in line)
+    assert code == 0 and "low, medium, high" in row

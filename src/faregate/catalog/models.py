@@ -16,6 +16,7 @@ from faregate.catalog.peak_hours import PeakPrice, parse_hours
 from faregate.config import ModelSettings, OfferSettings, PeakSettings, ProviderSettings, Settings
 from faregate.errors import ConfigError
 from faregate.types import Price
+from faregate.wire.anthropic import MESSAGES_EFFORT
 from faregate.wire.anthropic_upstream import DEFAULT_MAX_TOKENS
 from faregate.wire.model_params import effort_list, refused_params
 
@@ -91,6 +92,12 @@ class Model:
     @property
     def embeds(self) -> bool:
         return self.kind == "embedding"
+
+    @property
+    def refused_params(self) -> list[str]:
+        """The settings it is sent without, by the chat wire's names (GET /v1/models, faregate
+        models): the Messages wire's own effort is reasoning_effort there."""
+        return sorted(self.refuses - {MESSAGES_EFFORT})
 
     @property
     def available(self) -> bool:

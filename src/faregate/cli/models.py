@@ -49,7 +49,8 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--all", help="Include the broad catalog (thousands of models).")
         ] = False,
     ) -> None:
-        """List models with prices (USD per 1M tokens), context, modalities and offers."""
+        """List models with prices (USD per 1M tokens), context, modalities, the settings each refuses,
+        the reasoning efforts it takes and its offers."""
         # Imported here: the registry module loads the upstream transport, which a listing never uses.
         from faregate.providers.registry import simulator_active, with_simulator
 
@@ -91,6 +92,10 @@ def register(app: typer.Typer) -> None:
             for m in rows
         ]
         aliases = [", ".join(m.aliases) for m in rows]
+        # As GET /v1/models says them: the settings the model is sent without, and the efforts it
+        # takes (another is sent as the nearest); "-": none refused, the client's effort sent as given.
+        refused = [", ".join(m.refused_params) or "-" for m in rows]
+        efforts = ["-" if m.efforts is None else ", ".join(m.efforts) for m in rows]
         cells = [
             [
                 str(m.list_price.input),
@@ -108,11 +113,20 @@ def register(app: typer.Typer) -> None:
         for i, heading in enumerate(("in", "out", "context", "max out", "modalities")):
             justify: Literal["left", "right"] = "left" if heading == "modalities" else "right"
             whole_column(table, heading, [row[i] for row in cells], justify=justify)
+        folding_column(table, "refuses", refused)
+        folding_column(table, "efforts", efforts)
         folding_column(table, "offers", offers)
-        for m, alias, numbers, offer in zip(rows, aliases, cells, offers, strict=True):
+        for m, alias, numbers, refuses, effort, offer in zip(
+            rows, aliases, cells, refused, efforts, offers, strict=True
+        ):
             # Text(), not str: names come from the config and the catalog, not rich markup (a
             # "[beta]" in a name was taken for a style and vanished).
             table.add_row(
-                Text(m.name, style="" if m.available else "dim"), Text(alias), *numbers, Text(offer)
+                Text(m.name, style="" if m.available else "dim"),
+                Text(alias),
+                *numbers,
+                Text(refuses),
+                Text(effort),
+                Text(offer),
             )
         print_table(table, at_least=200)

@@ -48,7 +48,6 @@ from faregate.telemetry.metrics_share import SharedMetrics
 from faregate.telemetry.observability import Observability
 from faregate.telemetry.records import RecordWriter
 from faregate.types import Price
-from faregate.wire.anthropic import MESSAGES_EFFORT
 
 log = logging.getLogger("faregate.server")
 
@@ -117,7 +116,7 @@ def model_entry(model: Model) -> dict[str, Any]:
         "kind": model.kind,
         # The settings it is sent without and the efforts it takes (the nearest is sent for
         # another; None: sent as given), by the chat wire's names (wire/model_params.py).
-        "refused_params": sorted(model.refuses - {MESSAGES_EFFORT}),
+        "refused_params": model.refused_params,
         "efforts": None if model.efforts is None else list(model.efforts),
         "pricing": {
             "currency": "USD",
