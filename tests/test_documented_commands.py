@@ -503,6 +503,8 @@ def as_pattern(line: str) -> re.Pattern[str]:
         (r"key_[0-9a-f]+", r"key_[0-9a-f]+"),
         (r"127\\.0\\.0\\.1:\d+", r"127\.0\.0\.1:\d+"),
         (r"msg_ID", r"msg_[0-9a-f]+"),
+        # A log line's time.
+        (r"\d{4}\\-\d\d\\-\d\d\\ \d\d:\d\d:\d\d,\d{3}", r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"),
     ):
         pattern = re.sub(varying, lambda _m, w=wildcard: w, pattern)
     return re.compile(pattern)
@@ -540,7 +542,7 @@ def make_run(tmp_path: Path) -> Iterator[tuple[int, str]]:
 def test_make_run_matches_the_readme_and_its_examples_answer(make_run: tuple[int, str]) -> None:
     port, output = make_run
     lines = output.splitlines()
-    for shown in readme_block("a snippet to\npaste:"):
+    for shown in readme_block("a snippet to\npaste,"):
         assert any(as_pattern(shown).fullmatch(line) for line in lines), f"not printed: {shown!r}\n{output}"
 
     # The snippet it printed prints what the README says it prints.
