@@ -330,3 +330,58 @@ async def test_a_never_expiring_cache_on_the_accounts_redis_is_warned_of(
     await built.close()
     found = [r.getMessage() for r in caplog.records if "never expire" in r.getMessage()]
     assert bool(found) == warned, found
+
+
+async def test_a_new_instance_adds_the_shared_entries_in_a_few_hand_offs_to_the_worker() -> None:
+    """Warming up from the shared stream, each entry was one hand-off to the embedding worker and
+    back (and a search of its scope there): 50,000 entries took ~70 s (bench/semantic_warmup.py).
+    An XREAD's entries go to the index SHARED_PER_HANDOFF at a time; this instance's own and
+    expired ones are left out."""
+    import time
+
+    import numpy as np
+
+    from faregate.cache.semantic import SemanticCache
+    from faregate.cache.semantic_sync import SHARED_PER_HANDOFF, SemanticSync
+    from faregate.embedding.embedder import DIMENSIONS, AsyncEmbedder
+
+    embedder = AsyncEmbedder()  # no model: shared entries carry their vectors
+    semantic: SemanticCache[str] = SemanticCache(embedder)
+    handoffs = 0
+    call = embedder.call
+
+    async def counted(fn: Any, *args: Any) -> Any:
+        nonlocal handoffs
+        handoffs += 1
+        return await call(fn, *args)
+
+    embedder.call = counted  # type: ignore[method-assign]
+    sync = SemanticSync("redis://127.0.0.1:1/0", semantic)
+    rng = np.random.default_rng(3)
+
+    def entry(i: int, origin: str = "other", ttl_s: float = 600) -> tuple[bytes, dict[bytes, bytes]]:
+        vector = rng.standard_normal(DIMENSIONS).astype(np.float32)
+        return f"1-{i}".encode(), {
+            b"origin": origin.encode(),
+            b"scope": orjson.dumps(["key:k", "m", None, None]),
+            b"text": f"question {i}".encode(),
+            b"key": f"k{i}".encode(),
+            b"expires_at": str(time.time() + ttl_s).encode(),
+            b"vector": (vector / np.linalg.norm(vector)).tobytes(),
+        }
+
+    entries = [entry(i) for i in range(2 * SHARED_PER_HANDOFF + 50)]
+    entries += [entry(1000, origin=sync.origin), entry(1001, ttl_s=-1)]
+
+    async def xread(*args: Any, **kwargs: Any) -> Any:  # the transport seam: one read of the stream
+        return [(b"faregate:semantic", entries)]
+
+    sync._redis.xread = xread  # type: ignore[method-assign]
+    try:
+        await sync._read()
+    finally:
+        await sync.close()
+        await embedder.close()
+    assert sync.received == len(semantic.index) == 2 * SHARED_PER_HANDOFF + 50
+    assert handoffs == 3
+    assert sync._last == "1-1001"

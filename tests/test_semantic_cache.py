@@ -298,6 +298,32 @@ async def test_storing_the_same_text_replaces_its_entry_beside_a_text_of_the_sam
     assert sorted(e.text for e, _ in cache.index.search(SCOPE, unit(1), k=10)) == ["What is X?", "what is x?"]
 
 
+async def test_storing_a_text_again_finds_its_entry_by_its_text_not_by_a_search() -> None:
+    """Each store searched the scope's vectors for a twin of its text (a matrix product over the
+    scope): a new instance adding 50,000 shared entries spent ~70 s of its embedding worker on it
+    (bench/semantic_warmup.py). The entry of a text is looked up by the text; one that left the
+    index (evicted, expired, replaced) is no longer found."""
+    fake = FakeEmbedder({"q": unit(1), "r": unit(0, 1), "s": unit(1, 1)})
+    cache: SemanticCache[str] = SemanticCache(AsyncEmbedder(fake), max_entries=2)
+    await cache.store(SCOPE, "q", "old")
+    other_scope = make_scope("tenant-b", "gpt-4o-mini")
+    await cache.store(other_scope, "q", "another tenant's")
+
+    def no_search(*args: object, **kwargs: object) -> list[Any]:
+        raise AssertionError("a store searched the index")
+
+    cache.index.search = no_search  # type: ignore[method-assign]
+    await cache.store(SCOPE, "q", "new")
+    assert len(cache.index) == 2
+    entry = cache.index.entry_of(SCOPE, "q")
+    assert entry is not None and entry.payload == "new"
+    assert cache.index.entry_of(other_scope, "q") is not None
+    await cache.store(SCOPE, "r", "r's")  # evicts the other tenant's "q", the least recently used
+    assert cache.index.entry_of(other_scope, "q") is None
+    await cache.store(other_scope, "q", "again")
+    assert len(cache.index) == 2
+
+
 async def test_embedding_runs_off_the_event_loop_and_batches_concurrent_requests() -> None:
     fake = FakeEmbedder({}, delay_s=0.05)
     embedder = AsyncEmbedder(fake, max_batch=16)

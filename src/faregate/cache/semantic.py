@@ -145,6 +145,15 @@ class SemanticCache(Generic[P]):
             )
         return await self.embedder.call(self._insert, scope, text, vector, payload, ttl_s)
 
+    async def store_shared(self, entries: Sequence[SharedEntry[P]]) -> int:
+        """Add entries another instance cached (with their vectors) in one hand-off to the worker,
+        not one each: a new instance reads tens of thousands from the shared stream, and each
+        hand-off waits for the loop and the worker in turn. How many were kept."""
+        kept = [e for e in entries if not self._skip_reason(e.text, 1)]
+        if not kept:
+            return 0
+        return await self.embedder.call(self._insert_shared, kept)
+
     async def forget(self, entry: IndexEntry[P]) -> None:
         """Drop an entry (its answer is gone); nothing if it already left the index."""
         await self.embedder.call(self.index.remove, entry)
@@ -191,12 +200,27 @@ class SemanticCache(Generic[P]):
     def _insert(
         self, scope: Scope, text: str, vector: Vector, payload: P, ttl_s: float | None
     ) -> IndexEntry[P]:
-        # Storing the same text again replaces its entry instead of adding a twin. Every entry of
-        # this vector is checked, not only the first: other texts share it (the model is uncased).
-        for entry, _ in self.index.search(scope, vector, k=len(self.index) or 1, min_score=0.9999):
-            if entry.text == text:
-                self.index.remove(entry)
+        # Storing the same text again replaces its entry instead of adding a twin (another text
+        # with the same vector, the model being uncased, is another entry).
+        twin = self.index.entry_of(scope, text)
+        if twin is not None:
+            self.index.remove(twin)
         return self.index.add(scope, vector, text, payload, ttl_s=ttl_s)
+
+    def _insert_shared(self, entries: Sequence[SharedEntry[P]]) -> int:
+        for entry in entries:
+            self._insert(entry.scope, entry.text, entry.vector, entry.payload, entry.ttl_s)
+        return len(entries)
+
+
+class SharedEntry(NamedTuple, Generic[P]):
+    """An entry another instance cached, as the shared stream carries it."""
+
+    scope: Scope
+    text: str
+    payload: P
+    ttl_s: float
+    vector: Vector
 
 
 # Before an assistant message's text in the embedded conversation.

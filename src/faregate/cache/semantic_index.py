@@ -100,6 +100,10 @@ class SemanticIndex(Generic[P]):
         self._partitions: dict[Scope, Partition[IndexEntry[P]]] = {}
         # Least recently used first; a hit moves an entry to the end.
         self._lru: OrderedDict[IndexEntry[P], None] = OrderedDict()
+        # The entry last added for each text of a scope: storing a text again replaces it, found
+        # here rather than by a search over the scope's vectors for every store (a new instance
+        # warming up from the shared stream stores tens of thousands in a row).
+        self._texts: dict[tuple[Scope, str], IndexEntry[P]] = {}
         # (expires_at, tie-breaker, entry); stale items (removed entries) are skipped when popped.
         self._expiry: list[tuple[float, int, IndexEntry[P]]] = []
         self._sequence = itertools.count()
@@ -133,6 +137,7 @@ class SemanticIndex(Generic[P]):
             )
         partition.add(np.asarray(vector, dtype=np.float32), entry)
         self._lru[entry] = None
+        self._texts[(scope, text)] = entry
         heapq.heappush(self._expiry, (entry.expires_at, next(self._sequence), entry))
         while len(self._lru) > self.max_entries:
             oldest = next(iter(self._lru))
@@ -158,6 +163,10 @@ class SemanticIndex(Generic[P]):
         for partition in self._partitions.values():
             partition.wait()
 
+    def entry_of(self, scope: Scope, text: str) -> IndexEntry[P] | None:
+        """The live entry last added for `text` in `scope`, if any."""
+        return self._texts.get((scope, text))
+
     def touch(self, entry: IndexEntry[P]) -> None:
         """Record a hit: the entry becomes the most recently used."""
         if entry.row >= 0:
@@ -170,6 +179,8 @@ class SemanticIndex(Generic[P]):
         partition = self._partitions[entry.scope]
         partition.remove(entry)
         del self._lru[entry]
+        if self._texts.get((entry.scope, entry.text)) is entry:
+            del self._texts[(entry.scope, entry.text)]
         if not len(partition):
             del self._partitions[entry.scope]
 

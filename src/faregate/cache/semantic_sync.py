@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from faregate.cache.semantic import SharedEntry
 from faregate.cache.semantic_index import Scope
 from faregate.cache.stores import RedisBreaker
 from faregate.lifecycle import Periodic
@@ -35,6 +36,9 @@ MAX_STREAM_LEN = 50_000
 # Publishes waiting on Redis at once; each holds its entry (and, in the cache's background store
 # task that awaits it, the answer). Redis answers one in well under a millisecond.
 MAX_PUBLISHING = 32
+# Shared entries added to the index in one hand-off to the embedding worker (~5 ms of its time
+# at 50,000 entries): fewer hand-offs, while a lookup queued behind them waits little.
+SHARED_PER_HANDOFF = 100
 
 
 class SemanticSync:
@@ -130,30 +134,40 @@ class SemanticSync:
             self._pause = 1.0
             return
         self._pause = 0.0
+        shared: list[SharedEntry[str]] = []
         for _, entries in replies or []:
             for entry_id, fields in entries:
                 self._last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-                await self._apply(fields)
+                entry = self._decode(fields)
+                if entry is not None:
+                    shared.append(entry)
+        for start in range(0, len(shared), SHARED_PER_HANDOFF):
+            chunk = shared[start : start + SHARED_PER_HANDOFF]
+            try:
+                self.received += await self._semantic.store_shared(chunk)
+            except Exception:
+                log.exception("could not apply %d shared semantic cache entries", len(chunk))
 
-    async def _apply(self, fields: dict[bytes, bytes]) -> None:
+    def _decode(self, fields: dict[bytes, bytes]) -> SharedEntry[str] | None:
+        """The entry another instance published; None for this instance's own, an expired one or
+        one that cannot be read (logged)."""
         try:
             if fields[b"origin"].decode() == self.origin:
-                return
+                return None
             ttl = float(fields[b"expires_at"]) - time.time()
             if ttl <= 0:
-                return
+                return None
             tenant, route, system_hash, tools_hash = orjson.loads(fields[b"scope"])
-            vector = np.frombuffer(fields[b"vector"], dtype=np.float32).copy()
-            await self._semantic.store(
+            return SharedEntry(
                 Scope(tenant, route, system_hash, tools_hash),
                 fields[b"text"].decode(),
                 fields[b"key"].decode(),
-                ttl_s=ttl,
-                vector=vector,
+                ttl,
+                np.frombuffer(fields[b"vector"], dtype=np.float32),
             )
-            self.received += 1
         except Exception:
             log.exception("could not apply a shared semantic cache entry")
+            return None
 
     async def close(self) -> None:
         await self._tailer.stop()
