@@ -473,6 +473,20 @@ async def test_a_full_write_buffer_holds_the_writer(server: LeanServer) -> None:
     await settle(lambda: events[-1:] == ["eof"])
 
 
+async def test_an_abort_ends_a_write_waiting_for_a_client_that_does_not_read(server: LeanServer) -> None:
+    """The responder drops a stream its client has not read by the request's deadline
+    (server/responses.py): the write waiting for room raises, and the connection is gone."""
+    conn, transport = connect(server)
+    conn.pause_writing()  # the client's window is full, and stays so
+    send(transport, post("/stream"))
+    await settle(lambda: b"data: one" in transport.out)
+    request = conn._request
+    assert request is not None and events == []
+    request.abort()
+    await settle(lambda: events[-1:] == ["client gone"])
+    assert transport.closed and conn.lost
+
+
 async def test_shutdown_closes_idle_connections_and_waits_for_busy_ones(server: LeanServer) -> None:
     global gate
     gate = asyncio.Event()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from types import SimpleNamespace
@@ -1242,3 +1243,56 @@ async def test_a_request_in_its_offers_peak_hours_is_held_billed_and_recorded_at
     assert "price" not in orjson.loads(attempts_json(harness.records[-1].attempts))[-1], (
         "only where there is one"
     )
+
+
+async def test_a_client_that_stops_reading_its_stream_is_cut_at_the_deadline_and_settled(
+    harness: Harness,
+) -> None:
+    """A client that stops reading (a hung process, a TCP window left full) holds the relay in its
+    write for as long as the connection stays open; past the request's deadline (and the grace to
+    write a stream's end) the connection is dropped, the upstream closed, the hold settled for what
+    was read and the request recorded, instead of all of them waiting on the client for ever."""
+    harness.pipeline.runner.request_timeout_s = 0.5
+    harness.pipeline.respond.request_timeout_s = 0.5
+    harness.pipeline.respond.end_grace_s = 0.1
+    piece = "lorem ipsum " * 100  # ~1.2 kB of content a chunk: far more than the socket buffers hold
+    upstream_closed = asyncio.Event()
+
+    async def stream_reads(call: UpstreamCall) -> AsyncIterator[list[JSON]]:
+        harness.a._next(call)
+        try:
+            yield [chunk({"role": "assistant", "content": ""})]
+            for _ in range(8000):
+                yield [chunk({"content": piece})]
+            await asyncio.Event().wait()  # the rest never comes; only the deadline ends this
+            yield []
+        finally:
+            upstream_closed.set()
+
+    harness.a.stream_reads = stream_reads  # type: ignore[attr-defined]
+    harness.events.clear()
+    body = orjson.dumps({"model": "cheap", "stream": True, **ASK})
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    port = harness.client.server.port
+    assert port is not None
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    try:
+        await loop.sock_sendall(sock, head.encode() + body)  # then never reads a byte
+        await asyncio.wait_for(upstream_closed.wait(), 30)  # without the cut: never
+        for _ in range(500):
+            if harness.records:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        sock.close()
+    (record,) = harness.records
+    assert record.status == 499 and "did not read" in (record.error or ""), record.error
+    settled = [e for e in harness.events if e.startswith("settle")]
+    assert settled and Decimal(settled[0].split()[1]) > 0 and "release" not in harness.events

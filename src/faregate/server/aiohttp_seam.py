@@ -67,6 +67,11 @@ class AiohttpRequest:
         await response.prepare(self.request)
         await response.write_eof()
 
+    def abort(self) -> None:
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()  # close() would wait for the unsent bytes to be read
+
     def written(self, reply: Reply) -> web.StreamResponse:
         """The aiohttp response for `reply` (the one already written, if any)."""
         if self.response is not None:

@@ -289,6 +289,11 @@ class Exchange:
         self.record.status = 499
         self.record.error = f"client disconnected {when}"
 
+    def client_stalled(self) -> None:
+        """Its stream was cut because the client stopped reading it (server/responses.py)."""
+        self.record.status = 499
+        self.record.error = "client did not read its stream by the request deadline; connection dropped"
+
     def interrupted(self, detail: str) -> None:
         self.record.status = 502
         self.record.error = f"stream interrupted after content was sent: {detail}"

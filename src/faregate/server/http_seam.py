@@ -11,7 +11,7 @@ piece and `write_eof`).
 Invariants: `read` raises PayloadTooLarge rather than buffer a body past the server's limit;
 writing to a client that is gone raises ConnectionError (ConnectionResetError), as aiohttp does;
 `send` writes a Whole at most once, and a server never writes a reply after `send` or
-`open_stream` did.
+`open_stream` did; `abort` ends a write that waits for a client that does not read.
 """
 
 from __future__ import annotations
@@ -71,6 +71,11 @@ class HttpRequest(Protocol):
     async def send(self, whole: Whole) -> None:
         """Write `whole` now rather than after the handler returns; ConnectionError if the
         client is gone."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection now, with whatever is still unsent (a stream its client stopped
+        reading): a write waiting for room raises ConnectionError."""
         ...
 
 

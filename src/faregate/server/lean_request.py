@@ -175,6 +175,12 @@ class LeanRequest:
         body = whole.body
         conn.write(conn.head(self, whole.status, whole.headers, whole.content_type, len(body), False) + body)
 
+    def abort(self) -> None:
+        self.keep_alive = False
+        transport = self._conn.transport
+        if transport is not None and not self._conn.lost:
+            transport.abort()  # close() would wait for the unsent bytes to be read
+
 
 class LeanStream:
     """An event stream's body on the lean path: chunked (HTTP/1.1) or up to the close (1.0)."""

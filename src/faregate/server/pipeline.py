@@ -114,7 +114,7 @@ class ChatPipeline:
         self.metered = not isinstance(self.admission, OpenAdmission)
         self.cache = cache
         self.cascades = CascadeRunner(runner, planner)
-        self.respond = Responder(cache)
+        self.respond = Responder(cache, runner.request_timeout_s)
         # Shadow verification of calibrated routes (quality/), set by the app when any route has one.
         self.verifier: Verifier | None = None
         # Called with every finished record (metrics, alerts); must be cheap and never raise.

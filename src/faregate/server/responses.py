@@ -16,6 +16,7 @@ learns from the whole text answers it may keep.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -30,7 +31,7 @@ from faregate.routing.plan import Candidate
 from faregate.server.aiohttp_seam import web_response
 from faregate.server.client_wires import CHAT, ClientWire, StreamEncoder
 from faregate.server.exchange import Exchange
-from faregate.server.http_seam import EventStream, Reply, Whole
+from faregate.server.http_seam import EventStream, HttpRequest, Reply, Whole
 from faregate.types import JSON, Usage
 from faregate.usage_estimate import estimate_usage
 from faregate.wire.openai import (
@@ -43,6 +44,10 @@ from faregate.wire.openai import (
     usage_chunk,
 )
 
+# A stream still being written this long past the request's deadline is cut (`_ReadDeadline`):
+# the upstream's own timeouts end at the deadline, and this leaves the time to write the stream's
+# end (its usage chunk, or the error event) to a client that reads.
+END_GRACE_S = 10.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 Answer = Served | OpenedStream | CachedAnswer
 
@@ -90,11 +95,45 @@ class Settled:
     cost: Decimal
 
 
+class _ReadDeadline:
+    """Drops a client's connection if its stream is still being written at `delay`: a client
+    that stops reading (a hung process, a TCP window left full) would otherwise hold the relay in
+    a write for as long as its connection stays open, and with it the upstream connection and its
+    queue slot, the hold (past its TTL) and the record. One timer a stream, none a write."""
+
+    __slots__ = ("_timer", "fired")
+
+    def __init__(self, http: HttpRequest, delay: float) -> None:
+        self.fired = False
+        self._timer = asyncio.get_running_loop().call_later(delay, self._fire, http)
+
+    def _fire(self, http: HttpRequest) -> None:
+        self.fired = True
+        http.abort()  # the write waiting for room raises ConnectionError
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 class Responder:
     """Writes answers out; the cache learns from the ones it may keep."""
 
-    def __init__(self, cache: ResponseCache | None) -> None:
+    def __init__(self, cache: ResponseCache | None, request_timeout_s: float = 600.0) -> None:
         self.cache = cache
+        self.request_timeout_s = request_timeout_s
+        self.end_grace_s = END_GRACE_S
+
+    def _read_deadline(self, exchange: Exchange) -> _ReadDeadline:
+        """The cut of a stream its client has not read by the request's deadline (and the grace)."""
+        left = self.request_timeout_s - (time.perf_counter() - exchange.request.started)
+        return _ReadDeadline(exchange.http, max(left, 0.0) + self.end_grace_s)
+
+    @staticmethod
+    def _gone(exchange: Exchange, deadline: _ReadDeadline, when: str) -> None:
+        if deadline.fired:
+            exchange.client_stalled()
+        else:
+            exchange.client_gone(when)
 
     async def send(self, exchange: Exchange, answer: Answer) -> Reply:
         if isinstance(answer, OpenedStream):
@@ -148,6 +187,7 @@ class Responder:
         encoder = exchange.wire.stream(model, include_usage, exchange.asked, usage.uncached_prompt_tokens)
         chunks = answer_as_chunks(body, include_usage)
         usage_frame = chunks.pop() if include_usage else None
+        deadline = self._read_deadline(exchange)
         try:
             response = await exchange.http.open_stream({**exchange.headers, "Cache-Control": "no-cache"})
             for chunk in chunks:
@@ -156,8 +196,10 @@ class Responder:
             await response.write(encoder.close(usage_frame))
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
-            exchange.client_gone("during the stream")
+            self._gone(exchange, deadline, "during the stream")
             return GONE
+        finally:
+            deadline.cancel()
         return response
 
     async def _relay(self, exchange: Exchange, opened: OpenedStream) -> Reply:
@@ -182,13 +224,33 @@ class Responder:
         encoder = exchange.wire.stream(
             candidate.model.name, request.include_usage, exchange.asked, input_tokens or 0
         )
+        deadline = self._read_deadline(exchange)
+        try:
+            return await self._relay_to(exchange, opened, response, encoder, deadline)
+        finally:
+            deadline.cancel()
+
+    async def _relay_to(
+        self,
+        exchange: Exchange,
+        opened: OpenedStream,
+        response: EventStream,
+        encoder: StreamEncoder,
+        deadline: _ReadDeadline,
+    ) -> Reply:
+        """`_relay` once the client's stream is open: the chunks, then its end."""
+        request, candidate = exchange.request, opened.candidate
         try:
             outcome = await _relay(response, encoder, opened)
         except BaseException:
-            # Cancelled mid-relay (a shutdown past its grace cancels the requests still running)
-            # or a bug: what was relayed was billed upstream, so it is charged, not released.
+            # Cancelled mid-relay (a shutdown past its grace cancels the requests still running,
+            # a server that cancels a handler whose client is gone, the read deadline's drop
+            # included) or a bug: what was relayed was billed upstream, so it is charged, not released.
             await self._settle_seen(exchange, opened, cut=True)
-            exchange.interrupted("the relay was cancelled or failed")
+            if deadline.fired:
+                exchange.client_stalled()
+            else:
+                exchange.interrupted("the relay was cancelled or failed")
             raise
         if outcome.first_content_at is not None:
             exchange.first_content(outcome.first_content_at)
@@ -196,7 +258,7 @@ class Responder:
         cut = outcome.client_gone or outcome.failure is not None
         settled = await self._settle_seen(exchange, opened, cut)
         if outcome.client_gone:
-            exchange.client_gone("during the stream")
+            self._gone(exchange, deadline, "during the stream")
             return response
         try:
             failure = outcome.failure
@@ -225,7 +287,7 @@ class Responder:
                     exchange, candidate, seen.answer(candidate.model.name, settled.usage), settled.usage
                 )
         except (ConnectionResetError, ConnectionError):
-            exchange.client_gone("at the end of the stream")
+            self._gone(exchange, deadline, "at the end of the stream")
         return response
 
     @staticmethod
