@@ -1,7 +1,7 @@
 """The same bytes to two real gateways, `server.lean_http` on and off: the answers match.
 
 A handful of raw requests (good, malformed, pipelined with garbage after them, HTTP/1.0, chunked,
-Expect: 100-continue, refused early) go to a gateway whose hot POSTs the lean server carries
+Expect: 100-continue, refused early, gzip) go to a gateway whose hot POSTs the lean server carries
 (server/lean_http.py) and to one where aiohttp carries everything. Each exchange is compared on
 what a client can see: the statuses in order, each answer's header names, content type and error
 type, and whether the connection is closed after. The differences that remain are listed in
@@ -10,6 +10,7 @@ KNOWN, with why.
 
 from __future__ import annotations
 
+import gzip
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,6 +144,15 @@ CASES: dict[str, Any] = {
     "expect 100-continue, refused": lambda key: chat("fg-wrong", extra="Expect: 100-continue\r\n"),
     "bad chunk": lambda key: chunked(key, b"zz\r\n"),
     "bad json": lambda key: chat(key, b"{not json"),
+    # A gzip body (some HTTP clients compress theirs) is decoded, and its limit is its size decoded.
+    "gzip body": lambda key: chat(
+        key, gzip.compress(BODY), extra="Content-Encoding: gzip\r\nConnection: close\r\n"
+    ),
+    "gzip body past the limit": lambda key: chat(
+        key,
+        gzip.compress(BODY[:-2] + b" " * 2_000_000 + b"}"),
+        extra="Content-Encoding: gzip\r\nConnection: close\r\n",
+    ),
     "wrong key": lambda key: chat("fg-wrong"),
     "too large": lambda key: chat(key, b"", length=2_000_000),
     "get on a hot path": lambda key: b"GET /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n\r\n",

@@ -5,7 +5,9 @@ requests it does not serve go to a real aiohttp server, as in the gateway."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -485,6 +487,30 @@ async def test_an_abort_ends_a_write_waiting_for_a_client_that_does_not_read(ser
     request.abort()
     await settle(lambda: events[-1:] == ["client gone"])
     assert transport.closed and conn.lost
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_an_encoded_body_goes_to_aiohttp_which_decodes_it(server: LeanServer, encoding: str) -> None:
+    """A Content-Encoding body (some HTTP clients gzip theirs) is aiohttp's, which decodes it (and
+    says which encoding it cannot); read as it came, it was a 400 "not valid JSON"."""
+    conn, transport = connect(server)
+    body = gzip.compress(b"hi") if encoding == "gzip" else zlib.compress(b"hi")
+    raw = (
+        f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Encoding: {encoding}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    send(transport, raw)
+    await settle(lambda: bool(parse(transport.out)))
+    assert transport.protocol is not conn  # handed over
+    assert parse(transport.out)[0].body == b"aiohttp POST /echo hi"
+
+
+async def test_an_identity_encoded_body_stays_lean(server: LeanServer) -> None:
+    conn, transport = connect(server)
+    raw = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Encoding: identity\r\nContent-Length: 2\r\n\r\nhi"
+    send(transport, raw)
+    await settle(lambda: bool(parse(transport.out)))
+    assert transport.protocol is conn and orjson.loads(parse(transport.out)[0].body)["body"] == "hi"
 
 
 async def test_shutdown_closes_idle_connections_and_waits_for_busy_ones(server: LeanServer) -> None:

@@ -7,8 +7,8 @@ body, a whole answer with its length or an event stream in chunks. So the listen
 protocol is `LeanConnection`: it parses every request with httptools, serves a hot one itself
 through the HTTP seam (server/http_seam.py), and hands the connection to aiohttp's own protocol
 at the first request that is anything else (another path, an upgrade, a head httptools refuses,
-or one aiohttp refuses that httptools takes: no Host in HTTP/1.1, a single field repeated, a
-field past aiohttp's size limits):
+a body with a Content-Encoding, which aiohttp decodes, or one aiohttp refuses that httptools
+takes: no Host in HTTP/1.1, a single field repeated, a field past aiohttp's size limits):
 aiohttp's RequestHandler is given the transport and every byte from the start of that request,
 and keeps the connection from then on (server/lean_server.py makes both).
 
@@ -122,8 +122,11 @@ _SINGLE_FIELDS: Final = frozenset(
 )  # fmt: skip
 
 
-def _aiohttp_refuses(url: bytes, headers: list[tuple[bytes, bytes]], version: str) -> bool:
-    """Whether aiohttp would answer this head 400 (see above)."""
+def _for_aiohttp(url: bytes, headers: list[tuple[bytes, bytes]], version: str) -> bool:
+    """Whether aiohttp would answer this head 400 (see above), or the body is encoded: aiohttp
+    decodes a gzip or deflate body (`Content-Encoding`, which some HTTP clients send) within the
+    body limit counted after decoding, and refuses one it cannot decode with a 400 that says so;
+    the lean server reads bodies as they come, and a gzip body was a 400 "not valid JSON"."""
     if len(url) > MAX_LINE_BYTES or len(headers) > MAX_FIELDS:
         return True
     seen: set[bytes] = set()
@@ -135,6 +138,8 @@ def _aiohttp_refuses(url: bytes, headers: list[tuple[bytes, bytes]], version: st
             if lowered in seen:
                 return True
             seen.add(lowered)
+        elif lowered == b"content-encoding" and value.strip().lower() != b"identity":
+            return True
     return b"host" not in seen and version == "1.1"
 
 
@@ -326,7 +331,7 @@ class LeanConnection(asyncio.Protocol):
         if (
             handler is None
             or parser.should_upgrade()
-            or _aiohttp_refuses(self._url, self._headers, parser.get_http_version())
+            or _for_aiohttp(self._url, self._headers, parser.get_http_version())
         ):
             raise _HandOff
         # Decoded as aiohttp decodes a header.
