@@ -184,3 +184,40 @@ def test_a_client_gone_before_its_body_is_read_is_recorded_without_a_trace(
         time.sleep(0.05)
     assert rows[-1] == (499, "The client closed the connection before its body was read.")
     assert "ConnectionResetError" not in gateway.read_log()
+
+
+def test_a_client_gone_while_its_stream_is_held_back_ends_the_upstream_call(
+    served: tuple[GatewayProcess, str],
+) -> None:
+    """The lean server says when a client goes while its stream is held back (the model still
+    thinking): the upstream call ends then, billed, and the record says so at once, not when the
+    first content (here a minute away) or the request's deadline comes. (aiohttp's server does
+    not say: a handler learns it only at a write.)"""
+    gateway, key = served
+    if "lean_http: true" not in gateway.config.read_text():
+        pytest.skip("aiohttp's server does not tell a handler that its client is gone")
+    marker = f"held-{time.monotonic_ns()}"
+    body = orjson.dumps(
+        {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": marker}],
+            "stream": True,
+            "sim": {"ttft_ms": 60000},
+        }
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=20) as sock:
+        sock.sendall(chat(key, body))
+        time.sleep(0.3)  # the gateway waits for the first content when the client leaves
+    deadline = time.monotonic() + 10  # the request's deadline is 20 s, the first token 60 s away
+    while True:
+        with sqlite3.connect(gateway.store_path / "faregate.db") as db:
+            rows = db.execute(
+                "SELECT status, error, attempts FROM request_records WHERE error LIKE '%before its stream%'"
+            ).fetchall()
+        if rows:
+            break
+        assert time.monotonic() < deadline, "no record of the request whose client left"
+        time.sleep(0.05)
+    status, error, attempts = rows[-1]
+    assert (status, error) == (499, "The client closed the connection before its stream started.")
+    assert [a["outcome"] for a in orjson.loads(attempts)] == ["client_gone"]

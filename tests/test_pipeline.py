@@ -1296,3 +1296,76 @@ async def test_a_client_that_stops_reading_its_stream_is_cut_at_the_deadline_and
     assert record.status == 499 and "did not read" in (record.error or ""), record.error
     settled = [e for e in harness.events if e.startswith("settle")]
     assert settled and Decimal(settled[0].split()[1]) > 0 and "release" not in harness.events
+
+
+class SeamRequest:
+    """A request at the HTTP seam as the lean server gives it (server/lean_request.py), whose
+    client can go away (`leave`)."""
+
+    def __init__(self, body: JSON) -> None:
+        self.headers = {"Authorization": f"Bearer {KEY}"}
+        self.body = orjson.dumps(body)
+        self.content_length = len(self.body)
+        self._gone = asyncio.get_running_loop().create_future()
+        self.opened = False
+
+    async def read(self) -> bytes:
+        return self.body
+
+    def body_if_whole(self) -> bytes:
+        return self.body
+
+    async def open_stream(self, headers: Any) -> Any:
+        self.opened = True
+        raise ConnectionResetError("the client is gone")
+
+    async def send(self, whole: Whole) -> None:
+        pass
+
+    def gone(self) -> asyncio.Future[None]:
+        return self._gone
+
+    def abort(self) -> None:
+        pass
+
+    def leave(self) -> None:
+        self._gone.set_result(None)
+
+
+async def test_a_client_gone_while_its_stream_is_held_back_ends_the_upstream_call_and_is_billed(
+    harness: Harness,
+) -> None:
+    """The stream is held back until its first content, and a reasoning model may think for
+    minutes first: a client gone meanwhile ends the upstream call then (not at its first content,
+    which it went on generating and billing for nobody), and is charged for what had been read."""
+    thinking = "Let me think about this carefully, step by step, before answering. " * 40
+    reading = asyncio.Event()
+    upstream_closed = asyncio.Event()
+
+    async def stream_reads(call: UpstreamCall) -> AsyncIterator[list[JSON]]:
+        harness.a._next(call)
+        try:
+            yield [chunk({"role": "assistant", "content": ""})]
+            yield [chunk({"reasoning_content": piece + " "}) for piece in thinking.split(" ")]
+            reading.set()
+            await asyncio.Event().wait()  # still thinking: the first content is minutes away
+            yield [chunk({"content": "42"}), chunk({}, "stop")]
+        finally:
+            upstream_closed.set()
+
+    harness.a.stream_reads = stream_reads  # type: ignore[attr-defined]
+    harness.events.clear()
+    http = SeamRequest({"model": "cheap", "stream": True, **ASK})
+    serving = asyncio.create_task(harness.pipeline.serve(http))
+    await asyncio.wait_for(reading.wait(), 5)
+    http.leave()
+    reply = await asyncio.wait_for(serving, 10)  # without the watch: never (the think goes on)
+    assert upstream_closed.is_set() and not http.opened
+    assert isinstance(reply, Whole) and reply.status == 499
+    (record,) = harness.records
+    assert record.status == 499 and "before its stream started" in (record.error or "")
+    (attempt,) = record.attempts
+    assert attempt.outcome == "client_gone" and attempt.completion_tokens >= 400  # ~480 words
+    assert record.cost_usd == attempt.cost > 0 and record.usage_estimated
+    settled = [e for e in harness.events if e.startswith("settle")]
+    assert settled and Decimal(settled[0].split()[1]) == record.cost_usd, harness.events

@@ -158,8 +158,9 @@ class Price:
 MILLION = Decimal(1_000_000)
 
 
-# Outcomes of calls that worked (the others are provider failures).
-ANSWERED_OUTCOMES = ("ok", "escalated", "judge")
+# Outcomes of calls that worked (the others are provider failures); "client_gone": a stream's
+# call ended because its client left before its first content (server/pipeline.py).
+ANSWERED_OUTCOMES = ("ok", "escalated", "judge", "client_gone")
 
 
 @dataclass(slots=True)

@@ -242,9 +242,12 @@ class AttemptRunner:
             async with asyncio.timeout(self._time_left(request)):
                 return await send(call)
 
-    async def open_stream(self, request: ChatRequest, plan: Plan) -> OpenedStream:
+    async def open_stream(
+        self, request: ChatRequest, plan: Plan, cut: CutOpening | None = None
+    ) -> OpenedStream:
         """Open streams in plan order until one yields real content. Nothing has reached the
-        client yet, so a failure here still falls back invisibly."""
+        client yet, so a failure here still falls back invisibly. Cancelled (its client gone),
+        it leaves in `cut` every call made and what the one in flight had read, to be billed."""
 
         async def once(
             candidate: Candidate, provider: Provider, call: UpstreamCall, time_left: float
@@ -293,10 +296,16 @@ class AttemptRunner:
                 raise DeadlineReached(await billed_before_content(request, buffered)) from None
             except BaseException:
                 await aclose_quietly(iterator)
+                if cut is not None:
+                    cut.in_flight, cut.read = candidate, buffered
                 raise
 
         (buffered, rest_of_read, iterator), candidate, attempts, t0 = await self._first_success(
-            request, plan, once, lambda c, e, t: self.build_call(request, c, e, t)
+            request,
+            plan,
+            once,
+            lambda c, e, t: self.build_call(request, c, e, t),
+            cut.attempts if cut is not None else None,
         )
         # The offer answers: a breaker this stream probed closes now, not when the stream ends.
         self.health.answering(candidate.offer.key, request.key_id)
@@ -310,11 +319,13 @@ class AttemptRunner:
         plan: Plan,
         once: Callable[[Candidate, Provider, UpstreamCall, float], Awaitable[T]],
         build: Callable[[Candidate, ProviderEntry, float], UpstreamCall],
+        attempts: list[Attempt] | None = None,
     ) -> tuple[T, Candidate, list[Attempt], float]:
         """Call `once` for each candidate in plan order, with its retries, until one succeeds
         (`build` makes each call, given the candidate, its provider and the time left).
-        Returns its result, the candidate, every attempt made, and when the served one started."""
-        attempts: list[Attempt] = []
+        Returns its result, the candidate, every attempt made (into `attempts`, if given), and
+        when the served one started."""
+        attempts = [] if attempts is None else attempts
         try:
             return await self._through_candidates(request, plan, once, build, attempts)
         finally:
@@ -503,6 +514,17 @@ def _early_end(buffered: list[JSON]) -> UpstreamFailure:
     if buffered:
         return UpstreamFailure("truncated", f"stream ended after {len(buffered)} chunk(s) without content")
     return UpstreamFailure("empty", "stream ended without any chunk")
+
+
+@dataclass(slots=True)
+class CutOpening:
+    """A stream's opening cancelled because its client went away (`open_stream`): the calls made,
+    and the candidate whose call was in flight with the chunks it had read (its reasoning, say),
+    which its provider bills though no client reads them."""
+
+    attempts: list[Attempt] = dataclasses.field(default_factory=list)
+    in_flight: Candidate | None = None
+    read: list[JSON] = dataclasses.field(default_factory=list)
 
 
 def _attempt(

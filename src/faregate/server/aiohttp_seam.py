@@ -3,6 +3,7 @@ written, the way the routes always did."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import HttpVersion11, web
@@ -66,6 +67,9 @@ class AiohttpRequest:
         response = self.response = web_response(whole)
         await response.prepare(self.request)
         await response.write_eof()
+
+    def gone(self) -> asyncio.Future[None] | None:
+        return None  # aiohttp tells a handler only by cancelling it (handler_cancellation, off)
 
     def abort(self) -> None:
         transport = self.request.transport

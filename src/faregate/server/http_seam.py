@@ -16,6 +16,7 @@ writing to a client that is gone raises ConnectionError (ConnectionResetError), 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -71,6 +72,11 @@ class HttpRequest(Protocol):
     async def send(self, whole: Whole) -> None:
         """Write `whole` now rather than after the handler returns; ConnectionError if the
         client is gone."""
+        ...
+
+    def gone(self) -> asyncio.Future[None] | None:
+        """A future done once the client's connection is lost, or None when the server does not
+        say (aiohttp's, whose handlers learn it only at a write)."""
         ...
 
     def abort(self) -> None:

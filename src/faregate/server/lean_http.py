@@ -197,7 +197,7 @@ class LeanConnection(asyncio.Protocol):
             drain.set_exception(ConnectionResetError("the client closed the connection"))
         request = self._request
         if request is not None:
-            request._wake()
+            request.lost()
 
     def pause_writing(self) -> None:
         self._write_paused = True

@@ -28,6 +28,7 @@ class LeanRequest:
         "_complete",
         "_conn",
         "_continue",
+        "_gone",
         "_size",
         "_too_large",
         "_waiter",
@@ -68,6 +69,7 @@ class LeanRequest:
         # the connection closes after the answer.
         self.refused: FaregateError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._gone: asyncio.Future[None] | None = None  # made when asked for (`gone`)
         self.responded = False
         self.lingering = False  # answered; the rest of the body is read into nothing
         self.stream: LeanStream | None = None
@@ -104,6 +106,13 @@ class LeanRequest:
 
     def refuse(self, error: FaregateError) -> None:
         self.refused = error
+        self._wake()
+
+    def lost(self) -> None:
+        """The connection is lost (LeanConnection.connection_lost)."""
+        gone = self._gone
+        if gone is not None and not gone.done():
+            gone.set_result(None)
         self._wake()
 
     def _wake(self) -> None:
@@ -174,6 +183,13 @@ class LeanRequest:
         conn = self._conn
         body = whole.body
         conn.write(conn.head(self, whole.status, whole.headers, whole.content_type, len(body), False) + body)
+
+    def gone(self) -> asyncio.Future[None] | None:
+        if self._gone is None:
+            self._gone = self._conn.loop.create_future()
+            if self._conn.lost:
+                self._gone.set_result(None)
+        return self._gone
 
     def abort(self) -> None:
         self.keep_alive = False

@@ -41,8 +41,10 @@ outage a 503). tests/test_pipeline.py checks the order and these in process.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
@@ -60,7 +62,7 @@ from faregate.errors import (
     InternalError,
     PayloadTooLarge,
 )
-from faregate.routing.attempts import AttemptRunner, Served
+from faregate.routing.attempts import AttemptRunner, CutOpening, Served, billed_cost
 from faregate.routing.cascade_runner import CascadeRunner
 from faregate.routing.opened_stream import OpenedStream
 from faregate.routing.plan import Planner
@@ -73,7 +75,9 @@ from faregate.server.parse import decode_json_object, parse_chat_request
 from faregate.server.responses import Responder, error_reply
 from faregate.store.outage import outage_error
 from faregate.telemetry.records import RecordWriter
-from faregate.types import JSON, Price, RequestRecord
+from faregate.types import JSON, Attempt, Price, RequestRecord
+from faregate.usage_estimate import estimate_usage
+from faregate.wire.openai import StreamedAnswer
 
 if TYPE_CHECKING:
     from faregate.quality.verifier import CacheJob, Job, Verifier
@@ -258,8 +262,79 @@ class ChatPipeline:
             exchange.cascaded(cascaded.judged)
             return cascaded.answer
         if request.stream:
-            return await self.runner.open_stream(request, plan)
+            return await self.open_stream(exchange)
         return await self.runner.complete(request, plan)
+
+    async def open_stream(self, exchange: Exchange) -> OpenedStream:
+        """The stream, held back until its first content (a reasoning model may think for
+        minutes first), unless the client goes away meanwhile: then the upstream call is ended
+        at once, not when its first content comes, and billed for what it had read (the prompt,
+        the reasoning); a 499. (Only the lean server says when a client goes.)"""
+        request, plan = exchange.request, exchange.plan
+        assert plan is not None
+        gone = exchange.http.gone()
+        if gone is None:
+            return await self.runner.open_stream(request, plan)
+        # The handler's own task is cancelled, not a task made per stream: no task to make, and
+        # every stage of a request stays in its handler's task (bench/gateway_probe.py's marks).
+        task = asyncio.current_task()
+        assert task is not None
+        cut = CutOpening()
+        opening, left = True, False
+
+        def leave(_: object) -> None:
+            nonlocal left
+            if opening:  # else it opened first (the callback was already on its way)
+                left = True
+                task.cancel()
+
+        gone.add_done_callback(leave)
+        caught = False
+        try:
+            return await self.runner.open_stream(request, plan, cut)
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            caught = True
+            if task.uncancel() > 0:
+                raise  # cancelled from outside too (a shutdown past its grace)
+        finally:
+            opening = False
+            gone.remove_done_callback(leave)
+            if left and not caught:
+                task.uncancel()  # not left pending on the task, should a call below swallow it
+        await self._bill_cut(exchange, cut)
+        raise ClientClosedRequest("The client closed the connection before its stream started.")
+
+    async def _bill_cut(self, exchange: Exchange, cut: CutOpening) -> None:
+        """A cut opening's calls into the record: the one in flight billed for its prompt and
+        what it had read (an estimate: the upstream sends its usage only at the end)."""
+        attempts = cut.attempts
+        candidate = cut.in_flight
+        if candidate is not None:
+            seen = StreamedAnswer()
+            for chunk in cut.read:
+                seen.take(chunk)
+            text = "".join(seen.text) + "".join(seen.reasoning)
+            deltas = sum(1 for piece in seen.text if piece) + sum(1 for piece in seen.reasoning if piece)
+            usage = await estimate_usage(exchange.request, text, deltas)
+            attempt = Attempt(
+                candidate.model.name,
+                candidate.offer.provider,
+                "client_gone",
+                (time.perf_counter() - exchange.request.started) * 1000,
+                detail="the client closed the connection before the stream's first content",
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost=candidate.offer.price.cost(usage),
+            )
+            attempts.append(attempt)
+        record = exchange.record
+        record.attempts = attempts
+        record.cost_usd = billed_cost(attempts)
+        record.prompt_tokens = sum(a.prompt_tokens for a in attempts)
+        record.completion_tokens = sum(a.completion_tokens for a in attempts)
+        record.usage_estimated = candidate is not None
 
     async def settle_and_record(self, exchange: Exchange) -> None:
         job = exchange.verification  # set only with a verifier, which promised it (_promise)
