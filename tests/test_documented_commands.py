@@ -286,6 +286,22 @@ QUICK: dict[str, Quick] = {
     "python bench/profile_request.py --mode callgrind --stream --duration 20 --connections 16": Quick(
         why_not="valgrind runs the gateway ~50x slower (a minute or more to start): run by hand"
     ),
+    "python bench/profile_request.py --mode callgrind --duration 20 --connections 16 --pythonpath "
+    "/tmp/perf-base/src": Quick(
+        why_not="valgrind runs the gateway ~50x slower, beside another checkout: run by hand"
+    ),
+    "python bench/profile_request.py --mode callgrind --duration 20 --connections 16 --pythonpath "
+    '"$PWD/src"': Quick(
+        why_not="valgrind runs the gateway ~50x slower (a minute or more to start): run by hand"
+    ),
+    "git worktree add --detach /tmp/perf-base 0dd2859": Quick(
+        why_not="makes the baseline checkout of a comparison, not a command of ours"
+    ),
+    "python bench/semantic_warmup.py --entries 50000 --scopes 4 --rounds 3": Quick(
+        run="python bench/semantic_warmup.py --entries 2000 --scopes 2 --rounds 1",
+        where="checkout",
+        expect="warm-up",
+    ),
     "python bench/profile_request.py --pythonpath /other/checkout/src": Quick(
         why_not="needs another checkout; the script's own quick form runs above"
     ),
