@@ -19,10 +19,11 @@ from aiohttp import web
 
 from faregate.errors import FaregateError, NotFound
 from faregate.server.aiohttp_seam import AiohttpRequest
-from faregate.server.client_wires import MESSAGES, RESPONSES
+from faregate.server.client_wires import MESSAGES, RESPONSES, ClientWire
 from faregate.server.http_seam import JSON_TYPE, HttpRequest, Reply
 from faregate.server.pipeline import ChatPipeline
 from faregate.server.responses import error_response
+from faregate.types import JSON
 from faregate.wire.anthropic import count_tokens
 from faregate.wire.responses import input_tokens
 
@@ -45,28 +46,24 @@ def add_wire_routes(app: web.Application, pipeline: ChatPipeline) -> tuple[FastR
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/responses", responses)
 
-    async def messages_count_tokens(request: web.Request) -> web.StreamResponse:
-        try:
-            await pipeline.authenticate(request)
-            body = await pipeline.read_body(AiohttpRequest(request))
-            counted = await count_tokens(body)  # the body checked first: a 400 names the field
-            if body["model"] not in pipeline.planner.routes:
-                # The model /v1/messages would plan (Anthropic's 404 for a name it does not know).
-                pipeline.planner.chat_model(body["model"])
-        except FaregateError as error:
-            return error_response(error, wire=MESSAGES)
-        return web.Response(body=orjson.dumps(counted), content_type=JSON_TYPE)
+    def counting(
+        count: Callable[[JSON], Awaitable[JSON]], wire: ClientWire
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """A token-counting endpoint: the body checked first (a 400 names the field), then the
+        model, with the 404 the wire's own endpoint would give for a name the gateway does not know."""
 
-    async def responses_input_tokens(request: web.Request) -> web.StreamResponse:
-        try:
-            await pipeline.authenticate(request)
-            body = await pipeline.read_body(AiohttpRequest(request))
-            counted = await input_tokens(body)  # the body checked first: a 400 names the field
-            if body["model"] not in pipeline.planner.routes:
-                pipeline.planner.chat_model(body["model"])  # the 404 /v1/responses would give
-        except FaregateError as error:
-            return error_response(error, wire=RESPONSES)
-        return web.Response(body=orjson.dumps(counted), content_type=JSON_TYPE)
+        async def handler(request: web.Request) -> web.StreamResponse:
+            try:
+                await pipeline.authenticate(request)
+                body = await pipeline.read_body(AiohttpRequest(request))
+                counted = await count(body)
+                if body["model"] not in pipeline.planner.routes:
+                    pipeline.planner.chat_model(body["model"])
+            except FaregateError as error:
+                return error_response(error, wire=wire)
+            return web.Response(body=orjson.dumps(counted), content_type=JSON_TYPE)
+
+        return handler
 
     async def stored_response(request: web.Request) -> web.StreamResponse:
         try:
@@ -75,8 +72,8 @@ def add_wire_routes(app: web.Application, pipeline: ChatPipeline) -> tuple[FastR
             return error_response(error, wire=RESPONSES)
         return error_response(NotFound(NOT_STORED, code="stored_responses_not_supported"), wire=RESPONSES)
 
-    app.router.add_post("/v1/messages/count_tokens", messages_count_tokens)
-    app.router.add_post("/v1/responses/input_tokens", responses_input_tokens)
+    app.router.add_post("/v1/messages/count_tokens", counting(count_tokens, MESSAGES))
+    app.router.add_post("/v1/responses/input_tokens", counting(input_tokens, RESPONSES))
     app.router.add_get("/v1/responses/{response_id}", stored_response)
     app.router.add_delete("/v1/responses/{response_id}", stored_response)
     fast: FastRoutes = {("POST", "/v1/messages"): messages, ("POST", "/v1/responses"): responses}
