@@ -450,7 +450,7 @@ class Planner:
             if rejected.breaker_wait is None or wait < rejected.breaker_wait:
                 rejected.breaker_wait = wait
             return []
-        if any(o.peak is not None for o in usable):
+        if tier.priced_by_hour:  # known per tier: no scan of the offers per request
             # Priced by the hour the request came (an embedding request: now), once: its hold,
             # its bill and its offer order read the same price.
             came = sized[0].received_at if sized is not None else time.time()

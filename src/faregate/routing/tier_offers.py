@@ -25,6 +25,8 @@ class TierOffers:
     refusal: str
     source: list[Offer]
     source_len: int
+    # Some offer has a peak price (catalog/peak_hours.py): priced by the hour the request came.
+    priced_by_hour: bool = False
 
 
 def tier_offers(model: Model, premium: bool, enable_hints: Mapping[str, str]) -> TierOffers:
@@ -41,7 +43,8 @@ def tier_offers(model: Model, premium: bool, enable_hints: Mapping[str, str]) ->
         offers = [o for o in offers if premium or not o.dedicated]
         if not offers:
             refusal = f"{model.name} is dedicated to premium keys"
-    return TierOffers(tuple(offers), refusal, model.offers, len(model.offers))
+    by_hour = any(o.peak is not None for o in offers)
+    return TierOffers(tuple(offers), refusal, model.offers, len(model.offers), by_hour)
 
 
 class TierOfferMemo:
