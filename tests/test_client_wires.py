@@ -16,6 +16,7 @@ from faregate.catalog.models import Model, Offer
 from faregate.config import ProviderSettings
 from faregate.errors import (
     AuthenticationFailed,
+    BreakersOpen,
     FaregateError,
     InsufficientCredits,
     InvalidRequest,
@@ -29,6 +30,7 @@ from faregate.errors import (
 )
 from faregate.providers.anthropic import AnthropicProvider
 from faregate.providers.registry import ProviderRegistry
+from faregate.routing.candidate_fit import ModelUnavailable, Rejections, unavailable_headers
 from faregate.routing.estimate import PromptSize
 from faregate.routing.plan import Candidate, Plan
 from faregate.routing.worst_case import worst_case
@@ -96,6 +98,18 @@ def test_messages_errors_in_anthropics_shape(error: FaregateError, status: int, 
     }
     # The Responses API answers errors as OpenAI does.
     assert RESPONSES.error(error) == CHAT.error(error)
+
+
+def test_a_503_no_retry_fixes_is_no_overload_on_the_messages_wire() -> None:
+    # A model no enabled provider sells stays so until the operator sets a key: the gateway says
+    # so with x-should-retry: false, and a Messages client must not read it as "Overloaded".
+    error = ModelUnavailable("No candidate can serve this.", headers=unavailable_headers(Rejections()))
+    assert (error.status, error.headers) == (503, {"x-should-retry": "false"})
+    assert MESSAGES.status(error) == 503
+    assert orjson.loads(MESSAGES.error(error))["error"] == {"type": "api_error", "message": error.message}
+    # A breaker open a moment is a 503 to retry after its Retry-After: overloaded_error still.
+    breakers = BreakersOpen(["claude-sonnet-4-6 via anthropic"], wait=3.0)
+    assert orjson.loads(MESSAGES.error(breakers))["error"]["type"] == "overloaded_error"
 
 
 def overloaded_attempt(status: int | None, outcome: str | None = None) -> Attempt:

@@ -169,9 +169,15 @@ def anthropic_usage(usage: Usage) -> JSON:
 
 def error_body(error: FaregateError, request_id: str | None = None) -> tuple[int, JSON]:
     """(status, body) of Anthropic's error shape for one of our errors: 529 overloaded_error
-    when every upstream attempt failed for want of capacity (`overloaded`)."""
+    when every upstream attempt failed for want of capacity (`overloaded`); a 503 is
+    overloaded_error when it passes (a breaker open, a store down), api_error when it says
+    x-should-retry: false."""
     status = OVERLOADED if overloaded(error) else error.status
     error_type = ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    if status == 503 and error.headers.get("x-should-retry") == "false":
+        # A 503 no retry fixes (a model no enabled provider sells, until the operator sets a
+        # key) is no "Overloaded, retry later": Anthropic's type for a failure on its side.
+        error_type = "api_error"
     body: JSON = {"type": "error", "error": {"type": error_type, "message": error.message}}
     if request_id is not None:
         body["request_id"] = request_id
