@@ -318,6 +318,30 @@ def test_a_store_that_cannot_be_opened_stops_the_supervisor_with_one_line(tmp_pa
     assert "Traceback" not in ran.stderr
 
 
+def test_a_config_error_found_as_the_workers_build_is_said_once_with_its_line(tmp_path: Path) -> None:
+    """A route naming an unknown model is found once the gateway is built, in each worker: each
+    wrote its traceback, without the file's line one process names. The supervisor says the first
+    worker's error once, as one process does: file and line, exit 2."""
+    config = tmp_path / "faregate.yaml"
+    config.write_text(
+        f"server: {{port: {free_port()}, workers: 2}}\nstore: {{path: {str(tmp_path / 'store')!r}}}\n"
+        "sim: {mode: 'off'}\ncatalog: {broad: false}\nroutes:\n  smart:\n    chain: [gpt-4o, gpt-nonexist]\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-m", "faregate.cli.main", "serve", "-c", str(config)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 2, ran.stderr
+    lines = ran.stderr.splitlines()
+    assert len(lines) == 1, ran.stderr
+    assert lines[0].startswith(
+        f"faregate: {config}, line 6: routes.smart: unknown model or route 'gpt-nonexist'"
+    )
+
+
 def test_a_redis_that_does_not_answer_stops_the_supervisor_with_one_line(
     postgres_server: PostgresServer,  # noqa: F811
     tmp_path: Path,

@@ -13,12 +13,20 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from faregate.config import Settings
-from faregate.errors import FaregateError
+from faregate.errors import ConfigError, FaregateError, StartupError
 from faregate.server import runner
 from faregate.store.protocols import StoreUnavailable
 from faregate.telemetry.metrics_share import SharedMetrics
 
 log = logging.getLogger("faregate.workers")
+# What a worker writes on its ready pipe: READY once it listens; or, when it cannot start (a bad
+# config found as it builds, a store it cannot write), one of these and the message, which the
+# supervisor says once for all its workers (each would fail alike), with the config file's line.
+READY = b"1"
+CONFIG_REFUSED = b"C"
+START_FAILED = b"S"
+# A pipe write of no more than this is whole (POSIX PIPE_BUF): the supervisor reads it in one go.
+MAX_REFUSAL_BYTES = 4096
 
 
 @dataclass(slots=True, frozen=True)
@@ -43,12 +51,27 @@ def worker_main(seat: Seat, settings: Settings, announce: runner.Announce | None
         runner.die_with_parent()
         _name_logs(seat.index)
 
+        listening = False
+
         def ready() -> None:
-            os.write(seat.ready_fd, b"1")
+            nonlocal listening
+            listening = True
+            os.write(seat.ready_fd, READY)
             os.close(seat.ready_fd)
 
-        _run_worker(settings, announce, ready, seat)
-        code = 0
+        try:
+            _run_worker(settings, announce, ready, seat)
+        except StartupError as exc:
+            if listening:
+                raise
+            # Said once by the supervisor, for every worker that fails alike (server/workers.py).
+            os.write(seat.ready_fd, refusal(exc))
+            code = 2
+        else:
+            code = 0
+    except StartupError as exc:  # once it listened, no supervisor waits for its word
+        print(f"faregate: worker {seat.index}: {exc}", file=sys.stderr)
+        code = 2
     except (FaregateError, StoreUnavailable, OSError) as exc:
         # As the CLI says a start-up failure of one process: one line (a bug keeps its traceback).
         print(f"faregate: worker {seat.index}: {_one_line(exc)}", file=sys.stderr)
@@ -60,6 +83,12 @@ def worker_main(seat: Seat, settings: Settings, announce: runner.Announce | None
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def refusal(exc: StartupError) -> bytes:
+    """What the ready pipe says of a worker that cannot start: its kind and message, whole."""
+    kind = CONFIG_REFUSED if isinstance(exc, ConfigError) else START_FAILED
+    return (kind + str(exc).encode())[:MAX_REFUSAL_BYTES]
 
 
 def _one_line(exc: Exception) -> str:

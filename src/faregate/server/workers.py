@@ -57,12 +57,19 @@ from types import FrameType
 
 import msgspec
 
-from faregate.config import Settings, UpstreamQueueSettings
-from faregate.errors import StartupError
+from faregate.config import Settings, UpstreamQueueSettings, in_config_file
+from faregate.errors import ConfigError, StartupError
 from faregate.providers.registry import simulator_active, with_simulator
 from faregate.server import runner
 from faregate.server.app import BACKENDS_CLOSE_TIMEOUT_S, RECORDS_CLOSE_TIMEOUT_S
-from faregate.server.worker_process import Seat, worker_main
+from faregate.server.worker_process import (
+    CONFIG_REFUSED,
+    MAX_REFUSAL_BYTES,
+    READY,
+    START_FAILED,
+    Seat,
+    worker_main,
+)
 from faregate.store.protocols import Store, StoreUnavailable
 from faregate.telemetry import log_limit
 from faregate.telemetry.log_limit import EVERY_LINE
@@ -290,6 +297,8 @@ class Worker:
     ready: bool = False
     failures: int = 0
     restart_at: float | None = None
+    # Why it could not start, as it said on its ready pipe (worker_process.refusal).
+    refused: StartupError | None = None
 
 
 Announce = runner.Announce
@@ -405,6 +414,7 @@ class Supervisor:
         os.close(write_fd)
         worker.pid, worker.ready_fd, worker.started_at, worker.ready = pid, read_fd, time.monotonic(), False
         worker.restart_at = None
+        worker.refused = None
 
     def _wait_all_ready(self) -> bool:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -417,6 +427,9 @@ class Supervisor:
             self._read_ready()
             for worker, code in self._reap():
                 # A worker that cannot start (a bad config, a store it cannot open) would fail again.
+                if worker.refused is not None:
+                    # Every worker fails alike: said once, as one process says it (the CLI's line).
+                    raise worker.refused
                 log.error("worker %d exited with code %s before it was ready; stopping", worker.index, code)
                 return False
         return True
@@ -429,11 +442,24 @@ class Supervisor:
         with contextlib.suppress(InterruptedError):
             readable, _, _ = select.select(list(waiting), [], [], POLL_S)
             for fd in readable:
-                worker = waiting[fd]
-                if os.read(fd, 1):
-                    worker.ready = True
-                os.close(fd)
-                worker.ready_fd = -1
+                self._read_word(waiting[fd])
+
+    def _read_word(self, worker: Worker) -> None:
+        """What the worker said on its ready pipe (READY, or why it cannot start), or its end;
+        the pipe is closed after."""
+        word = os.read(worker.ready_fd, MAX_REFUSAL_BYTES)
+        os.close(worker.ready_fd)
+        worker.ready_fd = -1
+        if word == READY:
+            worker.ready = True
+        elif word[:1] == CONFIG_REFUSED:
+            problem = word[1:].decode(errors="replace")
+            # As one process says it: with the config file's line of the setting (runner.run).
+            worker.refused = ConfigError(
+                in_config_file(problem, self.config_path) if self.config_path else problem
+            )
+        elif word[:1] == START_FAILED:
+            worker.refused = StartupError(word[1:].decode(errors="replace"))
 
     def _reap(self) -> list[tuple[Worker, int]]:
         exited: list[tuple[Worker, int]] = []
@@ -453,8 +479,9 @@ class Supervisor:
                 if worker.pid == pid:
                     worker.pid = 0
                     if worker.ready_fd >= 0:
-                        os.close(worker.ready_fd)
-                        worker.ready_fd = -1
+                        # Its last word, if it wrote one since the pipe was last read: it has
+                        # exited, so the read does not wait.
+                        self._read_word(worker)
                     exited.append((worker, os.waitstatus_to_exitcode(status)))
 
     def _tend(self) -> None:
@@ -478,9 +505,10 @@ class Supervisor:
             delay = _restart_delay(worker.failures)
             worker.ready = False
             worker.restart_at = now + delay
+            why = f" ({worker.refused})" if worker.refused is not None else ""
             log.warning(
-                "worker %d exited with code %s after %.1fs; restarting it in %.1fs",
-                *(worker.index, code, lived, delay),
+                "worker %d exited with code %s after %.1fs%s; restarting it in %.1fs",
+                *(worker.index, code, lived, why, delay),
                 extra=EVERY_LINE,
             )
         for worker in self.workers:
