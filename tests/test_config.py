@@ -89,6 +89,11 @@ def test_an_unknown_key_is_refused_with_the_key_meant(tmp_path: Path, text: str,
             7,
             "unknown field `inptu` - at `models.gpt-4.1.offers[1]`; did you mean `input`?",
         ),
+        (  # a model's own timeout (over its provider's), out of bounds
+            "models:\n  o3:\n    input: 2\n    output: 8\n    first_byte_timeout_s: 0\n",
+            5,
+            "Expected `float` > 0.0 - at `models.o3.first_byte_timeout_s`",
+        ),
     ],
 )
 def test_a_bad_key_or_value_names_its_line_in_the_file(
@@ -315,6 +320,16 @@ PROVIDER = "providers: {p: {base_url: 'http://x', "
         (PROVIDER + "stream_idle_timeout_s: 0}}", "providers.p.stream_idle_timeout_s", "> 0.0"),
         (PROVIDER + "max_connections: 0}}", "providers.p.max_connections", ">= 1"),
         ("models: {m: {input: 1, output: 1, max_output_tokens: 0}}", "models.m.max_output_tokens", ">= 1"),
+        (
+            "models: {m: {input: 1, output: 1, first_byte_timeout_s: 0}}",
+            "models.m.first_byte_timeout_s",
+            "> 0.0",
+        ),
+        (
+            "models: {m: {input: 1, output: 1, stream_idle_timeout_s: -5}}",
+            "models.m.stream_idle_timeout_s",
+            "> 0.0",
+        ),
         ("routing: {retries: -1}", "routing.retries", "Expected `int` >= 0"),
         ("routing: {backoff_base_s: -0.1}", "routing.backoff_base_s", ">= 0.0"),
         ("routing: {backoff_max_s: -1}", "routing.backoff_max_s", ">= 0.0"),

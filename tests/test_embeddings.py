@@ -265,6 +265,19 @@ async def test_every_provider_failing_is_one_error_listing_every_attempt() -> No
     assert [x.provider for x in failed.value.attempts] == ["a", "a", "b", "b"]
 
 
+async def test_an_embedding_models_own_first_byte_timeout_wins_over_its_providers() -> None:
+    slow = {**EMBEDDING, "first_byte_timeout_s": 200}
+    s = settings(models={"embed-s": slow, "embed-t": EMBEDDING})
+    a = Embedder("a", [vectors(1), vectors(1)])
+    planner = Planner(build_catalog(s), s.routes, s.routing)
+    runner = AttemptRunner(ProviderRegistry.of({"a": a}), 500.0, s.routing)
+    for name in ("embed-s", "embed-t"):
+        plan = planner.embedding_plan(name, premium=False, key_id="k", serves=lambda p: p == "a")
+        await runner.embed(Job(), {"model": name, "input": "x"}, 1, plan)
+    # The model's own, then (unset) the provider's default.
+    assert [c.first_byte_timeout_s for c in a.calls] == [200, 60]
+
+
 # -- the exact cache --------------------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ from faregate.routing.attempts import AttemptRunner
 from faregate.routing.candidate_fit import ModelUnavailable
 from faregate.routing.estimate import PromptSize
 from faregate.routing.health import CLOSED, HALF_OPEN, OPEN, Breaker, HealthBoard
-from faregate.routing.plan import Plan, Planner
+from faregate.routing.plan import Candidate, Plan, Planner
 from faregate.routing.queue import STANDARD, UpstreamLimiter
 from faregate.routing.worst_case import worst_case
 from faregate.server.parse import parse_chat_request
@@ -1296,3 +1296,29 @@ def test_a_cost_cap_is_a_plain_amount_or_a_number(cap: object, value: str) -> No
     from faregate.routing.routes import parse_hints
 
     assert parse_hints({"max_cost_usd": cap}).max_cost_usd == Decimal(value)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_models_own_timeouts_win_over_its_providers(stream: bool) -> None:
+    """A provider serving a fast chat model and a reasoning model that thinks for minutes before
+    its first token: the reasoning model's own first-byte and idle timeouts are its calls', the
+    other model keeps the provider's, and both still end at the request's deadline."""
+    from faregate.config import ProviderSettings
+
+    thinker = model("1", first_byte_timeout_s=300, stream_idle_timeout_s=240)
+    s = settings(models={**MODELS, "thinker": thinker})
+    catalog = build_catalog(s)
+    provider = ProviderSettings(base_url="http://x", first_byte_timeout_s=20, stream_idle_timeout_s=30)
+    registry = ProviderRegistry.of({"a": object()}, provider)  # type: ignore[dict-item]
+    runner = AttemptRunner(registry, 1000.0, s.routing)
+
+    def timeouts(name: str, time_left: float) -> tuple[float, float | None]:
+        req = request({"model": name, "stream": stream})
+        found = catalog.models[name]
+        candidate = Candidate(found, found.offers[0])
+        call = runner.build_call(req, candidate, registry.entry("a"), time_left)
+        return call.first_byte_timeout_s, call.stream_idle_timeout_s
+
+    assert timeouts("thinker", 1000.0) == (300, 240 if stream else None)
+    assert timeouts("cheap", 1000.0) == (20, 30 if stream else None)
+    assert timeouts("thinker", 100.0)[0] == 100.0  # the request's time left, as for the provider's

@@ -88,6 +88,10 @@ class Model:
     # The reasoning efforts it takes, least to most (ModelSettings.efforts; wire/model_params.py):
     # None, for most models, sends the client's as given.
     efforts: tuple[str, ...] | None = None
+    # Its own first-byte and stream idle timeouts (ModelSettings'), over its provider's; None, for
+    # most models, keeps the provider's.
+    first_byte_timeout_s: float | None = None
+    stream_idle_timeout_s: float | None = None
 
     @property
     def embeds(self) -> bool:
@@ -327,6 +331,8 @@ def build_catalog(settings: Settings) -> Catalog:
                 kind=ms.kind,
                 refuses=refused_params(ms.reasoning, ms.sampling),
                 efforts=None if ms.efforts is None else effort_list(ms.efforts),
+                first_byte_timeout_s=ms.first_byte_timeout_s,
+                stream_idle_timeout_s=ms.stream_idle_timeout_s,
             )
         )
     hints = {name: how_to_enable(name, p) for name, p in settings.providers.items() if not enabled[name]}

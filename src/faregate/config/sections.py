@@ -177,6 +177,12 @@ class ModelSettings(_Strict):
     aliases: list[str] = []
     context_window: int = 128_000
     max_output_tokens: Count | None = None
+    # Its calls' first-byte and stream idle timeouts, over those of whichever provider serves it
+    # (ProviderSettings'): a reasoning model that thinks for minutes before its first token gets
+    # longer ones without its provider's other models waiting as long on a hung call. Unset: the
+    # provider's.
+    first_byte_timeout_s: Seconds | None = None
+    stream_idle_timeout_s: Seconds | None = None
     # `file`: the model reads `file` parts (PDFs), which a text-only model cannot.
     modalities: list[Literal["text", "image", "audio", "video", "file"]] = msgspec.field(
         default_factory=lambda: ["text"]

@@ -119,16 +119,20 @@ class AttemptRunner:
             fit_effort(body, efforts)
         if request.wire_extras:
             body = without_fields(body, request.wire_extras - entry.provider.carries)
+        model = candidate.model
+        # The model's own timeouts (a reasoning model's, longer) over its provider's; None for most.
+        first_byte_s = model.first_byte_timeout_s or entry.first_byte_timeout_s
+        idle_s = (model.stream_idle_timeout_s or entry.stream_idle_timeout_s) if request.stream else None
         # Positional, in the order of UpstreamCall's fields (made for every attempt: keywords
         # would cost a dict of them per call).
         return UpstreamCall(
             candidate.offer,
             body,
             request.stream,
-            min(entry.first_byte_timeout_s, time_left),  # first_byte_timeout_s
+            min(first_byte_s, time_left),  # first_byte_timeout_s
             min(entry.total_timeout_s, time_left),  # total_timeout_s
-            candidate.model.max_output_tokens,
-            entry.stream_idle_timeout_s if request.stream else None,  # stream_idle_timeout_s
+            model.max_output_tokens,
+            idle_s,  # stream_idle_timeout_s
         )
 
     def _time_left(self, request: RequestMeta) -> float:
@@ -218,7 +222,9 @@ class AttemptRunner:
                 offer=candidate.offer,
                 body=sent,
                 stream=False,
-                first_byte_timeout_s=min(entry.first_byte_timeout_s, time_left),
+                first_byte_timeout_s=min(
+                    candidate.model.first_byte_timeout_s or entry.first_byte_timeout_s, time_left
+                ),
                 total_timeout_s=min(entry.total_timeout_s, time_left),
             )
 
