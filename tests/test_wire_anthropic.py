@@ -555,6 +555,28 @@ async def test_a_failure_mid_stream_ends_with_an_error_event_the_sdk_raises() ->
             stream.get_final_message()
 
 
+@pytest.mark.parametrize(
+    ("failure", "kind"),
+    [
+        (UpstreamFailure("rate_limited", "HTTP 429: slow down", status=429), "rate_limit_error"),
+        (UpstreamFailure("server_error", "HTTP 529: overloaded", status=529), "overloaded_error"),
+        (UpstreamFailure("server_error", "HTTP 503: busy", status=503), "overloaded_error"),
+        (UpstreamFailure("server_error", "HTTP 500: boom", status=500), "api_error"),
+        (UpstreamFailure("timeout", "stream stalled", status=200), "api_error"),
+    ],
+)
+async def test_a_failure_mid_stream_is_typed_by_what_the_upstream_said(
+    failure: UpstreamFailure, kind: str
+) -> None:
+    # A 500 is no overload, nor a 429: the SDKs and clients (Claude Code) act on the type.
+    async def failing() -> AsyncIterator[dict[str, Any]]:
+        yield chunk({"content": "Hel"})
+        raise failure
+
+    events = await collect(messages_events(failing(), model="m"))
+    assert events[-1]["error"] == {"type": kind, "message": failure.detail}
+
+
 async def test_a_cut_stream_ends_with_an_error_not_a_stop() -> None:
     events = await collect(messages_events(each([chunk({"content": "Hel"})]), model="m"))
     assert events[-1]["type"] == "error"

@@ -23,6 +23,7 @@ import orjson
 from faregate.errors import FaregateError, UpstreamFailure
 from faregate.types import JSON, Usage
 from faregate.wire.anthropic_replies import (
+    ERROR_TYPES,
     anthropic_usage,
     error_body,
     message_id,
@@ -39,12 +40,25 @@ def sse_frame(event: JSON) -> bytes:
 
 
 def error_event(error: FaregateError | UpstreamFailure) -> JSON:
-    """The `error` event for a failure once the stream has started (a 529-like overload for
-    upstream failures, since the client may retry them)."""
+    """The `error` event for a failure once the stream has started, typed as Anthropic types it
+    (the SDKs raise RateLimitError, OverloadedError or InternalServerError by it)."""
     if isinstance(error, UpstreamFailure):
-        kind = "overloaded_error" if error.kind in ("rate_limited", "server_error") else "api_error"
-        return {"type": "error", "error": {"type": kind, "message": error.detail}}
+        return {"type": "error", "error": {"type": _stream_error_type(error), "message": error.detail}}
     return error_body(error)[1]
+
+
+def _stream_error_type(failure: UpstreamFailure) -> str:
+    """By what the upstream said: a rate limit rate_limit_error; an upstream error with its
+    status as that status's type (503, 529 overloaded_error; a plain 500 api_error); one with no
+    status (an upstream's own mid-stream overloaded event) overloaded_error; a broken stream
+    (cut, stalled, unreadable) api_error."""
+    if failure.kind == "rate_limited":
+        return "rate_limit_error"
+    if failure.kind == "server_error":
+        if failure.status is None:
+            return "overloaded_error"
+        return ERROR_TYPES.get(failure.status, "api_error")
+    return "api_error"
 
 
 class _Blocks:
