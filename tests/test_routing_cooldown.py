@@ -7,12 +7,14 @@ a success, and never a refusal: with nothing else to try it is still called."""
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from faregate.config import BreakerSettings
 from faregate.errors import UpstreamFailed, UpstreamFailure
+from faregate.providers.base import UpstreamCall
 from faregate.routing.attempts import AttemptRunner
 from faregate.routing.health import HealthBoard
 from faregate.routing.plan import Planner
@@ -144,3 +146,41 @@ def test_cooling_is_in_the_metrics() -> None:
     (cooling,) = families["faregate_offer_cooling_seconds"].samples
     (keys,) = families["faregate_offer_keys_cooling"].samples
     assert 19 < cooling.value <= 20 and keys.value == 1
+
+
+class CutByItsLimit(Scripted):
+    """Streams some text, then fails inside the stream with `failure` (an error event)."""
+
+    def __init__(self, name: str, failure: UpstreamFailure) -> None:
+        super().__init__(name, [])
+        self.failure = failure
+
+    async def stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
+        self.calls.append(call)
+        yield {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]}
+        raise self.failure
+
+
+@pytest.mark.parametrize(
+    ("failure", "cools"),
+    [
+        (limited(60), True),
+        (limited(60, 529), True),
+        (limited(1), False),  # waited out by the next request's own retry: no need
+        (limited(60, 500), False),
+    ],
+)
+async def test_a_rate_limit_inside_a_stream_after_content_cools_the_offer(
+    failure: UpstreamFailure, cools: bool
+) -> None:
+    # b (mid's cheaper offer) sends text, then its stream ends with a rate-limit error event that
+    # says to come back in a minute: the next requests are not to be cut by b to learn it again.
+    b = CutByItsLimit("b", failure)
+    planner, runner = runner_for({"a": Scripted("a", []), "b": b})
+    req = keyed({"model": "mid", "stream": True}, "key_a")
+    opened = await runner.open_stream(req, await planner.plan(req))
+    assert opened.candidate.offer.provider == "b"
+    with pytest.raises(UpstreamFailure):
+        async for _ in opened:
+            pass
+    assert runner.health.cools("b/mid", "key_a", time.monotonic()) is cools

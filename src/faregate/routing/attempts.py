@@ -33,7 +33,6 @@ from typing import TypeVar, cast
 
 from faregate.config import RoutingSettings
 from faregate.errors import (
-    OVERLOADED_STATUSES,
     BreakersOpen,
     RateLimited,
     UpstreamFailed,
@@ -43,7 +42,7 @@ from faregate.errors import (
 from faregate.providers.base import EmbeddingProvider, Provider, UpstreamCall, aclose_quietly, stream_reads
 from faregate.providers.registry import ProviderEntry, ProviderRegistry
 from faregate.providers.upstream_failures import overflows_context
-from faregate.routing.health import HealthBoard
+from faregate.routing.health import HealthBoard, told_to_wait
 from faregate.routing.opened_stream import NOT_HEALTH_SIGNALS, OpenedStream, billed_before_content
 from faregate.routing.plan import Candidate, Plan
 from faregate.routing.queue import UpstreamLimiter, tier_of
@@ -316,7 +315,14 @@ class AttemptRunner:
         # The offer answers: a breaker this stream probed closes now, not when the stream ends.
         self.health.answering(candidate.offer.key, request.key_id)
         return OpenedStream(
-            candidate, [buffered, rest_of_read], iterator, attempts, t0, self.health, request.key_id
+            candidate,
+            [buffered, rest_of_read],
+            iterator,
+            attempts,
+            t0,
+            self.health,
+            request.key_id,
+            self.routing.max_retry_after_s,
         )
 
     async def _first_success(
@@ -451,16 +457,6 @@ class AttemptRunner:
             raise passed_on
         raise UpstreamFailed(attempts, timeout=timed_out or _all_timeouts(attempts))
 
-    def _told_to_wait(self, failure: UpstreamFailure) -> bool:
-        """Did the upstream say it has no room (a rate limit, a 503 or 529) for longer than the
-        gateway waits before calling it again?"""
-        return (
-            failure.retry_after is not None
-            and failure.retry_after > self.routing.max_retry_after_s
-            and failure.status in OVERLOADED_STATUSES
-            and (failure.status != 429 or failure.kind == "rate_limited")
-        )
-
     def _failed(
         self,
         candidate: Candidate,
@@ -474,7 +470,7 @@ class AttemptRunner:
             self.health.release_probe(candidate.offer.key, api_key)
         else:
             self.health.failure(candidate.offer.key, api_key)
-        if self._told_to_wait(failure):
+        if told_to_wait(failure, self.routing.max_retry_after_s):
             # Not waited out here, and the next requests need not ask again to learn it.
             self.health.cool(candidate.offer.key, api_key, cast(float, failure.retry_after))
         attempt = _attempt(candidate, t0, failure.kind, failure.detail, failure.status)

@@ -34,10 +34,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from faregate.config import BreakerSettings
+from faregate.errors import OVERLOADED_STATUSES, UpstreamFailure
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 # Keys' own breakers kept per process (least recently used dropped beyond this).
 MAX_KEY_BREAKERS = 10_000
+
+
+def told_to_wait(failure: UpstreamFailure, max_retry_after_s: float) -> bool:
+    """Did the upstream say it has no room (a rate limit, a 503 or 529) for longer than the
+    gateway waits (`max_retry_after_s`) before calling it again? Then its offer cools down."""
+    return (
+        failure.retry_after is not None
+        and failure.retry_after > max_retry_after_s
+        and failure.status in OVERLOADED_STATUSES
+        and (failure.status != 429 or failure.kind == "rate_limited")
+    )
 
 
 @dataclass(slots=True)

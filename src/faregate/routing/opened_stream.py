@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 
 from faregate.errors import UpstreamFailure
 from faregate.providers.base import aclose_quietly
-from faregate.routing.health import HealthBoard
+from faregate.routing.health import HealthBoard, told_to_wait
 from faregate.routing.plan import Candidate
 from faregate.types import JSON, Attempt, ChatRequest, Usage
 from faregate.usage_estimate import estimate_after, estimate_usage
@@ -41,6 +41,7 @@ class OpenedStream:
         "_current",
         "_ended",
         "_health",
+        "_max_retry_after_s",
         "_reads",
         "attempts",
         "candidate",
@@ -59,6 +60,7 @@ class OpenedStream:
         started: float,
         health: HealthBoard,
         api_key: str | None,
+        max_retry_after_s: float,
     ) -> None:
         self.candidate = candidate
         self.rest = rest
@@ -67,6 +69,7 @@ class OpenedStream:
         self.first_content_at = time.perf_counter()
         self._health = health
         self._api_key = api_key
+        self._max_retry_after_s = max_retry_after_s
         self.seen = StreamedAnswer()
         # What was read while opening: through the first content, then the rest of its read.
         self._reads = deque(read for read in opened if read)
@@ -135,6 +138,10 @@ class OpenedStream:
         served.outcome, served.detail = failure.kind, failure.detail
         if failure.kind not in NOT_HEALTH_SIGNALS and not failure.content_flagged:
             self._health.failure(key, self._api_key)
+        if told_to_wait(failure, self._max_retry_after_s) and failure.retry_after is not None:
+            # A rate limit inside the stream (its error event's retry delay) cools the offer as
+            # one before content does: the next requests need not be cut by it to learn it.
+            self._health.cool(key, self._api_key, failure.retry_after)
 
 
 async def carried_usage(request: ChatRequest, seen: StreamedAnswer, cut: bool) -> Usage:
