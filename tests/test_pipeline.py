@@ -397,7 +397,8 @@ async def test_each_attempt_in_the_record_carries_its_own_billed_cost(harness: H
     stored = orjson.loads(attempts_json(record.attempts))
     assert [a["cost_usd"] for a in stored] == [usd_text(failed), usd_text(served)]
     assert record.cost_usd == failed + served
-    assert harness.events[-2:] == [f"settle {failed + served} 12", "record"]
+    # Both calls' tokens count against the key's tokens per minute, as both calls' costs are charged.
+    assert harness.events[-2:] == [f"settle {failed + served} 22", "record"]
 
 
 async def test_a_cascade_records_the_cost_of_the_answer_that_was_served(harness: Harness) -> None:
@@ -865,7 +866,8 @@ async def test_when_every_attempt_fails_the_billed_ones_are_settled(harness: Har
     status, _, raw = await harness.post({"model": "pair", **ASK})
     assert status == 502 and orjson.loads(raw)["error"]["code"] == "upstream_failed"
     billed = Price(Decimal(1), Decimal(1)).cost(Usage(10, 0))
-    assert harness.events[-2:] == [f"settle {billed} 0", "record"]
+    # Its 10 billed prompt tokens count against the key's tokens per minute, as its cost does.
+    assert harness.events[-2:] == [f"settle {billed} 10", "record"]
     (record,) = harness.records
     assert record.cost_usd == billed and [a.outcome for a in record.attempts] == ["empty", "timeout"]
 
@@ -1096,7 +1098,8 @@ async def test_a_stream_at_the_deadline_while_reasoning_is_charged_for_it(
     (attempt,) = record.attempts
     assert attempt.outcome == "timeout" and attempt.completion_tokens >= 400, attempt
     assert record.cost_usd == attempt.cost > 0
-    assert f"settle {attempt.cost} 0" in harness.events and "release" not in harness.events
+    tokens = attempt.prompt_tokens + attempt.completion_tokens  # charged, so counted per minute too
+    assert f"settle {attempt.cost} {tokens}" in harness.events and "release" not in harness.events
 
 
 async def test_a_whole_answer_without_usage_is_charged_for_its_reasoning(harness: Harness) -> None:

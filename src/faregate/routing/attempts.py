@@ -573,4 +573,9 @@ def billed_cost(attempts: list[Attempt]) -> Decimal:
     return sum((a.cost for a in attempts if a.outcome != "ok"), _NOTHING)
 
 
+def billed_tokens(attempts: list[Attempt]) -> int:
+    """The tokens the attempts that did not serve were billed (`billed_cost`'s tokens)."""
+    return sum(a.prompt_tokens + a.completion_tokens for a in attempts if a.outcome != "ok")
+
+
 _NOTHING = Decimal(0)

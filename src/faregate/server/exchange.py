@@ -23,7 +23,7 @@ from faregate.accounts.admission import Hold
 from faregate.accounts.keys import ApiKey
 from faregate.cache.service import CachedAnswer, CacheDecision
 from faregate.errors import FaregateError, UpstreamError
-from faregate.routing.attempts import billed_cost
+from faregate.routing.attempts import billed_cost, billed_tokens
 from faregate.routing.cascade_runner import Judged
 from faregate.routing.plan import Candidate, Plan
 from faregate.server.client_wires import CHAT, ClientWire
@@ -316,8 +316,16 @@ class Exchange:
 
     @property
     def spent(self) -> tuple[Decimal, int]:
-        """The cost and tokens to settle the hold with."""
-        return self.record.cost_usd, self.record.prompt_tokens + self.record.completion_tokens
+        """The cost and tokens to settle the hold with: the answer's, and those of every other
+        attempt the provider billed (a blank 200's prompt, a cascade's judge), which the cost
+        counts too, so that the key's tokens per minute count them as well."""
+        record = self.record
+        billed = billed_tokens(record.attempts)
+        if record.model_used is None:
+            # No answer: the record's tokens are none, or (a client gone before its stream's
+            # first content) these same attempts' sum.
+            return record.cost_usd, billed
+        return record.cost_usd, record.prompt_tokens + record.completion_tokens + billed
 
 
 def _served(attempts: list[Attempt] | None) -> Attempt | None:
