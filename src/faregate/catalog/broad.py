@@ -174,45 +174,33 @@ def add_broad_models(catalog: Catalog, settings: Settings, enabled: dict[str, bo
             price, peak = in_force
             name = info.id if ours is not None else f"{provider.id}/{info.id}"
             existing = catalog.get(name)
+            # This provider's offer of it (none for a vendor not declared here: known by price only).
+            offer = (
+                Offer(
+                    existing.name if existing is not None else name,
+                    ours,
+                    info.id,
+                    price,
+                    enabled.get(ours, False),
+                    output_default=default,
+                    fits_efforts=fits,
+                    protocol=wire,
+                    peak=peak,
+                )
+                if ours is not None
+                else None
+            )
             if existing is not None:
                 # A curated model keeps its own offers; an offer from another declared
                 # provider is added only if that provider is not already offering it.
                 if (
-                    ours is not None
+                    offer is not None
                     and not existing.curated
                     and all(o.provider != ours for o in existing.offers)
                 ):
-                    existing.offers.append(
-                        Offer(
-                            existing.name,
-                            ours,
-                            info.id,
-                            price,
-                            enabled.get(ours, False),
-                            output_default=default,
-                            fits_efforts=fits,
-                            protocol=wire,
-                            peak=peak,
-                        )
-                    )
+                    existing.offers.append(offer)
                 continue
-            offers = (
-                [
-                    Offer(
-                        name,
-                        ours,
-                        info.id,
-                        price,
-                        enabled.get(ours, False),
-                        output_default=default,
-                        fits_efforts=fits,
-                        protocol=wire,
-                        peak=peak,
-                    )
-                ]
-                if ours
-                else []
-            )
+            offers = [offer] if offer is not None else []
             catalog.add(
                 Model(
                     name=name,
